@@ -1,0 +1,761 @@
+"""The one Python door: train, evaluate, predict, demo. The CLI mirrors these functions and adds nothing.
+
+import cnnlab.api as cl
+run = cl.train(data="builtin:mnist-sample", model="lenet5", epochs=8)
+print(run.test_metrics["accuracy"], run.run_dir)
+cl.predict(run.run_dir, ["digit.png"])
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnlab import __version__
+from cnnlab.config import PreprocessSpec, TrainConfig, make_config
+from cnnlab.data.loader import TensorLoader
+from cnnlab.data.sources import DataBundle, Split, load_source
+from cnnlab.data.tensors import arrays_to_chw, channel_stats, decode_files
+from cnnlab.engine import callbacks as cbs
+from cnnlab.engine.checkpoint import CheckpointManager, read_weights
+from cnnlab.engine.optim import build_optimizer, build_scheduler, param_groups
+from cnnlab.engine.trainer import Trainer, autocast
+from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, DataError
+from cnnlab.run import new_run_dir, read_json, resolve_weights, run_dir_of, write_json
+from cnnlab.tasks.classification import ClassificationTask
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(CnnlabError):
+    """Training stopped by Ctrl-C / SIGTERM after saving a resumable checkpoint."""
+
+    exit_code = 130
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: list[dict[str, float]]
+    test_metrics: dict[str, Any] | None
+    train_time_s: float
+    config: TrainConfig
+    stop_reason: str = ""
+    report: Path | None = None
+
+
+# -- devices and precision -----------------------------------------------------------------------------------
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "--device cuda was asked for, but no CUDA GPU is visible; use --device cpu or auto"
+        )
+    return torch.device(name)
+
+
+def cpu_has_bf16() -> bool:
+    """AVX-512 BF16 / AMX: bf16 matmuls run natively (about 2.8x fp32 here); elsewhere bf16 is emulated and slow."""
+    cap = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
+    return cap in ("AVX512_BF16", "AMX", "AVX512") and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def resolve_precision(
+    precision: str, device: torch.device, model_flops: float | None = None
+) -> str:
+    """auto: bf16 autocast where the hardware runs bf16 natively, else fp32; fp16 only when asked (CUDA)."""
+    if precision == "16" and device.type != "cuda":
+        raise ConfigError(
+            "--precision 16 needs a CUDA GPU (fp16 with a gradient scaler); use bf16 or 32 on CPU"
+        )
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "16"
+    # On CPU, autocast's casts cost more than they save on tiny models (LeNet-5: ~0.4 MFLOP per image).
+    if model_flops is not None and model_flops < 20e6:
+        return "32"
+    return "bf16" if cpu_has_bf16() else "32"
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+# -- data ----------------------------------------------------------------------------------------------------
+def split_to_uint8(split: Split, spec: PreprocessSpec) -> torch.Tensor:
+    """(N, C, S, S) uint8 tensor of a split, decoding files once (cached) or converting in-memory arrays."""
+    if split.images is not None:
+        return torch.from_numpy(arrays_to_chw(split.images, spec))
+    return torch.from_numpy(decode_files(split.paths, spec))
+
+
+def resolve_image_size(cfg: TrainConfig, bundle: DataBundle) -> int:
+    from cnnlab.models import model_info
+
+    if cfg.image_size:
+        return cfg.image_size
+    if bundle.native_size and bundle.native_size <= 64:
+        return max(
+            bundle.native_size, 16
+        )  # small images are used as they are (LeNet pads 28 to 32 itself)
+    default = int(model_info(cfg.model).get("input_size", (3, 224, 224))[-1])
+    if bundle.native_size:
+        log.info(
+            "images are %d px; resizing to %s's %d px input", bundle.native_size, cfg.model, default
+        )
+    return default
+
+
+def make_loader(
+    images: torch.Tensor,
+    targets: np.ndarray,
+    spec: PreprocessSpec,
+    device: torch.device,
+    batch_size: int,
+    **kw: Any,
+) -> TensorLoader:
+    return TensorLoader(
+        images.to(device),
+        torch.as_tensor(targets, dtype=torch.int64).to(device),
+        torch.tensor(spec.mean, device=device),
+        torch.tensor(spec.std, device=device),
+        batch_size,
+        **kw,
+    )
+
+
+# -- models and checkpoints ----------------------------------------------------------------------------------
+def build_model(
+    name: str, num_classes: int, in_channels: int, image_size: int, weights: str | None = None
+):
+    from cnnlab.models import create_model
+
+    return create_model(
+        name,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        weights=weights,
+        image_size=image_size,
+    )
+
+
+def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu"):
+    """(model in eval mode, metadata, weights path) from a run directory or a .safetensors checkpoint."""
+    weights = resolve_weights(path)
+    state, meta = read_weights(weights)
+    for key in ("model", "num_classes", "in_channels", "preprocess", "class_names"):
+        if key not in meta:
+            raise CheckpointError(
+                f"{weights} lacks metadata {key!r}; it was not written by cnnlab train"
+            )
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    model = build_model(
+        meta["model"], int(meta["num_classes"]), int(meta["in_channels"]), spec.image_size
+    )
+    missing, unexpected = _load_strict(model, state)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights} does not fit {meta['model']}: missing keys {missing[:10]}, "
+            f"unexpected keys {unexpected[:10]}"
+        )
+    model.to(device).eval()
+    return model, meta, weights
+
+
+def _load_strict(
+    model: torch.nn.Module, state: dict[str, torch.Tensor]
+) -> tuple[list[str], list[str]]:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if shapes:
+        raise CheckpointError(f"checkpoint shapes do not fit the model: {shapes[:10]}")
+    if not missing and not unexpected:
+        model.load_state_dict(state, strict=True)
+    return missing, unexpected
+
+
+# -- train ---------------------------------------------------------------------------------------------------
+def train(
+    config: TrainConfig | str | Path | None = None, *, console: Any = None, **overrides: Any
+) -> TrainResult:
+    """Train a classifier; returns the run directory and metrics. `config` may be a TrainConfig or a file path."""
+    if isinstance(config, TrainConfig):
+        cfg = make_config(TrainConfig, **(config.to_dict() | overrides))
+    else:
+        cfg = make_config(TrainConfig, config, **overrides)
+    resume_from = None
+    if cfg.resume:
+        resume_from, cfg = _resume_target(cfg)
+    seed_everything(cfg.seed, cfg.deterministic)
+    device = resolve_device(cfg.device)
+    bundle = load_source(cfg)
+    in_channels = cfg.in_channels or bundle.channels
+    image_size = resolve_image_size(cfg, bundle)
+    provisional = PreprocessSpec(
+        image_size,
+        in_channels,
+        (0.0,) * in_channels,
+        (1.0,) * in_channels,
+        cfg.resize,
+        {"max_pixels": cfg.max_image_pixels},
+    )
+    tensors = {k: split_to_uint8(s, provisional) for k, s in bundle.splits.items()}
+    mean, std = channel_stats(tensors["train"])  # normalisation from the training split only
+    model = build_model(cfg.model, len(bundle.class_names), in_channels, image_size, cfg.weights)
+    if (
+        cfg.weights
+        and getattr(model, "default_cfg", {}).get("mean")
+        and len(model.default_cfg["mean"]) == in_channels
+    ):
+        mean, std = (
+            tuple(model.default_cfg["mean"]),
+            tuple(model.default_cfg["std"]),
+        )  # the weights' own stats
+    spec = PreprocessSpec(image_size, in_channels, mean, std, cfg.resize, provisional.decode)
+
+    run_dir = resume_from[0] if resume_from else new_run_dir(cfg.out, cfg.name, cfg.model, cfg.data)
+    _write_run_files(run_dir, cfg, bundle, spec)
+    flops = _flops_per_image(model, in_channels, image_size)
+    precision = resolve_precision(cfg.precision, device, flops)
+    channels_last = (
+        cfg.channels_last
+        if cfg.channels_last is not None
+        else (device.type == "cuda" or precision == "bf16")
+    )
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_loader = make_loader(
+        tensors["train"],
+        bundle.splits["train"].targets,
+        spec,
+        device,
+        cfg.batch_size,
+        shuffle=True,
+        augment=cfg.augment,
+        seed=cfg.seed,
+        drop_last=True,
+        channels_last=channels_last,
+    )
+    if len(train_loader) == 0:
+        raise DataError(
+            cfg.data,
+            f"the training split has {train_loader.num_samples} images, fewer than one "
+            f"batch of {cfg.batch_size}; lower --batch-size",
+        )
+    eval_kw = {"batch_size": max(256, cfg.batch_size), "channels_last": channels_last}
+    val_loader = (
+        make_loader(tensors["val"], bundle.splits["val"].targets, spec, device, **eval_kw)
+        if "val" in tensors and len(bundle.splits["val"])
+        else None
+    )
+    optimizer = build_optimizer(
+        cfg.optimizer,
+        param_groups(model, cfg.weight_decay, cfg.lr),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        device=device,
+    )
+    steps = cfg.epochs * len(train_loader)
+    scheduler = build_scheduler(
+        optimizer, cfg.schedule, steps, int(cfg.warmup_epochs * len(train_loader))
+    )
+    task = ClassificationTask(len(bundle.class_names), cfg.label_smoothing)
+    net = torch.compile(model) if cfg.compile else model
+    metadata = {
+        "model": cfg.model,
+        "num_classes": len(bundle.class_names),
+        "in_channels": in_channels,
+        "image_size": image_size,
+        "class_names": bundle.class_names,
+        "preprocess": spec.to_dict(),
+        "task": "classification",
+        "cnnlab_version": __version__,
+        "torch_version": torch.__version__,
+        "data": cfg.data,
+        "model_cfg": _plain(getattr(model, "default_cfg", {})),
+    }
+    manager = CheckpointManager(run_dir / "checkpoints")
+    monitor = cfg.monitor if val_loader is not None else "train_loss"
+    callbacks: list[cbs.Callback] = [
+        cbs.Progress(cfg.epochs, len(train_loader), console=console, enabled=console is not None),
+        cbs.CSVLogger(run_dir / "metrics.csv"),
+        cbs.Checkpoint(manager, lambda: metadata, monitor),
+        cbs.GracefulInterrupt(),
+    ]
+    if cfg.early_stopping:
+        callbacks.append(cbs.EarlyStopping(monitor, cfg.early_stopping))
+    if cfg.tensorboard:
+        callbacks.append(_tensorboard(run_dir))
+    ids = bundle.splits["train"].ids
+    trainer = Trainer(
+        net,
+        task,
+        optimizer,
+        scheduler,
+        device=device,
+        precision=precision,
+        grad_clip=cfg.grad_clip,
+        callbacks=callbacks,
+        describe_batch=lambda idx: [ids[int(i)] for i in idx[:8]],
+    )
+    if resume_from:
+        _restore(trainer, model, resume_from[1], cfg)
+    t0 = time.perf_counter()
+    state = trainer.fit(train_loader, val_loader, cfg.epochs)
+    train_time = time.perf_counter() - t0
+    if state.interrupted:
+        raise Interrupted(f"{state.stop_reason}; resume with: cnnlab train --resume {run_dir}")
+    write_json(
+        run_dir / "run.json",
+        {
+            "train_time_s": train_time,
+            "precision": precision,
+            "device": str(device),
+            "channels_last": channels_last,
+            "stop_reason": state.stop_reason,
+            "flops_per_image": flops,
+            "cnnlab_version": __version__,
+        },
+    )
+    result = TrainResult(run_dir, state.history, None, train_time, cfg, state.stop_reason)
+    if "test" in tensors and len(bundle.splits["test"]):
+        best, _, _ = load_checkpoint_model(run_dir, device)
+        evaluation = evaluate_model(
+            best,
+            spec,
+            tensors["test"],
+            bundle.splits["test"],
+            bundle.class_names,
+            device=device,
+            precision=precision,
+            run_dir=run_dir,
+            report=cfg.report,
+        )
+        result.test_metrics, result.report = evaluation["metrics"], evaluation.get("report")
+    return result
+
+
+def _plain(d: dict) -> dict:
+    return {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k, v in d.items()
+        if isinstance(v, (str, int, float, bool, list, tuple, type(None)))
+    }
+
+
+def _flops_per_image(model: torch.nn.Module, in_channels: int, image_size: int) -> float | None:
+    try:
+        from cnnlab.models.summary import count_flops
+
+        return float(count_flops(model, image_size, in_channels))
+    except (ImportError, RuntimeError) as err:
+        log.debug("FLOP count unavailable: %s", err)
+        return None
+
+
+def _tensorboard(run_dir: Path) -> cbs.Callback:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError(
+            "--tensorboard needs the tensorboard package: pip install tensorboard"
+        ) from None
+
+    class TensorBoard(cbs.Callback):
+        def __init__(self) -> None:
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+        def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+            for k, v in metrics.items():
+                self.writer.add_scalar(k, v, int(metrics["epoch"]))
+
+        def on_fit_end(self, trainer: Trainer) -> None:
+            self.writer.close()
+
+    return TensorBoard()
+
+
+def _write_run_files(
+    run_dir: Path, cfg: TrainConfig, bundle: DataBundle, spec: PreprocessSpec
+) -> None:
+    write_json(run_dir / "config.json", cfg.to_dict())
+    write_json(run_dir / "classes.json", bundle.class_names)
+    write_json(run_dir / "preprocess.json", spec.to_dict())
+    write_json(
+        run_dir / "splits.json",
+        {
+            "source": bundle.source,
+            "origin": bundle.split_origin,
+            "root": str(bundle.root) if bundle.root else None,
+            "splits": {k: s.ids for k, s in bundle.splits.items()},
+        },
+    )
+    if bundle.scan is not None and hasattr(bundle.scan, "to_json"):
+        (run_dir / "data_scan.json").write_text(bundle.scan.to_json())
+
+
+def _resume_target(cfg: TrainConfig) -> tuple[tuple[Path, dict], TrainConfig]:
+    """--resume RUN_DIR | CHECKPOINT | auto -> ((run_dir, manifest entry), the run's own config)."""
+    target = Path(cfg.resume)
+    if cfg.resume == "auto":
+        if not cfg.name:
+            raise ConfigError(
+                "--resume auto needs --name (the run folder under --out) to find the run"
+            )
+        target = Path(cfg.out) / cfg.name
+    run_dir = target if target.is_dir() else run_dir_of(target)
+    if run_dir is None or not (run_dir / "config.json").is_file():
+        raise CheckpointError(f"nothing to resume: {target} is not a cnnlab run directory")
+    entry = CheckpointManager(run_dir / "checkpoints").latest_verified()
+    if entry is None:
+        raise CheckpointError(f"nothing to resume in {run_dir}: no verified checkpoint")
+    saved = read_json(run_dir / "config.json")
+    keep = {
+        "epochs",
+        "device",
+        "precision",
+        "early_stopping",
+    }  # the only things a resume may change
+    changes = {k: getattr(cfg, k) for k in keep if getattr(cfg, k) != TrainConfig().__dict__[k]}
+    saved.update(changes | {"resume": str(run_dir), "augment": tuple(saved.get("augment", ()))})
+    return (run_dir, entry), make_config(TrainConfig, **saved)
+
+
+def _restore(trainer: Trainer, model: torch.nn.Module, entry: dict, cfg: TrainConfig) -> None:
+    manager = CheckpointManager(Path(cfg.resume) / "checkpoints")
+    weights, meta, state = manager.load(entry)
+    classes = read_json(Path(cfg.resume) / "classes.json")
+    if meta.get("class_names") != classes:
+        raise CheckpointError(
+            f"checkpoint classes {meta.get('class_names')} != run classes {classes}"
+        )
+    missing, unexpected = _load_strict(model, weights)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint does not fit {cfg.model}: missing {missing[:10]}, "
+            f"unexpected {unexpected[:10]}"
+        )
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    s = trainer.state
+    s.history, s.global_step = list(state["history"]), int(state["global_step"])
+    s.epoch, s.step = int(state["epoch"]), int(state["step"])
+    if state["complete_epoch"]:
+        s.epoch, s.step = s.epoch + 1, 0
+    for cb in trainer.callbacks:
+        cb.load_state_dict(state["callbacks"].get(type(cb).__name__, {}))
+    log.info("resumed %s at epoch %d, step %d", entry["tag"], s.epoch + 1, s.step)
+
+
+# -- evaluate ------------------------------------------------------------------------------------------------
+def evaluate_model(
+    model,
+    spec: PreprocessSpec,
+    images: torch.Tensor,
+    split: Split,
+    class_names: list[str],
+    *,
+    device: torch.device,
+    precision: str = "32",
+    run_dir: Path | None = None,
+    report: bool = True,
+    out_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Metrics (+ bootstrap CIs, report) of `model` on one split held as a uint8 tensor."""
+    from cnnlab.metrics import classification_metrics
+    from cnnlab.metrics.stats import headline_intervals
+
+    loader = make_loader(images, split.targets, spec, device, 512)
+    task = ClassificationTask(len(class_names))
+    trainer = Trainer(model, task, None, None, device=device, precision=precision)
+    probs, targets = trainer.predict(loader)
+    p, t = probs.numpy().astype(np.float64), targets.numpy()
+    metrics = classification_metrics(t, p, class_names=class_names)
+    metrics["confidence_intervals"] = headline_intervals(t, p, seed=0)
+    out = out_dir or run_dir
+    result: dict[str, Any] = {"metrics": metrics, "probs": p, "targets": t}
+    if out is not None:
+        write_json(out / "test_metrics.json", metrics)
+        np.savez_compressed(
+            out / "test_predictions.npz",
+            probs=p.astype(np.float32),
+            targets=t,
+            ids=np.asarray(split.ids),
+        )
+        if report:
+            from cnnlab.report.html import write_classification_report
+
+            result["report"] = write_classification_report(
+                out, metrics, p, t, class_names, images=images, ids=split.ids, run_dir=run_dir
+            )
+    return result
+
+
+def evaluate(
+    run_or_checkpoint: str | Path,
+    *,
+    data: str | None = None,
+    split: str = "test",
+    device: str = "auto",
+    report: bool = True,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate a trained model on its own held-out split (default) or on another dataset (`data`)."""
+    dev = resolve_device(device)
+    model, meta, weights = load_checkpoint_model(run_or_checkpoint, dev)
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    class_names = list(meta["class_names"])
+    run_dir = run_dir_of(weights)
+    if data is None:
+        if run_dir is None:
+            raise ConfigError(
+                f"{weights} is not inside a run directory: pass --data to say what to evaluate on"
+            )
+        cfg = make_config(TrainConfig, **_saved_config(run_dir))
+        bundle = load_source(cfg)
+        saved = read_json(run_dir / "splits.json")["splits"]
+        if split not in saved:
+            raise ConfigError(f"the run has no {split!r} split; it has {sorted(saved)}")
+        chosen = _split_by_ids(bundle, saved[split], split)
+    else:
+        cfg = make_config(TrainConfig, data=data, val_fraction=0.0, test_fraction=0.0)
+        bundle = load_source(cfg)
+        chosen = _remap_classes(bundle, class_names, split)
+    images = split_to_uint8(chosen, spec)
+    out_dir = Path(out) if out else (run_dir if data is None and run_dir else None)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    precision = resolve_precision("auto", dev, None)
+    result = evaluate_model(
+        model,
+        spec,
+        images,
+        chosen,
+        class_names,
+        device=dev,
+        precision=precision,
+        run_dir=run_dir,
+        report=report and out_dir is not None,
+        out_dir=out_dir,
+    )
+    return {
+        "metrics": result["metrics"],
+        "report": result.get("report"),
+        "weights": str(weights),
+        "num_samples": len(chosen),
+    }
+
+
+def _saved_config(run_dir: Path) -> dict[str, Any]:
+    saved = read_json(run_dir / "config.json")
+    saved["augment"] = tuple(saved.get("augment", ()))
+    saved["resume"] = None
+    return saved
+
+
+def _split_by_ids(bundle: DataBundle, ids: list[str], split: str) -> Split:
+    merged: dict[str, tuple[Split, int]] = {}
+    for s in bundle.splits.values():
+        for i, sid in enumerate(s.ids):
+            merged[sid] = (s, i)
+    missing = [sid for sid in ids if sid not in merged]
+    if missing:
+        raise DataError(
+            bundle.source,
+            f"{len(missing)} file(s) of the recorded {split} split are gone "
+            f"(first: {missing[:3]}); the dataset changed since training",
+        )
+    parts = [merged[sid] for sid in ids]
+    first = parts[0][0]
+    return Split(
+        ids,
+        np.array([s.targets[i] for s, i in parts], dtype=np.int64),
+        paths=[s.paths[i] for s, i in parts] if first.paths is not None else None,
+        images=np.stack([s.images[i] for s, i in parts]) if first.images is not None else None,
+    )
+
+
+def _remap_classes(bundle: DataBundle, class_names: list[str], split: str) -> Split:
+    unknown = [c for c in bundle.class_names if c not in class_names]
+    if unknown:
+        raise DataError(
+            bundle.source, f"classes {unknown} are not among the model's classes {class_names}"
+        )
+    if split in bundle.splits and bundle.split_origin == "given":
+        chosen = bundle.splits[split]
+    else:
+        chosen = _concat([bundle.splits[k] for k in bundle.splits])
+    lut = np.array([class_names.index(c) for c in bundle.class_names], dtype=np.int64)
+    return Split(chosen.ids, lut[chosen.targets], chosen.paths, chosen.images)
+
+
+def _concat(parts: list[Split]) -> Split:
+    return Split(
+        [i for p in parts for i in p.ids],
+        np.concatenate([p.targets for p in parts]),
+        [x for p in parts for x in p.paths] if parts[0].paths is not None else None,
+        np.concatenate([p.images for p in parts]) if parts[0].images is not None else None,
+    )
+
+
+def compare(run_a: str | Path, run_b: str | Path, *, seed: int = 0) -> dict[str, Any]:
+    """Two runs' predictions on the same test set: accuracies, paired-bootstrap difference, exact McNemar test."""
+    from cnnlab.metrics.stats import compare_predictions
+
+    loaded = []
+    for run in (run_a, run_b):
+        path = Path(run) / "test_predictions.npz"
+        if not path.is_file():
+            raise DataError(run, "has no test_predictions.npz; run `cnnlab evaluate` on it first")
+        with np.load(path, allow_pickle=False) as z:
+            loaded.append({k: z[k] for k in ("probs", "targets", "ids")})
+    a, b = loaded
+    if a["ids"].shape != b["ids"].shape or not (a["ids"] == b["ids"]).all():
+        raise DataError(
+            run_b,
+            f"was tested on different images than {run_a}; compare needs the same test set "
+            "(same data, seed and split fractions)",
+        )
+    result = compare_predictions(a["targets"], a["probs"], b["probs"], seed=seed)
+    return result | {"run_a": str(run_a), "run_b": str(run_b)}
+
+
+# -- predict -------------------------------------------------------------------------------------------------
+IMAGE_SUFFIXES = {
+    ".jpg",
+    ".jpeg",
+    ".jfif",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+}
+
+
+def list_images(inputs: list[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            files += sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and f.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(p, "not found; give image files or folders of images")
+    return files
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[tuple[str, float]] = field(
+        default_factory=list
+    )  # (class name, probability), best first
+    error: str | None = None
+
+
+def predict(
+    run_or_checkpoint: str | Path,
+    inputs: list[str | Path],
+    *,
+    top_k: int = 5,
+    device: str = "auto",
+    batch_size: int = 256,
+) -> list[Prediction]:
+    """Class names and probabilities for images/folders; unreadable files get an error entry, not a crash."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cnnlab.data.tensors import load_file
+
+    dev = resolve_device(device)
+    model, meta, _ = load_checkpoint_model(run_or_checkpoint, dev)
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    names = list(meta["class_names"])
+    k = max(1, min(top_k, len(names)))
+    files = list_images(inputs)
+    results = [Prediction(str(f)) for f in files]
+
+    def decode(i: int) -> np.ndarray | None:
+        try:
+            return load_file(files[i], spec)
+        except DataError as err:
+            results[i].error = err.reason
+            return None
+
+    mean = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=dev).view(1, -1, 1, 1)
+    precision = resolve_precision("auto", dev, None)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for start in range(0, len(files), batch_size):
+            chunk = list(range(start, min(start + batch_size, len(files))))
+            arrays = list(pool.map(decode, chunk))
+            ok = [i for i, a in zip(chunk, arrays, strict=True) if a is not None]
+            if not ok:
+                continue
+            x = torch.from_numpy(np.stack([a for a in arrays if a is not None])).to(dev)
+            x = (x.float() / 255 - mean) / std
+            with torch.inference_mode(), autocast(dev, precision):
+                probs = model(x).float().softmax(1)
+            top_p, top_i = probs.topk(k, dim=1)
+            for row, i in enumerate(ok):
+                results[i].top = [
+                    (names[c], float(pv))
+                    for c, pv in zip(top_i[row].tolist(), top_p[row].tolist(), strict=True)
+                ]
+    return results
+
+
+# -- demo ----------------------------------------------------------------------------------------------------
+DEMO = {
+    "data": "builtin:mnist-sample",
+    "model": "lenet5",
+    "epochs": 15,
+    "batch_size": 64,
+    "lr": 0.05,
+    "augment": ("crop",),
+    "seed": 0,
+}
+
+
+def demo(out: str | Path = "runs", console: Any = None, **overrides: Any) -> TrainResult:
+    """The main job on the embedded default: LeNet-5 on 5,000 real MNIST digits, evaluated on the held-out test split."""
+    return train(
+        console=console, out=str(out), name=overrides.pop("name", None), **(DEMO | overrides)
+    )

@@ -1,0 +1,434 @@
+"""The `cnnlab` command: parses words into a config and calls `cnnlab.api`; no logic of its own.
+
+User errors (`CnnlabError`) print one line and exit non-zero; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from cnnlab.config import TrainConfig
+from cnnlab.errors import CnnlabError
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
+
+
+def command(name: str):
+    def deco(fn):
+        COMMANDS[name] = fn
+        return fn
+
+    return deco
+
+
+# -- parser --------------------------------------------------------------------------------------------------
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    """One --option per TrainConfig field (defaults live in the dataclass only; None = not given)."""
+    p.add_argument(
+        "--config", help="JSON or TOML file of options (command-line options override it)"
+    )
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = (
+            f"default: {default!r}"
+            if not isinstance(default, tuple)
+            else f"default: {','.join(default)}"
+        )
+        if str(f.type).startswith("bool"):
+            p.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        else:
+            p.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnlab",
+        description="Convolutional neural networks, understandable "
+        "and practical: train, evaluate, predict, explain.",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "demo", help="train LeNet-5 on 5,000 real MNIST digits, evaluate, write the report"
+    )
+    p.add_argument("--out", default="runs")
+    p.add_argument("--epochs", type=int, default=None)
+
+    p = sub.add_parser(
+        "train", help="train a classifier on a folder, CSV, builtin: or torchvision: dataset"
+    )
+    _add_train_options(p)
+
+    p = sub.add_parser(
+        "evaluate", help="measure a trained model (default: its held-out test split)"
+    )
+    p.add_argument("run", help="run directory or .safetensors checkpoint")
+    p.add_argument("--data", help="evaluate on this dataset instead of the run's test split")
+    p.add_argument("--split", default="test", help="test | val | train (default: test)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="where to write the report (default: the run directory)")
+    p.add_argument("--no-report", dest="report", action="store_false")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    p = sub.add_parser("predict", help="class names and probabilities for images or folders")
+    p.add_argument("run", help="run directory or .safetensors checkpoint")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("models", help="list the model zoo, or show one model's layers")
+    p.add_argument("action", nargs="?", default="list", choices=("list", "show"))
+    p.add_argument("name", nargs="?")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser(
+        "metrics", help="score predictions from any tool: a CSV of labels and scores"
+    )
+    p.add_argument(
+        "csv", help="CSV with a `label` column and `score_<class>` columns or a `pred` column"
+    )
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser(
+        "compare", help="two runs on the same test set: McNemar's exact test, accuracy difference"
+    )
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser(
+        "conv", help="the convolution lab: 1D/2D convolution step by step, as in the lecture"
+    )
+    p.add_argument(
+        "--x",
+        help='input: "1 2 3 4 5", "1 1 0; 0 1 1" (2D) or an image file; '
+        'negative first numbers need --x="-1 2"',
+    )
+    p.add_argument("--w", help='kernel: "3 2 1" or "1 0 1; 0 1 0; 1 0 1"')
+    p.add_argument(
+        "--example",
+        help="run one of the lecture's worked examples: hospital-one-day, hospital, slide, image",
+    )
+    p.add_argument("--op", default="convolution", choices=("convolution", "correlation"))
+    p.add_argument("--mode", default="valid", choices=("full", "valid", "same"))
+    p.add_argument("--image-size", default=None, help="resize an image input to N or H,W pixels")
+    p.add_argument(
+        "--max-steps", type=int, default=1000, help="explain at most this many output positions"
+    )
+    p.add_argument("--stride", default="1")
+    p.add_argument("--padding", default="0")
+    p.add_argument("--dilation", default="1")
+    p.add_argument("--explain", action="store_true", help="print the step-by-step table")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("data", help="dataset tools: `cnnlab data check SRC`")
+    p.add_argument("action", choices=("check",))
+    p.add_argument("source")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--strict", action="store_true")
+    p.add_argument("--max-image-pixels", type=int, default=TrainConfig.max_image_pixels)
+    p.add_argument("--max-bad-fraction", type=float, default=TrainConfig.max_bad_fraction)
+    p.add_argument("--allow-empty-classes", action="store_true")
+    p.add_argument(
+        "--min-side", type=int, default=8, help="list images smaller than this many pixels"
+    )
+    p.add_argument("--workers", type=int, default=2)
+    return parser
+
+
+# -- commands ------------------------------------------------------------------------------------------------
+def _print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None:
+    ci = metrics.get("confidence_intervals", {})
+    head = Table(title=title, show_header=True)
+    for col in ("metric", "value", "95% CI"):
+        head.add_column(col, justify="right" if col != "metric" else "left")
+
+    def row(name: str, value: Any, key: str) -> None:
+        if value is None:
+            head.add_row(name, "undefined", "")
+            return
+        iv = ci.get(key) or {}
+        ok = iv.get("low") is not None and iv.get("high") is not None
+        head.add_row(name, f"{value:.4f}", f"[{iv['low']:.4f}, {iv['high']:.4f}]" if ok else "")
+
+    row("accuracy", metrics.get("accuracy"), "accuracy")
+    for m in ("precision", "recall", "f1", "tnr", "fpr", "roc_auc"):
+        row(f"{m} (macro)", metrics.get("macro", {}).get(m), f"macro_{m}")
+    out.print(head)
+    per = Table(title="per class", show_header=True)
+    cols = ("support", "tp", "fp", "tn", "fn", "precision", "recall", "f1", "tnr", "fpr", "roc_auc")
+    per.add_column("class")
+    for c in cols:
+        per.add_column(c, justify="right")
+    for name, vals in metrics.get("per_class", {}).items():
+        cells = []
+        for c in cols:
+            v = vals.get(c)
+            cells.append("-" if v is None else (f"{v:d}" if isinstance(v, int) else f"{v:.3f}"))
+        per.add_row(str(name), *cells)
+    out.print(per)
+    for w in metrics.get("warnings", []):
+        err.print(f"[yellow]note:[/] {w}")
+
+
+@command("demo")
+def _demo(args: argparse.Namespace) -> int:
+    from cnnlab import api
+
+    extra = {"epochs": args.epochs} if args.epochs else {}
+    out.print(
+        "[bold]cnnlab demo[/]: LeNet-5 on builtin:mnist-sample (5,000 real MNIST digits), 80/10/10 split"
+    )
+    result = api.demo(out=args.out, console=out, **extra)
+    _print_metrics(result.test_metrics)
+    out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
+    if result.report:
+        out.print(f"report: {result.report}")
+    return 0
+
+
+@command("train")
+def _train(args: argparse.Namespace) -> int:
+    from cnnlab import api
+
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    result = api.train(args.config, console=out, **overrides)
+    if result.stop_reason:
+        out.print(result.stop_reason)
+    if result.test_metrics:
+        _print_metrics(result.test_metrics)
+    out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
+    if result.report:
+        out.print(f"report: {result.report}")
+    return 0
+
+
+@command("evaluate")
+def _evaluate(args: argparse.Namespace) -> int:
+    from cnnlab import api
+
+    result = api.evaluate(
+        args.run,
+        data=args.data,
+        split=args.split,
+        device=args.device,
+        report=args.report,
+        out=args.out,
+    )
+    if args.json:
+        print(json.dumps(result["metrics"], indent=2))
+        return 0
+    _print_metrics(result["metrics"], f"{args.split} metrics ({result['num_samples']} images)")
+    if result.get("report"):
+        out.print(f"report: {result['report']}")
+    return 0
+
+
+@command("predict")
+def _predict(args: argparse.Namespace) -> int:
+    from cnnlab import api
+
+    preds = api.predict(args.run, args.inputs, top_k=args.top_k, device=args.device)
+    if args.format == "json":
+        print(json.dumps([dataclasses.asdict(p) for p in preds], indent=2))
+    elif args.format == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(["path", "rank", "class", "probability", "error"])
+        for p in preds:
+            for rank, (name, prob) in enumerate(p.top, 1):
+                w.writerow([p.path, rank, name, f"{prob:.6f}", ""])
+            if p.error:
+                w.writerow([p.path, "", "", "", p.error])
+    else:
+        t = Table(show_header=True)
+        for c in ("image", "class", "probability", "next"):
+            t.add_column(c)
+        for p in preds:
+            if p.error:
+                t.add_row(p.path, "[red]error[/]", "", p.error)
+                continue
+            rest = ", ".join(f"{n} {pr:.3f}" for n, pr in p.top[1:])
+            t.add_row(p.path, p.top[0][0], f"{p.top[0][1]:.4f}", rest)
+        out.print(t)
+    return 1 if any(p.error for p in preds) else 0
+
+
+@command("models")
+def _models(args: argparse.Namespace) -> int:
+    from cnnlab.models import summary
+
+    if args.action == "show":
+        if not args.name:
+            raise CnnlabError("usage: cnnlab models show NAME [--image-size S --in-channels C]")
+        rows = summary.layer_table_for(
+            args.name,
+            image_size=args.image_size,
+            in_channels=args.in_channels,
+            num_classes=args.num_classes,
+        )
+        title = f"{args.name}: layers"
+    else:
+        rows = summary.zoo_table(
+            image_size=args.image_size or 224,
+            in_channels=args.in_channels,
+            num_classes=args.num_classes,
+        )
+        title = f"model zoo at {args.image_size or 224} px, {args.in_channels} channel(s)"
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    t = Table(title=title)
+    for key in rows[0]:
+        t.add_column(key, justify="right" if isinstance(rows[0][key], (int, float)) else "left")
+    for r in rows:
+        t.add_row(*[f"{v:,}" if isinstance(v, int) else str(v) for v in r.values()])
+    out.print(t)
+    return 0
+
+
+@command("metrics")
+def _metrics(args: argparse.Namespace) -> int:
+    from cnnlab.metrics import classification_metrics
+    from cnnlab.metrics.io import read_predictions_csv
+
+    targets, probs, preds, names = read_predictions_csv(args.csv)
+    metrics = classification_metrics(targets, probs, preds=preds, class_names=names)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        _print_metrics(metrics, f"metrics of {args.csv}")
+    return 0
+
+
+@command("compare")
+def _compare(args: argparse.Namespace) -> int:
+    from cnnlab import api
+
+    r = api.compare(args.run_a, args.run_b)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    m = r["mcnemar"]
+    t = Table(title=f"paired comparison on the same {r['n']} test images")
+    t.add_column("")
+    t.add_column("value", justify="right")
+    t.add_row(f"accuracy A ({r['run_a']})", f"{r['accuracy_a']:.4f}")
+    t.add_row(f"accuracy B ({r['run_b']})", f"{r['accuracy_b']:.4f}")
+    t.add_row(
+        "difference A - B (95% CI)",
+        f"{r['difference']:+.4f} [{r['difference_low']:+.4f}, {r['difference_high']:+.4f}]",
+    )
+    t.add_row("A right, B wrong / A wrong, B right", f"{m['b']} / {m['c']}")
+    t.add_row("McNemar exact p-value", f"{m['p_value']:.4g}")
+    out.print(t)
+    return 0
+
+
+@command("conv")
+def _conv(args: argparse.Namespace) -> int:
+    from cnnlab.explain import conv
+
+    if args.example:
+        result = conv.run_example(args.example, explain=args.explain)
+    elif args.x is None or args.w is None:
+        raise CnnlabError("cnnlab conv needs --x and --w (or --example NAME)")
+    else:
+        result = conv.run_lab(
+            x=args.x,
+            w=args.w,
+            op=args.op,
+            mode=args.mode,
+            stride=args.stride,
+            padding=args.padding,
+            dilation=args.dilation,
+            explain=args.explain,
+            image_size=args.image_size,
+            max_steps=args.max_steps,
+        )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    out.print(result.summary())
+    if args.explain and result.steps:
+        out.print(conv.steps_table(result.steps))
+    return 0
+
+
+@command("data")
+def _data(args: argparse.Namespace) -> int:
+    from cnnlab.data.scan import scan_dataset
+
+    if not Path(args.source).exists():
+        raise CnnlabError(f"dataset root not found: {args.source}")
+    report = scan_dataset(
+        args.source, max_pixels=args.max_image_pixels, min_side=args.min_side, workers=args.workers
+    )
+    if args.json:  # the report comes out even when the check below fails
+        print(report.to_json())
+    else:
+        out.print(report.summary_table())
+    for warning in report.check(
+        strict=args.strict,
+        max_bad_fraction=args.max_bad_fraction,
+        allow_empty_classes=args.allow_empty_classes,
+    ):
+        err.print(f"[yellow]warning:[/] {warning}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)]
+    )
+    try:
+        return int(COMMANDS[args.command](args) or 0)
+    except CnnlabError as e:
+        err.print(f"[red]error:[/] {e}")
+        return e.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except FileNotFoundError as e:  # a path the user gave that vanished between checks
+        err.print(f"[red]error:[/] {e.filename or e}: not found")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

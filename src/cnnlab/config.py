@@ -1,0 +1,217 @@
+"""Typed, frozen configuration: the only place defaults live.
+
+Merge order is visible and fixed: dataclass defaults < config file (JSON or TOML) < keyword arguments / command line.
+Unknown keys fail with a close-match suggestion; values are checked once, here, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import tomllib
+
+from cnnlab.data.decode import DEFAULT_MAX_PIXELS
+from cnnlab.errors import ConfigError, close_matches
+
+Precision = Literal["auto", "32", "bf16", "16"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Optimizer = Literal["sgd", "adamw"]
+Schedule = Literal["onecycle", "cosine", "constant"]
+ResizeMode = Literal["fit", "crop", "stretch"]
+AUGMENTATIONS = ("crop", "flip", "affine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; saved as `config.json` in the run directory (enough to rerun it)."""
+
+    # --- data ---
+    data: str = "builtin:mnist-sample"  # folder | CSV | builtin:NAME | torchvision:NAME
+    data_root: str | None = None  # where torchvision datasets live / are downloaded to
+    image_size: int | None = (
+        None  # pixels (square); None: the dataset's own size if <= 64, else 224
+    )
+    in_channels: int | None = None  # None: 1 for grayscale datasets, 3 otherwise
+    resize: ResizeMode = (
+        "fit"  # fit: keep aspect and pad; crop: centre crop; stretch: ignore aspect
+    )
+    val_fraction: float = (
+        0.1  # of all samples, when the source has no val split (stratified, seeded)
+    )
+    test_fraction: float = 0.1
+    augment: tuple[str, ...] = ("crop",)  # whole-batch tensor ops, any of AUGMENTATIONS
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit, enforced as an error
+    max_bad_fraction: float = 0.1  # abort when more of the files than this cannot be decoded
+    strict: bool = False  # every skipped file becomes an error
+    # --- model ---
+    model: str = "lenet5"
+    weights: str | None = None  # None | "imagenet" | path to a state dict (.safetensors / .pt)
+    # --- optimisation ---
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: Optimizer = "sgd"
+    lr: float = 0.05  # peak learning rate (one-cycle / cosine), per batch of `batch_size`
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # decoupled for AdamW, L2 for SGD; never applied to norms and biases
+    schedule: Schedule = "onecycle"
+    warmup_epochs: float = 1.0  # for cosine; one-cycle warms up for 25% of the run
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None  # max global L2 norm of gradients
+    # --- compute ---
+    device: Device = "auto"
+    precision: Precision = "auto"  # auto: bf16 autocast where the CPU/GPU supports it, else fp32
+    channels_last: bool | None = (
+        None  # None: on for models with >= 3 channels' worth of 2D convs on CUDA/bf16
+    )
+    compile: bool = False  # torch.compile the model (pays off for long runs)
+    # --- run control ---
+    seed: int = 0
+    deterministic: bool = (
+        False  # torch deterministic algorithms; identical runs for the same seed and versions
+    )
+    early_stopping: int | None = None  # patience in epochs on `monitor`; None: never stop early
+    monitor: str = "val_accuracy"  # higher is better for *_accuracy/_score, lower for *_loss
+    out: str = "runs"
+    name: str | None = None  # run folder name under `out`; None: model-data-timestamp
+    resume: str | None = None  # "auto" (this run's last verified checkpoint) or a checkpoint path
+    tensorboard: bool = False
+    report: bool = True  # write report.html at the end
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"option {key} must be > 0, got {value}")
+        for key in ("val_fraction", "test_fraction", "max_bad_fraction", "label_smoothing"):
+            value = getattr(self, key)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"option {key} must be in [0, 1), got {value}")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError("val_fraction + test_fraction must leave samples for training")
+        if self.image_size is not None and self.image_size < 8:
+            raise ConfigError(f"option image_size must be >= 8 pixels, got {self.image_size}")
+        unknown = [a for a in self.augment if a not in AUGMENTATIONS]
+        if unknown:
+            raise ConfigError(
+                f"unknown augmentation {unknown[0]!r}{close_matches(unknown[0], AUGMENTATIONS)}; "
+                f"choose from {', '.join(AUGMENTATIONS)} (or 'none')"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_literals(cfg: Any) -> None:
+    hints = get_type_hints(type(cfg))
+    for f in fields(cfg):
+        hint = hints[f.name]
+        if get_origin(hint) is Literal:
+            allowed = get_args(hint)
+            value = getattr(cfg, f.name)
+            if value not in allowed:
+                raise ConfigError(
+                    f"option {f.name}={value!r} is not allowed{close_matches(str(value), allowed)}; "
+                    f"choose from {', '.join(map(str, allowed))}"
+                )
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    """Turn a value read from JSON/TOML/CLI text into the field's type (bools, ints, tuples)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    base = hint
+    if get_origin(hint) in (Union, types.UnionType):  # X | None -> X
+        base = next(a for a in get_args(hint) if a is not type(None))
+    if get_origin(base) is Literal:
+        return text
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"option {name} expects true/false, got {value!r}")
+    if base is int:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"option {name} expects an integer, got {value!r}") from None
+    if base is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"option {name} expects a number, got {value!r}") from None
+    if get_origin(base) is tuple:
+        if isinstance(value, (list, tuple)):
+            items = [str(v) for v in value]
+        else:
+            items = [v.strip() for v in text.split(",") if v.strip()]
+        return tuple(v for v in items if v.lower() != "none")
+    return value
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or TOML config file into a plain dict (data only: nothing is executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(path.read_text())
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(
+            f"config file {path} is not valid {path.suffix[1:].upper()}: {err}"
+        ) from None
+
+
+def make_config(cls: type, file: str | Path | None = None, **overrides: Any):
+    """Build a frozen config: defaults < `file` < `overrides` (None overrides are ignored)."""
+    values: dict[str, Any] = {}
+    if file is not None:
+        values.update(load_config_file(file))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"unknown option {key!r}{close_matches(key, names)}")
+    coerced = {k: _coerce(k, hints[k], v) for k, v in values.items()}
+    return cls(**coerced)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How a file becomes a model input; stored with every checkpoint so prediction needs nothing else."""
+
+    image_size: int
+    in_channels: int
+    mean: tuple[float, ...]  # per channel, in [0, 1] pixel units
+    std: tuple[float, ...]
+    resize: str = "fit"
+    decode: dict[str, Any] = field(
+        default_factory=dict
+    )  # the decoding policy (see cnnlab.data.decode)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
+        return cls(
+            image_size=int(d["image_size"]),
+            in_channels=int(d["in_channels"]),
+            mean=tuple(float(m) for m in d["mean"]),
+            std=tuple(float(s) for s in d["std"]),
+            resize=str(d.get("resize", "fit")),
+            decode=dict(d.get("decode", {})),
+        )

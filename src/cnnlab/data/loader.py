@@ -1,0 +1,123 @@
+"""Batches from a uint8 tensor held on the training device, augmented as whole tensors.
+
+Randomness is derived from (seed, epoch, step): batch `step` of epoch `epoch` is the same whether the run was
+interrupted or not, so a resumed run sees exactly the batches an uninterrupted one would (see engine.checkpoint).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab.data.tensors import normalize
+
+
+def _generator(seed: int, *keys: int, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    mixed = seed
+    for k in keys:  # splitmix-style mixing so (epoch, step) pairs never collide
+        mixed = (mixed * 6364136223846793005 + k + 1442695040888963407) % (2**63)
+    g.manual_seed(mixed)
+    return g
+
+
+def random_crop(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
+    """Pad by `pad` pixels (zeros) and take a random crop of the original size, a different one per image.
+
+    x: (N, C, H, W). One gather for the whole batch instead of N slicing calls.
+    """
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g, device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # N x 1 x H x 1
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # N x 1 x 1 x W
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Horizontal flip of a random half of the batch."""
+    flip = torch.rand(x.shape[0], generator=g, device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def random_affine(
+    x: torch.Tensor, g: torch.Generator, degrees: float = 10.0, translate: float = 0.1
+) -> torch.Tensor:
+    """Small rotation (+-degrees) and translation (+-translate of the side), per image, one grid_sample call."""
+    n = x.shape[0]
+    angle = (torch.rand(n, generator=g, device=x.device) * 2 - 1) * degrees * torch.pi / 180
+    shift = (torch.rand(n, 2, generator=g, device=x.device) * 2 - 1) * translate * 2  # grid units
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )  # N x 2 x 3
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+@dataclass
+class TensorLoader:
+    """Iterates (images float32 normalised, targets int64, indices) batches over a uint8 image tensor.
+
+    images: (N, C, S, S) uint8 on `device`; targets: (N,) int64. Augmentation runs on the float batch, after
+    normalisation would shift the padding value, so it runs before normalising (zero padding = black pixels).
+    """
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    batch_size: int
+    shuffle: bool = False
+    augment: Sequence[str] = ()
+    seed: int = 0
+    drop_last: bool = False
+    channels_last: bool = False
+    shard: tuple[int, int] = (
+        0,
+        1,
+    )  # (rank, world_size): each rank takes every world_size-th batch row
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        rank, world = self.shard
+        return len(range(rank, self.images.shape[0], world)) if world > 1 else self.images.shape[0]
+
+    def order(self, epoch: int) -> torch.Tensor:
+        n = self.images.shape[0]
+        if self.shuffle:
+            idx = torch.randperm(n, generator=_generator(self.seed, epoch))
+        else:
+            idx = torch.arange(n)
+        rank, world = self.shard
+        return idx[rank::world] if world > 1 else idx
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Batches of `epoch`, starting at batch number `start` (for resuming mid-epoch)."""
+        order = self.order(epoch).to(self.images.device)
+        for step in range(start, len(self)):
+            idx = order[step * self.batch_size : (step + 1) * self.batch_size]
+            x = self.images.index_select(0, idx)
+            if self.augment:
+                g = _generator(self.seed, epoch, step, device=x.device)
+                x = x.float()
+                if "crop" in self.augment:
+                    x = random_crop(x, max(1, x.shape[-1] // 8), g)  # 4 px at 32 px, as for CIFAR
+                if "flip" in self.augment:
+                    x = random_flip(x, g)
+                if "affine" in self.augment:
+                    x = random_affine(x, g)
+            x = normalize(x, self.mean, self.std)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.targets.index_select(0, idx), idx

@@ -1,0 +1,327 @@
+"""Where images come from: `--data` resolved into train / val / test splits with class names.
+
+Sources:
+  DIR                   class-per-subfolder, optionally with train/ val/ test/ subfolders
+  FILE.csv              columns `path,label` (optional `split`), paths relative to the CSV's folder
+  builtin:NAME          mnist-sample | digits | shapes[?n=..&size=..&seed=..]  (offline)
+  torchvision:NAME      MNIST | FashionMNIST | CIFAR10 | CIFAR100 through torchvision's classes (--data-root)
+
+Without given val/test splits, a stratified, seeded split is made; the exact sample ids of every split are stored in
+the run directory (`splits.json`) so that evaluation later uses the same held-out test set.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnlab.data.builtin import ArrayDataset, load_builtin
+from cnnlab.errors import ConfigError, DataError, close_matches
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+TORCHVISION = {
+    "MNIST": "MNIST",
+    "FashionMNIST": "FashionMNIST",
+    "CIFAR10": "CIFAR10",
+    "CIFAR100": "CIFAR100",
+}
+
+
+@dataclass
+class Split:
+    """One split: sample ids, targets, and either file paths or in-memory images (N, H, W, C) uint8."""
+
+    ids: list[str]
+    targets: np.ndarray
+    paths: list[Path] | None = None
+    images: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> Split:
+        idx = np.asarray(idx, dtype=np.int64)
+        return Split(
+            [self.ids[i] for i in idx],
+            self.targets[idx],
+            [self.paths[i] for i in idx] if self.paths is not None else None,
+            self.images[idx] if self.images is not None else None,
+        )
+
+
+@dataclass
+class DataBundle:
+    source: str
+    class_names: list[str]
+    splits: dict[str, Split]
+    channels: int  # 1 for grayscale sources, 3 otherwise
+    native_size: int | None = None  # side in pixels when every image has the same square size
+    split_origin: str = "given"
+    root: Path | None = None
+    scan: Any = None  # cnnlab.data.scan.ScanReport for file sources
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def stratified_split(
+    targets: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
+    """Indices of a seeded split that keeps each class's share in every part (scikit-learn's splitter)."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(targets))
+    counts = np.bincount(targets)
+    needed = 1 + (val_fraction > 0) + (test_fraction > 0)
+    if counts[counts > 0].min() < needed:
+        small = {int(c): int(n) for c, n in enumerate(counts) if 0 < n < needed}
+        raise DataError(
+            "dataset",
+            f"classes with too few samples for a stratified split: {small} "
+            f"(need at least {needed} each; add images or set --val-fraction/--test-fraction 0)",
+        )
+    out: dict[str, np.ndarray] = {}
+    rest = idx
+    if test_fraction > 0:
+        rest, out["test"] = train_test_split(
+            idx, test_size=test_fraction, stratify=targets, random_state=seed
+        )
+    if val_fraction > 0:
+        rel = val_fraction / (1 - test_fraction)
+        rest, out["val"] = train_test_split(
+            rest, test_size=rel, stratify=targets[rest], random_state=seed + 1
+        )
+    out["train"] = rest
+    return {k: np.sort(v) for k, v in out.items()}
+
+
+def _from_arrays(ds: ArrayDataset, source: str, val: float, test: float, seed: int) -> DataBundle:
+    all_split = Split(
+        [f"{ds.name}:{i}" for i in range(len(ds.targets))], ds.targets, images=ds.images
+    )
+    parts = stratified_split(ds.targets, val, test, seed)
+    h, w, c = ds.images.shape[1:]
+    return DataBundle(
+        source,
+        ds.class_names,
+        {k: all_split.subset(v) for k, v in parts.items()},
+        channels=c,
+        native_size=h if h == w else None,
+        split_origin=f"stratified(seed={seed})",
+        extras={"dataset": ds},
+    )
+
+
+def _torchvision(name: str, root: str | None, val: float, test: float, seed: int) -> DataBundle:
+    """Read (or download, when online) a torchvision dataset; uses its official split for test."""
+    import torchvision.datasets as tvd
+
+    if name not in TORCHVISION:
+        raise ConfigError(
+            f"unknown torchvision dataset {name!r}{close_matches(name, TORCHVISION)}; "
+            f"choose from {', '.join(TORCHVISION)}"
+        )
+    root = root or str(Path.home() / ".cache" / "cnnlab" / "datasets")
+    cls = getattr(tvd, TORCHVISION[name])
+    parts = {}
+    for train in (True, False):
+        try:
+            ds = cls(root, train=train, download=False)
+        except RuntimeError:
+            try:
+                ds = cls(root, train=train, download=True)
+            except (OSError, RuntimeError) as err:
+                raise DataError(
+                    root,
+                    f"torchvision:{name} is not in --data-root and could not be downloaded "
+                    f"({type(err).__name__}: {err}); put the dataset files there",
+                ) from None
+        data = np.asarray(ds.data)
+        images = (
+            data[..., None] if data.ndim == 3 else data
+        )  # MNIST: N x 28 x 28; CIFAR: N x 32 x 32 x 3
+        targets = np.asarray(ds.targets, dtype=np.int64)
+        parts["train" if train else "test"] = (images, targets, list(ds.classes))
+    images, targets, classes = parts["train"]
+    trainval = Split([f"{name}:train:{i}" for i in range(len(targets))], targets, images=images)
+    idx = stratified_split(targets, val / (1 - test) if val else 0.0, 0.0, seed)
+    t_images, t_targets, _ = parts["test"]
+    splits = {k: trainval.subset(v) for k, v in idx.items()}
+    splits["test"] = Split(
+        [f"{name}:test:{i}" for i in range(len(t_targets))], t_targets, images=t_images
+    )
+    return DataBundle(
+        f"torchvision:{name}",
+        [str(c) for c in classes],
+        splits,
+        channels=images.shape[-1],
+        native_size=images.shape[1],
+        split_origin=f"official test + stratified val(seed={seed})",
+    )
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # utf-8-sig drops a BOM
+    except UnicodeDecodeError:
+        raise DataError(path, "is not UTF-8 text; save the CSV as UTF-8") from None
+    if not text.strip():
+        raise DataError(path, "is empty; expected a header `path,label` and one row per image")
+    try:
+        dialect = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.DictReader(text.splitlines(), dialect=dialect)
+    fields = [f.strip().lower() for f in reader.fieldnames or []]
+    missing = [c for c in ("path", "label") if c not in fields]
+    if missing:
+        raise DataError(
+            path,
+            f"missing column(s) {missing}; found {reader.fieldnames}. Expected a header "
+            "`path,label` (optional `split` with train/val/test)",
+        )
+    return [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+
+
+def _csv_items(path: Path) -> tuple[list[tuple[Path, str, str | None]], Path]:
+    """(file, label, split) per row; paths must stay inside the CSV's folder."""
+    root = path.parent.resolve()
+    rows = _read_csv(path)
+    items, seen = [], {}
+    for row_no, row in enumerate(rows, start=2):  # row 1 is the header
+        rel, label, split = row.get("path", ""), row.get("label", ""), row.get("split") or None
+        if not rel:
+            raise DataError(path, "empty path", row=row_no)
+        if not label or label.lower() == "nan":
+            raise DataError(
+                path, f"empty label for {rel!r}; every row needs a class name", row=row_no
+            )
+        if split is not None and split not in SPLITS:
+            raise DataError(path, f"split {split!r} must be one of {SPLITS}", row=row_no)
+        p = Path(rel)
+        if p.is_absolute() or ".." in p.parts:
+            raise DataError(
+                path, f"path {rel!r} must be relative to the CSV's folder, without '..'", row=row_no
+            )
+        full = (root / p).resolve()
+        if not full.is_relative_to(root):
+            raise DataError(path, f"path {rel!r} resolves outside {root} (symlink?)", row=row_no)
+        if rel in seen:
+            if seen[rel] != label:
+                raise DataError(
+                    path,
+                    f"{rel!r} is listed twice with different labels ({seen[rel]!r} and {label!r})",
+                    row=row_no,
+                )
+            log.warning("%s row %d: duplicate of an earlier row, ignored", path, row_no)
+            continue
+        seen[rel] = label
+        items.append((root / p, label, split))
+    return items, root
+
+
+def _check_label_spelling(labels: list[str], where: Path) -> None:
+    """Near-duplicate class names ('cat', 'Cat', 'cat ') are almost always typos: fail and name them."""
+    by_key: dict[str, set[str]] = {}
+    for lab in labels:
+        by_key.setdefault(lab.strip().casefold(), set()).add(lab)
+    clashes = [sorted(v) for v in by_key.values() if len(v) > 1]
+    if clashes:
+        raise DataError(
+            where, f"class names that differ only in case/spaces: {clashes}; make them identical"
+        )
+
+
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def _from_items(listing: Any, root: Path, source: str, cfg: Any) -> DataBundle:
+    """Scan the files (read-only, full decode), drop bad ones per policy, then split.
+
+    `listing` is a FolderListing (folder layout) or a list of (path, label, split) items (CSV).
+    """
+    from cnnlab.data.scan import scan_dataset
+
+    report = scan_dataset(listing, root=root, max_pixels=cfg.max_image_pixels)
+    report.check(strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction)
+    usable = report.usable_items  # [DataItem(path, label, split)]
+    labels = sorted({it.label for it in usable})
+    _check_label_spelling(labels, root)
+    index = {c: i for i, c in enumerate(labels)}
+    given = {it.split for it in usable if it.split}
+    if given and "train" not in given:
+        raise DataError(root, f"found splits {sorted(given)} but no 'train'")
+    ids = [str(Path(it.path).resolve().relative_to(root)) for it in usable]
+    targets = np.array([index[it.label] for it in usable], dtype=np.int64)
+    whole = Split(ids, targets, paths=[Path(it.path) for it in usable])
+    if given:
+        splits = {
+            s: whole.subset([i for i, it in enumerate(usable) if it.split == s]) for s in given
+        }
+        origin = "given"
+        missing = [s for s in ("val", "test") if s not in splits]
+        if missing:  # carve the missing parts out of train, stratified
+            fr = {
+                "val": cfg.val_fraction if "val" in missing else 0.0,
+                "test": cfg.test_fraction if "test" in missing else 0.0,
+            }
+            part = stratified_split(splits["train"].targets, fr["val"], fr["test"], cfg.seed)
+            train = splits["train"]
+            splits.update({k: train.subset(v) for k, v in part.items()})
+            origin = f"given + stratified {missing}(seed={cfg.seed})"
+    else:
+        part = stratified_split(targets, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        splits, origin = (
+            {k: whole.subset(v) for k, v in part.items()},
+            f"stratified(seed={cfg.seed})",
+        )
+    ok = [r for r in report.records if r.ok]
+    channels = 1 if all(r.mode in GRAY_MODES for r in ok) else 3
+    sizes = {(r.width, r.height) for r in ok}
+    native = next(iter(sizes))[0] if len(sizes) == 1 and len(set(next(iter(sizes)))) == 1 else None
+    return DataBundle(
+        source,
+        labels,
+        splits,
+        channels=channels,
+        native_size=native,
+        split_origin=origin,
+        root=root,
+        scan=report,
+    )
+
+
+def load_source(cfg: Any) -> DataBundle:
+    """Resolve `cfg.data` (a TrainConfig or anything with the same fields) into a DataBundle."""
+    spec = str(cfg.data)
+    if spec.startswith("builtin:"):
+        return _from_arrays(
+            load_builtin(spec[8:]), spec, cfg.val_fraction, cfg.test_fraction, cfg.seed
+        )
+    if spec.startswith("torchvision:"):
+        return _torchvision(spec[12:], cfg.data_root, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(
+            path,
+            "dataset root not found; give a folder of class subfolders, a CSV file, "
+            "builtin:mnist-sample|digits|shapes or torchvision:MNIST|FashionMNIST|CIFAR10|CIFAR100",
+        )
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DataError(
+                path, "is a file but not a .csv; --data takes a folder, a CSV or builtin:NAME"
+            )
+        items, root = _csv_items(path)
+        return _from_items(items, root, str(path), cfg)
+    from cnnlab.data.scan import items_from_folder
+
+    if not path.is_dir():
+        raise DataError(path, "dataset root is not a directory")
+    return _from_items(items_from_folder(path), path.resolve(), str(path), cfg)

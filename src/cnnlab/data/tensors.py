@@ -1,0 +1,160 @@
+"""The fast data path: decode every image once into a uint8 tensor at the training size, then batch whole tensors.
+
+Why by hand: torchvision's `DataLoader` + per-sample transforms spend most of a small CNN's step in Python (one
+`__getitem__`, one PIL resize and one `ToTensor` per image). Holding the decoded dataset as one (N, C, S, S) uint8
+tensor and indexing it with a permutation costs one gather per batch (airbench / FFCV do the same).
+
+The decoded tensor of a file-backed split is cached as a `.npy` file under the cache folder, keyed by the dataset's
+fingerprint (relative paths, sizes, mtimes) and the preprocessing, so a second run skips decoding; any change to a file
+or to the preprocessing gives a new key. The cache is plain NumPy (`allow_pickle=False`), never pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cnnlab.config import PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+
+def resize_to_square(im: Image.Image, size: int, mode: str = "fit") -> Image.Image:
+    """Resize a PIL image to size x size.
+
+    fit: keep aspect ratio, scale the longer side to `size`, pad the rest with black (0), centred;
+    crop: scale the shorter side to `size` and take the centre; stretch: resize both sides to `size`.
+    """
+    w, h = im.size
+    if (w, h) == (size, size):
+        return im
+    if mode == "stretch":
+        return im.resize((size, size), Image.Resampling.BILINEAR)
+    scale = size / max(w, h) if mode == "fit" else size / min(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+    if mode == "crop":
+        left, top = (nw - size) // 2, (nh - size) // 2
+        return im.crop((left, top, left + size, top + size))
+    canvas = Image.new(im.mode, (size, size), 0)
+    canvas.paste(im, ((size - nw) // 2, (size - nh) // 2))
+    return canvas
+
+
+def pil_to_chw(im: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """A decoded PIL image -> (C, S, S) uint8, the model's input before normalisation."""
+    im = resize_to_square(im, spec.image_size, spec.resize)
+    arr = np.asarray(im, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def image_mode(in_channels: int) -> str:
+    return "L" if in_channels == 1 else "RGB"
+
+
+def load_file(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
+    """Decode one file with the single decoding policy and return (C, S, S) uint8."""
+    from cnnlab.data.decode import DEFAULT_MAX_PIXELS, load_image
+
+    max_pixels = int(spec.decode.get("max_pixels", DEFAULT_MAX_PIXELS))
+    im = load_image(path, mode=image_mode(spec.in_channels), max_pixels=max_pixels)
+    return pil_to_chw(im, spec)
+
+
+def arrays_to_chw(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """In-memory (N, H, W, C) uint8 -> (N, C, S, S) uint8, through the same PIL path as files.
+
+    Fast path: when the size already matches and only channels differ, convert with the same luma weights Pillow
+    uses for 'L' (ITU-R 601-2), without a per-image loop.
+    """
+    n, h, w, c = images.shape
+    if (h, w) == (spec.image_size, spec.image_size):
+        if c == spec.in_channels:
+            return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+        if c == 1 and spec.in_channels == 3:
+            return np.ascontiguousarray(np.repeat(images, 3, axis=3).transpose(0, 3, 1, 2))
+    from cnnlab.data.decode import normalize_mode
+
+    mode = image_mode(spec.in_channels)
+    out = np.empty((n, spec.in_channels, spec.image_size, spec.image_size), dtype=np.uint8)
+    for i in range(n):
+        im = Image.fromarray(images[i, :, :, 0] if c == 1 else images[i])
+        out[i] = pil_to_chw(normalize_mode(im, mode), spec)
+    return out
+
+
+def fingerprint_files(paths: Sequence[str | Path], root: str | Path | None = None) -> str:
+    """sha256 over (relative path, size, mtime_ns) of every file: cheap, and changes when any file does."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = os.stat(p)
+        rel = os.path.relpath(p, root) if root else str(p)
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("CNNLAB_CACHE", Path.home() / ".cache" / "cnnlab"))
+
+
+def decode_files(
+    paths: Sequence[str | Path],
+    spec: PreprocessSpec,
+    *,
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+) -> np.ndarray:
+    """Decode files into one (N, C, S, S) uint8 array, using/creating the on-disk cache."""
+    key_src = json.dumps(
+        {"files": fingerprint_files(paths), "spec": spec.to_dict()}, sort_keys=True
+    )
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    target = cache / f"images-{key}.npy"
+    if target.is_file():
+        log.info("decoded-image cache hit: %s", target)
+        return np.load(target, allow_pickle=False)
+    out = np.empty((len(paths), spec.in_channels, spec.image_size, spec.image_size), np.uint8)
+
+    def work(i: int) -> None:
+        out[i] = load_file(paths[i], spec)
+
+    # Pillow releases the GIL while decoding and resizing, so threads use both cores without pickling arrays.
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(work, range(len(paths))))
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, out, allow_pickle=False)
+        os.replace(tmp, target)
+    except (
+        OSError
+    ) as err:  # a read-only home must not stop training; the cache is only an optimisation
+        log.warning("could not write the decoded-image cache %s: %s", target, err)
+    return out
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of (N, C, H, W) uint8 images, in [0, 1] units (float64 sums: no overflow)."""
+    x = images.double().div_(255.0)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std)
+
+
+def normalize(images_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) uint8 -> float32 standardised; mean/std are (C,) in [0, 1] units."""
+    x = images_u8.float().div_(255.0)
+    return x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))

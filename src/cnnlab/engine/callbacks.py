@@ -1,0 +1,235 @@
+"""Small single-purpose callbacks (Keras style): progress, CSV log, checkpoints, early stopping, interruption."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnlab.engine.checkpoint import CheckpointManager
+from cnnlab.engine.trainer import Callback, Trainer
+
+log = logging.getLogger(__name__)
+
+
+def better(monitor: str, new: float, old: float | None) -> bool:
+    """`*_loss` is lower-better; everything else (accuracy, *_score) higher-better (scikit-learn's convention)."""
+    if old is None:
+        return math.isfinite(new)
+    return new < old if monitor.endswith("loss") else new > old
+
+
+class Progress(Callback):
+    """Live rich progress bar with loss, accuracy and images/s; one summary line per epoch."""
+
+    def __init__(
+        self, epochs: int, steps_per_epoch: int, console: Any = None, enabled: bool = True
+    ):
+        self.epochs, self.steps, self.enabled = epochs, steps_per_epoch, enabled
+        self.console = console
+        self._bar = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if not self.enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as RichProgress
+
+        self._bar = RichProgress(
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  {task.fields[ips]:,.0f} img/s"
+            ),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._bar.start()
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        self._t0, self._seen, self._loss, self._correct = time.perf_counter(), 0, 0.0, 0
+        if self._bar is not None:
+            self._task = self._bar.add_task(
+                "train",
+                total=self.steps,
+                completed=trainer.state.step,
+                epoch=f"{trainer.state.epoch + 1}/{self.epochs}",
+                loss=0.0,
+                acc=0.0,
+                ips=0.0,
+            )
+
+    def on_batch_end(self, trainer: Trainer, loss: float, correct: int, size: int) -> None:
+        self._seen += size
+        self._loss += loss * size
+        self._correct += correct
+        if self._bar is not None:
+            dt = max(time.perf_counter() - self._t0, 1e-9)
+            self._bar.update(
+                self._task,
+                advance=1,
+                loss=self._loss / self._seen,
+                acc=self._correct / self._seen,
+                ips=self._seen / dt,
+            )
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if self._bar is not None:
+            self._bar.remove_task(self._task)
+        if self.enabled and self.console is not None:
+            val = (
+                f"  val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_accuracy']:.4f}"
+                if "val_loss" in metrics
+                else ""
+            )
+            self.console.print(
+                f"epoch {int(metrics['epoch']):>3}/{self.epochs}  loss {metrics['train_loss']:.4f}  "
+                f"acc {metrics['train_accuracy']:.4f}{val}  {metrics['train_images_per_s']:,.0f} img/s  "
+                f"{metrics['epoch_time_s']:.1f}s"
+            )
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+class CSVLogger(Callback):
+    """Appends one row per epoch to metrics.csv (re-written from history on resume, so rows never repeat)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._write(trainer.state.history)
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self._write(trainer.state.history)
+
+    def _write(self, rows: list[dict[str, float]]) -> None:
+        if not rows:
+            return
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        with open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+
+
+class EarlyStopping(Callback):
+    def __init__(self, monitor: str = "val_accuracy", patience: int = 5):
+        self.monitor, self.patience = monitor, patience
+        self.best: float | None = None
+        self.wait = 0
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        value = metrics.get(self.monitor)
+        if value is None:
+            return
+        if better(self.monitor, value, self.best):
+            self.best, self.wait = value, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            trainer.state.stop = True
+            trainer.state.stop_reason = f"early stopping: {self.monitor} did not improve for {self.patience} epochs (best {self.best:.4f})"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "wait": self.wait}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.wait = state.get("best"), int(state.get("wait", 0))
+
+
+class Checkpoint(Callback):
+    """Saves a resumable checkpoint after every completed epoch (and on interruption), plus best weights.
+
+    `best` is updated only from a completed epoch whose monitored value is finite.
+    """
+
+    def __init__(
+        self, manager: CheckpointManager, metadata: Callable[[], dict[str, Any]], monitor: str
+    ):
+        self.manager, self.metadata, self.monitor = manager, metadata, monitor
+        self.best: float | None = None
+
+    def _state(self, trainer: Trainer, complete: bool) -> dict[str, Any]:
+        s = trainer.state
+        return {
+            "epoch": s.epoch,
+            "step": s.step,
+            "complete_epoch": complete,
+            "global_step": s.global_step,
+            "history": s.history,
+            "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict(),
+            "scaler": trainer.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "callbacks": {type(cb).__name__: cb.state_dict() for cb in trainer.callbacks},
+        }
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        value = metrics.get(self.monitor, metrics.get("train_loss"))
+        key = self.monitor if self.monitor in metrics else "train_loss"
+        is_best = better(key, value, self.best)
+        if is_best:
+            self.best = value
+        tag = f"epoch-{trainer.state.epoch + 1:04d}"
+        self.manager.save(
+            tag,
+            trainer.model.state_dict(),
+            self.metadata(),
+            self._state(trainer, complete=True),
+            is_best=is_best,
+        )
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        s = trainer.state
+        if s.interrupted and s.step > 0:
+            tag = f"epoch-{s.epoch + 1:04d}-step-{s.step:06d}"
+            self.manager.save(
+                tag, trainer.model.state_dict(), self.metadata(), self._state(trainer, False)
+            )
+            log.warning("interrupted: saved a resumable checkpoint %s", tag)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state.get("best")
+
+
+class GracefulInterrupt(Callback):
+    """Ctrl-C / SIGTERM: finish the current step, save a resumable checkpoint, exit non-zero.
+
+    A second Ctrl-C falls back to the default handler (immediate KeyboardInterrupt).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._previous = {}
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+
+        def handler(signum: int, frame: Any) -> None:
+            trainer.state.stop = trainer.state.interrupted = True
+            trainer.state.stop_reason = f"interrupted by {signal.Signals(signum).name}"
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, handler)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev)

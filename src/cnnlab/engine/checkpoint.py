@@ -1,0 +1,241 @@
+"""Checkpoints that survive kills and refuse to run code.
+
+Layout under `<run>/checkpoints/`:
+  epoch-0003.safetensors   model weights + JSON metadata (class names, preprocessing, model) -- enough to predict
+  epoch-0003.state.pt      optimizer / scheduler / RNG / loop state: tensors and plain types only, so that
+                           `torch.load(weights_only=True)` reads it; never pickled objects
+  best.safetensors         weights of the best completed, finite epoch
+  manifest.json            sha256 + size of each file, written atomically *after* the files
+
+Every write goes to a temporary file in the same folder, is flushed and fsynced, then `os.replace`d over the target
+(POSIX rename is atomic), and the folder is fsynced. A kill at any moment leaves the previous files and manifest
+intact; stale temporaries are removed at the next start. PyTorch declined atomic `torch.save` (pytorch#2883), and
+Lightning's regressed (#19970), so it is done here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import pickle  # only for its exception class: nothing here unpickles
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from cnnlab.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write(target: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write via a same-folder temporary file + fsync + rename; on any error the target is untouched."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def clean_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove `.NAME.*.tmp` files left by a process killed mid-write (they are never referenced)."""
+    removed = []
+    for tmp in folder.glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def save_weights(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """Weights as safetensors; metadata values are JSON-encoded (safetensors metadata is str -> str)."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    meta = {k: json.dumps(v) for k, v in metadata.items()}
+    meta["cnnlab_schema"] = str(SCHEMA_VERSION)
+    data = st_save(tensors, metadata=meta)
+    atomic_write(path, lambda f: f.write(data))
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a safetensors checkpoint: (state_dict, metadata). Corrupt files raise CheckpointError naming the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    data = path.read_bytes()
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+    except (SafetensorError, ValueError, json.JSONDecodeError) as err:
+        raise CheckpointError(
+            f"incomplete or corrupt checkpoint: {path} ({len(data)} bytes; {err})"
+        ) from None
+    raw = header.get("__metadata__", {}) or {}
+    schema = int(raw.pop("cnnlab_schema", "0") or 0)
+    if schema > SCHEMA_VERSION:
+        raise CheckpointError(
+            f"{path} was written by a newer cnnlab (checkpoint schema {schema} > {SCHEMA_VERSION}); upgrade cnnlab"
+        )
+    meta = {}
+    for k, v in raw.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(
+                f"{path}: tensor {name} holds NaN or Inf values; refusing to use it"
+            )
+    return tensors, meta
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """Training state via `weights_only=True` only: a file needing pickled code is refused, never retried unsafely."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file not found: {path}") from None
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refusing to load {path}: it needs pickled Python objects, which could run code "
+            f"({str(err).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"incomplete or corrupt checkpoint: {path} ({err})") from None
+
+
+class CheckpointManager:
+    """Keeps `keep` newest epoch checkpoints + best, with a sha256 manifest verified before every load."""
+
+    def __init__(self, folder: Path, keep: int = 2):
+        self.folder = Path(folder)
+        self.keep = keep
+        self.folder.mkdir(parents=True, exist_ok=True)
+        removed = clean_stale_temporaries(self.folder)
+        if removed:
+            log.info(
+                "removed %d stale temporary checkpoint file(s) in %s", len(removed), self.folder
+            )
+
+    # manifest -------------------------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        path = self.folder / MANIFEST
+        if not path.is_file():
+            return {"checkpoints": [], "best": None}
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"corrupt checkpoint manifest {path}: {err}") from None
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        text = json.dumps(manifest, indent=2).encode()
+        atomic_write(self.folder / MANIFEST, lambda f: f.write(text))
+
+    def _entry(self, name: str) -> dict[str, Any]:
+        p = self.folder / name
+        return {"file": name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
+
+    # saving ---------------------------------------------------------------------------------------------
+    def save(
+        self,
+        tag: str,
+        weights: dict[str, torch.Tensor],
+        metadata: dict[str, Any],
+        state: dict[str, Any],
+        *,
+        is_best: bool = False,
+    ) -> Path:
+        """Write `<tag>.safetensors` + `<tag>.state.pt` (+ best), then the manifest; prune old epochs."""
+        wpath, spath = self.folder / f"{tag}.safetensors", self.folder / f"{tag}.state.pt"
+        save_weights(wpath, weights, metadata)
+        save_state(spath, state)
+        manifest = self.manifest()
+        entries = [e for e in manifest["checkpoints"] if e["tag"] != tag]
+        entries.append(
+            {
+                "tag": tag,
+                "weights": self._entry(wpath.name),
+                "state": self._entry(spath.name),
+                "epoch": state.get("epoch"),
+                "step": state.get("step"),
+                "complete_epoch": state.get("complete_epoch"),
+            }
+        )
+        if is_best:
+            best = self.folder / "best.safetensors"
+            save_weights(best, weights, metadata)
+            manifest["best"] = self._entry(best.name) | {"epoch": state.get("epoch")}
+        stale = entries[: -self.keep] if len(entries) > self.keep else []
+        manifest["checkpoints"] = entries[-self.keep :]
+        self._write_manifest(manifest)
+        for e in stale:  # only after the manifest no longer references them
+            for key in ("weights", "state"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.folder / e[key]["file"]).unlink()
+        return wpath
+
+    # loading --------------------------------------------------------------------------------------------
+    def verify(self, entry: dict[str, Any]) -> bool:
+        p = self.folder / entry["file"]
+        return (
+            p.is_file() and p.stat().st_size == entry["bytes"] and sha256_file(p) == entry["sha256"]
+        )
+
+    def latest_verified(self) -> dict[str, Any] | None:
+        """Newest checkpoint whose files match the manifest; falls back to older ones, saying so."""
+        entries = self.manifest()["checkpoints"]
+        for i, e in enumerate(reversed(entries)):
+            if self.verify(e["weights"]) and self.verify(e["state"]):
+                if i:
+                    log.warning(
+                        "newest checkpoint failed its sha256 check; resuming from the previous verified one: %s",
+                        e["tag"],
+                    )
+                return e
+            log.warning("checkpoint %s failed verification (incomplete or corrupt)", e["tag"])
+        return None
+
+    def load(
+        self, entry: dict[str, Any]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+        weights, meta = read_weights(self.folder / entry["weights"]["file"])
+        state = read_state(self.folder / entry["state"]["file"])
+        return weights, meta, state

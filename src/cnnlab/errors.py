@@ -1,0 +1,43 @@
+"""Errors a user can cause. The CLI prints these as one line, without a traceback.
+
+Everything else (a bug in cnnlab, a failed assertion) keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class CnnlabError(Exception):
+    """Base class for errors caused by input the user gave (paths, options, files)."""
+
+    exit_code = 2
+
+
+class ConfigError(CnnlabError, ValueError):
+    """An option or config key is unknown, missing or contradictory."""
+
+
+class DataError(CnnlabError):
+    """A dataset, file or row cannot be used. Always names the path (and row when there is one)."""
+
+    def __init__(
+        self, path: object, reason: str, *, row: int | None = None, index: int | None = None
+    ):
+        self.path = str(path)
+        self.reason = reason
+        self.row = row
+        self.index = index
+        where = self.path if row is None else f"{self.path}, row {row}"
+        super().__init__(f"{where}: {reason}")
+
+
+class CheckpointError(CnnlabError):
+    """A checkpoint is missing, corrupt, unsafe or does not fit the model / dataset."""
+
+
+def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:
+    """' (did you mean: a, b?)' or '' -- used in every 'unknown X' message."""
+    found = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.5)
+    return f" (did you mean: {', '.join(found)}?)" if found else ""

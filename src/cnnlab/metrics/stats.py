@@ -1,0 +1,308 @@
+"""Uncertainty of metrics: bootstrap confidence intervals, and comparing two models on the same
+test set (exact McNemar test, paired bootstrap of the accuracy difference).
+
+Bootstrap (percentile method): draw ``n_boot`` resamples of the N test samples with replacement,
+compute the metric on each, and report the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2``
+quantiles. Seeded (``np.random.default_rng(seed)``): the same call gives the same interval.
+
+Vectorised: a metric of the confusion matrix only depends on how many resampled samples fall in
+each (true, predicted) cell, and those K*K counts of N draws with replacement are exactly
+Multinomial(N, cell counts / N). So the named metrics draw one ``(n_boot, K*K)`` multinomial array
+instead of an ``(n_boot, N)`` index array: same distribution, memory independent of N. A custom
+``metric_fn`` gets real index resamples (chunks of the ``(n_boot, N)`` index array).
+
+Undefined policy: a resample in which a macro metric is undefined for a class averages over the
+defined classes (as :mod:`cnnlab.metrics.classification`); resamples where the metric is undefined
+altogether are dropped from the quantiles and counted in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from scipy.stats import binomtest
+
+from cnnlab.metrics.classification import (
+    UndefinedMetricWarning,
+    check_labels,
+    confusion_matrix,
+    to_numpy,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "NAMED_METRICS",
+    "bootstrap_ci",
+    "headline_intervals",
+    "mcnemar_exact",
+    "accuracy_difference_ci",
+    "compare_predictions",
+]
+
+NAMED_METRICS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
+_INDEX_BUDGET = 4_000_000  # resampled indices held at once by the custom-metric path (32 MB)
+
+
+def _check_boot(n_boot: int, confidence: float) -> None:
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
+def _nanmean_rows(x: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN row -> NaN, handled below
+        return np.nanmean(x, axis=-1)
+
+
+def _metric_from_cms(cms: np.ndarray, name: str) -> np.ndarray:
+    """A named metric for a batch of confusion matrices ``(B, K, K)`` -> ``(B,)``; NaN where
+    undefined (macro averages over the classes where the per-class value is defined)."""
+    cms = cms.astype(np.float64)
+    tp = np.diagonal(cms, axis1=1, axis2=2)  # B x K
+    true_sum = cms.sum(axis=2)  # B x K (rows = true)
+    pred_sum = cms.sum(axis=1)  # B x K (columns = predicted)
+    n = cms.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if name == "accuracy":
+            return tp.sum(axis=1) / n
+        if name == "macro_precision":
+            return _nanmean_rows(np.where(pred_sum > 0, tp / pred_sum, np.nan))
+        if name in ("macro_recall", "balanced_accuracy"):
+            return _nanmean_rows(np.where(true_sum > 0, tp / true_sum, np.nan))
+        if name == "macro_f1":
+            den = true_sum + pred_sum  # 2TP + FP + FN
+            return _nanmean_rows(np.where(den > 0, 2 * tp / den, np.nan))
+    raise ValueError(f"unknown metric {name!r}; named metrics are {NAMED_METRICS}")
+
+
+def _as_preds(probs_or_preds: Any, num_classes: int | None) -> tuple[np.ndarray, int | None]:
+    x = to_numpy(probs_or_preds)
+    if x.ndim == 2:
+        return x.argmax(axis=1), x.shape[1]
+    return check_labels(x, num_classes, name="preds"), num_classes
+
+
+def _quantiles(values: np.ndarray, confidence: float, what: str) -> tuple[float, float]:
+    ok = ~np.isnan(values)
+    if not ok.any():
+        warnings.warn(
+            f"bootstrap interval of {what} is undefined: undefined in every resample",
+            UndefinedMetricWarning,
+            stacklevel=3,
+        )
+        return math.nan, math.nan
+    if not ok.all():
+        logger.info(
+            "bootstrap of %s: %d of %d resamples undefined, left out",
+            what,
+            int((~ok).sum()),
+            len(values),
+        )
+    alpha = 1 - confidence
+    low, high = np.quantile(values[ok], [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def _named_boot(
+    t: np.ndarray,
+    preds: np.ndarray,
+    k_classes: int,
+    name: str,
+    n_boot: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    cm = confusion_matrix(t, preds, k_classes).ravel()
+    counts = rng.multinomial(len(t), cm / cm.sum(), size=n_boot)  # n_boot x K*K
+    return _metric_from_cms(counts.reshape(n_boot, k_classes, k_classes), name)
+
+
+def bootstrap_ci(
+    targets: Any,
+    probs_or_preds: Any,
+    metric_fn: str | Callable[[np.ndarray, np.ndarray], float],
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    num_classes: int | None = None,
+) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval ``(low, high)`` of a metric.
+
+    Args:
+        targets: ``(N,)`` true class indices.
+        probs_or_preds: ``(N, K)`` probabilities/scores (argmax is the prediction for named
+            metrics) or ``(N,)`` predicted indices. A custom ``metric_fn`` receives it as is.
+        metric_fn: one of ``NAMED_METRICS`` (vectorised multinomial path, see module docstring),
+            or ``f(targets_resampled, probs_or_preds_resampled) -> float`` called per resample.
+        n_boot: number of resamples. confidence: e.g. 0.95 for a 95 % interval. seed: RNG seed.
+    """
+    _check_boot(n_boot, confidence)
+    t = check_labels(targets, name="targets")
+    rng = np.random.default_rng(seed)
+    if isinstance(metric_fn, str):
+        preds, k_classes = _as_preds(probs_or_preds, num_classes)
+        if len(preds) != len(t) or len(t) == 0:
+            raise ValueError(
+                f"need the same non-zero number of targets ({len(t)}) and "
+                f"predictions ({len(preds)})"
+            )
+        k_classes = k_classes or int(max(t.max(), preds.max())) + 1
+        values = _named_boot(t, preds, k_classes, metric_fn, n_boot, rng)
+        return _quantiles(values, confidence, metric_fn)
+
+    x = to_numpy(probs_or_preds)
+    n = len(t)
+    if len(x) != n or n == 0:
+        raise ValueError(
+            f"need the same non-zero number of targets ({n}) and predictions ({len(x)})"
+        )
+    chunk = max(1, _INDEX_BUDGET // n)
+    values = np.empty(n_boot)
+    with warnings.catch_warnings():
+        # Undefined values inside single resamples are expected; the summary goes to the log.
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        for start in range(0, n_boot, chunk):
+            idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))  # chunk x N
+            for j, row in enumerate(idx):
+                v = metric_fn(t[row], x[row])
+                values[start + j] = math.nan if v is None else float(v)
+    return _quantiles(values, confidence, getattr(metric_fn, "__name__", "metric"))
+
+
+def headline_intervals(
+    targets: Any,
+    probs: Any | None = None,
+    *,
+    preds: Any | None = None,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    num_classes: int | None = None,
+) -> dict[str, Any]:
+    """Point value and bootstrap interval of accuracy and macro precision / recall / F1.
+
+    Predictions are ``preds`` when given, else ``argmax(probs)``. Returns
+    ``{"accuracy": {"value", "low", "high"}, "macro_precision": ..., "macro_recall": ...,
+    "macro_f1": ..., "n_boot", "confidence", "seed", "method": "percentile bootstrap"}``;
+    undefined values are None. One multinomial draw is shared by the four metrics.
+    """
+    _check_boot(n_boot, confidence)
+    if preds is None and probs is None:
+        raise ValueError("give probs or preds")
+    t = check_labels(targets, name="targets")
+    p, k_classes = _as_preds(probs if preds is None else preds, num_classes)
+    if preds is not None and probs is not None:
+        k_classes = to_numpy(probs).shape[1]
+    if len(p) != len(t) or len(t) == 0:
+        raise ValueError(
+            f"need the same non-zero number of targets ({len(t)}) and predictions ({len(p)})"
+        )
+    k_classes = k_classes or int(max(t.max(), p.max())) + 1
+    cm = confusion_matrix(t, p, k_classes)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(len(t), cm.ravel() / cm.sum(), size=n_boot)
+    cms = counts.reshape(n_boot, k_classes, k_classes)
+    out: dict[str, Any] = {}
+    for name in ("accuracy", "macro_precision", "macro_recall", "macro_f1"):
+        value = float(_metric_from_cms(cm[None], name)[0])
+        low, high = _quantiles(_metric_from_cms(cms, name), confidence, name)
+        out[name] = {
+            k: (None if math.isnan(v) else v)
+            for k, v in (("value", value), ("low", low), ("high", high))
+        }
+    out.update(n_boot=n_boot, confidence=confidence, seed=seed, method="percentile bootstrap")
+    return out
+
+
+def _correct_pair(correct_a: Any, correct_b: Any) -> tuple[np.ndarray, np.ndarray]:
+    a = to_numpy(correct_a).astype(bool).ravel()
+    b = to_numpy(correct_b).astype(bool).ravel()
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(
+            f"correct_a and correct_b must be the same non-zero length, got {a.size} and {b.size}"
+        )
+    return a, b
+
+
+def mcnemar_exact(correct_a: Any, correct_b: Any) -> dict[str, Any]:
+    """Exact McNemar test of "models A and B have the same accuracy" on paired samples.
+
+    ``b`` = #(A right, B wrong), ``c`` = #(A wrong, B right); under the null each discordant
+    sample is A's win with probability 1/2, so p = two-sided binomial test of b successes in
+    b + c trials with p = 0.5 (``scipy.stats.binomtest``), = min(1, 2 P[X <= min(b, c)]).
+    With no discordant pair (b + c = 0) the models agree everywhere and p = 1.
+    """
+    a, b_ = _correct_pair(correct_a, correct_b)
+    b = int(np.sum(a & ~b_))
+    c = int(np.sum(~a & b_))
+    p_value = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
+    return {"b": b, "c": c, "n_discordant": b + c, "p_value": p_value}
+
+
+def accuracy_difference_ci(
+    correct_a: Any,
+    correct_b: Any,
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Accuracy(A) - Accuracy(B) = (b - c) / N with a paired percentile-bootstrap interval.
+
+    Paired: each resample keeps both models' results for the same samples (a resample is a
+    Multinomial(N, .) draw over the 4 cells (A right?, B right?)). Returns
+    ``{"difference", "low", "high", "n"}``.
+    """
+    _check_boot(n_boot, confidence)
+    a, b_ = _correct_pair(correct_a, correct_b)
+    n = a.size
+    cells = np.bincount(a.astype(np.int64) * 2 + b_, minlength=4)  # [ww, wr, rw, rr]
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, cells / n, size=n_boot)  # n_boot x 4
+    diffs = (counts[:, 2] - counts[:, 1]) / n  # (A right & B wrong) - (A wrong & B right)
+    low, high = _quantiles(diffs, confidence, "accuracy difference")
+    return {"difference": float((cells[2] - cells[1]) / n), "low": low, "high": high, "n": n}
+
+
+def compare_predictions(
+    targets: Any,
+    preds_a: Any,
+    preds_b: Any,
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Two models' predictions on the same samples: both accuracies, their difference with a
+    paired bootstrap interval, and the exact McNemar test (for ``cnnlab compare``).
+
+    ``preds_a`` / ``preds_b`` may be ``(N,)`` indices or ``(N, K)`` scores (argmax).
+    """
+    t = check_labels(targets, name="targets")
+    pa, _ = _as_preds(preds_a, None)
+    pb, _ = _as_preds(preds_b, None)
+    if not len(t) == len(pa) == len(pb):
+        raise ValueError(
+            f"targets, preds_a and preds_b have {len(t)}, {len(pa)} and {len(pb)} "
+            "samples; they must describe the same samples in the same order"
+        )
+    ca, cb = pa == t, pb == t
+    diff = accuracy_difference_ci(ca, cb, n_boot=n_boot, confidence=confidence, seed=seed)
+    return {
+        "n": len(t),
+        "accuracy_a": float(ca.mean()),
+        "accuracy_b": float(cb.mean()),
+        "difference": diff["difference"],
+        "difference_low": diff["low"],
+        "difference_high": diff["high"],
+        "confidence": confidence,
+        "mcnemar": mcnemar_exact(ca, cb),
+    }

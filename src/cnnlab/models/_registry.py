@@ -1,0 +1,150 @@
+"""The model registry and the one door, :func:`create_model`.
+
+Each family file decorates a short builder with :func:`register_model`; a duplicate name raises
+(torchvision's ``register_model`` does the same). Builders have the keyword-only signature
+``builder(*, num_classes: int, in_channels: int, image_size: int | None) -> ClassifierModel``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from cnnlab.errors import ConfigError, close_matches
+
+from ._base import ClassifierModel, check_positive_int
+
+logger = logging.getLogger(__name__)
+
+Builder = Callable[..., ClassifierModel]
+
+# Smallest image side any registered model accepts: every family is tested at 28 px and runs
+# down to 16 px (LeNet's two 5x5 convs + two 2x2 pools need >= 12 px even with padding).
+MIN_IMAGE_SIZE = 16
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the zoo table and ``cnnlab models show NAME`` print about one model."""
+
+    name: str
+    family: str
+    year: int
+    paper: str
+    paper_url: str
+    input_size: tuple[int, int, int]  # (C, H, W) the architecture was designed for
+    small_input_below: int | None  # image_size below this picks the small-input variant
+    description: str
+    pretrained: bool  # torchvision publishes ImageNet weights (weights="imagenet")
+
+
+_BUILDERS: dict[str, Builder] = {}
+_INFO: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    family: str,
+    year: int,
+    paper: str,
+    paper_url: str,
+    input_size: tuple[int, int, int],
+    small_input_below: int | None,
+    description: str,
+    pretrained: bool = True,
+) -> Callable[[Builder], Builder]:
+    """Decorator registering ``builder`` under ``name``; raises ``ValueError`` on a duplicate."""
+
+    def decorate(builder: Builder) -> Builder:
+        if name in _BUILDERS:
+            raise ValueError(f"a model named {name!r} is already registered")
+        _BUILDERS[name] = builder
+        _INFO[name] = ModelInfo(
+            name=name,
+            family=family,
+            year=year,
+            paper=paper,
+            paper_url=paper_url,
+            input_size=input_size,
+            small_input_below=small_input_below,
+            description=description,
+            pretrained=pretrained,
+        )
+        return builder
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    """Registered model names, oldest architecture first (LeNet ... ResNet)."""
+    return sorted(_BUILDERS, key=lambda n: (_INFO[n].year, _INFO[n].family, _natural(n)))
+
+
+def _natural(name: str) -> tuple:
+    # "resnet18" < "resnet101", "vgg11" < "vgg11_bn" < "vgg13"
+    digits = "".join(c if c.isdigit() else " " for c in name).split()
+    return (int(digits[0]) if digits else 0, name)
+
+
+def _lookup(name: object) -> str:
+    if not isinstance(name, str) or name not in _BUILDERS:
+        raise ConfigError(
+            f"unknown model {name!r}{close_matches(str(name), _BUILDERS)}; "
+            f"available: {', '.join(list_models())}"
+        )
+    return name
+
+
+def model_info(name: str) -> dict:
+    """Family, year, paper, default input size (C, H, W), small-input threshold, description."""
+    return asdict(_INFO[_lookup(name)])
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    weights: str | os.PathLike | None = None,
+    image_size: int | None = None,
+) -> nn.Module:
+    """Build a registered model: the only way cnnlab makes a network.
+
+    Args:
+        name: a name from :func:`list_models` (``"lenet5"``, ``"resnet18"``, ...).
+        num_classes: number of output logits.
+        in_channels: image channels (1 grey, 3 RGB, any N); the first conv is built for it.
+        weights: ``None`` (random init), ``"imagenet"`` (torchvision's published weights, downloaded
+            and cached; a tag such as ``"IMAGENET1K_V2"`` picks one), or a path to a local
+            ``.safetensors`` / ``.pt`` / ``.pth`` state dict in torchvision or timm layout.
+        image_size: the side of the (square) training images. Below ``small_input_below`` (see
+            :func:`model_info`) a small-input variant is chosen; ``None`` means the family's
+            default size.
+
+    Returns:
+        A :class:`~cnnlab.models._base.ClassifierModel`: ``model(images (N, C, H, W))`` returns
+        logits ``(N, num_classes)``. ``model.default_cfg`` says what was built.
+    """
+    name = _lookup(name)
+    num_classes = check_positive_int(num_classes, "num_classes")
+    in_channels = check_positive_int(in_channels, "in_channels")
+    if image_size is not None:
+        image_size = check_positive_int(image_size, "image_size")
+        if image_size < MIN_IMAGE_SIZE:
+            raise ConfigError(
+                f"image_size {image_size} is too small for {name}: the models need at least "
+                f"{MIN_IMAGE_SIZE} px; resize the images (e.g. image_size={MIN_IMAGE_SIZE * 2})"
+            )
+    model = _BUILDERS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    info = _INFO[name]
+    model.default_cfg.update(name=name, family=info.family, weights=None)
+    if weights is not None:
+        from ._weights import load_weights  # torchvision weight enums load lazily
+
+        load_weights(model, name, weights)
+    return model

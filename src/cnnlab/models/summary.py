@@ -1,0 +1,241 @@
+"""Seeing the architecture: a layer table in the lecture's words, FLOPs, and the zoo table.
+
+* :func:`layer_table` runs one real forward pass (batch 1, eval mode, no grad) with forward hooks
+  and returns one row per executed leaf layer, in execution order. Rows for operations that are
+  not modules are added where they happen: "residual add" inside each ResNet block (before the
+  block's last ReLU), "concat/inception" after each inception block, and GoogLeNet's functional
+  ReLU after each conv + BN unit.
+* :func:`count_flops` counts floating-point operations with ``torch.utils.flop_counter``
+  (a multiply-add counts as 2 FLOPs; convolutions and matrix products only -- bias adds,
+  activations, pooling and BN are not counted, as in most published FLOP tables).
+* :func:`zoo_table` builds every registered model on the ``meta`` device (no memory, no compute)
+  to list parameters and FLOPs at one input size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.models.googlenet import BasicConv2d, Inception
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from ._base import count_parameters, zero_input
+from ._registry import create_model, list_models, model_info
+
+# The lecture's six layer kinds, plus the ones the deeper families add.
+KINDS = (
+    "convolution",
+    "ReLU",
+    "activation",
+    "pooling",
+    "flattening",
+    "fully connected",
+    "output",
+    "batch norm",
+    "dropout",
+    "concat/inception",
+    "residual add",
+)
+
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def _pair(v: object) -> str:
+    a, b = v if isinstance(v, tuple) else (v, v)  # type: ignore[misc]
+    return f"{a}x{b}"
+
+
+def _describe(module: nn.Module) -> tuple[str, str]:
+    """(kind, detail) of a leaf module in the lecture's words."""
+    if isinstance(module, nn.Conv2d):
+        return "convolution", (
+            f"{_pair(module.kernel_size)}, {module.out_channels} filters, "
+            f"stride {module.stride[0]}, padding {module.padding[0]}"  # type: ignore[index]
+        )
+    if isinstance(module, nn.ReLU):
+        return "ReLU", "max(0, z)"
+    if isinstance(module, (nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU)):
+        return "activation", type(module).__name__.lower()
+    if isinstance(module, nn.MaxPool2d):
+        return "pooling", f"max {_pair(module.kernel_size)}, stride {_pair(module.stride)}"
+    if isinstance(module, nn.AvgPool2d):
+        return "pooling", f"average {_pair(module.kernel_size)}, stride {_pair(module.stride)}"
+    if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        how = "average" if isinstance(module, nn.AdaptiveAvgPool2d) else "max"
+        return "pooling", f"adaptive {how} to {_pair(module.output_size)}"
+    if isinstance(module, nn.Flatten):
+        return "flattening", "feature maps -> one vector"
+    if isinstance(module, nn.Linear):
+        return "fully connected", f"{module.in_features} -> {module.out_features}"
+    if isinstance(module, nn.BatchNorm2d):
+        return "batch norm", f"{module.num_features} channels"
+    if isinstance(module, nn.Dropout):
+        return "dropout", f"p={module.p}"
+    return type(module).__name__.lower(), ""
+
+
+def _shape(output: object) -> tuple[int, ...] | None:
+    return tuple(output.shape[1:]) if isinstance(output, Tensor) else None
+
+
+def layer_table(model: nn.Module, image_size: int, in_channels: int) -> list[dict]:
+    """One row per executed layer of ``model`` on a (1, in_channels, image_size, image_size) input.
+
+    Row keys: ``index``, ``name`` (module path; the block's path for "residual add" and
+    "concat/inception" rows, so a module's output is the last row under its path), ``kind`` (see :data:`KINDS`; the last fully
+    connected layer is "output"), ``type`` (class name), ``detail`` (kernel/stride, sizes, p),
+    ``output_shape`` (C, H, W) or (features,) without the batch dimension, ``params`` (counted at
+    the module's first call, so the column sums to the parameters used in eval mode).
+    """
+    rows: list[dict] = []
+    counted: set[int] = set()
+
+    def add(name: str, module: nn.Module | None, kind: str, detail: str, output: object) -> dict:
+        params = 0
+        if module is not None and id(module) not in counted:
+            counted.add(id(module))
+            params = sum(p.numel() for p in module.parameters(recurse=False))
+        row = {
+            "name": name,
+            "kind": kind,
+            "type": type(module).__name__ if module is not None else "",
+            "detail": detail,
+            "output_shape": _shape(output),
+            "params": params,
+        }
+        rows.append(row)
+        return row
+
+    def leaf_hook(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            kind, detail = _describe(module)
+            add(name, module, kind, detail, output)
+
+        return hook
+
+    def residual_hook(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            # torchvision blocks compute relu(out + identity): the add precedes the last ReLU row
+            last = rows.pop() if rows and rows[-1]["name"] == f"{name}.relu" else None
+            add(name, None, "residual add", "block output + shortcut", output)
+            if last is not None:
+                rows.append(last)
+
+        return hook
+
+    def concat_hook(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            add(name, None, "concat/inception", "4 branches joined along channels", output)
+
+        return hook
+
+    def functional_relu_hook(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            add(f"{name}.relu", None, "ReLU", "max(0, z)", output)
+
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        if not name or isinstance(module, nn.Identity):
+            continue
+        if isinstance(module, (BasicBlock, Bottleneck)):
+            handles.append(module.register_forward_hook(residual_hook(name)))
+        elif isinstance(module, Inception):
+            handles.append(module.register_forward_hook(concat_hook(name)))
+        elif isinstance(module, BasicConv2d):  # conv -> BN -> F.relu (not a module)
+            handles.append(module.register_forward_hook(functional_relu_hook(name)))
+        elif next(module.children(), None) is None:
+            handles.append(module.register_forward_hook(leaf_hook(name)))
+
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(zero_input(model, in_channels, image_size))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+
+    fully_connected = [r for r in rows if r["kind"] == "fully connected"]
+    if fully_connected:
+        fully_connected[-1]["kind"] = "output"
+    for i, row in enumerate(rows):
+        row["index"] = i
+    return rows
+
+
+def count_flops(model: nn.Module, image_size: int, in_channels: int) -> int:
+    """FLOPs of one eval-mode forward pass on a single image (multiply-add = 2 FLOPs)."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(zero_input(model, in_channels, image_size))
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def _main_params(model: nn.Module) -> int:
+    """Parameters used at inference (GoogLeNet's auxiliary heads left out)."""
+    aux = getattr(model, "default_cfg", {}).get("aux_classifiers", ())
+    return count_parameters(model, exclude=aux)
+
+
+def model_summary(
+    name: str, *, num_classes: int = 1000, in_channels: int = 3, image_size: int | None = None
+) -> dict:
+    """Everything ``cnnlab models show NAME`` prints, computed on the meta device (instant).
+
+    Keys: ``info`` (:func:`model_info`), ``default_cfg``, ``params`` (inference parameters),
+    ``params_total`` (incl. auxiliary heads), ``flops``, ``feature_info``, ``stages`` (group labels),
+    ``layers`` (:func:`layer_table`).
+    """
+    with torch.device("meta"):
+        model = create_model(
+            name, num_classes=num_classes, in_channels=in_channels, image_size=image_size
+        )
+    size = model.default_cfg["input_size"][1]
+    return {
+        "info": model_info(name),
+        "default_cfg": dict(model.default_cfg),
+        "params": _main_params(model),
+        "params_total": count_parameters(model),
+        "flops": count_flops(model, size, in_channels),
+        "feature_info": [dict(f) for f in model.feature_info],
+        "stages": model.stage_names(),
+        "layers": layer_table(model, size, in_channels),
+    }
+
+
+def zoo_table(image_size: int = 224, in_channels: int = 3, num_classes: int = 1000) -> list[dict]:
+    """One row per registered model: name, family, year, params, flops, small_input.
+
+    Models are built on the meta device, so the table costs no memory or arithmetic; ``params``
+    leaves out training-only auxiliary heads (GoogLeNet), ``flops`` is one image at
+    ``image_size`` with the variant that size selects.
+    """
+    rows = []
+    for name in list_models():
+        info = model_info(name)
+        with torch.device("meta"):
+            model = create_model(
+                name, num_classes=num_classes, in_channels=in_channels, image_size=image_size
+            )
+        rows.append(
+            {
+                "name": name,
+                "family": info["family"],
+                "year": info["year"],
+                "params": _main_params(model),
+                "flops": count_flops(model, image_size, in_channels),
+                "small_input": model.default_cfg["small_input"],
+                "paper": info["paper"],
+            }
+        )
+    return rows

@@ -1,0 +1,331 @@
+"""The evaluation report: one self-contained HTML file (figures embedded as PNG data URIs) plus the PNGs.
+
+It opens from disk with no network access: no scripts, fonts or styles are fetched. Figures are drawn here from
+numbers computed in `cnnlab.metrics` (computing apart from drawing, as scikit-learn's Display objects).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cnnlab.metrics import scores as sc  # noqa: E402
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;
+line-height:1.45;padding:0 1rem}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .5rem;
+text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+.muted{color:#666;font-size:.85rem}.figs{display:flex;flex-wrap:wrap;gap:1rem}.figs figure{margin:0}
+figure img{max-width:520px;border:1px solid #eee}.gallery{display:flex;flex-wrap:wrap;gap:.6rem}
+.gallery figure{width:120px;font-size:.75rem;text-align:center}.gallery img{width:112px;image-rendering:pixelated}
+.undef{color:#a60}
+"""
+
+
+def _png(fig: plt.Figure, path: Path) -> str:
+    """Save a figure as PNG next to the report and return it as a data URI for embedding."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    data = buf.getvalue()
+    path.write_bytes(data)
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def confusion_figure(cm: np.ndarray, names: list[str], normalize: bool) -> plt.Figure:
+    k = len(names)
+    values = cm.astype(float)
+    if normalize:
+        rows = values.sum(1, keepdims=True)
+        values = np.divide(values, rows, out=np.zeros_like(values), where=rows > 0)
+    size = min(1.0 + 0.5 * k, 10)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
+    ax.set_xticks(range(k), names, rotation=45 if k > 6 else 0, ha="right" if k > 6 else "center")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(
+        "confusion matrix"
+        + (" (row-normalised: recall on the diagonal)" if normalize else " (counts)")
+    )
+    if k <= 20:
+        hi = values.max() if values.size else 0
+        for i in range(k):
+            for j in range(k):
+                txt = f"{values[i, j]:.2f}" if normalize else f"{int(cm[i, j])}"
+                ax.text(
+                    j,
+                    i,
+                    txt,
+                    ha="center",
+                    va="center",
+                    fontsize=7 if k > 10 else 9,
+                    color="white" if values[i, j] > 0.6 * hi else "black",
+                )
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return fig
+
+
+def roc_figure(
+    targets: np.ndarray, probs: np.ndarray, names: list[str], aucs: dict[str, Any]
+) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for c, name in enumerate(names):
+        y = targets == c
+        if y.all() or not y.any():
+            continue  # ROC undefined for a class absent from (or alone in) the targets; the table says so
+        fpr, tpr, _ = sc.roc_curve(y, probs[:, c])
+        auc = aucs.get(name)
+        ax.plot(fpr, tpr, lw=1.4, label=f"{name} (AUC {auc:.3f})" if auc is not None else name)
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
+    ax.set_xlabel("false positive rate (FPR)")
+    ax.set_ylabel("true positive rate (TPR)")
+    ax.set_title("ROC, one class vs the rest")
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def pr_figure(
+    targets: np.ndarray, probs: np.ndarray, names: list[str], aps: dict[str, Any]
+) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for c, name in enumerate(names):
+        y = targets == c
+        if not y.any():
+            continue
+        precision, recall, _ = sc.precision_recall_curve(y, probs[:, c])
+        ap = aps.get(name)
+        ax.step(
+            recall,
+            precision,
+            where="post",
+            lw=1.4,
+            label=f"{name} (AP {ap:.3f})" if ap is not None else name,
+        )
+    ax.set_xlabel("recall (TPR)")
+    ax.set_ylabel("precision")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("precision-recall, one class vs the rest")
+    ax.legend(fontsize=7, loc="lower left")
+    return fig
+
+
+def reliability_figure(targets: np.ndarray, probs: np.ndarray, bins: int = 15) -> plt.Figure:
+    conf = probs.max(1)
+    correct = probs.argmax(1) == targets
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    acc = np.bincount(which, weights=correct, minlength=bins) / np.maximum(count, 1)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    centers = (edges[:-1] + edges[1:]) / 2
+    ax.bar(
+        centers[count > 0],
+        acc[count > 0],
+        width=1 / bins,
+        edgecolor="k",
+        alpha=0.7,
+        label="accuracy",
+    )
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+    ax.set_xlabel("confidence (max probability)")
+    ax.set_ylabel("accuracy in bin")
+    ax.set_title(f"reliability diagram ({bins} equal-width bins)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def curves_figure(metrics_csv: Path) -> plt.Figure | None:
+    if not metrics_csv.is_file():
+        return None
+    with open(metrics_csv) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    epoch = [float(r["epoch"]) for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, ax in (("loss", a), ("accuracy", b)):
+        for split in ("train", "val"):
+            col = f"{split}_{key}"
+            if col in rows[0] and rows[0][col] != "":
+                ax.plot(epoch, [float(r[col]) for r in rows], marker="o", ms=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle("training curves")
+    return fig
+
+
+def _thumb(img: np.ndarray) -> str:
+    """(C, H, W) uint8 -> PNG data URI."""
+    from PIL import Image
+
+    arr = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _ci(interval: dict | None) -> str:
+    if not interval or interval.get("low") is None or interval.get("high") is None:
+        return ""
+    return f"[{interval['low']:.4f}, {interval['high']:.4f}]"
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return '<span class="undef" title="undefined: see notes">n/a</span>'
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    return f"{float(v):.4f}"
+
+
+def write_classification_report(
+    out: Path,
+    metrics: dict[str, Any],
+    probs: np.ndarray,
+    targets: np.ndarray,
+    class_names: list[str],
+    *,
+    images: Any = None,
+    ids: list[str] | None = None,
+    run_dir: Path | None = None,
+    top_losses: int = 16,
+    title: str | None = None,
+) -> Path:
+    """Write report.html + PNGs into `out`; returns the HTML path."""
+    out = Path(out)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    cm = np.asarray(metrics["confusion_matrix"])
+    per = metrics["per_class"]
+    figs = {
+        "confusion matrix (counts)": _png(
+            confusion_figure(cm, class_names, False), fig_dir / "confusion_matrix.png"
+        ),
+        "confusion matrix (normalised)": _png(
+            confusion_figure(cm, class_names, True), fig_dir / "confusion_matrix_normalized.png"
+        ),
+        "ROC curves": _png(
+            roc_figure(targets, probs, class_names, {n: per[n].get("roc_auc") for n in per}),
+            fig_dir / "roc.png",
+        ),
+        "precision-recall curves": _png(
+            pr_figure(
+                targets, probs, class_names, {n: per[n].get("average_precision") for n in per}
+            ),
+            fig_dir / "pr.png",
+        ),
+        "reliability diagram": _png(
+            reliability_figure(targets, probs), fig_dir / "reliability.png"
+        ),
+    }
+    curves = curves_figure(run_dir / "metrics.csv") if run_dir else None
+    if curves is not None:
+        figs["training curves"] = _png(curves, fig_dir / "training_curves.png")
+
+    ci = metrics.get("confidence_intervals", {})
+    head_rows = []
+    for key, label in (
+        ("accuracy", "accuracy"),
+        ("balanced_accuracy", "balanced accuracy"),
+        ("cohen_kappa", "Cohen's kappa"),
+        ("mcc", "Matthews correlation"),
+        ("log_loss", "log loss"),
+        ("ece", "expected calibration error"),
+    ):
+        if key in metrics:
+            head_rows.append(
+                f"<tr><td>{label}</td><td>{_fmt(metrics[key])}</td><td>{_ci(ci.get(key))}</td></tr>"
+            )
+    for m in ("precision", "recall", "f1", "tnr", "fpr", "roc_auc", "average_precision"):
+        for avg in ("macro", "weighted"):
+            if m in metrics.get(avg, {}):
+                head_rows.append(
+                    f"<tr><td>{m} ({avg})</td><td>{_fmt(metrics[avg][m])}</td>"
+                    f"<td>{_ci(ci.get(f'{avg}_{m}'))}</td></tr>"
+                )
+    cols = [
+        "support",
+        "tp",
+        "fp",
+        "tn",
+        "fn",
+        "precision",
+        "recall",
+        "f1",
+        "tpr",
+        "tnr",
+        "fpr",
+        "fnr",
+        "roc_auc",
+        "average_precision",
+    ]
+    class_rows = "".join(
+        f"<tr><td>{html.escape(str(n))}</td>"
+        + "".join(f"<td>{_fmt(v.get(c))}</td>" for c in cols)
+        + "</tr>"
+        for n, v in per.items()
+    )
+    gallery = ""
+    if images is not None and len(targets):
+        p_true = probs[np.arange(len(targets)), targets]
+        wrong = np.nonzero(probs.argmax(1) != targets)[0]
+        order = wrong[np.argsort(p_true[wrong])][
+            :top_losses
+        ]  # most confidently wrong first (fastai's top losses)
+        imgs = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
+        cells = []
+        for i in order:
+            pred = int(probs[i].argmax())
+            cells.append(
+                f'<figure><img src="{_thumb(imgs[i])}" alt="test image {i}"><figcaption>true '
+                f"<b>{html.escape(class_names[targets[i]])}</b><br>predicted <b>{html.escape(class_names[pred])}"
+                f"</b> ({probs[i, pred]:.2f})<br><span class=muted>{html.escape(ids[i] if ids else str(i))}"
+                "</span></figcaption></figure>"
+            )
+        gallery = (
+            "<h2>Most confidently wrong test images</h2><div class=gallery>"
+            + "".join(cells)
+            + "</div>"
+            if cells
+            else "<h2>Most confidently wrong test images</h2><p>None: every test image is right.</p>"
+        )
+    notes = "".join(f"<li>{html.escape(w)}</li>" for w in metrics.get("warnings", []))
+    fig_html = "".join(
+        f'<figure><img src="{uri}" alt="{html.escape(name)}"><figcaption>{html.escape(name)}'
+        "</figcaption></figure>"
+        for name, uri in figs.items()
+    )
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1"><title>{html.escape(title or "cnnlab report")}</title>
+<style>{CSS}</style></head><body>
+<h1>{html.escape(title or "cnnlab evaluation report")}</h1>
+<p class="muted">{metrics.get("num_samples", len(targets))} test images, {len(class_names)} classes.
+Formulas as in the lecture: accuracy = (TP+TN)/(TP+FP+TN+FN); precision = TP/(TP+FP); recall = TPR = TP/(TP+FN);
+F1 = 2PR/(P+R); TNR = TN/(TN+FP); FPR = FP/(FP+TN). Intervals: seeded bootstrap, 95%.</p>
+<h2>Headline metrics</h2><table><tr><th>metric</th><th>value</th><th>95% CI</th></tr>{"".join(head_rows)}</table>
+<h2>Per class (one class vs the rest)</h2><table><tr><th>class</th>{"".join(f"<th>{c}</th>" for c in cols)}</tr>
+{class_rows}</table>
+{f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
+<h2>Figures</h2><div class="figs">{fig_html}</div>
+{gallery}
+<p class="muted">Written by cnnlab. Opens offline: everything is in this file.</p>
+</body></html>"""
+    path = out / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,101 @@
+"""The run directory: what a training run leaves behind, and how a later command finds it again.
+
+runs/<name>/
+  config.json        resolved TrainConfig (enough to rerun: `cnnlab train --config runs/<name>/config.json`)
+  classes.json       class names in index order (never re-derived from folders at inference time)
+  preprocess.json    PreprocessSpec: size, channels, mean/std, resize, decoding policy
+  splits.json        exact sample ids of train / val / test (evaluation reuses the held-out test set)
+  data_scan.json     the pre-flight scan of file datasets (skipped files and why)
+  metrics.csv        one row per epoch
+  test_metrics.json  final metrics on the test split
+  checkpoints/       see cnnlab.engine.checkpoint
+  report.html, *.png
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from cnnlab.engine.checkpoint import MANIFEST, CheckpointManager, atomic_write
+from cnnlab.errors import CheckpointError
+
+
+def new_run_dir(out: str | Path, name: str | None, model: str, data: str) -> Path:
+    """A fresh folder; never reuses (and so never overwrites) an existing run unless resuming."""
+    base = Path(out)
+    if name is None:
+        tag = data.replace("builtin:", "").replace("torchvision:", "").replace("?", "-")
+        tag = Path(tag).name or "data"
+        name = f"{model}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = base / name
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = base / f"{name}-{suffix}"
+    path.mkdir(parents=True)
+    return path
+
+
+def write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, default=_jsonable).encode()
+    atomic_write(Path(path), lambda f: f.write(text))
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; is this a cnnlab run directory?") from None
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+
+
+def resolve_weights(path: str | Path, prefer: str = "best") -> Path:
+    """A run directory or a checkpoint file -> the .safetensors weights to use (sha256-verified when listed)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        if p.suffix != ".safetensors":
+            raise CheckpointError(f"{p}: expected a run directory or a .safetensors checkpoint")
+        return p
+    if not p.is_dir():
+        raise CheckpointError(f"run or checkpoint not found: {p}")
+    folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+    if not (folder / MANIFEST).is_file():
+        raise CheckpointError(f"{p} has no checkpoints/{MANIFEST}; is it a cnnlab run directory?")
+    manager = CheckpointManager(folder)
+    best = manager.manifest().get("best")
+    if prefer == "best" and best and manager.verify(best):
+        return folder / best["file"]
+    entry = manager.latest_verified()
+    if entry is None:
+        raise CheckpointError(f"no verified checkpoint in {folder} (all incomplete or corrupt)")
+    return folder / entry["weights"]["file"]
+
+
+def run_dir_of(weights: Path) -> Path | None:
+    """The run folder a checkpoint belongs to, if it sits in `<run>/checkpoints/`."""
+    parent = weights.parent
+    if parent.name == "checkpoints" and (parent.parent / "config.json").is_file():
+        return parent.parent
+    return None
+
+
+def relpath(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)

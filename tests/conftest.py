@@ -1,0 +1,58 @@
+"""Shared fixtures: small generated datasets in real file formats (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+# Tests must not touch the user's cache; every test run gets its own.
+os.environ.setdefault(
+    "CNNLAB_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp")) / "cnnlab-test-cache")
+)
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def _shape_image(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A bright disc (0) or a bright square (1) on dark noise: easy to learn, in RGB."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    cy, cx = rng.uniform(size * 0.35, size * 0.65, 2)
+    r = size * rng.uniform(0.2, 0.3)
+    mask = (
+        ((yy - cy) ** 2 + (xx - cx) ** 2 <= r**2)
+        if kind == 0
+        else ((abs(yy - cy) <= r) & (abs(xx - cx) <= r))
+    )
+    img = rng.integers(0, 50, (size, size, 3)).astype(np.uint8)
+    img[mask] = rng.integers(150, 256, 3)
+    return img
+
+
+@pytest.fixture(scope="session")
+def mixed_folder(tmp_path_factory) -> Path:
+    """Class-per-subfolder dataset of JPEG and PNG files in mixed modes (L, RGB, RGBA, P), 20 per class."""
+    root = tmp_path_factory.mktemp("mixed") / "shapes"
+    rng = np.random.default_rng(0)
+    modes = ["RGB", "L", "RGBA", "P"]
+    for k, name in enumerate(["disc", "square"]):
+        (root / name).mkdir(parents=True)
+        for i in range(20):
+            im = Image.fromarray(_shape_image(k, 24, rng)).convert(modes[i % 4])
+            ext = ".png" if im.mode in ("RGBA", "P") or i % 2 else ".jpg"
+            im.save(root / name / f"{name}_{i:02d}{ext}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def csv_dataset(mixed_folder: Path) -> Path:
+    """A CSV `path,label` next to the images of `mixed_folder` (relative paths)."""
+    rows = ["path,label"]
+    for f in sorted(mixed_folder.rglob("*.*")):
+        rows.append(f"{f.relative_to(mixed_folder)},{f.parent.name}")
+    csv_path = mixed_folder / "labels.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    return csv_path

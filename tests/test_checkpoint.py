@@ -1,0 +1,115 @@
+"""Checkpoints: atomic, verified, and never a way to run code."""
+
+import io
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.engine.checkpoint import (
+    CheckpointManager,
+    atomic_write,
+    read_state,
+    read_weights,
+    save_weights,
+)
+from cnnlab.errors import CheckpointError
+
+
+def test_atomic_write_keeps_old_file_when_the_writer_fails(tmp_path):
+    target = tmp_path / "w.bin"
+    target.write_bytes(b"old")
+
+    def boom(f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        atomic_write(target, boom)
+    assert target.read_bytes() == b"old"
+    assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was removed
+
+
+def test_weights_round_trip_with_metadata(tmp_path):
+    sd = {"a": torch.randn(3, 4), "b": torch.arange(5)}
+    save_weights(tmp_path / "m.safetensors", sd, {"class_names": ["x", "y"], "image_size": 28})
+    loaded, meta = read_weights(tmp_path / "m.safetensors")
+    assert meta["class_names"] == ["x", "y"] and meta["image_size"] == 28
+    assert torch.equal(loaded["a"], sd["a"]) and torch.equal(loaded["b"], sd["b"])
+
+
+def test_truncated_weights_are_reported_as_corrupt(tmp_path):
+    p = tmp_path / "m.safetensors"
+    save_weights(p, {"a": torch.randn(100)}, {})
+    p.write_bytes(p.read_bytes()[:-40])
+    with pytest.raises(CheckpointError, match="incomplete or corrupt checkpoint"):
+        read_weights(p)
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    p = tmp_path / "m.safetensors"
+    save_weights(p, {"a": torch.tensor([1.0, float("nan")])}, {})
+    with pytest.raises(CheckpointError, match="NaN or Inf"):
+        read_weights(p)
+
+
+class _RunsCode:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_that_would_run_a_command_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.state.pt"
+    buf = io.BytesIO()
+    torch.save({"optimizer": _RunsCode(str(marker))}, buf, pickle_module=pickle)
+    evil.write_bytes(buf.getvalue())
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        read_state(evil)
+    assert not marker.exists()  # the command never ran
+
+
+def _save(manager, tag, value):
+    manager.save(
+        tag,
+        {"w": torch.full((4,), float(value))},
+        {"v": value},
+        {"epoch": value, "step": 0, "complete_epoch": True},
+    )
+
+
+def test_manifest_verification_falls_back_to_previous(tmp_path):
+    m = CheckpointManager(tmp_path, keep=2)
+    _save(m, "epoch-0001", 1)
+    _save(m, "epoch-0002", 2)
+    newest = tmp_path / "epoch-0002.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-8])  # a kill mid-copy, or bit rot
+    entry = m.latest_verified()
+    assert entry["tag"] == "epoch-0001"
+    weights, meta, state = m.load(entry)
+    assert meta["v"] == 1 and torch.equal(weights["w"], torch.ones(4))
+
+
+def test_old_checkpoints_are_pruned_and_stale_temporaries_cleaned(tmp_path):
+    m = CheckpointManager(tmp_path, keep=2)
+    for i in range(1, 5):
+        _save(m, f"epoch-{i:04d}", i)
+    names = sorted(p.name for p in tmp_path.glob("epoch-*"))
+    assert names == [
+        "epoch-0003.safetensors",
+        "epoch-0003.state.pt",
+        "epoch-0004.safetensors",
+        "epoch-0004.state.pt",
+    ]
+    assert [
+        e["tag"] for e in json.loads((tmp_path / "manifest.json").read_text())["checkpoints"]
+    ] == ["epoch-0003", "epoch-0004"]
+    (tmp_path / ".epoch-0005.safetensors.abc.tmp").write_bytes(b"half")
+    CheckpointManager(tmp_path)
+    assert not list(Path(tmp_path).glob(".*.tmp"))

@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from cnnlab.config import TrainConfig, make_config
+from cnnlab.errors import ConfigError
+
+
+def test_unknown_key_suggests_close_match():
+    with pytest.raises(ConfigError, match=r"unknown option 'epoch'.*did you mean: epochs"):
+        make_config(TrainConfig, epoch=3)
+
+
+def test_literal_values_are_checked_with_suggestion():
+    with pytest.raises(ConfigError, match=r"optimizer='adamx'.*did you mean: adamw"):
+        make_config(TrainConfig, optimizer="adamx")
+
+
+def test_merge_order_defaults_file_overrides(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"epochs": 3, "lr": 0.2, "augment": ["crop", "flip"]}))
+    cfg = make_config(TrainConfig, f, lr="0.01")
+    assert cfg.epochs == 3  # from the file
+    assert cfg.lr == 0.01  # the command line wins over the file
+    assert cfg.batch_size == TrainConfig().batch_size  # default
+    assert cfg.augment == ("crop", "flip")
+
+
+def test_cli_text_is_coerced_and_bad_values_name_the_option():
+    cfg = make_config(
+        TrainConfig, epochs="4", deterministic="true", augment="crop,flip", grad_clip="1.5"
+    )
+    assert (cfg.epochs, cfg.deterministic, cfg.augment, cfg.grad_clip) == (
+        4,
+        True,
+        ("crop", "flip"),
+        1.5,
+    )
+    with pytest.raises(ConfigError, match="option epochs expects an integer"):
+        make_config(TrainConfig, epochs="ten")
+    with pytest.raises(ConfigError, match="val_fraction"):
+        make_config(TrainConfig, val_fraction=1.5)
+    with pytest.raises(ConfigError, match="unknown augmentation 'flp'.*flip"):
+        make_config(TrainConfig, augment="flp")

@@ -1,0 +1,578 @@
+"""The model zoo: every registered model through the same checks, against independent references.
+
+References: torchvision's own models and weight metadata (``num_params``, ``_ops``), hand-worked
+LeNet-5 arithmetic from the lecture, and properties (a stage's map grows by exactly
+``R / reduction`` pixels when the input grows by R pixels). Deep ResNets at 32 px (CIFAR stem, no
+down-sampling in the stem) take seconds per pass on a CPU core and are marked slow; resnet50 keeps
+a fast check at 16 px.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import math
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.models import (
+    count_flops,
+    count_parameters,
+    create_model,
+    group_parameters,
+    layer_table,
+    list_models,
+    model_info,
+    model_summary,
+    register_model,
+    zoo_table,
+)
+from cnnlab.models._weights import adapt_first_conv, from_timm_layout
+
+ALL = list_models()
+HEAVY = {"resnet50", "resnet101", "resnet152"}
+NUM_CLASSES = 7
+CONFIGS = [(1, 28), (3, 32)]  # (in_channels, image_size): both pick the small-input variants
+
+
+def _params(models):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in models]
+
+
+def _build(name: str, in_channels: int, image_size: int, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return create_model(
+        name, num_classes=NUM_CLASSES, in_channels=in_channels, image_size=image_size
+    )
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    """One model per (name, in_channels, image_size), built on first use and shared."""
+    cache: dict[tuple, nn.Module] = {}
+
+    def get(name: str, in_channels: int, image_size: int) -> nn.Module:
+        key = (name, in_channels, image_size)
+        if key not in cache:
+            cache[key] = _build(name, in_channels, image_size)
+        return cache[key]
+
+    return get
+
+
+def _images(in_channels: int, image_size: int, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, in_channels, image_size, image_size, generator=g)
+
+
+def _stage_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Output shape (C, H, W) of every feature_info module, captured with our own hooks.
+
+    Runs ``forward_features`` only: a grown input would not fit LeNet's fixed 400-input FC layer.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = [
+        model.get_submodule(f["module"]).register_forward_hook(
+            lambda m, i, o, name=f["name"]: shapes.__setitem__(name, tuple(o.shape[1:]))
+        )
+        for f in model.feature_info
+    ]
+    try:
+        with torch.no_grad():
+            model.forward_features(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+# --- registry --------------------------------------------------------------------------------
+def test_registry_lists_the_lecture_families():
+    assert set(ALL) == {
+        "lenet5", "lenet5_classic", "alexnet", "googlenet", "resnet18", "resnet34", "resnet50",
+        "resnet101", "resnet152",
+        *(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")),
+    }  # fmt: skip
+    info = model_info("resnet50")
+    assert info["family"] == "resnet" and info["year"] == 2015
+    assert "Residual" in info["paper"] and info["input_size"] == (3, 224, 224)
+    assert model_info("lenet5")["input_size"] == (1, 32, 32)
+
+
+def test_unknown_name_and_bad_options_raise_config_error():
+    with pytest.raises(ConfigError, match=r"unknown model 'resnet19'.*did you mean: resnet18"):
+        create_model("resnet19", num_classes=10)
+    with pytest.raises(ConfigError, match="num_classes"):
+        create_model("lenet5", num_classes=0)
+    with pytest.raises(ConfigError, match="in_channels"):
+        create_model("lenet5", num_classes=10, in_channels=0)
+    with pytest.raises(ConfigError, match="image_size 8 is too small"):
+        create_model("lenet5", num_classes=10, image_size=8)
+    with pytest.raises(ConfigError, match="unknown model"):
+        model_info("alexnett")
+
+
+def test_duplicate_registration_raises():
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(
+            "lenet5", family="x", year=1, paper="", paper_url="", input_size=(1, 1, 1),
+            small_input_below=None, description="",
+        )(lambda **kw: None)  # fmt: skip
+
+
+# --- every model, small input ----------------------------------------------------------------
+@pytest.mark.parametrize("in_channels,image_size", CONFIGS)
+@pytest.mark.parametrize("name", _params(ALL))
+def test_eval_surface(zoo, name, in_channels, image_size):
+    """Shape, forward == head(features), stages vs real maps, layer table, parameter groups."""
+    model = zoo(name, in_channels, image_size).eval()
+    x = _images(in_channels, image_size)
+    with torch.no_grad():
+        logits = model(x)
+        features = model.forward_features(x)
+        again = model.forward_head(features)
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, NUM_CLASSES)
+    torch.testing.assert_close(again, logits, rtol=0, atol=0)
+    assert model.aux_logits == []
+    cfg = model.default_cfg
+    assert cfg["name"] == name and cfg["small_input"] is True
+    assert cfg["input_size"] == (in_channels, image_size, image_size)
+    assert len(cfg["mean"]) == len(cfg["std"]) == in_channels
+    assert model.get_classifier() is model.get_submodule(model.classifier_path)
+
+    # feature_info: channels, and reduction r means the map grows by R / r pixels when the
+    # input grows by R pixels (true for any stack of convs and pools whose strides multiply to r)
+    big_r = max(f["reduction"] for f in model.feature_info)
+    small = _stage_shapes(model, x[:1])
+    grown = _stage_shapes(model, _images(in_channels, image_size + big_r, batch=1))
+    assert [f["stage"] for f in model.feature_info] == [
+        s for s in model.stage_names() if s != "head"
+    ]
+    for f in model.feature_info:
+        c, h, w = small[f["name"]]
+        assert c == f["num_chs"], f
+        assert h == w and grown[f["name"]][1] - h == big_r // f["reduction"], f
+    assert small[model.feature_info[-1]["name"]] == tuple(features.shape[1:])
+
+    # layer table: the real feature maps and logits, every used parameter exactly once
+    rows = layer_table(model, image_size, in_channels)
+    for f in model.feature_info:  # a module's output is the last row under its path
+        last = [r for r in rows if r["name"] == f["name"] or r["name"].startswith(f["name"] + ".")]
+        assert last[-1]["output_shape"] == small[f["name"]], f
+    assert rows[-1]["kind"] == "output" and rows[-1]["name"] == model.classifier_path
+    assert rows[-1]["output_shape"] == (NUM_CLASSES,)
+    aux = cfg.get("aux_classifiers", ())
+    assert sum(r["params"] for r in rows) == count_parameters(model, exclude=aux)
+    for prev, row in zip(rows, rows[1:]):
+        if row["kind"] == "flattening":
+            assert row["output_shape"] == (math.prod(prev["output_shape"]),)
+
+    # parameter groups: a partition of all parameters, classifier in "head"
+    groups = group_parameters(model)
+    names = [n for _, ns in groups for n in ns]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())
+    assert [g for g, _ in groups] == model.stage_names() and groups[-1][0] == "head"
+    assert f"{model.classifier_path}.weight" in groups[-1][1]
+
+
+@pytest.mark.parametrize("in_channels,image_size", CONFIGS)
+@pytest.mark.parametrize("name", _params(ALL))
+def test_train_backward_and_reset_classifier(zoo, name, in_channels, image_size):
+    model = copy.deepcopy(zoo(name, in_channels, image_size)).train()
+    x = _images(in_channels, image_size)
+    logits = model(x)
+    assert logits.shape == (2, NUM_CLASSES)
+    loss = nn.functional.cross_entropy(logits, torch.tensor([0, 1]))
+    for aux in model.aux_logits:
+        loss = loss + model.aux_weight * nn.functional.cross_entropy(aux, torch.tensor([0, 1]))
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+    assert model.get_classifier().weight.grad.abs().sum() > 0
+
+    model.reset_classifier(5)
+    assert model.get_classifier().out_features == 5 and model.default_cfg["num_classes"] == 5
+    assert model(x).shape == (2, 5)
+    assert all(a.shape == (2, 5) for a in model.aux_logits)
+    with pytest.raises(ConfigError):
+        model.reset_classifier(0)
+
+
+@pytest.mark.parametrize("name", _params(ALL))
+def test_state_dict_round_trip(zoo, name):
+    model = zoo(name, 1, 28).eval()
+    x = _images(1, 28)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    other = _build(name, 1, 28, seed=123).eval()
+    with torch.no_grad():
+        expected = model(x)
+        assert not torch.allclose(other(x), expected)  # a different init really differs
+        buffer.seek(0)
+        other.load_state_dict(torch.load(buffer, weights_only=True))
+        torch.testing.assert_close(other(x), expected, rtol=0, atol=0)
+
+
+def test_bottleneck_resnet_fast_check():
+    """resnet50 (Bottleneck blocks) at 16 px: the fast stand-in for the slow 32 px cases."""
+    model = _build("resnet50", 3, 16)
+    x = _images(3, 16)
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    shapes = _stage_shapes(model.eval(), x[:1])
+    assert [shapes[f"layer{i}"] for i in range(1, 5)] == [
+        (256, 16, 16), (512, 8, 8), (1024, 4, 4), (2048, 2, 2)
+    ]  # fmt: skip
+
+
+# --- exact sizes against references ----------------------------------------------------------
+def _meta_model(name: str, **kw) -> nn.Module:
+    with torch.device("meta"):
+        return create_model(name, **{"num_classes": 1000, **kw})
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [("alexnet", 61_100_840), ("vgg16", 138_357_544), ("resnet18", 11_689_512),
+     ("resnet34", 21_797_672), ("resnet50", 25_557_032), ("resnet101", 44_549_160),
+     ("resnet152", 60_192_808), ("googlenet", 6_624_904)],
+)  # fmt: skip
+def test_imagenet_parameter_counts(name, expected):
+    model = _meta_model(name)
+    aux = model.default_cfg.get("aux_classifiers", ())
+    assert count_parameters(model, exclude=aux) == expected
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if not n.startswith("lenet")])
+def test_parameters_and_flops_match_torchvision_metadata(name):
+    """num_params and _ops (GMACs) published with torchvision's weights, for every family."""
+    meta = torchvision.models.get_model_weights(name).DEFAULT.meta
+    model = _meta_model(name)
+    aux = model.default_cfg.get("aux_classifiers", ())
+    assert count_parameters(model, exclude=aux) == meta["num_params"]
+    assert count_flops(model, 224, 3) == pytest.approx(2e9 * meta["_ops"], rel=2e-3)
+    assert model.default_cfg["small_input"] is False
+
+
+def test_lenet5_matches_the_lecture():
+    # 61,706 = (5*5*1*6 + 6) + (5*5*6*16 + 16) + (400*120 + 120) + (120*84 + 84) + (84*10 + 10)
+    expected = (25 * 6 + 6) + (25 * 6 * 16 + 16) + (400 * 120 + 120) + (120 * 84 + 84) + 850
+    assert expected == 61_706
+    for name in ("lenet5", "lenet5_classic"):
+        for size in (32, 28, 64, 20):
+            model = create_model(name, num_classes=10, in_channels=1, image_size=size)
+            assert count_parameters(model) == 61_706, (name, size)
+    rgb = create_model("lenet5", num_classes=10, in_channels=3, image_size=32)
+    assert count_parameters(rgb) == 61_706 + 2 * 5 * 5 * 6  # two more input planes in conv 1
+
+    model = create_model("lenet5", num_classes=10, in_channels=1, image_size=28)
+    rows = layer_table(model, 28, 1)
+    assert [(r["kind"], r["output_shape"]) for r in rows] == [
+        ("convolution", (6, 28, 28)), ("ReLU", (6, 28, 28)), ("pooling", (6, 14, 14)),
+        ("convolution", (16, 10, 10)), ("ReLU", (16, 10, 10)), ("pooling", (16, 5, 5)),
+        ("flattening", (400,)), ("fully connected", (120,)), ("ReLU", (120,)),
+        ("fully connected", (84,)), ("ReLU", (84,)), ("output", (10,)),
+    ]  # fmt: skip
+    # FLOPs by hand: 2 * (28*28*6*25 + 10*10*16*150 + 400*120 + 120*84 + 84*10)
+    assert count_flops(model, 28, 1) == 2 * (28 * 28 * 6 * 25 + 10 * 10 * 16 * 150 + 58_920)
+
+    classic = create_model("lenet5_classic", num_classes=10, in_channels=1, image_size=32)
+    kinds = {type(m) for m in classic.modules()}
+    assert nn.Tanh in kinds and nn.AvgPool2d in kinds and nn.ReLU not in kinds
+
+
+def test_layer_table_marks_residual_adds_and_inception_concats():
+    rows = layer_table(create_model("resnet18", num_classes=3, image_size=32), 32, 3)
+    adds = [r for r in rows if r["kind"] == "residual add"]
+    assert len(adds) == 8  # 4 stages x 2 basic blocks
+    i = rows.index(adds[0])
+    assert rows[i + 1]["name"] == "layer1.0.relu"  # relu(out + shortcut): add, then ReLU
+    rows = layer_table(create_model("googlenet", num_classes=3, image_size=32), 32, 3)
+    assert sum(r["kind"] == "concat/inception" for r in rows) == 9
+    assert {r["kind"] for r in rows} >= {"convolution", "ReLU", "batch norm", "pooling",
+                                         "flattening", "dropout", "output"}  # fmt: skip
+
+
+def test_zoo_table_and_summary_are_cheap_and_consistent():
+    rows = zoo_table(image_size=224, in_channels=3, num_classes=1000)
+    assert [r["name"] for r in rows] == ALL
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["resnet18"]["params"] == 11_689_512 and by_name["googlenet"]["params"] == 6_624_904
+    assert by_name["vgg16"]["flops"] > by_name["resnet18"]["flops"] > by_name["alexnet"]["flops"]
+    summary = model_summary("lenet5", num_classes=10, in_channels=1, image_size=32)
+    assert summary["params"] == 61_706 and summary["layers"][-1]["kind"] == "output"
+    assert summary["stages"] == ["stage1", "stage2", "head"]
+
+
+# --- variants ---------------------------------------------------------------------------------
+def test_small_input_threshold_and_logging(caplog):
+    with caplog.at_level(logging.INFO, logger="cnnlab.models"):
+        small = create_model("resnet18", num_classes=10, image_size=63)
+    assert small.default_cfg["small_input"] is True
+    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
+    assert isinstance(small.maxpool, nn.Identity)
+    assert any("small input" in r.getMessage() for r in caplog.records)
+    large = create_model("resnet18", num_classes=10, image_size=64)
+    assert large.default_cfg["small_input"] is False and large.conv1.kernel_size == (7, 7)
+    vgg = _meta_model("vgg11", image_size=32)
+    assert vgg.default_cfg["pool_size"] == (1, 1) and vgg.classifier[0].in_features == 512
+    assert _meta_model("vgg11").default_cfg["pool_size"] == (7, 7)
+
+
+def test_any_channel_count():
+    for name in ("lenet5", "resnet18", "googlenet"):
+        model = create_model(name, num_classes=4, in_channels=5, image_size=32).eval()
+        assert model(_images(5, 32)).shape == (2, 4)
+        first = model.get_submodule(model.first_conv_path)
+        assert first.in_channels == 5
+
+
+def test_googlenet_auxiliary_heads():
+    model = create_model("googlenet", num_classes=6, image_size=32)
+    x = _images(3, 32)
+    model.train()
+    logits = model(x)
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 6)
+    assert len(model.aux_logits) == 2 and all(a.shape == (2, 6) for a in model.aux_logits)
+    assert model.aux_weight == 0.3
+    model.eval()
+    model(x)
+    assert model.aux_logits == []
+    model.train()
+    model.use_aux = False
+    model(x)
+    assert model.aux_logits == []
+
+
+# --- weights ----------------------------------------------------------------------------------
+def _save(state_dict: dict, path) -> None:
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path))
+    else:
+        torch.save(state_dict, path)
+
+
+@pytest.fixture(scope="module")
+def tv_resnet18():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    with torch.no_grad():  # non-trivial BN statistics, so that loading them is tested too
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_local_torchvision_weights_reproduce_torchvision(tmp_path, tv_resnet18, suffix):
+    path = tmp_path / f"resnet18{suffix}"
+    _save(tv_resnet18.state_dict(), path)
+    model = create_model("resnet18", num_classes=10, weights=path).eval()
+    x = _images(3, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), tv_resnet18(x))
+    report = model.load_report
+    assert report["reinitialised"] == [] and report["adapted"] == []
+    assert set(report["loaded"]) == set(tv_resnet18.state_dict())
+    assert model.default_cfg["weights"] == str(path)
+
+
+def test_channel_adaptation_and_class_replacement(tmp_path, tv_resnet18):
+    path = tmp_path / "resnet18.pt"
+    _save(tv_resnet18.state_dict(), path)
+    grey = _images(1, 64)
+    with torch.no_grad():
+        rgb_logits = tv_resnet18(grey.repeat(1, 3, 1, 1))
+        # 1 channel: summed RGB kernels answer a grey image as the RGB net answers (g, g, g)
+        one = create_model("resnet18", num_classes=10, in_channels=1, weights=path).eval()
+        torch.testing.assert_close(one(grey), rgb_logits, rtol=1e-4, atol=1e-4)
+        assert one.load_report["adapted"] == ["conv1.weight"]
+        # 6 channels: kernels repeated twice and scaled by 3/6
+        six = create_model("resnet18", num_classes=10, in_channels=6, weights=path).eval()
+        torch.testing.assert_close(six(grey.repeat(1, 6, 1, 1)), rgb_logits, rtol=1e-4, atol=1e-4)
+        # other class count: same features, a fresh classifier, reported
+        four = create_model("resnet18", num_classes=4, weights=path).eval()
+        x = _images(3, 64)
+        reference = nn.Sequential(*list(tv_resnet18.children())[:-2])
+        torch.testing.assert_close(four.forward_features(x), reference(x))
+        assert four(x).shape == (2, 4)
+        assert sorted(four.load_report["reinitialised"]) == ["fc.bias", "fc.weight"]
+
+
+def test_adapt_first_conv_rule():
+    weight = torch.randn(4, 3, 5, 5)
+    torch.testing.assert_close(adapt_first_conv(weight, 1), weight.sum(1, keepdim=True))
+    two = adapt_first_conv(weight, 2)
+    torch.testing.assert_close(two, weight[:, :2] * 1.5)
+    seven = adapt_first_conv(weight, 7)
+    assert seven.shape == (4, 7, 5, 5)
+    torch.testing.assert_close(seven[:, 3:6], weight * 3 / 7)
+
+
+def test_small_variant_reinitialises_the_imagenet_stem(tmp_path, tv_resnet18):
+    path = tmp_path / "resnet18.safetensors"
+    _save(tv_resnet18.state_dict(), path)
+    model = create_model("resnet18", num_classes=10, image_size=32, weights=path)
+    assert model.load_report["reinitialised"] == ["conv1.weight"]
+    torch.testing.assert_close(model.layer4[1].conv2.weight, tv_resnet18.layer4[1].conv2.weight)
+
+
+def test_timm_vgg_layout_is_converted():
+    """timm's VGG keeps FC 1 as a 7x7 conv: converted, it must compute the same Linear."""
+    conv_weight = torch.randn(8, 512, 7, 7)
+    state = {"features.0.weight": torch.randn(64, 3, 3, 3), "pre_logits.fc1.weight": conv_weight,
+             "pre_logits.fc1.bias": torch.randn(8), "pre_logits.fc2.weight": torch.randn(8, 8, 1, 1),
+             "head.fc.weight": torch.randn(3, 8), "head.fc.bias": torch.randn(3)}  # fmt: skip
+    converted, layout = from_timm_layout(state)
+    assert layout == "timm"
+    assert set(converted) == {"features.0.weight", "classifier.0.weight", "classifier.0.bias",
+                              "classifier.3.weight", "classifier.6.weight", "classifier.6.bias"}
+    maps = torch.randn(2, 512, 7, 7)
+    as_conv = nn.functional.conv2d(maps, conv_weight).flatten(1)
+    as_linear = nn.functional.linear(maps.flatten(1), converted["classifier.0.weight"])
+    torch.testing.assert_close(as_linear, as_conv, rtol=1e-4, atol=1e-4)
+    assert converted["classifier.3.weight"].shape == (8, 8)
+
+
+def test_timm_resnet_layout_loads(tmp_path, tv_resnet18):
+    # timm's resnet18 uses torchvision's key names (conv1, bn1, layer1.0.conv1, fc), wrapped here
+    # the way training scripts save it, with a DataParallel prefix
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in tv_resnet18.state_dict().items()},
+               "epoch": 3}  # fmt: skip
+    path = tmp_path / "timm_resnet18.pth"
+    torch.save(wrapped, path)
+    model = create_model("resnet18", num_classes=10, weights=path).eval()
+    x = _images(3, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), tv_resnet18(x))
+
+
+@pytest.mark.slow
+def test_timm_vgg_file_end_to_end(tmp_path):
+    torch.manual_seed(0)
+    tv = torchvision.models.vgg11(weights=None, num_classes=10).eval()
+    timm_state = {}
+    for k, v in tv.state_dict().items():  # timm's vgg _filter_fn, written out
+        k = k.replace("classifier.0", "pre_logits.fc1").replace("classifier.3", "pre_logits.fc2")
+        k = k.replace("classifier.6", "head.fc")
+        if k == "pre_logits.fc1.weight":
+            v = v.reshape(-1, 512, 7, 7)
+        if k == "pre_logits.fc2.weight":
+            v = v.reshape(-1, 4096, 1, 1)
+        timm_state[k] = v
+    path = tmp_path / "vgg11_timm.safetensors"
+    _save(timm_state, path)
+    model = create_model("vgg11", num_classes=10, weights=path).eval()
+    assert model.load_report["layout"] == "timm"
+    x = _images(3, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), tv(x))
+
+
+def test_mismatching_files_raise_checkpoint_error_listing_keys(tmp_path, tv_resnet18):
+    path = tmp_path / "resnet18.pth"
+    _save(tv_resnet18.state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"missing keys \(layer1\.2\.conv1\.weight"):
+        create_model("resnet34", num_classes=10, weights=path)
+    with pytest.raises(CheckpointError, match=r"unexpected keys.*missing keys") as err:
+        create_model("alexnet", num_classes=10, weights=path)
+    assert "conv1.weight" in str(err.value) and "features.0.weight" in str(err.value)
+    state = tv_resnet18.state_dict()
+    state["layer2.0.conv1.weight"] = torch.zeros(128, 64, 5, 5)
+    _save(state, path)
+    with pytest.raises(CheckpointError, match=r"other shapes \(layer2\.0\.conv1\.weight: file"):
+        create_model("resnet18", num_classes=10, weights=path)
+    state = tv_resnet18.state_dict()
+    state["fc.bias"] = torch.full((10,), float("nan"))
+    _save(state, path)
+    with pytest.raises(CheckpointError, match="fc.bias contains NaN"):
+        create_model("resnet18", num_classes=10, weights=path)
+
+
+class _NotATensor:
+    pass
+
+
+def test_unsafe_missing_and_odd_files(tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2), "extra": _NotATensor()}, path)
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        create_model("lenet5", num_classes=10, weights=path)
+    with pytest.raises(CheckpointError, match="weights file not found"):
+        create_model("lenet5", num_classes=10, weights=tmp_path / "nope.pth")
+    (tmp_path / "w.txt").write_text("hello")
+    with pytest.raises(CheckpointError, match="unsupported weights file type '.txt'"):
+        create_model("lenet5", num_classes=10, weights=tmp_path / "w.txt")
+    (tmp_path / "broken.pth").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CheckpointError, match="incomplete or corrupt"):
+        create_model("lenet5", num_classes=10, weights=tmp_path / "broken.pth")
+    with pytest.raises(ConfigError, match="no published ImageNet weights"):
+        create_model("lenet5", num_classes=10, weights="imagenet")
+    with pytest.raises(ConfigError, match="IMAGENET1K_V1"):
+        create_model("resnet18", num_classes=10, weights="IMAGENET1K_V9")
+
+
+def test_imagenet_weights_offline_fail_clearly(monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    with pytest.raises(CheckpointError, match=r"could not download.*weights=PATH"):
+        create_model("resnet18", num_classes=10, weights="imagenet")
+
+
+def test_imagenet_weights_carry_their_preprocessing(monkeypatch, tv_resnet18):
+    torch.manual_seed(0)
+    published = torchvision.models.resnet18(weights=None).state_dict()  # stands in for the file
+    seen = []
+
+    def cached(url, *args, **kwargs):
+        seen.append(url)
+        return published
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", cached)
+    enum = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    model = create_model("resnet18", num_classes=1000, weights="imagenet")
+    assert seen == [enum.url]
+    cfg = model.default_cfg
+    transforms = enum.transforms()
+    assert cfg["weights"] == "torchvision:ResNet18_Weights.IMAGENET1K_V1"
+    assert cfg["mean"] == tuple(transforms.mean) and cfg["std"] == tuple(transforms.std)
+    assert cfg["resize_size"] == transforms.resize_size[0]
+    assert cfg["class_names"] == enum.meta["categories"]
+    torch.testing.assert_close(model.fc.weight, published["fc.weight"])
+
+    grey = create_model("resnet18", num_classes=3, in_channels=1, weights="imagenet")
+    assert "class_names" not in grey.default_cfg
+    assert grey.default_cfg["mean"] == pytest.approx((sum(transforms.mean) / 3,))
+    assert sorted(grey.load_report["reinitialised"]) == ["fc.bias", "fc.weight"]
+
+
+# --- large inputs (slow) ---------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALL)
+def test_imagenet_size_forward(name):
+    model = create_model(name, num_classes=5, in_channels=3, image_size=224).eval()
+    with torch.no_grad():
+        assert model(_images(3, 224, batch=1)).shape == (1, 5)
+    shapes = _stage_shapes(model, _images(3, 224, batch=1))
+    assert [shapes[f["name"]][0] for f in model.feature_info] == [
+        f["num_chs"] for f in model.feature_info
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALL)
+def test_one_channel_just_above_threshold(name):
+    model = create_model(name, num_classes=3, in_channels=1, image_size=64).eval()
+    with torch.no_grad():
+        assert model(_images(1, 64)).shape == (2, 3)

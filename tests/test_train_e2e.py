@@ -1,0 +1,168 @@
+"""The classification pipeline end to end, as a new user would drive it (small data, a few epochs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cnnlab import api
+from cnnlab.cli import main
+from cnnlab.errors import CheckpointError, ConfigError, DataError
+
+FAST = {"model": "lenet5", "epochs": 2, "batch_size": 32, "lr": 0.05, "report": False}
+
+
+def test_folder_of_mixed_modes_trains_evaluates_and_predicts(mixed_folder, tmp_path):
+    run = api.train(
+        data=str(mixed_folder),
+        out=str(tmp_path),
+        name="mixed",
+        epochs=6,
+        model="lenet5",
+        batch_size=8,
+        lr=0.05,
+        image_size=24,
+    )
+    assert run.test_metrics is not None and run.test_metrics["class_names"] == ["disc", "square"]
+    files = {p.name for p in run.run_dir.iterdir()}
+    assert {
+        "config.json",
+        "classes.json",
+        "preprocess.json",
+        "splits.json",
+        "metrics.csv",
+        "test_metrics.json",
+        "report.html",
+        "data_scan.json",
+    } <= files
+    # channels decided from the data: mixed modes include colour -> 3 channels
+    assert json.loads((run.run_dir / "preprocess.json").read_text())["in_channels"] == 3
+    # prediction needs nothing but the run directory
+    preds = api.predict(run.run_dir, [mixed_folder / "disc"], top_k=2)
+    assert len(preds) == 20 and all(p.error is None for p in preds)
+    assert all(
+        p.top[0][0] in ("disc", "square") and abs(sum(pr for _, pr in p.top) - 1) < 1e-4
+        for p in preds
+    )
+    # evaluate reuses the recorded test split: same ids, same metrics as at the end of training
+    again = api.evaluate(run.run_dir, report=False)
+    assert again["num_samples"] == len(
+        json.loads((run.run_dir / "splits.json").read_text())["splits"]["test"]
+    )
+    assert again["metrics"]["accuracy"] == pytest.approx(run.test_metrics["accuracy"], abs=1e-12)
+
+
+def test_csv_dataset_trains_and_user_files_are_untouched(csv_dataset, tmp_path):
+    before = {
+        p: (p.stat().st_mtime_ns, p.read_bytes())
+        for p in csv_dataset.parent.rglob("*")
+        if p.is_file()
+    }
+    run = api.train(data=str(csv_dataset), out=str(tmp_path), image_size=24, **FAST)
+    assert run.test_metrics["num_samples"] == 4  # 10% of 40, stratified
+    after = {
+        p: (p.stat().st_mtime_ns, p.read_bytes())
+        for p in csv_dataset.parent.rglob("*")
+        if p.is_file()
+    }
+    assert before == after
+
+
+def test_checkpoint_holds_everything_needed_to_predict(tmp_path):
+    run = api.train(data="builtin:digits", out=str(tmp_path), **FAST)
+    best = run.run_dir / "checkpoints" / "best.safetensors"
+    from cnnlab.engine.checkpoint import read_weights
+
+    _, meta = read_weights(best)
+    assert meta["class_names"] == [str(i) for i in range(10)] and meta["model"] == "lenet5"
+    assert meta["preprocess"]["image_size"] == 16 and meta["preprocess"]["in_channels"] == 1
+    # normalisation statistics come from the training split only
+    from sklearn.datasets import load_digits
+
+    train_ids = json.loads((run.run_dir / "splits.json").read_text())["splits"]["train"]
+    idx = [int(i.split(":")[1]) for i in train_ids]
+    pix = np.round(load_digits().images[idx] * 255 / 16) / 255
+    assert meta["preprocess"]["mean"][0] == pytest.approx(
+        pix.mean(), abs=2e-3
+    )  # 8 -> 16 px resize moves it a bit
+    assert set(load_file(best)) == set(api.load_checkpoint_model(best)[0].state_dict())
+
+
+def test_resume_after_interruption_is_bit_identical(tmp_path):
+    cfg = dict(
+        data="builtin:digits",
+        out=str(tmp_path),
+        seed=3,
+        deterministic=True,
+        **(FAST | {"epochs": 3}),
+    )
+    full = api.train(name="full", **cfg)
+    # stop after the first epoch by asking for 1 epoch, then resume to 3 with the same schedule
+    # interrupt through the real signal path: SIGTERM after epoch 1 from a callback
+    import signal
+
+    from cnnlab.engine import callbacks as cbs
+
+    original = cbs.GracefulInterrupt.on_fit_start
+
+    def start_then_arm(self, trainer):
+        original(self, trainer)
+        self_state = trainer.state
+
+        class Kill(cbs.Callback):
+            def on_batch_end(self, t, loss, correct, size):
+                if self_state.epoch == 1 and self_state.step == 5:
+                    signal.raise_signal(signal.SIGTERM)
+
+        trainer.callbacks.append(Kill())
+
+    cbs.GracefulInterrupt.on_fit_start = start_then_arm
+    try:
+        with pytest.raises(api.Interrupted):
+            api.train(name="part", **cfg)
+    finally:
+        cbs.GracefulInterrupt.on_fit_start = original
+    manifest = json.loads((tmp_path / "part" / "checkpoints" / "manifest.json").read_text())
+    assert manifest["checkpoints"][-1]["tag"] == "epoch-0002-step-000005"
+    resumed = api.train(resume=str(tmp_path / "part"))
+    a = load_file(full.run_dir / "checkpoints" / "epoch-0003.safetensors")
+    b = load_file(resumed.run_dir / "checkpoints" / "epoch-0003.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # validation after every epoch matches exactly (training-loss averages of the split epoch cover fewer steps)
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "dataset root not found" in err and "Traceback" not in err
+    assert main(["train", "--data", "builtin:digits", "--model", "resnet19"]) == 2
+    assert "did you mean" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), "x.png"]) == 2
+    assert "checkpoints" in capsys.readouterr().err
+
+
+def test_api_errors_name_what_is_wrong(tmp_path):
+    with pytest.raises(ConfigError, match="unknown builtin dataset 'digit'.*digits"):
+        api.train(data="builtin:digit", out=str(tmp_path))
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        api.train(resume=str(tmp_path))
+    bad = tmp_path / "labels.csv"
+    bad.write_text("file,class\na.png,x\n")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['path', 'label'\]"):
+        api.train(data=str(bad), out=str(tmp_path))
+
+
+def test_cli_entry_point_runs_as_a_module():
+    out = subprocess.run(
+        [sys.executable, "-m", "cnnlab", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "train" in out.stdout and "evaluate" in out.stdout and "predict" in out.stdout
