@@ -2,9 +2,9 @@
 
 References: torchvision's own models and weight metadata (``num_params``, ``_ops``), hand-worked
 LeNet-5 arithmetic from the lecture, and properties (a stage's map grows by exactly
-``R / reduction`` pixels when the input grows by R pixels). Deep ResNets at 32 px (CIFAR stem, no
-down-sampling in the stem) take seconds per pass on a CPU core and are marked slow; resnet50 keeps
-a fast check at 16 px.
+``R / reduction`` pixels when the input grows by R pixels). ResNet-101/152 at 32 px (CIFAR stem,
+no down-sampling in the stem) take seconds per case on a CPU core and are marked slow; they share
+all code with resnet50 apart from the number of blocks.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from cnnlab.models import (
 from cnnlab.models._weights import adapt_first_conv, from_timm_layout
 
 ALL = list_models()
-HEAVY = {"resnet50", "resnet101", "resnet152"}
+HEAVY = {"resnet101", "resnet152"}  # several seconds per case at 32 px on one core
 NUM_CLASSES = 7
 CONFIGS = [(1, 28), (3, 32)]  # (in_channels, image_size): both pick the small-input variants
 
@@ -50,6 +50,19 @@ def _build(name: str, in_channels: int, image_size: int, seed: int = 0) -> nn.Mo
     return create_model(
         name, num_classes=NUM_CLASSES, in_channels=in_channels, image_size=image_size
     )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread while this module runs (restored after).
+
+    On the shared 2-core machine, PyTorch's default two threads compete with other processes and
+    small convolutions ran 10-40x slower than on one thread (GoogLeNet at 28 px: 2 s vs 0.1 s).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +182,7 @@ def test_eval_surface(zoo, name, in_channels, image_size):
     assert rows[-1]["output_shape"] == (NUM_CLASSES,)
     aux = cfg.get("aux_classifiers", ())
     assert sum(r["params"] for r in rows) == count_parameters(model, exclude=aux)
-    for prev, row in zip(rows, rows[1:]):
+    for prev, row in zip(rows, rows[1:], strict=False):
         if row["kind"] == "flattening":
             assert row["output_shape"] == (math.prod(prev["output_shape"]),)
 
@@ -217,18 +230,6 @@ def test_state_dict_round_trip(zoo, name):
         buffer.seek(0)
         other.load_state_dict(torch.load(buffer, weights_only=True))
         torch.testing.assert_close(other(x), expected, rtol=0, atol=0)
-
-
-def test_bottleneck_resnet_fast_check():
-    """resnet50 (Bottleneck blocks) at 16 px: the fast stand-in for the slow 32 px cases."""
-    model = _build("resnet50", 3, 16)
-    x = _images(3, 16)
-    model(x).sum().backward()
-    assert all(p.grad is not None for p in model.parameters())
-    shapes = _stage_shapes(model.eval(), x[:1])
-    assert [shapes[f"layer{i}"] for i in range(1, 5)] == [
-        (256, 16, 16), (512, 8, 8), (1024, 4, 4), (2048, 2, 2)
-    ]  # fmt: skip
 
 
 # --- exact sizes against references ----------------------------------------------------------
@@ -303,7 +304,9 @@ def test_zoo_table_and_summary_are_cheap_and_consistent():
     rows = zoo_table(image_size=224, in_channels=3, num_classes=1000)
     assert [r["name"] for r in rows] == ALL
     by_name = {r["name"]: r for r in rows}
-    assert by_name["resnet18"]["params"] == 11_689_512 and by_name["googlenet"]["params"] == 6_624_904
+    assert (
+        by_name["resnet18"]["params"] == 11_689_512 and by_name["googlenet"]["params"] == 6_624_904
+    )
     assert by_name["vgg16"]["flops"] > by_name["resnet18"]["flops"] > by_name["alexnet"]["flops"]
     summary = model_summary("lenet5", num_classes=10, in_channels=1, image_size=32)
     assert summary["params"] == 61_706 and summary["layers"][-1]["kind"] == "output"
@@ -429,13 +432,24 @@ def test_small_variant_reinitialises_the_imagenet_stem(tmp_path, tv_resnet18):
 def test_timm_vgg_layout_is_converted():
     """timm's VGG keeps FC 1 as a 7x7 conv: converted, it must compute the same Linear."""
     conv_weight = torch.randn(8, 512, 7, 7)
-    state = {"features.0.weight": torch.randn(64, 3, 3, 3), "pre_logits.fc1.weight": conv_weight,
-             "pre_logits.fc1.bias": torch.randn(8), "pre_logits.fc2.weight": torch.randn(8, 8, 1, 1),
-             "head.fc.weight": torch.randn(3, 8), "head.fc.bias": torch.randn(3)}  # fmt: skip
+    state = {
+        "features.0.weight": torch.randn(64, 3, 3, 3),
+        "pre_logits.fc1.weight": conv_weight,
+        "pre_logits.fc1.bias": torch.randn(8),
+        "pre_logits.fc2.weight": torch.randn(8, 8, 1, 1),
+        "head.fc.weight": torch.randn(3, 8),
+        "head.fc.bias": torch.randn(3),
+    }
     converted, layout = from_timm_layout(state)
     assert layout == "timm"
-    assert set(converted) == {"features.0.weight", "classifier.0.weight", "classifier.0.bias",
-                              "classifier.3.weight", "classifier.6.weight", "classifier.6.bias"}
+    assert set(converted) == {
+        "features.0.weight",
+        "classifier.0.weight",
+        "classifier.0.bias",
+        "classifier.3.weight",
+        "classifier.6.weight",
+        "classifier.6.bias",
+    }
     maps = torch.randn(2, 512, 7, 7)
     as_conv = nn.functional.conv2d(maps, conv_weight).flatten(1)
     as_linear = nn.functional.linear(maps.flatten(1), converted["classifier.0.weight"])
@@ -483,7 +497,7 @@ def test_mismatching_files_raise_checkpoint_error_listing_keys(tmp_path, tv_resn
     _save(tv_resnet18.state_dict(), path)
     with pytest.raises(CheckpointError, match=r"missing keys \(layer1\.2\.conv1\.weight"):
         create_model("resnet34", num_classes=10, weights=path)
-    with pytest.raises(CheckpointError, match=r"unexpected keys.*missing keys") as err:
+    with pytest.raises(CheckpointError, match=r"missing keys.*unexpected keys") as err:
         create_model("alexnet", num_classes=10, weights=path)
     assert "conv1.weight" in str(err.value) and "features.0.weight" in str(err.value)
     state = tv_resnet18.state_dict()

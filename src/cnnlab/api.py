@@ -21,7 +21,7 @@ import torch
 from cnnlab import __version__
 from cnnlab.config import PreprocessSpec, TrainConfig, make_config
 from cnnlab.data.loader import TensorLoader
-from cnnlab.data.sources import DataBundle, Split, load_source
+from cnnlab.data.sources import DataBundle, Split, few_shot, load_source
 from cnnlab.data.tensors import arrays_to_chw, channel_stats, decode_files
 from cnnlab.engine import callbacks as cbs
 from cnnlab.engine.checkpoint import CheckpointManager, read_weights
@@ -206,35 +206,36 @@ def train(
         cfg = make_config(TrainConfig, **(config.to_dict() | overrides))
     else:
         cfg = make_config(TrainConfig, config, **overrides)
+    t_call = time.perf_counter()
     resume_from = None
     if cfg.resume:
         resume_from, cfg = _resume_target(cfg)
     seed_everything(cfg.seed, cfg.deterministic)
     device = resolve_device(cfg.device)
     bundle = load_source(cfg)
+    if cfg.shots:
+        bundle.splits["train"] = few_shot(bundle.splits["train"], cfg.shots, cfg.seed)
     in_channels = cfg.in_channels or bundle.channels
     image_size = resolve_image_size(cfg, bundle)
+    decode_policy = {"max_pixels": cfg.max_image_pixels}
     provisional = PreprocessSpec(
-        image_size,
-        in_channels,
-        (0.0,) * in_channels,
-        (1.0,) * in_channels,
-        cfg.resize,
-        {"max_pixels": cfg.max_image_pixels},
+        image_size, in_channels, (0.0,) * in_channels, (1.0,) * in_channels, cfg.resize, decode_policy
     )
     tensors = {k: split_to_uint8(s, provisional) for k, s in bundle.splits.items()}
     mean, std = channel_stats(tensors["train"])  # normalisation from the training split only
     model = build_model(cfg.model, len(bundle.class_names), in_channels, image_size, cfg.weights)
-    if (
-        cfg.weights
-        and getattr(model, "default_cfg", {}).get("mean")
-        and len(model.default_cfg["mean"]) == in_channels
-    ):
-        mean, std = (
-            tuple(model.default_cfg["mean"]),
-            tuple(model.default_cfg["std"]),
-        )  # the weights' own stats
-    spec = PreprocessSpec(image_size, in_channels, mean, std, cfg.resize, provisional.decode)
+    pretrained_cfg = getattr(model, "default_cfg", {})
+    if cfg.weights and len(pretrained_cfg.get("mean") or ()) == in_channels:
+        mean, std = tuple(pretrained_cfg["mean"]), tuple(pretrained_cfg["std"])  # the weights' own stats
+    plan = None
+    if cfg.init_from or cfg.freeze != "none" or cfg.strategy != "full":
+        from cnnlab.transfer import prepare_transfer
+
+        plan = prepare_transfer(model, cfg, class_names=bundle.class_names, in_channels=in_channels)
+        source_pre = plan.source_preprocess or {}
+        if len(source_pre.get("mean") or ()) == in_channels:
+            mean, std = tuple(source_pre["mean"]), tuple(source_pre["std"])  # what the source learned on
+    spec = PreprocessSpec(image_size, in_channels, mean, std, cfg.resize, decode_policy)
 
     run_dir = resume_from[0] if resume_from else new_run_dir(cfg.out, cfg.name, cfg.model, cfg.data)
     _write_run_files(run_dir, cfg, bundle, spec)
@@ -272,14 +273,20 @@ def train(
         if "val" in tensors and len(bundle.splits["val"])
         else None
     )
-    optimizer = build_optimizer(
-        cfg.optimizer,
-        param_groups(model, cfg.weight_decay, cfg.lr),
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov,
-        device=device,
+    groups = param_groups(
+        model,
+        cfg.weight_decay,
+        cfg.lr,
+        plan.lr_scale if plan else None,
+        include_frozen=bool(plan and plan.include_frozen),
     )
+    optimizer = build_optimizer(
+        cfg.optimizer, groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, device=device
+    )
+    if plan is not None:
+        write_json(run_dir / "transfer.json", plan.to_dict())
+        if console is not None:
+            console.print(plan.layer_table())
     steps = cfg.epochs * len(train_loader)
     scheduler = build_scheduler(
         optimizer, cfg.schedule, steps, int(cfg.warmup_epochs * len(train_loader))
@@ -311,6 +318,8 @@ def train(
         callbacks.append(cbs.EarlyStopping(monitor, cfg.early_stopping))
     if cfg.tensorboard:
         callbacks.append(_tensorboard(run_dir))
+    if plan is not None:
+        callbacks += plan.callbacks
     ids = bundle.splits["train"].ids
     trainer = Trainer(
         net,
@@ -322,10 +331,12 @@ def train(
         grad_clip=cfg.grad_clip,
         callbacks=callbacks,
         describe_batch=lambda idx: [ids[int(i)] for i in idx[:8]],
+        train_mode=plan.train_mode if plan else None,
     )
     if resume_from:
         _restore(trainer, model, resume_from[1], cfg)
     t0 = time.perf_counter()
+    setup_time = t0 - t_call  # reading, scanning and decoding the data once, building the model
     state = trainer.fit(train_loader, val_loader, cfg.epochs)
     train_time = time.perf_counter() - t0
     if state.interrupted:
@@ -334,6 +345,7 @@ def train(
         run_dir / "run.json",
         {
             "train_time_s": train_time,
+            "setup_time_s": setup_time,
             "precision": precision,
             "device": str(device),
             "channels_last": channels_last,

@@ -23,6 +23,7 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 Optimizer = Literal["sgd", "adamw"]
 Schedule = Literal["onecycle", "cosine", "constant"]
 ResizeMode = Literal["fit", "crop", "stretch"]
+Strategy = Literal["full", "linear-probe", "fine-tune", "gradual"]
 AUGMENTATIONS = ("crop", "flip", "affine")
 
 
@@ -48,9 +49,16 @@ class TrainConfig:
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit, enforced as an error
     max_bad_fraction: float = 0.1  # abort when more of the files than this cannot be decoded
     strict: bool = False  # every skipped file becomes an error
+    shots: int | None = None  # keep only this many training images per class (seeded): few-label studies
     # --- model ---
     model: str = "lenet5"
     weights: str | None = None  # None | "imagenet" | path to a state dict (.safetensors / .pt)
+    # --- transfer learning (see cnnlab.transfer) ---
+    init_from: str | None = None  # a cnnlab run / checkpoint (task A), "imagenet", or a weights file
+    freeze: str = "none"  # none | backbone | stages:N | up-to:LAYER | GLOB[,GLOB]
+    strategy: Strategy = "full"  # full | linear-probe | fine-tune | gradual
+    lr_mult: float = 0.1  # fine-tune/gradual: each earlier stage's rate is this times the next one's
+    head_epochs: int = 1  # fine-tune: epochs that train only the new head before everything unfreezes
     # --- optimisation ---
     epochs: int = 10
     batch_size: int = 128
@@ -95,6 +103,10 @@ class TrainConfig:
                 raise ConfigError(f"option {key} must be in [0, 1), got {value}")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError("val_fraction + test_fraction must leave samples for training")
+        if self.shots is not None and self.shots < 1:
+            raise ConfigError(f"option shots must be >= 1 image per class, got {self.shots}")
+        if not 0.0 < self.lr_mult <= 1.0:
+            raise ConfigError(f"option lr_mult must be in (0, 1], got {self.lr_mult}")
         if self.image_size is not None and self.image_size < 8:
             raise ConfigError(f"option image_size must be >= 8 pixels, got {self.image_size}")
         unknown = [a for a in self.augment if a not in AUGMENTATIONS]

@@ -101,6 +101,14 @@ def stratified_split(
     return {k: np.sort(v) for k, v in out.items()}
 
 
+def few_shot(split: Split, shots: int, seed: int) -> Split:
+    """The first `shots` images of each class in a seeded shuffle (all of a class when it has fewer)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(split))
+    keep = np.concatenate([order[split.targets[order] == c][:shots] for c in np.unique(split.targets)])
+    return split.subset(np.sort(keep))
+
+
 def _from_arrays(ds: ArrayDataset, source: str, val: float, test: float, seed: int) -> DataBundle:
     all_split = Split(
         [f"{ds.name}:{i}" for i in range(len(ds.targets))], ds.targets, images=ds.images
@@ -150,7 +158,7 @@ def _torchvision(name: str, root: str | None, val: float, test: float, seed: int
         parts["train" if train else "test"] = (images, targets, list(ds.classes))
     images, targets, classes = parts["train"]
     trainval = Split([f"{name}:train:{i}" for i in range(len(targets))], targets, images=images)
-    idx = stratified_split(targets, val / (1 - test) if val else 0.0, 0.0, seed)
+    idx = stratified_split(targets, val, 0.0, seed)  # val is carved from the official train split
     t_images, t_targets, _ = parts["test"]
     splits = {k: trainval.subset(v) for k, v in idx.items()}
     splits["test"] = Split(
@@ -248,7 +256,12 @@ def _from_items(listing: Any, root: Path, source: str, cfg: Any) -> DataBundle:
     """
     from cnnlab.data.scan import scan_dataset
 
-    report = scan_dataset(listing, root=root, max_pixels=cfg.max_image_pixels)
+    from cnnlab.data.tensors import default_cache_dir
+
+    # The scan's per-file results are cached (JSON, keyed by path/size/mtime), so a second run skips re-decoding.
+    report = scan_dataset(
+        listing, root=root, max_pixels=cfg.max_image_pixels, cache_dir=default_cache_dir() / "scans"
+    )
     report.check(strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction)
     usable = report.usable_items  # [DataItem(path, label, split)]
     labels = sorted({it.label for it in usable})

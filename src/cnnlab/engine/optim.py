@@ -10,17 +10,23 @@ from torch import nn
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, lr: float, lr_scale: dict[str, float] | None = None
+    model: nn.Module,
+    weight_decay: float,
+    lr: float,
+    lr_scale: dict[str, float] | None = None,
+    *,
+    include_frozen: bool = False,
 ) -> list[dict]:
     """Trainable parameters, split so that norms and biases (1-D tensors) get no weight decay.
 
     `lr_scale` maps a parameter-name prefix to a learning-rate multiplier (discriminative rates for fine-tuning);
-    frozen parameters (requires_grad=False) get no group, hence no optimizer state.
+    frozen parameters (requires_grad=False) get no group, hence no optimizer state -- unless `include_frozen`
+    (recipes that unfreeze later): they then sit in a group but still get no state while they have no gradient.
     """
     lr_scale = lr_scale or {}
     groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not p.requires_grad and not include_frozen:
             continue
         scale = next((s for prefix, s in lr_scale.items() if name.startswith(prefix)), 1.0)
         decay = p.ndim > 1

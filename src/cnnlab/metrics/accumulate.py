@@ -1,9 +1,11 @@
 """Streaming classification metrics: feed batches during evaluation, get the full report at the end.
 
->>> acc = ClassificationAccumulator(num_classes=10)
->>> for images, targets in loader:
-...     acc.update(targets, model(images))      # logits or probabilities, torch or NumPy
->>> report = acc.compute(class_names)            # == classification_metrics(all targets, all probs)
+Example::
+
+    acc = ClassificationAccumulator(num_classes=10)
+    for images, targets in loader:
+        acc.update(targets, model(images))  # logits or probabilities, torch or NumPy
+    report = acc.compute(class_names)  # == classification_metrics(all targets, all probs)
 
 ``keep_scores=True`` stores the targets (int64) and the probabilities as float32 in arrays that
 grow by doubling (memory ~ 4 N K bytes + 8 N, the scores kept and nothing else), so every metric,
@@ -190,9 +192,8 @@ class ClassificationAccumulator:
                 parts = _scores._calibration_sums(t, probs, self.ece_bins)
                 for acc, part in zip(self._cal, parts, strict=True):
                     acc += part
-        if self.keep_scores:
-            self._grow(len(t))
-            self._targets[self._n : self._n + len(t)] = t
+        if self.keep_scores and mode == "scores":
+            self._targets[self._n : self._n + len(t)] = t  # room made by _grow above
         self._n += len(t)
 
     def compute(self, class_names: Sequence[str] | None = None) -> dict[str, Any]:

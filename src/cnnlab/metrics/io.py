@@ -74,10 +74,43 @@ def _delimiter(first_line: str) -> str:
         return ";" if first_line.count(";") > first_line.count(",") else ","
 
 
-def _parse_float(cell: str, decimal_comma: bool) -> float:
-    if decimal_comma:
-        cell = cell.replace(",", ".")
-    return float(cell)
+def _parse_scores(
+    rows: list[tuple[int, list[str]]],
+    cols: list[int],
+    header: list[str],
+    decimal_comma: bool,
+    path: Path,
+) -> np.ndarray:
+    """``(N, len(cols))`` float64 scores; DataError at the first (by row) bad cell."""
+    probs = np.empty((len(rows), len(cols)), dtype=np.float64)
+    first_bad: tuple[int, str] | None = None
+    for j, i in enumerate(cols):
+        cells = [fields[i] for _, fields in rows]
+        if decimal_comma:
+            cells = [c.replace(",", ".") for c in cells]
+        try:
+            column = np.array(cells, dtype=np.float64)  # C loop; the slow scan only on errors
+        except ValueError:
+            column = None
+        if column is not None and np.isfinite(column).all():
+            probs[:, j] = column
+            continue
+        for r, cell in enumerate(cells):
+            try:
+                value = float(cell)
+            except ValueError:
+                reason = f"non-numeric score {rows[r][1][i]!r} in column {header[i]}"
+            else:
+                if math.isfinite(value):
+                    continue
+                reason = f"score {rows[r][1][i]!r} in column {header[i]} is not finite"
+            if first_bad is None or r < first_bad[0]:
+                first_bad = (r, reason)
+            break
+    if first_bad is not None:
+        r, reason = first_bad
+        raise DataError(path, f"{reason}; every score must be a finite number", row=rows[r][0])
+    return probs
 
 
 def _resolve(
@@ -115,7 +148,7 @@ def read_predictions_csv(
     if not path.is_file():
         raise DataError(
             path,
-            "predictions file not found"
+            "predictions file not found; check the path"
             if not path.exists()
             else "not a file; give the path of a .csv file",
         )
@@ -179,22 +212,7 @@ def read_predictions_csv(
         names = [header[i][len(prefix) :] for i in cols]
         if len(set(names)) != len(names):
             raise DataError(path, f"repeated class in the {prefix}<class> columns: {names}")
-        probs = np.empty((len(rows), len(cols)), dtype=np.float64)
-        decimal_comma = delimiter == ";"
-        for r, (line, fields) in enumerate(rows):
-            for j, i in enumerate(cols):
-                try:
-                    value = _parse_float(fields[i], decimal_comma)
-                except ValueError:
-                    value = math.nan
-                    reason = f"non-numeric score {fields[i]!r} in column {header[i]}"
-                else:
-                    reason = f"score {fields[i]!r} in column {header[i]} is not finite"
-                if not math.isfinite(value):
-                    raise DataError(
-                        path, f"{reason}; every score must be a finite number", row=line
-                    )
-                probs[r, j] = value
+        probs = _parse_scores(rows, cols, header, delimiter == ";", path)
     else:
         probs = None
         values = labels + (pred_values or [])

@@ -6,8 +6,9 @@ Every model built by :func:`cnnlab.models.create_model` is a :class:`ClassifierM
   ``forward(x) == forward_head(forward_features(x))``.
 * ``forward_features(x)`` returns the last feature map ``(N, C', H', W')`` before pooling.
 * ``forward_head(features)`` pools, flattens and classifies.
-* ``feature_info``: one dict per stage, in execution order, ``{"name": module path whose output is the
-  stage's feature map, "module": same path, "stage": stage label, "num_chs": C, "reduction": H / H_stage}``.
+* ``feature_info``: one dict per stage, in execution order: ``name`` (module path whose output is
+  the stage's feature map), ``module`` (the same path), ``stage`` (label), ``num_chs`` (C) and
+  ``reduction`` (product of the strides up to that module, ~ H_image / H_stage).
 * ``stage_modules()`` / :func:`group_parameters` put every parameter in exactly one group:
   the stem (when the architecture has one), a stage, or ``"head"`` -- so transfer learning can
   freeze "the stem and the first N stages" without code per architecture.
@@ -138,7 +139,7 @@ class ClassifierModel(nn.Module):
         linear.reset_parameters()
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the final Linear (and auxiliary classifiers) with fresh ones for ``num_classes``."""
+        """New final Linear (and auxiliary classifiers) for ``num_classes`` outputs."""
         num_classes = check_positive_int(num_classes, "num_classes")
         for path in (self.classifier_path, *self.aux_classifier_paths):
             old = self.get_submodule(path)

@@ -74,7 +74,7 @@ def load_weights(model: ClassifierModel, name: str, weights: str | os.PathLike) 
 
 # --- where the tensors come from -------------------------------------------------------------
 def _torchvision_tag(weights: str | os.PathLike) -> str | None:
-    """"imagenet" / "DEFAULT" / "IMAGENET1K_V2" -> the tag; a path -> None."""
+    """The torchvision tag ("imagenet" -> "DEFAULT", "IMAGENET1K_V2", ...); a path -> None."""
     if not isinstance(weights, str):
         return None
     if weights.lower() == "imagenet":
@@ -214,9 +214,7 @@ def _keys_of(paths: tuple[str, ...], target: dict[str, Tensor]) -> set[str]:
     return {k for k in target if any(k.startswith(p + ".") for p in paths)}
 
 
-def apply_state_dict(
-    model: ClassifierModel, state_dict: dict[str, Tensor], *, source: str
-) -> dict:
+def apply_state_dict(model: ClassifierModel, state_dict: dict[str, Tensor], *, source: str) -> dict:
     """Copy ``state_dict`` into ``model`` (see the module docstring); returns the load report."""
     state_dict, layout = from_timm_layout(_strip_prefixes(dict(state_dict)))
     target = model.state_dict()
@@ -294,7 +292,9 @@ def apply_state_dict(
 
 
 def _listing(title: str, keys: list[str]) -> str:
-    shown = "; ".join(keys[:_SHOW]) + (f"; ... ({len(keys) - _SHOW} more)" if len(keys) > _SHOW else "")
+    shown = "; ".join(keys[:_SHOW]) + (
+        f"; ... ({len(keys) - _SHOW} more)" if len(keys) > _SHOW else ""
+    )
     return f"{len(keys)} {title} ({shown})"
 
 

@@ -12,14 +12,15 @@ the first max-pool is dropped, so 32 px reaches the inception blocks at 16x16 an
 (total reduction 8 instead of 32); every weight keeps its ImageNet shape.
 
 Auxiliary classifiers (the paper's two side heads, loss weight 0.3 each): during a training-mode
-forward their logits are left in ``model.aux_logits`` (``[aux1, aux2]``), weight ``model.aux_weight``;
-in eval mode, or with ``model.use_aux = False``, the list is empty. ``forward`` always returns the
-main logits only. Their parameters belong to the "head" group and are not part of the 6,624,904
-parameters torchvision quotes for the 1000-class network.
+forward their logits are left in ``model.aux_logits`` (``[aux1, aux2]``), with weight
+``model.aux_weight``; in eval mode, or with ``model.use_aux = False``, the list is empty.
+``forward`` always returns the main logits only. Their parameters belong to the "head" group
+and are not part of the 6,624,904 parameters torchvision quotes for the 1000-class network.
 
 The 5x5 branch of each inception block is a 3x3 conv in torchvision (pytorch/vision#906, kept so
-that the published weights fit). ``transform_input`` is off: torchvision's ImageNet weights were ported from a network fed
-``(x - 0.5) / 0.5``, so their ``default_cfg`` mean/std are 0.5 (see ``_weights.py``).
+that the published weights fit). ``transform_input`` is off: torchvision's ImageNet weights were
+ported from a network fed ``(x - 0.5) / 0.5``, so their ``default_cfg`` mean/std are 0.5 (see
+``_weights.py``).
 """
 
 from __future__ import annotations

@@ -69,7 +69,11 @@ class LeNet5(ClassifierModel):
             act(),
             nn.Linear(84, num_classes),
         )
-        head = ("pool", "flatten", "classifier") if self.pool is not None else ("flatten", "classifier")
+        head = (
+            ("pool", "flatten", "classifier")
+            if self.pool is not None
+            else ("flatten", "classifier")
+        )
         self._stages = [
             ("stage1", ("features.0", "features.1", "features.2")),
             ("stage2", ("features.3", "features.4", "features.5")),

@@ -85,8 +85,9 @@ def layer_table(model: nn.Module, image_size: int, in_channels: int) -> list[dic
     """One row per executed layer of ``model`` on a (1, in_channels, image_size, image_size) input.
 
     Row keys: ``index``, ``name`` (module path; the block's path for "residual add" and
-    "concat/inception" rows, so a module's output is the last row under its path), ``kind`` (see :data:`KINDS`; the last fully
-    connected layer is "output"), ``type`` (class name), ``detail`` (kernel/stride, sizes, p),
+    "concat/inception" rows, so a module's output is the last row under its path), ``kind`` (see
+    :data:`KINDS`; the last fully connected layer is "output"), ``type`` (class name),
+    ``detail`` (kernel/stride, sizes, p),
     ``output_shape`` (C, H, W) or (features,) without the batch dimension, ``params`` (counted at
     the module's first call, so the column sums to the parameters used in eval mode).
     """
@@ -193,8 +194,8 @@ def model_summary(
     """Everything ``cnnlab models show NAME`` prints, computed on the meta device (instant).
 
     Keys: ``info`` (:func:`model_info`), ``default_cfg``, ``params`` (inference parameters),
-    ``params_total`` (incl. auxiliary heads), ``flops``, ``feature_info``, ``stages`` (group labels),
-    ``layers`` (:func:`layer_table`).
+    ``params_total`` (incl. auxiliary heads), ``flops``, ``feature_info``, ``stages`` (group
+    labels), ``layers`` (:func:`layer_table`).
     """
     with torch.device("meta"):
         model = create_model(

@@ -1,0 +1,402 @@
+"""Training and prediction speed, side by side in one run: the textbook loop, a hand-tuned tensor loop, cnnlab.
+
+    .venv/bin/python benchmarks/bench_train.py [--repeats 3] [--epochs 8] [--quick]
+
+Contenders train the same model (cnnlab's `lenet5`, built by `create_model` for all of them) on the same data (the
+5,000 MNIST digits of `builtin:mnist-sample`, written once as a PNG folder with train/ and val/ subfolders), with the
+same batch size, epochs, optimizer and learning-rate schedule; each run happens in its own subprocess (so peak memory
+is that run's own), and the contenders alternate within each repeat. Medians over repeats are reported.
+
+- textbook: torchvision `ImageFolder` + `DataLoader(num_workers=2)` + fp32 loop, as tutorials write it;
+- tensor-loop: a hand-tuned plain PyTorch loop over tensors preloaded in memory (no augmentation);
+- cnnlab: `cnnlab.api.train` on the PNG folder (decode once into a uint8 tensor, whole-batch augmentation).
+
+Also: ResNet-18 (small-input stem) at 32x32 on `builtin:shapes` (textbook-style fp32 loop vs cnnlab with bf16 autocast
+and channels_last), achieved FLOP/s against this machine's measured matmul peak, and prediction on 1,000 JPEGs of
+256x256 (textbook `ImageFolder` loop vs `cnnlab.api.predict`). fastai and Keras columns run only when those packages
+are installed (`pip install -e '.[bench]'`). Results: benchmarks/results/train.json and train.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = Path(os.environ.get("CNNLAB_BENCH_DATA", "/tmp/cnnlab-bench"))
+TARGET = 0.97
+
+
+# --- data preparation (once) --------------------------------------------------------------------------------
+def prepare_mnist_folder() -> Path:
+    """mnist-sample as PNGs: train/ (4,500) and val/ (500, stratified) with one folder per digit."""
+    root = DATA / "mnist-png"
+    if (root / "done").is_file():
+        return root
+    import numpy as np
+    from PIL import Image
+
+    from cnnlab.data.builtin import mnist_sample
+
+    ds = mnist_sample()
+    rng = np.random.default_rng(0)
+    val = set()
+    for c in range(10):
+        idx = np.nonzero(ds.targets == c)[0]
+        val.update(rng.choice(idx, 50, replace=False).tolist())
+    for i in range(len(ds.targets)):
+        split = "val" if i in val else "train"
+        folder = root / split / str(ds.targets[i])
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(ds.images[i, :, :, 0]).save(folder / f"{i:05d}.png")
+    (root / "done").write_text("ok")
+    return root
+
+
+def prepare_jpeg_folder(n: int = 1000, size: int = 256) -> Path:
+    root = DATA / f"jpeg-{n}-{size}"
+    if (root / "done").is_file():
+        return root
+    from PIL import Image
+
+    from cnnlab.data.builtin import make_shapes
+
+    ds = make_shapes(n, 64, seed=1)
+    for i in range(n):
+        folder = root / ds.class_names[ds.targets[i]]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(ds.images[i]).resize((size, size), Image.Resampling.BILINEAR).save(
+            folder / f"{i:04d}.jpg", quality=90
+        )
+    (root / "done").write_text("ok")
+    return root
+
+
+# --- contenders (each runs in a child process: `bench_train.py --child NAME ...`) -----------------------------
+def _lenet():
+    from cnnlab.models import create_model
+
+    return create_model("lenet5", num_classes=10, in_channels=1, image_size=28)
+
+
+def _sgd_onecycle(model, lr: float, steps: int):
+    import torch
+
+    from cnnlab.engine.optim import build_scheduler, param_groups
+
+    opt = torch.optim.SGD(param_groups(model, 5e-4, lr), lr=lr, momentum=0.9, nesterov=True)
+    return opt, build_scheduler(opt, "onecycle", steps, 0)
+
+
+def _eval_tensor(model, x, y) -> float:
+    import torch
+
+    model.eval()
+    with torch.inference_mode():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    model.train()
+    return acc
+
+
+def child_textbook(root: Path, epochs: int, batch: int, lr: float) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    t0 = time.perf_counter()
+    tf = transforms.Compose([transforms.Grayscale(), transforms.ToTensor(), transforms.Normalize((0.13,), (0.31,))])
+    train = datasets.ImageFolder(root / "train", tf)
+    val = datasets.ImageFolder(root / "val", tf)
+    loader = DataLoader(train, batch_size=batch, shuffle=True, num_workers=2, drop_last=True)
+    xv = torch.stack([val[i][0] for i in range(len(val))])
+    yv = torch.tensor(val.targets)
+    model = _lenet()
+    opt, sched = _sgd_onecycle(model, lr, epochs * len(loader))
+    history, train_time, reached = [], 0.0, None
+    for _epoch in range(epochs):
+        te, seen = time.perf_counter(), 0
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            seen += len(y)
+        dt = time.perf_counter() - te
+        train_time += dt
+        acc = _eval_tensor(model, xv, yv)
+        history.append({"images_per_s": seen / dt, "val_accuracy": acc})
+        if reached is None and acc >= TARGET:
+            reached = time.perf_counter() - t0 - 0.0
+    return {"history": history, "wall_s": time.perf_counter() - t0, "time_to_target_s": reached}
+
+
+def child_tensor_loop(root: Path, epochs: int, batch: int, lr: float) -> dict:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    t0 = time.perf_counter()
+
+    def load(split):
+        files = sorted((root / split).rglob("*.png"))
+        x = torch.from_numpy(np.stack([np.asarray(Image.open(f)) for f in files]))[:, None]
+        y = torch.tensor([int(f.parent.name) for f in files])
+        return x, y
+
+    xt, yt = load("train")
+    xv, yv = load("val")
+    xv = (xv.float() / 255 - 0.13) / 0.31
+    model = _lenet()
+    steps = len(xt) // batch
+    opt, sched = _sgd_onecycle(model, lr, epochs * steps)
+    history, reached = [], None
+    for epoch in range(epochs):
+        te = time.perf_counter()
+        perm = torch.randperm(len(xt), generator=torch.Generator().manual_seed(epoch))
+        for s in range(steps):
+            idx = perm[s * batch : (s + 1) * batch]
+            x = (xt[idx].float() / 255 - 0.13) / 0.31
+            loss = F.cross_entropy(model(x), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        dt = time.perf_counter() - te
+        acc = _eval_tensor(model, xv, yv)
+        history.append({"images_per_s": steps * batch / dt, "val_accuracy": acc})
+        if reached is None and acc >= TARGET:
+            reached = time.perf_counter() - t0
+    return {"history": history, "wall_s": time.perf_counter() - t0, "time_to_target_s": reached}
+
+
+def child_cnnlab(root: Path, epochs: int, batch: int, lr: float, extra: dict | None = None) -> dict:
+    from cnnlab import api
+
+    t0 = time.perf_counter()
+    kw = {"data": str(root), "model": "lenet5", "epochs": epochs, "batch_size": batch, "lr": lr,
+          "test_fraction": 0.0, "val_fraction": 0.0, "out": str(DATA / "runs"), "report": False,
+          "augment": ("crop",)} | (extra or {})
+    run = api.train(**kw)
+    meta = json.loads((run.run_dir / "run.json").read_text())
+    history, reached, elapsed = [], None, meta["setup_time_s"]
+    for h in run.history:
+        elapsed += h["epoch_time_s"]
+        history.append({"images_per_s": h["train_images_per_s"], "val_accuracy": h.get("val_accuracy")})
+        if reached is None and (h.get("val_accuracy") or 0) >= TARGET:
+            reached = elapsed
+    return {"history": history, "wall_s": time.perf_counter() - t0, "time_to_target_s": reached,
+            "setup_s": meta["setup_time_s"], "precision": meta["precision"]}
+
+
+def child_resnet(which: str, epochs: int, batch: int) -> dict:
+    """ResNet-18 small-input stem at 32 px on builtin:shapes: textbook fp32 NCHW vs cnnlab (auto precision)."""
+    import torch
+    import torch.nn.functional as F
+
+    from cnnlab import api
+    from cnnlab.models import count_flops, create_model
+
+    data = "builtin:shapes?n=2000&size=32&seed=0"
+    t0 = time.perf_counter()
+    flops = count_flops(create_model("resnet18", num_classes=5, in_channels=3, image_size=32), 32, 3)
+    if which == "cnnlab":
+        run = api.train(data=data, model="resnet18", epochs=epochs, batch_size=batch, lr=0.05, augment=("crop",),
+                        out=str(DATA / "runs"), report=False)
+        meta = json.loads((run.run_dir / "run.json").read_text())
+        ips = [h["train_images_per_s"] for h in run.history]
+        return {"images_per_s": statistics.median(ips[1:] or ips), "test_accuracy": run.test_metrics["accuracy"],
+                "precision": meta["precision"], "flops_per_image": flops, "wall_s": time.perf_counter() - t0}
+    from cnnlab.data.builtin import load_builtin
+    from cnnlab.data.sources import stratified_split
+
+    ds = load_builtin(data[8:])
+    parts = stratified_split(ds.targets, 0.1, 0.1, 0)
+    x = torch.from_numpy(ds.images).permute(0, 3, 1, 2).float() / 255
+    y = torch.from_numpy(ds.targets)
+    mean, std = x[parts["train"]].mean((0, 2, 3), keepdim=True), x[parts["train"]].std((0, 2, 3), keepdim=True)
+    x = (x - mean) / std
+    xt, yt, xs, ys = x[parts["train"]], y[parts["train"]], x[parts["test"]], y[parts["test"]]
+    model = create_model("resnet18", num_classes=5, in_channels=3, image_size=32)
+    steps = len(xt) // batch
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.05, total_steps=epochs * steps)
+    ips = []
+    for epoch in range(epochs):
+        te = time.perf_counter()
+        perm = torch.randperm(len(xt), generator=torch.Generator().manual_seed(epoch))
+        for s in range(steps):
+            idx = perm[s * batch : (s + 1) * batch]
+            xb = F.pad(xt[idx], (4, 4, 4, 4))  # the same random-crop augmentation, per sample as tutorials do
+            off = torch.randint(0, 9, (len(idx), 2))
+            xb = torch.stack([xb[i, :, a : a + 32, b : b + 32] for i, (a, b) in enumerate(off.tolist())])
+            loss = F.cross_entropy(model(xb), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        ips.append(steps * batch / (time.perf_counter() - te))
+    return {"images_per_s": statistics.median(ips[1:] or ips), "test_accuracy": _eval_tensor(model, xs, ys),
+            "precision": "32", "flops_per_image": flops, "wall_s": time.perf_counter() - t0}
+
+
+def child_predict(which: str, root: Path, run_dir: Path) -> dict:
+    import torch
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    from cnnlab import api
+
+    t0 = time.perf_counter()
+    if which == "cnnlab":
+        preds = api.predict(run_dir, [root], top_k=1)
+        n = len(preds)
+    else:
+        model, meta, _ = api.load_checkpoint_model(run_dir)
+        spec = meta["preprocess"]
+        tf = transforms.Compose([transforms.Resize(spec["image_size"]), transforms.ToTensor(),
+                                 transforms.Normalize(spec["mean"], spec["std"])])
+        loader = DataLoader(datasets.ImageFolder(root, tf), batch_size=64, num_workers=2)
+        n = 0
+        with torch.inference_mode():
+            for x, _ in loader:
+                model(x).softmax(1).topk(1)
+                n += len(x)
+    dt = time.perf_counter() - t0
+    return {"images": n, "images_per_s": n / dt, "wall_s": dt}
+
+
+def matmul_peak() -> dict:
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        x, y = a.to(dtype), b.to(dtype)
+        for _ in range(3):
+            x @ y
+        t = time.perf_counter()
+        reps = 10
+        for _ in range(reps):
+            x @ y
+        out[name] = 2 * 2048**3 * reps / (time.perf_counter() - t)
+    return out
+
+
+# --- parent ---------------------------------------------------------------------------------------------------
+def run_child(*args: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child {args} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--child", nargs="+")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--resnet-epochs", type=int, default=3)
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: lenet,resnet,predict")
+    args = ap.parse_args()
+    if args.child:
+        name, *rest = args.child
+        if name in ("textbook", "tensor-loop", "cnnlab"):
+            fn = {"textbook": child_textbook, "tensor-loop": child_tensor_loop, "cnnlab": child_cnnlab}[name]
+            result = fn(Path(rest[0]), int(rest[1]), int(rest[2]), float(rest[3]))
+        elif name == "resnet":
+            result = child_resnet(rest[0], int(rest[1]), int(rest[2]))
+        else:
+            result = child_predict(rest[0], Path(rest[1]), Path(rest[2]))
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+
+    skip = set(args.skip.split(","))
+    results: dict = {"machine": {"cpus": os.cpu_count()}, "matmul_peak_flops": matmul_peak()}
+    mnist = prepare_mnist_folder()
+    table = ["| contender | train img/s (median) | time to 97% val acc (s) | final val acc | peak RSS (MB) |",
+             "|---|---:|---:|---:|---:|"]
+    if "lenet" not in skip:
+        names = ["textbook", "tensor-loop", "cnnlab"]
+        runs: dict[str, list[dict]] = {n: [] for n in names}
+        for r in range(args.repeats):
+            for n in names[r % 3:] + names[: r % 3]:  # alternate the order between repeats
+                runs[n].append(run_child(n, str(mnist), str(args.epochs), str(args.batch_size), str(args.lr)))
+        summary = {}
+        for n, rs in runs.items():
+            ips = med([med([h["images_per_s"] for h in x["history"][1:]]) for x in rs])
+            summary[n] = {"images_per_s": ips, "time_to_target_s": med([x["time_to_target_s"] for x in rs]),
+                          "final_val_accuracy": med([x["history"][-1]["val_accuracy"] for x in rs]),
+                          "peak_rss_mb": med([x["peak_rss_mb"] for x in rs]), "runs": rs}
+            table.append(f"| {n} | {ips:,.0f} | {summary[n]['time_to_target_s'] or float('nan'):.1f} | "
+                         f"{summary[n]['final_val_accuracy']:.4f} | {summary[n]['peak_rss_mb']:.0f} |")
+        base = summary["textbook"]["images_per_s"]
+        table.append("")
+        table.append("| ratio | value |\n|---|---:|")
+        for n in ("cnnlab", "tensor-loop"):
+            table.append(f"| {n} / textbook throughput | {summary[n]['images_per_s'] / base:.2f}x |")
+        table.append(f"| cnnlab / tensor-loop throughput | "
+                     f"{summary['cnnlab']['images_per_s'] / summary['tensor-loop']['images_per_s']:.2f}x |")
+        tt, tc = summary["textbook"]["time_to_target_s"], summary["cnnlab"]["time_to_target_s"]
+        if tt and tc:
+            table.append(f"| cnnlab / textbook time to 97% | {tc / tt:.2f} |")
+        results["lenet5_mnist_sample"] = summary
+    if "resnet" not in skip:
+        rs = {w: [run_child("resnet", w, str(args.resnet_epochs), "128") for _ in range(max(1, args.repeats - 1))]
+              for w in ("textbook", "cnnlab")}
+        peak = results["matmul_peak_flops"]
+        table += ["", "| ResNet-18 @32px | train img/s | test acc | precision | achieved FLOP/s (3x fwd) | "
+                  "fraction of matmul peak |", "|---|---:|---:|---|---:|---:|"]
+        res = {}
+        for w, xs in rs.items():
+            ips = med([x["images_per_s"] for x in xs])
+            achieved = 3 * xs[0]["flops_per_image"] * ips
+            ref = peak["bf16"] if xs[0]["precision"] == "bf16" else peak["fp32"]
+            res[w] = {"images_per_s": ips, "test_accuracy": med([x["test_accuracy"] for x in xs]),
+                      "precision": xs[0]["precision"], "achieved_flops": achieved, "peak_fraction": achieved / ref}
+            table.append(f"| {w} | {ips:,.0f} | {res[w]['test_accuracy']:.3f} | {res[w]['precision']} | "
+                         f"{achieved / 1e9:,.1f} G | {achieved / ref:.0%} |")
+        table.append(f"\ncnnlab / textbook ResNet-18 throughput: "
+                     f"{res['cnnlab']['images_per_s'] / res['textbook']['images_per_s']:.2f}x")
+        results["resnet18_32px"] = res
+    if "predict" not in skip:
+        jpegs = prepare_jpeg_folder()
+        from cnnlab import api
+
+        run = api.train(data="builtin:shapes?n=600&size=64&seed=0", model="lenet5", epochs=1, image_size=64,
+                        out=str(DATA / "runs"), report=False)
+        pr = {w: [run_child("predict", w, str(jpegs), str(run.run_dir)) for _ in range(args.repeats)]
+              for w in ("textbook", "cnnlab")}
+        table += ["", "| predict 1,000 JPEGs 256px -> 64px | img/s |", "|---|---:|"]
+        res = {w: med([x["images_per_s"] for x in xs]) for w, xs in pr.items()}
+        for w, v in res.items():
+            table.append(f"| {w} | {v:,.0f} |")
+        table.append(f"\ncnnlab / textbook prediction: {res['cnnlab'] / res['textbook']:.2f}x")
+        results["predict_jpeg"] = res
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "train.json").write_text(json.dumps(results, indent=2, default=str))
+    md = "\n".join(table)
+    (out / "train.md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
