@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--num-classes", type=int, default=1000, help="default 1000: the published counts")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
@@ -284,33 +284,43 @@ def _predict(args: argparse.Namespace) -> int:
 
 @command("models")
 def _models(args: argparse.Namespace) -> int:
-    from cnnlab.models import summary
+    from cnnlab import models
 
     if args.action == "show":
         if not args.name:
             raise CnnlabError("usage: cnnlab models show NAME [--image-size S --in-channels C]")
-        rows = summary.layer_table_for(
-            args.name,
-            image_size=args.image_size,
-            in_channels=args.in_channels,
-            num_classes=args.num_classes,
-        )
-        title = f"{args.name}: layers"
+        summary = models.model_summary(args.name, num_classes=args.num_classes,
+                                       in_channels=args.in_channels, image_size=args.image_size)
+        if args.json:
+            print(json.dumps(summary, indent=2, default=str))
+            return 0
+        info, cfg = summary["info"], summary["default_cfg"]
+        out.print(f"[bold]{info['name']}[/] ({info['family']}, {info['year']}): {info['description']}")
+        out.print(f"paper: {info['paper']}")
+        out.print(f"input {tuple(cfg['input_size'])}, {cfg.get('variant', '')}; parameters "
+                  f"{summary['params']:,}; FLOPs per image {summary['flops']:,}")
+        rows = [{k: r[k] for k in ("index", "name", "kind", "detail", "output_shape", "params")}
+                for r in summary["layers"]]
+        title = f"{args.name}: every layer in the lecture's words"
     else:
-        rows = summary.zoo_table(
-            image_size=args.image_size or 224,
-            in_channels=args.in_channels,
-            num_classes=args.num_classes,
-        )
-        title = f"model zoo at {args.image_size or 224} px, {args.in_channels} channel(s)"
-    if args.json:
-        print(json.dumps(rows, indent=2, default=str))
-        return 0
+        rows = models.zoo_table(image_size=args.image_size or 224, in_channels=args.in_channels,
+                                num_classes=args.num_classes)
+        title = (f"model zoo at {args.image_size or 224} px, {args.in_channels} channel(s), "
+                 f"{args.num_classes} classes")
+        if args.json:
+            print(json.dumps(rows, indent=2, default=str))
+            return 0
+        rows = [{k: v for k, v in r.items() if k != "paper"} for r in rows]
     t = Table(title=title)
     for key in rows[0]:
         t.add_column(key, justify="right" if isinstance(rows[0][key], (int, float)) else "left")
+
+    def cell(key: str, v: object) -> str:
+        plain = key in ("year", "index") or isinstance(v, bool) or not isinstance(v, int)
+        return str(v) if plain else f"{v:,}"
+
     for r in rows:
-        t.add_row(*[f"{v:,}" if isinstance(v, int) else str(v) for v in r.values()])
+        t.add_row(*[cell(k, v) for k, v in r.items()])
     out.print(t)
     return 0
 
