@@ -213,6 +213,13 @@ def train(
     seed_everything(cfg.seed, cfg.deterministic)
     device = resolve_device(cfg.device)
     bundle = load_source(cfg)
+    if resume_from:  # bad-inputs #44: a resumed run must see the classes it was trained on, in the same order
+        _, saved_meta = read_weights(resume_from[0] / "checkpoints" / resume_from[1]["weights"]["file"])
+        if saved_meta.get("class_names") != bundle.class_names:
+            raise CheckpointError(
+                f"checkpoint classes {saved_meta.get('class_names')} != dataset classes "
+                f"{bundle.class_names}; resume needs the same classes (use --init-from to fine-tune instead)"
+            )
     if cfg.shots:
         bundle.splits["train"] = few_shot(bundle.splits["train"], cfg.shots, cfg.seed)
     in_channels = cfg.in_channels or bundle.channels
@@ -460,12 +467,7 @@ def _resume_target(cfg: TrainConfig) -> tuple[tuple[Path, dict], TrainConfig]:
 
 def _restore(trainer: Trainer, model: torch.nn.Module, entry: dict, cfg: TrainConfig) -> None:
     manager = CheckpointManager(Path(cfg.resume) / "checkpoints")
-    weights, meta, state = manager.load(entry)
-    classes = read_json(Path(cfg.resume) / "classes.json")
-    if meta.get("class_names") != classes:
-        raise CheckpointError(
-            f"checkpoint classes {meta.get('class_names')} != run classes {classes}"
-        )
+    weights, _, state = manager.load(entry)
     missing, unexpected = _load_strict(model, weights)
     if missing or unexpected:
         raise CheckpointError(

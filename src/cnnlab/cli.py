@@ -435,6 +435,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+    except MemoryError:
+        err.print("[red]error:[/] out of memory (CPU). Lower --batch-size or --image-size; cnnlab does not shrink "
+                  "the batch for you because that changes the results")
+        return 3
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower():  # torch.OutOfMemoryError is a RuntimeError
+            raise
+        err.print("[red]error:[/] out of GPU memory. Lower --batch-size or --image-size, or use --precision bf16; "
+                  "cnnlab does not shrink the batch for you because that changes the results")
+        return 3
     except FileNotFoundError as e:  # a path the user gave that vanished between checks
         err.print(f"[red]error:[/] {e.filename or e}: not found")
         return 2

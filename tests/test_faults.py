@@ -1,0 +1,119 @@
+"""Run-time faults (bad-inputs.md sections E and F): what a user sees when a run or a checkpoint goes wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cnnlab import api
+from cnnlab.engine.checkpoint import read_weights, save_weights
+from cnnlab.engine.trainer import NonFiniteLossError
+from cnnlab.errors import CheckpointError, DataError
+
+COVERED_CASES = [44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54]
+FAST = {"model": "lenet5", "epochs": 1, "batch_size": 32, "report": False}
+
+
+def test_case_50_nan_loss_names_epoch_step_and_files(tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step \d+; batch samples: digits:\d+") as info:
+        api.train(data="builtin:digits", out=str(tmp_path), name="nan", **(FAST | {"lr": 1e9, "momentum": 0.0}))
+    assert "Lower --lr" in str(info.value)
+
+
+def test_case_54_batch_larger_than_dataset_fails_before_training(tmp_path):
+    with pytest.raises(DataError, match="fewer than one batch of 4096"):
+        api.train(data="builtin:digits", out=str(tmp_path), **(FAST | {"batch_size": 4096}))
+
+
+def test_cases_44_45_48_checkpoint_that_does_not_fit(tmp_path):
+    run = api.train(data="builtin:digits", out=str(tmp_path), name="a", **FAST)
+    best = run.run_dir / "checkpoints" / "best.safetensors"
+    state, meta = read_weights(best)
+    # 45: an architecture mismatch lists keys
+    wrong = tmp_path / "wrong.safetensors"
+    save_weights(wrong, {k + "_x": v for k, v in state.items()}, meta)
+    with pytest.raises(CheckpointError, match=r"does not fit lenet5: missing keys \['features.0.weight'"):
+        api.load_checkpoint_model(wrong)
+    # 48: written by a newer cnnlab
+    from safetensors.torch import save_file
+
+    newer = tmp_path / "newer.safetensors"
+    save_file(state, newer, metadata={"cnnlab_schema": "99"})
+    with pytest.raises(CheckpointError, match="newer cnnlab"):
+        read_weights(newer)
+
+
+def test_case_44_resume_with_different_classes_fails(mixed_folder, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(mixed_folder, data)
+    run = api.train(data=str(data), out=str(tmp_path), name="r", image_size=24, **(FAST | {"batch_size": 8}))
+    (data / "square").rename(data / "squares")
+    with pytest.raises(CheckpointError, match=r"checkpoint classes \['disc', 'square'\] != dataset classes"):
+        api.train(resume=str(run.run_dir), epochs=2)
+
+
+def test_case_49_resume_of_missing_run(tmp_path):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        api.train(resume=str(tmp_path / "no-such-run"))
+
+
+def _train_cmd(out: Path, name: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "cnnlab", "train", "--data", "builtin:digits", "--model", "lenet5",
+            "--epochs", "4", "--batch-size", "16", "--seed", "7", "--deterministic", "--no-report",
+            "--out", str(out), "--name", name, *extra]
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "checkpoints" / "epoch-0004.safetensors")
+
+
+@pytest.mark.slow
+def test_case_52_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    subprocess.run(_train_cmd(tmp_path, "full"), check=True, env=env, capture_output=True)
+    reference = _final_weights(tmp_path / "full")
+    rng = random.Random(0)
+    for seed in range(3):
+        name = f"killed-{seed}"
+        proc = subprocess.Popen(_train_cmd(tmp_path, name), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        manifest = tmp_path / name / "checkpoints" / "manifest.json"
+        while not manifest.exists() and proc.poll() is None:  # kill only once there is something to resume
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 2.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        subprocess.run([sys.executable, "-m", "cnnlab", "train", "--resume", str(tmp_path / name)],
+                       check=True, env=env, capture_output=True)
+        resumed = _final_weights(tmp_path / name)
+        assert resumed.keys() == reference.keys()
+        for k in reference:
+            assert torch.equal(resumed[k], reference[k]), (seed, k)
+
+
+def test_case_53_sigterm_saves_and_exits_nonzero(tmp_path):
+    proc = subprocess.Popen(_train_cmd(tmp_path, "term", "--epochs", "200"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    manifest = tmp_path / "term" / "checkpoints" / "manifest.json"
+    deadline = time.time() + 120
+    while not manifest.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted by SIGTERM" in err and "--resume" in err and "Traceback" not in err
+    tags = [e["tag"] for e in json.loads(manifest.read_text())["checkpoints"]]
+    assert "step" in tags[-1] or tags[-1].startswith("epoch-")
