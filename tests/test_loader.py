@@ -11,7 +11,7 @@ def test_random_crop_equals_per_sample_slicing():
     g = _generator(0, 1, 2)
     out = random_crop(x, 3, g)
     g = _generator(0, 1, 2)  # the same draws, replayed for the reference
-    dy = torch.randint(0, 7, (6,), generator=g)
+    dy = torch.randint(0, 7, (6,), generator=g)  # the same draw order: dy then dx, one per image
     dx = torch.randint(0, 7, (6,), generator=g)
     padded = F.pad(x, (3, 3, 3, 3))
     for i in range(6):

@@ -166,3 +166,14 @@ def test_cli_entry_point_runs_as_a_module():
         [sys.executable, "-m", "cnnlab", "--help"], capture_output=True, text=True, check=True
     )
     assert "train" in out.stdout and "evaluate" in out.stdout and "predict" in out.stdout
+
+
+def test_cli_finetune_from_a_run_with_other_classes_and_channels(mixed_folder, tmp_path, capsys):
+    source = api.train(data="builtin:digits", out=str(tmp_path), name="src", **FAST)
+    code = main(["finetune", "--from", str(source.run_dir), "--data", str(mixed_folder), "--out", str(tmp_path),
+                 "--name", "ft", "--epochs", "1", "--batch-size", "8", "--image-size", "16", "--no-report"])
+    assert code == 0, capsys.readouterr().err
+    transfer = json.loads((tmp_path / "ft" / "transfer.json").read_text())
+    text = json.dumps(transfer)
+    assert "features.0.weight" in text  # the first conv was adapted from 1 to 3 channels
+    assert json.loads((tmp_path / "ft" / "classes.json").read_text()) == ["disc", "square"]

@@ -756,6 +756,52 @@ def predict(
     return results
 
 
+# -- transfer learning -------------------------------------------------------------------------------------
+def finetune(source: str | Path, data: str, *, console: Any = None, **overrides: Any) -> TrainResult:
+    """Fine-tune on `data` starting from `source` (a cnnlab run/checkpoint, "imagenet" or a weights file).
+
+    The model defaults to the source run's architecture; the strategy to "fine-tune" (head first, then everything
+    with discriminative learning rates). See cnnlab.transfer for the freezing forms and recipes.
+    """
+    if overrides.get("model") is None and str(source) != "imagenet":
+        try:
+            _, meta = read_weights(resolve_weights(source))
+            overrides["model"] = meta.get("model")
+        except CheckpointError:
+            pass  # a plain weights file: the model must be given, and create_model says so if it does not fit
+    overrides.setdefault("strategy", "fine-tune")
+    return train(console=console, init_from=str(source), data=data,
+                 **{k: v for k, v in overrides.items() if v is not None})
+
+
+def transfer_study(source: str, data: str, **kwargs: Any) -> dict[str, Any]:
+    """Scratch vs linear-probe vs fine-tune vs gradual at several labels-per-class: see cnnlab.transfer.study."""
+    from cnnlab.transfer import transfer_study as study
+
+    return study(source, data, **kwargs)
+
+
+def lr_find(config: TrainConfig | str | Path | None = None, *, start: float = 1e-5, end: float = 1.0,
+            steps: int = 100, seed: int = 0, plot: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
+    """Learning-rate range test on a copy of the model; returns the curve and the suggested rate."""
+    from cnnlab.transfer import lr_find as find
+    from cnnlab.transfer import plot_lr_find
+
+    cfg = config if isinstance(config, TrainConfig) else make_config(TrainConfig, config, **overrides)
+    result = find(cfg, start=start, end=end, steps=steps, seed=seed)
+    if plot:
+        result["plot"] = str(plot_lr_find(result, plot))
+    return result
+
+
+def embed(run_or_checkpoint: str | Path, *, data: str | None = None, split: str = "all",
+          out: str | Path | None = None, device: str = "auto") -> Path:
+    """Penultimate-layer features with labels to .npz (for kNN, linear probes, plots)."""
+    from cnnlab.transfer import embed as embed_features
+
+    return embed_features(run_or_checkpoint, data, split, out, device=device)
+
+
 # -- demo ----------------------------------------------------------------------------------------------------
 DEMO = {
     "data": "builtin:mnist-sample",

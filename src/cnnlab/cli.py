@@ -34,12 +34,14 @@ def command(name: str):
 
 
 # -- parser --------------------------------------------------------------------------------------------------
-def _add_train_options(p: argparse.ArgumentParser) -> None:
+def _add_train_options(p: argparse.ArgumentParser, skip: frozenset[str] = frozenset()) -> None:
     """One --option per TrainConfig field (defaults live in the dataclass only; None = not given)."""
     p.add_argument(
         "--config", help="JSON or TOML file of options (command-line options override it)"
     )
     for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = (
@@ -80,6 +82,36 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a classifier on a folder, CSV, builtin: or torchvision: dataset"
     )
     _add_train_options(p)
+
+    p = sub.add_parser("finetune", help="transfer learning: start from a run, checkpoint, imagenet or weights")
+    p.add_argument("--from", dest="init_from", required=True, metavar="SOURCE",
+                   help="cnnlab run / .safetensors checkpoint (task A), imagenet, or a weights file")
+    _add_train_options(p, skip=frozenset({"init_from"}))
+
+    p = sub.add_parser("transfer-study", help='"should I transfer?": scratch vs linear-probe vs fine-tune vs '
+                       "gradual at several labels per class")
+    p.add_argument("source", help="cnnlab run / checkpoint of task A, imagenet, or a weights file")
+    p.add_argument("--data", required=True, help="the target dataset (task B)")
+    p.add_argument("--shots", default="5,10,50,all", help="labels per class to try (default 5,10,50,all)")
+    p.add_argument("--strategies", default="scratch,linear-probe,fine-tune,gradual")
+    p.add_argument("--model", default=None)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--out", default="runs/transfer-study")
+
+    p = sub.add_parser("lr-find", help="learning-rate range test: the loss curve and a suggested --lr")
+    _add_train_options(p)
+    p.add_argument("--start", type=float, default=1e-5)
+    p.add_argument("--end", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--plot", default="lr_find.png", help="where to write the plot (PNG)")
+
+    p = sub.add_parser("embed", help="penultimate-layer features with labels to .npz")
+    p.add_argument("run", help="run directory or .safetensors checkpoint")
+    p.add_argument("--data", default=None, help="another dataset (default: the run's own)")
+    p.add_argument("--split", default="all")
+    p.add_argument("--out", default=None)
+    p.add_argument("--device", default="auto")
 
     p = sub.add_parser(
         "evaluate", help="measure a trained model (default: its held-out test split)"
@@ -217,9 +249,12 @@ def _demo(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from cnnlab import api
 
-    names = [f.name for f in dataclasses.fields(TrainConfig)]
-    overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    result = api.train(args.config, console=out, **overrides)
+    result = api.train(args.config, console=out, **_train_overrides(args))
+    _finish_train(result)
+    return 0
+
+
+def _finish_train(result: Any) -> None:
     if result.stop_reason:
         out.print(result.stop_reason)
     if result.test_metrics:
@@ -227,6 +262,62 @@ def _train(args: argparse.Namespace) -> int:
     out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
     if result.report:
         out.print(f"report: {result.report}")
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+
+
+@command("finetune")
+def _finetune(args: argparse.Namespace) -> int:
+    from cnnlab import api
+
+    overrides = _train_overrides(args)
+    init_from, data = overrides.pop("init_from"), overrides.pop("data", None)
+    if args.config:
+        from cnnlab.config import load_config_file
+
+        overrides = load_config_file(args.config) | overrides
+        data = data or overrides.pop("data", None)
+    if data is None:
+        raise CnnlabError("cnnlab finetune needs --data TARGET (the dataset of the new task)")
+    _finish_train(api.finetune(init_from, data, console=out, **overrides))
+    return 0
+
+
+@command("transfer-study")
+def _transfer_study(args: argparse.Namespace) -> int:
+    from cnnlab import api
+    from cnnlab.transfer.study import markdown_table
+
+    shots = [None if s.strip() == "all" else int(s) for s in args.shots.split(",")]
+    study = api.transfer_study(args.source, args.data, shots=shots, model=args.model, epochs=args.epochs,
+                               strategies=[s.strip() for s in args.strategies.split(",")],
+                               seeds=[int(s) for s in args.seeds.split(",")], out=args.out)
+    out.print(markdown_table(study))
+    out.print(f"study written to {args.out} (study.json, study.md, plot)")
+    return 0
+
+
+@command("lr-find")
+def _lr_find(args: argparse.Namespace) -> int:
+    from cnnlab import api
+
+    result = api.lr_find(args.config, start=args.start, end=args.end, steps=args.steps, plot=args.plot,
+                         **_train_overrides(args))
+    out.print(f"suggested lr: {result['suggested_lr']:.3g} (steepest descent of the smoothed loss); "
+              f"minimum/10: {result['min_lr_div10']:.3g}")
+    out.print(f"plot: {result.get('plot')}")
+    return 0
+
+
+@command("embed")
+def _embed(args: argparse.Namespace) -> int:
+    from cnnlab import api
+
+    path = api.embed(args.run, data=args.data, split=args.split, out=args.out, device=args.device)
+    out.print(f"features written to {path}")
     return 0
 
 

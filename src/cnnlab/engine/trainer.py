@@ -116,7 +116,8 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.scheduler.step()
-                n, correct = targets.shape[0], int(out["correct"])
+                # "correct": the batch's summed per-sample accuracy (1/0 per image; pixel accuracy per mask)
+                n, correct = images.shape[0], float(out["correct"])
                 seen, loss_sum, correct_sum = (
                     seen + n,
                     loss_sum + loss_value * n,
@@ -163,6 +164,9 @@ class Trainer:
         return torch.cat(probs), torch.cat(targets)
 
     def evaluate(self, loader: Any) -> dict[str, float]:
+        """Validation {"loss", "accuracy"}; tasks other than classification supply `validate(trainer, loader)`."""
+        if hasattr(self.task, "validate"):
+            return self.task.validate(self, loader)
         probs, targets = self.predict(loader)
         nll = torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), targets).item()
         return {"loss": nll, "accuracy": (probs.argmax(1) == targets).float().mean().item()}

@@ -124,7 +124,8 @@ def cam_target_stage(
                 return f
         labels = [f.get("stage", f["name"]) for f in info]
         raise ConfigError(
-            f"unknown stage {stage!r}{close_matches(stage, labels)}; choose from {', '.join(labels)}"
+            f"unknown stage {stage!r}{close_matches(stage, labels)}; "
+            f"choose from {', '.join(labels)}"
         )
     big = [f for f in info if min(f["output_shape"][-2:]) >= MIN_CAM_SIZE]
     return big[-1] if big else info[-1]
@@ -156,7 +157,9 @@ class CamSet:
             "methods": list(self.maps),
             "target_layer": self.target_layer,
             "target_shape": list(self.target_shape),
-            "peaks": {m: {k: [int(v) for v in rc] for k, rc in d.items()} for m, d in peaks.items()},
+            "peaks": {
+                m: {k: [int(v) for v in rc] for k, rc in d.items()} for m, d in peaks.items()
+            },
         }
 
 
@@ -205,7 +208,9 @@ def compute_cams(
     return np.clip(maps, 0.0, 1.0)
 
 
-def gradient_saliency(model: nn.Module, images: Tensor, classes: Sequence[int] | Tensor) -> np.ndarray:
+def gradient_saliency(
+    model: nn.Module, images: Tensor, classes: Sequence[int] | Tensor
+) -> np.ndarray:
     """Vanilla gradient saliency ``max_c |d logit_class / d x[c]|``, ``(N, H, W)`` in [0, 1].
 
     Each image's map is divided by its maximum (an all-zero gradient stays all zero).

@@ -1,9 +1,9 @@
-"""Layer trace: what every layer of a trained CNN computes for one image (computing only, no drawing).
+"""Layer trace: what every layer of a trained CNN computes for one image (computing, no drawing).
 
-:func:`trace_image` runs one forward pass with forward hooks and keeps, for every executed layer in
-execution order, the lecture's description of it (the rows of
-:func:`cnnlab.models.summary.layer_table`: kind, detail, name) together with what that layer produced
-for *this* image:
+:func:`trace_image` runs one forward pass with forward hooks and keeps, for every executed layer
+in execution order, the lecture's description of it (the rows of
+:func:`cnnlab.models.summary.layer_table`: kind, detail, name) together with what that layer
+produced for *this* image:
 
 * spatial outputs ``(C, H, W)`` (convolution, batch norm, ReLU, pooling, concat, residual add): the
   first ``max_channels`` feature maps, plus statistics over all channels;
@@ -11,8 +11,9 @@ for *this* image:
 * the first convolution's learned filters ``(K, C_in, k, k)``, the flattened vector's length, the
   logits and the output probabilities ``softmax(logits)``.
 
-Memory stays bounded: each layer keeps at most ``max_channels x H x W`` floats (the *first* channels,
-so that one filter can be followed through convolution -> ReLU -> pooling, which keep channel order).
+Memory stays bounded: each layer keeps at most ``max_channels x H x W`` floats (the *first*
+channels, so that one filter can be followed through convolution -> ReLU -> pooling, which keep
+channel order).
 Statistics (mean, std, min, max, fraction of exact zeros, per-channel means) are computed on the
 full output before anything is dropped.
 """
@@ -112,7 +113,8 @@ class Trace:
             "class_names": list(self.class_names),
             "predicted": self.class_names[self.predicted],
             "probabilities": {
-                name: float(p) for name, p in zip(self.class_names, self.probs.tolist(), strict=True)
+                name: float(p)
+                for name, p in zip(self.class_names, self.probs.tolist(), strict=True)
             },
             "top": [{"class": n, "index": i, "probability": p} for i, n, p in self.top_k(5)],
             "logits": [float(v) for v in self.logits.tolist()],
@@ -136,7 +138,7 @@ def _stats(out: Tensor) -> dict[str, float]:
 
 
 def _reduce(out: Tensor, max_channels: int, max_vector: int) -> dict[str, Any]:
-    """What one hook keeps of a (1, ...) output. Cloned now: a later in-place ReLU would change it."""
+    """What one hook keeps of a (1, ...) output; cloned now, as a later in-place ReLU changes it."""
     o = out.detach()[0]
     rec: dict[str, Any] = {"shape": tuple(o.shape), "stats": _stats(o)}
     if o.dim() == 3:  # C x H x W
@@ -191,7 +193,9 @@ def trace_image(
     ``probs = softmax(model(image))`` over ``class_names`` (default ``"0".."K-1"``).
     """
     if image.dim() != 4 or image.shape[0] != 1:
-        raise ConfigError(f"trace_image takes one image shaped (1, C, H, W), got {tuple(image.shape)}")
+        raise ConfigError(
+            f"trace_image takes one image shaped (1, C, H, W), got {tuple(image.shape)}"
+        )
     _, in_channels, height, width = image.shape
     p = next(model.parameters())
     image = image.to(device=p.device, dtype=p.dtype)

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+from cnnlab.transfer.embed import embed
 from cnnlab.transfer.freeze import (
     FREEZE_FORMS,
     frozen_batchnorms,
@@ -22,8 +23,14 @@ from cnnlab.transfer.freeze import (
     resolve_freeze,
     train_mode,
 )
+from cnnlab.transfer.lr_find import lr_find, plot_lr_find
 from cnnlab.transfer.recipes import STRATEGIES, StagedUnfreeze, TransferPlan, prepare_transfer
 from cnnlab.transfer.source import SourceReport, load_pretrained
+from cnnlab.transfer.study import transfer_study, write_class_subset
+
+# The functions above share their modules' names (embed, lr_find): importing them here makes
+# `cnnlab.transfer.lr_find` the function; the modules stay reachable as cnnlab.transfer.lr_find.X
+# through `from cnnlab.transfer.lr_find import X`.
 
 __all__ = [
     "FREEZE_FORMS",
@@ -36,24 +43,10 @@ __all__ = [
     "load_pretrained",
     "lr_find",
     "model_groups",
+    "plot_lr_find",
     "prepare_transfer",
     "resolve_freeze",
     "train_mode",
     "transfer_study",
+    "write_class_subset",
 ]
-
-
-def __getattr__(name: str):  # the heavier tools load on first use (api imports this package)
-    if name == "embed":
-        from cnnlab.transfer.embed import embed
-
-        return embed
-    if name == "lr_find":
-        from cnnlab.transfer.lr_find import lr_find
-
-        return lr_find
-    if name == "transfer_study":
-        from cnnlab.transfer.study import transfer_study
-
-        return transfer_study
-    raise AttributeError(f"module 'cnnlab.transfer' has no attribute {name!r}")

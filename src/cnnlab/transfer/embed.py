@@ -1,15 +1,16 @@
 """Penultimate-layer embeddings: what the classifier sees, for every image of a dataset.
 
-The feature of an image is the input of the model's final classifier (``get_classifier()``), captured
-with a forward hook: the pooled and flattened features for ResNet / GoogLeNet, the last hidden FC
-layer's output for LeNet-5 / AlexNet / VGG (``forward_head`` up to the classifier). Use them for
-nearest-neighbour search, t-SNE/UMAP plots, or a scikit-learn classifier on a frozen backbone.
+The feature of an image is the input of the model's final classifier (``get_classifier()``),
+captured with a forward hook: the pooled and flattened features for ResNet / GoogLeNet, the last
+hidden FC layer's output for LeNet-5 / AlexNet / VGG (``forward_head`` up to the classifier). Use
+them for nearest-neighbour search, t-SNE/UMAP plots, or a scikit-learn classifier on a frozen
+backbone.
 
 The ``.npz`` file (``np.load(path, allow_pickle=False)``) holds:
 
 * ``features``: (N, D) float32;
-* ``labels``: (N,) int64, indices into ``class_names`` (the *dataset's* classes, which need not be the
-  model's: embedding task B's images with task A's network is the point of a transfer check);
+* ``labels``: (N,) int64, indices into ``class_names`` (the *dataset's* classes, which need not be
+  the model's: embedding task B's images with task A's network is the point of a transfer check);
 * ``ids``: (N,) str, the sample ids (relative file paths or ``builtin`` indices);
 * ``class_names``: (K,) str; ``model_class_names``: the model's outputs; ``split``: the split names.
 """
@@ -38,7 +39,9 @@ def _choose_split(bundle, split: str):  # -> (Split, per-sample split names)
         tags = np.concatenate([np.full(len(p), k) for k, p in zip(names, parts, strict=True)])
         return _concat(parts), tags
     if split not in bundle.splits:
-        raise ConfigError(f"the data has no {split!r} split; it has {sorted(bundle.splits)} (or all)")
+        raise ConfigError(
+            f"the data has no {split!r} split; it has {sorted(bundle.splits)} (or all)"
+        )
     chosen = bundle.splits[split]
     return chosen, np.full(len(chosen), split)
 
@@ -72,7 +75,7 @@ def embed(
     device: str = "auto",
     batch_size: int = 256,
 ) -> Path:
-    """Write the penultimate features of ``data`` under the model of ``run_or_checkpoint`` to ``.npz``.
+    """Write the penultimate features of ``data`` under ``run_or_checkpoint``'s model to ``.npz``.
 
     ``data=None`` embeds the run's own dataset with its recorded splits (``splits.json``); another
     dataset is split as ``cnnlab train --data DATA`` would split it by default (seed 0, 10 % val,

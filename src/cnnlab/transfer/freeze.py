@@ -96,7 +96,9 @@ def _group_of_layer(layer: str, model: nn.Module, groups: list[Group], spec: str
     names = [n for n, _ in model.named_modules() if n]
     if layer not in names:
         raise _error(
-            spec, groups, f"no layer named {layer!r}{close_matches(layer, list(dict.fromkeys(labels + names)))}"
+            spec,
+            groups,
+            f"no layer named {layer!r}{close_matches(layer, list(dict.fromkeys(labels + names)))}",
         )
     hit = None
     for i, g in enumerate(groups):

@@ -13,10 +13,11 @@ debiased as fastai does (``beta = 0.98``)::
 
 The run stops early once ``smooth_i > 4 * min(smooth)`` (the loss has blown up).
 
-Suggested rate (``suggested_lr``): the **steepest descent** of the smoothed curve, i.e. the lr at the
-most negative ``d smooth / d log10(lr)`` (``numpy.gradient``), searched before the minimum of the
-curve. ``min_lr_div10`` (the lr at the minimum of the smoothed loss, divided by 10, fastai's older
-rule) is returned as well. Everything is seeded, so the same config and seed give the same curve.
+Suggested rate (``suggested_lr``): the **steepest descent** of the smoothed curve, i.e. the lr at
+the most negative ``d smooth / d log10(lr)`` (``numpy.gradient``), searched before the minimum of
+the curve. ``min_lr_div10`` (the lr at the minimum of the smoothed loss, divided by 10, fastai's
+older rule) is returned as well. Everything is seeded, so the same config and seed give the same
+curve.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from cnnlab.errors import ConfigError, DataError
 
@@ -48,8 +48,11 @@ def smooth_losses(losses: list[float] | np.ndarray, beta: float = BETA) -> np.nd
 
 
 def suggest_lr(lrs: np.ndarray, smoothed: np.ndarray) -> dict[str, float | None]:
-    """``steepest``: lr of the most negative slope of smoothed loss vs log10(lr) before the
-    minimum; ``min_div10``: lr at the minimum / 10. None when the curve is too short (< 3 points)."""
+    """Suggested rates from a smoothed curve.
+
+    ``steepest``: lr of the most negative slope of smoothed loss vs log10(lr) before the minimum;
+    ``min_div10``: lr at the minimum / 10. None when the curve is too short (< 3 points).
+    """
     if len(lrs) < 3:
         return {"steepest": None, "min_div10": None}
     i_min = int(np.argmin(smoothed))

@@ -1,7 +1,7 @@
 """Should I transfer? An empirical answer on the user's own data.
 
-``transfer_study(source, data)`` trains the same model on the same target splits with the same budget
-(epochs, batch size, optimizer, seeds) once per (labels per class, strategy, seed):
+``transfer_study(source, data)`` trains the same model on the same target splits with the same
+budget (epochs, batch size, optimizer, seeds) once per (labels per class, strategy, seed):
 
 * ``scratch``: random initialisation, everything trains (``init_from`` unset);
 * ``linear-probe`` / ``fine-tune`` / ``gradual`` / ``full``: from ``source`` with that recipe;
@@ -55,7 +55,9 @@ def write_class_subset(
     bundle = load_source(make_config(TrainConfig, data=data))
     unknown = [c for c in classes if c not in bundle.class_names]
     if unknown:
-        raise ConfigError(f"classes {unknown} are not in {data} (its classes: {bundle.class_names})")
+        raise ConfigError(
+            f"classes {unknown} are not in {data} (its classes: {bundle.class_names})"
+        )
     whole = _concat(list(bundle.splits.values()))
     rng = np.random.default_rng(seed)
     out = Path(out)
@@ -106,8 +108,8 @@ def transfer_study(
 
     ``shots``: labelled training images per class (None = the whole training split). ``model``
     defaults to the source checkpoint's model. ``train_overrides`` go to every ``api.train`` call
-    (``batch_size``, ``lr``, ``image_size``, ...); ``image_size`` defaults to the source's. The batch
-    size is capped at the number of training images so that tiny shot counts still take steps.
+    (``batch_size``, ``lr``, ``image_size``, ...); ``image_size`` defaults to the source's. The
+    batch size is capped at the number of training images so that tiny shot counts still take steps.
     Returns the content of ``study.json``.
     """
     from cnnlab import api
@@ -122,7 +124,9 @@ def transfer_study(
             raise ConfigError(f"unknown strategy {s!r} for the study; choose from {allowed}")
     for key in ("init_from", "strategy", "shots", "seed", "epochs", "data", "model", "name"):
         if key in train_overrides:
-            raise ConfigError(f"transfer_study sets {key!r} itself; pass it as the study's argument")
+            raise ConfigError(
+                f"transfer_study sets {key!r} itself; pass it as the study's argument"
+            )
     meta = _source_meta(source)
     if model is None:
         if meta is None:
@@ -143,7 +147,9 @@ def transfer_study(
         bundle = load_source(make_config(TrainConfig, **(base.to_dict() | {"seed": seed})))
         num_classes = len(bundle.class_names)
         for k in shots:
-            train = bundle.splits["train"] if k is None else few_shot(bundle.splits["train"], k, seed)
+            train = (
+                bundle.splits["train"] if k is None else few_shot(bundle.splits["train"], k, seed)
+            )
             per_class = len(train) / num_classes
             batch_size = min(base.batch_size, len(train))
             for strategy in strategies:
@@ -240,11 +246,11 @@ def markdown_table(study: dict[str, Any]) -> str:
         cells = []
         for s in strategies:
             r = by.get((k, s))
-            cells.append(
-                "-"
-                if r is None
-                else f"{100 * r['accuracy']:.1f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
-            )
+            if r is None:
+                cells.append("-")
+                continue
+            acc, low, high = (100 * r[k] for k in ("accuracy", "ci_low", "ci_high"))
+            cells.append(f"{acc:.1f} [{low:.1f}, {high:.1f}]")
         first = by[(k, strategies[0])]["labels_per_class"]
         label = f"{first:.0f}" + (" (all)" if k is None else "")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -257,6 +263,7 @@ def plot_study(study: dict[str, Any], path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     path = Path(path)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
@@ -277,6 +284,9 @@ def plot_study(study: dict[str, Any], path: str | Path) -> Path:
         ).clip(min=0)
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=strategy)
     ax.set_xscale("log")
+    ticks = sorted({round(r["labels_per_class"], 1) for r in study["summary"]})
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])  # the shot counts, not powers of ten
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("labelled training images per class")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{study['model']}: transfer from {Path(study['source']).name}")

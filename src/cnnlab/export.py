@@ -1,0 +1,610 @@
+"""Portable exports of a trained model (ONNX, TorchScript, safetensors), carrying its preprocessing.
+
+    >>> from cnnlab.export import export_model, predict_onnx
+    >>> result = export_model("runs/lenet", format="onnx")   # runs/lenet/export/model.onnx
+    >>> result.max_abs_diff <= result.atol + result.rtol     # checked against PyTorch
+    True
+    >>> predict_onnx(result.path, ["digit.png"], top_k=3)      # no PyTorch model needed
+
+What an exported file computes: ``logits = f(images)`` with ``images`` ``(N, C, S, S)`` float32,
+already normalised as in training::
+
+    x = (pixels / 255 - mean[c]) / std[c]   # pixels: uint8 after decoding and resizing to S x S
+    probs = softmax(logits, axis=1)         # (N, num_classes)
+
+How a file becomes ``pixels`` (the one decoding policy, :mod:`cnnlab.data.decode`: allow-listed
+formats, EXIF orientation, mode policy, pixel limit) and the class names travel *with* the file:
+
+* ONNX: ``metadata_props`` (every value a JSON string: ``class_names``, ``preprocess``, ``input``,
+  ``decoding``, ``model`` ...), read back with ``onnxruntime``'s ``get_modelmeta()``;
+* TorchScript: ``_extra_files={"cnnlab.json": ...}`` inside the zip;
+* safetensors: the header's ``__metadata__`` (str -> str, JSON-encoded values) -- the same layout as
+  a cnnlab checkpoint, so ``cnnlab predict`` and ``load_checkpoint_model`` accept it as one;
+* and, for every format, a sidecar ``<stem>.preprocess.json`` next to the file (the same
+  dictionary; ``model.onnx`` and ``model.torchscript.pt`` of one run share
+  ``model.preprocess.json``) for tools that cannot read the embedded metadata.
+
+The ONNX graph is made by ``torch.onnx.export(..., dynamo=True)`` (the default exporter of torch
+2.14, via ``torch.export``; needs the ``onnxscript`` package). It is the exporter that handles every
+family of the zoo: the older TorchScript-based exporter (``dynamo=False``) refuses AlexNet at small
+inputs ("adaptive_avg_pool2d, output size that are not factor of input size"). Its native opset is
+18; converting down to 17 fails for ResNet and GoogLeNet (``ReduceMean`` axes), so 18 is the
+default and a file that does not end up with the requested opset is an error, not a surprise.
+The batch axis is dynamic (``dynamic_shapes``), checked by running batch sizes 1 and 3 (the graph
+is traced with 2).
+
+Right after writing, each export is compared with PyTorch on the same inputs (batch sizes 1 and 3
+of random uint8 pictures, normalised): ONNX through ``onnxruntime``, TorchScript through
+``torch.jit.load``, safetensors through a fresh model loaded from the file. The test is
+``|exported - torch| <= atol + rtol * |torch|`` elementwise on the logits with ``rtol = 1e-3``,
+``atol = 1e-5`` (the tolerances of torchvision's ``test/test_onnx.py``); a failure deletes the file
+and raises :class:`ExportCheckError` with the largest difference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlab.config import PreprocessSpec
+from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, close_matches
+
+if TYPE_CHECKING:
+    from cnnlab.api import Prediction
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
+DEFAULT_OPSET = 18  # the dynamo exporter's native opset in torch 2.14 (see module docstring)
+RTOL = 1e-3  # torchvision test/test_onnx.py
+ATOL = 1e-5
+CHECK_BATCH_SIZES = (1, 3)  # both differ from the traced batch size (2): proves the dynamic axis
+TRACE_BATCH_SIZE = 2
+INPUT_NAME = "images"
+OUTPUT_NAME = "logits"
+TORCHSCRIPT_META = "cnnlab.json"  # name of the extra file inside a TorchScript zip
+EXPORT_SCHEMA = 1
+
+
+class ExportCheckError(CnnlabError):
+    """An exported file does not compute what the PyTorch model computes (beyond the tolerance)."""
+
+    exit_code = 1
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote and how well it matches PyTorch."""
+
+    format: str
+    path: Path
+    sidecar: Path  # <stem>.preprocess.json next to ``path``
+    metadata: dict[str, Any]  # what the file carries (class names, preprocessing, ...)
+    max_abs_diff: float | None  # max |exported - torch| over the check inputs; None if unchecked
+    rtol: float = RTOL
+    atol: float = ATOL
+    batch_sizes: tuple[int, ...] = CHECK_BATCH_SIZES
+    checked_with: str = ""  # "onnxruntime 1.x", "torch.jit.load", "safetensors + PyTorch"
+    opset: int | None = None  # ONNX only
+    size_bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "path": str(self.path),
+            "sidecar": str(self.sidecar),
+            "max_abs_diff": self.max_abs_diff,
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "batch_sizes": list(self.batch_sizes),
+            "checked_with": self.checked_with,
+            "opset": self.opset,
+            "size_bytes": self.size_bytes,
+            "notes": list(self.notes),
+        }
+
+
+# -- metadata --------------------------------------------------------------------------------------
+def export_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-able dictionary every export carries, from a checkpoint's metadata.
+
+    ``preprocess`` is the checkpoint's :class:`PreprocessSpec` dict unchanged (so
+    ``PreprocessSpec.from_dict`` round-trips); ``input`` and ``decoding`` spell out what it implies
+    for a runtime that does not have cnnlab (channel order, layout, formula, decoding policy).
+    """
+    from cnnlab.data.decode import ALLOWED_FORMATS, DEFAULT_BACKGROUND, DEFAULT_MAX_PIXELS
+
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    names = [str(c) for c in meta["class_names"]]
+    if len(names) != int(meta["num_classes"]):
+        raise CheckpointError(
+            f"checkpoint lists {len(names)} class names for {meta['num_classes']} outputs"
+        )
+    channel_order = "L" if spec.in_channels == 1 else "RGB"
+    return {
+        "cnnlab_export_schema": EXPORT_SCHEMA,
+        "model": str(meta["model"]),
+        "num_classes": len(names),
+        "in_channels": spec.in_channels,
+        "image_size": spec.image_size,
+        "class_names": names,
+        "preprocess": spec.to_dict(),
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["N", spec.in_channels, spec.image_size, spec.image_size],
+            "layout": "NCHW",
+            "dtype": "float32",
+            "channel_order": channel_order,
+            "resize": spec.resize,  # fit: longer side to S, pad black, centred (data/tensors.py)
+            "formula": "(pixels / 255 - mean[c]) / std[c]",
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": ["N", len(names)],
+            "meaning": "logits; probabilities = softmax(logits, axis=1) in class_names order",
+        },
+        "decoding": {
+            "policy": "cnnlab.data.decode",
+            "allowed_formats": list(ALLOWED_FORMATS),
+            "max_pixels": int(spec.decode.get("max_pixels", DEFAULT_MAX_PIXELS)),
+            "background": list(spec.decode.get("background", DEFAULT_BACKGROUND)),
+            "exif_transpose": True,
+            "mode": channel_order,
+            "first_frame_only": True,
+        },
+        "cnnlab_version": str(meta.get("cnnlab_version", "")),
+        "torch_version": torch.__version__,
+        "trained_on": str(meta.get("data", "")),
+    }
+
+
+def read_export_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata an exported file carries (any of the three formats), JSON values decoded."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"exported model not found: {p}")
+    name = p.name.lower()
+    if name.endswith(".onnx"):
+        raw = _onnx_session(p).get_modelmeta().custom_metadata_map
+    elif name.endswith(".safetensors"):
+        from cnnlab.engine.checkpoint import read_weights
+
+        return read_weights(p)[1]
+    elif name.endswith(".pt") or name.endswith(".torchscript"):
+        extra = {TORCHSCRIPT_META: ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still works
+            torch.jit.load(str(p), map_location="cpu", _extra_files=extra)
+        if not extra[TORCHSCRIPT_META]:
+            raise CheckpointError(f"{p} has no {TORCHSCRIPT_META}; it was not exported by cnnlab")
+        return json.loads(extra[TORCHSCRIPT_META])
+    else:
+        raise ConfigError(
+            f"{p}: unknown export type; expected .onnx, .torchscript.pt or .safetensors"
+        )
+    return _decode_props(raw, p)
+
+
+def _decode_props(raw: dict[str, str], path: Path) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for k, v in raw.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v
+    if "preprocess" not in meta or "class_names" not in meta:
+        sidecar = sidecar_path(path)
+        if sidecar.is_file():  # metadata stripped by another tool: the sidecar still has it
+            log.warning("%s has no cnnlab metadata; using %s", path.name, sidecar.name)
+            return json.loads(sidecar.read_text())
+        raise CheckpointError(
+            f"{path} carries no cnnlab preprocessing/class names (and no {sidecar.name} beside "
+            "it); export it with `cnnlab export RUN --format onnx`"
+        )
+    return meta
+
+
+def sidecar_path(path: Path) -> Path:
+    """``model.onnx`` and ``model.torchscript.pt`` -> ``model.preprocess.json``."""
+    stem = path.name
+    for suffix in sorted(SUFFIXES.values(), key=len, reverse=True):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    else:
+        stem = path.stem
+    return path.with_name(f"{stem}.preprocess.json")
+
+
+# -- export ----------------------------------------------------------------------------------------
+def export_model(
+    run_or_checkpoint: str | Path,
+    *,
+    format: str = "onnx",  # noqa: A002 -- the CLI's word (--format)
+    out: str | Path | None = None,
+    opset: int = DEFAULT_OPSET,
+    check: bool = True,
+) -> ExportResult:
+    """Export a run's best checkpoint (or a ``.safetensors`` checkpoint) to ``format``.
+
+    ``out`` defaults to ``<run>/export/model.<ext>`` (``<checkpoint folder>/export/<stem>.<ext>``
+    for a checkpoint outside a run). The model is exported on CPU in ``eval()`` mode.
+    """
+    from cnnlab.api import load_checkpoint_model
+    from cnnlab.run import run_dir_of
+
+    fmt = _check_format(format)
+    model, meta, weights = load_checkpoint_model(run_or_checkpoint, "cpu")
+    if out is None:
+        run_dir = run_dir_of(Path(weights))
+        folder = (run_dir if run_dir is not None else Path(weights).parent) / "export"
+        stem = "model" if run_dir is not None else Path(weights).stem
+        out = folder / f"{stem}{SUFFIXES[fmt]}"
+    return export_module(
+        model, export_metadata(meta), format=fmt, out=Path(out), opset=opset, check=check
+    )
+
+
+def export_module(
+    model: nn.Module,
+    metadata: dict[str, Any],
+    *,
+    format: str,  # noqa: A002
+    out: str | Path,
+    opset: int = DEFAULT_OPSET,
+    check: bool = True,
+) -> ExportResult:
+    """Export an ``nn.Module`` with the given :func:`export_metadata`; see :func:`export_model`.
+
+    The module is moved to CPU for the export and its training mode is restored afterwards.
+    """
+    fmt = _check_format(format)
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name such as {out / 'model.onnx'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spec = PreprocessSpec.from_dict(metadata["preprocess"])
+    was_training = model.training
+    model.eval()  # dropout off, batch norm on running statistics: what inference computes
+    try:
+        with torch.no_grad():
+            if fmt == "onnx":
+                result = _export_onnx(model, metadata, spec, out, opset, check)
+            elif fmt == "torchscript":
+                result = _export_torchscript(model, metadata, spec, out, check)
+            else:
+                result = _export_safetensors(model, metadata, spec, out, check)
+    finally:
+        model.train(was_training)
+    result.size_bytes = out.stat().st_size
+    # one sidecar per model stem, shared by its .onnx / .torchscript.pt / .safetensors
+    _atomic_text(result.sidecar, json.dumps(metadata, indent=2))
+    for path in (out, result.sidecar):
+        _readable(path)
+    log.info(
+        "exported %s (%d bytes); max |diff| vs PyTorch %s",
+        out,
+        result.size_bytes,
+        result.max_abs_diff,
+    )
+    return result
+
+
+def _check_format(fmt: str) -> str:
+    key = str(fmt).lower()
+    if key not in FORMATS:
+        raise ConfigError(
+            f"unknown export format {fmt!r}{close_matches(key, FORMATS)}; choose from "
+            f"{', '.join(FORMATS)}"
+        )
+    return key
+
+
+def check_inputs(spec: PreprocessSpec, batch_sizes: Sequence[int] = CHECK_BATCH_SIZES):
+    """Normalised random pictures ``(b, C, S, S)`` float32, one tensor per batch size (seeded).
+
+    Pixels are uniform uint8 pushed through the training normalisation, so the inputs have the
+    range a real image has (N(0, 1) noise would exercise the graph outside it).
+    """
+    gen = torch.Generator().manual_seed(0)
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    shape = (spec.in_channels, spec.image_size, spec.image_size)
+    return [
+        (torch.randint(0, 256, (b, *shape), generator=gen).float() / 255 - mean) / std
+        for b in batch_sizes
+    ]
+
+
+def compare_outputs(
+    name: str, got: np.ndarray, ref: np.ndarray, rtol: float = RTOL, atol: float = ATOL
+) -> float:
+    """max |got - ref|; raises :class:`ExportCheckError` unless |got - ref| <= atol + rtol |ref|."""
+    if got.shape != ref.shape:
+        raise ExportCheckError(
+            f"{name}: output shape {got.shape} differs from PyTorch's {ref.shape}"
+        )
+    diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+    worst = float(diff.max()) if diff.size else 0.0
+    bound = atol + rtol * np.abs(ref.astype(np.float64))
+    if not np.all(diff <= bound) or not np.isfinite(got).all():
+        i = np.unravel_index(int(np.argmax(diff - bound)), diff.shape)
+        raise ExportCheckError(
+            f"{name}: exported model differs from PyTorch beyond rtol={rtol}, atol={atol}: "
+            f"max |diff| {worst:.3g}; at {tuple(int(v) for v in i)} got {float(got[i]):.6g}, "
+            f"PyTorch {float(ref[i]):.6g}. The file was removed; please report this "
+            "(or export with check=False / --no-check to keep it anyway)"
+        )
+    return worst
+
+
+def _export_onnx(
+    model: nn.Module,
+    metadata: dict[str, Any],
+    spec: PreprocessSpec,
+    out: Path,
+    opset: int,
+    check: bool,
+) -> ExportResult:
+    try:
+        import onnx
+    except ImportError:
+        raise ConfigError("ONNX export needs: pip install onnx onnxscript onnxruntime") from None
+    example = check_inputs(spec, (TRACE_BATCH_SIZE,))[0]
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    tmp = _temp_beside(out)
+    try:
+        with (
+            warnings.catch_warnings(),
+            _quiet_loggers("onnxscript", "onnx_ir", "torch.onnx", "torch.export"),
+        ):
+            warnings.simplefilter("ignore", (FutureWarning, UserWarning, DeprecationWarning))
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                opset_version=opset,
+                external_data=False,  # one self-contained file (the zoo stays far below 2 GB)
+                verbose=False,
+            )
+        proto = onnx.load(str(tmp))
+        got_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+        if got_opset != opset:
+            raise ConfigError(
+                f"the ONNX exporter could not produce opset {opset} for {metadata['model']} "
+                f"(it wrote opset {got_opset}); use --opset {DEFAULT_OPSET}"
+            )
+        onnx.helper.set_model_props(proto, {k: json.dumps(v) for k, v in metadata.items()})
+        proto.doc_string = (
+            f"cnnlab {metadata['model']}: logits = f((pixels/255 - mean)/std); see metadata_props"
+        )
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        result = ExportResult("onnx", out, sidecar_path(out), metadata, None, opset=got_opset)
+        if check:
+            import onnxruntime
+
+            session = _onnx_session(tmp)
+            diffs = []
+            for x in check_inputs(spec):
+                ref = model(x).numpy()
+                got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+                diffs.append(compare_outputs(f"{out} (batch {x.shape[0]})", got, ref))
+            result.max_abs_diff = max(diffs)
+            result.checked_with = f"onnxruntime {onnxruntime.__version__}"
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return result
+
+
+def _export_torchscript(
+    model: nn.Module, metadata: dict[str, Any], spec: PreprocessSpec, out: Path, check: bool
+) -> ExportResult:
+    example = check_inputs(spec, (TRACE_BATCH_SIZE,))[0]
+    tmp = _temp_beside(out)
+    try:
+        with warnings.catch_warnings():
+            # torch.jit is deprecated in favour of torch.export but still the format LibTorch loads
+            warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
+            traced = torch.jit.trace(model, example, check_trace=False)
+            torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_META: json.dumps(metadata)})
+            result = ExportResult("torchscript", out, sidecar_path(out), metadata, None)
+            if check:
+                extra = {TORCHSCRIPT_META: ""}
+                loaded = torch.jit.load(str(tmp), map_location="cpu", _extra_files=extra)
+                if json.loads(extra[TORCHSCRIPT_META]) != json.loads(json.dumps(metadata)):
+                    raise ExportCheckError(f"{out}: metadata did not survive the TorchScript save")
+                diffs = [
+                    compare_outputs(
+                        f"{out} (batch {x.shape[0]})", loaded(x).numpy(), model(x).numpy()
+                    )
+                    for x in check_inputs(spec)
+                ]
+                result.max_abs_diff = max(diffs)
+                result.checked_with = "torch.jit.load"
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return result
+
+
+def _export_safetensors(
+    model: nn.Module, metadata: dict[str, Any], spec: PreprocessSpec, out: Path, check: bool
+) -> ExportResult:
+    from cnnlab.engine.checkpoint import read_weights, save_weights
+
+    save_weights(out, model.state_dict(), metadata)  # atomic; the layout of a cnnlab checkpoint
+    result = ExportResult("safetensors", out, sidecar_path(out), metadata, None)
+    if check:
+        try:
+            state, meta = read_weights(out)
+            fresh = _rebuild(metadata)
+            fresh.load_state_dict(state, strict=True)
+            fresh.eval()
+            diffs = [
+                compare_outputs(f"{out} (batch {x.shape[0]})", fresh(x).numpy(), model(x).numpy())
+                for x in check_inputs(spec)
+            ]
+            if meta.get("class_names") != metadata["class_names"]:
+                raise ExportCheckError(f"{out}: class names did not survive the safetensors save")
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+        result.max_abs_diff = max(diffs)
+        result.checked_with = "safetensors + PyTorch (fresh model)"
+    return result
+
+
+def _rebuild(metadata: dict[str, Any]) -> nn.Module:
+    from cnnlab.models import create_model
+
+    return create_model(
+        metadata["model"],
+        num_classes=int(metadata["num_classes"]),
+        in_channels=int(metadata["in_channels"]),
+        image_size=int(metadata["image_size"]),
+    )
+
+
+# -- prediction with an exported ONNX file ---------------------------------------------------------
+def predict_onnx(
+    onnx_path: str | Path,
+    inputs: list[str | Path],
+    top_k: int = 5,
+    *,
+    batch_size: int = 64,
+) -> list[Prediction]:
+    """:func:`cnnlab.api.predict` for an exported ``.onnx`` file, without the PyTorch model.
+
+    Preprocessing and class names come from the file's metadata; files are decoded with the same
+    policy as training (:func:`cnnlab.data.tensors.load_file`). Unreadable files get an ``error``
+    entry (the short reason), not an exception. ``probs = softmax(logits)`` in float64.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cnnlab.api import Prediction, list_images
+    from cnnlab.data.tensors import load_file
+    from cnnlab.errors import DataError
+
+    path = Path(onnx_path)
+    session = _onnx_session(path)
+    meta = _decode_props(session.get_modelmeta().custom_metadata_map, path)
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    names = [str(c) for c in meta["class_names"]]
+    k = max(1, min(int(top_k), len(names)))
+    files = list_images(inputs)
+    results = [Prediction(str(f)) for f in files]
+
+    def decode(i: int) -> np.ndarray | None:
+        try:
+            return load_file(files[i], spec)
+        except DataError as err:
+            results[i].error = err.reason
+            return None
+
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(1, -1, 1, 1)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for start in range(0, len(files), batch_size):
+            chunk = list(range(start, min(start + batch_size, len(files))))
+            arrays = list(pool.map(decode, chunk))
+            ok = [i for i, a in zip(chunk, arrays, strict=True) if a is not None]
+            if not ok:
+                continue
+            pixels = np.stack([a for a in arrays if a is not None]).astype(np.float32)
+            x = ((pixels / 255 - mean) / std).astype(np.float32)  # N x C x S x S
+            logits = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+            probs = softmax(logits.astype(np.float64))
+            order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+            for row, i in enumerate(ok):
+                results[i].top = [(names[c], float(probs[row, c])) for c in order[row]]
+    return results
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """``exp(z - max z) / sum exp(z - max z)`` along axis 1 (shifted for overflow safety)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _onnx_session(path: Path):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ConfigError("running an ONNX file needs: pip install onnxruntime") from None
+    if not Path(path).is_file():
+        raise CheckpointError(f"ONNX file not found: {path}")
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    # onnxruntime's own exception classes derive from Exception directly, not from OSError
+    load_errors = (
+        ort_errors.Fail,
+        ort_errors.InvalidArgument,
+        ort_errors.InvalidGraph,
+        ort_errors.InvalidProtobuf,
+        ort_errors.NoSuchFile,
+        ort_errors.NotImplemented,
+        ort_errors.RuntimeException,
+    )
+    try:
+        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except load_errors as err:
+        raise CheckpointError(f"{path} is not a loadable ONNX model: {str(err)[:200]}") from None
+
+
+def _temp_beside(out: Path) -> Path:
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(name)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    from cnnlab.engine.checkpoint import atomic_write
+
+    data = text.encode()
+    atomic_write(path, lambda f: f.write(data))
+
+
+def _readable(path: Path) -> None:
+    """Temporary files are created 0600; an export is meant to be shared: 0666 minus the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """The exporter logs its progress (and down-conversion tracebacks) at INFO/WARNING."""
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in names]
+    for logger, _ in saved:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)

@@ -1,0 +1,478 @@
+"""The explain page: one self-contained HTML file showing what a trained CNN did with one image.
+
+Sections, in the order the lecture tells the story: the input; the output probabilities; where
+the model looks (CAM and saliency overlays for the top-k classes); the learned first-layer
+filters; feature maps after convolution, ReLU and pooling; the flattened vector; the fully
+connected activations; and a table of every layer in the lecture's words.
+
+Everything is drawn here from numbers computed by :mod:`cnnlab.explain.trace` and
+:mod:`cnnlab.explain.cam` (computing apart from drawing). Figures are PNG files in
+``out_dir/figures`` and are also embedded as data URIs, so the page opens offline with no scripts.
+Feature-map grids and filters are composed with NumPy + Pillow (one tile per channel, no
+interpolation: a pixel of the map is a block of the tile); charts use Matplotlib's Agg backend.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib import colormaps  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from cnnlab.explain.cam import CamSet  # noqa: E402
+from cnnlab.explain.trace import LayerTrace, Trace  # noqa: E402
+from cnnlab.report.html import CSS as REPORT_CSS  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+EXTRA_CSS = """
+.lead{font-size:1.05rem}
+.grid img,.pixel{image-rendering:pixelated}
+.layer{margin:1rem 0 1.4rem}.layer h3{font-size:1rem;margin:.2rem 0}
+.layer .muted{margin:.1rem 0 .4rem}
+.kind{font-weight:600}.kind-convolution{color:#1f5fbf}.kind-ReLU{color:#b54a00}.kind-pooling{color:#2b8a3e}
+table.layers td{text-align:left}table.layers td.num{text-align:right}
+figure{margin:0 0 .8rem}figcaption{font-size:.85rem;color:#444}figure img{max-width:100%}
+"""
+
+TILE = 72  # pixels: each feature map / filter tile is scaled up to about this size
+MAX_GRID_LAYERS = 14  # feature-map grids drawn (the stem in full + the end of every stage)
+MAP_KINDS = ("convolution", "ReLU", "pooling", "residual add", "concat/inception", "batch norm")
+
+
+def _uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def _save_pil(im: Image.Image, path: Path) -> str:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    path.write_bytes(buf.getvalue())
+    return _uri(buf.getvalue())
+
+
+def _save_fig(fig: plt.Figure, path: Path) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    path.write_bytes(buf.getvalue())
+    return _uri(buf.getvalue())
+
+
+def _hwc(image_uint8: np.ndarray) -> np.ndarray:
+    """(C, H, W) or (H, W[, C]) uint8 -> (H, W, 3) uint8 for display."""
+    a = np.asarray(image_uint8)
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        a = a.transpose(1, 2, 0)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    return a.astype(np.uint8)
+
+
+def _upscale(a: np.ndarray, target: int = TILE) -> Image.Image:
+    """Nearest-neighbour enlargement to about ``target`` px (integer factor, at least 1)."""
+    im = Image.fromarray(a)
+    f = max(1, round(target / max(a.shape[:2])))
+    return im.resize((im.width * f, im.height * f), Image.Resampling.NEAREST)
+
+
+def _colorize(maps: np.ndarray, signed: bool) -> np.ndarray:
+    """(K, h, w) float -> (K, h, w, 3) uint8 with one colour scale shared by the K maps.
+
+    Signed outputs (convolution, batch norm) use a diverging map centred on 0 (blue < 0 < red);
+    non-negative outputs (ReLU, pooling of ReLU) run from black (0) to yellow.
+    """
+    if signed:
+        lim = float(np.abs(maps).max()) or 1.0
+        rgba = colormaps["RdBu_r"]((maps / lim + 1) / 2)
+    else:
+        hi = float(maps.max()) or 1.0
+        rgba = colormaps["magma"](np.clip(maps / hi, 0, 1))
+    return (rgba[..., :3] * 255).astype(np.uint8)
+
+
+def _tile_grid(tiles: np.ndarray, cols: int, gap: int = 2) -> Image.Image:
+    """(K, h, w, 3) uint8 tiles (already upscaled) -> one image, ``cols`` per row, white gaps."""
+    k, h, w, _ = tiles.shape
+    rows = (k + cols - 1) // cols
+    canvas = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, 3), 255, np.uint8)
+    for i in range(k):
+        r, c = divmod(i, cols)
+        canvas[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = tiles[i]
+    return Image.fromarray(canvas)
+
+
+def _enlarge_tiles(tiles: np.ndarray, target: int = TILE) -> np.ndarray:
+    f = max(1, round(target / max(tiles.shape[1:3])))
+    return tiles.repeat(f, axis=1).repeat(f, axis=2)
+
+
+def feature_grid(layer: LayerTrace) -> Image.Image:
+    """The kept feature maps of one spatial layer as a grid (shared colour scale)."""
+    assert layer.maps is not None
+    maps = layer.maps.numpy()
+    tiles = _enlarge_tiles(_colorize(maps, signed=bool(maps.min() < 0)))
+    return _tile_grid(tiles, cols=min(8, len(tiles)))
+
+
+def filter_grid(filters: np.ndarray) -> Image.Image:
+    """First-layer weights (K, C_in, k, k) as tiles: RGB when C_in == 3 (each filter min-max
+    scaled, as in AlexNet's figure 3), else the channel mean on a diverging scale."""
+    if filters.shape[1] == 3:
+        lo = filters.min(axis=(1, 2, 3), keepdims=True)
+        hi = filters.max(axis=(1, 2, 3), keepdims=True)
+        scaled = (filters - lo) / np.maximum(hi - lo, 1e-12)
+        tiles = (scaled.transpose(0, 2, 3, 1) * 255).astype(np.uint8)
+    else:
+        tiles = _colorize(filters.mean(axis=1), signed=True)
+    return _tile_grid(_enlarge_tiles(tiles, 64), cols=min(16, len(tiles)))
+
+
+def probability_figure(trace: Trace, max_classes: int = 20) -> plt.Figure:
+    probs = trace.probs.numpy()
+    order = np.argsort(-probs)[:max_classes][::-1]  # best at the top
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(order) + 1.0))
+    colors = ["#1f5fbf" if i == trace.predicted else "#9db4d8" for i in order]
+    ax.barh([trace.class_names[i] for i in order], probs[order], color=colors)
+    for y, i in enumerate(order):
+        ax.text(min(probs[i] + 0.01, 0.9), y, f"{probs[i]:.3f}", va="center", fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("probability (softmax of the output layer)")
+    shown = "" if len(order) == len(probs) else f" (top {len(order)} of {len(probs)})"
+    ax.set_title("output probabilities" + shown)
+    return fig
+
+
+def vector_figure(layers: list[LayerTrace]) -> plt.Figure:
+    """One panel per vector layer (flattening, fully connected, output): value of every unit."""
+    fig, axes = plt.subplots(len(layers), 1, figsize=(8, 1.6 * len(layers) + 0.4), squeeze=False)
+    for ax, layer in zip(axes[:, 0], layers, strict=True):
+        v = layer.vector.numpy() if layer.vector is not None else np.zeros(0)
+        x = np.arange(len(v))
+        colors = np.where(v >= 0, "#1f5fbf", "#c0392b")
+        if len(v) <= 256:
+            ax.bar(x, v, width=0.9, color=colors)
+        else:  # thousands of units: a thin line reads better than bars
+            ax.plot(x, v, lw=0.5, color="#1f5fbf")
+        ax.axhline(0, color="k", lw=0.5)
+        shown = "" if len(v) == layer.output_shape[0] else f" (first {len(v)})"
+        ax.set_title(
+            f"{layer.name}: {layer.kind}, {layer.output_shape[0]} values{shown}", fontsize=9
+        )
+        ax.tick_params(labelsize=7)
+    axes[-1, 0].set_xlabel("unit")
+    fig.tight_layout()
+    return fig
+
+
+def overlay(image_hwc: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a [0, 1] map (jet colour map) over the image: (H, W, 3) uint8."""
+    colored = colormaps["jet"](np.clip(heat, 0, 1))[..., :3]
+    return ((1 - alpha) * image_hwc / 255.0 + alpha * colored).clip(0, 1)
+
+
+METHOD_TITLES = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "eigencam": "Eigen-CAM",
+    "scorecam": "Score-CAM",
+    "layercam": "LayerCAM",
+    "xgradcam": "XGrad-CAM",
+    "hirescam": "HiResCAM",
+    "saliency": "gradient saliency",
+}
+
+
+def cam_figure(image_hwc: np.ndarray, cams: CamSet, trace: Trace) -> plt.Figure:
+    methods = list(cams.maps)
+    rows, cols = len(cams.classes), 1 + len(methods)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.2 * rows), squeeze=False)
+    for r, c in enumerate(cams.classes):
+        axes[r, 0].imshow(image_hwc, interpolation="nearest")
+        axes[r, 0].set_ylabel(f"{trace.class_names[c]}\np={float(trace.probs[c]):.3f}", fontsize=9)
+        for j, method in enumerate(methods, start=1):
+            axes[r, j].imshow(overlay(image_hwc, cams.maps[method][c]), interpolation="nearest")
+            if r == 0:
+                axes[r, j].set_title(METHOD_TITLES.get(method, method), fontsize=9)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_title("input", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _grid_layers(trace: Trace, limit: int = MAX_GRID_LAYERS) -> list[LayerTrace]:
+    """Which spatial layers get a feature-map grid: all when few; else the stem (everything up to
+    and including the first pooling) plus the output of every ``feature_info`` stage."""
+    spatial = [layer for layer in trace.layers if layer.is_spatial and layer.maps is not None]
+    story = [layer for layer in spatial if layer.kind in MAP_KINDS and layer.kind != "batch norm"]
+    if len(story) <= limit:
+        return story
+    chosen: list[LayerTrace] = []
+    for layer in story:
+        chosen.append(layer)
+        if layer.kind == "pooling":
+            break
+    for stage in trace.stages:
+        name = stage["name"]
+        under = [lay for lay in spatial if lay.name == name or lay.name.startswith(name + ".")]
+        if under and under[-1] not in chosen:
+            chosen.append(under[-1])  # a module's output is the last row under its path
+    chosen.sort(key=lambda lay: lay.index)
+    return chosen[:limit]
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return " x ".join(str(s) for s in shape)
+
+
+def write_explain_page(
+    trace: Trace,
+    cams: CamSet | None,
+    out_dir: str | Path,
+    image_uint8: np.ndarray,
+    *,
+    title: str | None = None,
+    source: str | None = None,
+    model_name: str | None = None,
+) -> Path:
+    """Write ``explain.html`` and its PNGs (``figures/``) into ``out_dir``; return the HTML path.
+
+    ``image_uint8``: the model's input before normalisation, (C, H, W) or (H, W, C) uint8.
+    """
+    out = Path(out_dir)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    img = _hwc(image_uint8)
+    esc = html.escape
+    parts: list[str] = []
+
+    # --- input and prediction ---------------------------------------------------------------
+    input_uri = _save_pil(_upscale(img, 224), fig_dir / "input.png")
+    prob_uri = _save_fig(probability_figure(trace), fig_dir / "probabilities.png")
+    top = trace.top_k(3)
+    parts.append(
+        f'<h2 id="input">Input and prediction</h2><div class="figs">'
+        f'<figure><img class="pixel" src="{input_uri}" alt="input image" width="224">'
+        f"<figcaption>input, {_shape(trace.input_shape)} (channels x height x width)"
+        f"{' from ' + esc(source) if source else ''}</figcaption></figure>"
+        f'<figure id="probabilities"><img src="{prob_uri}" alt="output probabilities">'
+        "<figcaption>output layer -> softmax: one probability per class, summing to 1"
+        "</figcaption></figure></div>"
+        f'<p class="lead">Predicted <b>{esc(top[0][1])}</b> with probability {top[0][2]:.3f}. '
+        + ", ".join(f"{esc(n)} {p:.3f}" for _, n, p in top[1:])
+        + "</p>"
+    )
+
+    # --- CAMs --------------------------------------------------------------------------------
+    if cams is not None and cams.maps:
+        cam_uri = _save_fig(cam_figure(img, cams, trace), fig_dir / "cams.png")
+        parts.append(
+            '<h2 id="cams">Where the model looks</h2>'
+            f'<p class="muted">Class activation maps on <code>{esc(cams.target_layer)}</code> '
+            f"(feature maps {_shape(cams.target_shape)}), upsampled to the input and laid over it "
+            "(red = most important, blue = least). Grad-CAM weighs each feature map A<sub>k</sub> "
+            "by the average gradient of the class score: ReLU(&Sigma;<sub>k</sub> "
+            "mean(&part;y<sub>c</sub>/&part;A<sub>k</sub>) A<sub>k</sub>). Gradient saliency is "
+            "|&part;y<sub>c</sub>/&part;x| per input pixel. One row per top class; each map is "
+            "scaled to [0, 1] on its own.</p>"
+            f'<figure><img src="{cam_uri}" alt="class activation maps"></figure>'
+        )
+
+    # --- first-layer filters -----------------------------------------------------------------
+    filters = trace.first_filters.numpy()
+    filt_uri = _save_pil(filter_grid(filters), fig_dir / "first_layer_filters.png")
+    k_total = trace.first_filters_shape[0]
+    parts.append(
+        '<h2 id="filters">Learned first-layer filters</h2>'
+        f'<p class="muted"><code>{esc(trace.first_conv)}</code>: {k_total} filters of '
+        f"{_shape(trace.first_filters_shape[1:])} (input channels x height x width)"
+        f"{'' if len(filters) == k_total else f', first {len(filters)} shown'}. "
+        + (
+            "Shown as colour patches, each scaled to its own range."
+            if filters.shape[1] == 3
+            else "Shown averaged over input channels: red positive, blue negative weights."
+        )
+        + "</p>"
+        f'<figure class="grid"><img src="{filt_uri}" alt="first-layer filters"></figure>'
+    )
+
+    # --- feature maps ------------------------------------------------------------------------
+    grids = []
+    for layer in _grid_layers(trace):
+        uri = _save_pil(feature_grid(layer), fig_dir / f"maps_{layer.index:03d}.png")
+        c = layer.output_shape[0]
+        kept = layer.maps.shape[0] if layer.maps is not None else 0
+        s = layer.stats
+        grids.append(
+            f'<div class="layer" id="layer-{layer.index}"><h3>#{layer.index} '
+            f'<span class="kind kind-{esc(layer.kind)}">after {esc(layer.kind)}</span> '
+            f"<code>{esc(layer.name)}</code> -> {_shape(layer.output_shape)}</h3>"
+            f'<p class="muted">{esc(layer.detail)}; {"all" if kept == c else f"first {kept} of"} '
+            f"{c} maps; mean {s['mean']:.3f}, min {s['min']:.3f}, max {s['max']:.3f}, "
+            f"{100 * s['fraction_zero']:.0f}% exactly zero</p>"
+            f'<img class="pixel" src="{uri}" alt="feature maps of {esc(layer.name)}"></div>'
+        )
+    parts.append(
+        '<h2 id="feature-maps">Feature maps: after convolution, ReLU and pooling</h2>'
+        '<p class="muted">One tile per channel, one colour scale per layer. Before the ReLU, '
+        "blue is negative and red positive; after the ReLU every negative value is 0 (black), "
+        "and pooling keeps the largest value of each window, so the maps shrink.</p>"
+        + "".join(grids)
+    )
+
+    # --- flattening and fully connected ------------------------------------------------------
+    vectors = [layer for layer in trace.layers if layer.vector is not None]
+    if trace.flatten_length is not None:
+        last_map = [layer for layer in trace.layers if layer.is_spatial]
+        frm = f" from {_shape(last_map[-1].output_shape)} maps" if last_map else ""
+        parts.append(
+            '<h2 id="flatten">Flattening</h2>'
+            f'<p class="lead">The feature maps{frm} become one vector of '
+            f"<b>{trace.flatten_length:,}</b> numbers, the input of the fully connected layers.</p>"
+        )
+    if vectors:
+        vec_uri = _save_fig(vector_figure(vectors), fig_dir / "fully_connected.png")
+        parts.append(
+            '<h2 id="fully-connected">Fully connected activations</h2>'
+            '<p class="muted">Every value of each vector layer (blue >= 0, red < 0); the last '
+            "panel is the output layer's scores (logits) before the softmax.</p>"
+            f'<figure><img src="{vec_uri}" alt="fully connected activations"></figure>'
+        )
+
+    # --- all layers --------------------------------------------------------------------------
+    rows = "".join(
+        f"<tr><td class=num>{layer.index}</td><td><code>{esc(layer.name)}</code></td>"
+        f'<td class="kind kind-{esc(layer.kind)}">{esc(layer.kind)}</td>'
+        f"<td>{esc(layer.detail)}</td>"
+        f"<td>{_shape(layer.output_shape)}</td><td class=num>{layer.params:,}</td>"
+        f"<td class=num>{layer.stats['mean']:.3f}</td>"
+        f"<td class=num>{100 * layer.stats['fraction_zero']:.0f}%</td></tr>"
+        for layer in trace.layers
+    )
+    parts.append(
+        f'<h2 id="layers">Every layer, in order ({len(trace.layers)})</h2>'
+        '<table class="layers"><tr><th>#</th><th>layer</th><th>kind</th><th>what it does</th>'
+        "<th>output shape</th><th>parameters</th><th>mean</th><th>zeros</th></tr>"
+        f"{rows}</table>"
+    )
+
+    heading = title or "What the network sees"
+    sub = ", ".join(x for x in (model_name, source) if x)
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1"><title>{esc(heading)}</title>
+<style>{REPORT_CSS}{EXTRA_CSS}</style></head><body>
+<h1>{esc(heading)}</h1>
+<p class="muted">{esc(sub) + ". " if sub else ""}{len(trace.layers)} layers traced on one image.
+Sections: <a href="#input">input</a> &middot; <a href="#cams">where it looks</a> &middot;
+<a href="#filters">filters</a> &middot; <a href="#feature-maps">feature maps</a> &middot;
+<a href="#flatten">flattening</a> &middot; <a href="#fully-connected">fully connected</a> &middot;
+<a href="#layers">all layers</a></p>
+{"".join(parts)}
+<p class="muted">Written by cnnlab. Opens offline: everything is in this file.</p>
+</body></html>"""
+    path = out / "explain.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def page_numbers(trace: Trace, cams: CamSet | None) -> dict[str, Any]:
+    """The ``--json`` view: the trace's numbers plus where each CAM peaks."""
+    d: dict[str, Any] = {"trace": trace.to_dict()}
+    if cams is not None:
+        d["cams"] = cams.to_dict()
+    return d
+
+
+def explain_image(
+    run_or_checkpoint: str | Path,
+    image_path: str | Path,
+    *,
+    out_dir: str | Path | None = None,
+    top_k: int = 3,
+    methods: tuple[str, ...] | list[str] = ("gradcam", "gradcam++"),
+    saliency: bool = True,
+    target_layer: str | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Trace one image through a trained model, compute CAMs for its top-k classes, write the page.
+
+    The image is decoded with the checkpoint's own preprocessing (the one decoding policy) and
+    normalised ``(x / 255 - mean) / std``. ``out_dir`` defaults to ``<run dir>/explain/<image
+    stem>`` (next to the checkpoint file when a ``.safetensors`` file is given). Writes
+    ``explain.html``, ``explain.json`` and ``figures/*.png``. Returns ``{"html", "json",
+    "figures", "prediction", "top", "trace", "cams"}`` (paths as strings, numbers JSON-able).
+    """
+    import torch
+
+    from cnnlab.api import load_checkpoint_model, resolve_device
+    from cnnlab.config import PreprocessSpec
+    from cnnlab.data.tensors import load_file
+    from cnnlab.explain.cam import check_methods, explain_classes
+    from cnnlab.explain.trace import trace_image
+    from cnnlab.models._base import check_positive_int
+    from cnnlab.run import write_json
+
+    methods = check_methods(methods)
+    top_k = check_positive_int(top_k, "--top-k")
+    dev = resolve_device(device)
+    model, meta, weights = load_checkpoint_model(run_or_checkpoint, dev)
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    image_path = Path(image_path)
+    pixels = load_file(image_path, spec)  # (C, S, S) uint8; DataError names the file
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1)
+    x = ((torch.from_numpy(pixels)[None].float() / 255 - mean) / std).to(dev)
+    names = [str(c) for c in meta["class_names"]]
+
+    trace = trace_image(model, x, class_names=names)
+    classes = [i for i, _, _ in trace.top_k(top_k)]
+    cams = explain_classes(
+        model,
+        x,
+        classes,
+        methods=methods,
+        saliency=saliency,
+        target_layer=target_layer,
+        class_names=names,
+    )
+    if out_dir is None:
+        base = Path(run_or_checkpoint)
+        base = base if base.is_dir() else Path(weights).parent
+        out_dir = base / "explain" / image_path.stem
+    html_path = write_explain_page(
+        trace,
+        cams,
+        out_dir,
+        pixels,
+        title=f"What {meta['model']} sees in {image_path.name}",
+        source=str(image_path),
+        model_name=str(meta["model"]),
+    )
+    numbers = page_numbers(trace, cams)
+    json_path = Path(out_dir) / "explain.json"
+    write_json(json_path, numbers | {"image": str(image_path), "model": meta["model"]})
+    top = trace.top_k(top_k)
+    log.info("explain page for %s written to %s", image_path, html_path)
+    return {
+        "html": str(html_path),
+        "json": str(json_path),
+        "figures": sorted(str(p) for p in (Path(out_dir) / "figures").glob("*.png")),
+        "prediction": top[0][1],
+        "top": [{"class": n, "index": i, "probability": p} for i, n, p in top],
+        "trace": numbers["trace"],
+        "cams": numbers.get("cams"),
+    }

@@ -1,0 +1,172 @@
+"""The segmentation report: one self-contained HTML page (figures as PNG data URIs) plus the PNGs.
+
+Per-class table (IoU, Dice, precision, recall, pixels), the pixel confusion matrix, training curves,
+and the best and worst test images as image / truth / prediction overlays. Drawing only: the numbers
+come from :mod:`cnnlab.metrics.segmentation`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cnnlab.report.html import CSS, _fmt, _png, confusion_figure, curves_figure
+
+SEG_CSS = """
+.pair{display:flex;gap:.3rem}.pair figure{margin:0;width:auto}.pair img{width:128px;
+image-rendering:pixelated;border:1px solid #ddd}.cases{display:flex;flex-wrap:wrap;gap:1.2rem}
+.case{font-size:.75rem}.swatch{display:inline-block;width:.9rem;height:.9rem;vertical-align:middle;
+border:1px solid #999;margin-right:.3rem}
+"""
+
+
+def colorize(mask: np.ndarray, palette: Any, ignore_index: int = 255) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 colours; ignore pixels white, unknown ones grey."""
+    pal = np.asarray(palette if palette is not None and len(palette) else [[0, 0, 0]], np.uint8)
+    lut = np.full((256, 3), 128, dtype=np.uint8)
+    lut[: len(pal)] = pal.reshape(-1, 3)[:256]
+    lut[ignore_index] = (255, 255, 255)
+    return lut[mask.astype(np.uint8)]
+
+
+def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """Blend (H, W, 3) colours over an (H, W, 3) or (H, W, 1) uint8 image where the colour is not
+    black (black = background in the VOC palette, left untouched so the picture stays visible)."""
+    img = image if image.shape[-1] == 3 else np.repeat(image, 3, axis=-1)
+    paint = colours.any(-1, keepdims=True)
+    mixed = (1 - alpha) * img.astype(np.float32) + alpha * colours.astype(np.float32)
+    return np.where(paint, mixed, img).round().astype(np.uint8)
+
+
+def _uri(rgb: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _case(
+    img_chw: np.ndarray,
+    truth: np.ndarray,
+    pred: np.ndarray,
+    palette: Any,
+    ignore: int,
+    caption: str,
+) -> str:
+    img = img_chw.transpose(1, 2, 0)
+    cells = [
+        ("image", img if img.shape[-1] == 3 else np.repeat(img, 3, -1)),
+        ("truth", overlay(img, colorize(truth, palette, ignore))),
+        ("prediction", overlay(img, colorize(pred, palette, ignore))),
+    ]
+    figs = "".join(
+        f'<figure><img src="{_uri(a)}" alt="{t}"><figcaption>{t}</figcaption></figure>'
+        for t, a in cells
+    )
+    return f'<div class="case"><div class="pair">{figs}</div>{caption}</div>'
+
+
+def write_segmentation_report(
+    out: Path,
+    metrics: dict[str, Any],
+    *,
+    images: np.ndarray,
+    masks: np.ndarray,
+    preds: np.ndarray,
+    ids: list[str],
+    scores: np.ndarray,
+    class_names: list[str],
+    palette: Any = None,
+    ignore_index: int = 255,
+    run_dir: Path | None = None,
+    show: int = 6,
+    title: str | None = None,
+) -> Path:
+    """Write report.html (+ figures/*.png) into ``out``; returns the HTML path.
+
+    images (N, C, S, S) uint8, masks / preds (N, S, S) uint8, scores (N,) per-image mean IoU.
+    """
+    out = Path(out)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    cm = np.asarray(metrics["confusion_matrix"])
+    figs = {
+        "pixel confusion matrix (row-normalised: recall on the diagonal)": _png(
+            confusion_figure(cm, class_names, True), fig_dir / "confusion_matrix_normalized.png"
+        )
+    }
+    curves = curves_figure(run_dir / "metrics.csv") if run_dir else None
+    if curves is not None:
+        figs["training curves"] = _png(curves, fig_dir / "training_curves.png")
+    head = "".join(
+        f"<tr><td>{label}</td><td>{_fmt(metrics.get(key))}</td></tr>"
+        for key, label in (
+            ("mean_iou", "mean IoU"),
+            ("mean_dice", "mean Dice"),
+            ("pixel_accuracy", "pixel accuracy"),
+            ("mean_accuracy", "mean class accuracy"),
+            ("frequency_weighted_iou", "frequency-weighted IoU"),
+        )
+    )
+    pal = np.asarray(palette if palette else [[0, 0, 0]] * len(class_names), dtype=np.uint8)
+    cols = ("iou", "dice", "precision", "recall", "support", "predicted")
+    rows = "".join(
+        f'<tr><td><span class="swatch" style="background:rgb{tuple(int(c) for c in pal[k])}">'
+        f"</span>{html.escape(n)}</td>"
+        + "".join(f"<td>{_fmt(metrics['per_class'][n].get(c))}</td>" for c in cols)
+        + "</tr>"
+        for k, n in enumerate(class_names)
+        if k < len(pal)
+    )
+    galleries = ""
+    ranked = [i for i in np.argsort(scores, kind="stable") if not np.isnan(scores[i])]
+    if len(ranked) and images is not None:
+        k = min(show, (len(ranked) + 1) // 2)
+        for label, chosen in (
+            ("Best test images", ranked[::-1][:k]),
+            ("Worst test images", ranked[:k]),
+        ):
+            cases = "".join(
+                _case(
+                    images[i],
+                    masks[i],
+                    preds[i],
+                    pal,
+                    ignore_index,
+                    f"{html.escape(ids[i])}: mean IoU {scores[i]:.3f}",
+                )
+                for i in chosen
+            )
+            galleries += f"<h2>{label}</h2><div class=cases>{cases}</div>"
+    notes = "".join(f"<li>{html.escape(w)}</li>" for w in metrics.get("warnings", []))
+    fig_html = "".join(
+        f'<figure><img src="{u}" alt="{html.escape(n)}"><figcaption>'
+        f"{html.escape(n)}</figcaption></figure>"
+        for n, u in figs.items()
+    )
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1">
+<title>{html.escape(title or "cnnlab segmentation report")}</title>
+<style>{CSS}{SEG_CSS}</style></head><body>
+<h1>{html.escape(title or "cnnlab segmentation report")}</h1>
+<p class="muted">{metrics.get("num_images", len(ids))} test images, {metrics.get("num_pixels", 0):,}
+labelled pixels at {metrics.get("image_size", "?")} px, {len(class_names)} classes (pixels marked
+{ignore_index} are ignored). IoU = TP/(TP+FP+FN); Dice = 2TP/(2TP+FP+FN); pixel accuracy =
+correct pixels / labelled pixels; frequency-weighted IoU weights each class's IoU by its pixel
+share.</p>
+<h2>Headline metrics</h2><table><tr><th>metric</th><th>value</th></tr>{head}</table>
+<h2>Per class</h2><table><tr><th>class</th>{"".join(f"<th>{c}</th>" for c in cols)}</tr>
+{rows}</table>
+{f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
+<h2>Figures</h2><div class="figs">{fig_html}</div>
+{galleries}
+<p class="muted">Written by cnnlab. Opens offline: everything is in this file.</p>
+</body></html>"""
+    path = out / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,805 @@
+"""Semantic segmentation on the shared engine: train, evaluate, predict.
+
+    from cnnlab.segment import train_segmentation, evaluate_segmentation, predict_segmentation
+    result = train_segmentation(data="builtin:shapes?n=2000&size=32", model="unet")
+    print(result.test_metrics["mean_iou"], result.run_dir)
+    predict_segmentation(result.run_dir, ["photo.jpg"], "predictions/")
+
+The run directory has the classification layout (see :mod:`cnnlab.run`): config.json (a
+SegmentConfig), classes.json, preprocess.json, splits.json, metrics.csv (with ``val_miou``),
+checkpoints/ (metadata ``task: "segmentation"``, model, encoder, classes, preprocessing,
+ignore index, palette: enough to predict), test_metrics.json, test_per_image.csv and report.html.
+
+Metrics are computed at the model's input resolution on nearest-resized masks; padding added by
+``resize=fit`` is ignored, not scored as background. Prediction maps the logits back to each
+image's own size before taking the arg-max.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnnlab import __version__
+from cnnlab.config import (
+    Device,
+    Optimizer,
+    Precision,
+    PreprocessSpec,
+    ResizeMode,
+    Schedule,
+    _check_literals,
+    make_config,
+)
+from cnnlab.data.decode import DEFAULT_MAX_PIXELS
+from cnnlab.data.masks import (
+    SEGMENTATION_AUGMENTATIONS,
+    MaskBundle,
+    MaskLoader,
+    MaskSplit,
+    decode_split,
+    infer_num_classes,
+    load_mask_source,
+    square_geometry,
+)
+from cnnlab.engine import callbacks as cbs
+from cnnlab.engine.checkpoint import CheckpointManager, read_weights
+from cnnlab.engine.optim import build_optimizer, build_scheduler, param_groups
+from cnnlab.engine.trainer import Trainer, autocast
+from cnnlab.errors import CheckpointError, ConfigError, DataError, close_matches
+from cnnlab.metrics.segmentation import (
+    ConfusionAccumulator,
+    per_image_confusion,
+    per_image_iou,
+    segmentation_metrics,
+)
+from cnnlab.models.segmentation import create_segmentation_model
+from cnnlab.run import new_run_dir, read_json, resolve_weights, run_dir_of, write_json
+from cnnlab.tasks.segmentation import SegmentationTask, ValidationMetrics
+
+log = logging.getLogger(__name__)
+
+Loss = Literal["ce", "ce+dice"]
+EncoderVariant = Literal["auto", "imagenet", "small-input"]
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """Everything a segmentation run needs; saved as config.json. Names follow TrainConfig."""
+
+    # --- data ---
+    # DIR (images/ + masks/) | VOC root | COCO instances .json | builtin:shapes?...
+    data: str = "builtin:shapes?n=2000&size=32"
+    data_root: str | None = None  # COCO: the folder holding the images (default: beside the JSON)
+    image_size: int | None = (
+        None  # pixels (square); None: the dataset's own size if square, else 128
+    )
+    in_channels: int | None = None  # None: the source's (3 for files)
+    resize: ResizeMode = (
+        "fit"  # as TrainConfig; masks follow with nearest neighbour, padding = ignore
+    )
+    val_fraction: float = 0.1  # of all samples when the source has no val split (seeded, random)
+    test_fraction: float = 0.1
+    augment: tuple[str, ...] = ("crop", "flip")  # whole-batch ops applied to image and mask alike
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    ignore_index: int = 255  # mask value that is never scored (VOC's void boundary, fit padding)
+    # --- model ---
+    model: str = (
+        "unet"  # unet | fcn | deeplabv3 | lraspp | a torchvision builder (fcn_resnet50, ...)
+    )
+    encoder: str = "resnet18"  # a zoo classifier: resnet18/34/50, vgg11_bn, ...
+    init_from: str | None = (
+        None  # encoder weights: a cnnlab classification run, "imagenet", or a file
+    )
+    # auto: the zoo's rule (small-input stem below 64 px); imagenet: strided stem at any size
+    # (about 16x fewer encoder FLOPs at 32 px); small-input: stride-1 stem at any size
+    encoder_variant: EncoderVariant = "auto"
+    # --- optimisation ---
+    epochs: int = 20
+    batch_size: int = 32
+    optimizer: Optimizer = "adamw"
+    lr: float = 2e-3  # peak learning rate (one-cycle), per batch of `batch_size`
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4  # never applied to norms and biases
+    schedule: Schedule = "onecycle"
+    warmup_epochs: float = 1.0
+    loss: Loss = "ce"  # ce: pixel cross-entropy; ce+dice: + dice_weight x soft Dice loss
+    dice_weight: float = 1.0  # only with loss="ce+dice"
+    grad_clip: float | None = None
+    # --- compute ---
+    device: Device = "auto"
+    precision: Precision = "auto"
+    channels_last: bool | None = None
+    # --- run control ---
+    seed: int = 0
+    deterministic: bool = False
+    early_stopping: int | None = None  # patience in epochs on `monitor`
+    monitor: str = "val_miou"  # val_miou / val_accuracy (higher better) or val_loss / train_loss
+    out: str = "runs"
+    name: str | None = None
+    report: bool = True
+    report_images: int = 6  # best and worst test images shown in the report
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        for key in ("epochs", "batch_size", "lr", "report_images"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"option {key} must be > 0, got {getattr(self, key)}")
+        for key in ("val_fraction", "test_fraction"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"option {key} must be in [0, 1), got {getattr(self, key)}")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError("val_fraction + test_fraction must leave samples for training")
+        if not 0 <= self.ignore_index <= 255:
+            raise ConfigError(
+                f"option ignore_index must be in 0..255 (8-bit masks), got {self.ignore_index}"
+            )
+        if self.image_size is not None and self.image_size < 16:
+            raise ConfigError(f"option image_size must be >= 16 pixels, got {self.image_size}")
+        if self.dice_weight < 0:
+            raise ConfigError(f"option dice_weight must be >= 0, got {self.dice_weight}")
+        unknown = [a for a in self.augment if a not in SEGMENTATION_AUGMENTATIONS]
+        if unknown:
+            raise ConfigError(
+                f"unknown segmentation augmentation {unknown[0]!r}"
+                f"{close_matches(unknown[0], SEGMENTATION_AUGMENTATIONS)}; choose from "
+                f"{', '.join(SEGMENTATION_AUGMENTATIONS)} (or 'none'): others would interpolate "
+                "class indices"
+            )
+        monitors = ("val_miou", "val_accuracy", "val_loss", "train_loss", "train_accuracy")
+        if self.monitor not in monitors:
+            raise ConfigError(
+                f"unknown monitor {self.monitor!r}"
+                f"{close_matches(self.monitor, monitors)}; choose from "
+                f"{', '.join(monitors)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class SegmentResult:
+    run_dir: Path
+    history: list[dict[str, float]]
+    test_metrics: dict[str, Any] | None
+    train_time_s: float
+    config: SegmentConfig
+    stop_reason: str = ""
+    report: Path | None = None
+
+
+def _api():  # cnnlab.api will import this module: look it up lazily to avoid an import cycle
+    from cnnlab import api
+
+    return api
+
+
+# -- data ------------------------------------------------------------------------------------------
+def _bundle(cfg: SegmentConfig, **kw: Any) -> MaskBundle:
+    options = {
+        "val_fraction": cfg.val_fraction,
+        "test_fraction": cfg.test_fraction,
+        "seed": cfg.seed,
+        "ignore_index": cfg.ignore_index,
+        "data_root": cfg.data_root,
+    } | kw
+    return load_mask_source(cfg.data, **options)
+
+
+def _image_size(cfg: SegmentConfig, bundle: MaskBundle) -> int:
+    if cfg.image_size:
+        return cfg.image_size
+    if bundle.native_size:
+        return max(bundle.native_size, 16)
+    log.info(
+        "images of %s have no single square size: resizing to 128 px (set image_size)", cfg.data
+    )
+    return 128
+
+
+def _split_by_ids(bundle: MaskBundle, ids: list[str], split: str) -> MaskSplit:
+    where: dict[str, tuple[MaskSplit, int]] = {}
+    for part in bundle.splits.values():
+        for i, sid in enumerate(part.ids):
+            where[sid] = (part, i)
+    missing = [sid for sid in ids if sid not in where]
+    if missing:
+        raise DataError(
+            bundle.source,
+            f"{len(missing)} image(s) of the recorded {split} split are "
+            f"gone (first: {missing[:3]}); the dataset changed since training",
+        )
+    pieces = [where[sid][0].subset([where[sid][1]]) for sid in ids]
+    first = pieces[0] if pieces else MaskSplit([])
+    return MaskSplit(
+        list(ids),
+        [p.image_paths[0] for p in pieces] if first.image_paths is not None else None,
+        [p.mask_refs[0] for p in pieces] if first.mask_refs is not None else None,
+        np.concatenate([p.images for p in pieces]) if first.images is not None else None,
+        np.concatenate([p.masks for p in pieces]) if first.masks is not None else None,
+    )
+
+
+def _loader(
+    images: np.ndarray | torch.Tensor,
+    masks: np.ndarray | torch.Tensor,
+    spec: PreprocessSpec,
+    device: torch.device,
+    batch_size: int,
+    ignore_index: int,
+    **kw: Any,
+) -> MaskLoader:
+    return MaskLoader(
+        torch.as_tensor(images).to(device),
+        torch.as_tensor(masks).to(device),
+        torch.tensor(spec.mean, device=device),
+        torch.tensor(spec.std, device=device),
+        batch_size,
+        ignore_index=ignore_index,
+        **kw,
+    )
+
+
+# -- train -----------------------------------------------------------------------------------------
+def train_segmentation(
+    config: SegmentConfig | str | Path | None = None, *, console: Any = None, **options: Any
+) -> SegmentResult:
+    """Train a segmentation network; returns the run directory, history and test metrics.
+
+    ``config`` may be a SegmentConfig or a JSON/TOML file; keyword options override it.
+    """
+    from cnnlab.data.tensors import channel_stats
+
+    api = _api()
+    if isinstance(config, SegmentConfig):
+        cfg = make_config(SegmentConfig, **(config.to_dict() | options))
+    else:
+        cfg = make_config(SegmentConfig, config, **options)
+    t_call = time.perf_counter()
+    api.seed_everything(cfg.seed, cfg.deterministic)
+    device = api.resolve_device(cfg.device)
+    bundle = _bundle(cfg)
+    in_channels = cfg.in_channels or bundle.channels
+    image_size = _image_size(cfg, bundle)
+    decode_policy = {"max_pixels": cfg.max_image_pixels}
+    provisional = PreprocessSpec(
+        image_size,
+        in_channels,
+        (0.0,) * in_channels,
+        (1.0,) * in_channels,
+        cfg.resize,
+        decode_policy,
+    )
+    known = len(bundle.class_names) if bundle.class_names else None
+    decoded = {
+        k: decode_split(s, provisional, num_classes=known, ignore_index=cfg.ignore_index)
+        for k, s in bundle.splits.items()
+        if len(s)
+    }
+    if "train" not in decoded:
+        raise DataError(cfg.data, "the training split is empty")
+    class_names = bundle.class_names or [
+        str(k) for k in range(infer_num_classes([m for _, m in decoded.values()], cfg.ignore_index))
+    ]
+    if bundle.class_names is None:
+        log.warning(
+            "%s has no classes.json: %d classes named by number (%s)",
+            cfg.data,
+            len(class_names),
+            ", ".join(class_names),
+        )
+    num_classes = len(class_names)
+    mean, std = channel_stats(torch.from_numpy(decoded["train"][0]))
+    model = create_segmentation_model(
+        cfg.model,
+        num_classes=num_classes,
+        encoder=cfg.encoder,
+        in_channels=in_channels,
+        image_size=image_size,
+        encoder_weights=cfg.init_from,
+        encoder_variant=cfg.encoder_variant,
+    )
+    init = model.default_cfg.get("encoder_init") or {}
+    if cfg.init_from and len(model.default_cfg.get("mean") or ()) == in_channels:
+        mean, std = tuple(model.default_cfg["mean"]), tuple(model.default_cfg["std"])
+    spec = PreprocessSpec(
+        image_size, in_channels, tuple(mean), tuple(std), cfg.resize, decode_policy
+    )
+    palette = bundle.palette[:num_classes].tolist()
+
+    run_dir = new_run_dir(cfg.out, cfg.name, f"{cfg.model}-{cfg.encoder}", cfg.data)
+    write_json(run_dir / "config.json", cfg.to_dict())
+    write_json(run_dir / "classes.json", class_names)
+    write_json(run_dir / "preprocess.json", spec.to_dict())
+    write_json(
+        run_dir / "splits.json",
+        {
+            "source": bundle.source,
+            "layout": bundle.layout,
+            "origin": bundle.split_origin,
+            "root": str(bundle.root) if bundle.root else None,
+            "splits": {k: s.ids for k, s in bundle.splits.items()},
+        },
+    )
+    precision = api.resolve_precision(cfg.precision, device, None)
+    channels_last = (
+        cfg.channels_last
+        if cfg.channels_last is not None
+        else device.type == "cuda" or precision == "bf16"
+    )
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_images, train_masks = decoded["train"]
+    train_loader = _loader(
+        train_images,
+        train_masks,
+        spec,
+        device,
+        cfg.batch_size,
+        cfg.ignore_index,
+        shuffle=True,
+        augment=cfg.augment,
+        seed=cfg.seed,
+        drop_last=True,
+        channels_last=channels_last,
+    )
+    if len(train_loader) == 0:
+        raise DataError(
+            cfg.data,
+            f"the training split has {train_loader.num_samples} images, "
+            f"fewer than one batch of {cfg.batch_size}; lower --batch-size",
+        )
+    eval_bs = max(64, cfg.batch_size)
+    val_loader = (
+        _loader(
+            *decoded["val"], spec, device, eval_bs, cfg.ignore_index, channels_last=channels_last
+        )
+        if "val" in decoded
+        else None
+    )
+    groups = param_groups(model, cfg.weight_decay, cfg.lr)
+    optimizer = build_optimizer(
+        cfg.optimizer,
+        groups,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        device=device,
+    )
+    steps = cfg.epochs * len(train_loader)
+    scheduler = build_scheduler(
+        optimizer, cfg.schedule, steps, int(cfg.warmup_epochs * len(train_loader))
+    )
+    task = SegmentationTask(
+        num_classes, cfg.ignore_index, cfg.dice_weight if cfg.loss == "ce+dice" else 0.0
+    )
+    metadata = {
+        "task": "segmentation",
+        "model": cfg.model,
+        "encoder": cfg.encoder,
+        "encoder_variant": cfg.encoder_variant,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "image_size": image_size,
+        "class_names": class_names,
+        "preprocess": spec.to_dict(),
+        "ignore_index": cfg.ignore_index,
+        "palette": palette,
+        "data": cfg.data,
+        "encoder_init": init or None,
+        "cnnlab_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    manager = CheckpointManager(run_dir / "checkpoints")
+    monitor = cfg.monitor if val_loader is not None else "train_loss"
+    callbacks: list[cbs.Callback] = [
+        ValidationMetrics(task),  # first: adds val_miou before the others read the metrics
+        cbs.Progress(cfg.epochs, len(train_loader), console=console, enabled=console is not None),
+        cbs.CSVLogger(run_dir / "metrics.csv"),
+        cbs.Checkpoint(manager, lambda: metadata, monitor),
+        cbs.GracefulInterrupt(),
+    ]
+    if cfg.early_stopping:
+        callbacks.append(cbs.EarlyStopping(monitor, cfg.early_stopping))
+    ids = bundle.splits["train"].ids
+    trainer = Trainer(
+        model,
+        task,
+        optimizer,
+        scheduler,
+        device=device,
+        precision=precision,
+        grad_clip=cfg.grad_clip,
+        callbacks=callbacks,
+        describe_batch=lambda idx: [ids[int(i)] for i in idx[:8]],
+    )
+    t0 = time.perf_counter()
+    state = trainer.fit(train_loader, val_loader, cfg.epochs)
+    train_time = time.perf_counter() - t0
+    if state.interrupted:
+        raise api.Interrupted(f"{state.stop_reason}; the last checkpoint is in {run_dir}")
+    write_json(
+        run_dir / "run.json",
+        {
+            "train_time_s": train_time,
+            "setup_time_s": t0 - t_call,
+            "precision": precision,
+            "device": str(device),
+            "channels_last": channels_last,
+            "stop_reason": state.stop_reason,
+            "cnnlab_version": __version__,
+        },
+    )
+    result = SegmentResult(run_dir, state.history, None, train_time, cfg, state.stop_reason)
+    if "test" in decoded:
+        best, meta, _ = load_segmentation_model(run_dir, device)
+        evaluation = evaluate_segmentation_model(
+            best,
+            spec,
+            *decoded["test"],
+            bundle.splits["test"].ids,
+            class_names,
+            ignore_index=cfg.ignore_index,
+            device=device,
+            precision=precision,
+            out_dir=run_dir,
+            run_dir=run_dir,
+            report=cfg.report,
+            palette=palette,
+            show=cfg.report_images,
+        )
+        result.test_metrics, result.report = evaluation["metrics"], evaluation.get("report")
+    return result
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+def load_segmentation_model(
+    run_or_checkpoint: str | Path, device: torch.device | str = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any], Path]:
+    """(model in eval mode, checkpoint metadata, weights path) from a run folder or .safetensors."""
+    weights = resolve_weights(run_or_checkpoint)
+    state, meta = read_weights(weights)
+    if meta.get("task") != "segmentation":
+        raise CheckpointError(
+            f"{weights} is a {meta.get('task', 'non-cnnlab')} checkpoint, not a "
+            "segmentation one; use `cnnlab evaluate/predict` for classifiers"
+        )
+    for key in ("model", "encoder", "num_classes", "in_channels", "preprocess", "class_names"):
+        if key not in meta:
+            raise CheckpointError(f"{weights} lacks metadata {key!r}")
+    model = create_segmentation_model(
+        meta["model"],
+        num_classes=int(meta["num_classes"]),
+        encoder=meta["encoder"],
+        in_channels=int(meta["in_channels"]),
+        image_size=int(meta["image_size"]),
+        encoder_variant=meta.get("encoder_variant", "auto"),
+    )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{weights} does not fit {meta['model']}-{meta['encoder']}: {str(err).splitlines()[0]}"
+        ) from None
+    return model.to(device).eval(), meta, weights
+
+
+# -- evaluate --------------------------------------------------------------------------------------
+@torch.inference_mode()
+def _predict_masks(
+    model: torch.nn.Module,
+    loader: MaskLoader,
+    device: torch.device,
+    precision: str,
+    num_classes: int,
+    ignore_index: int,
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """(confusion (K, K), predictions (N, S, S) uint8, per-image confusion (N, K, K))."""
+    meter = ConfusionAccumulator(num_classes, ignore_index)
+    preds, per_image = [], []
+    for images, targets, _ in loader.batches(0):
+        with autocast(device, precision):
+            logits = model(images)
+        pred = logits.argmax(1)
+        meter.update(targets, pred)
+        per_image.append(per_image_confusion(targets, pred, num_classes, ignore_index).cpu())
+        preds.append(pred.to(torch.uint8).cpu())
+    k = num_classes
+    return (
+        meter.matrix(),
+        torch.cat(preds).numpy() if preds else np.zeros((0, 1, 1), np.uint8),
+        torch.cat(per_image) if per_image else torch.zeros(0, k, k, dtype=torch.long),
+    )
+
+
+def evaluate_segmentation_model(
+    model: torch.nn.Module,
+    spec: PreprocessSpec,
+    images: np.ndarray,
+    masks: np.ndarray,
+    ids: list[str],
+    class_names: list[str],
+    *,
+    ignore_index: int = 255,
+    device: torch.device,
+    precision: str = "32",
+    out_dir: Path | None = None,
+    run_dir: Path | None = None,
+    report: bool = True,
+    palette: list[list[int]] | None = None,
+    show: int = 6,
+) -> dict[str, Any]:
+    """Metrics of ``model`` on (N, C, S, S) images and (N, S, S) masks (uint8); writes
+    test_metrics.json, test_per_image.csv and the report into ``out_dir`` when given."""
+    loader = _loader(images, masks, spec, device, 64, ignore_index)
+    cm, preds, per_image = _predict_masks(
+        model, loader, device, precision, len(class_names), ignore_index
+    )
+    metrics = segmentation_metrics(cm, class_names)
+    scores = per_image_iou(per_image)
+    metrics["num_images"] = len(ids)
+    metrics["ignore_index"] = ignore_index
+    metrics["image_size"] = spec.image_size
+    result: dict[str, Any] = {"metrics": metrics, "per_image_iou": scores, "preds": preds}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        write_json(out_dir / "test_metrics.json", metrics)
+        cmi = per_image.numpy()
+        with open(out_dir / "test_per_image.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "mean_iou", "pixel_accuracy", "labelled_pixels"])
+            for i, sid in enumerate(ids):
+                total = int(cmi[i].sum())
+                acc = float(np.trace(cmi[i]) / total) if total else ""
+                w.writerow(
+                    [
+                        sid,
+                        "" if np.isnan(scores[i]) else f"{scores[i]:.6f}",
+                        acc if acc == "" else f"{acc:.6f}",
+                        total,
+                    ]
+                )
+        if report:
+            from cnnlab.report.segmentation_report import write_segmentation_report
+
+            result["report"] = write_segmentation_report(
+                out_dir,
+                metrics,
+                images=images,
+                masks=masks,
+                preds=preds,
+                ids=ids,
+                scores=scores,
+                class_names=class_names,
+                palette=palette,
+                ignore_index=ignore_index,
+                run_dir=run_dir,
+                show=show,
+            )
+    return result
+
+
+def evaluate_segmentation(
+    run: str | Path,
+    *,
+    data: str | None = None,
+    split: str = "test",
+    device: str = "auto",
+    report: bool = True,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate a segmentation run on its recorded split (default: the held-out test images) or on
+    every image of another dataset ``data`` whose classes are among the model's (by name)."""
+    api = _api()
+    dev = api.resolve_device(device)
+    model, meta, weights = load_segmentation_model(run, dev)
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    class_names = list(meta["class_names"])
+    ignore = int(meta.get("ignore_index", 255))
+    run_dir = run_dir_of(weights)
+    if data is None:
+        if run_dir is None:
+            raise ConfigError(
+                f"{weights} is not inside a run directory: pass data= to say what to evaluate on"
+            )
+        saved = read_json(run_dir / "config.json")
+        saved["augment"] = tuple(saved.get("augment", ()))
+        cfg = make_config(SegmentConfig, **saved)
+        recorded = read_json(run_dir / "splits.json")["splits"]
+        if split not in recorded:
+            raise ConfigError(f"the run has no {split!r} split; it has {sorted(recorded)}")
+        chosen = _split_by_ids(_bundle(cfg), recorded[split], split)
+        images, masks = decode_split(
+            chosen, spec, num_classes=len(class_names), ignore_index=ignore
+        )
+    else:
+        bundle = load_mask_source(data, val_fraction=0.0, test_fraction=0.0, ignore_index=ignore)
+        chosen = bundle.splits["train"]
+        for name in ("val", "test"):
+            if name in bundle.splits and len(bundle.splits[name]):
+                chosen = _concat(chosen, bundle.splits[name])
+        names = bundle.class_names or class_names
+        unknown = [c for c in names if c not in class_names]
+        if unknown:
+            raise DataError(data, f"classes {unknown} are not among the model's {class_names}")
+        images, masks = decode_split(chosen, spec, num_classes=len(names), ignore_index=ignore)
+        lut = np.full(256, ignore, dtype=np.uint8)
+        lut[: len(names)] = [class_names.index(c) for c in names]
+        masks = lut[masks]
+    out_dir = Path(out) if out else (run_dir if data is None else None)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    precision = api.resolve_precision("auto", dev, None)
+    result = evaluate_segmentation_model(
+        model,
+        spec,
+        images,
+        masks,
+        chosen.ids,
+        class_names,
+        ignore_index=ignore,
+        device=dev,
+        precision=precision,
+        out_dir=out_dir,
+        run_dir=run_dir,
+        report=report and out_dir is not None,
+        palette=meta.get("palette"),
+    )
+    return {
+        "metrics": result["metrics"],
+        "report": result.get("report"),
+        "weights": str(weights),
+        "num_samples": len(chosen),
+    }
+
+
+def _concat(a: MaskSplit, b: MaskSplit) -> MaskSplit:
+    def join(x: Any, y: Any) -> Any:
+        if x is None:
+            return None
+        return np.concatenate([x, y]) if isinstance(x, np.ndarray) else list(x) + list(y)
+
+    return MaskSplit(
+        a.ids + b.ids,
+        join(a.image_paths, b.image_paths),
+        join(a.mask_refs, b.mask_refs),
+        join(a.images, b.images),
+        join(a.masks, b.masks),
+    )
+
+
+# -- predict ---------------------------------------------------------------------------------------
+def logits_to_image_mask(
+    logits: torch.Tensor, width: int, height: int, resize: str, ignore_index: int = 255
+) -> np.ndarray:
+    """(K, S, S) logits at the model's input -> (height, width) uint8 class indices of the original
+    image: undo resize_to_square's layout, upsample the logits bilinearly, then take the arg-max.
+    With resize=crop the margins the model never saw are ``ignore_index``."""
+    k, s, _ = logits.shape
+    nw, nh, left, top = square_geometry(width, height, s, resize)
+    x = logits.float().unsqueeze(0)
+    seen = None
+    if left >= 0 and top >= 0:  # fit (padding to drop) or stretch / same size
+        x = x[:, :, top : top + nh, left : left + nw]
+    else:  # crop: the S x S view sits inside the scaled nw x nh image
+        canvas = x.new_zeros(1, k, nh, nw)
+        seen = x.new_zeros(1, 1, nh, nw)
+        canvas[:, :, -top : -top + s, -left : -left + s] = x
+        seen[:, :, -top : -top + s, -left : -left + s] = 1
+        x = canvas
+    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    mask = x[0].argmax(0).to(torch.uint8)
+    if seen is not None:
+        seen = F.interpolate(seen, size=(height, width), mode="nearest")[0, 0] > 0.5
+        mask[~seen] = ignore_index
+    return mask.cpu().numpy()
+
+
+def predict_segmentation(
+    run: str | Path,
+    inputs: list[str | Path],
+    out_dir: str | Path,
+    *,
+    device: str = "auto",
+    batch_size: int = 16,
+    overlays: bool = True,
+) -> list[Path]:
+    """Write one class-index mask PNG per image (``out_dir/masks/NAME.png``, palette mode: the pixel
+    values are class indices, viewers show colours) and a colour overlay (``out_dir/overlays/``).
+
+    Unreadable inputs are skipped with a warning and listed in ``out_dir/predictions.json``.
+    Returns the mask paths in input order (skipped files omitted).
+    """
+    from PIL import Image
+
+    from cnnlab.data.decode import load_image
+    from cnnlab.data.tensors import image_mode, pil_to_chw
+    from cnnlab.report.segmentation_report import colorize, overlay
+
+    api = _api()
+    dev = api.resolve_device(device)
+    model, meta, _ = load_segmentation_model(run, dev)
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    names = list(meta["class_names"])
+    ignore = int(meta.get("ignore_index", 255))
+    palette = np.asarray(meta.get("palette") or [], dtype=np.uint8).reshape(-1, 3)
+    files = api.list_images(inputs)
+    out = Path(out_dir)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    if overlays:
+        (out / "overlays").mkdir(parents=True, exist_ok=True)
+    mean = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=dev).view(1, -1, 1, 1)
+    precision = api.resolve_precision("auto", dev, None)
+    pil_palette = np.zeros((256, 3), dtype=np.uint8)
+    pil_palette[: len(palette)] = palette
+    written: list[Path] = []
+    records: list[dict[str, Any]] = []
+    used: set[str] = set()
+    max_pixels = int(spec.decode.get("max_pixels", DEFAULT_MAX_PIXELS))
+    for start in range(0, len(files), batch_size):
+        batch, arrays = [], []
+        for f in files[start : start + batch_size]:
+            try:
+                im = load_image(f, mode=image_mode(spec.in_channels), max_pixels=max_pixels)
+            except DataError as err:
+                log.warning("skipped %s: %s", f, err.reason)
+                records.append({"input": str(f), "error": err.reason})
+                continue
+            batch.append((f, im))
+            arrays.append(pil_to_chw(im, spec))
+        if not batch:
+            continue
+        x = torch.from_numpy(np.stack(arrays)).to(dev)
+        x = (x.float() / 255 - mean) / std
+        with torch.inference_mode(), autocast(dev, precision):
+            logits = model(x).float()
+        for (f, im), lg in zip(batch, logits, strict=True):
+            mask = logits_to_image_mask(lg, im.width, im.height, spec.resize, ignore)
+            stem = f.stem
+            n = 1
+            while stem in used:  # same name in two input folders: keep both
+                n += 1
+                stem = f"{f.stem}-{n}"
+            used.add(stem)
+            path = out / "masks" / f"{stem}.png"
+            png = Image.fromarray(mask)  # mode L: the values are the class indices
+            png.putpalette(pil_palette.flatten().tolist())  # -> mode P, same indices, coloured
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.png")
+            png.save(tmp)
+            os.replace(tmp, path)
+            record = {
+                "input": str(f),
+                "mask": str(path),
+                "classes": {
+                    names[k]: round(float((mask == k).mean()), 6)
+                    for k in np.unique(mask)
+                    if k < len(names)
+                },
+            }
+            if overlays:
+                rgb = np.asarray(im.convert("RGB"))
+                ov = out / "overlays" / f"{stem}.png"
+                Image.fromarray(overlay(rgb, colorize(mask, palette, ignore))).save(ov)
+                record["overlay"] = str(ov)
+            records.append(record)
+            written.append(path)
+    write_json(
+        out / "predictions.json", {"run": str(run), "class_names": names, "predictions": records}
+    )
+    if files and not written:
+        raise DataError(files[0], "no input image could be read (see predictions.json)")
+    return written

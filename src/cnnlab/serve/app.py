@@ -1,0 +1,662 @@
+"""The web explorer: a FastAPI app around one trained model (``cnnlab serve RUN``).
+
+Endpoints (the contract is ``GET /openapi.json``; ``GET /docs`` renders it with a local page):
+
+* ``GET /``              the explorer page (plain HTML/CSS/JS from ``static/``, nothing from a CDN)
+* ``GET /api/info``      model name, classes, input size, limits
+* ``POST /api/predict``  an image (``multipart/form-data`` field ``file``, or the raw bytes with an
+  ``image/*`` content type) -> ``{"top": [{"class", "index", "probability"}, ...]}``, best first,
+  ``probability = softmax(logits)``
+* ``POST /api/explain``  the same upload -> the top classes, the layer trace (one entry per executed
+  layer in the lecture's words -- convolution, ReLU, pooling, flattening, fully connected, output,
+  plus batch norm / residual add / concat for the deeper families -- with its feature maps as a PNG
+  grid) and a Grad-CAM overlay for the predicted class (PNG data URIs)
+* ``GET /report/``       the run's ``report.html`` (read-only; ``/report/<file>`` serves other
+  report files, only from inside the run directory and only of harmless types)
+
+Safety, after the serving rows of ``reference/bad-inputs.md``:
+
+* binds ``127.0.0.1`` unless told otherwise (there is no authentication);
+* the request body is read in chunks and refused with **413** as soon as it passes
+  ``max_upload_bytes`` (plus a little multipart framing), or at once when ``Content-Length``
+  says so: nothing is buffered beyond the limit; the multipart body is parsed in memory
+  (nothing from an upload is written to disk) and client file names are never used, not as paths
+  nor in messages;
+* pixels come from the one decoding policy (:func:`cnnlab.data.decode.load_image_bytes`) with the
+  run's pixel limit: not an image / a refused format -> **415**, a decompression bomb (a header
+  declaring more pixels than the limit) -> **413** before any decoding, a truncated or corrupt
+  image -> **422**; the reason is the decoder's short text;
+* errors are ``{"error": "short reason"}`` without stack traces or paths;
+* at most ``max_concurrency`` uploads are processed at a time; more get **503** with
+  ``Retry-After`` (the model itself runs one request at a time under a lock: the layer trace and
+  Grad-CAM hook into the shared module).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cnnlab.config import PreprocessSpec
+from cnnlab.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+MULTIPART_OVERHEAD = 16 * 1024  # boundary lines and part headers around the file, in bytes
+MAX_PARTS = 4  # form parts accepted in one upload (we need one)
+MAX_MAPS = 8  # feature maps drawn per layer (the first ones: a channel can be followed)
+MAX_LAYER_IMAGES = 80  # layers drawn per explanation (ResNet-152 has ~500 rows; keeps JSON small)
+UNDRAWN_KINDS = frozenset({"batch norm", "dropout"})  # listed with statistics, not drawn
+TILE_MIN = 40  # px: small maps (LeNet's 5 x 5) are enlarged by an integer factor to at least this
+TILE_MAX = 96  # px: large maps (ResNet's 112 x 112) are shrunk to at most this
+CAM_DISPLAY = 224  # px: side of the CAM overlay and input images
+CAM_ALPHA = 0.5  # overlay = (1 - alpha) * picture + alpha * heat colour
+REPORT_TYPES = {  # what /report/<file> may return (never weights, optimizer state or caches)
+    ".html": "text/html; charset=utf-8",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".svg": "image/svg+xml",
+    ".json": "application/json",
+    ".csv": "text/csv; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8",
+}
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    # everything from this server; images also as data: URIs (feature maps) and blob: (preview)
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+        "script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+}
+
+
+class ApiError(Exception):
+    """An answer other than 200: HTTP status and a short reason for the client."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+class Slots:
+    """A non-blocking counting semaphore: ``try_acquire()`` is False when all slots are taken."""
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ConfigError(f"max_concurrency must be at least 1, got {size}")
+        self.size = size
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def try_acquire(self) -> bool:
+        with self._lock:
+            if self.used >= self.size:
+                return False
+            self.used += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self.used = max(0, self.used - 1)
+
+
+@dataclass
+class Served:
+    """The model and everything needed to turn an upload into its input."""
+
+    model: torch.nn.Module
+    meta: dict[str, Any]
+    spec: PreprocessSpec
+    class_names: list[str]
+    run_dir: Path | None
+    device: torch.device
+    top_k: int
+    max_upload_bytes: int
+    cam_method: str
+    lock: threading.Lock
+
+
+# -- the app ---------------------------------------------------------------------------------------
+def create_app(
+    run_or_checkpoint: str | Path,
+    *,
+    max_upload_bytes: int = 10_000_000,
+    top_k: int = 5,
+    max_concurrency: int = 2,
+    device: str = "cpu",
+    cam_method: str = "gradcam",
+) -> FastAPI:
+    """A FastAPI app serving the model of a run directory or ``.safetensors`` checkpoint."""
+    from cnnlab import __version__
+    from cnnlab.api import load_checkpoint_model, resolve_device
+    from cnnlab.explain.cam import check_methods
+    from cnnlab.run import run_dir_of
+
+    if max_upload_bytes < 1:
+        raise ConfigError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
+    dev = resolve_device(device)
+    model, meta, weights = load_checkpoint_model(run_or_checkpoint, dev)
+    run_path = Path(run_or_checkpoint).expanduser()
+    run_dir = run_path if run_path.is_dir() else run_dir_of(Path(weights))
+    served = Served(
+        model=model,
+        meta=meta,
+        spec=PreprocessSpec.from_dict(meta["preprocess"]),
+        class_names=[str(c) for c in meta["class_names"]],
+        run_dir=run_dir.resolve() if run_dir is not None else None,
+        device=dev,
+        top_k=max(1, min(int(top_k), len(meta["class_names"]))),
+        max_upload_bytes=int(max_upload_bytes),
+        cam_method=check_methods((cam_method,))[0],
+        lock=threading.Lock(),
+    )
+    slots = Slots(max_concurrency)
+    import pytorch_grad_cam  # noqa: F401 -- about 5 s (OpenCV); now rather than in the first request
+
+    app = FastAPI(
+        title=f"cnnlab explorer: {meta['model']}",
+        version=__version__,
+        description=(
+            "Classify an image with a trained cnnlab model and look inside it. Uploads: "
+            f"multipart field `file` or raw image bytes, at most {max_upload_bytes} bytes. "
+            'Errors are JSON `{"error": reason}`: 413 too large (body or pixels), '
+            "415 not an image, 422 corrupt image, 503 busy."
+        ),
+        docs_url=None,  # FastAPI's Swagger UI loads its JS/CSS from a CDN; /docs is local instead
+        redoc_url=None,
+    )
+    app.state.served = served
+    app.state.slots = slots
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        return JSONResponse({"error": message}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": "invalid request"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s", request.url.path)  # the traceback stays in the log
+        return JSONResponse({"error": "internal error"}, status_code=500)
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        for key, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        return response
+
+    upload_doc = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                        "required": ["file"],
+                    }
+                },
+                "image/*": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        "responses": {
+            "413": {"description": "body larger than the limit, or image over the pixel limit"},
+            "415": {"description": "not an image, or a format outside the allow-list"},
+            "422": {"description": "truncated or corrupt image"},
+            "503": {"description": "busy: too many uploads in progress; retry"},
+        },
+    }
+
+    async def _with_slot(request: Request, work: Any) -> dict[str, Any]:
+        if not slots.try_acquire():
+            raise ApiError(
+                503, f"busy: {slots.size} uploads in progress; retry", {"Retry-After": "1"}
+            )
+        try:
+            data = await read_upload(request, served.max_upload_bytes)
+            return await run_in_threadpool(work, served, data)
+        finally:
+            slots.release()
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> FileResponse:
+        return FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
+
+    @app.get("/api/info", summary="The served model: name, classes, input, limits")
+    async def info() -> dict[str, Any]:
+        return {
+            "model": served.meta["model"],
+            "num_classes": len(served.class_names),
+            "class_names": served.class_names,
+            "image_size": served.spec.image_size,
+            "in_channels": served.spec.in_channels,
+            "top_k": served.top_k,
+            "max_upload_bytes": served.max_upload_bytes,
+            "max_pixels": _max_pixels(served.spec),
+            "cam_method": served.cam_method,
+            "report": _report_file(served, "report.html") is not None,
+            "cnnlab_version": __version__,
+        }
+
+    @app.post(
+        "/api/predict",
+        summary="Top-k classes and probabilities of one uploaded image",
+        openapi_extra=upload_doc,
+    )
+    async def predict(request: Request) -> dict[str, Any]:
+        return await _with_slot(request, predict_bytes)
+
+    @app.post(
+        "/api/explain",
+        summary="Top-k, layer trace with feature maps, Grad-CAM overlay (PNG data URIs)",
+        openapi_extra=upload_doc,
+    )
+    async def explain(request: Request) -> dict[str, Any]:
+        return await _with_slot(request, explain_bytes)
+
+    @app.get("/report", include_in_schema=False)
+    async def report_root() -> RedirectResponse:
+        return RedirectResponse("/report/", status_code=307)  # so relative links resolve inside
+
+    @app.get("/report/{path:path}", summary="The run's report (read-only files of the run dir)")
+    async def report(path: str = "") -> FileResponse:
+        target = _report_file(served, path or "report.html")
+        if target is None:
+            raise ApiError(404, "no such report file in this run")
+        return FileResponse(target, media_type=REPORT_TYPES[target.suffix.lower()])
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def serve(
+    run: str | Path,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    **app_options: Any,
+) -> None:
+    """Run the explorer with uvicorn until Ctrl-C. ``app_options`` go to :func:`create_app`."""
+    import uvicorn
+
+    app = create_app(run, **app_options)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "binding %s makes the model reachable from other machines; there is no "
+            "authentication -- put a proxy with TLS, auth and a body-size limit in front",
+            host,
+        )
+    log.info("cnnlab explorer on http://%s:%d/ (API contract: /openapi.json)", host, port)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        server_header=False,
+        timeout_keep_alive=5,
+        limit_concurrency=64,  # connections; uploads are limited further by max_concurrency
+    )
+
+
+# -- uploads ---------------------------------------------------------------------------------------
+async def read_upload(request: Request, max_bytes: int) -> bytes:
+    """The image bytes of a request, reading at most ``max_bytes`` (+ multipart framing).
+
+    ``multipart/form-data``: the part named ``file`` (else the first part with a file name);
+    ``image/*`` or ``application/octet-stream``: the body itself. Raises :class:`ApiError`.
+    """
+    content_type = request.headers.get("content-type", "")
+    is_multipart = content_type.lower().startswith("multipart/form-data")
+    limit = max_bytes + (MULTIPART_OVERHEAD if is_multipart else 0)
+    too_big = ApiError(413, f"upload larger than {max_bytes} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise too_big  # refuse before reading a byte of it
+        except ValueError:
+            raise ApiError(400, "invalid Content-Length") from None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_big
+    if is_multipart:
+        data = multipart_file(bytes(body), content_type)
+    elif content_type.lower().startswith(("image/", "application/octet-stream")):
+        data = bytes(body)
+    else:
+        raise ApiError(
+            415,
+            "send multipart/form-data with a 'file' field, or the raw image with an image/* "
+            "content type",
+        )
+    if len(data) > max_bytes:
+        raise too_big
+    if not data:
+        raise ApiError(400, "empty upload: no image bytes received")
+    return data
+
+
+def multipart_file(body: bytes, content_type: str) -> bytes:
+    """The bytes of the ``file`` part of an in-memory ``multipart/form-data`` body."""
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "multipart body without a boundary")
+    parts: list[dict[str, Any]] = []
+    header: dict[str, bytearray] = {}
+
+    def on_part_begin() -> None:
+        if len(parts) >= MAX_PARTS:
+            raise ApiError(400, f"too many form parts (at most {MAX_PARTS})")
+        parts.append({"headers": {}, "data": bytearray()})
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header.setdefault("field", bytearray()).extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header.setdefault("value", bytearray()).extend(data[start:end])
+
+    def on_header_end() -> None:
+        key = bytes(header.get("field", b"")).decode("latin-1").lower()
+        parts[-1]["headers"][key] = bytes(header.get("value", b""))
+        header.clear()
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1]["data"].extend(data[start:end])
+
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_part_data": on_part_data,
+    }
+    try:
+        parser = MultipartParser(boundary, callbacks, max_size=len(body))  # type: ignore[arg-type]
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError:
+        raise ApiError(400, "malformed multipart body") from None
+    chosen = None
+    for part in parts:
+        _, disposition = parse_options_header(part["headers"].get("content-disposition", b""))
+        if disposition.get(b"name") == b"file":
+            chosen = part
+            break
+        if chosen is None and b"filename" in disposition:
+            chosen = part  # the file name itself is never used
+    if chosen is None:
+        raise ApiError(400, "no 'file' field in the form")
+    return bytes(chosen["data"])
+
+
+# -- model work (runs in a worker thread) ----------------------------------------------------------
+def _max_pixels(spec: PreprocessSpec) -> int:
+    from cnnlab.data.decode import DEFAULT_MAX_PIXELS
+
+    return int(spec.decode.get("max_pixels", DEFAULT_MAX_PIXELS))
+
+
+def decode_upload(served: Served, data: bytes) -> np.ndarray:
+    """Bytes -> ``(C, S, S)`` uint8 through the training decoding policy; DataError -> ApiError."""
+    from cnnlab.data.decode import DEFAULT_BACKGROUND, R_NOT_IMAGE, load_image_bytes
+    from cnnlab.data.tensors import image_mode, pil_to_chw
+
+    try:
+        im = load_image_bytes(
+            data,
+            "upload",  # the client's file name is never used, not even in messages
+            mode=image_mode(served.spec.in_channels),
+            max_pixels=_max_pixels(served.spec),
+            background=tuple(served.spec.decode.get("background", DEFAULT_BACKGROUND)),
+        )
+    except DataError as err:
+        reason = err.reason
+        if reason.startswith("exceeds max pixels"):
+            raise ApiError(413, reason) from None
+        if reason == R_NOT_IMAGE or reason.startswith("format "):
+            raise ApiError(415, reason) from None
+        raise ApiError(422, reason) from None
+    return pil_to_chw(im, served.spec)
+
+
+def _normalise(served: Served, pixels: np.ndarray) -> torch.Tensor:
+    """``(C, S, S)`` uint8 -> ``(1, C, S, S)`` float32 ``(x/255 - mean)/std`` on the device."""
+    x = (
+        torch.tensor(pixels, dtype=torch.float32).unsqueeze(0) / 255
+    )  # a copy: pixels may be read-only
+    mean = torch.tensor(served.spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(served.spec.std).view(1, -1, 1, 1)
+    return ((x - mean) / std).to(served.device)
+
+
+def _top(served: Served, probs: torch.Tensor) -> list[dict[str, Any]]:
+    values, indices = probs.topk(served.top_k)
+    return [
+        {"class": served.class_names[i], "index": int(i), "probability": float(p)}
+        for p, i in zip(values.tolist(), indices.tolist(), strict=True)
+    ]
+
+
+def predict_bytes(served: Served, data: bytes) -> dict[str, Any]:
+    """Top-k of one uploaded image: ``softmax(model(x))`` in float32."""
+    pixels = decode_upload(served, data)
+    x = _normalise(served, pixels)
+    with served.lock, torch.inference_mode():
+        probs = served.model(x).float().softmax(1)[0].cpu()
+    return {"model": served.meta["model"], "top": _top(served, probs)}
+
+
+def explain_bytes(served: Served, data: bytes) -> dict[str, Any]:
+    """Top-k, layer trace and Grad-CAM of one uploaded image (JSON with PNG data URIs)."""
+    from cnnlab.explain.cam import cam_target_stage, compute_cams
+    from cnnlab.explain.trace import trace_image
+
+    pixels = decode_upload(served, data)
+    x = _normalise(served, pixels)
+    with served.lock:
+        trace = trace_image(served.model, x, class_names=served.class_names, max_channels=MAX_MAPS)
+        predicted = trace.predicted
+        cam = compute_cams(served.model, x, [predicted], method=served.cam_method)[0]
+        stage = cam_target_stage(served.model, tuple(x.shape[-2:]), x.shape[1])
+    payload = explain_payload(trace, cam, pixels, method=served.cam_method, stage=stage)
+    payload["model"] = served.meta["model"]
+    payload["top"] = _top(served, trace.probs)
+    return payload
+
+
+# -- drawing: trace + CAM -> JSON with PNG data URIs -----------------------------------------------
+def explain_payload(
+    trace: Any,
+    cam: np.ndarray,
+    pixels: np.ndarray,
+    *,
+    method: str = "gradcam",
+    stage: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """JSON for the page from a :class:`cnnlab.explain.trace.Trace`, a CAM ``(S, S)`` in [0, 1] and
+    the model's input pixels ``(C, S, S)`` uint8.
+
+    Each layer: its kind, detail and output shape, statistics over the whole output, and ``image``:
+    a grid of its first feature maps (each map min-max scaled on its own, so its pattern is visible
+    whatever its range; the numbers are in ``stats``), or for vectors (flattening, fully
+    connected, output) the values as a strip, row-major, scaled the same way. Batch norm and
+    dropout rows, and rows after the first ``MAX_LAYER_IMAGES`` drawn ones, have ``image: null``.
+    """
+    layers = []
+    drawn = 0
+    for layer in trace.layers:
+        entry = layer.to_dict()
+        entry["image"] = None
+        if layer.kind in UNDRAWN_KINDS:
+            pass  # batch norm rescales, dropout is the identity in eval mode: nothing new to see
+        elif drawn >= MAX_LAYER_IMAGES:
+            entry["image_omitted"] = f"only the first {MAX_LAYER_IMAGES} layers are drawn"
+        elif layer.maps is not None:
+            entry["image"] = png_uri(map_grid(layer.maps.numpy()))
+            entry["maps_shown"] = int(layer.maps.shape[0])
+        elif layer.vector is not None:
+            entry["image"] = png_uri(vector_strip(layer.vector.numpy()))
+            entry["values_shown"] = int(layer.vector.shape[0])
+        drawn += entry["image"] is not None
+        layers.append(entry)
+    picture = pixels_to_rgb(pixels)
+    predicted = trace.class_names[trace.predicted]
+    return {
+        "predicted": predicted,
+        "input": {"shape": list(trace.input_shape), "image": png_uri(_display(picture))},
+        "first_conv": {"name": trace.first_conv, "weight_shape": list(trace.first_filters_shape)},
+        "flatten_length": trace.flatten_length,
+        "layers": layers,
+        "cam": {
+            "method": method,
+            "class": predicted,
+            "target_layer": (stage or {}).get("name", ""),
+            "target_shape": list((stage or {}).get("output_shape", ())),
+            "overlay": png_uri(_display(cam_overlay(picture, cam))),
+            "heatmap": png_uri(_display(heat_colours(cam))),
+        },
+    }
+
+
+def png_uri(image: np.ndarray) -> str:
+    """``(H, W)`` or ``(H, W, 3)`` uint8 -> ``data:image/png;base64,...``."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", optimize=False, compress_level=6)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def scale01(a: np.ndarray) -> np.ndarray:
+    """``(a - min) / (max - min)`` (all zeros when the array is constant)."""
+    a = a.astype(np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def map_grid(maps: np.ndarray, gap: int = 2) -> np.ndarray:
+    """``(K, h, w)`` float feature maps -> one grey uint8 grid image, ``ceil(sqrt(K))`` columns.
+
+    Each tile is scaled to its own [0, 255]; tiles are enlarged by an integer factor (nearest
+    neighbour, so pixels stay pixels) to at least ``TILE_MIN`` px, or shrunk to ``TILE_MAX``.
+    """
+    k, h, w = maps.shape
+    factor = max(1, math.ceil(TILE_MIN / max(h, w)))
+    th, tw = h * factor, w * factor
+    if max(th, tw) > TILE_MAX:
+        shrink = TILE_MAX / max(th, tw)
+        th, tw = max(1, round(th * shrink)), max(1, round(tw * shrink))
+    cols = math.ceil(math.sqrt(k))
+    rows = math.ceil(k / cols)
+    grid = np.full((rows * (th + gap) - gap, cols * (tw + gap) - gap), 255, dtype=np.uint8)
+    for i in range(k):
+        tile = Image.fromarray((scale01(maps[i]) * 255).round().astype(np.uint8))
+        resample = Image.Resampling.NEAREST if th >= h else Image.Resampling.BOX
+        tile = tile.resize((tw, th), resample)
+        r, c = divmod(i, cols)
+        grid[r * (th + gap) : r * (th + gap) + th, c * (tw + gap) : c * (tw + gap) + tw] = tile
+    return grid
+
+
+def vector_strip(values: np.ndarray, width: int = 32, cell: int = 6) -> np.ndarray:
+    """``(L,)`` values -> grey cells, ``width`` per row (row-major), each ``cell`` px square."""
+    n = values.shape[0]
+    cols = min(width, n)
+    rows = math.ceil(n / cols)
+    padded = np.zeros(rows * cols)
+    padded[:n] = scale01(values)
+    img = (padded.reshape(rows, cols) * 255).round().astype(np.uint8)
+    return np.kron(img, np.ones((cell, cell), dtype=np.uint8))
+
+
+def pixels_to_rgb(pixels: np.ndarray) -> np.ndarray:
+    """``(C, S, S)`` uint8 (C = 1 or 3) -> ``(S, S, 3)`` uint8."""
+    hwc = pixels.transpose(1, 2, 0)
+    return np.repeat(hwc, 3, axis=2) if hwc.shape[2] == 1 else np.ascontiguousarray(hwc)
+
+
+def heat_colours(cam: np.ndarray) -> np.ndarray:
+    """``(H, W)`` in [0, 1] -> ``(H, W, 3)`` uint8, the "jet" ramp (blue, cyan, yellow, red):
+    ``r = clip(1.5 - |4v - 3|)``, ``g = clip(1.5 - |4v - 2|)``, ``b = clip(1.5 - |4v - 1|)``."""
+    v = np.clip(cam.astype(np.float64), 0.0, 1.0)
+    rgb = np.stack([1.5 - np.abs(4 * v - c) for c in (3, 2, 1)], axis=-1)
+    return (np.clip(rgb, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def cam_overlay(picture: np.ndarray, cam: np.ndarray, alpha: float = CAM_ALPHA) -> np.ndarray:
+    """``(1 - alpha) * picture + alpha * heat_colours(cam)``, both ``(H, W, 3)`` uint8."""
+    blend = (1 - alpha) * picture.astype(np.float64) + alpha * heat_colours(cam)
+    return np.clip(blend.round(), 0, 255).astype(np.uint8)
+
+
+def _display(image: np.ndarray, side: int = CAM_DISPLAY) -> np.ndarray:
+    """Enlarge a small picture to about ``side`` px: nearest for an integer factor (LeNet's 16 px
+    digits stay crisp), bilinear down for large ones."""
+    h, w = image.shape[:2]
+    if max(h, w) >= side:
+        scale = side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+    factor = max(1, side // max(h, w))
+    return np.kron(image, np.ones((factor, factor, 1), dtype=np.uint8)) if factor > 1 else image
+
+
+# -- report files ----------------------------------------------------------------------------------
+def _report_file(served: Served, rel: str) -> Path | None:
+    """``run_dir / rel`` if it is a regular file of an allowed type inside the run directory.
+
+    Refused: no run directory, empty/absolute paths, ``..``, hidden parts, NUL, backslashes or
+    colons (Windows drive and ADS forms), other types, and anything whose real path (symlinks
+    resolved) leaves the run directory.
+    """
+    root = served.run_dir
+    if root is None or not rel or "\x00" in rel or "\\" in rel or ":" in rel:
+        return None
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or any(p in ("..", "") or p.startswith(".") for p in parts):
+        return None
+    if Path(rel).suffix.lower() not in REPORT_TYPES:
+        return None
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        return None
+    return target

@@ -1,0 +1,157 @@
+// cnnlab explorer: upload an image, show the top classes, the layer trace and the Grad-CAM.
+// Plain DOM + fetch; every asset comes from this server.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let info = null;
+
+function setStatus(text, isError) {
+  const el = $("status");
+  el.textContent = text;
+  el.className = isError ? "error" : "";
+}
+
+function el(tag, attrs, text) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+async function loadInfo() {
+  try {
+    const response = await fetch("/api/info");
+    info = await response.json();
+    $("model-info").textContent =
+      `${info.model}: ${info.num_classes} classes, ${info.in_channels}×${info.image_size}×` +
+      `${info.image_size} input`;
+    const limit = info.max_upload_bytes >= 1e6
+      ? `${(info.max_upload_bytes / 1e6).toFixed(1)} MB`
+      : `${Math.floor(info.max_upload_bytes / 1e3)} kB`;
+    $("limits").textContent = `(up to ${limit}; JPEG, PNG, BMP, GIF, TIFF, WEBP, PPM)`;
+    $("report-link").hidden = !info.report;
+  } catch (err) {
+    $("model-info").textContent = "model information unavailable";
+  }
+}
+
+async function post(url, file) {
+  const form = new FormData();
+  form.append("file", file);  // the server never uses the file name
+  const response = await fetch(url, { method: "POST", body: form });
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (err) {
+    body = { error: `HTTP ${response.status}` };
+  }
+  if (!response.ok) throw new Error(`${response.status}: ${body.error || "request failed"}`);
+  return body;
+}
+
+function showTop(top) {
+  const list = $("top");
+  list.replaceChildren();
+  for (const item of top) {
+    const li = el("li", { "data-class": item.class });
+    const pct = (100 * item.probability).toFixed(1);
+    li.append(el("span", { class: "label" }, item.class));
+    const bar = el("span", { class: "bar" });
+    const fill = el("span", { class: "fill" });
+    fill.style.width = `${Math.max(0.5, 100 * item.probability)}%`;
+    bar.append(fill);
+    li.append(bar, el("span", { class: "pct" }, `${pct}%`));
+    list.append(li);
+  }
+}
+
+function fmt(value) {
+  if (value === null || value === undefined) return "";
+  return Math.abs(value) >= 100 || (Math.abs(value) < 0.01 && value !== 0)
+    ? value.toExponential(2)
+    : value.toFixed(3);
+}
+
+function showLayers(layers) {
+  const list = $("layers");
+  list.replaceChildren();
+  for (const layer of layers) {
+    const kindClass = "kind-" + layer.kind.replace(/[^a-z]+/gi, "-").toLowerCase();
+    const li = el("li", { class: "layer " + kindClass, "data-kind": layer.kind });
+    const head = el("div", { class: "layer-head" });
+    head.append(
+      el("span", { class: "kind" }, layer.kind),
+      el("code", {}, layer.name),
+      el("span", { class: "detail" }, layer.detail || ""),
+      el("span", { class: "shape" }, "→ " + layer.output_shape.join(" × ")),
+    );
+    li.append(head);
+    const s = layer.stats;
+    const stats = `mean ${fmt(s.mean)}, std ${fmt(s.std)}, min ${fmt(s.min)}, max ${fmt(s.max)}` +
+      (layer.kind === "ReLU" ? `, ${(100 * s.fraction_zero).toFixed(0)}% zeros` : "");
+    li.append(el("div", { class: "stats" }, stats));
+    if (layer.image) {
+      const img = el("img", {
+        class: layer.maps_shown ? "fmap" : "fvec",
+        src: layer.image,
+        alt: `${layer.kind} ${layer.name}`,
+      });
+      li.append(img);
+      const shown = layer.maps_shown
+        ? `first ${layer.maps_shown} of ${layer.output_shape[0]} feature maps`
+        : `first ${layer.values_shown} of ${layer.output_shape[0]} values`;
+      li.append(el("div", { class: "hint" }, shown));
+    }
+    list.append(li);
+  }
+}
+
+async function handle(file) {
+  if (!file) return;
+  $("result").hidden = true;
+  setStatus(`classifying ${file.size} bytes…`, false);
+  try {
+    const prediction = await post("/api/predict", file);
+    showTop(prediction.top);
+    $("result").hidden = false;
+    setStatus("tracing the layers and computing the Grad-CAM…", false);
+    const explained = await post("/api/explain", file);
+    showTop(explained.top);
+    $("input-image").src = explained.input.image;
+    $("input-shape").textContent = `(${explained.input.shape.join("×")})`;
+    $("cam-overlay").src = explained.cam.overlay;
+    $("cam-caption").textContent =
+      `${explained.cam.method} for "${explained.cam.class}" at ${explained.cam.target_layer} ` +
+      `(${explained.cam.target_shape.join("×")})`;
+    showLayers(explained.layers);
+    setStatus(`predicted: ${explained.predicted}`, false);
+    document.body.dataset.state = "done";
+  } catch (err) {
+    setStatus(err.message, true);
+    document.body.dataset.state = "error";
+  }
+}
+
+function setup() {
+  loadInfo();
+  const drop = $("drop");
+  $("file").addEventListener("change", (event) => handle(event.target.files[0]));
+  for (const name of ["dragenter", "dragover"]) {
+    drop.addEventListener(name, (event) => {
+      event.preventDefault();
+      drop.classList.add("over");
+    });
+  }
+  for (const name of ["dragleave", "drop"]) {
+    drop.addEventListener(name, (event) => {
+      event.preventDefault();
+      drop.classList.remove("over");
+    });
+  }
+  drop.addEventListener("drop", (event) => handle(event.dataTransfer.files[0]));
+  drop.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") $("file").click();
+  });
+}
+
+document.addEventListener("DOMContentLoaded", setup);

@@ -1,0 +1,466 @@
+"""Semantic segmentation: metrics against scikit-learn, every mask layout written in its real format
+and put through one training epoch + evaluation + prediction, pre-flight errors, joint
+augmentation."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import accuracy_score, f1_score, jaccard_score
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+from cnnlab.data.masks import (
+    MaskLoader,
+    check_mask,
+    load_mask_source,
+    read_mask,
+    resize_mask,
+    voc_palette,
+)
+from cnnlab.data.tensors import resize_to_square
+from cnnlab.errors import CheckpointError, ConfigError, DataError
+from cnnlab.metrics.segmentation import (
+    ConfusionAccumulator,
+    UndefinedMetricWarning,
+    per_image_confusion,
+    pixel_confusion_matrix,
+    segmentation_metrics,
+)
+
+IGNORE = 255
+TINY = {
+    "encoder": "lenet5",
+    "image_size": 16,
+    "epochs": 1,
+    "batch_size": 4,
+    "report": False,
+    "device": "cpu",
+    "precision": "32",
+    "val_fraction": 0.2,
+    "test_fraction": 0.2,
+}
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+def _random_masks(seed: int, k: int, absent: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = [c for c in range(k) if c != absent]
+    t = rng.choice(labels, size=(3, 11, 13)).astype(np.uint8)
+    p = np.where(rng.random(t.shape) < 0.6, t, rng.choice(labels, size=t.shape)).astype(np.uint8)
+    t[rng.random(t.shape) < 0.15] = IGNORE  # void pixels: their prediction must not count
+    return t, p
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_confusion_matrix_matches_sklearn_and_ignores_void(seed: int) -> None:
+    t, p = _random_masks(seed, k=5)
+    valid = t != IGNORE
+    expected = sk_confusion_matrix(t[valid], p[valid], labels=range(5))
+    np.testing.assert_array_equal(pixel_confusion_matrix(t, p, 5, IGNORE), expected)
+    acc = ConfusionAccumulator(5, IGNORE)  # streaming over images == one matrix
+    for i in range(len(t)):
+        acc.update(torch.from_numpy(t[i : i + 1]), torch.from_numpy(p[i : i + 1]))
+    np.testing.assert_array_equal(acc.matrix(), expected)
+    per = per_image_confusion(torch.from_numpy(t), torch.from_numpy(p), 5, IGNORE).numpy()
+    for i in range(len(t)):
+        v = t[i] != IGNORE
+        np.testing.assert_array_equal(
+            per[i], sk_confusion_matrix(t[i][v], p[i][v], labels=range(5))
+        )
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_metrics_match_sklearn_with_an_absent_class(seed: int) -> None:
+    k, absent = 5, 3
+    t, p = _random_masks(seed, k, absent=absent)
+    valid = t != IGNORE
+    yt, yp = t[valid], p[valid]
+    names = ["bg", "a", "b", "never", "c"]
+    with pytest.warns(UndefinedMetricWarning, match="'never'"):
+        m = segmentation_metrics(pixel_confusion_matrix(t, p, k, IGNORE), names)
+    present = [c for c in range(k) if c != absent]
+    iou = jaccard_score(yt, yp, labels=present, average=None)
+    dice = f1_score(yt, yp, labels=present, average=None)
+    for j, c in enumerate(present):
+        assert m["per_class"][names[c]]["iou"] == pytest.approx(iou[j])
+        assert m["per_class"][names[c]]["dice"] == pytest.approx(dice[j])
+    assert m["per_class"]["never"]["iou"] is None and m["per_class"]["never"]["dice"] is None
+    assert m["mean_iou"] == pytest.approx(iou.mean())  # the undefined class is left out
+    assert m["mean_dice"] == pytest.approx(dice.mean())
+    assert m["pixel_accuracy"] == pytest.approx(accuracy_score(yt, yp))
+    support = np.array([(yt == c).sum() for c in present])
+    assert m["frequency_weighted_iou"] == pytest.approx((support * iou).sum() / support.sum())
+    assert m["num_pixels"] == valid.sum()
+    assert any("never" in w for w in m["warnings"])
+    json.dumps(m)  # JSON-able: None, not NaN
+
+
+def test_perfect_and_all_ignored_predictions() -> None:
+    t = np.array([[0, 1], [2, IGNORE]], dtype=np.uint8)
+    m = segmentation_metrics(pixel_confusion_matrix(t, np.where(t == IGNORE, 0, t), 3))
+    assert m["mean_iou"] == 1.0 and m["pixel_accuracy"] == 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        empty = segmentation_metrics(
+            pixel_confusion_matrix(np.full((2, 2), IGNORE), np.zeros((2, 2)), 3)
+        )
+    assert empty["pixel_accuracy"] is None and empty["mean_iou"] is None
+    with pytest.raises(ValueError, match="class indices"):
+        pixel_confusion_matrix(np.array([[7]]), np.array([[0]]), 3)
+
+
+# -- geometry and augmentation ---------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["fit", "crop", "stretch"])
+def test_mask_resize_follows_the_image_layout(mode: str) -> None:
+    """A bright rectangle and its mask, resized by the image and the mask paths, still coincide."""
+    h, w = 30, 46
+    region = np.zeros((h, w), dtype=bool)
+    region[6:22, 10:37] = True
+    img = Image.fromarray(np.where(region, 255, 0).astype(np.uint8)).convert("RGB")
+    small_img = np.asarray(resize_to_square(img, 16, mode))[..., 0]
+    small_mask = resize_mask(region.astype(np.uint8), 16, mode, fill=IGNORE)
+    labelled = small_mask != IGNORE
+    agree = ((small_img > 127) == (small_mask == 1))[labelled].mean()
+    assert agree > 0.93
+    if mode == "fit":  # padding rows are ignore, not background
+        assert (~labelled).sum() == 16 * (16 - round(h * 16 / w))
+    else:
+        assert labelled.all()
+
+
+def test_mask_loader_crops_and_flips_masks_with_their_images() -> None:
+    rng = np.random.default_rng(0)
+    masks = torch.from_numpy(rng.integers(0, 5, (8, 16, 16)).astype(np.uint8))
+    images = (masks * 40).unsqueeze(1).repeat(1, 3, 1, 1)  # pixel value = 40 x class
+    loader = MaskLoader(
+        images,
+        masks,
+        torch.zeros(3),
+        torch.ones(3),
+        4,
+        shuffle=True,
+        augment=("crop", "flip"),
+        seed=3,
+        ignore_index=IGNORE,
+    )
+    changed = False
+    for x, y, idx in loader.batches(epoch=1):
+        pix = (x[:, 0] * 255).round().long()
+        labelled = y != IGNORE
+        assert torch.equal(pix[labelled], y[labelled] * 40)
+        assert (pix[~labelled] == 0).all()  # crop padding: black image, ignored mask
+        changed |= not torch.equal(y, masks[idx].long())
+    assert changed
+    with pytest.raises(ConfigError, match="affine"):
+        MaskLoader(images, masks, torch.zeros(3), torch.ones(3), 4, augment=("affine",))
+
+
+def test_logits_map_back_to_the_original_image() -> None:
+    from cnnlab.segment import logits_to_image_mask
+
+    rng = np.random.default_rng(1)
+    mask = np.zeros((40, 64), dtype=np.uint8)
+    mask[5:30, 8:30], mask[10:38, 40:60] = 1, 2
+    for mode in ("fit", "stretch"):
+        small = resize_mask(mask, 24, mode, fill=0)
+        logits = torch.nn.functional.one_hot(torch.from_numpy(small).long(), 3).permute(2, 0, 1)
+        back = logits_to_image_mask(
+            logits.float() * 10 + 0.01 * torch.from_numpy(rng.random((3, 24, 24))), 64, 40, mode
+        )
+        assert back.shape == (40, 64) and (back == mask).mean() > 0.93
+
+
+# -- pre-flight checks -----------------------------------------------------------------------------
+def test_bad_masks_are_named(tmp_path: Path) -> None:
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(rgb)
+    with pytest.raises(DataError, match="no palette") as err:
+        read_mask(rgb)
+    assert str(rgb) in str(err.value)
+    assert read_mask(rgb, palette={(0, 0, 0): 2}).max() == 2
+    with pytest.raises(DataError, match=r"\(9, 9, 9\)"):
+        Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(rgb)
+        read_mask(rgb, palette={(0, 0, 0): 0})
+    jpeg = tmp_path / "m.jpg"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(jpeg)
+    with pytest.raises(DataError, match="JPEG"):
+        read_mask(jpeg)
+    with pytest.raises(DataError, match="mask is 8×6 but its image img.png is 8×8"):
+        check_mask(np.zeros((6, 8), np.int32), "m.png", (8, 8), 3, IGNORE, "img.png")
+    with pytest.raises(DataError, match=r"values \[7\]"):
+        check_mask(np.array([[0, 7], [IGNORE, 2]]), "m.png", (2, 2), 3, IGNORE, "img.png")
+
+
+# -- layouts written in their real formats ---------------------------------------------------------
+def _scene(rng: np.random.Generator, h: int, w: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """An RGB image with one bright rectangle of class 1..k-1 and its (H, W) mask."""
+    img = rng.integers(0, 60, (h, w, 3)).astype(np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    c = int(rng.integers(1, k))
+    y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
+    mask[y0 : y0 + h // 2, x0 : x0 + w // 2] = c
+    img[mask == c] = (80 * c) % 256
+    return img, mask
+
+
+@pytest.fixture(scope="module")
+def folder_dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("seg") / "folder"
+    (root / "images" / "sub").mkdir(parents=True)
+    (root / "masks" / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    colours = [[0, 0, 0], [200, 0, 0], [0, 200, 0]]
+    (root / "classes.json").write_text(
+        json.dumps(
+            [
+                {"name": n, "color": c}
+                for n, c in zip(["background", "red", "green"], colours, strict=True)
+            ]
+        )
+    )
+    for i in range(10):
+        img, mask = _scene(rng, 20, 28, 3)
+        rel = Path("sub" if i % 2 else ".") / f"img{i}"
+        Image.fromarray(img).save(root / "images" / rel.with_suffix(".jpg" if i % 3 else ".png"))
+        if i % 4 == 0:  # some masks RGB through the declared palette, the others class indices
+            Image.fromarray(np.asarray(colours, np.uint8)[mask]).save(
+                root / "masks" / rel.with_suffix(".png")
+            )
+        else:
+            Image.fromarray(mask).save(root / "masks" / rel.with_suffix(".png"))
+    return root
+
+
+def test_folder_layout_trains_evaluates_and_predicts(folder_dataset: Path, tmp_path: Path) -> None:
+    from cnnlab.segment import evaluate_segmentation, predict_segmentation, train_segmentation
+
+    result = train_segmentation(
+        data=str(folder_dataset), out=str(tmp_path), name="f", **TINY | {"report": True}
+    )
+    run = result.run_dir
+    assert json.loads((run / "classes.json").read_text()) == ["background", "red", "green"]
+    assert result.history and "val_miou" in result.history[0]
+    assert "val_miou" in (run / "metrics.csv").read_text().splitlines()[0]
+    m = result.test_metrics
+    assert m["num_images"] == 2 and set(m["per_class"]) == {"background", "red", "green"}
+    html = (run / "report.html").read_text()
+    assert "Worst test images" in html and html.count("data:image/png") >= 7
+    again = evaluate_segmentation(run, device="cpu")["metrics"]
+    assert again["confusion_matrix"] == m["confusion_matrix"]  # same split, same best weights
+    # predict needs only the run directory: the checkpoint carries classes, preprocessing, palette
+    inputs = sorted((folder_dataset / "images").rglob("*.*"))[:3]
+    written = predict_segmentation(run, inputs, tmp_path / "pred", device="cpu")
+    assert len(written) == 3
+    for src, out in zip(inputs, written, strict=True):
+        values = np.asarray(Image.open(out))
+        assert values.shape == Image.open(src).size[::-1]
+        assert set(np.unique(values)) <= {0, 1, 2}
+        assert (tmp_path / "pred" / "overlays" / out.name).is_file()
+
+
+def test_folder_mask_with_wrong_size_stops_training(tmp_path: Path) -> None:
+    from cnnlab.segment import train_segmentation
+
+    root = tmp_path / "bad"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        img, mask = _scene(rng, 16, 16, 2)
+        Image.fromarray(img).save(root / "images" / f"{i}.png")
+        Image.fromarray(mask[:, :12] if i == 4 else mask).save(root / "masks" / f"{i}.png")
+    with pytest.raises(DataError, match="mask is 12×16 but its image") as err:
+        train_segmentation(data=str(root), out=str(tmp_path / "runs"), **TINY)
+    assert err.value.path.endswith("4.png")
+
+
+def test_voc_layout(tmp_path: Path) -> None:
+    from cnnlab.segment import train_segmentation
+
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / d).mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    pal = voc_palette().flatten().tolist()
+    ids = [f"2007_{i:06d}" for i in range(10)]
+    for i in ids:
+        img, mask = _scene(rng, 18, 22, 21)
+        mask[0, :] = 255  # VOC's void boundary
+        Image.fromarray(img).save(root / "JPEGImages" / f"{i}.jpg")
+        p = Image.fromarray(mask, mode="L")
+        p.putpalette(pal)  # a palette PNG: index = class
+        p.save(root / "SegmentationClass" / f"{i}.png")
+    (root / "ImageSets/Segmentation/train.txt").write_text("\n".join(ids[:7]) + "\n")
+    (root / "ImageSets/Segmentation/val.txt").write_text("\n".join(ids[7:]) + "\n")
+    bundle = load_mask_source(str(tmp_path / "VOCdevkit"), val_fraction=0.2)
+    assert bundle.layout == "voc" and len(bundle.class_names) == 21
+    assert read_mask(bundle.splits["test"].mask_refs[0].path).max() == 255
+    result = train_segmentation(
+        data=str(tmp_path / "VOCdevkit"), out=str(tmp_path / "runs"), **TINY
+    )
+    splits = json.loads((result.run_dir / "splits.json").read_text())["splits"]
+    assert splits["test"] == ids[7:]
+    assert result.test_metrics["num_images"] == 3
+    assert result.test_metrics["num_pixels"] < 3 * 16 * 16  # void rows and fit padding not scored
+
+
+def _coco_file(root: Path, n: int = 8) -> Path:
+    (root / "images").mkdir(parents=True)
+    images, anns = [], []
+    rng = np.random.default_rng(2)
+    for i in range(n):
+        img = rng.integers(0, 50, (20, 24, 3)).astype(np.uint8)
+        img[2:12, 3:13] = 200
+        img[10:18, 14:22] = 120
+        Image.fromarray(img).save(root / "images" / f"{i}.png")
+        images.append({"id": i + 1, "file_name": f"{i}.png", "height": 20, "width": 24})
+        anns.append(
+            {
+                "id": 2 * i + 1,
+                "image_id": i + 1,
+                "category_id": 7,
+                "iscrowd": 0,
+                "segmentation": [[3, 2, 13, 2, 13, 12, 3, 12]],
+                "area": 100,
+                "bbox": [3, 2, 10, 10],
+            }
+        )
+        anns.append(
+            {
+                "id": 2 * i + 2,
+                "image_id": i + 1,
+                "category_id": 3,
+                "iscrowd": 0,
+                "segmentation": [[14, 10, 22, 10, 22, 18, 14, 18]],
+                "area": 64,
+                "bbox": [14, 10, 8, 8],
+            }
+        )
+    path = root / "instances.json"
+    cats = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return path
+
+
+def test_coco_polygons_rasterised(tmp_path: Path) -> None:
+    from cnnlab.segment import train_segmentation
+
+    path = _coco_file(tmp_path / "coco")
+    bundle = load_mask_source(str(path), val_fraction=0.25, test_fraction=0.25)
+    assert bundle.class_names == ["background", "cat", "dog"]  # category ids in order: 3, 7
+    ref = bundle.splits["train"].mask_refs[0]
+    mask = ref.read()
+    assert mask.shape == (20, 24)
+    dog, cat = mask == 2, mask == 1
+    assert dog[3:11, 4:12].all() and cat[11:17, 15:21].all()  # interiors of the two polygons
+    assert not dog[13:, :].any() and not cat[:9, :].any()
+    result = train_segmentation(data=str(path), out=str(tmp_path / "runs"), **TINY)
+    assert set(result.test_metrics["per_class"]) == {"background", "cat", "dog"}
+
+
+def test_coco_overlap_and_crowd_are_ignored(tmp_path: Path) -> None:
+    path = _coco_file(tmp_path / "coco", n=1)
+    data = json.loads(path.read_text())
+    data["annotations"].append(
+        {
+            "id": 99,
+            "image_id": 1,
+            "category_id": 3,
+            "iscrowd": 0,
+            "segmentation": [[3, 2, 8, 2, 8, 7, 3, 7]],
+            "area": 25,
+            "bbox": [3, 2, 5, 5],
+        }
+    )
+    data["annotations"].append(
+        {
+            "id": 100,
+            "image_id": 1,
+            "category_id": 3,
+            "iscrowd": 1,
+            "segmentation": {"size": [20, 24], "counts": [0, 20, 460]},
+            "area": 20,
+            "bbox": [0, 0, 1, 20],
+        }
+    )
+    path.write_text(json.dumps(data))
+    mask = (
+        load_mask_source(str(path), val_fraction=0, test_fraction=0)
+        .splits["train"]
+        .mask_refs[0]
+        .read()
+    )
+    assert (mask[3:6, 4:7] == IGNORE).all()  # covered by two annotations
+    assert (mask[:, 0] == IGNORE).all()  # the crowd region (first column, RLE)
+
+
+def test_builtin_shapes_round_trip_and_classification_runs_rejected(tmp_path: Path) -> None:
+    from cnnlab.engine.checkpoint import save_weights
+    from cnnlab.segment import load_segmentation_model, train_segmentation
+
+    result = train_segmentation(data="builtin:shapes?n=30&size=16", out=str(tmp_path), **TINY)
+    assert result.test_metrics["class_names"][0] == "background"
+    assert len(result.test_metrics["class_names"]) == 6
+    fake = tmp_path / "cls.safetensors"
+    save_weights(fake, {"w": torch.zeros(1)}, {"task": "classification", "model": "lenet5"})
+    with pytest.raises(CheckpointError, match="not a segmentation"):
+        load_segmentation_model(fake)
+
+
+# -- models ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["unet", "fcn", "deeplabv3", "lraspp"])
+def test_architectures_give_logits_at_input_size(arch: str) -> None:
+    from cnnlab.models.segmentation import create_segmentation_model
+
+    model = create_segmentation_model(arch, num_classes=4, encoder="lenet5", image_size=24)
+    x = torch.randn(2, 3, 24, 24, requires_grad=True)
+    out = model(x)
+    assert out.shape == (2, 4, 24, 24)
+    out.mean().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_encoder_starts_from_a_classification_checkpoint(tmp_path: Path) -> None:
+    from cnnlab.engine.checkpoint import save_weights
+    from cnnlab.models import create_model
+    from cnnlab.models.segmentation import create_segmentation_model
+
+    clf = create_model("lenet5", num_classes=10, in_channels=3, image_size=24)
+    path = tmp_path / "best.safetensors"
+    meta = {
+        "model": "lenet5",
+        "task": "classification",
+        "num_classes": 10,
+        "in_channels": 3,
+        "preprocess": {"mean": [0.1, 0.2, 0.3], "std": [0.5, 0.5, 0.5]},
+    }
+    save_weights(path, clf.state_dict(), meta)
+    seg = create_segmentation_model(
+        "unet", num_classes=3, encoder="lenet5", image_size=24, encoder_weights=str(path)
+    )
+    own = seg.encoder.backbone.state_dict()
+    for key, value in own.items():
+        assert torch.equal(value, clf.state_dict()[key]), key
+    assert seg.default_cfg["mean"] == [0.1, 0.2, 0.3]
+    with pytest.raises(CheckpointError, match="resnet18"):
+        create_segmentation_model(
+            "unet", num_classes=3, encoder="resnet18", image_size=24, encoder_weights=str(path)
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoder", ["resnet18", "vgg11_bn"])
+def test_zoo_encoders_and_torchvision_builders(encoder: str) -> None:
+    from cnnlab.models.segmentation import create_segmentation_model
+
+    for arch in ("unet", "deeplabv3"):
+        model = create_segmentation_model(arch, num_classes=3, encoder=encoder, image_size=32)
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3, 32, 32)
+    tv = create_segmentation_model("lraspp_mobilenet_v3_large", num_classes=3)
+    assert tv.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)

@@ -1,0 +1,461 @@
+"""The web explorer: API answers, hostile uploads, report files, and the page in headless Chromium.
+
+References: ``cnnlab.api.predict`` for the classes and probabilities, an independent
+``torch.nn.functional.conv2d`` for the first layer's feature maps, Pillow for PNG decoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import http.client
+import io
+import os
+import re
+import shutil
+import socket
+import struct
+import threading
+import time
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("python_multipart")
+
+with warnings.catch_warnings():  # Starlette 1.x asks for "httpx2"; httpx still works for tests
+    warnings.filterwarnings("ignore", message=".*httpx2", category=UserWarning)
+    from fastapi.testclient import TestClient  # noqa: E402
+
+from cnnlab.api import cpu_has_bf16  # noqa: E402
+from cnnlab.api import predict as api_predict  # noqa: E402
+from cnnlab.config import PreprocessSpec  # noqa: E402
+from cnnlab.engine.checkpoint import save_weights  # noqa: E402
+from cnnlab.models import create_model  # noqa: E402
+from cnnlab.serve.app import (  # noqa: E402
+    STATIC_DIR,
+    ApiError,
+    create_app,
+    heat_colours,
+    read_upload,
+)
+
+SIZE = 16  # LeNet-5 input: sklearn's 8 x 8 digits enlarged ("fit") to 16 x 16
+MAX_UPLOAD = 20_000  # bytes: small, so that "too large" is cheap to send
+# a src/href attribute, CSS url() or fetch() that leaves this server: "https://cdn...", "//cdn..."
+EXTERNAL = re.compile(
+    r"""(?:src|href)\s*=\s*["']?(?:https?:)?//"""
+    r"""|url\(\s*["']?(?:https?:)?//"""
+    r"""|fetch\(\s*["'](?:https?:)?//"""
+)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _digit_png(image8: np.ndarray) -> bytes:
+    """sklearn digit (8 x 8, values 0..16) -> grey PNG bytes, 0..255."""
+    return _png((image8 * (255 / 16)).round().astype(np.uint8))
+
+
+def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
+    """A 60-byte PNG whose header declares ``width x height`` pixels (one tiny IDAT)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> dict:
+    """A run folder with a LeNet-5 briefly trained on sklearn's digits, a report and decoys."""
+    from sklearn.datasets import load_digits
+
+    from cnnlab.data.decode import load_image_bytes
+    from cnnlab.data.tensors import pil_to_chw
+
+    root = tmp_path_factory.mktemp("serve")
+    run_dir = root / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "figures").mkdir()
+    digits = load_digits()
+    spec = PreprocessSpec(SIZE, 1, (0.3,), (0.35,), "fit", {"max_pixels": 1_000_000})
+    # the same path as serving: PNG bytes -> decoding policy -> resize -> uint8
+    pngs = [_digit_png(im) for im in digits.images]
+    pixels = np.stack([pil_to_chw(load_image_bytes(b, mode="L"), spec) for b in pngs])
+    x = (torch.from_numpy(pixels).float() / 255 - 0.3) / 0.35
+    y = torch.from_numpy(digits.target)
+    torch.manual_seed(0)
+    model = create_model("lenet5", num_classes=10, in_channels=1, image_size=SIZE)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is fastest on a busy machine
+    try:
+        for _ in range(3):  # ~40 steps on digits 0..1599: about 85% held-out accuracy, ~2 s
+            for idx in torch.randperm(1600).split(128):
+                opt.zero_grad()
+                F.cross_entropy(model(x[idx]), y[idx]).backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    meta = {
+        "model": "lenet5",
+        "num_classes": 10,
+        "in_channels": 1,
+        "image_size": SIZE,
+        "class_names": [str(i) for i in range(10)],
+        "preprocess": spec.to_dict(),
+    }
+    ckpt = run_dir / "checkpoints" / "best.safetensors"
+    save_weights(ckpt, model.state_dict(), meta)
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / "report.html").write_text("<html><body><h1>Report of run</h1></body></html>")
+    (run_dir / "figures" / "curve.png").write_bytes(_png(np.zeros((4, 4), np.uint8)))
+    (run_dir / "test_predictions.npz").write_bytes(b"not for the web")
+    (run_dir / ".hidden.html").write_text("hidden")
+    outside = root / "outside.html"
+    outside.write_text("secret outside the run")
+    os.symlink(outside, run_dir / "figures" / "escape.html")
+    # held-out digits (not trained on) as files, as a user would upload them
+    files = []
+    for i in range(1700, 1706):
+        path = root / f"digit{i}_{digits.target[i]}.png"
+        path.write_bytes(pngs[i])
+        files.append(path)
+    return {"dir": run_dir, "ckpt": ckpt, "files": files, "targets": digits.target[1700:1706]}
+
+
+@pytest.fixture(scope="module")
+def client(run: dict) -> TestClient:
+    app = create_app(run["ckpt"], max_upload_bytes=MAX_UPLOAD, top_k=3, max_concurrency=2)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def _upload(client: TestClient, data: bytes, url: str = "/api/predict", name: str = "x.png"):
+    return client.post(url, files={"file": (name, data, "application/octet-stream")})
+
+
+def _assert_short_error(response, status: int, run: dict) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    text = body["error"]
+    assert len(text) < 200 and "Traceback" not in text and str(run["dir"].parent) not in text
+    return text
+
+
+# -- prediction ------------------------------------------------------------------------------------
+def test_predict_json_matches_api_predict(client: TestClient, run: dict) -> None:
+    reference = api_predict(run["ckpt"], run["files"], top_k=3, device="cpu")
+    tol = 2e-2 if cpu_has_bf16() else 1e-5  # api.predict autocasts to bf16 where that is native
+    correct = 0
+    for path, ref in zip(run["files"], reference, strict=True):
+        body = _upload(client, path.read_bytes(), name=path.name).json()
+        assert [t["class"] for t in body["top"]] == [c for c, _ in ref.top]
+        np.testing.assert_allclose(
+            [t["probability"] for t in body["top"]], [p for _, p in ref.top], atol=tol
+        )
+        assert [t["index"] for t in body["top"]] == [int(t["class"]) for t in body["top"]]
+        correct += body["top"][0]["class"] == path.stem.split("_")[1]
+    assert correct >= 4, "the briefly trained LeNet should read most held-out digits"
+
+
+def test_raw_image_body_gives_the_same_answer(client: TestClient, run: dict) -> None:
+    data = run["files"][0].read_bytes()
+    raw = client.post("/api/predict", content=data, headers={"content-type": "image/png"})
+    assert raw.status_code == 200
+    assert raw.json() == _upload(client, data).json()
+
+
+# -- hostile and broken uploads --------------------------------------------------------------------
+def test_bad_uploads_get_their_status_and_the_server_keeps_answering(
+    client: TestClient, run: dict
+) -> None:
+    good = run["files"][0].read_bytes()
+    png = _png(np.full((20, 20), 128, np.uint8))
+    cases = [
+        (b"<html>an error page saved as .png</html>", 415),  # not an image
+        (b"8BPS" + b"\x00" * 64, 415),  # PSD: a format outside the allow-list
+        (bomb_png(), 413),  # header declares 30000 x 30000 = 9e8 pixels
+        (png[: len(png) // 2], 422),  # truncated
+        (b"\x00" * (MAX_UPLOAD + 1), 413),  # body over the byte limit
+        (b"", 400),  # empty
+    ]
+    for data, status in cases:
+        for url in ("/api/predict", "/api/explain"):
+            text = _assert_short_error(_upload(client, data, url), status, run)
+            assert text
+        ok = _upload(client, good)
+        assert ok.status_code == 200 and ok.json()["top"]  # still answering
+    bomb = _upload(client, bomb_png()).json()["error"]
+    assert "30000×30000" in bomb and "1000000" in bomb
+
+
+def test_other_request_shapes_are_refused(client: TestClient, run: dict) -> None:
+    text = client.post("/api/predict", content=b"{}", headers={"content-type": "application/json"})
+    _assert_short_error(text, 415, run)
+    form = client.post("/api/predict", data={"field": "value"})  # urlencoded, not multipart
+    _assert_short_error(form, 415, run)
+    empty_file = client.post("/api/predict", files={"nope": ("a.png", b"")})
+    assert "empty upload" in _assert_short_error(empty_file, 400, run)
+    body = b'--XyZ\r\nContent-Disposition: form-data; name="other"\r\n\r\nvalue\r\n--XyZ--\r\n'
+    no_file = client.post(
+        "/api/predict", content=body, headers={"content-type": "multipart/form-data; boundary=XyZ"}
+    )
+    assert "no 'file' field" in _assert_short_error(no_file, 400, run)
+    broken = client.post(
+        "/api/predict", content=b"garbage", headers={"content-type": "multipart/form-data"}
+    )
+    assert "boundary" in _assert_short_error(broken, 400, run)
+    _assert_short_error(client.get("/no/such/page"), 404, run)
+
+
+def test_client_file_names_never_become_paths(client: TestClient, run: dict, tmp_path) -> None:
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        for name in ("../../escape.png", "/tmp/abs.png", "..\\win.png", "a\x00b.png"):
+            response = _upload(client, run["files"][0].read_bytes(), name=name)
+            assert response.status_code == 200
+            assert name not in response.text
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        os.chdir(cwd)
+    assert not Path("/tmp/abs.png").exists()
+
+
+def test_body_is_read_in_chunks_and_refused_early() -> None:
+    """read_upload stops consuming the stream as soon as the limit is passed."""
+
+    class FakeRequest:
+        def __init__(self, headers: dict[str, str], chunks: int):
+            self.headers = headers
+            self.total = chunks
+            self.consumed = 0
+
+        async def stream(self):
+            for _ in range(self.total):
+                self.consumed += 1
+                yield b"\x00" * 1000
+
+    streamed = FakeRequest({"content-type": "image/png"}, chunks=100)
+    with pytest.raises(ApiError) as err:
+        asyncio.run(read_upload(streamed, 5_000))
+    assert err.value.status == 413 and streamed.consumed == 6  # 6000 bytes > 5000: stop there
+
+    declared = FakeRequest({"content-type": "image/png", "content-length": "100000"}, chunks=100)
+    with pytest.raises(ApiError) as err:
+        asyncio.run(read_upload(declared, 5_000))
+    assert err.value.status == 413 and declared.consumed == 0  # refused before reading
+
+
+def test_saturated_server_answers_503_then_recovers(client: TestClient, run: dict) -> None:
+    slots = client.app.state.slots
+    taken = 0
+    while slots.try_acquire():
+        taken += 1
+    try:
+        busy = _upload(client, run["files"][0].read_bytes())
+        _assert_short_error(busy, 503, run)
+        assert busy.headers["retry-after"] == "1"
+        assert client.get("/api/info").status_code == 200  # pages are not rationed
+    finally:
+        for _ in range(taken):
+            slots.release()
+    assert _upload(client, run["files"][0].read_bytes()).status_code == 200
+
+
+# -- explain ---------------------------------------------------------------------------------------
+def _decode_uri(uri: str) -> np.ndarray:
+    assert uri.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+
+
+def test_explain_returns_the_lecture_layers_and_a_cam(client: TestClient, run: dict) -> None:
+    data = run["files"][1].read_bytes()
+    body = _upload(client, data, "/api/explain").json()
+    kinds = [layer["kind"] for layer in body["layers"]]
+    # the lecture's order: convolution, ReLU, pooling (twice), flattening, fully connected, output
+    for a, b in [("convolution", "ReLU"), ("ReLU", "pooling"), ("pooling", "flattening"),
+                 ("flattening", "fully connected"), ("fully connected", "output")]:  # fmt: skip
+        assert kinds.index(a) < kinds.index(b)
+    assert kinds[-1] == "output" and body["predicted"] == body["top"][0]["class"]
+    for layer in body["layers"]:
+        assert _decode_uri(layer["image"]).size > 0
+    overlay = _decode_uri(body["cam"]["overlay"])
+    assert overlay.shape == (224, 224, 3)
+    assert body["cam"]["method"] == "gradcam" and body["cam"]["class"] == body["predicted"]
+
+    # the first convolution's grid, tile 0, against conv2d computed here
+    from cnnlab.api import load_checkpoint_model
+    from cnnlab.data.decode import load_image_bytes
+    from cnnlab.data.tensors import pil_to_chw
+
+    model, meta, _ = load_checkpoint_model(run["ckpt"])
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    pixels = pil_to_chw(load_image_bytes(data, mode="L"), spec)
+    x = (torch.tensor(pixels).float()[None] / 255 - 0.3) / 0.35
+    conv = model.get_submodule(body["layers"][0]["name"])
+    with torch.no_grad():
+        fmap = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding)[0, 0].numpy()
+    h, w = fmap.shape
+    expected = np.round(255 * (fmap - fmap.min()) / (fmap.max() - fmap.min()))
+    grid = _decode_uri(body["layers"][0]["image"]).astype(int)
+    factor = -(-40 // max(h, w))  # tiles are enlarged to at least 40 px by an integer factor
+    tile = grid[: h * factor : factor, : w * factor : factor]
+    assert np.abs(tile - expected).max() <= 1
+    assert body["layers"][0]["output_shape"] == [conv.out_channels, h, w]
+
+
+def test_heat_colours_by_hand() -> None:
+    # r = clip(1.5 - |4v - 3|), g = clip(1.5 - |4v - 2|), b = clip(1.5 - |4v - 1|), times 255
+    got = heat_colours(np.array([[0.0, 0.5, 1.0, 0.25]]))
+    assert got[0].tolist() == [[0, 0, 128], [128, 255, 128], [128, 0, 0], [0, 128, 255]]
+
+
+# -- report and documentation ----------------------------------------------------------------------
+def test_report_serves_only_files_inside_the_run(client: TestClient) -> None:
+    page = client.get("/report")  # redirects to /report/ so that relative links resolve inside
+    assert page.status_code == 200 and "Report of run" in page.text
+    assert client.get("/report/figures/curve.png").headers["content-type"] == "image/png"
+    for path in (
+        "/report/%2e%2e/outside.html",
+        "/report/..%2Foutside.html",
+        "/report/figures/escape.html",  # a symlink leaving the run
+        "/report/test_predictions.npz",  # not a report type
+        "/report/checkpoints/best.safetensors",
+        "/report/.hidden.html",
+        "/report/%2Fetc%2Fpasswd",
+        "/report/C:%5Cwindows%5Cwin.ini",
+    ):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert "secret" not in response.text
+    assert client.post("/report/report.html").status_code == 405  # read-only
+
+
+def test_pages_and_docs_use_no_external_assets(client: TestClient) -> None:
+    for url in ("/", "/docs", "/static/app.js", "/static/style.css", "/static/docs.js"):
+        response = client.get(url)
+        assert response.status_code == 200, url
+        # no src/href/url()/fetch pointing off this server (a CDN script, font, stylesheet)
+        assert not EXTERNAL.findall(response.text), url
+    assert "default-src 'self'" in client.get("/").headers["content-security-policy"]
+    spec = client.get("/openapi.json").json()
+    assert {"/api/predict", "/api/explain", "/api/info"} <= set(spec["paths"])
+    body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in body
+
+
+# -- a live server and the page in headless Chromium -----------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live(run: dict):
+    """The explorer under uvicorn in a thread, on a free localhost port."""
+    uvicorn = pytest.importorskip("uvicorn")
+    app = create_app(run["ckpt"], max_upload_bytes=MAX_UPLOAD, top_k=3)
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", port
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_live_server_refuses_a_declared_oversize_body_without_reading_it(live) -> None:
+    _, port = live
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.putrequest("POST", "/api/predict")
+    conn.putheader("Content-Type", "image/png")
+    conn.putheader("Content-Length", str(50_000_000))  # announced, never sent
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413 and b"upload larger than" in response.read()
+    conn.close()
+    again = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    again.request("GET", "/api/info")
+    assert again.getresponse().status == 200
+
+
+def test_browser_upload_shows_prediction_feature_maps_and_cam(live, run: dict, tmp_path) -> None:
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, _ = live
+    image = run["files"][2]
+    expected = api_predict(run["ckpt"], [image], top_k=1, device="cpu")[0].top[0][0]
+    requests: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            ],
+        )  # fmt: skip
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(url + "/")
+            page.wait_for_function(
+                "document.getElementById('model-info').textContent.includes('lenet5')"
+            )
+            page.set_input_files("#file", str(image))
+            page.wait_for_selector("body[data-state=done]", timeout=30_000)
+            top = page.get_attribute("#top li:first-child", "data-class")
+            status = page.text_content("#status")
+            maps = page.eval_on_selector_all("img.fmap", "els => els.map(e => e.naturalWidth)")
+            cam = page.eval_on_selector("#cam-overlay", "e => e.naturalWidth")
+            kinds = page.eval_on_selector_all("#layers li", "els => els.map(e => e.dataset.kind)")
+            shot = tmp_path / "explorer.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    print(f"screenshot: {shot}")
+    assert top == expected and status == f"predicted: {expected}"
+    assert maps and all(w > 0 for w in maps)
+    assert cam == 224
+    assert {"convolution", "ReLU", "pooling", "flattening", "fully connected", "output"} <= set(
+        kinds
+    )
+    assert all(u.startswith((url, "data:", "blob:")) for u in requests), requests
+    assert shot.stat().st_size > 10_000
+
+
+def test_static_files_are_packaged() -> None:
+    names = {p.name for p in STATIC_DIR.iterdir()}
+    assert {"index.html", "app.js", "style.css", "docs.html", "docs.js"} <= names
