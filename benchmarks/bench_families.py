@@ -19,7 +19,16 @@ import torch
 from cnnlab import api
 from cnnlab.models import count_flops, count_parameters
 
-MODELS = ["lenet5", "lenet5_classic", "alexnet", "vgg11_bn", "vgg16_bn", "resnet18", "resnet50", "googlenet"]
+MODELS = [
+    "lenet5",
+    "lenet5_classic",
+    "alexnet",
+    "vgg11_bn",
+    "vgg16_bn",
+    "resnet18",
+    "resnet50",
+    "googlenet",
+]
 
 
 def latency_ms(model: torch.nn.Module, shape: tuple[int, ...], reps: int = 50) -> float:
@@ -38,32 +47,52 @@ def latency_ms(model: torch.nn.Module, shape: tuple[int, ...], reps: int = 50) -
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--shots", type=int, default=200, help="training images per class (None: all 4,000)")
+    ap.add_argument(
+        "--shots", type=int, default=200, help="training images per class (None: all 4,000)"
+    )
     ap.add_argument("--models", default=",".join(MODELS))
     args = ap.parse_args()
-    rows = ["| model | test acc | params | FLOPs/image | train img/s | predict latency (ms) | precision |",
-            "|---|---:|---:|---:|---:|---:|---|"]
+    rows = [
+        "| model | test acc | params | FLOPs/image | train img/s | predict latency (ms) | precision |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     results = {}
     for name in args.models.split(","):
-        run = api.train(data="builtin:mnist-sample", model=name, epochs=args.epochs, shots=args.shots,
-                        batch_size=64, lr=0.02, out="/tmp/cnnlab-bench/families", report=False)
+        run = api.train(
+            data="builtin:mnist-sample",
+            model=name,
+            epochs=args.epochs,
+            shots=args.shots,
+            batch_size=64,
+            lr=0.02,
+            out="/tmp/cnnlab-bench/families",
+            report=False,
+        )
         model, meta, _ = api.load_checkpoint_model(run.run_dir)
         size = meta["preprocess"]["image_size"]
         shape = (meta["in_channels"], size, size)
         ips = [h["train_images_per_s"] for h in run.history]
         info = json.loads((run.run_dir / "run.json").read_text())
-        r = {"test_accuracy": run.test_metrics["accuracy"], "params": count_parameters(model),
-             "flops": count_flops(model, size, meta["in_channels"]),
-             "train_images_per_s": statistics.median(ips[1:] or ips), "latency_ms": latency_ms(model, shape),
-             "precision": info["precision"]}
+        r = {
+            "test_accuracy": run.test_metrics["accuracy"],
+            "params": count_parameters(model),
+            "flops": count_flops(model, size, meta["in_channels"]),
+            "train_images_per_s": statistics.median(ips[1:] or ips),
+            "latency_ms": latency_ms(model, shape),
+            "precision": info["precision"],
+        }
         results[name] = r
-        rows.append(f"| {name} | {r['test_accuracy']:.3f} | {r['params']:,} | {r['flops']:,} | "
-                    f"{r['train_images_per_s']:,.0f} | {r['latency_ms']:.2f} | {r['precision']} |")
+        rows.append(
+            f"| {name} | {r['test_accuracy']:.3f} | {r['params']:,} | {r['flops']:,} | "
+            f"{r['train_images_per_s']:,.0f} | {r['latency_ms']:.2f} | {r['precision']} |"
+        )
         print(rows[-1], flush=True)
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    header = (f"builtin:mnist-sample, {args.shots} training images per class, {args.epochs} epochs, batch 64, "
-              f"SGD one-cycle lr 0.02, 28 px, 1 channel; {torch.get_num_threads()} threads\n\n")
+    header = (
+        f"builtin:mnist-sample, {args.shots} training images per class, {args.epochs} epochs, batch 64, "
+        f"SGD one-cycle lr 0.02, 28 px, 1 channel; {torch.get_num_threads()} threads\n\n"
+    )
     (out / "families.md").write_text(header + "\n".join(rows) + "\n")
     (out / "families.json").write_text(json.dumps(results, indent=2))
     print("\n".join(rows))

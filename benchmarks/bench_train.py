@@ -112,7 +112,9 @@ def child_textbook(root: Path, epochs: int, batch: int, lr: float) -> dict:
     from torchvision import datasets, transforms
 
     t0 = time.perf_counter()
-    tf = transforms.Compose([transforms.Grayscale(), transforms.ToTensor(), transforms.Normalize((0.13,), (0.31,))])
+    tf = transforms.Compose(
+        [transforms.Grayscale(), transforms.ToTensor(), transforms.Normalize((0.13,), (0.31,))]
+    )
     train = datasets.ImageFolder(root / "train", tf)
     val = datasets.ImageFolder(root / "val", tf)
     loader = DataLoader(train, batch_size=batch, shuffle=True, num_workers=2, drop_last=True)
@@ -183,19 +185,35 @@ def child_cnnlab(root: Path, epochs: int, batch: int, lr: float, extra: dict | N
     from cnnlab import api
 
     t0 = time.perf_counter()
-    kw = {"data": str(root), "model": "lenet5", "epochs": epochs, "batch_size": batch, "lr": lr,
-          "test_fraction": 0.0, "val_fraction": 0.0, "out": str(DATA / "runs"), "report": False,
-          "augment": ("crop",)} | (extra or {})
+    kw = {
+        "data": str(root),
+        "model": "lenet5",
+        "epochs": epochs,
+        "batch_size": batch,
+        "lr": lr,
+        "test_fraction": 0.0,
+        "val_fraction": 0.0,
+        "out": str(DATA / "runs"),
+        "report": False,
+        "augment": ("crop",),
+    } | (extra or {})
     run = api.train(**kw)
     meta = json.loads((run.run_dir / "run.json").read_text())
     history, reached, elapsed = [], None, meta["setup_time_s"]
     for h in run.history:
         elapsed += h["epoch_time_s"]
-        history.append({"images_per_s": h["train_images_per_s"], "val_accuracy": h.get("val_accuracy")})
+        history.append(
+            {"images_per_s": h["train_images_per_s"], "val_accuracy": h.get("val_accuracy")}
+        )
         if reached is None and (h.get("val_accuracy") or 0) >= TARGET:
             reached = elapsed
-    return {"history": history, "wall_s": time.perf_counter() - t0, "time_to_target_s": reached,
-            "setup_s": meta["setup_time_s"], "precision": meta["precision"]}
+    return {
+        "history": history,
+        "wall_s": time.perf_counter() - t0,
+        "time_to_target_s": reached,
+        "setup_s": meta["setup_time_s"],
+        "precision": meta["precision"],
+    }
 
 
 def child_resnet(which: str, epochs: int, batch: int) -> dict:
@@ -208,14 +226,29 @@ def child_resnet(which: str, epochs: int, batch: int) -> dict:
 
     data = "builtin:shapes?n=2000&size=32&seed=0"
     t0 = time.perf_counter()
-    flops = count_flops(create_model("resnet18", num_classes=5, in_channels=3, image_size=32), 32, 3)
+    flops = count_flops(
+        create_model("resnet18", num_classes=5, in_channels=3, image_size=32), 32, 3
+    )
     if which == "cnnlab":
-        run = api.train(data=data, model="resnet18", epochs=epochs, batch_size=batch, lr=0.05, augment=("crop",),
-                        out=str(DATA / "runs"), report=False)
+        run = api.train(
+            data=data,
+            model="resnet18",
+            epochs=epochs,
+            batch_size=batch,
+            lr=0.05,
+            augment=("crop",),
+            out=str(DATA / "runs"),
+            report=False,
+        )
         meta = json.loads((run.run_dir / "run.json").read_text())
         ips = [h["train_images_per_s"] for h in run.history]
-        return {"images_per_s": statistics.median(ips[1:] or ips), "test_accuracy": run.test_metrics["accuracy"],
-                "precision": meta["precision"], "flops_per_image": flops, "wall_s": time.perf_counter() - t0}
+        return {
+            "images_per_s": statistics.median(ips[1:] or ips),
+            "test_accuracy": run.test_metrics["accuracy"],
+            "precision": meta["precision"],
+            "flops_per_image": flops,
+            "wall_s": time.perf_counter() - t0,
+        }
     from cnnlab.data.builtin import load_builtin
     from cnnlab.data.sources import stratified_split
 
@@ -223,12 +256,17 @@ def child_resnet(which: str, epochs: int, batch: int) -> dict:
     parts = stratified_split(ds.targets, 0.1, 0.1, 0)
     x = torch.from_numpy(ds.images).permute(0, 3, 1, 2).float() / 255
     y = torch.from_numpy(ds.targets)
-    mean, std = x[parts["train"]].mean((0, 2, 3), keepdim=True), x[parts["train"]].std((0, 2, 3), keepdim=True)
+    mean, std = (
+        x[parts["train"]].mean((0, 2, 3), keepdim=True),
+        x[parts["train"]].std((0, 2, 3), keepdim=True),
+    )
     x = (x - mean) / std
     xt, yt, xs, ys = x[parts["train"]], y[parts["train"]], x[parts["test"]], y[parts["test"]]
     model = create_model("resnet18", num_classes=5, in_channels=3, image_size=32)
     steps = len(xt) // batch
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.05, total_steps=epochs * steps)
     ips = []
     for epoch in range(epochs):
@@ -236,17 +274,26 @@ def child_resnet(which: str, epochs: int, batch: int) -> dict:
         perm = torch.randperm(len(xt), generator=torch.Generator().manual_seed(epoch))
         for s in range(steps):
             idx = perm[s * batch : (s + 1) * batch]
-            xb = F.pad(xt[idx], (4, 4, 4, 4))  # the same random-crop augmentation, per sample as tutorials do
+            xb = F.pad(
+                xt[idx], (4, 4, 4, 4)
+            )  # the same random-crop augmentation, per sample as tutorials do
             off = torch.randint(0, 9, (len(idx), 2))
-            xb = torch.stack([xb[i, :, a : a + 32, b : b + 32] for i, (a, b) in enumerate(off.tolist())])
+            xb = torch.stack(
+                [xb[i, :, a : a + 32, b : b + 32] for i, (a, b) in enumerate(off.tolist())]
+            )
             loss = F.cross_entropy(model(xb), yt[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
         ips.append(steps * batch / (time.perf_counter() - te))
-    return {"images_per_s": statistics.median(ips[1:] or ips), "test_accuracy": _eval_tensor(model, xs, ys),
-            "precision": "32", "flops_per_image": flops, "wall_s": time.perf_counter() - t0}
+    return {
+        "images_per_s": statistics.median(ips[1:] or ips),
+        "test_accuracy": _eval_tensor(model, xs, ys),
+        "precision": "32",
+        "flops_per_image": flops,
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
 def child_predict(which: str, root: Path, run_dir: Path) -> dict:
@@ -263,8 +310,13 @@ def child_predict(which: str, root: Path, run_dir: Path) -> dict:
     else:
         model, meta, _ = api.load_checkpoint_model(run_dir)
         spec = meta["preprocess"]
-        tf = transforms.Compose([transforms.Resize(spec["image_size"]), transforms.ToTensor(),
-                                 transforms.Normalize(spec["mean"], spec["std"])])
+        tf = transforms.Compose(
+            [
+                transforms.Resize(spec["image_size"]),
+                transforms.ToTensor(),
+                transforms.Normalize(spec["mean"], spec["std"]),
+            ]
+        )
         loader = DataLoader(datasets.ImageFolder(root, tf), batch_size=64, num_workers=2)
         n = 0
         with torch.inference_mode():
@@ -294,7 +346,9 @@ def matmul_peak() -> dict:
 
 # --- parent ---------------------------------------------------------------------------------------------------
 def run_child(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", *args], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"child {args} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -318,7 +372,11 @@ def main() -> None:
     if args.child:
         name, *rest = args.child
         if name in ("textbook", "tensor-loop", "cnnlab"):
-            fn = {"textbook": child_textbook, "tensor-loop": child_tensor_loop, "cnnlab": child_cnnlab}[name]
+            fn = {
+                "textbook": child_textbook,
+                "tensor-loop": child_tensor_loop,
+                "cnnlab": child_cnnlab,
+            }[name]
             result = fn(Path(rest[0]), int(rest[1]), int(rest[2]), float(rest[3]))
         elif name == "resnet":
             result = child_resnet(rest[0], int(rest[1]), int(rest[2]))
@@ -331,59 +389,99 @@ def main() -> None:
     skip = set(args.skip.split(","))
     results: dict = {"machine": {"cpus": os.cpu_count()}, "matmul_peak_flops": matmul_peak()}
     mnist = prepare_mnist_folder()
-    table = ["| contender | train img/s (median) | time to 97% val acc (s) | final val acc | peak RSS (MB) |",
-             "|---|---:|---:|---:|---:|"]
+    table = [
+        "| contender | train img/s (median) | time to 97% val acc (s) | final val acc | peak RSS (MB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     if "lenet" not in skip:
         names = ["textbook", "tensor-loop", "cnnlab"]
         runs: dict[str, list[dict]] = {n: [] for n in names}
         for r in range(args.repeats):
-            for n in names[r % 3:] + names[: r % 3]:  # alternate the order between repeats
-                runs[n].append(run_child(n, str(mnist), str(args.epochs), str(args.batch_size), str(args.lr)))
+            for n in names[r % 3 :] + names[: r % 3]:  # alternate the order between repeats
+                runs[n].append(
+                    run_child(n, str(mnist), str(args.epochs), str(args.batch_size), str(args.lr))
+                )
         summary = {}
         for n, rs in runs.items():
             ips = med([med([h["images_per_s"] for h in x["history"][1:]]) for x in rs])
-            summary[n] = {"images_per_s": ips, "time_to_target_s": med([x["time_to_target_s"] for x in rs]),
-                          "final_val_accuracy": med([x["history"][-1]["val_accuracy"] for x in rs]),
-                          "peak_rss_mb": med([x["peak_rss_mb"] for x in rs]), "runs": rs}
-            table.append(f"| {n} | {ips:,.0f} | {summary[n]['time_to_target_s'] or float('nan'):.1f} | "
-                         f"{summary[n]['final_val_accuracy']:.4f} | {summary[n]['peak_rss_mb']:.0f} |")
+            summary[n] = {
+                "images_per_s": ips,
+                "time_to_target_s": med([x["time_to_target_s"] for x in rs]),
+                "final_val_accuracy": med([x["history"][-1]["val_accuracy"] for x in rs]),
+                "peak_rss_mb": med([x["peak_rss_mb"] for x in rs]),
+                "runs": rs,
+            }
+            table.append(
+                f"| {n} | {ips:,.0f} | {summary[n]['time_to_target_s'] or float('nan'):.1f} | "
+                f"{summary[n]['final_val_accuracy']:.4f} | {summary[n]['peak_rss_mb']:.0f} |"
+            )
         base = summary["textbook"]["images_per_s"]
         table.append("")
         table.append("| ratio | value |\n|---|---:|")
         for n in ("cnnlab", "tensor-loop"):
-            table.append(f"| {n} / textbook throughput | {summary[n]['images_per_s'] / base:.2f}x |")
-        table.append(f"| cnnlab / tensor-loop throughput | "
-                     f"{summary['cnnlab']['images_per_s'] / summary['tensor-loop']['images_per_s']:.2f}x |")
+            table.append(
+                f"| {n} / textbook throughput | {summary[n]['images_per_s'] / base:.2f}x |"
+            )
+        table.append(
+            f"| cnnlab / tensor-loop throughput | "
+            f"{summary['cnnlab']['images_per_s'] / summary['tensor-loop']['images_per_s']:.2f}x |"
+        )
         tt, tc = summary["textbook"]["time_to_target_s"], summary["cnnlab"]["time_to_target_s"]
         if tt and tc:
             table.append(f"| cnnlab / textbook time to 97% | {tc / tt:.2f} |")
         results["lenet5_mnist_sample"] = summary
     if "resnet" not in skip:
-        rs = {w: [run_child("resnet", w, str(args.resnet_epochs), "128") for _ in range(max(1, args.repeats - 1))]
-              for w in ("textbook", "cnnlab")}
+        rs = {
+            w: [
+                run_child("resnet", w, str(args.resnet_epochs), "128")
+                for _ in range(max(1, args.repeats - 1))
+            ]
+            for w in ("textbook", "cnnlab")
+        }
         peak = results["matmul_peak_flops"]
-        table += ["", "| ResNet-18 @32px | train img/s | test acc | precision | achieved FLOP/s (3x fwd) | "
-                  "fraction of matmul peak |", "|---|---:|---:|---|---:|---:|"]
+        table += [
+            "",
+            "| ResNet-18 @32px | train img/s | test acc | precision | achieved FLOP/s (3x fwd) | "
+            "fraction of matmul peak |",
+            "|---|---:|---:|---|---:|---:|",
+        ]
         res = {}
         for w, xs in rs.items():
             ips = med([x["images_per_s"] for x in xs])
             achieved = 3 * xs[0]["flops_per_image"] * ips
             ref = peak["bf16"] if xs[0]["precision"] == "bf16" else peak["fp32"]
-            res[w] = {"images_per_s": ips, "test_accuracy": med([x["test_accuracy"] for x in xs]),
-                      "precision": xs[0]["precision"], "achieved_flops": achieved, "peak_fraction": achieved / ref}
-            table.append(f"| {w} | {ips:,.0f} | {res[w]['test_accuracy']:.3f} | {res[w]['precision']} | "
-                         f"{achieved / 1e9:,.1f} G | {achieved / ref:.0%} |")
-        table.append(f"\ncnnlab / textbook ResNet-18 throughput: "
-                     f"{res['cnnlab']['images_per_s'] / res['textbook']['images_per_s']:.2f}x")
+            res[w] = {
+                "images_per_s": ips,
+                "test_accuracy": med([x["test_accuracy"] for x in xs]),
+                "precision": xs[0]["precision"],
+                "achieved_flops": achieved,
+                "peak_fraction": achieved / ref,
+            }
+            table.append(
+                f"| {w} | {ips:,.0f} | {res[w]['test_accuracy']:.3f} | {res[w]['precision']} | "
+                f"{achieved / 1e9:,.1f} G | {achieved / ref:.0%} |"
+            )
+        table.append(
+            f"\ncnnlab / textbook ResNet-18 throughput: "
+            f"{res['cnnlab']['images_per_s'] / res['textbook']['images_per_s']:.2f}x"
+        )
         results["resnet18_32px"] = res
     if "predict" not in skip:
         jpegs = prepare_jpeg_folder()
         from cnnlab import api
 
-        run = api.train(data="builtin:shapes?n=600&size=64&seed=0", model="lenet5", epochs=1, image_size=64,
-                        out=str(DATA / "runs"), report=False)
-        pr = {w: [run_child("predict", w, str(jpegs), str(run.run_dir)) for _ in range(args.repeats)]
-              for w in ("textbook", "cnnlab")}
+        run = api.train(
+            data="builtin:shapes?n=600&size=64&seed=0",
+            model="lenet5",
+            epochs=1,
+            image_size=64,
+            out=str(DATA / "runs"),
+            report=False,
+        )
+        pr = {
+            w: [run_child("predict", w, str(jpegs), str(run.run_dir)) for _ in range(args.repeats)]
+            for w in ("textbook", "cnnlab")
+        }
         table += ["", "| predict 1,000 JPEGs 256px -> 64px | img/s |", "|---|---:|"]
         res = {w: med([x["images_per_s"] for x in xs]) for w, xs in pr.items()}
         for w, v in res.items():

@@ -25,8 +25,15 @@ FAST = {"model": "lenet5", "epochs": 1, "batch_size": 32, "report": False}
 
 
 def test_case_50_nan_loss_names_epoch_step_and_files(tmp_path):
-    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step \d+; batch samples: digits:\d+") as info:
-        api.train(data="builtin:digits", out=str(tmp_path), name="nan", **(FAST | {"lr": 1e9, "momentum": 0.0}))
+    with pytest.raises(
+        NonFiniteLossError, match=r"epoch 1, step \d+; batch samples: digits:\d+"
+    ) as info:
+        api.train(
+            data="builtin:digits",
+            out=str(tmp_path),
+            name="nan",
+            **(FAST | {"lr": 1e9, "momentum": 0.0}),
+        )
     assert "Lower --lr" in str(info.value)
 
 
@@ -42,7 +49,9 @@ def test_cases_44_45_48_checkpoint_that_does_not_fit(tmp_path):
     # 45: an architecture mismatch lists keys
     wrong = tmp_path / "wrong.safetensors"
     save_weights(wrong, {k + "_x": v for k, v in state.items()}, meta)
-    with pytest.raises(CheckpointError, match=r"does not fit lenet5: missing keys \['features.0.weight'"):
+    with pytest.raises(
+        CheckpointError, match=r"does not fit lenet5: missing keys \['features.0.weight'"
+    ):
         api.load_checkpoint_model(wrong)
     # 48: written by a newer cnnlab
     from safetensors.torch import save_file
@@ -58,9 +67,13 @@ def test_case_44_resume_with_different_classes_fails(mixed_folder, tmp_path):
 
     data = tmp_path / "data"
     shutil.copytree(mixed_folder, data)
-    run = api.train(data=str(data), out=str(tmp_path), name="r", image_size=24, **(FAST | {"batch_size": 8}))
+    run = api.train(
+        data=str(data), out=str(tmp_path), name="r", image_size=24, **(FAST | {"batch_size": 8})
+    )
     (data / "square").rename(data / "squares")
-    with pytest.raises(CheckpointError, match=r"checkpoint classes \['disc', 'square'\] != dataset classes"):
+    with pytest.raises(
+        CheckpointError, match=r"checkpoint classes \['disc', 'square'\] != dataset classes"
+    ):
         api.train(resume=str(run.run_dir), epochs=2)
 
 
@@ -70,9 +83,29 @@ def test_case_49_resume_of_missing_run(tmp_path):
 
 
 def _train_cmd(out: Path, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "cnnlab", "train", "--data", "builtin:digits", "--model", "lenet5",
-            "--epochs", "4", "--batch-size", "16", "--seed", "7", "--deterministic", "--no-report",
-            "--out", str(out), "--name", name, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "cnnlab",
+        "train",
+        "--data",
+        "builtin:digits",
+        "--model",
+        "lenet5",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "16",
+        "--seed",
+        "7",
+        "--deterministic",
+        "--no-report",
+        "--out",
+        str(out),
+        "--name",
+        name,
+        *extra,
+    ]
 
 
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -87,16 +120,26 @@ def test_case_52_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path
     rng = random.Random(0)
     for seed in range(3):
         name = f"killed-{seed}"
-        proc = subprocess.Popen(_train_cmd(tmp_path, name), env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _train_cmd(tmp_path, name),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         manifest = tmp_path / name / "checkpoints" / "manifest.json"
-        while not manifest.exists() and proc.poll() is None:  # kill only once there is something to resume
+        while (
+            not manifest.exists() and proc.poll() is None
+        ):  # kill only once there is something to resume
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 2.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        subprocess.run([sys.executable, "-m", "cnnlab", "train", "--resume", str(tmp_path / name)],
-                       check=True, env=env, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "cnnlab", "train", "--resume", str(tmp_path / name)],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
         resumed = _final_weights(tmp_path / name)
         assert resumed.keys() == reference.keys()
         for k in reference:
@@ -104,8 +147,12 @@ def test_case_52_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path
 
 
 def test_case_53_sigterm_saves_and_exits_nonzero(tmp_path):
-    proc = subprocess.Popen(_train_cmd(tmp_path, "term", "--epochs", "200"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _train_cmd(tmp_path, "term", "--epochs", "200"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     manifest = tmp_path / "term" / "checkpoints" / "manifest.json"
     deadline = time.time() + 120
     while not manifest.exists() and time.time() < deadline:

@@ -22,7 +22,9 @@ def _cfg(**kw):
 
 def _write_idx(path, array: np.ndarray) -> None:
     """MNIST's IDX format: magic (0, 0, dtype 0x08 = ubyte, ndim), big-endian dims, raw bytes."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
@@ -39,7 +41,9 @@ def test_torchvision_mnist_reads_real_idx_files_offline(tmp_path):
     b = load_source(_cfg(data="torchvision:MNIST", data_root=str(tmp_path), val_fraction=0.2))
     assert b.class_names[0].startswith("0") and len(b.class_names) == 10
     assert len(b.splits["test"]) == 20 and len(b.splits["train"]) + len(b.splits["val"]) == 60
-    assert np.array_equal(b.splits["test"].images[..., 0], test_x.astype(np.uint8))  # the official test split
+    assert np.array_equal(
+        b.splits["test"].images[..., 0], test_x.astype(np.uint8)
+    )  # the official test split
     assert b.channels == 1 and b.native_size == 28
 
 
@@ -57,14 +61,26 @@ def test_torchvision_cifar10_reads_real_batches_offline(tmp_path, monkeypatch):
         md5[name] = hashlib.md5((folder / name).read_bytes()).hexdigest()
 
     for i in range(1, 6):
-        dump(f"data_batch_{i}", {"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8),
-                                 "labels": list(range(10))})
-    dump("test_batch", {"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8), "labels": list(range(10))})
+        dump(
+            f"data_batch_{i}",
+            {"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8), "labels": list(range(10))},
+        )
+    dump(
+        "test_batch",
+        {"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8), "labels": list(range(10))},
+    )
     dump("batches.meta", {"label_names": names})
-    monkeypatch.setattr(tvd.CIFAR10, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(
+        tvd.CIFAR10,
+        "train_list",
+        [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)],
+    )
     monkeypatch.setattr(tvd.CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
-    monkeypatch.setattr(tvd.CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names",
-                                              "md5": md5["batches.meta"]})
+    monkeypatch.setattr(
+        tvd.CIFAR10,
+        "meta",
+        {"filename": "batches.meta", "key": "label_names", "md5": md5["batches.meta"]},
+    )
     b = load_source(_cfg(data="torchvision:CIFAR10", data_root=str(tmp_path), val_fraction=0.2))
     assert b.class_names == names and b.channels == 3 and b.native_size == 32
     assert len(b.splits["test"]) == 10 and len(b.splits["train"]) == 40

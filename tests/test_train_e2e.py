@@ -170,8 +170,26 @@ def test_cli_entry_point_runs_as_a_module():
 
 def test_cli_finetune_from_a_run_with_other_classes_and_channels(mixed_folder, tmp_path, capsys):
     source = api.train(data="builtin:digits", out=str(tmp_path), name="src", **FAST)
-    code = main(["finetune", "--from", str(source.run_dir), "--data", str(mixed_folder), "--out", str(tmp_path),
-                 "--name", "ft", "--epochs", "1", "--batch-size", "8", "--image-size", "16", "--no-report"])
+    code = main(
+        [
+            "finetune",
+            "--from",
+            str(source.run_dir),
+            "--data",
+            str(mixed_folder),
+            "--out",
+            str(tmp_path),
+            "--name",
+            "ft",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--image-size",
+            "16",
+            "--no-report",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     transfer = json.loads((tmp_path / "ft" / "transfer.json").read_text())
     text = json.dumps(transfer)

@@ -213,8 +213,12 @@ def train(
     seed_everything(cfg.seed, cfg.deterministic)
     device = resolve_device(cfg.device)
     bundle = load_source(cfg)
-    if resume_from:  # bad-inputs #44: a resumed run must see the classes it was trained on, in the same order
-        _, saved_meta = read_weights(resume_from[0] / "checkpoints" / resume_from[1]["weights"]["file"])
+    if (
+        resume_from
+    ):  # bad-inputs #44: a resumed run must see the classes it was trained on, in the same order
+        _, saved_meta = read_weights(
+            resume_from[0] / "checkpoints" / resume_from[1]["weights"]["file"]
+        )
         if saved_meta.get("class_names") != bundle.class_names:
             raise CheckpointError(
                 f"checkpoint classes {saved_meta.get('class_names')} != dataset classes "
@@ -226,14 +230,22 @@ def train(
     image_size = resolve_image_size(cfg, bundle)
     decode_policy = {"max_pixels": cfg.max_image_pixels}
     provisional = PreprocessSpec(
-        image_size, in_channels, (0.0,) * in_channels, (1.0,) * in_channels, cfg.resize, decode_policy
+        image_size,
+        in_channels,
+        (0.0,) * in_channels,
+        (1.0,) * in_channels,
+        cfg.resize,
+        decode_policy,
     )
     tensors = {k: split_to_uint8(s, provisional) for k, s in bundle.splits.items()}
     mean, std = channel_stats(tensors["train"])  # normalisation from the training split only
     model = build_model(cfg.model, len(bundle.class_names), in_channels, image_size, cfg.weights)
     pretrained_cfg = getattr(model, "default_cfg", {})
     if cfg.weights and len(pretrained_cfg.get("mean") or ()) == in_channels:
-        mean, std = tuple(pretrained_cfg["mean"]), tuple(pretrained_cfg["std"])  # the weights' own stats
+        mean, std = (
+            tuple(pretrained_cfg["mean"]),
+            tuple(pretrained_cfg["std"]),
+        )  # the weights' own stats
     plan = None
     if cfg.init_from or cfg.freeze != "none" or cfg.strategy != "full":
         from cnnlab.transfer import prepare_transfer
@@ -241,7 +253,10 @@ def train(
         plan = prepare_transfer(model, cfg, class_names=bundle.class_names, in_channels=in_channels)
         source_pre = plan.source_preprocess or {}
         if len(source_pre.get("mean") or ()) == in_channels:
-            mean, std = tuple(source_pre["mean"]), tuple(source_pre["std"])  # what the source learned on
+            mean, std = (
+                tuple(source_pre["mean"]),
+                tuple(source_pre["std"]),
+            )  # what the source learned on
     spec = PreprocessSpec(image_size, in_channels, mean, std, cfg.resize, decode_policy)
 
     run_dir = resume_from[0] if resume_from else new_run_dir(cfg.out, cfg.name, cfg.model, cfg.data)
@@ -288,7 +303,12 @@ def train(
         include_frozen=bool(plan and plan.include_frozen),
     )
     optimizer = build_optimizer(
-        cfg.optimizer, groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, device=device
+        cfg.optimizer,
+        groups,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        device=device,
     )
     if plan is not None:
         write_json(run_dir / "transfer.json", plan.to_dict())
@@ -757,7 +777,9 @@ def predict(
 
 
 # -- transfer learning -------------------------------------------------------------------------------------
-def finetune(source: str | Path, data: str, *, console: Any = None, **overrides: Any) -> TrainResult:
+def finetune(
+    source: str | Path, data: str, *, console: Any = None, **overrides: Any
+) -> TrainResult:
     """Fine-tune on `data` starting from `source` (a cnnlab run/checkpoint, "imagenet" or a weights file).
 
     The model defaults to the source run's architecture; the strategy to "fine-tune" (head first, then everything
@@ -770,8 +792,12 @@ def finetune(source: str | Path, data: str, *, console: Any = None, **overrides:
         except CheckpointError:
             pass  # a plain weights file: the model must be given, and create_model says so if it does not fit
     overrides.setdefault("strategy", "fine-tune")
-    return train(console=console, init_from=str(source), data=data,
-                 **{k: v for k, v in overrides.items() if v is not None})
+    return train(
+        console=console,
+        init_from=str(source),
+        data=data,
+        **{k: v for k, v in overrides.items() if v is not None},
+    )
 
 
 def transfer_study(source: str, data: str, **kwargs: Any) -> dict[str, Any]:
@@ -781,21 +807,37 @@ def transfer_study(source: str, data: str, **kwargs: Any) -> dict[str, Any]:
     return study(source, data, **kwargs)
 
 
-def lr_find(config: TrainConfig | str | Path | None = None, *, start: float = 1e-5, end: float = 1.0,
-            steps: int = 100, seed: int = 0, plot: str | Path | None = None, **overrides: Any) -> dict[str, Any]:
+def lr_find(
+    config: TrainConfig | str | Path | None = None,
+    *,
+    start: float = 1e-5,
+    end: float = 1.0,
+    steps: int = 100,
+    seed: int = 0,
+    plot: str | Path | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """Learning-rate range test on a copy of the model; returns the curve and the suggested rate."""
     from cnnlab.transfer import lr_find as find
     from cnnlab.transfer import plot_lr_find
 
-    cfg = config if isinstance(config, TrainConfig) else make_config(TrainConfig, config, **overrides)
+    cfg = (
+        config if isinstance(config, TrainConfig) else make_config(TrainConfig, config, **overrides)
+    )
     result = find(cfg, start=start, end=end, steps=steps, seed=seed)
     if plot:
         result["plot"] = str(plot_lr_find(result, plot))
     return result
 
 
-def embed(run_or_checkpoint: str | Path, *, data: str | None = None, split: str = "all",
-          out: str | Path | None = None, device: str = "auto") -> Path:
+def embed(
+    run_or_checkpoint: str | Path,
+    *,
+    data: str | None = None,
+    split: str = "all",
+    out: str | Path | None = None,
+    device: str = "auto",
+) -> Path:
     """Penultimate-layer features with labels to .npz (for kNN, linear probes, plots)."""
     from cnnlab.transfer import embed as embed_features
 

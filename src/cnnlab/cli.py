@@ -83,23 +83,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_train_options(p)
 
-    p = sub.add_parser("finetune", help="transfer learning: start from a run, checkpoint, imagenet or weights")
-    p.add_argument("--from", dest="init_from", required=True, metavar="SOURCE",
-                   help="cnnlab run / .safetensors checkpoint (task A), imagenet, or a weights file")
+    p = sub.add_parser(
+        "finetune", help="transfer learning: start from a run, checkpoint, imagenet or weights"
+    )
+    p.add_argument(
+        "--from",
+        dest="init_from",
+        required=True,
+        metavar="SOURCE",
+        help="cnnlab run / .safetensors checkpoint (task A), imagenet, or a weights file",
+    )
     _add_train_options(p, skip=frozenset({"init_from"}))
 
-    p = sub.add_parser("transfer-study", help='"should I transfer?": scratch vs linear-probe vs fine-tune vs '
-                       "gradual at several labels per class")
+    p = sub.add_parser(
+        "transfer-study",
+        help='"should I transfer?": scratch vs linear-probe vs fine-tune vs '
+        "gradual at several labels per class",
+    )
     p.add_argument("source", help="cnnlab run / checkpoint of task A, imagenet, or a weights file")
     p.add_argument("--data", required=True, help="the target dataset (task B)")
-    p.add_argument("--shots", default="5,10,50,all", help="labels per class to try (default 5,10,50,all)")
+    p.add_argument(
+        "--shots", default="5,10,50,all", help="labels per class to try (default 5,10,50,all)"
+    )
     p.add_argument("--strategies", default="scratch,linear-probe,fine-tune,gradual")
     p.add_argument("--model", default=None)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", default="0")
     p.add_argument("--out", default="runs/transfer-study")
 
-    p = sub.add_parser("lr-find", help="learning-rate range test: the loss curve and a suggested --lr")
+    p = sub.add_parser(
+        "lr-find", help="learning-rate range test: the loss curve and a suggested --lr"
+    )
     _add_train_options(p)
     p.add_argument("--start", type=float, default=1e-5)
     p.add_argument("--end", type=float, default=1.0)
@@ -136,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--num-classes", type=int, default=1000, help="default 1000: the published counts")
+    p.add_argument(
+        "--num-classes", type=int, default=1000, help="default 1000: the published counts"
+    )
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
@@ -292,9 +308,16 @@ def _transfer_study(args: argparse.Namespace) -> int:
     from cnnlab.transfer.study import markdown_table
 
     shots = [None if s.strip() == "all" else int(s) for s in args.shots.split(",")]
-    study = api.transfer_study(args.source, args.data, shots=shots, model=args.model, epochs=args.epochs,
-                               strategies=[s.strip() for s in args.strategies.split(",")],
-                               seeds=[int(s) for s in args.seeds.split(",")], out=args.out)
+    study = api.transfer_study(
+        args.source,
+        args.data,
+        shots=shots,
+        model=args.model,
+        epochs=args.epochs,
+        strategies=[s.strip() for s in args.strategies.split(",")],
+        seeds=[int(s) for s in args.seeds.split(",")],
+        out=args.out,
+    )
     out.print(markdown_table(study))
     out.print(f"study written to {args.out} (study.json, study.md, plot)")
     return 0
@@ -304,10 +327,18 @@ def _transfer_study(args: argparse.Namespace) -> int:
 def _lr_find(args: argparse.Namespace) -> int:
     from cnnlab import api
 
-    result = api.lr_find(args.config, start=args.start, end=args.end, steps=args.steps, plot=args.plot,
-                         **_train_overrides(args))
-    out.print(f"suggested lr: {result['suggested_lr']:.3g} (steepest descent of the smoothed loss); "
-              f"minimum/10: {result['min_lr_div10']:.3g}")
+    result = api.lr_find(
+        args.config,
+        start=args.start,
+        end=args.end,
+        steps=args.steps,
+        plot=args.plot,
+        **_train_overrides(args),
+    )
+    out.print(
+        f"suggested lr: {result['suggested_lr']:.3g} (steepest descent of the smoothed loss); "
+        f"minimum/10: {result['min_lr_div10']:.3g}"
+    )
     out.print(f"plot: {result.get('plot')}")
     return 0
 
@@ -380,24 +411,39 @@ def _models(args: argparse.Namespace) -> int:
     if args.action == "show":
         if not args.name:
             raise CnnlabError("usage: cnnlab models show NAME [--image-size S --in-channels C]")
-        summary = models.model_summary(args.name, num_classes=args.num_classes,
-                                       in_channels=args.in_channels, image_size=args.image_size)
+        summary = models.model_summary(
+            args.name,
+            num_classes=args.num_classes,
+            in_channels=args.in_channels,
+            image_size=args.image_size,
+        )
         if args.json:
             print(json.dumps(summary, indent=2, default=str))
             return 0
         info, cfg = summary["info"], summary["default_cfg"]
-        out.print(f"[bold]{info['name']}[/] ({info['family']}, {info['year']}): {info['description']}")
+        out.print(
+            f"[bold]{info['name']}[/] ({info['family']}, {info['year']}): {info['description']}"
+        )
         out.print(f"paper: {info['paper']}")
-        out.print(f"input {tuple(cfg['input_size'])}, {cfg.get('variant', '')}; parameters "
-                  f"{summary['params']:,}; FLOPs per image {summary['flops']:,}")
-        rows = [{k: r[k] for k in ("index", "name", "kind", "detail", "output_shape", "params")}
-                for r in summary["layers"]]
+        out.print(
+            f"input {tuple(cfg['input_size'])}, {cfg.get('variant', '')}; parameters "
+            f"{summary['params']:,}; FLOPs per image {summary['flops']:,}"
+        )
+        rows = [
+            {k: r[k] for k in ("index", "name", "kind", "detail", "output_shape", "params")}
+            for r in summary["layers"]
+        ]
         title = f"{args.name}: every layer in the lecture's words"
     else:
-        rows = models.zoo_table(image_size=args.image_size or 224, in_channels=args.in_channels,
-                                num_classes=args.num_classes)
-        title = (f"model zoo at {args.image_size or 224} px, {args.in_channels} channel(s), "
-                 f"{args.num_classes} classes")
+        rows = models.zoo_table(
+            image_size=args.image_size or 224,
+            in_channels=args.in_channels,
+            num_classes=args.num_classes,
+        )
+        title = (
+            f"model zoo at {args.image_size or 224} px, {args.in_channels} channel(s), "
+            f"{args.num_classes} classes"
+        )
         if args.json:
             print(json.dumps(rows, indent=2, default=str))
             return 0
@@ -527,14 +573,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print("interrupted")
         return 130
     except MemoryError:
-        err.print("[red]error:[/] out of memory (CPU). Lower --batch-size or --image-size; cnnlab does not shrink "
-                  "the batch for you because that changes the results")
+        err.print(
+            "[red]error:[/] out of memory (CPU). Lower --batch-size or --image-size; cnnlab does not shrink "
+            "the batch for you because that changes the results"
+        )
         return 3
     except RuntimeError as e:
         if "out of memory" not in str(e).lower():  # torch.OutOfMemoryError is a RuntimeError
             raise
-        err.print("[red]error:[/] out of GPU memory. Lower --batch-size or --image-size, or use --precision bf16; "
-                  "cnnlab does not shrink the batch for you because that changes the results")
+        err.print(
+            "[red]error:[/] out of GPU memory. Lower --batch-size or --image-size, or use --precision bf16; "
+            "cnnlab does not shrink the batch for you because that changes the results"
+        )
         return 3
     except FileNotFoundError as e:  # a path the user gave that vanished between checks
         err.print(f"[red]error:[/] {e.filename or e}: not found")

@@ -49,16 +49,24 @@ class TrainConfig:
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit, enforced as an error
     max_bad_fraction: float = 0.1  # abort when more of the files than this cannot be decoded
     strict: bool = False  # every skipped file becomes an error
-    shots: int | None = None  # keep only this many training images per class (seeded): few-label studies
+    shots: int | None = (
+        None  # keep only this many training images per class (seeded): few-label studies
+    )
     # --- model ---
     model: str = "lenet5"
     weights: str | None = None  # None | "imagenet" | path to a state dict (.safetensors / .pt)
     # --- transfer learning (see cnnlab.transfer) ---
-    init_from: str | None = None  # a cnnlab run / checkpoint (task A), "imagenet", or a weights file
+    init_from: str | None = (
+        None  # a cnnlab run / checkpoint (task A), "imagenet", or a weights file
+    )
     freeze: str = "none"  # none | backbone | stages:N | up-to:LAYER | GLOB[,GLOB]
     strategy: Strategy = "full"  # full | linear-probe | fine-tune | gradual
-    lr_mult: float = 0.1  # fine-tune/gradual: each earlier stage's rate is this times the next one's
-    head_epochs: int = 1  # fine-tune: epochs that train only the new head before everything unfreezes
+    lr_mult: float = (
+        0.1  # fine-tune/gradual: each earlier stage's rate is this times the next one's
+    )
+    head_epochs: int = (
+        1  # fine-tune: epochs that train only the new head before everything unfreezes
+    )
     # --- optimisation ---
     epochs: int = 10
     batch_size: int = 128

@@ -105,7 +105,9 @@ def few_shot(split: Split, shots: int, seed: int) -> Split:
     """The first `shots` images of each class in a seeded shuffle (all of a class when it has fewer)."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(split))
-    keep = np.concatenate([order[split.targets[order] == c][:shots] for c in np.unique(split.targets)])
+    keep = np.concatenate(
+        [order[split.targets[order] == c][:shots] for c in np.unique(split.targets)]
+    )
     return split.subset(np.sort(keep))
 
 
@@ -255,7 +257,6 @@ def _from_items(listing: Any, root: Path, source: str, cfg: Any) -> DataBundle:
     `listing` is a FolderListing (folder layout) or a list of (path, label, split) items (CSV).
     """
     from cnnlab.data.scan import scan_dataset
-
     from cnnlab.data.tensors import default_cache_dir
 
     # The scan's per-file results are cached (JSON, keyed by path/size/mtime), so a second run skips re-decoding.

@@ -6,7 +6,8 @@
 
       cam_c = ReLU( sum_k  mean_ij(dy_c / dA_k[i, j]) * A_k )          # h x w
 
-  then min-max scales it to [0, 1] and resizes it (bilinear) to the input's H x W. Grad-CAM++
+  then min-max scales it to [0, 1], resizes it (bilinear, half-pixel centres) to the input's
+  H x W and min-max scales it again (what ``pytorch_grad_cam`` does). Grad-CAM++
   (Chattopadhay et al. 2018) uses second-order weights; Eigen-CAM takes the first principal
   component of the activations (class independent); Score-CAM weighs each map by the score
   change it causes when used as a mask; LayerCAM, XGradCAM and HiResCAM are also available.

@@ -286,7 +286,7 @@ def write_explain_page(
             f"(feature maps {_shape(cams.target_shape)}), upsampled to the input and laid over it "
             "(red = most important, blue = least). Grad-CAM weighs each feature map A<sub>k</sub> "
             "by the average gradient of the class score: ReLU(&Sigma;<sub>k</sub> "
-            "mean(&part;y<sub>c</sub>/&part;A<sub>k</sub>) A<sub>k</sub>). Gradient saliency is "
+            "mean(&part;y<sub>c</sub>/&part;A<sub>k</sub>) A<sub>k</sub>). The gradient saliency is "
             "|&part;y<sub>c</sub>/&part;x| per input pixel. One row per top class; each map is "
             "scaled to [0, 1] on its own.</p>"
             f'<figure><img src="{cam_uri}" alt="class activation maps"></figure>'
@@ -435,7 +435,7 @@ def explain_image(
     pixels = load_file(image_path, spec)  # (C, S, S) uint8; DataError names the file
     mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1)
-    x = ((torch.from_numpy(pixels)[None].float() / 255 - mean) / std).to(dev)
+    x = ((torch.from_numpy(pixels.copy())[None].float() / 255 - mean) / std).to(dev)
     names = [str(c) for c in meta["class_names"]]
 
     trace = trace_image(model, x, class_names=names)
