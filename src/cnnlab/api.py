@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from cnnlab.data.loader import TensorLoader
 from cnnlab.data.sources import DataBundle, Split, few_shot, load_source
 from cnnlab.data.tensors import arrays_to_chw, channel_stats, decode_files
 from cnnlab.engine import callbacks as cbs
+from cnnlab.engine import distributed
 from cnnlab.engine.checkpoint import CheckpointManager, read_weights
 from cnnlab.engine.optim import build_optimizer, build_scheduler, param_groups
 from cnnlab.engine.trainer import Trainer, autocast
@@ -207,11 +209,24 @@ def train(
     else:
         cfg = make_config(TrainConfig, config, **overrides)
     t_call = time.perf_counter()
+    # DDP: join torchrun's process group (no-op in a single process); see cnnlab.engine.distributed
+    info = distributed.init_from_env(cfg.device)
+    if (getattr(cfg, "devices", 1) or 1) > 1 and not info.distributed:
+        raise ConfigError(
+            f"devices={cfg.devices} needs one process per device: run `cnnlab train --devices "
+            f"{cfg.devices} ...` or `torchrun --nproc-per-node {cfg.devices} -m cnnlab train ...`"
+        )
+    # DDP: a torchrun restart (--max-restarts) resumes the run its first attempt started
+    restart_resume, restart_dir = distributed.restart_run_dir(cfg.out, cfg.name, cfg.resume)
+    if restart_resume != cfg.resume:
+        cfg = make_config(TrainConfig, **(cfg.to_dict() | {"resume": restart_resume}))
     resume_from = None
     if cfg.resume:
         resume_from, cfg = _resume_target(cfg)
     seed_everything(cfg.seed, cfg.deterministic)
-    device = resolve_device(cfg.device)
+    device = info.device if info.distributed else resolve_device(cfg.device)  # DDP: cuda:LOCAL_RANK
+    if not info.is_main:
+        distributed.barrier()  # DDP: rank 0 scans and decodes first; the others then hit its cache
     bundle = load_source(cfg)
     if (
         resume_from
@@ -238,6 +253,8 @@ def train(
         decode_policy,
     )
     tensors = {k: split_to_uint8(s, provisional) for k, s in bundle.splits.items()}
+    if info.is_main:
+        distributed.barrier()  # DDP: pairs with the others' barrier above
     mean, std = channel_stats(tensors["train"])  # normalisation from the training split only
     model = build_model(cfg.model, len(bundle.class_names), in_channels, image_size, cfg.weights)
     pretrained_cfg = getattr(model, "default_cfg", {})
@@ -259,8 +276,12 @@ def train(
             )  # what the source learned on
     spec = PreprocessSpec(image_size, in_channels, mean, std, cfg.resize, decode_policy)
 
-    run_dir = resume_from[0] if resume_from else new_run_dir(cfg.out, cfg.name, cfg.model, cfg.data)
-    _write_run_files(run_dir, cfg, bundle, spec)
+    if info.is_main:  # DDP: rank 0 alone creates and writes the run directory, others get its path
+        run_dir = resume_from[0] if resume_from else (
+            restart_dir or new_run_dir(cfg.out, cfg.name, cfg.model, cfg.data)
+        )
+        _write_run_files(run_dir, cfg, bundle, spec)
+    run_dir = Path(distributed.broadcast_object(str(run_dir) if info.is_main else None))
     flops = _flops_per_image(model, in_channels, image_size)
     precision = resolve_precision(cfg.precision, device, flops)
     channels_last = (
@@ -276,12 +297,13 @@ def train(
         bundle.splits["train"].targets,
         spec,
         device,
-        cfg.batch_size,
+        distributed.local_batch_size(cfg.batch_size, info),  # DDP: batch_size is the global batch
         shuffle=True,
         augment=cfg.augment,
         seed=cfg.seed,
         drop_last=True,
         channels_last=channels_last,
+        shard=(info.rank, info.world_size),  # DDP: rank r takes samples r, r + W, ... of each epoch
     )
     if len(train_loader) == 0:
         raise DataError(
@@ -310,7 +332,12 @@ def train(
         nesterov=cfg.nesterov,
         device=device,
     )
-    if plan is not None:
+    if plan is not None and plan.include_frozen and info.distributed:  # DDP
+        raise ConfigError(
+            f"--strategy {cfg.strategy} changes which layers train during the run, which "
+            "DistributedDataParallel cannot follow; use one process or --strategy full/linear-probe"
+        )
+    if plan is not None and info.is_main:  # DDP: rank 0 writes
         write_json(run_dir / "transfer.json", plan.to_dict())
         if console is not None:
             console.print(plan.layer_table())
@@ -320,6 +347,11 @@ def train(
     )
     task = ClassificationTask(len(bundle.class_names), cfg.label_smoothing)
     net = torch.compile(model) if cfg.compile else model
+    eval_net = net
+    # DDP: gradient all-reduce; checkpoints keep the unwrapped model's keys (world-size independent)
+    net = distributed.wrap_ddp(net, info, sync_bn=getattr(cfg, "sync_bn", False))
+    if info.distributed:
+        task = distributed.DistributedTask(task, info, eval_net)
     metadata = {
         "model": cfg.model,
         "num_classes": len(bundle.class_names),
@@ -333,20 +365,26 @@ def train(
         "data": cfg.data,
         "model_cfg": _plain(getattr(model, "default_cfg", {})),
     }
-    manager = CheckpointManager(run_dir / "checkpoints")
     monitor = cfg.monitor if val_loader is not None else "train_loss"
-    callbacks: list[cbs.Callback] = [
-        cbs.Progress(cfg.epochs, len(train_loader), console=console, enabled=console is not None),
-        cbs.CSVLogger(run_dir / "metrics.csv"),
-        cbs.Checkpoint(manager, lambda: metadata, monitor),
-        cbs.GracefulInterrupt(),
-    ]
+    callbacks: list[cbs.Callback] = []
+    if info.is_main:  # DDP: the other ranks neither print nor write
+        manager = CheckpointManager(run_dir / "checkpoints")
+        callbacks += [
+            cbs.Progress(cfg.epochs, len(train_loader), console=console, enabled=bool(console)),
+            cbs.CSVLogger(run_dir / "metrics.csv"),
+            cbs.Checkpoint(manager, lambda: metadata, monitor),
+        ]
+    if not info.distributed:
+        callbacks.append(cbs.GracefulInterrupt())
     if cfg.early_stopping:
         callbacks.append(cbs.EarlyStopping(monitor, cfg.early_stopping))
-    if cfg.tensorboard:
+    if cfg.tensorboard and info.is_main:
         callbacks.append(_tensorboard(run_dir))
     if plan is not None:
         callbacks += plan.callbacks
+    if info.distributed:  # DDP: throughput summed first; stops agreed on last
+        callbacks = [distributed.GlobalThroughput(info.world_size), *callbacks]
+        callbacks.append(distributed.DistributedSync(task))
     ids = bundle.splits["train"].ids
     trainer = Trainer(
         net,
@@ -362,25 +400,29 @@ def train(
     )
     if resume_from:
         _restore(trainer, model, resume_from[1], cfg)
+    distributed.decorrelate_rng(info)  # DDP: per-rank dropout masks (no-op in one process)
     t0 = time.perf_counter()
     setup_time = t0 - t_call  # reading, scanning and decoding the data once, building the model
     state = trainer.fit(train_loader, val_loader, cfg.epochs)
     train_time = time.perf_counter() - t0
     if state.interrupted:
         raise Interrupted(f"{state.stop_reason}; resume with: cnnlab train --resume {run_dir}")
-    write_json(
-        run_dir / "run.json",
-        {
-            "train_time_s": train_time,
-            "setup_time_s": setup_time,
-            "precision": precision,
-            "device": str(device),
-            "channels_last": channels_last,
-            "stop_reason": state.stop_reason,
-            "flops_per_image": flops,
-            "cnnlab_version": __version__,
-        },
-    )
+    if info.is_main:  # DDP: rank 0 writes
+        write_json(
+            run_dir / "run.json",
+            {
+                "train_time_s": train_time,
+                "setup_time_s": setup_time,
+                "precision": precision,
+                "device": str(device),
+                "channels_last": channels_last,
+                "stop_reason": state.stop_reason,
+                "flops_per_image": flops,
+                "cnnlab_version": __version__,
+                "world_size": info.world_size,
+            },
+        )
+    distributed.barrier()  # DDP: rank 0's last checkpoint is on disk before the others read best
     result = TrainResult(run_dir, state.history, None, train_time, cfg, state.stop_reason)
     if "test" in tensors and len(bundle.splits["test"]):
         best, _, _ = load_checkpoint_model(run_dir, device)
@@ -523,17 +565,25 @@ def evaluate_model(
     out_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Metrics (+ bootstrap CIs, report) of `model` on one split held as a uint8 tensor."""
-    from cnnlab.metrics import classification_metrics
+    from cnnlab.metrics import UndefinedMetricWarning, classification_metrics
     from cnnlab.metrics.stats import headline_intervals
 
     loader = make_loader(images, split.targets, spec, device, 512)
     task = ClassificationTask(len(class_names))
-    trainer = Trainer(model, task, None, None, device=device, precision=precision)
-    probs, targets = trainer.predict(loader)
+    info = distributed.current()
+    if info.distributed:  # DDP: each rank predicts every W-th batch; all gather the whole split
+        probs, targets = distributed.predict_sharded(
+            model, task, loader, device=device, precision=precision
+        )
+    else:
+        trainer = Trainer(model, task, None, None, device=device, precision=precision)
+        probs, targets = trainer.predict(loader)
     p, t = probs.numpy().astype(np.float64), targets.numpy()
-    metrics = classification_metrics(t, p, class_names=class_names)
+    with warnings.catch_warnings():  # undefined values are listed in metrics["warnings"] and shown once
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        metrics = classification_metrics(t, p, class_names=class_names)
     metrics["confidence_intervals"] = headline_intervals(t, p, seed=0)
-    out = out_dir or run_dir
+    out = (out_dir or run_dir) if info.is_main else None  # DDP: rank 0 writes
     result: dict[str, Any] = {"metrics": metrics, "probs": p, "targets": t}
     if out is not None:
         write_json(out / "test_metrics.json", metrics)
@@ -842,6 +892,39 @@ def embed(
     from cnnlab.transfer import embed as embed_features
 
     return embed_features(run_or_checkpoint, data, split, out, device=device)
+
+
+# -- explain -----------------------------------------------------------------------------------------------
+def explain(run_or_checkpoint: str | Path, image: str | Path, *, out: str | Path | None = None, top_k: int = 3,
+            methods: tuple[str, ...] = ("gradcam", "gradcam++"), device: str = "cpu") -> dict[str, Any]:
+    """One image through the trained model, layer by layer (the lecture's words), with CAM overlays: see
+    cnnlab.explain. Writes explain.html + figures; returns paths and numbers."""
+    from cnnlab.report.explain_page import explain_image
+
+    return explain_image(run_or_checkpoint, image, out_dir=out, top_k=top_k, methods=tuple(methods),
+                         device=device)
+
+
+# -- segmentation ------------------------------------------------------------------------------------------
+def segment_train(config: Any = None, *, console: Any = None, **options: Any):
+    """Train a segmentation model (U-Net / FCN / DeepLabV3 / LR-ASPP on zoo encoders): see cnnlab.segment."""
+    from cnnlab.segment import train_segmentation
+
+    return train_segmentation(config, console=console, **options)
+
+
+def segment_evaluate(run: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Per-class IoU, mean IoU, Dice, pixel accuracy and frequency-weighted IoU on the run's test split."""
+    from cnnlab.segment import evaluate_segmentation
+
+    return evaluate_segmentation(run, **kwargs)
+
+
+def segment_predict(run: str | Path, inputs: list[str | Path], out_dir: str | Path, **kwargs: Any) -> list[Path]:
+    """Mask PNGs (class index per pixel) and colour overlays for images or folders."""
+    from cnnlab.segment import predict_segmentation
+
+    return predict_segmentation(run, inputs, out_dir, **kwargs)
 
 
 # -- demo ----------------------------------------------------------------------------------------------------

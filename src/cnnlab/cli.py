@@ -34,12 +34,14 @@ def command(name: str):
 
 
 # -- parser --------------------------------------------------------------------------------------------------
-def _add_train_options(p: argparse.ArgumentParser, skip: frozenset[str] = frozenset()) -> None:
-    """One --option per TrainConfig field (defaults live in the dataclass only; None = not given)."""
+def _add_train_options(
+    p: argparse.ArgumentParser, skip: frozenset[str] = frozenset(), cls: type = TrainConfig
+) -> None:
+    """One --option per config field (defaults live in the dataclass only; None = not given)."""
     p.add_argument(
         "--config", help="JSON or TOML file of options (command-line options override it)"
     )
-    for f in dataclasses.fields(TrainConfig):
+    for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
@@ -144,6 +146,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("segment", help="semantic segmentation: train | evaluate | predict (IoU, Dice)")
+    seg = p.add_subparsers(dest="segment_action", metavar="ACTION", required=True)
+    from cnnlab.segment import SegmentConfig
+
+    _add_train_options(seg.add_parser("train", help="train a segmentation model"), cls=SegmentConfig)
+    q = seg.add_parser("evaluate", help="per-class IoU, mean IoU, Dice, pixel accuracy")
+    q.add_argument("run")
+    q.add_argument("--data", default=None)
+    q.add_argument("--split", default="test")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--out", default=None)
+    q.add_argument("--no-report", dest="report", action="store_false")
+    q.add_argument("--json", action="store_true")
+    q = seg.add_parser("predict", help="mask PNGs (class index per pixel) and colour overlays")
+    q.add_argument("run")
+    q.add_argument("inputs", nargs="+")
+    q.add_argument("--out", required=True, help="folder for the masks and overlays")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--batch-size", type=int, default=16)
+    q.add_argument("--no-overlays", dest="overlays", action="store_false")
+
+    p = sub.add_parser("explain", help="walk one image through a trained model, layer by layer, with Grad-CAM")
+    p.add_argument("run", help="run directory or .safetensors checkpoint")
+    p.add_argument("image", help="an image file")
+    p.add_argument("--out", default=None, help="folder for explain.html (default: RUN/explain/IMAGE/)")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--method", action="append", default=None,
+                   help="CAM method, repeatable: gradcam, gradcam++, eigencam, scorecam, layercam, xgradcam, hirescam")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print the numbers (layers, shapes, probabilities)")
 
     p = sub.add_parser("models", help="list the model zoo, or show one model's layers")
     p.add_argument("action", nargs="?", default="list", choices=("list", "show"))
@@ -349,6 +382,68 @@ def _embed(args: argparse.Namespace) -> int:
 
     path = api.embed(args.run, data=args.data, split=args.split, out=args.out, device=args.device)
     out.print(f"features written to {path}")
+    return 0
+
+
+@command("segment")
+def _segment(args: argparse.Namespace) -> int:
+    from cnnlab import api
+    from cnnlab.segment import SegmentConfig
+
+    if args.segment_action == "train":
+        names = [f.name for f in dataclasses.fields(SegmentConfig)]
+        options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+        result = api.segment_train(args.config, console=out, **options)
+        _print_segment_metrics(result.test_metrics)
+        out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
+        if result.report:
+            out.print(f"report: {result.report}")
+    elif args.segment_action == "evaluate":
+        result = api.segment_evaluate(args.run, data=args.data, split=args.split, device=args.device,
+                                      report=args.report, out=args.out)
+        if args.json:
+            print(json.dumps(result["metrics"], indent=2, default=str))
+            return 0
+        _print_segment_metrics(result["metrics"])
+    else:
+        paths = api.segment_predict(args.run, args.inputs, args.out, device=args.device,
+                                    batch_size=args.batch_size, overlays=args.overlays)
+        out.print(f"wrote {len(paths)} file(s) to {args.out}")
+    return 0
+
+
+def _print_segment_metrics(metrics: dict[str, Any] | None) -> None:
+    if not metrics:
+        return
+    t = Table(title="segmentation metrics")
+    for col in ("class", "IoU", "Dice", "pixels"):
+        t.add_column(col, justify="left" if col == "class" else "right")
+    for name, v in metrics.get("per_class", {}).items():
+        cells = [v.get("iou"), v.get("dice"), v.get("support")]
+        t.add_row(str(name), *["-" if c is None else (f"{c:,}" if isinstance(c, int) else f"{c:.4f}")
+                               for c in cells])
+    out.print(t)
+    for key in ("mean_iou", "mean_dice", "pixel_accuracy", "frequency_weighted_iou"):
+        if metrics.get(key) is not None:
+            out.print(f"{key}: {metrics[key]:.4f}")
+
+
+@command("explain")
+def _explain(args: argparse.Namespace) -> int:
+    from cnnlab import api
+
+    result = api.explain(args.run, args.image, out=args.out, top_k=args.top_k,
+                         methods=tuple(args.method or ("gradcam", "gradcam++")), device=args.device)
+    if args.json:
+        print(json.dumps({"trace": result["trace"], "cams": result["cams"]}, indent=2, default=str))
+        return 0
+    t = Table(title=f"{args.image}: top {args.top_k}")
+    t.add_column("class")
+    t.add_column("probability", justify="right")
+    for row in result["top"]:
+        t.add_row(str(row["class"]), f"{row['probability']:.4f}")
+    out.print(t)
+    out.print(f"layer-by-layer page: {result['html']}")
     return 0
 
 

@@ -53,7 +53,7 @@ def resize_to_square(im: Image.Image, size: int, mode: str = "fit") -> Image.Ima
 def pil_to_chw(im: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """A decoded PIL image -> (C, S, S) uint8, the model's input before normalisation."""
     im = resize_to_square(im, spec.image_size, spec.resize)
-    arr = np.asarray(im, dtype=np.uint8)
+    arr = np.array(im, dtype=np.uint8)  # a writable copy: torch.from_numpy needs one
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return np.ascontiguousarray(arr.transpose(2, 0, 1))

@@ -286,7 +286,8 @@ def write_explain_page(
             f"(feature maps {_shape(cams.target_shape)}), upsampled to the input and laid over it "
             "(red = most important, blue = least). Grad-CAM weighs each feature map A<sub>k</sub> "
             "by the average gradient of the class score: ReLU(&Sigma;<sub>k</sub> "
-            "mean(&part;y<sub>c</sub>/&part;A<sub>k</sub>) A<sub>k</sub>). The gradient saliency is "
+            "mean(&part;y<sub>c</sub>/&part;A<sub>k</sub>) A<sub>k</sub>). "
+            "The gradient saliency is "
             "|&part;y<sub>c</sub>/&part;x| per input pixel. One row per top class; each map is "
             "scaled to [0, 1] on its own.</p>"
             f'<figure><img src="{cam_uri}" alt="class activation maps"></figure>'
