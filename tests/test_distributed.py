@@ -346,6 +346,40 @@ def test_killed_rank_restarts_from_the_last_checkpoint_and_ends_exactly_as_unint
     assert json.loads((tmp_path / "job" / "test_metrics.json").read_text()) == expected
 
 
+@pytest.mark.slow
+def test_sigterm_on_one_rank_stops_both_at_one_step_and_resumes_in_one_process(
+    ddp_reference, tmp_path
+):
+    """SIGTERM reaches rank 1 only; both ranks stop after the same step (else rank 0 would block in
+    the next collective instead of saving), rank 0 saves a mid-epoch checkpoint, and a single
+    process resumes it (a different world size) and ends where the 2-rank run ends, within the
+    summation-order tolerance of the training test."""
+    from cnnlab import api
+
+    cmd = _torchrun(2, "-m", "cnnlab", "train", *TRAIN, "--out", str(tmp_path), "--name", "term")
+    log = open(tmp_path / "torchrun.log", "w+")
+    proc = subprocess.Popen(cmd, env=_env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
+    manifest = tmp_path / "term" / "checkpoints" / "manifest.json"
+    deadline = time.time() + 240
+    while not manifest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    victim = _worker_pid(proc.pid, rank=1)
+    assert victim is not None, "rank 1 not found"
+    os.kill(victim, signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    log.seek(0)
+    text = log.read()
+    assert "interrupted by SIGTERM" in text and "interrupted on another rank" in text, text[-3000:]
+    last = json.loads(manifest.read_text())["checkpoints"][-1]
+    assert "-step-" in last["tag"] and not last["complete_epoch"], last
+    run = api.train(resume=str(tmp_path / "term"))
+    assert run.config.batch_size == 32  # the global batch, now in one process
+    ref, got = _weights(ddp_reference), _weights(run.run_dir)
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=0, atol=1e-4, msg=key)
+
+
 # -- worker (run by torchrun from the eval test)
 def _eval_worker(out: Path) -> None:
     from cnnlab import api

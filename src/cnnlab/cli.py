@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train a classifier on a folder, CSV, builtin: or torchvision: dataset"
     )
     _add_train_options(p)
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=None,
+        help="with --devices N: torchrun restarts after a failure, resuming from the newest checkpoint",
+    )
 
     p = sub.add_parser(
         "finetune", help="transfer learning: start from a run, checkpoint, imagenet or weights"
@@ -147,11 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--device", default="auto")
 
-    p = sub.add_parser("segment", help="semantic segmentation: train | evaluate | predict (IoU, Dice)")
+    p = sub.add_parser(
+        "segment", help="semantic segmentation: train | evaluate | predict (IoU, Dice)"
+    )
     seg = p.add_subparsers(dest="segment_action", metavar="ACTION", required=True)
     from cnnlab.segment import SegmentConfig
 
-    _add_train_options(seg.add_parser("train", help="train a segmentation model"), cls=SegmentConfig)
+    _add_train_options(
+        seg.add_parser("train", help="train a segmentation model"), cls=SegmentConfig
+    )
     q = seg.add_parser("evaluate", help="per-class IoU, mean IoU, Dice, pixel accuracy")
     q.add_argument("run")
     q.add_argument("--data", default=None)
@@ -168,15 +178,67 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batch-size", type=int, default=16)
     q.add_argument("--no-overlays", dest="overlays", action="store_false")
 
-    p = sub.add_parser("explain", help="walk one image through a trained model, layer by layer, with Grad-CAM")
+    p = sub.add_parser(
+        "explain", help="walk one image through a trained model, layer by layer, with Grad-CAM"
+    )
     p.add_argument("run", help="run directory or .safetensors checkpoint")
     p.add_argument("image", help="an image file")
-    p.add_argument("--out", default=None, help="folder for explain.html (default: RUN/explain/IMAGE/)")
+    p.add_argument(
+        "--out", default=None, help="folder for explain.html (default: RUN/explain/IMAGE/)"
+    )
     p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--method", action="append", default=None,
-                   help="CAM method, repeatable: gradcam, gradcam++, eigencam, scorecam, layercam, xgradcam, hirescam")
+    p.add_argument(
+        "--method",
+        action="append",
+        default=None,
+        help="CAM method, repeatable: gradcam, gradcam++, eigencam, scorecam, layercam, xgradcam, hirescam",
+    )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--json", action="store_true", help="print the numbers (layers, shapes, probabilities)")
+    p.add_argument(
+        "--json", action="store_true", help="print the numbers (layers, shapes, probabilities)"
+    )
+
+    p = sub.add_parser("detect", help="object detection: train | evaluate | predict (COCO mAP)")
+    det = p.add_subparsers(dest="detect_action", metavar="ACTION", required=True)
+    from cnnlab.detect import DetectConfig
+
+    _add_train_options(det.add_parser("train", help="train a detector"), cls=DetectConfig)
+    q = det.add_parser("evaluate", help="mAP@0.5, mAP@[.5:.95], per-class AP, AR")
+    q.add_argument("run")
+    q.add_argument("--data", default=None)
+    q.add_argument("--split", default="test")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--out", default=None)
+    q.add_argument("--no-report", dest="report", action="store_false")
+    q.add_argument("--json", action="store_true")
+    q = det.add_parser("predict", help="COCO results JSON and images with boxes drawn")
+    q.add_argument("run")
+    q.add_argument("inputs", nargs="+")
+    q.add_argument("--out", required=True)
+    q.add_argument("--device", default="auto")
+    q.add_argument("--score-threshold", type=float, default=None)
+    q.add_argument("--no-draw", dest="draw", action="store_false")
+
+    p = sub.add_parser(
+        "export", help="ONNX / TorchScript / safetensors with preprocessing, checked after export"
+    )
+    p.add_argument("run", help="run directory or .safetensors checkpoint")
+    p.add_argument("--format", default="onnx", choices=("onnx", "torchscript", "safetensors"))
+    p.add_argument("--out", default=None)
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--no-check", dest="check", action="store_false")
+    p.add_argument("--rtol", type=float, default=1e-3)
+    p.add_argument("--atol", type=float, default=1e-5)
+
+    p = sub.add_parser(
+        "serve", help="web explorer: drop an image, see classes, layers and Grad-CAM"
+    )
+    p.add_argument("run", help="run directory or .safetensors checkpoint")
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-bytes", type=int, default=10_000_000)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--device", default="cpu")
 
     p = sub.add_parser("models", help="list the model zoo, or show one model's layers")
     p.add_argument("action", nargs="?", default="list", choices=("list", "show"))
@@ -262,16 +324,19 @@ def _print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None
     for m in ("precision", "recall", "f1", "tnr", "fpr", "roc_auc"):
         row(f"{m} (macro)", metrics.get("macro", {}).get(m), f"macro_{m}")
     out.print(head)
-    per = Table(title="per class", show_header=True)
+    per = Table(title="per class (one vs rest); recall = TPR, TNR = specificity", show_header=True,
+                padding=(0, 1), collapse_padding=True)
     cols = ("support", "tp", "fp", "tn", "fn", "precision", "recall", "f1", "tnr", "fpr", "roc_auc")
-    per.add_column("class")
+    short = {"support": "n", "precision": "prec", "recall": "rec", "roc_auc": "auc"}
+    per.add_column("class", overflow="fold")
     for c in cols:
-        per.add_column(c, justify="right")
+        per.add_column(short.get(c, c), justify="right", no_wrap=True)
     for name, vals in metrics.get("per_class", {}).items():
         cells = []
         for c in cols:
             v = vals.get(c)
-            cells.append("-" if v is None else (f"{v:d}" if isinstance(v, int) else f"{v:.3f}"))
+            text = "-" if v is None else (f"{v:d}" if isinstance(v, int) else f"{v:.3f}")
+            cells.append(text[1:] if text.startswith("0.") else text)  # ".980": narrow enough for 80 columns
         per.add_row(str(name), *cells)
     out.print(per)
     for w in metrics.get("warnings", []):
@@ -298,8 +363,17 @@ def _demo(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from cnnlab import api
 
-    result = api.train(args.config, console=out, **_train_overrides(args))
-    _finish_train(result)
+    from cnnlab.engine import distributed
+
+    overrides = _train_overrides(args)
+    devices = int(overrides.get("devices") or 1)
+    if (
+        devices > 1 and not distributed.launched()
+    ):  # re-run this command under torchrun, one process per device
+        return distributed.launch(sys.argv[1:], devices, max_restarts=args.max_restarts or 0)
+    result = api.train(args.config, console=out if distributed.is_main() else None, **overrides)
+    if distributed.is_main():
+        _finish_train(result)
     return 0
 
 
@@ -399,15 +473,27 @@ def _segment(args: argparse.Namespace) -> int:
         if result.report:
             out.print(f"report: {result.report}")
     elif args.segment_action == "evaluate":
-        result = api.segment_evaluate(args.run, data=args.data, split=args.split, device=args.device,
-                                      report=args.report, out=args.out)
+        result = api.segment_evaluate(
+            args.run,
+            data=args.data,
+            split=args.split,
+            device=args.device,
+            report=args.report,
+            out=args.out,
+        )
         if args.json:
             print(json.dumps(result["metrics"], indent=2, default=str))
             return 0
         _print_segment_metrics(result["metrics"])
     else:
-        paths = api.segment_predict(args.run, args.inputs, args.out, device=args.device,
-                                    batch_size=args.batch_size, overlays=args.overlays)
+        paths = api.segment_predict(
+            args.run,
+            args.inputs,
+            args.out,
+            device=args.device,
+            batch_size=args.batch_size,
+            overlays=args.overlays,
+        )
         out.print(f"wrote {len(paths)} file(s) to {args.out}")
     return 0
 
@@ -420,8 +506,13 @@ def _print_segment_metrics(metrics: dict[str, Any] | None) -> None:
         t.add_column(col, justify="left" if col == "class" else "right")
     for name, v in metrics.get("per_class", {}).items():
         cells = [v.get("iou"), v.get("dice"), v.get("support")]
-        t.add_row(str(name), *["-" if c is None else (f"{c:,}" if isinstance(c, int) else f"{c:.4f}")
-                               for c in cells])
+        t.add_row(
+            str(name),
+            *[
+                "-" if c is None else (f"{c:,}" if isinstance(c, int) else f"{c:.4f}")
+                for c in cells
+            ],
+        )
     out.print(t)
     for key in ("mean_iou", "mean_dice", "pixel_accuracy", "frequency_weighted_iou"):
         if metrics.get(key) is not None:
@@ -432,8 +523,14 @@ def _print_segment_metrics(metrics: dict[str, Any] | None) -> None:
 def _explain(args: argparse.Namespace) -> int:
     from cnnlab import api
 
-    result = api.explain(args.run, args.image, out=args.out, top_k=args.top_k,
-                         methods=tuple(args.method or ("gradcam", "gradcam++")), device=args.device)
+    result = api.explain(
+        args.run,
+        args.image,
+        out=args.out,
+        top_k=args.top_k,
+        methods=tuple(args.method or ("gradcam", "gradcam++")),
+        device=args.device,
+    )
     if args.json:
         print(json.dumps({"trace": result["trace"], "cams": result["cams"]}, indent=2, default=str))
         return 0
@@ -444,6 +541,88 @@ def _explain(args: argparse.Namespace) -> int:
         t.add_row(str(row["class"]), f"{row['probability']:.4f}")
     out.print(t)
     out.print(f"layer-by-layer page: {result['html']}")
+    return 0
+
+
+@command("detect")
+def _detect(args: argparse.Namespace) -> int:
+    from cnnlab import api
+    from cnnlab.detect import DetectConfig
+
+    if args.detect_action == "train":
+        names = [f.name for f in dataclasses.fields(DetectConfig)]
+        options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+        result = api.detect_train(args.config, console=out, **options)
+        metrics = result.test_metrics
+        out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
+    elif args.detect_action == "evaluate":
+        result = api.detect_evaluate(
+            args.run,
+            data=args.data,
+            split=args.split,
+            device=args.device,
+            report=args.report,
+            out=args.out,
+        )
+        metrics = result["metrics"]
+        if args.json:
+            print(json.dumps(metrics, indent=2, default=str))
+            return 0
+    else:
+        path = api.detect_predict(
+            args.run,
+            args.inputs,
+            args.out,
+            device=args.device,
+            score_threshold=args.score_threshold,
+            draw=args.draw,
+        )
+        out.print(f"detections written to {path}")
+        return 0
+    if metrics:
+        for key in ("map_50", "map", "map_75", "mar_100"):
+            if metrics.get(key) is not None:
+                out.print(f"{key}: {metrics[key]:.4f}")
+    return 0
+
+
+@command("export")
+def _export(args: argparse.Namespace) -> int:
+    from cnnlab import api
+
+    r = api.export(
+        args.run,
+        format=args.format,
+        out=args.out,
+        opset=args.opset,
+        check=args.check,
+        rtol=args.rtol,
+        atol=args.atol,
+    )
+    out.print(f"exported {r.format}: {r.path}")
+    if r.sidecar:
+        out.print(f"preprocessing and class names: {r.sidecar}")
+    if r.max_abs_diff is not None:
+        out.print(
+            f"checked against PyTorch ({r.checked_with}, batch sizes {list(r.batch_sizes)}): max abs "
+            f"difference {r.max_abs_diff:.2e} within rtol {r.rtol:g}, atol {r.atol:g}"
+        )
+    return 0
+
+
+@command("serve")
+def _serve(args: argparse.Namespace) -> int:
+    from cnnlab import api
+
+    out.print(f"serving {args.run} on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
+    api.serve(
+        args.run,
+        host=args.host,
+        port=args.port,
+        max_upload_bytes=args.max_upload_bytes,
+        top_k=args.top_k,
+        device=args.device,
+    )
     return 0
 
 

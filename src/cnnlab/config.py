@@ -86,6 +86,10 @@ class TrainConfig:
         None  # None: on for models with >= 3 channels' worth of 2D convs on CUDA/bf16
     )
     compile: bool = False  # torch.compile the model (pays off for long runs)
+    devices: int = (
+        1  # processes on this node (DDP through torchrun; --batch-size stays the global batch)
+    )
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
     # --- run control ---
     seed: int = 0
     deterministic: bool = (

@@ -1,0 +1,637 @@
+"""Object-detection data: COCO JSON, Pascal VOC XML, YOLO txt and ``builtin:shapes`` boxes.
+
+    bundle = load_box_source("annotations/instances.json", val_fraction=0.1, test_fraction=0.1)
+    images, targets, ids, report = decode_box_split(bundle.splits["train"], spec, bundle.report)
+
+Layouts (``data``):
+
+* ``FILE.json`` -- COCO instances: ``images`` (id, file_name, width, height), ``categories``
+  (id, name), ``annotations`` (image_id, category_id, bbox = [x, y, w, h] pixels, iscrowd).
+  Images are looked up under ``data_root`` (default: the JSON's folder, then ``images/`` beside it).
+* ``DIR`` with ``Annotations/*.xml`` and ``JPEGImages/`` -- Pascal VOC. ``<bndbox>`` holds
+  1-based inclusive pixel corners, so ``x1 = xmin - 1, x2 = xmax`` (Detectron's convention);
+  ``ImageSets/Main/{train,val,test}.txt`` give the splits when present.
+* ``DIR`` with ``images/`` and ``labels/`` (optionally one more level: ``images/train`` ...) --
+  YOLO: one ``.txt`` per image, lines ``class cx cy w h`` normalised to [0, 1]; class names from
+  ``classes.txt`` / ``obj.names`` or the ``names:`` of a ``data.yaml``.
+* ``builtin:shapes?n=..&size=..&objects=K`` -- the synthetic shapes with their true boxes.
+
+Label checks (bad-inputs.md cases 38-41), all counted in :class:`BoxReport` and never silent:
+
+* an annotation naming an unknown image id, or an image whose file is missing -> skipped;
+* a box with NaN/Inf coordinates, non-positive width or height, or lying outside the image by
+  more than ``OVERSHOOT`` (1 % of the side, at least 1 px; Ultralytics' tolerance) -> dropped;
+  a smaller overshoot is clipped to the image;
+* non-contiguous category ids (COCO 1..90 with gaps, YOLO/VOC ids) -> remapped to 0..K-1 in
+  order; ``BoxBundle.category_ids[k]`` is the dataset id of class k (stored in the checkpoint);
+* images without (remaining) objects stay in the data as background images and are counted.
+
+Boxes are ``xyxy`` float pixels of the original image until :func:`decode_box_split` maps them
+onto the model's square input with the same layout as :func:`cnnlab.data.tensors.resize_to_square`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnlab.config import PreprocessSpec
+from cnnlab.data.masks import random_split, square_geometry
+from cnnlab.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+OVERSHOOT = 0.01  # fraction of the image side a box may stick out and still be clipped
+BOX_AUGMENTATIONS = ("flip",)  # box-aware ops only: crops and affines would need box clipping
+
+
+@dataclass
+class BoxSample:
+    """One image and its objects. ``boxes``: (K, 4) xyxy in pixels of the original image, or in
+    [0, 1] units when ``normalized`` (YOLO: the image size is only known after decoding)."""
+
+    id: str
+    path: Path | None
+    boxes: np.ndarray
+    labels: np.ndarray  # (K,) contiguous class indices 0..C-1
+    array: np.ndarray | None = None  # (H, W, C) uint8 for in-memory sources
+    normalized: bool = False
+
+
+@dataclass
+class BoxReport:
+    """What the label checks skipped, dropped or clipped; written as ``data_report.json``."""
+
+    skipped_annotations: list[dict[str, Any]] = field(default_factory=list)
+    skipped_images: list[dict[str, Any]] = field(default_factory=list)
+    dropped_boxes: list[dict[str, Any]] = field(default_factory=list)
+    clipped_boxes: int = 0
+    background_images: int = 0
+    category_map: dict[str, int] = field(default_factory=dict)  # dataset id -> class index
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "skipped_annotations": self.skipped_annotations,
+            "skipped_images": self.skipped_images,
+            "dropped_boxes": self.dropped_boxes,
+            "clipped_boxes": self.clipped_boxes,
+            "background_images": self.background_images,
+            "category_map": self.category_map,
+        }
+
+    def merge(self, other: BoxReport) -> None:
+        self.skipped_annotations += other.skipped_annotations
+        self.skipped_images += other.skipped_images
+        self.dropped_boxes += other.dropped_boxes
+        self.clipped_boxes += other.clipped_boxes
+        self.background_images += other.background_images
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.skipped_annotations)} annotation(s) and {len(self.skipped_images)} "
+            f"image(s) skipped, {len(self.dropped_boxes)} box(es) dropped, {self.clipped_boxes} "
+            f"clipped, {self.background_images} background image(s)"
+        )
+
+
+@dataclass
+class BoxBundle:
+    source: str
+    layout: str  # coco | voc | yolo | builtin
+    class_names: list[str]
+    category_ids: list[Any]  # dataset category id of each class index (COCO ids, YOLO ints, names)
+    splits: dict[str, list[BoxSample]]
+    report: BoxReport
+    split_origin: str = ""
+    native_size: int | None = None  # square side of in-memory images
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+# -- checks ----------------------------------------------------------------------------------------
+def check_boxes(
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    width: int,
+    height: int,
+    *,
+    where: str,
+    report: BoxReport,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the usable (K, 4) xyxy pixel boxes: drop NaN/Inf, non-positive sizes and boxes outside
+    the image by more than max(1 px, OVERSHOOT x side); clip the rest to [0, W] x [0, H]."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    keep = np.ones(len(boxes), dtype=bool)
+    tol_x, tol_y = max(1.0, OVERSHOOT * width), max(1.0, OVERSHOOT * height)
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        reason = None
+        if not np.isfinite([x1, y1, x2, y2]).all():
+            reason = "NaN or infinite coordinate"
+        elif x2 <= x1 or y2 <= y1:
+            reason = f"non-positive size {x2 - x1:g} x {y2 - y1:g}"
+        elif x1 < -tol_x or y1 < -tol_y or x2 > width + tol_x or y2 > height + tol_y:
+            reason = f"outside the {width}x{height} image"
+        if reason:
+            keep[i] = False
+            report.dropped_boxes.append(
+                {"image": where, "box": [float(v) for v in (x1, y1, x2, y2)], "reason": reason}
+            )
+    boxes, labels = boxes[keep], labels[keep]
+    clipped = boxes.copy()
+    clipped[:, 0::2] = clipped[:, 0::2].clip(0, width)
+    clipped[:, 1::2] = clipped[:, 1::2].clip(0, height)
+    report.clipped_boxes += int((clipped != boxes).any(1).sum())
+    return clipped.astype(np.float32), labels
+
+
+def _remap(ids: Sequence[Any], report: BoxReport) -> dict[Any, int]:
+    """Dataset category ids (sorted) -> contiguous 0..K-1, recorded in the report."""
+    mapping = {cid: k for k, cid in enumerate(ids)}
+    report.category_map = {str(cid): k for cid, k in mapping.items()}
+    if [str(c) for c in ids] != [str(k) for k in range(len(ids))]:
+        log.info("category ids %s remapped to 0..%d", list(ids)[:10], len(ids) - 1)
+    return mapping
+
+
+def _split(
+    samples: list[BoxSample], val: float, test: float, seed: int
+) -> dict[str, list[BoxSample]]:
+    idx = random_split(len(samples), val, test, seed)
+    return {k: [samples[int(i)] for i in v] for k, v in idx.items()}
+
+
+# -- sources ---------------------------------------------------------------------------------------
+def load_box_source(
+    data: str,
+    *,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    data_root: str | None = None,
+) -> BoxBundle:
+    """Read a detection dataset's annotations (not its pixels) and split it (see module doc)."""
+    if data.startswith("builtin:"):
+        return _builtin(data, val_fraction, test_fraction, seed)
+    path = Path(data).expanduser()
+    if path.is_file() and path.suffix.lower() == ".json":
+        return _coco(path, data_root, val_fraction, test_fraction, seed)
+    if path.is_dir():
+        if (path / "Annotations").is_dir():
+            return _voc(path, val_fraction, test_fraction, seed)
+        if (path / "labels").is_dir() and (path / "images").is_dir():
+            return _yolo(path, val_fraction, test_fraction, seed)
+        raise DataError(
+            path,
+            "not a detection dataset: expected Annotations/ + JPEGImages/ (Pascal VOC) or "
+            "images/ + labels/ (YOLO), or pass a COCO instances .json file",
+        )
+    raise DataError(path, "not found: pass a COCO .json, a VOC or YOLO folder, or builtin:shapes")
+
+
+def _builtin(data: str, val: float, test: float, seed: int) -> BoxBundle:
+    from cnnlab.data.builtin import load_builtin
+
+    spec = data[len("builtin:") :]
+    if not spec.startswith("shapes"):
+        raise ConfigError(f"{data} has no boxes; detection uses builtin:shapes?objects=K")
+    ds = load_builtin(spec)
+    samples = [
+        BoxSample(f"shapes-{i}", None, ds.boxes[i], ds.box_labels[i], ds.images[i])
+        for i in range(len(ds.images))
+    ]
+    ids = list(range(len(ds.class_names)))
+    report = BoxReport()
+    _remap(ids, report)
+    return BoxBundle(
+        data,
+        "builtin",
+        list(ds.class_names),
+        ids,
+        _split(samples, val, test, seed),
+        report,
+        f"random(seed={seed})",
+        ds.images.shape[1],
+    )
+
+
+def _coco(path: Path, root: str | None, val: float, test: float, seed: int) -> BoxBundle:
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(path, f"not valid JSON: {err}") from None
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(doc.get(key), list):
+            raise DataError(path, f"not a COCO instances file: no {key!r} list")
+    folder = Path(root).expanduser() if root else path.parent
+    files = [str(i.get("file_name", "")) for i in doc["images"]]
+    if not root and not any((folder / f).is_file() for f in files):
+        if (path.parent / "images").is_dir():  # common layout: annotations.json + images/
+            folder = path.parent / "images"
+    report = BoxReport()
+    cats = sorted(doc["categories"], key=lambda c: c["id"])
+    mapping = _remap([c["id"] for c in cats], report)
+    names = [str(c.get("name", c["id"])) for c in cats]
+    images: dict[Any, dict[str, Any]] = {}
+    for row, im in enumerate(doc["images"]):
+        if "id" not in im or "file_name" not in im:
+            report.skipped_images.append({"row": row, "reason": "image entry lacks id/file_name"})
+            continue
+        file = folder / im["file_name"]
+        if not file.is_file():
+            report.skipped_images.append({"image": str(file), "reason": "file not found"})
+            continue
+        images[im["id"]] = {"file": file, "boxes": [], "labels": []}
+    known_ids = {im.get("id") for im in doc["images"]}
+    for row, ann in enumerate(doc["annotations"]):
+        image_id, cat = ann.get("image_id"), ann.get("category_id")
+        if image_id not in known_ids:
+            report.skipped_annotations.append(
+                {"row": row, "image_id": image_id, "reason": "unknown image_id"}
+            )
+            continue
+        if image_id not in images:
+            continue  # its image was skipped (missing file): counted there
+        if cat not in mapping:
+            report.skipped_annotations.append(
+                {"row": row, "category_id": cat, "reason": "unknown category_id"}
+            )
+            continue
+        if ann.get("iscrowd", 0):  # crowd regions are not single objects (COCO ignores them too)
+            report.skipped_annotations.append({"row": row, "reason": "iscrowd"})
+            continue
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4):
+            report.skipped_annotations.append({"row": row, "reason": f"bad bbox {bbox!r}"})
+            continue
+        x, y, w, h = (float("nan") if v is None else float(v) for v in bbox)
+        images[image_id]["boxes"].append([x, y, x + w, y + h])
+        images[image_id]["labels"].append(mapping[cat])
+    samples = [
+        BoxSample(
+            str(iid),
+            v["file"],
+            np.asarray(v["boxes"], dtype=np.float64).reshape(-1, 4),
+            np.asarray(v["labels"], dtype=np.int64),
+        )
+        for iid, v in images.items()
+    ]
+    if not samples:
+        raise DataError(path, f"no usable image ({report.summary()}); check data_root={folder}")
+    return BoxBundle(
+        str(path),
+        "coco",
+        names,
+        [c["id"] for c in cats],
+        _split(samples, val, test, seed),
+        report,
+        f"random(seed={seed})",
+    )
+
+
+def _find_image(folder: Path, stem: str) -> Path | None:
+    for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):
+        p = folder / f"{stem}{suffix}"
+        if p.is_file():
+            return p
+    return None
+
+
+def _voc(root: Path, val: float, test: float, seed: int) -> BoxBundle:
+    report = BoxReport()
+    parsed: list[tuple[str, Path, list[list[float]], list[str]]] = []
+    names_seen: list[str] = []
+    for xml_path in sorted((root / "Annotations").glob("*.xml")):
+        try:
+            # ElementTree on expat >= 2.4.1 refuses entity-expansion bombs; no DTDs are loaded.
+            tree = ET.parse(xml_path).getroot()
+        except ET.ParseError as err:
+            report.skipped_images.append({"image": str(xml_path), "reason": f"bad XML: {err}"})
+            continue
+        file_name = tree.findtext("filename") or f"{xml_path.stem}.jpg"
+        image = root / "JPEGImages" / file_name
+        if not image.is_file():
+            image = _find_image(root / "JPEGImages", xml_path.stem) or image
+        if not image.is_file():
+            report.skipped_images.append({"image": str(image), "reason": "file not found"})
+            continue
+        boxes, labels = [], []
+        for obj in tree.iter("object"):
+            name = (obj.findtext("name") or "").strip()
+            bb = obj.find("bndbox")
+            coords = [bb.findtext(k) if bb is not None else None for k in
+                      ("xmin", "ymin", "xmax", "ymax")]  # fmt: skip
+            try:
+                x1, y1, x2, y2 = (float(c) for c in coords)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                report.skipped_annotations.append(
+                    {"file": str(xml_path), "reason": f"bad bndbox {coords}"}
+                )
+                continue
+            boxes.append([x1 - 1, y1 - 1, x2, y2])  # 1-based inclusive -> 0-based xyxy
+            labels.append(name)
+            if name not in names_seen:
+                names_seen.append(name)
+        parsed.append((xml_path.stem, image, boxes, labels))
+    names = sorted(names_seen)
+    mapping = _remap(names, report)
+    samples = [
+        BoxSample(
+            sid,
+            image,
+            np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+            np.asarray([mapping[n] for n in labels], dtype=np.int64),
+        )
+        for sid, image, boxes, labels in parsed
+    ]
+    if not samples:
+        raise DataError(root, f"no usable annotated image ({report.summary()})")
+    sets = root / "ImageSets" / "Main"
+    by_id = {s.id: s for s in samples}
+    if (sets / "train.txt").is_file():
+        splits: dict[str, list[BoxSample]] = {}
+        for split in ("train", "val", "test"):
+            f = sets / f"{split}.txt"
+            if f.is_file():
+                wanted = f.read_text().split()
+                splits[split] = [by_id[i] for i in wanted if i in by_id]
+        return BoxBundle(str(root), "voc", names, names, splits, report, "ImageSets/Main")
+    return BoxBundle(
+        str(root), "voc", names, names, _split(samples, val, test, seed), report,
+        f"random(seed={seed})",
+    )  # fmt: skip
+
+
+def _yolo_names(root: Path) -> list[str] | None:
+    for name in ("classes.txt", "obj.names"):
+        if (root / name).is_file():
+            return [ln.strip() for ln in (root / name).read_text().splitlines() if ln.strip()]
+    for name in ("data.yaml", "dataset.yaml"):
+        if (root / name).is_file():
+            return _yaml_names((root / name).read_text())
+    return None
+
+
+def _yaml_names(text: str) -> list[str] | None:
+    """The ``names`` of an Ultralytics data.yaml without a YAML library: ``names: [a, b]``, or a
+    block of ``- a`` / ``0: a`` lines under ``names:``."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if not line.startswith("names:"):
+            continue
+        rest = line[len("names:") :].split("#")[0].strip()
+        if rest.startswith("["):
+            return [n.strip().strip("'\"") for n in rest.strip("[]").split(",") if n.strip()]
+        names = []
+        for item in lines[i + 1 :]:
+            if not item.startswith((" ", "\t")) or not item.strip():
+                break
+            value = item.strip()
+            value = value[1:] if value.startswith("-") else value.partition(":")[2]
+            names.append(value.strip().strip("'\""))
+        return names or None
+    return None
+
+
+def _yolo(root: Path, val: float, test: float, seed: int) -> BoxBundle:
+    report = BoxReport()
+    subsets = [d.name for d in sorted((root / "images").iterdir()) if d.is_dir()]
+    parts = subsets if subsets else [""]
+    found: dict[str, list[tuple[str, Path, list[list[float]], list[int]]]] = {}
+    for part in parts:
+        image_dir, label_dir = root / "images" / part, root / "labels" / part
+        rows = []
+        for image in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            txt = label_dir / f"{image.stem}.txt"
+            boxes, labels = [], []
+            lines = txt.read_text().splitlines() if txt.is_file() else []
+            for n, line in enumerate(lines, 1):
+                fields = line.split()
+                if not fields:
+                    continue
+                try:
+                    cls = int(fields[0])
+                    cx, cy, w, h = (float(v) for v in fields[1:5])
+                    if len(fields) < 5:
+                        raise ValueError
+                except ValueError:
+                    report.skipped_annotations.append(
+                        {"file": str(txt), "row": n, "reason": f"not 'class cx cy w h': {line!r}"}
+                    )
+                    continue
+                boxes.append([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+                labels.append(cls)
+            rows.append((f"{part}/{image.stem}" if part else image.stem, image, boxes, labels))
+        found[part] = rows
+    names = _yolo_names(root)
+    used = sorted({c for rows in found.values() for *_, labels in rows for c in labels})
+    if names is None:
+        names = [str(c) for c in range(max(used) + 1 if used else 1)]
+        log.warning("%s has no classes.txt / data.yaml: classes named by number", root)
+    ids = list(range(len(names)))
+    mapping = _remap(ids, report)
+    splits: dict[str, list[BoxSample]] = {}
+    for part, rows in found.items():
+        samples = []
+        for sid, image, boxes, labels in rows:
+            keep = [i for i, c in enumerate(labels) if c in mapping]
+            for c in labels:
+                if c not in mapping:
+                    report.skipped_annotations.append(
+                        {"image": str(image), "reason": f"class {c} not in 0..{len(names) - 1}"}
+                    )
+            samples.append(
+                BoxSample(
+                    sid,
+                    image,
+                    np.asarray([boxes[i] for i in keep], dtype=np.float64).reshape(-1, 4),
+                    np.asarray([labels[i] for i in keep], dtype=np.int64),
+                    normalized=True,
+                )
+            )
+        splits[{"valid": "val", "validation": "val"}.get(part, part or "all")] = samples
+    if not any(splits.values()):
+        raise DataError(root, "no images under images/")
+    if set(splits) <= {"all"} or "train" not in splits:
+        everything = [s for v in splits.values() for s in v]
+        return BoxBundle(
+            str(root), "yolo", names, ids, _split(everything, val, test, seed), report,
+            f"random(seed={seed})",
+        )  # fmt: skip
+    return BoxBundle(str(root), "yolo", names, ids, splits, report, "images/<split>")
+
+
+# -- decoding --------------------------------------------------------------------------------------
+def map_boxes(boxes: np.ndarray, width: int, height: int, size: int, resize: str) -> np.ndarray:
+    """(K, 4) xyxy pixels of a width x height image -> pixels of its size x size model input
+    (scale by new/old side, shift by the padding or crop offset: resize_to_square's layout)."""
+    nw, nh, left, top = square_geometry(width, height, size, resize)
+    out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
+    out[:, 0::2] = out[:, 0::2] * (nw / width) + left
+    out[:, 1::2] = out[:, 1::2] * (nh / height) + top
+    return out
+
+
+def unmap_boxes(boxes: np.ndarray, width: int, height: int, size: int, resize: str) -> np.ndarray:
+    """Inverse of :func:`map_boxes`: model-input pixels -> the original image's pixels, clipped."""
+    nw, nh, left, top = square_geometry(width, height, size, resize)
+    out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
+    out[:, 0::2] = ((out[:, 0::2] - left) * (width / nw)).clip(0, width)
+    out[:, 1::2] = ((out[:, 1::2] - top) * (height / nh)).clip(0, height)
+    return out
+
+
+def decode_box_split(
+    samples: Sequence[BoxSample], spec: PreprocessSpec, report: BoxReport | None = None
+) -> tuple[np.ndarray, list[dict[str, np.ndarray]], list[str], BoxReport]:
+    """Decode images to (N, C, S, S) uint8 and boxes to model-input pixels.
+
+    Returns (images, targets [{"boxes": (K, 4) float32 xyxy, "labels": (K,) int64}], ids, report):
+    unreadable images are skipped (report.skipped_images), bad boxes dropped or clipped against the
+    decoded image size, images left without boxes counted as background.
+    """
+    from PIL import Image
+
+    from cnnlab.data.decode import DEFAULT_MAX_PIXELS, load_image, normalize_mode
+    from cnnlab.data.tensors import image_mode, pil_to_chw
+
+    report = report if report is not None else BoxReport()
+    max_pixels = int(spec.decode.get("max_pixels", DEFAULT_MAX_PIXELS))
+    s = spec.image_size
+    arrays, targets, ids = [], [], []
+    for sample in samples:
+        if sample.array is not None:
+            arr = sample.array
+            im = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+            im = normalize_mode(im, image_mode(spec.in_channels))
+        else:
+            try:
+                mode = image_mode(spec.in_channels)
+                im = load_image(sample.path, mode=mode, max_pixels=max_pixels)
+            except DataError as err:
+                report.skipped_images.append({"image": str(sample.path), "reason": err.reason})
+                continue
+        w, h = im.size
+        boxes = sample.boxes.astype(np.float64).reshape(-1, 4)
+        if sample.normalized:
+            boxes = boxes * np.array([w, h, w, h], dtype=np.float64)
+        boxes, labels = check_boxes(
+            boxes, sample.labels, w, h, where=str(sample.path or sample.id), report=report
+        )
+        mapped = map_boxes(boxes, w, h, s, spec.resize)
+        if spec.resize == "crop" and len(mapped):  # parts the crop cut off are not in the input
+            mapped = mapped.clip(0, s)
+            ok = (mapped[:, 2] - mapped[:, 0] >= 1) & (mapped[:, 3] - mapped[:, 1] >= 1)
+            mapped, labels = mapped[ok], labels[ok]
+        if len(mapped) == 0:
+            report.background_images += 1
+        arrays.append(pil_to_chw(im, spec))
+        targets.append({"boxes": mapped.astype(np.float32), "labels": labels.astype(np.int64)})
+        ids.append(sample.id)
+    c = spec.in_channels
+    images = np.stack(arrays) if arrays else np.zeros((0, c, s, s), np.uint8)
+    return images, targets, ids, report
+
+
+# -- loader ----------------------------------------------------------------------------------------
+@dataclass
+class BoxLoader:
+    """Batches ``(images (N, C, S, S) float normalised, [{"boxes", "labels"} tensors], idx)`` over
+    a uint8 image tensor, as :class:`cnnlab.data.loader.TensorLoader` does for class labels.
+
+    Augmentation ``flip``: each image mirrored horizontally with probability 1/2, its boxes too
+    (x1' = S - x2, x2' = S - x1); seeded by (seed, epoch, step) so a resumed epoch repeats it.
+    """
+
+    images: torch.Tensor
+    targets: list[dict[str, torch.Tensor]]
+    mean: torch.Tensor
+    std: torch.Tensor
+    batch_size: int
+    shuffle: bool = False
+    augment: Sequence[str] = ()
+    seed: int = 0
+    drop_last: bool = False
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.images.shape[0])
+
+    def batches(
+        self, epoch: int = 0, start: int = 0
+    ) -> Iterator[tuple[torch.Tensor, list[dict[str, torch.Tensor]], torch.Tensor]]:
+        from cnnlab.data.loader import _generator
+
+        n = self.num_samples
+        order = (
+            torch.randperm(n, generator=_generator(self.seed, epoch))
+            if self.shuffle
+            else torch.arange(n)
+        )
+        mean, std = self.mean.view(1, -1, 1, 1), self.std.view(1, -1, 1, 1)
+        for step in range(start, len(self)):
+            idx = order[step * self.batch_size : (step + 1) * self.batch_size]
+            x = self.images.index_select(0, idx.to(self.images.device)).float() / 255
+            targets = [dict(self.targets[int(i)]) for i in idx]
+            if "flip" in self.augment:
+                g = _generator(self.seed, epoch, step)
+                flip = torch.rand(len(idx), generator=g) < 0.5
+                s = x.shape[-1]
+                for j in torch.nonzero(flip).flatten().tolist():
+                    x[j] = x[j].flip(-1)
+                    b = targets[j]["boxes"].clone()
+                    b[:, [0, 2]] = s - targets[j]["boxes"][:, [2, 0]]
+                    targets[j]["boxes"] = b
+            yield (x - mean) / std, targets, idx
+
+
+def make_box_loader(
+    images: np.ndarray,
+    targets: list[dict[str, np.ndarray]],
+    spec: PreprocessSpec,
+    device: torch.device,
+    batch_size: int,
+    **kw: Any,
+) -> BoxLoader:
+    """A :class:`BoxLoader` with everything on ``device``."""
+    return BoxLoader(
+        torch.as_tensor(images).to(device),
+        [
+            {
+                "boxes": torch.as_tensor(t["boxes"], dtype=torch.float32).reshape(-1, 4).to(device),
+                "labels": torch.as_tensor(t["labels"], dtype=torch.int64).to(device),
+            }
+            for t in targets
+        ],
+        torch.tensor(spec.mean, device=device, dtype=torch.float32),
+        torch.tensor(spec.std, device=device, dtype=torch.float32),
+        batch_size,
+        **kw,
+    )
+
+
+def box_counts(targets: Sequence[dict[str, Any]], num_classes: int) -> dict[str, Any]:
+    """Objects per class and background images, for run summaries."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    background = 0
+    for t in targets:
+        labels = np.asarray(t["labels"])
+        background += int(len(labels) == 0)
+        counts += np.bincount(labels, minlength=num_classes)[:num_classes]
+    return {"objects": counts.tolist(), "background_images": background, "images": len(targets)}
+

@@ -1,0 +1,571 @@
+"""Object detection on the shared engine: train, evaluate, predict.
+
+    from cnnlab.detect import train_detection, evaluate_detection, predict_detection
+    result = train_detection(data="builtin:shapes?n=600&size=64&objects=2", model="fasterrcnn")
+    print(result.test_metrics["map_50"], result.run_dir)
+    predict_detection(result.run_dir, ["photo.jpg"], "predictions/")
+
+The run directory has the segmentation layout (see :mod:`cnnlab.run`): config.json (a
+DetectConfig), classes.json, preprocess.json, splits.json, data_report.json (label checks),
+metrics.csv (``val_map50``, ``val_map``), checkpoints/ (metadata ``task: "detection"``, model,
+backbone, classes, ``category_ids`` = the dataset id of each class index, preprocessing: enough
+to predict), test_metrics.json, test_predictions.json (COCO results) and report.html.
+
+Boxes are scored at the model's input resolution (boxes mapped with the image); prediction maps
+them back to each image's own pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnlab import __version__
+from cnnlab.config import (
+    Device,
+    Optimizer,
+    Precision,
+    PreprocessSpec,
+    ResizeMode,
+    Schedule,
+    _check_literals,
+    make_config,
+)
+from cnnlab.data.boxes import (
+    BOX_AUGMENTATIONS,
+    BoxBundle,
+    BoxReport,
+    decode_box_split,
+    load_box_source,
+    make_box_loader,
+    unmap_boxes,
+)
+from cnnlab.data.decode import DEFAULT_MAX_PIXELS
+from cnnlab.engine import callbacks as cbs
+from cnnlab.engine.checkpoint import CheckpointManager, read_weights
+from cnnlab.engine.optim import build_optimizer, build_scheduler, param_groups
+from cnnlab.engine.trainer import Trainer
+from cnnlab.errors import CheckpointError, ConfigError, DataError, close_matches
+from cnnlab.models.detection import create_detection_model
+from cnnlab.run import new_run_dir, read_json, resolve_weights, run_dir_of, write_json
+from cnnlab.tasks.detection import DetectionTask, ValidationMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Everything a detection run needs; saved as config.json. Names follow SegmentConfig."""
+
+    # --- data ---
+    data: str = "builtin:shapes?n=600&size=64&objects=2"  # COCO .json | VOC dir | YOLO dir
+    data_root: str | None = None  # COCO: the image folder (default: beside the JSON)
+    image_size: int | None = None  # pixels (square); None: the source's own side, else 256
+    in_channels: int | None = None  # None: 3 (files) or the builtin's
+    resize: ResizeMode = "fit"  # boxes follow the image's scale and padding
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    augment: tuple[str, ...] = ("flip",)
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    # --- model ---
+    model: str = "fasterrcnn"  # fasterrcnn | retinanet | fcos | ssdlite
+    backbone: str = "resnet18"  # a zoo classifier (ignored by ssdlite)
+    init_from: str | None = None  # backbone weights: a cnnlab classification run, "imagenet", file
+    backbone_variant: str = "auto"  # auto | imagenet | small-input (stem), as encoder_variant
+    fpn_channels: int = 128  # FPN width: 128 instead of torchvision's 256 for CPU training
+    # --- optimisation ---
+    epochs: int = 20
+    batch_size: int = 16
+    optimizer: Optimizer = "adamw"
+    lr: float = 1e-3  # peak learning rate (one-cycle), per batch of `batch_size`
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    schedule: Schedule = "onecycle"
+    warmup_epochs: float = 1.0
+    grad_clip: float | None = 10.0  # box regression losses spike early on; clip the grad norm
+    score_threshold: float = 0.5  # for precision/recall at IoU 0.5 and drawn boxes
+    # --- compute ---
+    device: Device = "auto"
+    precision: Precision = "32"
+    # --- run control ---
+    seed: int = 0
+    deterministic: bool = False
+    early_stopping: int | None = None
+    monitor: str = "val_map50"  # val_map50 / val_map (higher better) or train_loss
+    out: str = "runs"
+    name: str | None = None
+    report: bool = True
+    report_images: int = 6
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        for key in ("epochs", "batch_size", "lr", "report_images", "fpn_channels"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"option {key} must be > 0, got {getattr(self, key)}")
+        for key in ("val_fraction", "test_fraction"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"option {key} must be in [0, 1), got {getattr(self, key)}")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError("val_fraction + test_fraction must leave samples for training")
+        if self.image_size is not None and self.image_size < 32:
+            raise ConfigError(f"option image_size must be >= 32 pixels, got {self.image_size}")
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ConfigError(
+                f"option score_threshold must be in [0, 1], got {self.score_threshold}"
+            )
+        unknown = [a for a in self.augment if a not in BOX_AUGMENTATIONS]
+        if unknown:
+            raise ConfigError(
+                f"unknown detection augmentation {unknown[0]!r}"
+                f"{close_matches(unknown[0], BOX_AUGMENTATIONS)}; choose from "
+                f"{', '.join(BOX_AUGMENTATIONS)} (or none)"
+            )
+        monitors = ("val_map50", "val_map", "train_loss")
+        if self.monitor not in monitors:
+            raise ConfigError(
+                f"unknown monitor {self.monitor!r}{close_matches(self.monitor, monitors)}; "
+                f"choose from {', '.join(monitors)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class DetectResult:
+    run_dir: Path
+    history: list[dict[str, float]]
+    test_metrics: dict[str, Any] | None
+    train_time_s: float
+    config: DetectConfig
+    stop_reason: str = ""
+    report: Path | None = None
+
+
+def _api():  # cnnlab.api may import this module: look it up lazily to avoid an import cycle
+    from cnnlab import api
+
+    return api
+
+
+def _bundle(cfg: DetectConfig) -> BoxBundle:
+    return load_box_source(
+        cfg.data,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.seed,
+        data_root=cfg.data_root,
+    )
+
+
+def _to_tensors(targets: list[dict[str, np.ndarray]]) -> list[dict[str, torch.Tensor]]:
+    return [
+        {"boxes": torch.as_tensor(t["boxes"]).reshape(-1, 4),
+         "labels": torch.as_tensor(t["labels"])}  # fmt: skip
+        for t in targets
+    ]
+
+
+# -- train -----------------------------------------------------------------------------------------
+def train_detection(
+    config: DetectConfig | str | Path | None = None, *, console: Any = None, **options: Any
+) -> DetectResult:
+    """Train a detector; returns the run directory, history and test metrics.
+
+    ``config`` may be a DetectConfig or a JSON/TOML file; keyword options override it.
+    """
+    from cnnlab.data.tensors import channel_stats
+
+    api = _api()
+    if isinstance(config, DetectConfig):
+        cfg = make_config(DetectConfig, **(config.to_dict() | options))
+    else:
+        cfg = make_config(DetectConfig, config, **options)
+    t_call = time.perf_counter()
+    api.seed_everything(cfg.seed, cfg.deterministic)
+    device = api.resolve_device(cfg.device)
+    bundle = _bundle(cfg)
+    first = next(s for part in bundle.splits.values() for s in part)
+    in_channels = cfg.in_channels or (first.array.shape[2] if first.array is not None else 3)
+    image_size = cfg.image_size or bundle.native_size or 256
+    decode_policy = {"max_pixels": cfg.max_image_pixels}
+    provisional = PreprocessSpec(
+        image_size, in_channels, (0.0,) * in_channels, (1.0,) * in_channels, cfg.resize,
+        decode_policy,
+    )  # fmt: skip
+    report = bundle.report
+    decoded = {}
+    for name, samples in bundle.splits.items():
+        if samples:
+            images, targets, ids, _ = decode_box_split(samples, provisional, report)
+            decoded[name] = (images, targets, ids)
+    if report.skipped_images or report.dropped_boxes or report.skipped_annotations:
+        log.warning("%s: %s (see data_report.json)", cfg.data, report.summary())
+    if "train" not in decoded or len(decoded["train"][0]) == 0:
+        raise DataError(cfg.data, f"the training split is empty ({report.summary()})")
+    class_names = bundle.class_names
+    model = create_detection_model(
+        cfg.model,
+        num_classes=len(class_names),
+        backbone=cfg.backbone,
+        in_channels=in_channels,
+        image_size=image_size,
+        backbone_weights=cfg.init_from,
+        backbone_variant=cfg.backbone_variant,
+        fpn_channels=cfg.fpn_channels,
+    )
+    mean, std = channel_stats(torch.from_numpy(decoded["train"][0]))
+    if cfg.init_from and len(model.default_cfg.get("mean") or ()) == in_channels:
+        mean, std = tuple(model.default_cfg["mean"]), tuple(model.default_cfg["std"])
+    spec = PreprocessSpec(image_size, in_channels, tuple(mean), tuple(std), cfg.resize,
+                          decode_policy)  # fmt: skip
+
+    run_dir = new_run_dir(cfg.out, cfg.name, f"{cfg.model}-{cfg.backbone}", cfg.data)
+    write_json(run_dir / "config.json", cfg.to_dict())
+    write_json(run_dir / "classes.json", class_names)
+    write_json(run_dir / "preprocess.json", spec.to_dict())
+    write_json(run_dir / "data_report.json", report.to_dict())
+    write_json(
+        run_dir / "splits.json",
+        {"source": bundle.source, "layout": bundle.layout, "origin": bundle.split_origin,
+         "splits": {k: v[2] for k, v in decoded.items()}},
+    )  # fmt: skip
+    precision = api.resolve_precision(cfg.precision, device, None)
+    model.to(device)
+    train_loader = make_box_loader(
+        decoded["train"][0], decoded["train"][1], spec, device, cfg.batch_size,
+        shuffle=True, augment=cfg.augment, seed=cfg.seed, drop_last=True,
+    )  # fmt: skip
+    if len(train_loader) == 0:
+        raise DataError(
+            cfg.data,
+            f"the training split has {train_loader.num_samples} images, fewer than one batch of "
+            f"{cfg.batch_size}; lower --batch-size",
+        )
+    val_loader = (
+        make_box_loader(decoded["val"][0], decoded["val"][1], spec, device, max(16, cfg.batch_size))
+        if "val" in decoded
+        else None
+    )
+    groups = param_groups(model, cfg.weight_decay, cfg.lr)
+    optimizer = build_optimizer(
+        cfg.optimizer, groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+        device=device,
+    )  # fmt: skip
+    steps = cfg.epochs * len(train_loader)
+    scheduler = build_scheduler(
+        optimizer, cfg.schedule, steps, int(cfg.warmup_epochs * len(train_loader))
+    )
+    task = DetectionTask(class_names)
+    metadata = {
+        "task": "detection",
+        "model": cfg.model,
+        "backbone": cfg.backbone,
+        "backbone_variant": cfg.backbone_variant,
+        "fpn_channels": cfg.fpn_channels,
+        "num_classes": len(class_names),
+        "in_channels": in_channels,
+        "image_size": image_size,
+        "class_names": class_names,
+        "category_ids": bundle.category_ids,
+        "category_map": report.category_map,
+        "preprocess": spec.to_dict(),
+        "score_threshold": cfg.score_threshold,
+        "data": cfg.data,
+        "backbone_init": model.default_cfg.get("backbone_init"),
+        "cnnlab_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    manager = CheckpointManager(run_dir / "checkpoints")
+    monitor = cfg.monitor if val_loader is not None else "train_loss"
+    callbacks: list[cbs.Callback] = [
+        ValidationMetrics(task),
+        cbs.Progress(cfg.epochs, len(train_loader), console=console, enabled=console is not None),
+        cbs.CSVLogger(run_dir / "metrics.csv"),
+        cbs.Checkpoint(manager, lambda: metadata, monitor),
+        cbs.GracefulInterrupt(),
+    ]
+    if cfg.early_stopping:
+        callbacks.append(cbs.EarlyStopping(monitor, cfg.early_stopping))
+    ids = decoded["train"][2]
+    trainer = Trainer(
+        model, task, optimizer, scheduler, device=device, precision=precision,
+        grad_clip=cfg.grad_clip, callbacks=callbacks,
+        describe_batch=lambda idx: [ids[int(i)] for i in idx[:8]],
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    state = trainer.fit(train_loader, val_loader, cfg.epochs)
+    train_time = time.perf_counter() - t0
+    if state.interrupted:
+        raise api.Interrupted(f"{state.stop_reason}; the last checkpoint is in {run_dir}")
+    write_json(
+        run_dir / "run.json",
+        {"train_time_s": train_time, "setup_time_s": t0 - t_call, "precision": precision,
+         "device": str(device), "stop_reason": state.stop_reason, "cnnlab_version": __version__},
+    )  # fmt: skip
+    result = DetectResult(run_dir, state.history, None, train_time, cfg, state.stop_reason)
+    if "test" in decoded:
+        best, meta, _ = load_detection_model(run_dir, device)
+        ev = evaluate_detection_model(
+            best, spec, *decoded["test"], class_names, device=device, out_dir=run_dir,
+            run_dir=run_dir, report=cfg.report, score_threshold=cfg.score_threshold,
+            show=cfg.report_images,
+        )  # fmt: skip
+        result.test_metrics, result.report = ev["metrics"], ev.get("report")
+    return result
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+def load_detection_model(
+    run_or_checkpoint: str | Path, device: torch.device | str = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any], Path]:
+    """(model in eval mode, checkpoint metadata, weights path) from a run folder or .safetensors."""
+    weights = resolve_weights(run_or_checkpoint)
+    state, meta = read_weights(weights)
+    if meta.get("task") != "detection":
+        raise CheckpointError(
+            f"{weights} is a {meta.get('task', 'classification')} checkpoint, not a detection one"
+        )
+    for key in ("model", "backbone", "num_classes", "in_channels", "preprocess", "class_names"):
+        if key not in meta:
+            raise CheckpointError(f"{weights} lacks metadata {key!r}")
+    model = create_detection_model(
+        meta["model"],
+        num_classes=int(meta["num_classes"]),
+        backbone=meta["backbone"],
+        in_channels=int(meta["in_channels"]),
+        image_size=int(meta["image_size"]),
+        backbone_variant=meta.get("backbone_variant", "auto"),
+        fpn_channels=int(meta.get("fpn_channels", 128)),
+    )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{weights} does not fit {meta['model']}-{meta['backbone']}: "
+            f"{str(err).splitlines()[0]}"
+        ) from None
+    return model.to(device).eval(), meta, weights
+
+
+# -- evaluate --------------------------------------------------------------------------------------
+@torch.inference_mode()
+def _run(model: torch.nn.Module, loader: Any) -> list[dict[str, torch.Tensor]]:
+    preds = []
+    for images, _, _ in loader.batches(0):
+        preds += [{k: v.cpu() for k, v in o.items()} for o in model(images)]
+    return preds
+
+
+def _coco_results(
+    preds: list[dict[str, torch.Tensor]], ids: list[str], category_ids: list[Any]
+) -> list[dict[str, Any]]:
+    """COCO results format: one {image_id, category_id, bbox [x, y, w, h], score} per detection."""
+    out = []
+    for p, sid in zip(preds, ids, strict=True):
+        for b, lab, s in zip(p["boxes"].tolist(), p["labels"].tolist(), p["scores"].tolist(),
+                             strict=True):  # fmt: skip
+            image_id: Any = int(sid) if str(sid).isdigit() else sid
+            out.append({"image_id": image_id, "category_id": category_ids[lab],
+                        "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2),
+                                 round(b[3] - b[1], 2)], "score": round(s, 5)})  # fmt: skip
+    return out
+
+
+def evaluate_detection_model(
+    model: torch.nn.Module,
+    spec: PreprocessSpec,
+    images: np.ndarray,
+    targets: list[dict[str, np.ndarray]],
+    ids: list[str],
+    class_names: list[str],
+    *,
+    device: torch.device,
+    out_dir: Path | None = None,
+    run_dir: Path | None = None,
+    report: bool = True,
+    score_threshold: float = 0.5,
+    category_ids: list[Any] | None = None,
+    show: int = 6,
+) -> dict[str, Any]:
+    """Metrics of ``model`` on (N, C, S, S) uint8 images and their model-input boxes; writes
+    test_metrics.json, test_predictions.json (COCO results, model-input pixels) and the report."""
+    from cnnlab.metrics.detection import detection_metrics
+
+    loader = make_box_loader(images, targets, spec, device, 16)
+    model.eval()
+    preds = _run(model, loader)
+    truth = _to_tensors(targets)
+    metrics = detection_metrics(preds, truth, class_names, score_threshold=score_threshold)
+    metrics["image_size"] = spec.image_size
+    result: dict[str, Any] = {"metrics": metrics, "preds": preds}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        write_json(out_dir / "test_metrics.json", metrics)
+        cats = category_ids or list(range(len(class_names)))
+        write_json(out_dir / "test_predictions.json", _coco_results(preds, ids, cats))
+        if report:
+            from cnnlab.report.detection_report import write_detection_report
+
+            result["report"] = write_detection_report(
+                out_dir, metrics, images=images, targets=truth, preds=preds, ids=ids,
+                class_names=class_names, score_threshold=score_threshold, run_dir=run_dir,
+                show=show,
+            )  # fmt: skip
+    return result
+
+
+def evaluate_detection(
+    run: str | Path,
+    *,
+    data: str | None = None,
+    split: str = "test",
+    device: str = "auto",
+    report: bool = True,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate a detection run on its recorded split (default: the held-out test images) or on
+    every image of another dataset ``data`` whose class names are among the model's."""
+    api = _api()
+    dev = api.resolve_device(device)
+    model, meta, weights = load_detection_model(run, dev)
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    class_names = list(meta["class_names"])
+    run_dir = run_dir_of(weights)
+    bundle_report = BoxReport()
+    if data is None:
+        if run_dir is None:
+            raise ConfigError(f"{weights} is not inside a run directory: pass data=")
+        saved = read_json(run_dir / "config.json")
+        saved["augment"] = tuple(saved.get("augment", ()))
+        cfg = make_config(DetectConfig, **saved)
+        recorded = read_json(run_dir / "splits.json")["splits"]
+        if split not in recorded:
+            raise ConfigError(f"the run has no {split!r} split; it has {sorted(recorded)}")
+        bundle = _bundle(cfg)
+        by_id = {s.id: s for part in bundle.splits.values() for s in part}
+        missing = [i for i in recorded[split] if i not in by_id]
+        if missing:
+            raise DataError(cfg.data, f"{len(missing)} image(s) of the {split} split are gone "
+                                      f"(first: {missing[:3]}); the dataset changed")  # fmt: skip
+        samples = [by_id[i] for i in recorded[split]]
+        lut = None
+    else:
+        bundle = load_box_source(data, val_fraction=0.0, test_fraction=0.0)
+        samples = [s for part in bundle.splits.values() for s in part]
+        unknown = [c for c in bundle.class_names if c not in class_names]
+        if unknown:
+            raise DataError(data, f"classes {unknown} are not among the model's {class_names}")
+        lut = np.array([class_names.index(c) for c in bundle.class_names], dtype=np.int64)
+    images, targets, ids, rep = decode_box_split(samples, spec, bundle_report)
+    if lut is not None:
+        targets = [t | {"labels": lut[t["labels"]]} for t in targets]
+    out_dir = Path(out) if out else (run_dir if data is None else None)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    result = evaluate_detection_model(
+        model, spec, images, targets, ids, class_names, device=dev, out_dir=out_dir,
+        run_dir=run_dir, report=report and out_dir is not None,
+        score_threshold=float(meta.get("score_threshold", 0.5)),
+        category_ids=meta.get("category_ids"),
+    )  # fmt: skip
+    return {"metrics": result["metrics"], "report": result.get("report"), "weights": str(weights),
+            "num_samples": len(ids), "data_report": rep.to_dict()}  # fmt: skip
+
+
+# -- predict ---------------------------------------------------------------------------------------
+def predict_detection(
+    run: str | Path,
+    inputs: list[str | Path],
+    out_dir: str | Path,
+    *,
+    device: str = "auto",
+    batch_size: int = 8,
+    score_threshold: float | None = None,
+    draw: bool = True,
+) -> Path:
+    """Detect objects in images; writes ``out_dir/predictions.json`` (COCO results format: bbox
+    [x, y, w, h] in each image's own pixels, ``image_id`` = file name, ``category_id`` = the
+    dataset's id) and, with ``draw``, ``out_dir/images/NAME.png`` with boxes, labels and scores.
+    Detections below ``score_threshold`` (default: the run's) are left out. Unreadable inputs are
+    skipped with a warning and listed in ``skipped.json``. Returns the predictions.json path."""
+    from torchvision.utils import draw_bounding_boxes
+
+    from cnnlab.data.decode import load_image
+    from cnnlab.data.tensors import image_mode, pil_to_chw
+
+    api = _api()
+    dev = api.resolve_device(device)
+    model, meta, _ = load_detection_model(run, dev)
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    names = list(meta["class_names"])
+    cats = list(meta.get("category_ids") or range(len(names)))
+    threshold = float(
+        meta.get("score_threshold", 0.5) if score_threshold is None else score_threshold
+    )
+    files = api.list_images(inputs)
+    out = Path(out_dir)
+    if draw:
+        (out / "images").mkdir(parents=True, exist_ok=True)
+    mean = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=dev).view(1, -1, 1, 1)
+    max_pixels = int(spec.decode.get("max_pixels", DEFAULT_MAX_PIXELS))
+    results: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    used: set[str] = set()
+    for start in range(0, len(files), batch_size):
+        batch = []
+        for f in files[start : start + batch_size]:
+            try:
+                im = load_image(f, mode=image_mode(spec.in_channels), max_pixels=max_pixels)
+            except DataError as err:
+                log.warning("skipped %s: %s", f, err.reason)
+                skipped.append({"input": str(f), "error": err.reason})
+                continue
+            batch.append((f, im, pil_to_chw(im, spec)))
+        if not batch:
+            continue
+        x = torch.from_numpy(np.stack([a for *_, a in batch])).to(dev)
+        with torch.inference_mode():
+            preds = model((x.float() / 255 - mean) / std)
+        for (f, im, _), p in zip(batch, preds, strict=True):
+            keep = p["scores"] >= threshold
+            boxes = unmap_boxes(p["boxes"][keep].cpu().numpy(), im.width, im.height,
+                                spec.image_size, spec.resize)  # fmt: skip
+            labels, scores = p["labels"][keep].tolist(), p["scores"][keep].tolist()
+            for b, lab, s in zip(boxes.tolist(), labels, scores, strict=True):
+                results.append({"image_id": f.name, "file": str(f), "category_id": cats[lab],
+                                "category": names[lab], "score": round(s, 5),
+                                "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2),
+                                         round(b[3] - b[1], 2)]})  # fmt: skip
+            if draw:
+                from PIL import Image
+
+                stem, n = f.stem, 1
+                while stem in used:  # same name in two input folders: keep both
+                    n += 1
+                    stem = f"{f.stem}-{n}"
+                used.add(stem)
+                rgb = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+                drawn = draw_bounding_boxes(
+                    rgb, torch.as_tensor(boxes).reshape(-1, 4),
+                    labels=[f"{names[lab]} {s:.2f}" for lab, s in zip(labels, scores, strict=True)],
+                    colors="red", width=2,
+                )  # fmt: skip
+                Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(out / "images" / f"{stem}.png")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "predictions.json"
+    write_json(path, results)
+    if skipped:
+        write_json(out / "skipped.json", skipped)
+    if files and len(skipped) == len(files):
+        raise DataError(files[0], "no input image could be read (see skipped.json)")
+    return path

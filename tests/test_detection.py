@@ -1,0 +1,252 @@
+"""Detection: COCO metrics against pycocotools, label formats end to end, label checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.data.boxes import BoxReport, check_boxes, load_box_source, map_boxes, unmap_boxes
+from cnnlab.metrics.detection import detection_metrics
+
+
+# -- metrics vs pycocotools ------------------------------------------------------------------------
+def _cocoeval(gt: list[dict], dt: list[dict], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """pycocotools' own COCOeval on xyxy tensors: (stats (12,), per-class AP (K,))."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    images, anns, dets = [], [], []
+    for i, (g, d) in enumerate(zip(gt, dt, strict=True)):
+        images.append({"id": i})
+        for b, lab in zip(g["boxes"].tolist(), g["labels"].tolist(), strict=True):
+            w, h = b[2] - b[0], b[3] - b[1]
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": lab, "iscrowd": 0,
+                         "bbox": [b[0], b[1], w, h], "area": w * h})  # fmt: skip
+        for b, lab, s in zip(d["boxes"].tolist(), d["labels"].tolist(), d["scores"].tolist(),
+                             strict=True):  # fmt: skip
+            dets.append({"image_id": i, "category_id": lab, "score": s,
+                         "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]})  # fmt: skip
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": anns,
+                    "categories": [{"id": c} for c in range(k)]}  # fmt: skip
+    coco.createIndex()
+    ev = COCOeval(coco, coco.loadRes(dets), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    prec = ev.eval["precision"][:, :, :, 0, -1]  # T x R x K, area all, 100 dets
+    per_class = np.array([prec[:, :, c][prec[:, :, c] > -1].mean() for c in range(k)])
+    return ev.stats, per_class
+
+
+def test_map_agrees_with_pycocotools_cocoeval() -> None:
+    rng = np.random.default_rng(0)
+    k, gt, dt = 3, [], []
+    for _ in range(8):
+        n = int(rng.integers(1, 5))
+        xy = rng.uniform(0, 60, (n, 2))
+        wh = rng.uniform(8, 30, (n, 2))
+        boxes = np.concatenate([xy, xy + wh], 1)
+        labels = rng.integers(0, k, n)
+        # predictions: jittered true boxes (some misses), a duplicate, and random false positives
+        keep = rng.random(n) > 0.25
+        pb = boxes[keep] + rng.normal(0, 3, (keep.sum(), 4))
+        pl = labels[keep].copy()
+        pl[rng.random(len(pl)) < 0.15] = rng.integers(0, k)  # some wrong classes
+        dup = pb[:1] + 1.0
+        fp_xy = rng.uniform(0, 60, (2, 2))
+        fps = np.concatenate([fp_xy, fp_xy + 10], 1)
+        pb = np.concatenate([pb, dup, fps])
+        pl = np.concatenate([pl, pl[:1], rng.integers(0, k, 2)])
+        ps = rng.uniform(0.05, 1.0, len(pb))
+        gt.append({"boxes": torch.tensor(boxes, dtype=torch.float32),
+                   "labels": torch.tensor(labels)})  # fmt: skip
+        dt.append({"boxes": torch.tensor(pb, dtype=torch.float32), "labels": torch.tensor(pl),
+                   "scores": torch.tensor(ps, dtype=torch.float32)})  # fmt: skip
+    # pycocotools reads float32 boxes the same way torchmetrics hands them over
+    stats, per_class = _cocoeval(gt, dt, k)
+    m = detection_metrics(dt, gt, [f"c{i}" for i in range(k)])
+    assert m["map"] == pytest.approx(stats[0], abs=1e-6)
+    assert m["map_50"] == pytest.approx(stats[1], abs=1e-6)
+    assert m["map_75"] == pytest.approx(stats[2], abs=1e-6)
+    assert m["mar_1"] == pytest.approx(stats[6], abs=1e-6)
+    assert m["mar_100"] == pytest.approx(stats[8], abs=1e-6)
+    for c in range(k):
+        assert m["per_class"][f"c{c}"]["ap"] == pytest.approx(per_class[c], abs=1e-6)
+    assert 0 < m["map"] < m["map_50"] < 1  # duplicates/misses/FPs make it imperfect
+
+
+def test_precision_recall_at_iou_05_by_hand() -> None:
+    gt = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]),
+           "labels": torch.tensor([0, 0])}]  # fmt: skip
+    # one hit (IoU 0.81), one duplicate of it, one box on nothing; the second true box is missed
+    dt = [{"boxes": torch.tensor([[0.0, 0, 9, 9], [0, 0, 10, 9], [40, 40, 50, 50]]),
+           "labels": torch.tensor([0, 0, 0]), "scores": torch.tensor([0.9, 0.8, 0.7])}]  # fmt: skip
+    m = detection_metrics(dt, gt, ["a"])
+    row = m["per_class"]["a"]
+    assert (row["tp"], row["fp"], row["fn"]) == (1, 2, 1)
+    assert row["precision"] == pytest.approx(1 / 3)
+    assert row["recall"] == pytest.approx(1 / 2)
+
+
+# -- label checks ----------------------------------------------------------------------------------
+def test_check_boxes_drops_and_clips() -> None:
+    rep = BoxReport()
+    boxes = np.array([
+        [0, 0, 10, 10],  # fine
+        [5, 5, 5, 9],  # zero width
+        [np.nan, 0, 4, 4],  # NaN
+        [-0.5, 1, 10, 100.5],  # tiny overshoot -> clipped
+        [50, 50, 150, 90],  # far outside a 100 x 100 image
+    ], dtype=float)  # fmt: skip
+    kept, labels = check_boxes(boxes, np.arange(5), 100, 100, where="x.jpg", report=rep)
+    assert labels.tolist() == [0, 3]
+    np.testing.assert_allclose(kept[1], [0, 1, 10, 100])
+    assert len(rep.dropped_boxes) == 3 and rep.clipped_boxes == 1
+    reasons = " ".join(d["reason"] for d in rep.dropped_boxes)
+    assert "non-positive" in reasons and "NaN" in reasons and "outside" in reasons
+
+
+def test_map_boxes_round_trip() -> None:
+    rng = np.random.default_rng(1)
+    boxes = np.sort(rng.uniform(0, 80, (6, 4)).reshape(6, 2, 2), axis=1).transpose(0, 2, 1)
+    boxes = boxes.reshape(6, 4)[:, [0, 2, 1, 3]]  # x1 y1 x2 y2 with x1<x2, y1<y2
+    for mode in ("fit", "stretch"):
+        there = map_boxes(boxes, 120, 80, 64, mode)
+        np.testing.assert_allclose(unmap_boxes(there, 120, 80, 64, mode), boxes, atol=1e-3)
+
+
+def _image(path: Path, rng: np.random.Generator, size: tuple[int, int] = (48, 40)) -> None:
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def _coco_dataset(tmp: Path) -> Path:
+    rng = np.random.default_rng(0)
+    (tmp / "images").mkdir()
+    images = []
+    for i in range(5):
+        _image(tmp / "images" / f"{i}.png", rng)
+        images.append({"id": 10 + i, "file_name": f"{i}.png", "width": 48, "height": 40})
+    images.append({"id": 99, "file_name": "missing.png", "width": 48, "height": 40})
+    anns = [{"id": j, "image_id": 10 + j % 4, "category_id": [3, 7][j % 2], "iscrowd": 0,
+             "bbox": [4 + j, 5, 20, 15]} for j in range(6)]  # fmt: skip
+    anns += [
+        {"id": 50, "image_id": 1234, "category_id": 3, "bbox": [0, 0, 5, 5]},  # unknown image
+        {"id": 51, "image_id": 10, "category_id": 3, "bbox": [0, 0, -5, 5]},  # negative width
+        {"id": 52, "image_id": 11, "category_id": 7, "bbox": [0, 0, None, 5]},  # NaN
+        {"id": 53, "image_id": 12, "category_id": 7, "bbox": [200, 200, 5, 5]},  # outside
+    ]
+    doc = {"images": images, "annotations": anns,
+           "categories": [{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"}]}  # fmt: skip
+    path = tmp / "instances.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_coco_label_checks(tmp_path: Path) -> None:
+    from cnnlab.config import PreprocessSpec
+    from cnnlab.data.boxes import decode_box_split
+
+    bundle = load_box_source(str(_coco_dataset(tmp_path)), val_fraction=0, test_fraction=0)
+    rep = bundle.report
+    assert bundle.class_names == ["cat", "dog"] and bundle.category_ids == [3, 7]
+    assert rep.category_map == {"3": 0, "7": 1}
+    assert [a["image_id"] for a in rep.skipped_annotations] == [1234]
+    assert [s["reason"] for s in rep.skipped_images] == ["file not found"]
+    spec = PreprocessSpec(64, 3, (0.0,) * 3, (1.0,) * 3, "fit", {})
+    _, targets, ids, rep = decode_box_split(bundle.splits["train"], spec, rep)
+    assert len(rep.dropped_boxes) == 3
+    assert rep.background_images == 1  # image 14 has no annotation
+    assert sum(len(t["labels"]) for t in targets) == 6
+
+
+def _voc_dataset(tmp: Path) -> Path:
+    rng = np.random.default_rng(1)
+    (tmp / "Annotations").mkdir(parents=True)
+    (tmp / "JPEGImages").mkdir()
+    for i in range(5):
+        _image(tmp / "JPEGImages" / f"im{i}.jpg", rng)
+        name = ["car", "person"][i % 2]
+        (tmp / "Annotations" / f"im{i}.xml").write_text(
+            f"<annotation><filename>im{i}.jpg</filename><size><width>48</width>"
+            f"<height>40</height></size><object><name>{name}</name><difficult>0</difficult>"
+            f"<bndbox><xmin>{3 + i}</xmin><ymin>4</ymin><xmax>30</xmax><ymax>28</ymax></bndbox>"
+            "</object></annotation>"
+        )
+    return tmp
+
+
+def _yolo_dataset(tmp: Path) -> Path:
+    rng = np.random.default_rng(2)
+    for sub in ("images", "labels"):
+        (tmp / sub).mkdir(parents=True)
+    for i in range(5):
+        _image(tmp / "images" / f"p{i}.png", rng)
+        (tmp / "labels" / f"p{i}.txt").write_text(f"{i % 2} 0.5 0.5 0.4 0.{3 + i}\n")
+    (tmp / "data.yaml").write_text("path: .\nnames:\n  0: red\n  1: blue\n")
+    return tmp
+
+
+@pytest.mark.parametrize("fmt", ["coco", "voc", "yolo"])
+def test_format_round_trip_train_evaluate(tmp_path: Path, fmt: str) -> None:
+    from cnnlab.detect import evaluate_detection, load_detection_model, train_detection
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    data = {"coco": _coco_dataset, "voc": _voc_dataset, "yolo": _yolo_dataset}[fmt](folder)
+    result = train_detection(
+        data=str(data), image_size=64, epochs=1, batch_size=2, val_fraction=0.0,
+        test_fraction=0.25, out=str(tmp_path / "runs"), device="cpu", report_images=1,
+    )  # fmt: skip
+    assert np.isfinite(result.history[0]["train_loss"])
+    assert set(result.test_metrics) >= {"map", "map_50", "mar_100", "per_class"}
+    _, meta, _ = load_detection_model(result.run_dir)
+    assert meta["class_names"] == {"coco": ["cat", "dog"], "voc": ["car", "person"],
+                                   "yolo": ["red", "blue"]}[fmt]  # fmt: skip
+    again = evaluate_detection(result.run_dir, device="cpu", report=False)
+    assert again["metrics"]["map"] == pytest.approx(result.test_metrics["map"], abs=1e-9)
+    assert (result.run_dir / "report.html").is_file()
+    assert (result.run_dir / "test_predictions.json").is_file()
+
+
+def test_predict_writes_coco_results_and_images(tmp_path: Path) -> None:
+    from cnnlab.detect import predict_detection, train_detection
+
+    result = train_detection(
+        data="builtin:shapes?n=12&size=64&objects=2", epochs=1, batch_size=4, val_fraction=0.0,
+        test_fraction=0.0, out=str(tmp_path / "runs"), device="cpu", report=False,
+    )  # fmt: skip
+    rng = np.random.default_rng(3)
+    _image(tmp_path / "a.png", rng, (80, 50))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    path = predict_detection(result.run_dir, [tmp_path / "a.png", tmp_path / "bad.png"],
+                             tmp_path / "pred", device="cpu", score_threshold=0.0)  # fmt: skip
+    rows = json.loads(path.read_text())
+    assert all(len(r["bbox"]) == 4 and r["image_id"] == "a.png" for r in rows)
+    assert all(0 <= r["bbox"][0] <= 80 and r["bbox"][2] >= 0 for r in rows)
+    assert (tmp_path / "pred" / "images" / "a.png").is_file()
+    skipped = json.loads((tmp_path / "pred" / "skipped.json").read_text())
+    assert skipped[0]["input"].endswith("bad.png")
+
+
+@pytest.mark.parametrize("model", ["retinanet", "fcos", "ssdlite"])
+def test_other_heads_one_step(model: str) -> None:
+    from cnnlab.models.detection import create_detection_model
+    from cnnlab.tasks.detection import DetectionTask
+
+    det = create_detection_model(model, num_classes=2, image_size=64).train()
+    x = torch.randn(2, 3, 64, 64)
+    t = [{"boxes": torch.tensor([[4.0, 4, 30, 30]]), "labels": torch.tensor([1])},
+         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]  # fmt: skip
+    out = DetectionTask(["a", "b"]).loss(det, x, t)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    det.eval()
+    with torch.no_grad():
+        pred = det(x)
+    assert all(((p["labels"] >= 0) & (p["labels"] < 2)).all() for p in pred)
