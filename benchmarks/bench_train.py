@@ -224,7 +224,7 @@ def child_resnet(which: str, epochs: int, batch: int) -> dict:
     from cnnlab import api
     from cnnlab.models import count_flops, create_model
 
-    data = "builtin:shapes?n=2000&size=32&seed=0"
+    data = "builtin:shapes?n=1000&size=32&seed=0"
     t0 = time.perf_counter()
     flops = count_flops(
         create_model("resnet18", num_classes=5, in_channels=3, image_size=32), 32, 3
@@ -330,9 +330,12 @@ def child_predict(which: str, root: Path, run_dir: Path) -> dict:
 def matmul_peak() -> dict:
     import torch
 
+    from cnnlab.api import cpu_has_bf16
+
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    out = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    out = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_bf16()}
+    kinds = [("fp32", torch.float32)] + ([("bf16", torch.bfloat16)] if cpu_has_bf16() else [])
+    for name, dtype in kinds:
         x, y = a.to(dtype), b.to(dtype)
         for _ in range(3):
             x @ y
@@ -366,7 +369,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
-    ap.add_argument("--resnet-epochs", type=int, default=3)
+    ap.add_argument("--resnet-epochs", type=int, default=2)
+    ap.add_argument("--resnet-repeats", type=int, default=1)
     ap.add_argument("--skip", default="", help="comma list of parts to skip: lenet,resnet,predict")
     args = ap.parse_args()
     if args.child:
@@ -434,7 +438,7 @@ def main() -> None:
         rs = {
             w: [
                 run_child("resnet", w, str(args.resnet_epochs), "128")
-                for _ in range(max(1, args.repeats - 1))
+                for _ in range(args.resnet_repeats)
             ]
             for w in ("textbook", "cnnlab")
         }
@@ -449,7 +453,7 @@ def main() -> None:
         for w, xs in rs.items():
             ips = med([x["images_per_s"] for x in xs])
             achieved = 3 * xs[0]["flops_per_image"] * ips
-            ref = peak["bf16"] if xs[0]["precision"] == "bf16" else peak["fp32"]
+            ref = peak.get("bf16", peak["fp32"]) if xs[0]["precision"] == "bf16" else peak["fp32"]
             res[w] = {
                 "images_per_s": ips,
                 "test_accuracy": med([x["test_accuracy"] for x in xs]),

@@ -42,3 +42,10 @@ def test_cli_text_is_coerced_and_bad_values_name_the_option():
         make_config(TrainConfig, val_fraction=1.5)
     with pytest.raises(ConfigError, match="unknown augmentation 'flp'.*flip"):
         make_config(TrainConfig, augment="flp")
+
+
+def test_lr_auto_is_accepted_and_other_words_are_not():
+    assert make_config(TrainConfig, lr="auto").lr == "auto"
+    assert make_config(TrainConfig, lr="0.2").lr == 0.2
+    with pytest.raises(ConfigError, match="lr must be a number or 'auto'"):
+        make_config(TrainConfig, lr="fast")

@@ -195,3 +195,9 @@ def test_cli_finetune_from_a_run_with_other_classes_and_channels(mixed_folder, t
     text = json.dumps(transfer)
     assert "features.0.weight" in text  # the first conv was adapted from 1 to 3 channels
     assert json.loads((tmp_path / "ft" / "classes.json").read_text()) == ["disc", "square"]
+
+
+def test_lr_auto_runs_the_range_test_and_records_the_rate(tmp_path):
+    run = api.train(data="builtin:digits", out=str(tmp_path), name="auto", **(FAST | {"lr": "auto"}))
+    saved = json.loads((run.run_dir / "config.json").read_text())
+    assert isinstance(saved["lr"], float) and 1e-5 <= saved["lr"] <= 1.0

@@ -8,6 +8,7 @@ cl.predict(run.run_dir, ["digit.png"])
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -223,6 +224,10 @@ def train(
     resume_from = None
     if cfg.resume:
         resume_from, cfg = _resume_target(cfg)
+    if cfg.lr == "auto":  # the learning-rate range test on a copy of the model picks the peak rate
+        found = lr_find(dataclasses.replace(cfg, lr=1e-3), seed=cfg.seed)
+        log.warning("--lr auto: the range test suggests lr=%.3g", found["suggested_lr"])
+        cfg = dataclasses.replace(cfg, lr=float(found["suggested_lr"]))
     seed_everything(cfg.seed, cfg.deterministic)
     device = info.device if info.distributed else resolve_device(cfg.device)  # DDP: cuda:LOCAL_RANK
     if not info.is_main:

@@ -71,7 +71,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     optimizer: Optimizer = "sgd"
-    lr: float = 0.05  # peak learning rate (one-cycle / cosine), per batch of `batch_size`
+    lr: float | Literal["auto"] = 0.05  # peak rate per batch of `batch_size`; "auto": `cnnlab lr-find` picks it
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4  # decoupled for AdamW, L2 for SGD; never applied to norms and biases
@@ -105,7 +105,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_literals(self)
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        if isinstance(self.lr, str) and self.lr != "auto":
+            raise ConfigError(f"option lr must be a number or 'auto', got {self.lr!r}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size}
+        if not isinstance(self.lr, str):
+            positive["lr"] = self.lr
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"option {key} must be > 0, got {value}")
@@ -152,9 +156,15 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
         return None
     text = str(value).strip()
     base = hint
-    if get_origin(hint) in (Union, types.UnionType):  # X | None -> X
-        base = next(a for a in get_args(hint) if a is not type(None))
-    if get_origin(base) is Literal:
+    if get_origin(hint) in (Union, types.UnionType):  # X | None -> X; X | Literal[...] -> the first that fits
+        options = [a for a in get_args(hint) if a is not type(None)]
+        for option in options[:-1]:
+            try:
+                return _coerce(name, option, value)
+            except ConfigError:
+                continue
+        base = options[-1]
+    if get_origin(base) is Literal:  # checked with a close-match suggestion in __post_init__
         return text
     if base is bool:
         if isinstance(value, bool):
