@@ -743,6 +743,9 @@ def _metrics(args: argparse.Namespace) -> int:
 
     targets, probs, preds, names = read_predictions_csv(args.csv)
     metrics = classification_metrics(targets, probs, preds=preds, class_names=names)
+    from cnnlab.metrics.stats import headline_intervals
+
+    metrics["confidence_intervals"] = headline_intervals(targets, probs, preds=preds, seed=0)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:

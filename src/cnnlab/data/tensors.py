@@ -68,7 +68,8 @@ def load_file(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
     from cnnlab.data.decode import DEFAULT_MAX_PIXELS, load_image
 
     max_pixels = int(spec.decode.get("max_pixels", DEFAULT_MAX_PIXELS))
-    im = load_image(path, mode=image_mode(spec.in_channels), max_pixels=max_pixels)
+    # draft: big JPEGs are decoded at a reduced scale that still covers the model's input size
+    im = load_image(path, mode=image_mode(spec.in_channels), max_pixels=max_pixels, draft=spec.image_size)
     return pil_to_chw(im, spec)
 
 
