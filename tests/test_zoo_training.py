@@ -13,14 +13,14 @@ def test_family_loss_falls_on_mnist_sample(name, tmp_path):
     run = api.train(
         data="builtin:mnist-sample",
         model=name,
-        shots=40,
-        epochs=3,
+        shots=50,
+        epochs=6,
         batch_size=32,
-        lr=0.02,
+        lr=0.05,
         out=str(tmp_path),
         report=False,
         seed=0,
     )
     losses = [h["train_loss"] for h in run.history]
     assert losses[-1] < 0.8 * losses[0], losses
-    assert run.test_metrics["accuracy"] > 0.2  # well above chance (0.1) after 3 short epochs
+    assert run.test_metrics["accuracy"] > 0.3  # well above chance (0.1) after 6 short epochs
