@@ -187,7 +187,7 @@ def _load_strict(
 ) -> tuple[list[str], list[str]]:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    unexpected = sorted(k for k in state if k not in own)  # files store keys in any order
     shapes = [
         f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
         for k, v in own.items()

@@ -264,7 +264,7 @@ def apply_state_dict(model: ClassifierModel, state_dict: dict[str, Tensor], *, s
     # BN step counters are absent from old checkpoints; aux heads are not part of every file.
     tolerated = [k for k in missing if k.endswith("num_batches_tracked") or k in aux_keys]
     missing = [k for k in missing if k not in tolerated]
-    unexpected = [k for k in state_dict if k not in target]
+    unexpected = sorted(k for k in state_dict if k not in target)  # files store keys in any order
     if mismatched or missing or unexpected:
         raise CheckpointError(_mismatch_message(model, source, mismatched, missing, unexpected))
     reinitialised += [k for k in tolerated if k in aux_keys]
