@@ -148,3 +148,26 @@ def test_csv_rules(tmp_path):
         f.write_text(text)
         with pytest.raises(DataError, match=message):
             load_source(_cfg(data=str(f)))
+
+
+def test_case_32_csv_row_whose_file_is_missing_is_skipped_and_reported(tmp_path):
+    from PIL import Image
+
+    rows = ["path,label"]
+    for i in range(12):
+        Image.new("L", (8, 8), color=i * 10).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'a' if i % 2 else 'b'}")
+    rows.append("gone.png,a")  # listed, not on disk
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    b = load_source(_cfg(data=str(tmp_path / "labels.csv"), max_bad_fraction=0.2, val_fraction=0.0,
+                         test_fraction=0.0))
+    assert sum(len(s) for s in b.splits.values()) == 12
+    assert any("gone.png" in path for path, _ in b.scan.bad_items)
+    with pytest.raises(DataError):  # --strict turns the skip into a failure
+        load_source(_cfg(data=str(tmp_path / "labels.csv"), strict=True))
+
+
+def test_case_37_too_few_samples_for_a_stratified_split_names_the_counts():
+    targets = np.array([0] * 10 + [1] * 2)
+    with pytest.raises(DataError, match=r"too few samples for a stratified split: \{1: 2\}"):
+        stratified_split(targets, 0.1, 0.1, seed=0)
