@@ -785,30 +785,25 @@ class Prediction:
     error: str | None = None
 
 
-def predict(
-    run_or_checkpoint: str | Path,
+def predict_files(
     inputs: list[str | Path],
+    spec: PreprocessSpec,
+    class_names: list[str],
+    probs_fn: Any,
     *,
     top_k: int = 5,
-    device: str = "auto",
     batch_size: int = 256,
 ) -> list[Prediction]:
-    """Class names and probabilities for images/folders; unreadable files get an error entry, not a crash."""
+    """The one prediction driver (PyTorch checkpoints and exported ONNX files alike).
+
+    Files are decoded in parallel threads with the training decoding policy; unreadable ones get an error entry,
+    not an exception. `probs_fn((N, C, S, S) float32 normalised array) -> (N, K) probabilities` runs the model.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     from cnnlab.data.tensors import load_file
 
-    if (
-        str(run_or_checkpoint).lower().endswith(".onnx")
-    ):  # an exported model: onnxruntime on the CPU
-        from cnnlab.export import predict_onnx
-
-        return predict_onnx(run_or_checkpoint, inputs, top_k=top_k, batch_size=batch_size)
-    dev = resolve_device(device)
-    model, meta, _ = load_checkpoint_model(run_or_checkpoint, dev)
-    spec = PreprocessSpec.from_dict(meta["preprocess"])
-    names = list(meta["class_names"])
-    k = max(1, min(top_k, len(names)))
+    k = max(1, min(int(top_k), len(class_names)))
     files = list_images(inputs)
     results = [Prediction(str(f)) for f in files]
 
@@ -819,9 +814,8 @@ def predict(
             results[i].error = err.reason
             return None
 
-    mean = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std, device=dev).view(1, -1, 1, 1)
-    precision = resolve_precision("auto", dev, None)
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(1, -1, 1, 1)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for start in range(0, len(files), batch_size):
             chunk = list(range(start, min(start + batch_size, len(files))))
@@ -829,17 +823,43 @@ def predict(
             ok = [i for i, a in zip(chunk, arrays, strict=True) if a is not None]
             if not ok:
                 continue
-            x = torch.from_numpy(np.stack([a for a in arrays if a is not None])).to(dev)
-            x = (x.float() / 255 - mean) / std
-            with torch.inference_mode(), autocast(dev, precision):
-                probs = model(x).float().softmax(1)
-            top_p, top_i = probs.topk(k, dim=1)
+            pixels = np.stack([a for a in arrays if a is not None]).astype(np.float32)
+            probs = np.asarray(probs_fn(((pixels / 255 - mean) / std).astype(np.float32)))
+            order = np.argsort(-probs, axis=1, kind="stable")[
+                :, :k
+            ]  # ties: lower class index first
             for row, i in enumerate(ok):
-                results[i].top = [
-                    (names[c], float(pv))
-                    for c, pv in zip(top_i[row].tolist(), top_p[row].tolist(), strict=True)
-                ]
+                results[i].top = [(class_names[c], float(probs[row, c])) for c in order[row]]
     return results
+
+
+def predict(
+    run_or_checkpoint: str | Path,
+    inputs: list[str | Path],
+    *,
+    top_k: int = 5,
+    device: str = "auto",
+    batch_size: int = 256,
+) -> list[Prediction]:
+    """Class names and probabilities for images/folders; unreadable files get an error entry, not a crash."""
+    if (
+        str(run_or_checkpoint).lower().endswith(".onnx")
+    ):  # an exported model: onnxruntime on the CPU
+        from cnnlab.export import predict_onnx
+
+        return predict_onnx(run_or_checkpoint, inputs, top_k=top_k, batch_size=batch_size)
+    dev = resolve_device(device)
+    model, meta, _ = load_checkpoint_model(run_or_checkpoint, dev)
+    precision = resolve_precision("auto", dev, None)
+
+    def probs_fn(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode(), autocast(dev, precision):
+            return model(torch.from_numpy(x).to(dev)).float().softmax(1).cpu().numpy()
+
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    return predict_files(
+        inputs, spec, list(meta["class_names"]), probs_fn, top_k=top_k, batch_size=batch_size
+    )
 
 
 # -- transfer learning -------------------------------------------------------------------------------------

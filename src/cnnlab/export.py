@@ -529,45 +529,18 @@ def predict_onnx(
     policy as training (:func:`cnnlab.data.tensors.load_file`). Unreadable files get an ``error``
     entry (the short reason), not an exception. ``probs = softmax(logits)`` in float64.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from cnnlab.api import Prediction, list_images
-    from cnnlab.data.tensors import load_file
-    from cnnlab.errors import DataError
+    from cnnlab.api import predict_files
 
     path = Path(onnx_path)
     session = _onnx_session(path)
     meta = _decode_props(session.get_modelmeta().custom_metadata_map, path)
+
+    def probs_fn(x: np.ndarray) -> np.ndarray:
+        return softmax(session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].astype(np.float64))
+
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     names = [str(c) for c in meta["class_names"]]
-    k = max(1, min(int(top_k), len(names)))
-    files = list_images(inputs)
-    results = [Prediction(str(f)) for f in files]
-
-    def decode(i: int) -> np.ndarray | None:
-        try:
-            return load_file(files[i], spec)
-        except DataError as err:
-            results[i].error = err.reason
-            return None
-
-    mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(spec.std, dtype=np.float32).reshape(1, -1, 1, 1)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for start in range(0, len(files), batch_size):
-            chunk = list(range(start, min(start + batch_size, len(files))))
-            arrays = list(pool.map(decode, chunk))
-            ok = [i for i, a in zip(chunk, arrays, strict=True) if a is not None]
-            if not ok:
-                continue
-            pixels = np.stack([a for a in arrays if a is not None]).astype(np.float32)
-            x = ((pixels / 255 - mean) / std).astype(np.float32)  # N x C x S x S
-            logits = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-            probs = softmax(logits.astype(np.float64))
-            order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-            for row, i in enumerate(ok):
-                results[i].top = [(names[c], float(probs[row, c])) for c in order[row]]
-    return results
+    return predict_files(inputs, spec, names, probs_fn, top_k=top_k, batch_size=batch_size)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
