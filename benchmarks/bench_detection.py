@@ -19,11 +19,12 @@ from cnnlab.detect import train_detection
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default="builtin:shapes?n=1200&size=64&objects=2")
+    ap.add_argument("--data", default="builtin:shapes?n=1000&size=64&objects=2")
     ap.add_argument("--model", default="fasterrcnn")
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--variant", default="small-input", help="backbone stem: small-input | imagenet")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     load_before = os.getloadavg()
@@ -33,7 +34,7 @@ def main() -> None:
             data=args.data,
             model=args.model,
             backbone="resnet18",
-            backbone_variant="small-input",
+            backbone_variant=args.variant,
             epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
@@ -43,7 +44,9 @@ def main() -> None:
         )
     m = result.test_metrics or {}
     summary = {
-        "model": f"{args.model}-resnet18 (small-input stem, FPN 128)",
+        "model": f"{args.model}-resnet18 ({args.variant} stem, FPN 128)",
+        "batch_size": args.batch_size,
+        "lr": args.lr,
         "data": args.data,
         "epochs": args.epochs,
         "train_time_s": round(result.train_time_s, 1),

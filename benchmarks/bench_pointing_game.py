@@ -1,76 +1,188 @@
-"""Pointing game on builtin:shapes: train a classifier, then ask where each CAM method points.
+"""Pointing game on builtin:shapes: train classifiers, then ask where each CAM method points.
 
-    PYTHONPATH=src python benchmarks/bench_pointing_game.py        # LeNet-5, 48 px (CPU, minutes)
-    PYTHONPATH=src python benchmarks/bench_pointing_game.py --model resnet18 --size 32 --epochs 4
+    PYTHONPATH=src python benchmarks/bench_pointing_game.py   # recipe x 3 seeds + LeNet-5 (~10 min)
+    PYTHONPATH=src python benchmarks/bench_pointing_game.py --seeds 0 --compare ''
     PYTHONPATH=src python benchmarks/bench_pointing_game.py --run runs/shapes  # a trained run
 
-Prints one row per method: pointing accuracy (CAM maximum inside the shape's mask, 1 px tolerance),
-mean IoU of the map thresholded at 0.5 of its maximum with the mask, and two baselines that ignore
-the image (always the centre; a uniformly random point). Test images are freshly generated with a
-seed other than the training one.
+``SHAPES_RECIPE`` is trained once per training seed in --seeds; each model in --compare is trained
+once (seed 0) with the same recipe, the model swapped (LeNet-5 keeps the learning rate and epochs
+of its own earlier recipe). Test images are freshly generated with a seed other than the training
+one. For each run it prints:
+
+* one row per CAM method at the default target layer (the last feature_info stage): pointing
+  accuracy (CAM maximum inside the shape's mask) at 0, 1 and 2 px tolerance, mean IoU of the map
+  thresholded at 0.5 of its maximum with the mask, and how many maps had a tied maximum;
+* Grad-CAM at every feature_info stage (the target-layer choice);
+* two baselines that ignore the image (always the centre; a uniformly random point).
+
+Results go to benchmarks/results/pointing_game.md and .json (--out to change; --no-write to skip).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
-from cnnlab.explain.pointing import SHAPES_RECIPE, shapes_pointing_game
+import torch
+
+from cnnlab.data.builtin import make_shapes
+from cnnlab.explain.cam import CAM_METHODS
+from cnnlab.explain.pointing import (
+    SHAPES_RECIPE,
+    TOLERANCE_PX,
+    centre_hits,
+    random_baseline,
+    shapes_pointing_game,
+)
+
+# LeNet-5 (flatten + FC head) with the settings of its own earlier recipe: lr 0.05 is tuned for
+# the batch-normed GAP network
+MODEL_SETTINGS: dict[str, dict[str, Any]] = {"lenet5": {"lr": 0.02, "epochs": 12}}
+TEST_SEED = 12345  # fresh test images; training uses seed=0 in the data string
+
+
+def _stage_names(run_dir: str) -> list[str]:
+    from cnnlab.api import load_checkpoint_model
+    from cnnlab.config import PreprocessSpec
+    from cnnlab.explain.cam import stage_shapes
+
+    model, meta, _ = load_checkpoint_model(run_dir)
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    info = stage_shapes(model, (spec.image_size, spec.image_size), spec.in_channels)
+    return [f["name"] for f in info if min(f["output_shape"][-2:]) >= 2]
+
+
+def evaluate(run_dir: str, args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    game = dict(n=args.test_n, seed=TEST_SEED, tolerance=args.tolerance, device="cpu")
+    methods = shapes_pointing_game(run_dir, methods=tuple(args.methods.split(",")), **game)
+    stages = {
+        name: shapes_pointing_game(run_dir, methods=("gradcam",), target_layer=name, **game)[
+            "gradcam"
+        ]
+        for name in _stage_names(run_dir)
+    }
+    slim = lambda r: {k: v for k, v in r.items() if k not in ("hits", "ious")}  # noqa: E731
+    first = next(iter(methods.values()))
+    masks = make_shapes(args.test_n, first["image_size"][0], seed=TEST_SEED).masks
+    return {
+        "image_size": first["image_size"][0],
+        "classification_accuracy": first["classification_accuracy"],
+        "centre_baseline": first["centre_baseline"],
+        "random_baseline": first["random_baseline"],
+        "centre_baseline_0px": float(centre_hits(masks, 0).mean()),
+        "random_baseline_0px": random_baseline(masks, 0),
+        "methods": {m: slim(r) for m, r in methods.items()},
+        "gradcam_by_stage": {s: slim(r) for s, r in stages.items()},
+        "eval_seconds": time.perf_counter() - t0,
+    }
+
+
+def _row(name: str, r: dict[str, Any]) -> str:
+    p = r["pointing_by_tolerance"]
+    return (
+        f"| {name} | {p['0']:.3f} | {p['1']:.3f} | {p['2']:.3f} | {r['mean_iou']:.3f} "
+        f"| {r['tied_peaks']} |"
+    )
+
+
+def table(title: str, res: dict[str, Any]) -> str:
+    head = "| {} | pointing 0 px | pointing 1 px | pointing 2 px | mean IoU | tied peaks |"
+    rule = "|---|---:|---:|---:|---:|---:|"
+    default_layer = next(iter(res["methods"].values()))["target_layer"]
+    lines = [f"### {title}", ""]
+    lines += [head.format("method"), rule]
+    lines += [_row(m, r) for m, r in res["methods"].items()]
+    lines += [
+        f"| centre baseline | {res['centre_baseline_0px']:.3f} | {res['centre_baseline']:.3f} "
+        "| | | |",
+        f"| random baseline | {res['random_baseline_0px']:.3f} | {res['random_baseline']:.3f} "
+        "| | | |",
+        "",
+        f"Grad-CAM by target layer (default: `{default_layer}`):",
+        "",
+        head.format("stage"),
+        rule,
+    ]
+    lines += [
+        _row(f"{s} {tuple(r['target_shape'])}", r) for s, r in res["gradcam_by_stage"].items()
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--run", help="a trained run on builtin:shapes (skips training)")
-    ap.add_argument("--model", default=SHAPES_RECIPE["model"])
-    ap.add_argument("--size", type=int, default=48, help="image side, pixels")
-    ap.add_argument("--n", type=int, default=3000, help="training images (80%% train, 10%% val)")
-    ap.add_argument("--epochs", type=int, default=SHAPES_RECIPE["epochs"])
+    ap.add_argument("--seeds", default="0,1,2", help="training seeds of the recipe")
+    ap.add_argument("--compare", default="lenet5", help="other models, comma separated")
     ap.add_argument("--test-n", type=int, default=300, help="fresh test images for the game")
-    ap.add_argument("--methods", default="gradcam,gradcam++,eigencam,layercam,hirescam")
-    ap.add_argument("--tolerance", type=int, default=1, help="pixels around the mask")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--methods", default=",".join(CAM_METHODS))
+    ap.add_argument("--tolerance", type=int, default=TOLERANCE_PX, help="pixels around the mask")
+    ap.add_argument("--device", default="auto", help="training device")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    torch.set_num_threads(min(2, torch.get_num_threads()))
 
-    run_dir = args.run
-    if run_dir is None:
+    runs: list[tuple[str, dict[str, Any], str]] = []  # (label, recipe, run dir)
+    if args.run:
+        runs.append((Path(args.run).name, {}, args.run))
+    else:
         import cnnlab.api as api
 
-        recipe = SHAPES_RECIPE | {
-            "data": f"builtin:shapes?n={args.n}&size={args.size}&seed=0",
-            "model": args.model,
-            "epochs": args.epochs,
-            "device": args.device,
-        }
-        t0 = time.perf_counter()
-        run = api.train(
-            out=tempfile.mkdtemp(prefix="pointing-"), name="shapes", report=False, **recipe
+        plan = [(SHAPES_RECIPE["model"], int(s)) for s in args.seeds.split(",")]
+        plan += [(m, 0) for m in args.compare.split(",") if m]
+        for model, seed in plan:
+            recipe = SHAPES_RECIPE | MODEL_SETTINGS.get(model, {})
+            recipe |= {"model": model, "seed": seed, "device": args.device}
+            t0 = time.perf_counter()
+            run = api.train(
+                out=tempfile.mkdtemp(prefix="pointing-"), name="shapes", report=False, **recipe
+            )
+            seconds = time.perf_counter() - t0
+            recipe |= {"train_seconds": round(seconds, 1)}
+            print(
+                f"trained {model} (seed {seed}) in {seconds:.0f} s: "
+                f"test accuracy {run.test_metrics['accuracy']:.3f}",
+                flush=True,
+            )
+            runs.append((f"{model}, seed {seed}", recipe, str(run.run_dir)))
+
+    results: dict[str, Any] = {}
+    sections = []
+    for label, recipe, run_dir in runs:
+        res = evaluate(run_dir, args)
+        res["recipe"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in recipe.items()}
+        results[label] = res
+        title = (
+            f"{label}: {res['image_size']} px, test accuracy "
+            f"{res['classification_accuracy']:.3f} on {args.test_n} fresh images"
         )
-        run_dir = run.run_dir
-        print(
-            f"trained {args.model} at {args.size} px for {args.epochs} epochs in "
-            f"{time.perf_counter() - t0:.0f} s: test accuracy {run.test_metrics['accuracy']:.3f}"
-        )
-    t0 = time.perf_counter()
-    device = "cpu" if args.device == "auto" else args.device
-    results = shapes_pointing_game(
-        run_dir,
-        n=args.test_n,
-        methods=tuple(args.methods.split(",")),
-        tolerance=args.tolerance,
-        device=device,
+        if "train_seconds" in recipe:
+            title += f", trained in {recipe['train_seconds']:.0f} s"
+        sections.append(table(title, res))
+        print("\n" + sections[-1], flush=True)
+
+    if args.no_write:
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    header = (
+        "Pointing game on builtin:shapes (`benchmarks/bench_pointing_game.py`): the maximum of the "
+        "predicted class's CAM inside the shape's mask, at 0 / 1 / 2 px tolerance (the headline "
+        f"uses {args.tolerance} px), fresh test images (seed {TEST_SEED}). Recipe: "
+        f"`{json.dumps({k: v for k, v in SHAPES_RECIPE.items()})}`; CPU "
+        f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
+        f"torch {torch.__version__}.\n\n"
     )
-    first = next(iter(results.values()))
-    print(
-        f"\n{first['num_images']} fresh test images, classification accuracy "
-        f"{first['classification_accuracy']:.3f}, tolerance {args.tolerance} px, "
-        f"IoU threshold {first['iou_threshold']} x max  ({time.perf_counter() - t0:.0f} s)\n"
-    )
-    print(f"{'method':<12} {'pointing':>9} {'mean IoU':>9}")
-    for method, r in results.items():
-        print(f"{method:<12} {r['pointing_accuracy']:>9.3f} {r['mean_iou']:>9.3f}")
-    print(f"{'centre':<12} {first['centre_baseline']:>9.3f} {'':>9}")
-    print(f"{'random':<12} {first['random_baseline']:>9.3f} {'':>9}")
+    (out / "pointing_game.md").write_text(header + "\n".join(sections))
+    (out / "pointing_game.json").write_text(json.dumps(results, indent=2))
+    print(f"wrote {out / 'pointing_game.md'} and .json")
 
 
 if __name__ == "__main__":

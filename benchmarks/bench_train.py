@@ -216,6 +216,107 @@ def child_cnnlab(root: Path, epochs: int, batch: int, lr: float, extra: dict | N
     }
 
 
+def child_fastai(root: Path, epochs: int, batch: int, lr: float) -> dict:
+    """fastai as its users write it: DataBlock over the PNG folder, Learner, fit_one_cycle (fastai's own
+    one-cycle also cycles momentum 0.95 -> 0.85), on the same cnnlab LeNet-5 module and SGD + weight decay."""
+    from functools import partial
+
+    from fastai.vision.all import (
+        SGD, Callback, CategoryBlock, CrossEntropyLossFlat, DataBlock, GrandparentSplitter, ImageBlock,
+        Learner, Normalize, PILImageBW, Recorder, accuracy, get_image_files, parent_label,
+    )  # fmt: skip
+
+    t0 = time.perf_counter()
+    dblock = DataBlock(
+        blocks=(ImageBlock(cls=PILImageBW), CategoryBlock),
+        get_items=get_image_files,
+        splitter=GrandparentSplitter(train_name="train", valid_name="val"),
+        get_y=parent_label,
+        batch_tfms=Normalize.from_stats(0.13, 0.31),
+    )
+    dls = dblock.dataloaders(root, bs=batch, num_workers=2)
+    history, state = [], {"reached": None}
+
+    class Timer(Callback):  # after the Recorder, so this epoch's accuracy is in recorder.values
+        order = Recorder.order + 1
+
+        def before_train(self):
+            self.t, self.seen = time.perf_counter(), 0
+
+        def after_batch(self):
+            if self.training:
+                self.seen += len(self.yb[0])
+
+        def after_train(self):
+            self.dt = time.perf_counter() - self.t
+
+        def after_epoch(self):
+            acc = float(self.learn.recorder.values[-1][-1])
+            history.append({"images_per_s": self.seen / self.dt, "val_accuracy": acc})
+            if state["reached"] is None and acc >= TARGET:
+                state["reached"] = time.perf_counter() - t0
+
+    learn = Learner(dls, _lenet(), loss_func=CrossEntropyLossFlat(), metrics=accuracy,
+                    opt_func=partial(SGD, mom=0.9, wd=5e-4), cbs=Timer())  # fmt: skip
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(epochs, lr)
+    return {"history": history, "wall_s": time.perf_counter() - t0, "time_to_target_s": state["reached"]}
+
+
+def child_keras(root: Path, epochs: int, batch: int, lr: float) -> dict:
+    """Keras 3 on its torch backend as its users write it: `image_dataset_from_directory` (grain format,
+    since TensorFlow is not installed), the same LeNet-5 layers written in Keras (61,706 parameters),
+    SGD with Nesterov momentum and the same one-cycle shape (CosineDecay with linear warm-up from lr/25
+    over the first 25% of steps), `model.fit`."""
+    os.environ["KERAS_BACKEND"] = "torch"
+    import keras
+    from keras import layers
+
+    t0 = time.perf_counter()
+    load = dict(color_mode="grayscale", image_size=(28, 28), batch_size=batch,
+                                       format="grain", verbose=False)  # fmt: skip
+    train = keras.utils.image_dataset_from_directory(root / "train", shuffle=True, seed=0, **load)
+    n_train = sum(1 for _ in (root / "train").rglob("*.png"))
+    val = keras.utils.image_dataset_from_directory(root / "val", shuffle=False, **load)
+    model = keras.Sequential([
+        keras.Input((28, 28, 1)),
+        layers.Rescaling(1 / (255 * 0.31), offset=-0.13 / 0.31),
+        layers.Conv2D(6, 5, padding="same", activation="relu"), layers.MaxPooling2D(2),
+        layers.Conv2D(16, 5, activation="relu"), layers.MaxPooling2D(2),
+        layers.Flatten(), layers.Dense(120, activation="relu"), layers.Dense(84, activation="relu"),
+        layers.Dense(10),
+    ])  # fmt: skip
+    assert model.count_params() == 61_706, model.count_params()
+    steps = epochs * -(-n_train // batch)  # grain datasets have no len(); the last batch is partial
+    up = max(1, int(0.25 * steps))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        lr / 25, decay_steps=steps - up, warmup_target=lr, warmup_steps=up
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=5e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    history, state = [], {"reached": None}
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t, self.seen = time.perf_counter(), 0
+
+        def on_train_batch_end(self, batch_index, logs=None):
+            self.dt = time.perf_counter() - self.t  # train time ends with the last batch (before validation)
+            self.seen = n_train  # every image once per epoch (the last batch is a partial one)
+
+        def on_epoch_end(self, epoch, logs=None):
+            acc = float(logs["val_accuracy"])
+            history.append({"images_per_s": self.seen / self.dt, "val_accuracy": acc})
+            if state["reached"] is None and acc >= TARGET:
+                state["reached"] = time.perf_counter() - t0
+
+    model.fit(train, validation_data=val, epochs=epochs, callbacks=[Timer()], verbose=0)
+    return {"history": history, "wall_s": time.perf_counter() - t0, "time_to_target_s": state["reached"]}
+
+
 def child_resnet(which: str, epochs: int, batch: int) -> dict:
     """ResNet-18 small-input stem at 32 px on builtin:shapes: textbook fp32 NCHW vs cnnlab (auto precision)."""
     import torch
@@ -348,6 +449,15 @@ def matmul_peak() -> dict:
 
 
 # --- parent ---------------------------------------------------------------------------------------------------
+LENET_CONTENDERS = {
+    "textbook": child_textbook,
+    "tensor-loop": child_tensor_loop,
+    "cnnlab": child_cnnlab,
+    "fastai": child_fastai,
+    "keras": child_keras,
+}
+
+
 def run_child(*args: str) -> dict:
     proc = subprocess.run(
         [sys.executable, __file__, "--child", *args], capture_output=True, text=True
@@ -375,12 +485,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         name, *rest = args.child
-        if name in ("textbook", "tensor-loop", "cnnlab"):
-            fn = {
-                "textbook": child_textbook,
-                "tensor-loop": child_tensor_loop,
-                "cnnlab": child_cnnlab,
-            }[name]
+        if name in LENET_CONTENDERS:
+            fn = LENET_CONTENDERS[name]
             result = fn(Path(rest[0]), int(rest[1]), int(rest[2]), float(rest[3]))
         elif name == "resnet":
             result = child_resnet(rest[0], int(rest[1]), int(rest[2]))
@@ -398,10 +504,15 @@ def main() -> None:
         "|---|---:|---:|---:|---:|",
     ]
     if "lenet" not in skip:
-        names = ["textbook", "tensor-loop", "cnnlab"]
+        import importlib.util
+
+        names = ["textbook", "tensor-loop", "cnnlab"] + [
+            n for n in ("fastai", "keras") if importlib.util.find_spec(n) is not None
+        ]  # fastai and Keras are optional (`pip install -e '.[bench]'`)
         runs: dict[str, list[dict]] = {n: [] for n in names}
         for r in range(args.repeats):
-            for n in names[r % 3 :] + names[: r % 3]:  # alternate the order between repeats
+            k = r % len(names)
+            for n in names[k:] + names[:k]:  # alternate the order between repeats
                 runs[n].append(
                     run_child(n, str(mnist), str(args.epochs), str(args.batch_size), str(args.lr))
                 )
@@ -422,7 +533,7 @@ def main() -> None:
         base = summary["textbook"]["images_per_s"]
         table.append("")
         table.append("| ratio | value |\n|---|---:|")
-        for n in ("cnnlab", "tensor-loop"):
+        for n in [x for x in names if x != "textbook"]:
             table.append(
                 f"| {n} / textbook throughput | {summary[n]['images_per_s'] / base:.2f}x |"
             )
@@ -430,6 +541,12 @@ def main() -> None:
             f"| cnnlab / tensor-loop throughput | "
             f"{summary['cnnlab']['images_per_s'] / summary['tensor-loop']['images_per_s']:.2f}x |"
         )
+        for n in ("fastai", "keras"):
+            if n in summary:
+                table.append(
+                    f"| cnnlab / {n} throughput | "
+                    f"{summary['cnnlab']['images_per_s'] / summary[n]['images_per_s']:.2f}x |"
+                )
         tt, tc = summary["textbook"]["time_to_target_s"], summary["cnnlab"]["time_to_target_s"]
         if tt and tc:
             table.append(f"| cnnlab / textbook time to 97% | {tc / tt:.2f} |")

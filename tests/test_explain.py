@@ -21,8 +21,9 @@ from cnnlab.explain.cam import (
     compute_cams,
     explain_classes,
     gradient_saliency,
+    resize_cams,
 )
-from cnnlab.explain.pointing import centre_hits, map_ious, point_hits
+from cnnlab.explain.pointing import centre_hits, map_ious, point_hits, tied_peaks
 from cnnlab.explain.trace import MAX_CHANNELS, trace_image
 from cnnlab.models import create_model
 from cnnlab.report.explain_page import explain_image, write_explain_page
@@ -104,8 +105,18 @@ def test_trace_rejects_a_batch() -> None:
 
 
 # --- CAMs ---------------------------------------------------------------------------------------
-def _reference_gradcam(model: torch.nn.Module, x: torch.Tensor, cls: int, module_path: str):
-    """ReLU(sum_k mean_ij(dy_c/dA_k) A_k), min-max scaled, bilinearly resized, scaled -- by hand."""
+def _reference_gradcam(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    cls: int,
+    module_path: str,
+    centres: np.ndarray | None = None,
+):
+    """ReLU(sum_k mean_ij(dy_c/dA_k) A_k), min-max scaled, bilinearly resized, scaled -- by hand.
+
+    ``centres``: the pixel (row = column) each cell is centred on, for maps that do not tile the
+    image (unpadded convolutions); None: PyTorch's half-pixel resize, right for padded ones.
+    """
     store: dict[str, torch.Tensor] = {}
 
     def keep(m, i, o):
@@ -122,8 +133,14 @@ def _reference_gradcam(model: torch.nn.Module, x: torch.Tensor, cls: int, module
     raw = cam.clone()
     cam = cam - cam.min()
     cam = cam / (cam.max() + 1e-7)
-    up = F.interpolate(cam[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
-    up = up[0, 0] - up.min()  # the package scales again after resizing
+    if centres is None:
+        up = F.interpolate(cam[None, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
+        up = up[0, 0]
+    else:  # separable linear interpolation between cell centres, edge values held beyond them
+        pixels = np.arange(x.shape[-1])
+        rows = np.stack([np.interp(pixels, centres, col) for col in cam.numpy().T], 1)
+        up = torch.from_numpy(np.stack([np.interp(pixels, centres, row) for row in rows]))
+    up = up - up.min()  # the package scales again after resizing
     return (up / (up.max() + 1e-7)).numpy(), raw
 
 
@@ -131,9 +148,14 @@ def _reference_gradcam(model: torch.nn.Module, x: torch.Tensor, cls: int, module
 def test_gradcam_equals_an_independent_computation(name: str) -> None:
     model, x = _model(name, seed=1), _image(1)
     stage = cam_target_stage(model, (SIZE, SIZE), 3)
+    centres = None
+    if name == "lenet5":  # unpadded: conv 5x5, pool 2, conv 5x5, pool 2 -> a 5 x 5 map at 32 px;
+        # cell i sees input pixels 4i .. 4i + 15, so it is centred on pixel 4i + 7.5
+        assert stage["output_shape"][-2:] == (5, 5)
+        centres = 4 * np.arange(5) + 7.5
     compared = 0
     for cls in range(4):
-        ref, raw = _reference_gradcam(model, x, cls, stage["module"])
+        ref, raw = _reference_gradcam(model, x, cls, stage["module"], centres)
         if float(raw.max()) <= 0:  # an all-negative class gives an all-zero map: nothing to see
             continue
         got = compute_cams(model, x, [cls], method="gradcam")[0]
@@ -163,6 +185,45 @@ def test_gradient_saliency_is_the_input_gradient() -> None:
     model(xr)[0, 1].backward()
     ref = xr.grad[0].abs().amax(0)
     np.testing.assert_allclose(gradient_saliency(model, x, [1])[0], (ref / ref.max()).numpy(), 1e-5)
+
+
+def test_gradcam_of_a_gap_network_is_cam() -> None:
+    # conv -> global average pool -> linear: dy_c/dA_k = w_ck / (h w) everywhere, so Grad-CAM is
+    # Zhou et al.'s CAM, ReLU(sum_k w_ck A_k), computed here without autograd
+    model, x = _model("lenet5_gap", seed=4), _image(4)
+    assert cam_target_stage(model, (SIZE, SIZE), 3)["module"] == "features.10"
+    with torch.no_grad():
+        features = model.forward_features(x)[0]  # 128 x 8 x 8
+        weights = model.get_classifier().weight.detach()  # 4 x 128
+    compared = 0
+    for cls in range(4):
+        cam = torch.relu(torch.einsum("k,khw->hw", weights[cls], features))
+        if float(cam.max()) <= 0:
+            continue
+        up = F.interpolate(cam[None, None], size=(SIZE, SIZE), mode="bilinear")[0, 0]
+        up = (up - up.min()) / (up.max() - up.min())
+        got = compute_cams(model, x, [cls], method="gradcam")[0]
+        np.testing.assert_allclose(got, up.numpy(), atol=1e-4)
+        compared += 1
+    assert compared >= 1
+
+
+def test_resize_places_cells_on_their_receptive_fields() -> None:
+    # padded ("same") geometry: cells tile the image, exactly PyTorch's half-pixel bilinear resize
+    maps = np.random.default_rng(0).random((3, 4, 4)).astype(np.float32)
+    ref = F.interpolate(torch.from_numpy(maps)[:, None], size=(32, 32), mode="bilinear")[:, 0]
+    ref = ref - ref.flatten(1).amin(1)[:, None, None]
+    ref = ref / ref.flatten(1).amax(1)[:, None, None]
+    np.testing.assert_allclose(resize_cams(maps, (32, 32), 8), ref.numpy(), atol=1e-5)
+    # unpadded geometry, worked by hand: a 3 x 3 map 4 px apart on 16 px is centred on pixels
+    # 3.5, 7.5, 11.5; one hot middle cell falls off linearly to 0 at the next centres
+    hot = np.zeros((1, 3, 3), np.float32)
+    hot[0, 1, 1] = 1
+    f = np.clip(1 - np.abs(np.arange(16) - 7.5) / 4, 0, None)
+    expected = np.outer(f, f) / np.outer(f, f).max()
+    np.testing.assert_allclose(resize_cams(hot, (16, 16), 4)[0], expected, atol=1e-6)
+    # a stride that cannot fit the map (r * (h - 1) > H - 1) falls back to tiling the image
+    np.testing.assert_allclose(resize_cams(maps, (32, 32), 64), ref.numpy(), atol=1e-5)
 
 
 def test_cam_target_skips_one_pixel_stages() -> None:
@@ -197,23 +258,31 @@ def test_pointing_hits_and_iou_by_hand() -> None:
     assert map_ious(np.zeros((1, 8, 8)), masks[:1])[0] == 0.0  # an empty map overlaps nothing
     # the centre baseline points at (3, 3), inside the object
     assert centre_hits(masks).all()
+    # a maximum reached at two pixels is a tie (argmax takes the first in row-major order)
+    maps[1, 0, 0] = 1
+    assert tied_peaks(maps).tolist() == [False, True, False]
 
 
 @pytest.mark.slow
 def test_pointing_game_on_shapes(tmp_path: Path) -> None:
-    """Grad-CAM of a LeNet-5 trained on builtin:shapes points at the shape more often than chance.
+    """Grad-CAM of the shapes recipe (lenet5_gap, 32 px) points inside the shape: the issue's check.
 
-    The brief's target (>= 90%) is NOT reached by any zoo model trainable here on CPU: measured
-    0.28 for LeNet-5 at 48 px (centre baseline 0.50, random point 0.16) -- see docs/explain.md.
+    About two minutes on two CPU cores. Measured over three training seeds (see
+    benchmarks/results/pointing_game.md): 0.99-1.00 at 1 px, 0.91-0.93 at 0 px; the centre
+    baseline is 0.59 (1 px), a random point 0.19.
     """
     import cnnlab.api as api
     from cnnlab.explain.pointing import SHAPES_RECIPE, shapes_pointing_game
 
     run = api.train(out=str(tmp_path), name="shapes", report=False, **SHAPES_RECIPE)
     result = shapes_pointing_game(run.run_dir, n=300, methods=("gradcam",))["gradcam"]
-    assert result["classification_accuracy"] >= 0.9
-    # 300 images: a binomial standard error of about 0.02 around the random point's rate
-    assert result["pointing_accuracy"] >= result["random_baseline"] + 0.06, result
+    assert result["classification_accuracy"] >= 0.95, result["classification_accuracy"]
+    assert result["target_layer"] == "features.10"  # the conv before global average pooling
+    by_tolerance = result["pointing_by_tolerance"]
+    assert result["tolerance_px"] == 1 and result["pointing_accuracy"] == by_tolerance["1"]
+    assert result["pointing_accuracy"] >= 0.90, by_tolerance  # the issue's target, 1 px
+    assert by_tolerance["0"] >= 0.85, by_tolerance  # and without any tolerance
+    assert result["pointing_accuracy"] >= result["centre_baseline"] + 0.2, result
 
 
 # --- the page and the one function the CLI calls -----------------------------------------------

@@ -108,8 +108,8 @@ def _stage_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...
 # --- registry --------------------------------------------------------------------------------
 def test_registry_lists_the_lecture_families():
     assert set(ALL) == {
-        "lenet5", "lenet5_classic", "alexnet", "googlenet", "resnet18", "resnet34", "resnet50",
-        "resnet101", "resnet152",
+        "lenet5", "lenet5_classic", "lenet5_gap", "alexnet", "googlenet", "resnet18", "resnet34",
+        "resnet50", "resnet101", "resnet152",
         *(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")),
     }  # fmt: skip
     info = model_info("resnet50")

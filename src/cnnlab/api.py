@@ -185,6 +185,9 @@ def load_checkpoint_model(path: str | Path, device: torch.device | str = "cpu"):
 def _load_strict(
     model: torch.nn.Module, state: dict[str, torch.Tensor]
 ) -> tuple[list[str], list[str]]:
+    if state and all(k.startswith("_orig_mod.") for k in state):
+        # earlier --compile runs saved torch.compile's wrapper prefix (now always plain keys)
+        state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = sorted(k for k in state if k not in own)  # files store keys in any order
@@ -227,6 +230,13 @@ def train(
     if cfg.lr == "auto":  # the learning-rate range test on a copy of the model picks the peak rate
         found = lr_find(dataclasses.replace(cfg, lr=1e-3), seed=cfg.seed)
         log.warning("--lr auto: the range test suggests lr=%.3g", found["suggested_lr"])
+        if cfg.accumulate_grad_batches > 1:
+            log.warning(
+                "--lr auto tested batches of %d, but each step averages %d batches: the rate is "
+                "used as found (scale it by hand for the larger batch; docs/distributed.md)",
+                cfg.batch_size,
+                cfg.accumulate_grad_batches,
+            )
         cfg = dataclasses.replace(cfg, lr=float(found["suggested_lr"]))
     seed_everything(cfg.seed, cfg.deterministic)
     device = info.device if info.distributed else resolve_device(cfg.device)  # DDP: cuda:LOCAL_RANK
@@ -339,18 +349,17 @@ def train(
         nesterov=cfg.nesterov,
         device=device,
     )
-    if plan is not None and plan.include_frozen and info.distributed:  # DDP
-        raise ConfigError(
-            f"--strategy {cfg.strategy} changes which layers train during the run, which "
-            "DistributedDataParallel cannot follow; use one process or --strategy full/linear-probe"
-        )
     if plan is not None and info.is_main:  # DDP: rank 0 writes
         write_json(run_dir / "transfer.json", plan.to_dict())
         if console is not None:
             console.print(plan.layer_table())
-    steps = cfg.epochs * len(train_loader)
+    # schedules count optimizer steps: one per group of accumulate_grad_batches micro-batches
+    steps_per_epoch = -(-len(train_loader) // cfg.accumulate_grad_batches)
     scheduler = build_scheduler(
-        optimizer, cfg.schedule, steps, int(cfg.warmup_epochs * len(train_loader))
+        optimizer,
+        cfg.schedule,
+        cfg.epochs * steps_per_epoch,
+        int(cfg.warmup_epochs * steps_per_epoch),
     )
     task = ClassificationTask(len(bundle.class_names), cfg.label_smoothing)
     net = torch.compile(model) if cfg.compile else model
@@ -389,9 +398,9 @@ def train(
         callbacks.append(_tensorboard(run_dir))
     if plan is not None:
         callbacks += plan.callbacks
-    if info.distributed:  # DDP: throughput summed first; stops agreed on last
+    if info.distributed:  # DDP: throughput summed first; rewrap after unfreezing; stops agreed last
         callbacks = [distributed.GlobalThroughput(info.world_size), *callbacks]
-        callbacks.append(distributed.DistributedSync(task))
+        callbacks += [distributed.FollowTrainable(), distributed.DistributedSync(task)]
     ids = bundle.splits["train"].ids
     trainer = Trainer(
         net,
@@ -404,6 +413,7 @@ def train(
         callbacks=callbacks,
         describe_batch=lambda idx: [ids[int(i)] for i in idx[:8]],
         train_mode=plan.train_mode if plan else None,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
     )
     if resume_from:
         _restore(trainer, model, resume_from[1], cfg)
@@ -571,12 +581,17 @@ def evaluate_model(
     run_dir: Path | None = None,
     report: bool = True,
     out_dir: Path | None = None,
+    thumbnails: Any = None,
+    batch_size: int = 512,
 ) -> dict[str, Any]:
-    """Metrics (+ bootstrap CIs, report) of `model` on one split held as a uint8 tensor."""
+    """Metrics (+ bootstrap CIs, report) of `model` on one split held as a uint8 tensor.
+
+    `thumbnails` (N, C, H, W) uint8: what the report shows for each sample (default `images`;
+    video clips pass a strip of frames)."""
     from cnnlab.metrics import UndefinedMetricWarning, classification_metrics
     from cnnlab.metrics.stats import headline_intervals
 
-    loader = make_loader(images, split.targets, spec, device, 512)
+    loader = make_loader(images, split.targets, spec, device, batch_size)
     task = ClassificationTask(len(class_names))
     info = distributed.current()
     if info.distributed:  # DDP: each rank predicts every W-th batch; all gather the whole split
@@ -607,8 +622,9 @@ def evaluate_model(
             from cnnlab.report.html import write_classification_report
 
             result["report"] = write_classification_report(
-                out, metrics, p, t, class_names, images=images, ids=split.ids, run_dir=run_dir
-            )
+                out, metrics, p, t, class_names, ids=split.ids, run_dir=run_dir,
+                images=images if thumbnails is None else thumbnails,
+            )  # fmt: skip
     return result
 
 
@@ -1037,3 +1053,34 @@ def demo(out: str | Path = "runs", console: Any = None, **overrides: Any) -> Tra
     return train(
         console=console, out=str(out), name=overrides.pop("name", None), **(DEMO | overrides)
     )
+
+
+# -- video -------------------------------------------------------------------------------------------------
+def video_train(config: Any = None, *, console: Any = None, **options: Any):
+    """Train a clip classifier (r3d_18 / mc3_18 / r2plus1d_18, or a zoo 2D model per frame): see cnnlab.video.train."""
+    from cnnlab.video.train import train_video
+
+    return train_video(config, console=console, **options)
+
+
+def video_evaluate(run: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Clip-level classification metrics and report on the run's test split."""
+    from cnnlab.video.train import evaluate_video
+
+    return evaluate_video(run, **kwargs)
+
+
+def video_predict(run: str | Path, video: str | Path, out_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Frame-by-frame prediction over a video: timeline, events, tracks and an annotated video."""
+    from cnnlab.video.predict import predict_video
+
+    return predict_video(run, video, out_dir, **kwargs)
+
+
+def video_track(
+    run: str | Path, video: str | Path, gt: str | Path, out_dir: str | Path, **kwargs: Any
+) -> dict[str, Any]:
+    """Detect and track objects in a video and score the tracks (MOTA, IDF1) against MOT ground truth."""
+    from cnnlab.video.predict import track_video
+
+    return track_video(run, video, gt, out_dir, **kwargs)

@@ -290,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="print the step-by-step table")
     p.add_argument("--json", action="store_true")
 
+    from cnnlab.video import cli as video_cli
+
+    video_cli.add_parser(sub)
+
     p = sub.add_parser("data", help="dataset tools: `cnnlab data check SRC`")
     p.add_argument("action", choices=("check",))
     p.add_argument("source")
@@ -586,6 +590,13 @@ def _detect(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("video")
+def _video(args: argparse.Namespace) -> int:
+    from cnnlab.video import cli as video_cli
+
+    return video_cli.run(args, out)
+
+
 @command("export")
 def _export(args: argparse.Namespace) -> int:
     from cnnlab import api
@@ -844,7 +855,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(COMMANDS[args.command](args) or 0)
     except CnnlabError as e:
-        err.print(f"[red]error:[/] {e}")
+        err.print(f"[red]error:[/] {e}", soft_wrap=True)  # one line, however long (grep-able)
         return e.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")

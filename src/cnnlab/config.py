@@ -69,9 +69,13 @@ class TrainConfig:
     )
     # --- optimisation ---
     epochs: int = 10
-    batch_size: int = 128
+    batch_size: int = 128  # images per forward/backward (global over all processes under DDP)
+    # micro-batches whose gradients add up before one optimizer step (Lightning's name): effective
+    # batch = batch_size x accumulate_grad_batches, for batches too big for memory; lr and schedule
+    # are per optimizer step
+    accumulate_grad_batches: int = 1
     optimizer: Optimizer = "sgd"
-    lr: float | Literal["auto"] = 0.05  # peak rate per batch of `batch_size`; "auto": `cnnlab lr-find` picks it
+    lr: float | Literal["auto"] = 0.05  # peak rate per optimizer step; "auto": lr-find picks it
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4  # decoupled for AdamW, L2 for SGD; never applied to norms and biases
@@ -107,7 +111,11 @@ class TrainConfig:
         _check_literals(self)
         if isinstance(self.lr, str) and self.lr != "auto":
             raise ConfigError(f"option lr must be a number or 'auto', got {self.lr!r}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size}
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "accumulate_grad_batches": self.accumulate_grad_batches,
+        }
         if not isinstance(self.lr, str):
             positive["lr"] = self.lr
         for key, value in positive.items():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,39 @@ def resolve_weights(path: str | Path, prefer: str = "best") -> Path:
     if entry is None:
         raise CheckpointError(f"no verified checkpoint in {folder} (all incomplete or corrupt)")
     return folder / entry["weights"]["file"]
+
+
+def load_run_model(
+    run_or_checkpoint: str | Path,
+    *,
+    task: str,
+    keys: tuple[str, ...],
+    build: Callable[[dict[str, Any]], Any],
+    device: Any = "cpu",
+) -> tuple[Any, dict[str, Any], Path]:
+    """(model in eval mode on ``device``, metadata, weights path) of a run folder or .safetensors
+    checkpoint of ``task``: checks the task and the metadata ``keys``, builds the model with
+    ``build(metadata)`` and loads the weights strictly; a mismatch is a CheckpointError."""
+    from cnnlab.engine.checkpoint import read_weights
+
+    weights = resolve_weights(run_or_checkpoint)
+    state, meta = read_weights(weights)
+    if meta.get("task", "classification") != task:
+        raise CheckpointError(
+            f"{weights} is a {meta.get('task', 'classification')} checkpoint, not a {task} one; "
+            "use the command of its task"
+        )
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        raise CheckpointError(f"{weights} lacks metadata {missing}")
+    model = build(meta)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{weights} does not fit {meta.get('model')}: {str(err).splitlines()[0]}"
+        ) from None
+    return model.to(device).eval(), meta, weights
 
 
 def run_dir_of(weights: Path) -> Path | None:

@@ -142,11 +142,15 @@ def is_ignored_name(name: str) -> bool:
     return name.startswith(".") or name.lower() in IGNORED_NAMES
 
 
-def items_from_folder(root: str | os.PathLike[str]) -> FolderListing:
+def items_from_folder(
+    root: str | os.PathLike[str], *, extensions: frozenset[str] | None = None
+) -> FolderListing:
     """List ``root/<class>/**/<image>`` or ``root/<split>/<class>/**/<image>`` without decoding.
 
     Raises DataError when the root is missing or has no class folders (no automatic split).
-    Symlinks are followed only while they stay inside ``root``.
+    Symlinks are followed only while they stay inside ``root``. ``extensions`` (lower case, with
+    the dot) replaces the image extensions: video folders use the same rules
+    (:mod:`cnnlab.video.train`).
     """
     root_path = Path(root)
     if not root_path.exists():
@@ -170,14 +174,16 @@ def items_from_folder(root: str | os.PathLike[str]) -> FolderListing:
         groups = []
         for split_dir in split_dirs:
             class_dirs, loose = _list_dir(split_dir, root_real, visited, listing)
-            listing.unplaced.extend(str(f) for f in loose if _is_image_name(f.name))
-            listing.non_image.extend(str(f) for f in loose if not _is_image_name(f.name))
+            listing.unplaced.extend(str(f) for f in loose if _is_image_name(f.name, extensions))
+            listing.non_image.extend(
+                str(f) for f in loose if not _is_image_name(f.name, extensions)
+            )
             groups.append((split_dir.name, class_dirs))
     else:
         groups = [("", top_dirs)]
 
-    loose_images = [f for f in top_files if _is_image_name(f.name)]
-    listing.non_image.extend(str(f) for f in top_files if not _is_image_name(f.name))
+    loose_images = [f for f in top_files if _is_image_name(f.name, extensions)]
+    listing.non_image.extend(str(f) for f in top_files if not _is_image_name(f.name, extensions))
     if all(not class_dirs for _, class_dirs in groups):
         hint = f"; found {len(loose_images)} image files directly in it" if loose_images else ""
         raise DataError(
@@ -192,14 +198,14 @@ def items_from_folder(root: str | os.PathLike[str]) -> FolderListing:
         listing.split_classes[split] = sorted(d.name for d in class_dirs)
         all_classes.update(d.name for d in class_dirs)
         for class_dir in class_dirs:
-            for path in _walk_files(class_dir, root_real, visited, listing):
+            for path in _walk_files(class_dir, root_real, visited, listing, extensions):
                 listing.items.append(DataItem(str(path), class_dir.name, split or None))
     listing.class_names = sorted(all_classes)
     return listing
 
 
-def _is_image_name(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+def _is_image_name(name: str, extensions: frozenset[str] | None = None) -> bool:
+    return Path(name).suffix.lower() in (IMAGE_EXTENSIONS if extensions is None else extensions)
 
 
 def _inside(real: str, root_real: str) -> bool:
@@ -242,16 +248,20 @@ def _list_dir(
 
 
 def _walk_files(
-    directory: Path, root_real: str, visited: set[str], listing: FolderListing
+    directory: Path,
+    root_real: str,
+    visited: set[str],
+    listing: FolderListing,
+    extensions: frozenset[str] | None = None,
 ) -> Iterable[Path]:
     dirs, files = _list_dir(directory, root_real, visited, listing)
     for f in files:
-        if _is_image_name(f.name):
+        if _is_image_name(f.name, extensions):
             yield f
         else:
             listing.non_image.append(str(f))
     for d in dirs:
-        yield from _walk_files(d, root_real, visited, listing)
+        yield from _walk_files(d, root_real, visited, listing, extensions)
 
 
 # ----------------------------------------------------------------------------- scanning

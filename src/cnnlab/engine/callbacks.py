@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from cnnlab.engine.checkpoint import CheckpointManager
+from cnnlab.engine.distributed import unwrap
 from cnnlab.engine.trainer import Callback, Trainer
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,9 @@ class EarlyStopping(Callback):
 class Checkpoint(Callback):
     """Saves a resumable checkpoint after every completed epoch (and on interruption), plus best weights.
 
-    `best` is updated only from a completed epoch whose monitored value is finite.
+    `best` is updated only from a completed epoch whose monitored value is finite. Weights are the
+    plain model's (`weights`): never torch.compile's `_orig_mod.` or DDP's `module.` prefixes, so a
+    checkpoint loads into an uncompiled model in one process.
     """
 
     def __init__(
@@ -160,6 +163,10 @@ class Checkpoint(Callback):
     ):
         self.manager, self.metadata, self.monitor = manager, metadata, monitor
         self.best: float | None = None
+
+    @staticmethod
+    def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+        return unwrap(trainer.model).state_dict()
 
     def _state(self, trainer: Trainer, complete: bool) -> dict[str, Any]:
         s = trainer.state
@@ -185,7 +192,7 @@ class Checkpoint(Callback):
         tag = f"epoch-{trainer.state.epoch + 1:04d}"
         self.manager.save(
             tag,
-            trainer.model.state_dict(),
+            self.weights(trainer),
             self.metadata(),
             self._state(trainer, complete=True),
             is_best=is_best,
@@ -196,7 +203,7 @@ class Checkpoint(Callback):
         if s.interrupted and s.step > 0:
             tag = f"epoch-{s.epoch + 1:04d}-step-{s.step:06d}"
             self.manager.save(
-                tag, trainer.model.state_dict(), self.metadata(), self._state(trainer, False)
+                tag, self.weights(trainer), self.metadata(), self._state(trainer, False)
             )
             log.warning("interrupted: saved a resumable checkpoint %s", tag)
 

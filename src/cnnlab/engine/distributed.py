@@ -12,6 +12,9 @@ What each rank does (see `cnnlab.api.train`):
   * gradients: DDP all-reduces the mean gradient  g = (1/W) sum_r g_r,  g_r the mean over rank r's b
     samples, so g = (1/B) sum_i grad loss_i, the single-process gradient up to floating-point
     summation order.
+  * gradient accumulation (`accumulate_grad_batches` k): the trainer runs the first k - 1
+    micro-batches of each group under `no_sync()`, so gradients are all-reduced once per optimizer
+    step; unfreezing during a run (fine-tune / gradual) rebuilds the wrapper (`FollowTrainable`).
   * per step one extra all-reduce of 4 numbers (`DistributedTask.loss`): the global loss for logging
     and the NaN guard, the correct count, and any pending stop (SIGTERM / Ctrl-C), so all ranks stop
     at the same step.
@@ -236,6 +239,8 @@ class _DDP(nn.parallel.DistributedDataParallel):
         object.__setattr__(
             self, "_raw_module", raw
         )  # not a submodule: no second copy in state_dict
+        # DDP builds its gradient buckets and hooks for these parameters only (see FollowTrainable)
+        object.__setattr__(self, "_trainable", trainable_names(raw))
 
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self._raw_module.state_dict(*args, **kwargs)
@@ -252,6 +257,25 @@ def unwrap(model: nn.Module) -> nn.Module:
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
     return getattr(model, "_orig_mod", model)
+
+
+def trainable_names(model: nn.Module) -> frozenset[str]:
+    """Names of the parameters that require a gradient now."""
+    return frozenset(n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def rewrap_ddp(ddp: _DDP) -> _DDP:
+    """A new DDP wrapper around the same module, for the parameters that require grad *now*.
+
+    DDP registers its all-reduce hooks and buckets only for the parameters that require grad when
+    it is built; one unfrozen later would never be averaged and the ranks would drift apart
+    (`find_unused_parameters` does not help: it covers parameters in the buckets that get no
+    gradient, not parameters left out of them). The old wrapper's hooks are removed first, and the
+    new one broadcasts rank 0's parameters and buffers, as at the start (they are equal already).
+    A collective: every rank must call it at the same point.
+    """
+    ddp._remove_autograd_hooks()
+    return _DDP(ddp.module, ddp._raw_module, device_ids=ddp.device_ids)
 
 
 def wrap_ddp(model: nn.Module, info: DistInfo, sync_bn: bool = False) -> nn.Module:
@@ -489,6 +513,24 @@ class DistributedSync(Callback):
         for sig, prev in self._previous.items():
             signal.signal(sig, prev)
         self._previous = {}
+
+
+class FollowTrainable(Callback):
+    """Append AFTER the callbacks that change `requires_grad` (fine-tune / gradual unfreezing,
+    `cnnlab.transfer.recipes.StagedUnfreeze`): at each epoch start, when the set of trainable
+    parameters differs from the one the DDP wrapper was built for, rebuild it (`rewrap_ddp`).
+
+    The schedule is a function of the epoch, so every rank rebuilds at the same epoch (resumed
+    runs too). Frozen parameters get no gradient, so no rank's optimizer moves them: they stay
+    equal to rank 0's on every rank.
+    """
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        ddp = trainer.model
+        if not isinstance(ddp, _DDP) or trainable_names(ddp._raw_module) == ddp._trainable:
+            return
+        trainer.model = rewrap_ddp(ddp)
+        log.info("DDP rebuilt for %d trainable parameter tensors", len(trainer.model._trainable))
 
 
 class GlobalThroughput(Callback):

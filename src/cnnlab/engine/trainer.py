@@ -2,6 +2,11 @@
 
 Everything else (progress, CSV logging, checkpoints, early stopping, interruption) is a callback with no-op hooks,
 and stopping is a flag (Keras' `Callback`, fastai's event protocol).
+
+Gradient accumulation: with `accumulate_grad_batches=k` the loader's batches are micro-batches and
+k of them make one optimizer step (a group): the effective batch is k x batch_size, and the epoch's
+last group may be shorter. Interruption waits for the end of the current group, so checkpoints and
+resumes sit on group boundaries.
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ class NonFiniteLossError(CnnlabError):
 @dataclass
 class LoopState:
     epoch: int = 0  # 0-based epoch being run (or about to run)
-    step: int = 0  # batches done in this epoch
-    global_step: int = 0
+    step: int = 0  # (micro-)batches done in this epoch: where the loader resumes
+    global_step: int = 0  # optimizer steps since the start of the run
     stop: bool = False
     stop_reason: str = ""
     interrupted: bool = False
@@ -73,7 +78,11 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         describe_batch: Callable[[torch.Tensor], list[str]] | None = None,
         train_mode: Callable[[nn.Module], None] | None = None,
+        accumulate_grad_batches: int = 1,
     ):
+        if accumulate_grad_batches < 1:
+            raise ValueError(f"accumulate_grad_batches must be >= 1, got {accumulate_grad_batches}")
+        self.accumulate_grad_batches = accumulate_grad_batches  # micro-batches per optimizer step
         self.model, self.task = model, task
         self.optimizer, self.scheduler = optimizer, scheduler
         self.device, self.precision, self.grad_clip = device, precision, grad_clip
@@ -94,40 +103,23 @@ class Trainer:
         while s.epoch < epochs and not s.stop:
             self.train_mode(self.model)
             self._emit("on_epoch_start")
-            t0, seen, loss_sum, correct_sum = time.perf_counter(), 0, 0.0, 0
+            t0, seen, loss_sum, correct_sum = time.perf_counter(), 0, 0.0, 0.0
+            n_batches = len(train_loader)
+            self._check_group_boundary(s.step, n_batches)
             for images, targets, idx in train_loader.batches(s.epoch, start=s.step):
-                with autocast(self.device, self.precision):
-                    out = self.task.loss(self.model, images, targets)
-                loss = out["loss"]
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                loss_value = (
-                    loss.item()
-                )  # one sync per step: needed for the NaN guard and the progress bar
-                if not math.isfinite(loss_value):
-                    raise NonFiniteLossError(
-                        f"loss became {loss_value} at epoch {s.epoch + 1}, step {s.step + 1}; batch samples: "
-                        f"{', '.join(self.describe_batch(idx))}. Lower --lr, add --grad-clip, or check these "
-                        "files; the last good checkpoint is kept."
-                    )
-                if self.grad_clip:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
-                # "correct": the batch's summed per-sample accuracy (1/0 per image; pixel accuracy per mask)
-                n, correct = images.shape[0], float(out["correct"])
-                seen, loss_sum, correct_sum = (
-                    seen + n,
-                    loss_sum + loss_value * n,
-                    correct_sum + correct,
+                first, group_size, last = self.group_of(s.step, n_batches)
+                loss_value, correct = self._forward_backward(
+                    images, targets, idx, zero_grad=first, group_size=group_size, sync=last
                 )
-                s.step, s.global_step = s.step + 1, s.global_step + 1
+                if last:  # one optimizer step per group of micro-batches
+                    self._optimizer_step()
+                    s.global_step += 1
+                n = images.shape[0]
+                seen, loss_sum = seen + n, loss_sum + loss_value * n
+                correct_sum += correct
+                s.step += 1
                 self._emit("on_batch_end", loss_value, correct, n)
-                if (
-                    s.stop
-                ):  # interruption: leave mid-epoch, the checkpoint callback saves (epoch, step)
+                if s.stop and last:  # interruption: leave at a group boundary; Checkpoint saves it
                     break
             if s.stop and s.interrupted:
                 break
@@ -148,6 +140,70 @@ class Trainer:
             s.epoch, s.step = s.epoch + 1, 0
         self._emit("on_fit_end")
         return s
+
+    def group_of(self, step: int, n_batches: int) -> tuple[bool, int, bool]:
+        """(first in its group, micro-batches in the group, last in its group) for 0-based
+        micro-batch `step` of an epoch of `n_batches`: groups are [0, k), [k, 2k), ... and the
+        epoch's last group holds the n_batches % k that remain (stepped, not carried over)."""
+        k = self.accumulate_grad_batches
+        start = step - step % k
+        size = min(k, n_batches - start)
+        return step == start, size, step == start + size - 1
+
+    def _check_group_boundary(self, step: int, n_batches: int) -> None:
+        # A checkpoint is written only between groups (see `fit`), so a resumed epoch starts on a
+        # group boundary; anything else would step on a partial group and break bit-identity.
+        if step % self.accumulate_grad_batches and step < n_batches:
+            raise RuntimeError(
+                f"resuming at micro-batch {step}, inside a group of "
+                f"{self.accumulate_grad_batches}; the checkpoint does not match "
+                "accumulate_grad_batches"
+            )
+
+    def _forward_backward(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        idx: torch.Tensor,
+        *,
+        zero_grad: bool,
+        group_size: int,
+        sync: bool,
+    ) -> tuple[float, float]:
+        """Forward + backward of one micro-batch, gradients added to .grad; (loss, correct)."""
+        s = self.state
+        if zero_grad:
+            self.optimizer.zero_grad(set_to_none=True)
+        # DDP all-reduces gradients during backward; under no_sync() they only add up locally and
+        # the group's last backward all-reduces the sum: one all-reduce per optimizer step. The
+        # forward must run inside the context too (DDP's docs).
+        no_sync = getattr(self.model, "no_sync", None)
+        local = contextlib.nullcontext() if sync or no_sync is None else no_sync()
+        with local:
+            with autocast(self.device, self.precision):
+                out = self.task.loss(self.model, images, targets)
+            # Equal micro-batches (the loader drops an incomplete last batch), so the mean over the
+            # group's samples is the mean of the micro-batch means: each loss / group_size.
+            self.scaler.scale(out["loss"] / group_size).backward()
+        # one sync per micro-batch: the NaN guard and the progress bar need the value
+        loss_value = out["loss"].item()
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"loss became {loss_value} at epoch {s.epoch + 1}, step {s.step + 1}; batch "
+                f"samples: {', '.join(self.describe_batch(idx))}. Lower --lr, add --grad-clip, or "
+                "check these files; the last good checkpoint is kept."
+            )
+        # "correct": the batch's summed per-sample accuracy (1/0 per image; pixel accuracy per mask)
+        return loss_value, float(out["correct"])
+
+    def _optimizer_step(self) -> None:
+        """Clip, step and schedule once per group (the AMP scaler's scale is fixed within it)."""
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
 
     @torch.inference_mode()
     def predict(self, loader: Any) -> tuple[torch.Tensor, torch.Tensor]:

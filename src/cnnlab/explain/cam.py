@@ -6,8 +6,8 @@
 
       cam_c = ReLU( sum_k  mean_ij(dy_c / dA_k[i, j]) * A_k )          # h x w
 
-  then min-max scales it to [0, 1], resizes it (bilinear, half-pixel centres) to the input's
-  H x W and min-max scales it again (what ``pytorch_grad_cam`` does). Grad-CAM++
+  then min-max scales it to [0, 1], resizes it bilinearly to the input's H x W and min-max
+  scales it again (what ``pytorch_grad_cam`` does). Grad-CAM++
   (Chattopadhay et al. 2018) uses second-order weights; Eigen-CAM takes the first principal
   component of the activations (class independent); Score-CAM weighs each map by the score
   change it causes when used as a mask; LayerCAM, XGradCAM and HiResCAM are also available.
@@ -15,6 +15,12 @@
   default the last stage whose map is at least ``MIN_CAM_SIZE`` pixels on each side. At small
   inputs VGG's last stage is 1 x 1 (five 2 x 2 pools on 32 px), where a CAM can only be a constant,
   so the stage before it is used.
+* Resizing puts each cell of the ``h x w`` map where its receptive field is centred: cells are
+  ``reduction`` pixels apart (the stage's ``feature_info`` stride) and the grid is centred in
+  the image, ``centre_i = (H - 1 - reduction * (h - 1)) / 2 + reduction * i``. With "same"
+  padding this is exactly the package's half-pixel resize (``(i + 0.5) * H / h - 0.5``); with
+  unpadded convolutions (LeNet-5: 48 px -> a 9 x 9 map whose centres span pixels 7.5..39.5)
+  the package's resize stretches the map over the whole image and moves peaks by up to 5 px.
 * Gradient saliency (Simonyan et al. 2014): ``S[i, j] = max_c |dy_class / dx[c, i, j]|``, scaled
   to [0, 1] by its maximum. Hand-written with autograd: it is two lines, and captum would be a
   dependency for one function.
@@ -24,9 +30,11 @@ All maps are NumPy float32 arrays ``(H, W)`` in [0, 1] at the input resolution.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -60,6 +68,12 @@ def _methods() -> dict[str, type]:
         "xgradcam": XGradCAM,
         "hirescam": HiResCAM,
     }
+
+
+def _at_layer_size(cls: type) -> type:
+    """``cls`` returning maps at the target layer's resolution: ``get_target_width_height`` is
+    the package's hook for the resize size, and ``None`` skips its resize (min-max kept)."""
+    return type(cls.__name__, (cls,), {"get_target_width_height": lambda self, x: None})
 
 
 CAM_METHODS = ("gradcam", "gradcam++", "eigencam", "scorecam", "layercam", "xgradcam", "hirescam")
@@ -164,6 +178,54 @@ class CamSet:
         }
 
 
+def _cell_coords(cells: int, size: int, reduction: float | None) -> Tensor:
+    """(size,) position of each pixel in cell units (cell ``i`` centred at pixel ``off + r*i``)."""
+    r = float(reduction) if reduction else size / cells
+    if r * (cells - 1) > size - 1:  # the stage's stride does not fit: spread cells evenly
+        r = size / cells
+    off = (size - 1 - r * (cells - 1)) / 2
+    return (torch.arange(size, dtype=torch.float32) - off) / r
+
+
+def resize_cams(maps: np.ndarray, size: tuple[int, int], reduction: float | None) -> np.ndarray:
+    """Bilinear resize of ``maps (N, h, w)`` to ``(N, H, W)``, cells at their receptive fields.
+
+    Hand-written (``grid_sample``): ``pytorch_grad_cam`` and OpenCV resize assume the map tiles
+    the whole image, which unpadded convolutions break. Beyond the outermost cell centres the
+    edge value is kept (as half-pixel resizing does). Each map is min-max scaled to [0, 1]
+    afterwards, as the package does.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
+    (h, w), (height, width) = t.shape[-2:], size
+    # grid_sample with align_corners=True: -1 and +1 are the centres of the first and last cells
+    gy = 2 * _cell_coords(h, height, reduction) / max(h - 1, 1) - 1
+    gx = 2 * _cell_coords(w, width, reduction) / max(w - 1, 1) - 1
+    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), -1)  # H x W x (x, y)
+    out = torch.nn.functional.grid_sample(
+        t,
+        grid.expand(len(t), -1, -1, -1),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=True,
+    )[:, 0]
+    out = out - out.flatten(1).amin(1).view(-1, 1, 1)
+    return (out / (out.flatten(1).amax(1).view(-1, 1, 1) + 1e-7)).numpy()
+
+
+@contextlib.contextmanager
+def _quiet_scorecam() -> Iterator[None]:
+    """Score-CAM draws a tqdm progress bar on stderr for every batch of every image; its module
+    refers to ``tqdm.tqdm``, which is swapped for a plain iteration while a CAM is computed."""
+    from pytorch_grad_cam import score_cam
+
+    saved = score_cam.tqdm
+    score_cam.tqdm = SimpleNamespace(tqdm=lambda iterable, *args, **kwargs: iterable)
+    try:
+        yield
+    finally:
+        score_cam.tqdm = saved
+
+
 def _check_image(image: Tensor) -> None:
     if image.dim() != 4:
         raise ConfigError(f"expected images shaped (N, C, H, W), got {tuple(image.shape)}")
@@ -196,7 +258,11 @@ def compute_cams(
     p = next(model.parameters())
     model.eval()
     out = []
-    with _methods()[method](model=model, target_layers=[layer]) as cam:
+    # the package computes the map at the layer's own h x w; resize_cams places it on the image
+    with (
+        _at_layer_size(_methods()[method])(model=model, target_layers=[layer]) as cam,
+        _quiet_scorecam(),
+    ):
         if method == "scorecam":
             cam.batch_size = batch_size  # masked forward passes per batch
         for start in range(0, images.shape[0], batch_size):
@@ -204,9 +270,9 @@ def compute_cams(
             targets = [ClassifierOutputTarget(c) for c in classes[start : start + batch_size]]
             out.append(cam(input_tensor=x, targets=targets))
     model.zero_grad(set_to_none=True)
-    maps = np.concatenate(out).astype(np.float32)
-    # the package min-max scales each map; clip the float noise of its 1e-7 guard and resize
-    return np.clip(maps, 0.0, 1.0)
+    maps = resize_cams(np.concatenate(out), tuple(images.shape[-2:]), stage.get("reduction"))
+    # min-max scaled; clip the float noise of the 1e-7 guard
+    return np.clip(maps, 0.0, 1.0).astype(np.float32)
 
 
 def gradient_saliency(

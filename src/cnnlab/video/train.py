@@ -1,0 +1,693 @@
+"""Video classification on the shared engine: ``cnnlab video train | evaluate``, and clip scores
+over a long video for ``cnnlab video predict``.
+
+    from cnnlab.video.train import train_video, evaluate_video, predict_clips
+    result = train_video(data="builtin:moving-shapes?n=400&frames=8&size=32", model="r3d_small")
+    print(result.test_metrics["accuracy"], result.run_dir)
+    evaluate_video(result.run_dir)["metrics"]["accuracy"]      # the same number, from the run dir
+
+Data: ``builtin:moving-shapes?...`` (:mod:`cnnlab.video.synthetic`) or a folder of videos per
+class, the UCF101 layout ``root/<class>/<video>`` (or ``root/<split>/<class>/<video>`` with given
+splits). Each video is decoded once with cnnlab's video policy (:mod:`cnnlab.video.io`), ``frames``
+frames are taken evenly over its whole length and resized with the image side's resize policy;
+the clips stay in memory as one uint8 tensor ``(N, T*C, S, S)`` (frames stacked on the channel
+axis, see :mod:`cnnlab.video.models`), so the image side's loader, augmentations, trainer,
+evaluation and report serve clips unchanged. Bad videos follow the policy for bad images: skipped
+and listed with the reason in ``data_report.json``, refused above ``max_bad_fraction`` (every
+skip refused with ``strict``); rotation and variable-frame-rate notes go to the log and the report.
+
+The run directory has the classification layout (:mod:`cnnlab.run`): config.json (a VideoConfig),
+classes.json, preprocess.json (per frame), splits.json, data_report.json, metrics.csv,
+checkpoints/ (metadata ``task: "video-classification"``, model, frames, frame_step, smoothing,
+class names, preprocessing: enough to predict), test_metrics.json, test_predictions.npz (so
+``cnnlab compare`` works on two video runs) and report.html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnlab import __version__
+from cnnlab.config import (
+    AUGMENTATIONS,
+    Device,
+    Optimizer,
+    Precision,
+    PreprocessSpec,
+    ResizeMode,
+    Schedule,
+    _check_literals,
+    make_config,
+)
+from cnnlab.data.sources import Split, stratified_split
+from cnnlab.data.tensors import arrays_to_chw, channel_stats, normalize
+from cnnlab.engine.assembly import (
+    check_common_options,
+    fit_and_record,
+    optimizer_and_schedule,
+    standard_callbacks,
+)
+from cnnlab.engine.trainer import Trainer, autocast
+from cnnlab.errors import CheckpointError, ConfigError, DataError, close_matches
+from cnnlab.run import load_run_model, new_run_dir, read_json, run_dir_of, write_json
+from cnnlab.tasks.classification import ClassificationTask
+from cnnlab.video.models import Smoothing, check_video_model, create_video_model, is_3d
+
+log = logging.getLogger(__name__)
+
+TASK = "video-classification"
+BUILTIN_PREFIX = "builtin:"
+DEFAULT_FILE_FRAMES = 16  # clip length for video files (the Kinetics models' training length)
+DEFAULT_FILE_SIZE = 112  # frame side for video files (torchvision's Kinetics crop)
+EVAL_BATCH = 64  # clips per evaluation batch; training and `evaluate` use the same (same numbers)
+MONITORS = ("val_accuracy", "val_loss", "train_loss", "train_accuracy")
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """Everything a video classification run needs; saved as config.json (names: TrainConfig's)."""
+
+    # --- data ---
+    data: str = "builtin:moving-shapes?n=400&frames=8&size=32"  # builtin:moving-shapes?... | DIR
+    frames: int | None = None  # T per clip, evenly over each video; None: builtin's, else 16
+    image_size: int | None = None  # frame side (pixels, square); None: the builtin's, else 112
+    resize: ResizeMode = "fit"  # as TrainConfig: fit (pad), crop (centre) or stretch
+    val_fraction: float = 0.1  # of all clips when the source has no val split (stratified, seeded)
+    test_fraction: float = 0.2
+    # One random crop / flip / affine per clip, the same for all its frames. flip mirrors motion
+    # (left <-> right): leave it out when classes depend on direction.
+    augment: tuple[str, ...] = ("crop",)
+    max_bad_fraction: float = 0.1  # abort when more of the videos than this cannot be decoded
+    strict: bool = False  # every skipped file becomes an error
+    # --- model ---
+    model: str = "r3d_small"  # r3d_18 | mc3_18 | r2plus1d_18 | r3d_small | a 2D zoo model per frame
+    weights: str | None = None  # None | "kinetics" (torchvision 3D models) | "imagenet" (2D)
+    smoothing: Smoothing = "mean"  # 2D models: a clip's probabilities from its frames'
+    # --- optimisation ---
+    epochs: int = 10
+    batch_size: int = 16  # clips per step (a 2D model sees their batch_size x T frames)
+    optimizer: Optimizer = "adamw"
+    lr: float = 2e-3  # peak rate (one-cycle) per batch of `batch_size` clips
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4  # never applied to norms and biases
+    schedule: Schedule = "onecycle"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    # --- compute ---
+    device: Device = "auto"
+    precision: Precision = "auto"
+    # --- run control ---
+    seed: int = 0
+    deterministic: bool = False
+    early_stopping: int | None = None  # patience in epochs on `monitor`
+    monitor: str = "val_accuracy"  # clip accuracy (higher better), val_loss / train_loss lower
+    out: str = "runs"
+    name: str | None = None
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        check_common_options(self)
+        for key in ("max_bad_fraction", "label_smoothing"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"option {key} must be in [0, 1), got {getattr(self, key)}")
+        if self.frames is not None and self.frames < 2:
+            raise ConfigError(f"option frames must be >= 2 (a clip), got {self.frames}")
+        if self.image_size is not None and self.image_size < 16:
+            raise ConfigError(f"option image_size must be >= 16 pixels, got {self.image_size}")
+        unknown = [a for a in self.augment if a not in AUGMENTATIONS]
+        if unknown:
+            raise ConfigError(
+                f"unknown augmentation {unknown[0]!r}{close_matches(unknown[0], AUGMENTATIONS)}; "
+                f"choose from {', '.join(AUGMENTATIONS)} (or 'none')"
+            )
+        if self.monitor not in MONITORS:
+            raise ConfigError(
+                f"unknown monitor {self.monitor!r}{close_matches(self.monitor, MONITORS)}; "
+                f"choose from {', '.join(MONITORS)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _api():  # cnnlab.api imports this module lazily; look it up lazily too (no import cycle)
+    from cnnlab import api
+
+    return api
+
+
+# -- data ------------------------------------------------------------------------------------------
+@dataclass
+class ClipSet:
+    """Decoded clips of a source. clips: (N, T, C, S, S) uint8; targets (N,) int64."""
+
+    clips: np.ndarray
+    targets: np.ndarray
+    ids: list[str]
+    class_names: list[str]
+    given_splits: dict[str, np.ndarray] | None  # indices per split of a root/<split>/ layout
+    report: dict[str, Any]  # data_report.json
+    frame_step: float  # source frames between two sampled frames (median over the videos)
+
+
+def even_indices(length: int, frames: int) -> np.ndarray:
+    """``frames`` indices spread evenly over ``range(length)`` (nearest; repeats when short)."""
+    return np.linspace(0, length - 1, frames).round().astype(np.int64)
+
+
+def _frames_spec(image_size: int, resize: str) -> PreprocessSpec:
+    """The uint8 side of the preprocessing (size, resize); mean/std come after the split."""
+    return PreprocessSpec(image_size, 3, (0.0,) * 3, (1.0,) * 3, resize, {"decoder": "pyav"})
+
+
+def _clips_from_frames(frames: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """(N, T, H, W, 3) uint8 -> (N, T, 3, S, S) uint8 through the image side's resize path."""
+    n, t = frames.shape[:2]
+    chw = arrays_to_chw(frames.reshape(n * t, *frames.shape[2:]), spec)
+    return chw.reshape(n, t, *chw.shape[1:])
+
+
+def _builtin_clips(cfg: VideoConfig, image_size: int | None = None) -> ClipSet:
+    from cnnlab.video.synthetic import load_video_builtin
+
+    ds = load_video_builtin(cfg.data[len(BUILTIN_PREFIX) :])
+    length = ds.clips.shape[1]
+    frames = cfg.frames or length
+    idx = even_indices(length, frames)
+    spec = _frames_spec(image_size or _image_size(cfg, ds.clips.shape[2]), cfg.resize)
+    clips = _clips_from_frames(ds.clips[:, idx], spec)
+    report = {"source": cfg.data, "clips": len(ds.targets), "frames_per_video": length,
+              "class_counts": {c: int((ds.targets == i).sum())
+                               for i, c in enumerate(ds.class_names)},
+              "skipped": [], "notes": []}  # fmt: skip
+    ids = [f"{ds.name}:{i}" for i in range(len(ds.targets))]
+    step = (length - 1) / (frames - 1)
+    return ClipSet(clips, ds.targets, ids, list(ds.class_names), None, report, step)
+
+
+def _image_size(cfg: VideoConfig, native: int | None) -> int:
+    return cfg.image_size or (native if native else DEFAULT_FILE_SIZE)
+
+
+def _decode_one(path: Path, frames: int, spec: PreprocessSpec) -> tuple[np.ndarray, Any, int]:
+    """One video -> ((T, 3, S, S) uint8, VideoInfo, frames decoded). Every frame is decoded (the
+    truncation check needs a full read) but only resized ones are kept: memory ~ T x S x S."""
+    from cnnlab.video.io import iter_frames, probe
+
+    info = probe(path)
+    small, times = [], []
+    for f in iter_frames(path, info=info):
+        small.append(arrays_to_chw(f.image[None], spec)[0])
+        times.append(f.time_s)
+    idx = even_indices(len(small), frames)
+    if info.variable_frame_rate:  # evenly in time, not in frame count: the frame nearest each
+        t = np.asarray(times)
+        wanted = np.linspace(t[0], t[-1], frames)
+        idx = np.abs(t[None, :] - wanted[:, None]).argmin(1)
+    return np.stack([small[i] for i in idx]), info, len(small)
+
+
+def _decode_paths(
+    paths: list[Path], frames: int, spec: PreprocessSpec
+) -> list[tuple[np.ndarray, Any, int] | DataError]:
+    """Decode in threads (FFmpeg releases the GIL); a bad file gives its DataError, not a raise."""
+
+    def work(path: Path) -> tuple[np.ndarray, Any, int] | DataError:
+        try:
+            return _decode_one(path, frames, spec)
+        except DataError as err:
+            return err
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        return list(pool.map(work, paths))
+
+
+def _folder_clips(cfg: VideoConfig) -> ClipSet:
+    from cnnlab.data.scan import FileRecord, ScanReport, items_from_folder
+    from cnnlab.engine.checkpoint import sha256_file
+    from cnnlab.video.io import VIDEO_EXTENSIONS
+
+    start = time.perf_counter()
+    listing = items_from_folder(cfg.data, extensions=frozenset(VIDEO_EXTENSIONS))
+    if not listing.items:
+        raise DataError(
+            cfg.data,
+            f"no video files ({', '.join(VIDEO_EXTENSIONS)}) in its class folders; expected "
+            "root/<class>/<video> (the UCF101 layout)",
+        )
+    frames = cfg.frames or DEFAULT_FILE_FRAMES
+    spec = _frames_spec(_image_size(cfg, None), cfg.resize)
+    paths = [Path(item.path) for item in listing.items]
+    decoded = _decode_paths(paths, frames, spec)
+    records, notes, steps = [], [], []
+    for item, path, result in zip(listing.items, paths, decoded, strict=True):
+        base = {"path": item.path, "rel": os.path.relpath(path, cfg.data), "label": item.label,
+                "split": item.split}  # fmt: skip
+        if isinstance(result, DataError):
+            log.warning("skipped %s: %s", path, result.reason)
+            records.append(FileRecord(**base, ok=False, reason=result.reason))
+            continue
+        _, info, count = result
+        notes += info.notes()
+        steps.append((count - 1) / (frames - 1))
+        records.append(
+            FileRecord(**base, ok=True, format=info.codec, mode="RGB", width=info.width,
+                       height=info.height, n_frames=count, sha256=sha256_file(path),
+                       file_bytes=path.stat().st_size, notes=tuple(info.notes()))
+        )  # fmt: skip
+    for note in notes:
+        log.warning(note)
+    scan = ScanReport(
+        cfg.data, "", listing.class_names, listing.split_classes, records,
+        ignored=listing.ignored, non_image=listing.non_image, outside_root=listing.outside_root,
+        unplaced=listing.unplaced, elapsed_s=time.perf_counter() - start,
+    )  # fmt: skip
+    report = scan.to_dict()
+    report.pop("animated")  # every video has many frames: the image scan's note says nothing here
+    report["skipped"] = [{"path": p, "reason": why} for p, why in scan.bad_items]
+    report["notes"] = notes
+    report["frames_per_video"] = [r.n_frames for r in records if r.ok]
+    try:
+        scan.check(strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction)
+    except DataError as err:  # the scan's message names the files; say which option decides
+        raise DataError(
+            err.path, f"{err.reason}; fix or remove those videos (or set --max-bad-fraction)"
+        ) from None
+    ok = [(rec, res) for rec, res in zip(records, decoded, strict=True) if rec.ok]
+    names = listing.class_names
+    clips = np.stack([res[0] for _, res in ok])
+    targets = np.array([names.index(rec.label) for rec, _ in ok], dtype=np.int64)
+    ids = [rec.rel for rec, _ in ok]
+    given = None
+    if any(rec.split for rec, _ in ok):
+        given = {}
+        for i, (rec, _) in enumerate(ok):
+            key = "val" if rec.split.lower() in ("val", "valid", "validation") else rec.split
+            given.setdefault(key.lower(), []).append(i)
+        given = {k: np.asarray(v) for k, v in given.items()}
+    return ClipSet(clips, targets, ids, names, given, report, float(np.median(steps)))
+
+
+def load_clips(cfg: VideoConfig, image_size: int | None = None) -> ClipSet:
+    """The source of ``cfg.data`` decoded into clips (see the module docstring)."""
+    if cfg.data.startswith(BUILTIN_PREFIX):
+        return _builtin_clips(cfg, image_size)
+    if not Path(cfg.data).exists():
+        raise DataError(
+            cfg.data,
+            "not found: give a folder of videos per class (root/<class>/<video>) or "
+            "builtin:moving-shapes?n=..&frames=..&size=..",
+        )
+    if image_size is not None and cfg.image_size is None:
+        cfg = dataclasses.replace(cfg, image_size=image_size)
+    return _folder_clips(cfg)
+
+
+def _split(data: ClipSet, cfg: VideoConfig) -> dict[str, np.ndarray]:
+    if data.given_splits is not None:
+        if "train" not in data.given_splits:
+            raise DataError(cfg.data, "has split folders but no train/ split")
+        return data.given_splits
+    return stratified_split(data.targets, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+
+
+def _stacked(clips: np.ndarray) -> torch.Tensor:
+    """(N, T, C, S, S) uint8 -> (N, T*C, S, S) uint8 tensor (a view: no copy)."""
+    n, t, c, h, w = clips.shape
+    return torch.from_numpy(clips).view(n, t * c, h, w)
+
+
+def clip_spec(spec: PreprocessSpec, frames: int) -> PreprocessSpec:
+    """The per-frame spec widened to frame-stacked clips: T*C channels, mean/std repeated."""
+    return dataclasses.replace(
+        spec, in_channels=spec.in_channels * frames, mean=spec.mean * frames, std=spec.std * frames
+    )
+
+
+def _strips(clips: np.ndarray) -> np.ndarray:
+    """(N, T, C, S, S) -> (N, C, S, 3S): first, middle and last frame side by side (report)."""
+    t = clips.shape[1]
+    return np.concatenate([clips[:, 0], clips[:, t // 2], clips[:, -1]], axis=-1)
+
+
+# -- train -----------------------------------------------------------------------------------------
+def train_video(
+    config: VideoConfig | str | Path | None = None, *, console: Any = None, **options: Any
+):
+    """Train a clip classifier; returns a :class:`cnnlab.api.TrainResult` (run_dir, history,
+    test_metrics, train_time_s, config). ``config``: a VideoConfig or a JSON/TOML file; keyword
+    options override it."""
+    api = _api()
+    if isinstance(config, VideoConfig):
+        cfg = make_config(VideoConfig, **(config.to_dict() | options))
+    else:
+        cfg = make_config(VideoConfig, config, **options)
+    t_call = time.perf_counter()
+    api.seed_everything(cfg.seed, cfg.deterministic)
+    device = api.resolve_device(cfg.device)
+    check_video_model(cfg.model, cfg.weights)  # before any video is decoded
+    data = load_clips(cfg)
+    parts = _split(data, cfg)
+    n, t, c, s, _ = data.clips.shape
+    class_names = data.class_names
+    train_idx = parts["train"]
+    if len(train_idx) < cfg.batch_size:  # checked before anything is written
+        raise DataError(
+            cfg.data,
+            f"the training split has {len(train_idx)} clips, fewer than one batch of "
+            f"{cfg.batch_size}; lower --batch-size",
+        )
+    frames_u8 = torch.from_numpy(data.clips[train_idx]).view(-1, c, s, s)  # (N*T, C, S, S)
+    mean, std = channel_stats(frames_u8)  # normalisation from the training frames only
+    model = create_video_model(cfg.model, num_classes=len(class_names), frames=t, image_size=s,
+                               weights=cfg.weights, smoothing=cfg.smoothing)  # fmt: skip
+    if cfg.weights and len(model.default_cfg.get("mean") or ()) == c:
+        mean, std = tuple(model.default_cfg["mean"]), tuple(model.default_cfg["std"])
+    spec = dataclasses.replace(_frames_spec(s, cfg.resize), mean=tuple(mean), std=tuple(std))
+    wide = clip_spec(spec, t)
+
+    run_dir = new_run_dir(cfg.out, cfg.name, cfg.model, cfg.data)
+    write_json(run_dir / "config.json", cfg.to_dict())
+    write_json(run_dir / "classes.json", class_names)
+    write_json(run_dir / "preprocess.json", spec.to_dict() | {"frames": t})
+    write_json(run_dir / "data_report.json", data.report)
+    write_json(run_dir / "splits.json",
+               {"source": cfg.data, "origin": "given" if data.given_splits else
+                f"stratified(seed={cfg.seed})",
+                "splits": {k: [data.ids[i] for i in v] for k, v in parts.items()},
+                "labels": {k: [class_names[data.targets[i]] for i in v]
+                           for k, v in parts.items()}})  # fmt: skip
+
+    precision = api.resolve_precision(cfg.precision, device, None)
+    model.to(device)
+    clips = _stacked(data.clips)  # (N, T*C, S, S) uint8
+    targets = data.targets
+    if is_3d(cfg.model):
+        train_loader = api.make_loader(
+            clips[train_idx], targets[train_idx], wide, device, cfg.batch_size, shuffle=True,
+            augment=cfg.augment, seed=cfg.seed, drop_last=True,
+        )  # fmt: skip
+    else:  # every frame is a training image labelled with its clip's class
+        train_loader = api.make_loader(
+            frames_u8, np.repeat(targets[train_idx], t), spec, device, cfg.batch_size * t,
+            shuffle=True, augment=cfg.augment, seed=cfg.seed, drop_last=True,
+        )  # fmt: skip
+    val_loader = None
+    if "val" in parts and len(parts["val"]):
+        val_loader = api.make_loader(clips[parts["val"]], targets[parts["val"]], wide, device,
+                                     EVAL_BATCH)  # fmt: skip
+    optimizer, scheduler = optimizer_and_schedule(model, cfg, len(train_loader), device)
+    task = ClassificationTask(len(class_names), cfg.label_smoothing)
+    metadata = {
+        "task": TASK,
+        "model": cfg.model,
+        "kind": "3d" if is_3d(cfg.model) else "per-frame 2d",
+        "num_classes": len(class_names),
+        "in_channels": c,
+        "image_size": s,
+        "frames": t,
+        "frame_step": data.frame_step,  # source frames between sampled frames (median)
+        "smoothing": cfg.smoothing,
+        "class_names": class_names,
+        "preprocess": spec.to_dict(),
+        "data": cfg.data,
+        "weights": cfg.weights,
+        "cnnlab_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    monitor = cfg.monitor if val_loader is not None else "train_loss"
+    callbacks = standard_callbacks(cfg, run_dir, len(train_loader), lambda: metadata, monitor,
+                                   console=console)  # fmt: skip
+    ids = data.ids
+    sample_of = (lambda i: ids[train_idx[int(i)]]) if is_3d(cfg.model) else (
+        lambda i: f"{ids[train_idx[int(i) // t]]}#frame{int(i) % t}"
+    )  # fmt: skip
+    trainer = Trainer(
+        model, task, optimizer, scheduler, device=device, precision=precision,
+        grad_clip=cfg.grad_clip, callbacks=callbacks,
+        describe_batch=lambda idx: [sample_of(i) for i in idx[:8]],
+    )  # fmt: skip
+    state, train_time = fit_and_record(
+        trainer, train_loader, val_loader, cfg.epochs, run_dir, t_call, task=TASK,
+        clips=int(n), frames=t, image_size=s,
+    )  # fmt: skip
+    result = api.TrainResult(run_dir, state.history, None, train_time, cfg, state.stop_reason)
+    if "test" in parts and len(parts["test"]):
+        best, _, _ = load_video_model(run_dir, device)
+        test = parts["test"]
+        ev = _evaluate(best, spec, t, data.clips[test], targets[test], [ids[i] for i in test],
+                       class_names, device=device, precision=precision, out_dir=run_dir,
+                       run_dir=run_dir, report=cfg.report)  # fmt: skip
+        result.test_metrics, result.report = ev["metrics"], ev.get("report")
+    return result
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+def load_video_model(
+    run_or_checkpoint: str | Path, device: torch.device | str = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any], Path]:
+    """(model in eval mode, checkpoint metadata, weights path) from a run folder or .safetensors."""
+    return load_run_model(
+        run_or_checkpoint, task=TASK, device=device,
+        keys=("model", "num_classes", "frames", "image_size", "preprocess", "class_names"),
+        build=lambda meta: create_video_model(
+            meta["model"], num_classes=int(meta["num_classes"]), frames=int(meta["frames"]),
+            image_size=int(meta["image_size"]), smoothing=meta.get("smoothing", "mean"),
+        ),
+    )  # fmt: skip
+
+
+# -- evaluate --------------------------------------------------------------------------------------
+def _evaluate(
+    model: torch.nn.Module,
+    spec: PreprocessSpec,
+    frames: int,
+    clips: np.ndarray,
+    targets: np.ndarray,
+    ids: list[str],
+    class_names: list[str],
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Clip-level metrics through the image side's evaluation (bootstrap CIs, test_metrics.json,
+    test_predictions.npz, report); clips (N, T, C, S, S) uint8."""
+    api = _api()
+    return api.evaluate_model(
+        model, clip_spec(spec, frames), _stacked(np.ascontiguousarray(clips)), Split(ids, targets),
+        class_names, thumbnails=_strips(clips), batch_size=EVAL_BATCH, **kwargs,
+    )  # fmt: skip
+
+
+def evaluate_video(
+    run: str | Path,
+    split: str = "test",
+    data: str | None = None,
+    device: str = "auto",
+    report: bool = True,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Clip-level metrics of a video run on its recorded split (default: the held-out test clips,
+    which reproduces the end-of-training numbers) or on every clip of another source ``data``
+    whose classes are among the model's. Writes test_metrics.json, test_predictions.npz and the
+    report into ``out`` (default: the run directory when evaluating its own split)."""
+    api = _api()
+    dev = api.resolve_device(device)
+    model, meta, weights = load_video_model(run, dev)
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    frames, class_names = int(meta["frames"]), list(meta["class_names"])
+    run_dir = run_dir_of(weights)
+    if data is None:
+        if run_dir is None:
+            raise ConfigError(f"{weights} is not inside a run directory: pass data=")
+        cfg = make_config(VideoConfig, **_saved_config(run_dir))
+        recorded = read_json(run_dir / "splits.json")["splits"]
+        if split not in recorded:
+            raise ConfigError(f"the run has no {split!r} split; it has {sorted(recorded)}")
+        labels = read_json(run_dir / "splits.json").get("labels", {}).get(split)
+        clips, targets, ids = _recorded_clips(cfg, recorded[split], labels, split, spec, frames,
+                                              class_names)  # fmt: skip
+        precision = api.resolve_precision(cfg.precision, dev, None)
+    else:
+        cfg = make_config(VideoConfig, data=data, frames=frames, image_size=spec.image_size,
+                          resize=spec.resize, val_fraction=0.0, test_fraction=0.0)  # fmt: skip
+        source = load_clips(cfg)
+        unknown = [c for c in source.class_names if c not in class_names]
+        if unknown:
+            raise DataError(data, f"classes {unknown} are not among the model's {class_names}")
+        lut = np.array([class_names.index(c) for c in source.class_names], dtype=np.int64)
+        clips, targets, ids = source.clips, lut[source.targets], source.ids
+        precision = api.resolve_precision("auto", dev, None)
+    out_dir = Path(out) if out else (run_dir if data is None else None)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    result = _evaluate(model, spec, frames, clips, targets, ids, class_names, device=dev,
+                       precision=precision, run_dir=run_dir, out_dir=out_dir,
+                       report=report and out_dir is not None)  # fmt: skip
+    return {"metrics": result["metrics"], "report": result.get("report"), "weights": str(weights),
+            "num_samples": len(ids), "probs": result["probs"],
+            "targets": result["targets"]}  # fmt: skip
+
+
+def _saved_config(run_dir: Path) -> dict[str, Any]:
+    saved = read_json(run_dir / "config.json")
+    saved["augment"] = tuple(saved.get("augment", ()))
+    return saved
+
+
+def _recorded_clips(
+    cfg: VideoConfig, ids: list[str], labels: list[str] | None, split: str, spec: PreprocessSpec,
+    frames: int, class_names: list[str],
+) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
+    """The clips of a recorded split: the builtin regenerated (seeded), files decoded again."""
+    if cfg.data.startswith(BUILTIN_PREFIX):
+        data = _builtin_clips(dataclasses.replace(cfg, frames=frames), spec.image_size)
+        where = {sid: i for i, sid in enumerate(data.ids)}
+        missing = [sid for sid in ids if sid not in where]
+        if missing:
+            raise DataError(
+                cfg.data, f"{len(missing)} clip(s) of the {split} split are gone (first: "
+                f"{missing[:3]}); the builtin's options changed"
+            )  # fmt: skip
+        idx = np.array([where[sid] for sid in ids], dtype=np.int64)
+        return data.clips[idx], data.targets[idx], list(ids)
+    root = Path(cfg.data)
+    paths = [root / sid for sid in ids]
+    gone = [str(p) for p in paths if not p.is_file()]
+    if gone:
+        raise DataError(
+            cfg.data, f"{len(gone)} video(s) of the recorded {split} split are gone (first: "
+            f"{gone[:3]}); the dataset changed since training"
+        )  # fmt: skip
+    decoded = _decode_paths(paths, frames, _frames_spec(spec.image_size, spec.resize))
+    for res in decoded:
+        if isinstance(res, DataError):
+            raise res
+    if labels is None:
+        raise CheckpointError(f"{cfg.data}: splits.json of this run lacks the clips' labels")
+    targets = np.array([class_names.index(lab) for lab in labels], dtype=np.int64)
+    return np.stack([res[0] for res in decoded]), targets, list(ids)
+
+
+# -- predict ---------------------------------------------------------------------------------------
+def predict_clips(
+    run: str | Path,
+    frames: np.ndarray,
+    *,
+    window: int | None = None,
+    stride: int = 1,
+    step: int | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Class probabilities over a long video held in memory.
+
+    Args:
+        frames: (F, H, W, 3) uint8 RGB frames in order (e.g. ``cnnlab.video.io.read_video``).
+        window: frames per clip; default the run's clip length T. stride: frames between the
+            starts of two windows. step: frames between two frames of a window; default the run's
+            ``frame_step`` rounded (1 for the builtin; a folder run sampled T frames over whole
+            videos, so its step matches that pace).
+    Returns:
+        ``{"starts": (M,) int (first frame of each window), "probs": (M, K) float32,
+        "class_names", "window", "step", "stride", "span"}``; window i covers frames
+        ``starts[i] .. starts[i] + span - 1`` (span = (window - 1) * step + 1). A per-frame 2D
+        run scores single frames: window 1, ``starts`` the scored frame indices, ``probs`` each
+        frame's own probabilities. A video shorter than one window gives one window over all of
+        it (frames repeated).
+    """
+    api = _api()
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
+        raise ValueError(f"frames must be (F, H, W, 3) uint8 with F >= 1, got {frames.shape} "
+                         f"{frames.dtype}")  # fmt: skip
+    if stride < 1:
+        raise ConfigError(f"stride must be >= 1, got {stride}")
+    dev = api.resolve_device(device)
+    model, meta, _ = load_video_model(run, dev)
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    names = list(meta["class_names"])
+    chw = torch.from_numpy(arrays_to_chw(frames, spec))  # (F, C, S, S) uint8
+    per_frame = not is_3d(meta["model"])
+    if per_frame:
+        window, step = 1, 1
+    else:
+        window = int(window or meta["frames"])
+        step = int(step or max(1, round(float(meta.get("frame_step", 1.0)))))
+        if window < 1 or step < 1:
+            raise ConfigError(f"window and step must be >= 1, got {window}, {step}")
+    span = (window - 1) * step + 1
+    count = len(chw)
+    starts = np.arange(0, max(count - span, 0) + 1, stride, dtype=np.int64)
+    mean = torch.tensor(spec.mean * window, device=dev)
+    std = torch.tensor(spec.std * window, device=dev)
+    precision = api.resolve_precision("auto", dev, None)
+    out = []
+    for b in range(0, len(starts), batch_size):
+        rows = []
+        for s0 in starts[b : b + batch_size]:
+            idx = np.arange(s0, s0 + span, step) if count >= span else even_indices(count, window)
+            rows.append(chw[idx].reshape(-1, *chw.shape[2:]))  # (window*C, S, S)
+        x = normalize(torch.stack(rows).to(dev), mean, std)
+        with torch.inference_mode(), autocast(dev, precision):
+            out.append(model(x).float().softmax(1).cpu())
+    return {"starts": starts, "probs": torch.cat(out).numpy(), "class_names": names,
+            "window": window, "step": step, "stride": stride, "span": span}  # fmt: skip
+
+
+# -- command line ----------------------------------------------------------------------------------
+def add_cli(actions: Any) -> None:
+    """``cnnlab video train`` (one --option per VideoConfig field) and ``cnnlab video evaluate``."""
+    from cnnlab.cli import _add_train_options
+
+    _add_train_options(
+        actions.add_parser("train", help="train a clip classifier (3D CNN, or 2D per frame)"),
+        cls=VideoConfig,
+    )
+    q = actions.add_parser("evaluate", help="clip accuracy, per-class metrics and the report")
+    q.add_argument("run", help="a video run directory or its .safetensors checkpoint")
+    q.add_argument("--split", default="test")
+    q.add_argument("--data", default=None, help="another builtin or folder of videos per class")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--out", default=None)
+    q.add_argument("--json", action="store_true")
+    q.add_argument("--no-report", dest="report", action="store_false")
+
+
+def run_cli(args: argparse.Namespace, out: Any) -> int:
+    import json
+
+    from cnnlab import api
+    from cnnlab.cli import _print_metrics
+
+    if args.video_action == "train":
+        names = [f.name for f in dataclasses.fields(VideoConfig)]
+        options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+        result = api.video_train(args.config, console=out, **options)
+        if result.test_metrics:
+            _print_metrics(result.test_metrics, "test metrics (clips)")
+        out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
+        if result.report:
+            out.print(f"report: {result.report}")
+        return 0
+    result = api.video_evaluate(args.run, split=args.split, data=args.data, device=args.device,
+                                report=args.report, out=args.out)  # fmt: skip
+    if args.json:
+        print(json.dumps(result["metrics"], indent=2, default=str))
+        return 0
+    _print_metrics(result["metrics"], f"{args.split} metrics ({result['num_samples']} clips)")
+    if result.get("report"):
+        out.print(f"report: {result['report']}")
+    return 0

@@ -1,0 +1,243 @@
+"""Video classification (cnnlab.video.train / models): tiny real trainings checked against
+independent references (scikit-learn's accuracy, NumPy smoothing, SciPy's KS test)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from scipy.stats import ks_2samp
+from sklearn.metrics import accuracy_score
+
+from cnnlab.errors import ConfigError, DataError
+from cnnlab.video.io import write_video
+from cnnlab.video.models import TORCHVISION_3D, create_video_model, smooth_frame_probs
+from cnnlab.video.synthetic import make_moving_shapes, write_video_folder
+from cnnlab.video.train import evaluate_video, predict_clips, train_video
+
+TINY = "builtin:moving-shapes?n=20&frames=4&size=16&speed=0.5"
+FAST = {"epochs": 1, "batch_size": 4, "val_fraction": 0.2, "test_fraction": 0.3, "report": False}
+
+
+def _numbers(d, prefix=""):
+    """Every numeric leaf of nested metrics, by path."""
+    out = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out |= _numbers(v, f"{prefix}/{k}")
+    elif isinstance(d, list):
+        for i, v in enumerate(d):
+            out |= _numbers(v, f"{prefix}/{i}")
+    elif isinstance(d, (int, float)) and not isinstance(d, bool):
+        out[prefix] = float(d)
+    return out
+
+
+def _same_metrics(a: dict, b: dict) -> None:
+    na, nb = _numbers(a), _numbers(b)
+    assert na.keys() == nb.keys()
+    for k in na:
+        assert na[k] == pytest.approx(nb[k], abs=1e-12, nan_ok=True), k
+
+
+def _checkpoint_meta(run_dir: Path) -> dict:
+    manifest = json.loads((run_dir / "checkpoints" / "manifest.json").read_text())
+    with safe_open(str(run_dir / "checkpoints" / manifest["best"]["file"]), "pt") as f:
+        return {k: json.loads(v) for k, v in f.metadata().items()}
+
+
+@pytest.fixture(scope="module")
+def run_3d(tmp_path_factory):
+    """One tiny r3d_small run shared by the tests that only read it."""
+    return train_video(data=TINY, model="r3d_small", out=str(tmp_path_factory.mktemp("v")), **FAST)
+
+
+@pytest.mark.parametrize("model", ["r3d_small", "lenet5"])
+def test_train_then_evaluate_reproduces_test_metrics(tmp_path, model, request):
+    if model == "r3d_small":
+        run = request.getfixturevalue("run_3d")
+    else:
+        run = train_video(data=TINY, model=model, out=str(tmp_path), **FAST)
+    assert (run.run_dir / "metrics.csv").is_file()
+    meta = _checkpoint_meta(run.run_dir)
+    assert meta["task"] == "video-classification" and meta["frames"] == 4
+    assert meta["class_names"] == ["left", "right"]
+    ev = evaluate_video(run.run_dir, report=False)
+    _same_metrics(run.test_metrics, ev["metrics"])
+    # the accuracy is scikit-learn's on the same predictions, saved beside the metrics
+    saved = np.load(run.run_dir / "test_predictions.npz")
+    assert accuracy_score(saved["targets"], saved["probs"].argmax(1)) == pytest.approx(
+        ev["metrics"]["accuracy"], abs=1e-12
+    )
+    assert np.array_equal(saved["targets"], ev["targets"])
+    assert len(ev["targets"]) == 6  # 30% of 20 clips, stratified
+    if model == "lenet5":  # a clip's probabilities are the mean of its frames' (NumPy reference)
+        net, _, _ = __import__("cnnlab.video.train", fromlist=["x"]).load_video_model(run.run_dir)
+        clip = np.random.default_rng(0).integers(0, 256, (1, 4, 16, 16, 3), dtype=np.uint8)
+        frame_probs = predict_clips(run.run_dir, clip[0], device="cpu")
+        assert frame_probs["window"] == 1 and frame_probs["probs"].shape == (4, 2)
+        x = torch.from_numpy(clip).permute(0, 4, 1, 2, 3).float()  # (1, C, T, H, W)
+        with torch.no_grad():
+            clip_probs = net(x).softmax(1).numpy()
+            per_frame = net(x[0].transpose(0, 1)).softmax(1).numpy()
+        np.testing.assert_allclose(clip_probs[0], per_frame.mean(0), atol=1e-6)
+
+
+def test_predict_clips_slides_the_run_window(run_3d):
+    run = run_3d
+    frames = make_moving_shapes(n=1, frames=11, size=16, speed=0.5).clips[0]
+    out = predict_clips(run.run_dir, frames, stride=2, device="cpu")
+    assert out["window"] == 4 and out["step"] == 1
+    assert out["starts"].tolist() == [0, 2, 4, 6]  # windows 0-3, 2-5, 4-7, 6-9 of 11 frames
+    assert out["probs"].shape == (4, 2)
+    np.testing.assert_allclose(out["probs"].sum(1), 1.0, atol=1e-6)
+    # window 2 is exactly the model on frames 4..7 (input through the same preprocessing)
+    from cnnlab.video.train import clip_spec, load_video_model
+
+    model, meta, _ = load_video_model(run.run_dir)
+    spec = clip_spec(__import__("cnnlab.config", fromlist=["x"]).PreprocessSpec.from_dict(
+        meta["preprocess"]), 4)  # fmt: skip
+    x = torch.from_numpy(frames[4:8]).permute(0, 3, 1, 2).reshape(1, 12, 16, 16).float() / 255
+    x = (x - torch.tensor(spec.mean).view(1, -1, 1, 1)) / torch.tensor(spec.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        np.testing.assert_allclose(out["probs"][2], model(x).softmax(1)[0].numpy(), atol=1e-5)
+
+
+def test_folder_of_videos_with_corrupt_and_truncated_files(tmp_path):
+    root = tmp_path / "videos"
+    write_video_folder(make_moving_shapes(n=14, frames=4, size=16, speed=0.5), root)
+    good = sorted(root.rglob("*.mp4"))[0].read_bytes()
+    (root / "left" / "corrupt.mp4").write_bytes(b"<html>404 not found</html>" * 20)
+    (root / "right" / "truncated.mp4").write_bytes(good[: len(good) // 2])
+    (root / "right" / ".DS_Store").write_bytes(b"x")  # hidden: ignored, never a video
+    # handled and said: a phone-style rotation flag, and a variable frame rate
+    extra = make_moving_shapes(n=2, frames=6, size=16, speed=0.5, seed=9)
+    write_video(root / "left" / "rotated.mp4", extra.clips[0], rotation=90)
+    times = np.array([0.0, 0.04, 0.08, 0.3, 0.34, 0.7])  # seconds: gaps of 40 to 360 ms
+    write_video(root / "right" / "vfr.mp4", extra.clips[1], times=times)
+    # 2 bad of 18 = 11%: refused at the default 10%, with the files named
+    with pytest.raises(DataError) as err:
+        train_video(data=str(root), model="lenet5", out=str(tmp_path / "runs"), **FAST)
+    assert "corrupt.mp4" in str(err.value) and "truncated.mp4" in str(err.value)
+    assert not (tmp_path / "runs").exists()  # nothing written for a refused dataset
+    run = train_video(data=str(root), model="lenet5", max_bad_fraction=0.2,
+                      out=str(tmp_path / "runs"), **FAST)  # fmt: skip
+    report = json.loads((run.run_dir / "data_report.json").read_text())
+    skipped = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
+    assert set(skipped) == {"corrupt.mp4", "truncated.mp4"}
+    assert all("not a readable video" in why or "corrupt" in why for why in skipped.values())
+    assert report["counts"]["usable"] == 16 and report["counts"]["bad"] == 2
+    notes = " ".join(report["notes"])
+    assert "rotated.mp4: rotation metadata of" in notes and "vfr.mp4: variable frame rate" in notes
+    splits = json.loads((run.run_dir / "splits.json").read_text())["splits"]
+    assert all(not sid.startswith("/") and sid.endswith(".mp4") for sid in splits["test"])
+    ev = evaluate_video(run.run_dir, report=False)  # the test videos decoded again
+    _same_metrics(run.test_metrics, ev["metrics"])
+
+
+def test_unknown_model_and_bad_options_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean: r3d_18"):
+        train_video(data=TINY, model="r3d_19", out=str(tmp_path))
+    with pytest.raises(ConfigError, match="did you mean: resnet18"):
+        create_video_model("resnet81", num_classes=2, frames=4, image_size=16)
+    with pytest.raises(ConfigError, match="kinetics"):
+        create_video_model("lenet5", num_classes=2, frames=4, image_size=16, weights="kinetics")
+    with pytest.raises(ConfigError, match="frames"):
+        train_video(data=TINY, frames=1, out=str(tmp_path))
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "name", ["r3d_small", *(pytest.param(n, marks=pytest.mark.slow) for n in TORCHVISION_3D)]
+)
+def test_3d_models_take_tiny_clips_in_both_layouts(name):
+    torch.manual_seed(0)
+    model = create_video_model(name, num_classes=3, frames=4, image_size=16).eval()
+    clips = torch.randn(2, 3, 4, 16, 16)  # (N, C, T, H, W): adaptive pooling handles 4 x 16 x 16
+    stacked = clips.transpose(1, 2).reshape(2, 12, 16, 16)  # frames on the channel axis
+    with torch.no_grad():
+        a, b = model(clips), model(stacked)
+    assert a.shape == (2, 3)
+    torch.testing.assert_close(a, b)
+    # the order of frames matters to a 3D CNN (reversed motion is a different input)
+    with torch.no_grad():
+        assert not torch.allclose(model(clips.flip(2)), a)
+
+
+def test_kinetics_weights_load_into_r3d_18_or_fail_clearly(monkeypatch):
+    """torchvision's KINETICS400_V1 state dict goes in unchanged except the new 2-class head;
+    offline, the error names the URL and what to do. (The download itself is stubbed.)"""
+    import urllib.error
+
+    import torchvision
+
+    from cnnlab.errors import CheckpointError
+    from cnnlab.video.models import KINETICS_MEAN
+
+    torch.manual_seed(0)
+    source = torchvision.models.video.r3d_18(num_classes=400).state_dict()
+    enum = torchvision.models.video.R3D_18_Weights.KINETICS400_V1
+    monkeypatch.setattr(type(enum), "get_state_dict", lambda self, **kw: source)
+    model = create_video_model("r3d_18", num_classes=2, frames=4, image_size=16, weights="kinetics")
+    mine = model.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in source.items() if not k.startswith("fc."))
+    assert model.fc.out_features == 2 and model.default_cfg["mean"] == KINETICS_MEAN
+    clips = torch.randn(2, 3, 4, 16, 16)
+    with torch.no_grad():  # adaptive pooling: 4 frames of 16 x 16 px are enough
+        out = model.eval()(clips)
+        torch.testing.assert_close(out, model(clips.transpose(1, 2).reshape(2, 12, 16, 16)))
+    assert out.shape == (2, 2)
+
+    def offline(self, **kw):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(type(enum), "get_state_dict", offline)
+    with pytest.raises(CheckpointError, match="could not download the Kinetics-400 weights"):
+        create_video_model("r3d_18", num_classes=2, frames=4, image_size=16, weights="kinetics")
+    with pytest.raises(ConfigError, match="no published weights"):
+        create_video_model("r3d_small", num_classes=2, frames=4, image_size=16, weights="kinetics")
+
+
+def test_smoothing_against_numpy():
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(3), size=(50, 5))  # (N, T, K)
+    t = torch.from_numpy(probs)
+    np.testing.assert_allclose(smooth_frame_probs(t, "mean").numpy(), probs.mean(1))
+    majority = smooth_frame_probs(t, "majority").numpy()
+    votes = np.stack([np.bincount(p.argmax(1), minlength=3) for p in probs]) / 5
+    np.testing.assert_allclose(majority, votes, atol=1e-5)
+    np.testing.assert_allclose(majority.sum(1), 1.0)
+    # a tie (2 frames each) goes to the class with the larger mean probability
+    tie = torch.tensor([[[0.6, 0.4], [0.6, 0.4], [0.1, 0.9], [0.45, 0.55]]])
+    assert smooth_frame_probs(tie, "majority").argmax(1).item() == 1  # means 0.4375 vs 0.5625
+
+
+def test_moving_shapes_frames_say_nothing_and_motion_says_everything():
+    ds = make_moving_shapes(n=300, frames=8, size=32, directions=2, seed=3)
+    rng = np.random.default_rng(0)
+    centres, moves = [], []
+    for boxes in ds.boxes:
+        t = rng.integers(len(boxes))  # one random frame per clip: independent samples
+        centres.append((boxes[t][0, 0] + boxes[t][0, 2]) / 2)
+        first, last = boxes[0][0], boxes[-1][0]
+        moves.append(((last[0] + last[2]) - (first[0] + first[2])) / 2)
+    centres, moves = np.asarray(centres), np.asarray(moves)
+    left, right = ds.targets == 0, ds.targets == 1
+    assert ds.class_names == ["left", "right"] and left.sum() > 100 and right.sum() > 100
+    assert ks_2samp(centres[left], centres[right]).pvalue > 0.01
+    assert (moves[left] < 0).all() and (moves[right] > 0).all()
+
+
+def test_cli_bad_option_prints_one_line_and_exits_2(tmp_path, capsys):
+    from cnnlab.cli import main
+
+    assert main(["video", "train", "--model", "r3d_19", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "r3d_18" in err and len(err.splitlines()) == 1
+    assert main(["video", "train", "--epochs", "zero", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "epochs" in err and len(err.splitlines()) == 1
