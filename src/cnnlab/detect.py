@@ -49,8 +49,8 @@ from cnnlab.data.boxes import (
 )
 from cnnlab.data.decode import DEFAULT_MAX_PIXELS
 from cnnlab.engine import callbacks as cbs
+from cnnlab.engine.assembly import check_common_options, optimizer_and_schedule
 from cnnlab.engine.checkpoint import CheckpointManager, read_weights
-from cnnlab.engine.optim import build_optimizer, build_scheduler, param_groups
 from cnnlab.engine.trainer import Trainer
 from cnnlab.errors import CheckpointError, ConfigError, DataError, close_matches
 from cnnlab.models.detection import create_detection_model
@@ -107,14 +107,7 @@ class DetectConfig:
 
     def __post_init__(self) -> None:
         _check_literals(self)
-        for key in ("epochs", "batch_size", "lr", "report_images", "fpn_channels"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"option {key} must be > 0, got {getattr(self, key)}")
-        for key in ("val_fraction", "test_fraction"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"option {key} must be in [0, 1), got {getattr(self, key)}")
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise ConfigError("val_fraction + test_fraction must leave samples for training")
+        check_common_options(self, ("epochs", "batch_size", "lr", "report_images", "fpn_channels"))
         if self.image_size is not None and self.image_size < 32:
             raise ConfigError(f"option image_size must be >= 32 pixels, got {self.image_size}")
         if not 0.0 <= self.score_threshold <= 1.0:
@@ -255,15 +248,7 @@ def train_detection(
         if "val" in decoded
         else None
     )
-    groups = param_groups(model, cfg.weight_decay, cfg.lr)
-    optimizer = build_optimizer(
-        cfg.optimizer, groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-        device=device,
-    )  # fmt: skip
-    steps = cfg.epochs * len(train_loader)
-    scheduler = build_scheduler(
-        optimizer, cfg.schedule, steps, int(cfg.warmup_epochs * len(train_loader))
-    )
+    optimizer, scheduler = optimizer_and_schedule(model, cfg, len(train_loader), device)
     task = DetectionTask(class_names)
     metadata = {
         "task": "detection",

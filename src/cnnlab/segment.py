@@ -53,8 +53,8 @@ from cnnlab.data.masks import (
     square_geometry,
 )
 from cnnlab.engine import callbacks as cbs
+from cnnlab.engine.assembly import check_common_options, optimizer_and_schedule
 from cnnlab.engine.checkpoint import CheckpointManager, read_weights
-from cnnlab.engine.optim import build_optimizer, build_scheduler, param_groups
 from cnnlab.engine.trainer import Trainer, autocast
 from cnnlab.errors import CheckpointError, ConfigError, DataError, close_matches
 from cnnlab.metrics.segmentation import (
@@ -133,14 +133,7 @@ class SegmentConfig:
 
     def __post_init__(self) -> None:
         _check_literals(self)
-        for key in ("epochs", "batch_size", "lr", "report_images"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"option {key} must be > 0, got {getattr(self, key)}")
-        for key in ("val_fraction", "test_fraction"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"option {key} must be in [0, 1), got {getattr(self, key)}")
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise ConfigError("val_fraction + test_fraction must leave samples for training")
+        check_common_options(self, ("epochs", "batch_size", "lr", "report_images"))
         if not 0 <= self.ignore_index <= 255:
             raise ConfigError(
                 f"option ignore_index must be in 0..255 (8-bit masks), got {self.ignore_index}"
@@ -370,19 +363,7 @@ def train_segmentation(
         if "val" in decoded
         else None
     )
-    groups = param_groups(model, cfg.weight_decay, cfg.lr)
-    optimizer = build_optimizer(
-        cfg.optimizer,
-        groups,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov,
-        device=device,
-    )
-    steps = cfg.epochs * len(train_loader)
-    scheduler = build_scheduler(
-        optimizer, cfg.schedule, steps, int(cfg.warmup_epochs * len(train_loader))
-    )
+    optimizer, scheduler = optimizer_and_schedule(model, cfg, len(train_loader), device)
     task = SegmentationTask(
         num_classes, cfg.ignore_index, cfg.dice_weight if cfg.loss == "ce+dice" else 0.0
     )
