@@ -250,3 +250,25 @@ def test_other_heads_one_step(model: str) -> None:
     with torch.no_grad():
         pred = det(x)
     assert all(((p["labels"] >= 0) & (p["labels"] < 2)).all() for p in pred)
+
+
+def test_box_head_width_saved_and_legacy_checkpoints_load(tmp_path: Path) -> None:
+    """The box head width travels in the checkpoint; checkpoints written before the option (no
+    metadata key) had torchvision's 1024-wide head and must still load."""
+    from cnnlab.detect import load_detection_model
+    from cnnlab.engine.checkpoint import save_weights
+    from cnnlab.models.detection import create_detection_model
+
+    meta = {"task": "detection", "model": "fasterrcnn", "backbone": "resnet18", "num_classes": 2,
+            "in_channels": 3, "image_size": 64, "preprocess": {}, "class_names": ["a", "b"],
+            "fpn_channels": 32}  # fmt: skip
+    for width, stored in ((48, {"box_head_width": 48}), (1024, {})):
+        det = create_detection_model("fasterrcnn", num_classes=2, image_size=64, fpn_channels=32,
+                                     box_head_width=width)  # fmt: skip
+        path = tmp_path / f"w{width}.safetensors"
+        save_weights(path, det.state_dict(), meta | stored)
+        loaded, _, _ = load_detection_model(path)
+        assert loaded.net.roi_heads.box_head.fc7.out_features == width
+        assert loaded.net.roi_heads.box_predictor.cls_score.in_features == width
+        for key, value in det.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value), key

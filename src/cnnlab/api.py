@@ -832,18 +832,19 @@ def predict_files(
 
     mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(spec.std, dtype=np.float32).reshape(1, -1, 1, 1)
+    chunks = [range(s, min(s + batch_size, len(files))) for s in range(0, len(files), batch_size)]
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for start in range(0, len(files), batch_size):
-            chunk = list(range(start, min(start + batch_size, len(files))))
-            arrays = list(pool.map(decode, chunk))
+        # One chunk decodes in the threads while the model runs on the previous one.
+        ahead = [pool.submit(decode, i) for i in chunks[0]] if chunks else []
+        for n, chunk in enumerate(chunks):
+            arrays = [f.result() for f in ahead]
+            ahead = [pool.submit(decode, i) for i in chunks[n + 1]] if n + 1 < len(chunks) else []
             ok = [i for i, a in zip(chunk, arrays, strict=True) if a is not None]
             if not ok:
                 continue
             pixels = np.stack([a for a in arrays if a is not None]).astype(np.float32)
             probs = np.asarray(probs_fn(((pixels / 255 - mean) / std).astype(np.float32)))
-            order = np.argsort(-probs, axis=1, kind="stable")[
-                :, :k
-            ]  # ties: lower class index first
+            order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties: lower index first
             for row, i in enumerate(ok):
                 results[i].top = [(class_names[c], float(probs[row, c])) for c in order[row]]
     return results

@@ -80,6 +80,7 @@ class DetectConfig:
     init_from: str | None = None  # backbone weights: a cnnlab classification run, "imagenet", file
     backbone_variant: str = "auto"  # auto | imagenet | small-input (stem), as encoder_variant
     fpn_channels: int = 128  # FPN width: 128 instead of torchvision's 256 for CPU training
+    box_head_width: int = 256  # Faster R-CNN box head (torchvision: 1024); ignored by the others
     # --- optimisation ---
     epochs: int = 20
     batch_size: int = 16
@@ -107,7 +108,8 @@ class DetectConfig:
 
     def __post_init__(self) -> None:
         _check_literals(self)
-        check_common_options(self, ("epochs", "batch_size", "lr", "report_images", "fpn_channels"))
+        check_common_options(self, ("epochs", "batch_size", "lr", "report_images", "fpn_channels",
+                                   "box_head_width"))
         if self.image_size is not None and self.image_size < 32:
             raise ConfigError(f"option image_size must be >= 32 pixels, got {self.image_size}")
         if not 0.0 <= self.score_threshold <= 1.0:
@@ -214,6 +216,7 @@ def train_detection(
         backbone_weights=cfg.init_from,
         backbone_variant=cfg.backbone_variant,
         fpn_channels=cfg.fpn_channels,
+        box_head_width=cfg.box_head_width,
     )
     mean, std = channel_stats(torch.from_numpy(decoded["train"][0]))
     if cfg.init_from and len(model.default_cfg.get("mean") or ()) == in_channels:
@@ -256,6 +259,7 @@ def train_detection(
         "backbone": cfg.backbone,
         "backbone_variant": cfg.backbone_variant,
         "fpn_channels": cfg.fpn_channels,
+        "box_head_width": cfg.box_head_width,
         "num_classes": len(class_names),
         "in_channels": in_channels,
         "image_size": image_size,
@@ -330,6 +334,8 @@ def load_detection_model(
         image_size=int(meta["image_size"]),
         backbone_variant=meta.get("backbone_variant", "auto"),
         fpn_channels=int(meta.get("fpn_channels", 128)),
+        # Checkpoints from before the option had torchvision's 1024-wide head.
+        box_head_width=int(meta.get("box_head_width", 1024)),
     )
     try:
         model.load_state_dict(state, strict=True)

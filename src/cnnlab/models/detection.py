@@ -162,9 +162,11 @@ def create_detection_model(
     backbone_variant: str = "auto",
     fpn_channels: int = 128,
     levels: int = 3,
+    box_head_width: int = 256,
 ) -> Detector:
     """Build a detector (see the module docstring) for ``num_classes`` object classes on
-    ``image_size`` x ``image_size`` inputs. ``backbone_weights``: None, "imagenet" / a state-dict
+    ``image_size`` x ``image_size`` inputs. ``box_head_width``: Faster R-CNN's two-layer box head
+    (torchvision: 1024). ``backbone_weights``: None, "imagenet" / a state-dict
     file (the zoo loads it) or a cnnlab classification run / checkpoint of the same backbone."""
     import torchvision.models.detection as tvd
     from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -203,17 +205,26 @@ def create_detection_model(
     if model == "fasterrcnn":
         sizes = _anchor_sizes(s, levels)
         anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * levels)
+        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+
         net = tvd.FasterRCNN(
             body,
-            num_classes=num_classes + 1,
             rpn_anchor_generator=anchors,
-            box_roi_pool=MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2),
-            # Fewer proposals than COCO's 2000/1000: small images hold a handful of objects.
+            # One bilinear sample per 7x7 bin: on the small feature maps used here a bin is
+            # under one feature cell, so torchvision's 2x2 samples only repeat the interpolation,
+            # and RoIAlign's single-threaded CPU backward was half of a training step.
+            box_roi_pool=MultiScaleRoIAlign(names, output_size=7, sampling_ratio=1),
+            # Narrower than torchvision's 1024-wide head: a few classes of simple objects do not
+            # need it, and the (RoIs, C*7*7) x (C*7*7, 1024) matmuls were a quarter of a step.
+            box_head=TwoMLPHead(fpn_channels * 7 * 7, box_head_width),
+            box_predictor=FastRCNNPredictor(box_head_width, num_classes + 1),
+            # Fewer proposals and sampled RoIs than COCO's 2000/1000/512: small images hold a
+            # handful of objects.
             rpn_pre_nms_top_n_train=600,
             rpn_post_nms_top_n_train=300,
             rpn_pre_nms_top_n_test=300,
             rpn_post_nms_top_n_test=100,
-            box_batch_size_per_image=128,
+            box_batch_size_per_image=64,
             **common,
         )
         offset = 1
@@ -228,6 +239,8 @@ def create_detection_model(
         net = tvd.FCOS(body, num_classes, anchor_generator=anchors, **common)
         offset = 0
     det = Detector(net, num_classes, offset)
+    if model == "fasterrcnn":
+        info = info | {"box_head_width": box_head_width}
     det.default_cfg = {"model": model, "backbone": backbone, **info,
                        "reductions": body.reductions}  # fmt: skip
     return det
