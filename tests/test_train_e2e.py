@@ -201,3 +201,36 @@ def test_lr_auto_runs_the_range_test_and_records_the_rate(tmp_path):
     run = api.train(data="builtin:digits", out=str(tmp_path), name="auto", **(FAST | {"lr": "auto"}))
     saved = json.loads((run.run_dir / "config.json").read_text())
     assert isinstance(saved["lr"], float) and 1e-5 <= saved["lr"] <= 1.0
+
+
+def test_predict_in_pipelined_chunks_matches_the_model_per_file(tmp_path):
+    """Files decode one chunk ahead of the model: every chunk size (with an unreadable file inside
+    a chunk) gives each file the model's own probabilities for that file, in input order."""
+    from PIL import Image
+
+    from cnnlab.data.tensors import PreprocessSpec, load_file
+
+    run = api.train(data="builtin:digits", out=str(tmp_path / "runs"), **(FAST | {"epochs": 1}))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(7):
+        Image.fromarray(rng.integers(0, 256, (20 + i, 18), dtype=np.uint8)).save(folder / f"{i}.png")
+    (folder / "3b.png").write_bytes(b"not an image")
+    model, meta, _ = api.load_checkpoint_model(run.run_dir)
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    names = sorted(p.name for p in folder.iterdir())
+    good = [n for n in names if n != "3b.png"]
+    x = np.stack([load_file(folder / n, spec) for n in good]).astype(np.float32) / 255
+    x = (x - np.asarray(spec.mean).reshape(1, -1, 1, 1)) / np.asarray(spec.std).reshape(1, -1, 1, 1)
+    with torch.inference_mode():
+        want = model(torch.from_numpy(x.astype(np.float32))).softmax(1).numpy()
+    for batch_size in (1, 3, 256):
+        preds = api.predict(run.run_dir, [folder], top_k=10, batch_size=batch_size, device="cpu")
+        assert [p.path.rsplit("/", 1)[1] for p in preds] == names
+        bad = preds[names.index("3b.png")]
+        assert bad.error and not bad.top
+        for row, n in enumerate(good):
+            got = dict(preds[names.index(n)].top)
+            probs = [got[c] for c in meta["class_names"]]
+            np.testing.assert_allclose(probs, want[row], rtol=1e-5, atol=1e-6)
