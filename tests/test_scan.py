@@ -265,6 +265,18 @@ def test_cache_reused_and_invalidated(tmp_path: Path) -> None:
     second = scan_dataset(root, cache_dir=cache)
     assert second.cache_hits == 6 and second.fingerprint == first.fingerprint
     assert [r.to_dict() for r in second.records] == [r.to_dict() for r in first.records]
+    # nothing changed: the cache file is not rewritten (same inode, same bytes)
+    ino = cache_file.stat().st_ino
+    scan_dataset(root, cache_dir=cache)
+    assert cache_file.stat().st_ino == ino
+    removed = root / "a" / "0.png"
+    kept = removed.read_bytes()
+    removed.unlink()  # a stale entry: rewritten (atomic replace -> a new inode) without it
+    assert scan_dataset(root, cache_dir=cache).cache_hits == 5
+    assert cache_file.stat().st_ino != ino
+    assert len(json.loads(cache_file.read_text())["files"]) == 5
+    removed.write_bytes(kept)
+    assert scan_dataset(root, cache_dir=cache).cache_hits == 5  # new mtime: rescanned
     target = root / "b" / "2.png"
     target.write_bytes(b"")  # changed size and mtime -> rescanned, now bad
     third = scan_dataset(root, cache_dir=cache)

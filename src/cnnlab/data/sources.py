@@ -75,8 +75,6 @@ def stratified_split(
     targets: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, np.ndarray]:
     """Indices of a seeded split that keeps each class's share in every part (scikit-learn's splitter)."""
-    from sklearn.model_selection import train_test_split
-
     idx = np.arange(len(targets))
     counts = np.bincount(targets)
     needed = 1 + (val_fraction > 0) + (test_fraction > 0)
@@ -89,6 +87,8 @@ def stratified_split(
         )
     out: dict[str, np.ndarray] = {}
     rest = idx
+    if test_fraction > 0 or val_fraction > 0:  # importing scikit-learn costs ~1 s: only when needed
+        from sklearn.model_selection import train_test_split
     if test_fraction > 0:
         rest, out["test"] = train_test_split(
             idx, test_size=test_fraction, stratify=targets, random_state=seed
