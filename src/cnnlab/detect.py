@@ -546,7 +546,7 @@ def predict_detection(
                     stem = f"{f.stem}-{n}"
                 used.add(stem)
                 rgb = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-                drawn = draw_bounding_boxes(
+                drawn = rgb if not len(boxes) else draw_bounding_boxes(  # none: no warning
                     rgb, torch.as_tensor(boxes).reshape(-1, 4),
                     labels=[f"{names[lab]} {s:.2f}" for lab, s in zip(labels, scores, strict=True)],
                     colors="red", width=2,

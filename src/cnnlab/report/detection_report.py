@@ -53,12 +53,16 @@ def draw_case(
         x = x.repeat(3, 1, 1)
     scale = max(1, 192 // x.shape[-1])
     x = x.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
-    x = draw_bounding_boxes(x, truth["boxes"].float() * scale, colors="lime", width=1)
+    # Only non-empty box sets: torchvision warns on every call with none (background images,
+    # an untrained model), and the warning reached the CLI's output.
+    if len(truth["boxes"]):
+        x = draw_bounding_boxes(x, truth["boxes"].float() * scale, colors="lime", width=1)
     keep = pred["scores"] >= score_threshold
     labels = [f"{class_names[int(k)]} {float(s):.2f}"
               for k, s in zip(pred["labels"][keep], pred["scores"][keep], strict=True)]  # fmt: skip
-    x = draw_bounding_boxes(x, pred["boxes"][keep].float() * scale, labels=labels, colors="red",
-                            width=2)  # fmt: skip
+    if labels:
+        x = draw_bounding_boxes(x, pred["boxes"][keep].float() * scale, labels=labels,
+                                colors="red", width=2)  # fmt: skip
     return x.permute(1, 2, 0).numpy()
 
 
