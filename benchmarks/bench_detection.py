@@ -20,12 +20,11 @@ import argparse
 import json
 import os
 import tempfile
-import time
-from pathlib import Path
+
+from _results import save_results
 
 from cnnlab.detect import train_detection
 
-RESULTS = Path(__file__).parent / "results"
 TARGET_MAP50, BUDGET_S = 0.8, 900.0
 
 
@@ -79,12 +78,10 @@ def main() -> None:
             f"{r['train_time_s']:.0f} | {r['load_before']} / {r['load_after']} | "
             f"{'met' if r['target_met'] else 'missed'} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "detection.md").write_text(table + "\n")
-        (RESULTS / "detection.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    if args.no_save:
+        print("\n".join(lines))
+    else:
+        save_results("detection", "\n".join(lines), {"args": vars(args), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -227,7 +227,7 @@ def child_fastai(root: Path, epochs: int, batch: int, lr: float, seed: int) -> d
 
     from fastai.vision.all import (
         SGD, Callback, CategoryBlock, CrossEntropyLossFlat, DataBlock, GrandparentSplitter, ImageBlock,
-        Learner, Normalize, PILImageBW, Recorder, accuracy, get_image_files, parent_label,        set_seed,
+        Learner, Normalize, PILImageBW, Recorder, accuracy, get_image_files, parent_label, set_seed,
     )  # fmt: skip
 
     set_seed(seed)

@@ -16,15 +16,14 @@ threads wait on each other (see bench_segmentation.py).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
-from pathlib import Path
+
+from _results import save_results
 
 DEFAULT_MODELS = "r3d_small,r3d_18,mc3_18,r2plus1d_18,lenet5:mean,lenet5:majority,resnet18:mean"
-RESULTS = Path(__file__).parent / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,16 +104,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['train_time_s']:.0f} | {r['s_per_epoch']:.1f} | {goal}: "
             f"{'met' if verdict(r) else 'MISSED'} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "video.md").write_text(table + "\n")
-        (RESULTS / "video.json").write_text(json.dumps(
-            {"settings": settings | {"threads": args.threads, "target": args.target},
-             "load_average": {"before": load_before, "after": load_after},
-             "command": "benchmarks/bench_video.py " + " ".join(argv or sys.argv[1:]),
-             "rows": rows}, indent=2, default=list) + "\n")  # fmt: skip
+    if args.no_save:
+        print("\n".join(lines))
+    else:
+        save_results("video", "\n".join(lines), {
+            "settings": settings | {"threads": args.threads, "target": args.target},
+            "load_average": {"before": load_before, "after": load_after},
+            "command": "benchmarks/bench_video.py " + " ".join(argv or sys.argv[1:]),
+            "rows": rows})  # fmt: skip
     return 0 if all(verdict(r) for r in rows) else 1
 
 

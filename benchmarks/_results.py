@@ -1,0 +1,22 @@
+"""Where every benchmark writes what it measured: benchmarks/results/<name>.md (the table a person
+reads) and <name>.json (the figures and settings, for tools). Imported by the scripts beside it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def save_results(name: str, table: str, payload: dict[str, Any]) -> Path:
+    """Print ``table`` and write it and ``payload`` (JSON; sets and paths as lists / strings)."""
+    print(table)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(table.rstrip("\n") + "\n")
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps(payload, indent=2, default=lambda v: sorted(v) if isinstance(v, set) else str(v))
+        + "\n"
+    )
+    return RESULTS / f"{name}.md"
