@@ -50,11 +50,17 @@ from cnnlab.data.boxes import (
 from cnnlab.data.decode import DEFAULT_MAX_PIXELS
 from cnnlab.engine import callbacks as cbs
 from cnnlab.engine.assembly import check_common_options, optimizer_and_schedule
-from cnnlab.engine.checkpoint import CheckpointManager, read_weights
+from cnnlab.engine.checkpoint import CheckpointManager
 from cnnlab.engine.trainer import Trainer
-from cnnlab.errors import CheckpointError, ConfigError, DataError, close_matches
+from cnnlab.errors import ConfigError, DataError, close_matches
 from cnnlab.models.detection import create_detection_model
-from cnnlab.run import new_run_dir, read_json, resolve_weights, run_dir_of, write_json
+from cnnlab.run import (
+    load_run_model,
+    new_run_dir,
+    read_json,
+    run_dir_of,
+    write_json,
+)
 from cnnlab.tasks.detection import DetectionTask, ValidationMetrics
 
 log = logging.getLogger(__name__)
@@ -317,34 +323,18 @@ def load_detection_model(
     run_or_checkpoint: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[torch.nn.Module, dict[str, Any], Path]:
     """(model in eval mode, checkpoint metadata, weights path) from a run folder or .safetensors."""
-    weights = resolve_weights(run_or_checkpoint)
-    state, meta = read_weights(weights)
-    if meta.get("task") != "detection":
-        raise CheckpointError(
-            f"{weights} is a {meta.get('task', 'classification')} checkpoint, not a detection one"
-        )
-    for key in ("model", "backbone", "num_classes", "in_channels", "preprocess", "class_names"):
-        if key not in meta:
-            raise CheckpointError(f"{weights} lacks metadata {key!r}")
-    model = create_detection_model(
-        meta["model"],
-        num_classes=int(meta["num_classes"]),
-        backbone=meta["backbone"],
-        in_channels=int(meta["in_channels"]),
-        image_size=int(meta["image_size"]),
-        backbone_variant=meta.get("backbone_variant", "auto"),
-        fpn_channels=int(meta.get("fpn_channels", 128)),
-        # Checkpoints from before the option had torchvision's 1024-wide head.
-        box_head_width=int(meta.get("box_head_width", 1024)),
-    )
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"{weights} does not fit {meta['model']}-{meta['backbone']}: "
-            f"{str(err).splitlines()[0]}"
-        ) from None
-    return model.to(device).eval(), meta, weights
+    return load_run_model(
+        run_or_checkpoint, task="detection", device=device,
+        keys=("model", "backbone", "num_classes", "in_channels", "preprocess", "class_names"),
+        build=lambda meta: create_detection_model(
+            meta["model"], num_classes=int(meta["num_classes"]), backbone=meta["backbone"],
+            in_channels=int(meta["in_channels"]), image_size=int(meta["image_size"]),
+            backbone_variant=meta.get("backbone_variant", "auto"),
+            fpn_channels=int(meta.get("fpn_channels", 128)),
+            # Checkpoints from before the option had torchvision's 1024-wide head.
+            box_head_width=int(meta.get("box_head_width", 1024)),
+        ),
+    )  # fmt: skip
 
 
 # -- evaluate --------------------------------------------------------------------------------------

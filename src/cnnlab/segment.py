@@ -54,9 +54,9 @@ from cnnlab.data.masks import (
 )
 from cnnlab.engine import callbacks as cbs
 from cnnlab.engine.assembly import check_common_options, optimizer_and_schedule
-from cnnlab.engine.checkpoint import CheckpointManager, read_weights
+from cnnlab.engine.checkpoint import CheckpointManager
 from cnnlab.engine.trainer import Trainer, autocast
-from cnnlab.errors import CheckpointError, ConfigError, DataError, close_matches
+from cnnlab.errors import ConfigError, DataError, close_matches
 from cnnlab.metrics.segmentation import (
     ConfusionAccumulator,
     per_image_confusion,
@@ -64,7 +64,13 @@ from cnnlab.metrics.segmentation import (
     segmentation_metrics,
 )
 from cnnlab.models.segmentation import create_segmentation_model
-from cnnlab.run import new_run_dir, read_json, resolve_weights, run_dir_of, write_json
+from cnnlab.run import (
+    load_run_model,
+    new_run_dir,
+    read_json,
+    run_dir_of,
+    write_json,
+)
 from cnnlab.tasks.segmentation import SegmentationTask, ValidationMetrics
 
 log = logging.getLogger(__name__)
@@ -451,31 +457,15 @@ def load_segmentation_model(
     run_or_checkpoint: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[torch.nn.Module, dict[str, Any], Path]:
     """(model in eval mode, checkpoint metadata, weights path) from a run folder or .safetensors."""
-    weights = resolve_weights(run_or_checkpoint)
-    state, meta = read_weights(weights)
-    if meta.get("task") != "segmentation":
-        raise CheckpointError(
-            f"{weights} is a {meta.get('task', 'non-cnnlab')} checkpoint, not a "
-            "segmentation one; use `cnnlab evaluate/predict` for classifiers"
-        )
-    for key in ("model", "encoder", "num_classes", "in_channels", "preprocess", "class_names"):
-        if key not in meta:
-            raise CheckpointError(f"{weights} lacks metadata {key!r}")
-    model = create_segmentation_model(
-        meta["model"],
-        num_classes=int(meta["num_classes"]),
-        encoder=meta["encoder"],
-        in_channels=int(meta["in_channels"]),
-        image_size=int(meta["image_size"]),
-        encoder_variant=meta.get("encoder_variant", "auto"),
-    )
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"{weights} does not fit {meta['model']}-{meta['encoder']}: {str(err).splitlines()[0]}"
-        ) from None
-    return model.to(device).eval(), meta, weights
+    return load_run_model(
+        run_or_checkpoint, task="segmentation", device=device,
+        keys=("model", "encoder", "num_classes", "in_channels", "preprocess", "class_names"),
+        build=lambda meta: create_segmentation_model(
+            meta["model"], num_classes=int(meta["num_classes"]), encoder=meta["encoder"],
+            in_channels=int(meta["in_channels"]), image_size=int(meta["image_size"]),
+            encoder_variant=meta.get("encoder_variant", "auto"),
+        ),
+    )  # fmt: skip
 
 
 # -- evaluate --------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -135,15 +136,24 @@ def load_builtin(spec: str) -> ArrayDataset:
     if name != "shapes" and params:
         raise ConfigError(f"builtin:{name} takes no options, got {sorted(params)}")
     if name == "shapes":
-        allowed = {"n": int, "size": int, "seed": int, "objects": int}
-        for key in params:
-            if key not in allowed:
-                raise ConfigError(
-                    f"builtin:shapes has no option {key!r}{close_matches(key, allowed)}"
-                )
-        try:
-            kwargs = {k: allowed[k](v) for k, v in params.items()}
-        except ValueError:
-            raise ConfigError(f"builtin:shapes options must be integers, got {query!r}") from None
-        return make_shapes(**kwargs)
+        return make_shapes(**builtin_options("shapes", query, _SHAPES_OPTIONS))
     return BUILTINS[name]()
+
+
+_SHAPES_OPTIONS = {"n": int, "size": int, "seed": int, "objects": int}
+
+
+def builtin_options(name: str, query: str, allowed: dict[str, type]) -> dict[str, Any]:
+    """The ``key=value`` options of ``builtin:name?query``, each converted by ``allowed[key]``;
+    an unknown key or a value that does not convert is a ConfigError naming it."""
+    params = dict(parse_qsl(query))
+    for key in params:
+        if key not in allowed:
+            raise ConfigError(
+                f"builtin:{name} has no option {key!r}{close_matches(key, allowed)}; "
+                f"options: {', '.join(allowed)}"
+            )
+    try:
+        return {k: allowed[k](v) for k, v in params.items()}
+    except ValueError:
+        raise ConfigError(f"builtin:{name} options must be numbers, got {query!r}") from None

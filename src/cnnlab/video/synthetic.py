@@ -20,11 +20,10 @@ Options: ``builtin:moving-shapes?n=400&frames=16&size=32&seed=0&directions=2&obj
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl
 
 import numpy as np
 
-from cnnlab.data.builtin import SHAPE_CLASSES, _shape_mask
+from cnnlab.data.builtin import SHAPE_CLASSES, _shape_mask, builtin_options
 from cnnlab.errors import ConfigError, close_matches
 
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
@@ -147,18 +146,7 @@ def load_video_builtin(spec: str) -> VideoDataset:
             f"unknown builtin video dataset {name!r}{close_matches(name, ['moving-shapes'])}; "
             "the video builtin is builtin:moving-shapes"
         )
-    params = dict(parse_qsl(query))
-    for key in params:
-        if key not in _OPTIONS:
-            raise ConfigError(
-                f"builtin:moving-shapes has no option {key!r}{close_matches(key, _OPTIONS)}; "
-                f"options: {', '.join(_OPTIONS)}"
-            )
-    try:
-        kwargs = {k: _OPTIONS[k](v) for k, v in params.items()}
-    except ValueError:
-        raise ConfigError(f"builtin:moving-shapes options must be numbers, got {query!r}") from None
-    return make_moving_shapes(**kwargs)
+    return make_moving_shapes(**builtin_options("moving-shapes", query, _OPTIONS))
 
 
 def write_video_folder(dataset: VideoDataset, root, *, ext: str = ".mp4", fps: float | None = None):
