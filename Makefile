@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/cnnlab bench train
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

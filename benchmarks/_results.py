@@ -4,10 +4,12 @@ reads) and <name>.json (the figures and settings, for tools). Imported by the sc
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# CNNLAB_BENCH_RESULTS: another folder (the test suite's smoke runs write to a temporary one)
+RESULTS = Path(os.environ.get("CNNLAB_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 
 
 def save_results(name: str, table: str, payload: dict[str, Any]) -> Path:

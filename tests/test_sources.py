@@ -171,3 +171,34 @@ def test_case_37_too_few_samples_for_a_stratified_split_names_the_counts():
     targets = np.array([0] * 10 + [1] * 2)
     with pytest.raises(DataError, match=r"too few samples for a stratified split: \{1: 2\}"):
         stratified_split(targets, 0.1, 0.1, seed=0)
+
+
+def test_split_too_small_for_the_classes_is_a_data_error_exactly_when_sklearn_refuses():
+    """Held-out parts with fewer images than classes: a DataError naming the option instead of scikit-learn's
+    ValueError, and for exactly the cases where scikit-learn's stratified splitter refuses."""
+    from sklearn.model_selection import train_test_split
+
+    def sklearn_refuses(targets, val, test):
+        idx = np.arange(len(targets))
+        try:
+            rest, _ = train_test_split(idx, test_size=test, stratify=targets, random_state=0)
+            train_test_split(rest, test_size=val / (1 - test), stratify=targets[rest], random_state=1)
+        except ValueError:
+            return True
+        return False
+
+    checked = 0
+    for n in range(15, 70, 3):
+        targets = np.arange(n) % 5
+        for val, test in [(0.05, 0.05), (0.1, 0.1), (0.3, 0.05), (0.05, 0.3), (0.4, 0.4)]:
+            refused = sklearn_refuses(targets, val, test)
+            if refused:
+                with pytest.raises(DataError, match=r"fraction .* images"):
+                    stratified_split(targets, val, test, seed=0)
+            else:
+                parts = stratified_split(targets, val, test, seed=0)
+                assert sum(len(v) for v in parts.values()) == n
+            checked += refused
+    assert checked > 5  # the grid does reach the refused cases
+    with pytest.raises(DataError, match=r"--test-fraction 0.05 of 64 images gives 4 test images.*at least 0.079"):
+        stratified_split(np.arange(64) % 5, 0.05, 0.05, seed=0)

@@ -205,7 +205,9 @@ def test_lr_auto_runs_the_range_test_and_records_the_rate(tmp_path):
 
 def test_predict_in_pipelined_chunks_matches_the_model_per_file(tmp_path):
     """Files decode one chunk ahead of the model: every chunk size (with an unreadable file inside
-    a chunk) gives each file the model's own probabilities for that file, in input order."""
+    a chunk, and chunks split into several decoding tasks of 16 files) gives each file the model's own
+    probabilities for that file, in input order. The reference runs the model on contiguous NCHW input;
+    prediction feeds NHWC to a channels_last model."""
     from PIL import Image
 
     from cnnlab.data.tensors import PreprocessSpec, load_file
@@ -214,7 +216,7 @@ def test_predict_in_pipelined_chunks_matches_the_model_per_file(tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(7):
+    for i in range(37):
         Image.fromarray(rng.integers(0, 256, (20 + i, 18), dtype=np.uint8)).save(folder / f"{i}.png")
     (folder / "3b.png").write_bytes(b"not an image")
     model, meta, _ = api.load_checkpoint_model(run.run_dir)
@@ -225,7 +227,7 @@ def test_predict_in_pipelined_chunks_matches_the_model_per_file(tmp_path):
     x = (x - np.asarray(spec.mean).reshape(1, -1, 1, 1)) / np.asarray(spec.std).reshape(1, -1, 1, 1)
     with torch.inference_mode():
         want = model(torch.from_numpy(x.astype(np.float32))).softmax(1).numpy()
-    for batch_size in (1, 3, 256):
+    for batch_size in (1, 3, 20, 256):
         preds = api.predict(run.run_dir, [folder], top_k=10, batch_size=batch_size, device="cpu")
         assert [p.path.rsplit("/", 1)[1] for p in preds] == names
         bad = preds[names.index("3b.png")]
@@ -234,3 +236,23 @@ def test_predict_in_pipelined_chunks_matches_the_model_per_file(tmp_path):
             got = dict(preds[names.index(n)].top)
             probs = [got[c] for c in meta["class_names"]]
             np.testing.assert_allclose(probs, want[row], rtol=1e-5, atol=1e-6)
+
+
+def test_list_images_matches_a_recursive_glob_and_skips_hidden(tmp_path):
+    """The os.walk listing gives what sorted(rglob) with the same filters gives, in the same order."""
+    for rel in ["cls/a.png", "cls-1/b.JPG", "cls 2/c.jpeg", "cls/sub/d.webp", "cls/.hidden.png",
+                ".git/e.png", "cls/.cache/f.png", "cls/notes.txt", "top.bmp"]:  # fmt: skip
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "cls" / "broken.png").symlink_to(tmp_path / "missing.png")
+    want = sorted(
+        f
+        for f in tmp_path.rglob("*")
+        if f.is_file()
+        and f.suffix.lower() in api.IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in f.relative_to(tmp_path).parts)
+    )
+    got = api.list_images([tmp_path])
+    assert got == want
+    assert [f.name for f in got] == ["a.png", "d.webp", "c.jpeg", "b.JPG", "top.bmp"]  # "cls" < "cls 2" < "cls-1"
+    assert api.list_images([tmp_path / "top.bmp", tmp_path / "cls"])[0] == tmp_path / "top.bmp"

@@ -89,6 +89,16 @@ def resolve_precision(
     return "bf16" if cpu_has_bf16() else "32"
 
 
+def resolve_channels_last(choice: bool | None, device: torch.device) -> bool:
+    """None (auto): channels_last (NHWC) on CPU and CUDA, the layout oneDNN and cuDNN convolve in natively.
+
+    Measured on this 2-core AVX2 CPU in fp32 (median step, NCHW -> NHWC): training LeNet-5 1.2x, GoogLeNet 1.7x
+    faster, ResNet-18/50, VGG-11, AlexNet, U-Net and DeepLabv3 within noise; inference 1.0x (LeNet-5 at 28 px) to
+    2.0x (GoogLeNet). On CUDA it is the tensor-core layout (+26-47 % in the anchors). Off elsewhere (MPS).
+    """
+    return choice if choice is not None else device.type in ("cpu", "cuda")
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     import random
 
@@ -301,11 +311,7 @@ def train(
     run_dir = Path(distributed.broadcast_object(str(run_dir) if info.is_main else None))
     flops = _flops_per_image(model, in_channels, image_size)
     precision = resolve_precision(cfg.precision, device, flops)
-    channels_last = (
-        cfg.channels_last
-        if cfg.channels_last is not None
-        else (device.type == "cuda" or precision == "bf16")
-    )
+    channels_last = resolve_channels_last(cfg.channels_last, device)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -640,6 +646,8 @@ def evaluate(
     """Evaluate a trained model on its own held-out split (default) or on another dataset (`data`)."""
     dev = resolve_device(device)
     model, meta, weights = load_checkpoint_model(run_or_checkpoint, dev)
+    if resolve_channels_last(None, dev):
+        model.to(memory_format=torch.channels_last)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     class_names = list(meta["class_names"])
     run_dir = run_dir_of(weights)
@@ -774,17 +782,25 @@ IMAGE_SUFFIXES = {
 
 
 def list_images(inputs: list[str | Path]) -> list[Path]:
+    """Image files given directly, or found under folders (recursively; hidden files and folders skipped).
+
+    os.walk with pruning rather than Path.rglob: ~4x less time on 1,000 files, and it never descends into
+    hidden folders (.git, .cache). Order: sorted by path components, as ``sorted(Path)`` would give.
+    """
     files: list[Path] = []
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            files += sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file()
-                and f.suffix.lower() in IMAGE_SUFFIXES
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
+            found: list[str] = []
+            for folder, dirs, names in os.walk(p):  # symlinked folders are not followed, as rglob
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                found += [
+                    os.path.join(folder, n)
+                    for n in names
+                    if not n.startswith(".") and os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES
+                ]
+            found.sort(key=lambda f: os.path.relpath(f, p).split(os.sep))
+            files += [Path(f) for f in found if os.path.isfile(f)]  # drops broken links, FIFOs
         elif p.is_file():
             files.append(p)
         else:
@@ -813,7 +829,9 @@ def predict_files(
     """The one prediction driver (PyTorch checkpoints and exported ONNX files alike).
 
     Files are decoded in parallel threads with the training decoding policy; unreadable ones get an error entry,
-    not an exception. `probs_fn((N, C, S, S) float32 normalised array) -> (N, K) probabilities` runs the model.
+    not an exception. `probs_fn((N, C, S, S) float32 normalised array) -> (N, K) probabilities` runs the model;
+    the array is an NHWC-strided view (PIL decodes HWC, and NHWC is what oneDNN/cuDNN convolve in), so a
+    consumer that needs contiguous NCHW (onnxruntime) makes its own copy.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -823,27 +841,37 @@ def predict_files(
     files = list_images(inputs)
     results = [Prediction(str(f)) for f in files]
 
-    def decode(i: int) -> np.ndarray | None:
-        try:
-            return load_file(files[i], spec)
-        except DataError as err:
-            results[i].error = err.reason
-            return None
+    def decode(indices: range) -> list[np.ndarray | None]:
+        arrays: list[np.ndarray | None] = []
+        for i in indices:
+            try:
+                arrays.append(load_file(files[i], spec, channels_last=True))  # (S, S, C) uint8
+            except DataError as err:
+                results[i].error = err.reason
+                arrays.append(None)
+        return arrays
 
-    mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(spec.std, dtype=np.float32).reshape(1, -1, 1, 1)
+    def submit(chunk: range) -> list[Any]:
+        # 16 files per task: one future per file cost ~0.25 ms of GIL-bound bookkeeping each (profiled)
+        return [pool.submit(decode, chunk[j : j + 16]) for j in range(0, len(chunk), 16)]
+
+    # (x / 255 - mean) / std as one multiply-add per pixel
+    scale = (1 / (255 * np.asarray(spec.std, dtype=np.float32))).astype(np.float32)
+    shift = (-np.asarray(spec.mean, dtype=np.float32) / np.asarray(spec.std, dtype=np.float32)).astype(np.float32)
     chunks = [range(s, min(s + batch_size, len(files))) for s in range(0, len(files), batch_size)]
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         # One chunk decodes in the threads while the model runs on the previous one.
-        ahead = [pool.submit(decode, i) for i in chunks[0]] if chunks else []
+        ahead = submit(chunks[0]) if chunks else []
         for n, chunk in enumerate(chunks):
-            arrays = [f.result() for f in ahead]
-            ahead = [pool.submit(decode, i) for i in chunks[n + 1]] if n + 1 < len(chunks) else []
+            arrays = [a for f in ahead for a in f.result()]
+            ahead = submit(chunks[n + 1]) if n + 1 < len(chunks) else []
             ok = [i for i, a in zip(chunk, arrays, strict=True) if a is not None]
             if not ok:
                 continue
-            pixels = np.stack([a for a in arrays if a is not None]).astype(np.float32)
-            probs = np.asarray(probs_fn(((pixels / 255 - mean) / std).astype(np.float32)))
+            pixels = np.stack([a for a in arrays if a is not None]).astype(np.float32)  # (N, S, S, C)
+            pixels *= scale
+            pixels += shift
+            probs = np.asarray(probs_fn(pixels.transpose(0, 3, 1, 2)))
             order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties: lower index first
             for row, i in enumerate(ok):
                 results[i].top = [(class_names[c], float(probs[row, c])) for c in order[row]]
@@ -867,6 +895,8 @@ def predict(
         return predict_onnx(run_or_checkpoint, inputs, top_k=top_k, batch_size=batch_size)
     dev = resolve_device(device)
     model, meta, _ = load_checkpoint_model(run_or_checkpoint, dev)
+    if resolve_channels_last(None, dev):
+        model.to(memory_format=torch.channels_last)  # predict_files hands over NHWC-strided batches
     precision = resolve_precision("auto", dev, None)
 
     def probs_fn(x: np.ndarray) -> np.ndarray:

@@ -9,16 +9,19 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cnnlab.config import TrainConfig
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, ConfigError, close_matches
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -294,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     video_cli.add_parser(sub)
 
+    p = sub.add_parser(
+        "bench",
+        help="run a benchmark from a source checkout's benchmarks/ (train: the speed benchmark)",
+        description="Runs benchmarks/bench_NAME.py with this Python; options after NAME go to the script "
+        "(`cnnlab bench train --help` lists them). Results: benchmarks/results/NAME.md and .json.",
+    )
+    p.add_argument("name", nargs="?", default="train", help="train (default), gpu, detection, ... or `list`")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="passed to the script")
+
     p = sub.add_parser("data", help="dataset tools: `cnnlab data check SRC`")
     p.add_argument("action", choices=("check",))
     p.add_argument("source")
@@ -344,7 +356,7 @@ def _print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None
         per.add_row(str(name), *cells)
     out.print(per)
     for w in metrics.get("warnings", []):
-        err.print(f"[yellow]note:[/] {w}")
+        err.print(f"[yellow]note:[/] {escape(str(w))}")
 
 
 @command("demo")
@@ -836,8 +848,37 @@ def _data(args: argparse.Namespace) -> int:
         max_bad_fraction=args.max_bad_fraction,
         allow_empty_classes=args.allow_empty_classes,
     ):
-        err.print(f"[yellow]warning:[/] {warning}")
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
     return 0
+
+
+def benchmarks_dir() -> Path:
+    """benchmarks/ of the source checkout cnnlab runs from (an editable install); CNNLAB_BENCHMARKS overrides."""
+    import cnnlab
+
+    env = os.environ.get("CNNLAB_BENCHMARKS")
+    return Path(env) if env else Path(cnnlab.__file__).resolve().parents[2] / "benchmarks"
+
+
+@command("bench")
+def _bench(args: argparse.Namespace) -> int:
+    folder = benchmarks_dir()
+    scripts = sorted(p.stem.removeprefix("bench_") for p in folder.glob("bench_*.py"))
+    if not scripts:
+        raise ConfigError(
+            f"no benchmarks in {folder}: `cnnlab bench` runs the scripts of a source checkout; clone the "
+            "repository and `pip install -e '.[bench]'` there, or set CNNLAB_BENCHMARKS to its benchmarks/"
+        )
+    if args.name == "list":
+        for name in scripts:
+            out.print(name)
+        return 0
+    if args.name not in scripts:
+        raise ConfigError(
+            f"unknown benchmark {args.name!r}{close_matches(args.name, scripts)}; choose from {', '.join(scripts)}"
+        )
+    # A child process, not an import: the scripts time fresh processes and parse their own options.
+    return subprocess.call([sys.executable, str(folder / f"bench_{args.name}.py"), *args.options])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -855,7 +896,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(COMMANDS[args.command](args) or 0)
     except CnnlabError as e:
-        err.print(f"[red]error:[/] {e}", soft_wrap=True)  # one line, however long (grep-able)
+        # escape: a path like "scan[1].png" or ".[bench]" is text, not rich markup
+        err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)  # one line, however long (grep-able)
         return e.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -875,7 +917,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 3
     except FileNotFoundError as e:  # a path the user gave that vanished between checks
-        err.print(f"[red]error:[/] {e.filename or e}: not found")
+        err.print(f"[red]error:[/] {escape(str(e.filename or e))}: not found")
         return 2
 
 

@@ -86,9 +86,7 @@ class TrainConfig:
     # --- compute ---
     device: Device = "auto"
     precision: Precision = "auto"  # auto: bf16 autocast where the CPU/GPU supports it, else fp32
-    channels_last: bool | None = (
-        None  # None: on for models with >= 3 channels' worth of 2D convs on CUDA/bf16
-    )
+    channels_last: bool | None = None  # None: NHWC on CPU and CUDA (api.resolve_channels_last)
     compile: bool = False  # torch.compile the model (pays off for long runs)
     devices: int = (
         1  # processes on this node (DDP through torchrun; --batch-size stays the global batch)

@@ -536,7 +536,8 @@ def predict_onnx(
     meta = _decode_props(session.get_modelmeta().custom_metadata_map, path)
 
     def probs_fn(x: np.ndarray) -> np.ndarray:
-        return softmax(session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].astype(np.float64))
+        feed = {INPUT_NAME: np.ascontiguousarray(x)}  # predict_files passes an NHWC-strided view
+        return softmax(session.run([OUTPUT_NAME], feed)[0].astype(np.float64))
 
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     names = [str(c) for c in meta["class_names"]]

@@ -333,11 +333,7 @@ def train_segmentation(
         },
     )
     precision = api.resolve_precision(cfg.precision, device, None)
-    channels_last = (
-        cfg.channels_last
-        if cfg.channels_last is not None
-        else device.type == "cuda" or precision == "bf16"
-    )
+    channels_last = api.resolve_channels_last(cfg.channels_last, device)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -84,6 +85,29 @@ def stratified_split(
             "dataset",
             f"classes with too few samples for a stratified split: {small} "
             f"(need at least {needed} each; add images or set --val-fraction/--test-fraction 0)",
+        )
+    # scikit-learn rounds a held-out part up (ceil) and needs at least one sample of every class in it and in
+    # what remains; say so in the user's terms instead of its ValueError.
+    n, n_classes = len(targets), int((counts > 0).sum())
+    n_test = math.ceil(test_fraction * n)
+    n_val = math.ceil(val_fraction / (1 - test_fraction) * (n - n_test))
+    parts = (
+        ("test", test_fraction, n_test, n_classes / n),
+        ("val", val_fraction, n_val, n_classes / (n - n_test) * (1 - test_fraction)),
+    )
+    for option, fraction, size, least in parts:
+        if fraction > 0 and size < n_classes:
+            raise DataError(
+                "dataset",
+                f"--{option}-fraction {fraction:g} of {n} images gives {size} {option} images, fewer than the "
+                f"{n_classes} classes a stratified split needs; raise it to at least "
+                f"{math.ceil(least * 1000) / 1000:g}, add images, or set it to 0",
+            )
+    if n - n_test - (n_val if val_fraction > 0 else 0) < n_classes:
+        raise DataError(
+            "dataset",
+            f"--val-fraction {val_fraction:g} and --test-fraction {test_fraction:g} leave fewer than "
+            f"{n_classes} of the {n} images for training; lower them or add images",
         )
     out: dict[str, np.ndarray] = {}
     rest = idx

@@ -50,27 +50,30 @@ def resize_to_square(im: Image.Image, size: int, mode: str = "fit") -> Image.Ima
     return canvas
 
 
-def pil_to_chw(im: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """A decoded PIL image -> (C, S, S) uint8, the model's input before normalisation."""
+def pil_to_chw(im: Image.Image, spec: PreprocessSpec, *, channels_last: bool = False) -> np.ndarray:
+    """A decoded PIL image -> (C, S, S) uint8, the model's input before normalisation.
+
+    channels_last: return (S, S, C) instead, PIL's own layout (no transpose copy); stacked, it is an NHWC batch.
+    """
     im = resize_to_square(im, spec.image_size, spec.resize)
     arr = np.array(im, dtype=np.uint8)  # a writable copy: torch.from_numpy needs one
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    return arr if channels_last else np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
 def image_mode(in_channels: int) -> str:
     return "L" if in_channels == 1 else "RGB"
 
 
-def load_file(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
-    """Decode one file with the single decoding policy and return (C, S, S) uint8."""
+def load_file(path: str | Path, spec: PreprocessSpec, *, channels_last: bool = False) -> np.ndarray:
+    """Decode one file with the single decoding policy and return (C, S, S) uint8 ((S, S, C) if channels_last)."""
     from cnnlab.data.decode import DEFAULT_MAX_PIXELS, load_image
 
     max_pixels = int(spec.decode.get("max_pixels", DEFAULT_MAX_PIXELS))
     # draft: big JPEGs are decoded at a reduced scale that still covers the model's input size
     im = load_image(path, mode=image_mode(spec.in_channels), max_pixels=max_pixels, draft=spec.image_size)
-    return pil_to_chw(im, spec)
+    return pil_to_chw(im, spec, channels_last=channels_last)
 
 
 def arrays_to_chw(images: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

@@ -728,6 +728,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_cli(args: argparse.Namespace, out: Any) -> int:
+    from rich.markup import escape
     from rich.table import Table
 
     from cnnlab import api
@@ -742,7 +743,7 @@ def run_cli(args: argparse.Namespace, out: Any) -> int:
         print(json.dumps(summary, indent=2, default=str))
         return 0
     for note in summary["notes"]:
-        out.print(f"[yellow]note:[/] {note}")
+        out.print(f"[yellow]note:[/] {escape(str(note))}")
     out.print(f"{summary['task']} run over {summary['frames']} frames "
               f"({summary['frames_per_s']} frames/s)")  # fmt: skip
     if summary["events"]:
