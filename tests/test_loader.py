@@ -1,5 +1,6 @@
 """The tensor data path against straightforward per-sample references."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -68,3 +69,113 @@ def test_shards_are_disjoint_and_cover_the_data():
     ib = torch.cat([t[2] for t in b.batches(4)])
     assert set(ia.tolist()).isdisjoint(ib.tolist())
     assert sorted(ia.tolist() + ib.tolist()) == list(range(50))
+
+
+# -- the memory-mapped decode cache and splits that do not fit ------------------------------------------------
+def _png_folder(tmp_path, n=11):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (9 + i, 13, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_decode_cache_is_memory_mapped_equal_to_per_file_decoding_and_left_whole(tmp_path):
+    import numpy as np
+
+    from cnnlab.data.tensors import PreprocessSpec, decode_files, load_file
+
+    paths = _png_folder(tmp_path)
+    spec = PreprocessSpec(12, 3, (0.5,) * 3, (0.25,) * 3)
+    want = np.stack([load_file(p, spec) for p in paths])  # the per-file reference
+    first = decode_files(paths, spec, cache_dir=tmp_path / "cache", workers=2)
+    again = decode_files(paths, spec, cache_dir=tmp_path / "cache")
+    for got in (first, again):
+        assert isinstance(got, np.memmap) and got.shape == (11, 3, 12, 12)
+        np.testing.assert_array_equal(got, want)
+    files = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(files) == 1 and files[0].endswith(".npy")  # no temporary file left behind
+    tensor = torch.from_numpy(again)  # copy-on-write: writable for torch, and writes never reach the file
+    tensor[0].zero_()
+    np.testing.assert_array_equal(np.load(tmp_path / "cache" / files[0]), want)
+
+
+def test_decode_without_a_writable_cache_decodes_into_memory(tmp_path, caplog):
+    import numpy as np
+
+    from cnnlab.data.tensors import PreprocessSpec, decode_files, load_file
+
+    paths = _png_folder(tmp_path, 3)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    spec = PreprocessSpec(8, 1, (0.5,), (0.25,))
+    got = decode_files(paths, spec, cache_dir=blocker / "cache")
+    assert not isinstance(got, np.memmap) and "could not write the decoded-image cache" in caplog.text
+    np.testing.assert_array_equal(got, np.stack([load_file(p, spec) for p in paths]))
+    assert decode_files([], spec, cache_dir=tmp_path / "c2").shape == (0, 1, 8, 8)
+
+
+def test_a_split_larger_than_half_the_memory_says_it_pages_from_the_cache(tmp_path, monkeypatch, caplog):
+    from cnnlab.data import tensors
+
+    paths = _png_folder(tmp_path, 4)
+    monkeypatch.setattr(tensors, "available_memory", lambda: 100)  # bytes: far less than 4 x 3 x 8 x 8 x 2
+    tensors.decode_files(paths, tensors.PreprocessSpec(8, 3, (0.5,) * 3, (0.25,) * 3), cache_dir=tmp_path / "c")
+    assert "stay in the memory-mapped cache" in caplog.text and str(tmp_path / "c") in caplog.text
+
+
+def test_channel_stats_in_chunks_match_numpy():
+    import numpy as np
+
+    from cnnlab.data.tensors import channel_stats
+
+    images = torch.randint(0, 256, (37, 3, 5, 4), dtype=torch.uint8)
+    ref = images.numpy().astype(np.float64) / 255
+    for chunk in (1, 8, 4096):
+        mean, std = channel_stats(images, chunk=chunk)
+        np.testing.assert_allclose(mean, ref.mean(axis=(0, 2, 3)), atol=1e-6)
+        np.testing.assert_allclose(std, ref.std(axis=(0, 2, 3), ddof=1), atol=1e-6)
+
+
+def test_host_resident_images_give_the_same_batches_as_device_resident(monkeypatch):
+    """A split too big for the GPU stays in host memory and each batch is copied over: the batches are the
+    ones a resident split gives (checked on the CPU, where both homes are the host)."""
+    import numpy as np
+
+    from cnnlab import api
+    from cnnlab.data.tensors import PreprocessSpec
+
+    images = torch.randint(0, 255, (40, 3, 8, 8), dtype=torch.uint8)
+    targets = np.arange(40) % 4
+    spec = PreprocessSpec(8, 3, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    kw = {"shuffle": True, "seed": 2, "augment": ("crop", "flip")}
+    resident = api.make_loader(images, targets, spec, torch.device("cpu"), 16, **kw)
+    monkeypatch.setattr(api, "fits_on_device", lambda images, device: False)
+    hosted = api.make_loader(images, targets, spec, torch.device("cpu"), 16, **kw)
+    for a, b in zip(resident.batches(1), hosted.batches(1), strict=True):
+        for u, v in zip(a, b, strict=True):
+            assert torch.equal(u, v)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_host_resident_images_copied_per_batch_equal_gpu_resident(monkeypatch):
+    import numpy as np
+
+    from cnnlab import api
+    from cnnlab.data.tensors import PreprocessSpec
+
+    images = torch.randint(0, 255, (40, 3, 8, 8), dtype=torch.uint8)
+    spec, cuda = PreprocessSpec(8, 3, (0.5,) * 3, (0.25,) * 3), torch.device("cuda")
+    kw = {"shuffle": True, "seed": 2, "augment": ("crop", "flip")}
+    resident = api.make_loader(images, np.arange(40) % 4, spec, cuda, 16, **kw)
+    monkeypatch.setattr(api, "fits_on_device", lambda images, device: False)
+    hosted = api.make_loader(images, np.arange(40) % 4, spec, cuda, 16, **kw)
+    assert hosted.images.device.type == "cpu" and resident.images.device.type == "cuda"
+    for a, b in zip(resident.batches(1), hosted.batches(1), strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[0].device.type == "cuda"

@@ -144,14 +144,37 @@ def make_loader(
     batch_size: int,
     **kw: Any,
 ) -> TensorLoader:
+    resident = fits_on_device(images, device)
+    home = device if resident else images.device
     return TensorLoader(
-        images.to(device),
-        torch.as_tensor(targets, dtype=torch.int64).to(device),
+        images.to(home),
+        torch.as_tensor(targets, dtype=torch.int64).to(home),
         torch.tensor(spec.mean, device=device),
         torch.tensor(spec.std, device=device),
         batch_size,
+        device=device,
         **kw,
     )
+
+
+def fits_on_device(images: torch.Tensor, device: torch.device) -> bool:
+    """Whether a uint8 split should live on `device` (whole-split gathers there) or stay in host memory.
+
+    On CUDA it must leave at least half of the free memory to the model and activations; otherwise batches
+    are gathered in host memory and copied per step, with a message. The CPU is the host: always true (a split
+    larger than RAM is a memory map already, see decode_files).
+    """
+    if device.type != "cuda" or images.device == device:
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    if images.nbytes <= free // 2:
+        return True
+    log.warning(
+        "the decoded images (%.1f GB) would take more than half of the GPU's %.1f GB of free memory: they stay "
+        "in host memory and each batch is copied over (slower; a smaller --image-size keeps them on the GPU)",
+        images.nbytes / 1e9, free / 1e9,
+    )  # fmt: skip
+    return False
 
 
 # -- models and checkpoints ----------------------------------------------------------------------------------

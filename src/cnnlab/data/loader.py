@@ -108,6 +108,9 @@ class TensorLoader:
     # sample of the epoch's permutation, so rank r's batch k holds rows r, r + world, ... of the
     # single-process batch k of batch_size * world_size samples (see cnnlab.engine.distributed).
     shard: tuple[int, int] = (0, 1)
+    # Where batches are made; None: where `images` are. Set when the images stay in host memory (a split too
+    # big for the GPU): each batch is gathered there and copied over, then augmented on the device.
+    device: torch.device | None = None
 
     def __len__(self) -> int:
         n = self.num_samples
@@ -143,9 +146,12 @@ class TensorLoader:
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
         """Batches of `epoch`, starting at batch number `start` (for resuming mid-epoch)."""
         order = self.order(epoch).to(self.images.device)
+        to = self.device if self.device is not None and self.device != self.images.device else None
         for step in range(start, len(self)):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
-            x = self.images.index_select(0, idx)
+            x, y = self.images.index_select(0, idx), self.targets.index_select(0, idx)
+            if to is not None:
+                x, y = x.to(to, non_blocking=True), y.to(to, non_blocking=True)
             if self.augment:
                 g = _generator(self.seed, epoch, step, device=x.device)
                 x = x.float()
@@ -158,4 +164,4 @@ class TensorLoader:
             x = normalize(x, self.mean, self.std)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.targets.index_select(0, idx), idx
+            yield x, y, idx

@@ -119,42 +119,100 @@ def decode_files(
     cache_dir: str | Path | None = None,
     workers: int | None = None,
 ) -> np.ndarray:
-    """Decode files into one (N, C, S, S) uint8 array, using/creating the on-disk cache."""
+    """Decode files into one (N, C, S, S) uint8 array, memory-mapped from the on-disk cache.
+
+    Decoding writes straight into the cache file (never the whole split in RAM at once), and the array returned
+    is a copy-on-write map of it: pages load on first use and stay in the OS page cache, so a split larger than
+    memory still trains, its batches paging in from disk. Without a writable cache folder it decodes into memory.
+    """
     key_src = json.dumps(
         {"files": fingerprint_files(paths), "spec": spec.to_dict()}, sort_keys=True
     )
     key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     target = cache / f"images-{key}.npy"
-    if target.is_file():
+    shape = (len(paths), spec.in_channels, spec.image_size, spec.image_size)
+    if target.is_file() and len(paths):
         log.info("decoded-image cache hit: %s", target)
-        return np.load(target, allow_pickle=False)
-    out = np.empty((len(paths), spec.in_channels, spec.image_size, spec.image_size), np.uint8)
+        return open_cache(target)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    out: np.ndarray
+    try:
+        if not len(paths):
+            raise OSError("nothing to cache")  # an empty file cannot be memory-mapped
+        cache.mkdir(parents=True, exist_ok=True)
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    except OSError as err:  # a read-only home must not stop training; the cache is only an optimisation
+        if len(paths):
+            log.warning("could not write the decoded-image cache %s: %s", target, err)
+        out, tmp = np.empty(shape, np.uint8), None
 
     def work(i: int) -> None:
         out[i] = load_file(paths[i], spec)
 
-    # Pillow releases the GIL while decoding and resizing, so threads use both cores without pickling arrays.
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(work, range(len(paths))))
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, out, allow_pickle=False)
-        os.replace(tmp, target)
-    except (
-        OSError
-    ) as err:  # a read-only home must not stop training; the cache is only an optimisation
-        log.warning("could not write the decoded-image cache %s: %s", target, err)
-    return out
+        # Pillow releases the GIL while decoding and resizing, so threads use both cores without pickling arrays.
+        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+            list(pool.map(work, range(len(paths))))
+        if tmp is None:
+            return out
+        out.flush()
+        del out
+        os.replace(tmp, target)  # whole or absent: a run killed mid-decode leaves no half-written cache
+    finally:
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
+    return open_cache(target)
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of (N, C, H, W) uint8 images, in [0, 1] units (float64 sums: no overflow)."""
-    x = images.double().div_(255.0)
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+def open_cache(path: Path) -> np.ndarray:
+    """The cached (N, C, S, S) uint8 array, mapped copy-on-write ("c"): writable for torch.from_numpy, and
+    nothing written to it ever reaches the file."""
+    array = np.load(path, mmap_mode="c", allow_pickle=False)
+    free = available_memory()
+    if free is not None and array.nbytes > free // 2:
+        log.warning(
+            "the decoded images take %.1f GB, more than half of the %.1f GB of memory available: they stay in "
+            "the memory-mapped cache %s and batches page in from disk (fast on a local SSD, slow on network "
+            "storage; a smaller --image-size keeps them in memory)",
+            array.nbytes / 1e9, free / 1e9, path,
+        )  # fmt: skip
+    return array
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM available to new allocations (Linux MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def channel_stats(
+    images: torch.Tensor, chunk: int = 4096
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (unbiased) std of (N, C, ...) uint8 images, in [0, 1] units.
+
+    Two float64 passes over chunks of `chunk` images, so a memory-mapped split larger than RAM is read, not
+    copied (a whole-split ``images.double()`` needs 8 bytes per pixel).
+    """
+    n = images.shape[0]
+    dims = [0] + list(range(2, images.dim()))
+    count = images[:1].numel() // images.shape[1] * n  # values per channel
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    for i in range(0, n, chunk):
+        total += images[i : i + chunk].double().div_(255.0).sum(dim=dims)
+    mean = total / count
+    view = [1, -1] + [1] * (images.dim() - 2)
+    squares = torch.zeros_like(total)
+    for i in range(0, n, chunk):
+        x = images[i : i + chunk].double().div_(255.0).sub_(mean.view(view))
+        squares += x.square_().sum(dim=dims)
+    std = (squares / max(count - 1, 1)).sqrt().clamp_min(1e-3)
     return tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std)
 
 
