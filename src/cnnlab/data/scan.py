@@ -331,11 +331,17 @@ def scan_dataset(
         item = listing.items[i]
         return reused[i] or _scan_file(item, _rel(item.path, root_str), max_pixels)
 
-    if workers <= 1 or len(listing.items) < 2:
-        records = [work(i) for i in range(len(listing.items))]
+    # Only cache misses go to the threads: a task per file cost ~0.07 ms even for a hit (0.35 s of a re-run's
+    # 1 s set-up on 5,000 PNGs, profiled).
+    misses = [i for i, rec in enumerate(reused) if rec is None]
+    records: list[FileRecord] = list(reused)  # type: ignore[arg-type]  # misses filled in below
+    if workers <= 1 or len(misses) < 2:
+        for i in misses:
+            records[i] = work(i)
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            records = list(pool.map(work, range(len(listing.items))))
+            for i, rec in zip(misses, pool.map(work, misses), strict=True):
+                records[i] = rec
     hits = sum(r is not None for r in reused)
     fingerprint = _fingerprint(records, stats)
     # Rewrite the cache only when it would change: every file a hit and no stale entries.
