@@ -156,8 +156,7 @@ def decode_files(
             list(pool.map(work, range(len(paths))))
         if tmp is None:
             return out
-        out.flush()
-        del out
+        out.flush()  # then rename (POSIX renames an open file): the map is released when this function returns
         os.replace(tmp, target)  # whole or absent: a run killed mid-decode leaves no half-written cache
     finally:
         if tmp is not None and tmp.exists():
