@@ -179,3 +179,60 @@ def test_host_resident_images_copied_per_batch_equal_gpu_resident(monkeypatch):
     assert hosted.images.device.type == "cpu" and resident.images.device.type == "cuda"
     for a, b in zip(resident.batches(1), hosted.batches(1), strict=True):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[0].device.type == "cuda"
+
+
+def test_streamed_files_give_the_batches_of_the_cache(tmp_path):
+    """StreamLoader (files decoded per batch in 2 worker processes) yields exactly the TensorLoader's batches
+    over the decoded cache: same order, augmentation, normalisation, and resumption mid-epoch."""
+    import numpy as np
+
+    from cnnlab import api
+    from cnnlab.data.loader import FileImages, StreamLoader
+    from cnnlab.data.tensors import PreprocessSpec, decode_files
+
+    paths = _png_folder(tmp_path, 21)
+    spec = PreprocessSpec(12, 3, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    targets = np.arange(21) % 3
+    cached = torch.from_numpy(decode_files(paths, spec, cache_dir=tmp_path / "cache"))
+    streamed = FileImages([str(p) for p in paths], spec)
+    kw = {"shuffle": True, "seed": 4, "augment": ("crop", "flip"), "drop_last": True}
+    memory = api.make_loader(cached, targets, spec, torch.device("cpu"), 5, **kw)
+    stream = api.make_loader(streamed, targets, spec, torch.device("cpu"), 5, **kw)
+    assert isinstance(stream, StreamLoader) and len(stream) == len(memory) == 4
+    for start in (0, 2):
+        got, want = list(stream.batches(3, start=start)), list(memory.batches(3, start=start))
+        assert len(got) == len(want) == 4 - start
+        for a, b in zip(want, got, strict=True):
+            for u, v in zip(a, b, strict=True):
+                assert torch.equal(u, v)
+    assert api.split_channel_stats(streamed) == api.split_channel_stats(cached)
+
+
+def test_train_streams_when_the_cache_would_not_fit_on_disk(tmp_path, monkeypatch, caplog):
+    """--loader auto picks streaming, with a message, when the decoded splits exceed the cache disk's free
+    space; the run then trains to the same history as --loader memory (same batches, same statistics)."""
+    import shutil
+    from collections import namedtuple
+
+    import numpy as np
+    from PIL import Image
+
+    from cnnlab import api
+
+    rng = np.random.default_rng(1)
+    for c in ("a", "b"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(24):
+            pixels = rng.integers(0, 120, (10, 10), dtype=np.uint8) + (100 if c == "b" else 0)
+            Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "data" / c / f"{i}.png")
+    kw = {"data": str(tmp_path / "data"), "epochs": 2, "batch_size": 8, "out": str(tmp_path / "runs"),
+          "report": False, "augment": ("crop",)}  # fmt: skip
+    memory = api.train(loader="memory", **kw)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 100, 100))
+    streamed = api.train(**kw)  # auto
+    assert "decoding the files every epoch" in caplog.text
+    for a, b in zip(memory.history, streamed.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_accuracy"] == b["val_accuracy"]
+    assert memory.test_metrics["accuracy"] == streamed.test_metrics["accuracy"]

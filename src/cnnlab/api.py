@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,9 +23,9 @@ import torch
 
 from cnnlab import __version__
 from cnnlab.config import PreprocessSpec, TrainConfig, make_config
-from cnnlab.data.loader import TensorLoader
+from cnnlab.data.loader import FileImages, StreamLoader, TensorLoader
 from cnnlab.data.sources import DataBundle, Split, few_shot, load_source
-from cnnlab.data.tensors import arrays_to_chw, channel_stats, decode_files
+from cnnlab.data.tensors import arrays_to_chw, channel_stats, decode_files, default_cache_dir
 from cnnlab.engine import callbacks as cbs
 from cnnlab.engine import distributed
 from cnnlab.engine.checkpoint import CheckpointManager, read_weights
@@ -112,11 +113,52 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 # -- data ----------------------------------------------------------------------------------------------------
-def split_to_uint8(split: Split, spec: PreprocessSpec) -> torch.Tensor:
-    """(N, C, S, S) uint8 tensor of a split, decoding files once (cached) or converting in-memory arrays."""
+def split_to_uint8(split: Split, spec: PreprocessSpec, *, stream: bool = False) -> torch.Tensor:
+    """(N, C, S, S) uint8 tensor of a split, decoding files once (cached) or converting in-memory arrays.
+
+    stream: a file-backed split becomes a FileImages instead, decoded batch by batch (see use_streaming)."""
     if split.images is not None:
         return torch.from_numpy(arrays_to_chw(split.images, spec))
+    if stream:
+        return FileImages([str(p) for p in split.paths or ()], spec)  # type: ignore[return-value]
     return torch.from_numpy(decode_files(split.paths, spec))
+
+
+def use_streaming(cfg: TrainConfig, bundle: DataBundle, spec: PreprocessSpec) -> bool:
+    """--loader auto: the memory-mapped cache unless the decoded file-backed splits would not fit in the cache
+    folder's free disk space (with 10 % to spare); then files are decoded every epoch, with a message."""
+    if cfg.loader != "auto":
+        return cfg.loader == "stream"
+    files = sum(len(s) for s in bundle.splits.values() if s.images is None)
+    need = files * spec.in_channels * spec.image_size**2
+    folder = default_cache_dir()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if need <= 0.9 * free:
+        return False
+    log.warning(
+        "the decoded images would take %.1f GB but the cache folder %s has %.1f GB free: decoding the files "
+        "every epoch in %d worker processes instead (slower; free disk space, point CNNLAB_CACHE at a bigger "
+        "disk, or lower --image-size to cache them)",
+        need / 1e9, default_cache_dir(), free / 1e9, stream_workers(),
+    )  # fmt: skip
+    return True
+
+
+def stream_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 1)))
+
+
+def split_channel_stats(images: torch.Tensor, seed: int = 0, sample: int = 2000) -> tuple[tuple, tuple]:
+    """channel_stats of a split; a streamed split is estimated from `sample` images (seeded), as decoding them
+    all would cost a whole epoch."""
+    if isinstance(images, FileImages) and len(images) > sample:
+        pick = np.sort(np.random.default_rng(seed).choice(len(images), sample, replace=False))
+        return channel_stats(images.index_select(0, torch.from_numpy(pick)))
+    if isinstance(images, FileImages):
+        return channel_stats(images.index_select(0, torch.arange(len(images))))
+    return channel_stats(images)
 
 
 def resolve_image_size(cfg: TrainConfig, bundle: DataBundle) -> int:
@@ -144,6 +186,17 @@ def make_loader(
     batch_size: int,
     **kw: Any,
 ) -> TensorLoader:
+    if isinstance(images, FileImages):  # decoded per batch in worker processes (use_streaming)
+        return StreamLoader(
+            images,  # type: ignore[arg-type]
+            torch.as_tensor(targets, dtype=torch.int64),
+            torch.tensor(spec.mean, device=device),
+            torch.tensor(spec.std, device=device),
+            batch_size,
+            device=device,
+            workers=stream_workers(),
+            **kw,
+        )
     resident = fits_on_device(images, device)
     home = device if resident else images.device
     return TensorLoader(
@@ -300,10 +353,11 @@ def train(
         cfg.resize,
         decode_policy,
     )
-    tensors = {k: split_to_uint8(s, provisional) for k, s in bundle.splits.items()}
+    stream = use_streaming(cfg, bundle, provisional)
+    tensors = {k: split_to_uint8(s, provisional, stream=stream) for k, s in bundle.splits.items()}
     if info.is_main:
         distributed.barrier()  # DDP: pairs with the others' barrier above
-    mean, std = channel_stats(tensors["train"])  # normalisation from the training split only
+    mean, std = split_channel_stats(tensors["train"], cfg.seed)  # from the training split only
     model = build_model(cfg.model, len(bundle.class_names), in_channels, image_size, cfg.weights)
     pretrained_cfg = getattr(model, "default_cfg", {})
     if cfg.weights and len(pretrained_cfg.get("mean") or ()) == in_channels:

@@ -24,6 +24,7 @@ Optimizer = Literal["sgd", "adamw"]
 Schedule = Literal["onecycle", "cosine", "constant"]
 ResizeMode = Literal["fit", "crop", "stretch"]
 Strategy = Literal["full", "linear-probe", "fine-tune", "gradual"]
+LoaderMode = Literal["auto", "memory", "stream"]
 AUGMENTATIONS = ("crop", "flip", "affine")
 
 
@@ -48,6 +49,9 @@ class TrainConfig:
     augment: tuple[str, ...] = ("crop",)  # whole-batch tensor ops, any of AUGMENTATIONS
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit, enforced as an error
     max_bad_fraction: float = 0.1  # abort when more of the files than this cannot be decoded
+    # memory: decode once into the memory-mapped uint8 cache; stream: decode every epoch in worker processes
+    # (no cache); auto: memory unless the decoded splits would not fit in the cache folder's free disk space
+    loader: LoaderMode = "auto"
     strict: bool = False  # every skipped file becomes an error
     shots: int | None = (
         None  # keep only this many training images per class (seeded): few-label studies

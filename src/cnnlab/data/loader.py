@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cnnlab.data.tensors import normalize
+from cnnlab.config import PreprocessSpec
+from cnnlab.data.tensors import load_file, normalize
 
 
 def _generator(seed: int, *keys: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -146,22 +147,74 @@ class TensorLoader:
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
         """Batches of `epoch`, starting at batch number `start` (for resuming mid-epoch)."""
         order = self.order(epoch).to(self.images.device)
-        to = self.device if self.device is not None and self.device != self.images.device else None
         for step in range(start, len(self)):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
             x, y = self.images.index_select(0, idx), self.targets.index_select(0, idx)
-            if to is not None:
-                x, y = x.to(to, non_blocking=True), y.to(to, non_blocking=True)
-            if self.augment:
-                g = _generator(self.seed, epoch, step, device=x.device)
-                x = x.float()
-                if "crop" in self.augment:  # 4 px at 32 px, as for CIFAR
-                    x = random_crop(x, max(1, x.shape[-1] // 8), g, shard=self.shard)
-                if "flip" in self.augment:
-                    x = random_flip(x, g, shard=self.shard)
-                if "affine" in self.augment:
-                    x = random_affine(x, g, shard=self.shard)
-            x = normalize(x, self.mean, self.std)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y, idx
+            yield self._finish(x, y, idx, epoch, step)
+
+    def _finish(
+        self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, epoch: int, step: int
+    ) -> tuple[torch.Tensor, ...]:
+        """A gathered uint8 batch -> (float normalised, targets, indices) on the training device."""
+        to = self.device if self.device is not None and self.device != x.device else None
+        if to is not None:
+            x, y = x.to(to, non_blocking=True), y.to(to, non_blocking=True)
+        if self.augment:
+            g = _generator(self.seed, epoch, step, device=x.device)
+            x = x.float()
+            if "crop" in self.augment:  # 4 px at 32 px, as for CIFAR
+                x = random_crop(x, max(1, x.shape[-1] // 8), g, shard=self.shard)
+            if "flip" in self.augment:
+                x = random_flip(x, g, shard=self.shard)
+            if "affine" in self.augment:
+                x = random_affine(x, g, shard=self.shard)
+        x = normalize(x, self.mean, self.std)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y, idx
+
+
+class FileImages(torch.utils.data.Dataset):
+    """A file-backed split decoded on demand: what a (N, C, S, S) uint8 tensor offers the loaders (`shape`,
+    `device`, `index_select`, item access), for splits whose decoded cache would not fit on disk."""
+
+    def __init__(self, paths: Sequence[str], spec: PreprocessSpec) -> None:
+        self.paths, self.spec = list(paths), spec
+        self.shape = torch.Size((len(self.paths), spec.in_channels, spec.image_size, spec.image_size))
+        self.device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape.numel()
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(load_file(self.paths[int(i)], self.spec))
+
+    def index_select(self, dim: int, idx: torch.Tensor) -> torch.Tensor:
+        assert dim == 0
+        return torch.stack([self[i] for i in idx.tolist()]) if len(idx) else torch.empty((0, *self.shape[1:]))
+
+
+@dataclass
+class StreamLoader(TensorLoader):
+    """TensorLoader's batches (the same order, augmentation and normalisation) from files decoded every epoch by
+    `workers` DataLoader processes: for datasets too big to cache. `images` is a FileImages."""
+
+    workers: int = 2
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+        order = self.order(epoch)
+        steps = range(start, len(self))
+        lists = [order[s * self.batch_size : (s + 1) * self.batch_size].tolist() for s in steps]
+        loader = torch.utils.data.DataLoader(
+            self.images,  # type: ignore[arg-type]
+            batch_sampler=lists,  # the epoch's own batches, so resuming and sharding work as in memory
+            num_workers=self.workers,
+            pin_memory=self.device is not None and self.device.type == "cuda",
+        )
+        for step, rows, x in zip(steps, lists, loader, strict=True):
+            idx = torch.tensor(rows, dtype=torch.int64)
+            yield self._finish(x, self.targets.index_select(0, idx), idx, epoch, step)

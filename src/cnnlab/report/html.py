@@ -288,12 +288,13 @@ def write_classification_report(
         order = wrong[np.argsort(p_true[wrong])][
             :top_losses
         ]  # most confidently wrong first (fastai's top losses)
-        imgs = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
         cells = []
         for i in order:
             pred = int(probs[i].argmax())
+            img = images[int(i)]  # one item: a memory-mapped or streamed split is never read whole
+            img = img.numpy() if hasattr(img, "numpy") else np.asarray(img)
             cells.append(
-                f'<figure><img src="{_thumb(imgs[i])}" alt="test image {i}"><figcaption>true '
+                f'<figure><img src="{_thumb(img)}" alt="test image {i}"><figcaption>true '
                 f"<b>{html.escape(class_names[targets[i]])}</b><br>predicted <b>{html.escape(class_names[pred])}"
                 f"</b> ({probs[i, pred]:.2f})<br><span class=muted>{html.escape(ids[i] if ids else str(i))}"
                 "</span></figcaption></figure>"
