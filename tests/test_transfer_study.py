@@ -106,12 +106,14 @@ def test_a_small_study_trains_every_cell_on_the_same_splits(digit_tasks, tmp_pat
 def test_lecture_example_fine_tuning_from_task_a_beats_scratch_on_task_b(tmp_path):
     """Task A: MNIST digits 0-4; task B: digits 5-9 with 10 labels per class, same budget.
 
-    Measured (docs/transfer.md): scratch 48.8 % vs fine-tune 76.4 % test accuracy (seed 0).
+    Measured (docs/transfer.md): scratch 48.8 % vs fine-tune 63.2 % test accuracy (seed 0). Task A trains at
+    lr 0.02: at 0.05 its first epochs sit on the edge of stability, and seed 0 ends at 80.8 % or 99.2 % depending
+    on float rounding (channels_last vs NCHW convolutions; gradients agree to 1e-9).
     """
     a = write_class_subset("builtin:mnist-sample", tmp_path / "A", [str(i) for i in range(5)])
     b = write_class_subset("builtin:mnist-sample", tmp_path / "B", [str(i) for i in range(5, 10)])
     common = {"model": "lenet5", "lr": 0.05, "report": False, "out": str(tmp_path / "runs")}
-    task_a = api.train(data=str(a), epochs=5, batch_size=64, name="A", **common)
+    task_a = api.train(data=str(a), epochs=5, batch_size=64, name="A", **(common | {"lr": 0.02}))
     assert task_a.test_metrics["accuracy"] > 0.95
     budget = {"data": str(b), "shots": 10, "epochs": 10, "batch_size": 16, "seed": 0}
     scratch = api.train(name="scratch", **budget, **common)
