@@ -153,12 +153,12 @@ def stream_workers() -> int:
 def split_channel_stats(images: torch.Tensor, seed: int = 0, sample: int = 2000) -> tuple[tuple, tuple]:
     """channel_stats of a split; a streamed split is estimated from `sample` images (seeded), as decoding them
     all would cost a whole epoch."""
-    if isinstance(images, FileImages) and len(images) > sample:
+    if not isinstance(images, FileImages):
+        return channel_stats(images)
+    pick = np.arange(len(images))
+    if len(images) > sample:
         pick = np.sort(np.random.default_rng(seed).choice(len(images), sample, replace=False))
-        return channel_stats(images.index_select(0, torch.from_numpy(pick)))
-    if isinstance(images, FileImages):
-        return channel_stats(images.index_select(0, torch.arange(len(images))))
-    return channel_stats(images)
+    return channel_stats(images.index_select(0, torch.from_numpy(pick)))
 
 
 def resolve_image_size(cfg: TrainConfig, bundle: DataBundle) -> int:

@@ -132,19 +132,18 @@ def decode_files(
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     target = cache / f"images-{key}.npy"
     shape = (len(paths), spec.in_channels, spec.image_size, spec.image_size)
-    if target.is_file() and len(paths):
+    if not len(paths):
+        return np.empty(shape, np.uint8)  # nothing to cache (and an empty array cannot be memory-mapped)
+    if target.is_file():
         log.info("decoded-image cache hit: %s", target)
         return open_cache(target)
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    tmp: Path | None = target.with_suffix(f".{os.getpid()}.tmp")
     out: np.ndarray
     try:
-        if not len(paths):
-            raise OSError("nothing to cache")  # an empty file cannot be memory-mapped
         cache.mkdir(parents=True, exist_ok=True)
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
     except OSError as err:  # a read-only home must not stop training; the cache is only an optimisation
-        if len(paths):
-            log.warning("could not write the decoded-image cache %s: %s", target, err)
+        log.warning("could not write the decoded-image cache %s: %s", target, err)
         out, tmp = np.empty(shape, np.uint8), None
 
     def work(i: int) -> None:
