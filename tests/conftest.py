@@ -16,6 +16,43 @@ os.environ.setdefault(
 )
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+# The inference precision that precision-sensitive tests ask for (`predict`, `evaluate`, `serve`, ONNX
+# parity). CI runs those tests (marked `precision`) a second time with CNNLAB_TEST_PRECISION=bf16, so a
+# CPU without native bf16 exercises the bf16 path too (emulated: slow, fine for tiny models). Their
+# tolerances come from the precision in use (cnnlab.engine.hardware.tolerance), never from the CPU.
+TEST_PRECISION = os.environ.get("CNNLAB_TEST_PRECISION", "auto")
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.relative_to(folder).parts[0] != "evaluations"
+    }
+
+
+@pytest.fixture
+def run_digests():
+    """sha256 of every file a run recorded (later evaluations' own folder left out): a command that
+    reads a run must leave this unchanged."""
+    return _digests
+
+
+@pytest.fixture
+def precision() -> str:
+    """The inference precision under test ("auto" or what CNNLAB_TEST_PRECISION forces)."""
+    return TEST_PRECISION
+
+
+@pytest.fixture
+def precision_tol(precision: str) -> float:
+    """Probability tolerance for comparing an inference at `precision` (on CPU) with an fp32 one."""
+    from cnnlab.engine.hardware import inference_precision, tolerance
+
+    return tolerance(inference_precision(precision, torch.device("cpu")))
+
 
 def _shape_image(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """A bright disc (0) or a bright square (1) on dark noise: easy to learn, in RGB."""

@@ -193,7 +193,7 @@ def _yolo_dataset(tmp: Path) -> Path:
 
 
 @pytest.mark.parametrize("fmt", ["coco", "voc", "yolo"])
-def test_format_round_trip_train_evaluate(tmp_path: Path, fmt: str) -> None:
+def test_format_round_trip_train_evaluate(tmp_path: Path, fmt: str, run_digests) -> None:
     from cnnlab.detect import evaluate_detection, load_detection_model, train_detection
 
     folder = tmp_path / "data"
@@ -208,8 +208,11 @@ def test_format_round_trip_train_evaluate(tmp_path: Path, fmt: str) -> None:
     _, meta, _ = load_detection_model(result.run_dir)
     assert meta["class_names"] == {"coco": ["cat", "dog"], "voc": ["car", "person"],
                                    "yolo": ["red", "blue"]}[fmt]  # fmt: skip
+    before = run_digests(result.run_dir)
     again = evaluate_detection(result.run_dir, device="cpu", report=False)
     assert again["metrics"]["map"] == pytest.approx(result.test_metrics["map"], abs=1e-9)
+    assert run_digests(result.run_dir) == before
+    assert (Path(again["out_dir"]) / "test_predictions.json").is_file()
     assert (result.run_dir / "report.html").is_file()
     assert (result.run_dir / "test_predictions.json").is_file()
 

@@ -237,7 +237,9 @@ def folder_dataset(tmp_path_factory) -> Path:
     return root
 
 
-def test_folder_layout_trains_evaluates_and_predicts(folder_dataset: Path, tmp_path: Path) -> None:
+def test_folder_layout_trains_evaluates_and_predicts(
+    folder_dataset: Path, tmp_path: Path, run_digests
+) -> None:
     from cnnlab.segment import evaluate_segmentation, predict_segmentation, train_segmentation
 
     result = train_segmentation(
@@ -251,8 +253,10 @@ def test_folder_layout_trains_evaluates_and_predicts(folder_dataset: Path, tmp_p
     assert m["num_images"] == 2 and set(m["per_class"]) == {"background", "red", "green"}
     html = (run / "report.html").read_text()
     assert "Worst test images" in html and html.count("data:image/png") >= 7
+    before = run_digests(run)
     again = evaluate_segmentation(run, device="cpu")["metrics"]
     assert again["confusion_matrix"] == m["confusion_matrix"]  # same split, same best weights
+    assert run_digests(run) == before  # the run's own metrics, predictions and report untouched
     # predict needs only the run directory: the checkpoint carries classes, preprocessing, palette
     inputs = sorted((folder_dataset / "images").rglob("*.*"))[:3]
     written = predict_segmentation(run, inputs, tmp_path / "pred", device="cpu")

@@ -57,7 +57,7 @@ def run_3d(tmp_path_factory):
 
 
 @pytest.mark.parametrize("model", ["r3d_small", "lenet5"])
-def test_train_then_evaluate_reproduces_test_metrics(tmp_path, model, request):
+def test_train_then_evaluate_reproduces_test_metrics(tmp_path, model, request, run_digests):
     if model == "r3d_small":
         run = request.getfixturevalue("run_3d")
     else:
@@ -66,8 +66,10 @@ def test_train_then_evaluate_reproduces_test_metrics(tmp_path, model, request):
     meta = _checkpoint_meta(run.run_dir)
     assert meta["task"] == "video-classification" and meta["frames"] == 4
     assert meta["class_names"] == ["left", "right"]
+    before = run_digests(run.run_dir)
     ev = evaluate_video(run.run_dir, report=False)
     _same_metrics(run.test_metrics, ev["metrics"])
+    assert run_digests(run.run_dir) == before
     # the accuracy is scikit-learn's on the same predictions, saved beside the metrics
     saved = np.load(run.run_dir / "test_predictions.npz")
     assert accuracy_score(saved["targets"], saved["probs"].argmax(1)) == pytest.approx(

@@ -29,10 +29,26 @@ from cnnlab.data.tensors import arrays_to_chw, channel_stats, decode_files, defa
 from cnnlab.engine import callbacks as cbs
 from cnnlab.engine import distributed
 from cnnlab.engine.checkpoint import CheckpointManager, read_weights
+from cnnlab.engine.hardware import (  # noqa: F401 (public here too)
+    cpu_has_bf16,
+    inference_precision,
+    machine_info,
+    resolve_device,
+    resolve_precision,
+)
 from cnnlab.engine.optim import build_optimizer, build_scheduler, param_groups
 from cnnlab.engine.trainer import Trainer, autocast
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, DataError
-from cnnlab.run import new_run_dir, read_json, resolve_weights, run_dir_of, write_json
+from cnnlab.run import (
+    evaluation_dir,
+    new_run_dir,
+    read_json,
+    record_evaluation,
+    resolve_weights,
+    run_dir_of,
+    trained_precision,
+    write_json,
+)
 from cnnlab.tasks.classification import ClassificationTask
 
 log = logging.getLogger(__name__)
@@ -56,40 +72,6 @@ class TrainResult:
 
 
 # -- devices and precision -----------------------------------------------------------------------------------
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "--device cuda was asked for, but no CUDA GPU is visible; use --device cpu or auto"
-        )
-    return torch.device(name)
-
-
-def cpu_has_bf16() -> bool:
-    """AVX-512 BF16 / AMX: bf16 matmuls run natively (about 2.8x fp32 here); elsewhere bf16 is emulated and slow."""
-    cap = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()
-    return cap in ("AVX512_BF16", "AMX", "AVX512") and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def resolve_precision(
-    precision: str, device: torch.device, model_flops: float | None = None
-) -> str:
-    """auto: bf16 autocast where the hardware runs bf16 natively, else fp32; fp16 only when asked (CUDA)."""
-    if precision == "16" and device.type != "cuda":
-        raise ConfigError(
-            "--precision 16 needs a CUDA GPU (fp16 with a gradient scaler); use bf16 or 32 on CPU"
-        )
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "16"
-    # On CPU, autocast's casts cost more than they save on tiny models (LeNet-5: ~0.4 MFLOP per image).
-    if model_flops is not None and model_flops < 20e6:
-        return "32"
-    return "bf16" if cpu_has_bf16() else "32"
-
-
 def resolve_channels_last(choice: bool | None, device: torch.device) -> bool:
     """None (auto): channels_last (NHWC) on CPU and CUDA, the layout oneDNN and cuDNN convolve in natively.
 
@@ -388,6 +370,8 @@ def train(
     run_dir = Path(distributed.broadcast_object(str(run_dir) if info.is_main else None))
     flops = _flops_per_image(model, in_channels, image_size)
     precision = resolve_precision(cfg.precision, device, flops)
+    # the final test evaluation runs as `cnnlab evaluate RUN` will by default, so the two agree exactly
+    test_precision = inference_precision("auto", device, precision)
     channels_last = resolve_channels_last(cfg.channels_last, device)
     model.to(device)
     if channels_last:
@@ -514,7 +498,9 @@ def train(
                 "train_time_s": train_time,
                 "setup_time_s": setup_time,
                 "precision": precision,
+                "inference_precision": test_precision,
                 "device": str(device),
+                "machine": machine_info(device),
                 "channels_last": channels_last,
                 "stop_reason": state.stop_reason,
                 "flops_per_image": flops,
@@ -526,6 +512,8 @@ def train(
     result = TrainResult(run_dir, state.history, None, train_time, cfg, state.stop_reason)
     if "test" in tensors and len(bundle.splits["test"]):
         best, _, _ = load_checkpoint_model(run_dir, device)
+        if resolve_channels_last(None, device):  # as `evaluate` will: the same kernels, the same sums
+            best.to(memory_format=torch.channels_last)
         evaluation = evaluate_model(
             best,
             spec,
@@ -533,7 +521,7 @@ def train(
             bundle.splits["test"],
             bundle.class_names,
             device=device,
-            precision=precision,
+            precision=test_precision,
             run_dir=run_dir,
             report=cfg.report,
         )
@@ -719,8 +707,12 @@ def evaluate(
     device: str = "auto",
     report: bool = True,
     out: str | Path | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
-    """Evaluate a trained model on its own held-out split (default) or on another dataset (`data`)."""
+    """Evaluate a trained model on its own held-out split (default) or on another dataset (`data`).
+
+    Writes into ``out`` or a new ``<run>/evaluations/<time>/`` (never over what training recorded);
+    ``precision`` auto = fp32 on CPU, the run's own on CUDA (cnnlab.engine.hardware)."""
     dev = resolve_device(device)
     model, meta, weights = load_checkpoint_model(run_or_checkpoint, dev)
     if resolve_channels_last(None, dev):
@@ -744,10 +736,8 @@ def evaluate(
         bundle = load_source(cfg)
         chosen = _remap_classes(bundle, class_names, split)
     images = split_to_uint8(chosen, spec)
-    out_dir = Path(out) if out else (run_dir if data is None and run_dir else None)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    precision = resolve_precision("auto", dev, None)
+    precision = inference_precision(precision, dev, trained_precision(run_dir))
+    out_dir = evaluation_dir(out, run_dir)
     result = evaluate_model(
         model,
         spec,
@@ -760,12 +750,11 @@ def evaluate(
         report=report and out_dir is not None,
         out_dir=out_dir,
     )
-    return {
-        "metrics": result["metrics"],
-        "report": result.get("report"),
-        "weights": str(weights),
-        "num_samples": len(chosen),
-    }
+    record = record_evaluation(
+        out_dir, task="classification", weights=weights, data=data, split=split,
+        num_samples=len(chosen), precision=precision, device=dev,
+    )  # fmt: skip
+    return record | {"metrics": result["metrics"], "report": result.get("report")}
 
 
 def _saved_config(run_dir: Path) -> dict[str, Any]:
@@ -962,19 +951,27 @@ def predict(
     top_k: int = 5,
     device: str = "auto",
     batch_size: int = 256,
+    precision: str = "auto",
 ) -> list[Prediction]:
-    """Class names and probabilities for images/folders; unreadable files get an error entry, not a crash."""
+    """Class names and probabilities for images/folders; unreadable files get an error entry, not a crash.
+
+    ``precision`` auto = fp32 on CPU, the run's own on CUDA (cnnlab.engine.hardware); ONNX files run fp32."""
     if (
         str(run_or_checkpoint).lower().endswith(".onnx")
     ):  # an exported model: onnxruntime on the CPU
         from cnnlab.export import predict_onnx
 
+        if precision not in ("auto", "32"):
+            raise ConfigError(
+                f"--precision {precision}: an ONNX model runs in float32 in onnxruntime; "
+                "leave --precision out or pass the run folder instead"
+            )
         return predict_onnx(run_or_checkpoint, inputs, top_k=top_k, batch_size=batch_size)
     dev = resolve_device(device)
-    model, meta, _ = load_checkpoint_model(run_or_checkpoint, dev)
+    model, meta, weights = load_checkpoint_model(run_or_checkpoint, dev)
     if resolve_channels_last(None, dev):
         model.to(memory_format=torch.channels_last)  # predict_files hands over NHWC-strided batches
-    precision = resolve_precision("auto", dev, None)
+    precision = inference_precision(precision, dev, trained_precision(run_dir_of(weights)))
 
     def probs_fn(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode(), autocast(dev, precision):

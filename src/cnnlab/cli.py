@@ -145,9 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="evaluate on this dataset instead of the run's test split")
     p.add_argument("--split", default="test", help="test | val | train (default: test)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", help="where to write the report (default: the run directory)")
+    p.add_argument(
+        "--out", help="a new folder for the results (default: a new RUN/evaluations/<time>/)"
+    )
     p.add_argument("--no-report", dest="report", action="store_false")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument(
+        "--precision", choices=("auto", "32", "bf16", "16"), default="auto",
+        help="inference precision (auto: fp32 on CPU, the run's own on CUDA; bf16 only when asked)",
+    )  # fmt: skip
 
     p = sub.add_parser("predict", help="class names and probabilities for images or folders")
     p.add_argument("run", help="run directory or .safetensors checkpoint")
@@ -155,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--precision", choices=("auto", "32", "bf16", "16"), default="auto",
+        help="inference precision (auto: fp32 on CPU, the run's own on CUDA; bf16 only when asked)",
+    )  # fmt: skip
 
     p = sub.add_parser(
         "segment", help="semantic segmentation: train | evaluate | predict (IoU, Dice)"
@@ -171,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--split", default="test")
     q.add_argument("--device", default="auto")
     q.add_argument("--out", default=None)
+    q.add_argument(
+        "--precision", choices=("auto", "32", "bf16", "16"), default="auto",
+        help="inference precision (auto: fp32 on CPU, the run's own on CUDA; bf16 only when asked)",
+    )  # fmt: skip
     q.add_argument("--no-report", dest="report", action="store_false")
     q.add_argument("--json", action="store_true")
     q = seg.add_parser("predict", help="mask PNGs (class index per pixel) and colour overlays")
@@ -180,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="auto")
     q.add_argument("--batch-size", type=int, default=16)
     q.add_argument("--no-overlays", dest="overlays", action="store_false")
+    q.add_argument(
+        "--precision", choices=("auto", "32", "bf16", "16"), default="auto",
+        help="inference precision (auto: fp32 on CPU, the run's own on CUDA; bf16 only when asked)",
+    )  # fmt: skip
 
     p = sub.add_parser(
         "explain", help="walk one image through a trained model, layer by layer, with Grad-CAM"
@@ -212,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--split", default="test")
     q.add_argument("--device", default="auto")
     q.add_argument("--out", default=None)
+    q.add_argument(
+        "--precision", choices=("auto", "32", "bf16", "16"), default="auto",
+        help="inference precision (auto: fp32 on CPU, the run's own on CUDA; bf16 only when asked)",
+    )  # fmt: skip
     q.add_argument("--no-report", dest="report", action="store_false")
     q.add_argument("--json", action="store_true")
     q = det.add_parser("predict", help="COCO results JSON and images with boxes drawn")
@@ -496,7 +518,9 @@ def _segment(args: argparse.Namespace) -> int:
             device=args.device,
             report=args.report,
             out=args.out,
+            precision=args.precision,
         )
+        _evaluation_note(result)
         if args.json:
             print(json.dumps(result["metrics"], indent=2, default=str))
             return 0
@@ -509,6 +533,7 @@ def _segment(args: argparse.Namespace) -> int:
             device=args.device,
             batch_size=args.batch_size,
             overlays=args.overlays,
+            precision=args.precision,
         )
         out.print(f"wrote {len(paths)} file(s) to {args.out}")
     return 0
@@ -579,7 +604,9 @@ def _detect(args: argparse.Namespace) -> int:
             device=args.device,
             report=args.report,
             out=args.out,
+            precision=args.precision,
         )
+        _evaluation_note(result)
         metrics = result["metrics"]
         if args.json:
             print(json.dumps(metrics, indent=2, default=str))
@@ -649,6 +676,19 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation_note(result: dict[str, Any]) -> None:
+    """Where an evaluation wrote its files and with which precision, on stderr (stdout may be JSON)."""
+    where = result.get("out_dir") or "nowhere (a checkpoint outside a run folder; pass --out)"
+    err.print(
+        f"evaluated {result['num_samples']} samples in {_PRECISION_NAMES[result['precision']]} "
+        f"on {result['device']}; results in {where}",
+        markup=False,
+    )
+
+
+_PRECISION_NAMES = {"32": "float32", "bf16": "bfloat16", "16": "float16"}
+
+
 @command("evaluate")
 def _evaluate(args: argparse.Namespace) -> int:
     from cnnlab import api
@@ -660,7 +700,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         report=args.report,
         out=args.out,
+        precision=args.precision,
     )
+    _evaluation_note(result)
     if args.json:
         print(json.dumps(result["metrics"], indent=2))
         return 0
@@ -674,7 +716,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from cnnlab import api
 
-    preds = api.predict(args.run, args.inputs, top_k=args.top_k, device=args.device)
+    preds = api.predict(
+        args.run, args.inputs, top_k=args.top_k, device=args.device, precision=args.precision
+    )
+    if args.precision != "auto":  # stdout stays the predictions alone (csv / json parse it)
+        err.print(f"inference precision: {args.precision}")
     if args.format == "json":
         print(json.dumps([dataclasses.asdict(p) for p in preds], indent=2))
     elif args.format == "csv":

@@ -51,14 +51,18 @@ from cnnlab.data.decode import DEFAULT_MAX_PIXELS
 from cnnlab.engine import callbacks as cbs
 from cnnlab.engine.assembly import check_common_options, optimizer_and_schedule
 from cnnlab.engine.checkpoint import CheckpointManager
-from cnnlab.engine.trainer import Trainer
+from cnnlab.engine.hardware import inference_precision, machine_info, resolve_precision
+from cnnlab.engine.trainer import Trainer, autocast
 from cnnlab.errors import ConfigError, DataError, close_matches
 from cnnlab.models.detection import create_detection_model
 from cnnlab.run import (
+    evaluation_dir,
     load_run_model,
     new_run_dir,
     read_json,
+    record_evaluation,
     run_dir_of,
+    trained_precision,
     write_json,
 )
 from cnnlab.tasks.detection import DetectionTask, ValidationMetrics
@@ -240,7 +244,7 @@ def train_detection(
         {"source": bundle.source, "layout": bundle.layout, "origin": bundle.split_origin,
          "splits": {k: v[2] for k, v in decoded.items()}},
     )  # fmt: skip
-    precision = api.resolve_precision(cfg.precision, device, None)
+    precision = resolve_precision(cfg.precision, device, None)
     model.to(device)
     train_loader = make_box_loader(
         decoded["train"][0], decoded["train"][1], spec, device, cfg.batch_size,
@@ -304,13 +308,16 @@ def train_detection(
     write_json(
         run_dir / "run.json",
         {"train_time_s": train_time, "setup_time_s": t0 - t_call, "precision": precision,
-         "device": str(device), "stop_reason": state.stop_reason, "cnnlab_version": __version__},
+         "inference_precision": inference_precision("auto", device, precision),
+         "device": str(device), "machine": machine_info(device), "stop_reason": state.stop_reason,
+         "cnnlab_version": __version__},
     )  # fmt: skip
     result = DetectResult(run_dir, state.history, None, train_time, cfg, state.stop_reason)
     if "test" in decoded:
         best, meta, _ = load_detection_model(run_dir, device)
         ev = evaluate_detection_model(
             best, spec, *decoded["test"], class_names, device=device, out_dir=run_dir,
+            precision=inference_precision("auto", device, precision),
             run_dir=run_dir, report=cfg.report, score_threshold=cfg.score_threshold,
             show=cfg.report_images,
         )  # fmt: skip
@@ -339,10 +346,15 @@ def load_detection_model(
 
 # -- evaluate --------------------------------------------------------------------------------------
 @torch.inference_mode()
-def _run(model: torch.nn.Module, loader: Any) -> list[dict[str, torch.Tensor]]:
+def _run(
+    model: torch.nn.Module, loader: Any, device: torch.device, precision: str = "32"
+) -> list[dict[str, torch.Tensor]]:
     preds = []
     for images, _, _ in loader.batches(0):
-        preds += [{k: v.cpu() for k, v in o.items()} for o in model(images)]
+        with autocast(device, precision):
+            out = model(images)
+        preds += [{k: (v.float() if v.is_floating_point() else v).cpu() for k, v in o.items()}
+                  for o in out]  # fmt: skip
     return preds
 
 
@@ -370,6 +382,7 @@ def evaluate_detection_model(
     class_names: list[str],
     *,
     device: torch.device,
+    precision: str = "32",
     out_dir: Path | None = None,
     run_dir: Path | None = None,
     report: bool = True,
@@ -383,7 +396,7 @@ def evaluate_detection_model(
 
     loader = make_box_loader(images, targets, spec, device, 16)
     model.eval()
-    preds = _run(model, loader)
+    preds = _run(model, loader, device, precision)
     truth = _to_tensors(targets)
     metrics = detection_metrics(preds, truth, class_names, score_threshold=score_threshold)
     metrics["image_size"] = spec.image_size
@@ -412,6 +425,7 @@ def evaluate_detection(
     device: str = "auto",
     report: bool = True,
     out: str | Path | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate a detection run on its recorded split (default: the held-out test images) or on
     every image of another dataset ``data`` whose class names are among the model's."""
@@ -449,17 +463,21 @@ def evaluate_detection(
     images, targets, ids, rep = decode_box_split(samples, spec, bundle_report)
     if lut is not None:
         targets = [t | {"labels": lut[t["labels"]]} for t in targets]
-    out_dir = Path(out) if out else (run_dir if data is None else None)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    precision = inference_precision(precision, dev, trained_precision(run_dir))
+    out_dir = evaluation_dir(out, run_dir)
     result = evaluate_detection_model(
         model, spec, images, targets, ids, class_names, device=dev, out_dir=out_dir,
+        precision=precision,
         run_dir=run_dir, report=report and out_dir is not None,
         score_threshold=float(meta.get("score_threshold", 0.5)),
         category_ids=meta.get("category_ids"),
     )  # fmt: skip
-    return {"metrics": result["metrics"], "report": result.get("report"), "weights": str(weights),
-            "num_samples": len(ids), "data_report": rep.to_dict()}  # fmt: skip
+    record = record_evaluation(
+        out_dir, task="detection", weights=weights, data=data, split=split,
+        num_samples=len(ids), precision=precision, device=dev,
+    )  # fmt: skip
+    return record | {"metrics": result["metrics"], "report": result.get("report"),
+                     "data_report": rep.to_dict()}  # fmt: skip
 
 
 # -- predict ---------------------------------------------------------------------------------------

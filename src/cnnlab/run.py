@@ -8,8 +8,11 @@ runs/<name>/
   data_scan.json     the pre-flight scan of file datasets (skipped files and why)
   metrics.csv        one row per epoch
   test_metrics.json  final metrics on the test split
+  run.json           times, precision (training and inference), the machine it ran on
   checkpoints/       see cnnlab.engine.checkpoint
   report.html, *.png
+  evaluations/<time>/  each later `cnnlab evaluate RUN`: its metrics, predictions, report and
+                     evaluation.json (precision, machine, weights); what training recorded is never rewritten
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.engine.checkpoint import MANIFEST, CheckpointManager, atomic_write
-from cnnlab.errors import CheckpointError
+from cnnlab.errors import CheckpointError, ConfigError
 
 
 def new_run_dir(out: str | Path, name: str | None, model: str, data: str) -> Path:
@@ -39,6 +42,75 @@ def new_run_dir(out: str | Path, name: str | None, model: str, data: str) -> Pat
         path = base / f"{name}-{suffix}"
     path.mkdir(parents=True)
     return path
+
+
+def evaluation_dir(out: str | Path | None, run_dir: Path | None) -> Path | None:
+    """Where an evaluation writes its files: ``out`` when given (a new or empty folder, never the run
+    folder itself), else a new ``<run>/evaluations/<time>/``; None (stdout only) for a checkpoint
+    outside a run folder. Evaluation never rewrites what training recorded."""
+    if out is not None:
+        path = Path(out)
+        if run_dir is not None and path.resolve() == run_dir.resolve():
+            raise ConfigError(
+                f"--out {path} is the run folder itself; evaluation never rewrites what training "
+                f"recorded: leave --out out (results go to {run_dir / 'evaluations'}) or name a new folder"
+            )
+        if path.is_dir() and any(path.iterdir()):
+            raise ConfigError(f"--out {path} exists and is not empty; name a new folder")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    if run_dir is None:
+        return None
+    base = run_dir / "evaluations"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, suffix = base / stamp, 1
+    while path.exists():
+        suffix += 1
+        path = base / f"{stamp}-{suffix}"
+    path.mkdir(parents=True)
+    return path
+
+
+def record_evaluation(
+    out_dir: Path | None,
+    *,
+    task: str,
+    weights: Path,
+    data: str | None,
+    split: str,
+    num_samples: int,
+    precision: str,
+    device: Any,
+) -> dict[str, Any]:
+    """What an evaluation ran on and how, written as ``out_dir/evaluation.json`` (when there is one)
+    and returned for the caller's result."""
+    from cnnlab.engine.hardware import machine_info
+
+    record = {
+        "task": task,
+        "weights": str(weights),
+        "data": data or "recorded",
+        "split": split if data is None else "all",
+        "num_samples": num_samples,
+        "precision": precision,
+        "device": str(device),
+        "machine": machine_info(device),
+        "out_dir": str(out_dir) if out_dir is not None else None,
+    }
+    if out_dir is not None:
+        write_json(out_dir / "evaluation.json", record)
+    return record
+
+
+def trained_precision(run_dir: Path | None) -> str | None:
+    """The precision a run trained and validated with (its run.json), or None when unknown."""
+    if run_dir is None or not (run_dir / "run.json").is_file():
+        return None
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record.get("precision")
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -55,6 +55,7 @@ from cnnlab.data.masks import (
 from cnnlab.engine import callbacks as cbs
 from cnnlab.engine.assembly import check_common_options, optimizer_and_schedule
 from cnnlab.engine.checkpoint import CheckpointManager
+from cnnlab.engine.hardware import inference_precision, machine_info, resolve_precision
 from cnnlab.engine.trainer import Trainer, autocast
 from cnnlab.errors import ConfigError, DataError, close_matches
 from cnnlab.metrics.segmentation import (
@@ -65,10 +66,13 @@ from cnnlab.metrics.segmentation import (
 )
 from cnnlab.models.segmentation import create_segmentation_model
 from cnnlab.run import (
+    evaluation_dir,
     load_run_model,
     new_run_dir,
     read_json,
+    record_evaluation,
     run_dir_of,
+    trained_precision,
     write_json,
 )
 from cnnlab.tasks.segmentation import SegmentationTask, ValidationMetrics
@@ -332,7 +336,7 @@ def train_segmentation(
             "splits": {k: s.ids for k, s in bundle.splits.items()},
         },
     )
-    precision = api.resolve_precision(cfg.precision, device, None)
+    precision = resolve_precision(cfg.precision, device, None)
     channels_last = api.resolve_channels_last(cfg.channels_last, device)
     model.to(device)
     if channels_last:
@@ -420,7 +424,9 @@ def train_segmentation(
             "train_time_s": train_time,
             "setup_time_s": t0 - t_call,
             "precision": precision,
+            "inference_precision": inference_precision("auto", device, precision),
             "device": str(device),
+            "machine": machine_info(device),
             "channels_last": channels_last,
             "stop_reason": state.stop_reason,
             "cnnlab_version": __version__,
@@ -437,7 +443,7 @@ def train_segmentation(
             class_names,
             ignore_index=cfg.ignore_index,
             device=device,
-            precision=precision,
+            precision=inference_precision("auto", device, precision),
             out_dir=run_dir,
             run_dir=run_dir,
             report=cfg.report,
@@ -567,6 +573,7 @@ def evaluate_segmentation(
     device: str = "auto",
     report: bool = True,
     out: str | Path | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate a segmentation run on its recorded split (default: the held-out test images) or on
     every image of another dataset ``data`` whose classes are among the model's (by name)."""
@@ -606,10 +613,8 @@ def evaluate_segmentation(
         lut = np.full(256, ignore, dtype=np.uint8)
         lut[: len(names)] = [class_names.index(c) for c in names]
         masks = lut[masks]
-    out_dir = Path(out) if out else (run_dir if data is None else None)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    precision = api.resolve_precision("auto", dev, None)
+    precision = inference_precision(precision, dev, trained_precision(run_dir))
+    out_dir = evaluation_dir(out, run_dir)
     result = evaluate_segmentation_model(
         model,
         spec,
@@ -625,12 +630,11 @@ def evaluate_segmentation(
         report=report and out_dir is not None,
         palette=meta.get("palette"),
     )
-    return {
-        "metrics": result["metrics"],
-        "report": result.get("report"),
-        "weights": str(weights),
-        "num_samples": len(chosen),
-    }
+    record = record_evaluation(
+        out_dir, task="segmentation", weights=weights, data=data, split=split,
+        num_samples=len(chosen), precision=precision, device=dev,
+    )  # fmt: skip
+    return record | {"metrics": result["metrics"], "report": result.get("report")}
 
 
 def _concat(a: MaskSplit, b: MaskSplit) -> MaskSplit:
@@ -683,6 +687,7 @@ def predict_segmentation(
     device: str = "auto",
     batch_size: int = 16,
     overlays: bool = True,
+    precision: str = "auto",
 ) -> list[Path]:
     """Write one class-index mask PNG per image (``out_dir/masks/NAME.png``, palette mode: the pixel
     values are class indices, viewers show colours) and a colour overlay (``out_dir/overlays/``).
@@ -698,7 +703,7 @@ def predict_segmentation(
 
     api = _api()
     dev = api.resolve_device(device)
-    model, meta, _ = load_segmentation_model(run, dev)
+    model, meta, weights = load_segmentation_model(run, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     names = list(meta["class_names"])
     ignore = int(meta.get("ignore_index", 255))
@@ -710,7 +715,7 @@ def predict_segmentation(
         (out / "overlays").mkdir(parents=True, exist_ok=True)
     mean = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=dev).view(1, -1, 1, 1)
-    precision = api.resolve_precision("auto", dev, None)
+    precision = inference_precision(precision, dev, trained_precision(run_dir_of(weights)))
     pil_palette = np.zeros((256, 3), dtype=np.uint8)
     pil_palette[: len(palette)] = palette
     written: list[Path] = []

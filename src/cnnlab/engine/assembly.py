@@ -23,6 +23,7 @@ from torch import nn
 from cnnlab import __version__
 from cnnlab.engine import callbacks as cbs
 from cnnlab.engine.checkpoint import CheckpointManager
+from cnnlab.engine.hardware import inference_precision, machine_info
 from cnnlab.engine.optim import build_optimizer, build_scheduler, param_groups
 from cnnlab.engine.trainer import LoopState, Trainer
 from cnnlab.errors import ConfigError
@@ -107,7 +108,9 @@ def fit_and_record(
     write_json(
         run_dir / "run.json",
         {"train_time_s": train_time, "setup_time_s": t0 - t_call, "precision": trainer.precision,
-         "device": str(trainer.device), "stop_reason": state.stop_reason,
+         "inference_precision": inference_precision("auto", trainer.device, trainer.precision),
+         "device": str(trainer.device), "machine": machine_info(trainer.device),
+         "stop_reason": state.stop_reason,
          "cnnlab_version": __version__, **record},
     )  # fmt: skip
     return state, train_time

@@ -271,11 +271,13 @@ def _classify_pass(run, video, info, cfg, dev) -> _Pass:
 
     from cnnlab import api
     from cnnlab.config import PreprocessSpec
+    from cnnlab.engine.hardware import inference_precision
     from cnnlab.engine.trainer import autocast
+    from cnnlab.run import run_dir_of, trained_precision
 
-    model, meta, _ = api.load_checkpoint_model(run, dev)
+    model, meta, weights = api.load_checkpoint_model(run, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
-    precision = api.resolve_precision("auto", dev, None)
+    precision = inference_precision(None, dev, trained_precision(run_dir_of(weights)))
     indices, times, probs = [], [], []
     t0 = time.perf_counter()
     size = (info.height, info.width)

@@ -58,9 +58,19 @@ from cnnlab.engine.assembly import (
     optimizer_and_schedule,
     standard_callbacks,
 )
+from cnnlab.engine.hardware import inference_precision, resolve_precision
 from cnnlab.engine.trainer import Trainer, autocast
 from cnnlab.errors import CheckpointError, ConfigError, DataError, close_matches
-from cnnlab.run import load_run_model, new_run_dir, read_json, run_dir_of, write_json
+from cnnlab.run import (
+    evaluation_dir,
+    load_run_model,
+    new_run_dir,
+    read_json,
+    record_evaluation,
+    run_dir_of,
+    trained_precision,
+    write_json,
+)
 from cnnlab.tasks.classification import ClassificationTask
 from cnnlab.video.models import Smoothing, check_video_model, create_video_model, is_3d
 
@@ -392,7 +402,7 @@ def train_video(
                 "labels": {k: [class_names[data.targets[i]] for i in v]
                            for k, v in parts.items()}})  # fmt: skip
 
-    precision = api.resolve_precision(cfg.precision, device, None)
+    precision = resolve_precision(cfg.precision, device, None)
     model.to(device)
     clips = _stacked(data.clips)  # (N, T*C, S, S) uint8
     targets = data.targets
@@ -450,7 +460,8 @@ def train_video(
         best, _, _ = load_video_model(run_dir, device)
         test = parts["test"]
         ev = _evaluate(best, spec, t, data.clips[test], targets[test], [ids[i] for i in test],
-                       class_names, device=device, precision=precision, out_dir=run_dir,
+                       class_names, device=device, out_dir=run_dir,
+                       precision=inference_precision("auto", device, precision),
                        run_dir=run_dir, report=cfg.report)  # fmt: skip
         result.test_metrics, result.report = ev["metrics"], ev.get("report")
     return result
@@ -498,11 +509,13 @@ def evaluate_video(
     device: str = "auto",
     report: bool = True,
     out: str | Path | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Clip-level metrics of a video run on its recorded split (default: the held-out test clips,
     which reproduces the end-of-training numbers) or on every clip of another source ``data``
     whose classes are among the model's. Writes test_metrics.json, test_predictions.npz and the
-    report into ``out`` (default: the run directory when evaluating its own split)."""
+    report into ``out`` (default: a new ``<run>/evaluations/<time>/``; what training recorded is
+    never rewritten)."""
     api = _api()
     dev = api.resolve_device(device)
     model, meta, weights = load_video_model(run, dev)
@@ -519,7 +532,6 @@ def evaluate_video(
         labels = read_json(run_dir / "splits.json").get("labels", {}).get(split)
         clips, targets, ids = _recorded_clips(cfg, recorded[split], labels, split, spec, frames,
                                               class_names)  # fmt: skip
-        precision = api.resolve_precision(cfg.precision, dev, None)
     else:
         cfg = make_config(VideoConfig, data=data, frames=frames, image_size=spec.image_size,
                           resize=spec.resize, val_fraction=0.0, test_fraction=0.0)  # fmt: skip
@@ -529,16 +541,17 @@ def evaluate_video(
             raise DataError(data, f"classes {unknown} are not among the model's {class_names}")
         lut = np.array([class_names.index(c) for c in source.class_names], dtype=np.int64)
         clips, targets, ids = source.clips, lut[source.targets], source.ids
-        precision = api.resolve_precision("auto", dev, None)
-    out_dir = Path(out) if out else (run_dir if data is None else None)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    precision = inference_precision(precision, dev, trained_precision(run_dir))
+    out_dir = evaluation_dir(out, run_dir)
     result = _evaluate(model, spec, frames, clips, targets, ids, class_names, device=dev,
                        precision=precision, run_dir=run_dir, out_dir=out_dir,
                        report=report and out_dir is not None)  # fmt: skip
-    return {"metrics": result["metrics"], "report": result.get("report"), "weights": str(weights),
-            "num_samples": len(ids), "probs": result["probs"],
-            "targets": result["targets"]}  # fmt: skip
+    record = record_evaluation(
+        out_dir, task="video", weights=weights, data=data, split=split,
+        num_samples=len(ids), precision=precision, device=dev,
+    )  # fmt: skip
+    return record | {"metrics": result["metrics"], "report": result.get("report"),
+                     "probs": result["probs"], "targets": result["targets"]}  # fmt: skip
 
 
 def _saved_config(run_dir: Path) -> dict[str, Any]:
@@ -591,6 +604,7 @@ def predict_clips(
     step: int | None = None,
     device: str = "auto",
     batch_size: int = 32,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Class probabilities over a long video held in memory.
 
@@ -616,7 +630,7 @@ def predict_clips(
     if stride < 1:
         raise ConfigError(f"stride must be >= 1, got {stride}")
     dev = api.resolve_device(device)
-    model, meta, _ = load_video_model(run, dev)
+    model, meta, weights = load_video_model(run, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     names = list(meta["class_names"])
     chw = torch.from_numpy(arrays_to_chw(frames, spec))  # (F, C, S, S) uint8
@@ -633,7 +647,7 @@ def predict_clips(
     starts = np.arange(0, max(count - span, 0) + 1, stride, dtype=np.int64)
     mean = torch.tensor(spec.mean * window, device=dev)
     std = torch.tensor(spec.std * window, device=dev)
-    precision = api.resolve_precision("auto", dev, None)
+    precision = inference_precision(precision, dev, trained_precision(run_dir_of(weights)))
     out = []
     for b in range(0, len(starts), batch_size):
         rows = []
