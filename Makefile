@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cnnlab-installed
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-bf16 test-all lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 # Fast tier by default (slow tests are marked); `make test-all` runs everything.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+# The precision-sensitive tests again with bf16 inference forced: an AVX2 CPU (no native bf16) runs the
+# bf16 path too, emulated; tolerances follow the precision in use (cnnlab.engine.hardware.tolerance).
+test-bf16: $(STAMP)
+	CNNLAB_TEST_PRECISION=bf16 $(BIN)/python -m pytest -q -m "precision and not slow and not gpu"
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu"

@@ -13,7 +13,13 @@ RESULTS = Path(os.environ.get("CNNLAB_BENCH_RESULTS", Path(__file__).resolve().p
 
 
 def save_results(name: str, table: str, payload: dict[str, Any]) -> Path:
-    """Print ``table`` and write it and ``payload`` (JSON; sets and paths as lists / strings)."""
+    """Print ``table`` and write it and ``payload`` (JSON; sets and paths as lists / strings), both
+    with the machine they were measured on (cnnlab.engine.hardware.machine_info)."""
+    from cnnlab.engine.hardware import describe_machine, machine_info
+
+    machine = machine_info()
+    table = table.rstrip("\n") + f"\n\nMachine: {describe_machine(machine)}\n"
+    payload = {**payload, "machine": machine}
     print(table)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.md").write_text(table.rstrip("\n") + "\n")

@@ -12,9 +12,9 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from _results import save_results
 
 from cnnlab import api
 from cnnlab.models import count_flops, count_parameters
@@ -79,15 +79,11 @@ def main() -> None:
             f"{r['train_images_per_s']:,.0f} | {r['latency_ms']:.2f} | {r['precision']} |"
         )
         print(rows[-1], flush=True)
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
     header = (
         f"builtin:mnist-sample, {args.shots} training images per class, {args.epochs} epochs, batch 64, "
         f"SGD one-cycle lr 0.02, 28 px, 1 channel; {torch.get_num_threads()} threads\n\n"
     )
-    (out / "families.md").write_text(header + "\n".join(rows) + "\n")
-    (out / "families.json").write_text(json.dumps(results, indent=2))
-    print("\n".join(rows))
+    save_results("families", header + "\n".join(rows), results)
 
 
 if __name__ == "__main__":

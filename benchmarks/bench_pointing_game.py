@@ -221,9 +221,13 @@ def render(report: dict[str, Any]) -> str:
 
 
 def write(report: dict[str, Any], out: Path) -> None:
+    from cnnlab.engine.hardware import describe_machine, machine_info
+
+    machine = machine_info()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "pointing_game.md").write_text(render(report))
-    (out / "pointing_game.json").write_text(json.dumps(report, indent=2))
+    text = render(report).rstrip("\n") + f"\n\nMachine: {describe_machine(machine)}\n"
+    (out / "pointing_game.md").write_text(text)
+    (out / "pointing_game.json").write_text(json.dumps(report | {"machine": machine}, indent=2))
     print(f"wrote {out / 'pointing_game.md'} and .json")
 
 

@@ -41,12 +41,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import save_results
 
 from cnnlab.data.builtin import SHAPE_CLASSES
 from cnnlab.video.synthetic import make_moving_shapes, write_video_folder
 from cnnlab.video.tracking import MOTTable, mot_metrics, read_mot, track_detections, tracks_to_mot
 
-RESULTS = Path(__file__).parent / "results"
 FRAMES, SIZE, OBJECTS, SPEED = 50, 64, 3, 1.5
 
 
@@ -235,12 +235,11 @@ def main() -> None:
               f"{summary['load_average_before']}, after {summary['load_average_after']}.",
               "", f"Command: `PYTHONPATH=src python {' '.join(sys.argv)}`"]  # fmt: skip
     text = "\n".join(lines) + "\n"
-    print(text)
     print(json.dumps(summary, indent=2))
-    if not args.no_write:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "tracking.md").write_text(text)
-        (RESULTS / "tracking.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if args.no_write:
+        print(text)
+    else:
+        save_results("tracking", text, summary)
 
 
 if __name__ == "__main__":

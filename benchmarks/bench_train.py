@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import save_results
+
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("CNNLAB_BENCH_DATA", "/tmp/cnnlab-bench"))
 TARGETS = (0.95, 0.97)  # val accuracy; without augmentation the plain loops plateau near 0.96
@@ -188,7 +190,9 @@ def child_tensor_loop(
     return {"history": history, "wall_s": time.perf_counter() - t0}
 
 
-def child_cnnlab(root: Path, epochs: int, batch: int, lr: float, seed: int, augment: tuple = ()) -> dict:
+def child_cnnlab(
+    root: Path, epochs: int, batch: int, lr: float, seed: int, augment: tuple = ()
+) -> dict:
     import cnnlab.models  # noqa: F401  (torchvision, imported before the clock as the textbook does)
     from cnnlab import api
 
@@ -231,8 +235,21 @@ def child_fastai(root: Path, epochs: int, batch: int, lr: float, seed: int) -> d
     from functools import partial
 
     from fastai.vision.all import (
-        SGD, Callback, CategoryBlock, CrossEntropyLossFlat, DataBlock, GrandparentSplitter, ImageBlock,
-        Learner, Normalize, PILImageBW, Recorder, accuracy, get_image_files, parent_label, set_seed,
+        SGD,
+        Callback,
+        CategoryBlock,
+        CrossEntropyLossFlat,
+        DataBlock,
+        GrandparentSplitter,
+        ImageBlock,
+        Learner,
+        Normalize,
+        PILImageBW,
+        Recorder,
+        accuracy,
+        get_image_files,
+        parent_label,
+        set_seed,
     )  # fmt: skip
 
     set_seed(seed)
@@ -285,7 +302,9 @@ def child_keras(root: Path, epochs: int, batch: int, lr: float, seed: int) -> di
     t0 = time.perf_counter()
     load = dict(color_mode="grayscale", image_size=(28, 28), batch_size=batch,
                                        format="grain", verbose=False)  # fmt: skip
-    train = keras.utils.image_dataset_from_directory(root / "train", shuffle=True, seed=seed, **load)
+    train = keras.utils.image_dataset_from_directory(
+        root / "train", shuffle=True, seed=seed, **load
+    )
     n_train = sum(1 for _ in (root / "train").rglob("*.png"))
     val = keras.utils.image_dataset_from_directory(root / "val", shuffle=False, **load)
     model = keras.Sequential([
@@ -314,7 +333,9 @@ def child_keras(root: Path, epochs: int, batch: int, lr: float, seed: int) -> di
             self.t, self.seen = time.perf_counter(), 0
 
         def on_train_batch_end(self, batch_index, logs=None):
-            self.dt = time.perf_counter() - self.t  # train time ends with the last batch (before validation)
+            self.dt = (
+                time.perf_counter() - self.t
+            )  # train time ends with the last batch (before validation)
             self.seen = n_train  # every image once per epoch (the last batch is a partial one)
 
         def on_epoch_end(self, epoch, logs=None):
@@ -490,7 +511,9 @@ def run_child(*args: str) -> dict:
 
 def time_to(run: dict, target: float) -> float:
     """Seconds from the child's start to the end of the first epoch at >= target val accuracy."""
-    return next((h["elapsed_s"] for h in run["history"] if (h["val_accuracy"] or 0) >= target), math.inf)
+    return next(
+        (h["elapsed_s"] for h in run["history"] if (h["val_accuracy"] or 0) >= target), math.inf
+    )
 
 
 def med(values):
@@ -642,12 +665,7 @@ def main() -> None:
             table.append(f"| {w} | {v:,.0f} |")
         table.append(f"\ncnnlab / textbook prediction: {res['cnnlab'] / res['textbook']:.2f}x")
         results["predict_jpeg"] = res
-    out = HERE / "results"
-    out.mkdir(exist_ok=True)
-    (out / "train.json").write_text(json.dumps(results, indent=2, default=str))
-    md = "\n".join(table)
-    (out / "train.md").write_text(md + "\n")
-    print(md)
+    save_results("train", "\n".join(table), results)
 
 
 if __name__ == "__main__":
