@@ -400,7 +400,6 @@ def _demo(args: argparse.Namespace) -> int:
 @command("train")
 def _train(args: argparse.Namespace) -> int:
     from cnnlab import api
-
     from cnnlab.engine import distributed
 
     overrides = _train_overrides(args)

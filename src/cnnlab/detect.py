@@ -52,6 +52,7 @@ from cnnlab.engine import callbacks as cbs
 from cnnlab.engine.assembly import check_common_options, optimizer_and_schedule
 from cnnlab.engine.checkpoint import CheckpointManager
 from cnnlab.engine.hardware import inference_precision, machine_info, resolve_precision
+from cnnlab.engine.onnx import OnnxModel, is_onnx
 from cnnlab.engine.trainer import Trainer, autocast
 from cnnlab.errors import ConfigError, DataError, close_matches
 from cnnlab.models.detection import create_detection_model
@@ -118,8 +119,9 @@ class DetectConfig:
 
     def __post_init__(self) -> None:
         _check_literals(self)
-        check_common_options(self, ("epochs", "batch_size", "lr", "report_images", "fpn_channels",
-                                   "box_head_width"))
+        check_common_options(
+            self, ("epochs", "batch_size", "lr", "report_images", "fpn_channels", "box_head_width")
+        )
         if self.image_size is not None and self.image_size < 32:
             raise ConfigError(f"option image_size must be >= 32 pixels, got {self.image_size}")
         if not 0.0 <= self.score_threshold <= 1.0:
@@ -173,8 +175,10 @@ def _bundle(cfg: DetectConfig) -> BoxBundle:
 
 def _to_tensors(targets: list[dict[str, np.ndarray]]) -> list[dict[str, torch.Tensor]]:
     return [
-        {"boxes": torch.as_tensor(t["boxes"]).reshape(-1, 4),
-         "labels": torch.as_tensor(t["labels"])}  # fmt: skip
+        {
+            "boxes": torch.as_tensor(t["boxes"]).reshape(-1, 4),
+            "labels": torch.as_tensor(t["labels"]),
+        }  # fmt: skip
         for t in targets
     ]
 
@@ -495,15 +499,21 @@ def predict_detection(
     [x, y, w, h] in each image's own pixels, ``image_id`` = file name, ``category_id`` = the
     dataset's id) and, with ``draw``, ``out_dir/images/NAME.png`` with boxes, labels and scores.
     Detections below ``score_threshold`` (default: the run's) are left out. Unreadable inputs are
-    skipped with a warning and listed in ``skipped.json``. Returns the predictions.json path."""
+    skipped with a warning and listed in ``skipped.json``. Returns the predictions.json path.
+    ``run``: a run folder, a .safetensors checkpoint or an exported ``.onnx`` file (onnxruntime,
+    float32 on the CPU: the same boxes)."""
     from torchvision.utils import draw_bounding_boxes
 
     from cnnlab.data.decode import load_image
     from cnnlab.data.tensors import image_mode, pil_to_chw
 
     api = _api()
-    dev = api.resolve_device(device)
-    model, meta, _ = load_detection_model(run, dev)
+    if is_onnx(run):
+        dev, model = torch.device("cpu"), OnnxModel(run, task="detection")
+        meta = model.meta
+    else:
+        dev = api.resolve_device(device)
+        model, meta, _ = load_detection_model(run, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     names = list(meta["class_names"])
     cats = list(meta.get("category_ids") or range(len(names)))

@@ -73,8 +73,13 @@ RTOL = 1e-3  # torchvision test/test_onnx.py
 ATOL = 1e-5
 CHECK_BATCH_SIZES = (1, 3)  # both differ from the traced batch size (2): proves the dynamic axis
 TRACE_BATCH_SIZE = 2
-INPUT_NAME = "images"
+INPUT_NAME = "images"  # the names cnnlab.engine.onnx.OnnxModel feeds and reads
 OUTPUT_NAME = "logits"
+EXPORTABLE = {  # task -> formats; video models are classifiers of clips, trackers are not models
+    "classification": FORMATS,
+    "segmentation": ("onnx", "torchscript"),
+    "detection": ("onnx",),
+}
 TORCHSCRIPT_META = "cnnlab.json"  # name of the extra file inside a TorchScript zip
 EXPORT_SCHEMA = 1
 
@@ -174,6 +179,43 @@ def export_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def task_export_metadata(task: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """:func:`export_metadata` of a segmentation or detection checkpoint: the same input contract,
+    the task's output, and the post-processing parameters the run predicts with."""
+    out = export_metadata(meta) | {"task": task}
+    k, s = out["num_classes"], out["image_size"]
+    if task == "segmentation":
+        out["output"] = {
+            "name": OUTPUT_NAME,
+            "shape": ["N", k, s, s],
+            "meaning": "per-pixel logits; the mask is argmax over axis 1 (class_names order), "
+            "mapped back to the image's own size as cnnlab.segment.logits_to_image_mask does",
+        }
+        out["ignore_index"] = int(meta.get("ignore_index", 255))
+        out["palette"] = meta.get("palette")
+    else:
+        out["input"]["shape"] = [1, out["in_channels"], s, s]
+        out["output"] = {
+            "names": ["boxes", "labels", "scores"],
+            "shape": [["M", 4], ["M"], ["M"]],
+            "meaning": "one image per call; boxes (x1, y1, x2, y2) in model-input pixels after "
+            "NMS; labels index class_names; keep scores >= score_threshold",
+        }
+        out["score_threshold"] = float(meta.get("score_threshold", 0.5))
+        out["category_ids"] = meta.get("category_ids")
+    return out
+
+
+def _load_task_model(task: str, run_or_checkpoint: str | Path):
+    if task == "segmentation":
+        from cnnlab.segment import load_segmentation_model
+
+        return load_segmentation_model(run_or_checkpoint, "cpu")
+    from cnnlab.detect import load_detection_model
+
+    return load_detection_model(run_or_checkpoint, "cpu")
+
+
 def read_export_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata an exported file carries (any of the three formats), JSON values decoded."""
     p = Path(path)
@@ -250,11 +292,26 @@ def export_model(
     compare with PyTorch, elementwise ``|exported - torch| <= atol + rtol * |torch|`` on the
     logits (float32 rounding grows with depth: ResNet-101/152 may need ``rtol=1e-2, atol=1e-4``).
     """
-    from cnnlab.api import load_checkpoint_model
-    from cnnlab.run import run_dir_of
+    from cnnlab.engine.checkpoint import read_weights
+    from cnnlab.run import resolve_weights, run_dir_of
 
     fmt = _check_format(format)
-    model, meta, weights = load_checkpoint_model(run_or_checkpoint, "cpu")
+    task = read_weights(resolve_weights(run_or_checkpoint))[1].get("task", "classification")
+    if fmt not in EXPORTABLE.get(task, ()):
+        can = EXPORTABLE.get(task)
+        raise ConfigError(
+            f"--format {fmt} is not available for a {task} run"
+            + (f"; choose from {', '.join(can)}" if can else
+               "; export covers classification, segmentation and detection runs")
+        )  # fmt: skip
+    if task == "classification":
+        from cnnlab.api import load_checkpoint_model
+
+        model, meta, weights = load_checkpoint_model(run_or_checkpoint, "cpu")
+        metadata = export_metadata(meta)
+    else:
+        model, meta, weights = _load_task_model(task, run_or_checkpoint)
+        metadata = task_export_metadata(task, meta)
     if out is None:
         run_dir = run_dir_of(Path(weights))
         folder = (run_dir if run_dir is not None else Path(weights).parent) / "export"
@@ -262,7 +319,7 @@ def export_model(
         out = folder / f"{stem}{SUFFIXES[fmt]}"
     return export_module(
         model,
-        export_metadata(meta),
+        metadata,
         format=fmt,
         out=Path(out),
         opset=opset,
@@ -298,7 +355,9 @@ def export_module(
     model.eval()  # dropout off, batch norm on running statistics: what inference computes
     try:
         with torch.no_grad():
-            if fmt == "onnx":
+            if metadata.get("task") == "detection":
+                result = _export_detection_onnx(model, metadata, spec, out, tolerance)
+            elif fmt == "onnx":
                 result = _export_onnx(model, metadata, spec, out, opset, tolerance)
             elif fmt == "torchscript":
                 result = _export_torchscript(model, metadata, spec, out, tolerance)
@@ -435,6 +494,74 @@ def _export_onnx(
     return result
 
 
+def _export_detection_onnx(
+    model: nn.Module,
+    metadata: dict[str, Any],
+    spec: PreprocessSpec,
+    out: Path,
+    check: tuple[float, float] | None,
+) -> ExportResult:
+    """torchvision's detectors through the TorchScript-based exporter (opset 17), traced for one
+    image: the dynamo exporter stops at the data-dependent shapes of their box post-processing
+    (GuardOnDataDependentSymNode), while this exporter is the one torchvision's own test_onnx.py
+    covers. The check runs single images through onnxruntime and PyTorch: the same number of
+    boxes, the same labels, boxes and scores within the tolerance."""
+    try:
+        import onnx
+    except ImportError:
+        raise ConfigError("ONNX export needs: pip install onnx onnxscript onnxruntime") from None
+    from cnnlab.engine.onnx import DETECTION_OUTPUTS, OnnxModel
+
+    opset = 17
+    example = check_inputs(spec, (1,))[0]
+    tmp = _temp_beside(out)
+    try:
+        with (
+            warnings.catch_warnings(),
+            _quiet_loggers("torch.onnx", "torch.export"),
+        ):
+            warnings.simplefilter("ignore")  # tracer warnings on the box arithmetic's Python ints
+            torch.onnx.export(
+                model, (example,), str(tmp), dynamo=False, input_names=[INPUT_NAME],
+                output_names=list(DETECTION_OUTPUTS), opset_version=opset, verbose=False,
+            )  # fmt: skip
+        proto = onnx.load(str(tmp))
+        onnx.helper.set_model_props(proto, {k: json.dumps(v) for k, v in metadata.items()})
+        proto.doc_string = (
+            f"cnnlab {metadata['model']} detector: boxes, labels, scores of one image"
+        )
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        result = ExportResult("onnx", out, sidecar_path(out), metadata, None, opset=opset)
+        result.batch_sizes = (1,)
+        if check:
+            import onnxruntime
+
+            exported = OnnxModel(tmp)
+            diffs = [0.0]
+            for i, x in enumerate(check_inputs(spec, (1, 1, 1))):  # three different pictures
+                (got,), (ref,) = exported(x), model(x)
+                name = f"{out} (image {i})"
+                if len(got["boxes"]) != len(ref["boxes"]) or not torch.equal(
+                    got["labels"], ref["labels"]
+                ):
+                    raise ExportCheckError(
+                        f"{name}: {len(got['boxes'])} boxes {got['labels'].tolist()[:10]} "
+                        f"against PyTorch's {len(ref['boxes'])} {ref['labels'].tolist()[:10]}"
+                    )
+                for key in ("boxes", "scores"):
+                    diffs.append(
+                        compare_outputs(f"{name} {key}", got[key].numpy(), ref[key].numpy(), *check)
+                    )
+            result.max_abs_diff = max(diffs)
+            result.checked_with = f"onnxruntime {onnxruntime.__version__}"
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return result
+
+
 def _export_torchscript(
     model: nn.Module,
     metadata: dict[str, Any],
@@ -553,28 +680,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 # -- helpers ---------------------------------------------------------------------------------------
 def _onnx_session(path: Path):
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ConfigError("running an ONNX file needs: pip install onnxruntime") from None
-    if not Path(path).is_file():
-        raise CheckpointError(f"ONNX file not found: {path}")
-    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+    from cnnlab.engine.onnx import onnx_session
 
-    # onnxruntime's own exception classes derive from Exception directly, not from OSError
-    load_errors = (
-        ort_errors.Fail,
-        ort_errors.InvalidArgument,
-        ort_errors.InvalidGraph,
-        ort_errors.InvalidProtobuf,
-        ort_errors.NoSuchFile,
-        ort_errors.NotImplemented,
-        ort_errors.RuntimeException,
-    )
-    try:
-        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except load_errors as err:
-        raise CheckpointError(f"{path} is not a loadable ONNX model: {str(err)[:200]}") from None
+    return onnx_session(path)
 
 
 def _temp_beside(out: Path) -> Path:

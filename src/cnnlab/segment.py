@@ -56,6 +56,7 @@ from cnnlab.engine import callbacks as cbs
 from cnnlab.engine.assembly import check_common_options, optimizer_and_schedule
 from cnnlab.engine.checkpoint import CheckpointManager
 from cnnlab.engine.hardware import inference_precision, machine_info, resolve_precision
+from cnnlab.engine.onnx import OnnxModel, is_onnx
 from cnnlab.engine.trainer import Trainer, autocast
 from cnnlab.errors import ConfigError, DataError, close_matches
 from cnnlab.metrics.segmentation import (
@@ -691,6 +692,8 @@ def predict_segmentation(
 ) -> list[Path]:
     """Write one class-index mask PNG per image (``out_dir/masks/NAME.png``, palette mode: the pixel
     values are class indices, viewers show colours) and a colour overlay (``out_dir/overlays/``).
+    ``run``: a run folder, a .safetensors checkpoint or an exported ``.onnx`` file (onnxruntime,
+    float32 on the CPU: the same masks).
 
     Unreadable inputs are skipped with a warning and listed in ``out_dir/predictions.json``.
     Returns the mask paths in input order (skipped files omitted).
@@ -702,8 +705,13 @@ def predict_segmentation(
     from cnnlab.report.segmentation_report import colorize, overlay
 
     api = _api()
-    dev = api.resolve_device(device)
-    model, meta, weights = load_segmentation_model(run, dev)
+    if is_onnx(run):
+        dev, model = torch.device("cpu"), OnnxModel(run, task="segmentation")
+        meta, trained = model.meta, "32"
+    else:
+        dev = api.resolve_device(device)
+        model, meta, weights = load_segmentation_model(run, dev)
+        trained = trained_precision(run_dir_of(weights))
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     names = list(meta["class_names"])
     ignore = int(meta.get("ignore_index", 255))
@@ -715,7 +723,9 @@ def predict_segmentation(
         (out / "overlays").mkdir(parents=True, exist_ok=True)
     mean = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=dev).view(1, -1, 1, 1)
-    precision = inference_precision(precision, dev, trained_precision(run_dir_of(weights)))
+    precision = inference_precision(precision, dev, trained)
+    if is_onnx(run) and precision != "32":
+        raise ConfigError(f"--precision {precision}: an ONNX model runs in float32 in onnxruntime")
     pil_palette = np.zeros((256, 3), dtype=np.uint8)
     pil_palette[: len(palette)] = palette
     written: list[Path] = []
