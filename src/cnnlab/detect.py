@@ -53,6 +53,7 @@ from cnnlab.engine.assembly import check_common_options, optimizer_and_schedule
 from cnnlab.engine.checkpoint import CheckpointManager
 from cnnlab.engine.hardware import inference_precision, machine_info, resolve_precision
 from cnnlab.engine.onnx import OnnxModel, is_onnx
+from cnnlab.engine.resume import restore, resume_target, resumed_config
 from cnnlab.engine.trainer import Trainer, autocast
 from cnnlab.errors import ConfigError, DataError, close_matches
 from cnnlab.models.detection import create_detection_model
@@ -113,6 +114,7 @@ class DetectConfig:
     early_stopping: int | None = None
     monitor: str = "val_map50"  # val_map50 / val_map (higher better) or train_loss
     out: str = "runs"
+    resume: str | None = None  # a run folder or checkpoint to continue ("auto": --out/--name)
     name: str | None = None
     report: bool = True
     report_images: int = 6
@@ -199,6 +201,9 @@ def train_detection(
     else:
         cfg = make_config(DetectConfig, config, **options)
     t_call = time.perf_counter()
+    resumed = resume_target(cfg.resume, cfg.out, cfg.name) if cfg.resume else None
+    if resumed:  # the run's own config; only epochs, device, precision, early stopping may change
+        cfg = make_config(DetectConfig, **resumed_config(DetectConfig, cfg, resumed[0]))
     api.seed_everything(cfg.seed, cfg.deterministic)
     device = api.resolve_device(cfg.device)
     bundle = _bundle(cfg)
@@ -238,7 +243,11 @@ def train_detection(
     spec = PreprocessSpec(image_size, in_channels, tuple(mean), tuple(std), cfg.resize,
                           decode_policy)  # fmt: skip
 
-    run_dir = new_run_dir(cfg.out, cfg.name, f"{cfg.model}-{cfg.backbone}", cfg.data)
+    run_dir = (
+        resumed[0]
+        if resumed
+        else new_run_dir(cfg.out, cfg.name, f"{cfg.model}-{cfg.backbone}", cfg.data)
+    )
     write_json(run_dir / "config.json", cfg.to_dict())
     write_json(run_dir / "classes.json", class_names)
     write_json(run_dir / "preprocess.json", spec.to_dict())
@@ -304,11 +313,15 @@ def train_detection(
         grad_clip=cfg.grad_clip, callbacks=callbacks,
         describe_batch=lambda idx: [ids[int(i)] for i in idx[:8]],
     )  # fmt: skip
+    if resumed:
+        restore(trainer, model, *resumed)
     t0 = time.perf_counter()
     state = trainer.fit(train_loader, val_loader, cfg.epochs)
     train_time = time.perf_counter() - t0
     if state.interrupted:
-        raise api.Interrupted(f"{state.stop_reason}; the last checkpoint is in {run_dir}")
+        raise api.Interrupted(
+            f"{state.stop_reason}; resume with: cnnlab detect train --resume {run_dir}"
+        )
     write_json(
         run_dir / "run.json",
         {"train_time_s": train_time, "setup_time_s": t0 - t_call, "precision": precision,

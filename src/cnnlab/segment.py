@@ -57,6 +57,7 @@ from cnnlab.engine.assembly import check_common_options, optimizer_and_schedule
 from cnnlab.engine.checkpoint import CheckpointManager
 from cnnlab.engine.hardware import inference_precision, machine_info, resolve_precision
 from cnnlab.engine.onnx import OnnxModel, is_onnx
+from cnnlab.engine.resume import restore, resume_target, resumed_config
 from cnnlab.engine.trainer import Trainer, autocast
 from cnnlab.errors import ConfigError, DataError, close_matches
 from cnnlab.metrics.segmentation import (
@@ -138,6 +139,7 @@ class SegmentConfig:
     early_stopping: int | None = None  # patience in epochs on `monitor`
     monitor: str = "val_miou"  # val_miou / val_accuracy (higher better) or val_loss / train_loss
     out: str = "runs"
+    resume: str | None = None  # a run folder or checkpoint to continue ("auto": --out/--name)
     name: str | None = None
     report: bool = True
     report_images: int = 6  # best and worst test images shown in the report
@@ -272,6 +274,9 @@ def train_segmentation(
     else:
         cfg = make_config(SegmentConfig, config, **options)
     t_call = time.perf_counter()
+    resumed = resume_target(cfg.resume, cfg.out, cfg.name) if cfg.resume else None
+    if resumed:  # the run's own config; only epochs, device, precision, early stopping may change
+        cfg = make_config(SegmentConfig, **resumed_config(SegmentConfig, cfg, resumed[0]))
     api.seed_everything(cfg.seed, cfg.deterministic)
     device = api.resolve_device(cfg.device)
     bundle = _bundle(cfg)
@@ -323,7 +328,11 @@ def train_segmentation(
     )
     palette = bundle.palette[:num_classes].tolist()
 
-    run_dir = new_run_dir(cfg.out, cfg.name, f"{cfg.model}-{cfg.encoder}", cfg.data)
+    run_dir = (
+        resumed[0]
+        if resumed
+        else new_run_dir(cfg.out, cfg.name, f"{cfg.model}-{cfg.encoder}", cfg.data)
+    )
     write_json(run_dir / "config.json", cfg.to_dict())
     write_json(run_dir / "classes.json", class_names)
     write_json(run_dir / "preprocess.json", spec.to_dict())
@@ -414,11 +423,15 @@ def train_segmentation(
         callbacks=callbacks,
         describe_batch=lambda idx: [ids[int(i)] for i in idx[:8]],
     )
+    if resumed:
+        restore(trainer, model, *resumed)
     t0 = time.perf_counter()
     state = trainer.fit(train_loader, val_loader, cfg.epochs)
     train_time = time.perf_counter() - t0
     if state.interrupted:
-        raise api.Interrupted(f"{state.stop_reason}; the last checkpoint is in {run_dir}")
+        raise api.Interrupted(
+            f"{state.stop_reason}; resume with: cnnlab segment train --resume {run_dir}"
+        )
     write_json(
         run_dir / "run.json",
         {

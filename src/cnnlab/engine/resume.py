@@ -1,0 +1,91 @@
+"""`--resume RUN`: find the newest checkpoint that verifies and put a trainer back where it stopped.
+
+Written once for every task: the run folder's ``checkpoints/`` (cnnlab.engine.checkpoint) holds the
+weights and, for a resumable checkpoint, the optimizer, scheduler, scaler, RNG, loop position and
+callback states. A SIGKILL can leave the newest checkpoint half-written: ``latest_verified`` falls
+back to the previous one that checks against the manifest's SHA-256 (and says so).
+
+Bit-identity: with ``--deterministic`` the resumed run's batches (the loaders draw order and
+augmentation from (seed, epoch, step)), RNG and optimizer state are those the uninterrupted run
+had at that step, so its final weights are bit-identical (tested per task).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnlab.engine.checkpoint import CheckpointManager
+from cnnlab.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+# What a resume may change from the run's own config; everything else is the run's.
+MAY_CHANGE = ("epochs", "device", "precision", "early_stopping", "devices")
+
+
+def resume_target(resume: str, out: str | Path, name: str | None) -> tuple[Path, dict[str, Any]]:
+    """``--resume RUN_DIR | CHECKPOINT | auto`` -> (run folder, manifest entry to restore)."""
+    target = Path(resume)
+    if resume == "auto":
+        if not name:
+            raise ConfigError(
+                "--resume auto needs --name (the run folder under --out) to find the run"
+            )
+        target = Path(out) / name
+    run_dir = target if target.is_dir() else target.parent.parent
+    if not (run_dir / "config.json").is_file() or not (run_dir / "checkpoints").is_dir():
+        raise CheckpointError(f"nothing to resume: {target} is not a cnnlab run directory")
+    entry = CheckpointManager(run_dir / "checkpoints").latest_verified()
+    if entry is None:
+        raise CheckpointError(f"nothing to resume in {run_dir}: no verified checkpoint")
+    return run_dir, entry
+
+
+def resumed_config(cls: type, cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """The run's own config (its config.json) with what this call may change (:data:`MAY_CHANGE`,
+    when given other than the default) and ``resume`` set to the run folder."""
+    import json
+
+    saved = json.loads((run_dir / "config.json").read_text())
+    defaults = cls()
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k, v in saved.items():  # JSON has lists where the config holds tuples (augment, ...)
+        if isinstance(v, list) and isinstance(getattr(defaults, k, None), tuple):
+            saved[k] = tuple(v)
+    changes = {
+        k: getattr(cfg, k)
+        for k in MAY_CHANGE
+        if k in names and getattr(cfg, k) != getattr(defaults, k)
+    }
+    return {k: v for k, v in saved.items() if k in names} | changes | {"resume": str(run_dir)}
+
+
+def restore(trainer: Any, model: torch.nn.Module, run_dir: Path, entry: dict[str, Any]) -> None:
+    """Load the checkpoint ``entry`` of ``run_dir`` into ``model`` and ``trainer`` (optimizer,
+    scheduler, scaler, RNG, loop position, callbacks)."""
+    weights, _, state = CheckpointManager(run_dir / "checkpoints").load(entry)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{run_dir}: the checkpoint does not fit the model: {str(err).splitlines()[0]}"
+        ) from None
+    if state is None:
+        raise CheckpointError(f"{run_dir}: checkpoint {entry['tag']} holds no training state")
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    s = trainer.state
+    s.history, s.global_step = list(state["history"]), int(state["global_step"])
+    s.epoch, s.step = int(state["epoch"]), int(state["step"])
+    if state["complete_epoch"]:
+        s.epoch, s.step = s.epoch + 1, 0
+    for cb in trainer.callbacks:
+        cb.load_state_dict(state["callbacks"].get(type(cb).__name__, {}))
+    log.info("resumed %s at epoch %d, step %d", entry["tag"], s.epoch + 1, s.step)

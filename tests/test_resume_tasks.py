@@ -1,0 +1,137 @@
+"""`--resume` for segmentation and detection runs: stopped mid-epoch (SIGTERM through the real
+signal path, or SIGKILL at a random moment), resumed, and bit-identical to an uninterrupted
+`--deterministic` run, as classification is (tests/test_train_e2e.py, tests/test_faults.py)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cnnlab import api
+from cnnlab.engine import callbacks as cbs
+
+SEG = {
+    "data": "builtin:shapes?n=24&size=16", "encoder": "lenet5", "image_size": 16, "epochs": 2,
+    "batch_size": 4, "report": False, "device": "cpu", "precision": "32", "seed": 1,
+    "deterministic": True, "augment": ("flip",),
+}  # fmt: skip
+DET = {
+    "data": "builtin:shapes?n=10&size=48&objects=2", "image_size": 48, "epochs": 2,
+    "batch_size": 2, "val_fraction": 0.2, "test_fraction": 0.0, "report": False,
+    "device": "cpu", "seed": 1, "deterministic": True,
+}  # fmt: skip
+TASKS = {
+    "segment": (api.segment_train, SEG),
+    "detect": (api.detect_train, DET),
+}
+
+
+def _weights(run_dir: Path, epoch: int) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "checkpoints" / f"epoch-{epoch:04d}.safetensors")
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _interrupt_at(monkeypatch, epoch: int, step: int) -> None:
+    """SIGTERM after micro-batch `step` of 0-based `epoch`, through GracefulInterrupt's handler."""
+    original = cbs.GracefulInterrupt.on_fit_start
+
+    def start_then_arm(self, trainer):
+        original(self, trainer)
+        state = trainer.state
+
+        class Kill(cbs.Callback):
+            def on_batch_end(self, t, loss, correct, size):
+                if (state.epoch, state.step) == (epoch, step):
+                    signal.raise_signal(signal.SIGTERM)
+
+        trainer.callbacks.append(Kill())
+
+    monkeypatch.setattr(cbs.GracefulInterrupt, "on_fit_start", start_then_arm)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_sigterm_mid_epoch_then_resume_is_bit_identical(task, tmp_path, monkeypatch):
+    train, options = TASKS[task]
+    full = train(out=str(tmp_path), name="full", **options)
+    with monkeypatch.context() as m:
+        _interrupt_at(m, epoch=1, step=2)
+        with pytest.raises(api.Interrupted, match=f"cnnlab {task} train --resume"):
+            train(out=str(tmp_path), name="part", **options)
+    part = tmp_path / "part"
+    assert list((part / "checkpoints").glob("epoch-0002-step-*.safetensors"))  # mid-epoch
+    resumed = train(resume=str(part))
+    assert resumed.run_dir == part
+    _assert_same(_weights(full.run_dir, 2), _weights(part, 2))
+
+    # the epoch rows the two runs share are the same validation numbers
+    def validation(history):
+        return [{k: v for k, v in h.items() if k.startswith("val_")} for h in history]
+
+    assert validation(full.history)[0]  # there is a validation to compare (NaN equals NaN here)
+    np.testing.assert_equal(validation(resumed.history), validation(full.history))
+
+
+def test_resume_may_extend_epochs_but_keeps_the_runs_own_settings(tmp_path):
+    first = api.segment_train(out=str(tmp_path), name="r", **(SEG | {"epochs": 1}))
+    longer = api.segment_train(resume=str(first.run_dir), epochs=2, lr=123.0)
+    assert [h["epoch"] for h in longer.history] == [1, 2]
+    assert longer.config.lr == first.config.lr  # a resume does not change the recipe
+
+
+def test_resume_of_something_that_is_not_a_run(tmp_path):
+    from cnnlab.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        api.detect_train(resume=str(tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(task, tmp_path):
+    _, options = TASKS[task]
+    flags = []
+    for k, v in (options | {"epochs": 3}).items():
+        flag = k.replace("_", "-")
+        if isinstance(v, bool):
+            flags.append(f"--{flag}" if v else f"--no-{flag}")
+        else:
+            flags += [f"--{flag}", ",".join(v) if isinstance(v, tuple) else str(v)]
+
+    def cmd(name: str) -> list[str]:
+        base = [sys.executable, "-m", "cnnlab", task, "train", "--out", str(tmp_path)]
+        return base + ["--name", name, *flags]
+
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    subprocess.run(cmd("full"), check=True, env=env, capture_output=True)
+    reference = _weights(tmp_path / "full", 3)
+    rng = random.Random(0)
+    for seed in range(2):
+        name = f"killed-{seed}"
+        proc = subprocess.Popen(
+            cmd(name), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        manifest = tmp_path / name / "checkpoints" / "manifest.json"
+        deadline = time.monotonic() + 300
+        while not manifest.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # kill only once there is something to resume
+        time.sleep(rng.uniform(0.0, 2.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        resume = [sys.executable, "-m", "cnnlab", task, "train", "--resume", str(tmp_path / name)]
+        subprocess.run(resume, check=True, env=env, capture_output=True)
+        _assert_same(reference, _weights(tmp_path / name, 3))
