@@ -55,7 +55,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--variant", default="auto", help="backbone stem: auto | small-input | imagenet")
+    ap.add_argument(
+        "--variant", default="auto", help="backbone stem: auto | small-input | imagenet"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
     args = ap.parse_args()

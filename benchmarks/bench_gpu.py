@@ -76,7 +76,10 @@ def matmul_peak(device: str) -> dict:
         a @ b
     if device == "cuda":
         torch.cuda.synchronize()
-    return {"dtype": str(dtype).removeprefix("torch."), "flops": 2 * n**3 * reps / (time.perf_counter() - t)}
+    return {
+        "dtype": str(dtype).removeprefix("torch."),
+        "flops": 2 * n**3 * reps / (time.perf_counter() - t),
+    }
 
 
 # --- contenders (each in a child process: `bench_gpu.py --child NAME JSON`) ------------------------------------
@@ -136,7 +139,9 @@ def child_timm(cfg: dict, root: str) -> dict:
     model.to(device).to(memory_format=torch.channels_last)  # timm train.py --channels-last
     opt = create_optimizer_v2(model, "sgd", lr=cfg["lr"], momentum=0.9, weight_decay=5e-5)
     loss_fn = torch.nn.CrossEntropyLoss()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # timm --amp --amp-dtype bfloat16
+    dtype = (
+        torch.bfloat16 if device.type == "cuda" else torch.float32
+    )  # timm --amp --amp-dtype bfloat16
     rates = []
     for _ in range(cfg["epochs"]):
         te, seen = time.perf_counter(), 0
@@ -163,7 +168,9 @@ def child_timm(cfg: dict, root: str) -> dict:
 
 def run_child(name: str, cfg: dict, arg: str) -> dict:
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", name, json.dumps(cfg), arg], capture_output=True, text=True
+        [sys.executable, __file__, "--child", name, json.dumps(cfg), arg],
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"child {name} failed:\n{proc.stderr[-3000:]}")
@@ -184,7 +191,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--device", default="auto", help="auto: cuda when available, else cpu")
-    ap.add_argument("--smoke", action="store_true", help="CPU, ResNet-18, 64 pictures of 32 px, 2 epochs")
+    ap.add_argument(
+        "--smoke", action="store_true", help="CPU, ResNet-18, 64 pictures of 32 px, 2 epochs"
+    )
     args = ap.parse_args()
     if args.child:
         name, cfg, arg = args.child[0], json.loads(args.child[1]), args.child[2]
@@ -195,8 +204,17 @@ def main() -> None:
     import torch
 
     if args.smoke:
-        args.n, args.size, args.model, args.epochs, args.batch_size, args.device = 64, 32, "resnet18", 2, 16, "cpu"
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        args.n, args.size, args.model, args.epochs, args.batch_size, args.device = (
+            64,
+            32,
+            "resnet18",
+            2,
+            16,
+            "cpu",
+        )
+    device = (
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
     cfg = {"model": args.model, "timm_model": args.model, "size": args.size, "epochs": args.epochs,
            "batch_size": args.batch_size, "lr": args.lr, "device": device}  # fmt: skip
     folder = prepare_jpeg_folder(args.n, args.size)
@@ -222,11 +240,16 @@ def main() -> None:
                          "peak_fraction": achieved / peak["flops"]}  # fmt: skip
         table.append(f"| {name} | {ips:,.0f} | {r['precision']} | {achieved / 1e12:.2f} | "
                      f"{achieved / peak['flops']:.0%} | {r['wall_s']:.0f} |")  # fmt: skip
-    jpeg, synth = summary["cnnlab-jpeg"]["images_per_s"], summary["cnnlab-synthetic"]["images_per_s"]
+    jpeg, synth = (
+        summary["cnnlab-jpeg"]["images_per_s"],
+        summary["cnnlab-synthetic"]["images_per_s"],
+    )
     table += ["", "| ratio | value | target |", "|---|---:|---|",
               f"| cnnlab JPEG / synthetic data | {jpeg / synth:.2f} | >= 0.90 |"]  # fmt: skip
     if "timm" in summary:
-        table.append(f"| cnnlab JPEG / timm | {jpeg / summary['timm']['images_per_s']:.2f}x | >= 1.1x |")
+        table.append(
+            f"| cnnlab JPEG / timm | {jpeg / summary['timm']['images_per_s']:.2f}x | >= 1.1x |"
+        )
     payload = {"config": cfg, "n": args.n, "device": gpu, "matmul_peak": peak, "results": summary}
     save_results("gpu-smoke" if args.smoke else "gpu", "\n".join(table), payload)
 

@@ -188,7 +188,9 @@ def child_tensor_loop(
     return {"history": history, "wall_s": time.perf_counter() - t0}
 
 
-def child_cnnlab(root: Path, epochs: int, batch: int, lr: float, seed: int, augment: tuple = ()) -> dict:
+def child_cnnlab(
+    root: Path, epochs: int, batch: int, lr: float, seed: int, augment: tuple = ()
+) -> dict:
     import cnnlab.models  # noqa: F401  (torchvision, imported before the clock as the textbook does)
     from cnnlab import api
 
@@ -228,7 +230,7 @@ def child_cnnlab(root: Path, epochs: int, batch: int, lr: float, seed: int, augm
 def child_fastai(root: Path, epochs: int, batch: int, lr: float, seed: int) -> dict:
     """fastai as its users write it: DataBlock over the PNG folder, Learner, fit_one_cycle (fastai's own
     one-cycle also cycles momentum 0.95 -> 0.85), on the same cnnlab LeNet-5 module and SGD + weight decay."""
-    from functools import partial
+    from functools import partial  # noqa: I001 (the fastai import below is kept compact)
 
     from fastai.vision.all import (
         SGD, Callback, CategoryBlock, CrossEntropyLossFlat, DataBlock, GrandparentSplitter, ImageBlock,
@@ -285,7 +287,9 @@ def child_keras(root: Path, epochs: int, batch: int, lr: float, seed: int) -> di
     t0 = time.perf_counter()
     load = dict(color_mode="grayscale", image_size=(28, 28), batch_size=batch,
                                        format="grain", verbose=False)  # fmt: skip
-    train = keras.utils.image_dataset_from_directory(root / "train", shuffle=True, seed=seed, **load)
+    train = keras.utils.image_dataset_from_directory(
+        root / "train", shuffle=True, seed=seed, **load
+    )
     n_train = sum(1 for _ in (root / "train").rglob("*.png"))
     val = keras.utils.image_dataset_from_directory(root / "val", shuffle=False, **load)
     model = keras.Sequential([
@@ -314,7 +318,9 @@ def child_keras(root: Path, epochs: int, batch: int, lr: float, seed: int) -> di
             self.t, self.seen = time.perf_counter(), 0
 
         def on_train_batch_end(self, batch_index, logs=None):
-            self.dt = time.perf_counter() - self.t  # train time ends with the last batch (before validation)
+            self.dt = (
+                time.perf_counter() - self.t
+            )  # train time ends with the last batch (before validation)
             self.seen = n_train  # every image once per epoch (the last batch is a partial one)
 
         def on_epoch_end(self, epoch, logs=None):
@@ -490,7 +496,9 @@ def run_child(*args: str) -> dict:
 
 def time_to(run: dict, target: float) -> float:
     """Seconds from the child's start to the end of the first epoch at >= target val accuracy."""
-    return next((h["elapsed_s"] for h in run["history"] if (h["val_accuracy"] or 0) >= target), math.inf)
+    return next(
+        (h["elapsed_s"] for h in run["history"] if (h["val_accuracy"] or 0) >= target), math.inf
+    )
 
 
 def med(values):

@@ -30,12 +30,13 @@ import torch
 from cnnlab import __version__
 from cnnlab.config import (
     Device,
+    Keep,
     Optimizer,
     Precision,
     PreprocessSpec,
     ResizeMode,
     Schedule,
-    _check_literals,
+    check_literals,
     make_config,
 )
 from cnnlab.data.boxes import (
@@ -51,17 +52,20 @@ from cnnlab.data.decode import DEFAULT_MAX_PIXELS
 from cnnlab.engine import callbacks as cbs
 from cnnlab.engine.assembly import check_common_options, optimizer_and_schedule
 from cnnlab.engine.checkpoint import CheckpointManager
-from cnnlab.engine.trainer import Trainer
-from cnnlab.errors import ConfigError, DataError, close_matches
+from cnnlab.engine.devices import resolve_device, resolve_precision, seed_everything
+from cnnlab.engine.predict import list_images
+from cnnlab.engine.trainer import Trainer, check_monitor
+from cnnlab.errors import ConfigError, DataError, Interrupted, close_matches
 from cnnlab.models.detection import create_detection_model
 from cnnlab.run import (
+    finish_run_dir,
     load_run_model,
     new_run_dir,
     read_json,
     run_dir_of,
     write_json,
 )
-from cnnlab.tasks.detection import DetectionTask, ValidationMetrics
+from cnnlab.tasks.detection import DetectionTask
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +115,16 @@ class DetectConfig:
     name: str | None = None
     report: bool = True
     report_images: int = 6
+    keep: Keep = (
+        "best"  # checkpoints kept: best (+ the last epoch's, resumable) | last | all epochs
+    )
+    private: bool = False  # run folder 0700 and its files 0600 (default: as open() under the umask)
 
     def __post_init__(self) -> None:
-        _check_literals(self)
-        check_common_options(self, ("epochs", "batch_size", "lr", "report_images", "fpn_channels",
-                                   "box_head_width"))
+        check_literals(self)
+        check_common_options(
+            self, ("epochs", "batch_size", "lr", "report_images", "fpn_channels", "box_head_width")
+        )
         if self.image_size is not None and self.image_size < 32:
             raise ConfigError(f"option image_size must be >= 32 pixels, got {self.image_size}")
         if not 0.0 <= self.score_threshold <= 1.0:
@@ -129,12 +138,7 @@ class DetectConfig:
                 f"{close_matches(unknown[0], BOX_AUGMENTATIONS)}; choose from "
                 f"{', '.join(BOX_AUGMENTATIONS)} (or none)"
             )
-        monitors = ("val_map50", "val_map", "train_loss")
-        if self.monitor not in monitors:
-            raise ConfigError(
-                f"unknown monitor {self.monitor!r}{close_matches(self.monitor, monitors)}; "
-                f"choose from {', '.join(monitors)}"
-            )
+        check_monitor(self.monitor, DetectionTask, "detection")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -151,12 +155,6 @@ class DetectResult:
     report: Path | None = None
 
 
-def _api():  # cnnlab.api may import this module: look it up lazily to avoid an import cycle
-    from cnnlab import api
-
-    return api
-
-
 def _bundle(cfg: DetectConfig) -> BoxBundle:
     return load_box_source(
         cfg.data,
@@ -169,8 +167,10 @@ def _bundle(cfg: DetectConfig) -> BoxBundle:
 
 def _to_tensors(targets: list[dict[str, np.ndarray]]) -> list[dict[str, torch.Tensor]]:
     return [
-        {"boxes": torch.as_tensor(t["boxes"]).reshape(-1, 4),
-         "labels": torch.as_tensor(t["labels"])}  # fmt: skip
+        {
+            "boxes": torch.as_tensor(t["boxes"]).reshape(-1, 4),
+            "labels": torch.as_tensor(t["labels"]),
+        }  # fmt: skip
         for t in targets
     ]
 
@@ -185,14 +185,13 @@ def train_detection(
     """
     from cnnlab.data.tensors import channel_stats
 
-    api = _api()
     if isinstance(config, DetectConfig):
         cfg = make_config(DetectConfig, **(config.to_dict() | options))
     else:
         cfg = make_config(DetectConfig, config, **options)
     t_call = time.perf_counter()
-    api.seed_everything(cfg.seed, cfg.deterministic)
-    device = api.resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    device = resolve_device(cfg.device)
     bundle = _bundle(cfg)
     first = next(s for part in bundle.splits.values() for s in part)
     in_channels = cfg.in_channels or (first.array.shape[2] if first.array is not None else 3)
@@ -230,7 +229,9 @@ def train_detection(
     spec = PreprocessSpec(image_size, in_channels, tuple(mean), tuple(std), cfg.resize,
                           decode_policy)  # fmt: skip
 
-    run_dir = new_run_dir(cfg.out, cfg.name, f"{cfg.model}-{cfg.backbone}", cfg.data)
+    run_dir = new_run_dir(
+        cfg.out, cfg.name, f"{cfg.model}-{cfg.backbone}", cfg.data, private=cfg.private
+    )
     write_json(run_dir / "config.json", cfg.to_dict())
     write_json(run_dir / "classes.json", class_names)
     write_json(run_dir / "preprocess.json", spec.to_dict())
@@ -240,7 +241,7 @@ def train_detection(
         {"source": bundle.source, "layout": bundle.layout, "origin": bundle.split_origin,
          "splits": {k: v[2] for k, v in decoded.items()}},
     )  # fmt: skip
-    precision = api.resolve_precision(cfg.precision, device, None)
+    precision = resolve_precision(cfg.precision, device, None)
     model.to(device)
     train_loader = make_box_loader(
         decoded["train"][0], decoded["train"][1], spec, device, cfg.batch_size,
@@ -279,10 +280,9 @@ def train_detection(
         "cnnlab_version": __version__,
         "torch_version": torch.__version__,
     }
-    manager = CheckpointManager(run_dir / "checkpoints")
+    manager = CheckpointManager.for_policy(run_dir / "checkpoints", cfg.keep)
     monitor = cfg.monitor if val_loader is not None else "train_loss"
     callbacks: list[cbs.Callback] = [
-        ValidationMetrics(task),
         cbs.Progress(cfg.epochs, len(train_loader), console=console, enabled=console is not None),
         cbs.CSVLogger(run_dir / "metrics.csv"),
         cbs.Checkpoint(manager, lambda: metadata, monitor),
@@ -300,7 +300,7 @@ def train_detection(
     state = trainer.fit(train_loader, val_loader, cfg.epochs)
     train_time = time.perf_counter() - t0
     if state.interrupted:
-        raise api.Interrupted(f"{state.stop_reason}; the last checkpoint is in {run_dir}")
+        raise Interrupted(f"{state.stop_reason}; the last checkpoint is in {run_dir}")
     write_json(
         run_dir / "run.json",
         {"train_time_s": train_time, "setup_time_s": t0 - t_call, "precision": precision,
@@ -315,6 +315,7 @@ def train_detection(
             show=cfg.report_images,
         )  # fmt: skip
         result.test_metrics, result.report = ev["metrics"], ev.get("report")
+    finish_run_dir(run_dir, console)
     return result
 
 
@@ -415,8 +416,7 @@ def evaluate_detection(
 ) -> dict[str, Any]:
     """Evaluate a detection run on its recorded split (default: the held-out test images) or on
     every image of another dataset ``data`` whose class names are among the model's."""
-    api = _api()
-    dev = api.resolve_device(device)
+    dev = resolve_device(device)
     model, meta, weights = load_detection_model(run, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     class_names = list(meta["class_names"])
@@ -483,8 +483,7 @@ def predict_detection(
     from cnnlab.data.decode import load_image
     from cnnlab.data.tensors import image_mode, pil_to_chw
 
-    api = _api()
-    dev = api.resolve_device(device)
+    dev = resolve_device(device)
     model, meta, _ = load_detection_model(run, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     names = list(meta["class_names"])
@@ -492,7 +491,7 @@ def predict_detection(
     threshold = float(
         meta.get("score_threshold", 0.5) if score_threshold is None else score_threshold
     )
-    files = api.list_images(inputs)
+    files = list_images(inputs)
     out = Path(out_dir)
     if draw:
         (out / "images").mkdir(parents=True, exist_ok=True)

@@ -33,12 +33,13 @@ import torch.nn.functional as F
 from cnnlab import __version__
 from cnnlab.config import (
     Device,
+    Keep,
     Optimizer,
     Precision,
     PreprocessSpec,
     ResizeMode,
     Schedule,
-    _check_literals,
+    check_literals,
     make_config,
 )
 from cnnlab.data.decode import DEFAULT_MAX_PIXELS
@@ -55,8 +56,15 @@ from cnnlab.data.masks import (
 from cnnlab.engine import callbacks as cbs
 from cnnlab.engine.assembly import check_common_options, optimizer_and_schedule
 from cnnlab.engine.checkpoint import CheckpointManager
-from cnnlab.engine.trainer import Trainer, autocast
-from cnnlab.errors import ConfigError, DataError, close_matches
+from cnnlab.engine.devices import (
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
+from cnnlab.engine.predict import list_images
+from cnnlab.engine.trainer import Trainer, autocast, check_monitor
+from cnnlab.errors import ConfigError, DataError, Interrupted, close_matches
 from cnnlab.metrics.segmentation import (
     ConfusionAccumulator,
     per_image_confusion,
@@ -65,13 +73,14 @@ from cnnlab.metrics.segmentation import (
 )
 from cnnlab.models.segmentation import create_segmentation_model
 from cnnlab.run import (
+    finish_run_dir,
     load_run_model,
     new_run_dir,
     read_json,
     run_dir_of,
     write_json,
 )
-from cnnlab.tasks.segmentation import SegmentationTask, ValidationMetrics
+from cnnlab.tasks.segmentation import SegmentationTask
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +145,13 @@ class SegmentConfig:
     name: str | None = None
     report: bool = True
     report_images: int = 6  # best and worst test images shown in the report
+    keep: Keep = (
+        "best"  # checkpoints kept: best (+ the last epoch's, resumable) | last | all epochs
+    )
+    private: bool = False  # run folder 0700 and its files 0600 (default: as open() under the umask)
 
     def __post_init__(self) -> None:
-        _check_literals(self)
+        check_literals(self)
         check_common_options(self, ("epochs", "batch_size", "lr", "report_images"))
         if not 0 <= self.ignore_index <= 255:
             raise ConfigError(
@@ -156,13 +169,7 @@ class SegmentConfig:
                 f"{', '.join(SEGMENTATION_AUGMENTATIONS)} (or 'none'): others would interpolate "
                 "class indices"
             )
-        monitors = ("val_miou", "val_accuracy", "val_loss", "train_loss", "train_accuracy")
-        if self.monitor not in monitors:
-            raise ConfigError(
-                f"unknown monitor {self.monitor!r}"
-                f"{close_matches(self.monitor, monitors)}; choose from "
-                f"{', '.join(monitors)}"
-            )
+        check_monitor(self.monitor, SegmentationTask, "segmentation")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -177,12 +184,6 @@ class SegmentResult:
     config: SegmentConfig
     stop_reason: str = ""
     report: Path | None = None
-
-
-def _api():  # cnnlab.api will import this module: look it up lazily to avoid an import cycle
-    from cnnlab import api
-
-    return api
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -261,14 +262,13 @@ def train_segmentation(
     """
     from cnnlab.data.tensors import channel_stats
 
-    api = _api()
     if isinstance(config, SegmentConfig):
         cfg = make_config(SegmentConfig, **(config.to_dict() | options))
     else:
         cfg = make_config(SegmentConfig, config, **options)
     t_call = time.perf_counter()
-    api.seed_everything(cfg.seed, cfg.deterministic)
-    device = api.resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    device = resolve_device(cfg.device)
     bundle = _bundle(cfg)
     in_channels = cfg.in_channels or bundle.channels
     image_size = _image_size(cfg, bundle)
@@ -318,7 +318,9 @@ def train_segmentation(
     )
     palette = bundle.palette[:num_classes].tolist()
 
-    run_dir = new_run_dir(cfg.out, cfg.name, f"{cfg.model}-{cfg.encoder}", cfg.data)
+    run_dir = new_run_dir(
+        cfg.out, cfg.name, f"{cfg.model}-{cfg.encoder}", cfg.data, private=cfg.private
+    )
     write_json(run_dir / "config.json", cfg.to_dict())
     write_json(run_dir / "classes.json", class_names)
     write_json(run_dir / "preprocess.json", spec.to_dict())
@@ -332,8 +334,8 @@ def train_segmentation(
             "splits": {k: s.ids for k, s in bundle.splits.items()},
         },
     )
-    precision = api.resolve_precision(cfg.precision, device, None)
-    channels_last = api.resolve_channels_last(cfg.channels_last, device)
+    precision = resolve_precision(cfg.precision, device, None)
+    channels_last = resolve_channels_last(cfg.channels_last, device)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -386,10 +388,9 @@ def train_segmentation(
         "cnnlab_version": __version__,
         "torch_version": torch.__version__,
     }
-    manager = CheckpointManager(run_dir / "checkpoints")
+    manager = CheckpointManager.for_policy(run_dir / "checkpoints", cfg.keep)
     monitor = cfg.monitor if val_loader is not None else "train_loss"
     callbacks: list[cbs.Callback] = [
-        ValidationMetrics(task),  # first: adds val_miou before the others read the metrics
         cbs.Progress(cfg.epochs, len(train_loader), console=console, enabled=console is not None),
         cbs.CSVLogger(run_dir / "metrics.csv"),
         cbs.Checkpoint(manager, lambda: metadata, monitor),
@@ -413,7 +414,7 @@ def train_segmentation(
     state = trainer.fit(train_loader, val_loader, cfg.epochs)
     train_time = time.perf_counter() - t0
     if state.interrupted:
-        raise api.Interrupted(f"{state.stop_reason}; the last checkpoint is in {run_dir}")
+        raise Interrupted(f"{state.stop_reason}; the last checkpoint is in {run_dir}")
     write_json(
         run_dir / "run.json",
         {
@@ -445,6 +446,7 @@ def train_segmentation(
             show=cfg.report_images,
         )
         result.test_metrics, result.report = evaluation["metrics"], evaluation.get("report")
+    finish_run_dir(run_dir, console)
     return result
 
 
@@ -570,8 +572,7 @@ def evaluate_segmentation(
 ) -> dict[str, Any]:
     """Evaluate a segmentation run on its recorded split (default: the held-out test images) or on
     every image of another dataset ``data`` whose classes are among the model's (by name)."""
-    api = _api()
-    dev = api.resolve_device(device)
+    dev = resolve_device(device)
     model, meta, weights = load_segmentation_model(run, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     class_names = list(meta["class_names"])
@@ -609,7 +610,7 @@ def evaluate_segmentation(
     out_dir = Path(out) if out else (run_dir if data is None else None)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    precision = api.resolve_precision("auto", dev, None)
+    precision = resolve_precision("auto", dev, None)
     result = evaluate_segmentation_model(
         model,
         spec,
@@ -696,21 +697,20 @@ def predict_segmentation(
     from cnnlab.data.tensors import image_mode, pil_to_chw
     from cnnlab.report.segmentation_report import colorize, overlay
 
-    api = _api()
-    dev = api.resolve_device(device)
+    dev = resolve_device(device)
     model, meta, _ = load_segmentation_model(run, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     names = list(meta["class_names"])
     ignore = int(meta.get("ignore_index", 255))
     palette = np.asarray(meta.get("palette") or [], dtype=np.uint8).reshape(-1, 3)
-    files = api.list_images(inputs)
+    files = list_images(inputs)
     out = Path(out_dir)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     if overlays:
         (out / "overlays").mkdir(parents=True, exist_ok=True)
     mean = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=dev).view(1, -1, 1, 1)
-    precision = api.resolve_precision("auto", dev, None)
+    precision = resolve_precision("auto", dev, None)
     pil_palette = np.zeros((256, 3), dtype=np.uint8)
     pil_palette[: len(palette)] = palette
     written: list[Path] = []

@@ -634,4 +634,3 @@ def box_counts(targets: Sequence[dict[str, Any]], num_classes: int) -> dict[str,
         background += int(len(labels) == 0)
         counts += np.bincount(labels, minlength=num_classes)[:num_classes]
     return {"objects": counts.tolist(), "background_images": background, "images": len(targets)}
-

@@ -180,7 +180,9 @@ class FileImages(torch.utils.data.Dataset):
 
     def __init__(self, paths: Sequence[str], spec: PreprocessSpec) -> None:
         self.paths, self.spec = list(paths), spec
-        self.shape = torch.Size((len(self.paths), spec.in_channels, spec.image_size, spec.image_size))
+        self.shape = torch.Size(
+            (len(self.paths), spec.in_channels, spec.image_size, spec.image_size)
+        )
         self.device = torch.device("cpu")
 
     def __len__(self) -> int:
@@ -195,7 +197,11 @@ class FileImages(torch.utils.data.Dataset):
 
     def index_select(self, dim: int, idx: torch.Tensor) -> torch.Tensor:
         assert dim == 0
-        return torch.stack([self[i] for i in idx.tolist()]) if len(idx) else torch.empty((0, *self.shape[1:]))
+        return (
+            torch.stack([self[i] for i in idx.tolist()])
+            if len(idx)
+            else torch.empty((0, *self.shape[1:]))
+        )
 
 
 @dataclass

@@ -30,10 +30,10 @@ from cnnlab.metrics.classification import (
     _binary_section,
     _confusion_report,
     _finish,
-    _names,
     _resolve_positive,
     check_labels,
     classification_metrics,
+    names_for,
     to_numpy,
 )
 
@@ -82,7 +82,7 @@ class ClassificationAccumulator:
         self.num_classes = int(num_classes)
         self.keep_scores = bool(keep_scores)
         self.scores = scores
-        self.class_names = _names(class_names, self.num_classes)
+        self.class_names = names_for(class_names, self.num_classes)
         pos = _resolve_positive(positive_class, self.class_names)
         self.positive_class = pos if pos is not None else (1 if num_classes == 2 else None)
         self.threshold = float(threshold)
@@ -200,7 +200,7 @@ class ClassificationAccumulator:
         """The report of everything fed so far (see ``classification_metrics``)."""
         if self._n == 0:
             raise ValueError("no samples: call update() before compute()")
-        names = _names(class_names, self.num_classes) if class_names else self.class_names
+        names = names_for(class_names, self.num_classes) if class_names else self.class_names
         if self.keep_scores and self._mode == "scores":
             return classification_metrics(
                 self._targets[: self._n],

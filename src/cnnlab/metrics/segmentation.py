@@ -37,10 +37,10 @@ from cnnlab.metrics.classification import (
     UndefinedMetricWarning,
     _average,
     _check_cm,
-    _emit,
     _finish,
-    _names,
     _ratio,
+    emit,
+    names_for,
     to_numpy,
 )
 
@@ -184,13 +184,13 @@ def _dice(cm: np.ndarray, names: list[str], sink: list[str] | None) -> np.ndarra
 def iou_per_class(cm: Any, class_names: Sequence[str] | None = None) -> np.ndarray:
     """IoU_k = TP / (TP + FP + FN), ``(K,)`` float64; NaN + warning where the class is nowhere."""
     cm = _check_cm(cm)
-    return _iou(cm, _names(class_names, cm.shape[0]), None)
+    return _iou(cm, names_for(class_names, cm.shape[0]), None)
 
 
 def dice_per_class(cm: Any, class_names: Sequence[str] | None = None) -> np.ndarray:
     """Dice_k = 2TP / (2TP + FP + FN) (pixel F1), ``(K,)``; NaN + warning where undefined."""
     cm = _check_cm(cm)
-    return _dice(cm, _names(class_names, cm.shape[0]), None)
+    return _dice(cm, names_for(class_names, cm.shape[0]), None)
 
 
 def segmentation_metrics(cm: Any, class_names: Sequence[str] | None = None) -> dict[str, Any]:
@@ -203,7 +203,7 @@ def segmentation_metrics(cm: Any, class_names: Sequence[str] | None = None) -> d
     """
     cm = _check_cm(cm)
     k = cm.shape[0]
-    names = _names(class_names, k)
+    names = names_for(class_names, k)
     sink: list[str] = []
     tp, fp, fn = _counts(cm)
     support = tp + fn
@@ -232,7 +232,7 @@ def segmentation_metrics(cm: Any, class_names: Sequence[str] | None = None) -> d
         has = support > 0
         fw_iou = float(np.dot(support[has], iou[has]) / total)
     else:
-        _emit("pixel accuracy is undefined: no labelled pixel (all ignored)", sink)
+        emit("pixel accuracy is undefined: no labelled pixel (all ignored)", sink)
         pixel_accuracy = fw_iou = math.nan
     report = {
         "num_pixels": total,

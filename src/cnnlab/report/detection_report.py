@@ -90,8 +90,10 @@ def write_detection_report(
                  "<th>AR100</th><th>precision</th><th>recall</th><th>TP</th><th>FP</th>"
                  "<th>FN</th></tr>")  # fmt: skip
     for name, row in metrics["per_class"].items():
-        cells = "".join(f"<td>{_fmt(row[k])}</td>" for k in
-                        ("ap", "ap_50", "ar_100", "precision", "recall", "tp", "fp", "fn"))
+        cells = "".join(
+            f"<td>{_fmt(row[k])}</td>"
+            for k in ("ap", "ap_50", "ar_100", "precision", "recall", "tp", "fp", "fn")
+        )
         parts.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
     parts.append("</table><div class='figs'>")
     parts.append(f"<figure><img src='{_png(pr_curves_figure(metrics), out_dir / 'pr_curves.png')}'>"

@@ -28,7 +28,8 @@ h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;bord
 table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .5rem;
 text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 .muted{color:#666;font-size:.85rem}.figs{display:flex;flex-wrap:wrap;gap:1rem}.figs figure{margin:0}
-figure img{max-width:520px;border:1px solid #eee}figure.wide img{max-width:1060px}.gallery{display:flex;flex-wrap:wrap;gap:.6rem}
+figure img{max-width:520px;border:1px solid #eee}figure.wide img{max-width:1060px}
+.gallery{display:flex;flex-wrap:wrap;gap:.6rem}
 .gallery figure{width:120px;font-size:.75rem;text-align:center}.gallery img{width:112px;image-rendering:pixelated}
 .undef{color:#a60}
 """
@@ -314,7 +315,8 @@ def write_classification_report(
         for name, uri in figs.items()
     )
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width,initial-scale=1"><title>{html.escape(title or "cnnlab report")}</title>
+<meta name="viewport" content="width=device-width,initial-scale=1">
+<title>{html.escape(title or "cnnlab report")}</title>
 <style>{CSS}</style></head><body>
 <h1>{html.escape(title or "cnnlab evaluation report")}</h1>
 <p class="muted">{metrics.get("num_samples", len(targets))} test images, {len(class_names)} classes.

@@ -37,7 +37,7 @@ def command(name: str):
 
 
 # -- parser --------------------------------------------------------------------------------------------------
-def _add_train_options(
+def add_train_options(
     p: argparse.ArgumentParser, skip: frozenset[str] = frozenset(), cls: type = TrainConfig
 ) -> None:
     """One --option per config field (defaults live in the dataclass only; None = not given)."""
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train", help="train a classifier on a folder, CSV, builtin: or torchvision: dataset"
     )
-    _add_train_options(p)
+    add_train_options(p)
     p.add_argument(
         "--max-restarts",
         type=int,
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SOURCE",
         help="cnnlab run / .safetensors checkpoint (task A), imagenet, or a weights file",
     )
-    _add_train_options(p, skip=frozenset({"init_from"}))
+    add_train_options(p, skip=frozenset({"init_from"}))
 
     p = sub.add_parser(
         "transfer-study",
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "lr-find", help="learning-rate range test: the loss curve and a suggested --lr"
     )
-    _add_train_options(p)
+    add_train_options(p)
     p.add_argument("--start", type=float, default=1e-5)
     p.add_argument("--end", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=100)
@@ -162,9 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg = p.add_subparsers(dest="segment_action", metavar="ACTION", required=True)
     from cnnlab.segment import SegmentConfig
 
-    _add_train_options(
-        seg.add_parser("train", help="train a segmentation model"), cls=SegmentConfig
-    )
+    add_train_options(seg.add_parser("train", help="train a segmentation model"), cls=SegmentConfig)
     q = seg.add_parser("evaluate", help="per-class IoU, mean IoU, Dice, pixel accuracy")
     q.add_argument("run")
     q.add_argument("--data", default=None)
@@ -205,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     det = p.add_subparsers(dest="detect_action", metavar="ACTION", required=True)
     from cnnlab.detect import DetectConfig
 
-    _add_train_options(det.add_parser("train", help="train a detector"), cls=DetectConfig)
+    add_train_options(det.add_parser("train", help="train a detector"), cls=DetectConfig)
     q = det.add_parser("evaluate", help="mAP@0.5, mAP@[.5:.95], per-class AP, AR")
     q.add_argument("run")
     q.add_argument("--data", default=None)
@@ -293,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="print the step-by-step table")
     p.add_argument("--json", action="store_true")
 
-    from cnnlab.video import cli as video_cli
+    from cnnlab.cli import video as video_cli
 
     video_cli.add_parser(sub)
 
@@ -303,7 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs benchmarks/bench_NAME.py with this Python; options after NAME go to the script "
         "(`cnnlab bench train --help` lists them). Results: benchmarks/results/NAME.md and .json.",
     )
-    p.add_argument("name", nargs="?", default="train", help="train (default), gpu, detection, ... or `list`")
+    p.add_argument(
+        "name", nargs="?", default="train", help="train (default), gpu, detection, ... or `list`"
+    )
     p.add_argument("options", nargs=argparse.REMAINDER, help="passed to the script")
 
     p = sub.add_parser("data", help="dataset tools: `cnnlab data check SRC`")
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- commands ------------------------------------------------------------------------------------------------
-def _print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None:
+def print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None:
     ci = metrics.get("confidence_intervals", {})
     head = Table(title=title, show_header=True)
     for col in ("metric", "value", "95% CI"):
@@ -340,8 +340,12 @@ def _print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None
     for m in ("precision", "recall", "f1", "tnr", "fpr", "roc_auc"):
         row(f"{m} (macro)", metrics.get("macro", {}).get(m), f"macro_{m}")
     out.print(head)
-    per = Table(title="per class (one vs rest); recall = TPR, TNR = specificity", show_header=True,
-                padding=(0, 1), collapse_padding=True)
+    per = Table(
+        title="per class (one vs rest); recall = TPR, TNR = specificity",
+        show_header=True,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
     cols = ("support", "tp", "fp", "tn", "fn", "precision", "recall", "f1", "tnr", "fpr", "roc_auc")
     short = {"support": "n", "precision": "prec", "recall": "rec", "roc_auc": "auc"}
     per.add_column("class", overflow="fold")
@@ -352,7 +356,9 @@ def _print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None
         for c in cols:
             v = vals.get(c)
             text = "-" if v is None else (f"{v:d}" if isinstance(v, int) else f"{v:.3f}")
-            cells.append(text[1:] if text.startswith("0.") else text)  # ".980": narrow enough for 80 columns
+            cells.append(
+                text[1:] if text.startswith("0.") else text
+            )  # ".980": narrow enough for 80 columns
         per.add_row(str(name), *cells)
     out.print(per)
     for w in metrics.get("warnings", []):
@@ -368,7 +374,7 @@ def _demo(args: argparse.Namespace) -> int:
         "[bold]cnnlab demo[/]: LeNet-5 on builtin:mnist-sample (5,000 real MNIST digits), 80/10/10 split"
     )
     result = api.demo(out=args.out, console=out, **extra)
-    _print_metrics(result.test_metrics)
+    print_metrics(result.test_metrics)
     out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
     if result.report:
         out.print(f"report: {result.report}")
@@ -378,7 +384,6 @@ def _demo(args: argparse.Namespace) -> int:
 @command("train")
 def _train(args: argparse.Namespace) -> int:
     from cnnlab import api
-
     from cnnlab.engine import distributed
 
     overrides = _train_overrides(args)
@@ -397,7 +402,7 @@ def _finish_train(result: Any) -> None:
     if result.stop_reason:
         out.print(result.stop_reason)
     if result.test_metrics:
-        _print_metrics(result.test_metrics)
+        print_metrics(result.test_metrics)
     out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
     if result.report:
         out.print(f"report: {result.report}")
@@ -604,7 +609,7 @@ def _detect(args: argparse.Namespace) -> int:
 
 @command("video")
 def _video(args: argparse.Namespace) -> int:
-    from cnnlab.video import cli as video_cli
+    from cnnlab.cli import video as video_cli
 
     return video_cli.run(args, out)
 
@@ -664,7 +669,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result["metrics"], indent=2))
         return 0
-    _print_metrics(result["metrics"], f"{args.split} metrics ({result['num_samples']} images)")
+    print_metrics(result["metrics"], f"{args.split} metrics ({result['num_samples']} images)")
     if result.get("report"):
         out.print(f"report: {result['report']}")
     return 0
@@ -772,7 +777,7 @@ def _metrics(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        _print_metrics(metrics, f"metrics of {args.csv}")
+        print_metrics(metrics, f"metrics of {args.csv}")
     return 0
 
 
@@ -897,7 +902,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(COMMANDS[args.command](args) or 0)
     except CnnlabError as e:
         # escape: a path like "scan[1].png" or ".[bench]" is text, not rich markup
-        err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)  # one line, however long (grep-able)
+        err.print(
+            f"[red]error:[/] {escape(str(e))}", soft_wrap=True
+        )  # one line, however long (grep-able)
         return e.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")
