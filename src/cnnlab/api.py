@@ -33,23 +33,71 @@ from cnnlab.engine.loaders import (
 )
 from cnnlab.engine.predict import IMAGE_SUFFIXES, Prediction, list_images, predict_files
 from cnnlab.engine.weights import build_model, load_checkpoint_model
-from cnnlab.errors import CheckpointError, Interrupted
+from cnnlab.errors import CheckpointError, ConfigError, Interrupted
 from cnnlab.run import resolve_weights
-from cnnlab.tasks.classify.evaluate import compare, evaluate, evaluate_model
-from cnnlab.tasks.classify.predict import predict
+from cnnlab.tasks.classify.evaluate import compare, evaluate_model
 from cnnlab.tasks.classify.train import train
+from cnnlab.tasks.registry import recorded_task, task_of
 
 __all__ = [
     "DEMO", "IMAGE_SUFFIXES", "DataBundle", "Interrupted", "Prediction", "PreprocessSpec", "Split",
     "TrainConfig", "TrainResult", "build_model", "compare", "cpu_has_bf16", "demo", "detect_evaluate",
     "detect_predict", "detect_train", "embed", "evaluate", "evaluate_model", "explain", "export",
     "finetune", "fits_on_device", "list_images", "load_checkpoint_model", "load_source", "lr_find",
-    "make_config", "make_loader", "predict", "predict_files", "resolve_channels_last",
+    "make_config", "make_loader", "predict", "predict_files", "recorded_task", "resolve_channels_last",
     "resolve_device", "resolve_image_size", "resolve_precision", "seed_everything", "segment_evaluate",
     "segment_predict", "segment_train", "serve", "split_channel_stats", "split_to_uint8",
     "stream_workers", "train", "transfer_study", "use_streaming", "video_evaluate", "video_predict",
     "video_track", "video_train",
 ]  # fmt: skip
+
+
+# -- any task's run: dispatched on the task its checkpoint records (cnnlab.tasks.registry) ----------------
+def evaluate(
+    run_or_checkpoint: str | Path,
+    *,
+    data: str | None = None,
+    split: str = "test",
+    device: str = "auto",
+    report: bool = True,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate a trained model on its own held-out split (default) or on another dataset (`data`).
+
+    Any task: classification, segmentation, detection or video, by the task the checkpoint records;
+    returns {"metrics", "report", ...} as that task's evaluate does."""
+    entry = task_of(run_or_checkpoint)
+    return entry.evaluate(
+        run_or_checkpoint, data=data, split=split, device=device, report=report, out=out
+    )
+
+
+def predict(
+    run_or_checkpoint: str | Path,
+    inputs: list[str | Path],
+    *,
+    top_k: int = 5,
+    device: str = "auto",
+    batch_size: int = 256,
+    out: str | Path | None = None,
+) -> Any:
+    """Classification (a run, checkpoint or exported .onnx): class names and probabilities for
+    images/folders, [Prediction]; unreadable files get an error entry, not a crash.
+
+    Segmentation, detection and video runs write their predictions as files to `out` (mask PNGs and
+    overlays; COCO results JSON and drawn boxes; timeline, events and an annotated video) and return
+    what their predict returns."""
+    entry = task_of(run_or_checkpoint)
+    if not entry.predicts_to_files:
+        return entry.predict(
+            run_or_checkpoint, inputs, top_k=top_k, device=device, batch_size=batch_size
+        )
+    if out is None:
+        raise ConfigError(
+            f"a {entry.name} run writes its predictions as files: give an output folder "
+            "(--out FOLDER)"
+        )
+    return entry.predict(run_or_checkpoint, list(inputs), out, device=device)
 
 
 # -- transfer learning -------------------------------------------------------------------------------------

@@ -166,3 +166,22 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
     saved["augment"] = tuple(saved.get("augment", ()))
     saved["resume"] = None
     return saved
+
+
+def checkpoint_metadata(run: str | Path) -> dict[str, Any]:
+    """A run's checkpoint metadata, read from the safetensors header only (no tensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    weights = resolve_weights(run)
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"incomplete or corrupt checkpoint: {weights} ({err})") from None
+    meta: dict[str, Any] = {"weights": str(weights)}
+    for key, value in raw.items():  # cnnlab stores each value as JSON text
+        try:
+            meta[key] = json.loads(value)
+        except (TypeError, json.JSONDecodeError):
+            meta[key] = value
+    return meta

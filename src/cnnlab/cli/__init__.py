@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser(
-        "evaluate", help="measure a trained model (default: its held-out test split)"
+        "evaluate",
+        help="measure a trained model of any task (default: its held-out test split)",
     )
     p.add_argument("run", help="run directory or .safetensors checkpoint")
     p.add_argument("--data", help="evaluate on this dataset instead of the run's test split")
@@ -149,9 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", dest="report", action="store_false")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
-    p = sub.add_parser("predict", help="class names and probabilities for images or folders")
-    p.add_argument("run", help="run directory or .safetensors checkpoint")
-    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p = sub.add_parser(
+        "predict",
+        help="class names and probabilities for images or folders; masks, boxes or a video's "
+        "timeline (in --out) for segmentation, detection and video runs",
+    )
+    p.add_argument("run", help="run directory, .safetensors checkpoint or exported .onnx")
+    p.add_argument("inputs", nargs="+", help="image files or folders (a video for a video run)")
+    p.add_argument("--out", default=None, help="output folder (segmentation, detection, video)")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--device", default="auto")
@@ -600,11 +606,14 @@ def _detect(args: argparse.Namespace) -> int:
         )
         out.print(f"detections written to {path}")
         return 0
-    if metrics:
-        for key in ("map_50", "map", "map_75", "mar_100"):
-            if metrics.get(key) is not None:
-                out.print(f"{key}: {metrics[key]:.4f}")
+    _print_detection_metrics(metrics)
     return 0
+
+
+def _print_detection_metrics(metrics: dict[str, Any] | None) -> None:
+    for key in ("map_50", "map", "map_75", "mar_100"):
+        if metrics and metrics.get(key) is not None:
+            out.print(f"{key}: {metrics[key]:.4f}")
 
 
 @command("video")
@@ -658,6 +667,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from cnnlab import api
 
+    task = api.recorded_task(args.run)  # any task's run: the checkpoint says which
     result = api.evaluate(
         args.run,
         data=args.data,
@@ -667,9 +677,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         out=args.out,
     )
     if args.json:
-        print(json.dumps(result["metrics"], indent=2))
+        print(json.dumps(result["metrics"], indent=2, default=str))
         return 0
-    print_metrics(result["metrics"], f"{args.split} metrics ({result['num_samples']} images)")
+    if task == "segmentation":
+        _print_segment_metrics(result["metrics"])
+    elif task == "detection":
+        _print_detection_metrics(result["metrics"])
+    else:
+        items = "clips" if task == "video-classification" else "images"
+        print_metrics(result["metrics"], f"{args.split} metrics ({result['num_samples']} {items})")
     if result.get("report"):
         out.print(f"report: {result['report']}")
     return 0
@@ -679,6 +695,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from cnnlab import api
 
+    task = api.recorded_task(args.run)
+    if task != "classification":  # masks, boxes or a video's timeline: files in --out
+        api.predict(args.run, args.inputs, device=args.device, out=args.out)
+        out.print(f"{task} predictions written to {args.out}")
+        return 0
     preds = api.predict(args.run, args.inputs, top_k=args.top_k, device=args.device)
     if args.format == "json":
         print(json.dumps([dataclasses.asdict(p) for p in preds], indent=2))

@@ -43,8 +43,8 @@ from typing import Any, Literal
 import numpy as np
 
 from cnnlab.config import Device, check_literals, make_config
-from cnnlab.errors import CheckpointError, ConfigError, close_matches
-from cnnlab.run import write_json
+from cnnlab.errors import ConfigError, close_matches
+from cnnlab.run import checkpoint_metadata, write_json
 from cnnlab.video.io import Frame, VideoInfo, VideoWriter, iter_frames, probe
 from cnnlab.video.tracking import (
     FrameTracks,
@@ -189,27 +189,6 @@ def find_events(labels: np.ndarray, min_frames: int) -> list[tuple[int, int, int
 
 
 # -- models ----------------------------------------------------------------------------------------
-def checkpoint_metadata(run: str | Path) -> dict[str, Any]:
-    """A run's checkpoint metadata, read from the safetensors header only (no tensors)."""
-    from safetensors import SafetensorError, safe_open
-
-    from cnnlab.run import resolve_weights
-
-    weights = resolve_weights(run)
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            raw = f.metadata() or {}
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"incomplete or corrupt checkpoint: {weights} ({err})") from None
-    meta: dict[str, Any] = {"weights": str(weights)}
-    for key, value in raw.items():  # cnnlab stores each value as JSON text
-        try:
-            meta[key] = json.loads(value)
-        except (TypeError, json.JSONDecodeError):
-            meta[key] = value
-    return meta
-
-
 def run_task(run: str | Path) -> str:
     """The checkpoint's ``task`` ("classification" when absent, as in older runs)."""
     meta = checkpoint_metadata(run)
