@@ -4,14 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnlab.data.loader import TensorLoader, _generator, random_crop, random_flip
+from cnnlab.data.loader import TensorLoader, random_crop, random_flip, seeded_generator
 
 
 def test_random_crop_equals_per_sample_slicing():
     x = torch.randint(0, 255, (6, 3, 10, 12)).float()
-    g = _generator(0, 1, 2)
+    g = seeded_generator(0, 1, 2)
     out = random_crop(x, 3, g)
-    g = _generator(0, 1, 2)  # the same draws, replayed for the reference
+    g = seeded_generator(0, 1, 2)  # the same draws, replayed for the reference
     dy = torch.randint(0, 7, (6,), generator=g)  # the same draw order: dy then dx, one per image
     dx = torch.randint(0, 7, (6,), generator=g)
     padded = F.pad(x, (3, 3, 3, 3))
@@ -22,8 +22,8 @@ def test_random_crop_equals_per_sample_slicing():
 
 def test_random_flip_flips_exactly_the_drawn_half():
     x = torch.arange(4 * 1 * 2 * 3).float().view(4, 1, 2, 3)
-    out = random_flip(x, _generator(5))
-    flip = torch.rand(4, generator=_generator(5)) < 0.5
+    out = random_flip(x, seeded_generator(5))
+    flip = torch.rand(4, generator=seeded_generator(5)) < 0.5
     for i in range(4):
         assert torch.equal(out[i], x[i].flip(-1) if flip[i] else x[i])
 

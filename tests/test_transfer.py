@@ -150,6 +150,7 @@ def test_frozen_backbone_and_every_bn_statistic_stay_bit_identical_after_fine_tu
         out=str(tmp_path),
         name="ft",
         report=False,
+        keep="all",  # epoch 1's weights are compared with epoch 2's
     )
     ckpt = run.run_dir / "checkpoints"
     first, last = (

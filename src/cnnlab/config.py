@@ -94,7 +94,9 @@ class TrainConfig:
     # --- compute ---
     device: Device = "auto"
     precision: Precision = "auto"  # auto: bf16 autocast where the CPU/GPU supports it, else fp32
-    channels_last: bool | None = None  # None: NHWC on CPU and CUDA (api.resolve_channels_last)
+    channels_last: bool | None = (
+        None  # None: NHWC on CPU and CUDA (engine.devices.resolve_channels_last)
+    )
     compile: bool = False  # torch.compile the model (pays off for long runs)
     devices: int = (
         1  # processes on this node (DDP through torchrun; --batch-size stays the global batch)

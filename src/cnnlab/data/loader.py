@@ -16,7 +16,7 @@ from cnnlab.config import PreprocessSpec
 from cnnlab.data.tensors import load_file, normalize
 
 
-def _generator(seed: int, *keys: int, device: torch.device | str = "cpu") -> torch.Generator:
+def seeded_generator(seed: int, *keys: int, device: torch.device | str = "cpu") -> torch.Generator:
     g = torch.Generator(device=device)
     mixed = seed
     for k in keys:  # splitmix-style mixing so (epoch, step) pairs never collide
@@ -135,7 +135,7 @@ class TensorLoader:
         """
         n = self.images.shape[0]
         if self.shuffle:
-            idx = torch.randperm(n, generator=_generator(self.seed, epoch))
+            idx = torch.randperm(n, generator=seeded_generator(self.seed, epoch))
         else:
             idx = torch.arange(n)
         rank, world = self.shard
@@ -160,7 +160,7 @@ class TensorLoader:
         if to is not None:
             x, y = x.to(to, non_blocking=True), y.to(to, non_blocking=True)
         if self.augment:
-            g = _generator(self.seed, epoch, step, device=x.device)
+            g = seeded_generator(self.seed, epoch, step, device=x.device)
             x = x.float()
             if "crop" in self.augment:  # 4 px at 32 px, as for CIFAR
                 x = random_crop(x, max(1, x.shape[-1] // 8), g, shard=self.shard)

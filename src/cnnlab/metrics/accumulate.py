@@ -27,13 +27,13 @@ import numpy as np
 
 from cnnlab.metrics import scores as _scores
 from cnnlab.metrics.classification import (
-    _binary_section,
-    _confusion_report,
-    _finish,
-    _resolve_positive,
+    binary_section,
     check_labels,
     classification_metrics,
+    confusion_report,
+    finish_report,
     names_for,
+    resolve_positive,
     to_numpy,
 )
 
@@ -83,7 +83,7 @@ class ClassificationAccumulator:
         self.keep_scores = bool(keep_scores)
         self.scores = scores
         self.class_names = names_for(class_names, self.num_classes)
-        pos = _resolve_positive(positive_class, self.class_names)
+        pos = resolve_positive(positive_class, self.class_names)
         self.positive_class = pos if pos is not None else (1 if num_classes == 2 else None)
         self.threshold = float(threshold)
         self.top_k = tuple(int(k) for k in top_k)
@@ -213,7 +213,7 @@ class ClassificationAccumulator:
                 ece_bins=self.ece_bins,
             )
         sink: list[str] = []
-        report = _confusion_report(self._cm, names, sink)
+        report = confusion_report(self._cm, names, sink)
         extra: list[str] = []
         if self._mode == "scores":
             report["top_k_accuracy"] = {kk: hits / self._n for kk, hits in self._topk_hits.items()}
@@ -227,7 +227,7 @@ class ClassificationAccumulator:
             )
         if self.num_classes == 2:
             used = self.threshold if self._mode == "scores" else None
-            _binary_section(report, names, self.positive_class, used)
-        report = _finish(report, sink)
+            binary_section(report, names, self.positive_class, used)
+        report = finish_report(report, sink)
         report["warnings"].extend(extra)
         return report

@@ -97,7 +97,7 @@ RATIO_METRICS = ("precision", "recall", "f1", "tpr", "tnr", "fpr", "fnr")
 SCORE_METRICS = ("roc_auc", "average_precision")
 
 
-def _ratio(
+def ratio(
     num: np.ndarray,
     den: np.ndarray,
     *,
@@ -147,7 +147,7 @@ def confusion_matrix(targets: Any, preds: Any, num_classes: int) -> np.ndarray:
     )
 
 
-def _check_cm(cm: Any) -> np.ndarray:
+def check_cm(cm: Any) -> np.ndarray:
     cm = to_numpy(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
         raise ValueError(f"confusion matrix must be square (K, K), got shape {cm.shape}")
@@ -162,7 +162,7 @@ def confusion_counts(cm: Any) -> dict[str, np.ndarray]:
     ``TP = diag(cm)``, ``FP = column sum - TP``, ``FN = row sum - TP``, ``TN = N - TP - FP - FN``,
     ``support = row sum = TP + FN`` (number of true samples of the class).
     """
-    cm = _check_cm(cm)
+    cm = check_cm(cm)
     n = cm.sum()
     tp = np.diag(cm).copy()
     fp = cm.sum(axis=0) - tp
@@ -173,7 +173,7 @@ def confusion_counts(cm: Any) -> dict[str, np.ndarray]:
 
 def support(cm: Any) -> np.ndarray:
     """Support per class ``(K,)``: number of samples whose true class is k (= TP + FN)."""
-    return _check_cm(cm).sum(axis=1)
+    return check_cm(cm).sum(axis=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ def accuracy(cm: Any) -> float:
 
     Raises ``ValueError`` on an empty confusion matrix (N = 0): there is nothing to measure.
     """
-    cm = _check_cm(cm)
+    cm = check_cm(cm)
     n = cm.sum()
     if n == 0:
         raise ValueError("accuracy of zero samples: the confusion matrix is empty")
@@ -214,7 +214,7 @@ def balanced_accuracy(cm: Any, class_names: Sequence[str] | None = None) -> floa
     Classes with no true samples have undefined recall and are left out of the mean (with an
     ``UndefinedMetricWarning``), as scikit-learn's ``balanced_accuracy_score`` does.
     """
-    cm = _check_cm(cm)
+    cm = check_cm(cm)
     return _balanced_accuracy(cm, names_for(class_names, cm.shape[0]), None)
 
 
@@ -222,7 +222,7 @@ def precision(cm: Any, class_names: Sequence[str] | None = None) -> np.ndarray:
     """Precision_k = TP / (TP + FP), ``(K,)``; NaN + warning for a class never predicted."""
     c = confusion_counts(cm)
     names = names_for(class_names, len(c["tp"]))
-    return _ratio(
+    return ratio(
         c["tp"],
         c["tp"] + c["fp"],
         metric="precision",
@@ -237,7 +237,7 @@ def recall(cm: Any, class_names: Sequence[str] | None = None) -> np.ndarray:
     absent from the targets (TP + FN = 0)."""
     c = confusion_counts(cm)
     names = names_for(class_names, len(c["tp"]))
-    return _ratio(
+    return ratio(
         c["tp"],
         c["tp"] + c["fn"],
         metric="recall",
@@ -256,7 +256,7 @@ def specificity(cm: Any, class_names: Sequence[str] | None = None) -> np.ndarray
     class k (TN + FP = 0)."""
     c = confusion_counts(cm)
     names = names_for(class_names, len(c["tp"]))
-    return _ratio(
+    return ratio(
         c["tn"],
         c["tn"] + c["fp"],
         metric="tnr",
@@ -273,7 +273,7 @@ def false_positive_rate(cm: Any, class_names: Sequence[str] | None = None) -> np
     """FPR_k = FP / (FP + TN) = 1 - TNR_k, ``(K,)``; NaN + warning when FP + TN = 0."""
     c = confusion_counts(cm)
     names = names_for(class_names, len(c["tp"]))
-    return _ratio(
+    return ratio(
         c["fp"],
         c["tn"] + c["fp"],
         metric="fpr",
@@ -290,7 +290,7 @@ def false_negative_rate(cm: Any, class_names: Sequence[str] | None = None) -> np
     """FNR_k = FN / (FN + TP) = 1 - TPR_k, ``(K,)``; NaN + warning when FN + TP = 0."""
     c = confusion_counts(cm)
     names = names_for(class_names, len(c["tp"]))
-    return _ratio(
+    return ratio(
         c["fn"],
         c["tp"] + c["fn"],
         metric="fnr",
@@ -315,7 +315,7 @@ def _fbeta(
     b2 = beta * beta
     num = (1 + b2) * c["tp"].astype(np.float64)
     den = (1 + b2) * c["tp"] + b2 * c["fn"] + c["fp"].astype(np.float64)
-    return _ratio(
+    return ratio(
         num,
         den,
         metric=metric,
@@ -341,7 +341,7 @@ def f1(cm: Any, class_names: Sequence[str] | None = None) -> np.ndarray:
     return _fbeta(c, 1.0, names_for(class_names, len(c["tp"])), None)
 
 
-def _average(
+def average_defined(
     values: np.ndarray,
     weights: np.ndarray | None,
     *,
@@ -396,11 +396,11 @@ def average(
     values = np.asarray(to_numpy(values), dtype=np.float64)
     names = names_for(class_names, len(values))
     if method == "macro":
-        return _average(values, None, metric=metric, kind="macro", names=names, sink=None)
+        return average_defined(values, None, metric=metric, kind="macro", names=names, sink=None)
     if method == "weighted":
         if support is None:
             raise ValueError("weighted average needs the per-class support")
-        return _average(
+        return average_defined(
             values, to_numpy(support), metric=metric, kind="weighted", names=names, sink=None
         )
     raise ValueError(f"method must be 'macro' or 'weighted', got {method!r}")
@@ -420,7 +420,7 @@ def _micro(c: dict[str, np.ndarray], sink: list[str] | None) -> dict[str, float]
         ("f1", 2 * tp, 2 * tp + fp + fn, "no samples"),
     ):
         out[metric] = float(
-            _ratio(
+            ratio(
                 np.array([num]),
                 np.array([den]),
                 metric=f"micro {metric}",
@@ -460,7 +460,7 @@ def _kappa(cm: np.ndarray, sink: list[str] | None) -> float:
 def cohen_kappa(cm: Any) -> float:
     """Cohen's kappa = (p_o - p_e) / (1 - p_e), p_o = trace(cm)/N (observed agreement = accuracy),
     p_e = sum_k (row_k / N)(col_k / N) (chance agreement). NaN + warning when p_e = 1."""
-    return _kappa(_check_cm(cm), None)
+    return _kappa(check_cm(cm), None)
 
 
 def _mcc(cm: np.ndarray, sink: list[str] | None) -> float:
@@ -488,7 +488,7 @@ def matthews_corrcoef(cm: Any) -> float:
     p = column sums (predicted). Binary: (TP TN - FP FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)).
     NaN + warning when the denominator is 0.
     """
-    return _mcc(_check_cm(cm), None)
+    return _mcc(check_cm(cm), None)
 
 
 def _per_class(
@@ -496,7 +496,7 @@ def _per_class(
 ) -> dict[str, np.ndarray]:
     c = confusion_counts(cm)
     out: dict[str, np.ndarray] = dict(c)
-    out["precision"] = _ratio(
+    out["precision"] = ratio(
         c["tp"],
         c["tp"] + c["fp"],
         metric="precision",
@@ -504,7 +504,7 @@ def _per_class(
         names=names,
         sink=sink,
     )
-    out["recall"] = _ratio(
+    out["recall"] = ratio(
         c["tp"],
         c["tp"] + c["fn"],
         metric="recall/tpr/fnr",
@@ -514,7 +514,7 @@ def _per_class(
     )
     out["tpr"] = out["recall"].copy()
     out["fnr"] = np.where(np.isnan(out["recall"]), np.nan, c["fn"] / np.maximum(c["support"], 1))
-    out["tnr"] = _ratio(
+    out["tnr"] = ratio(
         c["tn"],
         c["tn"] + c["fp"],
         metric="tnr/fpr",
@@ -538,7 +538,7 @@ def per_class_metrics(
     NaN where undefined, with one ``UndefinedMetricWarning`` per metric naming the classes), plus
     ``f<beta>`` when ``beta != 1``. Formulas: see the module docstring.
     """
-    cm = _check_cm(cm)
+    cm = check_cm(cm)
     return _per_class(cm, names_for(class_names, cm.shape[0]), None, beta)
 
 
@@ -564,7 +564,7 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def _confusion_report(cm: np.ndarray, names: list[str], sink: list[str]) -> dict[str, Any]:
+def confusion_report(cm: np.ndarray, names: list[str], sink: list[str]) -> dict[str, Any]:
     """The confusion-matrix half of the report (score metrics set to None)."""
     pc = _per_class(cm, names, sink)
     sup = pc["support"]
@@ -576,8 +576,8 @@ def _confusion_report(cm: np.ndarray, names: list[str], sink: list[str]) -> dict
     macro: dict[str, Any] = {}
     weighted: dict[str, Any] = {}
     for m in RATIO_METRICS:
-        macro[m] = _average(pc[m], None, metric=m, kind="macro", names=names, sink=sink)
-        weighted[m] = _average(pc[m], sup, metric=m, kind="weighted", names=names, sink=sink)
+        macro[m] = average_defined(pc[m], None, metric=m, kind="macro", names=names, sink=sink)
+        weighted[m] = average_defined(pc[m], sup, metric=m, kind="weighted", names=names, sink=sink)
     for m in SCORE_METRICS:
         macro[m] = weighted[m] = None
     return {
@@ -609,13 +609,15 @@ def _set_score_averages(
     for m, values in per_metric.items():
         for k, name in enumerate(names):
             report["per_class"][name][m] = values[k]
-        report["macro"][m] = _average(values, None, metric=m, kind="macro", names=names, sink=sink)
-        report["weighted"][m] = _average(
+        report["macro"][m] = average_defined(
+            values, None, metric=m, kind="macro", names=names, sink=sink
+        )
+        report["weighted"][m] = average_defined(
             values, sup, metric=m, kind="weighted", names=names, sink=sink
         )
 
 
-def _resolve_positive(positive_class: int | str | None, names: list[str]) -> int | None:
+def resolve_positive(positive_class: int | str | None, names: list[str]) -> int | None:
     if positive_class is None:
         return None
     if len(names) != 2:
@@ -633,7 +635,7 @@ def _resolve_positive(positive_class: int | str | None, names: list[str]) -> int
     )
 
 
-def _finish(report: dict[str, Any], sink: list[str]) -> dict[str, Any]:
+def finish_report(report: dict[str, Any], sink: list[str]) -> dict[str, Any]:
     """Emit each collected message once as an UndefinedMetricWarning; store them; clean for JSON."""
     unique = list(dict.fromkeys(sink))
     for msg in unique:
@@ -642,7 +644,7 @@ def _finish(report: dict[str, Any], sink: list[str]) -> dict[str, Any]:
     return _clean(report)
 
 
-def _binary_section(
+def binary_section(
     report: dict[str, Any], names: list[str], pos: int, threshold: float | None
 ) -> None:
     entry = report["per_class"][names[pos]]
@@ -716,7 +718,7 @@ def classification_metrics(
         raise ValueError("no samples: targets is empty")
     if p_arr is not None and len(p_arr) != len(t):
         raise ValueError(f"targets has {len(t)} samples but probs has {len(p_arr)} rows")
-    pos = _resolve_positive(positive_class, names)
+    pos = resolve_positive(positive_class, names)
     if k_classes == 2 and pos is None:
         pos = 1
     if not 0.0 <= threshold <= 1.0:
@@ -734,7 +736,7 @@ def classification_metrics(
     cm = confusion_matrix(t, pred_arr, k_classes)
 
     sink: list[str] = []
-    report = _confusion_report(cm, names, sink)
+    report = confusion_report(cm, names, sink)
     if p_arr is not None:
         ranked = scores.rank_pass(t, p_arr)  # one sort per column, shared by OvR and OvO
         report.update(
@@ -743,5 +745,5 @@ def classification_metrics(
         per_metric = scores.per_class_scores(t, p_arr, names, sink, ranked)
         _set_score_averages(report, per_metric, names, sink)
     if k_classes == 2:
-        _binary_section(report, names, pos, used_threshold)
-    return _finish(report, sink)
+        binary_section(report, names, pos, used_threshold)
+    return finish_report(report, sink)

@@ -35,7 +35,7 @@ figure img{max-width:520px;border:1px solid #eee}figure.wide img{max-width:1060p
 """
 
 
-def _png(fig: plt.Figure, path: Path) -> str:
+def png_figure(fig: plt.Figure, path: Path) -> str:
     """Save a figure as PNG next to the report and return it as a data URI for embedding."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -187,7 +187,7 @@ def _ci(interval: dict | None) -> str:
     return f"[{interval['low']:.4f}, {interval['high']:.4f}]"
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
     if v is None:
         return '<span class="undef" title="undefined: see notes">n/a</span>'
     if isinstance(v, (int, np.integer)):
@@ -215,29 +215,29 @@ def write_classification_report(
     cm = np.asarray(metrics["confusion_matrix"])
     per = metrics["per_class"]
     figs = {
-        "confusion matrix (counts)": _png(
+        "confusion matrix (counts)": png_figure(
             confusion_figure(cm, class_names, False), fig_dir / "confusion_matrix.png"
         ),
-        "confusion matrix (normalised)": _png(
+        "confusion matrix (normalised)": png_figure(
             confusion_figure(cm, class_names, True), fig_dir / "confusion_matrix_normalized.png"
         ),
-        "ROC curves": _png(
+        "ROC curves": png_figure(
             roc_figure(targets, probs, class_names, {n: per[n].get("roc_auc") for n in per}),
             fig_dir / "roc.png",
         ),
-        "precision-recall curves": _png(
+        "precision-recall curves": png_figure(
             pr_figure(
                 targets, probs, class_names, {n: per[n].get("average_precision") for n in per}
             ),
             fig_dir / "pr.png",
         ),
-        "reliability diagram": _png(
+        "reliability diagram": png_figure(
             reliability_figure(targets, probs), fig_dir / "reliability.png"
         ),
     }
     curves = curves_figure(run_dir / "metrics.csv") if run_dir else None
     if curves is not None:
-        figs["training curves"] = _png(curves, fig_dir / "training_curves.png")
+        figs["training curves"] = png_figure(curves, fig_dir / "training_curves.png")
 
     ci = metrics.get("confidence_intervals", {})
     head_rows = []
@@ -251,13 +251,13 @@ def write_classification_report(
     ):
         if key in metrics:
             head_rows.append(
-                f"<tr><td>{label}</td><td>{_fmt(metrics[key])}</td><td>{_ci(ci.get(key))}</td></tr>"
+                f"<tr><td>{label}</td><td>{format_value(metrics[key])}</td><td>{_ci(ci.get(key))}</td></tr>"
             )
     for m in ("precision", "recall", "f1", "tnr", "fpr", "roc_auc", "average_precision"):
         for avg in ("macro", "weighted"):
             if m in metrics.get(avg, {}):
                 head_rows.append(
-                    f"<tr><td>{m} ({avg})</td><td>{_fmt(metrics[avg][m])}</td>"
+                    f"<tr><td>{m} ({avg})</td><td>{format_value(metrics[avg][m])}</td>"
                     f"<td>{_ci(ci.get(f'{avg}_{m}'))}</td></tr>"
                 )
     cols = [
@@ -278,7 +278,7 @@ def write_classification_report(
     ]
     class_rows = "".join(
         f"<tr><td>{html.escape(str(n))}</td>"
-        + "".join(f"<td>{_fmt(v.get(c))}</td>" for c in cols)
+        + "".join(f"<td>{format_value(v.get(c))}</td>" for c in cols)
         + "</tr>"
         for n, v in per.items()
     )
