@@ -14,8 +14,8 @@ RESULTS = Path(os.environ.get("CNNLAB_BENCH_RESULTS", Path(__file__).resolve().p
 
 def save_results(name: str, table: str, payload: dict[str, Any]) -> Path:
     """Print ``table`` and write it and ``payload`` (JSON; sets and paths as lists / strings), both
-    with the machine they were measured on (cnnlab.engine.hardware.machine_info)."""
-    from cnnlab.engine.hardware import describe_machine, machine_info
+    with the machine they were measured on (cnnlab.engine.devices.machine_info)."""
+    from cnnlab.engine.devices import describe_machine, machine_info
 
     machine = machine_info()
     table = table.rstrip("\n") + f"\n\nMachine: {describe_machine(machine)}\n"

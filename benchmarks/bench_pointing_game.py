@@ -221,7 +221,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 def write(report: dict[str, Any], out: Path) -> None:
-    from cnnlab.engine.hardware import describe_machine, machine_info
+    from cnnlab.engine.devices import describe_machine, machine_info
 
     machine = machine_info()
     out.mkdir(parents=True, exist_ok=True)

@@ -232,7 +232,7 @@ def child_cnnlab(
 def child_fastai(root: Path, epochs: int, batch: int, lr: float, seed: int) -> dict:
     """fastai as its users write it: DataBlock over the PNG folder, Learner, fit_one_cycle (fastai's own
     one-cycle also cycles momentum 0.95 -> 0.85), on the same cnnlab LeNet-5 module and SGD + weight decay."""
-    from functools import partial
+    from functools import partial  # noqa: I001 (the fastai import below is kept compact)
 
     from fastai.vision.all import (
         SGD,

@@ -19,7 +19,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 # The inference precision that precision-sensitive tests ask for (`predict`, `evaluate`, `serve`, ONNX
 # parity). CI runs those tests (marked `precision`) a second time with CNNLAB_TEST_PRECISION=bf16, so a
 # CPU without native bf16 exercises the bf16 path too (emulated: slow, fine for tiny models). Their
-# tolerances come from the precision in use (cnnlab.engine.hardware.tolerance), never from the CPU.
+# tolerances come from the precision in use (cnnlab.engine.devices.tolerance), never from the CPU.
 TEST_PRECISION = os.environ.get("CNNLAB_TEST_PRECISION", "auto")
 
 
@@ -49,7 +49,7 @@ def precision() -> str:
 @pytest.fixture
 def precision_tol(precision: str) -> float:
     """Probability tolerance for comparing an inference at `precision` (on CPU) with an fp32 one."""
-    from cnnlab.engine.hardware import inference_precision, tolerance
+    from cnnlab.engine.devices import inference_precision, tolerance
 
     return tolerance(inference_precision(precision, torch.device("cpu")))
 

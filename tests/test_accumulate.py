@@ -57,7 +57,9 @@ def test_four_micro_batches_of_32_train_like_one_batch_of_128(tmp_path):
     acc = api.train(
         out=str(tmp_path), name="acc", epochs=2, batch_size=32, accumulate_grad_batches=4, **DIGITS
     )
-    big = api.train(out=str(tmp_path), name="big", epochs=2, batch_size=128, **DIGITS)
+    big = api.train(  # keep="all": epoch 1's weights too
+        out=str(tmp_path), name="big", epochs=2, batch_size=128, keep="all", **DIGITS
+    )
     a, b = _weights(acc.run_dir, "epoch-0002"), _weights(big.run_dir, "epoch-0002")
     b1 = _weights(big.run_dir, "epoch-0001")
     for key in b:

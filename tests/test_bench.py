@@ -19,15 +19,15 @@ def test_bench_list_names_every_script_in_the_checkout(capsys):
     assert benchmarks_dir() == ROOT / "benchmarks"
     assert main(["bench", "list"]) == 0
     listed = capsys.readouterr().out.split()
-    assert listed == sorted(p.stem[len("bench_") :] for p in (ROOT / "benchmarks").glob("bench_*.py"))
+    assert listed == sorted(
+        p.stem[len("bench_") :] for p in (ROOT / "benchmarks").glob("bench_*.py")
+    )
     assert "train" in listed and "gpu" in listed
 
 
 def test_bench_forwards_options_and_the_exit_status(tmp_path, monkeypatch):
     (tmp_path / "bench_echo.py").write_text(
-        "import json, sys\n"
-        "open(sys.argv[1], 'w').write(json.dumps(sys.argv[2:]))\n"
-        "sys.exit(3)\n"
+        "import json, sys\nopen(sys.argv[1], 'w').write(json.dumps(sys.argv[2:]))\nsys.exit(3)\n"
     )
     monkeypatch.setenv("CNNLAB_BENCHMARKS", str(tmp_path))
     out = tmp_path / "argv.json"
@@ -42,7 +42,9 @@ def test_bench_user_errors_are_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("CNNLAB_BENCHMARKS", str(tmp_path / "none"))
     assert main(["bench"]) == 2
     err = capsys.readouterr().err
-    assert "no benchmarks in" in err and "pip install -e '.[bench]'" in err  # brackets are text, not markup
+    assert (
+        "no benchmarks in" in err and "pip install -e '.[bench]'" in err
+    )  # brackets are text, not markup
 
 
 def test_error_messages_keep_square_brackets_of_paths(tmp_path, capsys):
@@ -54,7 +56,10 @@ def test_error_messages_keep_square_brackets_of_paths(tmp_path, capsys):
 @pytest.mark.slow
 def test_gpu_benchmark_smoke_runs_every_contender_on_the_cpu(tmp_path):
     """The ImageNet-size GPU benchmark's code path, shrunk to the CPU (ResNet-18, 64 pictures of 32 px)."""
-    env = {"CNNLAB_BENCH_DATA": str(tmp_path / "data"), "CNNLAB_BENCH_RESULTS": str(tmp_path / "results")}
+    env = {
+        "CNNLAB_BENCH_DATA": str(tmp_path / "data"),
+        "CNNLAB_BENCH_RESULTS": str(tmp_path / "results"),
+    }
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--smoke"],
         env=os.environ | env, capture_output=True, text=True, timeout=600,

@@ -4,14 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnlab.data.loader import TensorLoader, _generator, random_crop, random_flip
+from cnnlab.data.loader import TensorLoader, random_crop, random_flip, seeded_generator
 
 
 def test_random_crop_equals_per_sample_slicing():
     x = torch.randint(0, 255, (6, 3, 10, 12)).float()
-    g = _generator(0, 1, 2)
+    g = seeded_generator(0, 1, 2)
     out = random_crop(x, 3, g)
-    g = _generator(0, 1, 2)  # the same draws, replayed for the reference
+    g = seeded_generator(0, 1, 2)  # the same draws, replayed for the reference
     dy = torch.randint(0, 7, (6,), generator=g)  # the same draw order: dy then dx, one per image
     dx = torch.randint(0, 7, (6,), generator=g)
     padded = F.pad(x, (3, 3, 3, 3))
@@ -22,8 +22,8 @@ def test_random_crop_equals_per_sample_slicing():
 
 def test_random_flip_flips_exactly_the_drawn_half():
     x = torch.arange(4 * 1 * 2 * 3).float().view(4, 1, 2, 3)
-    out = random_flip(x, _generator(5))
-    flip = torch.rand(4, generator=_generator(5)) < 0.5
+    out = random_flip(x, seeded_generator(5))
+    flip = torch.rand(4, generator=seeded_generator(5)) < 0.5
     for i in range(4):
         assert torch.equal(out[i], x[i].flip(-1) if flip[i] else x[i])
 
@@ -100,7 +100,9 @@ def test_decode_cache_is_memory_mapped_equal_to_per_file_decoding_and_left_whole
         np.testing.assert_array_equal(got, want)
     files = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert len(files) == 1 and files[0].endswith(".npy")  # no temporary file left behind
-    tensor = torch.from_numpy(again)  # copy-on-write: writable for torch, and writes never reach the file
+    tensor = torch.from_numpy(
+        again
+    )  # copy-on-write: writable for torch, and writes never reach the file
     tensor[0].zero_()
     np.testing.assert_array_equal(np.load(tmp_path / "cache" / files[0]), want)
 
@@ -115,17 +117,25 @@ def test_decode_without_a_writable_cache_decodes_into_memory(tmp_path, caplog):
     blocker.write_text("x")
     spec = PreprocessSpec(8, 1, (0.5,), (0.25,))
     got = decode_files(paths, spec, cache_dir=blocker / "cache")
-    assert not isinstance(got, np.memmap) and "could not write the decoded-image cache" in caplog.text
+    assert (
+        not isinstance(got, np.memmap) and "could not write the decoded-image cache" in caplog.text
+    )
     np.testing.assert_array_equal(got, np.stack([load_file(p, spec) for p in paths]))
     assert decode_files([], spec, cache_dir=tmp_path / "c2").shape == (0, 1, 8, 8)
 
 
-def test_a_split_larger_than_half_the_memory_says_it_pages_from_the_cache(tmp_path, monkeypatch, caplog):
+def test_a_split_larger_than_half_the_memory_says_it_pages_from_the_cache(
+    tmp_path, monkeypatch, caplog
+):
     from cnnlab.data import tensors
 
     paths = _png_folder(tmp_path, 4)
-    monkeypatch.setattr(tensors, "available_memory", lambda: 100)  # bytes: far less than 4 x 3 x 8 x 8 x 2
-    tensors.decode_files(paths, tensors.PreprocessSpec(8, 3, (0.5,) * 3, (0.25,) * 3), cache_dir=tmp_path / "c")
+    monkeypatch.setattr(
+        tensors, "available_memory", lambda: 100
+    )  # bytes: far less than 4 x 3 x 8 x 8 x 2
+    tensors.decode_files(
+        paths, tensors.PreprocessSpec(8, 3, (0.5,) * 3, (0.25,) * 3), cache_dir=tmp_path / "c"
+    )
     assert "stay in the memory-mapped cache" in caplog.text and str(tmp_path / "c") in caplog.text
 
 
@@ -149,13 +159,14 @@ def test_host_resident_images_give_the_same_batches_as_device_resident(monkeypat
 
     from cnnlab import api
     from cnnlab.data.tensors import PreprocessSpec
+    from cnnlab.engine import loaders
 
     images = torch.randint(0, 255, (40, 3, 8, 8), dtype=torch.uint8)
     targets = np.arange(40) % 4
     spec = PreprocessSpec(8, 3, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
     kw = {"shuffle": True, "seed": 2, "augment": ("crop", "flip")}
     resident = api.make_loader(images, targets, spec, torch.device("cpu"), 16, **kw)
-    monkeypatch.setattr(api, "fits_on_device", lambda images, device: False)
+    monkeypatch.setattr(loaders, "fits_on_device", lambda images, device: False)
     hosted = api.make_loader(images, targets, spec, torch.device("cpu"), 16, **kw)
     for a, b in zip(resident.batches(1), hosted.batches(1), strict=True):
         for u, v in zip(a, b, strict=True):
@@ -169,12 +180,13 @@ def test_host_resident_images_copied_per_batch_equal_gpu_resident(monkeypatch):
 
     from cnnlab import api
     from cnnlab.data.tensors import PreprocessSpec
+    from cnnlab.engine import loaders
 
     images = torch.randint(0, 255, (40, 3, 8, 8), dtype=torch.uint8)
     spec, cuda = PreprocessSpec(8, 3, (0.5,) * 3, (0.25,) * 3), torch.device("cuda")
     kw = {"shuffle": True, "seed": 2, "augment": ("crop", "flip")}
     resident = api.make_loader(images, np.arange(40) % 4, spec, cuda, 16, **kw)
-    monkeypatch.setattr(api, "fits_on_device", lambda images, device: False)
+    monkeypatch.setattr(loaders, "fits_on_device", lambda images, device: False)
     hosted = api.make_loader(images, np.arange(40) % 4, spec, cuda, 16, **kw)
     assert hosted.images.device.type == "cpu" and resident.images.device.type == "cuda"
     for a, b in zip(resident.batches(1), hosted.batches(1), strict=True):

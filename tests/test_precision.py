@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cnnlab import api
-from cnnlab.engine.hardware import (
+from cnnlab.engine.devices import (
     inference_precision,
     machine_info,
     resolve_precision,
@@ -142,12 +142,12 @@ def test_predict_evaluate_and_the_model_agree_on_probabilities(
     np.testing.assert_allclose(saved["probs"], recorded["probs"], atol=precision_tol, rtol=0)
     # the checkpoint in plain fp32, batch by batch, is the reference of both
     spec = api.PreprocessSpec.from_dict(meta["preprocess"])
-    from cnnlab.data.sources import load_source
+    from cnnlab.data.sources import load_source, split_by_ids
 
     cfg = api.make_config(api.TrainConfig, data="builtin:digits", seed=0)
     bundle = load_source(cfg)
     ids = json.loads((digits_run / "splits.json").read_text())["splits"]["test"]
-    split = api._split_by_ids(bundle, ids, "test")
+    split = split_by_ids(bundle, ids, "test")
     x = api.split_to_uint8(split, spec).float() / 255
     x = (x - torch.tensor(spec.mean).view(1, -1, 1, 1)) / torch.tensor(spec.std).view(1, -1, 1, 1)
     with torch.inference_mode():
@@ -191,7 +191,9 @@ def test_bf16_inference_is_explicit_close_and_recorded(digits_run: Path, tmp_pat
 
 
 def test_onnx_prediction_refuses_another_precision(tmp_path: Path):
+    from cnnlab.tasks.classify.predict import predict
+
     fake = tmp_path / "m.onnx"
     fake.write_bytes(b"")
     with pytest.raises(ConfigError, match="float32 in onnxruntime"):
-        api.predict(fake, [tmp_path], precision="bf16")
+        predict(fake, [tmp_path], precision="bf16")

@@ -159,8 +159,14 @@ def test_case_32_csv_row_whose_file_is_missing_is_skipped_and_reported(tmp_path)
         rows.append(f"{i}.png,{'a' if i % 2 else 'b'}")
     rows.append("gone.png,a")  # listed, not on disk
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    b = load_source(_cfg(data=str(tmp_path / "labels.csv"), max_bad_fraction=0.2, val_fraction=0.0,
-                         test_fraction=0.0))
+    b = load_source(
+        _cfg(
+            data=str(tmp_path / "labels.csv"),
+            max_bad_fraction=0.2,
+            val_fraction=0.0,
+            test_fraction=0.0,
+        )
+    )
     assert sum(len(s) for s in b.splits.values()) == 12
     assert any("gone.png" in path for path, _ in b.scan.bad_items)
     with pytest.raises(DataError):  # --strict turns the skip into a failure
@@ -182,7 +188,9 @@ def test_split_too_small_for_the_classes_is_a_data_error_exactly_when_sklearn_re
         idx = np.arange(len(targets))
         try:
             rest, _ = train_test_split(idx, test_size=test, stratify=targets, random_state=0)
-            train_test_split(rest, test_size=val / (1 - test), stratify=targets[rest], random_state=1)
+            train_test_split(
+                rest, test_size=val / (1 - test), stratify=targets[rest], random_state=1
+            )
         except ValueError:
             return True
         return False
@@ -200,5 +208,7 @@ def test_split_too_small_for_the_classes_is_a_data_error_exactly_when_sklearn_re
                 assert sum(len(v) for v in parts.values()) == n
             checked += refused
     assert checked > 5  # the grid does reach the refused cases
-    with pytest.raises(DataError, match=r"--test-fraction 0.05 of 64 images gives 4 test images.*at least 0.079"):
+    with pytest.raises(
+        DataError, match=r"--test-fraction 0.05 of 64 images gives 4 test images.*at least 0.079"
+    ):
         stratified_split(np.arange(64) % 5, 0.05, 0.05, seed=0)

@@ -198,7 +198,9 @@ def test_cli_finetune_from_a_run_with_other_classes_and_channels(mixed_folder, t
 
 
 def test_lr_auto_runs_the_range_test_and_records_the_rate(tmp_path):
-    run = api.train(data="builtin:digits", out=str(tmp_path), name="auto", **(FAST | {"lr": "auto"}))
+    run = api.train(
+        data="builtin:digits", out=str(tmp_path), name="auto", **(FAST | {"lr": "auto"})
+    )
     saved = json.loads((run.run_dir / "config.json").read_text())
     assert isinstance(saved["lr"], float) and 1e-5 <= saved["lr"] <= 1.0
 
@@ -217,7 +219,9 @@ def test_predict_in_pipelined_chunks_matches_the_model_per_file(tmp_path):
     folder.mkdir()
     rng = np.random.default_rng(0)
     for i in range(37):
-        Image.fromarray(rng.integers(0, 256, (20 + i, 18), dtype=np.uint8)).save(folder / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (20 + i, 18), dtype=np.uint8)).save(
+            folder / f"{i}.png"
+        )
     (folder / "3b.png").write_bytes(b"not an image")
     model, meta, _ = api.load_checkpoint_model(run.run_dir)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
@@ -254,5 +258,11 @@ def test_list_images_matches_a_recursive_glob_and_skips_hidden(tmp_path):
     )
     got = api.list_images([tmp_path])
     assert got == want
-    assert [f.name for f in got] == ["a.png", "d.webp", "c.jpeg", "b.JPG", "top.bmp"]  # "cls" < "cls 2" < "cls-1"
+    assert [f.name for f in got] == [
+        "a.png",
+        "d.webp",
+        "c.jpeg",
+        "b.JPG",
+        "top.bmp",
+    ]  # "cls" < "cls 2" < "cls-1"
     assert api.list_images([tmp_path / "top.bmp", tmp_path / "cls"])[0] == tmp_path / "top.bmp"

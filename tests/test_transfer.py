@@ -19,11 +19,13 @@ from safetensors.torch import load_file
 from cnnlab import api
 from cnnlab.config import PreprocessSpec, TrainConfig
 from cnnlab.data.loader import TensorLoader
+from cnnlab.data.sources import split_by_ids
 from cnnlab.engine.checkpoint import save_weights
 from cnnlab.engine.optim import build_optimizer, build_scheduler, param_groups
 from cnnlab.engine.trainer import LoopState, Trainer
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.models import create_model
+from cnnlab.run import saved_config
 from cnnlab.tasks.classification import ClassificationTask
 from cnnlab.transfer import load_pretrained, prepare_transfer, resolve_freeze, train_mode
 from cnnlab.transfer.recipes import unfreeze_epochs
@@ -148,6 +150,7 @@ def test_frozen_backbone_and_every_bn_statistic_stay_bit_identical_after_fine_tu
         out=str(tmp_path),
         name="ft",
         report=False,
+        keep="all",  # epoch 1's weights are compared with epoch 2's
     )
     ckpt = run.run_dir / "checkpoints"
     first, last = (
@@ -388,8 +391,8 @@ def test_embed_writes_the_classifier_input_with_labels_and_ids(digits_run, tmp_p
     # independent reference: LeNet's layers up to the 84-unit hidden layer, applied by hand
     model, meta, _ = api.load_checkpoint_model(digits_run)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
-    bundle = api.load_source(api.make_config(TrainConfig, **api._saved_config(digits_run)))
-    test = api._split_by_ids(bundle, split_ids, "test")
+    bundle = api.load_source(api.make_config(TrainConfig, **saved_config(digits_run)))
+    test = split_by_ids(bundle, split_ids, "test")
     x = api.split_to_uint8(test, spec).float() / 255
     x = (x - torch.tensor(spec.mean).view(1, -1, 1, 1)) / torch.tensor(spec.std).view(1, -1, 1, 1)
     with torch.no_grad():

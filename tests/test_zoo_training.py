@@ -22,5 +22,9 @@ def test_family_loss_falls_on_mnist_sample(name, tmp_path):
         seed=0,
     )
     losses = [h["train_loss"] for h in run.history]
-    assert losses[-1] < 0.9 * losses[0], losses  # falling: 10% below the first epoch's loss (2.30 = ln 10)
-    assert run.test_metrics["accuracy"] > 0.2  # twice chance (0.1) after 6 short epochs of 500 images
+    assert losses[-1] < 0.9 * losses[0], (
+        losses
+    )  # falling: 10% below the first epoch's loss (2.30 = ln 10)
+    assert (
+        run.test_metrics["accuracy"] > 0.2
+    )  # twice chance (0.1) after 6 short epochs of 500 images

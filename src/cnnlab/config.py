@@ -15,7 +15,6 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import tomllib
 
-from cnnlab.data.decode import DEFAULT_MAX_PIXELS
 from cnnlab.errors import ConfigError, close_matches
 
 Precision = Literal["auto", "32", "bf16", "16"]
@@ -25,7 +24,12 @@ Schedule = Literal["onecycle", "cosine", "constant"]
 ResizeMode = Literal["fit", "crop", "stretch"]
 Strategy = Literal["full", "linear-probe", "fine-tune", "gradual"]
 LoaderMode = Literal["auto", "memory", "stream"]
+Keep = Literal["best", "last", "all"]
 AUGMENTATIONS = ("crop", "flip", "affine")
+
+#: 50 megapixels: an 8000 x 6000 photo still passes, a 12000 x 9000 one does not (its RGB decode
+#: alone would take 324 MB). Raise with ``--max-image-pixels``; enforced in cnnlab.data.decode.
+DEFAULT_MAX_PIXELS = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,9 @@ class TrainConfig:
     # --- compute ---
     device: Device = "auto"
     precision: Precision = "auto"  # auto: bf16 autocast where the CPU/GPU supports it, else fp32
-    channels_last: bool | None = None  # None: NHWC on CPU and CUDA (api.resolve_channels_last)
+    channels_last: bool | None = (
+        None  # None: NHWC on CPU and CUDA (engine.devices.resolve_channels_last)
+    )
     compile: bool = False  # torch.compile the model (pays off for long runs)
     devices: int = (
         1  # processes on this node (DDP through torchrun; --batch-size stays the global batch)
@@ -108,9 +114,13 @@ class TrainConfig:
     resume: str | None = None  # "auto" (this run's last verified checkpoint) or a checkpoint path
     tensorboard: bool = False
     report: bool = True  # write report.html at the end
+    keep: Keep = (
+        "best"  # checkpoints kept: best (+ the last epoch's, resumable) | last | all epochs
+    )
+    private: bool = False  # run folder 0700 and its files 0600 (default: as open() under the umask)
 
     def __post_init__(self) -> None:
-        _check_literals(self)
+        check_literals(self)
         if isinstance(self.lr, str) and self.lr != "auto":
             raise ConfigError(f"option lr must be a number or 'auto', got {self.lr!r}")
         positive = {
@@ -146,7 +156,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _check_literals(cfg: Any) -> None:
+def check_literals(cfg: Any) -> None:
     hints = get_type_hints(type(cfg))
     for f in fields(cfg):
         hint = hints[f.name]
@@ -166,7 +176,10 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
         return None
     text = str(value).strip()
     base = hint
-    if get_origin(hint) in (Union, types.UnionType):  # X | None -> X; X | Literal[...] -> the first that fits
+    if get_origin(hint) in (
+        Union,
+        types.UnionType,
+    ):  # X | None -> X; X | Literal[...] -> the first that fits
         options = [a for a in get_args(hint) if a is not type(None)]
         for option in options[:-1]:
             try:

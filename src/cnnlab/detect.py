@@ -30,12 +30,13 @@ import torch
 from cnnlab import __version__
 from cnnlab.config import (
     Device,
+    Keep,
     Optimizer,
     Precision,
     PreprocessSpec,
     ResizeMode,
     Schedule,
-    _check_literals,
+    check_literals,
     make_config,
 )
 from cnnlab.data.boxes import (
@@ -51,14 +52,22 @@ from cnnlab.data.decode import DEFAULT_MAX_PIXELS
 from cnnlab.engine import callbacks as cbs
 from cnnlab.engine.assembly import check_common_options, optimizer_and_schedule
 from cnnlab.engine.checkpoint import CheckpointManager
-from cnnlab.engine.hardware import inference_precision, machine_info, resolve_precision
+from cnnlab.engine.devices import (
+    inference_precision,
+    machine_info,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
 from cnnlab.engine.onnx import OnnxModel, is_onnx
+from cnnlab.engine.predict import list_images
 from cnnlab.engine.resume import restore, resume_target, resumed_config
-from cnnlab.engine.trainer import Trainer, autocast
-from cnnlab.errors import ConfigError, DataError, close_matches
+from cnnlab.engine.trainer import Trainer, autocast, check_monitor
+from cnnlab.errors import ConfigError, DataError, Interrupted, close_matches
 from cnnlab.models.detection import create_detection_model
 from cnnlab.run import (
     evaluation_dir,
+    finish_run_dir,
     load_run_model,
     new_run_dir,
     read_json,
@@ -67,7 +76,7 @@ from cnnlab.run import (
     trained_precision,
     write_json,
 )
-from cnnlab.tasks.detection import DetectionTask, ValidationMetrics
+from cnnlab.tasks.detection import DetectionTask
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +127,13 @@ class DetectConfig:
     name: str | None = None
     report: bool = True
     report_images: int = 6
+    keep: Keep = (
+        "best"  # checkpoints kept: best (+ the last epoch's, resumable) | last | all epochs
+    )
+    private: bool = False  # run folder 0700 and its files 0600 (default: as open() under the umask)
 
     def __post_init__(self) -> None:
-        _check_literals(self)
+        check_literals(self)
         check_common_options(
             self, ("epochs", "batch_size", "lr", "report_images", "fpn_channels", "box_head_width")
         )
@@ -137,12 +150,7 @@ class DetectConfig:
                 f"{close_matches(unknown[0], BOX_AUGMENTATIONS)}; choose from "
                 f"{', '.join(BOX_AUGMENTATIONS)} (or none)"
             )
-        monitors = ("val_map50", "val_map", "train_loss")
-        if self.monitor not in monitors:
-            raise ConfigError(
-                f"unknown monitor {self.monitor!r}{close_matches(self.monitor, monitors)}; "
-                f"choose from {', '.join(monitors)}"
-            )
+        check_monitor(self.monitor, DetectionTask, "detection")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -157,12 +165,6 @@ class DetectResult:
     config: DetectConfig
     stop_reason: str = ""
     report: Path | None = None
-
-
-def _api():  # cnnlab.api may import this module: look it up lazily to avoid an import cycle
-    from cnnlab import api
-
-    return api
 
 
 def _bundle(cfg: DetectConfig) -> BoxBundle:
@@ -195,7 +197,6 @@ def train_detection(
     """
     from cnnlab.data.tensors import channel_stats
 
-    api = _api()
     if isinstance(config, DetectConfig):
         cfg = make_config(DetectConfig, **(config.to_dict() | options))
     else:
@@ -204,8 +205,8 @@ def train_detection(
     resumed = resume_target(cfg.resume, cfg.out, cfg.name) if cfg.resume else None
     if resumed:  # the run's own config; only epochs, device, precision, early stopping may change
         cfg = make_config(DetectConfig, **resumed_config(DetectConfig, cfg, resumed[0]))
-    api.seed_everything(cfg.seed, cfg.deterministic)
-    device = api.resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    device = resolve_device(cfg.device)
     bundle = _bundle(cfg)
     first = next(s for part in bundle.splits.values() for s in part)
     in_channels = cfg.in_channels or (first.array.shape[2] if first.array is not None else 3)
@@ -246,7 +247,9 @@ def train_detection(
     run_dir = (
         resumed[0]
         if resumed
-        else new_run_dir(cfg.out, cfg.name, f"{cfg.model}-{cfg.backbone}", cfg.data)
+        else new_run_dir(
+            cfg.out, cfg.name, f"{cfg.model}-{cfg.backbone}", cfg.data, private=cfg.private
+        )
     )
     write_json(run_dir / "config.json", cfg.to_dict())
     write_json(run_dir / "classes.json", class_names)
@@ -296,10 +299,9 @@ def train_detection(
         "cnnlab_version": __version__,
         "torch_version": torch.__version__,
     }
-    manager = CheckpointManager(run_dir / "checkpoints")
+    manager = CheckpointManager.for_policy(run_dir / "checkpoints", cfg.keep)
     monitor = cfg.monitor if val_loader is not None else "train_loss"
     callbacks: list[cbs.Callback] = [
-        ValidationMetrics(task),
         cbs.Progress(cfg.epochs, len(train_loader), console=console, enabled=console is not None),
         cbs.CSVLogger(run_dir / "metrics.csv"),
         cbs.Checkpoint(manager, lambda: metadata, monitor),
@@ -319,7 +321,7 @@ def train_detection(
     state = trainer.fit(train_loader, val_loader, cfg.epochs)
     train_time = time.perf_counter() - t0
     if state.interrupted:
-        raise api.Interrupted(
+        raise Interrupted(
             f"{state.stop_reason}; resume with: cnnlab detect train --resume {run_dir}"
         )
     write_json(
@@ -339,6 +341,7 @@ def train_detection(
             show=cfg.report_images,
         )  # fmt: skip
         result.test_metrics, result.report = ev["metrics"], ev.get("report")
+    finish_run_dir(run_dir, console)
     return result
 
 
@@ -446,8 +449,7 @@ def evaluate_detection(
 ) -> dict[str, Any]:
     """Evaluate a detection run on its recorded split (default: the held-out test images) or on
     every image of another dataset ``data`` whose class names are among the model's."""
-    api = _api()
-    dev = api.resolve_device(device)
+    dev = resolve_device(device)
     model, meta, weights = load_detection_model(run, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     class_names = list(meta["class_names"])
@@ -507,6 +509,7 @@ def predict_detection(
     batch_size: int = 8,
     score_threshold: float | None = None,
     draw: bool = True,
+    precision: str = "auto",
 ) -> Path:
     """Detect objects in images; writes ``out_dir/predictions.json`` (COCO results format: bbox
     [x, y, w, h] in each image's own pixels, ``image_id`` = file name, ``category_id`` = the
@@ -520,20 +523,23 @@ def predict_detection(
     from cnnlab.data.decode import load_image
     from cnnlab.data.tensors import image_mode, pil_to_chw
 
-    api = _api()
     if is_onnx(run):
         dev, model = torch.device("cpu"), OnnxModel(run, task="detection")
-        meta = model.meta
+        meta, trained = model.meta, "32"
     else:
-        dev = api.resolve_device(device)
-        model, meta, _ = load_detection_model(run, dev)
+        dev = resolve_device(device)
+        model, meta, weights = load_detection_model(run, dev)
+        trained = trained_precision(run_dir_of(weights))
+    precision = inference_precision(precision, dev, trained)
+    if is_onnx(run) and precision != "32":
+        raise ConfigError(f"--precision {precision}: an ONNX model runs in float32 in onnxruntime")
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     names = list(meta["class_names"])
     cats = list(meta.get("category_ids") or range(len(names)))
     threshold = float(
         meta.get("score_threshold", 0.5) if score_threshold is None else score_threshold
     )
-    files = api.list_images(inputs)
+    files = list_images(inputs)
     out = Path(out_dir)
     if draw:
         (out / "images").mkdir(parents=True, exist_ok=True)
@@ -556,7 +562,7 @@ def predict_detection(
         if not batch:
             continue
         x = torch.from_numpy(np.stack([a for *_, a in batch])).to(dev)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(dev, precision):
             preds = model((x.float() / 255 - mean) / std)
         for (f, im, _), p in zip(batch, preds, strict=True):
             keep = p["scores"] >= threshold

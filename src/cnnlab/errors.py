@@ -41,3 +41,9 @@ def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:
     """' (did you mean: a, b?)' or '' -- used in every 'unknown X' message."""
     found = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.5)
     return f" (did you mean: {', '.join(found)}?)" if found else ""
+
+
+class Interrupted(CnnlabError):
+    """Training stopped by Ctrl-C / SIGTERM after saving a resumable checkpoint."""
+
+    exit_code = 130

@@ -62,7 +62,7 @@ from cnnlab.config import PreprocessSpec
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, close_matches
 
 if TYPE_CHECKING:
-    from cnnlab.api import Prediction
+    from cnnlab.engine.predict import Prediction
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +293,7 @@ def export_model(
     logits (float32 rounding grows with depth: ResNet-101/152 may need ``rtol=1e-2, atol=1e-4``).
     """
     from cnnlab.engine.checkpoint import read_weights
+    from cnnlab.engine.weights import load_checkpoint_model
     from cnnlab.run import resolve_weights, run_dir_of
 
     fmt = _check_format(format)
@@ -305,8 +306,6 @@ def export_model(
                "; export covers classification, segmentation and detection runs")
         )  # fmt: skip
     if task == "classification":
-        from cnnlab.api import load_checkpoint_model
-
         model, meta, weights = load_checkpoint_model(run_or_checkpoint, "cpu")
         metadata = export_metadata(meta)
     else:
@@ -650,13 +649,13 @@ def predict_onnx(
     *,
     batch_size: int = 64,
 ) -> list[Prediction]:
-    """:func:`cnnlab.api.predict` for an exported ``.onnx`` file, without the PyTorch model.
+    """:func:`cnnlab.tasks.classify.predict.predict` for an exported ``.onnx`` file, without the PyTorch model.
 
     Preprocessing and class names come from the file's metadata; files are decoded with the same
     policy as training (:func:`cnnlab.data.tensors.load_file`). Unreadable files get an ``error``
     entry (the short reason), not an exception. ``probs = softmax(logits)`` in float64.
     """
-    from cnnlab.api import predict_files
+    from cnnlab.engine.predict import predict_files
 
     path = Path(onnx_path)
     session = _onnx_session(path)

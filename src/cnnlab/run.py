@@ -18,18 +18,31 @@ runs/<name>/
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cnnlab.engine.checkpoint import MANIFEST, CheckpointManager, atomic_write
+from cnnlab.engine.checkpoint import (
+    MANIFEST,
+    CheckpointManager,
+    apply_run_mode,
+    atomic_write,
+    folder_bytes,
+)
 from cnnlab.errors import CheckpointError, ConfigError
 
+log = logging.getLogger(__name__)
 
-def new_run_dir(out: str | Path, name: str | None, model: str, data: str) -> Path:
-    """A fresh folder; never reuses (and so never overwrites) an existing run unless resuming."""
+
+def new_run_dir(
+    out: str | Path, name: str | None, model: str, data: str, *, private: bool = False
+) -> Path:
+    """A fresh folder; never reuses (and so never overwrites) an existing run unless resuming.
+
+    private: the folder is 0700, so everything written in it is 0600 (see engine.checkpoint)."""
     base = Path(out)
     if name is None:
         tag = data.replace("builtin:", "").replace("torchvision:", "").replace("?", "-")
@@ -41,6 +54,8 @@ def new_run_dir(out: str | Path, name: str | None, model: str, data: str) -> Pat
         suffix += 1
         path = base / f"{name}-{suffix}"
     path.mkdir(parents=True)
+    if private:
+        os.chmod(path, 0o700)
     return path
 
 
@@ -84,7 +99,7 @@ def record_evaluation(
 ) -> dict[str, Any]:
     """What an evaluation ran on and how, written as ``out_dir/evaluation.json`` (when there is one)
     and returned for the caller's result."""
-    from cnnlab.engine.hardware import machine_info
+    from cnnlab.engine.devices import machine_info
 
     record = {
         "task": task,
@@ -111,6 +126,17 @@ def trained_precision(run_dir: Path | None) -> str | None:
     except (OSError, json.JSONDecodeError):
         return None
     return record.get("precision")
+
+
+def finish_run_dir(run_dir: Path, console: Any = None) -> int:
+    """One file mode for the whole run folder (apply_run_mode), then say its size; returns bytes."""
+    apply_run_mode(run_dir)
+    size = folder_bytes(run_dir)
+    message = f"run folder {run_dir}: {size / 1e6:.1f} MB on disk"
+    if console is not None:
+        console.print(message)
+    log.info(message)
+    return size
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -205,3 +231,29 @@ def relpath(path: Path) -> str:
         return os.path.relpath(path)
     except ValueError:
         return str(path)
+
+
+def saved_config(run_dir: Path) -> dict[str, Any]:
+    saved = read_json(run_dir / "config.json")
+    saved["augment"] = tuple(saved.get("augment", ()))
+    saved["resume"] = None
+    return saved
+
+
+def checkpoint_metadata(run: str | Path) -> dict[str, Any]:
+    """A run's checkpoint metadata, read from the safetensors header only (no tensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    weights = resolve_weights(run)
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"incomplete or corrupt checkpoint: {weights} ({err})") from None
+    meta: dict[str, Any] = {"weights": str(weights)}
+    for key, value in raw.items():  # cnnlab stores each value as JSON text
+        try:
+            meta[key] = json.loads(value)
+        except (TypeError, json.JSONDecodeError):
+            meta[key] = value
+    return meta

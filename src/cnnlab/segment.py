@@ -33,12 +33,13 @@ import torch.nn.functional as F
 from cnnlab import __version__
 from cnnlab.config import (
     Device,
+    Keep,
     Optimizer,
     Precision,
     PreprocessSpec,
     ResizeMode,
     Schedule,
-    _check_literals,
+    check_literals,
     make_config,
 )
 from cnnlab.data.decode import DEFAULT_MAX_PIXELS
@@ -55,11 +56,19 @@ from cnnlab.data.masks import (
 from cnnlab.engine import callbacks as cbs
 from cnnlab.engine.assembly import check_common_options, optimizer_and_schedule
 from cnnlab.engine.checkpoint import CheckpointManager
-from cnnlab.engine.hardware import inference_precision, machine_info, resolve_precision
+from cnnlab.engine.devices import (
+    inference_precision,
+    machine_info,
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
 from cnnlab.engine.onnx import OnnxModel, is_onnx
+from cnnlab.engine.predict import list_images
 from cnnlab.engine.resume import restore, resume_target, resumed_config
-from cnnlab.engine.trainer import Trainer, autocast
-from cnnlab.errors import ConfigError, DataError, close_matches
+from cnnlab.engine.trainer import Trainer, autocast, check_monitor
+from cnnlab.errors import ConfigError, DataError, Interrupted, close_matches
 from cnnlab.metrics.segmentation import (
     ConfusionAccumulator,
     per_image_confusion,
@@ -69,6 +78,7 @@ from cnnlab.metrics.segmentation import (
 from cnnlab.models.segmentation import create_segmentation_model
 from cnnlab.run import (
     evaluation_dir,
+    finish_run_dir,
     load_run_model,
     new_run_dir,
     read_json,
@@ -77,7 +87,7 @@ from cnnlab.run import (
     trained_precision,
     write_json,
 )
-from cnnlab.tasks.segmentation import SegmentationTask, ValidationMetrics
+from cnnlab.tasks.segmentation import SegmentationTask
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +153,13 @@ class SegmentConfig:
     name: str | None = None
     report: bool = True
     report_images: int = 6  # best and worst test images shown in the report
+    keep: Keep = (
+        "best"  # checkpoints kept: best (+ the last epoch's, resumable) | last | all epochs
+    )
+    private: bool = False  # run folder 0700 and its files 0600 (default: as open() under the umask)
 
     def __post_init__(self) -> None:
-        _check_literals(self)
+        check_literals(self)
         check_common_options(self, ("epochs", "batch_size", "lr", "report_images"))
         if not 0 <= self.ignore_index <= 255:
             raise ConfigError(
@@ -163,13 +177,7 @@ class SegmentConfig:
                 f"{', '.join(SEGMENTATION_AUGMENTATIONS)} (or 'none'): others would interpolate "
                 "class indices"
             )
-        monitors = ("val_miou", "val_accuracy", "val_loss", "train_loss", "train_accuracy")
-        if self.monitor not in monitors:
-            raise ConfigError(
-                f"unknown monitor {self.monitor!r}"
-                f"{close_matches(self.monitor, monitors)}; choose from "
-                f"{', '.join(monitors)}"
-            )
+        check_monitor(self.monitor, SegmentationTask, "segmentation")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -184,12 +192,6 @@ class SegmentResult:
     config: SegmentConfig
     stop_reason: str = ""
     report: Path | None = None
-
-
-def _api():  # cnnlab.api will import this module: look it up lazily to avoid an import cycle
-    from cnnlab import api
-
-    return api
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -268,7 +270,6 @@ def train_segmentation(
     """
     from cnnlab.data.tensors import channel_stats
 
-    api = _api()
     if isinstance(config, SegmentConfig):
         cfg = make_config(SegmentConfig, **(config.to_dict() | options))
     else:
@@ -277,8 +278,8 @@ def train_segmentation(
     resumed = resume_target(cfg.resume, cfg.out, cfg.name) if cfg.resume else None
     if resumed:  # the run's own config; only epochs, device, precision, early stopping may change
         cfg = make_config(SegmentConfig, **resumed_config(SegmentConfig, cfg, resumed[0]))
-    api.seed_everything(cfg.seed, cfg.deterministic)
-    device = api.resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    device = resolve_device(cfg.device)
     bundle = _bundle(cfg)
     in_channels = cfg.in_channels or bundle.channels
     image_size = _image_size(cfg, bundle)
@@ -331,7 +332,9 @@ def train_segmentation(
     run_dir = (
         resumed[0]
         if resumed
-        else new_run_dir(cfg.out, cfg.name, f"{cfg.model}-{cfg.encoder}", cfg.data)
+        else new_run_dir(
+            cfg.out, cfg.name, f"{cfg.model}-{cfg.encoder}", cfg.data, private=cfg.private
+        )
     )
     write_json(run_dir / "config.json", cfg.to_dict())
     write_json(run_dir / "classes.json", class_names)
@@ -347,7 +350,7 @@ def train_segmentation(
         },
     )
     precision = resolve_precision(cfg.precision, device, None)
-    channels_last = api.resolve_channels_last(cfg.channels_last, device)
+    channels_last = resolve_channels_last(cfg.channels_last, device)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -400,10 +403,9 @@ def train_segmentation(
         "cnnlab_version": __version__,
         "torch_version": torch.__version__,
     }
-    manager = CheckpointManager(run_dir / "checkpoints")
+    manager = CheckpointManager.for_policy(run_dir / "checkpoints", cfg.keep)
     monitor = cfg.monitor if val_loader is not None else "train_loss"
     callbacks: list[cbs.Callback] = [
-        ValidationMetrics(task),  # first: adds val_miou before the others read the metrics
         cbs.Progress(cfg.epochs, len(train_loader), console=console, enabled=console is not None),
         cbs.CSVLogger(run_dir / "metrics.csv"),
         cbs.Checkpoint(manager, lambda: metadata, monitor),
@@ -429,7 +431,7 @@ def train_segmentation(
     state = trainer.fit(train_loader, val_loader, cfg.epochs)
     train_time = time.perf_counter() - t0
     if state.interrupted:
-        raise api.Interrupted(
+        raise Interrupted(
             f"{state.stop_reason}; resume with: cnnlab segment train --resume {run_dir}"
         )
     write_json(
@@ -465,6 +467,7 @@ def train_segmentation(
             show=cfg.report_images,
         )
         result.test_metrics, result.report = evaluation["metrics"], evaluation.get("report")
+    finish_run_dir(run_dir, console)
     return result
 
 
@@ -591,8 +594,7 @@ def evaluate_segmentation(
 ) -> dict[str, Any]:
     """Evaluate a segmentation run on its recorded split (default: the held-out test images) or on
     every image of another dataset ``data`` whose classes are among the model's (by name)."""
-    api = _api()
-    dev = api.resolve_device(device)
+    dev = resolve_device(device)
     model, meta, weights = load_segmentation_model(run, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     class_names = list(meta["class_names"])
@@ -717,19 +719,18 @@ def predict_segmentation(
     from cnnlab.data.tensors import image_mode, pil_to_chw
     from cnnlab.report.segmentation_report import colorize, overlay
 
-    api = _api()
     if is_onnx(run):
         dev, model = torch.device("cpu"), OnnxModel(run, task="segmentation")
         meta, trained = model.meta, "32"
     else:
-        dev = api.resolve_device(device)
+        dev = resolve_device(device)
         model, meta, weights = load_segmentation_model(run, dev)
         trained = trained_precision(run_dir_of(weights))
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     names = list(meta["class_names"])
     ignore = int(meta.get("ignore_index", 255))
     palette = np.asarray(meta.get("palette") or [], dtype=np.uint8).reshape(-1, 3)
-    files = api.list_images(inputs)
+    files = list_images(inputs)
     out = Path(out_dir)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     if overlays:

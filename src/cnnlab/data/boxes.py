@@ -575,11 +575,11 @@ class BoxLoader:
     def batches(
         self, epoch: int = 0, start: int = 0
     ) -> Iterator[tuple[torch.Tensor, list[dict[str, torch.Tensor]], torch.Tensor]]:
-        from cnnlab.data.loader import _generator
+        from cnnlab.data.loader import seeded_generator
 
         n = self.num_samples
         order = (
-            torch.randperm(n, generator=_generator(self.seed, epoch))
+            torch.randperm(n, generator=seeded_generator(self.seed, epoch))
             if self.shuffle
             else torch.arange(n)
         )
@@ -589,7 +589,7 @@ class BoxLoader:
             x = self.images.index_select(0, idx.to(self.images.device)).float() / 255
             targets = [dict(self.targets[int(i)]) for i in idx]
             if "flip" in self.augment:
-                g = _generator(self.seed, epoch, step)
+                g = seeded_generator(self.seed, epoch, step)
                 flip = torch.rand(len(idx), generator=g) < 0.5
                 s = x.shape[-1]
                 for j in torch.nonzero(flip).flatten().tolist():
@@ -634,4 +634,3 @@ def box_counts(targets: Sequence[dict[str, Any]], num_classes: int) -> dict[str,
         background += int(len(labels) == 0)
         counts += np.bincount(labels, minlength=num_classes)[:num_classes]
     return {"objects": counts.tolist(), "background_images": background, "images": len(targets)}
-

@@ -56,7 +56,7 @@ def sklearn_digits() -> ArrayDataset:
     )
 
 
-def _shape_mask(
+def shape_mask(
     kind: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, r: float
 ) -> np.ndarray:
     """Boolean (H, W) mask of one shape of half-size r (pixels) centred at (cy, cx)."""
@@ -106,7 +106,7 @@ def make_shapes(
             k = int(rng.integers(len(classes)))
             r = rng.uniform(0.15, 0.30) * size
             cy, cx = rng.uniform(r, size - r, size=2)
-            mask = _shape_mask(classes[k], yy, xx, cy, cx, r)
+            mask = shape_mask(classes[k], yy, xx, cy, cx, r)
             colour = rng.integers(120, 256, size=3)
             images[i][mask] = colour
             masks[i][mask] = k + 1

@@ -75,6 +75,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from cnnlab.config import DEFAULT_MAX_PIXELS
 from cnnlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,7 @@ log = logging.getLogger(__name__)
 #: "PPM" covers PBM/PGM/PPM/PNM; "JPEG" also admits camera multi-picture files (format "MPO").
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 
-#: 50 megapixels: an 8000 x 6000 photo still passes, a 12000 x 9000 one does not (its RGB decode
-#: alone would take 324 MB). Raise with ``--max-image-pixels``.
-DEFAULT_MAX_PIXELS = 50_000_000
+# DEFAULT_MAX_PIXELS (50 MP) lives in cnnlab.config, the bottom layer, beside --max-image-pixels.
 
 #: White: what viewers and browsers show behind transparent pixels (see module docstring).
 DEFAULT_BACKGROUND: tuple[int, int, int] = (255, 255, 255)
@@ -310,7 +309,9 @@ def decode_image(
             # load() does not check chunk CRCs; verify() does (it raises SyntaxError).
             _open(data, max_pixels).verify()
         if draft and fmt == "JPEG" and min(width, height) >= 2 * draft:
-            im.draft(im.mode, (draft, draft))  # reduced-scale DCT decode; still a full (truncation) check
+            im.draft(
+                im.mode, (draft, draft)
+            )  # reduced-scale DCT decode; still a full (truncation) check
         im.load()  # full decode: the only reliable truncation check
         orientation = _orientation(im, notes)
         if orientation != 1:  # skip the copy exif_transpose makes for upright images

@@ -16,7 +16,7 @@ from cnnlab.config import PreprocessSpec
 from cnnlab.data.tensors import load_file, normalize
 
 
-def _generator(seed: int, *keys: int, device: torch.device | str = "cpu") -> torch.Generator:
+def seeded_generator(seed: int, *keys: int, device: torch.device | str = "cpu") -> torch.Generator:
     g = torch.Generator(device=device)
     mixed = seed
     for k in keys:  # splitmix-style mixing so (epoch, step) pairs never collide
@@ -135,7 +135,7 @@ class TensorLoader:
         """
         n = self.images.shape[0]
         if self.shuffle:
-            idx = torch.randperm(n, generator=_generator(self.seed, epoch))
+            idx = torch.randperm(n, generator=seeded_generator(self.seed, epoch))
         else:
             idx = torch.arange(n)
         rank, world = self.shard
@@ -160,7 +160,7 @@ class TensorLoader:
         if to is not None:
             x, y = x.to(to, non_blocking=True), y.to(to, non_blocking=True)
         if self.augment:
-            g = _generator(self.seed, epoch, step, device=x.device)
+            g = seeded_generator(self.seed, epoch, step, device=x.device)
             x = x.float()
             if "crop" in self.augment:  # 4 px at 32 px, as for CIFAR
                 x = random_crop(x, max(1, x.shape[-1] // 8), g, shard=self.shard)
@@ -180,7 +180,9 @@ class FileImages(torch.utils.data.Dataset):
 
     def __init__(self, paths: Sequence[str], spec: PreprocessSpec) -> None:
         self.paths, self.spec = list(paths), spec
-        self.shape = torch.Size((len(self.paths), spec.in_channels, spec.image_size, spec.image_size))
+        self.shape = torch.Size(
+            (len(self.paths), spec.in_channels, spec.image_size, spec.image_size)
+        )
         self.device = torch.device("cpu")
 
     def __len__(self) -> int:
@@ -195,7 +197,11 @@ class FileImages(torch.utils.data.Dataset):
 
     def index_select(self, dim: int, idx: torch.Tensor) -> torch.Tensor:
         assert dim == 0
-        return torch.stack([self[i] for i in idx.tolist()]) if len(idx) else torch.empty((0, *self.shape[1:]))
+        return (
+            torch.stack([self[i] for i in idx.tolist()])
+            if len(idx)
+            else torch.empty((0, *self.shape[1:]))
+        )
 
 
 @dataclass

@@ -46,7 +46,7 @@ import torch
 from PIL import Image
 
 from cnnlab.config import PreprocessSpec
-from cnnlab.data.loader import TensorLoader, _generator, random_crop, random_flip
+from cnnlab.data.loader import TensorLoader, random_crop, random_flip, seeded_generator
 from cnnlab.data.tensors import normalize, pil_to_chw
 from cnnlab.errors import ConfigError, DataError
 
@@ -725,7 +725,7 @@ class MaskLoader(TensorLoader):
             x = self.images.index_select(0, idx)
             y = self.targets.index_select(0, idx)
             if self.augment:
-                g = _generator(self.seed, epoch, step, device=x.device)
+                g = seeded_generator(self.seed, epoch, step, device=x.device)
                 both = torch.cat([x.float(), (self.ignore_index - y.float()).unsqueeze(1)], 1)
                 if "crop" in self.augment:
                     both = random_crop(both, max(1, both.shape[-1] // 8), g)

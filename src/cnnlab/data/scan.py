@@ -771,7 +771,6 @@ class ScanReport:
         rows = ",\n".join(pad * 2 + json.dumps(r, ensure_ascii=False) for r in files)
         return f'{head[:-2]},\n{pad}"files": [\n{rows}\n{pad}]\n}}'
 
-
     def summary_table(self):  # -> rich.table.Table (rich imported lazily: CLI-only dependency)
         """A two-column rich Table for humans (the CLI prints it)."""
         from rich.table import Table

@@ -365,3 +365,48 @@ def load_source(cfg: Any) -> DataBundle:
     if not path.is_dir():
         raise DataError(path, "dataset root is not a directory")
     return _from_items(items_from_folder(path), path.resolve(), str(path), cfg)
+
+
+def split_by_ids(bundle: DataBundle, ids: list[str], split: str) -> Split:
+    merged: dict[str, tuple[Split, int]] = {}
+    for s in bundle.splits.values():
+        for i, sid in enumerate(s.ids):
+            merged[sid] = (s, i)
+    missing = [sid for sid in ids if sid not in merged]
+    if missing:
+        raise DataError(
+            bundle.source,
+            f"{len(missing)} file(s) of the recorded {split} split are gone "
+            f"(first: {missing[:3]}); the dataset changed since training",
+        )
+    parts = [merged[sid] for sid in ids]
+    first = parts[0][0]
+    return Split(
+        ids,
+        np.array([s.targets[i] for s, i in parts], dtype=np.int64),
+        paths=[s.paths[i] for s, i in parts] if first.paths is not None else None,
+        images=np.stack([s.images[i] for s, i in parts]) if first.images is not None else None,
+    )
+
+
+def remap_classes(bundle: DataBundle, class_names: list[str], split: str) -> Split:
+    unknown = [c for c in bundle.class_names if c not in class_names]
+    if unknown:
+        raise DataError(
+            bundle.source, f"classes {unknown} are not among the model's classes {class_names}"
+        )
+    if split in bundle.splits and bundle.split_origin == "given":
+        chosen = bundle.splits[split]
+    else:
+        chosen = concat_splits([bundle.splits[k] for k in bundle.splits])
+    lut = np.array([class_names.index(c) for c in bundle.class_names], dtype=np.int64)
+    return Split(chosen.ids, lut[chosen.targets], chosen.paths, chosen.images)
+
+
+def concat_splits(parts: list[Split]) -> Split:
+    return Split(
+        [i for p in parts for i in p.ids],
+        np.concatenate([p.targets for p in parts]),
+        [x for p in parts for x in p.paths] if parts[0].paths is not None else None,
+        np.concatenate([p.images for p in parts]) if parts[0].images is not None else None,
+    )

@@ -72,7 +72,9 @@ def load_file(path: str | Path, spec: PreprocessSpec, *, channels_last: bool = F
 
     max_pixels = int(spec.decode.get("max_pixels", DEFAULT_MAX_PIXELS))
     # draft: big JPEGs are decoded at a reduced scale that still covers the model's input size
-    im = load_image(path, mode=image_mode(spec.in_channels), max_pixels=max_pixels, draft=spec.image_size)
+    im = load_image(
+        path, mode=image_mode(spec.in_channels), max_pixels=max_pixels, draft=spec.image_size
+    )
     return pil_to_chw(im, spec, channels_last=channels_last)
 
 
@@ -133,7 +135,9 @@ def decode_files(
     target = cache / f"images-{key}.npy"
     shape = (len(paths), spec.in_channels, spec.image_size, spec.image_size)
     if not len(paths):
-        return np.empty(shape, np.uint8)  # nothing to cache (and an empty array cannot be memory-mapped)
+        return np.empty(
+            shape, np.uint8
+        )  # nothing to cache (and an empty array cannot be memory-mapped)
     if target.is_file():
         log.info("decoded-image cache hit: %s", target)
         return open_cache(target)
@@ -142,7 +146,9 @@ def decode_files(
     try:
         cache.mkdir(parents=True, exist_ok=True)
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-    except OSError as err:  # a read-only home must not stop training; the cache is only an optimisation
+    except (
+        OSError
+    ) as err:  # a read-only home must not stop training; the cache is only an optimisation
         log.warning("could not write the decoded-image cache %s: %s", target, err)
         out, tmp = np.empty(shape, np.uint8), None
 
@@ -156,7 +162,9 @@ def decode_files(
         if tmp is None:
             return out
         out.flush()  # then rename (POSIX renames an open file): the map is released when this function returns
-        os.replace(tmp, target)  # whole or absent: a run killed mid-decode leaves no half-written cache
+        os.replace(
+            tmp, target
+        )  # whole or absent: a run killed mid-decode leaves no half-written cache
     finally:
         if tmp is not None and tmp.exists():
             tmp.unlink()

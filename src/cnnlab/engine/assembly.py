@@ -1,6 +1,6 @@
 """What every task's ``train_*`` puts around the shared :class:`~cnnlab.engine.trainer.Trainer`.
 
-Classification (``cnnlab.api.train``), segmentation, detection and video all build the same
+Classification (``cnnlab.tasks.classify.train``), segmentation, detection and video all build the same
 optimiser + schedule from their config, the same callbacks (progress, metrics.csv, checkpoints,
 Ctrl-C, early stopping) and record the same ``run.json``. Written once here so that a fix reaches
 every task; the task keeps what differs (data, model, task object, evaluation).
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,14 @@ import torch
 from torch import nn
 
 from cnnlab import __version__
+from cnnlab.config import TrainConfig
 from cnnlab.engine import callbacks as cbs
-from cnnlab.engine.checkpoint import CheckpointManager
-from cnnlab.engine.hardware import inference_precision, machine_info
+from cnnlab.engine.checkpoint import KEEP, CheckpointManager
+from cnnlab.engine.devices import inference_precision, machine_info
 from cnnlab.engine.optim import build_optimizer, build_scheduler, param_groups
 from cnnlab.engine.trainer import LoopState, Trainer
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, Interrupted
+from cnnlab.run import write_json
 
 
 def check_common_options(
@@ -41,6 +44,8 @@ def check_common_options(
     for key in ("val_fraction", "test_fraction"):
         if not 0.0 <= getattr(cfg, key) < 1.0:
             raise ConfigError(f"option {key} must be in [0, 1), got {getattr(cfg, key)}")
+    if getattr(cfg, "keep", "best") not in KEEP:
+        raise ConfigError(f"option keep must be one of {', '.join(KEEP)}, got {cfg.keep!r}")
     if cfg.val_fraction + cfg.test_fraction >= 1.0:
         raise ConfigError("val_fraction + test_fraction must leave samples for training")
 
@@ -77,7 +82,11 @@ def standard_callbacks(
         *first,
         cbs.Progress(cfg.epochs, steps_per_epoch, console=console, enabled=console is not None),
         cbs.CSVLogger(run_dir / "metrics.csv"),
-        cbs.Checkpoint(CheckpointManager(run_dir / "checkpoints"), metadata, monitor),
+        cbs.Checkpoint(
+            CheckpointManager.for_policy(run_dir / "checkpoints", getattr(cfg, "keep", "best")),
+            metadata,
+            monitor,
+        ),
         cbs.GracefulInterrupt(),
     ]
     if cfg.early_stopping:
@@ -94,12 +103,9 @@ def fit_and_record(
     t_call: float,
     **record: Any,
 ) -> tuple[LoopState, float]:
-    """Run the loop, raise :class:`cnnlab.api.Interrupted` after Ctrl-C (the checkpoint is
+    """Run the loop, raise :class:`cnnlab.errors.Interrupted` after Ctrl-C (the checkpoint is
     saved by then) and write ``run.json`` (times in seconds, ``record`` added). Returns the loop
     state and the training time in seconds."""
-    from cnnlab.api import Interrupted
-    from cnnlab.run import write_json
-
     t0 = time.perf_counter()
     state = trainer.fit(train_loader, val_loader, epochs)
     train_time = time.perf_counter() - t0
@@ -114,3 +120,14 @@ def fit_and_record(
          "cnnlab_version": __version__, **record},
     )  # fmt: skip
     return state, train_time
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: list[dict[str, float]]
+    test_metrics: dict[str, Any] | None
+    train_time_s: float
+    config: TrainConfig
+    stop_reason: str = ""
+    report: Path | None = None

@@ -28,7 +28,8 @@ def better(monitor: str, new: float, old: float | None) -> bool:
 
 
 class Progress(Callback):
-    """Live rich progress bar with loss, accuracy and images/s; one summary line per epoch."""
+    """Live rich progress bar with loss, accuracy and images/s; one summary line per epoch with every
+    val_<name> metric the task's validation reported."""
 
     def __init__(
         self, epochs: int, steps_per_epoch: int, console: Any = None, enabled: bool = True
@@ -43,13 +44,12 @@ class Progress(Callback):
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
         from rich.progress import Progress as RichProgress
 
+        acc = "  acc {task.fields[acc]:.3f}" if trainer.reports_accuracy else ""
         self._bar = RichProgress(
             TextColumn("epoch {task.fields[epoch]}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn(
-                "loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}  {task.fields[ips]:,.0f} img/s"
-            ),
+            TextColumn("loss {task.fields[loss]:.4f}" + acc + "  {task.fields[ips]:,.0f} img/s"),
             TimeRemainingColumn(),
             console=self.console,
             transient=True,
@@ -87,14 +87,11 @@ class Progress(Callback):
         if self._bar is not None:
             self._bar.remove_task(self._task)
         if self.enabled and self.console is not None:
-            val = (
-                f"  val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_accuracy']:.4f}"
-                if "val_loss" in metrics
-                else ""
-            )
+            acc = f"  acc {metrics['train_accuracy']:.4f}" if "train_accuracy" in metrics else ""
+            val = "".join(f"  {k} {v:.4f}" for k, v in metrics.items() if k.startswith("val_"))
             self.console.print(
-                f"epoch {int(metrics['epoch']):>3}/{self.epochs}  loss {metrics['train_loss']:.4f}  "
-                f"acc {metrics['train_accuracy']:.4f}{val}  {metrics['train_images_per_s']:,.0f} img/s  "
+                f"epoch {int(metrics['epoch']):>3}/{self.epochs}  loss {metrics['train_loss']:.4f}"
+                f"{acc}{val}  {metrics['train_images_per_s']:,.0f} img/s  "
                 f"{metrics['epoch_time_s']:.1f}s"
             )
 
@@ -141,7 +138,10 @@ class EarlyStopping(Callback):
         self.wait += 1
         if self.wait >= self.patience:
             trainer.state.stop = True
-            trainer.state.stop_reason = f"early stopping: {self.monitor} did not improve for {self.patience} epochs (best {self.best:.4f})"
+            trainer.state.stop_reason = (
+                f"early stopping: {self.monitor} did not improve for {self.patience} epochs "
+                f"(best {self.best:.4f})"
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "wait": self.wait}

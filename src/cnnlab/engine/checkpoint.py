@@ -7,6 +7,13 @@ Layout under `<run>/checkpoints/`:
   best.safetensors         weights of the best completed, finite epoch
   manifest.json            sha256 + size of each file, written atomically *after* the files
 
+How much is kept (`--keep`, see KEEP): `best` (default) keeps best.safetensors and the newest epoch's weights and
+state (one resumable state), `last` only the newest epoch's, `all` every epoch's.
+
+File modes: a run folder is the user's. Files get what `open()` would give them under the user's umask (0644
+under the usual 022), never more than their folder allows: in a private run folder (0700, `--private`) they are
+0600. `tempfile.mkstemp` alone would make every checkpoint 0600 while `open()` makes reports 0644.
+
 Every write goes to a temporary file in the same folder, is flushed and fsynced, then `os.replace`d over the target
 (POSIX rename is atomic), and the folder is fsynced. A kill at any moment leaves the previous files and manifest
 intact; stale temporaries are removed at the next start. PyTorch declined atomic `torch.save` (pytorch#2883), and
@@ -32,7 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from cnnlab.errors import CheckpointError
+from cnnlab.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -47,11 +54,68 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode(folder: Path) -> int:
+    """What `open()` gives a new file under the umask, capped by the folder's own permissions
+    (0644 under umask 022; 0600 in a 0700 folder)."""
+    return 0o666 & ~current_umask() & os.stat(folder).st_mode & 0o666
+
+
+def make_dir(path: Path) -> Path:
+    """mkdir -p whose new folders take their parent's permissions (a private run stays private)."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    for new in reversed(missing):
+        os.chmod(new, os.stat(new.parent).st_mode & 0o777)
+    return path
+
+
+def apply_run_mode(run_dir: Path) -> None:
+    """One mode for everything in a run folder: files as :func:`file_mode`, folders as the run's own
+    (files written by other libraries, TensorBoard's for example, follow only the umask)."""
+    run_dir = Path(run_dir)
+    folder_mode = os.stat(run_dir).st_mode & 0o777
+    mode = file_mode(run_dir)
+    for root, dirs, files in os.walk(run_dir):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), folder_mode)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, mode)
+
+
+def folder_bytes(folder: Path) -> int:
+    """Total size of the files under `folder` (apparent sizes, as `du --apparent-size -b`)."""
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
 def atomic_write(target: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Write via a same-folder temporary file + fsync + rename; on any error the target is untouched."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(target.parent)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode(target.parent))  # mkstemp's 0600 -> what open() would give
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -142,18 +206,30 @@ def read_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"incomplete or corrupt checkpoint: {path} ({err})") from None
 
 
-class CheckpointManager:
-    """Keeps `keep` newest epoch checkpoints + best, with a sha256 manifest verified before every load."""
+#: --keep: (newest epoch checkpoints kept, None = all; whether best.safetensors is written)
+KEEP = {"best": (1, True), "last": (1, False), "all": (None, True)}
 
-    def __init__(self, folder: Path, keep: int = 2):
+
+class CheckpointManager:
+    """Keeps `keep` newest epoch checkpoints (None: all) + best (unless `best=False`), with a sha256
+    manifest verified before every load. :meth:`for_policy` maps `--keep best|last|all`."""
+
+    def __init__(self, folder: Path, keep: int | None = 2, *, best: bool = True):
         self.folder = Path(folder)
-        self.keep = keep
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.keep, self.best = keep, best
+        make_dir(self.folder)
         removed = clean_stale_temporaries(self.folder)
         if removed:
             log.info(
                 "removed %d stale temporary checkpoint file(s) in %s", len(removed), self.folder
             )
+
+    @classmethod
+    def for_policy(cls, folder: Path, policy: str = "best") -> CheckpointManager:
+        if policy not in KEEP:
+            raise ConfigError(f"unknown --keep {policy!r}; choose from {', '.join(KEEP)}")
+        keep, best = KEEP[policy]
+        return cls(folder, keep, best=best)
 
     # manifest -------------------------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
@@ -199,12 +275,13 @@ class CheckpointManager:
                 "complete_epoch": state.get("complete_epoch"),
             }
         )
-        if is_best:
+        if is_best and self.best:
             best = self.folder / "best.safetensors"
             save_weights(best, weights, metadata)
             manifest["best"] = self._entry(best.name) | {"epoch": state.get("epoch")}
-        stale = entries[: -self.keep] if len(entries) > self.keep else []
-        manifest["checkpoints"] = entries[-self.keep :]
+        keep = len(entries) if self.keep is None else self.keep
+        stale = entries[:-keep] if len(entries) > keep else []
+        manifest["checkpoints"] = entries[-keep:]
         self._write_manifest(manifest)
         for e in stale:  # only after the manifest no longer references them
             for key in ("weights", "state"):

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, ConfigError, close_matches
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,26 @@ class LoopState:
     stop_reason: str = ""
     interrupted: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def recorded_metrics(task: Any, validation: bool = True) -> list[str]:
+    """The quality metrics a Trainer records each epoch for `task` (what --monitor may name):
+    train_loss, train_accuracy (unless the task has no accuracy) and val_<name> for each name the
+    task's validate returns (`metric_names`; classification: loss, accuracy)."""
+    keys = ["train_loss"] + (["train_accuracy"] if getattr(task, "reports_accuracy", True) else [])
+    if validation:
+        keys += [f"val_{k}" for k in getattr(task, "metric_names", ("loss", "accuracy"))]
+    return keys
+
+
+def check_monitor(monitor: str, task: Any, what: str) -> None:
+    """ConfigError naming the keys a `what` run records when `monitor` is not one of them."""
+    keys = recorded_metrics(task)
+    if monitor not in keys:
+        raise ConfigError(
+            f"--monitor {monitor}: a {what} run does not record it{close_matches(monitor, keys)}; "
+            f"choose from {', '.join(keys)}"
+        )
 
 
 class Callback:
@@ -92,6 +112,8 @@ class Trainer:
         self.train_mode = train_mode or (lambda m: m.train())
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
         self.state = LoopState()
+        # detection has no per-image accuracy: its epochs record no train_accuracy
+        self.reports_accuracy = bool(getattr(task, "reports_accuracy", True))
 
     def _emit(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
@@ -132,9 +154,10 @@ class Trainer:
                 "train_accuracy": correct_sum / max(seen, 1),
                 "train_images_per_s": seen / max(elapsed, 1e-9),
             }
-            if val_loader is not None:
-                val = self.evaluate(val_loader)
-                metrics |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+            if not self.reports_accuracy:
+                del metrics["train_accuracy"]
+            if val_loader is not None:  # every named metric of the task's validate, as val_<name>
+                metrics |= {f"val_{k}": float(v) for k, v in self.evaluate(val_loader).items()}
             s.history.append(metrics)
             self._emit("on_epoch_end", metrics)
             s.epoch, s.step = s.epoch + 1, 0
@@ -220,7 +243,8 @@ class Trainer:
         return torch.cat(probs), torch.cat(targets)
 
     def evaluate(self, loader: Any) -> dict[str, float]:
-        """Validation {"loss", "accuracy"}; tasks other than classification supply `validate(trainer, loader)`."""
+        """Validation metrics by name: the task's `validate(trainer, loader)` when it has one (segmentation:
+        loss, accuracy, miou; detection: map50, map), else classification's {"loss", "accuracy"}."""
         if hasattr(self.task, "validate"):
             return self.task.validate(self, loader)
         probs, targets = self.predict(loader)

@@ -216,10 +216,10 @@ def shapes_pointing_game(
     pick a seed other than the training one so no image was seen in training). ``target_layer``:
     a ``feature_info`` stage name or label (default: the last stage, see ``cam_target_stage``).
     """
-    from cnnlab.api import load_checkpoint_model
     from cnnlab.config import PreprocessSpec
     from cnnlab.data.builtin import SHAPE_CLASSES, make_shapes
     from cnnlab.data.tensors import arrays_to_chw
+    from cnnlab.engine.weights import load_checkpoint_model
 
     model, meta, _ = load_checkpoint_model(run_or_checkpoint, device)
     if list(meta["class_names"]) != list(SHAPE_CLASSES):

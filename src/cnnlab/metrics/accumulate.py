@@ -27,13 +27,13 @@ import numpy as np
 
 from cnnlab.metrics import scores as _scores
 from cnnlab.metrics.classification import (
-    _binary_section,
-    _confusion_report,
-    _finish,
-    _names,
-    _resolve_positive,
+    binary_section,
     check_labels,
     classification_metrics,
+    confusion_report,
+    finish_report,
+    names_for,
+    resolve_positive,
     to_numpy,
 )
 
@@ -82,8 +82,8 @@ class ClassificationAccumulator:
         self.num_classes = int(num_classes)
         self.keep_scores = bool(keep_scores)
         self.scores = scores
-        self.class_names = _names(class_names, self.num_classes)
-        pos = _resolve_positive(positive_class, self.class_names)
+        self.class_names = names_for(class_names, self.num_classes)
+        pos = resolve_positive(positive_class, self.class_names)
         self.positive_class = pos if pos is not None else (1 if num_classes == 2 else None)
         self.threshold = float(threshold)
         self.top_k = tuple(int(k) for k in top_k)
@@ -200,7 +200,7 @@ class ClassificationAccumulator:
         """The report of everything fed so far (see ``classification_metrics``)."""
         if self._n == 0:
             raise ValueError("no samples: call update() before compute()")
-        names = _names(class_names, self.num_classes) if class_names else self.class_names
+        names = names_for(class_names, self.num_classes) if class_names else self.class_names
         if self.keep_scores and self._mode == "scores":
             return classification_metrics(
                 self._targets[: self._n],
@@ -213,7 +213,7 @@ class ClassificationAccumulator:
                 ece_bins=self.ece_bins,
             )
         sink: list[str] = []
-        report = _confusion_report(self._cm, names, sink)
+        report = confusion_report(self._cm, names, sink)
         extra: list[str] = []
         if self._mode == "scores":
             report["top_k_accuracy"] = {kk: hits / self._n for kk, hits in self._topk_hits.items()}
@@ -227,7 +227,7 @@ class ClassificationAccumulator:
             )
         if self.num_classes == 2:
             used = self.threshold if self._mode == "scores" else None
-            _binary_section(report, names, self.positive_class, used)
-        report = _finish(report, sink)
+            binary_section(report, names, self.positive_class, used)
+        report = finish_report(report, sink)
         report["warnings"].extend(extra)
         return report

@@ -52,6 +52,15 @@ from typing import Any
 import numpy as np
 
 from cnnlab.errors import ConfigError
+from cnnlab.metrics import scores
+from cnnlab.metrics.checks import (
+    UndefinedMetricWarning,
+    check_labels,
+    emit,
+    names_for,
+    quote,
+    to_numpy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,82 +97,7 @@ RATIO_METRICS = ("precision", "recall", "f1", "tpr", "tnr", "fpr", "fnr")
 SCORE_METRICS = ("roc_auc", "average_precision")
 
 
-class UndefinedMetricWarning(UserWarning):
-    """A metric's denominator is zero; the value is reported as None (NaN in arrays)."""
-
-
-# --------------------------------------------------------------------------------------------
-# Input helpers (also used by scores.py, stats.py, accumulate.py)
-# --------------------------------------------------------------------------------------------
-
-
-def to_numpy(x: Any) -> np.ndarray:
-    """A NumPy array from a NumPy array, a list, or a torch tensor (detached, moved to CPU).
-
-    torch is not imported here: anything with ``.detach()`` and ``.cpu()`` is treated as a tensor,
-    so this module stays importable (and fast to import) without torch.
-    """
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        x = x.detach().cpu()
-        if str(getattr(x, "dtype", "")) in ("torch.bfloat16", "torch.float16"):
-            x = x.float()  # NumPy has no bfloat16
-        return x.numpy()
-    return np.asarray(x)
-
-
-def check_labels(
-    labels: Any, num_classes: int | None = None, *, name: str = "targets"
-) -> np.ndarray:
-    """1-D int64 class indices, checked to lie in ``[0, num_classes)``.
-
-    Integer-valued floats (e.g. ``1.0``) are accepted; anything else raises ``ValueError``.
-    """
-    arr = to_numpy(labels)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D class indices, got shape {arr.shape}")
-    if arr.dtype == bool:
-        arr = arr.astype(np.int64)
-    if not np.issubdtype(arr.dtype, np.integer):
-        if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name} must be integer class indices, got dtype {arr.dtype}")
-        if np.any(arr != np.round(arr)):
-            raise ValueError(f"{name} must be integer class indices, got non-integer values")
-    arr = arr.astype(np.int64, copy=False)
-    if arr.size and arr.min() < 0:
-        raise ValueError(f"{name} contains a negative class index ({int(arr.min())})")
-    if num_classes is not None and arr.size and arr.max() >= num_classes:
-        raise ValueError(
-            f"{name} contains class index {int(arr.max())} but num_classes={num_classes} "
-            f"(valid indices are 0..{num_classes - 1})"
-        )
-    return arr
-
-
-def _names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
-    if class_names is None:
-        return [str(k) for k in range(num_classes)]
-    names = [str(n) for n in class_names]
-    if len(names) != num_classes:
-        raise ValueError(f"got {len(names)} class names for {num_classes} classes")
-    if len(set(names)) != len(names):
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"class names must be unique; repeated: {dupes}")
-    return names
-
-
-def _emit(message: str, sink: list[str] | None, stacklevel: int = 3) -> None:
-    """Send an undefined-metric message to ``sink`` (the report collects them) or warn now."""
-    if sink is None:
-        warnings.warn(message, UndefinedMetricWarning, stacklevel=stacklevel)
-    else:
-        sink.append(message)
-
-
-def _quote(names: Sequence[str]) -> str:
-    return ", ".join(repr(n) for n in names)
-
-
-def _ratio(
+def ratio(
     num: np.ndarray,
     den: np.ndarray,
     *,
@@ -180,8 +114,8 @@ def _ratio(
     np.divide(num, den, out=out, where=ok)
     bad = [names[k] for k in np.flatnonzero(~ok)]
     if bad:
-        _emit(
-            f"{metric} is undefined for class {_quote(bad)}: {reason}; reported as None",
+        emit(
+            f"{metric} is undefined for class {quote(bad)}: {reason}; reported as None",
             sink,
             stacklevel=4,
         )
@@ -213,7 +147,7 @@ def confusion_matrix(targets: Any, preds: Any, num_classes: int) -> np.ndarray:
     )
 
 
-def _check_cm(cm: Any) -> np.ndarray:
+def check_cm(cm: Any) -> np.ndarray:
     cm = to_numpy(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
         raise ValueError(f"confusion matrix must be square (K, K), got shape {cm.shape}")
@@ -228,7 +162,7 @@ def confusion_counts(cm: Any) -> dict[str, np.ndarray]:
     ``TP = diag(cm)``, ``FP = column sum - TP``, ``FN = row sum - TP``, ``TN = N - TP - FP - FN``,
     ``support = row sum = TP + FN`` (number of true samples of the class).
     """
-    cm = _check_cm(cm)
+    cm = check_cm(cm)
     n = cm.sum()
     tp = np.diag(cm).copy()
     fp = cm.sum(axis=0) - tp
@@ -239,7 +173,7 @@ def confusion_counts(cm: Any) -> dict[str, np.ndarray]:
 
 def support(cm: Any) -> np.ndarray:
     """Support per class ``(K,)``: number of samples whose true class is k (= TP + FN)."""
-    return _check_cm(cm).sum(axis=1)
+    return check_cm(cm).sum(axis=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,7 +186,7 @@ def accuracy(cm: Any) -> float:
 
     Raises ``ValueError`` on an empty confusion matrix (N = 0): there is nothing to measure.
     """
-    cm = _check_cm(cm)
+    cm = check_cm(cm)
     n = cm.sum()
     if n == 0:
         raise ValueError("accuracy of zero samples: the confusion matrix is empty")
@@ -266,9 +200,9 @@ def _balanced_accuracy(cm: np.ndarray, names: list[str], sink: list[str] | None)
         raise ValueError("balanced accuracy of zero samples: the confusion matrix is empty")
     absent = [names[k] for k in np.flatnonzero(~present)]
     if absent:
-        _emit(
+        emit(
             f"balanced_accuracy averages recall over the {int(present.sum())} classes present in "
-            f"the targets; left out (no true samples): {_quote(absent)}",
+            f"the targets; left out (no true samples): {quote(absent)}",
             sink,
         )
     return float(rec[present].mean())
@@ -280,15 +214,15 @@ def balanced_accuracy(cm: Any, class_names: Sequence[str] | None = None) -> floa
     Classes with no true samples have undefined recall and are left out of the mean (with an
     ``UndefinedMetricWarning``), as scikit-learn's ``balanced_accuracy_score`` does.
     """
-    cm = _check_cm(cm)
-    return _balanced_accuracy(cm, _names(class_names, cm.shape[0]), None)
+    cm = check_cm(cm)
+    return _balanced_accuracy(cm, names_for(class_names, cm.shape[0]), None)
 
 
 def precision(cm: Any, class_names: Sequence[str] | None = None) -> np.ndarray:
     """Precision_k = TP / (TP + FP), ``(K,)``; NaN + warning for a class never predicted."""
     c = confusion_counts(cm)
-    names = _names(class_names, len(c["tp"]))
-    return _ratio(
+    names = names_for(class_names, len(c["tp"]))
+    return ratio(
         c["tp"],
         c["tp"] + c["fp"],
         metric="precision",
@@ -302,8 +236,8 @@ def recall(cm: Any, class_names: Sequence[str] | None = None) -> np.ndarray:
     """Recall_k = TPR_k = sensitivity_k = TP / (TP + FN), ``(K,)``; NaN + warning for a class
     absent from the targets (TP + FN = 0)."""
     c = confusion_counts(cm)
-    names = _names(class_names, len(c["tp"]))
-    return _ratio(
+    names = names_for(class_names, len(c["tp"]))
+    return ratio(
         c["tp"],
         c["tp"] + c["fn"],
         metric="recall",
@@ -321,8 +255,8 @@ def specificity(cm: Any, class_names: Sequence[str] | None = None) -> np.ndarray
     """TNR_k = specificity_k = TN / (TN + FP), ``(K,)``; NaN + warning when every sample is of
     class k (TN + FP = 0)."""
     c = confusion_counts(cm)
-    names = _names(class_names, len(c["tp"]))
-    return _ratio(
+    names = names_for(class_names, len(c["tp"]))
+    return ratio(
         c["tn"],
         c["tn"] + c["fp"],
         metric="tnr",
@@ -338,8 +272,8 @@ tnr = specificity
 def false_positive_rate(cm: Any, class_names: Sequence[str] | None = None) -> np.ndarray:
     """FPR_k = FP / (FP + TN) = 1 - TNR_k, ``(K,)``; NaN + warning when FP + TN = 0."""
     c = confusion_counts(cm)
-    names = _names(class_names, len(c["tp"]))
-    return _ratio(
+    names = names_for(class_names, len(c["tp"]))
+    return ratio(
         c["fp"],
         c["tn"] + c["fp"],
         metric="fpr",
@@ -355,8 +289,8 @@ fpr = false_positive_rate
 def false_negative_rate(cm: Any, class_names: Sequence[str] | None = None) -> np.ndarray:
     """FNR_k = FN / (FN + TP) = 1 - TPR_k, ``(K,)``; NaN + warning when FN + TP = 0."""
     c = confusion_counts(cm)
-    names = _names(class_names, len(c["tp"]))
-    return _ratio(
+    names = names_for(class_names, len(c["tp"]))
+    return ratio(
         c["fn"],
         c["tp"] + c["fn"],
         metric="fnr",
@@ -381,7 +315,7 @@ def _fbeta(
     b2 = beta * beta
     num = (1 + b2) * c["tp"].astype(np.float64)
     den = (1 + b2) * c["tp"] + b2 * c["fn"] + c["fp"].astype(np.float64)
-    return _ratio(
+    return ratio(
         num,
         den,
         metric=metric,
@@ -398,16 +332,16 @@ def fbeta(cm: Any, beta: float, class_names: Sequence[str] | None = None) -> np.
     predicted or present; NaN + warning only when TP + FP + FN = 0.
     """
     c = confusion_counts(cm)
-    return _fbeta(c, beta, _names(class_names, len(c["tp"])), None, metric=f"f{beta:g}")
+    return _fbeta(c, beta, names_for(class_names, len(c["tp"])), None, metric=f"f{beta:g}")
 
 
 def f1(cm: Any, class_names: Sequence[str] | None = None) -> np.ndarray:
     """F1_k = 2PR / (P + R) = 2TP / (2TP + FP + FN), ``(K,)`` (see :func:`fbeta`)."""
     c = confusion_counts(cm)
-    return _fbeta(c, 1.0, _names(class_names, len(c["tp"])), None)
+    return _fbeta(c, 1.0, names_for(class_names, len(c["tp"])), None)
 
 
-def _average(
+def average_defined(
     values: np.ndarray,
     weights: np.ndarray | None,
     *,
@@ -420,14 +354,14 @@ def _average(
     ok = ~np.isnan(values)
     left_out = [names[k] for k in np.flatnonzero(~ok)]
     if not ok.any():
-        _emit(f"{kind} {metric} is undefined: undefined for every class", sink, stacklevel=4)
+        emit(f"{kind} {metric} is undefined: undefined for every class", sink, stacklevel=4)
         return math.nan
     if weights is None:
         value = float(values[ok].mean())
     else:
         w = np.asarray(weights, dtype=np.float64)[ok]
         if w.sum() == 0:
-            _emit(
+            emit(
                 f"{kind} {metric} is undefined: the classes where it is defined have no true "
                 f"samples (total weight 0)",
                 sink,
@@ -436,9 +370,9 @@ def _average(
             return math.nan
         value = float(np.dot(values[ok], w) / w.sum())
     if left_out:
-        _emit(
+        emit(
             f"{kind} {metric} averages the {int(ok.sum())} of {len(values)} classes where it is "
-            f"defined; left out: {_quote(left_out)}",
+            f"defined; left out: {quote(left_out)}",
             sink,
             stacklevel=4,
         )
@@ -460,13 +394,13 @@ def average(
     NaN (+ warning) when no class is defined or the defined ones have total support 0.
     """
     values = np.asarray(to_numpy(values), dtype=np.float64)
-    names = _names(class_names, len(values))
+    names = names_for(class_names, len(values))
     if method == "macro":
-        return _average(values, None, metric=metric, kind="macro", names=names, sink=None)
+        return average_defined(values, None, metric=metric, kind="macro", names=names, sink=None)
     if method == "weighted":
         if support is None:
             raise ValueError("weighted average needs the per-class support")
-        return _average(
+        return average_defined(
             values, to_numpy(support), metric=metric, kind="weighted", names=names, sink=None
         )
     raise ValueError(f"method must be 'macro' or 'weighted', got {method!r}")
@@ -486,7 +420,7 @@ def _micro(c: dict[str, np.ndarray], sink: list[str] | None) -> dict[str, float]
         ("f1", 2 * tp, 2 * tp + fp + fn, "no samples"),
     ):
         out[metric] = float(
-            _ratio(
+            ratio(
                 np.array([num]),
                 np.array([den]),
                 metric=f"micro {metric}",
@@ -514,7 +448,7 @@ def _kappa(cm: np.ndarray, sink: list[str] | None) -> float:
     rc = int(np.dot(cm.sum(axis=1).astype(np.int64), cm.sum(axis=0).astype(np.int64)))
     den = n * n - rc
     if den == 0:
-        _emit(
+        emit(
             "cohen_kappa is undefined: expected agreement p_e = 1 (one class in targets and "
             "predictions, 1 - p_e = 0); reported as None",
             sink,
@@ -526,7 +460,7 @@ def _kappa(cm: np.ndarray, sink: list[str] | None) -> float:
 def cohen_kappa(cm: Any) -> float:
     """Cohen's kappa = (p_o - p_e) / (1 - p_e), p_o = trace(cm)/N (observed agreement = accuracy),
     p_e = sum_k (row_k / N)(col_k / N) (chance agreement). NaN + warning when p_e = 1."""
-    return _kappa(_check_cm(cm), None)
+    return _kappa(check_cm(cm), None)
 
 
 def _mcc(cm: np.ndarray, sink: list[str] | None) -> float:
@@ -538,7 +472,7 @@ def _mcc(cm: np.ndarray, sink: list[str] | None) -> float:
     cov_pp = s * s - np.dot(p, p)
     cov_tt = s * s - np.dot(t, t)
     if cov_pp * cov_tt == 0:
-        _emit(
+        emit(
             "mcc is undefined: the targets or the predictions hold a single class (a zero "
             "variance in the denominator); reported as None (scikit-learn returns 0.0)",
             sink,
@@ -554,7 +488,7 @@ def matthews_corrcoef(cm: Any) -> float:
     p = column sums (predicted). Binary: (TP TN - FP FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN)).
     NaN + warning when the denominator is 0.
     """
-    return _mcc(_check_cm(cm), None)
+    return _mcc(check_cm(cm), None)
 
 
 def _per_class(
@@ -562,7 +496,7 @@ def _per_class(
 ) -> dict[str, np.ndarray]:
     c = confusion_counts(cm)
     out: dict[str, np.ndarray] = dict(c)
-    out["precision"] = _ratio(
+    out["precision"] = ratio(
         c["tp"],
         c["tp"] + c["fp"],
         metric="precision",
@@ -570,7 +504,7 @@ def _per_class(
         names=names,
         sink=sink,
     )
-    out["recall"] = _ratio(
+    out["recall"] = ratio(
         c["tp"],
         c["tp"] + c["fn"],
         metric="recall/tpr/fnr",
@@ -580,7 +514,7 @@ def _per_class(
     )
     out["tpr"] = out["recall"].copy()
     out["fnr"] = np.where(np.isnan(out["recall"]), np.nan, c["fn"] / np.maximum(c["support"], 1))
-    out["tnr"] = _ratio(
+    out["tnr"] = ratio(
         c["tn"],
         c["tn"] + c["fp"],
         metric="tnr/fpr",
@@ -604,8 +538,8 @@ def per_class_metrics(
     NaN where undefined, with one ``UndefinedMetricWarning`` per metric naming the classes), plus
     ``f<beta>`` when ``beta != 1``. Formulas: see the module docstring.
     """
-    cm = _check_cm(cm)
-    return _per_class(cm, _names(class_names, cm.shape[0]), None, beta)
+    cm = check_cm(cm)
+    return _per_class(cm, names_for(class_names, cm.shape[0]), None, beta)
 
 
 # --------------------------------------------------------------------------------------------
@@ -630,7 +564,7 @@ def _clean(x: Any) -> Any:
     return x
 
 
-def _confusion_report(cm: np.ndarray, names: list[str], sink: list[str]) -> dict[str, Any]:
+def confusion_report(cm: np.ndarray, names: list[str], sink: list[str]) -> dict[str, Any]:
     """The confusion-matrix half of the report (score metrics set to None)."""
     pc = _per_class(cm, names, sink)
     sup = pc["support"]
@@ -642,8 +576,8 @@ def _confusion_report(cm: np.ndarray, names: list[str], sink: list[str]) -> dict
     macro: dict[str, Any] = {}
     weighted: dict[str, Any] = {}
     for m in RATIO_METRICS:
-        macro[m] = _average(pc[m], None, metric=m, kind="macro", names=names, sink=sink)
-        weighted[m] = _average(pc[m], sup, metric=m, kind="weighted", names=names, sink=sink)
+        macro[m] = average_defined(pc[m], None, metric=m, kind="macro", names=names, sink=sink)
+        weighted[m] = average_defined(pc[m], sup, metric=m, kind="weighted", names=names, sink=sink)
     for m in SCORE_METRICS:
         macro[m] = weighted[m] = None
     return {
@@ -675,13 +609,15 @@ def _set_score_averages(
     for m, values in per_metric.items():
         for k, name in enumerate(names):
             report["per_class"][name][m] = values[k]
-        report["macro"][m] = _average(values, None, metric=m, kind="macro", names=names, sink=sink)
-        report["weighted"][m] = _average(
+        report["macro"][m] = average_defined(
+            values, None, metric=m, kind="macro", names=names, sink=sink
+        )
+        report["weighted"][m] = average_defined(
             values, sup, metric=m, kind="weighted", names=names, sink=sink
         )
 
 
-def _resolve_positive(positive_class: int | str | None, names: list[str]) -> int | None:
+def resolve_positive(positive_class: int | str | None, names: list[str]) -> int | None:
     if positive_class is None:
         return None
     if len(names) != 2:
@@ -699,7 +635,7 @@ def _resolve_positive(positive_class: int | str | None, names: list[str]) -> int
     )
 
 
-def _finish(report: dict[str, Any], sink: list[str]) -> dict[str, Any]:
+def finish_report(report: dict[str, Any], sink: list[str]) -> dict[str, Any]:
     """Emit each collected message once as an UndefinedMetricWarning; store them; clean for JSON."""
     unique = list(dict.fromkeys(sink))
     for msg in unique:
@@ -708,7 +644,7 @@ def _finish(report: dict[str, Any], sink: list[str]) -> dict[str, Any]:
     return _clean(report)
 
 
-def _binary_section(
+def binary_section(
     report: dict[str, Any], names: list[str], pos: int, threshold: float | None
 ) -> None:
     entry = report["per_class"][names[pos]]
@@ -759,12 +695,10 @@ def classification_metrics(
         Undefined values are ``None`` and each is named in ``warnings`` and warned about once
         with :class:`UndefinedMetricWarning` (see the module docstring).
     """
-    from cnnlab.metrics import scores as _scores  # scores.py imports helpers from this module
-
     t_raw = to_numpy(targets)
     p_arr = None
     if probs is not None:
-        p_arr = _scores.check_probs(probs, num_classes=num_classes)
+        p_arr = scores.check_probs(probs, num_classes=num_classes)
     k_classes = (
         p_arr.shape[1]
         if p_arr is not None
@@ -779,12 +713,12 @@ def classification_metrics(
         k_classes = int(top) + 1
     if num_classes is not None and num_classes != k_classes:
         raise ValueError(f"num_classes={num_classes} but the inputs have {k_classes} classes")
-    names = _names(class_names, k_classes)
+    names = names_for(class_names, k_classes)
     if t.size == 0:
         raise ValueError("no samples: targets is empty")
     if p_arr is not None and len(p_arr) != len(t):
         raise ValueError(f"targets has {len(t)} samples but probs has {len(p_arr)} rows")
-    pos = _resolve_positive(positive_class, names)
+    pos = resolve_positive(positive_class, names)
     if k_classes == 2 and pos is None:
         pos = 1
     if not 0.0 <= threshold <= 1.0:
@@ -802,16 +736,14 @@ def classification_metrics(
     cm = confusion_matrix(t, pred_arr, k_classes)
 
     sink: list[str] = []
-    report = _confusion_report(cm, names, sink)
+    report = confusion_report(cm, names, sink)
     if p_arr is not None:
-        ranked = _scores._rank_pass(t, p_arr)  # one sort per column, shared by OvR and OvO
+        ranked = scores.rank_pass(t, p_arr)  # one sort per column, shared by OvR and OvO
         report.update(
-            _scores._score_report(
-                t, p_arr, names, sink, top_k=top_k, n_bins=ece_bins, ranked=ranked
-            )
+            scores.score_report(t, p_arr, names, sink, top_k=top_k, n_bins=ece_bins, ranked=ranked)
         )
-        per_metric = _scores._per_class_scores(t, p_arr, names, sink, ranked)
+        per_metric = scores.per_class_scores(t, p_arr, names, sink, ranked)
         _set_score_averages(report, per_metric, names, sink)
     if k_classes == 2:
-        _binary_section(report, names, pos, used_threshold)
-    return _finish(report, sink)
+        binary_section(report, names, pos, used_threshold)
+    return finish_report(report, sink)

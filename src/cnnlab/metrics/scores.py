@@ -34,12 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from cnnlab.metrics.classification import (
+from cnnlab.metrics.checks import (
     UndefinedMetricWarning,
-    _emit,
-    _names,
-    _quote,
     check_labels,
+    emit,
+    names_for,
+    quote,
     to_numpy,
 )
 
@@ -227,14 +227,14 @@ def roc_curve(
     tps = np.r_[0, tps].astype(np.float64)
     thr = np.r_[np.inf, thr.astype(np.float64)]
     if fps[-1] == 0:
-        _emit(
+        emit(
             "fpr is undefined: no negative samples (FP + TN = 0); the ROC curve's fpr is NaN", None
         )
         fpr_ = np.full(fps.shape, np.nan)
     else:
         fpr_ = fps / fps[-1]
     if tps[-1] == 0:
-        _emit(
+        emit(
             "tpr is undefined: no positive samples (TP + FN = 0); the ROC curve's tpr is NaN", None
         )
         tpr_ = np.full(tps.shape, np.nan)
@@ -253,7 +253,7 @@ def roc_auc(targets: Any, scores: Any, *, pos_label: int = 1) -> float:
     fps, tps, _ = _counts_at_thresholds(y[order], s[order])
     value = _auc_from_counts(fps, tps)
     if math.isnan(value):
-        _emit("roc_auc is undefined: only one class is present in targets", None)
+        emit("roc_auc is undefined: only one class is present in targets", None)
     return value
 
 
@@ -271,7 +271,7 @@ def precision_recall_curve(
     fps, tps, thr = _counts_at_thresholds(y[order], s[order])
     prec = tps / (tps + fps)
     if tps[-1] == 0:
-        _emit(
+        emit(
             "recall is undefined: no positive samples (TP + FN = 0); the PR curve's recall is NaN",
             None,
         )
@@ -291,7 +291,7 @@ def average_precision(targets: Any, scores: Any, *, pos_label: int = 1) -> float
     fps, tps, _ = _counts_at_thresholds(y[order], s[order])
     value = _ap_from_counts(fps, tps)
     if math.isnan(value):
-        _emit("average_precision is undefined: no positive samples in targets", None)
+        emit("average_precision is undefined: no positive samples in targets", None)
     return value
 
 
@@ -300,7 +300,7 @@ def average_precision(targets: Any, scores: Any, *, pos_label: int = 1) -> float
 # --------------------------------------------------------------------------------------------
 
 
-def _rank_pass(t: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+def rank_pass(t: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
     """Everything rank-based for a (N, K) score matrix, with ONE sort per column.
 
     For column a (samples sorted by decreasing ``probs[:, a]``, tied scores forming groups):
@@ -341,7 +341,7 @@ def _rank_pass(t: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
     return {"roc_auc": auc, "average_precision": ap, "pair": pair}
 
 
-def _per_class_scores(
+def per_class_scores(
     t: np.ndarray,
     probs: np.ndarray,
     names: list[str],
@@ -349,20 +349,20 @@ def _per_class_scores(
     ranked: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     k_classes = probs.shape[1]
-    ranked = _rank_pass(t, probs) if ranked is None else ranked
+    ranked = rank_pass(t, probs) if ranked is None else ranked
     support = np.bincount(t, minlength=k_classes)
     absent = [names[k] for k in np.flatnonzero(support == 0)]
     only = [names[k] for k in np.flatnonzero(support == len(t))]
     if absent:
-        _emit(
-            f"roc_auc and average_precision are undefined for class {_quote(absent)}: no true "
+        emit(
+            f"roc_auc and average_precision are undefined for class {quote(absent)}: no true "
             "samples (one-vs-rest needs positives); reported as None",
             sink,
             stacklevel=4,
         )
     if only:
-        _emit(
-            f"roc_auc is undefined for class {_quote(only)}: every sample is of this class "
+        emit(
+            f"roc_auc is undefined for class {quote(only)}: every sample is of this class "
             "(one-vs-rest needs negatives); reported as None",
             sink,
             stacklevel=4,
@@ -390,7 +390,7 @@ def roc_auc_ovr(
     (:func:`cnnlab.metrics.classification.average`).
     """
     t, p = _prepare(targets, probs)
-    return _per_class_scores(t, p, _names(class_names, p.shape[1]), None)["roc_auc"]
+    return per_class_scores(t, p, names_for(class_names, p.shape[1]), None)["roc_auc"]
 
 
 def average_precision_ovr(
@@ -398,7 +398,7 @@ def average_precision_ovr(
 ) -> np.ndarray:
     """One-vs-rest average precision per class, ``(K,)`` (NaN + warning for an absent class)."""
     t, p = _prepare(targets, probs)
-    return _per_class_scores(t, p, _names(class_names, p.shape[1]), None)["average_precision"]
+    return per_class_scores(t, p, names_for(class_names, p.shape[1]), None)["average_precision"]
 
 
 def _ovo(
@@ -409,7 +409,7 @@ def _ovo(
     ranked: dict[str, np.ndarray] | None = None,
 ) -> float:
     k_classes = probs.shape[1]
-    pair = (_rank_pass(t, probs) if ranked is None else ranked)["pair"]
+    pair = (rank_pass(t, probs) if ranked is None else ranked)["pair"]
     present = np.bincount(t, minlength=k_classes) > 0
     pair_scores = [
         (pair[a, b] + pair[b, a]) / 2
@@ -418,16 +418,16 @@ def _ovo(
     ]
     absent = [names[k] for k in np.flatnonzero(~present)]
     if not pair_scores:
-        _emit(
+        emit(
             "roc_auc_ovo is undefined: fewer than two classes are present in targets",
             sink,
             stacklevel=4,
         )
         return math.nan
     if absent:
-        _emit(
+        emit(
             f"roc_auc_ovo averages the {len(pair_scores)} class pairs whose classes are both "
-            f"present; left out pairs with (no true samples): {_quote(absent)}",
+            f"present; left out pairs with (no true samples): {quote(absent)}",
             sink,
             stacklevel=4,
         )
@@ -442,7 +442,7 @@ def roc_auc_ovo(targets: Any, probs: Any, *, class_names: Sequence[str] | None =
     than two classes are present. Equals scikit-learn's ``roc_auc_score(multi_class="ovo")``.
     """
     t, p = _prepare(targets, probs)
-    return _ovo(t, p, _names(class_names, p.shape[1]), None)
+    return _ovo(t, p, names_for(class_names, p.shape[1]), None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -584,7 +584,7 @@ def find_threshold(
 # --------------------------------------------------------------------------------------------
 
 
-def _score_report(
+def score_report(
     t: np.ndarray,
     probs: np.ndarray,
     names: list[str],

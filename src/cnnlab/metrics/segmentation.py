@@ -35,12 +35,12 @@ import torch
 
 from cnnlab.metrics.classification import (
     UndefinedMetricWarning,
-    _average,
-    _check_cm,
-    _emit,
-    _finish,
-    _names,
-    _ratio,
+    average_defined,
+    check_cm,
+    emit,
+    finish_report,
+    names_for,
+    ratio,
     to_numpy,
 )
 
@@ -159,7 +159,7 @@ def _counts(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _iou(cm: np.ndarray, names: list[str], sink: list[str] | None) -> np.ndarray:
     tp, fp, fn = _counts(cm)
-    return _ratio(
+    return ratio(
         tp,
         tp + fp + fn,
         metric="IoU",
@@ -171,7 +171,7 @@ def _iou(cm: np.ndarray, names: list[str], sink: list[str] | None) -> np.ndarray
 
 def _dice(cm: np.ndarray, names: list[str], sink: list[str] | None) -> np.ndarray:
     tp, fp, fn = _counts(cm)
-    return _ratio(
+    return ratio(
         2 * tp,
         2 * tp + fp + fn,
         metric="Dice",
@@ -183,14 +183,14 @@ def _dice(cm: np.ndarray, names: list[str], sink: list[str] | None) -> np.ndarra
 
 def iou_per_class(cm: Any, class_names: Sequence[str] | None = None) -> np.ndarray:
     """IoU_k = TP / (TP + FP + FN), ``(K,)`` float64; NaN + warning where the class is nowhere."""
-    cm = _check_cm(cm)
-    return _iou(cm, _names(class_names, cm.shape[0]), None)
+    cm = check_cm(cm)
+    return _iou(cm, names_for(class_names, cm.shape[0]), None)
 
 
 def dice_per_class(cm: Any, class_names: Sequence[str] | None = None) -> np.ndarray:
     """Dice_k = 2TP / (2TP + FP + FN) (pixel F1), ``(K,)``; NaN + warning where undefined."""
-    cm = _check_cm(cm)
-    return _dice(cm, _names(class_names, cm.shape[0]), None)
+    cm = check_cm(cm)
+    return _dice(cm, names_for(class_names, cm.shape[0]), None)
 
 
 def segmentation_metrics(cm: Any, class_names: Sequence[str] | None = None) -> dict[str, Any]:
@@ -201,16 +201,16 @@ def segmentation_metrics(cm: Any, class_names: Sequence[str] | None = None) -> d
     ``per_class`` {name: {iou, dice, precision, recall, tp, fp, fn, support, predicted}},
     ``confusion_matrix`` and ``warnings`` (each undefined value's reason, also warned once).
     """
-    cm = _check_cm(cm)
+    cm = check_cm(cm)
     k = cm.shape[0]
-    names = _names(class_names, k)
+    names = names_for(class_names, k)
     sink: list[str] = []
     tp, fp, fn = _counts(cm)
     support = tp + fn
     total = int(cm.sum())
     iou = _iou(cm, names, sink)
     dice = _dice(cm, names, sink)
-    precision = _ratio(
+    precision = ratio(
         tp,
         tp + fp,
         metric="precision",
@@ -218,7 +218,7 @@ def segmentation_metrics(cm: Any, class_names: Sequence[str] | None = None) -> d
         sink=sink,
         reason="the class was never predicted (TP + FP = 0)",
     )
-    recall = _ratio(
+    recall = ratio(
         tp,
         support,
         metric="recall",
@@ -232,18 +232,20 @@ def segmentation_metrics(cm: Any, class_names: Sequence[str] | None = None) -> d
         has = support > 0
         fw_iou = float(np.dot(support[has], iou[has]) / total)
     else:
-        _emit("pixel accuracy is undefined: no labelled pixel (all ignored)", sink)
+        emit("pixel accuracy is undefined: no labelled pixel (all ignored)", sink)
         pixel_accuracy = fw_iou = math.nan
     report = {
         "num_pixels": total,
         "num_classes": k,
         "class_names": names,
         "pixel_accuracy": pixel_accuracy,
-        "mean_accuracy": _average(
+        "mean_accuracy": average_defined(
             recall, None, metric="recall", kind="mean", names=names, sink=sink
         ),
-        "mean_iou": _average(iou, None, metric="IoU", kind="mean", names=names, sink=sink),
-        "mean_dice": _average(dice, None, metric="Dice", kind="mean", names=names, sink=sink),
+        "mean_iou": average_defined(iou, None, metric="IoU", kind="mean", names=names, sink=sink),
+        "mean_dice": average_defined(
+            dice, None, metric="Dice", kind="mean", names=names, sink=sink
+        ),
         "frequency_weighted_iou": fw_iou,
         "per_class": {
             name: {
@@ -261,7 +263,7 @@ def segmentation_metrics(cm: Any, class_names: Sequence[str] | None = None) -> d
         },
         "confusion_matrix": cm.tolist(),
     }
-    return _finish(report, sink)
+    return finish_report(report, sink)
 
 
 def quiet_mean_iou(cm: np.ndarray) -> float:

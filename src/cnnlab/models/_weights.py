@@ -56,7 +56,7 @@ def load_weights(model: ClassifierModel, name: str, weights: str | os.PathLike) 
     ``model.default_cfg`` (``weights``; with torchvision weights also mean/std, crop/resize size,
     interpolation and -- when the classifier was kept -- ``class_names``).
     """
-    tag = _torchvision_tag(weights)
+    tag = torchvision_tag(weights)
     if tag is not None:
         enum_member = _torchvision_weights(name, tag)
         state_dict = _download(name, enum_member)
@@ -73,7 +73,7 @@ def load_weights(model: ClassifierModel, name: str, weights: str | os.PathLike) 
 
 
 # --- where the tensors come from -------------------------------------------------------------
-def _torchvision_tag(weights: str | os.PathLike) -> str | None:
+def torchvision_tag(weights: str | os.PathLike) -> str | None:
     """The torchvision tag ("imagenet" -> "DEFAULT", "IMAGENET1K_V2", ...); a path -> None."""
     if not isinstance(weights, str):
         return None

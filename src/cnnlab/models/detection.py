@@ -109,7 +109,7 @@ def _zoo_backbone(
     fpn_channels: int,
 ) -> tuple[FPNBackbone, dict[str, Any]]:
     from cnnlab.models import SMALL_INPUT_BELOW, create_model, list_models
-    from cnnlab.models.segmentation import Encoder, _cnnlab_checkpoint, load_encoder_from_run
+    from cnnlab.models.segmentation import Encoder, cnnlab_checkpoint, load_encoder_from_run
 
     if name not in list_models():
         raise ConfigError(
@@ -126,7 +126,7 @@ def _zoo_backbone(
         zoo_size = max(image_size, SMALL_INPUT_BELOW)
     elif variant == "small-input":
         zoo_size = min(image_size, SMALL_INPUT_BELOW - 1)
-    run_source = _cnnlab_checkpoint(weights)
+    run_source = cnnlab_checkpoint(weights)
     zoo_weights = None if run_source is not None else weights
     net = create_model(
         name,

@@ -252,7 +252,7 @@ def create_segmentation_model(
         image_size = max(image_size or 224, SMALL_INPUT_BELOW)
     elif encoder_variant == "small-input":
         image_size = min(image_size or 32, SMALL_INPUT_BELOW - 1)
-    run_source = _cnnlab_checkpoint(encoder_weights)
+    run_source = cnnlab_checkpoint(encoder_weights)
     zoo_weights = None if run_source is not None else encoder_weights
     backbone = create_model(
         encoder,
@@ -279,7 +279,7 @@ def create_segmentation_model(
     return net
 
 
-def _cnnlab_checkpoint(weights: str | None) -> Path | None:
+def cnnlab_checkpoint(weights: str | None) -> Path | None:
     """The cnnlab checkpoint meant by ``weights`` (a run folder or a .safetensors with cnnlab
     metadata), or None when it is something for the zoo (None, "imagenet", a plain state dict)."""
     if not weights:

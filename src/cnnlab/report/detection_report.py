@@ -19,8 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cnnlab.report.html import CSS, _fmt, _png, curves_figure  # noqa: E402
-from cnnlab.report.segmentation_report import _uri  # noqa: E402
+from cnnlab.report.html import CSS, curves_figure, format_value, png_figure  # noqa: E402
+from cnnlab.report.segmentation_report import png_uri  # noqa: E402
 
 
 def pr_curves_figure(metrics: dict[str, Any]) -> plt.Figure:
@@ -85,26 +85,28 @@ def write_detection_report(
              "<h1>Detection report</h1><table>"]  # fmt: skip
     for key in ("map", "map_50", "map_75", "mar_100", "precision_50", "recall_50", "num_images",
                 "num_objects"):  # fmt: skip
-        parts.append(f"<tr><th>{key}</th><td>{_fmt(metrics.get(key))}</td></tr>")
+        parts.append(f"<tr><th>{key}</th><td>{format_value(metrics.get(key))}</td></tr>")
     parts.append("</table><h2>Per class</h2><table><tr><th>class</th><th>AP</th><th>AP50</th>"
                  "<th>AR100</th><th>precision</th><th>recall</th><th>TP</th><th>FP</th>"
                  "<th>FN</th></tr>")  # fmt: skip
     for name, row in metrics["per_class"].items():
-        cells = "".join(f"<td>{_fmt(row[k])}</td>" for k in
-                        ("ap", "ap_50", "ar_100", "precision", "recall", "tp", "fp", "fn"))
+        cells = "".join(
+            f"<td>{format_value(row[k])}</td>"
+            for k in ("ap", "ap_50", "ar_100", "precision", "recall", "tp", "fp", "fn")
+        )
         parts.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
     parts.append("</table><div class='figs'>")
-    parts.append(f"<figure><img src='{_png(pr_curves_figure(metrics), out_dir / 'pr_curves.png')}'>"
+    parts.append(f"<figure><img src='{png_figure(pr_curves_figure(metrics), out_dir / 'pr_curves.png')}'>"
                  "</figure>")  # fmt: skip
     if run_dir is not None and (Path(run_dir) / "metrics.csv").is_file():
         fig = curves_figure(Path(run_dir) / "metrics.csv")
         if fig is not None:
-            parts.append(f"<figure><img src='{_png(fig, out_dir / 'curves.png')}'></figure>")
+            parts.append(f"<figure><img src='{png_figure(fig, out_dir / 'curves.png')}'></figure>")
     parts.append("</div><h2>Test images</h2><p class='muted'>green: true boxes; red: predicted "
                  f"boxes with score &ge; {score_threshold}</p><div class='cases'>")  # fmt: skip
     for i in range(min(show, len(ids))):
         rgb = draw_case(images[i], targets[i], preds[i], class_names, score_threshold)
-        parts.append(f"<figure class='case'><img src='{_uri(rgb)}'><figcaption>"
+        parts.append(f"<figure class='case'><img src='{png_uri(rgb)}'><figcaption>"
                      f"{html.escape(str(ids[i]))}</figcaption></figure>")  # fmt: skip
     parts.append("</div></body></html>")
     path = out_dir / "report.html"

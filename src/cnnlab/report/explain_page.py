@@ -419,9 +419,10 @@ def explain_image(
     """
     import torch
 
-    from cnnlab.api import load_checkpoint_model, resolve_device
     from cnnlab.config import PreprocessSpec
     from cnnlab.data.tensors import load_file
+    from cnnlab.engine.devices import resolve_device
+    from cnnlab.engine.weights import load_checkpoint_model
     from cnnlab.explain.cam import check_methods, explain_classes
     from cnnlab.explain.trace import trace_image
     from cnnlab.models._base import check_positive_int

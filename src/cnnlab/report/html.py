@@ -28,13 +28,14 @@ h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;bord
 table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .5rem;
 text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 .muted{color:#666;font-size:.85rem}.figs{display:flex;flex-wrap:wrap;gap:1rem}.figs figure{margin:0}
-figure img{max-width:520px;border:1px solid #eee}figure.wide img{max-width:1060px}.gallery{display:flex;flex-wrap:wrap;gap:.6rem}
+figure img{max-width:520px;border:1px solid #eee}figure.wide img{max-width:1060px}
+.gallery{display:flex;flex-wrap:wrap;gap:.6rem}
 .gallery figure{width:120px;font-size:.75rem;text-align:center}.gallery img{width:112px;image-rendering:pixelated}
 .undef{color:#a60}
 """
 
 
-def _png(fig: plt.Figure, path: Path) -> str:
+def png_figure(fig: plt.Figure, path: Path) -> str:
     """Save a figure as PNG next to the report and return it as a data URI for embedding."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -186,7 +187,7 @@ def _ci(interval: dict | None) -> str:
     return f"[{interval['low']:.4f}, {interval['high']:.4f}]"
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
     if v is None:
         return '<span class="undef" title="undefined: see notes">n/a</span>'
     if isinstance(v, (int, np.integer)):
@@ -214,29 +215,29 @@ def write_classification_report(
     cm = np.asarray(metrics["confusion_matrix"])
     per = metrics["per_class"]
     figs = {
-        "confusion matrix (counts)": _png(
+        "confusion matrix (counts)": png_figure(
             confusion_figure(cm, class_names, False), fig_dir / "confusion_matrix.png"
         ),
-        "confusion matrix (normalised)": _png(
+        "confusion matrix (normalised)": png_figure(
             confusion_figure(cm, class_names, True), fig_dir / "confusion_matrix_normalized.png"
         ),
-        "ROC curves": _png(
+        "ROC curves": png_figure(
             roc_figure(targets, probs, class_names, {n: per[n].get("roc_auc") for n in per}),
             fig_dir / "roc.png",
         ),
-        "precision-recall curves": _png(
+        "precision-recall curves": png_figure(
             pr_figure(
                 targets, probs, class_names, {n: per[n].get("average_precision") for n in per}
             ),
             fig_dir / "pr.png",
         ),
-        "reliability diagram": _png(
+        "reliability diagram": png_figure(
             reliability_figure(targets, probs), fig_dir / "reliability.png"
         ),
     }
     curves = curves_figure(run_dir / "metrics.csv") if run_dir else None
     if curves is not None:
-        figs["training curves"] = _png(curves, fig_dir / "training_curves.png")
+        figs["training curves"] = png_figure(curves, fig_dir / "training_curves.png")
 
     ci = metrics.get("confidence_intervals", {})
     head_rows = []
@@ -250,13 +251,13 @@ def write_classification_report(
     ):
         if key in metrics:
             head_rows.append(
-                f"<tr><td>{label}</td><td>{_fmt(metrics[key])}</td><td>{_ci(ci.get(key))}</td></tr>"
+                f"<tr><td>{label}</td><td>{format_value(metrics[key])}</td><td>{_ci(ci.get(key))}</td></tr>"
             )
     for m in ("precision", "recall", "f1", "tnr", "fpr", "roc_auc", "average_precision"):
         for avg in ("macro", "weighted"):
             if m in metrics.get(avg, {}):
                 head_rows.append(
-                    f"<tr><td>{m} ({avg})</td><td>{_fmt(metrics[avg][m])}</td>"
+                    f"<tr><td>{m} ({avg})</td><td>{format_value(metrics[avg][m])}</td>"
                     f"<td>{_ci(ci.get(f'{avg}_{m}'))}</td></tr>"
                 )
     cols = [
@@ -277,7 +278,7 @@ def write_classification_report(
     ]
     class_rows = "".join(
         f"<tr><td>{html.escape(str(n))}</td>"
-        + "".join(f"<td>{_fmt(v.get(c))}</td>" for c in cols)
+        + "".join(f"<td>{format_value(v.get(c))}</td>" for c in cols)
         + "</tr>"
         for n, v in per.items()
     )
@@ -314,7 +315,8 @@ def write_classification_report(
         for name, uri in figs.items()
     )
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width,initial-scale=1"><title>{html.escape(title or "cnnlab report")}</title>
+<meta name="viewport" content="width=device-width,initial-scale=1">
+<title>{html.escape(title or "cnnlab report")}</title>
 <style>{CSS}</style></head><body>
 <h1>{html.escape(title or "cnnlab evaluation report")}</h1>
 <p class="muted">{metrics.get("num_samples", len(targets))} test images, {len(class_names)} classes.

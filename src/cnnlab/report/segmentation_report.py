@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cnnlab.report.html import CSS, _fmt, _png, confusion_figure, curves_figure
+from cnnlab.report.html import CSS, confusion_figure, curves_figure, format_value, png_figure
 
 SEG_CSS = """
 .pair{display:flex;gap:.3rem}.pair figure{margin:0;width:auto}.pair img{width:128px;
@@ -44,7 +44,7 @@ def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.55) -> np.n
     return np.where(paint, mixed, img).round().astype(np.uint8)
 
 
-def _uri(rgb: np.ndarray) -> str:
+def png_uri(rgb: np.ndarray) -> str:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
@@ -65,7 +65,7 @@ def _case(
         ("prediction", overlay(img, colorize(pred, palette, ignore))),
     ]
     figs = "".join(
-        f'<figure><img src="{_uri(a)}" alt="{t}"><figcaption>{t}</figcaption></figure>'
+        f'<figure><img src="{png_uri(a)}" alt="{t}"><figcaption>{t}</figcaption></figure>'
         for t, a in cells
     )
     return f'<div class="case"><div class="pair">{figs}</div>{caption}</div>'
@@ -96,15 +96,15 @@ def write_segmentation_report(
     fig_dir.mkdir(parents=True, exist_ok=True)
     cm = np.asarray(metrics["confusion_matrix"])
     figs = {
-        "pixel confusion matrix (row-normalised: recall on the diagonal)": _png(
+        "pixel confusion matrix (row-normalised: recall on the diagonal)": png_figure(
             confusion_figure(cm, class_names, True), fig_dir / "confusion_matrix_normalized.png"
         )
     }
     curves = curves_figure(run_dir / "metrics.csv") if run_dir else None
     if curves is not None:
-        figs["training curves"] = _png(curves, fig_dir / "training_curves.png")
+        figs["training curves"] = png_figure(curves, fig_dir / "training_curves.png")
     head = "".join(
-        f"<tr><td>{label}</td><td>{_fmt(metrics.get(key))}</td></tr>"
+        f"<tr><td>{label}</td><td>{format_value(metrics.get(key))}</td></tr>"
         for key, label in (
             ("mean_iou", "mean IoU"),
             ("mean_dice", "mean Dice"),
@@ -118,7 +118,7 @@ def write_segmentation_report(
     rows = "".join(
         f'<tr><td><span class="swatch" style="background:rgb{tuple(int(c) for c in pal[k])}">'
         f"</span>{html.escape(n)}</td>"
-        + "".join(f"<td>{_fmt(metrics['per_class'][n].get(c))}</td>" for c in cols)
+        + "".join(f"<td>{format_value(metrics['per_class'][n].get(c))}</td>" for c in cols)
         + "</tr>"
         for k, n in enumerate(class_names)
         if k < len(pal)

@@ -152,7 +152,8 @@ def create_app(
 ) -> FastAPI:
     """A FastAPI app serving the model of a run directory or ``.safetensors`` checkpoint."""
     from cnnlab import __version__
-    from cnnlab.api import load_checkpoint_model, resolve_device
+    from cnnlab.engine.devices import resolve_device
+    from cnnlab.engine.weights import load_checkpoint_model
     from cnnlab.explain.cam import check_methods
     from cnnlab.run import run_dir_of
 

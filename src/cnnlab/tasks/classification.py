@@ -17,6 +17,8 @@ class ClassificationTask:
     num_classes: int
     label_smoothing: float = 0.0
 
+    metric_names = ("loss", "accuracy")  # what validation reports (Trainer.evaluate), as val_<name>
+
     def loss(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
     ) -> dict[str, torch.Tensor]:

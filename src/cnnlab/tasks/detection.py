@@ -2,24 +2,27 @@
 
 ``loss(model, images, targets)``: the sum of the detector's loss dict (torchvision returns its
 parts: classification + box regression, + objectness for Faster R-CNN's RPN). ``correct`` is 0:
-detection has no per-image accuracy; the epoch's quality is ``val_map50`` from ``validate``.
+detection has no per-image accuracy; the epoch's quality is ``val_map50`` (and ``val_map``) from
+``validate``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from cnnlab.engine.trainer import Callback, autocast
+from cnnlab.engine.trainer import autocast
 
 
 @dataclass
 class DetectionTask:
     class_names: list[str]
-    last_validation: dict[str, Any] | None = field(default=None, repr=False)
+
+    metric_names = ("map50", "map")  # what validate returns; recorded as val_map50, val_map
+    reports_accuracy = False  # no per-image accuracy: epochs record no train_accuracy
 
     def loss(
         self, model: nn.Module, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]
@@ -46,28 +49,13 @@ class DetectionTask:
         return preds, targets
 
     def validate(self, trainer: Any, loader: Any) -> dict[str, float]:
-        """{"loss": NaN (torchvision detectors give no loss in eval mode, and a train-mode pass
-        would update BatchNorm statistics), "accuracy": mAP@0.5}; the full metrics are kept in
-        ``last_validation`` for :class:`ValidationMetrics`."""
+        """{"map50": COCO mAP@0.5, "map": mAP@[.5:.95]} (NaN when undefined). No loss: torchvision
+        detectors give none in eval mode, and a train-mode pass would update BatchNorm statistics."""
         from cnnlab.metrics.detection import detection_metrics
 
         preds, targets = self.predict(trainer, loader)
         metrics = detection_metrics(preds, targets, self.class_names)
-        self.last_validation = metrics
-        m50 = metrics["map_50"]
-        return {"loss": float("nan"), "accuracy": float("nan") if m50 is None else m50}
-
-
-class ValidationMetrics(Callback):
-    """Adds ``val_map50`` and ``val_map`` to the epoch's metrics; must precede the CSV logger,
-    checkpoint and early-stopping callbacks (they read the same dict afterwards)."""
-
-    def __init__(self, task: DetectionTask) -> None:
-        self.task = task
-
-    def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
-        v = self.task.last_validation
-        if v is not None:
-            metrics["val_map50"] = float("nan") if v["map_50"] is None else v["map_50"]
-            metrics["val_map"] = float("nan") if v["map"] is None else v["map"]
-            self.task.last_validation = None
+        return {
+            name: float("nan") if metrics[key] is None else float(metrics[key])
+            for name, key in (("map50", "map_50"), ("map", "map"))
+        }

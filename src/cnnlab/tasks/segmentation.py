@@ -6,7 +6,7 @@ each epoch; targets are (N, H, W) int64 masks whose ``ignore_index`` pixels coun
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.engine.trainer import Callback, autocast
+from cnnlab.engine.trainer import autocast
 from cnnlab.metrics.segmentation import ConfusionAccumulator, quiet_mean_iou
 
 
@@ -40,7 +40,8 @@ class SegmentationTask:
     num_classes: int
     ignore_index: int = 255
     dice_weight: float = 0.0  # loss = CE + dice_weight * soft Dice loss
-    last_validation: dict[str, Any] | None = field(default=None, repr=False)
+
+    metric_names = ("loss", "accuracy", "miou")  # what validate returns; recorded as val_<name>
 
     def loss(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
@@ -63,8 +64,8 @@ class SegmentationTask:
 
     @torch.inference_mode()
     def validate(self, trainer: Any, loader: Any) -> dict[str, float]:
-        """{"loss": CE per labelled pixel, "accuracy": pixel accuracy}; keeps the mean IoU in
-        ``last_validation`` for :class:`ValidationMetrics` to log as ``val_miou``."""
+        """{"loss": CE per labelled pixel, "accuracy": pixel accuracy, "miou": mean IoU over the
+        classes present}: the trainer records them as val_loss, val_accuracy, val_miou."""
         model = trainer.model
         was_training = model.training
         model.eval()
@@ -85,24 +86,8 @@ class SegmentationTask:
         model.train(was_training)
         cm = meter.matrix()
         total = cm.sum()
-        self.last_validation = {"miou": quiet_mean_iou(cm), "confusion_matrix": cm}
         return {
             "loss": ce_sum / pixels if pixels else float("nan"),
             "accuracy": float(np.trace(cm) / total) if total else float("nan"),
+            "miou": quiet_mean_iou(cm),
         }
-
-
-class ValidationMetrics(Callback):
-    """Adds ``val_miou`` to the epoch's metrics (and so to metrics.csv, checkpoint monitoring).
-
-    Must come before CSVLogger / Checkpoint / EarlyStopping in the callback list: the metrics dict
-    it extends is the one those callbacks see next.
-    """
-
-    def __init__(self, task: SegmentationTask) -> None:
-        self.task = task
-
-    def on_epoch_end(self, trainer: Any, metrics: dict[str, float]) -> None:
-        if self.task.last_validation is not None:
-            metrics["val_miou"] = self.task.last_validation["miou"]
-            self.task.last_validation = None

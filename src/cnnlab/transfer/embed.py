@@ -31,13 +31,13 @@ SPLITS = ("all", "train", "val", "test")
 
 
 def _choose_split(bundle, split: str):  # -> (Split, per-sample split names)
-    from cnnlab.api import _concat
+    from cnnlab.data.sources import concat_splits
 
     if split == "all":
         names = list(bundle.splits)
         parts = [bundle.splits[k] for k in names]
         tags = np.concatenate([np.full(len(p), k) for k, p in zip(names, parts, strict=True)])
-        return _concat(parts), tags
+        return concat_splits(parts), tags
     if split not in bundle.splits:
         raise ConfigError(
             f"the data has no {split!r} split; it has {sorted(bundle.splits)} (or all)"
@@ -83,17 +83,12 @@ def embed(
     ``out`` defaults to ``<run>/embeddings-<split>.npz`` (next to the checkpoint outside a run).
     Returns the path written.
     """
-    from cnnlab.api import (
-        _saved_config,
-        _split_by_ids,
-        load_checkpoint_model,
-        make_loader,
-        resolve_device,
-        split_to_uint8,
-    )
     from cnnlab.config import PreprocessSpec, TrainConfig, make_config
-    from cnnlab.data.sources import load_source
-    from cnnlab.run import read_json, run_dir_of
+    from cnnlab.data.sources import concat_splits, load_source, split_by_ids
+    from cnnlab.engine.devices import resolve_device
+    from cnnlab.engine.loaders import make_loader, split_to_uint8
+    from cnnlab.engine.weights import load_checkpoint_model
+    from cnnlab.run import read_json, run_dir_of, saved_config
 
     if split not in SPLITS:
         raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
@@ -104,15 +99,15 @@ def embed(
     if data is None:
         if run_dir is None:
             raise ConfigError(f"{weights} is not inside a run directory: pass data= to embed")
-        bundle = load_source(make_config(TrainConfig, **_saved_config(run_dir)))
+        bundle = load_source(make_config(TrainConfig, **saved_config(run_dir)))
         recorded = read_json(run_dir / "splits.json")["splits"]
         names = list(recorded) if split == "all" else [split]
         if split != "all" and split not in recorded:
             raise ConfigError(f"the run has no {split!r} split; it has {sorted(recorded)}")
-        parts = [_split_by_ids(bundle, recorded[k], k) for k in names]
-        from cnnlab.api import _concat
+        parts = [split_by_ids(bundle, recorded[k], k) for k in names]
+        from cnnlab.data.sources import concat_splits
 
-        chosen = _concat(parts)
+        chosen = concat_splits(parts)
         tags = np.concatenate([np.full(len(p), k) for k, p in zip(names, parts, strict=True)])
     else:
         bundle = load_source(make_config(TrainConfig, data=data))

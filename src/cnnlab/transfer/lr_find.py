@@ -71,19 +71,14 @@ def lr_find(
     Returns ``{"lrs", "losses", "smoothed", "suggested_lr", "min_lr_div10", "suggestion_rule",
     "stopped_early", "steps_run", "seed", "model", "data"}`` (JSON-able).
     """
-    from cnnlab.api import (
-        build_model,
-        make_loader,
-        resolve_device,
-        resolve_image_size,
-        seed_everything,
-        split_to_uint8,
-    )
     from cnnlab.config import PreprocessSpec, TrainConfig, make_config
     from cnnlab.data.sources import few_shot, load_source
     from cnnlab.data.tensors import channel_stats
+    from cnnlab.engine.devices import resolve_device, seed_everything
+    from cnnlab.engine.loaders import make_loader, resolve_image_size, split_to_uint8
     from cnnlab.engine.optim import build_optimizer, param_groups
     from cnnlab.engine.trainer import autocast
+    from cnnlab.engine.weights import build_model
     from cnnlab.tasks.classification import ClassificationTask
 
     if not isinstance(cfg, TrainConfig):

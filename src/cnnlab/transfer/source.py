@@ -84,10 +84,10 @@ def load_pretrained(
     in_channels: int,
 ) -> SourceReport:
     """Load ``source`` into ``model`` (built for the target's classes and channels)."""
-    from cnnlab.models._weights import _torchvision_tag, load_weights
+    from cnnlab.models._weights import load_weights, torchvision_tag
 
     path = Path(str(source)).expanduser()
-    if not path.exists() and _torchvision_tag(str(source)) is not None:
+    if not path.exists() and torchvision_tag(str(source)) is not None:
         report = load_weights(model, model_name, str(source))
         return _from_zoo_report(model, source, "imagenet", report, class_names)
     if _is_cnnlab_checkpoint(path):

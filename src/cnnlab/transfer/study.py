@@ -48,9 +48,8 @@ def write_class_subset(
     """
     from PIL import Image
 
-    from cnnlab.api import _concat
     from cnnlab.config import TrainConfig, make_config
-    from cnnlab.data.sources import load_source
+    from cnnlab.data.sources import concat_splits, load_source
 
     bundle = load_source(make_config(TrainConfig, data=data))
     unknown = [c for c in classes if c not in bundle.class_names]
@@ -58,7 +57,7 @@ def write_class_subset(
         raise ConfigError(
             f"classes {unknown} are not in {data} (its classes: {bundle.class_names})"
         )
-    whole = _concat(list(bundle.splits.values()))
+    whole = concat_splits(list(bundle.splits.values()))
     rng = np.random.default_rng(seed)
     out = Path(out)
     for name in classes:
@@ -107,15 +106,15 @@ def transfer_study(
     """Train every (shots, strategy, seed) on ``data`` and compare test accuracy (see module doc).
 
     ``shots``: labelled training images per class (None = the whole training split). ``model``
-    defaults to the source checkpoint's model. ``train_overrides`` go to every ``api.train`` call
+    defaults to the source checkpoint's model. ``train_overrides`` go to every ``cnnlab.api.train`` call
     (``batch_size``, ``lr``, ``image_size``, ...); ``image_size`` defaults to the source's. The
     batch size is capped at the number of training images so that tiny shot counts still take steps.
     Returns the content of ``study.json``.
     """
-    from cnnlab import api
     from cnnlab.config import TrainConfig, make_config
     from cnnlab.data.sources import few_shot, load_source
     from cnnlab.run import write_json
+    from cnnlab.tasks.classify.train import train as train_classifier
     from cnnlab.transfer.recipes import STRATEGIES
 
     allowed = (SCRATCH, *STRATEGIES)
@@ -155,7 +154,7 @@ def transfer_study(
             for strategy in strategies:
                 name = f"{strategy}-{'all' if k is None else k}-seed{seed}"
                 log.info("study run %s (%d training images)", name, len(train))
-                result = api.train(
+                result = train_classifier(
                     base,
                     seed=seed,
                     shots=k,

@@ -134,7 +134,7 @@ def probe(path: str | os.PathLike[str], *, scan: bool = True) -> VideoInfo:
         stream = container.streams.video[0]
         first = None
         try:
-            for first in container.decode(stream):
+            for first in container.decode(stream):  # noqa: B007 (first is read after the loop)
                 break
         except _av().error.FFmpegError as e:
             raise DataError(

@@ -30,7 +30,6 @@ rotation, variable frame rate), ``timeline.csv``/``.json``, ``events.csv``/``.js
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -43,9 +42,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cnnlab.config import Device, _check_literals, make_config
-from cnnlab.errors import CheckpointError, ConfigError, close_matches
-from cnnlab.run import write_json
+from cnnlab.config import Device, check_literals, make_config
+from cnnlab.errors import ConfigError, close_matches
+from cnnlab.run import checkpoint_metadata, write_json
 from cnnlab.video.io import Frame, VideoInfo, VideoWriter, iter_frames, probe
 from cnnlab.video.tracking import (
     FrameTracks,
@@ -94,7 +93,7 @@ class VideoPredictConfig:
     agnostic_nms_metric: NmsMetric = "ios"
 
     def __post_init__(self) -> None:
-        _check_literals(self)
+        check_literals(self)
         for key in ("batch_size", "window", "min_event_frames", "stride"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"option {key} must be >= 1, got {getattr(self, key)}")
@@ -190,27 +189,6 @@ def find_events(labels: np.ndarray, min_frames: int) -> list[tuple[int, int, int
 
 
 # -- models ----------------------------------------------------------------------------------------
-def checkpoint_metadata(run: str | Path) -> dict[str, Any]:
-    """A run's checkpoint metadata, read from the safetensors header only (no tensors)."""
-    from safetensors import SafetensorError, safe_open
-
-    from cnnlab.run import resolve_weights
-
-    weights = resolve_weights(run)
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            raw = f.metadata() or {}
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"incomplete or corrupt checkpoint: {weights} ({err})") from None
-    meta: dict[str, Any] = {"weights": str(weights)}
-    for key, value in raw.items():  # cnnlab stores each value as JSON text
-        try:
-            meta[key] = json.loads(value)
-        except (TypeError, json.JSONDecodeError):
-            meta[key] = value
-    return meta
-
-
 def run_task(run: str | Path) -> str:
     """The checkpoint's ``task`` ("classification" when absent, as in older runs)."""
     meta = checkpoint_metadata(run)
@@ -269,13 +247,13 @@ class _Pass:
 def _classify_pass(run, video, info, cfg, dev) -> _Pass:
     import torch
 
-    from cnnlab import api
     from cnnlab.config import PreprocessSpec
-    from cnnlab.engine.hardware import inference_precision
+    from cnnlab.engine.devices import inference_precision
     from cnnlab.engine.trainer import autocast
+    from cnnlab.engine.weights import load_checkpoint_model
     from cnnlab.run import run_dir_of, trained_precision
 
-    model, meta, weights = api.load_checkpoint_model(run, dev)
+    model, meta, weights = load_checkpoint_model(run, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     precision = inference_precision(None, dev, trained_precision(run_dir_of(weights)))
     indices, times, probs = [], [], []
@@ -606,7 +584,7 @@ def predict_video(
     ``frames_per_s`` (decoding + model + tracking), and for detectors ``tracks``, ``counts`` and
     ``score_threshold``. A missing, corrupt or truncated video raises DataError naming it.
     """
-    from cnnlab import api
+    from cnnlab.engine.devices import resolve_device
 
     base = config.to_dict() if isinstance(config, VideoPredictConfig) else {}
     cfg = make_config(VideoPredictConfig, **(base | options))
@@ -616,7 +594,7 @@ def predict_video(
     for note in notes:
         log.warning(note)
     task = run_task(run)
-    dev = api.resolve_device(cfg.device)
+    dev = resolve_device(cfg.device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     passes = {"classification": _classify_pass, "detection": _detect_pass,
@@ -678,103 +656,3 @@ def track_video(
     summary["metrics"] = metrics
     summary["paths"]["mot_metrics_json"] = str(Path(out_dir) / "mot_metrics.json")
     return summary
-
-
-# -- CLI -------------------------------------------------------------------------------------------
-def _common(q: argparse.ArgumentParser) -> None:
-    q.add_argument("run", help="a cnnlab run directory or .safetensors checkpoint")
-    q.add_argument("video", help="a video file (mp4, mkv, avi, mov, webm, ...)")
-    q.add_argument("--out", default=None, help="output folder (default: runs/video/VIDEO-NAME)")
-    q.add_argument("--batch-size", type=int, default=None, help="frames per forward pass (32)")
-    q.add_argument("--stride", type=int, default=None, help="look at every N-th frame (1)")
-    q.add_argument("--max-frames", type=int, default=None, help="stop after N looked-at frames")
-    q.add_argument("--score-threshold", type=float, default=None,
-                   help="detections below are dropped (default: the run's)")  # fmt: skip
-    q.add_argument(
-        "--line", default=None, metavar="x0,y0,x1,y1",
-        help="counting line in frame pixels (default: vertical through the centre)",
-    )  # fmt: skip
-    q.add_argument("--no-draw", dest="draw", action="store_false", default=None,
-                   help="do not write annotated.mp4")  # fmt: skip
-    q.add_argument(
-        "--agnostic-nms",
-        type=float,
-        default=None,
-        help="drop boxes overlapping a better box of any class by more (0.7; 1: off)",
-    )
-    q.add_argument("--agnostic-nms-metric", default=None, help="ios | iou (ios)")  # fmt: skip
-    q.add_argument("--device", default=None, help="auto | cpu | cuda | mps")
-    q.add_argument("--json", action="store_true", help="print the summary as JSON")
-
-
-def add_cli(actions: Any) -> None:
-    q = actions.add_parser(
-        "predict", help="frame-by-frame prediction: timeline, events, tracks, annotated video"
-    )
-    _common(q)
-    q.add_argument("--smoothing", default=None, help="mean | majority | none (mean)")
-    q.add_argument("--window", type=int, default=None, help="smoothing window in frames, odd (5)")
-    q.add_argument("--min-event-frames", type=int, default=None,
-                   help="frames a class must hold to be an event (5)")  # fmt: skip
-    q = actions.add_parser(
-        "track", help="track objects with a detection run and score them against MOT ground truth"
-    )
-    _common(q)
-    q.add_argument("--gt", required=True, help="MOTChallenge ground truth (frame,id,x,y,w,h,...)")
-    q.add_argument("--iou", type=float, default=0.5, help="IoU a track box needs to match (0.5)")
-
-
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    names = [f.name for f in dataclasses.fields(VideoPredictConfig)]
-    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-
-
-def run_cli(args: argparse.Namespace, out: Any) -> int:
-    from rich.markup import escape
-    from rich.table import Table
-
-    from cnnlab import api
-
-    out_dir = args.out or str(Path("runs") / "video" / Path(args.video).stem)
-    if args.video_action == "track":
-        summary = api.video_track(args.run, args.video, args.gt, out_dir, iou_threshold=args.iou,
-                                  **_options(args))  # fmt: skip
-    else:
-        summary = api.video_predict(args.run, args.video, out_dir, **_options(args))
-    if args.json:
-        print(json.dumps(summary, indent=2, default=str))
-        return 0
-    for note in summary["notes"]:
-        out.print(f"[yellow]note:[/] {escape(str(note))}")
-    out.print(f"{summary['task']} run over {summary['frames']} frames "
-              f"({summary['frames_per_s']} frames/s)")  # fmt: skip
-    if summary["events"]:
-        t = Table(title="events")
-        for col in ("class", "start s", "end s", "frames", "mean prob."):
-            t.add_column(col, justify="left" if col == "class" else "right")
-        for e in summary["events"][:50]:
-            t.add_row(e["class"], f"{e['start_time_s']:.2f}", f"{e['end_time_s']:.2f}",
-                      str(e["frames"]), f"{e['mean_probability']:.3f}")  # fmt: skip
-        out.print(t)
-        if len(summary["events"]) > 50:
-            out.print(f"... {len(summary['events']) - 50} more in {summary['paths']['events_csv']}")
-    else:
-        out.print("no event (no class held for --min-event-frames frames)")
-    if "counts" in summary:
-        c = summary["counts"]
-        out.print(f"{summary['tracks']} tracks; line {c['line']}: in {c['in']}, out {c['out']}")
-    if "metrics" in summary:
-        m = summary["metrics"]
-        t = Table(title=f"tracking vs {m['gt']} (IoU >= {m['iou_threshold']})")
-        for col in ("MOTA", "IDF1", "MOTP (1-IoU)", "ID sw.", "FP", "FN", "GT boxes", "frames"):
-            t.add_column(col, justify="right")
-
-        def f3(v: Any) -> str:
-            return "-" if v is None else f"{v:.3f}"
-
-        t.add_row(f3(m["mota"]), f3(m["idf1"]), f3(m["motp"]), str(m["id_switches"]),
-                  str(m["false_positives"]), str(m["false_negatives"]), str(m["num_objects"]),
-                  str(m["num_frames"]))  # fmt: skip
-        out.print(t)
-    out.print(f"written to {summary['out_dir']}")
-    return 0

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cnnlab.data.builtin import SHAPE_CLASSES, _shape_mask, builtin_options
+from cnnlab.data.builtin import SHAPE_CLASSES, builtin_options, shape_mask
 from cnnlab.errors import ConfigError, close_matches
 
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
@@ -114,7 +114,7 @@ def make_moving_shapes(
             boxes, ids, labels = [], [], []
             for k in range(objects):
                 cx, cy = pos[t, k]
-                mask = _shape_mask(SHAPE_CLASSES[kinds[k]], yy, xx, cy, cx, r[k])
+                mask = shape_mask(SHAPE_CLASSES[kinds[k]], yy, xx, cy, cx, r[k])
                 if not mask.any():
                     continue
                 img[mask] = colours[k]

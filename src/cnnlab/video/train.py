@@ -25,7 +25,6 @@ class names, preprocessing: enough to predict), test_metrics.json, test_predicti
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -42,27 +41,36 @@ from cnnlab import __version__
 from cnnlab.config import (
     AUGMENTATIONS,
     Device,
+    Keep,
     Optimizer,
     Precision,
     PreprocessSpec,
     ResizeMode,
     Schedule,
-    _check_literals,
+    check_literals,
     make_config,
 )
 from cnnlab.data.sources import Split, stratified_split
 from cnnlab.data.tensors import arrays_to_chw, channel_stats, normalize
 from cnnlab.engine.assembly import (
+    TrainResult,
     check_common_options,
     fit_and_record,
     optimizer_and_schedule,
     standard_callbacks,
 )
-from cnnlab.engine.hardware import inference_precision, resolve_precision
-from cnnlab.engine.trainer import Trainer, autocast
+from cnnlab.engine.devices import (
+    inference_precision,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
+from cnnlab.engine.loaders import make_loader
+from cnnlab.engine.trainer import Trainer, autocast, check_monitor
 from cnnlab.errors import CheckpointError, ConfigError, DataError, close_matches
 from cnnlab.run import (
     evaluation_dir,
+    finish_run_dir,
     load_run_model,
     new_run_dir,
     read_json,
@@ -72,6 +80,7 @@ from cnnlab.run import (
     write_json,
 )
 from cnnlab.tasks.classification import ClassificationTask
+from cnnlab.tasks.classify.evaluate import evaluate_model
 from cnnlab.video.models import Smoothing, check_video_model, create_video_model, is_3d
 
 log = logging.getLogger(__name__)
@@ -81,7 +90,6 @@ BUILTIN_PREFIX = "builtin:"
 DEFAULT_FILE_FRAMES = 16  # clip length for video files (the Kinetics models' training length)
 DEFAULT_FILE_SIZE = 112  # frame side for video files (torchvision's Kinetics crop)
 EVAL_BATCH = 64  # clips per evaluation batch; training and `evaluate` use the same (same numbers)
-MONITORS = ("val_accuracy", "val_loss", "train_loss", "train_accuracy")
 
 
 @dataclass(frozen=True)
@@ -127,9 +135,13 @@ class VideoConfig:
     out: str = "runs"
     name: str | None = None
     report: bool = True
+    keep: Keep = (
+        "best"  # checkpoints kept: best (+ the last epoch's, resumable) | last | all epochs
+    )
+    private: bool = False  # run folder 0700 and its files 0600 (default: as open() under the umask)
 
     def __post_init__(self) -> None:
-        _check_literals(self)
+        check_literals(self)
         check_common_options(self)
         for key in ("max_bad_fraction", "label_smoothing"):
             if not 0.0 <= getattr(self, key) < 1.0:
@@ -144,20 +156,10 @@ class VideoConfig:
                 f"unknown augmentation {unknown[0]!r}{close_matches(unknown[0], AUGMENTATIONS)}; "
                 f"choose from {', '.join(AUGMENTATIONS)} (or 'none')"
             )
-        if self.monitor not in MONITORS:
-            raise ConfigError(
-                f"unknown monitor {self.monitor!r}{close_matches(self.monitor, MONITORS)}; "
-                f"choose from {', '.join(MONITORS)}"
-            )
+        check_monitor(self.monitor, ClassificationTask, "video")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _api():  # cnnlab.api imports this module lazily; look it up lazily too (no import cycle)
-    from cnnlab import api
-
-    return api
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -358,17 +360,16 @@ def _strips(clips: np.ndarray) -> np.ndarray:
 def train_video(
     config: VideoConfig | str | Path | None = None, *, console: Any = None, **options: Any
 ):
-    """Train a clip classifier; returns a :class:`cnnlab.api.TrainResult` (run_dir, history,
+    """Train a clip classifier; returns a :class:`cnnlab.engine.assembly.TrainResult` (run_dir, history,
     test_metrics, train_time_s, config). ``config``: a VideoConfig or a JSON/TOML file; keyword
     options override it."""
-    api = _api()
     if isinstance(config, VideoConfig):
         cfg = make_config(VideoConfig, **(config.to_dict() | options))
     else:
         cfg = make_config(VideoConfig, config, **options)
     t_call = time.perf_counter()
-    api.seed_everything(cfg.seed, cfg.deterministic)
-    device = api.resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    device = resolve_device(cfg.device)
     check_video_model(cfg.model, cfg.weights)  # before any video is decoded
     data = load_clips(cfg)
     parts = _split(data, cfg)
@@ -390,7 +391,7 @@ def train_video(
     spec = dataclasses.replace(_frames_spec(s, cfg.resize), mean=tuple(mean), std=tuple(std))
     wide = clip_spec(spec, t)
 
-    run_dir = new_run_dir(cfg.out, cfg.name, cfg.model, cfg.data)
+    run_dir = new_run_dir(cfg.out, cfg.name, cfg.model, cfg.data, private=cfg.private)
     write_json(run_dir / "config.json", cfg.to_dict())
     write_json(run_dir / "classes.json", class_names)
     write_json(run_dir / "preprocess.json", spec.to_dict() | {"frames": t})
@@ -407,18 +408,18 @@ def train_video(
     clips = _stacked(data.clips)  # (N, T*C, S, S) uint8
     targets = data.targets
     if is_3d(cfg.model):
-        train_loader = api.make_loader(
+        train_loader = make_loader(
             clips[train_idx], targets[train_idx], wide, device, cfg.batch_size, shuffle=True,
             augment=cfg.augment, seed=cfg.seed, drop_last=True,
         )  # fmt: skip
     else:  # every frame is a training image labelled with its clip's class
-        train_loader = api.make_loader(
+        train_loader = make_loader(
             frames_u8, np.repeat(targets[train_idx], t), spec, device, cfg.batch_size * t,
             shuffle=True, augment=cfg.augment, seed=cfg.seed, drop_last=True,
         )  # fmt: skip
     val_loader = None
     if "val" in parts and len(parts["val"]):
-        val_loader = api.make_loader(clips[parts["val"]], targets[parts["val"]], wide, device,
+        val_loader = make_loader(clips[parts["val"]], targets[parts["val"]], wide, device,
                                      EVAL_BATCH)  # fmt: skip
     optimizer, scheduler = optimizer_and_schedule(model, cfg, len(train_loader), device)
     task = ClassificationTask(len(class_names), cfg.label_smoothing)
@@ -455,7 +456,7 @@ def train_video(
         trainer, train_loader, val_loader, cfg.epochs, run_dir, t_call, task=TASK,
         clips=int(n), frames=t, image_size=s,
     )  # fmt: skip
-    result = api.TrainResult(run_dir, state.history, None, train_time, cfg, state.stop_reason)
+    result = TrainResult(run_dir, state.history, None, train_time, cfg, state.stop_reason)
     if "test" in parts and len(parts["test"]):
         best, _, _ = load_video_model(run_dir, device)
         test = parts["test"]
@@ -464,6 +465,7 @@ def train_video(
                        precision=inference_precision("auto", device, precision),
                        run_dir=run_dir, report=cfg.report)  # fmt: skip
         result.test_metrics, result.report = ev["metrics"], ev.get("report")
+    finish_run_dir(run_dir, console)
     return result
 
 
@@ -495,8 +497,7 @@ def _evaluate(
 ) -> dict[str, Any]:
     """Clip-level metrics through the image side's evaluation (bootstrap CIs, test_metrics.json,
     test_predictions.npz, report); clips (N, T, C, S, S) uint8."""
-    api = _api()
-    return api.evaluate_model(
+    return evaluate_model(
         model, clip_spec(spec, frames), _stacked(np.ascontiguousarray(clips)), Split(ids, targets),
         class_names, thumbnails=_strips(clips), batch_size=EVAL_BATCH, **kwargs,
     )  # fmt: skip
@@ -516,8 +517,7 @@ def evaluate_video(
     whose classes are among the model's. Writes test_metrics.json, test_predictions.npz and the
     report into ``out`` (default: a new ``<run>/evaluations/<time>/``; what training recorded is
     never rewritten)."""
-    api = _api()
-    dev = api.resolve_device(device)
+    dev = resolve_device(device)
     model, meta, weights = load_video_model(run, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     frames, class_names = int(meta["frames"]), list(meta["class_names"])
@@ -622,14 +622,13 @@ def predict_clips(
         frame's own probabilities. A video shorter than one window gives one window over all of
         it (frames repeated).
     """
-    api = _api()
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
         raise ValueError(f"frames must be (F, H, W, 3) uint8 with F >= 1, got {frames.shape} "
                          f"{frames.dtype}")  # fmt: skip
     if stride < 1:
         raise ConfigError(f"stride must be >= 1, got {stride}")
-    dev = api.resolve_device(device)
+    dev = resolve_device(device)
     model, meta, weights = load_video_model(run, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     names = list(meta["class_names"])
@@ -659,49 +658,3 @@ def predict_clips(
             out.append(model(x).float().softmax(1).cpu())
     return {"starts": starts, "probs": torch.cat(out).numpy(), "class_names": names,
             "window": window, "step": step, "stride": stride, "span": span}  # fmt: skip
-
-
-# -- command line ----------------------------------------------------------------------------------
-def add_cli(actions: Any) -> None:
-    """``cnnlab video train`` (one --option per VideoConfig field) and ``cnnlab video evaluate``."""
-    from cnnlab.cli import _add_train_options
-
-    _add_train_options(
-        actions.add_parser("train", help="train a clip classifier (3D CNN, or 2D per frame)"),
-        cls=VideoConfig,
-    )
-    q = actions.add_parser("evaluate", help="clip accuracy, per-class metrics and the report")
-    q.add_argument("run", help="a video run directory or its .safetensors checkpoint")
-    q.add_argument("--split", default="test")
-    q.add_argument("--data", default=None, help="another builtin or folder of videos per class")
-    q.add_argument("--device", default="auto")
-    q.add_argument("--out", default=None)
-    q.add_argument("--json", action="store_true")
-    q.add_argument("--no-report", dest="report", action="store_false")
-
-
-def run_cli(args: argparse.Namespace, out: Any) -> int:
-    import json
-
-    from cnnlab import api
-    from cnnlab.cli import _print_metrics
-
-    if args.video_action == "train":
-        names = [f.name for f in dataclasses.fields(VideoConfig)]
-        options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-        result = api.video_train(args.config, console=out, **options)
-        if result.test_metrics:
-            _print_metrics(result.test_metrics, "test metrics (clips)")
-        out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
-        if result.report:
-            out.print(f"report: {result.report}")
-        return 0
-    result = api.video_evaluate(args.run, split=args.split, data=args.data, device=args.device,
-                                report=args.report, out=args.out)  # fmt: skip
-    if args.json:
-        print(json.dumps(result["metrics"], indent=2, default=str))
-        return 0
-    _print_metrics(result["metrics"], f"{args.split} metrics ({result['num_samples']} clips)")
-    if result.get("report"):
-        out.print(f"report: {result['report']}")
-    return 0

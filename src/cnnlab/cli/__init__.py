@@ -37,7 +37,7 @@ def command(name: str):
 
 
 # -- parser --------------------------------------------------------------------------------------------------
-def _add_train_options(
+def add_train_options(
     p: argparse.ArgumentParser, skip: frozenset[str] = frozenset(), cls: type = TrainConfig
 ) -> None:
     """One --option per config field (defaults live in the dataclass only; None = not given)."""
@@ -66,6 +66,15 @@ def _add_train_options(
             p.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
 
 
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        choices=("auto", "32", "bf16", "16"),
+        default="auto",
+        help="inference precision (auto: fp32 on CPU, the run's own on CUDA; bf16 only when asked)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cnnlab",
@@ -86,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train", help="train a classifier on a folder, CSV, builtin: or torchvision: dataset"
     )
-    _add_train_options(p)
+    add_train_options(p)
     p.add_argument(
         "--max-restarts",
         type=int,
@@ -104,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SOURCE",
         help="cnnlab run / .safetensors checkpoint (task A), imagenet, or a weights file",
     )
-    _add_train_options(p, skip=frozenset({"init_from"}))
+    add_train_options(p, skip=frozenset({"init_from"}))
 
     p = sub.add_parser(
         "transfer-study",
@@ -125,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "lr-find", help="learning-rate range test: the loss curve and a suggested --lr"
     )
-    _add_train_options(p)
+    add_train_options(p)
     p.add_argument("--start", type=float, default=1e-5)
     p.add_argument("--end", type=float, default=1.0)
     p.add_argument("--steps", type=int, default=100)
@@ -139,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser(
-        "evaluate", help="measure a trained model (default: its held-out test split)"
+        "evaluate",
+        help="measure a trained model of any task (default: its held-out test split)",
     )
     p.add_argument("run", help="run directory or .safetensors checkpoint")
     p.add_argument("--data", help="evaluate on this dataset instead of the run's test split")
@@ -150,21 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-report", dest="report", action="store_false")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument(
-        "--precision", choices=("auto", "32", "bf16", "16"), default="auto",
-        help="inference precision (auto: fp32 on CPU, the run's own on CUDA; bf16 only when asked)",
-    )  # fmt: skip
+    _add_precision(p)
 
-    p = sub.add_parser("predict", help="class names and probabilities for images or folders")
-    p.add_argument("run", help="run directory or .safetensors checkpoint")
-    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p = sub.add_parser(
+        "predict",
+        help="class names and probabilities for images or folders; masks, boxes or a video's "
+        "timeline (in --out) for segmentation, detection and video runs",
+    )
+    p.add_argument("run", help="run directory, .safetensors checkpoint or exported .onnx")
+    p.add_argument("inputs", nargs="+", help="image files or folders (a video for a video run)")
+    p.add_argument("--out", default=None, help="output folder (segmentation, detection, video)")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--precision", choices=("auto", "32", "bf16", "16"), default="auto",
-        help="inference precision (auto: fp32 on CPU, the run's own on CUDA; bf16 only when asked)",
-    )  # fmt: skip
+    _add_precision(p)
 
     p = sub.add_parser(
         "segment", help="semantic segmentation: train | evaluate | predict (IoU, Dice)"
@@ -172,19 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     seg = p.add_subparsers(dest="segment_action", metavar="ACTION", required=True)
     from cnnlab.segment import SegmentConfig
 
-    _add_train_options(
-        seg.add_parser("train", help="train a segmentation model"), cls=SegmentConfig
-    )
+    add_train_options(seg.add_parser("train", help="train a segmentation model"), cls=SegmentConfig)
     q = seg.add_parser("evaluate", help="per-class IoU, mean IoU, Dice, pixel accuracy")
     q.add_argument("run")
     q.add_argument("--data", default=None)
     q.add_argument("--split", default="test")
     q.add_argument("--device", default="auto")
     q.add_argument("--out", default=None)
-    q.add_argument(
-        "--precision", choices=("auto", "32", "bf16", "16"), default="auto",
-        help="inference precision (auto: fp32 on CPU, the run's own on CUDA; bf16 only when asked)",
-    )  # fmt: skip
+    _add_precision(q)
     q.add_argument("--no-report", dest="report", action="store_false")
     q.add_argument("--json", action="store_true")
     q = seg.add_parser("predict", help="mask PNGs (class index per pixel) and colour overlays")
@@ -194,10 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="auto")
     q.add_argument("--batch-size", type=int, default=16)
     q.add_argument("--no-overlays", dest="overlays", action="store_false")
-    q.add_argument(
-        "--precision", choices=("auto", "32", "bf16", "16"), default="auto",
-        help="inference precision (auto: fp32 on CPU, the run's own on CUDA; bf16 only when asked)",
-    )  # fmt: skip
+    _add_precision(q)
 
     p = sub.add_parser(
         "explain", help="walk one image through a trained model, layer by layer, with Grad-CAM"
@@ -223,17 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     det = p.add_subparsers(dest="detect_action", metavar="ACTION", required=True)
     from cnnlab.detect import DetectConfig
 
-    _add_train_options(det.add_parser("train", help="train a detector"), cls=DetectConfig)
+    add_train_options(det.add_parser("train", help="train a detector"), cls=DetectConfig)
     q = det.add_parser("evaluate", help="mAP@0.5, mAP@[.5:.95], per-class AP, AR")
     q.add_argument("run")
     q.add_argument("--data", default=None)
     q.add_argument("--split", default="test")
     q.add_argument("--device", default="auto")
     q.add_argument("--out", default=None)
-    q.add_argument(
-        "--precision", choices=("auto", "32", "bf16", "16"), default="auto",
-        help="inference precision (auto: fp32 on CPU, the run's own on CUDA; bf16 only when asked)",
-    )  # fmt: skip
+    _add_precision(q)
     q.add_argument("--no-report", dest="report", action="store_false")
     q.add_argument("--json", action="store_true")
     q = det.add_parser("predict", help="COCO results JSON and images with boxes drawn")
@@ -315,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="print the step-by-step table")
     p.add_argument("--json", action="store_true")
 
-    from cnnlab.video import cli as video_cli
+    from cnnlab.cli import video as video_cli
 
     video_cli.add_parser(sub)
 
@@ -325,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs benchmarks/bench_NAME.py with this Python; options after NAME go to the script "
         "(`cnnlab bench train --help` lists them). Results: benchmarks/results/NAME.md and .json.",
     )
-    p.add_argument("name", nargs="?", default="train", help="train (default), gpu, detection, ... or `list`")
+    p.add_argument(
+        "name", nargs="?", default="train", help="train (default), gpu, detection, ... or `list`"
+    )
     p.add_argument("options", nargs=argparse.REMAINDER, help="passed to the script")
 
     p = sub.add_parser("data", help="dataset tools: `cnnlab data check SRC`")
@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- commands ------------------------------------------------------------------------------------------------
-def _print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None:
+def print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None:
     ci = metrics.get("confidence_intervals", {})
     head = Table(title=title, show_header=True)
     for col in ("metric", "value", "95% CI"):
@@ -362,8 +362,12 @@ def _print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None
     for m in ("precision", "recall", "f1", "tnr", "fpr", "roc_auc"):
         row(f"{m} (macro)", metrics.get("macro", {}).get(m), f"macro_{m}")
     out.print(head)
-    per = Table(title="per class (one vs rest); recall = TPR, TNR = specificity", show_header=True,
-                padding=(0, 1), collapse_padding=True)
+    per = Table(
+        title="per class (one vs rest); recall = TPR, TNR = specificity",
+        show_header=True,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
     cols = ("support", "tp", "fp", "tn", "fn", "precision", "recall", "f1", "tnr", "fpr", "roc_auc")
     short = {"support": "n", "precision": "prec", "recall": "rec", "roc_auc": "auc"}
     per.add_column("class", overflow="fold")
@@ -374,7 +378,9 @@ def _print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None
         for c in cols:
             v = vals.get(c)
             text = "-" if v is None else (f"{v:d}" if isinstance(v, int) else f"{v:.3f}")
-            cells.append(text[1:] if text.startswith("0.") else text)  # ".980": narrow enough for 80 columns
+            cells.append(
+                text[1:] if text.startswith("0.") else text
+            )  # ".980": narrow enough for 80 columns
         per.add_row(str(name), *cells)
     out.print(per)
     for w in metrics.get("warnings", []):
@@ -390,7 +396,7 @@ def _demo(args: argparse.Namespace) -> int:
         "[bold]cnnlab demo[/]: LeNet-5 on builtin:mnist-sample (5,000 real MNIST digits), 80/10/10 split"
     )
     result = api.demo(out=args.out, console=out, **extra)
-    _print_metrics(result.test_metrics)
+    print_metrics(result.test_metrics)
     out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
     if result.report:
         out.print(f"report: {result.report}")
@@ -418,7 +424,7 @@ def _finish_train(result: Any) -> None:
     if result.stop_reason:
         out.print(result.stop_reason)
     if result.test_metrics:
-        _print_metrics(result.test_metrics)
+        print_metrics(result.test_metrics)
     out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
     if result.report:
         out.print(f"report: {result.report}")
@@ -621,16 +627,19 @@ def _detect(args: argparse.Namespace) -> int:
         )
         out.print(f"detections written to {path}")
         return 0
-    if metrics:
-        for key in ("map_50", "map", "map_75", "mar_100"):
-            if metrics.get(key) is not None:
-                out.print(f"{key}: {metrics[key]:.4f}")
+    _print_detection_metrics(metrics)
     return 0
+
+
+def _print_detection_metrics(metrics: dict[str, Any] | None) -> None:
+    for key in ("map_50", "map", "map_75", "mar_100"):
+        if metrics and metrics.get(key) is not None:
+            out.print(f"{key}: {metrics[key]:.4f}")
 
 
 @command("video")
 def _video(args: argparse.Namespace) -> int:
-    from cnnlab.video import cli as video_cli
+    from cnnlab.cli import video as video_cli
 
     return video_cli.run(args, out)
 
@@ -692,6 +701,7 @@ _PRECISION_NAMES = {"32": "float32", "bf16": "bfloat16", "16": "float16"}
 def _evaluate(args: argparse.Namespace) -> int:
     from cnnlab import api
 
+    task = api.recorded_task(args.run)  # any task's run: the checkpoint says which
     result = api.evaluate(
         args.run,
         data=args.data,
@@ -703,9 +713,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     _evaluation_note(result)
     if args.json:
-        print(json.dumps(result["metrics"], indent=2))
+        print(json.dumps(result["metrics"], indent=2, default=str))
         return 0
-    _print_metrics(result["metrics"], f"{args.split} metrics ({result['num_samples']} images)")
+    if task == "segmentation":
+        _print_segment_metrics(result["metrics"])
+    elif task == "detection":
+        _print_detection_metrics(result["metrics"])
+    else:
+        items = "clips" if task == "video-classification" else "images"
+        print_metrics(result["metrics"], f"{args.split} metrics ({result['num_samples']} {items})")
     if result.get("report"):
         out.print(f"report: {result['report']}")
     return 0
@@ -715,6 +731,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from cnnlab import api
 
+    task = api.recorded_task(args.run)
+    if task != "classification":  # masks, boxes or a video's timeline: files in --out
+        api.predict(
+            args.run, args.inputs, device=args.device, out=args.out, precision=args.precision
+        )
+        out.print(f"{task} predictions written to {args.out}")
+        return 0
     preds = api.predict(
         args.run, args.inputs, top_k=args.top_k, device=args.device, precision=args.precision
     )
@@ -817,7 +840,7 @@ def _metrics(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        _print_metrics(metrics, f"metrics of {args.csv}")
+        print_metrics(metrics, f"metrics of {args.csv}")
     return 0
 
 
@@ -942,7 +965,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(COMMANDS[args.command](args) or 0)
     except CnnlabError as e:
         # escape: a path like "scan[1].png" or ".[bench]" is text, not rich markup
-        err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)  # one line, however long (grep-able)
+        err.print(
+            f"[red]error:[/] {escape(str(e))}", soft_wrap=True
+        )  # one line, however long (grep-able)
         return e.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -1,6 +1,6 @@
-"""Everything that depends on the machine, decided in one place: the device, the precision of training and
-of inference, and the description of the machine recorded beside every result (run.json, evaluations,
-benchmarks).
+"""Everything that depends on the machine, decided in one place for every task: the device, the precision
+of training and of inference, the memory layout, seeding, and the description of the machine recorded
+beside every result (run.json, evaluations, benchmarks).
 
 Two precision policies, on purpose:
 
@@ -20,6 +20,7 @@ import os
 import platform
 from typing import Any
 
+import numpy as np
 import torch
 
 from cnnlab.errors import ConfigError
@@ -93,6 +94,28 @@ def tolerance(precision: str) -> float:
     fp32 kernels differ in summation order only (~1e-6); bf16 keeps 8 bits of mantissa (~4e-3 relative
     per operation, a few 1e-2 after a network); fp16 keeps 11."""
     return {"32": 1e-5, "bf16": 5e-2, "16": 1e-2}[precision]
+
+
+def resolve_channels_last(choice: bool | None, device: torch.device) -> bool:
+    """None (auto): channels_last (NHWC) on CPU and CUDA, the layout oneDNN and cuDNN convolve in natively.
+
+    Measured on this 2-core AVX2 CPU in fp32 (median step, NCHW -> NHWC): training LeNet-5 1.2x, GoogLeNet 1.7x
+    faster, ResNet-18/50, VGG-11, AlexNet, U-Net and DeepLabv3 within noise; inference 1.0x (LeNet-5 at 28 px) to
+    2.0x (GoogLeNet). On CUDA it is the tensor-core layout (+26-47 % in the anchors). Off elsewhere (MPS).
+    """
+    return choice if choice is not None else device.type in ("cpu", "cuda")
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
 
 
 def machine_info(device: torch.device | str | None = None) -> dict[str, Any]:

@@ -1,0 +1,128 @@
+"""The one prediction driver: image files in, top-k classes out (PyTorch checkpoints and ONNX files alike)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnlab.config import PreprocessSpec
+from cnnlab.errors import DataError
+
+IMAGE_SUFFIXES = {
+    ".jpg",
+    ".jpeg",
+    ".jfif",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+}
+
+
+def list_images(inputs: list[str | Path]) -> list[Path]:
+    """Image files given directly, or found under folders (recursively; hidden files and folders skipped).
+
+    os.walk with pruning rather than Path.rglob: ~4x less time on 1,000 files, and it never descends into
+    hidden folders (.git, .cache). Order: sorted by path components, as ``sorted(Path)`` would give.
+    """
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found: list[str] = []
+            for folder, dirs, names in os.walk(p):  # symlinked folders are not followed, as rglob
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                found += [
+                    os.path.join(folder, n)
+                    for n in names
+                    if not n.startswith(".") and os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES
+                ]
+            found.sort(key=lambda f: os.path.relpath(f, p).split(os.sep))
+            files += [Path(f) for f in found if os.path.isfile(f)]  # drops broken links, FIFOs
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise DataError(p, "not found; give image files or folders of images")
+    return files
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[tuple[str, float]] = field(
+        default_factory=list
+    )  # (class name, probability), best first
+    error: str | None = None
+
+
+def predict_files(
+    inputs: list[str | Path],
+    spec: PreprocessSpec,
+    class_names: list[str],
+    probs_fn: Any,
+    *,
+    top_k: int = 5,
+    batch_size: int = 256,
+) -> list[Prediction]:
+    """The one prediction driver (PyTorch checkpoints and exported ONNX files alike).
+
+    Files are decoded in parallel threads with the training decoding policy; unreadable ones get an error entry,
+    not an exception. `probs_fn((N, C, S, S) float32 normalised array) -> (N, K) probabilities` runs the model;
+    the array is an NHWC-strided view (PIL decodes HWC, and NHWC is what oneDNN/cuDNN convolve in), so a
+    consumer that needs contiguous NCHW (onnxruntime) makes its own copy.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cnnlab.data.tensors import load_file
+
+    k = max(1, min(int(top_k), len(class_names)))
+    files = list_images(inputs)
+    results = [Prediction(str(f)) for f in files]
+
+    def decode(indices: range) -> list[np.ndarray | None]:
+        arrays: list[np.ndarray | None] = []
+        for i in indices:
+            try:
+                arrays.append(load_file(files[i], spec, channels_last=True))  # (S, S, C) uint8
+            except DataError as err:
+                results[i].error = err.reason
+                arrays.append(None)
+        return arrays
+
+    def submit(chunk: range) -> list[Any]:
+        # 16 files per task: one future per file cost ~0.25 ms of GIL-bound bookkeeping each (profiled)
+        return [pool.submit(decode, chunk[j : j + 16]) for j in range(0, len(chunk), 16)]
+
+    # (x / 255 - mean) / std as one multiply-add per pixel
+    scale = (1 / (255 * np.asarray(spec.std, dtype=np.float32))).astype(np.float32)
+    shift = (
+        -np.asarray(spec.mean, dtype=np.float32) / np.asarray(spec.std, dtype=np.float32)
+    ).astype(np.float32)
+    chunks = [range(s, min(s + batch_size, len(files))) for s in range(0, len(files), batch_size)]
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        # One chunk decodes in the threads while the model runs on the previous one.
+        ahead = submit(chunks[0]) if chunks else []
+        for n, chunk in enumerate(chunks):
+            arrays = [a for f in ahead for a in f.result()]
+            ahead = submit(chunks[n + 1]) if n + 1 < len(chunks) else []
+            ok = [i for i, a in zip(chunk, arrays, strict=True) if a is not None]
+            if not ok:
+                continue
+            pixels = np.stack([a for a in arrays if a is not None]).astype(
+                np.float32
+            )  # (N, S, S, C)
+            pixels *= scale
+            pixels += shift
+            probs = np.asarray(probs_fn(pixels.transpose(0, 3, 1, 2)))
+            order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties: lower index first
+            for row, i in enumerate(ok):
+                results[i].top = [(class_names[c], float(probs[row, c])) for c in order[row]]
+    return results

@@ -1,0 +1,1 @@
+"""Classification: train, evaluate and predict (the task object is cnnlab.tasks.classification)."""

@@ -1,0 +1,168 @@
+"""Classification evaluation: metrics with confidence intervals, predictions and the report of one split."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnlab.config import PreprocessSpec, TrainConfig, make_config
+from cnnlab.data.sources import Split, load_source, remap_classes, split_by_ids
+from cnnlab.engine import distributed
+from cnnlab.engine.devices import inference_precision, resolve_channels_last, resolve_device
+from cnnlab.engine.loaders import make_loader, split_to_uint8
+from cnnlab.engine.trainer import Trainer
+from cnnlab.engine.weights import load_checkpoint_model
+from cnnlab.errors import ConfigError, DataError
+from cnnlab.run import (
+    evaluation_dir,
+    read_json,
+    record_evaluation,
+    run_dir_of,
+    saved_config,
+    trained_precision,
+    write_json,
+)
+from cnnlab.tasks.classification import ClassificationTask
+
+
+def evaluate_model(
+    model,
+    spec: PreprocessSpec,
+    images: torch.Tensor,
+    split: Split,
+    class_names: list[str],
+    *,
+    device: torch.device,
+    precision: str = "32",
+    run_dir: Path | None = None,
+    report: bool = True,
+    out_dir: Path | None = None,
+    thumbnails: Any = None,
+    batch_size: int = 512,
+) -> dict[str, Any]:
+    """Metrics (+ bootstrap CIs, report) of `model` on one split held as a uint8 tensor.
+
+    `thumbnails` (N, C, H, W) uint8: what the report shows for each sample (default `images`;
+    video clips pass a strip of frames)."""
+    from cnnlab.metrics import UndefinedMetricWarning, classification_metrics
+    from cnnlab.metrics.stats import headline_intervals
+
+    loader = make_loader(images, split.targets, spec, device, batch_size)
+    task = ClassificationTask(len(class_names))
+    info = distributed.current()
+    if info.distributed:  # DDP: each rank predicts every W-th batch; all gather the whole split
+        probs, targets = distributed.predict_sharded(
+            model, task, loader, device=device, precision=precision
+        )
+    else:
+        trainer = Trainer(model, task, None, None, device=device, precision=precision)
+        probs, targets = trainer.predict(loader)
+    p, t = probs.numpy().astype(np.float64), targets.numpy()
+    with (
+        warnings.catch_warnings()
+    ):  # undefined values are listed in metrics["warnings"] and shown once
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        metrics = classification_metrics(t, p, class_names=class_names)
+    metrics["confidence_intervals"] = headline_intervals(t, p, seed=0)
+    out = (out_dir or run_dir) if info.is_main else None  # DDP: rank 0 writes
+    result: dict[str, Any] = {"metrics": metrics, "probs": p, "targets": t}
+    if out is not None:
+        write_json(out / "test_metrics.json", metrics)
+        np.savez_compressed(
+            out / "test_predictions.npz",
+            probs=p.astype(np.float32),
+            targets=t,
+            ids=np.asarray(split.ids),
+        )
+        if report:
+            from cnnlab.report.html import write_classification_report
+
+            result["report"] = write_classification_report(
+                out, metrics, p, t, class_names, ids=split.ids, run_dir=run_dir,
+                images=images if thumbnails is None else thumbnails,
+            )  # fmt: skip
+    return result
+
+
+def evaluate(
+    run_or_checkpoint: str | Path,
+    *,
+    data: str | None = None,
+    split: str = "test",
+    device: str = "auto",
+    report: bool = True,
+    out: str | Path | None = None,
+    precision: str = "auto",
+) -> dict[str, Any]:
+    """Evaluate a trained model on its own held-out split (default) or on another dataset (`data`).
+
+    Writes into ``out`` or a new ``<run>/evaluations/<time>/`` (never over what training recorded);
+    ``precision`` auto = fp32 on CPU, the run's own on CUDA (cnnlab.engine.devices)."""
+    dev = resolve_device(device)
+    model, meta, weights = load_checkpoint_model(run_or_checkpoint, dev)
+    if resolve_channels_last(None, dev):
+        model.to(memory_format=torch.channels_last)
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    class_names = list(meta["class_names"])
+    run_dir = run_dir_of(weights)
+    if data is None:
+        if run_dir is None:
+            raise ConfigError(
+                f"{weights} is not inside a run directory: pass --data to say what to evaluate on"
+            )
+        cfg = make_config(TrainConfig, **saved_config(run_dir))
+        bundle = load_source(cfg)
+        saved = read_json(run_dir / "splits.json")["splits"]
+        if split not in saved:
+            raise ConfigError(f"the run has no {split!r} split; it has {sorted(saved)}")
+        chosen = split_by_ids(bundle, saved[split], split)
+    else:
+        cfg = make_config(TrainConfig, data=data, val_fraction=0.0, test_fraction=0.0)
+        bundle = load_source(cfg)
+        chosen = remap_classes(bundle, class_names, split)
+    images = split_to_uint8(chosen, spec)
+    precision = inference_precision(precision, dev, trained_precision(run_dir))
+    out_dir = evaluation_dir(out, run_dir)
+    result = evaluate_model(
+        model,
+        spec,
+        images,
+        chosen,
+        class_names,
+        device=dev,
+        precision=precision,
+        run_dir=run_dir,
+        report=report and out_dir is not None,
+        out_dir=out_dir,
+    )
+    record = record_evaluation(
+        out_dir, task="classification", weights=weights, data=data, split=split,
+        num_samples=len(chosen), precision=precision, device=dev,
+    )  # fmt: skip
+    return record | {"metrics": result["metrics"], "report": result.get("report")}
+
+
+def compare(run_a: str | Path, run_b: str | Path, *, seed: int = 0) -> dict[str, Any]:
+    """Two runs' predictions on the same test set: accuracies, paired-bootstrap difference, exact McNemar test."""
+    from cnnlab.metrics.stats import compare_predictions
+
+    loaded = []
+    for run in (run_a, run_b):
+        path = Path(run) / "test_predictions.npz"
+        if not path.is_file():
+            raise DataError(run, "has no test_predictions.npz; run `cnnlab evaluate` on it first")
+        with np.load(path, allow_pickle=False) as z:
+            loaded.append({k: z[k] for k in ("probs", "targets", "ids")})
+    a, b = loaded
+    if a["ids"].shape != b["ids"].shape or not (a["ids"] == b["ids"]).all():
+        raise DataError(
+            run_b,
+            f"was tested on different images than {run_a}; compare needs the same test set "
+            "(same data, seed and split fractions)",
+        )
+    result = compare_predictions(a["targets"], a["probs"], b["probs"], seed=seed)
+    return result | {"run_a": str(run_a), "run_b": str(run_b)}
