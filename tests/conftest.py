@@ -37,7 +37,8 @@ settings.register_profile("dev", print_blob=True, deadline=None)
 settings.register_profile(
     "debug", print_blob=True, deadline=None, verbosity=Verbosity.verbose, phases=list(Phase)
 )
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+_PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+settings.load_profile(_PROFILE)
 
 
 def _shape_image(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:

@@ -221,6 +221,18 @@ def test_cases_11_12_13_16_bad_files_listed_with_reasons(tmp_path: Path) -> None
     assert {i.path for i in report.usable_items}.isdisjoint(p for p, _ in report.bad_items)
 
 
+def test_case_18_images_over_the_pixel_limit_get_the_callers_hint(tmp_path: Path) -> None:
+    make_classes(tmp_path, {"a": 3, "b": 3})
+    png(tmp_path / "a" / "big.png", size=(40, 40))
+    report = scan_dataset(tmp_path, max_pixels=20 * 20, workers=1)
+    assert [why for _, why in report.bad_items] == ["exceeds max pixels 40×40 > 400"]
+    with pytest.raises(DataError, match=r"big.png \(exceeds max pixels 40×40 > 400\); raise X$"):
+        report.check(pixel_hint="raise X")
+    warns = report.check(max_bad_fraction=0.5, pixel_hint="raise X")  # skipped: path and reason
+    assert any("big.png (exceeds max pixels 40×40 > 400); raise X" in w for w in warns), warns
+    assert not any("raise" in w for w in report.check(max_bad_fraction=0.5))  # no hint given
+
+
 def test_cases_29_30_animated_tiny_and_distributions(tmp_path: Path) -> None:
     make_classes(tmp_path, {"a": 2, "b": 2})
     png(tmp_path / "a" / "dot.png", size=(1, 1), value=3)

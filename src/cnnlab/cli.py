@@ -37,13 +37,22 @@ def command(name: str):
 
 
 # -- parser --------------------------------------------------------------------------------------------------
+#: TrainConfig fields a transfer study sets for each of its runs (or has its own option for)
+STUDY_SETS = frozenset(
+    {"init_from", "strategy", "shots", "seed", "epochs", "data", "model", "name", "out", "resume"}
+)
+
 def _add_train_options(
-    p: argparse.ArgumentParser, skip: frozenset[str] = frozenset(), cls: type = TrainConfig
+    p: argparse.ArgumentParser,
+    skip: frozenset[str] = frozenset(),
+    cls: type = TrainConfig,
+    config_file: bool = True,
 ) -> None:
     """One --option per config field (defaults live in the dataclass only; None = not given)."""
-    p.add_argument(
-        "--config", help="JSON or TOML file of options (command-line options override it)"
-    )
+    if config_file:
+        p.add_argument(
+            "--config", help="JSON or TOML file of options (command-line options override it)"
+        )
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -99,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--from",
+        "--init-from",  # the config field's name, which messages shared with `train` use
         dest="init_from",
         required=True,
         metavar="SOURCE",
@@ -121,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", default="0")
     p.add_argument("--out", default="runs/transfer-study")
+    # every other training option goes to each run of the study (the study sets these itself)
+    _add_train_options(p, skip=STUDY_SETS, config_file=False)
 
     p = sub.add_parser(
         "lr-find", help="learning-rate range test: the loss curve and a suggested --lr"
@@ -239,7 +251,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory or .safetensors checkpoint")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-upload-bytes", type=int, default=10_000_000)
+    p.add_argument(
+        "--max-upload-mb", type=float, default=10.0, help="largest upload in MB (10^6 bytes; 10)"
+    )
+    p.add_argument("--max-upload-bytes", type=int, default=None, help=argparse.SUPPRESS)  # old name
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=None,
+        help="decompression-bomb limit for uploads (default: the run's own, as in training)",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=2,
+        help="uploads worked on at once; more wait in line (2)",
+    )
+    p.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=10.0,
+        help="seconds an upload may wait for its turn before a 503 (10)",
+    )
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--device", default="cpu")
 
@@ -403,8 +436,11 @@ def _finish_train(result: Any) -> None:
         out.print(f"report: {result.report}")
 
 
-def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = [f.name for f in dataclasses.fields(TrainConfig)]
+def _train_overrides(
+    args: argparse.Namespace, skip: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The TrainConfig options given on the command line (None: not given)."""
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in skip]
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
@@ -440,6 +476,7 @@ def _transfer_study(args: argparse.Namespace) -> int:
         strategies=[s.strip() for s in args.strategies.split(",")],
         seeds=[int(s) for s in args.seeds.split(",")],
         out=args.out,
+        **_train_overrides(args, skip=STUDY_SETS),
     )
     out.print(markdown_table(study))
     out.print(f"study written to {args.out} (study.json, study.md, plot)")
@@ -637,12 +674,18 @@ def _export(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from cnnlab import api
 
+    if args.max_upload_mb <= 0:
+        raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}")
+    max_bytes = args.max_upload_bytes or round(args.max_upload_mb * 1_000_000)
     out.print(f"serving {args.run} on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
     api.serve(
         args.run,
         host=args.host,
         port=args.port,
-        max_upload_bytes=args.max_upload_bytes,
+        max_upload_bytes=max_bytes,
+        max_image_pixels=args.max_image_pixels,
+        max_concurrency=args.max_concurrency,
+        queue_timeout_s=args.queue_timeout,
         top_k=args.top_k,
         device=args.device,
     )
@@ -847,6 +890,7 @@ def _data(args: argparse.Namespace) -> int:
         strict=args.strict,
         max_bad_fraction=args.max_bad_fraction,
         allow_empty_classes=args.allow_empty_classes,
+        pixel_hint="raise --max-image-pixels for larger images",
     ):
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     return 0
