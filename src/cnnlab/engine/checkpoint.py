@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import pickle  # only for its exception class: nothing here unpickles
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from cnnlab.errors import CheckpointError
+from cnnlab.errors import CheckpointError, WriteError
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -57,15 +58,28 @@ def atomic_write(target: Path, write: Callable[[io.BufferedWriter], None]) -> No
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, WriteError):
+            # disk full, I/O error, read-only folder: one line naming the file and the free space
+            raise WriteError(
+                f"could not write {target}: {err.strerror or err}; {_free_space(target.parent)} "
+                "free there; the previous file is intact"
+            ) from err
         raise
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 1e9:.2f} GB"
+    except OSError:
+        return "unknown space"
 
 
 def clean_stale_temporaries(folder: Path) -> list[Path]:
