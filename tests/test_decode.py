@@ -34,8 +34,8 @@ from cnnlab.data.decode import (
 )
 from cnnlab.errors import ConfigError, DataError
 
-# bad-inputs.md case numbers covered in this file (the scan cases 1-10, 30 are in test_scan.py).
-COVERED_CASES = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30]
+# Which bad-inputs.md case each test covers: tests/bad_inputs_map.py (checked by
+# tests/test_bad_inputs_map.py).
 
 
 # ----------------------------------------------------------------------------- fixtures

@@ -18,8 +18,6 @@ from torchvision.datasets.folder import find_classes
 from cnnlab.data.scan import DataItem, ScanReport, items_from_folder, scan_dataset
 from cnnlab.errors import ConfigError, DataError
 
-# bad-inputs.md case numbers covered in this file.
-COVERED_CASES = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 29, 30]
 
 
 def png(

@@ -176,6 +176,19 @@ def test_case_32_csv_row_whose_file_is_missing_is_skipped_and_reported(tmp_path)
         load_source(_cfg(data=str(tmp_path / "labels.csv"), strict=True))
 
 
+def test_case_34_labels_that_differ_only_in_case_or_spaces_are_refused(tmp_path):
+    from PIL import Image
+
+    rows = ["path,label"]
+    for i, label in enumerate(["cat", "cat", "Cat", "cat ", "dog", "dog"]):
+        Image.new("L", (8, 8), color=i * 10).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{label}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    # "cat " is read as "cat" (cells are stripped); "Cat" is a near-duplicate: refused, both named
+    with pytest.raises(DataError, match=r"differ only in case/spaces: \[\['Cat', 'cat'\]\]"):
+        load_source(_cfg(data=str(tmp_path / "labels.csv")))
+
+
 def test_case_37_too_few_samples_for_a_stratified_split_names_the_counts():
     targets = np.array([0] * 10 + [1] * 2)
     with pytest.raises(DataError, match=r"too few samples for a stratified split: \{1: 2\}"):
