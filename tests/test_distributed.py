@@ -144,6 +144,34 @@ def test_restart_finds_the_run_of_the_first_attempt(monkeypatch, tmp_path):
     assert distributed.restart_run_dir(out, "job", "runs/other") == ("runs/other", None)
 
 
+def test_each_restart_attempt_gets_fresh_keys_in_the_shared_store(monkeypatch):
+    """torchrun's agent hosts one TCPStore for the whole job and restarted workers reuse it: keys
+    of the killed attempt (gloo's rank addresses) must not be visible to the next attempt, or rank
+    0 may connect to a dead rank 1 ("connectFullMesh failed ... Connection refused")."""
+    import datetime
+
+    from torch.distributed import TCPStore
+
+    agent = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)  # the agent's store
+    env = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(agent.port),
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+        "TORCHELASTIC_RESTART_COUNT": "0",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    timeout = datetime.timedelta(seconds=10)
+    first = distributed._attempt_store(0, 1, timeout)
+    first.set("rank_1_address", "a port of the killed process")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    second = distributed._attempt_store(0, 1, timeout)
+    assert not second.check(["rank_1_address"])  # the restart sees only its own keys
+    second.set("rank_1_address", "the new process")
+    assert first.get("rank_1_address") == b"a port of the killed process"
+    assert agent.num_keys() >= 2  # both live in the one shared store, under different prefixes
+
+
 def test_launch_command_runs_this_package_through_torchrun():
     cmd = distributed.torchrun_command(["train", "--epochs", "2"], 4, max_restarts=2)
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]

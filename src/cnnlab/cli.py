@@ -23,6 +23,8 @@ from rich.table import Table
 from cnnlab.config import TrainConfig
 from cnnlab.errors import CnnlabError, ConfigError, close_matches
 
+#: the help line of `cnnlab video` (cnnlab.video.cli.HELP, without importing the video modules)
+VIDEO_HELP = "video: train | evaluate (3D CNN clips) | predict | track (frames, events, tracks)"
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
@@ -75,7 +77,13 @@ def _add_train_options(
             p.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; ``only="train"`` (the command word of this invocation) skips importing
+    the task modules (segment, detect, video: torchvision's model zoo, seconds) that only their
+    own options need -- the other commands list them with their help line."""
+
+    def full(name: str) -> bool:
+        return only is None or only == name
     parser = argparse.ArgumentParser(
         prog="cnnlab",
         description="Convolutional neural networks, understandable "
@@ -172,11 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
         "segment", help="semantic segmentation: train | evaluate | predict (IoU, Dice)"
     )
     seg = p.add_subparsers(dest="segment_action", metavar="ACTION", required=True)
-    from cnnlab.segment import SegmentConfig
+    q = seg.add_parser("train", help="train a segmentation model")
+    if full("segment"):
+        from cnnlab.segment import SegmentConfig
 
-    _add_train_options(
-        seg.add_parser("train", help="train a segmentation model"), cls=SegmentConfig
-    )
+        _add_train_options(q, cls=SegmentConfig)
     q = seg.add_parser("evaluate", help="per-class IoU, mean IoU, Dice, pixel accuracy")
     q.add_argument("run")
     q.add_argument("--data", default=None)
@@ -215,9 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("detect", help="object detection: train | evaluate | predict (COCO mAP)")
     det = p.add_subparsers(dest="detect_action", metavar="ACTION", required=True)
-    from cnnlab.detect import DetectConfig
+    q = det.add_parser("train", help="train a detector")
+    if full("detect"):
+        from cnnlab.detect import DetectConfig
 
-    _add_train_options(det.add_parser("train", help="train a detector"), cls=DetectConfig)
+        _add_train_options(q, cls=DetectConfig)
     q = det.add_parser("evaluate", help="mAP@0.5, mAP@[.5:.95], per-class AP, AR")
     q.add_argument("run")
     q.add_argument("--data", default=None)
@@ -326,9 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="print the step-by-step table")
     p.add_argument("--json", action="store_true")
 
-    from cnnlab.video import cli as video_cli
+    if full("video"):
+        from cnnlab.video import cli as video_cli
 
-    video_cli.add_parser(sub)
+        video_cli.add_parser(sub)
+    else:
+        sub.add_parser("video", help=VIDEO_HELP)
 
     p = sub.add_parser(
         "bench",
@@ -396,7 +409,8 @@ def _print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None
 def _demo(args: argparse.Namespace) -> int:
     from cnnlab import api
 
-    extra = {"epochs": args.epochs} if args.epochs else {}
+    # `is not None`: --epochs 0 is refused by the config, not taken as "not given" (a 40-epoch demo)
+    extra = {"epochs": args.epochs} if args.epochs is not None else {}
     out.print(
         "[bold]cnnlab demo[/]: LeNet-5 on builtin:mnist-sample (5,000 real MNIST digits), 80/10/10 split"
     )
@@ -925,8 +939,14 @@ def _bench(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, str(folder / f"bench_{args.name}.py"), *args.options])
 
 
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The subcommand of an argument list (the first word that is not an option), or None."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(only=_command_word(argv) or "")  # "": the top-level help
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()

@@ -10,15 +10,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+HELP = "video: train | evaluate (3D CNN clips) | predict | track (frames, events, tracks)"
 _OWNERS = {"train": "train", "evaluate": "train", "predict": "predict", "track": "predict"}
 
 
 def add_parser(sub: Any) -> None:
     from cnnlab.video import predict, train
 
-    p = sub.add_parser(
-        "video", help="video: train | evaluate (3D CNN clips) | predict | track (frames, events, tracks)"
-    )
+    p = sub.add_parser("video", help=HELP)
     actions = p.add_subparsers(dest="video_action", metavar="ACTION", required=True)
     train.add_cli(actions)
     predict.add_cli(actions)
