@@ -291,6 +291,14 @@ def test_data_check(work: Path, digits: list[Path]) -> None:
     user_error("data", "check", str(work / "no-such-folder"), names="no-such-folder")
 
 
+def test_option_errors_from_the_parser_are_one_line_too(work: Path) -> None:
+    """argparse's own refusals (a wrong type, a missing argument, an unknown command) follow the
+    same shape: one line naming the option and the command's --help, exit 2."""
+    user_error("serve", str(work), "--max-concurrency", "abc", names=["--max-concurrency", "abc"])
+    user_error("segment", "evaluate", names=["run", "cnnlab segment evaluate --help"])
+    user_error("trian", names=["trian", "train"])
+
+
 def test_bench() -> None:
     assert "train" in ok("bench", "list").stdout.split()
     user_error("bench", "trian", names=["trian", "train"])

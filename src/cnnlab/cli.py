@@ -77,6 +77,15 @@ def _add_train_options(
             p.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with cnnlab's error shape: one line naming the option, exit code 2 (argparse's
+    default prints the whole usage first); `--help` still shows everything."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        err.print(f"[red]error:[/] {escape(message)} (see {self.prog} --help)", soft_wrap=True)
+        raise SystemExit(2)
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; ``only="train"`` (the command word of this invocation) skips importing
     the task modules (segment, detect, video: torchvision's model zoo, seconds) that only their
@@ -84,7 +93,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     def full(name: str) -> bool:
         return only is None or only == name
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cnnlab",
         description="Convolutional neural networks, understandable "
         "and practical: train, evaluate, predict, explain.",
