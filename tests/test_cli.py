@@ -145,10 +145,11 @@ def test_explain(run: Path, digits: list[Path], work: Path) -> None:
     proc = ok("explain", str(run), str(digits[0]), "--out", str(out), "--json")
     numbers = json.loads(proc.stdout)
     assert numbers["trace"] and (out / "explain.html").is_file()
-
-
-def test_explain_bad_input(run: Path, work: Path) -> None:
     user_error("explain", str(run), str(work / "missing.png"), names="missing.png")
+
+
+def test_explain_bad_input(run: Path, digits: list[Path]) -> None:
+    user_error("explain", str(run / "nope"), str(digits[0]), names=str(run / "nope"))
 
 
 @pytest.mark.slow
@@ -168,10 +169,11 @@ def test_export(run: Path, work: Path) -> None:
     out = work / "model.safetensors"
     proc = ok("export", str(run), "--format", "safetensors", "--out", str(out))
     assert out.is_file() and "exported safetensors" in proc.stdout
+    user_error("export", str(run), "--format", "onnx", "--opset", "3", names="--opset")
 
 
 def test_export_bad_input(run: Path) -> None:
-    user_error("export", str(run), "--format", "onnx", "--opset", "3", names="--opset")
+    user_error("export", str(run.parent / "gone.safetensors"), names="gone.safetensors")
 
 
 @pytest.mark.slow
@@ -324,7 +326,7 @@ def test_segment_bad_input(work: Path) -> None:
     user_error("segment", "evaluate", str(work / "no-seg-run"), names="no-seg-run")
 
 
-def test_detect_bad_input(work: Path) -> None:
+def test_detect_bad_input(work: Path) -> None:  # said before torch is even imported
     user_error("detect", "predict", str(work / "no-det-run"), "x.png", "--out", str(work / "d"),
                names="no-det-run")  # fmt: skip
 

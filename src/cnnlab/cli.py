@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cnnlab.config import TrainConfig
-from cnnlab.errors import CnnlabError, ConfigError, close_matches
+from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, close_matches
 
 #: the help line of `cnnlab video` (cnnlab.video.cli.HELP, without importing the video modules)
 VIDEO_HELP = "video: train | evaluate (3D CNN clips) | predict | track (frames, events, tracks)"
@@ -43,6 +43,7 @@ def command(name: str):
 STUDY_SETS = frozenset(
     {"init_from", "strategy", "shots", "seed", "epochs", "data", "model", "name", "out", "resume"}
 )
+
 
 def _add_train_options(
     p: argparse.ArgumentParser,
@@ -93,6 +94,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     def full(name: str) -> bool:
         return only is None or only == name
+
     parser = _Parser(
         prog="cnnlab",
         description="Convolutional neural networks, understandable "
@@ -358,7 +360,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="Runs benchmarks/bench_NAME.py with this Python; options after NAME go to the script "
         "(`cnnlab bench train --help` lists them). Results: benchmarks/results/NAME.md and .json.",
     )
-    p.add_argument("name", nargs="?", default="train", help="train (default), gpu, detection, ... or `list`")
+    p.add_argument(
+        "name", nargs="?", default="train", help="train (default), gpu, detection, ... or `list`"
+    )
     p.add_argument("options", nargs=argparse.REMAINDER, help="passed to the script")
 
     p = sub.add_parser("data", help="dataset tools: `cnnlab data check SRC`")
@@ -377,6 +381,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 # -- commands ------------------------------------------------------------------------------------------------
+def _require_run(path: str) -> None:
+    """A run directory or checkpoint that is not there is said before torch is imported (~2 s)."""
+    if not Path(path).expanduser().exists():
+        raise CheckpointError(f"run or checkpoint not found: {path}")
+
+
 def _print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None:
     ci = metrics.get("confidence_intervals", {})
     head = Table(title=title, show_header=True)
@@ -395,8 +405,12 @@ def _print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None
     for m in ("precision", "recall", "f1", "tnr", "fpr", "roc_auc"):
         row(f"{m} (macro)", metrics.get("macro", {}).get(m), f"macro_{m}")
     out.print(head)
-    per = Table(title="per class (one vs rest); recall = TPR, TNR = specificity", show_header=True,
-                padding=(0, 1), collapse_padding=True)
+    per = Table(
+        title="per class (one vs rest); recall = TPR, TNR = specificity",
+        show_header=True,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
     cols = ("support", "tp", "fp", "tn", "fn", "precision", "recall", "f1", "tnr", "fpr", "roc_auc")
     short = {"support": "n", "precision": "prec", "recall": "rec", "roc_auc": "auc"}
     per.add_column("class", overflow="fold")
@@ -407,7 +421,9 @@ def _print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None
         for c in cols:
             v = vals.get(c)
             text = "-" if v is None else (f"{v:d}" if isinstance(v, int) else f"{v:.3f}")
-            cells.append(text[1:] if text.startswith("0.") else text)  # ".980": narrow enough for 80 columns
+            cells.append(
+                text[1:] if text.startswith("0.") else text
+            )  # ".980": narrow enough for 80 columns
         per.add_row(str(name), *cells)
     out.print(per)
     for w in metrics.get("warnings", []):
@@ -528,6 +544,7 @@ def _lr_find(args: argparse.Namespace) -> int:
 
 @command("embed")
 def _embed(args: argparse.Namespace) -> int:
+    _require_run(args.run)
     from cnnlab import api
 
     path = api.embed(args.run, data=args.data, split=args.split, out=args.out, device=args.device)
@@ -537,6 +554,8 @@ def _embed(args: argparse.Namespace) -> int:
 
 @command("segment")
 def _segment(args: argparse.Namespace) -> int:
+    if getattr(args, "run", None) is not None:
+        _require_run(args.run)
     from cnnlab import api
     from cnnlab.segment import SegmentConfig
 
@@ -597,6 +616,7 @@ def _print_segment_metrics(metrics: dict[str, Any] | None) -> None:
 
 @command("explain")
 def _explain(args: argparse.Namespace) -> int:
+    _require_run(args.run)
     from cnnlab import api
 
     result = api.explain(
@@ -622,6 +642,8 @@ def _explain(args: argparse.Namespace) -> int:
 
 @command("detect")
 def _detect(args: argparse.Namespace) -> int:
+    if getattr(args, "run", None) is not None:
+        _require_run(args.run)
     from cnnlab import api
     from cnnlab.detect import DetectConfig
 
@@ -671,6 +693,7 @@ def _video(args: argparse.Namespace) -> int:
 
 @command("export")
 def _export(args: argparse.Namespace) -> int:
+    _require_run(args.run)
     from cnnlab import api
 
     r = api.export(
@@ -695,6 +718,7 @@ def _export(args: argparse.Namespace) -> int:
 
 @command("serve")
 def _serve(args: argparse.Namespace) -> int:
+    _require_run(args.run)
     from cnnlab import api
 
     if args.max_upload_mb <= 0:
@@ -717,6 +741,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 @command("evaluate")
 def _evaluate(args: argparse.Namespace) -> int:
+    _require_run(args.run)
     from cnnlab import api
 
     result = api.evaluate(
@@ -738,6 +763,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 @command("predict")
 def _predict(args: argparse.Namespace) -> int:
+    _require_run(args.run)
     from cnnlab import api
 
     preds = api.predict(args.run, args.inputs, top_k=args.top_k, device=args.device)
@@ -844,6 +870,8 @@ def _metrics(args: argparse.Namespace) -> int:
 
 @command("compare")
 def _compare(args: argparse.Namespace) -> int:
+    _require_run(args.run_a)
+    _require_run(args.run_b)
     from cnnlab import api
 
     r = api.compare(args.run_a, args.run_b)
@@ -970,7 +998,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(COMMANDS[args.command](args) or 0)
     except CnnlabError as e:
         # escape: a path like "scan[1].png" or ".[bench]" is text, not rich markup
-        err.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)  # one line, however long (grep-able)
+        err.print(
+            f"[red]error:[/] {escape(str(e))}", soft_wrap=True
+        )  # one line, however long (grep-able)
         return e.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")
