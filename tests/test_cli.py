@@ -297,7 +297,7 @@ def test_option_errors_from_the_parser_are_one_line_too(work: Path) -> None:
     """argparse's own refusals (a wrong type, a missing argument, an unknown command) follow the
     same shape: one line naming the option and the command's --help, exit 2."""
     user_error("serve", str(work), "--max-concurrency", "abc", names=["--max-concurrency", "abc"])
-    user_error("segment", "evaluate", names=["run", "cnnlab segment evaluate --help"])
+    user_error("predict", names=["run", "cnnlab predict --help"])
     user_error("trian", names=["trian", "train"])
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from process_events import OutputWatcher
 from safetensors.torch import load_file
 
 from cnnlab import api
@@ -173,6 +174,7 @@ def _train_cmd(out: Path, name: str, *extra: str) -> list[str]:
         sys.executable,
         "-m",
         "cnnlab",
+        "-v",  # logs "checkpoint ... saved", which the tests wait for
         "train",
         "--data",
         "builtin:digits",
@@ -209,15 +211,13 @@ def test_case_52_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path
         proc = subprocess.Popen(
             _train_cmd(tmp_path, name),
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
-        manifest = tmp_path / name / "checkpoints" / "manifest.json"
-        while (
-            not manifest.exists() and proc.poll() is None
-        ):  # kill only once there is something to resume
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 2.0))
+        output = OutputWatcher(proc)  # kill only once there is something to resume
+        output.wait_for(r"checkpoint epoch-0001 saved", timeout=240)
+        time.sleep(rng.uniform(0.0, 2.0))  # then at a random moment: the point of the test
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         subprocess.run(
@@ -235,17 +235,16 @@ def test_case_52_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path
 def test_case_53_sigterm_saves_and_exits_nonzero(tmp_path):
     proc = subprocess.Popen(
         _train_cmd(tmp_path, "term", "--epochs", "200"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
+    output = OutputWatcher(proc)
+    output.wait_for(r"checkpoint epoch-0001 saved", timeout=120)  # then stop it in epoch 2
     manifest = tmp_path / "term" / "checkpoints" / "manifest.json"
-    deadline = time.time() + 120
-    while not manifest.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
+    err = output.text()
     assert proc.returncode == 130, err
     assert "interrupted by SIGTERM" in err and "--resume" in err and "Traceback" not in err
     tags = [e["tag"] for e in json.loads(manifest.read_text())["checkpoints"]]

@@ -220,6 +220,7 @@ class CheckpointManager:
         stale = entries[: -self.keep] if len(entries) > self.keep else []
         manifest["checkpoints"] = entries[-self.keep :]
         self._write_manifest(manifest)
+        log.info("checkpoint %s saved", tag)  # resumable from here on (tests wait for this line)
         for e in stale:  # only after the manifest no longer references them
             for key in ("weights", "state"):
                 with contextlib.suppress(FileNotFoundError):
