@@ -16,7 +16,6 @@ import shutil
 import socket
 import struct
 import threading
-import time
 import warnings
 import zlib
 from pathlib import Path
@@ -446,15 +445,20 @@ def live(run: dict):
     uvicorn = pytest.importorskip("uvicorn")
     app = create_app(run["ckpt"], max_upload_bytes=MAX_UPLOAD, top_k=3)
     port = _free_port()
-    server = uvicorn.Server(
+
+    class Server(uvicorn.Server):  # says when it listens: awaited, not polled
+        ready = threading.Event()
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            self.ready.set()
+
+    server = Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
+    assert server.ready.wait(20) and server.started, "uvicorn did not start"
     yield f"http://127.0.0.1:{port}", port
     server.should_exit = True
     thread.join(timeout=10)
