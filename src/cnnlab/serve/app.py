@@ -123,9 +123,8 @@ class Slots:
         self.max_queue = max(0, int(max_queue))
         self.used = 0
         self.waiting = 0
-        self.someone_waited = (
-            threading.Event()
-        )  # set when an upload first has to wait (tests, logs)
+        # set when an upload first has to wait (for tests and monitoring)
+        self.someone_waited = threading.Event()
         self._lock = threading.Lock()
         # (loop, event) that the next release sets; made by the first waiter, in the server's loop
         self._freed: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
@@ -159,7 +158,7 @@ class Slots:
                     return False
                 try:
                     await asyncio.wait_for(freed.wait(), left)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
                     return self.try_acquire()
         finally:
             self.waiting -= 1
