@@ -19,7 +19,6 @@ from cnnlab.data.scan import DataItem, ScanReport, items_from_folder, scan_datas
 from cnnlab.errors import ConfigError, DataError
 
 
-
 def png(
     path: Path, value: int = 0, size: tuple[int, int] = (12, 10), seed: int | None = None
 ) -> Path:
