@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, Phase, Verbosity, settings
 from PIL import Image
 
-# Tests must not touch the user's cache; every test run gets its own.
-os.environ.setdefault(
-    "CNNLAB_CACHE", str(Path(os.environ.get("TMPDIR", "/tmp")) / "cnnlab-test-cache")
-)
+# Tests never touch the user's decode cache nor a cache another test session left behind: every
+# session gets a fresh folder (a user's CNNLAB_CACHE is overridden on purpose), removed at exit.
+# Subprocesses started by the tests inherit it through the environment.
+_CACHE = tempfile.mkdtemp(prefix="cnnlab-test-cache-")
+os.environ["CNNLAB_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 # The inference precision that precision-sensitive tests ask for (`predict`, `evaluate`, `serve`, ONNX
@@ -52,6 +58,25 @@ def precision_tol(precision: str) -> float:
     from cnnlab.engine.devices import inference_precision, tolerance
 
     return tolerance(inference_precision(precision, torch.device("cpu")))
+
+
+# Hypothesis: on CI (the CI variable set) the same examples on every run, so two runs give the same
+# verdict; locally random examples, and any failure prints the blob that replays it
+# (@reproduce_failure). HYPOTHESIS_PROFILE picks a profile explicitly.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    print_blob=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", print_blob=True, deadline=None)
+settings.register_profile(
+    "debug", print_blob=True, deadline=None, verbosity=Verbosity.verbose, phases=list(Phase)
+)
+_PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+settings.load_profile(_PROFILE)
 
 
 def _shape_image(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:

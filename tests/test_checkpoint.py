@@ -27,8 +27,8 @@ def test_atomic_write_keeps_old_file_when_the_writer_fails(tmp_path):
         f.write(b"partial")
         raise OSError("disk full")
 
-    with pytest.raises(OSError):
-        atomic_write(target, boom)
+    with pytest.raises(OSError, match=rf"could not write {target}: disk full; [0-9.]+ GB free"):
+        atomic_write(target, boom)  # a WriteError: a CnnlabError (one line) and still an OSError
     assert target.read_bytes() == b"old"
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was removed
 

@@ -16,12 +16,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from process_events import OutputWatcher
 from safetensors.torch import load_file
 
 from cnnlab.data.loader import TensorLoader
@@ -142,6 +142,34 @@ def test_restart_finds_the_run_of_the_first_attempt(monkeypatch, tmp_path):
     (tmp_path / "job" / "checkpoints" / "manifest.json").write_text("{}")
     assert distributed.restart_run_dir(out, "job", None) == ("auto", None)
     assert distributed.restart_run_dir(out, "job", "runs/other") == ("runs/other", None)
+
+
+def test_each_restart_attempt_gets_fresh_keys_in_the_shared_store(monkeypatch):
+    """torchrun's agent hosts one TCPStore for the whole job and restarted workers reuse it: keys
+    of the killed attempt (gloo's rank addresses) must not be visible to the next attempt, or rank
+    0 may connect to a dead rank 1 ("connectFullMesh failed ... Connection refused")."""
+    import datetime
+
+    from torch.distributed import TCPStore
+
+    agent = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)  # the agent's store
+    env = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(agent.port),
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+        "TORCHELASTIC_RESTART_COUNT": "0",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    timeout = datetime.timedelta(seconds=10)
+    first = distributed._attempt_store(0, 1, timeout)
+    first.set("rank_1_address", "a port of the killed process")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    second = distributed._attempt_store(0, 1, timeout)
+    assert not second.check(["rank_1_address"])  # the restart sees only its own keys
+    second.set("rank_1_address", "the new process")
+    assert first.get("rank_1_address") == b"a port of the killed process"
+    assert agent.num_keys() >= 2  # both live in the one shared store, under different prefixes
 
 
 def test_launch_command_runs_this_package_through_torchrun():
@@ -324,19 +352,16 @@ def test_killed_rank_restarts_from_the_last_checkpoint_and_ends_exactly_as_unint
         "job",
         max_restarts=1,
     )
-    log = open(tmp_path / "torchrun.log", "w+")
-    proc = subprocess.Popen(cmd, env=_env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
-    manifest = tmp_path / "job" / "checkpoints" / "manifest.json"
-    deadline = time.time() + 240
-    while not manifest.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)  # into epoch 2 (an epoch takes ~1 s here)
+    proc = subprocess.Popen(
+        cmd, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    output = OutputWatcher(proc)
+    output.wait_for(r"checkpoint epoch-0001 saved", timeout=240)  # resumable from here on
     victim = _worker_pid(proc.pid, rank=1)
     assert victim is not None, "rank 1 not found"
     os.kill(victim, signal.SIGKILL)
-    assert proc.wait(timeout=300) == 0, (log.seek(0), log.read()[-4000:])[1]
-    log.seek(0)
-    text = log.read()
+    assert proc.wait(timeout=300) == 0, output.text()[-4000:]
+    text = output.text()
     assert "resumed epoch-000" in text, text[-4000:]  # the restart resumed a verified checkpoint
     # bit-identical to the uninterrupted run: same batches, optimizer state and schedule
     ref, got = _weights(ddp_reference), _weights(tmp_path / "job")
@@ -356,20 +381,20 @@ def test_sigterm_on_one_rank_stops_both_at_one_step_and_resumes_in_one_process(
     summation-order tolerance of the training test."""
     from cnnlab import api
 
-    cmd = _torchrun(2, "-m", "cnnlab", "train", *TRAIN, "--out", str(tmp_path), "--name", "term")
-    log = open(tmp_path / "torchrun.log", "w+")
-    proc = subprocess.Popen(cmd, env=_env(tmp_path), stdout=log, stderr=subprocess.STDOUT)
+    cmd = _torchrun(
+        2, "-m", "cnnlab", "-v", "train", *TRAIN, "--out", str(tmp_path), "--name", "term"
+    )
+    proc = subprocess.Popen(
+        cmd, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    output = OutputWatcher(proc)
+    output.wait_for(r"checkpoint epoch-0001 saved", timeout=240)
     manifest = tmp_path / "term" / "checkpoints" / "manifest.json"
-    deadline = time.time() + 240
-    while not manifest.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)
     victim = _worker_pid(proc.pid, rank=1)
     assert victim is not None, "rank 1 not found"
     os.kill(victim, signal.SIGTERM)
     assert proc.wait(timeout=120) != 0
-    log.seek(0)
-    text = log.read()
+    text = output.text()
     assert "interrupted by SIGTERM" in text and "interrupted on another rank" in text, text[-3000:]
     last = json.loads(manifest.read_text())["checkpoints"][-1]
     assert "-step-" in last["tag"] and not last["complete_epoch"], last

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from process_events import OutputWatcher
 from safetensors.torch import load_file
 
 from cnnlab import api
@@ -20,7 +21,6 @@ from cnnlab.engine.checkpoint import read_weights, save_weights
 from cnnlab.engine.trainer import NonFiniteLossError
 from cnnlab.errors import CheckpointError, DataError
 
-COVERED_CASES = [44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54]
 FAST = {"model": "lenet5", "epochs": 1, "batch_size": 32, "report": False}
 
 
@@ -77,6 +77,93 @@ def test_case_44_resume_with_different_classes_fails(mixed_folder, tmp_path):
         api.train(resume=str(run.run_dir), epochs=2)
 
 
+def _two_epochs(tmp_path: Path, name: str) -> Path:
+    run = api.train(data="builtin:digits", out=str(tmp_path), name=name, **(FAST | {"epochs": 2}))
+    return run.run_dir
+
+
+def test_case_46_corrupt_checkpoint_is_named_and_resume_falls_back_loudly(tmp_path, caplog):
+    run_dir = _two_epochs(tmp_path, "c")
+    newest = run_dir / "checkpoints" / "epoch-0002.safetensors"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])  # a copy cut short
+    with pytest.raises(CheckpointError, match=rf"incomplete or corrupt checkpoint: {newest} \("):
+        api.load_checkpoint_model(newest)
+    with caplog.at_level("WARNING", logger="cnnlab"):
+        resumed = api.train(resume=str(run_dir), epochs=3)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "epoch-0002 failed verification" in said, said
+    assert "resuming from the previous verified one: epoch-0001" in said, said
+    assert [h["epoch"] for h in resumed.history][-1] == 3  # epochs 2 and 3 trained again
+
+
+class _RunsCommand:
+    """Unpickling this calls os.system: what a hostile checkpoint does."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_case_47_a_checkpoint_with_pickled_code_is_refused_never_retried_unsafely(tmp_path):
+    import pickle
+
+    from cnnlab.engine.checkpoint import CheckpointManager, sha256_file
+    from cnnlab.models import create_model
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "weights.pt"
+    torch.save({"fc.weight": _RunsCommand(marker)}, evil, pickle_module=pickle)
+    with pytest.raises(CheckpointError, match="refused to load.*weights_only=True"):
+        create_model("lenet5", num_classes=10, in_channels=1, weights=evil)
+    assert not marker.exists()
+    # the training state of a run: swapped for a hostile file with a matching manifest entry
+    run_dir = _two_epochs(tmp_path, "p")
+    folder = run_dir / "checkpoints"
+    state = folder / "epoch-0002.state.pt"
+    torch.save({"optimizer": _RunsCommand(marker)}, state, pickle_module=pickle)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for entry in manifest["checkpoints"]:
+        if entry["tag"] == "epoch-0002":
+            entry["state"] |= {"sha256": sha256_file(state), "bytes": state.stat().st_size}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert CheckpointManager(folder).latest_verified()["tag"] == "epoch-0002"
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        api.train(resume=str(run_dir), epochs=3)
+    assert not marker.exists()  # the command never ran: no retry with weights_only=False
+
+
+def test_case_51_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """The write of epoch 2's checkpoint fails with ENOSPC: the error names the file and the free
+    space, epoch 1's checkpoint and manifest stay whole, no temporary file is left behind."""
+    import errno
+
+    from cnnlab.engine.checkpoint import CheckpointManager
+    from cnnlab.errors import WriteError
+
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:  # the disk fills up while epoch 2's files are written
+        if "epoch-0002" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(WriteError) as info:
+        api.train(data="builtin:digits", out=str(tmp_path), name="full", **(FAST | {"epochs": 2}))
+    folder = tmp_path / "full" / "checkpoints"
+    text = str(info.value)
+    assert text.startswith(f"could not write {folder / 'epoch-0002.safetensors'}: No space left")
+    assert " GB free there; the previous file is intact" in text
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    entry = CheckpointManager(folder).latest_verified()
+    assert entry["tag"] == "epoch-0001"
+    weights, meta, state = CheckpointManager(folder).load(entry)
+    assert state["complete_epoch"] and weights and not list(folder.glob(".*.tmp"))
+
+
 def test_case_49_resume_of_missing_run(tmp_path):
     with pytest.raises(CheckpointError, match="nothing to resume"):
         api.train(resume=str(tmp_path / "no-such-run"))
@@ -87,6 +174,7 @@ def _train_cmd(out: Path, name: str, *extra: str) -> list[str]:
         sys.executable,
         "-m",
         "cnnlab",
+        "-v",  # logs "checkpoint ... saved", which the tests wait for
         "train",
         "--data",
         "builtin:digits",
@@ -123,15 +211,13 @@ def test_case_52_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path
         proc = subprocess.Popen(
             _train_cmd(tmp_path, name),
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
-        manifest = tmp_path / name / "checkpoints" / "manifest.json"
-        while (
-            not manifest.exists() and proc.poll() is None
-        ):  # kill only once there is something to resume
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 2.0))
+        output = OutputWatcher(proc)  # kill only once there is something to resume
+        output.wait_for(r"checkpoint epoch-0001 saved", timeout=240)
+        time.sleep(rng.uniform(0.0, 2.0))  # then at a random moment: the point of the test
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         subprocess.run(
@@ -149,17 +235,16 @@ def test_case_52_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path
 def test_case_53_sigterm_saves_and_exits_nonzero(tmp_path):
     proc = subprocess.Popen(
         _train_cmd(tmp_path, "term", "--epochs", "200"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
+    output = OutputWatcher(proc)
+    output.wait_for(r"checkpoint epoch-0001 saved", timeout=120)  # then stop it in epoch 2
     manifest = tmp_path / "term" / "checkpoints" / "manifest.json"
-    deadline = time.time() + 120
-    while not manifest.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
+    err = output.text()
     assert proc.returncode == 130, err
     assert "interrupted by SIGTERM" in err and "--resume" in err and "Traceback" not in err
     tags = [e["tag"] for e in json.loads(manifest.read_text())["checkpoints"]]

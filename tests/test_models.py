@@ -328,6 +328,24 @@ def test_small_input_threshold_and_logging(caplog):
     assert _meta_model("vgg11").default_cfg["pool_size"] == (7, 7)
 
 
+def test_a_model_built_for_another_size_says_to_pass_image_size():
+    """alexnet without image_size is the ImageNet variant: a 32 px input vanishes in its stride-4
+    stem. Refused with a cnnlab error naming image_size (not PyTorch's "Output size is too
+    small"); built with image_size=32, the small-input variant takes it."""
+    imagenet = create_model("alexnet", num_classes=7, in_channels=1).eval()
+    x = torch.rand(2, 1, 32, 32)
+    with pytest.raises(ConfigError, match=r"alexnet was built for 224x224 .*image_size=32"):
+        imagenet(x)
+    small = create_model("alexnet", num_classes=7, in_channels=1, image_size=32).eval()
+    with torch.no_grad():
+        assert small(x).shape == (2, 7)
+    lenet = create_model("lenet5", num_classes=3, in_channels=1, image_size=32).eval()
+    with pytest.raises(ConfigError, match="lenet5 was built for 32x32 .* 48x48"):
+        lenet(torch.rand(1, 1, 48, 48))  # a flatten length that does not fit the first FC
+    with pytest.raises(RuntimeError, match="channels"):  # other errors are not reworded
+        lenet(torch.rand(1, 3, 32, 32))
+
+
 def test_any_channel_count():
     for name in ("lenet5", "resnet18", "googlenet"):
         model = create_model(name, num_classes=4, in_channels=5, image_size=32).eval()

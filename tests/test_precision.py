@@ -197,3 +197,28 @@ def test_onnx_prediction_refuses_another_precision(tmp_path: Path):
     fake.write_bytes(b"")
     with pytest.raises(ConfigError, match="float32 in onnxruntime"):
         predict(fake, [tmp_path], precision="bf16")
+
+
+@pytest.mark.precision
+def test_the_web_explorer_answers_as_predict_does_at_the_same_precision(
+    digits_run: Path, tmp_path: Path, precision: str, precision_tol: float
+):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from cnnlab.serve.app import create_app
+
+    img = tmp_path / "digit.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (8, 8), dtype=np.uint8)).save(img)
+    reference = dict(api.predict(digits_run, [img], top_k=10)[0].top)  # fp32, the default
+    used = inference_precision(precision, CPU)
+    with TestClient(create_app(digits_run, top_k=10, precision=precision)) as client:
+        body = client.post("/api/predict", files={"file": ("d.png", img.read_bytes())}).json()
+    assert body["precision"] == used
+    got = {t["class"]: t["probability"] for t in body["top"]}
+    np.testing.assert_allclose(
+        [got[c] for c in reference], list(reference.values()), atol=precision_tol
+    )
+    if used == "32":
+        assert list(got) == list(reference)  # the same ranking

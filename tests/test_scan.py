@@ -18,9 +18,6 @@ from torchvision.datasets.folder import find_classes
 from cnnlab.data.scan import DataItem, ScanReport, items_from_folder, scan_dataset
 from cnnlab.errors import ConfigError, DataError
 
-# bad-inputs.md case numbers covered in this file.
-COVERED_CASES = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 29, 30]
-
 
 def png(
     path: Path, value: int = 0, size: tuple[int, int] = (12, 10), seed: int | None = None
@@ -219,6 +216,18 @@ def test_cases_11_12_13_16_bad_files_listed_with_reasons(tmp_path: Path) -> None
         report.check()  # 20% > default 10%
     assert report.check(max_bad_fraction=0.25)  # under the limit: warnings only
     assert {i.path for i in report.usable_items}.isdisjoint(p for p, _ in report.bad_items)
+
+
+def test_case_18_images_over_the_pixel_limit_get_the_callers_hint(tmp_path: Path) -> None:
+    make_classes(tmp_path, {"a": 3, "b": 3})
+    png(tmp_path / "a" / "big.png", size=(40, 40))
+    report = scan_dataset(tmp_path, max_pixels=20 * 20, workers=1)
+    assert [why for _, why in report.bad_items] == ["exceeds max pixels 40×40 > 400"]
+    with pytest.raises(DataError, match=r"big.png \(exceeds max pixels 40×40 > 400\); raise X$"):
+        report.check(pixel_hint="raise X")
+    warns = report.check(max_bad_fraction=0.5, pixel_hint="raise X")  # skipped: path and reason
+    assert any("big.png (exceeds max pixels 40×40 > 400); raise X" in w for w in warns), warns
+    assert not any("raise" in w for w in report.check(max_bad_fraction=0.5))  # no hint given
 
 
 def test_cases_29_30_animated_tiny_and_distributions(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ import shutil
 import socket
 import struct
 import threading
-import time
 import warnings
 import zlib
 from pathlib import Path
@@ -225,8 +224,12 @@ def test_other_request_shapes_are_refused(client: TestClient, run: dict) -> None
     _assert_short_error(text, 415, run)
     form = client.post("/api/predict", data={"field": "value"})  # urlencoded, not multipart
     _assert_short_error(form, 415, run)
-    empty_file = client.post("/api/predict", files={"nope": ("a.png", b"")})
+    empty_file = client.post("/api/predict", files={"file": ("a.png", b"")})
     assert "empty upload" in _assert_short_error(empty_file, 400, run)
+    # a good image under another field name: 400, as docs/deploy.md says (it was answered, 200)
+    good = run["files"][0].read_bytes()
+    other_field = client.post("/api/predict", files={"nope": ("a.png", good, "image/png")})
+    assert "no 'file' field" in _assert_short_error(other_field, 400, run)
     body = b'--XyZ\r\nContent-Disposition: form-data; name="other"\r\n\r\nvalue\r\n--XyZ--\r\n'
     no_file = client.post(
         "/api/predict", content=body, headers={"content-type": "multipart/form-data; boundary=XyZ"}
@@ -239,18 +242,21 @@ def test_other_request_shapes_are_refused(client: TestClient, run: dict) -> None
     _assert_short_error(client.get("/no/such/page"), 404, run)
 
 
-def test_client_file_names_never_become_paths(client: TestClient, run: dict, tmp_path) -> None:
+def test_client_file_names_never_become_paths(
+    client: TestClient, run: dict, tmp_path, tmp_path_factory
+) -> None:
+    absolute = tmp_path_factory.mktemp("elsewhere") / "abs.png"  # an absolute path outside cwd
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        for name in ("../../escape.png", "/tmp/abs.png", "..\\win.png", "a\x00b.png"):
+        for name in ("../../escape.png", str(absolute), "..\\win.png", "a\x00b.png"):
             response = _upload(client, run["files"][0].read_bytes(), name=name)
             assert response.status_code == 200
             assert name not in response.text
         assert list(tmp_path.iterdir()) == []
     finally:
         os.chdir(cwd)
-    assert not Path("/tmp/abs.png").exists()
+    assert not absolute.exists() and list(absolute.parent.iterdir()) == []
 
 
 def test_body_is_read_in_chunks_and_refused_early() -> None:
@@ -283,15 +289,73 @@ def test_saturated_server_answers_503_then_recovers(client: TestClient, run: dic
     taken = 0
     while slots.try_acquire():
         taken += 1
+    timeout, slots.timeout_s = slots.timeout_s, 0.2  # the upload waits 0.2 s for a turn, then 503
     try:
         busy = _upload(client, run["files"][0].read_bytes())
         _assert_short_error(busy, 503, run)
         assert busy.headers["retry-after"] == "1"
         assert client.get("/api/info").status_code == 200  # pages are not rationed
     finally:
+        slots.timeout_s = timeout
         for _ in range(taken):
             slots.release()
     assert _upload(client, run["files"][0].read_bytes()).status_code == 200
+
+
+def test_twenty_concurrent_uploads_wait_their_turn_and_all_succeed(run: dict) -> None:
+    """2 slots, 20 uploads at once: the others queue (bounded wait) instead of a 503 each; every
+    answer equals the answer to the same upload alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = create_app(run["ckpt"], max_upload_bytes=MAX_UPLOAD, top_k=3, max_concurrency=2)
+    data = [f.read_bytes() for f in run["files"]]
+    with TestClient(app, raise_server_exceptions=False) as c:
+        alone = [_upload(c, d).json()["top"] for d in data]
+        with ThreadPoolExecutor(20) as pool:
+            answers = list(pool.map(lambda i: _upload(c, data[i % len(data)]), range(20)))
+    assert [a.status_code for a in answers] == [200] * 20, [a.text for a in answers]
+    for i, a in enumerate(answers):
+        assert a.json()["top"] == alone[i % len(data)]
+
+
+def test_a_waiting_upload_gets_the_slot_a_finished_one_frees(run: dict) -> None:
+    """The queue is awaited, not polled: an upload blocked on a full server is answered 200 as
+    soon as the slot is released from another thread, well inside its timeout."""
+    app = create_app(run["ckpt"], max_upload_bytes=MAX_UPLOAD, max_concurrency=1)
+    slots = app.state.slots
+    slots.timeout_s = 30.0
+    with TestClient(app, raise_server_exceptions=False) as c:
+        assert slots.try_acquire()
+        result: dict = {}
+
+        def upload() -> None:
+            result["response"] = _upload(c, run["files"][0].read_bytes())
+
+        t = threading.Thread(target=upload)
+        t.start()
+        assert slots.someone_waited.wait(10)  # the upload has joined the line
+        slots.release()
+        t.join(10)
+    assert result["response"].status_code == 200
+
+
+def test_serve_limits_are_options(run: dict) -> None:
+    """--max-image-pixels, --max-concurrency, --max-upload-mb reach the app; the 413 for pixels
+    names the flag that `cnnlab serve` has."""
+    from cnnlab.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["serve", "RUN", "--max-image-pixels", "50", "--max-concurrency", "3",
+         "--max-upload-mb", "0.5", "--queue-timeout", "2"]
+    )  # fmt: skip
+    assert (args.max_image_pixels, args.max_concurrency, args.max_upload_mb) == (50, 3, 0.5)
+    app = create_app(run["ckpt"], max_image_pixels=50, max_concurrency=3, queue_timeout_s=2)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        info = c.get("/api/info").json()
+        assert (info["max_pixels"], info["max_concurrency"]) == (50, 3)
+        refused = _upload(c, run["files"][0].read_bytes())  # an 8 x 8 digit: 64 pixels > 50
+        assert refused.status_code == 413
+        assert "8×8 > 50 (raise --max-image-pixels)" in refused.json()["error"]
 
 
 # -- explain ---------------------------------------------------------------------------------------
@@ -389,15 +453,20 @@ def live(run: dict):
     uvicorn = pytest.importorskip("uvicorn")
     app = create_app(run["ckpt"], max_upload_bytes=MAX_UPLOAD, top_k=3)
     port = _free_port()
-    server = uvicorn.Server(
+
+    class Server(uvicorn.Server):  # says when it listens: awaited, not polled
+        ready = threading.Event()
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            self.ready.set()
+
+    server = Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
+    assert server.ready.wait(20) and server.started, "uvicorn did not start"
     yield f"http://127.0.0.1:{port}", port
     server.should_exit = True
     thread.join(timeout=10)

@@ -169,14 +169,58 @@ def test_case_32_csv_row_whose_file_is_missing_is_skipped_and_reported(tmp_path)
     )
     assert sum(len(s) for s in b.splits.values()) == 12
     assert any("gone.png" in path for path, _ in b.scan.bad_items)
+    # the warning names the path and why it was skipped
+    warns = b.scan.check(max_bad_fraction=0.2)
+    assert any(f"{tmp_path / 'gone.png'} (file not found)" in w for w in warns), warns
     with pytest.raises(DataError):  # --strict turns the skip into a failure
         load_source(_cfg(data=str(tmp_path / "labels.csv"), strict=True))
+
+
+def test_case_34_labels_that_differ_only_in_case_or_spaces_are_refused(tmp_path):
+    from PIL import Image
+
+    rows = ["path,label"]
+    for i, label in enumerate(["cat", "cat", "Cat", "cat ", "dog", "dog"]):
+        Image.new("L", (8, 8), color=i * 10).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{label}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    # "cat " is read as "cat" (cells are stripped); "Cat" is a near-duplicate: refused, both named
+    with pytest.raises(DataError, match=r"differ only in case/spaces: \[\['Cat', 'cat'\]\]"):
+        load_source(_cfg(data=str(tmp_path / "labels.csv")))
 
 
 def test_case_37_too_few_samples_for_a_stratified_split_names_the_counts():
     targets = np.array([0] * 10 + [1] * 2)
     with pytest.raises(DataError, match=r"too few samples for a stratified split: \{1: 2\}"):
         stratified_split(targets, 0.1, 0.1, seed=0)
+
+
+def test_case_37_the_class_with_too_few_images_is_named_not_numbered(tmp_path):
+    from PIL import Image
+
+    rows = ["path,label"]
+    for i in range(12):
+        label = "rare" if i < 2 else "common"
+        Image.new("L", (8, 8), color=i * 10).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{label}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"stratified split: \{'rare': 2\}"):
+        load_source(_cfg(data=str(tmp_path / "labels.csv")))
+
+
+def test_case_64_a_dataset_with_one_class_is_refused_naming_it(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "only").mkdir()
+    for i in range(20):
+        Image.new("L", (8, 8), color=i * 10).save(tmp_path / "only" / f"{i}.png")
+    with pytest.raises(DataError, match=r"at least 2 classes, found 1: 'only' \(20 images\)"):
+        load_source(_cfg(data=str(tmp_path)))
+    # a second class folder whose files are all unusable: refused as an empty class, named
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "x.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="empty classes.*broken"):
+        load_source(_cfg(data=str(tmp_path), max_bad_fraction=0.5))
 
 
 def test_split_too_small_for_the_classes_is_a_data_error_exactly_when_sklearn_refuses():

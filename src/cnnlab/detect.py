@@ -337,6 +337,7 @@ def train_detection(
         ev = evaluate_detection_model(
             best, spec, *decoded["test"], class_names, device=device, out_dir=run_dir,
             precision=inference_precision("auto", device, precision),
+            category_ids=bundle.category_ids,  # as `cnnlab detect evaluate` writes them
             run_dir=run_dir, report=cfg.report, score_threshold=cfg.score_threshold,
             show=cfg.report_images,
         )  # fmt: skip

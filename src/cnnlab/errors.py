@@ -37,6 +37,12 @@ class CheckpointError(CnnlabError):
     """A checkpoint is missing, corrupt, unsafe or does not fit the model / dataset."""
 
 
+class WriteError(CnnlabError, OSError):
+    """A file could not be written (disk full, I/O error): names the path and the free space.
+
+    Also an OSError, so code that handles I/O failures keeps handling it."""
+
+
 def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:
     """' (did you mean: a, b?)' or '' -- used in every 'unknown X' message."""
     found = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.5)

@@ -21,8 +21,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from cnnlab.config import TrainConfig
-from cnnlab.errors import CnnlabError, ConfigError, close_matches
+from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, close_matches
 
+#: the help line of `cnnlab video` (cnnlab.cli.video uses it; listed without importing the video modules)
+VIDEO_HELP = "video: train | evaluate (3D CNN clips) | predict | track (frames, events, tracks)"
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
@@ -37,13 +39,23 @@ def command(name: str):
 
 
 # -- parser --------------------------------------------------------------------------------------------------
+#: TrainConfig fields a transfer study sets for each of its runs (or has its own option for)
+STUDY_SETS = frozenset(
+    {"init_from", "strategy", "shots", "seed", "epochs", "data", "model", "name", "out", "resume"}
+)
+
+
 def add_train_options(
-    p: argparse.ArgumentParser, skip: frozenset[str] = frozenset(), cls: type = TrainConfig
+    p: argparse.ArgumentParser,
+    skip: frozenset[str] = frozenset(),
+    cls: type = TrainConfig,
+    config_file: bool = True,
 ) -> None:
     """One --option per config field (defaults live in the dataclass only; None = not given)."""
-    p.add_argument(
-        "--config", help="JSON or TOML file of options (command-line options override it)"
-    )
+    if config_file:
+        p.add_argument(
+            "--config", help="JSON or TOML file of options (command-line options override it)"
+        )
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -75,8 +87,24 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """argparse with cnnlab's error shape: one line naming the option, exit code 2 (argparse's
+    default prints the whole usage first); `--help` still shows everything."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        err.print(f"[red]error:[/] {escape(message)} (see {self.prog} --help)", soft_wrap=True)
+        raise SystemExit(2)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; ``only="train"`` (the command word of this invocation) skips importing
+    the task modules (segment, detect, video: torchvision's model zoo, seconds) that only their
+    own options need -- the other commands list them with their help line."""
+
+    def full(name: str) -> bool:
+        return only is None or only == name
+
+    parser = _Parser(
         prog="cnnlab",
         description="Convolutional neural networks, understandable "
         "and practical: train, evaluate, predict, explain.",
@@ -108,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--from",
+        "--init-from",  # the config field's name, which messages shared with `train` use
         dest="init_from",
         required=True,
         metavar="SOURCE",
@@ -130,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", default="0")
     p.add_argument("--out", default="runs/transfer-study")
+    # every other training option goes to each run of the study (the study sets these itself)
+    add_train_options(p, skip=STUDY_SETS, config_file=False)
 
     p = sub.add_parser(
         "lr-find", help="learning-rate range test: the loss curve and a suggested --lr"
@@ -179,9 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
         "segment", help="semantic segmentation: train | evaluate | predict (IoU, Dice)"
     )
     seg = p.add_subparsers(dest="segment_action", metavar="ACTION", required=True)
-    from cnnlab.segment import SegmentConfig
+    q = seg.add_parser("train", help="train a segmentation model")
+    if full("segment"):
+        from cnnlab.segment import SegmentConfig
 
-    add_train_options(seg.add_parser("train", help="train a segmentation model"), cls=SegmentConfig)
+        add_train_options(q, cls=SegmentConfig)
     q = seg.add_parser("evaluate", help="per-class IoU, mean IoU, Dice, pixel accuracy")
     q.add_argument("run")
     q.add_argument("--data", default=None)
@@ -222,9 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("detect", help="object detection: train | evaluate | predict (COCO mAP)")
     det = p.add_subparsers(dest="detect_action", metavar="ACTION", required=True)
-    from cnnlab.detect import DetectConfig
+    q = det.add_parser("train", help="train a detector")
+    if full("detect"):
+        from cnnlab.detect import DetectConfig
 
-    add_train_options(det.add_parser("train", help="train a detector"), cls=DetectConfig)
+        add_train_options(q, cls=DetectConfig)
     q = det.add_parser("evaluate", help="mAP@0.5, mAP@[.5:.95], per-class AP, AR")
     q.add_argument("run")
     q.add_argument("--data", default=None)
@@ -259,9 +294,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory or .safetensors checkpoint")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-upload-bytes", type=int, default=10_000_000)
+    p.add_argument(
+        "--max-upload-mb", type=float, default=10.0, help="largest upload in MB (10^6 bytes; 10)"
+    )
+    p.add_argument("--max-upload-bytes", type=int, default=None, help=argparse.SUPPRESS)  # old name
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=None,
+        help="decompression-bomb limit for uploads (default: the run's own, as in training)",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=2,
+        help="uploads worked on at once; more wait in line (2)",
+    )
+    p.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=10.0,
+        help="seconds an upload may wait for its turn before a 503 (10)",
+    )
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--device", default="cpu")
+    _add_precision(p)
 
     p = sub.add_parser("models", help="list the model zoo, or show one model's layers")
     p.add_argument("action", nargs="?", default="list", choices=("list", "show"))
@@ -313,9 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="print the step-by-step table")
     p.add_argument("--json", action="store_true")
 
-    from cnnlab.cli import video as video_cli
+    if full("video"):
+        from cnnlab.cli import video as video_cli
 
-    video_cli.add_parser(sub)
+        video_cli.add_parser(sub)
+    else:
+        sub.add_parser("video", help=VIDEO_HELP)
 
     p = sub.add_parser(
         "bench",
@@ -344,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- commands ------------------------------------------------------------------------------------------------
+def _require_run(path: str) -> None:
+    """A run directory or checkpoint that is not there is said before torch is imported (~2 s)."""
+    if not Path(path).expanduser().exists():
+        raise CheckpointError(f"run or checkpoint not found: {path}")
+
+
 def print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None:
     ci = metrics.get("confidence_intervals", {})
     head = Table(title=title, show_header=True)
@@ -391,7 +457,8 @@ def print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None:
 def _demo(args: argparse.Namespace) -> int:
     from cnnlab import api
 
-    extra = {"epochs": args.epochs} if args.epochs else {}
+    # `is not None`: --epochs 0 is refused by the config, not taken as "not given" (a 40-epoch demo)
+    extra = {"epochs": args.epochs} if args.epochs is not None else {}
     out.print(
         "[bold]cnnlab demo[/]: LeNet-5 on builtin:mnist-sample (5,000 real MNIST digits), 80/10/10 split"
     )
@@ -430,8 +497,11 @@ def _finish_train(result: Any) -> None:
         out.print(f"report: {result.report}")
 
 
-def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = [f.name for f in dataclasses.fields(TrainConfig)]
+def _train_overrides(
+    args: argparse.Namespace, skip: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The TrainConfig options given on the command line (None: not given)."""
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in skip]
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
@@ -467,6 +537,7 @@ def _transfer_study(args: argparse.Namespace) -> int:
         strategies=[s.strip() for s in args.strategies.split(",")],
         seeds=[int(s) for s in args.seeds.split(",")],
         out=args.out,
+        **_train_overrides(args, skip=STUDY_SETS),
     )
     out.print(markdown_table(study))
     out.print(f"study written to {args.out} (study.json, study.md, plot)")
@@ -495,6 +566,7 @@ def _lr_find(args: argparse.Namespace) -> int:
 
 @command("embed")
 def _embed(args: argparse.Namespace) -> int:
+    _require_run(args.run)
     from cnnlab import api
 
     path = api.embed(args.run, data=args.data, split=args.split, out=args.out, device=args.device)
@@ -504,6 +576,8 @@ def _embed(args: argparse.Namespace) -> int:
 
 @command("segment")
 def _segment(args: argparse.Namespace) -> int:
+    if getattr(args, "run", None) is not None:
+        _require_run(args.run)
     from cnnlab import api
     from cnnlab.segment import SegmentConfig
 
@@ -567,6 +641,7 @@ def _print_segment_metrics(metrics: dict[str, Any] | None) -> None:
 
 @command("explain")
 def _explain(args: argparse.Namespace) -> int:
+    _require_run(args.run)
     from cnnlab import api
 
     result = api.explain(
@@ -592,6 +667,8 @@ def _explain(args: argparse.Namespace) -> int:
 
 @command("detect")
 def _detect(args: argparse.Namespace) -> int:
+    if getattr(args, "run", None) is not None:
+        _require_run(args.run)
     from cnnlab import api
     from cnnlab.detect import DetectConfig
 
@@ -646,6 +723,7 @@ def _video(args: argparse.Namespace) -> int:
 
 @command("export")
 def _export(args: argparse.Namespace) -> int:
+    _require_run(args.run)
     from cnnlab import api
 
     r = api.export(
@@ -670,16 +748,26 @@ def _export(args: argparse.Namespace) -> int:
 
 @command("serve")
 def _serve(args: argparse.Namespace) -> int:
+    _require_run(args.run)
     from cnnlab import api
 
+    if args.max_upload_mb <= 0:
+        raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}")
+    max_bytes = args.max_upload_bytes or round(args.max_upload_mb * 1_000_000)
     out.print(f"serving {args.run} on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
+    if args.precision != "auto":
+        out.print(f"inference precision: {args.precision}")
     api.serve(
         args.run,
         host=args.host,
         port=args.port,
-        max_upload_bytes=args.max_upload_bytes,
+        max_upload_bytes=max_bytes,
+        max_image_pixels=args.max_image_pixels,
+        max_concurrency=args.max_concurrency,
+        queue_timeout_s=args.queue_timeout,
         top_k=args.top_k,
         device=args.device,
+        precision=args.precision,
     )
     return 0
 
@@ -699,6 +787,7 @@ _PRECISION_NAMES = {"32": "float32", "bf16": "bfloat16", "16": "float16"}
 
 @command("evaluate")
 def _evaluate(args: argparse.Namespace) -> int:
+    _require_run(args.run)
     from cnnlab import api
 
     task = api.recorded_task(args.run)  # any task's run: the checkpoint says which
@@ -729,6 +818,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 @command("predict")
 def _predict(args: argparse.Namespace) -> int:
+    _require_run(args.run)
     from cnnlab import api
 
     task = api.recorded_task(args.run)
@@ -846,6 +936,8 @@ def _metrics(args: argparse.Namespace) -> int:
 
 @command("compare")
 def _compare(args: argparse.Namespace) -> int:
+    _require_run(args.run_a)
+    _require_run(args.run_b)
     from cnnlab import api
 
     r = api.compare(args.run_a, args.run_b)
@@ -915,6 +1007,7 @@ def _data(args: argparse.Namespace) -> int:
         strict=args.strict,
         max_bad_fraction=args.max_bad_fraction,
         allow_empty_classes=args.allow_empty_classes,
+        pixel_hint="raise --max-image-pixels for larger images",
     ):
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     return 0
@@ -949,8 +1042,14 @@ def _bench(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, str(folder / f"bench_{args.name}.py"), *args.options])
 
 
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The subcommand of an argument list (the first word that is not an option), or None."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(only=_command_word(argv) or "")  # "": the top-level help
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()

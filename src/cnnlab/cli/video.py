@@ -22,10 +22,9 @@ from cnnlab.video.train import VideoConfig
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "video",
-        help="video: train | evaluate (3D CNN clips) | predict | track (frames, events, tracks)",
-    )
+    from cnnlab.cli import VIDEO_HELP
+
+    p = sub.add_parser("video", help=VIDEO_HELP)
     actions = p.add_subparsers(dest="video_action", metavar="ACTION", required=True)
     _add_train_cli(actions)
     _add_predict_cli(actions)

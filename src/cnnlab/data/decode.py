@@ -85,6 +85,8 @@ log = logging.getLogger(__name__)
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 
 # DEFAULT_MAX_PIXELS (50 MP) lives in cnnlab.config, the bottom layer, beside --max-image-pixels.
+# The reasons below name no flag: predict and evaluate use the limit the run recorded; commands
+# with the option add the hint.
 
 #: White: what viewers and browsers show behind transparent pixels (see module docstring).
 DEFAULT_BACKGROUND: tuple[int, int, int] = (255, 255, 255)
@@ -118,7 +120,7 @@ R_PNG_CRC = "CRC error / corrupt PNG"
 R_NOT_FOUND = "file not found"
 R_PERMISSION = "unreadable: permission denied"
 R_IS_DIR = "is a directory, not an image file"
-R_NO_MEMORY = "not enough memory to decode (lower --max-image-pixels or use fewer workers)"
+R_NO_MEMORY = "not enough memory to decode (a lower pixel limit or fewer workers would help)"
 
 # Magic bytes -> format name. Used only to word an error after Pillow refused a file; it never
 # decides what is decoded.
@@ -417,7 +419,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def _too_big(width: int, height: int, max_pixels: int) -> str:
-    return f"exceeds max pixels {width}×{height} > {max_pixels} (raise --max-image-pixels)"
+    return f"exceeds max pixels {width}×{height} > {max_pixels}"
 
 
 def _bomb_reason(data: bytes, max_pixels: int) -> str:
@@ -432,7 +434,7 @@ def _bomb_reason(data: bytes, max_pixels: int) -> str:
             return _too_big(width, height, max_pixels)
         except DECODE_ERRORS:
             pass
-    return f"exceeds max pixels (declared size > {max_pixels}) (raise --max-image-pixels)"
+    return f"exceeds max pixels (declared size > {max_pixels})"
 
 
 def _unidentified_reason(data: bytes) -> str:

@@ -203,7 +203,8 @@ def check_mask_values(
         raise DataError(
             name,
             f"mask values {bad[:8].tolist()} are not {allowed}; "
-            "check the class list (classes.json) or --ignore-index",
+            "check the class list (classes.json) or the ignore index "
+            "(`cnnlab segment train --ignore-index N`)",
         )
 
 
@@ -579,7 +580,8 @@ def _coco(
             raise DataError(
                 path,
                 f"image {name!r} (id {image_id}) not found under "
-                f"{', '.join(map(str, roots))}; pass --data-root IMAGE_FOLDER",
+                f"{', '.join(map(str, roots))}; say where the images are "
+                "(`cnnlab segment train --data-root IMAGE_FOLDER`)",
             )
         ids.append(name)
         paths.append(found)

@@ -656,32 +656,41 @@ class ScanReport:
         strict: bool = False,
         max_bad_fraction: float = 0.1,
         allow_empty_classes: bool = False,
+        pixel_hint: str = "",
     ) -> list[str]:
         """Raise DataError listing every failure, or return the warnings (also logged).
 
         FAIL: no usable image; bad fraction > ``max_bad_fraction``; an empty class (unless
         ``allow_empty_classes``); splits with different classes. ``strict`` also fails on any bad,
         non-image, outside-root or unplaced file, leakage between splits and conflicting labels.
+        ``pixel_hint``: said when files exceed the pixel limit, by a caller whose command has the
+        option to raise it (this module does not know which command runs it).
         """
         failures: list[str] = []
         warns: list[str] = []
         bad = self.bad_items
         n_images = len(self.records)
+        over = any(why.startswith("exceeds max pixels") for _, why in bad)
+        too_big = f"; {pixel_hint}" if over and pixel_hint else ""
         if not self.usable_items:
             failures.append(f"no usable images ({n_images} image files, {len(bad)} bad)")
         if bad and (strict or self.bad_fraction > max_bad_fraction):
             limit = "strict mode" if strict else f"limit {max_bad_fraction:.0%}"
             failures.append(
                 f"{len(bad)} of {n_images} image files unusable ({self.bad_fraction:.1%}, "
-                f"{limit}): {_first(f'{p} ({why})' for p, why in bad)}"
+                f"{limit}): {_first(f'{p} ({why})' for p, why in bad)}{too_big}"
             )
         elif bad:
-            warns.append(f"{len(bad)} bad image files skipped: {_first(p for p, _ in bad)}")
+            warns.append(
+                f"{len(bad)} bad image files skipped: "
+                f"{_first(f'{p} ({why})' for p, why in bad)}{too_big}"
+            )
         empty = [f"{s}/{c}" if s else c for s, c in self.empty_classes]
         if empty and not allow_empty_classes:
             failures.append(
-                f"empty classes (no usable images): {', '.join(empty)}; add images or pass "
-                "--allow-empty-classes"
+                f"empty classes (no usable images): {', '.join(empty)}; add images to them or "
+                "remove their folders (`cnnlab data check SRC --allow-empty-classes` keeps them "
+                "in the report)"
             )
         elif empty:
             warns.append(f"empty classes kept: {', '.join(empty)}")

@@ -73,14 +73,25 @@ class DataBundle:
 
 # ---------------------------------------------------------------------------------------------------------------
 def stratified_split(
-    targets: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+    targets: np.ndarray,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Indices of a seeded split that keeps each class's share in every part (scikit-learn's splitter)."""
+    """Indices of a seeded split that keeps each class's share in every part (scikit-learn's splitter).
+
+    ``class_names`` (index -> name) only words the errors: a class is named, not numbered.
+    """
     idx = np.arange(len(targets))
     counts = np.bincount(targets)
     needed = 1 + (val_fraction > 0) + (test_fraction > 0)
     if counts[counts > 0].min() < needed:
-        small = {int(c): int(n) for c, n in enumerate(counts) if 0 < n < needed}
+
+        def name(c: int) -> str | int:
+            return str(class_names[c]) if class_names is not None and c < len(class_names) else c
+
+        small = {name(c): int(n) for c, n in enumerate(counts) if 0 < n < needed}
         raise DataError(
             "dataset",
             f"classes with too few samples for a stratified split: {small} "
@@ -273,6 +284,21 @@ def _check_label_spelling(labels: list[str], where: Path) -> None:
         )
 
 
+#: The pixel limit is an option of every command that loads a dataset through here (TrainConfig).
+PIXEL_LIMIT_HINT = "raise --max-image-pixels for larger images"
+
+
+def _check_two_classes(labels: list[str], item_labels: list[str], where: Path) -> None:
+    """A classifier needs two classes: with one, every prediction is right and accuracy says 1.0."""
+    if len(labels) < 2:
+        found = ", ".join(f"{c!r} ({item_labels.count(c)} images)" for c in labels) or "none"
+        raise DataError(
+            where,
+            f"a classification dataset needs at least 2 classes, found {len(labels)}: {found} "
+            "(after skipping unusable files); add a folder (or CSV label) per class",
+        )
+
+
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
@@ -288,10 +314,13 @@ def _from_items(listing: Any, root: Path, source: str, cfg: Any) -> DataBundle:
     report = scan_dataset(
         listing, root=root, max_pixels=cfg.max_image_pixels, cache_dir=default_cache_dir() / "scans"
     )
-    report.check(strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction)
+    report.check(
+        strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction, pixel_hint=PIXEL_LIMIT_HINT
+    )
     usable = report.usable_items  # [DataItem(path, label, split)]
     labels = sorted({it.label for it in usable})
     _check_label_spelling(labels, root)
+    _check_two_classes(labels, [it.label for it in usable], root)
     index = {c: i for i, c in enumerate(labels)}
     given = {it.split for it in usable if it.split}
     if given and "train" not in given:
@@ -311,12 +340,16 @@ def _from_items(listing: Any, root: Path, source: str, cfg: Any) -> DataBundle:
                 "val": cfg.val_fraction if "val" in missing else 0.0,
                 "test": cfg.test_fraction if "test" in missing else 0.0,
             }
-            part = stratified_split(splits["train"].targets, fr["val"], fr["test"], cfg.seed)
+            part = stratified_split(
+                splits["train"].targets, fr["val"], fr["test"], cfg.seed, class_names=labels
+            )
             train = splits["train"]
             splits.update({k: train.subset(v) for k, v in part.items()})
             origin = f"given + stratified {missing}(seed={cfg.seed})"
     else:
-        part = stratified_split(targets, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        part = stratified_split(
+            targets, cfg.val_fraction, cfg.test_fraction, cfg.seed, class_names=labels
+        )
         splits, origin = (
             {k: whole.subset(v) for k, v in part.items()},
             f"stratified(seed={cfg.seed})",

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import pickle  # only for its exception class: nothing here unpickles
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +40,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.errors import CheckpointError, ConfigError, WriteError
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -121,15 +122,28 @@ def atomic_write(target: Path, write: Callable[[io.BufferedWriter], None]) -> No
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, WriteError):
+            # disk full, I/O error, read-only folder: one line naming the file and the free space
+            raise WriteError(
+                f"could not write {target}: {err.strerror or err}; {_free_space(target.parent)} "
+                "free there; the previous file is intact"
+            ) from err
         raise
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 1e9:.2f} GB"
+    except OSError:
+        return "unknown space"
 
 
 def clean_stale_temporaries(folder: Path) -> list[Path]:
@@ -283,6 +297,7 @@ class CheckpointManager:
         stale = entries[:-keep] if len(entries) > keep else []
         manifest["checkpoints"] = entries[-keep:]
         self._write_manifest(manifest)
+        log.info("checkpoint %s saved", tag)  # resumable from here on (tests wait for this line)
         for e in stale:  # only after the manifest no longer references them
             for key in ("weights", "state"):
                 with contextlib.suppress(FileNotFoundError):

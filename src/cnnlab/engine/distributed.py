@@ -138,17 +138,34 @@ def init_from_env(device: str | torch.device = "auto", *, timeout_s: float = 180
         dev, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
         kw: dict[str, Any] = {"device_id": dev} if backend == "nccl" else {}
+        timeout = datetime.timedelta(seconds=timeout_s)
         dist.init_process_group(
             backend,
+            store=_attempt_store(rank, world, timeout),
             rank=rank,
             world_size=world,
-            timeout=datetime.timedelta(seconds=timeout_s),
+            timeout=timeout,
             **kw,
         )
         atexit.register(shutdown)
     _INFO = DistInfo(rank, world, local, dev, backend)
     log.info("rank %d of %d on %s (%s)", rank, world, dev, backend)
     return _INFO
+
+
+def _attempt_store(rank: int, world: int, timeout: datetime.timedelta) -> dist.Store:
+    """torchrun's store, with the keys of this restart attempt under their own prefix.
+
+    Why: torchrun (c10d rendezvous, the default) hosts ONE TCPStore in the agent for the whole job
+    and its workers reuse it on every restart (TORCHELASTIC_USE_AGENT_STORE). The process group's
+    keys (gloo's per-rank listening addresses, the barrier counters) are the same names on every
+    attempt, so after a restart rank 0 could read the address a killed rank 1 published in the
+    previous attempt before the new rank 1 overwrote it, and gloo failed with "connectFullMesh
+    failed ... Connection refused" about half the time. A prefix per attempt
+    (TORCHELASTIC_RESTART_COUNT) gives every attempt fresh keys.
+    """
+    store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
+    return dist.PrefixStore(f"cnnlab/attempt-{restart_count()}", store)
 
 
 def current() -> DistInfo:

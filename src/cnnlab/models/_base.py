@@ -36,6 +36,13 @@ SMALL_INPUT_BELOW = 64
 
 HEAD = "head"
 
+# PyTorch's messages when an input is too small or the wrong size for the layers built
+SIZE_ERRORS = (
+    "Output size is too small",
+    "Kernel size can't be greater than actual input size",
+    "mat1 and mat2 shapes cannot be multiplied",
+)
+
 
 def channel_stats(stats: Sequence[float], in_channels: int) -> tuple[float, ...]:
     """Per-channel mean/std for ``in_channels`` inputs from RGB statistics.
@@ -127,7 +134,26 @@ class ClassifierModel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """images (N, C, H, W) -> logits (N, num_classes)."""
-        return self.forward_head(self.forward_features(x))
+        try:
+            return self.forward_head(self.forward_features(x))
+        except RuntimeError as err:
+            if not any(m in str(err) for m in SIZE_ERRORS) or x.dim() != 4:
+                raise
+            raise ConfigError(self._size_message(tuple(x.shape[-2:]))) from err
+
+    def _size_message(self, hw: tuple[int, int]) -> str:
+        """PyTorch's "Output size is too small" in the model's terms: what it was built for."""
+        cfg = self.default_cfg
+        name = cfg.get("name") or type(self).__name__.lower()
+        built = tuple(cfg.get("input_size", ()))[-2:]
+        built_text = "x".join(map(str, built)) if built else "another size"
+        variant = f" ({cfg['variant']})" if cfg.get("variant") else ""
+        return (
+            f"{name} was built for {built_text} px inputs{variant} and cannot take "
+            f"{hw[0]}x{hw[1]} images: build it for them with "
+            f"create_model({name!r}, ..., image_size={hw[0]}), which picks the variant for "
+            "that size"
+        )
 
     # --- classifier -----------------------------------------------------------------------
     def get_classifier(self) -> nn.Linear:

@@ -27,13 +27,16 @@ Safety, after the serving rows of ``reference/bad-inputs.md``:
   declaring more pixels than the limit) -> **413** before any decoding, a truncated or corrupt
   image -> **422**; the reason is the decoder's short text;
 * errors are ``{"error": "short reason"}`` without stack traces or paths;
-* at most ``max_concurrency`` uploads are processed at a time; more get **503** with
-  ``Retry-After`` (the model itself runs one request at a time under a lock: the layer trace and
-  Grad-CAM hook into the shared module).
+* at most ``max_concurrency`` uploads are processed at a time; more wait in line, up to
+  ``queue_timeout_s`` seconds each (a LeNet prediction takes milliseconds, so a burst of uploads
+  is served, not refused), and get **503** with ``Retry-After`` only when the wait runs out or
+  ``max_queue`` uploads are already waiting (the model itself runs one request at a time under a
+  lock: the layer trace and Grad-CAM hook into the shared module).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
@@ -54,6 +57,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cnnlab.config import PreprocessSpec
+from cnnlab.engine.trainer import autocast
 from cnnlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -103,14 +107,28 @@ class ApiError(Exception):
 
 
 class Slots:
-    """A non-blocking counting semaphore: ``try_acquire()`` is False when all slots are taken."""
+    """A counting semaphore with a bounded line: ``size`` holders at a time, at most ``max_queue``
+    waiting, each for at most ``timeout_s`` seconds (then :meth:`acquire` returns False).
 
-    def __init__(self, size: int):
+    ``try_acquire()`` never waits. Used from one event loop (the server's); the counters are
+    guarded by a lock so that tests may take slots from another thread.
+    """
+
+    def __init__(self, size: int, *, timeout_s: float = 10.0, max_queue: int = 64):
         if size < 1:
-            raise ConfigError(f"max_concurrency must be at least 1, got {size}")
+            raise ConfigError(f"--max-concurrency must be at least 1, got {size}")
+        if timeout_s < 0:
+            raise ConfigError(f"--queue-timeout must be >= 0 seconds, got {timeout_s}")
         self.size = size
+        self.timeout_s = float(timeout_s)
+        self.max_queue = max(0, int(max_queue))
         self.used = 0
+        self.waiting = 0
+        # set when an upload first has to wait (for tests and monitoring)
+        self.someone_waited = threading.Event()
         self._lock = threading.Lock()
+        # (loop, event) that the next release sets; made by the first waiter, in the server's loop
+        self._freed: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
 
     def try_acquire(self) -> bool:
         with self._lock:
@@ -119,9 +137,48 @@ class Slots:
             self.used += 1
             return True
 
+    async def acquire(self) -> bool:
+        """Wait for a slot (woken waiters race for it) up to ``timeout_s`` seconds."""
+        if self.try_acquire():
+            return True
+        if self.waiting >= self.max_queue:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        self.waiting += 1
+        self.someone_waited.set()
+        try:
+            while True:
+                if self._freed is None:
+                    self._freed = (loop, asyncio.Event())
+                freed = self._freed[1]
+                if self.try_acquire():  # a release between the check above and now
+                    return True
+                left = deadline - loop.time()
+                if left <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(freed.wait(), left)
+                except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
+                    return self.try_acquire()
+        finally:
+            self.waiting -= 1
+
     def release(self) -> None:
         with self._lock:
             self.used = max(0, self.used - 1)
+            freed, self._freed = self._freed, None
+        if freed is None:
+            return
+        loop, event = freed  # wake every waiter of that loop; they race for the slot
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            event.set()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(event.set)
 
 
 @dataclass
@@ -136,8 +193,10 @@ class Served:
     device: torch.device
     top_k: int
     max_upload_bytes: int
+    max_pixels: int
     cam_method: str
     lock: threading.Lock
+    precision: str = "32"  # of /api/predict (cnnlab.engine.devices.inference_precision)
 
 
 # -- the app ---------------------------------------------------------------------------------------
@@ -147,35 +206,51 @@ def create_app(
     max_upload_bytes: int = 10_000_000,
     top_k: int = 5,
     max_concurrency: int = 2,
+    queue_timeout_s: float = 10.0,
+    max_image_pixels: int | None = None,
     device: str = "cpu",
     cam_method: str = "gradcam",
+    precision: str = "auto",
 ) -> FastAPI:
-    """A FastAPI app serving the model of a run directory or ``.safetensors`` checkpoint."""
+    """A FastAPI app serving the model of a run directory or ``.safetensors`` checkpoint.
+
+    ``max_image_pixels``: the decompression-bomb limit for uploads (None: the run's own, as in
+    training). ``max_concurrency`` uploads are worked on at once; more wait up to
+    ``queue_timeout_s`` seconds for a turn before a 503. ``precision``: inference precision of
+    /api/predict (auto: fp32 on CPU, the run's own on CUDA, as `cnnlab predict`; the layer trace
+    and CAMs of /api/explain are fp32).
+    """
     from cnnlab import __version__
-    from cnnlab.engine.devices import resolve_device
+    from cnnlab.engine.devices import inference_precision, resolve_device
     from cnnlab.engine.weights import load_checkpoint_model
     from cnnlab.explain.cam import check_methods
-    from cnnlab.run import run_dir_of
+    from cnnlab.run import run_dir_of, trained_precision
 
     if max_upload_bytes < 1:
-        raise ConfigError(f"max_upload_bytes must be positive, got {max_upload_bytes}")
+        raise ConfigError(f"--max-upload-mb must be positive, got {max_upload_bytes} bytes")
+    if max_image_pixels is not None and max_image_pixels < 1:
+        raise ConfigError(f"--max-image-pixels must be positive, got {max_image_pixels}")
+    slots = Slots(max_concurrency, timeout_s=queue_timeout_s)
     dev = resolve_device(device)
     model, meta, weights = load_checkpoint_model(run_or_checkpoint, dev)
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
     run_path = Path(run_or_checkpoint).expanduser()
     run_dir = run_path if run_path.is_dir() else run_dir_of(Path(weights))
+    precision = inference_precision(precision, dev, trained_precision(run_dir_of(Path(weights))))
     served = Served(
         model=model,
         meta=meta,
-        spec=PreprocessSpec.from_dict(meta["preprocess"]),
+        spec=spec,
         class_names=[str(c) for c in meta["class_names"]],
         run_dir=run_dir.resolve() if run_dir is not None else None,
         device=dev,
         top_k=max(1, min(int(top_k), len(meta["class_names"]))),
         max_upload_bytes=int(max_upload_bytes),
+        max_pixels=int(max_image_pixels) if max_image_pixels is not None else _max_pixels(spec),
         cam_method=check_methods((cam_method,))[0],
         lock=threading.Lock(),
+        precision=precision,
     )
-    slots = Slots(max_concurrency)
     import pytorch_grad_cam  # noqa: F401 -- about 5 s (OpenCV); now rather than in the first request
 
     app = FastAPI(
@@ -233,17 +308,21 @@ def create_app(
             },
         },
         "responses": {
+            "400": {"description": "empty upload, malformed multipart, or no `file` field"},
             "413": {"description": "body larger than the limit, or image over the pixel limit"},
             "415": {"description": "not an image, or a format outside the allow-list"},
             "422": {"description": "truncated or corrupt image"},
-            "503": {"description": "busy: too many uploads in progress; retry"},
+            "503": {"description": "busy: no turn within the queue timeout; retry"},
         },
     }
 
     async def _with_slot(request: Request, work: Any) -> dict[str, Any]:
-        if not slots.try_acquire():
+        if not await slots.acquire():
             raise ApiError(
-                503, f"busy: {slots.size} uploads in progress; retry", {"Retry-After": "1"}
+                503,
+                f"busy: {slots.size} uploads in progress and no turn within "
+                f"{slots.timeout_s:g} s; retry",
+                {"Retry-After": "1"},
             )
         try:
             data = await read_upload(request, served.max_upload_bytes)
@@ -269,7 +348,8 @@ def create_app(
             "in_channels": served.spec.in_channels,
             "top_k": served.top_k,
             "max_upload_bytes": served.max_upload_bytes,
-            "max_pixels": _max_pixels(served.spec),
+            "max_pixels": served.max_pixels,
+            "max_concurrency": slots.size,
             "cam_method": served.cam_method,
             "report": _report_file(served, "report.html") is not None,
             "cnnlab_version": __version__,
@@ -338,13 +418,13 @@ def serve(
 async def read_upload(request: Request, max_bytes: int) -> bytes:
     """The image bytes of a request, reading at most ``max_bytes`` (+ multipart framing).
 
-    ``multipart/form-data``: the part named ``file`` (else the first part with a file name);
+    ``multipart/form-data``: the part named ``file`` (a form without one is refused with 400);
     ``image/*`` or ``application/octet-stream``: the body itself. Raises :class:`ApiError`.
     """
     content_type = request.headers.get("content-type", "")
     is_multipart = content_type.lower().startswith("multipart/form-data")
     limit = max_bytes + (MULTIPART_OVERHEAD if is_multipart else 0)
-    too_big = ApiError(413, f"upload larger than {max_bytes} bytes")
+    too_big = ApiError(413, f"upload larger than {max_bytes} bytes (the limit is --max-upload-mb)")
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -418,17 +498,11 @@ def multipart_file(body: bytes, content_type: str) -> bytes:
         parser.finalize()
     except MultipartParseError:
         raise ApiError(400, "malformed multipart body") from None
-    chosen = None
-    for part in parts:
+    for part in parts:  # only the field the API documents; the file name itself is never used
         _, disposition = parse_options_header(part["headers"].get("content-disposition", b""))
         if disposition.get(b"name") == b"file":
-            chosen = part
-            break
-        if chosen is None and b"filename" in disposition:
-            chosen = part  # the file name itself is never used
-    if chosen is None:
-        raise ApiError(400, "no 'file' field in the form")
-    return bytes(chosen["data"])
+            return bytes(part["data"])
+    raise ApiError(400, "no 'file' field in the form: send the image as the form field 'file'")
 
 
 # -- model work (runs in a worker thread) ----------------------------------------------------------
@@ -448,13 +522,13 @@ def decode_upload(served: Served, data: bytes) -> np.ndarray:
             data,
             "upload",  # the client's file name is never used, not even in messages
             mode=image_mode(served.spec.in_channels),
-            max_pixels=_max_pixels(served.spec),
+            max_pixels=served.max_pixels,
             background=tuple(served.spec.decode.get("background", DEFAULT_BACKGROUND)),
         )
     except DataError as err:
         reason = err.reason
         if reason.startswith("exceeds max pixels"):
-            raise ApiError(413, reason) from None
+            raise ApiError(413, f"{reason} (raise --max-image-pixels)") from None
         if reason == R_NOT_IMAGE or reason.startswith("format "):
             raise ApiError(415, reason) from None
         raise ApiError(422, reason) from None
@@ -480,12 +554,17 @@ def _top(served: Served, probs: torch.Tensor) -> list[dict[str, Any]]:
 
 
 def predict_bytes(served: Served, data: bytes) -> dict[str, Any]:
-    """Top-k of one uploaded image: ``softmax(model(x))`` in float32."""
+    """Top-k of one uploaded image: ``softmax(model(x))``, computed in float32 after a forward pass
+    at the served precision (fp32 by default on CPU)."""
     pixels = decode_upload(served, data)
     x = _normalise(served, pixels)
-    with served.lock, torch.inference_mode():
+    with served.lock, torch.inference_mode(), autocast(served.device, served.precision):
         probs = served.model(x).float().softmax(1)[0].cpu()
-    return {"model": served.meta["model"], "top": _top(served, probs)}
+    return {
+        "model": served.meta["model"],
+        "top": _top(served, probs),
+        "precision": served.precision,
+    }
 
 
 def explain_bytes(served: Served, data: bytes) -> dict[str, Any]:

@@ -334,7 +334,9 @@ def _split(data: ClipSet, cfg: VideoConfig) -> dict[str, np.ndarray]:
         if "train" not in data.given_splits:
             raise DataError(cfg.data, "has split folders but no train/ split")
         return data.given_splits
-    return stratified_split(data.targets, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    return stratified_split(
+        data.targets, cfg.val_fraction, cfg.test_fraction, cfg.seed, class_names=data.class_names
+    )
 
 
 def _stacked(clips: np.ndarray) -> torch.Tensor:

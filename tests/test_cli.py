@@ -1,0 +1,394 @@
+"""Every `cnnlab` command run as a user runs it: `python -m cnnlab ...` in a subprocess.
+
+Each command once on its happy path (tiny settings; one trained run, made once per session,
+serves the commands that read a run) and once with bad input: the answer is exit code 2 and one
+line on stderr that names the file, row or option, without a traceback. The happy paths that
+train something bigger (demo, transfer-study, segment/detect/video training) are marked slow.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from process_events import OutputWatcher
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TIMEOUT = 300  # seconds: a generous bound for a loaded 2-core machine
+
+
+def cnnlab(*args: str, cwd: Path | None = None, timeout: float = TIMEOUT):
+    """Run `python -m cnnlab ARGS` with this checkout's sources; returns the CompletedProcess."""
+    env = os.environ | {"PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("CI", None)  # a CI value changes nothing in cnnlab; keep the run like a user's
+    return subprocess.run(
+        [sys.executable, "-m", "cnnlab", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def ok(*args: str, **kw) -> subprocess.CompletedProcess:
+    proc = cnnlab(*args, **kw)
+    assert proc.returncode == 0, f"cnnlab {' '.join(args)}: {proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
+def user_error(*args: str, names: str | list[str], **kw) -> str:
+    """The command fails as a user error: exit 2, one stderr line naming `names`, no traceback."""
+    proc = cnnlab(*args, **kw)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, f"cnnlab {' '.join(args)} -> {proc.returncode}: {proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for name in [names] if isinstance(names, str) else names:
+        assert name in lines[0], f"{name!r} not named in: {lines[0]}"
+    return lines[0]
+
+
+# -- fixtures: one tiny run and a few images, made once --------------------------------------------
+@pytest.fixture(scope="session")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="session")
+def digits(work: Path) -> list[Path]:
+    """Four sklearn digits as grey PNGs (what the run below was trained on)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    folder = work / "digits"
+    folder.mkdir()
+    paths = []
+    for i in range(4):
+        p = folder / f"d{i}_{d.target[i]}.png"
+        Image.fromarray((d.images[i] * (255 / 16)).round().astype(np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def run(work: Path) -> Path:
+    """`cnnlab train`'s happy path: LeNet-5 on builtin:digits, one epoch."""
+    proc = ok(
+        "train", "--data", "builtin:digits", "--model", "lenet5", "--epochs", "1",
+        "--batch-size", "64", "--seed", "0", "--precision", "32", "--no-report",
+        "--out", str(work / "runs"), "--name", "tiny",
+    )  # fmt: skip
+    assert "run directory:" in proc.stdout
+    run_dir = work / "runs" / "tiny"
+    assert (run_dir / "checkpoints" / "best.safetensors").is_file()
+    return run_dir
+
+
+# -- train -----------------------------------------------------------------------------------------
+def test_train(run: Path) -> None:
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["class_names"] == [
+        str(c) for c in range(10)
+    ]
+    user_error("train", "--data", "builtin:digits", "--epochs", "zero", names="epochs")
+
+
+def test_train_refuses_a_one_class_folder_naming_the_class(work: Path) -> None:
+    """Case 64: it trained and reported accuracy 1.0 (with --batch-size 16), or blamed the batch
+    size (without)."""
+    folder = work / "one-class" / "cats"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(folder / f"{i}.png")
+    for extra in ([], ["--batch-size", "16"]):
+        line = user_error(
+            "train", "--data", str(folder.parent), "--epochs", "1", "--no-report",
+            "--out", str(work / "runs-one"), *extra,
+            names=["at least 2 classes", "'cats' (30 images)"],
+        )  # fmt: skip
+        assert "batch" not in line
+    assert not (work / "runs-one").exists() or not any((work / "runs-one").iterdir())
+
+
+# -- commands that read the run --------------------------------------------------------------------
+def test_evaluate(run: Path, work: Path) -> None:
+    proc = ok("evaluate", str(run), "--json", "--no-report", "--out", str(work / "eval"))
+    metrics = json.loads(proc.stdout)
+    assert metrics["num_samples"] if "num_samples" in metrics else metrics["accuracy"] >= 0
+    user_error("evaluate", str(run), "--split", "nope", names="nope")
+
+
+def test_predict(run: Path, digits: list[Path]) -> None:
+    proc = ok("predict", str(run), *map(str, digits), "--format", "json", "--top-k", "2")
+    rows = json.loads(proc.stdout)
+    assert [Path(r["path"]).name for r in rows] == [p.name for p in digits]
+    assert all(len(r["top"]) == 2 and 0 <= r["top"][0][1] <= 1 for r in rows)
+    user_error("predict", str(run.parent / "no-such-run"), str(digits[0]), names="no-such-run")
+
+
+@pytest.mark.slow
+def test_explain(run: Path, digits: list[Path], work: Path) -> None:
+    out = work / "explain"
+    proc = ok("explain", str(run), str(digits[0]), "--out", str(out), "--json")
+    numbers = json.loads(proc.stdout)
+    assert numbers["trace"] and (out / "explain.html").is_file()
+    user_error("explain", str(run), str(work / "missing.png"), names="missing.png")
+
+
+def test_explain_bad_input(run: Path, digits: list[Path]) -> None:
+    user_error("explain", str(run / "nope"), str(digits[0]), names=str(run / "nope"))
+
+
+@pytest.mark.slow
+def test_embed(run: Path, work: Path) -> None:
+    out = work / "features.npz"
+    ok("embed", str(run), "--split", "test", "--out", str(out))
+    with np.load(out) as z:
+        assert len(z["features"]) == len(z["labels"]) > 0
+
+
+def test_embed_bad_input(run: Path) -> None:
+    user_error("embed", str(run), "--split", "nope", names="nope")
+
+
+@pytest.mark.slow
+def test_export(run: Path, work: Path) -> None:
+    out = work / "model.safetensors"
+    proc = ok("export", str(run), "--format", "safetensors", "--out", str(out))
+    assert out.is_file() and "exported safetensors" in proc.stdout
+    user_error("export", str(run), "--format", "onnx", "--opset", "3", names="--opset")
+
+
+def test_export_bad_input(run: Path) -> None:
+    user_error("export", str(run.parent / "gone.safetensors"), names="gone.safetensors")
+
+
+@pytest.mark.slow
+def test_compare(run: Path) -> None:
+    proc = ok("compare", str(run), str(run), "--json")
+    r = json.loads(proc.stdout)  # a run against itself: no disagreement, no difference
+    assert r["difference"] == 0 and r["mcnemar"]["b"] == r["mcnemar"]["c"] == 0
+
+
+def test_compare_bad_input(run: Path) -> None:
+    user_error("compare", str(run), str(run.parent / "gone"), names="gone")
+
+
+@pytest.mark.slow
+def test_finetune(run: Path, work: Path) -> None:
+    ok(
+        "finetune", "--from", str(run), "--data", "builtin:digits", "--epochs", "1",
+        "--batch-size", "64", "--strategy", "linear-probe", "--no-report",
+        "--out", str(work / "runs"), "--name", "ft",
+    )  # fmt: skip
+    assert (work / "runs" / "ft" / "checkpoints" / "best.safetensors").is_file()
+
+
+def test_finetune_bad_input(work: Path) -> None:
+    user_error("finetune", "--from", str(work / "nothing"), "--data", "builtin:digits",
+               names="nothing")  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve(run: Path, digits: list[Path]) -> None:
+    """Started on 127.0.0.1 and a free port, polled until it answers (bounded), then stopped."""
+    port = _free_port()
+    env = os.environ | {"PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", "serve", str(run), "--port", str(port),
+         "--max-concurrency", "1", "--max-upload-mb", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        OutputWatcher(server).wait_for(r"Uvicorn running on", timeout=120)  # uvicorn's own line
+        with urllib.request.urlopen(f"{base}/api/info", timeout=10) as response:
+            info = json.loads(response.read())
+        assert info["max_upload_bytes"] == 1_000_000 and info["max_concurrency"] == 1
+        request = urllib.request.Request(
+            f"{base}/api/predict",
+            data=digits[0].read_bytes(),
+            headers={"Content-Type": "image/png"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            top = json.loads(response.read())["top"]
+        assert len(top) == 5 and abs(sum(t["probability"] for t in top) - 1) < 0.5
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    user_error("serve", str(run), "--max-concurrency", "0", names="--max-concurrency")
+
+
+# -- commands without a run ------------------------------------------------------------------------
+@pytest.mark.slow
+def test_models_list() -> None:
+    rows = json.loads(ok("models", "list", "--json").stdout)
+    assert {"lenet5", "alexnet", "resnet18"} <= {r["name"] for r in rows}
+
+
+def test_models() -> None:
+    summary = json.loads(ok("models", "show", "lenet5", "--num-classes", "10", "--json").stdout)
+    from cnnlab.models import create_model
+
+    reference = create_model("lenet5", num_classes=10, in_channels=3)
+    assert summary["params"] == sum(p.numel() for p in reference.parameters())
+    user_error("models", "show", "resnet19", names=["resnet19", "resnet18"])
+
+
+def test_conv() -> None:
+    proc = ok("conv", "--x", "1 2 3 4", "--w", "1 1", "--json")
+    result = json.loads(proc.stdout)
+    flat = np.ravel(result["output"]).tolist()
+    assert flat == np.convolve([1, 2, 3, 4], [1, 1], mode="valid").tolist()
+    user_error("conv", "--x", "1 two 3", "--w", "1", names="two")
+
+
+def test_metrics(work: Path) -> None:
+    path = work / "scores.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "score_a", "score_b"])
+        w.writerows([["a", 0.9, 0.1], ["b", 0.2, 0.8], ["a", 0.4, 0.6], ["b", 0.3, 0.7]])
+    metrics = json.loads(ok("metrics", str(path), "--json").stdout)
+    assert metrics["accuracy"] == 0.75  # rows 1, 2, 4 right
+    bad = work / "no-label.csv"
+    bad.write_text("truth,score_a,score_b\na,0.5,0.5\n")
+    user_error("metrics", str(bad), names=["no-label.csv", "label"])
+
+
+def test_data_check(work: Path, digits: list[Path]) -> None:
+    root = work / "check"
+    for name, src in (("x", digits[:2]), ("y", digits[2:])):
+        (root / name).mkdir(parents=True)
+        for p in src:
+            (root / name / p.name).write_bytes(p.read_bytes())
+    report = json.loads(ok("data", "check", str(root), "--json").stdout)
+    assert report["class_names"] == ["x", "y"] if "class_names" in report else report
+    user_error("data", "check", str(work / "no-such-folder"), names="no-such-folder")
+
+
+def test_option_errors_from_the_parser_are_one_line_too(work: Path) -> None:
+    """argparse's own refusals (a wrong type, a missing argument, an unknown command) follow the
+    same shape: one line naming the option and the command's --help, exit 2."""
+    user_error("serve", str(work), "--max-concurrency", "abc", names=["--max-concurrency", "abc"])
+    user_error("predict", names=["run", "cnnlab predict --help"])
+    user_error("trian", names=["trian", "train"])
+
+
+def test_bench() -> None:
+    assert "train" in ok("bench", "list").stdout.split()
+    user_error("bench", "trian", names=["trian", "train"])
+
+
+@pytest.mark.slow
+def test_lr_find(work: Path) -> None:
+    plot = work / "lr.png"
+    proc = ok(
+        "lr-find", "--data", "builtin:digits", "--model", "lenet5", "--batch-size", "64",
+        "--steps", "8", "--plot", str(plot),
+    )  # fmt: skip
+    assert plot.is_file() and "lr" in proc.stdout.lower()
+
+
+def test_lr_find_bad_input() -> None:
+    user_error("lr-find", "--data", "builtin:digits", "--start", "1", "--end", "0.1",
+               names=["start", "end"])  # fmt: skip
+
+
+# -- task commands: bad input fast, training slow --------------------------------------------------
+def test_segment_bad_input(work: Path) -> None:
+    user_error("segment", "evaluate", str(work / "no-seg-run"), names="no-seg-run")
+
+
+def test_detect_bad_input(work: Path) -> None:  # said before torch is even imported
+    user_error("detect", "predict", str(work / "no-det-run"), "x.png", "--out", str(work / "d"),
+               names="no-det-run")  # fmt: skip
+
+
+def test_video_bad_input(work: Path) -> None:
+    user_error("video", "train", "--model", "r3d_19", "--out", str(work / "v"), names="r3d_19")
+
+
+def test_demo_bad_input(work: Path) -> None:
+    user_error("demo", "--epochs", "0", "--out", str(work / "demo"), names="epochs")
+
+
+def test_transfer_study_bad_input(run: Path, work: Path) -> None:
+    user_error(
+        "transfer-study", str(run), "--data", "builtin:digits", "--strategies", "magic",
+        "--out", str(work / "study"), names="magic",
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_demo(work: Path) -> None:
+    proc = ok("demo", "--epochs", "1", "--out", str(work / "demo-runs"))
+    assert "run directory:" in proc.stdout or "report" in proc.stdout
+
+
+@pytest.mark.slow
+def test_transfer_study(run: Path, work: Path) -> None:
+    out = work / "study-ok"
+    ok(
+        "transfer-study", str(run), "--data", "builtin:digits", "--shots", "5",
+        "--strategies", "scratch,linear-probe", "--epochs", "1", "--batch-size", "32",
+        "--out", str(out),
+    )  # fmt: skip
+    study = json.loads((out / "study.json").read_text())
+    assert study
+
+
+@pytest.mark.slow
+def test_segment(work: Path, digits: list[Path]) -> None:
+    runs = work / "seg-runs"
+    ok(
+        "segment", "train", "--data", "builtin:shapes?n=30&size=16", "--encoder", "lenet5",
+        "--image-size", "16", "--epochs", "1", "--batch-size", "4", "--precision", "32",
+        "--no-report", "--out", str(runs), "--name", "seg",
+    )  # fmt: skip
+    metrics = json.loads(ok("segment", "evaluate", str(runs / "seg"), "--json", "--no-report",
+                            "--out", str(work / "seg-eval")).stdout)  # fmt: skip
+    assert 0 <= metrics["mean_iou"] <= 1
+    ok("segment", "predict", str(runs / "seg"), str(digits[0]), "--out", str(work / "masks"))
+    assert list((work / "masks").iterdir())
+
+
+@pytest.mark.slow
+def test_detect(work: Path, digits: list[Path]) -> None:
+    runs = work / "det-runs"
+    ok(
+        "detect", "train", "--data", "builtin:shapes?n=12&size=64&objects=2", "--epochs", "1",
+        "--batch-size", "4", "--val-fraction", "0", "--test-fraction", "0", "--device", "cpu",
+        "--no-report", "--out", str(runs), "--name", "det",
+    )  # fmt: skip
+    ok("detect", "predict", str(runs / "det"), str(digits[0]), "--out", str(work / "boxes"))
+    assert (work / "boxes").is_dir()
+
+
+@pytest.mark.slow
+def test_video(work: Path) -> None:
+    runs = work / "video-runs"
+    ok(
+        "video", "train", "--data", "builtin:moving-shapes?n=20&frames=4&size=16&speed=0.5",
+        "--model", "r3d_small", "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.2",
+        "--test-fraction", "0.3", "--no-report", "--out", str(runs), "--name", "vid",
+    )  # fmt: skip
+    proc = ok("video", "evaluate", str(runs / "vid"), "--json", "--out", str(work / "v-eval"))
+    assert "accuracy" in proc.stdout

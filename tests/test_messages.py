@@ -1,0 +1,216 @@
+"""Every command-line flag that a message suggests exists on the command(s) that can print it.
+
+The scan reads every string literal of src/cnnlab (docstrings and argparse help texts aside), finds
+the `--flags` in it and checks them against the real parser (`cnnlab.cli.build_parser`):
+
+* a literal that names its command (`cnnlab train --devices 2`) is checked against that command;
+* in cli.py, a literal inside an `@command("x")` handler is checked against `x`;
+* every other literal against the commands listed for its function in `PRINTED_BY` below: the
+  commands whose code path reaches that function (judged from the call graph; a function only
+  reached when the user passed a flag lists the commands that have it). A module or function that
+  suggests flags and is missing from the table fails the test, so new messages get a row.
+
+Flags of other programs (torchrun's) are listed in `FOREIGN`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from cnnlab.cli import build_parser
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "cnnlab"
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+NAMED = re.compile(r"cnnlab ((?:[a-z][a-z-]*)(?: (?:train|evaluate|predict|track|check))?)")
+FOREIGN = {"--nproc-per-node", "--standalone", "--max-restarts", "--help"}
+
+TRAINERS = ("train", "finetune", "transfer-study")  # all through api.train with TrainConfig options
+TASK_TRAINERS = ("segment train", "detect train", "video train")
+DECODERS = ("data check", *TRAINERS, "lr-find", "segment train", "detect train", "serve")
+DEVICE = (
+    *TRAINERS,
+    "lr-find",
+    "evaluate",
+    "predict",
+    "embed",
+    "explain",
+    "serve",
+    "segment train",
+    "segment evaluate",
+    "segment predict",
+    "detect train",
+    "detect evaluate",
+    "detect predict",
+)
+DISTRIBUTED = ("train", "finetune")  # --devices / torchrun
+PRINTED_BY: dict[str, tuple[str, ...]] = {
+    "api.py:resolve_device": DEVICE,  # only when --device cuda/mps was asked for
+    "api.py:resolve_precision": (*TRAINERS, "lr-find", *TASK_TRAINERS[:2]),  # --precision 16 asked
+    "api.py:use_streaming": TRAINERS,
+    "api.py:fits_on_device": TRAINERS,
+    "api.py:train": TRAINERS,
+    "api.py:_tensorboard": TRAINERS,  # only with --tensorboard
+    "api.py:_resume_target": ("train", "finetune"),  # only with --resume auto
+    "api.py:evaluate": ("evaluate",),
+    "cli.py:main": (*TRAINERS, "lr-find", *TASK_TRAINERS),  # out of memory: a training command
+    "data/decode.py:_check_options": DECODERS,  # only for a limit the user gave
+    "data/masks.py:check_mask_values": ("segment train", "segment evaluate"),
+    "data/masks.py:_coco": ("segment train", "segment evaluate"),
+    "data/scan.py:check": ("data check", *TRAINERS, "lr-find", "video train"),
+    "data/sources.py:stratified_split": (*TRAINERS, "lr-find", "video train"),
+    "data/sources.py:_torchvision": (*TRAINERS, "lr-find"),
+    "data/sources.py:load_source": (*TRAINERS, "lr-find", "evaluate", "embed"),
+    "data/sources.py:<module>": (*TRAINERS, "lr-find"),  # PIXEL_LIMIT_HINT, said by _from_items
+    "data/tensors.py:open_cache": TRAINERS,
+    "detect.py:train_detection": ("detect train",),
+    "engine/distributed.py:init_from_env": DISTRIBUTED,
+    "engine/distributed.py:local_batch_size": DISTRIBUTED,
+    "engine/distributed.py:wrap_ddp": DISTRIBUTED,
+    "engine/distributed.py:launch": DISTRIBUTED,
+    "engine/distributed.py:restart_run_dir": DISTRIBUTED,
+    "engine/distributed.py:torchrun_command": (),  # torchrun's own options (FOREIGN)
+    "engine/trainer.py:_forward_backward": (*TRAINERS, "segment train", "detect train"),
+    "explain/conv.py:run_lab": ("conv",),
+    "export.py:_decode_props": ("export",),
+    "export.py:export_module": ("export",),
+    "export.py:compare_outputs": ("export",),
+    "export.py:_export_onnx": ("export",),
+    "models/segmentation.py:load_encoder_from_run": ("segment train",),
+    "report/explain_page.py:explain_image": ("explain",),
+    "segment.py:train_segmentation": ("segment train",),
+    "serve/app.py": ("serve",),  # the whole module: the web explorer is `cnnlab serve`
+    "video/predict.py:run_cli": ("video predict",),
+    "video/train.py:_folder_clips": ("video train",),
+    "video/train.py:train_video": ("video train",),
+}
+
+#: (function, flag) pairs said only on a path that some of the function's commands never take
+ONLY_ON: dict[tuple[str, str], tuple[str, ...]] = {
+    # "resume needs the same classes (use --init-from ...)": only under --resume, which a
+    # transfer study never passes (it sets each run itself)
+    ("api.py:train", "--init-from"): ("train", "finetune"),
+}
+
+
+def command_flags() -> dict[str, set[str]]:
+    """'train' -> {'--data', ...}; nested actions as 'segment train', 'data check'."""
+    flags: dict[str, set[str]] = {}
+
+    def walk(parser: argparse.ArgumentParser, name: str) -> None:
+        own = {s for a in parser._actions for s in a.option_strings}
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if name:
+            flags[name] = own
+        for sub in subs:
+            for child, p in sub.choices.items():
+                walk(p, f"{name} {child}".strip())
+        for a in parser._actions:  # `data check` and `models list/show` are positional choices
+            if name and a.dest == "action" and a.choices:
+                for choice in a.choices:
+                    flags[f"{name} {choice}"] = own
+
+    walk(build_parser(), "")
+    return flags
+
+
+def suggested_flags() -> list[tuple[str, str, int, str]]:
+    """(key, literal, line, command-in-literal) for every string literal that names a flag."""
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC).as_posix()
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+        }
+
+        def visit(
+            node: ast.AST,
+            function: str | None,
+            command: str | None,
+            rel: str = rel,
+            docstrings: set[int] = docstrings,
+        ) -> None:
+            for child in ast.iter_child_nodes(node):
+                fn, cmd = function, command
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn is None:
+                    fn = child.name
+                    for deco in child.decorator_list:
+                        if (
+                            isinstance(deco, ast.Call)
+                            and getattr(deco.func, "id", "") == "command"
+                            and deco.args
+                        ):
+                            cmd = deco.args[0].value
+                if isinstance(child, ast.Call) and getattr(child.func, "attr", "") in (
+                    "add_argument",
+                    "add_parser",
+                    "ArgumentParser",
+                ):
+                    continue  # a command's own help text
+                if (
+                    isinstance(child, ast.Constant)
+                    and isinstance(child.value, str)
+                    and id(child) not in docstrings
+                    and FLAG.search(child.value)
+                ):
+                    key = f"{rel}:{fn or '<module>'}"
+                    found.append((key, child.value, child.lineno, cmd or ""))
+                visit(child, fn, cmd, rel, docstrings)
+
+        visit(tree, None, None)
+    return found
+
+
+def test_the_scan_finds_the_messages_it_is_about():
+    """The scan sees f-string parts and joined literals: known messages are among its finds."""
+    found = {(key, text) for key, text, _, _ in suggested_flags()}
+    keys = {key for key, _ in found}
+    assert "data/scan.py:check" in keys and "api.py:train" in keys
+    assert any("lower --batch-size" in text for key, text in found if key == "api.py:train")
+
+
+def test_every_suggested_flag_exists_on_the_commands_that_print_it():
+    flags = command_flags()
+    assert {"train", "serve", "data check", "segment train", "video predict"} <= set(flags)
+    wrong, unmapped = [], set()
+    for key, text, line, handler in suggested_flags():
+        for flag in FLAG.findall(text):
+            if flag in FOREIGN:
+                continue
+            before = text[: text.index(flag)]
+            named = NAMED.findall(before)
+            if named:  # "cnnlab train --devices 2": that command's flag
+                commands: tuple[str, ...] = (named[-1].strip(),)
+            elif handler:
+                commands = (handler,)
+            elif (key, flag) in ONLY_ON:
+                commands = ONLY_ON[key, flag]
+            elif key in PRINTED_BY or key.split(":")[0] in PRINTED_BY:
+                commands = PRINTED_BY.get(key) or PRINTED_BY[key.split(":")[0]]
+            else:
+                unmapped.add(key)
+                continue
+            for cmd in commands:
+                if cmd not in flags:
+                    wrong.append(f"{key} line {line}: command {cmd!r} does not exist")
+                elif flag not in flags[cmd]:
+                    wrong.append(f"{key} line {line}: `cnnlab {cmd}` has no {flag}: {text!r}")
+    assert not unmapped, f"add these to PRINTED_BY (which commands print them?): {sorted(unmapped)}"
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("run `cnnlab train --devices 2`", ["train"]), ("cnnlab data check --strict", ["data check"])],
+)
+def test_a_message_that_names_its_command_is_checked_against_it(text, expected):
+    assert NAMED.findall(text) == expected
