@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.tasks.registry import TASKS, get_task, recorded_task
 
 COMMON = {"epochs": 1, "batch_size": 4, "device": "cpu", "precision": "32", "report": False}
@@ -60,7 +60,8 @@ def test_registry_knows_every_recorded_task() -> None:
     )
     with pytest.raises(ConfigError, match="unknown task 'segmentaton'.*segmentation"):
         get_task("segmentaton")
-    assert recorded_task("model.onnx") == "classification"
+    with pytest.raises(CheckpointError, match="ONNX file not found"):
+        recorded_task("model.onnx")  # an exported file's task is read from the file itself
 
 
 def test_evaluate_and_predict_a_segmentation_run(seg_run: Path, tmp_path: Path) -> None:

@@ -114,7 +114,11 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+    # Set both ways: the flag is process-wide, and a --deterministic run must not leave the next
+    # run in the same process (a notebook, the test suite) on deterministic kernels it did not ask
+    # for (with bf16 autocast on an AVX-512 CPU, r3d_small's deterministic conv3d path gave NaN).
+    torch.use_deterministic_algorithms(deterministic)
+    if deterministic:
         torch.backends.cudnn.benchmark = False
 
 
