@@ -111,3 +111,60 @@ def test_classification_on_digits_learns(digits_csv, tmp_path, labels: str) -> N
         assert accuracy >= 0.90
     else:
         assert accuracy <= 1 / len(classes) + CHANCE_MARGIN
+
+
+# -- segmentation: builtin:shapes as image and mask PNG folders ------------------------------------
+@pytest.fixture(scope="module")
+def shapes_masks(tmp_path_factory) -> dict[str, Path]:
+    """1,000 16 px builtin:shapes images and their masks as DIR/images + DIR/masks PNGs with a
+    classes.json; in shuffled/ the same images carry each other's masks."""
+    from cnnlab.data.builtin import make_shapes
+
+    shapes = make_shapes(1000, 16, seed=SEED)
+    names = ["background", *shapes.class_names]
+    perm = _permuted(len(shapes.images))
+    roots = {}
+    for kind, order in (("true", np.arange(len(perm))), ("shuffled", perm)):
+        root = roots[kind] = tmp_path_factory.mktemp("shapes-seg") / kind
+        for sub in ("images", "masks"):
+            (root / sub).mkdir(parents=True)
+        (root / "classes.json").write_text(json.dumps(names))
+        for i, (image, j) in enumerate(zip(shapes.images, order, strict=True)):
+            Image.fromarray(image).save(root / "images" / f"{i:04d}.png")
+            Image.fromarray(shapes.masks[j]).save(root / "masks" / f"{i:04d}.png")
+    return roots
+
+
+@pytest.mark.parametrize("labels", ["true", "shuffled"])
+def test_segmentation_on_shapes_learns(shapes_masks, tmp_path, labels: str) -> None:
+    data = shapes_masks[labels]
+    run = _cli(
+        "segment", "train", "--data", str(data), "--encoder", "lenet5", "--image-size", "16",
+        "--epochs", "8", "--batch-size", "16", "--lr", "1e-2", "--val-fraction", "0.1",
+        "--test-fraction", "0.2", "--seed", str(SEED), "--deterministic", "--device", "cpu",
+        "--precision", "32", "--no-report",
+        out=tmp_path, name=labels,
+    )  # fmt: skip
+    metrics = _read(run, "test_metrics.json")
+    splits = _read(run, "splits.json")["splits"]
+    assert not set(splits["test"]) & (set(splits["train"]) | set(splits["val"]))
+    k = len(metrics["class_names"])
+    assert metrics["class_names"] == json.loads((data / "classes.json").read_text())
+    # the scored pixels are the test masks' own: true pixels per class (rows) from the files
+    matrix = np.asarray(metrics["confusion_matrix"])
+    masks = _pixels(data / "masks", splits["test"]) * 255
+    truth = np.bincount(masks.astype(np.int64).ravel(), minlength=k)
+    np.testing.assert_array_equal(matrix.sum(1), truth)
+    # mean IoU from the confusion matrix: TP / (TP + FP + FN), over the classes that occur
+    tp = np.diag(matrix)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    miou = (tp[union > 0] / union[union > 0]).mean()
+    assert metrics["mean_iou"] == pytest.approx(miou, abs=1e-9)
+    spec = _read(run, "preprocess.json")
+    train = _pixels(data / "images", splits["train"])
+    assert spec["mean"] == pytest.approx(train.mean((0, 1, 2)), abs=2e-6)
+    assert spec["std"] == pytest.approx(train.reshape(-1, 3).std(0, ddof=1), abs=2e-6)
+    if labels == "true":
+        assert miou >= 0.70
+    else:
+        assert miou <= 0.35
