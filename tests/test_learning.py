@@ -168,3 +168,135 @@ def test_segmentation_on_shapes_learns(shapes_masks, tmp_path, labels: str) -> N
         assert miou >= 0.70
     else:
         assert miou <= 0.35
+
+
+# -- video: builtin:moving-shapes directions as class folders of MP4 files -------------------------
+@pytest.fixture(scope="module")
+def moving_shapes_folders(tmp_path_factory) -> dict[str, Path]:
+    """160 clips of 6 frames (16 px) of a shape moving left or right, as MP4 files in one folder
+    per class (UCF101 layout); in shuffled/ each clip sits in the folder of another's class."""
+    from cnnlab.video.io import write_video
+    from cnnlab.video.synthetic import make_moving_shapes
+
+    clips = make_moving_shapes(160, 6, 16, seed=SEED, speed=1.0)
+    perm = _permuted(len(clips.targets))
+    roots = {}
+    for kind, labels in (("true", clips.targets), ("shuffled", clips.targets[perm])):
+        root = roots[kind] = tmp_path_factory.mktemp("moving-shapes") / kind
+        for i, (clip, label) in enumerate(zip(clips.clips, labels, strict=True)):
+            folder = root / clips.class_names[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            write_video(folder / f"clip{i:03d}.mp4", clip, fps=clips.fps)
+    return roots
+
+
+@pytest.mark.parametrize("labels", ["true", "shuffled"])
+def test_video_on_moving_shape_directions_learns(moving_shapes_folders, tmp_path, labels: str):
+    data = moving_shapes_folders[labels]
+    run = _cli(
+        "video", "train", "--data", str(data), "--model", "r3d_small", "--frames", "6",
+        "--image-size", "16", "--epochs", "6", "--batch-size", "16", "--lr", "3e-3",
+        "--val-fraction", "0.1", "--test-fraction", "0.3", "--seed", str(SEED),
+        "--deterministic", "--device", "cpu", "--precision", "32", "--no-report",
+        out=tmp_path, name=labels,
+    )  # fmt: skip
+    classes = _read(run, "classes.json")
+    splits = _read(run, "splits.json")["splits"]
+    saved = np.load(run / "test_predictions.npz")
+    ids = [str(i) for i in saved["ids"]]
+    assert sorted(ids) == sorted(splits["test"]) and len(ids) == 48  # 30% of 160, stratified
+    assert not set(ids) & (set(splits["train"]) | set(splits["val"]))
+    assert [classes[t] for t in saved["targets"]] == [Path(i).parent.name for i in ids]
+    accuracy = accuracy_score(saved["targets"], saved["probs"].argmax(1))
+    assert _read(run, "test_metrics.json")["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+    print("ACC", labels, accuracy)
+    if labels == "true":
+        assert accuracy >= 0.90
+    else:
+        assert accuracy <= 0.75  # chance 0.5; 48 test clips: 3.5 standard deviations above
+
+
+# -- detection: builtin:shapes boxes as COCO JSON --------------------------------------------------
+DETECTION_SHAPES = 300  # images of 32 px, one shape each
+
+
+@pytest.fixture(scope="module")
+def shapes_coco(tmp_path_factory) -> dict[str, Path]:
+    """builtin:shapes images (PNG) with their boxes in COCO instances files: true.json, and
+    shuffled.json where each image carries another image's annotations. Category ids 0..K-1, so
+    that a results file with either the dataset's ids or class indices reads the same."""
+    from cnnlab.data.builtin import make_shapes
+
+    shapes = make_shapes(DETECTION_SHAPES, 32, seed=SEED, objects=1)
+    root = tmp_path_factory.mktemp("shapes-coco")
+    (root / "images").mkdir()
+    images = []
+    for i, image in enumerate(shapes.images):
+        Image.fromarray(image).save(root / "images" / f"{i:04d}.png")
+        images.append({"id": i, "file_name": f"{i:04d}.png", "width": 32, "height": 32})
+    categories = [{"id": k, "name": name} for k, name in enumerate(shapes.class_names)]
+    perm = _permuted(len(images))
+    files = {}
+    for kind, order in (("true", np.arange(len(images))), ("shuffled", perm)):
+        annotations = []
+        for i, j in enumerate(order):
+            for (x0, y0, x1, y1), label in zip(shapes.boxes[j], shapes.box_labels[j], strict=True):
+                w, h = float(x1 - x0), float(y1 - y0)
+                annotations.append({"id": len(annotations) + 1, "image_id": i, "iscrowd": 0,
+                                    "category_id": int(label), "bbox": [float(x0), float(y0), w, h],
+                                    "area": w * h})  # fmt: skip
+        files[kind] = root / f"{kind}.json"
+        doc = {"images": images, "annotations": annotations, "categories": categories}
+        files[kind].write_text(json.dumps(doc))
+    return files
+
+
+def _coco_map50(truth: dict, results: list[dict], image_ids: list[int]) -> float:
+    """pycocotools' AP at IoU 0.5 (area all, 100 detections) of ``results`` on ``image_ids``."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:
+        return 0.0
+    gt = COCO()
+    gt.dataset = {
+        "images": [im for im in truth["images"] if im["id"] in image_ids],
+        "annotations": [a for a in truth["annotations"] if a["image_id"] in image_ids],
+        "categories": truth["categories"],
+    }
+    gt.createIndex()
+    ev = COCOeval(gt, gt.loadRes(results), "bbox")
+    ev.params.imgIds = sorted(image_ids)
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return float(ev.stats[1])
+
+
+@pytest.mark.parametrize("labels", ["true", "shuffled"])
+def test_detection_on_shapes_learns(shapes_coco, tmp_path, labels: str) -> None:
+    data = shapes_coco[labels]
+    run = _cli(
+        "detect", "train", "--data", str(data), "--model", "fasterrcnn", "--backbone", "resnet18",
+        "--backbone-variant", "imagenet", "--fpn-channels", "64", "--box-head-width", "128",
+        "--image-size", "32", "--epochs", "6", "--batch-size", "8", "--lr", "5e-3",
+        "--val-fraction", "0.1", "--test-fraction", "0.1", "--seed", str(SEED),
+        "--deterministic", "--device", "cpu", "--precision", "32", "--no-report",
+        out=tmp_path, name=labels,
+    )  # fmt: skip
+    metrics = _read(run, "test_metrics.json")
+    splits = _read(run, "splits.json")["splits"]
+    assert not set(splits["test"]) & (set(splits["train"]) | set(splits["val"]))
+    test_ids = [int(i) for i in splits["test"]]
+    truth = json.loads(data.read_text())
+    assert metrics["num_images"] == len(test_ids) == DETECTION_SHAPES // 10
+    # the recorded detections scored by pycocotools against the annotations written here
+    results = _read(run, "test_predictions.json")
+    assert {r["image_id"] for r in results} <= set(test_ids)
+    map50 = _coco_map50(truth, results, test_ids)
+    print("MAP", labels, metrics["map_50"], map50)
+    assert metrics["map_50"] == pytest.approx(map50, abs=0.02)
+    if labels == "true":
+        assert map50 >= 0.50
+    else:
+        assert map50 <= 0.20
