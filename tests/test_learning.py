@@ -9,6 +9,9 @@ what the run recorded is checked against the files written here: the test split 
 the test files, with their own labels, disjoint from the training split (a wrong split or a
 class-index mix-up), and the normalisation statistics are the training split's (not another
 split's).
+
+Classification (builtin:digits), segmentation (builtin:shapes) and video (builtin:moving-shapes)
+are in the fast tier; detection, which needs minutes of CPU to clear its bar, is marked slow.
 """
 
 from __future__ import annotations
@@ -209,7 +212,6 @@ def test_video_on_moving_shape_directions_learns(moving_shapes_folders, tmp_path
     assert [classes[t] for t in saved["targets"]] == [Path(i).parent.name for i in ids]
     accuracy = accuracy_score(saved["targets"], saved["probs"].argmax(1))
     assert _read(run, "test_metrics.json")["accuracy"] == pytest.approx(accuracy, abs=1e-12)
-    print("ACC", labels, accuracy)
     if labels == "true":
         assert accuracy >= 0.90
     else:
@@ -217,7 +219,7 @@ def test_video_on_moving_shape_directions_learns(moving_shapes_folders, tmp_path
 
 
 # -- detection: builtin:shapes boxes as COCO JSON --------------------------------------------------
-DETECTION_SHAPES = 300  # images of 32 px, one shape each
+DETECTION_SHAPES = 400  # images of 64 px, one shape each
 
 
 @pytest.fixture(scope="module")
@@ -227,13 +229,13 @@ def shapes_coco(tmp_path_factory) -> dict[str, Path]:
     that a results file with either the dataset's ids or class indices reads the same."""
     from cnnlab.data.builtin import make_shapes
 
-    shapes = make_shapes(DETECTION_SHAPES, 32, seed=SEED, objects=1)
+    shapes = make_shapes(DETECTION_SHAPES, 64, seed=SEED, objects=1)
     root = tmp_path_factory.mktemp("shapes-coco")
     (root / "images").mkdir()
     images = []
     for i, image in enumerate(shapes.images):
         Image.fromarray(image).save(root / "images" / f"{i:04d}.png")
-        images.append({"id": i, "file_name": f"{i:04d}.png", "width": 32, "height": 32})
+        images.append({"id": i, "file_name": f"{i:04d}.png", "width": 64, "height": 64})
     categories = [{"id": k, "name": name} for k, name in enumerate(shapes.class_names)]
     perm = _permuted(len(images))
     files = {}
@@ -273,13 +275,17 @@ def _coco_map50(truth: dict, results: list[dict], image_ids: list[int]) -> float
     return float(ev.stats[1])
 
 
+# Slow tier: the cheapest setting found that clears mAP@0.5 0.5 with a margin (Faster R-CNN on
+# 64 px, 320 training images, 8 epochs) trains for minutes on a 2-core CPU; at 32 px (ImageNet or
+# small-input stem) or with fewer epochs it stayed at 0.2-0.45 or swung between epochs.
+@pytest.mark.slow
 @pytest.mark.parametrize("labels", ["true", "shuffled"])
 def test_detection_on_shapes_learns(shapes_coco, tmp_path, labels: str) -> None:
     data = shapes_coco[labels]
     run = _cli(
         "detect", "train", "--data", str(data), "--model", "fasterrcnn", "--backbone", "resnet18",
         "--backbone-variant", "imagenet", "--fpn-channels", "64", "--box-head-width", "128",
-        "--image-size", "32", "--epochs", "6", "--batch-size", "8", "--lr", "5e-3",
+        "--image-size", "64", "--epochs", "8", "--batch-size", "8", "--lr", "2e-3",
         "--val-fraction", "0.1", "--test-fraction", "0.1", "--seed", str(SEED),
         "--deterministic", "--device", "cpu", "--precision", "32", "--no-report",
         out=tmp_path, name=labels,
@@ -294,7 +300,6 @@ def test_detection_on_shapes_learns(shapes_coco, tmp_path, labels: str) -> None:
     results = _read(run, "test_predictions.json")
     assert {r["image_id"] for r in results} <= set(test_ids)
     map50 = _coco_map50(truth, results, test_ids)
-    print("MAP", labels, metrics["map_50"], map50)
     assert metrics["map_50"] == pytest.approx(map50, abs=0.02)
     if labels == "true":
         assert map50 >= 0.50
