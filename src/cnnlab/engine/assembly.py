@@ -110,7 +110,7 @@ def fit_and_record(
     state = trainer.fit(train_loader, val_loader, epochs)
     train_time = time.perf_counter() - t0
     if state.interrupted:
-        raise Interrupted(f"{state.stop_reason}; the last checkpoint is in {run_dir}")
+        raise Interrupted(f"{state.stop_reason}; resume with --resume {run_dir}")
     write_json(
         run_dir / "run.json",
         {"train_time_s": train_time, "setup_time_s": t0 - t_call, "precision": trainer.precision,

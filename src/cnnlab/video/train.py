@@ -66,6 +66,7 @@ from cnnlab.engine.devices import (
     seed_everything,
 )
 from cnnlab.engine.loaders import make_loader
+from cnnlab.engine.resume import restore, resume_target, resumed_config
 from cnnlab.engine.trainer import Trainer, autocast, check_monitor
 from cnnlab.errors import CheckpointError, ConfigError, DataError, close_matches
 from cnnlab.run import (
@@ -134,6 +135,7 @@ class VideoConfig:
     monitor: str = "val_accuracy"  # clip accuracy (higher better), val_loss / train_loss lower
     out: str = "runs"
     name: str | None = None
+    resume: str | None = None  # a run folder or checkpoint to continue ("auto": --out/--name)
     report: bool = True
     keep: Keep = (
         "best"  # checkpoints kept: best (+ the last epoch's, resumable) | last | all epochs
@@ -370,6 +372,9 @@ def train_video(
     else:
         cfg = make_config(VideoConfig, config, **options)
     t_call = time.perf_counter()
+    resumed = resume_target(cfg.resume, cfg.out, cfg.name) if cfg.resume else None
+    if resumed:  # the run's own config; only epochs, device, precision, early stopping may change
+        cfg = make_config(VideoConfig, **resumed_config(VideoConfig, cfg, resumed[0]))
     seed_everything(cfg.seed, cfg.deterministic)
     device = resolve_device(cfg.device)
     check_video_model(cfg.model, cfg.weights)  # before any video is decoded
@@ -393,7 +398,8 @@ def train_video(
     spec = dataclasses.replace(_frames_spec(s, cfg.resize), mean=tuple(mean), std=tuple(std))
     wide = clip_spec(spec, t)
 
-    run_dir = new_run_dir(cfg.out, cfg.name, cfg.model, cfg.data, private=cfg.private)
+    run_dir = resumed[0] if resumed else new_run_dir(cfg.out, cfg.name, cfg.model, cfg.data,
+                                                     private=cfg.private)  # fmt: skip
     write_json(run_dir / "config.json", cfg.to_dict())
     write_json(run_dir / "classes.json", class_names)
     write_json(run_dir / "preprocess.json", spec.to_dict() | {"frames": t})
@@ -454,6 +460,8 @@ def train_video(
         grad_clip=cfg.grad_clip, callbacks=callbacks,
         describe_batch=lambda idx: [sample_of(i) for i in idx[:8]],
     )  # fmt: skip
+    if resumed:
+        restore(trainer, model, *resumed)
     state, train_time = fit_and_record(
         trainer, train_loader, val_loader, cfg.epochs, run_dir, t_call, task=TASK,
         clips=int(n), frames=t, image_size=s,
