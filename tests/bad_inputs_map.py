@@ -172,19 +172,28 @@ CASES: dict[int, list[str] | str] = {
         f"{SERVE}::test_twenty_concurrent_uploads_wait_their_turn_and_all_succeed",
         f"{SERVE}::test_a_waiting_upload_gets_the_slot_a_finished_one_frees",
     ],
-    63: "open: `cnnlab evaluate RUN` still writes into the run directory (issue 20 item 2, on the "
-    "lead's branch); predict, explain, export and serve are covered by their own tests",
+    63: [
+        "tests/test_precision.py::test_evaluate_leaves_the_run_byte_identical_and_reproduces_its_metrics",
+        "tests/test_segmentation.py::test_folder_layout_trains_evaluates_and_predicts",
+        "tests/test_detection.py::test_format_round_trip_train_evaluate",
+        "tests/test_video_train.py::test_train_then_evaluate_reproduces_test_metrics",
+    ],
     64: [
         f"{SOURCES}::test_case_64_a_dataset_with_one_class_is_refused_naming_it",
         f"{CLI}::test_train_refuses_a_one_class_folder_naming_the_class",
     ],
     65: ["tests/test_messages.py::test_every_suggested_flag_exists_on_the_commands_that_print_it"],
-    66: "open: one inference precision policy (issue 20 item 1, on the lead's branch)",
+    66: [
+        "tests/test_precision.py::test_inference_defaults_to_fp32_on_cpu_whatever_training_used",
+        "tests/test_precision.py::test_predict_evaluate_and_the_model_agree_on_probabilities",
+        "tests/test_precision.py::test_the_web_explorer_answers_as_predict_does_at_the_same_precision",
+        "tests/test_export.py::test_predict_onnx_matches_api_predict",
+    ],
     67: "n/a: cnnlab has no multi-label classification (a CSV has one label per row)",
     68: "n/a: cnnlab has no class-weights option",
     69: "open: no warning for a class with fewer than 5 training images yet (and no "
     "--sampler balanced / --class-weights to suggest)",
     70: "n/a: cnnlab has no out-of-domain score at prediction time",
     71: "n/a: cnnlab has no shared hyper-parameter tuning store",
-    72: "open: no test yet resumes a run of another task (segment, detect, video) with `train`",
+    72: ["tests/test_resume_tasks.py::test_resume_of_another_tasks_run_is_refused_naming_both"],
 }

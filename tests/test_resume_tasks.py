@@ -99,6 +99,19 @@ def test_resume_may_extend_epochs_but_keeps_the_runs_own_settings(tmp_path):
     assert longer.config.lr == first.config.lr  # a resume does not change the recipe
 
 
+def test_resume_of_another_tasks_run_is_refused_naming_both(tmp_path):
+    """bad-inputs case 72."""
+    from cnnlab.errors import CheckpointError
+
+    seg = api.segment_train(out=str(tmp_path), name="s", **(SEG | {"epochs": 1}))
+    with pytest.raises(CheckpointError, match="is a segmentation run, not a classification one"):
+        api.train(resume=str(seg.run_dir))
+    with pytest.raises(
+        CheckpointError, match="not a detection one; resume it with `cnnlab segment"
+    ):
+        api.detect_train(resume=str(seg.run_dir))
+
+
 def test_resume_of_something_that_is_not_a_run(tmp_path):
     from cnnlab.errors import CheckpointError
 

@@ -202,7 +202,7 @@ def train_detection(
     else:
         cfg = make_config(DetectConfig, config, **options)
     t_call = time.perf_counter()
-    resumed = resume_target(cfg.resume, cfg.out, cfg.name) if cfg.resume else None
+    resumed = resume_target(cfg.resume, cfg.out, cfg.name, "detection") if cfg.resume else None
     if resumed:  # the run's own config; only epochs, device, precision, early stopping may change
         cfg = make_config(DetectConfig, **resumed_config(DetectConfig, cfg, resumed[0]))
     seed_everything(cfg.seed, cfg.deterministic)

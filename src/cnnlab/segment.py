@@ -275,7 +275,7 @@ def train_segmentation(
     else:
         cfg = make_config(SegmentConfig, config, **options)
     t_call = time.perf_counter()
-    resumed = resume_target(cfg.resume, cfg.out, cfg.name) if cfg.resume else None
+    resumed = resume_target(cfg.resume, cfg.out, cfg.name, "segmentation") if cfg.resume else None
     if resumed:  # the run's own config; only epochs, device, precision, early stopping may change
         cfg = make_config(SegmentConfig, **resumed_config(SegmentConfig, cfg, resumed[0]))
     seed_everything(cfg.seed, cfg.deterministic)

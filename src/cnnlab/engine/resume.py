@@ -13,6 +13,7 @@ had at that step, so its final weights are bit-identical (tested per task).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,11 @@ log = logging.getLogger(__name__)
 MAY_CHANGE = ("epochs", "device", "precision", "early_stopping", "devices")
 
 
-def resume_target(resume: str, out: str | Path, name: str | None) -> tuple[Path, dict[str, Any]]:
-    """``--resume RUN_DIR | CHECKPOINT | auto`` -> (run folder, manifest entry to restore)."""
+def resume_target(
+    resume: str, out: str | Path, name: str | None, task: str = "classification"
+) -> tuple[Path, dict[str, Any]]:
+    """``--resume RUN_DIR | CHECKPOINT | auto`` -> (run folder, manifest entry to restore); a run of
+    another ``task`` is refused naming both (bad-inputs case 72)."""
     target = Path(resume)
     if resume == "auto":
         if not name:
@@ -43,14 +47,39 @@ def resume_target(resume: str, out: str | Path, name: str | None) -> tuple[Path,
     entry = CheckpointManager(run_dir / "checkpoints").latest_verified()
     if entry is None:
         raise CheckpointError(f"nothing to resume in {run_dir}: no verified checkpoint")
+    recorded = _recorded_task(run_dir / "checkpoints" / entry["weights"]["file"])
+    if recorded != task:
+        command = COMMANDS.get(recorded, "the command of its task")
+        raise CheckpointError(
+            f"{run_dir} is a {recorded} run, not a {task} one; resume it with "
+            f"`{command} --resume {run_dir}`"
+        )
     return run_dir, entry
+
+
+COMMANDS = {  # task -> the command that trains (and resumes) it
+    "classification": "cnnlab train",
+    "segmentation": "cnnlab segment train",
+    "detection": "cnnlab detect train",
+    "video-classification": "cnnlab video train",
+}
+
+
+def _recorded_task(weights: Path) -> str:
+    """The task in a checkpoint's safetensors header (no tensors read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        value = (f.metadata() or {}).get("task", '"classification"')
+    try:
+        return str(json.loads(value))
+    except json.JSONDecodeError:
+        return str(value)
 
 
 def resumed_config(cls: type, cfg: Any, run_dir: Path) -> dict[str, Any]:
     """The run's own config (its config.json) with what this call may change (:data:`MAY_CHANGE`,
     when given other than the default) and ``resume`` set to the run folder."""
-    import json
-
     saved = json.loads((run_dir / "config.json").read_text())
     defaults = cls()
     names = {f.name for f in dataclasses.fields(cls)}

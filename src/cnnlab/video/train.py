@@ -372,7 +372,7 @@ def train_video(
     else:
         cfg = make_config(VideoConfig, config, **options)
     t_call = time.perf_counter()
-    resumed = resume_target(cfg.resume, cfg.out, cfg.name) if cfg.resume else None
+    resumed = resume_target(cfg.resume, cfg.out, cfg.name, TASK) if cfg.resume else None
     if resumed:  # the run's own config; only epochs, device, precision, early stopping may change
         cfg = make_config(VideoConfig, **resumed_config(VideoConfig, cfg, resumed[0]))
     seed_everything(cfg.seed, cfg.deterministic)
