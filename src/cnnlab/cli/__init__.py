@@ -217,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="cpu")
     p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="detection runs: boxes scoring at least this (default: the run's score_threshold)",
+    )
+    p.add_argument(
         "--json", action="store_true", help="print the numbers (layers, shapes, probabilities)"
     )
 
@@ -576,9 +582,32 @@ def _explain(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         methods=tuple(args.method or ("gradcam", "gradcam++")),
         device=args.device,
+        score_threshold=args.score_threshold,
     )
     if args.json:
-        print(json.dumps({"trace": result["trace"], "cams": result["cams"]}, indent=2, default=str))
+        keys = ("task", "trace", "prediction", "cams")
+        print(json.dumps({k: result[k] for k in keys if k in result}, indent=2, default=str))
+        return 0
+    if result.get("task") == "segmentation":
+        t = Table(title=f"{args.image}: predicted classes")
+        t.add_column("class")
+        t.add_column("share of pixels", justify="right")
+        for row in result["prediction"]["classes"]:
+            t.add_row(str(row["class"]), f"{100 * row['area']:.1f}%")
+        out.print(t)
+        out.print(f"layer-by-layer page: {result['html']}")
+        return 0
+    if result.get("task") == "detection":
+        t = Table(
+            title=f"{args.image}: boxes scoring at least {result['prediction']['score_threshold']:g}"
+        )
+        t.add_column("class")
+        t.add_column("score", justify="right")
+        t.add_column("box (x0, y0, x1, y1), input pixels")
+        for row in result["prediction"]["boxes"]:
+            t.add_row(str(row["class"]), f"{row['score']:.3f}", str(row["box"]))
+        out.print(t)
+        out.print(f"layer-by-layer page: {result['html']}")
         return 0
     t = Table(title=f"{args.image}: top {args.top_k}")
     t.add_column("class")
