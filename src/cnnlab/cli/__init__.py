@@ -604,9 +604,12 @@ def _explain(args: argparse.Namespace) -> int:
         t.add_column("class")
         t.add_column("score", justify="right")
         t.add_column("box (x0, y0, x1, y1), input pixels")
-        for row in result["prediction"]["boxes"]:
+        boxes = result["prediction"]["boxes"]
+        for row in boxes[:20]:
             t.add_row(str(row["class"]), f"{row['score']:.3f}", str(row["box"]))
         out.print(t)
+        if len(boxes) > 20:
+            out.print(f"... and {len(boxes) - 20} more boxes (all in {result['json']})")
         out.print(f"layer-by-layer page: {result['html']}")
         return 0
     t = Table(title=f"{args.image}: top {args.top_k}")

@@ -261,11 +261,14 @@ def _filters_section(trace: Trace, fig_dir: Path) -> str:
     )
 
 
-def _feature_maps_section(trace: Trace, fig_dir: Path) -> str:
-    """Feature-map grids of the story layers."""
+def _feature_maps_section(
+    trace: Trace, fig_dir: Path, extra: list[LayerTrace] | None = None
+) -> str:
+    """Feature-map grids of the story layers (plus ``extra`` ones, e.g. a decoder's)."""
     esc = html.escape
     grids = []
-    for layer in _grid_layers(trace):
+    chosen = {layer.index: layer for layer in [*_grid_layers(trace), *(extra or [])]}
+    for layer in sorted(chosen.values(), key=lambda lay: lay.index):
         uri = _save_pil(feature_grid(layer), fig_dir / f"maps_{layer.index:03d}.png")
         c = layer.output_shape[0]
         kept = layer.maps.shape[0] if layer.maps is not None else 0
@@ -499,20 +502,47 @@ def explain_image(
 
 # -- segmentation and detection ------------------------------------------------------------------
 EXPLAINED_TASKS = ("classification", "segmentation", "detection")
+MAX_LISTED_BOXES = 10  # boxes named in the page's lead sentence
 
 
-def _html_page(heading: str, sub: str, n_layers: int, nav: list[tuple[str, str]], body: str) -> str:
+def _html_page(heading: str, sub: str, traced: str, nav: list[tuple[str, str]], body: str) -> str:
     esc = html.escape
     links = " &middot; ".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in nav)
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1"><title>{esc(heading)}</title>
 <style>{REPORT_CSS}{EXTRA_CSS}</style></head><body>
 <h1>{esc(heading)}</h1>
-<p class="muted">{esc(sub) + ". " if sub else ""}{n_layers} layers traced on one image.
+<p class="muted">{esc(sub) + ". " if sub else ""}{traced}.
 Sections: {links}</p>
 {body}
 <p class="muted">Written by cnnlab. Opens offline: everything is in this file.</p>
 </body></html>"""
+
+
+MAX_HEAD_GRIDS = 8  # decoder/head feature-map grids on a segmentation page
+
+
+def _head_layers(trace: Trace, backbone: str) -> list[LayerTrace]:
+    """A segmentation network's layers after its encoder (``backbone``: the encoder's module path)
+    that get a grid: every ReLU output (the end of each conv-BN-ReLU) and the last layer (one
+    score map per class), the last few only."""
+    after = [
+        layer
+        for layer in trace.layers
+        if layer.is_spatial and layer.maps is not None and not layer.name.startswith(backbone + ".")
+    ]
+    if not after:
+        return []
+    chosen = [layer for layer in after[:-1] if layer.kind == "ReLU"]
+    return [*chosen[-(MAX_HEAD_GRIDS - 1) :], after[-1]]
+
+
+def _swatch(rgb: Any) -> str:
+    r, g, b = (int(v) for v in rgb)
+    return (
+        f'<span style="display:inline-block;width:.9em;height:.9em;vertical-align:-.1em;'
+        f'border:1px solid #888;background:rgb({r},{g},{b})"></span>'
+    )
 
 
 def _outline(region: np.ndarray) -> np.ndarray:
@@ -549,7 +579,13 @@ def dense_cam_figure(image_hwc: np.ndarray, cams: Any, regions: list[np.ndarray]
         )
         axes[r, 0].set_ylabel(label, fontsize=9)
         for j, method in enumerate(methods, start=1):
-            axes[r, j].imshow(overlay(image_hwc, cams.maps[method][r]), interpolation="nearest")
+            heat = cams.maps[method][r]
+            axes[r, j].imshow(overlay(image_hwc, heat), interpolation="nearest")
+            if not heat.any():  # ReLU of a gradient-weighted sum with no positive evidence
+                axes[r, j].text(
+                    0.5, 0.5, "all zero", transform=axes[r, j].transAxes, ha="center",
+                    va="center", color="white", fontsize=9,
+                )  # fmt: skip
             if r == 0:
                 axes[r, j].set_title(METHOD_TITLES.get(method, method), fontsize=9)
         for ax in axes[r]:
@@ -572,6 +608,7 @@ def write_dense_page(
     task: str,
     lead: str,
     regions: list[np.ndarray] | None = None,
+    backbone: str = "",
     title: str | None = None,
     source: str | None = None,
     model_name: str | None = None,
@@ -625,7 +662,9 @@ def write_dense_page(
         )
     parts += [
         _filters_section(trace, fig_dir),
-        _feature_maps_section(trace, fig_dir),
+        _feature_maps_section(
+            trace, fig_dir, _head_layers(trace, backbone) if task == "segmentation" else None
+        ),
         _layers_section(trace),
     ]
     nav = [
@@ -638,7 +677,13 @@ def write_dense_page(
     heading = title or "What the network sees"
     sub = ", ".join(x for x in (model_name, source) if x)
     path = out / "explain.html"
-    path.write_text(_html_page(heading, sub, len(trace.layers), nav, "".join(parts)), "utf-8")
+    traced = (
+        f"{len(trace.layers)} layers of the whole network traced on one image"
+        if task == "segmentation"
+        else f"{len(trace.layers)} layers of the detector's backbone "
+        f"(<code>{esc(backbone)}</code>) traced on one image"
+    )
+    path.write_text(_html_page(heading, sub, traced, nav, "".join(parts)), "utf-8")
     return path
 
 
@@ -725,9 +770,14 @@ def explain_dense_image(
                 for c in present
             ],
         }
+        lut = np.full((len(names), 3), 128, np.uint8)  # colorize's grey for classes off it
+        lut[: min(len(palette), len(names))] = palette[: len(names)]
         lead = "Predicted classes by share of the pixels: " + ", ".join(
-            f"<b>{esc(names[c])}</b> {100 * areas[c] / mask.size:.1f}%" for c in present
+            f"{_swatch(lut[c])} <b>{esc(names[c])}</b> {100 * areas[c] / mask.size:.1f}%"
+            for c in present
         )
+        if len(palette) and not palette[0].any():
+            lead += " (black in the palette is left unpainted)"
     else:
         trace = trace_image(model.get_submodule(backbone), x, classifier=False)
         threshold = float(
@@ -749,7 +799,11 @@ def explain_dense_image(
             stage=target_layer,
             class_names=names,
         )
-        captions = [f"{names[k]} {s:.2f}" for k, s in zip(labels, scores, strict=True)]
+        # labels on the explained boxes only: dozens of captions would hide the picture
+        captions = [
+            f"{names[k]} {s:.2f}" if i < top_k else ""
+            for i, (k, s) in enumerate(zip(labels, scores, strict=True))
+        ]
         prediction_rgb = _boxes_image(img, boxes, captions)
         prediction = {
             "score_threshold": threshold,
@@ -764,8 +818,9 @@ def explain_dense_image(
             ],  # fmt: skip
         }
         found = ", ".join(
-            f"<b>{esc(names[k])}</b> {s:.3f}" for k, s in zip(labels, scores, strict=True)
-        )
+            f"<b>{esc(names[k])}</b> {s:.3f}"
+            for k, s in list(zip(labels, scores, strict=True))[:MAX_LISTED_BOXES]
+        ) + (f" and {len(boxes) - MAX_LISTED_BOXES} more" if len(boxes) > MAX_LISTED_BOXES else "")
         plural = "es" if len(boxes) != 1 else ""
         lead = f"{len(boxes)} box{plural} scoring at least {threshold:g}" + (
             f": {found}" if found else "."
@@ -783,6 +838,7 @@ def explain_dense_image(
         task=task,
         lead=lead,
         regions=regions,
+        backbone=backbone,
         title=f"What {meta['model']} sees in {image_path.name}",
         source=str(image_path),
         model_name=f"{task}: {meta['model']}",
@@ -816,6 +872,11 @@ def _boxes_image(
     rgb = torch.from_numpy(np.asarray(big).copy()).permute(2, 0, 1)
     if len(boxes):
         rgb = draw_bounding_boxes(
-            rgb, torch.as_tensor(boxes * f).reshape(-1, 4), labels=labels, colors="red", width=2
+            rgb,
+            torch.as_tensor(boxes * f).reshape(-1, 4),
+            labels=labels,
+            # the explained (labelled) boxes in red, the others pale
+            colors=["red" if label else "#f4a6a6" for label in labels],
+            width=2,
         )
     return rgb.permute(1, 2, 0).numpy()
