@@ -208,7 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default=None, help="folder for explain.html (default: RUN/explain/IMAGE/)"
     )
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=3,
+        help="CAMs for the k best classes (segmentation: the k largest predicted classes; "
+        "detection: the k best boxes)",
+    )
     p.add_argument(
         "--method",
         action="append",
@@ -585,8 +591,8 @@ def _explain(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold,
     )
     if args.json:
-        keys = ("task", "trace", "prediction", "cams")
-        print(json.dumps({k: result[k] for k in keys if k in result}, indent=2, default=str))
+        keys = ("task", "trace", "prediction", "cams") if "task" in result else ("trace", "cams")
+        print(json.dumps({k: result[k] for k in keys}, indent=2, default=str))
         return 0
     if result.get("task") == "segmentation":
         t = Table(title=f"{args.image}: predicted classes")
