@@ -807,6 +807,8 @@ def explain_dense_image(
         prediction_rgb = _boxes_image(img, boxes, captions)
         prediction = {
             "score_threshold": threshold,
+            # boxes as the model saw the image: after the run's resize to S x S
+            "coordinates": f"x0, y0, x1, y1 in pixels of the {_shape(trace.input_shape[1:])} input",
             "boxes": [
                 {
                     "class": names[k],
