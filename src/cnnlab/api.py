@@ -184,13 +184,48 @@ def explain(
     top_k: int = 3,
     methods: tuple[str, ...] = ("gradcam", "gradcam++"),
     device: str = "cpu",
+    score_threshold: float | None = None,
 ) -> dict[str, Any]:
     """One image through the trained model, layer by layer (the lecture's words), with CAM overlays: see
-    cnnlab.explain. Writes explain.html + figures; returns paths and numbers."""
-    from cnnlab.report.explain_page import explain_image
+    cnnlab.explain. Classification: the top-k classes; segmentation: the top-k predicted classes by
+    area, with the mask; detection: the top-k boxes above ``score_threshold`` (default: the run's).
+    Writes explain.html + explain.json + figures; returns paths and numbers."""
+    from cnnlab.engine.devices import resolve_device
+    from cnnlab.errors import ConfigError
+    from cnnlab.report.explain_page import EXPLAINED_TASKS, explain_dense_image, explain_image
+    from cnnlab.tasks.registry import recorded_task
 
-    return explain_image(
-        run_or_checkpoint, image, out_dir=out, top_k=top_k, methods=tuple(methods), device=device
+    task = recorded_task(run_or_checkpoint)
+    if task not in EXPLAINED_TASKS:
+        raise ConfigError(
+            f"explain covers {', '.join(EXPLAINED_TASKS)} runs; {run_or_checkpoint} is a {task} run"
+        )
+    if task == "classification":
+        if score_threshold is not None:
+            raise ConfigError("--score-threshold is for detection runs; leave it out")
+        return explain_image(
+            run_or_checkpoint,
+            image,
+            out_dir=out,
+            top_k=top_k,
+            methods=tuple(methods),
+            device=device,
+        )
+    if task == "segmentation":
+        from cnnlab.segment import load_segmentation_model as load
+    else:
+        from cnnlab.detect import load_detection_model as load
+    if score_threshold is not None and task != "detection":
+        raise ConfigError("--score-threshold is for detection runs; leave it out")
+    return explain_dense_image(
+        task,
+        load(run_or_checkpoint, resolve_device(device)),
+        run_or_checkpoint,
+        image,
+        out_dir=out,
+        top_k=top_k,
+        methods=tuple(methods),
+        score_threshold=score_threshold,
     )
 
 

@@ -241,7 +241,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default=None, help="folder for explain.html (default: RUN/explain/IMAGE/)"
     )
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=3,
+        help="CAMs for the k best classes (segmentation: the k largest predicted classes; "
+        "detection: the k best boxes)",
+    )
     p.add_argument(
         "--method",
         action="append",
@@ -249,6 +255,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         help="CAM method, repeatable: gradcam, gradcam++, eigencam, scorecam, layercam, xgradcam, hirescam",
     )
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="detection runs: boxes scoring at least this (default: the run's score_threshold)",
+    )
     p.add_argument(
         "--json", action="store_true", help="print the numbers (layers, shapes, probabilities)"
     )
@@ -651,9 +663,35 @@ def _explain(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         methods=tuple(args.method or ("gradcam", "gradcam++")),
         device=args.device,
+        score_threshold=args.score_threshold,
     )
     if args.json:
-        print(json.dumps({"trace": result["trace"], "cams": result["cams"]}, indent=2, default=str))
+        keys = ("task", "trace", "prediction", "cams") if "task" in result else ("trace", "cams")
+        print(json.dumps({k: result[k] for k in keys}, indent=2, default=str))
+        return 0
+    if result.get("task") == "segmentation":
+        t = Table(title=f"{args.image}: predicted classes")
+        t.add_column("class")
+        t.add_column("share of pixels", justify="right")
+        for row in result["prediction"]["classes"]:
+            t.add_row(str(row["class"]), f"{100 * row['area']:.1f}%")
+        out.print(t)
+        out.print(f"layer-by-layer page: {result['html']}")
+        return 0
+    if result.get("task") == "detection":
+        t = Table(
+            title=f"{args.image}: boxes scoring at least {result['prediction']['score_threshold']:g}"
+        )
+        t.add_column("class")
+        t.add_column("score", justify="right")
+        t.add_column("box (x0, y0, x1, y1), input pixels")
+        boxes = result["prediction"]["boxes"]
+        for row in boxes[:20]:
+            t.add_row(str(row["class"]), f"{row['score']:.3f}", str(row["box"]))
+        out.print(t)
+        if len(boxes) > 20:
+            out.print(f"... and {len(boxes) - 20} more boxes (all in {result['json']})")
+        out.print(f"layer-by-layer page: {result['html']}")
         return 0
     t = Table(title=f"{args.image}: top {args.top_k}")
     t.add_column("class")

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 MIN_CAM_SIZE = 2  # pixels per side of the target feature map; 1 x 1 gives a constant map
 
 
-def _methods() -> dict[str, type]:
+def cam_classes() -> dict[str, type]:
     from pytorch_grad_cam import (
         EigenCAM,
         GradCAM,
@@ -70,7 +70,7 @@ def _methods() -> dict[str, type]:
     }
 
 
-def _at_layer_size(cls: type) -> type:
+def at_layer_size(cls: type) -> type:
     """``cls`` returning maps at the target layer's resolution: ``get_target_width_height`` is
     the package's hook for the resize size, and ``None`` skips its resize (min-max kept)."""
     return type(cls.__name__, (cls,), {"get_target_width_height": lambda self, x: None})
@@ -213,7 +213,7 @@ def resize_cams(maps: np.ndarray, size: tuple[int, int], reduction: float | None
 
 
 @contextlib.contextmanager
-def _quiet_scorecam() -> Iterator[None]:
+def quiet_scorecam() -> Iterator[None]:
     """Score-CAM draws a tqdm progress bar on stderr for every batch of every image; its module
     refers to ``tqdm.tqdm``, which is swapped for a plain iteration while a CAM is computed."""
     from pytorch_grad_cam import score_cam
@@ -260,8 +260,8 @@ def compute_cams(
     out = []
     # the package computes the map at the layer's own h x w; resize_cams places it on the image
     with (
-        _at_layer_size(_methods()[method])(model=model, target_layers=[layer]) as cam,
-        _quiet_scorecam(),
+        at_layer_size(cam_classes()[method])(model=model, target_layers=[layer]) as cam,
+        quiet_scorecam(),
     ):
         if method == "scorecam":
             cam.batch_size = batch_size  # masked forward passes per batch

@@ -108,6 +108,16 @@ class Trace:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able numbers: shapes, kinds, statistics, probabilities (no feature maps)."""
+        if not self.probs.numel():  # a backbone or dense network: the layers only
+            return {
+                "input_shape": list(self.input_shape),
+                "first_conv": {
+                    "name": self.first_conv,
+                    "weight_shape": list(self.first_filters_shape),
+                },
+                "stages": [dict(s) for s in self.stages],
+                "layers": [layer.to_dict() for layer in self.layers],
+            }
         return {
             "input_shape": list(self.input_shape),
             "class_names": list(self.class_names),
@@ -184,6 +194,8 @@ def trace_image(
     class_names: Sequence[str] | None = None,
     max_channels: int = MAX_CHANNELS,
     max_vector: int = MAX_VECTOR,
+    stages_of: str = "",
+    classifier: bool = True,
 ) -> Trace:
     """Trace one normalised image ``(1, C, H, W)`` through ``model`` (eval mode, no gradients).
 
@@ -191,6 +203,11 @@ def trace_image(
     :func:`cnnlab.models.summary.layer_table` (one row per executed leaf layer, plus "residual add"
     and "concat/inception" rows); this function adds what each produced for ``image``.
     ``probs = softmax(model(image))`` over ``class_names`` (default ``"0".."K-1"``).
+
+    ``classifier=False`` traces a network whose output is not one score per class (a
+    segmentation network's ``(1, K, H, W)`` logits, a detector's backbone): ``logits`` and
+    ``probs`` are then empty. ``stages_of``: path of the submodule whose ``feature_info`` names the
+    stages (a segmentation model's ``"encoder.backbone"``); stage names get that prefix.
     """
     if image.dim() != 4 or image.shape[0] != 1:
         raise ConfigError(
@@ -208,7 +225,12 @@ def trace_image(
         path = _module_of_row(model, row["name"])
         row_sources.append((path, wanted[path]))
         wanted[path] += 1
-    stage_paths = [f["module"] for f in getattr(model, "feature_info", [])]
+    prefix = stages_of + "." if stages_of else ""
+    info = [
+        {**f, "name": prefix + f["name"], "module": prefix + f["module"]}
+        for f in getattr(model.get_submodule(stages_of), "feature_info", [])
+    ]
+    stage_paths = [f["module"] for f in info]
 
     records: dict[str, list[dict[str, Any]]] = defaultdict(list)
     stage_shapes: dict[str, tuple[int, ...]] = {}
@@ -257,10 +279,15 @@ def trace_image(
             )
         )
 
-    logits = logits.detach().float().cpu()[0]
+    if classifier:
+        logits = logits.detach().float().cpu()[0]
+    else:  # not one score per class: no probabilities to show
+        logits = torch.zeros(0)
     probs = logits.softmax(0)
     names = [str(c) for c in class_names] if class_names is not None else None
-    if names is None:
+    if not classifier:
+        names = names or []
+    elif names is None:
         names = [str(i) for i in range(logits.numel())]
     elif len(names) != logits.numel():
         raise ConfigError(
@@ -284,7 +311,7 @@ def trace_image(
             "reduction": f["reduction"],
             "output_shape": list(stage_shapes.get(f["module"], ())),
         }
-        for f in getattr(model, "feature_info", [])
+        for f in info
     ]
     return Trace(
         input_shape=(int(in_channels), int(height), int(width)),

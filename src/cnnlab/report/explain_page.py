@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from cnnlab.errors import ConfigError  # noqa: E402
 from cnnlab.explain.cam import CamSet  # noqa: E402
 from cnnlab.explain.trace import LayerTrace, Trace  # noqa: E402
 from cnnlab.report.html import CSS as REPORT_CSS  # noqa: E402
@@ -239,6 +240,77 @@ def _shape(shape: tuple[int, ...]) -> str:
     return " x ".join(str(s) for s in shape)
 
 
+def _filters_section(trace: Trace, fig_dir: Path) -> str:
+    """The learned first-layer filters."""
+    esc = html.escape
+    filters = trace.first_filters.numpy()
+    filt_uri = _save_pil(filter_grid(filters), fig_dir / "first_layer_filters.png")
+    k_total = trace.first_filters_shape[0]
+    return (
+        '<h2 id="filters">Learned first-layer filters</h2>'
+        f'<p class="muted"><code>{esc(trace.first_conv)}</code>: {k_total} filters of '
+        f"{_shape(trace.first_filters_shape[1:])} (input channels x height x width)"
+        f"{'' if len(filters) == k_total else f', first {len(filters)} shown'}. "
+        + (
+            "Shown as colour patches, each scaled to its own range."
+            if filters.shape[1] == 3
+            else "Shown averaged over input channels: red positive, blue negative weights."
+        )
+        + "</p>"
+        f'<figure class="grid"><img src="{filt_uri}" alt="first-layer filters"></figure>'
+    )
+
+
+def _feature_maps_section(
+    trace: Trace, fig_dir: Path, extra: list[LayerTrace] | None = None
+) -> str:
+    """Feature-map grids of the story layers (plus ``extra`` ones, e.g. a decoder's)."""
+    esc = html.escape
+    grids = []
+    chosen = {layer.index: layer for layer in [*_grid_layers(trace), *(extra or [])]}
+    for layer in sorted(chosen.values(), key=lambda lay: lay.index):
+        uri = _save_pil(feature_grid(layer), fig_dir / f"maps_{layer.index:03d}.png")
+        c = layer.output_shape[0]
+        kept = layer.maps.shape[0] if layer.maps is not None else 0
+        s = layer.stats
+        grids.append(
+            f'<div class="layer" id="layer-{layer.index}"><h3>#{layer.index} '
+            f'<span class="kind kind-{esc(layer.kind)}">after {esc(layer.kind)}</span> '
+            f"<code>{esc(layer.name)}</code> -> {_shape(layer.output_shape)}</h3>"
+            f'<p class="muted">{esc(layer.detail)}; {"all" if kept == c else f"first {kept} of"} '
+            f"{c} maps; mean {s['mean']:.3f}, min {s['min']:.3f}, max {s['max']:.3f}, "
+            f"{100 * s['fraction_zero']:.0f}% exactly zero</p>"
+            f'<img class="pixel" src="{uri}" alt="feature maps of {esc(layer.name)}"></div>'
+        )
+    return (
+        '<h2 id="feature-maps">Feature maps: after convolution, ReLU and pooling</h2>'
+        '<p class="muted">One tile per channel, one colour scale per layer. Before the ReLU, '
+        "blue is negative and red positive; after the ReLU every negative value is 0 (black), "
+        "and pooling keeps the largest value of each window, so the maps shrink.</p>"
+        + "".join(grids)
+    )
+
+
+def _layers_section(trace: Trace) -> str:
+    """The table of every layer."""
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td class=num>{layer.index}</td><td><code>{esc(layer.name)}</code></td>"
+        f'<td class="kind kind-{esc(layer.kind)}">{esc(layer.kind)}</td>'
+        f"<td>{esc(layer.detail)}</td>"
+        f"<td>{_shape(layer.output_shape)}</td><td class=num>{layer.params:,}</td>"
+        f"<td class=num>{layer.stats['mean']:.3f}</td>"
+        f"<td class=num>{100 * layer.stats['fraction_zero']:.0f}%</td></tr>"
+        for layer in trace.layers
+    )
+    return (
+        f'<h2 id="layers">Every layer, in order ({len(trace.layers)})</h2>'
+        '<table class="layers"><tr><th>#</th><th>layer</th><th>kind</th><th>what it does</th>'
+        "<th>output shape</th><th>parameters</th><th>mean</th><th>zeros</th></tr>"
+        f"{rows}</table>"
+    )
+
+
 def write_explain_page(
     trace: Trace,
     cams: CamSet | None,
@@ -294,46 +366,8 @@ def write_explain_page(
         )
 
     # --- first-layer filters -----------------------------------------------------------------
-    filters = trace.first_filters.numpy()
-    filt_uri = _save_pil(filter_grid(filters), fig_dir / "first_layer_filters.png")
-    k_total = trace.first_filters_shape[0]
-    parts.append(
-        '<h2 id="filters">Learned first-layer filters</h2>'
-        f'<p class="muted"><code>{esc(trace.first_conv)}</code>: {k_total} filters of '
-        f"{_shape(trace.first_filters_shape[1:])} (input channels x height x width)"
-        f"{'' if len(filters) == k_total else f', first {len(filters)} shown'}. "
-        + (
-            "Shown as colour patches, each scaled to its own range."
-            if filters.shape[1] == 3
-            else "Shown averaged over input channels: red positive, blue negative weights."
-        )
-        + "</p>"
-        f'<figure class="grid"><img src="{filt_uri}" alt="first-layer filters"></figure>'
-    )
-
-    # --- feature maps ------------------------------------------------------------------------
-    grids = []
-    for layer in _grid_layers(trace):
-        uri = _save_pil(feature_grid(layer), fig_dir / f"maps_{layer.index:03d}.png")
-        c = layer.output_shape[0]
-        kept = layer.maps.shape[0] if layer.maps is not None else 0
-        s = layer.stats
-        grids.append(
-            f'<div class="layer" id="layer-{layer.index}"><h3>#{layer.index} '
-            f'<span class="kind kind-{esc(layer.kind)}">after {esc(layer.kind)}</span> '
-            f"<code>{esc(layer.name)}</code> -> {_shape(layer.output_shape)}</h3>"
-            f'<p class="muted">{esc(layer.detail)}; {"all" if kept == c else f"first {kept} of"} '
-            f"{c} maps; mean {s['mean']:.3f}, min {s['min']:.3f}, max {s['max']:.3f}, "
-            f"{100 * s['fraction_zero']:.0f}% exactly zero</p>"
-            f'<img class="pixel" src="{uri}" alt="feature maps of {esc(layer.name)}"></div>'
-        )
-    parts.append(
-        '<h2 id="feature-maps">Feature maps: after convolution, ReLU and pooling</h2>'
-        '<p class="muted">One tile per channel, one colour scale per layer. Before the ReLU, '
-        "blue is negative and red positive; after the ReLU every negative value is 0 (black), "
-        "and pooling keeps the largest value of each window, so the maps shrink.</p>"
-        + "".join(grids)
-    )
+    parts.append(_filters_section(trace, fig_dir))
+    parts.append(_feature_maps_section(trace, fig_dir))
 
     # --- flattening and fully connected ------------------------------------------------------
     vectors = [layer for layer in trace.layers if layer.vector is not None]
@@ -355,21 +389,7 @@ def write_explain_page(
         )
 
     # --- all layers --------------------------------------------------------------------------
-    rows = "".join(
-        f"<tr><td class=num>{layer.index}</td><td><code>{esc(layer.name)}</code></td>"
-        f'<td class="kind kind-{esc(layer.kind)}">{esc(layer.kind)}</td>'
-        f"<td>{esc(layer.detail)}</td>"
-        f"<td>{_shape(layer.output_shape)}</td><td class=num>{layer.params:,}</td>"
-        f"<td class=num>{layer.stats['mean']:.3f}</td>"
-        f"<td class=num>{100 * layer.stats['fraction_zero']:.0f}%</td></tr>"
-        for layer in trace.layers
-    )
-    parts.append(
-        f'<h2 id="layers">Every layer, in order ({len(trace.layers)})</h2>'
-        '<table class="layers"><tr><th>#</th><th>layer</th><th>kind</th><th>what it does</th>'
-        "<th>output shape</th><th>parameters</th><th>mean</th><th>zeros</th></tr>"
-        f"{rows}</table>"
-    )
+    parts.append(_layers_section(trace))
 
     heading = title or "What the network sees"
     sub = ", ".join(x for x in (model_name, source) if x)
@@ -478,3 +498,387 @@ def explain_image(
         "trace": numbers["trace"],
         "cams": numbers.get("cams"),
     }
+
+
+# -- segmentation and detection ------------------------------------------------------------------
+EXPLAINED_TASKS = ("classification", "segmentation", "detection")
+MAX_LISTED_BOXES = 10  # boxes named in the page's lead sentence
+
+
+def _html_page(heading: str, sub: str, traced: str, nav: list[tuple[str, str]], body: str) -> str:
+    esc = html.escape
+    links = " &middot; ".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in nav)
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1"><title>{esc(heading)}</title>
+<style>{REPORT_CSS}{EXTRA_CSS}</style></head><body>
+<h1>{esc(heading)}</h1>
+<p class="muted">{esc(sub) + ". " if sub else ""}{traced}.
+Sections: {links}</p>
+{body}
+<p class="muted">Written by cnnlab. Opens offline: everything is in this file.</p>
+</body></html>"""
+
+
+MAX_HEAD_GRIDS = 8  # decoder/head feature-map grids on a segmentation page
+
+
+def _head_layers(trace: Trace, backbone: str) -> list[LayerTrace]:
+    """A segmentation network's layers after its encoder (``backbone``: the encoder's module path)
+    that get a grid: every ReLU output (the end of each conv-BN-ReLU) and the last layer (one
+    score map per class), the last few only."""
+    after = [
+        layer
+        for layer in trace.layers
+        if layer.is_spatial and layer.maps is not None and not layer.name.startswith(backbone + ".")
+    ]
+    if not after:
+        return []
+    chosen = [layer for layer in after[:-1] if layer.kind == "ReLU"]
+    return [*chosen[-(MAX_HEAD_GRIDS - 1) :], after[-1]]
+
+
+def _swatch(rgb: Any) -> str:
+    r, g, b = (int(v) for v in rgb)
+    return (
+        f'<span style="display:inline-block;width:.9em;height:.9em;vertical-align:-.1em;'
+        f'border:1px solid #888;background:rgb({r},{g},{b})"></span>'
+    )
+
+
+def _outline(region: np.ndarray) -> np.ndarray:
+    """(H, W) bool -> its boundary pixels (a pixel of the region with a 4-neighbour outside it)."""
+    r = np.pad(region, 1)
+    inner = r[1:-1, 1:-1] & r[:-2, 1:-1] & r[2:, 1:-1] & r[1:-1, :-2] & r[1:-1, 2:]
+    return region & ~inner
+
+
+def _draw_box(ax: Any, box: Any, color: str = "white") -> None:
+    x0, y0, x1, y1 = (float(v) - 0.5 for v in box)  # imshow puts pixel i's centre at i
+    ax.add_patch(
+        matplotlib.patches.Rectangle(
+            (x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=1.5
+        )
+    )
+
+
+def dense_cam_figure(image_hwc: np.ndarray, cams: Any, regions: list[np.ndarray] | None) -> Any:
+    """One row per target (class of the mask, or detected box): the input with the target marked
+    (the class's predicted region outlined, or the box), then one overlay per CAM method."""
+    methods = list(cams.methods)
+    rows, cols = len(cams.targets), 1 + len(methods)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.2 * rows), squeeze=False)
+    for r, target in enumerate(cams.targets):
+        marked = image_hwc.copy()
+        if regions is not None:
+            marked[_outline(regions[r])] = (255, 255, 255)
+        axes[r, 0].imshow(marked, interpolation="nearest")
+        label = (
+            f"{target['class']}\n{100 * target['area']:.1f}% of pixels"
+            if "area" in target
+            else f"{target['class']}\nscore {target['score']:.3f}"
+        )
+        axes[r, 0].set_ylabel(label, fontsize=9)
+        for j, method in enumerate(methods, start=1):
+            heat = cams.maps[method][r]
+            axes[r, j].imshow(overlay(image_hwc, heat), interpolation="nearest")
+            if not heat.any():  # ReLU of a gradient-weighted sum with no positive evidence
+                axes[r, j].text(
+                    0.5, 0.5, "all zero", transform=axes[r, j].transAxes, ha="center",
+                    va="center", color="white", fontsize=9,
+                )  # fmt: skip
+            if r == 0:
+                axes[r, j].set_title(METHOD_TITLES.get(method, method), fontsize=9)
+        for ax in axes[r]:
+            if "box" in target:
+                _draw_box(ax, target["box"])
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_title("input and target", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def write_dense_page(
+    trace: Trace,
+    cams: Any,
+    out_dir: str | Path,
+    image_uint8: np.ndarray,
+    prediction_rgb: np.ndarray,
+    *,
+    task: str,
+    lead: str,
+    regions: list[np.ndarray] | None = None,
+    backbone: str = "",
+    title: str | None = None,
+    source: str | None = None,
+    model_name: str | None = None,
+) -> Path:
+    """``explain.html`` for a segmentation or detection run: input and prediction (mask overlay or
+    boxes, ``prediction_rgb (H, W, 3)``), one CAM row per class or box (``cams``: a
+    :class:`cnnlab.explain.dense.DenseCams`), filters, feature maps, every layer. ``lead``: HTML."""
+    out = Path(out_dir)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    img = _hwc(image_uint8)
+    esc = html.escape
+    input_uri = _save_pil(_upscale(img, 224), fig_dir / "input.png")
+    name = "mask_overlay.png" if task == "segmentation" else "boxes.png"
+    pred_uri = _save_pil(Image.fromarray(prediction_rgb), fig_dir / name)
+    what = "predicted mask over the input (the run's palette)" if task == "segmentation" else (
+        "predicted boxes with class and score"
+    )  # fmt: skip
+    parts = [
+        '<h2 id="input">Input and prediction</h2><div class="figs">'
+        f'<figure><img class="pixel" src="{input_uri}" alt="input image" width="224">'
+        f"<figcaption>input, {_shape(trace.input_shape)} (channels x height x width)"
+        f"{' from ' + esc(source) if source else ''}</figcaption></figure>"
+        f'<figure><img class="pixel" src="{pred_uri}" alt="prediction" width="224">'
+        f"<figcaption>{what}</figcaption></figure></div>"
+        f'<p class="lead">{lead}</p>'
+    ]
+    if cams is not None and cams.targets:
+        cam_uri = _save_fig(dense_cam_figure(img, cams, regions), fig_dir / "cams.png")
+        target = (
+            "the class's logits summed over the pixels predicted as that class (pytorch-grad-cam's "
+            "SemanticSegmentationTarget); one row per predicted class, largest area first, its "
+            "region outlined in white"
+            if task == "segmentation"
+            else "the score of the box (pytorch-grad-cam's FasterRCNNBoxScoreTarget: the output "
+            "box of the same class overlapping it most, score + IoU); one row per detected box, "
+            "best first. Eigen-CAM, if shown, is the same map for every box"
+        )
+        parts.append(
+            '<h2 id="cams">Where the model looks</h2>'
+            f'<p class="muted">Class activation maps on the backbone stage '
+            f"<code>{esc(cams.target_layer)}</code> (feature maps {_shape(cams.target_shape)}), "
+            "upsampled to the input and laid over it (red = most important, blue = least). The "
+            f"target is {target}. Each map is scaled to [0, 1] on its own.</p>"
+            f'<figure><img src="{cam_uri}" alt="class activation maps"></figure>'
+        )
+    else:
+        parts.append(
+            '<h2 id="cams">Where the model looks</h2><p class="muted">Nothing was predicted, '
+            "so there is no class or box to explain.</p>"
+        )
+    parts += [
+        _filters_section(trace, fig_dir),
+        _feature_maps_section(
+            trace, fig_dir, _head_layers(trace, backbone) if task == "segmentation" else None
+        ),
+        _layers_section(trace),
+    ]
+    nav = [
+        ("input", "input"),
+        ("cams", "where it looks"),
+        ("filters", "filters"),
+        ("feature-maps", "feature maps"),
+        ("layers", "all layers"),
+    ]
+    heading = title or "What the network sees"
+    sub = ", ".join(x for x in (model_name, source) if x)
+    path = out / "explain.html"
+    traced = (
+        f"{len(trace.layers)} layers of the whole network traced on one image"
+        if task == "segmentation"
+        else f"{len(trace.layers)} layers of the detector's backbone "
+        f"(<code>{esc(backbone)}</code>) traced on one image"
+    )
+    path.write_text(_html_page(heading, sub, traced, nav, "".join(parts)), "utf-8")
+    return path
+
+
+def _load_input(image_path: Path, meta: dict[str, Any], dev: Any) -> tuple[np.ndarray, Any]:
+    """(pixels (C, S, S) uint8 by the checkpoint's preprocessing, normalised (1, C, S, S))."""
+    import torch
+
+    from cnnlab.config import PreprocessSpec
+    from cnnlab.data.tensors import load_file
+
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    pixels = load_file(image_path, spec)  # DataError names the file
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1)
+    x = ((torch.from_numpy(pixels.copy())[None].float() / 255 - mean) / std).to(dev)
+    return pixels, x
+
+
+def explain_dense_image(
+    task: str,
+    loaded: tuple[Any, dict[str, Any], Path],
+    run_or_checkpoint: str | Path,
+    image_path: str | Path,
+    *,
+    out_dir: str | Path | None = None,
+    top_k: int = 3,
+    methods: tuple[str, ...] | list[str] = ("gradcam", "gradcam++"),
+    score_threshold: float | None = None,
+    target_layer: str | None = None,
+) -> dict[str, Any]:
+    """The explain page of a segmentation or detection run (``loaded``: the task's ``(model in
+    eval mode on its device, checkpoint metadata, weights path)``).
+
+    Segmentation: the trace of the whole network (encoder stages, decoder, head), the predicted
+    mask, and CAMs for the ``top_k`` predicted classes by area. Detection: the trace of the zoo
+    backbone, the boxes scoring at least ``score_threshold`` (default: the run's), and CAMs for
+    the ``top_k`` best boxes. Writes ``explain.html``, ``explain.json`` (trace rows, prediction,
+    CAM entries with their ``map`` (H x W) and ``layer_map`` (h x w) in [0, 1]) and figures.
+    """
+    import torch
+
+    from cnnlab.explain.cam import check_methods
+    from cnnlab.explain.dense import backbone_path, detection_cams, segmentation_cams
+    from cnnlab.explain.trace import trace_image
+    from cnnlab.models._base import check_positive_int
+    from cnnlab.report.segmentation_report import colorize
+    from cnnlab.report.segmentation_report import overlay as mask_overlay
+    from cnnlab.run import write_json
+
+    if task not in ("segmentation", "detection"):
+        raise ConfigError(
+            f"explain covers {', '.join(EXPLAINED_TASKS)} runs; {run_or_checkpoint} is a {task} run"
+        )
+    methods = check_methods(methods)
+    top_k = check_positive_int(top_k, "--top-k")
+    model, meta, weights = loaded
+    dev = next(model.parameters()).device
+    image_path = Path(image_path)
+    pixels, x = _load_input(image_path, meta, dev)
+    img = _hwc(pixels)
+    names = [str(c) for c in meta["class_names"]]
+    esc = html.escape
+    backbone = backbone_path(model)
+    regions: list[np.ndarray] | None = None
+    if task == "segmentation":
+        trace = trace_image(model, x, classifier=False, stages_of=backbone)
+        with torch.inference_mode():
+            mask = model(x)[0].argmax(0).to(torch.uint8).cpu().numpy()  # S x S class indices
+        ignore = int(meta.get("ignore_index", 255))
+        palette = np.asarray(meta.get("palette") or [], dtype=np.uint8).reshape(-1, 3)
+        areas = np.bincount(mask.ravel(), minlength=len(names))
+        present = [int(c) for c in np.argsort(-areas, kind="stable") if areas[c] > 0]
+        chosen = present[:top_k]
+        cams = segmentation_cams(
+            model, x, mask, chosen, methods=methods, stage=target_layer, class_names=names
+        )
+        regions = [mask == c for c in chosen]
+        coloured = mask_overlay(img, colorize(mask, palette, ignore))
+        prediction_rgb = np.asarray(_upscale(coloured, 224))
+        prediction: dict[str, Any] = {
+            "mask": mask.tolist(),
+            "classes": [
+                {"class": names[c], "index": c, "area": round(float(areas[c] / mask.size), 6)}
+                for c in present
+            ],
+        }
+        lut = np.full((len(names), 3), 128, np.uint8)  # colorize's grey for classes off it
+        lut[: min(len(palette), len(names))] = palette[: len(names)]
+        lead = "Predicted classes by share of the pixels: " + ", ".join(
+            f"{_swatch(lut[c])} <b>{esc(names[c])}</b> {100 * areas[c] / mask.size:.1f}%"
+            for c in present
+        )
+        if len(palette) and not palette[0].any():
+            lead += " (black in the palette is left unpainted)"
+    else:
+        trace = trace_image(model.get_submodule(backbone), x, classifier=False)
+        threshold = float(
+            meta.get("score_threshold", 0.5) if score_threshold is None else score_threshold
+        )
+        with torch.inference_mode():
+            pred = model(x)[0]
+        keep = pred["scores"] >= threshold
+        boxes = pred["boxes"][keep].float().cpu().numpy()
+        labels = pred["labels"][keep].cpu().tolist()
+        scores = pred["scores"][keep].float().cpu().tolist()
+        cams = detection_cams(
+            model,
+            x,
+            boxes[:top_k],
+            labels[:top_k],
+            scores[:top_k],
+            methods=methods,
+            stage=target_layer,
+            class_names=names,
+        )
+        # labels on the explained boxes only: dozens of captions would hide the picture
+        captions = [
+            f"{names[k]} {s:.2f}" if i < top_k else ""
+            for i, (k, s) in enumerate(zip(labels, scores, strict=True))
+        ]
+        prediction_rgb = _boxes_image(img, boxes, captions)
+        prediction = {
+            "score_threshold": threshold,
+            # boxes as the model saw the image: after the run's resize to S x S
+            "coordinates": f"x0, y0, x1, y1 in pixels of the {_shape(trace.input_shape[1:])} input",
+            "boxes": [
+                {
+                    "class": names[k],
+                    "index": k,
+                    "box": [round(float(v), 2) for v in b],
+                    "score": round(float(s), 5),
+                }
+                for b, k, s in zip(boxes, labels, scores, strict=True)
+            ],  # fmt: skip
+        }
+        found = ", ".join(
+            f"<b>{esc(names[k])}</b> {s:.3f}"
+            for k, s in list(zip(labels, scores, strict=True))[:MAX_LISTED_BOXES]
+        ) + (f" and {len(boxes) - MAX_LISTED_BOXES} more" if len(boxes) > MAX_LISTED_BOXES else "")
+        plural = "es" if len(boxes) != 1 else ""
+        lead = f"{len(boxes)} box{plural} scoring at least {threshold:g}" + (
+            f": {found}" if found else "."
+        )
+    if out_dir is None:
+        base = Path(run_or_checkpoint)
+        base = base if base.is_dir() else Path(weights).parent
+        out_dir = base / "explain" / image_path.stem
+    html_path = write_dense_page(
+        trace,
+        cams,
+        out_dir,
+        pixels,
+        prediction_rgb,
+        task=task,
+        lead=lead,
+        regions=regions,
+        backbone=backbone,
+        title=f"What {meta['model']} sees in {image_path.name}",
+        source=str(image_path),
+        model_name=f"{task}: {meta['model']}",
+    )
+    numbers = {"trace": trace.to_dict(), "prediction": prediction, "cams": cams.to_dict()}
+    json_path = Path(out_dir) / "explain.json"
+    write_json(
+        json_path, numbers | {"task": task, "image": str(image_path), "model": meta["model"]}
+    )
+    log.info("explain page for %s written to %s", image_path, html_path)
+    return {
+        "html": str(html_path),
+        "json": str(json_path),
+        "figures": sorted(str(p) for p in (Path(out_dir) / "figures").glob("*.png")),
+        "task": task,
+        "prediction": prediction,
+        "trace": numbers["trace"],
+        "cams": numbers["cams"],
+    }
+
+
+def _boxes_image(
+    img: np.ndarray, boxes: np.ndarray, labels: list[str], size: int = 320
+) -> np.ndarray:
+    """The input enlarged to about ``size`` px with the boxes (input pixels) drawn on it."""
+    import torch
+    from torchvision.utils import draw_bounding_boxes
+
+    big = _upscale(img, size)
+    f = big.width / img.shape[1]
+    rgb = torch.from_numpy(np.asarray(big).copy()).permute(2, 0, 1)
+    if len(boxes):
+        rgb = draw_bounding_boxes(
+            rgb,
+            torch.as_tensor(boxes * f).reshape(-1, 4),
+            labels=labels,
+            # the explained (labelled) boxes in red, the others pale
+            colors=["red" if label else "#f4a6a6" for label in labels],
+            width=2,
+        )
+    return rgb.permute(1, 2, 0).numpy()
