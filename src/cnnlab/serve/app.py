@@ -63,6 +63,32 @@ from cnnlab.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
+
+
+def _classification_loader() -> Any:
+    from cnnlab.engine.weights import load_checkpoint_model
+
+    return load_checkpoint_model
+
+
+def _segmentation_loader() -> Any:
+    from cnnlab.segment import load_segmentation_model
+
+    return load_segmentation_model
+
+
+def _detection_loader() -> Any:
+    from cnnlab.detect import load_detection_model
+
+    return load_detection_model
+
+
+# task recorded in the checkpoint -> its loader: (run, device) -> (model, meta, weights path)
+SERVED_TASKS = {
+    "classification": _classification_loader,
+    "segmentation": _segmentation_loader,
+    "detection": _detection_loader,
+}
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 MULTIPART_OVERHEAD = 16 * 1024  # boundary lines and part headers around the file, in bytes
@@ -197,6 +223,7 @@ class Served:
     cam_method: str
     lock: threading.Lock
     precision: str = "32"  # of /api/predict (cnnlab.engine.devices.inference_precision)
+    task: str = "classification"  # the task the checkpoint records
 
 
 # -- the app ---------------------------------------------------------------------------------------
@@ -222,17 +249,22 @@ def create_app(
     """
     from cnnlab import __version__
     from cnnlab.engine.devices import inference_precision, resolve_device
-    from cnnlab.engine.weights import load_checkpoint_model
     from cnnlab.explain.cam import check_methods
-    from cnnlab.run import run_dir_of, trained_precision
+    from cnnlab.run import checkpoint_metadata, run_dir_of, trained_precision
 
     if max_upload_bytes < 1:
         raise ConfigError(f"--max-upload-mb must be positive, got {max_upload_bytes} bytes")
     if max_image_pixels is not None and max_image_pixels < 1:
         raise ConfigError(f"--max-image-pixels must be positive, got {max_image_pixels}")
     slots = Slots(max_concurrency, timeout_s=queue_timeout_s)
+    task = str(checkpoint_metadata(run_or_checkpoint).get("task", "classification"))
+    if task not in SERVED_TASKS:
+        raise ConfigError(
+            f"serve covers classification, segmentation and detection runs; {run_or_checkpoint} "
+            f"is a {task} run (predict it with `cnnlab predict RUN VIDEO`)"
+        )
     dev = resolve_device(device)
-    model, meta, weights = load_checkpoint_model(run_or_checkpoint, dev)
+    model, meta, weights = SERVED_TASKS[task]()(run_or_checkpoint, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     run_path = Path(run_or_checkpoint).expanduser()
     run_dir = run_path if run_path.is_dir() else run_dir_of(Path(weights))
@@ -250,14 +282,16 @@ def create_app(
         cam_method=check_methods((cam_method,))[0],
         lock=threading.Lock(),
         precision=precision,
+        task=task,
     )
-    import pytorch_grad_cam  # noqa: F401 -- about 5 s (OpenCV); now rather than in the first request
+    if task == "classification":
+        import pytorch_grad_cam  # noqa: F401 -- about 5 s (OpenCV); now, not in the first request
 
     app = FastAPI(
         title=f"cnnlab explorer: {meta['model']}",
         version=__version__,
         description=(
-            "Classify an image with a trained cnnlab model and look inside it. Uploads: "
+            f"Run a trained cnnlab {task} model on an image and look inside it. Uploads: "
             f"multipart field `file` or raw image bytes, at most {max_upload_bytes} bytes. "
             'Errors are JSON `{"error": reason}`: 413 too large (body or pixels), '
             "415 not an image, 422 corrupt image, 503 busy."
@@ -353,14 +387,30 @@ def create_app(
             "cam_method": served.cam_method,
             "report": _report_file(served, "report.html") is not None,
             "cnnlab_version": __version__,
+            "task": served.task,
+            **(
+                {"score_threshold": float(served.meta.get("score_threshold", 0.5))}
+                if served.task == "detection"
+                else {}
+            ),
         }
 
     @app.post(
         "/api/predict",
-        summary="Top-k classes and probabilities of one uploaded image",
+        summary=(
+            "The task's output for one uploaded image: top-k classes (classification), mask and "
+            "class areas (segmentation), boxes (detection; query `score_threshold`)"
+        ),
         openapi_extra=upload_doc,
     )
     async def predict(request: Request) -> dict[str, Any]:
+        if served.task == "segmentation":
+            return await _with_slot(request, segment_bytes)
+        if served.task == "detection":
+            threshold = score_threshold_param(request.query_params.get("score_threshold"))
+            return await _with_slot(
+                request, lambda s, data: detect_bytes(s, data, score_threshold=threshold)
+            )
         return await _with_slot(request, predict_bytes)
 
     @app.post(
@@ -369,7 +419,9 @@ def create_app(
         openapi_extra=upload_doc,
     )
     async def explain(request: Request) -> dict[str, Any]:
-        return await _with_slot(request, explain_bytes)
+        return await _with_slot(
+            request, explain_bytes if served.task == "classification" else explain_elsewhere
+        )
 
     @app.get("/report", include_in_schema=False)
     async def report_root() -> RedirectResponse:
@@ -514,8 +566,16 @@ def _max_pixels(spec: PreprocessSpec) -> int:
 
 def decode_upload(served: Served, data: bytes) -> np.ndarray:
     """Bytes -> ``(C, S, S)`` uint8 through the training decoding policy; DataError -> ApiError."""
+    from cnnlab.data.tensors import pil_to_chw
+
+    return pil_to_chw(decode_image(served, data), served.spec)
+
+
+def decode_image(served: Served, data: bytes) -> Image.Image:
+    """Bytes -> the decoded picture at its own size (mode L or RGB, as the model's channels),
+    through the training decoding policy; DataError -> ApiError (413 / 415 / 422)."""
     from cnnlab.data.decode import DEFAULT_BACKGROUND, R_NOT_IMAGE, load_image_bytes
-    from cnnlab.data.tensors import image_mode, pil_to_chw
+    from cnnlab.data.tensors import image_mode
 
     try:
         im = load_image_bytes(
@@ -532,7 +592,7 @@ def decode_upload(served: Served, data: bytes) -> np.ndarray:
         if reason == R_NOT_IMAGE or reason.startswith("format "):
             raise ApiError(415, reason) from None
         raise ApiError(422, reason) from None
-    return pil_to_chw(im, served.spec)
+    return im
 
 
 def _normalise(served: Served, pixels: np.ndarray) -> torch.Tensor:
@@ -583,6 +643,119 @@ def explain_bytes(served: Served, data: bytes) -> dict[str, Any]:
     payload["model"] = served.meta["model"]
     payload["top"] = _top(served, trace.probs)
     return payload
+
+
+def segment_bytes(served: Served, data: bytes) -> dict[str, Any]:
+    """The mask of one uploaded image at the image's own size, as ``cnnlab predict RUN`` writes it
+    (:func:`cnnlab.segment.logits_to_image_mask`; a palette PNG whose pixel values are the class
+    indices), each class's share of the pixels, and a colour overlay (PNG data URIs)."""
+    from cnnlab.data.tensors import pil_to_chw
+    from cnnlab.report.segmentation_report import colorize, overlay
+    from cnnlab.segment import logits_to_image_mask
+
+    im = decode_image(served, data)
+    x = _normalise(served, pil_to_chw(im, served.spec))
+    with served.lock, torch.inference_mode(), autocast(served.device, served.precision):
+        logits = served.model(x).float()[0]
+    ignore = int(served.meta.get("ignore_index", 255))
+    mask = logits_to_image_mask(logits, im.width, im.height, served.spec.resize, ignore)
+    palette = np.asarray(served.meta.get("palette") or [], dtype=np.uint8).reshape(-1, 3)
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(palette)] = palette[:256]
+    png = Image.fromarray(mask)  # mode L: the values are the class indices
+    png.putpalette(lut.flatten().tolist())  # -> mode P, the same indices, coloured
+    buf = io.BytesIO()
+    png.save(buf, format="PNG")
+    rgb = np.asarray(im.convert("RGB"))
+    counts = np.bincount(mask.ravel(), minlength=256)
+    return {
+        "task": "segmentation",
+        "model": served.meta["model"],
+        "class_names": served.class_names,
+        # share of the image's pixels predicted as each class (crop margins: ignore_index, in none)
+        "areas": [
+            {"class": name, "index": k, "fraction": round(float(counts[k] / mask.size), 6)}
+            for k, name in enumerate(served.class_names)
+        ],
+        "size": [im.width, im.height],
+        "mask": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"),
+        "overlay": png_uri(overlay(rgb, colorize(mask, palette, ignore))),
+        "precision": served.precision,
+    }
+
+
+def score_threshold_param(value: str | None) -> float | None:
+    """The ``score_threshold`` query parameter: None (the run's own) or a number in [0, 1]."""
+    if value is None:
+        return None
+    try:
+        threshold = float(value)
+    except ValueError:
+        threshold = math.nan
+    if not 0.0 <= threshold <= 1.0:  # also refuses nan
+        raise ApiError(400, f"score_threshold must be a number in [0, 1], got {value[:20]!r}")
+    return threshold
+
+
+def detect_bytes(
+    served: Served, data: bytes, *, score_threshold: float | None = None
+) -> dict[str, Any]:
+    """The boxes of one uploaded image above ``score_threshold`` (default: the run's), in the
+    image's own pixels (:func:`cnnlab.data.boxes.unmap_boxes`), rows as ``cnnlab predict RUN``
+    writes them to predictions.json (COCO ``bbox`` [x, y, w, h]), and the image with the boxes
+    drawn (PNG data URI)."""
+    from torchvision.utils import draw_bounding_boxes
+
+    from cnnlab.data.boxes import unmap_boxes
+    from cnnlab.data.tensors import pil_to_chw
+
+    meta = served.meta
+    threshold = float(
+        meta.get("score_threshold", 0.5) if score_threshold is None else score_threshold
+    )
+    cats = list(meta.get("category_ids") or range(len(served.class_names)))
+    im = decode_image(served, data)
+    x = _normalise(served, pil_to_chw(im, served.spec))
+    with served.lock, torch.inference_mode(), autocast(served.device, served.precision):
+        p = served.model(x)[0]
+    scores_all = p["scores"].float().cpu()
+    keep = scores_all >= threshold
+    boxes = unmap_boxes(p["boxes"].float().cpu()[keep].numpy(), im.width, im.height,
+                        served.spec.image_size, served.spec.resize)  # fmt: skip
+    labels, scores = p["labels"].cpu()[keep].tolist(), scores_all[keep].tolist()
+    names = served.class_names
+    detections = [
+        {"category": names[lab], "category_id": cats[lab], "score": round(s, 5),
+         "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)]}
+        for b, lab, s in zip(boxes.tolist(), labels, scores, strict=True)
+    ]  # fmt: skip
+    rgb = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+    drawn = rgb if not len(boxes) else draw_bounding_boxes(
+        rgb, torch.as_tensor(boxes).reshape(-1, 4),
+        labels=[f"{names[lab]} {s:.2f}" for lab, s in zip(labels, scores, strict=True)],
+        colors="red", width=2,
+    )  # fmt: skip
+    return {
+        "task": "detection",
+        "model": meta["model"],
+        "class_names": names,
+        "score_threshold": threshold,
+        "size": [im.width, im.height],
+        "detections": detections,
+        "image": png_uri(np.ascontiguousarray(drawn.permute(1, 2, 0).numpy())),
+        "precision": served.precision,
+    }
+
+
+def explain_elsewhere(served: Served, data: bytes) -> dict[str, Any]:
+    """/api/explain of a segmentation or detection run: the upload is checked like any other (the
+    same 413 / 415 / 422), then refused with a pointer to the command that explains it."""
+    decode_image(served, data)
+    raise ApiError(
+        422,
+        f"the explorer explains classification runs; for this {served.task} run use "
+        "`cnnlab explain RUN IMAGE` (layer trace and CAMs as an HTML page)",
+    )
 
 
 # -- drawing: trace + CAM -> JSON with PNG data URIs -----------------------------------------------
