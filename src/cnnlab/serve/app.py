@@ -621,6 +621,7 @@ def predict_bytes(served: Served, data: bytes) -> dict[str, Any]:
     with served.lock, torch.inference_mode(), autocast(served.device, served.precision):
         probs = served.model(x).float().softmax(1)[0].cpu()
     return {
+        "task": "classification",
         "model": served.meta["model"],
         "top": _top(served, probs),
         "precision": served.precision,

@@ -1,9 +1,11 @@
-// cnnlab explorer: upload an image, show the top classes, the layer trace and the Grad-CAM.
+// cnnlab explorer: upload an image, show the top classes, the layer trace and the Grad-CAM
+// (classification runs), the mask and its overlay (segmentation) or the drawn boxes (detection).
 // Plain DOM + fetch; every asset comes from this server.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 let info = null;
+const MAX_LISTED = 20;  // detections listed beside the image (all are drawn)
 
 function setStatus(text, isError) {
   const el = $("status");
@@ -23,13 +25,17 @@ async function loadInfo() {
     const response = await fetch("/api/info");
     info = await response.json();
     $("model-info").textContent =
-      `${info.model}: ${info.num_classes} classes, ${info.in_channels}×${info.image_size}×` +
+      `${info.model} (${info.task || "classification"}): ${info.num_classes} classes, ${info.in_channels}×${info.image_size}×` +
       `${info.image_size} input`;
     const limit = info.max_upload_bytes >= 1e6
       ? `${(info.max_upload_bytes / 1e6).toFixed(1)} MB`
       : `${Math.floor(info.max_upload_bytes / 1e3)} kB`;
     $("limits").textContent = `(up to ${limit}; JPEG, PNG, BMP, GIF, TIFF, WEBP, PPM)`;
     $("report-link").hidden = !info.report;
+    if (info.task === "detection") {
+      $("threshold").value = info.score_threshold;
+      $("threshold-box").hidden = false;
+    }
   } catch (err) {
     $("model-info").textContent = "model information unavailable";
   }
@@ -106,12 +112,56 @@ function showLayers(layers) {
   }
 }
 
+// Segmentation: the mask (the run's palette) and its overlay, the classes by their share of the
+// pixels. Detection: the image with its boxes, the boxes by score. No layer trace: that is
+// `cnnlab explain RUN IMAGE` for these tasks.
+function showDense(prediction) {
+  $("layers-section").hidden = true;
+  const [width, height] = prediction.size;
+  if (prediction.task === "segmentation") {
+    $("input-image").src = prediction.mask;
+    $("input-image").alt = "predicted mask";
+    $("input-caption").textContent = `predicted mask (${width}×${height}, the run's colours)`;
+    $("cam-overlay").src = prediction.overlay;
+    $("cam-overlay").alt = "mask over the image";
+    $("cam-caption").textContent = "mask over the image";
+    $("top-title").textContent = "Classes by area";
+    const areas = prediction.areas.filter((a) => a.fraction > 0)
+      .sort((a, b) => b.fraction - a.fraction);
+    showTop(areas.map((a) => ({ class: a.class, probability: a.fraction })));
+    setStatus(`segmented: ${areas.map((a) => a.class).join(", ")}`, false);
+  } else {
+    $("input-figure").hidden = true;
+    $("cam-overlay").src = prediction.image;
+    $("cam-overlay").alt = "the image with the detected boxes";
+    $("cam-caption").textContent =
+      `${prediction.detections.length} boxes with score ≥ ${prediction.score_threshold} ` +
+      `(${width}×${height})`;
+    $("top-title").textContent = "Detections";
+    const shown = prediction.detections.slice(0, MAX_LISTED);  // best first
+    showTop(shown.map((d) => ({ class: d.category, probability: d.score })));
+    const more = prediction.detections.length - shown.length;
+    if (more > 0) $("top").append(el("li", { class: "hint" }, `… and ${more} more`));
+    setStatus(prediction.detections.length
+      ? `detected: ${prediction.detections.length} boxes`
+      : "no box above the threshold: lower it and pick the image again", false);
+  }
+  $("result").hidden = false;
+  document.body.dataset.state = "done";
+}
+
 async function handle(file) {
   if (!file) return;
   $("result").hidden = true;
-  setStatus(`classifying ${file.size} bytes…`, false);
+  setStatus(`predicting ${file.size} bytes…`, false);
   try {
-    const prediction = await post("/api/predict", file);
+    const threshold = $("threshold-box").hidden ? "" : $("threshold").value;
+    const query = threshold === "" ? "" : `?score_threshold=${encodeURIComponent(threshold)}`;
+    const prediction = await post("/api/predict" + query, file);
+    if (prediction.task && prediction.task !== "classification") {
+      showDense(prediction);
+      return;
+    }
     showTop(prediction.top);
     $("result").hidden = false;
     setStatus("tracing the layers and computing the Grad-CAM…", false);
