@@ -301,7 +301,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=1e-5)
 
     p = sub.add_parser(
-        "serve", help="web explorer: drop an image, see classes, layers and Grad-CAM"
+        "serve",
+        help="web explorer: drop an image, see classes, layers and Grad-CAM (or masks, boxes)",
     )
     p.add_argument("run", help="run directory or .safetensors checkpoint")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")

@@ -1,5 +1,6 @@
 """A local web explorer for a trained run: upload a picture, see the classes, the layer trace and
-the Grad-CAM (``cnnlab serve RUN``). See :mod:`cnnlab.serve.app` and ``docs/deploy.md``.
+the Grad-CAM, or the mask of a segmentation run, or the boxes of a detection run
+(``cnnlab serve RUN``). See :mod:`cnnlab.serve.app` and ``docs/deploy.md``.
 
 Importing this package does not import FastAPI; :func:`create_app` and :func:`serve` do.
 """

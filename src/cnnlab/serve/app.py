@@ -6,11 +6,15 @@ Endpoints (the contract is ``GET /openapi.json``; ``GET /docs`` renders it with 
 * ``GET /api/info``      model name, classes, input size, limits
 * ``POST /api/predict``  an image (``multipart/form-data`` field ``file``, or the raw bytes with an
   ``image/*`` content type) -> ``{"top": [{"class", "index", "probability"}, ...]}``, best first,
-  ``probability = softmax(logits)``
+  ``probability = softmax(logits)``; for a segmentation run the mask (a palette PNG at the
+  upload's size, as ``cnnlab predict RUN`` writes it), the class areas and a colour overlay; for a
+  detection run the boxes in the upload's pixels above ``score_threshold`` (query parameter;
+  default: the run's) and the image with the boxes drawn. The run's recorded ``task`` decides.
 * ``POST /api/explain``  the same upload -> the top classes, the layer trace (one entry per executed
   layer in the lecture's words -- convolution, ReLU, pooling, flattening, fully connected, output,
   plus batch norm / residual add / concat for the deeper families -- with its feature maps as a PNG
-  grid) and a Grad-CAM overlay for the predicted class (PNG data URIs)
+  grid) and a Grad-CAM overlay for the predicted class (PNG data URIs); segmentation and
+  detection runs: 422 pointing to ``cnnlab explain RUN IMAGE``
 * ``GET /report/``       the run's ``report.html`` (read-only; ``/report/<file>`` serves other
   report files, only from inside the run directory and only of harmless types)
 
