@@ -77,13 +77,16 @@ def test_case_44_resume_with_different_classes_fails(mixed_folder, tmp_path):
         api.train(resume=str(run.run_dir), epochs=2)
 
 
-def _two_epochs(tmp_path: Path, name: str) -> Path:
-    run = api.train(data="builtin:digits", out=str(tmp_path), name=name, **(FAST | {"epochs": 2}))
+def _two_epochs(tmp_path: Path, name: str, **options) -> Path:
+    run = api.train(
+        data="builtin:digits", out=str(tmp_path), name=name, **(FAST | {"epochs": 2} | options)
+    )
     return run.run_dir
 
 
 def test_case_46_corrupt_checkpoint_is_named_and_resume_falls_back_loudly(tmp_path, caplog):
-    run_dir = _two_epochs(tmp_path, "c")
+    # an earlier resumable state to fall back to: --keep all (the default keeps one, the newest)
+    run_dir = _two_epochs(tmp_path, "c", keep="all")
     newest = run_dir / "checkpoints" / "epoch-0002.safetensors"
     data = newest.read_bytes()
     newest.write_bytes(data[: len(data) // 2])  # a copy cut short

@@ -48,16 +48,35 @@ DEVICE = (
     "detect predict",
 )
 DISTRIBUTED = ("train", "finetune")  # --devices / torchrun
+INFERENCE = (
+    "evaluate",
+    "predict",
+    "serve",
+    "segment evaluate",
+    "segment predict",
+    "detect evaluate",
+)
 PRINTED_BY: dict[str, tuple[str, ...]] = {
-    "api.py:resolve_device": DEVICE,  # only when --device cuda/mps was asked for
-    "api.py:resolve_precision": (*TRAINERS, "lr-find", *TASK_TRAINERS[:2]),  # --precision 16 asked
-    "api.py:use_streaming": TRAINERS,
-    "api.py:fits_on_device": TRAINERS,
-    "api.py:train": TRAINERS,
-    "api.py:_tensorboard": TRAINERS,  # only with --tensorboard
-    "api.py:_resume_target": ("train", "finetune"),  # only with --resume auto
-    "api.py:evaluate": ("evaluate",),
-    "cli.py:main": (*TRAINERS, "lr-find", *TASK_TRAINERS),  # out of memory: a training command
+    "engine/devices.py:resolve_device": DEVICE,  # only when --device cuda/mps was asked for
+    "engine/devices.py:_check": (*TRAINERS, "lr-find", *TASK_TRAINERS, *INFERENCE),  # --precision
+    "engine/loaders.py:use_streaming": TRAINERS,
+    "engine/loaders.py:fits_on_device": TRAINERS,
+    "engine/checkpoint.py:for_policy": (*TRAINERS, *TASK_TRAINERS),  # --keep
+    "engine/trainer.py:check_monitor": (*TRAINERS, *TASK_TRAINERS),  # --monitor
+    "engine/resume.py:resume_target": ("train", "finetune", *TASK_TRAINERS),  # only with --resume
+    "tasks/classify/train.py:train": TRAINERS,
+    "tasks/classify/train.py:_tensorboard": TRAINERS,  # only with --tensorboard
+    "tasks/classify/evaluate.py:evaluate": ("evaluate",),
+    "tasks/classify/predict.py:predict": ("predict",),
+    "tasks/registry.py:_video": ("predict",),  # a video run given to `cnnlab predict`
+    "api.py:predict": ("predict",),
+    "run.py:evaluation_dir": ("evaluate", "segment evaluate", "detect evaluate", "video evaluate"),
+    "cli/__init__.py:_evaluation_note": ("evaluate", "segment evaluate", "detect evaluate"),
+    "cli/__init__.py:main": (*TRAINERS, "lr-find", *TASK_TRAINERS),  # out of memory: training
+    "cli/video.py:_run_predict_cli": ("video predict",),
+    "segment.py:predict_segmentation": ("segment predict", "predict"),  # --precision
+    "detect.py:predict_detection": ("detect predict", "predict"),  # --precision
+    "export.py:export_model": ("export",),
     "data/decode.py:_check_options": DECODERS,  # only for a limit the user gave
     "data/masks.py:check_mask_values": ("segment train", "segment evaluate"),
     "data/masks.py:_coco": ("segment train", "segment evaluate"),
@@ -82,6 +101,9 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "export.py:_export_onnx": ("export",),
     "models/segmentation.py:load_encoder_from_run": ("segment train",),
     "report/explain_page.py:explain_image": ("explain",),
+    "report/explain_page.py:explain_dense_image": ("explain",),
+    "api.py:explain": ("explain",),
+    "engine/assembly.py:fit_and_record": ("video train",),  # "resume with --resume RUN"
     "segment.py:train_segmentation": ("segment train",),
     "serve/app.py": ("serve",),  # the whole module: the web explorer is `cnnlab serve`
     "video/predict.py:run_cli": ("video predict",),
@@ -93,7 +115,7 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
 ONLY_ON: dict[tuple[str, str], tuple[str, ...]] = {
     # "resume needs the same classes (use --init-from ...)": only under --resume, which a
     # transfer study never passes (it sets each run itself)
-    ("api.py:train", "--init-from"): ("train", "finetune"),
+    ("tasks/classify/train.py:train", "--init-from"): ("train", "finetune"),
 }
 
 
@@ -174,8 +196,12 @@ def test_the_scan_finds_the_messages_it_is_about():
     """The scan sees f-string parts and joined literals: known messages are among its finds."""
     found = {(key, text) for key, text, _, _ in suggested_flags()}
     keys = {key for key, _ in found}
-    assert "data/scan.py:check" in keys and "api.py:train" in keys
-    assert any("lower --batch-size" in text for key, text in found if key == "api.py:train")
+    assert "data/scan.py:check" in keys and "tasks/classify/train.py:train" in keys
+    assert any(
+        "lower --batch-size" in text
+        for key, text in found
+        if key == "tasks/classify/train.py:train"
+    )
 
 
 def test_every_suggested_flag_exists_on_the_commands_that_print_it():

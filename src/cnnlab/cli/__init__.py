@@ -288,6 +288,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     q.add_argument("--device", default="auto")
     q.add_argument("--score-threshold", type=float, default=None)
     q.add_argument("--no-draw", dest="draw", action="store_false")
+    _add_precision(q)
 
     p = sub.add_parser(
         "export", help="ONNX / TorchScript / safetensors with preprocessing, checked after export"
@@ -740,6 +741,7 @@ def _detect(args: argparse.Namespace) -> int:
             device=args.device,
             score_threshold=args.score_threshold,
             draw=args.draw,
+            precision=args.precision,
         )
         out.print(f"detections written to {path}")
         return 0
