@@ -227,3 +227,81 @@ def test_video_run_is_refused_at_start(
     assert len(lines) == 1, lines
     assert "serve covers classification, segmentation and detection runs" in lines[0]
     assert "video-classification" in lines[0]
+
+
+# -- the page in headless Chromium -----------------------------------------------------------------
+@pytest.mark.parametrize("task", ["segmentation", "detection"])
+def test_page_shows_the_mask_or_the_boxes(
+    task: str, seg_run: Path, det_run: Path, tmp_path: Path
+) -> None:
+    """The page draws the task's answer (mask and overlay, or the boxes) in place of the top-k
+    bars and the layer trace, at the upload's own size; the list beside it follows the JSON."""
+    import shutil
+    import socket
+    import threading
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    uvicorn = pytest.importorskip("uvicorn")
+    app = create_app(seg_run if task == "segmentation" else det_run, device="cpu")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    class Server(uvicorn.Server):  # says when it listens
+        ready = threading.Event()
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            self.ready.set()
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    image = _picture(tmp_path / "up.png", np.random.default_rng(5), 80, 50)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert server.ready.wait(20) and server.started, "uvicorn did not start"
+        with TestClient(app) as client:  # the JSON the page should show
+            query = "?score_threshold=0.05" if task == "detection" else ""
+            body = _upload(client, image.read_bytes(), "/api/predict" + query).json()
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
+            )
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 900})
+                page.goto(url + "/")
+                page.wait_for_function(
+                    f"document.getElementById('model-info').textContent.includes('({task})')"
+                )
+                if task == "detection":
+                    page.fill("#threshold", "0.05")
+                page.set_input_files("#file", str(image))
+                page.wait_for_selector("body[data-state=done]", timeout=30_000)
+                drawn = page.eval_on_selector("#cam-overlay", "e => [e.naturalWidth, e.src]")
+                mask = page.eval_on_selector("#input-image", "e => [e.naturalWidth, e.src]")
+                labels = page.eval_on_selector_all(
+                    "#top li[data-class]", "els => els.map(e => e.dataset.class)"
+                )
+                layers_hidden = page.eval_on_selector("#layers-section", "e => e.hidden")
+                page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert layers_hidden
+    assert drawn[0] == 80
+    if task == "segmentation":
+        assert drawn[1] == body["overlay"] and mask == [80, body["mask"]]
+        areas = sorted(
+            (a for a in body["areas"] if a["fraction"] > 0), key=lambda a: -a["fraction"]
+        )
+        assert labels == [a["class"] for a in areas]
+    else:
+        assert drawn[1] == body["image"]
+        assert labels == [d["category"] for d in body["detections"][:20]]
