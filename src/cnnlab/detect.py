@@ -49,9 +49,12 @@ from cnnlab.data.boxes import (
     unmap_boxes,
 )
 from cnnlab.data.decode import DEFAULT_MAX_PIXELS
-from cnnlab.engine import callbacks as cbs
-from cnnlab.engine.assembly import check_common_options, optimizer_and_schedule
-from cnnlab.engine.checkpoint import CheckpointManager
+from cnnlab.engine import distributed
+from cnnlab.engine.assembly import (
+    check_common_options,
+    optimizer_and_schedule,
+    standard_callbacks,
+)
 from cnnlab.engine.devices import (
     inference_precision,
     machine_info,
@@ -116,6 +119,7 @@ class DetectConfig:
     score_threshold: float = 0.5  # for precision/recall at IoU 0.5 and drawn boxes
     # --- compute ---
     device: Device = "auto"
+    devices: int = 1  # processes on this node (DDP through torchrun; --batch-size stays global)
     precision: Precision = "32"
     # --- run control ---
     seed: int = 0
@@ -205,8 +209,15 @@ def train_detection(
     resumed = resume_target(cfg.resume, cfg.out, cfg.name, "detection") if cfg.resume else None
     if resumed:  # the run's own config; only epochs, device, precision, early stopping may change
         cfg = make_config(DetectConfig, **resumed_config(DetectConfig, cfg, resumed[0]))
+    # DDP: join torchrun's process group (single-process info outside torchrun)
+    info = distributed.init_from_env(cfg.device)
+    if cfg.devices > 1 and not info.distributed:
+        raise ConfigError(
+            f"devices={cfg.devices} needs one process per device: run `cnnlab detect train "
+            f"--devices {cfg.devices} ...`"
+        )
     seed_everything(cfg.seed, cfg.deterministic)
-    device = resolve_device(cfg.device)
+    device = info.device if info.distributed else resolve_device(cfg.device)
     bundle = _bundle(cfg)
     first = next(s for part in bundle.splits.values() for s in part)
     in_channels = cfg.in_channels or (first.array.shape[2] if first.array is not None else 3)
@@ -244,28 +255,33 @@ def train_detection(
     spec = PreprocessSpec(image_size, in_channels, tuple(mean), tuple(std), cfg.resize,
                           decode_policy)  # fmt: skip
 
-    run_dir = (
-        resumed[0]
-        if resumed
-        else new_run_dir(
-            cfg.out, cfg.name, f"{cfg.model}-{cfg.backbone}", cfg.data, private=cfg.private
+    if info.is_main:  # DDP: rank 0 alone creates and writes the run folder; the others get its path
+        run_dir = (
+            resumed[0]
+            if resumed
+            else new_run_dir(
+                cfg.out, cfg.name, f"{cfg.model}-{cfg.backbone}", cfg.data, private=cfg.private
+            )
         )
-    )
-    write_json(run_dir / "config.json", cfg.to_dict())
-    write_json(run_dir / "classes.json", class_names)
-    write_json(run_dir / "preprocess.json", spec.to_dict())
-    write_json(run_dir / "data_report.json", report.to_dict())
-    write_json(
-        run_dir / "splits.json",
-        {"source": bundle.source, "layout": bundle.layout, "origin": bundle.split_origin,
-         "splits": {k: v[2] for k, v in decoded.items()}},
-    )  # fmt: skip
+        write_json(run_dir / "config.json", cfg.to_dict())
+        write_json(run_dir / "classes.json", class_names)
+        write_json(run_dir / "preprocess.json", spec.to_dict())
+        write_json(run_dir / "data_report.json", report.to_dict())
+        write_json(
+            run_dir / "splits.json",
+            {"source": bundle.source, "layout": bundle.layout, "origin": bundle.split_origin,
+             "splits": {k: v[2] for k, v in decoded.items()}},
+        )  # fmt: skip
+    run_dir = Path(distributed.broadcast_object(str(run_dir) if info.is_main else None))
     precision = resolve_precision(cfg.precision, device, None)
     model.to(device)
     train_loader = make_box_loader(
-        decoded["train"][0], decoded["train"][1], spec, device, cfg.batch_size,
+        decoded["train"][0], decoded["train"][1], spec, device,
+        distributed.local_batch_size(cfg.batch_size, info),  # DDP: --batch-size is the global batch
         shuffle=True, augment=cfg.augment, seed=cfg.seed, drop_last=True,
     )  # fmt: skip
+    if info.distributed:  # DDP: rank r takes batches r, r + W, ... (W x b = the global batch)
+        train_loader = distributed.BatchShard(train_loader, info)
     if len(train_loader) == 0:
         raise DataError(
             cfg.data,
@@ -299,19 +315,15 @@ def train_detection(
         "cnnlab_version": __version__,
         "torch_version": torch.__version__,
     }
-    manager = CheckpointManager.for_policy(run_dir / "checkpoints", cfg.keep)
     monitor = cfg.monitor if val_loader is not None else "train_loss"
-    callbacks: list[cbs.Callback] = [
-        cbs.Progress(cfg.epochs, len(train_loader), console=console, enabled=console is not None),
-        cbs.CSVLogger(run_dir / "metrics.csv"),
-        cbs.Checkpoint(manager, lambda: metadata, monitor),
-        cbs.GracefulInterrupt(),
-    ]
-    if cfg.early_stopping:
-        callbacks.append(cbs.EarlyStopping(monitor, cfg.early_stopping))
+    callbacks = standard_callbacks(
+        cfg, run_dir, len(train_loader), lambda: metadata, monitor, console=console
+    )
     ids = decoded["train"][2]
+    # DDP: gradients all-reduced; each rank validates the whole split (the same numbers everywhere)
     trainer = Trainer(
-        model, task, optimizer, scheduler, device=device, precision=precision,
+        distributed.wrap_ddp(model, info), task, optimizer, scheduler, device=device,
+        precision=precision,
         grad_clip=cfg.grad_clip, callbacks=callbacks,
         describe_batch=lambda idx: [ids[int(i)] for i in idx[:8]],
     )  # fmt: skip
@@ -324,14 +336,17 @@ def train_detection(
         raise Interrupted(
             f"{state.stop_reason}; resume with: cnnlab detect train --resume {run_dir}"
         )
+    distributed.barrier()  # DDP: rank 0's last checkpoint is on disk
+    result = DetectResult(run_dir, state.history, None, train_time, cfg, state.stop_reason)
+    if not info.is_main:  # DDP: rank 0 evaluates and writes the rest
+        return result
     write_json(
         run_dir / "run.json",
         {"train_time_s": train_time, "setup_time_s": t0 - t_call, "precision": precision,
          "inference_precision": inference_precision("auto", device, precision),
          "device": str(device), "machine": machine_info(device), "stop_reason": state.stop_reason,
-         "cnnlab_version": __version__},
+         "cnnlab_version": __version__, "world_size": info.world_size},
     )  # fmt: skip
-    result = DetectResult(run_dir, state.history, None, train_time, cfg, state.stop_reason)
     if "test" in decoded:
         best, meta, _ = load_detection_model(run_dir, device)
         ev = evaluate_detection_model(

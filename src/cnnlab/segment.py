@@ -53,9 +53,12 @@ from cnnlab.data.masks import (
     load_mask_source,
     square_geometry,
 )
-from cnnlab.engine import callbacks as cbs
-from cnnlab.engine.assembly import check_common_options, optimizer_and_schedule
-from cnnlab.engine.checkpoint import CheckpointManager
+from cnnlab.engine import distributed
+from cnnlab.engine.assembly import (
+    check_common_options,
+    optimizer_and_schedule,
+    standard_callbacks,
+)
 from cnnlab.engine.devices import (
     inference_precision,
     machine_info,
@@ -143,6 +146,7 @@ class SegmentConfig:
     device: Device = "auto"
     precision: Precision = "auto"
     channels_last: bool | None = None
+    devices: int = 1  # processes on this node (DDP through torchrun; --batch-size stays global)
     # --- run control ---
     seed: int = 0
     deterministic: bool = False
@@ -278,8 +282,15 @@ def train_segmentation(
     resumed = resume_target(cfg.resume, cfg.out, cfg.name, "segmentation") if cfg.resume else None
     if resumed:  # the run's own config; only epochs, device, precision, early stopping may change
         cfg = make_config(SegmentConfig, **resumed_config(SegmentConfig, cfg, resumed[0]))
+    # DDP: join torchrun's process group (single-process info outside torchrun)
+    info = distributed.init_from_env(cfg.device)
+    if cfg.devices > 1 and not info.distributed:
+        raise ConfigError(
+            f"devices={cfg.devices} needs one process per device: run `cnnlab segment train "
+            f"--devices {cfg.devices} ...`"
+        )
     seed_everything(cfg.seed, cfg.deterministic)
-    device = resolve_device(cfg.device)
+    device = info.device if info.distributed else resolve_device(cfg.device)
     bundle = _bundle(cfg)
     in_channels = cfg.in_channels or bundle.channels
     image_size = _image_size(cfg, bundle)
@@ -329,26 +340,28 @@ def train_segmentation(
     )
     palette = bundle.palette[:num_classes].tolist()
 
-    run_dir = (
-        resumed[0]
-        if resumed
-        else new_run_dir(
-            cfg.out, cfg.name, f"{cfg.model}-{cfg.encoder}", cfg.data, private=cfg.private
+    if info.is_main:  # DDP: rank 0 alone creates and writes the run folder; the others get its path
+        run_dir = (
+            resumed[0]
+            if resumed
+            else new_run_dir(
+                cfg.out, cfg.name, f"{cfg.model}-{cfg.encoder}", cfg.data, private=cfg.private
+            )
         )
-    )
-    write_json(run_dir / "config.json", cfg.to_dict())
-    write_json(run_dir / "classes.json", class_names)
-    write_json(run_dir / "preprocess.json", spec.to_dict())
-    write_json(
-        run_dir / "splits.json",
-        {
-            "source": bundle.source,
-            "layout": bundle.layout,
-            "origin": bundle.split_origin,
-            "root": str(bundle.root) if bundle.root else None,
-            "splits": {k: s.ids for k, s in bundle.splits.items()},
-        },
-    )
+        write_json(run_dir / "config.json", cfg.to_dict())
+        write_json(run_dir / "classes.json", class_names)
+        write_json(run_dir / "preprocess.json", spec.to_dict())
+        write_json(
+            run_dir / "splits.json",
+            {
+                "source": bundle.source,
+                "layout": bundle.layout,
+                "origin": bundle.split_origin,
+                "root": str(bundle.root) if bundle.root else None,
+                "splits": {k: s.ids for k, s in bundle.splits.items()},
+            },
+        )
+    run_dir = Path(distributed.broadcast_object(str(run_dir) if info.is_main else None))
     precision = resolve_precision(cfg.precision, device, None)
     channels_last = resolve_channels_last(cfg.channels_last, device)
     model.to(device)
@@ -360,7 +373,7 @@ def train_segmentation(
         train_masks,
         spec,
         device,
-        cfg.batch_size,
+        distributed.local_batch_size(cfg.batch_size, info),  # DDP: --batch-size is the global batch
         cfg.ignore_index,
         shuffle=True,
         augment=cfg.augment,
@@ -368,6 +381,8 @@ def train_segmentation(
         drop_last=True,
         channels_last=channels_last,
     )
+    if info.distributed:  # DDP: rank r takes batches r, r + W, ... (W x b = the global batch)
+        train_loader = distributed.BatchShard(train_loader, info)
     if len(train_loader) == 0:
         raise DataError(
             cfg.data,
@@ -403,19 +418,15 @@ def train_segmentation(
         "cnnlab_version": __version__,
         "torch_version": torch.__version__,
     }
-    manager = CheckpointManager.for_policy(run_dir / "checkpoints", cfg.keep)
     monitor = cfg.monitor if val_loader is not None else "train_loss"
-    callbacks: list[cbs.Callback] = [
-        cbs.Progress(cfg.epochs, len(train_loader), console=console, enabled=console is not None),
-        cbs.CSVLogger(run_dir / "metrics.csv"),
-        cbs.Checkpoint(manager, lambda: metadata, monitor),
-        cbs.GracefulInterrupt(),
-    ]
-    if cfg.early_stopping:
-        callbacks.append(cbs.EarlyStopping(monitor, cfg.early_stopping))
+    callbacks = standard_callbacks(
+        cfg, run_dir, len(train_loader), lambda: metadata, monitor, console=console
+    )
     ids = bundle.splits["train"].ids
+    # DDP: gradients all-reduced; each rank validates the whole split (the same numbers everywhere)
+    net = distributed.wrap_ddp(model, info)
     trainer = Trainer(
-        model,
+        net,
         task,
         optimizer,
         scheduler,
@@ -434,6 +445,10 @@ def train_segmentation(
         raise Interrupted(
             f"{state.stop_reason}; resume with: cnnlab segment train --resume {run_dir}"
         )
+    distributed.barrier()  # DDP: rank 0's last checkpoint is on disk
+    result = SegmentResult(run_dir, state.history, None, train_time, cfg, state.stop_reason)
+    if not info.is_main:  # DDP: rank 0 evaluates and writes the rest
+        return result
     write_json(
         run_dir / "run.json",
         {
@@ -446,9 +461,9 @@ def train_segmentation(
             "channels_last": channels_last,
             "stop_reason": state.stop_reason,
             "cnnlab_version": __version__,
+            "world_size": info.world_size,
         },
     )
-    result = SegmentResult(run_dir, state.history, None, train_time, cfg, state.stop_reason)
     if "test" in decoded:
         best, meta, _ = load_segmentation_model(run_dir, device)
         evaluation = evaluate_segmentation_model(

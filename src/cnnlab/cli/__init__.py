@@ -78,6 +78,24 @@ def add_train_options(
             p.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
 
 
+def _launch_devices(options: dict[str, Any]) -> int | None:
+    """`--devices N` outside torchrun: re-run this command under torchrun, one process per device,
+    and return its exit status; None when this process should train itself."""
+    from cnnlab.engine import distributed
+
+    devices = int(options.get("devices") or 1)
+    if devices > 1 and not distributed.launched():
+        return distributed.launch(sys.argv[1:], devices)
+    return None
+
+
+def _rank_console() -> Console | None:
+    """The console on rank 0 (or a single process); the other DDP ranks print nothing."""
+    from cnnlab.engine import distributed
+
+    return out if distributed.is_main() else None
+
+
 def _add_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
@@ -598,7 +616,12 @@ def _segment(args: argparse.Namespace) -> int:
     if args.segment_action == "train":
         names = [f.name for f in dataclasses.fields(SegmentConfig)]
         options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-        result = api.segment_train(args.config, console=out, **options)
+        launched = _launch_devices(options)
+        if launched is not None:
+            return launched
+        result = api.segment_train(args.config, console=_rank_console(), **options)
+        if _rank_console() is None:  # DDP: rank 0 reports
+            return 0
         _print_segment_metrics(result.test_metrics)
         out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
         if result.report:
@@ -715,7 +738,12 @@ def _detect(args: argparse.Namespace) -> int:
     if args.detect_action == "train":
         names = [f.name for f in dataclasses.fields(DetectConfig)]
         options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-        result = api.detect_train(args.config, console=out, **options)
+        launched = _launch_devices(options)
+        if launched is not None:
+            return launched
+        result = api.detect_train(args.config, console=_rank_console(), **options)
+        if _rank_console() is None:  # DDP: rank 0 reports
+            return 0
         metrics = result.test_metrics
         out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
     elif args.detect_action == "evaluate":

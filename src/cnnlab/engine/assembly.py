@@ -24,6 +24,7 @@ from torch import nn
 from cnnlab import __version__
 from cnnlab.config import TrainConfig
 from cnnlab.engine import callbacks as cbs
+from cnnlab.engine import distributed
 from cnnlab.engine.checkpoint import KEEP, CheckpointManager
 from cnnlab.engine.devices import inference_precision, machine_info
 from cnnlab.engine.optim import build_optimizer, build_scheduler, param_groups
@@ -77,18 +78,27 @@ def standard_callbacks(
     first: Sequence[cbs.Callback] = (),
 ) -> list[cbs.Callback]:
     """``first`` (callbacks that add metrics the others read), progress bar, metrics.csv,
-    checkpoints (best by ``monitor``), graceful Ctrl-C/SIGTERM and, when asked, early stopping."""
-    callbacks: list[cbs.Callback] = [
-        *first,
-        cbs.Progress(cfg.epochs, steps_per_epoch, console=console, enabled=console is not None),
-        cbs.CSVLogger(run_dir / "metrics.csv"),
-        cbs.Checkpoint(
-            CheckpointManager.for_policy(run_dir / "checkpoints", getattr(cfg, "keep", "best")),
-            metadata,
-            monitor,
-        ),
-        cbs.GracefulInterrupt(),
-    ]
+    checkpoints (best by ``monitor``), graceful Ctrl-C/SIGTERM and, when asked, early stopping.
+
+    DDP (torchrun): images/s summed over ranks first; only rank 0 prints and writes; no Ctrl-C
+    handler (torchrun stops the ranks); early stopping on every rank (each validates the whole
+    split, so they stop together)."""
+    info = distributed.current()
+    callbacks: list[cbs.Callback] = [*first]
+    if info.distributed:
+        callbacks.insert(0, distributed.GlobalThroughput(info.world_size))
+    if info.is_main:
+        callbacks += [
+            cbs.Progress(cfg.epochs, steps_per_epoch, console=console, enabled=console is not None),
+            cbs.CSVLogger(run_dir / "metrics.csv"),
+            cbs.Checkpoint(
+                CheckpointManager.for_policy(run_dir / "checkpoints", getattr(cfg, "keep", "best")),
+                metadata,
+                monitor,
+            ),
+        ]
+    if not info.distributed:
+        callbacks.append(cbs.GracefulInterrupt())
     if cfg.early_stopping:
         callbacks.append(cbs.EarlyStopping(monitor, cfg.early_stopping))
     return callbacks

@@ -550,6 +550,35 @@ class FollowTrainable(Callback):
         log.info("DDP rebuilt for %d trainable parameter tensors", len(trainer.model._trainable))
 
 
+class BatchShard:
+    """Rank r of W takes micro-batches r, r + W, r + 2W, ... of a loader built with the per-rank
+    batch b = B / W, so one optimizer step sees W x b = B samples, as one process with batch B.
+    Every rank gets floor(len / W) batches (DDP needs the same number of steps on each). For the
+    task loaders (masks, boxes) whose batches carry no shard parameter: the batches a rank skips are
+    still drawn (their index_select and augmentation, cheap next to forward and backward), which
+    keeps each batch's seeded augmentation that of the single-process run."""
+
+    def __init__(self, loader: Any, info: DistInfo) -> None:
+        self.loader, self.rank, self.world = loader, info.rank, info.world_size
+
+    def __len__(self) -> int:
+        return len(self.loader) // self.world
+
+    @property
+    def num_samples(self) -> int:
+        return self.loader.num_samples
+
+    def batches(self, epoch: int = 0, start: int = 0) -> Any:
+        """This rank's batches of `epoch`, from its `start`-th (a resumed epoch)."""
+        first = start * self.world + self.rank
+        stop = len(self) * self.world
+        for i, batch in enumerate(self.loader.batches(epoch, start=first), start=first):
+            if i >= stop:
+                break
+            if (i - self.rank) % self.world == 0:
+                yield batch
+
+
 class GlobalThroughput(Callback):
     """Insert FIRST: images/s summed over ranks, before the progress line and metrics.csv see it."""
 

@@ -81,6 +81,9 @@ def detection_metrics(
         iou_type="bbox",
         class_metrics=True,
         extended_summary=True,
+        # the caller passes every image: no gather over DDP ranks (it would count each image once
+        # per rank, and hang when rank 0 alone scores the test split)
+        sync_on_compute=False,
         backend="pycocotools",
     )
     cpu_p = [{n: v.detach().cpu() for n, v in p.items()} for p in preds]
