@@ -78,7 +78,7 @@ def add_train_options(
             p.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
 
 
-def _launch_devices(options: dict[str, Any]) -> int | None:
+def launch_devices(options: dict[str, Any]) -> int | None:
     """`--devices N` outside torchrun: re-run this command under torchrun, one process per device,
     and return its exit status; None when this process should train itself."""
     from cnnlab.engine import distributed
@@ -89,7 +89,7 @@ def _launch_devices(options: dict[str, Any]) -> int | None:
     return None
 
 
-def _rank_console() -> Console | None:
+def rank_console() -> Console | None:
     """The console on rank 0 (or a single process); the other DDP ranks print nothing."""
     from cnnlab.engine import distributed
 
@@ -616,11 +616,11 @@ def _segment(args: argparse.Namespace) -> int:
     if args.segment_action == "train":
         names = [f.name for f in dataclasses.fields(SegmentConfig)]
         options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-        launched = _launch_devices(options)
+        launched = launch_devices(options)
         if launched is not None:
             return launched
-        result = api.segment_train(args.config, console=_rank_console(), **options)
-        if _rank_console() is None:  # DDP: rank 0 reports
+        result = api.segment_train(args.config, console=rank_console(), **options)
+        if rank_console() is None:  # DDP: rank 0 reports
             return 0
         _print_segment_metrics(result.test_metrics)
         out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
@@ -738,11 +738,11 @@ def _detect(args: argparse.Namespace) -> int:
     if args.detect_action == "train":
         names = [f.name for f in dataclasses.fields(DetectConfig)]
         options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-        launched = _launch_devices(options)
+        launched = launch_devices(options)
         if launched is not None:
             return launched
-        result = api.detect_train(args.config, console=_rank_console(), **options)
-        if _rank_console() is None:  # DDP: rank 0 reports
+        result = api.detect_train(args.config, console=rank_console(), **options)
+        if rank_console() is None:  # DDP: rank 0 reports
             return 0
         metrics = result.test_metrics
         out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")

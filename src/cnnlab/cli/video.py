@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cnnlab import api
-from cnnlab.cli import add_train_options, print_metrics
+from cnnlab.cli import add_train_options, launch_devices, print_metrics, rank_console
 from cnnlab.video.predict import VideoPredictConfig
 from cnnlab.video.train import VideoConfig
 
@@ -57,7 +57,12 @@ def _run_train_cli(args: argparse.Namespace, out: Any) -> int:
     if args.video_action == "train":
         names = [f.name for f in dataclasses.fields(VideoConfig)]
         options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-        result = api.video_train(args.config, console=out, **options)
+        launched = launch_devices(options)
+        if launched is not None:
+            return launched
+        result = api.video_train(args.config, console=rank_console(), **options)
+        if rank_console() is None:  # DDP: rank 0 reports
+            return 0
         if result.test_metrics:
             print_metrics(result.test_metrics, "test metrics (clips)")
         out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")

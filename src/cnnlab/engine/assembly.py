@@ -121,6 +121,8 @@ def fit_and_record(
     train_time = time.perf_counter() - t0
     if state.interrupted:
         raise Interrupted(f"{state.stop_reason}; resume with --resume {run_dir}")
+    if not distributed.current().is_main:  # DDP: rank 0 writes
+        return state, train_time
     write_json(
         run_dir / "run.json",
         {"train_time_s": train_time, "setup_time_s": t0 - t_call, "precision": trainer.precision,

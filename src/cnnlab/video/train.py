@@ -52,6 +52,7 @@ from cnnlab.config import (
 )
 from cnnlab.data.sources import Split, stratified_split
 from cnnlab.data.tensors import arrays_to_chw, channel_stats, normalize
+from cnnlab.engine import distributed
 from cnnlab.engine.assembly import (
     TrainResult,
     check_common_options,
@@ -127,6 +128,7 @@ class VideoConfig:
     grad_clip: float | None = None
     # --- compute ---
     device: Device = "auto"
+    devices: int = 1  # processes on this node (DDP through torchrun; --batch-size stays global)
     precision: Precision = "auto"
     # --- run control ---
     seed: int = 0
@@ -375,8 +377,15 @@ def train_video(
     resumed = resume_target(cfg.resume, cfg.out, cfg.name, TASK) if cfg.resume else None
     if resumed:  # the run's own config; only epochs, device, precision, early stopping may change
         cfg = make_config(VideoConfig, **resumed_config(VideoConfig, cfg, resumed[0]))
+    # DDP: join torchrun's process group (single-process info outside torchrun)
+    info = distributed.init_from_env(cfg.device)
+    if cfg.devices > 1 and not info.distributed:
+        raise ConfigError(
+            f"devices={cfg.devices} needs one process per device: run `cnnlab video train "
+            f"--devices {cfg.devices} ...`"
+        )
     seed_everything(cfg.seed, cfg.deterministic)
-    device = resolve_device(cfg.device)
+    device = info.device if info.distributed else resolve_device(cfg.device)
     check_video_model(cfg.model, cfg.weights)  # before any video is decoded
     data = load_clips(cfg)
     parts = _split(data, cfg)
@@ -398,18 +407,22 @@ def train_video(
     spec = dataclasses.replace(_frames_spec(s, cfg.resize), mean=tuple(mean), std=tuple(std))
     wide = clip_spec(spec, t)
 
-    run_dir = resumed[0] if resumed else new_run_dir(cfg.out, cfg.name, cfg.model, cfg.data,
-                                                     private=cfg.private)  # fmt: skip
-    write_json(run_dir / "config.json", cfg.to_dict())
-    write_json(run_dir / "classes.json", class_names)
-    write_json(run_dir / "preprocess.json", spec.to_dict() | {"frames": t})
-    write_json(run_dir / "data_report.json", data.report)
-    write_json(run_dir / "splits.json",
-               {"source": cfg.data, "origin": "given" if data.given_splits else
-                f"stratified(seed={cfg.seed})",
-                "splits": {k: [data.ids[i] for i in v] for k, v in parts.items()},
-                "labels": {k: [class_names[data.targets[i]] for i in v]
-                           for k, v in parts.items()}})  # fmt: skip
+    if info.is_main:  # DDP: rank 0 alone creates and writes the run folder; the others get its path
+        run_dir = resumed[0] if resumed else new_run_dir(cfg.out, cfg.name, cfg.model, cfg.data,
+                                                         private=cfg.private)  # fmt: skip
+        write_json(run_dir / "config.json", cfg.to_dict())
+        write_json(run_dir / "classes.json", class_names)
+        write_json(run_dir / "preprocess.json", spec.to_dict() | {"frames": t})
+        write_json(run_dir / "data_report.json", data.report)
+        write_json(run_dir / "splits.json",
+                   {"source": cfg.data, "origin": "given" if data.given_splits else
+                    f"stratified(seed={cfg.seed})",
+                    "splits": {k: [data.ids[i] for i in v] for k, v in parts.items()},
+                    "labels": {k: [class_names[data.targets[i]] for i in v]
+                               for k, v in parts.items()}})  # fmt: skip
+    run_dir = Path(distributed.broadcast_object(str(run_dir) if info.is_main else None))
+    local = distributed.local_batch_size(cfg.batch_size, info)  # DDP: --batch-size is global
+    shard = (info.rank, info.world_size)  # DDP: rank r takes samples r, r + W, ... of each batch
 
     precision = resolve_precision(cfg.precision, device, None)
     model.to(device)
@@ -417,13 +430,13 @@ def train_video(
     targets = data.targets
     if is_3d(cfg.model):
         train_loader = make_loader(
-            clips[train_idx], targets[train_idx], wide, device, cfg.batch_size, shuffle=True,
-            augment=cfg.augment, seed=cfg.seed, drop_last=True,
+            clips[train_idx], targets[train_idx], wide, device, local, shuffle=True,
+            augment=cfg.augment, seed=cfg.seed, drop_last=True, shard=shard,
         )  # fmt: skip
     else:  # every frame is a training image labelled with its clip's class
         train_loader = make_loader(
-            frames_u8, np.repeat(targets[train_idx], t), spec, device, cfg.batch_size * t,
-            shuffle=True, augment=cfg.augment, seed=cfg.seed, drop_last=True,
+            frames_u8, np.repeat(targets[train_idx], t), spec, device, local * t,
+            shuffle=True, augment=cfg.augment, seed=cfg.seed, drop_last=True, shard=shard,
         )  # fmt: skip
     val_loader = None
     if "val" in parts and len(parts["val"]):
@@ -455,17 +468,19 @@ def train_video(
     sample_of = (lambda i: ids[train_idx[int(i)]]) if is_3d(cfg.model) else (
         lambda i: f"{ids[train_idx[int(i) // t]]}#frame{int(i) % t}"
     )  # fmt: skip
+    # DDP: gradients all-reduced; each rank validates the whole split (the same numbers everywhere)
     trainer = Trainer(
-        model, task, optimizer, scheduler, device=device, precision=precision,
-        grad_clip=cfg.grad_clip, callbacks=callbacks,
+        distributed.wrap_ddp(model, info), task, optimizer, scheduler, device=device,
+        precision=precision, grad_clip=cfg.grad_clip, callbacks=callbacks,
         describe_batch=lambda idx: [sample_of(i) for i in idx[:8]],
     )  # fmt: skip
     if resumed:
         restore(trainer, model, *resumed)
     state, train_time = fit_and_record(
         trainer, train_loader, val_loader, cfg.epochs, run_dir, t_call, task=TASK,
-        clips=int(n), frames=t, image_size=s,
+        clips=int(n), frames=t, image_size=s, world_size=info.world_size,
     )  # fmt: skip
+    distributed.barrier()  # DDP: rank 0's last checkpoint is on disk before every rank reads best
     result = TrainResult(run_dir, state.history, None, train_time, cfg, state.stop_reason)
     if "test" in parts and len(parts["test"]):
         best, _, _ = load_video_model(run_dir, device)
@@ -475,7 +490,8 @@ def train_video(
                        precision=inference_precision("auto", device, precision),
                        run_dir=run_dir, report=cfg.report)  # fmt: skip
         result.test_metrics, result.report = ev["metrics"], ev.get("report")
-    finish_run_dir(run_dir, console)
+    if info.is_main:  # DDP: rank 0 owns the folder
+        finish_run_dir(run_dir, console)
     return result
 
 
