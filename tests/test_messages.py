@@ -88,6 +88,7 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "data/tensors.py:open_cache": TRAINERS,
     "detect.py:train_detection": ("detect train",),
     "engine/distributed.py:init_from_env": DISTRIBUTED,
+    "engine/distributed.py:join": TASK_TRAINERS,  # "run `cnnlab segment train --devices N ...`"
     "engine/distributed.py:local_batch_size": DISTRIBUTED,
     "engine/distributed.py:wrap_ddp": DISTRIBUTED,
     "engine/distributed.py:launch": DISTRIBUTED,

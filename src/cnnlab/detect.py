@@ -209,15 +209,9 @@ def train_detection(
     resumed = resume_target(cfg.resume, cfg.out, cfg.name, "detection") if cfg.resume else None
     if resumed:  # the run's own config; only epochs, device, precision, early stopping may change
         cfg = make_config(DetectConfig, **resumed_config(DetectConfig, cfg, resumed[0]))
-    # DDP: join torchrun's process group (single-process info outside torchrun)
-    info = distributed.init_from_env(cfg.device)
-    if cfg.devices > 1 and not info.distributed:
-        raise ConfigError(
-            f"devices={cfg.devices} needs one process per device: run `cnnlab detect train "
-            f"--devices {cfg.devices} ...`"
-        )
+    # DDP: torchrun's process group and this rank's device (one process outside torchrun)
+    info, device = distributed.join("cnnlab detect train", cfg.devices, cfg.device)
     seed_everything(cfg.seed, cfg.deterministic)
-    device = info.device if info.distributed else resolve_device(cfg.device)
     bundle = _bundle(cfg)
     first = next(s for part in bundle.splits.values() for s in part)
     in_channels = cfg.in_channels or (first.array.shape[2] if first.array is not None else 3)

@@ -282,15 +282,9 @@ def train_segmentation(
     resumed = resume_target(cfg.resume, cfg.out, cfg.name, "segmentation") if cfg.resume else None
     if resumed:  # the run's own config; only epochs, device, precision, early stopping may change
         cfg = make_config(SegmentConfig, **resumed_config(SegmentConfig, cfg, resumed[0]))
-    # DDP: join torchrun's process group (single-process info outside torchrun)
-    info = distributed.init_from_env(cfg.device)
-    if cfg.devices > 1 and not info.distributed:
-        raise ConfigError(
-            f"devices={cfg.devices} needs one process per device: run `cnnlab segment train "
-            f"--devices {cfg.devices} ...`"
-        )
+    # DDP: torchrun's process group and this rank's device (one process outside torchrun)
+    info, device = distributed.join("cnnlab segment train", cfg.devices, cfg.device)
     seed_everything(cfg.seed, cfg.deterministic)
-    device = info.device if info.distributed else resolve_device(cfg.device)
     bundle = _bundle(cfg)
     in_channels = cfg.in_channels or bundle.channels
     image_size = _image_size(cfg, bundle)

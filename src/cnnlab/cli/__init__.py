@@ -78,6 +78,19 @@ def add_train_options(
             p.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
 
 
+def train_task(cls: type, train: Any, args: argparse.Namespace) -> Any:
+    """`cnnlab segment|detect|video train`: the ``cls`` options given on the command line; with
+    --devices N outside torchrun, re-run under it and return its exit status (an int). Otherwise
+    train and return the result on rank 0 (or a single process), 0 on the other DDP ranks."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    launched = launch_devices(options)
+    if launched is not None:
+        return launched
+    result = train(args.config, console=rank_console(), **options)
+    return result if rank_console() is not None else 0
+
+
 def launch_devices(options: dict[str, Any]) -> int | None:
     """`--devices N` outside torchrun: re-run this command under torchrun, one process per device,
     and return its exit status; None when this process should train itself."""
@@ -614,14 +627,9 @@ def _segment(args: argparse.Namespace) -> int:
     from cnnlab.segment import SegmentConfig
 
     if args.segment_action == "train":
-        names = [f.name for f in dataclasses.fields(SegmentConfig)]
-        options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-        launched = launch_devices(options)
-        if launched is not None:
-            return launched
-        result = api.segment_train(args.config, console=rank_console(), **options)
-        if rank_console() is None:  # DDP: rank 0 reports
-            return 0
+        result = train_task(SegmentConfig, api.segment_train, args)
+        if isinstance(result, int):  # torchrun's exit status, or a rank other than 0
+            return result
         _print_segment_metrics(result.test_metrics)
         out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
         if result.report:
@@ -736,14 +744,9 @@ def _detect(args: argparse.Namespace) -> int:
     from cnnlab.detect import DetectConfig
 
     if args.detect_action == "train":
-        names = [f.name for f in dataclasses.fields(DetectConfig)]
-        options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-        launched = launch_devices(options)
-        if launched is not None:
-            return launched
-        result = api.detect_train(args.config, console=rank_console(), **options)
-        if rank_console() is None:  # DDP: rank 0 reports
-            return 0
+        result = train_task(DetectConfig, api.detect_train, args)
+        if isinstance(result, int):  # torchrun's exit status, or a rank other than 0
+            return result
         metrics = result.test_metrics
         out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
     elif args.detect_action == "evaluate":

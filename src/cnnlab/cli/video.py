@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cnnlab import api
-from cnnlab.cli import add_train_options, launch_devices, print_metrics, rank_console
+from cnnlab.cli import add_train_options, print_metrics, train_task
 from cnnlab.video.predict import VideoPredictConfig
 from cnnlab.video.train import VideoConfig
 
@@ -55,14 +55,9 @@ def _add_train_cli(actions: Any) -> None:
 
 def _run_train_cli(args: argparse.Namespace, out: Any) -> int:
     if args.video_action == "train":
-        names = [f.name for f in dataclasses.fields(VideoConfig)]
-        options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-        launched = launch_devices(options)
-        if launched is not None:
-            return launched
-        result = api.video_train(args.config, console=rank_console(), **options)
-        if rank_console() is None:  # DDP: rank 0 reports
-            return 0
+        result = train_task(VideoConfig, api.video_train, args)
+        if isinstance(result, int):  # torchrun's exit status, or a rank other than 0
+            return result
         if result.test_metrics:
             print_metrics(result.test_metrics, "test metrics (clips)")
         out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")

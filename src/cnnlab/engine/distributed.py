@@ -168,6 +168,20 @@ def _attempt_store(rank: int, world: int, timeout: datetime.timedelta) -> dist.S
     return dist.PrefixStore(f"cnnlab/attempt-{restart_count()}", store)
 
 
+def join(command: str, devices: int, device: str) -> tuple[DistInfo, torch.device]:
+    """(process-group info, this rank's device) for a training command: torchrun's group when
+    launched by it, else one process; ``devices > 1`` outside torchrun is a one-line error."""
+    from cnnlab.engine.devices import resolve_device
+
+    info = init_from_env(device)
+    if devices > 1 and not info.distributed:
+        raise ConfigError(
+            f"devices={devices} needs one process per device: run `{command} --devices "
+            f"{devices} ...`"
+        )
+    return info, (info.device if info.distributed else resolve_device(device))
+
+
 def current() -> DistInfo:
     """The info `init_from_env` returned in this process, or single-process info when none was set
     up."""

@@ -377,15 +377,9 @@ def train_video(
     resumed = resume_target(cfg.resume, cfg.out, cfg.name, TASK) if cfg.resume else None
     if resumed:  # the run's own config; only epochs, device, precision, early stopping may change
         cfg = make_config(VideoConfig, **resumed_config(VideoConfig, cfg, resumed[0]))
-    # DDP: join torchrun's process group (single-process info outside torchrun)
-    info = distributed.init_from_env(cfg.device)
-    if cfg.devices > 1 and not info.distributed:
-        raise ConfigError(
-            f"devices={cfg.devices} needs one process per device: run `cnnlab video train "
-            f"--devices {cfg.devices} ...`"
-        )
+    # DDP: torchrun's process group and this rank's device (one process outside torchrun)
+    info, device = distributed.join("cnnlab video train", cfg.devices, cfg.device)
     seed_everything(cfg.seed, cfg.deterministic)
-    device = info.device if info.distributed else resolve_device(cfg.device)
     check_video_model(cfg.model, cfg.weights)  # before any video is decoded
     data = load_clips(cfg)
     parts = _split(data, cfg)
