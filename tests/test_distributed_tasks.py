@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cnnlab import api
 
@@ -121,3 +122,38 @@ def test_video_trains_on_two_processes_as_one_process_does(tmp_path):
     again = api.evaluate(tmp_path / "two", report=False)["metrics"]
     assert again["accuracy"] == recorded["accuracy"]
     assert again["confusion_matrix"] == recorded["confusion_matrix"]
+
+
+@pytest.mark.slow
+def test_a_segmentation_rank_killed_under_max_restarts_resumes_and_ends_as_uninterrupted(tmp_path):
+    """The fit shell gives every task torchrun's restarts: rank 1 SIGKILLed after the first epoch's
+    checkpoint; the restarted job resumes it and ends bit-identical to an uninterrupted 2-rank
+    run (--deterministic)."""
+    from process_events import OutputWatcher
+    from safetensors.torch import load_file
+    from test_distributed import _env, _torchrun, _worker_pid
+
+    args = [
+        "-m", "cnnlab", "-v", "segment", "train", *ARGS, "--data", "builtin:shapes?n=240&size=16",
+        "--epochs", "4", "--deterministic", "--keep", "all", "--out", str(tmp_path),
+    ]  # fmt: skip
+    env = _env(tmp_path)
+    ref = subprocess.run(
+        _torchrun(2, *args, "--name", "ref"), env=env, capture_output=True, text=True, timeout=600
+    )
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    proc = subprocess.Popen(
+        _torchrun(2, *args, "--name", "job", max_restarts=1),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    output = OutputWatcher(proc)
+    output.wait_for(r"checkpoint epoch-0001 saved", timeout=300)
+    victim = _worker_pid(proc.pid, rank=1)
+    assert victim is not None, "rank 1 not found"
+    os.kill(victim, 9)
+    assert proc.wait(timeout=600) == 0, output.text()[-4000:]
+    assert "resumed epoch-000" in output.text(), output.text()[-4000:]
+    want = load_file(tmp_path / "ref" / "checkpoints" / "epoch-0004.safetensors")
+    got = load_file(tmp_path / "job" / "checkpoints" / "epoch-0004.safetensors")
+    for key in want:
+        assert torch.equal(want[key], got[key]), key

@@ -64,8 +64,10 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "engine/checkpoint.py:for_policy": (*TRAINERS, *TASK_TRAINERS),  # --keep
     "engine/trainer.py:check_monitor": (*TRAINERS, *TASK_TRAINERS),  # --monitor
     "engine/resume.py:resume_target": ("train", "finetune", *TASK_TRAINERS),  # only with --resume
-    "tasks/classify/train.py:train": TRAINERS,
-    "tasks/classify/train.py:_tensorboard": TRAINERS,  # only with --tensorboard
+    "tasks/classify/train.py:_prepare": TRAINERS,
+    "tasks/classify/train.py:_configure": TRAINERS,  # only with --lr auto
+    "engine/fit.py:fit": (*TRAINERS, *TASK_TRAINERS),  # "lower --batch-size", "--resume RUN"
+    "engine/assembly.py:tensorboard": (*TRAINERS, *TASK_TRAINERS),  # only with --tensorboard
     "tasks/classify/evaluate.py:evaluate": ("evaluate",),
     "tasks/classify/predict.py:predict": ("predict",),
     "tasks/registry.py:_video": ("predict",),  # a video run given to `cnnlab predict`
@@ -86,13 +88,13 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "data/sources.py:load_source": (*TRAINERS, "lr-find", "evaluate", "embed"),
     "data/sources.py:<module>": (*TRAINERS, "lr-find"),  # PIXEL_LIMIT_HINT, said by _from_items
     "data/tensors.py:open_cache": TRAINERS,
-    "detect.py:train_detection": ("detect train",),
+    "detect.py:_prepare": ("detect train",),
     "engine/distributed.py:init_from_env": DISTRIBUTED,
     "engine/distributed.py:join": TASK_TRAINERS,  # "run `cnnlab segment train --devices N ...`"
     "engine/distributed.py:local_batch_size": DISTRIBUTED,
     "engine/distributed.py:wrap_ddp": DISTRIBUTED,
     "engine/distributed.py:launch": DISTRIBUTED,
-    "engine/distributed.py:restart_run_dir": DISTRIBUTED,
+    "engine/distributed.py:restart_run_dir": ("train", *TASK_TRAINERS),  # --max-restarts
     "engine/distributed.py:torchrun_command": (),  # torchrun's own options (FOREIGN)
     "engine/trainer.py:_forward_backward": (*TRAINERS, "segment train", "detect train"),
     "explain/conv.py:run_lab": ("conv",),
@@ -104,19 +106,21 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "report/explain_page.py:explain_image": ("explain",),
     "report/explain_page.py:explain_dense_image": ("explain",),
     "api.py:explain": ("explain",),
-    "engine/assembly.py:fit_and_record": ("video train",),  # "resume with --resume RUN"
-    "segment.py:train_segmentation": ("segment train",),
+    "segment.py:_prepare": ("segment train",),
     "serve/app.py": ("serve",),  # the whole module: the web explorer is `cnnlab serve`
     "video/predict.py:run_cli": ("video predict",),
     "video/train.py:_folder_clips": ("video train",),
-    "video/train.py:train_video": ("video train",),
+    "video/train.py:_prepare": ("video train",),
 }
 
 #: (function, flag) pairs said only on a path that some of the function's commands never take
 ONLY_ON: dict[tuple[str, str], tuple[str, ...]] = {
     # "resume needs the same classes (use --init-from ...)": only under --resume, which a
     # transfer study never passes (it sets each run itself)
-    ("tasks/classify/train.py:train", "--init-from"): ("train", "finetune"),
+    ("tasks/classify/train.py:_prepare", "--init-from"): ("train", "finetune"),
+    # "resume with: cnnlab train --resume RUN": the message names `cnnlab train` (or the task's
+    # trainer), which resumes a transfer study's run as well
+    ("engine/fit.py:fit", "--resume"): ("train", "finetune", *TASK_TRAINERS),
 }
 
 
@@ -197,12 +201,8 @@ def test_the_scan_finds_the_messages_it_is_about():
     """The scan sees f-string parts and joined literals: known messages are among its finds."""
     found = {(key, text) for key, text, _, _ in suggested_flags()}
     keys = {key for key, _ in found}
-    assert "data/scan.py:check" in keys and "tasks/classify/train.py:train" in keys
-    assert any(
-        "lower --batch-size" in text
-        for key, text in found
-        if key == "tasks/classify/train.py:train"
-    )
+    assert "data/scan.py:check" in keys and "tasks/classify/train.py:_prepare" in keys
+    assert any("lower --batch-size" in text for key, text in found if key == "engine/fit.py:fit")
 
 
 def test_every_suggested_flag_exists_on_the_commands_that_print_it():

@@ -33,16 +33,15 @@ DEFAULT_MAX_PIXELS = 50_000_000
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run needs; saved as `config.json` in the run directory (enough to rerun it)."""
+class RunConfig:
+    """What every task's run shares (classification, segmentation, detection, video): data split,
+    optimisation, compute and run control -- the options of the one fit shell
+    (:func:`cnnlab.engine.fit.fit`). Each task's config adds its own fields and re-declares only the
+    defaults it changes; saved as `config.json` in the run folder (enough to rerun it)."""
 
     # --- data ---
-    data: str = "builtin:mnist-sample"  # folder | CSV | builtin:NAME | torchvision:NAME
-    data_root: str | None = None  # where torchvision datasets live / are downloaded to
-    image_size: int | None = (
-        None  # pixels (square); None: the dataset's own size if <= 64, else 224
-    )
-    in_channels: int | None = None  # None: 1 for grayscale datasets, 3 otherwise
+    data: str = "builtin:mnist-sample"  # folder | CSV | builtin:NAME | torchvision:NAME | ...
+    image_size: int | None = None  # pixels (square); None: the source's own size (task rules)
     resize: ResizeMode = (
         "fit"  # fit: keep aspect and pad; crop: centre crop; stretch: ignore aspect
     )
@@ -50,34 +49,12 @@ class TrainConfig:
         0.1  # of all samples, when the source has no val split (stratified, seeded)
     )
     test_fraction: float = 0.1
-    augment: tuple[str, ...] = ("crop",)  # whole-batch tensor ops, any of AUGMENTATIONS
-    max_image_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit, enforced as an error
-    max_bad_fraction: float = 0.1  # abort when more of the files than this cannot be decoded
-    # memory: decode once into the memory-mapped uint8 cache; stream: decode every epoch in worker processes
-    # (no cache); auto: memory unless the decoded splits would not fit in the cache folder's free disk space
-    loader: LoaderMode = "auto"
-    strict: bool = False  # every skipped file becomes an error
-    shots: int | None = (
-        None  # keep only this many training images per class (seeded): few-label studies
-    )
+    augment: tuple[str, ...] = ("crop",)  # whole-batch tensor ops (the task says which)
     # --- model ---
     model: str = "lenet5"
-    weights: str | None = None  # None | "imagenet" | path to a state dict (.safetensors / .pt)
-    # --- transfer learning (see cnnlab.transfer) ---
-    init_from: str | None = (
-        None  # a cnnlab run / checkpoint (task A), "imagenet", or a weights file
-    )
-    freeze: str = "none"  # none | backbone | stages:N | up-to:LAYER | GLOB[,GLOB]
-    strategy: Strategy = "full"  # full | linear-probe | fine-tune | gradual
-    lr_mult: float = (
-        0.1  # fine-tune/gradual: each earlier stage's rate is this times the next one's
-    )
-    head_epochs: int = (
-        1  # fine-tune: epochs that train only the new head before everything unfreezes
-    )
     # --- optimisation ---
     epochs: int = 10
-    batch_size: int = 128  # images per forward/backward (global over all processes under DDP)
+    batch_size: int = 128  # samples per forward/backward (global over all processes under DDP)
     # micro-batches whose gradients add up before one optimizer step (Lightning's name): effective
     # batch = batch_size x accumulate_grad_batches, for batches too big for memory; lr and schedule
     # are per optimizer step
@@ -89,7 +66,6 @@ class TrainConfig:
     weight_decay: float = 5e-4  # decoupled for AdamW, L2 for SGD; never applied to norms and biases
     schedule: Schedule = "onecycle"
     warmup_epochs: float = 1.0  # for cosine; one-cycle warms up for 25% of the run
-    label_smoothing: float = 0.0
     grad_clip: float | None = None  # max global L2 norm of gradients
     # --- compute ---
     device: Device = "auto"
@@ -108,11 +84,15 @@ class TrainConfig:
         False  # torch deterministic algorithms; identical runs for the same seed and versions
     )
     early_stopping: int | None = None  # patience in epochs on `monitor`; None: never stop early
-    monitor: str = "val_accuracy"  # higher is better for *_accuracy/_score, lower for *_loss
+    monitor: str = "val_accuracy"  # any val_<metric> the task validates, or val_loss / train_loss
     out: str = "runs"
     name: str | None = None  # run folder name under `out`; None: model-data-timestamp
-    resume: str | None = None  # "auto" (this run's last verified checkpoint) or a checkpoint path
-    tensorboard: bool = False
+    resume: str | None = (
+        None  # "auto" (--out/--name's last verified checkpoint) or a run / checkpoint
+    )
+    tensorboard: bool = (
+        False  # per-epoch metrics to RUN/tensorboard (needs the tensorboard package)
+    )
     report: bool = True  # write report.html at the end
     keep: Keep = (
         "best"  # checkpoints kept: best (+ the last epoch's, resumable) | last | all epochs
@@ -120,6 +100,7 @@ class TrainConfig:
     private: bool = False  # run folder 0700 and its files 0600 (default: as open() under the umask)
 
     def __post_init__(self) -> None:
+        """The checks every task shares; a task's config calls this first, then checks its own."""
         check_literals(self)
         if isinstance(self.lr, str) and self.lr != "auto":
             raise ConfigError(f"option lr must be a number or 'auto', got {self.lr!r}")
@@ -133,12 +114,56 @@ class TrainConfig:
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"option {key} must be > 0, got {value}")
-        for key in ("val_fraction", "test_fraction", "max_bad_fraction", "label_smoothing"):
+        for key in ("val_fraction", "test_fraction"):
             value = getattr(self, key)
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"option {key} must be in [0, 1), got {value}")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError("val_fraction + test_fraction must leave samples for training")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig(RunConfig):
+    """A classification run (`cnnlab train`): RunConfig plus data loading, transfer learning and
+    label smoothing."""
+
+    # --- data ---
+    data_root: str | None = None  # where torchvision datasets live / are downloaded to
+    in_channels: int | None = None  # None: 1 for grayscale datasets, 3 otherwise
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit, enforced as an error
+    max_bad_fraction: float = 0.1  # abort when more of the files than this cannot be decoded
+    # memory: decode once into the memory-mapped uint8 cache; stream: decode every epoch in worker processes
+    # (no cache); auto: memory unless the decoded splits would not fit in the cache folder's free disk space
+    loader: LoaderMode = "auto"
+    strict: bool = False  # every skipped file becomes an error
+    shots: int | None = (
+        None  # keep only this many training images per class (seeded): few-label studies
+    )
+    # --- model ---
+    weights: str | None = None  # None | "imagenet" | path to a state dict (.safetensors / .pt)
+    # --- transfer learning (see cnnlab.transfer) ---
+    init_from: str | None = (
+        None  # a cnnlab run / checkpoint (task A), "imagenet", or a weights file
+    )
+    freeze: str = "none"  # none | backbone | stages:N | up-to:LAYER | GLOB[,GLOB]
+    strategy: Strategy = "full"  # full | linear-probe | fine-tune | gradual
+    lr_mult: float = (
+        0.1  # fine-tune/gradual: each earlier stage's rate is this times the next one's
+    )
+    head_epochs: int = (
+        1  # fine-tune: epochs that train only the new head before everything unfreezes
+    )
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("max_bad_fraction", "label_smoothing"):
+            value = getattr(self, key)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"option {key} must be in [0, 1), got {value}")
         if self.shots is not None and self.shots < 1:
             raise ConfigError(f"option shots must be >= 1 image per class, got {self.shots}")
         if not 0.0 < self.lr_mult <= 1.0:
@@ -152,8 +177,13 @@ class TrainConfig:
                 f"choose from {', '.join(AUGMENTATIONS)} (or 'none')"
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+
+def check_positive(cfg: Any, *names: str) -> None:
+    """Each named option, when set, is > 0; else a one-line ConfigError naming it."""
+    for key in names:
+        value = getattr(cfg, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"option {key} must be > 0, got {value}")
 
 
 def check_literals(cfg: Any) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,14 +28,11 @@ import torch
 
 from cnnlab import __version__
 from cnnlab.config import (
-    Device,
-    Keep,
     Optimizer,
     Precision,
     PreprocessSpec,
-    ResizeMode,
-    Schedule,
-    check_literals,
+    RunConfig,
+    check_positive,
     make_config,
 )
 from cnnlab.data.boxes import (
@@ -50,29 +46,20 @@ from cnnlab.data.boxes import (
 )
 from cnnlab.data.decode import DEFAULT_MAX_PIXELS
 from cnnlab.engine import distributed
-from cnnlab.engine.assembly import (
-    check_common_options,
-    optimizer_and_schedule,
-    standard_callbacks,
-)
+from cnnlab.engine.assembly import TrainResult
 from cnnlab.engine.devices import (
     inference_precision,
-    machine_info,
     resolve_device,
-    resolve_precision,
-    seed_everything,
 )
+from cnnlab.engine.fit import Plan, TaskSpec, fit
 from cnnlab.engine.onnx import OnnxModel, is_onnx
 from cnnlab.engine.predict import list_images
-from cnnlab.engine.resume import restore, resume_target, resumed_config
-from cnnlab.engine.trainer import Trainer, autocast, check_monitor
-from cnnlab.errors import ConfigError, DataError, Interrupted, close_matches
+from cnnlab.engine.trainer import autocast, check_monitor
+from cnnlab.errors import ConfigError, DataError, close_matches
 from cnnlab.models.detection import create_detection_model
 from cnnlab.run import (
     evaluation_dir,
-    finish_run_dir,
     load_run_model,
-    new_run_dir,
     read_json,
     record_evaluation,
     run_dir_of,
@@ -85,18 +72,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DetectConfig:
-    """Everything a detection run needs; saved as config.json. Names follow SegmentConfig."""
+class DetectConfig(RunConfig):
+    """A detection run (`cnnlab detect train`): RunConfig with these defaults and fields."""
 
     # --- data ---
     data: str = "builtin:shapes?n=600&size=64&objects=2"  # COCO .json | VOC dir | YOLO dir
     data_root: str | None = None  # COCO: the image folder (default: beside the JSON)
-    image_size: int | None = None  # pixels (square); None: the source's own side, else 256
     in_channels: int | None = None  # None: 3 (files) or the builtin's
-    resize: ResizeMode = "fit"  # boxes follow the image's scale and padding
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    augment: tuple[str, ...] = ("flip",)
+    augment: tuple[str, ...] = ("flip",)  # boxes follow the image's scale, padding and flips
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     # --- model ---
     model: str = "fasterrcnn"  # fasterrcnn | retinanet | fcos | ssdlite
@@ -110,37 +93,19 @@ class DetectConfig:
     batch_size: int = 16
     optimizer: Optimizer = "adamw"
     lr: float = 1e-3  # peak learning rate (one-cycle), per batch of `batch_size`
-    momentum: float = 0.9
-    nesterov: bool = True
     weight_decay: float = 1e-4
-    schedule: Schedule = "onecycle"
-    warmup_epochs: float = 1.0
     grad_clip: float | None = 10.0  # box regression losses spike early on; clip the grad norm
     score_threshold: float = 0.5  # for precision/recall at IoU 0.5 and drawn boxes
     # --- compute ---
-    device: Device = "auto"
-    devices: int = 1  # processes on this node (DDP through torchrun; --batch-size stays global)
     precision: Precision = "32"
+    channels_last: bool | None = False  # torchvision's detection heads gain nothing from NHWC
     # --- run control ---
-    seed: int = 0
-    deterministic: bool = False
-    early_stopping: int | None = None
     monitor: str = "val_map50"  # val_map50 / val_map (higher better) or train_loss
-    out: str = "runs"
-    resume: str | None = None  # a run folder or checkpoint to continue ("auto": --out/--name)
-    name: str | None = None
-    report: bool = True
     report_images: int = 6
-    keep: Keep = (
-        "best"  # checkpoints kept: best (+ the last epoch's, resumable) | last | all epochs
-    )
-    private: bool = False  # run folder 0700 and its files 0600 (default: as open() under the umask)
 
     def __post_init__(self) -> None:
-        check_literals(self)
-        check_common_options(
-            self, ("epochs", "batch_size", "lr", "report_images", "fpn_channels", "box_head_width")
-        )
+        super().__post_init__()
+        check_positive(self, "report_images", "fpn_channels", "box_head_width")
         if self.image_size is not None and self.image_size < 32:
             raise ConfigError(f"option image_size must be >= 32 pixels, got {self.image_size}")
         if not 0.0 <= self.score_threshold <= 1.0:
@@ -160,15 +125,7 @@ class DetectConfig:
         return dataclasses.asdict(self)
 
 
-@dataclass
-class DetectResult:
-    run_dir: Path
-    history: list[dict[str, float]]
-    test_metrics: dict[str, Any] | None
-    train_time_s: float
-    config: DetectConfig
-    stop_reason: str = ""
-    report: Path | None = None
+DetectResult = TrainResult  # what every task's training returns
 
 
 def _bundle(cfg: DetectConfig) -> BoxBundle:
@@ -199,19 +156,13 @@ def train_detection(
 
     ``config`` may be a DetectConfig or a JSON/TOML file; keyword options override it.
     """
+    return fit(SPEC, config, console=console, **options)
+
+
+def _prepare(cfg: DetectConfig, info: Any, device: torch.device, resumed: Any) -> Plan:
+    """Decode images and boxes once (what was dropped is reported), build the detector."""
     from cnnlab.data.tensors import channel_stats
 
-    if isinstance(config, DetectConfig):
-        cfg = make_config(DetectConfig, **(config.to_dict() | options))
-    else:
-        cfg = make_config(DetectConfig, config, **options)
-    t_call = time.perf_counter()
-    resumed = resume_target(cfg.resume, cfg.out, cfg.name, "detection") if cfg.resume else None
-    if resumed:  # the run's own config; only epochs, device, precision, early stopping may change
-        cfg = make_config(DetectConfig, **resumed_config(DetectConfig, cfg, resumed[0]))
-    # DDP: torchrun's process group and this rank's device (one process outside torchrun)
-    info, device = distributed.join("cnnlab detect train", cfg.devices, cfg.device)
-    seed_everything(cfg.seed, cfg.deterministic)
     bundle = _bundle(cfg)
     first = next(s for part in bundle.splits.values() for s in part)
     in_channels = cfg.in_channels or (first.array.shape[2] if first.array is not None else 3)
@@ -233,126 +184,84 @@ def train_detection(
         raise DataError(cfg.data, f"the training split is empty ({report.summary()})")
     class_names = bundle.class_names
     model = create_detection_model(
-        cfg.model,
-        num_classes=len(class_names),
-        backbone=cfg.backbone,
-        in_channels=in_channels,
-        image_size=image_size,
-        backbone_weights=cfg.init_from,
-        backbone_variant=cfg.backbone_variant,
-        fpn_channels=cfg.fpn_channels,
+        cfg.model, num_classes=len(class_names), backbone=cfg.backbone, in_channels=in_channels,
+        image_size=image_size, backbone_weights=cfg.init_from,
+        backbone_variant=cfg.backbone_variant, fpn_channels=cfg.fpn_channels,
         box_head_width=cfg.box_head_width,
-    )
+    )  # fmt: skip
     mean, std = channel_stats(torch.from_numpy(decoded["train"][0]))
     if cfg.init_from and len(model.default_cfg.get("mean") or ()) == in_channels:
         mean, std = tuple(model.default_cfg["mean"]), tuple(model.default_cfg["std"])
     spec = PreprocessSpec(image_size, in_channels, tuple(mean), tuple(std), cfg.resize,
                           decode_policy)  # fmt: skip
 
-    if info.is_main:  # DDP: rank 0 alone creates and writes the run folder; the others get its path
-        run_dir = (
-            resumed[0]
-            if resumed
-            else new_run_dir(
-                cfg.out, cfg.name, f"{cfg.model}-{cfg.backbone}", cfg.data, private=cfg.private
-            )
-        )
-        write_json(run_dir / "config.json", cfg.to_dict())
-        write_json(run_dir / "classes.json", class_names)
-        write_json(run_dir / "preprocess.json", spec.to_dict())
-        write_json(run_dir / "data_report.json", report.to_dict())
-        write_json(
-            run_dir / "splits.json",
-            {"source": bundle.source, "layout": bundle.layout, "origin": bundle.split_origin,
-             "splits": {k: v[2] for k, v in decoded.items()}},
+    def loaders(device: torch.device, channels_last: bool, info: Any) -> tuple[Any, Any]:
+        train_loader = make_box_loader(
+            decoded["train"][0], decoded["train"][1], spec, device,
+            distributed.local_batch_size(cfg.batch_size, info),  # DDP: the global batch / W
+            shuffle=True, augment=cfg.augment, seed=cfg.seed, drop_last=True,
         )  # fmt: skip
-    run_dir = Path(distributed.broadcast_object(str(run_dir) if info.is_main else None))
-    precision = resolve_precision(cfg.precision, device, None)
-    model.to(device)
-    train_loader = make_box_loader(
-        decoded["train"][0], decoded["train"][1], spec, device,
-        distributed.local_batch_size(cfg.batch_size, info),  # DDP: --batch-size is the global batch
-        shuffle=True, augment=cfg.augment, seed=cfg.seed, drop_last=True,
-    )  # fmt: skip
-    if info.distributed:  # DDP: rank r takes batches r, r + W, ... (W x b = the global batch)
-        train_loader = distributed.BatchShard(train_loader, info)
-    if len(train_loader) == 0:
-        raise DataError(
-            cfg.data,
-            f"the training split has {train_loader.num_samples} images, fewer than one batch of "
-            f"{cfg.batch_size}; lower --batch-size",
-        )
-    val_loader = (
-        make_box_loader(decoded["val"][0], decoded["val"][1], spec, device, max(16, cfg.batch_size))
-        if "val" in decoded
-        else None
-    )
-    optimizer, scheduler = optimizer_and_schedule(model, cfg, len(train_loader), device)
-    task = DetectionTask(class_names)
-    metadata = {
-        "task": "detection",
-        "model": cfg.model,
-        "backbone": cfg.backbone,
-        "backbone_variant": cfg.backbone_variant,
-        "fpn_channels": cfg.fpn_channels,
-        "box_head_width": cfg.box_head_width,
-        "num_classes": len(class_names),
-        "in_channels": in_channels,
-        "image_size": image_size,
-        "class_names": class_names,
-        "category_ids": bundle.category_ids,
-        "category_map": report.category_map,
-        "preprocess": spec.to_dict(),
-        "score_threshold": cfg.score_threshold,
-        "data": cfg.data,
-        "backbone_init": model.default_cfg.get("backbone_init"),
-        "cnnlab_version": __version__,
-        "torch_version": torch.__version__,
-    }
-    monitor = cfg.monitor if val_loader is not None else "train_loss"
-    callbacks = standard_callbacks(
-        cfg, run_dir, len(train_loader), lambda: metadata, monitor, console=console
-    )
-    ids = decoded["train"][2]
-    # DDP: gradients all-reduced; each rank validates the whole split (the same numbers everywhere)
-    trainer = Trainer(
-        distributed.wrap_ddp(model, info), task, optimizer, scheduler, device=device,
-        precision=precision,
-        grad_clip=cfg.grad_clip, callbacks=callbacks,
-        describe_batch=lambda idx: [ids[int(i)] for i in idx[:8]],
-    )  # fmt: skip
-    if resumed:
-        restore(trainer, model, *resumed)
-    t0 = time.perf_counter()
-    state = trainer.fit(train_loader, val_loader, cfg.epochs)
-    train_time = time.perf_counter() - t0
-    if state.interrupted:
-        raise Interrupted(
-            f"{state.stop_reason}; resume with: cnnlab detect train --resume {run_dir}"
-        )
-    distributed.barrier()  # DDP: rank 0's last checkpoint is on disk
-    result = DetectResult(run_dir, state.history, None, train_time, cfg, state.stop_reason)
-    if not info.is_main:  # DDP: rank 0 evaluates and writes the rest
-        return result
-    write_json(
-        run_dir / "run.json",
-        {"train_time_s": train_time, "setup_time_s": t0 - t_call, "precision": precision,
-         "inference_precision": inference_precision("auto", device, precision),
-         "device": str(device), "machine": machine_info(device), "stop_reason": state.stop_reason,
-         "cnnlab_version": __version__, "world_size": info.world_size},
-    )  # fmt: skip
-    if "test" in decoded:
-        best, meta, _ = load_detection_model(run_dir, device)
-        ev = evaluate_detection_model(
+        if info.distributed:  # DDP: rank r takes batches r, r + W, ... (W x b = the global batch)
+            train_loader = distributed.BatchShard(train_loader, info)
+        val_loader = None
+        if "val" in decoded:
+            val_loader = make_box_loader(decoded["val"][0], decoded["val"][1], spec, device,
+                                         max(16, cfg.batch_size))  # fmt: skip
+        return train_loader, val_loader
+
+    def evaluate(run_dir: Path, device: torch.device, precision: str) -> dict[str, Any] | None:
+        if "test" not in decoded or not distributed.is_main():  # DDP: rank 0 scores the split
+            return None
+        best, _, _ = load_detection_model(run_dir, device)
+        return evaluate_detection_model(
             best, spec, *decoded["test"], class_names, device=device, out_dir=run_dir,
-            precision=inference_precision("auto", device, precision),
+            precision=precision,
             category_ids=bundle.category_ids,  # as `cnnlab detect evaluate` writes them
             run_dir=run_dir, report=cfg.report, score_threshold=cfg.score_threshold,
             show=cfg.report_images,
         )  # fmt: skip
-        result.test_metrics, result.report = ev["metrics"], ev.get("report")
-    finish_run_dir(run_dir, console)
-    return result
+
+    ids = decoded["train"][2]
+    return Plan(
+        model=model,
+        task=DetectionTask(class_names),
+        spec=spec,
+        metadata={
+            "task": "detection",
+            "model": cfg.model,
+            "backbone": cfg.backbone,
+            "backbone_variant": cfg.backbone_variant,
+            "fpn_channels": cfg.fpn_channels,
+            "box_head_width": cfg.box_head_width,
+            "num_classes": len(class_names),
+            "in_channels": in_channels,
+            "image_size": image_size,
+            "class_names": class_names,
+            "category_ids": bundle.category_ids,
+            "category_map": report.category_map,
+            "preprocess": spec.to_dict(),
+            "score_threshold": cfg.score_threshold,
+            "data": cfg.data,
+            "backbone_init": model.default_cfg.get("backbone_init"),
+            "cnnlab_version": __version__,
+            "torch_version": torch.__version__,
+        },
+        files={
+            "classes.json": class_names,
+            "preprocess.json": spec.to_dict(),
+            "data_report.json": report.to_dict(),
+            "splits.json": {
+                "source": bundle.source,
+                "layout": bundle.layout,
+                "origin": bundle.split_origin,
+                "splits": {k: v[2] for k, v in decoded.items()},
+            },
+        },
+        folder=f"{cfg.model}-{cfg.backbone}",
+        loaders=loaders,
+        evaluate=evaluate,
+        describe=lambda i: ids[i],
+    )
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
@@ -607,3 +516,12 @@ def predict_detection(
     if files and len(skipped) == len(files):
         raise DataError(files[0], "no input image could be read (see skipped.json)")
     return path
+
+
+SPEC = TaskSpec(
+    name="detection",
+    command="cnnlab detect train",
+    config=DetectConfig,
+    validator=DetectionTask,
+    prepare=_prepare,
+)

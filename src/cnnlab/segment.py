@@ -21,7 +21,6 @@ import csv
 import dataclasses
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,14 +31,10 @@ import torch.nn.functional as F
 
 from cnnlab import __version__
 from cnnlab.config import (
-    Device,
-    Keep,
     Optimizer,
-    Precision,
     PreprocessSpec,
-    ResizeMode,
-    Schedule,
-    check_literals,
+    RunConfig,
+    check_positive,
     make_config,
 )
 from cnnlab.data.decode import DEFAULT_MAX_PIXELS
@@ -54,24 +49,16 @@ from cnnlab.data.masks import (
     square_geometry,
 )
 from cnnlab.engine import distributed
-from cnnlab.engine.assembly import (
-    check_common_options,
-    optimizer_and_schedule,
-    standard_callbacks,
-)
+from cnnlab.engine.assembly import TrainResult
 from cnnlab.engine.devices import (
     inference_precision,
-    machine_info,
-    resolve_channels_last,
     resolve_device,
-    resolve_precision,
-    seed_everything,
 )
+from cnnlab.engine.fit import Plan, TaskSpec, fit
 from cnnlab.engine.onnx import OnnxModel, is_onnx
 from cnnlab.engine.predict import list_images
-from cnnlab.engine.resume import restore, resume_target, resumed_config
-from cnnlab.engine.trainer import Trainer, autocast, check_monitor
-from cnnlab.errors import ConfigError, DataError, Interrupted, close_matches
+from cnnlab.engine.trainer import autocast, check_monitor
+from cnnlab.errors import ConfigError, DataError, close_matches
 from cnnlab.metrics.segmentation import (
     ConfusionAccumulator,
     per_image_confusion,
@@ -81,9 +68,7 @@ from cnnlab.metrics.segmentation import (
 from cnnlab.models.segmentation import create_segmentation_model
 from cnnlab.run import (
     evaluation_dir,
-    finish_run_dir,
     load_run_model,
-    new_run_dir,
     read_json,
     record_evaluation,
     run_dir_of,
@@ -99,22 +84,14 @@ EncoderVariant = Literal["auto", "imagenet", "small-input"]
 
 
 @dataclass(frozen=True)
-class SegmentConfig:
-    """Everything a segmentation run needs; saved as config.json. Names follow TrainConfig."""
+class SegmentConfig(RunConfig):
+    """A segmentation run (`cnnlab segment train`): RunConfig with these defaults and fields."""
 
     # --- data ---
     # DIR (images/ + masks/) | VOC root | COCO instances .json | builtin:shapes?...
     data: str = "builtin:shapes?n=2000&size=32"
     data_root: str | None = None  # COCO: the folder holding the images (default: beside the JSON)
-    image_size: int | None = (
-        None  # pixels (square); None: the dataset's own size if square, else 128
-    )
     in_channels: int | None = None  # None: the source's (3 for files)
-    resize: ResizeMode = (
-        "fit"  # as TrainConfig; masks follow with nearest neighbour, padding = ignore
-    )
-    val_fraction: float = 0.1  # of all samples when the source has no val split (seeded, random)
-    test_fraction: float = 0.1
     augment: tuple[str, ...] = ("crop", "flip")  # whole-batch ops applied to image and mask alike
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     ignore_index: int = 255  # mask value that is never scored (VOC's void boundary, fit padding)
@@ -134,37 +111,16 @@ class SegmentConfig:
     batch_size: int = 32
     optimizer: Optimizer = "adamw"
     lr: float = 2e-3  # peak learning rate (one-cycle), per batch of `batch_size`
-    momentum: float = 0.9
-    nesterov: bool = True
     weight_decay: float = 1e-4  # never applied to norms and biases
-    schedule: Schedule = "onecycle"
-    warmup_epochs: float = 1.0
     loss: Loss = "ce"  # ce: pixel cross-entropy; ce+dice: + dice_weight x soft Dice loss
     dice_weight: float = 1.0  # only with loss="ce+dice"
-    grad_clip: float | None = None
-    # --- compute ---
-    device: Device = "auto"
-    precision: Precision = "auto"
-    channels_last: bool | None = None
-    devices: int = 1  # processes on this node (DDP through torchrun; --batch-size stays global)
     # --- run control ---
-    seed: int = 0
-    deterministic: bool = False
-    early_stopping: int | None = None  # patience in epochs on `monitor`
     monitor: str = "val_miou"  # val_miou / val_accuracy (higher better) or val_loss / train_loss
-    out: str = "runs"
-    resume: str | None = None  # a run folder or checkpoint to continue ("auto": --out/--name)
-    name: str | None = None
-    report: bool = True
     report_images: int = 6  # best and worst test images shown in the report
-    keep: Keep = (
-        "best"  # checkpoints kept: best (+ the last epoch's, resumable) | last | all epochs
-    )
-    private: bool = False  # run folder 0700 and its files 0600 (default: as open() under the umask)
 
     def __post_init__(self) -> None:
-        check_literals(self)
-        check_common_options(self, ("epochs", "batch_size", "lr", "report_images"))
+        super().__post_init__()
+        check_positive(self, "report_images")
         if not 0 <= self.ignore_index <= 255:
             raise ConfigError(
                 f"option ignore_index must be in 0..255 (8-bit masks), got {self.ignore_index}"
@@ -187,15 +143,7 @@ class SegmentConfig:
         return dataclasses.asdict(self)
 
 
-@dataclass
-class SegmentResult:
-    run_dir: Path
-    history: list[dict[str, float]]
-    test_metrics: dict[str, Any] | None
-    train_time_s: float
-    config: SegmentConfig
-    stop_reason: str = ""
-    report: Path | None = None
+SegmentResult = TrainResult  # what every task's training returns
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -272,31 +220,21 @@ def train_segmentation(
 
     ``config`` may be a SegmentConfig or a JSON/TOML file; keyword options override it.
     """
+    return fit(SPEC, config, console=console, **options)
+
+
+def _prepare(cfg: SegmentConfig, info: Any, device: torch.device, resumed: Any) -> Plan:
+    """Decode images and masks once, infer the classes, build the encoder-decoder."""
     from cnnlab.data.tensors import channel_stats
 
-    if isinstance(config, SegmentConfig):
-        cfg = make_config(SegmentConfig, **(config.to_dict() | options))
-    else:
-        cfg = make_config(SegmentConfig, config, **options)
-    t_call = time.perf_counter()
-    resumed = resume_target(cfg.resume, cfg.out, cfg.name, "segmentation") if cfg.resume else None
-    if resumed:  # the run's own config; only epochs, device, precision, early stopping may change
-        cfg = make_config(SegmentConfig, **resumed_config(SegmentConfig, cfg, resumed[0]))
-    # DDP: torchrun's process group and this rank's device (one process outside torchrun)
-    info, device = distributed.join("cnnlab segment train", cfg.devices, cfg.device)
-    seed_everything(cfg.seed, cfg.deterministic)
     bundle = _bundle(cfg)
     in_channels = cfg.in_channels or bundle.channels
     image_size = _image_size(cfg, bundle)
     decode_policy = {"max_pixels": cfg.max_image_pixels}
     provisional = PreprocessSpec(
-        image_size,
-        in_channels,
-        (0.0,) * in_channels,
-        (1.0,) * in_channels,
-        cfg.resize,
+        image_size, in_channels, (0.0,) * in_channels, (1.0,) * in_channels, cfg.resize,
         decode_policy,
-    )
+    )  # fmt: skip
     known = len(bundle.class_names) if bundle.class_names else None
     decoded = {
         k: decode_split(s, provisional, num_classes=known, ignore_index=cfg.ignore_index)
@@ -311,21 +249,14 @@ def train_segmentation(
     if bundle.class_names is None:
         log.warning(
             "%s has no classes.json: %d classes named by number (%s)",
-            cfg.data,
-            len(class_names),
-            ", ".join(class_names),
-        )
+            cfg.data, len(class_names), ", ".join(class_names),
+        )  # fmt: skip
     num_classes = len(class_names)
     mean, std = channel_stats(torch.from_numpy(decoded["train"][0]))
     model = create_segmentation_model(
-        cfg.model,
-        num_classes=num_classes,
-        encoder=cfg.encoder,
-        in_channels=in_channels,
-        image_size=image_size,
-        encoder_weights=cfg.init_from,
-        encoder_variant=cfg.encoder_variant,
-    )
+        cfg.model, num_classes=num_classes, encoder=cfg.encoder, in_channels=in_channels,
+        image_size=image_size, encoder_weights=cfg.init_from, encoder_variant=cfg.encoder_variant,
+    )  # fmt: skip
     init = model.default_cfg.get("encoder_init") or {}
     if cfg.init_from and len(model.default_cfg.get("mean") or ()) == in_channels:
         mean, std = tuple(model.default_cfg["mean"]), tuple(model.default_cfg["std"])
@@ -334,150 +265,71 @@ def train_segmentation(
     )
     palette = bundle.palette[:num_classes].tolist()
 
-    if info.is_main:  # DDP: rank 0 alone creates and writes the run folder; the others get its path
-        run_dir = (
-            resumed[0]
-            if resumed
-            else new_run_dir(
-                cfg.out, cfg.name, f"{cfg.model}-{cfg.encoder}", cfg.data, private=cfg.private
-            )
-        )
-        write_json(run_dir / "config.json", cfg.to_dict())
-        write_json(run_dir / "classes.json", class_names)
-        write_json(run_dir / "preprocess.json", spec.to_dict())
-        write_json(
-            run_dir / "splits.json",
-            {
+    def loaders(device: torch.device, channels_last: bool, info: Any) -> tuple[Any, Any]:
+        train_loader = _loader(
+            *decoded["train"], spec, device,
+            distributed.local_batch_size(cfg.batch_size, info),  # DDP: the global batch / W
+            cfg.ignore_index, shuffle=True, augment=cfg.augment, seed=cfg.seed, drop_last=True,
+            channels_last=channels_last,
+        )  # fmt: skip
+        if info.distributed:  # DDP: rank r takes batches r, r + W, ... (W x b = the global batch)
+            train_loader = distributed.BatchShard(train_loader, info)
+        val_loader = None
+        if "val" in decoded:
+            val_loader = _loader(*decoded["val"], spec, device, max(64, cfg.batch_size),
+                                 cfg.ignore_index, channels_last=channels_last)  # fmt: skip
+        return train_loader, val_loader
+
+    def evaluate(run_dir: Path, device: torch.device, precision: str) -> dict[str, Any] | None:
+        if "test" not in decoded or not distributed.is_main():  # DDP: rank 0 scores the split
+            return None
+        best, _, _ = load_segmentation_model(run_dir, device)
+        return evaluate_segmentation_model(
+            best, spec, *decoded["test"], bundle.splits["test"].ids, class_names,
+            ignore_index=cfg.ignore_index, device=device, precision=precision, out_dir=run_dir,
+            run_dir=run_dir, report=cfg.report, palette=palette, show=cfg.report_images,
+        )  # fmt: skip
+
+    ids = bundle.splits["train"].ids
+    return Plan(
+        model=model,
+        task=SegmentationTask(
+            num_classes, cfg.ignore_index, cfg.dice_weight if cfg.loss == "ce+dice" else 0.0
+        ),
+        spec=spec,
+        metadata={
+            "task": "segmentation",
+            "model": cfg.model,
+            "encoder": cfg.encoder,
+            "encoder_variant": cfg.encoder_variant,
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+            "image_size": image_size,
+            "class_names": class_names,
+            "preprocess": spec.to_dict(),
+            "ignore_index": cfg.ignore_index,
+            "palette": palette,
+            "data": cfg.data,
+            "encoder_init": init or None,
+            "cnnlab_version": __version__,
+            "torch_version": torch.__version__,
+        },
+        files={
+            "classes.json": class_names,
+            "preprocess.json": spec.to_dict(),
+            "splits.json": {
                 "source": bundle.source,
                 "layout": bundle.layout,
                 "origin": bundle.split_origin,
                 "root": str(bundle.root) if bundle.root else None,
                 "splits": {k: s.ids for k, s in bundle.splits.items()},
             },
-        )
-    run_dir = Path(distributed.broadcast_object(str(run_dir) if info.is_main else None))
-    precision = resolve_precision(cfg.precision, device, None)
-    channels_last = resolve_channels_last(cfg.channels_last, device)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    train_images, train_masks = decoded["train"]
-    train_loader = _loader(
-        train_images,
-        train_masks,
-        spec,
-        device,
-        distributed.local_batch_size(cfg.batch_size, info),  # DDP: --batch-size is the global batch
-        cfg.ignore_index,
-        shuffle=True,
-        augment=cfg.augment,
-        seed=cfg.seed,
-        drop_last=True,
-        channels_last=channels_last,
-    )
-    if info.distributed:  # DDP: rank r takes batches r, r + W, ... (W x b = the global batch)
-        train_loader = distributed.BatchShard(train_loader, info)
-    if len(train_loader) == 0:
-        raise DataError(
-            cfg.data,
-            f"the training split has {train_loader.num_samples} images, "
-            f"fewer than one batch of {cfg.batch_size}; lower --batch-size",
-        )
-    eval_bs = max(64, cfg.batch_size)
-    val_loader = (
-        _loader(
-            *decoded["val"], spec, device, eval_bs, cfg.ignore_index, channels_last=channels_last
-        )
-        if "val" in decoded
-        else None
-    )
-    optimizer, scheduler = optimizer_and_schedule(model, cfg, len(train_loader), device)
-    task = SegmentationTask(
-        num_classes, cfg.ignore_index, cfg.dice_weight if cfg.loss == "ce+dice" else 0.0
-    )
-    metadata = {
-        "task": "segmentation",
-        "model": cfg.model,
-        "encoder": cfg.encoder,
-        "encoder_variant": cfg.encoder_variant,
-        "num_classes": num_classes,
-        "in_channels": in_channels,
-        "image_size": image_size,
-        "class_names": class_names,
-        "preprocess": spec.to_dict(),
-        "ignore_index": cfg.ignore_index,
-        "palette": palette,
-        "data": cfg.data,
-        "encoder_init": init or None,
-        "cnnlab_version": __version__,
-        "torch_version": torch.__version__,
-    }
-    monitor = cfg.monitor if val_loader is not None else "train_loss"
-    callbacks = standard_callbacks(
-        cfg, run_dir, len(train_loader), lambda: metadata, monitor, console=console
-    )
-    ids = bundle.splits["train"].ids
-    # DDP: gradients all-reduced; each rank validates the whole split (the same numbers everywhere)
-    net = distributed.wrap_ddp(model, info)
-    trainer = Trainer(
-        net,
-        task,
-        optimizer,
-        scheduler,
-        device=device,
-        precision=precision,
-        grad_clip=cfg.grad_clip,
-        callbacks=callbacks,
-        describe_batch=lambda idx: [ids[int(i)] for i in idx[:8]],
-    )
-    if resumed:
-        restore(trainer, model, *resumed)
-    t0 = time.perf_counter()
-    state = trainer.fit(train_loader, val_loader, cfg.epochs)
-    train_time = time.perf_counter() - t0
-    if state.interrupted:
-        raise Interrupted(
-            f"{state.stop_reason}; resume with: cnnlab segment train --resume {run_dir}"
-        )
-    distributed.barrier()  # DDP: rank 0's last checkpoint is on disk
-    result = SegmentResult(run_dir, state.history, None, train_time, cfg, state.stop_reason)
-    if not info.is_main:  # DDP: rank 0 evaluates and writes the rest
-        return result
-    write_json(
-        run_dir / "run.json",
-        {
-            "train_time_s": train_time,
-            "setup_time_s": t0 - t_call,
-            "precision": precision,
-            "inference_precision": inference_precision("auto", device, precision),
-            "device": str(device),
-            "machine": machine_info(device),
-            "channels_last": channels_last,
-            "stop_reason": state.stop_reason,
-            "cnnlab_version": __version__,
-            "world_size": info.world_size,
         },
+        folder=f"{cfg.model}-{cfg.encoder}",
+        loaders=loaders,
+        evaluate=evaluate,
+        describe=lambda i: ids[i],
     )
-    if "test" in decoded:
-        best, meta, _ = load_segmentation_model(run_dir, device)
-        evaluation = evaluate_segmentation_model(
-            best,
-            spec,
-            *decoded["test"],
-            bundle.splits["test"].ids,
-            class_names,
-            ignore_index=cfg.ignore_index,
-            device=device,
-            precision=inference_precision("auto", device, precision),
-            out_dir=run_dir,
-            run_dir=run_dir,
-            report=cfg.report,
-            palette=palette,
-            show=cfg.report_images,
-        )
-        result.test_metrics, result.report = evaluation["metrics"], evaluation.get("report")
-    finish_run_dir(run_dir, console)
-    return result
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
@@ -808,3 +660,12 @@ def predict_segmentation(
     if files and not written:
         raise DataError(files[0], "no input image could be read (see predictions.json)")
     return written
+
+
+SPEC = TaskSpec(
+    name="segmentation",
+    command="cnnlab segment train",
+    config=SegmentConfig,
+    validator=SegmentationTask,
+    prepare=_prepare,
+)

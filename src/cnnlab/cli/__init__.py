@@ -78,27 +78,37 @@ def add_train_options(
             p.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
 
 
+def add_max_restarts(p: argparse.ArgumentParser) -> None:
+    """--max-restarts for a training command that takes --devices N (every task's)."""
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=None,
+        help="with --devices N: torchrun restarts after a failure, resuming from the newest checkpoint",
+    )
+
+
 def train_task(cls: type, train: Any, args: argparse.Namespace) -> Any:
     """`cnnlab segment|detect|video train`: the ``cls`` options given on the command line; with
     --devices N outside torchrun, re-run under it and return its exit status (an int). Otherwise
     train and return the result on rank 0 (or a single process), 0 on the other DDP ranks."""
     names = [f.name for f in dataclasses.fields(cls)]
     options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
-    launched = launch_devices(options)
+    launched = launch_devices(options, getattr(args, "max_restarts", None) or 0)
     if launched is not None:
         return launched
     result = train(args.config, console=rank_console(), **options)
     return result if rank_console() is not None else 0
 
 
-def launch_devices(options: dict[str, Any]) -> int | None:
+def launch_devices(options: dict[str, Any], max_restarts: int = 0) -> int | None:
     """`--devices N` outside torchrun: re-run this command under torchrun, one process per device,
     and return its exit status; None when this process should train itself."""
     from cnnlab.engine import distributed
 
     devices = int(options.get("devices") or 1)
     if devices > 1 and not distributed.launched():
-        return distributed.launch(sys.argv[1:], devices)
+        return distributed.launch(sys.argv[1:], devices, max_restarts=max_restarts)
     return None
 
 
@@ -155,12 +165,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "train", help="train a classifier on a folder, CSV, builtin: or torchvision: dataset"
     )
     add_train_options(p)
-    p.add_argument(
-        "--max-restarts",
-        type=int,
-        default=None,
-        help="with --devices N: torchrun restarts after a failure, resuming from the newest checkpoint",
-    )
+    add_max_restarts(p)
 
     p = sub.add_parser(
         "finetune", help="transfer learning: start from a run, checkpoint, imagenet or weights"
@@ -246,6 +251,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         from cnnlab.segment import SegmentConfig
 
         add_train_options(q, cls=SegmentConfig)
+        add_max_restarts(q)
     q = seg.add_parser("evaluate", help="per-class IoU, mean IoU, Dice, pixel accuracy")
     q.add_argument("run")
     q.add_argument("--data", default=None)
@@ -303,6 +309,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         from cnnlab.detect import DetectConfig
 
         add_train_options(q, cls=DetectConfig)
+        add_max_restarts(q)
     q = det.add_parser("evaluate", help="mAP@0.5, mAP@[.5:.95], per-class AP, AR")
     q.add_argument("run")
     q.add_argument("--data", default=None)

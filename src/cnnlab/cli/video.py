@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cnnlab import api
-from cnnlab.cli import add_train_options, print_metrics, train_task
+from cnnlab.cli import add_max_restarts, add_train_options, print_metrics, train_task
 from cnnlab.video.predict import VideoPredictConfig
 from cnnlab.video.train import VideoConfig
 
@@ -39,10 +39,9 @@ def run(args: argparse.Namespace, out: Any) -> int:
 # -- train / evaluate ----------------------------------------------------------------------------------
 def _add_train_cli(actions: Any) -> None:
     """``cnnlab video train`` (one --option per VideoConfig field) and ``cnnlab video evaluate``."""
-    add_train_options(
-        actions.add_parser("train", help="train a clip classifier (3D CNN, or 2D per frame)"),
-        cls=VideoConfig,
-    )
+    p = actions.add_parser("train", help="train a clip classifier (3D CNN, or 2D per frame)")
+    add_train_options(p, cls=VideoConfig)
+    add_max_restarts(p)
     q = actions.add_parser("evaluate", help="clip accuracy, per-class metrics and the report")
     q.add_argument("run", help="a video run directory or its .safetensors checkpoint")
     q.add_argument("--split", default="test")

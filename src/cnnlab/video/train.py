@@ -40,46 +40,30 @@ import torch
 from cnnlab import __version__
 from cnnlab.config import (
     AUGMENTATIONS,
-    Device,
-    Keep,
     Optimizer,
-    Precision,
     PreprocessSpec,
-    ResizeMode,
-    Schedule,
-    check_literals,
+    RunConfig,
     make_config,
 )
 from cnnlab.data.sources import Split, stratified_split
 from cnnlab.data.tensors import arrays_to_chw, channel_stats, normalize
 from cnnlab.engine import distributed
-from cnnlab.engine.assembly import (
-    TrainResult,
-    check_common_options,
-    fit_and_record,
-    optimizer_and_schedule,
-    standard_callbacks,
-)
+from cnnlab.engine.assembly import TrainResult
 from cnnlab.engine.devices import (
     inference_precision,
     resolve_device,
-    resolve_precision,
-    seed_everything,
 )
+from cnnlab.engine.fit import Plan, TaskSpec, fit
 from cnnlab.engine.loaders import make_loader
-from cnnlab.engine.resume import restore, resume_target, resumed_config
-from cnnlab.engine.trainer import Trainer, autocast, check_monitor
+from cnnlab.engine.trainer import autocast, check_monitor
 from cnnlab.errors import CheckpointError, ConfigError, DataError, close_matches
 from cnnlab.run import (
     evaluation_dir,
-    finish_run_dir,
     load_run_model,
-    new_run_dir,
     read_json,
     record_evaluation,
     run_dir_of,
     trained_precision,
-    write_json,
 )
 from cnnlab.tasks.classification import ClassificationTask
 from cnnlab.tasks.classify.evaluate import evaluate_model
@@ -95,15 +79,13 @@ EVAL_BATCH = 64  # clips per evaluation batch; training and `evaluate` use the s
 
 
 @dataclass(frozen=True)
-class VideoConfig:
-    """Everything a video classification run needs; saved as config.json (names: TrainConfig's)."""
+class VideoConfig(RunConfig):
+    """A video classification run (`cnnlab video train`): RunConfig with these defaults and fields."""
 
     # --- data ---
     data: str = "builtin:moving-shapes?n=400&frames=8&size=32"  # builtin:moving-shapes?... | DIR
     frames: int | None = None  # T per clip, evenly over each video; None: builtin's, else 16
     image_size: int | None = None  # frame side (pixels, square); None: the builtin's, else 112
-    resize: ResizeMode = "fit"  # as TrainConfig: fit (pad), crop (centre) or stretch
-    val_fraction: float = 0.1  # of all clips when the source has no val split (stratified, seeded)
     test_fraction: float = 0.2
     # One random crop / flip / affine per clip, the same for all its frames. flip mirrors motion
     # (left <-> right): leave it out when classes depend on direction.
@@ -115,38 +97,16 @@ class VideoConfig:
     weights: str | None = None  # None | "kinetics" (torchvision 3D models) | "imagenet" (2D)
     smoothing: Smoothing = "mean"  # 2D models: a clip's probabilities from its frames'
     # --- optimisation ---
-    epochs: int = 10
     batch_size: int = 16  # clips per step (a 2D model sees their batch_size x T frames)
     optimizer: Optimizer = "adamw"
     lr: float = 2e-3  # peak rate (one-cycle) per batch of `batch_size` clips
-    momentum: float = 0.9
-    nesterov: bool = True
     weight_decay: float = 1e-4  # never applied to norms and biases
-    schedule: Schedule = "onecycle"
-    warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
-    grad_clip: float | None = None
     # --- compute ---
-    device: Device = "auto"
-    devices: int = 1  # processes on this node (DDP through torchrun; --batch-size stays global)
-    precision: Precision = "auto"
-    # --- run control ---
-    seed: int = 0
-    deterministic: bool = False
-    early_stopping: int | None = None  # patience in epochs on `monitor`
-    monitor: str = "val_accuracy"  # clip accuracy (higher better), val_loss / train_loss lower
-    out: str = "runs"
-    name: str | None = None
-    resume: str | None = None  # a run folder or checkpoint to continue ("auto": --out/--name)
-    report: bool = True
-    keep: Keep = (
-        "best"  # checkpoints kept: best (+ the last epoch's, resumable) | last | all epochs
-    )
-    private: bool = False  # run folder 0700 and its files 0600 (default: as open() under the umask)
+    channels_last: bool | None = False  # clips are (N, T*C, S, S) stacks, not NHWC images
 
     def __post_init__(self) -> None:
-        check_literals(self)
-        check_common_options(self)
+        super().__post_init__()
         for key in ("max_bad_fraction", "label_smoothing"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ConfigError(f"option {key} must be in [0, 1), got {getattr(self, key)}")
@@ -365,21 +325,15 @@ def _strips(clips: np.ndarray) -> np.ndarray:
 # -- train -----------------------------------------------------------------------------------------
 def train_video(
     config: VideoConfig | str | Path | None = None, *, console: Any = None, **options: Any
-):
+) -> TrainResult:
     """Train a clip classifier; returns a :class:`cnnlab.engine.assembly.TrainResult` (run_dir, history,
     test_metrics, train_time_s, config). ``config``: a VideoConfig or a JSON/TOML file; keyword
     options override it."""
-    if isinstance(config, VideoConfig):
-        cfg = make_config(VideoConfig, **(config.to_dict() | options))
-    else:
-        cfg = make_config(VideoConfig, config, **options)
-    t_call = time.perf_counter()
-    resumed = resume_target(cfg.resume, cfg.out, cfg.name, TASK) if cfg.resume else None
-    if resumed:  # the run's own config; only epochs, device, precision, early stopping may change
-        cfg = make_config(VideoConfig, **resumed_config(VideoConfig, cfg, resumed[0]))
-    # DDP: torchrun's process group and this rank's device (one process outside torchrun)
-    info, device = distributed.join("cnnlab video train", cfg.devices, cfg.device)
-    seed_everything(cfg.seed, cfg.deterministic)
+    return fit(SPEC, config, console=console, **options)
+
+
+def _prepare(cfg: VideoConfig, info: Any, device: torch.device, resumed: Any) -> Plan:
+    """Decode the clips once (T frames each), split them, build the 3D or per-frame model."""
     check_video_model(cfg.model, cfg.weights)  # before any video is decoded
     data = load_clips(cfg)
     parts = _split(data, cfg)
@@ -400,93 +354,81 @@ def train_video(
         mean, std = tuple(model.default_cfg["mean"]), tuple(model.default_cfg["std"])
     spec = dataclasses.replace(_frames_spec(s, cfg.resize), mean=tuple(mean), std=tuple(std))
     wide = clip_spec(spec, t)
-
-    if info.is_main:  # DDP: rank 0 alone creates and writes the run folder; the others get its path
-        run_dir = resumed[0] if resumed else new_run_dir(cfg.out, cfg.name, cfg.model, cfg.data,
-                                                         private=cfg.private)  # fmt: skip
-        write_json(run_dir / "config.json", cfg.to_dict())
-        write_json(run_dir / "classes.json", class_names)
-        write_json(run_dir / "preprocess.json", spec.to_dict() | {"frames": t})
-        write_json(run_dir / "data_report.json", data.report)
-        write_json(run_dir / "splits.json",
-                   {"source": cfg.data, "origin": "given" if data.given_splits else
-                    f"stratified(seed={cfg.seed})",
-                    "splits": {k: [data.ids[i] for i in v] for k, v in parts.items()},
-                    "labels": {k: [class_names[data.targets[i]] for i in v]
-                               for k, v in parts.items()}})  # fmt: skip
-    run_dir = Path(distributed.broadcast_object(str(run_dir) if info.is_main else None))
-    local = distributed.local_batch_size(cfg.batch_size, info)  # DDP: --batch-size is global
-    shard = (info.rank, info.world_size)  # DDP: rank r takes samples r, r + W, ... of each batch
-
-    precision = resolve_precision(cfg.precision, device, None)
-    model.to(device)
     clips = _stacked(data.clips)  # (N, T*C, S, S) uint8
-    targets = data.targets
-    if is_3d(cfg.model):
-        train_loader = make_loader(
-            clips[train_idx], targets[train_idx], wide, device, local, shuffle=True,
-            augment=cfg.augment, seed=cfg.seed, drop_last=True, shard=shard,
-        )  # fmt: skip
-    else:  # every frame is a training image labelled with its clip's class
-        train_loader = make_loader(
-            frames_u8, np.repeat(targets[train_idx], t), spec, device, local * t,
-            shuffle=True, augment=cfg.augment, seed=cfg.seed, drop_last=True, shard=shard,
-        )  # fmt: skip
-    val_loader = None
-    if "val" in parts and len(parts["val"]):
-        val_loader = make_loader(clips[parts["val"]], targets[parts["val"]], wide, device,
+    targets, ids = data.targets, data.ids
+
+    def loaders(device: torch.device, channels_last: bool, info: Any) -> tuple[Any, Any]:
+        local = distributed.local_batch_size(cfg.batch_size, info)  # DDP: the global batch / W
+        shard = (
+            info.rank,
+            info.world_size,
+        )  # DDP: rank r takes samples r, r + W, ... of each batch
+        if is_3d(cfg.model):
+            train_loader = make_loader(
+                clips[train_idx], targets[train_idx], wide, device, local, shuffle=True,
+                augment=cfg.augment, seed=cfg.seed, drop_last=True, shard=shard,
+            )  # fmt: skip
+        else:  # every frame is a training image labelled with its clip's class
+            train_loader = make_loader(
+                frames_u8, np.repeat(targets[train_idx], t), spec, device, local * t,
+                shuffle=True, augment=cfg.augment, seed=cfg.seed, drop_last=True, shard=shard,
+            )  # fmt: skip
+        val_loader = None
+        if "val" in parts and len(parts["val"]):
+            val_loader = make_loader(clips[parts["val"]], targets[parts["val"]], wide, device,
                                      EVAL_BATCH)  # fmt: skip
-    optimizer, scheduler = optimizer_and_schedule(model, cfg, len(train_loader), device)
-    task = ClassificationTask(len(class_names), cfg.label_smoothing)
-    metadata = {
-        "task": TASK,
-        "model": cfg.model,
-        "kind": "3d" if is_3d(cfg.model) else "per-frame 2d",
-        "num_classes": len(class_names),
-        "in_channels": c,
-        "image_size": s,
-        "frames": t,
-        "frame_step": data.frame_step,  # source frames between sampled frames (median)
-        "smoothing": cfg.smoothing,
-        "class_names": class_names,
-        "preprocess": spec.to_dict(),
-        "data": cfg.data,
-        "weights": cfg.weights,
-        "cnnlab_version": __version__,
-        "torch_version": torch.__version__,
-    }
-    monitor = cfg.monitor if val_loader is not None else "train_loss"
-    callbacks = standard_callbacks(cfg, run_dir, len(train_loader), lambda: metadata, monitor,
-                                   console=console)  # fmt: skip
-    ids = data.ids
-    sample_of = (lambda i: ids[train_idx[int(i)]]) if is_3d(cfg.model) else (
-        lambda i: f"{ids[train_idx[int(i) // t]]}#frame{int(i) % t}"
-    )  # fmt: skip
-    # DDP: gradients all-reduced; each rank validates the whole split (the same numbers everywhere)
-    trainer = Trainer(
-        distributed.wrap_ddp(model, info), task, optimizer, scheduler, device=device,
-        precision=precision, grad_clip=cfg.grad_clip, callbacks=callbacks,
-        describe_batch=lambda idx: [sample_of(i) for i in idx[:8]],
-    )  # fmt: skip
-    if resumed:
-        restore(trainer, model, *resumed)
-    state, train_time = fit_and_record(
-        trainer, train_loader, val_loader, cfg.epochs, run_dir, t_call, task=TASK,
-        clips=int(n), frames=t, image_size=s, world_size=info.world_size,
-    )  # fmt: skip
-    distributed.barrier()  # DDP: rank 0's last checkpoint is on disk before every rank reads best
-    result = TrainResult(run_dir, state.history, None, train_time, cfg, state.stop_reason)
-    if "test" in parts and len(parts["test"]):
+        return train_loader, val_loader
+
+    def evaluate(run_dir: Path, device: torch.device, precision: str) -> dict[str, Any] | None:
+        if "test" not in parts or not len(parts["test"]):
+            return None
         best, _, _ = load_video_model(run_dir, device)
         test = parts["test"]
-        ev = _evaluate(best, spec, t, data.clips[test], targets[test], [ids[i] for i in test],
-                       class_names, device=device, out_dir=run_dir,
-                       precision=inference_precision("auto", device, precision),
-                       run_dir=run_dir, report=cfg.report)  # fmt: skip
-        result.test_metrics, result.report = ev["metrics"], ev.get("report")
-    if info.is_main:  # DDP: rank 0 owns the folder
-        finish_run_dir(run_dir, console)
-    return result
+        return _evaluate(best, spec, t, data.clips[test], targets[test], [ids[i] for i in test],
+                         class_names, device=device, out_dir=run_dir, precision=precision,
+                         run_dir=run_dir, report=cfg.report)  # fmt: skip
+
+    sample_of = (lambda i: ids[train_idx[i]]) if is_3d(cfg.model) else (
+        lambda i: f"{ids[train_idx[i // t]]}#frame{i % t}"
+    )  # fmt: skip
+    return Plan(
+        model=model,
+        task=ClassificationTask(len(class_names), cfg.label_smoothing),
+        spec=spec,
+        metadata={
+            "task": TASK,
+            "model": cfg.model,
+            "kind": "3d" if is_3d(cfg.model) else "per-frame 2d",
+            "num_classes": len(class_names),
+            "in_channels": c,
+            "image_size": s,
+            "frames": t,
+            "frame_step": data.frame_step,  # source frames between sampled frames (median)
+            "smoothing": cfg.smoothing,
+            "class_names": class_names,
+            "preprocess": spec.to_dict(),
+            "data": cfg.data,
+            "weights": cfg.weights,
+            "cnnlab_version": __version__,
+            "torch_version": torch.__version__,
+        },
+        files={
+            "classes.json": class_names,
+            "preprocess.json": spec.to_dict() | {"frames": t},
+            "data_report.json": data.report,
+            "splits.json": {
+                "source": cfg.data,
+                "origin": "given" if data.given_splits else f"stratified(seed={cfg.seed})",
+                "splits": {k: [ids[i] for i in v] for k, v in parts.items()},
+                "labels": {k: [class_names[targets[i]] for i in v] for k, v in parts.items()},
+            },
+        },
+        folder=cfg.model,
+        loaders=loaders,
+        evaluate=evaluate,
+        describe=sample_of,
+        record={"clips": int(n), "frames": t, "image_size": s},
+    )
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
@@ -678,3 +620,12 @@ def predict_clips(
             out.append(model(x).float().softmax(1).cpu())
     return {"starts": starts, "probs": torch.cat(out).numpy(), "class_names": names,
             "window": window, "step": step, "stride": stride, "span": span}  # fmt: skip
+
+
+SPEC = TaskSpec(
+    name=TASK,
+    command="cnnlab video train",
+    config=VideoConfig,
+    validator=ClassificationTask,
+    prepare=_prepare,
+)
