@@ -243,6 +243,21 @@ def test_models_list() -> None:
     assert {"lenet5", "alexnet", "resnet18"} <= {r["name"] for r in rows}
 
 
+def test_models_of_each_task() -> None:
+    from cnnlab.models import list_models
+
+    for word, task in (
+        ("detect", "detection"),
+        ("segment", "segmentation"),
+        ("video", "video-classification"),
+    ):
+        rows = json.loads(ok("models", "--task", word, "--json").stdout)
+        assert [r["name"] for r in rows] == list_models(task) and all(
+            r["description"] for r in rows
+        )
+    user_error("models", "--task", "tracking", names=["--task", "tracking"])
+
+
 def test_models() -> None:
     summary = json.loads(ok("models", "show", "lenet5", "--num-classes", "10", "--json").stdout)
     from cnnlab.models import create_model

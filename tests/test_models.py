@@ -608,3 +608,22 @@ def test_one_channel_just_above_threshold(name):
     model = create_model(name, num_classes=3, in_channels=1, image_size=64).eval()
     with torch.no_grad():
         assert model(_images(1, 64)).shape == (2, 3)
+
+
+def test_one_registry_lists_every_tasks_models_as_its_builders_accept_them():
+    """list_models(task=...) is the list each task's builder checks against (one source)."""
+    from cnnlab.errors import ConfigError
+    from cnnlab.models import TASKS, list_models
+    from cnnlab.models.detection import DETECTORS
+    from cnnlab.models.segmentation import ARCHITECTURES
+    from cnnlab.video.models import VIDEO_MODELS, check_video_model
+
+    assert list_models() == list_models("classification") and "lenet5" in list_models()
+    assert list_models("segmentation") == list(ARCHITECTURES)
+    assert list_models("detection") == list(DETECTORS)
+    assert list_models("video-classification") == list(VIDEO_MODELS)
+    assert set(TASKS) == {"classification", "segmentation", "detection", "video-classification"}
+    for name in VIDEO_MODELS:
+        check_video_model(name, None)  # accepted by the video builder's check
+    with pytest.raises(ConfigError, match="unknown task 'detect'.*detection"):
+        list_models("detect")

@@ -381,6 +381,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "--num-classes", type=int, default=1000, help="default 1000: the published counts"
     )
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--task",
+        default="classification",
+        type=lambda word: _TASK_WORDS.get(word, word),  # the command words work too: detect, ...
+        choices=tuple(dict.fromkeys(_TASK_WORDS.values())),
+        help="list the models of this task: classify, segment, detect or video (default: classify)",
+    )
 
     p = sub.add_parser(
         "metrics", help="score predictions from any tool: a CSV of labels and scores"
@@ -938,10 +945,43 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if any(p.error for p in preds) else 0
 
 
+_TASK_WORDS = {  # `cnnlab models --task WORD`: the command word or the recorded task name
+    "classify": "classification",
+    "classification": "classification",
+    "segment": "segmentation",
+    "segmentation": "segmentation",
+    "detect": "detection",
+    "detection": "detection",
+    "video": "video-classification",
+    "video-classification": "video-classification",
+}
+_TASK_MODELS_NOTE = {
+    "segmentation": "--encoder: any classification model (cnnlab models); "
+    "`cnnlab segment train --model NAME`",
+    "detection": "--backbone: any classification model (cnnlab models); "
+    "`cnnlab detect train --model NAME`",
+    "video-classification": "or any classification model, applied per frame; "
+    "`cnnlab video train --model NAME`",
+}
+
+
 @command("models")
 def _models(args: argparse.Namespace) -> int:
     from cnnlab import models
 
+    if args.task != "classification" and args.action == "list":
+        names = models.list_models(args.task)
+        rows = [{"name": n, "description": models.TASK_MODELS[args.task][n]} for n in names]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        t = Table(title=f"{args.task} models", caption=_TASK_MODELS_NOTE[args.task])
+        t.add_column("name")
+        t.add_column("description")
+        for r in rows:
+            t.add_row(r["name"], r["description"])
+        out.print(t)
+        return 0
     if args.action == "show":
         if not args.name:
             raise CnnlabError("usage: cnnlab models show NAME [--image-size S --in-channels C]")

@@ -14,13 +14,23 @@ from __future__ import annotations
 # Importing the family files registers their models (oldest first).
 from . import alexnet, googlenet, lenet, resnet, vgg  # noqa: F401
 from ._base import SMALL_INPUT_BELOW, ClassifierModel, count_parameters, group_parameters
-from ._registry import MIN_IMAGE_SIZE, create_model, list_models, model_info, register_model
+from ._registry import (
+    MIN_IMAGE_SIZE,
+    TASK_MODELS,
+    TASKS,
+    create_model,
+    list_models,
+    model_info,
+    register_model,
+)
 from ._weights import adapt_first_conv, read_state_dict
 from .summary import count_flops, layer_table, model_summary, zoo_table
 
 __all__ = [
     "MIN_IMAGE_SIZE",
     "SMALL_INPUT_BELOW",
+    "TASKS",
+    "TASK_MODELS",
     "ClassifierModel",
     "adapt_first_conv",
     "count_flops",

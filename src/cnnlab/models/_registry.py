@@ -80,9 +80,43 @@ def register_model(
     return decorate
 
 
-def list_models() -> list[str]:
-    """Registered model names, oldest architecture first (LeNet ... ResNet)."""
-    return sorted(_BUILDERS, key=lambda n: (_INFO[n].year, _INFO[n].family, _natural(n)))
+#: The architectures each task's builder makes (``create_segmentation_model``,
+#: ``create_detection_model``, ``cnnlab.video.models.create_video_model``), with one line each.
+#: Their encoder / backbone is any classification model above (``--encoder``, ``--backbone``); a
+#: per-frame video model is any classification model too. Names only: listing needs no torchvision.
+TASK_MODELS: dict[str, dict[str, str]] = {
+    "segmentation": {
+        "unet": "U-Net decoder with skip connections over a zoo encoder (Ronneberger 2015)",
+        "fcn": "fully convolutional head on the encoder's last stage, upsampled (Long 2015)",
+        "deeplabv3": "atrous spatial pyramid pooling head (Chen 2017)",
+        "lraspp": "lite reduced ASPP head, MobileNetV3's (Howard 2019)",
+    },
+    "detection": {
+        "fasterrcnn": "two-stage: region proposals, then RoI classification + boxes (Ren 2015)",
+        "retinanet": "one-stage, focal loss over anchors on an FPN (Lin 2017)",
+        "fcos": "one-stage, anchor-free: a box per FPN location (Tian 2019)",
+        "ssdlite": "one-stage SSD with MobileNetV3 features, its own backbone (Sandler 2018)",
+    },
+    "video-classification": {
+        "r3d_18": "3D ResNet-18: 3x3x3 convolutions over time and space (Tran 2018)",
+        "mc3_18": "mixed convolutions: 3D early, 2D late (Tran 2018)",
+        "r2plus1d_18": "(2+1)D: each 3D conv split into spatial 2D + temporal 1D (Tran 2018)",
+        "r3d_small": "a small 3D CNN for CPU training on short low-resolution clips",
+    },
+}
+TASKS = ("classification", *TASK_MODELS)
+
+
+def list_models(task: str = "classification") -> list[str]:
+    """Model names for ``task`` (like torchvision's ``list_models``): the classification zoo,
+    oldest architecture first (LeNet ... ResNet), or the architectures of :data:`TASK_MODELS`."""
+    if task == "classification":
+        return sorted(_BUILDERS, key=lambda n: (_INFO[n].year, _INFO[n].family, _natural(n)))
+    if task not in TASK_MODELS:
+        raise ConfigError(
+            f"unknown task {task!r}{close_matches(task, TASKS)}; choose from {', '.join(TASKS)}"
+        )
+    return list(TASK_MODELS[task])
 
 
 def _natural(name: str) -> tuple:

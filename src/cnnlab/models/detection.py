@@ -39,10 +39,11 @@ from typing import Any
 from torch import Tensor, nn
 
 from cnnlab.errors import ConfigError, close_matches
+from cnnlab.models._registry import TASK_MODELS
 
 log = logging.getLogger(__name__)
 
-DETECTORS = ("fasterrcnn", "retinanet", "fcos", "ssdlite")
+DETECTORS = tuple(TASK_MODELS["detection"])  # fasterrcnn, retinanet, fcos, ssdlite
 BACKBONE_VARIANTS = ("auto", "imagenet", "small-input")
 
 

@@ -39,10 +39,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnlab.errors import CheckpointError, ConfigError, close_matches
+from cnnlab.models._registry import TASK_MODELS
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("unet", "fcn", "deeplabv3", "lraspp")
+ARCHITECTURES = tuple(TASK_MODELS["segmentation"])  # unet, fcn, deeplabv3, lraspp
 ENCODER_VARIANTS = ("auto", "imagenet", "small-input")
 
 

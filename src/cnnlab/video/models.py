@@ -29,12 +29,14 @@ from torch import Tensor, nn
 
 from cnnlab.errors import CheckpointError, ConfigError, close_matches
 from cnnlab.models._base import ClassifierModel
+from cnnlab.models._registry import TASK_MODELS
 
 log = logging.getLogger(__name__)
 
 TORCHVISION_3D = ("r3d_18", "mc3_18", "r2plus1d_18")
 SMALL_3D = "r3d_small"
-VIDEO_MODELS = (*TORCHVISION_3D, SMALL_3D)
+VIDEO_MODELS = tuple(TASK_MODELS["video-classification"])  # the registry's list, in this order
+assert VIDEO_MODELS == (*TORCHVISION_3D, SMALL_3D)
 # torchvision's Kinetics-400 preprocessing (pixels in [0, 1]); the weights were trained with it.
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
