@@ -17,7 +17,6 @@ them back to each image's own pixels.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -29,18 +28,10 @@ import torch
 
 from cnnlab import __version__
 from cnnlab.config import (
-    Device,
-    Keep,
-    Optimizer,
-    Precision,
     PreprocessSpec,
-    ResizeMode,
-    Schedule,
-    check_literals,
     make_config,
 )
 from cnnlab.data.boxes import (
-    BOX_AUGMENTATIONS,
     BoxBundle,
     BoxReport,
     decode_box_split,
@@ -51,7 +42,6 @@ from cnnlab.data.boxes import (
 from cnnlab.data.decode import DEFAULT_MAX_PIXELS
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import (
-    check_common_options,
     optimizer_and_schedule,
     standard_callbacks,
 )
@@ -65,8 +55,8 @@ from cnnlab.engine.devices import (
 from cnnlab.engine.onnx import OnnxModel, is_onnx
 from cnnlab.engine.predict import list_images
 from cnnlab.engine.resume import restore, resume_target, resumed_config
-from cnnlab.engine.trainer import Trainer, autocast, check_monitor
-from cnnlab.errors import ConfigError, DataError, Interrupted, close_matches
+from cnnlab.engine.trainer import Trainer, autocast
+from cnnlab.errors import ConfigError, DataError, Interrupted
 from cnnlab.models.detection import create_detection_model
 from cnnlab.run import (
     evaluation_dir,
@@ -79,85 +69,10 @@ from cnnlab.run import (
     trained_precision,
     write_json,
 )
+from cnnlab.tasks.configs import DetectConfig
 from cnnlab.tasks.detection import DetectionTask
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DetectConfig:
-    """Everything a detection run needs; saved as config.json. Names follow SegmentConfig."""
-
-    # --- data ---
-    data: str = "builtin:shapes?n=600&size=64&objects=2"  # COCO .json | VOC dir | YOLO dir
-    data_root: str | None = None  # COCO: the image folder (default: beside the JSON)
-    image_size: int | None = None  # pixels (square); None: the source's own side, else 256
-    in_channels: int | None = None  # None: 3 (files) or the builtin's
-    resize: ResizeMode = "fit"  # boxes follow the image's scale and padding
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    augment: tuple[str, ...] = ("flip",)
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    # --- model ---
-    model: str = "fasterrcnn"  # fasterrcnn | retinanet | fcos | ssdlite
-    backbone: str = "resnet18"  # a zoo classifier (ignored by ssdlite)
-    init_from: str | None = None  # backbone weights: a cnnlab classification run, "imagenet", file
-    backbone_variant: str = "auto"  # auto | imagenet | small-input (stem), as encoder_variant
-    fpn_channels: int = 128  # FPN width: 128 instead of torchvision's 256 for CPU training
-    box_head_width: int = 256  # Faster R-CNN box head (torchvision: 1024); ignored by the others
-    # --- optimisation ---
-    epochs: int = 20
-    batch_size: int = 16
-    optimizer: Optimizer = "adamw"
-    lr: float = 1e-3  # peak learning rate (one-cycle), per batch of `batch_size`
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    schedule: Schedule = "onecycle"
-    warmup_epochs: float = 1.0
-    grad_clip: float | None = 10.0  # box regression losses spike early on; clip the grad norm
-    score_threshold: float = 0.5  # for precision/recall at IoU 0.5 and drawn boxes
-    # --- compute ---
-    device: Device = "auto"
-    devices: int = 1  # processes on this node (DDP through torchrun; --batch-size stays global)
-    precision: Precision = "32"
-    # --- run control ---
-    seed: int = 0
-    deterministic: bool = False
-    early_stopping: int | None = None
-    monitor: str = "val_map50"  # val_map50 / val_map (higher better) or train_loss
-    out: str = "runs"
-    resume: str | None = None  # a run folder or checkpoint to continue ("auto": --out/--name)
-    name: str | None = None
-    report: bool = True
-    report_images: int = 6
-    keep: Keep = (
-        "best"  # checkpoints kept: best (+ the last epoch's, resumable) | last | all epochs
-    )
-    private: bool = False  # run folder 0700 and its files 0600 (default: as open() under the umask)
-
-    def __post_init__(self) -> None:
-        check_literals(self)
-        check_common_options(
-            self, ("epochs", "batch_size", "lr", "report_images", "fpn_channels", "box_head_width")
-        )
-        if self.image_size is not None and self.image_size < 32:
-            raise ConfigError(f"option image_size must be >= 32 pixels, got {self.image_size}")
-        if not 0.0 <= self.score_threshold <= 1.0:
-            raise ConfigError(
-                f"option score_threshold must be in [0, 1], got {self.score_threshold}"
-            )
-        unknown = [a for a in self.augment if a not in BOX_AUGMENTATIONS]
-        if unknown:
-            raise ConfigError(
-                f"unknown detection augmentation {unknown[0]!r}"
-                f"{close_matches(unknown[0], BOX_AUGMENTATIONS)}; choose from "
-                f"{', '.join(BOX_AUGMENTATIONS)} (or none)"
-            )
-        check_monitor(self.monitor, DetectionTask, "detection")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass

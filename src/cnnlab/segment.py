@@ -18,13 +18,12 @@ image's own size before taking the arg-max.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,19 +31,11 @@ import torch.nn.functional as F
 
 from cnnlab import __version__
 from cnnlab.config import (
-    Device,
-    Keep,
-    Optimizer,
-    Precision,
     PreprocessSpec,
-    ResizeMode,
-    Schedule,
-    check_literals,
     make_config,
 )
 from cnnlab.data.decode import DEFAULT_MAX_PIXELS
 from cnnlab.data.masks import (
-    SEGMENTATION_AUGMENTATIONS,
     MaskBundle,
     MaskLoader,
     MaskSplit,
@@ -55,7 +46,6 @@ from cnnlab.data.masks import (
 )
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import (
-    check_common_options,
     optimizer_and_schedule,
     standard_callbacks,
 )
@@ -70,8 +60,8 @@ from cnnlab.engine.devices import (
 from cnnlab.engine.onnx import OnnxModel, is_onnx
 from cnnlab.engine.predict import list_images
 from cnnlab.engine.resume import restore, resume_target, resumed_config
-from cnnlab.engine.trainer import Trainer, autocast, check_monitor
-from cnnlab.errors import ConfigError, DataError, Interrupted, close_matches
+from cnnlab.engine.trainer import Trainer, autocast
+from cnnlab.errors import ConfigError, DataError, Interrupted
 from cnnlab.metrics.segmentation import (
     ConfusionAccumulator,
     per_image_confusion,
@@ -90,101 +80,10 @@ from cnnlab.run import (
     trained_precision,
     write_json,
 )
+from cnnlab.tasks.configs import SegmentConfig
 from cnnlab.tasks.segmentation import SegmentationTask
 
 log = logging.getLogger(__name__)
-
-Loss = Literal["ce", "ce+dice"]
-EncoderVariant = Literal["auto", "imagenet", "small-input"]
-
-
-@dataclass(frozen=True)
-class SegmentConfig:
-    """Everything a segmentation run needs; saved as config.json. Names follow TrainConfig."""
-
-    # --- data ---
-    # DIR (images/ + masks/) | VOC root | COCO instances .json | builtin:shapes?...
-    data: str = "builtin:shapes?n=2000&size=32"
-    data_root: str | None = None  # COCO: the folder holding the images (default: beside the JSON)
-    image_size: int | None = (
-        None  # pixels (square); None: the dataset's own size if square, else 128
-    )
-    in_channels: int | None = None  # None: the source's (3 for files)
-    resize: ResizeMode = (
-        "fit"  # as TrainConfig; masks follow with nearest neighbour, padding = ignore
-    )
-    val_fraction: float = 0.1  # of all samples when the source has no val split (seeded, random)
-    test_fraction: float = 0.1
-    augment: tuple[str, ...] = ("crop", "flip")  # whole-batch ops applied to image and mask alike
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    ignore_index: int = 255  # mask value that is never scored (VOC's void boundary, fit padding)
-    # --- model ---
-    model: str = (
-        "unet"  # unet | fcn | deeplabv3 | lraspp | a torchvision builder (fcn_resnet50, ...)
-    )
-    encoder: str = "resnet18"  # a zoo classifier: resnet18/34/50, vgg11_bn, ...
-    init_from: str | None = (
-        None  # encoder weights: a cnnlab classification run, "imagenet", or a file
-    )
-    # auto: the zoo's rule (small-input stem below 64 px); imagenet: strided stem at any size
-    # (about 16x fewer encoder FLOPs at 32 px); small-input: stride-1 stem at any size
-    encoder_variant: EncoderVariant = "auto"
-    # --- optimisation ---
-    epochs: int = 20
-    batch_size: int = 32
-    optimizer: Optimizer = "adamw"
-    lr: float = 2e-3  # peak learning rate (one-cycle), per batch of `batch_size`
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4  # never applied to norms and biases
-    schedule: Schedule = "onecycle"
-    warmup_epochs: float = 1.0
-    loss: Loss = "ce"  # ce: pixel cross-entropy; ce+dice: + dice_weight x soft Dice loss
-    dice_weight: float = 1.0  # only with loss="ce+dice"
-    grad_clip: float | None = None
-    # --- compute ---
-    device: Device = "auto"
-    precision: Precision = "auto"
-    channels_last: bool | None = None
-    devices: int = 1  # processes on this node (DDP through torchrun; --batch-size stays global)
-    # --- run control ---
-    seed: int = 0
-    deterministic: bool = False
-    early_stopping: int | None = None  # patience in epochs on `monitor`
-    monitor: str = "val_miou"  # val_miou / val_accuracy (higher better) or val_loss / train_loss
-    out: str = "runs"
-    resume: str | None = None  # a run folder or checkpoint to continue ("auto": --out/--name)
-    name: str | None = None
-    report: bool = True
-    report_images: int = 6  # best and worst test images shown in the report
-    keep: Keep = (
-        "best"  # checkpoints kept: best (+ the last epoch's, resumable) | last | all epochs
-    )
-    private: bool = False  # run folder 0700 and its files 0600 (default: as open() under the umask)
-
-    def __post_init__(self) -> None:
-        check_literals(self)
-        check_common_options(self, ("epochs", "batch_size", "lr", "report_images"))
-        if not 0 <= self.ignore_index <= 255:
-            raise ConfigError(
-                f"option ignore_index must be in 0..255 (8-bit masks), got {self.ignore_index}"
-            )
-        if self.image_size is not None and self.image_size < 16:
-            raise ConfigError(f"option image_size must be >= 16 pixels, got {self.image_size}")
-        if self.dice_weight < 0:
-            raise ConfigError(f"option dice_weight must be >= 0, got {self.dice_weight}")
-        unknown = [a for a in self.augment if a not in SEGMENTATION_AUGMENTATIONS]
-        if unknown:
-            raise ConfigError(
-                f"unknown segmentation augmentation {unknown[0]!r}"
-                f"{close_matches(unknown[0], SEGMENTATION_AUGMENTATIONS)}; choose from "
-                f"{', '.join(SEGMENTATION_AUGMENTATIONS)} (or 'none'): others would interpolate "
-                "class indices"
-            )
-        check_monitor(self.monitor, SegmentationTask, "segmentation")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass

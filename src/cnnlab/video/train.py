@@ -39,15 +39,7 @@ import torch
 
 from cnnlab import __version__
 from cnnlab.config import (
-    AUGMENTATIONS,
-    Device,
-    Keep,
-    Optimizer,
-    Precision,
     PreprocessSpec,
-    ResizeMode,
-    Schedule,
-    check_literals,
     make_config,
 )
 from cnnlab.data.sources import Split, stratified_split
@@ -55,7 +47,6 @@ from cnnlab.data.tensors import arrays_to_chw, channel_stats, normalize
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import (
     TrainResult,
-    check_common_options,
     fit_and_record,
     optimizer_and_schedule,
     standard_callbacks,
@@ -68,8 +59,8 @@ from cnnlab.engine.devices import (
 )
 from cnnlab.engine.loaders import make_loader
 from cnnlab.engine.resume import restore, resume_target, resumed_config
-from cnnlab.engine.trainer import Trainer, autocast, check_monitor
-from cnnlab.errors import CheckpointError, ConfigError, DataError, close_matches
+from cnnlab.engine.trainer import Trainer, autocast
+from cnnlab.errors import CheckpointError, ConfigError, DataError
 from cnnlab.run import (
     evaluation_dir,
     finish_run_dir,
@@ -83,7 +74,8 @@ from cnnlab.run import (
 )
 from cnnlab.tasks.classification import ClassificationTask
 from cnnlab.tasks.classify.evaluate import evaluate_model
-from cnnlab.video.models import Smoothing, check_video_model, create_video_model, is_3d
+from cnnlab.tasks.configs import VideoConfig
+from cnnlab.video.models import check_video_model, create_video_model, is_3d
 
 log = logging.getLogger(__name__)
 
@@ -92,78 +84,6 @@ BUILTIN_PREFIX = "builtin:"
 DEFAULT_FILE_FRAMES = 16  # clip length for video files (the Kinetics models' training length)
 DEFAULT_FILE_SIZE = 112  # frame side for video files (torchvision's Kinetics crop)
 EVAL_BATCH = 64  # clips per evaluation batch; training and `evaluate` use the same (same numbers)
-
-
-@dataclass(frozen=True)
-class VideoConfig:
-    """Everything a video classification run needs; saved as config.json (names: TrainConfig's)."""
-
-    # --- data ---
-    data: str = "builtin:moving-shapes?n=400&frames=8&size=32"  # builtin:moving-shapes?... | DIR
-    frames: int | None = None  # T per clip, evenly over each video; None: builtin's, else 16
-    image_size: int | None = None  # frame side (pixels, square); None: the builtin's, else 112
-    resize: ResizeMode = "fit"  # as TrainConfig: fit (pad), crop (centre) or stretch
-    val_fraction: float = 0.1  # of all clips when the source has no val split (stratified, seeded)
-    test_fraction: float = 0.2
-    # One random crop / flip / affine per clip, the same for all its frames. flip mirrors motion
-    # (left <-> right): leave it out when classes depend on direction.
-    augment: tuple[str, ...] = ("crop",)
-    max_bad_fraction: float = 0.1  # abort when more of the videos than this cannot be decoded
-    strict: bool = False  # every skipped file becomes an error
-    # --- model ---
-    model: str = "r3d_small"  # r3d_18 | mc3_18 | r2plus1d_18 | r3d_small | a 2D zoo model per frame
-    weights: str | None = None  # None | "kinetics" (torchvision 3D models) | "imagenet" (2D)
-    smoothing: Smoothing = "mean"  # 2D models: a clip's probabilities from its frames'
-    # --- optimisation ---
-    epochs: int = 10
-    batch_size: int = 16  # clips per step (a 2D model sees their batch_size x T frames)
-    optimizer: Optimizer = "adamw"
-    lr: float = 2e-3  # peak rate (one-cycle) per batch of `batch_size` clips
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4  # never applied to norms and biases
-    schedule: Schedule = "onecycle"
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    # --- compute ---
-    device: Device = "auto"
-    devices: int = 1  # processes on this node (DDP through torchrun; --batch-size stays global)
-    precision: Precision = "auto"
-    # --- run control ---
-    seed: int = 0
-    deterministic: bool = False
-    early_stopping: int | None = None  # patience in epochs on `monitor`
-    monitor: str = "val_accuracy"  # clip accuracy (higher better), val_loss / train_loss lower
-    out: str = "runs"
-    name: str | None = None
-    resume: str | None = None  # a run folder or checkpoint to continue ("auto": --out/--name)
-    report: bool = True
-    keep: Keep = (
-        "best"  # checkpoints kept: best (+ the last epoch's, resumable) | last | all epochs
-    )
-    private: bool = False  # run folder 0700 and its files 0600 (default: as open() under the umask)
-
-    def __post_init__(self) -> None:
-        check_literals(self)
-        check_common_options(self)
-        for key in ("max_bad_fraction", "label_smoothing"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"option {key} must be in [0, 1), got {getattr(self, key)}")
-        if self.frames is not None and self.frames < 2:
-            raise ConfigError(f"option frames must be >= 2 (a clip), got {self.frames}")
-        if self.image_size is not None and self.image_size < 16:
-            raise ConfigError(f"option image_size must be >= 16 pixels, got {self.image_size}")
-        unknown = [a for a in self.augment if a not in AUGMENTATIONS]
-        if unknown:
-            raise ConfigError(
-                f"unknown augmentation {unknown[0]!r}{close_matches(unknown[0], AUGMENTATIONS)}; "
-                f"choose from {', '.join(AUGMENTATIONS)} (or 'none')"
-            )
-        check_monitor(self.monitor, ClassificationTask, "video")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # -- data ------------------------------------------------------------------------------------------

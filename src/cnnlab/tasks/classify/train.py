@@ -34,6 +34,7 @@ from cnnlab.engine.loaders import (
 )
 from cnnlab.engine.optim import build_optimizer, build_scheduler, param_groups
 from cnnlab.engine.resume import restore, resume_target, resumed_config
+from cnnlab.engine.timing import Timings
 from cnnlab.engine.trainer import Trainer, check_monitor
 from cnnlab.engine.weights import build_model, load_checkpoint_model
 from cnnlab.errors import CheckpointError, ConfigError, DataError, Interrupted
@@ -46,15 +47,23 @@ log = logging.getLogger(__name__)
 
 
 def train(
-    config: TrainConfig | str | Path | None = None, *, console: Any = None, **overrides: Any
+    config: TrainConfig | str | Path | None = None,
+    *,
+    console: Any = None,
+    timings: Timings | None = None,
+    **overrides: Any,
 ) -> TrainResult:
-    """Train a classifier; returns the run directory and metrics. `config` may be a TrainConfig or a file path."""
+    """Train a classifier; returns the run directory and metrics. `config` may be a TrainConfig or a file path.
+
+    ``timings``: where the phases' seconds go (the CLI's carries the start-up); recorded in
+    run.json as "time_split_s" either way."""
     if isinstance(config, TrainConfig):
         cfg = make_config(TrainConfig, **(config.to_dict() | overrides))
     else:
         cfg = make_config(TrainConfig, config, **overrides)
     check_monitor(cfg.monitor, ClassificationTask, "classification")
     t_call = time.perf_counter()
+    timings = timings if timings is not None else Timings()
     # DDP: join torchrun's process group (no-op in a single process); see cnnlab.engine.distributed
     info = distributed.init_from_env(cfg.device)
     if (getattr(cfg, "devices", 1) or 1) > 1 and not info.distributed:
@@ -85,7 +94,9 @@ def train(
     device = info.device if info.distributed else resolve_device(cfg.device)  # DDP: cuda:LOCAL_RANK
     if not info.is_main:
         distributed.barrier()  # DDP: rank 0 scans and decodes first; the others then hit its cache
+    timings.lap("setup")
     bundle = load_source(cfg)
+    timings.lap("scan")
     if (
         resume_from
     ):  # bad-inputs #44: a resumed run must see the classes it was trained on, in the same order
@@ -112,6 +123,7 @@ def train(
     )
     stream = use_streaming(cfg, bundle, provisional)
     tensors = {k: split_to_uint8(s, provisional, stream=stream) for k, s in bundle.splits.items()}
+    timings.lap("decode")  # streamed splits decode during training instead
     if info.is_main:
         distributed.barrier()  # DDP: pairs with the others' barrier above
     mean, std = split_channel_stats(tensors["train"], cfg.seed)  # from the training split only
@@ -265,8 +277,10 @@ def train(
     distributed.decorrelate_rng(info)  # DDP: per-rank dropout masks (no-op in one process)
     t0 = time.perf_counter()
     setup_time = t0 - t_call  # reading, scanning and decoding the data once, building the model
+    timings.lap("setup")
     state = trainer.fit(train_loader, val_loader, cfg.epochs)
     train_time = time.perf_counter() - t0
+    timings.lap("train")
     if state.interrupted:
         raise Interrupted(f"{state.stop_reason}; resume with: cnnlab train --resume {run_dir}")
     if info.is_main:  # DDP: rank 0 writes
@@ -304,9 +318,12 @@ def train(
             precision=test_precision,
             run_dir=run_dir,
             report=cfg.report,
+            timings=timings,
         )
         result.test_metrics, result.report = evaluation["metrics"], evaluation.get("report")
+    timings.lap("evaluate")
     if info.is_main:  # DDP: rank 0 owns the folder
+        timings.record(run_dir / "run.json")
         finish_run_dir(run_dir, console)
     return result
 
