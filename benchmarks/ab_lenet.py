@@ -1,6 +1,7 @@
 """Side by side: LeNet-5 training throughput of two cnnlab source trees (say a commit before and after a
 change), alternating the order per repeat, one `bench_train.py` "cnnlab" child per run. Prints each run,
-the medians and the machine; compare only within one run of this script.
+the medians and the machine (benchmarks/results/ab_lenet.md and .json); compare only within one run of
+this script.
 
     git worktree add /tmp/before d280e18
     PYTHONPATH=src python benchmarks/ab_lenet.py /tmp/before . --repeats 5 --epochs 8
@@ -28,8 +29,7 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
     import bench_train
-
-    from cnnlab.engine.devices import describe_machine
+    from _results import save_results
 
     mnist = str(bench_train.prepare_mnist_folder())
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
@@ -47,11 +47,18 @@ def main() -> None:
             print(
                 f"{name} repeat {r}: {ips:,.0f} img/s, val {run['history'][-1]['val_accuracy']:.4f}"
             )
-    print(f"\nMachine: {describe_machine()}")
-    print("| tree | median img/s | runs |\n|---|---:|---|")
+    rows = [
+        f"LeNet-5 training throughput of two source trees, {args.epochs} epochs, median of "
+        f"{args.repeats} (`benchmarks/ab_lenet.py`).",
+        "",
+        "| tree | median img/s | runs |",
+        "|---|---:|---|",
+    ]
     for name, v in speeds.items():
         runs = ", ".join(f"{x:,.0f}" for x in v)
-        print(f"| {name} ({trees[name]}) | {statistics.median(v):,.0f} | {runs} |")
+        rows.append(f"| {name} ({trees[name]}) | {statistics.median(v):,.0f} | {runs} |")
+    payload = {"epochs": args.epochs, "trees": {k: str(v) for k, v in trees.items()}}
+    save_results("ab_lenet", "\n".join(rows), payload | {"images_per_s": speeds})
 
 
 if __name__ == "__main__":

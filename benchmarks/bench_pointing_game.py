@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _results import save_results
 
 from cnnlab.data.builtin import make_shapes
 from cnnlab.explain.cam import CAM_METHODS
@@ -221,14 +222,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 def write(report: dict[str, Any], out: Path) -> None:
-    from cnnlab.engine.devices import describe_machine, machine_info
-
-    machine = machine_info()
-    out.mkdir(parents=True, exist_ok=True)
-    text = render(report).rstrip("\n") + f"\n\nMachine: {describe_machine(machine)}\n"
-    (out / "pointing_game.md").write_text(text)
-    (out / "pointing_game.json").write_text(json.dumps(report | {"machine": machine}, indent=2))
-    print(f"wrote {out / 'pointing_game.md'} and .json")
+    save_results("pointing_game", render(report), report, folder=out)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
     PYTHONPATH=src .venv/bin/python benchmarks/bench_segmentation.py --epochs 4 --n 1000  # quick
 
 Prints the model, image size, settings, the machine's load average (before and after: the machine
-may be shared), training time and the test metrics; exits 1 when the target is missed. ``--threads``
+may be shared), training time and the test metrics, and saves them with the machine
+(benchmarks/results/segmentation.md and .json); exits 1 when the target is missed. ``--threads``
 defaults to 1: on a 2-core machine that other jobs also load, PyTorch's two OpenMP threads wait on
 each other at every operator (measured here: 12x slower than one thread at load 12).
 """
@@ -18,6 +19,8 @@ import os
 import sys
 import tempfile
 import time
+
+from _results import save_results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,29 +70,42 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     load_after = os.getloadavg()
     m = result.test_metrics or {}
-    print(
-        f"model: {args.model} + {args.encoder} ({args.encoder_variant} stem), "
-        f"image size {args.size} px, {sum(1 for _ in result.history)} epochs"
-    )
+    lines = [
+        f"Segmentation (`benchmarks/bench_segmentation.py`): {args.model} + {args.encoder} "
+        f"({args.encoder_variant} stem), image size {args.size} px, "
+        f"{sum(1 for _ in result.history)} epochs, {args.threads} thread(s), {os.cpu_count()} cores",
+        f"settings: {json.dumps(settings)}",
+        "",
+    ]
     for row in result.history:
-        print(
+        lines.append(
             f"  epoch {int(row['epoch'])}: train_loss {row['train_loss']:.4f}  "
             f"val_miou {row.get('val_miou', float('nan')):.4f}  "
             f"{row['train_images_per_s']:.1f} img/s  {row['epoch_time_s']:.0f} s"
         )
-    print(f"training time: {result.train_time_s:.0f} s (wall incl. data + test: {wall:.0f} s)")
-    print(f"load average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     per = {k: v["iou"] for k, v in m.get("per_class", {}).items()}
-    print(
-        "test per-class IoU: " + ", ".join(f"{k} {v:.3f}" for k, v in per.items() if v is not None)
-    )
-    print(
-        f"test mean IoU: {m.get('mean_iou', float('nan')):.4f}  pixel accuracy: "
-        f"{m.get('pixel_accuracy', float('nan')):.4f}  mean Dice: {m.get('mean_dice', 0):.4f}"
-    )
-    print(f"run: {result.run_dir}")
     ok = (m.get("mean_iou") or 0) >= args.target and result.train_time_s <= args.budget_s
-    print(("PASS" if ok else "FAIL") + f": mean IoU >= {args.target} within {args.budget_s:.0f} s")
+    lines += [
+        "",
+        f"training time: {result.train_time_s:.0f} s (wall incl. data + test: {wall:.0f} s)",
+        f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}",
+        f"load average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}",
+        "test per-class IoU: " + ", ".join(f"{k} {v:.3f}" for k, v in per.items() if v is not None),
+        f"test mean IoU: {m.get('mean_iou', float('nan')):.4f}  pixel accuracy: "
+        f"{m.get('pixel_accuracy', float('nan')):.4f}  mean Dice: {m.get('mean_dice', 0):.4f}",
+        f"run: {result.run_dir}",
+        ("PASS" if ok else "FAIL") + f": mean IoU >= {args.target} within {args.budget_s:.0f} s",
+    ]
+    save_results(
+        "segmentation",
+        "\n".join(lines),
+        {
+            "settings": settings, "threads": args.threads, "train_time_s": result.train_time_s,
+            "wall_s": wall, "history": result.history, "test_metrics": m, "target": args.target,
+            "budget_s": args.budget_s, "ok": ok, "load_before": load_before,
+            "load_after": load_after, "run": str(result.run_dir),
+        },
+    )  # fmt: skip
     return 0 if ok else 1
 
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: small generated datasets in real file formats (nothing is downloaded)."""
+"""Shared fixtures: small generated datasets in real file formats (nothing is downloaded), and one
+tiny run trained through the command line (`run`), made once per session."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_process import ok
 from hypothesis import HealthCheck, Phase, Verbosity, settings
 from PIL import Image
 
@@ -118,3 +120,39 @@ def csv_dataset(mixed_folder: Path) -> Path:
     csv_path = mixed_folder / "labels.csv"
     csv_path.write_text("\n".join(rows) + "\n")
     return csv_path
+
+
+# -- one tiny trained run and a few images, made once per session (the CLI and start-up tests) ----
+@pytest.fixture(scope="session")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="session")
+def digits(work: Path) -> list[Path]:
+    """Four sklearn digits as grey PNGs (what the run below was trained on)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    folder = work / "digits"
+    folder.mkdir()
+    paths = []
+    for i in range(4):
+        p = folder / f"d{i}_{d.target[i]}.png"
+        Image.fromarray((d.images[i] * (255 / 16)).round().astype(np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def run(work: Path) -> Path:
+    """`cnnlab train`'s happy path: LeNet-5 on builtin:digits, one epoch."""
+    proc = ok(
+        "train", "--data", "builtin:digits", "--model", "lenet5", "--epochs", "1",
+        "--batch-size", "64", "--seed", "0", "--precision", "32", "--no-report",
+        "--out", str(work / "runs"), "--name", "tiny",
+    )  # fmt: skip
+    assert "run directory:" in proc.stdout
+    run_dir = work / "runs" / "tiny"
+    assert (run_dir / "checkpoints" / "best.safetensors").is_file()
+    return run_dir

@@ -74,3 +74,62 @@ def test_gpu_benchmark_smoke_runs_every_contender_on_the_cpu(tmp_path):
         assert r["images_per_s"] > 0 and len(r["epoch_images_per_s"]) == 2
         assert r["achieved_flops"] == pytest.approx(3 * r["flops_per_image"] * r["images_per_s"])
     assert "cnnlab JPEG / synthetic data" in (tmp_path / "results" / "gpu-smoke.md").read_text()
+
+
+# -- every results file names the machine it was measured on ---------------------------------------
+def _results_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import _results
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return _results
+
+
+def test_every_benchmark_saves_its_results_through_save_results():
+    import ast
+
+    scripts = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if p.name != "_results.py")
+    assert {"bench_train.py", "bench_startup.py", "ab_lenet.py"} <= {p.name for p in scripts}
+    for path in scripts:
+        calls = {
+            node.func.id
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        }
+        assert "save_results" in calls, f"{path.name} does not save through _results.save_results"
+
+
+def test_save_results_names_cpu_capability_bf16_and_threads(tmp_path):
+    import torch
+
+    save_results = _results_module().save_results
+    md = save_results("probe", "| a |\n|---|\n| 1 |", {"figure": 1.5}, folder=tmp_path)
+    machine = json.loads((tmp_path / "probe.json").read_text())["machine"]
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["native_bf16"] == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert machine["torch_threads"] == torch.get_num_threads() and machine["cpu_model"]
+    line = md.read_text().splitlines()[-1]
+    assert line.startswith(f"Machine: {machine['cpu_model']}, {machine['cpu_capability']}, ")
+    assert "bf16" in line and f"{machine['torch_threads']} threads" in line
+    # a payload read back from an earlier file (re-rendered) keeps the machine it was measured on
+    earlier = dict(machine, cpu_model="Elsewhere CPU", torch_threads=64)
+    save_results("probe", "| a |", {"figure": 1.5, "machine": earlier}, folder=tmp_path)
+    assert json.loads((tmp_path / "probe.json").read_text())["machine"] == earlier
+    assert "Machine: Elsewhere CPU" in (tmp_path / "probe.md").read_text()
+
+
+@pytest.mark.slow
+def test_startup_benchmark_smoke_runs(tmp_path):
+    env = {"CNNLAB_BENCH_RESULTS": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_startup.py"), "--repeats", "1"],
+        env=os.environ | env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "startup.json").read_text())
+    commands = result["commands"]
+    assert not commands["cnnlab --help"]["imports_torch"]
+    assert commands["import torch, torchvision"]["imports_torch"]
+    assert commands["import torch, torchvision"]["ratio_to_torch_import"] == 1.0
+    assert "cnnlab --help` takes" in (tmp_path / "startup.md").read_text()

@@ -19,80 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_process import SRC, ok, user_error
 from PIL import Image
 from process_events import OutputWatcher
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-TIMEOUT = 300  # seconds: a generous bound for a loaded 2-core machine
-
-
-def cnnlab(*args: str, cwd: Path | None = None, timeout: float = TIMEOUT):
-    """Run `python -m cnnlab ARGS` with this checkout's sources; returns the CompletedProcess."""
-    env = os.environ | {"PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.pop("CI", None)  # a CI value changes nothing in cnnlab; keep the run like a user's
-    return subprocess.run(
-        [sys.executable, "-m", "cnnlab", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=timeout,
-    )
-
-
-def ok(*args: str, **kw) -> subprocess.CompletedProcess:
-    proc = cnnlab(*args, **kw)
-    assert proc.returncode == 0, f"cnnlab {' '.join(args)}: {proc.stderr[-3000:]}"
-    assert "Traceback" not in proc.stderr
-    return proc
-
-
-def user_error(*args: str, names: str | list[str], **kw) -> str:
-    """The command fails as a user error: exit 2, one stderr line naming `names`, no traceback."""
-    proc = cnnlab(*args, **kw)
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 2, f"cnnlab {' '.join(args)} -> {proc.returncode}: {proc.stderr}"
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for name in [names] if isinstance(names, str) else names:
-        assert name in lines[0], f"{name!r} not named in: {lines[0]}"
-    return lines[0]
-
-
-# -- fixtures: one tiny run and a few images, made once --------------------------------------------
-@pytest.fixture(scope="session")
-def work(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cli")
-
-
-@pytest.fixture(scope="session")
-def digits(work: Path) -> list[Path]:
-    """Four sklearn digits as grey PNGs (what the run below was trained on)."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    folder = work / "digits"
-    folder.mkdir()
-    paths = []
-    for i in range(4):
-        p = folder / f"d{i}_{d.target[i]}.png"
-        Image.fromarray((d.images[i] * (255 / 16)).round().astype(np.uint8)).save(p)
-        paths.append(p)
-    return paths
-
-
-@pytest.fixture(scope="session")
-def run(work: Path) -> Path:
-    """`cnnlab train`'s happy path: LeNet-5 on builtin:digits, one epoch."""
-    proc = ok(
-        "train", "--data", "builtin:digits", "--model", "lenet5", "--epochs", "1",
-        "--batch-size", "64", "--seed", "0", "--precision", "32", "--no-report",
-        "--out", str(work / "runs"), "--name", "tiny",
-    )  # fmt: skip
-    assert "run directory:" in proc.stdout
-    run_dir = work / "runs" / "tiny"
-    assert (run_dir / "checkpoints" / "best.safetensors").is_file()
-    return run_dir
 
 
 # -- train -----------------------------------------------------------------------------------------

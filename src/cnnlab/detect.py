@@ -17,9 +17,7 @@ them back to each image's own pixels.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +26,10 @@ import torch
 
 from cnnlab import __version__
 from cnnlab.config import (
-    Optimizer,
-    Precision,
     PreprocessSpec,
-    RunConfig,
-    check_positive,
     make_config,
 )
 from cnnlab.data.boxes import (
-    BOX_AUGMENTATIONS,
     BoxBundle,
     BoxReport,
     decode_box_split,
@@ -54,8 +47,9 @@ from cnnlab.engine.devices import (
 from cnnlab.engine.fit import Plan, TaskSpec, fit
 from cnnlab.engine.onnx import OnnxModel, is_onnx
 from cnnlab.engine.predict import list_images
-from cnnlab.engine.trainer import autocast, check_monitor
-from cnnlab.errors import ConfigError, DataError, close_matches
+from cnnlab.engine.timing import Timings
+from cnnlab.engine.trainer import autocast
+from cnnlab.errors import ConfigError, DataError
 from cnnlab.models.detection import create_detection_model
 from cnnlab.run import (
     evaluation_dir,
@@ -66,63 +60,10 @@ from cnnlab.run import (
     trained_precision,
     write_json,
 )
+from cnnlab.tasks.configs import DetectConfig
 from cnnlab.tasks.detection import DetectionTask
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DetectConfig(RunConfig):
-    """A detection run (`cnnlab detect train`): RunConfig with these defaults and fields."""
-
-    # --- data ---
-    data: str = "builtin:shapes?n=600&size=64&objects=2"  # COCO .json | VOC dir | YOLO dir
-    data_root: str | None = None  # COCO: the image folder (default: beside the JSON)
-    in_channels: int | None = None  # None: 3 (files) or the builtin's
-    augment: tuple[str, ...] = ("flip",)  # boxes follow the image's scale, padding and flips
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    # --- model ---
-    model: str = "fasterrcnn"  # fasterrcnn | retinanet | fcos | ssdlite
-    backbone: str = "resnet18"  # a zoo classifier (ignored by ssdlite)
-    init_from: str | None = None  # backbone weights: a cnnlab classification run, "imagenet", file
-    backbone_variant: str = "auto"  # auto | imagenet | small-input (stem), as encoder_variant
-    fpn_channels: int = 128  # FPN width: 128 instead of torchvision's 256 for CPU training
-    box_head_width: int = 256  # Faster R-CNN box head (torchvision: 1024); ignored by the others
-    # --- optimisation ---
-    epochs: int = 20
-    batch_size: int = 16
-    optimizer: Optimizer = "adamw"
-    lr: float = 1e-3  # peak learning rate (one-cycle), per batch of `batch_size`
-    weight_decay: float = 1e-4
-    grad_clip: float | None = 10.0  # box regression losses spike early on; clip the grad norm
-    score_threshold: float = 0.5  # for precision/recall at IoU 0.5 and drawn boxes
-    # --- compute ---
-    precision: Precision = "32"
-    channels_last: bool | None = False  # torchvision's detection heads gain nothing from NHWC
-    # --- run control ---
-    monitor: str = "val_map50"  # val_map50 / val_map (higher better) or train_loss
-    report_images: int = 6
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_positive(self, "report_images", "fpn_channels", "box_head_width")
-        if self.image_size is not None and self.image_size < 32:
-            raise ConfigError(f"option image_size must be >= 32 pixels, got {self.image_size}")
-        if not 0.0 <= self.score_threshold <= 1.0:
-            raise ConfigError(
-                f"option score_threshold must be in [0, 1], got {self.score_threshold}"
-            )
-        unknown = [a for a in self.augment if a not in BOX_AUGMENTATIONS]
-        if unknown:
-            raise ConfigError(
-                f"unknown detection augmentation {unknown[0]!r}"
-                f"{close_matches(unknown[0], BOX_AUGMENTATIONS)}; choose from "
-                f"{', '.join(BOX_AUGMENTATIONS)} (or none)"
-            )
-        check_monitor(self.monitor, DetectionTask, "detection")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 DetectResult = TrainResult  # what every task's training returns
@@ -150,16 +91,22 @@ def _to_tensors(targets: list[dict[str, np.ndarray]]) -> list[dict[str, torch.Te
 
 # -- train -----------------------------------------------------------------------------------------
 def train_detection(
-    config: DetectConfig | str | Path | None = None, *, console: Any = None, **options: Any
+    config: DetectConfig | str | Path | None = None,
+    *,
+    console: Any = None,
+    timings: Timings | None = None,
+    **options: Any,
 ) -> DetectResult:
     """Train a detector; returns the run directory, history and test metrics.
 
     ``config`` may be a DetectConfig or a JSON/TOML file; keyword options override it.
     """
-    return fit(SPEC, config, console=console, **options)
+    return fit(SPEC, config, console=console, timings=timings, **options)
 
 
-def _prepare(cfg: DetectConfig, info: Any, device: torch.device, resumed: Any) -> Plan:
+def _prepare(
+    cfg: DetectConfig, info: Any, device: torch.device, resumed: Any, timings: Timings
+) -> Plan:
     """Decode images and boxes once (what was dropped is reported), build the detector."""
     from cnnlab.data.tensors import channel_stats
 
@@ -178,6 +125,7 @@ def _prepare(cfg: DetectConfig, info: Any, device: torch.device, resumed: Any) -
         if samples:
             images, targets, ids, _ = decode_box_split(samples, provisional, report)
             decoded[name] = (images, targets, ids)
+    timings.lap("decode")  # reading the annotations and decoding the images
     if report.skipped_images or report.dropped_boxes or report.skipped_annotations:
         log.warning("%s: %s (see data_report.json)", cfg.data, report.summary())
     if "train" not in decoded or len(decoded["train"][0]) == 0:

@@ -18,12 +18,10 @@ image's own size before taking the arg-max.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,15 +29,11 @@ import torch.nn.functional as F
 
 from cnnlab import __version__
 from cnnlab.config import (
-    Optimizer,
     PreprocessSpec,
-    RunConfig,
-    check_positive,
     make_config,
 )
 from cnnlab.data.decode import DEFAULT_MAX_PIXELS
 from cnnlab.data.masks import (
-    SEGMENTATION_AUGMENTATIONS,
     MaskBundle,
     MaskLoader,
     MaskSplit,
@@ -57,8 +51,9 @@ from cnnlab.engine.devices import (
 from cnnlab.engine.fit import Plan, TaskSpec, fit
 from cnnlab.engine.onnx import OnnxModel, is_onnx
 from cnnlab.engine.predict import list_images
-from cnnlab.engine.trainer import autocast, check_monitor
-from cnnlab.errors import ConfigError, DataError, close_matches
+from cnnlab.engine.timing import Timings
+from cnnlab.engine.trainer import autocast
+from cnnlab.errors import ConfigError, DataError
 from cnnlab.metrics.segmentation import (
     ConfusionAccumulator,
     per_image_confusion,
@@ -75,72 +70,10 @@ from cnnlab.run import (
     trained_precision,
     write_json,
 )
+from cnnlab.tasks.configs import SegmentConfig
 from cnnlab.tasks.segmentation import SegmentationTask
 
 log = logging.getLogger(__name__)
-
-Loss = Literal["ce", "ce+dice"]
-EncoderVariant = Literal["auto", "imagenet", "small-input"]
-
-
-@dataclass(frozen=True)
-class SegmentConfig(RunConfig):
-    """A segmentation run (`cnnlab segment train`): RunConfig with these defaults and fields."""
-
-    # --- data ---
-    # DIR (images/ + masks/) | VOC root | COCO instances .json | builtin:shapes?...
-    data: str = "builtin:shapes?n=2000&size=32"
-    data_root: str | None = None  # COCO: the folder holding the images (default: beside the JSON)
-    in_channels: int | None = None  # None: the source's (3 for files)
-    augment: tuple[str, ...] = ("crop", "flip")  # whole-batch ops applied to image and mask alike
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    ignore_index: int = 255  # mask value that is never scored (VOC's void boundary, fit padding)
-    # --- model ---
-    model: str = (
-        "unet"  # unet | fcn | deeplabv3 | lraspp | a torchvision builder (fcn_resnet50, ...)
-    )
-    encoder: str = "resnet18"  # a zoo classifier: resnet18/34/50, vgg11_bn, ...
-    init_from: str | None = (
-        None  # encoder weights: a cnnlab classification run, "imagenet", or a file
-    )
-    # auto: the zoo's rule (small-input stem below 64 px); imagenet: strided stem at any size
-    # (about 16x fewer encoder FLOPs at 32 px); small-input: stride-1 stem at any size
-    encoder_variant: EncoderVariant = "auto"
-    # --- optimisation ---
-    epochs: int = 20
-    batch_size: int = 32
-    optimizer: Optimizer = "adamw"
-    lr: float = 2e-3  # peak learning rate (one-cycle), per batch of `batch_size`
-    weight_decay: float = 1e-4  # never applied to norms and biases
-    loss: Loss = "ce"  # ce: pixel cross-entropy; ce+dice: + dice_weight x soft Dice loss
-    dice_weight: float = 1.0  # only with loss="ce+dice"
-    # --- run control ---
-    monitor: str = "val_miou"  # val_miou / val_accuracy (higher better) or val_loss / train_loss
-    report_images: int = 6  # best and worst test images shown in the report
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_positive(self, "report_images")
-        if not 0 <= self.ignore_index <= 255:
-            raise ConfigError(
-                f"option ignore_index must be in 0..255 (8-bit masks), got {self.ignore_index}"
-            )
-        if self.image_size is not None and self.image_size < 16:
-            raise ConfigError(f"option image_size must be >= 16 pixels, got {self.image_size}")
-        if self.dice_weight < 0:
-            raise ConfigError(f"option dice_weight must be >= 0, got {self.dice_weight}")
-        unknown = [a for a in self.augment if a not in SEGMENTATION_AUGMENTATIONS]
-        if unknown:
-            raise ConfigError(
-                f"unknown segmentation augmentation {unknown[0]!r}"
-                f"{close_matches(unknown[0], SEGMENTATION_AUGMENTATIONS)}; choose from "
-                f"{', '.join(SEGMENTATION_AUGMENTATIONS)} (or 'none'): others would interpolate "
-                "class indices"
-            )
-        check_monitor(self.monitor, SegmentationTask, "segmentation")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 SegmentResult = TrainResult  # what every task's training returns
@@ -214,16 +147,22 @@ def _loader(
 
 # -- train -----------------------------------------------------------------------------------------
 def train_segmentation(
-    config: SegmentConfig | str | Path | None = None, *, console: Any = None, **options: Any
+    config: SegmentConfig | str | Path | None = None,
+    *,
+    console: Any = None,
+    timings: Timings | None = None,
+    **options: Any,
 ) -> SegmentResult:
     """Train a segmentation network; returns the run directory, history and test metrics.
 
     ``config`` may be a SegmentConfig or a JSON/TOML file; keyword options override it.
     """
-    return fit(SPEC, config, console=console, **options)
+    return fit(SPEC, config, console=console, timings=timings, **options)
 
 
-def _prepare(cfg: SegmentConfig, info: Any, device: torch.device, resumed: Any) -> Plan:
+def _prepare(
+    cfg: SegmentConfig, info: Any, device: torch.device, resumed: Any, timings: Timings
+) -> Plan:
     """Decode images and masks once, infer the classes, build the encoder-decoder."""
     from cnnlab.data.tensors import channel_stats
 
@@ -241,6 +180,7 @@ def _prepare(cfg: SegmentConfig, info: Any, device: torch.device, resumed: Any) 
         for k, s in bundle.splits.items()
         if len(s)
     }
+    timings.lap("decode")  # reading the source and decoding images and masks
     if "train" not in decoded:
         raise DataError(cfg.data, "the training split is empty")
     class_names = bundle.class_names or [

@@ -1,6 +1,11 @@
 """The `cnnlab` command: parses words into a config and calls `cnnlab.api`; no logic of its own.
 
 User errors (`CnnlabError`) print one line and exit non-zero; bugs keep their traceback.
+
+Start-up: importing torch takes seconds, so this module and the parser import nothing that does
+(the task configs come from the torch-free cnnlab.tasks.configs); each command imports what it
+needs inside its handler. `cnnlab --help`, `--version`, every `--help`, `conv` and `metrics` run
+without torch (tests/test_startup.py checks it; benchmarks/bench_startup.py times it).
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cnnlab import __version__
 from cnnlab.config import TrainConfig
+from cnnlab.engine.timing import Timings, process_age_s
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, close_matches
+from cnnlab.tasks.configs import DetectConfig, SegmentConfig
 
-#: the help line of `cnnlab video` (cnnlab.cli.video uses it; listed without importing the video modules)
-VIDEO_HELP = "video: train | evaluate (3D CNN clips) | predict | track (frames, events, tracks)"
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
@@ -97,8 +103,12 @@ def train_task(cls: type, train: Any, args: argparse.Namespace) -> Any:
     launched = launch_devices(options, getattr(args, "max_restarts", None) or 0)
     if launched is not None:
         return launched
-    result = train(args.config, console=rank_console(), **options)
-    return result if rank_console() is not None else 0
+    timings = _start_timings()
+    result = train(args.config, console=rank_console(), timings=timings, **options)
+    if rank_console() is None:
+        return 0
+    _print_time_split(args, timings)
+    return result
 
 
 def launch_devices(options: dict[str, Any], max_restarts: int = 0) -> int | None:
@@ -137,13 +147,43 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The whole parser; ``only="train"`` (the command word of this invocation) skips importing
-    the task modules (segment, detect, video: torchvision's model zoo, seconds) that only their
-    own options need -- the other commands list them with their help line."""
+def version_text() -> str:
+    """'cnnlab 0.1.0 (torch 2.14.1+cu130, torchvision 0.29.1, Python 3.11.7)'. torch's and
+    torchvision's versions are read from their version.py files: importing them takes seconds."""
+    import importlib.util
+    import re
 
-    def full(name: str) -> bool:
-        return only is None or only == name
+    parts = []
+    for name in ("torch", "torchvision"):
+        spec = importlib.util.find_spec(name)  # finds the package without running it
+        version = None
+        if spec is not None and spec.origin:
+            try:
+                text = (Path(spec.origin).parent / "version.py").read_text()
+            except OSError:
+                text = ""
+            found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE)
+            version = found.group(1) if found else None
+        parts.append(f"{name} {version or 'not found'}")
+    python = sys.version.split()[0]
+    return f"cnnlab {__version__} ({', '.join(parts)}, Python {python})"
+
+
+class _VersionAction(argparse.Action):
+    """`--version`: argparse's own version action needs the text when the parser is built, which
+    every command would pay for; this one reads the versions only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kw: Any):
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kw: Any) -> None:
+        print(version_text())
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole parser, built without importing torch (see the module docstring)."""
+    from cnnlab.cli import video as video_cli  # here: it imports this module's helpers
 
     parser = _Parser(
         prog="cnnlab",
@@ -151,7 +191,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "and practical: train, evaluate, predict, explain.",
     )
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more logging (-vv for debug); `cnnlab -v train` ends with the run's time split",
+    )
+    parser.add_argument(
+        "--version", action=_VersionAction, help="cnnlab's version (and torch's, torchvision's)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -247,11 +294,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     )
     seg = p.add_subparsers(dest="segment_action", metavar="ACTION", required=True)
     q = seg.add_parser("train", help="train a segmentation model")
-    if full("segment"):
-        from cnnlab.segment import SegmentConfig
-
-        add_train_options(q, cls=SegmentConfig)
-        add_max_restarts(q)
+    add_train_options(q, cls=SegmentConfig)
+    add_max_restarts(q)
     q = seg.add_parser("evaluate", help="per-class IoU, mean IoU, Dice, pixel accuracy")
     q.add_argument("run")
     q.add_argument("--data", default=None)
@@ -305,11 +349,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("detect", help="object detection: train | evaluate | predict (COCO mAP)")
     det = p.add_subparsers(dest="detect_action", metavar="ACTION", required=True)
     q = det.add_parser("train", help="train a detector")
-    if full("detect"):
-        from cnnlab.detect import DetectConfig
-
-        add_train_options(q, cls=DetectConfig)
-        add_max_restarts(q)
+    add_train_options(q, cls=DetectConfig)
+    add_max_restarts(q)
     q = det.add_parser("evaluate", help="mAP@0.5, mAP@[.5:.95], per-class AP, AR")
     q.add_argument("run")
     q.add_argument("--data", default=None)
@@ -429,12 +470,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="print the step-by-step table")
     p.add_argument("--json", action="store_true")
 
-    if full("video"):
-        from cnnlab.cli import video as video_cli
-
-        video_cli.add_parser(sub)
-    else:
-        sub.add_parser("video", help=VIDEO_HELP)
+    video_cli.add_parser(sub)
 
     p = sub.add_parser(
         "bench",
@@ -521,12 +557,26 @@ def _demo(args: argparse.Namespace) -> int:
     out.print(
         "[bold]cnnlab demo[/]: LeNet-5 on builtin:mnist-sample (5,000 real MNIST digits), 80/10/10 split"
     )
-    result = api.demo(out=args.out, console=out, **extra)
+    timings = _start_timings()
+    result = api.demo(out=args.out, console=out, timings=timings, **extra)
     print_metrics(result.test_metrics)
     out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
     if result.report:
         out.print(f"report: {result.report}")
+    _print_time_split(args, timings)
     return 0
+
+
+def _start_timings() -> Timings:
+    """The clock of a training run, made just before the train call with the seconds this
+    process took to get there (the interpreter, cnnlab, torch, the parser): the start-up."""
+    return Timings(startup_s=process_age_s())
+
+
+def _print_time_split(args: argparse.Namespace, timings: Timings) -> None:
+    """With -v: where the run's time went (also in run.json as "time_split_s")."""
+    if args.verbose:
+        out.print(timings.summary(), markup=False, soft_wrap=True)  # one line: grep-able
 
 
 @command("train")
@@ -540,13 +590,15 @@ def _train(args: argparse.Namespace) -> int:
         devices > 1 and not distributed.launched()
     ):  # re-run this command under torchrun, one process per device
         return distributed.launch(sys.argv[1:], devices, max_restarts=args.max_restarts or 0)
-    result = api.train(args.config, console=out if distributed.is_main() else None, **overrides)
+    timings = _start_timings()
+    console = out if distributed.is_main() else None
+    result = api.train(args.config, console=console, timings=timings, **overrides)
     if distributed.is_main():
-        _finish_train(result)
+        _finish_train(result, args, timings)
     return 0
 
 
-def _finish_train(result: Any) -> None:
+def _finish_train(result: Any, args: argparse.Namespace, timings: Timings) -> None:
     if result.stop_reason:
         out.print(result.stop_reason)
     if result.test_metrics:
@@ -554,6 +606,7 @@ def _finish_train(result: Any) -> None:
     out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
     if result.report:
         out.print(f"report: {result.report}")
+    _print_time_split(args, timings)
 
 
 def _train_overrides(
@@ -577,7 +630,10 @@ def _finetune(args: argparse.Namespace) -> int:
         data = data or overrides.pop("data", None)
     if data is None:
         raise CnnlabError("cnnlab finetune needs --data TARGET (the dataset of the new task)")
-    _finish_train(api.finetune(init_from, data, console=out, **overrides))
+    timings = _start_timings()
+    _finish_train(
+        api.finetune(init_from, data, console=out, timings=timings, **overrides), args, timings
+    )
     return 0
 
 
@@ -638,7 +694,6 @@ def _segment(args: argparse.Namespace) -> int:
     if getattr(args, "run", None) is not None:
         _require_run(args.run)
     from cnnlab import api
-    from cnnlab.segment import SegmentConfig
 
     if args.segment_action == "train":
         result = train_task(SegmentConfig, api.segment_train, args)
@@ -755,7 +810,6 @@ def _detect(args: argparse.Namespace) -> int:
     if getattr(args, "run", None) is not None:
         _require_run(args.run)
     from cnnlab import api
-    from cnnlab.detect import DetectConfig
 
     if args.detect_action == "train":
         result = train_task(DetectConfig, api.detect_train, args)
@@ -1161,14 +1215,9 @@ def _bench(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, str(folder / f"bench_{args.name}.py"), *args.options])
 
 
-def _command_word(argv: Sequence[str]) -> str | None:
-    """The subcommand of an argument list (the first word that is not an option), or None."""
-    return next((a for a in argv if not a.startswith("-")), None)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(only=_command_word(argv) or "")  # "": the top-level help
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()

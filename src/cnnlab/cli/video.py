@@ -15,16 +15,18 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from cnnlab import api
 from cnnlab.cli import add_max_restarts, add_train_options, print_metrics, train_task
-from cnnlab.video.predict import VideoPredictConfig
-from cnnlab.video.train import VideoConfig
+from cnnlab.tasks.configs import VideoConfig
+
+# The parser is built on every command, so nothing above imports torch: cnnlab.api and the video
+# modules are imported by the handlers below (as in cnnlab.cli).
 
 
 def add_parser(sub: Any) -> None:
-    from cnnlab.cli import VIDEO_HELP
-
-    p = sub.add_parser("video", help=VIDEO_HELP)
+    p = sub.add_parser(
+        "video",
+        help="video: train | evaluate (3D CNN clips) | predict | track (frames, events, tracks)",
+    )
     actions = p.add_subparsers(dest="video_action", metavar="ACTION", required=True)
     _add_train_cli(actions)
     _add_predict_cli(actions)
@@ -53,6 +55,8 @@ def _add_train_cli(actions: Any) -> None:
 
 
 def _run_train_cli(args: argparse.Namespace, out: Any) -> int:
+    from cnnlab import api
+
     if args.video_action == "train":
         result = train_task(VideoConfig, api.video_train, args)
         if isinstance(result, int):  # torchrun's exit status, or a rank other than 0
@@ -119,11 +123,15 @@ def _add_predict_cli(actions: Any) -> None:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
+    from cnnlab.video.predict import VideoPredictConfig
+
     names = [f.name for f in dataclasses.fields(VideoPredictConfig)]
     return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
 def _run_predict_cli(args: argparse.Namespace, out: Any) -> int:
+    from cnnlab import api
+
     out_dir = args.out or str(Path("runs") / "video" / Path(args.video).stem)
     if args.video_action == "track":
         summary = api.video_track(args.run, args.video, args.gt, out_dir, iou_threshold=args.iou,

@@ -41,6 +41,7 @@ from cnnlab.engine.devices import (
     seed_everything,
 )
 from cnnlab.engine.resume import restore, resume_target, resumed_config
+from cnnlab.engine.timing import Timings
 from cnnlab.engine.trainer import Trainer, check_monitor
 from cnnlab.errors import ConfigError, DataError, Interrupted
 from cnnlab.run import finish_run_dir, new_run_dir, write_json
@@ -88,12 +89,24 @@ class TaskSpec:
     command: str  # the CLI command that trains it ("cnnlab segment train"), named in messages
     config: type  # the task's RunConfig subclass
     validator: type  # the task object class (its METRICS name what --monitor may choose)
-    prepare: Callable[[Any, Any, torch.device, Any], Plan]  # (cfg, info, device, resumed) -> Plan
+    # (cfg, info, device, resumed, timings) -> Plan; it laps "scan" / "decode" on ``timings``
+    prepare: Callable[[Any, Any, torch.device, Any, Timings], Plan]
     configure: Callable[[Any], Any] | None = None  # cfg -> cfg, before seeding (--lr auto)
 
 
-def fit(spec: TaskSpec, config: Any = None, *, console: Any = None, **options: Any) -> TrainResult:
-    """Train ``spec``'s task: ``config`` (a config object or a JSON/TOML file) < ``options``."""
+def fit(
+    spec: TaskSpec,
+    config: Any = None,
+    *,
+    console: Any = None,
+    timings: Timings | None = None,
+    **options: Any,
+) -> TrainResult:
+    """Train ``spec``'s task: ``config`` (a config object or a JSON/TOML file) < ``options``.
+
+    ``timings``: where the run's seconds go (the CLI's carries the start-up; `cnnlab -v` prints
+    it); recorded in run.json as "time_split_s" either way."""
+    timings = timings if timings is not None else Timings()
     if isinstance(config, spec.config):
         cfg = make_config(spec.config, **(config.to_dict() | options))
     else:
@@ -112,7 +125,8 @@ def fit(spec: TaskSpec, config: Any = None, *, console: Any = None, **options: A
     if spec.configure is not None:
         cfg = spec.configure(cfg)
     seed_everything(cfg.seed, cfg.deterministic)
-    plan = spec.prepare(cfg, info, device, resumed)
+    timings.lap("setup")
+    plan = spec.prepare(cfg, info, device, resumed, timings)
     run_dir = _run_folder(cfg, plan, info, resumed[0] if resumed else restart_dir)
     if console is not None and info.is_main:
         for item in plan.show:
@@ -160,9 +174,11 @@ def fit(spec: TaskSpec, config: Any = None, *, console: Any = None, **options: A
     if plan.sharded_validation:
         distributed.decorrelate_rng(info)  # DDP: per-rank dropout masks (no-op in one process)
 
+    timings.lap("setup")
     t0 = time.perf_counter()
     state = trainer.fit(train_loader, val_loader, cfg.epochs)
     train_time = time.perf_counter() - t0
+    timings.lap("train")
     if state.interrupted:
         raise Interrupted(f"{state.stop_reason}; resume with: {spec.command} --resume {run_dir}")
     if info.is_main:  # DDP: rank 0 writes
@@ -181,7 +197,9 @@ def fit(spec: TaskSpec, config: Any = None, *, console: Any = None, **options: A
     evaluation = plan.evaluate(run_dir, device, test_precision)
     if evaluation is not None:
         result.test_metrics, result.report = evaluation["metrics"], evaluation.get("report")
+    timings.lap("evaluate")
     if info.is_main:  # DDP: rank 0 owns the folder
+        timings.record(run_dir / "run.json")
         finish_run_dir(run_dir, console)
     return result
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 
-import torchvision
 from torch import Tensor, nn
 
 from ._base import (
@@ -45,6 +44,10 @@ class AlexNet(ClassifierModel):
 
     def __init__(self, num_classes: int, in_channels: int, image_size: int | None) -> None:
         super().__init__()
+        # torchvision here, not at the top: importing it takes about a second (its ops load
+        # torch._dynamo), which a LeNet-5 run never needs (the registry imports every family)
+        import torchvision
+
         tv = torchvision.models.alexnet(weights=None, num_classes=num_classes)
         small = image_size is not None and image_size < SMALL_INPUT_BELOW
         self.features = tv.features

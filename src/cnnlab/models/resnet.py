@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 
-import torchvision
 from torch import Tensor, nn
 
 from ._base import (
@@ -43,6 +42,10 @@ class ResNet(ClassifierModel):
         self, depth: int, num_classes: int, in_channels: int, image_size: int | None
     ) -> None:
         super().__init__()
+        # torchvision here, not at the top: importing it takes about a second (its ops load
+        # torch._dynamo), which a LeNet-5 run never needs (the registry imports every family)
+        import torchvision
+
         tv = getattr(torchvision.models, f"resnet{depth}")(weights=None, num_classes=num_classes)
         small = image_size is not None and image_size < SMALL_INPUT_BELOW
         self.conv1: nn.Conv2d = tv.conv1

@@ -19,8 +19,6 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
-from torchvision.models.googlenet import BasicConv2d, Inception
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ._base import count_parameters, zero_input
 from ._registry import create_model, list_models, model_info
@@ -91,6 +89,10 @@ def layer_table(model: nn.Module, image_size: int, in_channels: int) -> list[dic
     ``output_shape`` (C, H, W) or (features,) without the batch dimension, ``params`` (counted at
     the module's first call, so the column sums to the parameters used in eval mode).
     """
+    # the blocks of the torchvision-built families (imported here: see cnnlab.models.resnet)
+    from torchvision.models.googlenet import BasicConv2d, Inception
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
     rows: list[dict] = []
     counted: set[int] = set()
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 
-import torchvision.models.vgg as tv_vgg
 from torch import Tensor, nn
 
 from ._base import (
@@ -54,6 +53,10 @@ class VGG(ClassifierModel):
         image_size: int | None,
     ) -> None:
         super().__init__()
+        # torchvision here, not at the top: importing it takes about a second (its ops load
+        # torch._dynamo), which a LeNet-5 run never needs (the registry imports every family)
+        import torchvision.models.vgg as tv_vgg
+
         small = image_size is not None and image_size < SMALL_INPUT_BELOW
         cfg = tv_vgg.cfgs[_CONFIG[depth]]
         self.features = tv_vgg.make_layers(cfg, batch_norm=batch_norm)

@@ -21,7 +21,6 @@ probabilities (``mean`` or ``majority``). It sees no order, so it cannot tell mo
 from __future__ import annotations
 
 import logging
-from typing import Literal
 
 import torch
 import torchvision
@@ -40,7 +39,6 @@ assert VIDEO_MODELS == (*TORCHVISION_3D, SMALL_3D)
 # torchvision's Kinetics-400 preprocessing (pixels in [0, 1]); the weights were trained with it.
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
-Smoothing = Literal["mean", "majority"]
 # Weight of the mean probability in a majority vote: only breaks ties between equal vote counts.
 _TIE_BREAK = 1e-6
 

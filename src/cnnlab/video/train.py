@@ -39,10 +39,7 @@ import torch
 
 from cnnlab import __version__
 from cnnlab.config import (
-    AUGMENTATIONS,
-    Optimizer,
     PreprocessSpec,
-    RunConfig,
     make_config,
 )
 from cnnlab.data.sources import Split, stratified_split
@@ -55,8 +52,9 @@ from cnnlab.engine.devices import (
 )
 from cnnlab.engine.fit import Plan, TaskSpec, fit
 from cnnlab.engine.loaders import make_loader
-from cnnlab.engine.trainer import autocast, check_monitor
-from cnnlab.errors import CheckpointError, ConfigError, DataError, close_matches
+from cnnlab.engine.timing import Timings
+from cnnlab.engine.trainer import autocast
+from cnnlab.errors import CheckpointError, ConfigError, DataError
 from cnnlab.run import (
     evaluation_dir,
     load_run_model,
@@ -67,7 +65,8 @@ from cnnlab.run import (
 )
 from cnnlab.tasks.classification import ClassificationTask
 from cnnlab.tasks.classify.evaluate import evaluate_model
-from cnnlab.video.models import Smoothing, check_video_model, create_video_model, is_3d
+from cnnlab.tasks.configs import VideoConfig
+from cnnlab.video.models import check_video_model, create_video_model, is_3d
 
 log = logging.getLogger(__name__)
 
@@ -76,54 +75,6 @@ BUILTIN_PREFIX = "builtin:"
 DEFAULT_FILE_FRAMES = 16  # clip length for video files (the Kinetics models' training length)
 DEFAULT_FILE_SIZE = 112  # frame side for video files (torchvision's Kinetics crop)
 EVAL_BATCH = 64  # clips per evaluation batch; training and `evaluate` use the same (same numbers)
-
-
-@dataclass(frozen=True)
-class VideoConfig(RunConfig):
-    """A video classification run (`cnnlab video train`): RunConfig with these defaults and fields."""
-
-    # --- data ---
-    data: str = "builtin:moving-shapes?n=400&frames=8&size=32"  # builtin:moving-shapes?... | DIR
-    frames: int | None = None  # T per clip, evenly over each video; None: builtin's, else 16
-    image_size: int | None = None  # frame side (pixels, square); None: the builtin's, else 112
-    test_fraction: float = 0.2
-    # One random crop / flip / affine per clip, the same for all its frames. flip mirrors motion
-    # (left <-> right): leave it out when classes depend on direction.
-    augment: tuple[str, ...] = ("crop",)
-    max_bad_fraction: float = 0.1  # abort when more of the videos than this cannot be decoded
-    strict: bool = False  # every skipped file becomes an error
-    # --- model ---
-    model: str = "r3d_small"  # r3d_18 | mc3_18 | r2plus1d_18 | r3d_small | a 2D zoo model per frame
-    weights: str | None = None  # None | "kinetics" (torchvision 3D models) | "imagenet" (2D)
-    smoothing: Smoothing = "mean"  # 2D models: a clip's probabilities from its frames'
-    # --- optimisation ---
-    batch_size: int = 16  # clips per step (a 2D model sees their batch_size x T frames)
-    optimizer: Optimizer = "adamw"
-    lr: float = 2e-3  # peak rate (one-cycle) per batch of `batch_size` clips
-    weight_decay: float = 1e-4  # never applied to norms and biases
-    label_smoothing: float = 0.0
-    # --- compute ---
-    channels_last: bool | None = False  # clips are (N, T*C, S, S) stacks, not NHWC images
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for key in ("max_bad_fraction", "label_smoothing"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"option {key} must be in [0, 1), got {getattr(self, key)}")
-        if self.frames is not None and self.frames < 2:
-            raise ConfigError(f"option frames must be >= 2 (a clip), got {self.frames}")
-        if self.image_size is not None and self.image_size < 16:
-            raise ConfigError(f"option image_size must be >= 16 pixels, got {self.image_size}")
-        unknown = [a for a in self.augment if a not in AUGMENTATIONS]
-        if unknown:
-            raise ConfigError(
-                f"unknown augmentation {unknown[0]!r}{close_matches(unknown[0], AUGMENTATIONS)}; "
-                f"choose from {', '.join(AUGMENTATIONS)} (or 'none')"
-            )
-        check_monitor(self.monitor, ClassificationTask, "video")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -324,18 +275,25 @@ def _strips(clips: np.ndarray) -> np.ndarray:
 
 # -- train -----------------------------------------------------------------------------------------
 def train_video(
-    config: VideoConfig | str | Path | None = None, *, console: Any = None, **options: Any
+    config: VideoConfig | str | Path | None = None,
+    *,
+    console: Any = None,
+    timings: Timings | None = None,
+    **options: Any,
 ) -> TrainResult:
     """Train a clip classifier; returns a :class:`cnnlab.engine.assembly.TrainResult` (run_dir, history,
     test_metrics, train_time_s, config). ``config``: a VideoConfig or a JSON/TOML file; keyword
     options override it."""
-    return fit(SPEC, config, console=console, **options)
+    return fit(SPEC, config, console=console, timings=timings, **options)
 
 
-def _prepare(cfg: VideoConfig, info: Any, device: torch.device, resumed: Any) -> Plan:
+def _prepare(
+    cfg: VideoConfig, info: Any, device: torch.device, resumed: Any, timings: Timings
+) -> Plan:
     """Decode the clips once (T frames each), split them, build the 3D or per-frame model."""
     check_video_model(cfg.model, cfg.weights)  # before any video is decoded
     data = load_clips(cfg)
+    timings.lap("decode")  # finding and decoding the videos' frames
     parts = _split(data, cfg)
     n, t, c, s, _ = data.clips.shape
     class_names = data.class_names

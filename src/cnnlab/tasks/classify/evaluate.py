@@ -14,6 +14,7 @@ from cnnlab.data.sources import Split, load_source, remap_classes, split_by_ids
 from cnnlab.engine import distributed
 from cnnlab.engine.devices import inference_precision, resolve_channels_last, resolve_device
 from cnnlab.engine.loaders import make_loader, split_to_uint8
+from cnnlab.engine.timing import Timings
 from cnnlab.engine.trainer import Trainer
 from cnnlab.engine.weights import load_checkpoint_model
 from cnnlab.errors import ConfigError, DataError
@@ -43,13 +44,17 @@ def evaluate_model(
     out_dir: Path | None = None,
     thumbnails: Any = None,
     batch_size: int = 512,
+    timings: Timings | None = None,
 ) -> dict[str, Any]:
     """Metrics (+ bootstrap CIs, report) of `model` on one split held as a uint8 tensor.
 
     `thumbnails` (N, C, H, W) uint8: what the report shows for each sample (default `images`;
-    video clips pass a strip of frames)."""
+    video clips pass a strip of frames). `timings`: the report's seconds go to its "report"
+    phase, those before to "evaluate" (training's time split)."""
     from cnnlab.metrics import UndefinedMetricWarning, classification_metrics
     from cnnlab.metrics.stats import headline_intervals
+
+    timings = timings if timings is not None else Timings()
 
     loader = make_loader(images, split.targets, spec, device, batch_size)
     task = ClassificationTask(len(class_names))
@@ -81,10 +86,12 @@ def evaluate_model(
         if report:
             from cnnlab.report.html import write_classification_report
 
+            timings.lap("evaluate")
             result["report"] = write_classification_report(
                 out, metrics, p, t, class_names, ids=split.ids, run_dir=run_dir,
                 images=images if thumbnails is None else thumbnails,
             )  # fmt: skip
+            timings.lap("report")
     return result
 
 

@@ -25,6 +25,7 @@ from cnnlab.engine.loaders import (
     split_to_uint8,
     use_streaming,
 )
+from cnnlab.engine.timing import Timings
 from cnnlab.engine.weights import build_model, load_checkpoint_model
 from cnnlab.errors import CheckpointError
 from cnnlab.tasks.classification import ClassificationTask
@@ -35,10 +36,15 @@ log = logging.getLogger(__name__)
 
 
 def train(
-    config: TrainConfig | str | Path | None = None, *, console: Any = None, **overrides: Any
+    config: TrainConfig | str | Path | None = None,
+    *,
+    console: Any = None,
+    timings: Timings | None = None,
+    **overrides: Any,
 ) -> TrainResult:
-    """Train a classifier; returns the run directory and metrics. `config` may be a TrainConfig or a file path."""
-    return fit(SPEC, config, console=console, **overrides)
+    """Train a classifier; returns the run directory and metrics. `config` may be a TrainConfig or a
+    file path; ``timings``: see :func:`cnnlab.engine.fit.fit`."""
+    return fit(SPEC, config, console=console, timings=timings, **overrides)
 
 
 def _configure(cfg: TrainConfig) -> TrainConfig:
@@ -57,11 +63,14 @@ def _configure(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, lr=float(found["suggested_lr"]))
 
 
-def _prepare(cfg: TrainConfig, info: Any, device: torch.device, resumed: Any) -> Plan:
+def _prepare(
+    cfg: TrainConfig, info: Any, device: torch.device, resumed: Any, timings: Timings
+) -> Plan:
     """Scan and decode the splits once (uint8 cache), build the model and the transfer plan."""
     if not info.is_main:
         distributed.barrier()  # DDP: rank 0 scans and decodes first; the others then hit its cache
     bundle = load_source(cfg)
+    timings.lap("scan")
     if resumed:  # bad-inputs #44: a resumed run must see the classes it was trained on, in order
         _, saved_meta = read_weights(resumed[0] / "checkpoints" / resumed[1]["weights"]["file"])
         if saved_meta.get("class_names") != bundle.class_names:
@@ -80,6 +89,7 @@ def _prepare(cfg: TrainConfig, info: Any, device: torch.device, resumed: Any) ->
     )  # fmt: skip
     stream = use_streaming(cfg, bundle, provisional)
     tensors = {k: split_to_uint8(s, provisional, stream=stream) for k, s in bundle.splits.items()}
+    timings.lap("decode")  # streamed splits decode during training instead
     if info.is_main:
         distributed.barrier()  # DDP: pairs with the others' barrier above
     mean, std = split_channel_stats(tensors["train"], cfg.seed)  # from the training split only
@@ -124,7 +134,7 @@ def _prepare(cfg: TrainConfig, info: Any, device: torch.device, resumed: Any) ->
             best.to(memory_format=torch.channels_last)
         return evaluate_model(
             best, spec, tensors["test"], splits["test"], bundle.class_names, device=device,
-            precision=precision, run_dir=run_dir, report=cfg.report,
+            precision=precision, run_dir=run_dir, report=cfg.report, timings=timings,
         )  # fmt: skip
 
     files: dict[str, Any] = {

@@ -1,0 +1,195 @@
+"""The configs of the segmentation, detection and video tasks: typed, frozen, torch-free.
+
+Each is a :class:`cnnlab.config.RunConfig` (the fields every task's run shares: data split,
+optimisation, compute, run control -- the options of the one fit shell) plus the task's own fields,
+re-declaring only the defaults it changes.
+
+They live here, apart from the code that trains (cnnlab.segment, cnnlab.detect,
+cnnlab.video.train, which re-export them), so that the command line builds one --option per field
+-- `cnnlab segment train --help` -- without importing torch (about 2 s of every command). Their
+checks need the task objects and the engine, so ``__post_init__`` imports those when a config is
+made, which is when training or evaluation is about to import them anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from cnnlab.config import (
+    AUGMENTATIONS,
+    DEFAULT_MAX_PIXELS,
+    Optimizer,
+    Precision,
+    RunConfig,
+    check_positive,
+)
+from cnnlab.errors import ConfigError, close_matches
+
+Loss = Literal["ce", "ce+dice"]  # segmentation
+EncoderVariant = Literal["auto", "imagenet", "small-input"]  # segmentation
+Smoothing = Literal["mean", "majority"]  # video, 2D models: a clip's probabilities from its frames'
+
+
+@dataclass(frozen=True)
+class SegmentConfig(RunConfig):
+    """A segmentation run (`cnnlab segment train`): RunConfig with these defaults and fields."""
+
+    # --- data ---
+    # DIR (images/ + masks/) | VOC root | COCO instances .json | builtin:shapes?...
+    data: str = "builtin:shapes?n=2000&size=32"
+    data_root: str | None = None  # COCO: the folder holding the images (default: beside the JSON)
+    in_channels: int | None = None  # None: the source's (3 for files)
+    augment: tuple[str, ...] = ("crop", "flip")  # whole-batch ops applied to image and mask alike
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    ignore_index: int = 255  # mask value that is never scored (VOC's void boundary, fit padding)
+    # --- model ---
+    model: str = (
+        "unet"  # unet | fcn | deeplabv3 | lraspp | a torchvision builder (fcn_resnet50, ...)
+    )
+    encoder: str = "resnet18"  # a zoo classifier: resnet18/34/50, vgg11_bn, ...
+    init_from: str | None = (
+        None  # encoder weights: a cnnlab classification run, "imagenet", or a file
+    )
+    # auto: the zoo's rule (small-input stem below 64 px); imagenet: strided stem at any size
+    # (about 16x fewer encoder FLOPs at 32 px); small-input: stride-1 stem at any size
+    encoder_variant: EncoderVariant = "auto"
+    # --- optimisation ---
+    epochs: int = 20
+    batch_size: int = 32
+    optimizer: Optimizer = "adamw"
+    lr: float = 2e-3  # peak learning rate (one-cycle), per batch of `batch_size`
+    weight_decay: float = 1e-4  # never applied to norms and biases
+    loss: Loss = "ce"  # ce: pixel cross-entropy; ce+dice: + dice_weight x soft Dice loss
+    dice_weight: float = 1.0  # only with loss="ce+dice"
+    # --- run control ---
+    monitor: str = "val_miou"  # val_miou / val_accuracy (higher better) or val_loss / train_loss
+    report_images: int = 6  # best and worst test images shown in the report
+
+    def __post_init__(self) -> None:
+        from cnnlab.data.masks import SEGMENTATION_AUGMENTATIONS
+        from cnnlab.engine.trainer import check_monitor
+        from cnnlab.tasks.segmentation import SegmentationTask
+
+        super().__post_init__()
+        check_positive(self, "report_images")
+        if not 0 <= self.ignore_index <= 255:
+            raise ConfigError(
+                f"option ignore_index must be in 0..255 (8-bit masks), got {self.ignore_index}"
+            )
+        if self.image_size is not None and self.image_size < 16:
+            raise ConfigError(f"option image_size must be >= 16 pixels, got {self.image_size}")
+        if self.dice_weight < 0:
+            raise ConfigError(f"option dice_weight must be >= 0, got {self.dice_weight}")
+        unknown = [a for a in self.augment if a not in SEGMENTATION_AUGMENTATIONS]
+        if unknown:
+            raise ConfigError(
+                f"unknown segmentation augmentation {unknown[0]!r}"
+                f"{close_matches(unknown[0], SEGMENTATION_AUGMENTATIONS)}; choose from "
+                f"{', '.join(SEGMENTATION_AUGMENTATIONS)} (or 'none'): others would interpolate "
+                "class indices"
+            )
+        check_monitor(self.monitor, SegmentationTask, "segmentation")
+
+
+@dataclass(frozen=True)
+class DetectConfig(RunConfig):
+    """A detection run (`cnnlab detect train`): RunConfig with these defaults and fields."""
+
+    # --- data ---
+    data: str = "builtin:shapes?n=600&size=64&objects=2"  # COCO .json | VOC dir | YOLO dir
+    data_root: str | None = None  # COCO: the image folder (default: beside the JSON)
+    in_channels: int | None = None  # None: 3 (files) or the builtin's
+    augment: tuple[str, ...] = ("flip",)  # boxes follow the image's scale, padding and flips
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    # --- model ---
+    model: str = "fasterrcnn"  # fasterrcnn | retinanet | fcos | ssdlite
+    backbone: str = "resnet18"  # a zoo classifier (ignored by ssdlite)
+    init_from: str | None = None  # backbone weights: a cnnlab classification run, "imagenet", file
+    backbone_variant: str = "auto"  # auto | imagenet | small-input (stem), as encoder_variant
+    fpn_channels: int = 128  # FPN width: 128 instead of torchvision's 256 for CPU training
+    box_head_width: int = 256  # Faster R-CNN box head (torchvision: 1024); ignored by the others
+    # --- optimisation ---
+    epochs: int = 20
+    batch_size: int = 16
+    optimizer: Optimizer = "adamw"
+    lr: float = 1e-3  # peak learning rate (one-cycle), per batch of `batch_size`
+    weight_decay: float = 1e-4
+    grad_clip: float | None = 10.0  # box regression losses spike early on; clip the grad norm
+    score_threshold: float = 0.5  # for precision/recall at IoU 0.5 and drawn boxes
+    # --- compute ---
+    precision: Precision = "32"
+    channels_last: bool | None = False  # torchvision's detection heads gain nothing from NHWC
+    # --- run control ---
+    monitor: str = "val_map50"  # val_map50 / val_map (higher better) or train_loss
+    report_images: int = 6
+
+    def __post_init__(self) -> None:
+        from cnnlab.data.boxes import BOX_AUGMENTATIONS
+        from cnnlab.engine.trainer import check_monitor
+        from cnnlab.tasks.detection import DetectionTask
+
+        super().__post_init__()
+        check_positive(self, "report_images", "fpn_channels", "box_head_width")
+        if self.image_size is not None and self.image_size < 32:
+            raise ConfigError(f"option image_size must be >= 32 pixels, got {self.image_size}")
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ConfigError(
+                f"option score_threshold must be in [0, 1], got {self.score_threshold}"
+            )
+        unknown = [a for a in self.augment if a not in BOX_AUGMENTATIONS]
+        if unknown:
+            raise ConfigError(
+                f"unknown detection augmentation {unknown[0]!r}"
+                f"{close_matches(unknown[0], BOX_AUGMENTATIONS)}; choose from "
+                f"{', '.join(BOX_AUGMENTATIONS)} (or none)"
+            )
+        check_monitor(self.monitor, DetectionTask, "detection")
+
+
+@dataclass(frozen=True)
+class VideoConfig(RunConfig):
+    """A video classification run (`cnnlab video train`): RunConfig with these defaults and fields."""
+
+    # --- data ---
+    data: str = "builtin:moving-shapes?n=400&frames=8&size=32"  # builtin:moving-shapes?... | DIR
+    frames: int | None = None  # T per clip, evenly over each video; None: builtin's, else 16
+    image_size: int | None = None  # frame side (pixels, square); None: the builtin's, else 112
+    test_fraction: float = 0.2
+    # One random crop / flip / affine per clip, the same for all its frames. flip mirrors motion
+    # (left <-> right): leave it out when classes depend on direction.
+    augment: tuple[str, ...] = ("crop",)
+    max_bad_fraction: float = 0.1  # abort when more of the videos than this cannot be decoded
+    strict: bool = False  # every skipped file becomes an error
+    # --- model ---
+    model: str = "r3d_small"  # r3d_18 | mc3_18 | r2plus1d_18 | r3d_small | a 2D zoo model per frame
+    weights: str | None = None  # None | "kinetics" (torchvision 3D models) | "imagenet" (2D)
+    smoothing: Smoothing = "mean"  # 2D models: a clip's probabilities from its frames'
+    # --- optimisation ---
+    batch_size: int = 16  # clips per step (a 2D model sees their batch_size x T frames)
+    optimizer: Optimizer = "adamw"
+    lr: float = 2e-3  # peak rate (one-cycle) per batch of `batch_size` clips
+    weight_decay: float = 1e-4  # never applied to norms and biases
+    label_smoothing: float = 0.0
+    # --- compute ---
+    channels_last: bool | None = False  # clips are (N, T*C, S, S) stacks, not NHWC images
+
+    def __post_init__(self) -> None:
+        from cnnlab.engine.trainer import check_monitor
+        from cnnlab.tasks.classification import ClassificationTask
+
+        super().__post_init__()
+        for key in ("max_bad_fraction", "label_smoothing"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"option {key} must be in [0, 1), got {getattr(self, key)}")
+        if self.frames is not None and self.frames < 2:
+            raise ConfigError(f"option frames must be >= 2 (a clip), got {self.frames}")
+        if self.image_size is not None and self.image_size < 16:
+            raise ConfigError(f"option image_size must be >= 16 pixels, got {self.image_size}")
+        unknown = [a for a in self.augment if a not in AUGMENTATIONS]
+        if unknown:
+            raise ConfigError(
+                f"unknown augmentation {unknown[0]!r}{close_matches(unknown[0], AUGMENTATIONS)}; "
+                f"choose from {', '.join(AUGMENTATIONS)} (or 'none')"
+            )
+        check_monitor(self.monitor, ClassificationTask, "video")

@@ -1,0 +1,194 @@
+"""Start-up: a command imports only what it needs (issue 25), and a run's time split.
+
+Each check runs the command in a fresh interpreter and reads `sys.modules` when it is done:
+`cnnlab --help`, `--version`, the `--help` of a command, `conv` and `metrics` never import torch
+(about 2 s), and `cnnlab predict` of a LeNet-5 run imports neither torchvision (about 1 s: the
+families built on it import it when such a model is made), matplotlib nor FastAPI. The controls
+show the same probe finding those modules where they are imported. Times are measured by
+benchmarks/bench_startup.py, never asserted here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from cli_process import SRC, TIMEOUT
+
+import cnnlab
+from cnnlab.cli import main
+from cnnlab.engine import timing
+from cnnlab.engine.timing import Timings, process_age_s
+
+# Runs `cnnlab.cli.main(argv)` (or a statement) and writes the exit code and the names of the
+# loaded modules as JSON to the file named first.
+CLI_PROBE = """
+import json, sys
+path = sys.argv.pop(1)
+from cnnlab.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+with open(path, "w") as f:
+    json.dump({"code": code, "modules": sorted(sys.modules)}, f)
+"""
+IMPORT_PROBE = """
+import json, sys
+path = sys.argv.pop(1)
+exec(sys.argv[1])
+with open(path, "w") as f:
+    json.dump({"code": 0, "modules": sorted(sys.modules)}, f)
+"""
+
+
+def probe(tmp_path: Path, script: str, *args: str) -> tuple[int, set[str], str]:
+    """(exit code, top-level names of the loaded modules, stdout) of `script` in a fresh process."""
+    result = tmp_path / "modules.json"
+    env = os.environ | {"PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(result), *args],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert proc.returncode == 0 and result.is_file(), proc.stderr[-3000:]
+    found = json.loads(result.read_text())
+    return found["code"], {m.partition(".")[0] for m in found["modules"]}, proc.stdout
+
+
+NEEDS_NO_TORCH = [
+    ("--help",),
+    ("--version",),
+    ("train", "--help"),
+    ("conv", "--example", "slide"),
+    # the task commands' options come from their configs (cnnlab.tasks.configs), torch-free
+    ("segment", "train", "--help"),
+    ("detect", "train", "--help"),
+    ("video", "--help"),
+    ("video", "train", "--help"),
+]
+
+
+@pytest.mark.parametrize("argv", NEEDS_NO_TORCH, ids=" ".join)
+def test_commands_that_need_no_model_do_not_import_torch(argv: tuple[str, ...], tmp_path: Path):
+    code, modules, stdout = probe(tmp_path, CLI_PROBE, *argv)
+    assert code == 0 and stdout.strip()
+    assert "torch" not in modules and "torchvision" not in modules
+
+
+def test_metrics_scores_a_csv_without_torch(tmp_path: Path):
+    path = tmp_path / "scores.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "score_a", "score_b"])
+        w.writerows([["a", 0.9, 0.1], ["b", 0.2, 0.8], ["a", 0.4, 0.6], ["b", 0.3, 0.7]])
+    code, modules, stdout = probe(tmp_path, CLI_PROBE, "metrics", str(path), "--json")
+    assert code == 0 and json.loads(stdout)["accuracy"] == 0.75
+    assert "torch" not in modules
+
+
+def test_version_names_cnnlab_torch_and_python_without_importing_torch(tmp_path: Path):
+    code, modules, stdout = probe(tmp_path, CLI_PROBE, "--version")
+    assert code == 0 and "torch" not in modules
+    assert stdout.startswith(
+        f"cnnlab {cnnlab.__version__} (torch {torch.__version__}, torchvision "
+    )
+    assert f"Python {sys.version.split()[0]})" in stdout
+
+
+def test_python_m_cnnlab_help_imports_no_torch():
+    """The same through `python -m cnnlab` (what torchrun runs), read from -X importtime."""
+    env = os.environ | {"PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "cnnlab", "--help"],
+        capture_output=True, text=True, env=env, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "usage: cnnlab" in proc.stdout
+    imported = {
+        line.rpartition("|")[2].strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "cnnlab.cli" in imported  # the list is read right
+    assert not {m for m in imported if m.partition(".")[0] in ("torch", "torchvision")}
+
+
+def test_predict_imports_no_torchvision_matplotlib_or_fastapi(
+    run: Path, digits: list[Path], tmp_path
+):
+    argv = ("predict", str(run), str(digits[0]), "--format", "json")
+    code, modules, stdout = probe(tmp_path, CLI_PROBE, *argv)
+    assert code == 0 and [Path(p["path"]).name for p in json.loads(stdout)] == [digits[0].name]
+    assert "torch" in modules  # the control: the probe sees what a command does import
+    assert not {"torchvision", "matplotlib", "fastapi"} & modules
+
+
+def test_the_probe_finds_the_heavy_modules_where_they_are_imported(tmp_path: Path):
+    """The negative control: the checks above could fail."""
+    statement = (
+        "import cnnlab.api, cnnlab.report.html, cnnlab.serve.app\n"
+        "cnnlab.api.build_model('resnet18', 2, 3, 32, None)"  # a family built on torchvision
+    )
+    _, modules, _ = probe(tmp_path, IMPORT_PROBE, statement)
+    assert {"torch", "torchvision", "matplotlib", "fastapi"} <= modules
+
+
+# -- the time split of a run ------------------------------------------------------------------------
+def test_timings_count_each_second_once_in_the_phase_it_ends(monkeypatch):
+    clock = iter([10.0, 11.0, 13.5, 14.0, 20.0])
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
+    t = Timings(startup_s=2.0)  # made at 10.0
+    t.lap("setup")  # 11.0
+    t.lap("scan")  # 13.5
+    t.lap("setup")  # 14.0: setup again
+    t.lap("train")  # 20.0
+    split = t.split()
+    assert split == {"startup": 2.0, "setup": 1.5, "scan": 2.5, "train": 6.0, "total": 12.0}
+    assert list(split) == ["startup", "setup", "scan", "train", "total"]
+    assert t.summary() == (
+        "time split (s): start-up 2.00, set-up 1.50, scan 2.50, training 6.00; total 12.00"
+    )
+
+
+def test_process_age_is_the_time_since_the_process_started(tmp_path: Path):
+    env = os.environ | {"PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    code = "import time; time.sleep(0.5); from cnnlab.engine import timing; print(timing.process_age_s())"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=TIMEOUT
+    )
+    out = proc.stdout.strip()
+    if process_age_s() is None:  # not Linux: no start-up in the split
+        assert out == "None"
+        return
+    assert 0.49 <= float(out) < 60  # 10 ms clock ticks; a generous bound for a loaded machine
+
+
+def test_a_trained_run_records_its_time_split(run: Path):
+    recorded = json.loads((run / "run.json").read_text())
+    split = recorded["time_split_s"]
+    phases = ["setup", "scan", "decode", "train", "evaluate"]  # the run has no report
+    assert set(phases) <= set(split) and "report" not in split
+    assert all(v >= 0 for v in split.values())
+    assert split["total"] == pytest.approx(
+        sum(v for k, v in split.items() if k != "total"), abs=0.01
+    )
+    assert split["train"] == pytest.approx(recorded["train_time_s"], abs=0.01)
+    if process_age_s() is not None:  # the command line measured its start-up (torch included)
+        assert split["startup"] > 0
+
+
+def test_train_with_v_prints_the_time_split(mixed_folder: Path, tmp_path: Path, capsys):
+    code = main(
+        ["-v", "train", "--data", str(mixed_folder), "--model", "lenet5", "--epochs", "1",
+         "--batch-size", "8", "--precision", "32", "--out", str(tmp_path), "--name", "v"]
+    )  # fmt: skip
+    assert code == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("time split"))
+    recorded = json.loads((tmp_path / "v" / "run.json").read_text())["time_split_s"]
+    assert "report" in recorded and f"report {recorded['report']:.2f}" in line
+    assert line.endswith(f"total {recorded['total']:.2f}")
