@@ -1009,13 +1009,13 @@ _TASK_WORDS = {  # `cnnlab models --task WORD`: the command word or the recorded
     "video": "video-classification",
     "video-classification": "video-classification",
 }
-_TASK_MODELS_NOTE = {
-    "segmentation": "--encoder: any classification model (cnnlab models); "
-    "`cnnlab segment train --model NAME`",
-    "detection": "--backbone: any classification model (cnnlab models); "
-    "`cnnlab detect train --model NAME`",
-    "video-classification": "or any classification model, applied per frame; "
-    "`cnnlab video train --model NAME`",
+_TASK_MODELS_NOTE = {  # (option names without dashes: they belong to the task's train command)
+    "segmentation": "encoder: any classification model (cnnlab models), the encoder option of "
+    "`cnnlab segment train`",
+    "detection": "backbone: any classification model (cnnlab models), the backbone option of "
+    "`cnnlab detect train`",
+    "video-classification": "or any classification model, applied per frame "
+    "(the model option of `cnnlab video train`)",
 }
 
 
