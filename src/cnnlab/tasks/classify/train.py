@@ -40,6 +40,7 @@ from cnnlab.errors import CheckpointError, ConfigError, DataError, Interrupted
 from cnnlab.run import finish_run_dir, new_run_dir, write_json
 from cnnlab.tasks.classification import ClassificationTask
 from cnnlab.tasks.classify.evaluate import evaluate_model
+from cnnlab.tasks.classify.imbalance import class_balance
 from cnnlab.transfer.lr_find import lr_find
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,10 @@ def train(
             )
     if cfg.shots:
         bundle.splits["train"] = few_shot(bundle.splits["train"], cfg.shots, cfg.seed)
+    recorded = resume_from[0] if resume_from else None  # a resumed run keeps its class weights
+    balance = class_balance(
+        cfg, bundle.splits["train"].targets, bundle.class_names, recorded=recorded
+    )
     in_channels = cfg.in_channels or bundle.channels
     image_size = resolve_image_size(cfg, bundle)
     decode_policy = {"max_pixels": cfg.max_image_pixels}
@@ -145,6 +150,7 @@ def train(
             )
         )
         _write_run_files(run_dir, cfg, bundle, spec)
+        balance.record(run_dir)  # class_balance.json: training class counts, weights, sampler, loss
     run_dir = Path(distributed.broadcast_object(str(run_dir) if info.is_main else None))
     flops = _flops_per_image(model, in_channels, image_size)
     precision = resolve_precision(cfg.precision, device, flops)
@@ -161,6 +167,7 @@ def train(
         device,
         distributed.local_batch_size(cfg.batch_size, info),  # DDP: batch_size is the global batch
         shuffle=True,
+        sampler=cfg.sampler,  # "balanced": every class equally likely per draw (data.loader)
         augment=cfg.augment,
         seed=cfg.seed,
         drop_last=True,
@@ -206,7 +213,9 @@ def train(
         cfg.epochs * steps_per_epoch,
         int(cfg.warmup_epochs * steps_per_epoch),
     )
-    task = ClassificationTask(len(bundle.class_names), cfg.label_smoothing)
+    task = ClassificationTask(
+        len(bundle.class_names), cfg.label_smoothing, **balance.task_options()
+    )
     net = torch.compile(model) if cfg.compile else model
     eval_net = net
     # DDP: gradient all-reduce; checkpoints keep the unwrapped model's keys (world-size independent)
