@@ -74,3 +74,24 @@ def test_gpu_benchmark_smoke_runs_every_contender_on_the_cpu(tmp_path):
         assert r["images_per_s"] > 0 and len(r["epoch_images_per_s"]) == 2
         assert r["achieved_flops"] == pytest.approx(3 * r["flops_per_image"] * r["images_per_s"])
     assert "cnnlab JPEG / synthetic data" in (tmp_path / "results" / "gpu-smoke.md").read_text()
+
+
+@pytest.mark.slow
+def test_imbalance_benchmark_smoke_writes_its_table_with_the_machine(tmp_path):
+    """bench_imbalance.py end to end at toy size: the folder it builds, every method's row, and the
+    results saved through _results.save_results (with the machine)."""
+    env = {"CNNLAB_BENCH_RESULTS": str(tmp_path / "results")}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_imbalance.py"), "--seeds", "0",
+         "--epochs", "1", "--train-per-class", "50", "--eval-per-class", "10"],
+        env=os.environ | env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "results" / "imbalance.json").read_text())
+    assert result["dataset"]["counts"]["train"] == {
+        "circle": 50, "square": 50, "triangle": 1, "cross": 50, "diamond": 50
+    }  # fmt: skip
+    assert set(result["summary"]) == {"none", "weights", "sampler", "focal"}
+    assert result["machine"]["cpu_count"] >= 1
+    table = (tmp_path / "results" / "imbalance.md").read_text()
+    assert "| sampler |" in table and "Machine:" in table
