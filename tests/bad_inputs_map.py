@@ -17,6 +17,8 @@ SERVE = "tests/test_serve.py"
 EXPORT = "tests/test_export.py"
 DETECT = "tests/test_detection.py"
 CLI = "tests/test_cli.py"
+IMB = "tests/test_imbalance.py"
+OP = "tests/test_operating_point.py"
 
 CASES: dict[int, list[str] | str] = {
     # A. dataset structure
@@ -177,6 +179,7 @@ CASES: dict[int, list[str] | str] = {
         "tests/test_segmentation.py::test_folder_layout_trains_evaluates_and_predicts",
         "tests/test_detection.py::test_format_round_trip_train_evaluate",
         "tests/test_video_train.py::test_train_then_evaluate_reproduces_test_metrics",
+        f"{OP}::test_evaluate_chooses_on_validation_measures_on_test_and_only_adds_a_file",
     ],
     64: [
         f"{SOURCES}::test_case_64_a_dataset_with_one_class_is_refused_naming_it",
@@ -190,10 +193,22 @@ CASES: dict[int, list[str] | str] = {
         "tests/test_export.py::test_predict_onnx_matches_api_predict",
     ],
     67: "n/a: cnnlab has no multi-label classification (a CSV has one label per row)",
-    68: "n/a: cnnlab has no class-weights option",
-    69: "open: no warning for a class with fewer than 5 training images yet (and no "
-    "--sampler balanced / --class-weights to suggest)",
+    68: [
+        f"{IMB}::test_a_bad_weights_file_is_refused_naming_the_file_and_class",
+        f"{IMB}::test_cli_names_the_bad_weights_file_in_one_line",
+    ],
+    69: [f"{IMB}::test_a_run_records_its_class_balance_and_says_it"],
     70: "n/a: cnnlab has no out-of-domain score at prediction time",
     71: "n/a: cnnlab has no shared hyper-parameter tuning store",
     72: ["tests/test_resume_tasks.py::test_resume_of_another_tasks_run_is_refused_naming_both"],
+    73: [
+        f"{OP}::test_bad_targets_are_refused",
+        f"{OP}::test_cli_errors_are_one_line",
+        f"{OP}::test_operating_point_refusals",
+    ],
+    74: [f"{OP}::test_operating_point_refusals"],
+    75: [
+        f"{OP}::test_an_operating_point_chosen_for_other_weights_is_refused_by_predict",
+        f"{OP}::test_a_second_operating_point_needs_replace_and_the_first_stays_on_record",
+    ],
 }

@@ -133,3 +133,24 @@ def test_startup_benchmark_smoke_runs(tmp_path):
     assert commands["import torch, torchvision"]["imports_torch"]
     assert commands["import torch, torchvision"]["ratio_to_torch_import"] == 1.0
     assert "cnnlab --help` takes" in (tmp_path / "startup.md").read_text()
+
+
+@pytest.mark.slow
+def test_imbalance_benchmark_smoke_writes_its_table_with_the_machine(tmp_path):
+    """bench_imbalance.py end to end at toy size: the folder it builds, every method's row, and the
+    results saved through _results.save_results (with the machine)."""
+    env = {"CNNLAB_BENCH_RESULTS": str(tmp_path / "results")}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_imbalance.py"), "--seeds", "0",
+         "--epochs", "1", "--train-per-class", "50", "--eval-per-class", "10"],
+        env=os.environ | env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "results" / "imbalance.json").read_text())
+    assert result["dataset"]["counts"]["train"] == {
+        "circle": 50, "square": 50, "triangle": 1, "cross": 50, "diamond": 50
+    }  # fmt: skip
+    assert set(result["summary"]) == {"none", "weights", "sampler", "focal"}
+    assert result["machine"]["cpu_count"] >= 1
+    table = (tmp_path / "results" / "imbalance.md").read_text()
+    assert "| sampler |" in table and "Machine:" in table

@@ -70,6 +70,8 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "engine/assembly.py:tensorboard": (*TRAINERS, *TASK_TRAINERS),  # only with --tensorboard
     "tasks/classify/evaluate.py:evaluate": ("evaluate",),
     "tasks/classify/predict.py:predict": ("predict",),
+    "tasks/classify/operating_point.py": ("evaluate",),  # --positive / --target / replacing
+    "api.py:evaluate": ("evaluate",),  # --positive / --target of a run of another task
     "tasks/registry.py:_video": ("predict",),  # a video run given to `cnnlab predict`
     "api.py:predict": ("predict",),
     "run.py:evaluation_dir": ("evaluate", "segment evaluate", "detect evaluate", "video evaluate"),

@@ -34,13 +34,15 @@ def _console() -> Console:
     return Console(file=io.StringIO(), width=400, force_terminal=False)
 
 
-def test_classification_records_val_loss_and_val_accuracy(tmp_path: Path) -> None:
+def test_classification_records_val_loss_accuracy_and_balanced_accuracy(tmp_path: Path) -> None:
     console = _console()
     result = api.train(data="builtin:digits", model="lenet5", batch_size=64, lr=0.05,
                        out=str(tmp_path), console=console, **COMMON)  # fmt: skip
     columns, rows = _columns(result.run_dir)
     quality = [c for c in columns if c.startswith(("val_", "train_")) and c != "train_images_per_s"]
-    assert quality == ["train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+    assert quality == [
+        "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy"
+    ]  # fmt: skip
     assert len(rows) == 2 and all(0.0 <= float(r["val_accuracy"]) <= 1.0 for r in rows)
     lines = _epoch_lines(console)
     assert len(lines) == 2 and all(" acc " in ln and "val_accuracy" in ln for ln in lines)

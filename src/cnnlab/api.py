@@ -44,9 +44,10 @@ __all__ = [
     "TrainConfig", "TrainResult", "build_model", "compare", "cpu_has_bf16", "demo", "detect_evaluate",
     "detect_predict", "detect_train", "embed", "evaluate", "evaluate_model", "explain", "export",
     "finetune", "fits_on_device", "list_images", "load_checkpoint_model", "load_source", "lr_find",
-    "make_config", "make_loader", "predict", "predict_files", "recorded_task", "resolve_channels_last",
-    "resolve_device", "resolve_image_size", "resolve_precision", "seed_everything", "segment_evaluate",
-    "segment_predict", "segment_train", "serve", "split_channel_stats", "split_to_uint8",
+    "make_config", "make_loader", "operating_point", "predict", "predict_files", "recorded_task",
+    "resolve_channels_last", "resolve_device", "resolve_image_size", "resolve_precision",
+    "seed_everything", "segment_evaluate", "segment_predict", "segment_train", "serve",
+    "split_channel_stats", "split_to_uint8",
     "stream_workers", "train", "transfer_study", "use_streaming", "video_evaluate", "video_predict",
     "video_track", "video_train",
 ]  # fmt: skip
@@ -62,6 +63,9 @@ def evaluate(
     report: bool = True,
     out: str | Path | None = None,
     precision: str = "auto",
+    positive: str | None = None,
+    target: str | None = None,
+    replace_operating_point: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a trained model on its own held-out split (default) or on another dataset (`data`).
 
@@ -69,11 +73,25 @@ def evaluate(
     returns {"metrics", "report", "out_dir", "precision", ...} as that task's evaluate does.
 
     Results go to ``out`` or a new ``<run>/evaluations/<time>/``: what training recorded is never
-    rewritten. ``precision`` auto = fp32 on CPU, the run's own on CUDA (cnnlab.engine.devices)."""
+    rewritten. ``precision`` auto = fp32 on CPU, the run's own on CUDA (cnnlab.engine.devices).
+
+    Classification only: ``target`` ("recall=0.95", "precision=0.9", "fpr=0.01", "youden", "f1")
+    and ``positive`` (a class name) choose an operating point on the run's validation split,
+    measure it with bootstrap intervals and store it as RUN/operating_point.json, which
+    :func:`predict` then applies (result["operating_point"]; docs/imbalance.md)."""
     entry = task_of(run_or_checkpoint)
+    point = {}
+    if positive is not None or target is not None or replace_operating_point:
+        if entry.name != "classification":
+            raise ConfigError(
+                f"--positive / --target choose a classification run's operating point; "
+                f"{run_or_checkpoint} is a {entry.name} run"
+            )
+        point = {"positive": positive, "target": target,
+                 "replace_operating_point": replace_operating_point}  # fmt: skip
     return entry.evaluate(
         run_or_checkpoint, data=data, split=split, device=device, report=report, out=out,
-        precision=precision,
+        precision=precision, **point,
     )  # fmt: skip
 
 
@@ -86,9 +104,12 @@ def predict(
     batch_size: int = 256,
     out: str | Path | None = None,
     precision: str = "auto",
+    operating_point: bool = True,
 ) -> Any:
     """Classification (a run, checkpoint or exported .onnx): class names and probabilities for
-    images/folders, [Prediction]; unreadable files get an error entry, not a crash.
+    images/folders, [Prediction]; unreadable files get an error entry, not a crash. A run with an
+    operating point (see :func:`evaluate`) also decides positive / negative for its class
+    (Prediction.decision) unless ``operating_point=False``.
 
     Segmentation, detection and video runs write their predictions as files to `out` (mask PNGs and
     overlays; COCO results JSON and drawn boxes; timeline, events and an annotated video) and return
@@ -97,7 +118,7 @@ def predict(
     if not entry.predicts_to_files:
         return entry.predict(
             run_or_checkpoint, inputs, top_k=top_k, device=device, batch_size=batch_size,
-            precision=precision,
+            precision=precision, operating_point=operating_point,
         )  # fmt: skip
     if out is None:
         raise ConfigError(
@@ -105,6 +126,16 @@ def predict(
             "(--out FOLDER)"
         )
     return entry.predict(run_or_checkpoint, list(inputs), out, device=device, precision=precision)
+
+
+def operating_point(run_or_checkpoint: str | Path) -> dict[str, Any] | None:
+    """The operating point :func:`predict` applies for a classification run (its
+    RUN/operating_point.json), or None."""
+    if task_of(run_or_checkpoint).name != "classification":
+        return None
+    from cnnlab.tasks.classify.predict import active_operating_point
+
+    return active_operating_point(run_or_checkpoint)
 
 
 # -- transfer learning -------------------------------------------------------------------------------------

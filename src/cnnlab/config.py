@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,6 +26,8 @@ ResizeMode = Literal["fit", "crop", "stretch"]
 Strategy = Literal["full", "linear-probe", "fine-tune", "gradual"]
 LoaderMode = Literal["auto", "memory", "stream"]
 Keep = Literal["best", "last", "all"]
+Sampler = Literal["none", "balanced"]
+Loss = Literal["ce", "focal"]
 AUGMENTATIONS = ("crop", "flip", "affine")
 
 #: 50 megapixels: an 8000 x 6000 photo still passes, a 12000 x 9000 one does not (its RGB decode
@@ -157,6 +160,15 @@ class TrainConfig(RunConfig):
         1  # fine-tune: epochs that train only the new head before everything unfreezes
     )
     label_smoothing: float = 0.0
+    # --- class imbalance (docs/imbalance.md) ---
+    # none | auto | FILE.json {class: weight}. auto: w_c = N / (K n_c) over the training split
+    # (scikit-learn's "balanced": the weights average 1 over training samples)
+    class_weights: str = "none"
+    # none: a seeded permutation per epoch; balanced: N indices drawn with replacement per epoch,
+    # every class equally likely (P(sample) proportional to 1 / its class's count)
+    sampler: Sampler = "none"
+    loss: Loss = "ce"  # ce: cross-entropy; focal: -(1 - p_t)^gamma log p_t (Lin et al. 2017)
+    focal_gamma: float = 2.0  # focal loss's focusing exponent (no unit); 0 gives cross-entropy
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -164,6 +176,15 @@ class TrainConfig(RunConfig):
             value = getattr(self, key)
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"option {key} must be in [0, 1), got {value}")
+        if not (math.isfinite(self.focal_gamma) and self.focal_gamma >= 0):
+            raise ConfigError(f"option focal_gamma must be a number >= 0, got {self.focal_gamma}")
+        if self.loss == "focal" and self.label_smoothing > 0:
+            raise ConfigError(
+                "option loss=focal does not combine with label_smoothing > 0 (the focal term has no "
+                "smoothed form); leave one of them out"
+            )
+        if not str(self.class_weights).strip():
+            raise ConfigError("option class_weights must be none, auto or a JSON file, got ''")
         if self.shots is not None and self.shots < 1:
             raise ConfigError(f"option shots must be >= 1 image per class, got {self.shots}")
         if not 0.0 < self.lr_mult <= 1.0:

@@ -9,10 +9,14 @@ runs/<name>/
   metrics.csv        one row per epoch
   test_metrics.json  final metrics on the test split
   run.json           times, precision (training and inference), the machine it ran on
+  class_balance.json classification: training class counts, imbalance ratio, class weights, sampler, loss
   checkpoints/       see cnnlab.engine.checkpoint
   report.html, *.png
   evaluations/<time>/  each later `cnnlab evaluate RUN`: its metrics, predictions, report and
                      evaluation.json (precision, machine, weights); what training recorded is never rewritten
+  operating_point.json the active decision threshold of a classification run (`cnnlab evaluate RUN
+                     --positive C --target ...`; its record also stays in that evaluation's folder),
+                     applied by `cnnlab predict RUN`; a file training never writes
 """
 
 from __future__ import annotations

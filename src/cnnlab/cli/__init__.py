@@ -275,6 +275,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", dest="report", action="store_false")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _add_precision(p)
+    p.add_argument(
+        "--positive",
+        metavar="CLASS",
+        help="classification: the class an operating point decides on (binary runs: the second)",
+    )
+    p.add_argument(
+        "--target",
+        metavar="KIND[=VALUE]",
+        help="choose the threshold on P(CLASS) on the validation split: recall=R, precision=P, "
+        "fpr=F, youden or f1; stored as RUN/operating_point.json, which predict applies",
+    )
+    p.add_argument(
+        "--replace-operating-point",
+        action="store_true",
+        help="make the new operating point active when the run has one (the old record stays in "
+        "its evaluation folder)",
+    )
 
     p = sub.add_parser(
         "predict",
@@ -288,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--device", default="auto")
     _add_precision(p)
+    p.add_argument(
+        "--ignore-operating-point",
+        dest="operating_point",
+        action="store_false",
+        help="classes only, without the run's operating point (RUN/operating_point.json)",
+    )
 
     p = sub.add_parser(
         "segment", help="semantic segmentation: train | evaluate | predict (IoU, Dice)"
@@ -520,6 +543,8 @@ def print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None:
         head.add_row(name, f"{value:.4f}", f"[{iv['low']:.4f}, {iv['high']:.4f}]" if ok else "")
 
     row("accuracy", metrics.get("accuracy"), "accuracy")
+    if metrics.get("balanced_accuracy") is not None:
+        row("balanced accuracy", metrics["balanced_accuracy"], "balanced_accuracy")
     for m in ("precision", "recall", "f1", "tnr", "fpr", "roc_auc"):
         row(f"{m} (macro)", metrics.get("macro", {}).get(m), f"macro_{m}")
     out.print(head)
@@ -939,10 +964,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         report=args.report,
         out=args.out,
         precision=args.precision,
+        positive=args.positive,
+        target=args.target,
+        replace_operating_point=args.replace_operating_point,
     )
     _evaluation_note(result)
+    point = result.get("operating_point")
     if args.json:
-        print(json.dumps(result["metrics"], indent=2, default=str))
+        extra = {"operating_point": point} if point else {}
+        print(json.dumps(result["metrics"] | extra, indent=2, default=str))
         return 0
     if task == "segmentation":
         _print_segment_metrics(result["metrics"])
@@ -951,9 +981,46 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         items = "clips" if task == "video-classification" else "images"
         print_metrics(result["metrics"], f"{args.split} metrics ({result['num_samples']} {items})")
+    if point:
+        print_operating_point(point, result["operating_point_file"])
     if result.get("report"):
         out.print(f"report: {result['report']}")
     return 0
+
+
+def print_operating_point(point: dict[str, Any], path: str) -> None:
+    """The operating point an evaluation chose: where, what it reached on validation, and its
+    metrics with bootstrap intervals on the evaluated split."""
+    chosen, on = point["chosen_on"], point["evaluated_on"]
+    t = Table(
+        title=f"operating point: {point['positive_class']!s} positive when "
+        f"P({point['positive_class']!s}) >= {point['threshold']:.6g}  ({point['target']}: "
+        f"{point['rule']} on the {chosen['num_samples']} validation images)",
+        title_justify="left",
+    )
+    for col in ("metric", "validation", f"{on['split']} ({on['num_samples']} images)", "95% CI"):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+
+    def number(v: Any) -> str:
+        return "undefined" if v is None else f"{v:.4f}"
+
+    for name, iv in point["evaluated_on"]["metrics"].items():
+        if not isinstance(iv, dict):
+            continue
+        ok = iv.get("low") is not None and iv.get("high") is not None
+        t.add_row(
+            name, number(chosen.get(name)) if name in chosen else "", number(iv.get("value")),
+            f"[{iv['low']:.4f}, {iv['high']:.4f}]" if ok else "",
+        )  # fmt: skip
+    out.print(t)
+    out.print(
+        f"{on['split']}: TP {on['tp']}, FP {on['fp']}, TN {on['tn']}, FN {on['fn']}; stored as "
+        f"{path} (`cnnlab predict` applies it)",
+        soft_wrap=True,  # a path is never broken across lines
+        markup=False,
+    )
+    if on.get("note"):
+        err.print(f"[yellow]note:[/] {escape(on['note'])}")
 
 
 @command("predict")
@@ -969,32 +1036,58 @@ def _predict(args: argparse.Namespace) -> int:
         out.print(f"{task} predictions written to {args.out}")
         return 0
     preds = api.predict(
-        args.run, args.inputs, top_k=args.top_k, device=args.device, precision=args.precision
-    )
+        args.run, args.inputs, top_k=args.top_k, device=args.device, precision=args.precision,
+        operating_point=args.operating_point,
+    )  # fmt: skip
     if args.precision != "auto":  # stdout stays the predictions alone (csv / json parse it)
         err.print(f"inference precision: {args.precision}")
+    point = api.operating_point(args.run) if args.operating_point else None
+    if point:  # on stderr: which threshold decides (stdout stays the predictions)
+        err.print(
+            f"operating point: {point['positive_class']} is positive when "
+            f"P({point['positive_class']}) >= {point['threshold']:.6g} (chosen for "
+            f"{point['target']} on the validation split; {Path(args.run) / 'operating_point.json'}"
+            "); --ignore-operating-point for classes only",
+            markup=False,
+            soft_wrap=True,
+        )
     if args.format == "json":
         print(json.dumps([dataclasses.asdict(p) for p in preds], indent=2))
     elif args.format == "csv":
         import csv
 
         w = csv.writer(sys.stdout)
-        w.writerow(["path", "rank", "class", "probability", "error"])
+        extra = ["decision", "threshold"] if point else []
+        w.writerow(["path", "rank", "class", "probability", "error", *extra])
         for p in preds:
+            decided = (
+                ["positive" if p.decision["positive"] else "negative", p.decision["threshold"]]
+                if point and p.decision
+                else [""] * len(extra)
+            )
             for rank, (name, prob) in enumerate(p.top, 1):
-                w.writerow([p.path, rank, name, f"{prob:.6f}", ""])
+                w.writerow([p.path, rank, name, f"{prob:.6f}", "", *decided])
             if p.error:
-                w.writerow([p.path, "", "", "", p.error])
+                w.writerow([p.path, "", "", "", p.error, *[""] * len(extra)])
     else:
         t = Table(show_header=True)
-        for c in ("image", "class", "probability", "next"):
+        columns = ["image", "class", "probability", "next"]
+        if point:
+            columns.insert(1, f"{point['positive_class']}?")
+        for c in columns:
             t.add_column(c)
         for p in preds:
             if p.error:
-                t.add_row(p.path, "[red]error[/]", "", p.error)
+                t.add_row(p.path, *([""] if point else []), "[red]error[/]", "", p.error)
                 continue
             rest = ", ".join(f"{n} {pr:.3f}" for n, pr in p.top[1:])
-            t.add_row(p.path, p.top[0][0], f"{p.top[0][1]:.4f}", rest)
+            cells = [p.path, p.top[0][0], f"{p.top[0][1]:.4f}", rest]
+            if point and p.decision:
+                d = p.decision
+                verdict = "positive" if d["positive"] else "negative"
+                sign = ">=" if d["positive"] else "<"
+                cells.insert(1, f"{verdict} (P {d['probability']:.4f} {sign} {d['threshold']:.4g})")
+            t.add_row(*cells)
         out.print(t)
     return 1 if any(p.error for p in preds) else 0
 

@@ -2,6 +2,8 @@
 
 Randomness is derived from (seed, epoch, step): batch `step` of epoch `epoch` is the same whether the run was
 interrupted or not, so a resumed run sees exactly the batches an uninterrupted one would (see engine.checkpoint).
+The same holds for the class-balanced sampler (`sampler="balanced"`): its draws for an epoch come from
+(seed, epoch) alone, so a resumed epoch redraws the same indices and skips the batches already done.
 """
 
 from __future__ import annotations
@@ -23,6 +25,27 @@ def seeded_generator(seed: int, *keys: int, device: torch.device | str = "cpu") 
         mixed = (mixed * 6364136223846793005 + k + 1442695040888963407) % (2**63)
     g.manual_seed(mixed)
     return g
+
+
+def balanced_indices(targets: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    """`n` sample indices drawn with replacement, each with probability proportional to 1 / (the
+    number of samples of its class): every class present in `targets` is drawn with probability
+    1 / (number of classes present), and the samples of a class uniformly.
+
+    Drawn in two vectorised steps (a class uniformly, then a member of it uniformly), which is
+    exactly that distribution without `torch.multinomial`'s 2^24-category limit. targets: (N,) int64
+    on the CPU; the result is (n,) int64.
+    """
+    targets = targets.cpu()
+    if n == 0 or len(targets) == 0:
+        return torch.empty(0, dtype=torch.int64)
+    members = torch.argsort(targets, stable=True)  # sample indices grouped by class
+    classes, counts = torch.unique(targets, return_counts=True)  # present classes only
+    starts = torch.cumsum(counts, 0) - counts
+    which = torch.randint(0, len(classes), (n,), generator=g)
+    u = torch.rand(n, generator=g, dtype=torch.float64)
+    offset = (u * counts[which]).long().minimum(counts[which] - 1)
+    return members[starts[which] + offset]
 
 
 def _rows(drawn: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
@@ -109,6 +132,9 @@ class TensorLoader:
     # sample of the epoch's permutation, so rank r's batch k holds rows r, r + world, ... of the
     # single-process batch k of batch_size * world_size samples (see cnnlab.engine.distributed).
     shard: tuple[int, int] = (0, 1)
+    # "none": `shuffle` decides (a seeded permutation, or the stored order); "balanced": each epoch
+    # draws len(images) indices with replacement, every class equally likely (balanced_indices)
+    sampler: str = "none"
     # Where batches are made; None: where `images` are. Set when the images stay in host memory (a split too
     # big for the GPU): each batch is gathered there and copied over, then augmented on the device.
     device: torch.device | None = None
@@ -126,7 +152,8 @@ class TensorLoader:
         return n // world if self.drop_last else -(-n // world)
 
     def order(self, epoch: int) -> torch.Tensor:
-        """This rank's sample indices for `epoch`: a permutation seeded by (seed, epoch), sharded.
+        """This rank's sample indices for `epoch`: a permutation seeded by (seed, epoch), or the
+        balanced sampler's draws seeded by the same pair, sharded.
 
         Shards have equal lengths, as torch's DistributedSampler: with drop_last the permutation's
         last n % world samples are dropped (a single process drops them too: its last full batch
@@ -134,7 +161,11 @@ class TensorLoader:
         repeats by index).
         """
         n = self.images.shape[0]
-        if self.shuffle:
+        if self.sampler == "balanced":
+            idx = balanced_indices(self.targets, n, seeded_generator(self.seed, epoch))
+        elif self.sampler != "none":
+            raise ValueError(f"sampler must be 'none' or 'balanced', got {self.sampler!r}")
+        elif self.shuffle:
             idx = torch.randperm(n, generator=seeded_generator(self.seed, epoch))
         else:
             idx = torch.arange(n)

@@ -76,8 +76,14 @@ IMAGE_EXTENSIONS = frozenset(EXTENSION_FORMATS) | frozenset(
 #: 8 keeps scikit-learn's 8 x 8 digits unflagged.
 DEFAULT_MIN_SIDE = 8
 
-#: Largest / smallest class count above which check() warns about imbalance.
+#: Largest / smallest class count above which check() warns about imbalance (and a classification
+#: report puts balanced accuracy and per-class recall first).
 IMBALANCE_WARN_RATIO = 10.0
+#: what the imbalance warning suggests (the options of `cnnlab train`, docs/imbalance.md)
+IMBALANCE_HINT = (
+    "train with `cnnlab train --class-weights auto`, `--sampler balanced` or `--loss focal` and "
+    "monitor `--monitor val_balanced_accuracy`"
+)
 
 _CACHE_VERSION = 1
 
@@ -716,7 +722,10 @@ class ScanReport:
                 (failures if strict else warns).append(text)
         for s, ratio in self.imbalance_ratio.items():
             if IMBALANCE_WARN_RATIO < ratio < float("inf"):
-                warns.append(f"class imbalance {ratio:.1f}:1 in {s or 'the dataset'}")
+                warns.append(
+                    f"class imbalance {ratio:.1f}:1 in {s or 'the dataset'}; "
+                    + IMBALANCE_HINT  # docs/imbalance.md
+                )
         if self.tiny:
             warns.append(f"{len(self.tiny)} images smaller than {self.min_side} px (kept)")
         if failures:

@@ -494,12 +494,15 @@ class DistributedTask:
         return out
 
     def validate(self, trainer: Trainer, loader: Any) -> dict[str, float]:
-        """{"loss", "accuracy"} over the whole loader, as `Trainer.evaluate` computes them in one
-        process."""
+        """The wrapped task's validation metrics over the whole loader (its `metrics_from_probs`;
+        else {"loss", "accuracy"}), as `Trainer.evaluate` computes them in one process."""
         sync_buffers(self.eval_model)
         probs, targets = predict_sharded(
             self.eval_model, self.task, loader, device=trainer.device, precision=trainer.precision
         )
+        from_probs = getattr(self.task, "metrics_from_probs", None)
+        if from_probs is not None:
+            return from_probs(probs, targets)
         nll = torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), targets).item()
         return {"loss": nll, "accuracy": (probs.argmax(1) == targets).float().mean().item()}
 

@@ -61,6 +61,9 @@ class Prediction:
         default_factory=list
     )  # (class name, probability), best first
     error: str | None = None
+    # with an operating point (cnnlab.tasks.classify.operating_point): {"class", "probability",
+    # "threshold", "positive"}: positive is probability >= threshold
+    decision: dict[str, Any] | None = None
 
 
 def predict_files(
@@ -71,6 +74,7 @@ def predict_files(
     *,
     top_k: int = 5,
     batch_size: int = 256,
+    decide: tuple[int, float] | None = None,
 ) -> list[Prediction]:
     """The one prediction driver (PyTorch checkpoints and exported ONNX files alike).
 
@@ -78,6 +82,9 @@ def predict_files(
     not an exception. `probs_fn((N, C, S, S) float32 normalised array) -> (N, K) probabilities` runs the model;
     the array is an NHWC-strided view (PIL decodes HWC, and NHWC is what oneDNN/cuDNN convolve in), so a
     consumer that needs contiguous NCHW (onnxruntime) makes its own copy.
+
+    `decide=(class index, threshold)`: each prediction also gets a binary decision on that class's
+    probability (an operating point), whether or not the class is among the top k.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -125,4 +132,12 @@ def predict_files(
             order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties: lower index first
             for row, i in enumerate(ok):
                 results[i].top = [(class_names[c], float(probs[row, c])) for c in order[row]]
+                if decide is not None:
+                    p = float(probs[row, decide[0]])
+                    results[i].decision = {
+                        "class": class_names[decide[0]],
+                        "probability": p,
+                        "threshold": float(decide[1]),
+                        "positive": p >= decide[1],
+                    }
     return results

@@ -547,20 +547,41 @@ def reliability_diagram(
 # --------------------------------------------------------------------------------------------
 
 
+THRESHOLD_TARGETS = ("recall", "precision", "fpr")  # find_threshold methods that take a target
+
+
 def find_threshold(
-    targets: Any, scores: Any, method: str = "youden", *, pos_label: int = 1
+    targets: Any,
+    scores: Any,
+    method: str = "youden",
+    *,
+    pos_label: int = 1,
+    target: float | None = None,
 ) -> tuple[float, float]:
     """Best decision threshold for "positive when score >= threshold", and its value.
 
     * ``"youden"``: maximise Youden's J = TPR - FPR = sensitivity + specificity - 1.
     * ``"f1"``: maximise F1 = 2TP / (2TP + FP + FN).
+    * ``"recall"``: the highest threshold whose recall (TPR) is >= ``target`` (the fewest false
+      positives that still find that share of the positives).
+    * ``"precision"``: the lowest threshold whose precision is >= ``target`` (the most positives
+      found at that precision); precision is not monotonic in the threshold, so this is the
+      lowest of all thresholds that reach it.
+    * ``"fpr"``: the lowest threshold whose false-positive rate is <= ``target`` (the most
+      positives found at that false-alarm rate).
 
-    Candidates are the distinct scores; among maxima equal within 1e-12 the highest threshold
-    wins.
-    Raises ``ValueError`` when targets hold only one class (J or F1 would be undefined).
+    Candidates are the distinct scores; the value returned is the method's quantity at the
+    threshold (J, F1, or the recall / precision / FPR reached). For J and F1, among maxima equal
+    within 1e-12 the highest threshold wins.
+    Raises ``ValueError`` when targets hold only one class (J or F1 would be undefined), when
+    ``target`` is missing or outside [0, 1] for the target methods, or when no threshold reaches
+    it (then the message says the best that can be reached).
     """
-    if method not in ("youden", "f1"):
-        raise ValueError(f"method must be 'youden' or 'f1', got {method!r}")
+    methods = ("youden", "f1", *THRESHOLD_TARGETS)
+    if method not in methods:
+        raise ValueError(f"method must be one of {', '.join(methods)}, got {method!r}")
+    if method in THRESHOLD_TARGETS and (target is None or not 0.0 <= target <= 1.0):
+        raise ValueError(f"method {method!r} needs a target in [0, 1], got {target!r}")
     y, s = _binary_inputs(targets, scores, pos_label)
     order = _sort_desc(s)
     fps, tps, thr = _counts_at_thresholds(y[order], s[order])
@@ -570,12 +591,52 @@ def find_threshold(
             f"find_threshold needs both classes in targets; got {n_pos} positive and {n_neg} "
             f"negative samples (pos_label={pos_label})"
         )
+    if method in THRESHOLD_TARGETS:
+        return _threshold_for_target(method, float(target), fps, tps, thr, n_pos, n_neg)
     if method == "youden":
         values = tps / n_pos - fps / n_neg
     else:
         values = 2 * tps / (2 * tps + fps + (n_pos - tps))
     # Thresholds decrease with the index: the first (near-)maximum is the highest threshold.
     best = int(np.flatnonzero(values >= values.max() - 1e-12)[0])
+    return float(thr[best]), float(values[best])
+
+
+def _threshold_for_target(
+    method: str,
+    target: float,
+    fps: np.ndarray,
+    tps: np.ndarray,
+    thr: np.ndarray,
+    n_pos: int,
+    n_neg: int,
+) -> tuple[float, float]:
+    """find_threshold's target methods on the counts at each distinct score (thresholds
+    decreasing with the index, so TP and FP grow with it)."""
+    eps = 1e-12  # a target met up to rounding counts as met (recall 0.95 of 20 positives = 19/20)
+    if method == "recall":
+        values = tps / n_pos
+        ok = np.flatnonzero(values >= target - eps)  # never empty: the last threshold has recall 1
+        best = int(ok[0])  # the highest threshold that reaches it
+    elif method == "precision":
+        values = tps / (tps + fps)  # TP + FP >= 1 at every candidate threshold
+        ok = np.flatnonzero(values >= target - eps)
+        if not len(ok):
+            raise ValueError(
+                f"no threshold reaches precision {target:g}; the highest precision is "
+                f"{values.max():.4g} (at threshold {thr[int(values.argmax())]:.6g})"
+            )
+        best = int(ok[-1])  # the lowest threshold that reaches it: the largest recall
+    else:
+        values = fps / n_neg
+        ok = np.flatnonzero(values <= target + eps)
+        if not len(ok):
+            raise ValueError(
+                f"no threshold reaches a false-positive rate of {target:g} while calling anything "
+                f"positive; the lowest is {values[0]:.4g} (at threshold {thr[0]:.6g}, the highest "
+                "score: tied scores cannot be split)"
+            )
+        best = int(ok[-1])  # FPR grows with the index: the lowest threshold within the target
     return float(thr[best]), float(values[best])
 
 

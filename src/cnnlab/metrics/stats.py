@@ -40,6 +40,9 @@ __all__ = [
     "NAMED_METRICS",
     "bootstrap_ci",
     "headline_intervals",
+    "binary_metrics",
+    "recall_intervals",
+    "binary_intervals",
     "mcnemar_exact",
     "accuracy_difference_ci",
     "compare_predictions",
@@ -187,12 +190,14 @@ def headline_intervals(
     seed: int = 0,
     num_classes: int | None = None,
 ) -> dict[str, Any]:
-    """Point value and bootstrap interval of accuracy and macro precision / recall / F1.
+    """Point value and bootstrap interval of accuracy, balanced accuracy and macro precision /
+    recall / F1.
 
     Predictions are ``preds`` when given, else ``argmax(probs)``. Returns
-    ``{"accuracy": {"value", "low", "high"}, "macro_precision": ..., "macro_recall": ...,
-    "macro_f1": ..., "n_boot", "confidence", "seed", "method": "percentile bootstrap"}``;
-    undefined values are None. One multinomial draw is shared by the four metrics.
+    ``{"accuracy": {"value", "low", "high"}, "balanced_accuracy": ..., "macro_precision": ...,
+    "macro_recall": ..., "macro_f1": ..., "n_boot", "confidence", "seed", "method": "percentile
+    bootstrap"}``; undefined values are None. One multinomial draw is shared by the five metrics
+    (balanced accuracy is the macro recall over the classes present, scikit-learn's definition).
     """
     _check_boot(n_boot, confidence)
     if preds is None and probs is None:
@@ -211,12 +216,116 @@ def headline_intervals(
     counts = rng.multinomial(len(t), cm.ravel() / cm.sum(), size=n_boot)
     cms = counts.reshape(n_boot, k_classes, k_classes)
     out: dict[str, Any] = {}
-    for name in ("accuracy", "macro_precision", "macro_recall", "macro_f1"):
+    for name in ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1"):
         value = float(_metric_from_cms(cm[None], name)[0])
         low, high = _quantiles(_metric_from_cms(cms, name), confidence, name)
         out[name] = {
             k: (None if math.isnan(v) else v)
             for k, v in (("value", value), ("low", low), ("high", high))
+        }
+    out.update(n_boot=n_boot, confidence=confidence, seed=seed, method="percentile bootstrap")
+    return out
+
+
+def recall_intervals(
+    targets: Any,
+    preds: Any,
+    num_classes: int,
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> list[tuple[float | None, float | None]]:
+    """Percentile-bootstrap interval ``(low, high)`` of each class's recall TP / (TP + FN), from
+    one multinomial draw of the K x K confusion cells; (None, None) for a class without true
+    samples."""
+    _check_boot(n_boot, confidence)
+    t = check_labels(targets, num_classes, name="targets")
+    p = check_labels(preds, num_classes, name="preds")
+    cm = confusion_matrix(t, p, num_classes)
+    draws = np.random.default_rng(seed).multinomial(len(t), cm.ravel() / cm.sum(), size=n_boot)
+    cms = draws.reshape(n_boot, num_classes, num_classes).astype(np.float64)
+    tp, true_sum = np.diagonal(cms, axis1=1, axis2=2), cms.sum(axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(true_sum > 0, tp / true_sum, np.nan)  # n_boot x K
+    out: list[tuple[float | None, float | None]] = []
+    for k in range(num_classes):
+        if cm[k].sum() == 0:
+            out.append((None, None))
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            low, high = _quantiles(recall[:, k], confidence, f"recall of class {k}")
+        out.append((None if math.isnan(low) else low, None if math.isnan(high) else high))
+    return out
+
+
+BINARY_METRICS = (
+    "recall", "precision", "fpr", "tnr", "f1", "accuracy", "balanced_accuracy",
+)  # fmt: skip
+
+
+def _binary_from_counts(tp: np.ndarray, fp: np.ndarray, tn: np.ndarray, fn: np.ndarray) -> dict:
+    """BINARY_METRICS of arrays of 2 x 2 counts (NaN where a denominator is 0)."""
+    tp, fp, tn, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, tn, fn))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(tp + fn > 0, tp / (tp + fn), np.nan)
+        tnr = np.where(tn + fp > 0, tn / (tn + fp), np.nan)
+        return {
+            "recall": recall,
+            "precision": np.where(tp + fp > 0, tp / (tp + fp), np.nan),
+            "fpr": np.where(tn + fp > 0, fp / (tn + fp), np.nan),
+            "tnr": tnr,
+            "f1": np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan),
+            "accuracy": (tp + tn) / (tp + fp + tn + fn),
+            "balanced_accuracy": _nanmean_rows(np.stack([recall, tnr], axis=-1)),
+        }
+
+
+def binary_metrics(targets: Any, preds: Any) -> dict[str, Any]:
+    """TP, FP, TN, FN and BINARY_METRICS of boolean `targets` (positive = True) and `preds`;
+    undefined ratios are None."""
+    t, p = np.asarray(targets, dtype=bool).ravel(), np.asarray(preds, dtype=bool).ravel()
+    if t.shape != p.shape or t.size == 0:
+        raise ValueError(
+            f"need the same non-zero number of targets ({t.size}) and predictions ({p.size})"
+        )
+    counts = {
+        "tp": int(np.sum(t & p)), "fp": int(np.sum(~t & p)),
+        "tn": int(np.sum(~t & ~p)), "fn": int(np.sum(t & ~p)),
+    }  # fmt: skip
+    values = _binary_from_counts(*(np.asarray([counts[k]]) for k in ("tp", "fp", "tn", "fn")))
+    out: dict[str, Any] = dict(counts)
+    for name, v in values.items():
+        out[name] = None if math.isnan(float(v[0])) else float(v[0])
+    return out
+
+
+def binary_intervals(
+    targets: Any,
+    preds: Any,
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Point value and percentile-bootstrap interval of each of BINARY_METRICS at one decision
+    (boolean `targets`, `preds`): ``{name: {"value", "low", "high"}, "n_boot", "confidence",
+    "seed", "method"}``. Resamples are multinomial draws of the 2 x 2 cell counts (the module
+    docstring's shortcut); undefined values are None."""
+    _check_boot(n_boot, confidence)
+    point = binary_metrics(targets, preds)
+    cells = np.array([point[k] for k in ("tp", "fp", "tn", "fn")], dtype=np.float64)
+    n = int(cells.sum())
+    draws = np.random.default_rng(seed).multinomial(n, cells / n, size=n_boot)  # n_boot x 4
+    boot = _binary_from_counts(*draws.T)
+    out: dict[str, Any] = {}
+    for name in BINARY_METRICS:
+        low, high = _quantiles(boot[name], confidence, name)
+        out[name] = {
+            "value": point[name],
+            "low": None if math.isnan(low) else low,
+            "high": None if math.isnan(high) else high,
         }
     out.update(n_boot=n_boot, confidence=confidence, seed=seed, method="percentile bootstrap")
     return out

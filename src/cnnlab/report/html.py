@@ -195,6 +195,57 @@ def format_value(v: Any) -> str:
     return f"{float(v):.4f}"
 
 
+def imbalance_section(
+    metrics: dict[str, Any],
+    targets: np.ndarray,
+    probs: np.ndarray,
+    class_names: list[str],
+    balance: dict[str, Any],
+) -> str:
+    """The opening section of an imbalanced run's report: balanced accuracy and every class's
+    recall (with bootstrap intervals), rarest training class first, and what the run did about
+    the imbalance."""
+    from cnnlab.metrics.stats import recall_intervals
+
+    counts = balance.get("train_class_counts") or {}
+    ratio = balance.get("imbalance_ratio")
+    weights = balance.get("class_weights") or {}
+    done = [f"class weights: {weights.get('mode', 'none')}", f"sampler: {balance.get('sampler')}"]
+    loss = balance.get("loss") or "ce"
+    done.append(
+        f"loss: {loss}" + (f" (gamma {balance.get('focal_gamma')})" if loss == "focal" else "")
+    )
+    intervals = recall_intervals(targets, probs.argmax(1), len(class_names), seed=0)
+    per = metrics["per_class"]
+    order = sorted(range(len(class_names)), key=lambda k: (counts.get(class_names[k], 0), k))
+    w = weights.get("weights") or {}
+    rows = []
+    for k in order:
+        name = class_names[k]
+        low, high = intervals[k]
+        iv = _ci({"low": low, "high": high})
+        rows.append(
+            f"<tr><td>{html.escape(str(name))}</td><td>{format_value(counts.get(name))}</td>"
+            f"<td>{format_value(w.get(name)) if w else ''}</td>"
+            f"<td>{format_value(per[name].get('support'))}</td>"
+            f"<td>{format_value(per[name].get('recall'))}</td><td>{iv}</td>"
+            f"<td>{format_value(per[name].get('precision'))}</td>"
+            f"<td>{format_value(per[name].get('f1'))}</td></tr>"
+        )
+    ba = metrics.get("balanced_accuracy")
+    ba_ci = _ci((metrics.get("confidence_intervals") or {}).get("balanced_accuracy"))
+    ratio_text = "a class with no training image" if ratio is None else f"{ratio:.1f}:1"
+    return (
+        f"<h2>Imbalanced training set ({ratio_text}): balanced accuracy and recall per class</h2>"
+        f"<p>balanced accuracy (mean recall over classes) <b>{format_value(ba)}</b> {ba_ci}; "
+        f"accuracy {format_value(metrics.get('accuracy'))}. The run used "
+        f"{html.escape('; '.join(done))}.</p>"
+        "<table><tr><th>class (rarest in training first)</th><th>training images</th>"
+        "<th>class weight</th><th>test images</th><th>recall</th><th>95% CI</th>"
+        f"<th>precision</th><th>F1</th></tr>{''.join(rows)}</table>"
+    )
+
+
 def write_classification_report(
     out: Path,
     metrics: dict[str, Any],
@@ -207,8 +258,14 @@ def write_classification_report(
     run_dir: Path | None = None,
     top_losses: int = 16,
     title: str | None = None,
+    balance: dict[str, Any] | None = None,
 ) -> Path:
-    """Write report.html + PNGs into `out`; returns the HTML path."""
+    """Write report.html + PNGs into `out`; returns the HTML path.
+
+    `balance`: the run's class_balance.json (training class counts, weights, sampler, loss); when
+    the training set is imbalanced (largest / smallest class above 10) the report opens with
+    balanced accuracy and every class's recall, rarest training class first, and balanced accuracy
+    heads the headline table: plain accuracy mostly measures the majority classes there."""
     out = Path(out)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -240,15 +297,20 @@ def write_classification_report(
         figs["training curves"] = png_figure(curves, fig_dir / "training_curves.png")
 
     ci = metrics.get("confidence_intervals", {})
+    imbalanced = bool(balance and balance.get("imbalanced"))
+    first = imbalance_section(metrics, targets, probs, class_names, balance) if imbalanced else ""
     head_rows = []
-    for key, label in (
+    headline = (
         ("accuracy", "accuracy"),
         ("balanced_accuracy", "balanced accuracy"),
         ("cohen_kappa", "Cohen's kappa"),
         ("mcc", "Matthews correlation"),
         ("log_loss", "log loss"),
         ("ece", "expected calibration error"),
-    ):
+    )
+    if imbalanced:  # balanced accuracy first
+        headline = (headline[1], headline[0], *headline[2:])
+    for key, label in headline:
         if key in metrics:
             head_rows.append(
                 f"<tr><td>{label}</td><td>{format_value(metrics[key])}</td><td>{_ci(ci.get(key))}</td></tr>"
@@ -322,6 +384,7 @@ def write_classification_report(
 <p class="muted">{metrics.get("num_samples", len(targets))} test images, {len(class_names)} classes.
 Formulas as in the lecture: accuracy = (TP+TN)/(TP+FP+TN+FN); precision = TP/(TP+FP); recall = TPR = TP/(TP+FN);
 F1 = 2PR/(P+R); TNR = TN/(TN+FP); FPR = FP/(FP+TN). Intervals: seeded bootstrap, 95%.</p>
+{first}
 <h2>Headline metrics</h2><table><tr><th>metric</th><th>value</th><th>95% CI</th></tr>{"".join(head_rows)}</table>
 <h2>Per class (one class vs the rest)</h2><table><tr><th>class</th>{"".join(f"<th>{c}</th>" for c in cols)}</tr>
 {class_rows}</table>

@@ -1,42 +1,152 @@
 """Image classification as a task object: the engine asks it for the loss and the metrics, nothing else.
 
 Detection and segmentation plug into the same engine with their own task objects.
+
+The loss is cross-entropy or focal loss, optionally weighted per class (docs/imbalance.md):
+
+* cross-entropy: l_i = -log p_{i, y_i};
+* focal loss (Lin et al. 2017, "Focal Loss for Dense Object Detection"):
+  l_i = -(1 - p_t)^gamma log p_t with p_t = p_{i, y_i}; gamma = 0 is cross-entropy;
+* class weights w (alpha in the focal-loss paper) multiply each sample's loss by w_{y_i}, and the
+  batch loss is the mean over the batch's B samples, sum_i w_{y_i} l_i / B (Keras' ``class_weight``),
+  not PyTorch's weighted mean sum_i w_{y_i} l_i / sum_i w_{y_i}: with weights that average 1 over
+  the training samples (``--class-weights auto``) the loss keeps its unweighted scale on average,
+  so the learning rate needs no change.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+LOSSES = ("ce", "focal")
+
+
+def focal_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    gamma: float,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean over the batch of w_{y_i} * -(1 - p_t)^gamma log p_t; logits (N, K), targets (N,).
+
+    1 - p_t is computed as -expm1(log p_t) (exact near p_t = 1) and kept above the smallest
+    positive float, so gamma < 1 has a finite gradient where the model is certain."""
+    log_p = F.log_softmax(logits, dim=1)
+    log_pt = log_p.gather(1, targets[:, None]).squeeze(1)  # N
+    one_minus_pt = (-torch.expm1(log_pt)).clamp_min(torch.finfo(log_pt.dtype).tiny)
+    loss = -one_minus_pt.pow(gamma) * log_pt
+    if weight is not None:
+        loss = loss * weight[targets]
+    return loss.mean()
+
+
+def classification_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    criterion: str = "ce",
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    focal_gamma: float = 2.0,
+) -> torch.Tensor:
+    """The batch loss of one head (see the module docstring); logits (N, K) float32."""
+    if criterion == "focal":
+        return focal_loss(logits, targets, focal_gamma, weight)
+    if criterion != "ce":
+        raise ValueError(f"criterion must be one of {LOSSES}, got {criterion!r}")
+    if weight is None:  # unweighted: exactly the call of runs trained before class weights existed
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    per_sample = F.cross_entropy(
+        logits, targets, weight=weight, reduction="none", label_smoothing=label_smoothing
+    )
+    return per_sample.mean()
+
+
+def balanced_accuracy(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> float:
+    """Mean over the classes present in `targets` of their recall (scikit-learn's
+    ``balanced_accuracy_score``: classes without true samples are left out)."""
+    true_count = torch.bincount(targets, minlength=num_classes)
+    hits = torch.bincount(targets[preds == targets], minlength=num_classes)
+    present = true_count > 0
+    if not bool(present.any()):
+        return float("nan")
+    return (hits[present].double() / true_count[present].double()).mean().item()
 
 
 @dataclass
 class ClassificationTask:
     num_classes: int
     label_smoothing: float = 0.0
+    # (K,) per-class loss weights (alpha of the focal loss), or None for unweighted
+    class_weights: Sequence[float] | None = None
+    criterion: str = "ce"  # "ce" | "focal" (TrainConfig.loss)
+    focal_gamma: float = 2.0
 
-    metric_names = ("loss", "accuracy")  # what validation reports (Trainer.evaluate), as val_<name>
+    # what validation reports (Trainer.evaluate), recorded as val_<name>
+    metric_names = ("loss", "accuracy", "balanced_accuracy")
+
+    def __post_init__(self) -> None:
+        if self.criterion not in LOSSES:
+            raise ValueError(f"criterion must be one of {LOSSES}, got {self.criterion!r}")
+        if self.class_weights is not None and len(self.class_weights) != self.num_classes:
+            raise ValueError(
+                f"{len(self.class_weights)} class weights for {self.num_classes} classes"
+            )
+        self._weight: torch.Tensor | None = None  # class_weights on the logits' device
+
+    def _weights_on(self, device: torch.device) -> torch.Tensor | None:
+        if self.class_weights is None:
+            return None
+        if self._weight is None or self._weight.device != device:
+            self._weight = torch.tensor(
+                [float(w) for w in self.class_weights], dtype=torch.float32, device=device
+            )
+        return self._weight
 
     def loss(
         self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Cross-entropy on the logits (+ weighted auxiliary heads, e.g. GoogLeNet's two, during training).
+        """The criterion on the logits (+ weighted auxiliary heads, e.g. GoogLeNet's two, during training).
 
         Returns {"loss": total, "ce": main head, "correct": number right in the batch (for live accuracy)}.
         """
         logits = model(images)  # N x num_classes
-        ce = F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
-        total = ce
+        kw: dict[str, Any] = {
+            "criterion": self.criterion,
+            "weight": self._weights_on(logits.device),
+            "label_smoothing": self.label_smoothing,
+            "focal_gamma": self.focal_gamma,
+        }
+        main = classification_loss(logits.float(), targets, **kw)
+        total = main
         for aux in getattr(model, "aux_logits", None) or []:
-            total = total + model.aux_weight * F.cross_entropy(
-                aux.float(), targets, label_smoothing=self.label_smoothing
-            )
+            total = total + model.aux_weight * classification_loss(aux.float(), targets, **kw)
         correct = (logits.argmax(1) == targets).sum()
-        return {"loss": total, "ce": ce.detach(), "correct": correct}
+        return {"loss": total, "ce": main.detach(), "correct": correct}
 
     @staticmethod
     def scores(logits: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N x K) from logits, in float32 whatever the autocast dtype."""
         return logits.float().softmax(dim=1)
+
+    def validate(self, trainer: Any, loader: Any) -> dict[str, float]:
+        """{"loss", "accuracy", "balanced_accuracy"} over a validation loader (see metrics_from_probs)."""
+        probs, targets = trainer.predict(loader)
+        return self.metrics_from_probs(probs, targets)
+
+    def metrics_from_probs(self, probs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """Validation metrics of (N, K) probabilities: the mean negative log-likelihood (unweighted,
+        whatever the training loss), accuracy and balanced accuracy (mean per-class recall)."""
+        nll = F.nll_loss(probs.clamp_min(1e-12).log(), targets).item()
+        preds = probs.argmax(1)
+        return {
+            "loss": nll,
+            "accuracy": (preds == targets).float().mean().item(),
+            "balanced_accuracy": balanced_accuracy(preds, targets, probs.shape[1]),
+        }

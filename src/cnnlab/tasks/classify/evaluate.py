@@ -28,6 +28,8 @@ from cnnlab.run import (
     write_json,
 )
 from cnnlab.tasks.classification import ClassificationTask
+from cnnlab.tasks.classify import operating_point as op
+from cnnlab.tasks.classify.imbalance import recorded_balance
 
 
 def evaluate_model(
@@ -56,17 +58,11 @@ def evaluate_model(
 
     timings = timings if timings is not None else Timings()
 
-    loader = make_loader(images, split.targets, spec, device, batch_size)
-    task = ClassificationTask(len(class_names))
     info = distributed.current()
-    if info.distributed:  # DDP: each rank predicts every W-th batch; all gather the whole split
-        probs, targets = distributed.predict_sharded(
-            model, task, loader, device=device, precision=precision
-        )
-    else:
-        trainer = Trainer(model, task, None, None, device=device, precision=precision)
-        probs, targets = trainer.predict(loader)
-    p, t = probs.numpy().astype(np.float64), targets.numpy()
+    p, t = predict_probs(
+        model, spec, images, split, len(class_names), device=device, precision=precision,
+        batch_size=batch_size,
+    )  # fmt: skip
     with (
         warnings.catch_warnings()
     ):  # undefined values are listed in metrics["warnings"] and shown once
@@ -90,9 +86,34 @@ def evaluate_model(
             result["report"] = write_classification_report(
                 out, metrics, p, t, class_names, ids=split.ids, run_dir=run_dir,
                 images=images if thumbnails is None else thumbnails,
+                balance=recorded_balance(run_dir),
             )  # fmt: skip
             timings.lap("report")
     return result
+
+
+def predict_probs(
+    model,
+    spec: PreprocessSpec,
+    images: torch.Tensor,
+    split: Split,
+    num_classes: int,
+    *,
+    device: torch.device,
+    precision: str = "32",
+    batch_size: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(probs (N, K) float64, targets (N,)) of `model` on one split held as a uint8 tensor."""
+    loader = make_loader(images, split.targets, spec, device, batch_size)
+    task = ClassificationTask(num_classes)
+    if distributed.current().distributed:  # DDP: each rank predicts every W-th batch; all gather
+        probs, targets = distributed.predict_sharded(
+            model, task, loader, device=device, precision=precision
+        )
+    else:
+        trainer = Trainer(model, task, None, None, device=device, precision=precision)
+        probs, targets = trainer.predict(loader)
+    return probs.numpy().astype(np.float64), targets.numpy()
 
 
 def evaluate(
@@ -104,11 +125,27 @@ def evaluate(
     report: bool = True,
     out: str | Path | None = None,
     precision: str = "auto",
+    positive: str | None = None,
+    target: str | None = None,
+    replace_operating_point: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a trained model on its own held-out split (default) or on another dataset (`data`).
 
     Writes into ``out`` or a new ``<run>/evaluations/<time>/`` (never over what training recorded);
-    ``precision`` auto = fp32 on CPU, the run's own on CUDA (cnnlab.engine.devices)."""
+    ``precision`` auto = fp32 on CPU, the run's own on CUDA (cnnlab.engine.devices).
+
+    ``target`` (``recall=0.95``, ``precision=0.9``, ``fpr=0.01``, ``youden``, ``f1``) with
+    ``positive`` (a class name; a binary run defaults to its second class): choose the threshold on
+    P(positive) for that target on the run's validation split, measure it on the evaluated split
+    with bootstrap intervals, and store it as the run's operating point (see
+    cnnlab.tasks.classify.operating_point; ``replace_operating_point`` replaces an active one)."""
+    if positive is not None and target is None:
+        raise ConfigError(
+            f"--positive {positive} needs --target, e.g. --target recall=0.95 ({op.CHOICES})"
+        )
+    if replace_operating_point and target is None:
+        raise ConfigError("--replace-operating-point needs the new one's --target (and --positive)")
+    wanted = op.parse_target(target) if target is not None else None  # said before any work
     dev = resolve_device(device)
     model, meta, weights = load_checkpoint_model(run_or_checkpoint, dev)
     if resolve_channels_last(None, dev):
@@ -116,23 +153,36 @@ def evaluate(
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     class_names = list(meta["class_names"])
     run_dir = run_dir_of(weights)
-    if data is None:
+    pos = None
+    if wanted is not None:
+        pos = op.positive_index(positive, class_names)
+        op.check_storable(run_dir, replace_operating_point, weights)
+    own = None  # the run's own data and recorded splits
+    if data is None or wanted is not None:
         if run_dir is None:
             raise ConfigError(
                 f"{weights} is not inside a run directory: pass --data to say what to evaluate on"
             )
-        cfg = make_config(TrainConfig, **saved_config(run_dir))
-        bundle = load_source(cfg)
+        own = load_source(make_config(TrainConfig, **saved_config(run_dir)))
         saved = read_json(run_dir / "splits.json")["splits"]
+    if data is None:
         if split not in saved:
             raise ConfigError(f"the run has no {split!r} split; it has {sorted(saved)}")
-        chosen = split_by_ids(bundle, saved[split], split)
+        chosen = split_by_ids(own, saved[split], split)
     else:
         cfg = make_config(TrainConfig, data=data, val_fraction=0.0, test_fraction=0.0)
         bundle = load_source(cfg)
         chosen = remap_classes(bundle, class_names, split)
     images = split_to_uint8(chosen, spec)
     precision = inference_precision(precision, dev, trained_precision(run_dir))
+    threshold = None
+    if wanted is not None:  # chosen first: an unreachable target stops before anything is written
+        val = split_by_ids(own, saved["val"], "val")
+        val_probs, val_targets = predict_probs(
+            model, spec, split_to_uint8(val, spec), val, len(class_names), device=dev,
+            precision=precision,
+        )  # fmt: skip
+        threshold = op.choose(val_targets, val_probs, pos, wanted, class_names[pos])
     out_dir = evaluation_dir(out, run_dir)
     result = evaluate_model(
         model,
@@ -150,7 +200,19 @@ def evaluate(
         out_dir, task="classification", weights=weights, data=data, split=split,
         num_samples=len(chosen), precision=precision, device=dev,
     )  # fmt: skip
-    return record | {"metrics": result["metrics"], "report": result.get("report")}
+    answer = record | {"metrics": result["metrics"], "report": result.get("report")}
+    if threshold is not None:
+        measured = op.measure(result["targets"], result["probs"], pos, threshold["threshold"])
+        evaluated_on = {"data": data or "recorded", "split": split if data is None else "all"}
+        if data is None and split == "val":
+            evaluated_on["note"] = "chosen and measured on the same split: optimistic"
+        point = op.record(
+            class_names=class_names, pos=pos, target=wanted, chosen=threshold, measured=measured,
+            weights=weights, evaluated_on=evaluated_on, evaluation=out_dir, run_dir=run_dir,
+        )  # fmt: skip
+        answer["operating_point"] = point
+        answer["operating_point_file"] = str(op.store(run_dir, out_dir, point))
+    return answer
 
 
 def compare(run_a: str | Path, run_b: str | Path, *, seed: int = 0) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from cnnlab.engine.weights import build_model, load_checkpoint_model
 from cnnlab.errors import CheckpointError
 from cnnlab.tasks.classification import ClassificationTask
 from cnnlab.tasks.classify.evaluate import evaluate_model
+from cnnlab.tasks.classify.imbalance import class_balance
 from cnnlab.transfer.lr_find import lr_find
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,11 @@ def _prepare(
             )
     if cfg.shots:
         bundle.splits["train"] = few_shot(bundle.splits["train"], cfg.shots, cfg.seed)
+    # before decoding, so a bad weights file fails before any work; a resumed run keeps its weights
+    balance = class_balance(
+        cfg, bundle.splits["train"].targets, bundle.class_names,
+        recorded=resumed[0] if resumed else None,
+    )  # fmt: skip
     in_channels = cfg.in_channels or bundle.channels
     image_size = resolve_image_size(cfg, bundle)
     decode_policy = {"max_pixels": cfg.max_image_pixels}
@@ -114,6 +120,7 @@ def _prepare(
             distributed.local_batch_size(cfg.batch_size, info),  # DDP: the global batch / W
             shuffle=True, augment=cfg.augment, seed=cfg.seed, drop_last=True,
             channels_last=channels_last,
+            sampler=cfg.sampler,  # "balanced": every class equally likely per draw (data.loader)
             shard=(info.rank, info.world_size),  # DDP: rank r takes samples r, r + W, ...
         )  # fmt: skip
         val_loader = None
@@ -151,10 +158,14 @@ def _prepare(
         files["data_scan.json"] = bundle.scan.to_json()
     if plan is not None:
         files["transfer.json"] = plan.to_dict()
+    # class_balance.json: training class counts, weights, sampler, loss
+    files["class_balance.json"] = balance.to_dict()
     ids = splits["train"].ids
     return Plan(
         model=model,
-        task=ClassificationTask(len(bundle.class_names), cfg.label_smoothing),
+        task=ClassificationTask(
+            len(bundle.class_names), cfg.label_smoothing, **balance.task_options()
+        ),
         spec=spec,
         metadata={
             "model": cfg.model,
