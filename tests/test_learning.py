@@ -10,8 +10,9 @@ the test files, with their own labels, disjoint from the training split (a wrong
 class-index mix-up), and the normalisation statistics are the training split's (not another
 split's).
 
-Classification (builtin:digits), segmentation (builtin:shapes) and video (builtin:moving-shapes)
-are in the fast tier; detection, which needs minutes of CPU to clear its bar, is marked slow.
+All four tasks are in the fast tier: classification (builtin:digits), segmentation
+(builtin:shapes), detection (builtin:shapes boxes as COCO JSON; its two runs train side by side)
+and video (builtin:moving-shapes).
 """
 
 from __future__ import annotations
@@ -275,21 +276,39 @@ def _coco_map50(truth: dict, results: list[dict], image_ids: list[int]) -> float
     return float(ev.stats[1])
 
 
-# Slow tier: the cheapest setting found that clears mAP@0.5 0.5 with a margin (Faster R-CNN on
-# 64 px, 320 training images, 8 epochs) trains for minutes on a 2-core CPU; at 32 px (ImageNet or
-# small-input stem) or with fewer epochs it stayed at 0.2-0.45 or swung between epochs.
-@pytest.mark.slow
+# The cheapest setting found that clears mAP@0.5 0.5 with a margin: Faster R-CNN on 64 px, 320
+# training images, 8 epochs (0.948; 5 epochs or 240 images stayed at 0.33-0.44). One run takes about
+# 90 s on one core of a 2-core AMD EPYC, so the true and the shuffled run train side by side, one
+# core each (OMP_NUM_THREADS=1), and the pair costs the fast tier about 95 s.
+DETECTION_ARGS = (
+    "detect", "train", "--model", "fasterrcnn", "--backbone", "resnet18",
+    "--backbone-variant", "imagenet", "--fpn-channels", "64", "--box-head-width", "128",
+    "--image-size", "64", "--epochs", "8", "--batch-size", "8", "--lr", "2e-3",
+    "--val-fraction", "0.1", "--test-fraction", "0.1", "--seed", str(SEED),
+    "--deterministic", "--device", "cpu", "--precision", "32", "--no-report",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def detection_runs(shapes_coco, tmp_path_factory) -> dict[str, Path]:
+    """The true-label and the shuffled-label detection runs, trained at the same time."""
+    out = tmp_path_factory.mktemp("detection-runs")
+    procs = {}
+    for labels in ("true", "shuffled"):
+        cmd = [sys.executable, "-m", "cnnlab", *DETECTION_ARGS, "--data", str(shapes_coco[labels]),
+               "--out", str(out), "--name", labels]  # fmt: skip
+        procs[labels] = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+        )
+    for labels, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=900)
+        assert proc.returncode == 0, f"{labels}\n{stdout[-2000:]}\n{stderr[-4000:]}"
+    return {labels: out / labels for labels in procs}
+
+
 @pytest.mark.parametrize("labels", ["true", "shuffled"])
-def test_detection_on_shapes_learns(shapes_coco, tmp_path, labels: str) -> None:
-    data = shapes_coco[labels]
-    run = _cli(
-        "detect", "train", "--data", str(data), "--model", "fasterrcnn", "--backbone", "resnet18",
-        "--backbone-variant", "imagenet", "--fpn-channels", "64", "--box-head-width", "128",
-        "--image-size", "64", "--epochs", "8", "--batch-size", "8", "--lr", "2e-3",
-        "--val-fraction", "0.1", "--test-fraction", "0.1", "--seed", str(SEED),
-        "--deterministic", "--device", "cpu", "--precision", "32", "--no-report",
-        out=tmp_path, name=labels,
-    )  # fmt: skip
+def test_detection_on_shapes_learns(shapes_coco, detection_runs, labels: str) -> None:
+    data, run = shapes_coco[labels], detection_runs[labels]
     metrics = _read(run, "test_metrics.json")
     splits = _read(run, "splits.json")["splits"]
     assert not set(splits["test"]) & (set(splits["train"]) | set(splits["val"]))
