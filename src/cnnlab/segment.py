@@ -269,6 +269,7 @@ def _prepare(
         loaders=loaders,
         evaluate=evaluate,
         describe=lambda i: ids[i],
+        sample_shape=(1, in_channels, image_size, image_size),
     )
 
 

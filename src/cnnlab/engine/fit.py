@@ -67,7 +67,9 @@ class Plan:
     loaders: Callable[[torch.device, bool, Any], tuple[Any, Any | None]]
     evaluate: Callable[[Path, torch.device, str], dict[str, Any] | None]
     describe: Callable[[int], str] = str  # training sample index -> its id (errors name samples)
-    flops: float | None = None  # per image: small models stay fp32 under precision "auto"
+    flops: float | None = None  # per sample: small models stay fp32 under precision "auto"
+    # the shape of one training sample (1, C, H, W): the shell counts its FLOPs when ``flops`` is None
+    sample_shape: tuple[int, ...] | None = None
     record: dict[str, Any] = field(default_factory=dict)  # extra run.json entries
     # classification's transfer learning: per-parameter lr scale, frozen params kept in the
     # optimiser, epoch callbacks (unfreezing), frozen BatchNorm kept in eval mode
@@ -132,6 +134,8 @@ def fit(
         for item in plan.show:
             console.print(item)
 
+    if plan.flops is None and plan.sample_shape is not None:
+        plan.flops = flops_per_sample(plan.model, plan.sample_shape)
     precision = resolve_precision(cfg.precision, device, plan.flops)
     # the final test evaluation runs as `cnnlab evaluate RUN` will by default, so the two agree
     test_precision = inference_precision("auto", device, precision)
@@ -218,3 +222,20 @@ def _run_folder(cfg: Any, plan: Plan, info: Any, existing: Path | None) -> Path:
             else:
                 write_json(run_dir / name, content)
     return Path(distributed.broadcast_object(str(run_dir) if info.is_main else None))
+
+
+def flops_per_sample(model: nn.Module, shape: tuple[int, ...]) -> float | None:
+    """FLOPs of one eval-mode forward pass on zeros of ``shape`` (multiply-add = 2), counted by
+    torch's FlopCounterMode; None when the model cannot be counted that way."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(shape))
+        return float(counter.get_total_flops())
+    except (RuntimeError, TypeError, ValueError):
+        return None
+    finally:
+        model.train(was_training)

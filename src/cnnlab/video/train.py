@@ -385,6 +385,8 @@ def _prepare(
         loaders=loaders,
         evaluate=evaluate,
         describe=sample_of,
+        # one training sample: a clip stacked (1, T*C, S, S) for a 3D model, a frame for a 2D one
+        sample_shape=(1, t * c, s, s) if is_3d(cfg.model) else (1, c, s, s),
         record={"clips": int(n), "frames": t, "image_size": s},
     )
 
