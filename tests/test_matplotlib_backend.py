@@ -46,5 +46,6 @@ def test_inline_backend_is_kept(tmp_path):
     assert _backend_after_drawing(tmp_path, inline) == inline
 
 
+@pytest.mark.slow  # the behaviour before the fix; a subprocess importing torch takes several seconds
 def test_agg_otherwise(tmp_path):
     assert _backend_after_drawing(tmp_path, None).lower() == "agg"
