@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cnnlab-installed
 
-.PHONY: install demo test test-bf16 test-all lint bench clean
+.PHONY: install demo test test-bf16 test-all test-notebooks lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ test-bf16: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu"
+
+# The lecture's eight notebooks (notebooks/README.md), executed from scratch with nbmake: every cell must
+# run and every assertion of the lecture's numbers hold, each notebook within 180 s (notebooks/conftest.py;
+# --nbmake-timeout bounds each cell). The stored outputs are not rewritten. One thread per kernel: on a
+# 2-core machine shared with other jobs, two threads made training 3-5x slower.
+test-notebooks: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=180 \
+		--durations=0 notebooks/
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -12,9 +12,9 @@ import html
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from cnnlab.report import use_file_backend
 
-matplotlib.use("Agg")
+use_file_backend()  # files only; never a window (a notebook keeps its inline backend)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

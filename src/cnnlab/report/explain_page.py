@@ -23,7 +23,9 @@ from typing import Any
 
 import matplotlib
 
-matplotlib.use("Agg")  # files only; never a window
+from cnnlab.report import use_file_backend
+
+use_file_backend()  # files only; never a window (a notebook keeps its inline backend)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import colormaps  # noqa: E402

@@ -184,9 +184,9 @@ def lr_find(
 
 def plot_lr_find(result: dict[str, Any], path: str | Path) -> Path:
     """PNG of loss vs learning rate (log x): raw losses, smoothed curve, the suggestion marked."""
-    import matplotlib
+    from cnnlab.report import use_file_backend
 
-    matplotlib.use("Agg")
+    use_file_backend()
     import matplotlib.pyplot as plt
 
     path = Path(path)

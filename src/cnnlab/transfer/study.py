@@ -258,9 +258,9 @@ def markdown_table(study: dict[str, Any]) -> str:
 
 def plot_study(study: dict[str, Any], path: str | Path) -> Path:
     """Accuracy vs labels per class (log x), one line per strategy, 95 % CI error bars."""
-    import matplotlib
+    from cnnlab.report import use_file_backend
 
-    matplotlib.use("Agg")
+    use_file_backend()
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullLocator
 
