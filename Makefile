@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 # The precision-sensitive tests again with bf16 inference forced: an AVX2 CPU (no native bf16) runs the
-# bf16 path too, emulated; tolerances follow the precision in use (cnnlab.engine.hardware.tolerance).
+# bf16 path too, emulated; tolerances follow the precision in use (cnnlab.engine.devices.tolerance).
 test-bf16: $(STAMP)
 	CNNLAB_TEST_PRECISION=bf16 $(BIN)/python -m pytest -q -m "precision and not slow and not gpu"
 
