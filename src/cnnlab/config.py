@@ -191,12 +191,18 @@ class TrainConfig(RunConfig):
             raise ConfigError(f"option lr_mult must be in (0, 1], got {self.lr_mult}")
         if self.image_size is not None and self.image_size < 8:
             raise ConfigError(f"option image_size must be >= 8 pixels, got {self.image_size}")
-        unknown = [a for a in self.augment if a not in AUGMENTATIONS]
-        if unknown:
-            raise ConfigError(
-                f"unknown augmentation {unknown[0]!r}{close_matches(unknown[0], AUGMENTATIONS)}; "
-                f"choose from {', '.join(AUGMENTATIONS)} (or 'none')"
-            )
+        check_augment(self, AUGMENTATIONS)
+
+
+def check_augment(cfg: Any, allowed: tuple[str, ...], kind: str = "", why: str = "") -> None:
+    """Every name in ``cfg.augment`` is one of ``allowed``; else a one-line ConfigError naming the
+    first unknown one, its close matches and the choices (``kind``: "segmentation ", ...)."""
+    unknown = [a for a in cfg.augment if a not in allowed]
+    if unknown:
+        raise ConfigError(
+            f"unknown {kind}augmentation {unknown[0]!r}{close_matches(unknown[0], allowed)}; "
+            f"choose from {', '.join(allowed)} (or 'none'){why}"
+        )
 
 
 def check_positive(cfg: Any, *names: str) -> None:

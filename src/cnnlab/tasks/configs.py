@@ -22,9 +22,10 @@ from cnnlab.config import (
     Optimizer,
     Precision,
     RunConfig,
+    check_augment,
     check_positive,
 )
-from cnnlab.errors import ConfigError, close_matches
+from cnnlab.errors import ConfigError
 
 Loss = Literal["ce", "ce+dice"]  # segmentation
 EncoderVariant = Literal["auto", "imagenet", "small-input"]  # segmentation
@@ -81,14 +82,10 @@ class SegmentConfig(RunConfig):
             raise ConfigError(f"option image_size must be >= 16 pixels, got {self.image_size}")
         if self.dice_weight < 0:
             raise ConfigError(f"option dice_weight must be >= 0, got {self.dice_weight}")
-        unknown = [a for a in self.augment if a not in SEGMENTATION_AUGMENTATIONS]
-        if unknown:
-            raise ConfigError(
-                f"unknown segmentation augmentation {unknown[0]!r}"
-                f"{close_matches(unknown[0], SEGMENTATION_AUGMENTATIONS)}; choose from "
-                f"{', '.join(SEGMENTATION_AUGMENTATIONS)} (or 'none'): others would interpolate "
-                "class indices"
-            )
+        check_augment(
+            self, SEGMENTATION_AUGMENTATIONS, "segmentation ",
+            ": others would interpolate class indices",
+        )  # fmt: skip
         check_monitor(self.monitor, SegmentationTask, "segmentation")
 
 
@@ -137,13 +134,7 @@ class DetectConfig(RunConfig):
             raise ConfigError(
                 f"option score_threshold must be in [0, 1], got {self.score_threshold}"
             )
-        unknown = [a for a in self.augment if a not in BOX_AUGMENTATIONS]
-        if unknown:
-            raise ConfigError(
-                f"unknown detection augmentation {unknown[0]!r}"
-                f"{close_matches(unknown[0], BOX_AUGMENTATIONS)}; choose from "
-                f"{', '.join(BOX_AUGMENTATIONS)} (or none)"
-            )
+        check_augment(self, BOX_AUGMENTATIONS, "detection ")
         check_monitor(self.monitor, DetectionTask, "detection")
 
 
@@ -186,10 +177,5 @@ class VideoConfig(RunConfig):
             raise ConfigError(f"option frames must be >= 2 (a clip), got {self.frames}")
         if self.image_size is not None and self.image_size < 16:
             raise ConfigError(f"option image_size must be >= 16 pixels, got {self.image_size}")
-        unknown = [a for a in self.augment if a not in AUGMENTATIONS]
-        if unknown:
-            raise ConfigError(
-                f"unknown augmentation {unknown[0]!r}{close_matches(unknown[0], AUGMENTATIONS)}; "
-                f"choose from {', '.join(AUGMENTATIONS)} (or 'none')"
-            )
+        check_augment(self, AUGMENTATIONS)
         check_monitor(self.monitor, ClassificationTask, "video")
