@@ -102,9 +102,13 @@ def fit(
     *,
     console: Any = None,
     timings: Timings | None = None,
+    callbacks: Sequence[cbs.Callback] = (),
     **options: Any,
 ) -> TrainResult:
     """Train ``spec``'s task: ``config`` (a config object or a JSON/TOML file) < ``options``.
+
+    ``callbacks``: the caller's epoch callbacks (experiment tracking, a tuner's pruning), run after
+    the standard ones and the task's own; every task's train function passes them through.
 
     ``timings``: where the run's seconds go (the CLI's carries the start-up; `cnnlab -v` prints
     it); recorded in run.json as "time_split_s" either way."""
@@ -162,7 +166,7 @@ def fit(
     monitor = cfg.monitor if val_loader is not None else "train_loss"
     callbacks = standard_callbacks(
         cfg, run_dir, len(train_loader), lambda: plan.metadata, monitor,
-        console=console, extra=plan.callbacks,
+        console=console, extra=[*plan.callbacks, *callbacks],
         sync=task if isinstance(task, distributed.DistributedTask) else None,
     )  # fmt: skip
     trainer = Trainer(
