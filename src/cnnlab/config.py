@@ -76,7 +76,9 @@ class RunConfig:
     channels_last: bool | None = (
         None  # None: NHWC on CPU and CUDA (engine.devices.resolve_channels_last)
     )
-    compile: bool = False  # torch.compile the model (pays off for long runs)
+    # torch.compile the model: true | false | auto (a timed probe on the first batch decides and
+    # run.json records it; cnnlab.engine.compile_probe)
+    compile: bool | Literal["auto"] = False
     devices: int = (
         1  # processes on this node (DDP through torchrun; --batch-size stays the global batch)
     )
@@ -107,6 +109,8 @@ class RunConfig:
         check_literals(self)
         if isinstance(self.lr, str) and self.lr != "auto":
             raise ConfigError(f"option lr must be a number or 'auto', got {self.lr!r}")
+        if self.compile not in (True, False, "auto"):
+            raise ConfigError(f"option compile must be true, false or auto, got {self.compile!r}")
         positive = {
             "epochs": self.epochs,
             "batch_size": self.batch_size,

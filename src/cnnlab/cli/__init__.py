@@ -72,7 +72,10 @@ def add_train_options(
             if not isinstance(default, tuple)
             else f"default: {','.join(default)}"
         )
-        if str(f.type).startswith("bool"):
+        if str(f.type).startswith("bool | Literal"):  # --compile [auto] / --no-compile
+            p.add_argument(flag, dest=f.name, nargs="?", const="true", default=None, help=help_text)
+            p.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const="false")
+        elif str(f.type).startswith("bool"):
             p.add_argument(
                 flag,
                 dest=f.name,

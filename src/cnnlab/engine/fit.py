@@ -31,7 +31,7 @@ from torch import nn
 from cnnlab import __version__
 from cnnlab.config import PreprocessSpec, make_config
 from cnnlab.engine import callbacks as cbs
-from cnnlab.engine import distributed
+from cnnlab.engine import compile_probe, distributed
 from cnnlab.engine.assembly import TrainResult, optimizer_and_schedule, standard_callbacks
 from cnnlab.engine.devices import (
     inference_precision,
@@ -159,7 +159,10 @@ def fit(
     optimizer, scheduler = optimizer_and_schedule(
         model, cfg, steps, device, lr_scale=plan.lr_scale, include_frozen=plan.include_frozen
     )
-    net = torch.compile(model) if cfg.compile else model
+    # --compile true | false | auto (a timed probe on the first batch decides; recorded)
+    net, compile_record = compile_probe.resolve(
+        cfg.compile, model, plan.task, train_loader, device, precision, cfg.epochs
+    )
     task = plan.task
     if info.distributed and plan.sharded_validation:
         task = distributed.DistributedTask(task, info, net)
@@ -196,7 +199,8 @@ def fit(
              "precision": precision, "inference_precision": test_precision,
              "device": str(device), "machine": machine_info(device), "channels_last": channels_last,
              "stop_reason": state.stop_reason, "flops_per_image": plan.flops,
-             "cnnlab_version": __version__, "world_size": info.world_size, **plan.record},
+             "cnnlab_version": __version__, "world_size": info.world_size,
+             **({"compile_probe": compile_record} if compile_record else {}), **plan.record},
         )  # fmt: skip
     distributed.barrier()  # DDP: rank 0's last checkpoint is on disk before the others read best
     result = TrainResult(run_dir, state.history, None, train_time, cfg, state.stop_reason)
