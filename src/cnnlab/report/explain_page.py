@@ -35,6 +35,7 @@ from cnnlab.errors import ConfigError  # noqa: E402
 from cnnlab.explain.cam import CamSet  # noqa: E402
 from cnnlab.explain.trace import LayerTrace, Trace  # noqa: E402
 from cnnlab.report.html import CSS as REPORT_CSS  # noqa: E402
+from cnnlab.report.style import SMALL, styled  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ def filter_grid(filters: np.ndarray) -> Image.Image:
     return _tile_grid(_enlarge_tiles(tiles, 64), cols=min(16, len(tiles)))
 
 
+@styled
 def probability_figure(trace: Trace, max_classes: int = 20) -> plt.Figure:
     probs = trace.probs.numpy()
     order = np.argsort(-probs)[:max_classes][::-1]  # best at the top
@@ -150,7 +152,7 @@ def probability_figure(trace: Trace, max_classes: int = 20) -> plt.Figure:
     colors = ["#1f5fbf" if i == trace.predicted else "#9db4d8" for i in order]
     ax.barh([trace.class_names[i] for i in order], probs[order], color=colors)
     for y, i in enumerate(order):
-        ax.text(min(probs[i] + 0.01, 0.9), y, f"{probs[i]:.3f}", va="center", fontsize=8)
+        ax.text(min(probs[i] + 0.01, 0.9), y, f"{probs[i]:.3f}", va="center", fontsize=SMALL)
     ax.set_xlim(0, 1)
     ax.set_xlabel("probability (softmax of the output layer)")
     shown = "" if len(order) == len(probs) else f" (top {len(order)} of {len(probs)})"
@@ -158,6 +160,7 @@ def probability_figure(trace: Trace, max_classes: int = 20) -> plt.Figure:
     return fig
 
 
+@styled
 def vector_figure(layers: list[LayerTrace]) -> plt.Figure:
     """One panel per vector layer (flattening, fully connected, output): value of every unit."""
     fig, axes = plt.subplots(len(layers), 1, figsize=(8, 1.6 * len(layers) + 0.4), squeeze=False)
@@ -171,10 +174,7 @@ def vector_figure(layers: list[LayerTrace]) -> plt.Figure:
             ax.plot(x, v, lw=0.5, color="#1f5fbf")
         ax.axhline(0, color="k", lw=0.5)
         shown = "" if len(v) == layer.output_shape[0] else f" (first {len(v)})"
-        ax.set_title(
-            f"{layer.name}: {layer.kind}, {layer.output_shape[0]} values{shown}", fontsize=9
-        )
-        ax.tick_params(labelsize=7)
+        ax.set_title(f"{layer.name}: {layer.kind}, {layer.output_shape[0]} values{shown}")
     axes[-1, 0].set_xlabel("unit")
     fig.tight_layout()
     return fig
@@ -198,21 +198,22 @@ METHOD_TITLES = {
 }
 
 
+@styled
 def cam_figure(image_hwc: np.ndarray, cams: CamSet, trace: Trace) -> plt.Figure:
     methods = list(cams.maps)
     rows, cols = len(cams.classes), 1 + len(methods)
     fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.2 * rows), squeeze=False)
     for r, c in enumerate(cams.classes):
         axes[r, 0].imshow(image_hwc, interpolation="nearest")
-        axes[r, 0].set_ylabel(f"{trace.class_names[c]}\np={float(trace.probs[c]):.3f}", fontsize=9)
+        axes[r, 0].set_ylabel(f"{trace.class_names[c]}\np={float(trace.probs[c]):.3f}")
         for j, method in enumerate(methods, start=1):
             axes[r, j].imshow(overlay(image_hwc, cams.maps[method][c]), interpolation="nearest")
             if r == 0:
-                axes[r, j].set_title(METHOD_TITLES.get(method, method), fontsize=9)
+                axes[r, j].set_title(METHOD_TITLES.get(method, method))
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
-    axes[0, 0].set_title("input", fontsize=9)
+    axes[0, 0].set_title("input")
     fig.tight_layout()
     return fig
 
@@ -563,6 +564,7 @@ def _draw_box(ax: Any, box: Any, color: str = "white") -> None:
     )
 
 
+@styled
 def dense_cam_figure(image_hwc: np.ndarray, cams: Any, regions: list[np.ndarray] | None) -> Any:
     """One row per target (class of the mask, or detected box): the input with the target marked
     (the class's predicted region outlined, or the box), then one overlay per CAM method."""
@@ -579,23 +581,23 @@ def dense_cam_figure(image_hwc: np.ndarray, cams: Any, regions: list[np.ndarray]
             if "area" in target
             else f"{target['class']}\nscore {target['score']:.3f}"
         )
-        axes[r, 0].set_ylabel(label, fontsize=9)
+        axes[r, 0].set_ylabel(label)
         for j, method in enumerate(methods, start=1):
             heat = cams.maps[method][r]
             axes[r, j].imshow(overlay(image_hwc, heat), interpolation="nearest")
             if not heat.any():  # ReLU of a gradient-weighted sum with no positive evidence
                 axes[r, j].text(
                     0.5, 0.5, "all zero", transform=axes[r, j].transAxes, ha="center",
-                    va="center", color="white", fontsize=9,
+                    va="center", color="white", fontsize=SMALL + 1,
                 )  # fmt: skip
             if r == 0:
-                axes[r, j].set_title(METHOD_TITLES.get(method, method), fontsize=9)
+                axes[r, j].set_title(METHOD_TITLES.get(method, method))
         for ax in axes[r]:
             if "box" in target:
                 _draw_box(ax, target["box"])
             ax.set_xticks([])
             ax.set_yticks([])
-    axes[0, 0].set_title("input and target", fontsize=9)
+    axes[0, 0].set_title("input and target")
     fig.tight_layout()
     return fig
 
