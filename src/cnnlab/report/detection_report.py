@@ -46,7 +46,8 @@ def pr_curves_figure(metrics: dict[str, Any]) -> plt.Figure:
     ax.set_ylabel("precision")
     ax.set_ylim(0, 1.02)
     ax.set_title("precision-recall per class, IoU 0.5")
-    ax.legend(loc="lower left")
+    if ax.get_legend_handles_labels()[0]:  # no curve without a scored class
+        ax.legend(loc="lower left")
     return fig
 
 
