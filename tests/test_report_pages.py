@@ -171,3 +171,26 @@ def test_figures_share_one_style_and_epochs_tick_whole(tmp_path: Path):
                                              (952, "952"), (15_950, "15.9 k")])  # fmt: skip
 def test_format_count(value: float, text: str):
     assert format_count(value) == text
+
+
+@pytest.mark.parametrize(("model", "kind"), [("lenet5", "fully connected"), ("lenet5_gap", "gap")])
+def test_the_explain_page_says_why_its_cams_look_so(model: str, kind: str):
+    torch = pytest.importorskip("torch")
+    from cnnlab.explain.cam import CamSet, head_kind
+    from cnnlab.explain.trace import trace_image
+    from cnnlab.models import create_model
+    from cnnlab.report.explain_page import why_cams_look_so
+
+    torch.manual_seed(0)
+    net = create_model(model, num_classes=3, in_channels=1).eval()
+    trace = trace_image(net, torch.randn(1, 1, 32, 32), class_names=["a", "b", "c"])
+    head = head_kind(trace)
+    assert head.kind == kind
+    same = np.outer(np.hanning(32), np.hanning(32)).astype(np.float32)
+    cams = CamSet([0, 1], {"gradcam": {0: same, 1: same}}, "features.5", (16, 5, 5), ["a", "b"])
+    text = why_cams_look_so(trace, cams, model)
+    assert "5 x 5 cells for the 32 x 32 input" in text and "1.00" in text
+    if kind == "fully connected":
+        assert "16 x 5 x 5 = 400 numbers" in text and "<code>lenet5_gap</code>" in text
+    else:
+        assert "global average pooling" in text and "Train <code>lenet5_gap" not in text

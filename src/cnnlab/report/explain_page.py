@@ -32,7 +32,7 @@ from matplotlib import colormaps  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from cnnlab.errors import ConfigError  # noqa: E402
-from cnnlab.explain.cam import CamSet  # noqa: E402
+from cnnlab.explain.cam import CamSet, head_kind, map_similarity  # noqa: E402
 from cnnlab.explain.trace import LayerTrace, Trace  # noqa: E402
 from cnnlab.report.html import CSS as REPORT_CSS  # noqa: E402
 from cnnlab.report.style import SMALL, styled  # noqa: E402
@@ -218,6 +218,57 @@ def cam_figure(image_hwc: np.ndarray, cams: CamSet, trace: Trace) -> plt.Figure:
     return fig
 
 
+def why_cams_look_so(trace: Trace, cams: CamSet, model_name: str | None = None) -> str:
+    """A paragraph on why this model's CAMs look as they do: how coarse the target map is, how
+    it is enlarged, and what the head does with positions (pointing to ``lenet5_gap`` when a
+    fully connected head mixes them)."""
+    esc = html.escape
+    c, h, w = (tuple(cams.target_shape) + (1, 1, 1))[:3]
+    big_h, big_w = trace.input_shape[-2:]
+    head = head_kind(trace)
+    lines = [
+        f"<b>Why the maps look like this.</b> They are computed on <code>{esc(cams.target_layer)}"
+        f"</code>, whose {c} feature maps are only {h} x {w} cells for the {big_h} x {big_w} "
+        f"input: each cell stands for about {big_h / max(h, 1):.0f} x {big_w / max(w, 1):.0f} "
+        "input pixels, and the map is enlarged bilinearly to the input, so a CAM can only be a "
+        "few smooth blobs, never the outline of an object."
+    ]
+    if head.kind == "fully connected" and head.last_map is not None:
+        lc, lh, lw = head.last_map
+        lines.append(
+            f"This model's head flattens its last maps ({lc} x {lh} x {lw} = "
+            f"{head.flatten_length:,} numbers) into {head.fc_layers} fully connected layers. "
+            "Every unit of a fully connected layer is connected to every position, so the "
+            "gradient of one class score is spread over the whole map and the head learns "
+            "<i>where</i> things are as well as <i>what</i> they are: the maps of different "
+            "classes tend to look alike and often mark the evidence around the object."
+        )
+        if model_name != "lenet5_gap":
+            lines.append(
+                "A head with global average pooling keeps positions apart: each class score is "
+                "a weighted sum of per-map averages, which is exactly what a CAM reads. Train "
+                "<code>lenet5_gap</code> (LeNet-5's convolutions + global average pool + one "
+                "linear layer: <code>cnnlab train --model lenet5_gap</code>) to compare."
+            )
+    elif head.kind == "gap":
+        lines.append(
+            "This model averages each of its last maps over all positions (global average "
+            "pooling) before one linear layer, so Grad-CAM is the CAM of Zhou et al. (2016): a "
+            "class's map is its own weighted sum of the feature maps, and different classes can "
+            "point at different places."
+        )
+    similarity = map_similarity(cams.maps.get("gradcam", {}))
+    if similarity is not None:
+        alike = (
+            "nearly the same" if similarity > 0.8 else "alike" if similarity > 0.5 else "different"
+        )
+        lines.append(
+            f"Here the Grad-CAM maps of the top {len(cams.classes)} classes correlate at "
+            f"{similarity:.2f} on average (1 = identical): they are {alike}."
+        )
+    return '<p class="lead" id="why-cams">' + " ".join(lines) + "</p>"
+
+
 def _grid_layers(trace: Trace, limit: int = MAX_GRID_LAYERS) -> list[LayerTrace]:
     """Which spatial layers get a feature-map grid: all when few; else the stem (everything up to
     and including the first pooling) plus the output of every ``feature_info`` stage."""
@@ -366,6 +417,7 @@ def write_explain_page(
             "|&part;y<sub>c</sub>/&part;x| per input pixel. One row per top class; each map is "
             "scaled to [0, 1] on its own.</p>"
             f'<figure><img src="{cam_uri}" alt="class activation maps"></figure>'
+            + why_cams_look_so(trace, cams, model_name)
         )
 
     # --- first-layer filters -----------------------------------------------------------------
