@@ -194,3 +194,43 @@ def test_the_explain_page_says_why_its_cams_look_so(model: str, kind: str):
         assert "16 x 5 x 5 = 400 numbers" in text and "<code>lenet5_gap</code>" in text
     else:
         assert "global average pooling" in text and "Train <code>lenet5_gap" not in text
+
+
+def _models_at_80_columns(monkeypatch: pytest.MonkeyPatch, *argv: str) -> tuple[str, dict]:
+    import io
+
+    from rich.console import Console
+
+    from cnnlab import cli
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(cli, "out", Console(file=buffer, width=80, highlight=False))
+    assert cli.main(["models", *argv]) == 0
+    text = buffer.getvalue()
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines()]
+    return text, {c[0]: c for c in cells if c and c[0]}
+
+
+def test_models_table_fits_80_columns_untruncated(monkeypatch: pytest.MonkeyPatch):
+    """Every registered name with the zoo's largest counts (VGG-19 at 224 px): one line each."""
+    from cnnlab import models
+
+    names = models.list_models()
+    worst = [{"name": n, "family": "googlenet", "year": 2014, "params": 143_678_248,
+              "flops": 39_264_124_928, "small_input": False, "paper": "x"} for n in names]  # fmt: skip
+    monkeypatch.setattr(models, "zoo_table", lambda **_: worst)
+    text, rows = _models_at_80_columns(monkeypatch)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text  # no cell shortened
+    assert set(names) <= set(rows)  # every name whole, on one line
+    assert rows[names[0]][3:] == ["143.7 M", "39.3 G", "no"]  # compact units
+
+
+@pytest.mark.slow  # builds every model on the meta device: about 10 s on 2 cores
+def test_the_real_models_table_fits_80_columns(monkeypatch: pytest.MonkeyPatch):
+    from cnnlab.models import list_models
+
+    text, rows = _models_at_80_columns(monkeypatch, "--image-size", "32")
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    assert set(list_models()) <= set(rows)
+    assert re.fullmatch(r"\d+(\.\d)? [kMG]", rows["alexnet"][3])

@@ -1179,12 +1179,23 @@ def _models(args: argparse.Namespace) -> int:
             print(json.dumps(rows, indent=2, default=str))
             return 0
         rows = [{k: v for k, v in r.items() if k != "paper"} for r in rows]
+    from cnnlab.report.header import format_count
+
     t = Table(title=title)
+    headers = {"flops": "FLOPs", "small_input": "small input", "output_shape": "output shape"}
     for key in rows[0]:
-        t.add_column(key, justify="right" if isinstance(rows[0][key], (int, float)) else "left")
+        numeric = isinstance(rows[0][key], (int, float)) and not isinstance(rows[0][key], bool)
+        # names and counts never wrap or shorten: "lenet5_classic" and "15.2 G" stay whole
+        t.add_column(headers.get(key, key), justify="right" if numeric else "left",
+                     no_wrap=key in ("name", "params", "flops", "year", "index"))  # fmt: skip
 
     def cell(key: str, v: object) -> str:
-        plain = key in ("year", "index") or isinstance(v, bool) or not isinstance(v, int)
+        counted = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if args.action != "show" and key in ("params", "flops") and counted:
+            return format_count(v)  # the zoo: 61.1 M, 1.8 G fit 80 columns (a layer's stay exact)
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        plain = key in ("year", "index") or not isinstance(v, int)
         return str(v) if plain else f"{v:,}"
 
     for r in rows:
