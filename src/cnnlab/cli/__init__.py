@@ -488,12 +488,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="valid", choices=("full", "valid", "same"))
     p.add_argument("--image-size", default=None, help="resize an image input to N or H,W pixels")
     p.add_argument(
-        "--max-steps", type=int, default=1000, help="explain at most this many output positions"
+        "--max-steps",
+        type=int,
+        default=None,
+        help="explain at most this many output positions (default: all of up to 25, "
+        "6 of a larger one: the first, the strongest, the weakest, the rest spread evenly)",
     )
     p.add_argument("--stride", default="1")
     p.add_argument("--padding", default="0")
     p.add_argument("--dilation", default="1")
     p.add_argument("--explain", action="store_true", help="print the step-by-step table")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="PNG of the input, the kernel and the feature map (default for an image input: "
+        "<image name>_conv.png in the current folder)",
+    )
     p.add_argument("--json", action="store_true")
 
     video_cli.add_parser(sub)
@@ -1172,12 +1182,23 @@ def _models(args: argparse.Namespace) -> int:
             print(json.dumps(rows, indent=2, default=str))
             return 0
         rows = [{k: v for k, v in r.items() if k != "paper"} for r in rows]
+    from cnnlab.report.header import format_count
+
     t = Table(title=title)
+    headers = {"flops": "FLOPs", "small_input": "small input", "output_shape": "output shape"}
     for key in rows[0]:
-        t.add_column(key, justify="right" if isinstance(rows[0][key], (int, float)) else "left")
+        numeric = isinstance(rows[0][key], (int, float)) and not isinstance(rows[0][key], bool)
+        # names and counts never wrap or shorten: "lenet5_classic" and "15.2 G" stay whole
+        t.add_column(headers.get(key, key), justify="right" if numeric else "left",
+                     no_wrap=key in ("name", "params", "flops", "year", "index"))  # fmt: skip
 
     def cell(key: str, v: object) -> str:
-        plain = key in ("year", "index") or isinstance(v, bool) or not isinstance(v, int)
+        counted = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if args.action != "show" and key in ("params", "flops") and counted:
+            return format_count(v)  # the zoo: 61.1 M, 1.8 G fit 80 columns (a layer's stay exact)
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        plain = key in ("year", "index") or not isinstance(v, int)
         return str(v) if plain else f"{v:,}"
 
     for r in rows:
@@ -1248,14 +1269,25 @@ def _conv(args: argparse.Namespace) -> int:
             dilation=args.dilation,
             explain=args.explain,
             image_size=args.image_size,
-            max_steps=args.max_steps,
+            max_steps="auto" if args.max_steps is None else args.max_steps,
         )
+    picture = args.out
+    if picture is None and result.source:
+        picture = f"{Path(result.source).stem}_conv.png"
+    if picture is not None:
+        from cnnlab.report.conv_figure import write_conv_figure  # matplotlib only when drawing
+
+        write_conv_figure(result, picture)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(result.to_dict() | {"picture": picture}, indent=2))
         return 0
-    out.print(result.summary())
+    out.print(escape(result.summary()))
     if args.explain and result.steps:
         out.print(conv.steps_table(result.steps))
+        if result.left_out():
+            out.print(f"{result.left_out()}; --max-steps N for more, --json for every number")
+    if picture is not None:
+        out.print(f"picture of x, w and y (explained positions numbered): {picture}")
     return 0
 
 

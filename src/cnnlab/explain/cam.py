@@ -334,3 +334,47 @@ def explain_classes(
         target_shape=tuple(stage["output_shape"]),
         class_names=list(class_names) if class_names is not None else [],
     )
+
+
+@dataclass(frozen=True)
+class HeadKind:
+    """What a classifier does between its last feature map and its class scores.
+
+    ``kind``: ``"gap"`` (global pooling of each map, then linear: CAMs can differ per class),
+    ``"fully connected"`` (the flattened maps feed fully connected layers that mix all positions)
+    or ``"unknown"``. ``last_map``: (C, h, w) entering the head; ``flatten_length``: the vector
+    length; ``fc_layers``: fully connected layers including the output layer.
+    """
+
+    kind: str
+    last_map: tuple[int, ...] | None
+    flatten_length: int | None
+    fc_layers: int
+
+
+def head_kind(trace: Any) -> HeadKind:
+    """Read the head from a :class:`cnnlab.explain.trace.Trace`: a GAP head pools the last map
+    to 1 x 1 (the vector has C values); a fully connected head flattens C x h x w > C values."""
+    spatial = [layer for layer in trace.layers if layer.is_spatial]
+    last = tuple(spatial[-1].output_shape) if spatial else None
+    fc = sum(layer.kind in ("fully connected", "output") for layer in trace.layers)
+    length = trace.flatten_length
+    if last is None or length is None:
+        return HeadKind("unknown", last, length, fc)
+    channels, cells = last[0], int(np.prod(last[1:]))
+    if cells == 1 and length == channels:
+        return HeadKind("gap", last, length, fc)
+    if cells > 1 and length == channels * cells:
+        return HeadKind("fully connected", last, length, fc)
+    return HeadKind("unknown", last, length, fc)
+
+
+def map_similarity(maps: dict[int, np.ndarray]) -> float | None:
+    """Mean Pearson correlation over every pair of class maps (1: the classes' maps look the
+    same); None for fewer than two maps or a constant one."""
+    flat = [np.asarray(m, dtype=np.float64).reshape(-1) for m in maps.values()]
+    if len(flat) < 2 or any(f.std() == 0 for f in flat):
+        return None
+    corr = np.corrcoef(np.stack(flat))
+    upper = corr[np.triu_indices(len(flat), k=1)]
+    return float(upper.mean())

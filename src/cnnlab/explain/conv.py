@@ -79,6 +79,7 @@ __all__ = [
     "load_array_image",
     "max_pool2d",
     "parse_array",
+    "pick_positions",
     "relu",
     "run_example",
     "run_lab",
@@ -431,9 +432,10 @@ def _explain(x: np.ndarray, w: np.ndarray, geo: _Geometry, max_steps: int | None
     window_values = windows.reshape(len(out_grid), -1)
     product_values = products.reshape(len(out_grid), -1)
     kernel_values = kernel.reshape(-1)
-    count = len(out_grid) if max_steps is None else min(max_steps, len(out_grid))
+    chosen = pick_positions(totals, max_steps)
+    count = len(chosen)
     steps = []
-    for m in range(count):  # building records for display, not computing outputs
+    for m in chosen:  # building records for display, not computing outputs
         terms = tuple(
             Term(
                 weight_index=tuple(int(v) for v in weight_idx[j]),
@@ -459,6 +461,32 @@ def _explain(x: np.ndarray, w: np.ndarray, geo: _Geometry, max_steps: int | None
     return steps
 
 
+def pick_positions(output: np.ndarray, count: int | None) -> np.ndarray:
+    """Flat indices (in output order) of at most ``count`` output positions worth explaining.
+
+    All of them when they fit (``count`` None or >= ``output.size``); otherwise the first
+    position, the strongest and the weakest response (where the kernel matches best and
+    worst), and the rest spread evenly over the output, so that a 427 x 640 photo is explained
+    by a handful of telling positions instead of its first row.
+    """
+    total = int(np.asarray(output).size)
+    if count is None or count >= total:
+        return np.arange(total)
+    if count < 1:
+        return np.arange(0)
+    flat = np.asarray(output, dtype=np.float64).reshape(-1)
+    picked = [0, int(np.argmax(flat)), int(np.argmin(flat))][:count]
+    for index in np.linspace(0, total - 1, count + 2).round().astype(int)[1:-1]:
+        if len(set(picked)) >= count:
+            break
+        picked.append(int(index))
+    spare = (i for i in range(total) if i not in picked)  # ties: fill up from the start
+    unique = set(picked)
+    while len(unique) < count:
+        unique.add(next(spare))
+    return np.array(sorted(unique))
+
+
 def explain_convolution1d(
     x: ArrayLike,
     w: ArrayLike,
@@ -472,7 +500,7 @@ def explain_convolution1d(
 ) -> list[Step]:
     """One :class:`Step` per output of :func:`convolve1d` (same options), in output order:
     which inputs meet which weights, the products and their sum (``step.total == y[i]``).
-    ``max_steps`` keeps only the first ones (for long inputs)."""
+    ``max_steps`` keeps that many telling ones (:func:`pick_positions`; for long inputs)."""
     x_arr = _as_real_array(x, "x", 1)
     w_arr = _as_real_array(w, "w", 1)
     geo = _geometry(
@@ -513,6 +541,7 @@ def explain_convolution2d(
     return _explain(x_arr, w_arr, geo, max_steps)
 
 
+MAX_PRINTED_VALUES = 144  # arrays larger than 12 x 12 are summarised (shape, min, max, mean)
 PAD_MARK = "."  # how a padding zero (an empty room) is shown in the tables
 
 
@@ -522,7 +551,8 @@ def _fmt_number(value: float) -> str:
         return str(int(value))
     if math.isfinite(value) and float(value).is_integer():
         return str(int(value))
-    return np.format_float_positional(value, precision=4, trim="-")
+    text = np.format_float_positional(value, precision=4, trim="-")
+    return "0" if text == "-0" else text  # -0.00001 rounds to 0, not "-0"
 
 
 def format_array(array: ArrayLike) -> str:
@@ -533,17 +563,19 @@ def format_array(array: ArrayLike) -> str:
     )
 
 
-def _cells(steps: list[Step], pick: str) -> list[str]:
-    """One cell per step: the picked term values in kernel order; 2-D rows joined by ' / '."""
+def _cells(steps: list[Step], pick: str, row_sep: str = " / ") -> list[str]:
+    """One cell per step: the picked term values in kernel order; 2-D rows joined by ``row_sep``."""
     cells = []
     for step in steps:
         if pick == "value":
             texts = [PAD_MARK if t.padded else _fmt_number(t.value) for t in step.terms]
         else:
             texts = [_fmt_number(getattr(t, pick)) for t in step.terms]
+        if "\n" in row_sep and len(step.kernel_shape) == 2:  # a block: numbers in columns
+            texts = [t.rjust(max(map(len, texts))) for t in texts]
         width = step.kernel_shape[-1]
         rows = [" ".join(texts[i : i + width]) for i in range(0, len(texts), width)]
-        cells.append(" / ".join(rows))
+        cells.append(row_sep.join(rows))
     return cells
 
 
@@ -585,13 +617,14 @@ def _headers(op: str, ndim: int, lecture_words: bool) -> list[str]:
     if ndim == 1:
         return ["position", "window of x", "w", "element-wise products", "sum y"]
     patch = "image patch (rotated)" if op == "convolution" else "image patch"
-    return ["feature map (row, col)", patch, "filter w", "patch x filter", "sum"]
+    return ["feature map\n(row, col)", patch, "filter w", "patch x filter", "sum"]
 
 
 def _table_parts(
-    steps: list[Step], lecture_words: bool
+    steps: list[Step], lecture_words: bool, row_sep: str = " / "
 ) -> tuple[str, list[str], list[list[str]], str]:
-    """(caption, headers, rows, legend) shared by the text and rich renderers."""
+    """(caption, headers, rows, legend) shared by the text and rich renderers; ``row_sep`` joins
+    the kernel rows of a 2-D cell (a newline in the rich table: the patch drawn as a block)."""
     first = steps[0]
     ndim = len(first.output_index)
     index = [
@@ -599,9 +632,9 @@ def _table_parts(
     ]
     columns = [
         index,
-        _cells(steps, "value"),
-        _cells(steps, "weight"),
-        _cells(steps, "product"),
+        _cells(steps, "value", row_sep),
+        _cells(steps, "weight", row_sep),
+        _cells(steps, "product", row_sep),
         [_fmt_number(s.total) for s in steps],
     ]
     if lecture_words and ndim == 1 and first.op == "convolution":
@@ -615,8 +648,8 @@ def _table_parts(
             f"'{PAD_MARK}' = zero padding"
             + (" (an empty room: nobody there that day)" if room else "")
         )
-    if ndim == 2:
-        notes.append("2-D cells list the kernel's rows separated by ' / '")
+    if ndim == 2 and row_sep.strip():
+        notes.append(f"2-D cells list the kernel's rows separated by '{row_sep.strip()}'")
     legend = "; ".join(notes)
     return (
         _caption(first.op, ndim, lecture_words),
@@ -656,16 +689,26 @@ def format_steps(steps: list[Step], lecture_words: bool = True, max_rows: int | 
 
 def steps_table(steps: list[Step], lecture_words: bool = True) -> Table:
     """The same table as :func:`format_steps`, as a ``rich.table.Table`` for the CLI."""
+    from rich import box
     from rich.markup import escape
     from rich.table import Table
 
     if not steps:
         return Table(title="(no output positions)")
-    caption, headers, rows, legend = _table_parts(steps, lecture_words)
+    caption, headers, rows, legend = _table_parts(steps, lecture_words, row_sep="\n")
     # escape: "y[t]" and "w[0]" would otherwise be read as rich markup tags
-    table = Table(title=escape(caption), caption=escape(legend), title_justify="left")
-    for header in headers:
-        table.add_column(escape(header), justify="right")
+    table = Table(
+        title=escape(caption),
+        caption=escape(legend),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,  # fewer rule characters: a 3 x 3 patch of floats fits 80 columns
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for number, header in enumerate(headers):
+        # the numbers never wrap (a wrapped patch row reads as two rows); the headers may
+        widest = max(len(line) for row in rows for line in row[number].split("\n"))
+        table.add_column(escape(header), justify="right", min_width=widest)
     for row in rows:
         table.add_row(*(escape(cell) for cell in row))
     return table
@@ -859,6 +902,7 @@ class LabResult:
     steps_total: int = 0  # output positions (steps may hold fewer when max_steps cut it)
     title: str | None = None
     notes: list[str] = field(default_factory=list)
+    source: str | None = None  # the image file x was read from, if any
 
     def options(self) -> str:
         """One line: op and options, e.g. 'convolution, mode=full, stride=1, ...'."""
@@ -875,10 +919,17 @@ class LabResult:
         """Plain text without the steps: title, options, x, w, y (with its shape), notes."""
 
         def block(name: str, arr: np.ndarray) -> str:
+            if arr.size > MAX_PRINTED_VALUES:  # an image: its numbers would fill the screen
+                return (
+                    f"{name}: {' x '.join(map(str, arr.shape))} values, min {_fmt_number(arr.min())}"
+                    f", max {_fmt_number(arr.max())}, mean {_fmt_number(arr.mean())}"
+                )
             text = format_array(arr)
             return f"{name} = " + text.replace("\n", "\n" + " " * (len(name) + 3))
 
         lines = [self.title] if self.title else []
+        if self.source:
+            lines.append(f"x is the image {self.source} in grayscale, values in [0, 1]")
         lines += [
             self.options(),
             block("x", self.x),
@@ -887,13 +938,23 @@ class LabResult:
         ]
         return "\n".join(lines + self.notes)
 
+    def left_out(self) -> str | None:
+        """One line saying how many positions the steps leave out, or None when they are all there."""
+        if self.steps is None or len(self.steps) >= self.steps_total:
+            return None
+        return (
+            f"explained {len(self.steps)} of {self.steps_total:,} output positions (the first, "
+            f"the strongest and the weakest response, the rest spread evenly); "
+            f"{self.steps_total - len(self.steps):,} left out"
+        )
+
     def format(self, lecture_words: bool = True, max_rows: int | None = None) -> str:
         """Plain text: :meth:`summary` and, when explained, the steps table."""
         lines = [self.summary()]
         if self.steps is not None:
             lines += ["", format_steps(self.steps, lecture_words, max_rows)]
-            if len(self.steps) < self.steps_total:
-                lines.append(f"(explained {len(self.steps)} of {self.steps_total} positions)")
+            if self.left_out():
+                lines.append(f"({self.left_out()})")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -933,8 +994,12 @@ class LabResult:
             "steps": steps,
             "title": self.title,
             "notes": list(self.notes),
+            "source": self.source,
         }
 
+
+EXPLAIN_ALL_UP_TO = 25  # output positions explained in full (a 5 x 5 feature map is still read)
+EXPLAIN_HANDFUL = 6  # positions explained of a larger output: a table that fits on one screen
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif")
 
@@ -957,7 +1022,7 @@ def run_lab(
     explain: bool = False,
     image: str | Path | None = None,
     image_size: IntOrPair | None = None,
-    max_steps: int | None = 1000,
+    max_steps: int | str | None = "auto",
 ) -> LabResult:
     """Everything ``cnnlab conv`` does, so the CLI only passes its flags through.
 
@@ -965,8 +1030,9 @@ def run_lab(
     ``image`` (or ``x`` text that ends in an image suffix such as ".png" or names a file): a
     picture used as the 2-D ``x`` (grayscale, [0, 1], :func:`load_array_image`, resized to
     ``image_size`` if given). ``stride`` / ``padding`` /
-    ``dilation``: int, pair or text "2" / "2,1". ``explain`` adds the step table (the first
-    ``max_steps`` output positions; ``None`` for all).
+    ``dilation``: int, pair or text "2" / "2,1". ``explain`` adds the step table (at most
+    ``max_steps`` output positions chosen by :func:`pick_positions`; ``None`` for all;
+    ``"auto"``: all of up to :data:`EXPLAIN_ALL_UP_TO`, else :data:`EXPLAIN_HANDFUL`).
     """
     if w is None:
         raise ConfigError("no kernel: give w (for example --w '3 2 1')")
@@ -1001,6 +1067,11 @@ def run_lab(
         dilation=dilation,
     )
     output = _convolve(x_arr, w_arr, geo)
+    if max_steps == "auto":
+        few = math.prod(geo.out_shape) <= EXPLAIN_ALL_UP_TO
+        max_steps = None if few else EXPLAIN_HANDFUL
+    elif isinstance(max_steps, str):
+        raise ConfigError(f"max_steps={max_steps!r}: expected a whole number, None or 'auto'")
     steps = _explain(x_arr, w_arr, geo, max_steps) if explain else None
     logger.debug("conv lab: %s x%s w%s -> y%s", op, x_arr.shape, w_arr.shape, output.shape)
     return LabResult(
@@ -1015,6 +1086,7 @@ def run_lab(
         pads=geo.pads,
         steps=steps,
         steps_total=math.prod(geo.out_shape),
+        source=None if image is None else str(image),
     )
 
 
@@ -1023,7 +1095,7 @@ def run_example(name: str, explain: bool = True) -> LabResult:
     names = [ex.name for ex in LECTURE_EXAMPLES]
     _check_choice(name, "lecture example", names)
     example = LECTURE_EXAMPLES[names.index(name)]
-    result = run_lab(example.x, example.w, explain=explain, **example.options)
+    result = run_lab(example.x, example.w, explain=explain, max_steps=None, **example.options)
     expected = np.array(example.expected)
     agrees = result.output.shape == expected.shape and bool(np.all(result.output == expected))
     shown = format_array(expected).replace("\n", "\n" + " " * len("lecture: "))

@@ -2,8 +2,9 @@
 
 Summary numbers (mAP@[.5:.95], mAP@0.5, AR@100, precision/recall at IoU 0.5), a per-class table,
 precision-recall curves per class at IoU 0.5 (COCO's 101-point interpolated curves), training
-curves, and test images with true boxes (green) and predicted boxes above the score threshold
-(red, with label and score). Drawing only: the numbers come from :mod:`cnnlab.metrics.detection`.
+curves, and test images side by side: true boxes, and predicted boxes above the score threshold
+(with class and score), one colour per class and a legend. Drawing only: the numbers come from
+:mod:`cnnlab.metrics.detection`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from cnnlab.report.boxes import draw_boxes, enlarge  # noqa: E402
+from cnnlab.report.header import run_header_html  # noqa: E402
 from cnnlab.report.html import CSS, curves_figure, format_value, png_figure  # noqa: E402
 from cnnlab.report.segmentation_report import png_uri  # noqa: E402
+from cnnlab.report.style import class_colours, styled  # noqa: E402
+
+DET_CSS = """
+.cases{display:flex;flex-direction:column;gap:1.2rem}.case{font-size:.8rem}
+.pair{display:flex;gap:.5rem;flex-wrap:wrap}.pair figure{margin:0}.pair img{width:320px;
+image-rendering:pixelated;border:1px solid #ddd}
+.key{margin-right:.8rem;white-space:nowrap}.swatch{display:inline-block;width:.9rem;
+height:.9rem;vertical-align:middle;border:1px solid #999;margin-right:.3rem}
+"""
 
 
+@styled
 def pr_curves_figure(metrics: dict[str, Any]) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6, 5))
     for name, curve in metrics.get("pr_curves", {}).items():
@@ -33,7 +46,8 @@ def pr_curves_figure(metrics: dict[str, Any]) -> plt.Figure:
     ax.set_ylabel("precision")
     ax.set_ylim(0, 1.02)
     ax.set_title("precision-recall per class, IoU 0.5")
-    ax.legend(fontsize=7, loc="lower left")
+    if ax.get_legend_handles_labels()[0]:  # no curve without a scored class
+        ax.legend(loc="lower left")
     return fig
 
 
@@ -43,27 +57,42 @@ def draw_case(
     pred: dict[str, torch.Tensor],
     class_names: list[str],
     score_threshold: float,
-) -> np.ndarray:
-    """(C, S, S) uint8 -> (S', S', 3) uint8 with true (green) and predicted (red) boxes, upscaled
-    to at least 192 px so that labels stay legible."""
-    from torchvision.utils import draw_bounding_boxes
+) -> tuple[np.ndarray, np.ndarray]:
+    """(C, S, S) uint8 -> (truth, prediction) pictures, (S', S', 3) uint8 each, enlarged to at
+    least 320 px so that labels stay legible: true boxes labelled with their class, predicted
+    boxes above ``score_threshold`` with class and score; one colour per class
+    (:func:`cnnlab.report.style.class_colours`), the same in both pictures and the legend."""
+    rgb = np.asarray(image).transpose(1, 2, 0)
+    if rgb.shape[-1] == 1:
+        rgb = np.repeat(rgb, 3, axis=-1)
+    big, scale = enlarge(rgb, 320)
+    palette = class_colours(len(class_names))
+    true_labels = [int(k) for k in truth["labels"]]
+    truth_rgb = draw_boxes(
+        big,
+        truth["boxes"].float().numpy().reshape(-1, 4) * scale,
+        [class_names[k] for k in true_labels],
+        [palette[k] for k in true_labels],
+    )
+    keep = (pred["scores"] >= score_threshold).numpy()
+    kinds = [int(k) for k in pred["labels"][keep]]
+    scores = [float(v) for v in pred["scores"][keep]]
+    pred_rgb = draw_boxes(
+        big,
+        pred["boxes"][keep].float().numpy().reshape(-1, 4) * scale,
+        [f"{class_names[k]} {v:.2f}" for k, v in zip(kinds, scores, strict=True)],
+        [palette[k] for k in kinds],
+    )
+    return truth_rgb, pred_rgb
 
-    x = torch.as_tensor(image)
-    if x.shape[0] == 1:
-        x = x.repeat(3, 1, 1)
-    scale = max(1, 192 // x.shape[-1])
-    x = x.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
-    # Only non-empty box sets: torchvision warns on every call with none (background images,
-    # an untrained model), and the warning reached the CLI's output.
-    if len(truth["boxes"]):
-        x = draw_bounding_boxes(x, truth["boxes"].float() * scale, colors="lime", width=1)
-    keep = pred["scores"] >= score_threshold
-    labels = [f"{class_names[int(k)]} {float(s):.2f}"
-              for k, s in zip(pred["labels"][keep], pred["scores"][keep], strict=True)]  # fmt: skip
-    if labels:
-        x = draw_bounding_boxes(x, pred["boxes"][keep].float() * scale, labels=labels,
-                                colors="red", width=2)  # fmt: skip
-    return x.permute(1, 2, 0).numpy()
+
+def legend_html(class_names: list[str]) -> str:
+    """One swatch per class, in the colours of the pictures."""
+    return "".join(
+        f'<span class="key"><span class="swatch" style="background:rgb{tuple(c)}"></span>'
+        f"{html.escape(n)}</span>"
+        for n, c in zip(class_names, class_colours(len(class_names)), strict=True)
+    )
 
 
 def write_detection_report(
@@ -81,8 +110,9 @@ def write_detection_report(
 ) -> Path:
     """Write ``report.html`` (+ pr_curves.png, curves.png, cases.png) into ``out_dir``."""
     out_dir = Path(out_dir)
-    parts = [f"<html><head><meta charset='utf-8'><style>{CSS}</style></head><body>",
-             "<h1>Detection report</h1><table>"]  # fmt: skip
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>cnnlab "
+             f"detection report</title><style>{CSS}{DET_CSS}</style></head><body>",
+             "<h1>Detection report</h1>", run_header_html(run_dir), "<table>"]  # fmt: skip
     for key in ("map", "map_50", "map_75", "mar_100", "precision_50", "recall_50", "num_images",
                 "num_objects"):  # fmt: skip
         parts.append(f"<tr><th>{key}</th><td>{format_value(metrics.get(key))}</td></tr>")
@@ -101,14 +131,26 @@ def write_detection_report(
     if run_dir is not None and (Path(run_dir) / "metrics.csv").is_file():
         fig = curves_figure(Path(run_dir) / "metrics.csv")
         if fig is not None:
-            parts.append(f"<figure><img src='{png_figure(fig, out_dir / 'curves.png')}'></figure>")
-    parts.append("</div><h2>Test images</h2><p class='muted'>green: true boxes; red: predicted "
-                 f"boxes with score &ge; {score_threshold}</p><div class='cases'>")  # fmt: skip
+            parts.append(f"<figure class='wide'><img src='{png_figure(fig, out_dir / 'curves.png')}' "
+                         "alt='training curves'></figure>")  # fmt: skip
+    parts.append(
+        "</div><h2>Test images</h2><p class='muted'>Left: the true boxes; right: the predicted "
+        f"boxes with score &ge; {score_threshold} (class and score). One colour per class: "
+        f"{legend_html(class_names)}</p><div class='cases'>"
+    )
     for i in range(min(show, len(ids))):
-        rgb = draw_case(images[i], targets[i], preds[i], class_names, score_threshold)
-        parts.append(f"<figure class='case'><img src='{png_uri(rgb)}'><figcaption>"
-                     f"{html.escape(str(ids[i]))}</figcaption></figure>")  # fmt: skip
-    parts.append("</div></body></html>")
+        truth_rgb, pred_rgb = draw_case(images[i], targets[i], preds[i], class_names,
+                                        score_threshold)  # fmt: skip
+        kept = int((preds[i]["scores"] >= score_threshold).sum())
+        parts.append(
+            f"<div class='case'><div class='pair'><figure><img src='{png_uri(truth_rgb)}' "
+            f"alt='true boxes'><figcaption>truth: {len(targets[i]['boxes'])} boxes"
+            f"</figcaption></figure><figure><img src='{png_uri(pred_rgb)}' alt='predicted "
+            f"boxes'><figcaption>prediction: {kept} boxes</figcaption></figure></div>"
+            f"{html.escape(str(ids[i]))}</div>"
+        )
+    parts.append("</div><p class='muted'>Written by cnnlab. Opens offline: everything is in "
+                 "this file.</p></body></html>")  # fmt: skip
     path = out_dir / "report.html"
     path.write_text("\n".join(parts))
     return path

@@ -32,9 +32,10 @@ from matplotlib import colormaps  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from cnnlab.errors import ConfigError  # noqa: E402
-from cnnlab.explain.cam import CamSet  # noqa: E402
+from cnnlab.explain.cam import CamSet, head_kind, map_similarity  # noqa: E402
 from cnnlab.explain.trace import LayerTrace, Trace  # noqa: E402
 from cnnlab.report.html import CSS as REPORT_CSS  # noqa: E402
+from cnnlab.report.style import SMALL, styled  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ def filter_grid(filters: np.ndarray) -> Image.Image:
     return _tile_grid(_enlarge_tiles(tiles, 64), cols=min(16, len(tiles)))
 
 
+@styled
 def probability_figure(trace: Trace, max_classes: int = 20) -> plt.Figure:
     probs = trace.probs.numpy()
     order = np.argsort(-probs)[:max_classes][::-1]  # best at the top
@@ -150,7 +152,7 @@ def probability_figure(trace: Trace, max_classes: int = 20) -> plt.Figure:
     colors = ["#1f5fbf" if i == trace.predicted else "#9db4d8" for i in order]
     ax.barh([trace.class_names[i] for i in order], probs[order], color=colors)
     for y, i in enumerate(order):
-        ax.text(min(probs[i] + 0.01, 0.9), y, f"{probs[i]:.3f}", va="center", fontsize=8)
+        ax.text(min(probs[i] + 0.01, 0.9), y, f"{probs[i]:.3f}", va="center", fontsize=SMALL)
     ax.set_xlim(0, 1)
     ax.set_xlabel("probability (softmax of the output layer)")
     shown = "" if len(order) == len(probs) else f" (top {len(order)} of {len(probs)})"
@@ -158,6 +160,7 @@ def probability_figure(trace: Trace, max_classes: int = 20) -> plt.Figure:
     return fig
 
 
+@styled
 def vector_figure(layers: list[LayerTrace]) -> plt.Figure:
     """One panel per vector layer (flattening, fully connected, output): value of every unit."""
     fig, axes = plt.subplots(len(layers), 1, figsize=(8, 1.6 * len(layers) + 0.4), squeeze=False)
@@ -171,10 +174,7 @@ def vector_figure(layers: list[LayerTrace]) -> plt.Figure:
             ax.plot(x, v, lw=0.5, color="#1f5fbf")
         ax.axhline(0, color="k", lw=0.5)
         shown = "" if len(v) == layer.output_shape[0] else f" (first {len(v)})"
-        ax.set_title(
-            f"{layer.name}: {layer.kind}, {layer.output_shape[0]} values{shown}", fontsize=9
-        )
-        ax.tick_params(labelsize=7)
+        ax.set_title(f"{layer.name}: {layer.kind}, {layer.output_shape[0]} values{shown}")
     axes[-1, 0].set_xlabel("unit")
     fig.tight_layout()
     return fig
@@ -198,23 +198,75 @@ METHOD_TITLES = {
 }
 
 
+@styled
 def cam_figure(image_hwc: np.ndarray, cams: CamSet, trace: Trace) -> plt.Figure:
     methods = list(cams.maps)
     rows, cols = len(cams.classes), 1 + len(methods)
     fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.2 * rows), squeeze=False)
     for r, c in enumerate(cams.classes):
         axes[r, 0].imshow(image_hwc, interpolation="nearest")
-        axes[r, 0].set_ylabel(f"{trace.class_names[c]}\np={float(trace.probs[c]):.3f}", fontsize=9)
+        axes[r, 0].set_ylabel(f"{trace.class_names[c]}\np={float(trace.probs[c]):.3f}")
         for j, method in enumerate(methods, start=1):
             axes[r, j].imshow(overlay(image_hwc, cams.maps[method][c]), interpolation="nearest")
             if r == 0:
-                axes[r, j].set_title(METHOD_TITLES.get(method, method), fontsize=9)
+                axes[r, j].set_title(METHOD_TITLES.get(method, method))
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
-    axes[0, 0].set_title("input", fontsize=9)
+    axes[0, 0].set_title("input")
     fig.tight_layout()
     return fig
+
+
+def why_cams_look_so(trace: Trace, cams: CamSet, model_name: str | None = None) -> str:
+    """A paragraph on why this model's CAMs look as they do: how coarse the target map is, how
+    it is enlarged, and what the head does with positions (pointing to ``lenet5_gap`` when a
+    fully connected head mixes them)."""
+    esc = html.escape
+    c, h, w = (tuple(cams.target_shape) + (1, 1, 1))[:3]
+    big_h, big_w = trace.input_shape[-2:]
+    head = head_kind(trace)
+    lines = [
+        f"<b>Why the maps look like this.</b> They are computed on <code>{esc(cams.target_layer)}"
+        f"</code>, whose {c} feature maps are only {h} x {w} cells for the {big_h} x {big_w} "
+        f"input: each cell stands for about {big_h / max(h, 1):.0f} x {big_w / max(w, 1):.0f} "
+        "input pixels, and the map is enlarged bilinearly to the input, so a CAM can only be a "
+        "few smooth blobs, never the outline of an object."
+    ]
+    if head.kind == "fully connected" and head.last_map is not None:
+        lc, lh, lw = head.last_map
+        lines.append(
+            f"This model's head flattens its last maps ({lc} x {lh} x {lw} = "
+            f"{head.flatten_length:,} numbers) into {head.fc_layers} fully connected layers. "
+            "Every unit of a fully connected layer is connected to every position, so the "
+            "gradient of one class score is spread over the whole map and the head learns "
+            "<i>where</i> things are as well as <i>what</i> they are: the maps of different "
+            "classes tend to look alike and often mark the evidence around the object."
+        )
+        if model_name != "lenet5_gap":
+            lines.append(
+                "A head with global average pooling keeps positions apart: each class score is "
+                "a weighted sum of per-map averages, which is exactly what a CAM reads. Train "
+                "<code>lenet5_gap</code> (LeNet-5's convolutions + global average pool + one "
+                "linear layer: <code>cnnlab train --model lenet5_gap</code>) to compare."
+            )
+    elif head.kind == "gap":
+        lines.append(
+            "This model averages each of its last maps over all positions (global average "
+            "pooling) before one linear layer, so Grad-CAM is the CAM of Zhou et al. (2016): a "
+            "class's map is its own weighted sum of the feature maps, and different classes can "
+            "point at different places."
+        )
+    similarity = map_similarity(cams.maps.get("gradcam", {}))
+    if similarity is not None:
+        alike = (
+            "nearly the same" if similarity > 0.8 else "alike" if similarity > 0.5 else "different"
+        )
+        lines.append(
+            f"Here the Grad-CAM maps of the top {len(cams.classes)} classes correlate at "
+            f"{similarity:.2f} on average (1 = identical): they are {alike}."
+        )
+    return '<p class="lead" id="why-cams">' + " ".join(lines) + "</p>"
 
 
 def _grid_layers(trace: Trace, limit: int = MAX_GRID_LAYERS) -> list[LayerTrace]:
@@ -365,6 +417,7 @@ def write_explain_page(
             "|&part;y<sub>c</sub>/&part;x| per input pixel. One row per top class; each map is "
             "scaled to [0, 1] on its own.</p>"
             f'<figure><img src="{cam_uri}" alt="class activation maps"></figure>'
+            + why_cams_look_so(trace, cams, model_name)
         )
 
     # --- first-layer filters -----------------------------------------------------------------
@@ -563,6 +616,7 @@ def _draw_box(ax: Any, box: Any, color: str = "white") -> None:
     )
 
 
+@styled
 def dense_cam_figure(image_hwc: np.ndarray, cams: Any, regions: list[np.ndarray] | None) -> Any:
     """One row per target (class of the mask, or detected box): the input with the target marked
     (the class's predicted region outlined, or the box), then one overlay per CAM method."""
@@ -579,23 +633,23 @@ def dense_cam_figure(image_hwc: np.ndarray, cams: Any, regions: list[np.ndarray]
             if "area" in target
             else f"{target['class']}\nscore {target['score']:.3f}"
         )
-        axes[r, 0].set_ylabel(label, fontsize=9)
+        axes[r, 0].set_ylabel(label)
         for j, method in enumerate(methods, start=1):
             heat = cams.maps[method][r]
             axes[r, j].imshow(overlay(image_hwc, heat), interpolation="nearest")
             if not heat.any():  # ReLU of a gradient-weighted sum with no positive evidence
                 axes[r, j].text(
                     0.5, 0.5, "all zero", transform=axes[r, j].transAxes, ha="center",
-                    va="center", color="white", fontsize=9,
+                    va="center", color="white", fontsize=SMALL + 1,
                 )  # fmt: skip
             if r == 0:
-                axes[r, j].set_title(METHOD_TITLES.get(method, method), fontsize=9)
+                axes[r, j].set_title(METHOD_TITLES.get(method, method))
         for ax in axes[r]:
             if "box" in target:
                 _draw_box(ax, target["box"])
             ax.set_xticks([])
             ax.set_yticks([])
-    axes[0, 0].set_title("input and target", fontsize=9)
+    axes[0, 0].set_title("input and target")
     fig.tight_layout()
     return fig
 

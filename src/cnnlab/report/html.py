@@ -20,6 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cnnlab.metrics import scores as sc  # noqa: E402
+from cnnlab.report.header import run_header_html  # noqa: E402
+from cnnlab.report.style import SMALL, integer_epochs, styled  # noqa: E402
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;
@@ -45,17 +47,35 @@ def png_figure(fig: plt.Figure, path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
+def tick_names(names: list[str], width: int = 14) -> list[str]:
+    """Class names as tick labels: long ones shortened to ``width`` characters with an ellipsis
+    (the full names are in the report's tables)."""
+    return [n if len(n) <= width else n[: width - 1] + "…" for n in map(str, names)]
+
+
+@styled
 def confusion_figure(cm: np.ndarray, names: list[str], normalize: bool) -> plt.Figure:
     k = len(names)
     values = cm.astype(float)
     if normalize:
         rows = values.sum(1, keepdims=True)
         values = np.divide(values, rows, out=np.zeros_like(values), where=rows > 0)
-    size = min(1.0 + 0.5 * k, 10)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    labels = tick_names(names)
+    longest = max((len(n) for n in labels), default=1)
+    # Upright column names only when they fit their cell (about 6 characters at 0.6 inch);
+    # otherwise slanted, so "background" and "circle" never run into each other.
+    upright = longest * k <= 6 * k and k <= 6
+    size = min(1.4 + 0.6 * k, 11)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
     im = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
-    ax.set_xticks(range(k), names, rotation=45 if k > 6 else 0, ha="right" if k > 6 else "center")
-    ax.set_yticks(range(k), names)
+    ax.set_xticks(
+        range(k),
+        labels,
+        rotation=0 if upright else 45,
+        ha="center" if upright else "right",
+        rotation_mode="anchor",
+    )
+    ax.set_yticks(range(k), labels)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(
@@ -73,13 +93,14 @@ def confusion_figure(cm: np.ndarray, names: list[str], normalize: bool) -> plt.F
                     txt,
                     ha="center",
                     va="center",
-                    fontsize=7 if k > 10 else 9,
+                    fontsize=SMALL if k > 10 else SMALL + 1,
                     color="white" if values[i, j] > 0.6 * hi else "black",
                 )
     fig.colorbar(im, ax=ax, fraction=0.046)
     return fig
 
 
+@styled
 def roc_figure(
     targets: np.ndarray, probs: np.ndarray, names: list[str], aucs: dict[str, Any]
 ) -> plt.Figure:
@@ -95,10 +116,11 @@ def roc_figure(
     ax.set_xlabel("false positive rate (FPR)")
     ax.set_ylabel("true positive rate (TPR)")
     ax.set_title("ROC, one class vs the rest")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(loc="lower right")
     return fig
 
 
+@styled
 def pr_figure(
     targets: np.ndarray, probs: np.ndarray, names: list[str], aps: dict[str, Any]
 ) -> plt.Figure:
@@ -120,10 +142,11 @@ def pr_figure(
     ax.set_ylabel("precision")
     ax.set_ylim(0, 1.02)
     ax.set_title("precision-recall, one class vs the rest")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(loc="lower left")
     return fig
 
 
+@styled
 def reliability_figure(targets: np.ndarray, probs: np.ndarray, bins: int = 15) -> plt.Figure:
     conf = probs.max(1)
     correct = probs.argmax(1) == targets
@@ -145,11 +168,18 @@ def reliability_figure(targets: np.ndarray, probs: np.ndarray, bins: int = 15) -
     ax.set_xlabel("confidence (max probability)")
     ax.set_ylabel("accuracy in bin")
     ax.set_title(f"reliability diagram ({bins} equal-width bins)")
-    ax.legend(fontsize=8)
+    ax.legend()
     return fig
 
 
+# metrics.csv columns that are not a score to plot next to the losses
+_NOT_SCORES = ("epoch", "lr", "epoch_time_s", "train_images_per_s", "train_loss", "val_loss")
+
+
+@styled
 def curves_figure(metrics_csv: Path) -> plt.Figure | None:
+    """Loss (left) and the recorded scores (right: accuracy, mean IoU, mAP, ...) per epoch;
+    whole epochs on the x axes."""
     if not metrics_csv.is_file():
         return None
     with open(metrics_csv) as f:
@@ -157,15 +187,22 @@ def curves_figure(metrics_csv: Path) -> plt.Figure | None:
     if not rows:
         return None
     epoch = [float(r["epoch"]) for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, ax in (("loss", a), ("accuracy", b)):
-        for split in ("train", "val"):
-            col = f"{split}_{key}"
-            if col in rows[0] and rows[0][col] != "":
-                ax.plot(epoch, [float(r[col]) for r in rows], marker="o", ms=3, label=split)
+    scores = [c for c in rows[0] if c not in _NOT_SCORES and not c.endswith("_loss")]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    for ax, columns, label in (
+        (a, ["train_loss", "val_loss"], "loss"),
+        (b, scores, "score (higher is better)"),
+    ):
+        for col in columns:
+            values = [float(r[col]) if r.get(col) not in (None, "") else np.nan for r in rows]
+            if col in rows[0] and not np.all(np.isnan(values)):
+                name = col.replace("_", " ") if ax is b else col.split("_")[0]
+                ax.plot(epoch, values, marker="o", ms=4, label=name)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
-        ax.legend()
+        ax.set_ylabel(label)
+        integer_epochs(ax)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
         ax.grid(alpha=0.3)
     fig.suptitle("training curves")
     return fig
@@ -381,6 +418,7 @@ def write_classification_report(
 <title>{html.escape(title or "cnnlab report")}</title>
 <style>{CSS}</style></head><body>
 <h1>{html.escape(title or "cnnlab evaluation report")}</h1>
+{run_header_html(run_dir)}
 <p class="muted">{metrics.get("num_samples", len(targets))} test images, {len(class_names)} classes.
 Formulas as in the lecture: accuracy = (TP+TN)/(TP+FP+TN+FN); precision = TP/(TP+FP); recall = TPR = TP/(TP+FN);
 F1 = 2PR/(P+R); TNR = TN/(TN+FP); FPR = FP/(FP+TN). Intervals: seeded bootstrap, 95%.</p>

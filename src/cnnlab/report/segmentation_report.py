@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cnnlab.report.header import run_header_html
 from cnnlab.report.html import CSS, confusion_figure, curves_figure, format_value, png_figure
 
 SEG_CSS = """
-.pair{display:flex;gap:.3rem}.pair figure{margin:0;width:auto}.pair img{width:128px;
+.pair{display:flex;gap:.3rem}.pair figure{margin:0;width:auto}.pair img{width:160px;
 image-rendering:pixelated;border:1px solid #ddd}.cases{display:flex;flex-wrap:wrap;gap:1.2rem}
 .case{font-size:.75rem}.swatch{display:inline-block;width:.9rem;height:.9rem;vertical-align:middle;
-border:1px solid #999;margin-right:.3rem}
+border:1px solid #999;margin-right:.3rem}.key{margin-right:.8rem;white-space:nowrap}
 """
 
 
@@ -123,6 +124,12 @@ def write_segmentation_report(
         for k, n in enumerate(class_names)
         if k < len(pal)
     )
+    legend = "".join(
+        f'<span class="key"><span class="swatch" style="background:rgb'
+        f'{tuple(int(c) for c in pal[k])}"></span>{html.escape(n)}</span>'
+        for k, n in enumerate(class_names)
+        if k < len(pal)
+    )
     galleries = ""
     ranked = [i for i in np.argsort(scores, kind="stable") if not np.isnan(scores[i])]
     if len(ranked) and images is not None:
@@ -143,9 +150,15 @@ def write_segmentation_report(
                 for i in chosen
             )
             galleries += f"<h2>{label}</h2><div class=cases>{cases}</div>"
+        galleries = (
+            '<p class="muted">Truth and prediction are painted over the image in the class '
+            f"colours (black is left unpainted; pixels marked {ignore_index} are white): "
+            f"{legend}</p>{galleries}"
+        )
     notes = "".join(f"<li>{html.escape(w)}</li>" for w in metrics.get("warnings", []))
     fig_html = "".join(
-        f'<figure><img src="{u}" alt="{html.escape(n)}"><figcaption>'
+        f'<figure{" class=wide" if n == "training curves" else ""}><img src="{u}" '
+        f'alt="{html.escape(n)}"><figcaption>'
         f"{html.escape(n)}</figcaption></figure>"
         for n, u in figs.items()
     )
@@ -154,6 +167,7 @@ def write_segmentation_report(
 <title>{html.escape(title or "cnnlab segmentation report")}</title>
 <style>{CSS}{SEG_CSS}</style></head><body>
 <h1>{html.escape(title or "cnnlab segmentation report")}</h1>
+{run_header_html(run_dir)}
 <p class="muted">{metrics.get("num_images", len(ids))} test images, {metrics.get("num_pixels", 0):,}
 labelled pixels at {metrics.get("image_size", "?")} px, {len(class_names)} classes (pixels marked
 {ignore_index} are ignored). IoU = TP/(TP+FP+FN); Dice = 2TP/(2TP+FP+FN); pixel accuracy =
