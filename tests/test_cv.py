@@ -172,6 +172,11 @@ def test_fold_interval_is_scipys_t_interval_of_the_defined_values():
         "n": 1,
     }
     assert fold_interval([None, None])["mean"] is None
+    near_one = fold_interval([1.0, 0.99, 1.0], 0.95, bounds=(0.0, 1.0))
+    low, high = stats.t.interval(
+        0.95, df=2, loc=np.mean([1, 0.99, 1]), scale=stats.sem([1, 0.99, 1])
+    )
+    assert high > 1.0 and near_one["high"] == 1.0 and math.isclose(near_one["low"], low)
 
 
 def test_summary_covers_every_score_of_every_fold():

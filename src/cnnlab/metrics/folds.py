@@ -5,6 +5,7 @@ sqrt(k)`` with the sample standard deviation ``s`` (ddof = 1) and Student's t qu
 ``scipy.stats.t``. The folds share most of their training data, so their scores are not
 independent and this interval is optimistic (Bengio & Grandvalet 2004, "No unbiased estimator of
 the variance of k-fold cross-validation"); it says how much the folds disagree, not a guarantee.
+The interval is cut to the metric's range (a rate cannot pass 1; :func:`score_range`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["fold_interval", "flatten_metrics", "summarize_folds"]
+__all__ = ["flatten_metrics", "fold_interval", "score_range", "summarize_folds"]
 
 # classification_metrics entries that are not scores: counts, settings, arrays, notes
 _NOT_SCORES = frozenset(
@@ -24,12 +25,23 @@ _NOT_SCORES = frozenset(
      "positive_class", "count"}
 )  # fmt: skip
 _AVERAGES = ("macro", "weighted", "micro")
+_RANGES = {"log_loss": (0.0, math.inf), "cohen_kappa": (-1.0, 1.0), "mcc": (-1.0, 1.0)}
 
 
-def fold_interval(values: Sequence[float | None], confidence: float = 0.95) -> dict[str, Any]:
+def score_range(name: str) -> tuple[float, float]:
+    """The values a flattened score (:func:`flatten_metrics`) can take: [0, inf) for log loss,
+    [-1, 1] for Cohen's kappa and MCC, [0, 1] for every other (rates, AUCs, ECE)."""
+    return _RANGES.get(name, (0.0, 1.0))
+
+
+def fold_interval(
+    values: Sequence[float | None],
+    confidence: float = 0.95,
+    bounds: tuple[float, float] = (-math.inf, math.inf),
+) -> dict[str, Any]:
     """Mean, sample std (ddof = 1) and the t interval of the defined ``values`` (None: the metric
-    was undefined in that fold, left out; ``n`` says how many were used). With fewer than two
-    defined values std and the interval are None."""
+    was undefined in that fold, left out; ``n`` says how many were used), the interval cut to
+    ``bounds``. With fewer than two defined values std and the interval are None."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     defined = np.array([v for v in values if v is not None], dtype=np.float64)
@@ -45,7 +57,7 @@ def fold_interval(values: Sequence[float | None], confidence: float = 0.95) -> d
 
     std = float(defined.std(ddof=1))
     half = float(t.ppf((1.0 + confidence) / 2.0, df=n - 1)) * std / math.sqrt(n)
-    out.update(std=std, low=mean - half, high=mean + half)
+    out.update(std=std, low=max(mean - half, bounds[0]), high=min(mean + half, bounds[1]))
     return out
 
 
@@ -79,12 +91,13 @@ def summarize_folds(
     fold_metrics: Sequence[Mapping[str, Any]], confidence: float = 0.95
 ) -> dict[str, dict[str, Any]]:
     """``{name: {mean, std, low, high, n, values}}`` for every score in any fold's
-    ``classification_metrics`` (names from :func:`flatten_metrics`, in first-seen order);
-    ``values`` holds each fold's score (None where undefined or absent)."""
+    ``classification_metrics`` (names from :func:`flatten_metrics`, in first-seen order; intervals
+    cut to :func:`score_range`); ``values`` holds each fold's score (None where undefined)."""
     flat = [flatten_metrics(m) for m in fold_metrics]
     names = list(dict.fromkeys(name for f in flat for name in f))
     summary = {}
     for name in names:
         values = [f.get(name) for f in flat]
-        summary[name] = fold_interval(values, confidence) | {"values": values}
+        bounds = score_range(name)
+        summary[name] = fold_interval(values, confidence, bounds) | {"values": values}
     return summary
