@@ -101,6 +101,14 @@ def test_bad_fold_counts_are_one_line_errors_naming_the_classes():
         fold_of_samples(np.array([0, 0, 1, 0]), 2, 0)
     with pytest.raises(DataError, match=r"more than the 4 samples"):
         fold_of_samples(np.array([0, 1, 0, 1]), 5, 0)
+    with pytest.raises(DataError, match=r"d\.csv: fold 1: classes \{'b': 1\} have fewer than 2"):
+        targets = np.array([0, 0, 0, 0, 1, 1])  # --folds 2: one 'b' in each fold
+        fold_split(
+            fold_of_samples(targets, 2, 0), 0, targets, 0.2, 0, class_names="ab", where="d.csv"
+        )
+    with pytest.raises(DataError, match=r"fold 2: --val-fraction 0.9 of the 10 images outside"):
+        targets = np.arange(20) % 2
+        fold_split(fold_of_samples(targets, 2, 0), 1, targets, 0.9, 0)
     with pytest.raises(DataError, match=r"labels with fewer positives than folds"):
         fold_of_samples(np.array([[1, 0], [1, 0], [0, 1], [1, 1]]), 3, 0)
 
@@ -251,7 +259,7 @@ def test_cv_refuses_options_it_sets_itself(tmp_path):
 
     with pytest.raises(ConfigError, match="option split_file is set by cnnlab cv"):
         cross_validate(data="builtin:digits", split_file="x.json", out=str(tmp_path))
-    with pytest.raises(ConfigError, match="option devices=2: cnnlab cv trains its folds one after"):
+    with pytest.raises(ConfigError, match="option devices=2: `cnnlab cv` runs its folds one after"):
         cross_validate(data="builtin:digits", devices=2, out=str(tmp_path))
 
 

@@ -14,6 +14,7 @@ folds, stratified and seeded the same way; the held-out fold is the fold's test 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,6 +35,10 @@ def check_folds(folds: object) -> int:
             "and tests on the one held out (try --folds 5)"
         )
     return k
+
+
+def _name(c: int, class_names: Sequence[str] | None) -> str:
+    return str(class_names[c]) if class_names is not None and c < len(class_names) else str(c)
 
 
 def _label_counts(targets: np.ndarray) -> np.ndarray:
@@ -72,10 +77,7 @@ def fold_of_samples(
     if n < k:
         raise DataError(where, f"--folds {k} is more than the {n} samples; lower --folds")
 
-    def name(c: int) -> str:
-        return str(class_names[c]) if class_names is not None and c < len(class_names) else str(c)
-
-    small = {name(c): int(m) for c, m in enumerate(counts) if 0 < m < k}
+    small = {_name(c, class_names): int(m) for c, m in enumerate(counts) if 0 < m < k}
     if small:
         least = min(small.values())
         fix = (
@@ -111,16 +113,18 @@ def fold_split(
     seed: int,
     *,
     class_names: Sequence[str] | None = None,
+    where: object = "dataset",
 ) -> dict[str, np.ndarray]:
     """Sorted sample indices of fold ``fold``'s train / val / test splits: test is the fold held
     out, val a stratified, seeded ``val_fraction`` of the other folds (none when 0), train the rest.
-    """
+    Too few images outside the fold for that is a DataError on ``where`` naming the fold."""
     fold_of, targets = np.asarray(fold_of), np.asarray(targets)
     test = np.flatnonzero(fold_of == fold)
     rest = np.flatnonzero(fold_of != fold)
     if val_fraction <= 0:
         return {"train": rest, "test": test}
     if targets.ndim == 1:
+        _check_room_for_val(targets, rest, fold, val_fraction, class_names, where)
         part = stratified_split(targets[rest], val_fraction, 0.0, seed, class_names=class_names)
         train_idx, val_idx = part["train"], part["val"]
     else:
@@ -131,3 +135,33 @@ def fold_split(
         )
         train_idx, val_idx = next(splitter.split(np.zeros((len(rest), 1)), targets[rest]))
     return {"train": np.sort(rest[train_idx]), "val": np.sort(rest[val_idx]), "test": test}
+
+
+def _check_room_for_val(
+    targets: np.ndarray,
+    rest: np.ndarray,
+    fold: int,
+    val_fraction: float,
+    class_names: Sequence[str] | None,
+    where: object,
+) -> None:
+    """Said in cross-validation's terms before :func:`stratified_split` (whose messages speak of
+    --test-fraction): a stratified validation needs two images of each class outside the held-out
+    fold and must leave one of each for training."""
+    present = np.flatnonzero(np.bincount(targets) > 0)
+    outside = np.bincount(targets[rest], minlength=len(np.bincount(targets)))
+    small = {_name(c, class_names): int(outside[c]) for c in present if outside[c] < 2}
+    if small:
+        raise DataError(
+            where,
+            f"fold {fold + 1}: classes {small} have fewer than 2 images outside the held-out fold, "
+            "too few to split off a stratified validation; use fewer --folds, add images or set "
+            "--val-fraction 0",
+        )
+    n_val = math.ceil(val_fraction * len(rest))
+    if len(rest) - n_val < len(present):
+        raise DataError(
+            where,
+            f"fold {fold + 1}: --val-fraction {val_fraction:g} of the {len(rest)} images outside "
+            f"the held-out fold leaves fewer than {len(present)} for training; lower --val-fraction",
+        )

@@ -380,8 +380,33 @@ def load_source(cfg: Any) -> DataBundle:
     split_file = getattr(cfg, "split_file", None)
     if split_file:
         pooled = dataclasses.replace(cfg, split_file=None, val_fraction=0.0, test_fraction=0.0)
-        return apply_split_file(_load_source(pooled), split_file)
-    return _load_source(cfg)
+        return apply_split_file(load_source(pooled), split_file)
+    spec = str(cfg.data)
+    if spec.startswith("builtin:"):
+        return _from_arrays(
+            load_builtin(spec[8:]), spec, cfg.val_fraction, cfg.test_fraction, cfg.seed
+        )
+    if spec.startswith("torchvision:"):
+        return _torchvision(spec[12:], cfg.data_root, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(
+            path,
+            "dataset root not found; give a folder of class subfolders, a CSV file, "
+            "builtin:mnist-sample|digits|shapes or torchvision:MNIST|FashionMNIST|CIFAR10|CIFAR100",
+        )
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DataError(
+                path, "is a file but not a .csv; --data takes a folder, a CSV or builtin:NAME"
+            )
+        items, root = _csv_items(path)
+        return _from_items(items, root, str(path), cfg)
+    from cnnlab.data.scan import items_from_folder
+
+    if not path.is_dir():
+        raise DataError(path, "dataset root is not a directory")
+    return _from_items(items_from_folder(path), path.resolve(), str(path), cfg)
 
 
 def apply_split_file(bundle: DataBundle, path: str | Path) -> DataBundle:
@@ -432,35 +457,6 @@ def apply_split_file(bundle: DataBundle, path: str | Path) -> DataBundle:
 
 
 _SPLIT_FORMAT = 'expected {"splits": {"train": [ids], "val": [ids], "test": [ids]}} (a splits.json)'
-
-
-def _load_source(cfg: Any) -> DataBundle:
-    spec = str(cfg.data)
-    if spec.startswith("builtin:"):
-        return _from_arrays(
-            load_builtin(spec[8:]), spec, cfg.val_fraction, cfg.test_fraction, cfg.seed
-        )
-    if spec.startswith("torchvision:"):
-        return _torchvision(spec[12:], cfg.data_root, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise DataError(
-            path,
-            "dataset root not found; give a folder of class subfolders, a CSV file, "
-            "builtin:mnist-sample|digits|shapes or torchvision:MNIST|FashionMNIST|CIFAR10|CIFAR100",
-        )
-    if path.is_file():
-        if path.suffix.lower() != ".csv":
-            raise DataError(
-                path, "is a file but not a .csv; --data takes a folder, a CSV or builtin:NAME"
-            )
-        items, root = _csv_items(path)
-        return _from_items(items, root, str(path), cfg)
-    from cnnlab.data.scan import items_from_folder
-
-    if not path.is_dir():
-        raise DataError(path, "dataset root is not a directory")
-    return _from_items(items_from_folder(path), path.resolve(), str(path), cfg)
 
 
 def split_by_ids(bundle: DataBundle, ids: list[str], split: str) -> Split:

@@ -94,7 +94,7 @@ def cross_validate(
             raise ConfigError(f"option {key} is set by cnnlab cv for each fold; {_WHY[key]}")
     if cfg.devices > 1:
         raise ConfigError(
-            f"option devices={cfg.devices}: cnnlab cv trains its folds one after another in one "
+            f"option devices={cfg.devices}: `cnnlab cv` runs its folds one after another in one "
             "process; leave --devices out (or train one fold with `cnnlab train --devices N "
             "--split-file CV/folds/fold-I.json`)"
         )
@@ -202,8 +202,9 @@ def fold_split_files(
     contents = []
     for fold in range(k):
         parts = fold_split(
-            fold_of, fold, pool.targets, cfg.val_fraction, cfg.seed, class_names=class_names
-        )
+            fold_of, fold, pool.targets, cfg.val_fraction, cfg.seed, class_names=class_names,
+            where=source,
+        )  # fmt: skip
         contents.append({
             "source": source,
             "origin": f"cnnlab cv: fold {fold + 1} of {k} (seed={cfg.seed}, "
