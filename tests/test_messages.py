@@ -29,7 +29,8 @@ FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 NAMED = re.compile(r"cnnlab ((?:[a-z][a-z-]*)(?: (?:train|evaluate|predict|track|check))?)")
 FOREIGN = {"--nproc-per-node", "--standalone", "--max-restarts", "--help"}
 
-TRAINERS = ("train", "finetune", "transfer-study")  # all through api.train with TrainConfig options
+# all through api.train with TrainConfig options (cv: every fold)
+TRAINERS = ("train", "finetune", "transfer-study", "cv")
 TASK_TRAINERS = ("segment train", "detect train", "video train")
 DECODERS = ("data check", *TRAINERS, "lr-find", "segment train", "detect train", "serve")
 DEVICE = (
@@ -85,9 +86,19 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "data/masks.py:check_mask_values": ("segment train", "segment evaluate"),
     "data/masks.py:_coco": ("segment train", "segment evaluate"),
     "data/scan.py:check": ("data check", *TRAINERS, "lr-find", "video train"),
-    "data/sources.py:stratified_split": (*TRAINERS, "lr-find", "video train"),
+    # not cv: its folds' validation is checked first in its own words (data/folds.py:fold_split)
+    "data/sources.py:stratified_split": (
+        "train",
+        "finetune",
+        "transfer-study",
+        "lr-find",
+        "video train",
+    ),  # fmt: skip
     "data/sources.py:_torchvision": (*TRAINERS, "lr-find"),
     "data/sources.py:load_source": (*TRAINERS, "lr-find", "evaluate", "embed"),
+    "data/sources.py:apply_split_file": (*TRAINERS, "lr-find", "evaluate", "embed"),
+    "data/folds.py": ("cv",),
+    "tasks/classify/cv.py": ("cv",),
     "data/sources.py:<module>": (*TRAINERS, "lr-find"),  # PIXEL_LIMIT_HINT, said by _from_items
     "data/tensors.py:open_cache": TRAINERS,
     "detect.py:_prepare": ("detect train",),

@@ -35,6 +35,7 @@ from cnnlab.engine.predict import IMAGE_SUFFIXES, Prediction, list_images, predi
 from cnnlab.engine.weights import build_model, load_checkpoint_model
 from cnnlab.errors import CheckpointError, ConfigError, Interrupted
 from cnnlab.run import resolve_weights
+from cnnlab.tasks.classify.cv import CVResult, cross_validate
 from cnnlab.tasks.classify.evaluate import compare, evaluate_model
 from cnnlab.tasks.classify.train import train
 from cnnlab.tasks.registry import recorded_task, task_of
@@ -50,6 +51,7 @@ __all__ = [
     "split_channel_stats", "split_to_uint8",
     "stream_workers", "train", "transfer_study", "use_streaming", "video_evaluate", "video_predict",
     "video_track", "video_train",
+    "CVResult", "cross_validate",  # k-fold cross-validation (cnnlab cv): cnnlab.tasks.classify.cv
 ]  # fmt: skip
 
 

@@ -139,6 +139,7 @@ class TrainConfig(RunConfig):
 
     # --- data ---
     data_root: str | None = None  # where torchvision datasets live / are downloaded to
+    split_file: str | None = None  # JSON of sample ids per split (e.g. a splits.json)
     in_channels: int | None = None  # None: 1 for grayscale datasets, 3 otherwise
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit, enforced as an error
     max_bad_fraction: float = 0.1  # abort when more of the files than this cannot be decoded
@@ -186,6 +187,10 @@ class TrainConfig(RunConfig):
             raise ConfigError(
                 "option loss=focal does not combine with label_smoothing > 0 (the focal term has no "
                 "smoothed form); leave one of them out"
+            )
+        if self.split_file is not None and not str(self.split_file).strip():
+            raise ConfigError(
+                "option split_file must be a JSON file of sample ids per split, got ''"
             )
         if not str(self.class_weights).strip():
             raise ConfigError("option class_weights must be none, auto or a JSON file, got ''")

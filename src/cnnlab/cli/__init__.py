@@ -186,6 +186,7 @@ class _VersionAction(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole parser, built without importing torch (see the module docstring)."""
+    from cnnlab.cli import cv as cv_cli  # here: it imports this module's helpers
     from cnnlab.cli import video as video_cli  # here: it imports this module's helpers
 
     parser = _Parser(
@@ -507,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     video_cli.add_parser(sub)
+    cv_cli.add_parser(sub)
 
     p = sub.add_parser(
         "bench",
@@ -897,6 +899,13 @@ def _video(args: argparse.Namespace) -> int:
     from cnnlab.cli import video as video_cli
 
     return video_cli.run(args, out)
+
+
+@command("cv")
+def _cv(args: argparse.Namespace) -> int:
+    from cnnlab.cli import cv as cv_cli
+
+    return cv_cli.run(args, out)
 
 
 @command("export")

@@ -13,6 +13,8 @@ the run directory (`splits.json`) so that evaluation later uses the same held-ou
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import logging
 import math
 import os
@@ -371,7 +373,14 @@ def _from_items(listing: Any, root: Path, source: str, cfg: Any) -> DataBundle:
 
 
 def load_source(cfg: Any) -> DataBundle:
-    """Resolve `cfg.data` (a TrainConfig or anything with the same fields) into a DataBundle."""
+    """Resolve `cfg.data` (a TrainConfig or anything with the same fields) into a DataBundle.
+
+    With `cfg.split_file` the splits are the file's (:func:`apply_split_file`): every sample of the
+    source is pooled (given train/val/test folders too) and the fractions are not used."""
+    split_file = getattr(cfg, "split_file", None)
+    if split_file:
+        pooled = dataclasses.replace(cfg, split_file=None, val_fraction=0.0, test_fraction=0.0)
+        return apply_split_file(load_source(pooled), split_file)
     spec = str(cfg.data)
     if spec.startswith("builtin:"):
         return _from_arrays(
@@ -398,6 +407,56 @@ def load_source(cfg: Any) -> DataBundle:
     if not path.is_dir():
         raise DataError(path, "dataset root is not a directory")
     return _from_items(items_from_folder(path), path.resolve(), str(path), cfg)
+
+
+def apply_split_file(bundle: DataBundle, path: str | Path) -> DataBundle:
+    """``bundle`` with the splits a JSON file names by sample id: ``{"splits": {"train": [ids],
+    "val": [...], "test": [...]}}`` (a run's splits.json) or the inner object alone. ``train`` is
+    required; an empty or missing val/test split is left out; samples the file does not name are
+    not used. An id that is unknown, repeated, or in two splits is a DataError naming the file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(path, "split file not found; give the JSON file of sample ids per split")
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(path, f"is not a JSON split file ({err}); {_SPLIT_FORMAT}") from None
+    given = content.get("splits", content) if isinstance(content, dict) else None
+    if not isinstance(given, dict) or not given:
+        raise DataError(path, f"holds no splits; {_SPLIT_FORMAT}")
+    unknown = [k for k in given if k not in SPLITS]
+    if unknown:
+        raise DataError(path, f"unknown split {unknown[0]!r}; splits are {', '.join(SPLITS)}")
+    if not given.get("train"):
+        raise DataError(path, f"has no (or an empty) 'train' split; {_SPLIT_FORMAT}")
+    whole = concat_splits(list(bundle.splits.values()))
+    index = {sid: i for i, sid in enumerate(whole.ids)}
+    seen: dict[str, str] = {}
+    splits: dict[str, Split] = {}
+    for name, ids in given.items():
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise DataError(path, f"split {name!r} must be a list of sample ids (strings)")
+        for sid in ids:
+            if sid in seen:
+                where = "twice" if seen[sid] == name else f"in both {seen[sid]!r} and {name!r}"
+                raise DataError(path, f"sample {sid!r} is listed {where}; list each sample once")
+            seen[sid] = name
+        missing = [sid for sid in ids if sid not in index]
+        if missing:
+            raise DataError(
+                path,
+                f"{len(missing)} id(s) of split {name!r} are not in {bundle.source} (first: "
+                f"{missing[:3]}); the file belongs to another dataset or the dataset changed",
+            )
+        if ids:
+            splits[name] = whole.subset([index[sid] for sid in ids])
+    unused = len(whole) - len(seen)
+    if unused:
+        log.info("%s: %d sample(s) of %s are in no split", path, unused, bundle.source)
+    return dataclasses.replace(bundle, splits=splits, split_origin=f"split file {path}")
+
+
+_SPLIT_FORMAT = 'expected {"splits": {"train": [ids], "val": [ids], "test": [ids]}} (a splits.json)'
 
 
 def split_by_ids(bundle: DataBundle, ids: list[str], split: str) -> Split:
