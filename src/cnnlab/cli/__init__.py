@@ -183,7 +183,8 @@ class _VersionAction(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole parser, built without importing torch (see the module docstring)."""
-    from cnnlab.cli import video as video_cli  # here: it imports this module's helpers
+    from cnnlab.cli import tune as tune_cli  # here: they import this module's helpers
+    from cnnlab.cli import video as video_cli
 
     parser = _Parser(
         prog="cnnlab",
@@ -494,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     video_cli.add_parser(sub)
+    tune_cli.add_parser(sub)
 
     p = sub.add_parser(
         "bench",
@@ -884,6 +886,13 @@ def _video(args: argparse.Namespace) -> int:
     from cnnlab.cli import video as video_cli
 
     return video_cli.run(args, out)
+
+
+@command("tune")
+def _tune(args: argparse.Namespace) -> int:
+    from cnnlab.cli import tune as tune_cli
+
+    return tune_cli.run(args, out)
 
 
 @command("export")
