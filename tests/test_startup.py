@@ -71,6 +71,7 @@ NEEDS_NO_TORCH = [
     ("detect", "train", "--help"),
     ("video", "--help"),
     ("video", "train", "--help"),
+    ("tune", "--help"),
 ]
 
 

@@ -353,14 +353,23 @@ def next_trial(study: optuna.Study, n: int, space: dict[str, Any], ctx: Context)
         trial = study.ask(space)
         trial.set_user_attr("machine", ctx.machine)
         trial.set_user_attr("pid", os.getpid())
-        live = (*FINISHED, TrialState.RUNNING)
-        ahead = sum(
-            t.number < trial.number and t.state in live for t in study.get_trials(deepcopy=False)
-        )
-        if ahead < n:
+        if claim(study, trial, n):
             return trial
-        trial.set_user_attr("surplus", True)  # another worker took the last place first
-        study.tell(trial, state=TrialState.FAIL)
+
+
+def claim(study: optuna.Study, trial: optuna.Trial, n: int) -> bool:
+    """True when fewer than ``n`` live (finished or running) trials are numbered below ``trial``;
+    else ``trial`` is surplus (another worker took the last place first) and is closed as a failed
+    trial that never ran. Trial numbers follow the storage's order of creation, so of any workers
+    that asked at once exactly the first ones keep their trials."""
+    live = (*FINISHED, TrialState.RUNNING)
+    trials = study.get_trials(deepcopy=False)
+    ahead = sum(t.number < trial.number and t.state in live for t in trials)
+    if ahead < n:
+        return True
+    trial.set_user_attr("surplus", True)
+    study.tell(trial, state=TrialState.FAIL)
+    return False
 
 
 @dataclasses.dataclass
