@@ -464,6 +464,11 @@ def tune(
     for key in ("out", "name", "resume"):
         if options.get(key) is not None:
             raise ConfigError(f"cnnlab tune names every trial's run folder: leave --{key} out")
+    if int(options.get("devices") or 1) > 1:
+        raise ConfigError(
+            "cnnlab tune runs each trial in one process: leave --devices out and start several "
+            "workers on one --storage instead"
+        )
     spec = task_spec(task)
     cls = spec.config
     fixed = (load_config_file(config) if config else {}) | {
