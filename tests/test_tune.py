@@ -333,3 +333,22 @@ def test_cnnlab_tune_help_lists_its_options() -> None:
                    "--lr", "--model"):  # fmt: skip
         assert option in proc.stdout
     user_error("tune", "--trials", "x", names="--trials")
+
+
+@pytest.mark.slow
+def test_segmentation_study_on_the_same_code(tmp_path: Path) -> None:
+    """--task segment: the same study code on segmentation's config, fit shell and monitor."""
+    tune_dir = tmp_path / "tune"
+    proc = ok(
+        "tune", "--task", "segment", "--data", "builtin:shapes?n=40&size=16", "--encoder", "lenet5",
+        "--image-size", "16", "--epochs", "2", "--batch-size", "4", "--precision", "32",
+        "--no-report", "--trials", "3", "--pruner", "none", "--out", str(tune_dir),
+        "--space", "lr=log:1e-3:0.1", cwd=tmp_path,
+    )  # fmt: skip
+    study = _study(tune_dir / "study.journal")
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 3
+    assert "val_miou" in (tune_dir / "trials.csv").read_text().splitlines()[0]
+    best = json.loads((tune_dir / "best_config.json").read_text())
+    assert best["encoder"] == "lenet5" and best["lr"] == pytest.approx(study.best_params["lr"])
+    assert "cnnlab segment train --config" in proc.stdout
+    assert "no per-sample test predictions" in proc.stdout
