@@ -155,6 +155,31 @@ def test_prune_callback_stops_a_poor_trial_with_its_reason() -> None:
         cb.on_epoch_end(stop, {"epoch": 2, "train_loss": 0.3})
 
 
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_pruners_stop_poor_trials_and_keep_the_best(pruner: str) -> None:
+    """Trials whose validation accuracy climbs to their own quality over 9 epochs: the pruner
+    stops some of the poorer ones and never the best one (it is best at every epoch)."""
+    import numpy as np
+
+    qualities = np.random.default_rng(0).uniform(0.1, 0.99, 30)
+    study = optuna.create_study(direction="maximize", pruner=st.make_pruner(pruner, 9, 30))
+    pruned = []
+    for q in qualities:
+        trial, trainer = study.ask(), _trainer()
+        cb = st.PruneTrial(trial, "val_accuracy", pruner)
+        for epoch in range(1, 10):
+            cb.on_epoch_end(trainer, {"epoch": epoch, "val_accuracy": float(q) * epoch / 9})
+            if trainer.state.stop:
+                break
+        pruned.append(cb.pruned)
+        if cb.pruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, float(q))
+    assert sum(pruned) >= 5, pruned
+    assert not pruned[int(np.argmax(qualities))]
+
+
 def test_surplus_trials_never_run_and_dead_workers_trials_are_failed(tmp_path: Path) -> None:
     store, _ = st.open_storage(None, tmp_path)
     study = optuna.create_study(study_name="s", storage=store)
