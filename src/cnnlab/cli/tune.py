@@ -83,7 +83,7 @@ def run(args: argparse.Namespace, out: Any) -> int:
             t.add_row(name, f"{value:.3f}")
         out.print(t)
     for note in r["notes"]:
-        out.print(f"[yellow]note:[/] {escape(note)}")
+        out.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     if r["best"]:
         b = r["best"]
         out.print(f"best: trial {b['trial']}  {r['monitor']} {b['value']:.4f}  "

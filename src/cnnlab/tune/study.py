@@ -635,21 +635,22 @@ def compare_top_two(
             )
             return None
         target = ctx.folder / "test" / f"trial-{t.number:03d}"
-        if not (target / "test_predictions.npz").is_file():  # scored once, kept for later summaries
+        if not target.is_dir():  # scored once, kept for later summaries
             partial = target.with_name(target.name + ".partial")
             if partial.exists():
                 import shutil
 
                 shutil.rmtree(partial)
             get_task(ctx.spec.name).evaluate(run_dir, split="test", report=False, out=partial)
-            if not (partial / "test_predictions.npz").is_file():
-                notes.append(
-                    f"a {ctx.spec.name} run records no per-sample test predictions: the paired "
-                    "test is for classification and video runs"
-                )
-                return None
             partial.rename(target)
         outs.append(target)
+    if not all((o / "test_predictions.npz").is_file() for o in outs):
+        notes.append(
+            f"a {ctx.spec.name} run records no per-sample test predictions, so the top two have "
+            f"no paired test (classification and video runs have); their test metrics are in "
+            f"{outs[0]} and {outs[1]}"
+        )
+        return None
     r = compare(outs[0], outs[1])
     p = r["mcnemar"]["p_value"]
     low, high = r["difference_low"], r["difference_high"]
