@@ -72,6 +72,7 @@ NEEDS_NO_TORCH = [
     ("video", "--help"),
     ("video", "train", "--help"),
     ("cv", "--help"),
+    ("tune", "--help"),
 ]
 
 

@@ -49,7 +49,7 @@ __all__ = [
     "resolve_channels_last", "resolve_device", "resolve_image_size", "resolve_precision",
     "seed_everything", "segment_evaluate", "segment_predict", "segment_train", "serve",
     "split_channel_stats", "split_to_uint8",
-    "stream_workers", "train", "transfer_study", "use_streaming", "video_evaluate", "video_predict",
+    "stream_workers", "train", "transfer_study", "tune", "use_streaming", "video_evaluate", "video_predict",
     "video_track", "video_train",
     "CVResult", "cross_validate",  # k-fold cross-validation (cnnlab cv): cnnlab.tasks.classify.cv
 ]  # fmt: skip
@@ -206,6 +206,34 @@ def embed(
     from cnnlab.transfer import embed as embed_features
 
     return embed_features(run_or_checkpoint, data, split, out, device=device)
+
+
+# -- hyperparameter search -------------------------------------------------------------------------------
+def tune(
+    *,
+    space: list[str] | tuple[str, ...] = (),
+    space_file: str | Path | None = None,
+    trials: int = 20,
+    study: str | None = None,
+    storage: str | None = None,
+    pruner: str = "median",
+    task: str = "classify",
+    out: str | Path | None = None,
+    config: str | Path | None = None,
+    console: Any = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Search the options in ``space`` (``["lr=log:1e-4:1e-1", "model=lenet5,resnet18"]``) with
+    Optuna's TPE and pruning until the study has ``trials`` finished trials (over all its workers
+    and restarts), then sum it up: trials table, importances, best config, the top two on the
+    test split (McNemar + bootstrap). ``options`` / ``config`` fix the other options of every
+    trial. Needs the ``tune`` extra (Optuna); see cnnlab.tune and docs/tune.md."""
+    from cnnlab.tune import tune as run_study
+
+    return run_study(
+        space=space, space_file=space_file, trials=trials, study=study, storage=storage,
+        pruner=pruner, task=task, out=out, config=config, console=console, **options,
+    )  # fmt: skip
 
 
 # -- explain -----------------------------------------------------------------------------------------------

@@ -186,8 +186,9 @@ class _VersionAction(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole parser, built without importing torch (see the module docstring)."""
-    from cnnlab.cli import cv as cv_cli  # here: it imports this module's helpers
-    from cnnlab.cli import video as video_cli  # here: it imports this module's helpers
+    from cnnlab.cli import cv as cv_cli  # here: they import this module's helpers
+    from cnnlab.cli import tune as tune_cli
+    from cnnlab.cli import video as video_cli
 
     parser = _Parser(
         prog="cnnlab",
@@ -509,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     video_cli.add_parser(sub)
     cv_cli.add_parser(sub)
+    tune_cli.add_parser(sub)
 
     p = sub.add_parser(
         "bench",
@@ -906,6 +908,13 @@ def _cv(args: argparse.Namespace) -> int:
     from cnnlab.cli import cv as cv_cli
 
     return cv_cli.run(args, out)
+
+
+@command("tune")
+def _tune(args: argparse.Namespace) -> int:
+    from cnnlab.cli import tune as tune_cli
+
+    return tune_cli.run(args, out)
 
 
 @command("export")

@@ -1,0 +1,207 @@
+"""The search space of `cnnlab tune`: ``NAME=SPEC`` words (or a TOML file of them) checked against
+a task's config class, before any trial runs. Optuna-free and torch-free.
+
+``NAME=log:LOW:HIGH``  log-uniform (float, or int for an integer option)
+``NAME=LOW:HIGH``      uniform (float, or int for an integer option)
+``NAME=a,b,c``         categorical; for a list option (``augment``) ``crop+flip`` is the list
+                       (crop, flip) and ``none`` the empty list
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import tomllib
+
+from cnnlab.config import make_config
+from cnnlab.errors import ConfigError, close_matches
+
+#: options a study fixes for every trial: where the runs go, what they learn from and are judged on
+NOT_SEARCHABLE = frozenset({"data", "out", "name", "resume", "devices", "monitor", "private"})
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched option: ``kind`` "float" | "int" (``low``..``high``, ``log``) or "categorical"
+    (``choices``: the words as given, e.g. "crop+flip")."""
+
+    name: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def text(self) -> str:
+        """The ``NAME=SPEC`` word that gives this parameter."""
+        if self.kind == "categorical":
+            return f"{self.name}={','.join(map(str, self.choices))}"
+        low, high = _number(self.low, self.kind), _number(self.high, self.kind)
+        return f"{self.name}={'log:' if self.log else ''}{low}:{high}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "low": self.low, "high": self.high,
+                "log": self.log, "choices": list(self.choices)}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Param:
+        return cls(d["name"], d["kind"], d.get("low"), d.get("high"), bool(d.get("log")),
+                   tuple(d.get("choices") or ()))  # fmt: skip
+
+
+def _number(value: float | None, kind: str) -> str:
+    return str(int(value)) if kind == "int" and value is not None else f"{value:g}"
+
+
+def option_value(cls: type, name: str, value: Any) -> Any:
+    """A sampled value as the config option takes it: "crop+flip" -> "crop,flip" for list options."""
+    if _is_tuple(get_type_hints(cls)[name]) and isinstance(value, str):
+        return "none" if value.strip() in ("", "none") else value.replace("+", ",")
+    return value
+
+
+def choice_of(cls: type, name: str, value: Any) -> Any:
+    """A config value in the words of the space ((crop, flip) -> "crop+flip"; () -> "none")."""
+    if _is_tuple(get_type_hints(cls)[name]):
+        return "+".join(value) if value else "none"
+    return value
+
+
+def parse_space(
+    cls: type, words: Iterable[str] = (), file: str | Path | None = None, fixed: Any = None
+) -> list[Param]:
+    """The parameters of ``--space NAME=SPEC`` words and a ``--space-file`` TOML file, each value
+    checked by building ``cls`` with it (over the ``fixed`` options): unknown names, impossible
+    ranges and bad choices fail here with a one-line ConfigError naming the option."""
+    fixed = dict(fixed or {})
+    params: list[Param] = []
+    for word in words:
+        name, sep, spec = str(word).partition("=")
+        if not sep or not spec.strip():
+            raise ConfigError(
+                f"--space {word!r}: give NAME=SPEC, e.g. lr=log:1e-4:1e-1, epochs=3:8 or "
+                "model=lenet5,resnet18"
+            )
+        params.append(_parse(cls, name, spec.strip(), f"--space {word}", fixed))
+    if file is not None:
+        params += _parse_file(cls, Path(file), fixed)
+    seen: set[str] = set()
+    for p in params:
+        if p.name in seen:
+            raise ConfigError(f"--space: option {p.name} is given twice; give it once")
+        seen.add(p.name)
+    return params
+
+
+def _parse_file(cls: type, path: Path, fixed: dict[str, Any]) -> list[Param]:
+    if not path.is_file():
+        raise ConfigError(f"--space-file {path}: not found")
+    try:
+        table = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--space-file {path} is not valid TOML: {err}") from None
+    table = table.get("space", table)  # the file's top level, or its [space] table
+    params = []
+    for name, spec in table.items():
+        where = f"--space-file {path}, key {name}"
+        if isinstance(spec, list):
+            items = ["+".join(map(str, c)) if isinstance(c, list) else c for c in spec]
+            params.append(_categorical(cls, _field(cls, name, where), items, where, fixed))
+        elif isinstance(spec, str):
+            params.append(_parse(cls, name, spec, where, fixed))
+        else:
+            raise ConfigError(
+                f'{where}: give a string ("log:1e-4:1e-1", "3:8", "a,b") or a list of choices, '
+                f"got {spec!r}"
+            )
+    return params
+
+
+def _field(cls: type, name: str, where: str) -> str:
+    name = name.strip().replace("-", "_")
+    names = [f.name for f in fields(cls)]
+    if name not in names:
+        raise ConfigError(f"{where}: unknown option {name!r}{close_matches(name, names)}")
+    if name in NOT_SEARCHABLE:
+        raise ConfigError(
+            f"{where}: option {name} is the same for every trial of a study; give it as "
+            f"--{name.replace('_', '-')} instead"
+        )
+    return name
+
+
+def _parse(cls: type, name: str, spec: str, where: str, fixed: dict[str, Any]) -> Param:
+    name = _field(cls, name, where)
+    log = spec.startswith("log:")
+    body = spec[4:] if log else spec
+    if ":" in body and "," not in body:
+        kind = _numeric_kind(get_type_hints(cls)[name])
+        if kind is None:
+            raise ConfigError(
+                f"{where}: option {name} is not a number; give its choices as {name}=a,b,c"
+            )
+        parts = body.split(":")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            low, high = (int(p) if kind == "int" else float(p) for p in parts)
+        except ValueError:
+            raise ConfigError(
+                f"{where}: give {'log:' if log else ''}LOW:HIGH with two "
+                f"{'integers' if kind == 'int' else 'numbers'}, got {spec!r}"
+            ) from None
+        if not low < high:
+            raise ConfigError(f"{where}: LOW must be below HIGH, got {low} and {high}")
+        if log and low <= 0:
+            raise ConfigError(f"{where}: a log range needs LOW > 0, got {low}")
+        for value in (low, high):
+            _check_value(cls, name, value, where, fixed)
+        return Param(name, kind, low, high, log)
+    if log:
+        raise ConfigError(f"{where}: give log:LOW:HIGH, got {spec!r}")
+    return _categorical(cls, name, [c.strip() for c in spec.split(",")], where, fixed)
+
+
+def _categorical(
+    cls: type, name: str, choices: list[Any], where: str, fixed: dict[str, Any]
+) -> Param:
+    choices = [c for c in choices if c != ""]
+    if len(set(map(str, choices))) < 2:
+        raise ConfigError(
+            f"{where}: give at least two different choices for {name}, or fix it as "
+            f"--{name.replace('_', '-')} VALUE"
+        )
+    for c in choices:
+        _check_value(cls, name, option_value(cls, name, c), where, fixed)
+    return Param(name, "categorical", choices=tuple(choices))
+
+
+def _check_value(cls: type, name: str, value: Any, where: str, fixed: dict[str, Any]) -> None:
+    """The config's own checks (types, ranges, allowed words) on one value of the space."""
+    try:
+        make_config(cls, **(fixed | {name: value}))
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _numeric_kind(hint: Any) -> str | None:
+    """ "int" / "float" for an option that holds a number (``X | None`` and ``float |
+    Literal["auto"]`` included), else None."""
+    options = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+    for option in options:
+        if option is bool or get_origin(option) is Literal:
+            continue
+        if option is int:
+            return "int"
+        if option is float:
+            return "float"
+    return None
+
+
+def _is_tuple(hint: Any) -> bool:
+    options = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+    return any(get_origin(o) is tuple for o in options)

@@ -1,0 +1,379 @@
+"""`cnnlab tune` (issue 24): the search space, the study's sampler, pruning callback, trial
+accounting over several workers and dead workers, and the whole command on builtin:digits.
+
+Fast tests use Optuna's storages directly with no training; the studies that train (12 trials with
+pruning, a SIGKILLed study resumed, two workers on one journal) are marked slow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from cli_process import SRC, cnnlab, ok, user_error
+
+optuna = pytest.importorskip("optuna")
+
+from optuna.trial import TrialState  # noqa: E402
+
+from cnnlab.config import TrainConfig, make_config  # noqa: E402
+from cnnlab.errors import ConfigError  # noqa: E402
+from cnnlab.tasks.configs import SegmentConfig  # noqa: E402
+from cnnlab.tune import study as st  # noqa: E402
+from cnnlab.tune.space import Param, choice_of, option_value, parse_space  # noqa: E402
+
+
+# -- the search space ---------------------------------------------------------------------------
+def test_space_words_become_typed_parameters() -> None:
+    params = parse_space(
+        TrainConfig,
+        ["lr=log:1e-4:1e-1", "epochs=3:8", "weight-decay=0:0.01",
+         "model=resnet18,mobilenet_v3_small", "augment=crop,crop+flip,none"],
+    )  # fmt: skip
+    assert params == [
+        Param("lr", "float", 1e-4, 1e-1, log=True),
+        Param("epochs", "int", 3, 8),
+        Param("weight_decay", "float", 0.0, 0.01),
+        Param("model", "categorical", choices=("resnet18", "mobilenet_v3_small")),
+        Param("augment", "categorical", choices=("crop", "crop+flip", "none")),
+    ]
+    assert isinstance(params[1].low, int) and isinstance(params[0].low, float)
+    # a list option's choice is the config's tuple, and back
+    cfg = make_config(TrainConfig, augment=option_value(TrainConfig, "augment", "crop+flip"))
+    assert cfg.augment == ("crop", "flip")
+    assert (
+        make_config(TrainConfig, augment=option_value(TrainConfig, "augment", "none")).augment == ()
+    )
+    assert choice_of(TrainConfig, "augment", ("crop", "flip")) == "crop+flip"
+    assert choice_of(TrainConfig, "augment", ()) == "none"
+    assert [Param.from_dict(p.to_dict()) for p in params] == params
+    assert params[0].text() == "lr=log:0.0001:0.1" and params[1].text() == "epochs=3:8"
+
+
+def test_space_file_same_as_words(tmp_path: Path) -> None:
+    f = tmp_path / "space.toml"
+    f.write_text('[space]\nlr = "log:1e-4:1e-1"\naugment = ["crop", ["crop", "flip"]]\n'
+                 'batch_size = [32, 64]\n')  # fmt: skip
+    words = parse_space(TrainConfig, ["lr=log:1e-4:1e-1", "augment=crop,crop+flip"])
+    from_file = parse_space(TrainConfig, file=f)
+    assert from_file[:2] == words
+    assert from_file[2] == Param("batch_size", "categorical", choices=(32, 64))
+
+
+@pytest.mark.parametrize(
+    ("word", "named"),
+    [
+        ("lerning_rate=log:1e-4:1e-1", ["lerning_rate", "did you mean"]),
+        ("lr=log:0:1", ["lr", "LOW > 0"]),
+        ("lr=0.1:0.01", ["LOW must be below HIGH"]),
+        ("epochs=1.5:4", ["epochs", "integers"]),
+        ("augment=crop,spin", ["spin", "augmentation"]),
+        ("model=lenet5", ["at least two"]),
+        ("optimizer=0:1", ["optimizer", "not a number"]),
+        ("data=a,b", ["data", "same for every trial"]),
+        ("lr", ["NAME=SPEC"]),
+    ],
+)
+def test_space_errors_name_the_option(word: str, named: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_space(TrainConfig, [word])
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("--space")
+    for name in named:
+        assert name in message, message
+
+
+def test_space_checks_other_tasks_options() -> None:
+    """Another task's config decides what is an option (segmentation's loss words, not ce/focal)."""
+    with pytest.raises(ConfigError, match="focal_gamma"):
+        parse_space(SegmentConfig, ["focal_gamma=0:2"])
+    assert parse_space(TrainConfig, ["focal_gamma=0:2"])[0].kind == "float"
+
+
+def test_cli_space_error_is_one_line(tmp_path: Path, capsys) -> None:
+    from cnnlab.cli import main
+
+    code = main(["tune", "--space", "lr=log:0:1", "--out", str(tmp_path / "t")])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "lr" in lines[0] and "LOW > 0" in lines[0], lines
+    code = main(["tune", "--study", "new", "--out", str(tmp_path / "t2")])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "--space" in lines[0], lines
+
+
+# -- sampling, pruning, accounting ----------------------------------------------------------------
+def test_trial_zero_is_the_default_configuration_and_trials_differ() -> None:
+    params = parse_space(TrainConfig, ["lr=log:1e-3:0.5", "augment=none,crop,crop+flip",
+                                       "batch_size=16:256", "model=alexnet,vgg11"])  # fmt: skip
+    base = st.baseline(TrainConfig, params, {"batch_size": "64"})
+    defaults = TrainConfig()
+    # model lenet5 is not among the choices: that one is sampled
+    assert base == {"lr": defaults.lr, "augment": "crop", "batch_size": 64}
+    space = {p.name: st.distribution(p) for p in params}
+    drawn = []
+    for seed in (0, 0, 1):
+        study = optuna.create_study(sampler=st.Sampler(seed, 3, base), direction="maximize")
+        trials = [study.ask(space) for _ in range(4)]
+        for t in trials:
+            study.tell(t, 0.5)
+        drawn.append([t.params for t in trials])
+    assert {k: drawn[0][0][k] for k in base} == base
+    assert drawn[0] == drawn[1]  # the same seed: the same study
+    assert drawn[0][1:] != drawn[2][1:]  # another seed: other trials (trial 0 stays the baseline)
+    assert len({json.dumps(p, sort_keys=True) for p in drawn[0]}) == 4
+
+
+def _trainer() -> SimpleNamespace:
+    return SimpleNamespace(state=SimpleNamespace(stop=False, stop_reason=""))  # a Trainer's shape
+
+
+def test_prune_callback_stops_a_poor_trial_with_its_reason() -> None:
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2))  # fmt: skip
+    for good in (0.9, 0.8):
+        t = study.ask()
+        for epoch in (1, 2):
+            t.report(good, epoch)
+        study.tell(t, good)
+    ok_trial, poor = study.ask(), study.ask()
+    keep, stop = _trainer(), _trainer()
+    st.PruneTrial(ok_trial, "val_accuracy", "median").on_epoch_end(
+        keep, {"epoch": 1, "val_accuracy": 0.95}
+    )
+    cb = st.PruneTrial(poor, "val_accuracy", "median")
+    cb.on_epoch_end(stop, {"epoch": 1, "val_accuracy": 0.2})
+    assert not keep.state.stop
+    assert stop.state.stop and cb.pruned and "pruned" in stop.state.stop_reason
+    assert "val_accuracy 0.2000 at epoch 1" in stop.state.stop_reason
+    with pytest.raises(ConfigError, match="validation split"):
+        cb.on_epoch_end(stop, {"epoch": 2, "train_loss": 0.3})
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_pruners_stop_poor_trials_and_keep_the_best(pruner: str) -> None:
+    """Trials whose validation accuracy climbs to their own quality over 9 epochs: the pruner
+    stops some of the poorer ones and never the best one (it is best at every epoch)."""
+    import numpy as np
+
+    qualities = np.random.default_rng(0).uniform(0.1, 0.99, 30)
+    study = optuna.create_study(direction="maximize", pruner=st.make_pruner(pruner, 9, 30))
+    pruned = []
+    for q in qualities:
+        trial, trainer = study.ask(), _trainer()
+        cb = st.PruneTrial(trial, "val_accuracy", pruner)
+        for epoch in range(1, 10):
+            cb.on_epoch_end(trainer, {"epoch": epoch, "val_accuracy": float(q) * epoch / 9})
+            if trainer.state.stop:
+                break
+        pruned.append(cb.pruned)
+        if cb.pruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, float(q))
+    assert sum(pruned) >= 5, pruned
+    assert not pruned[int(np.argmax(qualities))]
+
+
+def test_surplus_trials_never_run_and_dead_workers_trials_are_failed(tmp_path: Path) -> None:
+    store, _ = st.open_storage(None, tmp_path)
+    study = optuna.create_study(study_name="s", storage=store)
+    machine = st.machine_id()
+    first = [study.ask() for _ in range(3)]  # three live trials of "other workers"
+    for t in first:
+        t.set_user_attr("machine", machine)
+        t.set_user_attr("pid", os.getpid())
+    extra = study.ask()
+    assert not st.claim(study, extra, 3)  # a fourth place does not exist
+    assert study.get_trials()[3].state == TrialState.FAIL
+    assert study.get_trials()[3].user_attrs["surplus"]
+    study.tell(first[0], 1.0)
+    study.tell(first[1], state=TrialState.FAIL)  # a failed trial frees its place
+    assert st.claim(study, study.ask(), 3)
+    # a process that is gone: its RUNNING trial is failed at once; a live one is left alone
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    first[2].set_user_attr("pid", dead.pid)
+    assert st.fail_stale(study, machine) == [2]
+    frozen = study.get_trials()[2]
+    assert frozen.state == TrialState.FAIL and "stopped" in frozen.user_attrs["note"]
+    assert study.get_trials()[4].state == TrialState.RUNNING  # no pid yet, just started
+    # another machine's trial: only its heartbeat tells
+    other = study.ask()
+    other.set_user_attr("machine", "elsewhere/0")
+    other.set_user_attr("pid", dead.pid)
+    other.set_user_attr("heartbeat", time.time())
+    assert st.fail_stale(study, machine) == []
+    other.set_user_attr("heartbeat", time.time() - st.STALE_S - 1)
+    assert st.fail_stale(study, machine) == [other.number]
+
+
+def test_rdb_url_is_accepted_and_a_bad_one_named(tmp_path: Path) -> None:
+    store, where = st.open_storage(f"sqlite:///{tmp_path / 'study.db'}", tmp_path)
+    study = optuna.create_study(study_name="s", storage=store)
+    study.tell(study.ask(), 1.0)
+    assert isinstance(store, optuna.storages.RDBStorage) and (tmp_path / "study.db").is_file()
+    assert len(optuna.load_study(study_name="s", storage=where).trials) == 1
+    with pytest.raises(ConfigError, match="--storage nosuchdb://"):
+        st.open_storage("nosuchdb://x", tmp_path)
+
+
+# -- whole studies (slow: they train) -------------------------------------------------------------
+FIXED = ("--data", "builtin:digits", "--batch-size", "32", "--precision", "32", "--no-report")
+
+
+def _study(storage: Path, name: str = "default"):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.load_study(study_name=name,
+                             storage=JournalStorage(JournalFileBackend(str(storage))))  # fmt: skip
+
+
+def _best_val(history_csv: Path) -> float:
+    import csv
+
+    with open(history_csv) as f:
+        return max(float(r["val_accuracy"]) for r in csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_twelve_trials_on_digits_with_pruning(tmp_path: Path) -> None:
+    tune_dir = tmp_path / "tune"
+    proc = ok(
+        "tune", *FIXED, "--epochs", "4", "--trials", "12", "--out", str(tune_dir),
+        "--space", "lr=log:1e-3:0.5", "--space", "augment=none,crop,crop+flip",
+        "--space", "batch_size=32,64", cwd=tmp_path, timeout=1800,
+    )  # fmt: skip
+    study = _study(tune_dir / "study.journal")
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 12
+    assert states.count(TrialState.PRUNED) >= 3, states
+    # the default configuration, trained on its own as `cnnlab train` would
+    ok("train", *FIXED, "--epochs", "4", "--out", str(tmp_path / "runs"), "--name", "default",
+       cwd=tmp_path)  # fmt: skip
+    default = _best_val(tmp_path / "runs" / "default" / "metrics.csv")
+    assert study.best_value >= default
+    # each trial is a run folder; a pruned one says so
+    pruned = next(t for t in study.trials if t.state == TrialState.PRUNED)
+    run_json = json.loads((Path(pruned.user_attrs["run_dir"]) / "run.json").read_text())
+    assert run_json["stop_reason"].startswith("pruned by cnnlab tune")
+    assert not (Path(pruned.user_attrs["run_dir"]) / "test_metrics.json").exists()
+    rows = (tune_dir / "trials.csv").read_text().splitlines()
+    assert len(rows) == 13 and rows[0].startswith("trial,state,val_accuracy")
+    assert "McNemar" in proc.stdout and (
+        "significantly better" in proc.stdout or "a tie" in proc.stdout
+    )
+    assert "parameter importances" in proc.stdout
+    # the best configuration reruns as the best trial ran
+    best = json.loads((tune_dir / "best_config.json").read_text())
+    assert best["lr"] == pytest.approx(study.best_params["lr"])
+    ok("train", "--config", str(tune_dir / "best_config.json"), "--out", str(tmp_path / "runs"),
+       "--name", "rerun", cwd=tmp_path)  # fmt: skip
+    assert _best_val(tmp_path / "runs" / "rerun" / "metrics.csv") == pytest.approx(
+        study.best_value, abs=1e-6
+    )
+
+
+def _tune_process(tmp_path: Path, *args: str) -> subprocess.Popen:
+    env = os.environ | {"PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", "tune", *FIXED, "--epochs", "2", *args],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_with_its_finished_trials(tmp_path: Path) -> None:
+    args = ("--trials", "5", "--out", str(tmp_path / "tune"), "--space", "lr=log:1e-3:0.5")
+    journal = tmp_path / "tune" / "study.journal"
+    proc = _tune_process(tmp_path, *args)
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        time.sleep(2)
+        if journal.is_file():
+            trials = _study(journal).trials
+            if sum(t.state.is_finished() for t in trials) >= 2 and any(
+                t.state == TrialState.RUNNING for t in trials
+            ):
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {t.number: t.value for t in _study(journal).trials if t.state.is_finished()}
+    assert len(before) >= 2
+    ok("tune", *FIXED, "--epochs", "2", *args, cwd=tmp_path, timeout=1800)
+    after = _study(journal).trials
+    finished = [t for t in after if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 5
+    assert {n: v for n, v in before.items()} == {
+        t.number: t.value for t in after if t.number in before
+    }
+    killed = [t for t in after if t.state == TrialState.FAIL]
+    assert killed and all("stopped" in t.user_attrs["note"] for t in killed)
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_journal_and_run_each_trial_once(tmp_path: Path) -> None:
+    journal = tmp_path / "shared" / "study.journal"
+    space = ("--space", "lr=log:1e-3:0.5", "--space", "augment=none,crop")
+    workers = [
+        _tune_process(
+            tmp_path,
+            "--trials",
+            "12",
+            "--study",
+            "both",
+            "--storage",
+            str(journal),
+            "--out",
+            str(tmp_path / f"machine{i}"),
+            *space,
+        )  # fmt: skip
+        for i in (1, 2)
+    ]
+    for w in workers:
+        out, err = w.communicate(timeout=1800)
+        assert w.returncode == 0, err[-3000:]
+        assert "Traceback" not in err
+    trials = _study(journal, "both").trials
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 12
+    ran = [t for t in trials if not t.user_attrs.get("surplus")]
+    folders = [p.name for i in (1, 2) for p in (tmp_path / f"machine{i}").glob("trial-*")]
+    assert sorted(folders) == sorted(f"trial-{t.number:03d}" for t in ran)  # one folder each
+    assert len({json.dumps(t.params, sort_keys=True) for t in finished}) == 12
+    assert {t.user_attrs["pid"] for t in finished} == {w.pid for w in workers}
+    assert not (tmp_path / "machine1" / "study.journal").exists()
+
+
+def test_cnnlab_tune_help_lists_its_options() -> None:
+    proc = cnnlab("tune", "--help")
+    assert proc.returncode == 0
+    for option in ("--space", "--space-file", "--trials", "--study", "--storage", "--pruner",
+                   "--lr", "--model"):  # fmt: skip
+        assert option in proc.stdout
+    user_error("tune", "--trials", "x", names="--trials")
+
+
+@pytest.mark.slow
+def test_segmentation_study_on_the_same_code(tmp_path: Path) -> None:
+    """--task segment: the same study code on segmentation's config, fit shell and monitor."""
+    tune_dir = tmp_path / "tune"
+    proc = ok(
+        "tune", "--task", "segment", "--data", "builtin:shapes?n=40&size=16", "--encoder", "lenet5",
+        "--image-size", "16", "--epochs", "2", "--batch-size", "4", "--precision", "32",
+        "--no-report", "--trials", "3", "--pruner", "none", "--out", str(tune_dir),
+        "--space", "lr=log:1e-3:0.1", cwd=tmp_path,
+    )  # fmt: skip
+    study = _study(tune_dir / "study.journal")
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 3
+    assert "val_miou" in (tune_dir / "trials.csv").read_text().splitlines()[0]
+    best = json.loads((tune_dir / "best_config.json").read_text())
+    assert best["encoder"] == "lenet5" and best["lr"] == pytest.approx(study.best_params["lr"])
+    assert "cnnlab segment train --config" in proc.stdout
+    assert "no per-sample test predictions" in proc.stdout
