@@ -83,6 +83,18 @@ def test_help_shows_the_comment_the_allowed_values_and_the_default():
     assert "examples:" in text
 
 
+def test_the_augment_help_names_every_augmentation_the_task_allows():
+    from cnnlab.config import AUGMENTATIONS
+    from cnnlab.data.boxes import BOX_AUGMENTATIONS
+    from cnnlab.data.masks import SEGMENTATION_AUGMENTATIONS
+
+    allowed = {TrainConfig: AUGMENTATIONS, SegmentConfig: SEGMENTATION_AUGMENTATIONS,
+               DetectConfig: BOX_AUGMENTATIONS, VideoConfig: AUGMENTATIONS}  # fmt: skip
+    for cls, names in allowed.items():
+        doc = field_docs(cls)["augment"]
+        assert all(name in doc for name in names), (cls.__name__, doc)
+
+
 def test_field_docs_reads_trailing_wrapped_and_preceding_comments(tmp_path: Path, monkeypatch):
     (tmp_path / "toy_config.py").write_text(
         textwrap.dedent(

@@ -52,7 +52,7 @@ class RunConfig:
         0.1  # of all samples, when the source has no val split (stratified, seeded)
     )
     test_fraction: float = 0.1  # of all samples, when the source has no test split
-    augment: tuple[str, ...] = ("crop",)  # whole-batch tensor ops (the task says which)
+    augment: tuple[str, ...] = ("crop",)  # comma-separated: crop, flip, affine; or none
     # --- model ---
     model: str = "lenet5"  # a zoo name: `cnnlab models` lists them
     # --- optimisation ---

@@ -41,7 +41,7 @@ class SegmentConfig(RunConfig):
     data: str = "builtin:shapes?n=2000&size=32"
     data_root: str | None = None  # COCO: the folder holding the images (default: beside the JSON)
     in_channels: int | None = None  # None: the source's (3 for files)
-    augment: tuple[str, ...] = ("crop", "flip")  # whole-batch ops applied to image and mask alike
+    augment: tuple[str, ...] = ("crop", "flip")  # crop, flip: applied to image and mask alike
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit, enforced as an error
     ignore_index: int = 255  # mask value that is never scored (VOC's void boundary, fit padding)
     # --- model ---
@@ -97,7 +97,7 @@ class DetectConfig(RunConfig):
     data: str = "builtin:shapes?n=600&size=64&objects=2"  # COCO .json | VOC dir | YOLO dir
     data_root: str | None = None  # COCO: the image folder (default: beside the JSON)
     in_channels: int | None = None  # None: 3 (files) or the builtin's
-    augment: tuple[str, ...] = ("flip",)  # boxes follow the image's scale, padding and flips
+    augment: tuple[str, ...] = ("flip",)  # flip only: the boxes follow the image's flips
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit, enforced as an error
     # --- model ---
     model: str = "fasterrcnn"  # fasterrcnn | retinanet | fcos | ssdlite
