@@ -170,7 +170,7 @@ def _command_section(parser: argparse.ArgumentParser, words: str, level: int) ->
 
 
 def cli_reference() -> str:
-    os.environ["COLUMNS"] = "96"  # argparse wraps the usage lines to the page's code width
+    os.environ["COLUMNS"] = "80"  # argparse wraps the usage lines to the page's code width
     parser = build_parser()
     head = [
         "# Command line",
