@@ -46,8 +46,9 @@ lint: $(STAMP)
 # docstring mkdocstrings cannot read fails the build. The command-line and configuration references,
 # the notebooks (stored outputs, not executed) and the benchmark results are generated from the code
 # by docs/hooks/cnnlab_site.py. `.venv/bin/mkdocs serve` previews it at http://127.0.0.1:8000.
+# (No --quiet: in mkdocs 1.6 it hides the warnings from --strict too, and a broken link would pass.)
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # Every page of the built site in headless Chromium (Debian's chromium through Playwright): no console
 # error, no failed or outside request, every image decoded. CNNLAB_SCREENSHOTS=DIR keeps a PNG of each.

@@ -22,8 +22,7 @@ import dataclasses
 import functools
 import inspect
 import re
-import sys
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 #: comment lines that are not documentation: section headers and tool pragmas
 _NOT_DOC = re.compile(r"^(-{2,}.*-{2,}|fmt:\s*\w+|noqa\b.*|type:\s*ignore.*|pragma\b.*)$")
@@ -179,31 +178,15 @@ def _type_name(hint: Any) -> str:
     return " | ".join(dict.fromkeys(names))
 
 
-def _module_of(cls: type, name: str) -> str:
-    """The module of the class in ``cls``'s MRO that declares the field ``name`` (its annotation
-    is written in that module's names)."""
-    for klass in cls.__mro__:
-        if name in getattr(klass, "__annotations__", {}):
-            return klass.__module__
-    return cls.__module__
-
-
-@functools.cache
-def _hint(annotation: str, module: str) -> Any:
-    """A field's annotation (a string, under ``from __future__ import annotations``) as a type;
-    cached by its text, since the configs share most of them (typing.get_type_hints would
-    compile every field's again)."""
-    return eval(annotation, vars(sys.modules[module]))  # noqa: S307 -- our own source's annotation
-
-
 @functools.cache
 def config_help(cls: type) -> tuple[FieldHelp, ...]:
     """One :class:`FieldHelp` per field of the config ``cls``, in declaration order."""
     docs = field_docs(cls)
+    hints = get_type_hints(cls)
     result = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else None
-        hint = _hint(f.type, _module_of(cls, f.name)) if isinstance(f.type, str) else f.type
+        hint = hints[f.name]
         result.append(
             FieldHelp(
                 name=f.name,
