@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -196,3 +197,25 @@ def test_a_reader_that_stops_early_ends_the_command_quietly():
         os.close(write_end)
     assert proc.returncode == 141, proc.stderr[-2000:]  # 128 + SIGPIPE, as `ls | head`
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_the_docs_site_references_are_generated_from_the_parser_and_the_configs():
+    """docs/hooks/cnnlab_site.py (what `make docs` runs): every command and option is on the
+    command-line page, every field on the configuration page; the site itself is built and opened
+    in Chromium by `make test-docs`."""
+    pytest.importorskip("mkdocs")
+    path = Path(__file__).resolve().parents[1] / "docs" / "hooks" / "cnnlab_site.py"
+    spec = importlib.util.spec_from_file_location("cnnlab_site", path)
+    site = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(site)
+    cli_page, config_page = site.cli_reference(), site.config_reference()
+    for words, parser in parsers(build_parser()):
+        assert f"{{#{site._anchor(words)}}}" in cli_page
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS:  # hidden in --help, so on the page too
+                continue
+            for flag in action.option_strings:
+                assert f"`{flag}" in cli_page or f", {flag}" in cli_page, (words, flag)
+    for cls in CONFIGS:
+        assert all(f"| `{h.name}` |" in config_page for h in config_help(cls))
+    assert site.md("val_<metric> | a*b") == "val\\_&lt;metric&gt; \\| a\\*b"
