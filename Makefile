@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cnnlab-installed
 
-.PHONY: install demo test test-bf16 test-all test-notebooks lint bench clean
+.PHONY: install demo test test-bf16 test-all test-notebooks lint bench docs test-docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,12 +38,25 @@ test-notebooks: $(STAMP)
 		--durations=0 notebooks/
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs/hooks
+	$(BIN)/ruff format --check src tests benchmarks docs/hooks
 	$(BIN)/lint-imports
+
+# The documentation site (mkdocs.yml) into site/, offline. --strict: a broken link, a missing page or a
+# docstring mkdocstrings cannot read fails the build. The command-line and configuration references,
+# the notebooks (stored outputs, not executed) and the benchmark results are generated from the code
+# by docs/hooks/cnnlab_site.py. `.venv/bin/mkdocs serve` previews it at http://127.0.0.1:8000.
+# (No --quiet: in mkdocs 1.6 it hides the warnings from --strict too, and a broken link would pass.)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# Every page of the built site in headless Chromium (Debian's chromium through Playwright): no console
+# error, no failed or outside request, every image decoded. CNNLAB_SCREENSHOTS=DIR keeps a PNG of each.
+test-docs: docs
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/check_docs_site.py
 
 bench: $(STAMP)
 	$(BIN)/cnnlab bench train
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

@@ -77,7 +77,7 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "api.py:predict": ("predict",),
     "run.py:evaluation_dir": ("evaluate", "segment evaluate", "detect evaluate", "video evaluate"),
     "cli/__init__.py:_evaluation_note": ("evaluate", "segment evaluate", "detect evaluate"),
-    "cli/__init__.py:main": (*TRAINERS, "lr-find", *TASK_TRAINERS),  # out of memory: training
+    "cli/__init__.py:_main": (*TRAINERS, "lr-find", *TASK_TRAINERS),  # out of memory: training
     "cli/video.py:_run_predict_cli": ("video predict",),
     "segment.py:predict_segmentation": ("segment predict", "predict"),  # --precision
     "detect.py:predict_detection": ("detect predict", "predict"),  # --precision

@@ -73,6 +73,7 @@ NEEDS_NO_TORCH = [
     ("video", "train", "--help"),
     ("cv", "--help"),
     ("tune", "--help"),
+    ("completion", "bash"),  # argcomplete, never torch
 ]
 
 
@@ -81,6 +82,8 @@ def test_commands_that_need_no_model_do_not_import_torch(argv: tuple[str, ...], 
     code, modules, stdout = probe(tmp_path, CLI_PROBE, *argv)
     assert code == 0 and stdout.strip()
     assert "torch" not in modules and "torchvision" not in modules
+    if argv[0] != "completion":  # argcomplete is imported only to complete or print the script
+        assert "argcomplete" not in modules
 
 
 def test_metrics_scores_a_csv_without_torch(tmp_path: Path):

@@ -1,9 +1,11 @@
 """The one Python door: train, evaluate, predict, demo. The CLI mirrors these functions and adds nothing.
 
+```python
 import cnnlab.api as cl
 run = cl.train(data="builtin:mnist-sample", model="lenet5", epochs=8)
 print(run.test_metrics["accuracy"], run.run_dir)
 cl.predict(run.run_dir, ["digit.png"])
+```
 """
 
 from __future__ import annotations

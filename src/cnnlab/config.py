@@ -51,27 +51,27 @@ class RunConfig:
     val_fraction: float = (
         0.1  # of all samples, when the source has no val split (stratified, seeded)
     )
-    test_fraction: float = 0.1
-    augment: tuple[str, ...] = ("crop",)  # whole-batch tensor ops (the task says which)
+    test_fraction: float = 0.1  # of all samples, when the source has no test split
+    augment: tuple[str, ...] = ("crop",)  # comma-separated: crop, flip, affine; or none
     # --- model ---
-    model: str = "lenet5"
+    model: str = "lenet5"  # a zoo name: `cnnlab models` lists them
     # --- optimisation ---
-    epochs: int = 10
+    epochs: int = 10  # passes over the training split
     batch_size: int = 128  # samples per forward/backward (global over all processes under DDP)
     # micro-batches whose gradients add up before one optimizer step (Lightning's name): effective
     # batch = batch_size x accumulate_grad_batches, for batches too big for memory; lr and schedule
     # are per optimizer step
     accumulate_grad_batches: int = 1
-    optimizer: Optimizer = "sgd"
+    optimizer: Optimizer = "sgd"  # sgd (with momentum) or adamw
     lr: float | Literal["auto"] = 0.05  # peak rate per optimizer step; "auto": lr-find picks it
-    momentum: float = 0.9
-    nesterov: bool = True
+    momentum: float = 0.9  # SGD momentum (AdamW: beta1)
+    nesterov: bool = True  # Nesterov momentum (SGD only)
     weight_decay: float = 5e-4  # decoupled for AdamW, L2 for SGD; never applied to norms and biases
-    schedule: Schedule = "onecycle"
+    schedule: Schedule = "onecycle"  # learning-rate shape over the run (stepped per optimizer step)
     warmup_epochs: float = 1.0  # for cosine; one-cycle warms up for 25% of the run
     grad_clip: float | None = None  # max global L2 norm of gradients
     # --- compute ---
-    device: Device = "auto"
+    device: Device = "auto"  # auto: CUDA when a GPU is visible, else the CPU
     precision: Precision = "auto"  # auto: bf16 autocast where the CPU/GPU supports it, else fp32
     channels_last: bool | None = (
         None  # None: NHWC on CPU and CUDA (engine.devices.resolve_channels_last)
@@ -84,13 +84,13 @@ class RunConfig:
     )
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
     # --- run control ---
-    seed: int = 0
+    seed: int = 0  # seeds the split, initialisation, augmentation and batch order
     deterministic: bool = (
         False  # torch deterministic algorithms; identical runs for the same seed and versions
     )
     early_stopping: int | None = None  # patience in epochs on `monitor`; None: never stop early
     monitor: str = "val_accuracy"  # any val_<metric> the task validates, or val_loss / train_loss
-    out: str = "runs"
+    out: str = "runs"  # folder that holds the run folders
     name: str | None = None  # run folder name under `out`; None: model-data-timestamp
     resume: str | None = (
         None  # "auto" (--out/--name's last verified checkpoint) or a run / checkpoint
@@ -164,7 +164,7 @@ class TrainConfig(RunConfig):
     head_epochs: int = (
         1  # fine-tune: epochs that train only the new head before everything unfreezes
     )
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # in [0, 1): weight moved from the true class to all classes
     # --- class imbalance (docs/imbalance.md) ---
     # none | auto | FILE.json {class: weight}. auto: w_c = N / (K n_c) over the training split
     # (scikit-learn's "balanced": the weights average 1 over training samples)

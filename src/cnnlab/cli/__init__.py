@@ -26,6 +26,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from cnnlab import __version__
+from cnnlab.cli.examples import epilog
+from cnnlab.cli.options import config_help
 from cnnlab.config import TrainConfig
 from cnnlab.engine.timing import Timings, process_age_s
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, close_matches
@@ -57,34 +59,73 @@ def add_train_options(
     cls: type = TrainConfig,
     config_file: bool = True,
 ) -> None:
-    """One --option per config field (defaults live in the dataclass only; None = not given)."""
+    """One --option per config field (defaults live in the dataclass only; None = not given). The
+    help is the field's own comment in the config's source, its allowed values and its default
+    (:mod:`cnnlab.cli.options`)."""
     if config_file:
         p.add_argument(
-            "--config", help="JSON or TOML file of options (command-line options override it)"
+            "--config",
+            metavar="FILE",
+            help="JSON or TOML file of options (command-line options override it)",
         )
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
+    for h in config_help(cls):
+        if h.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = (
-            f"default: {default!r}"
-            if not isinstance(default, tuple)
-            else f"default: {','.join(default)}"
-        )
-        if str(f.type).startswith("bool | Literal"):  # --compile [auto] / --no-compile
-            p.add_argument(flag, dest=f.name, nargs="?", const="true", default=None, help=help_text)
-            p.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const="false")
-        elif str(f.type).startswith("bool"):
+        if h.type_name == "bool | word":  # --compile [auto] / --no-compile
             p.add_argument(
-                flag,
-                dest=f.name,
+                h.flag, dest=h.name, nargs="?", const="true", default=None, help=h.help()
+            )
+            p.add_argument(
+                "--no-" + h.flag[2:], dest=h.name, action="store_const", const="false",
+                help=f"the same as {h.flag} false",
+            )  # fmt: skip
+            continue
+        if h.is_bool:
+            p.add_argument(
+                h.flag,
+                dest=h.name,
                 action=argparse.BooleanOptionalAction,
                 default=None,
-                help=help_text,
+                help=h.help(),
             )
-        else:
-            p.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
+            continue
+        metavar = h.name.upper()
+        if h.choices and h.type_name == "word":  # Literal only: --optimizer {sgd,adamw}
+            metavar = "{" + ",".join(h.choices) + "}"
+        action = p.add_argument(h.flag, dest=h.name, default=None, metavar=metavar, help=h.help())
+        if h.choices:
+            action.completer = _words(h.choices)  # type: ignore[attr-defined]
+        elif h.name in ("model", "encoder", "backbone"):
+            task = _MODEL_TASKS.get(cls.__name__, "") if h.name == "model" else ""
+            action.completer = _model_names(task)  # type: ignore[attr-defined]
+
+
+#: the task whose architectures `--model` names, by config (encoders and backbones: the zoo)
+_MODEL_TASKS = {
+    "SegmentConfig": "segmentation",
+    "DetectConfig": "detection",
+    "VideoConfig": "video-classification",
+}
+
+
+def _words(words: Sequence[str]) -> Callable[..., list[str]]:
+    """An argcomplete completer offering ``words``."""
+    return lambda **_: list(words)
+
+
+def _model_names(task: str) -> Callable[..., list[str]]:
+    """An argcomplete completer of model names: ``task``'s architectures (video: and the zoo) or
+    the classification zoo. It imports torch, but only while completing."""
+
+    def complete(**_: Any) -> list[str]:
+        from cnnlab import models
+
+        names = list(models.list_models(task)) if task else []
+        if task in ("", "video-classification"):
+            names += models.list_models()
+        return names
+
+    return complete
 
 
 def add_max_restarts(p: argparse.ArgumentParser) -> None:
@@ -141,6 +182,14 @@ def _add_precision(p: argparse.ArgumentParser) -> None:
     )
 
 
+SHELLS = ("bash", "zsh", "fish", "tcsh", "powershell")
+RUN_HELP = "run directory or .safetensors checkpoint"
+DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (auto: CUDA when a GPU is visible, else the CPU)"
+JSON_HELP = "print JSON instead of tables"
+NO_REPORT_HELP = "do not write the HTML report"
+SPLIT_HELP = "test | val | train: the run's own split to measure"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with cnnlab's error shape: one line naming the option, exit code 2 (argparse's
     default prints the whole usage first); `--help` still shows everything."""
@@ -148,6 +197,43 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         err.print(f"[red]error:[/] {escape(message)} (see {self.prog} --help)", soft_wrap=True)
         raise SystemExit(2)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, but example lines (indented) keep their shape and an option's default
+    is said when its help does not say it already (argparse's ArgumentDefaultsHelpFormatter would
+    also say "default: None" and "default: False")."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n  " not in text:
+            return super()._fill_text(text, width, indent)
+        return "\n".join(indent + line for line in text.splitlines())
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        default = action.default
+        if (
+            "default" in help_text
+            or default in (None, False, True, argparse.SUPPRESS)
+            or isinstance(default, list)
+            or not (action.option_strings or action.nargs == "?")
+        ):
+            return help_text
+        return f"{help_text} (default: %(default)s)"
+
+
+def _finish_parsers(parser: argparse.ArgumentParser, words: str = "") -> None:
+    """Every parser: the help formatter, the command's one-line help as its description, its
+    examples as the epilog (:mod:`cnnlab.cli.examples`)."""
+    parser.formatter_class = _HelpFormatter
+    parser.epilog = parser.epilog or epilog(words)
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        helps = {a.dest: a.help for a in action._choices_actions}
+        for name, sub in action.choices.items():
+            sub.description = sub.description or helps.get(name)
+            _finish_parsers(sub, f"{words} {name}".strip())
 
 
 def version_text() -> str:
@@ -210,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="train LeNet-5 on 5,000 real MNIST digits, evaluate, write the report"
     )
-    p.add_argument("--out", default="runs")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--out", default="runs", help="folder that holds the run folders")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the training split (40)")
 
     p = sub.add_parser(
         "train", help="train a classifier on a folder, CSV, builtin: or torchvision: dataset"
@@ -242,11 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shots", default="5,10,50,all", help="labels per class to try (default 5,10,50,all)"
     )
-    p.add_argument("--strategies", default="scratch,linear-probe,fine-tune,gradual")
-    p.add_argument("--model", default=None)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seeds", default="0")
-    p.add_argument("--out", default="runs/transfer-study")
+    p.add_argument(
+        "--strategies",
+        default="scratch,linear-probe,fine-tune,gradual",
+        help="comma-separated, from scratch, linear-probe, fine-tune, gradual, full",
+    )
+    p.add_argument("--model", default=None, help="the zoo model (default: the source run's)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs of each run of the study")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds: each setting once per seed")
+    p.add_argument("--out", default="runs/transfer-study", help="folder for the study and its runs")
     # every other training option goes to each run of the study (the study sets these itself)
     add_train_options(p, skip=STUDY_SETS, config_file=False)
 
@@ -254,17 +344,22 @@ def build_parser() -> argparse.ArgumentParser:
         "lr-find", help="learning-rate range test: the loss curve and a suggested --lr"
     )
     add_train_options(p)
-    p.add_argument("--start", type=float, default=1e-5)
-    p.add_argument("--end", type=float, default=1.0)
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--start", type=float, default=1e-5, help="smallest learning rate tried")
+    p.add_argument("--end", type=float, default=1.0, help="largest learning rate tried")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=100,
+        help="batches, each at a rate geometrically above the last",
+    )
     p.add_argument("--plot", default="lr_find.png", help="where to write the plot (PNG)")
 
     p = sub.add_parser("embed", help="penultimate-layer features with labels to .npz")
     p.add_argument("run", help="run directory or .safetensors checkpoint")
     p.add_argument("--data", default=None, help="another dataset (default: the run's own)")
-    p.add_argument("--split", default="all")
-    p.add_argument("--out", default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--split", default="all", help="all | train | val | test")
+    p.add_argument("--out", default=None, help="the .npz file (default: RUN/embeddings-SPLIT.npz)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
     p = sub.add_parser(
         "evaluate",
@@ -273,11 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory or .safetensors checkpoint")
     p.add_argument("--data", help="evaluate on this dataset instead of the run's test split")
     p.add_argument("--split", default="test", help="test | val | train (default: test)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--out", help="a new folder for the results (default: a new RUN/evaluations/<time>/)"
     )
-    p.add_argument("--no-report", dest="report", action="store_false")
+    p.add_argument("--no-report", dest="report", action="store_false", help=NO_REPORT_HELP)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _add_precision(p)
     p.add_argument(
@@ -306,9 +401,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory, .safetensors checkpoint or exported .onnx")
     p.add_argument("inputs", nargs="+", help="image files or folders (a video for a video run)")
     p.add_argument("--out", default=None, help="output folder (segmentation, detection, video)")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--top-k", type=int, default=3, help="classes shown per image, most probable first"
+    )
+    p.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default="table",
+        help="how the results are printed",
+    )
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     _add_precision(p)
     p.add_argument(
         "--ignore-operating-point",
@@ -325,21 +427,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_options(q, cls=SegmentConfig)
     add_max_restarts(q)
     q = seg.add_parser("evaluate", help="per-class IoU, mean IoU, Dice, pixel accuracy")
-    q.add_argument("run")
-    q.add_argument("--data", default=None)
-    q.add_argument("--split", default="test")
-    q.add_argument("--device", default="auto")
-    q.add_argument("--out", default=None)
+    q.add_argument("run", help=RUN_HELP)
+    q.add_argument(
+        "--data", default=None, help="evaluate on this dataset instead of the run's split"
+    )
+    q.add_argument("--split", default="test", help=SPLIT_HELP)
+    q.add_argument("--device", default="auto", help=DEVICE_HELP)
+    q.add_argument(
+        "--out", default=None, help="a new folder for the results (default: in RUN/evaluations/)"
+    )
     _add_precision(q)
-    q.add_argument("--no-report", dest="report", action="store_false")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--no-report", dest="report", action="store_false", help=NO_REPORT_HELP)
+    q.add_argument("--json", action="store_true", help=JSON_HELP)
     q = seg.add_parser("predict", help="mask PNGs (class index per pixel) and colour overlays")
-    q.add_argument("run")
-    q.add_argument("inputs", nargs="+")
+    q.add_argument("run", help=RUN_HELP + " or exported .onnx")
+    q.add_argument("inputs", nargs="+", help="image files or folders")
     q.add_argument("--out", required=True, help="folder for the masks and overlays")
-    q.add_argument("--device", default="auto")
-    q.add_argument("--batch-size", type=int, default=16)
-    q.add_argument("--no-overlays", dest="overlays", action="store_false")
+    q.add_argument("--device", default="auto", help=DEVICE_HELP)
+    q.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    q.add_argument(
+        "--no-overlays",
+        dest="overlays",
+        action="store_false",
+        help="masks only, no colour overlays",
+    )
     _add_precision(q)
 
     p = sub.add_parser(
@@ -363,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="CAM method, repeatable: gradcam, gradcam++, eigencam, scorecam, layercam, xgradcam, hirescam",
     )
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument(
         "--score-threshold",
         type=float,
@@ -380,33 +491,54 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_options(q, cls=DetectConfig)
     add_max_restarts(q)
     q = det.add_parser("evaluate", help="mAP@0.5, mAP@[.5:.95], per-class AP, AR")
-    q.add_argument("run")
-    q.add_argument("--data", default=None)
-    q.add_argument("--split", default="test")
-    q.add_argument("--device", default="auto")
-    q.add_argument("--out", default=None)
+    q.add_argument("run", help=RUN_HELP)
+    q.add_argument(
+        "--data", default=None, help="evaluate on this dataset instead of the run's split"
+    )
+    q.add_argument("--split", default="test", help=SPLIT_HELP)
+    q.add_argument("--device", default="auto", help=DEVICE_HELP)
+    q.add_argument(
+        "--out", default=None, help="a new folder for the results (default: in RUN/evaluations/)"
+    )
     _add_precision(q)
-    q.add_argument("--no-report", dest="report", action="store_false")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--no-report", dest="report", action="store_false", help=NO_REPORT_HELP)
+    q.add_argument("--json", action="store_true", help=JSON_HELP)
     q = det.add_parser("predict", help="COCO results JSON and images with boxes drawn")
-    q.add_argument("run")
-    q.add_argument("inputs", nargs="+")
-    q.add_argument("--out", required=True)
-    q.add_argument("--device", default="auto")
-    q.add_argument("--score-threshold", type=float, default=None)
-    q.add_argument("--no-draw", dest="draw", action="store_false")
+    q.add_argument("run", help=RUN_HELP + " or exported .onnx")
+    q.add_argument("inputs", nargs="+", help="image files or folders")
+    q.add_argument("--out", required=True, help="folder for results.json and the drawn images")
+    q.add_argument("--device", default="auto", help=DEVICE_HELP)
+    q.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="boxes scoring at least this (default: the run's score_threshold)",
+    )
+    q.add_argument(
+        "--no-draw", dest="draw", action="store_false", help="results JSON only, no images"
+    )
     _add_precision(q)
 
     p = sub.add_parser(
         "export", help="ONNX / TorchScript / safetensors with preprocessing, checked after export"
     )
     p.add_argument("run", help="run directory or .safetensors checkpoint")
-    p.add_argument("--format", default="onnx", choices=("onnx", "torchscript", "safetensors"))
-    p.add_argument("--out", default=None)
-    p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--no-check", dest="check", action="store_false")
-    p.add_argument("--rtol", type=float, default=1e-3)
-    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument(
+        "--format",
+        default="onnx",
+        choices=("onnx", "torchscript", "safetensors"),
+        help="file format of the exported model",
+    )
+    p.add_argument("--out", default=None, help="the exported file (default: RUN/export/model.EXT)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    p.add_argument(
+        "--no-check",
+        dest="check",
+        action="store_false",
+        help="skip comparing the exported model's outputs with PyTorch's",
+    )
+    p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance of that check")
+    p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance of that check")
 
     p = sub.add_parser(
         "serve",
@@ -414,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run", help="run directory or .safetensors checkpoint")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     p.add_argument(
         "--max-upload-mb", type=float, default=10.0, help="largest upload in MB (10^6 bytes; 10)"
     )
@@ -437,19 +569,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds an upload may wait for its turn before a 503 (10)",
     )
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--top-k", type=int, default=5, help="classes shown per image")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     _add_precision(p)
 
     p = sub.add_parser("models", help="list the model zoo, or show one model's layers")
-    p.add_argument("action", nargs="?", default="list", choices=("list", "show"))
-    p.add_argument("name", nargs="?")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument(
+        "action",
+        nargs="?",
+        default="list",
+        choices=("list", "show"),
+        help="list the zoo or show NAME",
+    )
+    p.add_argument("name", nargs="?", help="with show: the model whose layers are shown")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input side in pixels (default: the model's own)",
+    )
+    p.add_argument("--in-channels", type=int, default=3, help="input channels (1 grey, 3 RGB)")
     p.add_argument(
         "--num-classes", type=int, default=1000, help="default 1000: the published counts"
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.add_argument(
         "--task",
         default="classification",
@@ -464,14 +607,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "csv", help="CSV with a `label` column and `score_<class>` columns or a `pred` column"
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = sub.add_parser(
         "compare", help="two runs on the same test set: McNemar's exact test, accuracy difference"
     )
-    p.add_argument("run_a")
-    p.add_argument("run_b")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("run_a", help="the first run directory")
+    p.add_argument("run_b", help="the second run, trained on the same data split")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = sub.add_parser(
         "conv", help="the convolution lab: 1D/2D convolution step by step, as in the lecture"
@@ -486,8 +629,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--example",
         help="run one of the lecture's worked examples: hospital-one-day, hospital, slide, image",
     )
-    p.add_argument("--op", default="convolution", choices=("convolution", "correlation"))
-    p.add_argument("--mode", default="valid", choices=("full", "valid", "same"))
+    p.add_argument(
+        "--op",
+        default="convolution",
+        choices=("convolution", "correlation"),
+        help="convolution flips the kernel; correlation (what CNN layers compute) does not",
+    )
+    p.add_argument(
+        "--mode",
+        default="valid",
+        choices=("full", "valid", "same"),
+        help="output length: full N+K-1, valid N-K+1, same N",
+    )
     p.add_argument("--image-size", default=None, help="resize an image input to N or H,W pixels")
     p.add_argument(
         "--max-steps",
@@ -496,9 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="explain at most this many output positions (default: all of up to 25, "
         "6 of a larger one: the first, the strongest, the weakest, the rest spread evenly)",
     )
-    p.add_argument("--stride", default="1")
-    p.add_argument("--padding", default="0")
-    p.add_argument("--dilation", default="1")
+    p.add_argument("--stride", default="1", help="step between output positions (N or H,W)")
+    p.add_argument("--padding", default="0", help="zeros added on each side (N or H,W)")
+    p.add_argument("--dilation", default="1", help="spacing of the kernel taps (N or H,W)")
     p.add_argument("--explain", action="store_true", help="print the step-by-step table")
     p.add_argument(
         "--out",
@@ -506,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="PNG of the input, the kernel and the feature map (default for an image input: "
         "<image name>_conv.png in the current folder)",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     video_cli.add_parser(sub)
     cv_cli.add_parser(sub)
@@ -524,17 +677,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("options", nargs=argparse.REMAINDER, help="passed to the script")
 
     p = sub.add_parser("data", help="dataset tools: `cnnlab data check SRC`")
-    p.add_argument("action", choices=("check",))
-    p.add_argument("source")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--strict", action="store_true")
-    p.add_argument("--max-image-pixels", type=int, default=TrainConfig.max_image_pixels)
-    p.add_argument("--max-bad-fraction", type=float, default=TrainConfig.max_bad_fraction)
-    p.add_argument("--allow-empty-classes", action="store_true")
+    p.add_argument("action", choices=("check",), help="check: scan a dataset without changing it")
+    p.add_argument("source", help="the --data source: folder, CSV, builtin:NAME, torchvision:NAME")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p.add_argument("--strict", action="store_true", help="exit non-zero on any problem found")
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=TrainConfig.max_image_pixels,
+        help="decompression-bomb limit, as in training",
+    )
+    p.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=TrainConfig.max_bad_fraction,
+        help="fraction of undecodable files that training would abort on",
+    )
+    p.add_argument(
+        "--allow-empty-classes",
+        action="store_true",
+        help="a class folder without images is no problem",
+    )
     p.add_argument(
         "--min-side", type=int, default=8, help="list images smaller than this many pixels"
     )
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="processes that decode files")
+
+    p = sub.add_parser(
+        "completion",
+        help="print the shell script that completes cnnlab's commands and options on TAB",
+        description="Prints a completion script (argcomplete) for your shell; add it to the shell's "
+        'start-up file, or `eval` it for the current shell: eval "$(cnnlab completion bash)".',
+    )
+    p.add_argument("shell", choices=SHELLS, help="the shell to complete in")
+    _finish_parsers(parser)
     return parser
 
 
@@ -1361,9 +1537,38 @@ def _bench(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, str(folder / f"bench_{args.name}.py"), *args.options])
 
 
+@command("completion")
+def _completion(args: argparse.Namespace) -> int:
+    import argcomplete
+
+    sys.stdout.write(argcomplete.shellcode(["cnnlab"], shell=args.shell))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """`cnnlab ...`: the exit status. A reader that stops early (`cnnlab models | head`) ends the
+    command quietly, as `ls | head` does: exit status 141 (128 + SIGPIPE), no traceback."""
+    try:
+        try:
+            code = _main(argv)
+        finally:  # --help exits through SystemExit: its output too
+            sys.stdout.flush()  # a broken pipe shows here at the latest, not at interpreter exit
+    except BrokenPipeError:
+        try:  # Python's own flush at exit would fail again: point stdout at /dev/null
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file (a test's capture)
+            pass
+        return 128 + 13
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (`cnnlab completion`)
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()

@@ -46,12 +46,12 @@ def _add_train_cli(actions: Any) -> None:
     add_max_restarts(p)
     q = actions.add_parser("evaluate", help="clip accuracy, per-class metrics and the report")
     q.add_argument("run", help="a video run directory or its .safetensors checkpoint")
-    q.add_argument("--split", default="test")
+    q.add_argument("--split", default="test", help="test | val | train: the run's own split")
     q.add_argument("--data", default=None, help="another builtin or folder of videos per class")
-    q.add_argument("--device", default="auto")
-    q.add_argument("--out", default=None)
-    q.add_argument("--json", action="store_true")
-    q.add_argument("--no-report", dest="report", action="store_false")
+    q.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    q.add_argument("--out", default=None, help="folder for the results (default: in the run)")
+    q.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    q.add_argument("--no-report", dest="report", action="store_false", help="no HTML report")
 
 
 def _run_train_cli(args: argparse.Namespace, out: Any) -> int:

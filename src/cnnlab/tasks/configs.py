@@ -41,8 +41,8 @@ class SegmentConfig(RunConfig):
     data: str = "builtin:shapes?n=2000&size=32"
     data_root: str | None = None  # COCO: the folder holding the images (default: beside the JSON)
     in_channels: int | None = None  # None: the source's (3 for files)
-    augment: tuple[str, ...] = ("crop", "flip")  # whole-batch ops applied to image and mask alike
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    augment: tuple[str, ...] = ("crop", "flip")  # crop, flip: applied to image and mask alike
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit, enforced as an error
     ignore_index: int = 255  # mask value that is never scored (VOC's void boundary, fit padding)
     # --- model ---
     model: str = (
@@ -97,8 +97,8 @@ class DetectConfig(RunConfig):
     data: str = "builtin:shapes?n=600&size=64&objects=2"  # COCO .json | VOC dir | YOLO dir
     data_root: str | None = None  # COCO: the image folder (default: beside the JSON)
     in_channels: int | None = None  # None: 3 (files) or the builtin's
-    augment: tuple[str, ...] = ("flip",)  # boxes follow the image's scale, padding and flips
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    augment: tuple[str, ...] = ("flip",)  # flip only: the boxes follow the image's flips
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit, enforced as an error
     # --- model ---
     model: str = "fasterrcnn"  # fasterrcnn | retinanet | fcos | ssdlite
     backbone: str = "resnet18"  # a zoo classifier (ignored by ssdlite)
@@ -119,7 +119,7 @@ class DetectConfig(RunConfig):
     channels_last: bool | None = False  # torchvision's detection heads gain nothing from NHWC
     # --- run control ---
     monitor: str = "val_map50"  # val_map50 / val_map (higher better) or train_loss
-    report_images: int = 6
+    report_images: int = 6  # best and worst test images shown in the report
 
     def __post_init__(self) -> None:
         from cnnlab.data.boxes import BOX_AUGMENTATIONS
@@ -161,7 +161,7 @@ class VideoConfig(RunConfig):
     optimizer: Optimizer = "adamw"
     lr: float = 2e-3  # peak rate (one-cycle) per batch of `batch_size` clips
     weight_decay: float = 1e-4  # never applied to norms and biases
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # in [0, 1): weight moved from the true class to all classes
     # --- compute ---
     channels_last: bool | None = False  # clips are (N, T*C, S, S) stacks, not NHWC images
 

@@ -1,0 +1,221 @@
+"""Help that teaches: every option of every command says what it does (issue 23).
+
+The generated options' help is the config field's own comment (cnnlab.cli.options): a new field
+without a comment fails here, as does a hand-written option without `help=` or a command without
+examples. Also: shell completion (argcomplete), --version, and a reader that stops early
+(`cnnlab ... | head`) ending the command without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_process import SRC, TIMEOUT
+
+import cnnlab
+from cnnlab.cli import build_parser, main
+from cnnlab.cli.examples import EXAMPLES
+from cnnlab.cli.options import config_help, field_docs
+from cnnlab.config import TrainConfig
+from cnnlab.tasks.configs import DetectConfig, SegmentConfig, VideoConfig
+
+CONFIGS = (TrainConfig, SegmentConfig, DetectConfig, VideoConfig)
+
+
+def parsers(
+    parser: argparse.ArgumentParser, words: str = ""
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """("train", parser), ("segment train", parser), ... for every (sub)command, the root first."""
+    yield words, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from parsers(sub, f"{words} {name}".strip())
+
+
+def test_every_option_of_every_command_has_a_description():
+    missing = []
+    for words, parser in parsers(build_parser()):
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            if action.help == argparse.SUPPRESS:  # a hidden old spelling
+                continue
+            text = (action.help or "").split("(default:")[0].strip()
+            if not text:
+                missing.append(f"cnnlab {words} {'/'.join(action.option_strings) or action.dest}")
+    assert not missing, "options without a description:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
+def test_every_config_field_has_a_comment_that_becomes_its_help(cls: type):
+    helps = {h.name: h for h in config_help(cls)}
+    assert set(helps) == {f.name for f in dataclasses.fields(cls)}
+    undocumented = [name for name, h in helps.items() if not h.doc]
+    assert not undocumented, (
+        f"{cls.__name__} fields without a `# comment` (their --help): {undocumented}"
+    )
+
+
+def test_help_shows_the_comment_the_allowed_values_and_the_default():
+    train = {h.name: h for h in config_help(TrainConfig)}
+    assert train["optimizer"].choices == ("sgd", "adamw")
+    assert train["lr"].choices == ("auto",)  # float | Literal["auto"]
+    assert train["schedule"].help().endswith("[onecycle|cosine|constant] (default: onecycle)")
+    assert "%%" in train["warmup_epochs"].help()  # "25%" escaped for argparse
+    assert train["nesterov"].is_bool and not train["epochs"].is_bool
+    assert train["channels_last"].is_bool  # bool | None
+    segment = {h.name: h for h in config_help(SegmentConfig)}
+    assert "ce+dice" in segment["loss"].choices
+    # a field re-declared without a comment keeps its parent's (RunConfig's batch_size)
+    assert segment["batch_size"].doc == train["batch_size"].doc
+    text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert "--optimizer {sgd,adamw}" in text and "sgd (with momentum) or adamw" in text
+    assert "examples:" in text
+
+
+def test_the_augment_help_names_every_augmentation_the_task_allows():
+    from cnnlab.config import AUGMENTATIONS
+    from cnnlab.data.boxes import BOX_AUGMENTATIONS
+    from cnnlab.data.masks import SEGMENTATION_AUGMENTATIONS
+
+    allowed = {TrainConfig: AUGMENTATIONS, SegmentConfig: SEGMENTATION_AUGMENTATIONS,
+               DetectConfig: BOX_AUGMENTATIONS, VideoConfig: AUGMENTATIONS}  # fmt: skip
+    for cls, names in allowed.items():
+        doc = field_docs(cls)["augment"]
+        assert all(name in doc for name in names), (cls.__name__, doc)
+
+
+def test_field_docs_reads_trailing_wrapped_and_preceding_comments(tmp_path: Path, monkeypatch):
+    (tmp_path / "toy_config.py").write_text(
+        textwrap.dedent(
+            '''
+            from __future__ import annotations
+            from dataclasses import dataclass
+
+            @dataclass(frozen=True)
+            class Base:
+                """A docstring: not a field's comment."""
+
+                # --- data ---
+                size: int = 3  # pixels (square)
+                # two lines above
+                # of one field
+                name: str = "a # not a comment"
+                wrapped: str | None = (
+                    None  # inside the parentheses
+                )  # fmt: skip
+                bare: int = 0
+
+            @dataclass(frozen=True)
+            class Child(Base):
+                size: int = 5
+                extra: float = 1.0  # the child's own
+
+                def method(self) -> None:
+                    x: int = 1  # a local, not a field
+            '''
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    toy = importlib.import_module("toy_config")
+    assert field_docs(toy.Child) == {
+        "size": "pixels (square)",
+        "name": "two lines above of one field",
+        "wrapped": "inside the parentheses",
+        "extra": "the child's own",
+    }
+
+
+def test_every_command_has_examples_in_its_help():
+    for words, parser in parsers(build_parser()):
+        if words in ("segment", "detect", "video") or words in EXAMPLES:
+            assert words not in EXAMPLES or parser.epilog.startswith("examples:\n  cnnlab")
+        else:
+            pytest.fail(f"`cnnlab {words}` has no examples (cnnlab/cli/examples.py)")
+    assert set(EXAMPLES) <= {words for words, _ in parsers(build_parser())}
+
+
+def test_version_prints_the_version(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"cnnlab {cnnlab.__version__} (torch ")
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_prints_the_shell_script(shell: str, capsys: pytest.CaptureFixture[str]):
+    assert main(["completion", shell]) == 0
+    script = capsys.readouterr().out
+    assert "cnnlab" in script and "_ARGCOMPLETE" in script
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return os.environ | {"PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")} | extra
+
+
+def test_completion_completes_commands_and_allowed_values(tmp_path: Path):
+    """What the shell script asks: argcomplete answers through a file (no torch for these)."""
+    found = {}
+    for line in ("cnnlab tr", "cnnlab train --optimizer "):
+        answer = tmp_path / "answer"
+        env = _env(
+            _ARGCOMPLETE="1", COMP_LINE=line, COMP_POINT=str(len(line)),
+            _ARGCOMPLETE_STDOUT_FILENAME=str(answer),
+        )  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "cnnlab"], env=env, capture_output=True, text=True,
+            timeout=TIMEOUT,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        found[line] = set(answer.read_text().split("\x0b"))
+    assert found["cnnlab tr"] == {"train", "transfer-study"}
+    assert found["cnnlab train --optimizer "] == {"sgd", "adamw"}
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`cnnlab conv --example slide --json | head -1`: the reader is gone before the output is
+    written (its end of the pipe closed first), so the write fails every time."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cnnlab", "conv", "--example", "slide", "--json"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, env=_env(), timeout=TIMEOUT,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr[-2000:]  # 128 + SIGPIPE, as `ls | head`
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_the_docs_site_references_are_generated_from_the_parser_and_the_configs():
+    """docs/hooks/cnnlab_site.py (what `make docs` runs): every command and option is on the
+    command-line page, every field on the configuration page; the site itself is built and opened
+    in Chromium by `make test-docs`."""
+    pytest.importorskip("mkdocs")
+    path = Path(__file__).resolve().parents[1] / "docs" / "hooks" / "cnnlab_site.py"
+    spec = importlib.util.spec_from_file_location("cnnlab_site", path)
+    site = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(site)
+    cli_page, config_page = site.cli_reference(), site.config_reference()
+    for words, parser in parsers(build_parser()):
+        assert f"{{#{site._anchor(words)}}}" in cli_page
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS:  # hidden in --help, so on the page too
+                continue
+            for flag in action.option_strings:
+                assert f"`{flag}" in cli_page or f", {flag}" in cli_page, (words, flag)
+    for cls in CONFIGS:
+        assert all(f"| `{h.name}` |" in config_page for h in config_help(cls))
+    assert site.md("val_<metric> | a*b") == "val\\_&lt;metric&gt; \\| a\\*b"
