@@ -99,6 +99,8 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "data/sources.py:apply_split_file": (*TRAINERS, "lr-find", "evaluate", "embed"),
     "data/folds.py": ("cv",),
     "tasks/classify/cv.py": ("cv",),
+    "tune/space.py": ("tune",),
+    "tune/study.py": ("tune",),
     "data/sources.py:<module>": (*TRAINERS, "lr-find"),  # PIXEL_LIMIT_HINT, said by _from_items
     "data/tensors.py:open_cache": TRAINERS,
     "detect.py:_prepare": ("detect train",),

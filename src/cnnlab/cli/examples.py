@@ -118,6 +118,20 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("cnnlab data check photos/", "every file decoded once; problems listed"),
         ("cnnlab data check labels.csv --json --strict", "for scripts: non-zero on problems"),
     ],
+    "cv": [
+        ("cnnlab cv --folds 5 --data builtin:digits --epochs 3", "mean, std and 95% interval"),
+        ("cnnlab cv --folds 10 --data photos/ --model resnet18 --name cv-photos", "rerun resumes"),
+        ("cnnlab metrics runs/cv-photos/oof_predictions.csv", "score the out-of-fold predictions"),
+    ],
+    "tune": [
+        (
+            "cnnlab tune --data builtin:digits --trials 12 --space lr=log:1e-3:0.3 "
+            "--space batch_size=32,64,128",
+            "TPE with median pruning",
+        ),
+        ("cnnlab tune --space-file space.toml --study s1 --storage runs/s1.journal", "a worker"),
+        ("cnnlab train --config runs/tune-s1/best_config.json", "rerun the best configuration"),
+    ],
     "completion": [
         ("cnnlab completion bash >> ~/.bashrc", "bash (needs bash-completion)"),
         ("cnnlab completion zsh >> ~/.zshrc", "zsh"),
