@@ -183,6 +183,7 @@ class _VersionAction(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole parser, built without importing torch (see the module docstring)."""
+    from cnnlab.cli import runs as runs_cli
     from cnnlab.cli import video as video_cli  # here: it imports this module's helpers
 
     parser = _Parser(
@@ -494,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     video_cli.add_parser(sub)
+    runs_cli.add_parser(sub)
 
     p = sub.add_parser(
         "bench",
@@ -877,6 +879,13 @@ def _print_detection_metrics(metrics: dict[str, Any] | None) -> None:
     for key in ("map_50", "map", "map_75", "mar_100"):
         if metrics and metrics.get(key) is not None:
             out.print(f"{key}: {metrics[key]:.4f}")
+
+
+@command("runs")
+def _runs(args: argparse.Namespace) -> int:
+    from cnnlab.cli import runs as runs_cli
+
+    return runs_cli.run(args, out, err)
 
 
 @command("video")
