@@ -83,7 +83,7 @@ def _table(rows: list[rt.RunRow], folder: str) -> Table:
     for name, justify in (("run", "left"), ("task", "left"), ("model", "left"), ("data", "left"),
                           ("main metric [95% CI]", "left"), ("epochs", "right"),
                           ("time", "right"), ("size", "right"), ("date", "left")):  # fmt: skip
-        t.add_column(name, justify=justify, overflow="fold")
+        t.add_column(name, justify=justify, overflow="fold", no_wrap=name.startswith("main"))
     for r in rows:
         epochs = f"{r.epochs_done}/{r.epochs}" if r.epochs is not None else str(r.epochs_done)
         date = r.date if r.finished else f"{r.date} (unfinished)"
@@ -93,30 +93,32 @@ def _table(rows: list[rt.RunRow], folder: str) -> Table:
 
 
 def _clean(folder: str, args: argparse.Namespace, out: Any, err: Any) -> int:
-    runs = rt.find_runs(folder)
-    plans, problems = rt.clean_plan(runs, args.keep)
+    """Show what --keep would not have kept and its size; delete it with --yes."""
+    plans, problems = rt.clean_plan(rt.find_runs(folder), args.keep)
     for problem in problems:
         err.print(f"[yellow]skipped:[/] {escape(problem.reason)}", soft_wrap=True)
     total = sum(p.bytes for p in plans)
+    lines = [
+        f"{p.run}: {len(p.files)} files, {rt.format_bytes(p.bytes)} (keeps the best weights and "
+        f"{', '.join(p.keep_tags) or 'no epoch'})"
+        for p in plans
+    ]
+    if not plans:
+        lines.append(f"nothing to clean in {folder} under --keep {args.keep}")
+    elif not args.yes:
+        lines.append(
+            f"would free {rt.format_bytes(total)} in {len(plans)} runs; add --yes to delete"
+        )
+    else:
+        freed = rt.clean(plans)
+        lines.append(f"freed {rt.format_bytes(freed)} in {len(plans)} runs")
     if args.json:
-        print(json.dumps({"keep": args.keep, "bytes": total, "deleted": args.yes and bool(plans),
-                          "runs": [{"run": str(p.run), "bytes": p.bytes, "keep": p.keep_tags,
-                                    "files": [str(f) for f in p.files]} for p in plans]},
+        runs = [{"run": str(p.run), "bytes": p.bytes, "keeps": p.keep_tags,
+                 "files": [str(f) for f in p.files]} for p in plans]  # fmt: skip
+        deleted = bool(args.yes and plans)
+        print(json.dumps({"keep": args.keep, "bytes": total, "deleted": deleted, "runs": runs},
                          indent=2))  # fmt: skip
     else:
-        for p in plans:
-            out.print(f"{escape(str(p.run))}: {len(p.files)} files, {rt.format_bytes(p.bytes)} "
-                      f"(keeps best weights and {', '.join(p.keep_tags) or 'no epoch'})")  # fmt: skip
-    if not plans:
-        if not args.json:
-            out.print(f"nothing to clean in {escape(folder)} under --keep {args.keep}")
-        return 0
-    if not args.yes:
-        if not args.json:
-            out.print(f"would free {rt.format_bytes(total)} in {len(plans)} runs; "
-                      "add --yes to delete")  # fmt: skip
-        return 0
-    freed = rt.clean(plans)
-    if not args.json:
-        out.print(f"freed {rt.format_bytes(freed)} in {len(plans)} runs")
+        for line in lines:
+            out.print(escape(line), soft_wrap=True)
     return 0
