@@ -143,7 +143,7 @@ def test_runs_lists_the_four_tasks_beside_the_mlflow_store(tracked: Path, capsys
 @pytest.mark.slow
 def test_a_resumed_run_continues_its_mlflow_run(tmp_path: Path, monkeypatch):
     train, options = TINY["classification"]
-    options = COMMON | options | {"epochs": 3, "report": False}
+    options = COMMON | options | {"epochs": 2, "report": False}
     original = cbs.GracefulInterrupt.on_fit_start
 
     def start_then_arm(self, trainer):  # SIGTERM in epoch 2, through the real handler
@@ -164,9 +164,10 @@ def test_a_resumed_run_continues_its_mlflow_run(tmp_path: Path, monkeypatch):
     client, run = _mlflow_run(tmp_path, "r")
     assert run.info.status == "KILLED"
     first = run.info.run_id
-    train(resume=str(tmp_path / "r"))
+    train(resume=str(tmp_path / "r"), epochs=3)  # a resume may add epochs
     client, run = _mlflow_run(tmp_path, "r")  # still one MLflow run of that name
     assert run.info.run_id == first and run.info.status == "FINISHED"
+    assert run.data.params["epochs"] == "2" and run.data.tags["resumed.epochs"] == "3"
     steps = [m.step for m in client.get_metric_history(first, "train_loss")]
     assert sorted(steps) == [1, 2, 3]  # each epoch once
     values = {m.step: m.value for m in client.get_metric_history(first, "val_accuracy")}

@@ -83,7 +83,9 @@ def _table(rows: list[rt.RunRow], folder: str) -> Table:
     for name, justify in (("run", "left"), ("task", "left"), ("model", "left"), ("data", "left"),
                           ("main metric [95% CI]", "left"), ("epochs", "right"),
                           ("time", "right"), ("size", "right"), ("date", "left")):  # fmt: skip
-        t.add_column(name, justify=justify, overflow="fold", no_wrap=name.startswith("main"))
+        t.add_column(
+            name, justify=justify, overflow="fold", no_wrap=name not in ("run", "model", "data")
+        )
     for r in rows:
         epochs = f"{r.epochs_done}/{r.epochs}" if r.epochs is not None else str(r.epochs_done)
         date = r.date if r.finished else f"{r.date} (unfinished)"
