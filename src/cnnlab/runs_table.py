@@ -83,7 +83,7 @@ def find_runs(folder: str | Path, max_depth: int = 3) -> list[Path]:
     root = Path(folder).expanduser()
     if not root.exists():
         raise ConfigError(
-            f"runs folder not found: {root}; name the --out folder runs were written to"
+            f"runs folder not found: {root}; name the folder `cnnlab train --out` wrote to"
         )
     if not root.is_dir():
         raise ConfigError(f"{root} is not a folder; name a runs folder (default: runs)")
@@ -119,8 +119,8 @@ def read_runs(folder: str | Path) -> tuple[list[RunRow], list[Problem]]:
     runs = find_runs(folder)
     if not runs:
         raise ConfigError(
-            f"no cnnlab runs in {folder} (a run folder holds config.json); train one with "
-            "`cnnlab train`, or name the --out folder runs were written to"
+            f"no cnnlab runs in {folder} (a run folder holds config.json); name the folder "
+            "`cnnlab train --out` wrote to"
         )
     for path in runs:
         try:
