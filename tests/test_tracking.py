@@ -106,7 +106,10 @@ def test_mlflow_holds_what_the_run_folder_recorded(tracked: Path, task: str, tmp
     assert (
         run.data.params["lr"] == str(config["lr"]) and run.data.params["model"] == config["model"]
     )
-    assert len(run.data.params["data_fingerprint"]) == 64
+    fingerprint = run.data.params["data_fingerprint"]
+    assert len(fingerprint) == 64
+    (data,) = [d.dataset for d in run.inputs.dataset_inputs]  # the UI's Dataset column
+    assert (data.name, data.digest) == (config["data"], fingerprint[:32])
     assert run.data.tags["task"] == task and run.data.tags["machine"]
     # the best weights, byte for byte
     got = Path(
@@ -120,6 +123,24 @@ def test_mlflow_holds_what_the_run_folder_recorded(tracked: Path, task: str, tmp
         assert "report/report.html" in {
             a.path for a in client.list_artifacts(run.info.run_id, "report")
         }
+
+
+@pytest.mark.slow
+def test_the_data_fingerprint_follows_the_samples(tracked: Path):
+    """Different data: different fingerprints; the same run folder: the same value again."""
+    from cnnlab.engine.tracking import data_fingerprint
+
+    values = {task: _mlflow_run(tracked, task)[1].data.params["data_fingerprint"] for task in TINY}
+    assert len(set(values.values())) == len(TINY)
+    assert all(data_fingerprint(tracked / task) == value for task, value in values.items())
+    splits = json.loads((tracked / "classification" / "splits.json").read_text())
+    splits["splits"]["test"] = splits["splits"]["test"][1:]  # one test sample fewer
+    changed = tracked / "changed"
+    changed.mkdir()
+    (changed / "splits.json").write_text(json.dumps(splits))
+    assert data_fingerprint(changed) != values["classification"]
+    (changed / "splits.json").unlink()
+    changed.rmdir()
 
 
 @pytest.mark.slow
