@@ -217,6 +217,19 @@ def test_two_processes_log_one_mlflow_run(tmp_path: Path):
 
 
 @pytest.mark.slow
+def test_a_run_that_fails_is_failed_in_mlflow_and_one_line_on_the_command_line(tmp_path: Path):
+    from cli_process import cnnlab
+
+    proc = cnnlab("train", "--data", "builtin:digits", "--epochs", "2", "--lr", "1e30",
+                  "--device", "cpu", "--precision", "32", "--no-report", "--track", "mlflow",
+                  "--out", str(tmp_path), "--name", "nan")  # fmt: skip
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode != 0 and len(lines) == 1 and "loss became nan" in lines[0], proc.stderr
+    _, run = _mlflow_run(tmp_path, "nan")
+    assert run.info.status == "FAILED"
+
+
+@pytest.mark.slow
 def test_a_store_mlflow_refuses_is_one_line_naming_it(tmp_path: Path):
     with pytest.raises(ConfigError, match="the store nosuch://store refused"):
         api.train(data="builtin:digits", epochs=1, out=str(tmp_path), device="cpu",

@@ -13,11 +13,14 @@ recommends for a local store: its plain file store is deprecated) with artifacts
 
 DDP: only rank 0 logs (:func:`cnnlab.engine.assembly.standard_callbacks` builds the tracker there
 alone). ``--resume`` continues the same MLflow run: its id is kept in the run folder
-(``mlflow.json``). mlflow is imported only here, when a run is tracked (it takes seconds).
+(``mlflow.json``). The MLflow run ends FINISHED, KILLED (interrupted, resumable) or, when the
+process exits on an error, FAILED. mlflow is imported only here, when a run is tracked (it takes seconds).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import json
 import logging
@@ -129,7 +132,9 @@ class MLflowTracker(Callback):
         task = str(meta.get("task", "classification"))
         record = self.run_dir / TRACKING_FILE
         try:
-            self.client = MlflowClient(tracking_uri=self.uri)
+            with _quiet_store_setup():
+                self.client = MlflowClient(tracking_uri=self.uri)
+                self.client.get_experiment_by_name("Default")  # creates a new store's tables
             previous = json.loads(record.read_text()) if record.is_file() else None
             if previous and previous.get("tracking_uri") == self.uri:  # --resume: the same run
                 self.run_id = previous["run_id"]
@@ -162,6 +167,7 @@ class MLflowTracker(Callback):
         for row in trainer.state.history:  # a resume: epochs the MLflow run does not have yet
             if int(row["epoch"]) not in done:
                 self._log_metrics(row, int(row["epoch"]))
+        atexit.register(self._abandoned)
         log.info("tracking to MLflow run %s (%s)", self.run_id, self.uri)
 
     def _log_dataset(self) -> None:
@@ -201,7 +207,19 @@ class MLflowTracker(Callback):
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if trainer.state.interrupted:  # `--resume` sets it running again
-            self.client.set_terminated(self.run_id, status="KILLED")
+            self._end("KILLED")
+
+    def _end(self, status: str) -> None:
+        atexit.unregister(self._abandoned)
+        self.client.set_terminated(self.run_id, status=status)
+
+    def _abandoned(self) -> None:
+        """At exit, a run neither finished nor interrupted stopped on an error: FAILED, not
+        RUNNING for ever in `mlflow ui`."""
+        from mlflow.exceptions import MlflowException
+
+        with contextlib.suppress(MlflowException, OSError):
+            self.client.set_terminated(self.run_id, status="FAILED")
 
     def on_run_end(self, result: Any) -> None:
         """The test metrics (as test_metrics.json recorded them), the report, the records and
@@ -221,7 +239,21 @@ class MLflowTracker(Callback):
         weights = _best_weights(self.run_dir)
         if weights is not None:
             self.client.log_artifact(self.run_id, str(weights), "weights")
-        self.client.set_terminated(self.run_id, status="FINISHED")
+        self._end("FINISHED")
+
+
+@contextlib.contextmanager
+def _quiet_store_setup() -> Any:
+    """MLflow says at INFO level, through its own handler, that it creates a new SQLite store's
+    tables; cnnlab shows that only when asked for INFO (`cnnlab -v`)."""
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _best_weights(run_dir: Path) -> Path | None:
