@@ -196,6 +196,19 @@ def test_a_resumed_run_continues_its_mlflow_run(tmp_path: Path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_resume_may_start_tracking_an_untracked_run(tmp_path: Path):
+    train, options = TINY["classification"]
+    options = COMMON | options | {"epochs": 1, "track": "none"}
+    train(out=str(tmp_path), name="late", **options)
+    assert not (tmp_path / "mlflow.db").exists()
+    train(resume=str(tmp_path / "late"), epochs=2, track="mlflow")
+    client, run = _mlflow_run(tmp_path, "late")
+    history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train_loss")}
+    assert history == {int(r["epoch"]): r["train_loss"] for r in _csv_rows(tmp_path / "late")}
+    assert sorted(history) == [1, 2] and run.info.status == "FINISHED"
+
+
+@pytest.mark.slow
 def test_two_processes_log_one_mlflow_run(tmp_path: Path):
     """`--devices 2` (gloo on CPU, through torchrun): rank 0 alone logs."""
     env = os.environ | {"OMP_NUM_THREADS": "1"}
