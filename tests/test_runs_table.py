@@ -168,6 +168,7 @@ def _run_with_all_epochs(folder: Path) -> Path:
     run = folder / "allkept"
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({"model": "lenet5", "keep": "all"}))
+    (run / "run.json").write_text(json.dumps({"task": "classification"}))
     manager = CheckpointManager.for_policy(run / "checkpoints", "all")
     for epoch in range(3):
         weights = {"w": torch.full((256,), float(epoch))}
@@ -209,6 +210,13 @@ def test_clean_shows_then_deletes_only_what_keep_would_not_have_kept(tmp_path: P
     assert manager.verify(manager.manifest()["best"])
     assert clean_plan([run], "best")[0] == []  # nothing left to clean
     assert clean_plan([run], "all")[0] == []
+
+
+def test_clean_leaves_an_unfinished_run_alone(tmp_path: Path):
+    run = _run_with_all_epochs(tmp_path / "runs")
+    (run / "run.json").unlink()  # still training, or interrupted: its newest files may be in flight
+    plans, problems = clean_plan([run], "best")
+    assert plans == [] and len(problems) == 1 and "unfinished" in problems[0].reason
 
 
 def test_clean_keep_last_still_keeps_the_best_weights(tmp_path: Path):

@@ -315,9 +315,10 @@ class CleanPlan:
 
 
 def clean_plan(runs: Iterable[Path], keep: str = "best") -> tuple[list[CleanPlan], list[Problem]]:
-    """For each run with checkpoints: the files that ``keep`` (best | last | all) would not have
-    kept -- manifest entries older than the newest ones kept, and epoch files no manifest lists
-    (left by a kill between writing and pruning). Reads only; :func:`clean` deletes."""
+    """For each finished run with checkpoints: the files that ``keep`` (best | last | all) would
+    not have kept -- manifest entries older than the newest ones kept, and epoch files no manifest
+    lists (left by a kill while checkpointing). Unfinished runs (no run.json: maybe still
+    training) are left alone and listed as problems. Reads only; :func:`clean` deletes."""
     if keep not in KEEP_POLICY:
         raise ConfigError(
             f"--keep {keep!r}{close_matches(keep, KEEP_POLICY)}; choose from best, last, all"
@@ -327,6 +328,9 @@ def clean_plan(runs: Iterable[Path], keep: str = "best") -> tuple[list[CleanPlan
     for run in runs:
         folder = run / "checkpoints"
         if not folder.is_dir():
+            continue
+        if not (run / "run.json").is_file():  # it may be training: its newest files are in flight
+            problems.append(Problem(str(run), f"{run}: unfinished (no run.json), left alone"))
             continue
         try:
             manifest = (
