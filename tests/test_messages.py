@@ -69,6 +69,10 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "tasks/classify/train.py:_configure": TRAINERS,  # only with --lr auto
     "engine/fit.py:fit": (*TRAINERS, *TASK_TRAINERS),  # "lower --batch-size", "--resume RUN"
     "engine/assembly.py:tensorboard": (*TRAINERS, *TASK_TRAINERS),  # only with --tensorboard
+    "engine/tracking.py": (*TRAINERS, *TASK_TRAINERS),  # only with --track mlflow
+    "config.py:__post_init__": (*TRAINERS, "lr-find", *TASK_TRAINERS),  # --track-uri alone
+    "runs_table.py": ("runs",),
+    "cli/runs.py": ("runs",),
     "tasks/classify/evaluate.py:evaluate": ("evaluate",),
     "tasks/classify/predict.py:predict": ("predict",),
     "tasks/classify/operating_point.py": ("evaluate",),  # --positive / --target / replacing

@@ -26,6 +26,7 @@ ResizeMode = Literal["fit", "crop", "stretch"]
 Strategy = Literal["full", "linear-probe", "fine-tune", "gradual"]
 LoaderMode = Literal["auto", "memory", "stream"]
 Keep = Literal["best", "last", "all"]
+Track = Literal["none", "mlflow"]
 Sampler = Literal["none", "balanced"]
 Loss = Literal["ce", "focal"]
 AUGMENTATIONS = ("crop", "flip", "affine")
@@ -99,6 +100,12 @@ class RunConfig:
         False  # per-epoch metrics to RUN/tensorboard (needs the tensorboard package)
     )
     report: bool = True  # write report.html at the end
+    track: Track = (
+        "none"  # none | mlflow: log params, metrics, report, weights (docs/experiments.md)
+    )
+    track_uri: str | None = (
+        None  # MLflow tracking URI; None: sqlite OUT/mlflow.db (needs --track mlflow)
+    )
     keep: Keep = (
         "best"  # checkpoints kept: best (+ the last epoch's, resumable) | last | all epochs
     )
@@ -127,6 +134,10 @@ class RunConfig:
                 raise ConfigError(f"option {key} must be in [0, 1), got {value}")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError("val_fraction + test_fraction must leave samples for training")
+        if self.track_uri is not None and self.track == "none":
+            raise ConfigError(
+                f"option track_uri={self.track_uri!r} is for a tracker; add --track mlflow"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -273,6 +273,7 @@ class _VersionAction(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     """The whole parser, built without importing torch (see the module docstring)."""
     from cnnlab.cli import cv as cv_cli  # here: they import this module's helpers
+    from cnnlab.cli import runs as runs_cli
     from cnnlab.cli import tune as tune_cli
     from cnnlab.cli import video as video_cli
 
@@ -664,6 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     video_cli.add_parser(sub)
     cv_cli.add_parser(sub)
     tune_cli.add_parser(sub)
+    runs_cli.add_parser(sub)
 
     p = sub.add_parser(
         "bench",
@@ -1070,6 +1072,13 @@ def _print_detection_metrics(metrics: dict[str, Any] | None) -> None:
     for key in ("map_50", "map", "map_75", "mar_100"):
         if metrics and metrics.get(key) is not None:
             out.print(f"{key}: {metrics[key]:.4f}")
+
+
+@command("runs")
+def _runs(args: argparse.Namespace) -> int:
+    from cnnlab.cli import runs as runs_cli
+
+    return runs_cli.run(args, out, err)
 
 
 @command("video")

@@ -58,7 +58,8 @@ def standard_callbacks(
     sync: Any = None,
 ) -> list[cbs.Callback]:
     """Progress bar, metrics.csv, checkpoints (best by ``monitor``), graceful Ctrl-C/SIGTERM,
-    early stopping and TensorBoard when asked, then ``extra`` (the task's epoch callbacks).
+    early stopping, TensorBoard and MLflow tracking when asked, then ``extra`` (the task's epoch
+    callbacks).
 
     DDP (torchrun): images/s summed over ranks first; only rank 0 prints and writes; no Ctrl-C
     handler of its own. With ``sync`` (a :class:`distributed.DistributedTask`: sharded
@@ -84,6 +85,10 @@ def standard_callbacks(
         callbacks.append(cbs.EarlyStopping(monitor, cfg.early_stopping))
     if getattr(cfg, "tensorboard", False) and info.is_main:
         callbacks.append(tensorboard(run_dir))
+    if getattr(cfg, "track", "none") == "mlflow" and info.is_main:  # DDP: rank 0 logs
+        from cnnlab.engine.tracking import MLflowTracker
+
+        callbacks.append(MLflowTracker(cfg, run_dir, metadata))
     callbacks += extra
     if info.distributed and sync is not None:  # DDP: rewrap after unfreezing; stops agreed last
         callbacks += [distributed.FollowTrainable(), distributed.DistributedSync(sync)]

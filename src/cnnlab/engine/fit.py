@@ -1,7 +1,7 @@
 """The one fit shell: everything around the :class:`~cnnlab.engine.trainer.Trainer` that every task's
 training shares, written once so that classification, segmentation, detection and video runs behave
 alike (resume, several processes, checkpoints, early stopping on any named metric, TensorBoard,
---compile, precision, the run folder, the final test evaluation).
+MLflow tracking, --compile, precision, the run folder, the final test evaluation).
 
 A task brings a :class:`TaskSpec` (its name, command, config class and a ``prepare`` hook); its
 ``prepare`` reads the data and builds the model and returns a :class:`Plan` -- what is specific to
@@ -12,6 +12,7 @@ the task. :func:`fit` then runs the same steps for all of them::
     -> run folder (rank 0) -> precision, channels_last -> loaders -> optimiser + schedule
     -> callbacks -> DDP wrap -> Trainer (restored when resuming) -> fit -> run.json
     -> test split scored with the best weights (as `cnnlab evaluate RUN` would) -> run size printed
+    -> callbacks' on_run_end (--track mlflow logs the test metrics, report and weights)
 
 The shapes ``Trainer`` expects of a task object: ``loss(model, images, targets) -> {"loss", ...}``
 and ``validate(trainer, loader) -> {name: value}``, recorded as ``val_<name>``.
@@ -213,6 +214,8 @@ def fit(
     if info.is_main:  # DDP: rank 0 owns the folder
         timings.record(run_dir / "run.json")
         finish_run_dir(run_dir, console)
+    for callback in callbacks:  # the run is complete: a tracker logs test metrics, report, weights
+        callback.on_run_end(result)
     return result
 
 

@@ -25,8 +25,9 @@ from cnnlab.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
-# What a resume may change from the run's own config; everything else is the run's.
-MAY_CHANGE = ("epochs", "device", "precision", "early_stopping", "devices")
+# What a resume may change from the run's own config; everything else is the run's (tracking
+# changes no result: a resume may start or redirect it).
+MAY_CHANGE = ("epochs", "device", "precision", "early_stopping", "devices", "track", "track_uri")
 
 
 def resume_target(
