@@ -132,6 +132,13 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("cnnlab tune --space-file space.toml --study s1 --storage runs/s1.journal", "a worker"),
         ("cnnlab train --config runs/tune-s1/best_config.json", "rerun the best configuration"),
     ],
+    "runs": [
+        ("cnnlab runs", "every run under runs/, newest first"),
+        ("cnnlab runs --task detection --sort metric --reverse", "best detectors first"),
+        ("cnnlab runs --json > runs.json", "for scripts"),
+        ("cnnlab runs clean", "what --keep best would remove, and its size"),
+        ("cnnlab runs clean --yes", "remove it"),
+    ],
     "completion": [
         ("cnnlab completion bash >> ~/.bashrc", "bash (needs bash-completion)"),
         ("cnnlab completion zsh >> ~/.zshrc", "zsh"),
