@@ -1,0 +1,165 @@
+"""Calibration and "I don't know": temperature scaling and ECE against references, the
+out-of-domain score against a brute-force Mahalanobis distance, and on the session's tiny run:
+calibration.json recorded by training, predict --min-confidence, out-of-domain flags."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli_process import user_error
+from PIL import Image
+
+from cnnlab.metrics import calibration as cal
+from cnnlab.metrics.scores import expected_calibration_error
+
+
+def _overconfident(n: int = 600, k: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits whose softmax is too sure: a good class signal, scaled up 4x, with label noise."""
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, k, n)
+    logits = rng.normal(0, 1, (n, k))
+    logits[np.arange(n), targets] += 1.5
+    flip = rng.random(n) < 0.2
+    targets[flip] = rng.integers(0, k, flip.sum())
+    return 4 * logits, targets
+
+
+def test_temperature_minimises_nll_as_a_grid_search_does():
+    logits, targets = _overconfident()
+    t = cal.fit_temperature(logits, targets)
+    grid = np.exp(np.linspace(math.log(0.05), math.log(50), 4001))
+    nll = [cal.nll_from_logits(logits, targets, g) for g in grid]
+    best = grid[int(np.argmin(nll))]
+    assert t == pytest.approx(best, rel=3e-3)  # the grid's spacing in T
+    assert t > 1  # over-confident logits are softened
+    assert cal.nll_from_logits(logits, targets, t) <= min(nll) + 1e-9
+    # and as PyTorch's cross-entropy measures it
+    ce = torch.nn.functional.cross_entropy(torch.tensor(logits / t), torch.tensor(targets))
+    assert cal.nll_from_logits(logits, targets, t) == pytest.approx(ce.item(), rel=1e-10)
+    # the argmax never moves
+    assert (cal.softmax_t(logits, t).argmax(1) == logits.argmax(1)).all()
+
+
+def test_temperature_lowers_ece_and_matches_the_torchmetrics_ece():
+    from torchmetrics.classification import MulticlassCalibrationError
+
+    logits, targets = _overconfident(seed=1)
+    t = cal.fit_temperature(logits, targets)
+    for temperature in (1.0, t):
+        probs = cal.softmax_t(logits, temperature)
+        ref = MulticlassCalibrationError(num_classes=5, n_bins=15, norm="l1")(
+            torch.tensor(probs), torch.tensor(targets)
+        )
+        ece = expected_calibration_error(targets, probs, n_bins=15)
+        assert ece == pytest.approx(ref.item(), abs=1e-6)
+    before = expected_calibration_error(targets, cal.softmax_t(logits), n_bins=15)
+    after = expected_calibration_error(targets, cal.softmax_t(logits, t), n_bins=15)
+    assert after < before / 2
+
+
+def test_ece_hand_worked_example():
+    # 4 predictions; bins of width 0.5: (0, 0.5] holds 0.3 (wrong); (0.5, 1] holds 0.6 (right),
+    # 0.9 (right), 0.8 (wrong): ECE = 1/4 |0 - 0.3| + 3/4 |2/3 - 0.7667| = 0.075 + 0.075 = 0.15
+    probs = np.array([[0.3, 0.25, 0.25, 0.2], [0.6, 0.4, 0, 0], [0.1, 0.9, 0, 0], [0, 0, 0.8, 0.2]])
+    targets = np.array([1, 0, 1, 3])
+    assert expected_calibration_error(targets, probs, n_bins=2) == pytest.approx(0.15)
+
+
+def test_mahalanobis_distance_against_scipy():
+    from scipy.spatial.distance import mahalanobis
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(200, 6)) + np.repeat(np.eye(6)[:4] * 5, 50, axis=0)
+    targets = np.repeat(np.arange(4), 50)
+    g = cal.fit_class_gaussians(features, targets, num_classes=5)  # class 4 has no samples
+    assert np.isnan(g["means"][4]).all()
+    queries = rng.normal(size=(7, 6)) * 3
+    got = cal.mahalanobis_distance(queries, **g)
+    want = [min(mahalanobis(q, m, g["precision"]) ** 2 for m in g["means"][:4]) for q in queries]
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    assert cal.quantile_threshold(np.arange(101.0), 0.99) == pytest.approx(99.0)
+
+
+def test_min_confidence_must_be_a_probability():
+    from cnnlab.engine.calibration import check_min_confidence
+    from cnnlab.errors import ConfigError
+
+    assert check_min_confidence(None) is None and check_min_confidence("0.5") == 0.5
+    for bad in ("1.5", "-0.1", "nan", "half"):
+        with pytest.raises(ConfigError, match="--min-confidence"):
+            check_min_confidence(bad)
+
+
+# -- the session's tiny run (LeNet-5 on builtin:digits, one epoch) --------------------------------
+@pytest.fixture(scope="module")
+def odd_images(tmp_path_factory) -> dict[str, Path]:
+    """scikit-learn's two sample photos, uniform noise and an all-white image."""
+    from sklearn.datasets import load_sample_image
+
+    folder = tmp_path_factory.mktemp("ood")
+    paths = {}
+    for name in ("china.jpg", "flower.jpg"):
+        paths[name] = folder / name
+        Image.fromarray(load_sample_image(name)).save(paths[name])
+    rng = np.random.default_rng(0)
+    paths["noise"] = folder / "noise.png"
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(paths["noise"])
+    paths["white"] = folder / "white.png"
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(paths["white"])
+    return paths
+
+
+def test_training_records_calibration(run: Path):
+    record = json.loads((run / "calibration.json").read_text())
+    assert record["temperature"] > 0 and record["nll_after"] <= record["nll_before"] + 1e-9
+    assert {"ece_before", "ece_after", "bins", "out_of_domain", "weights"} <= set(record)
+    ood = record["out_of_domain"]
+    assert ood["score"] == "mahalanobis" and 0 <= ood["false_alarm_rate_test"] <= 1
+    with np.load(run / "ood_gaussian.npz", allow_pickle=False) as z:
+        assert z["precision"].shape[0] == z["precision"].shape[1] == z["means"].shape[1]
+
+
+def test_predict_min_confidence_and_out_of_domain(run: Path, digits, odd_images, capsys):
+    from cnnlab import api
+    from cnnlab.cli import main
+
+    threshold = json.loads((run / "calibration.json").read_text())["out_of_domain"]["threshold"]
+    preds = api.predict(run, [*digits, *odd_images.values()], top_k=3, min_confidence=0.999)
+    by_name = {Path(p.path).name: p for p in preds}
+    for p in preds:
+        assert p.unknown == (p.top[0][1] < 0.999) and p.out_of_domain["threshold"] == threshold
+        assert p.answer == ("unknown" if p.unknown else p.top[0][0])
+    for name in ("china.jpg", "flower.jpg", "noise.png", "white.png"):
+        assert by_name[name].out_of_domain["out_of_domain"], (name, by_name[name].out_of_domain)
+    assert sum(not by_name[d.name].out_of_domain["out_of_domain"] for d in digits) >= 3
+    # the probabilities are softmax(logits / T), T from the run
+    plain = api.predict(run, digits[:1], top_k=10)[0]
+    assert sum(p for _, p in plain.top) == pytest.approx(1, abs=1e-5)
+    assert main(["predict", str(run), str(odd_images["noise"]), "--format", "json",
+                 "--min-confidence", "1"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    row = json.loads(captured.out)[0]
+    assert row["answer"] == "unknown" and row["out_of_domain"]["out_of_domain"]
+    assert "looks out of domain" in captured.err
+
+
+def test_predict_min_confidence_bad_value_is_one_line(run: Path, digits):
+    user_error("predict", str(run), str(digits[0]), "--min-confidence", "1.5",
+               names="--min-confidence 1.5")  # fmt: skip
+
+
+def test_runs_without_calibration_predict_as_before(run: Path, digits, tmp_path):
+    import shutil
+
+    from cnnlab import api
+
+    old = tmp_path / "old"
+    shutil.copytree(run, old, ignore=shutil.ignore_patterns("evaluations", "calibration.json"))
+    (old / "ood_gaussian.npz").unlink()
+    preds = api.predict(old, digits[:2], top_k=1)
+    assert all(p.out_of_domain is None and not p.unknown for p in preds)
