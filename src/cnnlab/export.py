@@ -13,7 +13,9 @@ already normalised as in training::
     probs = softmax(logits / T, axis=1)     # (N, num_classes); T: metadata "temperature" (else 1)
 
 ``T`` is the run's temperature (calibration.json, docs/calibration.md), kept out of the graph so
-the exported logits stay the model's own (and the PyTorch parity check compares like with like).
+the exported logits stay the model's own (and the PyTorch parity check compares like with like);
+metadata ``out_of_domain`` holds the threshold of the out-of-domain check on those logits
+(``-log sum exp(logits) > threshold``: unlike the training images).
 
 How a file becomes ``pixels`` (the one decoding policy, :mod:`cnnlab.data.decode`: allow-listed
 formats, EXIF orientation, mode policy, pixel limit) and the class names travel *with* the file:
@@ -309,16 +311,16 @@ def export_model(
                "; export covers classification, segmentation and detection runs")
         )  # fmt: skip
     if task == "classification":
-        from cnnlab.engine.calibration import load_calibration
+        from cnnlab.engine.calibration import from_metadata, load_calibration
 
         model, meta, weights = load_checkpoint_model(run_or_checkpoint, "cpu")
         metadata = export_metadata(meta)
-        # the run's temperature (calibration.json), or one an exported checkpoint already carries
+        # the run's calibration.json (or what an exported checkpoint already carries): the
+        # temperature and the out-of-domain threshold travel with the file
         calibration = load_calibration(run_dir_of(Path(weights)), Path(weights))
-        if calibration is not None or "temperature" in meta:
-            metadata["temperature"] = (
-                calibration.temperature if calibration else meta["temperature"]
-            )
+        calibration = calibration or from_metadata(meta)
+        if calibration is not None:
+            metadata |= calibration.export_metadata()
     else:
         model, meta, weights = _load_task_model(task, run_or_checkpoint)
         metadata = task_export_metadata(task, meta)
@@ -666,27 +668,32 @@ def predict_onnx(
     Preprocessing and class names come from the file's metadata; files are decoded with the same
     policy as training (:func:`cnnlab.data.tensors.load_file`). Unreadable files get an ``error``
     entry (the short reason), not an exception. ``probs = softmax(logits / T)`` in float64, with
-    the run's temperature T from the metadata (``temperature``; 1 for files without it). The
-    out-of-domain check needs the run folder (its class Gaussians are not exported).
+    the run's temperature T from the metadata (``temperature``; 1 for files without it), and the
+    run's out-of-domain check (metadata ``out_of_domain``: the energy score's threshold).
     ``min_confidence``: below it a prediction is ``unknown``.
     """
+    from cnnlab.engine.calibration import SCORE, Calibration, from_metadata
     from cnnlab.engine.predict import predict_files
 
     path = Path(onnx_path)
     session = _onnx_session(path)
     meta = _decode_props(session.get_modelmeta().custom_metadata_map, path)
 
-    temperature = float(meta.get("temperature", 1.0))
+    calibration = from_metadata(meta)  # None: exported before calibration existed
+    temperature = calibration.temperature if calibration else 1.0
+    threshold = calibration.threshold if calibration else None
 
-    def probs_fn(x: np.ndarray) -> np.ndarray:
+    def probs_fn(x: np.ndarray) -> Any:
         feed = {INPUT_NAME: np.ascontiguousarray(x)}  # predict_files passes an NHWC-strided view
-        return softmax(session.run([OUTPUT_NAME], feed)[0].astype(np.float64) / temperature)
+        logits = session.run([OUTPUT_NAME], feed)[0].astype(np.float64)
+        probs = softmax(logits / temperature)
+        return probs if threshold is None else (probs, Calibration.ood_scores(logits))
 
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     names = [str(c) for c in meta["class_names"]]
     return predict_files(
         inputs, spec, names, probs_fn, top_k=top_k, batch_size=batch_size,
-        min_confidence=min_confidence,
+        min_confidence=min_confidence, domain=None if threshold is None else (SCORE, threshold),
     )  # fmt: skip
 
 

@@ -517,14 +517,14 @@ def check_domain(
     (1, C, S, S); {} for a run without calibration.json (cnnlab.engine.calibration)."""
     import torch
 
-    from cnnlab.engine.calibration import LogitsAndFeatures, has_features, load_calibration
+    from cnnlab.engine.calibration import load_calibration
 
     calibration = load_calibration(run_dir, weights)
-    if calibration is None or not has_features(model):
+    if calibration is None:
         return {}
     with torch.no_grad():
-        logits, features = LogitsAndFeatures(model).pair(x)
-    probs = calibration.probs(logits.cpu().numpy())[0]
+        logits = model(x).float().cpu().numpy().astype(np.float64)
+    probs = calibration.probs(logits)[0]
     order = np.argsort(-probs, kind="stable")[:top_k]
     checked: dict[str, Any] = {
         "temperature": calibration.temperature,
@@ -532,9 +532,9 @@ def check_domain(
             {"class": names[i], "index": int(i), "probability": float(probs[i])} for i in order
         ],
     }
-    scores = calibration.ood_scores(features.cpu().numpy())
-    if scores is not None:
-        checked["out_of_domain"] = calibration.verdict(float(scores[0])) | {
+    if calibration.threshold is not None:
+        score = float(calibration.ood_scores(logits)[0])
+        checked["out_of_domain"] = calibration.verdict(score) | {
             "false_alarm_rate_test": calibration.describe()["false_alarm_rate_test"]
         }
     return checked

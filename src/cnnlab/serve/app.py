@@ -647,16 +647,14 @@ def predict_bytes(served: Served, data: bytes) -> dict[str, Any]:
 def calibrated_probs(served: Served, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
     """(probabilities (K,) of one image, {"out_of_domain": verdict} or {}): the run's calibration
     applied (cnnlab.engine.calibration); the caller holds the model lock."""
-    from cnnlab.engine.calibration import LogitsAndFeatures, has_features
-
     cal = served.calibration
+    logits = served.model(x).float()
     if cal is None:
-        return served.model(x).float().softmax(1)[0].cpu(), {}
-    if cal.threshold is None or not has_features(served.model):
-        return (served.model(x).float() / cal.temperature).softmax(1)[0].cpu(), {}
-    logits, features = LogitsAndFeatures(served.model).pair(x)
-    probs = (logits.float() / cal.temperature).softmax(1)[0].cpu()
-    score = float(cal.ood_scores(features.float().cpu().numpy())[0])
+        return logits.softmax(1)[0].cpu(), {}
+    probs = (logits / cal.temperature).softmax(1)[0].cpu()
+    if cal.threshold is None:
+        return probs, {}
+    score = float(cal.ood_scores(logits.cpu().numpy().astype(np.float64))[0])
     return probs, {"out_of_domain": cal.verdict(score)}
 
 

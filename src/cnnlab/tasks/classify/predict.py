@@ -42,7 +42,7 @@ def predict(
 
     Calibration (RUN/calibration.json, fitted when the run was trained): probabilities are
     ``softmax(logits / T)`` and each prediction gets an out-of-domain verdict (``out_of_domain``);
-    an exported .onnx file applies its recorded temperature but carries no out-of-domain check.
+    an exported file applies the calibration recorded in its metadata.
     ``min_confidence=P``: a prediction whose top calibrated probability is below P is ``unknown``."""
     min_confidence = check_min_confidence(min_confidence)
     if is_onnx(run_or_checkpoint):  # an exported model: onnxruntime on the CPU
@@ -63,11 +63,11 @@ def predict(
         model.to(memory_format=torch.channels_last)  # predict_files hands over NHWC-strided batches
     precision = inference_precision(precision, dev, trained_precision(run_dir_of(weights)))
 
-    # None: an older run; an exported .safetensors carries its run's temperature, no OOD check
+    # None: an older run; an exported .safetensors carries its run's calibration
     calibration = load_calibration(run_dir_of(weights), weights) or from_metadata(meta)
     probs_fn = calibrated_fn(model, calibration, dev, precision)
     threshold = calibration.threshold if calibration is not None else None
-    domain = (SCORE, float(threshold)) if threshold is not None else None
+    domain = (SCORE, threshold) if threshold is not None else None
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     class_names = list(meta["class_names"])
     point = for_weights(run_dir_of(weights), weights, class_names) if operating_point else None

@@ -16,12 +16,7 @@ from cnnlab.config import PreprocessSpec, TrainConfig
 from cnnlab.data.sources import few_shot, load_source
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import TrainResult
-from cnnlab.engine.calibration import (
-    MAX_FIT_SAMPLES,
-    fit_calibration,
-    has_features,
-    write_calibration,
-)
+from cnnlab.engine.calibration import fit_calibration, write_calibration
 from cnnlab.engine.checkpoint import read_weights
 from cnnlab.engine.devices import resolve_channels_last
 from cnnlab.engine.fit import Plan, TaskSpec, fit
@@ -154,9 +149,7 @@ def _prepare(
         if (
             has_val
         ):  # temperature and out-of-domain check, fitted on validation (docs/calibration.md)
-            calibration = calibrate(
-                best, run_dir, weights, device, precision, tensors, splits, has_test
-            )
+            calibration = calibrate(best, run_dir, weights, device, precision, has_test)
         if not has_test:
             return None
         return evaluate_model(
@@ -165,34 +158,19 @@ def _prepare(
             calibration=calibration,
         )  # fmt: skip
 
-    def calibrate(
-        best, run_dir, weights, device, precision, tensors, splits, has_test
-    ) -> dict[str, Any] | None:
-        """Fit calibration.json + ood_gaussian.npz (every rank computes, rank 0 writes)."""
-        if not has_features(best):
-            log.warning("%s has no final classifier: no calibration", cfg.model)
-            return None
-        train_images, train_targets = tensors["train"], splits["train"].targets
-        if isinstance(train_images, torch.Tensor) and len(train_images) > MAX_FIT_SAMPLES:
-            keep = np.sort(
-                np.random.default_rng(cfg.seed).choice(
-                    len(train_images), MAX_FIT_SAMPLES, replace=False
-                )
-            )
-            train_images, train_targets = train_images[torch.from_numpy(keep)], train_targets[keep]
+    def calibrate(best, run_dir, weights, device, precision, has_test) -> dict[str, Any]:
+        """Fit calibration.json on the validation split (every rank computes, rank 0 writes)."""
         batch = max(256, cfg.batch_size)
-        wanted = {"val": (tensors["val"], splits["val"].targets),
-                  "train": (train_images, train_targets)}  # fmt: skip
-        if has_test:
-            wanted["test"] = (tensors["test"], splits["test"].targets)
-        loaders = {k: make_loader(x, np.asarray(y), spec, device, batch)
-                   for k, (x, y) in wanted.items()}  # fmt: skip
-        record, gaussian = fit_calibration(
+        loaders = {
+            k: make_loader(tensors[k], np.asarray(splits[k].targets), spec, device, batch)
+            for k in (("val", "test") if has_test else ("val",))
+        }
+        record = fit_calibration(
             best, loaders, len(bundle.class_names), device=device, precision=precision,
             weights=weights,
         )  # fmt: skip
         if info.is_main:  # DDP: rank 0 writes
-            write_calibration(run_dir, record, gaussian)
+            write_calibration(run_dir, record)
         return record
 
     files: dict[str, Any] = {
