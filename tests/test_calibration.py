@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_process import user_error
 from PIL import Image
 
 from cnnlab.metrics import calibration as cal
@@ -32,10 +31,10 @@ def _overconfident(n: int = 600, k: int = 5, seed: int = 0) -> tuple[np.ndarray,
 def test_temperature_minimises_nll_as_a_grid_search_does():
     logits, targets = _overconfident()
     t = cal.fit_temperature(logits, targets)
-    grid = np.exp(np.linspace(math.log(0.05), math.log(50), 4001))
+    grid = np.exp(np.linspace(math.log(0.05), math.log(50), 1001))
     nll = [cal.nll_from_logits(logits, targets, g) for g in grid]
     best = grid[int(np.argmin(nll))]
-    assert t == pytest.approx(best, rel=3e-3)  # the grid's spacing in T
+    assert t == pytest.approx(best, rel=7e-3)  # the grid's spacing in T
     assert t > 1  # over-confident logits are softened
     assert cal.nll_from_logits(logits, targets, t) <= min(nll) + 1e-9
     # and as PyTorch's cross-entropy measures it
@@ -45,18 +44,23 @@ def test_temperature_minimises_nll_as_a_grid_search_does():
     assert (cal.softmax_t(logits, t).argmax(1) == logits.argmax(1)).all()
 
 
-def test_temperature_lowers_ece_and_matches_the_torchmetrics_ece():
+@pytest.mark.slow  # importing torchmetrics takes seconds
+def test_ece_matches_torchmetrics():
     from torchmetrics.classification import MulticlassCalibrationError
 
     logits, targets = _overconfident(seed=1)
-    t = cal.fit_temperature(logits, targets)
-    for temperature in (1.0, t):
+    for temperature in (1.0, cal.fit_temperature(logits, targets)):
         probs = cal.softmax_t(logits, temperature)
         ref = MulticlassCalibrationError(num_classes=5, n_bins=15, norm="l1")(
             torch.tensor(probs), torch.tensor(targets)
         )
         ece = expected_calibration_error(targets, probs, n_bins=15)
         assert ece == pytest.approx(ref.item(), abs=1e-6)
+
+
+def test_temperature_lowers_ece():
+    logits, targets = _overconfident(seed=1)
+    t = cal.fit_temperature(logits, targets)
     before = expected_calibration_error(targets, cal.softmax_t(logits), n_bins=15)
     after = expected_calibration_error(targets, cal.softmax_t(logits, t), n_bins=15)
     assert after < before / 2
@@ -128,32 +132,42 @@ def test_training_records_calibration(run: Path):
 
 
 def test_predict_min_confidence_and_out_of_domain(run: Path, digits, odd_images, capsys):
+    """The mechanics on the session's run. Its one epoch leaves LeNet-5 near chance (validation
+    NLL 2.29 = log 10, every energy score about -log 10 = -2.30), so no score tells photos from
+    digits there; the real check is test_demo_run_flags_photos_noise_and_white (slow)."""
     from cnnlab import api
     from cnnlab.cli import main
 
-    threshold = json.loads((run / "calibration.json").read_text())["out_of_domain"]["threshold"]
-    preds = api.predict(run, [*digits, *odd_images.values()], top_k=3, min_confidence=0.999)
-    by_name = {Path(p.path).name: p for p in preds}
+    record = json.loads((run / "calibration.json").read_text())
+    threshold = record["out_of_domain"]["threshold"]
+    assert record["out_of_domain"]["false_alarm_rate_test"] <= 0.05  # most test digits in domain
+    preds = api.predict(run, [*digits, *odd_images.values()], top_k=3, min_confidence=0.5)
     for p in preds:
-        assert p.unknown == (p.top[0][1] < 0.999) and p.out_of_domain["threshold"] == threshold
-        assert p.answer == ("unknown" if p.unknown else p.top[0][0])
-    for name in ("china.jpg", "flower.jpg", "noise.png", "white.png"):
-        assert by_name[name].out_of_domain["out_of_domain"], (name, by_name[name].out_of_domain)
-    assert sum(not by_name[d.name].out_of_domain["out_of_domain"] for d in digits) >= 3
-    # the probabilities are softmax(logits / T), T from the run
-    plain = api.predict(run, digits[:1], top_k=10)[0]
-    assert sum(p for _, p in plain.top) == pytest.approx(1, abs=1e-5)
+        assert p.unknown == (p.top[0][1] < 0.5) and p.answer == (
+            "unknown" if p.unknown else p.top[0][0]
+        )
+        ood = p.out_of_domain
+        assert ood["threshold"] == threshold and ood["score"] == "energy"
+        assert ood["out_of_domain"] == (ood["value"] > threshold)
+    # a photo goes through predict's own path: decoded, made grey, resized to the run's input
+    assert Path(preds[len(digits)].path).name == "china.jpg" and preds[len(digits)].top
     assert main(["predict", str(run), str(odd_images["noise"]), "--format", "json",
                  "--min-confidence", "1"]) == 0  # fmt: skip
-    captured = capsys.readouterr()
-    row = json.loads(captured.out)[0]
-    assert row["answer"] == "unknown" and row["out_of_domain"]["out_of_domain"]
-    assert "looks out of domain" in captured.err
+    row = json.loads(capsys.readouterr().out)[0]
+    assert (
+        row["answer"] == "unknown"
+        and row["unknown"]
+        and set(row["out_of_domain"]) == {"score", "value", "threshold", "out_of_domain"}
+    )
 
 
-def test_predict_min_confidence_bad_value_is_one_line(run: Path, digits):
-    user_error("predict", str(run), str(digits[0]), "--min-confidence", "1.5",
-               names="--min-confidence 1.5")  # fmt: skip
+def test_predict_min_confidence_bad_value_is_one_line(run: Path, digits, capsys):
+    from cnnlab.cli import main
+
+    for bad in ("1.5", "x"):
+        assert main(["predict", str(run), str(digits[0]), "--min-confidence", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: --min-confidence {bad}:") and "\n" not in err
 
 
 def test_runs_without_calibration_predict_as_before(run: Path, digits, tmp_path):
@@ -165,3 +179,93 @@ def test_runs_without_calibration_predict_as_before(run: Path, digits, tmp_path)
     shutil.copytree(run, old, ignore=shutil.ignore_patterns("evaluations", "calibration.json"))
     preds = api.predict(old, digits[:2], top_k=1)
     assert all(p.out_of_domain is None and not p.unknown for p in preds)
+
+
+@pytest.mark.slow
+def test_demo_run_flags_photos_noise_and_white(tmp_path, odd_images, capsys):
+    """The issue's check on the demo run (`cnnlab demo`: LeNet-5 on builtin:mnist-sample, 40
+    epochs): at least 95 % of the test digits in domain, the two sample photos, noise and an
+    all-white image out of domain -- in predict, and in explain's warning."""
+    from cnnlab import api
+    from cnnlab.cli import main
+
+    run = api.demo(out=tmp_path / "runs", report=False).run_dir
+    record = json.loads((run / "calibration.json").read_text())
+    ood = record["out_of_domain"]
+    assert ood["false_alarm_rate_test"] <= 0.05, ood
+    assert (
+        record["ece_after"] <= record["ece_before"] and record["nll_after"] <= record["nll_before"]
+    )
+    preds = api.predict(run, list(odd_images.values()), top_k=1)
+    for p in preds:
+        assert p.out_of_domain["out_of_domain"], (p.path, p.out_of_domain, ood["threshold"])
+    capsys.readouterr()
+    assert (
+        main(["explain", str(run), str(odd_images["china.jpg"]), "--out", str(tmp_path / "x")]) == 0
+    )
+    assert "looks out of domain" in capsys.readouterr().err
+    assert "looks out of domain" in (tmp_path / "x" / "explain.html").read_text()
+
+
+def _same_predictions(got, want, tol: float = 1e-5) -> None:
+    for g, w in zip(got, want, strict=True):
+        assert [c for c, _ in g.top] == [c for c, _ in w.top]
+        np.testing.assert_allclose([p for _, p in g.top], [p for _, p in w.top], atol=tol)
+        assert g.out_of_domain["out_of_domain"] == w.out_of_domain["out_of_domain"]
+        assert g.out_of_domain["value"] == pytest.approx(w.out_of_domain["value"], abs=1e-4)
+
+
+def test_an_exported_checkpoint_carries_the_calibration(run: Path, digits, tmp_path):
+    from cnnlab import api
+    from cnnlab.export import export_model, read_export_metadata
+
+    record = json.loads((run / "calibration.json").read_text())
+    out = export_model(run, format="safetensors", out=tmp_path / "model.safetensors").path
+    meta = read_export_metadata(out)
+    assert meta["temperature"] == record["temperature"]
+    assert meta["out_of_domain"]["threshold"] == record["out_of_domain"]["threshold"]
+    _same_predictions(api.predict(out, digits, top_k=3), api.predict(run, digits, top_k=3))
+
+
+@pytest.mark.slow  # an ONNX export: seconds
+def test_onnx_applies_the_calibration(run: Path, digits, odd_images, tmp_path):
+    from cnnlab import api
+    from cnnlab.export import export_model
+
+    out = export_model(run, format="onnx", out=tmp_path / "model.onnx").path
+    files = [*digits, *odd_images.values()]
+    _same_predictions(api.predict(out, files, top_k=3), api.predict(run, files, top_k=3))
+
+
+def test_evaluate_uses_the_temperature_and_leaves_the_run_as_recorded(
+    run: Path, run_digests, tmp_path
+):
+    from cnnlab import api
+    from cnnlab.metrics.calibration import softmax_t
+
+    record = json.loads((run / "calibration.json").read_text())
+    before = run_digests(run)
+    result = api.evaluate(run, out=tmp_path / "eval", report=False)
+    assert run_digests(run) == before
+    assert result["metrics"]["temperature"] == record["temperature"]
+    with np.load(tmp_path / "eval" / "test_predictions.npz") as z:
+        probs, targets = z["probs"].astype(np.float64), z["targets"]
+    # probs are softmax(logits / T): T log p differs from the logits by a constant per row,
+    # so re-scaling by T gives back softmax(logits), whose ECE training recorded as ece_before
+    uncalibrated = softmax_t(np.log(np.clip(probs, 1e-30, 1)), 1 / record["temperature"])
+    assert expected_calibration_error(targets, uncalibrated) == pytest.approx(
+        record["test"]["ece_before"], abs=1e-3
+    )
+    assert result["metrics"]["ece"] == pytest.approx(record["test"]["ece_after"], abs=1e-4)
+
+
+def test_report_section_shows_ece_and_false_alarms(run: Path, tmp_path):
+    from cnnlab.report.calibration_section import calibration_section
+    from cnnlab.report.html import png_figure
+
+    record = json.loads((run / "calibration.json").read_text())
+    page = calibration_section(record, tmp_path, png_figure)
+    assert f"{record['ece_before']:.4f} / {record['ece_after']:.4f}" in page
+    assert "false-alarm rate, in-domain test images" in page and "energy" in page
+    assert (tmp_path / "reliability_calibration.png").is_file()
+    assert calibration_section(None, tmp_path, png_figure) == ""
