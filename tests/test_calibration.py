@@ -269,3 +269,30 @@ def test_report_section_shows_ece_and_false_alarms(run: Path, tmp_path):
     assert "false-alarm rate, in-domain test images" in page and "energy" in page
     assert (tmp_path / "reliability_calibration.png").is_file()
     assert calibration_section(None, tmp_path, png_figure) == ""
+
+
+def test_serve_predict_is_calibrated_and_flags_out_of_domain(run: Path, digits):
+    import threading
+
+    from cnnlab import api
+    from cnnlab.config import PreprocessSpec
+    from cnnlab.engine.calibration import load_calibration
+    from cnnlab.engine.weights import load_checkpoint_model
+    from cnnlab.serve.app import Served, calibration_info, predict_bytes
+
+    model, meta, weights = load_checkpoint_model(run, "cpu")
+    served = Served(
+        model=model, meta=meta, spec=PreprocessSpec.from_dict(meta["preprocess"]),
+        class_names=list(meta["class_names"]), run_dir=run, device=torch.device("cpu"), top_k=3,
+        max_upload_bytes=10**6, max_pixels=10**6, cam_method="gradcam", lock=threading.Lock(),
+        calibration=load_calibration(run, weights),
+    )  # fmt: skip
+    info = calibration_info(served)
+    assert info["temperature"] == served.calibration.temperature
+    assert info["out_of_domain"]["score"] == "energy"
+    got = predict_bytes(served, digits[0].read_bytes())
+    want = api.predict(run, digits[:1], top_k=3)[0]
+    assert [r["class"] for r in got["top"]] == [c for c, _ in want.top]
+    np.testing.assert_allclose([r["probability"] for r in got["top"]], [p for _, p in want.top],
+                               atol=1e-5)  # fmt: skip
+    assert got["out_of_domain"] == pytest.approx(want.out_of_domain)

@@ -839,8 +839,10 @@ def _explain(args: argparse.Namespace) -> int:
     if calibrated:
         t.add_column(f"calibrated (T={result['temperature']:.3g})", justify="right")
     for row in result["top"]:
-        extra = [f"{calibrated[row['class']]:.4f}"] if row["class"] in calibrated else []
-        t.add_row(str(row["class"]), f"{row['probability']:.4f}", *extra or [""] * bool(calibrated))
+        cells = [str(row["class"]), f"{row['probability']:.4f}"]
+        if calibrated:  # logits / T keep their order: the same classes, softened or sharpened
+            cells.append(f"{calibrated[row['class']]:.4f}" if row["class"] in calibrated else "")
+        t.add_row(*cells)
     out.print(t)
     if ood:
         out.print(
@@ -1065,8 +1067,9 @@ def _predict(args: argparse.Namespace) -> int:
     task = api.recorded_task(args.run)
     if task != "classification":  # masks, boxes or a video's timeline: files in --out
         api.predict(
-            args.run, args.inputs, device=args.device, out=args.out, precision=args.precision
-        )
+            args.run, args.inputs, device=args.device, out=args.out, precision=args.precision,
+            min_confidence=args.min_confidence,  # refused: classification only
+        )  # fmt: skip
         out.print(f"{task} predictions written to {args.out}")
         return 0
     preds = api.predict(
