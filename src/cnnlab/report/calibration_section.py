@@ -27,13 +27,19 @@ def reliability_before_after(record: dict[str, Any]) -> plt.Figure:
         shown = count > 0
         ax.bar(centers[shown], acc[shown], width=np.diff(edges)[shown], edgecolor="k", alpha=0.7,
                label="accuracy in bin")  # fmt: skip
+        for c, a, n in zip(centers[shown], acc[shown], count[shown], strict=True):
+            ax.text(c, a + 0.01, str(n), ha="center", va="bottom", fontsize=6)  # images in bin
         ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect calibration")
+        ax.set_ylim(0, 1.08)
         ece = record[f"ece_{key}"]
         ax.set_title(f"{label.format(t=record['temperature'])}: ECE {ece:.4f}")
         ax.set_xlabel("confidence (max probability)")
         ax.legend(fontsize=8, loc="upper left")
     axes[0].set_ylabel("accuracy in bin")
-    fig.suptitle(f"validation split, {record.get('ece_bins', len(count))} equal-width bins")
+    fig.suptitle(
+        f"validation split, {record.get('ece_bins', len(count))} equal-width bins "
+        "(number above a bar: its images)"
+    )
     return fig
 
 
