@@ -37,6 +37,12 @@ def test_temperature_minimises_nll_as_a_grid_search_does():
     assert t == pytest.approx(best, rel=7e-3)  # the grid's spacing in T
     assert t > 1  # over-confident logits are softened
     assert cal.nll_from_logits(logits, targets, t) <= min(nll) + 1e-9
+    # scipy's bounded Brent search on log T finds the same minimum
+    from scipy.optimize import minimize_scalar
+
+    ref = minimize_scalar(lambda v: cal.nll_from_logits(logits, targets, math.exp(v)),
+                          bounds=cal.LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-8})  # fmt: skip
+    assert t == pytest.approx(math.exp(ref.x), rel=1e-5)
     # and as PyTorch's cross-entropy measures it
     ce = torch.nn.functional.cross_entropy(torch.tensor(logits / t), torch.tensor(targets))
     assert cal.nll_from_logits(logits, targets, t) == pytest.approx(ce.item(), rel=1e-10)
