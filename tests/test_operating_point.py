@@ -272,7 +272,7 @@ def test_predict_applies_the_operating_point_and_says_which(run_dir, tmp_path, c
     captured = capsys.readouterr()
     assert f"P(3) >= {point['threshold']:.6g}" in captured.err and "f1" in captured.err
     header, *rows = captured.out.strip().splitlines()
-    assert header == "path,rank,class,probability,error,decision,threshold"
+    assert header == "path,rank,class,probability,error,decision,threshold,out_of_domain,ood_score"
     assert {r.split(",")[5] for r in rows} <= {"positive", "negative"}
     assert main(["predict", str(run), str(images[0]), "--ignore-operating-point"]) == 0
     captured = capsys.readouterr()

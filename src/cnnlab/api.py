@@ -109,11 +109,14 @@ def predict(
     out: str | Path | None = None,
     precision: str = "auto",
     operating_point: bool = True,
+    min_confidence: float | None = None,
 ) -> Any:
     """Classification (a run, checkpoint or exported .onnx): class names and probabilities for
     images/folders, [Prediction]; unreadable files get an error entry, not a crash. A run with an
     operating point (see :func:`evaluate`) also decides positive / negative for its class
-    (Prediction.decision) unless ``operating_point=False``.
+    (Prediction.decision) unless ``operating_point=False``. Probabilities are calibrated with the
+    run's temperature and each prediction carries an out-of-domain verdict when the run has a
+    calibration.json (docs/calibration.md); ``min_confidence=P`` answers ``unknown`` below P.
 
     Segmentation, detection and video runs write their predictions as files to `out` (mask PNGs and
     overlays; COCO results JSON and drawn boxes; timeline, events and an annotated video) and return
@@ -122,12 +125,17 @@ def predict(
     if not entry.predicts_to_files:
         return entry.predict(
             run_or_checkpoint, inputs, top_k=top_k, device=device, batch_size=batch_size,
-            precision=precision, operating_point=operating_point,
+            precision=precision, operating_point=operating_point, min_confidence=min_confidence,
         )  # fmt: skip
     if out is None:
         raise ConfigError(
             f"a {entry.name} run writes its predictions as files: give an output folder "
             "(--out FOLDER)"
+        )
+    if min_confidence is not None:
+        raise ConfigError(
+            f"--min-confidence is for classification runs; {run_or_checkpoint} is a {entry.name} "
+            "run: leave it out"
         )
     return entry.predict(run_or_checkpoint, list(inputs), out, device=device, precision=precision)
 

@@ -10,7 +10,12 @@ What an exported file computes: ``logits = f(images)`` with ``images`` ``(N, C, 
 already normalised as in training::
 
     x = (pixels / 255 - mean[c]) / std[c]   # pixels: uint8 after decoding and resizing to S x S
-    probs = softmax(logits, axis=1)         # (N, num_classes)
+    probs = softmax(logits / T, axis=1)     # (N, num_classes); T: metadata "temperature" (else 1)
+
+``T`` is the run's temperature (calibration.json, docs/calibration.md), kept out of the graph so
+the exported logits stay the model's own (and the PyTorch parity check compares like with like);
+metadata ``out_of_domain`` holds the threshold of the out-of-domain check on those logits
+(``-log sum exp(logits) > threshold``: unlike the training images).
 
 How a file becomes ``pixels`` (the one decoding policy, :mod:`cnnlab.data.decode`: allow-listed
 formats, EXIF orientation, mode policy, pixel limit) and the class names travel *with* the file:
@@ -306,8 +311,16 @@ def export_model(
                "; export covers classification, segmentation and detection runs")
         )  # fmt: skip
     if task == "classification":
+        from cnnlab.engine.calibration import from_metadata, load_calibration
+
         model, meta, weights = load_checkpoint_model(run_or_checkpoint, "cpu")
         metadata = export_metadata(meta)
+        # the run's calibration.json (or what an exported checkpoint already carries): the
+        # temperature and the out-of-domain threshold travel with the file
+        calibration = load_calibration(run_dir_of(Path(weights)), Path(weights))
+        calibration = calibration or from_metadata(meta)
+        if calibration is not None:
+            metadata |= calibration.export_metadata()
     else:
         model, meta, weights = _load_task_model(task, run_or_checkpoint)
         metadata = task_export_metadata(task, meta)
@@ -648,26 +661,40 @@ def predict_onnx(
     top_k: int = 5,
     *,
     batch_size: int = 64,
+    min_confidence: float | None = None,
 ) -> list[Prediction]:
     """:func:`cnnlab.tasks.classify.predict.predict` for an exported ``.onnx`` file, without the PyTorch model.
 
     Preprocessing and class names come from the file's metadata; files are decoded with the same
     policy as training (:func:`cnnlab.data.tensors.load_file`). Unreadable files get an ``error``
-    entry (the short reason), not an exception. ``probs = softmax(logits)`` in float64.
+    entry (the short reason), not an exception. ``probs = softmax(logits / T)`` in float64, with
+    the run's temperature T from the metadata (``temperature``; 1 for files without it), and the
+    run's out-of-domain check (metadata ``out_of_domain``: the energy score's threshold).
+    ``min_confidence``: below it a prediction is ``unknown``.
     """
+    from cnnlab.engine.calibration import SCORE, Calibration, from_metadata
     from cnnlab.engine.predict import predict_files
 
     path = Path(onnx_path)
     session = _onnx_session(path)
     meta = _decode_props(session.get_modelmeta().custom_metadata_map, path)
 
-    def probs_fn(x: np.ndarray) -> np.ndarray:
+    calibration = from_metadata(meta)  # None: exported before calibration existed
+    temperature = calibration.temperature if calibration else 1.0
+    threshold = calibration.threshold if calibration else None
+
+    def probs_fn(x: np.ndarray) -> Any:
         feed = {INPUT_NAME: np.ascontiguousarray(x)}  # predict_files passes an NHWC-strided view
-        return softmax(session.run([OUTPUT_NAME], feed)[0].astype(np.float64))
+        logits = session.run([OUTPUT_NAME], feed)[0].astype(np.float64)
+        probs = softmax(logits / temperature)
+        return probs if threshold is None else (probs, Calibration.ood_scores(logits))
 
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     names = [str(c) for c in meta["class_names"]]
-    return predict_files(inputs, spec, names, probs_fn, top_k=top_k, batch_size=batch_size)
+    return predict_files(
+        inputs, spec, names, probs_fn, top_k=top_k, batch_size=batch_size,
+        min_confidence=min_confidence, domain=None if threshold is None else (SCORE, threshold),
+    )  # fmt: skip
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

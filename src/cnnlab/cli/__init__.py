@@ -419,6 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="classes only, without the run's operating point (RUN/operating_point.json)",
     )
+    p.add_argument(
+        "--min-confidence",
+        metavar="P",
+        default=None,
+        help="a probability in [0, 1]: answer `unknown` when the top class's calibrated "
+        "probability is below P (default: always the top class)",
+    )
 
     p = sub.add_parser(
         "segment", help="semantic segmentation: train | evaluate | predict (IoU, Dice)"
@@ -987,8 +994,13 @@ def _explain(args: argparse.Namespace) -> int:
         device=args.device,
         score_threshold=args.score_threshold,
     )
+    ood = result.get("out_of_domain")
+    if ood and ood["out_of_domain"]:  # on stderr, before any output
+        _warn_explain_out_of_domain(args.image, ood)
     if args.json:
         keys = ("task", "trace", "prediction", "cams") if "task" in result else ("trace", "cams")
+        calibrated = ("out_of_domain", "calibrated_top", "temperature")
+        keys += tuple(k for k in calibrated if k in result)
         print(json.dumps({k: result[k] for k in keys}, indent=2, default=str))
         return 0
     if result.get("task") == "segmentation":
@@ -1018,11 +1030,35 @@ def _explain(args: argparse.Namespace) -> int:
     t = Table(title=f"{args.image}: top {args.top_k}")
     t.add_column("class")
     t.add_column("probability", justify="right")
+    calibrated = {r["class"]: r["probability"] for r in result.get("calibrated_top", [])}
+    if calibrated:
+        t.add_column(f"calibrated (T={result['temperature']:.3g})", justify="right")
     for row in result["top"]:
-        t.add_row(str(row["class"]), f"{row['probability']:.4f}")
+        cells = [str(row["class"]), f"{row['probability']:.4f}"]
+        if calibrated:  # logits / T keep their order: the same classes, softened or sharpened
+            cells.append(f"{calibrated[row['class']]:.4f}" if row["class"] in calibrated else "")
+        t.add_row(*cells)
     out.print(t)
+    if ood:
+        out.print(
+            f"out of domain: {'YES' if ood['out_of_domain'] else 'no'} ({ood['score']} score "
+            f"{ood['value']:.4g}, threshold {ood['threshold']:.4g})",
+            markup=False,
+        )
     out.print(f"layer-by-layer page: {result['html']}")
     return 0
+
+
+def _warn_explain_out_of_domain(image: str, ood: dict[str, Any]) -> None:
+    rate = ood.get("false_alarm_rate_test")
+    alarms = f"; it flags {100 * rate:.1f}% of in-domain test images" if rate is not None else ""
+    err.print(
+        f"warning: {image} looks out of domain ({ood['score']} score {ood['value']:.4g} > "
+        f"threshold {ood['threshold']:.4g}, calibrated on the validation split{alarms}); "
+        "the model was not trained on images like it and its prediction is not to be trusted",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @command("detect")
@@ -1247,13 +1283,14 @@ def _predict(args: argparse.Namespace) -> int:
     task = api.recorded_task(args.run)
     if task != "classification":  # masks, boxes or a video's timeline: files in --out
         api.predict(
-            args.run, args.inputs, device=args.device, out=args.out, precision=args.precision
-        )
+            args.run, args.inputs, device=args.device, out=args.out, precision=args.precision,
+            min_confidence=args.min_confidence,  # refused: classification only
+        )  # fmt: skip
         out.print(f"{task} predictions written to {args.out}")
         return 0
     preds = api.predict(
         args.run, args.inputs, top_k=args.top_k, device=args.device, precision=args.precision,
-        operating_point=args.operating_point,
+        operating_point=args.operating_point, min_confidence=args.min_confidence,
     )  # fmt: skip
     if args.precision != "auto":  # stdout stays the predictions alone (csv / json parse it)
         err.print(f"inference precision: {args.precision}")
@@ -1267,20 +1304,28 @@ def _predict(args: argparse.Namespace) -> int:
             markup=False,
             soft_wrap=True,
         )
+    domain = any(p.out_of_domain for p in preds)
+    _warn_out_of_domain(preds)
     if args.format == "json":
-        print(json.dumps([dataclasses.asdict(p) for p in preds], indent=2))
+        print(json.dumps([dataclasses.asdict(p) | {"answer": p.answer} for p in preds], indent=2))
     elif args.format == "csv":
         import csv
 
         w = csv.writer(sys.stdout)
         extra = ["decision", "threshold"] if point else []
+        extra += ["answer"] if args.min_confidence is not None else []
+        extra += ["out_of_domain", "ood_score"] if domain else []
         w.writerow(["path", "rank", "class", "probability", "error", *extra])
         for p in preds:
             decided = (
                 ["positive" if p.decision["positive"] else "negative", p.decision["threshold"]]
                 if point and p.decision
-                else [""] * len(extra)
+                else [""] * (2 if point else 0)
             )
+            decided += [p.answer or ""] if args.min_confidence is not None else []
+            ood = p.out_of_domain
+            decided += ([str(ood["out_of_domain"]).lower(), f"{ood['value']:.6g}"] if ood
+                        else ["", ""]) if domain else []  # fmt: skip
             for rank, (name, prob) in enumerate(p.top, 1):
                 w.writerow([p.path, rank, name, f"{prob:.6f}", "", *decided])
             if p.error:
@@ -1290,22 +1335,48 @@ def _predict(args: argparse.Namespace) -> int:
         columns = ["image", "class", "probability", "next"]
         if point:
             columns.insert(1, f"{point['positive_class']}?")
+        if domain:
+            columns.append("in domain?")
         for c in columns:
             t.add_column(c)
         for p in preds:
             if p.error:
-                t.add_row(p.path, *([""] if point else []), "[red]error[/]", "", p.error)
+                t.add_row(
+                    p.path, *([""] if point else []), "[red]error[/]", "", p.error,
+                    *([""] if domain else []),
+                )  # fmt: skip
                 continue
             rest = ", ".join(f"{n} {pr:.3f}" for n, pr in p.top[1:])
-            cells = [p.path, p.top[0][0], f"{p.top[0][1]:.4f}", rest]
+            if p.unknown:  # the best guess moves to "next"
+                rest = ", ".join(f"{n} {pr:.3f}" for n, pr in p.top)
+            cells = [p.path, escape(p.answer or ""), f"{p.top[0][1]:.4f}", rest]
             if point and p.decision:
                 d = p.decision
                 verdict = "positive" if d["positive"] else "negative"
                 sign = ">=" if d["positive"] else "<"
                 cells.insert(1, f"{verdict} (P {d['probability']:.4f} {sign} {d['threshold']:.4g})")
+            if domain:
+                ood = p.out_of_domain
+                cells.append(
+                    "" if ood is None else "[yellow]no[/]" if ood["out_of_domain"] else "yes"
+                )
             t.add_row(*cells)
         out.print(t)
     return 1 if any(p.error for p in preds) else 0
+
+
+def _warn_out_of_domain(preds: list[Any]) -> None:
+    """One stderr line per input that looks out of domain (stdout stays the predictions)."""
+    for p in preds:
+        ood = p.out_of_domain
+        if ood and ood["out_of_domain"]:
+            err.print(
+                f"warning: {p.path} looks out of domain ({ood['score']} score "
+                f"{ood['value']:.4g} > threshold {ood['threshold']:.4g}, calibrated on the "
+                f"validation split); its prediction {p.top[0][0]!r} is not to be trusted",
+                markup=False,
+                soft_wrap=True,
+            )
 
 
 _TASK_WORDS = {  # `cnnlab models --task WORD`: the command word or the recorded task name

@@ -64,6 +64,18 @@ class Prediction:
     # with an operating point (cnnlab.tasks.classify.operating_point): {"class", "probability",
     # "threshold", "positive"}: positive is probability >= threshold
     decision: dict[str, Any] | None = None
+    # with --min-confidence P: the top class's probability is below P, so the answer is "unknown"
+    unknown: bool = False
+    # with a calibrated run (cnnlab.engine.calibration): {"score", "value", "threshold",
+    # "out_of_domain"}: the input looks unlike the training data when value > threshold
+    out_of_domain: dict[str, Any] | None = None
+
+    @property
+    def answer(self) -> str | None:
+        """The top class, "unknown" below --min-confidence, None for an unreadable file."""
+        if not self.top:
+            return None
+        return "unknown" if self.unknown else self.top[0][0]
 
 
 def predict_files(
@@ -75,6 +87,8 @@ def predict_files(
     top_k: int = 5,
     batch_size: int = 256,
     decide: tuple[int, float] | None = None,
+    min_confidence: float | None = None,
+    domain: tuple[str, float] | None = None,
 ) -> list[Prediction]:
     """The one prediction driver (PyTorch checkpoints and exported ONNX files alike).
 
@@ -85,6 +99,10 @@ def predict_files(
 
     `decide=(class index, threshold)`: each prediction also gets a binary decision on that class's
     probability (an operating point), whether or not the class is among the top k.
+
+    `min_confidence=P`: a prediction whose top probability is below P is marked ``unknown``.
+    `domain=(score name, threshold)`: ``probs_fn`` returns ``(probs, scores (N,))`` and each
+    prediction gets an out-of-domain verdict (score > threshold: out of domain).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -128,10 +146,24 @@ def predict_files(
             )  # (N, S, S, C)
             pixels *= scale
             pixels += shift
-            probs = np.asarray(probs_fn(pixels.transpose(0, 3, 1, 2)))
+            answer = probs_fn(pixels.transpose(0, 3, 1, 2))
+            scores = None
+            if domain is not None:
+                answer, scores = answer
+            probs = np.asarray(answer)
             order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties: lower index first
             for row, i in enumerate(ok):
                 results[i].top = [(class_names[c], float(probs[row, c])) for c in order[row]]
+                if min_confidence is not None:
+                    results[i].unknown = results[i].top[0][1] < min_confidence
+                if domain is not None and scores is not None:
+                    value = float(scores[row])
+                    results[i].out_of_domain = {
+                        "score": domain[0],
+                        "value": value,
+                        "threshold": float(domain[1]),
+                        "out_of_domain": value > domain[1],
+                    }
                 if decide is not None:
                     p = float(probs[row, decide[0]])
                     results[i].decision = {

@@ -374,10 +374,13 @@ def write_explain_page(
     title: str | None = None,
     source: str | None = None,
     model_name: str | None = None,
+    notice: str = "",
 ) -> Path:
     """Write ``explain.html`` and its PNGs (``figures/``) into ``out_dir``; return the HTML path.
 
     ``image_uint8``: the model's input before normalisation, (C, H, W) or (H, W, C) uint8.
+    ``notice``: HTML shown under the prediction (the out-of-domain check and calibrated
+    probabilities, report.calibration_section.explain_notice).
     """
     out = Path(out_dir)
     fig_dir = out / "figures"
@@ -401,6 +404,7 @@ def write_explain_page(
         f'<p class="lead">Predicted <b>{esc(top[0][1])}</b> with probability {top[0][2]:.3f}. '
         + ", ".join(f"{esc(n)} {p:.3f}" for _, n, p in top[1:])
         + "</p>"
+        + notice
     )
 
     # --- CAMs --------------------------------------------------------------------------------
@@ -501,7 +505,8 @@ def explain_image(
     from cnnlab.explain.cam import check_methods, explain_classes
     from cnnlab.explain.trace import trace_image
     from cnnlab.models._base import check_positive_int
-    from cnnlab.run import write_json
+    from cnnlab.report.calibration_section import explain_notice
+    from cnnlab.run import run_dir_of, write_json
 
     methods = check_methods(methods)
     top_k = check_positive_int(top_k, "--top-k")
@@ -516,6 +521,7 @@ def explain_image(
     names = [str(c) for c in meta["class_names"]]
 
     trace = trace_image(model, x, class_names=names)
+    checked = check_domain(model, x, run_dir_of(Path(weights)), Path(weights), names, top_k)
     classes = [i for i, _, _ in trace.top_k(top_k)]
     cams = explain_classes(
         model,
@@ -538,8 +544,9 @@ def explain_image(
         title=f"What {meta['model']} sees in {image_path.name}",
         source=str(image_path),
         model_name=str(meta["model"]),
+        notice=explain_notice(checked),
     )
-    numbers = page_numbers(trace, cams)
+    numbers = page_numbers(trace, cams) | checked
     json_path = Path(out_dir) / "explain.json"
     write_json(json_path, numbers | {"image": str(image_path), "model": meta["model"]})
     top = trace.top_k(top_k)
@@ -552,7 +559,38 @@ def explain_image(
         "top": [{"class": n, "index": i, "probability": p} for i, n, p in top],
         "trace": numbers["trace"],
         "cams": numbers.get("cams"),
+        **checked,  # "out_of_domain", "calibrated_top", "temperature" for a calibrated run
     }
+
+
+def check_domain(
+    model: Any, x: Any, run_dir: Path | None, weights: Path, names: list[str], top_k: int
+) -> dict[str, Any]:
+    """The run's out-of-domain verdict and calibrated top-k for one normalised image ``x``
+    (1, C, S, S); {} for a run without calibration.json (cnnlab.engine.calibration)."""
+    import torch
+
+    from cnnlab.engine.calibration import load_calibration
+
+    calibration = load_calibration(run_dir, weights)
+    if calibration is None:
+        return {}
+    with torch.no_grad():
+        logits = model(x).float().cpu().numpy().astype(np.float64)
+    probs = calibration.probs(logits)[0]
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    checked: dict[str, Any] = {
+        "temperature": calibration.temperature,
+        "calibrated_top": [
+            {"class": names[i], "index": int(i), "probability": float(probs[i])} for i in order
+        ],
+    }
+    if calibration.threshold is not None:
+        score = float(calibration.ood_scores(logits)[0])
+        checked["out_of_domain"] = calibration.verdict(score) | {
+            "false_alarm_rate_test": calibration.describe()["false_alarm_rate_test"]
+        }
+    return checked
 
 
 # -- segmentation and detection ------------------------------------------------------------------

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cnnlab.metrics import scores as sc  # noqa: E402
+from cnnlab.report.calibration_section import calibration_section  # noqa: E402
 from cnnlab.report.header import run_header_html  # noqa: E402
 from cnnlab.report.style import SMALL, integer_epochs, styled  # noqa: E402
 
@@ -296,8 +297,11 @@ def write_classification_report(
     top_losses: int = 16,
     title: str | None = None,
     balance: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> Path:
     """Write report.html + PNGs into `out`; returns the HTML path.
+
+    `calibration`: the run's calibration.json (report.calibration_section draws it).
 
     `balance`: the run's class_balance.json (training class counts, weights, sampler, loss); when
     the training set is imbalanced (largest / smallest class above 10) the report opens with
@@ -407,6 +411,7 @@ def write_classification_report(
             else "<h2>Most confidently wrong test images</h2><p>None: every test image is right.</p>"
         )
     notes = "".join(f"<li>{html.escape(w)}</li>" for w in metrics.get("warnings", []))
+    calibrated = calibration_section(calibration, fig_dir, png_figure)
     fig_html = "".join(
         f'<figure{" class=wide" if name == "training curves" else ""}><img src="{uri}" '
         f'alt="{html.escape(name)}"><figcaption>{html.escape(name)}'
@@ -427,6 +432,7 @@ F1 = 2PR/(P+R); TNR = TN/(TN+FP); FPR = FP/(FP+TN). Intervals: seeded bootstrap,
 <h2>Per class (one class vs the rest)</h2><table><tr><th>class</th>{"".join(f"<th>{c}</th>" for c in cols)}</tr>
 {class_rows}</table>
 {f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
+{calibrated}
 <h2>Figures</h2><div class="figs">{fig_html}</div>
 {gallery}
 <p class="muted">Written by cnnlab. Opens offline: everything is in this file.</p>

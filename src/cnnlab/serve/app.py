@@ -6,10 +6,12 @@ Endpoints (the contract is ``GET /openapi.json``; ``GET /docs`` renders it with 
 * ``GET /api/info``      model name, classes, input size, limits
 * ``POST /api/predict``  an image (``multipart/form-data`` field ``file``, or the raw bytes with an
   ``image/*`` content type) -> ``{"top": [{"class", "index", "probability"}, ...]}``, best first,
-  ``probability = softmax(logits)``; for a segmentation run the mask (a palette PNG at the
-  upload's size, as ``cnnlab predict RUN`` writes it), the class areas and a colour overlay; for a
-  detection run the boxes in the upload's pixels above ``score_threshold`` (query parameter;
-  default: the run's) and the image with the boxes drawn. The run's recorded ``task`` decides.
+  ``probability = softmax(logits / T)`` (T: the run's temperature, docs/calibration.md) and, for a
+  calibrated run, ``"out_of_domain": {"score", "value", "threshold", "out_of_domain"}``; for a
+  segmentation run the mask (a palette PNG at the upload's size, as ``cnnlab predict RUN`` writes
+  it), the class areas and a colour overlay; for a detection run the boxes in the upload's pixels
+  above ``score_threshold`` (query parameter; default: the run's) and the image with the boxes
+  drawn. The run's recorded ``task`` decides.
 * ``POST /api/explain``  the same upload -> the top classes, the layer trace (one entry per executed
   layer in the lecture's words -- convolution, ReLU, pooling, flattening, fully connected, output,
   plus batch norm / residual add / concat for the deeper families -- with its feature maps as a PNG
@@ -228,6 +230,8 @@ class Served:
     lock: threading.Lock
     precision: str = "32"  # of /api/predict (cnnlab.engine.devices.inference_precision)
     task: str = "classification"  # the task the checkpoint records
+    # classification: the run's temperature and out-of-domain check (cnnlab.engine.calibration)
+    calibration: Any = None
 
 
 # -- the app ---------------------------------------------------------------------------------------
@@ -290,6 +294,11 @@ def create_app(
     )
     if task == "classification":
         import pytorch_grad_cam  # noqa: F401 -- about 5 s (OpenCV); now, not in the first request
+
+        from cnnlab.engine.calibration import from_metadata, load_calibration
+
+        served.calibration = load_calibration(run_dir_of(Path(weights)), Path(weights))
+        served.calibration = served.calibration or from_metadata(meta)
 
     app = FastAPI(
         title=f"cnnlab explorer: {meta['model']}",
@@ -392,6 +401,7 @@ def create_app(
             "report": _report_file(served, "report.html") is not None,
             "cnnlab_version": __version__,
             "task": served.task,
+            **calibration_info(served),
             **(
                 {"score_threshold": float(served.meta.get("score_threshold", 0.5))}
                 if served.task == "detection"
@@ -618,18 +628,45 @@ def _top(served: Served, probs: torch.Tensor) -> list[dict[str, Any]]:
 
 
 def predict_bytes(served: Served, data: bytes) -> dict[str, Any]:
-    """Top-k of one uploaded image: ``softmax(model(x))``, computed in float32 after a forward pass
-    at the served precision (fp32 by default on CPU)."""
+    """Top-k of one uploaded image: ``softmax(model(x) / T)`` (T: the run's temperature, 1 for a
+    run without calibration), computed in float32 after a forward pass at the served precision
+    (fp32 by default on CPU); with the run's out-of-domain verdict (``out_of_domain``)."""
     pixels = decode_upload(served, data)
     x = _normalise(served, pixels)
     with served.lock, torch.inference_mode(), autocast(served.device, served.precision):
-        probs = served.model(x).float().softmax(1)[0].cpu()
+        probs, verdict = calibrated_probs(served, x)
     return {
         "task": "classification",
         "model": served.meta["model"],
         "top": _top(served, probs),
         "precision": served.precision,
+        **verdict,
     }
+
+
+def calibrated_probs(served: Served, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    """(probabilities (K,) of one image, {"out_of_domain": verdict} or {}): the run's calibration
+    applied (cnnlab.engine.calibration); the caller holds the model lock."""
+    cal = served.calibration
+    logits = served.model(x).float()
+    if cal is None:
+        return logits.softmax(1)[0].cpu(), {}
+    probs = (logits / cal.temperature).softmax(1)[0].cpu()
+    if cal.threshold is None:
+        return probs, {}
+    score = float(cal.ood_scores(logits.cpu().numpy().astype(np.float64))[0])
+    return probs, {"out_of_domain": cal.verdict(score)}
+
+
+def calibration_info(served: Served) -> dict[str, Any]:
+    """/api/info's calibration entries: the temperature and the out-of-domain rule."""
+    cal = served.calibration
+    if cal is None:
+        return {}
+    info: dict[str, Any] = {"temperature": cal.temperature}
+    if cal.threshold is not None:
+        info["out_of_domain"] = cal.describe()
+    return info
 
 
 def explain_bytes(served: Served, data: bytes) -> dict[str, Any]:
@@ -647,6 +684,11 @@ def explain_bytes(served: Served, data: bytes) -> dict[str, Any]:
     payload = explain_payload(trace, cam, pixels, method=served.cam_method, stage=stage)
     payload["model"] = served.meta["model"]
     payload["top"] = _top(served, trace.probs)
+    if served.calibration is not None:  # calibrated top-k and the out-of-domain verdict
+        with served.lock, torch.inference_mode():
+            probs, verdict = calibrated_probs(served, x)
+        payload["top"] = _top(served, probs)
+        payload.update(verdict)
     return payload
 
 

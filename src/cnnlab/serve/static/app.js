@@ -150,6 +150,19 @@ function showDense(prediction) {
   document.body.dataset.state = "done";
 }
 
+// the run's out-of-domain check (docs/calibration.md): a warning when the upload looks unlike
+// the training images; nothing for a run trained without calibration
+function showDomain(ood) {
+  const box = $("domain");
+  box.hidden = !ood;
+  if (!ood) return;
+  box.className = ood.out_of_domain ? "warning" : "hint";
+  box.textContent = ood.out_of_domain
+    ? `Warning: this image looks out of domain (${ood.score} score ${fmt(ood.value)} > ` +
+      `threshold ${fmt(ood.threshold)}): the model was not trained on images like it.`
+    : `In domain (${ood.score} score ${fmt(ood.value)} ≤ threshold ${fmt(ood.threshold)}).`;
+}
+
 async function handle(file) {
   if (!file) return;
   $("result").hidden = true;
@@ -163,6 +176,7 @@ async function handle(file) {
       return;
     }
     showTop(prediction.top);
+    showDomain(prediction.out_of_domain);
     $("result").hidden = false;
     setStatus("tracing the layers and computing the Grad-CAM…", false);
     const explained = await post("/api/explain", file);

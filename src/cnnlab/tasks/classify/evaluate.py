@@ -12,6 +12,7 @@ import torch
 from cnnlab.config import PreprocessSpec, TrainConfig, make_config
 from cnnlab.data.sources import Split, load_source, remap_classes, split_by_ids
 from cnnlab.engine import distributed
+from cnnlab.engine.calibration import TemperatureScores, load_calibration
 from cnnlab.engine.devices import inference_precision, resolve_channels_last, resolve_device
 from cnnlab.engine.loaders import make_loader, split_to_uint8
 from cnnlab.engine.timing import Timings
@@ -47,8 +48,13 @@ def evaluate_model(
     thumbnails: Any = None,
     batch_size: int = 512,
     timings: Timings | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Metrics (+ bootstrap CIs, report) of `model` on one split held as a uint8 tensor.
+
+    `calibration`: the run's calibration.json record (cnnlab.engine.calibration); its temperature
+    calibrates the probabilities (``softmax(logits / T)``: accuracy and ROC-AUC unchanged, ECE
+    and log loss those of the calibrated model) and the report gets its calibration section.
 
     `thumbnails` (N, C, H, W) uint8: what the report shows for each sample (default `images`;
     video clips pass a strip of frames). `timings`: the report's seconds go to its "report"
@@ -59,9 +65,10 @@ def evaluate_model(
     timings = timings if timings is not None else Timings()
 
     info = distributed.current()
+    temperature = float(calibration["temperature"]) if calibration else 1.0
     p, t = predict_probs(
         model, spec, images, split, len(class_names), device=device, precision=precision,
-        batch_size=batch_size,
+        batch_size=batch_size, temperature=temperature,
     )  # fmt: skip
     with (
         warnings.catch_warnings()
@@ -69,6 +76,7 @@ def evaluate_model(
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         metrics = classification_metrics(t, p, class_names=class_names)
     metrics["confidence_intervals"] = headline_intervals(t, p, seed=0)
+    metrics["temperature"] = temperature  # probs = softmax(logits / T); 1: uncalibrated
     out = (out_dir or run_dir) if info.is_main else None  # DDP: rank 0 writes
     result: dict[str, Any] = {"metrics": metrics, "probs": p, "targets": t}
     if out is not None:
@@ -86,7 +94,7 @@ def evaluate_model(
             result["report"] = write_classification_report(
                 out, metrics, p, t, class_names, ids=split.ids, run_dir=run_dir,
                 images=images if thumbnails is None else thumbnails,
-                balance=recorded_balance(run_dir),
+                balance=recorded_balance(run_dir), calibration=calibration,
             )  # fmt: skip
             timings.lap("report")
     return result
@@ -102,10 +110,16 @@ def predict_probs(
     device: torch.device,
     precision: str = "32",
     batch_size: int = 512,
+    temperature: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(probs (N, K) float64, targets (N,)) of `model` on one split held as a uint8 tensor."""
+    """(probs (N, K) float64, targets (N,)) of `model` on one split held as a uint8 tensor;
+    ``probs = softmax(logits / temperature)``."""
     loader = make_loader(images, split.targets, spec, device, batch_size)
-    task = ClassificationTask(num_classes)
+    task = (
+        ClassificationTask(num_classes)
+        if temperature == 1.0
+        else TemperatureScores(num_classes, temperature)
+    )
     if distributed.current().distributed:  # DDP: each rank predicts every W-th batch; all gather
         probs, targets = distributed.predict_sharded(
             model, task, loader, device=device, precision=precision
@@ -176,11 +190,13 @@ def evaluate(
     images = split_to_uint8(chosen, spec)
     precision = inference_precision(precision, dev, trained_precision(run_dir))
     threshold = None
+    calibration = load_calibration(run_dir, weights)  # None for runs trained before it existed
+    temperature = calibration.temperature if calibration else 1.0
     if wanted is not None:  # chosen first: an unreachable target stops before anything is written
         val = split_by_ids(own, saved["val"], "val")
-        val_probs, val_targets = predict_probs(
+        val_probs, val_targets = predict_probs(  # calibrated, as predict will apply them
             model, spec, split_to_uint8(val, spec), val, len(class_names), device=dev,
-            precision=precision,
+            precision=precision, temperature=temperature,
         )  # fmt: skip
         threshold = op.choose(val_targets, val_probs, pos, wanted, class_names[pos])
     out_dir = evaluation_dir(out, run_dir)
@@ -195,6 +211,7 @@ def evaluate(
         run_dir=run_dir,
         report=report and out_dir is not None,
         out_dir=out_dir,
+        calibration=calibration.record if calibration else None,
     )
     record = record_evaluation(
         out_dir, task="classification", weights=weights, data=data, split=split,

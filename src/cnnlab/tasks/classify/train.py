@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cnnlab import __version__
@@ -15,6 +16,7 @@ from cnnlab.config import PreprocessSpec, TrainConfig
 from cnnlab.data.sources import few_shot, load_source
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import TrainResult
+from cnnlab.engine.calibration import fit_calibration, write_calibration
 from cnnlab.engine.checkpoint import read_weights
 from cnnlab.engine.devices import resolve_channels_last
 from cnnlab.engine.fit import Plan, TaskSpec, fit
@@ -134,17 +136,42 @@ def _prepare(
         return train_loader, val_loader
 
     def evaluate(run_dir: Path, device: torch.device, precision: str) -> dict[str, Any] | None:
-        if "test" not in tensors or not len(splits["test"]):
+        has_test = "test" in tensors and len(splits["test"]) > 0
+        has_val = "val" in tensors and len(splits["val"]) > 0
+        if not has_test and not has_val:
             return None
-        best, _, _ = load_checkpoint_model(run_dir, device)
+        best, _, weights = load_checkpoint_model(run_dir, device)
         if resolve_channels_last(
             None, device
         ):  # as `evaluate` will: the same kernels, the same sums
             best.to(memory_format=torch.channels_last)
+        calibration = None
+        if (
+            has_val
+        ):  # temperature and out-of-domain check, fitted on validation (docs/calibration.md)
+            calibration = calibrate(best, run_dir, weights, device, precision, has_test)
+        if not has_test:
+            return None
         return evaluate_model(
             best, spec, tensors["test"], splits["test"], bundle.class_names, device=device,
             precision=precision, run_dir=run_dir, report=cfg.report, timings=timings,
+            calibration=calibration,
         )  # fmt: skip
+
+    def calibrate(best, run_dir, weights, device, precision, has_test) -> dict[str, Any]:
+        """Fit calibration.json on the validation split (every rank computes, rank 0 writes)."""
+        batch = max(256, cfg.batch_size)
+        loaders = {
+            k: make_loader(tensors[k], np.asarray(splits[k].targets), spec, device, batch)
+            for k in (("val", "test") if has_test else ("val",))
+        }
+        record = fit_calibration(
+            best, loaders, len(bundle.class_names), device=device, precision=precision,
+            weights=weights,
+        )  # fmt: skip
+        if info.is_main:  # DDP: rank 0 writes
+            write_calibration(run_dir, record)
+        return record
 
     files: dict[str, Any] = {
         "classes.json": bundle.class_names,
