@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import importlib.util
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -144,6 +145,23 @@ def test_every_command_has_examples_in_its_help():
         else:
             pytest.fail(f"`cnnlab {words}` has no examples (cnnlab/cli/examples.py)")
     assert set(EXAMPLES) <= {words for words, _ in parsers(build_parser())}
+
+
+def test_every_example_uses_options_its_command_has():
+    """The examples are command lines a user copies: each --flag must exist on the command the
+    example runs (which may differ from the command whose help shows it)."""
+    commands = dict(parsers(build_parser()))
+    wrong = []
+    for words, examples in EXAMPLES.items():
+        for line, _ in examples:
+            tokens = shlex.split(line.split(">")[0])[1:]  # after `cnnlab`, before a redirection
+            path: list[str] = []
+            while tokens and " ".join([*path, tokens[0]]) in commands:
+                path.append(tokens.pop(0))
+            flags = {s for a in commands[" ".join(path)]._actions for s in a.option_strings}
+            wrong += [f"{words!r}: {line!r} uses {t}" for t in tokens
+                      if t.startswith("--") and t.split("=")[0] not in flags]  # fmt: skip
+    assert not wrong, "\n".join(wrong)
 
 
 def test_version_prints_the_version(capsys: pytest.CaptureFixture[str]):
