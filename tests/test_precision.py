@@ -150,8 +150,10 @@ def test_predict_evaluate_and_the_model_agree_on_probabilities(
     split = split_by_ids(bundle, ids, "test")
     x = api.split_to_uint8(split, spec).float() / 255
     x = (x - torch.tensor(spec.mean).view(1, -1, 1, 1)) / torch.tensor(spec.std).view(1, -1, 1, 1)
+    # probabilities are calibrated: softmax(logits / T), T fitted on validation (calibration.json)
+    temperature = json.loads((digits_run / "calibration.json").read_text())["temperature"]
     with torch.inference_mode():
-        want = model(x).softmax(1).numpy()
+        want = (model(x) / temperature).softmax(1).numpy()
     np.testing.assert_allclose(recorded["probs"], want, atol=1e-5, rtol=0)
     np.testing.assert_allclose(saved["probs"], want, atol=precision_tol, rtol=0)
 

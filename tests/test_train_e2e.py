@@ -230,7 +230,10 @@ def test_predict_in_pipelined_chunks_matches_the_model_per_file(tmp_path):
     x = np.stack([load_file(folder / n, spec) for n in good]).astype(np.float32) / 255
     x = (x - np.asarray(spec.mean).reshape(1, -1, 1, 1)) / np.asarray(spec.std).reshape(1, -1, 1, 1)
     with torch.inference_mode():
-        want = model(torch.from_numpy(x.astype(np.float32))).softmax(1).numpy()
+        logits = model(torch.from_numpy(x.astype(np.float32)))
+    # prediction is calibrated: softmax(logits / T), T fitted on validation (calibration.json)
+    temperature = json.loads((run.run_dir / "calibration.json").read_text())["temperature"]
+    want = (logits / temperature).softmax(1).numpy()
     for batch_size in (1, 3, 20, 256):
         preds = api.predict(run.run_dir, [folder], top_k=10, batch_size=batch_size, device="cpu")
         assert [p.path.rsplit("/", 1)[1] for p in preds] == names
