@@ -117,7 +117,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     # Set both ways: the flag is process-wide, and a --deterministic run must not leave the next
     # run in the same process (a notebook, the test suite) on deterministic kernels it did not ask
     # for (with bf16 autocast on an AVX-512 CPU, r3d_small's deterministic conv3d path gave NaN).
-    torch.use_deterministic_algorithms(deterministic)
+    # Only when it changes: the call imports torch._inductor and torch._dynamo (1.7 s of a 2-core
+    # machine's start-up in torch 2.14), which a run that never compiles does not need.
+    if torch.are_deterministic_algorithms_enabled() != deterministic:
+        torch.use_deterministic_algorithms(deterministic)
     if deterministic:
         torch.backends.cudnn.benchmark = False
 
