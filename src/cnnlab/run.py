@@ -34,9 +34,9 @@ from cnnlab.engine.checkpoint import (
     CheckpointManager,
     apply_run_mode,
     atomic_write,
-    folder_bytes,
 )
 from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.runs_table import folder_bytes
 
 log = logging.getLogger(__name__)
 

@@ -101,16 +101,6 @@ def apply_run_mode(run_dir: Path) -> None:
                 os.chmod(path, mode)
 
 
-def folder_bytes(folder: Path) -> int:
-    """Total size of the files under `folder` (apparent sizes, as `du --apparent-size -b`)."""
-    total = 0
-    for root, _dirs, files in os.walk(folder):
-        for name in files:
-            with contextlib.suppress(FileNotFoundError):
-                total += os.lstat(os.path.join(root, name)).st_size
-    return total
-
-
 def atomic_write(target: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Write via a same-folder temporary file + fsync + rename; on any error the target is untouched."""
     make_dir(target.parent)
