@@ -5,7 +5,9 @@
 * `reference/configuration.md`: every field of the task configs, from `cnnlab.cli.options`;
 * `notebooks/`: notebooks/*.ipynb (rendered by mkdocs-jupyter from their stored outputs, never
   executed here) with notebooks/README.md as the section's index;
-* `benchmarks/results/`: benchmarks/results/*.md, listed at the end of docs/benchmarks.md.
+* `benchmarks/results/`: benchmarks/results/*.md, listed at the end of docs/benchmarks.md;
+* `assets/mathjax/`: the MathJax 2 copy of the `jupyter-server-mathjax` package, which the notebook
+  pages load (mkdocs.yml `custom_mathjax_url`), so their math renders offline.
 
 Nothing is copied into docs/ by hand, so none of it can drift. The cnnlab imported is this
 checkout's (src/ first on sys.path); building the parser imports no torch.
@@ -14,8 +16,10 @@ checkout's (src/ first on sys.path); building the parser imports no torch.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -213,3 +217,23 @@ def config_reference() -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+# -- MathJax -------------------------------------------------------------------------------------------------
+def on_post_build(config) -> None:
+    """Copy MathJax 2 into the site. The package's __init__ imports jupyter_server: only its files
+    are wanted, so it is located, never imported."""
+    spec = importlib.util.find_spec("jupyter_server_mathjax")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("jupyter-server-mathjax is missing: pip install -e '.[docs]'")
+    static = Path(next(iter(spec.submodule_search_locations))) / "static"
+    target = Path(config.site_dir) / "assets" / "mathjax"
+    shutil.copytree(static, target, dirs_exist_ok=True)
+    # The package ships the STIX-Web fonts only (as Jupyter's own MathJax config expects): without
+    # this, MathJax asks for its TeX fonts and gets 404s. Loaded by `,local/cnnlab` in the URL.
+    (target / "config" / "local").mkdir(exist_ok=True)
+    (target / "config" / "local" / "cnnlab.js").write_text(
+        'MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null, '
+        'webFont: "STIX-Web", imageFont: null}});\n'
+        'MathJax.Ajax.loadComplete("[MathJax]/config/local/cnnlab.js");\n'
+    )
