@@ -1488,9 +1488,8 @@ def _models(args: argparse.Namespace) -> int:
         for note in notes:  # what the table's block rows stand for
             out.print(f"- {note}")
         return 0
-    from cnnlab.models import GROUPS
-
-    for group, label in GROUPS.items():  # the lecture's families first, then modern backbones
+    # the lecture's families first, then the modern backbones
+    for group, label in models.GROUPS.items():
         t = table(f"{label}: {title}")
         for r in rows:
             if groups[r["name"]] == group:

@@ -42,7 +42,7 @@ KINDS = (
 )
 
 # One sentence per block type of the modern backbones, printed under ``cnnlab models show``'s
-# layer table (in the table's words); the table's rows of such a block carry its path.
+# layer table, in the table's words; a block's last row names its type under the key "block".
 BLOCK_NOTES = {
     "inverted residual": "inverted residual block (MobileNetV2/V3, EfficientNet's MBConv): a 1x1 "
     "convolution expands the channels, a depthwise convolution (groups = channels: one 3x3 or "
@@ -66,8 +66,8 @@ BLOCK_NOTES = {
     "convolution; the halves are concatenated and the channels shuffled, so the next unit "
     "mixes them",
     "squeeze-and-excitation": "squeeze-and-excitation: global average pooling, two 1x1 "
-    "convolutions and a sigmoid give one gate in (0, 1) per channel, and each channel of the "
-    "block is multiplied by its gate (the channel scale row)",
+    "convolutions and a sigmoid (MobileNetV3: a hard sigmoid) give one gate in (0, 1) per "
+    "channel, and each channel of the block is multiplied by its gate (the channel scale row)",
 }
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -334,7 +334,7 @@ def zoo_table(
     Models are built on the meta device, so the table costs no memory or arithmetic; ``params``
     leaves out training-only auxiliary heads (GoogLeNet), ``flops`` is one image at
     ``image_size`` with the variant that size selects. ``names``: these models only (default:
-    every registered one, :func:`list_models` order; about 10 s with the modern backbones).
+    every registered one, :func:`list_models` order: seconds with the modern backbones).
     """
     rows = []
     for name in list_models() if names is None else names:
