@@ -93,8 +93,8 @@ class FeaturesNet(ClassifierModel):
     """A torchvision network of the form ``features`` (a Sequential) -> average pool ->
     ``classifier`` (MobileNetV2/V3, EfficientNet, ConvNeXt).
 
-    Stages: consecutive children of ``features`` at the same reduction form one stage
-    (``stage1`` ...), whose last child's output is the stage's feature map.
+    Stages (``stage1`` ...): a stage starts at each down-sampling child of ``features`` (the
+    ImageNet strides) and runs up to the next; its last child's output is the stage's feature map.
     """
 
     first_conv_path = "features.0.0"
@@ -123,7 +123,7 @@ class FeaturesNet(ClassifierModel):
         self.classifier_path = f"classifier.{linears[-1]}"
 
         # Stages from the ImageNet strides, so both variants have the same stages (for
-        # freezing "stages:N"): consecutive children at the same reduction form one stage.
+        # freezing "stages:N"): a child that down-samples starts a new one.
         groups: list[list[int]] = []  # child indices per stage
         for i, child in enumerate(self.features):
             if groups and stride_of(child) == 1:
