@@ -36,13 +36,23 @@ from cnnlab.models import (
 from cnnlab.models._weights import adapt_first_conv, from_timm_layout
 
 ALL = list_models()
-HEAVY = {"resnet101", "resnet152"}  # several seconds per case at 32 px on one core
+LECTURE = [n for n in ALL if model_info(n)["group"] == "lecture"]
+MODERN = [n for n in ALL if model_info(n)["group"] == "modern"]
+# the modern backbones in the fast tier; the others share their family's code (_modern.py)
+SMALL_MODERN = {"mobilenet_v3_small", "shufflenet_v2_x0_5", "regnet_x_400mf"}
+# several seconds per case at 32 px on one core (the modern ones: together minutes)
+HEAVY = {"resnet101", "resnet152"} | (set(MODERN) - SMALL_MODERN)
+# the smallest of each modern family: checked on the meta device in the fast tier (building the
+# others there takes 0.1-0.9 s each, 10 s for all; they are the same code with other numbers)
+FAMILY_FIRST = SMALL_MODERN | {"mobilenet_v2", "efficientnet_b0", "efficientnet_v2_s",
+                               "convnext_tiny", "regnet_y_400mf"}  # fmt: skip
 NUM_CLASSES = 7
 CONFIGS = [(1, 28), (3, 32)]  # (in_channels, image_size): both pick the small-input variants
 
 
-def _params(models):
-    return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in models]
+def _params(models, fast=None):
+    slow = HEAVY if fast is None else {n for n in models if n not in fast}
+    return [pytest.param(n, marks=pytest.mark.slow) if n in slow else n for n in models]
 
 
 def _build(name: str, in_channels: int, image_size: int, seed: int = 0) -> nn.Module:
@@ -106,8 +116,9 @@ def _stage_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...
 
 
 # --- registry --------------------------------------------------------------------------------
-def test_registry_lists_the_lecture_families():
-    assert set(ALL) == {
+def test_registry_lists_the_lecture_families_then_the_modern_backbones():
+    assert ALL == LECTURE + MODERN and LECTURE[0] == "lenet5"
+    assert set(LECTURE) == {
         "lenet5", "lenet5_classic", "lenet5_gap", "alexnet", "googlenet", "resnet18", "resnet34",
         "resnet50", "resnet101", "resnet152",
         *(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")),
@@ -116,6 +127,19 @@ def test_registry_lists_the_lecture_families():
     assert info["family"] == "resnet" and info["year"] == 2015
     assert "Residual" in info["paper"] and info["input_size"] == (3, 224, 224)
     assert model_info("lenet5")["input_size"] == (1, 32, 32)
+    assert set(MODERN) == {
+        "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+        *(f"efficientnet_b{i}" for i in range(8)), *(f"efficientnet_v2_{s}" for s in "sml"),
+        *(f"convnext_{s}" for s in ("tiny", "small", "base", "large")),
+        *(f"regnet_{k}_{f}" for k in "xy"
+          for f in ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf")),
+        *(f"shufflenet_v2_x{w}" for w in ("0_5", "1_0", "1_5", "2_0")),
+    }  # fmt: skip
+    # a family's variants in their own order, not alphabetical
+    assert [n for n in MODERN if n.startswith("convnext")] == [
+        "convnext_tiny", "convnext_small", "convnext_base", "convnext_large"
+    ]  # fmt: skip
+    assert model_info("efficientnet_b7")["input_size"] == (3, 600, 600)  # the paper's size
 
 
 def test_unknown_name_and_bad_options_raise_config_error():
@@ -226,7 +250,9 @@ def test_state_dict_round_trip(zoo, name):
     other = _build(name, 1, 28, seed=123).eval()
     with torch.no_grad():
         expected = model(x)
-        assert not torch.allclose(other(x), expected)  # a different init really differs
+        # a different init really differs (relatively: torchvision's untrained MobileNetV3 gives
+        # logits of about 1e-10 in eval mode, its activations shrinking block by block)
+        assert not torch.allclose(other(x), expected, rtol=1e-3, atol=0)
         buffer.seek(0)
         other.load_state_dict(torch.load(buffer, weights_only=True))
         torch.testing.assert_close(other(x), expected, rtol=0, atol=0)
@@ -250,14 +276,19 @@ def test_imagenet_parameter_counts(name, expected):
     assert count_parameters(model, exclude=aux) == expected
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if not n.startswith("lenet")])
+@pytest.mark.parametrize(
+    "name", _params([n for n in ALL if not n.startswith("lenet")], fast=set(LECTURE) | FAMILY_FIRST)
+)
 def test_parameters_and_flops_match_torchvision_metadata(name):
     """num_params and _ops (GMACs) published with torchvision's weights, for every family."""
-    meta = torchvision.models.get_model_weights(name).DEFAULT.meta
+    weights = torchvision.models.get_model_weights(name).DEFAULT
     model = _meta_model(name)
     aux = model.default_cfg.get("aux_classifiers", ())
-    assert count_parameters(model, exclude=aux) == meta["num_params"]
-    assert count_flops(model, 224, 3) == pytest.approx(2e9 * meta["_ops"], rel=2e-3)
+    assert count_parameters(model, exclude=aux) == weights.meta["num_params"]
+    size = weights.transforms().crop_size[0]  # _ops is at the weights' size (EfficientNet-B7: 600)
+    # _ops is GMACs to 3 decimals: half a unit of the last digit is 1e6 FLOPs (ShuffleNet: 0.04)
+    expected = 2e9 * weights.meta["_ops"]
+    assert count_flops(model, size, 3) == pytest.approx(expected, rel=2e-3, abs=1e6)
     assert model.default_cfg["small_input"] is False
 
 
@@ -301,8 +332,10 @@ def test_layer_table_marks_residual_adds_and_inception_concats():
 
 
 def test_zoo_table_and_summary_are_cheap_and_consistent():
-    rows = zoo_table(image_size=224, in_channels=3, num_classes=1000)
-    assert [r["name"] for r in rows] == ALL
+    names = [*LECTURE, *sorted(SMALL_MODERN)]  # the whole zoo: test_cli's slow `models list`
+    rows = zoo_table(image_size=224, in_channels=3, num_classes=1000, names=names)
+    assert [r["name"] for r in rows] == names
+    assert {r["group"] for r in rows if r["name"] in SMALL_MODERN} == {"modern"}
     by_name = {r["name"]: r for r in rows}
     assert (
         by_name["resnet18"]["params"] == 11_689_512 and by_name["googlenet"]["params"] == 6_624_904
@@ -311,6 +344,116 @@ def test_zoo_table_and_summary_are_cheap_and_consistent():
     summary = model_summary("lenet5", num_classes=10, in_channels=1, image_size=32)
     assert summary["params"] == 61_706 and summary["layers"][-1]["kind"] == "output"
     assert summary["stages"] == ["stage1", "stage2", "head"]
+
+
+# --- the modern backbones against torchvision's own constructors -------------------------------
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", _params(MODERN, fast=FAMILY_FIRST))
+def test_modern_backbones_are_torchvisions_networks(name):
+    """At 1000 classes, 3 channels and 224 px: torchvision's state dict, key for key and shape for
+    shape (so its weights load as they are), hence its parameter count. RegNet's constructor
+    cannot build on the meta device (it computes widths with .tolist()): the two smallest are
+    compared on the CPU, every RegNet's count against torchvision's published ``num_params``."""
+    ours = _meta_model(name)
+    if not name.startswith("regnet"):
+        with torch.device("meta"):
+            reference = torchvision.models.get_model(name, weights=None)
+    elif name.endswith("400mf"):
+        reference = torchvision.models.get_model(name, weights=None)
+    else:
+        reference = None
+    if reference is not None:
+        assert _shapes(ours) == _shapes(reference)
+        assert count_parameters(ours) == count_parameters(reference)
+    meta = torchvision.models.get_model_weights(name).DEFAULT.meta
+    assert count_parameters(ours) == meta["num_params"]
+    cfg = ours.default_cfg
+    assert cfg["small_input"] is False and cfg["family"] == model_info(name)["family"]
+    assert ours.feature_info[-1]["reduction"] == 32
+
+
+@pytest.mark.parametrize("name", _params(MODERN, fast=FAMILY_FIRST))
+def test_modern_small_input_variant_keeps_the_weights_shapes(name):
+    """Below 64 px the first two stride-2 steps run at stride 1: total reduction 8 (4x4 maps at
+    32 px); only strides change, so every ImageNet tensor still fits (ConvNeXt: not its stem)."""
+    big, small = _meta_model(name), _meta_model(name, image_size=32)
+    assert small.default_cfg["small_input"] is True
+    assert small.feature_info[-1]["reduction"] == 8
+    assert small.stage_names() == big.stage_names()  # same stages either way ("stages:N")
+    big_shapes = _shapes(big)
+    differ = {k for k, shape in _shapes(small).items() if big_shapes[k] != shape}
+    assert differ == ({"features.0.0.weight"} if name.startswith("convnext") else set())
+    assert set(small.reinit_on_mismatch) == ({"features.0.0"} if differ else set())
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_MODERN))
+def test_small_modern_backbones_at_32_and_224_px(name):
+    for size, side in ((32, 4), (224, 7)):
+        model = _build(name, 3, size).eval()
+        x = _images(3, size, batch=1)
+        with torch.no_grad():
+            assert model(x).shape == (1, NUM_CLASSES)
+            assert model.forward_features(x).shape[-2:] == (side, side)
+
+
+def test_layer_table_explains_the_modern_blocks():
+    summary = model_summary("mobilenet_v2", num_classes=3, image_size=32)
+    rows = summary["layers"]
+    assert any(r["kind"] == "residual add" and r.get("block") == "inverted residual" for r in rows)
+    assert any(r["detail"].startswith("depthwise (one filter per channel), 3x3") for r in rows)
+    assert any(r["kind"] == "ReLU" and r["detail"] == "min(max(0, z), 6)" for r in rows)
+    assert list(summary["blocks"]) == ["inverted residual"]
+    assert "depthwise-separable" in summary["blocks"]["inverted residual"]
+    with torch.device("meta"):
+        convnext = create_model("convnext_tiny", num_classes=3, image_size=32)
+    rows = layer_table(convnext, 32, 3)
+    adds = [r for r in rows if r["kind"] == "residual add"]
+    assert len(adds) == 3 + 3 + 9 + 3 and all(r["block"] == "ConvNeXt block" for r in adds)
+    assert adds[0]["params"] == 96  # layer scale: one factor per channel, counted in its row
+    assert sum(r["params"] for r in rows) == count_parameters(convnext)
+    assert {"layer norm", "activation"} <= {r["kind"] for r in rows}
+
+
+def test_modern_imagenet_weights_carry_their_provenance(monkeypatch):
+    torch.manual_seed(0)
+    published = torchvision.models.mobilenet_v3_small(weights=None).state_dict()
+    seen = []
+
+    def cached(url, *args, **kwargs):  # the torch hub cache, or a download
+        seen.append(url)
+        return published
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", cached)
+    enum = torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1
+    model = create_model("mobilenet_v3_small", num_classes=10, in_channels=1, image_size=32,
+                         weights="imagenet")  # fmt: skip
+    assert seen == [enum.url]
+    cfg = model.default_cfg
+    assert cfg["weights"] == "torchvision:MobileNet_V3_Small_Weights.IMAGENET1K_V1"
+    assert cfg["resize_size"] == enum.transforms().resize_size[0] and cfg["small_input"]
+    report = model.load_report
+    assert sorted(report["reinitialised"]) == ["classifier.3.bias", "classifier.3.weight"]
+    assert report["adapted"] == ["features.0.0.weight"]  # RGB kernels summed for grey
+    torch.testing.assert_close(model.features[1].block[0][0].weight,
+                               published["features.1.block.0.0.weight"])  # fmt: skip
+
+
+def test_modern_backbones_serve_segmentation_and_detection():
+    from cnnlab.models.detection import create_detection_model
+    from cnnlab.models.segmentation import create_segmentation_model
+
+    torch.manual_seed(0)
+    for encoder in ("mobilenet_v3_small", "shufflenet_v2_x0_5"):
+        net = create_segmentation_model("unet", num_classes=3, encoder=encoder, image_size=32)
+        assert net.eval()(_images(3, 32, batch=1)).shape == (1, 3, 32, 32)
+    detector = create_detection_model("fcos", num_classes=2, backbone="regnet_x_400mf",
+                                      image_size=64).eval()  # fmt: skip
+    with torch.no_grad():
+        (found,) = detector(torch.rand(1, 3, 64, 64))
+    assert set(found) >= {"boxes", "labels", "scores"}
 
 
 # --- variants ---------------------------------------------------------------------------------

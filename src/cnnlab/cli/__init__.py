@@ -1442,6 +1442,7 @@ def _models(args: argparse.Namespace) -> int:
             for r in summary["layers"]
         ]
         title = f"{args.name}: every layer in the lecture's words"
+        notes = list(summary["blocks"].values())
     else:
         rows = models.zoo_table(
             image_size=args.image_size or 224,
@@ -1455,16 +1456,20 @@ def _models(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(rows, indent=2, default=str))
             return 0
-        rows = [{k: v for k, v in r.items() if k != "paper"} for r in rows]
+        groups = {r["name"]: r.get("group") or models.model_info(r["name"])["group"] for r in rows}
+        rows = [{k: v for k, v in r.items() if k not in ("paper", "group")} for r in rows]
+        notes = []
     from cnnlab.report.header import format_count
 
-    t = Table(title=title)
-    headers = {"flops": "FLOPs", "small_input": "small input", "output_shape": "output shape"}
-    for key in rows[0]:
-        numeric = isinstance(rows[0][key], (int, float)) and not isinstance(rows[0][key], bool)
-        # names and counts never wrap or shorten: "lenet5_classic" and "15.2 G" stay whole
-        t.add_column(headers.get(key, key), justify="right" if numeric else "left",
-                     no_wrap=key in ("name", "params", "flops", "year", "index"))  # fmt: skip
+    def table(title: str) -> Table:
+        t = Table(title=title)
+        headers = {"flops": "FLOPs", "small_input": "small input", "output_shape": "output shape"}
+        for key in rows[0]:
+            numeric = isinstance(rows[0][key], (int, float)) and not isinstance(rows[0][key], bool)
+            # names and counts never wrap or shorten: "lenet5_classic" and "15.2 G" stay whole
+            t.add_column(headers.get(key, key), justify="right" if numeric else "left",
+                         no_wrap=key in ("name", "params", "flops", "year", "index"))  # fmt: skip
+        return t
 
     def cell(key: str, v: object) -> str:
         counted = isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -1475,9 +1480,22 @@ def _models(args: argparse.Namespace) -> int:
         plain = key in ("year", "index") or not isinstance(v, int)
         return str(v) if plain else f"{v:,}"
 
-    for r in rows:
-        t.add_row(*[cell(k, v) for k, v in r.items()])
-    out.print(t)
+    if args.action == "show":
+        t = table(title)
+        for r in rows:
+            t.add_row(*[cell(k, v) for k, v in r.items()])
+        out.print(t)
+        for note in notes:  # what the table's block rows stand for
+            out.print(f"- {note}")
+        return 0
+    # the lecture's families first, then the modern backbones
+    for group, label in models.GROUPS.items():
+        t = table(f"{label}: {title}")
+        for r in rows:
+            if groups[r["name"]] == group:
+                t.add_row(*[cell(k, v) for k, v in r.items()])
+        if t.row_count:
+            out.print(t)
     return 0
 
 

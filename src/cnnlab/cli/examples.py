@@ -88,6 +88,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "models": [
         ("cnnlab models", "the zoo with parameters and FLOPs"),
         ("cnnlab models show resnet18 --image-size 64", "one model's layers"),
+        ("cnnlab models show mobilenet_v2 --image-size 32", "a modern backbone's blocks explained"),
         ("cnnlab models --task segment", "the segmentation architectures"),
     ],
     "metrics": [("cnnlab metrics scores.csv --json", "")],

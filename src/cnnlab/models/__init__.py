@@ -5,16 +5,31 @@
     >>> model.default_cfg["small_input"]
     True
 
-Families (one file each): LeNet-5 (by hand), AlexNet, VGG, GoogLeNet and ResNet (on torchvision's
-modules). Every model has the same surface -- see :mod:`cnnlab.models._base`.
+Families (one file each): the lecture's -- LeNet-5 (by hand), AlexNet, VGG, GoogLeNet and ResNet
+(on torchvision's modules) -- and the modern backbones on torchvision's modules: MobileNetV2/V3,
+ShuffleNetV2, EfficientNet (B0-B7, V2-S/M/L), RegNetX/Y and ConvNeXt (T/S/B/L); their shared
+machinery is in ``_modern.py``. Every model has the same surface -- see :mod:`cnnlab.models._base`.
 """
 
 from __future__ import annotations
 
 # Importing the family files registers their models (oldest first).
-from . import alexnet, googlenet, lenet, resnet, vgg  # noqa: F401
+# ... then the modern backbones (the registry lists them after the lecture's families).
+from . import (  # noqa: F401  # noqa: F401
+    alexnet,
+    convnext,
+    efficientnet,
+    googlenet,
+    lenet,
+    mobilenet,
+    regnet,
+    resnet,
+    shufflenet,
+    vgg,
+)
 from ._base import SMALL_INPUT_BELOW, ClassifierModel, count_parameters, group_parameters
 from ._registry import (
+    GROUPS,
     MIN_IMAGE_SIZE,
     TASK_MODELS,
     TASKS,
@@ -27,6 +42,7 @@ from ._weights import adapt_first_conv, read_state_dict
 from .summary import count_flops, layer_table, model_summary, zoo_table
 
 __all__ = [
+    "GROUPS",
     "MIN_IMAGE_SIZE",
     "SMALL_INPUT_BELOW",
     "TASKS",

@@ -40,10 +40,16 @@ class ModelInfo:
     small_input_below: int | None  # image_size below this picks the small-input variant
     description: str
     pretrained: bool  # torchvision publishes ImageNet weights (weights="imagenet")
+    group: str  # "lecture" (the lecture's families) or "modern" (modern backbones)
+
+
+#: The zoo's two groups, in the order ``list_models`` and ``cnnlab models`` show them.
+GROUPS = {"lecture": "the lecture's families", "modern": "modern backbones"}
 
 
 _BUILDERS: dict[str, Builder] = {}
 _INFO: dict[str, ModelInfo] = {}
+_ORDER: dict[str, int] = {}  # registration order: a family's variants as its file lists them
 
 
 def register_model(
@@ -57,12 +63,18 @@ def register_model(
     small_input_below: int | None,
     description: str,
     pretrained: bool = True,
+    group: str = "lecture",
 ) -> Callable[[Builder], Builder]:
-    """Decorator registering ``builder`` under ``name``; raises ``ValueError`` on a duplicate."""
+    """Decorator registering ``builder`` under ``name``; raises ``ValueError`` on a duplicate.
+
+    ``group``: ``"lecture"`` (LeNet ... ResNet) or ``"modern"`` (MobileNet, EfficientNet, ...).
+    """
 
     def decorate(builder: Builder) -> Builder:
         if name in _BUILDERS:
             raise ValueError(f"a model named {name!r} is already registered")
+        if group not in GROUPS:
+            raise ValueError(f"group must be one of {', '.join(GROUPS)}, got {group!r}")
         _BUILDERS[name] = builder
         _INFO[name] = ModelInfo(
             name=name,
@@ -74,7 +86,9 @@ def register_model(
             small_input_below=small_input_below,
             description=description,
             pretrained=pretrained,
+            group=group,
         )
+        _ORDER[name] = len(_ORDER)
         return builder
 
     return decorate
@@ -108,15 +122,23 @@ TASKS = ("classification", *TASK_MODELS)
 
 
 def list_models(task: str = "classification") -> list[str]:
-    """Model names for ``task`` (like torchvision's ``list_models``): the classification zoo,
-    oldest architecture first (LeNet ... ResNet), or the architectures of :data:`TASK_MODELS`."""
+    """Model names for ``task`` (like torchvision's ``list_models``): the classification zoo --
+    the lecture's families first, oldest first (LeNet ... ResNet), then the modern backbones
+    (MobileNet ... ConvNeXt) -- or the architectures of :data:`TASK_MODELS`."""
     if task == "classification":
-        return sorted(_BUILDERS, key=lambda n: (_INFO[n].year, _INFO[n].family, _natural(n)))
+        return sorted(_BUILDERS, key=_zoo_order)
     if task not in TASK_MODELS:
         raise ConfigError(
             f"unknown task {task!r}{close_matches(task, TASKS)}; choose from {', '.join(TASKS)}"
         )
     return list(TASK_MODELS[task])
+
+
+def _zoo_order(name: str) -> tuple:
+    info = _INFO[name]
+    # modern variants keep their file's order (tiny < small < base; regnet_y_400mf < _1_6gf)
+    within = _natural(name) if info.group == "lecture" else (_ORDER[name], name)
+    return (list(GROUPS).index(info.group), info.year, info.family, within)
 
 
 def _natural(name: str) -> tuple:

@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +36,39 @@ KINDS = (
     "dropout",
     "concat/inception",
     "residual add",
+    "layer norm",
+    "channel scale",
+    "concat/shuffle",
 )
+
+# One sentence per block type of the modern backbones, printed under ``cnnlab models show``'s
+# layer table, in the table's words; a block's last row names its type under the key "block".
+BLOCK_NOTES = {
+    "inverted residual": "inverted residual block (MobileNetV2/V3, EfficientNet's MBConv): a 1x1 "
+    "convolution expands the channels, a depthwise convolution (groups = channels: one 3x3 or "
+    "5x5 filter per channel, no mixing between channels) filters each channel on its own, and a "
+    "1x1 convolution mixes the channels back down with no ReLU after it (a linear bottleneck); "
+    "depthwise + 1x1 is a depthwise-separable convolution, about k*k + C_out multiplications "
+    "per input value instead of k*k*C_out; the residual add joins the block's input when the "
+    "block keeps its size",
+    "fused inverted residual": "fused inverted residual block (EfficientNetV2's Fused-MBConv): "
+    "one full 3x3 convolution replaces the 1x1 expansion + depthwise pair (faster on GPUs at "
+    "early, wide-map stages), then a 1x1 convolution back down and the residual add",
+    "ConvNeXt block": "ConvNeXt block: a 7x7 depthwise convolution (one filter per channel), "
+    "layer norm, a fully connected layer applied at every pixel (a 1x1 convolution) expanding "
+    "the channels 4x, GELU, a fully connected layer back, each channel scaled by a learnt factor "
+    "(layer scale, counted in the residual add's row), then the residual add",
+    "RegNet block": "RegNet block: a ResNet bottleneck (1x1 convolution, 3x3 grouped "
+    "convolution, 1x1 convolution; RegNetY with squeeze-and-excitation) and the residual add "
+    "before the last ReLU",
+    "ShuffleNetV2 unit": "ShuffleNetV2 unit: the channels are split in two; one half passes "
+    "unchanged, the other goes through 1x1 convolution, 3x3 depthwise convolution, 1x1 "
+    "convolution; the halves are concatenated and the channels shuffled, so the next unit "
+    "mixes them",
+    "squeeze-and-excitation": "squeeze-and-excitation: global average pooling, two 1x1 "
+    "convolutions and a sigmoid (MobileNetV3: a hard sigmoid) give one gate in (0, 1) per "
+    "channel, and each channel of the block is multiplied by its gate (the channel scale row)",
+}
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
@@ -49,14 +81,23 @@ def _pair(v: object) -> str:
 def _describe(module: nn.Module) -> tuple[str, str]:
     """(kind, detail) of a leaf module in the lecture's words."""
     if isinstance(module, nn.Conv2d):
+        groups = ""
+        if module.groups > 1 and module.groups == module.in_channels:
+            groups = "depthwise (one filter per channel), "
+        elif module.groups > 1:
+            groups = f"grouped ({module.groups} groups), "
         return "convolution", (
-            f"{_pair(module.kernel_size)}, {module.out_channels} filters, "
+            f"{groups}{_pair(module.kernel_size)}, {module.out_channels} filters, "
             f"stride {module.stride[0]}, padding {module.padding[0]}"  # type: ignore[index]
         )
     if isinstance(module, nn.ReLU):
         return "ReLU", "max(0, z)"
-    if isinstance(module, (nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU)):
+    if isinstance(module, nn.ReLU6):
+        return "ReLU", "min(max(0, z), 6)"
+    if isinstance(module, (nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid)):
         return "activation", type(module).__name__.lower()
+    if isinstance(module, nn.LayerNorm):
+        return "layer norm", f"{module.normalized_shape[0]} channels"
     if isinstance(module, nn.MaxPool2d):
         return "pooling", f"max {_pair(module.kernel_size)}, stride {_pair(module.stride)}"
     if isinstance(module, nn.AvgPool2d):
@@ -72,6 +113,8 @@ def _describe(module: nn.Module) -> tuple[str, str]:
         return "batch norm", f"{module.num_features} channels"
     if isinstance(module, nn.Dropout):
         return "dropout", f"p={module.p}"
+    if type(module).__name__ == "StochasticDepth":  # torchvision.ops: drops the whole branch
+        return "dropout", f"stochastic depth, p={module.p} per sample"  # type: ignore[attr-defined]
     return type(module).__name__.lower(), ""
 
 
@@ -87,11 +130,24 @@ def layer_table(model: nn.Module, image_size: int, in_channels: int) -> list[dic
     :data:`KINDS`; the last fully connected layer is "output"), ``type`` (class name),
     ``detail`` (kernel/stride, sizes, p),
     ``output_shape`` (C, H, W) or (features,) without the batch dimension, ``params`` (counted at
-    the module's first call, so the column sums to the parameters used in eval mode).
+    the module's first call, so the column sums to the parameters used in eval mode), ``block``
+    (the :data:`BLOCK_NOTES` key of a modern backbone's block row, else absent).
     """
     # the blocks of the torchvision-built families (imported here: see cnnlab.models.resnet)
+    from torchvision.models.convnext import CNBlock
+    from torchvision.models.efficientnet import FusedMBConv, MBConv
     from torchvision.models.googlenet import BasicConv2d, Inception
+    from torchvision.models.mobilenetv2 import InvertedResidual as V2Block
+    from torchvision.models.mobilenetv3 import InvertedResidual as V3Block
+    from torchvision.models.regnet import ResBottleneckBlock
     from torchvision.models.resnet import BasicBlock, Bottleneck
+    from torchvision.models.shufflenetv2 import InvertedResidual as ShuffleUnit
+    from torchvision.ops import SqueezeExcitation
+
+    blocks: dict[type, str] = {
+        V2Block: "inverted residual", V3Block: "inverted residual", MBConv: "inverted residual",
+        FusedMBConv: "fused inverted residual", CNBlock: "ConvNeXt block",
+    }  # fmt: skip
 
     rows: list[dict] = []
     counted: set[int] = set()
@@ -129,6 +185,43 @@ def layer_table(model: nn.Module, image_size: int, in_channels: int) -> list[dic
 
         return hook
 
+    def block_hook(name: str, block: str) -> Callable:
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            # torchvision: x + block(x) when the block keeps its size (ConvNeXt: always, after
+            # layer scale -- the block's own parameter, counted here)
+            if getattr(module, "use_res_connect", True):
+                add(name, module, "residual add", f"{block} output + shortcut", output)
+                rows[-1]["block"] = block
+            elif rows:
+                rows[-1]["block"] = block
+
+        return hook
+
+    def regnet_hook(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            # activation(proj(x) + f(x)): the add precedes the last ReLU row
+            last = rows.pop() if rows and rows[-1]["name"] == f"{name}.activation" else None
+            add(name, None, "residual add", "RegNet block output + shortcut", output)
+            rows[-1]["block"] = "RegNet block"
+            if last is not None:
+                rows.append(last)
+
+        return hook
+
+    def shuffle_hook(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            add(name, None, "concat/shuffle", "2 halves joined, channels shuffled", output)
+            rows[-1]["block"] = "ShuffleNetV2 unit"
+
+        return hook
+
+    def excite_hook(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            add(name, None, "channel scale", "each channel x its gate", output)
+            rows[-1]["block"] = "squeeze-and-excitation"
+
+        return hook
+
     def concat_hook(name: str) -> Callable:
         def hook(module: nn.Module, inputs: object, output: object) -> None:
             add(name, None, "concat/inception", "4 branches joined along channels", output)
@@ -151,6 +244,14 @@ def layer_table(model: nn.Module, image_size: int, in_channels: int) -> list[dic
             handles.append(module.register_forward_hook(concat_hook(name)))
         elif isinstance(module, BasicConv2d):  # conv -> BN -> F.relu (not a module)
             handles.append(module.register_forward_hook(functional_relu_hook(name)))
+        elif type(module) in blocks:
+            handles.append(module.register_forward_hook(block_hook(name, blocks[type(module)])))
+        elif isinstance(module, ResBottleneckBlock):
+            handles.append(module.register_forward_hook(regnet_hook(name)))
+        elif isinstance(module, ShuffleUnit):
+            handles.append(module.register_forward_hook(shuffle_hook(name)))
+        elif isinstance(module, SqueezeExcitation):
+            handles.append(module.register_forward_hook(excite_hook(name)))
         elif next(module.children(), None) is None:
             handles.append(module.register_forward_hook(leaf_hook(name)))
 
@@ -197,13 +298,16 @@ def model_summary(
 
     Keys: ``info`` (:func:`model_info`), ``default_cfg``, ``params`` (inference parameters),
     ``params_total`` (incl. auxiliary heads), ``flops``, ``feature_info``, ``stages`` (group
-    labels), ``layers`` (:func:`layer_table`).
+    labels), ``layers`` (:func:`layer_table`), ``blocks`` (block type -> its sentence from
+    :data:`BLOCK_NOTES`, for the modern backbones' blocks in the table).
     """
     with torch.device("meta"):
         model = create_model(
             name, num_classes=num_classes, in_channels=in_channels, image_size=image_size
         )
     size = model.default_cfg["input_size"][1]
+    layers = layer_table(model, size, in_channels)
+    present = {r["block"] for r in layers if "block" in r}
     return {
         "info": model_info(name),
         "default_cfg": dict(model.default_cfg),
@@ -212,19 +316,28 @@ def model_summary(
         "flops": count_flops(model, size, in_channels),
         "feature_info": [dict(f) for f in model.feature_info],
         "stages": model.stage_names(),
-        "layers": layer_table(model, size, in_channels),
+        "layers": layers,
+        # what each kind of block in the table does, one sentence each
+        "blocks": {b: note for b, note in BLOCK_NOTES.items() if b in present},
     }
 
 
-def zoo_table(image_size: int = 224, in_channels: int = 3, num_classes: int = 1000) -> list[dict]:
-    """One row per registered model: name, family, year, params, flops, small_input.
+def zoo_table(
+    image_size: int = 224,
+    in_channels: int = 3,
+    num_classes: int = 1000,
+    names: Sequence[str] | None = None,
+) -> list[dict]:
+    """One row per registered model: name, family, year, params, flops, small_input, paper,
+    group (``"lecture"`` or ``"modern"``, see :data:`cnnlab.models._registry.GROUPS`).
 
     Models are built on the meta device, so the table costs no memory or arithmetic; ``params``
     leaves out training-only auxiliary heads (GoogLeNet), ``flops`` is one image at
-    ``image_size`` with the variant that size selects.
+    ``image_size`` with the variant that size selects. ``names``: these models only (default:
+    every registered one, :func:`list_models` order: seconds with the modern backbones).
     """
     rows = []
-    for name in list_models():
+    for name in list_models() if names is None else names:
         info = model_info(name)
         with torch.device("meta"):
             model = create_model(
@@ -239,6 +352,7 @@ def zoo_table(image_size: int = 224, in_channels: int = 3, num_classes: int = 10
                 "flops": count_flops(model, image_size, in_channels),
                 "small_input": model.default_cfg["small_input"],
                 "paper": info["paper"],
+                "group": info["group"],
             }
         )
     return rows
