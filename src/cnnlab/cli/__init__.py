@@ -173,6 +173,22 @@ def rank_console() -> Console | None:
     return out if distributed.is_main() else None
 
 
+def _add_task_evaluate(q: argparse.ArgumentParser) -> None:
+    """The options of `cnnlab segment evaluate` and `cnnlab detect evaluate` (the same verb)."""
+    q.add_argument("run", help=RUN_HELP)
+    q.add_argument(
+        "--data", default=None, help="evaluate on this dataset instead of the run's split"
+    )
+    q.add_argument("--split", default="test", help=SPLIT_HELP)
+    q.add_argument("--device", default="auto", help=DEVICE_HELP)
+    q.add_argument(
+        "--out", default=None, help="a new folder for the results (default: in RUN/evaluations/)"
+    )
+    _add_precision(q)
+    q.add_argument("--no-report", dest="report", action="store_false", help=NO_REPORT_HELP)
+    q.add_argument("--json", action="store_true", help=JSON_HELP)
+
+
 def _add_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
@@ -435,18 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_options(q, cls=SegmentConfig)
     add_max_restarts(q)
     q = seg.add_parser("evaluate", help="per-class IoU, mean IoU, Dice, pixel accuracy")
-    q.add_argument("run", help=RUN_HELP)
-    q.add_argument(
-        "--data", default=None, help="evaluate on this dataset instead of the run's split"
-    )
-    q.add_argument("--split", default="test", help=SPLIT_HELP)
-    q.add_argument("--device", default="auto", help=DEVICE_HELP)
-    q.add_argument(
-        "--out", default=None, help="a new folder for the results (default: in RUN/evaluations/)"
-    )
-    _add_precision(q)
-    q.add_argument("--no-report", dest="report", action="store_false", help=NO_REPORT_HELP)
-    q.add_argument("--json", action="store_true", help=JSON_HELP)
+    _add_task_evaluate(q)
     q = seg.add_parser("predict", help="mask PNGs (class index per pixel) and colour overlays")
     q.add_argument("run", help=RUN_HELP + " or exported .onnx")
     q.add_argument("inputs", nargs="+", help="image files or folders")
@@ -499,18 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_options(q, cls=DetectConfig)
     add_max_restarts(q)
     q = det.add_parser("evaluate", help="mAP@0.5, mAP@[.5:.95], per-class AP, AR")
-    q.add_argument("run", help=RUN_HELP)
-    q.add_argument(
-        "--data", default=None, help="evaluate on this dataset instead of the run's split"
-    )
-    q.add_argument("--split", default="test", help=SPLIT_HELP)
-    q.add_argument("--device", default="auto", help=DEVICE_HELP)
-    q.add_argument(
-        "--out", default=None, help="a new folder for the results (default: in RUN/evaluations/)"
-    )
-    _add_precision(q)
-    q.add_argument("--no-report", dest="report", action="store_false", help=NO_REPORT_HELP)
-    q.add_argument("--json", action="store_true", help=JSON_HELP)
+    _add_task_evaluate(q)
     q = det.add_parser("predict", help="COCO results JSON and images with boxes drawn")
     q.add_argument("run", help=RUN_HELP + " or exported .onnx")
     q.add_argument("inputs", nargs="+", help="image files or folders")
