@@ -29,7 +29,23 @@ Keep = Literal["best", "last", "all"]
 Track = Literal["none", "mlflow"]
 Sampler = Literal["none", "balanced"]
 Loss = Literal["ce", "focal"]
-AUGMENTATIONS = ("crop", "flip", "affine")
+#: --augment names. crop, flip, affine: cnnlab.data.loader; the rest: cnnlab.data.augment
+#: (torchvision transforms.v2 on whole batches; docs/recipes.md)
+AUGMENTATIONS = (
+    "crop", "flip", "affine",
+    "trivialaugment", "randaugment", "autoaugment", "jitter", "erasing", "mixup", "cutmix",
+)  # fmt: skip
+#: augmentations that mix two images and their labels (classification's soft targets only)
+MIXING = ("mixup", "cutmix")
+RecipeName = Literal["none", "light", "standard", "strong"]
+#: --recipe NAME: a named list of --augment names (docs/recipes.md has the table). None holds
+#: flip: mirroring changes what digits and text mean, so photos add it with --augment flip.
+RECIPES: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "light": ("crop", "trivialaugment"),
+    "standard": ("crop", "trivialaugment", "erasing", "mixup"),
+    "strong": ("crop", "randaugment", "jitter", "erasing", "mixup", "cutmix"),
+}
 
 #: 50 megapixels: an 8000 x 6000 photo still passes, a 12000 x 9000 one does not (its RGB decode
 #: alone would take 324 MB). Raise with ``--max-image-pixels``; enforced in cnnlab.data.decode.
@@ -53,7 +69,9 @@ class RunConfig:
         0.1  # of all samples, when the source has no val split (stratified, seeded)
     )
     test_fraction: float = 0.1  # of all samples, when the source has no test split
-    augment: tuple[str, ...] = ("crop",)  # comma-separated: crop, flip, affine; or none
+    # comma-separated: crop, flip, affine, trivialaugment, randaugment, autoaugment, jitter,
+    # erasing, mixup, cutmix; or none (docs/recipes.md)
+    augment: tuple[str, ...] = ("crop",)
     # --- model ---
     model: str = "lenet5"  # a zoo name: `cnnlab models` lists them
     # --- optimisation ---
@@ -71,6 +89,9 @@ class RunConfig:
     schedule: Schedule = "onecycle"  # learning-rate shape over the run (stepped per optimizer step)
     warmup_epochs: float = 1.0  # for cosine; one-cycle warms up for 25% of the run
     grad_clip: float | None = None  # max global L2 norm of gradients
+    # exponential moving average of the weights, decay per optimizer step in (0, 1) (e.g. 0.999);
+    # validated beside the raw weights, the better of the two is kept as best; 0 or none: off
+    ema: float | None = None
     # --- compute ---
     device: Device = "auto"  # auto: CUDA when a GPU is visible, else the CPU
     precision: Precision = "auto"  # auto: bf16 autocast where the CPU/GPU supports it, else fp32
@@ -134,6 +155,10 @@ class RunConfig:
                 raise ConfigError(f"option {key} must be in [0, 1), got {value}")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError("val_fraction + test_fraction must leave samples for training")
+        if self.ema is not None and self.ema != 0 and not 0.0 < self.ema < 1.0:
+            raise ConfigError(
+                f"option ema must be a decay in (0, 1), e.g. 0.999 (0 or none: off), got {self.ema}"
+            )
         if self.track_uri is not None and self.track == "none":
             raise ConfigError(
                 f"option track_uri={self.track_uri!r} is for a tracker; add --track mlflow"
@@ -185,6 +210,10 @@ class TrainConfig(RunConfig):
     sampler: Sampler = "none"
     loss: Loss = "ce"  # ce: cross-entropy; focal: -(1 - p_t)^gamma log p_t (Lin et al. 2017)
     focal_gamma: float = 2.0  # focal loss's focusing exponent (no unit); 0 gives cross-entropy
+    # --- augmentation recipes (docs/recipes.md) ---
+    # light | standard | strong: a named list of augmentations, joined with --augment's names
+    # (the recipe's first, then any it lacks); none: --augment alone
+    recipe: RecipeName = "none"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -212,6 +241,20 @@ class TrainConfig(RunConfig):
         if self.image_size is not None and self.image_size < 8:
             raise ConfigError(f"option image_size must be >= 8 pixels, got {self.image_size}")
         check_augment(self, AUGMENTATIONS)
+        if self.loss == "focal" and set(augmentations(self)) & set(MIXING):
+            mixing = next(a for a in augmentations(self) if a in MIXING)
+            raise ConfigError(
+                f"option loss=focal does not combine with augmentation {mixing!r} (mixed images "
+                "have soft targets, the focal term needs one class); use --loss ce"
+            )
+
+
+def augmentations(cfg: Any) -> tuple[str, ...]:
+    """The augmentations a run applies: its recipe's list (``cfg.recipe``, when the config has
+    one), then the names of ``cfg.augment`` the recipe lacks. Order is for reading only: the loader
+    applies them in its own fixed order (cnnlab.data.augment)."""
+    names = RECIPES[getattr(cfg, "recipe", "none") or "none"]
+    return tuple(dict.fromkeys((*names, *cfg.augment)))
 
 
 def check_augment(cfg: Any, allowed: tuple[str, ...], kind: str = "", why: str = "") -> None:

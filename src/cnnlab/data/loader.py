@@ -14,16 +14,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cnnlab.config import PreprocessSpec
+from cnnlab.config import MIXING, PreprocessSpec
+from cnnlab.data.augment import POLICIES, apply_policies, mix_batch, mix_seed, random_erasing
 from cnnlab.data.tensors import load_file, normalize
 
 
 def seeded_generator(seed: int, *keys: int, device: torch.device | str = "cpu") -> torch.Generator:
     g = torch.Generator(device=device)
-    mixed = seed
-    for k in keys:  # splitmix-style mixing so (epoch, step) pairs never collide
-        mixed = (mixed * 6364136223846793005 + k + 1442695040888963407) % (2**63)
-    g.manual_seed(mixed)
+    g.manual_seed(mix_seed(seed, *keys))  # (epoch, step) pairs never collide
     return g
 
 
@@ -114,8 +112,11 @@ def random_affine(
 class TensorLoader:
     """Iterates (images float32 normalised, targets int64, indices) batches over a uint8 image tensor.
 
-    images: (N, C, S, S) uint8 on `device`; targets: (N,) int64. Augmentation runs on the float batch, after
-    normalisation would shift the padding value, so it runs before normalising (zero padding = black pixels).
+    images: (N, C, S, S) uint8 on `device`; targets: (N,) int64, or (N, K) float32 probabilities
+    when the batch was mixed (mixup / cutmix). A batch is augmented in a fixed order whatever the
+    order of `augment`: the policies (trivialaugment, randaugment, autoaugment, jitter) on uint8,
+    then crop, flip, affine on float pixels (before normalisation would shift the padding value:
+    zero padding = black pixels), normalisation, erasing (erased = the mean colour), mixing.
     """
 
     images: torch.Tensor
@@ -138,6 +139,12 @@ class TensorLoader:
     # Where batches are made; None: where `images` are. Set when the images stay in host memory (a split too
     # big for the GPU): each batch is gathered there and copied over, then augmented on the device.
     device: torch.device | None = None
+    # classes of the targets: needed by mixup / cutmix to make (N, K) soft targets
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        if set(self.augment) & set(MIXING) and not self.num_classes:
+            raise ValueError("mixup / cutmix need the loader's num_classes")
 
     def __len__(self) -> int:
         n = self.num_samples
@@ -190,16 +197,24 @@ class TensorLoader:
         to = self.device if self.device is not None and self.device != x.device else None
         if to is not None:
             x, y = x.to(to, non_blocking=True), y.to(to, non_blocking=True)
-        if self.augment:
+        aug = self.augment
+        if aug:
             g = seeded_generator(self.seed, epoch, step, device=x.device)
+            if any(p in aug for p in POLICIES):  # uint8 in, uint8 out; own seeded draws
+                x = apply_policies(x, aug, (self.seed, epoch, step), shard=self.shard)
             x = x.float()
-            if "crop" in self.augment:  # 4 px at 32 px, as for CIFAR
+            if "crop" in aug:  # 4 px at 32 px, as for CIFAR
                 x = random_crop(x, max(1, x.shape[-1] // 8), g, shard=self.shard)
-            if "flip" in self.augment:
+            if "flip" in aug:
                 x = random_flip(x, g, shard=self.shard)
-            if "affine" in self.augment:
+            if "affine" in aug:
                 x = random_affine(x, g, shard=self.shard)
         x = normalize(x, self.mean, self.std)
+        if aug:
+            if "erasing" in aug:  # after crop/flip/affine's draws, so theirs are unchanged
+                x = random_erasing(x, g, shard=self.shard)
+            if any(m in aug for m in MIXING):
+                x, y = mix_batch(x, y, aug, int(self.num_classes or 0), (self.seed, epoch, step))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y, idx

@@ -12,6 +12,14 @@ The loss is cross-entropy or focal loss, optionally weighted per class (docs/imb
   not PyTorch's weighted mean sum_i w_{y_i} l_i / sum_i w_{y_i}: with weights that average 1 over
   the training samples (``--class-weights auto``) the loss keeps its unweighted scale on average,
   so the learning rate needs no change.
+
+Mixed batches (``--augment mixup`` / ``cutmix``, cnnlab.data.augment) come with soft targets t,
+(N, K) probabilities: cross-entropy becomes -sum_k w_k t_k log p_k (PyTorch's probability targets;
+label smoothing then mixes t with the uniform distribution). Cross-entropy is linear in t, so with
+t = lam * onehot(a) + (1 - lam) * onehot(b) the loss is lam * CE(a) + (1 - lam) * CE(b), with or
+without smoothing (tested). A mixed image's training accuracy counts a prediction right when it
+names the class with the larger share of the mix (the soft target's argmax); a 50/50 mix is
+credited to either class. That is not the accuracy of a clean image: judge the run by val_accuracy.
 """
 
 from __future__ import annotations
@@ -55,8 +63,11 @@ def classification_loss(
     label_smoothing: float = 0.0,
     focal_gamma: float = 2.0,
 ) -> torch.Tensor:
-    """The batch loss of one head (see the module docstring); logits (N, K) float32."""
+    """The batch loss of one head (see the module docstring); logits (N, K) float32; targets (N,)
+    class indices or (N, K) float soft targets (mixed batches; cross-entropy only)."""
     if criterion == "focal":
+        if targets.is_floating_point():
+            raise ValueError("focal loss takes class indices, not soft (mixed) targets")
         return focal_loss(logits, targets, focal_gamma, weight)
     if criterion != "ce":
         raise ValueError(f"criterion must be one of {LOSSES}, got {criterion!r}")
@@ -127,7 +138,9 @@ class ClassificationTask:
         total = main
         for aux in getattr(model, "aux_logits", None) or []:
             total = total + model.aux_weight * classification_loss(aux.float(), targets, **kw)
-        correct = (logits.argmax(1) == targets).sum()
+        # mixed batches: right when the prediction is the class with the larger share of the mix
+        labels = targets.argmax(1) if targets.is_floating_point() else targets
+        correct = (logits.argmax(1) == labels).sum()
         return {"loss": total, "ce": main.detach(), "correct": correct}
 
     @staticmethod

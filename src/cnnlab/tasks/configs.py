@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cnnlab.config import (
-    AUGMENTATIONS,
     DEFAULT_MAX_PIXELS,
+    MIXING,
     Optimizer,
     Precision,
     RunConfig,
@@ -30,6 +30,19 @@ from cnnlab.errors import ConfigError
 Loss = Literal["ce", "ce+dice"]  # segmentation
 EncoderVariant = Literal["auto", "imagenet", "small-input"]  # segmentation
 Smoothing = Literal["mean", "majority"]  # video, 2D models: a clip's probabilities from its frames'
+#: video --augment: the image side's names that act on a (N, T*C, S, S) clip as a whole (one draw
+#: per clip for all its frames); the policies and jitter need 1 or 3 channels, so they are left out
+VIDEO_AUGMENTATIONS = ("crop", "flip", "affine", "erasing", "mixup", "cutmix")
+
+
+def reject_mixing(cfg: RunConfig, task: str, allowed: tuple[str, ...]) -> None:
+    """A one-line ConfigError for --augment mixup / cutmix in a task whose targets cannot be mixed."""
+    mixing = next((a for a in cfg.augment if a in MIXING), None)
+    if mixing is not None:
+        raise ConfigError(
+            f"--augment {mixing}: mixing two images needs class targets that can be mixed, which "
+            f"{task} has not; choose from {', '.join(allowed)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,7 @@ class SegmentConfig(RunConfig):
             raise ConfigError(f"option image_size must be >= 16 pixels, got {self.image_size}")
         if self.dice_weight < 0:
             raise ConfigError(f"option dice_weight must be >= 0, got {self.dice_weight}")
+        reject_mixing(self, "segmentation (per-pixel masks)", SEGMENTATION_AUGMENTATIONS)
         check_augment(
             self, SEGMENTATION_AUGMENTATIONS, "segmentation ",
             ": others would interpolate class indices",
@@ -134,6 +148,7 @@ class DetectConfig(RunConfig):
             raise ConfigError(
                 f"option score_threshold must be in [0, 1], got {self.score_threshold}"
             )
+        reject_mixing(self, "detection (boxes)", BOX_AUGMENTATIONS)
         check_augment(self, BOX_AUGMENTATIONS, "detection ")
         check_monitor(self.monitor, DetectionTask, "detection")
 
@@ -147,8 +162,9 @@ class VideoConfig(RunConfig):
     frames: int | None = None  # T per clip, evenly over each video; None: builtin's, else 16
     image_size: int | None = None  # frame side (pixels, square); None: the builtin's, else 112
     test_fraction: float = 0.2
-    # One random crop / flip / affine per clip, the same for all its frames. flip mirrors motion
-    # (left <-> right): leave it out when classes depend on direction.
+    # One random crop / flip / affine / erasing per clip, the same for all its frames; mixup and
+    # cutmix mix whole clips. flip mirrors motion (left <-> right): leave it out when classes
+    # depend on direction.
     augment: tuple[str, ...] = ("crop",)
     max_bad_fraction: float = 0.1  # abort when more of the videos than this cannot be decoded
     strict: bool = False  # every skipped file becomes an error
@@ -177,5 +193,5 @@ class VideoConfig(RunConfig):
             raise ConfigError(f"option frames must be >= 2 (a clip), got {self.frames}")
         if self.image_size is not None and self.image_size < 16:
             raise ConfigError(f"option image_size must be >= 16 pixels, got {self.image_size}")
-        check_augment(self, AUGMENTATIONS)
+        check_augment(self, VIDEO_AUGMENTATIONS, "video ")
         check_monitor(self.monitor, ClassificationTask, "video")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from cnnlab import __version__
-from cnnlab.config import PreprocessSpec, TrainConfig
+from cnnlab.config import PreprocessSpec, TrainConfig, augmentations
 from cnnlab.data.sources import few_shot, load_source
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import TrainResult
@@ -122,8 +122,8 @@ def _prepare(
         train_loader = make_loader(
             tensors["train"], splits["train"].targets, spec, device,
             distributed.local_batch_size(cfg.batch_size, info),  # DDP: the global batch / W
-            shuffle=True, augment=cfg.augment, seed=cfg.seed, drop_last=True,
-            channels_last=channels_last,
+            shuffle=True, augment=augmentations(cfg), seed=cfg.seed, drop_last=True,
+            channels_last=channels_last, num_classes=len(bundle.class_names),
             sampler=cfg.sampler,  # "balanced": every class equally likely per draw (data.loader)
             shard=(info.rank, info.world_size),  # DDP: rank r takes samples r, r + W, ...
         )  # fmt: skip
@@ -220,6 +220,7 @@ def _prepare(
         callbacks=plan.callbacks if plan else (),
         train_mode=plan.train_mode if plan else None,
         sharded_validation=True,
+        record={"augmentations": list(augmentations(cfg))},  # the recipe's and --augment's
         show=[plan.layer_table()] if plan else [],
     )
 

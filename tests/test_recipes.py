@@ -1,0 +1,246 @@
+"""Recipes: the batch augmentations of cnnlab.data.augment, soft-target losses, the --recipe and
+--ema options, and bit-identical resumption of a strong recipe with weight averaging."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cnnlab import api
+from cnnlab.config import RECIPES, TrainConfig, augmentations, make_config
+from cnnlab.data.augment import (
+    POLICY_GROUPS,
+    apply_policies,
+    mix_batch,
+    policy_groups,
+    random_erasing,
+)
+from cnnlab.data.loader import TensorLoader, seeded_generator
+from cnnlab.errors import ConfigError
+from cnnlab.tasks.classification import ClassificationTask
+
+
+def _images(n: int, c: int = 3, s: int = 12, seed: int = 0) -> torch.Tensor:
+    return torch.randint(
+        0, 256, (n, c, s, s), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
+
+
+# --- policies (v2 auto-augment, jitter) per group of images ---------------------------------------
+
+
+def test_policy_groups_cut_the_global_batch_into_runs_of_consecutive_images():
+    groups = policy_groups(16)
+    assert [g for g, _ in groups] == list(range(POLICY_GROUPS))
+    assert [rows.tolist() for _, rows in groups] == [[2 * i, 2 * i + 1] for i in range(8)]
+    assert [rows.tolist() for _, rows in policy_groups(3)] == [[0], [1], [2]]  # one per image
+    # rank 1 of 2 holds global rows 1, 3, 5, ...: its groups are those rows' global groups
+    rank1 = policy_groups(8, shard=(1, 2))
+    assert [(g, r.tolist()) for g, r in rank1] == [(i, [i]) for i in range(8)]
+
+
+def test_one_policy_draw_per_group_not_per_batch():
+    same = _images(1).expand(16, -1, -1, -1).contiguous()  # 16 copies of one image
+    out = apply_policies(same, ["randaugment"], (0, 0, 0))
+    for _, rows in policy_groups(16):  # within a group: one op, one magnitude
+        assert all(torch.equal(out[rows[0]], out[r]) for r in rows)
+    distinct = {out[rows[0]].numpy().tobytes() for _, rows in policy_groups(16)}
+    assert len(distinct) >= 4  # v2 alone on the batch would give one
+
+
+def test_policies_are_seeded_by_position_and_leave_the_global_generator_alone():
+    x = _images(16)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = apply_policies(x, ["trivialaugment", "jitter"], (0, 2, 5))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(a, apply_policies(x, ["jitter", "trivialaugment"], (0, 2, 5)))
+    assert not torch.equal(a, apply_policies(x, ["trivialaugment", "jitter"], (0, 2, 6)))
+    assert a.dtype == torch.uint8 and a.shape == x.shape
+
+
+def test_sharded_policies_equal_the_single_process_batch():
+    x = _images(16)
+    whole = apply_policies(x, ["autoaugment"], (1, 0, 3))
+    for rank in (0, 1):
+        part = apply_policies(x[rank::2], ["autoaugment"], (1, 0, 3), shard=(rank, 2))
+        assert torch.equal(part, whole[rank::2])
+
+
+# --- random erasing, one rectangle per image ------------------------------------------------------
+
+
+def test_erasing_zeroes_one_rectangle_per_image_with_torchvision_statistics():
+    from torchvision.transforms import v2
+
+    n, s = 1500, 16
+    x = torch.ones(n, 1, s, s)
+    out = random_erasing(x, seeded_generator(0, 1), p=1.0)
+    erased = out == 0
+    for img in erased[:50, 0]:  # each erased set is one filled rectangle
+        ys, xs = img.nonzero(as_tuple=True)
+        if len(ys):
+            h, w = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+            assert int(img.sum()) == int(h * w)
+    ours = erased.float().mean((1, 2, 3))
+    torch.manual_seed(0)
+    ref = v2.RandomErasing(p=1.0, value=0)
+    theirs = torch.stack([(ref(torch.ones(1, s, s)) == 0).float().mean() for _ in range(n)])
+    assert ours.mean().item() == pytest.approx(theirs.mean().item(), abs=0.012)
+    assert (ours > 0).float().mean().item() == pytest.approx(
+        (theirs > 0).float().mean().item(), abs=0.03
+    )
+    # p: the share of images erased
+    some = random_erasing(x, seeded_generator(0, 2), p=0.25)
+    assert ((some == 0).flatten(1).any(1)).float().mean().item() == pytest.approx(
+        0.25 * 0.99, abs=0.04
+    )
+
+
+def test_sharded_erasing_equals_the_single_process_batch():
+    x = torch.randn(12, 3, 10, 10)
+    whole = random_erasing(x, seeded_generator(4, 0, 1), p=0.5)
+    part = random_erasing(x[1::3], seeded_generator(4, 0, 1), p=0.5, shard=(1, 3))
+    assert torch.equal(part, whole[1::3])
+
+
+# --- mixing and the soft-target loss --------------------------------------------------------------
+
+
+def _ce(logits: np.ndarray, label: np.ndarray, smoothing: float = 0.0) -> np.ndarray:
+    """Per-sample cross-entropy by hand (float64), with label smoothing eps: target (1 - eps)
+    one-hot + eps / K."""
+    z = logits - logits.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    k = logits.shape[1]
+    target = np.eye(k)[label] * (1 - smoothing) + smoothing / k
+    return -(target * logp).sum(1)
+
+
+@pytest.mark.parametrize("names", [("mixup",), ("cutmix",)])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_mixed_loss_is_the_hand_computed_mix_of_two_cross_entropies(names, smoothing):
+    n, k = 8, 5
+    x = torch.randn(n, 3, 8, 8)
+    y = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    mixed, soft = mix_batch(x, y, names, k, (0, 1, 2))
+    lam = soft[0, y[0]].item()  # v2 pairs image i with image i - 1, one weight for the batch
+    partner = y.roll(1)
+    assert 0 < lam < 1
+    expected = lam * np.eye(k)[y] + (1 - lam) * np.eye(k)[partner]
+    np.testing.assert_allclose(soft.numpy(), expected, atol=1e-6)
+    if names == ("mixup",):
+        torch.testing.assert_close(mixed, lam * x + (1 - lam) * x.roll(1, 0))
+    else:  # a box of the partner image; lam is the share of the image outside it
+        from_partner = (mixed == x.roll(1, 0)) & (mixed != x)
+        assert from_partner[0, 0].float().mean().item() == pytest.approx(1 - lam, abs=1e-6)
+
+    logits = torch.randn(n, k, dtype=torch.float64)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, images):
+            return logits.float()
+
+    task = ClassificationTask(k, label_smoothing=smoothing)
+    out = task.loss(Fixed(), mixed, soft)
+    lg = logits.float().double().numpy()
+    hand = lam * _ce(lg, y.numpy(), smoothing) + (1 - lam) * _ce(lg, partner.numpy(), smoothing)
+    assert out["loss"].item() == pytest.approx(hand.mean(), rel=1e-5)
+    # training accuracy on a mixed batch: the prediction against the larger share of the mix
+    major = y if lam >= 0.5 else partner
+    assert int(out["correct"]) == int((logits.argmax(1) == major).sum())
+
+
+def test_loader_mixes_with_soft_targets_and_repeats_a_batch_when_resumed():
+    imgs, targets = _images(40, c=1), torch.arange(40) % 4
+    loader = TensorLoader(imgs, targets, torch.tensor([0.5]), torch.tensor([0.25]), 8,
+                          shuffle=True, augment=RECIPES["strong"], seed=2, num_classes=4)  # fmt: skip
+    full = list(loader.batches(1))
+    resumed = list(loader.batches(1, start=3))
+    for a, b in zip(full[3:], resumed, strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    x, soft, _ = full[0]
+    assert soft.shape == (8, 4) and soft.dtype == torch.float32
+    torch.testing.assert_close(soft.sum(1), torch.ones(8))
+    assert not torch.equal(full[0][0], list(loader.batches(2))[0][0])  # another epoch, other draws
+    with pytest.raises(ValueError, match="num_classes"):
+        TensorLoader(imgs, targets, torch.zeros(1), torch.ones(1), 8, augment=("mixup",))
+
+
+# --- options --------------------------------------------------------------------------------------
+
+
+def test_recipe_joins_augment_names_and_bad_values_are_one_line_errors():
+    cfg = make_config(TrainConfig, recipe="standard", augment="flip,crop")
+    assert augmentations(cfg) == (*RECIPES["standard"], "flip")
+    assert augmentations(make_config(TrainConfig, augment="none")) == ()
+    assert augmentations(make_config(TrainConfig, recipe="strong")) == RECIPES["strong"]
+    with pytest.raises(ConfigError, match=r"recipe='strng'.*did you mean: strong\?"):
+        make_config(TrainConfig, recipe="strng")
+    with pytest.raises(ConfigError, match=r"unknown augmentation 'mixpu' \(did you mean: mixup"):
+        make_config(TrainConfig, augment="mixpu")
+    with pytest.raises(ConfigError, match=r"option ema must be a decay in \(0, 1\).*got 1.5"):
+        make_config(TrainConfig, ema=1.5)
+    with pytest.raises(ConfigError, match="ema"):
+        make_config(TrainConfig, ema="nan")
+    assert make_config(TrainConfig, ema=0).ema == 0  # off
+    with pytest.raises(ConfigError, match="loss=focal does not combine with augmentation 'mixup'"):
+        make_config(TrainConfig, recipe="strong", loss="focal")
+
+
+@pytest.mark.parametrize("command", ["segment", "detect"])
+def test_segmentation_and_detection_reject_mixing_in_one_line(command):
+    from cnnlab.tasks.configs import DetectConfig, SegmentConfig
+
+    cls = SegmentConfig if command == "segment" else DetectConfig
+    with pytest.raises(ConfigError, match="^--augment cutmix: mixing two images") as err:
+        make_config(cls, augment="flip,cutmix")
+    assert "\n" not in str(err.value)
+
+
+# --- end to end: a strong recipe with EMA, interrupted and resumed --------------------------------
+
+TINY = dict(data="builtin:digits", shots=6, model="lenet5", batch_size=16, lr=0.05, report=False,
+            seed=0, deterministic=True, epochs=2)  # fmt: skip
+
+
+def _interrupt_after_epoch_1(monkeypatch) -> None:
+    """SIGTERM (the real signal path) at the first step of epoch 2."""
+    from cnnlab.engine import callbacks as cbs
+
+    original = cbs.GracefulInterrupt.on_fit_start
+
+    def start_then_arm(self, trainer):
+        original(self, trainer)
+        state = trainer.state
+
+        class Kill(cbs.Callback):
+            def on_batch_end(self, t, loss, correct, size):
+                if state.epoch == 1 and state.step == 1:
+                    signal.raise_signal(signal.SIGTERM)
+
+        trainer.callbacks.append(Kill())
+
+    monkeypatch.setattr(cbs.GracefulInterrupt, "on_fit_start", start_then_arm)
+
+
+@pytest.mark.slow  # ~3 s: two short runs and a resumed one
+def test_strong_recipe_resumed_after_epoch_1_is_bit_identical(tmp_path, monkeypatch):
+    cfg = dict(TINY, out=str(tmp_path), recipe="strong")
+    full = api.train(name="full", **cfg)
+    _interrupt_after_epoch_1(monkeypatch)
+    with pytest.raises(api.Interrupted):
+        api.train(name="part", **cfg)
+    monkeypatch.undo()
+    resumed = api.train(resume=str(tmp_path / "part"))
+    a = load_file(full.run_dir / "checkpoints" / "epoch-0002.safetensors")
+    b = load_file(resumed.run_dir / "checkpoints" / "epoch-0002.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    record = json.loads((full.run_dir / "run.json").read_text())
+    assert record["augmentations"] == list(RECIPES["strong"])
