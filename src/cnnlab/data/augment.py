@@ -32,8 +32,6 @@ from collections.abc import Sequence
 
 import torch
 
-from cnnlab.config import MIXING
-
 #: applied to the uint8 batch, in this order, before crop / flip / affine
 POLICIES = ("autoaugment", "randaugment", "trivialaugment", "jitter")
 #: draws of a policy op per batch (see the module docstring); a batch smaller than this draws one
