@@ -157,17 +157,17 @@ def test_mixed_loss_is_the_hand_computed_mix_of_two_cross_entropies(names, smoot
 
 
 def test_loader_mixes_with_soft_targets_and_repeats_a_batch_when_resumed():
-    imgs, targets = _images(40, c=1), torch.arange(40) % 4
+    imgs, targets = _images(24, c=1), torch.arange(24) % 4
     loader = TensorLoader(imgs, targets, torch.tensor([0.5]), torch.tensor([0.25]), 8,
                           shuffle=True, augment=RECIPES["strong"], seed=2, num_classes=4)  # fmt: skip
     full = list(loader.batches(1))
-    resumed = list(loader.batches(1, start=3))
-    for a, b in zip(full[3:], resumed, strict=True):
+    resumed = list(loader.batches(1, start=1))
+    for a, b in zip(full[1:], resumed, strict=True):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     x, soft, _ = full[0]
     assert soft.shape == (8, 4) and soft.dtype == torch.float32
     torch.testing.assert_close(soft.sum(1), torch.ones(8))
-    assert not torch.equal(full[0][0], list(loader.batches(2))[0][0])  # another epoch, other draws
+    assert not torch.equal(full[0][0], next(loader.batches(2))[0])  # another epoch, other draws
     with pytest.raises(ValueError, match="num_classes"):
         TensorLoader(imgs, targets, torch.zeros(1), torch.ones(1), 8, augment=("mixup",))
 
@@ -230,8 +230,9 @@ def _interrupt_after_epoch_1(monkeypatch) -> None:
 
 
 @pytest.mark.slow  # ~3 s: two short runs and a resumed one
-def test_strong_recipe_resumed_after_epoch_1_is_bit_identical(tmp_path, monkeypatch):
-    cfg = dict(TINY, out=str(tmp_path), recipe="strong")
+@pytest.mark.parametrize("ema", [None, 0.999])
+def test_strong_recipe_resumed_after_epoch_1_is_bit_identical(ema, tmp_path, monkeypatch):
+    cfg = dict(TINY, out=str(tmp_path), recipe="strong", ema=ema)
     full = api.train(name="full", **cfg)
     _interrupt_after_epoch_1(monkeypatch)
     with pytest.raises(api.Interrupted):
@@ -244,3 +245,106 @@ def test_strong_recipe_resumed_after_epoch_1_is_bit_identical(tmp_path, monkeypa
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
     record = json.loads((full.run_dir / "run.json").read_text())
     assert record["augmentations"] == list(RECIPES["strong"])
+    if ema is None:
+        assert "val_ema_accuracy" not in full.history[-1] and record["ema_decay"] is None
+        return
+    # the averaged weights: validated each epoch, resumed exactly, the better of the two kept
+    assert [h["val_ema_loss"] for h in resumed.history] == [h["val_ema_loss"] for h in full.history]
+    best_a = load_file(full.run_dir / "checkpoints" / "best.safetensors")
+    best_b = load_file(resumed.run_dir / "checkpoints" / "best.safetensors")
+    assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
+    final = record["final_weights"]
+    assert record["ema_decay"] == 0.999 and final["weights"] in ("ema", "raw")
+    chosen = max(full.history, key=lambda h: max(h["val_accuracy"], h["val_ema_accuracy"]))
+    key = "val_ema_accuracy" if final["weights"] == "ema" else "val_accuracy"
+    assert final["value"] == chosen[key]
+
+
+# --- weight averaging (--ema) ---------------------------------------------------------------------
+
+
+class _Batches:
+    """A loader of fixed batches (what Trainer.fit needs: len and batches(epoch, start))."""
+
+    def __init__(self, batches):
+        self.items = batches
+
+    def __len__(self):
+        return len(self.items)
+
+    def batches(self, epoch=0, start=0):
+        yield from self.items[start:]
+
+
+def test_ema_equals_a_hand_computed_average_of_the_weights_after_each_optimizer_step():
+    from cnnlab.engine.callbacks import WeightAveraging
+    from cnnlab.engine.trainer import Callback, Trainer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.Linear(6, 3)
+    )
+    decay = 0.9
+    ema = WeightAveraging(model, decay)
+    seen: list[dict[str, np.ndarray]] = []
+
+    class Record(Callback):  # the trained weights after every optimizer step
+        def on_optimizer_step(self, trainer):
+            seen.append(
+                {k: v.detach().double().numpy().copy() for k, v in model.state_dict().items()}
+            )
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g), torch.arange(8))
+               for _ in range(6)]  # fmt: skip
+    trainer = Trainer(model, ClassificationTask(3), optimizer, scheduler, device=torch.device("cpu"),
+                      callbacks=[ema, Record()], accumulate_grad_batches=2)  # fmt: skip
+    trainer.fit(_Batches(batches), None, epochs=1)
+    assert len(seen) == 3 and int(ema.averaged.n_averaged) == 3  # per optimizer step, not batch
+    averaged, moved = ema.weights(), 0
+    for name, first in seen[0].items():
+        if not np.issubdtype(first.dtype, np.floating) or name.endswith("num_batches_tracked"):
+            continue
+        reference = first  # the weights after step 1, then ema = d * ema + (1 - d) * weights
+        for step in seen[1:]:
+            reference = decay * reference + (1 - decay) * step[name]
+        np.testing.assert_allclose(averaged[name].double().numpy(), reference, rtol=1e-5, atol=1e-6)
+        moved += not np.allclose(reference, seen[-1][name])  # the average is not the last weights
+    assert moved >= 4  # (the bias before BatchNorm gets no gradient and stays where it was)
+
+
+def test_best_checkpoint_holds_whichever_of_trained_and_averaged_weights_is_better(tmp_path):
+    from types import SimpleNamespace
+
+    from cnnlab.engine.callbacks import Checkpoint, WeightAveraging
+    from cnnlab.engine.checkpoint import CheckpointManager, read_weights
+    from cnnlab.engine.trainer import LoopState
+
+    model = torch.nn.Linear(2, 2)
+    ema = WeightAveraging(model, 0.5)
+    ema.averaged.update_parameters(model)
+    with torch.no_grad():
+        model.weight.add_(1.0)  # trained and averaged weights now differ
+    ckpt = Checkpoint(CheckpointManager(tmp_path), lambda: {"model": "linear"}, "val_accuracy")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = SimpleNamespace(
+        model=model, callbacks=[ema, ckpt], state=LoopState(), optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.ConstantLR(optimizer), scaler=torch.amp.GradScaler("cpu", enabled=False),
+    )  # fmt: skip
+
+    def epoch(raw: float, averaged: float):
+        ckpt.on_epoch_end(trainer, {"val_accuracy": raw, "val_ema_accuracy": averaged})
+        trainer.state.epoch += 1
+        return read_weights(tmp_path / "best.safetensors")
+
+    weights, meta = epoch(0.5, 0.7)  # averaged better
+    assert meta["weights"] == "ema" and torch.equal(weights["weight"], ema.weights()["weight"])
+    assert ckpt.final_weights() == {"file": "best.safetensors", "weights": "ema", "epoch": 1,
+                                    "monitor": "val_accuracy", "value": 0.7}  # fmt: skip
+    weights, meta = epoch(0.6, 0.65)  # neither beats 0.7: best unchanged
+    assert meta["weights"] == "ema" and ckpt.best_epoch == 1
+    weights, meta = epoch(0.9, 0.8)  # the trained weights win
+    assert "weights" not in meta and torch.equal(weights["weight"], model.weight.detach())
+    assert ckpt.final_weights()["weights"] == "raw" and ckpt.final_weights()["epoch"] == 3

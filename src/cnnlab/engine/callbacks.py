@@ -150,12 +150,67 @@ class EarlyStopping(Callback):
         self.best, self.wait = state.get("best"), int(state.get("wait", 0))
 
 
+class WeightAveraging(Callback):
+    """``--ema DECAY``: an exponential moving average of the weights, beside the trained ones.
+
+    torch.optim.swa_utils.AveragedModel with get_ema_multi_avg_fn(decay) and use_buffers=True
+    (BatchNorm's running statistics are averaged too, as torchvision's reference does): after each
+    optimizer step ema = decay * ema + (1 - decay) * weights, starting from the weights after the
+    first step. Each epoch's validation runs on the averaged weights too, recorded as
+    ``val_ema_<name>`` beside ``val_<name>``; :class:`Checkpoint` keeps whichever of the two is
+    better as best. Its state (the averaged weights and step count) travels in every resumable
+    checkpoint, so a resumed run averages exactly as an uninterrupted one.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        self.model, self.decay = model, decay  # the plain model (no DDP / compile wrapper)
+        self.averaged = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True
+        )
+
+    def on_optimizer_step(self, trainer: Trainer) -> None:
+        self.averaged.update_parameters(self.model)
+
+    def on_validation_end(self, trainer: Trainer, loader: Any, metrics: dict[str, float]) -> None:
+        if int(self.averaged.n_averaged) == 0:
+            return  # no step yet: nothing averaged
+        self.averaged.module.eval()
+        with trainer.evaluating(self.averaged.module):
+            found = trainer.evaluate(loader)
+        metrics.update({f"val_ema_{k}": float(v) for k, v in found.items()})
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The averaged weights under the model's own keys (what a checkpoint stores)."""
+        return self.averaged.module.state_dict()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "averaged": self.averaged.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "averaged" in state:
+            self.averaged.load_state_dict(state["averaged"])
+
+
+def ema_key(monitor: str) -> str | None:
+    """``val_accuracy`` -> ``val_ema_accuracy``: the averaged weights' value of a monitored metric
+    (None for a training metric, which the averaged weights do not have)."""
+    return "val_ema_" + monitor.removeprefix("val_") if monitor.startswith("val_") else None
+
+
 class Checkpoint(Callback):
     """Saves a resumable checkpoint after every completed epoch (and on interruption), plus best weights.
 
     `best` is updated only from a completed epoch whose monitored value is finite. Weights are the
     plain model's (`weights`): never torch.compile's `_orig_mod.` or DDP's `module.` prefixes, so a
     checkpoint loads into an uncompiled model in one process.
+
+    With weight averaging (:class:`WeightAveraging`) the epoch's candidate for best is whichever of
+    the trained and the averaged weights has the better monitored value (``val_ema_<name>``); the
+    best file's metadata says which (``"weights": "ema"`` or ``"raw"``), and so does
+    :meth:`final_weights`. Epoch checkpoints hold the trained weights; the averaged ones travel in
+    their resumable state.
     """
 
     def __init__(
@@ -163,6 +218,7 @@ class Checkpoint(Callback):
     ):
         self.manager, self.metadata, self.monitor = manager, metadata, monitor
         self.best: float | None = None
+        self.best_weights, self.best_epoch = "raw", 0  # which weights best holds, from which epoch
 
     @staticmethod
     def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -186,9 +242,15 @@ class Checkpoint(Callback):
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         value = metrics.get(self.monitor, metrics.get("train_loss"))
         key = self.monitor if self.monitor in metrics else "train_loss"
+        source, averaged = "raw", None
+        ema_value = metrics.get(ema_key(key) or "")
+        if ema_value is not None and better(key, ema_value, value):
+            averaged = next(cb for cb in trainer.callbacks if isinstance(cb, WeightAveraging))
+            source, value = "ema", ema_value
         is_best = better(key, value, self.best)
         if is_best:
-            self.best = value
+            self.best, self.best_weights = value, source
+            self.best_epoch = trainer.state.epoch + 1
         tag = f"epoch-{trainer.state.epoch + 1:04d}"
         self.manager.save(
             tag,
@@ -196,7 +258,16 @@ class Checkpoint(Callback):
             self.metadata(),
             self._state(trainer, complete=True),
             is_best=is_best,
+            best=(averaged.weights(), self.metadata() | {"weights": "ema"}) if averaged else None,
         )
+
+    def final_weights(self) -> dict[str, Any]:
+        """Which weights the run's final model (what evaluate and predict load) holds, for
+        run.json: best.safetensors (trained or averaged, and its epoch) or the last epoch's."""
+        if self.manager.best and self.best is not None:
+            return {"file": "best.safetensors", "weights": self.best_weights,
+                    "epoch": self.best_epoch, "monitor": self.monitor, "value": self.best}  # fmt: skip
+        return {"file": "the last epoch's checkpoint", "weights": "raw"}
 
     def on_fit_end(self, trainer: Trainer) -> None:
         s = trainer.state
@@ -208,10 +279,12 @@ class Checkpoint(Callback):
             log.warning("interrupted: saved a resumable checkpoint %s", tag)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best}
+        return {"best": self.best, "best_weights": self.best_weights, "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = state.get("best")
+        self.best_weights = state.get("best_weights", "raw")
+        self.best_epoch = int(state.get("best_epoch", 0))
 
 
 class GracefulInterrupt(Callback):

@@ -262,8 +262,12 @@ class CheckpointManager:
         state: dict[str, Any],
         *,
         is_best: bool = False,
+        best: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
     ) -> Path:
-        """Write `<tag>.safetensors` + `<tag>.state.pt` (+ best), then the manifest; prune old epochs."""
+        """Write `<tag>.safetensors` + `<tag>.state.pt` (+ best), then the manifest; prune old epochs.
+
+        `best`: (weights, metadata) for best.safetensors when they are not `weights` (the averaged
+        weights of --ema)."""
         wpath, spath = self.folder / f"{tag}.safetensors", self.folder / f"{tag}.state.pt"
         save_weights(wpath, weights, metadata)
         save_state(spath, state)
@@ -280,9 +284,9 @@ class CheckpointManager:
             }
         )
         if is_best and self.best:
-            best = self.folder / "best.safetensors"
-            save_weights(best, weights, metadata)
-            manifest["best"] = self._entry(best.name) | {"epoch": state.get("epoch")}
+            path = self.folder / "best.safetensors"
+            save_weights(path, *(best or (weights, metadata)))
+            manifest["best"] = self._entry(path.name) | {"epoch": state.get("epoch")}
         keep = len(entries) if self.keep is None else self.keep
         stale = entries[:-keep] if len(entries) > keep else []
         manifest["checkpoints"] = entries[-keep:]

@@ -20,6 +20,7 @@ and ``validate(trainer, loader) -> {name: value}``, recorded as ``val_<name>``.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ from cnnlab.engine.timing import Timings
 from cnnlab.engine.trainer import Trainer, check_monitor
 from cnnlab.errors import ConfigError, DataError, Interrupted
 from cnnlab.run import finish_run_dir, new_run_dir, write_json
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -168,9 +171,11 @@ def fit(
     if info.distributed and plan.sharded_validation:
         task = distributed.DistributedTask(task, info, net)
     monitor = cfg.monitor if val_loader is not None else "train_loss"
+    # --ema: every rank averages (identical weights under DDP) and validates the averaged weights
+    averaging = [cbs.WeightAveraging(model, cfg.ema)] if cfg.ema else []
     callbacks = standard_callbacks(
         cfg, run_dir, len(train_loader), lambda: plan.metadata, monitor,
-        console=console, extra=[*plan.callbacks, *callbacks],
+        console=console, extra=[*averaging, *plan.callbacks, *callbacks],
         sync=task if isinstance(task, distributed.DistributedTask) else None,
     )  # fmt: skip
     trainer = Trainer(
@@ -193,6 +198,11 @@ def fit(
     timings.lap("train")
     if state.interrupted:
         raise Interrupted(f"{state.stop_reason}; resume with: {spec.command} --resume {run_dir}")
+    final = next((c.final_weights() for c in callbacks if isinstance(c, cbs.Checkpoint)), None)
+    if final is not None and cfg.ema:  # which weights the final model (test, evaluate) holds
+        kind = "averaged (--ema)" if final["weights"] == "ema" else "trained (not averaged)"
+        line = f"final model: the {kind} weights of {final['file']}"
+        console.print(line) if console is not None else log.info(line)
     if info.is_main:  # DDP: rank 0 writes
         write_json(
             run_dir / "run.json",
@@ -201,6 +211,7 @@ def fit(
              "device": str(device), "machine": machine_info(device), "channels_last": channels_last,
              "stop_reason": state.stop_reason, "flops_per_image": plan.flops,
              "cnnlab_version": __version__, "world_size": info.world_size,
+             "ema_decay": cfg.ema or None, "final_weights": final,
              **({"compile_probe": compile_record} if compile_record else {}), **plan.record},
         )  # fmt: skip
     distributed.barrier()  # DDP: rank 0's last checkpoint is on disk before the others read best

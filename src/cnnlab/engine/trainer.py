@@ -71,6 +71,11 @@ class Callback:
     def on_fit_start(self, trainer: Trainer) -> None: ...
     def on_epoch_start(self, trainer: Trainer) -> None: ...
     def on_batch_end(self, trainer: Trainer, loss: float, correct: int, size: int) -> None: ...
+    def on_optimizer_step(self, trainer: Trainer) -> None: ...
+    # after the epoch's validation, before on_epoch_end: `metrics` may gain entries (EMA's val_ema_*)
+    def on_validation_end(
+        self, trainer: Trainer, loader: Any, metrics: dict[str, float]
+    ) -> None: ...
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
     def on_fit_end(self, trainer: Trainer) -> None: ...
     def on_run_end(self, result: Any) -> None: ...
@@ -140,6 +145,7 @@ class Trainer:
                 if last:  # one optimizer step per group of micro-batches
                     self._optimizer_step()
                     s.global_step += 1
+                    self._emit("on_optimizer_step")
                 n = images.shape[0]
                 seen, loss_sum = seen + n, loss_sum + loss_value * n
                 correct_sum += correct
@@ -162,6 +168,7 @@ class Trainer:
                 del metrics["train_accuracy"]
             if val_loader is not None:  # every named metric of the task's validate, as val_<name>
                 metrics |= {f"val_{k}": float(v) for k, v in self.evaluate(val_loader).items()}
+                self._emit("on_validation_end", val_loader, metrics)
             s.history.append(metrics)
             self._emit("on_epoch_end", metrics)
             s.epoch, s.step = s.epoch + 1, 0
@@ -245,6 +252,23 @@ class Trainer:
             targets.append(y.cpu())
         self.model.train(was_training)
         return torch.cat(probs), torch.cat(targets)
+
+    @contextlib.contextmanager
+    def evaluating(self, model: nn.Module):
+        """Validation and prediction on ``model`` (averaged weights) instead of the trained one
+        meanwhile; under DDP the sharded validation's model too."""
+        saved = self.model
+        task_vars = getattr(self.task, "__dict__", {})
+        saved_eval = task_vars.get("eval_model")  # DDP's DistributedTask
+        self.model = model
+        if saved_eval is not None:
+            self.task.eval_model = model
+        try:
+            yield
+        finally:
+            self.model = saved
+            if saved_eval is not None:
+                self.task.eval_model = saved_eval
 
     def evaluate(self, loader: Any) -> dict[str, float]:
         """Validation metrics by name: the task's `validate(trainer, loader)` when it has one (segmentation:
