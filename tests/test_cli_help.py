@@ -89,9 +89,10 @@ def test_the_augment_help_names_every_augmentation_the_task_allows():
     from cnnlab.config import AUGMENTATIONS
     from cnnlab.data.boxes import BOX_AUGMENTATIONS
     from cnnlab.data.masks import SEGMENTATION_AUGMENTATIONS
+    from cnnlab.tasks.configs import VIDEO_AUGMENTATIONS
 
     allowed = {TrainConfig: AUGMENTATIONS, SegmentConfig: SEGMENTATION_AUGMENTATIONS,
-               DetectConfig: BOX_AUGMENTATIONS, VideoConfig: AUGMENTATIONS}  # fmt: skip
+               DetectConfig: BOX_AUGMENTATIONS, VideoConfig: VIDEO_AUGMENTATIONS}  # fmt: skip
     for cls, names in allowed.items():
         doc = field_docs(cls)["augment"]
         assert all(name in doc for name in names), (cls.__name__, doc)

@@ -71,6 +71,7 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "engine/assembly.py:tensorboard": (*TRAINERS, *TASK_TRAINERS),  # only with --tensorboard
     "engine/tracking.py": (*TRAINERS, *TASK_TRAINERS),  # only with --track mlflow
     "config.py:__post_init__": (*TRAINERS, "lr-find", *TASK_TRAINERS),  # --track-uri alone
+    "tasks/configs.py:reject_mixing": ("segment train", "detect train"),  # --augment mixup
     "runs_table.py": ("runs",),
     "cli/runs.py": ("runs",),
     "tasks/classify/evaluate.py:evaluate": ("evaluate",),

@@ -245,7 +245,7 @@ class TrainConfig(RunConfig):
             mixing = next(a for a in augmentations(self) if a in MIXING)
             raise ConfigError(
                 f"option loss=focal does not combine with augmentation {mixing!r} (mixed images "
-                "have soft targets, the focal term needs one class); use --loss ce"
+                "have soft targets, the focal term needs one class); use loss=ce or leave it out"
             )
 
 

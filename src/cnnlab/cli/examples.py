@@ -26,6 +26,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("cnnlab train --data labels.csv --config my.toml --lr auto", "file < command line"),
         ("cnnlab train --resume auto --out runs --name my-run", "continue an interrupted run"),
         ("cnnlab train --data photos/ --class-weights auto --sampler balanced", "rare classes"),
+        ("cnnlab train --data photos/ --recipe strong --augment flip --ema 0.999", "strong recipe"),
         ("cnnlab train --data photos/ --devices 2", "data-parallel on 2 processes (torchrun)"),
     ],
     "finetune": [
