@@ -348,3 +348,25 @@ def test_best_checkpoint_holds_whichever_of_trained_and_averaged_weights_is_bett
     weights, meta = epoch(0.9, 0.8)  # the trained weights win
     assert "weights" not in meta and torch.equal(weights["weight"], model.weight.detach())
     assert ckpt.final_weights()["weights"] == "raw" and ckpt.final_weights()["epoch"] == 3
+
+
+OTHER_TASKS = {  # tiny runs of the other tasks on the same fit shell (as tests/test_resume_tasks.py)
+    "segment": ("segment_train", {"data": "builtin:shapes?n=24&size=16", "encoder": "lenet5",
+                                  "image_size": 16, "batch_size": 4, "augment": ("flip",)}),
+    "video": ("video_train", {"data": "builtin:moving-shapes?n=20&frames=4&size=16&speed=0.5",
+                              "model": "r3d_small", "batch_size": 2, "val_fraction": 0.2,
+                              "test_fraction": 0.0, "augment": ("crop", "erasing", "mixup", "cutmix")}),
+}  # fmt: skip
+
+
+@pytest.mark.slow  # 30-60 s each on two shared cores
+@pytest.mark.parametrize("task", sorted(OTHER_TASKS))
+def test_ema_validates_beside_the_trained_weights_in_other_tasks(task, tmp_path):
+    function, options = OTHER_TASKS[task]
+    run = getattr(api, function)(out=str(tmp_path), epochs=2, ema=0.5, report=False, device="cpu",
+                                 seed=1, **options)  # fmt: skip
+    last = run.history[-1]
+    names = [k.removeprefix("val_") for k in last if k.startswith("val_") and "_ema_" not in k]
+    assert names and all(f"val_ema_{n}" in last for n in names)
+    final = json.loads((run.run_dir / "run.json").read_text())["final_weights"]
+    assert final["weights"] in ("ema", "raw") and final["file"] == "best.safetensors"
