@@ -154,3 +154,27 @@ def test_imbalance_benchmark_smoke_writes_its_table_with_the_machine(tmp_path):
     assert result["machine"]["cpu_count"] >= 1
     table = (tmp_path / "results" / "imbalance.md").read_text()
     assert "| sampler |" in table and "Machine:" in table
+
+
+@pytest.mark.slow
+def test_recipes_benchmark_quick_writes_every_row_with_the_machine(tmp_path):
+    """bench_recipes.py --quick end to end: every row, the loader costs, the TTA row (a number
+    when evaluate takes tta=, else n/a) and the machine, saved through _results.save_results."""
+    env = {"CNNLAB_BENCH_RESULTS": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_recipes.py"), "--quick"],
+        env=os.environ | env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "recipes.json").read_text())
+    rows = result["rows"]
+    assert {"default", "light", "standard", "strong", "strong + EMA", "strong + EMA + TTA"} <= set(
+        rows
+    )
+    assert any(name.startswith("mobilenet_v3_small") for name in rows)
+    assert set(result["loader_images_per_s"]) == {
+        "default", "--recipe light", "--recipe standard", "--recipe strong"
+    }  # fmt: skip
+    table = (tmp_path / "recipes.md").read_text()
+    assert "Machine:" in table and "QUICK" in table
+    assert ("n/a (no --tta)" in table) == (result["tta"] is None)

@@ -202,7 +202,10 @@ def fit(
     if final is not None and cfg.ema:  # which weights the final model (test, evaluate) holds
         kind = "averaged (--ema)" if final["weights"] == "ema" else "trained (not averaged)"
         line = f"final model: the {kind} weights of {final['file']}"
-        console.print(line) if console is not None else log.info(line)
+        if console is not None:
+            console.print(line)
+        else:
+            log.info(line)
     if info.is_main:  # DDP: rank 0 writes
         write_json(
             run_dir / "run.json",
