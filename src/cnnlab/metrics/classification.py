@@ -494,7 +494,15 @@ def matthews_corrcoef(cm: Any) -> float:
 def _per_class(
     cm: np.ndarray, names: list[str], sink: list[str] | None, beta: float = 1.0
 ) -> dict[str, np.ndarray]:
-    c = confusion_counts(cm)
+    return per_class_from_counts(confusion_counts(cm), names, sink, beta)
+
+
+def per_class_from_counts(
+    c: dict[str, np.ndarray], names: list[str], sink: list[str] | None, beta: float = 1.0
+) -> dict[str, np.ndarray]:
+    """The per-class ratio metrics of one-vs-rest counts ``c`` (``tp fp tn fn support``, each
+    ``(K,)``): the one place their formulas and undefined policy live. Single-label counts come
+    from the confusion matrix; multi-label counts per label (:mod:`cnnlab.metrics.multilabel`)."""
     out: dict[str, np.ndarray] = dict(c)
     out["precision"] = ratio(
         c["tp"],
