@@ -725,6 +725,9 @@ def _require_run(path: str) -> None:
 
 
 def print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None:
+    if "per_label" in metrics:  # a multi-label report (cnnlab.metrics.multilabel)
+        print_multilabel_metrics(metrics, title)
+        return
     ci = metrics.get("confidence_intervals", {})
     head = Table(title=title, show_header=True)
     for col in ("metric", "value", "95% CI"):
@@ -764,6 +767,53 @@ def print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None:
                 text[1:] if text.startswith("0.") else text
             )  # ".980": narrow enough for 80 columns
         per.add_row(str(name), *cells)
+    out.print(per)
+    for w in metrics.get("warnings", []):
+        err.print(f"[yellow]note:[/] {escape(str(w))}")
+
+
+def _cell(v: Any) -> str:
+    text = "-" if v is None else (f"{v:d}" if isinstance(v, int) else f"{v:.3f}")
+    return text[1:] if text.startswith("0.") else text  # ".980": narrow enough for 80 columns
+
+
+def print_multilabel_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None:
+    """A multi-label report: the overall numbers, the averages, then one row per label."""
+    head = Table(title=f"{title} (multi-label)", show_header=True)
+    head.add_column("metric")
+    head.add_column("value", justify="right")
+    for name, key in (
+        ("subset accuracy (exact match)", "subset_accuracy"),
+        ("Hamming loss", "hamming_loss"),
+        ("mAP (macro AP)", "map"),
+        ("label-ranking AP", "label_ranking_average_precision"),
+    ):
+        v = metrics.get(key)
+        head.add_row(name, "undefined" if v is None else f"{v:.4f}")
+    out.print(head)
+    avg = Table(title="averages", show_header=True, padding=(0, 1))
+    avg.add_column("average")
+    metric_cols = ("precision", "recall", "f1", "roc_auc", "average_precision")
+    for m in metric_cols:
+        avg.add_column({"average_precision": "AP", "roc_auc": "auc"}.get(m, m), justify="right")
+    for kind in ("micro", "macro", "weighted", "samples"):
+        avg.add_row(kind, *(_cell(metrics.get(kind, {}).get(m)) for m in metric_cols))
+    out.print(avg)
+    per = Table(
+        title="per label; recall = TPR, TNR = specificity",
+        show_header=True,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+    cols = ("support", "tp", "fp", "tn", "fn", "precision", "recall", "f1", "tnr",
+            "roc_auc", "average_precision", "threshold")  # fmt: skip
+    short = {"support": "n", "precision": "prec", "recall": "rec", "roc_auc": "auc",
+             "average_precision": "AP", "threshold": "thr"}  # fmt: skip
+    per.add_column("label", overflow="fold")
+    for c in cols:
+        per.add_column(short.get(c, c), justify="right", no_wrap=True)
+    for name, vals in metrics.get("per_label", {}).items():
+        per.add_row(str(name), *(_cell(vals.get(c)) for c in cols))
     out.print(per)
     for w in metrics.get("warnings", []):
         err.print(f"[yellow]note:[/] {escape(str(w))}")

@@ -8,6 +8,11 @@ the warnings for extreme imbalance, and what the run records about it (`class_ba
 * ``FILE``: a JSON object {class name: weight}, used as given; every class must have a finite
   weight >= 0 (not all 0), and no other name may appear.
 
+Multi-label runs ((N, L) targets): the counts are each label's positives and the weights are
+``BCEWithLogitsLoss``'s ``pos_weight``: ``auto`` gives pos_weight_l = (N - n_l) / n_l (negatives
+over positives, PyTorch's documented choice; 1 for a label without positives), a FILE
+{label: pos_weight} is used as given.
+
 The sampler (`--sampler balanced`) lives in the loader (cnnlab.data.loader.balanced_indices), the
 loss in the task (cnnlab.tasks.classification); this module only records them beside the weights.
 """
@@ -48,6 +53,7 @@ class ClassBalance:
     sampler: str = "none"
     loss: str = "ce"
     focal_gamma: float = 2.0
+    multilabel: bool = False  # counts are positives per label; weights are pos_weight
 
     @property
     def ratio(self) -> float:
@@ -61,7 +67,9 @@ class ClassBalance:
         return self.ratio > IMBALANCE_WARN_RATIO
 
     def task_options(self) -> dict[str, Any]:
-        """The keyword arguments of ClassificationTask that carry this balance."""
+        """The keyword arguments of ClassificationTask (MultiLabelTask) that carry this balance."""
+        if self.multilabel:
+            return {"pos_weight": self.weights}
         return {
             "class_weights": self.weights,
             "criterion": self.loss,
@@ -89,6 +97,7 @@ class ClassBalance:
             "sampler": self.sampler,
             "loss": self.loss,
             "focal_gamma": self.focal_gamma if self.loss == "focal" else None,
+            **({"multilabel": True, "weights_are": "pos_weight"} if self.multilabel else {}),
         }
 
     def record(self, run_dir: Path) -> None:
@@ -163,20 +172,27 @@ def class_balance(
     `recorded`: the run folder of a resumed run; the weights it recorded are used again (the
     weights file may have moved or changed since), so a resumed run trains with the same loss."""
     names = list(class_names)
-    counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=len(names)).tolist()
+    targets = np.asarray(targets, dtype=np.int64)
+    multilabel = targets.ndim == 2
+    if multilabel:
+        counts = targets.sum(axis=0).tolist()  # positives per label
+    else:
+        counts = np.bincount(targets, minlength=len(names)).tolist()
     spec = str(cfg.class_weights).strip()
     mode = spec if spec in ("none", "auto") else "file"
     weights: list[float] | None = None
     if recorded is not None and (Path(recorded) / RECORD).is_file():
         saved = json.loads((Path(recorded) / RECORD).read_text())["class_weights"]
         weights = None if saved["weights"] is None else [saved["weights"][c] for c in names]
+    elif mode == "auto" and multilabel:
+        weights = [float((len(targets) - n) / n) if n > 0 else 1.0 for n in counts]
     elif mode == "auto":
         weights = auto_class_weights(counts)
     elif mode == "file":
         weights = read_class_weights(spec, names)
     balance = ClassBalance(
         names, counts, mode, weights, spec if mode == "file" else None,
-        cfg.sampler, cfg.loss, float(cfg.focal_gamma),
+        cfg.sampler, cfg.loss, float(cfg.focal_gamma), multilabel,
     )  # fmt: skip
     _say(balance)
     return balance
@@ -188,6 +204,8 @@ def _say(b: ClassBalance) -> None:
     corrected = b.weights is not None or b.sampler != "none" or b.loss != "ce"
     if b.weights is not None:
         how = "N / (K n_c), mean 1 over training images" if b.mode == "auto" else b.source
+        if b.multilabel:
+            how = "pos_weight, negatives / positives" if b.mode == "auto" else b.source
         pairs = ", ".join(f"{c} {w:.4g}" for c, w in zip(b.class_names, b.weights, strict=True))
         log.warning("class weights (%s): %s", how, pairs)
     if b.weights is not None and b.sampler == "balanced":
