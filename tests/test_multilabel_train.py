@@ -103,6 +103,27 @@ def test_a_run_records_thresholds_and_scores_test_at_them(tmp_path) -> None:
     assert metrics["hamming_loss"] == pytest.approx(skm.hamming_loss(t, decided), abs=1e-9)
     assert result.test_metrics["per_label"].keys() == set(names)
 
+    # predict: the test images as PNG files get the probabilities the test evaluation saw, every
+    # label with its run threshold, and the answer is the labels at or above their thresholds
+    from cnnlab.data.builtin import load_builtin
+    from cnnlab.tasks.classify.predict import predict
+
+    ds = load_builtin("multishapes?n=80&size=16")
+    rows = [int(str(i).split(":")[1]) for i in preds["ids"][:3]]
+    files = []
+    for row in rows:
+        files.append(tmp_path / f"{row}.png")
+        Image.fromarray(ds.images[row]).save(files[-1])
+    answers = predict(run, files, device="cpu", precision="32")
+    for k, answer in enumerate(answers):
+        got = {name: (prob, thr) for name, prob, thr in answer.labels}
+        assert set(got) == set(names)
+        for j, name in enumerate(names):
+            assert got[name][0] == pytest.approx(p[k, j], abs=1e-5)
+            assert got[name][1] == saved["thresholds"][name]
+        expected = {n for j, n in enumerate(names) if p[k, j] >= thresholds[j]}
+        assert {n for n, _, _ in answer.predicted_labels} == expected
+
 
 # -- learning: builtin:multishapes as PNG files and a `path,labels` CSV --------------------------
 SEED = 0

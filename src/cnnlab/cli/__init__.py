@@ -607,7 +607,15 @@ def build_parser() -> argparse.ArgumentParser:
         "metrics", help="score predictions from any tool: a CSV of labels and scores"
     )
     p.add_argument(
-        "csv", help="CSV with a `label` column and `score_<class>` columns or a `pred` column"
+        "csv",
+        help="CSV with a `label` column and `score_<class>` columns or a `pred` column; "
+        "multi-label: a `labels` column (`;` between labels) and `score_<label>` columns",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="multi-label CSVs: a label is predicted when its score is at least this",
     )
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
@@ -1338,6 +1346,9 @@ def _predict(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.precision != "auto":  # stdout stays the predictions alone (csv / json parse it)
         err.print(f"inference precision: {args.precision}")
+    if any(p.labels is not None for p in preds):  # a multi-label run
+        _print_multilabel_predictions(preds, args.format)
+        return 1 if any(p.error for p in preds) else 0
     point = api.operating_point(args.run) if args.operating_point else None
     if point:  # on stderr: which threshold decides (stdout stays the predictions)
         err.print(
@@ -1407,6 +1418,42 @@ def _predict(args: argparse.Namespace) -> int:
             t.add_row(*cells)
         out.print(t)
     return 1 if any(p.error for p in preds) else 0
+
+
+def _print_multilabel_predictions(preds: list[Any], fmt: str) -> None:
+    """A multi-label run's answers: each image's labels at or above their thresholds, with their
+    probabilities (json and csv: every label's probability and threshold too)."""
+    if fmt == "json":
+        rows = [
+            dataclasses.asdict(p) | {"answer": ";".join(n for n, _, _ in p.predicted_labels)}
+            for p in preds
+        ]
+        print(json.dumps(rows, indent=2))
+        return
+    if fmt == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(["path", "label", "probability", "threshold", "predicted", "error"])
+        for p in preds:
+            if p.error:
+                w.writerow([p.path, "", "", "", "", p.error])
+            for name, prob, thr in p.labels or []:
+                w.writerow([p.path, name, f"{prob:.6f}", f"{thr:.6g}",
+                            str(prob >= thr).lower(), ""])  # fmt: skip
+        return
+    t = Table(show_header=True)
+    for c in ("image", "labels (probability >= threshold)", "others"):
+        t.add_column(c)
+    for p in preds:
+        if p.error:
+            t.add_row(p.path, "[red]error[/]", p.error)
+            continue
+        chosen = p.predicted_labels
+        shown = ", ".join(f"{escape(n)} {pr:.3f} (>= {thr:.3g})" for n, pr, thr in chosen)
+        rest = ", ".join(f"{escape(n)} {pr:.3f}" for n, pr, thr in p.labels if pr < thr)
+        t.add_row(p.path, shown or "[dim]none[/]", rest)
+    out.print(t)
 
 
 def _warn_out_of_domain(preds: list[Any]) -> None:
@@ -1546,8 +1593,26 @@ def _models(args: argparse.Namespace) -> int:
 @command("metrics")
 def _metrics(args: argparse.Namespace) -> int:
     from cnnlab.metrics import classification_metrics
-    from cnnlab.metrics.io import read_predictions_csv
+    from cnnlab.metrics.io import (
+        is_multilabel_csv,
+        read_multilabel_predictions_csv,
+        read_predictions_csv,
+    )
 
+    if is_multilabel_csv(args.csv):
+        from cnnlab.metrics.multilabel import multilabel_metrics
+
+        if not 0.0 <= args.threshold <= 1.0:
+            raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
+        targets, probs, preds, names = read_multilabel_predictions_csv(args.csv)
+        metrics = multilabel_metrics(
+            targets, probs, preds=preds, thresholds=args.threshold, label_names=names
+        )
+        if args.json:
+            print(json.dumps(metrics, indent=2))
+        else:
+            print_metrics(metrics, f"metrics of {args.csv}")
+        return 0
     targets, probs, preds, names = read_predictions_csv(args.csv)
     metrics = classification_metrics(targets, probs, preds=preds, class_names=names)
     from cnnlab.metrics.stats import headline_intervals

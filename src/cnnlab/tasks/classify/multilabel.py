@@ -164,14 +164,9 @@ def sigmoid_fn(model: torch.nn.Module, device: torch.device, precision: str) -> 
 
 
 def label_answers(preds: list[Any], label_names: list[str], thresholds: np.ndarray) -> None:
-    """Give each prediction (top = every label with its probability) its ``labels``: the labels
-    at or above their threshold, most probable first, as (name, probability, threshold)."""
+    """Give each prediction (top = every label with its probability) its ``labels``: every label,
+    most probable first, as (name, probability, threshold); ``predicted_labels`` are those at or
+    above their threshold."""
     index = {n: j for j, n in enumerate(label_names)}
     for p in preds:
-        if p.error:
-            continue
-        p.labels = [
-            (name, prob, float(thresholds[index[name]]))
-            for name, prob in p.top
-            if prob >= thresholds[index[name]]
-        ]
+        p.labels = [(name, prob, float(thresholds[index[name]])) for name, prob in p.top]
