@@ -103,6 +103,13 @@ def test_a_run_records_thresholds_and_scores_test_at_them(tmp_path) -> None:
     assert metrics["hamming_loss"] == pytest.approx(skm.hamming_loss(t, decided), abs=1e-9)
     assert result.test_metrics["per_label"].keys() == set(names)
 
+    # `cnnlab evaluate RUN` reads the run back: the same split, thresholds and numbers
+    from cnnlab.tasks.classify.evaluate import evaluate
+
+    again = evaluate(run, device="cpu", precision="32", report=False)["metrics"]
+    assert again["micro"]["f1"] == pytest.approx(metrics["micro"]["f1"], abs=1e-12)
+    assert again["thresholds"] == pytest.approx(list(thresholds), abs=0)
+
     # predict: the test images as PNG files get the probabilities the test evaluation saw, every
     # label with its run threshold, and the answer is the labels at or above their thresholds
     from cnnlab.data.builtin import load_builtin

@@ -615,6 +615,10 @@ def remap_classes(bundle: DataBundle, class_names: list[str], split: str) -> Spl
     else:
         chosen = concat_splits([bundle.splits[k] for k in bundle.splits])
     lut = np.array([class_names.index(c) for c in bundle.class_names], dtype=np.int64)
+    if chosen.targets.ndim == 2:  # multi-label: the data's label columns moved to the model's
+        targets = np.zeros((len(chosen), len(class_names)), dtype=np.int64)
+        targets[:, lut] = chosen.targets
+        return Split(chosen.ids, targets, chosen.paths, chosen.images)
     return Split(chosen.ids, lut[chosen.targets], chosen.paths, chosen.images)
 
 

@@ -116,8 +116,29 @@ def tune_and_test(
         write_json(run_dir / THRESHOLDS, record)
     if "test" not in splits or not len(splits["test"]):
         return None
+    metrics = score_split(
+        model, spec, tensors["test"], splits["test"], label_names, thresholds=thresholds,
+        out_dir=run_dir if write else None, **kw,
+    )  # fmt: skip
+    return {"metrics": metrics, "report": None}
+
+
+def score_split(
+    model: torch.nn.Module,
+    spec: PreprocessSpec,
+    images: torch.Tensor,
+    split: Split,
+    label_names: list[str],
+    *,
+    thresholds: np.ndarray,
+    device: torch.device,
+    precision: str,
+    out_dir: Path | None,
+) -> dict[str, Any]:
+    """The multi-label report of one split at ``thresholds`` (L,); with ``out_dir`` also written
+    there as test_metrics.json and test_predictions.npz (probs, targets, ids)."""
     probs, targets = predict_probs(
-        model, spec, tensors["test"], splits["test"], len(label_names), **kw
+        model, spec, images, split, len(label_names), device=device, precision=precision
     )
     with warnings.catch_warnings():  # undefined values are listed in metrics["warnings"]
         warnings.simplefilter("ignore", UndefinedMetricWarning)
@@ -125,15 +146,15 @@ def tune_and_test(
             targets, probs, thresholds=thresholds, label_names=label_names
         )
     metrics["multilabel"] = True
-    if write:
-        write_json(run_dir / "test_metrics.json", metrics)
+    if out_dir is not None:
+        write_json(out_dir / "test_metrics.json", metrics)
         np.savez_compressed(
-            run_dir / "test_predictions.npz",
+            out_dir / "test_predictions.npz",
             probs=probs.astype(np.float32),
             targets=targets,
-            ids=np.asarray(splits["test"].ids),
+            ids=np.asarray(split.ids),
         )
-    return {"metrics": metrics, "report": None}
+    return metrics
 
 
 def read_thresholds(run_dir: Path | None, label_names: list[str]) -> np.ndarray:
