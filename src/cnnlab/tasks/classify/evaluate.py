@@ -204,15 +204,16 @@ def evaluate(
                 "dataset (a CSV `path,labels` or one 0/1 column per label)",
             )
         out_dir = evaluation_dir(out, run_dir)
-        metrics = multilabel.score_split(
+        scored = multilabel.score_split(
             model, spec, images, chosen, class_names, device=dev, precision=precision,
             thresholds=multilabel.read_thresholds(run_dir, class_names), out_dir=out_dir,
+            report=report, run_dir=run_dir,
         )  # fmt: skip
         record = record_evaluation(
             out_dir, task="classification", weights=weights, data=data, split=split,
             num_samples=len(chosen), precision=precision, device=dev,
         )  # fmt: skip
-        return record | {"metrics": metrics, "report": None}
+        return record | scored
     threshold = None
     calibration = load_calibration(run_dir, weights)  # None for runs trained before it existed
     temperature = calibration.temperature if calibration else 1.0

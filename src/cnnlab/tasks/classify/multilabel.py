@@ -86,6 +86,7 @@ def tune_and_test(
     precision: str,
     run_dir: Path,
     write: bool = True,
+    report: bool = False,
 ) -> dict[str, Any] | None:
     """Thresholds tuned on validation (stored in RUN/thresholds.json), then the test split's
     metrics at them (RUN/test_metrics.json + test_predictions.npz); None without a test split."""
@@ -116,11 +117,10 @@ def tune_and_test(
         write_json(run_dir / THRESHOLDS, record)
     if "test" not in splits or not len(splits["test"]):
         return None
-    metrics = score_split(
+    return score_split(
         model, spec, tensors["test"], splits["test"], label_names, thresholds=thresholds,
-        out_dir=run_dir if write else None, **kw,
+        out_dir=run_dir if write else None, report=report, run_dir=run_dir, **kw,
     )  # fmt: skip
-    return {"metrics": metrics, "report": None}
 
 
 def score_split(
@@ -134,9 +134,12 @@ def score_split(
     device: torch.device,
     precision: str,
     out_dir: Path | None,
+    report: bool = False,
+    run_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The multi-label report of one split at ``thresholds`` (L,); with ``out_dir`` also written
-    there as test_metrics.json and test_predictions.npz (probs, targets, ids)."""
+    """``{"metrics": the multi-label report of one split at thresholds (L,), "report": path or
+    None}``; with ``out_dir`` also written there as test_metrics.json and test_predictions.npz
+    (probs, targets, ids), and with ``report`` as report.html (cnnlab.report.multilabel_report)."""
     probs, targets = predict_probs(
         model, spec, images, split, len(label_names), device=device, precision=precision
     )
@@ -154,7 +157,12 @@ def score_split(
             targets=targets,
             ids=np.asarray(split.ids),
         )
-    return metrics
+    path = None
+    if out_dir is not None and report:
+        from cnnlab.report.multilabel_report import write_multilabel_report  # matplotlib: ~1 s
+
+        path = write_multilabel_report(out_dir, metrics, probs, targets, run_dir=run_dir)
+    return {"metrics": metrics, "report": path}
 
 
 def read_thresholds(run_dir: Path | None, label_names: list[str]) -> np.ndarray:

@@ -151,7 +151,7 @@ def _prepare(
         if bundle.multilabel:  # per-label thresholds tuned on val, then the test metrics at them
             return multilabel.tune_and_test(
                 best, spec, tensors, splits, bundle.class_names, device=device,
-                precision=precision, run_dir=run_dir, write=info.is_main,
+                precision=precision, run_dir=run_dir, write=info.is_main, report=cfg.report,
             )  # fmt: skip
         calibration = None
         if (
