@@ -131,6 +131,16 @@ def test_a_run_records_thresholds_and_scores_test_at_them(tmp_path) -> None:
         expected = {n for j, n in enumerate(names) if p[k, j] >= thresholds[j]}
         assert {n for n, _, _ in answer.predicted_labels} == expected
 
+    # explain: sigmoid probabilities and a CAM for each predicted label (else the most probable)
+    from cnnlab.api import explain
+
+    page = explain(run, files[0], out=tmp_path / "explain", device="cpu")
+    chosen = [n for n, _, _ in answers[0].predicted_labels]
+    assert [item["label"] for item in page["labels"]] == chosen
+    assert page["cams"]["classes"] == (chosen or [answers[0].labels[0][0]])
+    for item in page["labels"]:
+        assert item["probability"] == pytest.approx(p[0, names.index(item["label"])], abs=1e-5)
+
 
 # -- learning: builtin:multishapes as PNG files and a `path,labels` CSV --------------------------
 SEED = 0

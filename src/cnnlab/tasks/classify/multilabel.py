@@ -27,7 +27,7 @@ from cnnlab.engine.trainer import Trainer, autocast, check_monitor
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.metrics import multilabel as ml
 from cnnlab.metrics.checks import UndefinedMetricWarning
-from cnnlab.run import read_json, write_json
+from cnnlab.run import read_json, resolve_weights, run_dir_of, write_json
 from cnnlab.tasks.classification import MultiLabelTask
 
 log = logging.getLogger(__name__)
@@ -179,6 +179,15 @@ def read_thresholds(run_dir: Path | None, label_names: list[str]) -> np.ndarray:
             f"{path} has no threshold for label(s) {missing}; it belongs to another run"
         )
     return np.array([float(saved[n]) for n in label_names])
+
+
+def run_thresholds(run_or_checkpoint: str | Path) -> dict[str, float] | None:
+    """{label: threshold} of a multi-label run folder (its thresholds.json), None otherwise (a
+    single-label run, or a checkpoint outside its run folder: 0.5 is used then)."""
+    run_dir = run_dir_of(resolve_weights(run_or_checkpoint))
+    if run_dir is None or not (run_dir / THRESHOLDS).is_file():
+        return None
+    return {str(k): float(v) for k, v in read_json(run_dir / THRESHOLDS)["thresholds"].items()}
 
 
 def sigmoid_fn(model: torch.nn.Module, device: torch.device, precision: str) -> Any:
