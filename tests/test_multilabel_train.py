@@ -188,3 +188,35 @@ def test_multilabel_shapes_learns(multishapes_csv, tmp_path, labels: str) -> Non
         assert macro_f1 >= 0.9, macro_f1
     else:  # no signal: F1 of guessing from label frequencies (~0.5 here at tuned thresholds)
         assert macro_f1 <= 0.65, macro_f1
+
+
+@pytest.mark.slow  # ~15 s: three 1-epoch runs
+def test_cv_on_multilabel_data(tmp_path) -> None:
+    from cnnlab.metrics.io import read_multilabel_predictions_csv
+    from cnnlab.metrics.multilabel import multilabel_metrics
+    from cnnlab.tasks.classify.cv import cross_validate
+
+    result = cross_validate(
+        folds=3, data="builtin:multishapes?n=120&size=16", model="lenet5", epochs=1,
+        batch_size=16, device="cpu", report=False, out=str(tmp_path), name="cv",
+    )  # fmt: skip
+    targets, probs, decided, names = read_multilabel_predictions_csv(result.oof_csv)
+    assert len(targets) == 120  # every sample exactly once
+    with (result.oof_csv).open() as f:
+        ids = [row["id"] for row in csv.DictReader(f)]
+    assert sorted(ids) == sorted(f"multishapes:{i}" for i in range(120))
+    # each label's positives are spread over the held-out folds (iterative stratification)
+    folds = np.array([int(row["fold"]) for row in csv.DictReader(result.oof_csv.open())])
+    per_fold = np.stack([targets[folds == f].sum(axis=0) for f in (1, 2, 3)])
+    assert (per_fold.max(axis=0) - per_fold.min(axis=0) <= 2).all(), per_fold
+    # the pooled score is the CSV's, at each fold's own thresholds
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pooled = multilabel_metrics(targets, probs, preds=decided, label_names=names)
+    assert result.out_of_fold["micro_f1"] == pytest.approx(pooled["micro"]["f1"], abs=1e-9)
+    for fold in (1, 2, 3):
+        saved = json.loads((tmp_path / "cv" / f"fold-{fold}" / "thresholds.json").read_text())
+        thr = np.array([saved["thresholds"][n] for n in names])
+        rows = folds == fold
+        np.testing.assert_array_equal(decided[rows], (probs[rows] >= thr).astype(int))
+    assert "samples_f1" in result.summary and "f1[circle]" in result.summary
