@@ -76,6 +76,14 @@ def test_single_label_options_are_refused(tmp_path, option, match) -> None:
         )  # fmt: skip
 
 
+def test_multilabel_monitors_are_refused_on_single_label_data(tmp_path) -> None:
+    from cnnlab.tasks.classify.train import train
+
+    with pytest.raises(ConfigError, match="val_map: a single-label classification run"):
+        train(data="builtin:digits", model="lenet5", epochs=1, out=str(tmp_path),
+              device="cpu", report=False, monitor="val_map")  # fmt: skip
+
+
 @pytest.mark.slow  # ~5 s: a whole (1-epoch) run
 def test_a_run_records_thresholds_and_scores_test_at_them(tmp_path) -> None:
     from cnnlab.tasks.classify.train import train
@@ -130,6 +138,15 @@ def test_a_run_records_thresholds_and_scores_test_at_them(tmp_path) -> None:
             assert got[name][1] == saved["thresholds"][name]
         expected = {n for j, n in enumerate(names) if p[k, j] >= thresholds[j]}
         assert {n for n, _, _ in answer.predicted_labels} == expected
+
+    # export / serve would speak of one softmax: refused in one line until they learn sigmoids
+    from cnnlab.export import export_model
+    from cnnlab.serve.app import create_app
+
+    with pytest.raises(ConfigError, match="multi-label run"):
+        export_model(run)
+    with pytest.raises(ConfigError, match="multi-label run"):
+        create_app(run)
 
     # explain: sigmoid probabilities and a CAM for each predicted label (else the most probable)
     from cnnlab.api import explain

@@ -28,6 +28,7 @@ from cnnlab.engine.loaders import (
     use_streaming,
 )
 from cnnlab.engine.timing import Timings
+from cnnlab.engine.trainer import check_monitor
 from cnnlab.engine.weights import build_model, load_checkpoint_model
 from cnnlab.errors import CheckpointError
 from cnnlab.tasks.classification import ClassificationTask, MultiLabelTask
@@ -86,6 +87,8 @@ def _prepare(
             )
     if bundle.multilabel:  # several labels per image: sigmoid + BCE (tasks/classify/multilabel.py)
         multilabel.check_options(cfg)
+    else:
+        check_monitor(cfg.monitor, ClassificationTask, "single-label classification")
     if cfg.shots:
         bundle.splits["train"] = few_shot(bundle.splits["train"], cfg.shots, cfg.seed)
     # before decoding, so a bad weights file fails before any work; a resumed run keeps its weights
@@ -256,11 +259,20 @@ def _flops_per_image(model: torch.nn.Module, in_channels: int, image_size: int) 
         return None
 
 
+class _EitherClassification:
+    """What --monitor may name before the data says single- or multi-label: either task's
+    validation metrics; _prepare then checks the monitor against the one the data chose."""
+
+    metric_names = tuple(
+        dict.fromkeys(ClassificationTask.metric_names + MultiLabelTask.metric_names)
+    )
+
+
 SPEC = TaskSpec(
     name="classification",
     command="cnnlab train",
     config=TrainConfig,
-    validator=ClassificationTask,
+    validator=_EitherClassification,
     prepare=_prepare,
     configure=_configure,
 )
