@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 #: the file a run records its training class counts, weights, sampler and loss in
 RECORD = "class_balance.json"
+#: what a multi-label run can do about rare labels (IMBALANCE_HINT's sampler / focal loss are
+#: single-label)
+MULTILABEL_HINT = "train with `cnnlab train --class-weights auto` (BCE pos_weight per label)"
 #: a class with fewer training images than this is named in a warning (docs/bad-inputs.md #69)
 FEW_IMAGES = 5
 
@@ -213,13 +216,15 @@ def _say(b: ClassBalance) -> None:
             "class weights and the balanced sampler both favour rare classes: together they "
             "over-correct (each alone evens the classes out)"
         )
+    # a multi-label run has no sampler or focal loss: only the pos_weight of --class-weights auto
+    hint = MULTILABEL_HINT if b.multilabel else IMBALANCE_HINT
     few = [(c, n) for c, n in zip(b.class_names, b.train_counts, strict=True) if 0 < n < FEW_IMAGES]
     if few:
         listed = ", ".join(f"{c!r} ({n})" for c, n in few)
         log.warning(
             "classes with fewer than %d training images: %s; they are kept, but their test metrics "
             "will be noisy%s",
-            FEW_IMAGES, listed, "" if corrected else f"; {IMBALANCE_HINT}",
+            FEW_IMAGES, listed, "" if corrected else f"; {hint}",
         )  # fmt: skip
     if b.imbalanced and not corrected:
         lo = int(np.argmin(b.train_counts))
@@ -227,7 +232,7 @@ def _say(b: ClassBalance) -> None:
         log.warning(
             "the training classes are imbalanced %s:1 (%r %d, %r %d images); %s",
             "inf" if math.isinf(b.ratio) else f"{b.ratio:.1f}",
-            b.class_names[hi], b.train_counts[hi], b.class_names[lo], b.train_counts[lo], IMBALANCE_HINT,
+            b.class_names[hi], b.train_counts[hi], b.class_names[lo], b.train_counts[lo], hint,
         )  # fmt: skip
 
 
