@@ -237,3 +237,37 @@ def test_cv_on_multilabel_data(tmp_path) -> None:
         rows = folds == fold
         np.testing.assert_array_equal(decided[rows], (probs[rows] >= thr).astype(int))
     assert "samples_f1" in result.summary and "f1[circle]" in result.summary
+
+
+def _gather_worker(rank: int, port: int, out: str) -> None:
+    """One of two gloo ranks: rank 0 holds 3 rows of (N, L) targets, rank 1 holds 2 (padded)."""
+    import torch.distributed as dist
+
+    from cnnlab.engine import distributed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    distributed._INFO = distributed.DistInfo(rank=rank, world_size=2, backend="gloo")
+    indices = torch.tensor([0, 2, 4]) if rank == 0 else torch.tensor([1, 3])
+    targets = torch.stack([torch.tensor([i % 2, 1, i % 3 == 0]).long() for i in indices.tolist()])
+    probs = indices[:, None].float().repeat(1, 3) / 10
+    p, t = distributed.gather_eval(probs, targets, indices, n_total=5)
+    if rank == 0:
+        torch.save({"p": p, "t": t}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two processes
+def test_gathered_validation_keeps_multilabel_rows(tmp_path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "gathered.pt")
+    mp.spawn(_gather_worker, args=(port, out), nprocs=2)
+    got = torch.load(out, weights_only=True)
+    expected = torch.stack([torch.tensor([i % 2, 1, i % 3 == 0]).long() for i in range(5)])
+    assert torch.equal(got["t"], expected)
+    assert torch.equal(got["p"][:, 0], torch.arange(5).float() / 10)
