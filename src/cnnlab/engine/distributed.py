@@ -358,10 +358,10 @@ def gather_eval(
     """Every rank's predictions, in sample order 0..n_total-1, on every rank (CPU tensors).
 
     probs: (n_r, K) scores, targets: (n_r,) or (n_r, L) (multi-label), indices: (n_r,) sample
-    index of each row on this rank; counts may differ between ranks. Rows are padded to the longest rank (index -1), all-gathered,
-    and put back at their index; a sample predicted on several ranks (DistributedSampler-style
-    padding) keeps its first occurrence in rank order. Raises if a sample of 0..n_total-1 is
-    missing.
+    index of each row on this rank; counts may differ between ranks. Rows are padded to the
+    longest rank (index -1), all-gathered, and put back at their index; a sample predicted on
+    several ranks (DistributedSampler-style padding) keeps its first occurrence in rank order.
+    Raises if a sample of 0..n_total-1 is missing.
     """
     info = current()
     probs, targets, indices = probs.detach(), targets.detach(), indices.detach().long()
