@@ -271,3 +271,19 @@ def test_gathered_validation_keeps_multilabel_rows(tmp_path) -> None:
     expected = torch.stack([torch.tensor([i % 2, 1, i % 3 == 0]).long() for i in range(5)])
     assert torch.equal(got["t"], expected)
     assert torch.equal(got["p"][:, 0], torch.arange(5).float() / 10)
+
+
+@pytest.mark.slow  # torchrun, two CPU processes (gloo), ~20 s
+def test_multilabel_run_on_two_processes(tmp_path) -> None:
+    # validation has one batch for two ranks: rank 1 predicts nothing and sends (0, L) targets
+    cmd = [
+        sys.executable, "-m", "cnnlab", "train", "--data", "builtin:multishapes?n=200&size=16",
+        "--model", "lenet5", "--epochs", "1", "--batch-size", "16", "--devices", "2",
+        "--device", "cpu", "--no-report", "--out", str(tmp_path), "--name", "ddp",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "ddp"
+    assert json.loads((run / "run.json").read_text())["world_size"] == 2
+    assert "val_map" in (run / "metrics.csv").read_text().splitlines()[0]
+    assert len(json.loads((run / "thresholds.json").read_text())["thresholds"]) == 5

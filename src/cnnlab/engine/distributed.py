@@ -437,9 +437,10 @@ def predict_sharded(
     else:  # more ranks than batches: this rank contributes nothing
         if k is None:
             raise RuntimeError("predict_sharded: a rank without batches needs task.num_classes")
+        row = tuple(getattr(loader, "targets", torch.empty(0)).shape[1:])  # (L,): multi-label
         p, t, i = (
             torch.empty(0, k),
-            torch.empty(0, dtype=torch.long),
+            torch.empty((0, *row), dtype=torch.long),
             torch.empty(0, dtype=torch.long),
         )
     return gather_eval(p, t, i, loader.num_samples)

@@ -180,6 +180,11 @@ class MultiLabelTask:
             )
         self._pos_weight: torch.Tensor | None = None
 
+    @property
+    def num_classes(self) -> int:
+        """The number of outputs, as every classification task names it (one per label)."""
+        return self.num_labels
+
     def _pos_weight_on(self, device: torch.device) -> torch.Tensor | None:
         if self.pos_weight is None:
             return None
