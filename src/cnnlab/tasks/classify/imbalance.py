@@ -85,6 +85,7 @@ class ClassBalance:
         mean = None
         if self.weights is not None:
             weights = dict(zip(self.class_names, self.weights, strict=True))
+        if self.weights is not None and not self.multilabel:  # pos_weight has no such mean
             total = sum(self.train_counts)
             mean = sum(n * w for n, w in zip(self.train_counts, self.weights, strict=True)) / total
         return {
