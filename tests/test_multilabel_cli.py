@@ -99,3 +99,19 @@ def test_metrics_bad_multilabel_csv_is_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("labels,score_cat,score_dog\ncat,0.1,x\n")
     user_error("metrics", str(bad), names=["bad.csv", "row 2", "'x'"])
+
+
+def test_runs_table_shows_a_multilabel_runs_macro_f1(tmp_path: Path) -> None:
+    from cnnlab.runs_table import read_runs
+
+    run = tmp_path / "runs" / "ml"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": "lenet5", "data": "m.csv"}))
+    (run / "metrics.csv").write_text("epoch,train_loss,val_macro_f1\n1,0.5,0.6\n")
+    (run / "run.json").write_text(json.dumps({"task": "classification", "multilabel": True}))
+    (run / "test_metrics.json").write_text(json.dumps({"macro": {"f1": 0.93}, "map": 0.97}))
+    rows, problems = read_runs(tmp_path / "runs")
+    assert problems == [] and (rows[0].metric, rows[0].value) == ("macro_f1", 0.93)
+    (run / "test_metrics.json").unlink()  # no test split: the last validation macro F1
+    rows, _ = read_runs(tmp_path / "runs")
+    assert (rows[0].metric, rows[0].value) == ("val_macro_f1", 0.6)
