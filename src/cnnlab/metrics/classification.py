@@ -86,6 +86,8 @@ __all__ = [
     "support",
     "average",
     "micro_metrics",
+    "micro_from_counts",
+    "per_class_from_counts",
     "cohen_kappa",
     "matthews_corrcoef",
     "per_class_metrics",
@@ -430,6 +432,12 @@ def _micro(c: dict[str, np.ndarray], sink: list[str] | None) -> dict[str, float]
             )[0]
         )
     return out
+
+
+def micro_from_counts(c: dict[str, np.ndarray], sink: list[str] | None) -> dict[str, float]:
+    """Micro averages of per-class (or per-label) counts ``c``: the one place their formulas
+    live (single-label from the confusion matrix, multi-label from cnnlab.metrics.multilabel)."""
+    return _micro(c, sink)
 
 
 def micro_metrics(cm: Any) -> dict[str, float]:

@@ -59,9 +59,9 @@ import numpy as np
 from cnnlab.metrics import scores
 from cnnlab.metrics.checks import emit, names_for, quote, to_numpy
 from cnnlab.metrics.classification import (
-    _micro,
     average_defined,
     finish_report,
+    micro_from_counts,
     per_class_from_counts,
 )
 
@@ -266,7 +266,7 @@ def averaged(
     c = label_counts(targets, preds)
     names = names_for(label_names, len(c["tp"]))
     if average == "micro":
-        pooled = _micro(c, sink)
+        pooled = micro_from_counts(c, sink)
         return {m: float(_fill(np.array([v]), zero_division)[0]) for m, v in pooled.items()}
     per = per_label_metrics(
         targets, preds, label_names=names, zero_division=zero_division, sink=sink
@@ -296,10 +296,8 @@ def subset_accuracy(targets: Any, preds: Any) -> float:
 
 
 def _binary_areas(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
-    """(ROC-AUC, AP) of one binary column, NaN where undefined (one sort, shared with scores)."""
-    order = np.argsort(s, kind="stable")[::-1]
-    fps, tps, _ = scores._counts_at_thresholds(y[order].astype(bool), s[order])
-    return scores._auc_from_counts(fps, tps), scores._ap_from_counts(fps, tps)
+    """(ROC-AUC, AP) of one 0/1 column, NaN where undefined (scores' sorted-count pass)."""
+    return scores.binary_areas(y.astype(bool), s)
 
 
 def _score_pair(targets: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
