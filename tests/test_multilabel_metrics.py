@@ -16,7 +16,7 @@ from sklearn import metrics as skm
 from cnnlab.metrics import multilabel as ml
 from cnnlab.metrics.checks import UndefinedMetricWarning
 
-SETTINGS = settings(max_examples=40, deadline=None)
+SETTINGS = settings(max_examples=30, deadline=None)
 TOL = 1e-9
 
 
