@@ -201,10 +201,14 @@ def test_multilabel_shapes_learns(multishapes_csv, tmp_path, labels: str) -> Non
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / labels / "test_metrics.json").read_text())
     macro_f1 = metrics["macro"]["f1"]
-    if labels == "true":
+    # without signal the best a threshold can do is answer "yes" always: F1 = 2q / (1 + q) for a
+    # label carried by a share q of the images (q ~ 0.4 here: 2 of 5 shapes per image -> ~0.57)
+    share = np.array([v["support"] for v in metrics["per_label"].values()]) / metrics["num_samples"]
+    always_yes = float(np.mean(2 * share / (1 + share)))
+    if labels == "true":  # measured: 0.9585 (seed 0, CPU, fp32)
         assert macro_f1 >= 0.9, macro_f1
-    else:  # no signal: F1 of guessing from label frequencies (~0.5 here at tuned thresholds)
-        assert macro_f1 <= 0.65, macro_f1
+    else:  # measured: 0.5764 against always-yes 0.5853
+        assert macro_f1 <= always_yes + 0.08, (macro_f1, always_yes)
 
 
 @pytest.mark.slow  # ~15 s: three 1-epoch runs
