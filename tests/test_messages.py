@@ -99,6 +99,14 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
         "lr-find",
         "video train",
     ),  # fmt: skip
+    "data/sources.py:multilabel_split": (  # reached through stratified_split
+        "train",
+        "finetune",
+        "transfer-study",
+        "lr-find",
+        "video train",
+    ),  # fmt: skip
+    "tasks/classify/multilabel.py:check_options": TRAINERS,  # multi-label data in training
     "data/sources.py:_torchvision": (*TRAINERS, "lr-find"),
     "data/sources.py:load_source": (*TRAINERS, "lr-find", "evaluate", "embed"),
     "data/sources.py:apply_split_file": (*TRAINERS, "lr-find", "evaluate", "embed"),

@@ -274,6 +274,8 @@ def explain(
     if task == "classification":
         if score_threshold is not None:
             raise ConfigError("--score-threshold is for detection runs; leave it out")
+        from cnnlab.tasks.classify.multilabel import run_thresholds
+
         return explain_image(
             run_or_checkpoint,
             image,
@@ -281,6 +283,7 @@ def explain(
             top_k=top_k,
             methods=tuple(methods),
             device=device,
+            label_thresholds=run_thresholds(run_or_checkpoint),  # None unless multi-label
         )
     if task == "segmentation":
         from cnnlab.segment import load_segmentation_model as load

@@ -302,7 +302,13 @@ def export_model(
     from cnnlab.run import resolve_weights, run_dir_of
 
     fmt = _check_format(format)
-    task = read_weights(resolve_weights(run_or_checkpoint))[1].get("task", "classification")
+    recorded = read_weights(resolve_weights(run_or_checkpoint))[1]
+    task = recorded.get("task", "classification")
+    if recorded.get("multilabel"):  # the exported metadata and predict_onnx speak of a softmax
+        raise ConfigError(
+            f"export covers single-label classification; {run_or_checkpoint} is a multi-label "
+            "run (answer its images with `cnnlab predict RUN IMAGES`)"
+        )
     if fmt not in EXPORTABLE.get(task, ()):
         can = EXPORTABLE.get(task)
         raise ConfigError(

@@ -35,6 +35,8 @@ MAIN_METRIC = {
     "detection": ("map_50", "val_map50"),
     "video-classification": ("accuracy", "val_accuracy"),
 }
+#: a multi-label classification run (run.json "multilabel"): test_metrics.json's macro F1
+MULTILABEL_METRIC = ("macro_f1", "val_macro_f1")
 #: the columns `--sort` may name (the table's)
 SORT_KEYS = ("date", "name", "task", "model", "data", "metric", "epochs", "time", "size")
 #: newest epoch checkpoints each --keep policy keeps (None: all), as cnnlab.engine.checkpoint.KEEP
@@ -148,9 +150,13 @@ def read_run(path: Path) -> RunRow:
     row.timestamp = stamp_file.stat().st_mtime
     row.date = time.strftime("%Y-%m-%d %H:%M", time.localtime(row.timestamp))
     test_name, val_name = MAIN_METRIC.get(row.task, ("accuracy", "val_accuracy"))
+    multilabel = bool((record or {}).get("multilabel"))
+    if multilabel:  # several labels per image: macro F1 at the run's per-label thresholds
+        test_name, val_name = MULTILABEL_METRIC
     if (path / "test_metrics.json").exists():
         test = _json_object(path / "test_metrics.json")
-        row.metric, row.value = test_name, _number(test.get(test_name))
+        value = (test.get("macro") or {}).get("f1") if multilabel else test.get(test_name)
+        row.metric, row.value = test_name, _number(value)
         interval = (test.get("confidence_intervals") or {}).get(test_name) or {}
         row.low, row.high = _number(interval.get("low")), _number(interval.get("high"))
     elif history and val_name in history[-1]:  # no test split: the last epoch's validation

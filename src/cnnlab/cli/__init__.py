@@ -607,7 +607,15 @@ def build_parser() -> argparse.ArgumentParser:
         "metrics", help="score predictions from any tool: a CSV of labels and scores"
     )
     p.add_argument(
-        "csv", help="CSV with a `label` column and `score_<class>` columns or a `pred` column"
+        "csv",
+        help="CSV with a `label` column and `score_<class>` columns or a `pred` column; "
+        "multi-label: a `labels` column (`;` between labels) and `score_<label>` columns",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="multi-label CSVs: a label is predicted when its score is at least this",
     )
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
@@ -725,6 +733,9 @@ def _require_run(path: str) -> None:
 
 
 def print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None:
+    if "per_label" in metrics:  # a multi-label report (cnnlab.metrics.multilabel)
+        print_multilabel_metrics(metrics, title)
+        return
     ci = metrics.get("confidence_intervals", {})
     head = Table(title=title, show_header=True)
     for col in ("metric", "value", "95% CI"):
@@ -764,6 +775,53 @@ def print_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None:
                 text[1:] if text.startswith("0.") else text
             )  # ".980": narrow enough for 80 columns
         per.add_row(str(name), *cells)
+    out.print(per)
+    for w in metrics.get("warnings", []):
+        err.print(f"[yellow]note:[/] {escape(str(w))}")
+
+
+def _cell(v: Any) -> str:
+    text = "-" if v is None else (f"{v:d}" if isinstance(v, int) else f"{v:.3f}")
+    return text[1:] if text.startswith("0.") else text  # ".980": narrow enough for 80 columns
+
+
+def print_multilabel_metrics(metrics: dict[str, Any], title: str = "test metrics") -> None:
+    """A multi-label report: the overall numbers, the averages, then one row per label."""
+    head = Table(title=f"{title} (multi-label)", show_header=True)
+    head.add_column("metric")
+    head.add_column("value", justify="right")
+    for name, key in (
+        ("subset accuracy (exact match)", "subset_accuracy"),
+        ("Hamming loss", "hamming_loss"),
+        ("mAP (macro AP)", "map"),
+        ("label-ranking AP", "label_ranking_average_precision"),
+    ):
+        v = metrics.get(key)
+        head.add_row(name, "undefined" if v is None else f"{v:.4f}")
+    out.print(head)
+    avg = Table(title="averages", show_header=True, padding=(0, 1))
+    avg.add_column("average")
+    metric_cols = ("precision", "recall", "f1", "roc_auc", "average_precision")
+    for m in metric_cols:
+        avg.add_column({"average_precision": "AP", "roc_auc": "auc"}.get(m, m), justify="right")
+    for kind in ("micro", "macro", "weighted", "samples"):
+        avg.add_row(kind, *(_cell(metrics.get(kind, {}).get(m)) for m in metric_cols))
+    out.print(avg)
+    per = Table(
+        title="per label; recall = TPR, TNR = specificity",
+        show_header=True,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+    cols = ("support", "tp", "fp", "tn", "fn", "precision", "recall", "f1", "tnr",
+            "roc_auc", "average_precision", "threshold")  # fmt: skip
+    short = {"support": "n", "precision": "prec", "recall": "rec", "roc_auc": "auc",
+             "average_precision": "AP", "threshold": "thr"}  # fmt: skip
+    per.add_column("label", overflow="fold")
+    for c in cols:
+        per.add_column(short.get(c, c), justify="right", no_wrap=True)
+    for name, vals in metrics.get("per_label", {}).items():
+        per.add_row(str(name), *(_cell(vals.get(c)) for c in cols))
     out.print(per)
     for w in metrics.get("warnings", []):
         err.print(f"[yellow]note:[/] {escape(str(w))}")
@@ -1288,6 +1346,9 @@ def _predict(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.precision != "auto":  # stdout stays the predictions alone (csv / json parse it)
         err.print(f"inference precision: {args.precision}")
+    if any(p.labels is not None for p in preds):  # a multi-label run
+        _print_multilabel_predictions(preds, args.format)
+        return 1 if any(p.error for p in preds) else 0
     point = api.operating_point(args.run) if args.operating_point else None
     if point:  # on stderr: which threshold decides (stdout stays the predictions)
         err.print(
@@ -1357,6 +1418,42 @@ def _predict(args: argparse.Namespace) -> int:
             t.add_row(*cells)
         out.print(t)
     return 1 if any(p.error for p in preds) else 0
+
+
+def _print_multilabel_predictions(preds: list[Any], fmt: str) -> None:
+    """A multi-label run's answers: each image's labels at or above their thresholds, with their
+    probabilities (json and csv: every label's probability and threshold too)."""
+    if fmt == "json":
+        rows = [
+            dataclasses.asdict(p) | {"answer": ";".join(n for n, _, _ in p.predicted_labels)}
+            for p in preds
+        ]
+        print(json.dumps(rows, indent=2))
+        return
+    if fmt == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(["path", "label", "probability", "threshold", "predicted", "error"])
+        for p in preds:
+            if p.error:
+                w.writerow([p.path, "", "", "", "", p.error])
+            for name, prob, thr in p.labels or []:
+                w.writerow([p.path, name, f"{prob:.6f}", f"{thr:.6g}",
+                            str(prob >= thr).lower(), ""])  # fmt: skip
+        return
+    t = Table(show_header=True)
+    for c in ("image", "labels (probability >= threshold)", "others"):
+        t.add_column(c)
+    for p in preds:
+        if p.error:
+            t.add_row(p.path, "[red]error[/]", p.error)
+            continue
+        chosen = p.predicted_labels
+        shown = ", ".join(f"{escape(n)} {pr:.3f} (>= {thr:.3g})" for n, pr, thr in chosen)
+        rest = ", ".join(f"{escape(n)} {pr:.3f}" for n, pr, thr in p.labels if pr < thr)
+        t.add_row(p.path, shown or "[dim]none[/]", rest)
+    out.print(t)
 
 
 def _warn_out_of_domain(preds: list[Any]) -> None:
@@ -1496,8 +1593,26 @@ def _models(args: argparse.Namespace) -> int:
 @command("metrics")
 def _metrics(args: argparse.Namespace) -> int:
     from cnnlab.metrics import classification_metrics
-    from cnnlab.metrics.io import read_predictions_csv
+    from cnnlab.metrics.io import (
+        is_multilabel_csv,
+        read_multilabel_predictions_csv,
+        read_predictions_csv,
+    )
 
+    if is_multilabel_csv(args.csv):
+        from cnnlab.metrics.multilabel import multilabel_metrics
+
+        if not 0.0 <= args.threshold <= 1.0:
+            raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
+        targets, probs, preds, names = read_multilabel_predictions_csv(args.csv)
+        metrics = multilabel_metrics(
+            targets, probs, preds=preds, thresholds=args.threshold, label_names=names
+        )
+        if args.json:
+            print(json.dumps(metrics, indent=2))
+        else:
+            print_metrics(metrics, f"metrics of {args.csv}")
+        return 0
     targets, probs, preds, names = read_predictions_csv(args.csv)
     metrics = classification_metrics(targets, probs, preds=preds, class_names=names)
     from cnnlab.metrics.stats import headline_intervals

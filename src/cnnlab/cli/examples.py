@@ -92,7 +92,10 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("cnnlab models show mobilenet_v2 --image-size 32", "a modern backbone's blocks explained"),
         ("cnnlab models --task segment", "the segmentation architectures"),
     ],
-    "metrics": [("cnnlab metrics scores.csv --json", "")],
+    "metrics": [
+        ("cnnlab metrics scores.csv --json", ""),
+        ("cnnlab metrics multilabel.csv --threshold 0.4", "labels column with ';' between labels"),
+    ],
     "compare": [("cnnlab compare runs/a runs/b", "McNemar's exact test on the same test set")],
     "conv": [
         ('cnnlab conv --x "1 2 3 4 5" --w "3 2 1" --mode full --explain', "step by step"),

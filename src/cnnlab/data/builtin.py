@@ -5,6 +5,9 @@
 - `builtin:shapes`: circles, squares, triangles, crosses and diamonds of random size, colour and position on a noisy
   background; ground-truth masks and boxes are kept because detection and segmentation reuse the same generator.
   Options go after a colon-separated query: `builtin:shapes?n=2000&size=32&seed=0&objects=1`.
+- `builtin:multishapes`: multi-label images: between `min_objects` and `max_objects` different shapes per
+  image, one per cell of a 2 x 2 grid (never overlapping, so every shape present is visible); the target is
+  the (N, 5) 0/1 matrix of the shapes present: `builtin:multishapes?n=600&size=32&seed=0&max_objects=3`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ SHAPE_CLASSES = ("circle", "square", "triangle", "cross", "diamond")
 
 @dataclass
 class ArrayDataset:
-    """A whole dataset held in memory. images: (N, H, W, C) uint8; targets: (N,) int64."""
+    """A whole dataset held in memory. images: (N, H, W, C) uint8; targets: (N,) int64 class
+    indices, or (N, L) int64 0/1 for a multi-label dataset (label l present in image i)."""
 
     images: np.ndarray
     targets: np.ndarray
@@ -121,7 +125,54 @@ def make_shapes(
     )
 
 
-BUILTINS = {"mnist-sample": mnist_sample, "digits": sklearn_digits, "shapes": make_shapes}
+def make_multishapes(
+    n: int = 600,
+    size: int = 32,
+    *,
+    seed: int = 0,
+    min_objects: int = 1,
+    max_objects: int = 3,
+    classes: tuple[str, ...] = SHAPE_CLASSES,
+) -> ArrayDataset:
+    """Seeded multi-label shapes: each image holds k different shapes, k uniform in
+    [min_objects, max_objects], each centred in its own cell of a 2 x 2 grid with a radius of
+    30-45 % of the cell side (so shapes never touch); targets (N, L) 0/1 = the shapes present."""
+    cells = 4  # the 2 x 2 grid
+    if n < 1 or size < 16:
+        raise ConfigError(
+            f"builtin:multishapes needs n >= 1 and size >= 16, got n={n}, size={size}"
+        )
+    if not 0 <= min_objects <= max_objects <= min(cells, len(classes)):
+        raise ConfigError(
+            f"builtin:multishapes needs 0 <= min_objects <= max_objects <= "
+            f"{min(cells, len(classes))}, got min_objects={min_objects}, max_objects={max_objects}"
+        )
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    half = size / 2  # the cell side, pixels
+    images = np.clip(
+        rng.integers(0, 60, size=(n, 1, 1, 3)) + rng.normal(0, 8, size=(n, size, size, 3)), 0, 255
+    )
+    targets = np.zeros((n, len(classes)), dtype=np.int64)
+    for i in range(n):
+        k = int(rng.integers(min_objects, max_objects + 1))
+        kinds = rng.choice(len(classes), size=k, replace=False)
+        places = rng.choice(cells, size=k, replace=False)
+        for kind, place in zip(kinds, places, strict=True):
+            r = rng.uniform(0.30, 0.45) * half
+            cy = (place // 2) * half + rng.uniform(r, half - r)
+            cx = (place % 2) * half + rng.uniform(r, half - r)
+            images[i][shape_mask(classes[kind], yy, xx, cy, cx, r)] = rng.integers(120, 256, 3)
+            targets[i, kind] = 1
+    return ArrayDataset(images.astype(np.uint8), targets, list(classes), "multishapes")
+
+
+BUILTINS = {
+    "mnist-sample": mnist_sample,
+    "digits": sklearn_digits,
+    "shapes": make_shapes,
+    "multishapes": make_multishapes,
+}
 
 
 def load_builtin(spec: str) -> ArrayDataset:
@@ -133,6 +184,8 @@ def load_builtin(spec: str) -> ArrayDataset:
             f"choose from {', '.join('builtin:' + b for b in BUILTINS)}"
         )
     params = dict(parse_qsl(query))
+    if name == "multishapes":
+        return make_multishapes(**builtin_options(name, query, _MULTISHAPES_OPTIONS))
     if name != "shapes" and params:
         raise ConfigError(f"builtin:{name} takes no options, got {sorted(params)}")
     if name == "shapes":
@@ -141,6 +194,9 @@ def load_builtin(spec: str) -> ArrayDataset:
 
 
 _SHAPES_OPTIONS = {"n": int, "size": int, "seed": int, "objects": int}
+_MULTISHAPES_OPTIONS = {
+    "n": int, "size": int, "seed": int, "min_objects": int, "max_objects": int,
+}  # fmt: skip
 
 
 def builtin_options(name: str, query: str, allowed: dict[str, type]) -> dict[str, Any]:

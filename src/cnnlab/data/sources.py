@@ -2,11 +2,15 @@
 
 Sources:
   DIR                   class-per-subfolder, optionally with train/ val/ test/ subfolders
-  FILE.csv              columns `path,label` (optional `split`), paths relative to the CSV's folder
-  builtin:NAME          mnist-sample | digits | shapes[?n=..&size=..&seed=..]  (offline)
+  FILE.csv              columns `path,label` (optional `split`), paths relative to the CSV's folder;
+                        multi-label: `path,labels` with `;` between labels (`cat;dog`), or `path`
+                        and one 0/1 column per label (`path,cat,dog`)
+  builtin:NAME          mnist-sample | digits | shapes[?n=..&size=..&seed=..] | multishapes (offline)
   torchvision:NAME      MNIST | FashionMNIST | CIFAR10 | CIFAR100 through torchvision's classes (--data-root)
 
-Without given val/test splits, a stratified, seeded split is made; the exact sample ids of every split are stored in
+A multi-label dataset's targets are an (N, L) 0/1 matrix (``DataBundle.multilabel``) instead of (N,)
+class indices. Without given val/test splits, a stratified, seeded split is made (iterative
+stratification for multi-label targets); the exact sample ids of every split are stored in
 the run directory (`splits.json`) so that evaluation later uses the same held-out test set.
 """
 
@@ -72,6 +76,11 @@ class DataBundle:
     scan: Any = None  # cnnlab.data.scan.ScanReport for file sources
     extras: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def multilabel(self) -> bool:
+        """Whether the targets are an (N, L) 0/1 label matrix (several labels per image)."""
+        return next(iter(self.splits.values())).targets.ndim == 2
+
 
 # ---------------------------------------------------------------------------------------------------------------
 def stratified_split(
@@ -84,7 +93,10 @@ def stratified_split(
     """Indices of a seeded split that keeps each class's share in every part (scikit-learn's splitter).
 
     ``class_names`` (index -> name) only words the errors: a class is named, not numbered.
+    (N, L) multi-label targets: see :func:`multilabel_split`.
     """
+    if targets.ndim == 2:
+        return multilabel_split(targets, val_fraction, test_fraction, seed)
     idx = np.arange(len(targets))
     counts = np.bincount(targets)
     needed = 1 + (val_fraction > 0) + (test_fraction > 0)
@@ -135,6 +147,38 @@ def stratified_split(
         rest, out["val"] = train_test_split(
             rest, test_size=rel, stratify=targets[rest], random_state=seed + 1
         )
+    out["train"] = rest
+    return {k: np.sort(v) for k, v in out.items()}
+
+
+def multilabel_split(
+    targets: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
+    """Indices of a seeded split of (N, L) 0/1 targets by iterative stratification (Sechidis et
+    al. 2011, the maintained ``iterative-stratification`` package, as ``cnnlab cv``): each label's
+    positives are spread over the parts as evenly as the label combinations allow."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    n = len(targets)
+    n_test = math.ceil(test_fraction * n)
+    n_val = math.ceil(val_fraction * n) if val_fraction > 0 else 0
+    if n - n_test - n_val < 1:
+        raise DataError(
+            "dataset",
+            f"--val-fraction {val_fraction:g} and --test-fraction {test_fraction:g} leave no "
+            f"training image of the {n}; lower them or add images",
+        )
+    out: dict[str, np.ndarray] = {}
+    rest = np.arange(n)
+    for name, fraction, seed_offset in (("test", test_fraction, 0), ("val", val_fraction, 1)):
+        if fraction <= 0:
+            continue
+        size = n_test if name == "test" else n_val
+        splitter = MultilabelStratifiedShuffleSplit(
+            n_splits=1, test_size=size, random_state=seed + seed_offset
+        )
+        keep, held = next(splitter.split(np.zeros((len(rest), 1)), targets[rest]))
+        out[name], rest = rest[held], rest[keep]
     out["train"] = rest
     return {k: np.sort(v) for k, v in out.items()}
 
@@ -214,7 +258,9 @@ def _torchvision(name: str, root: str | None, val: float, test: float, seed: int
     )
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
+def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """(rows, label columns): ``[]`` for the single-label form `path,label`, ``["labels"]`` for
+    `path,labels` (``;`` between labels), else the 0/1 columns of `path,<label>,<label>...`."""
     try:
         text = path.read_text(encoding="utf-8-sig")  # utf-8-sig drops a BOM
     except UnicodeDecodeError:
@@ -226,27 +272,73 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
     except csv.Error:
         dialect = csv.excel
     reader = csv.DictReader(text.splitlines(), dialect=dialect)
-    fields = [f.strip().lower() for f in reader.fieldnames or []]
+    fields = [_column(f) for f in reader.fieldnames or []]
+    label_columns: list[str] = []
+    if "path" in fields and "label" not in fields:
+        others = [f for f in fields if f not in _RESERVED and f]
+        label_columns = ["labels"] if "labels" in fields else others if len(others) >= 2 else []
     missing = [c for c in ("path", "label") if c not in fields]
-    if missing:
+    if missing and not label_columns:
         raise DataError(
             path,
             f"missing column(s) {missing}; found {reader.fieldnames}. Expected a header "
-            "`path,label` (optional `split` with train/val/test)",
+            "`path,label` (optional `split` with train/val/test); multi-label: `path,labels` "
+            "with `;` between labels, or `path` and one 0/1 column per label",
         )
-    return [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    rows = [{_column(k): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    return rows, label_columns
 
 
-def _csv_items(path: Path) -> tuple[list[tuple[Path, str, str | None]], Path]:
-    """(file, label, split) per row; paths must stay inside the CSV's folder."""
+_RESERVED = ("path", "label", "labels", "split")  # matched in any case; label columns keep theirs
+
+
+def _column(name: str) -> str:
+    name = name.strip()
+    return name.lower() if name.lower() in _RESERVED else name
+
+
+def _label_set(row: dict[str, str], columns: list[str], path: Path, row_no: int) -> str:
+    """A multi-label row's labels as one canonical string, sorted and joined by ``;``."""
+    rel = row.get("path", "")
+    if columns == ["labels"]:
+        cell = row.get("labels", "")
+        names = sorted({x.strip() for x in cell.split(";")} - {""})
+        if not names or cell.lower() == "nan":
+            raise DataError(
+                path,
+                f"empty labels for {rel!r}; write the image's labels separated by ';' (for "
+                "images with no label use the one 0/1 column per label form)",
+                row=row_no,
+            )
+        return ";".join(names)
+    bad = {c: row.get(c, "") for c in columns if row.get(c, "") not in ("0", "1")}
+    if bad:
+        column, value = next(iter(bad.items()))
+        raise DataError(
+            path,
+            f"label column {column!r} of {rel!r} holds {value!r}; each label column holds 0 "
+            "(absent) or 1 (present)",
+            row=row_no,
+        )
+    return ";".join(sorted(c for c in columns if row[c] == "1"))
+
+
+def _csv_items(
+    path: Path,
+) -> tuple[list[tuple[Path, str, str | None]], Path, list[str] | None]:
+    """(file, label, split) per row, the root, and the label columns of a multi-label CSV (None
+    for a single-label one, whose rows' label is a class name; a multi-label row's label is its
+    labels joined by ';'); paths must stay inside the CSV's folder."""
     root = path.parent.resolve()
-    rows = _read_csv(path)
+    rows, label_columns = _read_csv(path)
     items, seen = [], {}
     for row_no, row in enumerate(rows, start=2):  # row 1 is the header
         rel, label, split = row.get("path", ""), row.get("label", ""), row.get("split") or None
         if not rel:
             raise DataError(path, "empty path", row=row_no)
-        if not label or label.lower() == "nan":
+        if label_columns:
+            label = _label_set(row, label_columns, path, row_no)
+        elif not label or label.lower() == "nan":
             raise DataError(
                 path, f"empty label for {rel!r}; every row needs a class name", row=row_no
             )
@@ -271,7 +363,9 @@ def _csv_items(path: Path) -> tuple[list[tuple[Path, str, str | None]], Path]:
             continue
         seen[rel] = label
         items.append((root / p, label, split))
-    return items, root
+    if not label_columns:
+        return items, root, None
+    return items, root, [] if label_columns == ["labels"] else label_columns  # []: from the rows
 
 
 def _check_label_spelling(labels: list[str], where: Path) -> None:
@@ -304,14 +398,22 @@ def _check_two_classes(labels: list[str], item_labels: list[str], where: Path) -
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
-def _from_items(listing: Any, root: Path, source: str, cfg: Any) -> DataBundle:
+def _from_items(
+    listing: Any, root: Path, source: str, cfg: Any, label_columns: list[str] | None = None
+) -> DataBundle:
     """Scan the files (read-only, full decode), drop bad ones per policy, then split.
 
     `listing` is a FolderListing (folder layout) or a list of (path, label, split) items (CSV).
+    ``label_columns``: None for single-label items; for multi-label ones (label = labels joined
+    by ';') the declared labels, or [] when the labels are those the rows name.
     """
     from cnnlab.data.scan import scan_dataset
     from cnnlab.data.tensors import default_cache_dir
 
+    label_sets: dict[str, list[str]] = {}
+    if label_columns is not None:  # the scan sees no label: label combinations are not classes
+        label_sets = {os.fspath(p): lab.split(";") if lab else [] for p, lab, _ in listing}
+        listing = [(p, None, split) for p, _, split in listing]
     # The scan's per-file results are cached (JSON, keyed by path/size/mtime), so a second run skips re-decoding.
     report = scan_dataset(
         listing, root=root, max_pixels=cfg.max_image_pixels, cache_dir=default_cache_dir() / "scans"
@@ -320,16 +422,26 @@ def _from_items(listing: Any, root: Path, source: str, cfg: Any) -> DataBundle:
         strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction, pixel_hint=PIXEL_LIMIT_HINT
     )
     usable = report.usable_items  # [DataItem(path, label, split)]
-    labels = sorted({it.label for it in usable})
-    _check_label_spelling(labels, root)
-    _check_two_classes(labels, [it.label for it in usable], root)
-    index = {c: i for i, c in enumerate(labels)}
+    if label_columns is None:
+        labels = sorted({it.label for it in usable})
+        _check_label_spelling(labels, root)
+        _check_two_classes(labels, [it.label for it in usable], root)
+        index = {c: i for i, c in enumerate(labels)}
+        targets = np.array([index[it.label] for it in usable], dtype=np.int64)
+    else:
+        labels, targets = _label_matrix([label_sets[it.path] for it in usable], label_columns)
+        _check_label_spelling(labels, root)
+        if len(labels) < 2:
+            raise DataError(
+                source,
+                f"a multi-label dataset needs at least 2 labels, found {labels}; for one label "
+                "use the single-label form `path,label` with a 'no' class",
+            )
     given = {it.split for it in usable if it.split}
     if given and "train" not in given:
         raise DataError(root, f"found splits {sorted(given)} but no 'train'")
     real_root = os.path.realpath(root)  # os.path: ~2x faster than Path.resolve over many files
     ids = [os.path.relpath(os.path.realpath(it.path), real_root) for it in usable]
-    targets = np.array([index[it.label] for it in usable], dtype=np.int64)
     whole = Split(ids, targets, paths=[Path(it.path) for it in usable])
     if given:
         splits = {
@@ -372,6 +484,17 @@ def _from_items(listing: Any, root: Path, source: str, cfg: Any) -> DataBundle:
     )
 
 
+def _label_matrix(sets: list[list[str]], declared: list[str]) -> tuple[list[str], np.ndarray]:
+    """(label names, (N, L) int64 0/1): the declared labels in their order, else the sorted
+    labels the rows name."""
+    names = list(declared) or sorted({lab for labs in sets for lab in labs})
+    index = {c: i for i, c in enumerate(names)}
+    targets = np.zeros((len(sets), len(names)), dtype=np.int64)
+    for i, labs in enumerate(sets):
+        targets[i, [index[lab] for lab in labs]] = 1
+    return names, targets
+
+
 def load_source(cfg: Any) -> DataBundle:
     """Resolve `cfg.data` (a TrainConfig or anything with the same fields) into a DataBundle.
 
@@ -400,8 +523,8 @@ def load_source(cfg: Any) -> DataBundle:
             raise DataError(
                 path, "is a file but not a .csv; --data takes a folder, a CSV or builtin:NAME"
             )
-        items, root = _csv_items(path)
-        return _from_items(items, root, str(path), cfg)
+        items, root, label_columns = _csv_items(path)
+        return _from_items(items, root, str(path), cfg, label_columns)
     from cnnlab.data.scan import items_from_folder
 
     if not path.is_dir():
@@ -492,6 +615,10 @@ def remap_classes(bundle: DataBundle, class_names: list[str], split: str) -> Spl
     else:
         chosen = concat_splits([bundle.splits[k] for k in bundle.splits])
     lut = np.array([class_names.index(c) for c in bundle.class_names], dtype=np.int64)
+    if chosen.targets.ndim == 2:  # multi-label: the data's label columns moved to the model's
+        targets = np.zeros((len(chosen), len(class_names)), dtype=np.int64)
+        targets[:, lut] = chosen.targets
+        return Split(chosen.ids, targets, chosen.paths, chosen.images)
     return Split(chosen.ids, lut[chosen.targets], chosen.paths, chosen.images)
 
 

@@ -357,11 +357,11 @@ def gather_eval(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every rank's predictions, in sample order 0..n_total-1, on every rank (CPU tensors).
 
-    probs: (n_r, K) scores, targets: (n_r,), indices: (n_r,) sample index of each row on this rank;
-    counts may differ between ranks. Rows are padded to the longest rank (index -1), all-gathered,
-    and put back at their index; a sample predicted on several ranks (DistributedSampler-style
-    padding) keeps its first occurrence in rank order. Raises if a sample of 0..n_total-1 is
-    missing.
+    probs: (n_r, K) scores, targets: (n_r,) or (n_r, L) (multi-label), indices: (n_r,) sample
+    index of each row on this rank; counts may differ between ranks. Rows are padded to the
+    longest rank (index -1), all-gathered, and put back at their index; a sample predicted on
+    several ranks (DistributedSampler-style padding) keeps its first occurrence in rank order.
+    Raises if a sample of 0..n_total-1 is missing.
     """
     info = current()
     probs, targets, indices = probs.detach(), targets.detach(), indices.detach().long()
@@ -371,7 +371,10 @@ def gather_eval(
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
         m, pad = int(count.item()), int(count.item()) - probs.shape[0]
         p = torch.cat([probs.to(dev), probs.new_zeros((pad, *probs.shape[1:]), device=dev)])
-        t = torch.cat([targets.to(dev), targets.new_full((pad,), -1, device=dev)])
+        # targets (n_r,) class indices or (n_r, L) multi-label rows: padded like the probs
+        t = torch.cat(
+            [targets.to(dev), targets.new_full((pad, *targets.shape[1:]), -1, device=dev)]
+        )
         i = torch.cat([indices.to(dev), indices.new_full((pad,), -1, device=dev)])
         parts = {}
         for name, x in (("p", p), ("t", t), ("i", i)):
@@ -434,9 +437,10 @@ def predict_sharded(
     else:  # more ranks than batches: this rank contributes nothing
         if k is None:
             raise RuntimeError("predict_sharded: a rank without batches needs task.num_classes")
+        row = tuple(getattr(loader, "targets", torch.empty(0)).shape[1:])  # (L,): multi-label
         p, t, i = (
             torch.empty(0, k),
-            torch.empty(0, dtype=torch.long),
+            torch.empty((0, *row), dtype=torch.long),
             torch.empty(0, dtype=torch.long),
         )
     return gather_eval(p, t, i, loader.num_samples)

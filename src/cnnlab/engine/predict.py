@@ -69,6 +69,14 @@ class Prediction:
     # with a calibrated run (cnnlab.engine.calibration): {"score", "value", "threshold",
     # "out_of_domain"}: the input looks unlike the training data when value > threshold
     out_of_domain: dict[str, Any] | None = None
+    # a multi-label run (cnnlab.tasks.classify.multilabel): every label, most probable first, as
+    # (label, probability, its threshold); the answer is those with probability >= threshold
+    labels: list[tuple[str, float, float]] | None = None
+
+    @property
+    def predicted_labels(self) -> list[tuple[str, float, float]]:
+        """A multi-label prediction's labels at or above their thresholds ([] otherwise)."""
+        return [item for item in self.labels or [] if item[1] >= item[2]]
 
     @property
     def answer(self) -> str | None:

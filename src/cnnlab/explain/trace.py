@@ -89,6 +89,8 @@ class Trace:
     first_filters_shape: tuple[int, ...]  # full (K, C_in, k, k)
     flatten_length: int | None  # length of the vector entering the fully connected layers
     stages: list[dict[str, Any]] = field(default_factory=list)  # feature_info + output shapes
+    # a multi-label model: ``probs`` are sigmoid(logits), each label's own probability
+    multilabel: bool = False
 
     @property
     def predicted(self) -> int:

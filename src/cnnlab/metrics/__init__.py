@@ -6,6 +6,9 @@
 * :mod:`.scores` -- ROC / PR curves, ROC-AUC (one-vs-rest, one-vs-one), average precision,
   top-k accuracy, log loss, ECE and reliability-diagram data, ``find_threshold``;
 * :mod:`.stats` -- bootstrap intervals, exact McNemar test, paired accuracy difference;
+* :mod:`.multilabel` -- multi-label (N, L) targets: per-label counts and ratios, micro / macro /
+  weighted / samples averages, Hamming loss, subset accuracy, ROC-AUC, AP, mAP, LRAP, per-label
+  thresholds (:func:`multilabel_metrics` -- the multi-label report);
 * :mod:`.accumulate` -- :class:`ClassificationAccumulator` (batch by batch);
 * :mod:`.io` -- :func:`read_predictions_csv`.
 
@@ -40,6 +43,7 @@ from cnnlab.metrics.classification import (
     tpr,
 )
 from cnnlab.metrics.io import read_predictions_csv
+from cnnlab.metrics.multilabel import multilabel_metrics
 from cnnlab.metrics.scores import (
     average_precision,
     average_precision_ovr,
@@ -89,6 +93,7 @@ __all__ = [
     "log_loss",
     "matthews_corrcoef",
     "mcnemar_exact",
+    "multilabel_metrics",
     "micro_metrics",
     "per_class_metrics",
     "precision",

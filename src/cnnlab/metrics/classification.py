@@ -86,6 +86,8 @@ __all__ = [
     "support",
     "average",
     "micro_metrics",
+    "micro_from_counts",
+    "per_class_from_counts",
     "cohen_kappa",
     "matthews_corrcoef",
     "per_class_metrics",
@@ -432,6 +434,12 @@ def _micro(c: dict[str, np.ndarray], sink: list[str] | None) -> dict[str, float]
     return out
 
 
+def micro_from_counts(c: dict[str, np.ndarray], sink: list[str] | None) -> dict[str, float]:
+    """Micro averages of per-class (or per-label) counts ``c``: the one place their formulas
+    live (single-label from the confusion matrix, multi-label from cnnlab.metrics.multilabel)."""
+    return _micro(c, sink)
+
+
 def micro_metrics(cm: Any) -> dict[str, float]:
     """Micro averages: pool TP, FP, TN, FN over classes, then apply the lecture's formulas.
 
@@ -494,7 +502,15 @@ def matthews_corrcoef(cm: Any) -> float:
 def _per_class(
     cm: np.ndarray, names: list[str], sink: list[str] | None, beta: float = 1.0
 ) -> dict[str, np.ndarray]:
-    c = confusion_counts(cm)
+    return per_class_from_counts(confusion_counts(cm), names, sink, beta)
+
+
+def per_class_from_counts(
+    c: dict[str, np.ndarray], names: list[str], sink: list[str] | None, beta: float = 1.0
+) -> dict[str, np.ndarray]:
+    """The per-class ratio metrics of one-vs-rest counts ``c`` (``tp fp tn fn support``, each
+    ``(K,)``): the one place their formulas and undefined policy live. Single-label counts come
+    from the confusion matrix; multi-label counts per label (:mod:`cnnlab.metrics.multilabel`)."""
     out: dict[str, np.ndarray] = dict(c)
     out["precision"] = ratio(
         c["tp"],

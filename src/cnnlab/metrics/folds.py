@@ -24,7 +24,7 @@ _NOT_SCORES = frozenset(
      "reliability", "confidence_intervals", "warnings", "tp", "fp", "tn", "fn", "support",
      "positive_class", "count"}
 )  # fmt: skip
-_AVERAGES = ("macro", "weighted", "micro")
+_AVERAGES = ("macro", "weighted", "micro", "samples")  # samples: multi-label reports only
 _RANGES = {"log_loss": (0.0, math.inf), "cohen_kappa": (-1.0, 1.0), "mcc": (-1.0, 1.0)}
 
 
@@ -62,7 +62,8 @@ def fold_interval(
 
 
 def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, float | None]:
-    """The scores of one ``classification_metrics`` result as flat names: ``accuracy``,
+    """The scores of one ``classification_metrics`` (or ``multilabel_metrics``) result as flat
+    names: ``accuracy``,
     ``macro_f1``, ``top_5_accuracy``, ``binary_recall``, ``recall[cat]`` (per class), ... Counts,
     settings and arrays are left out; an undefined score stays None."""
     flat: dict[str, float | None] = {}
@@ -77,7 +78,7 @@ def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, float | None]:
             flat |= {f"{key}_{k}": v for k, v in value.items() if k not in _NOT_SCORES and score(v)}
         elif key == "top_k_accuracy":
             flat |= {f"top_{k}_accuracy": v for k, v in value.items() if score(v)}
-        elif key == "per_class":
+        elif key in ("per_class", "per_label"):  # per_label: a multi-label report
             for name, row in value.items():
                 flat |= {
                     f"{k}[{name}]": v for k, v in row.items() if k not in _NOT_SCORES and score(v)

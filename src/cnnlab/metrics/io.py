@@ -23,6 +23,17 @@ Both may be present (then both are returned). Example::
     cat,0.9,0.1
     dog,0.3,0.7
 
+Multi-label (several labels per sample; :func:`read_multilabel_predictions_csv`): a ``labels``
+column holds each sample's true labels separated by ``;`` (empty: no label), and there is one
+``score_<label>`` / ``prob_<label>`` column per label (the label names and order). A score is
+a decision at ``score >= threshold`` (0.5 unless told); ``score_`` columns outside [0, 1] are
+read as logits and passed through the sigmoid (logged). An optional ``pred_labels`` column
+(``;``-separated) gives the decisions instead. Example::
+
+    labels,score_cat,score_dog
+    cat;dog,0.9,0.6
+    ,0.2,0.1
+
 Errors (``cnnlab.errors.DataError`` naming the file, the row -- the file's line number, the
 header being row 1 -- and how to fix it): missing file, empty file / no data rows, missing
 columns (listing the accepted names), wrong number of fields, empty or unknown label (with the
@@ -44,9 +55,18 @@ from cnnlab.metrics.scores import PROB_SUM_TOL, softmax
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_predictions_csv", "LABEL_COLUMNS", "PRED_COLUMNS", "SCORE_PREFIXES"]
+__all__ = [
+    "read_predictions_csv",
+    "read_multilabel_predictions_csv",
+    "is_multilabel_csv",
+    "LABEL_COLUMNS",
+    "PRED_COLUMNS",
+    "SCORE_PREFIXES",
+]
 
 LABEL_COLUMNS = ("label", "target", "y_true")
+MULTILABEL_COLUMN = "labels"  # a multi-label CSV's true labels, ';'-separated
+MULTILABEL_PRED_COLUMN = "pred_labels"  # its optional decisions, ';'-separated
 PRED_COLUMNS = ("pred", "prediction", "y_pred")
 SCORE_PREFIXES = ("score_", "prob_")
 _FORMAT_HINT = (
@@ -134,17 +154,8 @@ def _resolve(
     )
 
 
-def read_predictions_csv(
-    path: str | Path,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, list[str]]:
-    """Read a predictions CSV (format in the module docstring).
-
-    Returns ``(targets, probs, preds, class_names)``: ``targets (N,)`` int64 indices into
-    ``class_names``; ``probs (N, K)`` float64 probabilities or None; ``preds (N,)`` int64 or None.
-    Pass them on as ``classification_metrics(targets, probs, preds=preds,
-    class_names=class_names)``.
-    """
-    path = Path(path)
+def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]], str]:
+    """(header, [(line number, cells)], delimiter) of a predictions CSV; blank lines skipped."""
     if not path.is_file():
         raise DataError(
             path,
@@ -178,6 +189,21 @@ def read_predictions_csv(
     if header_line != 1:
         logger.info("%s: header found on line %d after blank lines", path, header_line)
 
+    return header, rows, delimiter
+
+
+def read_predictions_csv(
+    path: str | Path,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, list[str]]:
+    """Read a predictions CSV (format in the module docstring).
+
+    Returns ``(targets, probs, preds, class_names)``: ``targets (N,)`` int64 indices into
+    ``class_names``; ``probs (N, K)`` float64 probabilities or None; ``preds (N,)`` int64 or None.
+    Pass them on as ``classification_metrics(targets, probs, preds=preds,
+    class_names=class_names)``.
+    """
+    path = Path(path)
+    header, rows, delimiter = _read_rows(path)
     label_col = _find(header, LABEL_COLUMNS, path, "label")
     pred_col = _find(header, PRED_COLUMNS, path, "prediction")
     score_cols: dict[str, list[int]] = {p: [] for p in SCORE_PREFIXES}
@@ -266,3 +292,95 @@ def _normalise(probs: np.ndarray, prefix: str, path: Path, lines: list[int]) -> 
         lines[int(np.flatnonzero(bad)[0])],
     )
     return softmax(probs)
+
+
+def is_multilabel_csv(path: str | Path) -> bool:
+    """Whether a predictions CSV is the multi-label form (a ``labels`` column, no ``label``)."""
+    header, _, _ = _read_rows(Path(path))
+    names = [h.lower() for h in header]
+    return MULTILABEL_COLUMN in names and not any(c in names for c in LABEL_COLUMNS)
+
+
+def _label_sets(
+    cells: list[tuple[int, str]], names: list[str], path: Path, column: str
+) -> np.ndarray:
+    """(N, L) int64 0/1 from ';'-separated label cells; an unknown label is a DataError naming
+    the row and the closest label."""
+    index = {n: j for j, n in enumerate(names)}
+    out = np.zeros((len(cells), len(names)), dtype=np.int64)
+    for r, (line, cell) in enumerate(cells):
+        for name in (x.strip() for x in cell.split(";")):
+            if not name:
+                continue
+            if name not in index:
+                raise DataError(
+                    path,
+                    f"unknown label {name!r} in column {column}{close_matches(name, names)}; "
+                    f"the labels (from the score columns) are {names}",
+                    row=line,
+                )
+            out[r, index[name]] = 1
+    return out
+
+
+def read_multilabel_predictions_csv(
+    path: str | Path,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, list[str]]:
+    """Read a multi-label predictions CSV (format in the module docstring).
+
+    Returns ``(targets (N, L) 0/1, probs (N, L) float64 in [0, 1] or None, preds (N, L) 0/1 or
+    None, label_names)``; pass them on as ``multilabel_metrics(targets, probs, preds=preds,
+    label_names=label_names)``."""
+    path = Path(path)
+    header, rows, delimiter = _read_rows(path)
+    lower = [h.lower() for h in header]
+    if MULTILABEL_COLUMN not in lower:
+        raise DataError(
+            path, f"no labels column in header {header}; e.g. 'labels,score_cat,score_dog'"
+        )
+    label_col = lower.index(MULTILABEL_COLUMN)
+    pred_col = lower.index(MULTILABEL_PRED_COLUMN) if MULTILABEL_PRED_COLUMN in lower else None
+    prefixes = [
+        p for p in SCORE_PREFIXES if any(h.startswith(p) and len(h) > len(p) for h in lower)
+    ]
+    if len(prefixes) > 1:
+        raise DataError(path, "both score_<label> and prob_<label> columns; use one prefix")
+    if not prefixes:
+        raise DataError(
+            path,
+            f"no score_<label> columns in header {header}; a multi-label CSV names its labels "
+            "in them, e.g. 'labels,score_cat,score_dog'",
+        )
+    prefix = prefixes[0]
+    cols = [i for i, h in enumerate(lower) if h.startswith(prefix) and len(h) > len(prefix)]
+    names = [header[i][len(prefix) :] for i in cols]
+    if len(set(names)) != len(names):
+        raise DataError(path, f"repeated label in the {prefix}<label> columns: {names}")
+    if not rows:
+        raise DataError(path, "no data rows after the header; add one row per sample")
+    for line, fields in rows:
+        if len(fields) != len(header):
+            raise DataError(
+                path,
+                f"{len(fields)} fields but the header has {len(header)}; "
+                f"check the delimiter ({delimiter!r}) and quoting",
+                row=line,
+            )
+    probs = _parse_scores(rows, cols, header, delimiter == ";", path)
+    outside = ((probs < 0) | (probs > 1)).any(axis=1)
+    if outside.any():
+        line = rows[int(np.flatnonzero(outside)[0])][0]
+        if prefix == "prob_":
+            raise DataError(
+                path,
+                "prob_ columns must be probabilities in [0, 1]; name them score_<label> for logits",
+                row=line,
+            )
+        logger.warning("%s: score_ columns are not in [0, 1] (e.g. row %d); applying the sigmoid",
+                       path, line)  # fmt: skip
+        probs = 1 / (1 + np.exp(-probs))
+    targets = _label_sets([(ln, f[label_col]) for ln, f in rows], names, path, header[label_col])
+    preds = None
+    if pred_col is not None:
+        preds = _label_sets([(ln, f[pred_col]) for ln, f in rows], names, path, header[pred_col])
+    return targets, probs, preds, names

@@ -51,6 +51,7 @@ __all__ = [
     "softmax",
     "check_probs",
     "as_probabilities",
+    "binary_areas",
     "roc_curve",
     "roc_auc",
     "roc_auc_ovr",
@@ -205,6 +206,15 @@ def _ap_from_counts(fps: np.ndarray, tps: np.ndarray) -> float:
     prec = tps / (tps + fps)  # tps + fps >= 1 at every threshold
     d_tp = np.diff(np.r_[0, tps])
     return max(0.0, float(np.dot(d_tp, prec) / n_pos))
+
+
+def binary_areas(positive: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(ROC-AUC, average precision) of one binary column with one sort; ``positive`` (N,) bool,
+    ``scores`` (N,) finite. NaN where undefined (no positive; for AUC also no negative), no
+    warning: the caller names what is undefined (multi-label metrics, per label or sample)."""
+    order = np.argsort(scores, kind="stable")[::-1]
+    fps, tps, _ = _counts_at_thresholds(positive[order], scores[order])
+    return _auc_from_counts(fps, tps), _ap_from_counts(fps, tps)
 
 
 def roc_curve(

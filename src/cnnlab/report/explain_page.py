@@ -15,6 +15,7 @@ interpolation: a pixel of the map is a block of the tile); charts use Matplotlib
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import logging
@@ -154,7 +155,11 @@ def probability_figure(trace: Trace, max_classes: int = 20) -> plt.Figure:
     for y, i in enumerate(order):
         ax.text(min(probs[i] + 0.01, 0.9), y, f"{probs[i]:.3f}", va="center", fontsize=SMALL)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("probability (softmax of the output layer)")
+    ax.set_xlabel(
+        "probability (sigmoid of each output)"
+        if trace.multilabel
+        else "probability (softmax of the output layer)"
+    )
     shown = "" if len(order) == len(probs) else f" (top {len(order)} of {len(probs)})"
     ax.set_title("output probabilities" + shown)
     return fig
@@ -399,8 +404,12 @@ def write_explain_page(
         f"<figcaption>input, {_shape(trace.input_shape)} (channels x height x width)"
         f"{' from ' + esc(source) if source else ''}</figcaption></figure>"
         f'<figure id="probabilities"><img src="{prob_uri}" alt="output probabilities">'
-        "<figcaption>output layer -> softmax: one probability per class, summing to 1"
-        "</figcaption></figure></div>"
+        + (
+            "<figcaption>output layer -> one sigmoid per label: each label's own probability"
+            if trace.multilabel
+            else "<figcaption>output layer -> softmax: one probability per class, summing to 1"
+        )
+        + "</figcaption></figure></div>"
         f'<p class="lead">Predicted <b>{esc(top[0][1])}</b> with probability {top[0][2]:.3f}. '
         + ", ".join(f"{esc(n)} {p:.3f}" for _, n, p in top[1:])
         + "</p>"
@@ -487,8 +496,14 @@ def explain_image(
     saliency: bool = True,
     target_layer: str | None = None,
     device: str = "cpu",
+    label_thresholds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Trace one image through a trained model, compute CAMs for its top-k classes, write the page.
+
+    A multi-label run (its checkpoint says ``multilabel``): the probabilities are each label's
+    sigmoid, and the CAMs are those of every label at or above its threshold
+    (``label_thresholds`` {label: threshold}, the run's thresholds.json; 0.5 where not given),
+    or of the most probable label when none is; the result's ``labels`` lists them.
 
     The image is decoded with the checkpoint's own preprocessing (the one decoding policy) and
     normalised ``(x / 255 - mean) / std``. ``out_dir`` defaults to ``<run dir>/explain/<image
@@ -523,6 +538,22 @@ def explain_image(
     trace = trace_image(model, x, class_names=names)
     checked = check_domain(model, x, run_dir_of(Path(weights)), Path(weights), names, top_k)
     classes = [i for i, _, _ in trace.top_k(top_k)]
+    labels_html = ""
+    if meta.get("multilabel"):  # a CAM for every label at or above its threshold
+        trace, classes, predicted = as_multilabel(trace, label_thresholds)
+        checked = checked | {"labels": predicted}
+        labels_html = (
+            "<p>Labels predicted (probability &ge; the label's threshold): "
+            + (
+                ", ".join(
+                    f"<b>{html.escape(p['label'])}</b> {p['probability']:.3f} (&ge; "
+                    f"{p['threshold']:.3g})"
+                    for p in predicted
+                )
+                or "none; the map shows the most probable label"
+            )
+            + "</p>"
+        )
     cams = explain_classes(
         model,
         x,
@@ -544,7 +575,7 @@ def explain_image(
         title=f"What {meta['model']} sees in {image_path.name}",
         source=str(image_path),
         model_name=str(meta["model"]),
-        notice=explain_notice(checked),
+        notice=labels_html + explain_notice(checked),
     )
     numbers = page_numbers(trace, cams) | checked
     json_path = Path(out_dir) / "explain.json"
@@ -561,6 +592,22 @@ def explain_image(
         "cams": numbers.get("cams"),
         **checked,  # "out_of_domain", "calibrated_top", "temperature" for a calibrated run
     }
+
+
+def as_multilabel(
+    trace: Trace, thresholds: dict[str, float] | None
+) -> tuple[Trace, list[int], list[dict[str, Any]]]:
+    """(the trace with sigmoid probabilities, the label indices to explain, the predicted labels
+    as {"label", "probability", "threshold"}, most probable first)."""
+    probs = trace.logits.sigmoid()
+    names = trace.class_names
+    thr = [float((thresholds or {}).get(n, 0.5)) for n in names]
+    order = [int(i) for i in probs.argsort(descending=True)]
+    above = [i for i in order if float(probs[i]) >= thr[i]]
+    predicted = [
+        {"label": names[i], "probability": float(probs[i]), "threshold": thr[i]} for i in above
+    ]
+    return dataclasses.replace(trace, probs=probs, multilabel=True), above or order[:1], predicted
 
 
 def check_domain(

@@ -265,7 +265,13 @@ def create_app(
     if max_image_pixels is not None and max_image_pixels < 1:
         raise ConfigError(f"--max-image-pixels must be positive, got {max_image_pixels}")
     slots = Slots(max_concurrency, timeout_s=queue_timeout_s)
-    task = str(checkpoint_metadata(run_or_checkpoint).get("task", "classification"))
+    recorded = checkpoint_metadata(run_or_checkpoint)
+    task = str(recorded.get("task", "classification"))
+    if recorded.get("multilabel"):  # its answers are per-label sigmoids, not one softmax
+        raise ConfigError(
+            f"serve covers single-label classification; {run_or_checkpoint} is a multi-label "
+            "run (answer its images with `cnnlab predict RUN IMAGES`)"
+        )
     if task not in SERVED_TASKS:
         raise ConfigError(
             f"serve covers classification, segmentation and detection runs; {run_or_checkpoint} "

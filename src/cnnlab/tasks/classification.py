@@ -1,6 +1,7 @@
 """Image classification as a task object: the engine asks it for the loss and the metrics, nothing else.
 
-Detection and segmentation plug into the same engine with their own task objects.
+Detection and segmentation plug into the same engine with their own task objects; multi-label
+classification (several labels per image) is :class:`MultiLabelTask` below.
 
 The loss is cross-entropy or focal loss, optionally weighted per class (docs/imbalance.md):
 
@@ -24,6 +25,8 @@ credited to either class. That is not the accuracy of a clean image: judge the r
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +34,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cnnlab.metrics import multilabel as ml
+from cnnlab.metrics.checks import UndefinedMetricWarning
 
 LOSSES = ("ce", "focal")
 
@@ -162,4 +168,86 @@ class ClassificationTask:
             "loss": nll,
             "accuracy": (preds == targets).float().mean().item(),
             "balanced_accuracy": balanced_accuracy(preds, targets, probs.shape[1]),
+        }
+
+
+@dataclass
+class MultiLabelTask:
+    """Multi-label classification: L independent yes/no answers per image (docs/classification.md).
+
+    Loss: binary cross-entropy on the logits, one sigmoid per label, averaged over the N x L cells
+    (``BCEWithLogitsLoss``); ``pos_weight`` (L,) multiplies each label's positive term, so with
+    pos_weight_l = negatives_l / positives_l (``--class-weights auto``) a rare label's few positives
+    weigh as much as its many negatives (PyTorch's documented use of it). Validation reports the
+    loss, subset accuracy (every label right) and, at threshold 0.5, macro F1 and mAP."""
+
+    num_labels: int
+    pos_weight: Sequence[float] | None = None
+
+    metric_names = ("loss", "accuracy", "macro_f1", "map")
+
+    def __post_init__(self) -> None:
+        if self.pos_weight is not None and len(self.pos_weight) != self.num_labels:
+            raise ValueError(
+                f"{len(self.pos_weight)} pos_weight values for {self.num_labels} labels"
+            )
+        self._pos_weight: torch.Tensor | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """The number of outputs, as every classification task names it (one per label)."""
+        return self.num_labels
+
+    def _pos_weight_on(self, device: torch.device) -> torch.Tensor | None:
+        if self.pos_weight is None:
+            return None
+        if self._pos_weight is None or self._pos_weight.device != device:
+            self._pos_weight = torch.tensor(
+                [float(w) for w in self.pos_weight], dtype=torch.float32, device=device
+            )
+        return self._pos_weight
+
+    def _bce(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(
+            logits.float(), targets.float(), pos_weight=self._pos_weight_on(logits.device)
+        )
+
+    def loss(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """{"loss": BCE (+ weighted auxiliary heads), "ce": main head's BCE, "correct": images
+        whose every label is right at 0.5}; targets (N, L) 0/1."""
+        logits = model(images)  # N x L
+        main = self._bce(logits, targets)
+        total = main
+        for aux in getattr(model, "aux_logits", None) or []:
+            total = total + model.aux_weight * self._bce(aux, targets)
+        correct = ((logits >= 0).long() == targets).all(dim=1).sum()  # sigmoid >= 0.5
+        return {"loss": total, "ce": main.detach(), "correct": correct}
+
+    @staticmethod
+    def scores(logits: torch.Tensor) -> torch.Tensor:
+        """Per-label probabilities (N x L) = sigmoid(logits), float32."""
+        return logits.float().sigmoid()
+
+    def validate(self, trainer: Any, loader: Any) -> dict[str, float]:
+        probs, targets = trainer.predict(loader)
+        return self.metrics_from_probs(probs, targets)
+
+    def metrics_from_probs(self, probs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        """Unweighted BCE of the probabilities, subset accuracy, macro F1 and mAP at 0.5 (labels
+        where F1 / AP are undefined in this split are left out; 0.0 when none is defined)."""
+        t = targets.numpy().astype("int64")
+        p = probs.clamp(1e-7, 1 - 1e-7)
+        bce = F.binary_cross_entropy(p, targets.float()).item()
+        preds = ml.decide(probs.numpy(), 0.5)
+        with warnings.catch_warnings():  # every epoch: say nothing of labels absent from val
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            f1 = ml.averaged(t, preds, "macro")["f1"]
+            ap = ml.mean_average_precision(t, probs.numpy())
+        return {
+            "loss": bce,
+            "accuracy": ml.subset_accuracy(t, preds),
+            "macro_f1": 0.0 if math.isnan(f1) else f1,
+            "map": 0.0 if math.isnan(ap) else ap,
         }

@@ -11,8 +11,10 @@ CV/                        --out/--name (default name cv-MODEL-DATA-TIME)
   cv.json                  folds, seed, source and the training options; a rerun must match them
   folds/fold-I.json        fold I's split file: the sample ids of its train / val / test splits
   fold-1/ ... fold-K/      the fold runs (their splits.json records the same ids)
-  oof_predictions.csv      every sample exactly once: id, fold, label, pred, score_<class>;
-                           `cnnlab metrics CV/oof_predictions.csv` scores it
+  oof_predictions.csv      every sample exactly once: id, fold, label, pred, score_<class>
+                           (multi-label data: id, fold, labels, pred_labels at the fold's
+                           thresholds, score_<label>); `cnnlab metrics CV/oof_predictions.csv`
+                           scores it
   cv_summary.json / .csv   every test metric: each fold's value, mean, std, t interval (k-1 df),
                            and the pooled out-of-fold value
 
@@ -43,8 +45,11 @@ from cnnlab.data.folds import check_folds, fold_of_samples, fold_split
 from cnnlab.data.sources import concat_splits, load_source
 from cnnlab.engine.checkpoint import CheckpointManager, atomic_write
 from cnnlab.errors import ConfigError, DataError, Interrupted
+from cnnlab.metrics import multilabel as ml
+from cnnlab.metrics.checks import UndefinedMetricWarning
 from cnnlab.metrics.folds import flatten_metrics, summarize_folds
 from cnnlab.run import finish_run_dir, new_run_dir, write_json
+from cnnlab.tasks.classify.multilabel import read_thresholds
 from cnnlab.tasks.classify.train import train
 
 log = logging.getLogger(__name__)
@@ -268,9 +273,11 @@ def _out_of_fold(
 ) -> dict[str, Any]:
     """Gather the folds' test predictions into one CSV in the pool's order (every sample once)
     and score it as a whole; returns {"path", "scores"}."""
-    from cnnlab.metrics import UndefinedMetricWarning, classification_metrics
+    from cnnlab.metrics import classification_metrics
 
     row_of = {sid: i for i, sid in enumerate(pool.ids)}
+    multilabel = pool.targets.ndim == 2  # (N, L) 0/1 targets
+    decided = np.zeros((len(pool), len(class_names)), dtype=np.int64)
     probs = np.full((len(pool), len(class_names)), np.nan)
     fold_col = np.full(len(pool), -1, dtype=np.int64)
     for fold, (_, pred) in enumerate(results):
@@ -287,7 +294,11 @@ def _out_of_fold(
         if not (pool.targets[rows] == pred["targets"]).all():
             raise DataError(where, "its labels differ from the dataset's; delete the fold")
         probs[rows], fold_col[rows] = pred["probs"], fold + 1
+        if multilabel:  # each fold decides at its own thresholds (tuned on its validation)
+            decided[rows] = ml.decide(pred["probs"], read_thresholds(where.parent, class_names))
     assert (fold_col > 0).all(), "every sample appears in exactly one fold's test predictions"
+    if multilabel:
+        return _write_multilabel_oof(cv_dir, pool, fold_col, probs, decided, class_names)
     preds = probs.argmax(axis=1)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -301,6 +312,35 @@ def _out_of_fold(
     with warnings.catch_warnings():  # undefined scores stay None (as in the folds' metrics)
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         pooled = classification_metrics(pool.targets, probs, class_names=class_names)
+    return {"path": path, "scores": flatten_metrics(pooled)}
+
+
+def _write_multilabel_oof(
+    cv_dir: Path,
+    pool: Any,
+    fold_col: np.ndarray,
+    probs: np.ndarray,
+    decided: np.ndarray,
+    names: list[str],
+) -> dict[str, Any]:
+    """The multi-label out-of-fold CSV (id, fold, labels, pred_labels, score_<label>: the form
+    `cnnlab metrics` reads) and its scores at each fold's thresholds."""
+
+    def joined(row: np.ndarray) -> str:
+        return ";".join(n for n, y in zip(names, row, strict=True) if y)
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["id", "fold", "labels", "pred_labels", *(f"score_{c}" for c in names)])
+    for i, sid in enumerate(pool.ids):
+        writer.writerow([sid, fold_col[i], joined(pool.targets[i]), joined(decided[i]),
+                         *(f"{p:.9g}" for p in probs[i])])  # fmt: skip
+    path = cv_dir / OOF_CSV
+    data = text.getvalue().encode()
+    atomic_write(path, lambda f: f.write(data))
+    with warnings.catch_warnings():  # undefined scores stay None (as in the folds' metrics)
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        pooled = ml.multilabel_metrics(pool.targets, probs, preds=decided, label_names=names)
     return {"path": path, "scores": flatten_metrics(pooled)}
 
 

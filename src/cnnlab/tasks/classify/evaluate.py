@@ -29,6 +29,7 @@ from cnnlab.run import (
     write_json,
 )
 from cnnlab.tasks.classification import ClassificationTask
+from cnnlab.tasks.classify import multilabel
 from cnnlab.tasks.classify import operating_point as op
 from cnnlab.tasks.classify.imbalance import recorded_balance
 
@@ -167,6 +168,12 @@ def evaluate(
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     class_names = list(meta["class_names"])
     run_dir = run_dir_of(weights)
+    multilabel_run = bool(meta.get("multilabel"))
+    if multilabel_run and wanted is not None:
+        raise ConfigError(
+            "--positive / --target choose one class's threshold; a multi-label run has one "
+            "threshold per label, tuned on validation when it was trained (RUN/thresholds.json)"
+        )
     pos = None
     if wanted is not None:
         pos = op.positive_index(positive, class_names)
@@ -189,6 +196,24 @@ def evaluate(
         chosen = remap_classes(bundle, class_names, split)
     images = split_to_uint8(chosen, spec)
     precision = inference_precision(precision, dev, trained_precision(run_dir))
+    if multilabel_run:  # sigmoid scores at the run's per-label thresholds
+        if chosen.targets.ndim != 2:
+            raise DataError(
+                data or "dataset",
+                "has one label per image, but the run is multi-label; give a multi-label "
+                "dataset (a CSV `path,labels` or one 0/1 column per label)",
+            )
+        out_dir = evaluation_dir(out, run_dir)
+        scored = multilabel.score_split(
+            model, spec, images, chosen, class_names, device=dev, precision=precision,
+            thresholds=multilabel.read_thresholds(run_dir, class_names), out_dir=out_dir,
+            report=report, run_dir=run_dir,
+        )  # fmt: skip
+        record = record_evaluation(
+            out_dir, task="classification", weights=weights, data=data, split=split,
+            num_samples=len(chosen), precision=precision, device=dev,
+        )  # fmt: skip
+        return record | scored
     threshold = None
     calibration = load_calibration(run_dir, weights)  # None for runs trained before it existed
     temperature = calibration.temperature if calibration else 1.0

@@ -8,6 +8,11 @@ the warnings for extreme imbalance, and what the run records about it (`class_ba
 * ``FILE``: a JSON object {class name: weight}, used as given; every class must have a finite
   weight >= 0 (not all 0), and no other name may appear.
 
+Multi-label runs ((N, L) targets): the counts are each label's positives and the weights are
+``BCEWithLogitsLoss``'s ``pos_weight``: ``auto`` gives pos_weight_l = (N - n_l) / n_l (negatives
+over positives, PyTorch's documented choice; 1 for a label without positives), a FILE
+{label: pos_weight} is used as given.
+
 The sampler (`--sampler balanced`) lives in the loader (cnnlab.data.loader.balanced_indices), the
 loss in the task (cnnlab.tasks.classification); this module only records them beside the weights.
 """
@@ -32,6 +37,9 @@ log = logging.getLogger(__name__)
 
 #: the file a run records its training class counts, weights, sampler and loss in
 RECORD = "class_balance.json"
+#: what a multi-label run can do about rare labels (IMBALANCE_HINT's sampler / focal loss are
+#: single-label)
+MULTILABEL_HINT = "train with `cnnlab train --class-weights auto` (BCE pos_weight per label)"
 #: a class with fewer training images than this is named in a warning (docs/bad-inputs.md #69)
 FEW_IMAGES = 5
 
@@ -48,6 +56,7 @@ class ClassBalance:
     sampler: str = "none"
     loss: str = "ce"
     focal_gamma: float = 2.0
+    multilabel: bool = False  # counts are positives per label; weights are pos_weight
 
     @property
     def ratio(self) -> float:
@@ -61,7 +70,9 @@ class ClassBalance:
         return self.ratio > IMBALANCE_WARN_RATIO
 
     def task_options(self) -> dict[str, Any]:
-        """The keyword arguments of ClassificationTask that carry this balance."""
+        """The keyword arguments of ClassificationTask (MultiLabelTask) that carry this balance."""
+        if self.multilabel:
+            return {"pos_weight": self.weights}
         return {
             "class_weights": self.weights,
             "criterion": self.loss,
@@ -74,6 +85,7 @@ class ClassBalance:
         mean = None
         if self.weights is not None:
             weights = dict(zip(self.class_names, self.weights, strict=True))
+        if self.weights is not None and not self.multilabel:  # pos_weight has no such mean
             total = sum(self.train_counts)
             mean = sum(n * w for n, w in zip(self.train_counts, self.weights, strict=True)) / total
         return {
@@ -89,6 +101,7 @@ class ClassBalance:
             "sampler": self.sampler,
             "loss": self.loss,
             "focal_gamma": self.focal_gamma if self.loss == "focal" else None,
+            **({"multilabel": True, "weights_are": "pos_weight"} if self.multilabel else {}),
         }
 
     def record(self, run_dir: Path) -> None:
@@ -163,20 +176,27 @@ def class_balance(
     `recorded`: the run folder of a resumed run; the weights it recorded are used again (the
     weights file may have moved or changed since), so a resumed run trains with the same loss."""
     names = list(class_names)
-    counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=len(names)).tolist()
+    targets = np.asarray(targets, dtype=np.int64)
+    multilabel = targets.ndim == 2
+    if multilabel:
+        counts = targets.sum(axis=0).tolist()  # positives per label
+    else:
+        counts = np.bincount(targets, minlength=len(names)).tolist()
     spec = str(cfg.class_weights).strip()
     mode = spec if spec in ("none", "auto") else "file"
     weights: list[float] | None = None
     if recorded is not None and (Path(recorded) / RECORD).is_file():
         saved = json.loads((Path(recorded) / RECORD).read_text())["class_weights"]
         weights = None if saved["weights"] is None else [saved["weights"][c] for c in names]
+    elif mode == "auto" and multilabel:
+        weights = [float((len(targets) - n) / n) if n > 0 else 1.0 for n in counts]
     elif mode == "auto":
         weights = auto_class_weights(counts)
     elif mode == "file":
         weights = read_class_weights(spec, names)
     balance = ClassBalance(
         names, counts, mode, weights, spec if mode == "file" else None,
-        cfg.sampler, cfg.loss, float(cfg.focal_gamma),
+        cfg.sampler, cfg.loss, float(cfg.focal_gamma), multilabel,
     )  # fmt: skip
     _say(balance)
     return balance
@@ -188,6 +208,8 @@ def _say(b: ClassBalance) -> None:
     corrected = b.weights is not None or b.sampler != "none" or b.loss != "ce"
     if b.weights is not None:
         how = "N / (K n_c), mean 1 over training images" if b.mode == "auto" else b.source
+        if b.multilabel:
+            how = "pos_weight, negatives / positives" if b.mode == "auto" else b.source
         pairs = ", ".join(f"{c} {w:.4g}" for c, w in zip(b.class_names, b.weights, strict=True))
         log.warning("class weights (%s): %s", how, pairs)
     if b.weights is not None and b.sampler == "balanced":
@@ -195,13 +217,15 @@ def _say(b: ClassBalance) -> None:
             "class weights and the balanced sampler both favour rare classes: together they "
             "over-correct (each alone evens the classes out)"
         )
+    # a multi-label run has no sampler or focal loss: only the pos_weight of --class-weights auto
+    hint = MULTILABEL_HINT if b.multilabel else IMBALANCE_HINT
     few = [(c, n) for c, n in zip(b.class_names, b.train_counts, strict=True) if 0 < n < FEW_IMAGES]
     if few:
         listed = ", ".join(f"{c!r} ({n})" for c, n in few)
         log.warning(
             "classes with fewer than %d training images: %s; they are kept, but their test metrics "
             "will be noisy%s",
-            FEW_IMAGES, listed, "" if corrected else f"; {IMBALANCE_HINT}",
+            FEW_IMAGES, listed, "" if corrected else f"; {hint}",
         )  # fmt: skip
     if b.imbalanced and not corrected:
         lo = int(np.argmin(b.train_counts))
@@ -209,7 +233,7 @@ def _say(b: ClassBalance) -> None:
         log.warning(
             "the training classes are imbalanced %s:1 (%r %d, %r %d images); %s",
             "inf" if math.isinf(b.ratio) else f"{b.ratio:.1f}",
-            b.class_names[hi], b.train_counts[hi], b.class_names[lo], b.train_counts[lo], IMBALANCE_HINT,
+            b.class_names[hi], b.train_counts[hi], b.class_names[lo], b.train_counts[lo], hint,
         )  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from cnnlab.engine.predict import Prediction, predict_files
 from cnnlab.engine.weights import load_checkpoint_model
 from cnnlab.errors import ConfigError
 from cnnlab.run import resolve_weights, run_dir_of, trained_precision
+from cnnlab.tasks.classify import multilabel
 from cnnlab.tasks.classify.operating_point import for_weights, read_operating_point
 
 
@@ -62,6 +63,22 @@ def predict(
     if resolve_channels_last(None, dev):
         model.to(memory_format=torch.channels_last)  # predict_files hands over NHWC-strided batches
     precision = inference_precision(precision, dev, trained_precision(run_dir_of(weights)))
+    if meta.get("multilabel"):  # every label with its probability; those above threshold
+        if min_confidence is not None:
+            raise ConfigError(
+                "--min-confidence is for single-label runs; a multi-label run answers each "
+                "label at its own threshold (RUN/thresholds.json)"
+            )
+        names = list(meta["class_names"])
+        preds = predict_files(
+            inputs, PreprocessSpec.from_dict(meta["preprocess"]), names,
+            multilabel.sigmoid_fn(model, dev, precision), top_k=len(names),
+            batch_size=batch_size,
+        )  # fmt: skip
+        multilabel.label_answers(
+            preds, names, multilabel.read_thresholds(run_dir_of(weights), names)
+        )
+        return preds
 
     # None: an older run; an exported .safetensors carries its run's calibration
     calibration = load_calibration(run_dir_of(weights), weights) or from_metadata(meta)

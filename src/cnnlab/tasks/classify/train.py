@@ -28,9 +28,11 @@ from cnnlab.engine.loaders import (
     use_streaming,
 )
 from cnnlab.engine.timing import Timings
+from cnnlab.engine.trainer import check_monitor
 from cnnlab.engine.weights import build_model, load_checkpoint_model
 from cnnlab.errors import CheckpointError
-from cnnlab.tasks.classification import ClassificationTask
+from cnnlab.tasks.classification import ClassificationTask, MultiLabelTask
+from cnnlab.tasks.classify import multilabel
 from cnnlab.tasks.classify.evaluate import evaluate_model
 from cnnlab.tasks.classify.imbalance import class_balance
 from cnnlab.transfer.lr_find import lr_find
@@ -83,6 +85,10 @@ def _prepare(
                 f"checkpoint classes {saved_meta.get('class_names')} != dataset classes "
                 f"{bundle.class_names}; resume needs the same classes (use --init-from to fine-tune instead)"
             )
+    if bundle.multilabel:  # several labels per image: sigmoid + BCE (tasks/classify/multilabel.py)
+        multilabel.check_options(cfg)
+    else:
+        check_monitor(cfg.monitor, ClassificationTask, "single-label classification")
     if cfg.shots:
         bundle.splits["train"] = few_shot(bundle.splits["train"], cfg.shots, cfg.seed)
     # before decoding, so a bad weights file fails before any work; a resumed run keeps its weights
@@ -145,6 +151,11 @@ def _prepare(
             None, device
         ):  # as `evaluate` will: the same kernels, the same sums
             best.to(memory_format=torch.channels_last)
+        if bundle.multilabel:  # per-label thresholds tuned on val, then the test metrics at them
+            return multilabel.tune_and_test(
+                best, spec, tensors, splits, bundle.class_names, device=device,
+                precision=precision, run_dir=run_dir, write=info.is_main, report=cfg.report,
+            )  # fmt: skip
         calibration = None
         if (
             has_val
@@ -190,11 +201,15 @@ def _prepare(
     # class_balance.json: training class counts, weights, sampler, loss
     files["class_balance.json"] = balance.to_dict()
     ids = splits["train"].ids
+    if bundle.multilabel:
+        task: Any = MultiLabelTask(len(bundle.class_names), **balance.task_options())
+    else:
+        task = ClassificationTask(
+            len(bundle.class_names), cfg.label_smoothing, **balance.task_options()
+        )
     return Plan(
         model=model,
-        task=ClassificationTask(
-            len(bundle.class_names), cfg.label_smoothing, **balance.task_options()
-        ),
+        task=task,
         spec=spec,
         metadata={
             "model": cfg.model,
@@ -204,6 +219,7 @@ def _prepare(
             "class_names": bundle.class_names,
             "preprocess": spec.to_dict(),
             "task": "classification",
+            **({"multilabel": True} if bundle.multilabel else {}),
             "cnnlab_version": __version__,
             "torch_version": torch.__version__,
             "data": cfg.data,
@@ -220,7 +236,10 @@ def _prepare(
         callbacks=plan.callbacks if plan else (),
         train_mode=plan.train_mode if plan else None,
         sharded_validation=True,
-        record={"augmentations": list(augmentations(cfg))},  # the recipe's and --augment's
+        record={
+            "augmentations": list(augmentations(cfg)),  # the recipe's and --augment's
+            **({"multilabel": True} if bundle.multilabel else {}),
+        },
         show=[plan.layer_table()] if plan else [],
     )
 
@@ -243,11 +262,20 @@ def _flops_per_image(model: torch.nn.Module, in_channels: int, image_size: int) 
         return None
 
 
+class _EitherClassification:
+    """What --monitor may name before the data says single- or multi-label: either task's
+    validation metrics; _prepare then checks the monitor against the one the data chose."""
+
+    metric_names = tuple(
+        dict.fromkeys(ClassificationTask.metric_names + MultiLabelTask.metric_names)
+    )
+
+
 SPEC = TaskSpec(
     name="classification",
     command="cnnlab train",
     config=TrainConfig,
-    validator=ClassificationTask,
+    validator=_EitherClassification,
     prepare=_prepare,
     configure=_configure,
 )
