@@ -55,7 +55,9 @@ def check_options(cfg: Any) -> None:
     # v2.MixUp / CutMix mix class indices into one-hot soft targets; (N, L) label sets are not built
     mixing = [name for name in augmentations(cfg) if name in MIXING]
     if mixing:
-        source = f"--recipe {cfg.recipe}" if mixing[0] not in cfg.augment else f"--augment {mixing[0]}"
+        source = (
+            f"--recipe {cfg.recipe}" if mixing[0] not in cfg.augment else f"--augment {mixing[0]}"
+        )
         raise ConfigError(
             f"{source} mixes images ({', '.join(mixing)}), which multi-label runs do not support "
             "yet; use --recipe light or --augment without mixup/cutmix"
