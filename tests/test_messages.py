@@ -77,6 +77,8 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "tasks/classify/predict.py:predict": ("predict",),
     "tasks/classify/operating_point.py": ("evaluate",),  # --positive / --target / replacing
     "api.py:evaluate": ("evaluate",),  # --positive / --target of a run of another task
+    "api.py:_tta_option": ("evaluate", "predict"),  # --tta of a run of another task
+    "engine/tta.py:parse_tta": ("evaluate", "predict", "serve"),  # --tta VIEWS
     "tasks/registry.py:_video": ("predict",),  # a video run given to `cnnlab predict`
     "api.py:predict": ("predict",),
     "run.py:evaluation_dir": ("evaluate", "segment evaluate", "detect evaluate", "video evaluate"),

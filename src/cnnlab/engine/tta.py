@@ -67,10 +67,12 @@ def num_views(tta: Iterable[str]) -> int:
 
 def tta_views(images: torch.Tensor, tta: Iterable[str]) -> list[torch.Tensor]:
     """The views of a batch ``images (N, C, H, W)``, each (N, C, H, W); the first is ``images``."""
-    from torchvision.transforms.v2 import functional as F
-
     tta = tuple(tta)
     views = [images]
+    if not tta:  # without TTA nothing imports torchvision (`cnnlab predict` starts faster)
+        return views
+    from torchvision.transforms.v2 import functional as F
+
     if "crop" in tta:
         h, w = images.shape[-2:]
         size = [max(1, round(h * CROP_SCALE)), max(1, round(w * CROP_SCALE))]
