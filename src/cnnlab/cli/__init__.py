@@ -1459,9 +1459,8 @@ def _models(args: argparse.Namespace) -> int:
             print(json.dumps(summary, indent=2, default=str))
             return 0
         info, cfg = summary["info"], summary["default_cfg"]
-        out.print(
-            f"[bold]{info['name']}[/] ({info['family']}, {info['year']}): {info['description']}"
-        )
+        year = f", {info['year']}" if info.get("year") else ""  # timm: models have none
+        out.print(f"[bold]{info['name']}[/] ({info['family']}{year}): {info['description']}")
         out.print(f"paper: {info['paper']}")
         out.print(
             f"input {tuple(cfg['input_size'])}, {cfg.get('variant', '')}; parameters "
@@ -1526,6 +1525,7 @@ def _models(args: argparse.Namespace) -> int:
                 t.add_row(*[cell(k, v) for k, v in r.items()])
         if t.row_count:
             out.print(t)
+    out.print("and any of timm's models: --model timm:NAME (e.g. timm:resnet10t)")
     return 0
 
 
