@@ -126,6 +126,7 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "export.py:compare_outputs": ("export",),
     "export.py:_export_onnx": ("export",),
     "models/segmentation.py:load_encoder_from_run": ("segment train",),
+    "models/_timm.py": (*TRAINERS, "lr-find"),  # --weights imagenet of a timm: model
     "report/explain_page.py:explain_image": ("explain",),
     "report/explain_page.py:explain_dense_image": ("explain",),
     "api.py:explain": ("explain",),

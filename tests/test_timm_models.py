@@ -23,7 +23,7 @@ def test_unknown_timm_name_is_one_line_with_close_names(capsys):
     assert text.startswith("unknown timm model 'resnet10q' (did you mean: ") and "\n" not in text
     assert "resnet10t" in text  # difflib over timm.list_models()
     # a zoo name that only timm has points there
-    with pytest.raises(ConfigError, match="timm has it: --model timm:resnet10t"):
+    with pytest.raises(ConfigError, match="timm has it: timm:resnet10t"):
         create_model("resnet10t", num_classes=3)
     from cnnlab.cli import main
 

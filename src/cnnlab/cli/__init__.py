@@ -1525,7 +1525,7 @@ def _models(args: argparse.Namespace) -> int:
                 t.add_row(*[cell(k, v) for k, v in r.items()])
         if t.row_count:
             out.print(t)
-    out.print("and any of timm's models: --model timm:NAME (e.g. timm:resnet10t)")
+    out.print("and any of timm's models: cnnlab train --model timm:NAME (e.g. timm:resnet10t)")
     return 0
 
 

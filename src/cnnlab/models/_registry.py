@@ -162,7 +162,7 @@ def _in_timm(name: object) -> str:
     import timm
 
     if isinstance(name, str) and name.split(".", 1)[0] in timm.list_models():
-        return f"; timm has it: --model timm:{name}"
+        return f"; timm has it: timm:{name}"
     return "; or any of timm's models as timm:NAME"
 
 
