@@ -136,3 +136,24 @@ def test_timm_model_trains_saves_loads_predicts(name, mixed_folder, tmp_path):
         onnx = api.export(run.run_dir, format="onnx", out=tmp_path / "m.onnx").path
         via_onnx = api.predict(onnx, images, top_k=2)
         assert [p.top[0][0] for p in via_onnx] == [p.top[0][0] for p in preds]
+        # explain: CAMs on one of timm's feature_info stages (the last with a map >= 2x2)
+        page = api.explain(run.run_dir, images[0], out=tmp_path / "x", top_k=1)
+        target = json.loads(Path(page["json"]).read_text())["cams"]["target_layer"]
+        assert target in {"net.layer1", "net.layer2", "net.layer3"}, target
+
+
+def test_init_from_weights_report_adapted_and_reinitialised(tmp_path):
+    """Transfer's path (an already built model, cnnlab's load report): timm's weights at 1000
+    classes and 3 channels into a 1-channel, 3-class model."""
+    from cnnlab.models._weights import load_weights
+
+    path, state = _timm_file(tmp_path)
+    model = create_model("timm:test_resnet", num_classes=3, in_channels=1)
+    report = load_weights(model, "timm:test_resnet", path)
+    assert report["adapted"] == ["net.conv1.0.weight"]
+    assert sorted(report["reinitialised"]) == ["net.fc.bias", "net.fc.weight"]
+    assert "net.layer2.0.conv1.weight" in report["loaded"]
+    torch.testing.assert_close(model.net.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])
+    torch.testing.assert_close(
+        model.net.conv1[0].weight, state["conv1.0.weight"].sum(1, keepdim=True)
+    )
