@@ -157,3 +157,19 @@ def test_init_from_weights_report_adapted_and_reinitialised(tmp_path):
     torch.testing.assert_close(
         model.net.conv1[0].weight, state["conv1.0.weight"].sum(1, keepdim=True)
     )
+
+
+def test_stages_follow_execution_order_when_feature_info_skips_blocks():
+    """MobileNetV4's feature_info skips blocks.3: its parameters join the next stage (blocks.4),
+    not the head; a ViT's cls_token (a parameter of the network itself) is in the stem. Transfer
+    learning's groups (cnnlab.transfer.freeze) read them."""
+    from cnnlab.transfer.freeze import model_groups
+
+    groups = dict(group_parameters(create_model("timm:mobilenetv4_conv_small", num_classes=3)))
+    assert list(groups) == ["stem", "bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.4", "head"]
+    assert any(p.startswith("net.blocks.3.") for p in groups["blocks.4"])
+    assert not any(p.startswith("net.blocks.") for p in groups["head"])
+    vit = create_model("timm:vit_tiny_patch16_224", num_classes=3, image_size=32)
+    assert "net.cls_token" in dict(group_parameters(vit))["stem"]
+    stem = model_groups(vit)[0]
+    assert stem.label == "stem" and "net.patch_embed.proj" in stem.modules

@@ -121,26 +121,40 @@ class TimmModel(ClassifierModel):
 
     def _timm_stages(self) -> list[tuple[str, tuple[str, ...]]]:
         """stem (parameters before the first stage), one group per ``feature_info`` stage that
-        has parameters, head (the rest: final norm, pooling, classifier): every parameter in
-        exactly one group, as :func:`cnnlab.models.group_parameters` needs."""
+        has parameters -- with the parameters between it and the stage before (MobileNetV4's
+        ``blocks.3``, which timm's feature_info skips) -- and head (the rest: final norm, pooling,
+        classifier): every parameter in exactly one group, in execution order, as
+        :func:`cnnlab.models.group_parameters` needs. A parameter held by a module that contains
+        the stages (a ViT's ``cls_token`` on the network itself) is listed by its own name."""
         stage_paths = [f["module"] for f in self.feature_info]
-        owned = {p: [] for p in stage_paths}
-        stem: list[str] = []
-        head: list[str] = []
-        seen_stage = False
+        groups: dict[str, list[str]] = {p: [] for p in stage_paths}
+        stem: list[str] | None = None
+        pending: list[str] = []
         for name, _ in self.named_parameters():
             owner = next((p for p in stage_paths if name.startswith(p + ".")), None)
-            if owner is not None:
-                owned[owner].append(name)
-                seen_stage = True
+            if owner is None:
+                module = name.rpartition(".")[0]
+                holds_stages = any(p.startswith(module + ".") for p in stage_paths)
+                path = name if holds_stages else module
+                if path not in pending:
+                    pending.append(path)
                 continue
-            module = name.rpartition(".")[0]
-            target = head if seen_stage else stem
-            if module not in target:
-                target.append(module)
+            if stem is None:
+                stem, pending = pending, []
+            if owner not in groups[owner]:
+                groups[owner].append(owner)
+            groups[owner] += [p for p in pending if p not in groups[owner]]
+            pending = []
         stages = [("stem", tuple(stem))] if stem else []
-        stages += [(p.removeprefix("net."), (p,)) for p in stage_paths if owned[p]]
-        return [*stages, ("head", tuple(head))]
+        stages += [(p.removeprefix("net."), tuple(groups[p])) for p in stage_paths if groups[p]]
+        return [*stages, ("head", tuple(pending))]
+
+    def stage_modules(self) -> list[tuple[str, list[nn.Module]]]:
+        """As the zoo's, leaving out paths that name a parameter rather than a module."""
+        modules = dict(self.named_modules())
+        return [
+            (label, [modules[p] for p in paths if p in modules]) for label, paths in self._stages
+        ]
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.net.forward_features(x)
