@@ -145,11 +145,11 @@ def test_timm_model_trains_saves_loads_predicts(name, mixed_folder, tmp_path):
 def test_init_from_weights_report_adapted_and_reinitialised(tmp_path):
     """Transfer's path (an already built model, cnnlab's load report): timm's weights at 1000
     classes and 3 channels into a 1-channel, 3-class model."""
-    from cnnlab.models._weights import load_weights
+    from cnnlab.models._registry import load_pretrained
 
     path, state = _timm_file(tmp_path)
     model = create_model("timm:test_resnet", num_classes=3, in_channels=1)
-    report = load_weights(model, "timm:test_resnet", path)
+    report = load_pretrained(model, "timm:test_resnet", path)
     assert report["adapted"] == ["net.conv1.0.weight"]
     assert sorted(report["reinitialised"]) == ["net.fc.bias", "net.fc.weight"]
     assert "net.layer2.0.conv1.weight" in report["loaded"]

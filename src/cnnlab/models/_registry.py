@@ -166,6 +166,19 @@ def _in_timm(name: object) -> str:
     return "; or any of timm's models as timm:NAME"
 
 
+def load_pretrained(model: nn.Module, name: str, weights: str | os.PathLike) -> dict:
+    """Pretrained ``weights`` into a built ``model`` named ``name`` (creation's ``weights=``,
+    transfer's ``--init-from``): timm's for a ``timm:`` name, else torchvision's or a file
+    (:func:`cnnlab.models._weights.load_weights`); returns the load report."""
+    if is_timm(name):
+        from ._timm import load_timm_weights
+
+        return load_timm_weights(model, name, weights)
+    from ._weights import load_weights  # torchvision weight enums load lazily
+
+    return load_weights(model, name, weights)
+
+
 def model_info(name: str) -> dict:
     """Family, year, paper, default input size (C, H, W), small-input threshold, description
     (``timm:NAME``: from timm's pretrained config, family "timm")."""
@@ -226,7 +239,5 @@ def create_model(
     info = _INFO[name]
     model.default_cfg.update(name=name, family=info.family, weights=None)
     if weights is not None:
-        from ._weights import load_weights  # torchvision weight enums load lazily
-
-        load_weights(model, name, weights)
+        load_pretrained(model, name, weights)
     return model

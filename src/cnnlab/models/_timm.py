@@ -272,3 +272,22 @@ def _from_file(arch: str, path: Path, kwargs: dict[str, Any], name: str) -> tupl
             f"{path} does not fit {name}: {' '.join(x.strip() for x in first[:3])[:300]}"
         ) from err
     return net, str(path)
+
+
+def load_timm_weights(model: ClassifierModel, name: str, weights: str | os.PathLike) -> dict:
+    """A ``timm:`` model's "imagenet" or file weights into an already built ``model`` (transfer's
+    ``--init-from``): timm builds the source at its own class count and 3 channels, then the
+    usual report: the first conv adapted, a classifier of another size re-initialised."""
+    from timm.models import get_pretrained_cfg
+
+    from ._weights import apply_state_dict
+
+    cfg = get_pretrained_cfg(timm_name(name))
+    source_model = create_timm_model(
+        name, num_classes=int(getattr(cfg, "num_classes", 0) or 1000), in_channels=3,
+        weights=weights, image_size=int(model.default_cfg["input_size"][-1]),
+    )  # fmt: skip
+    source = str(source_model.default_cfg["weights"])
+    report = apply_state_dict(model, source_model.state_dict(), source=source)
+    model.default_cfg["weights"] = source
+    return report

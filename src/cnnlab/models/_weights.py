@@ -56,8 +56,6 @@ def load_weights(model: ClassifierModel, name: str, weights: str | os.PathLike) 
     ``model.default_cfg`` (``weights``; with torchvision weights also mean/std, crop/resize size,
     interpolation and -- when the classifier was kept -- ``class_names``).
     """
-    if name.startswith("timm:"):  # timm's weights, read as timm reads them (cnnlab.models._timm)
-        return _load_timm(model, name, weights)
     tag = torchvision_tag(weights)
     if tag is not None:
         enum_member = _torchvision_weights(name, tag)
@@ -71,25 +69,6 @@ def load_weights(model: ClassifierModel, name: str, weights: str | os.PathLike) 
     model.default_cfg["weights"] = source
     if tag is not None:
         _apply_weights_meta(model, name, enum_member, report)
-    return report
-
-
-def _load_timm(model: ClassifierModel, name: str, weights: str | os.PathLike) -> dict:
-    """A ``timm:`` model's "imagenet" or file weights into an already built ``model`` (transfer's
-    ``--init-from``): timm builds the source at its own class count and 3 channels, then the
-    usual report: the first conv adapted, a classifier of another size re-initialised."""
-    from timm.models import get_pretrained_cfg
-
-    from ._timm import create_timm_model, timm_name
-
-    cfg = get_pretrained_cfg(timm_name(name))
-    source_model = create_timm_model(
-        name, num_classes=int(getattr(cfg, "num_classes", 0) or 1000), in_channels=3,
-        weights=weights, image_size=int(model.default_cfg["input_size"][-1]),
-    )  # fmt: skip
-    source = str(source_model.default_cfg["weights"])
-    report = apply_state_dict(model, source_model.state_dict(), source=source)
-    model.default_cfg["weights"] = source
     return report
 
 
