@@ -16,7 +16,7 @@ subprocess:
 All use SGD (momentum 0.9), ``--batch-size``, ``--epochs`` and flips with random crops. Images/s are medians over the
 epochs after the first (warm-up: cuDNN autotuning, the cnnlab decode cache, timm's worker start). Achieved FLOP/s count
 3x the forward FLOPs per image and are compared with the device's measured bf16 (GPU) or fp32 (CPU) matmul peak.
-Results: benchmarks/results/gpu.md and gpu.json (``--smoke`` writes gpu-smoke.*). timm comes with ``.[bench]``.
+Results: benchmarks/results/gpu.md and gpu.json (``--smoke`` writes gpu-smoke.*). timm is a core dependency.
 """
 
 from __future__ import annotations

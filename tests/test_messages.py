@@ -78,6 +78,8 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "tasks/classify/predict.py:predict": ("predict",),
     "tasks/classify/operating_point.py": ("evaluate",),  # --positive / --target / replacing
     "api.py:evaluate": ("evaluate",),  # --positive / --target of a run of another task
+    "api.py:_tta_option": ("evaluate", "predict"),  # --tta of a run of another task
+    "engine/tta.py:parse_tta": ("evaluate", "predict", "serve"),  # --tta VIEWS
     "tasks/registry.py:_video": ("predict",),  # a video run given to `cnnlab predict`
     "api.py:predict": ("predict",),
     "run.py:evaluation_dir": ("evaluate", "segment evaluate", "detect evaluate", "video evaluate"),
@@ -133,6 +135,7 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "export.py:compare_outputs": ("export",),
     "export.py:_export_onnx": ("export",),
     "models/segmentation.py:load_encoder_from_run": ("segment train",),
+    "models/_timm.py": (*TRAINERS, "lr-find"),  # --weights imagenet of a timm: model
     "report/explain_page.py:explain_image": ("explain",),
     "report/explain_page.py:explain_dense_image": ("explain",),
     "api.py:explain": ("explain",),

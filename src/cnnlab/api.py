@@ -34,6 +34,7 @@ from cnnlab.engine.loaders import (
     use_streaming,
 )
 from cnnlab.engine.predict import IMAGE_SUFFIXES, Prediction, list_images, predict_files
+from cnnlab.engine.tta import parse_tta
 from cnnlab.engine.weights import build_model, load_checkpoint_model
 from cnnlab.errors import CheckpointError, ConfigError, Interrupted
 from cnnlab.run import resolve_weights
@@ -70,6 +71,7 @@ def evaluate(
     positive: str | None = None,
     target: str | None = None,
     replace_operating_point: bool = False,
+    tta: str | tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained model on its own held-out split (default) or on another dataset (`data`).
 
@@ -82,17 +84,21 @@ def evaluate(
     Classification only: ``target`` ("recall=0.95", "precision=0.9", "fpr=0.01", "youden", "f1")
     and ``positive`` (a class name) choose an operating point on the run's validation split,
     measure it with bootstrap intervals and store it as RUN/operating_point.json, which
-    :func:`predict` then applies (result["operating_point"]; docs/imbalance.md)."""
+    :func:`predict` then applies (result["operating_point"]; docs/imbalance.md).
+
+    Classification only: ``tta`` ("flip", "crop" or "flip,crop"; cnnlab.engine.tta) averages the
+    calibrated probabilities over the views; result["tta"] (also in evaluation.json) has the
+    headline metrics without and with it side by side."""
     entry = task_of(run_or_checkpoint)
-    point = {}
+    point: dict[str, Any] = _tta_option(tta, entry.name, run_or_checkpoint)
     if positive is not None or target is not None or replace_operating_point:
         if entry.name != "classification":
             raise ConfigError(
                 f"--positive / --target choose a classification run's operating point; "
                 f"{run_or_checkpoint} is a {entry.name} run"
             )
-        point = {"positive": positive, "target": target,
-                 "replace_operating_point": replace_operating_point}  # fmt: skip
+        point |= {"positive": positive, "target": target,
+                  "replace_operating_point": replace_operating_point}  # fmt: skip
     return entry.evaluate(
         run_or_checkpoint, data=data, split=split, device=device, report=report, out=out,
         precision=precision, **point,
@@ -110,22 +116,26 @@ def predict(
     precision: str = "auto",
     operating_point: bool = True,
     min_confidence: float | None = None,
+    tta: str | tuple[str, ...] | None = None,
 ) -> Any:
     """Classification (a run, checkpoint or exported .onnx): class names and probabilities for
     images/folders, [Prediction]; unreadable files get an error entry, not a crash. A run with an
     operating point (see :func:`evaluate`) also decides positive / negative for its class
     (Prediction.decision) unless ``operating_point=False``. Probabilities are calibrated with the
     run's temperature and each prediction carries an out-of-domain verdict when the run has a
-    calibration.json (docs/calibration.md); ``min_confidence=P`` answers ``unknown`` below P.
+    calibration.json (docs/calibration.md); ``min_confidence=P`` answers ``unknown`` below P;
+    ``tta`` ("flip", "crop" or "flip,crop") averages the calibrated probabilities over the views.
 
     Segmentation, detection and video runs write their predictions as files to `out` (mask PNGs and
     overlays; COCO results JSON and drawn boxes; timeline, events and an annotated video) and return
     what their predict returns."""
     entry = task_of(run_or_checkpoint)
+    views = _tta_option(tta, entry.name, run_or_checkpoint)
     if not entry.predicts_to_files:
         return entry.predict(
             run_or_checkpoint, inputs, top_k=top_k, device=device, batch_size=batch_size,
             precision=precision, operating_point=operating_point, min_confidence=min_confidence,
+            **views,
         )  # fmt: skip
     if out is None:
         raise ConfigError(
@@ -138,6 +148,19 @@ def predict(
             "run: leave it out"
         )
     return entry.predict(run_or_checkpoint, list(inputs), out, device=device, precision=precision)
+
+
+def _tta_option(tta: Any, task: str, run_or_checkpoint: str | Path) -> dict[str, Any]:
+    """{"tta": views} for a classification run, {} without --tta; other tasks refuse it (their
+    outputs are masks, boxes and clips: averaging views would need un-flipping them)."""
+    views = parse_tta(tta)  # an unknown view is said first, whatever the task
+    if not views:
+        return {}
+    if task != "classification":
+        raise ConfigError(
+            f"--tta is for classification runs; {run_or_checkpoint} is a {task} run: leave it out"
+        )
+    return {"tta": views}
 
 
 def operating_point(run_or_checkpoint: str | Path) -> dict[str, Any] | None:

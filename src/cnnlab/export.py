@@ -668,6 +668,7 @@ def predict_onnx(
     *,
     batch_size: int = 64,
     min_confidence: float | None = None,
+    tta: tuple[str, ...] = (),
 ) -> list[Prediction]:
     """:func:`cnnlab.tasks.classify.predict.predict` for an exported ``.onnx`` file, without the PyTorch model.
 
@@ -676,10 +677,12 @@ def predict_onnx(
     entry (the short reason), not an exception. ``probs = softmax(logits / T)`` in float64, with
     the run's temperature T from the metadata (``temperature``; 1 for files without it), and the
     run's out-of-domain check (metadata ``out_of_domain``: the energy score's threshold).
-    ``min_confidence``: below it a prediction is ``unknown``.
+    ``min_confidence``: below it a prediction is ``unknown``. ``tta`` (cnnlab.engine.tta): the
+    mean of the views' calibrated probabilities (the views are cut with torchvision on the CPU).
     """
     from cnnlab.engine.calibration import SCORE, Calibration, from_metadata
     from cnnlab.engine.predict import predict_files
+    from cnnlab.engine.tta import average_probs
 
     path = Path(onnx_path)
     session = _onnx_session(path)
@@ -689,10 +692,20 @@ def predict_onnx(
     temperature = calibration.temperature if calibration else 1.0
     threshold = calibration.threshold if calibration else None
 
-    def probs_fn(x: np.ndarray) -> Any:
+    def logits_of(x: np.ndarray) -> np.ndarray:
         feed = {INPUT_NAME: np.ascontiguousarray(x)}  # predict_files passes an NHWC-strided view
-        logits = session.run([OUTPUT_NAME], feed)[0].astype(np.float64)
-        probs = softmax(logits / temperature)
+        return session.run([OUTPUT_NAME], feed)[0].astype(np.float64)
+
+    def probs_fn(x: np.ndarray) -> Any:
+        if tta:  # the views cut in torch, each view's logits from onnxruntime
+            mean, first = average_probs(
+                lambda v: torch.from_numpy(logits_of(v.numpy().astype(np.float32))),
+                torch.from_numpy(np.ascontiguousarray(x)), tta, temperature,
+            )  # fmt: skip
+            probs, logits = mean.numpy().astype(np.float64), first.numpy().astype(np.float64)
+        else:
+            logits = logits_of(x)
+            probs = softmax(logits / temperature)
         return probs if threshold is None else (probs, Calibration.ood_scores(logits))
 
     spec = PreprocessSpec.from_dict(meta["preprocess"])

@@ -100,9 +100,11 @@ def record_evaluation(
     num_samples: int,
     precision: str,
     device: Any,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What an evaluation ran on and how, written as ``out_dir/evaluation.json`` (when there is one)
-    and returned for the caller's result."""
+    and returned for the caller's result; ``extra``: more entries (classification's ``tta``: the
+    metrics without and with test-time augmentation)."""
     from cnnlab.engine.devices import machine_info
 
     record = {
@@ -115,7 +117,7 @@ def record_evaluation(
         "device": str(device),
         "machine": machine_info(device),
         "out_dir": str(out_dir) if out_dir is not None else None,
-    }
+    } | (extra or {})
     if out_dir is not None:
         write_json(out_dir / "evaluation.json", record)
     return record

@@ -203,6 +203,10 @@ RUN_HELP = "run directory or .safetensors checkpoint"
 DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (auto: CUDA when a GPU is visible, else the CPU)"
 JSON_HELP = "print JSON instead of tables"
 NO_REPORT_HELP = "do not write the HTML report"
+TTA_HELP = (  # cnnlab.engine.tta (the parser stays torch-free: checked when the command runs)
+    "classification: test-time augmentation, the mean of the calibrated probabilities over views: "
+    "none, flip (2 views), crop (original + 5 crops) or flip,crop (12) (default: none)"
+)
 SPLIT_HELP = "test | val | train: the run's own split to measure"
 
 
@@ -409,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="make the new operating point active when the run has one (the old record stays in "
         "its evaluation folder)",
     )
+    p.add_argument(
+        "--tta", metavar="VIEWS", default=None,
+        help=TTA_HELP + "; reports the metrics with and without it side by side",
+    )  # fmt: skip
 
     p = sub.add_parser(
         "predict",
@@ -442,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a probability in [0, 1]: answer `unknown` when the top class's calibrated "
         "probability is below P (default: always the top class)",
     )
+    p.add_argument("--tta", metavar="VIEWS", default=None, help=TTA_HELP)
 
     p = sub.add_parser(
         "segment", help="semantic segmentation: train | evaluate | predict (IoU, Dice)"
@@ -574,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="classes shown per image")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     _add_precision(p)
+    p.add_argument("--tta", metavar="VIEWS", default=None, help=TTA_HELP)
 
     p = sub.add_parser("models", help="list the model zoo, or show one model's layers")
     p.add_argument(
@@ -1237,6 +1247,7 @@ def _serve(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         device=args.device,
         precision=args.precision,
+        tta=args.tta,
     )
     return 0
 
@@ -1271,10 +1282,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         positive=args.positive,
         target=args.target,
         replace_operating_point=args.replace_operating_point,
+        tta=args.tta,
     )
     _evaluation_note(result)
     point = result.get("operating_point")
-    if args.json:
+    if args.json:  # with --tta, metrics["tta"] holds the side-by-side comparison
         extra = {"operating_point": point} if point else {}
         print(json.dumps(result["metrics"] | extra, indent=2, default=str))
         return 0
@@ -1284,12 +1296,36 @@ def _evaluate(args: argparse.Namespace) -> int:
         _print_detection_metrics(result["metrics"])
     else:
         items = "clips" if task == "video-classification" else "images"
-        print_metrics(result["metrics"], f"{args.split} metrics ({result['num_samples']} {items})")
+        views = f", TTA {','.join(result['tta']['views'])}" if result.get("tta") else ""
+        print_metrics(
+            result["metrics"], f"{args.split} metrics ({result['num_samples']} {items}{views})"
+        )
+    if result.get("tta"):
+        print_tta(result["tta"])
     if point:
         print_operating_point(point, result["operating_point_file"])
     if result.get("report"):
         out.print(f"report: {result['report']}")
     return 0
+
+
+def print_tta(tta: dict[str, Any]) -> None:
+    """The headline metrics without and with test-time augmentation, side by side."""
+    t = Table(
+        title=f"test-time augmentation: {','.join(tta['views'])} ({tta['num_views']} views)",
+        title_justify="left",
+    )
+    for col in ("metric", "without", "with TTA", "change"):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+    for name, before in tta["without"].items():
+        after, change = tta["with"][name], tta["change"][name]
+        t.add_row(
+            name.replace("_", " ") + (" (lower: better)" if name in ("log_loss", "ece") else ""),
+            "undefined" if before is None else f"{before:.4f}",
+            "undefined" if after is None else f"{after:.4f}",
+            "" if change is None else f"{change:+.4f}",
+        )
+    out.print(t)
 
 
 def print_operating_point(point: dict[str, Any], path: str) -> None:
@@ -1336,13 +1372,13 @@ def _predict(args: argparse.Namespace) -> int:
     if task != "classification":  # masks, boxes or a video's timeline: files in --out
         api.predict(
             args.run, args.inputs, device=args.device, out=args.out, precision=args.precision,
-            min_confidence=args.min_confidence,  # refused: classification only
+            min_confidence=args.min_confidence, tta=args.tta,  # refused: classification only
         )  # fmt: skip
         out.print(f"{task} predictions written to {args.out}")
         return 0
     preds = api.predict(
         args.run, args.inputs, top_k=args.top_k, device=args.device, precision=args.precision,
-        operating_point=args.operating_point, min_confidence=args.min_confidence,
+        operating_point=args.operating_point, min_confidence=args.min_confidence, tta=args.tta,
     )  # fmt: skip
     if args.precision != "auto":  # stdout stays the predictions alone (csv / json parse it)
         err.print(f"inference precision: {args.precision}")
@@ -1520,9 +1556,8 @@ def _models(args: argparse.Namespace) -> int:
             print(json.dumps(summary, indent=2, default=str))
             return 0
         info, cfg = summary["info"], summary["default_cfg"]
-        out.print(
-            f"[bold]{info['name']}[/] ({info['family']}, {info['year']}): {info['description']}"
-        )
+        year = f", {info['year']}" if info.get("year") else ""  # timm: models have none
+        out.print(f"[bold]{info['name']}[/] ({info['family']}{year}): {info['description']}")
         out.print(f"paper: {info['paper']}")
         out.print(
             f"input {tuple(cfg['input_size'])}, {cfg.get('variant', '')}; parameters "
@@ -1587,6 +1622,7 @@ def _models(args: argparse.Namespace) -> int:
                 t.add_row(*[cell(k, v) for k, v in r.items()])
         if t.row_count:
             out.print(t)
+    out.print("and any of timm's models: cnnlab train --model timm:NAME (e.g. timm:resnet10t)")
     return 0
 
 

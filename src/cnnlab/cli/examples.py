@@ -46,11 +46,13 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("cnnlab evaluate runs/mnist", "the run's held-out test split, with 95% intervals"),
         ("cnnlab evaluate runs/mnist --data other/ --json", "another dataset, as JSON"),
         ("cnnlab evaluate runs/xray --positive sick --target recall=0.95", "an operating point"),
+        ("cnnlab evaluate runs/photos --tta flip", "with and without test-time augmentation"),
     ],
     "predict": [
         ("cnnlab predict runs/mnist digit.png photos/", "top-3 classes per image"),
         ("cnnlab predict runs/mnist/export/model.onnx digit.png --format csv", "an ONNX file"),
         ("cnnlab predict runs/seg photos/ --out masks/", "a segmentation run: mask PNGs"),
+        ("cnnlab predict runs/photos photos/ --tta flip,crop", "mean of 12 views per image"),
     ],
     "segment": [
         ("cnnlab segment train --epochs 5", "U-Net on builtin:shapes"),
@@ -85,6 +87,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "serve": [
         ("cnnlab serve runs/mnist", "open http://127.0.0.1:8000"),
         ("cnnlab serve runs/mnist --port 9000 --max-upload-mb 5", ""),
+        ("cnnlab serve runs/photos --tta flip", "test-time augmentation: image and mirror"),
     ],
     "models": [
         ("cnnlab models", "the zoo with parameters and FLOPs"),

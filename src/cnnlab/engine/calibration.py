@@ -295,20 +295,26 @@ def _checked(
 
 
 def calibrated_fn(
-    model: Any, calibration: Calibration | None, device: torch.device, precision: str
+    model: Any,
+    calibration: Calibration | None,
+    device: torch.device,
+    precision: str,
+    tta: tuple[str, ...] = (),
 ) -> Any:
     """``fn(x (N, C, S, S) float32 array) -> probs`` or ``(probs, ood scores)``: the model's
     probabilities, calibrated when the run has a temperature, with the out-of-domain scores when
-    it has a threshold (predict_files' ``probs_fn``)."""
+    it has a threshold (predict_files' ``probs_fn``). ``tta`` (cnnlab.engine.tta): the mean of the
+    views' calibrated probabilities; the out-of-domain score stays the original view's."""
     from cnnlab.engine.trainer import autocast
+    from cnnlab.engine.tta import average_probs
 
     t = calibration.temperature if calibration is not None else 1.0
     with_ood = calibration is not None and calibration.threshold is not None
 
     def fn(x: np.ndarray) -> Any:
         with torch.inference_mode(), autocast(device, precision):
-            logits = model(torch.from_numpy(x).to(device)).float()
-        probs = (logits / t).softmax(1).cpu().numpy()
+            probs, logits = average_probs(model, torch.from_numpy(x).to(device), tta, t)
+        probs = probs.cpu().numpy()
         if not with_ood:
             return probs
         return probs, Calibration.ood_scores(logits.cpu().numpy().astype(np.float64))

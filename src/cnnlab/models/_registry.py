@@ -17,6 +17,7 @@ from torch import nn
 from cnnlab.errors import ConfigError, close_matches
 
 from ._base import ClassifierModel, check_positive_int
+from ._timm import is_timm
 
 logger = logging.getLogger(__name__)
 
@@ -151,13 +152,40 @@ def _lookup(name: object) -> str:
     if not isinstance(name, str) or name not in _BUILDERS:
         raise ConfigError(
             f"unknown model {name!r}{close_matches(str(name), _BUILDERS)}; "
-            f"available: {', '.join(list_models())}"
+            f"available: {', '.join(list_models())}{_in_timm(name)}"
         )
     return name
 
 
+def _in_timm(name: object) -> str:
+    """' -- timm has it: timm:NAME' when timm knows the name (timm imported on this error only)."""
+    import timm
+
+    if isinstance(name, str) and name.split(".", 1)[0] in timm.list_models():
+        return f"; timm has it: timm:{name}"
+    return "; or any of timm's models as timm:NAME"
+
+
+def load_pretrained(model: nn.Module, name: str, weights: str | os.PathLike) -> dict:
+    """Pretrained ``weights`` into a built ``model`` named ``name`` (creation's ``weights=``,
+    transfer's ``--init-from``): timm's for a ``timm:`` name, else torchvision's or a file
+    (:func:`cnnlab.models._weights.load_weights`); returns the load report."""
+    if is_timm(name):
+        from ._timm import load_timm_weights
+
+        return load_timm_weights(model, name, weights)
+    from ._weights import load_weights  # torchvision weight enums load lazily
+
+    return load_weights(model, name, weights)
+
+
 def model_info(name: str) -> dict:
-    """Family, year, paper, default input size (C, H, W), small-input threshold, description."""
+    """Family, year, paper, default input size (C, H, W), small-input threshold, description
+    (``timm:NAME``: from timm's pretrained config, family "timm")."""
+    if is_timm(name):
+        from ._timm import timm_info
+
+        return timm_info(name)
     return asdict(_INFO[_lookup(name)])
 
 
@@ -172,12 +200,16 @@ def create_model(
     """Build a registered model: the only way cnnlab makes a network.
 
     Args:
-        name: a name from :func:`list_models` (``"lenet5"``, ``"resnet18"``, ...).
+        name: a name from :func:`list_models` (``"lenet5"``, ``"resnet18"``, ...), or
+            ``"timm:NAME"`` for any of timm's models (``timm.create_model(NAME, num_classes=,
+            in_chans=)`` behind the same interface: :mod:`cnnlab.models._timm`).
         num_classes: number of output logits.
         in_channels: image channels (1 grey, 3 RGB, any N); the first conv is built for it.
         weights: ``None`` (random init), ``"imagenet"`` (torchvision's published weights, downloaded
             and cached; a tag such as ``"IMAGENET1K_V2"`` picks one), or a path to a local
-            ``.safetensors`` / ``.pt`` / ``.pth`` state dict in torchvision or timm layout.
+            ``.safetensors`` / ``.pt`` / ``.pth`` state dict in torchvision or timm layout
+            (``timm:`` models: ``"imagenet"`` is timm's weights from the Hugging Face hub or its
+            cache; a path: a file in timm's layout).
         image_size: the side of the (square) training images. Below ``small_input_below`` (see
             :func:`model_info`) a small-input variant is chosen; ``None`` means the family's
             default size.
@@ -186,7 +218,7 @@ def create_model(
         A :class:`~cnnlab.models._base.ClassifierModel`: ``model(images (N, C, H, W))`` returns
         logits ``(N, num_classes)``. ``model.default_cfg`` says what was built.
     """
-    name = _lookup(name)
+    name = name if is_timm(name) else _lookup(name)
     num_classes = check_positive_int(num_classes, "num_classes")
     in_channels = check_positive_int(in_channels, "in_channels")
     if image_size is not None:
@@ -196,11 +228,16 @@ def create_model(
                 f"image_size {image_size} is too small for {name}: the models need at least "
                 f"{MIN_IMAGE_SIZE} px; resize the images (e.g. image_size={MIN_IMAGE_SIZE * 2})"
             )
+    if is_timm(name):  # timm is imported only now
+        from ._timm import create_timm_model
+
+        return create_timm_model(
+            name, num_classes=num_classes, in_channels=in_channels, weights=weights,
+            image_size=image_size,
+        )  # fmt: skip
     model = _BUILDERS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size)
     info = _INFO[name]
     model.default_cfg.update(name=name, family=info.family, weights=None)
     if weights is not None:
-        from ._weights import load_weights  # torchvision weight enums load lazily
-
-        load_weights(model, name, weights)
+        load_pretrained(model, name, weights)
     return model

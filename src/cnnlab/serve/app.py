@@ -7,7 +7,8 @@ Endpoints (the contract is ``GET /openapi.json``; ``GET /docs`` renders it with 
 * ``POST /api/predict``  an image (``multipart/form-data`` field ``file``, or the raw bytes with an
   ``image/*`` content type) -> ``{"top": [{"class", "index", "probability"}, ...]}``, best first,
   ``probability = softmax(logits / T)`` (T: the run's temperature, docs/calibration.md) and, for a
-  calibrated run, ``"out_of_domain": {"score", "value", "threshold", "out_of_domain"}``; for a
+  calibrated run, ``"out_of_domain": {"score", "value", "threshold", "out_of_domain"}``, and
+  ``"tta"``: the test-time augmentation views averaged (``cnnlab serve RUN --tta flip``); for a
   segmentation run the mask (a palette PNG at the upload's size, as ``cnnlab predict RUN`` writes
   it), the class areas and a colour overlay; for a detection run the boxes in the upload's pixels
   above ``score_threshold`` (query parameter; default: the run's) and the image with the boxes
@@ -64,6 +65,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cnnlab.config import PreprocessSpec
 from cnnlab.engine.trainer import autocast
+from cnnlab.engine.tta import average_probs, parse_tta
 from cnnlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -232,6 +234,8 @@ class Served:
     task: str = "classification"  # the task the checkpoint records
     # classification: the run's temperature and out-of-domain check (cnnlab.engine.calibration)
     calibration: Any = None
+    # classification: test-time augmentation views ("flip", "crop"; cnnlab.engine.tta), () for none
+    tta: tuple[str, ...] = ()
 
 
 # -- the app ---------------------------------------------------------------------------------------
@@ -246,6 +250,7 @@ def create_app(
     device: str = "cpu",
     cam_method: str = "gradcam",
     precision: str = "auto",
+    tta: str | tuple[str, ...] | None = None,
 ) -> FastAPI:
     """A FastAPI app serving the model of a run directory or ``.safetensors`` checkpoint.
 
@@ -253,7 +258,9 @@ def create_app(
     training). ``max_concurrency`` uploads are worked on at once; more wait up to
     ``queue_timeout_s`` seconds for a turn before a 503. ``precision``: inference precision of
     /api/predict (auto: fp32 on CPU, the run's own on CUDA, as `cnnlab predict`; the layer trace
-    and CAMs of /api/explain are fp32).
+    and CAMs of /api/explain are fp32). ``tta`` ("flip", "crop", "flip,crop"; classification
+    runs): the probabilities are the mean of the views' (cnnlab.engine.tta), and the answers say
+    which views (``"tta"``).
     """
     from cnnlab import __version__
     from cnnlab.engine.devices import inference_precision, resolve_device
@@ -277,6 +284,11 @@ def create_app(
             f"serve covers classification, segmentation and detection runs; {run_or_checkpoint} "
             f"is a {task} run (predict it with `cnnlab predict RUN VIDEO`)"
         )
+    views = parse_tta(tta)
+    if views and task != "classification":
+        raise ConfigError(
+            f"--tta is for classification runs; {run_or_checkpoint} is a {task} run: leave it out"
+        )
     dev = resolve_device(device)
     model, meta, weights = SERVED_TASKS[task]()(run_or_checkpoint, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
@@ -297,6 +309,7 @@ def create_app(
         lock=threading.Lock(),
         precision=precision,
         task=task,
+        tta=views,
     )
     if task == "classification":
         import pytorch_grad_cam  # noqa: F401 -- about 5 s (OpenCV); now, not in the first request
@@ -646,30 +659,35 @@ def predict_bytes(served: Served, data: bytes) -> dict[str, Any]:
         "model": served.meta["model"],
         "top": _top(served, probs),
         "precision": served.precision,
+        "tta": list(served.tta),  # the views averaged; [] for none
         **verdict,
     }
 
 
 def calibrated_probs(served: Served, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
     """(probabilities (K,) of one image, {"out_of_domain": verdict} or {}): the run's calibration
-    applied (cnnlab.engine.calibration); the caller holds the model lock."""
+    applied (cnnlab.engine.calibration), averaged over the TTA views (cnnlab.engine.tta: the
+    mean of the views' calibrated probabilities; the out-of-domain score is the original view's);
+    the caller holds the model lock."""
     cal = served.calibration
-    logits = served.model(x).float()
-    if cal is None:
-        return logits.softmax(1)[0].cpu(), {}
-    probs = (logits / cal.temperature).softmax(1)[0].cpu()
-    if cal.threshold is None:
+    mean, logits = average_probs(
+        served.model, x, served.tta, cal.temperature if cal is not None else 1.0
+    )
+    probs = mean[0].cpu()
+    if cal is None or cal.threshold is None:
         return probs, {}
     score = float(cal.ood_scores(logits.cpu().numpy().astype(np.float64))[0])
     return probs, {"out_of_domain": cal.verdict(score)}
 
 
 def calibration_info(served: Served) -> dict[str, Any]:
-    """/api/info's calibration entries: the temperature and the out-of-domain rule."""
+    """/api/info's calibration entries: the TTA views, the temperature and the out-of-domain
+    rule."""
     cal = served.calibration
+    tta = {"tta": list(served.tta)} if served.task == "classification" else {}
     if cal is None:
-        return {}
-    info: dict[str, Any] = {"temperature": cal.temperature}
+        return tta
+    info: dict[str, Any] = tta | {"temperature": cal.temperature}
     if cal.threshold is not None:
         info["out_of_domain"] = cal.describe()
     return info
@@ -690,7 +708,7 @@ def explain_bytes(served: Served, data: bytes) -> dict[str, Any]:
     payload = explain_payload(trace, cam, pixels, method=served.cam_method, stage=stage)
     payload["model"] = served.meta["model"]
     payload["top"] = _top(served, trace.probs)
-    if served.calibration is not None:  # calibrated top-k and the out-of-domain verdict
+    if served.calibration is not None or served.tta:  # calibrated, TTA top-k; out-of-domain
         with served.lock, torch.inference_mode():
             probs, verdict = calibrated_probs(served, x)
         payload["top"] = _top(served, probs)

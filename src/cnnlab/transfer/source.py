@@ -84,7 +84,8 @@ def load_pretrained(
     in_channels: int,
 ) -> SourceReport:
     """Load ``source`` into ``model`` (built for the target's classes and channels)."""
-    from cnnlab.models._weights import load_weights, torchvision_tag
+    from cnnlab.models._registry import load_pretrained as load_weights  # timm: or torchvision
+    from cnnlab.models._weights import torchvision_tag
 
     path = Path(str(source)).expanduser()
     if not path.exists() and torchvision_tag(str(source)) is not None:

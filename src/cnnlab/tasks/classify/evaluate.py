@@ -17,6 +17,7 @@ from cnnlab.engine.devices import inference_precision, resolve_channels_last, re
 from cnnlab.engine.loaders import make_loader, split_to_uint8
 from cnnlab.engine.timing import Timings
 from cnnlab.engine.trainer import Trainer
+from cnnlab.engine.tta import TTAModel, num_views, parse_tta
 from cnnlab.engine.weights import load_checkpoint_model
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.run import (
@@ -50,8 +51,13 @@ def evaluate_model(
     batch_size: int = 512,
     timings: Timings | None = None,
     calibration: dict[str, Any] | None = None,
+    tta: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Metrics (+ bootstrap CIs, report) of `model` on one split held as a uint8 tensor.
+
+    `tta` (cnnlab.engine.tta): the metrics, predictions and report are those of the averaged
+    views, and ``result["tta"]`` holds the headline metrics without and with TTA side by side
+    (also ``metrics["tta"]``).
 
     `calibration`: the run's calibration.json record (cnnlab.engine.calibration); its temperature
     calibrates the probabilities (``softmax(logits / T)``: accuracy and ROC-AUC unchanged, ECE
@@ -69,17 +75,28 @@ def evaluate_model(
     temperature = float(calibration["temperature"]) if calibration else 1.0
     p, t = predict_probs(
         model, spec, images, split, len(class_names), device=device, precision=precision,
-        batch_size=batch_size, temperature=temperature,
+        batch_size=batch_size, temperature=temperature, tta=tta,
     )  # fmt: skip
     with (
         warnings.catch_warnings()
     ):  # undefined values are listed in metrics["warnings"] and shown once
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         metrics = classification_metrics(t, p, class_names=class_names)
+        if tta:  # the same split without TTA, for the side-by-side comparison
+            single, _ = predict_probs(
+                model, spec, images, split, len(class_names), device=device,
+                precision=precision, batch_size=batch_size, temperature=temperature,
+            )  # fmt: skip
+            plain = classification_metrics(t, single, class_names=class_names)
     metrics["confidence_intervals"] = headline_intervals(t, p, seed=0)
     metrics["temperature"] = temperature  # probs = softmax(logits / T); 1: uncalibrated
+    comparison = tta_comparison(plain, metrics, tta) if tta else None
+    if comparison is not None:
+        metrics["tta"] = comparison
     out = (out_dir or run_dir) if info.is_main else None  # DDP: rank 0 writes
     result: dict[str, Any] = {"metrics": metrics, "probs": p, "targets": t}
+    if comparison is not None:
+        result["tta"] = comparison
     if out is not None:
         write_json(out / "test_metrics.json", metrics)
         np.savez_compressed(
@@ -101,6 +118,27 @@ def evaluate_model(
     return result
 
 
+HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "ece")  # TTA's side by side
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of classification_metrics (macro F1 from its "macro" block)."""
+    values = {k: metrics.get(k) for k in HEADLINE if k != "macro_f1"}
+    values["macro_f1"] = (metrics.get("macro") or {}).get("f1")
+    return {k: values[k] for k in HEADLINE}
+
+
+def tta_comparison(
+    without: dict[str, Any], with_tta: dict[str, Any], tta: tuple[str, ...]
+) -> dict[str, Any]:
+    """{"views", "num_views", "without", "with", "change"}: the headline metrics of one split
+    without and with TTA (change = with - without; log loss and ECE are lower-better)."""
+    a, b = headline(without), headline(with_tta)
+    change = {k: (b[k] - a[k]) if a[k] is not None and b[k] is not None else None for k in HEADLINE}
+    return {"views": list(tta), "num_views": num_views(tta), "without": a, "with": b,
+            "change": change}  # fmt: skip
+
+
 def predict_probs(
     model,
     spec: PreprocessSpec,
@@ -112,10 +150,14 @@ def predict_probs(
     precision: str = "32",
     batch_size: int = 512,
     temperature: float = 1.0,
+    tta: tuple[str, ...] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """(probs (N, K) float64, targets (N,)) of `model` on one split held as a uint8 tensor;
-    ``probs = softmax(logits / temperature)``."""
+    ``probs = softmax(logits / temperature)``; with ``tta`` (cnnlab.engine.tta) the mean of the
+    views' ``softmax(logits_v / temperature)``."""
     loader = make_loader(images, split.targets, spec, device, batch_size)
+    if tta:  # TTAModel returns log mean probs: ClassificationTask's softmax gives them back
+        model, temperature = TTAModel(model, tta, temperature), 1.0
     task = (
         ClassificationTask(num_classes)
         if temperature == 1.0
@@ -143,6 +185,7 @@ def evaluate(
     positive: str | None = None,
     target: str | None = None,
     replace_operating_point: bool = False,
+    tta: str | tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained model on its own held-out split (default) or on another dataset (`data`).
 
@@ -153,7 +196,17 @@ def evaluate(
     ``positive`` (a class name; a binary run defaults to its second class): choose the threshold on
     P(positive) for that target on the run's validation split, measure it on the evaluated split
     with bootstrap intervals, and store it as the run's operating point (see
-    cnnlab.tasks.classify.operating_point; ``replace_operating_point`` replaces an active one)."""
+    cnnlab.tasks.classify.operating_point; ``replace_operating_point`` replaces an active one).
+
+    ``tta`` ("flip", "crop", "flip,crop"; cnnlab.engine.tta): the metrics are those of the
+    averaged views, and ``result["tta"]`` (also in evaluation.json) puts the headline metrics
+    without and with TTA side by side."""
+    views = parse_tta(tta)
+    if views and target is not None:
+        raise ConfigError(
+            f"--tta {','.join(views)} with --target: an operating point is chosen on single-view "
+            "probabilities (what predict applies it to); leave --tta out to choose one"
+        )
     if positive is not None and target is None:
         raise ConfigError(
             f"--positive {positive} needs --target, e.g. --target recall=0.95 ({op.CHOICES})"
@@ -237,10 +290,12 @@ def evaluate(
         report=report and out_dir is not None,
         out_dir=out_dir,
         calibration=calibration.record if calibration else None,
+        tta=views,
     )
     record = record_evaluation(
         out_dir, task="classification", weights=weights, data=data, split=split,
         num_samples=len(chosen), precision=precision, device=dev,
+        extra={"tta": result["tta"]} if views else None,
     )  # fmt: skip
     answer = record | {"metrics": result["metrics"], "report": result.get("report")}
     if threshold is not None:

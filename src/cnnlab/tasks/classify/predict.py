@@ -17,6 +17,7 @@ from cnnlab.engine.calibration import (
 from cnnlab.engine.devices import inference_precision, resolve_channels_last, resolve_device
 from cnnlab.engine.onnx import is_onnx
 from cnnlab.engine.predict import Prediction, predict_files
+from cnnlab.engine.tta import parse_tta
 from cnnlab.engine.weights import load_checkpoint_model
 from cnnlab.errors import ConfigError
 from cnnlab.run import resolve_weights, run_dir_of, trained_precision
@@ -34,6 +35,7 @@ def predict(
     precision: str = "auto",
     operating_point: bool = True,
     min_confidence: float | None = None,
+    tta: str | tuple[str, ...] | None = None,
 ) -> list[Prediction]:
     """Class names and probabilities for images/folders; unreadable files get an error entry, not a crash.
 
@@ -44,8 +46,11 @@ def predict(
     Calibration (RUN/calibration.json, fitted when the run was trained): probabilities are
     ``softmax(logits / T)`` and each prediction gets an out-of-domain verdict (``out_of_domain``);
     an exported file applies the calibration recorded in its metadata.
-    ``min_confidence=P``: a prediction whose top calibrated probability is below P is ``unknown``."""
+    ``min_confidence=P``: a prediction whose top calibrated probability is below P is ``unknown``.
+    ``tta`` ("flip", "crop", "flip,crop"; cnnlab.engine.tta): each probability is the mean of the
+    views' calibrated probabilities."""
     min_confidence = check_min_confidence(min_confidence)
+    views = parse_tta(tta)
     if is_onnx(run_or_checkpoint):  # an exported model: onnxruntime on the CPU
         from cnnlab.export import predict_onnx
 
@@ -56,7 +61,7 @@ def predict(
             )
         return predict_onnx(
             run_or_checkpoint, inputs, top_k=top_k, batch_size=batch_size,
-            min_confidence=min_confidence,
+            min_confidence=min_confidence, tta=views,
         )  # fmt: skip
     dev = resolve_device(device)
     model, meta, weights = load_checkpoint_model(run_or_checkpoint, dev)
@@ -82,7 +87,7 @@ def predict(
 
     # None: an older run; an exported .safetensors carries its run's calibration
     calibration = load_calibration(run_dir_of(weights), weights) or from_metadata(meta)
-    probs_fn = calibrated_fn(model, calibration, dev, precision)
+    probs_fn = calibrated_fn(model, calibration, dev, precision, tta=views)
     threshold = calibration.threshold if calibration is not None else None
     domain = (SCORE, threshold) if threshold is not None else None
     spec = PreprocessSpec.from_dict(meta["preprocess"])

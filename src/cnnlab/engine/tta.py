@@ -1,0 +1,117 @@
+"""Test-time augmentation (TTA) for classification: the model sees several views of each image and
+the answer is the mean of the views' calibrated probabilities. The one place for the views;
+``cnnlab evaluate / predict / serve --tta`` (classification evaluation, the prediction driver's
+``probs_fn`` and the web explorer) all come here.
+
+Views (torchvision's ``transforms.v2.functional`` on whole (N, C, H, W) batches of normalised
+images; the crops and flip are linear in the pixels, so cropping after normalising is the same as
+before):
+
+* the original image, always;
+* ``crop``: torchvision's FiveCrop (the four corners and the centre) of side ``CROP_SCALE`` x the
+  image side, each resized back to the model's input size (bilinear, antialiased): 5 views more;
+* ``flip``: the horizontal mirror of every view above (with ``crop``: TenCrop's ten plus the
+  original and its mirror).
+
+``flip`` = 2 views, ``crop`` = 6, ``flip,crop`` = 12 forward passes per image.
+
+Calibration: probabilities are ``mean_v softmax(logits_v / T)`` -- the run's temperature T
+applied to each view's logits before averaging (T was fitted on single views, so it calibrates a
+view; the mean of calibrated probabilities is still a probability vector, whereas averaging logits
+first would change what T was fitted for). The out-of-domain score (energy of the raw logits) is
+the original view's, since its threshold was fitted on single views too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnlab.errors import ConfigError, close_matches
+
+TTA_VIEWS = ("flip", "crop")  # canonical order; "none" (the default) means no TTA
+TTA_CHOICES = "none, flip, crop or flip,crop"
+CROP_SCALE = 0.875  # FiveCrop side / image side: 224 / 256, the ImageNet evaluation crop ratio
+
+
+def parse_tta(value: Any) -> tuple[str, ...]:
+    """``--tta`` as a tuple of view names in canonical order: ``()`` for None / "" / "none";
+    "flip,crop", ["crop", "flip"] -> ("flip", "crop"). An unknown name is a one-line ConfigError
+    with the closest names and the allowed values."""
+    if value is None:
+        return ()
+    names = value.split(",") if isinstance(value, str) else list(value)
+    picked: set[str] = set()
+    for raw in names:
+        name = str(raw).strip().lower()
+        if name in ("", "none"):
+            continue
+        if name not in TTA_VIEWS:
+            text = value if isinstance(value, str) else ",".join(map(str, value))
+            raise ConfigError(
+                f"--tta {text}: unknown view {str(raw).strip()!r}"
+                f"{close_matches(name, TTA_VIEWS + ('none',))}; allowed: {TTA_CHOICES}"
+            )
+        picked.add(name)
+    return tuple(v for v in TTA_VIEWS if v in picked)
+
+
+def num_views(tta: Iterable[str]) -> int:
+    """Forward passes per image: 1, 2 (flip), 6 (crop) or 12 (flip,crop)."""
+    tta = tuple(tta)
+    return (6 if "crop" in tta else 1) * (2 if "flip" in tta else 1)
+
+
+def tta_views(images: torch.Tensor, tta: Iterable[str]) -> list[torch.Tensor]:
+    """The views of a batch ``images (N, C, H, W)``, each (N, C, H, W); the first is ``images``."""
+    tta = tuple(tta)
+    views = [images]
+    if not tta:  # without TTA nothing imports torchvision (`cnnlab predict` starts faster)
+        return views
+    from torchvision.transforms.v2 import functional as F
+
+    if "crop" in tta:
+        h, w = images.shape[-2:]
+        size = [max(1, round(h * CROP_SCALE)), max(1, round(w * CROP_SCALE))]
+        crops = F.five_crop(images, size)  # tl, tr, bl, br, centre: each N x C x h' x w'
+        views += [F.resize(c, [h, w], antialias=True) for c in crops]
+    if "flip" in tta:
+        views += [F.horizontal_flip(v) for v in views]
+    return views
+
+
+def average_probs(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    tta: Iterable[str],
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``mean_v softmax(logits_fn(view_v) / T)`` (N, K) float32, the original view's raw logits
+    (N, K) float32). One forward pass per view, so memory stays that of one batch."""
+    probs: torch.Tensor | None = None
+    first: torch.Tensor | None = None
+    views = tta_views(images, tta)
+    for view in views:
+        logits = logits_fn(view).float()
+        p = (logits / temperature).softmax(dim=1)
+        probs = p if probs is None else probs + p
+        first = logits if first is None else first
+    assert probs is not None and first is not None
+    return probs / len(views), first
+
+
+class TTAModel(nn.Module):
+    """``model`` under TTA, for loops that turn a model's output into probabilities with a softmax
+    (the Trainer's predict, DDP's sharded predict): ``forward(x) -> log mean_v softmax(f(v) / T)``
+    (N, K), whose softmax is the averaged probabilities again (they sum to 1)."""
+
+    def __init__(self, model: nn.Module, tta: Iterable[str], temperature: float = 1.0) -> None:
+        super().__init__()
+        self.model, self.tta, self.temperature = model, tuple(tta), float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs, _ = average_probs(self.model, x, self.tta, self.temperature)
+        return probs.clamp_min(torch.finfo(torch.float32).tiny).log()
