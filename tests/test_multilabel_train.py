@@ -145,6 +145,10 @@ def test_a_run_records_thresholds_and_scores_test_at_them(tmp_path) -> None:
     from cnnlab.export import export_model
     from cnnlab.serve.app import create_app
 
+    with pytest.raises(ConfigError, match="--tta flip averages single-label views"):
+        predict(run, files, device="cpu", tta="flip")
+    with pytest.raises(ConfigError, match="--tta flip averages single-label views"):
+        evaluate(run, device="cpu", tta="flip")
     with pytest.raises(ConfigError, match="multi-label run"):
         export_model(run)
     with pytest.raises(ConfigError, match="multi-label run"):

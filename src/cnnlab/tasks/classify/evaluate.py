@@ -222,6 +222,11 @@ def evaluate(
     class_names = list(meta["class_names"])
     run_dir = run_dir_of(weights)
     multilabel_run = bool(meta.get("multilabel"))
+    if multilabel_run and views:
+        raise ConfigError(
+            f"--tta {','.join(views)} averages single-label views; a multi-label run's thresholds "
+            "were tuned on single-view sigmoids: leave --tta out"
+        )
     if multilabel_run and wanted is not None:
         raise ConfigError(
             "--positive / --target choose one class's threshold; a multi-label run has one "

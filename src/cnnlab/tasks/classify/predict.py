@@ -69,6 +69,11 @@ def predict(
         model.to(memory_format=torch.channels_last)  # predict_files hands over NHWC-strided batches
     precision = inference_precision(precision, dev, trained_precision(run_dir_of(weights)))
     if meta.get("multilabel"):  # every label with its probability; those above threshold
+        if views:
+            raise ConfigError(
+                f"--tta {','.join(views)} averages single-label views; a multi-label run's "
+                "thresholds were tuned on single-view sigmoids: leave --tta out"
+            )
         if min_confidence is not None:
             raise ConfigError(
                 "--min-confidence is for single-label runs; a multi-label run answers each "
