@@ -196,9 +196,15 @@ def average_precision(
     images, each threshold and class; NaN where the class has no (weighted) true box, as COCO's
     -1. ``weights`` (B, N): how many times each image counts (None: once each, B = 1).
 
-    Vectorised over resamples in blocks: weighted cumulative TP / FP counts, the monotone
-    precision envelope, and for each recall point the first detection reaching it (a histogram
-    of the recall points each detection reaches, cumulated), one array pass each."""
+    Only the detections that are a true positive at some threshold ("events") can set an
+    interpolated precision (precision rises only at a TP; a false positive shares the recall of
+    the TP before it with a lower precision), so each event carries the detections since the
+    previous one as a segment: its weighted FP count is one sparse ``(T * E, N) @ (N, B)``
+    product, and the weighted cumulative counts, the monotone precision envelope and, for each
+    recall point, the first event reaching it (a cumulated histogram) are array passes over
+    ``(B, T, E)`` -- the same numbers as COCO's pass over every detection, far fewer cells."""
+    from scipy.sparse import csr_matrix
+
     n, k = records.num_images, records.num_classes
     w = np.ones((1, n)) if weights is None else np.asarray(weights, dtype=np.float64)
     if w.ndim != 2 or w.shape[1] != n:
@@ -213,33 +219,44 @@ def average_precision(
         sel = np.flatnonzero(records.label == c)
         sel = sel[np.argsort(-records.score[sel], kind="mergesort")]  # image order among ties
         has_true = true_w[:, c] > 0
-        if not len(sel):
+        tp = records.tp[:, sel]  # T x D
+        event = tp.any(axis=0)
+        e_count = int(event.sum())
+        if not e_count:  # no TP at any threshold: precision 0 at every recall point
             out[:, :, c] = np.where(has_true[:, None], 0.0, np.nan)
             continue
-        d_count = len(sel)
         img = records.image[sel]
-        tp, fp = records.tp[:, sel].astype(np.float64), fp_all[:, sel].astype(np.float64)
-        step = max(1, _CELL_BUDGET // (t_count * d_count))
+        segment = np.cumsum(event) - event  # events before each detection: its segment
+        # (the tail after the last event changes no interpolated precision: left out)
+        t_idx, d_idx = np.nonzero(fp_all[:, sel] & (segment < e_count)[None, :])
+        fp_seg = csr_matrix(
+            (np.ones(len(t_idx)), (t_idx * e_count + segment[d_idx], img[d_idx])),
+            shape=(t_count * e_count, n),
+        )  # (T * E) x N: FPs of each image in each segment, at each threshold
+        tp_ev = tp[:, event].astype(np.float64)  # T x E
+        img_ev = img[event]
+        step = max(1, _CELL_BUDGET // (t_count * e_count))
         for start in range(0, b_count, step):
-            wb = w[start : start + step, img]  # b x D weight of each detection
+            wb = w[start : start + step]  # b x N
             bb = len(wb)
-            tp_sum = np.cumsum(wb[:, None, :] * tp[None], axis=2)  # b x T x D
-            fp_sum = np.cumsum(wb[:, None, :] * fp[None], axis=2)
+            fp_w = (fp_seg @ wb.T).reshape(t_count, e_count, bb).transpose(2, 0, 1)
+            tp_sum = np.cumsum(wb[:, img_ev][:, None, :] * tp_ev[None], axis=2)  # b x T x E
+            fp_sum = np.cumsum(fp_w, axis=2)
             with np.errstate(invalid="ignore", divide="ignore"):
                 recall = tp_sum / true_w[start : start + bb, c][:, None, None]
             precision = tp_sum / (fp_sum + tp_sum + eps)
             envelope = np.maximum.accumulate(precision[..., ::-1], axis=2)[..., ::-1]
-            # reach: how many recall points each detection's recall is at or above; the first
-            # detection with recall >= point j is #{detections reaching at most j points}
+            # reach: how many recall points each event's recall is at or above; the first
+            # event with recall >= point j is #{events reaching at most j points}
             reach = np.searchsorted(points, np.nan_to_num(recall, nan=-1.0), side="right")
             rows = bb * t_count
-            flat = reach.reshape(rows, d_count) + (r_count + 1) * np.arange(rows)[:, None]
+            flat = reach.reshape(rows, e_count) + (r_count + 1) * np.arange(rows)[:, None]
             hist = np.bincount(flat.ravel(), minlength=rows * (r_count + 1))
             first = np.cumsum(hist.reshape(rows, r_count + 1), axis=1)[:, :r_count]
-            env = envelope.reshape(rows, d_count)
+            env = envelope.reshape(rows, e_count)
             q = np.where(
-                first < d_count,
-                np.take_along_axis(env, np.minimum(first, d_count - 1), axis=1),
+                first < e_count,
+                np.take_along_axis(env, np.minimum(first, e_count - 1), axis=1),
                 0.0,
             )  # rows x R interpolated precision
             ap = q.mean(axis=1).reshape(bb, t_count)
