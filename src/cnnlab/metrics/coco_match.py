@@ -77,9 +77,9 @@ def _np(x: Any) -> np.ndarray:
 
 
 def _xywh(boxes: Any) -> np.ndarray:
-    """xyxy -> xywh in the boxes' own dtype (float32 like torchvision's box_convert, which is what
-    torchmetrics gives pycocotools), then float64."""
-    b = _np(boxes).reshape(-1, 4)
+    """xyxy -> xywh in float32, as cnnlab.metrics.detection hands boxes to torchmetrics and its
+    box_convert to pycocotools, then float64."""
+    b = _np(boxes).astype(np.float32).reshape(-1, 4)
     return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1).astype(np.float64)
 
 
@@ -143,7 +143,7 @@ def match_images(
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("image", "label", "score", "tp", "ign")}
     num_true = np.zeros((len(targets), num_classes), dtype=np.int64)
     for i, (p, t) in enumerate(zip(preds, targets, strict=True)):
-        d_box, d_score = _xywh(p["boxes"]), _np(p["scores"]).astype(np.float64).ravel()
+        d_box, d_score = _xywh(p["boxes"]), _np(p["scores"]).astype(np.float32).ravel()
         d_label = _np(p["labels"]).astype(np.int64).ravel()
         g_box, g_label = _xywh(t["boxes"]), _np(t["labels"]).astype(np.int64).ravel()
         crowd = (
@@ -173,7 +173,7 @@ def match_images(
             outside = (area < AREA_RANGE[0]) | (area > AREA_RANGE[1])
             parts["image"].append(np.full(len(di), i, dtype=np.int64))
             parts["label"].append(np.full(len(di), c, dtype=np.int64))
-            parts["score"].append(d_score[di])
+            parts["score"].append(d_score[di].astype(np.float64))
             parts["tp"].append(matched & ~on_ignored)
             parts["ign"].append(on_ignored | (~matched & outside[None, :]))
     if parts["image"]:
