@@ -240,3 +240,32 @@ def test_detection_intervals_bracket_the_point_and_are_seeded() -> None:
         tuple(np.quantile(boot, [0.025, 0.975])), abs=1e-12
     )
     assert detection_intervals(records, names, n_boot=300, seed=5) == ci
+
+
+def test_detection_interval_of_identical_images_has_zero_width() -> None:
+    from cnnlab.metrics.coco_match import match_images
+    from cnnlab.metrics.stats import detection_intervals
+
+    gt, dt = _det_set(3, n=1, crowd=False)
+    ci = detection_intervals(match_images(dt * 6, gt * 6, 3), ["a", "b", "c"], n_boot=50)
+    assert 0 < ci["map_50"]["value"] < 1
+    for key in ("map", "map_50", "map_75"):
+        assert ci[key]["low"] == ci[key]["high"] == pytest.approx(ci[key]["value"], abs=1e-12)
+
+
+# -- what the CLI prints -----------------------------------------------------------------------------
+def test_cli_tables_print_value_and_interval(capsys: pytest.CaptureFixture[str]) -> None:
+    from cnnlab import cli
+
+    iv = {"value": 0.7123, "low": 0.6901, "high": 0.7334}
+    seg = {
+        "mean_iou": 0.7123,
+        "per_class": {"road": {"iou": 0.7123, "dice": None, "support": 1200}},
+        "confidence_intervals": {"mean_iou": iv, "per_class": {"road": {"iou": iv}}},
+    }
+    cli._print_segment_metrics(seg)
+    text = capsys.readouterr().out
+    assert "0.712 [0.690, 0.733]" in text and "mean_iou: 0.7123 [0.6901, 0.7334]" in text
+    cli._print_detection_metrics({"map_50": 0.5, "map": 0.25})  # an older run: no interval
+    text = capsys.readouterr().out
+    assert "map_50: 0.5000\n" in text and "[" not in text
