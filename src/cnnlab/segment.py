@@ -299,7 +299,7 @@ def _predict_masks(
     precision: str,
     num_classes: int,
     ignore_index: int,
-) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(confusion (K, K), predictions (N, S, S) uint8, per-image confusion (N, K, K) int64)."""
     meter = ConfusionAccumulator(num_classes, ignore_index, per_image=True)
     preds = []
