@@ -310,6 +310,8 @@ def test_segment(work: Path, digits: list[Path]) -> None:
     metrics = json.loads(ok("segment", "evaluate", str(runs / "seg"), "--json", "--no-report",
                             "--out", str(work / "seg-eval")).stdout)  # fmt: skip
     assert 0 <= metrics["mean_iou"] <= 1
+    ci = metrics["confidence_intervals"]["mean_iou"]  # --json carries the 95% interval
+    assert ci["value"] == metrics["mean_iou"] and ci["low"] <= ci["value"] <= ci["high"]
     ok("segment", "predict", str(runs / "seg"), str(digits[0]), "--out", str(work / "masks"))
     assert list((work / "masks").iterdir())
 

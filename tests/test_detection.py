@@ -12,6 +12,7 @@ from PIL import Image
 
 from cnnlab.data.boxes import BoxReport, check_boxes, load_box_source, map_boxes, unmap_boxes
 from cnnlab.metrics.detection import detection_metrics
+from cnnlab.runs_table import read_run
 
 
 # -- metrics vs pycocotools ------------------------------------------------------------------------
@@ -208,10 +209,23 @@ def test_format_round_trip_train_evaluate(tmp_path: Path, fmt: str, run_digests)
     _, meta, _ = load_detection_model(result.run_dir)
     assert meta["class_names"] == {"coco": ["cat", "dog"], "voc": ["car", "person"],
                                    "yolo": ["red", "blue"]}[fmt]  # fmt: skip
+    ci = result.test_metrics["confidence_intervals"]  # bootstrap over the test images
+    for key in ("map", "map_50", "map_75"):  # NumPy COCO matching = torchmetrics' pycocotools
+        assert ci[key]["value"] == pytest.approx(result.test_metrics[key], abs=1e-6)
+        assert ci[key]["low"] <= ci[key]["value"] <= ci[key]["high"]
+    assert set(ci["per_class"]) == set(meta["class_names"]) and ci["n_boot"] == 1000
+    row = read_run(result.run_dir)  # `cnnlab runs` shows the recorded interval
+    assert (row.metric, row.low, row.high) == ("map_50", ci["map_50"]["low"], ci["map_50"]["high"])
+    assert (
+        "percentile-bootstrap interval over the test images"
+        in (result.run_dir / "report.html").read_text()
+    )
     before = run_digests(result.run_dir)
     again = evaluate_detection(result.run_dir, device="cpu", report=False)
     assert again["metrics"]["map"] == pytest.approx(result.test_metrics["map"], abs=1e-9)
     assert run_digests(result.run_dir) == before
+    written = json.loads((Path(again["out_dir"]) / "test_metrics.json").read_text())
+    assert written["confidence_intervals"]["map_50"] == ci["map_50"]
     assert (Path(again["out_dir"]) / "test_predictions.json").is_file()
     assert (result.run_dir / "report.html").is_file()
     assert (result.run_dir / "test_predictions.json").is_file()

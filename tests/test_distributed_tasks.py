@@ -93,6 +93,8 @@ def test_detection_trains_on_two_processes_and_is_evaluated_as_one_process_does(
     recorded = json.loads((run / "test_metrics.json").read_text())
     again = api.evaluate(run, report=False)["metrics"]
     assert again["map_50"] == recorded["map_50"] and again["map"] == recorded["map"]
+    # the intervals resample the same test images with the same seed: the same numbers
+    assert again["confidence_intervals"] == recorded["confidence_intervals"]
 
 
 def test_video_trains_on_two_processes_as_one_process_does(tmp_path):

@@ -32,6 +32,7 @@ from cnnlab.metrics.segmentation import (
     pixel_confusion_matrix,
     segmentation_metrics,
 )
+from cnnlab.runs_table import read_run
 
 IGNORE = 255
 TINY = {
@@ -253,10 +254,22 @@ def test_folder_layout_trains_evaluates_and_predicts(
     assert m["num_images"] == 2 and set(m["per_class"]) == {"background", "red", "green"}
     html = (run / "report.html").read_text()
     assert "Worst test images" in html and html.count("data:image/png") >= 7
+    ci = m["confidence_intervals"]  # bootstrap over the test images, recorded with the metrics
+    assert ci["mean_iou"]["value"] == m["mean_iou"] and ci["n_boot"] == 1000
+    assert ci["mean_iou"]["low"] <= m["mean_iou"] <= ci["mean_iou"]["high"]
+    assert (
+        f"{m['mean_iou']:.3f} [{ci['mean_iou']['low']:.3f}, {ci['mean_iou']['high']:.3f}]" in html
+    )
+    row = read_run(run)  # `cnnlab runs` shows the recorded interval
+    assert (row.metric, row.low, row.high) == ("mean_iou", ci["mean_iou"]["low"],
+                                               ci["mean_iou"]["high"])  # fmt: skip
     before = run_digests(run)
-    again = evaluate_segmentation(run, device="cpu")["metrics"]
+    evaluated = evaluate_segmentation(run, device="cpu")
+    again = evaluated["metrics"]
     assert again["confusion_matrix"] == m["confusion_matrix"]  # same split, same best weights
     assert run_digests(run) == before  # the run's own metrics, predictions and report untouched
+    written = json.loads((Path(evaluated["out_dir"]) / "test_metrics.json").read_text())
+    assert written["confidence_intervals"] == again["confidence_intervals"] == ci
     # predict needs only the run directory: the checkpoint carries classes, preprocessing, palette
     inputs = sorted((folder_dataset / "images").rglob("*.*"))[:3]
     written = predict_segmentation(run, inputs, tmp_path / "pred", device="cpu")

@@ -50,6 +50,8 @@ from cnnlab.engine.predict import list_images
 from cnnlab.engine.timing import Timings
 from cnnlab.engine.trainer import autocast
 from cnnlab.errors import ConfigError, DataError
+from cnnlab.metrics.coco_match import match_images
+from cnnlab.metrics.stats import detection_intervals
 from cnnlab.models.detection import create_detection_model
 from cnnlab.run import (
     evaluation_dir,
@@ -67,6 +69,7 @@ log = logging.getLogger(__name__)
 
 
 DetectResult = TrainResult  # what every task's training returns
+N_BOOT = 1000  # bootstrap resamples of the test images behind each 95% interval (as classification)
 
 
 def _bundle(cfg: DetectConfig) -> BoxBundle:
@@ -260,6 +263,19 @@ def _coco_results(
     return out
 
 
+def _check_point(metrics: dict[str, Any]) -> None:
+    """The intervals' own point values (NumPy COCO matching) against torchmetrics' pycocotools
+    run: equal up to its float32 results; a difference is logged, never hidden."""
+    ci = metrics["confidence_intervals"]
+    for key in ("map", "map_50", "map_75"):
+        ours, theirs = ci[key]["value"], metrics.get(key)
+        if (ours is None) != (theirs is None) or (
+            ours is not None and theirs is not None and abs(ours - theirs) > 1e-6
+        ):
+            log.warning("%s: the bootstrap's point %s differs from pycocotools' %s", key, ours,
+                        theirs)  # fmt: skip
+
+
 def evaluate_detection_model(
     model: torch.nn.Module,
     spec: PreprocessSpec,
@@ -286,6 +302,11 @@ def evaluate_detection_model(
     preds = _run(model, loader, device, precision)
     truth = _to_tensors(targets)
     metrics = detection_metrics(preds, truth, class_names, score_threshold=score_threshold)
+    if truth:  # 95% intervals by resampling test images (the shape classification uses)
+        metrics["confidence_intervals"] = detection_intervals(
+            match_images(preds, truth, len(class_names)), class_names, n_boot=N_BOOT, seed=0
+        )
+        _check_point(metrics)
     metrics["image_size"] = spec.image_size
     result: dict[str, Any] = {"metrics": metrics, "preds": preds}
     if out_dir is not None:

@@ -56,10 +56,10 @@ from cnnlab.engine.trainer import autocast
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.metrics.segmentation import (
     ConfusionAccumulator,
-    per_image_confusion,
     per_image_iou,
     segmentation_metrics,
 )
+from cnnlab.metrics.stats import segmentation_intervals
 from cnnlab.models.segmentation import create_segmentation_model
 from cnnlab.run import (
     evaluation_dir,
@@ -77,6 +77,7 @@ log = logging.getLogger(__name__)
 
 
 SegmentResult = TrainResult  # what every task's training returns
+N_BOOT = 1000  # bootstrap resamples of the test images behind each 95% interval (as classification)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -298,22 +299,20 @@ def _predict_masks(
     precision: str,
     num_classes: int,
     ignore_index: int,
-) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """(confusion (K, K), predictions (N, S, S) uint8, per-image confusion (N, K, K))."""
-    meter = ConfusionAccumulator(num_classes, ignore_index)
-    preds, per_image = [], []
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(confusion (K, K), predictions (N, S, S) uint8, per-image confusion (N, K, K) int64)."""
+    meter = ConfusionAccumulator(num_classes, ignore_index, per_image=True)
+    preds = []
     for images, targets, _ in loader.batches(0):
         with autocast(device, precision):
             logits = model(images)
         pred = logits.argmax(1)
         meter.update(targets, pred)
-        per_image.append(per_image_confusion(targets, pred, num_classes, ignore_index).cpu())
         preds.append(pred.to(torch.uint8).cpu())
-    k = num_classes
     return (
         meter.matrix(),
         torch.cat(preds).numpy() if preds else np.zeros((0, 1, 1), np.uint8),
-        torch.cat(per_image) if per_image else torch.zeros(0, k, k, dtype=torch.long),
+        meter.per_image_matrices(),
     )
 
 
@@ -341,6 +340,10 @@ def evaluate_segmentation_model(
         model, loader, device, precision, len(class_names), ignore_index
     )
     metrics = segmentation_metrics(cm, class_names)
+    if len(per_image):  # 95% intervals by resampling test images (the shape classification uses)
+        metrics["confidence_intervals"] = segmentation_intervals(
+            per_image, class_names, n_boot=N_BOOT, seed=0
+        )
     scores = per_image_iou(per_image)
     metrics["num_images"] = len(ids)
     metrics["ignore_index"] = ignore_index
@@ -349,7 +352,7 @@ def evaluate_segmentation_model(
     if out_dir is not None:
         out_dir = Path(out_dir)
         write_json(out_dir / "test_metrics.json", metrics)
-        cmi = per_image.numpy()
+        cmi = per_image
         with open(out_dir / "test_per_image.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["id", "mean_iou", "pixel_accuracy", "labelled_pixels"])

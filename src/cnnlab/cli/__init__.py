@@ -1024,22 +1024,32 @@ def _segment(args: argparse.Namespace) -> int:
 def _print_segment_metrics(metrics: dict[str, Any] | None) -> None:
     if not metrics:
         return
-    t = Table(title="segmentation metrics")
+    ci = metrics.get("confidence_intervals") or {}
+    class_ci = ci.get("per_class") or {}
+    t = Table(title="segmentation metrics" + (" [95% CI over test images]" if ci else ""))
     for col in ("class", "IoU", "Dice", "pixels"):
         t.add_column(col, justify="left" if col == "class" else "right")
     for name, v in metrics.get("per_class", {}).items():
-        cells = [v.get("iou"), v.get("dice"), v.get("support")]
         t.add_row(
             str(name),
-            *[
-                "-" if c is None else (f"{c:,}" if isinstance(c, int) else f"{c:.4f}")
-                for c in cells
-            ],
+            _with_interval(v.get("iou"), class_ci.get(name, {}).get("iou")),
+            _with_interval(v.get("dice"), class_ci.get(name, {}).get("dice")),
+            "-" if v.get("support") is None else f"{v['support']:,}",
         )
     out.print(t)
     for key in ("mean_iou", "mean_dice", "pixel_accuracy", "frequency_weighted_iou"):
         if metrics.get(key) is not None:
-            out.print(f"{key}: {metrics[key]:.4f}")
+            out.print(f"{key}: {_with_interval(metrics[key], ci.get(key), digits=4)}")
+
+
+def _with_interval(value: Any, interval: dict[str, Any] | None, digits: int = 3) -> str:
+    """'0.712 [0.690, 0.733]' (a recorded interval), '0.712' (none) or '-' (undefined)."""
+    if value is None:
+        return "-"
+    text = f"{value:.{digits}f}"
+    if interval and interval.get("low") is not None and interval.get("high") is not None:
+        text += f" [{interval['low']:.{digits}f}, {interval['high']:.{digits}f}]"
+    return text
 
 
 @command("explain")
@@ -1167,9 +1177,12 @@ def _detect(args: argparse.Namespace) -> int:
 
 
 def _print_detection_metrics(metrics: dict[str, Any] | None) -> None:
+    ci = (metrics or {}).get("confidence_intervals") or {}
     for key in ("map_50", "map", "map_75", "mar_100"):
         if metrics and metrics.get(key) is not None:
-            out.print(f"{key}: {metrics[key]:.4f}")
+            out.print(f"{key}: {_with_interval(metrics[key], ci.get(key), digits=4)}")
+    if ci:
+        out.print(f"[95% CI]: percentile bootstrap over the test images ({ci['n_boot']} resamples)")
 
 
 @command("runs")

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnlab.metrics.coco_match import COCO_IOU_THRESHOLDS, COCO_RECALL_POINTS
+
 log = logging.getLogger(__name__)
 
 
@@ -85,6 +87,11 @@ def detection_metrics(
         # per rank, and hang when rank 0 alone scores the test split)
         sync_on_compute=False,
         backend="pycocotools",
+        # pycocotools' own thresholds: torchmetrics' defaults are float32 linspaces (recall point
+        # 0.2 is 0.2000000030), which COCOeval would read differently when a recall lands
+        # exactly on a point (1 of 5 true boxes); the bootstrap (coco_match) uses the same ones
+        iou_thresholds=COCO_IOU_THRESHOLDS.tolist(),
+        rec_thresholds=COCO_RECALL_POINTS.tolist(),
     )
     cpu_p = [{n: v.detach().cpu() for n, v in p.items()} for p in preds]
     cpu_t = [{n: v.detach().cpu() for n, v in t.items()} for t in targets]

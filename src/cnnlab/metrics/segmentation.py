@@ -128,19 +128,45 @@ class ConfusionAccumulator:
 
     The matrix stays on the device of the first batch (int64); ``matrix()`` returns it as NumPy.
     Equal to :func:`pixel_confusion_matrix` on the concatenated batches (counts just add up).
+
+    ``per_image=True`` also keeps each image's (K, K) matrix (int64, on the CPU: 8 K^2 bytes per
+    image), counted by the same single bincount per batch; ``per_image_matrices()`` returns them
+    (N, K, K), what a bootstrap over test images resamples (cnnlab.metrics.stats).
     """
 
-    def __init__(self, num_classes: int, ignore_index: int | None = 255) -> None:
+    def __init__(
+        self, num_classes: int, ignore_index: int | None = 255, *, per_image: bool = False
+    ) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.per_image = per_image
         self._cm: torch.Tensor | None = None
+        self._images: list[torch.Tensor] = []
 
     def update(self, targets: torch.Tensor, preds: torch.Tensor) -> None:
         k = self.num_classes
-        codes, _ = _valid_codes(targets, preds, k, self.ignore_index)
-        cm = torch.bincount(codes, minlength=k * k).view(k, k)
+        if self.per_image:
+            if targets.ndim < 2:
+                raise ValueError(
+                    f"per_image needs (N, H, W) label maps, got {tuple(targets.shape)}"
+                )
+            per = per_image_confusion(targets, preds, k, self.ignore_index)  # B x K x K
+            self._images.append(per.cpu())
+            cm = per.sum(0)
+        else:
+            codes, _ = _valid_codes(targets, preds, k, self.ignore_index)
+            cm = torch.bincount(codes, minlength=k * k).view(k, k)
         self._cm = cm if self._cm is None else self._cm + cm
+
+    def per_image_matrices(self) -> np.ndarray:
+        """(N, K, K) int64: one pixel confusion matrix per image fed, in order."""
+        if not self.per_image:
+            raise ValueError("this accumulator keeps no per-image matrices: pass per_image=True")
+        k = self.num_classes
+        if not self._images:
+            return np.zeros((0, k, k), dtype=np.int64)
+        return torch.cat(self._images).numpy().astype(np.int64, copy=False)
 
     def matrix(self) -> np.ndarray:
         k = self.num_classes

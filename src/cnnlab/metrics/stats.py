@@ -11,6 +11,13 @@ Multinomial(N, cell counts / N). So the named metrics draw one ``(n_boot, K*K)``
 instead of an ``(n_boot, N)`` index array: same distribution, memory independent of N. A custom
 ``metric_fn`` gets real index resamples (chunks of the ``(n_boot, N)`` index array).
 
+Segmentation and detection resample whole test images, not pixels or boxes (the pixels of one
+image are not independent draws): :func:`resample_counts` draws image indices with replacement
+and turns each resample into a count per image, so a resample's sum of per-image statistics is one
+``(n_boot, N) @ (N, D)`` product (:func:`segmentation_intervals`), and detection weights each
+image's matched detections by its count (:func:`detection_intervals`,
+:mod:`cnnlab.metrics.coco_match`).
+
 Undefined policy: a resample in which a macro metric is undefined for a class averages over the
 defined classes (as :mod:`cnnlab.metrics.classification`); resamples where the metric is undefined
 altogether are dropped from the quantiles and counted in the log.
@@ -33,6 +40,7 @@ from cnnlab.metrics.classification import (
     confusion_matrix,
     to_numpy,
 )
+from cnnlab.metrics.coco_match import average_precision
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +54,9 @@ __all__ = [
     "mcnemar_exact",
     "accuracy_difference_ci",
     "compare_predictions",
+    "resample_counts",
+    "segmentation_intervals",
+    "detection_intervals",
 ]
 
 NAMED_METRICS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1")
@@ -415,3 +426,198 @@ def compare_predictions(
         "confidence": confidence,
         "mcnemar": mcnemar_exact(ca, cb),
     }
+
+
+# -- resampling whole images (segmentation, detection) -------------------------------------------------
+def resample_counts(n: int, n_boot: int, rng: np.random.Generator):  # noqa: ANN201
+    """Yield ``(rows, n)`` float64 arrays, ``n_boot`` rows in all: how many times each of ``n``
+    items was drawn in each resample of ``n`` draws with replacement.
+
+    Resample ``b`` draws its indices as ``rng.integers(0, n, size=n)`` would, in order (the rows
+    of one ``(rows, n)`` draw are NumPy's stream in row order), so a loop drawing one resample at
+    a time from the same seed sees the same resamples. Blocks keep ``rows * n`` under 4 M."""
+    chunk = max(1, _INDEX_BUDGET // max(n, 1))
+    for start in range(0, n_boot, chunk):
+        rows = min(chunk, n_boot - start)
+        idx = rng.integers(0, n, size=(rows, n))  # rows x N drawn image indices
+        flat = (idx + n * np.arange(rows)[:, None]).ravel()
+        yield np.bincount(flat, minlength=rows * n).reshape(rows, n).astype(np.float64)
+
+
+def _interval(value: float, boot: np.ndarray, confidence: float, what: str) -> dict[str, Any]:
+    """{"value", "low", "high"} with None for undefined (NaN) numbers."""
+    if math.isnan(value):
+        low = high = math.nan
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            low, high = _quantiles(boot, confidence, what)
+    return {
+        k: (None if math.isnan(v) else float(v))
+        for k, v in (("value", value), ("low", low), ("high", high))
+    }
+
+
+def _seg_from_sums(tp: np.ndarray, true_sum: np.ndarray, pred_sum: np.ndarray) -> dict:
+    """Pixel accuracy, per-class IoU and Dice of ``(B, K)`` summed counts (float64 holding
+    integers, exact below 2**53): IoU = TP / (T + P - TP), Dice = 2TP / (T + P), where T = TP + FN
+    (true pixels) and P = TP + FP (predicted pixels), NaN where the class is nowhere."""
+    union = true_sum + pred_sum - tp  # TP + FP + FN
+    both = true_sum + pred_sum  # 2TP + FP + FN
+    total = true_sum.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "pixel_accuracy": np.where(total > 0, tp.sum(axis=1) / total, np.nan),
+            "iou": np.where(union > 0, tp / union, np.nan),
+            "dice": np.where(both > 0, 2 * tp / both, np.nan),
+        }
+
+
+def _mean_defined_rows(values: np.ndarray) -> np.ndarray:
+    """Per row, the mean over the non-NaN entries (NaN when none): ``average_defined``'s rule."""
+    ok = ~np.isnan(values)
+    count = ok.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, np.where(ok, values, 0.0).sum(axis=1) / count, np.nan)
+
+
+def segmentation_intervals(
+    per_image_cms: Any,
+    class_names: list[str] | None = None,
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Point value and percentile-bootstrap interval over test images of mean IoU, pixel accuracy,
+    mean Dice and each class's IoU and Dice, from ``(N, K, K)`` per-image pixel confusion matrices
+    (rows = true; :func:`cnnlab.metrics.segmentation.per_image_confusion`).
+
+    A resample draws N images with replacement and sums their matrices. The metrics depend on a
+    matrix only through its diagonal, row sums and column sums, and sums commute with that
+    reduction, so each image is reduced to those 3K numbers first and a resample's sums are one
+    ``(n_boot, N) @ (N, 3K)`` product (float64: exact for counts below 2**53). The point values
+    are those of :func:`cnnlab.metrics.segmentation.segmentation_metrics` on the summed matrix.
+
+    Returns ``{"mean_iou": {"value", "low", "high"}, "pixel_accuracy": ..., "mean_dice": ...,
+    "per_class": {name: {"iou": {...}, "dice": {...}}}, "n_boot", "confidence", "seed", "method",
+    "unit": "image"}``; undefined values are None.
+    """
+    _check_boot(n_boot, confidence)
+    cms = np.asarray(per_image_cms)
+    if cms.ndim != 3 or cms.shape[1] != cms.shape[2] or len(cms) == 0:
+        raise ValueError(
+            f"need (N, K, K) per-image confusion matrices with N >= 1, got {cms.shape}"
+        )
+    n, k = cms.shape[0], cms.shape[1]
+    names = list(class_names) if class_names is not None else [str(c) for c in range(k)]
+    stats = np.concatenate(
+        [np.diagonal(cms, axis1=1, axis2=2), cms.sum(axis=2), cms.sum(axis=1)], axis=1
+    ).astype(np.float64)  # N x 3K: TP, true pixels, predicted pixels per class
+    if float(stats[:, k : 2 * k].sum()) * n >= 2.0**53:
+        raise ValueError("too many pixels for exact float64 sums; resample fewer images")
+    total = stats.sum(axis=0, keepdims=True)
+    point = _seg_from_sums(total[:, :k], total[:, k : 2 * k], total[:, 2 * k :])
+    boot_sums = np.concatenate(
+        [w @ stats for w in resample_counts(n, n_boot, np.random.default_rng(seed))]
+    )  # n_boot x 3K
+    boot = _seg_from_sums(boot_sums[:, :k], boot_sums[:, k : 2 * k], boot_sums[:, 2 * k :])
+
+    def exact_mean(values: np.ndarray) -> float:  # average_defined's own arithmetic
+        ok = ~np.isnan(values)
+        return float(values[ok].mean()) if ok.any() else math.nan
+
+    out: dict[str, Any] = {
+        "mean_iou": _interval(
+            exact_mean(point["iou"][0]), _mean_defined_rows(boot["iou"]), confidence, "mean IoU"
+        ),
+        "pixel_accuracy": _interval(
+            float(point["pixel_accuracy"][0]),
+            boot["pixel_accuracy"],
+            confidence,
+            "pixel accuracy",
+        ),  # fmt: skip
+        "mean_dice": _interval(
+            exact_mean(point["dice"][0]),
+            _mean_defined_rows(boot["dice"]),
+            confidence,
+            "mean Dice",
+        ),  # fmt: skip
+        "per_class": {
+            name: {
+                m: _interval(
+                    float(point[m][0, c]), boot[m][:, c], confidence, f"{m} of class {name}"
+                )
+                for m in ("iou", "dice")
+            }
+            for c, name in enumerate(names)
+        },
+    }
+    out.update(
+        n_boot=n_boot, confidence=confidence, seed=seed, method="percentile bootstrap",
+        unit="image",
+    )  # fmt: skip
+    return out
+
+
+def _ap_summary(ap: np.ndarray, thresholds: np.ndarray) -> dict[str, np.ndarray]:
+    """mAP, mAP@0.5, mAP@0.75 ``(B,)`` and per-class AP, AP50 ``(B, K)`` of ``(B, T, K)`` AP
+    (NaN where a class has no true box): COCO's means over the classes that have one."""
+    per_class = ap.mean(axis=1)  # B x K, over the IoU thresholds
+    out = {"map": _mean_defined_rows(per_class), "ap": per_class}
+    for key, t in (("map_50", 0.5), ("map_75", 0.75)):
+        hit = np.flatnonzero(np.isclose(thresholds, t))
+        if len(hit):
+            out[key] = _mean_defined_rows(ap[:, hit[0], :])
+            if t == 0.5:
+                out["ap_50"] = ap[:, hit[0], :]
+    return out
+
+
+def detection_intervals(
+    records: Any,
+    class_names: list[str],
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Point value and percentile-bootstrap interval over test images of COCO mAP, mAP@0.5,
+    mAP@0.75 and each class's AP and AP@0.5, from per-image matches
+    (:func:`cnnlab.metrics.coco_match.match_images`).
+
+    Matching never looks across images, so a resample of N images with replacement is scored by
+    weighting each image's matched detections and true boxes by how often it was drawn
+    (:func:`cnnlab.metrics.coco_match.average_precision`) -- no re-matching. Returns the shape of
+    :func:`headline_intervals`: ``{"map": {"value", "low", "high"}, "map_50", "map_75",
+    "per_class": {name: {"ap": {...}, "ap_50": {...}}}, "n_boot", "confidence", "seed", "method",
+    "unit": "image"}``; undefined values are None.
+    """
+    _check_boot(n_boot, confidence)
+    n = records.num_images
+    if n == 0:
+        raise ValueError("need at least one image")
+    point = _ap_summary(average_precision(records), records.iou_thresholds)
+    rng = np.random.default_rng(seed)
+    boot_ap = np.concatenate(
+        [average_precision(records, w) for w in resample_counts(n, n_boot, rng)]
+    )
+    boot = _ap_summary(boot_ap, records.iou_thresholds)
+    out: dict[str, Any] = {
+        key: _interval(float(point[key][0]), boot[key], confidence, key)
+        for key in ("map", "map_50", "map_75")
+        if key in point
+    }
+    out["per_class"] = {
+        name: {
+            key: _interval(float(point[key][0, c]), boot[key][:, c], confidence, f"{key} of {name}")
+            for key in ("ap", "ap_50")
+            if key in point
+        }
+        for c, name in enumerate(class_names)
+    }
+    out.update(
+        n_boot=n_boot, confidence=confidence, seed=seed, method="percentile bootstrap",
+        unit="image",
+    )  # fmt: skip
+    return out

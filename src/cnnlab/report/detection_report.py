@@ -22,8 +22,8 @@ import torch  # noqa: E402
 
 from cnnlab.report.boxes import draw_boxes, enlarge  # noqa: E402
 from cnnlab.report.header import run_header_html  # noqa: E402
-from cnnlab.report.html import CSS, curves_figure, format_value, png_figure  # noqa: E402
-from cnnlab.report.segmentation_report import png_uri  # noqa: E402
+from cnnlab.report.html import CSS, curves_figure, png_figure  # noqa: E402
+from cnnlab.report.segmentation_report import interval_note, png_uri, with_interval  # noqa: E402
 from cnnlab.report.style import class_colours, styled  # noqa: E402
 
 DET_CSS = """
@@ -113,15 +113,20 @@ def write_detection_report(
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>cnnlab "
              f"detection report</title><style>{CSS}{DET_CSS}</style></head><body>",
              "<h1>Detection report</h1>", run_header_html(run_dir), "<table>"]  # fmt: skip
+    ci = metrics.get("confidence_intervals") or {}
+    class_ci = ci.get("per_class") or {}
     for key in ("map", "map_50", "map_75", "mar_100", "precision_50", "recall_50", "num_images",
                 "num_objects"):  # fmt: skip
-        parts.append(f"<tr><th>{key}</th><td>{format_value(metrics.get(key))}</td></tr>")
-    parts.append("</table><h2>Per class</h2><table><tr><th>class</th><th>AP</th><th>AP50</th>"
+        parts.append(
+            f"<tr><th>{key}</th><td>{with_interval(metrics.get(key), ci.get(key))}</td></tr>"
+        )
+    parts.append("</table>" + interval_note(metrics, "mAP"))
+    parts.append("<h2>Per class</h2><table><tr><th>class</th><th>AP</th><th>AP50</th>"
                  "<th>AR100</th><th>precision</th><th>recall</th><th>TP</th><th>FP</th>"
                  "<th>FN</th></tr>")  # fmt: skip
     for name, row in metrics["per_class"].items():
         cells = "".join(
-            f"<td>{format_value(row[k])}</td>"
+            f"<td>{with_interval(row[k], class_ci.get(name, {}).get(k))}</td>"
             for k in ("ap", "ap_50", "ar_100", "precision", "recall", "tp", "fp", "fn")
         )
         parts.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")

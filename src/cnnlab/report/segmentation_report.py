@@ -27,6 +27,26 @@ border:1px solid #999;margin-right:.3rem}.key{margin-right:.8rem;white-space:now
 """
 
 
+def with_interval(value: Any, interval: dict[str, Any] | None) -> str:
+    """HTML of a metric and its recorded 95% interval, "0.712 [0.690, 0.733]"; the value alone
+    (format_value) when there is no interval."""
+    if value is None or not interval or interval.get("low") is None or interval.get("high") is None:
+        return format_value(value)
+    return f"{float(value):.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
+
+
+def interval_note(metrics: dict[str, Any], what: str) -> str:
+    """One sentence saying how the intervals were made (empty when none were recorded)."""
+    ci = metrics.get("confidence_intervals")
+    if not ci:
+        return ""
+    return (
+        f'<p class="muted">[low, high]: 95% percentile-bootstrap interval over the test images '
+        f"({ci.get('n_boot')} resamples of whole images, seed {ci.get('seed')}): how much {what} "
+        "could move with another test set of the same size.</p>"
+    )
+
+
 def colorize(mask: np.ndarray, palette: Any, ignore_index: int = 255) -> np.ndarray:
     """(H, W) class indices -> (H, W, 3) uint8 colours; ignore pixels white, unknown ones grey."""
     pal = np.asarray(palette if palette is not None and len(palette) else [[0, 0, 0]], np.uint8)
@@ -104,8 +124,9 @@ def write_segmentation_report(
     curves = curves_figure(run_dir / "metrics.csv") if run_dir else None
     if curves is not None:
         figs["training curves"] = png_figure(curves, fig_dir / "training_curves.png")
+    ci = metrics.get("confidence_intervals") or {}
     head = "".join(
-        f"<tr><td>{label}</td><td>{format_value(metrics.get(key))}</td></tr>"
+        f"<tr><td>{label}</td><td>{with_interval(metrics.get(key), ci.get(key))}</td></tr>"
         for key, label in (
             ("mean_iou", "mean IoU"),
             ("mean_dice", "mean Dice"),
@@ -115,11 +136,15 @@ def write_segmentation_report(
         )
     )
     pal = np.asarray(palette if palette else [[0, 0, 0]] * len(class_names), dtype=np.uint8)
+    class_ci = ci.get("per_class") or {}  # {name: {"iou": {...}, "dice": {...}}}
     cols = ("iou", "dice", "precision", "recall", "support", "predicted")
     rows = "".join(
         f'<tr><td><span class="swatch" style="background:rgb{tuple(int(c) for c in pal[k])}">'
         f"</span>{html.escape(n)}</td>"
-        + "".join(f"<td>{format_value(metrics['per_class'][n].get(c))}</td>" for c in cols)
+        + "".join(
+            f"<td>{with_interval(metrics['per_class'][n].get(c), class_ci.get(n, {}).get(c))}</td>"
+            for c in cols
+        )
         + "</tr>"
         for k, n in enumerate(class_names)
         if k < len(pal)
@@ -174,6 +199,7 @@ labelled pixels at {metrics.get("image_size", "?")} px, {len(class_names)} class
 correct pixels / labelled pixels; frequency-weighted IoU weights each class's IoU by its pixel
 share.</p>
 <h2>Headline metrics</h2><table><tr><th>metric</th><th>value</th></tr>{head}</table>
+{interval_note(metrics, "the mean IoU")}
 <h2>Per class</h2><table><tr><th>class</th>{"".join(f"<th>{c}</th>" for c in cols)}</tr>
 {rows}</table>
 {f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
