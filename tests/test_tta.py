@@ -22,11 +22,14 @@ def test_parse_tta_names_and_errors():
     assert parse_tta(None) == parse_tta("none") == parse_tta("") == ()
     assert parse_tta("crop,flip") == parse_tta(["flip", "crop"]) == ("flip", "crop")
     assert parse_tta(" FLIP ") == ("flip",)
-    assert [num_views(v) for v in ((), ("flip",), ("crop",), ("flip", "crop"))] == [1, 2, 6, 12]
+    assert parse_tta("shift,flip") == ("flip", "shift")
+    views = ((), ("flip",), ("crop",), ("flip", "crop"), ("shift",), ("flip", "shift"))
+    assert [num_views(v) for v in views] == [1, 2, 6, 12, 5, 10]
     with pytest.raises(ConfigError) as err:
         parse_tta("rotate")
     assert str(err.value) == (
-        "--tta rotate: unknown view 'rotate'; allowed: none, flip, crop or flip,crop"
+        "--tta rotate: unknown view 'rotate'; allowed: none, or a comma list of flip, crop, shift "
+        "(e.g. flip,crop)"
     )
     with pytest.raises(
         ConfigError, match=r"--tta flip,flp: unknown view 'flp' \(did you mean: flip"
@@ -103,6 +106,27 @@ def test_flip_crop_views_are_tencrop_plus_the_image_and_its_mirror():
         want.append(softmax(z, axis=1).mean(0))
     got, _ = average_probs(_Readout(), x, ("flip", "crop"))
     np.testing.assert_allclose(got.numpy(), np.stack(want), rtol=1e-5, atol=1e-6)
+
+
+def test_shift_views_are_the_image_moved_one_pixel_per_diagonal_with_edges_repeated():
+    """shift at 16 px: d = 16 // 16 = 1; each view built pixel by pixel in NumPy (index clamped
+    into the image: the edge repeated), and average_probs' result against SciPy's softmax."""
+    from cnnlab.engine.tta import average_probs, tta_views
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 1, 16, 16)).astype(np.float32)
+    rows, cols = np.arange(16)[:, None], np.arange(16)[None, :]
+    want = [x]
+    for dy, dx in ((1, 1), (1, -1), (-1, 1), (-1, -1)):  # content moved down/up, right/left
+        src_r, src_c = np.clip(rows - dy, 0, 15), np.clip(cols - dx, 0, 15)
+        want.append(x[:, :, src_r, src_c])
+    got = tta_views(torch.from_numpy(x), ("shift",))
+    assert len(got) == 5
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g.numpy(), w)
+    probs, _ = average_probs(_Readout(), torch.from_numpy(x), ("shift",))
+    z = np.stack([_Readout()(torch.from_numpy(v)).numpy() for v in want])  # views x N x K
+    np.testing.assert_allclose(probs.numpy(), softmax(z, axis=2).mean(0), rtol=1e-5, atol=1e-6)
 
 
 def test_tta_model_gives_the_averaged_probabilities_to_a_softmax():
@@ -186,7 +210,9 @@ def test_cli_evaluate_prints_both_and_bad_tta_is_one_line(run: Path, digits, tmp
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: --tta") and "\n" not in err, err
-        assert "rotate" not in argv[-1] or "allowed: none, flip, crop or flip,crop" in err
+        assert (
+            "rotate" not in argv[-1] or "allowed: none, or a comma list of flip, crop, shift" in err
+        )
 
 
 def test_serve_answers_say_the_tta_and_match_predict(run: Path, digits):

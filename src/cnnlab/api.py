@@ -86,9 +86,9 @@ def evaluate(
     measure it with bootstrap intervals and store it as RUN/operating_point.json, which
     :func:`predict` then applies (result["operating_point"]; docs/imbalance.md).
 
-    Classification only: ``tta`` ("flip", "crop" or "flip,crop"; cnnlab.engine.tta) averages the
-    calibrated probabilities over the views; result["tta"] (also in evaluation.json) has the
-    headline metrics without and with it side by side."""
+    Classification only: ``tta`` ("flip", "crop", "shift" or a comma list such as "flip,crop";
+    cnnlab.engine.tta) averages the calibrated probabilities over the views; result["tta"] (also
+    in evaluation.json) has the headline metrics without and with it side by side."""
     entry = task_of(run_or_checkpoint)
     point: dict[str, Any] = _tta_option(tta, entry.name, run_or_checkpoint)
     if positive is not None or target is not None or replace_operating_point:
@@ -124,7 +124,8 @@ def predict(
     (Prediction.decision) unless ``operating_point=False``. Probabilities are calibrated with the
     run's temperature and each prediction carries an out-of-domain verdict when the run has a
     calibration.json (docs/calibration.md); ``min_confidence=P`` answers ``unknown`` below P;
-    ``tta`` ("flip", "crop" or "flip,crop") averages the calibrated probabilities over the views.
+    ``tta`` ("flip", "crop", "shift" or a comma list such as "flip,crop") averages the calibrated
+    probabilities over the views.
 
     Segmentation, detection and video runs write their predictions as files to `out` (mask PNGs and
     overlays; COCO results JSON and drawn boxes; timeline, events and an annotated video) and return

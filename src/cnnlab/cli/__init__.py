@@ -205,7 +205,8 @@ JSON_HELP = "print JSON instead of tables"
 NO_REPORT_HELP = "do not write the HTML report"
 TTA_HELP = (  # cnnlab.engine.tta (the parser stays torch-free: checked when the command runs)
     "classification: test-time augmentation, the mean of the calibrated probabilities over views: "
-    "none, flip (2 views), crop (original + 5 crops) or flip,crop (12) (default: none)"
+    "none, or a comma list: flip (2 views), crop (original + 5 crops), shift (original + 4 shifts "
+    "of side/16 px), e.g. flip,crop (12) (default: none)"
 )
 SPLIT_HELP = "test | val | train: the run's own split to measure"
 

@@ -10,10 +10,16 @@ before):
 * the original image, always;
 * ``crop``: torchvision's FiveCrop (the four corners and the centre) of side ``CROP_SCALE`` x the
   image side, each resized back to the model's input size (bilinear, antialiased): 5 views more;
+* ``shift``: the image moved by ``max(1, side // 16)`` pixels towards each of the four diagonals,
+  the uncovered border filled by repeating the edge: 4 views more. These are the views training's
+  ``--augment crop`` (random shifts of up to side // 8, cnnlab.data.loader) taught the model, with
+  no rescaling, so they suit small inputs whose objects fill the frame (digits), where FiveCrop's
+  zoom shows the model something it never saw (measured on the demo run: docs/classification.md);
 * ``flip``: the horizontal mirror of every view above (with ``crop``: TenCrop's ten plus the
   original and its mirror).
 
-``flip`` = 2 views, ``crop`` = 6, ``flip,crop`` = 12 forward passes per image.
+``flip`` = 2 views, ``crop`` = 6, ``shift`` = 5, and the product with ``flip`` (``flip,crop`` = 12;
+``crop,shift`` = 10) forward passes per image.
 
 Calibration: probabilities are ``mean_v softmax(logits_v / T)`` -- the run's temperature T
 applied to each view's logits before averaging (T was fitted on single views, so it calibrates a
@@ -32,8 +38,8 @@ from torch import nn
 
 from cnnlab.errors import ConfigError, close_matches
 
-TTA_VIEWS = ("flip", "crop")  # canonical order; "none" (the default) means no TTA
-TTA_CHOICES = "none, flip, crop or flip,crop"
+TTA_VIEWS = ("flip", "crop", "shift")  # canonical order; "none" (the default) means no TTA
+TTA_CHOICES = "none, or a comma list of flip, crop, shift (e.g. flip,crop)"
 CROP_SCALE = 0.875  # FiveCrop side / image side: 224 / 256, the ImageNet evaluation crop ratio
 
 
@@ -60,9 +66,9 @@ def parse_tta(value: Any) -> tuple[str, ...]:
 
 
 def num_views(tta: Iterable[str]) -> int:
-    """Forward passes per image: 1, 2 (flip), 6 (crop) or 12 (flip,crop)."""
+    """Forward passes per image: 1 + 5 (crop) + 4 (shift), times 2 with flip."""
     tta = tuple(tta)
-    return (6 if "crop" in tta else 1) * (2 if "flip" in tta else 1)
+    return (1 + 5 * ("crop" in tta) + 4 * ("shift" in tta)) * (2 if "flip" in tta else 1)
 
 
 def tta_views(images: torch.Tensor, tta: Iterable[str]) -> list[torch.Tensor]:
@@ -78,9 +84,23 @@ def tta_views(images: torch.Tensor, tta: Iterable[str]) -> list[torch.Tensor]:
         size = [max(1, round(h * CROP_SCALE)), max(1, round(w * CROP_SCALE))]
         crops = F.five_crop(images, size)  # tl, tr, bl, br, centre: each N x C x h' x w'
         views += [F.resize(c, [h, w], antialias=True) for c in crops]
+    if "shift" in tta:
+        views += shifted(images, max(1, min(images.shape[-2:]) // 16))
     if "flip" in tta:
         views += [F.horizontal_flip(v) for v in views]
     return views
+
+
+def shifted(images: torch.Tensor, d: int) -> list[torch.Tensor]:
+    """``images (N, C, H, W)`` moved by ``d`` pixels down-right, down-left, up-right and up-left,
+    each (N, C, H, W): pad ``d`` on every side by repeating the edge, then cut the window."""
+    h, w = images.shape[-2:]
+    padded = torch.nn.functional.pad(images, (d, d, d, d), mode="replicate")
+    # window origin (top, left) in the padded image: 0 shows content moved down/right by d
+    return [
+        padded[..., t : t + h, l : l + w]
+        for t, l in ((0, 0), (0, 2 * d), (2 * d, 0), (2 * d, 2 * d))
+    ]
 
 
 def average_probs(

@@ -258,7 +258,7 @@ def create_app(
     training). ``max_concurrency`` uploads are worked on at once; more wait up to
     ``queue_timeout_s`` seconds for a turn before a 503. ``precision``: inference precision of
     /api/predict (auto: fp32 on CPU, the run's own on CUDA, as `cnnlab predict`; the layer trace
-    and CAMs of /api/explain are fp32). ``tta`` ("flip", "crop", "flip,crop"; classification
+    and CAMs of /api/explain are fp32). ``tta`` ("flip", "crop", "shift" or a comma list; classification
     runs): the probabilities are the mean of the views' (cnnlab.engine.tta), and the answers say
     which views (``"tta"``).
     """

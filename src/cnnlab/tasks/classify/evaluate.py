@@ -198,7 +198,7 @@ def evaluate(
     with bootstrap intervals, and store it as the run's operating point (see
     cnnlab.tasks.classify.operating_point; ``replace_operating_point`` replaces an active one).
 
-    ``tta`` ("flip", "crop", "flip,crop"; cnnlab.engine.tta): the metrics are those of the
+    ``tta`` ("flip", "crop", "shift" or a comma list; cnnlab.engine.tta): the metrics are those of the
     averaged views, and ``result["tta"]`` (also in evaluation.json) puts the headline metrics
     without and with TTA side by side."""
     views = parse_tta(tta)

@@ -47,7 +47,7 @@ def predict(
     ``softmax(logits / T)`` and each prediction gets an out-of-domain verdict (``out_of_domain``);
     an exported file applies the calibration recorded in its metadata.
     ``min_confidence=P``: a prediction whose top calibrated probability is below P is ``unknown``.
-    ``tta`` ("flip", "crop", "flip,crop"; cnnlab.engine.tta): each probability is the mean of the
+    ``tta`` ("flip", "crop", "shift" or a comma list; cnnlab.engine.tta): each probability is the mean of the
     views' calibrated probabilities."""
     min_confidence = check_min_confidence(min_confidence)
     views = parse_tta(tta)
