@@ -122,10 +122,27 @@ def stratified_split(
             f"--val-fraction {val_fraction:g} and --test-fraction {test_fraction:g} leave fewer than "
             f"{n_classes} of the {n} images for training; lower them or add images",
         )
+    if test_fraction <= 0 and val_fraction <= 0:
+        return {"train": idx}
+    # importing scikit-learn costs ~0.7 s (it imports pandas and SciPy): a split it made before
+    # for the same targets, fractions and seed is read back from the cache instead
+    key = _split_key(targets, val_fraction, test_fraction, seed)
+    cached = _read_cached_split(key)
+    if cached is not None:
+        return cached
+    out = _sklearn_split(idx, targets, val_fraction, test_fraction, seed)
+    _write_cached_split(key, out)
+    return out
+
+
+def _sklearn_split(
+    idx: np.ndarray, targets: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
+    """The split itself: test first, then val out of the rest (scikit-learn's train_test_split)."""
+    from sklearn.model_selection import train_test_split
+
     out: dict[str, np.ndarray] = {}
     rest = idx
-    if test_fraction > 0 or val_fraction > 0:  # importing scikit-learn costs ~1 s: only when needed
-        from sklearn.model_selection import train_test_split
     if test_fraction > 0:
         rest, out["test"] = train_test_split(
             idx, test_size=test_fraction, stratify=targets, random_state=seed
@@ -137,6 +154,49 @@ def stratified_split(
         )
     out["train"] = rest
     return {k: np.sort(v) for k, v in out.items()}
+
+
+def _split_key(targets: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> str:
+    """What a split depends on: the targets in order, the fractions, the seed and scikit-learn's
+    version (its splitter decides; read from the installed package's metadata, not imported)."""
+    import hashlib
+    from importlib import metadata
+
+    try:
+        version = metadata.version("scikit-learn")
+    except metadata.PackageNotFoundError:  # not installed: the split itself will say so
+        version = "none"
+    h = hashlib.sha256(np.ascontiguousarray(targets, dtype=np.int64).tobytes())
+    h.update(repr((float(val_fraction), float(test_fraction), int(seed), version)).encode())
+    return h.hexdigest()[:32]
+
+
+def _split_cache(key: str) -> Path:
+    from cnnlab.data.tensors import default_cache_dir
+
+    return default_cache_dir() / "splits" / f"split-{key}.npz"
+
+
+def _read_cached_split(key: str) -> dict[str, np.ndarray] | None:
+    """The split stored under ``key``, or None (none stored, or unreadable: made again)."""
+    path = _split_cache(key)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k].astype(np.int64) for k in z.files}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _write_cached_split(key: str, split: dict[str, np.ndarray]) -> None:
+    """Store a split atomically (a temporary file renamed); an unwritable cache is only logged."""
+    path = _split_cache(key)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **split)
+        os.replace(tmp, path)
+    except OSError as err:
+        log.debug("split cache not written (%s): %s", path, err)
 
 
 def few_shot(split: Split, shots: int, seed: int) -> Split:
