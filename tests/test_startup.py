@@ -136,11 +136,21 @@ def test_predict_imports_no_torchvision_matplotlib_or_fastapi(
 def test_the_probe_finds_the_heavy_modules_where_they_are_imported(tmp_path: Path):
     """The negative control: the checks above could fail."""
     statement = (
-        "import cnnlab.api, cnnlab.report.html, cnnlab.serve.app\n"
+        "import cnnlab.api, cnnlab.report.explain_page, cnnlab.serve.app\n"
         "cnnlab.api.build_model('resnet18', 2, 3, 32, None)"  # a family built on torchvision
     )
     _, modules, _ = probe(tmp_path, IMPORT_PROBE, statement)
     assert {"torch", "torchvision", "matplotlib", "fastapi"} <= modules
+
+
+def test_the_report_module_imports_matplotlib_only_to_draw(tmp_path: Path):
+    """Training's main process writes the page; worker processes import matplotlib and draw
+    (cnnlab.report.render), so importing the report's modules must not import it."""
+    statement = "import cnnlab.report.html, cnnlab.report.render, cnnlab.report.calibration_section"
+    _, modules, _ = probe(tmp_path, IMPORT_PROBE, statement)
+    assert "cnnlab" in modules and "matplotlib" not in modules
+    _, modules, _ = probe(tmp_path, IMPORT_PROBE, statement + "; cnnlab.report.html.pyplot()")
+    assert "matplotlib" in modules  # the control
 
 
 # -- the time split of a run ------------------------------------------------------------------------

@@ -49,8 +49,12 @@ def evaluate_model(
     batch_size: int = 512,
     timings: Timings | None = None,
     calibration: dict[str, Any] | None = None,
+    renderer: Any = None,
 ) -> dict[str, Any]:
     """Metrics (+ bootstrap CIs, report) of `model` on one split held as a uint8 tensor.
+
+    `renderer` (cnnlab.report.render): where the report's figures are drawn (in this process
+    by default; training passes worker processes started before its scan).
 
     `calibration`: the run's calibration.json record (cnnlab.engine.calibration); its temperature
     calibrates the probabilities (``softmax(logits / T)``: accuracy and ROC-AUC unchanged, ECE
@@ -94,7 +98,7 @@ def evaluate_model(
             result["report"] = write_classification_report(
                 out, metrics, p, t, class_names, ids=split.ids, run_dir=run_dir,
                 images=images if thumbnails is None else thumbnails,
-                balance=recorded_balance(run_dir), calibration=calibration,
+                balance=recorded_balance(run_dir), calibration=calibration, renderer=renderer,
             )  # fmt: skip
             timings.lap("report")
     return result

@@ -30,6 +30,7 @@ from cnnlab.engine.loaders import (
 from cnnlab.engine.timing import Timings
 from cnnlab.engine.weights import build_model, load_checkpoint_model
 from cnnlab.errors import CheckpointError
+from cnnlab.report.render import start_renderer
 from cnnlab.tasks.classification import ClassificationTask
 from cnnlab.tasks.classify.evaluate import evaluate_model
 from cnnlab.tasks.classify.imbalance import class_balance
@@ -72,6 +73,9 @@ def _prepare(
     cfg: TrainConfig, info: Any, device: torch.device, resumed: Any, timings: Timings
 ) -> Plan:
     """Scan and decode the splits once (uint8 cache), build the model and the transfer plan."""
+    # the report's figures are drawn by worker processes that import matplotlib now, beside the
+    # scan, and draw while the test split is scored (cnnlab.report.render); rank 0 writes
+    renderer = start_renderer() if cfg.report and info.is_main else None
     if not info.is_main:
         distributed.barrier()  # DDP: rank 0 scans and decodes first; the others then hit its cache
     bundle = load_source(cfg)
@@ -136,10 +140,19 @@ def _prepare(
         return train_loader, val_loader
 
     def evaluate(run_dir: Path, device: torch.device, precision: str) -> dict[str, Any] | None:
+        try:
+            return score_test(run_dir, device, precision)
+        finally:
+            if renderer is not None:  # the workers end with the run
+                renderer.close()
+
+    def score_test(run_dir: Path, device: torch.device, precision: str) -> dict[str, Any] | None:
         has_test = "test" in tensors and len(splits["test"]) > 0
         has_val = "val" in tensors and len(splits["val"]) > 0
         if not has_test and not has_val:
             return None
+        if renderer is not None and has_test:  # drawn while the test split is scored
+            renderer.submit("curves", run_dir / "metrics.csv")
         best, _, weights = load_checkpoint_model(run_dir, device)
         if resolve_channels_last(
             None, device
@@ -155,7 +168,7 @@ def _prepare(
         return evaluate_model(
             best, spec, tensors["test"], splits["test"], bundle.class_names, device=device,
             precision=precision, run_dir=run_dir, report=cfg.report, timings=timings,
-            calibration=calibration,
+            calibration=calibration, renderer=renderer,
         )  # fmt: skip
 
     def calibrate(best, run_dir, weights, device, precision, has_test) -> dict[str, Any]:
