@@ -136,6 +136,33 @@ def test_a_cached_split_is_scikit_learns_split_and_is_read_back(tmp_path, monkey
     assert len(calls) == 3
 
 
+def test_sample_ids_are_real_paths_relative_to_the_real_root(tmp_path, monkeypatch):
+    """The per-folder shortcut gives what resolving every path does: file and folder symlinks,
+    a root that is itself a link, files directly in it, relative and missing paths."""
+    import os
+
+    from cnnlab.data.sources import sample_ids
+
+    real = tmp_path / "real"
+    for folder in ("a", "b/deep"):
+        (real / folder).mkdir(parents=True)
+        for name in ("x.png", "y.png"):
+            (real / folder / name).write_bytes(b"")
+    (real / "top.png").write_bytes(b"")
+    (real / "a" / "link.png").symlink_to(real / "b" / "deep" / "x.png")  # a file link
+    (real / "c").symlink_to(real / "b")  # a folder link
+    (tmp_path / "root").symlink_to(real)  # the root through a link
+    root = tmp_path / "root"
+    paths = [str(p) for p in sorted(root.rglob("*.png"))] + [
+        str(root / "c" / "deep" / "y.png"), str(root / "a" / "missing.png"), str(root / "top.png"),
+    ]  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    paths += ["root/a/x.png", "root/c/deep/x.png", "real/a/link.png"]  # relative to the cwd
+    want = [os.path.relpath(os.path.realpath(p), os.path.realpath(root)) for p in paths]
+    assert sample_ids(paths, root) == want
+    assert "b/deep/x.png" in want and "top.png" in want and "a/missing.png" in want
+
+
 def test_few_shot_keeps_n_per_class():
     b = load_source(_cfg(data="builtin:digits"))
     small = few_shot(b.splits["train"], 3, seed=0)

@@ -364,6 +364,28 @@ def _check_two_classes(labels: list[str], item_labels: list[str], where: Path) -
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
+def sample_ids(paths: Sequence[str], root: str | os.PathLike[str]) -> list[str]:
+    """Each file's id: its real path (symlinks resolved) relative to the real root,
+    ``os.path.relpath(os.path.realpath(path), os.path.realpath(root))``.
+
+    Worked out once per folder: a file that is not a symlink resolves to its folder's real path
+    joined with its name, so 5,000 files in 10 folders cost 5,000 ``lstat`` calls instead of
+    one per path component of each file (0.2 s of a 5,000-image run's scan)."""
+    real_root = os.path.realpath(root)
+    folders: dict[str, str] = {}  # folder -> its real path relative to the real root
+    ids = []
+    for path in paths:
+        folder, name = os.path.split(path)
+        if not name or name in (".", "..") or os.path.islink(path):  # resolved the long way
+            ids.append(os.path.relpath(os.path.realpath(path), real_root))
+            continue
+        rel = folders.get(folder)
+        if rel is None:
+            rel = folders[folder] = os.path.relpath(os.path.realpath(folder or "."), real_root)
+        ids.append(name if rel == "." else os.path.join(rel, name))
+    return ids
+
+
 def _from_items(listing: Any, root: Path, source: str, cfg: Any) -> DataBundle:
     """Scan the files (read-only, full decode), drop bad ones per policy, then split.
 
@@ -387,8 +409,7 @@ def _from_items(listing: Any, root: Path, source: str, cfg: Any) -> DataBundle:
     given = {it.split for it in usable if it.split}
     if given and "train" not in given:
         raise DataError(root, f"found splits {sorted(given)} but no 'train'")
-    real_root = os.path.realpath(root)  # os.path: ~2x faster than Path.resolve over many files
-    ids = [os.path.relpath(os.path.realpath(it.path), real_root) for it in usable]
+    ids = sample_ids([it.path for it in usable], root)
     targets = np.array([index[it.label] for it in usable], dtype=np.int64)
     whole = Split(ids, targets, paths=[Path(it.path) for it in usable])
     if given:
