@@ -16,7 +16,7 @@ from cnnlab.config import PreprocessSpec, TrainConfig
 from cnnlab.data.sources import few_shot, load_source
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import TrainResult
-from cnnlab.engine.calibration import fit_calibration, write_calibration
+from cnnlab.engine.calibration import fit_calibration, split_logits, write_calibration
 from cnnlab.engine.checkpoint import read_weights
 from cnnlab.engine.devices import resolve_channels_last
 from cnnlab.engine.fit import Plan, TaskSpec, fit
@@ -32,6 +32,7 @@ from cnnlab.engine.weights import build_model, load_checkpoint_model
 from cnnlab.errors import CheckpointError
 from cnnlab.report.render import start_renderer
 from cnnlab.tasks.classification import ClassificationTask
+from cnnlab.tasks.classify.evaluate import BATCH as EVAL_BATCH
 from cnnlab.tasks.classify.evaluate import evaluate_model
 from cnnlab.tasks.classify.imbalance import class_balance
 from cnnlab.transfer.lr_find import lr_find
@@ -158,29 +159,37 @@ def _prepare(
             None, device
         ):  # as `evaluate` will: the same kernels, the same sums
             best.to(memory_format=torch.channels_last)
+        # the test split's logits, computed once: calibration measures on them and the test
+        # metrics are their (calibrated) softmax, as evaluate_model would predict them
+        test_logits = None
+        if has_test:
+            test_loader = make_loader(
+                tensors["test"], splits["test"].targets, spec, device, EVAL_BATCH
+            )
+            test_logits = split_logits(
+                best, test_loader, len(bundle.class_names), device=device, precision=precision
+            )
         calibration = None
         if (
             has_val
         ):  # temperature and out-of-domain check, fitted on validation (docs/calibration.md)
-            calibration = calibrate(best, run_dir, weights, device, precision, has_test)
+            calibration = calibrate(best, run_dir, weights, device, precision, test_logits)
         if not has_test:
             return None
         return evaluate_model(
             best, spec, tensors["test"], splits["test"], bundle.class_names, device=device,
             precision=precision, run_dir=run_dir, report=cfg.report, timings=timings,
-            calibration=calibration, renderer=renderer,
+            calibration=calibration, renderer=renderer, batch_size=EVAL_BATCH, logits=test_logits,
         )  # fmt: skip
 
-    def calibrate(best, run_dir, weights, device, precision, has_test) -> dict[str, Any]:
+    def calibrate(best, run_dir, weights, device, precision, test_logits) -> dict[str, Any]:
         """Fit calibration.json on the validation split (every rank computes, rank 0 writes)."""
         batch = max(256, cfg.batch_size)
-        loaders = {
-            k: make_loader(tensors[k], np.asarray(splits[k].targets), spec, device, batch)
-            for k in (("val", "test") if has_test else ("val",))
-        }
+        loaders = {"val": make_loader(tensors["val"], np.asarray(splits["val"].targets), spec,
+                                      device, batch)}  # fmt: skip
         record = fit_calibration(
             best, loaders, len(bundle.class_names), device=device, precision=precision,
-            weights=weights,
+            weights=weights, logits={"test": test_logits} if test_logits is not None else None,
         )  # fmt: skip
         if info.is_main:  # DDP: rank 0 writes
             write_calibration(run_dir, record)
