@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -1639,12 +1640,20 @@ def _completion(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`cnnlab ...`: the exit status. A reader that stops early (`cnnlab models | head`) ends the
-    command quietly, as `ls | head` does: exit status 141 (128 + SIGPIPE), no traceback."""
+    command quietly, as `ls | head` does: exit status 141 (128 + SIGPIPE), no traceback.
+
+    ``argv`` None: the command line of this process (the `cnnlab` script, `python -m cnnlab`),
+    which ends when the command does; then every object left is moved out of the garbage
+    collector's sight (``gc.freeze``): the interpreter's shutdown collects them several times over
+    otherwise, 1.2 s of a `cnnlab train` process after torch is loaded (profiled; `import torch`
+    alone leaves 0.9 s). Files, loggers and atexit handlers are closed and run as before."""
     try:
         try:
             code = _main(argv)
         finally:  # --help exits through SystemExit: its output too
             sys.stdout.flush()  # a broken pipe shows here at the latest, not at interpreter exit
+            if argv is None:
+                gc.freeze()
     except BrokenPipeError:
         try:  # Python's own flush at exit would fail again: point stdout at /dev/null
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
