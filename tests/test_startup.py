@@ -74,6 +74,10 @@ NEEDS_NO_TORCH = [
     ("cv", "--help"),
     ("tune", "--help"),
     ("completion", "bash"),  # argcomplete, never torch
+    # the zoo listing at its published sizes is recorded (cnnlab/cli/zoo.json)
+    ("models",),
+    ("models", "--json"),
+    ("models", "--task", "detect"),
 ]
 
 

@@ -1394,13 +1394,27 @@ _TASK_MODELS_NOTE = {  # (option names without dashes: they belong to the task's
 }
 
 
+def _zoo_record() -> dict[str, Any] | None:
+    """cli/zoo.json: the listing `cnnlab models` prints at the published sizes, recorded from the
+    model registry (cnnlab.models.summary.zoo_record; tests/test_models.py keeps it equal), so
+    listing imports no torch. None when the file is missing: the registry is asked instead."""
+    try:
+        return json.loads(Path(__file__).with_name("zoo.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 @command("models")
 def _models(args: argparse.Namespace) -> int:
-    from cnnlab import models
-
+    record = _zoo_record() if args.action == "list" else None
     if args.task != "classification" and args.action == "list":
-        names = models.list_models(args.task)
-        rows = [{"name": n, "description": models.TASK_MODELS[args.task][n]} for n in names]
+        if record is not None:
+            described = record["task_models"][args.task]
+        else:
+            from cnnlab import models
+
+            described = {n: models.TASK_MODELS[args.task][n] for n in models.list_models(args.task)}
+        rows = [{"name": n, "description": d} for n, d in described.items()]
         if args.json:
             print(json.dumps(rows, indent=2))
             return 0
@@ -1414,6 +1428,8 @@ def _models(args: argparse.Namespace) -> int:
     if args.action == "show":
         if not args.name:
             raise CnnlabError("usage: cnnlab models show NAME [--image-size S --in-channels C]")
+        from cnnlab import models
+
         summary = models.model_summary(
             args.name,
             num_classes=args.num_classes,
@@ -1439,11 +1455,17 @@ def _models(args: argparse.Namespace) -> int:
         title = f"{args.name}: every layer in the lecture's words"
         notes = list(summary["blocks"].values())
     else:
-        rows = models.zoo_table(
-            image_size=args.image_size or 224,
-            in_channels=args.in_channels,
-            num_classes=args.num_classes,
-        )
+        sizes = {
+            "image_size": args.image_size or 224,
+            "in_channels": args.in_channels,
+            "num_classes": args.num_classes,
+        }
+        if record is not None and all(record[k] == v for k, v in sizes.items()):
+            rows, titles = record["rows"], record["groups"]  # recorded: no torch
+        else:
+            from cnnlab import models
+
+            rows, titles = models.zoo_table(**sizes), models.GROUPS
         title = (
             f"model zoo at {args.image_size or 224} px, {args.in_channels} channel(s), "
             f"{args.num_classes} classes"
@@ -1451,7 +1473,7 @@ def _models(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(rows, indent=2, default=str))
             return 0
-        groups = {r["name"]: r.get("group") or models.model_info(r["name"])["group"] for r in rows}
+        groups = {r["name"]: r["group"] for r in rows}
         rows = [{k: v for k, v in r.items() if k not in ("paper", "group")} for r in rows]
         notes = []
     from cnnlab.report.header import format_count
@@ -1484,7 +1506,7 @@ def _models(args: argparse.Namespace) -> int:
             out.print(f"- {note}")
         return 0
     # the lecture's families first, then the modern backbones
-    for group, label in models.GROUPS.items():
+    for group, label in titles.items():
         t = table(f"{label}: {title}")
         for r in rows:
             if groups[r["name"]] == group:
