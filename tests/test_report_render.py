@@ -88,6 +88,9 @@ def test_renderer_choice(monkeypatch):
     monkeypatch.setattr(render, "WorkerRenderer", lambda n: ("workers", n))
     monkeypatch.setattr(render.sys, "platform", "linux")
     assert render.start_renderer() == ("workers", render.WORKERS)
+    monkeypatch.setitem(sys.modules, "ipykernel", object())  # a notebook: in place
+    assert type(render.start_renderer()) is render.Renderer
+    monkeypatch.delitem(sys.modules, "ipykernel")
     monkeypatch.setattr(render.sys, "platform", "darwin")  # fork is unsafe on macOS
     assert type(render.start_renderer()) is render.Renderer
 

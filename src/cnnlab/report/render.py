@@ -8,8 +8,8 @@ drawn by a worker is byte for byte the one drawn in place (tests/test_report_ren
 
 :func:`start_renderer` chooses: worker processes when this process has not imported matplotlib
 (a command: the workers import it, about 0.6 s, while the main process scans, decodes and trains,
-and draw while it evaluates), else in place (a notebook or a test session, where matplotlib is
-already loaded and may carry the user's backend). Workers are forked (Linux only): a fork does not
+and draw while it evaluates), else in place (a notebook kernel, or a test session where matplotlib
+is already loaded and may carry the user's backend). Workers are forked (Linux only): a fork does not
 run the user's ``__main__`` again as spawn would (a script without an ``if __name__`` guard would
 train twice), and the children use neither torch nor OpenMP. They ignore Ctrl-C (the main process
 stops them) and are shut down by :meth:`Renderer.close`, or when the renderer is collected.
@@ -103,5 +103,7 @@ def start_renderer(workers: int | None = None) -> Renderer:
     """Worker processes where they pay (see the module docstring), else drawing in place.
     ``workers``: 0 draws in place; None decides as described."""
     if workers is None:
-        workers = WORKERS if sys.platform == "linux" and "matplotlib" not in sys.modules else 0
+        # a notebook kernel keeps its figures in place (its output streams talk to Jupyter)
+        loaded = {"matplotlib", "ipykernel"} & sys.modules.keys()
+        workers = WORKERS if sys.platform == "linux" and not loaded else 0
     return WorkerRenderer(workers) if workers > 0 else Renderer()
