@@ -92,8 +92,14 @@ def _shutdown(pool: ProcessPoolExecutor) -> None:
 
 
 def _worker_start() -> None:
-    """A worker ignores Ctrl-C (the main process owns the run and stops it) and imports pyplot."""
+    """A worker ignores Ctrl-C (the main process owns the run and stops it), yields the CPU to
+    the main process (its import of pyplot runs beside the scan and decoding: on 2 cores, the
+    main process keeps its core) and imports pyplot."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(10)  # a lower priority; drawing happens while the main process waits anyway
+    except OSError:  # not permitted: the default priority
+        pass
     from cnnlab.report.html import pyplot
 
     pyplot()
