@@ -377,4 +377,3 @@ def zoo_record() -> dict:
         "rows": zoo_table(**ZOO_DEFAULTS),
         "task_models": {task: dict(names) for task, names in TASK_MODELS.items()},
     }
-
