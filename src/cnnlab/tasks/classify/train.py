@@ -74,13 +74,14 @@ def _prepare(
     cfg: TrainConfig, info: Any, device: torch.device, resumed: Any, timings: Timings
 ) -> Plan:
     """Scan and decode the splits once (uint8 cache), build the model and the transfer plan."""
-    # the report's figures are drawn by worker processes that import matplotlib now, beside the
-    # scan, and draw while the test split is scored (cnnlab.report.render); rank 0 writes
-    renderer = start_renderer() if cfg.report and info.is_main else None
     if not info.is_main:
         distributed.barrier()  # DDP: rank 0 scans and decodes first; the others then hit its cache
     bundle = load_source(cfg)
     timings.lap("scan")
+    # the report's figures are drawn by worker processes that import matplotlib now, beside the
+    # decoding and set-up, and draw while the test split is scored (cnnlab.report.render)
+    has_test = "test" in bundle.splits and len(bundle.splits["test"]) > 0
+    renderer = start_renderer() if cfg.report and has_test and info.is_main else None  # rank 0
     if resumed:  # bad-inputs #44: a resumed run must see the classes it was trained on, in order
         _, saved_meta = read_weights(resumed[0] / "checkpoints" / resumed[1]["weights"]["file"])
         if saved_meta.get("class_names") != bundle.class_names:
