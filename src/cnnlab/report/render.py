@@ -7,12 +7,14 @@ the same function (:func:`cnnlab.report.html.render_png`, Agg, the report's styl
 drawn by a worker is byte for byte the one drawn in place (tests/test_report_render.py).
 
 :func:`start_renderer` chooses: worker processes when this process has not imported matplotlib
-(a command: the workers import it, about 0.6 s, while the main process scans, decodes and trains,
-and draw while it evaluates), else in place (a notebook kernel, or a test session where matplotlib
-is already loaded and may carry the user's backend). Workers are forked (Linux only): a fork does not
-run the user's ``__main__`` again as spawn would (a script without an ``if __name__`` guard would
-train twice), and the children use neither torch nor OpenMP. They ignore Ctrl-C (the main process
-stops them) and are shut down by :meth:`Renderer.close`, or when the renderer is collected.
+(a command: the workers import it, about 0.6 s, while the main process decodes, sets up and
+trains, and draw while it scores the test split), else in place (a notebook kernel, or a test
+session where matplotlib is already loaded and may carry the user's backend). The workers run at
+a low priority, so they never slow training down; on a machine shared with other busy processes
+the report then waits longer. Workers are forked (Linux only): a fork does not run the user's
+``__main__`` again as spawn would (a script without an ``if __name__`` guard would train twice),
+and the children use neither torch nor OpenMP. They ignore Ctrl-C (the main process stops them)
+and are shut down by :meth:`Renderer.close`, or when the renderer is collected.
 """
 
 from __future__ import annotations
@@ -88,21 +90,27 @@ class WorkerRenderer(Renderer):
 
 
 def _shutdown(pool: ProcessPoolExecutor) -> None:
-    pool.shutdown(wait=False, cancel_futures=True)
+    # waits for the workers to exit (idle ones do at once; a figure being drawn is finished):
+    # shutdown(wait=False) left the pool's wake-up pipe to fail at interpreter exit
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _worker_start() -> None:
     """A worker ignores Ctrl-C (the main process owns the run and stops it), yields the CPU to
-    the main process (its import of pyplot runs beside the scan and decoding: on 2 cores, the
-    main process keeps its core) and imports pyplot."""
+    the main process (it imports pyplot and draws a first figure beside the decoding, set-up and
+    training: those keep their cores) and gets matplotlib ready."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        os.nice(10)  # a lower priority; drawing happens while the main process waits anyway
+        os.nice(10)  # a lower priority; the report's figures are drawn while the main waits
     except OSError:  # not permitted: the default priority
         pass
-    from cnnlab.report.html import pyplot
+    import numpy as np
 
-    pyplot()
+    from cnnlab.report.html import render_png
+
+    # a first figure loads the fonts and fills matplotlib's text caches (about 0.2 s a process):
+    # drawn now, while the main process trains, not while it waits for the report
+    render_png("confusion", np.array([[3, 1], [0, 2]]), ["a", "b"], True)
 
 
 def start_renderer(workers: int | None = None) -> Renderer:
