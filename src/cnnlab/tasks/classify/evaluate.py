@@ -57,7 +57,7 @@ def evaluate_model(
     """Metrics (+ bootstrap CIs, report) of `model` on one split held as a uint8 tensor.
 
     `renderer` (cnnlab.report.render): where the report's figures are drawn (in this process
-    by default; training passes worker processes started before its scan).
+    by default; training passes worker processes started after its scan).
 
     `logits`: the split's raw logits (N, K) and targets (N,) when the caller has them already, as
     :func:`cnnlab.engine.calibration.split_logits` returns them for an unshuffled loader of
