@@ -107,3 +107,32 @@ def test_workers_stop_when_closed():
     for p in processes:
         p.join(timeout=30)
         assert not p.is_alive()
+
+
+@pytest.mark.slow  # two short trainings: about 10 s on 2 busy cores
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
+@pytest.mark.filterwarnings("ignore::cnnlab.metrics.UndefinedMetricWarning")  # a 1-epoch run
+def test_training_with_report_workers_writes_the_run_it_writes_in_place(
+    mixed_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The same seeded run trained twice, its figures drawn by workers and in place: the same
+    files in the run folder and the same figures, byte for byte."""
+    from cnnlab import api
+    from cnnlab.tasks.classify import train
+
+    made = []
+    for name, start in (
+        ("workers", lambda: render.WorkerRenderer(2)),
+        ("in_place", render.Renderer),
+    ):
+        monkeypatch.setattr(
+            train, "start_renderer", lambda start=start: made.append(start()) or made[-1]
+        )
+        api.train(data=str(mixed_folder), model="lenet5", epochs=1, batch_size=8, precision="32",
+                  out=str(tmp_path), name=name)  # fmt: skip
+    assert [type(r) for r in made] == [render.WorkerRenderer, render.Renderer]
+    runs = {n: _files(tmp_path / n) for n in ("workers", "in_place")}
+    assert set(runs["workers"]) == set(runs["in_place"])
+    figures = sorted(k for k in runs["workers"] if k.startswith("figures/"))
+    assert len(figures) == 7  # calibration included: the folder has a validation split
+    assert [f for f in figures if runs["workers"][f] != runs["in_place"][f]] == []
