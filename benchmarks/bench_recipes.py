@@ -142,7 +142,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--ema", type=float, default=0.99)
-    ap.add_argument("--tta", default="shift", help="what the TTA row asks evaluate for (digits: no flip)")
+    ap.add_argument(
+        "--tta", default="shift", help="what the TTA row asks evaluate for (digits: no flip)"
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1 epoch, 10 shots")
     args = ap.parse_args()

@@ -265,6 +265,62 @@ def test_evaluate_uses_the_temperature_and_leaves_the_run_as_recorded(
     assert result["metrics"]["ece"] == pytest.approx(record["test"]["ece_after"], abs=1e-4)
 
 
+def test_probs_from_logits_are_the_batchwise_scores_to_the_bit():
+    """What lets training score the test split once: softmax(logits / T) of the whole split is
+    the concatenation of the per-batch scores predict_probs computes (float32, row by row)."""
+    import torch
+
+    from cnnlab.engine.calibration import TemperatureScores
+    from cnnlab.tasks.classification import ClassificationTask
+    from cnnlab.tasks.classify.evaluate import probs_from_logits
+
+    logits = torch.randn(700, 7, generator=torch.Generator().manual_seed(0)) * 6
+    for t, task in ((1.0, ClassificationTask(7)), (1.7, TemperatureScores(7, 1.7))):
+        batches = torch.cat([task.scores(b) for b in logits.split(256)]).numpy().astype(np.float64)
+        whole = probs_from_logits(logits.numpy().astype(np.float64), 7, t)
+        assert whole.dtype == np.float64 and np.array_equal(whole, batches)
+
+
+@pytest.mark.slow  # four scorings of the test split with bootstrap intervals: ~4 s on 2 busy cores
+def test_test_metrics_from_calibrations_logits_are_the_predicted_ones(run: Path, tmp_path):
+    """Training scores the test split once: its logits serve calibration and the test metrics.
+    The probabilities (T != 1 and T = 1) and metrics are those predicting the split gives, to
+    the bit, and calibration's test record is the one it computes from its own loader."""
+    import torch
+
+    from cnnlab.config import PreprocessSpec, TrainConfig, make_config
+    from cnnlab.data.sources import load_source, split_by_ids
+    from cnnlab.engine.calibration import fit_calibration, split_logits
+    from cnnlab.engine.loaders import make_loader, split_to_uint8
+    from cnnlab.engine.weights import load_checkpoint_model
+    from cnnlab.run import read_json, saved_config
+    from cnnlab.tasks.classify.evaluate import BATCH, evaluate_model
+
+    cpu = torch.device("cpu")
+    model, meta, weights = load_checkpoint_model(run, cpu)
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    bundle = load_source(make_config(TrainConfig, **saved_config(run)))
+    ids = read_json(run / "splits.json")["splits"]
+    split = {k: split_by_ids(bundle, ids[k], k) for k in ("val", "test")}
+    images = {k: split_to_uint8(v, spec) for k, v in split.items()}
+    loader = {k: make_loader(images[k], v.targets, spec, cpu, BATCH) for k, v in split.items()}
+    logits = split_logits(model, loader["test"], 10, device=cpu, precision="32")
+    record = json.loads((run / "calibration.json").read_text())
+    for calibration in (record, None):  # T fitted, and T = 1
+        kw = dict(device=cpu, precision="32", report=False, calibration=calibration)
+        given = evaluate_model(model, spec, images["test"], split["test"], meta["class_names"],
+                               logits=logits, **kw)  # fmt: skip
+        predicted = evaluate_model(model, spec, images["test"], split["test"],
+                                   meta["class_names"], **kw)  # fmt: skip
+        assert np.array_equal(given["probs"], predicted["probs"])
+        assert np.array_equal(given["targets"], predicted["targets"])
+        assert json.dumps(given["metrics"]) == json.dumps(predicted["metrics"])
+    kw = dict(device=cpu, precision="32", weights=weights)
+    own = fit_calibration(model, {"val": loader["val"], "test": loader["test"]}, 10, **kw)
+    shared = fit_calibration(model, {"val": loader["val"]}, 10, logits={"test": logits}, **kw)
+    assert shared == own and "test" in own
+
+
 def test_report_section_shows_ece_and_false_alarms(run: Path, tmp_path):
     from cnnlab.report.calibration_section import calibration_section
     from cnnlab.report.html import png_figure

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import logging
 import math
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -344,6 +346,39 @@ def test_zoo_table_and_summary_are_cheap_and_consistent():
     summary = model_summary("lenet5", num_classes=10, in_channels=1, image_size=32)
     assert summary["params"] == 61_706 and summary["layers"][-1]["kind"] == "output"
     assert summary["stages"] == ["stage1", "stage2", "head"]
+
+
+def _recorded_zoo() -> dict:
+    import cnnlab
+
+    return json.loads((Path(cnnlab.__file__).parent / "cli" / "zoo.json").read_text())
+
+
+REGENERATE = "out of date: regenerate cnnlab/cli/zoo.json with `python -m cnnlab.models`"
+
+
+def test_the_recorded_zoo_lists_the_registry():
+    """`cnnlab models` prints cli/zoo.json without torch; it lists every registered model in the
+    registry's order with its group, the groups' titles and the task architectures, and its rows
+    are what zoo_table computes (checked here for the small models; all of them, slow, below)."""
+    from cnnlab.models._registry import GROUPS, TASK_MODELS
+    from cnnlab.models.summary import ZOO_DEFAULTS
+
+    record = _recorded_zoo()
+    assert [r["name"] for r in record["rows"]] == list_models(), REGENERATE
+    assert [r["group"] for r in record["rows"]] == [model_info(n)["group"] for n in ALL], REGENERATE
+    assert record["groups"] == GROUPS and record["task_models"] == TASK_MODELS, REGENERATE
+    assert {k: record[k] for k in ZOO_DEFAULTS} == ZOO_DEFAULTS
+    names = ["lenet5", "lenet5_gap", "alexnet", "mobilenet_v3_small"]
+    rows = {r["name"]: r for r in record["rows"]}
+    assert [rows[n] for n in names] == zoo_table(**ZOO_DEFAULTS, names=names), REGENERATE
+
+
+@pytest.mark.slow  # 54 models built on the meta device and their FLOPs counted: ~10 s
+def test_the_recorded_zoo_is_what_the_registry_computes():
+    from cnnlab.models.summary import zoo_record
+
+    assert _recorded_zoo() == zoo_record(), REGENERATE
 
 
 # --- the modern backbones against torchvision's own constructors -------------------------------

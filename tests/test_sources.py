@@ -108,6 +108,61 @@ def test_stratified_split_keeps_class_shares_and_is_seeded():
         assert np.all(np.abs(counts - frac * np.array([100, 50, 30, 20])) <= 1)
 
 
+def test_a_cached_split_is_scikit_learns_split_and_is_read_back(tmp_path, monkeypatch):
+    """The split cache (no scikit-learn import on a second run) returns exactly what
+    train_test_split returns, in the same order of parts; another seed or target order is a miss."""
+    from sklearn.model_selection import train_test_split
+
+    from cnnlab.data import sources
+
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path))
+    targets = np.random.default_rng(3).permutation(np.repeat(np.arange(3), [40, 25, 15]))
+    first = stratified_split(targets, 0.1, 0.2, seed=5)
+    assert len(list((tmp_path / "splits").glob("split-*.npz"))) == 1
+    # the reference: test first, then val out of the rest (val's share of what test leaves)
+    rest, test = train_test_split(np.arange(80), test_size=0.2, stratify=targets, random_state=5)
+    train, val = train_test_split(rest, test_size=0.1 / 0.8, stratify=targets[rest], random_state=6)
+    calls = []
+    miss = {"miss": np.zeros(0, dtype=np.int64)}
+    monkeypatch.setattr(sources, "_sklearn_split", lambda *a: calls.append(a) or miss)
+    again = stratified_split(targets, 0.1, 0.2, seed=5)  # from the cache: the splitter not called
+    assert calls == [] and list(again) == list(first) == ["test", "val", "train"]
+    for name, ref in (("test", test), ("val", val), ("train", train)):
+        assert np.array_equal(again[name], np.sort(ref)) and again[name].dtype == np.int64
+    for changed in (dict(seed=6), dict(test_fraction=0.25)):
+        args = dict(val_fraction=0.1, test_fraction=0.2, seed=5) | changed
+        assert stratified_split(targets, **args) is miss  # a miss goes to the splitter
+    assert stratified_split(targets[::-1].copy(), 0.1, 0.2, seed=5) is miss
+    assert len(calls) == 3
+
+
+def test_sample_ids_are_real_paths_relative_to_the_real_root(tmp_path, monkeypatch):
+    """The per-folder shortcut gives what resolving every path does: file and folder symlinks,
+    a root that is itself a link, files directly in it, relative and missing paths."""
+    import os
+
+    from cnnlab.data.sources import sample_ids
+
+    real = tmp_path / "real"
+    for folder in ("a", "b/deep"):
+        (real / folder).mkdir(parents=True)
+        for name in ("x.png", "y.png"):
+            (real / folder / name).write_bytes(b"")
+    (real / "top.png").write_bytes(b"")
+    (real / "a" / "link.png").symlink_to(real / "b" / "deep" / "x.png")  # a file link
+    (real / "c").symlink_to(real / "b")  # a folder link
+    (tmp_path / "root").symlink_to(real)  # the root through a link
+    root = tmp_path / "root"
+    paths = [str(p) for p in sorted(root.rglob("*.png"))] + [
+        str(root / "c" / "deep" / "y.png"), str(root / "a" / "missing.png"), str(root / "top.png"),
+    ]  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    paths += ["root/a/x.png", "root/c/deep/x.png", "real/a/link.png"]  # relative to the cwd
+    want = [os.path.relpath(os.path.realpath(p), os.path.realpath(root)) for p in paths]
+    assert sample_ids(paths, root) == want
+    assert "b/deep/x.png" in want and "top.png" in want and "a/missing.png" in want
+
+
 def test_few_shot_keeps_n_per_class():
     b = load_source(_cfg(data="builtin:digits"))
     small = few_shot(b.splits["train"], 3, seed=0)

@@ -74,6 +74,10 @@ NEEDS_NO_TORCH = [
     ("cv", "--help"),
     ("tune", "--help"),
     ("completion", "bash"),  # argcomplete, never torch
+    # the zoo listing at its published sizes is recorded (cnnlab/cli/zoo.json)
+    ("models",),
+    ("models", "--json"),
+    ("models", "--task", "detect"),
 ]
 
 
@@ -136,11 +140,43 @@ def test_predict_imports_no_torchvision_matplotlib_or_fastapi(
 def test_the_probe_finds_the_heavy_modules_where_they_are_imported(tmp_path: Path):
     """The negative control: the checks above could fail."""
     statement = (
-        "import cnnlab.api, cnnlab.report.html, cnnlab.serve.app\n"
+        "import cnnlab.api, cnnlab.report.explain_page, cnnlab.serve.app\n"
         "cnnlab.api.build_model('resnet18', 2, 3, 32, None)"  # a family built on torchvision
     )
     _, modules, _ = probe(tmp_path, IMPORT_PROBE, statement)
     assert {"torch", "torchvision", "matplotlib", "fastapi"} <= modules
+
+
+def test_the_report_module_imports_matplotlib_only_to_draw(tmp_path: Path):
+    """Training's main process writes the page; worker processes import matplotlib and draw
+    (cnnlab.report.render), so importing the report's modules must not import it."""
+    statement = "import cnnlab.report.html, cnnlab.report.render, cnnlab.report.calibration_section"
+    _, modules, _ = probe(tmp_path, IMPORT_PROBE, statement)
+    assert "cnnlab" in modules and "matplotlib" not in modules
+    _, modules, _ = probe(tmp_path, IMPORT_PROBE, statement + "; cnnlab.report.html.pyplot()")
+    assert "matplotlib" in modules  # the control
+
+
+FREEZE_PROBE = """
+import gc, json, sys
+path = sys.argv.pop(1)
+from cnnlab.cli import main
+main(["conv", "--example", "slide"])  # called with words (a test, a notebook): nothing frozen
+given = gc.get_freeze_count()
+sys.argv = ["cnnlab", "conv", "--example", "slide"]
+main()  # the process's own command line: it ends next
+with open(path, "w") as f:
+    json.dump({"code": 0, "modules": [], "given": given, "own": gc.get_freeze_count()}, f)
+"""
+
+
+def test_the_command_line_of_the_process_leaves_its_objects_to_exit(tmp_path: Path):
+    """`cnnlab` and `python -m cnnlab` freeze the garbage collector when the command is done, so
+    the interpreter's shutdown does not collect torch's objects several times over (1.2 s of a
+    training process); main(argv) called from Python leaves the collector alone."""
+    probe(tmp_path, FREEZE_PROBE)
+    found = json.loads((tmp_path / "modules.json").read_text())
+    assert found["given"] == 0 and found["own"] > 1000
 
 
 # -- the time split of a run ------------------------------------------------------------------------

@@ -118,18 +118,24 @@ def fit_calibration(
     device: torch.device,
     precision: str,
     weights: Path,
+    logits: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """The calibration record (calibration.json) from unshuffled, unaugmented ``loaders``
     {"val", optional "test"}: T and the out-of-domain threshold are fitted on "val"; "test" only
-    measures (its ECE before / after, the false-alarm rate on in-domain images)."""
+    measures (its ECE before / after, the false-alarm rate on in-domain images).
+
+    ``logits``: {split: (logits, targets)} the caller has already computed with
+    :func:`split_logits` (training scores the test split once for this and its metrics)."""
     from cnnlab.engine.checkpoint import sha256_file
     from cnnlab.metrics import calibration as cal
     from cnnlab.metrics.scores import expected_calibration_error, reliability_diagram
 
-    outputs = {
-        name: split_logits(model, loader, num_classes, device=device, precision=precision)
-        for name, loader in loaders.items()
-    }
+    outputs = dict(logits or {})
+    for name, loader in loaders.items():
+        if name not in outputs:
+            outputs[name] = split_logits(
+                model, loader, num_classes, device=device, precision=precision
+            )
     val_logits, val_targets = outputs["val"]
     t = cal.fit_temperature(val_logits, val_targets)
     before, after = cal.softmax_t(val_logits), cal.softmax_t(val_logits, t)

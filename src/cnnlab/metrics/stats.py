@@ -32,7 +32,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest
 
 from cnnlab.metrics.classification import (
     UndefinedMetricWarning,
@@ -360,6 +359,8 @@ def mcnemar_exact(correct_a: Any, correct_b: Any) -> dict[str, Any]:
     b + c trials with p = 0.5 (``scipy.stats.binomtest``), = min(1, 2 P[X <= min(b, c)]).
     With no discordant pair (b + c = 0) the models agree everywhere and p = 1.
     """
+    from scipy.stats import binomtest  # ~0.5 s to import: only compare needs it, never training
+
     a, b_ = _correct_pair(correct_a, correct_b)
     b = int(np.sum(a & ~b_))
     c = int(np.sum(~a & b_))

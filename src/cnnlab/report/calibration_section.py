@@ -8,15 +8,17 @@ import html
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cnnlab.report import use_file_backend
 
-use_file_backend()  # files only; never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
+def reliability_before_after(record: dict[str, Any]) -> Any:
+    """Two reliability diagrams side by side from the stored bins (validation split): a
+    matplotlib Figure (pyplot is imported here, when a figure is drawn, not with the module)."""
+    use_file_backend()  # files only; never a window
+    import matplotlib.pyplot as plt
 
-def reliability_before_after(record: dict[str, Any]) -> plt.Figure:
-    """Two reliability diagrams side by side from the stored bins (validation split)."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharey=True)
     for ax, key, label in zip(axes, ("before", "after"), ("T = 1", "T = {t:.3g}"), strict=True):
         rel = record["bins"][key]
@@ -49,6 +51,15 @@ def calibration_section(record: dict[str, Any] | None, fig_dir: Path, png_figure
     ``png_figure(fig, path) -> data URI`` is the report's own figure writer."""
     if not record:
         return ""
+    uri = png_figure(reliability_before_after(record), fig_dir / "reliability_calibration.png")
+    return calibration_html(record, uri)
+
+
+def calibration_html(record: dict[str, Any] | None, uri: str) -> str:
+    """The section's HTML with its figure (:func:`reliability_before_after`, drawn by the
+    caller) given as a data URI; "" for a run without calibration.json."""
+    if not record:
+        return ""
     t = float(record["temperature"])
     rows = [
         ("temperature T (probabilities = softmax(logits / T))", f"{t:.4f}"),
@@ -79,7 +90,6 @@ def calibration_section(record: dict[str, Any] | None, fig_dir: Path, png_figure
                 f"{100 * ood['false_alarm_rate_test']:.2f}% ({ood['test_flagged']} of "
                 f"{ood['test_num_samples']} flagged)",
             ))  # fmt: skip
-    uri = png_figure(reliability_before_after(record), fig_dir / "reliability_calibration.png")
     table = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows)
     return (
         "<h2>Calibration and out-of-domain check</h2>"

@@ -2,6 +2,10 @@
 
 It opens from disk with no network access: no scripts, fonts or styles are fetched. Figures are drawn here from
 numbers computed in `cnnlab.metrics` (computing apart from drawing, as scikit-learn's Display objects).
+
+Importing this module does not import matplotlib (about 0.6 s): the figures are drawn by
+:func:`render_png`, in this process or in the worker processes of :mod:`cnnlab.report.render`
+(what training uses, so the drawing overlaps the test evaluation), and only the drawing needs it.
 """
 
 from __future__ import annotations
@@ -10,19 +14,29 @@ import base64
 import csv
 import html
 import io
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from cnnlab.metrics import scores as sc
 from cnnlab.report import use_file_backend
+from cnnlab.report.calibration_section import calibration_html, reliability_before_after
+from cnnlab.report.header import run_header_html
+from cnnlab.report.style import SMALL, integer_epochs, styled
 
-use_file_backend()  # files only; never a window (a notebook keeps its inline backend)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
-from cnnlab.metrics import scores as sc  # noqa: E402
-from cnnlab.report.calibration_section import calibration_section  # noqa: E402
-from cnnlab.report.header import run_header_html  # noqa: E402
-from cnnlab.report.style import SMALL, integer_epochs, styled  # noqa: E402
+
+def pyplot() -> Any:
+    """matplotlib.pyplot, drawing for files (a notebook keeps its inline backend)."""
+    use_file_backend()  # files only; never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;
@@ -38,14 +52,23 @@ figure img{max-width:520px;border:1px solid #eee}figure.wide img{max-width:1060p
 """
 
 
-def png_figure(fig: plt.Figure, path: Path) -> str:
-    """Save a figure as PNG next to the report and return it as a data URI for embedding."""
+def png_bytes(fig: plt.Figure) -> bytes:
+    """A figure as PNG bytes (110 dpi, tight box); the figure is closed."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    data = buf.getvalue()
+    pyplot().close(fig)
+    return buf.getvalue()
+
+
+def png_uri(data: bytes, path: Path) -> str:
+    """Write PNG bytes next to the report and return them as a data URI for embedding."""
     path.write_bytes(data)
     return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def png_figure(fig: plt.Figure, path: Path) -> str:
+    """Save a figure as PNG next to the report and return it as a data URI for embedding."""
+    return png_uri(png_bytes(fig), path)
 
 
 def tick_names(names: list[str], width: int = 14) -> list[str]:
@@ -67,7 +90,7 @@ def confusion_figure(cm: np.ndarray, names: list[str], normalize: bool) -> plt.F
     # otherwise slanted, so "background" and "circle" never run into each other.
     upright = longest * k <= 6 * k and k <= 6
     size = min(1.4 + 0.6 * k, 11)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    fig, ax = pyplot().subplots(figsize=(size + 1.2, size))
     im = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None)
     ax.set_xticks(
         range(k),
@@ -105,7 +128,7 @@ def confusion_figure(cm: np.ndarray, names: list[str], normalize: bool) -> plt.F
 def roc_figure(
     targets: np.ndarray, probs: np.ndarray, names: list[str], aucs: dict[str, Any]
 ) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = pyplot().subplots(figsize=(6, 5))
     for c, name in enumerate(names):
         y = targets == c
         if y.all() or not y.any():
@@ -125,7 +148,7 @@ def roc_figure(
 def pr_figure(
     targets: np.ndarray, probs: np.ndarray, names: list[str], aps: dict[str, Any]
 ) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = pyplot().subplots(figsize=(6, 5))
     for c, name in enumerate(names):
         y = targets == c
         if not y.any():
@@ -155,7 +178,7 @@ def reliability_figure(targets: np.ndarray, probs: np.ndarray, bins: int = 15) -
     which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
     count = np.bincount(which, minlength=bins)
     acc = np.bincount(which, weights=correct, minlength=bins) / np.maximum(count, 1)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = pyplot().subplots(figsize=(5, 5))
     centers = (edges[:-1] + edges[1:]) / 2
     ax.bar(
         centers[count > 0],
@@ -189,7 +212,7 @@ def curves_figure(metrics_csv: Path) -> plt.Figure | None:
         return None
     epoch = [float(r["epoch"]) for r in rows]
     scores = [c for c in rows[0] if c not in _NOT_SCORES and not c.endswith("_loss")]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    fig, (a, b) = pyplot().subplots(1, 2, figsize=(10, 4), layout="constrained")
     for ax, columns, label in (
         (a, ["train_loss", "val_loss"], "loss"),
         (b, scores, "score (higher is better)"),
@@ -207,6 +230,30 @@ def curves_figure(metrics_csv: Path) -> plt.Figure | None:
         ax.grid(alpha=0.3)
     fig.suptitle("training curves")
     return fig
+
+
+# what a Renderer job's ``kind`` names (cnnlab.report.render): figure functions of plain data
+FIGURES = {
+    "confusion": confusion_figure,
+    "roc": roc_figure,
+    "pr": pr_figure,
+    "reliability": reliability_figure,
+    "curves": curves_figure,
+    "calibration": reliability_before_after,
+}
+
+
+def render_png(kind: str, *args: Any) -> bytes | None:
+    """PNG bytes of the figure ``FIGURES[kind](*args)`` (None when it draws none: no curves)."""
+    fig = FIGURES[kind](*args)
+    return None if fig is None else png_bytes(fig)
+
+
+def drawn_now(kind: str, *args: Any) -> Future:
+    """A figure job drawn in this process at once, as a finished future (an error raises here)."""
+    future: Future = Future()
+    future.set_result(render_png(kind, *args))
+    return future
 
 
 def _thumb(img: np.ndarray) -> str:
@@ -298,10 +345,14 @@ def write_classification_report(
     title: str | None = None,
     balance: dict[str, Any] | None = None,
     calibration: dict[str, Any] | None = None,
+    renderer: Any = None,
 ) -> Path:
     """Write report.html + PNGs into `out`; returns the HTML path.
 
     `calibration`: the run's calibration.json (report.calibration_section draws it).
+
+    `renderer` (cnnlab.report.render): where the figures are drawn; in this process by default.
+    Every figure is submitted first and the page is written while they are drawn.
 
     `balance`: the run's class_balance.json (training class counts, weights, sampler, loss); when
     the training set is imbalanced (largest / smallest class above 10) the report opens with
@@ -312,30 +363,35 @@ def write_classification_report(
     fig_dir.mkdir(parents=True, exist_ok=True)
     cm = np.asarray(metrics["confusion_matrix"])
     per = metrics["per_class"]
-    figs = {
-        "confusion matrix (counts)": png_figure(
-            confusion_figure(cm, class_names, False), fig_dir / "confusion_matrix.png"
+    submit = renderer.submit if renderer is not None else drawn_now
+    # {caption: (file, future PNG bytes)}, in the page's order
+    jobs = {
+        "confusion matrix (counts)": (
+            "confusion_matrix.png", submit("confusion", cm, class_names, False)
         ),
-        "confusion matrix (normalised)": png_figure(
-            confusion_figure(cm, class_names, True), fig_dir / "confusion_matrix_normalized.png"
+        "confusion matrix (normalised)": (
+            "confusion_matrix_normalized.png", submit("confusion", cm, class_names, True)
         ),
-        "ROC curves": png_figure(
-            roc_figure(targets, probs, class_names, {n: per[n].get("roc_auc") for n in per}),
-            fig_dir / "roc.png",
-        ),
-        "precision-recall curves": png_figure(
-            pr_figure(
-                targets, probs, class_names, {n: per[n].get("average_precision") for n in per}
+        "ROC curves": (
+            "roc.png",
+            submit(
+                "roc", targets, probs, class_names, {n: per[n].get("roc_auc") for n in per}
             ),
-            fig_dir / "pr.png",
         ),
-        "reliability diagram": png_figure(
-            reliability_figure(targets, probs), fig_dir / "reliability.png"
+        "precision-recall curves": (
+            "pr.png",
+            submit(
+                "pr", targets, probs, class_names,
+                {n: per[n].get("average_precision") for n in per},
+            ),
         ),
-    }
-    curves = curves_figure(run_dir / "metrics.csv") if run_dir else None
-    if curves is not None:
-        figs["training curves"] = png_figure(curves, fig_dir / "training_curves.png")
+        "reliability diagram": ("reliability.png", submit("reliability", targets, probs)),
+    }  # fmt: skip
+    if run_dir:  # no figure when metrics.csv is missing or empty
+        jobs["training curves"] = (
+            "training_curves.png", submit("curves", run_dir / "metrics.csv")
+        )  # fmt: skip
+    calibration_job = submit("calibration", calibration) if calibration else None
 
     ci = metrics.get("confidence_intervals", {})
     imbalanced = bool(balance and balance.get("imbalanced"))
@@ -411,7 +467,15 @@ def write_classification_report(
             else "<h2>Most confidently wrong test images</h2><p>None: every test image is right.</p>"
         )
     notes = "".join(f"<li>{html.escape(w)}</li>" for w in metrics.get("warnings", []))
-    calibrated = calibration_section(calibration, fig_dir, png_figure)
+    calibrated = ""
+    if calibration_job is not None:
+        uri = png_uri(calibration_job.result(), fig_dir / "reliability_calibration.png")
+        calibrated = calibration_html(calibration, uri)
+    figs = {}
+    for name, (file, job) in jobs.items():
+        data = job.result()
+        if data is not None:
+            figs[name] = png_uri(data, fig_dir / file)
     fig_html = "".join(
         f'<figure{" class=wide" if name == "training curves" else ""}><img src="{uri}" '
         f'alt="{html.escape(name)}"><figcaption>{html.escape(name)}'

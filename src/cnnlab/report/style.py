@@ -3,7 +3,7 @@
 Every figure function in :mod:`cnnlab.report` is wrapped in :func:`styled`, so its text is drawn
 under the same ``rcParams`` (matplotlib reads them when an artist is created): titles one step
 above labels, labels above tick labels and legends, and nothing below 8 points, the smallest size
-still legible in a report at 100% zoom. Importing this module loads matplotlib but not pyplot.
+still legible in a report at 100% zoom. Importing this module does not load matplotlib; drawing does.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
-
-import matplotlib
 
 # points; figures are saved at 100-110 dpi, so 9 pt is about 13 px on screen
 STYLE: dict[str, Any] = {
@@ -35,6 +33,8 @@ def styled(draw: F) -> F:
 
     @functools.wraps(draw)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+
         with matplotlib.rc_context(STYLE):
             return draw(*args, **kwargs)
 

@@ -72,8 +72,10 @@ def task_spec(task: str) -> TaskSpec:
 def _validation_only(spec: TaskSpec, study: str) -> TaskSpec:
     """``spec`` whose runs skip the final test evaluation: trials never read the test split."""
 
-    def prepare(*args: Any) -> Any:
-        plan = spec.prepare(*args)
+    def prepare(cfg: Any, *args: Any) -> Any:
+        # report=False for the task's own preparation only (config.json keeps the trial's
+        # config): no report is written, so no report workers are started (cnnlab.report.render)
+        plan = spec.prepare(dataclasses.replace(cfg, report=False), *args)
         plan.evaluate = lambda run_dir, device, precision: None
         plan.record = {**plan.record, "tune": {"study": study, "test_split": "not evaluated: "
                        "trials are chosen on validation; the top two are scored at the end"}}  # fmt: skip

@@ -34,6 +34,8 @@ from cnnlab.tasks.classify import multilabel
 from cnnlab.tasks.classify import operating_point as op
 from cnnlab.tasks.classify.imbalance import recorded_balance
 
+BATCH = 512  # images per forward pass when a split is scored
+
 
 def evaluate_model(
     model,
@@ -48,16 +50,26 @@ def evaluate_model(
     report: bool = True,
     out_dir: Path | None = None,
     thumbnails: Any = None,
-    batch_size: int = 512,
+    batch_size: int = BATCH,
     timings: Timings | None = None,
     calibration: dict[str, Any] | None = None,
     tta: tuple[str, ...] = (),
+    renderer: Any = None,
+    logits: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Metrics (+ bootstrap CIs, report) of `model` on one split held as a uint8 tensor.
 
     `tta` (cnnlab.engine.tta): the metrics, predictions and report are those of the averaged
     views, and ``result["tta"]`` holds the headline metrics without and with TTA side by side
     (also ``metrics["tta"]``).
+
+    `renderer` (cnnlab.report.render): where the report's figures are drawn (in this process
+    by default; training passes worker processes started after its scan).
+
+    `logits`: the split's raw logits (N, K) and targets (N,) when the caller has them already, as
+    :func:`cnnlab.engine.calibration.split_logits` returns them for an unshuffled loader of
+    ``batch_size`` (training's calibration scores the test split): the split is not predicted
+    again, and the probabilities are the ones predicting would give (not with ``tta``).
 
     `calibration`: the run's calibration.json record (cnnlab.engine.calibration); its temperature
     calibrates the probabilities (``softmax(logits / T)``: accuracy and ROC-AUC unchanged, ECE
@@ -73,10 +85,13 @@ def evaluate_model(
 
     info = distributed.current()
     temperature = float(calibration["temperature"]) if calibration else 1.0
-    p, t = predict_probs(
-        model, spec, images, split, len(class_names), device=device, precision=precision,
-        batch_size=batch_size, temperature=temperature, tta=tta,
-    )  # fmt: skip
+    if logits is not None and not tta:
+        p, t = probs_from_logits(logits[0], len(class_names), temperature), logits[1]
+    else:
+        p, t = predict_probs(
+            model, spec, images, split, len(class_names), device=device, precision=precision,
+            batch_size=batch_size, temperature=temperature, tta=tta,
+        )  # fmt: skip
     with (
         warnings.catch_warnings()
     ):  # undefined values are listed in metrics["warnings"] and shown once
@@ -112,7 +127,7 @@ def evaluate_model(
             result["report"] = write_classification_report(
                 out, metrics, p, t, class_names, ids=split.ids, run_dir=run_dir,
                 images=images if thumbnails is None else thumbnails,
-                balance=recorded_balance(run_dir), calibration=calibration,
+                balance=recorded_balance(run_dir), calibration=calibration, renderer=renderer,
             )  # fmt: skip
             timings.lap("report")
     return result
@@ -139,6 +154,21 @@ def tta_comparison(
             "change": change}  # fmt: skip
 
 
+def _scores(num_classes: int, temperature: float) -> Any:
+    """The task whose ``scores(logits)`` are the (calibrated) probabilities."""
+    if temperature == 1.0:
+        return ClassificationTask(num_classes)
+    return TemperatureScores(num_classes, temperature)
+
+
+def probs_from_logits(logits: np.ndarray, num_classes: int, temperature: float) -> np.ndarray:
+    """(N, K) float64 probabilities of raw float32 logits (held as float64), computed as
+    :func:`predict_probs` computes them batch by batch: float32 ``softmax(logits / T)``, one row
+    at a time, so the result is the same to the bit."""
+    scores = _scores(num_classes, temperature).scores(torch.from_numpy(logits.astype(np.float32)))
+    return scores.numpy().astype(np.float64)
+
+
 def predict_probs(
     model,
     spec: PreprocessSpec,
@@ -148,7 +178,7 @@ def predict_probs(
     *,
     device: torch.device,
     precision: str = "32",
-    batch_size: int = 512,
+    batch_size: int = BATCH,
     temperature: float = 1.0,
     tta: tuple[str, ...] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -158,11 +188,7 @@ def predict_probs(
     loader = make_loader(images, split.targets, spec, device, batch_size)
     if tta:  # TTAModel returns log mean probs: ClassificationTask's softmax gives them back
         model, temperature = TTAModel(model, tta, temperature), 1.0
-    task = (
-        ClassificationTask(num_classes)
-        if temperature == 1.0
-        else TemperatureScores(num_classes, temperature)
-    )
+    task = _scores(num_classes, temperature)
     if distributed.current().distributed:  # DDP: each rank predicts every W-th batch; all gather
         probs, targets = distributed.predict_sharded(
             model, task, loader, device=device, precision=precision

@@ -16,7 +16,7 @@ from cnnlab.config import PreprocessSpec, TrainConfig, augmentations
 from cnnlab.data.sources import few_shot, load_source
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import TrainResult
-from cnnlab.engine.calibration import fit_calibration, write_calibration
+from cnnlab.engine.calibration import fit_calibration, split_logits, write_calibration
 from cnnlab.engine.checkpoint import read_weights
 from cnnlab.engine.devices import resolve_channels_last
 from cnnlab.engine.fit import Plan, TaskSpec, fit
@@ -31,8 +31,10 @@ from cnnlab.engine.timing import Timings
 from cnnlab.engine.trainer import check_monitor
 from cnnlab.engine.weights import build_model, load_checkpoint_model
 from cnnlab.errors import CheckpointError
+from cnnlab.report.render import start_renderer
 from cnnlab.tasks.classification import ClassificationTask, MultiLabelTask
 from cnnlab.tasks.classify import multilabel
+from cnnlab.tasks.classify.evaluate import BATCH as EVAL_BATCH
 from cnnlab.tasks.classify.evaluate import evaluate_model
 from cnnlab.tasks.classify.imbalance import class_balance
 from cnnlab.transfer.lr_find import lr_find
@@ -78,6 +80,14 @@ def _prepare(
         distributed.barrier()  # DDP: rank 0 scans and decodes first; the others then hit its cache
     bundle = load_source(cfg)
     timings.lap("scan")
+    # the report's figures are drawn by worker processes that import matplotlib now, beside the
+    # decoding and set-up, and draw while the test split is scored (cnnlab.report.render)
+    has_test = "test" in bundle.splits and len(bundle.splits["test"]) > 0
+    renderer = (  # rank 0; a multi-label report draws its own figures (report/multilabel_report.py)
+        start_renderer()
+        if cfg.report and has_test and info.is_main and not bundle.multilabel
+        else None
+    )
     if resumed:  # bad-inputs #44: a resumed run must see the classes it was trained on, in order
         _, saved_meta = read_weights(resumed[0] / "checkpoints" / resumed[1]["weights"]["file"])
         if saved_meta.get("class_names") != bundle.class_names:
@@ -142,10 +152,19 @@ def _prepare(
         return train_loader, val_loader
 
     def evaluate(run_dir: Path, device: torch.device, precision: str) -> dict[str, Any] | None:
+        try:
+            return score_test(run_dir, device, precision)
+        finally:
+            if renderer is not None:  # the workers end with the run
+                renderer.close()
+
+    def score_test(run_dir: Path, device: torch.device, precision: str) -> dict[str, Any] | None:
         has_test = "test" in tensors and len(splits["test"]) > 0
         has_val = "val" in tensors and len(splits["val"]) > 0
         if not has_test and not has_val:
             return None
+        if renderer is not None and has_test:  # drawn while the test split is scored
+            renderer.submit("curves", run_dir / "metrics.csv")
         best, _, weights = load_checkpoint_model(run_dir, device)
         if resolve_channels_last(
             None, device
@@ -156,29 +175,37 @@ def _prepare(
                 best, spec, tensors, splits, bundle.class_names, device=device,
                 precision=precision, run_dir=run_dir, write=info.is_main, report=cfg.report,
             )  # fmt: skip
+        # the test split's logits, computed once: calibration measures on them and the test
+        # metrics are their (calibrated) softmax, as evaluate_model would predict them
+        test_logits = None
+        if has_test:
+            test_loader = make_loader(
+                tensors["test"], splits["test"].targets, spec, device, EVAL_BATCH
+            )
+            test_logits = split_logits(
+                best, test_loader, len(bundle.class_names), device=device, precision=precision
+            )
         calibration = None
         if (
             has_val
         ):  # temperature and out-of-domain check, fitted on validation (docs/calibration.md)
-            calibration = calibrate(best, run_dir, weights, device, precision, has_test)
+            calibration = calibrate(best, run_dir, weights, device, precision, test_logits)
         if not has_test:
             return None
         return evaluate_model(
             best, spec, tensors["test"], splits["test"], bundle.class_names, device=device,
             precision=precision, run_dir=run_dir, report=cfg.report, timings=timings,
-            calibration=calibration,
+            calibration=calibration, renderer=renderer, batch_size=EVAL_BATCH, logits=test_logits,
         )  # fmt: skip
 
-    def calibrate(best, run_dir, weights, device, precision, has_test) -> dict[str, Any]:
+    def calibrate(best, run_dir, weights, device, precision, test_logits) -> dict[str, Any]:
         """Fit calibration.json on the validation split (every rank computes, rank 0 writes)."""
         batch = max(256, cfg.batch_size)
-        loaders = {
-            k: make_loader(tensors[k], np.asarray(splits[k].targets), spec, device, batch)
-            for k in (("val", "test") if has_test else ("val",))
-        }
+        loaders = {"val": make_loader(tensors["val"], np.asarray(splits["val"].targets), spec,
+                                      device, batch)}  # fmt: skip
         record = fit_calibration(
             best, loaders, len(bundle.class_names), device=device, precision=precision,
-            weights=weights,
+            weights=weights, logits={"test": test_logits} if test_logits is not None else None,
         )  # fmt: skip
         if info.is_main:  # DDP: rank 0 writes
             write_calibration(run_dir, record)
