@@ -585,6 +585,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     _add_precision(p)
     p.add_argument("--tta", metavar="VIEWS", default=None, help=TTA_HELP)
+    p.add_argument(
+        "--ignore-operating-point",
+        dest="operating_point",
+        action="store_false",
+        help="answer classes only, without the run's operating point (RUN/operating_point.json)",
+    )
 
     p = sub.add_parser("models", help="list the model zoo, or show one model's layers")
     p.add_argument(
@@ -1262,6 +1268,7 @@ def _serve(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         tta=args.tta,
+        operating_point=args.operating_point,
     )
     return 0
 
