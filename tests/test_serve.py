@@ -581,8 +581,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def live(run: dict):
     """The explorer under uvicorn in a thread, on a free localhost port."""
+    yield from _live(create_app(run["ckpt"], max_upload_bytes=MAX_UPLOAD, top_k=3))
+
+
+def _live(app):
     uvicorn = pytest.importorskip("uvicorn")
-    app = create_app(run["ckpt"], max_upload_bytes=MAX_UPLOAD, top_k=3)
     port = _free_port()
 
     class Server(uvicorn.Server):  # says when it listens: awaited, not polled
@@ -662,6 +665,53 @@ def test_browser_upload_shows_prediction_feature_maps_and_cam(live, run: dict, t
     )
     assert all(u.startswith((url, "data:", "blob:")) for u in requests), requests
     assert shot.stat().st_size > 10_000
+
+
+def _browser(pw):
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    return pw.chromium.launch(
+        executable_path=chromium,
+        args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        ],
+    )  # fmt: skip
+
+
+@pytest.mark.slow  # a browser and a second server: ~5 s
+def test_browser_shows_the_labels_above_threshold_of_a_multilabel_run(
+    run: dict, ml_run: dict
+) -> None:
+    if not Path(shutil.which("chromium") or "/usr/bin/chromium").exists():
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    image = run["files"][0]
+    expected = api_predict(ml_run["ckpt"], [image], device="cpu")[0]
+    server = _live(create_app(ml_run["ckpt"], top_k=3))
+    url, _ = next(server)
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = _browser(pw)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                page.goto(url + "/")
+                page.wait_for_function(
+                    "document.getElementById('model-info').textContent.includes('lenet5')"
+                )
+                page.set_input_files("#file", str(image))
+                page.wait_for_selector("body[data-state=done]", timeout=30_000)
+                shown = page.eval_on_selector_all(
+                    "#labels li[data-label]", "els => els.map(e => e.dataset.label)"
+                )
+                listed = page.eval_on_selector_all("#top li", "els => els.length")
+                status = page.text_content("#status")
+            finally:
+                browser.close()
+    finally:
+        next(server, None)
+    names = [n for n, _, _ in expected.predicted_labels]
+    assert shown == names and listed == len(LABELS)  # every label listed, the answer above
+    assert status == f"predicted labels: {', '.join(names) or 'none'}"
 
 
 def test_static_files_are_packaged() -> None:
