@@ -397,7 +397,9 @@ def op_run(run_dir, tmp_path_factory) -> dict:
     return {"run": run, "point": point, "onnx": result.path, "images": _digit_pngs(folder / "i")}
 
 
-def test_export_records_the_operating_point_and_predict_on_the_onnx_applies_it(op_run, capsys):
+def test_export_records_the_operating_point_and_predict_on_the_onnx_applies_it(
+    op_run, tmp_path, capsys
+):
     from cnnlab import api
     from cnnlab.cli import main
     from cnnlab.export import read_export_metadata
@@ -420,6 +422,15 @@ def test_export_records_the_operating_point_and_predict_on_the_onnx_applies_it(o
         p.decision is None for p in api.predict(op_run["onnx"], op_run["images"][:1],
                                                 operating_point=False)
     )  # fmt: skip
+    # an exported .safetensors carries it too (outside the run folder: only its metadata says it)
+    # and --ignore-operating-point leaves it out of the file
+    carrying = api.export(op_run["run"], format="safetensors", out=tmp_path / "op.safetensors")
+    on_st = api.predict(carrying.path, op_run["images"], top_k=3)
+    assert [p.decision for p in on_st] == [p.decision for p in on_run]
+    bare = api.export(op_run["run"], format="safetensors", out=tmp_path / "bare.safetensors",
+                      operating_point=False)  # fmt: skip
+    assert "operating_point" not in bare.metadata
+    assert api.predict(bare.path, op_run["images"][:1])[0].decision is None
     # the command line says which operating point it applies, from the file's metadata
     assert main(["predict", str(op_run["onnx"]), str(op_run["images"][0])]) == 0
     assert f"P(3) >= {point['threshold']:.6g}" in capsys.readouterr().err

@@ -328,6 +328,7 @@ def export_model(
     check: bool = True,
     rtol: float = RTOL,
     atol: float = ATOL,
+    operating_point: bool = True,
 ) -> ExportResult:
     """Export a run's best checkpoint (or a ``.safetensors`` checkpoint) to ``format``.
 
@@ -335,6 +336,9 @@ def export_model(
     for a checkpoint outside a run). The model is exported on CPU in ``eval()`` mode. ``check``:
     compare with PyTorch, elementwise ``|exported - torch| <= atol + rtol * |torch|`` on the
     logits (float32 rounding grows with depth: ResNet-101/152 may need ``rtol=1e-2, atol=1e-4``).
+    ``operating_point``: record the run's operating point (RUN/operating_point.json, checked
+    against the weights as predict does) in the metadata; a multi-label run records
+    ``multilabel``, its labels and their thresholds instead.
     """
     from cnnlab.engine.checkpoint import read_weights
     from cnnlab.engine.weights import load_checkpoint_model
@@ -366,8 +370,10 @@ def export_model(
             if calibration is not None:
                 metadata |= calibration.export_metadata()
             # the run's active operating point, checked against these weights as predict does
-            point = for_weights(run_dir, Path(weights), metadata["class_names"])
-            point = export_operating_point(point) if point else meta.get(OPERATING_POINT)
+            point = None
+            if operating_point:
+                point = for_weights(run_dir, Path(weights), metadata["class_names"])
+                point = export_operating_point(point) if point else meta.get(OPERATING_POINT)
             if point:
                 metadata[OPERATING_POINT] = point
     else:

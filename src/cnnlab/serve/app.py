@@ -290,9 +290,9 @@ def create_app(
     views = parse_tta(tta)
     multilabel = bool(recorded.get("multilabel"))  # answers are per-label sigmoids
     if multilabel:
-        from cnnlab.tasks.classify.multilabel import check_predict_options
+        from cnnlab.tasks.classify.multilabel import check_tta
 
-        check_predict_options(views, None)
+        check_tta(views)
     if views and task != "classification":
         raise ConfigError(
             f"--tta is for classification runs; {run_or_checkpoint} is a {task} run: leave it out"

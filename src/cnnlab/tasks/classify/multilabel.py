@@ -214,13 +214,18 @@ def run_thresholds(run_or_checkpoint: str | Path) -> dict[str, float] | None:
     return {str(k): float(v) for k, v in read_json(run_dir / THRESHOLDS)["thresholds"].items()}
 
 
-def check_predict_options(tta: tuple[str, ...], min_confidence: float | None) -> None:
-    """Options of single-label prediction that a multi-label model refuses (one line each)."""
+def check_tta(tta: tuple[str, ...]) -> None:
+    """Test-time augmentation is refused for a multi-label model (predict and serve)."""
     if tta:
         raise ConfigError(
             f"--tta {','.join(tta)} averages single-label views; a multi-label run's "
             "thresholds were tuned on single-view sigmoids: leave --tta out"
         )
+
+
+def check_predict_options(tta: tuple[str, ...], min_confidence: float | None) -> None:
+    """Options of single-label prediction that a multi-label model refuses (one line each)."""
+    check_tta(tta)
     if min_confidence is not None:
         raise ConfigError(
             "--min-confidence is for single-label runs; a multi-label run answers each "
