@@ -329,3 +329,64 @@ def test_bad_options_are_config_errors(lenet: dict, tmp_path: Path) -> None:
         export_model(lenet["ckpt"], format="onnx", out=tmp_path)
     with pytest.raises(CheckpointError):
         export_model(tmp_path / "missing.safetensors", format="onnx")
+
+
+# -- multi-label runs: sigmoid semantics and thresholds travel with the file -------------------------
+def _image_files(folder: Path, n: int = 6) -> list[Path]:
+    gen = np.random.default_rng(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n):
+        files.append(folder / f"img{i}.png")
+        Image.fromarray(gen.integers(0, 256, (14 + 2 * i, 18), dtype=np.uint8)).save(files[-1])
+    return files
+
+
+def test_a_multilabel_run_exports_with_its_thresholds_and_predicts_as_the_run(
+    lenet: dict, tmp_path: Path, capsys
+) -> None:
+    """The LeNet checkpoint as a multi-label run of five labels (a run folder with
+    thresholds.json): the ONNX file and the exported .safetensors answer every label with the
+    probability (to 1e-5) and threshold predicting the run gives, and the same labels."""
+    from cnnlab.cli import main
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    state, meta = read_weights(lenet["ckpt"])
+    weights = run / "checkpoints" / "best.safetensors"
+    save_weights(weights, state, meta | {"multilabel": True})
+    files = _image_files(tmp_path / "img")
+    # thresholds between the labels' probabilities on these files: every label is both predicted
+    # and not predicted somewhere, so a wrong threshold or a softmax would change answers
+    plain = api_predict(weights, files, device="cpu", precision="32")
+    probs = np.array([[dict((n, p) for n, p, _ in q.labels)[c] for c in CLASSES] for q in plain])
+    thresholds = dict(zip(CLASSES, np.median(probs, axis=0).tolist(), strict=True))
+    (run / "thresholds.json").write_text(json.dumps({"thresholds": thresholds}))
+
+    onnx_file = export_model(weights, format="onnx", out=tmp_path / "ml.onnx").path
+    props = {p.key: json.loads(p.value) for p in onnx.load(str(onnx_file)).metadata_props}
+    assert props["multilabel"] is True and props["class_names"] == CLASSES
+    assert props["thresholds"] == thresholds and "sigmoid" in props["output"]["meaning"]
+    assert "operating_point" not in props and "temperature" not in props
+    st_file = export_model(weights, format="safetensors", out=tmp_path / "ml.safetensors").path
+    assert read_export_metadata(st_file)["thresholds"] == thresholds
+
+    reference = api_predict(weights, files, device="cpu", precision="32")
+    seen = set()
+    for exported in (onnx_file, st_file):
+        for got, ref in zip(api_predict(exported, files, device="cpu"), reference, strict=True):
+            assert [n for n, _, _ in got.labels] == [n for n, _, _ in ref.labels]
+            np.testing.assert_allclose(
+                [p for _, p, _ in got.labels], [p for _, p, _ in ref.labels], atol=1e-5, rtol=0
+            )
+            assert [t for _, _, t in got.labels] == [thresholds[n] for n, _, _ in ref.labels]
+            assert [n for n, _, _ in got.predicted_labels] == [
+                n for n, _, _ in ref.predicted_labels
+            ]
+            seen.update(n for n, _, _ in got.predicted_labels)
+    assert seen == set(CLASSES)
+    with pytest.raises(ConfigError, match="--tta flip averages single-label views"):
+        predict_onnx(onnx_file, files, tta=("flip",))
+    assert main(["predict", str(onnx_file), str(files[0]), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["labels"]

@@ -109,6 +109,8 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
         "video train",
     ),  # fmt: skip
     "tasks/classify/multilabel.py:check_options": TRAINERS,  # multi-label data in training
+    "tasks/classify/multilabel.py:check_tta": ("predict", "serve"),  # a multi-label model
+    "tasks/classify/multilabel.py:check_predict_options": ("predict",),
     "data/sources.py:_torchvision": (*TRAINERS, "lr-find"),
     "data/sources.py:load_source": (*TRAINERS, "lr-find", "evaluate", "embed"),
     "data/sources.py:apply_split_file": (*TRAINERS, "lr-find", "evaluate", "embed"),

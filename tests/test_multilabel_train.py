@@ -141,18 +141,44 @@ def test_a_run_records_thresholds_and_scores_test_at_them(tmp_path) -> None:
         expected = {n for j, n in enumerate(names) if p[k, j] >= thresholds[j]}
         assert {n for n, _, _ in answer.predicted_labels} == expected
 
-    # export / serve would speak of one softmax: refused in one line until they learn sigmoids
-    from cnnlab.export import export_model
-    from cnnlab.serve.app import create_app
-
     with pytest.raises(ConfigError, match="--tta flip averages single-label views"):
         predict(run, files, device="cpu", tta="flip")
     with pytest.raises(ConfigError, match="--tta flip averages single-label views"):
         evaluate(run, device="cpu", tta="flip")
-    with pytest.raises(ConfigError, match="multi-label run"):
-        export_model(run)
-    with pytest.raises(ConfigError, match="multi-label run"):
-        create_app(run)
+
+    # export: the file records sigmoid semantics and the run's thresholds, and predicting it
+    # answers every label as predicting the run does
+    from cnnlab.export import export_model, read_export_metadata
+
+    exported = export_model(run, format="onnx").path
+    carried = read_export_metadata(exported)
+    assert carried["multilabel"] is True and carried["class_names"] == names
+    assert carried["thresholds"] == saved["thresholds"]
+    for got, ref in zip(predict(exported, files), answers, strict=True):
+        assert [(n, t) for n, _, t in got.labels] == [(n, t) for n, _, t in ref.labels]
+        np.testing.assert_allclose(
+            [p for _, p, _ in got.labels], [p for _, p, _ in ref.labels], atol=1e-5, rtol=0
+        )
+        assert got.predicted_labels == [x for x in got.labels if x[1] >= x[2]]
+        assert [n for n, _, _ in got.predicted_labels] == [n for n, _, _ in ref.predicted_labels]
+
+    # serve: every label with its probability and threshold, and the labels predicted
+    from fastapi.testclient import TestClient
+
+    from cnnlab.serve.app import create_app
+
+    with TestClient(create_app(run)) as client:
+        assert client.get("/api/info").json()["thresholds"] == saved["thresholds"]
+        for path, ref in zip(files, answers, strict=True):
+            body = client.post("/api/predict", files={"file": ("x.png", path.read_bytes())}).json()
+            assert [(i["label"], i["threshold"]) for i in body["labels"]] == [
+                (n, t) for n, _, t in ref.labels
+            ]
+            np.testing.assert_allclose(
+                [i["probability"] for i in body["labels"]], [p for _, p, _ in ref.labels],
+                atol=1e-5, rtol=0,
+            )  # fmt: skip
+            assert body["predicted_labels"] == [n for n, _, _ in ref.predicted_labels]
 
     # explain: sigmoid probabilities and a CAM for each predicted label (else the most probable)
     from cnnlab.api import explain

@@ -381,3 +381,56 @@ def test_cli_evaluate_prints_and_stores_the_operating_point(run_dir, tmp_path, c
     shown = capsys.readouterr().out
     assert "operating point: 3 positive when P(3) >=" in " ".join(shown.split())
     assert "balanced_accuracy" in shown and "operating_point.json" in " ".join(shown.split())
+
+
+# -- what export and serve carry ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def op_run(run_dir, tmp_path_factory) -> dict:
+    """A copy of the run with an operating point chosen by `cnnlab evaluate` (3 positive, max F1)
+    and its ONNX export, shared by the export tests."""
+    from cnnlab import api
+
+    folder = tmp_path_factory.mktemp("op_export")
+    run = _copy(run_dir, folder)
+    point = api.evaluate(run, positive="3", target="f1", report=False)["operating_point"]
+    result = api.export(run, format="onnx")
+    return {"run": run, "point": point, "onnx": result.path, "images": _digit_pngs(folder / "i")}
+
+
+def test_export_records_the_operating_point_and_predict_on_the_onnx_applies_it(
+    op_run, tmp_path, capsys
+):
+    from cnnlab import api
+    from cnnlab.cli import main
+    from cnnlab.export import read_export_metadata
+
+    point = op_run["point"]
+    carried = read_export_metadata(op_run["onnx"])["operating_point"]
+    assert carried["positive_class"] == "3" and carried["positive_index"] == 3
+    assert carried["threshold"] == point["threshold"] and carried["target"] == "f1"
+    assert carried["weights_sha256"] == point["weights"]["sha256"]
+    on_run = api.predict(op_run["run"], op_run["images"], top_k=3)
+    on_onnx = api.predict(op_run["onnx"], op_run["images"], top_k=3)
+    for r, o in zip(on_run, on_onnx, strict=True):
+        assert o.decision is not None and r.decision is not None
+        assert o.decision["positive"] == r.decision["positive"]
+        assert o.decision["threshold"] == r.decision["threshold"] == point["threshold"]
+        assert o.decision["probability"] == pytest.approx(r.decision["probability"], abs=1e-5)
+        assert [c for c, _ in o.top] == [c for c, _ in r.top]
+    assert {p.decision["positive"] for p in on_run} == {True, False}  # both sides are exercised
+    assert all(
+        p.decision is None for p in api.predict(op_run["onnx"], op_run["images"][:1],
+                                                operating_point=False)
+    )  # fmt: skip
+    # an exported .safetensors carries it too (outside the run folder: only its metadata says it)
+    # and --ignore-operating-point leaves it out of the file
+    carrying = api.export(op_run["run"], format="safetensors", out=tmp_path / "op.safetensors")
+    on_st = api.predict(carrying.path, op_run["images"], top_k=3)
+    assert [p.decision for p in on_st] == [p.decision for p in on_run]
+    bare = api.export(op_run["run"], format="safetensors", out=tmp_path / "bare.safetensors",
+                      operating_point=False)  # fmt: skip
+    assert "operating_point" not in bare.metadata
+    assert api.predict(bare.path, op_run["images"][:1])[0].decision is None
+    # the command line says which operating point it applies, from the file's metadata
+    assert main(["predict", str(op_run["onnx"]), str(op_run["images"][0])]) == 0
+    assert f"P(3) >= {point['threshold']:.6g}" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import http.client
 import io
+import json
 import os
 import re
 import shutil
@@ -196,6 +197,136 @@ def test_raw_image_body_gives_the_same_answer(client: TestClient, run: dict) -> 
 
 
 # -- hostile and broken uploads --------------------------------------------------------------------
+# -- what predict decides, serve decides ------------------------------------------------------------
+def _copy_run(run: dict, folder: Path) -> Path:
+    target = folder / "run"
+    (target / "checkpoints").mkdir(parents=True)
+    shutil.copy(run["ckpt"], target / "checkpoints" / "best.safetensors")
+    shutil.copy(run["dir"] / "config.json", target / "config.json")
+    return target
+
+
+@pytest.fixture(scope="module")
+def op_run(run: dict, tmp_path_factory) -> dict:
+    """A copy of the run with an operating point on class 3 (its record as `cnnlab evaluate`
+    writes it), the threshold halfway between the third and fourth highest P(3) of the held-out
+    files, so that both decisions occur."""
+    from cnnlab.engine.checkpoint import sha256_file
+
+    folder = _copy_run(run, tmp_path_factory.mktemp("serve_op"))
+    weights = folder / "checkpoints" / "best.safetensors"
+    plain = api_predict(weights, run["files"], top_k=10, device="cpu", operating_point=False)
+    p3 = sorted(dict(p.top)["3"] for p in plain)
+    threshold = (p3[2] + p3[3]) / 2
+    point = {
+        "positive_class": "3", "positive_index": 3, "threshold": threshold,
+        "decision": "positive when P(3) >= threshold, else negative", "target": "f1",
+        "rule": "the threshold maximising F1",
+        "weights": {"file": weights.name, "sha256": sha256_file(weights)},
+    }  # fmt: skip
+    (folder / "operating_point.json").write_text(json.dumps(point))
+    return {"dir": folder, "ckpt": weights, "point": point}
+
+
+def test_serve_applies_the_run_operating_point_as_predict_does(run: dict, op_run: dict) -> None:
+    reference = api_predict(op_run["ckpt"], run["files"], top_k=3, device="cpu", precision="32")
+    app = create_app(op_run["ckpt"], top_k=3)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        info = c.get("/api/info").json()
+        point = op_run["point"]
+        assert info["operating_point"] == {
+            k: point[k] for k in ("positive_class", "positive_index", "threshold", "target", "rule")
+        }
+        for path, ref in zip(run["files"], reference, strict=True):
+            body = _upload(c, path.read_bytes()).json()
+            assert ref.decision is not None
+            assert body["decision"]["positive"] == ref.decision["positive"]
+            assert body["decision"]["class"] == "3"
+            assert body["decision"]["threshold"] == point["threshold"]
+            assert body["decision"]["probability"] == pytest.approx(
+                ref.decision["probability"], abs=1e-5
+            )
+            assert [t["class"] for t in body["top"]] == [cls for cls, _ in ref.top]
+        assert {p.decision["positive"] for p in reference} == {True, False}
+    # --ignore-operating-point: classes only, as predict's
+    bare = create_app(op_run["ckpt"], top_k=3, operating_point=False)
+    with TestClient(bare, raise_server_exceptions=False) as c:
+        assert "operating_point" not in c.get("/api/info").json()
+        assert "decision" not in _upload(c, run["files"][0].read_bytes()).json()
+
+
+def test_serve_refuses_an_operating_point_of_other_weights(op_run: dict, tmp_path: Path) -> None:
+    from cnnlab.errors import ConfigError
+
+    folder = tmp_path / "run"
+    shutil.copytree(op_run["dir"], folder)
+    record = json.loads((folder / "operating_point.json").read_text())
+    record["weights"]["sha256"] = "0" * 64  # as if the run had been resumed to new best weights
+    (folder / "operating_point.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="other weights"):
+        create_app(folder / "checkpoints" / "best.safetensors")
+
+
+LABELS = ["circle", "square", "triangle"]
+
+
+@pytest.fixture(scope="module")
+def ml_run(run: dict, tmp_path_factory) -> dict:
+    """A multi-label run folder: an untrained (seeded) LeNet-5 with three sigmoid outputs on the
+    digits' preprocessing, and thresholds.json with a threshold per label that splits the
+    held-out files' probabilities, so that both answers occur for every label."""
+    from cnnlab.engine.checkpoint import read_weights
+
+    folder = tmp_path_factory.mktemp("serve_ml") / "run"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    _, meta = read_weights(run["ckpt"])
+    torch.manual_seed(3)
+    model = create_model("lenet5", num_classes=3, in_channels=1, image_size=SIZE)
+    meta = meta | {"num_classes": 3, "class_names": LABELS, "multilabel": True}
+    weights = folder / "checkpoints" / "best.safetensors"
+    save_weights(weights, model.state_dict(), meta)
+    # thresholds: the median probability of each label over the files (no thresholds file yet:
+    # every label at 0.5, which predict warns about)
+    plain = api_predict(weights, run["files"], device="cpu", precision="32")
+    probs = np.array([[dict((n, p) for n, p, _ in q.labels)[name] for name in LABELS]
+                      for q in plain])  # fmt: skip
+    thresholds = np.median(probs, axis=0)
+    saved = dict(zip(LABELS, thresholds.tolist(), strict=True))
+    record = {"method": "f1", "tuned_on": "val", "thresholds": saved}
+    (folder / "thresholds.json").write_text(json.dumps(record))
+    return {"dir": folder, "ckpt": weights, "thresholds": saved}
+
+
+def test_serve_answers_every_label_of_a_multilabel_run_as_predict_does(
+    run: dict, ml_run: dict
+) -> None:
+    reference = api_predict(ml_run["ckpt"], run["files"], device="cpu", precision="32")
+    app = create_app(ml_run["ckpt"], top_k=2)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        info = c.get("/api/info").json()
+        assert info["multilabel"] is True and info["thresholds"] == ml_run["thresholds"]
+        predicted = set()
+        for path, ref in zip(run["files"], reference, strict=True):
+            body = _upload(c, path.read_bytes()).json()
+            assert body["multilabel"] is True
+            got = [(i["label"], i["probability"], i["threshold"]) for i in body["labels"]]
+            assert [n for n, _, _ in got] == [n for n, _, _ in ref.labels]  # most probable first
+            np.testing.assert_allclose([p for _, p, _ in got], [p for _, p, _ in ref.labels],
+                                       atol=1e-5)  # fmt: skip
+            assert [t for _, _, t in got] == [ml_run["thresholds"][n] for n, _, _ in got]
+            assert body["predicted_labels"] == [n for n, _, _ in ref.predicted_labels]
+            assert [i["predicted"] for i in body["labels"]] == [p >= t for _, p, t in got]
+            assert [t["class"] for t in body["top"]] == [n for n, _, _ in got[:2]]
+            predicted.update(body["predicted_labels"])
+        assert predicted == set(LABELS)
+        explained = _upload(c, run["files"][0].read_bytes(), url="/api/explain").json()
+        assert explained["predicted_labels"] == [n for n, _, _ in reference[0].predicted_labels]
+        assert explained["cam"]["class"] == reference[0].labels[0][0]
+    with pytest.raises(Exception, match="--tta flip averages single-label views"):
+        create_app(ml_run["ckpt"], tta="flip")
+
+
 def test_bad_uploads_get_their_status_and_the_server_keeps_answering(
     client: TestClient, run: dict
 ) -> None:
@@ -450,8 +581,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def live(run: dict):
     """The explorer under uvicorn in a thread, on a free localhost port."""
+    yield from _live(create_app(run["ckpt"], max_upload_bytes=MAX_UPLOAD, top_k=3))
+
+
+def _live(app):
     uvicorn = pytest.importorskip("uvicorn")
-    app = create_app(run["ckpt"], max_upload_bytes=MAX_UPLOAD, top_k=3)
     port = _free_port()
 
     class Server(uvicorn.Server):  # says when it listens: awaited, not polled
@@ -531,6 +665,53 @@ def test_browser_upload_shows_prediction_feature_maps_and_cam(live, run: dict, t
     )
     assert all(u.startswith((url, "data:", "blob:")) for u in requests), requests
     assert shot.stat().st_size > 10_000
+
+
+def _browser(pw):
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    return pw.chromium.launch(
+        executable_path=chromium,
+        args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        ],
+    )  # fmt: skip
+
+
+@pytest.mark.slow  # a browser and a second server: ~5 s
+def test_browser_shows_the_labels_above_threshold_of_a_multilabel_run(
+    run: dict, ml_run: dict
+) -> None:
+    if not Path(shutil.which("chromium") or "/usr/bin/chromium").exists():
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    image = run["files"][0]
+    expected = api_predict(ml_run["ckpt"], [image], device="cpu")[0]
+    server = _live(create_app(ml_run["ckpt"], top_k=3))
+    url, _ = next(server)
+    try:
+        with sync_api.sync_playwright() as pw:
+            browser = _browser(pw)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                page.goto(url + "/")
+                page.wait_for_function(
+                    "document.getElementById('model-info').textContent.includes('lenet5')"
+                )
+                page.set_input_files("#file", str(image))
+                page.wait_for_selector("body[data-state=done]", timeout=30_000)
+                shown = page.eval_on_selector_all(
+                    "#labels li[data-label]", "els => els.map(e => e.dataset.label)"
+                )
+                listed = page.eval_on_selector_all("#top li", "els => els.length")
+                status = page.text_content("#status")
+            finally:
+                browser.close()
+    finally:
+        next(server, None)
+    names = [n for n, _, _ in expected.predicted_labels]
+    assert shown == names and listed == len(LABELS)  # every label listed, the answer above
+    assert status == f"predicted labels: {', '.join(names) or 'none'}"
 
 
 def test_static_files_are_packaged() -> None:

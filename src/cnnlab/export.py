@@ -184,6 +184,45 @@ def export_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+OPERATING_POINT = "operating_point"  # metadata key of a single-label run's operating point
+#: the entries of RUN/operating_point.json an exported file carries (what deciding needs and
+#: how the threshold was chosen; the evaluation record itself stays in the run)
+OPERATING_POINT_KEYS = (
+    "positive_class",
+    "positive_index",
+    "threshold",
+    "decision",
+    "target",
+    "rule",
+)
+
+
+def export_operating_point(point: dict[str, Any]) -> dict[str, Any]:
+    """What an exported file records of the run's operating point (RUN/operating_point.json)."""
+    out = {k: point[k] for k in OPERATING_POINT_KEYS if k in point}
+    out["weights_sha256"] = (point.get("weights") or {}).get("sha256")
+    return out
+
+
+def multilabel_export_metadata(meta: dict[str, Any], run_dir: Path | None) -> dict[str, Any]:
+    """The entries a multi-label export adds: ``multilabel``, each label's decision threshold
+    (RUN/thresholds.json; an exported checkpoint's own; else 0.5) and the sigmoid output."""
+    from cnnlab.tasks.classify.multilabel import model_thresholds
+
+    names = [str(c) for c in meta["class_names"]]
+    thresholds = model_thresholds(run_dir, meta, names)
+    return {
+        "multilabel": True,
+        "thresholds": dict(zip(names, thresholds.tolist(), strict=True)),
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": ["N", len(names)],
+            "meaning": "logits; probabilities = sigmoid(logits) per label (class_names order); "
+            "a label is predicted when its probability >= thresholds[label]",
+        },
+    }
+
+
 def task_export_metadata(task: str, meta: dict[str, Any]) -> dict[str, Any]:
     """:func:`export_metadata` of a segmentation or detection checkpoint: the same input contract,
     the task's output, and the post-processing parameters the run predicts with."""
@@ -289,6 +328,7 @@ def export_model(
     check: bool = True,
     rtol: float = RTOL,
     atol: float = ATOL,
+    operating_point: bool = True,
 ) -> ExportResult:
     """Export a run's best checkpoint (or a ``.safetensors`` checkpoint) to ``format``.
 
@@ -296,6 +336,9 @@ def export_model(
     for a checkpoint outside a run). The model is exported on CPU in ``eval()`` mode. ``check``:
     compare with PyTorch, elementwise ``|exported - torch| <= atol + rtol * |torch|`` on the
     logits (float32 rounding grows with depth: ResNet-101/152 may need ``rtol=1e-2, atol=1e-4``).
+    ``operating_point``: record the run's operating point (RUN/operating_point.json, checked
+    against the weights as predict does) in the metadata; a multi-label run records
+    ``multilabel``, its labels and their thresholds instead.
     """
     from cnnlab.engine.checkpoint import read_weights
     from cnnlab.engine.weights import load_checkpoint_model
@@ -304,11 +347,6 @@ def export_model(
     fmt = _check_format(format)
     recorded = read_weights(resolve_weights(run_or_checkpoint))[1]
     task = recorded.get("task", "classification")
-    if recorded.get("multilabel"):  # the exported metadata and predict_onnx speak of a softmax
-        raise ConfigError(
-            f"export covers single-label classification; {run_or_checkpoint} is a multi-label "
-            "run (answer its images with `cnnlab predict RUN IMAGES`)"
-        )
     if fmt not in EXPORTABLE.get(task, ()):
         can = EXPORTABLE.get(task)
         raise ConfigError(
@@ -318,15 +356,26 @@ def export_model(
         )  # fmt: skip
     if task == "classification":
         from cnnlab.engine.calibration import from_metadata, load_calibration
+        from cnnlab.tasks.classify.operating_point import for_weights
 
         model, meta, weights = load_checkpoint_model(run_or_checkpoint, "cpu")
         metadata = export_metadata(meta)
-        # the run's calibration.json (or what an exported checkpoint already carries): the
-        # temperature and the out-of-domain threshold travel with the file
-        calibration = load_calibration(run_dir_of(Path(weights)), Path(weights))
-        calibration = calibration or from_metadata(meta)
-        if calibration is not None:
-            metadata |= calibration.export_metadata()
+        run_dir = run_dir_of(Path(weights))
+        if meta.get("multilabel"):  # sigmoid per label, each at its run threshold
+            metadata |= multilabel_export_metadata(meta, run_dir)
+        else:
+            # the run's calibration.json (or what an exported checkpoint already carries): the
+            # temperature and the out-of-domain threshold travel with the file
+            calibration = load_calibration(run_dir, Path(weights)) or from_metadata(meta)
+            if calibration is not None:
+                metadata |= calibration.export_metadata()
+            # the run's active operating point, checked against these weights as predict does
+            point = None
+            if operating_point:
+                point = for_weights(run_dir, Path(weights), metadata["class_names"])
+                point = export_operating_point(point) if point else meta.get(OPERATING_POINT)
+            if point:
+                metadata[OPERATING_POINT] = point
     else:
         model, meta, weights = _load_task_model(task, run_or_checkpoint)
         metadata = task_export_metadata(task, meta)
@@ -669,6 +718,7 @@ def predict_onnx(
     batch_size: int = 64,
     min_confidence: float | None = None,
     tta: tuple[str, ...] = (),
+    operating_point: bool = True,
 ) -> list[Prediction]:
     """:func:`cnnlab.tasks.classify.predict.predict` for an exported ``.onnx`` file, without the PyTorch model.
 
@@ -679,6 +729,10 @@ def predict_onnx(
     run's out-of-domain check (metadata ``out_of_domain``: the energy score's threshold).
     ``min_confidence``: below it a prediction is ``unknown``. ``tta`` (cnnlab.engine.tta): the
     mean of the views' calibrated probabilities (the views are cut with torchvision on the CPU).
+    ``operating_point``: apply the run's operating point the file carries (metadata
+    ``operating_point``), each prediction's ``decision``, as predicting the run does.
+    A multi-label file (metadata ``multilabel``) answers every label: ``sigmoid(logits)`` and the
+    run's threshold of each (metadata ``thresholds``), as predicting the run does.
     """
     from cnnlab.engine.calibration import SCORE, Calibration, from_metadata
     from cnnlab.engine.predict import predict_files
@@ -688,6 +742,13 @@ def predict_onnx(
     session = _onnx_session(path)
     meta = _decode_props(session.get_modelmeta().custom_metadata_map, path)
 
+    spec = PreprocessSpec.from_dict(meta["preprocess"])
+    names = [str(c) for c in meta["class_names"]]
+    if meta.get("multilabel"):
+        return _predict_onnx_multilabel(
+            session, meta, path, spec, names, inputs, batch_size=batch_size,
+            min_confidence=min_confidence, tta=tta,
+        )  # fmt: skip
     calibration = from_metadata(meta)  # None: exported before calibration existed
     temperature = calibration.temperature if calibration else 1.0
     threshold = calibration.threshold if calibration else None
@@ -708,12 +769,53 @@ def predict_onnx(
             probs = softmax(logits / temperature)
         return probs if threshold is None else (probs, Calibration.ood_scores(logits))
 
-    spec = PreprocessSpec.from_dict(meta["preprocess"])
-    names = [str(c) for c in meta["class_names"]]
+    point = meta.get(OPERATING_POINT) if operating_point else None
+    decide = None
+    if point:
+        pos = point.get("positive_index")
+        if not isinstance(pos, int) or not 0 <= pos < len(names):
+            raise CheckpointError(
+                f"{path}: its operating point names class index {pos!r}, which the model does "
+                "not have; export the run again"
+            )
+        decide = (pos, float(point["threshold"]))
     return predict_files(
-        inputs, spec, names, probs_fn, top_k=top_k, batch_size=batch_size,
+        inputs, spec, names, probs_fn, top_k=top_k, batch_size=batch_size, decide=decide,
         min_confidence=min_confidence, domain=None if threshold is None else (SCORE, threshold),
     )  # fmt: skip
+
+
+def _predict_onnx_multilabel(
+    session: Any,
+    meta: dict[str, Any],
+    path: Path,
+    spec: PreprocessSpec,
+    names: list[str],
+    inputs: list[str | Path],
+    *,
+    batch_size: int,
+    min_confidence: float | None,
+    tta: tuple[str, ...],
+) -> list[Prediction]:
+    """Every label of a multi-label export: ``sigmoid(logits)`` and its recorded threshold."""
+    from cnnlab.engine.predict import predict_files
+    from cnnlab.tasks.classify.multilabel import check_predict_options, label_answers
+
+    check_predict_options(tta, min_confidence)
+    saved = meta.get("thresholds") or {}
+    missing = [n for n in names if n not in saved]
+    if missing:
+        raise CheckpointError(f"{path} is multi-label but has no threshold for {missing}")
+    thresholds = np.array([float(saved[n]) for n in names])
+
+    def probs_fn(x: np.ndarray) -> np.ndarray:
+        feed = {INPUT_NAME: np.ascontiguousarray(x)}  # predict_files passes an NHWC-strided view
+        logits = session.run([OUTPUT_NAME], feed)[0].astype(np.float64)
+        return 1.0 / (1.0 + np.exp(-logits))  # sigmoid (N, L)
+
+    preds = predict_files(inputs, spec, names, probs_fn, top_k=len(names), batch_size=batch_size)
+    label_answers(preds, names, thresholds)
+    return preds
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -552,6 +552,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance of that check")
     p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance of that check")
+    p.add_argument(
+        "--ignore-operating-point",
+        dest="operating_point",
+        action="store_false",
+        help="leave the run's operating point (RUN/operating_point.json) out of the file",
+    )
 
     p = sub.add_parser(
         "serve",
@@ -586,6 +592,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     _add_precision(p)
     p.add_argument("--tta", metavar="VIEWS", default=None, help=TTA_HELP)
+    p.add_argument(
+        "--ignore-operating-point",
+        dest="operating_point",
+        action="store_false",
+        help="answer classes only, without the run's operating point (RUN/operating_point.json)",
+    )
 
     p = sub.add_parser("models", help="list the model zoo, or show one model's layers")
     p.add_argument(
@@ -1228,8 +1240,19 @@ def _export(args: argparse.Namespace) -> int:
         check=args.check,
         rtol=args.rtol,
         atol=args.atol,
+        operating_point=args.operating_point,
     )
     out.print(f"exported {r.format}: {r.path}")
+    point = r.metadata.get("operating_point")
+    if point:
+        out.print(
+            f"with the run's operating point: {point['positive_class']} positive when "
+            f"P({point['positive_class']}) >= {point['threshold']:.6g} (chosen for "
+            f"{point.get('target')})",
+            markup=False,
+        )
+    if r.metadata.get("multilabel"):
+        out.print("multi-label: sigmoid per label, with the run's thresholds", markup=False)
     if r.sidecar:
         out.print(f"preprocessing and class names: {r.sidecar}")
     if r.max_abs_diff is not None:
@@ -1263,6 +1286,7 @@ def _serve(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         tta=args.tta,
+        operating_point=args.operating_point,
     )
     return 0
 

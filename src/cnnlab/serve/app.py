@@ -236,6 +236,11 @@ class Served:
     calibration: Any = None
     # classification: test-time augmentation views ("flip", "crop"; cnnlab.engine.tta), () for none
     tta: tuple[str, ...] = ()
+    # single-label classification: the run's operating point (RUN/operating_point.json, checked
+    # against the weights as `cnnlab predict` does), None for none
+    operating_point: dict[str, Any] | None = None
+    # multi-label classification: each label's decision threshold (L,), None for single-label
+    thresholds: np.ndarray | None = None
 
 
 # -- the app ---------------------------------------------------------------------------------------
@@ -251,6 +256,7 @@ def create_app(
     cam_method: str = "gradcam",
     precision: str = "auto",
     tta: str | tuple[str, ...] | None = None,
+    operating_point: bool = True,
 ) -> FastAPI:
     """A FastAPI app serving the model of a run directory or ``.safetensors`` checkpoint.
 
@@ -260,7 +266,9 @@ def create_app(
     /api/predict (auto: fp32 on CPU, the run's own on CUDA, as `cnnlab predict`; the layer trace
     and CAMs of /api/explain are fp32). ``tta`` ("flip", "crop", "shift" or a comma list; classification
     runs): the probabilities are the mean of the views' (cnnlab.engine.tta), and the answers say
-    which views (``"tta"``).
+    which views (``"tta"``). ``operating_point``: apply the run's operating point
+    (RUN/operating_point.json) as `cnnlab predict RUN` does: each answer's ``"decision"``.
+    A multi-label run answers every label with its probability and threshold (``"labels"``).
     """
     from cnnlab import __version__
     from cnnlab.engine.devices import inference_precision, resolve_device
@@ -274,17 +282,17 @@ def create_app(
     slots = Slots(max_concurrency, timeout_s=queue_timeout_s)
     recorded = checkpoint_metadata(run_or_checkpoint)
     task = str(recorded.get("task", "classification"))
-    if recorded.get("multilabel"):  # its answers are per-label sigmoids, not one softmax
-        raise ConfigError(
-            f"serve covers single-label classification; {run_or_checkpoint} is a multi-label "
-            "run (answer its images with `cnnlab predict RUN IMAGES`)"
-        )
     if task not in SERVED_TASKS:
         raise ConfigError(
             f"serve covers classification, segmentation and detection runs; {run_or_checkpoint} "
             f"is a {task} run (predict it with `cnnlab predict RUN VIDEO`)"
         )
     views = parse_tta(tta)
+    multilabel = bool(recorded.get("multilabel"))  # answers are per-label sigmoids
+    if multilabel:
+        from cnnlab.tasks.classify.multilabel import check_tta
+
+        check_tta(views)
     if views and task != "classification":
         raise ConfigError(
             f"--tta is for classification runs; {run_or_checkpoint} is a {task} run: leave it out"
@@ -315,9 +323,19 @@ def create_app(
         import pytorch_grad_cam  # noqa: F401 -- about 5 s (OpenCV); now, not in the first request
 
         from cnnlab.engine.calibration import from_metadata, load_calibration
+        from cnnlab.tasks.classify.multilabel import model_thresholds
+        from cnnlab.tasks.classify.operating_point import for_weights
 
-        served.calibration = load_calibration(run_dir_of(Path(weights)), Path(weights))
-        served.calibration = served.calibration or from_metadata(meta)
+        weights_run = run_dir_of(Path(weights))
+        if multilabel:  # the run's thresholds.json (an exported checkpoint: its own)
+            served.thresholds = model_thresholds(weights_run, meta, served.class_names)
+        else:
+            served.calibration = load_calibration(weights_run, Path(weights))
+            served.calibration = served.calibration or from_metadata(meta)
+            if operating_point:  # the run's own; an exported checkpoint: the one it carries
+                served.operating_point = for_weights(
+                    weights_run, Path(weights), served.class_names
+                ) or meta.get("operating_point")
 
     app = FastAPI(
         title=f"cnnlab explorer: {meta['model']}",
@@ -421,6 +439,7 @@ def create_app(
             "cnnlab_version": __version__,
             "task": served.task,
             **calibration_info(served),
+            **decision_info(served),
             **(
                 {"score_threshold": float(served.meta.get("score_threshold", 0.5))}
                 if served.task == "detection"
@@ -652,6 +671,15 @@ def predict_bytes(served: Served, data: bytes) -> dict[str, Any]:
     (fp32 by default on CPU); with the run's out-of-domain verdict (``out_of_domain``)."""
     pixels = decode_upload(served, data)
     x = _normalise(served, pixels)
+    if served.thresholds is not None:
+        with served.lock, torch.inference_mode(), autocast(served.device, served.precision):
+            probs = served.model(x).float().sigmoid()[0].cpu()  # (L,) as multilabel.sigmoid_fn
+        return {
+            "task": "classification",
+            "model": served.meta["model"],
+            "precision": served.precision,
+            **label_answers(served, probs),
+        }
     with served.lock, torch.inference_mode(), autocast(served.device, served.precision):
         probs, verdict = calibrated_probs(served, x)
     return {
@@ -661,6 +689,75 @@ def predict_bytes(served: Served, data: bytes) -> dict[str, Any]:
         "precision": served.precision,
         "tta": list(served.tta),  # the views averaged; [] for none
         **verdict,
+        **decision(served, probs),
+    }
+
+
+def decision(served: Served, probs: torch.Tensor) -> dict[str, Any]:
+    """``{"decision": {"class", "probability", "threshold", "positive"}}`` under the run's
+    operating point (positive: probability >= threshold, as cnnlab.engine.predict decides), or
+    {} without one."""
+    point = served.operating_point
+    if point is None:
+        return {}
+    pos, threshold = int(point["positive_index"]), float(point["threshold"])
+    p = float(probs[pos])
+    return {
+        "decision": {
+            "class": served.class_names[pos],
+            "probability": p,
+            "threshold": threshold,
+            "positive": p >= threshold,
+        }
+    }
+
+
+def label_answers(served: Served, probs: torch.Tensor) -> dict[str, Any]:
+    """A multi-label answer from sigmoid probabilities (L,): ``labels`` (every label, most
+    probable first, with its threshold and whether it is predicted), ``predicted_labels`` (the
+    names at or above their thresholds) and ``top`` (the first top-k labels, for the page)."""
+    assert served.thresholds is not None
+    values = probs.double().numpy()
+    order = np.argsort(-values, kind="stable")  # ties: lower index first, as predict_files
+    labels = [
+        {
+            "label": served.class_names[j],
+            "index": int(j),
+            "probability": float(values[j]),
+            "threshold": float(served.thresholds[j]),
+            "predicted": bool(values[j] >= served.thresholds[j]),
+        }
+        for j in order
+    ]
+    return {
+        "multilabel": True,
+        "labels": labels,
+        "predicted_labels": [item["label"] for item in labels if item["predicted"]],
+        "top": [
+            {"class": item["label"], "index": item["index"], "probability": item["probability"]}
+            for item in labels[: served.top_k]
+        ],
+    }
+
+
+def decision_info(served: Served) -> dict[str, Any]:
+    """/api/info's decision rule: the operating point, or the multi-label thresholds."""
+    if served.thresholds is not None:
+        return {
+            "multilabel": True,
+            "thresholds": dict(zip(served.class_names, served.thresholds.tolist(), strict=True)),
+        }
+    point = served.operating_point
+    if point is None:
+        return {}
+    return {
+        "operating_point": {
+            "positive_class": point["positive_class"],
+            "positive_index": int(point["positive_index"]),
+            "threshold": float(point["threshold"]),
+            "target": point.get("target"),
+            "rule": point.get("rule"),
+        }
     }
 
 
@@ -708,11 +805,17 @@ def explain_bytes(served: Served, data: bytes) -> dict[str, Any]:
     payload = explain_payload(trace, cam, pixels, method=served.cam_method, stage=stage)
     payload["model"] = served.meta["model"]
     payload["top"] = _top(served, trace.probs)
+    if served.thresholds is not None:  # sigmoid per label; the CAM is of the most probable
+        with served.lock, torch.inference_mode():
+            payload.update(label_answers(served, served.model(x).float().sigmoid()[0].cpu()))
+        return payload
+    probs = trace.probs
     if served.calibration is not None or served.tta:  # calibrated, TTA top-k; out-of-domain
         with served.lock, torch.inference_mode():
             probs, verdict = calibrated_probs(served, x)
         payload["top"] = _top(served, probs)
         payload.update(verdict)
+    payload.update(decision(served, probs))
     return payload
 
 

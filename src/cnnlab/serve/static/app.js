@@ -163,6 +163,38 @@ function showDomain(ood) {
     : `In domain (${ood.score} score ${fmt(ood.value)} ≤ threshold ${fmt(ood.threshold)}).`;
 }
 
+// the run's operating point (docs/imbalance.md): "positive" when P(class) >= its threshold
+function showDecision(decision) {
+  const box = $("decision");
+  box.hidden = !decision;
+  if (!decision) return;
+  box.className = decision.positive ? "positive" : "hint";
+  box.textContent =
+    `${decision.class}: ${decision.positive ? "positive" : "negative"} ` +
+    `(P = ${fmt(decision.probability)} ${decision.positive ? "≥" : "<"} ` +
+    `threshold ${fmt(decision.threshold)}` +
+    (info && info.operating_point ? `, chosen for ${info.operating_point.target})` : ")");
+}
+
+// a multi-label run: every label with its probability and threshold; the answer is the list of
+// labels at or above their thresholds (docs/classification.md)
+function showLabels(prediction) {
+  const box = $("labels-box");
+  box.hidden = !prediction.multilabel;
+  if (!prediction.multilabel) return;
+  const list = $("labels");
+  list.replaceChildren();
+  for (const item of prediction.labels.filter((x) => x.predicted)) {
+    list.append(el("li", { "data-label": item.label },
+      `${item.label}: ${fmt(item.probability)} ≥ ${fmt(item.threshold)}`));
+  }
+  if (!prediction.predicted_labels.length) {
+    list.append(el("li", { class: "hint" }, "no label reaches its threshold"));
+  }
+  showTop(prediction.labels.map((x) => ({ class: `${x.label} (threshold ${fmt(x.threshold)})`,
+                                          probability: x.probability })));
+}
+
 async function handle(file) {
   if (!file) return;
   $("result").hidden = true;
@@ -177,10 +209,12 @@ async function handle(file) {
     }
     showTop(prediction.top);
     showDomain(prediction.out_of_domain);
+    showDecision(prediction.decision);
+    showLabels(prediction);
     $("result").hidden = false;
     setStatus("tracing the layers and computing the Grad-CAM…", false);
     const explained = await post("/api/explain", file);
-    showTop(explained.top);
+    if (!prediction.multilabel) showTop(explained.top);  // multi-label: every label stays
     $("input-image").src = explained.input.image;
     $("input-shape").textContent = `(${explained.input.shape.join("×")})`;
     $("cam-overlay").src = explained.cam.overlay;
@@ -188,7 +222,9 @@ async function handle(file) {
       `${explained.cam.method} for "${explained.cam.class}" at ${explained.cam.target_layer} ` +
       `(${explained.cam.target_shape.join("×")})`;
     showLayers(explained.layers);
-    setStatus(`predicted: ${explained.predicted}`, false);
+    setStatus(prediction.multilabel
+      ? `predicted labels: ${prediction.predicted_labels.join(", ") || "none"}`
+      : `predicted: ${explained.predicted}`, false);
     document.body.dataset.state = "done";
   } catch (err) {
     setStatus(err.message, true);

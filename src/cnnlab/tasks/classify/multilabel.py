@@ -191,6 +191,20 @@ def read_thresholds(run_dir: Path | None, label_names: list[str]) -> np.ndarray:
     return np.array([float(saved[n]) for n in label_names])
 
 
+def model_thresholds(
+    run_dir: Path | None, meta: dict[str, Any], label_names: list[str]
+) -> np.ndarray:
+    """The thresholds (L,) predict applies: the run's thresholds.json; for weights outside a
+    run folder (an exported .safetensors) those their metadata carries; else 0.5 each."""
+    if run_dir is None and isinstance(meta.get("thresholds"), dict):
+        saved = meta["thresholds"]
+        missing = [n for n in label_names if n not in saved]
+        if missing:
+            raise CheckpointError(f"the model's metadata has no threshold for label(s) {missing}")
+        return np.array([float(saved[n]) for n in label_names])
+    return read_thresholds(run_dir, label_names)
+
+
 def run_thresholds(run_or_checkpoint: str | Path) -> dict[str, float] | None:
     """{label: threshold} of a multi-label run folder (its thresholds.json), None otherwise (a
     single-label run, or a checkpoint outside its run folder: 0.5 is used then)."""
@@ -198,6 +212,25 @@ def run_thresholds(run_or_checkpoint: str | Path) -> dict[str, float] | None:
     if run_dir is None or not (run_dir / THRESHOLDS).is_file():
         return None
     return {str(k): float(v) for k, v in read_json(run_dir / THRESHOLDS)["thresholds"].items()}
+
+
+def check_tta(tta: tuple[str, ...]) -> None:
+    """Test-time augmentation is refused for a multi-label model (predict and serve)."""
+    if tta:
+        raise ConfigError(
+            f"--tta {','.join(tta)} averages single-label views; a multi-label run's "
+            "thresholds were tuned on single-view sigmoids: leave --tta out"
+        )
+
+
+def check_predict_options(tta: tuple[str, ...], min_confidence: float | None) -> None:
+    """Options of single-label prediction that a multi-label model refuses (one line each)."""
+    check_tta(tta)
+    if min_confidence is not None:
+        raise ConfigError(
+            "--min-confidence is for single-label runs; a multi-label run answers each "
+            "label at its own threshold (RUN/thresholds.json)"
+        )
 
 
 def sigmoid_fn(model: torch.nn.Module, device: torch.device, precision: str) -> Any:

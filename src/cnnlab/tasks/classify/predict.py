@@ -20,7 +20,7 @@ from cnnlab.engine.predict import Prediction, predict_files
 from cnnlab.engine.tta import parse_tta
 from cnnlab.engine.weights import load_checkpoint_model
 from cnnlab.errors import ConfigError
-from cnnlab.run import resolve_weights, run_dir_of, trained_precision
+from cnnlab.run import checkpoint_metadata, resolve_weights, run_dir_of, trained_precision
 from cnnlab.tasks.classify import multilabel
 from cnnlab.tasks.classify.operating_point import for_weights, read_operating_point
 
@@ -61,7 +61,7 @@ def predict(
             )
         return predict_onnx(
             run_or_checkpoint, inputs, top_k=top_k, batch_size=batch_size,
-            min_confidence=min_confidence, tta=views,
+            min_confidence=min_confidence, tta=views, operating_point=operating_point,
         )  # fmt: skip
     dev = resolve_device(device)
     model, meta, weights = load_checkpoint_model(run_or_checkpoint, dev)
@@ -69,16 +69,7 @@ def predict(
         model.to(memory_format=torch.channels_last)  # predict_files hands over NHWC-strided batches
     precision = inference_precision(precision, dev, trained_precision(run_dir_of(weights)))
     if meta.get("multilabel"):  # every label with its probability; those above threshold
-        if views:
-            raise ConfigError(
-                f"--tta {','.join(views)} averages single-label views; a multi-label run's "
-                "thresholds were tuned on single-view sigmoids: leave --tta out"
-            )
-        if min_confidence is not None:
-            raise ConfigError(
-                "--min-confidence is for single-label runs; a multi-label run answers each "
-                "label at its own threshold (RUN/thresholds.json)"
-            )
+        multilabel.check_predict_options(views, min_confidence)
         names = list(meta["class_names"])
         preds = predict_files(
             inputs, PreprocessSpec.from_dict(meta["preprocess"]), names,
@@ -86,7 +77,7 @@ def predict(
             batch_size=batch_size,
         )  # fmt: skip
         multilabel.label_answers(
-            preds, names, multilabel.read_thresholds(run_dir_of(weights), names)
+            preds, names, multilabel.model_thresholds(run_dir_of(weights), meta, names)
         )
         return preds
 
@@ -97,7 +88,12 @@ def predict(
     domain = (SCORE, threshold) if threshold is not None else None
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     class_names = list(meta["class_names"])
-    point = for_weights(run_dir_of(weights), weights, class_names) if operating_point else None
+    # the run's own; weights outside a run (an exported .safetensors): the one they carry
+    point = None
+    if operating_point:
+        point = for_weights(run_dir_of(weights), weights, class_names) or meta.get(
+            "operating_point"
+        )
     decide = (int(point["positive_index"]), float(point["threshold"])) if point else None
     return predict_files(
         inputs, spec, class_names, probs_fn, top_k=top_k, batch_size=batch_size, decide=decide,
@@ -106,8 +102,14 @@ def predict(
 
 
 def active_operating_point(run_or_checkpoint: str | Path) -> dict | None:
-    """The operating point `predict` applies for this run or checkpoint (None: none, or an
-    exported .onnx file, which carries none)."""
+    """The operating point `predict` applies for this run or checkpoint: the run's, else the one
+    an exported file carries in its metadata (None: none)."""
     if is_onnx(run_or_checkpoint):
-        return None
-    return read_operating_point(run_dir_of(resolve_weights(run_or_checkpoint)))
+        from cnnlab.export import read_export_metadata
+
+        return read_export_metadata(run_or_checkpoint).get("operating_point")
+    weights = resolve_weights(run_or_checkpoint)
+    point = read_operating_point(run_dir_of(weights))
+    if point is None and run_dir_of(weights) is None:
+        point = checkpoint_metadata(weights).get("operating_point")
+    return point
