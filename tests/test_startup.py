@@ -150,7 +150,10 @@ def test_the_probe_finds_the_heavy_modules_where_they_are_imported(tmp_path: Pat
 def test_the_report_module_imports_matplotlib_only_to_draw(tmp_path: Path):
     """Training's main process writes the page; worker processes import matplotlib and draw
     (cnnlab.report.render), so importing the report's modules must not import it."""
-    statement = "import cnnlab.report.html, cnnlab.report.render, cnnlab.report.calibration_section"
+    statement = (
+        "import cnnlab.report.html, cnnlab.report.render, cnnlab.report.calibration_section, "
+        "cnnlab.report.multilabel_report"
+    )
     _, modules, _ = probe(tmp_path, IMPORT_PROBE, statement)
     assert "cnnlab" in modules and "matplotlib" not in modules
     _, modules, _ = probe(tmp_path, IMPORT_PROBE, statement + "; cnnlab.report.html.pyplot()")

@@ -30,6 +30,15 @@ if TYPE_CHECKING:
     import matplotlib.pyplot as plt
 
 
+def figures_html(figs: dict[str, str], wide: set[str]) -> str:
+    """``<figure>`` elements of {caption: image URI}; those named in ``wide`` span the page."""
+    return "".join(
+        f'<figure{" class=wide" if name in wide else ""}><img src="{uri}" '
+        f'alt="{html.escape(name)}"><figcaption>{html.escape(name)}</figcaption></figure>'
+        for name, uri in figs.items()
+    )
+
+
 def pyplot() -> Any:
     """matplotlib.pyplot, drawing for files (a notebook keeps its inline backend)."""
     use_file_backend()  # files only; never a window
@@ -476,12 +485,7 @@ def write_classification_report(
         data = job.result()
         if data is not None:
             figs[name] = png_uri(data, fig_dir / file)
-    fig_html = "".join(
-        f'<figure{" class=wide" if name == "training curves" else ""}><img src="{uri}" '
-        f'alt="{html.escape(name)}"><figcaption>{html.escape(name)}'
-        "</figcaption></figure>"
-        for name, uri in figs.items()
-    )
+    fig_html = figures_html(figs, wide={"training curves"})
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{html.escape(title or "cnnlab report")}</title>

@@ -8,14 +8,17 @@ from __future__ import annotations
 import html
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cnnlab.metrics import scores as sc
 from cnnlab.report.header import run_header_html
-from cnnlab.report.html import CSS, curves_figure, format_value, plt, png_figure
+from cnnlab.report.html import CSS, curves_figure, figures_html, format_value, png_figure, pyplot
 from cnnlab.report.style import styled
+
+if TYPE_CHECKING:  # importing this module does not import matplotlib; drawing does
+    import matplotlib.pyplot as plt
 
 PER_LABEL = ("support", "tp", "fp", "tn", "fn", "precision", "recall", "f1", "tnr", "fpr",
              "roc_auc", "average_precision", "threshold")  # fmt: skip
@@ -32,7 +35,7 @@ def label_matrices_figure(per_label: dict[str, dict[str, Any]]) -> plt.Figure:
     present), i.e. [[TN, FP], [FN, TP]] (scikit-learn's ``multilabel_confusion_matrix``)."""
     names = list(per_label)
     rows, cols = _grid(len(names))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 2.8 * rows), squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(2.8 * cols, 2.8 * rows), squeeze=False)
     for ax in axes.flat[len(names) :]:
         ax.axis("off")
     for ax, name in zip(axes.flat, names, strict=False):
@@ -59,7 +62,7 @@ def label_pr_figure(
     targets: np.ndarray, probs: np.ndarray, per_label: dict[str, dict[str, Any]]
 ) -> plt.Figure:
     """Each label's precision-recall curve, with a dot where its threshold operates."""
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = pyplot().subplots(figsize=(6, 5))
     for j, name in enumerate(per_label):
         y = targets[:, j] == 1
         if not y.any():
@@ -129,12 +132,7 @@ def write_multilabel_report(
         for n, v in per.items()
     )
     notes = "".join(f"<li>{html.escape(w)}</li>" for w in metrics.get("warnings", []))
-    fig_html = "".join(
-        f"<figure{' class=wide' if name != 'precision-recall per label' else ''}>"
-        f'<img src="{uri}" alt="{html.escape(name)}"><figcaption>{html.escape(name)}'
-        "</figcaption></figure>"
-        for name, uri in figs.items()
-    )
+    fig_html = figures_html(figs, wide=set(figs) - {"precision-recall per label"})
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{html.escape(title or "cnnlab report")}</title>
