@@ -303,16 +303,20 @@ def test_ema_equals_a_hand_computed_average_of_the_weights_after_each_optimizer_
                       callbacks=[ema, Record()], accumulate_grad_batches=2)  # fmt: skip
     trainer.fit(_Batches(batches), None, epochs=1)
     assert len(seen) == 3 and int(ema.averaged.n_averaged) == 3  # per optimizer step, not batch
-    averaged, moved = ema.weights(), 0
+    averaged, moved, warmed = ema.weights(), 0, 0
     for name, first in seen[0].items():
         if not np.issubdtype(first.dtype, np.floating) or name.endswith("num_batches_tracked"):
             continue
-        reference = first  # the weights after step 1, then ema = d * ema + (1 - d) * weights
-        for step in seen[1:]:
-            reference = decay * reference + (1 - decay) * step[name]
+        reference = fixed = first  # the weights after step 1, then d_t * ema + (1 - d_t) * weights
+        for t, step in enumerate(seen[1:], start=1):  # t updates averaged before this one
+            d = min(decay, (1 + t) / (10 + t))  # warm-up: 2/11, 3/12 (below 0.9 until t = 80)
+            reference = d * reference + (1 - d) * step[name]
+            fixed = decay * fixed + (1 - decay) * step[name]
         np.testing.assert_allclose(averaged[name].double().numpy(), reference, rtol=1e-5, atol=1e-6)
+        warmed += not np.allclose(fixed, reference)  # the control: a fixed decay is another average
         moved += not np.allclose(reference, seen[-1][name])  # the average is not the last weights
     assert moved >= 4  # (the bias before BatchNorm gets no gradient and stays where it was)
+    assert warmed >= 4
 
 
 def test_best_checkpoint_holds_whichever_of_trained_and_averaged_weights_is_better(tmp_path):
