@@ -13,6 +13,8 @@ torchvision's modules and names (``features.N``, ``classifier.N``); small inputs
 
 from __future__ import annotations
 
+from torch import nn
+
 from ._base import SMALL_INPUT_BELOW
 from ._modern import FeaturesNet
 from ._registry import register_model
@@ -54,13 +56,31 @@ def _register(name: str) -> None:
         group="modern",
     )
     def build(*, num_classes: int, in_channels: int, image_size: int | None) -> FeaturesNet:
-        return FeaturesNet(
+        net = FeaturesNet(
             name,
             family="mobilenet",
             num_classes=num_classes,
             in_channels=in_channels,
             image_size=image_size,
         )
+        if name.startswith("mobilenet_v3"):
+            set_batchnorm_momentum(net, BN_MOMENTUM)
+        return net
+
+
+# torchvision builds MobileNetV3's BatchNorm with momentum 0.01 (the paper's ImageNet recipe, some
+# 600,000 steps); the other modern backbones use PyTorch's 0.1. On the short runs of small datasets
+# the running statistics then stay near their initial 0 and 1: measured on builtin:mnist-sample,
+# 100 images per class, 6 epochs (90 steps), validation accuracy stayed at chance (0.100) every
+# epoch while training accuracy rose to 0.53. With 0.1 they follow in ~20 steps. Only the running
+# statistics' update speed changes: parameters, state dict and pretrained weights are torchvision's.
+BN_MOMENTUM = 0.1
+
+
+def set_batchnorm_momentum(net: nn.Module, momentum: float) -> None:
+    for module in net.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
 
 
 for _name in _PAPERS:
