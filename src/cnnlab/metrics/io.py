@@ -76,6 +76,22 @@ _FORMAT_HINT = (
 )
 
 
+def _check_rows(
+    path: Path, header: list[str], rows: list[tuple[int, list[str]]], delimiter: str
+) -> None:
+    """At least one data row, and every row as many fields as the header (a DataError naming the row)."""
+    if not rows:
+        raise DataError(path, "no data rows after the header; add one row per sample")
+    for line, fields in rows:
+        if len(fields) != len(header):
+            raise DataError(
+                path,
+                f"{len(fields)} fields but the header has {len(header)}; "
+                f"check the delimiter ({delimiter!r}) and quoting",
+                row=line,
+            )
+
+
 def _find(header: list[str], choices: tuple[str, ...], path: Path, what: str) -> int | None:
     found = [i for i, h in enumerate(header) if h.lower() in choices]
     if len(found) > 1:
@@ -219,17 +235,7 @@ def read_predictions_csv(
     cols = score_cols[prefix]
     if not cols and pred_col is None:
         raise DataError(path, f"no score or prediction columns in header {header}; {_FORMAT_HINT}")
-    if not rows:
-        raise DataError(path, "no data rows after the header; add one row per sample")
-
-    for line, fields in rows:
-        if len(fields) != len(header):
-            raise DataError(
-                path,
-                f"{len(fields)} fields but the header has {len(header)}; "
-                f"check the delimiter ({delimiter!r}) and quoting",
-                row=line,
-            )
+    _check_rows(path, header, rows, delimiter)
 
     labels = [fields[label_col] for _, fields in rows]
     pred_values = None if pred_col is None else [fields[pred_col] for _, fields in rows]
@@ -356,16 +362,7 @@ def read_multilabel_predictions_csv(
     names = [header[i][len(prefix) :] for i in cols]
     if len(set(names)) != len(names):
         raise DataError(path, f"repeated label in the {prefix}<label> columns: {names}")
-    if not rows:
-        raise DataError(path, "no data rows after the header; add one row per sample")
-    for line, fields in rows:
-        if len(fields) != len(header):
-            raise DataError(
-                path,
-                f"{len(fields)} fields but the header has {len(header)}; "
-                f"check the delimiter ({delimiter!r}) and quoting",
-                row=line,
-            )
+    _check_rows(path, header, rows, delimiter)
     probs = _parse_scores(rows, cols, header, delimiter == ";", path)
     outside = ((probs < 0) | (probs > 1)).any(axis=1)
     if outside.any():
