@@ -242,11 +242,25 @@ def test_a_run_that_fails_is_failed_in_mlflow_and_one_line_on_the_command_line(t
     assert run.info.status == "FAILED"
 
 
-@pytest.mark.slow
-def test_a_store_mlflow_refuses_is_one_line_naming_it(tmp_path: Path):
-    with pytest.raises(ConfigError, match="the store nosuch://store refused"):
-        api.train(data="builtin:digits", epochs=1, out=str(tmp_path), device="cpu",
-                  report=False, track="mlflow", track_uri="nosuch://store")  # fmt: skip
+@pytest.mark.parametrize("kind", ["unsupported scheme", "path under a file", "not a database"])
+def test_a_store_mlflow_refuses_is_one_line_before_the_run_folder_exists(
+    kind: str, tmp_path: Path, capsys
+):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a database")
+    uri = {"unsupported scheme": "nosuch://store",
+           "path under a file": f"sqlite:///{blocker}/mlflow.db",
+           "not a database": f"sqlite:///{blocker}"}[kind]  # fmt: skip
+    out = tmp_path / "runs"
+    code = main(["train", "--data", "builtin:digits", "--epochs", "1", "--device", "cpu",
+                 "--no-report", "--track", "mlflow", "--track-uri", uri, "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert f"--track-uri: the store {uri} refused" in lines[0], err
+    assert "sqlite:///PATH/mlflow.db" in lines[0]  # what the option takes
+    assert not out.exists()  # refused before the run folder (or the runs folder) was made
+    assert blocker.read_text() == "not a database"  # the user's file is untouched
 
 
 def test_without_mlflow_installed_the_error_says_how_to_install_it(monkeypatch):

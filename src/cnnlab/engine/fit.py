@@ -44,6 +44,7 @@ from cnnlab.engine.devices import (
 )
 from cnnlab.engine.resume import restore, resume_target, resumed_config
 from cnnlab.engine.timing import Timings
+from cnnlab.engine.tracking import check_tracking
 from cnnlab.engine.trainer import Trainer, check_monitor
 from cnnlab.errors import ConfigError, DataError, Interrupted
 from cnnlab.run import finish_run_dir, new_run_dir, write_json
@@ -132,6 +133,8 @@ def fit(
     resumed = resume_target(resume, cfg.out, cfg.name, spec.name) if resume else None
     if resumed:  # the run's own config; only epochs, device, precision, early stopping may change
         cfg = make_config(spec.config, **resumed_config(spec.config, cfg, resumed[0]))
+    if info.is_main:  # a store that will not open: one line before the run folder exists
+        check_tracking(cfg)
     if spec.configure is not None:
         cfg = spec.configure(cfg)
     seed_everything(cfg.seed, cfg.deterministic)

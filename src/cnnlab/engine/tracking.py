@@ -52,6 +52,40 @@ def import_mlflow() -> Any:
     return mlflow
 
 
+def open_store(uri: str, *, option: str = "--track mlflow", hint: str = "") -> Any:
+    """An MlflowClient on the store at ``uri``, resolved and opened the way MLflow does (a new
+    SQLite store gets its tables), or a one-line ConfigError naming the URI and what MLflow said.
+    The families caught are what opening a store raises: MLflow's own refusal (an unsupported
+    scheme, its retired file store), a path it cannot create or read (OSError), a database
+    driver not installed (ImportError) and a file that is not a database (SQLAlchemyError)."""
+    import_mlflow()
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        with _quiet_store_setup():
+            client = MlflowClient(tracking_uri=uri)
+            client.get_experiment_by_name("Default")  # creates a new store's tables
+    except (MlflowException, OSError, ImportError, SQLAlchemyError) as err:
+        reason = _first_line(err).split(" See https://")[0]  # MLflow's link to its docs
+        raise ConfigError(f"{option}: the store {uri} refused: {reason}{hint}") from None
+    return client
+
+
+def check_tracking(cfg: Any) -> None:
+    """Before anything is written: mlflow is installed and the store of ``--track-uri`` opens,
+    so a wrong URI is one line and no run folder. (The default store, OUT/mlflow.db, is opened
+    by the tracker itself: checking it here would create it before the run folder.)"""
+    if getattr(cfg, "track", "none") != "mlflow":
+        return
+    import_mlflow()
+    if cfg.track_uri:
+        open_store(cfg.track_uri, option="--track-uri", hint=(
+            "; --track-uri takes an MLflow server (http://HOST:5000) or a database URI "
+            "(sqlite:///PATH/mlflow.db); without it the store is OUT/mlflow.db"))  # fmt: skip
+
+
 def default_store(out: str | Path) -> tuple[str, str]:
     """(tracking URI, artifact location) of the local store inside the runs folder ``out``."""
     root = Path(out).resolve()
@@ -126,15 +160,12 @@ class MLflowTracker(Callback):
     def on_fit_start(self, trainer: Trainer) -> None:
         from mlflow.entities import Param, RunTag
         from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
 
         meta = self.metadata()
         task = str(meta.get("task", "classification"))
         record = self.run_dir / TRACKING_FILE
+        self.client = open_store(self.uri)
         try:
-            with _quiet_store_setup():
-                self.client = MlflowClient(tracking_uri=self.uri)
-                self.client.get_experiment_by_name("Default")  # creates a new store's tables
             previous = json.loads(record.read_text()) if record.is_file() else None
             if previous and previous.get("tracking_uri") == self.uri:  # --resume: the same run
                 self.run_id = previous["run_id"]
