@@ -356,3 +356,71 @@ def test_mixed_split_and_class_folders_fail(tmp_path: Path) -> None:
     make_classes(tmp_path, {"stray": 1})
     with pytest.raises(DataError, match=r"split folders \(train\) and other folders \(stray\)"):
         items_from_folder(tmp_path)
+
+
+# ----------------------------------------------------------------------------- CSV datasets
+
+
+def _data_check(capsys, *args: str) -> tuple[int, str, str]:
+    from cnnlab.cli import main
+
+    code = main(["data", "check", *args, "--workers", "1"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_data_check_reads_a_csv_as_training_does(tmp_path: Path, capsys) -> None:
+    rows = ["path,label,split"]
+    for i in range(6):  # 3 of each class; 4 train, 2 val
+        label, split = "ab"[i % 2], "train" if i < 4 else "val"
+        rows.append(f"img/{i}.png,{label},{split}")
+        png(tmp_path / "img" / f"{i}.png", seed=i)
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_text("\n".join(rows) + "\n")
+    before = snapshot(tmp_path)
+    code, out, _ = _data_check(capsys, str(csv_file), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["class_names"] == ["a", "b"]
+    # counted from the rows written above
+    assert report["class_counts"] == {"train": {"a": 2, "b": 2}, "val": {"a": 1, "b": 1}}
+    assert report["counts"]["usable"] == 6 and snapshot(tmp_path) == before  # read-only
+
+    # a class whose only files are missing is empty, as a class folder without images is
+    lonely = tmp_path / "lonely.csv"
+    lonely.write_text("path,label\nimg/0.png,a\nimg/1.png,b\ngone/x.png,c\n")
+    code, out, err = _data_check(capsys, str(lonely), "--max-bad-fraction", "0.5", "--json")
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(errors) == 1, err
+    assert "empty classes (no usable images): c;" in errors[0], err
+    gone = str(tmp_path / "gone" / "x.png")  # the report (printed first) says why
+    assert json.loads(out)["bad_by_reason"] == {"file not found": [gone]}
+
+    # a bad row is named by its number, as training names it
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label\nimg/0.png,a\nimg/1.png,\n")
+    code, _, err = _data_check(capsys, str(bad))
+    assert code == 2 and f"{bad}, row 3: empty label for 'img/1.png'" in err, err
+
+
+def test_data_check_reads_a_multilabel_csv(tmp_path: Path, capsys) -> None:
+    rows = ["path,labels"] + [f"{i}.png,{'cat;dog' if i % 2 else 'cat'}" for i in range(4)]
+    for i in range(4):
+        png(tmp_path / f"{i}.png", seed=i)
+    (tmp_path / "tags.csv").write_text("\n".join([*rows, "5.png,dog"]) + "\n")  # 5.png: missing
+    code, out, _ = _data_check(
+        capsys, str(tmp_path / "tags.csv"), "--json", "--max-bad-fraction", "0.5"
+    )
+    report = json.loads(out)
+    assert code == 0 and report["counts"]["image_files"] == 5 and report["counts"]["usable"] == 4
+    assert report["bad_by_reason"] == {"file not found": [str(tmp_path / "5.png")]}
+
+
+def test_data_check_names_what_it_takes(tmp_path: Path, capsys) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    for source, expected in (
+        (str(tmp_path / "notes.txt"), "is a file but not a .csv"),
+        (str(tmp_path / "none.csv"), "dataset root not found"),
+        ("builtin:digits", "nothing to check"),
+    ):
+        code, _, err = _data_check(capsys, source)
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err

@@ -713,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="dataset tools: `cnnlab data check SRC`")
     p.add_argument("action", choices=("check",), help="check: scan a dataset without changing it")
-    p.add_argument("source", help="the --data source: folder, CSV, builtin:NAME, torchvision:NAME")
+    p.add_argument("source", help="the --data folder or CSV file (`path,label` rows)")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.add_argument("--strict", action="store_true", help="exit non-zero on any problem found")
     p.add_argument(
@@ -1791,11 +1791,9 @@ def _conv(args: argparse.Namespace) -> int:
 
 @command("data")
 def _data(args: argparse.Namespace) -> int:
-    from cnnlab.data.scan import scan_dataset
+    from cnnlab.data.sources import scan_source
 
-    if not Path(args.source).exists():
-        raise CnnlabError(f"dataset root not found: {args.source}")
-    report = scan_dataset(
+    report = scan_source(
         args.source, max_pixels=args.max_image_pixels, min_side=args.min_side, workers=args.workers
     )
     if args.json:  # the report comes out even when the check below fails

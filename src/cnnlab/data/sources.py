@@ -489,17 +489,13 @@ def _from_items(
     ``label_columns``: None for single-label items; for multi-label ones (label = labels joined
     by ';') the declared labels, or [] when the labels are those the rows name.
     """
-    from cnnlab.data.scan import scan_dataset
     from cnnlab.data.tensors import default_cache_dir
 
-    label_sets: dict[str, list[str]] = {}
-    if label_columns is not None:  # the scan sees no label: label combinations are not classes
-        label_sets = {os.fspath(p): lab.split(";") if lab else [] for p, lab, _ in listing}
-        listing = [(p, None, split) for p, _, split in listing]
     # The scan's per-file results are cached (JSON, keyed by path/size/mtime), so a second run skips re-decoding.
-    report = scan_dataset(
-        listing, root=root, max_pixels=cfg.max_image_pixels, cache_dir=default_cache_dir() / "scans"
-    )
+    report, label_sets = _scan_listing(
+        listing, root, label_columns,
+        max_pixels=cfg.max_image_pixels, cache_dir=default_cache_dir() / "scans",
+    )  # fmt: skip
     report.check(
         strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction, pixel_hint=PIXEL_LIMIT_HINT
     )
@@ -565,6 +561,59 @@ def _from_items(
     )
 
 
+def _scan_listing(
+    listing: Any, root: Path, label_columns: list[str] | None, **scan_options: Any
+) -> tuple[Any, dict[str, list[str]]]:
+    """(ScanReport, labels per file path) of a folder listing or CSV items: every file decoded as
+    training decodes it. A multi-label CSV's files are scanned without a label (a combination of
+    labels is not a class); their labels come back per path instead."""
+    from cnnlab.data.scan import scan_dataset
+
+    label_sets: dict[str, list[str]] = {}
+    if label_columns is not None:
+        label_sets = {os.fspath(p): lab.split(";") if lab else [] for p, lab, _ in listing}
+        listing = [(p, None, split) for p, _, split in listing]
+    return scan_dataset(listing, root=root, **scan_options), label_sets
+
+
+def _listing(path: Path) -> tuple[Any, Path, list[str] | None]:
+    """(listing, root, label columns) of an existing folder or CSV file, as both training and
+    `cnnlab data check` read it: a folder's FolderListing (no label columns), or a CSV's
+    (path, label, split) items with its rows checked (see :func:`_csv_items`)."""
+    if path.is_file():
+        return _csv_items(path)
+    from cnnlab.data.scan import items_from_folder
+
+    return items_from_folder(path), path.resolve(), None
+
+
+def scan_source(
+    source: str | os.PathLike[str], *, max_pixels: int, min_side: int, workers: int
+) -> Any:
+    """The read-only pre-flight scan (a ScanReport) of a folder or CSV dataset, read as
+    `cnnlab train --data SOURCE` reads it: the same CSV rules (a bad row is named), the same
+    decoding; a class whose every file is missing or unusable is an empty class. Nothing is
+    cached or written. builtin: and torchvision: datasets are arrays: nothing to scan."""
+    path = Path(source).expanduser()
+    if str(source).startswith(("builtin:", "torchvision:")):
+        raise DataError(
+            source, "is a packaged dataset of arrays, not files: there is nothing to check"
+        )
+    if not path.exists():
+        raise DataError(path, "dataset root not found; give a folder of class subfolders or a CSV")
+    if path.is_file() and path.suffix.lower() != ".csv":
+        raise DataError(
+            path, "is a file but not a .csv; give a folder of class subfolders or a CSV"
+        )
+    if not path.is_file() and not path.is_dir():
+        raise DataError(path, "dataset root is not a directory")
+    listing, root, label_columns = _listing(path)
+    report, _ = _scan_listing(
+        listing, root, label_columns, max_pixels=max_pixels, min_side=min_side, workers=workers
+    )
+    return report
+
+
 def _label_matrix(sets: list[list[str]], declared: list[str]) -> tuple[list[str], np.ndarray]:
     """(label names, (N, L) int64 0/1): the declared labels in their order, else the sorted
     labels the rows name."""
@@ -604,13 +653,10 @@ def load_source(cfg: Any) -> DataBundle:
             raise DataError(
                 path, "is a file but not a .csv; --data takes a folder, a CSV or builtin:NAME"
             )
-        items, root, label_columns = _csv_items(path)
-        return _from_items(items, root, str(path), cfg, label_columns)
-    from cnnlab.data.scan import items_from_folder
-
-    if not path.is_dir():
+    elif not path.is_dir():
         raise DataError(path, "dataset root is not a directory")
-    return _from_items(items_from_folder(path), path.resolve(), str(path), cfg)
+    listing, root, label_columns = _listing(path)
+    return _from_items(listing, root, str(path), cfg, label_columns)
 
 
 def apply_split_file(bundle: DataBundle, path: str | Path) -> DataBundle:
