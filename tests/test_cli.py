@@ -64,6 +64,7 @@ def test_predict(run: Path, digits: list[Path]) -> None:
     rows = json.loads(proc.stdout)
     assert [Path(r["path"]).name for r in rows] == [p.name for p in digits]
     assert all(len(r["top"]) == 2 and 0 <= r["top"][0][1] <= 1 for r in rows)
+    assert all("labels" not in r and r["answer"] == r["top"][0][0] for r in rows)  # multi-label's
     user_error("predict", str(run.parent / "no-such-run"), str(digits[0]), names="no-such-run")
 
 

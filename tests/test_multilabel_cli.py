@@ -115,3 +115,26 @@ def test_runs_table_shows_a_multilabel_runs_macro_f1(tmp_path: Path) -> None:
     (run / "test_metrics.json").unlink()  # no test split: the last validation macro F1
     rows, _ = read_runs(tmp_path / "runs")
     assert (rows[0].metric, rows[0].value) == ("val_macro_f1", 0.6)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_predict_json_has_labels_only_for_a_multilabel_run(
+    multilabel: bool, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """`labels` (every label, its probability and threshold) is a multi-label run's key; a
+    single-label run's rows leave it out instead of carrying `"labels": null`. The model is
+    replaced by fixed answers: this is about what the command prints."""
+    from cnnlab import api
+    from cnnlab.engine.predict import Prediction
+
+    labels = [("cat", 0.9, 0.5), ("dog", 0.6, 0.5), ("fox", 0.2, 0.5)] if multilabel else None
+    answer = Prediction("x.png", top=[("cat", 0.9), ("dog", 0.1)], labels=labels)
+    monkeypatch.setattr(api, "recorded_task", lambda run: "classification")
+    monkeypatch.setattr(api, "predict", lambda *args, **kwargs: [answer])
+    monkeypatch.setattr(api, "operating_point", lambda run: None)  # a run without one
+    assert main(["predict", str(tmp_path), "x.png", "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    if multilabel:
+        assert row["labels"] == [list(x) for x in labels] and row["answer"] == "cat;dog"
+    else:
+        assert "labels" not in row and row["answer"] == "cat" and row["top"][0] == ["cat", 0.9]

@@ -1436,8 +1436,9 @@ def _predict(args: argparse.Namespace) -> int:
         )
     domain = any(p.out_of_domain for p in preds)
     _warn_out_of_domain(preds)
-    if args.format == "json":
-        print(json.dumps([dataclasses.asdict(p) | {"answer": p.answer} for p in preds], indent=2))
+    if args.format == "json":  # "labels" is a multi-label run's key: not null on every row here
+        rows = [dataclasses.asdict(p) | {"answer": p.answer} for p in preds]
+        print(json.dumps([{k: v for k, v in r.items() if k != "labels"} for r in rows], indent=2))
     elif args.format == "csv":
         import csv
 
