@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -131,24 +130,19 @@ def test_finetune_bad_input(work: Path) -> None:
                names="nothing")  # fmt: skip
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve(run: Path, digits: list[Path]) -> None:
-    """Started on 127.0.0.1 and a free port, polled until it answers (bounded), then stopped."""
-    port = _free_port()
+    """Started on 127.0.0.1 and a port the system picks (--port 0); the address it announces
+    answers at once (announced only once the model is loaded and the port bound); then stopped."""
     env = os.environ | {"PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     server = subprocess.Popen(
-        [sys.executable, "-m", "cnnlab", "serve", str(run), "--port", str(port),
+        [sys.executable, "-m", "cnnlab", "serve", str(run), "--port", "0",
          "--max-concurrency", "1", "--max-upload-mb", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
     )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
     try:
-        OutputWatcher(server).wait_for(r"Uvicorn running on", timeout=120)  # uvicorn's own line
+        line = OutputWatcher(server).wait_for(r"^serving .* on http://127\.0\.0\.1:", timeout=120)
+        base = line.split(" on ")[-1].split("/ ")[0]  # http://127.0.0.1:PORT
+        assert not base.endswith(":0"), line
         with urllib.request.urlopen(f"{base}/api/info", timeout=10) as response:
             info = json.loads(response.read())
         assert info["max_upload_bytes"] == 1_000_000 and info["max_concurrency"] == 1

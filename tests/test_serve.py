@@ -717,3 +717,16 @@ def test_browser_shows_the_labels_above_threshold_of_a_multilabel_run(
 def test_static_files_are_packaged() -> None:
     names = {p.name for p in STATIC_DIR.iterdir()}
     assert {"index.html", "app.js", "style.css", "docs.html", "docs.js"} <= names
+
+
+def test_a_run_that_does_not_load_is_one_line_and_no_address(tmp_path: Path, capsys) -> None:
+    """`cnnlab serve` announces its address only once the model is loaded and the port bound:
+    a folder without a checkpoint is the one-line error alone (stdout stays empty)."""
+    from cnnlab.cli import main
+
+    (tmp_path / "not-a-run").mkdir()
+    assert main(["serve", str(tmp_path / "not-a-run"), "--port", "0"]) == 2
+    captured = capsys.readouterr()
+    lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert captured.out == "" and len(lines) == 1, captured
+    assert lines[0].startswith("error: ") and "not-a-run" in lines[0], lines

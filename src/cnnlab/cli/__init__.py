@@ -1271,13 +1271,17 @@ def _serve(args: argparse.Namespace) -> int:
     if args.max_upload_mb <= 0:
         raise ConfigError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}")
     max_bytes = args.max_upload_bytes or round(args.max_upload_mb * 1_000_000)
-    out.print(f"serving {args.run} on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
-    if args.precision != "auto":
-        out.print(f"inference precision: {args.precision}")
+
+    def ready(url: str) -> None:  # the model is loaded and the port bound: only then the address
+        out.print(f"serving {args.run} on {url} (Ctrl-C to stop)", soft_wrap=True, markup=False)
+        if args.precision != "auto":
+            out.print(f"inference precision: {args.precision}")
+
     api.serve(
         args.run,
         host=args.host,
         port=args.port,
+        ready=ready,
         max_upload_bytes=max_bytes,
         max_image_pixels=args.max_image_pixels,
         max_concurrency=args.max_concurrency,

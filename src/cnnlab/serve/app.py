@@ -45,10 +45,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import logging
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -494,9 +496,15 @@ def serve(
     run: str | Path,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
+    *,
+    ready: Callable[[str], None] | None = None,
     **app_options: Any,
 ) -> None:
-    """Run the explorer with uvicorn until Ctrl-C. ``app_options`` go to :func:`create_app`."""
+    """Run the explorer with uvicorn until Ctrl-C. ``app_options`` go to :func:`create_app`.
+
+    ``ready(url)`` is called once the app is built (the model loaded) and uvicorn listens, with
+    the URL of the port it bound (``port=0``: the one the system chose): a run that does not
+    load, or a port that is taken, never announces an address first."""
     import uvicorn
 
     app = create_app(run, **app_options)
@@ -506,8 +514,19 @@ def serve(
             "authentication -- put a proxy with TLS, auth and a body-size limit in front",
             host,
         )
-    log.info("cnnlab explorer on http://%s:%d/ (API contract: /openapi.json)", host, port)
-    uvicorn.run(
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if not self.started:  # uvicorn could not listen and has said why
+                return
+            bound = self.servers[0].sockets[0].getsockname()[1]
+            url = f"http://{f'[{host}]' if ':' in host else host}:{bound}/"
+            log.info("cnnlab explorer on %s (API contract: /openapi.json)", url)
+            if ready is not None:
+                ready(url)
+
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -516,6 +535,8 @@ def serve(
         timeout_keep_alive=5,
         limit_concurrency=64,  # connections; uploads are limited further by max_concurrency
     )
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run(app, ...), with the hook
+        Server(config).run()
 
 
 # -- uploads ---------------------------------------------------------------------------------------
