@@ -311,3 +311,53 @@ def test_split_too_small_for_the_classes_is_a_data_error_exactly_when_sklearn_re
         DataError, match=r"--test-fraction 0.05 of 64 images gives 4 test images.*at least 0.079"
     ):
         stratified_split(np.arange(64) % 5, 0.05, 0.05, seed=0)
+
+
+def test_splits_come_in_one_order_train_val_test():
+    from cnnlab.data.sources import in_split_order
+
+    assert list(in_split_order({"test": 3, "val": 2, "train": 1})) == ["train", "val", "test"]
+    assert list(in_split_order({"val": 2, "train": 1})) == ["train", "val"]
+    assert in_split_order({"val": [1], "train": [2]}) == {"train": [2], "val": [1]}  # values kept
+
+
+def _split_folders(root, splits=("train", "val", "test")):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for label in ("a", "b"):
+            (root / split / label).mkdir(parents=True)
+            for i in range(4 if split == "train" else 2):
+                pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / label / f"{i}.png")
+
+
+def test_given_split_folders_come_in_one_order(tmp_path):
+    """The given splits were a set's order (a new one per process: str hashing is seeded),
+    then the carved ones: splits.json read {"test": .., "train": .., "val": ..} or another."""
+    _split_folders(tmp_path, ("test", "train"))  # val is carved out of train: added last
+    bundle = load_source(_cfg(data=str(tmp_path), val_fraction=0.25))
+    assert list(bundle.splits) == ["train", "val", "test"]
+    assert [len(s) for s in bundle.splits.values()] == [6, 2, 4]
+
+
+@pytest.mark.slow  # two processes (~7 s on a loaded machine)
+def test_given_split_folders_come_in_one_order_under_any_hash_seed(tmp_path):
+    """The same in processes whose str hashes differ: PYTHONHASHSEED 0 and 3 iterate the set
+    {"train", "val"} in opposite orders on CPython 3.11 (checked), so one of them failed."""
+    import os
+    import subprocess
+    import sys
+
+    _split_folders(tmp_path / "ds", ("train", "val"))
+    code = (
+        "import sys; from cnnlab.config import TrainConfig; "
+        "from cnnlab.data.sources import load_source; "
+        "print(*load_source(TrainConfig(data=sys.argv[1], test_fraction=0.0)).splits)"
+    )
+    for seed in ("0", "3"):
+        env = os.environ | {"PYTHONHASHSEED": seed}
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ds")], env=env,
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        assert proc.stdout.split() == ["train", "val"], (seed, proc.stdout)

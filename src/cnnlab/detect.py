@@ -38,6 +38,7 @@ from cnnlab.data.boxes import (
     unmap_boxes,
 )
 from cnnlab.data.decode import DEFAULT_MAX_PIXELS
+from cnnlab.data.sources import in_split_order
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import TrainResult
 from cnnlab.engine.devices import (
@@ -205,7 +206,7 @@ def _prepare(
                 "source": bundle.source,
                 "layout": bundle.layout,
                 "origin": bundle.split_origin,
-                "splits": {k: v[2] for k, v in decoded.items()},
+                "splits": in_split_order({k: v[2] for k, v in decoded.items()}),
             },
         },
         folder=f"{cfg.model}-{cfg.backbone}",

@@ -42,6 +42,7 @@ from cnnlab.data.masks import (
     load_mask_source,
     square_geometry,
 )
+from cnnlab.data.sources import in_split_order
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import TrainResult
 from cnnlab.engine.devices import (
@@ -263,7 +264,7 @@ def _prepare(
                 "layout": bundle.layout,
                 "origin": bundle.split_origin,
                 "root": str(bundle.root) if bundle.root else None,
-                "splits": {k: s.ids for k, s in bundle.splits.items()},
+                "splits": in_split_order({k: s.ids for k, s in bundle.splits.items()}),
             },
         },
         folder=f"{cfg.model}-{cfg.encoder}",

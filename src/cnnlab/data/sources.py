@@ -22,10 +22,10 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -34,12 +34,21 @@ from cnnlab.errors import ConfigError, DataError, close_matches
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
+T = TypeVar("T")
 TORCHVISION = {
     "MNIST": "MNIST",
     "FashionMNIST": "FashionMNIST",
     "CIFAR10": "CIFAR10",
     "CIFAR100": "CIFAR100",
 }
+
+
+def in_split_order(by_split: Mapping[str, T]) -> dict[str, T]:
+    """``by_split`` with its keys as train, val, test (any other after them, sorted): the one
+    order of a bundle's splits and of every splits.json, whatever order they were found in (a
+    set of folder names iterates in an order that changes from one process to the next)."""
+    rank = {name: i for i, name in enumerate(SPLITS)}
+    return {k: by_split[k] for k in sorted(by_split, key=lambda k: (rank.get(k, len(rank)), k))}
 
 
 @dataclass
@@ -537,6 +546,7 @@ def _from_items(
             train = splits["train"]
             splits.update({k: train.subset(v) for k, v in part.items()})
             origin = f"given + stratified {missing}(seed={cfg.seed})"
+        splits = in_split_order(splits)
     else:
         part = stratified_split(
             targets, cfg.val_fraction, cfg.test_fraction, cfg.seed, class_names=labels
@@ -703,7 +713,9 @@ def apply_split_file(bundle: DataBundle, path: str | Path) -> DataBundle:
     unused = len(whole) - len(seen)
     if unused:
         log.info("%s: %d sample(s) of %s are in no split", path, unused, bundle.source)
-    return dataclasses.replace(bundle, splits=splits, split_origin=f"split file {path}")
+    return dataclasses.replace(
+        bundle, splits=in_split_order(splits), split_origin=f"split file {path}"
+    )
 
 
 _SPLIT_FORMAT = 'expected {"splits": {"train": [ids], "val": [ids], "test": [ids]}} (a splits.json)'

@@ -42,7 +42,7 @@ from cnnlab.config import (
     PreprocessSpec,
     make_config,
 )
-from cnnlab.data.sources import Split, stratified_split
+from cnnlab.data.sources import Split, in_split_order, stratified_split
 from cnnlab.data.tensors import arrays_to_chw, channel_stats, normalize
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import TrainResult
@@ -379,8 +379,10 @@ def _prepare(
             "splits.json": {
                 "source": cfg.data,
                 "origin": "given" if data.given_splits else f"stratified(seed={cfg.seed})",
-                "splits": {k: [ids[i] for i in v] for k, v in parts.items()},
-                "labels": {k: [class_names[targets[i]] for i in v] for k, v in parts.items()},
+                "splits": in_split_order({k: [ids[i] for i in v] for k, v in parts.items()}),
+                "labels": in_split_order(
+                    {k: [class_names[targets[i]] for i in v] for k, v in parts.items()}
+                ),
             },
         },
         folder=cfg.model,

@@ -42,7 +42,7 @@ import numpy as np
 
 from cnnlab.config import TrainConfig, make_config
 from cnnlab.data.folds import check_folds, fold_of_samples, fold_split
-from cnnlab.data.sources import concat_splits, load_source
+from cnnlab.data.sources import concat_splits, in_split_order, load_source
 from cnnlab.engine.checkpoint import CheckpointManager, atomic_write
 from cnnlab.errors import ConfigError, DataError, Interrupted
 from cnnlab.metrics import multilabel as ml
@@ -214,7 +214,9 @@ def fold_split_files(
             "source": source,
             "origin": f"cnnlab cv: fold {fold + 1} of {k} (seed={cfg.seed}, "
             f"val_fraction={cfg.val_fraction:g} of the other folds)",
-            "splits": {name: [pool.ids[i] for i in idx] for name, idx in parts.items()},
+            "splits": in_split_order(
+                {name: [pool.ids[i] for i in idx] for name, idx in parts.items()}
+            ),
         })  # fmt: skip
     return contents
 

@@ -13,7 +13,7 @@ import torch
 
 from cnnlab import __version__
 from cnnlab.config import PreprocessSpec, TrainConfig, augmentations
-from cnnlab.data.sources import few_shot, load_source
+from cnnlab.data.sources import few_shot, in_split_order, load_source
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import TrainResult
 from cnnlab.engine.calibration import fit_calibration, split_logits, write_calibration
@@ -218,7 +218,7 @@ def _prepare(
             "source": bundle.source,
             "origin": bundle.split_origin,
             "root": str(bundle.root) if bundle.root else None,
-            "splits": {k: s.ids for k, s in splits.items()},
+            "splits": in_split_order({k: s.ids for k, s in splits.items()}),
         },
     }
     if bundle.scan is not None and hasattr(bundle.scan, "to_json"):
