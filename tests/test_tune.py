@@ -201,7 +201,10 @@ def test_surplus_trials_never_run_and_dead_workers_trials_are_failed(tmp_path: P
     first[2].set_user_attr("pid", dead.pid)
     assert st.fail_stale(study, machine) == [2]
     frozen = study.get_trials()[2]
-    assert frozen.state == TrialState.FAIL and "stopped" in frozen.user_attrs["note"]
+    assert frozen.state == TrialState.FAIL and "stopped" in st.trial_note(frozen, study.user_attrs)
+    assert st.trial_rows(study, [], "val_loss")[2]["note"] == st.trial_note(
+        frozen, study.user_attrs
+    )
     assert study.get_trials()[4].state == TrialState.RUNNING  # no pid yet, just started
     # another machine's trial: only its heartbeat tells
     other = study.ask()
@@ -314,7 +317,8 @@ def test_a_killed_study_resumes_with_its_finished_trials(tmp_path: Path) -> None
         t.number: t.value for t in after if t.number in before
     }
     killed = [t for t in after if t.state == TrialState.FAIL]
-    assert killed and all("stopped" in t.user_attrs["note"] for t in killed)
+    notes = _study(journal).user_attrs
+    assert killed and all("stopped" in st.trial_note(t, notes) for t in killed)
 
 
 @pytest.mark.slow
@@ -377,3 +381,20 @@ def test_segmentation_study_on_the_same_code(tmp_path: Path) -> None:
     assert best["encoder"] == "lenet5" and best["lr"] == pytest.approx(study.best_params["lr"])
     assert "cnnlab segment train --config" in proc.stdout
     assert "no per-sample test predictions" in proc.stdout
+
+
+def test_tune_leaves_optunas_verbosity_as_it_found_it(tmp_path: Path) -> None:
+    """Optuna's verbosity is the whole process's: tune quiets Optuna while its study runs and
+    puts the caller's level back after, also when it stops on an error."""
+    before = optuna.logging.get_verbosity()
+    try:
+        optuna.logging.set_verbosity(optuna.logging.DEBUG)
+        with pytest.raises(ConfigError, match="--pruner 'nope'"):  # refused inside the study
+            st.tune(space=["lr=log:0.01:0.1"], trials=1, pruner="nope", out=tmp_path,
+                    data="builtin:digits", epochs=1, device="cpu")  # fmt: skip
+        assert optuna.logging.get_verbosity() == optuna.logging.DEBUG
+        with st.optuna_warnings_only():
+            assert optuna.logging.get_verbosity() == optuna.logging.WARNING
+        assert optuna.logging.get_verbosity() == optuna.logging.DEBUG
+    finally:
+        optuna.logging.set_verbosity(before)

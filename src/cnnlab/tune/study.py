@@ -17,6 +17,7 @@ older than :data:`STALE_S`; another trial then takes its place.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import fcntl
@@ -27,7 +28,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,9 @@ POLL_S = 5.0  # seconds a worker waits while the other workers run the study's l
 ALPHA = 0.05  # McNemar's test: p below this calls the top two different
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SETTINGS = "cnnlab"  # the study user attribute holding task, space and fixed options
+#: study user attribute ``note:trial-N``: why another worker failed trial N. Optuna's public API
+#: sets a trial's own attributes only from the process running it (Trial.set_user_attr)
+FAILED_NOTE = "note:trial-"
 
 
 def task_spec(task: str) -> TaskSpec:
@@ -326,12 +330,18 @@ def fail_stale(study: optuna.Study, machine: str) -> list[int]:
         if reason is None:
             continue
         try:
-            study._storage.set_trial_user_attr(t._trial_id, "note", f"failed: {reason}")
+            study.set_user_attr(f"{FAILED_NOTE}{t.number}", f"failed: {reason}")
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             failed.append(t.number)
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):
             pass  # another worker failed it first
     return failed
+
+
+def trial_note(t: FrozenTrial, study_attrs: dict[str, Any]) -> str:
+    """What befell a trial: its own note (pruned, stopped, failed in its worker), else the note
+    of the worker that failed it as stale (``study_attrs``: the study's user attributes)."""
+    return t.user_attrs.get("note") or study_attrs.get(f"{FAILED_NOTE}{t.number}", "")
 
 
 def next_trial(study: optuna.Study, n: int, space: dict[str, Any], ctx: Context) -> Any:
@@ -486,38 +496,52 @@ def tune(
     store, where = open_storage(storage, folder)
     base = make_config(cls, **fixed)
     direction = "minimize" if base.monitor.endswith("loss") else "maximize"
+    with optuna_warnings_only():  # the caller's Optuna verbosity comes back after
+        try:
+            existing = optuna.load_study(study_name=name, storage=store)
+            recorded = existing.user_attrs.get(SETTINGS, {})
+        except KeyError:
+            recorded = {}
+        if recorded and not params and not fixed:  # join: the study's own space and options
+            fixed = recorded["fixed"]
+            params = [Param.from_dict(p) for p in recorded["space"]]
+            if recorded["task"] != task:
+                spec = task_spec(recorded["task"])
+                cls = spec.config
+            base = make_config(cls, **fixed)
+            direction = "minimize" if base.monitor.endswith("loss") else "maximize"
+        sampler = Sampler(
+            base.seed, max(3, min(10, int(trials) // 3)), baseline(cls, params, fixed)
+        )
+        the_study = optuna.create_study(
+            study_name=name, storage=store, sampler=sampler, direction=direction,
+            pruner=make_pruner(pruner, base.epochs, int(trials)), load_if_exists=True,
+        )  # fmt: skip
+        task, params, fixed = _settings(the_study, task, params, fixed, cls)
+        ctx = Context(
+            _validation_only(spec, name), cls, fixed, folder, base.monitor, pruner, machine_id(),
+            int(trials), console,
+        )  # fmt: skip
+        distributions = {p.name: distribution(p) for p in params}
+        done = sum(t.state in FINISHED for t in the_study.get_trials(deepcopy=False))
+        if done:
+            ctx.say(f"study {name}: {done} finished trial(s) kept ({where})")
+        while (trial := next_trial(the_study, int(trials), distributions, ctx)) is not None:
+            run_trial(the_study, trial, ctx)
+        with _lock(folder):  # several workers on one tune folder: one summary at a time
+            return summarize(the_study, ctx, params, where)
+
+
+@contextlib.contextmanager
+def optuna_warnings_only() -> Iterator[None]:
+    """Optuna's own INFO lines (each trial finished, ...) hidden while a study runs: cnnlab says
+    what happened in its words. Optuna's verbosity belongs to the process, so it is put back."""
+    previous = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        existing = optuna.load_study(study_name=name, storage=store)
-        recorded = existing.user_attrs.get(SETTINGS, {})
-    except KeyError:
-        recorded = {}
-    if recorded and not params and not fixed:  # join as it is: the study's own space and options
-        fixed = recorded["fixed"]
-        params = [Param.from_dict(p) for p in recorded["space"]]
-        if recorded["task"] != task:
-            spec = task_spec(recorded["task"])
-            cls = spec.config
-        base = make_config(cls, **fixed)
-        direction = "minimize" if base.monitor.endswith("loss") else "maximize"
-    sampler = Sampler(base.seed, max(3, min(10, int(trials) // 3)), baseline(cls, params, fixed))
-    the_study = optuna.create_study(
-        study_name=name, storage=store, sampler=sampler, direction=direction,
-        pruner=make_pruner(pruner, base.epochs, int(trials)), load_if_exists=True,
-    )  # fmt: skip
-    task, params, fixed = _settings(the_study, task, params, fixed, cls)
-    ctx = Context(
-        _validation_only(spec, name), cls, fixed, folder, base.monitor, pruner, machine_id(),
-        int(trials), console,
-    )  # fmt: skip
-    distributions = {p.name: distribution(p) for p in params}
-    done = sum(t.state in FINISHED for t in the_study.get_trials(deepcopy=False))
-    if done:
-        ctx.say(f"study {name}: {done} finished trial(s) kept ({where})")
-    while (trial := next_trial(the_study, int(trials), distributions, ctx)) is not None:
-        run_trial(the_study, trial, ctx)
-    with _lock(folder):  # several workers on one tune folder: one summary at a time
-        return summarize(the_study, ctx, params, where)
+        yield
+    finally:
+        optuna.logging.set_verbosity(previous)
 
 
 class _lock:
@@ -541,6 +565,7 @@ def trial_rows(study: optuna.Study, params: list[Param], monitor: str) -> list[d
     value is the best it reported before it was stopped."""
     pick = min if monitor.endswith("loss") else max
     rows = []
+    study_attrs = study.user_attrs
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
         if a.get("surplus"):
@@ -551,7 +576,7 @@ def trial_rows(study: optuna.Study, params: list[Param], monitor: str) -> list[d
         rows.append({
             "trial": t.number, "state": t.state.name.lower(), "value": value,
             "epochs": a.get("epochs"), **{p.name: t.params.get(p.name) for p in params},
-            "seconds": a.get("seconds"), "run_dir": a.get("run_dir"), "note": a.get("note", ""),
+            "seconds": a.get("seconds"), "run_dir": a.get("run_dir"), "note": trial_note(t, study_attrs),
         })  # fmt: skip
     return rows
 
