@@ -252,6 +252,27 @@ def test_gradual_unfreezes_one_group_from_the_top_per_epoch():
     assert unfreeze_epochs("linear-probe", plan.groups)[:2] == [float("inf")] * 2
 
 
+@pytest.mark.parametrize(
+    ("model_name", "freeze", "trains"),
+    [
+        ("resnet18", "none", {"fc"}),  # one linear layer: a linear probe proper
+        ("lenet5", "none", {"classifier.0", "classifier.2", "classifier.4"}),  # the FC stack
+        ("lenet5", "classifier.0.*,classifier.2.*", {"classifier.4"}),  # docs/transfer.md's way
+    ],
+)
+def test_linear_probe_trains_the_whole_classifier_as_docs_transfer_says(
+    model_name: str, freeze: str, trains: set[str]
+) -> None:
+    in_channels = 1 if model_name == "lenet5" else 3
+    model = create_model(model_name, num_classes=3, in_channels=in_channels, image_size=28)
+    cfg = TrainConfig(strategy="linear-probe", freeze=freeze, epochs=3)
+    plan = prepare_transfer(model, cfg, class_names=list("abc"), in_channels=in_channels)
+    for epoch in range(3):  # the same in every epoch: nothing unfreezes later
+        plan.apply(model, epoch)
+        layers = {n.rsplit(".", 1)[0] for n, p in model.named_parameters() if p.requires_grad}
+        assert layers == trains, epoch
+
+
 def test_train_mode_keeps_only_frozen_batchnorm_in_eval():
     model = create_model("resnet18", num_classes=4, in_channels=3, image_size=16)
     for name, p in model.named_parameters():
