@@ -255,7 +255,14 @@ def test_serve_applies_the_run_operating_point_as_predict_does(run: dict, op_run
         assert "decision" not in _upload(c, run["files"][0].read_bytes()).json()
 
 
-def test_serve_refuses_an_operating_point_of_other_weights(op_run: dict, tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["serve", "export"])
+def test_serve_and_export_refuse_an_operating_point_of_other_weights_in_their_own_words(
+    command: str, op_run: dict, tmp_path: Path
+) -> None:
+    """The refusal names the command that would apply the operating point and that command's
+    own way past it (predict's wording, `cnnlab predict --ignore-operating-point`, was said by
+    all three); nothing is exported."""
+    from cnnlab.api import export
     from cnnlab.errors import ConfigError
 
     folder = tmp_path / "run"
@@ -263,8 +270,18 @@ def test_serve_refuses_an_operating_point_of_other_weights(op_run: dict, tmp_pat
     record = json.loads((folder / "operating_point.json").read_text())
     record["weights"]["sha256"] = "0" * 64  # as if the run had been resumed to new best weights
     (folder / "operating_point.json").write_text(json.dumps(record))
-    with pytest.raises(ConfigError, match="other weights"):
-        create_app(folder / "checkpoints" / "best.safetensors")
+    with pytest.raises(ConfigError) as err:
+        if command == "serve":
+            create_app(folder / "checkpoints" / "best.safetensors")
+        else:
+            export(folder / "checkpoints" / "best.safetensors", format="safetensors",
+                   out=tmp_path / "model.safetensors")  # fmt: skip
+    message = str(err.value)
+    assert f"other weights (best.safetensors) than best.safetensors, which {command} would use" in (
+        message
+    )
+    assert f"`cnnlab {command} RUN --ignore-operating-point`" in message
+    assert "predict" not in message and not (tmp_path / "model.safetensors").exists()
 
 
 LABELS = ["circle", "square", "triangle"]

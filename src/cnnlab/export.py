@@ -372,7 +372,9 @@ def export_model(
             # the run's active operating point, checked against these weights as predict does
             point = None
             if operating_point:
-                point = for_weights(run_dir, Path(weights), metadata["class_names"])
+                point = for_weights(
+                    run_dir, Path(weights), metadata["class_names"], command="export"
+                )
                 point = export_operating_point(point) if point else meta.get(OPERATING_POINT)
             if point:
                 metadata[OPERATING_POINT] = point

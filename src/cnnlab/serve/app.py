@@ -336,7 +336,7 @@ def create_app(
             served.calibration = served.calibration or from_metadata(meta)
             if operating_point:  # the run's own; an exported checkpoint: the one it carries
                 served.operating_point = for_weights(
-                    weights_run, Path(weights), served.class_names
+                    weights_run, Path(weights), served.class_names, command="serve"
                 ) or meta.get("operating_point")
 
     app = FastAPI(

@@ -39,11 +39,17 @@ WITH_VALUE = ("recall", "precision", "fpr")
 MAXIMISED = ("youden", "f1")
 KINDS = (*WITH_VALUE, *MAXIMISED)
 CHOICES = "recall=R, precision=P, fpr=F (each in [0, 1]), youden or f1"
-#: how to get past an operating point that does not fit the weights any more (predict says it)
+#: how to get past an operating point that does not fit the weights any more: choose it again,
+#: or go on without it in the words of the command that applies it (predict, serve, export)
 AGAIN = (
     "choose it again with `cnnlab evaluate {run} --positive {positive} --target {target} "
-    "--replace-operating-point`, or predict without it: `cnnlab predict --ignore-operating-point`"
+    "--replace-operating-point`, or {without}"
 )
+WITHOUT = {
+    "predict": "predict without it: `cnnlab predict RUN IMAGES --ignore-operating-point`",
+    "serve": "serve without it: `cnnlab serve RUN --ignore-operating-point`",
+    "export": "export without it: `cnnlab export RUN --ignore-operating-point`",
+}
 
 
 @dataclass(frozen=True)
@@ -238,15 +244,21 @@ def read_operating_point(run_dir: Path | None) -> dict[str, Any] | None:
     return read_json(Path(run_dir) / FILE)
 
 
-def for_weights(run_dir: Path | None, weights: Path, class_names: list[str]) -> dict | None:
+def for_weights(
+    run_dir: Path | None, weights: Path, class_names: list[str], *, command: str = "predict"
+) -> dict | None:
     """The active operating point of the run `weights` belong to, checked against them; None when
     the run has none. A record chosen for other weights (the run was resumed and its best
-    checkpoint changed) or other classes is refused, not applied."""
+    checkpoint changed) or other classes is refused, not applied; the refusal names the flag of
+    ``command`` (predict, serve or export: the one applying it) that goes on without it."""
     op = read_operating_point(run_dir)
     if op is None:
         return None
     where = Path(run_dir) / FILE  # type: ignore[arg-type]
-    again = AGAIN.format(run=run_dir, positive=op.get("positive_class"), target=op.get("target"))
+    again = AGAIN.format(
+        run=run_dir, positive=op.get("positive_class"), target=op.get("target"),
+        without=WITHOUT[command],
+    )  # fmt: skip
     pos = op.get("positive_index")
     if not isinstance(pos, int) or not 0 <= pos < len(class_names):
         raise ConfigError(
@@ -261,6 +273,6 @@ def for_weights(run_dir: Path | None, weights: Path, class_names: list[str]) -> 
     if recorded != sha256_file(weights):
         raise ConfigError(
             f"{where} was chosen for other weights ({(op.get('weights') or {}).get('file')}) than "
-            f"{weights.name}, which predict would use; {again}"
+            f"{weights.name}, which {command} would use; {again}"
         )
     return op
