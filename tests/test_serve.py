@@ -747,3 +747,24 @@ def test_a_run_that_does_not_load_is_one_line_and_no_address(tmp_path: Path, cap
     lines = [ln for ln in captured.err.splitlines() if ln.strip()]
     assert captured.out == "" and len(lines) == 1, captured
     assert lines[0].startswith("error: ") and "not-a-run" in lines[0], lines
+
+
+def test_a_taken_port_is_one_line_naming_port_before_the_model_loads(
+    tmp_path: Path, capsys
+) -> None:
+    """A port another process listens on is refused in one line that names --port and says how
+    to pick another, before the run is even read (the folder here is not a run at all)."""
+    import socket
+
+    from cnnlab.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "not-a-run").mkdir()
+        assert main(["serve", str(tmp_path / "not-a-run"), "--port", str(port)]) == 2
+    captured = capsys.readouterr()
+    lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert captured.out == "" and len(lines) == 1, captured
+    assert f"--port {port} on 127.0.0.1 is in use" in lines[0] and "--port 0" in lines[0], lines

@@ -492,6 +492,29 @@ def create_app(
     return app
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A ConfigError naming ``--port`` when ``host:port`` cannot be bound (taken, or not allowed);
+    uvicorn would otherwise log its own lines and exit with code 3 after the model has loaded.
+    The probe socket is closed at once; port 0 (the system chooses) always passes."""
+    import errno
+    import socket
+
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # as uvicorn binds: SO_REUSEADDR, so a port left in TIME_WAIT by a stopped server passes
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            why = "is in use" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror})"
+            raise ConfigError(
+                f"--port {port} on {host} {why}; pass another --port, or --port 0 to let the "
+                "system choose a free one"
+            ) from None
+
+
 def serve(
     run: str | Path,
     host: str = DEFAULT_HOST,
@@ -507,6 +530,7 @@ def serve(
     load, or a port that is taken, never announces an address first."""
     import uvicorn
 
+    check_port_free(host, port)  # before the model loads: a taken port is one line, at once
     app = create_app(run, **app_options)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(
