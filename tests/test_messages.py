@@ -79,7 +79,20 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "tasks/classify/operating_point.py": ("evaluate",),  # --positive / --target / replacing
     "api.py:evaluate": ("evaluate",),  # --positive / --target of a run of another task
     "api.py:_tta_option": ("evaluate", "predict"),  # --tta of a run of another task
-    "engine/tta.py:parse_tta": ("evaluate", "predict", "serve"),  # --tta VIEWS
+    "engine/tta.py:parse_tta": (
+        "evaluate",
+        "predict",
+        "serve",
+        "segment evaluate",
+        "segment predict",
+    ),  # --tta VIEWS
+    # --tta crop on a segmentation run
+    "engine/tta.py:check_segment_tta": (
+        "evaluate",
+        "predict",
+        "segment evaluate",
+        "segment predict",
+    ),
     "tasks/registry.py:_video": ("predict",),  # a video run given to `cnnlab predict`
     "api.py:predict": ("predict",),
     "run.py:evaluation_dir": ("evaluate", "segment evaluate", "detect evaluate", "video evaluate"),

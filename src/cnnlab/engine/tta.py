@@ -1,7 +1,8 @@
-"""Test-time augmentation (TTA) for classification: the model sees several views of each image and
-the answer is the mean of the views' calibrated probabilities. The one place for the views;
+"""Test-time augmentation (TTA): the model sees several views of each image and the answer is the
+mean of the views' (calibrated) probabilities. The one place for the views;
 ``cnnlab evaluate / predict / serve --tta`` (classification evaluation, the prediction driver's
-``probs_fn`` and the web explorer) all come here.
+``probs_fn`` and the web explorer) and segmentation's ``evaluate / predict --tta flip`` all come
+here.
 
 Views (torchvision's ``transforms.v2.functional`` on whole (N, C, H, W) batches of normalised
 images; the crops and flip are linear in the pixels, so cropping after normalising is the same as
@@ -26,6 +27,12 @@ applied to each view's logits before averaging (T was fitted on single views, so
 view; the mean of calibrated probabilities is still a probability vector, whereas averaging logits
 first would change what T was fitted for). The out-of-domain score (energy of the raw logits) is
 the original view's, since its threshold was fitted on single views too.
+
+Segmentation (``flip`` only): a view's per-pixel class probabilities are mapped back onto the
+original image before averaging -- the mirror's probability map is mirrored back -- as
+mmsegmentation's ``TTASegModel`` merges its flip augmentation; the mask is the arg-max of the mean.
+Crops and shifts would leave pixels that some views never saw (a border, a corner), so they are
+refused rather than averaged over a varying number of views.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from cnnlab.errors import ConfigError, close_matches
 
 TTA_VIEWS = ("flip", "crop", "shift")  # canonical order; "none" (the default) means no TTA
 TTA_CHOICES = "none, or a comma list of flip, crop, shift (e.g. flip,crop)"
+SEGMENT_TTA_VIEWS = ("flip",)  # the views whose per-pixel answers map back onto every pixel
 CROP_SCALE = 0.875  # FiveCrop side / image side: 224 / 256, the ImageNet evaluation crop ratio
 
 
@@ -134,4 +142,62 @@ class TTAModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs, _ = average_probs(self.model, x, self.tta, self.temperature)
+        return probs.clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
+def compare_views(
+    without: dict[str, Any], with_tta: dict[str, Any], tta: Iterable[str]
+) -> dict[str, Any]:
+    """{"views", "num_views", "without", "with", "change"}: a task's headline metrics of one split
+    without and with TTA (``without`` and ``with_tta``: the same keys, numbers or None), change =
+    with - without (None where either is undefined). What ``evaluate --tta`` records and prints."""
+    tta = tuple(tta)
+    change = {
+        k: (with_tta[k] - v) if v is not None and with_tta.get(k) is not None else None
+        for k, v in without.items()
+    }
+    return {"views": list(tta), "num_views": num_views(tta), "without": dict(without),
+            "with": dict(with_tta), "change": change}  # fmt: skip
+
+
+# -- segmentation: per-pixel probabilities mapped back onto the image ------------------------------
+def check_segment_tta(tta: Iterable[str]) -> tuple[str, ...]:
+    """``tta`` (parsed) when every view maps back onto every pixel (flip); else a ConfigError."""
+    tta = tuple(tta)
+    other = [v for v in tta if v not in SEGMENT_TTA_VIEWS]
+    if other:
+        raise ConfigError(
+            f"--tta {','.join(tta)}: a segmentation run averages per-pixel probabilities over "
+            f"views that cover every pixel: {', '.join(SEGMENT_TTA_VIEWS)} "
+            f"({', '.join(other)} would leave pixels unseen); use --tta flip"
+        )
+    return tta
+
+
+def average_mask_probs(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, tta: Iterable[str]
+) -> torch.Tensor:
+    """``mean_v unview_v(softmax(logits_fn(view_v)))`` (N, K, H, W) float32 for ``images``
+    (N, C, H, W) and a segmentation model's per-pixel logits (N, K, H, W): with ``flip`` the
+    mirror's probabilities are mirrored back (pixel x of the mirror is pixel W - 1 - x)."""
+    probs = logits_fn(images).float().softmax(dim=1)
+    if "flip" in tuple(check_segment_tta(tta)):
+        from torchvision.transforms.v2 import functional as F
+
+        mirrored = logits_fn(F.horizontal_flip(images)).float().softmax(dim=1)
+        probs = (probs + F.horizontal_flip(mirrored)) / 2
+    return probs
+
+
+class SegmentTTAModel(nn.Module):
+    """A segmentation ``model`` under TTA, for code that takes the arg-max of (or resizes) its
+    per-pixel logits: ``forward(x) -> log mean_v unview_v(softmax(f(view_v)))`` (N, K, H, W), whose
+    arg-max is the averaged probabilities' and whose softmax gives them back."""
+
+    def __init__(self, model: Any, tta: Iterable[str]) -> None:
+        super().__init__()
+        self.model, self.tta = model, check_segment_tta(tta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = average_mask_probs(self.model, x, self.tta)
         return probs.clamp_min(torch.finfo(torch.float32).tiny).log()
