@@ -79,20 +79,23 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "tasks/classify/operating_point.py": ("evaluate",),  # --positive / --target / replacing
     "api.py:evaluate": ("evaluate",),  # --positive / --target of a run of another task
     "api.py:_tta_option": ("evaluate", "predict"),  # --tta of a run of another task
-    "engine/tta.py:parse_tta": (
+    "engine/tta.py:parse_tta": (  # --tta VIEWS
         "evaluate",
         "predict",
         "serve",
         "segment evaluate",
         "segment predict",
-    ),  # --tta VIEWS
-    # --tta crop on a segmentation run
+        "detect evaluate",
+        "detect predict",
+    ),  # fmt: skip
+    # --tta crop on a segmentation or detection run
     "engine/tta.py:check_segment_tta": (
         "evaluate",
         "predict",
         "segment evaluate",
         "segment predict",
-    ),
+    ),  # fmt: skip
+    "engine/tta.py:check_detect_tta": ("evaluate", "predict", "detect evaluate", "detect predict"),
     "tasks/registry.py:_video": ("predict",),  # a video run given to `cnnlab predict`
     "api.py:predict": ("predict",),
     "run.py:evaluation_dir": ("evaluate", "segment evaluate", "detect evaluate", "video evaluate"),

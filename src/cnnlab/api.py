@@ -34,7 +34,7 @@ from cnnlab.engine.loaders import (
     use_streaming,
 )
 from cnnlab.engine.predict import IMAGE_SUFFIXES, Prediction, list_images, predict_files
-from cnnlab.engine.tta import check_segment_tta, parse_tta
+from cnnlab.engine.tta import check_detect_tta, check_segment_tta, parse_tta
 from cnnlab.engine.weights import build_model, load_checkpoint_model
 from cnnlab.errors import CheckpointError, ConfigError, Interrupted
 from cnnlab.run import resolve_weights
@@ -88,7 +88,8 @@ def evaluate(
 
     ``tta`` (cnnlab.engine.tta): classification ("flip", "crop", "shift" or a comma list such as
     "flip,crop") averages the calibrated probabilities over the views, segmentation ("flip") the
-    per-pixel probabilities of the image and its mirror; result["tta"] (also in evaluation.json)
+    per-pixel probabilities of the image and its mirror, detection ("flip") merges the boxes of
+    the image and its mirror; result["tta"] (also in evaluation.json)
     has the headline metrics without and with it side by side."""
     entry = task_of(run_or_checkpoint)
     point: dict[str, Any] = _tta_option(tta, entry.name, run_or_checkpoint)
@@ -155,17 +156,19 @@ def predict(
 
 
 def _tta_option(tta: Any, task: str, run_or_checkpoint: str | Path) -> dict[str, Any]:
-    """{"tta": views} for a classification or segmentation run (segmentation: flip only), {}
-    without --tta; detection and video refuse it (their outputs are boxes and clips)."""
+    """{"tta": views} for a classification, segmentation or detection run (the last two: flip
+    only), {} without --tta; video refuses it (its outputs are clips and timelines)."""
     views = parse_tta(tta)  # an unknown view is said first, whatever the task
     if not views:
         return {}
     if task == "segmentation":
         return {"tta": check_segment_tta(views)}
+    if task == "detection":
+        return {"tta": check_detect_tta(views)}
     if task != "classification":
         raise ConfigError(
-            f"--tta is for classification and segmentation runs; {run_or_checkpoint} is a {task} "
-            "run: leave it out"
+            f"--tta is for classification, segmentation and detection runs; {run_or_checkpoint} "
+            f"is a {task} run: leave it out"
         )
     return {"tta": views}
 

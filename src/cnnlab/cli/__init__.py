@@ -211,7 +211,12 @@ TTA_HELP = (  # cnnlab.engine.tta (the parser stays torch-free: checked when the
     "classification: test-time augmentation, the mean of the calibrated probabilities over views: "
     "none, or a comma list: flip (2 views), crop (original + 5 crops), shift (original + 4 shifts "
     "of side/16 px), e.g. flip,crop (12); segmentation: flip, the per-pixel probabilities of the "
-    "image and its mirror (mirrored back) averaged (default: none)"
+    "image and its mirror (mirrored back) averaged; detection: flip, the boxes of the image and "
+    "its mirror (mirrored back) merged by per-class NMS (default: none)"
+)
+DETECT_TTA_HELP = (
+    "none or flip: each image's boxes merged with its mirror's, mirrored back (x1 = W - x2), by "
+    "per-class NMS at IoU 0.5 (default: none)"
 )
 SEGMENT_TTA_HELP = (
     "none or flip: the mask is the arg-max of the mean of the image's and its mirror's per-pixel "
@@ -526,7 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_options(q, cls=DetectConfig)
     add_max_restarts(q)
     q = det.add_parser("evaluate", help="mAP@0.5, mAP@[.5:.95], per-class AP, AR")
-    _add_task_evaluate(q)
+    _add_task_evaluate(
+        q, DETECT_TTA_HELP + "; reports the metrics with and without it side by side"
+    )
     q = det.add_parser("predict", help="COCO results JSON and images with boxes drawn")
     q.add_argument("run", help=RUN_HELP + " or exported .onnx")
     q.add_argument("inputs", nargs="+", help="image files or folders")
@@ -542,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-draw", dest="draw", action="store_false", help="results JSON only, no images"
     )
     _add_precision(q)
+    q.add_argument("--tta", metavar="VIEWS", default=None, help=DETECT_TTA_HELP)
 
     p = sub.add_parser(
         "export", help="ONNX / TorchScript / safetensors with preprocessing, checked after export"
@@ -1183,12 +1191,17 @@ def _detect(args: argparse.Namespace) -> int:
             report=args.report,
             out=args.out,
             precision=args.precision,
+            tta=args.tta,
         )
         _evaluation_note(result)
         metrics = result["metrics"]
-        if args.json:
+        if args.json:  # with --tta, metrics["tta"] holds the side-by-side comparison
             print(json.dumps(metrics, indent=2, default=str))
             return 0
+        _print_detection_metrics(metrics)
+        if result.get("tta"):
+            print_tta(result["tta"])
+        return 0
     else:
         path = api.detect_predict(
             args.run,
@@ -1198,6 +1211,7 @@ def _detect(args: argparse.Namespace) -> int:
             score_threshold=args.score_threshold,
             draw=args.draw,
             precision=args.precision,
+            tta=args.tta,
         )
         out.print(f"detections written to {path}")
         return 0
@@ -1426,7 +1440,7 @@ def _predict(args: argparse.Namespace) -> int:
     if task != "classification":  # masks, boxes or a video's timeline: files in --out
         api.predict(
             args.run, args.inputs, device=args.device, out=args.out, precision=args.precision,
-            min_confidence=args.min_confidence, tta=args.tta,  # segmentation: flip; others refuse
+            min_confidence=args.min_confidence, tta=args.tta,  # seg. / detection: flip
         )  # fmt: skip
         out.print(f"{task} predictions written to {args.out}")
         return 0

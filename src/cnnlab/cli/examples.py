@@ -85,9 +85,13 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("cnnlab detect train --data coco/instances.json --data-root coco/images", ""),
         ("cnnlab detect train --data yolo/ --model retinanet --backbone resnet34", ""),
     ],
-    "detect evaluate": [("cnnlab detect evaluate runs/fasterrcnn-shapes --json", "")],
+    "detect evaluate": [
+        ("cnnlab detect evaluate runs/fasterrcnn-shapes --json", ""),
+        ("cnnlab detect evaluate runs/fasterrcnn-shapes --tta flip", "mAP without and with TTA"),
+    ],
     "detect predict": [
         ("cnnlab detect predict runs/fasterrcnn-shapes photos/ --out boxes/", ""),
+        ("cnnlab detect predict runs/fasterrcnn-shapes photos/ --out boxes/ --tta flip", ""),
     ],
     "export": [
         ("cnnlab export runs/mnist", "ONNX, checked against PyTorch"),

@@ -201,3 +201,72 @@ class SegmentTTAModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = average_mask_probs(self.model, x, self.tta)
         return probs.clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
+# -- detection: boxes of the mirror mirrored back, the two sets merged by per-class NMS -------------
+DETECT_TTA_VIEWS = ("flip",)  # the views whose boxes map back exactly (a mirror is x -> W - x)
+MERGE_IOU = 0.5  # per-class NMS IoU of the merge: mmdet's DetTTAModel's tta_cfg (nms 0.5)
+MAX_DETECTIONS = 100  # boxes kept per image after the merge: torchvision's detections_per_img,
+# COCO's maxDets
+
+
+def check_detect_tta(tta: Iterable[str]) -> tuple[str, ...]:
+    """``tta`` (parsed) when every view's boxes map back exactly (flip); else a ConfigError."""
+    tta = tuple(tta)
+    other = [v for v in tta if v not in DETECT_TTA_VIEWS]
+    if other:
+        raise ConfigError(
+            f"--tta {','.join(tta)}: a detection run merges the boxes of views it can map back "
+            f"exactly: {', '.join(DETECT_TTA_VIEWS)} ({', '.join(other)} would rescale or cut "
+            "boxes); use --tta flip"
+        )
+    return tta
+
+
+def mirror_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, 4) x1, y1, x2, y2 boxes of an image ``width`` pixels wide -> the same boxes in its
+    horizontal mirror (and back: the map is its own inverse): x1' = W - x2, x2' = W - x1."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack([width - x2, y1, width - x1, y2], dim=-1)
+
+
+def merge_detections(
+    a: dict[str, torch.Tensor],
+    b: dict[str, torch.Tensor],
+    iou_threshold: float = MERGE_IOU,
+    max_detections: int = MAX_DETECTIONS,
+) -> dict[str, torch.Tensor]:
+    """Two views' detections of one image ({"boxes" (B, 4), "scores" (B,), "labels" (B,)}, the
+    same pixel frame) as one set: concatenated, then torchvision's ``batched_nms`` per class (a
+    box of one view suppresses an overlapping box of the same class from either view, as
+    Ultralytics' ``augment=True`` and mmdet's ``DetTTAModel`` merge), highest score first."""
+    from torchvision.ops import batched_nms
+
+    boxes = torch.cat([a["boxes"], b["boxes"]])
+    scores = torch.cat([a["scores"], b["scores"]])
+    labels = torch.cat([a["labels"], b["labels"]])
+    keep = batched_nms(boxes.float(), scores.float(), labels, iou_threshold)[:max_detections]
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+
+
+class DetectTTAModel(nn.Module):
+    """A detector under TTA: ``forward(images (N, C, H, W)) -> [{"boxes", "scores", "labels"}]``
+    like the detector's, each image's detections merged (:func:`merge_detections`) with those of
+    its mirror, whose boxes are mirrored back."""
+
+    def __init__(self, model: Any, tta: Iterable[str]) -> None:
+        super().__init__()
+        self.model, self.tta = model, check_detect_tta(tta)
+
+    def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        from torchvision.transforms.v2 import functional as F
+
+        plain = self.model(images)
+        if "flip" not in self.tta:
+            return plain
+        width = images.shape[-1]
+        mirrored = self.model(F.horizontal_flip(images))
+        return [
+            merge_detections(p, m | {"boxes": mirror_boxes(m["boxes"], width)})
+            for p, m in zip(plain, mirrored, strict=True)
+        ]

@@ -1,5 +1,5 @@
-"""Segmentation test-time augmentation (cnnlab.engine.tta: `--tta flip` of `cnnlab evaluate`,
-`cnnlab predict`, `cnnlab segment evaluate / predict` on a segmentation run)."""
+"""Segmentation and detection test-time augmentation (cnnlab.engine.tta: `--tta flip` of
+`cnnlab evaluate`, `cnnlab predict`, `cnnlab segment|detect evaluate|predict` on such runs)."""
 
 from __future__ import annotations
 
@@ -66,9 +66,9 @@ def test_only_flip_is_a_segmentation_view_and_the_api_says_so():
     )
     with pytest.raises(ConfigError, match="--tta shift: a segmentation run"):
         _tta_option("shift", "segmentation", "r")
-    for task in ("detection", "video-classification"):
+    for task in ("video-classification",):
         with pytest.raises(
-            ConfigError, match=f"classification and segmentation runs; r is a {task}"
+            ConfigError, match=f"classification, segmentation and detection runs; r is a {task}"
         ):
             _tta_option("flip", task, "r")
 
@@ -139,3 +139,74 @@ def test_cli_segment_evaluate_prints_both_and_refuses_crop(seg_run, tmp_path, ca
     assert main(["evaluate", str(seg_run), "--tta", "flip,crop"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --tta flip,crop: a segmentation run") and "\n" not in err
+
+
+# -- detection -------------------------------------------------------------------------------------
+class _Detector(nn.Module):
+    """A fixed detector on 1 x 4 x 10 images (W = 10) that tells the image from its mirror by a
+    marker column (x = 0 bright in the original, x = 9 in the mirror) and answers:
+    original: a class-0 box [1, 2, 4, 6] (score 0.9);
+    mirror:   a class-0 box [6, 2, 9, 6] (0.8; mirrored back [1, 2, 4, 6], the same box),
+              a class-1 box [6, 2, 9, 6] (0.7; back [1, 2, 4, 6], another class: kept),
+              a class-0 box [0, 0, 2, 2] (0.6; back [8, 0, 10, 2], seen only in the mirror)."""
+
+    def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for image in images:
+            if image[0, 0, 0] > image[0, 0, -1]:  # the original
+                boxes, scores, labels = [[1, 2, 4, 6]], [0.9], [0]
+            else:
+                boxes = [[6, 2, 9, 6], [6, 2, 9, 6], [0, 0, 2, 2]]
+                scores, labels = [0.8, 0.7, 0.6], [0, 1, 0]
+            out.append({"boxes": torch.tensor(boxes, dtype=torch.float32),
+                        "scores": torch.tensor(scores), "labels": torch.tensor(labels)})  # fmt: skip
+        return out
+
+
+def test_detection_flip_mirrors_boxes_back_and_merges_by_class():
+    """Hand-worked: the mirror's class-0 box maps back onto the original's (IoU 1, the lower
+    score 0.8 is suppressed), its class-1 box at the same place stays (NMS is per class), and the
+    box only the mirror saw comes back at x1 = 10 - 2 = 8, x2 = 10 - 0 = 10."""
+    from cnnlab.engine.tta import DetectTTAModel, mirror_boxes
+
+    assert mirror_boxes(torch.tensor([[6.0, 2, 9, 6]]), 10).tolist() == [[1, 2, 4, 6]]
+    x = torch.zeros(1, 1, 4, 10)
+    x[..., 0] = 1.0  # the marker column: the original
+    (got,) = DetectTTAModel(_Detector(), ("flip",))(x)
+    assert got["boxes"].tolist() == [[1, 2, 4, 6], [1, 2, 4, 6], [8, 0, 10, 2]]
+    assert got["scores"].tolist() == pytest.approx([0.9, 0.7, 0.6])
+    assert got["labels"].tolist() == [0, 1, 0]
+
+
+def test_detection_refuses_views_that_cannot_map_back():
+    from cnnlab.api import _tta_option
+
+    assert _tta_option("flip", "detection", "r") == {"tta": ("flip",)}
+    with pytest.raises(ConfigError) as err:
+        _tta_option("flip,crop", "detection", "r")
+    assert str(err.value) == (
+        "--tta flip,crop: a detection run merges the boxes of views it can map back exactly: flip "
+        "(crop would rescale or cut boxes); use --tta flip"
+    )
+
+
+@pytest.mark.slow  # trains a detector: seconds
+def test_detection_evaluate_reports_without_and_with(tmp_path, run_digests):
+    from cnnlab import api
+    from cnnlab.detect import train_detection
+
+    result = train_detection(
+        data="builtin:shapes?n=16&size=64&objects=2", epochs=1, batch_size=4, val_fraction=0.0,
+        test_fraction=0.25, out=str(tmp_path / "runs"), device="cpu", report=False,
+    )  # fmt: skip
+    before = run_digests(result.run_dir)
+    plain = api.evaluate(result.run_dir, out=tmp_path / "p", report=False, device="cpu")
+    got = api.evaluate(result.run_dir, out=tmp_path / "t", report=False, device="cpu", tta="flip")
+    assert run_digests(result.run_dir) == before
+    tta = got["tta"]
+    assert set(tta["without"]) == {"map", "map_50", "map_75", "mar_100"}
+    for key, value in tta["without"].items():
+        assert value == pytest.approx(plain["metrics"][key])
+        assert tta["with"][key] == pytest.approx(got["metrics"][key])
+    recorded = json.loads((tmp_path / "t" / "evaluation.json").read_text())
+    assert recorded["tta"] == json.loads(json.dumps(tta))
