@@ -207,12 +207,16 @@ RUN_HELP = "run directory or .safetensors checkpoint"
 DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (auto: CUDA when a GPU is visible, else the CPU)"
 JSON_HELP = "print JSON instead of tables"
 NO_REPORT_HELP = "do not write the HTML report"
-TTA_HELP = (  # cnnlab.engine.tta (the parser stays torch-free: checked when the command runs)
+CLASSIFY_TTA = (  # cnnlab.engine.tta (the parser stays torch-free: checked when the command runs)
     "classification: test-time augmentation, the mean of the calibrated probabilities over views: "
     "none, or a comma list: flip (2 views), crop (original + 5 crops), shift (original + 4 shifts "
-    "of side/16 px), e.g. flip,crop (12); segmentation: flip, the per-pixel probabilities of the "
-    "image and its mirror (mirrored back) averaged; detection: flip, the boxes of the image and "
-    "its mirror (mirrored back) merged by per-class NMS (default: none)"
+    "of side/16 px), e.g. flip,crop (12)"
+)
+SERVE_TTA_HELP = CLASSIFY_TTA + " (default: none)"
+TTA_HELP = CLASSIFY_TTA + (
+    "; segmentation: flip, the per-pixel probabilities of the image and its mirror (mirrored "
+    "back) averaged; detection: flip, the boxes of the image and its mirror (mirrored back) "
+    "merged by per-class NMS (default: none)"
 )
 DETECT_TTA_HELP = (
     "none or flip: each image's boxes merged with its mirror's, mirrored back (x1 = W - x2), by "
@@ -610,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="classes shown per image")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     _add_precision(p)
-    p.add_argument("--tta", metavar="VIEWS", default=None, help=TTA_HELP)
+    p.add_argument("--tta", metavar="VIEWS", default=None, help=SERVE_TTA_HELP)
     p.add_argument(
         "--ignore-operating-point",
         dest="operating_point",
