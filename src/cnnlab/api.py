@@ -89,8 +89,8 @@ def evaluate(
     ``tta`` (cnnlab.engine.tta): classification ("flip", "crop", "shift" or a comma list such as
     "flip,crop") averages the calibrated probabilities over the views, segmentation ("flip") the
     per-pixel probabilities of the image and its mirror, detection ("flip") merges the boxes of
-    the image and its mirror; result["tta"] (also in evaluation.json)
-    has the headline metrics without and with it side by side."""
+    the image and its mirror; result["tta"] (also in evaluation.json) has the headline metrics
+    without and with it side by side."""
     entry = task_of(run_or_checkpoint)
     point: dict[str, Any] = _tta_option(tta, entry.name, run_or_checkpoint)
     if positive is not None or target is not None or replace_operating_point:
@@ -127,7 +127,8 @@ def predict(
     run's temperature and each prediction carries an out-of-domain verdict when the run has a
     calibration.json (docs/calibration.md); ``min_confidence=P`` answers ``unknown`` below P;
     ``tta`` ("flip", "crop", "shift" or a comma list such as "flip,crop") averages the calibrated
-    probabilities over the views (a segmentation run: "flip", per pixel).
+    probabilities over the views (a segmentation run: "flip", per pixel; a detection run: "flip",
+    the mirror's boxes merged in).
 
     Segmentation, detection and video runs write their predictions as files to `out` (mask PNGs and
     overlays; COCO results JSON and drawn boxes; timeline, events and an annotated video) and return
