@@ -96,6 +96,8 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
         "segment predict",
     ),  # fmt: skip
     "engine/tta.py:check_detect_tta": ("evaluate", "predict", "detect evaluate", "detect predict"),
+    # --encoder-variant small-input with a timm: encoder (a run records no such encoder)
+    "models/segmentation.py:create_segmentation_model": ("segment train",),
     "tasks/registry.py:_video": ("predict",),  # a video run given to `cnnlab predict`
     "api.py:predict": ("predict",),
     "run.py:evaluation_dir": ("evaluate", "segment evaluate", "detect evaluate", "video evaluate"),
