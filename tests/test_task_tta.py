@@ -210,3 +210,20 @@ def test_detection_evaluate_reports_without_and_with(tmp_path, run_digests):
         assert tta["with"][key] == pytest.approx(got["metrics"][key])
     recorded = json.loads((tmp_path / "t" / "evaluation.json").read_text())
     assert recorded["tta"] == json.loads(json.dumps(tta))
+
+
+@pytest.mark.slow  # an ONNX export: seconds
+def test_onnx_segment_predict_applies_the_same_flip(seg_run, tmp_path):
+    """An exported .onnx file is called like the model (cnnlab.engine.onnx), so the same
+    SegmentTTAModel wraps it: the masks equal the PyTorch run's."""
+    from cnnlab import api
+    from cnnlab.export import export_model
+
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 256, (20, 16, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    onnx = export_model(seg_run, format="onnx", out=tmp_path / "model.onnx").path
+    api.predict(onnx, [tmp_path / "a.png"], out=tmp_path / "o", tta="flip")
+    api.predict(seg_run, [tmp_path / "a.png"], out=tmp_path / "p", device="cpu", tta="flip")
+    got = np.asarray(Image.open(tmp_path / "o" / "masks" / "a.png"))
+    want = np.asarray(Image.open(tmp_path / "p" / "masks" / "a.png"))
+    np.testing.assert_array_equal(got, want)
