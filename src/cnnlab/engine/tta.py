@@ -1,8 +1,8 @@
 """Test-time augmentation (TTA): the model sees several views of each image and the answer is the
 mean of the views' (calibrated) probabilities. The one place for the views;
 ``cnnlab evaluate / predict / serve --tta`` (classification evaluation, the prediction driver's
-``probs_fn`` and the web explorer) and segmentation's ``evaluate / predict --tta flip`` all come
-here.
+``probs_fn`` and the web explorer) and segmentation's and detection's ``evaluate / predict --tta
+flip`` all come here.
 
 Views (torchvision's ``transforms.v2.functional`` on whole (N, C, H, W) batches of normalised
 images; the crops and flip are linear in the pixels, so cropping after normalising is the same as
@@ -33,6 +33,10 @@ original image before averaging -- the mirror's probability map is mirrored back
 mmsegmentation's ``TTASegModel`` merges its flip augmentation; the mask is the arg-max of the mean.
 Crops and shifts would leave pixels that some views never saw (a border, a corner), so they are
 refused rather than averaged over a varying number of views.
+
+Detection (``flip`` only): the mirror's boxes are mirrored back (x1 = W - x2) and the two sets are
+merged by torchvision's per-class ``batched_nms``, as Ultralytics' ``augment=True`` and mmdet's
+``DetTTAModel`` merge theirs.
 """
 
 from __future__ import annotations
