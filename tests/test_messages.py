@@ -79,7 +79,25 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "tasks/classify/operating_point.py": ("evaluate",),  # --positive / --target / replacing
     "api.py:evaluate": ("evaluate",),  # --positive / --target of a run of another task
     "api.py:_tta_option": ("evaluate", "predict"),  # --tta of a run of another task
-    "engine/tta.py:parse_tta": ("evaluate", "predict", "serve"),  # --tta VIEWS
+    "engine/tta.py:parse_tta": (  # --tta VIEWS
+        "evaluate",
+        "predict",
+        "serve",
+        "segment evaluate",
+        "segment predict",
+        "detect evaluate",
+        "detect predict",
+    ),  # fmt: skip
+    # --tta crop on a segmentation or detection run
+    "engine/tta.py:check_segment_tta": (
+        "evaluate",
+        "predict",
+        "segment evaluate",
+        "segment predict",
+    ),  # fmt: skip
+    "engine/tta.py:check_detect_tta": ("evaluate", "predict", "detect evaluate", "detect predict"),
+    # --encoder-variant small-input with a timm: encoder (a run records no such encoder)
+    "models/segmentation.py:create_segmentation_model": ("segment train",),
     "tasks/registry.py:_video": ("predict",),  # a video run given to `cnnlab predict`
     "api.py:predict": ("predict",),
     "run.py:evaluation_dir": ("evaluate", "segment evaluate", "detect evaluate", "video evaluate"),

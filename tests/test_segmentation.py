@@ -481,3 +481,63 @@ def test_zoo_encoders_and_torchvision_builders(encoder: str) -> None:
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3, 32, 32)
     tv = create_segmentation_model("lraspp_mobilenet_v3_large", num_classes=3)
     assert tv.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
+# -- timm encoders (issue 22) ----------------------------------------------------------------------
+def test_timm_encoder_is_timms_feature_extractor(tmp_path: Path) -> None:
+    """encoder="timm:test_resnet": timm's features_only network; its stage maps and channels are
+    what timm's own extractor gives for the same weights, and the decoders run on them."""
+    import timm
+
+    from cnnlab.engine.checkpoint import save_weights
+    from cnnlab.models import create_model
+    from cnnlab.models.segmentation import create_segmentation_model
+
+    seg = create_segmentation_model(
+        "unet", num_classes=3, encoder="timm:test_resnet", in_channels=1, image_size=32
+    )
+    reference = timm.create_model("test_resnet", features_only=True, in_chans=1)
+    want = reference.feature_info.get_dicts()
+    assert seg.encoder.channels == [f["num_chs"] for f in want] == [32, 32, 48, 192, 96]
+    assert seg.encoder.reductions == [f["reduction"] for f in want] == [2, 4, 8, 16, 32]
+    reference.load_state_dict(seg.encoder.backbone["net"].state_dict())
+    x = torch.randn(2, 1, 32, 32)
+    seg.eval(), reference.eval()
+    with torch.no_grad():
+        for ours, theirs in zip(seg.encoder(x), reference(x), strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+        assert seg(x).shape == (2, 3, 32, 32)
+    # a timm: classification run's tensors (net.*) initialise the encoder by name
+    clf = create_model("timm:test_resnet", num_classes=4, in_channels=1, image_size=32)
+    path = tmp_path / "best.safetensors"
+    save_weights(path, clf.state_dict(), {"model": "timm:test_resnet", "task": "classification",
+                                          "preprocess": {"mean": [0.5], "std": [0.25]}})  # fmt: skip
+    seg = create_segmentation_model("fcn", num_classes=3, encoder="timm:test_resnet",
+                                    in_channels=1, image_size=32, encoder_weights=str(path))  # fmt: skip
+    for key, value in seg.encoder.backbone.state_dict().items():
+        assert torch.equal(value, clf.state_dict()[key]), key
+    assert seg.default_cfg["mean"] == [0.5]
+    with pytest.raises(ConfigError, match=r"unknown timm model 'test_resnt'.*test_resnet"):
+        create_segmentation_model("unet", num_classes=3, encoder="timm:test_resnt")
+    with pytest.raises(ConfigError, match="keeps timm's own stem"):
+        create_segmentation_model("unet", num_classes=3, encoder="timm:test_resnet",
+                                  encoder_variant="small-input")  # fmt: skip
+
+
+@pytest.mark.slow  # a timm encoder trained, evaluated and reloaded: seconds
+def test_timm_encoder_trains_end_to_end(tmp_path: Path) -> None:
+    from cnnlab.segment import evaluate_segmentation, predict_segmentation, train_segmentation
+
+    result = train_segmentation(
+        data="builtin:shapes?n=24&size=32", out=str(tmp_path), name="t",
+        **TINY | {"encoder": "timm:resnet10t", "image_size": 32},
+    )  # fmt: skip
+    assert np.isfinite(result.history[0]["train_loss"])
+    config = json.loads((result.run_dir / "config.json").read_text())
+    assert config["encoder"] == "timm:resnet10t"
+    again = evaluate_segmentation(result.run_dir, device="cpu", report=False)
+    assert again["metrics"]["confusion_matrix"] == result.test_metrics["confusion_matrix"]
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30, 3), np.uint8)).save(image)
+    (mask,) = predict_segmentation(result.run_dir, [image], tmp_path / "pred", device="cpu")
+    assert np.asarray(Image.open(mask)).shape == (40, 30)

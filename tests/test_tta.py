@@ -242,15 +242,16 @@ def test_serve_answers_say_the_tta_and_match_predict(run: Path, digits):
 
 
 def test_other_tasks_refuse_tta():
-    """Segmentation, detection and video runs refuse --tta (one line naming the option); checked
-    at the api's door, before anything is loaded."""
+    """Detection and video runs refuse --tta (one line naming the option); checked at the api's
+    door, before anything is loaded (segmentation's flip: tests/test_segment_tta.py)."""
     from cnnlab.api import _tta_option
 
     assert _tta_option(None, "segmentation", "r") == {} == _tta_option("none", "detection", "r")
     assert _tta_option("crop", "classification", "r") == {"tta": ("crop",)}
-    for task in ("segmentation", "detection", "video-classification"):
+    for task in ("video-classification",):
         with pytest.raises(
-            ConfigError, match=f"--tta is for classification runs; r is a {task} run"
+            ConfigError,
+            match=f"--tta is for classification, segmentation and detection runs; r is a {task} run",
         ):
             _tta_option("flip", task, "r")
 

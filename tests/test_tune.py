@@ -398,3 +398,70 @@ def test_tune_leaves_optunas_verbosity_as_it_found_it(tmp_path: Path) -> None:
         assert optuna.logging.get_verbosity() == optuna.logging.DEBUG
     finally:
         optuna.logging.set_verbosity(before)
+
+
+# -- recipe and ema in the space (issue 22) ---------------------------------------------------------
+def test_recipe_and_ema_choices_and_their_baseline() -> None:
+    """ema's off choice (off, none or 0: one spelling) is the config's 0 (off); the default
+    configuration (recipe none, ema None) is trial 0's value of both."""
+    params = parse_space(TrainConfig, ["recipe=none,light,standard,strong", "ema=none,0.99,0.999"])
+    assert params == [
+        Param("recipe", "categorical", choices=("none", "light", "standard", "strong")),
+        Param("ema", "categorical", choices=("off", "0.99", "0.999")),
+    ]
+    assert parse_space(TrainConfig, ["ema=0,0.999"])[0].choices == ("off", "0.999")
+    assert st.baseline(TrainConfig, params, {}) == {"recipe": "none", "ema": "off"}
+    assert make_config(TrainConfig, ema=option_value(TrainConfig, "ema", "off")).ema == 0.0
+    assert make_config(TrainConfig, ema=option_value(TrainConfig, "ema", "0.99")).ema == 0.99
+    assert choice_of(TrainConfig, "ema", None) == choice_of(TrainConfig, "ema", 0.0) == "off"
+    with pytest.raises(ConfigError, match=r"--space ema=off,1.5: option ema must be a decay"):
+        parse_space(TrainConfig, ["ema=off,1.5"])
+    with pytest.raises(ConfigError, match=r"--space recipe=none,stron: .*'stron'"):
+        parse_space(TrainConfig, ["recipe=none,stron"])
+
+
+def test_multilabel_data_refuses_mixing_recipes_before_any_trial(tmp_path: Path) -> None:
+    """builtin:multishapes is multi-label: recipe standard / strong (MixUp, CutMix) would fail
+    every trial that drew them, so the study refuses them up front, naming them."""
+    from cnnlab import api
+
+    with pytest.raises(ConfigError) as err:
+        api.tune(space=["recipe=none,light,standard,strong"], trials=2, out=tmp_path / "t",
+                 data="builtin:multishapes?n=40&size=16")  # fmt: skip
+    assert str(err.value) == (
+        "--space recipe=none,light,standard,strong: standard, strong mix images (mixup / cutmix), "
+        "which multi-label runs do not support yet, and this dataset is multi-label; search "
+        "recipe=none,light on it"
+    )
+    assert not (tmp_path / "t").exists()  # refused before the study was made
+    st.check_multilabel_space(  # single-label data: every recipe is fine
+        TrainConfig, parse_space(TrainConfig, ["recipe=none,strong"]), {"data": "builtin:digits"}
+    )
+
+
+@pytest.mark.slow  # two tiny trainings: seconds
+def test_a_two_trial_study_samples_recipe_and_ema(tmp_path: Path) -> None:
+    """Optuna's enqueue_trial fixes what each trial draws: the trials' runs train with them."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from cnnlab import api
+
+    journal = tmp_path / "t" / "study.journal"
+    journal.parent.mkdir()
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.create_study(study_name="r", storage=storage, direction="maximize")
+    study.enqueue_trial({"recipe": "strong", "ema": "0.99"})
+    study.enqueue_trial({"recipe": "light", "ema": "off"})
+    api.tune(
+        space=["recipe=none,light,standard,strong", "ema=off,0.99,0.999"], trials=2, study="r",
+        storage=str(journal), out=tmp_path / "t", pruner="none", data="builtin:digits",
+        epochs=1, batch_size=32, precision="32", report=False, seed=0,
+    )  # fmt: skip
+    trials = _study(journal, "r").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    configs = [json.loads((Path(t.user_attrs["run_dir"]) / "config.json").read_text())
+               for t in trials]  # fmt: skip
+    assert [(c["recipe"], c["ema"]) for c in configs] == [("strong", 0.99), ("light", 0.0)]
+    run = json.loads((Path(trials[0].user_attrs["run_dir"]) / "run.json").read_text())
+    assert "ema" in json.dumps(run)  # the averaged weights were validated beside the raw ones

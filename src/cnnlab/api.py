@@ -34,7 +34,7 @@ from cnnlab.engine.loaders import (
     use_streaming,
 )
 from cnnlab.engine.predict import IMAGE_SUFFIXES, Prediction, list_images, predict_files
-from cnnlab.engine.tta import parse_tta
+from cnnlab.engine.tta import check_detect_tta, check_segment_tta, parse_tta
 from cnnlab.engine.weights import build_model, load_checkpoint_model
 from cnnlab.errors import CheckpointError, ConfigError, Interrupted
 from cnnlab.run import resolve_weights
@@ -86,9 +86,11 @@ def evaluate(
     measure it with bootstrap intervals and store it as RUN/operating_point.json, which
     :func:`predict` then applies (result["operating_point"]; docs/imbalance.md).
 
-    Classification only: ``tta`` ("flip", "crop", "shift" or a comma list such as "flip,crop";
-    cnnlab.engine.tta) averages the calibrated probabilities over the views; result["tta"] (also
-    in evaluation.json) has the headline metrics without and with it side by side."""
+    ``tta`` (cnnlab.engine.tta): classification ("flip", "crop", "shift" or a comma list such as
+    "flip,crop") averages the calibrated probabilities over the views, segmentation ("flip") the
+    per-pixel probabilities of the image and its mirror, detection ("flip") merges the boxes of
+    the image and its mirror; result["tta"] (also in evaluation.json) has the headline metrics
+    without and with it side by side."""
     entry = task_of(run_or_checkpoint)
     point: dict[str, Any] = _tta_option(tta, entry.name, run_or_checkpoint)
     if positive is not None or target is not None or replace_operating_point:
@@ -125,7 +127,8 @@ def predict(
     run's temperature and each prediction carries an out-of-domain verdict when the run has a
     calibration.json (docs/calibration.md); ``min_confidence=P`` answers ``unknown`` below P;
     ``tta`` ("flip", "crop", "shift" or a comma list such as "flip,crop") averages the calibrated
-    probabilities over the views.
+    probabilities over the views (a segmentation run: "flip", per pixel; a detection run: "flip",
+    the mirror's boxes merged in).
 
     Segmentation, detection and video runs write their predictions as files to `out` (mask PNGs and
     overlays; COCO results JSON and drawn boxes; timeline, events and an annotated video) and return
@@ -148,18 +151,25 @@ def predict(
             f"--min-confidence is for classification runs; {run_or_checkpoint} is a {entry.name} "
             "run: leave it out"
         )
-    return entry.predict(run_or_checkpoint, list(inputs), out, device=device, precision=precision)
+    return entry.predict(
+        run_or_checkpoint, list(inputs), out, device=device, precision=precision, **views
+    )
 
 
 def _tta_option(tta: Any, task: str, run_or_checkpoint: str | Path) -> dict[str, Any]:
-    """{"tta": views} for a classification run, {} without --tta; other tasks refuse it (their
-    outputs are masks, boxes and clips: averaging views would need un-flipping them)."""
+    """{"tta": views} for a classification, segmentation or detection run (the last two: flip
+    only), {} without --tta; video refuses it (its outputs are clips and timelines)."""
     views = parse_tta(tta)  # an unknown view is said first, whatever the task
     if not views:
         return {}
+    if task == "segmentation":
+        return {"tta": check_segment_tta(views)}
+    if task == "detection":
+        return {"tta": check_detect_tta(views)}
     if task != "classification":
         raise ConfigError(
-            f"--tta is for classification runs; {run_or_checkpoint} is a {task} run: leave it out"
+            f"--tta is for classification, segmentation and detection runs; {run_or_checkpoint} "
+            f"is a {task} run: leave it out"
         )
     return {"tta": views}
 

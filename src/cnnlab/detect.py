@@ -50,6 +50,7 @@ from cnnlab.engine.onnx import OnnxModel, is_onnx
 from cnnlab.engine.predict import list_images
 from cnnlab.engine.timing import Timings
 from cnnlab.engine.trainer import autocast
+from cnnlab.engine.tta import DetectTTAModel, check_detect_tta, compare_views, parse_tta
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.metrics.coco_match import match_images
 from cnnlab.metrics.stats import detection_intervals
@@ -70,6 +71,7 @@ log = logging.getLogger(__name__)
 
 
 DetectResult = TrainResult  # what every task's training returns
+HEADLINE = ("map", "map_50", "map_75", "mar_100")  # --tta's side-by-side table
 N_BOOT = 1000  # bootstrap resamples of the test images behind each 95% interval (as classification)
 
 
@@ -293,16 +295,31 @@ def evaluate_detection_model(
     score_threshold: float = 0.5,
     category_ids: list[Any] | None = None,
     show: int = 6,
+    tta: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Metrics of ``model`` on (N, C, S, S) uint8 images and their model-input boxes; writes
-    test_metrics.json, test_predictions.json (COCO results, model-input pixels) and the report."""
+    test_metrics.json, test_predictions.json (COCO results, model-input pixels) and the report.
+
+    ``tta`` (("flip",); cnnlab.engine.tta): the metrics, predictions and report are those of each
+    image's boxes merged with its mirror's (mirrored back, per-class NMS), and ``result["tta"]``
+    (also ``metrics["tta"]``) holds the headline metrics without and with TTA side by side."""
     from cnnlab.metrics.detection import detection_metrics
 
     loader = make_box_loader(images, targets, spec, device, 16)
     model.eval()
-    preds = _run(model, loader, device, precision)
+    preds = _run(DetectTTAModel(model, tta) if tta else model, loader, device, precision)
     truth = _to_tensors(targets)
     metrics = detection_metrics(preds, truth, class_names, score_threshold=score_threshold)
+    comparison = None
+    if tta:  # the same images without TTA, for the side-by-side comparison
+        plain = detection_metrics(
+            _run(model, loader, device, precision), truth, class_names,
+            score_threshold=score_threshold,
+        )  # fmt: skip
+        comparison = compare_views(
+            {k: plain[k] for k in HEADLINE}, {k: metrics[k] for k in HEADLINE}, tta
+        )
+        metrics["tta"] = comparison
     if truth:  # 95% intervals by resampling test images (the shape classification uses)
         metrics["confidence_intervals"] = detection_intervals(
             match_images(preds, truth, len(class_names)), class_names, n_boot=N_BOOT, seed=0
@@ -310,6 +327,8 @@ def evaluate_detection_model(
         _check_point(metrics)
     metrics["image_size"] = spec.image_size
     result: dict[str, Any] = {"metrics": metrics, "preds": preds}
+    if comparison is not None:
+        result["tta"] = comparison
     if out_dir is not None:
         out_dir = Path(out_dir)
         write_json(out_dir / "test_metrics.json", metrics)
@@ -335,9 +354,15 @@ def evaluate_detection(
     report: bool = True,
     out: str | Path | None = None,
     precision: str = "auto",
+    tta: str | tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a detection run on its recorded split (default: the held-out test images) or on
-    every image of another dataset ``data`` whose class names are among the model's."""
+    every image of another dataset ``data`` whose class names are among the model's.
+
+    ``tta="flip"`` (cnnlab.engine.tta): each image's boxes are merged with its mirror's (mirrored
+    back, per-class NMS), and ``result["tta"]`` (also in evaluation.json) puts the headline
+    metrics without and with it side by side."""
+    views = check_detect_tta(parse_tta(tta))  # said before anything is loaded
     dev = resolve_device(device)
     model, meta, weights = load_detection_model(run, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
@@ -378,14 +403,15 @@ def evaluate_detection(
         precision=precision,
         run_dir=run_dir, report=report and out_dir is not None,
         score_threshold=float(meta.get("score_threshold", 0.5)),
-        category_ids=meta.get("category_ids"),
+        category_ids=meta.get("category_ids"), tta=views,
     )  # fmt: skip
     record = record_evaluation(
         out_dir, task="detection", weights=weights, data=data, split=split,
         num_samples=len(ids), precision=precision, device=dev,
+        extra={"tta": result["tta"]} if views else None,
     )  # fmt: skip
     return record | {"metrics": result["metrics"], "report": result.get("report"),
-                     "data_report": rep.to_dict()}  # fmt: skip
+                     "data_report": rep.to_dict()} | ({"tta": result["tta"]} if views else {})  # fmt: skip
 
 
 # -- predict ---------------------------------------------------------------------------------------
@@ -399,6 +425,7 @@ def predict_detection(
     score_threshold: float | None = None,
     draw: bool = True,
     precision: str = "auto",
+    tta: str | tuple[str, ...] | None = None,
 ) -> Path:
     """Detect objects in images; writes ``out_dir/predictions.json`` (COCO results format: bbox
     [x, y, w, h] in each image's own pixels, ``image_id`` = file name, ``category_id`` = the
@@ -406,7 +433,8 @@ def predict_detection(
     Detections below ``score_threshold`` (default: the run's) are left out. Unreadable inputs are
     skipped with a warning and listed in ``skipped.json``. Returns the predictions.json path.
     ``run``: a run folder, a .safetensors checkpoint or an exported ``.onnx`` file (onnxruntime,
-    float32 on the CPU: the same boxes)."""
+    float32 on the CPU: the same boxes). ``tta="flip"`` (cnnlab.engine.tta): each image's boxes
+    merged with its mirror's (mirrored back, per-class NMS), before the score threshold."""
     from torchvision.utils import draw_bounding_boxes
 
     from cnnlab.data.decode import load_image
@@ -419,6 +447,9 @@ def predict_detection(
         dev = resolve_device(device)
         model, meta, weights = load_detection_model(run, dev)
         trained = trained_precision(run_dir_of(weights))
+    views = check_detect_tta(parse_tta(tta))
+    if views:
+        model = DetectTTAModel(model, views)
     precision = inference_precision(precision, dev, trained)
     if is_onnx(run) and precision != "32":
         raise ConfigError(f"--precision {precision}: an ONNX model runs in float32 in onnxruntime")

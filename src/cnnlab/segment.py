@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,9 @@ from cnnlab.engine.onnx import OnnxModel, is_onnx
 from cnnlab.engine.predict import list_images
 from cnnlab.engine.timing import Timings
 from cnnlab.engine.trainer import autocast
+from cnnlab.engine.tta import SegmentTTAModel, check_segment_tta, compare_views, parse_tta
 from cnnlab.errors import ConfigError, DataError
+from cnnlab.metrics.checks import UndefinedMetricWarning
 from cnnlab.metrics.segmentation import (
     ConfusionAccumulator,
     per_image_iou,
@@ -79,6 +82,7 @@ log = logging.getLogger(__name__)
 
 SegmentResult = TrainResult  # what every task's training returns
 N_BOOT = 1000  # bootstrap resamples of the test images behind each 95% interval (as classification)
+HEADLINE = ("mean_iou", "mean_dice", "pixel_accuracy", "frequency_weighted_iou")  # --tta's table
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -333,14 +337,34 @@ def evaluate_segmentation_model(
     report: bool = True,
     palette: list[list[int]] | None = None,
     show: int = 6,
+    tta: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Metrics of ``model`` on (N, C, S, S) images and (N, S, S) masks (uint8); writes
-    test_metrics.json, test_per_image.csv and the report into ``out_dir`` when given."""
+    test_metrics.json, test_per_image.csv and the report into ``out_dir`` when given.
+
+    ``tta`` (("flip",); cnnlab.engine.tta): the metrics, masks and report are those of the
+    averaged per-pixel probabilities, and ``result["tta"]`` (also ``metrics["tta"]``) holds the
+    headline metrics without and with TTA side by side."""
     loader = _loader(images, masks, spec, device, 64, ignore_index)
+    scored = SegmentTTAModel(model, tta) if tta else model
     cm, preds, per_image = _predict_masks(
-        model, loader, device, precision, len(class_names), ignore_index
+        scored, loader, device, precision, len(class_names), ignore_index
     )
     metrics = segmentation_metrics(cm, class_names)
+    comparison = None
+    if tta:  # the same images without TTA, for the side-by-side comparison
+        plain, _, _ = _predict_masks(
+            model, loader, device, precision, len(class_names), ignore_index
+        )
+        with warnings.catch_warnings():  # undefined values were warned about once, above
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            without = segmentation_metrics(plain, class_names)
+        comparison = compare_views(
+            {k: _defined(without[k]) for k in HEADLINE},
+            {k: _defined(metrics[k]) for k in HEADLINE},
+            tta,
+        )
+        metrics["tta"] = comparison
     if len(per_image):  # 95% intervals by resampling test images (the shape classification uses)
         metrics["confidence_intervals"] = segmentation_intervals(
             per_image, class_names, n_boot=N_BOOT, seed=0
@@ -350,6 +374,8 @@ def evaluate_segmentation_model(
     metrics["ignore_index"] = ignore_index
     metrics["image_size"] = spec.image_size
     result: dict[str, Any] = {"metrics": metrics, "per_image_iou": scores, "preds": preds}
+    if comparison is not None:
+        result["tta"] = comparison
     if out_dir is not None:
         out_dir = Path(out_dir)
         write_json(out_dir / "test_metrics.json", metrics)
@@ -388,6 +414,11 @@ def evaluate_segmentation_model(
     return result
 
 
+def _defined(value: Any) -> float | None:
+    """A metric for the TTA table: None where segmentation_metrics says undefined (NaN)."""
+    return None if value is None or np.isnan(value) else float(value)
+
+
 def evaluate_segmentation(
     run: str | Path,
     *,
@@ -397,9 +428,15 @@ def evaluate_segmentation(
     report: bool = True,
     out: str | Path | None = None,
     precision: str = "auto",
+    tta: str | tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a segmentation run on its recorded split (default: the held-out test images) or on
-    every image of another dataset ``data`` whose classes are among the model's (by name)."""
+    every image of another dataset ``data`` whose classes are among the model's (by name).
+
+    ``tta="flip"`` (cnnlab.engine.tta): the metrics are those of the mean of the image's and its
+    mirror's per-pixel probabilities (the mirror's mirrored back), and ``result["tta"]`` (also in
+    evaluation.json) puts the headline metrics without and with it side by side."""
+    views = check_segment_tta(parse_tta(tta))  # said before anything is loaded
     dev = resolve_device(device)
     model, meta, weights = load_segmentation_model(run, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
@@ -451,12 +488,15 @@ def evaluate_segmentation(
         run_dir=run_dir,
         report=report and out_dir is not None,
         palette=meta.get("palette"),
+        tta=views,
     )
     record = record_evaluation(
         out_dir, task="segmentation", weights=weights, data=data, split=split,
         num_samples=len(chosen), precision=precision, device=dev,
+        extra={"tta": result["tta"]} if views else None,
     )  # fmt: skip
-    return record | {"metrics": result["metrics"], "report": result.get("report")}
+    answer = record | {"metrics": result["metrics"], "report": result.get("report")}
+    return answer | ({"tta": result["tta"]} if views else {})
 
 
 def _concat(a: MaskSplit, b: MaskSplit) -> MaskSplit:
@@ -510,11 +550,15 @@ def predict_segmentation(
     batch_size: int = 16,
     overlays: bool = True,
     precision: str = "auto",
+    tta: str | tuple[str, ...] | None = None,
 ) -> list[Path]:
     """Write one class-index mask PNG per image (``out_dir/masks/NAME.png``, palette mode: the pixel
     values are class indices, viewers show colours) and a colour overlay (``out_dir/overlays/``).
     ``run``: a run folder, a .safetensors checkpoint or an exported ``.onnx`` file (onnxruntime,
     float32 on the CPU: the same masks).
+
+    ``tta="flip"`` (cnnlab.engine.tta): each mask is the arg-max of the mean of the image's and
+    its mirror's per-pixel probabilities (the mirror's mirrored back); predictions.json says so.
 
     Unreadable inputs are skipped with a warning and listed in ``out_dir/predictions.json``.
     Returns the mask paths in input order (skipped files omitted).
@@ -525,6 +569,7 @@ def predict_segmentation(
     from cnnlab.data.tensors import image_mode, pil_to_chw
     from cnnlab.report.segmentation_report import colorize, overlay
 
+    views = check_segment_tta(parse_tta(tta))
     if is_onnx(run):
         dev, model = torch.device("cpu"), OnnxModel(run, task="segmentation")
         meta, trained = model.meta, "32"
@@ -532,6 +577,8 @@ def predict_segmentation(
         dev = resolve_device(device)
         model, meta, weights = load_segmentation_model(run, dev)
         trained = trained_precision(run_dir_of(weights))
+    if views:  # log mean probabilities: resized and arg-maxed below as logits are
+        model = SegmentTTAModel(model, views)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     names = list(meta["class_names"])
     ignore = int(meta.get("ignore_index", 255))
@@ -599,8 +646,10 @@ def predict_segmentation(
                 record["overlay"] = str(ov)
             records.append(record)
             written.append(path)
+    tta_record = {"tta": list(views)} if views else {}
     write_json(
-        out / "predictions.json", {"run": str(run), "class_names": names, "predictions": records}
+        out / "predictions.json",
+        {"run": str(run), "class_names": names} | tta_record | {"predictions": records},
     )
     if files and not written:
         raise DataError(files[0], "no input image could be read (see predictions.json)")

@@ -174,8 +174,9 @@ def rank_console() -> Console | None:
     return out if distributed.is_main() else None
 
 
-def _add_task_evaluate(q: argparse.ArgumentParser) -> None:
-    """The options of `cnnlab segment evaluate` and `cnnlab detect evaluate` (the same verb)."""
+def _add_task_evaluate(q: argparse.ArgumentParser, tta_help: str | None = None) -> None:
+    """The options of `cnnlab segment evaluate` and `cnnlab detect evaluate` (the same verb);
+    ``--tta`` where the task has test-time augmentation (``tta_help``)."""
     q.add_argument("run", help=RUN_HELP)
     q.add_argument(
         "--data", default=None, help="evaluate on this dataset instead of the run's split"
@@ -188,6 +189,8 @@ def _add_task_evaluate(q: argparse.ArgumentParser) -> None:
     _add_precision(q)
     q.add_argument("--no-report", dest="report", action="store_false", help=NO_REPORT_HELP)
     q.add_argument("--json", action="store_true", help=JSON_HELP)
+    if tta_help:
+        q.add_argument("--tta", metavar="VIEWS", default=None, help=tta_help)
 
 
 def _add_precision(p: argparse.ArgumentParser) -> None:
@@ -204,10 +207,24 @@ RUN_HELP = "run directory or .safetensors checkpoint"
 DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (auto: CUDA when a GPU is visible, else the CPU)"
 JSON_HELP = "print JSON instead of tables"
 NO_REPORT_HELP = "do not write the HTML report"
-TTA_HELP = (  # cnnlab.engine.tta (the parser stays torch-free: checked when the command runs)
+CLASSIFY_TTA = (  # cnnlab.engine.tta (the parser stays torch-free: checked when the command runs)
     "classification: test-time augmentation, the mean of the calibrated probabilities over views: "
     "none, or a comma list: flip (2 views), crop (original + 5 crops), shift (original + 4 shifts "
-    "of side/16 px), e.g. flip,crop (12) (default: none)"
+    "of side/16 px), e.g. flip,crop (12)"
+)
+SERVE_TTA_HELP = CLASSIFY_TTA + " (default: none)"
+TTA_HELP = CLASSIFY_TTA + (
+    "; segmentation: flip, the per-pixel probabilities of the image and its mirror (mirrored "
+    "back) averaged; detection: flip, the boxes of the image and its mirror (mirrored back) "
+    "merged by per-class NMS (default: none)"
+)
+DETECT_TTA_HELP = (
+    "none or flip: each image's boxes merged with its mirror's, mirrored back (x1 = W - x2), by "
+    "per-class NMS at IoU 0.5 (default: none)"
+)
+SEGMENT_TTA_HELP = (
+    "none or flip: the mask is the arg-max of the mean of the image's and its mirror's per-pixel "
+    "probabilities, the mirror's mirrored back (default: none)"
 )
 SPLIT_HELP = "test | val | train: the run's own split to measure"
 
@@ -462,7 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_options(q, cls=SegmentConfig)
     add_max_restarts(q)
     q = seg.add_parser("evaluate", help="per-class IoU, mean IoU, Dice, pixel accuracy")
-    _add_task_evaluate(q)
+    _add_task_evaluate(
+        q, SEGMENT_TTA_HELP + "; reports the metrics with and without it side by side"
+    )
     q = seg.add_parser("predict", help="mask PNGs (class index per pixel) and colour overlays")
     q.add_argument("run", help=RUN_HELP + " or exported .onnx")
     q.add_argument("inputs", nargs="+", help="image files or folders")
@@ -476,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="masks only, no colour overlays",
     )
     _add_precision(q)
+    q.add_argument("--tta", metavar="VIEWS", default=None, help=SEGMENT_TTA_HELP)
 
     p = sub.add_parser(
         "explain", help="walk one image through a trained model, layer by layer, with Grad-CAM"
@@ -515,7 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_options(q, cls=DetectConfig)
     add_max_restarts(q)
     q = det.add_parser("evaluate", help="mAP@0.5, mAP@[.5:.95], per-class AP, AR")
-    _add_task_evaluate(q)
+    _add_task_evaluate(
+        q, DETECT_TTA_HELP + "; reports the metrics with and without it side by side"
+    )
     q = det.add_parser("predict", help="COCO results JSON and images with boxes drawn")
     q.add_argument("run", help=RUN_HELP + " or exported .onnx")
     q.add_argument("inputs", nargs="+", help="image files or folders")
@@ -531,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-draw", dest="draw", action="store_false", help="results JSON only, no images"
     )
     _add_precision(q)
+    q.add_argument("--tta", metavar="VIEWS", default=None, help=DETECT_TTA_HELP)
 
     p = sub.add_parser(
         "export", help="ONNX / TorchScript / safetensors with preprocessing, checked after export"
@@ -591,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="classes shown per image")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     _add_precision(p)
-    p.add_argument("--tta", metavar="VIEWS", default=None, help=TTA_HELP)
+    p.add_argument("--tta", metavar="VIEWS", default=None, help=SERVE_TTA_HELP)
     p.add_argument(
         "--ignore-operating-point",
         dest="operating_point",
@@ -1015,12 +1038,15 @@ def _segment(args: argparse.Namespace) -> int:
             report=args.report,
             out=args.out,
             precision=args.precision,
+            tta=args.tta,
         )
         _evaluation_note(result)
-        if args.json:
+        if args.json:  # with --tta, metrics["tta"] holds the side-by-side comparison
             print(json.dumps(result["metrics"], indent=2, default=str))
             return 0
         _print_segment_metrics(result["metrics"])
+        if result.get("tta"):
+            print_tta(result["tta"])
     else:
         paths = api.segment_predict(
             args.run,
@@ -1030,6 +1056,7 @@ def _segment(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             overlays=args.overlays,
             precision=args.precision,
+            tta=args.tta,
         )
         out.print(f"wrote {len(paths)} file(s) to {args.out}")
     return 0
@@ -1168,12 +1195,17 @@ def _detect(args: argparse.Namespace) -> int:
             report=args.report,
             out=args.out,
             precision=args.precision,
+            tta=args.tta,
         )
         _evaluation_note(result)
         metrics = result["metrics"]
-        if args.json:
+        if args.json:  # with --tta, metrics["tta"] holds the side-by-side comparison
             print(json.dumps(metrics, indent=2, default=str))
             return 0
+        _print_detection_metrics(metrics)
+        if result.get("tta"):
+            print_tta(result["tta"])
+        return 0
     else:
         path = api.detect_predict(
             args.run,
@@ -1183,6 +1215,7 @@ def _detect(args: argparse.Namespace) -> int:
             score_threshold=args.score_threshold,
             draw=args.draw,
             precision=args.precision,
+            tta=args.tta,
         )
         out.print(f"detections written to {path}")
         return 0
@@ -1415,7 +1448,7 @@ def _predict(args: argparse.Namespace) -> int:
     if task != "classification":  # masks, boxes or a video's timeline: files in --out
         api.predict(
             args.run, args.inputs, device=args.device, out=args.out, precision=args.precision,
-            min_confidence=args.min_confidence, tta=args.tta,  # refused: classification only
+            min_confidence=args.min_confidence, tta=args.tta,  # seg. / detection: flip
         )  # fmt: skip
         out.print(f"{task} predictions written to {args.out}")
         return 0

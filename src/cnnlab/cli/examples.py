@@ -62,8 +62,17 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("cnnlab segment train --data shapes/ --model unet --encoder resnet18", ""),
         ("cnnlab segment train --data VOCdevkit/VOC2012 --loss ce+dice --image-size 256", ""),
     ],
-    "segment evaluate": [("cnnlab segment evaluate runs/unet-shapes --json", "")],
-    "segment predict": [("cnnlab segment predict runs/unet-shapes photos/ --out masks/", "")],
+    "segment evaluate": [
+        ("cnnlab segment evaluate runs/unet-shapes --json", ""),
+        ("cnnlab segment evaluate runs/unet-shapes --tta flip", "mIoU without and with TTA"),
+    ],
+    "segment predict": [
+        ("cnnlab segment predict runs/unet-shapes photos/ --out masks/", ""),
+        (
+            "cnnlab segment predict runs/unet-shapes photos/ --out masks/ --tta flip",
+            "image + mirror",
+        ),
+    ],
     "explain": [
         ("cnnlab explain runs/mnist digit.png", "the layer trace and Grad-CAM as explain.html"),
         ("cnnlab explain runs/cats cat.jpg --method gradcam --method scorecam --top-k 2", ""),
@@ -76,9 +85,13 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("cnnlab detect train --data coco/instances.json --data-root coco/images", ""),
         ("cnnlab detect train --data yolo/ --model retinanet --backbone resnet34", ""),
     ],
-    "detect evaluate": [("cnnlab detect evaluate runs/fasterrcnn-shapes --json", "")],
+    "detect evaluate": [
+        ("cnnlab detect evaluate runs/fasterrcnn-shapes --json", ""),
+        ("cnnlab detect evaluate runs/fasterrcnn-shapes --tta flip", "mAP without and with TTA"),
+    ],
     "detect predict": [
         ("cnnlab detect predict runs/fasterrcnn-shapes photos/ --out boxes/", ""),
+        ("cnnlab detect predict runs/fasterrcnn-shapes photos/ --out boxes/ --tta flip", ""),
     ],
     "export": [
         ("cnnlab export runs/mnist", "ONNX, checked against PyTorch"),

@@ -1,7 +1,8 @@
-"""Test-time augmentation (TTA) for classification: the model sees several views of each image and
-the answer is the mean of the views' calibrated probabilities. The one place for the views;
+"""Test-time augmentation (TTA): the model sees several views of each image and the answer is the
+mean of the views' (calibrated) probabilities. The one place for the views;
 ``cnnlab evaluate / predict / serve --tta`` (classification evaluation, the prediction driver's
-``probs_fn`` and the web explorer) all come here.
+``probs_fn`` and the web explorer) and segmentation's and detection's ``evaluate / predict --tta
+flip`` all come here.
 
 Views (torchvision's ``transforms.v2.functional`` on whole (N, C, H, W) batches of normalised
 images; the crops and flip are linear in the pixels, so cropping after normalising is the same as
@@ -26,6 +27,16 @@ applied to each view's logits before averaging (T was fitted on single views, so
 view; the mean of calibrated probabilities is still a probability vector, whereas averaging logits
 first would change what T was fitted for). The out-of-domain score (energy of the raw logits) is
 the original view's, since its threshold was fitted on single views too.
+
+Segmentation (``flip`` only): a view's per-pixel class probabilities are mapped back onto the
+original image before averaging -- the mirror's probability map is mirrored back -- as
+mmsegmentation's ``TTASegModel`` merges its flip augmentation; the mask is the arg-max of the mean.
+Crops and shifts would leave pixels that some views never saw (a border, a corner), so they are
+refused rather than averaged over a varying number of views.
+
+Detection (``flip`` only): the mirror's boxes are mirrored back (x1 = W - x2) and the two sets are
+merged by torchvision's per-class ``batched_nms``, as Ultralytics' ``augment=True`` and mmdet's
+``DetTTAModel`` merge theirs.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ from cnnlab.errors import ConfigError, close_matches
 
 TTA_VIEWS = ("flip", "crop", "shift")  # canonical order; "none" (the default) means no TTA
 TTA_CHOICES = "none, or a comma list of flip, crop, shift (e.g. flip,crop)"
+SEGMENT_TTA_VIEWS = ("flip",)  # the views whose per-pixel answers map back onto every pixel
 CROP_SCALE = 0.875  # FiveCrop side / image side: 224 / 256, the ImageNet evaluation crop ratio
 
 
@@ -135,3 +147,130 @@ class TTAModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs, _ = average_probs(self.model, x, self.tta, self.temperature)
         return probs.clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
+def compare_views(
+    without: dict[str, Any], with_tta: dict[str, Any], tta: Iterable[str]
+) -> dict[str, Any]:
+    """{"views", "num_views", "without", "with", "change"}: a task's headline metrics of one split
+    without and with TTA (``without`` and ``with_tta``: the same keys, numbers or None), change =
+    with - without (None where either is undefined). What ``evaluate --tta`` records and prints."""
+    tta = tuple(tta)
+    change = {
+        k: (with_tta[k] - v) if v is not None and with_tta.get(k) is not None else None
+        for k, v in without.items()
+    }
+    return {"views": list(tta), "num_views": num_views(tta), "without": dict(without),
+            "with": dict(with_tta), "change": change}  # fmt: skip
+
+
+# -- segmentation: per-pixel probabilities mapped back onto the image ------------------------------
+def check_segment_tta(tta: Iterable[str]) -> tuple[str, ...]:
+    """``tta`` (parsed) when every view maps back onto every pixel (flip); else a ConfigError."""
+    tta = tuple(tta)
+    other = [v for v in tta if v not in SEGMENT_TTA_VIEWS]
+    if other:
+        raise ConfigError(
+            f"--tta {','.join(tta)}: a segmentation run averages per-pixel probabilities over "
+            f"views that cover every pixel: {', '.join(SEGMENT_TTA_VIEWS)} "
+            f"({', '.join(other)} would leave pixels unseen); use --tta flip"
+        )
+    return tta
+
+
+def average_mask_probs(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, tta: Iterable[str]
+) -> torch.Tensor:
+    """``mean_v unview_v(softmax(logits_fn(view_v)))`` (N, K, H, W) float32 for ``images``
+    (N, C, H, W) and a segmentation model's per-pixel logits (N, K, H, W): with ``flip`` the
+    mirror's probabilities are mirrored back (pixel x of the mirror is pixel W - 1 - x)."""
+    probs = logits_fn(images).float().softmax(dim=1)
+    if "flip" in tuple(check_segment_tta(tta)):
+        from torchvision.transforms.v2 import functional as F
+
+        mirrored = logits_fn(F.horizontal_flip(images)).float().softmax(dim=1)
+        probs = (probs + F.horizontal_flip(mirrored)) / 2
+    return probs
+
+
+class SegmentTTAModel(nn.Module):
+    """A segmentation ``model`` under TTA, for code that takes the arg-max of (or resizes) its
+    per-pixel logits: ``forward(x) -> log mean_v unview_v(softmax(f(view_v)))`` (N, K, H, W), whose
+    arg-max is the averaged probabilities' and whose softmax gives them back."""
+
+    def __init__(self, model: Any, tta: Iterable[str]) -> None:
+        super().__init__()
+        self.model, self.tta = model, check_segment_tta(tta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = average_mask_probs(self.model, x, self.tta)
+        return probs.clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
+# -- detection: boxes of the mirror mirrored back, the two sets merged by per-class NMS -------------
+DETECT_TTA_VIEWS = ("flip",)  # the views whose boxes map back exactly (a mirror is x -> W - x)
+MERGE_IOU = 0.5  # per-class NMS IoU of the merge: mmdet's DetTTAModel's tta_cfg (nms 0.5)
+MAX_DETECTIONS = 100  # boxes kept per image after the merge: torchvision's detections_per_img,
+# COCO's maxDets
+
+
+def check_detect_tta(tta: Iterable[str]) -> tuple[str, ...]:
+    """``tta`` (parsed) when every view's boxes map back exactly (flip); else a ConfigError."""
+    tta = tuple(tta)
+    other = [v for v in tta if v not in DETECT_TTA_VIEWS]
+    if other:
+        raise ConfigError(
+            f"--tta {','.join(tta)}: a detection run merges the boxes of views it can map back "
+            f"exactly: {', '.join(DETECT_TTA_VIEWS)} ({', '.join(other)} would rescale or cut "
+            "boxes); use --tta flip"
+        )
+    return tta
+
+
+def mirror_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, 4) x1, y1, x2, y2 boxes of an image ``width`` pixels wide -> the same boxes in its
+    horizontal mirror (and back: the map is its own inverse): x1' = W - x2, x2' = W - x1."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack([width - x2, y1, width - x1, y2], dim=-1)
+
+
+def merge_detections(
+    a: dict[str, torch.Tensor],
+    b: dict[str, torch.Tensor],
+    iou_threshold: float = MERGE_IOU,
+    max_detections: int = MAX_DETECTIONS,
+) -> dict[str, torch.Tensor]:
+    """Two views' detections of one image ({"boxes" (B, 4), "scores" (B,), "labels" (B,)}, the
+    same pixel frame) as one set: concatenated, then torchvision's ``batched_nms`` per class (a
+    box of one view suppresses an overlapping box of the same class from either view, as
+    Ultralytics' ``augment=True`` and mmdet's ``DetTTAModel`` merge), highest score first."""
+    from torchvision.ops import batched_nms
+
+    boxes = torch.cat([a["boxes"], b["boxes"]])
+    scores = torch.cat([a["scores"], b["scores"]])
+    labels = torch.cat([a["labels"], b["labels"]])
+    keep = batched_nms(boxes.float(), scores.float(), labels, iou_threshold)[:max_detections]
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+
+
+class DetectTTAModel(nn.Module):
+    """A detector under TTA: ``forward(images (N, C, H, W)) -> [{"boxes", "scores", "labels"}]``
+    like the detector's, each image's detections merged (:func:`merge_detections`) with those of
+    its mirror, whose boxes are mirrored back."""
+
+    def __init__(self, model: Any, tta: Iterable[str]) -> None:
+        super().__init__()
+        self.model, self.tta = model, check_detect_tta(tta)
+
+    def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        from torchvision.transforms.v2 import functional as F
+
+        plain = self.model(images)
+        if "flip" not in self.tta:
+            return plain
+        width = images.shape[-1]
+        mirrored = self.model(F.horizontal_flip(images))
+        return [
+            merge_detections(p, m | {"boxes": mirror_boxes(m["boxes"], width)})
+            for p, m in zip(plain, mirrored, strict=True)
+        ]

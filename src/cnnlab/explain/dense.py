@@ -86,7 +86,8 @@ def backbone_path(model: nn.Module) -> str:
     """Path of the zoo backbone (the module with ``feature_info``) inside a segmentation network
     or detector: ``encoder.backbone`` (U-Net, FCN, ...), ``net.backbone.encoder.backbone``."""
     for name, module in model.named_modules():
-        if name and getattr(module, "feature_info", None):
+        # a list of stage dicts: the zoo's (timm's features_only FeatureInfo object is not one)
+        if name and isinstance(getattr(module, "feature_info", None), list) and module.feature_info:
             return name
     raise ConfigError(
         f"{type(model).__name__} has no zoo backbone with feature_info stages to explain "

@@ -274,6 +274,76 @@ def _from_file(arch: str, path: Path, kwargs: dict[str, Any], name: str) -> tupl
     return net, str(path)
 
 
+class TimmEncoder(nn.Module):
+    """A ``timm:`` segmentation encoder: ``timm.create_model(NAME, features_only=True)``, timm's
+    own multi-scale feature extractor (its classifier and final pooling are never built), with the
+    zoo Encoder's surface (cnnlab.models.segmentation): ``forward(x) -> [maps]`` shallow first,
+    ``channels``, ``reductions``, ``info`` from timm's ``feature_info``. timm's default
+    ``out_indices`` (every stage, e.g. reductions 2, 4, 8, 16, 32 for a ResNet) feed the decoder.
+    ``backbone.net`` holds the network, so its tensors are named as a ``timm:NAME``
+    classification run names them (``net.conv1.weight``): ``--init-from`` such a run works."""
+
+    def __init__(self, net: nn.Module, arch: str) -> None:
+        super().__init__()
+        self.backbone = nn.ModuleDict({"net": net})
+        self.arch = arch
+        self.info = [
+            {"module": "net." + f["module"], "num_chs": int(f["num_chs"]),
+             "reduction": int(f["reduction"])}
+            for f in net.feature_info.get_dicts()
+        ]  # fmt: skip
+        cfg = dict(getattr(net, "pretrained_cfg", {}) or {})
+        self.default_cfg = {
+            "name": PREFIX + arch,
+            "mean": list(cfg.get("mean") or (0.485, 0.456, 0.406)),
+            "std": list(cfg.get("std") or (0.229, 0.224, 0.225)),
+            "variant": f"timm {arch}",
+        }
+
+    @property
+    def channels(self) -> list[int]:
+        return [i["num_chs"] for i in self.info]
+
+    @property
+    def reductions(self) -> list[int]:
+        return [i["reduction"] for i in self.info]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return list(self.backbone["net"](x))  # one map per stage: N x C_i x H / r_i x W / r_i
+
+
+def create_timm_encoder(
+    name: str, *, in_channels: int, weights: str | os.PathLike | None, image_size: int | None
+) -> TimmEncoder:
+    """:class:`TimmEncoder` for ``timm:NAME``; ``weights`` as :func:`create_timm_model` takes
+    them (None, "imagenet" from the Hugging Face hub or cache, or a timm-layout file)."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    arch = timm_name(name)
+    cfg = get_pretrained_cfg(arch)
+    kwargs: dict[str, Any] = {"features_only": True, "in_chans": in_channels}
+    if cfg is not None and cfg.fixed_input_size and image_size:
+        kwargs["img_size"] = image_size  # ViT-like models build their position table for it
+    source = None
+    try:
+        if weights is None:
+            net = timm.create_model(arch, pretrained=False, **kwargs)
+        elif str(weights).lower() == "imagenet":
+            net, source = _from_hub(arch, cfg, kwargs, name)
+        else:
+            net, source = _from_file(arch, Path(weights).expanduser(), kwargs, name)
+    except (RuntimeError, TypeError) as err:  # timm: "features_only not implemented for ..."
+        raise ConfigError(
+            f"encoder {name}: timm cannot build it as a feature extractor (features_only=True: "
+            f"{str(err).strip().splitlines()[0][:160]}); choose a convolutional timm model, e.g. "
+            "timm:resnet18, timm:convnext_atto, timm:efficientnet_b0"
+        ) from None
+    encoder = TimmEncoder(net, arch)
+    encoder.default_cfg["weights"] = source
+    return encoder
+
+
 def load_timm_weights(model: ClassifierModel, name: str, weights: str | os.PathLike) -> dict:
     """A ``timm:`` model's "imagenet" or file weights into an already built ``model`` (transfer's
     ``--init-from``): timm builds the source at its own class count and 3 channels, then the

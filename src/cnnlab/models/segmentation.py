@@ -24,6 +24,10 @@ weights) initialises it with the zoo's own loading code and key names. Multi-sca
 from forward hooks on the modules that ``feature_info`` names, so no architecture needs its own
 feature-extraction code; the encoder's classification head is replaced by ``nn.Identity``.
 
+``encoder="timm:NAME"``: any of timm's convolutional models as the encoder, through timm's own
+feature extractor (``timm.create_model(NAME, features_only=True)``, cnnlab.models._timm
+.TimmEncoder): its ``feature_info`` channels and reductions feed the same decoders.
+
 The encoder keeps the zoo's input-size rule: below 64 px ResNets use the CIFAR stem (reductions
 1, 2, 4, 8), from 64 px the ImageNet stem (2, 4, 8, 16, 32).
 """
@@ -140,7 +144,9 @@ class UNetDecoder(nn.Module):
 class SegmentationModel(nn.Module):
     """encoder + decoder/head; ``forward(images (N, C, H, W)) -> logits (N, num_classes, H, W)``."""
 
-    def __init__(self, arch: str, encoder: Encoder, num_classes: int, in_channels: int) -> None:
+    def __init__(
+        self, arch: str, encoder: Encoder | nn.Module, num_classes: int, in_channels: int
+    ) -> None:
         super().__init__()
         self.arch = arch
         self.encoder = encoder
@@ -236,16 +242,23 @@ def create_segmentation_model(
             f"unknown segmentation model {model!r}{close_matches(model, choices)}; "
             f"choose from {', '.join(choices)}"
         )
-    if encoder not in list_models():
+    from cnnlab.models._timm import is_timm
+
+    if not is_timm(encoder) and encoder not in list_models():
         raise ConfigError(
             f"unknown encoder {encoder!r}{close_matches(encoder, list_models())}; "
-            "choose a zoo model, e.g. resnet18, resnet34, resnet50, vgg11_bn"
+            "choose a zoo model, e.g. resnet18, resnet34, resnet50, vgg11_bn, or timm:NAME"
         )
     if encoder_variant not in ENCODER_VARIANTS:
         raise ConfigError(
             f"unknown encoder_variant {encoder_variant!r}"
             f"{close_matches(encoder_variant, ENCODER_VARIANTS)}; choose from "
             f"{', '.join(ENCODER_VARIANTS)}"
+        )
+    if is_timm(encoder) and encoder_variant == "small-input":
+        raise ConfigError(
+            f"encoder_variant small-input is the zoo's stride-1 stem; {encoder} keeps timm's own "
+            "stem: leave --encoder-variant out"
         )
     from cnnlab.models import SMALL_INPUT_BELOW
 
@@ -255,15 +268,24 @@ def create_segmentation_model(
         image_size = min(image_size or 32, SMALL_INPUT_BELOW - 1)
     run_source = cnnlab_checkpoint(encoder_weights)
     zoo_weights = None if run_source is not None else encoder_weights
-    backbone = create_model(
-        encoder,
-        num_classes=1000 if zoo_weights else 2,
-        in_channels=in_channels,
-        weights=zoo_weights,
-        image_size=image_size,
-    )
-    cfg = dict(backbone.default_cfg)
-    net = SegmentationModel(model, Encoder(backbone), num_classes, in_channels)
+    if is_timm(encoder):  # timm's own feature extractor (features_only), not hooks on a classifier
+        from cnnlab.models._timm import create_timm_encoder
+
+        features: Encoder | nn.Module = create_timm_encoder(
+            encoder, in_channels=in_channels, weights=zoo_weights, image_size=image_size
+        )
+        cfg = dict(features.default_cfg)
+    else:
+        backbone = create_model(
+            encoder,
+            num_classes=1000 if zoo_weights else 2,
+            in_channels=in_channels,
+            weights=zoo_weights,
+            image_size=image_size,
+        )
+        cfg = dict(backbone.default_cfg)
+        features = Encoder(backbone)
+    net = SegmentationModel(model, features, num_classes, in_channels)
     provenance: dict[str, Any] = {"source": zoo_weights} if zoo_weights else {}
     if run_source is not None:
         provenance = load_encoder_from_run(net.encoder, run_source, encoder)

@@ -61,7 +61,7 @@ class SegmentConfig(RunConfig):
     model: str = (
         "unet"  # unet | fcn | deeplabv3 | lraspp | a torchvision builder (fcn_resnet50, ...)
     )
-    encoder: str = "resnet18"  # a zoo classifier: resnet18/34/50, vgg11_bn, ...
+    encoder: str = "resnet18"  # a zoo classifier (resnet18/34/50, vgg11_bn, ...) or timm:NAME
     init_from: str | None = (
         None  # encoder weights: a cnnlab classification run, "imagenet", or a file
     )

@@ -4,7 +4,9 @@ a task's config class, before any trial runs. Optuna-free and torch-free.
 ``NAME=log:LOW:HIGH``  log-uniform (float, or int for an integer option)
 ``NAME=LOW:HIGH``      uniform (float, or int for an integer option)
 ``NAME=a,b,c``         categorical; for a list option (``augment``) ``crop+flip`` is the list
-                       (crop, flip) and ``none`` the empty list
+                       (crop, flip) and ``none`` the empty list; for an option whose config reads
+                       0 as off (``ema``) ``off`` (or ``none``, ``0``) is that choice:
+                       ``ema=off,0.99,0.999``, ``recipe=none,light,standard,strong``
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from cnnlab.errors import ConfigError, close_matches
 
 #: options a study fixes for every trial: where the runs go, what they learn from and are judged on
 NOT_SEARCHABLE = frozenset({"data", "out", "name", "resume", "devices", "monitor", "private"})
+#: options whose config reads this value (and None, the default) as "off": the space's choice
+#: ``off`` (also spelled none or 0) stands for it, and the default configuration's trial takes it
+OFF_VALUES: dict[str, float] = {"ema": 0.0}
 
 
 @dataclass(frozen=True)
@@ -53,19 +58,35 @@ class Param:
                    tuple(d.get("choices") or ()))  # fmt: skip
 
 
+def _is_off(value: Any) -> bool:
+    """ "off", "none", 0 or "0": an OFF_VALUES option's off choice."""
+    if isinstance(value, str) and value.strip().lower() in ("off", "none"):
+        return True
+    try:
+        return float(value) == 0.0
+    except (TypeError, ValueError):
+        return False
+
+
 def _number(value: float | None, kind: str) -> str:
     return str(int(value)) if kind == "int" and value is not None else f"{value:g}"
 
 
 def option_value(cls: type, name: str, value: Any) -> Any:
-    """A sampled value as the config option takes it: "crop+flip" -> "crop,flip" for list options."""
+    """A sampled value as the config option takes it: "crop+flip" -> "crop,flip" for list options;
+    "off" -> 0 for an option of OFF_VALUES (``ema``)."""
+    if name in OFF_VALUES and _is_off(value):
+        return OFF_VALUES[name]
     if _is_tuple(get_type_hints(cls)[name]) and isinstance(value, str):
         return "none" if value.strip() in ("", "none") else value.replace("+", ",")
     return value
 
 
 def choice_of(cls: type, name: str, value: Any) -> Any:
-    """A config value in the words of the space ((crop, flip) -> "crop+flip"; () -> "none")."""
+    """A config value in the words of the space ((crop, flip) -> "crop+flip"; () -> "none";
+    ema None or 0 -> "off")."""
+    if name in OFF_VALUES and (value is None or _is_off(value)):
+        return "off"
     if _is_tuple(get_type_hints(cls)[name]):
         return "+".join(value) if value else "none"
     return value
@@ -170,6 +191,8 @@ def _categorical(
     cls: type, name: str, choices: list[Any], where: str, fixed: dict[str, Any]
 ) -> Param:
     choices = [c for c in choices if c != ""]
+    if name in OFF_VALUES:  # one spelling of the off choice, the one the baseline trial takes
+        choices = ["off" if _is_off(c) else c for c in choices]
     if len(set(map(str, choices))) < 2:
         raise ConfigError(
             f"{where}: give at least two different choices for {name}, or fix it as "

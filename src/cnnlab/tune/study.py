@@ -35,7 +35,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from cnnlab.config import make_config
+from cnnlab.config import MIXING, augmentations, make_config
+from cnnlab.data.sources import load_source
 from cnnlab.engine.fit import TaskSpec, fit
 from cnnlab.engine.trainer import Callback, NonFiniteLossError
 from cnnlab.errors import ConfigError, close_matches
@@ -86,6 +87,33 @@ def _validation_only(spec: TaskSpec, study: str) -> TaskSpec:
         return plan
 
     return dataclasses.replace(spec, prepare=prepare)
+
+
+def check_multilabel_space(cls: type, params: list[Param], fixed: dict[str, Any]) -> None:
+    """A space that offers mixing augmentations (``recipe`` standard / strong, ``augment`` with
+    mixup / cutmix) on a multi-label dataset fails here, before any trial runs, naming the
+    choices: multi-label runs refuse mixing (cnnlab.tasks.classify.multilabel.check_options),
+    and every trial that drew one would fail. The data is read only when such a choice exists."""
+
+    def mixes(p: Param, choice: Any) -> bool:
+        cfg = make_config(cls, **fixed | {p.name: option_value(cls, p.name, choice)})
+        return bool(set(augmentations(cfg)) & set(MIXING))
+
+    offered = [(p, [c for c in p.choices if mixes(p, c)]) for p in params
+               if p.kind == "categorical" and p.name in ("recipe", "augment")]  # fmt: skip
+    offered = [(p, bad) for p, bad in offered if bad]
+    if not offered:
+        return
+    if not load_source(make_config(cls, **fixed)).multilabel:
+        return
+    p, bad = offered[0]
+    rest = [c for c in p.choices if c not in bad]
+    instead = (f"search {p.name}={','.join(map(str, rest))} on it" if len(rest) > 1
+               else "leave mixup / cutmix out of the space")  # fmt: skip
+    raise ConfigError(
+        f"--space {p.text()}: {', '.join(map(str, bad))} mix images (mixup / cutmix), which "
+        f"multi-label runs do not support yet, and this dataset is multi-label; {instead}"
+    )
 
 
 # -- storage and settings ---------------------------------------------------------------------------
@@ -490,6 +518,8 @@ def tune(
         fixed.pop(key, None)
     make_config(cls, **fixed)  # unknown or bad fixed options fail before anything is written
     params = parse_space(cls, space, space_file, fixed)
+    if task == "classify":
+        check_multilabel_space(cls, params, fixed)
     name = study or "default"
     folder = Path(out) if out is not None else Path("runs") / f"tune-{name}"
     folder.mkdir(parents=True, exist_ok=True)

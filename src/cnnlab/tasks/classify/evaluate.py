@@ -17,7 +17,7 @@ from cnnlab.engine.devices import inference_precision, resolve_channels_last, re
 from cnnlab.engine.loaders import make_loader, split_to_uint8
 from cnnlab.engine.timing import Timings
 from cnnlab.engine.trainer import Trainer
-from cnnlab.engine.tta import TTAModel, num_views, parse_tta
+from cnnlab.engine.tta import TTAModel, compare_views, parse_tta
 from cnnlab.engine.weights import load_checkpoint_model
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.run import (
@@ -148,10 +148,7 @@ def tta_comparison(
 ) -> dict[str, Any]:
     """{"views", "num_views", "without", "with", "change"}: the headline metrics of one split
     without and with TTA (change = with - without; log loss and ECE are lower-better)."""
-    a, b = headline(without), headline(with_tta)
-    change = {k: (b[k] - a[k]) if a[k] is not None and b[k] is not None else None for k in HEADLINE}
-    return {"views": list(tta), "num_views": num_views(tta), "without": a, "with": b,
-            "change": change}  # fmt: skip
+    return compare_views(headline(without), headline(with_tta), tta)
 
 
 def _scores(num_classes: int, temperature: float) -> Any:
