@@ -61,10 +61,55 @@ figure img{max-width:520px;border:1px solid #eee}figure.wide img{max-width:1060p
 """
 
 
+DPI = 110  # dots per inch of every report PNG
+PAD = 0.1  # inches of margin around the figure's tight box (matplotlib's savefig.pad_inches)
+
+
 def png_bytes(fig: plt.Figure) -> bytes:
-    """A figure as PNG bytes (110 dpi, tight box); the figure is closed."""
+    """A figure as PNG bytes (110 dpi, tight box); the figure is closed.
+
+    What ``savefig(bbox_inches="tight")`` shows, drawn once: savefig finds the tight box with a
+    first, unrendered draw and then draws again (35-45% of a figure's time, profiled with
+    benchmarks/profile_report_figures.py). Here the box is measured without drawing (matplotlib
+    lays out what it measures: ticks, aspect, colorbar), the figure is drawn once on its own
+    canvas and the pixels inside the box are cut out, with :data:`PAD` of the figure's face
+    colour around them. Where something lies outside the canvas (long slanted class names), so
+    that cutting would lose it, savefig draws the box it is given, once."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.image import imsave
+
+    fig.set_dpi(DPI)
+    canvas = FigureCanvasAgg(fig)  # Agg, whatever the session's backend (a notebook's too)
+    renderer = canvas.get_renderer()
+    engine = fig.get_layout_engine()
+    if engine is not None:  # constrained layout: placed once, here, as savefig does
+        engine.execute(fig)
+        fig.set_layout_engine("none")
+    box = fig.get_tightbbox(renderer)  # inches, origin at the bottom left
+    width, height = canvas.get_width_height()  # pixels
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    # the box in pixels, rows from the top (the buffer's order); half a pixel of slack for
+    # antialiased edges that touch the canvas's border
+    if (
+        box.x0 * DPI < -0.5
+        or box.y0 * DPI < -0.5
+        or box.x1 * DPI > width + 0.5
+        or box.y1 * DPI > height + 0.5
+    ):
+        fig.savefig(buf, format="png", dpi=DPI, bbox_inches=box.padded(PAD))
+    else:
+        canvas.draw()
+        padded = box.padded(PAD)
+        # savefig's size: the padded box's pixels, truncated; its corner rounded to a pixel
+        out_w, out_h = int(padded.width * DPI), int(padded.height * DPI)
+        left, top = round(padded.x0 * DPI), round(height - padded.y1 * DPI)
+        framed = np.empty((out_h, out_w, 4), np.uint8)  # (H, W, RGBA)
+        framed[...] = np.round(np.asarray(fig.get_facecolor()) * 255).astype(np.uint8)
+        src = np.asarray(canvas.buffer_rgba())  # (height, width, 4)
+        x0, y0 = max(left, 0), max(top, 0)
+        x1, y1 = min(left + out_w, width), min(top + out_h, height)
+        framed[y0 - top : y1 - top, x0 - left : x1 - left] = src[y0:y1, x0:x1]
+        imsave(buf, framed, format="png", dpi=DPI)  # what savefig writes: pHYs and Software
     pyplot().close(fig)
     return buf.getvalue()
 
