@@ -385,40 +385,28 @@ def imbalance_section(
     )
 
 
-def write_classification_report(
-    out: Path,
+CALIBRATION = "reliability before and after calibration"  # its own section, not "Figures"
+
+
+def classification_figures(
+    renderer: Any,
     metrics: dict[str, Any],
     probs: np.ndarray,
     targets: np.ndarray,
     class_names: list[str],
     *,
-    images: Any = None,
-    ids: list[str] | None = None,
     run_dir: Path | None = None,
-    top_losses: int = 16,
-    title: str | None = None,
-    balance: dict[str, Any] | None = None,
     calibration: dict[str, Any] | None = None,
-    renderer: Any = None,
-) -> Path:
-    """Write report.html + PNGs into `out`; returns the HTML path.
+) -> dict[str, tuple[str, Future]]:
+    """Submit the classification report's figures: {caption: (file name, future PNG bytes)}
+    in the page's order (:data:`CALIBRATION` for the calibration section's figure).
 
-    `calibration`: the run's calibration.json (report.calibration_section draws it).
-
-    `renderer` (cnnlab.report.render): where the figures are drawn; in this process by default.
-    Every figure is submitted first and the page is written while they are drawn.
-
-    `balance`: the run's class_balance.json (training class counts, weights, sampler, loss); when
-    the training set is imbalanced (largest / smallest class above 10) the report opens with
-    balanced accuracy and every class's recall, rarest training class first, and balanced accuracy
-    heads the headline table: plain accuracy mostly measures the majority classes there."""
-    out = Path(out)
-    fig_dir = out / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
+    Everything they need is known once the test split's metrics are: the evaluation submits
+    them then, and they are drawn while it computes the bootstrap intervals and writes the
+    predictions (`renderer` None: drawn here and now)."""
+    submit = renderer.submit if renderer is not None else drawn_now
     cm = np.asarray(metrics["confusion_matrix"])
     per = metrics["per_class"]
-    submit = renderer.submit if renderer is not None else drawn_now
-    # {caption: (file, future PNG bytes)}, in the page's order
     jobs = {
         "confusion matrix (counts)": (
             "confusion_matrix.png", submit("confusion", cm, class_names, False)
@@ -443,9 +431,56 @@ def write_classification_report(
     }  # fmt: skip
     if run_dir:  # no figure when metrics.csv is missing or empty
         jobs["training curves"] = (
-            "training_curves.png", submit("curves", run_dir / "metrics.csv")
+            "training_curves.png", submit("curves", Path(run_dir) / "metrics.csv")
         )  # fmt: skip
-    calibration_job = submit("calibration", calibration) if calibration else None
+    if calibration:
+        jobs[CALIBRATION] = (
+            "reliability_calibration.png", submit("calibration", calibration)
+        )  # fmt: skip
+    return jobs
+
+
+def write_classification_report(
+    out: Path,
+    metrics: dict[str, Any],
+    probs: np.ndarray,
+    targets: np.ndarray,
+    class_names: list[str],
+    *,
+    images: Any = None,
+    ids: list[str] | None = None,
+    run_dir: Path | None = None,
+    top_losses: int = 16,
+    title: str | None = None,
+    balance: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
+    renderer: Any = None,
+    figures: dict[str, tuple[str, Future]] | None = None,
+) -> Path:
+    """Write report.html + PNGs into `out`; returns the HTML path.
+
+    `calibration`: the run's calibration.json (report.calibration_section draws it).
+
+    `renderer` (cnnlab.report.render): where the figures are drawn; in this process by default.
+    Every figure is submitted first and the page is written while they are drawn.
+    `figures`: what :func:`classification_figures` returned for these inputs, when the caller
+    submitted them earlier (the evaluation does, before its bootstrap intervals).
+
+    `balance`: the run's class_balance.json (training class counts, weights, sampler, loss); when
+    the training set is imbalanced (largest / smallest class above 10) the report opens with
+    balanced accuracy and every class's recall, rarest training class first, and balanced accuracy
+    heads the headline table: plain accuracy mostly measures the majority classes there."""
+    out = Path(out)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    per = metrics["per_class"]
+    if figures is None:
+        figures = classification_figures(
+            renderer, metrics, probs, targets, class_names, run_dir=run_dir,
+            calibration=calibration,
+        )  # fmt: skip
+    jobs = dict(figures)
+    calibration_job = jobs.pop(CALIBRATION, (None, None))[1]
 
     ci = metrics.get("confidence_intervals", {})
     imbalanced = bool(balance and balance.get("imbalanced"))
