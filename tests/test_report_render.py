@@ -4,6 +4,7 @@ test evaluation) are the figures drawn in place: the same files, byte for byte, 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -196,3 +197,105 @@ def test_a_figure_drawn_once_is_what_savefig_tight_draws(kind: str, args: tuple,
     a, b = _blocks(reference.getvalue()), _blocks(ours)
     assert a.shape == b.shape
     assert np.abs(a - b).max() < 36
+
+
+def _task_report_inputs(folder: Path) -> tuple[dict, dict]:
+    """Keyword arguments of a segmentation and a detection report: two classes, one 16 px test
+    image, and a run folder with a metrics.csv (the training curves)."""
+    import torch
+
+    folder.mkdir()
+    (folder / "metrics.csv").write_text(
+        "epoch,train_loss,val_loss,val_miou\n1,1.0,1.1,0.4\n2,0.6,0.8,0.6\n"
+    )
+    names = ["background", "circle"]
+    images = np.zeros((1, 3, 16, 16), np.uint8)
+    seg = dict(
+        metrics={"confusion_matrix": [[10, 2], [1, 5]],
+                 "per_class": {n: {"iou": 0.5} for n in names}},
+        images=images, masks=np.zeros((1, 16, 16), np.uint8),
+        preds=np.ones((1, 16, 16), np.uint8), ids=["a"], scores=np.array([0.5]),
+        class_names=names, palette=[[0, 0, 0], [200, 0, 0]], run_dir=folder,
+    )  # fmt: skip
+    boxes = {"boxes": torch.tensor([[1.0, 1, 8, 8]]), "labels": torch.tensor([0])}
+    row = dict.fromkeys(("ap", "ar_100", "precision", "recall", "tp", "fp", "fn"), 0) | {
+        "ap_50": 0.75
+    }
+    curve = {"recall": np.linspace(0, 1, 101).tolist(), "precision": [1.0] * 50 + [0.5] * 51}
+    det = dict(
+        metrics={"per_class": {"circle": row}, "pr_curves": {"circle": curve}},
+        images=images, targets=[boxes], preds=[boxes | {"scores": torch.tensor([0.9])}],
+        ids=["a"], class_names=["circle"], run_dir=folder,
+    )  # fmt: skip
+    return seg, det
+
+
+class _Recording(render.Renderer):
+    """Keeps the kinds of the jobs it is given and answers each with stand-in PNG bytes
+    (what is drawn is compared with the worker-drawn figures in the slow test below)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kinds: list[str] = []
+
+    def _start(self, kind, args):
+        from concurrent.futures import Future
+
+        self.kinds.append(kind)
+        future: Future = Future()
+        future.set_result(b"\x89PNG stand-in for " + kind.encode())
+        return future
+
+
+def test_segmentation_and_detection_figures_go_through_the_renderer(tmp_path: Path):
+    """Their figures are Renderer jobs of the FIGURES registry (so training's workers can draw
+    them while the test split is scored), embedded in the page and written beside it."""
+    from cnnlab.report.detection_report import write_detection_report
+    from cnnlab.report.segmentation_report import write_segmentation_report
+
+    seg, det = _task_report_inputs(tmp_path / "run")
+    for write, kwargs, kinds, files in (
+        (write_segmentation_report, seg, ["confusion", "curves"],
+         ["figures/confusion_matrix_normalized.png", "figures/training_curves.png"]),
+        (write_detection_report, det, ["detection_pr", "curves"],
+         ["pr_curves.png", "curves.png"]),
+    ):  # fmt: skip
+        renderer = _Recording()
+        out = tmp_path / kinds[0]
+        out.mkdir()
+        page = write(out, **kwargs, renderer=renderer).read_text()
+        assert renderer.kinds == kinds
+        for file in files:
+            data = (out / file).read_bytes()
+            assert data.startswith(b"\x89PNG stand-in for ")
+            assert base64.b64encode(data).decode() in page  # the page embeds what it wrote
+
+
+@pytest.mark.slow  # two worker processes drawing four figures: about 4 s on 2 busy cores
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
+def test_worker_drawn_segmentation_and_detection_reports_are_those_drawn_in_place(
+    tmp_path: Path,
+):
+    from cnnlab.report.detection_report import write_detection_report
+    from cnnlab.report.segmentation_report import write_segmentation_report
+
+    seg, det = _task_report_inputs(tmp_path / "run")
+    workers = render.WorkerRenderer(2)
+    try:
+        for name, write, kwargs in (("seg", write_segmentation_report, seg),
+                                    ("det", write_detection_report, det)):  # fmt: skip
+            for how, renderer in (("workers", workers), ("in_place", None)):
+                (tmp_path / how / name).mkdir(parents=True)
+                write(tmp_path / how / name, **kwargs, renderer=renderer)
+    finally:
+        workers.close()
+    a, b = _files(tmp_path / "workers"), _files(tmp_path / "in_place")
+    for files in (a, b):  # the minute each page was written (the two can straddle a minute)
+        for page in ("seg/report.html", "det/report.html"):
+            files[page] = re.sub(rb"<dt>report written</dt><dd>[^<]*</dd>", b"", files[page])
+    assert sorted(a) == sorted(b) == sorted([
+        "seg/report.html", "seg/figures/confusion_matrix_normalized.png",
+        "seg/figures/training_curves.png", "det/report.html", "det/pr_curves.png",
+        "det/curves.png",
+    ])  # fmt: skip
+    assert [k for k in a if a[k] != b[k]] == []  # every PNG and the pages, byte for byte

@@ -286,6 +286,24 @@ def curves_figure(metrics_csv: Path) -> plt.Figure | None:
     return fig
 
 
+@styled
+def detection_pr_figure(metrics: dict[str, Any]) -> plt.Figure:
+    """The detection report's precision-recall curves per class at IoU 0.5 (COCO's 101-point
+    interpolated curves, ``metrics["pr_curves"]``), AP50 in the legend."""
+    fig, ax = pyplot().subplots(figsize=(6, 5))
+    for name, curve in metrics.get("pr_curves", {}).items():
+        ap = metrics["per_class"][name]["ap_50"]
+        ax.plot(curve["recall"], curve["precision"], lw=1.4,
+                label=f"{name} (AP50 {ap:.3f})" if ap is not None else name)  # fmt: skip
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("precision-recall per class, IoU 0.5")
+    if ax.get_legend_handles_labels()[0]:  # no curve without a scored class
+        ax.legend(loc="lower left")
+    return fig
+
+
 # what a Renderer job's ``kind`` names (cnnlab.report.render): figure functions of plain data
 FIGURES = {
     "confusion": confusion_figure,
@@ -294,6 +312,7 @@ FIGURES = {
     "reliability": reliability_figure,
     "curves": curves_figure,
     "calibration": reliability_before_after,
+    "detection_pr": detection_pr_figure,
 }
 
 
