@@ -247,9 +247,11 @@ class _Recording(render.Renderer):
         return future
 
 
-def test_segmentation_and_detection_figures_go_through_the_renderer(tmp_path: Path):
+def test_segmentation_and_detection_figures_go_through_the_renderer(tmp_path: Path, caplog):
     """Their figures are Renderer jobs of the FIGURES registry (so training's workers can draw
-    them while the test split is scored), embedded in the page and written beside it."""
+    them while the test split is scored), embedded in the page and written beside it; `-v`
+    (INFO) says how long the page waited for them."""
+    caplog.set_level("INFO", logger="cnnlab.report.html")
     from cnnlab.report.detection_report import write_detection_report
     from cnnlab.report.segmentation_report import write_segmentation_report
 
@@ -269,6 +271,13 @@ def test_segmentation_and_detection_figures_go_through_the_renderer(tmp_path: Pa
             data = (out / file).read_bytes()
             assert data.startswith(b"\x89PNG stand-in for ")
             assert base64.b64encode(data).decode() in page  # the page embeds what it wrote
+    said = [r.getMessage() for r in caplog.records]
+    for kind in ("segmentation", "detection"):
+        assert any(
+            re.fullmatch(rf"{kind} report: \d+\.\d\d s waiting for the figures \(drawn in "
+                         r"place\), \d+\.\d\d s writing the page", m)
+            for m in said
+        ), said  # fmt: skip
 
 
 @pytest.mark.slow  # two worker processes drawing four figures: about 4 s on 2 busy cores

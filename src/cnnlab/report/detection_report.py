@@ -10,6 +10,7 @@ curves, and test images side by side: true boxes, and predicted boxes above the 
 from __future__ import annotations
 
 import html
+import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,13 @@ import torch
 
 from cnnlab.report.boxes import draw_boxes, enlarge
 from cnnlab.report.header import run_header_html
-from cnnlab.report.html import CSS, detection_pr_figure, drawn_now
-from cnnlab.report.html import png_uri as png_file_uri
+from cnnlab.report.html import (
+    CSS,
+    collect_figures,
+    detection_pr_figure,
+    drawn_now,
+    log_report_time,
+)
 from cnnlab.report.segmentation_report import interval_note, png_uri, with_interval
 from cnnlab.report.style import class_colours
 
@@ -120,6 +126,7 @@ def write_detection_report(
     `renderer` (cnnlab.report.render): where the figures are drawn, in this process by default;
     `figures`: what :func:`detection_figures` returned for these inputs, when the caller
     submitted them earlier (training's evaluation does, before its bootstrap intervals)."""
+    started = time.perf_counter()
     out_dir = Path(out_dir)
     if figures is None:
         figures = detection_figures(renderer, metrics, run_dir)
@@ -144,14 +151,11 @@ def write_detection_report(
         )
         parts.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
     parts.append("</table><div class='figs'>")
-    file, job = figures["pr"]
-    parts.append(f"<figure><img src='{png_file_uri(job.result(), out_dir / file)}'></figure>")
-    if "curves" in figures:
-        file, job = figures["curves"]
-        data = job.result()
-        if data is not None:
-            parts.append(f"<figure class='wide'><img src='{png_file_uri(data, out_dir / file)}' "
-                         "alt='training curves'></figure>")  # fmt: skip
+    figs, waited = collect_figures(figures, out_dir)
+    parts.append(f"<figure><img src='{figs['pr']}'></figure>")
+    if "curves" in figs:
+        parts.append(f"<figure class='wide'><img src='{figs['curves']}' alt='training curves'>"
+                     "</figure>")  # fmt: skip
     parts.append(
         "</div><h2>Test images</h2><p class='muted'>Left: the true boxes; right: the predicted "
         f"boxes with score &ge; {score_threshold} (class and score). One colour per class: "
@@ -172,4 +176,5 @@ def write_detection_report(
                  "this file.</p></body></html>")  # fmt: skip
     path = out_dir / "report.html"
     path.write_text("\n".join(parts))
+    log_report_time("detection", started, waited, renderer)
     return path

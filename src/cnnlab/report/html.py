@@ -14,6 +14,8 @@ import base64
 import csv
 import html
 import io
+import logging
+import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,8 @@ from cnnlab.report.style import SMALL, integer_epochs, styled
 
 if TYPE_CHECKING:
     import matplotlib.pyplot as plt
+
+log = logging.getLogger(__name__)
 
 
 def figures_html(figs: dict[str, str], wide: set[str]) -> str:
@@ -329,6 +333,32 @@ def drawn_now(kind: str, *args: Any) -> Future:
     return future
 
 
+def collect_figures(
+    jobs: dict[str, tuple[str, Future]], folder: Path
+) -> tuple[dict[str, str], float]:
+    """Wait for figure jobs {caption: (file name, future PNG bytes)}, write each PNG into
+    `folder` and return ({caption: data URI}, in the jobs' order, without the figures that
+    draw none) and the seconds spent waiting for them."""
+    figs, waited = {}, 0.0
+    for name, (file, job) in jobs.items():
+        start = time.perf_counter()
+        data = job.result()
+        waited += time.perf_counter() - start
+        if data is not None:
+            figs[name] = png_uri(data, folder / file)
+    return figs, waited
+
+
+def log_report_time(kind: str, started: float, waited: float, renderer: Any) -> None:
+    """One INFO line (`cnnlab -v`): where a report's seconds went, figures against the page."""
+    workers = getattr(renderer, "workers", 0)
+    how = f"by {workers} worker processes" if workers else "in place"
+    log.info(
+        "%s report: %.2f s waiting for the figures (drawn %s), %.2f s writing the page",
+        kind, waited, how, time.perf_counter() - started - waited,
+    )  # fmt: skip
+
+
 def _thumb(img: np.ndarray) -> str:
     """(C, H, W) uint8 -> PNG data URI."""
     from PIL import Image
@@ -489,6 +519,7 @@ def write_classification_report(
     the training set is imbalanced (largest / smallest class above 10) the report opens with
     balanced accuracy and every class's recall, rarest training class first, and balanced accuracy
     heads the headline table: plain accuracy mostly measures the majority classes there."""
+    started = time.perf_counter()
     out = Path(out)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -498,8 +529,6 @@ def write_classification_report(
             renderer, metrics, probs, targets, class_names, run_dir=run_dir,
             calibration=calibration,
         )  # fmt: skip
-    jobs = dict(figures)
-    calibration_job = jobs.pop(CALIBRATION, (None, None))[1]
 
     ci = metrics.get("confidence_intervals", {})
     imbalanced = bool(balance and balance.get("imbalanced"))
@@ -575,15 +604,9 @@ def write_classification_report(
             else "<h2>Most confidently wrong test images</h2><p>None: every test image is right.</p>"
         )
     notes = "".join(f"<li>{html.escape(w)}</li>" for w in metrics.get("warnings", []))
-    calibrated = ""
-    if calibration_job is not None:
-        uri = png_uri(calibration_job.result(), fig_dir / "reliability_calibration.png")
-        calibrated = calibration_html(calibration, uri)
-    figs = {}
-    for name, (file, job) in jobs.items():
-        data = job.result()
-        if data is not None:
-            figs[name] = png_uri(data, fig_dir / file)
+    figs, waited = collect_figures(figures, fig_dir)
+    calibration_uri = figs.pop(CALIBRATION, None)
+    calibrated = calibration_html(calibration, calibration_uri) if calibration_uri else ""
     fig_html = figures_html(figs, wide={"training curves"})
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">
@@ -606,4 +629,5 @@ F1 = 2PR/(P+R); TNR = TN/(TN+FP); FPR = FP/(FP+TN). Intervals: seeded bootstrap,
 </body></html>"""
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
+    log_report_time("classification", started, waited, renderer)
     return path

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,7 @@ import numpy as np
 from PIL import Image
 
 from cnnlab.report.header import run_header_html
-from cnnlab.report.html import CSS, drawn_now, format_value
-from cnnlab.report.html import png_uri as png_file_uri
+from cnnlab.report.html import CSS, collect_figures, drawn_now, format_value, log_report_time
 
 SEG_CSS = """
 .pair{display:flex;gap:.3rem}.pair figure{margin:0;width:auto}.pair img{width:160px;
@@ -144,16 +144,13 @@ def write_segmentation_report(
     `figures`: what :func:`segmentation_figures` returned for these inputs, when the caller
     submitted them earlier (training's evaluation does, before its bootstrap intervals).
     """
+    started = time.perf_counter()
     out = Path(out)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     if figures is None:
         figures = segmentation_figures(renderer, metrics, class_names, run_dir)
-    figs = {}
-    for name, (file, job) in figures.items():
-        data = job.result()
-        if data is not None:  # no training curves without metrics.csv rows
-            figs[name] = png_file_uri(data, fig_dir / file)
+    figs, waited = collect_figures(figures, fig_dir)
     ci = metrics.get("confidence_intervals") or {}
     head = "".join(
         f"<tr><td>{label}</td><td>{with_interval(metrics.get(key), ci.get(key))}</td></tr>"
@@ -239,4 +236,5 @@ share.</p>
 </body></html>"""
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
+    log_report_time("segmentation", started, waited, renderer)
     return path
