@@ -308,3 +308,28 @@ def test_worker_drawn_segmentation_and_detection_reports_are_those_drawn_in_plac
         "det/curves.png",
     ])  # fmt: skip
     assert [k for k in a if a[k] != b[k]] == []  # every PNG and the pages, byte for byte
+
+
+def test_training_curves_panels_keep_apart_with_long_tick_labels(tmp_path: Path):
+    """The curves figure's fixed layout (no constrained layout to pay for) leaves room for
+    the right panel's tick labels and y label: with 7-character ticks they stay clear of the
+    left panel."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from cnnlab.report.html import curves_figure
+
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("epoch,train_loss,val_loss,val_accuracy\n" + "".join(
+        f"{e},{2 / e},{2.2 / e},{0.99 + e / 10000:.6f}\n" for e in range(1, 9)
+    ))  # fmt: skip
+    fig = curves_figure(csv)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # places the axis labels
+    renderer = canvas.get_renderer()
+    left, right = fig.axes
+    labels = [t for t in right.get_yticklabels() if t.get_text()]
+    assert max(len(t.get_text()) for t in labels) >= 6  # "0.9905", the control's width
+    left_box = left.get_window_extent(renderer)
+    for artist in [*labels, right.yaxis.label]:
+        box = artist.get_window_extent(renderer)
+        assert box.x0 > left_box.x1, artist.get_text()

@@ -274,7 +274,11 @@ def curves_figure(metrics_csv: Path) -> plt.Figure | None:
         return None
     epoch = [float(r["epoch"]) for r in rows]
     scores = [c for c in rows[0] if c not in _NOT_SCORES and not c.endswith("_loss")]
-    fig, (a, b) = pyplot().subplots(1, 2, figsize=(10, 4), layout="constrained")
+    fig, (a, b) = pyplot().subplots(1, 2, figsize=(10, 4))
+    # a fixed layout, not layout="constrained" (40% of this figure's time, profiled): the
+    # outer margins are cut to the tight box anyway, and 1 inch between the panels holds the
+    # right one's tick labels (up to 7 characters) and y label
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.12, top=0.9, wspace=0.25)
     for ax, columns, label in (
         (a, ["train_loss", "val_loss"], "loss"),
         (b, scores, "score (higher is better)"),
