@@ -15,10 +15,11 @@ seed, same split):
 * strong + EMA: ``--recipe strong --ema DECAY`` (0.99 by default: a run of ~250 optimizer steps
   needs a half-life well below that, ln 2 / (1 - 0.99) = 69 steps; 0.999 would still remember the
   random start);
-* strong + EMA + TTA: the same runs scored by ``cnnlab.api.evaluate(run, tta=...)`` when evaluate
-  has a ``tta`` keyword (test-time augmentation is built separately), else the row says
-  "n/a (no --tta)";
-* backbones at equal wall time: ``--modern`` (mobilenet_v3_small) against ResNet-18, both with
+* light + EMA: ``--recipe light --ema DECAY`` (a light recipe suits a small model: LeNet-5 cannot
+  fit RandAugment's and mixing's harder images in a short run);
+* strong + EMA + TTA, light + EMA + TTA: the same runs scored by
+  ``cnnlab.api.evaluate(run, tta=--tta)`` (``shift`` by default: digits must not be mirrored);
+* backbones at equal wall time (``--modern none``: no such row): ``--modern`` (mobilenet_v3_small) against ResNet-18, both with
   strong + EMA; the modern model gets as many epochs as fit in ResNet-18's measured training time
   (from a one-epoch probe of each, seed 0).
 
@@ -30,7 +31,12 @@ Defaults are the full run for a quiet machine: 3 seeds x 6 trainings + 2 probes 
 ResNet-18-sized models on 1,000 images for 15 epochs (minutes on a GPU; on 2 CPU cores an hour or
 more: an estimate, not a measurement). ``--quick`` is a smoke run (1 seed, 1 epoch, 10 images per
 class, LeNet-5) that checks the script end to end; its numbers mean nothing. Results:
-benchmarks/results/recipes.md and .json.
+benchmarks/results/NAME.md and .json (``--name``, default ``recipes``). Two runs are recorded:
+
+    python benchmarks/bench_recipes.py --epochs 6                       # recipes.md: ResNet-18,
+    #   ~100 optimizer steps, and the modern backbone at equal wall time
+    python benchmarks/bench_recipes.py --model lenet5 --epochs 60 --modern none --name recipes-long
+    #   recipes-long.md: LeNet-5, ~960 optimizer steps, where augmentation has time to pay
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ def rows_to_run(ema: float) -> dict[str, dict[str, Any]]:
         "standard": {"recipe": "standard"},
         "strong": {"recipe": "strong"},
         "strong + EMA": {"recipe": "strong", "ema": ema},
+        "light + EMA": {"recipe": "light", "ema": ema},
     }
 
 
@@ -132,13 +139,37 @@ def diff_cell(s: dict[str, Any]) -> str:
     return f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
 
 
+def modern_row(
+    backbone: dict[str, Any], seeds: list[int], args: argparse.Namespace,
+    runs: dict[str, list[dict[str, Any]]], out: Path,
+) -> tuple[str, dict[str, float], float, list[dict[str, Any]]]:  # fmt: skip
+    """The modern backbone with ``backbone``'s options for as many epochs as fit in the median
+    strong + EMA run's training time (epoch times from a one-epoch probe of each model)."""
+    probe_args = argparse.Namespace(**(vars(args) | {"epochs": 1}))
+    per_epoch = {}
+    for model in (args.model, args.modern):
+        probe = train(backbone, seeds[0], argparse.Namespace(**(vars(probe_args) | {"model": model})),
+                      out / f"probe-{model}")  # fmt: skip
+        per_epoch[model] = statistics.median(h["epoch_time_s"] for h in probe["run"].history)
+    budget_s = statistics.median(r["train_time_s"] for r in runs["strong + EMA"])
+    modern_epochs = max(1, round(budget_s / per_epoch[args.modern]))
+    modern_args = argparse.Namespace(
+        **(vars(args) | {"model": args.modern, "epochs": modern_epochs})
+    )
+    modern_runs = [train(backbone, seed, modern_args, out / "modern") for seed in seeds]
+    modern_name = f"{args.modern} (strong + EMA, {modern_epochs} epochs)"
+    return modern_name, per_epoch, budget_s, modern_runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--shots", type=int, default=100, help="training images per class")
     ap.add_argument("--model", default="resnet18")
-    ap.add_argument("--modern", default="mobilenet_v3_small", help="the modern backbone")
+    ap.add_argument(
+        "--modern", default="mobilenet_v3_small", help="the modern backbone ('none': no such row)"
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--ema", type=float, default=0.99)
@@ -147,6 +178,9 @@ def main() -> None:
     )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1 epoch, 10 shots")
+    ap.add_argument(
+        "--name", default="recipes", help="results file stem (benchmarks/results/NAME.md, .json)"
+    )
     args = ap.parse_args()
     if args.quick:
         args.seeds, args.epochs, args.shots, args.model = "0", 1, 10, "lenet5"
@@ -171,33 +205,20 @@ def main() -> None:
         runs[name] = [train(options, seed, args, out / name.replace(" ", "")) for seed in seeds]
         results[name] = [r["test_accuracy"] for r in runs[name]]
         print(name, results[name], flush=True)
-    tta_row = "strong + EMA + TTA"
-    if has_tta():  # marked: needs cnnlab.api.evaluate(run, tta=...) (built separately)
-        results[tta_row] = [
+    for base in ("strong + EMA", "light + EMA"):  # the same runs, scored with test-time views
+        results[f"{base} + TTA"] = [
             api.evaluate(r["run"].run_dir, tta=args.tta, report=False, device=args.device)[
                 "metrics"]["accuracy"]
-            for r in runs["strong + EMA"]
-        ]  # fmt: skip
-    else:
-        results[tta_row] = []
+            for r in runs[base]
+        ] if has_tta() else []  # fmt: skip
 
     # backbones at equal wall time, both with strong + EMA: epochs of the modern model from probes
     backbone = {"recipe": "strong", "ema": args.ema}
-    probe_args = argparse.Namespace(**(vars(args) | {"epochs": 1}))
-    per_epoch = {}
-    for model in (args.model, args.modern):
-        probe = train(backbone, seeds[0], argparse.Namespace(**(vars(probe_args) | {"model": model})),
-                      out / f"probe-{model}")  # fmt: skip
-        per_epoch[model] = statistics.median(h["epoch_time_s"] for h in probe["run"].history)
-    budget_s = statistics.median(r["train_time_s"] for r in runs["strong + EMA"])
-    modern_epochs = max(1, round(budget_s / per_epoch[args.modern]))
-    modern_args = argparse.Namespace(
-        **(vars(args) | {"model": args.modern, "epochs": modern_epochs})
-    )
-    modern_runs = [train(backbone, seed, modern_args, out / "modern") for seed in seeds]
-    modern_name = f"{args.modern} (strong + EMA, {modern_epochs} epochs)"
-    results[modern_name] = [r["test_accuracy"] for r in modern_runs]
-
+    modern_runs: list[dict[str, Any]] = []
+    modern_name, per_epoch, budget_s = "", {}, 0.0
+    if args.modern != "none":
+        modern_name, per_epoch, budget_s, modern_runs = modern_row(backbone, seeds, args, runs, out)
+        results[modern_name] = [r["test_accuracy"] for r in modern_runs]
     baseline = results["default"]
     payload: dict[str, Any] = {
         "settings": {k: v for k, v in vars(args).items()} | {"seeds": seeds, "device": str(device)},
@@ -205,7 +226,7 @@ def main() -> None:
             name: summary(v, baseline if name != "default" else None) for name, v in results.items()
         },  # fmt: skip
         "train_time_s": {name: [r["train_time_s"] for r in rs] for name, rs in runs.items()}
-        | {modern_name: [r["train_time_s"] for r in modern_runs]},
+        | ({modern_name: [r["train_time_s"] for r in modern_runs]} if modern_runs else {}),
         "final_weights": {name: [r["final_weights"] for r in runs[name]] for name in runs},
         "per_epoch_s": per_epoch,
         "loader_images_per_s": loader_rows,
@@ -220,9 +241,11 @@ def main() -> None:
         t = f"{statistics.median(times):.0f}" if times else "-"
         value = cell(s) if s["values"] else "n/a (no --tta)"
         lines.append(f"| {name} | {value} | {diff_cell(s)} | {t} |")
-    lines += ["", f"{args.model} at {args.epochs} epochs (the recipe rows) vs {modern_name}: "
-              f"equal wall time, {budget_s:.0f} s budget from the median strong + EMA run.", "",
-              "| loader (no model) | images/s at 1x28x28 | images/s at 3x32x32 |", "|---|---:|---:|"]  # fmt: skip
+    if modern_runs:
+        lines += ["", f"{args.model} at {args.epochs} epochs (the recipe rows) vs {modern_name}: "
+                  f"equal wall time, {budget_s:.0f} s budget from the median strong + EMA run."]  # fmt: skip
+    lines += ["", f"TTA rows: the runs above them scored by `cnnlab evaluate RUN --tta {args.tta}`.",
+              "", "| loader (no model) | images/s at 1x28x28 | images/s at 3x32x32 |", "|---|---:|---:|"]  # fmt: skip
     for name, r in loader_rows.items():
         lines.append(f"| {name} | {r['1x28x28']:,.0f} | {r['3x32x32']:,.0f} |")
     header = (
@@ -231,7 +254,7 @@ def main() -> None:
         f"{args.ema}; seeds {args.seeds}; device {device}"
         f"{' (QUICK smoke run: the numbers mean nothing)' if args.quick else ''}\n\n"
     )
-    save_results("recipes", header + "\n".join(lines), payload)
+    save_results(args.name, header + "\n".join(lines), payload)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ test evaluation) are the figures drawn in place: the same files, byte for byte, 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -51,6 +53,10 @@ def test_worker_drawn_report_is_the_report_drawn_in_place(run: Path, tmp_path: P
     in_place = write_classification_report(tmp_path / "in_place", **inputs)
     assert drawn.name == in_place.name == "report.html"
     a, b = _files(tmp_path / "workers"), _files(tmp_path / "in_place")
+    for files in (a, b):  # the minute each page was written (the two can straddle a minute)
+        files["report.html"] = re.sub(
+            rb"<dt>report written</dt><dd>[^<]*</dd>", b"", files["report.html"]
+        )
     figures = {f"figures/{n}.png" for n in (
         "confusion_matrix", "confusion_matrix_normalized", "roc", "pr", "reliability",
         "training_curves", "reliability_calibration")}  # fmt: skip
@@ -136,3 +142,194 @@ def test_training_with_report_workers_writes_the_run_it_writes_in_place(
     figures = sorted(k for k in runs["workers"] if k.startswith("figures/"))
     assert len(figures) == 7  # calibration included: the folder has a validation split
     assert [f for f in figures if runs["workers"][f] != runs["in_place"][f]] == []
+
+
+def _blocks(png: bytes, n: int = 8) -> np.ndarray:
+    """Grey levels (0-255) of a PNG averaged over n x n blocks: what the eye sees of it."""
+    import io
+
+    from PIL import Image
+
+    grey = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=float)
+    h, w = grey.shape[0] // n * n, grey.shape[1] // n * n
+    return grey[:h, :w].reshape(h // n, n, w // n, n).mean((1, 3))
+
+
+@pytest.mark.parametrize(
+    "kind, args",
+    [
+        # cut out of one drawing
+        (
+            "roc",
+            (
+                np.array([0, 1, 2, 1]),
+                np.eye(3)[[0, 2, 2, 1]] * 0.8 + 0.066,
+                ["a", "b", "c"],
+                {"a": 1.0, "b": 0.5, "c": 0.75},
+            ),
+        ),  # fmt: skip
+        # slanted names outside the canvas: savefig draws the measured box
+        (
+            "confusion",
+            (np.array([[4, 1], [0, 5]]), ["background class", "a long class name"], True),
+        ),  # fmt: skip
+    ],
+)
+def test_a_figure_drawn_once_is_what_savefig_tight_draws(kind: str, args: tuple, tmp_path: Path):
+    """png_bytes draws a figure once where savefig(bbox_inches="tight") draws it twice, and shows
+    the same: the same size in pixels and, in 8 x 8 blocks, the same picture (a sub-pixel offset
+    of the antialiased edges differs by at most about 30 grey levels in a block; a figure moved
+    by 2 pixels differs by 45 or more, a missing label by more)."""
+    import io
+    from unittest import mock
+
+    from matplotlib.figure import Figure
+
+    from cnnlab.report.html import DPI, FIGURES, png_bytes
+
+    reference = io.BytesIO()
+    FIGURES[kind](*args).savefig(reference, format="png", dpi=DPI, bbox_inches="tight")
+    draws = []
+    draw = Figure.draw
+    with mock.patch.object(Figure, "draw", lambda f, r: draws.append(r) or draw(f, r)):
+        ours = png_bytes(FIGURES[kind](*args))
+    assert len(draws) == 1
+    a, b = _blocks(reference.getvalue()), _blocks(ours)
+    assert a.shape == b.shape
+    assert np.abs(a - b).max() < 36
+
+
+def _task_report_inputs(folder: Path) -> tuple[dict, dict]:
+    """Keyword arguments of a segmentation and a detection report: two classes, one 16 px test
+    image, and a run folder with a metrics.csv (the training curves)."""
+    import torch
+
+    folder.mkdir()
+    (folder / "metrics.csv").write_text(
+        "epoch,train_loss,val_loss,val_miou\n1,1.0,1.1,0.4\n2,0.6,0.8,0.6\n"
+    )
+    names = ["background", "circle"]
+    images = np.zeros((1, 3, 16, 16), np.uint8)
+    seg = dict(
+        metrics={"confusion_matrix": [[10, 2], [1, 5]],
+                 "per_class": {n: {"iou": 0.5} for n in names}},
+        images=images, masks=np.zeros((1, 16, 16), np.uint8),
+        preds=np.ones((1, 16, 16), np.uint8), ids=["a"], scores=np.array([0.5]),
+        class_names=names, palette=[[0, 0, 0], [200, 0, 0]], run_dir=folder,
+    )  # fmt: skip
+    boxes = {"boxes": torch.tensor([[1.0, 1, 8, 8]]), "labels": torch.tensor([0])}
+    row = dict.fromkeys(("ap", "ar_100", "precision", "recall", "tp", "fp", "fn"), 0) | {
+        "ap_50": 0.75
+    }
+    curve = {"recall": np.linspace(0, 1, 101).tolist(), "precision": [1.0] * 50 + [0.5] * 51}
+    det = dict(
+        metrics={"per_class": {"circle": row}, "pr_curves": {"circle": curve}},
+        images=images, targets=[boxes], preds=[boxes | {"scores": torch.tensor([0.9])}],
+        ids=["a"], class_names=["circle"], run_dir=folder,
+    )  # fmt: skip
+    return seg, det
+
+
+class _Recording(render.Renderer):
+    """Keeps the kinds of the jobs it is given and answers each with stand-in PNG bytes
+    (what is drawn is compared with the worker-drawn figures in the slow test below)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kinds: list[str] = []
+
+    def _start(self, kind, args):
+        from concurrent.futures import Future
+
+        self.kinds.append(kind)
+        future: Future = Future()
+        future.set_result(b"\x89PNG stand-in for " + kind.encode())
+        return future
+
+
+def test_segmentation_and_detection_figures_go_through_the_renderer(tmp_path: Path, caplog):
+    """Their figures are Renderer jobs of the FIGURES registry (so training's workers can draw
+    them while the test split is scored), embedded in the page and written beside it; `-v`
+    (INFO) says how long the page waited for them."""
+    caplog.set_level("INFO", logger="cnnlab.report.html")
+    from cnnlab.report.detection_report import write_detection_report
+    from cnnlab.report.segmentation_report import write_segmentation_report
+
+    seg, det = _task_report_inputs(tmp_path / "run")
+    for write, kwargs, kinds, files in (
+        (write_segmentation_report, seg, ["confusion", "curves"],
+         ["figures/confusion_matrix_normalized.png", "figures/training_curves.png"]),
+        (write_detection_report, det, ["detection_pr", "curves"],
+         ["pr_curves.png", "curves.png"]),
+    ):  # fmt: skip
+        renderer = _Recording()
+        out = tmp_path / kinds[0]
+        out.mkdir()
+        page = write(out, **kwargs, renderer=renderer).read_text()
+        assert renderer.kinds == kinds
+        for file in files:
+            data = (out / file).read_bytes()
+            assert data.startswith(b"\x89PNG stand-in for ")
+            assert base64.b64encode(data).decode() in page  # the page embeds what it wrote
+    said = [r.getMessage() for r in caplog.records]
+    for kind in ("segmentation", "detection"):
+        assert any(
+            re.fullmatch(rf"{kind} report: \d+\.\d\d s waiting for the figures \(drawn in "
+                         r"place\), \d+\.\d\d s writing the page", m)
+            for m in said
+        ), said  # fmt: skip
+
+
+@pytest.mark.slow  # two worker processes drawing four figures: about 4 s on 2 busy cores
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
+def test_worker_drawn_segmentation_and_detection_reports_are_those_drawn_in_place(
+    tmp_path: Path,
+):
+    from cnnlab.report.detection_report import write_detection_report
+    from cnnlab.report.segmentation_report import write_segmentation_report
+
+    seg, det = _task_report_inputs(tmp_path / "run")
+    workers = render.WorkerRenderer(2)
+    try:
+        for name, write, kwargs in (("seg", write_segmentation_report, seg),
+                                    ("det", write_detection_report, det)):  # fmt: skip
+            for how, renderer in (("workers", workers), ("in_place", None)):
+                (tmp_path / how / name).mkdir(parents=True)
+                write(tmp_path / how / name, **kwargs, renderer=renderer)
+    finally:
+        workers.close()
+    a, b = _files(tmp_path / "workers"), _files(tmp_path / "in_place")
+    for files in (a, b):  # the minute each page was written (the two can straddle a minute)
+        for page in ("seg/report.html", "det/report.html"):
+            files[page] = re.sub(rb"<dt>report written</dt><dd>[^<]*</dd>", b"", files[page])
+    assert sorted(a) == sorted(b) == sorted([
+        "seg/report.html", "seg/figures/confusion_matrix_normalized.png",
+        "seg/figures/training_curves.png", "det/report.html", "det/pr_curves.png",
+        "det/curves.png",
+    ])  # fmt: skip
+    assert [k for k in a if a[k] != b[k]] == []  # every PNG and the pages, byte for byte
+
+
+def test_training_curves_panels_keep_apart_with_long_tick_labels(tmp_path: Path):
+    """The curves figure's fixed layout (no constrained layout to pay for) leaves room for
+    the right panel's tick labels and y label: with 7-character ticks they stay clear of the
+    left panel."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from cnnlab.report.html import curves_figure
+
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("epoch,train_loss,val_loss,val_accuracy\n" + "".join(
+        f"{e},{2 / e},{2.2 / e},{0.99 + e / 10000:.6f}\n" for e in range(1, 9)
+    ))  # fmt: skip
+    fig = curves_figure(csv)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # places the axis labels
+    renderer = canvas.get_renderer()
+    left, right = fig.axes
+    labels = [t for t in right.get_yticklabels() if t.get_text()]
+    assert max(len(t.get_text()) for t in labels) >= 6  # "0.9905", the control's width
+    left_box = left.get_window_extent(renderer)
+    for artist in [*labels, right.yaxis.label]:
+        box = artist.get_window_extent(renderer)
+        assert box.x0 > left_box.x1, artist.get_text()

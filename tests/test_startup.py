@@ -182,6 +182,76 @@ def test_the_command_line_of_the_process_leaves_its_objects_to_exit(tmp_path: Pa
     assert found["given"] == 0 and found["own"] > 1000
 
 
+def test_exit_now_runs_the_exit_handlers_flushes_and_ends(monkeypatch, capsys):
+    """A command that loaded torch ends its process at once: the atexit handlers run, the output
+    is flushed, then os._exit with the command's code. Controls: without torch, with another
+    thread alive, or under a profiler or tracer, it returns and the process ends as usual."""
+    from cnnlab import cli
+
+    class Ended(Exception):
+        pass
+
+    calls: list = []
+
+    def fake_exit(code: int) -> None:
+        calls.append(("exit", code))
+        raise Ended
+
+    def ready() -> None:
+        monkeypatch.setitem(sys.modules, "torch", torch)
+        monkeypatch.setattr(cli.threading, "active_count", lambda: 1)
+        monkeypatch.setattr(cli.sys, "gettrace", lambda: None)  # coverage may trace this test
+        monkeypatch.setattr(cli.sys, "getprofile", lambda: None)
+
+    monkeypatch.setattr(cli.atexit, "_run_exitfuncs", lambda: calls.append("atexit"))
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    ready()
+    print("a line the exit must not lose", end="")  # still in the buffer
+    with pytest.raises(Ended):
+        cli.exit_now(3)
+    assert calls == ["atexit", ("exit", 3)]
+    assert capsys.readouterr().out == "a line the exit must not lose"
+    for control in (
+        lambda: monkeypatch.delitem(sys.modules, "torch"),
+        lambda: monkeypatch.setattr(cli.threading, "active_count", lambda: 2),
+        lambda: monkeypatch.setattr(cli.sys, "getprofile", lambda: object()),
+        lambda: monkeypatch.setattr(cli.sys, "gettrace", lambda: object()),
+    ):
+        calls.clear()
+        ready()
+        control()
+        cli.exit_now(0)  # returns
+        assert calls == []
+
+
+EXIT_PROBE = """
+import atexit, sys
+import torch  # what a training command has loaded
+path = sys.argv.pop(1)
+atexit.register(lambda: open(path + ".atexit", "w").close())
+print("buffered, no newline", end="")
+from cnnlab.cli import main
+sys.argv = ["cnnlab", "conv", "--example", "slide"]
+code = main()
+open(path, "w").close()  # never reached: the process ended in main
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter that imports torch: 2-4 s on 2 busy cores
+def test_a_command_process_with_torch_ends_in_main_losing_nothing(tmp_path: Path):
+    env = os.environ | {"PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    mark = tmp_path / "after_main"
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_PROBE, str(mark)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("buffered, no newline")
+    assert proc.stdout.endswith("(agrees)\n")  # the command's last line
+    assert (tmp_path / "after_main.atexit").is_file()  # the atexit handler ran
+    assert not mark.exists()  # main ended the process
+
+
 # -- the time split of a run ------------------------------------------------------------------------
 def test_timings_count_each_second_once_in_the_phase_it_ends(monkeypatch):
     clock = iter([10.0, 11.0, 13.5, 14.0, 20.0])

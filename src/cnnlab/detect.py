@@ -55,6 +55,7 @@ from cnnlab.errors import ConfigError, DataError
 from cnnlab.metrics.coco_match import match_images
 from cnnlab.metrics.stats import detection_intervals
 from cnnlab.models.detection import create_detection_model
+from cnnlab.report.render import start_renderer
 from cnnlab.run import (
     evaluation_dir,
     load_run_model,
@@ -117,6 +118,11 @@ def _prepare(
     from cnnlab.data.tensors import channel_stats
 
     bundle = _bundle(cfg)
+    # the report's figures are drawn by worker processes started now, before decoding
+    # (cnnlab.report.render): they import matplotlib beside it and draw while the test split
+    # is scored; rank 0 only (it scores the split)
+    has_test = len(bundle.splits.get("test") or ()) > 0
+    renderer = start_renderer() if cfg.report and has_test and info.is_main else None
     first = next(s for part in bundle.splits.values() for s in part)
     in_channels = cfg.in_channels or (first.array.shape[2] if first.array is not None else 3)
     image_size = cfg.image_size or bundle.native_size or 256
@@ -164,15 +170,24 @@ def _prepare(
         return train_loader, val_loader
 
     def evaluate(run_dir: Path, device: torch.device, precision: str) -> dict[str, Any] | None:
+        try:
+            return score_test(run_dir, device, precision)
+        finally:
+            if renderer is not None:  # the workers end with the run
+                renderer.close()
+
+    def score_test(run_dir: Path, device: torch.device, precision: str) -> dict[str, Any] | None:
         if "test" not in decoded or not distributed.is_main():  # DDP: rank 0 scores the split
             return None
+        if renderer is not None:  # training is over: drawn while the test split is scored
+            renderer.submit("curves", run_dir / "metrics.csv")
         best, _, _ = load_detection_model(run_dir, device)
         return evaluate_detection_model(
             best, spec, *decoded["test"], class_names, device=device, out_dir=run_dir,
             precision=precision,
             category_ids=bundle.category_ids,  # as `cnnlab detect evaluate` writes them
             run_dir=run_dir, report=cfg.report, score_threshold=cfg.score_threshold,
-            show=cfg.report_images,
+            show=cfg.report_images, renderer=renderer,
         )  # fmt: skip
 
     ids = decoded["train"][2]
@@ -296,13 +311,18 @@ def evaluate_detection_model(
     category_ids: list[Any] | None = None,
     show: int = 6,
     tta: tuple[str, ...] = (),
+    renderer: Any = None,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on (N, C, S, S) uint8 images and their model-input boxes; writes
     test_metrics.json, test_predictions.json (COCO results, model-input pixels) and the report.
 
     ``tta`` (("flip",); cnnlab.engine.tta): the metrics, predictions and report are those of each
     image's boxes merged with its mirror's (mirrored back, per-class NMS), and ``result["tta"]``
-    (also ``metrics["tta"]``) holds the headline metrics without and with TTA side by side."""
+    (also ``metrics["tta"]``) holds the headline metrics without and with TTA side by side.
+
+    `renderer` (cnnlab.report.render): where the report's figures are drawn (in this process
+    by default; training passes worker processes, which draw them while the intervals are
+    computed)."""
     from cnnlab.metrics.detection import detection_metrics
 
     loader = make_box_loader(images, targets, spec, device, 16)
@@ -320,6 +340,11 @@ def evaluate_detection_model(
             {k: plain[k] for k in HEADLINE}, {k: metrics[k] for k in HEADLINE}, tta
         )
         metrics["tta"] = comparison
+    figures = None
+    if out_dir is not None and report and getattr(renderer, "workers", 0):
+        from cnnlab.report.detection_report import detection_figures
+
+        figures = detection_figures(renderer, metrics, run_dir)
     if truth:  # 95% intervals by resampling test images (the shape classification uses)
         metrics["confidence_intervals"] = detection_intervals(
             match_images(preds, truth, len(class_names)), class_names, n_boot=N_BOOT, seed=0
@@ -340,7 +365,7 @@ def evaluate_detection_model(
             result["report"] = write_detection_report(
                 out_dir, metrics, images=images, targets=truth, preds=preds, ids=ids,
                 class_names=class_names, score_threshold=score_threshold, run_dir=run_dir,
-                show=show,
+                show=show, renderer=renderer, figures=figures,
             )  # fmt: skip
     return result
 

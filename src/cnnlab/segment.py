@@ -65,6 +65,7 @@ from cnnlab.metrics.segmentation import (
 )
 from cnnlab.metrics.stats import segmentation_intervals
 from cnnlab.models.segmentation import create_segmentation_model
+from cnnlab.report.render import start_renderer
 from cnnlab.run import (
     evaluation_dir,
     load_run_model,
@@ -173,6 +174,11 @@ def _prepare(
     from cnnlab.data.tensors import channel_stats
 
     bundle = _bundle(cfg)
+    # the report's figures are drawn by worker processes started now, before decoding
+    # (cnnlab.report.render): they import matplotlib beside it and draw while the test split
+    # is scored; rank 0 only (it scores the split)
+    has_test = len(bundle.splits.get("test") or ()) > 0
+    renderer = start_renderer() if cfg.report and has_test and info.is_main else None
     in_channels = cfg.in_channels or bundle.channels
     image_size = _image_size(cfg, bundle)
     decode_policy = {"max_pixels": cfg.max_image_pixels}
@@ -227,13 +233,23 @@ def _prepare(
         return train_loader, val_loader
 
     def evaluate(run_dir: Path, device: torch.device, precision: str) -> dict[str, Any] | None:
+        try:
+            return score_test(run_dir, device, precision)
+        finally:
+            if renderer is not None:  # the workers end with the run
+                renderer.close()
+
+    def score_test(run_dir: Path, device: torch.device, precision: str) -> dict[str, Any] | None:
         if "test" not in decoded or not distributed.is_main():  # DDP: rank 0 scores the split
             return None
+        if renderer is not None:  # training is over: drawn while the test split is scored
+            renderer.submit("curves", run_dir / "metrics.csv")
         best, _, _ = load_segmentation_model(run_dir, device)
         return evaluate_segmentation_model(
             best, spec, *decoded["test"], bundle.splits["test"].ids, class_names,
             ignore_index=cfg.ignore_index, device=device, precision=precision, out_dir=run_dir,
             run_dir=run_dir, report=cfg.report, palette=palette, show=cfg.report_images,
+            renderer=renderer,
         )  # fmt: skip
 
     ids = bundle.splits["train"].ids
@@ -338,13 +354,18 @@ def evaluate_segmentation_model(
     palette: list[list[int]] | None = None,
     show: int = 6,
     tta: tuple[str, ...] = (),
+    renderer: Any = None,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on (N, C, S, S) images and (N, S, S) masks (uint8); writes
     test_metrics.json, test_per_image.csv and the report into ``out_dir`` when given.
 
     ``tta`` (("flip",); cnnlab.engine.tta): the metrics, masks and report are those of the
     averaged per-pixel probabilities, and ``result["tta"]`` (also ``metrics["tta"]``) holds the
-    headline metrics without and with TTA side by side."""
+    headline metrics without and with TTA side by side.
+
+    `renderer` (cnnlab.report.render): where the report's figures are drawn (in this process
+    by default; training passes worker processes, which draw them while the intervals are
+    computed)."""
     loader = _loader(images, masks, spec, device, 64, ignore_index)
     scored = SegmentTTAModel(model, tta) if tta else model
     cm, preds, per_image = _predict_masks(
@@ -365,6 +386,11 @@ def evaluate_segmentation_model(
             tta,
         )
         metrics["tta"] = comparison
+    figures = None
+    if out_dir is not None and report and getattr(renderer, "workers", 0):
+        from cnnlab.report.segmentation_report import segmentation_figures
+
+        figures = segmentation_figures(renderer, metrics, class_names, run_dir)
     if len(per_image):  # 95% intervals by resampling test images (the shape classification uses)
         metrics["confidence_intervals"] = segmentation_intervals(
             per_image, class_names, n_boot=N_BOOT, seed=0
@@ -410,6 +436,8 @@ def evaluate_segmentation_model(
                 ignore_index=ignore_index,
                 run_dir=run_dir,
                 show=show,
+                renderer=renderer,
+                figures=figures,
             )
     return result
 

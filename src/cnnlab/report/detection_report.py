@@ -10,21 +10,25 @@ curves, and test images side by side: true boxes, and predicted boxes above the 
 from __future__ import annotations
 
 import html
+import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from cnnlab.report import use_file_backend
+import numpy as np
+import torch
 
-use_file_backend()  # files only; never a window (a notebook keeps its inline backend)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from cnnlab.report.boxes import draw_boxes, enlarge  # noqa: E402
-from cnnlab.report.header import run_header_html  # noqa: E402
-from cnnlab.report.html import CSS, curves_figure, png_figure  # noqa: E402
-from cnnlab.report.segmentation_report import interval_note, png_uri, with_interval  # noqa: E402
-from cnnlab.report.style import class_colours, styled  # noqa: E402
+from cnnlab.report.boxes import draw_boxes, enlarge
+from cnnlab.report.header import run_header_html
+from cnnlab.report.html import (
+    CSS,
+    collect_figures,
+    detection_pr_figure,
+    drawn_now,
+    log_report_time,
+)
+from cnnlab.report.segmentation_report import interval_note, png_uri, with_interval
+from cnnlab.report.style import class_colours
 
 DET_CSS = """
 .cases{display:flex;flex-direction:column;gap:1.2rem}.case{font-size:.8rem}
@@ -35,20 +39,27 @@ height:.9rem;vertical-align:middle;border:1px solid #999;margin-right:.3rem}
 """
 
 
-@styled
-def pr_curves_figure(metrics: dict[str, Any]) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(6, 5))
-    for name, curve in metrics.get("pr_curves", {}).items():
-        ap = metrics["per_class"][name]["ap_50"]
-        ax.plot(curve["recall"], curve["precision"], lw=1.4,
-                label=f"{name} (AP50 {ap:.3f})" if ap is not None else name)  # fmt: skip
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_ylim(0, 1.02)
-    ax.set_title("precision-recall per class, IoU 0.5")
-    if ax.get_legend_handles_labels()[0]:  # no curve without a scored class
-        ax.legend(loc="lower left")
-    return fig
+pr_curves_figure = detection_pr_figure  # the figure lives with the others a Renderer draws
+
+
+def detection_figures(
+    renderer: Any, metrics: dict[str, Any], run_dir: Path | None = None
+) -> dict[str, tuple[str, Future]]:
+    """Submit the detection report's figures: {"pr": ("pr_curves.png", future PNG bytes),
+    "curves": ("curves.png", ...)} (curves only with a metrics.csv; `renderer` None: drawn
+    here and now). Everything they need is known once the test metrics are: the evaluation
+    submits them then, and they are drawn while it computes the bootstrap intervals."""
+    submit = renderer.submit if renderer is not None else drawn_now
+    # what the figure reads, copied: a worker's job is pickled later, in another thread, while
+    # the evaluation goes on adding to ``metrics`` (its intervals)
+    shown = {
+        "pr_curves": dict(metrics.get("pr_curves", {})),
+        "per_class": {n: {"ap_50": row.get("ap_50")} for n, row in metrics["per_class"].items()},
+    }
+    jobs = {"pr": ("pr_curves.png", submit("detection_pr", shown))}
+    if run_dir is not None and (Path(run_dir) / "metrics.csv").is_file():
+        jobs["curves"] = ("curves.png", submit("curves", Path(run_dir) / "metrics.csv"))
+    return jobs
 
 
 def draw_case(
@@ -107,9 +118,18 @@ def write_detection_report(
     score_threshold: float = 0.5,
     run_dir: Path | None = None,
     show: int = 6,
+    renderer: Any = None,
+    figures: dict[str, tuple[str, Future]] | None = None,
 ) -> Path:
-    """Write ``report.html`` (+ pr_curves.png, curves.png, cases.png) into ``out_dir``."""
+    """Write ``report.html`` (+ pr_curves.png, curves.png, cases.png) into ``out_dir``.
+
+    `renderer` (cnnlab.report.render): where the figures are drawn, in this process by default;
+    `figures`: what :func:`detection_figures` returned for these inputs, when the caller
+    submitted them earlier (training's evaluation does, before its bootstrap intervals)."""
+    started = time.perf_counter()
     out_dir = Path(out_dir)
+    if figures is None:
+        figures = detection_figures(renderer, metrics, run_dir)
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>cnnlab "
              f"detection report</title><style>{CSS}{DET_CSS}</style></head><body>",
              "<h1>Detection report</h1>", run_header_html(run_dir), "<table>"]  # fmt: skip
@@ -131,13 +151,11 @@ def write_detection_report(
         )
         parts.append(f"<tr><td>{html.escape(name)}</td>{cells}</tr>")
     parts.append("</table><div class='figs'>")
-    parts.append(f"<figure><img src='{png_figure(pr_curves_figure(metrics), out_dir / 'pr_curves.png')}'>"
-                 "</figure>")  # fmt: skip
-    if run_dir is not None and (Path(run_dir) / "metrics.csv").is_file():
-        fig = curves_figure(Path(run_dir) / "metrics.csv")
-        if fig is not None:
-            parts.append(f"<figure class='wide'><img src='{png_figure(fig, out_dir / 'curves.png')}' "
-                         "alt='training curves'></figure>")  # fmt: skip
+    figs, waited = collect_figures(figures, out_dir)
+    parts.append(f"<figure><img src='{figs['pr']}'></figure>")
+    if "curves" in figs:
+        parts.append(f"<figure class='wide'><img src='{figs['curves']}' alt='training curves'>"
+                     "</figure>")  # fmt: skip
     parts.append(
         "</div><h2>Test images</h2><p class='muted'>Left: the true boxes; right: the predicted "
         f"boxes with score &ge; {score_threshold} (class and score). One colour per class: "
@@ -158,4 +176,5 @@ def write_detection_report(
                  "this file.</p></body></html>")  # fmt: skip
     path = out_dir / "report.html"
     path.write_text("\n".join(parts))
+    log_report_time("detection", started, waited, renderer)
     return path

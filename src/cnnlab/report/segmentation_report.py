@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from cnnlab.report.header import run_header_html
-from cnnlab.report.html import CSS, confusion_figure, curves_figure, format_value, png_figure
+from cnnlab.report.html import CSS, collect_figures, drawn_now, format_value, log_report_time
 
 SEG_CSS = """
 .pair{display:flex;gap:.3rem}.pair figure{margin:0;width:auto}.pair img{width:160px;
@@ -92,6 +94,31 @@ def _case(
     return f'<div class="case"><div class="pair">{figs}</div>{caption}</div>'
 
 
+CONFUSION = "pixel confusion matrix (row-normalised: recall on the diagonal)"
+
+
+def segmentation_figures(
+    renderer: Any,
+    metrics: dict[str, Any],
+    class_names: list[str],
+    run_dir: Path | None = None,
+) -> dict[str, tuple[str, Future]]:
+    """Submit the segmentation report's figures: {caption: (file name, future PNG bytes)} in
+    the page's order (`renderer` None: drawn here and now). Everything they need is known once
+    the pixel confusion matrix is: the evaluation submits them then, and they are drawn while
+    it computes the bootstrap intervals and writes the per-image table."""
+    submit = renderer.submit if renderer is not None else drawn_now
+    cm = np.asarray(metrics["confusion_matrix"])
+    jobs = {
+        CONFUSION: ("confusion_matrix_normalized.png", submit("confusion", cm, class_names, True))
+    }
+    if run_dir:  # no figure when metrics.csv is missing or empty
+        jobs["training curves"] = (
+            "training_curves.png", submit("curves", Path(run_dir) / "metrics.csv")
+        )  # fmt: skip
+    return jobs
+
+
 def write_segmentation_report(
     out: Path,
     metrics: dict[str, Any],
@@ -107,23 +134,23 @@ def write_segmentation_report(
     run_dir: Path | None = None,
     show: int = 6,
     title: str | None = None,
+    renderer: Any = None,
+    figures: dict[str, tuple[str, Future]] | None = None,
 ) -> Path:
     """Write report.html (+ figures/*.png) into ``out``; returns the HTML path.
 
     images (N, C, S, S) uint8, masks / preds (N, S, S) uint8, scores (N,) per-image mean IoU.
+    `renderer` (cnnlab.report.render): where the figures are drawn, in this process by default;
+    `figures`: what :func:`segmentation_figures` returned for these inputs, when the caller
+    submitted them earlier (training's evaluation does, before its bootstrap intervals).
     """
+    started = time.perf_counter()
     out = Path(out)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    cm = np.asarray(metrics["confusion_matrix"])
-    figs = {
-        "pixel confusion matrix (row-normalised: recall on the diagonal)": png_figure(
-            confusion_figure(cm, class_names, True), fig_dir / "confusion_matrix_normalized.png"
-        )
-    }
-    curves = curves_figure(run_dir / "metrics.csv") if run_dir else None
-    if curves is not None:
-        figs["training curves"] = png_figure(curves, fig_dir / "training_curves.png")
+    if figures is None:
+        figures = segmentation_figures(renderer, metrics, class_names, run_dir)
+    figs, waited = collect_figures(figures, fig_dir)
     ci = metrics.get("confidence_intervals") or {}
     head = "".join(
         f"<tr><td>{label}</td><td>{with_interval(metrics.get(key), ci.get(key))}</td></tr>"
@@ -209,4 +236,5 @@ share.</p>
 </body></html>"""
     path = out / "report.html"
     path.write_text(page, encoding="utf-8")
+    log_report_time("segmentation", started, waited, renderer)
     return path

@@ -103,12 +103,21 @@ def evaluate_model(
                 precision=precision, batch_size=batch_size, temperature=temperature,
             )  # fmt: skip
             plain = classification_metrics(t, single, class_names=class_names)
+    out = (out_dir or run_dir) if info.is_main else None  # DDP: rank 0 writes
+    figures = None
+    if out is not None and report and getattr(renderer, "workers", 0):
+        # worker processes draw the figures while the intervals and predictions are computed
+        # (in place they are drawn with the page: the report's seconds in the time split)
+        from cnnlab.report.html import classification_figures
+
+        figures = classification_figures(
+            renderer, metrics, p, t, class_names, run_dir=run_dir, calibration=calibration
+        )
     metrics["confidence_intervals"] = headline_intervals(t, p, seed=0)
     metrics["temperature"] = temperature  # probs = softmax(logits / T); 1: uncalibrated
     comparison = tta_comparison(plain, metrics, tta) if tta else None
     if comparison is not None:
         metrics["tta"] = comparison
-    out = (out_dir or run_dir) if info.is_main else None  # DDP: rank 0 writes
     result: dict[str, Any] = {"metrics": metrics, "probs": p, "targets": t}
     if comparison is not None:
         result["tta"] = comparison
@@ -128,6 +137,7 @@ def evaluate_model(
                 out, metrics, p, t, class_names, ids=split.ids, run_dir=run_dir,
                 images=images if thumbnails is None else thumbnails,
                 balance=recorded_balance(run_dir), calibration=calibration, renderer=renderer,
+                figures=figures,
             )  # fmt: skip
             timings.lap("report")
     return result
