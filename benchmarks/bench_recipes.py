@@ -19,8 +19,8 @@ seed, same split):
   fit RandAugment's and mixing's harder images in a short run);
 * strong + EMA + TTA, light + EMA + TTA: the same runs scored by
   ``cnnlab.api.evaluate(run, tta=--tta)`` (``shift`` by default: digits must not be mirrored);
-* backbones at equal wall time (``--modern none``: no such row): ``--modern`` (mobilenet_v3_small) against ResNet-18, both with
-  strong + EMA; the modern model gets as many epochs as fit in ResNet-18's measured training time
+* backbones at equal wall time (``--modern none``: no such row): ``--modern``
+  (mobilenet_v3_small) against ResNet-18, both with strong + EMA; the modern model gets as many epochs as fit in ResNet-18's measured training time
   (from a one-epoch probe of each, seed 0).
 
 Loader cost: each recipe's batches alone (no model) from a TensorLoader on the training device,
