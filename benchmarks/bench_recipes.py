@@ -20,8 +20,8 @@ seed, same split):
 * strong + EMA + TTA, light + EMA + TTA: the same runs scored by
   ``cnnlab.api.evaluate(run, tta=--tta)`` (``shift`` by default: digits must not be mirrored);
 * backbones at equal wall time (``--modern none``: no such row): ``--modern``
-  (mobilenet_v3_small) against ResNet-18, both with strong + EMA; the modern model gets as many epochs as fit in ResNet-18's measured training time
-  (from a one-epoch probe of each, seed 0).
+  (mobilenet_v3_small) against ResNet-18, both with strong + EMA; the modern model gets as many
+  epochs as fit in ResNet-18's measured training time (from a one-epoch probe of each, seed 0).
 
 Loader cost: each recipe's batches alone (no model) from a TensorLoader on the training device,
 images/s at 1 x 28 x 28 and 3 x 32 x 32 (random uint8, batch 64: the cost does not depend on the
