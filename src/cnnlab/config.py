@@ -214,6 +214,15 @@ class TrainConfig(RunConfig):
     # light | standard | strong: a named list of augmentations, joined with --augment's names
     # (the recipe's first, then any it lacks); none: --augment alone
     recipe: RecipeName = "none"
+    # --- augmentation strengths: each acts only with its augmentation (docs/recipes.md) ---
+    mixup_alpha: float = 0.2  # > 0: MixUp's weight lam ~ Beta(alpha, alpha) (torchvision's 0.2)
+    cutmix_alpha: float = 1.0  # > 0: CutMix's lam ~ Beta(alpha, alpha), 1 - lam the box's area
+    erasing_prob: float = 0.25  # in [0, 1]: share of images erased (timm's 0.25; torchvision's 0.1)
+    randaugment_ops: int = 2  # >= 1: RandAugment ops applied in a row to each image
+    randaugment_magnitude: int = 9  # 0..30: RandAugment strength (torchvision's 31 bins)
+    # in [0, 1]: ColorJitter's brightness, contrast and saturation factors drawn in
+    # [1 - jitter, 1 + jitter]
+    jitter: float = 0.4
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -241,12 +250,78 @@ class TrainConfig(RunConfig):
         if self.image_size is not None and self.image_size < 8:
             raise ConfigError(f"option image_size must be >= 8 pixels, got {self.image_size}")
         check_augment(self, AUGMENTATIONS)
+        check_augment_options(self)
         if self.loss == "focal" and set(augmentations(self)) & set(MIXING):
             mixing = next(a for a in augmentations(self) if a in MIXING)
             raise ConfigError(
                 f"option loss=focal does not combine with augmentation {mixing!r} (mixed images "
                 "have soft targets, the focal term needs one class); use loss=ce or leave it out"
             )
+
+
+#: TrainConfig's augmentation strengths and the --augment name each acts on
+AUGMENT_OPTIONS = {
+    "mixup_alpha": "mixup",
+    "cutmix_alpha": "cutmix",
+    "erasing_prob": "erasing",
+    "randaugment_ops": "randaugment",
+    "randaugment_magnitude": "randaugment",
+    "jitter": "jitter",
+}
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """The augmentation strengths (:data:`AUGMENT_OPTIONS`) as one value the loader carries to
+    cnnlab.data.augment. It has no defaults of its own: :meth:`of` reads a config's fields, and
+    TrainConfig's defaults for a config without them (video, a bare loader)."""
+
+    mixup_alpha: float
+    cutmix_alpha: float
+    erasing_prob: float
+    randaugment_ops: int
+    randaugment_magnitude: int
+    jitter: float
+
+    @classmethod
+    def of(cls, cfg: Any = None) -> AugmentParams:
+        return cls(**{k: getattr(cfg, k, getattr(TrainConfig, k)) for k in AUGMENT_OPTIONS})
+
+
+def check_augment_options(cfg: Any) -> None:
+    """The augmentation strengths in their ranges, and each set (to other than its default) only
+    when its augmentation is in use, else it would be ignored; one-line ConfigErrors naming it."""
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        value = getattr(cfg, key)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ConfigError(
+                f"option {key} must be a number > 0 (Beta(alpha, alpha)), got {value}"
+            )
+    for key in ("erasing_prob", "jitter"):
+        value = getattr(cfg, key)
+        if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+            raise ConfigError(f"option {key} must be in [0, 1], got {value}")
+    ops, magnitude = cfg.randaugment_ops, cfg.randaugment_magnitude
+    if not (isinstance(ops, int) and not isinstance(ops, bool) and ops >= 1):
+        raise ConfigError(f"option randaugment_ops must be an integer >= 1, got {ops}")
+    if not (
+        isinstance(magnitude, int) and not isinstance(magnitude, bool) and 0 <= magnitude <= 30
+    ):
+        raise ConfigError(
+            "option randaugment_magnitude must be an integer in 0..30 (torchvision's 31 "
+            f"magnitude bins), got {magnitude}"
+        )
+    used = augmentations(cfg)
+    for key, name in AUGMENT_OPTIONS.items():
+        value = getattr(cfg, key)
+        if name in used or value == getattr(TrainConfig, key):
+            continue
+        recipes = [r for r, names in RECIPES.items() if name in names]
+        by_recipe = f" or --recipe {' / '.join(recipes)}" if recipes else ""
+        raise ConfigError(
+            f"option {key}={value} acts only on augmentation {name!r}, which this run does not "
+            f"use; turn it on with --augment {name}{by_recipe}, or leave {key} out"
+        )
 
 
 def augmentations(cfg: Any) -> tuple[str, ...]:

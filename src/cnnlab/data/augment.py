@@ -3,20 +3,25 @@
 Every name of ``--augment`` beyond the lecture's crop, flip and affine (cnnlab.data.loader):
 
 * ``trivialaugment``, ``randaugment``, ``autoaugment``, ``jitter``: torchvision ``transforms.v2``
-  (TrivialAugmentWide, RandAugment with 2 ops at magnitude 9, AutoAugment's ImageNet policy,
-  ColorJitter(0.4, 0.4, 0.4)) on the uint8 batch, as torchvision's reference recipe runs them on
-  uint8 images. On a batch, v2 draws ONE op and magnitude (one jitter factor) for all its images;
-  one draw per image would need a Python call per image. So the batch is cut into
-  :data:`POLICY_GROUPS` groups of consecutive images and each group gets its own draw: a batch of
-  128 sees 8 different ops, for 8 v2 calls (``policy_groups`` says which rows form a group).
+  (TrivialAugmentWide, RandAugment with ``randaugment_ops`` ops at ``randaugment_magnitude``,
+  AutoAugment's ImageNet policy, ColorJitter(``jitter``, ``jitter``, ``jitter``)) on the uint8
+  batch, as torchvision's reference recipe runs them on uint8 images. On a batch, v2 draws ONE op
+  and magnitude (one jitter factor) for all its images; one draw per image would need a Python
+  call per image. So the batch is cut into :data:`POLICY_GROUPS` groups of consecutive images and
+  each group gets its own draw: a batch of 128 sees 8 different ops, for 8 v2 calls
+  (``policy_groups`` says which rows form a group).
 * ``erasing``: by hand, because v2.RandomErasing erases one rectangle at one place in every image
   of a call; here each image gets its own rectangle (torchvision's sampling: scale 0.02-0.33 of
-  the area, aspect 0.3-3.3, 10 tries, p 0.25) in one masked fill over the batch, after
+  the area, aspect 0.3-3.3, 10 tries, p ``erasing_prob``) in one masked fill over the batch, after
   normalisation, so the erased pixels are the mean colour (value 0, torchvision's default).
-* ``mixup``, ``cutmix``: v2.MixUp (alpha 0.2) and v2.CutMix (alpha 1.0), the recipe's values of
-  torchvision's reference; with both, each batch takes one of them at random (v2.RandomChoice).
-  The targets become (N, K) float probabilities (soft targets) and each image is mixed with its
-  neighbour in the batch (v2 pairs image i with image i - 1).
+* ``mixup``, ``cutmix``: v2.MixUp (``mixup_alpha``) and v2.CutMix (``cutmix_alpha``); with
+  both, each batch takes one of them at random (v2.RandomChoice). The targets become (N, K) float
+  probabilities (soft targets) and each image is mixed with its neighbour in the batch (v2 pairs
+  image i with image i - 1).
+
+The strengths named in double backticks are the fields of :class:`cnnlab.config.AugmentParams`,
+the run's ``--mixup-alpha`` ... options; TrainConfig holds their defaults (torchvision's and timm's
+recipe values), which a call without ``params`` gets.
 
 Determinism: v2 draws from the global CPU generator. Each group (and the mixing) runs with that
 generator forked (:func:`torch.random.fork_rng`, restored afterwards) and seeded from (seed, epoch,
@@ -32,14 +37,13 @@ from collections.abc import Sequence
 
 import torch
 
+from cnnlab.config import AugmentParams
+
 #: applied to the uint8 batch, in this order, before crop / flip / affine
 POLICIES = ("autoaugment", "randaugment", "trivialaugment", "jitter")
 #: draws of a policy op per batch (see the module docstring); a batch smaller than this draws one
 #: per image
 POLICY_GROUPS = 8
-MIXUP_ALPHA = 0.2  # Beta(alpha, alpha) of the mixing weight (torchvision's reference recipe)
-CUTMIX_ALPHA = 1.0
-ERASING_P = 0.25  # share of images erased (timm's default; torchvision's reference uses 0.1)
 _SALT_POLICY, _SALT_MIX = 0x5EED_0001, 0x5EED_0002  # keep these streams apart from the loader's
 
 
@@ -52,17 +56,20 @@ def mix_seed(seed: int, *keys: int) -> int:
     return mixed
 
 
-def _policy(name: str):
+def _policy(name: str, params: AugmentParams):
     from torchvision.transforms import v2
 
     if name == "trivialaugment":
         return v2.TrivialAugmentWide()
-    if name == "randaugment":
-        return v2.RandAugment(num_ops=2, magnitude=9)
+    if name == "randaugment":  # magnitude: a bin of torchvision's default 31 (0..30)
+        return v2.RandAugment(
+            num_ops=params.randaugment_ops, magnitude=params.randaugment_magnitude
+        )
     if name == "autoaugment":
         return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
     if name == "jitter":  # saturation leaves 1-channel images as they are (as PIL does)
-        return v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4)
+        j = params.jitter
+        return v2.ColorJitter(brightness=j, contrast=j, saturation=j)
     raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
 
 
@@ -89,12 +96,15 @@ def apply_policies(
     names: Sequence[str],
     key: tuple[int, ...],
     shard: tuple[int, int] = (0, 1),
+    params: AugmentParams | None = None,
 ) -> torch.Tensor:
     """The policy ops among ``names`` (in :data:`POLICIES` order) on a uint8 batch (N, C, H, W),
-    one draw per group of :func:`policy_groups`; ``key``: (seed, epoch, step)."""
+    one draw per group of :func:`policy_groups`; ``key``: (seed, epoch, step); ``params``: the
+    strengths (None: TrainConfig's defaults)."""
     from torchvision.transforms import v2
 
-    chosen = [_policy(p) for p in POLICIES if p in names]
+    params = params or AugmentParams.of()
+    chosen = [_policy(p, params) for p in POLICIES if p in names]
     if not chosen or x.shape[0] == 0:
         return x
     transform = chosen[0] if len(chosen) == 1 else v2.Compose(chosen)
@@ -110,7 +120,7 @@ def apply_policies(
 def random_erasing(
     x: torch.Tensor,
     g: torch.Generator,
-    p: float = ERASING_P,
+    p: float,
     scale: tuple[float, float] = (0.02, 0.33),
     ratio: tuple[float, float] = (0.3, 3.3),
     tries: int = 10,
@@ -159,16 +169,19 @@ def mix_batch(
     names: Sequence[str],
     num_classes: int,
     key: tuple[int, ...],
+    params: AugmentParams | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MixUp and/or CutMix (v2) of a normalised float batch: (images, (N, K) float32 soft
-    targets). ``key``: (seed, epoch, step); one mixing weight per batch, as v2 and timm draw it."""
+    targets). ``key``: (seed, epoch, step); one mixing weight per batch, as v2 and timm draw it;
+    ``params``: the alphas (None: TrainConfig's defaults)."""
     from torchvision.transforms import v2
 
+    params = params or AugmentParams.of()
     chosen = []
     if "mixup" in names:
-        chosen.append(v2.MixUp(alpha=MIXUP_ALPHA, num_classes=num_classes))
+        chosen.append(v2.MixUp(alpha=params.mixup_alpha, num_classes=num_classes))
     if "cutmix" in names:
-        chosen.append(v2.CutMix(alpha=CUTMIX_ALPHA, num_classes=num_classes))
+        chosen.append(v2.CutMix(alpha=params.cutmix_alpha, num_classes=num_classes))
     if not chosen:
         return x, targets
     transform = chosen[0] if len(chosen) == 1 else v2.RandomChoice(chosen)

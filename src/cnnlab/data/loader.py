@@ -9,12 +9,12 @@ The same holds for the class-balanced sampler (`sampler="balanced"`): its draws 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from cnnlab.config import MIXING, PreprocessSpec
+from cnnlab.config import MIXING, AugmentParams, PreprocessSpec
 from cnnlab.data.augment import POLICIES, apply_policies, mix_batch, mix_seed, random_erasing
 from cnnlab.data.tensors import load_file, normalize
 
@@ -141,6 +141,9 @@ class TensorLoader:
     device: torch.device | None = None
     # classes of the targets: needed by mixup / cutmix to make (N, K) soft targets
     num_classes: int | None = None
+    # the strengths of mixup, cutmix, erasing, randaugment and jitter (a config's, through
+    # AugmentParams.of(cfg)); the default: TrainConfig's
+    augment_params: AugmentParams = field(default_factory=AugmentParams.of)
 
     def __post_init__(self) -> None:
         if set(self.augment) & set(MIXING) and not self.num_classes:
@@ -201,7 +204,9 @@ class TensorLoader:
         if aug:
             g = seeded_generator(self.seed, epoch, step, device=x.device)
             if any(p in aug for p in POLICIES):  # uint8 in, uint8 out; own seeded draws
-                x = apply_policies(x, aug, (self.seed, epoch, step), shard=self.shard)
+                x = apply_policies(
+                    x, aug, (self.seed, epoch, step), shard=self.shard, params=self.augment_params
+                )
             x = x.float()
             if "crop" in aug:  # 4 px at 32 px, as for CIFAR
                 x = random_crop(x, max(1, x.shape[-1] // 8), g, shard=self.shard)
@@ -212,9 +217,10 @@ class TensorLoader:
         x = normalize(x, self.mean, self.std)
         if aug:
             if "erasing" in aug:  # after crop/flip/affine's draws, so theirs are unchanged
-                x = random_erasing(x, g, shard=self.shard)
+                x = random_erasing(x, g, self.augment_params.erasing_prob, shard=self.shard)
             if any(m in aug for m in MIXING):
-                x, y = mix_batch(x, y, aug, int(self.num_classes or 0), (self.seed, epoch, step))
+                x, y = mix_batch(x, y, aug, int(self.num_classes or 0), (self.seed, epoch, step),
+                                 self.augment_params)  # fmt: skip
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y, idx

@@ -71,7 +71,13 @@ def lr_find(
     Returns ``{"lrs", "losses", "smoothed", "suggested_lr", "min_lr_div10", "suggestion_rule",
     "stopped_early", "steps_run", "seed", "model", "data"}`` (JSON-able).
     """
-    from cnnlab.config import PreprocessSpec, TrainConfig, augmentations, make_config
+    from cnnlab.config import (
+        AugmentParams,
+        PreprocessSpec,
+        TrainConfig,
+        augmentations,
+        make_config,
+    )
     from cnnlab.data.sources import few_shot, load_source
     from cnnlab.data.tensors import channel_stats
     from cnnlab.engine.devices import resolve_device, seed_everything
@@ -116,7 +122,8 @@ def lr_find(
     model.to(device)
     loader = make_loader(images, train.targets, spec, device, cfg.batch_size, shuffle=True,
                          augment=augmentations(cfg), seed=seed, drop_last=True,
-                         num_classes=len(bundle.class_names))  # fmt: skip
+                         num_classes=len(bundle.class_names),
+                         augment_params=AugmentParams.of(cfg))  # fmt: skip
     if len(loader) == 0:
         raise DataError(cfg.data, f"fewer training images than one batch of {cfg.batch_size}")
     groups = param_groups(model, cfg.weight_decay, start, lr_scale, include_frozen=include_frozen)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from cnnlab import __version__
-from cnnlab.config import PreprocessSpec, TrainConfig, augmentations
+from cnnlab.config import AugmentParams, PreprocessSpec, TrainConfig, augmentations
 from cnnlab.data.sources import few_shot, in_split_order, load_source
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import TrainResult
@@ -141,6 +141,7 @@ def _prepare(
             shuffle=True, augment=augmentations(cfg), seed=cfg.seed, drop_last=True,
             channels_last=channels_last, num_classes=len(bundle.class_names),
             sampler=cfg.sampler,  # "balanced": every class equally likely per draw (data.loader)
+            augment_params=AugmentParams.of(cfg),  # --mixup-alpha, --erasing-prob, ...
             shard=(info.rank, info.world_size),  # DDP: rank r takes samples r, r + W, ...
         )  # fmt: skip
         val_loader = None
