@@ -12,11 +12,13 @@ import torch
 from safetensors.torch import load_file
 
 from cnnlab import api
-from cnnlab.config import RECIPES, TrainConfig, augmentations, make_config
+from cnnlab.config import RECIPES, AugmentParams, TrainConfig, augmentations, make_config
 from cnnlab.data.augment import (
+    _SALT_MIX,
     POLICY_GROUPS,
     apply_policies,
     mix_batch,
+    mix_seed,
     policy_groups,
     random_erasing,
 )
@@ -191,6 +193,150 @@ def test_recipe_joins_augment_names_and_bad_values_are_one_line_errors():
     assert make_config(TrainConfig, ema=0).ema == 0  # off
     with pytest.raises(ConfigError, match="loss=focal does not combine with augmentation 'mixup'"):
         make_config(TrainConfig, recipe="strong", loss="focal")
+
+
+# --- the strengths: --mixup-alpha, --cutmix-alpha, --erasing-prob, --randaugment-*, --jitter ------
+
+
+def _params(**options) -> AugmentParams:
+    """The strengths a config with ``options`` hands the loader (through the config's checks)."""
+    return AugmentParams.of(make_config(TrainConfig, **options))
+
+
+def test_defaults_are_the_recipe_values_a_run_used_before_the_options():
+    assert AugmentParams.of() == AugmentParams.of(TrainConfig()) == AugmentParams(
+        mixup_alpha=0.2, cutmix_alpha=1.0, erasing_prob=0.25, randaugment_ops=2,
+        randaugment_magnitude=9, jitter=0.4,
+    )  # fmt: skip
+
+
+def test_mixup_alpha_is_the_beta_that_draws_the_mixing_weight():
+    """lam of a seeded batch equals torch's Beta(alpha, alpha) drawn from the same generator
+    state (v2.MixUp draws nothing before it); another alpha draws another lam."""
+    x = torch.randn(6, 1, 4, 4)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])  # image 0 (class 0) is mixed with image 5 (class 2)
+    key = (3, 1, 4)  # (seed, epoch, step)
+    lams = []
+    for alpha in (0.2, 0.7, 3.0):
+        mixed, soft = mix_batch(x, y, ("mixup",), 3, key, _params(augment="mixup",
+                                                                  mixup_alpha=alpha))  # fmt: skip
+        lam = soft[0, 0].item()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix_seed(*key, _SALT_MIX))
+            beta = torch.distributions.Beta(torch.tensor([alpha]), torch.tensor([alpha]))
+            expected = beta.sample(()).item()
+        assert lam == pytest.approx(expected, abs=1e-6)
+        torch.testing.assert_close(mixed, lam * x + (1 - lam) * x.roll(1, 0))
+        lams.append(lam)
+    assert len(set(lams)) == 3
+
+
+def test_cutmix_and_randaugment_and_jitter_options_reach_the_v2_transforms(monkeypatch):
+    from torchvision.transforms import v2
+
+    made: dict[str, object] = {}
+    for name in ("CutMix", "RandAugment", "ColorJitter"):
+        original = getattr(v2, name)
+
+        def spy(*args, _original=original, _name=name, **kw):
+            made[_name] = _original(*args, **kw)
+            return made[_name]
+
+        monkeypatch.setattr(v2, name, spy)
+    params = _params(recipe="strong", cutmix_alpha=0.5, randaugment_ops=3,
+                     randaugment_magnitude=20, jitter=0.1)  # fmt: skip
+    x = _images(4)
+    apply_policies(x, ["randaugment", "jitter"], (0, 0, 0), params=params)
+    mix_batch(x.float(), torch.arange(4), ("cutmix",), 4, (0, 0, 0), params)
+    assert made["CutMix"].alpha == 0.5
+    assert (made["RandAugment"].num_ops, made["RandAugment"].magnitude) == (3, 20)
+    assert made["RandAugment"].num_magnitude_bins == 31  # magnitude 30 is the strongest bin
+    jitter = made["ColorJitter"]
+    assert jitter.brightness == jitter.contrast == jitter.saturation == pytest.approx((0.9, 1.1))
+
+
+def test_randaugment_magnitude_changes_how_far_the_images_move():
+    """The same seed draws the same ops at any magnitude (v2 picks ops first); magnitude 0 makes
+    the geometric and colour ops identities, 30 their strongest: the images move further."""
+    x = _images(16, s=16)
+    moved = []
+    for magnitude in (0, 30):
+        params = _params(augment="randaugment", randaugment_magnitude=magnitude)
+        out = apply_policies(x, ["randaugment"], (0, 0, 1), params=params)
+        moved.append((out.float() - x.float()).abs().mean().item())
+    assert moved[1] > moved[0] + 10  # grey levels out of 255
+
+
+@pytest.mark.parametrize("prob", [0.0, 1.0])
+def test_erasing_prob_0_erases_no_image_and_1_every_image(prob):
+    n, s = 32, 16
+    images = torch.full((n, 1, s, s), 204, dtype=torch.uint8)  # normalised: (0.8 - 0.5) / 0.25 = 1.2
+    loader = TensorLoader(images, torch.zeros(n, dtype=torch.int64), torch.tensor([0.5]),
+                          torch.tensor([0.25]), n, augment=("erasing",),
+                          augment_params=_params(augment="erasing", erasing_prob=prob))  # fmt: skip
+    x, _, _ = next(loader.batches(0))
+    erased = (x == 0).flatten(1).sum(1)  # pixels per image
+    assert torch.all((x == 0) | torch.isclose(x, torch.tensor(1.2)))
+    if prob == 0.0:
+        assert erased.sum() == 0
+    else:  # one rectangle each, 2-33 % of the 256 pixels (rounded sides)
+        assert erased.min() >= 1 and erased.max() <= 0.33 * s * s * 1.3
+
+
+def test_bad_strengths_are_one_line_errors_naming_the_option_and_its_range():
+    bad = {
+        "mixup_alpha": (0, r"option mixup_alpha must be a number > 0 .*got 0"),
+        "cutmix_alpha": ("nan", r"option cutmix_alpha must be a number > 0 .*got nan"),
+        "erasing_prob": (1.5, r"option erasing_prob must be in \[0, 1\], got 1.5"),
+        "jitter": (-0.1, r"option jitter must be in \[0, 1\], got -0.1"),
+        "randaugment_ops": (0, r"option randaugment_ops must be an integer >= 1, got 0"),
+        "randaugment_magnitude": (31, r"randaugment_magnitude must be an integer in 0..30 .*got 31"),
+    }
+    for key, (value, message) in bad.items():
+        with pytest.raises(ConfigError, match=message) as err:
+            make_config(TrainConfig, recipe="strong", **{key: value})
+        assert "\n" not in str(err.value)
+    assert make_config(TrainConfig, recipe="strong", erasing_prob=0, jitter=1).erasing_prob == 0
+
+
+def test_a_strength_without_its_augmentation_says_what_turns_it_on():
+    cases = {
+        ("mixup_alpha", 0.4): "--augment mixup or --recipe standard / strong",
+        ("cutmix_alpha", 0.5): "--augment cutmix or --recipe strong",
+        ("erasing_prob", 0.1): "--augment erasing or --recipe standard / strong",
+        ("randaugment_magnitude", 12): "--augment randaugment or --recipe strong",
+        ("jitter", 0.2): "--augment jitter or --recipe strong",
+    }
+    for (key, value), turn_on in cases.items():
+        with pytest.raises(ConfigError) as err:
+            make_config(TrainConfig, recipe="light", **{key: value})
+        assert str(err.value) == (
+            f"option {key}={value} acts only on augmentation {AUGMENT_OF[key]!r}, which this run "
+            f"does not use; turn it on with {turn_on}, or leave {key} out"
+        )
+    # with the augmentation in use, by recipe or by --augment, the option is taken
+    assert make_config(TrainConfig, recipe="standard", mixup_alpha=0.4).mixup_alpha == 0.4
+    assert make_config(TrainConfig, augment="crop,jitter", jitter=0.2).jitter == 0.2
+    assert make_config(TrainConfig, mixup_alpha=0.2).mixup_alpha == 0.2  # the default: no error
+
+
+AUGMENT_OF = {"mixup_alpha": "mixup", "cutmix_alpha": "cutmix", "erasing_prob": "erasing",
+              "randaugment_magnitude": "randaugment", "jitter": "jitter"}  # fmt: skip
+
+
+def test_strength_options_on_the_command_line_and_in_config_json(tmp_path):
+    from cnnlab.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["train", "--recipe", "strong", "--mixup-alpha", "0.4", "--randaugment-magnitude", "12",
+         "--erasing-prob", "0"]
+    )  # fmt: skip
+    assert (args.mixup_alpha, args.randaugment_magnitude, args.erasing_prob) == ("0.4", "12", "0")
+    cfg = make_config(TrainConfig, recipe="strong", mixup_alpha="0.4", randaugment_magnitude="12")
+    assert (cfg.mixup_alpha, cfg.randaugment_magnitude) == (0.4, 12)
+    saved = json.loads(json.dumps(cfg.to_dict()))  # what config.json holds
+    assert saved["mixup_alpha"] == 0.4 and saved["randaugment_magnitude"] == 12
+    assert make_config(TrainConfig, **saved) == cfg
 
 
 @pytest.mark.parametrize("command", ["segment", "detect"])
