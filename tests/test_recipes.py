@@ -270,7 +270,8 @@ def test_randaugment_magnitude_changes_how_far_the_images_move():
 @pytest.mark.parametrize("prob", [0.0, 1.0])
 def test_erasing_prob_0_erases_no_image_and_1_every_image(prob):
     n, s = 32, 16
-    images = torch.full((n, 1, s, s), 204, dtype=torch.uint8)  # normalised: (0.8 - 0.5) / 0.25 = 1.2
+    # 204 / 255 = 0.8, normalised (0.8 - 0.5) / 0.25 = 1.2; erased pixels are 0
+    images = torch.full((n, 1, s, s), 204, dtype=torch.uint8)
     loader = TensorLoader(images, torch.zeros(n, dtype=torch.int64), torch.tensor([0.5]),
                           torch.tensor([0.25]), n, augment=("erasing",),
                           augment_params=_params(augment="erasing", erasing_prob=prob))  # fmt: skip
@@ -290,7 +291,7 @@ def test_bad_strengths_are_one_line_errors_naming_the_option_and_its_range():
         "erasing_prob": (1.5, r"option erasing_prob must be in \[0, 1\], got 1.5"),
         "jitter": (-0.1, r"option jitter must be in \[0, 1\], got -0.1"),
         "randaugment_ops": (0, r"option randaugment_ops must be an integer >= 1, got 0"),
-        "randaugment_magnitude": (31, r"randaugment_magnitude must be an integer in 0..30 .*got 31"),
+        "randaugment_magnitude": (31, r"randaugment_magnitude must be an integer in 0..30 .*31"),
     }
     for key, (value, message) in bad.items():
         with pytest.raises(ConfigError, match=message) as err:
