@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -376,11 +377,28 @@ def _interrupt_after_epoch_1(monkeypatch) -> None:
     monkeypatch.setattr(cbs.GracefulInterrupt, "on_fit_start", start_then_arm)
 
 
+#: non-default strengths of every augmentation of the strong recipe
+STRENGTHS = dict(mixup_alpha=0.4, cutmix_alpha=0.5, erasing_prob=0.5, randaugment_ops=3,
+                 randaugment_magnitude=14, jitter=0.2)  # fmt: skip
+
+
 @pytest.mark.slow  # ~3 s: two short runs and a resumed one
-@pytest.mark.parametrize("ema", [None, 0.999])
-def test_strong_recipe_resumed_after_epoch_1_is_bit_identical(ema, tmp_path, monkeypatch):
-    cfg = dict(TINY, out=str(tmp_path), recipe="strong", ema=ema)
+@pytest.mark.parametrize("ema, strengths", [(None, {}), (0.999, {}), (None, STRENGTHS)])
+def test_strong_recipe_resumed_after_epoch_1_is_bit_identical(ema, strengths, tmp_path,
+                                                              monkeypatch):  # fmt: skip
+    from cnnlab.data import loader
+
+    cfg = dict(TINY, out=str(tmp_path), recipe="strong", ema=ema, **strengths)
+    seen = []  # the strengths the training loader hands to the mixing
+
+    def mix_batch_spy(*args):
+        seen.append(args[-1])
+        return mix_batch(*args)
+
+    monkeypatch.setattr(loader, "mix_batch", mix_batch_spy)
     full = api.train(name="full", **cfg)
+    monkeypatch.undo()
+    assert seen and set(seen) == {AugmentParams.of(SimpleNamespace(**strengths))}
     _interrupt_after_epoch_1(monkeypatch)
     with pytest.raises(api.Interrupted):
         api.train(name="part", **cfg)
@@ -392,6 +410,9 @@ def test_strong_recipe_resumed_after_epoch_1_is_bit_identical(ema, tmp_path, mon
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
     record = json.loads((full.run_dir / "run.json").read_text())
     assert record["augmentations"] == list(RECIPES["strong"])
+    # config.json records the strengths, so the resumed run used them too
+    saved = json.loads((resumed.run_dir / "config.json").read_text())
+    assert {k: saved[k] for k in STRENGTHS} == (strengths or AugmentParams.of().__dict__)
     if ema is None:
         assert "val_ema_accuracy" not in full.history[-1] and record["ema_decay"] is None
         return
@@ -467,7 +488,6 @@ def test_ema_equals_a_hand_computed_average_of_the_weights_after_each_optimizer_
 
 
 def test_best_checkpoint_holds_whichever_of_trained_and_averaged_weights_is_better(tmp_path):
-    from types import SimpleNamespace
 
     from cnnlab.engine.callbacks import Checkpoint, WeightAveraging
     from cnnlab.engine.checkpoint import CheckpointManager, read_weights
