@@ -488,7 +488,6 @@ def test_ema_equals_a_hand_computed_average_of_the_weights_after_each_optimizer_
 
 
 def test_best_checkpoint_holds_whichever_of_trained_and_averaged_weights_is_better(tmp_path):
-
     from cnnlab.engine.callbacks import Checkpoint, WeightAveraging
     from cnnlab.engine.checkpoint import CheckpointManager, read_weights
     from cnnlab.engine.trainer import LoopState
