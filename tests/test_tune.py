@@ -420,6 +420,34 @@ def test_recipe_and_ema_choices_and_their_baseline() -> None:
         parse_space(TrainConfig, ["recipe=none,stron"])
 
 
+def test_augmentation_strengths_are_searched_with_their_augmentation_fixed() -> None:
+    """mixup_alpha and the other strengths are options like any other; each needs its
+    augmentation in every trial, so a space where a trial would lack it fails before any runs."""
+    fixed = {"recipe": "strong"}
+    words = ["mixup_alpha=log:0.1:1", "randaugment_magnitude=5:15", "erasing_prob=0:0.5"]
+    params = parse_space(TrainConfig, words, fixed=fixed)
+    assert params == [
+        Param("mixup_alpha", "float", 0.1, 1.0, log=True),
+        Param("randaugment_magnitude", "int", 5, 15),
+        Param("erasing_prob", "float", 0.0, 0.5),
+    ]
+    # trial 0: the default configuration, whose values lie in the space
+    assert st.baseline(TrainConfig, params, fixed) == {
+        "mixup_alpha": 0.2, "randaugment_magnitude": 9, "erasing_prob": 0.25,
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^--space mixup_alpha=log:0.1:1: option mixup_alpha="
+                       r"0.1 acts only on augmentation 'mixup'.*--recipe standard / strong"):  # fmt: skip
+        parse_space(TrainConfig, ["mixup_alpha=log:0.1:1"])  # no recipe: no mixup
+    with pytest.raises(ConfigError) as err:  # a trial with recipe=light would have no mixup
+        parse_space(TrainConfig, ["recipe=light,strong", "mixup_alpha=0.1:1"], fixed=fixed)
+    assert str(err.value) == (
+        "--space mixup_alpha=0.1:1: mixup_alpha acts only on 'mixup', which the choice "
+        "recipe=light leaves out; drop that choice, or fix --recipe to one that has mixup and "
+        "search mixup_alpha alone"
+    )
+    assert parse_space(TrainConfig, ["recipe=standard,strong", "mixup_alpha=0.1:1"], fixed=fixed)
+
+
 def test_multilabel_data_refuses_mixing_recipes_before_any_trial(tmp_path: Path) -> None:
     """builtin:multishapes is multi-label: recipe standard / strong (MixUp, CutMix) would fail
     every trial that drew them, so the study refuses them up front, naming them."""

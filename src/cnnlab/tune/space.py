@@ -19,7 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import tomllib
 
-from cnnlab.config import make_config
+from cnnlab.config import AUGMENT_OPTIONS, augmentations, make_config
 from cnnlab.errors import ConfigError, close_matches
 
 #: options a study fixes for every trial: where the runs go, what they learn from and are judged on
@@ -115,7 +115,26 @@ def parse_space(
         if p.name in seen:
             raise ConfigError(f"--space: option {p.name} is given twice; give it once")
         seen.add(p.name)
+    _check_strengths(cls, params, fixed)
     return params
+
+
+def _check_strengths(cls: type, params: list[Param], fixed: dict[str, Any]) -> None:
+    """A searched augmentation strength (``mixup_alpha``, ...) needs its augmentation in every
+    trial: a searched ``recipe`` or ``augment`` choice without it would fail that trial's config
+    check and stop the study, so such a space fails here, before the first trial."""
+    choosers = [p for p in params if p.kind == "categorical" and p.name in ("recipe", "augment")]
+    for strength in (p for p in params if p.name in AUGMENT_OPTIONS):
+        needs = AUGMENT_OPTIONS[strength.name]
+        for chooser in choosers:
+            for choice in chooser.choices:
+                value = option_value(cls, chooser.name, choice)
+                if needs not in augmentations(make_config(cls, **(fixed | {chooser.name: value}))):
+                    raise ConfigError(
+                        f"--space {strength.text()}: {strength.name} acts only on {needs!r}, which "
+                        f"the choice {chooser.name}={choice} leaves out; drop that choice, or fix "
+                        f"--{chooser.name} to one that has {needs} and search {strength.name} alone"
+                    )
 
 
 def _parse_file(cls: type, path: Path, fixed: dict[str, Any]) -> list[Param]:
