@@ -81,6 +81,25 @@ def test_every_report_opens_with_the_runs_facts(run_dir: Path, tmp_path: Path):
     assert run_facts(None) == {}
 
 
+def test_the_facts_name_the_augmentations_with_their_strengths(run_dir: Path):
+    assert "augmentation" not in run_facts(run_dir)  # run.json without the list: left out
+    run = json.loads((run_dir / "run.json").read_text())
+    names = ["crop", "randaugment", "jitter", "erasing", "mixup", "cutmix", "flip"]
+    (run_dir / "run.json").write_text(json.dumps(run | {"augmentations": names}))
+    config = json.loads((run_dir / "config.json").read_text())
+    strengths = {"mixup_alpha": 0.4, "cutmix_alpha": 1.0, "erasing_prob": 0.1,
+                 "randaugment_ops": 3, "randaugment_magnitude": 12, "jitter": 0.25}  # fmt: skip
+    (run_dir / "config.json").write_text(json.dumps(config | strengths))
+    assert run_facts(run_dir)["augmentation"] == (
+        "crop, randaugment (3 ops, magnitude 12), jitter 0.25, erasing (p 0.1), mixup (alpha 0.4), "
+        "cutmix (alpha 1), flip"
+    )
+    (run_dir / "config.json").write_text(json.dumps(config))  # a video run: no strengths recorded
+    assert run_facts(run_dir)["augmentation"] == ", ".join(names)
+    (run_dir / "run.json").write_text(json.dumps(run | {"augmentations": []}))
+    assert run_facts(run_dir)["augmentation"] == "none"
+
+
 @pytest.mark.slow
 def test_segmentation_and_detection_reports_open_with_the_facts(run_dir: Path, tmp_path: Path):
     torch = pytest.importorskip("torch")

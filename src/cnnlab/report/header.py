@@ -1,7 +1,7 @@
 """What every report opens with: which model, trained how, on what, where and when.
 
 Read from the run folder only (``config.json``: the merged options; ``run.json``: precision,
-device, machine, cnnlab version; ``splits.json``: the split sizes; ``metrics.csv``: the epochs
+device, machine, cnnlab version, augmentations; ``splits.json``: the split sizes; ``metrics.csv``: the epochs
 run; the best checkpoint's safetensors header: the parameter count), so a report written later
 by ``cnnlab evaluate`` says the same as the one written at the end of training. Torch-free: the
 parameter count is summed from the shapes in the safetensors header, no tensor is read.
@@ -75,6 +75,29 @@ def _utc(path: Path) -> str | None:
     return datetime.datetime.fromtimestamp(stamp, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+#: how the report names an augmentation with its strengths (config.json's --mixup-alpha, ...)
+_STRENGTHS = {
+    "randaugment": "randaugment ({randaugment_ops} ops, magnitude {randaugment_magnitude})",
+    "jitter": "jitter {jitter:g}",
+    "erasing": "erasing (p {erasing_prob:g})",
+    "mixup": "mixup (alpha {mixup_alpha:g})",
+    "cutmix": "cutmix (alpha {cutmix_alpha:g})",
+}
+
+
+def _augmentation(names: list[str], cfg: dict[str, Any]) -> str:
+    """'crop, randaugment (2 ops, magnitude 9), mixup (alpha 0.2)': the run's augmentations
+    (run.json) with the strengths config.json records; a name alone where it has none (video
+    runs, runs from before the options)."""
+    words = []
+    for name in names:
+        try:
+            words.append(_STRENGTHS[name].format(**cfg) if name in _STRENGTHS else name)
+        except (KeyError, ValueError, TypeError):
+            words.append(name)
+    return ", ".join(words) or "none"
+
+
 def run_facts(run_dir: str | Path | None) -> dict[str, str]:
     """Label -> text, in reading order: task, model, parameters, data, splits, image size,
     epochs, optimiser, learning rate, batch size, precision, device, machine, versions, dates.
@@ -109,6 +132,8 @@ def run_facts(run_dir: str | Path | None) -> dict[str, str]:
         facts["split sizes"] = ", ".join(f"{k} {sizes[k]:,}" for k in order)
     if cfg.get("image_size"):
         facts["image size"] = f"{cfg['image_size']} px"
+    if isinstance(run.get("augmentations"), list):
+        facts["augmentation"] = _augmentation(run["augmentations"], cfg)
     if cfg.get("epochs") is not None:
         ran = _epochs_run(run_dir / "metrics.csv")
         text = str(cfg["epochs"])
