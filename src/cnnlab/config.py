@@ -215,9 +215,11 @@ class TrainConfig(RunConfig):
     # (the recipe's first, then any it lacks); none: --augment alone
     recipe: RecipeName = "none"
     # --- augmentation strengths: each acts only with its augmentation (docs/recipes.md) ---
-    mixup_alpha: float = 0.2  # > 0: MixUp's weight lam ~ Beta(alpha, alpha) (torchvision's 0.2)
+    # > 0: MixUp's weight lam ~ Beta(alpha, alpha) (0.2: torchvision's recipe value)
+    mixup_alpha: float = 0.2
     cutmix_alpha: float = 1.0  # > 0: CutMix's lam ~ Beta(alpha, alpha), 1 - lam the box's area
-    erasing_prob: float = 0.25  # in [0, 1]: share of images erased (timm's 0.25; torchvision's 0.1)
+    # in [0, 1]: share of images erased (timm's recipes use 0.25, torchvision's 0.1)
+    erasing_prob: float = 0.25
     randaugment_ops: int = 2  # >= 1: RandAugment ops applied in a row to each image
     randaugment_magnitude: int = 9  # 0..30: RandAugment strength (torchvision's 31 bins)
     # in [0, 1]: ColorJitter's brightness, contrast and saturation factors drawn in
