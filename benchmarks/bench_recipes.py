@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -185,6 +186,7 @@ def main() -> None:
     if args.quick:
         args.seeds, args.epochs, args.shots, args.model = "0", 1, 10, "lenet5"
     seeds = [int(s) for s in args.seeds.split(",")]
+    load_before = os.getloadavg()[0]  # the train s column means something only on a quiet machine
     device = resolve_device(args.device)
     out = Path(tempfile.mkdtemp(prefix="cnnlab-bench-recipes-"))
 
@@ -231,6 +233,7 @@ def main() -> None:
         "per_epoch_s": per_epoch,
         "loader_images_per_s": loader_rows,
         "tta": args.tta if has_tta() else None,
+        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
     }
     lines = [
         "| row | test accuracy (mean [95 % t interval]) | vs default (points, paired) | train s |",
@@ -244,7 +247,9 @@ def main() -> None:
     if modern_runs:
         lines += ["", f"{args.model} at {args.epochs} epochs (the recipe rows) vs {modern_name}: "
                   f"equal wall time, {budget_s:.0f} s budget from the median strong + EMA run."]  # fmt: skip
-    lines += ["", f"TTA rows: the runs above them scored by `cnnlab evaluate RUN --tta {args.tta}`.",
+    lines += ["", f"Load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f}: "
+              "above ~1 other jobs shared the 2 cores and the train s column is not comparable "
+              "(the accuracies do not depend on load).", "", f"TTA rows: the runs above them scored by `cnnlab evaluate RUN --tta {args.tta}`.",
               "", "| loader (no model) | images/s at 1x28x28 | images/s at 3x32x32 |", "|---|---:|---:|"]  # fmt: skip
     for name, r in loader_rows.items():
         lines.append(f"| {name} | {r['1x28x28']:,.0f} | {r['3x32x32']:,.0f} |")
