@@ -247,10 +247,13 @@ def main() -> None:
     if modern_runs:
         lines += ["", f"{args.model} at {args.epochs} epochs (the recipe rows) vs {modern_name}: "
                   f"equal wall time, {budget_s:.0f} s budget from the median strong + EMA run."]  # fmt: skip
-    lines += ["", f"Load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f}: "
-              "above ~1 other jobs shared the 2 cores and the train s column is not comparable "
-              "(the accuracies do not depend on load).", "", f"TTA rows: the runs above them scored by `cnnlab evaluate RUN --tta {args.tta}`.",
-              "", "| loader (no model) | images/s at 1x28x28 | images/s at 3x32x32 |", "|---|---:|---:|"]  # fmt: skip
+    lines += [
+        "", f"Load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f}: above ~1 "
+        "other jobs shared the 2 cores and the train s column is not comparable (the accuracies "
+        "do not depend on load).",
+        "", f"TTA rows: the runs above them scored by `cnnlab evaluate RUN --tta {args.tta}`.",
+        "", "| loader (no model) | images/s at 1x28x28 | images/s at 3x32x32 |", "|---|---:|---:|",
+    ]  # fmt: skip
     for name, r in loader_rows.items():
         lines.append(f"| {name} | {r['1x28x28']:,.0f} | {r['3x32x32']:,.0f} |")
     header = (
