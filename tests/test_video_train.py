@@ -12,7 +12,10 @@ import torch
 from safetensors import safe_open
 from scipy.stats import ks_2samp
 from sklearn.metrics import accuracy_score
+from torch import Tensor
 
+from cnnlab.engine.devices import tolerance
+from cnnlab.engine.trainer import autocast
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.video.io import write_video
 from cnnlab.video.models import TORCHVISION_3D, create_video_model, smooth_frame_probs
@@ -168,6 +171,38 @@ def test_3d_models_take_tiny_clips_in_both_layouts(name):
     # the order of frames matters to a 3D CNN (reversed motion is a different input)
     with torch.no_grad():
         assert not torch.allclose(model(clips.flip(2)), a)
+
+
+@pytest.mark.parametrize("frames", [4, 8])  # 2 frames left in layer2 (4) or layer3 (8)
+def test_r3d_small_bf16_training_step_matches_fp32(frames):
+    """One training step under CPU bf16 autocast: finite, and the same step as in float32 up to
+    bf16 rounding. oneDNN's bf16 conv3d weight gradient is garbage (NaN, 1e36, or a cosine of
+    0.01-0.77 to float32's) where fewer frames than the kernel's depth reach a conv (2 under
+    3x3x3); ShortClipConv3d computes those in float32. The fixed step measured >= 0.97 cosine."""
+    torch.manual_seed(0)
+    model = create_video_model("r3d_small", num_classes=2, frames=frames, image_size=16).train()
+    clips = torch.randn(8, 3 * frames, 16, 16)
+    targets = torch.tensor([0, 1] * 4)
+
+    def step(precision: str) -> tuple[Tensor, dict[str, Tensor]]:
+        model.zero_grad()
+        with autocast(torch.device("cpu"), precision):
+            logits = model(clips)
+            loss = torch.nn.functional.cross_entropy(logits, targets)
+        loss.backward()
+        grads = {n: p.grad.double() for n, p in model.named_parameters()}
+        return logits.detach().float().softmax(1), grads
+
+    probs_32, grads_32 = step("32")
+    probs_16, grads_16 = step("bf16")
+    assert all(torch.isfinite(g).all() for g in grads_16.values())
+    assert (probs_16 - probs_32).abs().max() <= tolerance("bf16")
+    for name, grad in grads_16.items():
+        if grad.ndim == 5:  # the conv3d kernels
+            cosine = torch.nn.functional.cosine_similarity(
+                grad.flatten(), grads_32[name].flatten(), 0
+            )
+            assert cosine > 0.9, (name, cosine.item())
 
 
 def test_kinetics_weights_load_into_r3d_18_or_fail_clearly(monkeypatch):

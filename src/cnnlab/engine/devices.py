@@ -116,7 +116,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     # Set both ways: the flag is process-wide, and a --deterministic run must not leave the next
     # run in the same process (a notebook, the test suite) on deterministic kernels it did not ask
-    # for (with bf16 autocast on an AVX-512 CPU, r3d_small's deterministic conv3d path gave NaN).
+    # for. (r3d_small's NaN under bf16 autocast, once blamed on this flag, came from oneDNN's
+    # bf16 conv3d weight gradient with the flag on or off: see video.models.ShortClipConv3d.)
     # Only when it changes: the call imports torch._inductor and torch._dynamo (1.7 s of a 2-core
     # machine's start-up in torch 2.14), which a run that never compiles does not need.
     if torch.are_deterministic_algorithms_enabled() != deterministic:

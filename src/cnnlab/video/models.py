@@ -75,6 +75,45 @@ def smooth_frame_probs(probs: Tensor, smoothing: str) -> Tensor:
     return (votes + _TIE_BREAK * mean) / (1 + _TIE_BREAK)
 
 
+class ShortClipConv3d(nn.Conv3d):
+    """``nn.Conv3d`` that computes its weight gradient in float32 under CPU bf16 autocast when the
+    clip has fewer frames than the kernel is deep.
+
+    Why: on CPU, oneDNN's bf16 conv3d returns a wrong weight gradient -- arbitrary values, up to
+    1e36 or NaN, different on every call -- when every output frame reads the temporal padding
+    (input depth < kernel depth, e.g. 2 frames under a 3x3x3 kernel, stride 1), with 16 channels
+    or more (measured with torch 2.14 on an AVX-512 CPU with native bf16; the output and the input
+    gradient are right, float32 is right). r3d_small meets it at 8 frames in layer3 (T = 2), at 4
+    frames in layer2: its bf16 training varied from run to run and at times turned NaN. Those
+    layers are the smallest in the network, so float32 there costs little; everything else keeps
+    bf16. Inference and frozen weights need no weight gradient and stay in bf16.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (
+            x.shape[2] < self.kernel_size[0]
+            and x.device.type == "cpu"
+            and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and torch.is_grad_enabled()
+            and self.weight.requires_grad
+        ):
+            with torch.autocast("cpu", enabled=False):  # weights stay float32 under autocast
+                return super().forward(x.float())
+        return super().forward(x)
+
+
+def use_short_clip_convs(net: nn.Module) -> nn.Module:
+    """Turn every temporal ``nn.Conv3d`` of ``net`` (kernel depth > 1) into a
+    :class:`ShortClipConv3d`, in place: same parameters and state-dict keys (so Kinetics
+    checkpoints still load); torchvision's ``Conv3DSimple`` adds nothing to ``nn.Conv3d`` after
+    construction. Returns ``net``."""
+    for module in net.modules():
+        if isinstance(module, nn.Conv3d) and module.kernel_size[0] > 1:
+            module.__class__ = ShortClipConv3d
+    return net
+
+
 class ClipClassifier(ClassifierModel):
     """A VideoResNet (stem, layer1..4, avgpool, fc) behind the cnnlab model surface.
 
@@ -274,6 +313,7 @@ def create_video_model(
             net.load_state_dict(_kinetics_state(name))
         else:
             net = getattr(torchvision.models.video, name)(weights=None, num_classes=num_classes)
+        use_short_clip_convs(net)  # bf16 autocast on CPU: see ShortClipConv3d
         model = ClipClassifier(net, name, 400 if weights else num_classes, frames, image_size)
         if weights:
             model.reset_classifier(num_classes)
