@@ -28,6 +28,9 @@ from unittest import mock
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import save_results  # noqa: E402
+
 
 def inputs(tmp: Path) -> dict[str, tuple]:
     """{label: (kind, *args)} of every figure kind, MNIST-shaped."""
@@ -123,14 +126,23 @@ def main() -> int:
             cProfile.runctx("render_png(kind, *rest)", globals(), locals(), "/tmp/fig.prof")
             pstats.Stats("/tmp/fig.prof").sort_stats("cumulative").print_stats(25)
             return 0
-        print(f"{'figure':22} {'draws':>5} {'text':>6} {'calls':>8} {'cpu_ms':>7} {'png_kb':>7}")
+        lines = ["| figure | draws | text layouts | calls | CPU ms (median) | PNG KB |",
+                 "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        rows = {}
         for label, (kind, *rest) in jobs.items():
             row = measure(kind, tuple(rest), args.repeats)
-            print(f"{label:22} {row['draws']:5d} {row['text']:6d} {row['calls']:8d} "
-                  f"{row['cpu_ms']:7.1f} {row['png_kb']:7.1f}")  # fmt: skip
+            lines.append(f"| {label} | {row['draws']} | {row['text']} | {row['calls']:,} | "
+                         f"{row['cpu_ms']:.1f} | {row['png_kb']:.1f} |")  # fmt: skip
             if args.out:
                 args.out.mkdir(parents=True, exist_ok=True)
                 (args.out / f"{label.replace(' ', '_')}.png").write_bytes(row["png"])
+            rows[label] = {k: v for k, v in row.items() if k != "png"}
+    header = (f"Report figures drawn in a warm process, median of {args.repeats} "
+              "(`benchmarks/profile_report_figures.py`); draws, text layouts and calls do not "
+              "depend on the machine's load, CPU ms does.\n\n")  # fmt: skip
+    save_results(
+        "report_figures", header + "\n".join(lines), {"rows": rows, "repeats": args.repeats}
+    )
     return 0
 
 
