@@ -909,11 +909,16 @@ def _print_time_split(args: argparse.Namespace, timings: Timings) -> None:
 
 @command("train")
 def _train(args: argparse.Namespace) -> int:
-    from cnnlab import api
-    from cnnlab.engine import distributed
+    from cnnlab.data import prefetch
+    from cnnlab.data.sources import warm_caches
 
     overrides = _train_overrides(args)
     devices = int(overrides.get("devices") or 1)
+    if devices == 1:  # the files are scanned and decoded on the other core while torch loads
+        prefetch.start(prefetch.config_for(args.config, overrides), warm_caches)
+    from cnnlab import api
+    from cnnlab.engine import distributed
+
     if (
         devices > 1 and not distributed.launched()
     ):  # re-run this command under torchrun, one process per device

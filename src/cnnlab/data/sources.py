@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from cnnlab.data import prefetch
 from cnnlab.data.builtin import ArrayDataset, load_builtin
 from cnnlab.errors import ConfigError, DataError, close_matches
 
@@ -89,6 +90,17 @@ class DataBundle:
     def multilabel(self) -> bool:
         """Whether the targets are an (N, L) 0/1 label matrix (several labels per image)."""
         return next(iter(self.splits.values())).targets.ndim == 2
+
+
+def data_image_size(cfg: Any, bundle: DataBundle) -> int | None:
+    """The side images are decoded at when the options and the data decide it: ``--image-size``,
+    else small square images (<= 64 px) as they are (at least 16 px; LeNet pads 28 to 32 itself);
+    None where the model's default input size decides (cnnlab.engine.loaders.resolve_image_size)."""
+    if cfg.image_size:
+        return int(cfg.image_size)
+    if bundle.native_size and bundle.native_size <= 64:
+        return max(bundle.native_size, 16)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -640,6 +652,7 @@ def load_source(cfg: Any) -> DataBundle:
 
     With `cfg.split_file` the splits are the file's (:func:`apply_split_file`): every sample of the
     source is pooled (given train/val/test folders too) and the fractions are not used."""
+    prefetch.wait()  # a warm-up child scanning this source for the command: its caches first
     split_file = getattr(cfg, "split_file", None)
     if split_file:
         pooled = dataclasses.replace(cfg, split_file=None, val_fraction=0.0, test_fraction=0.0)
@@ -667,6 +680,26 @@ def load_source(cfg: Any) -> DataBundle:
         raise DataError(path, "dataset root is not a directory")
     listing, root, label_columns = _listing(path)
     return _from_items(listing, root, str(path), cfg, label_columns)
+
+
+def warm_caches(cfg: Any) -> None:
+    """Run the steps of a classification run's data preparation that fill the caches: the scan and
+    split (:func:`load_source`), the few-shot subset, and the decoding of every file-backed split at
+    the size training will use when the data alone decide it (``--image-size`` given, or small
+    images used as they are); a size the model decides needs torch, so that decoding is left to
+    the parent. Mirrors ``cnnlab.tasks.classify.train._prepare``; run by the child of :mod:`cnnlab.data.prefetch`."""
+    from cnnlab.data.tensors import decode_files, decode_spec
+
+    bundle = load_source(cfg)
+    if getattr(cfg, "shots", None):
+        bundle.splits["train"] = few_shot(bundle.splits["train"], cfg.shots, cfg.seed)
+    image_size = data_image_size(cfg, bundle)
+    if image_size is None:
+        return
+    spec = decode_spec(cfg, bundle, image_size)
+    for split in bundle.splits.values():
+        if split.images is None and split.paths is not None and len(split):
+            decode_files(split.paths, spec)
 
 
 def apply_split_file(bundle: DataBundle, path: str | Path) -> DataBundle:

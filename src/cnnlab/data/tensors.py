@@ -18,12 +18,15 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from cnnlab.config import PreprocessSpec
+
+if TYPE_CHECKING:  # torch is imported where a function needs it: decoding does not (data.prefetch
+    import torch  # decodes in a child that has not imported torch)
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +115,17 @@ def fingerprint_files(paths: Sequence[str | Path], root: str | Path | None = Non
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("CNNLAB_CACHE", Path.home() / ".cache" / "cnnlab"))
+
+
+def decode_spec(cfg: Any, bundle: Any, image_size: int) -> PreprocessSpec:
+    """The spec a classification run decodes its files with (``cfg`` a TrainConfig, ``bundle`` its
+    DataBundle): the size, the channels, the resize mode and the decoding policy that key the cache,
+    with mean 0 and std 1 (the statistics come from the decoded training split afterwards)."""
+    channels = cfg.in_channels or bundle.channels
+    return PreprocessSpec(
+        image_size, channels, (0.0,) * channels, (1.0,) * channels, cfg.resize,
+        {"max_pixels": cfg.max_image_pixels},
+    )  # fmt: skip
 
 
 def decode_files(
@@ -206,6 +220,8 @@ def channel_stats(
     Two float64 passes over chunks of `chunk` images, so a memory-mapped split larger than RAM is read, not
     copied (a whole-split ``images.double()`` needs 8 bytes per pixel).
     """
+    import torch
+
     n = images.shape[0]
     dims = [0] + list(range(2, images.dim()))
     count = images[:1].numel() // images.shape[1] * n  # values per channel

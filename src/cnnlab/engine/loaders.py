@@ -12,7 +12,7 @@ import torch
 
 from cnnlab.config import PreprocessSpec, TrainConfig
 from cnnlab.data.loader import FileImages, StreamLoader, TensorLoader
-from cnnlab.data.sources import DataBundle, Split
+from cnnlab.data.sources import DataBundle, Split, data_image_size
 from cnnlab.data.tensors import arrays_to_chw, channel_stats, decode_files, default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -71,12 +71,9 @@ def split_channel_stats(
 def resolve_image_size(cfg: TrainConfig, bundle: DataBundle) -> int:
     from cnnlab.models import model_info
 
-    if cfg.image_size:
-        return cfg.image_size
-    if bundle.native_size and bundle.native_size <= 64:
-        return max(
-            bundle.native_size, 16
-        )  # small images are used as they are (LeNet pads 28 to 32 itself)
+    size = data_image_size(cfg, bundle)  # --image-size, or small images as they are
+    if size is not None:
+        return size
     default = int(model_info(cfg.model).get("input_size", (3, 224, 224))[-1])
     if bundle.native_size:
         log.info(

@@ -14,6 +14,7 @@ import torch
 from cnnlab import __version__
 from cnnlab.config import AugmentParams, PreprocessSpec, TrainConfig, augmentations
 from cnnlab.data.sources import few_shot, in_split_order, load_source
+from cnnlab.data.tensors import decode_spec
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import TrainResult
 from cnnlab.engine.calibration import fit_calibration, split_logits, write_calibration
@@ -108,11 +109,10 @@ def _prepare(
     )  # fmt: skip
     in_channels = cfg.in_channels or bundle.channels
     image_size = resolve_image_size(cfg, bundle)
-    decode_policy = {"max_pixels": cfg.max_image_pixels}
-    provisional = PreprocessSpec(
-        image_size, in_channels, (0.0,) * in_channels, (1.0,) * in_channels, cfg.resize,
-        decode_policy,
-    )  # fmt: skip
+    # what the files are decoded at (mean 0, std 1: the statistics come next); cnnlab.data.prefetch
+    # warms the cache with the same spec
+    provisional = decode_spec(cfg, bundle, image_size)
+    decode_policy = provisional.decode
     stream = use_streaming(cfg, bundle, provisional)
     tensors = {k: split_to_uint8(s, provisional, stream=stream) for k, s in bundle.splits.items()}
     timings.lap("decode")  # streamed splits decode during training instead
