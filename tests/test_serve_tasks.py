@@ -237,8 +237,8 @@ def test_detection_tta_serves_the_boxes_of_predict_tta(
     assert [(d["category"], d["category_id"]) for d in got] == [
         (r["category"], r["category_id"]) for r in rows
     ]
-    np.testing.assert_allclose([d["bbox"] + [d["score"]] for d in got],
-                               [r["bbox"] + [r["score"]] for r in rows], rtol=0, atol=1e-5)  # fmt: skip
+    served = [d["bbox"] + [d["score"]] for d in got]  # x, y, w, h, score
+    np.testing.assert_allclose(served, [r["bbox"] + [r["score"]] for r in rows], rtol=0, atol=1e-5)
     plain = _upload(det_client, path.read_bytes(), query).json()
     assert plain["tta"] == [] and plain["detections"] != got
     assert det_tta_client.get("/api/info").json()["tta"] == ["flip"]

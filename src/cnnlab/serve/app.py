@@ -283,8 +283,9 @@ def create_app(
     runs): the probabilities are the mean of the views' (cnnlab.engine.tta); segmentation and
     detection runs take "flip" (the mask of the mean per-pixel probabilities of the image and its
     mirror, or the two views' boxes merged: what ``cnnlab predict RUN --tta flip`` writes); the
-    answers and /api/info say which views (``"tta"``). ``operating_point``: apply the run's operating point
-    (RUN/operating_point.json) as `cnnlab predict RUN` does: each answer's ``"decision"``.
+    answers and /api/info say which views (``"tta"``). ``operating_point``: apply the run's
+    operating point (RUN/operating_point.json) as `cnnlab predict RUN` does: each answer's
+    ``"decision"``.
     A multi-label run answers every label with its probability and threshold (``"labels"``).
     """
     from cnnlab import __version__
