@@ -94,10 +94,17 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "engine/tta.py:check_segment_tta": (
         "evaluate",
         "predict",
+        "serve",
         "segment evaluate",
         "segment predict",
     ),  # fmt: skip
-    "engine/tta.py:check_detect_tta": ("evaluate", "predict", "detect evaluate", "detect predict"),
+    "engine/tta.py:check_detect_tta": (
+        "evaluate",
+        "predict",
+        "serve",
+        "detect evaluate",
+        "detect predict",
+    ),  # fmt: skip
     # --encoder-variant small-input with a timm: encoder (a run records no such encoder)
     "models/segmentation.py:create_segmentation_model": ("segment train",),
     "tasks/registry.py:_video": ("predict",),  # a video run given to `cnnlab predict`

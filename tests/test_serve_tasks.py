@@ -175,6 +175,114 @@ def test_detection_threshold_parameter_is_checked(det_client: TestClient, tmp_pa
         assert "score_threshold" in response.json()["error"]
 
 
+# -- test-time augmentation (`cnnlab serve RUN --tta flip`) ----------------------------------------
+@pytest.fixture(scope="module")
+def seg_tta_client(seg_run: Path):
+    app = create_app(seg_run, max_upload_bytes=MAX_UPLOAD, device="cpu", tta="flip")
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def det_tta_client(det_run: Path):
+    app = create_app(det_run, max_upload_bytes=MAX_UPLOAD, device="cpu", tta="flip")
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_segmentation_tta_serves_the_masks_of_predict_tta(
+    seg_tta_client: TestClient, seg_client: TestClient, seg_run: Path, tmp_path: Path
+) -> None:
+    """--tta flip: the served mask is the one `cnnlab predict RUN --tta flip` writes for the same
+    image, and not the plain one (the pictures are asymmetric: were the views not averaged, or the
+    mirror's probabilities not mirrored back, the masks would be the plain ones or differ)."""
+    from cnnlab.segment import predict_segmentation
+
+    rng = np.random.default_rng(7)
+    differs = 0
+    for i, (w, h) in enumerate([(41, 29), (24, 24), (30, 52)]):
+        path = _picture(tmp_path / f"p{i}.png", rng, w, h)
+        (ref_path,) = predict_segmentation(
+            seg_run, [path], tmp_path / f"pred{i}", device="cpu", tta="flip"
+        )
+        body = _upload(seg_tta_client, path.read_bytes()).json()
+        assert body["task"] == "segmentation" and body["tta"] == ["flip"]
+        mask = np.asarray(_decode(body["mask"]))
+        np.testing.assert_array_equal(mask, np.asarray(Image.open(ref_path)))
+        plain = _upload(seg_client, path.read_bytes()).json()
+        assert plain["tta"] == []
+        differs += int((np.asarray(_decode(plain["mask"])) != mask).sum())
+    assert differs > 0, "flip TTA changed no pixel of three asymmetric pictures"
+    assert seg_tta_client.get("/api/info").json()["tta"] == ["flip"]
+    assert seg_client.get("/api/info").json()["tta"] == []
+
+
+def test_detection_tta_serves_the_boxes_of_predict_tta(
+    det_tta_client: TestClient, det_client: TestClient, det_run: Path, tmp_path: Path
+) -> None:
+    """--tta flip: the served boxes are the rows `cnnlab predict RUN --tta flip` writes (boxes
+    and scores to 1e-5), and not the plain ones."""
+    from cnnlab.detect import predict_detection
+
+    path = _picture(tmp_path / "a.png", np.random.default_rng(1), 80, 50)
+    out = predict_detection(
+        det_run, [path], tmp_path / "pred", device="cpu", score_threshold=0.05, tta="flip"
+    )
+    rows = json.loads(out.read_text())
+    assert rows, "a threshold of 0.05 should leave boxes"
+    query = "/api/predict?score_threshold=0.05"
+    body = _upload(det_tta_client, path.read_bytes(), query).json()
+    assert body["task"] == "detection" and body["tta"] == ["flip"]
+    got = body["detections"]
+    assert [(d["category"], d["category_id"]) for d in got] == [
+        (r["category"], r["category_id"]) for r in rows
+    ]
+    served = [d["bbox"] + [d["score"]] for d in got]  # x, y, w, h, score
+    np.testing.assert_allclose(served, [r["bbox"] + [r["score"]] for r in rows], rtol=0, atol=1e-5)
+    plain = _upload(det_client, path.read_bytes(), query).json()
+    assert plain["tta"] == [] and plain["detections"] != got
+    assert det_tta_client.get("/api/info").json()["tta"] == ["flip"]
+    assert det_client.get("/api/info").json()["tta"] == []
+
+
+@pytest.mark.parametrize("task", ["segmentation", "detection"])
+def test_tta_views_a_task_cannot_map_back_are_refused_as_predict_does(
+    task: str, seg_run: Path, det_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`serve RUN --tta crop` of a segmentation or detection run: exit 2, the one line the task's
+    own `predict RUN --tta crop` prints, before the model loads; an unknown view likewise."""
+    from cnnlab.cli import main
+
+    run = str(seg_run if task == "segmentation" else det_run)
+    image = str(_picture(tmp_path / "a.png", np.random.default_rng(4), 20, 20))
+    lines = {}
+    for views in ("crop", "flip,shift", "mirror"):
+        with pytest.raises(ConfigError):
+            create_app(run, tta=views)
+        capsys.readouterr()
+        assert main(["serve", run, "--port", "0", "--tta", views]) == 2
+        served = capsys.readouterr().err.strip().splitlines()
+        assert main(["predict", run, image, "--out", str(tmp_path / "o"), "--tta", views]) == 2
+        predicted = capsys.readouterr().err.strip().splitlines()
+        assert len(served) == 1 and served == predicted, (served, predicted)
+        assert served[0].startswith(f"error: --tta {views}")
+        lines[views] = served[0]
+    assert f"a {task} run" in lines["crop"] and "use --tta flip" in lines["crop"]
+    assert "unknown view 'mirror'" in lines["mirror"]
+
+
+@pytest.mark.slow  # two `python -m cnnlab` processes (torch imported): seconds each
+def test_tta_refusal_from_the_command_line(seg_run: Path, det_run: Path) -> None:
+    from cli_process import user_error
+
+    line = user_error("serve", str(seg_run), "--port", "0", "--tta", "crop", names="--tta crop")
+    assert (
+        "a segmentation run averages per-pixel probabilities" in line and "use --tta flip" in line
+    )
+    line = user_error("serve", str(det_run), "--port", "0", "--tta", "crop", names="--tta crop")
+    assert "a detection run merges the boxes" in line and "use --tta flip" in line
+
+
 # -- refusals --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task", ["segmentation", "detection"])
 def test_bad_uploads_get_the_classification_statuses(

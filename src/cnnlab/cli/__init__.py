@@ -214,11 +214,15 @@ CLASSIFY_TTA = (  # cnnlab.engine.tta (the parser stays torch-free: checked when
     "none, or a comma list: flip (2 views), crop (original + 5 crops), shift (original + 4 shifts "
     "of side/16 px), e.g. flip,crop (12)"
 )
-SERVE_TTA_HELP = CLASSIFY_TTA + " (default: none)"
-TTA_HELP = CLASSIFY_TTA + (
+TASKS_TTA = (
     "; segmentation: flip, the per-pixel probabilities of the image and its mirror (mirrored "
     "back) averaged; detection: flip, the boxes of the image and its mirror (mirrored back) "
-    "merged by per-class NMS (default: none)"
+    "merged by per-class NMS"
+)
+TTA_HELP = CLASSIFY_TTA + TASKS_TTA + " (default: none)"
+SERVE_TTA_HELP = (  # segmentation / detection: checked and wrapped as their predict does
+    f"{CLASSIFY_TTA}{TASKS_TTA}; the same answers as predict with these views, and each answer "
+    'and /api/info list them ("tta") (default: none)'
 )
 DETECT_TTA_HELP = (
     "none or flip: each image's boxes merged with its mirror's, mirrored back (x1 = W - x2), by "

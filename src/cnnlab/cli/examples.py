@@ -101,6 +101,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("cnnlab serve runs/mnist", "open http://127.0.0.1:8000"),
         ("cnnlab serve runs/mnist --port 9000 --max-upload-mb 5", ""),
         ("cnnlab serve runs/photos --tta flip", "test-time augmentation: image and mirror"),
+        ("cnnlab serve runs/seg --tta flip", "segmentation: mask of image + mirror averaged"),
         ("cnnlab serve runs/defects --ignore-operating-point", "classes only, no decision"),
     ],
     "models": [

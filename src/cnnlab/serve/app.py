@@ -12,7 +12,8 @@ Endpoints (the contract is ``GET /openapi.json``; ``GET /docs`` renders it with 
   segmentation run the mask (a palette PNG at the upload's size, as ``cnnlab predict RUN`` writes
   it), the class areas and a colour overlay; for a detection run the boxes in the upload's pixels
   above ``score_threshold`` (query parameter; default: the run's) and the image with the boxes
-  drawn. The run's recorded ``task`` decides.
+  drawn; with ``--tta flip`` both are those of ``cnnlab predict RUN --tta flip`` and ``"tta"``
+  says so. The run's recorded ``task`` decides.
 * ``POST /api/explain``  the same upload -> the top classes, the layer trace (one entry per executed
   layer in the lecture's words -- convolution, ReLU, pooling, flattening, fully connected, output,
   plus batch norm / residual add / concat for the deeper families -- with its feature maps as a PNG
@@ -67,7 +68,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cnnlab.config import PreprocessSpec
 from cnnlab.engine.trainer import autocast
-from cnnlab.engine.tta import average_probs, parse_tta
+from cnnlab.engine.tta import (
+    DetectTTAModel,
+    SegmentTTAModel,
+    average_probs,
+    check_detect_tta,
+    check_segment_tta,
+    parse_tta,
+)
 from cnnlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -99,6 +107,10 @@ SERVED_TASKS = {
     "segmentation": _segmentation_loader,
     "detection": _detection_loader,
 }
+# segmentation and detection --tta: the task's check (its one-line error for other views) and the
+# wrapper its predict runs (cnnlab.engine.tta), so served masks / boxes are predict's
+TASK_TTA = {"segmentation": check_segment_tta, "detection": check_detect_tta}
+TTA_MODELS = {"segmentation": SegmentTTAModel, "detection": DetectTTAModel}
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 MULTIPART_OVERHEAD = 16 * 1024  # boundary lines and part headers around the file, in bytes
@@ -236,7 +248,8 @@ class Served:
     task: str = "classification"  # the task the checkpoint records
     # classification: the run's temperature and out-of-domain check (cnnlab.engine.calibration)
     calibration: Any = None
-    # classification: test-time augmentation views ("flip", "crop"; cnnlab.engine.tta), () for none
+    # test-time augmentation views (cnnlab.engine.tta), () for none: classification "flip", "crop",
+    # "shift"; segmentation and detection "flip" (the model is then the task's TTA wrapper)
     tta: tuple[str, ...] = ()
     # single-label classification: the run's operating point (RUN/operating_point.json, checked
     # against the weights as `cnnlab predict` does), None for none
@@ -267,9 +280,12 @@ def create_app(
     ``queue_timeout_s`` seconds for a turn before a 503. ``precision``: inference precision of
     /api/predict (auto: fp32 on CPU, the run's own on CUDA, as `cnnlab predict`; the layer trace
     and CAMs of /api/explain are fp32). ``tta`` ("flip", "crop", "shift" or a comma list; classification
-    runs): the probabilities are the mean of the views' (cnnlab.engine.tta), and the answers say
-    which views (``"tta"``). ``operating_point``: apply the run's operating point
-    (RUN/operating_point.json) as `cnnlab predict RUN` does: each answer's ``"decision"``.
+    runs): the probabilities are the mean of the views' (cnnlab.engine.tta); segmentation and
+    detection runs take "flip" (the mask of the mean per-pixel probabilities of the image and its
+    mirror, or the two views' boxes merged: what ``cnnlab predict RUN --tta flip`` writes); the
+    answers and /api/info say which views (``"tta"``). ``operating_point``: apply the run's
+    operating point (RUN/operating_point.json) as `cnnlab predict RUN` does: each answer's
+    ``"decision"``.
     A multi-label run answers every label with its probability and threshold (``"labels"``).
     """
     from cnnlab import __version__
@@ -295,12 +311,12 @@ def create_app(
         from cnnlab.tasks.classify.multilabel import check_tta
 
         check_tta(views)
-    if views and task != "classification":
-        raise ConfigError(
-            f"--tta is for classification runs; {run_or_checkpoint} is a {task} run: leave it out"
-        )
+    if task in TASK_TTA:  # the views the task's own predict takes, in its own words
+        views = TASK_TTA[task](views)
     dev = resolve_device(device)
     model, meta, weights = SERVED_TASKS[task]()(run_or_checkpoint, dev)
+    if views and task in TASK_TTA:  # the wrapper `cnnlab predict RUN --tta` puts around it
+        model = TTA_MODELS[task](model, views).eval()
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     run_path = Path(run_or_checkpoint).expanduser()
     run_dir = run_path if run_path.is_dir() else run_dir_of(Path(weights))
@@ -823,10 +839,10 @@ def calibrated_probs(served: Served, x: torch.Tensor) -> tuple[torch.Tensor, dic
 
 
 def calibration_info(served: Served) -> dict[str, Any]:
-    """/api/info's calibration entries: the TTA views, the temperature and the out-of-domain
-    rule."""
+    """/api/info's calibration entries: the TTA views (every task), the temperature and the
+    out-of-domain rule (classification)."""
     cal = served.calibration
-    tta = {"tta": list(served.tta)} if served.task == "classification" else {}
+    tta = {"tta": list(served.tta)}
     if cal is None:
         return tta
     info: dict[str, Any] = tta | {"temperature": cal.temperature}
@@ -867,7 +883,8 @@ def explain_bytes(served: Served, data: bytes) -> dict[str, Any]:
 def segment_bytes(served: Served, data: bytes) -> dict[str, Any]:
     """The mask of one uploaded image at the image's own size, as ``cnnlab predict RUN`` writes it
     (:func:`cnnlab.segment.logits_to_image_mask`; a palette PNG whose pixel values are the class
-    indices), each class's share of the pixels, and a colour overlay (PNG data URIs)."""
+    indices), each class's share of the pixels, and a colour overlay (PNG data URIs). Under
+    ``--tta flip`` ``served.model`` is a SegmentTTAModel: the mask of the averaged probabilities."""
     from cnnlab.data.tensors import pil_to_chw
     from cnnlab.report.segmentation_report import colorize, overlay
     from cnnlab.segment import logits_to_image_mask
@@ -900,6 +917,7 @@ def segment_bytes(served: Served, data: bytes) -> dict[str, Any]:
         "mask": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii"),
         "overlay": png_uri(overlay(rgb, colorize(mask, palette, ignore))),
         "precision": served.precision,
+        "tta": list(served.tta),  # the views averaged; [] for none
     }
 
 
@@ -922,7 +940,8 @@ def detect_bytes(
     """The boxes of one uploaded image above ``score_threshold`` (default: the run's), in the
     image's own pixels (:func:`cnnlab.data.boxes.unmap_boxes`), rows as ``cnnlab predict RUN``
     writes them to predictions.json (COCO ``bbox`` [x, y, w, h]), and the image with the boxes
-    drawn (PNG data URI)."""
+    drawn (PNG data URI). Under ``--tta flip`` ``served.model`` is a DetectTTAModel: the image's and
+    its mirror's boxes merged, before the threshold (as predict)."""
     from torchvision.utils import draw_bounding_boxes
 
     from cnnlab.data.boxes import unmap_boxes
@@ -963,6 +982,7 @@ def detect_bytes(
         "detections": detections,
         "image": png_uri(np.ascontiguousarray(drawn.permute(1, 2, 0).numpy())),
         "precision": served.precision,
+        "tta": list(served.tta),  # the views whose boxes were merged; [] for none
     }
 
 
