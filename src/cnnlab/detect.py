@@ -465,6 +465,7 @@ def predict_detection(
     from cnnlab.data.decode import load_image
     from cnnlab.data.tensors import image_mode, pil_to_chw
 
+    views = check_detect_tta(parse_tta(tta))  # said before anything is loaded
     if is_onnx(run):
         dev, model = torch.device("cpu"), OnnxModel(run, task="detection")
         meta, trained = model.meta, "32"
@@ -472,7 +473,6 @@ def predict_detection(
         dev = resolve_device(device)
         model, meta, weights = load_detection_model(run, dev)
         trained = trained_precision(run_dir_of(weights))
-    views = check_detect_tta(parse_tta(tta))
     if views:
         model = DetectTTAModel(model, views)
     precision = inference_precision(precision, dev, trained)
