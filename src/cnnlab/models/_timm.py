@@ -207,15 +207,20 @@ def create_timm_model(
     return model
 
 
-def _from_hub(arch: str, cfg: Any, kwargs: dict[str, Any], name: str) -> tuple[nn.Module, str]:
+def _from_hub(
+    arch: str, cfg: Any, kwargs: dict[str, Any], name: str, flag: str = "--weights"
+) -> tuple[nn.Module, str]:
+    """timm's published weights for ``arch``; ``flag``: the option that asked for them (a
+    classification run's --weights, a segmentation or detection run's --init-from), named by
+    the errors."""
     import timm
     from huggingface_hub import constants
 
     where = (cfg.hf_hub_id or cfg.url) if cfg is not None else None
     if not where:
         raise ConfigError(
-            f"{name} has no published weights in timm; leave --weights out (train from scratch) "
-            "or give --weights PATH to a .safetensors file"
+            f"{name} has no published weights in timm; leave {flag} out (train from scratch) "
+            f"or give {flag} PATH to a .safetensors file"
         )
     try:
         net = timm.create_model(arch, pretrained=True, **kwargs)
@@ -227,9 +232,9 @@ def _from_hub(arch: str, cfg: Any, kwargs: dict[str, Any], name: str) -> tuple[n
             else f"the torch hub cache {torch.hub.get_dir()}/checkpoints"
         )
         raise CheckpointError(
-            f"{name} --weights imagenet: the weights {where} are missing: not in {looked}"
+            f"{name} {flag} imagenet: the weights {where} are missing: not in {looked}"
             f"{offline} and not downloadable ({type(err).__name__}); download them once online, "
-            "or give --weights PATH to a .safetensors file"
+            f"or give {flag} PATH to a .safetensors file"
         ) from err
     return net, (f"hf-hub:{cfg.hf_hub_id}" if cfg.hf_hub_id else str(cfg.url))
 
@@ -313,10 +318,18 @@ class TimmEncoder(nn.Module):
 
 
 def create_timm_encoder(
-    name: str, *, in_channels: int, weights: str | os.PathLike | None, image_size: int | None
+    name: str,
+    *,
+    in_channels: int,
+    weights: str | os.PathLike | None,
+    image_size: int | None,
+    role: str = "encoder",
+    flag: str = "--init-from",
 ) -> TimmEncoder:
     """:class:`TimmEncoder` for ``timm:NAME``; ``weights`` as :func:`create_timm_model` takes
-    them (None, "imagenet" from the Hugging Face hub or cache, or a timm-layout file)."""
+    them (None, "imagenet" from the Hugging Face hub or cache, or a timm-layout file). ``role``
+    ("encoder" of a segmentation network, "backbone" of a detector) and ``flag`` (the option
+    that gave ``weights``) word the errors."""
     import timm
     from timm.models import get_pretrained_cfg
 
@@ -330,12 +343,12 @@ def create_timm_encoder(
         if weights is None:
             net = timm.create_model(arch, pretrained=False, **kwargs)
         elif str(weights).lower() == "imagenet":
-            net, source = _from_hub(arch, cfg, kwargs, name)
+            net, source = _from_hub(arch, cfg, kwargs, name, flag)
         else:
             net, source = _from_file(arch, Path(weights).expanduser(), kwargs, name)
     except (RuntimeError, TypeError) as err:  # timm: "features_only not implemented for ..."
         raise ConfigError(
-            f"encoder {name}: timm cannot build it as a feature extractor (features_only=True: "
+            f"{role} {name}: timm cannot build it as a feature extractor (features_only=True: "
             f"{str(err).strip().splitlines()[0][:160]}); choose a convolutional timm model, e.g. "
             "timm:resnet18, timm:convnext_atto, timm:efficientnet_b0"
         ) from None
