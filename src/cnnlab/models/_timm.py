@@ -266,7 +266,10 @@ def _from_file(arch: str, path: Path, kwargs: dict[str, Any], name: str) -> tupl
     from ._weights import read_state_dict
 
     state = read_state_dict(path)  # safetensors or weights_only=True: never a pickle
-    _check_keys(timm.create_model(arch, pretrained=False, **kwargs), state, path, name)
+    # checked against the whole network: timm loads the file before it cuts a features_only
+    # extractor out of it, and that extractor has neither the classifier nor its pretrained_cfg
+    whole = {k: v for k, v in kwargs.items() if k != "features_only"}
+    _check_keys(timm.create_model(arch, pretrained=False, **whole), state, path, name)
     try:  # timm's loader: first conv adapted to in_chans, a classifier of another size dropped
         net = timm.create_model(
             arch, pretrained=True, pretrained_cfg_overlay={"state_dict": state}, **kwargs

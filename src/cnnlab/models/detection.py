@@ -236,6 +236,11 @@ def create_detection_model(
         )
     if num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+    if model == "fcos" and fpn_channels % 32:  # else torch's GroupNorm raises a bare ValueError
+        raise ConfigError(
+            f"option fpn_channels must be a multiple of 32 for fcos (its head normalises with "
+            f"GroupNorm(32, fpn_channels)), got {fpn_channels}"
+        )
     s = int(image_size)
     zeros, ones = [0.0] * in_channels, [1.0] * in_channels
     common = {"min_size": s, "max_size": s, "image_mean": zeros, "image_std": ones}
