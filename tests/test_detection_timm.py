@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import timm
 import torch
+from cli_process import user_error
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from cli_process import user_error
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.models.detection import create_detection_model
 
@@ -45,9 +45,23 @@ def test_timm_backbone_is_timms_feature_extractor_under_the_fpn(
     reference.load_state_dict(body.encoder.backbone["net"].state_dict())
     det.eval(), reference.eval()
     x = torch.randn(2, in_channels, 64, 64)
+    # the zoo's stage list that explain hooks: the modules whose outputs are timm's maps (a
+    # convnext's "stages.1" is the extractor's flattened child "stages_1")
+    stages = body.encoder.feature_info
+    hooked: dict[str, torch.Tensor] = {}
+    handles = [
+        body.encoder.get_submodule(f["module"]).register_forward_hook(
+            lambda m, i, o, key=f["module"]: hooked.__setitem__(key, o)
+        )
+        for f in stages
+    ]  # fmt: skip
     with torch.no_grad():
-        for ours, theirs in zip(body.encoder(x), reference(x), strict=True):
+        maps = body.encoder(x)
+        for h in handles:
+            h.remove()
+        for ours, theirs, f in zip(maps, reference(x), stages, strict=True):
             torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+            torch.testing.assert_close(hooked[f["module"]], theirs, rtol=0, atol=0)
         levels = body(x)
         assert [tuple(p.shape) for p in levels.values()] == [(2, 32, 8, 8), (2, 32, 4, 4),
                                                              (2, 32, 2, 2)]  # fmt: skip
@@ -171,10 +185,16 @@ def test_timm_backbone_run_trains_reloads_predicts_exports(tmp_path: Path) -> No
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (70, 50, 3), np.uint8)).save(tmp_path / "a.png")
     rows = json.loads(
-        predict_detection(run, [tmp_path / "a.png"], tmp_path / "pred", device="cpu",
-                          score_threshold=0.0).read_text()  # fmt: skip
+        predict_detection(
+            run, [tmp_path / "a.png"], tmp_path / "pred", device="cpu", score_threshold=0.0
+        ).read_text()  # fmt: skip
     )
     assert rows and all(r["image_id"] == "a.png" and len(r["bbox"]) == 4 for r in rows)
     # ONNX: export checks onnxruntime's boxes against PyTorch's on three pictures
     exported = api.export(run, format="onnx", out=tmp_path / "d.onnx")
     assert exported.path.is_file() and exported.max_abs_diff is not None
+    # explain: CAMs of the best boxes on one of timm's stages, the backbone traced
+    page = api.explain(run, tmp_path / "a.png", out=tmp_path / "x", score_threshold=0.0, top_k=1)
+    cams = json.loads(Path(page["json"]).read_text())["cams"]
+    assert cams["target_layer"].startswith("net.backbone.encoder.backbone.net.blocks.")
+    assert cams["entries"] and np.asarray(cams["entries"][0]["map"]).shape == (64, 64)

@@ -300,6 +300,21 @@ class TimmEncoder(nn.Module):
              "reduction": int(f["reduction"])}
             for f in net.feature_info.get_dicts()
         ]  # fmt: skip
+        # The zoo's stage list (explain finds a backbone by it: CAM target stages, the trace),
+        # with module paths that exist in the extractor: timm's FeatureListNet flattens nested
+        # stages into children named with "_" (convnext's "stages.0" is its child "stages_0").
+        modules = dict(net.named_modules())
+        self.feature_info = [
+            {"name": f"backbone.net.{path}", "module": f"backbone.net.{path}",
+             "stage": f["module"], "num_chs": int(f["num_chs"]),
+             "reduction": int(f["reduction"])}
+            for f in net.feature_info.get_dicts()
+            for path in [next((m for m in (f["module"], f["module"].replace(".", "_"))
+                               if m in modules), None)]
+            if path is not None
+        ]  # fmt: skip
+        if len(self.feature_info) != len(self.info):  # a stage timm names but does not hold
+            self.feature_info = []
         cfg = dict(getattr(net, "pretrained_cfg", {}) or {})
         self.default_cfg = {
             "name": PREFIX + arch,
