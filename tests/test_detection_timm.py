@@ -77,6 +77,21 @@ def test_timm_backbone_is_timms_feature_extractor_under_the_fpn(
     assert cfg["mean"] == list(mean) and cfg["reductions"] == [8, 16, 32]
 
 
+def test_a_timm_backbone_without_a_pyramid_is_said(caplog) -> None:
+    """timm cuts a plain ViT into blocks that all have reduction 16: it builds, and the run says
+    that its FPN levels share one resolution."""
+    with caplog.at_level("WARNING", logger="cnnlab.models.detection"):
+        det = create_detection_model("retinanet", num_classes=2, backbone="timm:test_vit",
+                                     image_size=64, fpn_channels=32)  # fmt: skip
+    assert det.default_cfg["reductions"] == [16, 16, 16]
+    assert "share reductions [16, 16, 16]" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cnnlab.models.detection"):
+        create_detection_model("retinanet", num_classes=2, backbone="timm:test_resnet",
+                               image_size=64, fpn_channels=32)  # fmt: skip
+    assert "share reductions" not in caplog.text
+
+
 def test_timm_backbone_bad_names_variants_and_weights(tmp_path: Path, monkeypatch) -> None:
     """Unknown names with timm's close names, timm's stem kept, and the three weight sources of
     segmentation's timm encoder: timm's "imagenet" (offline: what is missing, where it looked),
@@ -91,6 +106,8 @@ def test_timm_backbone_bad_names_variants_and_weights(tmp_path: Path, monkeypatc
     text = str(err.value)
     assert text.startswith("unknown timm model 'test_resnt' (did you mean: ") and "\n" not in text
     assert "test_resnet" in text
+    with pytest.raises(ConfigError, match="fpn_channels must be a multiple of 32 for fcos"):
+        create_detection_model("fcos", num_classes=2, backbone="timm:test_resnet", fpn_channels=48)
     with pytest.raises(ConfigError, match="keeps timm's own stem: leave --backbone-variant out"):
         create_detection_model("fcos", num_classes=2, backbone="timm:test_resnet",
                                backbone_variant="small-input")  # fmt: skip

@@ -192,6 +192,13 @@ def _timm_backbone(
             f"backbone {name} has {len(encoder.channels)} feature stages in timm, need {levels}; "
             "choose a timm model with more stages, e.g. timm:resnet18, timm:efficientnet_b0"
         )
+    reductions = encoder.reductions[-levels:]
+    if len(set(reductions)) < levels:  # a plain ViT / MLP-Mixer: every block at stride 16
+        log.warning(
+            "backbone %s: its last %d stages share reductions %s, so the FPN levels have the same "
+            "resolution (no pyramid); a convolutional timm model gives 8, 16, 32",
+            name, levels, reductions,
+        )  # fmt: skip
     cfg = encoder.default_cfg
     # a timm: classification run's tensors (net.*) by name, as segmentation's encoder takes them
     provenance: dict[str, Any] = {"source": cfg["weights"]} if timm_weights else {}
