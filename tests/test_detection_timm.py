@@ -159,7 +159,7 @@ def test_unknown_timm_backbone_is_one_line_on_the_command_line(tmp_path: Path) -
     assert not any(tmp_path.iterdir())  # refused before a run folder was made
 
 
-@pytest.mark.slow  # a detector trained, reloaded, evaluated, predicted and exported: ~20 s
+@pytest.mark.slow  # a detector trained, reloaded, evaluated, predicted, served, exported: ~20 s
 def test_timm_backbone_run_trains_reloads_predicts_exports(tmp_path: Path) -> None:
     from cnnlab import api
     from cnnlab.detect import (
@@ -207,6 +207,20 @@ def test_timm_backbone_run_trains_reloads_predicts_exports(tmp_path: Path) -> No
         ).read_text()  # fmt: skip
     )
     assert rows and all(r["image_id"] == "a.png" and len(r["bbox"]) == 4 for r in rows)
+    # serve: the upload's boxes are predict's
+    pytest.importorskip("fastapi")
+    pytest.importorskip("python_multipart")
+    from fastapi.testclient import TestClient
+
+    from cnnlab.serve.app import create_app
+
+    with TestClient(create_app(run, device="cpu"), raise_server_exceptions=False) as client:
+        response = client.post("/api/predict?score_threshold=0.0",
+                               files={"file": ("a.png", (tmp_path / "a.png").read_bytes(),
+                                               "image/png")})  # fmt: skip
+    assert response.status_code == 200, response.text
+    keys = ("category", "category_id", "score", "bbox")
+    assert response.json()["detections"] == [{k: r[k] for k in keys} for r in rows]
     # ONNX: export checks onnxruntime's boxes against PyTorch's on three pictures
     exported = api.export(run, format="onnx", out=tmp_path / "d.onnx")
     assert exported.path.is_file() and exported.max_abs_diff is not None
