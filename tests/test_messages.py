@@ -107,6 +107,8 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     ),  # fmt: skip
     # --encoder-variant small-input with a timm: encoder (a run records no such encoder)
     "models/segmentation.py:create_segmentation_model": ("segment train",),
+    # --backbone-variant small-input / --init-from with a timm: backbone
+    "models/detection.py:_timm_backbone": ("detect train",),
     "tasks/registry.py:_video": ("predict",),  # a video run given to `cnnlab predict`
     "api.py:predict": ("predict",),
     "run.py:evaluation_dir": ("evaluate", "segment evaluate", "detect evaluate", "video evaluate"),
@@ -165,6 +167,8 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "export.py:_export_onnx": ("export",),
     "models/segmentation.py:load_encoder_from_run": ("segment train",),
     "models/_timm.py": (*TRAINERS, "lr-find"),  # --weights imagenet of a timm: model
+    # --init-from imagenet of a timm: segmentation encoder or detection backbone
+    "models/_timm.py:create_timm_encoder": ("segment train", "detect train"),
     "report/explain_page.py:explain_image": ("explain",),
     "report/explain_page.py:explain_dense_image": ("explain",),
     "api.py:explain": ("explain",),

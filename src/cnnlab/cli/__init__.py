@@ -1605,10 +1605,10 @@ _TASK_WORDS = {  # `cnnlab models --task WORD`: the command word or the recorded
     "video-classification": "video-classification",
 }
 _TASK_MODELS_NOTE = {  # (option names without dashes: they belong to the task's train command)
-    "segmentation": "encoder: any classification model (cnnlab models), the encoder option of "
-    "`cnnlab segment train`",
-    "detection": "backbone: any classification model (cnnlab models), the backbone option of "
-    "`cnnlab detect train`",
+    "segmentation": "encoder: any classification model (cnnlab models) or timm:NAME, the encoder "
+    "option of `cnnlab segment train`",
+    "detection": "backbone: any classification model (cnnlab models) or timm:NAME, the backbone "
+    "option of `cnnlab detect train`",
     "video-classification": "or any classification model, applied per frame "
     "(the model option of `cnnlab video train`)",
 }

@@ -84,6 +84,10 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "detect train": [
         ("cnnlab detect train --data coco/instances.json --data-root coco/images", ""),
         ("cnnlab detect train --data yolo/ --model retinanet --backbone resnet34", ""),
+        (
+            "cnnlab detect train --data yolo/ --backbone timm:efficientnet_b0 --init-from imagenet",
+            "any of timm's convolutional models as the backbone, with timm's weights",
+        ),
     ],
     "detect evaluate": [
         ("cnnlab detect evaluate runs/fasterrcnn-shapes --json", ""),

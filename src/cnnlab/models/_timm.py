@@ -207,15 +207,20 @@ def create_timm_model(
     return model
 
 
-def _from_hub(arch: str, cfg: Any, kwargs: dict[str, Any], name: str) -> tuple[nn.Module, str]:
+def _from_hub(
+    arch: str, cfg: Any, kwargs: dict[str, Any], name: str, flag: str = "--weights"
+) -> tuple[nn.Module, str]:
+    """timm's published weights for ``arch``; ``flag``: the option that asked for them (a
+    classification run's --weights, a segmentation or detection run's --init-from), named by
+    the errors."""
     import timm
     from huggingface_hub import constants
 
     where = (cfg.hf_hub_id or cfg.url) if cfg is not None else None
     if not where:
         raise ConfigError(
-            f"{name} has no published weights in timm; leave --weights out (train from scratch) "
-            "or give --weights PATH to a .safetensors file"
+            f"{name} has no published weights in timm; leave {flag} out (train from scratch) "
+            f"or give {flag} PATH to a .safetensors file"
         )
     try:
         net = timm.create_model(arch, pretrained=True, **kwargs)
@@ -227,9 +232,9 @@ def _from_hub(arch: str, cfg: Any, kwargs: dict[str, Any], name: str) -> tuple[n
             else f"the torch hub cache {torch.hub.get_dir()}/checkpoints"
         )
         raise CheckpointError(
-            f"{name} --weights imagenet: the weights {where} are missing: not in {looked}"
+            f"{name} {flag} imagenet: the weights {where} are missing: not in {looked}"
             f"{offline} and not downloadable ({type(err).__name__}); download them once online, "
-            "or give --weights PATH to a .safetensors file"
+            f"or give {flag} PATH to a .safetensors file"
         ) from err
     return net, (f"hf-hub:{cfg.hf_hub_id}" if cfg.hf_hub_id else str(cfg.url))
 
@@ -261,7 +266,10 @@ def _from_file(arch: str, path: Path, kwargs: dict[str, Any], name: str) -> tupl
     from ._weights import read_state_dict
 
     state = read_state_dict(path)  # safetensors or weights_only=True: never a pickle
-    _check_keys(timm.create_model(arch, pretrained=False, **kwargs), state, path, name)
+    # checked against the whole network: timm loads the file before it cuts a features_only
+    # extractor out of it, and that extractor has neither the classifier nor its pretrained_cfg
+    whole = {k: v for k, v in kwargs.items() if k != "features_only"}
+    _check_keys(timm.create_model(arch, pretrained=False, **whole), state, path, name)
     try:  # timm's loader: first conv adapted to in_chans, a classifier of another size dropped
         net = timm.create_model(
             arch, pretrained=True, pretrained_cfg_overlay={"state_dict": state}, **kwargs
@@ -292,6 +300,21 @@ class TimmEncoder(nn.Module):
              "reduction": int(f["reduction"])}
             for f in net.feature_info.get_dicts()
         ]  # fmt: skip
+        # The zoo's stage list (explain finds a backbone by it: CAM target stages, the trace),
+        # with module paths that exist in the extractor: timm's FeatureListNet flattens nested
+        # stages into children named with "_" (convnext's "stages.0" is its child "stages_0").
+        modules = dict(net.named_modules())
+        self.feature_info = [
+            {"name": f"backbone.net.{path}", "module": f"backbone.net.{path}",
+             "stage": f["module"], "num_chs": int(f["num_chs"]),
+             "reduction": int(f["reduction"])}
+            for f in net.feature_info.get_dicts()
+            for path in [next((m for m in (f["module"], f["module"].replace(".", "_"))
+                               if m in modules), None)]
+            if path is not None
+        ]  # fmt: skip
+        if len(self.feature_info) != len(self.info):  # a stage timm names but does not hold
+            self.feature_info = []
         cfg = dict(getattr(net, "pretrained_cfg", {}) or {})
         self.default_cfg = {
             "name": PREFIX + arch,
@@ -313,10 +336,18 @@ class TimmEncoder(nn.Module):
 
 
 def create_timm_encoder(
-    name: str, *, in_channels: int, weights: str | os.PathLike | None, image_size: int | None
+    name: str,
+    *,
+    in_channels: int,
+    weights: str | os.PathLike | None,
+    image_size: int | None,
+    role: str = "encoder",
+    flag: str = "--init-from",
 ) -> TimmEncoder:
     """:class:`TimmEncoder` for ``timm:NAME``; ``weights`` as :func:`create_timm_model` takes
-    them (None, "imagenet" from the Hugging Face hub or cache, or a timm-layout file)."""
+    them (None, "imagenet" from the Hugging Face hub or cache, or a timm-layout file). ``role``
+    ("encoder" of a segmentation network, "backbone" of a detector) and ``flag`` (the option
+    that gave ``weights``) word the errors."""
     import timm
     from timm.models import get_pretrained_cfg
 
@@ -330,12 +361,12 @@ def create_timm_encoder(
         if weights is None:
             net = timm.create_model(arch, pretrained=False, **kwargs)
         elif str(weights).lower() == "imagenet":
-            net, source = _from_hub(arch, cfg, kwargs, name)
+            net, source = _from_hub(arch, cfg, kwargs, name, flag)
         else:
             net, source = _from_file(arch, Path(weights).expanduser(), kwargs, name)
     except (RuntimeError, TypeError) as err:  # timm: "features_only not implemented for ..."
         raise ConfigError(
-            f"encoder {name}: timm cannot build it as a feature extractor (features_only=True: "
+            f"{role} {name}: timm cannot build it as a feature extractor (features_only=True: "
             f"{str(err).strip().splitlines()[0][:160]}); choose a convolutional timm model, e.g. "
             "timm:resnet18, timm:convnext_atto, timm:efficientnet_b0"
         ) from None

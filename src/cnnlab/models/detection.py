@@ -21,6 +21,12 @@ three stages fed to torchvision's ``FeaturePyramidNetwork`` (``fpn_channels`` wi
 the zoo's small-input ResNet stem gives reductions 2, 4, 8 for those stages; from 64 px the
 ImageNet stem gives 8, 16, 32.
 
+``backbone="timm:NAME"``: any of timm's convolutional models through timm's own feature extractor
+(``timm.create_model(NAME, features_only=True)``, :class:`cnnlab.models._timm.TimmEncoder`, as
+segmentation's ``encoder="timm:NAME"``): the FPN's in-channels per level are the last three of
+timm's ``feature_info.channels()`` and FCOS's strides its reductions (8, 16, 32 for most models;
+timm's stem is kept at every image size, so ``backbone_variant="small-input"`` is refused).
+
 Anchors scale with the image, not with COCO's 32..512 px: level i of L gets sizes
 ``S * 0.75 / 2**(L-1-i) * {1, sqrt 2}`` and aspect ratios 0.5, 1, 2, so the largest anchor is
 three quarters of the image side whatever the resolution.
@@ -110,18 +116,21 @@ def _zoo_backbone(
     fpn_channels: int,
 ) -> tuple[FPNBackbone, dict[str, Any]]:
     from cnnlab.models import SMALL_INPUT_BELOW, create_model, list_models
+    from cnnlab.models._timm import is_timm
     from cnnlab.models.segmentation import Encoder, cnnlab_checkpoint, load_encoder_from_run
 
-    if name not in list_models():
+    if not is_timm(name) and name not in list_models():
         raise ConfigError(
             f"unknown backbone {name!r}{close_matches(name, list_models())}; "
-            "choose a zoo model, e.g. resnet18, resnet34, resnet50"
+            "choose a zoo model, e.g. resnet18, resnet34, resnet50, or timm:NAME"
         )
     if variant not in BACKBONE_VARIANTS:
         raise ConfigError(
             f"unknown backbone_variant {variant!r}{close_matches(variant, BACKBONE_VARIANTS)}; "
             f"choose from {', '.join(BACKBONE_VARIANTS)}"
         )
+    if is_timm(name):
+        return _timm_backbone(name, in_channels, image_size, weights, variant, levels, fpn_channels)
     zoo_size = image_size
     if variant == "imagenet":
         zoo_size = max(image_size, SMALL_INPUT_BELOW)
@@ -152,6 +161,58 @@ def _zoo_backbone(
     return FPNBackbone(encoder, levels, fpn_channels), info
 
 
+def _timm_backbone(
+    name: str,
+    in_channels: int,
+    image_size: int,
+    weights: str | None,
+    variant: str,
+    levels: int,
+    fpn_channels: int,
+) -> tuple[FPNBackbone, dict[str, Any]]:
+    """``timm:NAME``: timm's features_only network (segmentation's TimmEncoder: ``forward`` gives
+    one map per stage, shallow first, with ``channels`` and ``reductions`` from timm's
+    ``feature_info``) under the same FPN; ``weights`` as segmentation's encoder takes them."""
+    from cnnlab.models._timm import create_timm_encoder
+    from cnnlab.models.segmentation import cnnlab_checkpoint, load_encoder_from_run
+
+    if variant == "small-input":
+        raise ConfigError(
+            f"backbone_variant small-input is the zoo's stride-1 stem; {name} keeps timm's own "
+            "stem: leave --backbone-variant out"
+        )
+    run_source = cnnlab_checkpoint(weights)
+    timm_weights = None if run_source is not None else weights
+    encoder = create_timm_encoder(
+        name, in_channels=in_channels, weights=timm_weights, image_size=image_size,
+        role="backbone", flag="--init-from",
+    )  # fmt: skip
+    if len(encoder.channels) < levels:
+        raise ConfigError(
+            f"backbone {name} has {len(encoder.channels)} feature stages in timm, need {levels}; "
+            "choose a timm model with more stages, e.g. timm:resnet18, timm:efficientnet_b0"
+        )
+    reductions = encoder.reductions[-levels:]
+    if len(set(reductions)) < levels:  # a plain ViT / MLP-Mixer: every block at stride 16
+        log.warning(
+            "backbone %s: its last %d stages share reductions %s, so the FPN levels have the same "
+            "resolution (no pyramid); a convolutional timm model gives 8, 16, 32",
+            name, levels, reductions,
+        )  # fmt: skip
+    cfg = encoder.default_cfg
+    # a timm: classification run's tensors (net.*) by name, as segmentation's encoder takes them
+    provenance: dict[str, Any] = {"source": cfg["weights"]} if timm_weights else {}
+    if run_source is not None:
+        provenance = load_encoder_from_run(encoder, run_source, name)
+    info = {
+        "mean": list(provenance.get("mean") or cfg["mean"]),
+        "std": list(provenance.get("std") or cfg["std"]),
+        "backbone_init": provenance or None,
+        "backbone_variant": cfg["variant"],  # "timm NAME": timm's stem at every size
+    }
+    return FPNBackbone(encoder, levels, fpn_channels), info
+
+
 def create_detection_model(
     model: str,
     *,
@@ -167,8 +228,9 @@ def create_detection_model(
 ) -> Detector:
     """Build a detector (see the module docstring) for ``num_classes`` object classes on
     ``image_size`` x ``image_size`` inputs. ``box_head_width``: Faster R-CNN's two-layer box head
-    (torchvision: 1024). ``backbone_weights``: None, "imagenet" / a state-dict
-    file (the zoo loads it) or a cnnlab classification run / checkpoint of the same backbone."""
+    (torchvision: 1024). ``backbone``: a zoo classifier or ``timm:NAME``. ``backbone_weights``:
+    None, "imagenet" / a state-dict file (the zoo or timm loads it; timm's "imagenet" from the
+    Hugging Face hub or cache) or a cnnlab classification run / checkpoint of the same backbone."""
     import torchvision.models.detection as tvd
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.transform import GeneralizedRCNNTransform
@@ -181,6 +243,11 @@ def create_detection_model(
         )
     if num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+    if model == "fcos" and fpn_channels % 32:  # else torch's GroupNorm raises a bare ValueError
+        raise ConfigError(
+            f"option fpn_channels must be a multiple of 32 for fcos (its head normalises with "
+            f"GroupNorm(32, fpn_channels)), got {fpn_channels}"
+        )
     s = int(image_size)
     zeros, ones = [0.0] * in_channels, [1.0] * in_channels
     common = {"min_size": s, "max_size": s, "image_mean": zeros, "image_std": ones}

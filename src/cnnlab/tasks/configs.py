@@ -115,7 +115,7 @@ class DetectConfig(RunConfig):
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit, enforced as an error
     # --- model ---
     model: str = "fasterrcnn"  # fasterrcnn | retinanet | fcos | ssdlite
-    backbone: str = "resnet18"  # a zoo classifier (ignored by ssdlite)
+    backbone: str = "resnet18"  # a zoo classifier or timm:NAME (ignored by ssdlite)
     init_from: str | None = None  # backbone weights: a cnnlab classification run, "imagenet", file
     backbone_variant: str = "auto"  # auto | imagenet | small-input (stem), as encoder_variant
     fpn_channels: int = 128  # FPN width: 128 instead of torchvision's 256 for CPU training
