@@ -370,3 +370,20 @@ def test_video_strength_error_is_one_line_in_a_subprocess(tmp_path):
     err = proc.stderr.strip()
     assert proc.returncode == 2 and err.splitlines() == [f"error: {message}"], err
     assert not any(tmp_path.iterdir())
+
+
+def test_the_report_names_a_video_runs_augmentations_with_their_strengths(tmp_path):
+    """run.json records video --augment (the Plan's record), and the report's header reads the
+    strengths beside them from config.json, as for an image run."""
+    from cnnlab.engine.distributed import DistInfo
+    from cnnlab.engine.timing import Timings
+    from cnnlab.report.header import run_facts
+    from cnnlab.tasks.configs import VideoConfig
+    from cnnlab.video.train import _prepare
+
+    cfg = VideoConfig(data=TINY, batch_size=4, augment=("crop", "erasing", "mixup"),
+                      erasing_prob=0.5, mixup_alpha=0.3)  # fmt: skip
+    plan = _prepare(cfg, DistInfo(), torch.device("cpu"), None, Timings())
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (tmp_path / "run.json").write_text(json.dumps(plan.record))
+    assert run_facts(tmp_path)["augmentation"] == "crop, erasing (p 0.5), mixup (alpha 0.3)"

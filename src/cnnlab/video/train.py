@@ -392,7 +392,12 @@ def _prepare(
         describe=sample_of,
         # one training sample: a clip stacked (1, T*C, S, S) for a 3D model, a frame for a 2D one
         sample_shape=(1, t * c, s, s) if is_3d(cfg.model) else (1, c, s, s),
-        record={"clips": int(n), "frames": t, "image_size": s},
+        record={
+            "clips": int(n),
+            "frames": t,
+            "image_size": s,
+            "augmentations": list(cfg.augment),
+        },  # the report names them with their strengths
     )
 
 
