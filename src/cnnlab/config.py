@@ -276,7 +276,8 @@ AUGMENT_OPTIONS = {
 class AugmentParams:
     """The augmentation strengths (:data:`AUGMENT_OPTIONS`) as one value the loader carries to
     cnnlab.data.augment. It has no defaults of its own: :meth:`of` reads a config's fields, and
-    TrainConfig's defaults for a config without them (video, a bare loader)."""
+    TrainConfig's defaults for those a config lacks (a bare loader; VideoConfig's randaugment and
+    jitter strengths, augmentations video does not offer)."""
 
     mixup_alpha: float
     cutmix_alpha: float
