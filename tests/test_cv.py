@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import signal
 import statistics
@@ -137,6 +138,71 @@ def test_split_file_pools_the_source_and_takes_its_ids(tmp_path):
     loaded = load_source(make_config(TrainConfig, data="builtin:digits", split_file=str(digits)))
     assert loaded.splits["train"].targets.tolist() == [5, 0]  # sklearn digits: target = i % 10
     assert loaded.splits["test"].targets.tolist() == [8] and "val" not in loaded.splits
+
+
+def _image_folder(root, per_class: int = 4) -> None:
+    """Two classes of tiny random PNGs: root/a/0.png ... root/b/3.png."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+
+
+def test_fold_split_files_name_samples_relative_to_a_dataset_root_that_can_move(tmp_path):
+    """A fold's split file holds sample ids relative to the dataset root (as splits.json), so
+    it splits the same dataset found under another root: moved, or on another machine."""
+    import shutil
+
+    from cnnlab.tasks.classify.cv import fold_split_files
+
+    old, new = tmp_path / "old" / "data", tmp_path / "elsewhere" / "data"
+    _image_folder(old)
+    cfg = make_config(TrainConfig, data=str(old), val_fraction=0.0, test_fraction=0.0)
+    pooled = load_source(cfg)
+    pool = pooled.splits["train"]
+    fold_of = fold_of_samples(pool.targets, 2, 0)
+    content = fold_split_files(pool, fold_of, cfg, pooled.source, pooled.class_names)[0]
+    ids = [i for split in content["splits"].values() for i in split]
+    assert sorted(ids) == [f"{c}/{i}.png" for c in "ab" for i in range(4)]  # relative, no root
+    path = tmp_path / "fold-1.json"
+    path.write_text(json.dumps(content))
+    shutil.move(old, new)
+    moved = load_source(make_config(TrainConfig, data=str(new), split_file=str(path)))
+    for split, names in content["splits"].items():
+        assert moved.splits[split].ids == names
+        assert [str(p) for p in moved.splits[split].paths] == [str(new / n) for n in names]
+        assert moved.splits[split].targets.tolist() == [n[0] == "b" for n in names]
+
+
+def test_a_resume_takes_a_moved_split_file_only_when_it_holds_the_runs_splits(tmp_path):
+    """A cv fold records its split file's absolute path; when that is gone (the cv folder was
+    moved), a resume takes the file it is given if its val and test ids are the run's (splits.json)
+    and its train split holds the run's; another file is refused, a present one kept."""
+    from cnnlab.engine.resume import resumed_config
+
+    run = tmp_path / "fold-1"
+    run.mkdir()
+    gone = str(tmp_path / "gone" / "fold-1.json")
+    (run / "config.json").write_text(json.dumps(TrainConfig(split_file=gone).to_dict()))
+    splits = {"train": ["a/0.png", "b/1.png"], "test": ["a/1.png", "b/0.png"]}
+    (run / "splits.json").write_text(json.dumps({"splits": splits}))
+    same, other = tmp_path / "same.json", tmp_path / "other.json"
+    same.write_text(json.dumps({"splits": splits | {"train": ["b/1.png", "a/0.png", "a/2.png"]}}))
+    other.write_text(json.dumps({"splits": splits | {"test": ["a/1.png"]}}))
+    config = resumed_config(TrainConfig, TrainConfig(split_file=str(same)), run)
+    assert config["split_file"] == str(same) and config["resume"] == str(run)
+    with pytest.raises(ConfigError, match="has another 'test' split"):
+        resumed_config(TrainConfig, TrainConfig(split_file=str(other)), run)
+    assert resumed_config(TrainConfig, TrainConfig(), run)["split_file"] == gone  # none given
+    present = TrainConfig(split_file=str(same)).to_dict()
+    (run / "config.json").write_text(json.dumps(present))  # recorded and present: kept as is
+    assert resumed_config(TrainConfig, TrainConfig(split_file=str(other)), run)[
+        "split_file"
+    ] == str(same)
 
 
 @pytest.mark.parametrize(
@@ -347,3 +413,32 @@ def test_an_interrupted_fold_resumes_and_matches_an_uninterrupted_cv(tmp_path, m
             assert (za["ids"] == zb["ids"]).all()
             np.testing.assert_array_equal(za["probs"], zb["probs"])
     assert (full.cv_dir / "oof_predictions.csv").read_text() == resumed.oof_csv.read_text()
+
+
+@pytest.mark.slow
+def test_a_moved_cv_folder_evaluates_and_resumes_its_folds(tmp_path):
+    """The fold runs record their split files' absolute paths: after the cv folder is moved (the
+    old one gone), `cnnlab evaluate FOLD` still scores the fold's test split (the run's splits.json
+    picks it by id) and a rerun resumes an unfinished fold with the fold file at its new place."""
+    import shutil
+
+    from cnnlab.api import evaluate
+    from cnnlab.tasks.classify.cv import cross_validate
+
+    data = tmp_path / "data"
+    _image_folder(data)
+    options = {"data": str(data), "model": "lenet5", "image_size": 16, "epochs": 1,
+               "batch_size": 4, "val_fraction": 0.0, "report": False, "name": "cv"}  # fmt: skip
+    first = cross_validate(folds=2, out=str(tmp_path / "runs"), **options)
+    moved = tmp_path / "moved"
+    shutil.move(first.cv_dir, moved / "cv")
+    fold_1, fold_2 = moved / "cv" / "fold-1", moved / "cv" / "fold-2"
+    recorded = json.loads((fold_1 / "config.json").read_text())["split_file"]
+    assert recorded.startswith(str(tmp_path / "runs")) and not os.path.exists(recorded)
+    scored = evaluate(str(fold_1), report=False)
+    recorded_metrics = json.loads((fold_1 / "test_metrics.json").read_text())
+    assert scored["metrics"]["accuracy"] == recorded_metrics["accuracy"]
+    assert scored["metrics"]["num_samples"] == 4
+    (fold_2 / "test_metrics.json").unlink()  # as if stopped before its final evaluation
+    again = cross_validate(folds=2, out=str(moved), **options)
+    assert again.status == ["finished earlier", "resumed"]

@@ -71,8 +71,10 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "engine/assembly.py:tensorboard": (*TRAINERS, *TASK_TRAINERS),  # only with --tensorboard
     "engine/tracking.py": (*TRAINERS, *TASK_TRAINERS),  # only with --track mlflow
     "config.py:__post_init__": (*TRAINERS, "lr-find", *TASK_TRAINERS),  # --track-uri alone
-    # --mixup-alpha ... without its augmentation: every command that builds a TrainConfig
-    "config.py:check_augment_options": (*TRAINERS, "lr-find", "tune"),
+    # --mixup-alpha ... without its augmentation: every command that builds a TrainConfig or a
+    # VideoConfig
+    "config.py:check_augment_options": (*TRAINERS, "lr-find", "tune", "video train"),
+    "config.py:_by_recipe": (*TRAINERS, "lr-find", "tune"),  # configs with a recipe field
     "tasks/configs.py:reject_mixing": ("segment train", "detect train"),  # --augment mixup
     "runs_table.py": ("runs",),
     "cli/runs.py": ("runs",),

@@ -333,3 +333,36 @@ def test_training_curves_panels_keep_apart_with_long_tick_labels(tmp_path: Path)
     for artist in [*labels, right.yaxis.label]:
         box = artist.get_window_extent(renderer)
         assert box.x0 > left_box.x1, artist.get_text()
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_fit_closes_the_renderer_a_task_started_once_its_evaluation_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: bool
+):
+    """The renderer a task's prepare starts travels in its Plan; the fit shell closes it once,
+    after the test evaluation that draws with it, also when that evaluation raises."""
+    from cnnlab import api
+    from cnnlab.tasks.classify import train
+
+    events: list[str] = []
+
+    class Closing(render.Renderer):
+        def close(self) -> None:
+            events.append("close")
+
+    def scored(*args, renderer, **kwargs):
+        events.append("evaluate with " + type(renderer).__name__)
+        if fails:
+            raise RuntimeError("scoring failed")
+        return {"metrics": {"accuracy": 1.0}, "report": None}
+
+    monkeypatch.setattr(train, "start_renderer", Closing)
+    monkeypatch.setattr(train, "evaluate_model", scored)
+    options = {"data": "builtin:shapes?n=100&size=16", "model": "lenet5", "epochs": 1,
+               "batch_size": 8, "precision": "32", "out": str(tmp_path)}  # fmt: skip
+    if fails:
+        with pytest.raises(RuntimeError, match="scoring failed"):
+            api.train(**options)
+    else:
+        assert api.train(**options).test_metrics == {"accuracy": 1.0}
+    assert events == ["evaluate with Closing", "close"]

@@ -278,3 +278,112 @@ def test_cli_bad_option_prints_one_line_and_exits_2(tmp_path, capsys):
     assert main(["video", "train", "--epochs", "zero", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "epochs" in err and len(err.splitlines()) == 1
+
+
+def _first_batch(model: str, **options) -> Tensor:
+    """The first training batch (clips, or frames for a 2D model) that video train's loader makes
+    for these options, from the task's own prepare (what `cnnlab video train` runs)."""
+    from cnnlab.engine.distributed import DistInfo
+    from cnnlab.engine.timing import Timings
+    from cnnlab.tasks.configs import VideoConfig
+    from cnnlab.video.train import _prepare
+
+    cfg = VideoConfig(data=TINY, model=model, batch_size=4, seed=3, **options)
+    cpu = torch.device("cpu")
+    plan = _prepare(cfg, DistInfo(), cpu, None, Timings())
+    train_loader, _ = plan.loaders(cpu, False, DistInfo())
+    return next(iter(train_loader.batches(0)))[0]
+
+
+@pytest.mark.parametrize("model", ["r3d_small", "lenet5"])
+def test_erasing_prob_reaches_the_video_loader(model):
+    """erasing_prob=1 erases one box in every clip (the same box through all its frames and
+    channels: 0, the mean after normalising); 0 erases none (the batch equals one without
+    erasing: erasing draws after crop, so the crops are the same)."""
+    plain = _first_batch(model, augment=("crop",))
+    none = _first_batch(model, augment=("crop", "erasing"), erasing_prob=0.0)
+    every = _first_batch(model, augment=("crop", "erasing"), erasing_prob=1.0)
+    assert torch.equal(none, plain)
+    changed = every != plain  # (N, T*C, S, S): the erased pixels (a zero pixel can stay zero)
+    box = (every == 0).all(1)  # (N, S, S): zero in every frame and channel
+    for n in range(every.shape[0]):
+        assert changed[n].any(), f"clip {n} was not erased"
+        assert box[n][changed[n].any(0)].all()  # every changed pixel is in the all-zero box
+        rows, cols = box[n].any(1).nonzero(), box[n].any(0).nonzero()
+        assert box[n].sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+
+
+def _targets(**options) -> Tensor:
+    from cnnlab.engine.distributed import DistInfo
+    from cnnlab.engine.timing import Timings
+    from cnnlab.tasks.configs import VideoConfig
+    from cnnlab.video.train import _prepare
+
+    cfg = VideoConfig(data=TINY, batch_size=4, seed=3, **options)
+    plan = _prepare(cfg, DistInfo(), torch.device("cpu"), None, Timings())
+    return next(iter(plan.loaders(torch.device("cpu"), False, DistInfo())[0].batches(0)))[1]
+
+
+def test_mixup_alpha_reaches_the_video_loader():
+    """MixUp's lam ~ Beta(alpha, alpha): a tiny alpha puts lam near 0 or 1 (targets near one-hot),
+    a large one near 1/2; the clips' soft targets (N, K) show which alpha the loader drew with
+    (a clip mixed with one of its own class keeps a one-hot target whatever lam)."""
+    near_hot = _targets(augment=("mixup",), mixup_alpha=0.01).max(1).values
+    near_half = _targets(augment=("mixup",), mixup_alpha=100.0).max(1).values
+    mixed = near_half < 1  # pairs of two classes (seeded: 2 of this batch's 4)
+    assert mixed.any() and (near_hot > 0.95).all()
+    assert ((near_half[mixed] - 0.5).abs() < 0.1).all()
+
+
+MESSAGES = [
+    (["--erasing-prob", "1.5"], "option erasing_prob must be in [0, 1], got 1.5"),
+    (["--mixup-alpha", "0"], "option mixup_alpha must be a number > 0"),
+    (
+        ["--cutmix-alpha", "0.5"],
+        "option cutmix_alpha=0.5 acts only on augmentation 'cutmix', which this run does not use; "
+        "turn it on with --augment cutmix, or leave cutmix_alpha out",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), MESSAGES)
+def test_video_strength_errors_are_one_line(tmp_path, capsys, args, message):
+    from cnnlab.cli import main
+
+    assert main(["video", "train", "--data", TINY, *args, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch: ~3 s
+def test_video_strength_error_is_one_line_in_a_subprocess(tmp_path):
+    import subprocess
+    import sys
+
+    args, message = MESSAGES[2]
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnnlab", "video", "train", "--data", TINY, *args,
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and err.splitlines() == [f"error: {message}"], err
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_report_names_a_video_runs_augmentations_with_their_strengths(tmp_path):
+    """run.json records video --augment (the Plan's record), and the report's header reads the
+    strengths beside them from config.json, as for an image run."""
+    from cnnlab.engine.distributed import DistInfo
+    from cnnlab.engine.timing import Timings
+    from cnnlab.report.header import run_facts
+    from cnnlab.tasks.configs import VideoConfig
+    from cnnlab.video.train import _prepare
+
+    cfg = VideoConfig(data=TINY, batch_size=4, augment=("crop", "erasing", "mixup"),
+                      erasing_prob=0.5, mixup_alpha=0.3)  # fmt: skip
+    plan = _prepare(cfg, DistInfo(), torch.device("cpu"), None, Timings())
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (tmp_path / "run.json").write_text(json.dumps(plan.record))
+    assert run_facts(tmp_path)["augmentation"] == "crop, erasing (p 0.5), mixup (alpha 0.3)"

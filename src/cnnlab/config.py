@@ -276,7 +276,8 @@ AUGMENT_OPTIONS = {
 class AugmentParams:
     """The augmentation strengths (:data:`AUGMENT_OPTIONS`) as one value the loader carries to
     cnnlab.data.augment. It has no defaults of its own: :meth:`of` reads a config's fields, and
-    TrainConfig's defaults for a config without them (video, a bare loader)."""
+    TrainConfig's defaults for those a config lacks (a bare loader; VideoConfig's randaugment and
+    jitter strengths, augmentations video does not offer)."""
 
     mixup_alpha: float
     cutmix_alpha: float
@@ -292,38 +293,52 @@ class AugmentParams:
 
 def check_augment_options(cfg: Any) -> None:
     """The augmentation strengths in their ranges, and each set (to other than its default) only
-    when its augmentation is in use, else it would be ignored; one-line ConfigErrors naming it."""
+    when its augmentation is in use, else it would be ignored; one-line ConfigErrors naming it.
+
+    Only the strengths ``cfg`` has are checked (VideoConfig has those of its --augment names, not
+    randaugment's or jitter's), each against its own class's default."""
+    own = {f.name: f.default for f in fields(cfg) if f.name in AUGMENT_OPTIONS}
     for key in ("mixup_alpha", "cutmix_alpha"):
-        value = getattr(cfg, key)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        value = getattr(cfg, key, None)
+        if key in own and not (
+            isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+        ):
             raise ConfigError(
                 f"option {key} must be a number > 0 (Beta(alpha, alpha)), got {value}"
             )
     for key in ("erasing_prob", "jitter"):
-        value = getattr(cfg, key)
-        if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+        value = getattr(cfg, key, None)
+        if key in own and not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
             raise ConfigError(f"option {key} must be in [0, 1], got {value}")
-    ops, magnitude = cfg.randaugment_ops, cfg.randaugment_magnitude
-    if not (isinstance(ops, int) and not isinstance(ops, bool) and ops >= 1):
-        raise ConfigError(f"option randaugment_ops must be an integer >= 1, got {ops}")
-    if not (
-        isinstance(magnitude, int) and not isinstance(magnitude, bool) and 0 <= magnitude <= 30
-    ):
-        raise ConfigError(
-            "option randaugment_magnitude must be an integer in 0..30 (torchvision's 31 "
-            f"magnitude bins), got {magnitude}"
-        )
+    if "randaugment_ops" in own:
+        ops, magnitude = cfg.randaugment_ops, cfg.randaugment_magnitude
+        if not (isinstance(ops, int) and not isinstance(ops, bool) and ops >= 1):
+            raise ConfigError(f"option randaugment_ops must be an integer >= 1, got {ops}")
+        if not (
+            isinstance(magnitude, int) and not isinstance(magnitude, bool) and 0 <= magnitude <= 30
+        ):
+            raise ConfigError(
+                "option randaugment_magnitude must be an integer in 0..30 (torchvision's 31 "
+                f"magnitude bins), got {magnitude}"
+            )
     used = augmentations(cfg)
-    for key, name in AUGMENT_OPTIONS.items():
-        value = getattr(cfg, key)
-        if name in used or value == getattr(TrainConfig, key):
+    for key, default in own.items():
+        name, value = AUGMENT_OPTIONS[key], getattr(cfg, key)
+        if name in used or value == default:
             continue
-        recipes = [r for r, names in RECIPES.items() if name in names]
-        by_recipe = f" or --recipe {' / '.join(recipes)}" if recipes else ""
         raise ConfigError(
             f"option {key}={value} acts only on augmentation {name!r}, which this run does not "
-            f"use; turn it on with --augment {name}{by_recipe}, or leave {key} out"
+            f"use; turn it on with --augment {name}{_by_recipe(cfg, name)}, or leave {key} out"
         )
+
+
+def _by_recipe(cfg: Any, name: str) -> str:
+    """' or --recipe standard / strong': the recipes that turn augmentation ``name`` on, for a
+    config that has recipes (TrainConfig; not VideoConfig)."""
+    recipes = [r for r, names in RECIPES.items() if name in names]
+    if not recipes or not any(f.name == "recipe" for f in fields(cfg)):
+        return ""
+    return f" or --recipe {' / '.join(recipes)}"
 
 
 def augmentations(cfg: Any) -> tuple[str, ...]:

@@ -170,13 +170,6 @@ def _prepare(
         return train_loader, val_loader
 
     def evaluate(run_dir: Path, device: torch.device, precision: str) -> dict[str, Any] | None:
-        try:
-            return score_test(run_dir, device, precision)
-        finally:
-            if renderer is not None:  # the workers end with the run
-                renderer.close()
-
-    def score_test(run_dir: Path, device: torch.device, precision: str) -> dict[str, Any] | None:
         if "test" not in decoded or not distributed.is_main():  # DDP: rank 0 scores the split
             return None
         if renderer is not None:  # training is over: drawn while the test split is scored
@@ -229,6 +222,7 @@ def _prepare(
         folder=f"{cfg.model}-{cfg.backbone}",
         loaders=loaders,
         evaluate=evaluate,
+        renderer=renderer,  # closed by fit when evaluate ends
         describe=lambda i: ids[i],
     )
 

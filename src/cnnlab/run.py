@@ -246,6 +246,19 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
     return saved
 
 
+def source_config(run_dir: Path) -> dict[str, Any]:
+    """The config that reloads the data a run was trained on, for picking its recorded splits
+    (splits.json) by sample id: :func:`saved_config`, except that a run trained on a split file
+    reads its source pooled, as load_source does before applying one. The split file itself is
+    not read again: splits.json names the same ids, and the path config.json records can be gone
+    (a `cnnlab cv` fold records its CV/folds/fold-I.json absolutely; the folder may have been moved
+    or copied to another machine since)."""
+    saved = saved_config(run_dir)
+    if saved.get("split_file"):
+        saved |= {"split_file": None, "val_fraction": 0.0, "test_fraction": 0.0}
+    return saved
+
+
 def checkpoint_metadata(run: str | Path) -> dict[str, Any]:
     """A run's checkpoint metadata, read from the safetensors header only (no tensors)."""
     from safetensors import SafetensorError, safe_open

@@ -133,6 +133,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     ],
     "video train": [
         ("cnnlab video train --data clips/ --model r2plus1d_18 --weights kinetics --frames 16", ""),
+        ("cnnlab video train --augment crop,erasing --erasing-prob 0.5", "half the clips erased"),
     ],
     "video evaluate": [("cnnlab video evaluate runs/r3d_small-moving-shapes", "")],
     "video predict": [("cnnlab video predict runs/cars street.mp4 --stride 2 --out timeline/", "")],

@@ -86,6 +86,9 @@ class Plan:
     # with per-rank dropout masks; the other tasks validate the whole split on every rank
     sharded_validation: bool = False
     show: Sequence[Any] = ()  # printed once the run folder exists (rank 0, with a console)
+    # the report's figure renderer (cnnlab.report.render) that ``prepare`` started and
+    # ``evaluate`` draws with; the shell closes it (its worker processes end) once evaluate ends
+    renderer: Any = None
 
 
 @dataclass(frozen=True)
@@ -224,7 +227,11 @@ def fit(
     result = TrainResult(run_dir, state.history, None, train_time, cfg, state.stop_reason)
     # DDP: every rank calls it; a task that gathers its predictions over the ranks shares the work
     # (classification, video), the others score on rank 0 and return None elsewhere
-    evaluation = plan.evaluate(run_dir, device, test_precision)
+    try:
+        evaluation = plan.evaluate(run_dir, device, test_precision)
+    finally:
+        if plan.renderer is not None:  # the workers end with the run, raised or not
+            plan.renderer.close()
     if evaluation is not None:
         result.test_metrics, result.report = evaluation["metrics"], evaluation.get("report")
     timings.lap("evaluate")

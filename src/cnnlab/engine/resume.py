@@ -92,7 +92,41 @@ def resumed_config(cls: type, cfg: Any, run_dir: Path) -> dict[str, Any]:
         for k in MAY_CHANGE
         if k in names and getattr(cfg, k) != getattr(defaults, k)
     }
+    moved = _moved_split_file(saved.get("split_file"), getattr(cfg, "split_file", None), run_dir)
+    if moved is not None:
+        changes["split_file"] = moved
     return {k: v for k, v in saved.items() if k in names} | changes | {"resume": str(run_dir)}
+
+
+def _moved_split_file(recorded: str | None, given: str | None, run_dir: Path) -> str | None:
+    """``given`` in place of the split file the run recorded, when that one is gone (a `cnnlab cv`
+    folder moved or copied elsewhere: its folds record their split files' absolute paths) and
+    ``given`` names the splits the run trained on (its splits.json: the same val and test ids, a
+    train split holding the run's own, which --shots may have thinned); else None (the recorded
+    one is used, and a missing one is reported by load_source, naming it)."""
+    if not recorded or not given or given == recorded or Path(recorded).expanduser().is_file():
+        return None
+    try:
+        content = json.loads(Path(given).expanduser().read_text(encoding="utf-8"))
+        mine = json.loads((run_dir / "splits.json").read_text(encoding="utf-8"))["splits"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    theirs = content.get("splits", content) if isinstance(content, dict) else {}
+    if not isinstance(theirs, dict):
+        return None
+    for split, ids in mine.items():
+        other = theirs.get(split) or []
+        if not isinstance(other, list):
+            return None
+        same = set(ids) <= set(other) if split == "train" else sorted(ids) == sorted(other)
+        if not same:
+            raise ConfigError(
+                f"{run_dir} was trained on the split file {recorded}, which is gone, and the "
+                f"split file {given} given instead has another {split!r} split; resume with "
+                "the run's own split file (the run's splits.json names its samples)"
+            )
+    log.info("%s: split file %s (moved from %s)", run_dir, given, recorded)
+    return given
 
 
 def restore(trainer: Any, model: torch.nn.Module, run_dir: Path, entry: dict[str, Any]) -> None:

@@ -87,8 +87,8 @@ _STRENGTHS = {
 
 def _augmentation(names: list[str], cfg: dict[str, Any]) -> str:
     """'crop, randaugment (2 ops, magnitude 9), mixup (alpha 0.2)': the run's augmentations
-    (run.json) with the strengths config.json records; a name alone where it has none (video
-    runs, runs from before the options)."""
+    (run.json) with the strengths config.json records; a name alone where it has none (runs
+    from before the options; a video run's crop, flip and affine)."""
     words = []
     for name in names:
         try:

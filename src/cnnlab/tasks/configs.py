@@ -22,7 +22,9 @@ from cnnlab.config import (
     Optimizer,
     Precision,
     RunConfig,
+    TrainConfig,
     check_augment,
+    check_augment_options,
     check_positive,
 )
 from cnnlab.errors import ConfigError
@@ -166,6 +168,13 @@ class VideoConfig(RunConfig):
     # cutmix mix whole clips. flip mirrors motion (left <-> right): leave it out when classes
     # depend on direction.
     augment: tuple[str, ...] = ("crop",)
+    # --- augmentation strengths: each acts only with its augmentation (TrainConfig's defaults) ---
+    # > 0: MixUp's weight lam ~ Beta(alpha, alpha), two whole clips mixed
+    mixup_alpha: float = TrainConfig.mixup_alpha
+    # > 0: CutMix's lam ~ Beta(alpha, alpha), 1 - lam the box's area (the same box in every frame)
+    cutmix_alpha: float = TrainConfig.cutmix_alpha
+    # in [0, 1]: share of clips erased (one box per clip, the same in all its frames)
+    erasing_prob: float = TrainConfig.erasing_prob
     max_bad_fraction: float = 0.1  # abort when more of the videos than this cannot be decoded
     strict: bool = False  # every skipped file becomes an error
     # --- model ---
@@ -194,4 +203,5 @@ class VideoConfig(RunConfig):
         if self.image_size is not None and self.image_size < 16:
             raise ConfigError(f"option image_size must be >= 16 pixels, got {self.image_size}")
         check_augment(self, VIDEO_AUGMENTATIONS, "video ")
+        check_augment_options(self)
         check_monitor(self.monitor, ClassificationTask, "video")

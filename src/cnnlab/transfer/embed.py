@@ -88,7 +88,7 @@ def embed(
     from cnnlab.engine.devices import resolve_device
     from cnnlab.engine.loaders import make_loader, split_to_uint8
     from cnnlab.engine.weights import load_checkpoint_model
-    from cnnlab.run import read_json, run_dir_of, saved_config
+    from cnnlab.run import read_json, run_dir_of, source_config
 
     if split not in SPLITS:
         raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
@@ -99,7 +99,7 @@ def embed(
     if data is None:
         if run_dir is None:
             raise ConfigError(f"{weights} is not inside a run directory: pass data= to embed")
-        bundle = load_source(make_config(TrainConfig, **saved_config(run_dir)))
+        bundle = load_source(make_config(TrainConfig, **source_config(run_dir)))
         recorded = read_json(run_dir / "splits.json")["splits"]
         names = list(recorded) if split == "all" else [split]
         if split != "all" and split not in recorded:

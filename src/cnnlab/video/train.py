@@ -39,6 +39,7 @@ import torch
 
 from cnnlab import __version__
 from cnnlab.config import (
+    AugmentParams,
     PreprocessSpec,
     make_config,
 )
@@ -325,13 +326,13 @@ def _prepare(
             train_loader = make_loader(
                 clips[train_idx], targets[train_idx], wide, device, local, shuffle=True,
                 augment=cfg.augment, seed=cfg.seed, drop_last=True, shard=shard,
-                num_classes=len(class_names),
+                num_classes=len(class_names), augment_params=AugmentParams.of(cfg),
             )  # fmt: skip
         else:  # every frame is a training image labelled with its clip's class
             train_loader = make_loader(
                 frames_u8, np.repeat(targets[train_idx], t), spec, device, local * t,
                 shuffle=True, augment=cfg.augment, seed=cfg.seed, drop_last=True, shard=shard,
-                num_classes=len(class_names),
+                num_classes=len(class_names), augment_params=AugmentParams.of(cfg),
             )  # fmt: skip
         val_loader = None
         if "val" in parts and len(parts["val"]):
@@ -391,7 +392,12 @@ def _prepare(
         describe=sample_of,
         # one training sample: a clip stacked (1, T*C, S, S) for a 3D model, a frame for a 2D one
         sample_shape=(1, t * c, s, s) if is_3d(cfg.model) else (1, c, s, s),
-        record={"clips": int(n), "frames": t, "image_size": s},
+        record={
+            "clips": int(n),
+            "frames": t,
+            "image_size": s,
+            "augmentations": list(cfg.augment),
+        },  # the report names them with their strengths
     )
 
 

@@ -25,7 +25,7 @@ from cnnlab.run import (
     read_json,
     record_evaluation,
     run_dir_of,
-    saved_config,
+    source_config,
     trained_precision,
     write_json,
 )
@@ -275,7 +275,7 @@ def evaluate(
             raise ConfigError(
                 f"{weights} is not inside a run directory: pass --data to say what to evaluate on"
             )
-        own = load_source(make_config(TrainConfig, **saved_config(run_dir)))
+        own = load_source(make_config(TrainConfig, **source_config(run_dir)))
         saved = read_json(run_dir / "splits.json")["splits"]
     if data is None:
         if split not in saved:

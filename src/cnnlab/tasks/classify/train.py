@@ -153,13 +153,6 @@ def _prepare(
         return train_loader, val_loader
 
     def evaluate(run_dir: Path, device: torch.device, precision: str) -> dict[str, Any] | None:
-        try:
-            return score_test(run_dir, device, precision)
-        finally:
-            if renderer is not None:  # the workers end with the run
-                renderer.close()
-
-    def score_test(run_dir: Path, device: torch.device, precision: str) -> dict[str, Any] | None:
         has_test = "test" in tensors and len(splits["test"]) > 0
         has_val = "val" in tensors and len(splits["val"]) > 0
         if not has_test and not has_val:
@@ -257,6 +250,7 @@ def _prepare(
         folder=cfg.model,
         loaders=loaders,
         evaluate=evaluate,
+        renderer=renderer,  # closed by fit when evaluate ends
         describe=lambda i: ids[i],
         flops=_flops_per_image(model, in_channels, image_size),
         lr_scale=plan.lr_scale if plan else None,
