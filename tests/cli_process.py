@@ -35,7 +35,7 @@ def ok(*args: str, **kw) -> subprocess.CompletedProcess:
     return proc
 
 
-def user_error(*args: str, names: str | list[str], **kw) -> str:
+def assert_user_error(*args: str, names: str | list[str], **kw) -> str:
     """The command fails as a user error: exit 2, one stderr line naming `names`, no traceback."""
     proc = cnnlab(*args, **kw)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_process import SRC, ok, user_error
+from cli_process import SRC, assert_user_error, ok
 from PIL import Image
 from process_events import OutputWatcher
 
@@ -29,7 +29,7 @@ def test_train(run: Path) -> None:
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["class_names"] == [
         str(c) for c in range(10)
     ]
-    user_error("train", "--data", "builtin:digits", "--epochs", "zero", names="epochs")
+    assert_user_error("train", "--data", "builtin:digits", "--epochs", "zero", names="epochs")
 
 
 def test_train_refuses_a_one_class_folder_naming_the_class(work: Path) -> None:
@@ -41,7 +41,7 @@ def test_train_refuses_a_one_class_folder_naming_the_class(work: Path) -> None:
     for i in range(30):
         Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(folder / f"{i}.png")
     for extra in ([], ["--batch-size", "16"]):
-        line = user_error(
+        line = assert_user_error(
             "train", "--data", str(folder.parent), "--epochs", "1", "--no-report",
             "--out", str(work / "runs-one"), *extra,
             names=["at least 2 classes", "'cats' (30 images)"],
@@ -55,7 +55,7 @@ def test_evaluate(run: Path, work: Path) -> None:
     proc = ok("evaluate", str(run), "--json", "--no-report", "--out", str(work / "eval"))
     metrics = json.loads(proc.stdout)
     assert metrics["num_samples"] if "num_samples" in metrics else metrics["accuracy"] >= 0
-    user_error("evaluate", str(run), "--split", "nope", names="nope")
+    assert_user_error("evaluate", str(run), "--split", "nope", names="nope")
 
 
 def test_predict(run: Path, digits: list[Path]) -> None:
@@ -64,7 +64,9 @@ def test_predict(run: Path, digits: list[Path]) -> None:
     assert [Path(r["path"]).name for r in rows] == [p.name for p in digits]
     assert all(len(r["top"]) == 2 and 0 <= r["top"][0][1] <= 1 for r in rows)
     assert all("labels" not in r and r["answer"] == r["top"][0][0] for r in rows)  # multi-label's
-    user_error("predict", str(run.parent / "no-such-run"), str(digits[0]), names="no-such-run")
+    assert_user_error(
+        "predict", str(run.parent / "no-such-run"), str(digits[0]), names="no-such-run"
+    )
 
 
 @pytest.mark.slow
@@ -73,11 +75,11 @@ def test_explain(run: Path, digits: list[Path], work: Path) -> None:
     proc = ok("explain", str(run), str(digits[0]), "--out", str(out), "--json")
     numbers = json.loads(proc.stdout)
     assert numbers["trace"] and (out / "explain.html").is_file()
-    user_error("explain", str(run), str(work / "missing.png"), names="missing.png")
+    assert_user_error("explain", str(run), str(work / "missing.png"), names="missing.png")
 
 
 def test_explain_bad_input(run: Path, digits: list[Path]) -> None:
-    user_error("explain", str(run / "nope"), str(digits[0]), names=str(run / "nope"))
+    assert_user_error("explain", str(run / "nope"), str(digits[0]), names=str(run / "nope"))
 
 
 @pytest.mark.slow
@@ -89,7 +91,7 @@ def test_embed(run: Path, work: Path) -> None:
 
 
 def test_embed_bad_input(run: Path) -> None:
-    user_error("embed", str(run), "--split", "nope", names="nope")
+    assert_user_error("embed", str(run), "--split", "nope", names="nope")
 
 
 @pytest.mark.slow
@@ -97,11 +99,11 @@ def test_export(run: Path, work: Path) -> None:
     out = work / "model.safetensors"
     proc = ok("export", str(run), "--format", "safetensors", "--out", str(out))
     assert out.is_file() and "exported safetensors" in proc.stdout
-    user_error("export", str(run), "--format", "onnx", "--opset", "3", names="--opset")
+    assert_user_error("export", str(run), "--format", "onnx", "--opset", "3", names="--opset")
 
 
 def test_export_bad_input(run: Path) -> None:
-    user_error("export", str(run.parent / "gone.safetensors"), names="gone.safetensors")
+    assert_user_error("export", str(run.parent / "gone.safetensors"), names="gone.safetensors")
 
 
 @pytest.mark.slow
@@ -112,7 +114,7 @@ def test_compare(run: Path) -> None:
 
 
 def test_compare_bad_input(run: Path) -> None:
-    user_error("compare", str(run), str(run.parent / "gone"), names="gone")
+    assert_user_error("compare", str(run), str(run.parent / "gone"), names="gone")
 
 
 @pytest.mark.slow
@@ -126,7 +128,7 @@ def test_finetune(run: Path, work: Path) -> None:
 
 
 def test_finetune_bad_input(work: Path) -> None:
-    user_error("finetune", "--from", str(work / "nothing"), "--data", "builtin:digits",
+    assert_user_error("finetune", "--from", str(work / "nothing"), "--data", "builtin:digits",
                names="nothing")  # fmt: skip
 
 
@@ -157,7 +159,7 @@ def test_serve(run: Path, digits: list[Path]) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    user_error("serve", str(run), "--max-concurrency", "0", names="--max-concurrency")
+    assert_user_error("serve", str(run), "--max-concurrency", "0", names="--max-concurrency")
 
 
 # -- commands without a run ------------------------------------------------------------------------
@@ -179,7 +181,7 @@ def test_models_of_each_task() -> None:
         assert [r["name"] for r in rows] == list_models(task) and all(
             r["description"] for r in rows
         )
-    user_error("models", "--task", "tracking", names=["--task", "tracking"])
+    assert_user_error("models", "--task", "tracking", names=["--task", "tracking"])
 
 
 def test_models() -> None:
@@ -188,7 +190,7 @@ def test_models() -> None:
 
     reference = create_model("lenet5", num_classes=10, in_channels=3)
     assert summary["params"] == sum(p.numel() for p in reference.parameters())
-    user_error("models", "show", "resnet19", names=["resnet19", "resnet18"])
+    assert_user_error("models", "show", "resnet19", names=["resnet19", "resnet18"])
 
 
 def test_conv() -> None:
@@ -196,7 +198,7 @@ def test_conv() -> None:
     result = json.loads(proc.stdout)
     flat = np.ravel(result["output"]).tolist()
     assert flat == np.convolve([1, 2, 3, 4], [1, 1], mode="valid").tolist()
-    user_error("conv", "--x", "1 two 3", "--w", "1", names="two")
+    assert_user_error("conv", "--x", "1 two 3", "--w", "1", names="two")
 
 
 def test_metrics(work: Path) -> None:
@@ -209,7 +211,7 @@ def test_metrics(work: Path) -> None:
     assert metrics["accuracy"] == 0.75  # rows 1, 2, 4 right
     bad = work / "no-label.csv"
     bad.write_text("truth,score_a,score_b\na,0.5,0.5\n")
-    user_error("metrics", str(bad), names=["no-label.csv", "label"])
+    assert_user_error("metrics", str(bad), names=["no-label.csv", "label"])
 
 
 def test_data_check(work: Path, digits: list[Path]) -> None:
@@ -220,20 +222,22 @@ def test_data_check(work: Path, digits: list[Path]) -> None:
             (root / name / p.name).write_bytes(p.read_bytes())
     report = json.loads(ok("data", "check", str(root), "--json").stdout)
     assert report["class_names"] == ["x", "y"] if "class_names" in report else report
-    user_error("data", "check", str(work / "no-such-folder"), names="no-such-folder")
+    assert_user_error("data", "check", str(work / "no-such-folder"), names="no-such-folder")
 
 
 def test_option_errors_from_the_parser_are_one_line_too(work: Path) -> None:
     """argparse's own refusals (a wrong type, a missing argument, an unknown command) follow the
     same shape: one line naming the option and the command's --help, exit 2."""
-    user_error("serve", str(work), "--max-concurrency", "abc", names=["--max-concurrency", "abc"])
-    user_error("predict", names=["run", "cnnlab predict --help"])
-    user_error("trian", names=["trian", "train"])
+    assert_user_error(
+        "serve", str(work), "--max-concurrency", "abc", names=["--max-concurrency", "abc"]
+    )
+    assert_user_error("predict", names=["run", "cnnlab predict --help"])
+    assert_user_error("trian", names=["trian", "train"])
 
 
 def test_bench() -> None:
     assert "train" in ok("bench", "list").stdout.split()
-    user_error("bench", "trian", names=["trian", "train"])
+    assert_user_error("bench", "trian", names=["trian", "train"])
 
 
 @pytest.mark.slow
@@ -247,30 +251,32 @@ def test_lr_find(work: Path) -> None:
 
 
 def test_lr_find_bad_input() -> None:
-    user_error("lr-find", "--data", "builtin:digits", "--start", "1", "--end", "0.1",
+    assert_user_error("lr-find", "--data", "builtin:digits", "--start", "1", "--end", "0.1",
                names=["start", "end"])  # fmt: skip
 
 
 # -- task commands: bad input fast, training slow --------------------------------------------------
 def test_segment_bad_input(work: Path) -> None:
-    user_error("segment", "evaluate", str(work / "no-seg-run"), names="no-seg-run")
+    assert_user_error("segment", "evaluate", str(work / "no-seg-run"), names="no-seg-run")
 
 
 def test_detect_bad_input(work: Path) -> None:  # said before torch is even imported
-    user_error("detect", "predict", str(work / "no-det-run"), "x.png", "--out", str(work / "d"),
+    assert_user_error("detect", "predict", str(work / "no-det-run"), "x.png", "--out", str(work / "d"),
                names="no-det-run")  # fmt: skip
 
 
 def test_video_bad_input(work: Path) -> None:
-    user_error("video", "train", "--model", "r3d_19", "--out", str(work / "v"), names="r3d_19")
+    assert_user_error(
+        "video", "train", "--model", "r3d_19", "--out", str(work / "v"), names="r3d_19"
+    )
 
 
 def test_demo_bad_input(work: Path) -> None:
-    user_error("demo", "--epochs", "0", "--out", str(work / "demo"), names="epochs")
+    assert_user_error("demo", "--epochs", "0", "--out", str(work / "demo"), names="epochs")
 
 
 def test_transfer_study_bad_input(run: Path, work: Path) -> None:
-    user_error(
+    assert_user_error(
         "transfer-study", str(run), "--data", "builtin:digits", "--strategies", "magic",
         "--out", str(work / "study"), names="magic",
     )  # fmt: skip

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from cli_process import user_error
+from cli_process import assert_user_error
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -150,7 +150,7 @@ def test_timm_backbone_bad_names_variants_and_weights(tmp_path: Path, monkeypatc
 
 @pytest.mark.slow  # a Python process that imports torch and timm: seconds
 def test_unknown_timm_backbone_is_one_line_on_the_command_line(tmp_path: Path) -> None:
-    line = user_error(
+    line = assert_user_error(
         "detect", "train", "--data", "builtin:shapes?n=8&size=32", "--backbone", "timm:test_resnt",
         "--epochs", "1", "--out", str(tmp_path), names=["unknown timm model 'test_resnt'",
                                                          "test_resnet"],

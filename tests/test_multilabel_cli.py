@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_process import user_error
+from cli_process import assert_user_error
 
 from cnnlab.cli import main
 from cnnlab.errors import DataError
@@ -98,7 +98,7 @@ def test_multilabel_csv_reader_and_its_errors(tmp_path: Path) -> None:
 def test_metrics_bad_multilabel_csv_is_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("labels,score_cat,score_dog\ncat,0.1,x\n")
-    user_error("metrics", str(bad), names=["bad.csv", "row 2", "'x'"])
+    assert_user_error("metrics", str(bad), names=["bad.csv", "row 2", "'x'"])
 
 
 def test_runs_table_shows_a_multilabel_runs_macro_f1(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_process import SRC, ok, user_error
+from cli_process import SRC, assert_user_error, ok
 from PIL import Image
 
 from cnnlab import api
@@ -139,5 +139,5 @@ def test_cli_train_prints_each_warning_and_error_once(tmp_path):
               "8", "--out", str(tmp_path / "runs"), "--no-report")  # fmt: skip
     assert proc.stderr.count("non-image") == 1, proc.stderr
     one = _folder(tmp_path / "one", classes=("disc",), note=False)
-    user_error("train", "--data", str(one), "--model", "lenet5", "--epochs", "1",
+    assert_user_error("train", "--data", str(one), "--model", "lenet5", "--epochs", "1",
                "--out", str(tmp_path / "runs"), names="disc")  # fmt: skip

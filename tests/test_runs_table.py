@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_process import SRC, user_error
+from cli_process import SRC, assert_user_error
 
 from cnnlab.cli import main
 from cnnlab.engine.checkpoint import KEEP, CheckpointManager
@@ -144,7 +144,7 @@ def test_an_unfinished_run_is_listed_with_its_task_from_the_checkpoint(tmp_path:
 
 def test_a_folder_with_no_runs_is_a_one_line_error(tmp_path: Path):
     (tmp_path / "empty").mkdir()
-    user_error("runs", str(tmp_path / "empty"), names=["no cnnlab runs in", "empty"])
+    assert_user_error("runs", str(tmp_path / "empty"), names=["no cnnlab runs in", "empty"])
     with pytest.raises(ConfigError, match="runs folder not found"):
         find_runs(tmp_path / "missing")
 

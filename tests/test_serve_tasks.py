@@ -273,13 +273,17 @@ def test_tta_views_a_task_cannot_map_back_are_refused_as_predict_does(
 
 @pytest.mark.slow  # two `python -m cnnlab` processes (torch imported): seconds each
 def test_tta_refusal_from_the_command_line(seg_run: Path, det_run: Path) -> None:
-    from cli_process import user_error
+    from cli_process import assert_user_error
 
-    line = user_error("serve", str(seg_run), "--port", "0", "--tta", "crop", names="--tta crop")
+    line = assert_user_error(
+        "serve", str(seg_run), "--port", "0", "--tta", "crop", names="--tta crop"
+    )
     assert (
         "a segmentation run averages per-pixel probabilities" in line and "use --tta flip" in line
     )
-    line = user_error("serve", str(det_run), "--port", "0", "--tta", "crop", names="--tta crop")
+    line = assert_user_error(
+        "serve", str(det_run), "--port", "0", "--tta", "crop", names="--tta crop"
+    )
     assert "a detection run merges the boxes" in line and "use --tta flip" in line
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from cli_process import SRC, cnnlab, ok, user_error
+from cli_process import SRC, assert_user_error, cnnlab, ok
 
 optuna = pytest.importorskip("optuna")
 
@@ -361,7 +361,7 @@ def test_cnnlab_tune_help_lists_its_options() -> None:
     for option in ("--space", "--space-file", "--trials", "--study", "--storage", "--pruner",
                    "--lr", "--model"):  # fmt: skip
         assert option in proc.stdout
-    user_error("tune", "--trials", "x", names="--trials")
+    assert_user_error("tune", "--trials", "x", names="--trials")
 
 
 @pytest.mark.slow
