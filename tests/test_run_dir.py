@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from cnnlab import api
-from cnnlab.run import resolve_weights
+from cnnlab.run import new_run_dir, resolve_weights
 
 DIGITS = {"data": "builtin:digits", "model": "lenet5", "batch_size": 64, "lr": 0.05,
           "device": "cpu", "precision": "32", "report": False}  # fmt: skip
@@ -109,3 +109,23 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "stem"),
+    [
+        ("lenet5", "/data/mnist-png", "lenet5-mnist-png"),
+        (
+            "unet-timm:resnet18",
+            "builtin:shapes?n=30&size=16",
+            "unet-timm-resnet18-shapes-n=30-size=16",
+        ),
+        ("lenet5", "/data/my photos", "lenet5-my-photos"),
+        ("resnet18", "torchvision:CIFAR10", "resnet18-CIFAR10"),
+    ],
+)
+def test_run_folder_names_are_safe_for_a_shell_and_scp(tmp_path: Path, model, data, stem) -> None:
+    # scp reads "runs/unet-timm:resnet18-..." as host "runs/unet-timm"; a shell splits on "&" and " "
+    path = new_run_dir(tmp_path, None, model, data)
+    assert re.fullmatch(re.escape(stem) + r"-\d{8}-\d{6}", path.name), path.name
+    assert new_run_dir(tmp_path, "my:name", model, data).name == "my:name"  # a given name is kept

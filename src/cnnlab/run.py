@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,8 +51,11 @@ def new_run_dir(
     base = Path(out)
     if name is None:
         tag = data.replace("builtin:", "").replace("torchvision:", "").replace("?", "-")
-        tag = Path(tag).name or "data"
-        name = f"{model}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
+        tag = Path(tag).name
+        # characters a shell or scp reads specially (timm:NAME's colon: `scp runs/unet-timm:x`
+        # takes "runs/unet-timm" for a host; a query's "&") become "-"
+        stem = re.sub(r"[^\w.=+-]+", "-", f"{model}-{tag or 'data'}")
+        name = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = base / name
     suffix = 1
     while path.exists():
