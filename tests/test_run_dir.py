@@ -129,3 +129,27 @@ def test_run_folder_names_are_safe_for_a_shell_and_scp(tmp_path: Path, model, da
     path = new_run_dir(tmp_path, None, model, data)
     assert re.fullmatch(re.escape(stem) + r"-\d{8}-\d{6}", path.name), path.name
     assert new_run_dir(tmp_path, "my:name", model, data).name == "my:name"  # a given name is kept
+
+
+def test_a_run_whose_dataset_moved_says_so_in_one_line(tmp_path: Path, capsys) -> None:
+    """evaluate and --resume re-read the run's splits from the dataset config.json names; moved,
+    the error names the run and the path (not load_source's generic 'give a folder ...')."""
+    from PIL import Image
+
+    from cnnlab.cli import main
+
+    data = tmp_path / "data"
+    for k, name in enumerate(("a", "b")):
+        (data / name).mkdir(parents=True)
+        for i in range(10):
+            Image.new("L", (16, 16), 40 + 150 * k + i).save(data / name / f"{i}.png")
+    run = api.train(data=str(data), model="lenet5", epochs=1, batch_size=4, out=str(tmp_path),
+                    name="r", report=False).run_dir  # fmt: skip
+    assert main(["evaluate", str(run)]) == 0  # in place: fine
+    data.rename(tmp_path / "elsewhere")
+    capsys.readouterr()
+    for argv in (["evaluate", str(run)], ["train", "--resume", str(run), "--epochs", "2"]):
+        assert main(argv) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "moved or deleted" in lines[0], lines
+        assert str(data) in lines[0] and str(run) in lines[0]

@@ -62,6 +62,7 @@ from cnnlab.run import (
     read_json,
     record_evaluation,
     run_dir_of,
+    source_config,
     trained_precision,
     write_json,
 )
@@ -391,9 +392,7 @@ def evaluate_detection(
     if data is None:
         if run_dir is None:
             raise ConfigError(f"{weights} is not inside a run directory: pass data=")
-        saved = read_json(run_dir / "config.json")
-        saved["augment"] = tuple(saved.get("augment", ()))
-        cfg = make_config(DetectConfig, **saved)
+        cfg = make_config(DetectConfig, **source_config(run_dir))
         recorded = read_json(run_dir / "splits.json")["splits"]
         if split not in recorded:
             raise ConfigError(f"the run has no {split!r} split; it has {sorted(recorded)}")

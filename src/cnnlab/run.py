@@ -36,7 +36,7 @@ from cnnlab.engine.checkpoint import (
     apply_run_mode,
     atomic_write,
 )
-from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.errors import CheckpointError, ConfigError, DataError
 from cnnlab.runs_table import folder_bytes
 
 log = logging.getLogger(__name__)
@@ -258,9 +258,25 @@ def source_config(run_dir: Path) -> dict[str, Any]:
     (a `cnnlab cv` fold records its CV/folds/fold-I.json absolutely; the folder may have been moved
     or copied to another machine since)."""
     saved = saved_config(run_dir)
+    check_recorded_data(run_dir, saved.get("data"))
     if saved.get("split_file"):
         saved |= {"split_file": None, "val_fraction": 0.0, "test_fraction": 0.0}
     return saved
+
+
+def check_recorded_data(run_dir: Path, data: str | None) -> None:
+    """A DataError naming the run and its dataset when the folder or CSV it was trained on is not
+    where config.json says (moved or deleted): evaluating or resuming the run re-reads its splits
+    from it, and "dataset root not found; give a folder ..." would not say whose path that is."""
+    if not data or str(data).startswith(("builtin:", "torchvision:")):
+        return
+    if not Path(data).expanduser().exists():
+        raise DataError(
+            data,
+            f"the dataset {run_dir} was trained on is not there now (moved or deleted?); the run "
+            "names its samples by their paths relative to it (splits.json): put it back at that "
+            "path",
+        )
 
 
 def checkpoint_metadata(run: str | Path) -> dict[str, Any]:

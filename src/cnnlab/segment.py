@@ -72,6 +72,7 @@ from cnnlab.run import (
     read_json,
     record_evaluation,
     run_dir_of,
+    source_config,
     trained_precision,
     write_json,
 )
@@ -470,9 +471,7 @@ def evaluate_segmentation(
             raise ConfigError(
                 f"{weights} is not inside a run directory: pass data= to say what to evaluate on"
             )
-        saved = read_json(run_dir / "config.json")
-        saved["augment"] = tuple(saved.get("augment", ()))
-        cfg = make_config(SegmentConfig, **saved)
+        cfg = make_config(SegmentConfig, **source_config(run_dir))
         recorded = read_json(run_dir / "splits.json")["splits"]
         if split not in recorded:
             raise ConfigError(f"the run has no {split!r} split; it has {sorted(recorded)}")

@@ -22,6 +22,7 @@ import torch
 
 from cnnlab.engine.checkpoint import CheckpointManager
 from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.run import check_recorded_data
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def resumed_config(cls: type, cfg: Any, run_dir: Path) -> dict[str, Any]:
     """The run's own config (its config.json) with what this call may change (:data:`MAY_CHANGE`,
     when given other than the default) and ``resume`` set to the run folder."""
     saved = json.loads((run_dir / "config.json").read_text())
+    check_recorded_data(run_dir, saved.get("data"))
     defaults = cls()
     names = {f.name for f in dataclasses.fields(cls)}
     for k, v in saved.items():  # JSON has lists where the config holds tuples (augment, ...)

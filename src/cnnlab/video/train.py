@@ -62,6 +62,7 @@ from cnnlab.run import (
     read_json,
     record_evaluation,
     run_dir_of,
+    source_config,
     trained_precision,
 )
 from cnnlab.tasks.classification import ClassificationTask
@@ -457,7 +458,7 @@ def evaluate_video(
     if data is None:
         if run_dir is None:
             raise ConfigError(f"{weights} is not inside a run directory: pass data=")
-        cfg = make_config(VideoConfig, **_saved_config(run_dir))
+        cfg = make_config(VideoConfig, **source_config(run_dir))
         recorded = read_json(run_dir / "splits.json")["splits"]
         if split not in recorded:
             raise ConfigError(f"the run has no {split!r} split; it has {sorted(recorded)}")
@@ -484,12 +485,6 @@ def evaluate_video(
     )  # fmt: skip
     return record | {"metrics": result["metrics"], "report": result.get("report"),
                      "probs": result["probs"], "targets": result["targets"]}  # fmt: skip
-
-
-def _saved_config(run_dir: Path) -> dict[str, Any]:
-    saved = read_json(run_dir / "config.json")
-    saved["augment"] = tuple(saved.get("augment", ()))
-    return saved
 
 
 def _recorded_clips(
