@@ -768,3 +768,30 @@ def test_a_taken_port_is_one_line_naming_port_before_the_model_loads(
     lines = [ln for ln in captured.err.splitlines() if ln.strip()]
     assert captured.out == "" and len(lines) == 1, captured
     assert f"--port {port} on 127.0.0.1 is in use" in lines[0] and "--port 0" in lines[0], lines
+
+
+@pytest.mark.slow  # a browser and a second server: ~5 s
+def test_browser_says_which_test_time_views_the_answers_average(run: dict) -> None:
+    if not Path(shutil.which("chromium") or "/usr/bin/chromium").exists():
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    texts = {}
+    for tta in (None, "flip"):
+        server = _live(create_app(run["ckpt"], max_upload_bytes=MAX_UPLOAD, top_k=3, tta=tta))
+        url, _ = next(server)
+        try:
+            with sync_api.sync_playwright() as pw:
+                browser = _browser(pw)
+                try:
+                    page = browser.new_page()
+                    page.goto(url + "/")
+                    page.wait_for_function(
+                        "document.getElementById('model-info').textContent.includes('lenet5')"
+                    )
+                    texts[tta] = page.text_content("#model-info")
+                finally:
+                    browser.close()
+        finally:
+            next(server, None)  # stops the server
+    assert texts["flip"].endswith("input; test-time augmentation: flip"), texts
+    assert "augmentation" not in texts[None], texts

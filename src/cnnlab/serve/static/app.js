@@ -24,9 +24,11 @@ async function loadInfo() {
   try {
     const response = await fetch("/api/info");
     info = await response.json();
+    // the views averaged (`cnnlab serve RUN --tta flip`): every answer below is their mean
+    const tta = info.tta && info.tta.length ? `; test-time augmentation: ${info.tta.join(", ")}` : "";
     $("model-info").textContent =
       `${info.model} (${info.task || "classification"}): ${info.num_classes} classes, ${info.in_channels}×${info.image_size}×` +
-      `${info.image_size} input`;
+      `${info.image_size} input${tta}`;
     const limit = info.max_upload_bytes >= 1e6
       ? `${(info.max_upload_bytes / 1e6).toFixed(1)} MB`
       : `${Math.floor(info.max_upload_bytes / 1e3)} kB`;
