@@ -298,7 +298,12 @@ def test_a_killed_study_resumes_with_its_finished_trials(tmp_path: Path) -> None
     proc = _tune_process(tmp_path, *args)
     deadline = time.time() + 900
     while time.time() < deadline:
-        time.sleep(2)
+        # often: a quiet machine runs a 2-epoch trial in about a second, and the window (two
+        # finished, one running) must not pass unseen (polling every 2 s waited out the deadline)
+        time.sleep(0.1)
+        assert proc.poll() is None, (
+            f"the study ended before it could be killed: {proc.stderr.read()}"
+        )
         if journal.is_file():
             trials = _study(journal).trials
             if sum(t.state.is_finished() for t in trials) >= 2 and any(
