@@ -108,18 +108,23 @@ def test_the_child_ends_with_its_parent(tmp_path):
     data = _folder(tmp_path / "data", per_class=600)  # long enough to be still working
     proc = _script(
         f"""
-        import os, time
+        import glob, os, time
         from cnnlab.data import prefetch
         from cnnlab.data.sources import warm_caches
         cfg = prefetch.config_for(None, {{"data": {str(data)!r}, "model": "lenet5"}})
         prefetch.start(cfg, warm_caches)
         print(prefetch._CHILD, flush=True)
-        time.sleep(0.3)  # the child is at work (past its start-up checks)
+        end = time.monotonic() + 60
+        while not glob.glob({str(tmp_path / "cache")!r} + "/images-*.tmp") and time.monotonic() < end:
+            time.sleep(0.002)  # until the child is writing a decoded split
+        print("decoding" if time.monotonic() < end else "never decoding", flush=True)
         os._exit(0)  # then the parent dies, its child unjoined
         """,
         tmp_path,
     )
-    child = Path(f"/proc/{proc.stdout.split()[0]}/stat")
+    pid, state = proc.stdout.split()[:2]
+    assert state == "decoding", proc.stdout
+    child = Path(f"/proc/{pid}/stat")
     deadline = time.monotonic() + 60
     while child.exists() and time.monotonic() < deadline:  # gone, or a zombie ("Z") of init
         try:
@@ -131,6 +136,9 @@ def test_the_child_ends_with_its_parent(tmp_path):
     # killed with its parent, the child never finished: had it run on, all three splits would be
     # decoded (what test_the_child_is_joined_and_torch_free sees with the parent alive)
     assert len(_decoded(tmp_path / "cache")) < 3
+    # killed mid-decode by a signal that raises, the decoding's own cleanup ran: no half-written
+    # file left (with SIGTERM's default action the .tmp stays: checked)
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
 
 
 def test_cli_train_prints_each_warning_and_error_once(tmp_path):

@@ -87,15 +87,18 @@ def wait() -> None:
 
 
 def _quiet_child() -> None:
-    """The child writes nothing to the terminal, takes the parent's Ctrl-C quietly, and ends when
-    the parent does (an interrupted or failed command leaves no process behind)."""
+    """The child writes nothing to the terminal, stops at the parent's Ctrl-C, and ends when the
+    parent does (an interrupted or failed command leaves no process and no half-written file)."""
     global _CHILD
     _CHILD = None
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     logging.disable(logging.CRITICAL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # Ctrl-C and its parent's end (SIGTERM, below) raise in the child, so the caches' own cleanup
+    # runs (a half-written images-KEY.PID.tmp, as large as the decoded split, is removed)
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     try:  # Linux prctl(PR_SET_PDEATHSIG, SIGTERM): the kernel ends the child with its parent
         import ctypes
 
@@ -104,6 +107,10 @@ def _quiet_child() -> None:
         pass
     if os.getppid() == 1:  # the parent ended before the line above took effect
         os._exit(0)
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def config_for(config: Any, overrides: dict[str, Any]) -> Any:
