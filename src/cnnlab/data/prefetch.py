@@ -21,15 +21,12 @@ design). Writing by hand: no library overlaps an import with file work.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 #: the child in flight in this process (None: none, or already joined)
 _CHILD: int | None = None
@@ -58,6 +55,7 @@ def start(cfg: Any, warm: Callable[[Any], None]) -> bool:
         return False
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     try:
         pid = os.fork()
     except OSError:  # no process to spare: the parent does the work itself, as without this
@@ -67,7 +65,7 @@ def start(cfg: Any, warm: Callable[[Any], None]) -> bool:
         return True
     code = 0  # the child from here on: it never returns into the caller's code
     try:
-        _quiet_child()
+        _quiet_child(parent)
         warm(cfg)
     except BaseException:  # noqa: BLE001 - any failure: the parent redoes the work and reports it
         code = 1
@@ -86,7 +84,7 @@ def wait() -> None:
         pass
 
 
-def _quiet_child() -> None:
+def _quiet_child(parent: int) -> None:
     """The child writes nothing to the terminal, stops at the parent's Ctrl-C, and ends when the
     parent does (an interrupted or failed command leaves no process and no half-written file)."""
     global _CHILD
@@ -105,7 +103,7 @@ def _quiet_child() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)
     except (OSError, AttributeError):
         pass
-    if os.getppid() == 1:  # the parent ended before the line above took effect
+    if os.getppid() != parent:  # the parent ended before the line above took effect
         os._exit(0)
 
 
@@ -120,7 +118,6 @@ def config_for(config: Any, overrides: dict[str, Any]) -> Any:
     from cnnlab.errors import CnnlabError
 
     try:
-        cfg = make_config(TrainConfig, config, **overrides)
+        return make_config(TrainConfig, config, **overrides)
     except (CnnlabError, OSError, ValueError, TypeError):
         return None
-    return cfg if dataclasses.is_dataclass(cfg) else None
