@@ -117,7 +117,7 @@ def _zoo_backbone(
 ) -> tuple[FPNBackbone, dict[str, Any]]:
     from cnnlab.models import SMALL_INPUT_BELOW, create_model, list_models
     from cnnlab.models._timm import is_timm
-    from cnnlab.models.segmentation import Encoder, cnnlab_checkpoint, load_encoder_from_run
+    from cnnlab.models.segmentation import Encoder, cnnlab_checkpoint
 
     if not is_timm(name) and name not in list_models():
         raise ConfigError(
@@ -149,16 +149,7 @@ def _zoo_backbone(
     encoder = Encoder(net)
     if len(encoder.channels) < levels:
         raise ConfigError(f"backbone {name} has {len(encoder.channels)} stages, need {levels}")
-    provenance: dict[str, Any] = {"source": zoo_weights} if zoo_weights else {}
-    if run_source is not None:
-        provenance = load_encoder_from_run(encoder, run_source, name)
-    info = {
-        "mean": list(provenance.get("mean") or cfg["mean"]),
-        "std": list(provenance.get("std") or cfg["std"]),
-        "backbone_init": provenance or None,
-        "backbone_variant": cfg.get("variant"),
-    }
-    return FPNBackbone(encoder, levels, fpn_channels), info
+    return _with_pyramid(encoder, cfg, zoo_weights, run_source, name, levels, fpn_channels)
 
 
 def _timm_backbone(
@@ -174,7 +165,7 @@ def _timm_backbone(
     one map per stage, shallow first, with ``channels`` and ``reductions`` from timm's
     ``feature_info``) under the same FPN; ``weights`` as segmentation's encoder takes them."""
     from cnnlab.models._timm import create_timm_encoder
-    from cnnlab.models.segmentation import cnnlab_checkpoint, load_encoder_from_run
+    from cnnlab.models.segmentation import cnnlab_checkpoint
 
     if variant == "small-input":
         raise ConfigError(
@@ -199,16 +190,28 @@ def _timm_backbone(
             "resolution (no pyramid); a convolutional timm model gives 8, 16, 32",
             name, levels, reductions,
         )  # fmt: skip
-    cfg = encoder.default_cfg
-    # a timm: classification run's tensors (net.*) by name, as segmentation's encoder takes them
-    provenance: dict[str, Any] = {"source": cfg["weights"]} if timm_weights else {}
+    cfg = encoder.default_cfg  # its "variant" is "timm NAME": timm's stem at every size
+    source = cfg["weights"] if timm_weights else None
+    return _with_pyramid(encoder, cfg, source, run_source, name, levels, fpn_channels)
+
+
+def _with_pyramid(
+    encoder: nn.Module, cfg: dict[str, Any], source: str | None, run_source: Any, name: str,
+    levels: int, fpn_channels: int,
+) -> tuple[FPNBackbone, dict[str, Any]]:  # fmt: skip
+    """The FPN over a zoo or timm ``encoder`` and the record of how it began: a cnnlab
+    classification run's tensors (``run_source``, loaded here by name; its mean / std adopted),
+    else ``source``, the weights the zoo or timm loaded (their own mean / std, from ``cfg``)."""
+    from cnnlab.models.segmentation import load_encoder_from_run
+
+    provenance: dict[str, Any] = {"source": source} if source else {}
     if run_source is not None:
         provenance = load_encoder_from_run(encoder, run_source, name)
     info = {
         "mean": list(provenance.get("mean") or cfg["mean"]),
         "std": list(provenance.get("std") or cfg["std"]),
         "backbone_init": provenance or None,
-        "backbone_variant": cfg["variant"],  # "timm NAME": timm's stem at every size
+        "backbone_variant": cfg.get("variant"),
     }
     return FPNBackbone(encoder, levels, fpn_channels), info
 
