@@ -260,17 +260,11 @@ def _run_folder(cfg: Any, plan: Plan, info: Any, existing: Path | None) -> Path:
 
 
 def flops_per_sample(model: nn.Module, shape: tuple[int, ...]) -> float | None:
-    """FLOPs of one eval-mode forward pass on zeros of ``shape`` (multiply-add = 2), counted by
-    torch's FlopCounterMode; None when the model cannot be counted that way."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one eval-mode forward pass on zeros of ``shape`` (multiply-add = 2); None when the
+    model cannot be counted that way."""
+    from cnnlab.models.summary import flops_of
 
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(shape))
-        return float(counter.get_total_flops())
+        return float(flops_of(model, torch.zeros(shape)))
     except (RuntimeError, TypeError, ValueError):
         return None
-    finally:
-        model.train(was_training)
