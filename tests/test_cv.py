@@ -200,9 +200,11 @@ def test_a_resume_takes_a_moved_split_file_only_when_it_holds_the_runs_splits(tm
     assert resumed_config(TrainConfig, TrainConfig(), run)["split_file"] == gone  # none given
     present = TrainConfig(split_file=str(same)).to_dict()
     (run / "config.json").write_text(json.dumps(present))  # recorded and present: kept as is
-    assert resumed_config(TrainConfig, TrainConfig(split_file=str(other)), run)[
-        "split_file"
-    ] == str(same)
+    assert resumed_config(TrainConfig, TrainConfig(split_file=str(same)), run)["split_file"] == str(
+        same
+    )
+    with pytest.raises(ConfigError, match="--split-file .*other.json \\(the run's: .*same.json"):
+        resumed_config(TrainConfig, TrainConfig(split_file=str(other)), run)  # another: refused
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,7 @@ INFERENCE = (
     "segment predict",
     "detect evaluate",
 )
+EVALUATORS = ("evaluate", "segment evaluate", "detect evaluate", "video evaluate")
 PRINTED_BY: dict[str, tuple[str, ...]] = {
     "engine/devices.py:resolve_device": DEVICE,  # only when --device cuda/mps was asked for
     "engine/devices.py:_check": (*TRAINERS, "lr-find", *TASK_TRAINERS, *INFERENCE),  # --precision
@@ -65,6 +66,11 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "engine/checkpoint.py:for_policy": (*TRAINERS, *TASK_TRAINERS),  # --keep
     "engine/trainer.py:check_monitor": (*TRAINERS, *TASK_TRAINERS),  # --monitor
     "engine/resume.py:resume_target": ("train", "finetune", *TASK_TRAINERS),  # only with --resume
+    "engine/resume.py:resumed_config": ("train", "finetune", *TASK_TRAINERS),  # only with --resume
+    # the run's own dataset, read again: every evaluate, and embed
+    "run.py:source_config": (*EVALUATORS, "embed"),
+    "run.py:relocated_data": (*EVALUATORS, "embed"),  # only with --relocated-data
+    "run.py:check_one_dataset": (*EVALUATORS, "embed"),
     "tasks/classify/train.py:_prepare": TRAINERS,
     "tasks/classify/train.py:_configure": TRAINERS,  # only with --lr auto
     "engine/fit.py:fit": (*TRAINERS, *TASK_TRAINERS),  # "lower --batch-size", "--resume RUN"

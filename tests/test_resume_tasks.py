@@ -92,11 +92,19 @@ def test_sigterm_mid_epoch_then_resume_is_bit_identical(task, tmp_path, monkeypa
     np.testing.assert_equal(validation(resumed.history), validation(full.history))
 
 
-def test_resume_may_extend_epochs_but_keeps_the_runs_own_settings(tmp_path):
+def test_resume_may_extend_epochs_but_refuses_other_changes(tmp_path):
+    """A resume goes on with the run as it began: --epochs may change; --lr given other than the
+    run's own is refused naming it (it used to be dropped silently), before anything is written."""
+    from cnnlab.errors import ConfigError
+
     first = api.segment_train(out=str(tmp_path), name="r", **(SEG | {"epochs": 1}))
-    longer = api.segment_train(resume=str(first.run_dir), epochs=2, lr=123.0)
+    before = (first.run_dir / "config.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"--lr 123.0 \(the run's: 0\.\d+\).*--epochs"):
+        api.segment_train(resume=str(first.run_dir), epochs=2, lr=123.0)
+    assert (first.run_dir / "config.json").read_bytes() == before
+    longer = api.segment_train(resume=str(first.run_dir), epochs=2, lr=first.config.lr)
     assert [h["epoch"] for h in longer.history] == [1, 2]
-    assert longer.config.lr == first.config.lr  # a resume does not change the recipe
+    assert longer.config.lr == first.config.lr
 
 
 def test_resume_of_another_tasks_run_is_refused_naming_both(tmp_path):

@@ -131,25 +131,134 @@ def test_run_folder_names_are_safe_for_a_shell_and_scp(tmp_path: Path, model, da
     assert new_run_dir(tmp_path, "my:name", model, data).name == "my:name"  # a given name is kept
 
 
-def test_a_run_whose_dataset_moved_says_so_in_one_line(tmp_path: Path, capsys) -> None:
-    """evaluate and --resume re-read the run's splits from the dataset config.json names; moved,
-    the error names the run and the path (not load_source's generic 'give a folder ...')."""
+def _two_class_folder(root: Path, classes: tuple[str, ...] = ("a", "b"), n: int = 10) -> Path:
     from PIL import Image
 
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("L", (16, 16), 40 + 150 * k + i).save(root / name / f"{i}.png")
+    return root
+
+
+def _tiny_run(data: Path | str, out: Path, name: str = "r") -> Path:
+    return api.train(data=str(data), model="lenet5", epochs=1, batch_size=4, out=str(out),
+                     name=name, report=False, device="cpu", precision="32").run_dir  # fmt: skip
+
+
+def _evaluated(main, argv: list[str], capsys) -> dict:
+    """`cnnlab evaluate ... --json`'s metrics."""
+    import json
+
+    capsys.readouterr()
+    assert main([*argv, "--json", "--no-report"]) == 0
+    text = capsys.readouterr().out
+    return json.loads(text[text.index("{") :])
+
+
+def test_a_run_whose_dataset_moved_says_so_in_one_line(tmp_path: Path, capsys) -> None:
+    """evaluate and --resume re-read the run's splits from the dataset config.json names; moved,
+    the error names the run and the path (not load_source's generic 'give a folder ...') and the
+    command's way to give the new place."""
     from cnnlab.cli import main
 
-    data = tmp_path / "data"
-    for k, name in enumerate(("a", "b")):
-        (data / name).mkdir(parents=True)
-        for i in range(10):
-            Image.new("L", (16, 16), 40 + 150 * k + i).save(data / name / f"{i}.png")
-    run = api.train(data=str(data), model="lenet5", epochs=1, batch_size=4, out=str(tmp_path),
-                    name="r", report=False).run_dir  # fmt: skip
+    data = _two_class_folder(tmp_path / "data")
+    run = _tiny_run(data, tmp_path)
     assert main(["evaluate", str(run)]) == 0  # in place: fine
     data.rename(tmp_path / "elsewhere")
     capsys.readouterr()
-    for argv in (["evaluate", str(run)], ["train", "--resume", str(run), "--epochs", "2"]):
+    for argv, how in (
+        (["evaluate", str(run)], "--relocated-data PATH"),
+        (["train", "--resume", str(run), "--epochs", "2"], "--data PATH"),
+    ):
         assert main(argv) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and "moved or deleted" in lines[0], lines
-        assert str(data) in lines[0] and str(run) in lines[0]
+        assert str(data) in lines[0] and str(run) in lines[0] and how in lines[0]
+
+
+def test_a_moved_dataset_is_found_at_its_new_place(tmp_path: Path, capsys) -> None:
+    """--relocated-data (evaluate) and --data (resume) give the run's dataset at its new place:
+    evaluation reproduces the recorded test metrics there; a resume goes on and records the new
+    place; a copy missing a sample of the recorded split is refused naming it."""
+    import json
+    import shutil
+
+    from cnnlab.cli import main
+
+    data = _two_class_folder(tmp_path / "data")
+    run = _tiny_run(data, tmp_path)
+    recorded = json.loads((run / "test_metrics.json").read_text())
+    moved = data.rename(tmp_path / "moved")
+    got = _evaluated(main, ["evaluate", str(run), "--relocated-data", str(moved)], capsys)
+    assert got["num_samples"] == recorded["num_samples"] > 0
+    assert got["confusion_matrix"] == recorded["confusion_matrix"]
+    assert got["accuracy"] == recorded["accuracy"]
+
+    test_ids = json.loads((run / "splits.json").read_text())["splits"]["test"]
+    partial = shutil.copytree(moved, tmp_path / "partial")
+    (partial / test_ids[0]).unlink()
+    assert main(["evaluate", str(run), "--relocated-data", str(partial)]) == 2
+    err = capsys.readouterr().err
+    assert "of the recorded test split are gone" in err and test_ids[0] in err
+    assert main(["evaluate", str(run), "--relocated-data", str(moved), "--data", str(moved)]) == 2
+    assert "give one of them" in capsys.readouterr().err
+
+    assert main(["train", "--resume", str(run), "--data", str(moved), "--epochs", "2"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"] == str(moved) and config["epochs"] == 2
+
+
+def test_a_relative_data_path_is_recorded_absolute(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`cnnlab train --data photos` from one folder, `cnnlab evaluate RUN` from another: config.json
+    records where the data is, not the spelling relative to where training ran."""
+    from cnnlab.cli import main
+
+    work = tmp_path / "work"
+    _two_class_folder(work / "photos")
+    monkeypatch.chdir(work)
+    run = _tiny_run("photos", tmp_path / "runs")
+    import json
+
+    assert json.loads((run / "config.json").read_text())["data"] == str(work / "photos")
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(run), "--no-report"]) == 0, capsys.readouterr().err
+
+
+def test_a_class_folder_added_after_training_does_not_shift_the_labels(
+    tmp_path: Path, capsys
+) -> None:
+    """Evaluation on the run's own split matches its recorded samples' labels to the model's
+    classes by name: a class folder that sorts first ("0") added since training shifted every
+    index (wrong metrics, or a crash on index 2 of a 2-class model)."""
+    import json
+
+    from cnnlab.cli import main
+
+    data = _two_class_folder(tmp_path / "data")
+    run = _tiny_run(data, tmp_path)
+    recorded = json.loads((run / "test_metrics.json").read_text())
+    shutil_copy = __import__("shutil").copytree
+    shutil_copy(data / "a", data / "0")  # a new class, first in sorted order
+    got = _evaluated(main, ["evaluate", str(run)], capsys)
+    assert got["confusion_matrix"] == recorded["confusion_matrix"]
+    assert got["class_names"] == ["a", "b"]
+
+
+def test_a_resume_refuses_data_that_changed_since(tmp_path: Path) -> None:
+    """A resume re-splits the data; one file added reshuffles the seeded split, so training would
+    go on with some test images in its training split. Refused, naming the splits, before the run
+    folder is touched; options a resume cannot change are refused too (once silently dropped)."""
+    from cnnlab.errors import ConfigError, DataError
+
+    data = _two_class_folder(tmp_path / "data")
+    run = _tiny_run(data, tmp_path)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    (data / "a" / "new.png").write_bytes((data / "a" / "0.png").read_bytes())
+    with pytest.raises(DataError, match=r"does not hold what .* trained on \(.*samples gone"):
+        api.train(resume=str(run), epochs=2)
+    (data / "a" / "new.png").unlink()
+    with pytest.raises(ConfigError, match=r"--batch-size 8 \(the run's: 4\)"):
+        api.train(resume=str(run), epochs=2, batch_size=8)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert api.train(resume=str(run), epochs=2).history[-1]["epoch"] == 2  # as it was: goes on

@@ -263,6 +263,21 @@ def test_scan_never_modifies_the_dataset(tmp_path: Path) -> None:
     assert snapshot(root) == before  # same files, same bytes, same mtimes, nothing new
 
 
+def test_a_cached_scan_names_the_files_as_listed_now(tmp_path: Path, monkeypatch) -> None:
+    """The cache is keyed by absolute path, so a scan given the root another way (relative from
+    another folder, or absolute) reuses it; the files it returns are the paths listed now, not
+    the spelling the first scan was given ("data/a/0.png" names nothing from elsewhere)."""
+    root, cache = tmp_path / "work" / "data", tmp_path / "cache"
+    make_classes(root, {"a": 2, "b": 2})
+    monkeypatch.chdir(tmp_path / "work")
+    scan_dataset("data", cache_dir=cache)
+    monkeypatch.chdir(tmp_path)
+    again = scan_dataset(str(root), cache_dir=cache)
+    assert again.cache_hits == 4
+    assert all(Path(it.path).is_file() for it in again.usable_items)
+    assert sorted(r.rel for r in again.records) == ["a/0.png", "a/1.png", "b/0.png", "b/1.png"]
+
+
 def test_cache_reused_and_invalidated(tmp_path: Path) -> None:
     root, cache = tmp_path / "data", tmp_path / "cache"
     make_classes(root, {"a": 3, "b": 3})

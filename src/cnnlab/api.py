@@ -72,6 +72,7 @@ def evaluate(
     target: str | None = None,
     replace_operating_point: bool = False,
     tta: str | tuple[str, ...] | None = None,
+    relocated_data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained model on its own held-out split (default) or on another dataset (`data`).
 
@@ -90,7 +91,10 @@ def evaluate(
     "flip,crop") averages the calibrated probabilities over the views, segmentation ("flip") the
     per-pixel probabilities of the image and its mirror, detection ("flip") merges the boxes of
     the image and its mirror; result["tta"] (also in evaluation.json) has the headline metrics
-    without and with it side by side."""
+    without and with it side by side.
+
+    ``relocated_data``: the run's own dataset at its new place (moved, or copied to another
+    machine); the samples of its recorded split are looked up there by id."""
     entry = task_of(run_or_checkpoint)
     point: dict[str, Any] = _tta_option(tta, entry.name, run_or_checkpoint)
     if positive is not None or target is not None or replace_operating_point:
@@ -101,6 +105,8 @@ def evaluate(
             )
         point |= {"positive": positive, "target": target,
                   "replace_operating_point": replace_operating_point}  # fmt: skip
+    if relocated_data is not None:
+        point["relocated_data"] = relocated_data
     return entry.evaluate(
         run_or_checkpoint, data=data, split=split, device=device, report=report, out=out,
         precision=precision, **point,
@@ -245,11 +251,15 @@ def embed(
     split: str = "all",
     out: str | Path | None = None,
     device: str = "auto",
+    relocated_data: str | Path | None = None,
 ) -> Path:
-    """Penultimate-layer features with labels to .npz (for kNN, linear probes, plots)."""
+    """Penultimate-layer features with labels to .npz (for kNN, linear probes, plots);
+    ``relocated_data``: the run's own dataset at its new place (see :func:`evaluate`)."""
     from cnnlab.transfer import embed as embed_features
 
-    return embed_features(run_or_checkpoint, data, split, out, device=device)
+    return embed_features(
+        run_or_checkpoint, data, split, out, device=device, relocated_data=relocated_data
+    )
 
 
 # -- hyperparameter search -------------------------------------------------------------------------------

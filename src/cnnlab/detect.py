@@ -57,6 +57,7 @@ from cnnlab.metrics.stats import detection_intervals
 from cnnlab.models.detection import create_detection_model
 from cnnlab.report.render import start_renderer
 from cnnlab.run import (
+    check_one_dataset,
     evaluation_dir,
     load_run_model,
     read_json,
@@ -374,6 +375,7 @@ def evaluate_detection(
     report: bool = True,
     out: str | Path | None = None,
     precision: str = "auto",
+    relocated_data: str | Path | None = None,
     tta: str | tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a detection run on its recorded split (default: the held-out test images) or on
@@ -382,6 +384,7 @@ def evaluate_detection(
     ``tta="flip"`` (cnnlab.engine.tta): each image's boxes are merged with its mirror's (mirrored
     back, per-class NMS), and ``result["tta"]`` (also in evaluation.json) puts the headline
     metrics without and with it side by side."""
+    check_one_dataset(data, relocated_data)
     views = check_detect_tta(parse_tta(tta))  # said before anything is loaded
     dev = resolve_device(device)
     model, meta, weights = load_detection_model(run, dev)
@@ -392,7 +395,7 @@ def evaluate_detection(
     if data is None:
         if run_dir is None:
             raise ConfigError(f"{weights} is not inside a run directory: pass data=")
-        cfg = make_config(DetectConfig, **source_config(run_dir))
+        cfg = make_config(DetectConfig, **source_config(run_dir, relocated_data))
         recorded = read_json(run_dir / "splits.json")["splits"]
         if split not in recorded:
             raise ConfigError(f"the run has no {split!r} split; it has {sorted(recorded)}")

@@ -250,32 +250,87 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
     return saved
 
 
-def source_config(run_dir: Path) -> dict[str, Any]:
+#: config options that may name a file or folder of the user's: config.json records them absolute
+PATH_OPTIONS = ("data", "data_root", "split_file", "weights", "init_from")
+#: what those options accept besides a path (a folder of that name in the working folder loses)
+_NOT_PATHS = frozenset({"imagenet", "kinetics", "none", "auto"})
+
+
+def recorded_config(cfg: Any) -> dict[str, Any]:
+    """``cfg`` as config.json records it: a relative path the user gave (``--data photos``) is
+    made absolute where it exists, so the run evaluates, resumes and reruns from any working
+    folder (recorded as given, "photos" only worked from the folder training started in)."""
+    record = cfg.to_dict()
+    for key in PATH_OPTIONS:
+        value = record.get(key)
+        if not isinstance(value, str) or value in _NOT_PATHS or os.path.isabs(value):
+            continue
+        if Path(value).expanduser().exists():
+            record[key] = os.path.abspath(os.path.expanduser(value))
+    return record
+
+
+def source_config(run_dir: Path, relocated: str | Path | None = None) -> dict[str, Any]:
     """The config that reloads the data a run was trained on, for picking its recorded splits
     (splits.json) by sample id: :func:`saved_config`, except that a run trained on a split file
     reads its source pooled, as load_source does before applying one. The split file itself is
     not read again: splits.json names the same ids, and the path config.json records can be gone
     (a `cnnlab cv` fold records its CV/folds/fold-I.json absolutely; the folder may have been moved
-    or copied to another machine since)."""
+    or copied to another machine since).
+
+    ``relocated``: the run's dataset at its new place (``--relocated-data``: moved, copied to
+    another machine); the samples of the recorded splits are then looked up there by id."""
     saved = saved_config(run_dir)
-    check_recorded_data(run_dir, saved.get("data"))
+    if relocated is not None:
+        saved["data"] = relocated_data(run_dir, saved.get("data"), relocated)
+    check_recorded_data(
+        run_dir, saved.get("data"), "or say where it is now with --relocated-data PATH"
+    )
     if saved.get("split_file"):
         saved |= {"split_file": None, "val_fraction": 0.0, "test_fraction": 0.0}
     return saved
 
 
-def check_recorded_data(run_dir: Path, data: str | None) -> None:
+def check_one_dataset(data: Any, relocated: Any) -> None:
+    """Evaluation reads the run's own dataset (perhaps at a new place) or another one, not both."""
+    if data is not None and relocated is not None:
+        raise ConfigError(
+            "--relocated-data says where the run's own dataset is now; --data names another "
+            "dataset to evaluate on: give one of them"
+        )
+
+
+def relocated_data(run_dir: Path, recorded: str | None, new: str | Path) -> str:
+    """``new``, checked, in place of the dataset path the run recorded; whether it holds the same
+    samples is checked where its splits are picked (by id: a sample missing there is named)."""
+    if not recorded or str(recorded).startswith(("builtin:", "torchvision:")):
+        raise ConfigError(
+            f"--relocated-data: {run_dir} was trained on {recorded}, not on files of yours; "
+            "leave the option out"
+        )
+    if not Path(new).expanduser().exists():
+        raise DataError(
+            str(new),
+            "--relocated-data: no such file or folder; give where the run's dataset is now",
+        )
+    return os.path.abspath(os.path.expanduser(str(new)))
+
+
+def check_recorded_data(run_dir: Path, data: str | None, how: str) -> None:
     """A DataError naming the run and its dataset when the folder or CSV it was trained on is not
     where config.json says (moved or deleted): evaluating or resuming the run re-reads its splits
-    from it, and "dataset root not found; give a folder ..." would not say whose path that is."""
+    from it, and "dataset root not found; give a folder ..." would not say whose path that is.
+    ``how``: the calling command's way to give the new place."""
     if not data or str(data).startswith(("builtin:", "torchvision:")):
         return
     if not Path(data).expanduser().exists():
+        # runs before config.json recorded absolute paths: relative to where training started
+        where = "" if os.path.isabs(data) else " (relative to the folder training ran in)"
         raise DataError(
             data,
-            f"the dataset {run_dir} was trained on is not there now (moved or deleted?); the run "
-            "names its samples by their paths relative to it (splits.json): put it back at that "
-            "path",
+            f"the dataset {run_dir} was trained on is not there now{where} (moved or deleted?); "
+            f"the run names its samples by their paths relative to it (splits.json): put it back "
+            f"at that path, {how}",
         )
 
 

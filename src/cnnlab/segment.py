@@ -67,6 +67,7 @@ from cnnlab.metrics.stats import segmentation_intervals
 from cnnlab.models.segmentation import create_segmentation_model
 from cnnlab.report.render import start_renderer
 from cnnlab.run import (
+    check_one_dataset,
     evaluation_dir,
     load_run_model,
     read_json,
@@ -451,6 +452,7 @@ def evaluate_segmentation(
     report: bool = True,
     out: str | Path | None = None,
     precision: str = "auto",
+    relocated_data: str | Path | None = None,
     tta: str | tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a segmentation run on its recorded split (default: the held-out test images) or on
@@ -459,6 +461,7 @@ def evaluate_segmentation(
     ``tta="flip"`` (cnnlab.engine.tta): the metrics are those of the mean of the image's and its
     mirror's per-pixel probabilities (the mirror's mirrored back), and ``result["tta"]`` (also in
     evaluation.json) puts the headline metrics without and with it side by side."""
+    check_one_dataset(data, relocated_data)
     views = check_segment_tta(parse_tta(tta))  # said before anything is loaded
     dev = resolve_device(device)
     model, meta, weights = load_segmentation_model(run, dev)
@@ -471,7 +474,7 @@ def evaluate_segmentation(
             raise ConfigError(
                 f"{weights} is not inside a run directory: pass data= to say what to evaluate on"
             )
-        cfg = make_config(SegmentConfig, **source_config(run_dir))
+        cfg = make_config(SegmentConfig, **source_config(run_dir, relocated_data))
         recorded = read_json(run_dir / "splits.json")["splits"]
         if split not in recorded:
             raise ConfigError(f"the run has no {split!r} split; it has {sorted(recorded)}")

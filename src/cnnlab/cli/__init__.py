@@ -176,13 +176,14 @@ def rank_console() -> Console | None:
     return out if distributed.is_main() else None
 
 
-def _add_task_evaluate(q: argparse.ArgumentParser, tta_help: str | None = None) -> None:
-    """The options of `cnnlab segment evaluate` and `cnnlab detect evaluate` (the same verb);
+def add_task_evaluate(q: argparse.ArgumentParser, tta_help: str | None = None) -> None:
+    """The options of `cnnlab segment|detect|video evaluate` (the same verb);
     ``--tta`` where the task has test-time augmentation (``tta_help``)."""
     q.add_argument("run", help=RUN_HELP)
     q.add_argument(
         "--data", default=None, help="evaluate on this dataset instead of the run's split"
     )
+    q.add_argument("--relocated-data", metavar="PATH", default=None, help=RELOCATED_HELP)
     q.add_argument("--split", default="test", help=SPLIT_HELP)
     q.add_argument("--device", default="auto", help=DEVICE_HELP)
     q.add_argument(
@@ -233,6 +234,10 @@ SEGMENT_TTA_HELP = (
     "probabilities, the mirror's mirrored back (default: none)"
 )
 SPLIT_HELP = "test | val | train: the run's own split to measure"
+RELOCATED_HELP = (
+    "the run's own dataset at its new place (moved, or copied to another machine): its recorded "
+    "split is read from there, by sample id"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -403,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="penultimate-layer features with labels to .npz")
     p.add_argument("run", help="run directory or .safetensors checkpoint")
     p.add_argument("--data", default=None, help="another dataset (default: the run's own)")
+    p.add_argument("--relocated-data", metavar="PATH", default=None, help=RELOCATED_HELP)
     p.add_argument("--split", default="all", help="all | train | val | test")
     p.add_argument("--out", default=None, help="the .npz file (default: RUN/embeddings-SPLIT.npz)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -413,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run", help="run directory or .safetensors checkpoint")
     p.add_argument("--data", help="evaluate on this dataset instead of the run's test split")
+    p.add_argument("--relocated-data", metavar="PATH", default=None, help=RELOCATED_HELP)
     p.add_argument("--split", default="test", help="test | val | train (default: test)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
@@ -485,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_options(q, cls=SegmentConfig)
     add_max_restarts(q)
     q = seg.add_parser("evaluate", help="per-class IoU, mean IoU, Dice, pixel accuracy")
-    _add_task_evaluate(
+    add_task_evaluate(
         q, SEGMENT_TTA_HELP + "; reports the metrics with and without it side by side"
     )
     q = seg.add_parser("predict", help="mask PNGs (class index per pixel) and colour overlays")
@@ -541,9 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_options(q, cls=DetectConfig)
     add_max_restarts(q)
     q = det.add_parser("evaluate", help="mAP@0.5, mAP@[.5:.95], per-class AP, AR")
-    _add_task_evaluate(
-        q, DETECT_TTA_HELP + "; reports the metrics with and without it side by side"
-    )
+    add_task_evaluate(q, DETECT_TTA_HELP + "; reports the metrics with and without it side by side")
     q = det.add_parser("predict", help="COCO results JSON and images with boxes drawn")
     q.add_argument("run", help=RUN_HELP + " or exported .onnx")
     q.add_argument("inputs", nargs="+", help="image files or folders")
@@ -1021,7 +1026,10 @@ def _embed(args: argparse.Namespace) -> int:
     _require_run(args.run)
     from cnnlab import api
 
-    path = api.embed(args.run, data=args.data, split=args.split, out=args.out, device=args.device)
+    path = api.embed(
+        args.run, data=args.data, split=args.split, out=args.out, device=args.device,
+        relocated_data=args.relocated_data,
+    )  # fmt: skip
     out.print(f"features written to {path}")
     return 0
 
@@ -1044,6 +1052,7 @@ def _segment(args: argparse.Namespace) -> int:
         result = api.segment_evaluate(
             args.run,
             data=args.data,
+            relocated_data=args.relocated_data,
             split=args.split,
             device=args.device,
             report=args.report,
@@ -1201,6 +1210,7 @@ def _detect(args: argparse.Namespace) -> int:
         result = api.detect_evaluate(
             args.run,
             data=args.data,
+            relocated_data=args.relocated_data,
             split=args.split,
             device=args.device,
             report=args.report,
@@ -1370,6 +1380,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         target=args.target,
         replace_operating_point=args.replace_operating_point,
         tta=args.tta,
+        relocated_data=args.relocated_data,
     )
     _evaluation_note(result)
     point = result.get("operating_point")

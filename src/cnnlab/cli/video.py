@@ -15,7 +15,13 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from cnnlab.cli import add_max_restarts, add_train_options, print_metrics, train_task
+from cnnlab.cli import (
+    add_max_restarts,
+    add_task_evaluate,
+    add_train_options,
+    print_metrics,
+    train_task,
+)
 from cnnlab.tasks.configs import VideoConfig
 
 # The parser is built on every command, so nothing above imports torch: cnnlab.api and the video
@@ -45,13 +51,7 @@ def _add_train_cli(actions: Any) -> None:
     add_train_options(p, cls=VideoConfig)
     add_max_restarts(p)
     q = actions.add_parser("evaluate", help="clip accuracy, per-class metrics and the report")
-    q.add_argument("run", help="a video run directory or its .safetensors checkpoint")
-    q.add_argument("--split", default="test", help="test | val | train: the run's own split")
-    q.add_argument("--data", default=None, help="another builtin or folder of videos per class")
-    q.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
-    q.add_argument("--out", default=None, help="folder for the results (default: in the run)")
-    q.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    q.add_argument("--no-report", dest="report", action="store_false", help="no HTML report")
+    add_task_evaluate(q)
 
 
 def _run_train_cli(args: argparse.Namespace, out: Any) -> int:
@@ -67,8 +67,10 @@ def _run_train_cli(args: argparse.Namespace, out: Any) -> int:
         if result.report:
             out.print(f"report: {result.report}")
         return 0
-    result = api.video_evaluate(args.run, split=args.split, data=args.data, device=args.device,
-                                report=args.report, out=args.out)  # fmt: skip
+    result = api.video_evaluate(
+        args.run, split=args.split, data=args.data, device=args.device, report=args.report,
+        out=args.out, precision=args.precision, relocated_data=args.relocated_data,
+    )  # fmt: skip
     if args.json:
         print(json.dumps(result["metrics"], indent=2, default=str))
         return 0

@@ -754,7 +754,12 @@ def apply_split_file(bundle: DataBundle, path: str | Path) -> DataBundle:
 _SPLIT_FORMAT = 'expected {"splits": {"train": [ids], "val": [ids], "test": [ids]}} (a splits.json)'
 
 
-def split_by_ids(bundle: DataBundle, ids: list[str], split: str) -> Split:
+def split_by_ids(
+    bundle: DataBundle, ids: list[str], split: str, class_names: list[str] | None = None
+) -> Split:
+    """The samples ``ids`` names (a run's recorded split), labelled in ``class_names``' order (the
+    model's: a class folder added to or removed from the dataset since training shifts the data's
+    own indices; labels are matched by name). None: the data's own order."""
     merged: dict[str, tuple[Split, int]] = {}
     for s in bundle.splits.values():
         for i, sid in enumerate(s.ids):
@@ -768,12 +773,38 @@ def split_by_ids(bundle: DataBundle, ids: list[str], split: str) -> Split:
         )
     parts = [merged[sid] for sid in ids]
     first = parts[0][0]
-    return Split(
+    chosen = Split(
         ids,
         np.array([s.targets[i] for s, i in parts], dtype=np.int64),
         paths=[s.paths[i] for s, i in parts] if first.paths is not None else None,
         images=np.stack([s.images[i] for s, i in parts]) if first.images is not None else None,
     )
+    if class_names is None or list(bundle.class_names) == list(class_names):
+        return chosen
+    return _in_model_order(bundle, chosen, class_names)
+
+
+def _in_model_order(bundle: DataBundle, chosen: Split, class_names: list[str]) -> Split:
+    """``chosen``'s labels moved from the data's class order to the model's, by name; a sample
+    labelled with a class the model does not know is refused, naming it."""
+    known = [c in class_names for c in bundle.class_names]
+    lut = np.array([class_names.index(c) if k else -1 for c, k in zip(
+        bundle.class_names, known, strict=True)], dtype=np.int64)  # fmt: skip
+    if chosen.targets.ndim == 2:  # multi-label: the data's label columns moved to the model's
+        stray = chosen.targets[:, ~np.array(known, dtype=bool)].any(axis=1)
+        targets = np.zeros((len(chosen), len(class_names)), dtype=np.int64)
+        targets[:, lut[lut >= 0]] = chosen.targets[:, lut >= 0]
+    else:
+        targets = lut[chosen.targets]
+        stray = targets < 0
+    if stray.any():
+        i = int(np.flatnonzero(stray)[0])
+        raise DataError(
+            bundle.source,
+            f"sample {chosen.ids[i]} is labelled with a class the model does not know "
+            f"(its classes: {class_names}); the dataset changed since training",
+        )
+    return Split(chosen.ids, targets, chosen.paths, chosen.images)
 
 
 def remap_classes(bundle: DataBundle, class_names: list[str], split: str) -> Split:
@@ -786,12 +817,7 @@ def remap_classes(bundle: DataBundle, class_names: list[str], split: str) -> Spl
         chosen = bundle.splits[split]
     else:
         chosen = concat_splits([bundle.splits[k] for k in bundle.splits])
-    lut = np.array([class_names.index(c) for c in bundle.class_names], dtype=np.int64)
-    if chosen.targets.ndim == 2:  # multi-label: the data's label columns moved to the model's
-        targets = np.zeros((len(chosen), len(class_names)), dtype=np.int64)
-        targets[:, lut] = chosen.targets
-        return Split(chosen.ids, targets, chosen.paths, chosen.images)
-    return Split(chosen.ids, lut[chosen.targets], chosen.paths, chosen.images)
+    return _in_model_order(bundle, chosen, class_names)
 
 
 def concat_splits(parts: list[Split]) -> Split:

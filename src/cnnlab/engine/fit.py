@@ -42,12 +42,12 @@ from cnnlab.engine.devices import (
     resolve_precision,
     seed_everything,
 )
-from cnnlab.engine.resume import restore, resume_target, resumed_config
+from cnnlab.engine.resume import check_same_samples, restore, resume_target, resumed_config
 from cnnlab.engine.timing import Timings
 from cnnlab.engine.tracking import check_tracking
 from cnnlab.engine.trainer import Trainer, check_monitor
 from cnnlab.errors import ConfigError, DataError, Interrupted
-from cnnlab.run import finish_run_dir, new_run_dir, write_json
+from cnnlab.run import finish_run_dir, new_run_dir, recorded_config, write_json
 
 log = logging.getLogger(__name__)
 
@@ -246,11 +246,13 @@ def fit(
 def _run_folder(cfg: Any, plan: Plan, info: Any, existing: Path | None) -> Path:
     """Rank 0 creates (or reuses, when resuming) the run folder and writes config.json and the
     plan's files; every rank gets its path."""
+    if existing is not None:  # every rank: none may wait on a rank 0 that refused
+        check_same_samples(existing, plan.files, cfg.data)  # the samples, splits it began with
     if info.is_main:
         run_dir = existing or new_run_dir(
             cfg.out, cfg.name, plan.folder, cfg.data, private=cfg.private
         )
-        write_json(run_dir / "config.json", cfg.to_dict())
+        write_json(run_dir / "config.json", recorded_config(cfg))
         for name, content in plan.files.items():
             if isinstance(content, str):
                 (run_dir / name).write_text(content)

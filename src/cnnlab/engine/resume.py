@@ -15,14 +15,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cnnlab.engine.checkpoint import CheckpointManager
-from cnnlab.errors import CheckpointError, ConfigError
-from cnnlab.run import check_recorded_data
+from cnnlab.errors import CheckpointError, ConfigError, DataError
+from cnnlab.run import PATH_OPTIONS, check_recorded_data
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +82,26 @@ def _recorded_task(weights: Path) -> str:
 
 def resumed_config(cls: type, cfg: Any, run_dir: Path) -> dict[str, Any]:
     """The run's own config (its config.json) with what this call may change (:data:`MAY_CHANGE`,
-    when given other than the default) and ``resume`` set to the run folder."""
+    when given other than the default) and ``resume`` set to the run folder.
+
+    ``--data PATH`` other than the recorded one says where the run's dataset is now (moved, copied
+    to another machine): fit then checks it holds the samples the run trained on
+    (:func:`check_same_samples`). Any other option given with a value other than the run's own is
+    refused: a resume goes on with the run as it began, and silently dropping ``--lr 0.01`` would
+    train on at a rate the user did not choose."""
     saved = json.loads((run_dir / "config.json").read_text())
-    check_recorded_data(run_dir, saved.get("data"))
     defaults = cls()
     names = {f.name for f in dataclasses.fields(cls)}
     for k, v in saved.items():  # JSON has lists where the config holds tuples (augment, ...)
         if isinstance(v, list) and isinstance(getattr(defaults, k, None), tuple):
             saved[k] = tuple(v)
+    if cfg.data != defaults.data and not _same_path(cfg.data, saved.get("data")):
+        if not Path(cfg.data).expanduser().exists():
+            raise DataError(cfg.data, "--data: no such file or folder (with --resume it gives "
+                            "the run's dataset at its new place)")  # fmt: skip
+        saved["data"] = os.path.abspath(os.path.expanduser(cfg.data))
+        log.info("%s: its dataset, now at %s", run_dir, saved["data"])
+    check_recorded_data(run_dir, saved.get("data"), "or give its new place with --data PATH")
     changes = {
         k: getattr(cfg, k)
         for k in MAY_CHANGE
@@ -97,7 +110,90 @@ def resumed_config(cls: type, cfg: Any, run_dir: Path) -> dict[str, Any]:
     moved = _moved_split_file(saved.get("split_file"), getattr(cfg, "split_file", None), run_dir)
     if moved is not None:
         changes["split_file"] = moved
+    _refuse_other_changes(cfg, defaults, saved, names - set(MAY_CHANGE) - set(changes), run_dir)
     return {k: v for k, v in saved.items() if k in names} | changes | {"resume": str(run_dir)}
+
+
+#: options a resume reads differently: where the run is (out, name, resume) and its data (above)
+_RESUME_OWN = frozenset({"out", "name", "resume", "data"})
+
+
+def _refuse_other_changes(
+    cfg: Any, defaults: Any, saved: dict[str, Any], names: set[str], run_dir: Path
+) -> None:
+    """A ConfigError naming every option given with a value other than the run's own. Only values
+    other than the default can be told from "not given"; "auto" (--lr auto, --compile auto) was
+    resolved when the run began, so the run's recorded value is what it chose."""
+    differ = []
+    for k in sorted(names - _RESUME_OWN):
+        given, default = getattr(cfg, k), getattr(defaults, k)
+        if given == default or given == "auto" or k not in saved:
+            continue
+        own = saved[k]
+        same = _same_path(given, own) if k in PATH_OPTIONS else given == own
+        if not same:
+            differ.append(f"--{k.replace('_', '-')} {_shown(given)} (the run's: {_shown(own)})")
+    if differ:
+        raise ConfigError(
+            f"{run_dir} resumes as it began; these options differ from its own: "
+            f"{', '.join(differ)}; leave them out (a resume may change "
+            f"{', '.join('--' + k.replace('_', '-') for k in MAY_CHANGE if k in saved)}), "
+            "or start a new run"
+        )
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    """The same option value, a relative and an absolute spelling of one path included."""
+    if a == b:
+        return True
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False
+    return os.path.abspath(os.path.expanduser(a)) == os.path.abspath(os.path.expanduser(b))
+
+
+def check_same_samples(run_dir: Path, files: dict[str, Any], data: str) -> None:
+    """A resume trains on the samples, splits and classes its run began with. Its data, read
+    again (moved, copied or changed since), must give the classes.json and splits.json the run
+    recorded: otherwise training would go on with samples moved between splits (test images in
+    training) or with class indices shifted. Runs without those records are not checked."""
+    problems = []
+    recorded_classes = _read_record(run_dir / "classes.json")
+    if recorded_classes is not None and recorded_classes != files.get("classes.json"):
+        problems.append(f"classes {files.get('classes.json')}, not {recorded_classes}")
+    recorded = _read_record(run_dir / "splits.json") or {}  # none yet: a torchrun restart
+    new = files.get("splits.json") or {}  # of a first attempt that stopped before writing it
+    for key in ("splits", "labels"):
+        if key not in recorded:
+            continue
+        mine, theirs = recorded[key] or {}, new.get(key) or {}
+        for split in sorted(set(mine) | set(theirs)):
+            a, b = mine.get(split, []), theirs.get(split, [])
+            if a == b:
+                continue
+            gone, added = len(set(a) - set(b)), len(set(b) - set(a))
+            if key == "labels" or not (gone or added):
+                problems.append(f"{split} split labelled or ordered differently")
+            else:
+                problems.append(f"{split} split: {gone} of its {len(a)} samples gone, {added} new")
+    if problems:
+        raise DataError(
+            data,
+            f"does not hold what {run_dir} trained on ({'; '.join(problems)}); a resume goes on "
+            "with the same samples: put the dataset back as it was, or start a new run",
+        )
+
+
+def _read_record(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _moved_split_file(recorded: str | None, given: str | None, run_dir: Path) -> str | None:

@@ -74,6 +74,7 @@ def embed(
     *,
     device: str = "auto",
     batch_size: int = 256,
+    relocated_data: str | Path | None = None,
 ) -> Path:
     """Write the penultimate features of ``data`` under ``run_or_checkpoint``'s model to ``.npz``.
 
@@ -88,8 +89,9 @@ def embed(
     from cnnlab.engine.devices import resolve_device
     from cnnlab.engine.loaders import make_loader, split_to_uint8
     from cnnlab.engine.weights import load_checkpoint_model
-    from cnnlab.run import read_json, run_dir_of, source_config
+    from cnnlab.run import check_one_dataset, read_json, run_dir_of, source_config
 
+    check_one_dataset(data, relocated_data)
     if split not in SPLITS:
         raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
     dev = resolve_device(device)
@@ -99,7 +101,7 @@ def embed(
     if data is None:
         if run_dir is None:
             raise ConfigError(f"{weights} is not inside a run directory: pass data= to embed")
-        bundle = load_source(make_config(TrainConfig, **source_config(run_dir)))
+        bundle = load_source(make_config(TrainConfig, **source_config(run_dir, relocated_data)))
         recorded = read_json(run_dir / "splits.json")["splits"]
         names = list(recorded) if split == "all" else [split]
         if split != "all" and split not in recorded:

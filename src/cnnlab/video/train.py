@@ -57,6 +57,7 @@ from cnnlab.engine.timing import Timings
 from cnnlab.engine.trainer import autocast
 from cnnlab.errors import CheckpointError, ConfigError, DataError
 from cnnlab.run import (
+    check_one_dataset,
     evaluation_dir,
     load_run_model,
     read_json,
@@ -444,12 +445,14 @@ def evaluate_video(
     report: bool = True,
     out: str | Path | None = None,
     precision: str = "auto",
+    relocated_data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Clip-level metrics of a video run on its recorded split (default: the held-out test clips,
     which reproduces the end-of-training numbers) or on every clip of another source ``data``
     whose classes are among the model's. Writes test_metrics.json, test_predictions.npz and the
     report into ``out`` (default: a new ``<run>/evaluations/<time>/``; what training recorded is
     never rewritten)."""
+    check_one_dataset(data, relocated_data)
     dev = resolve_device(device)
     model, meta, weights = load_video_model(run, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
@@ -458,7 +461,7 @@ def evaluate_video(
     if data is None:
         if run_dir is None:
             raise ConfigError(f"{weights} is not inside a run directory: pass data=")
-        cfg = make_config(VideoConfig, **source_config(run_dir))
+        cfg = make_config(VideoConfig, **source_config(run_dir, relocated_data))
         recorded = read_json(run_dir / "splits.json")["splits"]
         if split not in recorded:
             raise ConfigError(f"the run has no {split!r} split; it has {sorted(recorded)}")

@@ -21,6 +21,7 @@ from cnnlab.engine.tta import TTAModel, compare_views, parse_tta
 from cnnlab.engine.weights import load_checkpoint_model
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.run import (
+    check_one_dataset,
     evaluation_dir,
     read_json,
     record_evaluation,
@@ -215,6 +216,7 @@ def evaluate(
     report: bool = True,
     out: str | Path | None = None,
     precision: str = "auto",
+    relocated_data: str | Path | None = None,
     positive: str | None = None,
     target: str | None = None,
     replace_operating_point: bool = False,
@@ -234,6 +236,7 @@ def evaluate(
     ``tta`` ("flip", "crop", "shift" or a comma list; cnnlab.engine.tta): the metrics are those of the
     averaged views, and ``result["tta"]`` (also in evaluation.json) puts the headline metrics
     without and with TTA side by side."""
+    check_one_dataset(data, relocated_data)
     views = parse_tta(tta)
     if views and target is not None:
         raise ConfigError(
@@ -275,12 +278,12 @@ def evaluate(
             raise ConfigError(
                 f"{weights} is not inside a run directory: pass --data to say what to evaluate on"
             )
-        own = load_source(make_config(TrainConfig, **source_config(run_dir)))
+        own = load_source(make_config(TrainConfig, **source_config(run_dir, relocated_data)))
         saved = read_json(run_dir / "splits.json")["splits"]
     if data is None:
         if split not in saved:
             raise ConfigError(f"the run has no {split!r} split; it has {sorted(saved)}")
-        chosen = split_by_ids(own, saved[split], split)
+        chosen = split_by_ids(own, saved[split], split, class_names)
     else:
         cfg = make_config(TrainConfig, data=data, val_fraction=0.0, test_fraction=0.0)
         bundle = load_source(cfg)
@@ -309,7 +312,7 @@ def evaluate(
     calibration = load_calibration(run_dir, weights)  # None for runs trained before it existed
     temperature = calibration.temperature if calibration else 1.0
     if wanted is not None:  # chosen first: an unreachable target stops before anything is written
-        val = split_by_ids(own, saved["val"], "val")
+        val = split_by_ids(own, saved["val"], "val", class_names)
         val_probs, val_targets = predict_probs(  # calibrated, as predict will apply them
             model, spec, split_to_uint8(val, spec), val, len(class_names), device=dev,
             precision=precision, temperature=temperature,
