@@ -262,3 +262,18 @@ def test_a_resume_refuses_data_that_changed_since(tmp_path: Path) -> None:
         api.train(resume=str(run), epochs=2, batch_size=8)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert api.train(resume=str(run), epochs=2).history[-1]["epoch"] == 2  # as it was: goes on
+
+
+def test_a_run_refused_at_set_up_leaves_no_folder_to_take_its_name(tmp_path: Path) -> None:
+    """One batch larger than the training split is found after the data is read; the run folder is
+    made only after such checks, so the corrected command gets the --name asked for (it got
+    NAME-2 beside a half-made NAME)."""
+    from cnnlab.errors import DataError
+
+    data = _two_class_folder(tmp_path / "data")
+    out = tmp_path / "runs"
+    with pytest.raises(DataError, match="fewer than one batch"):
+        api.train(data=str(data), model="lenet5", epochs=1, batch_size=64, out=str(out),
+                  name="mine", report=False)  # fmt: skip
+    assert not (out / "mine").exists()
+    assert _tiny_run(data, out, name="mine") == out / "mine"

@@ -143,11 +143,9 @@ def fit(
     seed_everything(cfg.seed, cfg.deterministic)
     timings.lap("setup")
     plan = spec.prepare(cfg, info, device, resumed, timings)
-    run_dir = _run_folder(cfg, plan, info, resumed[0] if resumed else restart_dir)
     if console is not None and info.is_main:
         for item in plan.show:
             console.print(item)
-
     if plan.flops is None and plan.sample_shape is not None:
         plan.flops = flops_per_sample(plan.model, plan.sample_shape)
     precision = resolve_precision(cfg.precision, device, plan.flops)
@@ -173,6 +171,9 @@ def fit(
     net, compile_record = compile_probe.resolve(
         cfg.compile, model, plan.task, train_loader, device, precision, cfg.epochs
     )
+    # the run folder only now: a set-up error above (one batch larger than the data ...) leaves
+    # no half-made folder behind to take the name --name asked for
+    run_dir = _run_folder(cfg, plan, info, resumed[0] if resumed else restart_dir)
     task = plan.task
     if info.distributed and plan.sharded_validation:
         task = distributed.DistributedTask(task, info, net)
