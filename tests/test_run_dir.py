@@ -277,3 +277,16 @@ def test_a_run_refused_at_set_up_leaves_no_folder_to_take_its_name(tmp_path: Pat
                   name="mine", report=False)  # fmt: skip
     assert not (out / "mine").exists()
     assert _tiny_run(data, out, name="mine") == out / "mine"
+
+
+def test_resuming_a_run_that_stopped_before_its_first_checkpoint_says_so(tmp_path: Path) -> None:
+    from cnnlab.engine.resume import resume_target
+    from cnnlab.errors import CheckpointError
+
+    run = tmp_path / "r"
+    run.mkdir()
+    with pytest.raises(CheckpointError, match="is not a cnnlab run directory"):
+        resume_target(str(run), tmp_path, None)
+    (run / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="before its first checkpoint; train it again"):
+        resume_target(str(run), tmp_path, None)

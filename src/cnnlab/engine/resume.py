@@ -45,8 +45,13 @@ def resume_target(
             )
         target = Path(out) / name
     run_dir = target if target.is_dir() else target.parent.parent
-    if not (run_dir / "config.json").is_file() or not (run_dir / "checkpoints").is_dir():
+    if not (run_dir / "config.json").is_file():
         raise CheckpointError(f"nothing to resume: {target} is not a cnnlab run directory")
+    if not (run_dir / "checkpoints").is_dir():
+        raise CheckpointError(
+            f"nothing to resume in {run_dir}: the run stopped before its first checkpoint; "
+            "train it again without --resume"
+        )
     entry = CheckpointManager(run_dir / "checkpoints").latest_verified()
     if entry is None:
         raise CheckpointError(f"nothing to resume in {run_dir}: no verified checkpoint")
