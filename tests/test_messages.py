@@ -80,6 +80,7 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     # --mixup-alpha ... without its augmentation: every command that builds a TrainConfig or a
     # VideoConfig
     "config.py:check_augment_options": (*TRAINERS, "lr-find", "tune", "video train"),
+    "config.py:check_unused_strengths": (*TRAINERS, "lr-find", "tune", "video train"),
     "config.py:_by_recipe": (*TRAINERS, "lr-find", "tune"),  # configs with a recipe field
     "tasks/configs.py:reject_mixing": ("segment train", "detect train"),  # --augment mixup
     "runs_table.py": ("runs",),

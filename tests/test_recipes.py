@@ -322,6 +322,28 @@ def test_a_strength_without_its_augmentation_says_what_turns_it_on():
     assert make_config(TrainConfig, mixup_alpha=0.2).mixup_alpha == 0.2  # the default: no error
 
 
+def test_a_strength_typed_at_its_default_without_its_augmentation_is_refused(capsys):
+    """`--mixup-alpha 0.2` (the default) without mixup: the config cannot tell it from "not
+    given", the command line can; each training command refuses it in one line, before any
+    work. A config.json rerun (every field present, at defaults) and a resume are not refused."""
+    from cnnlab.cli import main
+
+    for argv in (
+        ["train", "--data", "builtin:digits", "--mixup-alpha", "0.2"],
+        ["finetune", "--init-from", "nowhere", "--data", "builtin:digits", "--jitter", "0.4"],
+        ["video", "train", "--erasing-prob", "0.25"],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "acts only on augmentation" in err[0], err
+    from cnnlab.cli import _train_overrides, build_parser
+
+    args = build_parser().parse_args(["train", "--mixup-alpha", "0.2", "--augment", "crop,mixup"])
+    assert "mixup_alpha" in _train_overrides(args)  # with its augmentation: taken
+    args = build_parser().parse_args(["train", "--mixup-alpha", "0.2", "--resume", "RUN"])
+    assert "mixup_alpha" in _train_overrides(args)  # a resume: the run's own decide
+
+
 AUGMENT_OF = {"mixup_alpha": "mixup", "cutmix_alpha": "cutmix", "erasing_prob": "erasing",
               "randaugment_magnitude": "randaugment", "jitter": "jitter"}  # fmt: skip
 

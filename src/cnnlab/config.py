@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import types
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -321,14 +322,23 @@ def check_augment_options(cfg: Any) -> None:
                 "option randaugment_magnitude must be an integer in 0..30 (torchvision's 31 "
                 f"magnitude bins), got {magnitude}"
             )
+    check_unused_strengths(cfg, [k for k, default in own.items() if getattr(cfg, k) != default])
+
+
+def check_unused_strengths(cfg: Any, keys: Iterable[str]) -> None:
+    """A ConfigError for the first strength among ``keys`` whose augmentation ``cfg`` does not use
+    (it would be ignored). :func:`check_augment_options` checks those set to other than their
+    default (all a config can tell); the engine also checks those the user gave, whatever their
+    value (``--mixup-alpha 0.2``, the default, without mixup)."""
     used = augmentations(cfg)
-    for key, default in own.items():
-        name, value = AUGMENT_OPTIONS[key], getattr(cfg, key)
-        if name in used or value == default:
+    for key in keys:
+        name = AUGMENT_OPTIONS.get(key)
+        if name is None or name in used or not hasattr(cfg, key):
             continue
         raise ConfigError(
-            f"option {key}={value} acts only on augmentation {name!r}, which this run does not "
-            f"use; turn it on with --augment {name}{_by_recipe(cfg, name)}, or leave {key} out"
+            f"option {key}={getattr(cfg, key)} acts only on augmentation {name!r}, which this run "
+            f"does not use; turn it on with --augment {name}{_by_recipe(cfg, name)}, or leave "
+            f"{key} out"
         )
 
 

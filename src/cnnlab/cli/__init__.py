@@ -147,6 +147,7 @@ def train_task(cls: type, train: Any, args: argparse.Namespace) -> Any:
     train and return the result on rank 0 (or a single process), 0 on the other DDP ranks."""
     names = [f.name for f in dataclasses.fields(cls)]
     options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    check_given_strengths(cls, args.config, options)
     launched = launch_devices(options, getattr(args, "max_restarts", None) or 0)
     if launched is not None:
         return launched
@@ -956,7 +957,21 @@ def _train_overrides(
 ) -> dict[str, Any]:
     """The TrainConfig options given on the command line (None: not given)."""
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in skip]
-    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    overrides = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    check_given_strengths(TrainConfig, getattr(args, "config", None), overrides)
+    return overrides
+
+
+def check_given_strengths(cls: type, config: str | None, options: dict[str, Any]) -> None:
+    """An augmentation strength typed on the command line for an augmentation the run does not use
+    is refused even at its default value (``--mixup-alpha 0.2`` without mixup): the config checks
+    only values other than the default, the only ones it can tell from "not given". Not on a
+    resume: the run's own augmentations decide there (and other values are refused)."""
+    from cnnlab.config import AUGMENT_OPTIONS, check_unused_strengths, make_config
+
+    given = [k for k in options if k in AUGMENT_OPTIONS]
+    if given and not options.get("resume"):
+        check_unused_strengths(make_config(cls, config, **options), given)
 
 
 @command("finetune")
