@@ -262,6 +262,9 @@ def test_a_resume_refuses_data_that_changed_since(tmp_path: Path) -> None:
         api.train(resume=str(run), epochs=2, batch_size=8)
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert api.train(resume=str(run), epochs=2).history[-1]["epoch"] == 2  # as it was: goes on
+    digits = api.train(out=str(tmp_path), name="d", epochs=1, **DIGITS).run_dir
+    with pytest.raises(ConfigError, match="was trained on builtin:digits, not on files of yours"):
+        api.train(resume=str(digits), epochs=2, data=str(data))  # another dataset: not a move
 
 
 def test_a_run_refused_at_set_up_leaves_no_folder_to_take_its_name(tmp_path: Path) -> None:

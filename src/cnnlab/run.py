@@ -300,18 +300,20 @@ def check_one_dataset(data: Any, relocated: Any) -> None:
         )
 
 
-def relocated_data(run_dir: Path, recorded: str | None, new: str | Path) -> str:
-    """``new``, checked, in place of the dataset path the run recorded; whether it holds the same
-    samples is checked where its splits are picked (by id: a sample missing there is named)."""
+def relocated_data(
+    run_dir: Path, recorded: str | None, new: str | Path, flag: str = "--relocated-data"
+) -> str:
+    """``new`` (given with ``flag``), checked, in place of the dataset path the run recorded;
+    whether it holds the same samples is checked where its splits are picked (by id: a sample
+    missing there is named) or, for a resume, against splits.json."""
     if not recorded or str(recorded).startswith(("builtin:", "torchvision:")):
         raise ConfigError(
-            f"--relocated-data: {run_dir} was trained on {recorded}, not on files of yours; "
-            "leave the option out"
+            f"{flag} {new}: {run_dir} was trained on {recorded}, not on files of yours; leave "
+            f"{flag} out"
         )
     if not Path(new).expanduser().exists():
         raise DataError(
-            str(new),
-            "--relocated-data: no such file or folder; give where the run's dataset is now",
+            str(new), f"{flag}: no such file or folder; give where the run's dataset is now"
         )
     return os.path.abspath(os.path.expanduser(str(new)))
 

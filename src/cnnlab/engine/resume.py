@@ -23,7 +23,7 @@ import torch
 
 from cnnlab.engine.checkpoint import CheckpointManager
 from cnnlab.errors import CheckpointError, ConfigError, DataError
-from cnnlab.run import PATH_OPTIONS, check_recorded_data
+from cnnlab.run import PATH_OPTIONS, check_recorded_data, relocated_data
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,7 @@ def resumed_config(cls: type, cfg: Any, run_dir: Path) -> dict[str, Any]:
         if isinstance(v, list) and isinstance(getattr(defaults, k, None), tuple):
             saved[k] = tuple(v)
     if cfg.data != defaults.data and not _same_path(cfg.data, saved.get("data")):
-        if not Path(cfg.data).expanduser().exists():
-            raise DataError(cfg.data, "--data: no such file or folder (with --resume it gives "
-                            "the run's dataset at its new place)")  # fmt: skip
-        saved["data"] = os.path.abspath(os.path.expanduser(cfg.data))
+        saved["data"] = relocated_data(run_dir, saved.get("data"), cfg.data, "--data")
         log.info("%s: its dataset, now at %s", run_dir, saved["data"])
     check_recorded_data(run_dir, saved.get("data"), "or give its new place with --data PATH")
     changes = {
