@@ -32,7 +32,6 @@ onto the model's square input with the same layout as :func:`cnnlab.data.tensors
 
 from __future__ import annotations
 
-import json
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
@@ -44,6 +43,7 @@ import numpy as np
 import torch
 
 from cnnlab.config import PreprocessSpec
+from cnnlab.data.coco import read_coco
 from cnnlab.data.masks import random_split, square_geometry
 from cnnlab.errors import ConfigError, DataError
 
@@ -227,13 +227,7 @@ def _builtin(data: str, val: float, test: float, seed: int) -> BoxBundle:
 
 
 def _coco(path: Path, root: str | None, val: float, test: float, seed: int) -> BoxBundle:
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(path, f"not valid JSON: {err}") from None
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(doc.get(key), list):
-            raise DataError(path, f"not a COCO instances file: no {key!r} list")
+    doc = read_coco(path)  # structure checked: ids present, unique, scalar
     folder = Path(root).expanduser() if root else path.parent
     files = [str(i.get("file_name", "")) for i in doc["images"]]
     if not root and not any((folder / f).is_file() for f in files):

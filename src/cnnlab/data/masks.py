@@ -46,6 +46,7 @@ import torch
 from PIL import Image
 
 from cnnlab.config import PreprocessSpec
+from cnnlab.data.coco import read_coco
 from cnnlab.data.loader import TensorLoader, random_crop, random_flip, seeded_generator
 from cnnlab.data.tensors import normalize, pil_to_chw
 from cnnlab.errors import ConfigError, DataError
@@ -238,17 +239,7 @@ class CocoIndex:
             raise ConfigError(
                 "COCO annotations need pycocotools: pip install pycocotools"
             ) from None
-        try:
-            dataset = json.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise DataError(path, f"not a readable COCO JSON file ({err})") from None
-        missing = [k for k in ("images", "annotations", "categories") if k not in dataset]
-        if missing:
-            raise DataError(
-                path,
-                f"COCO file lacks {missing}; expected an instances file with "
-                "images, annotations and categories",
-            )
+        dataset = read_coco(path)  # structure checked: ids present, unique, scalar
         coco = COCO()
         coco.dataset = dataset
         with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
