@@ -44,7 +44,7 @@ import torch
 
 from cnnlab.config import PreprocessSpec
 from cnnlab.data.coco import read_coco
-from cnnlab.data.masks import random_split, square_geometry
+from cnnlab.data.masks import carve_missing, random_split, square_geometry
 from cnnlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -165,11 +165,15 @@ def _remap(ids: Sequence[Any], report: BoxReport) -> dict[Any, int]:
     return mapping
 
 
+def _take(samples: list[BoxSample], idx: np.ndarray) -> list[BoxSample]:
+    return [samples[int(i)] for i in idx]
+
+
 def _split(
     samples: list[BoxSample], val: float, test: float, seed: int
 ) -> dict[str, list[BoxSample]]:
     idx = random_split(len(samples), val, test, seed)
-    return {k: [samples[int(i)] for i in v] for k, v in idx.items()}
+    return {k: _take(samples, v) for k, v in idx.items()}
 
 
 # -- sources ---------------------------------------------------------------------------------------
@@ -360,7 +364,9 @@ def _voc(root: Path, val: float, test: float, seed: int) -> BoxBundle:
             if f.is_file():
                 wanted = f.read_text().split()
                 splits[split] = [by_id[i] for i in wanted if i in by_id]
-        return BoxBundle(str(root), "voc", names, names, splits, report, "ImageSets/Main")
+        splits, carved = carve_missing(splits, val, test, seed, _take)
+        origin = f"ImageSets/Main + random {carved}(seed={seed})" if carved else "ImageSets/Main"
+        return BoxBundle(str(root), "voc", names, names, splits, report, origin)
     return BoxBundle(
         str(root), "voc", names, names, _split(samples, val, test, seed), report,
         f"random(seed={seed})",
@@ -463,7 +469,9 @@ def _yolo(root: Path, val: float, test: float, seed: int) -> BoxBundle:
             str(root), "yolo", names, ids, _split(everything, val, test, seed), report,
             f"random(seed={seed})",
         )  # fmt: skip
-    return BoxBundle(str(root), "yolo", names, ids, splits, report, "images/<split>")
+    splits, carved = carve_missing(splits, val, test, seed, _take)
+    origin = f"images/<split> + random {carved}(seed={seed})" if carved else "images/<split>"
+    return BoxBundle(str(root), "yolo", names, ids, splits, report, origin)
 
 
 # -- decoding --------------------------------------------------------------------------------------

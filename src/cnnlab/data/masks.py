@@ -35,11 +35,11 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ from cnnlab.data.tensors import normalize, pil_to_chw
 from cnnlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")  # one split of any reader (MaskSplit, a list of samples)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"}
 MASK_FORMATS = ("PNG", "BMP", "TIFF", "GIF")  # lossless only: JPEG shifts indices at edges
@@ -343,6 +344,29 @@ def random_split(n: int, val: float, test: float, seed: int) -> dict[str, np.nda
     return {k: np.sort(v) for k, v in parts.items() if len(v) or k == "train"}
 
 
+def carve_missing(
+    splits: dict[str, T], val: float, test: float, seed: int, take: Callable[[T, np.ndarray], T]
+) -> tuple[dict[str, T], list[str]]:
+    """Given splits (folders, list files) completed as classification completes them
+    (cnnlab.data.sources): a missing or empty val / test split is carved out of train, seeded,
+    with the same fractions as an unsplit source (0 leaves it out). Without it a dataset laid out
+    as train + val only (Ultralytics' images/train + images/val, VOC2012's ImageSets) trained
+    and wrote no test metrics and no report, without a word. ``take(part, indices)`` subsets one
+    split. Returns the splits (train, val, test order) and the names of those carved."""
+    fractions = {k: f for k, f in (("val", val), ("test", test)) if f > 0 and not splits.get(k)}
+    if not fractions or "train" not in splits:
+        return splits, []
+    train = splits["train"]
+    parts = random_split(len(train), fractions.get("val", 0.0), fractions.get("test", 0.0), seed)
+    out = {k: v for k, v in splits.items() if k not in fractions}
+    out["train"] = take(train, parts["train"])
+    carved = [k for k in fractions if k in parts]
+    for k in carved:
+        out[k] = take(train, parts[k])
+    order = {"train": 0, "val": 1, "test": 2}
+    return {k: out[k] for k in sorted(out, key=lambda k: (order.get(k, 3), k))}, carved
+
+
 def load_mask_source(
     data: str,
     *,
@@ -477,11 +501,8 @@ def _folder(root: Path, val: float, test: float, seed: int, ignore_index: int) -
         splits = {s: _pairs(root / s, palette) for s in given}
         for s, part in splits.items():
             part.ids = [f"{s}/{i}" for i in part.ids]
-        if "val" not in splits and val > 0:
-            parts = random_split(len(splits["train"]), val, 0.0, seed)
-            splits["val"] = splits["train"].subset(parts["val"])
-            splits["train"] = splits["train"].subset(parts["train"])
-        origin = "given"
+        splits, carved = carve_missing(splits, val, test, seed, MaskSplit.subset)
+        origin = f"given + random {carved}(seed={seed})" if carved else "given"
     else:
         everything = _pairs(root, palette)
         parts = random_split(len(everything), val, test, seed)

@@ -250,10 +250,30 @@ def _split(data: ClipSet, cfg: VideoConfig) -> dict[str, np.ndarray]:
     if data.given_splits is not None:
         if "train" not in data.given_splits:
             raise DataError(cfg.data, "has split folders but no train/ split")
-        return data.given_splits
+        # a missing val / test folder is carved out of train/ (stratified, the fractions of an
+        # unsplit source), as classification does: a train/ + val/ layout gets test metrics too
+        given = dict(data.given_splits)
+        missing = {k: f for k, f in (("val", cfg.val_fraction), ("test", cfg.test_fraction))
+                   if f > 0 and not len(given.get(k, ()))}  # fmt: skip
+        if missing:
+            train = given["train"]
+            part = stratified_split(
+                data.targets[train], missing.get("val", 0.0), missing.get("test", 0.0), cfg.seed,
+                class_names=data.class_names,
+            )  # fmt: skip
+            given.update({k: train[v] for k, v in part.items()})
+        return given
     return stratified_split(
         data.targets, cfg.val_fraction, cfg.test_fraction, cfg.seed, class_names=data.class_names
     )
+
+
+def _origin(data: ClipSet, parts: dict[str, np.ndarray], seed: int) -> str:
+    """How the splits were made, as splits.json says it for classification."""
+    if data.given_splits is None:
+        return f"stratified(seed={seed})"
+    carved = [k for k in ("val", "test") if k in parts and k not in data.given_splits]
+    return f"given + stratified {carved}(seed={seed})" if carved else "given"
 
 
 def _stacked(clips: np.ndarray) -> torch.Tensor:
@@ -380,7 +400,7 @@ def _prepare(
             "data_report.json": data.report,
             "splits.json": {
                 "source": cfg.data,
-                "origin": "given" if data.given_splits else f"stratified(seed={cfg.seed})",
+                "origin": _origin(data, parts, cfg.seed),
                 "splits": in_split_order({k: [ids[i] for i in v] for k, v in parts.items()}),
                 "labels": in_split_order(
                     {k: [class_names[targets[i]] for i in v] for k, v in parts.items()}
