@@ -203,19 +203,15 @@ def _folder_clips(cfg: VideoConfig) -> ClipSet:
     scan = ScanReport(
         cfg.data, "", listing.class_names, listing.split_classes, records,
         ignored=listing.ignored, non_image=listing.non_image, outside_root=listing.outside_root,
-        unplaced=listing.unplaced, elapsed_s=time.perf_counter() - start,
+        unplaced=listing.unplaced, elapsed_s=time.perf_counter() - start, item="video",
     )  # fmt: skip
     report = scan.to_dict()
     report.pop("animated")  # every video has many frames: the image scan's note says nothing here
     report["skipped"] = [{"path": p, "reason": why} for p, why in scan.bad_items]
     report["notes"] = notes
     report["frames_per_video"] = [r.n_frames for r in records if r.ok]
-    try:
-        scan.check(strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction)
-    except DataError as err:  # the scan's message names the files; say which option decides
-        raise DataError(
-            err.path, f"{err.reason}; fix or remove those videos (or set --max-bad-fraction)"
-        ) from None
+    # the scan's message names the files and, for too many bad ones, --max-bad-fraction
+    scan.check(strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction)
     ok = [(rec, res) for rec, res in zip(records, decoded, strict=True) if rec.ok]
     names = listing.class_names
     clips = np.stack([res[0] for _, res in ok])
