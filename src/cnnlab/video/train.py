@@ -191,12 +191,16 @@ def _folder_clips(cfg: VideoConfig) -> ClipSet:
             records.append(FileRecord(**base, ok=False, reason=result.reason))
             continue
         _, info, count = result
-        notes += info.notes()
+        own = info.notes()
+        if count < frames:  # even_indices repeats frames: a clip with less motion in it, said
+            own.append(f"{path}: {count} frame(s), fewer than --frames {frames}: frames repeated "
+                       "to fill the clip (lower --frames or use a longer video)")  # fmt: skip
+        notes += own
         steps.append((count - 1) / (frames - 1))
         records.append(
             FileRecord(**base, ok=True, format=info.codec, mode="RGB", width=info.width,
                        height=info.height, n_frames=count, sha256=sha256_file(path),
-                       file_bytes=path.stat().st_size, notes=tuple(info.notes()))
+                       file_bytes=path.stat().st_size, notes=tuple(own))
         )  # fmt: skip
     for note in notes:
         log.warning(note)
