@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from cnnlab.data.boxes import BoxReport, check_boxes, load_box_source, map_boxes, unmap_boxes
+from cnnlab.errors import ConfigError
 from cnnlab.metrics.detection import detection_metrics
 from cnnlab.runs_table import read_run
 
@@ -249,6 +250,26 @@ def test_predict_writes_coco_results_and_images(tmp_path: Path) -> None:
     assert (tmp_path / "pred" / "images" / "a.png").is_file()
     skipped = json.loads((tmp_path / "pred" / "skipped.json").read_text())
     assert skipped[0]["input"].endswith("bad.png")
+    # a score threshold outside [0, 1] kept no box and said nothing; now one line, nothing written
+    from cnnlab.api import explain
+
+    for wrong in (1.5, -0.1, float("nan")):
+        with pytest.raises(ConfigError, match=r"--score-threshold must be in \[0, 1\]"):
+            predict_detection(result.run_dir, [tmp_path / "a.png"], tmp_path / "wrong",
+                              device="cpu", score_threshold=wrong)  # fmt: skip
+        with pytest.raises(ConfigError, match=r"--score-threshold must be in \[0, 1\]"):
+            explain(result.run_dir, tmp_path / "a.png", out=tmp_path / "wrong",
+                    score_threshold=wrong)  # fmt: skip
+    assert not (tmp_path / "wrong").exists()
+
+
+def test_score_threshold_of_by_hand() -> None:
+    from cnnlab.config import score_threshold_of
+
+    assert score_threshold_of(0.3, None) == 0.3 and score_threshold_of(None, None) == 0.5
+    assert score_threshold_of(0.3, 0) == 0.0 and score_threshold_of(0.3, 1) == 1.0
+    with pytest.raises(ConfigError, match="got 2$"):
+        score_threshold_of(0.3, 2)
 
 
 @pytest.mark.parametrize("model", ["retinanet", "fcos", "ssdlite"])

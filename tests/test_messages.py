@@ -59,6 +59,7 @@ INFERENCE = (
 )
 PRINTED_BY: dict[str, tuple[str, ...]] = {
     "engine/devices.py:resolve_device": DEVICE,  # only when --device cuda/mps was asked for
+    "config.py:score_threshold_of": ("detect predict", "explain"),  # only with --score-threshold
     "engine/devices.py:_check": (*TRAINERS, "lr-find", *TASK_TRAINERS, *INFERENCE),  # --precision
     "engine/loaders.py:use_streaming": TRAINERS,
     "engine/loaders.py:fits_on_device": TRAINERS,

@@ -28,6 +28,7 @@ from cnnlab import __version__
 from cnnlab.config import (
     PreprocessSpec,
     make_config,
+    score_threshold_of,
 )
 from cnnlab.data.boxes import (
     BoxBundle,
@@ -459,6 +460,8 @@ def predict_detection(
     from cnnlab.data.tensors import image_mode, pil_to_chw
 
     views = check_detect_tta(parse_tta(tta))  # said before anything is loaded
+    if score_threshold is not None:  # an out-of-range override is said before the model loads
+        score_threshold = score_threshold_of(None, score_threshold)
     if is_onnx(run):
         dev, model = torch.device("cpu"), OnnxModel(run, task="detection")
         meta, trained = model.meta, "32"
@@ -474,9 +477,7 @@ def predict_detection(
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     names = list(meta["class_names"])
     cats = list(meta.get("category_ids") or range(len(names)))
-    threshold = float(
-        meta.get("score_threshold", 0.5) if score_threshold is None else score_threshold
-    )
+    threshold = score_threshold_of(meta.get("score_threshold"), score_threshold)
     files = list_images(inputs)
     out = Path(out_dir)
     if draw:
