@@ -297,6 +297,27 @@ def test_folder_mask_with_wrong_size_stops_training(tmp_path: Path) -> None:
     assert err.value.path.endswith("4.png")
 
 
+def test_bad_masks_are_counted_over_every_split(tmp_path: Path) -> None:
+    """The first problem is raised with the count of all the others (docs/segmentation.md), not
+    only of those in the split decoded first (a 20-image source: the 2-image test split)."""
+    from cnnlab.segment import train_segmentation
+
+    root = tmp_path / "rgb"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        img, mask = _scene(rng, 16, 16, 2)
+        Image.fromarray(img).save(root / "images" / f"{i:02d}.png")
+        rgb = mask if i % 4 else np.stack([mask * 200] * 3, -1)  # 5 RGB masks, no palette
+        Image.fromarray(rgb.astype(np.uint8)).save(root / "masks" / f"{i:02d}.png")
+    with pytest.raises(DataError, match="no palette was declared") as err:
+        train_segmentation(data=str(root), out=str(tmp_path / "runs"), **TINY)
+    assert err.value.path == str(root / "masks" / "00.png")  # the first by name over all splits
+    assert err.value.reason.endswith("(and 4 more file(s) with problems)")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_voc_layout(tmp_path: Path) -> None:
     from cnnlab.segment import train_segmentation
 

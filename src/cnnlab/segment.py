@@ -41,6 +41,7 @@ from cnnlab.data.masks import (
     decode_split,
     infer_num_classes,
     load_mask_source,
+    raise_first,
     square_geometry,
 )
 from cnnlab.data.sources import in_split_order
@@ -188,11 +189,15 @@ def _prepare(
         decode_policy,
     )  # fmt: skip
     known = len(bundle.class_names) if bundle.class_names else None
+    problems: list[DataError] = []  # every split is checked before one error counts them all
     decoded = {
-        k: decode_split(s, provisional, num_classes=known, ignore_index=cfg.ignore_index)
+        k: decode_split(
+            s, provisional, num_classes=known, ignore_index=cfg.ignore_index, errors=problems
+        )  # fmt: skip
         for k, s in bundle.splits.items()
         if len(s)
     }
+    raise_first(problems)
     timings.lap("decode")  # reading the source and decoding images and masks
     if "train" not in decoded:
         raise DataError(cfg.data, "the training split is empty")

@@ -660,11 +660,14 @@ def decode_split(
     num_classes: int | None,
     ignore_index: int = 255,
     workers: int | None = None,
+    errors: list[DataError] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, C, S, S) uint8, masks (N, S, S) uint8) of a split, with the pre-flight checks.
 
     ``num_classes=None`` skips the range check (classes inferred from the masks afterwards).
     Every pair is checked; the first problem raises, saying how many other files have problems.
+    ``errors``: a list shared by the splits of one source; the problems are added to it instead
+    of raised, and the caller raises once (:func:`raise_first`) with the count over all splits.
     """
     n, s = len(split), spec.image_size
     if split.images is not None:
@@ -680,22 +683,29 @@ def decode_split(
         return images, masks
     images = np.empty((n, spec.in_channels, s, s), dtype=np.uint8)
     masks = np.empty((n, s, s), dtype=np.uint8)
-    errors: list[DataError] = []
+    found: list[DataError] = []
 
     def work(i: int) -> None:
         try:
             images[i], masks[i] = _decode_pair(split, i, spec, num_classes, ignore_index)
         except DataError as err:
-            errors.append(err)
+            found.append(err)  # list.append is atomic: the threads share it safely
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         list(pool.map(work, range(n)))
+    if errors is not None:
+        errors.extend(found)
+    else:
+        raise_first(found)
+    return images, masks
+
+
+def raise_first(errors: Sequence[DataError]) -> None:
+    """Raise the first problem (by path) with the count of the others, if there is any."""
     if errors:
-        errors.sort(key=lambda e: e.path)
-        first = errors[0]
+        first = min(errors, key=lambda e: e.path)
         more = f" (and {len(errors) - 1} more file(s) with problems)" if len(errors) > 1 else ""
         raise DataError(first.path, first.reason + more, row=first.row)
-    return images, masks
 
 
 def infer_num_classes(masks: Sequence[np.ndarray], ignore_index: int) -> int:
