@@ -33,6 +33,7 @@ from cnnlab.config import (
 from cnnlab.data.boxes import (
     BoxBundle,
     BoxReport,
+    check_training_boxes,
     decode_box_split,
     load_box_source,
     make_box_loader,
@@ -144,6 +145,7 @@ def _prepare(
         log.warning("%s: %s (see data_report.json)", cfg.data, report.summary())
     if "train" not in decoded or len(decoded["train"][0]) == 0:
         raise DataError(cfg.data, f"the training split is empty ({report.summary()})")
+    check_training_boxes(decoded["train"][1], bundle, report)  # no box at all: refused
     class_names = bundle.class_names
     model = create_detection_model(
         cfg.model, num_classes=len(class_names), backbone=cfg.backbone, in_channels=in_channels,

@@ -627,6 +627,48 @@ def make_box_loader(
     )
 
 
+def check_training_boxes(
+    targets: Sequence[dict[str, Any]], bundle: BoxBundle, report: BoxReport
+) -> dict[str, Any]:
+    """The training split's boxes per class, checked before any training (bad-inputs.md: abort when
+    what was excluded leaves a class or the whole split empty, say it otherwise).
+
+    No box at all (every one dropped or skipped, e.g. YOLO labels written in pixels instead of
+    fractions of the image) -> DataError naming the first dropped box and how to fix it: a
+    detector trained on background images only learns nothing, and said only "N dropped".
+    A class without a training box -> a warning naming it (COCO files often list unused
+    categories); its AP will be undefined or 0."""
+    counts = box_counts(targets, bundle.num_classes)
+    if sum(counts["objects"]) == 0:
+        first = report.dropped_boxes[0] if report.dropped_boxes else None
+        why = (
+            f"; first dropped: {first['image']}: {first['reason']} "
+            f"(box {[round(v, 1) for v in first['box']]})"
+            if first
+            else ""
+        )
+        hint = (
+            "; YOLO label lines are `class cx cy w h` as fractions (0..1) of the image's width "
+            "and height, not pixels"
+            if bundle.layout == "yolo"
+            else "; check the boxes against the images (data_root, coordinate format)"
+        )
+        raise DataError(
+            bundle.source,
+            f"no box left in the training split's {counts['images']} images "
+            f"({report.summary()}){why}{hint}",
+        )
+    empty = [n for n, c in zip(bundle.class_names, counts["objects"], strict=True) if c == 0]
+    if empty:
+        log.warning(
+            "%s: no training box for class(es) %s: the detector cannot learn them (their AP will "
+            "be undefined or 0); add boxes of them to the training split",
+            bundle.source,
+            ", ".join(empty),
+        )
+    return counts
+
+
 def box_counts(targets: Sequence[dict[str, Any]], num_classes: int) -> dict[str, Any]:
     """Objects per class and background images, for run summaries."""
     counts = np.zeros(num_classes, dtype=np.int64)
