@@ -128,3 +128,16 @@ def test_carve_missing_by_hand() -> None:
     assert sorted(out["train"] + out["val"] + out["test"]) == list("abcdefghij")
     same, none = carve_missing({"train": [1, 2], "test": [3]}, 0.0, 0.5, 0, lambda p, i: p)
     assert none == [] and same == {"train": [1, 2], "test": [3]}
+
+
+def test_voc_list_entry_without_annotation_is_counted(tmp_path: Path) -> None:
+    """An id in ImageSets/Main/train.txt whose XML is gone was dropped without a word."""
+    root = _voc(tmp_path / "voc", {"train": 6, "val": 2, "test": 2})
+    (root / "Annotations" / "2012_0001.xml").unlink()
+    bundle = load_box_source(str(root))
+    assert _sizes(bundle) == {"train": 5, "val": 2, "test": 2}
+    assert bundle.report.skipped_images == [
+        {"image": "2012_0001", "reason": "listed in ImageSets/Main/train.txt but "
+                                         "Annotations/2012_0001.xml does not exist"}
+    ]  # fmt: skip
+    assert "1 image(s) skipped" in bundle.report.summary()

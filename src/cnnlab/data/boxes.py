@@ -364,6 +364,12 @@ def _voc(root: Path, val: float, test: float, seed: int) -> BoxBundle:
             if f.is_file():
                 wanted = f.read_text().split()
                 splits[split] = [by_id[i] for i in wanted if i in by_id]
+                for i in wanted:  # listed but absent: counted, not dropped without a word
+                    if i not in by_id and not (root / "Annotations" / f"{i}.xml").is_file():
+                        report.skipped_images.append(
+                            {"image": i, "reason": f"listed in {f.relative_to(root)} but "
+                                                   f"Annotations/{i}.xml does not exist"}
+                        )  # fmt: skip
         splits, carved = carve_missing(splits, val, test, seed, _take)
         origin = f"ImageSets/Main + random {carved}(seed={seed})" if carved else "ImageSets/Main"
         return BoxBundle(str(root), "voc", names, names, splits, report, origin)
