@@ -141,3 +141,29 @@ def test_voc_list_entry_without_annotation_is_counted(tmp_path: Path) -> None:
                                          "Annotations/2012_0001.xml does not exist"}
     ]  # fmt: skip
     assert "1 image(s) skipped" in bundle.report.summary()
+
+
+def test_no_such_split_names_the_close_match_and_the_choices() -> None:
+    from cnnlab.errors import ConfigError, no_such_split
+
+    err = no_such_split("vall", ["train", "val", "test"])
+    assert isinstance(err, ConfigError)
+    assert str(err) == (
+        "the run has no 'vall' split (did you mean: val?); it has ['test', 'train', 'val']: "
+        "pass --split test | train | val"
+    )
+    assert str(no_such_split("test", ["val", "train"])).endswith("pass --split train | val")
+
+
+@pytest.mark.slow
+def test_evaluating_a_run_without_a_test_split_says_which_to_pass(tmp_path: Path) -> None:
+    from cnnlab.detect import evaluate_detection, train_detection
+    from cnnlab.errors import ConfigError
+
+    root = _yolo(tmp_path / "yolo", {"train": 6, "val": 2})
+    run = train_detection(data=str(root), image_size=64, epochs=1, batch_size=2, test_fraction=0,
+                          out=str(tmp_path / "runs"), device="cpu", report=False)  # fmt: skip
+    assert run.test_metrics is None
+    with pytest.raises(ConfigError, match=r"it has \['train', 'val'\]: pass --split train \| val"):
+        evaluate_detection(run.run_dir, device="cpu", report=False)
+    assert evaluate_detection(run.run_dir, split="val", device="cpu", report=False)["metrics"]

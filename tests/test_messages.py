@@ -60,6 +60,8 @@ INFERENCE = (
 PRINTED_BY: dict[str, tuple[str, ...]] = {
     "engine/devices.py:resolve_device": DEVICE,  # only when --device cuda/mps was asked for
     "config.py:score_threshold_of": ("detect predict", "explain"),  # only with --score-threshold
+    # --split NAME of a run that lacks it
+    "errors.py:no_such_split": ("detect evaluate", "segment evaluate", "video evaluate", "embed"),
     "engine/devices.py:_check": (*TRAINERS, "lr-find", *TASK_TRAINERS, *INFERENCE),  # --precision
     "engine/loaders.py:use_streaming": TRAINERS,
     "engine/loaders.py:fits_on_device": TRAINERS,

@@ -53,7 +53,7 @@ from cnnlab.engine.predict import list_images
 from cnnlab.engine.timing import Timings
 from cnnlab.engine.trainer import autocast
 from cnnlab.engine.tta import DetectTTAModel, check_detect_tta, compare_views, parse_tta
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.errors import ConfigError, DataError, no_such_split
 from cnnlab.metrics.coco_match import match_images
 from cnnlab.metrics.stats import detection_intervals
 from cnnlab.models.detection import create_detection_model
@@ -398,7 +398,7 @@ def evaluate_detection(
         cfg = make_config(DetectConfig, **source_config(run_dir))
         recorded = read_json(run_dir / "splits.json")["splits"]
         if split not in recorded:
-            raise ConfigError(f"the run has no {split!r} split; it has {sorted(recorded)}")
+            raise no_such_split(split, recorded)
         bundle = _bundle(cfg)
         by_id = {s.id: s for part in bundle.splits.values() for s in part}
         missing = [i for i in recorded[split] if i not in by_id]

@@ -57,7 +57,7 @@ from cnnlab.engine.predict import list_images
 from cnnlab.engine.timing import Timings
 from cnnlab.engine.trainer import autocast
 from cnnlab.engine.tta import SegmentTTAModel, check_segment_tta, compare_views, parse_tta
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.errors import ConfigError, DataError, no_such_split
 from cnnlab.metrics.checks import UndefinedMetricWarning
 from cnnlab.metrics.segmentation import (
     ConfusionAccumulator,
@@ -479,7 +479,7 @@ def evaluate_segmentation(
         cfg = make_config(SegmentConfig, **source_config(run_dir))
         recorded = read_json(run_dir / "splits.json")["splits"]
         if split not in recorded:
-            raise ConfigError(f"the run has no {split!r} split; it has {sorted(recorded)}")
+            raise no_such_split(split, recorded)
         chosen = _split_by_ids(_bundle(cfg), recorded[split], split)
         images, masks = decode_split(
             chosen, spec, num_classes=len(class_names), ignore_index=ignore

@@ -55,7 +55,7 @@ from cnnlab.engine.fit import Plan, TaskSpec, fit
 from cnnlab.engine.loaders import make_loader
 from cnnlab.engine.timing import Timings
 from cnnlab.engine.trainer import autocast
-from cnnlab.errors import CheckpointError, ConfigError, DataError
+from cnnlab.errors import CheckpointError, ConfigError, DataError, no_such_split
 from cnnlab.run import (
     evaluation_dir,
     load_run_model,
@@ -481,7 +481,7 @@ def evaluate_video(
         cfg = make_config(VideoConfig, **source_config(run_dir))
         recorded = read_json(run_dir / "splits.json")["splits"]
         if split not in recorded:
-            raise ConfigError(f"the run has no {split!r} split; it has {sorted(recorded)}")
+            raise no_such_split(split, recorded)
         labels = read_json(run_dir / "splits.json").get("labels", {}).get(split)
         clips, targets, ids = _recorded_clips(cfg, recorded[split], labels, split, spec, frames,
                                               class_names)  # fmt: skip
