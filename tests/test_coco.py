@@ -123,3 +123,16 @@ def test_cli_refuses_a_category_without_id(tmp_path: Path, task: str) -> None:
     assert_user_error(task, "train", "--data", str(path), "--epochs", "1", "--out",
                       str(tmp_path / "runs"), names=[str(path), "categories[0]"])  # fmt: skip
     assert path.read_bytes() == before and not (tmp_path / "runs").exists()
+
+
+def test_detection_coco_without_its_images_names_a_missing_file_and_the_option(
+    tmp_path: Path,
+) -> None:
+    path = _coco(tmp_path)
+    (tmp_path / "images").rename(tmp_path / "pictures")  # the JSON's image folder moved
+    with pytest.raises(DataError) as err:
+        load_box_source(str(path))
+    reason = err.value.reason
+    assert f"first missing: {tmp_path / 'a0.png'}" in reason
+    assert "`cnnlab detect train --data-root IMAGE_FOLDER`" in reason
+    assert load_box_source(str(path), data_root=str(tmp_path / "pictures")).num_classes == 2

@@ -286,7 +286,13 @@ def _coco(path: Path, root: str | None, val: float, test: float, seed: int) -> B
         for iid, v in images.items()
     ]
     if not samples:
-        raise DataError(path, f"no usable image ({report.summary()}); check data_root={folder}")
+        missing = [s["image"] for s in report.skipped_images if s["reason"] == "file not found"]
+        first = f"; first missing: {missing[0]}" if missing else ""
+        raise DataError(
+            path,
+            f"no usable image ({report.summary()}){first}; say where the images are "
+            f"(`cnnlab detect train --data-root IMAGE_FOLDER`, looked in {folder})",
+        )
     return BoxBundle(
         str(path),
         "coco",
