@@ -297,6 +297,28 @@ def test_folder_mask_with_wrong_size_stops_training(tmp_path: Path) -> None:
     assert err.value.path.endswith("4.png")
 
 
+def test_a_corrupt_image_names_its_mask_and_the_fix(tmp_path: Path) -> None:
+    from cnnlab.segment import train_segmentation
+
+    root = tmp_path / "cut"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        img, mask = _scene(rng, 16, 16, 2)
+        Image.fromarray(img).save(root / "images" / f"{i}.jpg")
+        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+    data = (root / "images" / "3.jpg").read_bytes()
+    (root / "images" / "3.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError) as err:
+        train_segmentation(data=str(root), out=str(tmp_path / "runs"), **TINY)
+    assert err.value.path == str(root / "images" / "3.jpg")
+    assert err.value.reason == (
+        "truncated or corrupt image data; replace the image, or remove it and its mask "
+        f"{root / 'masks' / '3.png'}"
+    )
+
+
 def test_bad_masks_are_counted_over_every_split(tmp_path: Path) -> None:
     """The first problem is raised with the count of all the others (docs/segmentation.md), not
     only of those in the split decoded first (a 20-image source: the 2-image test split)."""

@@ -647,8 +647,13 @@ def _decode_pair(
 
     max_pixels = int(spec.decode.get("max_pixels", DEFAULT_MAX_PIXELS))
     path = split.image_paths[i]
-    im = load_image(path, mode=image_mode(spec.in_channels), max_pixels=max_pixels)
     ref = split.mask_refs[i]
+    try:
+        im = load_image(path, mode=image_mode(spec.in_channels), max_pixels=max_pixels)
+    except DataError as err:  # the decoder's reason, and what to do about a pair (not skipped)
+        raise DataError(
+            err.path, f"{err.reason}; replace the image, or remove it and its mask {ref.name}"
+        ) from None
     mask = check_mask(ref.read(max_pixels), ref.name, im.size, num_classes, ignore_index, str(path))
     return pil_to_chw(im, spec), resize_mask(mask, spec.image_size, spec.resize, ignore_index)
 
