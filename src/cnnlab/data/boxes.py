@@ -10,7 +10,8 @@ Layouts (``data``):
   Images are looked up under ``data_root`` (default: the JSON's folder, then ``images/`` beside it).
 * ``DIR`` with ``Annotations/*.xml`` and ``JPEGImages/`` -- Pascal VOC. ``<bndbox>`` holds
   1-based inclusive pixel corners, so ``x1 = xmin - 1, x2 = xmax`` (Detectron's convention);
-  ``ImageSets/Main/{train,val,test}.txt`` give the splits when present.
+  ``ImageSets/Main/{train,val,test}.txt`` give the splits when present (a missing val / test
+  split is carved out of train: :func:`cnnlab.data.masks.carve_missing`, as for YOLO's).
 * ``DIR`` with ``images/`` and ``labels/`` (optionally one more level: ``images/train`` ...) --
   YOLO: one ``.txt`` per image, lines ``class cx cy w h`` normalised to [0, 1]; class names from
   ``classes.txt`` / ``obj.names`` or the ``names:`` of a ``data.yaml``.

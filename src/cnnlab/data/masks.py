@@ -4,7 +4,8 @@ Layouts (``--data``):
 
   DIR/images/**/NAME.EXT + DIR/masks/**/NAME.png
         folder of images and same-named masks (class index per pixel). Optional
-        DIR/{train,val,test}/ holding images/ + masks/ gives the splits. Optional
+        DIR/{train,val,test}/ holding images/ + masks/ gives the splits (a missing val/ or
+        test/ is carved out of train/, :func:`carve_missing`). Optional
         DIR/classes.json: a list of class names, or a list of {"name": ..., "color": [r, g, b]}
         -- the colours declare a palette, and only then may masks be RGB (each colour -> its
         class). Without classes.json the classes are 0..max(mask) (named by number).
