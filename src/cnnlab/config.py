@@ -368,9 +368,7 @@ def score_threshold_of(recorded: Any, override: float | None) -> float:
         return float(0.5 if recorded is None else recorded)
     value = float(override)
     if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
-        raise ConfigError(
-            f"--score-threshold must be in [0, 1] (a detection score), got {value:g}"
-        )
+        raise ConfigError(f"--score-threshold must be in [0, 1] (a detection score), got {value:g}")
     return value
 
 
