@@ -319,6 +319,36 @@ def test_a_corrupt_image_names_its_mask_and_the_fix(tmp_path: Path) -> None:
     )
 
 
+def test_binary_masks_saved_0_255_are_refused_with_the_fix(tmp_path: Path, caplog) -> None:
+    """Foreground 255 is the ignore index: such a run trained on background alone, rc 0."""
+    from cnnlab.data.masks import MaskSplit, check_training_masks
+    from cnnlab.segment import train_segmentation
+
+    root = tmp_path / "binary"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        img, mask = _scene(rng, 16, 16, 2)
+        Image.fromarray(img).save(root / "images" / f"{i}.png")
+        Image.fromarray((mask > 0).astype(np.uint8) * 255).save(root / "masks" / f"{i}.png")
+    with pytest.raises(DataError) as err:
+        train_segmentation(data=str(root), out=str(tmp_path / "runs"), **TINY)
+    assert "hold only class '0' besides the ignore index 255" in err.value.reason
+    assert "save class indices instead (foreground 1, e.g. mask // 255)" in err.value.reason
+    assert err.value.path.startswith(str(root / "masks")) and not (tmp_path / "runs").exists()
+    # by hand: class 2 only outside the training split -> trained, with a warning naming it
+    masks = np.zeros((2, 4, 4), np.uint8)
+    masks[0, :2] = 1
+    masks[1, 0, 0] = 255
+    with caplog.at_level("WARNING", logger="cnnlab.data.masks"):
+        check_training_masks(masks, MaskSplit(["a", "b"]), ["bg", "x", "y"], 255, "DIR")
+    assert "no training pixel of class(es) y" in caplog.text
+    with pytest.raises(DataError, match="hold no class besides the ignore index 7 .100%"):
+        check_training_masks(np.full((1, 4, 4), 7, np.uint8), MaskSplit(["a"]), ["bg", "x"], 7,
+                             "DIR")  # fmt: skip
+
+
 def test_bad_masks_are_counted_over_every_split(tmp_path: Path) -> None:
     """The first problem is raised with the count of all the others (docs/segmentation.md), not
     only of those in the split decoded first (a 20-image source: the 2-image test split)."""

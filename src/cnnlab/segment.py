@@ -38,6 +38,7 @@ from cnnlab.data.masks import (
     MaskBundle,
     MaskLoader,
     MaskSplit,
+    check_training_masks,
     decode_split,
     infer_num_classes,
     load_mask_source,
@@ -210,6 +211,9 @@ def _prepare(
             cfg.data, len(class_names), ", ".join(class_names),
         )  # fmt: skip
     num_classes = len(class_names)
+    # fewer than 2 classes in the training masks (0/255 binary masks): refused; absent ones said
+    check_training_masks(decoded["train"][1], bundle.splits["train"], class_names,
+                         cfg.ignore_index, cfg.data)  # fmt: skip
     mean, std = channel_stats(torch.from_numpy(decoded["train"][0]))
     model = create_segmentation_model(
         cfg.model, num_classes=num_classes, encoder=cfg.encoder, in_channels=in_channels,

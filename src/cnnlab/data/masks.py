@@ -714,6 +714,44 @@ def raise_first(errors: Sequence[DataError]) -> None:
         raise DataError(first.path, first.reason + more, row=first.row)
 
 
+def check_training_masks(
+    masks: np.ndarray, split: MaskSplit, class_names: Sequence[str], ignore_index: int, source: str
+) -> None:
+    """The training split's (N, S, S) masks, checked before any training: at least two classes
+    must have pixels, else a DataError naming a mask and the likely cause; a class without a
+    training pixel is a warning naming it (bad-inputs.md: a class must not become empty unsaid).
+
+    The common cause: binary masks saved 0/255 (foreground 255, as most tools write them). 255 is
+    the ignore index, so every foreground pixel was excluded from the loss and the run learned
+    "background everywhere", warning only that 2 classes were named by number."""
+    counts = np.bincount(masks.reshape(-1), minlength=256)
+    present = [k for k in range(len(class_names)) if counts[k] > 0]
+    if len(present) <= 1:
+        ignored = masks == ignore_index
+        hit = next((i for i in range(len(masks)) if ignored[i].any()), 0)
+        where = split.mask_refs[hit].name if split.mask_refs else split.ids[hit]
+        what = f"only class {class_names[present[0]]!r}" if present else "no class"
+        cause = (
+            "; binary masks saved 0/255 mark their foreground with the ignore index: save class "
+            "indices instead (foreground 1, e.g. mask // 255)"
+            if ignore_index == 255 and counts[255]
+            else "; check the masks' values against the classes and --ignore-index"
+        )
+        raise DataError(
+            where,
+            f"the {len(masks)} training masks of {source} hold {what} besides the ignore index "
+            f"{ignore_index} ({ignored.mean():.0%} of their pixels): nothing to tell apart{cause}",
+        )
+    absent = [str(class_names[k]) for k in range(len(class_names)) if counts[k] == 0]
+    if absent:
+        log.warning(
+            "%s: no training pixel of class(es) %s: the model cannot learn them; add masks "
+            "with them to the training split",
+            source,
+            ", ".join(absent),
+        )
+
+
 def infer_num_classes(masks: Sequence[np.ndarray], ignore_index: int) -> int:
     """1 + the largest label (ignore excluded) over decoded masks, at least 2."""
     top = 0
