@@ -178,6 +178,8 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "report/explain_page.py:explain_dense_image": ("explain",),
     "api.py:explain": ("explain",),
     "segment.py:_prepare": ("segment train",),
+    "segment.py:_image_size": ("segment train",),
+    "data/masks.py:check_training_masks": ("segment train",),
     "serve/app.py": ("serve",),  # the whole module: the web explorer is `cnnlab serve`
     "video/predict.py:run_cli": ("video predict",),
     "video/train.py:_folder_clips": ("video train",),

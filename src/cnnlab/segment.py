@@ -106,8 +106,8 @@ def _image_size(cfg: SegmentConfig, bundle: MaskBundle) -> int:
         return cfg.image_size
     if bundle.native_size:
         return max(bundle.native_size, 16)
-    log.info(
-        "images of %s have no single square size: resizing to 128 px (set image_size)", cfg.data
+    log.warning(  # a choice the user did not make (it may upsample small images): said
+        "images of %s have no single square size: resizing to 128 px (set --image-size)", cfg.data
     )
     return 128
 
