@@ -614,3 +614,21 @@ def test_timm_encoder_trains_end_to_end(tmp_path: Path) -> None:
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30, 3), np.uint8)).save(image)
     (mask,) = predict_segmentation(result.run_dir, [image], tmp_path / "pred", device="cpu")
     assert np.asarray(Image.open(mask)).shape == (40, 30)
+
+
+def test_mixed_image_sizes_without_image_size_are_said(tmp_path: Path, caplog) -> None:
+    from cnnlab.data.masks import load_mask_source
+    from cnnlab.segment import SegmentConfig, _image_size
+
+    root = tmp_path / "mixed"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i, side in enumerate((16, 20)):
+        img, mask = _scene(rng, side, side, 2)
+        Image.fromarray(img).save(root / "images" / f"{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+    bundle = load_mask_source(str(root), val_fraction=0, test_fraction=0)
+    with caplog.at_level("WARNING", logger="cnnlab.segment"):
+        assert _image_size(SegmentConfig(data=str(root)), bundle) == 128
+    assert "no single square size: resizing to 128 px (set --image-size)" in caplog.text
