@@ -14,6 +14,7 @@ from PIL import Image
 
 from cnnlab.data.boxes import load_box_source
 from cnnlab.data.masks import carve_missing, load_mask_source
+from cnnlab.errors import DataError
 from cnnlab.tasks.configs import VideoConfig
 from cnnlab.video.train import ClipSet, _split
 
@@ -167,3 +168,13 @@ def test_evaluating_a_run_without_a_test_split_says_which_to_pass(tmp_path: Path
     with pytest.raises(ConfigError, match=r"it has \['train', 'val'\]: pass --split train \| val"):
         evaluate_detection(run.run_dir, device="cpu", report=False)
     assert evaluate_detection(run.run_dir, split="val", device="cpu", report=False)["metrics"]
+
+
+def test_detection_finds_the_voc_root_under_vocdevkit_as_segmentation_does(tmp_path: Path) -> None:
+    _voc(tmp_path / "VOCdevkit" / "VOC2012", {"train": 4, "val": 2, "test": 2})
+    for given in (tmp_path, tmp_path / "VOCdevkit", tmp_path / "VOCdevkit" / "VOC2012"):
+        bundle = load_box_source(str(given))
+        assert bundle.source == str(tmp_path / "VOCdevkit" / "VOC2012") and bundle.layout == "voc"
+    _voc(tmp_path / "VOCdevkit" / "VOC2007", {"train": 2})
+    with pytest.raises(DataError, match="holds 2 VOC roots: pass one of"):
+        load_box_source(str(tmp_path / "VOCdevkit"))

@@ -193,8 +193,9 @@ def load_box_source(
     if path.is_file() and path.suffix.lower() == ".json":
         return _coco(path, data_root, val_fraction, test_fraction, seed)
     if path.is_dir():
-        if (path / "Annotations").is_dir():
-            return _voc(path, val_fraction, test_fraction, seed)
+        voc = _find_voc(path)
+        if voc is not None:
+            return _voc(voc, val_fraction, test_fraction, seed)
         if (path / "labels").is_dir() and (path / "images").is_dir():
             return _yolo(path, val_fraction, test_fraction, seed)
         raise DataError(
@@ -311,6 +312,24 @@ def _find_image(folder: Path, stem: str) -> Path | None:
         if p.is_file():
             return p
     return None
+
+
+def _find_voc(path: Path) -> Path | None:
+    """The VOC root at ``path`` or below it as the VOC download lays it out (``VOCdevkit/``,
+    ``VOC2007/``, ``VOC2012/``), as segmentation finds it (masks._find_voc); several -> ask."""
+    if (path / "Annotations").is_dir():
+        return path
+    found = [
+        cand
+        for base in (path, path / "VOCdevkit")
+        for cand in (base / "VOC2007", base / "VOC2012")
+        if (cand / "Annotations").is_dir()
+    ]
+    if len(found) > 1:
+        raise DataError(
+            path, f"holds {len(found)} VOC roots: pass one of {[str(f) for f in found]}"
+        )
+    return found[0] if found else None
 
 
 def _voc(root: Path, val: float, test: float, seed: int) -> BoxBundle:
