@@ -136,3 +136,19 @@ def test_detection_coco_without_its_images_names_a_missing_file_and_the_option(
     assert f"first missing: {tmp_path / 'a0.png'}" in reason
     assert "`cnnlab detect train --data-root IMAGE_FOLDER`" in reason
     assert load_box_source(str(path), data_root=str(tmp_path / "pictures")).num_classes == 2
+
+
+def test_segmentation_annotation_of_an_unknown_category_says_the_known_ids(tmp_path: Path) -> None:
+    from cnnlab.config import PreprocessSpec
+    from cnnlab.data.masks import decode_split
+
+    path = _coco(tmp_path, lambda doc: doc["annotations"][1].update(category_id=9))
+    bundle = load_mask_source(str(path), val_fraction=0, test_fraction=0)
+    spec = PreprocessSpec(16, 3, (0.0,) * 3, (1.0,) * 3, "fit", {})
+    with pytest.raises(DataError) as err:
+        decode_split(bundle.splits["train"], spec, num_classes=3)
+    assert err.value.path == f"{path}: annotation 2"
+    assert err.value.reason == (
+        "category_id 9 is not in categories (ids [3, 7]); add the category or correct or remove "
+        "the annotation"
+    )

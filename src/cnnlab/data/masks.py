@@ -260,7 +260,12 @@ class CocoIndex:
         for ann in self.coco.imgToAnns.get(image_id, []):
             name = f"{self.path}: annotation {ann.get('id')}"
             if ann["category_id"] not in self.class_of:
-                raise DataError(name, f"category_id {ann['category_id']} is not in categories")
+                known = sorted(self.class_of)
+                raise DataError(
+                    name,
+                    f"category_id {ann['category_id']} is not in categories (ids {known}); add "
+                    "the category or correct or remove the annotation",
+                )
             try:
                 with warnings.catch_warnings():  # pycocotools' own NumPy 2 copy= deprecation
                     warnings.simplefilter("ignore", DeprecationWarning)
