@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from cnnlab.data.boxes import BoxReport, check_boxes, load_box_source, map_boxes, unmap_boxes
+from cnnlab.errors import ConfigError, DataError
 from cnnlab.metrics.detection import detection_metrics
 from cnnlab.runs_table import read_run
 
@@ -193,6 +194,42 @@ def _yolo_dataset(tmp: Path) -> Path:
     return tmp
 
 
+def test_no_training_box_left_is_refused_and_a_class_without_one_is_said(
+    tmp_path: Path, caplog
+) -> None:
+    """YOLO labels written in pixels (a common slip) drop every box as 'outside the image': the
+    run used to train on background images only and end with rc 0. Now one error names the
+    first dropped box and the YOLO convention, before anything is written."""
+    from cnnlab.detect import train_detection
+
+    root = _yolo_dataset(tmp_path / "px")
+    for i in range(5):  # 48 x 40 images: the same boxes, in pixels
+        (root / "labels" / f"p{i}.txt").write_text(f"{i % 2} 24 20 19.2 {4 * (3 + i)}\n")
+    runs = tmp_path / "runs"
+    with pytest.raises(DataError) as err:
+        train_detection(data=str(root), image_size=64, epochs=1, batch_size=2, out=str(runs),
+                        val_fraction=0.0, test_fraction=0.0, device="cpu")  # fmt: skip
+    reason = err.value.reason
+    assert err.value.path == str(root) and "no box left in the training split's 5 images" in reason
+    assert "5 box(es) dropped" in reason and "outside the 48x40 image" in reason
+    assert "first dropped: " + str(root / "images" / "p0.png") in reason
+    assert "fractions (0..1)" in reason and not runs.exists()
+    # a class with boxes only outside the training split: trained, with a warning naming it
+    ok = _yolo_dataset(tmp_path / "one")
+    for i in range(5):
+        (ok / "labels" / f"p{i}.txt").write_text("0 0.5 0.5 0.4 0.4\n")
+    bundle = load_box_source(str(ok), val_fraction=0, test_fraction=0)
+    from cnnlab.config import PreprocessSpec
+    from cnnlab.data.boxes import check_training_boxes, decode_box_split
+
+    spec = PreprocessSpec(32, 3, (0.0,) * 3, (1.0,) * 3, "fit", {})
+    _, targets, _, rep = decode_box_split(bundle.splits["train"], spec, bundle.report)
+    with caplog.at_level("WARNING", logger="cnnlab.data.boxes"):
+        counts = check_training_boxes(targets, bundle, rep)
+    assert counts["objects"] == [5, 0]
+    assert "no training box for class(es) blue" in caplog.text
+
+
 @pytest.mark.parametrize("fmt", ["coco", "voc", "yolo"])
 def test_format_round_trip_train_evaluate(tmp_path: Path, fmt: str, run_digests) -> None:
     from cnnlab.detect import evaluate_detection, load_detection_model, train_detection
@@ -249,6 +286,26 @@ def test_predict_writes_coco_results_and_images(tmp_path: Path) -> None:
     assert (tmp_path / "pred" / "images" / "a.png").is_file()
     skipped = json.loads((tmp_path / "pred" / "skipped.json").read_text())
     assert skipped[0]["input"].endswith("bad.png")
+    # a score threshold outside [0, 1] kept no box and said nothing; now one line, nothing written
+    from cnnlab.api import explain
+
+    for wrong in (1.5, -0.1, float("nan")):
+        with pytest.raises(ConfigError, match=r"--score-threshold must be in \[0, 1\]"):
+            predict_detection(result.run_dir, [tmp_path / "a.png"], tmp_path / "wrong",
+                              device="cpu", score_threshold=wrong)  # fmt: skip
+        with pytest.raises(ConfigError, match=r"--score-threshold must be in \[0, 1\]"):
+            explain(result.run_dir, tmp_path / "a.png", out=tmp_path / "wrong",
+                    score_threshold=wrong)  # fmt: skip
+    assert not (tmp_path / "wrong").exists()
+
+
+def test_score_threshold_of_by_hand() -> None:
+    from cnnlab.config import score_threshold_of
+
+    assert score_threshold_of(0.3, None) == 0.3 and score_threshold_of(None, None) == 0.5
+    assert score_threshold_of(0.3, 0) == 0.0 and score_threshold_of(0.3, 1) == 1.0
+    with pytest.raises(ConfigError, match="got 2$"):
+        score_threshold_of(0.3, 2)
 
 
 @pytest.mark.parametrize("model", ["retinanet", "fcos", "ssdlite"])

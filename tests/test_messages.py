@@ -60,6 +60,9 @@ INFERENCE = (
 EVALUATORS = ("evaluate", "segment evaluate", "detect evaluate", "video evaluate")
 PRINTED_BY: dict[str, tuple[str, ...]] = {
     "engine/devices.py:resolve_device": DEVICE,  # only when --device cuda/mps was asked for
+    "config.py:score_threshold_of": ("detect predict", "explain"),  # only with --score-threshold
+    # --split NAME of a run that lacks it
+    "errors.py:no_such_split": ("detect evaluate", "segment evaluate", "video evaluate", "embed"),
     "engine/devices.py:_check": (*TRAINERS, "lr-find", *TASK_TRAINERS, *INFERENCE),  # --precision
     "engine/loaders.py:use_streaming": TRAINERS,
     "engine/loaders.py:fits_on_device": TRAINERS,
@@ -182,6 +185,8 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "report/explain_page.py:explain_dense_image": ("explain",),
     "api.py:explain": ("explain",),
     "segment.py:_prepare": ("segment train",),
+    "segment.py:_image_size": ("segment train",),
+    "data/masks.py:check_training_masks": ("segment train",),
     "serve/app.py": ("serve",),  # the whole module: the web explorer is `cnnlab serve`
     "video/predict.py:run_cli": ("video predict",),
     "video/train.py:_folder_clips": ("video train",),

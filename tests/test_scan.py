@@ -162,6 +162,43 @@ def test_case_08_train_and_val_class_sets_differ(tmp_path: Path) -> None:
         report.check(allow_empty_classes=True)
 
 
+def test_case_08_a_class_absent_from_one_split_is_a_mismatch_not_an_empty_folder(
+    tmp_path: Path,
+) -> None:
+    """val/emu exists, train/emu does not: one failure, the mismatch with its fix; not also
+    "empty classes: train/emu ... remove their folders" (there is no such folder)."""
+    make_classes(tmp_path / "train", {"cat": 2, "dog": 2})
+    make_classes(tmp_path / "val", {"cat": 1, "dog": 1, "emu": 1}, start_seed=100)
+    (tmp_path / "test" / "cat").mkdir(parents=True)  # a real empty folder is still said
+    make_classes(tmp_path / "test", {"dog": 1, "emu": 1}, start_seed=200)
+    report = scan_dataset(tmp_path)
+    assert report.empty_classes == [("test", "cat")]
+    with pytest.raises(DataError) as err:
+        report.check()
+    reason = err.value.reason
+    assert "empty classes (no usable images): test/cat;" in reason
+    assert "train/emu" not in reason
+    assert "split train has different classes: missing ['emu'], extra []" in reason
+    assert "give every split the same class folders" in reason
+
+
+def test_check_words_its_messages_for_videos(tmp_path: Path) -> None:
+    """cnnlab.video lists videos through the same scan: its messages say videos, name the option
+    that decides (--max-bad-fraction) and offer no `cnnlab data check` option (images only)."""
+    import dataclasses
+
+    make_classes(tmp_path, {"left": 2, "right": 2})
+    (tmp_path / "up").mkdir()
+    (tmp_path / "left" / "cut.png").write_bytes(b"")
+    report = dataclasses.replace(scan_dataset(tmp_path, workers=1), item="video")
+    with pytest.raises(DataError) as err:
+        report.check()
+    reason = err.value.reason
+    assert "1 of 5 video files unusable (20.0%, limit 10%: --max-bad-fraction)" in reason
+    assert "empty classes (no usable videos): up; add videos to them" in reason
+    assert "image" not in reason and "cnnlab data check" not in reason
+
+
 def test_case_09_same_file_in_train_and_val_is_leakage(tmp_path: Path) -> None:
     make_classes(tmp_path / "train", {"cat": 2, "dog": 2})
     make_classes(tmp_path / "val", {"cat": 1, "dog": 1}, start_seed=100)

@@ -297,6 +297,79 @@ def test_folder_mask_with_wrong_size_stops_training(tmp_path: Path) -> None:
     assert err.value.path.endswith("4.png")
 
 
+def test_a_corrupt_image_names_its_mask_and_the_fix(tmp_path: Path) -> None:
+    from cnnlab.segment import train_segmentation
+
+    root = tmp_path / "cut"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        img, mask = _scene(rng, 16, 16, 2)
+        Image.fromarray(img).save(root / "images" / f"{i}.jpg")
+        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+    data = (root / "images" / "3.jpg").read_bytes()
+    (root / "images" / "3.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError) as err:
+        train_segmentation(data=str(root), out=str(tmp_path / "runs"), **TINY)
+    assert err.value.path == str(root / "images" / "3.jpg")
+    assert err.value.reason == (
+        "truncated or corrupt image data; replace the image, or remove it and its mask "
+        f"{root / 'masks' / '3.png'}"
+    )
+
+
+def test_binary_masks_saved_0_255_are_refused_with_the_fix(tmp_path: Path, caplog) -> None:
+    """Foreground 255 is the ignore index: such a run trained on background alone, rc 0."""
+    from cnnlab.data.masks import MaskSplit, check_training_masks
+    from cnnlab.segment import train_segmentation
+
+    root = tmp_path / "binary"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        img, mask = _scene(rng, 16, 16, 2)
+        Image.fromarray(img).save(root / "images" / f"{i}.png")
+        Image.fromarray((mask > 0).astype(np.uint8) * 255).save(root / "masks" / f"{i}.png")
+    with pytest.raises(DataError) as err:
+        train_segmentation(data=str(root), out=str(tmp_path / "runs"), **TINY)
+    assert "hold only class '0' besides the ignore index 255" in err.value.reason
+    assert "save class indices instead (foreground 1, e.g. mask // 255)" in err.value.reason
+    assert err.value.path.startswith(str(root / "masks")) and not (tmp_path / "runs").exists()
+    # by hand: class 2 only outside the training split -> trained, with a warning naming it
+    masks = np.zeros((2, 4, 4), np.uint8)
+    masks[0, :2] = 1
+    masks[1, 0, 0] = 255
+    with caplog.at_level("WARNING", logger="cnnlab.data.masks"):
+        check_training_masks(masks, MaskSplit(["a", "b"]), ["bg", "x", "y"], 255, "DIR")
+    assert "no training pixel of class(es) y" in caplog.text
+    with pytest.raises(DataError, match="hold no class besides the ignore index 7 .100%"):
+        check_training_masks(np.full((1, 4, 4), 7, np.uint8), MaskSplit(["a"]), ["bg", "x"], 7,
+                             "DIR")  # fmt: skip
+
+
+def test_bad_masks_are_counted_over_every_split(tmp_path: Path) -> None:
+    """The first problem is raised with the count of all the others (docs/segmentation.md), not
+    only of those in the split decoded first (a 20-image source: the 2-image test split)."""
+    from cnnlab.segment import train_segmentation
+
+    root = tmp_path / "rgb"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        img, mask = _scene(rng, 16, 16, 2)
+        Image.fromarray(img).save(root / "images" / f"{i:02d}.png")
+        rgb = mask if i % 4 else np.stack([mask * 200] * 3, -1)  # 5 RGB masks, no palette
+        Image.fromarray(rgb.astype(np.uint8)).save(root / "masks" / f"{i:02d}.png")
+    with pytest.raises(DataError, match="no palette was declared") as err:
+        train_segmentation(data=str(root), out=str(tmp_path / "runs"), **TINY)
+    assert err.value.path == str(root / "masks" / "00.png")  # the first by name over all splits
+    assert err.value.reason.endswith("(and 4 more file(s) with problems)")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_voc_layout(tmp_path: Path) -> None:
     from cnnlab.segment import train_segmentation
 
@@ -541,3 +614,21 @@ def test_timm_encoder_trains_end_to_end(tmp_path: Path) -> None:
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 30, 3), np.uint8)).save(image)
     (mask,) = predict_segmentation(result.run_dir, [image], tmp_path / "pred", device="cpu")
     assert np.asarray(Image.open(mask)).shape == (40, 30)
+
+
+def test_mixed_image_sizes_without_image_size_are_said(tmp_path: Path, caplog) -> None:
+    from cnnlab.data.masks import load_mask_source
+    from cnnlab.segment import SegmentConfig, _image_size
+
+    root = tmp_path / "mixed"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i, side in enumerate((16, 20)):
+        img, mask = _scene(rng, side, side, 2)
+        Image.fromarray(img).save(root / "images" / f"{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+    bundle = load_mask_source(str(root), val_fraction=0, test_fraction=0)
+    with caplog.at_level("WARNING", logger="cnnlab.segment"):
+        assert _image_size(SegmentConfig(data=str(root)), bundle) == 128
+    assert "no single square size: resizing to 128 px (set --image-size)" in caplog.text

@@ -144,6 +144,30 @@ def test_folder_of_videos_with_corrupt_and_truncated_files(tmp_path):
     _same_metrics(run.test_metrics, ev["metrics"])
 
 
+def test_a_video_shorter_than_the_clip_is_said(tmp_path):
+    """A video with fewer frames than --frames is kept (even_indices repeats frames) but said: a
+    warning, data_report.json's notes and the file's own record name it and the counts."""
+    from cnnlab.tasks.configs import VideoConfig
+    from cnnlab.video.train import _folder_clips
+
+    root = tmp_path / "videos"
+    write_video_folder(make_moving_shapes(n=4, frames=6, size=16, speed=0.5), root)
+    short = make_moving_shapes(n=1, frames=3, size=16, speed=0.5, seed=4)
+    write_video(root / "left" / "short.mp4", short.clips[0])
+    data = _folder_clips(VideoConfig(data=str(root), frames=6, image_size=16))
+    assert data.clips.shape[:2] == (5, 6)
+    notes = data.report["notes"]
+    assert [n for n in notes if "fewer than --frames" in n] == [
+        f"{root / 'left' / 'short.mp4'}: 3 frame(s), fewer than --frames 6: frames repeated to "
+        "fill the clip (lower --frames or use a longer video)"
+    ]
+    record = next(f for f in data.report["files"] if f["path"].endswith("short.mp4"))
+    assert any("fewer than --frames 6" in n for n in record["notes"])
+    kept = data.ids.index(str(Path("left") / "short.mp4"))
+    distinct = {data.clips[kept, t].tobytes() for t in range(6)}
+    assert len(distinct) <= 3  # the 3 frames, repeated
+
+
 def test_unknown_model_and_bad_options_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="did you mean: r3d_18"):
         train_video(data=TINY, model="r3d_19", out=str(tmp_path))

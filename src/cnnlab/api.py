@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cnnlab.config import PreprocessSpec, TrainConfig, make_config
+from cnnlab.config import PreprocessSpec, TrainConfig, make_config, score_threshold_of
 from cnnlab.data.sources import DataBundle, Split, load_source
 from cnnlab.engine.assembly import TrainResult
 from cnnlab.engine.checkpoint import read_weights
@@ -335,6 +335,8 @@ def explain(
         from cnnlab.detect import load_detection_model as load
     if score_threshold is not None and task != "detection":
         raise ConfigError("--score-threshold is for detection runs; leave it out")
+    if score_threshold is not None:  # out of [0, 1]: said before the model loads
+        score_threshold_of(None, score_threshold)
     return explain_dense_image(
         task,
         load(run_or_checkpoint, resolve_device(device)),

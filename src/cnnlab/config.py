@@ -370,6 +370,18 @@ def check_augment(cfg: Any, allowed: tuple[str, ...], kind: str = "", why: str =
         )
 
 
+def score_threshold_of(recorded: Any, override: float | None) -> float:
+    """The detection score threshold a command uses: ``override`` (``--score-threshold``) when
+    given, else the run's ``recorded`` one. Scores are probabilities: an override outside [0, 1]
+    (or NaN) is a one-line ConfigError, not an empty result (above 1 no box is ever kept)."""
+    if override is None:
+        return float(0.5 if recorded is None else recorded)
+    value = float(override)
+    if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+        raise ConfigError(f"--score-threshold must be in [0, 1] (a detection score), got {value:g}")
+    return value
+
+
 def check_positive(cfg: Any, *names: str) -> None:
     """Each named option, when set, is > 0; else a one-line ConfigError naming it."""
     for key in names:

@@ -28,10 +28,12 @@ from cnnlab import __version__
 from cnnlab.config import (
     PreprocessSpec,
     make_config,
+    score_threshold_of,
 )
 from cnnlab.data.boxes import (
     BoxBundle,
     BoxReport,
+    check_training_boxes,
     decode_box_split,
     load_box_source,
     make_box_loader,
@@ -51,7 +53,7 @@ from cnnlab.engine.predict import list_images
 from cnnlab.engine.timing import Timings
 from cnnlab.engine.trainer import autocast
 from cnnlab.engine.tta import DetectTTAModel, check_detect_tta, compare_views, parse_tta
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.errors import ConfigError, DataError, no_such_split
 from cnnlab.metrics.coco_match import match_images
 from cnnlab.metrics.stats import detection_intervals
 from cnnlab.models.detection import create_detection_model
@@ -144,6 +146,7 @@ def _prepare(
         log.warning("%s: %s (see data_report.json)", cfg.data, report.summary())
     if "train" not in decoded or len(decoded["train"][0]) == 0:
         raise DataError(cfg.data, f"the training split is empty ({report.summary()})")
+    check_training_boxes(decoded["train"][1], bundle, report)  # no box at all: refused
     class_names = bundle.class_names
     model = create_detection_model(
         cfg.model, num_classes=len(class_names), backbone=cfg.backbone, in_channels=in_channels,
@@ -398,7 +401,7 @@ def evaluate_detection(
         cfg = make_config(DetectConfig, **source_config(run_dir, relocated_data))
         recorded = read_json(run_dir / "splits.json")["splits"]
         if split not in recorded:
-            raise ConfigError(f"the run has no {split!r} split; it has {sorted(recorded)}")
+            raise no_such_split(split, recorded)
         bundle = _bundle(cfg)
         by_id = {s.id: s for part in bundle.splits.values() for s in part}
         missing = [i for i in recorded[split] if i not in by_id]
@@ -462,6 +465,8 @@ def predict_detection(
     from cnnlab.data.tensors import image_mode, pil_to_chw
 
     views = check_detect_tta(parse_tta(tta))  # said before anything is loaded
+    if score_threshold is not None:  # an out-of-range override is said before the model loads
+        score_threshold = score_threshold_of(None, score_threshold)
     if is_onnx(run):
         dev, model = torch.device("cpu"), OnnxModel(run, task="detection")
         meta, trained = model.meta, "32"
@@ -477,9 +482,7 @@ def predict_detection(
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     names = list(meta["class_names"])
     cats = list(meta.get("category_ids") or range(len(names)))
-    threshold = float(
-        meta.get("score_threshold", 0.5) if score_threshold is None else score_threshold
-    )
+    threshold = score_threshold_of(meta.get("score_threshold"), score_threshold)
     files = list_images(inputs)
     out = Path(out_dir)
     if draw:

@@ -49,6 +49,16 @@ def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:
     return f" (did you mean: {', '.join(found)}?)" if found else ""
 
 
+def no_such_split(split: str, recorded: Iterable[str]) -> ConfigError:
+    """The error for ``--split NAME`` naming a split a run did not record: the close match and
+    the splits it has, as a choice of ``--split`` (the run's own splits.json is the list)."""
+    have = sorted(recorded)
+    return ConfigError(
+        f"the run has no {split!r} split{close_matches(split, have)}; it has {have}: "
+        f"pass --split {' | '.join(have)}"
+    )
+
+
 class Interrupted(CnnlabError):
     """Training stopped by Ctrl-C / SIGTERM after saving a resumable checkpoint."""
 

@@ -38,9 +38,11 @@ from cnnlab.data.masks import (
     MaskBundle,
     MaskLoader,
     MaskSplit,
+    check_training_masks,
     decode_split,
     infer_num_classes,
     load_mask_source,
+    raise_first,
     square_geometry,
 )
 from cnnlab.data.sources import in_split_order
@@ -56,7 +58,7 @@ from cnnlab.engine.predict import list_images
 from cnnlab.engine.timing import Timings
 from cnnlab.engine.trainer import autocast
 from cnnlab.engine.tta import SegmentTTAModel, check_segment_tta, compare_views, parse_tta
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.errors import ConfigError, DataError, no_such_split
 from cnnlab.metrics.checks import UndefinedMetricWarning
 from cnnlab.metrics.segmentation import (
     ConfusionAccumulator,
@@ -105,8 +107,8 @@ def _image_size(cfg: SegmentConfig, bundle: MaskBundle) -> int:
         return cfg.image_size
     if bundle.native_size:
         return max(bundle.native_size, 16)
-    log.info(
-        "images of %s have no single square size: resizing to 128 px (set image_size)", cfg.data
+    log.warning(  # a choice the user did not make (it may upsample small images): said
+        "images of %s have no single square size: resizing to 128 px (set --image-size)", cfg.data
     )
     return 128
 
@@ -189,11 +191,15 @@ def _prepare(
         decode_policy,
     )  # fmt: skip
     known = len(bundle.class_names) if bundle.class_names else None
+    problems: list[DataError] = []  # every split is checked before one error counts them all
     decoded = {
-        k: decode_split(s, provisional, num_classes=known, ignore_index=cfg.ignore_index)
+        k: decode_split(
+            s, provisional, num_classes=known, ignore_index=cfg.ignore_index, errors=problems
+        )  # fmt: skip
         for k, s in bundle.splits.items()
         if len(s)
     }
+    raise_first(problems)
     timings.lap("decode")  # reading the source and decoding images and masks
     if "train" not in decoded:
         raise DataError(cfg.data, "the training split is empty")
@@ -206,6 +212,9 @@ def _prepare(
             cfg.data, len(class_names), ", ".join(class_names),
         )  # fmt: skip
     num_classes = len(class_names)
+    # fewer than 2 classes in the training masks (0/255 binary masks): refused; absent ones said
+    check_training_masks(decoded["train"][1], bundle.splits["train"], class_names,
+                         cfg.ignore_index, cfg.data)  # fmt: skip
     mean, std = channel_stats(torch.from_numpy(decoded["train"][0]))
     model = create_segmentation_model(
         cfg.model, num_classes=num_classes, encoder=cfg.encoder, in_channels=in_channels,
@@ -477,7 +486,7 @@ def evaluate_segmentation(
         cfg = make_config(SegmentConfig, **source_config(run_dir, relocated_data))
         recorded = read_json(run_dir / "splits.json")["splits"]
         if split not in recorded:
-            raise ConfigError(f"the run has no {split!r} split; it has {sorted(recorded)}")
+            raise no_such_split(split, recorded)
         chosen = _split_by_ids(_bundle(cfg), recorded[split], split)
         images, masks = decode_split(
             chosen, spec, num_classes=len(class_names), ignore_index=ignore

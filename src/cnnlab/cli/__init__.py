@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -1989,6 +1990,23 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
+def install_warning_notes() -> None:
+    """Show cnnlab.metrics' UndefinedMetricWarning as the `note:` lines classification prints
+    (segmentation and detection metrics warn when a class's IoU / precision is undefined). Python's
+    own format printed cnnlab's source path and line (`.../segment.py:374: UndefinedMetricWarning:
+    ...` and the code line) to a user who did nothing wrong. Other warnings keep Python's format.
+    Matched by name: importing cnnlab.metrics here would load NumPy for every command."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if category.__name__ == "UndefinedMetricWarning":
+            err.print(f"[yellow]note:[/] {escape(str(message))}", soft_wrap=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -2006,6 +2024,7 @@ def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(
         level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)]
     )
+    install_warning_notes()
     try:
         return int(COMMANDS[args.command](args) or 0)
     except CnnlabError as e:

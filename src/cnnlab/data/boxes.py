@@ -10,7 +10,8 @@ Layouts (``data``):
   Images are looked up under ``data_root`` (default: the JSON's folder, then ``images/`` beside it).
 * ``DIR`` with ``Annotations/*.xml`` and ``JPEGImages/`` -- Pascal VOC. ``<bndbox>`` holds
   1-based inclusive pixel corners, so ``x1 = xmin - 1, x2 = xmax`` (Detectron's convention);
-  ``ImageSets/Main/{train,val,test}.txt`` give the splits when present.
+  ``ImageSets/Main/{train,val,test}.txt`` give the splits when present (a missing val / test
+  split is carved out of train: :func:`cnnlab.data.masks.carve_missing`, as for YOLO's).
 * ``DIR`` with ``images/`` and ``labels/`` (optionally one more level: ``images/train`` ...) --
   YOLO: one ``.txt`` per image, lines ``class cx cy w h`` normalised to [0, 1]; class names from
   ``classes.txt`` / ``obj.names`` or the ``names:`` of a ``data.yaml``.
@@ -32,7 +33,6 @@ onto the model's square input with the same layout as :func:`cnnlab.data.tensors
 
 from __future__ import annotations
 
-import json
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
@@ -44,7 +44,8 @@ import numpy as np
 import torch
 
 from cnnlab.config import PreprocessSpec
-from cnnlab.data.masks import random_split, square_geometry
+from cnnlab.data.coco import read_coco
+from cnnlab.data.masks import carve_missing, random_split, square_geometry
 from cnnlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -165,11 +166,15 @@ def _remap(ids: Sequence[Any], report: BoxReport) -> dict[Any, int]:
     return mapping
 
 
+def _take(samples: list[BoxSample], idx: np.ndarray) -> list[BoxSample]:
+    return [samples[int(i)] for i in idx]
+
+
 def _split(
     samples: list[BoxSample], val: float, test: float, seed: int
 ) -> dict[str, list[BoxSample]]:
     idx = random_split(len(samples), val, test, seed)
-    return {k: [samples[int(i)] for i in v] for k, v in idx.items()}
+    return {k: _take(samples, v) for k, v in idx.items()}
 
 
 # -- sources ---------------------------------------------------------------------------------------
@@ -188,8 +193,9 @@ def load_box_source(
     if path.is_file() and path.suffix.lower() == ".json":
         return _coco(path, data_root, val_fraction, test_fraction, seed)
     if path.is_dir():
-        if (path / "Annotations").is_dir():
-            return _voc(path, val_fraction, test_fraction, seed)
+        voc = _find_voc(path)
+        if voc is not None:
+            return _voc(voc, val_fraction, test_fraction, seed)
         if (path / "labels").is_dir() and (path / "images").is_dir():
             return _yolo(path, val_fraction, test_fraction, seed)
         raise DataError(
@@ -227,13 +233,7 @@ def _builtin(data: str, val: float, test: float, seed: int) -> BoxBundle:
 
 
 def _coco(path: Path, root: str | None, val: float, test: float, seed: int) -> BoxBundle:
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(path, f"not valid JSON: {err}") from None
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(doc.get(key), list):
-            raise DataError(path, f"not a COCO instances file: no {key!r} list")
+    doc = read_coco(path)  # structure checked: ids present, unique, scalar
     folder = Path(root).expanduser() if root else path.parent
     files = [str(i.get("file_name", "")) for i in doc["images"]]
     if not root and not any((folder / f).is_file() for f in files):
@@ -288,7 +288,13 @@ def _coco(path: Path, root: str | None, val: float, test: float, seed: int) -> B
         for iid, v in images.items()
     ]
     if not samples:
-        raise DataError(path, f"no usable image ({report.summary()}); check data_root={folder}")
+        missing = [s["image"] for s in report.skipped_images if s["reason"] == "file not found"]
+        first = f"; first missing: {missing[0]}" if missing else ""
+        raise DataError(
+            path,
+            f"no usable image ({report.summary()}){first}; say where the images are "
+            f"(`cnnlab detect train --data-root IMAGE_FOLDER`, looked in {folder})",
+        )
     return BoxBundle(
         str(path),
         "coco",
@@ -306,6 +312,24 @@ def _find_image(folder: Path, stem: str) -> Path | None:
         if p.is_file():
             return p
     return None
+
+
+def _find_voc(path: Path) -> Path | None:
+    """The VOC root at ``path`` or below it as the VOC download lays it out (``VOCdevkit/``,
+    ``VOC2007/``, ``VOC2012/``), as segmentation finds it (masks._find_voc); several -> ask."""
+    if (path / "Annotations").is_dir():
+        return path
+    found = [
+        cand
+        for base in (path, path / "VOCdevkit")
+        for cand in (base / "VOC2007", base / "VOC2012")
+        if (cand / "Annotations").is_dir()
+    ]
+    if len(found) > 1:
+        raise DataError(
+            path, f"holds {len(found)} VOC roots: pass one of {[str(f) for f in found]}"
+        )
+    return found[0] if found else None
 
 
 def _voc(root: Path, val: float, test: float, seed: int) -> BoxBundle:
@@ -366,7 +390,15 @@ def _voc(root: Path, val: float, test: float, seed: int) -> BoxBundle:
             if f.is_file():
                 wanted = f.read_text().split()
                 splits[split] = [by_id[i] for i in wanted if i in by_id]
-        return BoxBundle(str(root), "voc", names, names, splits, report, "ImageSets/Main")
+                for i in wanted:  # listed but absent: counted, not dropped without a word
+                    if i not in by_id and not (root / "Annotations" / f"{i}.xml").is_file():
+                        report.skipped_images.append(
+                            {"image": i, "reason": f"listed in {f.relative_to(root)} but "
+                                                   f"Annotations/{i}.xml does not exist"}
+                        )  # fmt: skip
+        splits, carved = carve_missing(splits, val, test, seed, _take)
+        origin = f"ImageSets/Main + random {carved}(seed={seed})" if carved else "ImageSets/Main"
+        return BoxBundle(str(root), "voc", names, names, splits, report, origin)
     return BoxBundle(
         str(root), "voc", names, names, _split(samples, val, test, seed), report,
         f"random(seed={seed})",
@@ -469,7 +501,9 @@ def _yolo(root: Path, val: float, test: float, seed: int) -> BoxBundle:
             str(root), "yolo", names, ids, _split(everything, val, test, seed), report,
             f"random(seed={seed})",
         )  # fmt: skip
-    return BoxBundle(str(root), "yolo", names, ids, splits, report, "images/<split>")
+    splits, carved = carve_missing(splits, val, test, seed, _take)
+    origin = f"images/<split> + random {carved}(seed={seed})" if carved else "images/<split>"
+    return BoxBundle(str(root), "yolo", names, ids, splits, report, origin)
 
 
 # -- decoding --------------------------------------------------------------------------------------
@@ -623,6 +657,48 @@ def make_box_loader(
         batch_size,
         **kw,
     )
+
+
+def check_training_boxes(
+    targets: Sequence[dict[str, Any]], bundle: BoxBundle, report: BoxReport
+) -> dict[str, Any]:
+    """The training split's boxes per class, checked before any training (bad-inputs.md: abort when
+    what was excluded leaves a class or the whole split empty, say it otherwise).
+
+    No box at all (every one dropped or skipped, e.g. YOLO labels written in pixels instead of
+    fractions of the image) -> DataError naming the first dropped box and how to fix it: a
+    detector trained on background images only learns nothing, and said only "N dropped".
+    A class without a training box -> a warning naming it (COCO files often list unused
+    categories); its AP will be undefined or 0."""
+    counts = box_counts(targets, bundle.num_classes)
+    if sum(counts["objects"]) == 0:
+        first = report.dropped_boxes[0] if report.dropped_boxes else None
+        why = (
+            f"; first dropped: {first['image']}: {first['reason']} "
+            f"(box {[round(v, 1) for v in first['box']]})"
+            if first
+            else ""
+        )
+        hint = (
+            "; YOLO label lines are `class cx cy w h` as fractions (0..1) of the image's width "
+            "and height, not pixels"
+            if bundle.layout == "yolo"
+            else "; check the boxes against the images (data_root, coordinate format)"
+        )
+        raise DataError(
+            bundle.source,
+            f"no box left in the training split's {counts['images']} images "
+            f"({report.summary()}){why}{hint}",
+        )
+    empty = [n for n, c in zip(bundle.class_names, counts["objects"], strict=True) if c == 0]
+    if empty:
+        log.warning(
+            "%s: no training box for class(es) %s: the detector cannot learn them (their AP will "
+            "be undefined or 0); add boxes of them to the training split",
+            bundle.source,
+            ", ".join(empty),
+        )
+    return counts
 
 
 def box_counts(targets: Sequence[dict[str, Any]], num_classes: int) -> dict[str, Any]:

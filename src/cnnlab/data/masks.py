@@ -4,7 +4,8 @@ Layouts (``--data``):
 
   DIR/images/**/NAME.EXT + DIR/masks/**/NAME.png
         folder of images and same-named masks (class index per pixel). Optional
-        DIR/{train,val,test}/ holding images/ + masks/ gives the splits. Optional
+        DIR/{train,val,test}/ holding images/ + masks/ gives the splits (a missing val/ or
+        test/ is carved out of train/, :func:`carve_missing`). Optional
         DIR/classes.json: a list of class names, or a list of {"name": ..., "color": [r, g, b]}
         -- the colours declare a palette, and only then may masks be RGB (each colour -> its
         class). Without classes.json the classes are 0..max(mask) (named by number).
@@ -35,22 +36,24 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 
 from cnnlab.config import PreprocessSpec
+from cnnlab.data.coco import read_coco
 from cnnlab.data.loader import TensorLoader, random_crop, random_flip, seeded_generator
 from cnnlab.data.tensors import normalize, pil_to_chw
 from cnnlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")  # one split of any reader (MaskSplit, a list of samples)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"}
 MASK_FORMATS = ("PNG", "BMP", "TIFF", "GIF")  # lossless only: JPEG shifts indices at edges
@@ -238,17 +241,7 @@ class CocoIndex:
             raise ConfigError(
                 "COCO annotations need pycocotools: pip install pycocotools"
             ) from None
-        try:
-            dataset = json.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise DataError(path, f"not a readable COCO JSON file ({err})") from None
-        missing = [k for k in ("images", "annotations", "categories") if k not in dataset]
-        if missing:
-            raise DataError(
-                path,
-                f"COCO file lacks {missing}; expected an instances file with "
-                "images, annotations and categories",
-            )
+        dataset = read_coco(path)  # structure checked: ids present, unique, scalar
         coco = COCO()
         coco.dataset = dataset
         with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
@@ -267,7 +260,12 @@ class CocoIndex:
         for ann in self.coco.imgToAnns.get(image_id, []):
             name = f"{self.path}: annotation {ann.get('id')}"
             if ann["category_id"] not in self.class_of:
-                raise DataError(name, f"category_id {ann['category_id']} is not in categories")
+                known = sorted(self.class_of)
+                raise DataError(
+                    name,
+                    f"category_id {ann['category_id']} is not in categories (ids {known}); add "
+                    "the category or correct or remove the annotation",
+                )
             try:
                 with warnings.catch_warnings():  # pycocotools' own NumPy 2 copy= deprecation
                     warnings.simplefilter("ignore", DeprecationWarning)
@@ -350,6 +348,29 @@ def random_split(n: int, val: float, test: float, seed: int) -> dict[str, np.nda
         "train": order[n_test + n_val :],
     }
     return {k: np.sort(v) for k, v in parts.items() if len(v) or k == "train"}
+
+
+def carve_missing(
+    splits: dict[str, T], val: float, test: float, seed: int, take: Callable[[T, np.ndarray], T]
+) -> tuple[dict[str, T], list[str]]:
+    """Given splits (folders, list files) completed as classification completes them
+    (cnnlab.data.sources): a missing or empty val / test split is carved out of train, seeded,
+    with the same fractions as an unsplit source (0 leaves it out). Without it a dataset laid out
+    as train + val only (Ultralytics' images/train + images/val, VOC2012's ImageSets) trained
+    and wrote no test metrics and no report, without a word. ``take(part, indices)`` subsets one
+    split. Returns the splits (train, val, test order) and the names of those carved."""
+    fractions = {k: f for k, f in (("val", val), ("test", test)) if f > 0 and not splits.get(k)}
+    if not fractions or "train" not in splits:
+        return splits, []
+    train = splits["train"]
+    parts = random_split(len(train), fractions.get("val", 0.0), fractions.get("test", 0.0), seed)
+    out = {k: v for k, v in splits.items() if k not in fractions}
+    out["train"] = take(train, parts["train"])
+    carved = [k for k in fractions if k in parts]
+    for k in carved:
+        out[k] = take(train, parts[k])
+    order = {"train": 0, "val": 1, "test": 2}
+    return {k: out[k] for k in sorted(out, key=lambda k: (order.get(k, 3), k))}, carved
 
 
 def load_mask_source(
@@ -486,11 +507,8 @@ def _folder(root: Path, val: float, test: float, seed: int, ignore_index: int) -
         splits = {s: _pairs(root / s, palette) for s in given}
         for s, part in splits.items():
             part.ids = [f"{s}/{i}" for i in part.ids]
-        if "val" not in splits and val > 0:
-            parts = random_split(len(splits["train"]), val, 0.0, seed)
-            splits["val"] = splits["train"].subset(parts["val"])
-            splits["train"] = splits["train"].subset(parts["train"])
-        origin = "given"
+        splits, carved = carve_missing(splits, val, test, seed, MaskSplit.subset)
+        origin = f"given + random {carved}(seed={seed})" if carved else "given"
     else:
         everything = _pairs(root, palette)
         parts = random_split(len(everything), val, test, seed)
@@ -635,8 +653,13 @@ def _decode_pair(
 
     max_pixels = int(spec.decode.get("max_pixels", DEFAULT_MAX_PIXELS))
     path = split.image_paths[i]
-    im = load_image(path, mode=image_mode(spec.in_channels), max_pixels=max_pixels)
     ref = split.mask_refs[i]
+    try:
+        im = load_image(path, mode=image_mode(spec.in_channels), max_pixels=max_pixels)
+    except DataError as err:  # the decoder's reason, and what to do about a pair (not skipped)
+        raise DataError(
+            err.path, f"{err.reason}; replace the image, or remove it and its mask {ref.name}"
+        ) from None
     mask = check_mask(ref.read(max_pixels), ref.name, im.size, num_classes, ignore_index, str(path))
     return pil_to_chw(im, spec), resize_mask(mask, spec.image_size, spec.resize, ignore_index)
 
@@ -648,11 +671,14 @@ def decode_split(
     num_classes: int | None,
     ignore_index: int = 255,
     workers: int | None = None,
+    errors: list[DataError] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, C, S, S) uint8, masks (N, S, S) uint8) of a split, with the pre-flight checks.
 
     ``num_classes=None`` skips the range check (classes inferred from the masks afterwards).
     Every pair is checked; the first problem raises, saying how many other files have problems.
+    ``errors``: a list shared by the splits of one source; the problems are added to it instead
+    of raised, and the caller raises once (:func:`raise_first`) with the count over all splits.
     """
     n, s = len(split), spec.image_size
     if split.images is not None:
@@ -668,22 +694,67 @@ def decode_split(
         return images, masks
     images = np.empty((n, spec.in_channels, s, s), dtype=np.uint8)
     masks = np.empty((n, s, s), dtype=np.uint8)
-    errors: list[DataError] = []
+    found: list[DataError] = []
 
     def work(i: int) -> None:
         try:
             images[i], masks[i] = _decode_pair(split, i, spec, num_classes, ignore_index)
         except DataError as err:
-            errors.append(err)
+            found.append(err)  # list.append is atomic: the threads share it safely
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         list(pool.map(work, range(n)))
+    if errors is not None:
+        errors.extend(found)
+    else:
+        raise_first(found)
+    return images, masks
+
+
+def raise_first(errors: Sequence[DataError]) -> None:
+    """Raise the first problem (by path) with the count of the others, if there is any."""
     if errors:
-        errors.sort(key=lambda e: e.path)
-        first = errors[0]
+        first = min(errors, key=lambda e: e.path)
         more = f" (and {len(errors) - 1} more file(s) with problems)" if len(errors) > 1 else ""
         raise DataError(first.path, first.reason + more, row=first.row)
-    return images, masks
+
+
+def check_training_masks(
+    masks: np.ndarray, split: MaskSplit, class_names: Sequence[str], ignore_index: int, source: str
+) -> None:
+    """The training split's (N, S, S) masks, checked before any training: at least two classes
+    must have pixels, else a DataError naming a mask and the likely cause; a class without a
+    training pixel is a warning naming it (bad-inputs.md: a class must not become empty unsaid).
+
+    The common cause: binary masks saved 0/255 (foreground 255, as most tools write them). 255 is
+    the ignore index, so every foreground pixel was excluded from the loss and the run learned
+    "background everywhere", warning only that 2 classes were named by number."""
+    counts = np.bincount(masks.reshape(-1), minlength=256)
+    present = [k for k in range(len(class_names)) if counts[k] > 0]
+    if len(present) <= 1:
+        ignored = masks == ignore_index
+        hit = next((i for i in range(len(masks)) if ignored[i].any()), 0)
+        where = split.mask_refs[hit].name if split.mask_refs else split.ids[hit]
+        what = f"only class {class_names[present[0]]!r}" if present else "no class"
+        cause = (
+            "; binary masks saved 0/255 mark their foreground with the ignore index: save class "
+            "indices instead (foreground 1, e.g. mask // 255)"
+            if ignore_index == 255 and counts[255]
+            else "; check the masks' values against the classes and --ignore-index"
+        )
+        raise DataError(
+            where,
+            f"the {len(masks)} training masks of {source} hold {what} besides the ignore index "
+            f"{ignore_index} ({ignored.mean():.0%} of their pixels): nothing to tell apart{cause}",
+        )
+    absent = [str(class_names[k]) for k in range(len(class_names)) if counts[k] == 0]
+    if absent:
+        log.warning(
+            "%s: no training pixel of class(es) %s: the model cannot learn them; add masks "
+            "with them to the training split",
+            source,
+            ", ".join(absent),
+        )
 
 
 def infer_num_classes(masks: Sequence[np.ndarray], ignore_index: int) -> int:

@@ -528,6 +528,7 @@ class ScanReport:
     min_side: int = DEFAULT_MIN_SIDE
     cache_hits: int = 0
     elapsed_s: float = 0.0
+    item: str = "image"  # what the files are, in messages: "image", or "video" (cnnlab.video)
 
     # -- items ---------------------------------------------------------------------------------
     @property
@@ -580,7 +581,18 @@ class ScanReport:
         has_labels = any(r.label is not None for r in self.records) or bool(self.split_classes)
         if not has_labels:
             return []
-        return [(s, c) for s, cc in self.class_counts.items() for c, n in cc.items() if n == 0]
+        # a class that has a folder in another split but none in this one is a class-set
+        # mismatch (said as such), not an empty folder: "remove their folders" would name a folder
+        # that is not there. A declared class absent from every split stays an empty class.
+        elsewhere = {c for present in self.split_classes.values() for c in present}
+        several = len(self.split_classes) > 1
+        return [
+            (s, c)
+            for s, cc in self.class_counts.items()
+            for c, n in cc.items()
+            if n == 0
+            and not (several and c in elsewhere and c not in self.split_classes.get(s, ()))
+        ]
 
     @property
     def imbalance_ratio(self) -> dict[str, float]:
@@ -699,37 +711,42 @@ class ScanReport:
         n_images = len(self.records)
         over = any(why.startswith("exceeds max pixels") for _, why in bad)
         too_big = f"; {pixel_hint}" if over and pixel_hint else ""
+        item = self.item  # "image" or "video"
         if not self.usable_items:
-            failures.append(f"no usable images ({n_images} image files, {len(bad)} bad)")
+            failures.append(f"no usable {item}s ({n_images} {item} files, {len(bad)} bad)")
         if bad and (strict or self.bad_fraction > max_bad_fraction):
-            limit = "strict mode" if strict else f"limit {max_bad_fraction:.0%}"
+            limit = "strict mode" if strict else f"limit {max_bad_fraction:.0%}: --max-bad-fraction"
             failures.append(
-                f"{len(bad)} of {n_images} image files unusable ({self.bad_fraction:.1%}, "
+                f"{len(bad)} of {n_images} {item} files unusable ({self.bad_fraction:.1%}, "
                 f"{limit}): {_first(f'{p} ({why})' for p, why in bad)}{too_big}"
             )
         elif bad:
             warns.append(
-                f"{len(bad)} bad image files skipped: "
+                f"{len(bad)} bad {item} files skipped: "
                 f"{_first(f'{p} ({why})' for p, why in bad)}{too_big}"
             )
         empty = [f"{s}/{c}" if s else c for s, c in self.empty_classes]
         if empty and not allow_empty_classes:
+            keep = (  # only `cnnlab data check` has the option (images)
+                " (`cnnlab data check SRC --allow-empty-classes` keeps them in the report)"
+                if item == "image"
+                else ""
+            )
             failures.append(
-                f"empty classes (no usable images): {', '.join(empty)}; add images to them or "
-                "remove their folders (`cnnlab data check SRC --allow-empty-classes` keeps them "
-                "in the report)"
+                f"empty classes (no usable {item}s): {', '.join(empty)}; add {item}s to them "
+                f"or remove their folders{keep}"
             )
         elif empty:
             warns.append(f"empty classes kept: {', '.join(empty)}")
         for s, diff in self.class_set_mismatch.items():
             failures.append(
                 f"split {s or '(all)'} has different classes: missing {diff['missing']}, "
-                f"extra {diff['extra']}"
+                f"extra {diff['extra']}; give every split the same class folders"
             )
         skipped = [
-            ("non-image files skipped", self.non_image),
+            (f"non-{item} files skipped", self.non_image),
             ("symlinks pointing outside the dataset root skipped", self.outside_root),
-            ("image files not inside a class folder skipped", self.unplaced),
+            (f"{item} files not inside a class folder skipped", self.unplaced),
         ]
         for what, paths in skipped:
             if paths:

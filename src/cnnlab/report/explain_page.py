@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from cnnlab.config import score_threshold_of  # noqa: E402
 from cnnlab.errors import ConfigError  # noqa: E402
 from cnnlab.explain.cam import CamSet, head_kind, map_similarity  # noqa: E402
 from cnnlab.explain.trace import LayerTrace, Trace  # noqa: E402
@@ -921,9 +922,7 @@ def explain_dense_image(
             lead += " (black in the palette is left unpainted)"
     else:
         trace = trace_image(model.get_submodule(backbone), x, classifier=False)
-        threshold = float(
-            meta.get("score_threshold", 0.5) if score_threshold is None else score_threshold
-        )
+        threshold = score_threshold_of(meta.get("score_threshold"), score_threshold)
         with torch.inference_mode():
             pred = model(x)[0]
         keep = pred["scores"] >= threshold

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, no_such_split
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def embed(
         recorded = read_json(run_dir / "splits.json")["splits"]
         names = list(recorded) if split == "all" else [split]
         if split != "all" and split not in recorded:
-            raise ConfigError(f"the run has no {split!r} split; it has {sorted(recorded)}")
+            raise no_such_split(split, recorded)
         parts = [split_by_ids(bundle, recorded[k], k) for k in names]
         from cnnlab.data.sources import concat_splits
 

@@ -55,7 +55,7 @@ from cnnlab.engine.fit import Plan, TaskSpec, fit
 from cnnlab.engine.loaders import make_loader
 from cnnlab.engine.timing import Timings
 from cnnlab.engine.trainer import autocast
-from cnnlab.errors import CheckpointError, ConfigError, DataError
+from cnnlab.errors import CheckpointError, ConfigError, DataError, no_such_split
 from cnnlab.run import (
     check_one_dataset,
     evaluation_dir,
@@ -192,31 +192,31 @@ def _folder_clips(cfg: VideoConfig) -> ClipSet:
             records.append(FileRecord(**base, ok=False, reason=result.reason))
             continue
         _, info, count = result
-        notes += info.notes()
+        own = info.notes()
+        if count < frames:  # even_indices repeats frames: a clip with less motion in it, said
+            own.append(f"{path}: {count} frame(s), fewer than --frames {frames}: frames repeated "
+                       "to fill the clip (lower --frames or use a longer video)")  # fmt: skip
+        notes += own
         steps.append((count - 1) / (frames - 1))
         records.append(
             FileRecord(**base, ok=True, format=info.codec, mode="RGB", width=info.width,
                        height=info.height, n_frames=count, sha256=sha256_file(path),
-                       file_bytes=path.stat().st_size, notes=tuple(info.notes()))
+                       file_bytes=path.stat().st_size, notes=tuple(own))
         )  # fmt: skip
     for note in notes:
         log.warning(note)
     scan = ScanReport(
         cfg.data, "", listing.class_names, listing.split_classes, records,
         ignored=listing.ignored, non_image=listing.non_image, outside_root=listing.outside_root,
-        unplaced=listing.unplaced, elapsed_s=time.perf_counter() - start,
+        unplaced=listing.unplaced, elapsed_s=time.perf_counter() - start, item="video",
     )  # fmt: skip
     report = scan.to_dict()
     report.pop("animated")  # every video has many frames: the image scan's note says nothing here
     report["skipped"] = [{"path": p, "reason": why} for p, why in scan.bad_items]
     report["notes"] = notes
     report["frames_per_video"] = [r.n_frames for r in records if r.ok]
-    try:
-        scan.check(strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction)
-    except DataError as err:  # the scan's message names the files; say which option decides
-        raise DataError(
-            err.path, f"{err.reason}; fix or remove those videos (or set --max-bad-fraction)"
-        ) from None
+    # the scan's message names the files and, for too many bad ones, --max-bad-fraction
+    scan.check(strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction)
     ok = [(rec, res) for rec, res in zip(records, decoded, strict=True) if rec.ok]
     names = listing.class_names
     clips = np.stack([res[0] for _, res in ok])
@@ -251,10 +251,30 @@ def _split(data: ClipSet, cfg: VideoConfig) -> dict[str, np.ndarray]:
     if data.given_splits is not None:
         if "train" not in data.given_splits:
             raise DataError(cfg.data, "has split folders but no train/ split")
-        return data.given_splits
+        # a missing val / test folder is carved out of train/ (stratified, the fractions of an
+        # unsplit source), as classification does: a train/ + val/ layout gets test metrics too
+        given = dict(data.given_splits)
+        missing = {k: f for k, f in (("val", cfg.val_fraction), ("test", cfg.test_fraction))
+                   if f > 0 and not len(given.get(k, ()))}  # fmt: skip
+        if missing:
+            train = given["train"]
+            part = stratified_split(
+                data.targets[train], missing.get("val", 0.0), missing.get("test", 0.0), cfg.seed,
+                class_names=data.class_names,
+            )  # fmt: skip
+            given.update({k: train[v] for k, v in part.items()})
+        return given
     return stratified_split(
         data.targets, cfg.val_fraction, cfg.test_fraction, cfg.seed, class_names=data.class_names
     )
+
+
+def _origin(data: ClipSet, parts: dict[str, np.ndarray], seed: int) -> str:
+    """How the splits were made, as splits.json says it for classification."""
+    if data.given_splits is None:
+        return f"stratified(seed={seed})"
+    carved = [k for k in ("val", "test") if k in parts and k not in data.given_splits]
+    return f"given + stratified {carved}(seed={seed})" if carved else "given"
 
 
 def _stacked(clips: np.ndarray) -> torch.Tensor:
@@ -381,7 +401,7 @@ def _prepare(
             "data_report.json": data.report,
             "splits.json": {
                 "source": cfg.data,
-                "origin": "given" if data.given_splits else f"stratified(seed={cfg.seed})",
+                "origin": _origin(data, parts, cfg.seed),
                 "splits": in_split_order({k: [ids[i] for i in v] for k, v in parts.items()}),
                 "labels": in_split_order(
                     {k: [class_names[targets[i]] for i in v] for k, v in parts.items()}
@@ -464,7 +484,7 @@ def evaluate_video(
         cfg = make_config(VideoConfig, **source_config(run_dir, relocated_data))
         recorded = read_json(run_dir / "splits.json")["splits"]
         if split not in recorded:
-            raise ConfigError(f"the run has no {split!r} split; it has {sorted(recorded)}")
+            raise no_such_split(split, recorded)
         labels = read_json(run_dir / "splits.json").get("labels", {}).get(split)
         clips, targets, ids = _recorded_clips(cfg, recorded[split], labels, split, spec, frames,
                                               class_names)  # fmt: skip

@@ -1,0 +1,83 @@
+"""Reading a COCO instances file: the one structural check that detection and segmentation share.
+
+    doc = read_coco(path)   # dict with lists "images", "annotations", "categories"
+
+The checks here are the ones a wrong file would otherwise turn into a traceback (a category
+without an ``id``, a list where an id belongs) or into a silently wrong class list (two
+categories sharing one id: every annotation of one would be counted as the other). Each failure
+is a :class:`DataError` naming the file and the entry (``categories[1]``) and saying how to fix it.
+What a single annotation gets wrong (unknown image or category, bad box) is left to the readers,
+which skip and count it (data/boxes.py) or name it (data/masks.py).
+
+pycocotools' ``COCO.createIndex`` checks none of this (it indexes by ``id`` and lets a later
+entry overwrite an earlier one), so it is written here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import DataError
+
+KEYS = ("images", "annotations", "categories")
+
+
+def _is_id(value: Any) -> bool:
+    """COCO ids are integers; strings are accepted too (some exporters write them). Not bools."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def read_coco(path: str | Path) -> dict[str, Any]:
+    """The parsed COCO instances file at ``path``, its structure checked (see the module doc)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(path, f"not a readable COCO JSON file ({err})") from None
+    if not isinstance(doc, dict) or any(not isinstance(doc.get(k), list) for k in KEYS):
+        missing = [k for k in KEYS if not isinstance(doc, dict) or not isinstance(doc.get(k), list)]
+        raise DataError(
+            path,
+            f"not a COCO instances file: no {', '.join(map(repr, missing))} list; expected an "
+            "object with images, annotations and categories lists",
+        )
+    for key, required in (("categories", True), ("images", False)):
+        first_row: dict[Any, int] = {}
+        for row, entry in enumerate(doc[key]):
+            where = f"{key}[{row}]"
+            if not isinstance(entry, dict):
+                raise DataError(
+                    path, f'{where} is {entry!r}, not an object; write it as {{"id": 1, ...}}'
+                )
+            if "id" not in entry:
+                if required:  # a category without an id cannot be a class
+                    raise DataError(
+                        path, f"{where} ({entry.get('name', '?')!r}) has no 'id'; give it one"
+                    )
+                continue  # an image without an id is skipped and counted by the reader
+            cid = entry["id"]
+            if not _is_id(cid):
+                raise DataError(
+                    path, f"{where}: id {cid!r} is not an integer; write COCO ids as integers"
+                )
+            if cid in first_row:
+                raise DataError(
+                    path,
+                    f"{where}: id {cid!r} is already the id of {key}[{first_row[cid]}]; "
+                    f"give each of the {key} its own id",
+                )
+            first_row[cid] = row
+    for row, ann in enumerate(doc["annotations"]):
+        if not isinstance(ann, dict):
+            raise DataError(
+                path, f'annotations[{row}] is {ann!r}, not an object; write it as {{"id": 1, ...}}'
+            )
+        for field in ("image_id", "category_id"):
+            if ann.get(field) is not None and not _is_id(ann[field]):  # None: counted
+                raise DataError(
+                    path,
+                    f"annotations[{row}]: {field} {ann[field]!r} is not an id; write an integer",
+                )
+    return doc

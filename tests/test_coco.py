@@ -1,0 +1,154 @@
+"""The COCO structure check shared by detection and segmentation (cnnlab.data.coco.read_coco):
+a malformed file is one DataError naming the entry, never a KeyError / TypeError, and two
+categories with one id are refused instead of merging their classes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_process import assert_user_error
+from PIL import Image
+
+from cnnlab.data.boxes import load_box_source
+from cnnlab.data.masks import load_mask_source
+from cnnlab.errors import DataError
+
+
+def _coco(tmp: Path, edit=None) -> Path:
+    """Two 32x24 images with one box each, categories 3 (cat) and 7 (dog)."""
+    (tmp / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(2):
+        Image.fromarray(np.full((24, 32, 3), 40 * i, np.uint8)).save(tmp / "images" / f"a{i}.png")
+    doc = {
+        "images": [
+            {"id": i, "file_name": f"a{i}.png", "width": 32, "height": 24} for i in range(2)
+        ],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 0,
+                "category_id": 3,
+                "bbox": [2, 2, 10, 8],
+                "iscrowd": 0,
+                "segmentation": [[2, 2, 12, 2, 12, 10, 2, 10]],
+                "area": 80,
+            },
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 7,
+                "bbox": [4, 4, 10, 8],
+                "iscrowd": 0,
+                "segmentation": [[4, 4, 14, 4, 14, 12, 4, 12]],
+                "area": 80,
+            },
+        ],  # fmt: skip
+        "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}],
+    }
+    if edit:
+        edit(doc)
+    path = tmp / "instances.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _load(kind: str, path: Path):
+    if kind == "detection":
+        return load_box_source(str(path), val_fraction=0, test_fraction=0)
+    return load_mask_source(str(path), val_fraction=0, test_fraction=0)
+
+
+def _no_category_id(doc) -> None:
+    del doc["categories"][0]["id"]
+
+
+def _same_category_id(doc) -> None:
+    doc["categories"][1]["id"] = 3
+
+
+def _category_not_object(doc) -> None:
+    doc["categories"] = [3, 7]
+
+
+def _list_image_id(doc) -> None:
+    doc["images"][0]["id"] = [0]
+
+
+def _same_image_id(doc) -> None:
+    doc["images"][1]["id"] = 0
+
+
+def _list_category_in_annotation(doc) -> None:
+    doc["annotations"][1]["category_id"] = [7]
+
+
+@pytest.mark.parametrize("kind", ["detection", "segmentation"])
+@pytest.mark.parametrize(
+    "edit, names",
+    [
+        (_no_category_id, ["categories[0]", "'cat'", "no 'id'"]),
+        (_same_category_id, ["categories[1]", "id 3", "categories[0]", "its own id"]),
+        (_category_not_object, ["categories[0] is 3", "not an object"]),
+        (_list_image_id, ["images[0]", "[0]", "integer"]),
+        (_same_image_id, ["images[1]", "images[0]", "its own id"]),
+        (_list_category_in_annotation, ["annotations[1]", "category_id [7]"]),
+    ],
+)
+def test_malformed_coco_is_one_error_naming_the_entry(
+    tmp_path: Path, kind: str, edit, names: list[str]
+) -> None:
+    path = _coco(tmp_path, edit)
+    with pytest.raises(DataError) as err:
+        _load(kind, path)
+    assert err.value.path == str(path)
+    for name in names:
+        assert name in err.value.reason, err.value.reason
+
+
+@pytest.mark.parametrize("kind", ["detection", "segmentation"])
+def test_well_formed_coco_still_reads(tmp_path: Path, kind: str) -> None:
+    bundle = _load(kind, _coco(tmp_path))
+    names = ["cat", "dog"] if kind == "detection" else ["background", "cat", "dog"]
+    assert bundle.class_names == names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_cli_refuses_a_category_without_id(tmp_path: Path, task: str) -> None:
+    path = _coco(tmp_path, _no_category_id)
+    before = path.read_bytes()
+    assert_user_error(task, "train", "--data", str(path), "--epochs", "1", "--out",
+                      str(tmp_path / "runs"), names=[str(path), "categories[0]"])  # fmt: skip
+    assert path.read_bytes() == before and not (tmp_path / "runs").exists()
+
+
+def test_detection_coco_without_its_images_names_a_missing_file_and_the_option(
+    tmp_path: Path,
+) -> None:
+    path = _coco(tmp_path)
+    (tmp_path / "images").rename(tmp_path / "pictures")  # the JSON's image folder moved
+    with pytest.raises(DataError) as err:
+        load_box_source(str(path))
+    reason = err.value.reason
+    assert f"first missing: {tmp_path / 'a0.png'}" in reason
+    assert "`cnnlab detect train --data-root IMAGE_FOLDER`" in reason
+    assert load_box_source(str(path), data_root=str(tmp_path / "pictures")).num_classes == 2
+
+
+def test_segmentation_annotation_of_an_unknown_category_says_the_known_ids(tmp_path: Path) -> None:
+    from cnnlab.config import PreprocessSpec
+    from cnnlab.data.masks import decode_split
+
+    path = _coco(tmp_path, lambda doc: doc["annotations"][1].update(category_id=9))
+    bundle = load_mask_source(str(path), val_fraction=0, test_fraction=0)
+    spec = PreprocessSpec(16, 3, (0.0,) * 3, (1.0,) * 3, "fit", {})
+    with pytest.raises(DataError) as err:
+        decode_split(bundle.splits["train"], spec, num_classes=3)
+    assert err.value.path == f"{path}: annotation 2"
+    assert err.value.reason == (
+        "category_id 9 is not in categories (ids [3, 7]); add the category or correct or remove "
+        "the annotation"
+    )
