@@ -1997,6 +1997,8 @@ def install_warning_notes() -> None:
     ...` and the code line) to a user who did nothing wrong. Other warnings keep Python's format.
     Matched by name: importing cnnlab.metrics here would load NumPy for every command."""
     shown = warnings.showwarning
+    if getattr(shown, "cnnlab_notes", False):  # installed by an earlier main() in this process
+        return
 
     def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
         if category.__name__ == "UndefinedMetricWarning":
@@ -2004,6 +2006,7 @@ def install_warning_notes() -> None:
         else:
             shown(message, category, filename, lineno, file, line)
 
+    show.cnnlab_notes = True  # type: ignore[attr-defined]
     warnings.showwarning = show
 
 
