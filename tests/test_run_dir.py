@@ -203,6 +203,8 @@ def test_a_moved_dataset_is_found_at_its_new_place(tmp_path: Path, capsys) -> No
     assert "of the recorded test split are gone" in err and test_ids[0] in err
     assert main(["evaluate", str(run), "--relocated-data", str(moved), "--data", str(moved)]) == 2
     assert "give one of them" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--relocated-data", str(moved), "--split", "tst"]) == 2
+    assert "(did you mean: test?)" in capsys.readouterr().err
 
     assert main(["train", "--resume", str(run), "--data", str(moved), "--epochs", "2"]) == 0
     config = json.loads((run / "config.json").read_text())

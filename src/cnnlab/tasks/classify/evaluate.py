@@ -19,7 +19,7 @@ from cnnlab.engine.timing import Timings
 from cnnlab.engine.trainer import Trainer
 from cnnlab.engine.tta import TTAModel, compare_views, parse_tta
 from cnnlab.engine.weights import load_checkpoint_model
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.errors import ConfigError, DataError, no_such_split
 from cnnlab.run import (
     check_one_dataset,
     evaluation_dir,
@@ -282,7 +282,7 @@ def evaluate(
         saved = read_json(run_dir / "splits.json")["splits"]
     if data is None:
         if split not in saved:
-            raise ConfigError(f"the run has no {split!r} split; it has {sorted(saved)}")
+            raise no_such_split(split, saved)
         chosen = split_by_ids(own, saved[split], split, class_names)
     else:
         cfg = make_config(TrainConfig, data=data, val_fraction=0.0, test_fraction=0.0)
