@@ -445,3 +445,18 @@ def test_predict_video_with_a_clip_model(tmp_path):
         covering = [i for i, s0 in enumerate(ref["starts"]) if s0 <= t < s0 + span]
         np.testing.assert_allclose(raw[t], ref["probs"][covering].mean(0), atol=1e-5)
     assert len(read_video(tmp_path / "out" / "annotated.mp4")[0]) == 20
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_a_still_image_is_not_taken_for_a_one_frame_video(tmp_path, suffix):
+    """FFmpeg opens a JPEG or PNG as a video of one frame; video predict said nothing and answered
+    for that frame repeated. Refused naming the file (a real one-frame clip is still a video)."""
+    from PIL import Image
+
+    still = tmp_path / f"photo{suffix}"
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(still)
+    with pytest.raises(DataError, match=r"photo.* is a still image, not a video"):
+        probe(still)
+    clip = tmp_path / "one.mp4"
+    write_video(clip, np.zeros((1, 24, 32, 3), np.uint8), fps=5)
+    assert probe(clip).width == 32

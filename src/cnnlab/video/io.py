@@ -95,6 +95,13 @@ def _open(path: Path):
     if not container.streams.video:
         container.close()
         raise DataError(path, "has no video stream (audio only or not a video)")
+    # FFmpeg reads a still image as a one-frame video (its image2 / *_pipe demuxers: jpeg_pipe,
+    # png_pipe, ...): a clip model would answer for 1 frame repeated, without a word
+    if container.format.name == "image2" or container.format.name.endswith("_pipe"):
+        container.close()
+        raise DataError(
+            path, "is a still image, not a video; give a video file (.mp4, .avi, .mkv, ...)"
+        )
     return container
 
 
