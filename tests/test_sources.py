@@ -240,8 +240,36 @@ def test_case_34_labels_that_differ_only_in_case_or_spaces_are_refused(tmp_path)
         rows.append(f"{i}.png,{label}")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     # "cat " is read as "cat" (cells are stripped); "Cat" is a near-duplicate: refused, both named
-    with pytest.raises(DataError, match=r"differ only in case/spaces: \[\['Cat', 'cat'\]\]"):
+    # the message names the CSV and the rows of each spelling: row 4 holds the typo
+    with pytest.raises(
+        DataError,
+        match=r"labels.csv: class names that differ only in case/spaces: "
+        r"'Cat' \(row 4\) vs 'cat' \(rows 2, 3, 5\); make them identical",
+    ):
         load_source(_cfg(data=str(tmp_path / "labels.csv")))
+
+
+def test_case_34_a_multilabel_csv_label_typo_names_its_row(tmp_path):
+    from PIL import Image
+
+    rows = ["path,labels"]
+    for i, labels in enumerate(["cat;dog", "dog", "Dog;cat", "cat", "dog;cat", "cat"]):
+        Image.new("L", (8, 8), color=i * 10).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{labels}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"'Dog' \(row 4\) vs 'dog' \(rows 2, 3, 6\)"):
+        load_source(_cfg(data=str(tmp_path / "labels.csv")))
+
+
+def test_case_34_class_folders_that_differ_only_in_case_are_named(tmp_path):
+    from PIL import Image
+
+    for name in ("cat", "Cat", "dog"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.new("L", (8, 8), color=i * 10).save(tmp_path / name / f"{i}.png")
+    with pytest.raises(DataError, match=r"case/spaces: 'Cat' vs 'cat'; make them identical"):
+        load_source(_cfg(data=str(tmp_path)))
 
 
 def test_case_37_too_few_samples_for_a_stratified_split_names_the_counts():
