@@ -1543,18 +1543,18 @@ def _predict(args: argparse.Namespace) -> int:
         if domain:
             columns.append("in domain?")
         for c in columns:
-            t.add_column(c)
+            t.add_column(c, **_IMAGE_COLUMN if c == "image" else {})
         for p in preds:
             if p.error:
                 t.add_row(
-                    p.path, *([""] if point else []), "[red]error[/]", "", p.error,
+                    escape(p.path), *([""] if point else []), "[red]error[/]", "", escape(p.error),
                     *([""] if domain else []),
                 )  # fmt: skip
                 continue
-            rest = ", ".join(f"{n} {pr:.3f}" for n, pr in p.top[1:])
+            rest = ", ".join(f"{escape(n)} {pr:.3f}" for n, pr in p.top[1:])
             if p.unknown:  # the best guess moves to "next"
-                rest = ", ".join(f"{n} {pr:.3f}" for n, pr in p.top)
-            cells = [p.path, escape(p.answer or ""), f"{p.top[0][1]:.4f}", rest]
+                rest = ", ".join(f"{escape(n)} {pr:.3f}" for n, pr in p.top)
+            cells = [escape(p.path), escape(p.answer or ""), f"{p.top[0][1]:.4f}", rest]
             if point and p.decision:
                 d = p.decision
                 verdict = "positive" if d["positive"] else "negative"
@@ -1568,6 +1568,13 @@ def _predict(args: argparse.Namespace) -> int:
             t.add_row(*cells)
         out.print(t)
     return 1 if any(p.error for p in preds) else 0
+
+
+#: A prediction table's image column shows the whole path, folded over lines when the terminal
+#: is narrow: rich's default ellipsis cut every file of a folder to the same prefix
+#: ("/photos/holid…"), so a row could not be told from the next. Paths are escaped, since a
+#: file named "[red]x.jpg" is markup to rich.
+_IMAGE_COLUMN: dict[str, Any] = {"overflow": "fold"}
 
 
 def _print_multilabel_predictions(preds: list[Any], fmt: str) -> None:
@@ -1594,15 +1601,15 @@ def _print_multilabel_predictions(preds: list[Any], fmt: str) -> None:
         return
     t = Table(show_header=True)
     for c in ("image", "labels (probability >= threshold)", "others"):
-        t.add_column(c)
+        t.add_column(c, **_IMAGE_COLUMN if c == "image" else {})
     for p in preds:
         if p.error:
-            t.add_row(p.path, "[red]error[/]", p.error)
+            t.add_row(escape(p.path), "[red]error[/]", escape(p.error))
             continue
         chosen = p.predicted_labels
         shown = ", ".join(f"{escape(n)} {pr:.3f} (>= {thr:.3g})" for n, pr, thr in chosen)
         rest = ", ".join(f"{escape(n)} {pr:.3f}" for n, pr, thr in p.labels if pr < thr)
-        t.add_row(p.path, shown or "[dim]none[/]", rest)
+        t.add_row(escape(p.path), shown or "[dim]none[/]", rest)
     out.print(t)
 
 
