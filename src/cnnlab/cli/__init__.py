@@ -241,6 +241,37 @@ RELOCATED_HELP = (
 )
 
 
+def _whole_numbers(text: str, *, allow_all: bool, example: str) -> list[int | None]:
+    """'5,10,all' -> [5, 10, None]; anything else an argparse error naming the piece (argparse
+    prints it as one line on the option, exit code 2; a bare int() here was a traceback)."""
+    pieces = [s.strip() for s in text.split(",")]
+    values: list[int | None] = []
+    for piece in pieces:
+        if allow_all and piece == "all":
+            values.append(None)
+        elif piece.isdigit():
+            values.append(int(piece))
+        else:
+            raise argparse.ArgumentTypeError(
+                f"{piece!r} in {text!r} is not a whole number >= 0"
+                f"{' or all' if allow_all else ''}; write e.g. {example}"
+            )
+    return values
+
+
+def _shot_list(text: str) -> list[int | None]:
+    shots = _whole_numbers(text, allow_all=True, example="5,10,50,all")
+    if 0 in shots:  # no labelled image per class trains nothing
+        raise argparse.ArgumentTypeError(
+            f"0 in {text!r}: each is the number of labelled images per class, 1 or more, or all"
+        )
+    return shots
+
+
+def _seed_list(text: str) -> list[int]:
+    return [int(s) for s in _whole_numbers(text, allow_all=False, example="0,1,2") if s is not None]
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with cnnlab's error shape: one line naming the option, exit code 2 (argparse's
     default prints the whole usage first); `--help` still shows everything."""
@@ -378,7 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="cnnlab run / checkpoint of task A, imagenet, or a weights file")
     p.add_argument("--data", required=True, help="the target dataset (task B)")
     p.add_argument(
-        "--shots", default="5,10,50,all", help="labels per class to try (default 5,10,50,all)"
+        "--shots",
+        type=_shot_list,
+        default="5,10,50,all",
+        help="labels per class to try, comma-separated whole numbers or 'all' (default 5,10,50,all)",
     )
     p.add_argument(
         "--strategies",
@@ -387,7 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default=None, help="the zoo model (default: the source run's)")
     p.add_argument("--epochs", type=int, default=10, help="epochs of each run of the study")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds: each setting once per seed")
+    p.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default="0",
+        help="comma-separated seeds: each setting once per seed",
+    )
     p.add_argument("--out", default="runs/transfer-study", help="folder for the study and its runs")
     # every other training option goes to each run of the study (the study sets these itself)
     add_train_options(p, skip=STUDY_SETS, config_file=False)
@@ -999,7 +1038,7 @@ def _transfer_study(args: argparse.Namespace) -> int:
     from cnnlab import api
     from cnnlab.transfer.study import markdown_table
 
-    shots = [None if s.strip() == "all" else int(s) for s in args.shots.split(",")]
+    shots = args.shots  # [int | None]: parsed and checked by _shot_list
     study = api.transfer_study(
         args.source,
         args.data,
@@ -1007,7 +1046,7 @@ def _transfer_study(args: argparse.Namespace) -> int:
         model=args.model,
         epochs=args.epochs,
         strategies=[s.strip() for s in args.strategies.split(",")],
-        seeds=[int(s) for s in args.seeds.split(",")],
+        seeds=args.seeds,
         out=args.out,
         **_train_overrides(args, skip=STUDY_SETS),
     )
