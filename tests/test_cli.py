@@ -339,3 +339,22 @@ def test_video(work: Path) -> None:
     )  # fmt: skip
     proc = ok("video", "evaluate", str(runs / "vid"), "--json", "--out", str(work / "v-eval"))
     assert "accuracy" in proc.stdout
+
+
+@pytest.mark.parametrize("command", ["predict", "explain", "serve"])
+@pytest.mark.parametrize("value", ["0", "-2", "abc"])
+def test_top_k_below_one_is_refused_by_name(tmp_path, command, value):
+    """`predict --top-k 0` once printed one class as if it had been asked for (argparse's int let
+    0 and -2 through and the driver clamped them to 1); refused while the command line is read."""
+    args = [command, str(tmp_path)] + (["x.png"] if command != "serve" else [])
+    assert_user_error(*args, f"--top-k={value}", names=["argument --top-k", f"'{value}'"])
+
+
+def test_prediction_driver_refuses_top_k_below_one():
+    from cnnlab.config import PreprocessSpec
+    from cnnlab.engine.predict import predict_files
+    from cnnlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--top-k must be a whole number >= 1, got 0"):
+        spec = PreprocessSpec(image_size=8, in_channels=1, mean=(0.5,), std=(0.5,))
+        predict_files(["x.png"], spec, ["a", "b"], lambda x: x, top_k=0)

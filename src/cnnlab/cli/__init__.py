@@ -259,6 +259,14 @@ def _whole_numbers(text: str, *, allow_all: bool, example: str) -> list[int | No
     return values
 
 
+def _positive_int(text: str) -> int:
+    """A count such as --top-k: a whole number >= 1 (argparse's int let 0 and -2 through, and
+    predict then showed one class as if nothing were wrong)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1; write e.g. 3")
+    return int(text)
+
+
 def _shot_list(text: str) -> list[int | None]:
     shots = _whole_numbers(text, allow_all=True, example="5,10,50,all")
     if 0 in shots:  # no labelled image per class trains nothing
@@ -499,7 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files or folders (a video for a video run)")
     p.add_argument("--out", default=None, help="output folder (segmentation, detection, video)")
     p.add_argument(
-        "--top-k", type=int, default=3, help="classes shown per image, most probable first"
+        "--top-k",
+        type=_positive_int,
+        default=3,
+        help="classes shown per image, most probable first",
     )
     p.add_argument(
         "--format",
@@ -560,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--top-k",
-        type=int,
+        type=_positive_int,
         default=3,
         help="CAMs for the k best classes (segmentation: the k largest predicted classes; "
         "detection: the k best boxes)",
@@ -662,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds an upload may wait for its turn before a 503 (10)",
     )
-    p.add_argument("--top-k", type=int, default=5, help="classes shown per image")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="classes shown per image")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     _add_precision(p)
     p.add_argument("--tta", metavar="VIEWS", default=None, help=SERVE_TTA_HELP)

@@ -115,8 +115,10 @@ def predict_files(
     from concurrent.futures import ThreadPoolExecutor
 
     from cnnlab.data.tensors import load_file
+    from cnnlab.models._base import check_positive_int
 
-    k = max(1, min(int(top_k), len(class_names)))
+    # 0 or a negative k once showed the top class anyway, as if it had been asked for
+    k = min(check_positive_int(top_k, "--top-k"), len(class_names))
     files = list_images(inputs)
     results = [Prediction(str(f)) for f in files]
 
