@@ -358,3 +358,33 @@ def test_prediction_driver_refuses_top_k_below_one():
     with pytest.raises(ConfigError, match=r"--top-k must be a whole number >= 1, got 0"):
         spec = PreprocessSpec(image_size=8, in_channels=1, mean=(0.5,), std=(0.5,))
         predict_files(["x.png"], spec, ["a", "b"], lambda x: x, top_k=0)
+
+
+def test_an_output_path_through_a_file_is_one_line_and_leaves_the_file_alone(tmp_path):
+    """`--out photo.jpg/x.png` (a file where a folder must be) was NotADirectoryError's traceback;
+    every command that writes now says the path in one line, exit 2, and the file is untouched."""
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8 the user's photo")
+    line = assert_user_error(
+        "conv", "--x", "1 2; 3 4", "--w", "1 1; 1 1", "--out", str(photo / "x.png"),
+        names=[str(photo / "x.png"), "a part of this path is a file, not a folder"],
+    )  # fmt: skip
+    assert "give another path" in line
+    assert photo.read_bytes() == b"\xff\xd8 the user's photo"
+
+
+@pytest.mark.slow
+def test_explain_and_export_into_a_file_are_one_line_errors(
+    run: Path, digits: list[Path], tmp_path
+):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8 the user's photo")
+    assert_user_error(  # explain makes RUN/.../figures under --out: the file is in the way
+        "explain", str(run), str(digits[0]), "--out", str(photo),
+        names=[str(photo), "a part of this path is a file, not a folder"],
+    )  # fmt: skip
+    assert_user_error(
+        "export", str(run), "--out", str(photo / "model.onnx"),
+        names=[str(photo), "a file is where a folder is needed"],
+    )  # fmt: skip
+    assert photo.read_bytes() == b"\xff\xd8 the user's photo"

@@ -2091,6 +2091,21 @@ def _main(argv: Sequence[str] | None) -> int:
     except FileNotFoundError as e:  # a path the user gave that vanished between checks
         err.print(f"[red]error:[/] {escape(str(e.filename or e))}: not found")
         return 2
+    except (NotADirectoryError, FileExistsError, IsADirectoryError, PermissionError) as e:
+        # an output path the user gave runs into a file (`--out photo.jpg` for a folder) or a
+        # folder they may not write: every command that writes ends here, not in a traceback
+        reason = _PATH_REASONS[type(e)]
+        err.print(f"[red]error:[/] {escape(str(e.filename or e))}: {reason}", soft_wrap=True)
+        return 2
+
+
+#: One line per path fault of the operating system (the path is printed before it).
+_PATH_REASONS: dict[type[OSError], str] = {
+    NotADirectoryError: "a part of this path is a file, not a folder; give another path",
+    FileExistsError: "a file is where a folder is needed; give another path or move the file",
+    IsADirectoryError: "is a folder where a file is needed; give a file path",
+    PermissionError: "permission denied; give a path you may read and write, or fix its rights",
+}
 
 
 if __name__ == "__main__":
