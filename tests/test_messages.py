@@ -87,6 +87,7 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "cli/runs.py": ("runs",),
     "tasks/classify/evaluate.py:evaluate": ("evaluate",),
     "tasks/classify/predict.py:predict": ("predict",),
+    "engine/predict.py:predict_files": ("predict",),  # --top-k (a run or an exported model)
     "tasks/classify/operating_point.py": ("evaluate",),  # --positive / --target / replacing
     "api.py:evaluate": ("evaluate",),  # --positive / --target of a run of another task
     "api.py:_tta_option": ("evaluate", "predict"),  # --tta of a run of another task
