@@ -388,3 +388,27 @@ def test_explain_and_export_into_a_file_are_one_line_errors(
         names=[str(photo), "a file is where a folder is needed"],
     )  # fmt: skip
     assert photo.read_bytes() == b"\xff\xd8 the user's photo"
+
+
+@pytest.mark.parametrize(
+    ("given", "meant"),
+    [
+        (["--batchsize", "8"], "--batch-size"),  # a typo: the closest flag
+        (["--learning-rate=0.1"], "--lr"),  # another toolkit's name: cnnlab's first
+        (["--imgsz", "32"], "--image-size"),
+    ],
+)
+def test_an_unknown_flag_is_answered_by_its_command_with_the_closest_flags(tmp_path, given, meant):
+    """argparse answered `unrecognized arguments: --batchsize 8 (see cnnlab --help)`: no hint,
+    and the top-level help, which lists no option of train."""
+    line = assert_user_error(
+        "train", "--data", str(tmp_path), *given, names=[f"(did you mean: {meant}", "train --help"]
+    )
+    assert line.startswith(f"error: unknown option {given[0]}")
+
+
+def test_unknown_words_that_are_not_flags_keep_argparses_message(tmp_path):
+    assert_user_error(
+        "explain", str(tmp_path), "a.png", "b.png",
+        names=["unrecognized arguments: b.png", "cnnlab explain --help"],
+    )  # fmt: skip

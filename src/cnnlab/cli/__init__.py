@@ -288,6 +288,34 @@ class _Parser(argparse.ArgumentParser):
         err.print(f"[red]error:[/] {escape(message)} (see {self.prog} --help)", soft_wrap=True)
         raise SystemExit(2)
 
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        """argparse's, but an unknown flag is refused by the command it was given to, with the
+        closest of that command's flags: argparse said `unrecognized arguments: --batchsize 8
+        (see cnnlab --help)`, from the top parser, which knows no command's options."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = self._command_parser(parsed)
+            flags = [s for a in command._actions for s in a.option_strings if s.startswith("--")]
+            hints = [
+                f"{word}{close_matches(word.split('=')[0], flags)}"
+                for word in extras
+                if word.startswith("-")
+            ]
+            if hints:
+                command.error(f"unknown option{'s' * (len(hints) > 1)} {', '.join(hints)}")
+            command.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _command_parser(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The (sub)command's own parser: `train`, `segment train`, ... (self without one)."""
+        parser: argparse.ArgumentParser = self
+        while True:
+            subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            name = getattr(parsed, subs[0].dest, None) if subs else None
+            if name is None or name not in subs[0].choices:
+                return parser
+            parser = subs[0].choices[name]
+
 
 class _HelpFormatter(argparse.HelpFormatter):
     """argparse's formatter, but example lines (indented) keep their shape and an option's default
