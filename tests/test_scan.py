@@ -162,6 +162,26 @@ def test_case_08_train_and_val_class_sets_differ(tmp_path: Path) -> None:
         report.check(allow_empty_classes=True)
 
 
+def test_case_08_a_class_folder_spelt_differently_in_val_is_a_mismatch_not_empty(tmp_path):
+    """val/birds beside train/bird and test/bird: compared with the union, every split was
+    'missing' the other spelling, nothing was 'extra', and test/birds, train/birds and val/bird
+    were called empty classes whose folders should be filled or removed (none of them exists)."""
+    make_classes(tmp_path / "train", {"bird": 2, "cat": 2})
+    make_classes(tmp_path / "val", {"birds": 1, "cat": 1}, start_seed=100)
+    make_classes(tmp_path / "test", {"bird": 1, "cat": 1}, start_seed=200)
+    report = scan_dataset(tmp_path)
+    assert report.empty_classes == []
+    assert report.class_set_mismatch == {"val": {"missing": ["bird"], "extra": ["birds"]}}
+    with pytest.raises(DataError) as info:
+        report.check()
+    assert str(info.value).endswith(
+        "data check failed: split val has different classes: missing ['bird'], extra ['birds'] "
+        "(compared with train); 'birds' (did you mean: bird?)"
+    )
+    (tmp_path / "val" / "dog").mkdir()  # a folder that is there and empty stays an empty class
+    assert scan_dataset(tmp_path).empty_classes == [("val", "dog")]
+
+
 def test_case_09_same_file_in_train_and_val_is_leakage(tmp_path: Path) -> None:
     make_classes(tmp_path / "train", {"cat": 2, "dog": 2})
     make_classes(tmp_path / "val", {"cat": 1, "dog": 1}, start_seed=100)
