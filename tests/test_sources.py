@@ -389,3 +389,20 @@ def test_given_split_folders_come_in_one_order_under_any_hash_seed(tmp_path):
         proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ds")], env=env,
                               capture_output=True, text=True, check=True)  # fmt: skip
         assert proc.stdout.split() == ["train", "val"], (seed, proc.stdout)
+
+
+def test_case_32_a_csv_row_naming_a_missing_file_is_named_by_its_row(tmp_path, caplog):
+    """The scan skips the file as "file not found" by its absolute path; the CSV's row, which the
+    user has to fix, was named nowhere."""
+    from PIL import Image
+
+    rows = ["path,label"]
+    for i in range(20):
+        Image.new("L", (8, 8), color=i * 10).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'cat' if i % 2 else 'dog'}")
+    rows.insert(4, "photos/nope.png,cat")  # row 5 of the file (row 1 is the header)
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    with caplog.at_level("WARNING", logger="cnnlab.data.sources"):
+        bundle = load_source(_cfg(data=str(tmp_path / "labels.csv"), max_bad_fraction=0.1))
+    assert "1 row(s) name a file that is not there (row 5: 'photos/nope.png')" in caplog.text
+    assert sum(len(s) for s in bundle.splits.values()) == 20  # the row is skipped, not fatal

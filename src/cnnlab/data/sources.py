@@ -413,6 +413,7 @@ def _csv_items(
     root = path.parent.resolve()
     rows, label_columns = _read_csv(path)
     items, seen, seen_rows = [], {}, []  # seen_rows: the CSV row of each item
+    missing: list[str] = []  # "row N: 'path'" of each row whose file is not there
     for row_no, row in enumerate(rows, start=2):  # row 1 is the header
         rel, label, split = row.get("path", ""), row.get("label", ""), row.get("split") or None
         if not rel:
@@ -445,9 +446,18 @@ def _csv_items(
         seen[rel] = label
         seen_rows.append(row_no)
         items.append((root / p, label, split))
-    if not label_columns or label_columns == [
-        "labels"
-    ]:  # class names typed in the rows: name their rows
+        if not full.exists():  # the scan skips it as "file not found", naming no row
+            missing.append(f"row {row_no}: {rel!r}")
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        log.warning(
+            "%s: %d row(s) name a file that is not there (%s); fix the path or remove the row",
+            path, len(missing), shown,
+        )  # fmt: skip
+    # class names typed in the rows (not a 0/1 column per label): name the rows of a typo
+    if not label_columns or label_columns == ["labels"]:
         rows_of: dict[str, list[int]] = {}
         for row_no, (_, label, _) in zip(seen_rows, items, strict=True):
             for lab in label.split(";") if label_columns else [label]:
