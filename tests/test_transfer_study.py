@@ -144,3 +144,22 @@ def test_cli_study_lists_that_are_not_numbers_are_one_line_errors(tmp_path, opti
         "transfer-study", str(tmp_path), "--data", str(tmp_path), option, value,
         names=[f"argument {option}", named],
     )  # fmt: skip
+
+
+def test_cli_study_table_keeps_one_row_per_line(tmp_path, monkeypatch, capsys):
+    """On an 80-column output the table's rows were wrapped mid-cell ('[26.7, \\n80.0] |'): no
+    markdown table to paste any more. The study is replaced by a fixed one."""
+    from cnnlab.cli import main
+
+    runs = [_run(s, k, 0, 0.5, k or 400) for k in (5, None) for s in ("scratch", "fine-tune",
+            "linear-probe", "gradual")]  # fmt: skip
+    study = {"model": "lenet5", "source": "runs/a", "data": "b", "epochs": 3, "seeds": [0],
+             "strategies": ["scratch", "linear-probe", "fine-tune", "gradual"],
+             "summary": summarize(runs)}  # fmt: skip
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(api, "transfer_study", lambda *args, **kwargs: study)
+    assert main(["transfer-study", "runs/a", "--data", "b", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    table = [ln for ln in markdown_table(study).splitlines() if ln.startswith("|")]
+    assert len(table) == 4 and len(table[2]) > 80  # the rows are wider than the terminal
+    assert all(row in printed.splitlines() for row in table)

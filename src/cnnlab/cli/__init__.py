@@ -1089,7 +1089,9 @@ def _transfer_study(args: argparse.Namespace) -> int:
         out=args.out,
         **_train_overrides(args, skip=STUDY_SETS),
     )
-    out.print(markdown_table(study))
+    # one table row per line, however narrow the terminal: wrapped rows are no markdown table
+    # to paste, and "[26.7, 80.0]" is text, not rich markup
+    out.print(markdown_table(study), soft_wrap=True, markup=False)
     out.print(f"study written to {args.out} (study.json, study.md, plot)")
     return 0
 
