@@ -1851,6 +1851,18 @@ def _models(args: argparse.Namespace) -> int:
 
 @command("metrics")
 def _metrics(args: argparse.Namespace) -> int:
+    import warnings
+
+    from cnnlab.metrics.checks import UndefinedMetricWarning
+
+    # An undefined metric is said once, as a "note:" line (or in the JSON's "warnings"); Python's
+    # own display of the warning printed it a second time, with this file's path and code line.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        return _score_predictions_csv(args)
+
+
+def _score_predictions_csv(args: argparse.Namespace) -> int:
     from cnnlab.metrics import classification_metrics
     from cnnlab.metrics.io import (
         is_multilabel_csv,
