@@ -412,3 +412,17 @@ def test_unknown_words_that_are_not_flags_keep_argparses_message(tmp_path):
         "explain", str(tmp_path), "a.png", "b.png",
         names=["unrecognized arguments: b.png", "cnnlab explain --help"],
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "meant"),
+    [
+        (["export", "RUN", "--format", "onyx"], "'onyx' (did you mean: onnx?)"),
+        (["predict", "RUN", "x.png", "--format", "jsn"], "'jsn' (did you mean: json?)"),
+        (["trian"], "'trian' (did you mean: train"),  # a command name is a choice too
+    ],
+)
+def test_an_invalid_choice_gets_the_close_match(args, meant):
+    """argparse's `invalid choice: 'onyx' (choose from ...)` came without the hint every other
+    unknown name in cnnlab gets."""
+    assert_user_error(*args, names=[f"invalid choice: {meant}", "(choose from "])

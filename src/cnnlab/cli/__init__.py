@@ -17,6 +17,7 @@ import gc
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -285,6 +286,13 @@ class _Parser(argparse.ArgumentParser):
     default prints the whole usage first); `--help` still shows everything."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse's "invalid choice: 'onyx' (choose from 'onnx', ...)" gets the close match
+        # that every other unknown name in cnnlab gets
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if choice:
+            allowed = re.findall(r"'([^']*)'", choice.group(2)) or choice.group(2).split(", ")
+            hint = close_matches(choice.group(1), allowed)
+            message = message[: choice.end(1) + 1] + hint + message[choice.end(1) + 1 :]
         err.print(f"[red]error:[/] {escape(message)} (see {self.prog} --help)", soft_wrap=True)
         raise SystemExit(2)
 
