@@ -339,3 +339,90 @@ def test_video(work: Path) -> None:
     )  # fmt: skip
     proc = ok("video", "evaluate", str(runs / "vid"), "--json", "--out", str(work / "v-eval"))
     assert "accuracy" in proc.stdout
+
+
+@pytest.mark.parametrize("command", ["predict", "explain", "serve"])
+@pytest.mark.parametrize("value", ["0", "-2", "abc"])
+def test_top_k_below_one_is_refused_by_name(tmp_path, command, value):
+    """`predict --top-k 0` once printed one class as if it had been asked for (argparse's int let
+    0 and -2 through and the driver clamped them to 1); refused while the command line is read."""
+    args = [command, str(tmp_path)] + (["x.png"] if command != "serve" else [])
+    assert_user_error(*args, f"--top-k={value}", names=["argument --top-k", f"'{value}'"])
+
+
+def test_prediction_driver_refuses_top_k_below_one():
+    from cnnlab.config import PreprocessSpec
+    from cnnlab.engine.predict import predict_files
+    from cnnlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--top-k must be a whole number >= 1, got 0"):
+        spec = PreprocessSpec(image_size=8, in_channels=1, mean=(0.5,), std=(0.5,))
+        predict_files(["x.png"], spec, ["a", "b"], lambda x: x, top_k=0)
+
+
+def test_an_output_path_through_a_file_is_one_line_and_leaves_the_file_alone(tmp_path):
+    """`--out photo.jpg/x.png` (a file where a folder must be) was NotADirectoryError's traceback;
+    every command that writes now says the path in one line, exit 2, and the file is untouched."""
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8 the user's photo")
+    line = assert_user_error(
+        "conv", "--x", "1 2; 3 4", "--w", "1 1; 1 1", "--out", str(photo / "x.png"),
+        names=[str(photo / "x.png"), "a part of this path is a file, not a folder"],
+    )  # fmt: skip
+    assert "give another path" in line
+    assert photo.read_bytes() == b"\xff\xd8 the user's photo"
+
+
+@pytest.mark.slow
+def test_explain_and_export_into_a_file_are_one_line_errors(
+    run: Path, digits: list[Path], tmp_path
+):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8 the user's photo")
+    assert_user_error(  # explain makes RUN/.../figures under --out: the file is in the way
+        "explain", str(run), str(digits[0]), "--out", str(photo),
+        names=[str(photo), "a part of this path is a file, not a folder"],
+    )  # fmt: skip
+    assert_user_error(
+        "export", str(run), "--out", str(photo / "model.onnx"),
+        names=[str(photo), "a file is where a folder is needed"],
+    )  # fmt: skip
+    assert photo.read_bytes() == b"\xff\xd8 the user's photo"
+
+
+@pytest.mark.parametrize(
+    ("given", "meant"),
+    [
+        (["--batchsize", "8"], "--batch-size"),  # a typo: the closest flag
+        (["--learning-rate=0.1"], "--lr"),  # another toolkit's name: cnnlab's first
+        (["--imgsz", "32"], "--image-size"),
+    ],
+)
+def test_an_unknown_flag_is_answered_by_its_command_with_the_closest_flags(tmp_path, given, meant):
+    """argparse answered `unrecognized arguments: --batchsize 8 (see cnnlab --help)`: no hint,
+    and the top-level help, which lists no option of train."""
+    line = assert_user_error(
+        "train", "--data", str(tmp_path), *given, names=[f"(did you mean: {meant}", "train --help"]
+    )
+    assert line.startswith(f"error: unknown option {given[0]}")
+
+
+def test_unknown_words_that_are_not_flags_keep_argparses_message(tmp_path):
+    assert_user_error(
+        "explain", str(tmp_path), "a.png", "b.png",
+        names=["unrecognized arguments: b.png", "cnnlab explain --help"],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "meant"),
+    [
+        (["export", "RUN", "--format", "onyx"], "'onyx' (did you mean: onnx?)"),
+        (["predict", "RUN", "x.png", "--format", "jsn"], "'jsn' (did you mean: json?)"),
+        (["trian"], "'trian' (did you mean: train"),  # a command name is a choice too
+    ],
+)
+def test_an_invalid_choice_gets_the_close_match(args, meant):
+    """argparse's `invalid choice: 'onyx' (choose from ...)` came without the hint every other
+    unknown name in cnnlab gets."""
+    assert_user_error(*args, names=[f"invalid choice: {meant}", "(choose from "])

@@ -49,3 +49,15 @@ def test_lr_auto_is_accepted_and_other_words_are_not():
     assert make_config(TrainConfig, lr="0.2").lr == 0.2
     with pytest.raises(ConfigError, match="lr must be a number or 'auto'"):
         make_config(TrainConfig, lr="fast")
+
+
+def test_an_option_name_of_another_toolkit_is_answered_with_cnnlabs_name():
+    """`learning_rate` in a config file was answered "did you mean: erasing_prob, private?"."""
+    from cnnlab.errors import close_matches
+
+    with pytest.raises(ConfigError, match=r"unknown option 'learning_rate' \(did you mean: lr, "):
+        make_config(TrainConfig, learning_rate=0.1)
+    assert close_matches("--imgsz", ["--image-size", "--lr"]).startswith(
+        " (did you mean: --image-size"
+    )
+    assert close_matches("lr0", ["image_size", "weight_decay"]) == ""  # only a name that exists

@@ -306,7 +306,7 @@ def test_out_of_fold_csv_holds_each_sample_once_and_cnnlab_metrics_reads_it(tmp_
     [
         (["--folds", "1"], "option folds must be >= 2, got 1"),
         (["--folds", "200"], "--folds 200: classes with fewer samples than folds"),
-        (["--test-fraction", "0.2"], "unrecognized arguments: --test-fraction"),
+        (["--test-fraction", "0.2"], "unknown option --test-fraction"),  # cv has no test split
     ],
 )
 def test_cv_user_errors_are_one_line(tmp_path, capsys, argv, named):

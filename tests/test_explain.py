@@ -371,3 +371,24 @@ def test_explain_image_end_to_end(digits_run: Path, tmp_path: Path) -> None:
         explain_image(digits_run, tmp_path / "missing.png")
     with pytest.raises(ConfigError, match="did you mean"):
         explain_image(digits_run, tmp_path / "zero.png", methods=("gradcamm",))
+
+
+def test_two_images_of_the_same_name_get_two_explain_folders(tmp_path):
+    """cat/001.png and then dog/001.png once shared RUN/explain/001/: the second page silently
+    replaced the first. The same image explained again keeps its folder."""
+    import json
+
+    from cnnlab.report.explain_page import default_explain_dir
+
+    cat, dog = tmp_path / "cat" / "001.png", tmp_path / "dog" / "001.png"
+    first = default_explain_dir(tmp_path / "run", cat)
+    assert first == tmp_path / "run" / "explain" / "001"
+    first.mkdir(parents=True)
+    (first / "explain.json").write_text(json.dumps({"image": str(cat)}))
+    assert default_explain_dir(tmp_path / "run", cat) == first
+    second = default_explain_dir(tmp_path / "run", dog)
+    assert second == tmp_path / "run" / "explain" / "001-2"
+    second.mkdir()
+    (second / "explain.json").write_text(json.dumps({"image": str(dog)}))
+    assert default_explain_dir(tmp_path / "run", dog) == second
+    assert default_explain_dir(tmp_path / "run", tmp_path / "fox" / "001.png").name == "001-3"

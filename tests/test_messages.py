@@ -90,6 +90,9 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "cli/runs.py": ("runs",),
     "tasks/classify/evaluate.py:evaluate": ("evaluate",),
     "tasks/classify/predict.py:predict": ("predict",),
+    "engine/predict.py:predict_files": ("predict",),  # --top-k (a run or an exported model)
+    "cli/__init__.py:_score_predictions_csv": ("metrics",),  # --threshold
+    "transfer/embed.py:embed": ("embed",),  # --split
     "tasks/classify/operating_point.py": ("evaluate",),  # --positive / --target / replacing
     "api.py:evaluate": ("evaluate",),  # --positive / --target of a run of another task
     "api.py:_tta_option": ("evaluate", "predict"),  # --tta of a run of another task

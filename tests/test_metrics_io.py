@@ -169,3 +169,29 @@ def test_missing_file_and_directory(tmp_path):
     latin1.write_bytes("label,pred\ncaf\xe9,caf\xe9\n".encode("latin-1"))
     with pytest.raises(DataError, match="UTF-8"):
         read_predictions_csv(latin1)
+
+
+@pytest.mark.parametrize(
+    ("text", "note"),
+    [
+        ("label,pred\ncat,cat\ndog,cat\ncat,cat\nfox,cat\n", "precision is undefined for class"),
+        ("labels,score_cat,score_dog\ncat;dog,0.9,0.8\n,0.1,0.3\n", "samples recall is undefined"),
+    ],
+)
+def test_metrics_command_says_an_undefined_metric_once_as_a_note(tmp_path, capsys, text, note):
+    """Python displayed each UndefinedMetricWarning on stderr with cnnlab's source path and code
+    line ('cli/__init__.py:1867: UndefinedMetricWarning: ... metrics = multilabel_metrics('),
+    before the same text came again as a note."""
+    import warnings
+
+    from cnnlab.cli import main
+    from cnnlab.metrics.checks import UndefinedMetricWarning
+
+    csv_file = tmp_path / "scores.csv"
+    csv_file.write_text(text)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        assert main(["metrics", str(csv_file)]) == 0
+    assert not [w for w in shown if issubclass(w.category, UndefinedMetricWarning)]
+    err = capsys.readouterr().err
+    assert err.count(note) == 1 and "note:" in err

@@ -736,7 +736,11 @@ def test_imagenet_weights_offline_fail_clearly(monkeypatch):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
-    with pytest.raises(CheckpointError, match=r"could not download.*weights=PATH"):
+    # the way out is said as a command-line user types it (it said only `weights=PATH`)
+    with pytest.raises(
+        CheckpointError,
+        match=r"could not download.*`cnnlab train --weights PATH`, `cnnlab finetune --from PATH`",
+    ):
         create_model("resnet18", num_classes=10, weights="imagenet")
 
 

@@ -138,3 +138,34 @@ def test_predict_json_has_labels_only_for_a_multilabel_run(
         assert row["labels"] == [list(x) for x in labels] and row["answer"] == "cat;dog"
     else:
         assert "labels" not in row and row["answer"] == "cat" and row["top"][0] == ["cat", 0.9]
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_predict_table_shows_every_image_path_whole(
+    multilabel: bool, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A folder's files share a long prefix: on an 80-column output the image column once cut
+    each path to the same '/…/holiday-photos/s…', so no row could be told from the next. Each
+    path is now shown whole (folded over lines), and a name rich would read as markup
+    ('[red]x.png') is printed as it is. The model is replaced by fixed answers."""
+    from cnnlab import api
+    from cnnlab.engine.predict import Prediction
+
+    folder = "/data/users/someone/holiday-photos-2026/unsorted"
+    paths = [f"{folder}/{name}" for name in ("beach_0001.jpg", "[red]beach_0002.jpg", "x.txt")]
+    labels = [("cat", 0.9, 0.5), ("dog", 0.1, 0.5)] if multilabel else None
+    answers = [
+        Prediction(paths[0], top=[("cat", 0.9), ("dog", 0.1)], labels=labels),
+        Prediction(paths[1], top=[("dog", 0.8), ("cat", 0.2)], labels=labels),
+        Prediction(paths[2], error="not an image (cannot identify format)"),
+    ]
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(api, "recorded_task", lambda run: "classification")
+    monkeypatch.setattr(api, "predict", lambda *args, **kwargs: answers)
+    monkeypatch.setattr(api, "operating_point", lambda run: None)
+    assert main(["predict", str(tmp_path), *paths]) == 1  # one file is not an image
+    # the image column's pieces, line after line, put back together
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("│")]
+    assert len(lines) > 3
+    column = "".join(ln.split("│")[1].strip() for ln in lines)
+    assert column == "".join(paths)

@@ -226,3 +226,23 @@ def test_clean_keep_last_still_keeps_the_best_weights(tmp_path: Path):
     assert "epoch-0003.safetensors" not in {p.name for p in plan.files}
     with pytest.raises(ConfigError, match="--keep 'bset'"):
         clean_plan([run], "bset")
+
+
+def test_the_table_of_runs_shows_each_run_name_on_80_columns(runs_folder: Path):
+    """On an 80-column output (a pipe, a small terminal) the unwrappable task, metric and date
+    columns squeezed run, model and data to zero width: a table of runs without run names."""
+    import io
+
+    from rich.console import Console
+
+    from cnnlab.cli.runs import _table
+
+    long_name = "resnet18-holiday-photos-20261206-181742"
+    (runs_folder / "cls").rename(runs_folder / long_name)
+    rows, _ = read_runs(runs_folder)
+    console = Console(width=80, file=io.StringIO(), color_system=None)
+    console.print(_table(rows, str(runs_folder)))
+    lines = console.file.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    cells = [line.split("│")[1].strip() for line in lines if line.startswith("│")]
+    assert long_name in "".join(cells)  # folded over lines, but whole

@@ -178,7 +178,9 @@ def test_case_08_a_class_absent_from_one_split_is_a_mismatch_not_an_empty_folder
     reason = err.value.reason
     assert "empty classes (no usable images): test/cat;" in reason
     assert "train/emu" not in reason
-    assert "split train has different classes: missing ['emu'], extra []" in reason
+    assert (
+        "split val has different classes: missing [], extra ['emu'] (compared with train)" in reason
+    )
     assert "give every split the same class folders" in reason
 
 
@@ -197,6 +199,27 @@ def test_check_words_its_messages_for_videos(tmp_path: Path) -> None:
     assert "1 of 5 video files unusable (20.0%, limit 10%: --max-bad-fraction)" in reason
     assert "empty classes (no usable videos): up; add videos to them" in reason
     assert "image" not in reason and "cnnlab data check" not in reason
+
+
+def test_case_08_a_class_folder_spelt_differently_in_val_is_a_mismatch_not_empty(tmp_path):
+    """val/birds beside train/bird and test/bird: compared with the union, every split was
+    'missing' the other spelling, nothing was 'extra', and test/birds, train/birds and val/bird
+    were called empty classes whose folders should be filled or removed (none of them exists)."""
+    make_classes(tmp_path / "train", {"bird": 2, "cat": 2})
+    make_classes(tmp_path / "val", {"birds": 1, "cat": 1}, start_seed=100)
+    make_classes(tmp_path / "test", {"bird": 1, "cat": 1}, start_seed=200)
+    report = scan_dataset(tmp_path)
+    assert report.empty_classes == []
+    assert report.class_set_mismatch == {"val": {"missing": ["bird"], "extra": ["birds"]}}
+    with pytest.raises(DataError) as info:
+        report.check()
+    assert str(info.value).endswith(
+        "data check failed: split val has different classes: missing ['bird'], extra ['birds'] "
+        "(compared with train); 'birds' (did you mean: bird?); give every split the same class "
+        "folders"
+    )
+    (tmp_path / "val" / "dog").mkdir()  # a folder that is there and empty stays an empty class
+    assert scan_dataset(tmp_path).empty_classes == [("val", "dog")]
 
 
 def test_case_09_same_file_in_train_and_val_is_leakage(tmp_path: Path) -> None:

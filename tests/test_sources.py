@@ -240,8 +240,36 @@ def test_case_34_labels_that_differ_only_in_case_or_spaces_are_refused(tmp_path)
         rows.append(f"{i}.png,{label}")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     # "cat " is read as "cat" (cells are stripped); "Cat" is a near-duplicate: refused, both named
-    with pytest.raises(DataError, match=r"differ only in case/spaces: \[\['Cat', 'cat'\]\]"):
+    # the message names the CSV and the rows of each spelling: row 4 holds the typo
+    with pytest.raises(
+        DataError,
+        match=r"labels.csv: class names that differ only in case/spaces: "
+        r"'Cat' \(row 4\) vs 'cat' \(rows 2, 3, 5\); make them identical",
+    ):
         load_source(_cfg(data=str(tmp_path / "labels.csv")))
+
+
+def test_case_34_a_multilabel_csv_label_typo_names_its_row(tmp_path):
+    from PIL import Image
+
+    rows = ["path,labels"]
+    for i, labels in enumerate(["cat;dog", "dog", "Dog;cat", "cat", "dog;cat", "cat"]):
+        Image.new("L", (8, 8), color=i * 10).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{labels}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"'Dog' \(row 4\) vs 'dog' \(rows 2, 3, 6\)"):
+        load_source(_cfg(data=str(tmp_path / "labels.csv")))
+
+
+def test_case_34_class_folders_that_differ_only_in_case_are_named(tmp_path):
+    from PIL import Image
+
+    for name in ("cat", "Cat", "dog"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.new("L", (8, 8), color=i * 10).save(tmp_path / name / f"{i}.png")
+    with pytest.raises(DataError, match=r"case/spaces: 'Cat' vs 'cat'; make them identical"):
+        load_source(_cfg(data=str(tmp_path)))
 
 
 def test_case_37_too_few_samples_for_a_stratified_split_names_the_counts():
@@ -361,3 +389,20 @@ def test_given_split_folders_come_in_one_order_under_any_hash_seed(tmp_path):
         proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ds")], env=env,
                               capture_output=True, text=True, check=True)  # fmt: skip
         assert proc.stdout.split() == ["train", "val"], (seed, proc.stdout)
+
+
+def test_case_32_a_csv_row_naming_a_missing_file_is_named_by_its_row(tmp_path, caplog):
+    """The scan skips the file as "file not found" by its absolute path; the CSV's row, which the
+    user has to fix, was named nowhere."""
+    from PIL import Image
+
+    rows = ["path,label"]
+    for i in range(20):
+        Image.new("L", (8, 8), color=i * 10).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'cat' if i % 2 else 'dog'}")
+    rows.insert(4, "photos/nope.png,cat")  # row 5 of the file (row 1 is the header)
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    with caplog.at_level("WARNING", logger="cnnlab.data.sources"):
+        bundle = load_source(_cfg(data=str(tmp_path / "labels.csv"), max_bad_fraction=0.1))
+    assert "1 row(s) name a file that is not there (row 5: 'photos/nope.png')" in caplog.text
+    assert sum(len(s) for s in bundle.splits.values()) == 20  # the row is skipped, not fatal

@@ -269,3 +269,21 @@ def test_list_images_matches_a_recursive_glob_and_skips_hidden(tmp_path):
         "top.bmp",
     ]  # "cls" < "cls 2" < "cls-1"
     assert api.list_images([tmp_path / "top.bmp", tmp_path / "cls"])[0] == tmp_path / "top.bmp"
+
+
+def test_list_images_refuses_a_folder_without_images(tmp_path):
+    """`cnnlab predict RUN folder/` on a folder of text files (or only hidden images) printed an
+    empty table with exit 0; the folder is now named, with what was in it."""
+    from cnnlab.errors import DataError
+
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / ".hidden.png").write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(
+        DataError, match=r"no image files in this folder or below it \(1 other files\)"
+    ):
+        api.list_images([tmp_path])
+    with pytest.raises(
+        DataError, match=r"empty: no image files .*\(0 other files\); image files end in"
+    ):
+        api.list_images([tmp_path / "empty"])

@@ -444,3 +444,12 @@ def test_lr_find_repeats_exactly_and_follows_its_formulas(tmp_path):
     assert a["lrs"][0] <= a["suggested_lr"] <= a["lrs"][-1]
     png = plot_lr_find(a, tmp_path / "lr.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_embed_names_an_unknown_split_with_the_closest(tmp_path):
+    """`cnnlab embed RUN --split tst` said "split='tst' is not one of ...": the Python keyword,
+    not the flag, and no close match. Refused before any model is loaded."""
+    from cnnlab.transfer.embed import embed
+
+    with pytest.raises(ConfigError, match=r"--split 'tst' is not a split \(did you mean: test\?\)"):
+        embed(tmp_path / "no-run", split="tst")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_process import assert_user_error
 
 from cnnlab import api
 from cnnlab.errors import ConfigError
@@ -48,8 +49,11 @@ def test_summary_table_and_plot_of_a_study(tmp_path):
 
 
 def test_study_rejects_unknown_strategies_and_fields_it_sets_itself(tmp_path):
-    with pytest.raises(ConfigError, match="unknown strategy 'finetune'"):
+    with pytest.raises(ConfigError, match=r"unknown strategy 'finetune'.*did you mean: fine-tune"):
         transfer_study("imagenet", "builtin:digits", strategies=("finetune",), out=tmp_path)
+    # 0 labels per class once reached the loader as "option batch_size must be > 0"
+    with pytest.raises(ConfigError, match=r"shots=0: each is the number of labelled images"):
+        transfer_study("imagenet", "builtin:digits", shots=(5, 0), model="lenet5", out=tmp_path)
     with pytest.raises(ConfigError, match="sets 'init_from' itself"):
         transfer_study("imagenet", "builtin:digits", model="lenet5", out=tmp_path, init_from="x")
     with pytest.raises(ConfigError, match="pass model=NAME"):
@@ -124,3 +128,38 @@ def test_lecture_example_fine_tuning_from_task_a_beats_scratch_on_task_b(tmp_pat
     ids = [json.loads((r.run_dir / "splits.json").read_text())["splits"]["test"]
            for r in (scratch, tuned)]  # fmt: skip
     assert ids[0] == ids[1]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [
+        ("--seeds", "0,a", "'a' in '0,a' is not a whole number"),  # was int()'s traceback
+        ("--shots", "5,x", "'x' in '5,x' is not a whole number >= 0 or all"),
+        ("--shots", "0,all", "0 in '0,all': each is the number of labelled images per class"),
+    ],
+)
+def test_cli_study_lists_that_are_not_numbers_are_one_line_errors(tmp_path, option, value, named):
+    """Refused while the command line is read (no torch, no run needed), naming the option."""
+    assert_user_error(
+        "transfer-study", str(tmp_path), "--data", str(tmp_path), option, value,
+        names=[f"argument {option}", named],
+    )  # fmt: skip
+
+
+def test_cli_study_table_keeps_one_row_per_line(tmp_path, monkeypatch, capsys):
+    """On an 80-column output the table's rows were wrapped mid-cell ('[26.7, \\n80.0] |'): no
+    markdown table to paste any more. The study is replaced by a fixed one."""
+    from cnnlab.cli import main
+
+    runs = [_run(s, k, 0, 0.5, k or 400) for k in (5, None) for s in ("scratch", "fine-tune",
+            "linear-probe", "gradual")]  # fmt: skip
+    study = {"model": "lenet5", "source": "runs/a", "data": "b", "epochs": 3, "seeds": [0],
+             "strategies": ["scratch", "linear-probe", "fine-tune", "gradual"],
+             "summary": summarize(runs)}  # fmt: skip
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(api, "transfer_study", lambda *args, **kwargs: study)
+    assert main(["transfer-study", "runs/a", "--data", "b", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    table = [ln for ln in markdown_table(study).splitlines() if ln.startswith("|")]
+    assert len(table) == 4 and len(table[2]) > 80  # the rows are wider than the terminal
+    assert all(row in printed.splitlines() for row in table)

@@ -43,9 +43,43 @@ class WriteError(CnnlabError, OSError):
     Also an OSError, so code that handles I/O failures keeps handling it."""
 
 
+#: Option names of other toolkits (Keras, Ultralytics, timm, Lightning) -> cnnlab's PyTorch
+#: spellings. Spelling distance cannot find these: `learning_rate` was answered "did you mean:
+#: erasing_prob, private?".
+OPTION_SYNONYMS: dict[str, str] = {
+    "learning_rate": "lr",
+    "lr0": "lr",
+    "imgsz": "image_size",
+    "img_size": "image_size",
+    "input_size": "image_size",
+    "batchsize": "batch_size",
+    "bs": "batch_size",
+    "num_epochs": "epochs",
+    "max_epochs": "epochs",
+    "optim": "optimizer",
+    "wd": "weight_decay",
+    "arch": "model",
+    "backbone": "model",
+    "num_workers": "workers",
+    "dataset": "data",
+}
+
+
 def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:
-    """' (did you mean: a, b?)' or '' -- used in every 'unknown X' message."""
-    found = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.5)
+    """' (did you mean: a, b?)' or '' -- used in every 'unknown X' message.
+
+    An option name of another toolkit (``learning_rate``, ``--imgsz``) comes first with cnnlab's
+    own name for it, in the same form (``lr``, ``--image-size``), when that is a choice."""
+    choices = list(choices)
+    found = []
+    synonym = OPTION_SYNONYMS.get(word.lstrip("-").replace("-", "_").lower())
+    if synonym is not None:
+        flag = "--" + synonym.replace("_", "-")
+        found += [c for c in (synonym, flag) if c in choices]
+    found += [
+        c for c in difflib.get_close_matches(word, choices, n=n, cutoff=0.5) if c not in found
+    ]
+    found = found[:n]
     return f" (did you mean: {', '.join(found)}?)" if found else ""
 
 

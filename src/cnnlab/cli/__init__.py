@@ -17,6 +17,7 @@ import gc
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -242,13 +243,87 @@ RELOCATED_HELP = (
 )
 
 
+def _whole_numbers(text: str, *, allow_all: bool, example: str) -> list[int | None]:
+    """'5,10,all' -> [5, 10, None]; anything else an argparse error naming the piece (argparse
+    prints it as one line on the option, exit code 2; a bare int() here was a traceback)."""
+    pieces = [s.strip() for s in text.split(",")]
+    values: list[int | None] = []
+    for piece in pieces:
+        if allow_all and piece == "all":
+            values.append(None)
+        elif piece.isdigit():
+            values.append(int(piece))
+        else:
+            raise argparse.ArgumentTypeError(
+                f"{piece!r} in {text!r} is not a whole number >= 0"
+                f"{' or all' if allow_all else ''}; write e.g. {example}"
+            )
+    return values
+
+
+def _positive_int(text: str) -> int:
+    """A count such as --top-k: a whole number >= 1 (argparse's int let 0 and -2 through, and
+    predict then showed one class as if nothing were wrong)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1; write e.g. 3")
+    return int(text)
+
+
+def _shot_list(text: str) -> list[int | None]:
+    shots = _whole_numbers(text, allow_all=True, example="5,10,50,all")
+    if 0 in shots:  # no labelled image per class trains nothing
+        raise argparse.ArgumentTypeError(
+            f"0 in {text!r}: each is the number of labelled images per class, 1 or more, or all"
+        )
+    return shots
+
+
+def _seed_list(text: str) -> list[int]:
+    return [int(s) for s in _whole_numbers(text, allow_all=False, example="0,1,2") if s is not None]
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with cnnlab's error shape: one line naming the option, exit code 2 (argparse's
     default prints the whole usage first); `--help` still shows everything."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse's "invalid choice: 'onyx' (choose from 'onnx', ...)" gets the close match
+        # that every other unknown name in cnnlab gets
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if choice:
+            allowed = re.findall(r"'([^']*)'", choice.group(2)) or choice.group(2).split(", ")
+            hint = close_matches(choice.group(1), allowed)
+            message = message[: choice.end(1) + 1] + hint + message[choice.end(1) + 1 :]
         err.print(f"[red]error:[/] {escape(message)} (see {self.prog} --help)", soft_wrap=True)
         raise SystemExit(2)
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        """argparse's, but an unknown flag is refused by the command it was given to, with the
+        closest of that command's flags: argparse said `unrecognized arguments: --batchsize 8
+        (see cnnlab --help)`, from the top parser, which knows no command's options."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = self._command_parser(parsed)
+            flags = [s for a in command._actions for s in a.option_strings if s.startswith("--")]
+            hints = [
+                f"{word}{close_matches(word.split('=')[0], flags)}"
+                for word in extras
+                if word.startswith("-")
+            ]
+            if hints:
+                command.error(f"unknown option{'s' * (len(hints) > 1)} {', '.join(hints)}")
+            command.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def _command_parser(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The (sub)command's own parser: `train`, `segment train`, ... (self without one)."""
+        parser: argparse.ArgumentParser = self
+        while True:
+            subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            name = getattr(parsed, subs[0].dest, None) if subs else None
+            if name is None or name not in subs[0].choices:
+                return parser
+            parser = subs[0].choices[name]
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -379,7 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="cnnlab run / checkpoint of task A, imagenet, or a weights file")
     p.add_argument("--data", required=True, help="the target dataset (task B)")
     p.add_argument(
-        "--shots", default="5,10,50,all", help="labels per class to try (default 5,10,50,all)"
+        "--shots",
+        type=_shot_list,
+        default="5,10,50,all",
+        help="labels per class to try, comma-separated whole numbers or 'all' (default 5,10,50,all)",
     )
     p.add_argument(
         "--strategies",
@@ -388,7 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default=None, help="the zoo model (default: the source run's)")
     p.add_argument("--epochs", type=int, default=10, help="epochs of each run of the study")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds: each setting once per seed")
+    p.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default="0",
+        help="comma-separated seeds: each setting once per seed",
+    )
     p.add_argument("--out", default="runs/transfer-study", help="folder for the study and its runs")
     # every other training option goes to each run of the study (the study sets these itself)
     add_train_options(p, skip=STUDY_SETS, config_file=False)
@@ -461,7 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files or folders (a video for a video run)")
     p.add_argument("--out", default=None, help="output folder (segmentation, detection, video)")
     p.add_argument(
-        "--top-k", type=int, default=3, help="classes shown per image, most probable first"
+        "--top-k",
+        type=_positive_int,
+        default=3,
+        help="classes shown per image, most probable first",
     )
     p.add_argument(
         "--format",
@@ -522,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--top-k",
-        type=int,
+        type=_positive_int,
         default=3,
         help="CAMs for the k best classes (segmentation: the k largest predicted classes; "
         "detection: the k best boxes)",
@@ -624,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds an upload may wait for its turn before a 503 (10)",
     )
-    p.add_argument("--top-k", type=int, default=5, help="classes shown per image")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="classes shown per image")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     _add_precision(p)
     p.add_argument("--tta", metavar="VIEWS", default=None, help=SERVE_TTA_HELP)
@@ -1000,7 +1086,7 @@ def _transfer_study(args: argparse.Namespace) -> int:
     from cnnlab import api
     from cnnlab.transfer.study import markdown_table
 
-    shots = [None if s.strip() == "all" else int(s) for s in args.shots.split(",")]
+    shots = args.shots  # [int | None]: parsed and checked by _shot_list
     study = api.transfer_study(
         args.source,
         args.data,
@@ -1008,11 +1094,13 @@ def _transfer_study(args: argparse.Namespace) -> int:
         model=args.model,
         epochs=args.epochs,
         strategies=[s.strip() for s in args.strategies.split(",")],
-        seeds=[int(s) for s in args.seeds.split(",")],
+        seeds=args.seeds,
         out=args.out,
         **_train_overrides(args, skip=STUDY_SETS),
     )
-    out.print(markdown_table(study))
+    # one table row per line, however narrow the terminal: wrapped rows are no markdown table
+    # to paste, and "[26.7, 80.0]" is text, not rich markup
+    out.print(markdown_table(study), soft_wrap=True, markup=False)
     out.print(f"study written to {args.out} (study.json, study.md, plot)")
     return 0
 
@@ -1544,18 +1632,18 @@ def _predict(args: argparse.Namespace) -> int:
         if domain:
             columns.append("in domain?")
         for c in columns:
-            t.add_column(c)
+            t.add_column(c, **_IMAGE_COLUMN if c == "image" else {})
         for p in preds:
             if p.error:
                 t.add_row(
-                    p.path, *([""] if point else []), "[red]error[/]", "", p.error,
+                    escape(p.path), *([""] if point else []), "[red]error[/]", "", escape(p.error),
                     *([""] if domain else []),
                 )  # fmt: skip
                 continue
-            rest = ", ".join(f"{n} {pr:.3f}" for n, pr in p.top[1:])
+            rest = ", ".join(f"{escape(n)} {pr:.3f}" for n, pr in p.top[1:])
             if p.unknown:  # the best guess moves to "next"
-                rest = ", ".join(f"{n} {pr:.3f}" for n, pr in p.top)
-            cells = [p.path, escape(p.answer or ""), f"{p.top[0][1]:.4f}", rest]
+                rest = ", ".join(f"{escape(n)} {pr:.3f}" for n, pr in p.top)
+            cells = [escape(p.path), escape(p.answer or ""), f"{p.top[0][1]:.4f}", rest]
             if point and p.decision:
                 d = p.decision
                 verdict = "positive" if d["positive"] else "negative"
@@ -1569,6 +1657,13 @@ def _predict(args: argparse.Namespace) -> int:
             t.add_row(*cells)
         out.print(t)
     return 1 if any(p.error for p in preds) else 0
+
+
+#: A prediction table's image column shows the whole path, folded over lines when the terminal
+#: is narrow: rich's default ellipsis cut every file of a folder to the same prefix
+#: ("/photos/holid…"), so a row could not be told from the next. Paths are escaped, since a
+#: file named "[red]x.jpg" is markup to rich.
+_IMAGE_COLUMN: dict[str, Any] = {"overflow": "fold"}
 
 
 def _print_multilabel_predictions(preds: list[Any], fmt: str) -> None:
@@ -1595,15 +1690,15 @@ def _print_multilabel_predictions(preds: list[Any], fmt: str) -> None:
         return
     t = Table(show_header=True)
     for c in ("image", "labels (probability >= threshold)", "others"):
-        t.add_column(c)
+        t.add_column(c, **_IMAGE_COLUMN if c == "image" else {})
     for p in preds:
         if p.error:
-            t.add_row(p.path, "[red]error[/]", p.error)
+            t.add_row(escape(p.path), "[red]error[/]", escape(p.error))
             continue
         chosen = p.predicted_labels
         shown = ", ".join(f"{escape(n)} {pr:.3f} (>= {thr:.3g})" for n, pr, thr in chosen)
         rest = ", ".join(f"{escape(n)} {pr:.3f}" for n, pr, thr in p.labels if pr < thr)
-        t.add_row(p.path, shown or "[dim]none[/]", rest)
+        t.add_row(escape(p.path), shown or "[dim]none[/]", rest)
     out.print(t)
 
 
@@ -1765,6 +1860,18 @@ def _models(args: argparse.Namespace) -> int:
 
 @command("metrics")
 def _metrics(args: argparse.Namespace) -> int:
+    import warnings
+
+    from cnnlab.metrics.checks import UndefinedMetricWarning
+
+    # An undefined metric is said once, as a "note:" line (or in the JSON's "warnings"); Python's
+    # own display of the warning printed it a second time, with this file's path and code line.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        return _score_predictions_csv(args)
+
+
+def _score_predictions_csv(args: argparse.Namespace) -> int:
     from cnnlab.metrics import classification_metrics
     from cnnlab.metrics.io import (
         is_multilabel_csv,
@@ -2056,6 +2163,21 @@ def _main(argv: Sequence[str] | None) -> int:
     except FileNotFoundError as e:  # a path the user gave that vanished between checks
         err.print(f"[red]error:[/] {escape(str(e.filename or e))}: not found")
         return 2
+    except (NotADirectoryError, FileExistsError, IsADirectoryError, PermissionError) as e:
+        # an output path the user gave runs into a file (`--out photo.jpg` for a folder) or a
+        # folder they may not write: every command that writes ends here, not in a traceback
+        reason = _PATH_REASONS[type(e)]
+        err.print(f"[red]error:[/] {escape(str(e.filename or e))}: {reason}", soft_wrap=True)
+        return 2
+
+
+#: One line per path fault of the operating system (the path is printed before it).
+_PATH_REASONS: dict[type[OSError], str] = {
+    NotADirectoryError: "a part of this path is a file, not a folder; give another path",
+    FileExistsError: "a file is where a folder is needed; give another path or move the file",
+    IsADirectoryError: "is a folder where a file is needed; give a file path",
+    PermissionError: "permission denied; give a path you may read and write, or fix its rights",
+}
 
 
 if __name__ == "__main__":

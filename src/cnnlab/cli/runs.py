@@ -83,8 +83,10 @@ def _table(rows: list[rt.RunRow], folder: str) -> Table:
     for name, justify in (("run", "left"), ("task", "left"), ("model", "left"), ("data", "left"),
                           ("main metric [95% CI]", "left"), ("epochs", "right"),
                           ("time", "right"), ("size", "right"), ("date", "left")):  # fmt: skip
+        # only the short numbers never wrap: with task, metric and date unwrappable too, an
+        # 80-column output squeezed run, model and data to nothing (no run name in a table of runs)
         t.add_column(
-            name, justify=justify, overflow="fold", no_wrap=name not in ("run", "model", "data")
+            name, justify=justify, overflow="fold", no_wrap=name in ("epochs", "time", "size")
         )
     for r in rows:
         epochs = f"{r.epochs_done}/{r.epochs}" if r.epochs is not None else str(r.epochs_done)

@@ -51,7 +51,7 @@ from cnnlab.data.decode import (
     decode_image,
     read_image_bytes,
 )
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.errors import ConfigError, DataError, close_matches
 
 log = logging.getLogger(__name__)
 
@@ -581,17 +581,15 @@ class ScanReport:
         has_labels = any(r.label is not None for r in self.records) or bool(self.split_classes)
         if not has_labels:
             return []
-        # a class that has a folder in another split but none in this one is a class-set
-        # mismatch (said as such), not an empty folder: "remove their folders" would name a folder
-        # that is not there. A declared class absent from every split stays an empty class.
-        elsewhere = {c for present in self.split_classes.values() for c in present}
-        several = len(self.split_classes) > 1
+        # A class that another split has but this one lacks altogether (no folder, no row) is
+        # a class mismatch (class_set_mismatch), not an empty class: "add images to val/birds or
+        # remove its folder" named a folder that was never there.
+        anywhere = {c for present in self.split_classes.values() for c in present}
         return [
             (s, c)
             for s, cc in self.class_counts.items()
             for c, n in cc.items()
-            if n == 0
-            and not (several and c in elsewhere and c not in self.split_classes.get(s, ()))
+            if n == 0 and (c in self.split_classes.get(s, ()) or c not in anywhere)
         ]
 
     @property
@@ -606,12 +604,15 @@ class ScanReport:
 
     @property
     def class_set_mismatch(self) -> dict[str, dict[str, list[str]]]:
-        """{split: {"missing": [...], "extra": [...]}} against the union of all splits' classes.
-
-        With a folder layout "extra" cannot happen (the union is the reference); with declared
-        ``class_names`` a label outside them is "extra"."""
-        reference = set(self.class_names)
+        """{split: {"missing": [...], "extra": [...]}} against the training split's classes
+        (:attr:`mismatch_reference`), so that `val/birds` beside `train/bird` reads "val: missing
+        bird, extra birds"; against the union of all splits, every split was "missing" the other
+        spelling and nothing was ever "extra". Without a train split: the declared
+        ``class_names`` (with a folder layout, the union)."""
         several = len(self.split_classes) > 1
+        reference = set(
+            self.split_classes["train"] if self.mismatch_reference == "train" else self.class_names
+        )
         out = {}
         for s, present in self.split_classes.items():
             # With one group a declared class without images is an *empty* class, not a mismatch.
@@ -620,6 +621,12 @@ class ScanReport:
             if missing or extra:
                 out[s] = {"missing": missing, "extra": extra}
         return out
+
+    @property
+    def mismatch_reference(self) -> str:
+        """What :attr:`class_set_mismatch` compares each split with: "train" or "the classes"."""
+        several = len(self.split_classes) > 1
+        return "train" if several and "train" in self.split_classes else "the classes"
 
     # -- content -------------------------------------------------------------------------------
     @property
@@ -739,9 +746,13 @@ class ScanReport:
         elif empty:
             warns.append(f"empty classes kept: {', '.join(empty)}")
         for s, diff in self.class_set_mismatch.items():
+            # a folder spelt differently: "; 'birds' (did you mean: bird?)"
+            near = {c: close_matches(c, diff["missing"]) for c in diff["extra"]}
+            hints = "".join(f"; {c!r}{hint}" for c, hint in near.items() if hint)
             failures.append(
                 f"split {s or '(all)'} has different classes: missing {diff['missing']}, "
-                f"extra {diff['extra']}; give every split the same class folders"
+                f"extra {diff['extra']} (compared with {self.mismatch_reference}){hints}; give "
+                "every split the same class folders"
             )
         skipped = [
             (f"non-{item} files skipped", self.non_image),

@@ -412,7 +412,8 @@ def _csv_items(
     labels joined by ';'); paths must stay inside the CSV's folder."""
     root = path.parent.resolve()
     rows, label_columns = _read_csv(path)
-    items, seen = [], {}
+    items, seen, seen_rows = [], {}, []  # seen_rows: the CSV row of each item
+    missing: list[str] = []  # "row N: 'path'" of each row whose file is not there
     for row_no, row in enumerate(rows, start=2):  # row 1 is the header
         rel, label, split = row.get("path", ""), row.get("label", ""), row.get("split") or None
         if not rel:
@@ -443,22 +444,58 @@ def _csv_items(
             log.warning("%s row %d: duplicate of an earlier row, ignored", path, row_no)
             continue
         seen[rel] = label
+        seen_rows.append(row_no)
         items.append((root / p, label, split))
+        if not full.exists():  # the scan skips it as "file not found", naming no row
+            missing.append(f"row {row_no}: {rel!r}")
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        log.warning(
+            "%s: %d row(s) name a file that is not there (%s); fix the path or remove the row",
+            path, len(missing), shown,
+        )  # fmt: skip
+    # class names typed in the rows (not a 0/1 column per label): name the rows of a typo
+    if not label_columns or label_columns == ["labels"]:
+        rows_of: dict[str, list[int]] = {}
+        for row_no, (_, label, _) in zip(seen_rows, items, strict=True):
+            for lab in label.split(";") if label_columns else [label]:
+                if lab:
+                    rows_of.setdefault(lab, []).append(row_no)
+        _check_label_spelling(sorted(rows_of), path, rows_of)
     if not label_columns:
         return items, root, None
     return items, root, [] if label_columns == ["labels"] else label_columns  # []: from the rows
 
 
-def _check_label_spelling(labels: list[str], where: Path) -> None:
-    """Near-duplicate class names ('cat', 'Cat', 'cat ') are almost always typos: fail and name them."""
+def _check_label_spelling(
+    labels: list[str], where: Path, rows_of: dict[str, list[int]] | None = None
+) -> None:
+    """Near-duplicate class names ('cat', 'Cat', 'cat ') are almost always typos: fail and name them.
+
+    ``rows_of`` (a CSV's labels): the rows naming each label, so the message points at the typo
+    (usually the spelling with the fewest rows) instead of leaving a search through the file."""
     by_key: dict[str, set[str]] = {}
     for lab in labels:
         by_key.setdefault(lab.strip().casefold(), set()).add(lab)
     clashes = [sorted(v) for v in by_key.values() if len(v) > 1]
-    if clashes:
-        raise DataError(
-            where, f"class names that differ only in case/spaces: {clashes}; make them identical"
+    if not clashes:
+        return
+
+    def named(lab: str) -> str:
+        if rows_of is None:
+            return repr(lab)
+        rows = rows_of[lab]
+        shown = ", ".join(map(str, rows[:3])) + (
+            f" and {len(rows) - 3} more" if len(rows) > 3 else ""
         )
+        return f"{lab!r} (row{'s' if len(rows) > 1 else ''} {shown})"
+
+    groups = "; ".join(" vs ".join(named(lab) for lab in group) for group in clashes)
+    raise DataError(
+        where, f"class names that differ only in case/spaces: {groups}; make them identical"
+    )
 
 
 #: The pixel limit is an option of every command that loads a dataset through here (TrainConfig).

@@ -38,15 +38,22 @@ def list_images(inputs: list[str | Path]) -> list[Path]:
         p = Path(item).expanduser()
         if p.is_dir():
             found: list[str] = []
+            others = 0  # visible files without an image extension (said when nothing is found)
             for folder, dirs, names in os.walk(p):  # symlinked folders are not followed, as rglob
                 dirs[:] = [d for d in dirs if not d.startswith(".")]
-                found += [
-                    os.path.join(folder, n)
-                    for n in names
-                    if not n.startswith(".") and os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES
-                ]
+                visible = [n for n in names if not n.startswith(".")]
+                images = [n for n in visible if os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES]
+                found += [os.path.join(folder, n) for n in images]
+                others += len(visible) - len(images)
             found.sort(key=lambda f: os.path.relpath(f, p).split(os.sep))
-            files += [Path(f) for f in found if os.path.isfile(f)]  # drops broken links, FIFOs
+            found = [f for f in found if os.path.isfile(f)]  # drops broken links, FIFOs
+            if not found:  # an empty answer (exit 0) once looked like a prediction of nothing
+                raise DataError(
+                    p,
+                    f"no image files in this folder or below it ({others} other files); image "
+                    f"files end in {', '.join(sorted(IMAGE_SUFFIXES))}",
+                )
+            files += [Path(f) for f in found]
         elif p.is_file():
             files.append(p)
         else:
@@ -115,8 +122,10 @@ def predict_files(
     from concurrent.futures import ThreadPoolExecutor
 
     from cnnlab.data.tensors import load_file
+    from cnnlab.models._base import check_positive_int
 
-    k = max(1, min(int(top_k), len(class_names)))
+    # 0 or a negative k once showed the top class anyway, as if it had been asked for
+    k = min(check_positive_int(top_k, "--top-k"), len(class_names))
     files = list_images(inputs)
     results = [Prediction(str(f)) for f in files]
 

@@ -111,7 +111,9 @@ def _download(name: str, enum_member) -> dict[str, Tensor]:
         raise CheckpointError(
             f"could not download the ImageNet weights for {name} from {enum_member.url} ({err}). "
             "Without network access, download that file on another machine (or copy it into "
-            f"{torch.hub.get_dir()}/checkpoints) and pass weights=PATH to the local file"
+            f"{torch.hub.get_dir()}/checkpoints, where the next run finds it), or give the "
+            "local file itself: `cnnlab train --weights PATH`, `cnnlab finetune --from PATH` "
+            "(Python: weights= / init_from=)"
         ) from err
 
 

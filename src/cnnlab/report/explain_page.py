@@ -18,6 +18,7 @@ import base64
 import dataclasses
 import html
 import io
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -567,7 +568,7 @@ def explain_image(
     if out_dir is None:
         base = Path(run_or_checkpoint)
         base = base if base.is_dir() else Path(weights).parent
-        out_dir = base / "explain" / image_path.stem
+        out_dir = default_explain_dir(base, image_path)
     html_path = write_explain_page(
         trace,
         cams,
@@ -593,6 +594,25 @@ def explain_image(
         "cams": numbers.get("cams"),
         **checked,  # "out_of_domain", "calibrated_top", "temperature" for a calibrated run
     }
+
+
+def default_explain_dir(base: Path, image_path: Path) -> Path:
+    """``base/explain/<image stem>``, or ``<stem>-2``, ``-3``, ... when that folder explains
+    another image (its ``explain.json`` records the image's path): `cat/001.png` and then
+    `dog/001.png` once shared `explain/001/`, the second page replacing the first. The same
+    image explained again reuses its folder."""
+    image = image_path.resolve()
+    folder, n = base / "explain" / image_path.stem, 1
+    while True:
+        record = folder / "explain.json"
+        try:
+            explained = json.loads(record.read_text()).get("image") if record.is_file() else None
+        except (OSError, ValueError, AttributeError):  # unreadable: a folder someone else made
+            explained = ""
+        if explained is None or (explained and Path(explained).resolve() == image):
+            return folder
+        n += 1
+        folder = base / "explain" / f"{image_path.stem}-{n}"
 
 
 def as_multilabel(
@@ -970,7 +990,7 @@ def explain_dense_image(
     if out_dir is None:
         base = Path(run_or_checkpoint)
         base = base if base.is_dir() else Path(weights).parent
-        out_dir = base / "explain" / image_path.stem
+        out_dir = default_explain_dir(base, image_path)
     html_path = write_dense_page(
         trace,
         cams,

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.errors import ConfigError, no_such_split
+from cnnlab.errors import ConfigError, close_matches, no_such_split
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,10 @@ def embed(
 
     check_one_dataset(data, relocated_data)
     if split not in SPLITS:
-        raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+        raise ConfigError(
+            f"--split {split!r} is not a split{close_matches(split, SPLITS)}; choose from "
+            f"{', '.join(SPLITS)}"
+        )
     dev = resolve_device(device)
     model, meta, weights = load_checkpoint_model(run_or_checkpoint, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, close_matches
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,16 @@ def transfer_study(
     allowed = (SCRATCH, *STRATEGIES)
     for s in strategies:
         if s not in allowed:
-            raise ConfigError(f"unknown strategy {s!r} for the study; choose from {allowed}")
+            raise ConfigError(
+                f"unknown strategy {s!r} for the study{close_matches(s, allowed)}; "
+                f"choose from {', '.join(allowed)}"
+            )
+    for k in shots:  # 0 reached the loader as "batch_size must be > 0": name the real option
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ConfigError(
+                f"shots={k!r}: each is the number of labelled images per class (a whole number "
+                ">= 1) or None for the whole training split"
+            )
     for key in ("init_from", "strategy", "shots", "seed", "epochs", "data", "model", "name"):
         if key in train_overrides:
             raise ConfigError(
