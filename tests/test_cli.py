@@ -426,3 +426,11 @@ def test_an_invalid_choice_gets_the_close_match(args, meant):
     """argparse's `invalid choice: 'onyx' (choose from ...)` came without the hint every other
     unknown name in cnnlab gets."""
     assert_user_error(*args, names=[f"invalid choice: {meant}", "(choose from "])
+
+
+def test_lr_find_offers_no_run_options_it_would_ignore():
+    """lr-find writes no run folder, trains no epochs and tracks nothing: --out, --epochs, --lr ...
+    were accepted and silently did nothing (`--out runs/x`, the plot went to --plot)."""
+    for flag in ("--out", "--name", "--resume", "--epochs", "--lr", "--track", "--keep"):
+        line = assert_user_error("lr-find", flag, "x", names=[f"unknown option {flag}"])
+        assert "lr-find --help" in line

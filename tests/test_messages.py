@@ -79,7 +79,7 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "engine/fit.py:fit": (*TRAINERS, *TASK_TRAINERS),  # "lower --batch-size", "--resume RUN"
     "engine/assembly.py:tensorboard": (*TRAINERS, *TASK_TRAINERS),  # only with --tensorboard
     "engine/tracking.py": (*TRAINERS, *TASK_TRAINERS),  # only with --track mlflow
-    "config.py:__post_init__": (*TRAINERS, "lr-find", *TASK_TRAINERS),  # --track-uri alone
+    "config.py:__post_init__": (*TRAINERS, *TASK_TRAINERS),  # --track-uri alone (not on lr-find)
     # --mixup-alpha ... without its augmentation: every command that builds a TrainConfig or a
     # VideoConfig
     "config.py:check_augment_options": (*TRAINERS, "lr-find", "tune", "video train"),

@@ -227,18 +227,19 @@ def lr_find(
     start: float = 1e-5,
     end: float = 1.0,
     steps: int = 100,
-    seed: int = 0,
+    seed: int | None = None,
     plot: str | Path | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Learning-rate range test on a copy of the model; returns the curve and the suggested rate."""
+    """Learning-rate range test on a copy of the model; returns the curve and the suggested rate.
+    ``seed``: the model's initialisation and batches (default: the config's, ``--seed``)."""
     from cnnlab.transfer import lr_find as find
     from cnnlab.transfer import plot_lr_find
 
     cfg = (
         config if isinstance(config, TrainConfig) else make_config(TrainConfig, config, **overrides)
     )
-    result = find(cfg, start=start, end=end, steps=steps, seed=seed)
+    result = find(cfg, start=start, end=end, steps=steps, seed=cfg.seed if seed is None else seed)
     if plot:
         result["plot"] = str(plot_lr_find(result, plot))
     return result

@@ -58,6 +58,15 @@ STUDY_SETS = frozenset(
 )
 
 
+#: TrainConfig fields a learning-rate range test has no use for (a run folder, its epochs, schedule
+#: and tracking); offered, they were accepted and silently did nothing (`--out runs/x`)
+LR_FIND_SKIPS = frozenset(
+    {"out", "name", "resume", "keep", "report", "track", "track_uri", "tensorboard", "private",
+     "early_stopping", "devices", "sync_bn", "epochs", "ema", "monitor", "lr", "schedule",
+     "warmup_epochs", "compile"}
+)  # fmt: skip
+
+
 def add_train_options(
     p: argparse.ArgumentParser,
     skip: frozenset[str] = frozenset(),
@@ -286,6 +295,11 @@ class _Parser(argparse.ArgumentParser):
     """argparse with cnnlab's error shape: one line naming the option, exit code 2 (argparse's
     default prints the whole usage first); `--help` still shows everything."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # no prefixes of long flags: `lr-find --lr 0.1` was taken as --lr-mult 0.1, without a word
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         # argparse's "invalid choice: 'onyx' (choose from 'onnx', ...)" gets the close match
         # that every other unknown name in cnnlab gets
@@ -479,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "lr-find", help="learning-rate range test: the loss curve and a suggested --lr"
     )
-    add_train_options(p)
+    add_train_options(p, skip=LR_FIND_SKIPS)
     p.add_argument("--start", type=float, default=1e-5, help="smallest learning rate tried")
     p.add_argument("--end", type=float, default=1.0, help="largest learning rate tried")
     p.add_argument(
