@@ -434,3 +434,18 @@ def test_lr_find_offers_no_run_options_it_would_ignore():
     for flag in ("--out", "--name", "--resume", "--epochs", "--lr", "--track", "--keep"):
         line = assert_user_error("lr-find", flag, "x", names=[f"unknown option {flag}"])
         assert "lr-find --help" in line
+
+
+def test_config_errors_name_the_flag_the_user_typed():
+    """The config speaks of its fields (Python callers pass keywords); on the command line the same
+    error names the flag: "option --image-size", "leave --mixup-alpha out"."""
+    from cnnlab.config import TrainConfig, make_config
+    from cnnlab.errors import ConfigError
+
+    assert_user_error("train", "--data", "builtin:digits", "--image-size", "4",
+                      names="option --image-size must be >= 8 pixels, got 4")  # fmt: skip
+    line = assert_user_error("train", "--data", "builtin:digits", "--mixup-alpha", "0.2",
+                             names="option --mixup-alpha=0.2 acts only")  # fmt: skip
+    assert line.endswith("or leave --mixup-alpha out")
+    with pytest.raises(ConfigError, match="^option image_size must be >= 8"):
+        make_config(TrainConfig, image_size=4)  # Python: the keyword

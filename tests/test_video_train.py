@@ -360,12 +360,12 @@ def test_mixup_alpha_reaches_the_video_loader():
 
 
 MESSAGES = [
-    (["--erasing-prob", "1.5"], "option erasing_prob must be in [0, 1], got 1.5"),
-    (["--mixup-alpha", "0"], "option mixup_alpha must be a number > 0"),
+    (["--erasing-prob", "1.5"], "option --erasing-prob must be in [0, 1], got 1.5"),
+    (["--mixup-alpha", "0"], "option --mixup-alpha must be a number > 0"),
     (
         ["--cutmix-alpha", "0.5"],
-        "option cutmix_alpha=0.5 acts only on augmentation 'cutmix', which this run does not use; "
-        "turn it on with --augment cutmix, or leave cutmix_alpha out",
+        "option --cutmix-alpha=0.5 acts only on augmentation 'cutmix', which this run does not "
+        "use; turn it on with --augment cutmix, or leave --cutmix-alpha out",
     ),
 ]
 

@@ -2131,6 +2131,24 @@ def install_warning_notes() -> None:
     warnings.showwarning = show
 
 
+_OPTION = re.compile(r"\b(option|leave) ([a-z][a-z0-9_]*)\b")
+
+
+def in_flags(message: str, parser: _Parser, args: argparse.Namespace) -> str:
+    """A config error in the words the user typed: "option image_size must be >= 8" reads
+    "option --image-size must be >= 8" where the command has that flag (the config speaks of its
+    fields, which Python callers pass as keywords; the command line generated a flag from each)."""
+    flags = {
+        s for a in parser._command_parser(args)._actions for s in a.option_strings
+    }  # fmt: skip
+
+    def flag(m: re.Match[str]) -> str:
+        name = "--" + m.group(2).replace("_", "-")
+        return f"{m.group(1)} {name}" if name in flags else m.group(0)
+
+    return _OPTION.sub(flag, message)
+
+
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -2154,7 +2172,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except CnnlabError as e:
         # escape: a path like "scan[1].png" or ".[bench]" is text, not rich markup
         err.print(
-            f"[red]error:[/] {escape(str(e))}", soft_wrap=True
+            f"[red]error:[/] {escape(in_flags(str(e), parser, args))}", soft_wrap=True
         )  # one line, however long (grep-able)
         return e.exit_code
     except KeyboardInterrupt:
