@@ -304,7 +304,7 @@ def test_out_of_fold_csv_holds_each_sample_once_and_cnnlab_metrics_reads_it(tmp_
 @pytest.mark.parametrize(
     ("argv", "named"),
     [
-        (["--folds", "1"], "option folds must be >= 2, got 1"),
+        (["--folds", "1"], "option --folds must be >= 2, got 1"),
         (["--folds", "200"], "--folds 200: classes with fewer samples than folds"),
         (["--test-fraction", "0.2"], "unknown option --test-fraction"),  # cv has no test split
     ],

@@ -59,7 +59,6 @@ OPTION_SYNONYMS: dict[str, str] = {
     "optim": "optimizer",
     "wd": "weight_decay",
     "arch": "model",
-    "backbone": "model",
     "num_workers": "workers",
     "dataset": "data",
 }
