@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -281,17 +282,32 @@ def test_folder_layout_trains_evaluates_and_predicts(
         assert (tmp_path / "pred" / "overlays" / out.name).is_file()
 
 
-def test_folder_mask_with_wrong_size_stops_training(tmp_path: Path) -> None:
-    from cnnlab.segment import train_segmentation
-
-    root = tmp_path / "bad"
+def _mask_folder(
+    root: Path,
+    n: int = 6,
+    *,
+    sides: Sequence[int] | None = None,
+    image_suffix: str = ".png",
+    name: Callable[[int], str] = str,
+    as_saved: Callable[[int, np.ndarray], np.ndarray] = lambda i, mask: mask,
+) -> Path:
+    """DIR/images + DIR/masks of ``n`` two-class scenes (16 px, or ``sides[i]``), seed 0; each mask
+    saved as ``as_saved(i, mask)`` returns it (the faults the tests below plant)."""
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     rng = np.random.default_rng(0)
-    for i in range(6):
-        img, mask = _scene(rng, 16, 16, 2)
-        Image.fromarray(img).save(root / "images" / f"{i}.png")
-        Image.fromarray(mask[:, :12] if i == 4 else mask).save(root / "masks" / f"{i}.png")
+    for i in range(n):
+        side = sides[i] if sides else 16
+        img, mask = _scene(rng, side, side, 2)
+        Image.fromarray(img).save(root / "images" / f"{name(i)}{image_suffix}")
+        Image.fromarray(as_saved(i, mask).astype(np.uint8)).save(root / "masks" / f"{name(i)}.png")
+    return root
+
+
+def test_folder_mask_with_wrong_size_stops_training(tmp_path: Path) -> None:
+    from cnnlab.segment import train_segmentation
+
+    root = _mask_folder(tmp_path / "bad", as_saved=lambda i, m: m[:, :12] if i == 4 else m)
     with pytest.raises(DataError, match="mask is 12×16 but its image") as err:
         train_segmentation(data=str(root), out=str(tmp_path / "runs"), **TINY)
     assert err.value.path.endswith("4.png")
@@ -300,14 +316,7 @@ def test_folder_mask_with_wrong_size_stops_training(tmp_path: Path) -> None:
 def test_a_corrupt_image_names_its_mask_and_the_fix(tmp_path: Path) -> None:
     from cnnlab.segment import train_segmentation
 
-    root = tmp_path / "cut"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        img, mask = _scene(rng, 16, 16, 2)
-        Image.fromarray(img).save(root / "images" / f"{i}.jpg")
-        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+    root = _mask_folder(tmp_path / "cut", image_suffix=".jpg")
     data = (root / "images" / "3.jpg").read_bytes()
     (root / "images" / "3.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError) as err:
@@ -324,14 +333,7 @@ def test_binary_masks_saved_0_255_are_refused_with_the_fix(tmp_path: Path, caplo
     from cnnlab.data.masks import MaskSplit, check_training_masks
     from cnnlab.segment import train_segmentation
 
-    root = tmp_path / "binary"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        img, mask = _scene(rng, 16, 16, 2)
-        Image.fromarray(img).save(root / "images" / f"{i}.png")
-        Image.fromarray((mask > 0).astype(np.uint8) * 255).save(root / "masks" / f"{i}.png")
+    root = _mask_folder(tmp_path / "binary", 8, as_saved=lambda i, m: (m > 0) * 255)
     with pytest.raises(DataError) as err:
         train_segmentation(data=str(root), out=str(tmp_path / "runs"), **TINY)
     assert "hold only class '0' besides the ignore index 255" in err.value.reason
@@ -354,15 +356,10 @@ def test_bad_masks_are_counted_over_every_split(tmp_path: Path) -> None:
     only of those in the split decoded first (a 20-image source: the 2-image test split)."""
     from cnnlab.segment import train_segmentation
 
-    root = tmp_path / "rgb"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(20):
-        img, mask = _scene(rng, 16, 16, 2)
-        Image.fromarray(img).save(root / "images" / f"{i:02d}.png")
-        rgb = mask if i % 4 else np.stack([mask * 200] * 3, -1)  # 5 RGB masks, no palette
-        Image.fromarray(rgb.astype(np.uint8)).save(root / "masks" / f"{i:02d}.png")
+    root = _mask_folder(  # 5 RGB masks, no palette
+        tmp_path / "rgb", 20, name=lambda i: f"{i:02d}",
+        as_saved=lambda i, m: m if i % 4 else np.stack([m * 200] * 3, -1),
+    )  # fmt: skip
     with pytest.raises(DataError, match="no palette was declared") as err:
         train_segmentation(data=str(root), out=str(tmp_path / "runs"), **TINY)
     assert err.value.path == str(root / "masks" / "00.png")  # the first by name over all splits
@@ -620,14 +617,7 @@ def test_mixed_image_sizes_without_image_size_are_said(tmp_path: Path, caplog) -
     from cnnlab.data.masks import load_mask_source
     from cnnlab.segment import SegmentConfig, _image_size
 
-    root = tmp_path / "mixed"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    for i, side in enumerate((16, 20)):
-        img, mask = _scene(rng, side, side, 2)
-        Image.fromarray(img).save(root / "images" / f"{i}.png")
-        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+    root = _mask_folder(tmp_path / "mixed", 2, sides=(16, 20))
     bundle = load_mask_source(str(root), val_fraction=0, test_fraction=0)
     with caplog.at_level("WARNING", logger="cnnlab.segment"):
         assert _image_size(SegmentConfig(data=str(root)), bundle) == 128
