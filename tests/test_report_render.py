@@ -366,3 +366,65 @@ def test_fit_closes_the_renderer_a_task_started_once_its_evaluation_ends(
     else:
         assert api.train(**options).test_metrics == {"accuracy": 1.0}
     assert events == ["evaluate with Closing", "close"]
+
+
+# `cnnlab train` forks the workers before it imports torch (render.start_early), so their own start
+# (pyplot, a first figure) runs on the core torch's import leaves idle, not beside training.
+EARLY_PROBE = """
+import json, sys
+from cnnlab.report import render  # torch-free: the training modules bind the wrappers below
+seen = {}
+start_early, start_renderer = render.start_early, render.start_renderer
+def early():
+    seen["torch at start_early"] = "torch" in sys.modules
+    start_early()
+    seen["workers"] = sorted(p.pid for p in render._EARLY._pool._processes.values())
+def renderer(*a):
+    r = start_renderer(*a)
+    seen["early one used"] = sorted(p.pid for p in r._pool._processes.values()) == seen["workers"]
+    return r
+render.start_early, render.start_renderer = early, renderer
+from cnnlab.cli import main
+seen["code"] = main(sys.argv[2:])
+with open(sys.argv[1], "w") as f:
+    json.dump(seen, f)
+"""
+
+
+def _early_probe(tmp_path: Path, *argv: str) -> dict:
+    import subprocess
+
+    from cli_process import SRC, TIMEOUT
+
+    result = tmp_path / "seen.json"
+    env = os.environ | {"PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, "-c", EARLY_PROBE, str(result), *argv],
+        capture_output=True, text=True, env=env, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(result.read_text())
+    for pid in seen.get("workers", []):  # stopped with the run (gone, or a zombie not yet reaped)
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "zombie" in status.read_text()
+    return seen
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
+@pytest.mark.filterwarnings("ignore::cnnlab.metrics.UndefinedMetricWarning")
+def test_cnnlab_train_forks_the_report_workers_before_importing_torch(
+    mixed_folder: Path, tmp_path: Path
+):
+    train = ("train", "--data", str(mixed_folder), "--model", "lenet5", "--epochs", "1",
+             "--batch-size", "8", "--out", str(tmp_path))  # fmt: skip
+    seen = _early_probe(tmp_path, *train, "--name", "r")
+    assert seen["code"] == 0 and seen["torch at start_early"] is False
+    assert len(seen["workers"]) == render.WORKERS and seen["early one used"] is True
+    assert len(list((tmp_path / "r" / "figures").glob("*.png"))) == 7
+    # no test split, so no report: the early workers are stopped, none started for the run
+    seen = _early_probe(tmp_path, *train, "--name", "no-test", "--test-fraction", "0")
+    assert seen["code"] == 0 and len(seen["workers"]) == render.WORKERS
+    assert "early one used" not in seen and not (tmp_path / "no-test" / "report.html").exists()
+    # --no-report: none forked
+    seen = _early_probe(tmp_path, *train, "--name", "plain", "--no-report")
+    assert seen["code"] == 0 and "workers" not in seen and "torch at start_early" not in seen

@@ -50,6 +50,12 @@ with open(path, "w") as f:
 
 def probe(tmp_path: Path, script: str, *args: str) -> tuple[int, set[str], str]:
     """(exit code, top-level names of the loaded modules, stdout) of `script` in a fresh process."""
+    code, modules, stdout = loaded(tmp_path, script, *args)
+    return code, {m.partition(".")[0] for m in modules}, stdout
+
+
+def loaded(tmp_path: Path, script: str, *args: str) -> tuple[int, set[str], str]:
+    """(exit code, full names of the loaded modules, stdout) of `script` in a fresh process."""
     result = tmp_path / "modules.json"
     env = os.environ | {"PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
@@ -58,7 +64,7 @@ def probe(tmp_path: Path, script: str, *args: str) -> tuple[int, set[str], str]:
     )  # fmt: skip
     assert proc.returncode == 0 and result.is_file(), proc.stderr[-3000:]
     found = json.loads(result.read_text())
-    return found["code"], {m.partition(".")[0] for m in found["modules"]}, proc.stdout
+    return found["code"], set(found["modules"]), proc.stdout
 
 
 NEEDS_NO_TORCH = [
@@ -135,6 +141,56 @@ def test_predict_imports_no_torchvision_matplotlib_or_fastapi(
     assert code == 0 and [Path(p["path"]).name for p in json.loads(stdout)] == [digits[0].name]
     assert "torch" in modules  # the control: the probe sees what a command does import
     assert not {"torchvision", "matplotlib", "fastapi"} & modules
+
+
+def test_training_never_imports_torch_dynamo(tmp_path: Path):
+    """torch._dynamo costs 1.0-1.4 s to import on 2 cores and a run that does not compile never needs
+    it: the optimizer (cnnlab.engine.optim) and the FLOP count (models.summary.flops_of) keep
+    torch's dynamo wrappers out until it is imported. Training, checkpoints (state_dict) and the
+    FLOPs recorded for the run all ran in this process."""
+    argv = (
+        "train", "--data", "builtin:digits", "--model", "lenet5", "--epochs", "1",
+        "--batch-size", "64", "--no-report", "--out", str(tmp_path / "runs"), "--name", "r",
+    )  # fmt: skip
+    code, modules, _ = loaded(tmp_path, CLI_PROBE, *argv)
+    record = json.loads((tmp_path / "runs" / "r" / "run.json").read_text())
+    assert code == 0 and record["flops_per_image"] > 0
+    assert "torch" in modules and "torch._dynamo" not in modules
+    # the control: torch's own optimizer imports it at its first step
+    statement = (
+        "import torch\np = torch.nn.Parameter(torch.ones(2))\np.grad = torch.ones(2)\n"
+        "torch.optim.SGD([p], lr=0.1).step()"
+    )
+    _, modules, _ = loaded(tmp_path, IMPORT_PROBE, statement)
+    assert "torch._dynamo" in modules
+
+
+def test_flop_count_without_torch_dynamo_is_torchs_count(tmp_path: Path):
+    """flops_of counts with torch's FlopCounterMode, its dynamo wrapper bypassed only while counting
+    and only while torch._dynamo is not loaded: the same total as torch's own path afterwards."""
+    statement = (
+        "import json, sys, torch\n"
+        "from torch.utils.flop_counter import FlopCounterMode, _FlopCounterMode\n"
+        "from cnnlab.models import create_model\n"
+        "from cnnlab.models.summary import flops_of\n"
+        "out = {}\n"
+        "for name in ('lenet5', 'lenet5_gap'):\n"
+        "    m, x = create_model(name, num_classes=10, in_channels=3), torch.zeros(1, 3, 32, 32)\n"
+        "    ours = flops_of(m, x)\n"
+        "    out[name] = [ours, 'torch._dynamo' in sys.modules]\n"
+        "    with torch.no_grad(), FlopCounterMode(display=False) as c:\n"
+        "        m.eval()(x)\n"
+        "    out[name].append(c.get_total_flops())\n"
+        "raw = _FlopCounterMode.__torch_dispatch__.__wrapped__\n"
+        "out['slot'] = getattr(raw, '__dynamo_disable', None) is raw\n"
+        "print(json.dumps(out))"
+    )
+    _, modules, stdout = loaded(tmp_path, IMPORT_PROBE, statement)
+    out = json.loads(stdout)
+    assert out.pop("slot") is False  # torch's own disabled function there now, not the bypass
+    assert out["lenet5"][1] is False  # counted before torch._dynamo was imported
+    for ours, _, theirs in out.values():
+        assert ours == theirs > 0
 
 
 def test_the_probe_finds_the_heavy_modules_where_they_are_imported(tmp_path: Path):

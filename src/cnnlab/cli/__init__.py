@@ -1025,8 +1025,15 @@ def _train(args: argparse.Namespace) -> int:
 
     overrides = _train_overrides(args)
     devices = int(overrides.get("devices") or 1)
-    if devices == 1:  # the files are scanned and decoded on the other core while torch loads
-        prefetch.start(prefetch.config_for(args.config, overrides), warm_caches)
+    if (
+        devices == 1
+    ):  # the other core scans, decodes and starts the report's workers while torch loads
+        cfg = prefetch.config_for(args.config, overrides)
+        prefetch.start(cfg, warm_caches)
+        if getattr(cfg, "report", False):
+            from cnnlab.report import render
+
+            render.start_early()
     from cnnlab import api
     from cnnlab.engine import distributed
 

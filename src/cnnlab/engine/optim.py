@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,6 +46,53 @@ def param_groups(
     ]
 
 
+def _dynamo_only_when_loaded(name: str, raw: Callable[..., Any]) -> Callable[..., Any]:
+    """torch.optim.Optimizer's method `name` (its own function `raw`), with torch's dynamo wrapper
+    applied only once torch._dynamo is imported.
+
+    Why: torch wraps `step` in `_use_grad_for_differentiable`, which runs `import torch._dynamo` and
+    `torch._dynamo.graph_break()` on every call, and `zero_grad`, `add_param_group`, `state_dict` and
+    `load_state_dict` in `torch._disable_dynamo`, which imports it on the first call. Importing
+    torch._dynamo costs 1.0-1.4 s on a 2-core CPU (sympy, torch.fx's symbolic shapes, FSDP): a
+    sixth of a short LeNet run, for wrappers that do nothing unless dynamo is tracing, and nothing
+    can be tracing before torch._dynamo is imported. So until it is (by torch.compile, cnnlab's
+    compile probe, torchvision.ops or anyone else) `raw` runs as the wrapper would run it (`step`
+    with grad mode set to the optimizer's `differentiable`, as torch's wrapper sets it); from then
+    on, through torch's own wrapper. tests/test_optim.py checks the parameters and state bit-identical
+    to torch's optimizers, and that a training run does not import torch._dynamo.
+    """
+    from torch.optim.optimizer import _use_grad_for_differentiable
+
+    wrapped = _use_grad_for_differentiable(raw) if name == "step" else torch._disable_dynamo(raw)
+
+    @functools.wraps(raw)
+    def call(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+        if "torch._dynamo" in sys.modules:
+            return wrapped(self, *args, **kwargs)
+        if name == "step":
+            with torch.set_grad_enabled(self.defaults["differentiable"]):
+                return raw(self, *args, **kwargs)
+        return raw(self, *args, **kwargs)
+
+    return call
+
+
+def _optimizer(cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """`cls` with the methods torch wraps for dynamo run as `_dynamo_only_when_loaded` says; same
+    name and docs, so profiler labels, state dicts and isinstance checks read as torch's."""
+    # unwrap: through torch's profiling wrapper (added to cls.step once an instance exists) and
+    # its dynamo wrapper, to the function torch's source defines
+    methods = {
+        name: _dynamo_only_when_loaded(name, inspect.unwrap(getattr(cls, name)))
+        for name in ("step", "zero_grad", "add_param_group", "state_dict", "load_state_dict")
+    }
+    return type(cls.__name__, (cls,), {"__module__": __name__, "__doc__": cls.__doc__, **methods})
+
+
+SGD = _optimizer(torch.optim.SGD)
+AdamW = _optimizer(torch.optim.AdamW)
+
+
 def build_optimizer(
     name: str,
     groups: Iterable[dict],
@@ -54,10 +105,8 @@ def build_optimizer(
     # Fused kernels exist for CUDA (and CPU for AdamW/SGD in recent torch); foreach is the portable fallback.
     fused = device.type in ("cuda", "cpu")
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, fused=fused)
-    return torch.optim.SGD(
-        groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, fused=fused
-    )
+        return AdamW(groups, lr=lr, fused=fused)
+    return SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, fused=fused)
 
 
 def lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:

@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import sys
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -281,11 +283,35 @@ def flops_of(model: nn.Module, x: Tensor) -> int:
     was_training = model.training
     try:
         model.eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), _without_dynamo_import(), FlopCounterMode(display=False) as counter:
             model(x)
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
+
+
+@contextlib.contextmanager
+def _without_dynamo_import() -> Iterator[None]:
+    """FlopCounterMode's dispatch run plain while torch._dynamo is not imported.
+
+    Why: torch wraps every TorchDispatchMode's ``__torch_dispatch__`` in ``torch._disable_dynamo``,
+    whose first call imports torch._dynamo (1.0-1.3 s on a 2-core CPU) to build the disabled
+    function, then caches it on the function as ``__dynamo_disable``. Counting here is an eager
+    forward, and nothing can be tracing while torch._dynamo is not imported, so the disabled
+    function is the function itself: it is put in that slot for the count and taken out after,
+    so a later torch.compile finds torch's own. Without the slot (another torch), torch's path runs.
+    """
+    from torch.utils.flop_counter import _FlopCounterMode
+
+    dispatch = getattr(_FlopCounterMode.__torch_dispatch__, "__wrapped__", None)
+    if dispatch is None or "torch._dynamo" in sys.modules or hasattr(dispatch, "__dynamo_disable"):
+        yield
+        return
+    setattr(dispatch, "__dynamo_disable", dispatch)
+    try:
+        yield
+    finally:
+        delattr(dispatch, "__dynamo_disable")
 
 
 def count_flops(model: nn.Module, image_size: int, in_channels: int) -> int:

@@ -113,9 +113,45 @@ def _worker_start() -> None:
     render_png("confusion", np.array([[3, 1], [0, 2]]), ["a", "b"], True)
 
 
+#: workers the command line forked before importing torch (:func:`start_early`), waiting for the
+#: run's :func:`start_renderer`
+_EARLY: WorkerRenderer | None = None
+
+
+def start_early() -> None:
+    """Fork the workers now, before this process imports torch: `cnnlab train` calls it first.
+
+    Why: importing torch takes about 1.3 s on one core while the other is idle on a re-run (the
+    caches are warm, so the scan and decode child has nothing to do); the workers' own start
+    (pyplot and a first figure, about 0.7 s of CPU each) then runs there. Started later, at the
+    scan, it took CPU from training's two threads instead. Not where :func:`start_renderer` would
+    draw in place, under torchrun, or when torch is already loaded (nothing left to overlap)."""
+    global _EARLY
+    if (
+        _EARLY is None
+        and sys.platform == "linux"
+        and not {"torch", "matplotlib", "ipykernel"} & sys.modules.keys()
+        and "LOCAL_RANK" not in os.environ
+    ):
+        _EARLY = WorkerRenderer()
+
+
+def drop_early() -> None:
+    """Stop the workers :func:`start_early` forked, for a run that draws no report."""
+    global _EARLY
+    early, _EARLY = _EARLY, None
+    if early is not None:
+        early.close()
+
+
 def start_renderer(workers: int | None = None) -> Renderer:
     """Worker processes where they pay (see the module docstring), else drawing in place.
-    ``workers``: 0 draws in place; None decides as described."""
+    ``workers``: 0 draws in place; None decides as described (taking the workers
+    :func:`start_early` forked, where it did)."""
+    global _EARLY
+    if workers is None and _EARLY is not None:
+        early, _EARLY = _EARLY, None
+        return early
     if workers is None:
         # a notebook kernel keeps its figures in place (its output streams talk to Jupyter)
         loaded = {"matplotlib", "ipykernel"} & sys.modules.keys()
