@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -112,7 +113,19 @@ def test_workers_stop_when_closed():
     assert drawn[:4] == b"\x89PNG" and drawn == in_place.result()  # byte for byte
     for p in processes:
         p.join(timeout=30)
-        assert not p.is_alive()
+        assert p.exitcode == 0  # a worker that drew is let finish and exit
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
+def test_workers_never_given_a_figure_are_stopped_not_waited_for():
+    """A run stopped by an error, or one without a report: its workers may still be importing
+    pyplot (0.8 s), so they are terminated rather than waited for."""
+    renderer = render.WorkerRenderer(2)
+    processes = list(renderer._pool._processes.values())
+    renderer.close()
+    for p in processes:
+        p.join(timeout=30)
+        assert p.exitcode == -signal.SIGTERM
 
 
 @pytest.mark.slow  # two short trainings: about 10 s on 2 busy cores
@@ -428,3 +441,15 @@ def test_cnnlab_train_forks_the_report_workers_before_importing_torch(
     # --no-report: none forked
     seen = _early_probe(tmp_path, *train, "--name", "plain", "--no-report")
     assert seen["code"] == 0 and "workers" not in seen and "torch at start_early" not in seen
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
+@pytest.mark.filterwarnings("ignore::cnnlab.metrics.UndefinedMetricWarning")
+def test_cnnlab_segment_train_forks_the_report_workers_before_importing_torch(tmp_path: Path):
+    seen = _early_probe(
+        tmp_path, "segment", "train", "--data", "builtin:shapes?n=30&size=16", "--encoder",
+        "lenet5", "--image-size", "16", "--epochs", "1", "--batch-size", "4", "--out",
+        str(tmp_path), "--name", "seg",
+    )  # fmt: skip
+    assert seen["code"] == 0 and seen["torch at start_early"] is False
+    assert seen["early one used"] is True and (tmp_path / "seg" / "report.html").is_file()

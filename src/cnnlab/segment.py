@@ -67,7 +67,7 @@ from cnnlab.metrics.segmentation import (
 )
 from cnnlab.metrics.stats import segmentation_intervals
 from cnnlab.models.segmentation import create_segmentation_model
-from cnnlab.report.render import start_renderer
+from cnnlab.report.render import drop_early, start_renderer
 from cnnlab.run import (
     check_one_dataset,
     evaluation_dir,
@@ -182,7 +182,11 @@ def _prepare(
     # (cnnlab.report.render): they import matplotlib beside it and draw while the test split
     # is scored; rank 0 only (it scores the split)
     has_test = len(bundle.splits.get("test") or ()) > 0
-    renderer = start_renderer() if cfg.report and has_test and info.is_main else None
+    if cfg.report and has_test and info.is_main:
+        renderer = start_renderer()
+    else:
+        renderer = None
+        drop_early()  # workers the command line forked before it knew there is no report
     in_channels = cfg.in_channels or bundle.channels
     image_size = _image_size(cfg, bundle)
     decode_policy = {"max_pixels": cfg.max_image_pixels}

@@ -170,6 +170,17 @@ def train_task(cls: type, train: Any, args: argparse.Namespace) -> Any:
     return result
 
 
+def start_report_workers(args: argparse.Namespace) -> None:
+    """`train`, `segment|detect train`: fork the report's figure workers before torch is imported
+    (cnnlab.report.render.start_early) unless --no-report or --devices N says there is no report
+    in this process; a run that finds it draws none (a config file's report: false, no test
+    split) stops them."""
+    if getattr(args, "report", None) is not False and int(getattr(args, "devices", None) or 1) == 1:
+        from cnnlab.report import render
+
+        render.start_early()
+
+
 def launch_devices(options: dict[str, Any], max_restarts: int = 0) -> int | None:
     """`--devices N` outside torchrun: re-run this command under torchrun, one process per device,
     and return its exit status; None when this process should train itself."""
@@ -1031,9 +1042,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg = prefetch.config_for(args.config, overrides)
         prefetch.start(cfg, warm_caches)
         if getattr(cfg, "report", False):
-            from cnnlab.report import render
-
-            render.start_early()
+            start_report_workers(args)
     from cnnlab import api
     from cnnlab.engine import distributed
 
@@ -1163,6 +1172,8 @@ def _embed(args: argparse.Namespace) -> int:
 def _segment(args: argparse.Namespace) -> int:
     if getattr(args, "run", None) is not None:
         _require_run(args.run)
+    if args.segment_action == "train":
+        start_report_workers(args)
     from cnnlab import api
 
     if args.segment_action == "train":
@@ -1323,6 +1334,8 @@ def _warn_explain_out_of_domain(image: str, ood: dict[str, Any]) -> None:
 def _detect(args: argparse.Namespace) -> int:
     if getattr(args, "run", None) is not None:
         _require_run(args.run)
+    if args.detect_action == "train":
+        start_report_workers(args)
     from cnnlab import api
 
     if args.detect_action == "train":
