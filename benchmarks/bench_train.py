@@ -642,6 +642,12 @@ def main() -> None:
             f"\ncnnlab / textbook ResNet-18 throughput: "
             f"{res['cnnlab']['images_per_s'] / res['textbook']['images_per_s']:.2f}x"
         )
+        if not peak["native_bf16"]:  # issue 25: such a CPU is measured fp32 against fp32
+            table.append(
+                f"This CPU ({peak['cpu_capability']}) has no native bf16: cnnlab's precision "
+                f"'auto' trains in fp32 here, so both columns are fp32 and the fraction is of the "
+                f"fp32 matmul peak ({peak['fp32'] / 1e9:,.0f} GFLOP/s); no bf16 peak to compare with."
+            )
         results["resnet18_32px"] = res
     if "predict" not in skip:
         jpegs = prepare_jpeg_folder()
@@ -665,7 +671,12 @@ def main() -> None:
             table.append(f"| {w} | {v:,.0f} |")
         table.append(f"\ncnnlab / textbook prediction: {res['cnnlab'] / res['textbook']:.2f}x")
         results["predict_jpeg"] = res
-    save_results("train", "\n".join(table), results)
+    # the ResNet-18 part alone (--skip lenet,predict) is its own file, named by the precision the
+    # machine trains in, so it never overwrites the LeNet tables or another CPU's figures
+    only_resnet = {"lenet", "predict"} <= skip and "resnet" not in skip
+    bf16 = results["matmul_peak_flops"]["native_bf16"]
+    name = f"train-resnet18-{'bf16' if bf16 else 'fp32'}" if only_resnet else "train"
+    save_results(name, "\n".join(table), results)
 
 
 if __name__ == "__main__":
