@@ -143,9 +143,10 @@ def finish_run_dir(run_dir: Path, console: Any = None) -> int:
     apply_run_mode(run_dir)
     size = folder_bytes(run_dir)
     message = f"run folder {run_dir}: {size / 1e6:.1f} MB on disk"
-    if console is not None:
+    if console is not None:  # said once: on the console, else in the log (-v showed it twice)
         console.print(message)
-    log.info(message)
+    else:
+        log.info(message)
     return size
 
 
