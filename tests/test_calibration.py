@@ -358,3 +358,47 @@ def test_serve_predict_is_calibrated_and_flags_out_of_domain(run: Path, digits):
     np.testing.assert_allclose([r["probability"] for r in got["top"]], [p for _, p in want.top],
                                atol=1e-5)  # fmt: skip
     assert got["out_of_domain"] == pytest.approx(want.out_of_domain)
+
+
+@pytest.mark.parametrize("n, few", [(6, True), (49, True), (60, False)])
+def test_a_temperature_fitted_on_few_validation_images_is_said_and_recorded(
+    n: int, few: bool, tmp_path: Path, caplog
+) -> None:
+    """6 validation images gave T = 19 without a word; below 50 images (or 2 a class) training
+    now warns once, naming the count and the fix, and calibration.json says so. T is unchanged."""
+    from cnnlab.engine.calibration import fit_calibration
+
+    rng = np.random.default_rng(0)
+    logits, targets = rng.normal(0, 4, (n, 3)), rng.integers(0, 3, n)
+    weights = tmp_path / "best.safetensors"
+    weights.write_bytes(b"weights")
+    with caplog.at_level("WARNING", logger="cnnlab.engine.calibration"):
+        record = fit_calibration(
+            torch.nn.Identity(), {}, 3, device=torch.device("cpu"), precision="32",
+            weights=weights, logits={"val": (logits, targets)},
+        )  # fmt: skip
+    assert record["temperature"] == cal.fit_temperature(logits, targets)
+    assert record["fitted_on"] == {
+        "split": "val", "num_samples": n, "few_samples": few, "reliable_from": 50
+    }  # fmt: skip
+    said = [r.getMessage() for r in caplog.records if "validation image" in r.getMessage()]
+    if not few:
+        assert said == []
+        return
+    assert len(said) == 1
+    assert f"fitted on only {n} validation image(s)" in said[0]
+    assert "a larger --val-fraction" in said[0]
+
+
+def test_few_validation_images_also_counts_two_per_class(tmp_path: Path) -> None:
+    from cnnlab.engine.calibration import fit_calibration
+
+    rng = np.random.default_rng(1)
+    logits, targets = rng.normal(0, 4, (100, 60)), rng.integers(0, 60, 100)  # < 2 a class
+    weights = tmp_path / "best.safetensors"
+    weights.write_bytes(b"weights")
+    record = fit_calibration(
+        torch.nn.Identity(), {}, 60, device=torch.device("cpu"), precision="32",
+        weights=weights, logits={"val": (logits, targets)},
+    )  # fmt: skip
+    assert record["fitted_on"]["few_samples"] and record["fitted_on"]["reliable_from"] == 120

@@ -138,17 +138,31 @@ def test_detection_coco_without_its_images_names_a_missing_file_and_the_option(
     assert load_box_source(str(path), data_root=str(tmp_path / "pictures")).num_classes == 2
 
 
-def test_segmentation_annotation_of_an_unknown_category_says_the_known_ids(tmp_path: Path) -> None:
+def test_annotation_of_an_unknown_category_is_skipped_and_counted_by_both_tasks(
+    tmp_path: Path, caplog
+) -> None:
+    """Segmentation stopped on the first image with an annotation of no listed category while
+    detection trained on the same file, skipping and counting it; now both skip it, with the same
+    record in data_report.json and a warning naming the count and the category."""
     from cnnlab.config import PreprocessSpec
     from cnnlab.data.masks import decode_split
+    from cnnlab.segment import train_segmentation
 
     path = _coco(tmp_path, lambda doc: doc["annotations"][1].update(category_id=9))
-    bundle = load_mask_source(str(path), val_fraction=0, test_fraction=0)
+    record = [{"row": 1, "category_id": 9, "reason": "unknown category_id"}]
+    assert _load("detection", path).report.skipped_annotations == record
+    bundle = _load("segmentation", path)
+    assert bundle.skipped_annotations == record
     spec = PreprocessSpec(16, 3, (0.0,) * 3, (1.0,) * 3, "fit", {})
-    with pytest.raises(DataError) as err:
-        decode_split(bundle.splits["train"], spec, num_classes=3)
-    assert err.value.path == f"{path}: annotation 2"
-    assert err.value.reason == (
-        "category_id 9 is not in categories (ids [3, 7]); add the category or correct or remove "
-        "the annotation"
-    )
+    decoded = decode_split(bundle.splits["train"], spec, num_classes=3)
+    masks = dict(zip(bundle.splits["train"].ids, decoded[1], strict=True))
+    # 255: the padding of the 32x24 image to 16x16 ("fit"), the ignore index
+    assert set(np.unique(masks["a1.png"])) == {0, 255}  # its only object skipped: background
+    assert set(np.unique(masks["a0.png"])) == {0, 1, 255}  # the cat kept
+    with caplog.at_level("WARNING", logger="cnnlab.segment"):
+        run = train_segmentation(
+            data=str(path), encoder="lenet5", image_size=16, epochs=1, batch_size=2,
+            val_fraction=0, test_fraction=0, report=False, device="cpu", out=str(tmp_path / "r"),
+        ).run_dir  # fmt: skip
+    assert json.loads((run / "data_report.json").read_text()) == {"skipped_annotations": record}
+    assert f"{path}: 1 annotation(s) skipped, category_id not in categories (9)" in caplog.text

@@ -346,3 +346,37 @@ def test_box_head_width_saved_and_legacy_checkpoints_load(tmp_path: Path) -> Non
         assert loaded.net.roi_heads.box_predictor.cls_score.in_features == width
         for key, value in det.state_dict().items():
             assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_predict_of_a_detection_run_takes_the_score_threshold_as_detect_predict_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`cnnlab predict RUN` routes a detection run to detect predict but refused its
+    --score-threshold ("unknown option"); now the same option, the same boxes, the same refusal."""
+    from cnnlab.cli import main
+    from cnnlab.detect import train_detection
+
+    result = train_detection(
+        data="builtin:shapes?n=12&size=64&objects=2", epochs=1, batch_size=4, val_fraction=0.0,
+        test_fraction=0.0, out=str(tmp_path / "runs"), device="cpu", report=False,
+    )  # fmt: skip
+    run, image = str(result.run_dir), str(tmp_path / "a.png")
+    _image(tmp_path / "a.png", np.random.default_rng(5))
+    rows = {}
+    for threshold in ("0", "1"):  # every box / none (an untrained detector scores below 1)
+        for cmd in (["predict"], ["detect", "predict"]):
+            out = tmp_path / f"{'-'.join(cmd)}-{threshold}"
+            argv = [*cmd, run, image, "--out", str(out), "--device", "cpu"]
+            assert main([*argv, "--score-threshold", threshold]) == 0
+            rows[(cmd[0], threshold)] = json.loads((out / "predictions.json").read_text())
+    assert rows[("predict", "0")] == rows[("detect", "0")] and rows[("predict", "0")]
+    assert rows[("predict", "1")] == rows[("detect", "1")] == []
+    capsys.readouterr()
+    for cmd in (["predict"], ["detect", "predict"]):
+        assert (
+            main([*cmd, run, image, "--out", str(tmp_path / "x"), "--score-threshold", "1.5"]) == 2
+        )
+        assert capsys.readouterr().err.strip() == (
+            "error: --score-threshold must be in [0, 1] (a detection score), got 1.5"
+        )
+    assert not (tmp_path / "x").exists()

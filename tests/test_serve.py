@@ -37,6 +37,7 @@ with warnings.catch_warnings():  # Starlette 1.x asks for "httpx2"; httpx still 
 from cnnlab.api import predict as api_predict  # noqa: E402
 from cnnlab.config import PreprocessSpec  # noqa: E402
 from cnnlab.engine.checkpoint import save_weights  # noqa: E402
+from cnnlab.errors import ConfigError  # noqa: E402
 from cnnlab.models import create_model  # noqa: E402
 from cnnlab.serve.app import (  # noqa: E402
     STATIC_DIR,
@@ -194,6 +195,22 @@ def test_raw_image_body_gives_the_same_answer(client: TestClient, run: dict) -> 
     raw = client.post("/api/predict", content=data, headers={"content-type": "image/png"})
     assert raw.status_code == 200
     assert raw.json() == _upload(client, data).json()
+
+
+def test_top_k_below_one_is_refused_not_clamped(client: TestClient, run: dict) -> None:
+    """`?top_k=0` or `-3` was answered with the server's own top-k, without a word; now a 400 naming
+    top_k and its range, as the CLI's --top-k refuses values < 1. A good one is answered."""
+    data = run["files"][0].read_bytes()
+    for url in ("/api/predict", "/api/explain"):
+        for bad in ("0", "-3", "2.5", "many"):
+            text = _assert_short_error(_upload(client, data, f"{url}?top_k={bad}"), 400, run)
+            assert text == f"top_k must be a whole number in [1, 10] (the classes), got {bad!r}"
+    assert len(_upload(client, data, "/api/predict?top_k=2").json()["top"]) == 2
+    assert len(_upload(client, data, "/api/predict?top_k=99").json()["top"]) == 10  # all classes
+    assert len(_upload(client, data).json()["top"]) == 3  # the server's --top-k
+    for bad in (0, -3):  # the Python door, as the command line's
+        with pytest.raises(ConfigError, match=rf"^--top-k must be a whole number >= 1, got {bad}$"):
+            create_app(run["ckpt"], top_k=bad)
 
 
 # -- hostile and broken uploads --------------------------------------------------------------------

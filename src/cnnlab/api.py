@@ -125,6 +125,7 @@ def predict(
     operating_point: bool = True,
     min_confidence: float | None = None,
     tta: str | tuple[str, ...] | None = None,
+    score_threshold: float | None = None,
 ) -> Any:
     """Classification (a run, checkpoint or exported .onnx): class names and probabilities for
     images/folders, [Prediction]; unreadable files get an error entry, not a crash. A run with an
@@ -134,13 +135,15 @@ def predict(
     calibration.json (docs/calibration.md); ``min_confidence=P`` answers ``unknown`` below P;
     ``tta`` ("flip", "crop", "shift" or a comma list such as "flip,crop") averages the calibrated
     probabilities over the views (a segmentation run: "flip", per pixel; a detection run: "flip",
-    the mirror's boxes merged in).
+    the mirror's boxes merged in). ``score_threshold`` (detection runs only, as `cnnlab detect
+    predict --score-threshold`): boxes scoring at least this (default: the run's).
 
     Segmentation, detection and video runs write their predictions as files to `out` (mask PNGs and
     overlays; COCO results JSON and drawn boxes; timeline, events and an annotated video) and return
     what their predict returns."""
     entry = task_of(run_or_checkpoint)
     views = _tta_option(tta, entry.name, run_or_checkpoint)
+    threshold = _score_threshold_option(score_threshold, entry.name)
     if not entry.predicts_to_files:
         return entry.predict(
             run_or_checkpoint, inputs, top_k=top_k, device=device, batch_size=batch_size,
@@ -158,8 +161,21 @@ def predict(
             "run: leave it out"
         )
     return entry.predict(
-        run_or_checkpoint, list(inputs), out, device=device, precision=precision, **views
-    )
+        run_or_checkpoint, list(inputs), out, device=device, precision=precision, **views,
+        **threshold,
+    )  # fmt: skip
+
+
+def _score_threshold_option(score_threshold: float | None, task: str) -> dict[str, float]:
+    """{"score_threshold": value} for a detection run, {} when not given; refused for any other
+    task (it has no boxes) and outside [0, 1], before the model loads."""
+    if score_threshold is None:
+        return {}
+    if task != "detection":
+        raise ConfigError(
+            f"--score-threshold is for detection runs; this is a {task} run: leave it out"
+        )
+    return {"score_threshold": score_threshold_of(None, score_threshold)}
 
 
 def _tta_option(tta: Any, task: str, run_or_checkpoint: str | Path) -> dict[str, Any]:
@@ -316,9 +332,8 @@ def explain(
         raise ConfigError(
             f"explain covers {', '.join(EXPLAINED_TASKS)} runs; {run_or_checkpoint} is a {task} run"
         )
+    threshold = _score_threshold_option(score_threshold, task)  # said before the model loads
     if task == "classification":
-        if score_threshold is not None:
-            raise ConfigError("--score-threshold is for detection runs; leave it out")
         from cnnlab.tasks.classify.multilabel import run_thresholds
 
         return explain_image(
@@ -334,10 +349,6 @@ def explain(
         from cnnlab.segment import load_segmentation_model as load
     else:
         from cnnlab.detect import load_detection_model as load
-    if score_threshold is not None and task != "detection":
-        raise ConfigError("--score-threshold is for detection runs; leave it out")
-    if score_threshold is not None:  # out of [0, 1]: said before the model loads
-        score_threshold_of(None, score_threshold)
     return explain_dense_image(
         task,
         load(run_or_checkpoint, resolve_device(device)),
@@ -346,7 +357,7 @@ def explain(
         out_dir=out,
         top_k=top_k,
         methods=tuple(methods),
-        score_threshold=score_threshold,
+        score_threshold=threshold.get("score_threshold"),
     )
 
 

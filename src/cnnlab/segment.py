@@ -205,6 +205,13 @@ def _prepare(
     }
     raise_first(problems)
     timings.lap("decode")  # reading the source and decoding images and masks
+    skipped = bundle.skipped_annotations
+    if skipped:  # as detection says it, on the same file
+        cats = sorted({str(a["category_id"]) for a in skipped})
+        log.warning(
+            "%s: %d annotation(s) skipped, category_id not in categories (%s) (see "
+            "data_report.json)", cfg.data, len(skipped), ", ".join(cats),
+        )  # fmt: skip
     if "train" not in decoded:
         raise DataError(cfg.data, "the training split is empty")
     class_names = bundle.class_names or [
@@ -294,7 +301,13 @@ def _prepare(
                 "root": str(bundle.root) if bundle.root else None,
                 "splits": in_split_order({k: s.ids for k, s in bundle.splits.items()}),
             },
-        },
+        }
+        # COCO: what the label checks skipped, under detection's key and record shape
+        | (
+            {"data_report.json": {"skipped_annotations": skipped}}
+            if bundle.layout == "coco"
+            else {}
+        ),
         folder=f"{cfg.model}-{cfg.encoder}",
         loaders=loaders,
         evaluate=evaluate,

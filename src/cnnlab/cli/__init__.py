@@ -219,6 +219,17 @@ def add_task_evaluate(q: argparse.ArgumentParser, tta_help: str | None = None) -
         q.add_argument("--tta", metavar="VIEWS", default=None, help=tta_help)
 
 
+def _add_score_threshold(p: argparse.ArgumentParser, scope: str = "") -> None:
+    """--score-threshold: one option for every command that draws a detection run's boxes
+    (detect predict, predict, explain); ``scope`` says which runs it is for."""
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        help=f"{scope}boxes scoring at least this (default: the run's score_threshold)",
+    )
+
+
 def _add_precision(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--precision",
@@ -595,6 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a probability in [0, 1]: answer `unknown` when the top class's calibrated "
         "probability is below P (default: always the top class)",
     )
+    _add_score_threshold(p, "detection runs: ")
     p.add_argument("--tta", metavar="VIEWS", default=None, help=TTA_HELP)
 
     p = sub.add_parser(
@@ -645,12 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="CAM method, repeatable: gradcam, gradcam++, eigencam, scorecam, layercam, xgradcam, hirescam",
     )
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
-    p.add_argument(
-        "--score-threshold",
-        type=float,
-        default=None,
-        help="detection runs: boxes scoring at least this (default: the run's score_threshold)",
-    )
+    _add_score_threshold(p, "detection runs: ")
     p.add_argument(
         "--json", action="store_true", help="print the numbers (layers, shapes, probabilities)"
     )
@@ -667,12 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("inputs", nargs="+", help="image files or folders")
     q.add_argument("--out", required=True, help="folder for results.json and the drawn images")
     q.add_argument("--device", default="auto", help=DEVICE_HELP)
-    q.add_argument(
-        "--score-threshold",
-        type=float,
-        default=None,
-        help="boxes scoring at least this (default: the run's score_threshold)",
-    )
+    _add_score_threshold(q)
     q.add_argument(
         "--no-draw", dest="draw", action="store_false", help="results JSON only, no images"
     )
@@ -1609,12 +1611,14 @@ def _predict(args: argparse.Namespace) -> int:
         api.predict(
             args.run, args.inputs, device=args.device, out=args.out, precision=args.precision,
             min_confidence=args.min_confidence, tta=args.tta,  # seg. / detection: flip
+            score_threshold=args.score_threshold,  # detection only (else refused)
         )  # fmt: skip
         out.print(f"{task} predictions written to {args.out}")
         return 0
     preds = api.predict(
         args.run, args.inputs, top_k=args.top_k, device=args.device, precision=args.precision,
         operating_point=args.operating_point, min_confidence=args.min_confidence, tta=args.tta,
+        score_threshold=args.score_threshold,  # refused: a classification run has no boxes
     )  # fmt: skip
     if args.precision != "auto":  # stdout stays the predictions alone (csv / json parse it)
         err.print(f"inference precision: {args.precision}")

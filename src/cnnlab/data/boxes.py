@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from cnnlab.config import PreprocessSpec
-from cnnlab.data.coco import read_coco
+from cnnlab.data.coco import read_coco, unknown_category
 from cnnlab.data.masks import carve_missing, random_split, square_geometry
 from cnnlab.errors import ConfigError, DataError
 
@@ -263,10 +263,9 @@ def _coco(path: Path, root: str | None, val: float, test: float, seed: int) -> B
             continue
         if image_id not in images:
             continue  # its image was skipped (missing file): counted there
-        if cat not in mapping:
-            report.skipped_annotations.append(
-                {"row": row, "category_id": cat, "reason": "unknown category_id"}
-            )
+        skip = unknown_category(row, ann, mapping)
+        if skip is not None:
+            report.skipped_annotations.append(skip)
             continue
         if ann.get("iscrowd", 0):  # crowd regions are not single objects (COCO ignores them too)
             report.skipped_annotations.append({"row": row, "reason": "iscrowd"})

@@ -7,7 +7,8 @@ without an ``id``, a list where an id belongs) or into a silently wrong class li
 categories sharing one id: every annotation of one would be counted as the other). Each failure
 is a :class:`DataError` naming the file and the entry (``categories[1]``) and saying how to fix it.
 What a single annotation gets wrong (unknown image or category, bad box) is left to the readers,
-which skip and count it (data/boxes.py) or name it (data/masks.py).
+which skip and count it (data/boxes.py; data/masks.py for an unknown category, through
+:func:`unknown_category`) or name it (data/masks.py: a segmentation it cannot rasterise).
 
 pycocotools' ``COCO.createIndex`` checks none of this (it indexes by ``id`` and lets a later
 entry overwrite an earlier one), so it is written here.
@@ -16,6 +17,7 @@ entry overwrite an earlier one), so it is written here.
 from __future__ import annotations
 
 import json
+from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +83,13 @@ def read_coco(path: str | Path) -> dict[str, Any]:
                     f"annotations[{row}]: {field} {ann[field]!r} is not an id; write an integer",
                 )
     return doc
+
+
+def unknown_category(row: int, ann: dict[str, Any], known: Container[Any]) -> dict[str, Any] | None:
+    """The skip record of annotations[row] when its ``category_id`` is not among the categories'
+    ids ``known`` (bad-inputs.md #38: skipped, counted, listed in data_report.json), else None.
+    Detection and segmentation both skip it this way: one record shape in both reports."""
+    cat = ann.get("category_id")
+    if cat in known:
+        return None
+    return {"row": row, "category_id": cat, "reason": "unknown category_id"}

@@ -16,8 +16,10 @@ Layouts (``--data``):
   FILE.json (COCO instances)
         polygons / RLE rasterised with pycocotools' ``annToMask``; class = 1 + position of the
         category in id order, 0 background. Crowd regions and pixels covered by two or more
-        annotations are ignore (as torchvision's segmentation reference does for overlaps). Images
-        are found next to the JSON, in an images/ folder beside it, or under --data-root.
+        annotations are ignore (as torchvision's segmentation reference does for overlaps). An
+        annotation of no listed category is skipped and counted (data_report.json), as detection
+        does. Images are found next to the JSON, in an images/ folder beside it, or under
+        --data-root.
   builtin:shapes?n=..&size=..&seed=..&objects=..
         the synthetic shapes with their masks (0 background, k+1 = shape k).
 
@@ -47,7 +49,7 @@ import torch
 from PIL import Image
 
 from cnnlab.config import PreprocessSpec
-from cnnlab.data.coco import read_coco
+from cnnlab.data.coco import read_coco, unknown_category
 from cnnlab.data.loader import TensorLoader, random_crop, random_flip, seeded_generator
 from cnnlab.data.tensors import normalize, pil_to_chw
 from cnnlab.errors import ConfigError, DataError
@@ -242,8 +244,19 @@ class CocoIndex:
                 "COCO annotations need pycocotools: pip install pycocotools"
             ) from None
         dataset = read_coco(path)  # structure checked: ids present, unique, scalar
+        known = {c["id"] for c in dataset["categories"]}
+        # an annotation of no listed category: skipped and counted, as detection does (it was the
+        # first image's DataError, mid-decode, while detection trained on the same file)
+        self.skipped_annotations: list[dict[str, Any]] = []
+        kept = []
+        for row, ann in enumerate(dataset["annotations"]):
+            skip = unknown_category(row, ann, known)
+            if skip is None:
+                kept.append(ann)
+            else:
+                self.skipped_annotations.append(skip)
         coco = COCO()
-        coco.dataset = dataset
+        coco.dataset = dataset | {"annotations": kept}
         with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
             coco.createIndex()
         self.coco, self.path, self.ignore_index = coco, Path(path), ignore_index
@@ -259,13 +272,6 @@ class CocoIndex:
         crowd = np.zeros((h, w), dtype=bool)
         for ann in self.coco.imgToAnns.get(image_id, []):
             name = f"{self.path}: annotation {ann.get('id')}"
-            if ann["category_id"] not in self.class_of:
-                known = sorted(self.class_of)
-                raise DataError(
-                    name,
-                    f"category_id {ann['category_id']} is not in categories (ids {known}); add "
-                    "the category or correct or remove the annotation",
-                )
             try:
                 with warnings.catch_warnings():  # pycocotools' own NumPy 2 copy= deprecation
                     warnings.simplefilter("ignore", DeprecationWarning)
@@ -331,6 +337,8 @@ class MaskBundle:
     split_origin: str = "given"
     root: Path | None = None
     palette: np.ndarray = field(default_factory=voc_palette)  # colours for drawing, index = class
+    # COCO: annotations skipped (unknown category_id), as detection's data_report.json lists them
+    skipped_annotations: list[dict[str, Any]] = field(default_factory=list)
 
 
 def random_split(n: int, val: float, test: float, seed: int) -> dict[str, np.ndarray]:
@@ -614,6 +622,7 @@ def _coco(
         ignore_index,
         split_origin=f"random(seed={seed})",
         root=path.parent,
+        skipped_annotations=index.skipped_annotations,
     )
 
 

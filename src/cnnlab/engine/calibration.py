@@ -48,6 +48,14 @@ FILE = "calibration.json"
 SCORE = "energy"  # the out-of-domain score (see the module docstring for why)
 SCORE_TEXT = "energy score -log sum_k exp(logit_k) of the raw logits (higher: less like training)"
 QUANTILE = 0.99  # threshold: 99 % of validation images score below it (~1 % false alarms)
+# Fewer validation images than this, a fitted T is not to be trusted (a 6-image split gave T = 19).
+# T minimises the NLL of the split: on a few images that the model mostly gets right (or one it
+# gets confidently wrong) the optimum runs far off, and nothing averages it out. Guo et al. (2017)
+# fit T on 5,000+ images; with < 50 images the 15-bin ECE measuring the fit has ~3 images a bin,
+# and the 99 % out-of-domain quantile is simply the largest score. Per class: below 2 images a
+# class, some classes' logits are not seen at all by the fit.
+FEW_SAMPLES = 50
+FEW_PER_CLASS = 2
 ECE_BINS = 15  # equal-width confidence bins (cnnlab.metrics.scores.DEFAULT_ECE_BINS)
 
 
@@ -138,6 +146,15 @@ def fit_calibration(
             )
     val_logits, val_targets = outputs["val"]
     t = cal.fit_temperature(val_logits, val_targets)
+    reliable_from = max(FEW_SAMPLES, FEW_PER_CLASS * num_classes)  # images; see FEW_SAMPLES
+    few = len(val_targets) < reliable_from
+    if few and _is_main():  # DDP: every rank fits, one says it
+        log.warning(
+            "calibration: temperature T=%.3g fitted on only %d validation image(s) (reliable from "
+            "%d: %d, and %d per class); calibrated probabilities and the out-of-domain threshold "
+            "may be far off: give the validation split more images (a larger --val-fraction)",
+            t, len(val_targets), reliable_from, FEW_SAMPLES, FEW_PER_CLASS,
+        )  # fmt: skip
     before, after = cal.softmax_t(val_logits), cal.softmax_t(val_logits, t)
 
     def ece(targets: np.ndarray, probs: np.ndarray) -> float:
@@ -149,7 +166,12 @@ def fit_calibration(
 
     record: dict[str, Any] = {
         "temperature": t,
-        "fitted_on": {"split": "val", "num_samples": int(len(val_targets))},
+        "fitted_on": {
+            "split": "val",
+            "num_samples": int(len(val_targets)),
+            "few_samples": few,  # True: fewer than reliable_from images, T is unreliable
+            "reliable_from": reliable_from,
+        },
         "ece_before": ece(val_targets, before),
         "ece_after": ece(val_targets, after),
         "nll_before": cal.nll_from_logits(val_logits, val_targets),
@@ -185,6 +207,12 @@ def fit_calibration(
         ood["test_num_samples"] = int(len(flagged))
     record["out_of_domain"] = ood
     return record
+
+
+def _is_main() -> bool:
+    from cnnlab.engine import distributed
+
+    return distributed.is_main()
 
 
 def _plain(v: Any) -> Any:

@@ -52,7 +52,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +295,8 @@ def create_app(
 
     if max_upload_bytes < 1:
         raise ConfigError(f"--max-upload-mb must be positive, got {max_upload_bytes} bytes")
+    if int(top_k) < 1:  # as the CLI's --top-k: 0 or -3 were clamped to 1 without a word
+        raise ConfigError(f"--top-k must be a whole number >= 1, got {top_k}")
     if max_image_pixels is not None and max_image_pixels < 1:
         raise ConfigError(f"--max-image-pixels must be positive, got {max_image_pixels}")
     slots = Slots(max_concurrency, timeout_s=queue_timeout_s)
@@ -481,7 +483,7 @@ def create_app(
             return await _with_slot(
                 request, lambda s, data: detect_bytes(s, data, score_threshold=threshold)
             )
-        return await _with_slot(request, predict_bytes)
+        return await _with_slot(request, _with_top_k(request, served, predict_bytes))
 
     @app.post(
         "/api/explain",
@@ -489,9 +491,9 @@ def create_app(
         openapi_extra=upload_doc,
     )
     async def explain(request: Request) -> dict[str, Any]:
-        return await _with_slot(
-            request, explain_bytes if served.task == "classification" else explain_elsewhere
-        )
+        if served.task == "classification":
+            return await _with_slot(request, _with_top_k(request, served, explain_bytes))
+        return await _with_slot(request, explain_elsewhere)
 
     @app.get("/report", include_in_schema=False)
     async def report_root() -> RedirectResponse:
@@ -919,6 +921,28 @@ def segment_bytes(served: Served, data: bytes) -> dict[str, Any]:
         "precision": served.precision,
         "tta": list(served.tta),  # the views averaged; [] for none
     }
+
+
+def _with_top_k(request: Request, served: Served, work: Callable[..., Any]) -> Callable[..., Any]:
+    """``work`` answering the request's ``top_k`` query parameter (default: the server's
+    --top-k); a bad one is refused (400) before the upload is read."""
+    value = request.query_params.get("top_k")
+    if value is None:
+        return work
+    k = top_k_param(value, served)
+    return lambda s, data: work(replace(s, top_k=k), data)
+
+
+def top_k_param(value: str, served: Served) -> int:
+    """The ``top_k`` query parameter: a whole number >= 1, as the CLI's --top-k; more than the
+    run's classes answers them all (as `cnnlab predict --top-k`)."""
+    count = len(served.class_names)
+    text = value.strip()
+    if not text.isdigit() or int(text) < 1:  # "0", "-3", "2.5", "x": refused, never clamped
+        raise ApiError(
+            400, f"top_k must be a whole number in [1, {count}] (the classes), got {value[:20]!r}"
+        )
+    return min(int(text), count)
 
 
 def score_threshold_param(value: str | None) -> float | None:
