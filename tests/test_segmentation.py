@@ -328,6 +328,23 @@ def test_a_corrupt_image_names_its_mask_and_the_fix(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("task", ["segment", "detect"])
+def test_max_bad_fraction_and_strict_are_options_of_both_tasks(task: str, capsys) -> None:
+    from cnnlab.cli import main
+    from cnnlab.config import make_config
+    from cnnlab.tasks.configs import DetectConfig, SegmentConfig
+
+    cls = {"segment": SegmentConfig, "detect": DetectConfig}[task]
+    assert (cls().max_bad_fraction, cls().strict) == (0.1, False)
+    for wrong in (1.0, -0.1):
+        with pytest.raises(ConfigError, match=r"option max_bad_fraction must be in \[0, 1\)"):
+            make_config(cls, max_bad_fraction=wrong)
+    with pytest.raises(SystemExit):
+        main([task, "train", "--help"])
+    out = capsys.readouterr().out
+    assert "--max-bad-fraction MAX_BAD_FRACTION" in out and "--strict, --no-strict" in out
+
+
 def test_binary_masks_saved_0_255_are_refused_with_the_fix(tmp_path: Path, caplog) -> None:
     """Foreground 255 is the ignore index: such a run trained on background alone, rc 0."""
     from cnnlab.data.masks import MaskSplit, check_training_masks
