@@ -16,6 +16,7 @@ CKPT = "tests/test_checkpoint.py"
 SERVE = "tests/test_serve.py"
 EXPORT = "tests/test_export.py"
 DETECT = "tests/test_detection.py"
+SEGMENT = "tests/test_segmentation.py"
 CLI = "tests/test_cli.py"
 IMB = "tests/test_imbalance.py"
 OP = "tests/test_operating_point.py"
@@ -44,12 +45,15 @@ CASES: dict[int, list[str] | str] = {
     13: [
         f"{DECODE}::test_case_13_truncated_jpeg",
         f"{SCAN}::test_cases_11_12_13_16_bad_files_listed_with_reasons",
+        f"{SEGMENT}::test_corrupt_images_over_the_limit_or_with_strict_refuse_training",
     ],
     14: [f"{DECODE}::test_case_14_jpeg_with_bytes_after_eoi_is_accepted"],
     15: [
         f"{DECODE}::test_case_15_truncated_png",
         f"{DECODE}::test_case_15_png_bad_idat_crc",
         f"{DECODE}::test_case_15_png_bad_header_crc",
+        f"{SEGMENT}::test_a_corrupt_image_is_skipped_reported_and_kept_out_of_the_recorded_splits",
+        f"{DETECT}::test_skipped_images_are_limited_by_max_bad_fraction_and_strict",
     ],
     16: [
         f"{DECODE}::test_case_16_decompression_bomb_rejected_before_decoding",

@@ -230,6 +230,40 @@ def test_no_training_box_left_is_refused_and_a_class_without_one_is_said(
     assert "no training box for class(es) blue" in caplog.text
 
 
+def test_skipped_images_are_limited_by_max_bad_fraction_and_strict(tmp_path: Path) -> None:
+    """bad-inputs.md B, as classification, video and segmentation: detection skipped corrupt
+    images without a limit. 1 of 5 (a PNG cut in half) is over the default 10 %: refused, naming
+    the count, the fraction and the file; under a raised limit it trains, the image listed in
+    data_report.json and absent from splits.json; --strict refuses it whatever the limit."""
+    from cnnlab.detect import train_detection
+
+    root = _yolo_dataset(tmp_path / "cut")
+    bad = root / "images" / "p2.png"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    runs = tmp_path / "runs"
+    tiny = dict(data=str(root), image_size=32, epochs=1, batch_size=2, out=str(runs),
+                val_fraction=0.0, test_fraction=0.0, device="cpu", report=False)  # fmt: skip
+    with pytest.raises(DataError) as err:
+        train_detection(**tiny)
+    assert err.value.path == str(root) and err.value.reason == (
+        "data check failed: 1 of 5 image files unusable (20.0%, limit 10%: --max-bad-fraction): "
+        f"{bad} (truncated or corrupt image data); replace or remove the images (and their "
+        "annotations)"
+    )
+    with pytest.raises(DataError, match=r"1 of 5 image files unusable \(20.0%, strict mode\)"):
+        train_detection(**tiny, max_bad_fraction=0.5, strict=True)
+    assert not runs.exists()
+    run = train_detection(**tiny, max_bad_fraction=0.25).run_dir
+    report = json.loads((run / "data_report.json").read_text())
+    assert report["skipped_images"] == [
+        {"image": str(bad), "reason": "truncated or corrupt image data"}
+    ]
+    assert json.loads((run / "splits.json").read_text())["splits"] == {
+        "train": ["p0", "p1", "p3", "p4"]
+    }
+
+
 @pytest.mark.parametrize("fmt", ["coco", "voc", "yolo"])
 def test_format_round_trip_train_evaluate(tmp_path: Path, fmt: str, run_digests) -> None:
     from cnnlab.detect import evaluate_detection, load_detection_model, train_detection
@@ -237,9 +271,10 @@ def test_format_round_trip_train_evaluate(tmp_path: Path, fmt: str, run_digests)
     folder = tmp_path / "data"
     folder.mkdir()
     data = {"coco": _coco_dataset, "voc": _voc_dataset, "yolo": _yolo_dataset}[fmt](folder)
-    result = train_detection(
+    result = train_detection(  # COCO: 1 of its 6 images missing, over the default 10 % limit
         data=str(data), image_size=64, epochs=1, batch_size=2, val_fraction=0.0,
         test_fraction=0.25, out=str(tmp_path / "runs"), device="cpu", report_images=1,
+        max_bad_fraction=0.2,
     )  # fmt: skip
     assert np.isfinite(result.history[0]["train_loss"])
     assert set(result.test_metrics) >= {"map", "map_50", "mar_100", "per_class"}

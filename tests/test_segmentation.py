@@ -313,19 +313,88 @@ def test_folder_mask_with_wrong_size_stops_training(tmp_path: Path) -> None:
     assert err.value.path.endswith("4.png")
 
 
-def test_a_corrupt_image_names_its_mask_and_the_fix(tmp_path: Path) -> None:
+def _cut_in_half(path: Path) -> None:
+    """A truncated file, as a copy or download cut short leaves it (real bytes, not a mock)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_corrupt_image_is_skipped_reported_and_kept_out_of_the_recorded_splits(
+    tmp_path: Path, caplog
+) -> None:
+    """bad-inputs.md B: SKIP+REPORT, as classification and video do. Training stopped on the
+    first corrupt image; now the pair is skipped (1 of 20: under the 10 % limit), listed in
+    data_report.json, said once, and absent from splits.json, so `cnnlab segment evaluate RUN`
+    does not decode it again (it was in the test split)."""
+    from cnnlab.segment import evaluate_segmentation, train_segmentation
+
+    root = _mask_folder(tmp_path / "cut", 20, name=lambda i: f"{i:02d}")
+    test_ids = load_mask_source(str(root), val_fraction=0.2, test_fraction=0.2).splits["test"].ids
+    bad = root / "images" / test_ids[0]
+    _cut_in_half(bad)
+    with caplog.at_level("WARNING", logger="cnnlab.segment"):
+        run = train_segmentation(data=str(root), out=str(tmp_path / "runs"), **TINY).run_dir
+    reason = "truncated or corrupt image data"
+    said = [r.getMessage() for r in caplog.records if "bad image files skipped" in r.getMessage()]
+    assert said == [f"{root}: 1 bad image files skipped: {bad} ({reason}) (see data_report.json)"]
+    report = json.loads((run / "data_report.json").read_text())
+    assert report == {"skipped_images": [{"image": str(bad), "reason": reason}]}
+    splits = json.loads((run / "splits.json").read_text())["splits"]
+    assert sum(len(ids) for ids in splits.values()) == 19
+    assert test_ids[0] not in {i for ids in splits.values() for i in ids}
+    again = evaluate_segmentation(run, device="cpu", report=False)
+    assert np.isfinite(again["metrics"]["mean_iou"])
+
+
+def test_corrupt_images_over_the_limit_or_with_strict_refuse_training(tmp_path: Path) -> None:
+    """Over --max-bad-fraction (1 of 6) or with --strict: one error naming the count, the
+    fraction, the file and the fixes, before anything is written. Decoding a split outside
+    training (evaluate) still names the image's mask and the fix."""
+    from cnnlab.config import PreprocessSpec
+    from cnnlab.data.masks import decode_split
     from cnnlab.segment import train_segmentation
 
     root = _mask_folder(tmp_path / "cut", image_suffix=".jpg")
-    data = (root / "images" / "3.jpg").read_bytes()
-    (root / "images" / "3.jpg").write_bytes(data[: len(data) // 2])
+    bad = root / "images" / "3.jpg"
+    _cut_in_half(bad)
+    runs = tmp_path / "runs"
     with pytest.raises(DataError) as err:
-        train_segmentation(data=str(root), out=str(tmp_path / "runs"), **TINY)
-    assert err.value.path == str(root / "images" / "3.jpg")
+        train_segmentation(data=str(root), out=str(runs), **TINY)
+    assert err.value.path == str(root)
+    assert err.value.reason == (
+        "data check failed: 1 of 6 image files unusable (16.7%, limit 10%: --max-bad-fraction): "
+        f"{bad} (truncated or corrupt image data); replace the images, or remove each with its mask"
+    )
+    with pytest.raises(DataError, match=r"1 of 6 image files unusable \(16.7%, strict mode\)"):
+        train_segmentation(data=str(root), out=str(runs), strict=True, max_bad_fraction=0.5,
+                           **TINY)  # fmt: skip
+    assert not runs.exists()
+    split = load_mask_source(str(root), val_fraction=0, test_fraction=0).splits["train"]
+    spec = PreprocessSpec(16, 3, (0.0,) * 3, (1.0,) * 3, "fit", {})
+    with pytest.raises(DataError) as err:
+        decode_split(split, spec, num_classes=2)
+    assert err.value.path == str(bad)
     assert err.value.reason == (
         "truncated or corrupt image data; replace the image, or remove it and its mask "
         f"{root / 'masks' / '3.png'}"
     )
+
+
+@pytest.mark.parametrize("task", ["segment", "detect"])
+def test_max_bad_fraction_and_strict_are_options_of_both_tasks(task: str, capsys) -> None:
+    from cnnlab.cli import main
+    from cnnlab.config import make_config
+    from cnnlab.tasks.configs import DetectConfig, SegmentConfig
+
+    cls = {"segment": SegmentConfig, "detect": DetectConfig}[task]
+    assert (cls().max_bad_fraction, cls().strict) == (0.1, False)
+    for wrong in (1.0, -0.1):
+        with pytest.raises(ConfigError, match=r"option max_bad_fraction must be in \[0, 1\)"):
+            make_config(cls, max_bad_fraction=wrong)
+    with pytest.raises(SystemExit):
+        main([task, "train", "--help"])
+    out = capsys.readouterr().out
+    assert "--max-bad-fraction MAX_BAD_FRACTION" in out and "--strict, --no-strict" in out
 
 
 def test_binary_masks_saved_0_255_are_refused_with_the_fix(tmp_path: Path, caplog) -> None:

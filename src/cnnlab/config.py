@@ -229,10 +229,7 @@ class TrainConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("max_bad_fraction", "label_smoothing"):
-            value = getattr(self, key)
-            if not 0.0 <= value < 1.0:
-                raise ConfigError(f"option {key} must be in [0, 1), got {value}")
+        check_fraction(self, "max_bad_fraction", "label_smoothing")
         if not (math.isfinite(self.focal_gamma) and self.focal_gamma >= 0):
             raise ConfigError(f"option focal_gamma must be a number >= 0, got {self.focal_gamma}")
         if self.loss == "focal" and self.label_smoothing > 0:
@@ -388,6 +385,15 @@ def check_positive(cfg: Any, *names: str) -> None:
         value = getattr(cfg, key)
         if value is not None and value <= 0:
             raise ConfigError(f"option {key} must be > 0, got {value}")
+
+
+def check_fraction(cfg: Any, *names: str) -> None:
+    """Each named option is in [0, 1) (a share of the data or of a weight); else a one-line
+    ConfigError naming it."""
+    for key in names:
+        value = getattr(cfg, key)
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"option {key} must be in [0, 1), got {value}")
 
 
 def check_literals(cfg: Any) -> None:

@@ -40,6 +40,7 @@ from cnnlab.data.boxes import (
     unmap_boxes,
 )
 from cnnlab.data.decode import DEFAULT_MAX_PIXELS
+from cnnlab.data.scan import check_skipped
 from cnnlab.data.sources import in_split_order
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import TrainResult
@@ -146,6 +147,14 @@ def _prepare(
             images, targets, ids, _ = decode_box_split(samples, provisional, report)
             decoded[name] = (images, targets, ids)
     timings.lap("decode")  # reading the annotations and decoding the images
+    # images skipped (missing, cannot be decoded) are not in the decoded splits, so not in
+    # splits.json; too many of them (or any, --strict) refuse the run (said by the summary below)
+    bad = [(str(s.get("image", f"row {s.get('row')}")), s["reason"]) for s in report.skipped_images]
+    check_skipped(
+        cfg.data, bad, len(bad) + sum(len(d[0]) for d in decoded.values()), strict=cfg.strict,
+        max_bad_fraction=cfg.max_bad_fraction,
+        fix="replace or remove the images (and their annotations)",
+    )  # fmt: skip
     if report.skipped_images or report.dropped_boxes or report.skipped_annotations:
         log.warning("%s: %s (see data_report.json)", cfg.data, report.summary())
     if "train" not in decoded or len(decoded["train"][0]) == 0:

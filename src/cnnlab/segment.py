@@ -45,6 +45,7 @@ from cnnlab.data.masks import (
     raise_first,
     square_geometry,
 )
+from cnnlab.data.scan import check_skipped
 from cnnlab.data.sources import in_split_order
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import TrainResult
@@ -196,14 +197,35 @@ def _prepare(
     )  # fmt: skip
     known = len(bundle.class_names) if bundle.class_names else None
     problems: list[DataError] = []  # every split is checked before one error counts them all
+    unreadable: dict[str, list[tuple[int, str, str]]] = {k: [] for k in bundle.splits}
     decoded = {
         k: decode_split(
-            s, provisional, num_classes=known, ignore_index=cfg.ignore_index, errors=problems
+            s,
+            provisional,
+            num_classes=known,
+            ignore_index=cfg.ignore_index,
+            errors=problems,
+            skipped=unreadable[k],
         )  # fmt: skip
         for k, s in bundle.splits.items()
         if len(s)
     }
     raise_first(problems)
+    # pairs whose image cannot be decoded: skipped (bad-inputs.md B), and dropped from the splits
+    # before splits.json records them, so that evaluate and resume never decode them again
+    bad = [(path, why) for k in bundle.splits for _, path, why in unreadable[k]]
+    warning = check_skipped(
+        cfg.data, bad, sum(len(s) for s in bundle.splits.values()), strict=cfg.strict,
+        max_bad_fraction=cfg.max_bad_fraction,
+        fix="replace the images, or remove each with its mask",
+    )  # fmt: skip
+    if warning:
+        log.warning("%s: %s (see data_report.json)", cfg.data, warning)
+    for k, gone in unreadable.items():
+        if gone:
+            drop = {i for i, _, _ in gone}
+            part = bundle.splits[k]
+            bundle.splits[k] = part.subset([i for i in range(len(part)) if i not in drop])
     timings.lap("decode")  # reading the source and decoding images and masks
     skipped = bundle.skipped_annotations
     if skipped:  # as detection says it, on the same file
@@ -212,7 +234,7 @@ def _prepare(
             "%s: %d annotation(s) skipped, category_id not in categories (%s) (see "
             "data_report.json)", cfg.data, len(skipped), ", ".join(cats),
         )  # fmt: skip
-    if "train" not in decoded:
+    if "train" not in decoded or not len(decoded["train"][0]):
         raise DataError(cfg.data, "the training split is empty")
     class_names = bundle.class_names or [
         str(k) for k in range(infer_num_classes([m for _, m in decoded.values()], cfg.ignore_index))
@@ -268,6 +290,11 @@ def _prepare(
         )  # fmt: skip
 
     ids = bundle.splits["train"].ids
+    data_report: dict[str, Any] = (
+        {"skipped_annotations": skipped} if bundle.layout == "coco" else {}
+    )
+    if bad:
+        data_report["skipped_images"] = [{"image": p, "reason": why} for p, why in bad]
     return Plan(
         model=model,
         task=SegmentationTask(
@@ -302,12 +329,9 @@ def _prepare(
                 "splits": in_split_order({k: s.ids for k, s in bundle.splits.items()}),
             },
         }
-        # COCO: what the label checks skipped, under detection's key and record shape
-        | (
-            {"data_report.json": {"skipped_annotations": skipped}}
-            if bundle.layout == "coco"
-            else {}
-        ),
+        # what the label checks (COCO) and the decoder skipped, under detection's keys and
+        # record shapes
+        | ({"data_report.json": data_report} if data_report else {}),
         folder=f"{cfg.model}-{cfg.encoder}",
         loaders=loaders,
         evaluate=evaluate,

@@ -654,6 +654,15 @@ def resize_mask(mask: np.ndarray, size: int, mode: str = "fit", fill: int = 255)
     return np.asarray(canvas, dtype=np.uint8)
 
 
+class UnreadableImage(DataError):
+    """A pair's image cannot be decoded (a corrupt file, not a labelling mistake): training skips
+    the pair; ``cause`` is the decoder's reason alone."""
+
+    def __init__(self, path: str | Path, cause: str, mask_name: str) -> None:
+        super().__init__(path, f"{cause}; replace the image, or remove it and its mask {mask_name}")
+        self.cause = cause
+
+
 def _decode_pair(
     split: MaskSplit, i: int, spec: PreprocessSpec, num_classes: int | None, ignore_index: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -665,10 +674,8 @@ def _decode_pair(
     ref = split.mask_refs[i]
     try:
         im = load_image(path, mode=image_mode(spec.in_channels), max_pixels=max_pixels)
-    except DataError as err:  # the decoder's reason, and what to do about a pair (not skipped)
-        raise DataError(
-            err.path, f"{err.reason}; replace the image, or remove it and its mask {ref.name}"
-        ) from None
+    except DataError as err:  # the decoder's reason, and what to do about the pair
+        raise UnreadableImage(err.path, err.reason, ref.name) from None
     mask = check_mask(ref.read(max_pixels), ref.name, im.size, num_classes, ignore_index, str(path))
     return pil_to_chw(im, spec), resize_mask(mask, spec.image_size, spec.resize, ignore_index)
 
@@ -681,6 +688,7 @@ def decode_split(
     ignore_index: int = 255,
     workers: int | None = None,
     errors: list[DataError] | None = None,
+    skipped: list[tuple[int, str, str]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, C, S, S) uint8, masks (N, S, S) uint8) of a split, with the pre-flight checks.
 
@@ -688,6 +696,10 @@ def decode_split(
     Every pair is checked; the first problem raises, saying how many other files have problems.
     ``errors``: a list shared by the splits of one source; the problems are added to it instead
     of raised, and the caller raises once (:func:`raise_first`) with the count over all splits.
+    ``skipped``: given (training), a pair whose image cannot be decoded is no problem but left
+    out, (index in the split, image path, reason) added to the list, and the arrays hold the other
+    pairs in order; the caller drops those indices from the split and applies the bad-fraction
+    limit. A bad mask is always a problem (a labelling mistake, not a corrupt file).
     """
     n, s = len(split), spec.image_size
     if split.images is not None:
@@ -704,12 +716,18 @@ def decode_split(
     images = np.empty((n, spec.in_channels, s, s), dtype=np.uint8)
     masks = np.empty((n, s, s), dtype=np.uint8)
     found: list[DataError] = []
+    unreadable: list[tuple[int, str, str]] = []
 
     def work(i: int) -> None:
         try:
             images[i], masks[i] = _decode_pair(split, i, spec, num_classes, ignore_index)
+        except UnreadableImage as err:
+            if skipped is None:
+                found.append(err)
+            else:  # list.append is atomic: the threads share these lists safely
+                unreadable.append((i, str(err.path), err.cause))
         except DataError as err:
-            found.append(err)  # list.append is atomic: the threads share it safely
+            found.append(err)
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         list(pool.map(work, range(n)))
@@ -717,6 +735,11 @@ def decode_split(
         errors.extend(found)
     else:
         raise_first(found)
+    if unreadable:
+        unreadable.sort()  # the threads finish in any order
+        skipped.extend(unreadable)
+        keep = np.setdiff1d(np.arange(n), [i for i, _, _ in unreadable])
+        images, masks = images[keep], masks[keep]
     return images, masks
 
 

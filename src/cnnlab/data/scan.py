@@ -721,17 +721,11 @@ class ScanReport:
         item = self.item  # "image" or "video"
         if not self.usable_items:
             failures.append(f"no usable {item}s ({n_images} {item} files, {len(bad)} bad)")
-        if bad and (strict or self.bad_fraction > max_bad_fraction):
-            limit = "strict mode" if strict else f"limit {max_bad_fraction:.0%}: --max-bad-fraction"
-            failures.append(
-                f"{len(bad)} of {n_images} {item} files unusable ({self.bad_fraction:.1%}, "
-                f"{limit}): {_first(f'{p} ({why})' for p, why in bad)}{too_big}"
-            )
-        elif bad:
-            warns.append(
-                f"{len(bad)} bad {item} files skipped: "
-                f"{_first(f'{p} ({why})' for p, why in bad)}{too_big}"
-            )
+        failure, warning = bad_fraction_verdict(bad, n_images, strict, max_bad_fraction, item)
+        if failure:
+            failures.append(failure + too_big)
+        elif warning:
+            warns.append(warning + too_big)
         empty = [f"{s}/{c}" if s else c for s, c in self.empty_classes]
         if empty and not allow_empty_classes:
             keep = (  # only `cnnlab data check` has the option (images)
@@ -889,6 +883,45 @@ class ScanReport:
                 ),
             )
         return t
+
+
+def bad_fraction_verdict(
+    bad: Sequence[tuple[str, str]], total: int, strict: bool, max_bad_fraction: float, item: str
+) -> tuple[str | None, str | None]:
+    """(failure, warning) for ``bad`` (path, reason) files skipped out of ``total``: the one
+    SKIP+REPORT rule of every task (bad-inputs.md) -- a failure above ``max_bad_fraction`` or
+    with ``strict`` at the first, else a warning naming the first files; (None, None) if none."""
+    if not bad:
+        return None, None
+    fraction = len(bad) / max(total, 1)
+    first = _first(f"{p} ({why})" for p, why in bad)
+    if strict or fraction > max_bad_fraction:
+        limit = "strict mode" if strict else f"limit {max_bad_fraction:.0%}: --max-bad-fraction"
+        return (
+            f"{len(bad)} of {total} {item} files unusable ({fraction:.1%}, {limit}): {first}",
+            None,
+        )
+    return None, f"{len(bad)} bad {item} files skipped: {first}"
+
+
+def check_skipped(
+    where: str | Path,
+    bad: Sequence[tuple[str, str]],
+    total: int,
+    *,
+    strict: bool,
+    max_bad_fraction: float,
+    fix: str,
+    item: str = "image",
+) -> str | None:
+    """Refuse (DataError naming the count, fraction, first files and ``fix``) the ``bad`` (path,
+    reason) files a task skipped out of ``total``, as :meth:`ScanReport.check` does for
+    classification; else the warning for the caller to say once, None when nothing was skipped.
+    The caller lists the files in the run's data_report.json."""
+    failure, warning = bad_fraction_verdict(bad, total, strict, max_bad_fraction, item)
+    if failure:
+        raise DataError(where, f"data check failed: {failure}; {fix}")
+    return warning
 
 
 def _first(things: Iterable[str], n: int = 5) -> str:

@@ -25,6 +25,7 @@ from cnnlab.config import (
     TrainConfig,
     check_augment,
     check_augment_options,
+    check_fraction,
     check_positive,
 )
 from cnnlab.errors import ConfigError
@@ -58,6 +59,9 @@ class SegmentConfig(RunConfig):
     in_channels: int | None = None  # None: the source's (3 for files)
     augment: tuple[str, ...] = ("crop", "flip")  # crop, flip: applied to image and mask alike
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit, enforced as an error
+    # abort when more of the images than this cannot be decoded (each skipped with its mask)
+    max_bad_fraction: float = 0.1
+    strict: bool = False  # every skipped file becomes an error
     ignore_index: int = 255  # mask value that is never scored (VOC's void boundary, fit padding)
     # --- model ---
     model: str = (
@@ -89,6 +93,7 @@ class SegmentConfig(RunConfig):
 
         super().__post_init__()
         check_positive(self, "report_images")
+        check_fraction(self, "max_bad_fraction")
         if not 0 <= self.ignore_index <= 255:
             raise ConfigError(
                 f"option ignore_index must be in 0..255 (8-bit masks), got {self.ignore_index}"
@@ -115,6 +120,9 @@ class DetectConfig(RunConfig):
     in_channels: int | None = None  # None: 3 (files) or the builtin's
     augment: tuple[str, ...] = ("flip",)  # flip only: the boxes follow the image's flips
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit, enforced as an error
+    # abort when more of the images than this are skipped (cannot be decoded, or missing)
+    max_bad_fraction: float = 0.1
+    strict: bool = False  # every skipped file becomes an error
     # --- model ---
     model: str = "fasterrcnn"  # fasterrcnn | retinanet | fcos | ssdlite
     backbone: str = "resnet18"  # a zoo classifier or timm:NAME (ignored by ssdlite)
@@ -144,6 +152,7 @@ class DetectConfig(RunConfig):
 
         super().__post_init__()
         check_positive(self, "report_images", "fpn_channels", "box_head_width")
+        check_fraction(self, "max_bad_fraction")
         if self.image_size is not None and self.image_size < 32:
             raise ConfigError(f"option image_size must be >= 32 pixels, got {self.image_size}")
         if not 0.0 <= self.score_threshold <= 1.0:
@@ -195,9 +204,7 @@ class VideoConfig(RunConfig):
         from cnnlab.tasks.classification import ClassificationTask
 
         super().__post_init__()
-        for key in ("max_bad_fraction", "label_smoothing"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"option {key} must be in [0, 1), got {getattr(self, key)}")
+        check_fraction(self, "max_bad_fraction", "label_smoothing")
         if self.frames is not None and self.frames < 2:
             raise ConfigError(f"option frames must be >= 2 (a clip), got {self.frames}")
         if self.image_size is not None and self.image_size < 16:
