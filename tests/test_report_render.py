@@ -119,13 +119,13 @@ def test_workers_stop_when_closed():
 @pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
 def test_workers_never_given_a_figure_are_stopped_not_waited_for():
     """A run stopped by an error, or one without a report: its workers may still be importing
-    pyplot (0.8 s), so they are terminated rather than waited for."""
+    pyplot (0.8 s), so they are killed rather than waited for."""
     renderer = render.WorkerRenderer(2)
     processes = list(renderer._pool._processes.values())
     renderer.close()
     for p in processes:
         p.join(timeout=30)
-        assert p.exitcode == -signal.SIGTERM
+        assert p.exitcode == -signal.SIGKILL
 
 
 @pytest.mark.slow  # two short trainings: about 10 s on 2 busy cores

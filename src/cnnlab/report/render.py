@@ -96,11 +96,13 @@ def _shutdown(pool: ProcessPoolExecutor, drawn: list[int]) -> None:
     # waits for the workers to exit (idle ones do at once; a figure being drawn is finished):
     # shutdown(wait=False) left the pool's wake-up pipe to fail at interpreter exit. Workers never
     # given a figure (a run stopped by an error, or without a report) may still be importing
-    # pyplot, which waiting would add to the command's time (0.8 s): they are stopped instead.
+    # pyplot, which waiting would add to the command's time (0.8 s): they are killed instead
+    # (SIGKILL: a worker forked before its initializer ran still has the parent's SIGTERM handler;
+    # it holds nothing to clean up, its figures are bytes in memory).
     if not drawn[0]:
         for process in list((getattr(pool, "_processes", None) or {}).values()):
             with contextlib.suppress(OSError):
-                process.terminate()
+                process.kill()
     pool.shutdown(wait=True, cancel_futures=True)
 
 
