@@ -404,3 +404,36 @@ def test_few_validation_images_also_counts_two_per_class(tmp_path: Path) -> None
         weights=weights, logits={"val": (logits, targets)},
     )  # fmt: skip
     assert record["fitted_on"]["few_samples"] and record["fitted_on"]["reliable_from"] == 120
+
+
+@pytest.mark.parametrize("n", [6, 60])
+def test_the_report_section_cautions_about_a_temperature_fitted_on_few_images(
+    n: int, tmp_path: Path
+) -> None:
+    """calibration.json said few_samples and training warned on the console, but the report's
+    section showed T and its ECE as if they held. Now it says how many images T was fitted on,
+    from how many it is reliable and the fix (the console warning's own words); a record from
+    before few_samples existed renders as before, with no caution."""
+    from cnnlab.engine.calibration import fit_calibration
+    from cnnlab.report.calibration_section import calibration_html, calibration_section
+    from cnnlab.report.html import png_figure
+
+    rng = np.random.default_rng(0)
+    logits, targets = rng.normal(0, 4, (n, 3)), rng.integers(0, 3, n)
+    weights = tmp_path / "best.safetensors"
+    weights.write_bytes(b"weights")
+    record = fit_calibration(
+        torch.nn.Identity(), {}, 3, device=torch.device("cpu"), precision="32",
+        weights=weights, logits={"val": (logits, targets)},
+    )  # fmt: skip
+    record = json.loads(json.dumps(record))  # as the report reads it back from calibration.json
+    page = calibration_section(record, tmp_path, png_figure)  # the section as the report draws it
+    caution = f"fitted on only {n} validation images</b>. Below 50 images T, the ECE"
+    assert (caution in page) is (n < 50)
+    assert (cal.FEW_SAMPLES_FIX in page) is (n < 50)
+    assert "a larger --val-fraction" in cal.FEW_SAMPLES_FIX  # the fix the console names
+    old = record | {"fitted_on": {"split": "val", "num_samples": n}}  # before few_samples
+    for before in (old, {k: v for k, v in record.items() if k != "fitted_on"}):
+        page = calibration_html(before, "data:,")
+        assert f"{record['ece_before']:.4f} / {record['ece_after']:.4f}" in page
+        assert "Caution" not in page and cal.FEW_SAMPLES_FIX not in page

@@ -64,7 +64,9 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "api.py:_score_threshold_option": ("predict", "explain"),  # --score-threshold of another task
     # --max-bad-fraction: every command that decodes a training dataset
     "data/scan.py:bad_fraction_verdict": ("data check", *TRAINERS, "lr-find", *TASK_TRAINERS),
-    "engine/calibration.py:fit_calibration": TRAINERS,  # few validation images: --val-fraction
+    # FEW_SAMPLES_FIX (--val-fraction): training's warning on few validation images; the report's
+    # caution (which evaluate redraws too) says it as advice for training again
+    "metrics/calibration.py:<module>": TRAINERS,
     # --split NAME of a run that lacks it
     "errors.py:no_such_split": ("detect evaluate", "segment evaluate", "video evaluate", "embed"),
     "engine/devices.py:_check": (*TRAINERS, "lr-find", *TASK_TRAINERS, *INFERENCE),  # --precision

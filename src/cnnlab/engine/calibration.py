@@ -152,8 +152,8 @@ def fit_calibration(
         log.warning(
             "calibration: temperature T=%.3g fitted on only %d validation image(s) (reliable from "
             "%d: %d, and %d per class); calibrated probabilities and the out-of-domain threshold "
-            "may be far off: give the validation split more images (a larger --val-fraction)",
-            t, len(val_targets), reliable_from, FEW_SAMPLES, FEW_PER_CLASS,
+            "may be far off: %s",
+            t, len(val_targets), reliable_from, FEW_SAMPLES, FEW_PER_CLASS, cal.FEW_SAMPLES_FIX,
         )  # fmt: skip
     before, after = cal.softmax_t(val_logits), cal.softmax_t(val_logits, t)
 

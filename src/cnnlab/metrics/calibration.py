@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "FEW_SAMPLES_FIX",
     "LOG_T_BOUNDS",
     "energy_score",
     "fit_class_gaussians",
@@ -39,6 +40,11 @@ __all__ = [
 #: the search interval of log T: T in [0.01, 100] covers every useful temperature (a model that
 #: needs more is not calibrated by one scalar; the fit then sits on the bound and says so)
 LOG_T_BOUNDS = (math.log(0.01), math.log(100.0))
+
+#: what to do about a temperature fitted on too few validation images: one wording for training's
+#: warning (cnnlab.engine.calibration) and the report's caution (cnnlab.report.calibration_section);
+#: kept here, beside the fit, so the report reads it without importing the engine (and torch)
+FEW_SAMPLES_FIX = "give the validation split more images (a larger --val-fraction)"
 
 
 def _logits_targets(logits: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:

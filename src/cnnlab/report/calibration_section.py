@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnlab.metrics.calibration import FEW_SAMPLES_FIX
 from cnnlab.report import use_file_backend
 
 
@@ -93,6 +94,7 @@ def calibration_html(record: dict[str, Any] | None, uri: str) -> str:
     table = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows)
     return (
         "<h2>Calibration and out-of-domain check</h2>"
+        f"{few_samples_caution(record)}"
         "<p class=muted>Temperature scaling: one scalar T fitted on the validation split to "
         "minimise its negative log-likelihood; the argmax (accuracy, ROC-AUC) is unchanged. ECE: "
         "expected calibration error, equal-width confidence bins. The test metrics above use the "
@@ -101,6 +103,25 @@ def calibration_html(record: dict[str, Any] | None, uri: str) -> str:
         f'<div class="figs"><figure class=wide><img src="{uri}" alt="reliability before and '
         'after temperature scaling"><figcaption>reliability diagram before and after temperature '
         "scaling (validation split)</figcaption></figure></div>"
+    )
+
+
+def few_samples_caution(record: dict[str, Any]) -> str:
+    """A caution, in the warning colour, when T was fitted on fewer validation images than
+    ``fitted_on.reliable_from`` (calibration.json's ``few_samples``; training warned on the
+    console, and a reader of the report never sees that); "" otherwise, and for a record written
+    before ``few_samples`` existed (nothing is known of it, so nothing is claimed)."""
+    fitted = record.get("fitted_on") or {}
+    if not fitted.get("few_samples"):
+        return ""
+    n = fitted.get("num_samples")
+    reliable = fitted.get("reliable_from")
+    return (
+        '<p class="lead" style="color:#b00020"><b>Caution: the temperature was fitted on only '
+        f"{n} validation image{'' if n == 1 else 's'}</b>. Below {reliable} images T, the ECE "
+        "and NLL figures below and the out-of-domain threshold are not reliable (a few images "
+        "can move T far off, and nothing averages it out). To trust them, train again and "
+        f"{html.escape(FEW_SAMPLES_FIX)}.</p>"
     )
 
 
