@@ -392,3 +392,40 @@ def test_two_images_of_the_same_name_get_two_explain_folders(tmp_path):
     (second / "explain.json").write_text(json.dumps({"image": str(dog)}))
     assert default_explain_dir(tmp_path / "run", dog) == second
     assert default_explain_dir(tmp_path / "run", tmp_path / "fox" / "001.png").name == "001-3"
+
+
+def test_the_same_image_from_another_working_directory_keeps_its_explain_folder(
+    digits_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """explain.json recorded the image's path as given: `cat/seven.png` explained from the folder
+    above cat/ read, from inside cat/, as cat/cat/seven.png, another image, so the same image
+    explained there as `seven.png` got a second page `seven-2/`. The path is now recorded
+    absolute; another image of the same name still gets its own folder, and an explain.json
+    from before (a relative path) is still read."""
+    from sklearn.datasets import load_digits
+
+    from cnnlab.report.explain_page import default_explain_dir
+
+    digits = load_digits()
+    for folder, k in (("cat", 7), ("dog", 17)):
+        (tmp_path / folder).mkdir()
+        pixels = np.round(digits.images[k] * 255 / 16).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / folder / "seven.png")
+    kw = dict(top_k=1, methods=("gradcam",), saliency=False)
+    base = digits_run / "explain"  # digits_run is absolute: the same run from any folder
+    monkeypatch.chdir(tmp_path)
+    first = explain_image(digits_run, "cat/seven.png", **kw)
+    monkeypatch.chdir(tmp_path / "cat")
+    again = explain_image(digits_run, "seven.png", **kw)
+    assert Path(first["html"]).parent == Path(again["html"]).parent == base / "seven"
+    recorded = json.loads(Path(again["json"]).read_text())["image"]
+    assert recorded == str((tmp_path / "cat" / "seven.png").resolve())
+    other = explain_image(digits_run, "../dog/seven.png", **kw)
+    assert Path(other["html"]).parent == base / "seven-2"
+    assert not (base / "seven-3").exists()
+    # an explain.json written before: its relative path read from the working directory
+    old = base / "eight"
+    old.mkdir()
+    (old / "explain.json").write_text(json.dumps({"image": "eight.png"}))
+    assert default_explain_dir(digits_run, Path("eight.png")) == old
+    assert default_explain_dir(digits_run, Path("../dog/eight.png")) == base / "eight-2"

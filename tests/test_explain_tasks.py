@@ -241,3 +241,24 @@ def test_explain_refuses_other_tasks(
     assert main([*args, "--out", str(tmp_path / "o")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "--score-threshold is for detection runs" in lines[0]
+
+
+def test_a_segmentation_page_is_found_again_from_another_working_directory(
+    seg_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The segmentation / detection page recorded the image's path as given in explain.json too:
+    `a/shapes.png` from tmp/ and `shapes.png` from tmp/a/ made two pages. Now one, and the path
+    recorded is absolute."""
+    from cnnlab import api
+
+    (tmp_path / "a").mkdir()
+    _shapes_image(tmp_path / "a" / "shapes.png", 32, 1)
+    kw = dict(top_k=1, methods=("gradcam",), device="cpu")
+    monkeypatch.chdir(tmp_path)
+    first = api.explain(seg_run, "a/shapes.png", **kw)
+    monkeypatch.chdir(tmp_path / "a")
+    again = api.explain(seg_run, "shapes.png", **kw)
+    assert Path(first["json"]).parent == Path(again["json"]).parent
+    assert Path(again["json"]).parent == Path(seg_run) / "explain" / "shapes"
+    recorded = json.loads(Path(again["json"]).read_text())["image"]
+    assert recorded == str((tmp_path / "a" / "shapes.png").resolve())

@@ -581,7 +581,7 @@ def explain_image(
     )
     numbers = page_numbers(trace, cams) | checked
     json_path = Path(out_dir) / "explain.json"
-    write_json(json_path, numbers | {"image": str(image_path), "model": meta["model"]})
+    write_json(json_path, numbers | {"image": recorded_image(image_path), "model": meta["model"]})
     top = trace.top_k(top_k)
     log.info("explain page for %s written to %s", image_path, html_path)
     return {
@@ -596,12 +596,22 @@ def explain_image(
     }
 
 
+def recorded_image(image_path: str | Path) -> str:
+    """The image as explain.json records it: its absolute path, links resolved. A path as given
+    (``x.png``) named another file once explain ran from another folder, so the same image got a
+    second page ``<stem>-2`` (:func:`default_explain_dir` compares these). The page and the log
+    show the path as given."""
+    return str(Path(image_path).resolve())
+
+
 def default_explain_dir(base: Path, image_path: Path) -> Path:
     """``base/explain/<image stem>``, or ``<stem>-2``, ``-3``, ... when that folder explains
     another image (its ``explain.json`` records the image's path): `cat/001.png` and then
     `dog/001.png` once shared `explain/001/`, the second page replacing the first. The same
-    image explained again reuses its folder."""
-    image = image_path.resolve()
+    image explained again reuses its folder, from whatever working directory. A record from
+    before the path was absolute holds it as given: resolved from the working directory now,
+    the only guess left."""
+    image = Path(recorded_image(image_path))
     folder, n = base / "explain" / image_path.stem, 1
     while True:
         record = folder / "explain.json"
@@ -1008,7 +1018,8 @@ def explain_dense_image(
     numbers = {"trace": trace.to_dict(), "prediction": prediction, "cams": cams.to_dict()}
     json_path = Path(out_dir) / "explain.json"
     write_json(
-        json_path, numbers | {"task": task, "image": str(image_path), "model": meta["model"]}
+        json_path,
+        numbers | {"task": task, "image": recorded_image(image_path), "model": meta["model"]},
     )
     log.info("explain page for %s written to %s", image_path, html_path)
     return {
