@@ -190,6 +190,42 @@ def test_detection_refuses_views_that_cannot_map_back():
     )
 
 
+class _OneBox(nn.Module):
+    """A fixed detector: one class-0 box [1, 2, 4, 6] (score 0.9) on every image. On a 16 px
+    image the mirror's box comes back at [12, 2, 15, 6]: no overlap, so flip keeps both."""
+
+    def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        return [{"boxes": torch.tensor([[1.0, 2, 4, 6]]), "scores": torch.tensor([0.9]),
+                 "labels": torch.tensor([0])} for _ in images]  # fmt: skip
+
+
+def test_detect_predict_says_on_every_row_that_its_boxes_merge_the_mirrors(tmp_path, monkeypatch):
+    """`cnnlab predict RUN --tta flip` on a detection run merged each image's boxes with its
+    mirror's, but predictions.json did not say so (segmentation's predictions.json and serve's
+    answers say "tta": ["flip"]). The file is a COCO results list, so every row says it; without
+    TTA no row has the key."""
+    import cnnlab.detect as detect
+
+    meta = {
+        "preprocess": {"image_size": 16, "in_channels": 1, "mean": [0.5], "std": [0.5]},
+        "class_names": ["square"], "score_threshold": 0.5,
+    }  # fmt: skip
+    monkeypatch.setattr(
+        detect, "load_detection_model", lambda run, dev: (_OneBox(), meta, tmp_path / "w")
+    )
+    Image.fromarray(np.full((16, 16), 128, np.uint8)).save(tmp_path / "a.png")
+    rows = {}
+    for tta in (None, "flip"):
+        out = tmp_path / f"out-{tta}"
+        path = detect.predict_detection("run", [tmp_path / "a.png"], out, device="cpu",
+                                        draw=False, tta=tta)  # fmt: skip
+        rows[tta] = json.loads(path.read_text())
+    assert [r["bbox"] for r in rows[None]] == [[1, 2, 3, 4]]  # x, y, w, h
+    assert all("tta" not in r for r in rows[None])
+    assert sorted(r["bbox"] for r in rows["flip"]) == [[1, 2, 3, 4], [12, 2, 3, 4]]  # merged
+    assert [r["tta"] for r in rows["flip"]] == [["flip"], ["flip"]]
+
+
 @pytest.mark.slow  # trains a detector: seconds
 def test_detection_evaluate_reports_without_and_with(tmp_path, run_digests):
     from cnnlab import api

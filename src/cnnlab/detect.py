@@ -471,7 +471,8 @@ def predict_detection(
     skipped with a warning and listed in ``skipped.json``. Returns the predictions.json path.
     ``run``: a run folder, a .safetensors checkpoint or an exported ``.onnx`` file (onnxruntime,
     float32 on the CPU: the same boxes). ``tta="flip"`` (cnnlab.engine.tta): each image's boxes
-    merged with its mirror's (mirrored back, per-class NMS), before the score threshold."""
+    merged with its mirror's (mirrored back, per-class NMS), before the score threshold; each row
+    then says so, ``"tta": ["flip"]`` (no key without TTA)."""
     from torchvision.utils import draw_bounding_boxes
 
     from cnnlab.data.decode import load_image
@@ -506,6 +507,10 @@ def predict_detection(
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     used: set[str] = set()
+    # on every row: the file is a COCO results list (pycocotools' loadRes takes a list, and keeps
+    # extra keys), so there is no top level for the "tta" that segmentation's predictions.json
+    # and serve's answers carry
+    tta_record = {"tta": list(views)} if views else {}
     for start in range(0, len(files), batch_size):
         batch = []
         for f in files[start : start + batch_size]:
@@ -530,7 +535,7 @@ def predict_detection(
                 results.append({"image_id": f.name, "file": str(f), "category_id": cats[lab],
                                 "category": names[lab], "score": round(s, 5),
                                 "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2),
-                                         round(b[3] - b[1], 2)]})  # fmt: skip
+                                         round(b[3] - b[1], 2)]} | tta_record)  # fmt: skip
             if draw:
                 from PIL import Image
 
