@@ -72,10 +72,12 @@ def add_train_options(
     skip: frozenset[str] = frozenset(),
     cls: type = TrainConfig,
     config_file: bool = True,
+    only: frozenset[str] | None = None,
 ) -> None:
     """One --option per config field (defaults live in the dataclass only; None = not given). The
     help is the field's own comment in the config's source, its allowed values and its default
-    (:mod:`cnnlab.cli.options`)."""
+    (:mod:`cnnlab.cli.options`). ``only``: just these fields (another command that shares them,
+    spelt and explained as training's)."""
     if config_file:
         p.add_argument(
             "--config",
@@ -83,7 +85,7 @@ def add_train_options(
             help="JSON or TOML file of options (command-line options override it)",
         )
     for h in config_help(cls):
-        if h.name in skip:
+        if h.name in skip or (only is not None and h.name not in only):
             continue
         if h.type_name == "bool | word":  # --compile [auto] / --no-compile
             p.add_argument(
@@ -197,6 +199,10 @@ def rank_console() -> Console | None:
     from cnnlab.engine import distributed
 
     return out if distributed.is_main() else None
+
+
+#: the options of the skip policy for unreadable images (cnnlab.data.scan.check_skipped)
+BAD_DATA_OPTIONS = frozenset({"max_bad_fraction", "strict"})
 
 
 def add_task_evaluate(q: argparse.ArgumentParser, tta_help: str | None = None) -> None:
@@ -669,6 +675,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_max_restarts(q)
     q = det.add_parser("evaluate", help="mAP@0.5, mAP@[.5:.95], per-class AP, AR")
     add_task_evaluate(q, DETECT_TTA_HELP + "; reports the metrics with and without it side by side")
+    # unreadable images: the policy of `detect train`, with its options
+    add_train_options(q, cls=DetectConfig, config_file=False, only=BAD_DATA_OPTIONS)
     q = det.add_parser("predict", help="COCO results JSON and images with boxes drawn")
     q.add_argument("run", help=RUN_HELP + " or exported .onnx")
     q.add_argument("inputs", nargs="+", help="image files or folders")
@@ -1357,6 +1365,8 @@ def _detect(args: argparse.Namespace) -> int:
             out=args.out,
             precision=args.precision,
             tta=args.tta,
+            max_bad_fraction=args.max_bad_fraction,
+            strict=args.strict,
         )
         _evaluation_note(result)
         metrics = result["metrics"]
