@@ -201,6 +201,31 @@ def rank_console() -> Console | None:
     return out if distributed.is_main() else None
 
 
+class OtherRanksQuiet(logging.Filter):
+    """DDP: every rank reads and decodes the same data, so each data warning (images skipped, the
+    bad fraction, annotations skipped: cnnlab.data.scan, detect.py, segment.py) was printed once
+    per rank. Rank 0 says them, as it alone prints to the console (:func:`rank_console`); the
+    other ranks keep only their errors, which may be their own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        # no process group exists before cnnlab.engine.distributed is imported; importing it (and
+        # torch) here to find that out would slow down every command that logs
+        if "cnnlab.engine.distributed" not in sys.modules:
+            return True
+        return rank_console() is not None
+
+
+def log_handler() -> logging.Handler:
+    """Where the CLI's log records go: stderr (rich), rank 0's only below an error."""
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=err, show_path=False)
+    handler.addFilter(OtherRanksQuiet())
+    return handler
+
+
 #: the options of the skip policy for unreadable images (cnnlab.data.scan.check_skipped)
 BAD_DATA_OPTIONS = frozenset({"max_bad_fraction", "strict"})
 
@@ -2195,11 +2220,7 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.print_help()
         return 2
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    from rich.logging import RichHandler
-
-    logging.basicConfig(
-        level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)]
-    )
+    logging.basicConfig(level=level, format="%(message)s", handlers=[log_handler()])
     install_warning_notes()
     try:
         return int(COMMANDS[args.command](args) or 0)
