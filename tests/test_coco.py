@@ -166,3 +166,36 @@ def test_annotation_of_an_unknown_category_is_skipped_and_counted_by_both_tasks(
         ).run_dir  # fmt: skip
     assert json.loads((run / "data_report.json").read_text()) == {"skipped_annotations": record}
     assert f"{path}: 1 annotation(s) skipped, category_id not in categories (9)" in caplog.text
+
+
+def _unknown_image_and_category(doc) -> None:
+    doc["annotations"][1]["image_id"] = 99  # no such image
+    doc["annotations"].append(doc["annotations"][0] | {"id": 3, "category_id": 9})
+
+
+def test_annotation_of_an_unknown_image_is_skipped_and_counted_by_both_tasks(
+    tmp_path: Path, caplog
+) -> None:
+    """Segmentation let an annotation of an image_id no image has vanish in pycocotools' index
+    (nothing counted, nothing said) while detection skipped and counted it; now both give the
+    same record, and segmentation's warning and data_report.json list it beside an unknown
+    category."""
+    from cnnlab.segment import train_segmentation
+
+    path = _coco(tmp_path, _unknown_image_and_category)
+    record = [
+        {"row": 1, "image_id": 99, "reason": "unknown image_id"},
+        {"row": 2, "category_id": 9, "reason": "unknown category_id"},
+    ]
+    assert _load("detection", path).report.skipped_annotations == record
+    assert _load("segmentation", path).skipped_annotations == record
+    with caplog.at_level("WARNING", logger="cnnlab.segment"):
+        run = train_segmentation(
+            data=str(path), encoder="lenet5", image_size=16, epochs=1, batch_size=2,
+            val_fraction=0, test_fraction=0, report=False, device="cpu", out=str(tmp_path / "r"),
+        ).run_dir  # fmt: skip
+    assert json.loads((run / "data_report.json").read_text()) == {"skipped_annotations": record}
+    assert (
+        f"{path}: 1 annotation(s) skipped, category_id not in categories (9); "
+        "1 annotation(s) skipped, image_id not in images (99) (see data_report.json)"
+    ) in caplog.text

@@ -264,6 +264,64 @@ def test_skipped_images_are_limited_by_max_bad_fraction_and_strict(tmp_path: Pat
     }
 
 
+def test_evaluate_on_other_data_limits_skipped_images_as_training_does(
+    tmp_path: Path, caplog
+) -> None:
+    """`detect evaluate RUN --data OTHER` skipped images it could not decode without a limit (and
+    without a word), while `detect train` refuses more than --max-bad-fraction of them. Now the
+    same policy: 1 of 3 corrupt is over the default 10 %, refused with train's message; under a
+    raised limit it is said once and the other 2 are evaluated; --strict refuses it (on the
+    command line too, one error line)."""
+    from cli_process import assert_user_error
+
+    from cnnlab.detect import evaluate_detection, train_detection
+
+    run = train_detection(
+        data=str(_yolo_dataset(tmp_path / "yolo")), image_size=32, epochs=1, batch_size=2,
+        out=str(tmp_path / "runs"), val_fraction=0.0, test_fraction=0.0, device="cpu",
+        report=False,
+    ).run_dir  # fmt: skip
+    other = tmp_path / "other"
+    (other / "images").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        _image(other / "images" / f"{i}.png", rng)
+    bad = other / "images" / "1.png"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    doc = {
+        "images": [{"id": i, "file_name": f"{i}.png", "width": 48, "height": 40} for i in range(3)],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1 + i % 2, "iscrowd": 0,
+                         "bbox": [4, 5, 20, 15]} for i in range(3)],
+        "categories": [{"id": 1, "name": "red"}, {"id": 2, "name": "blue"}],
+    }  # fmt: skip
+    data = other / "instances.json"
+    data.write_text(json.dumps(doc))
+    with pytest.raises(DataError) as err:
+        evaluate_detection(run, data=str(data), device="cpu", report=False)
+    assert err.value.path == str(data) and err.value.reason == (
+        "data check failed: 1 of 3 image files unusable (33.3%, limit 10%: --max-bad-fraction): "
+        f"{bad} (truncated or corrupt image data); replace or remove the images (and their "
+        "annotations)"
+    )
+    with pytest.raises(DataError, match=r"1 of 3 image files unusable \(33.3%, strict mode\)"):
+        evaluate_detection(run, data=str(data), device="cpu", report=False,
+                           max_bad_fraction=0.5, strict=True)  # fmt: skip
+    with caplog.at_level("WARNING", logger="cnnlab.detect"):
+        result = evaluate_detection(
+            run, data=str(data), device="cpu", report=False, max_bad_fraction=0.5
+        )
+    said = f"1 bad image files skipped: {bad} (truncated or corrupt image data); evaluating the"
+    assert caplog.text.count(said) == 1 and f"{said} other 2" in caplog.text
+    assert result["num_samples"] == 2 and 0.0 <= result["metrics"]["map_50"] <= 1.0
+    assert result["data_report"]["skipped_images"] == [
+        {"image": str(bad), "reason": "truncated or corrupt image data"}
+    ]
+    line = assert_user_error("detect", "evaluate", str(run), "--data", str(data), "--device",
+                             "cpu", "--max-bad-fraction", "0.5", "--strict",
+                             names=[str(data), "1 of 3 image files unusable"])  # fmt: skip
+    assert "strict mode" in line
+
+
 @pytest.mark.parametrize("fmt", ["coco", "voc", "yolo"])
 def test_format_round_trip_train_evaluate(tmp_path: Path, fmt: str, run_digests) -> None:
     from cnnlab.detect import evaluate_detection, load_detection_model, train_detection

@@ -458,3 +458,27 @@ def _eval_worker(out: Path) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "eval":
         _eval_worker(Path(sys.argv[2]))
+
+
+def test_the_cli_prints_warnings_of_rank_0_only(monkeypatch) -> None:
+    """Under DDP every rank decodes the same data, so each data warning ("1 bad image files
+    skipped") was printed once per rank. The CLI's log handler lets rank 0's through, and only
+    errors from the other ranks; a single process says everything."""
+    import logging
+
+    from cnnlab.cli import log_handler
+
+    handler = log_handler()
+
+    def shown(level: int) -> bool:
+        record = logging.LogRecord(
+            "cnnlab.detect", level, __file__, 1, "data: 1 bad image files skipped", None, None
+        )
+        return bool(handler.filter(record))
+
+    assert shown(logging.WARNING) and shown(logging.INFO)  # one process, no process group
+    for rank, says in ((0, True), (1, False)):
+        info = distributed.DistInfo(rank=rank, world_size=2, backend="gloo")
+        monkeypatch.setattr(distributed, "current", lambda info=info: info)
+        assert shown(logging.WARNING) is says and shown(logging.INFO) is says
+        assert shown(logging.ERROR)

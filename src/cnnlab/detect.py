@@ -91,6 +91,20 @@ def _bundle(cfg: DetectConfig) -> BoxBundle:
     )
 
 
+def _check_skipped_images(
+    where: str, report: BoxReport, decoded: int, cfg: DetectConfig
+) -> str | None:
+    """The images ``report`` skipped (missing, cannot be decoded) beside the ``decoded`` ones,
+    judged by ``cfg``'s max_bad_fraction / strict: the one policy of `detect train` and `detect
+    evaluate` (cnnlab.data.scan.check_skipped, as classification's scan); a DataError naming
+    ``where`` and the count above it, else the warning to say (None when none was skipped)."""
+    bad = [(str(s.get("image", f"row {s.get('row')}")), s["reason"]) for s in report.skipped_images]
+    return check_skipped(
+        where, bad, len(bad) + decoded, strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction,
+        fix="replace or remove the images (and their annotations)",
+    )  # fmt: skip
+
+
 def _to_tensors(targets: list[dict[str, np.ndarray]]) -> list[dict[str, torch.Tensor]]:
     return [
         {
@@ -149,12 +163,7 @@ def _prepare(
     timings.lap("decode")  # reading the annotations and decoding the images
     # images skipped (missing, cannot be decoded) are not in the decoded splits, so not in
     # splits.json; too many of them (or any, --strict) refuse the run (said by the summary below)
-    bad = [(str(s.get("image", f"row {s.get('row')}")), s["reason"]) for s in report.skipped_images]
-    check_skipped(
-        cfg.data, bad, len(bad) + sum(len(d[0]) for d in decoded.values()), strict=cfg.strict,
-        max_bad_fraction=cfg.max_bad_fraction,
-        fix="replace or remove the images (and their annotations)",
-    )  # fmt: skip
+    _check_skipped_images(cfg.data, report, sum(len(d[0]) for d in decoded.values()), cfg)
     if report.skipped_images or report.dropped_boxes or report.skipped_annotations:
         log.warning("%s: %s (see data_report.json)", cfg.data, report.summary())
     if "train" not in decoded or len(decoded["train"][0]) == 0:
@@ -393,9 +402,16 @@ def evaluate_detection(
     precision: str = "auto",
     relocated_data: str | Path | None = None,
     tta: str | tuple[str, ...] | None = None,
+    max_bad_fraction: float | None = None,
+    strict: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate a detection run on its recorded split (default: the held-out test images) or on
     every image of another dataset ``data`` whose class names are among the model's.
+
+    Images that are missing or cannot be decoded are skipped as training skips them: refused
+    above ``max_bad_fraction`` (any with ``strict``), else said once and the rest evaluated. The
+    defaults are the run's own options for its split, DetectConfig's for ``data`` (as
+    classification's evaluate reads another dataset).
 
     ``tta="flip"`` (cnnlab.engine.tta): each image's boxes are merged with its mirror's (mirrored
     back, per-class NMS), and ``result["tta"]`` (also in evaluation.json) puts the headline
@@ -407,11 +423,15 @@ def evaluate_detection(
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     class_names = list(meta["class_names"])
     run_dir = run_dir_of(weights)
+    policy = {  # given ones only: the others are the run's (its split) or the defaults (data)
+        k: v for k, v in (("max_bad_fraction", max_bad_fraction), ("strict", strict))
+        if v is not None
+    }  # fmt: skip
     bundle_report = BoxReport()
     if data is None:
         if run_dir is None:
             raise ConfigError(f"{weights} is not inside a run directory: pass data=")
-        cfg = make_config(DetectConfig, **source_config(run_dir, relocated_data))
+        cfg = make_config(DetectConfig, **source_config(run_dir, relocated_data) | policy)
         recorded = read_json(run_dir / "splits.json")["splits"]
         if split not in recorded:
             raise no_such_split(split, recorded)
@@ -424,13 +444,20 @@ def evaluate_detection(
         samples = [by_id[i] for i in recorded[split]]
         lut = None
     else:
-        bundle = load_box_source(data, val_fraction=0.0, test_fraction=0.0)
+        cfg = make_config(DetectConfig, data=data, val_fraction=0.0, test_fraction=0.0, **policy)
+        bundle = _bundle(cfg)
+        # what reading it skipped (images missing on disk, bad annotations) is counted with what
+        # decoding skips: a missing image is as bad as one that cannot be decoded
+        bundle_report.merge(bundle.report)
         samples = [s for part in bundle.splits.values() for s in part]
         unknown = [c for c in bundle.class_names if c not in class_names]
         if unknown:
             raise DataError(data, f"classes {unknown} are not among the model's {class_names}")
         lut = np.array([class_names.index(c) for c in bundle.class_names], dtype=np.int64)
     images, targets, ids, rep = decode_box_split(samples, spec, bundle_report)
+    warning = _check_skipped_images(cfg.data, rep, len(ids), cfg)
+    if warning:  # said once; the other images are evaluated
+        log.warning("%s: %s; evaluating the other %d", cfg.data, warning, len(ids))
     if lut is not None:
         targets = [t | {"labels": lut[t["labels"]]} for t in targets]
     precision = inference_precision(precision, dev, trained_precision(run_dir))

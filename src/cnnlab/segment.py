@@ -33,6 +33,7 @@ from cnnlab.config import (
     PreprocessSpec,
     make_config,
 )
+from cnnlab.data.coco import describe_skipped
 from cnnlab.data.decode import DEFAULT_MAX_PIXELS
 from cnnlab.data.masks import (
     MaskBundle,
@@ -228,12 +229,8 @@ def _prepare(
             bundle.splits[k] = part.subset([i for i in range(len(part)) if i not in drop])
     timings.lap("decode")  # reading the source and decoding images and masks
     skipped = bundle.skipped_annotations
-    if skipped:  # as detection says it, on the same file
-        cats = sorted({str(a["category_id"]) for a in skipped})
-        log.warning(
-            "%s: %d annotation(s) skipped, category_id not in categories (%s) (see "
-            "data_report.json)", cfg.data, len(skipped), ", ".join(cats),
-        )  # fmt: skip
+    if skipped:  # as detection counts them, on the same file
+        log.warning("%s: %s (see data_report.json)", cfg.data, describe_skipped(skipped))
     if "train" not in decoded or not len(decoded["train"][0]):
         raise DataError(cfg.data, "the training split is empty")
     class_names = bundle.class_names or [

@@ -72,10 +72,12 @@ def add_train_options(
     skip: frozenset[str] = frozenset(),
     cls: type = TrainConfig,
     config_file: bool = True,
+    only: frozenset[str] | None = None,
 ) -> None:
     """One --option per config field (defaults live in the dataclass only; None = not given). The
     help is the field's own comment in the config's source, its allowed values and its default
-    (:mod:`cnnlab.cli.options`)."""
+    (:mod:`cnnlab.cli.options`). ``only``: just these fields (another command that shares them,
+    spelt and explained as training's)."""
     if config_file:
         p.add_argument(
             "--config",
@@ -83,7 +85,7 @@ def add_train_options(
             help="JSON or TOML file of options (command-line options override it)",
         )
     for h in config_help(cls):
-        if h.name in skip:
+        if h.name in skip or (only is not None and h.name not in only):
             continue
         if h.type_name == "bool | word":  # --compile [auto] / --no-compile
             p.add_argument(
@@ -197,6 +199,35 @@ def rank_console() -> Console | None:
     from cnnlab.engine import distributed
 
     return out if distributed.is_main() else None
+
+
+class OtherRanksQuiet(logging.Filter):
+    """DDP: every rank reads and decodes the same data, so each data warning (images skipped, the
+    bad fraction, annotations skipped: cnnlab.data.scan, detect.py, segment.py) was printed once
+    per rank. Rank 0 says them, as it alone prints to the console (:func:`rank_console`); the
+    other ranks keep only their errors, which may be their own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        # no process group exists before cnnlab.engine.distributed is imported; importing it (and
+        # torch) here to find that out would slow down every command that logs
+        if "cnnlab.engine.distributed" not in sys.modules:
+            return True
+        return rank_console() is not None
+
+
+def log_handler() -> logging.Handler:
+    """Where the CLI's log records go: stderr (rich), rank 0's only below an error."""
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=err, show_path=False)
+    handler.addFilter(OtherRanksQuiet())
+    return handler
+
+
+#: the options of the skip policy for unreadable images (cnnlab.data.scan.check_skipped)
+BAD_DATA_OPTIONS = frozenset({"max_bad_fraction", "strict"})
 
 
 def add_task_evaluate(q: argparse.ArgumentParser, tta_help: str | None = None) -> None:
@@ -669,6 +700,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_max_restarts(q)
     q = det.add_parser("evaluate", help="mAP@0.5, mAP@[.5:.95], per-class AP, AR")
     add_task_evaluate(q, DETECT_TTA_HELP + "; reports the metrics with and without it side by side")
+    # unreadable images: the policy of `detect train`, with its options
+    add_train_options(q, cls=DetectConfig, config_file=False, only=BAD_DATA_OPTIONS)
     q = det.add_parser("predict", help="COCO results JSON and images with boxes drawn")
     q.add_argument("run", help=RUN_HELP + " or exported .onnx")
     q.add_argument("inputs", nargs="+", help="image files or folders")
@@ -1357,6 +1390,8 @@ def _detect(args: argparse.Namespace) -> int:
             out=args.out,
             precision=args.precision,
             tta=args.tta,
+            max_bad_fraction=args.max_bad_fraction,
+            strict=args.strict,
         )
         _evaluation_note(result)
         metrics = result["metrics"]
@@ -2185,11 +2220,7 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.print_help()
         return 2
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    from rich.logging import RichHandler
-
-    logging.basicConfig(
-        level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)]
-    )
+    logging.basicConfig(level=level, format="%(message)s", handlers=[log_handler()])
     install_warning_notes()
     try:
         return int(COMMANDS[args.command](args) or 0)

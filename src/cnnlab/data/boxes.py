@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from cnnlab.config import PreprocessSpec
-from cnnlab.data.coco import read_coco, unknown_category
+from cnnlab.data.coco import image_ids, read_coco, unknown_category, unknown_image
 from cnnlab.data.masks import carve_missing, random_split, square_geometry
 from cnnlab.errors import ConfigError, DataError
 
@@ -253,13 +253,12 @@ def _coco(path: Path, root: str | None, val: float, test: float, seed: int) -> B
             report.skipped_images.append({"image": str(file), "reason": "file not found"})
             continue
         images[im["id"]] = {"file": file, "boxes": [], "labels": []}
-    known_ids = {im.get("id") for im in doc["images"]}
+    known_ids = image_ids(doc)
     for row, ann in enumerate(doc["annotations"]):
         image_id, cat = ann.get("image_id"), ann.get("category_id")
-        if image_id not in known_ids:
-            report.skipped_annotations.append(
-                {"row": row, "image_id": image_id, "reason": "unknown image_id"}
-            )
+        skip = unknown_image(row, ann, known_ids)
+        if skip is not None:
+            report.skipped_annotations.append(skip)
             continue
         if image_id not in images:
             continue  # its image was skipped (missing file): counted there

@@ -7,8 +7,9 @@ without an ``id``, a list where an id belongs) or into a silently wrong class li
 categories sharing one id: every annotation of one would be counted as the other). Each failure
 is a :class:`DataError` naming the file and the entry (``categories[1]``) and saying how to fix it.
 What a single annotation gets wrong (unknown image or category, bad box) is left to the readers,
-which skip and count it (data/boxes.py; data/masks.py for an unknown category, through
-:func:`unknown_category`) or name it (data/masks.py: a segmentation it cannot rasterise).
+which skip and count it (data/boxes.py; data/masks.py for an unknown image or category, through
+:func:`unknown_image` and :func:`unknown_category`) or name it (data/masks.py: a segmentation it
+cannot rasterise).
 
 pycocotools' ``COCO.createIndex`` checks none of this (it indexes by ``id`` and lets a later
 entry overwrite an earlier one), so it is written here.
@@ -83,6 +84,37 @@ def read_coco(path: str | Path) -> dict[str, Any]:
                     f"annotations[{row}]: {field} {ann[field]!r} is not an id; write an integer",
                 )
     return doc
+
+
+def image_ids(doc: dict[str, Any]) -> set[Any]:
+    """The ids of ``doc``'s images (an image without an id has none: the readers skip it)."""
+    return {im["id"] for im in doc["images"] if "id" in im}
+
+
+def unknown_image(row: int, ann: dict[str, Any], known: Container[Any]) -> dict[str, Any] | None:
+    """The skip record of annotations[row] when its ``image_id`` is not among the images' ids
+    ``known`` (:func:`image_ids`; bad-inputs.md #38: skipped, counted, listed in data_report.json),
+    else None. pycocotools indexes such an annotation under an image nobody asks for, so it would
+    vanish without a word; both tasks count it with this one record shape instead."""
+    image_id = ann.get("image_id")
+    if image_id in known:
+        return None
+    return {"row": row, "image_id": image_id, "reason": "unknown image_id"}
+
+
+def describe_skipped(skipped: list[dict[str, Any]]) -> str:
+    """One phrase per reason for the skip records of :func:`unknown_image` and
+    :func:`unknown_category`, naming the ids: "1 annotation(s) skipped, category_id not in
+    categories (9); 2 annotation(s) skipped, image_id not in images (12, 40)"."""
+    phrases = []
+    for field, where in (("category_id", "categories"), ("image_id", "images")):
+        hits = [a for a in skipped if a["reason"] == f"unknown {field}"]
+        if hits:
+            ids = sorted({str(a[field]) for a in hits})
+            phrases.append(
+                f"{len(hits)} annotation(s) skipped, {field} not in {where} ({', '.join(ids)})"
+            )
+    return "; ".join(phrases)
 
 
 def unknown_category(row: int, ann: dict[str, Any], known: Container[Any]) -> dict[str, Any] | None:

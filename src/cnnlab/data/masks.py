@@ -49,7 +49,7 @@ import torch
 from PIL import Image
 
 from cnnlab.config import PreprocessSpec
-from cnnlab.data.coco import read_coco, unknown_category
+from cnnlab.data.coco import image_ids, read_coco, unknown_category, unknown_image
 from cnnlab.data.loader import TensorLoader, random_crop, random_flip, seeded_generator
 from cnnlab.data.tensors import normalize, pil_to_chw
 from cnnlab.errors import ConfigError, DataError
@@ -245,12 +245,14 @@ class CocoIndex:
             ) from None
         dataset = read_coco(path)  # structure checked: ids present, unique, scalar
         known = {c["id"] for c in dataset["categories"]}
-        # an annotation of no listed category: skipped and counted, as detection does (it was the
-        # first image's DataError, mid-decode, while detection trained on the same file)
+        known_images = image_ids(dataset)
+        # an annotation of no listed category or image: skipped and counted, as detection does
+        # (an unknown category was the first image's DataError, mid-decode; an unknown image
+        # vanished in pycocotools' index without a word, while detection counted both)
         self.skipped_annotations: list[dict[str, Any]] = []
         kept = []
         for row, ann in enumerate(dataset["annotations"]):
-            skip = unknown_category(row, ann, known)
+            skip = unknown_image(row, ann, known_images) or unknown_category(row, ann, known)
             if skip is None:
                 kept.append(ann)
             else:
@@ -337,7 +339,8 @@ class MaskBundle:
     split_origin: str = "given"
     root: Path | None = None
     palette: np.ndarray = field(default_factory=voc_palette)  # colours for drawing, index = class
-    # COCO: annotations skipped (unknown category_id), as detection's data_report.json lists them
+    # COCO: annotations skipped (unknown image_id or category_id), as detection's data_report.json
+    # lists them
     skipped_annotations: list[dict[str, Any]] = field(default_factory=list)
 
 
