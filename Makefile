@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cnnlab-installed
 
-.PHONY: install demo test test-bf16 test-all test-notebooks lint bench docs test-docs clean
+.PHONY: install demo test test-proofs test-bf16 test-all test-notebooks lint bench docs test-docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(STAMP)
 # bf16 path too, emulated; tolerances follow the precision in use (cnnlab.engine.devices.tolerance).
 test-bf16: $(STAMP)
 	CNNLAB_TEST_PRECISION=bf16 $(BIN)/python -m pytest -q -m "precision and not slow and not gpu"
+
+# The proofs too slow for the fast tier that CI still runs (.ci/run): detection learning on shapes with its
+# shuffled-label control (about 2.5 minutes on 2 cores).
+test-proofs: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow and not gpu" tests/test_learning.py
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu"
