@@ -155,10 +155,8 @@ CASES: dict[int, list[str] | str] = {
     ],
     53: [f"{FAULTS}::test_case_53_sigterm_saves_and_exits_nonzero"],
     54: [f"{FAULTS}::test_case_54_batch_larger_than_dataset_fails_before_training"],
-    55: "open: a DataLoader worker killed by a full /dev/shm (--loader stream) surfaces as "
-    "PyTorch's own error; there is no cnnlab hint naming the workers or shared memory yet",
-    56: "open: out of memory prints a one-line hint (cli.main) but no test provokes it; an OOM "
-    "cannot be caused cheaply and safely on a shared test machine",
+    55: [f"{FAULTS}::test_case_55_a_killed_loader_worker_is_one_line_naming_shared_memory"],
+    56: [f"{FAULTS}::test_case_56_out_of_memory_is_one_line_and_never_shrinks_the_batch"],
     # G. export and serving
     57: [
         f"{EXPORT}::test_export_uses_eval_mode_and_restores_the_mode",

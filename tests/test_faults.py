@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -252,3 +253,64 @@ def test_case_53_sigterm_saves_and_exits_nonzero(tmp_path):
     assert "interrupted by SIGTERM" in err and "--resume" in err and "Traceback" not in err
     tags = [e["tag"] for e in json.loads(manifest.read_text())["checkpoints"]]
     assert "step" in tags[-1] or tags[-1].startswith("epoch-")
+
+
+def _train_cli(folder: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(folder), "--model", "lenet5", "--epochs", "1",
+            "--batch-size", "8", "--image-size", "16", "--no-report", "--out", str(tmp_path),
+            *extra]  # fmt: skip
+
+
+def test_case_55_a_killed_loader_worker_is_one_line_naming_shared_memory(
+    mixed_folder, tmp_path, monkeypatch, capsys
+):
+    """A streamed loader's worker killed by SIGBUS (what a full /dev/shm does, pytorch#5040): a
+    real DataLoader worker dies, torch says so in a RuntimeError, and the command prints one line
+    naming shared memory, Docker's --shm-size and --loader memory, exit 3, no traceback."""
+    from cnnlab.cli import main
+    from cnnlab.data.loader import FileImages
+
+    decode = FileImages.__getitem__
+
+    def die(self, i):
+        if torch.utils.data.get_worker_info() is None:  # the training process (channel statistics)
+            return decode(self, i)
+        os.kill(os.getpid(), signal.SIGBUS)  # a forked DataLoader worker: only it dies
+
+    monkeypatch.setattr(FileImages, "__getitem__", die)
+    assert main(_train_cli(mixed_folder, tmp_path, "--loader", "stream")) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = " ".join(err.split())
+    assert "a process decoding images for the streamed loader died" in line
+    # torch's words, with the pid: "is killed by signal: Bus error" or, when the worker's exit is
+    # seen first, "exited unexpectedly"
+    assert re.search(r"\(DataLoader worker \(pid\(?s?\)? \d+\) (is killed by signal|exited)", line)
+    assert "/dev/shm" in line and "--shm-size" in line and "--loader memory" in line
+    # the control: the same command with the memory loader (no worker) trains
+    monkeypatch.undo()
+    assert main(_train_cli(mixed_folder, tmp_path, "--loader", "memory")) == 0
+
+
+@pytest.mark.parametrize("where", ["cpu", "cuda"])
+def test_case_56_out_of_memory_is_one_line_and_never_shrinks_the_batch(
+    mixed_folder, tmp_path, monkeypatch, capsys, where
+):
+    """torch's own out-of-memory errors, raised in the first forward: the CPU allocator's (a real
+    allocation of 1 PiB, refused at once) and CUDA's (torch.OutOfMemoryError as torch words it).
+    Each is one line with the options to lower, exit 3, no traceback, no run trained."""
+    from cnnlab.cli import main
+    from cnnlab.models.lenet import LeNet5
+
+    def forward(self, x):
+        if where == "cpu":
+            torch.empty(2**50, dtype=torch.uint8)  # the allocator refuses: RuntimeError
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(LeNet5, "forward", forward)
+    assert main(_train_cli(mixed_folder, tmp_path)) == 3
+    err = " ".join(capsys.readouterr().err.split())
+    assert "Traceback" not in err
+    assert ("out of memory (CPU)" if where == "cpu" else "out of GPU memory") in err
+    assert "Lower --batch-size or --image-size" in err
+    assert "does not shrink the batch" in err

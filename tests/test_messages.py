@@ -27,7 +27,13 @@ from cnnlab.cli import build_parser
 SRC = Path(__file__).resolve().parents[1] / "src" / "cnnlab"
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 NAMED = re.compile(r"cnnlab ((?:[a-z][a-z-]*)(?: (?:train|evaluate|predict|track|check))?)")
-FOREIGN = {"--nproc-per-node", "--standalone", "--max-restarts", "--help"}
+FOREIGN = {
+    "--nproc-per-node",
+    "--standalone",
+    "--max-restarts",
+    "--help",
+    "--shm-size",
+}  # + Docker's
 
 # all through api.train with TrainConfig options (cv: every fold)
 TRAINERS = ("train", "finetune", "transfer-study", "cv")
@@ -141,6 +147,10 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "run.py:evaluation_dir": ("evaluate", "segment evaluate", "detect evaluate", "video evaluate"),
     "cli/__init__.py:_evaluation_note": ("evaluate", "segment evaluate", "detect evaluate"),
     "cli/__init__.py:_main": (*TRAINERS, "lr-find", *TASK_TRAINERS),  # out of memory: training
+    "cli/__init__.py:_runtime_error_message": (*TRAINERS, "lr-find", *TASK_TRAINERS),
+    "cli/__init__.py:<module>": (*TRAINERS, "lr-find", *TASK_TRAINERS),  # CPU_OUT_OF_MEMORY
+    # a streamed loader's worker died: only TrainConfig's commands stream (--loader)
+    "cli/__init__.py:_worker_died": (*TRAINERS, "lr-find", "tune"),
     "cli/video.py:_run_predict_cli": ("video predict",),
     "segment.py:predict_segmentation": ("segment predict", "predict"),  # --precision
     "detect.py:predict_detection": ("detect predict", "predict"),  # --precision

@@ -2233,19 +2233,14 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
-    except MemoryError:
-        err.print(
-            "[red]error:[/] out of memory (CPU). Lower --batch-size or --image-size; cnnlab does not shrink "
-            "the batch for you because that changes the results"
-        )
+    except MemoryError:  # Python's (NumPy, Pillow); torch's CPU allocator raises a RuntimeError
+        err.print(f"[red]error:[/] {CPU_OUT_OF_MEMORY}")
         return 3
     except RuntimeError as e:
-        if "out of memory" not in str(e).lower():  # torch.OutOfMemoryError is a RuntimeError
+        message = _runtime_error_message(str(e))
+        if message is None:  # a defect of cnnlab or torch: the traceback is what to report
             raise
-        err.print(
-            "[red]error:[/] out of GPU memory. Lower --batch-size or --image-size, or use --precision bf16; "
-            "cnnlab does not shrink the batch for you because that changes the results"
-        )
+        err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
         return 3
     except FileNotFoundError as e:  # a path the user gave that vanished between checks
         err.print(f"[red]error:[/] {escape(str(e.filename or e))}: not found")
@@ -2256,6 +2251,43 @@ def _main(argv: Sequence[str] | None) -> int:
         reason = _PATH_REASONS[type(e)]
         err.print(f"[red]error:[/] {escape(str(e.filename or e))}: {reason}", soft_wrap=True)
         return 2
+
+
+CPU_OUT_OF_MEMORY = (
+    "out of memory (CPU). Lower --batch-size or --image-size; cnnlab does not shrink the batch for "
+    "you because that changes the results"
+)
+
+
+def _runtime_error_message(text: str) -> str | None:
+    """The one line for a RuntimeError torch raises at a user's settings or machine (None: any
+    other, shown as a traceback). torch says these in its own words, not in exception types:
+    ``torch.OutOfMemoryError`` (CUDA) is a RuntimeError "CUDA out of memory", the CPU allocator's
+    is a plain RuntimeError "DefaultCPUAllocator: can't allocate memory", and a DataLoader worker
+    that died is "DataLoader worker (pid N) is killed by signal: Bus error" or "... exited
+    unexpectedly" (pytorch#5040: a full /dev/shm, Docker's 64 MB default)."""
+    low = text.lower()
+    if "out of memory" in low:
+        return (
+            "out of GPU memory. Lower --batch-size or --image-size, or use --precision bf16; "
+            "cnnlab does not shrink the batch for you because that changes the results"
+        )
+    if "can't allocate memory" in low:
+        return CPU_OUT_OF_MEMORY
+    if "dataloader worker" in low:
+        return _worker_died(text)
+    return None
+
+
+def _worker_died(text: str) -> str:
+    """A process decoding images for `--loader stream` died (only that loader has workers)."""
+    said = " ".join(text.split(". ")[0].split())  # torch's first sentence: which pid, which signal
+    return (
+        f"a process decoding images for the streamed loader died ({said}). Most often the "
+        "shared-memory folder /dev/shm is full (a Docker container gets 64 MB: start it with "
+        "--shm-size=2g) or memory ran out; or rerun with --loader memory, which decodes the images "
+        "once into the cache folder (set CNNLAB_CACHE to a disk with room) and needs no workers"
+    )
 
 
 #: One line per path fault of the operating system (the path is printed before it).
