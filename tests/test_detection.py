@@ -473,3 +473,60 @@ def test_predict_of_a_detection_run_takes_the_score_threshold_as_detect_predict_
             "error: --score-threshold must be in [0, 1] (a detection score), got 1.5"
         )
     assert not (tmp_path / "x").exists()
+
+
+def test_relocated_data_listing_its_categories_in_another_order_is_labelled_by_name(
+    tmp_path: Path,
+) -> None:
+    """`detect evaluate RUN --relocated-data NEW`: the dataset at its new place numbers its
+    categories the other way round (cat 3 -> 7, dog 7 -> 3, as a regenerated COCO file may). Its
+    objects are the model's classes by name, so the evaluation equals the one at the old place:
+    every image holds two cats and one dog, so labels taken by index would swap the per-class
+    ground-truth counts. A category the run never knew is refused by name."""
+    import shutil
+
+    from cnnlab.detect import evaluate_detection, train_detection
+
+    old = tmp_path / "old"
+    (old / "images").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    images, anns = [], []
+    for i in range(8):
+        _image(old / "images" / f"{i}.png", rng)
+        images.append({"id": i, "file_name": f"{i}.png", "width": 48, "height": 40})
+        for k, (cat, x) in enumerate(((3, 2), (3, 18), (7, 30))):
+            anns.append({"id": 3 * i + k, "image_id": i, "category_id": cat, "iscrowd": 0,
+                         "bbox": [x, 6, 14, 20]})  # fmt: skip
+    doc = {"images": images, "annotations": anns,
+           "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]}  # fmt: skip
+    (old / "instances.json").write_text(json.dumps(doc))
+    run = train_detection(
+        data=str(old / "instances.json"), image_size=64, epochs=1, batch_size=2,
+        val_fraction=0.0, test_fraction=0.5, out=str(tmp_path / "runs"), device="cpu",
+        report=False,
+    ).run_dir  # fmt: skip
+    here = evaluate_detection(run, device="cpu", report=False)
+    new = tmp_path / "new"
+    shutil.copytree(old / "images", new / "images")
+    swap = {3: 7, 7: 3}
+    moved = doc | {
+        "annotations": [a | {"category_id": swap[a["category_id"]]} for a in anns],
+        "categories": [{"id": 7, "name": "cat"}, {"id": 3, "name": "dog"}],
+    }
+    (new / "instances.json").write_text(json.dumps(moved))
+    there = evaluate_detection(
+        run, device="cpu", report=False, relocated_data=str(new / "instances.json")
+    )
+
+    def ground_truth(result):
+        return {c: v["tp"] + v["fn"] for c, v in result["metrics"]["per_class"].items()}
+
+    assert ground_truth(here) == {"cat": 8, "dog": 4}  # 4 test images, two cats and a dog each
+    assert ground_truth(there) == ground_truth(here)
+    assert there["metrics"]["map"] == pytest.approx(here["metrics"]["map"], abs=1e-12)
+    renamed = moved | {"categories": [{"id": 7, "name": "cat"}, {"id": 3, "name": "wolf"}]}
+    (new / "instances.json").write_text(json.dumps(renamed))
+    with pytest.raises(DataError, match=r"classes \['wolf'\] are not among the model's"):
+        evaluate_detection(
+            run, device="cpu", report=False, relocated_data=str(new / "instances.json")
+        )

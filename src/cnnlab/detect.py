@@ -105,6 +105,22 @@ def _check_skipped_images(
     )  # fmt: skip
 
 
+def _model_labels(
+    where: Any, data_names: list[str], class_names: list[str], since: str = ""
+) -> np.ndarray | None:
+    """The model's label index of each of the data's classes, matched by name (None: the same
+    list in the same order); a data class the model does not know is a DataError naming it."""
+    if list(data_names) == list(class_names):
+        return None
+    unknown = [c for c in data_names if c not in class_names]
+    if unknown:
+        changed = f"; the dataset changed since {since}" if since else ""
+        raise DataError(
+            where, f"classes {unknown} are not among the model's {class_names}{changed}"
+        )
+    return np.array([class_names.index(c) for c in data_names], dtype=np.int64)
+
+
 def _to_tensors(targets: list[dict[str, np.ndarray]]) -> list[dict[str, torch.Tensor]]:
     return [
         {
@@ -442,7 +458,9 @@ def evaluate_detection(
             raise DataError(cfg.data, f"{len(missing)} image(s) of the {split} split are gone "
                                       f"(first: {missing[:3]}); the dataset changed")  # fmt: skip
         samples = [by_id[i] for i in recorded[split]]
-        lut = None
+        # labels by name, as classification's split_by_ids: the dataset at its (new) place may
+        # list its categories in another order than when the run was trained
+        lut = _model_labels(cfg.data, bundle.class_names, class_names, "the run was trained")
     else:
         cfg = make_config(DetectConfig, data=data, val_fraction=0.0, test_fraction=0.0, **policy)
         bundle = _bundle(cfg)
@@ -450,10 +468,7 @@ def evaluate_detection(
         # decoding skips: a missing image is as bad as one that cannot be decoded
         bundle_report.merge(bundle.report)
         samples = [s for part in bundle.splits.values() for s in part]
-        unknown = [c for c in bundle.class_names if c not in class_names]
-        if unknown:
-            raise DataError(data, f"classes {unknown} are not among the model's {class_names}")
-        lut = np.array([class_names.index(c) for c in bundle.class_names], dtype=np.int64)
+        lut = _model_labels(data, bundle.class_names, class_names)
     images, targets, ids, rep = decode_box_split(samples, spec, bundle_report)
     warning = _check_skipped_images(cfg.data, rep, len(ids), cfg)
     if warning:  # said once; the other images are evaluated
