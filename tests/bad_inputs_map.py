@@ -55,6 +55,8 @@ CASES: dict[int, list[str] | str] = {
         f"{SEGMENT}::test_a_corrupt_image_is_skipped_reported_and_kept_out_of_the_recorded_splits",
         f"{DETECT}::test_skipped_images_are_limited_by_max_bad_fraction_and_strict",
         f"{DETECT}::test_evaluate_on_other_data_limits_skipped_images_as_training_does",
+        f"{SEGMENT}::test_evaluate_on_other_data_limits_skipped_images_as_training_does",
+        f"{CLI}::test_evaluate_on_other_data_limits_unreadable_images_with_its_own_options",
     ],
     16: [
         f"{DECODE}::test_case_16_decompression_bomb_rejected_before_decoding",

@@ -58,6 +58,40 @@ def test_evaluate(run: Path, work: Path) -> None:
     assert_user_error("evaluate", str(run), "--split", "nope", names="nope")
 
 
+def test_evaluate_on_other_data_limits_unreadable_images_with_its_own_options(
+    run: Path, work: Path
+) -> None:
+    """`evaluate RUN --data OTHER` judged OTHER's unreadable images by the default limit only, and
+    its refusal told the user to raise --max-bad-fraction, an option `evaluate` did not have. Now
+    it has train's two: 1 of 5 corrupt (20 %) is refused by default, evaluated without it under
+    --max-bad-fraction 0.5 (said once), refused again with --strict; one error line each."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    other = work / "other-digits"
+    for i, k in enumerate([0, 1, 10, 11, 20]):  # digits 0, 1, 0, 1, 0: classes "0" and "1"
+        (other / str(d.target[k])).mkdir(parents=True, exist_ok=True)
+        pixels = (d.images[k] * (255 / 16)).round().astype(np.uint8)
+        Image.fromarray(pixels).save(other / str(d.target[k]) / f"{i}.png")
+    bad = other / "0" / "2.png"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # a download cut short
+    said = f"{bad} (truncated or corrupt image data)"
+    args = ("evaluate", str(run), "--data", str(other), "--no-report", "--out")
+    assert_user_error(
+        *args, str(work / "other-eval-1"),
+        names=[str(other), "1 of 5 image files unusable (20.0%, limit 10%: --max-bad-fraction)",
+               said],
+    )  # fmt: skip
+    proc = ok(*args, str(work / "other-eval-2"), "--max-bad-fraction", "0.5")
+    unwrapped = "".join(proc.stderr.split())  # the log's lines are wrapped to the terminal
+    assert unwrapped.count("".join(f"{other}: 1 bad image files skipped: {said}".split())) == 1
+    assert "evaluated 4 samples" in proc.stderr
+    assert_user_error(
+        *args, str(work / "other-eval-3"), "--max-bad-fraction", "0.5", "--strict",
+        names=[str(other), "1 of 5 image files unusable (20.0%, strict mode)", said],
+    )  # fmt: skip
+
+
 def test_predict(run: Path, digits: list[Path]) -> None:
     proc = ok("predict", str(run), *map(str, digits), "--format", "json", "--top-k", "2")
     rows = json.loads(proc.stdout)

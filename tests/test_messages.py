@@ -68,13 +68,14 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "engine/devices.py:resolve_device": DEVICE,  # only when --device cuda/mps was asked for
     "config.py:score_threshold_of": ("detect predict", "explain"),  # only with --score-threshold
     "api.py:_score_threshold_option": ("predict", "explain"),  # --score-threshold of another task
-    # --max-bad-fraction: every command that decodes a training dataset, and detect evaluate
+    # --max-bad-fraction: every command that decodes a training dataset, and every evaluate
+    # (--data: another dataset, judged as training judges it)
     "data/scan.py:bad_fraction_verdict": (
         "data check",
         *TRAINERS,
         "lr-find",
         *TASK_TRAINERS,
-        "detect evaluate",
+        *EVALUATORS,
     ),
     # FEW_SAMPLES_FIX (--val-fraction): training's warning on few validation images; the report's
     # caution (which evaluate redraws too) says it as advice for training again

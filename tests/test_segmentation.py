@@ -380,6 +380,63 @@ def test_corrupt_images_over_the_limit_or_with_strict_refuse_training(tmp_path: 
     )
 
 
+def test_evaluate_on_other_data_limits_skipped_images_as_training_does(
+    tmp_path: Path, caplog
+) -> None:
+    """`segment evaluate RUN --data OTHER` stopped at the first image it could not decode, and
+    skipped OTHER's COCO annotations of unknown categories without a word. Now train's policy, as
+    detect evaluate: 1 of 3 corrupt is over the default 10 %, refused with train's message; under
+    a raised limit it is said once and the other 2 are evaluated, the skipped annotation named;
+    --strict refuses it (on the command line too, one error line). A bad mask stays an error."""
+    from cli_process import assert_user_error
+
+    from cnnlab.segment import evaluate_segmentation, train_segmentation
+
+    run = train_segmentation(
+        data=str(_coco_file(tmp_path / "coco")), out=str(tmp_path / "runs"), **TINY
+    ).run_dir
+    data = _coco_file(tmp_path / "other", n=3)
+    doc = json.loads(data.read_text())
+    doc["annotations"].append({"id": 99, "image_id": 1, "category_id": 9, "iscrowd": 0,
+                               "segmentation": [[1, 1, 5, 1, 5, 5]], "bbox": [1, 1, 4, 4]})  # fmt: skip
+    data.write_text(json.dumps(doc))
+    bad = tmp_path / "other" / "images" / "1.png"
+    _cut_in_half(bad)
+    with pytest.raises(DataError) as err:
+        evaluate_segmentation(run, data=str(data), device="cpu", report=False)
+    assert err.value.path == str(data) and err.value.reason == (
+        "data check failed: 1 of 3 image files unusable (33.3%, limit 10%: --max-bad-fraction): "
+        f"{bad} (truncated or corrupt image data); replace the images, or remove each with its mask"
+    )
+    with pytest.raises(DataError, match=r"1 of 3 image files unusable \(33.3%, strict mode\)"):
+        evaluate_segmentation(run, data=str(data), device="cpu", report=False,
+                              max_bad_fraction=0.5, strict=True)  # fmt: skip
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cnnlab.segment"):
+        result = evaluate_segmentation(
+            run, data=str(data), device="cpu", report=False, max_bad_fraction=0.5
+        )
+    said = f"1 bad image files skipped: {bad} (truncated or corrupt image data); evaluating the"
+    assert caplog.text.count(said) == 1 and f"{said} other 2" in caplog.text
+    skipped_annotation = f"{data}: 1 annotation(s) skipped, category_id not in categories (9)"
+    assert caplog.text.count(skipped_annotation) == 1
+    assert result["num_samples"] == 2 and np.isfinite(result["metrics"]["mean_iou"])
+    assert result["data_report"] == {
+        "skipped_annotations": [{"row": 6, "category_id": 9, "reason": "unknown category_id"}],
+        "skipped_images": [{"image": str(bad), "reason": "truncated or corrupt image data"}],
+    }
+    line = assert_user_error("segment", "evaluate", str(run), "--data", str(data), "--device",
+                             "cpu", "--max-bad-fraction", "0.5", "--strict",
+                             names=[str(data), "1 of 3 image files unusable"])  # fmt: skip
+    assert "strict mode" in line
+    # a mask that does not fit its image is a labelling mistake: an error, under any limit
+    masks = _mask_folder(tmp_path / "masks", 3, as_saved=lambda i, m: m[:, :12] if i == 1 else m)
+    with pytest.raises(DataError, match="mask is 12×16 but its image") as err:
+        evaluate_segmentation(run, data=str(masks), device="cpu", report=False,
+                              max_bad_fraction=0.5)  # fmt: skip
+    assert err.value.path.endswith("1.png")
+
+
 @pytest.mark.parametrize("task", ["segment", "detect"])
 def test_max_bad_fraction_and_strict_are_options_of_both_tasks(task: str, capsys) -> None:
     from cnnlab.cli import main

@@ -142,6 +142,14 @@ def test_folder_of_videos_with_corrupt_and_truncated_files(tmp_path):
     assert all(not sid.startswith("/") and sid.endswith(".mp4") for sid in splits["test"])
     ev = evaluate_video(run.run_dir, report=False)  # the test videos decoded again
     _same_metrics(run.test_metrics, ev["metrics"])
+    # evaluate --data judges the bad videos as training does, with the same two options
+    with pytest.raises(DataError, match=r"2 of 18 video files unusable \(11.1%, limit 10%"):
+        evaluate_video(run.run_dir, data=str(root), report=False)
+    with pytest.raises(DataError, match=r"2 of 18 video files unusable \(11.1%, strict mode\)"):
+        evaluate_video(run.run_dir, data=str(root), report=False, max_bad_fraction=0.2,
+                       strict=True)  # fmt: skip
+    ev = evaluate_video(run.run_dir, data=str(root), report=False, max_bad_fraction=0.2)
+    assert ev["num_samples"] == 16
 
 
 def test_a_video_shorter_than_the_clip_is_said(tmp_path):

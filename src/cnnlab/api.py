@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.config import PreprocessSpec, TrainConfig, make_config, score_threshold_of
+from cnnlab.data.scan import given_policy
 from cnnlab.data.sources import DataBundle, Split, load_source
 from cnnlab.engine.assembly import TrainResult
 from cnnlab.engine.checkpoint import read_weights
@@ -73,6 +74,8 @@ def evaluate(
     replace_operating_point: bool = False,
     tta: str | tuple[str, ...] | None = None,
     relocated_data: str | Path | None = None,
+    max_bad_fraction: float | None = None,
+    strict: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained model on its own held-out split (default) or on another dataset (`data`).
 
@@ -94,7 +97,10 @@ def evaluate(
     without and with it side by side.
 
     ``relocated_data``: the run's own dataset at its new place (moved, or copied to another
-    machine); the samples of its recorded split are looked up there by id."""
+    machine); the samples of its recorded split are looked up there by id.
+
+    ``max_bad_fraction`` / ``strict``: the limit on unreadable images (files) of the evaluated
+    data, as training's (default: the run's own for its split, the task config's for ``data``)."""
     entry = task_of(run_or_checkpoint)
     point: dict[str, Any] = _tta_option(tta, entry.name, run_or_checkpoint)
     if positive is not None or target is not None or replace_operating_point:
@@ -107,6 +113,7 @@ def evaluate(
                   "replace_operating_point": replace_operating_point}  # fmt: skip
     if relocated_data is not None:
         point["relocated_data"] = relocated_data
+    point |= given_policy(max_bad_fraction, strict)
     return entry.evaluate(
         run_or_checkpoint, data=data, split=split, device=device, report=report, out=out,
         precision=precision, **point,

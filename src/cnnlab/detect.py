@@ -40,7 +40,7 @@ from cnnlab.data.boxes import (
     unmap_boxes,
 )
 from cnnlab.data.decode import DEFAULT_MAX_PIXELS
-from cnnlab.data.scan import check_skipped
+from cnnlab.data.scan import check_skipped, given_policy
 from cnnlab.data.sources import in_split_order
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import TrainResult
@@ -439,10 +439,7 @@ def evaluate_detection(
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     class_names = list(meta["class_names"])
     run_dir = run_dir_of(weights)
-    policy = {  # given ones only: the others are the run's (its split) or the defaults (data)
-        k: v for k, v in (("max_bad_fraction", max_bad_fraction), ("strict", strict))
-        if v is not None
-    }  # fmt: skip
+    policy = given_policy(max_bad_fraction, strict)
     bundle_report = BoxReport()
     if data is None:
         if run_dir is None:

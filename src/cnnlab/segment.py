@@ -46,7 +46,7 @@ from cnnlab.data.masks import (
     raise_first,
     square_geometry,
 )
-from cnnlab.data.scan import check_skipped
+from cnnlab.data.scan import check_skipped, given_policy
 from cnnlab.data.sources import in_split_order
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import TrainResult
@@ -102,6 +102,25 @@ def _bundle(cfg: SegmentConfig, **kw: Any) -> MaskBundle:
         "data_root": cfg.data_root,
     } | kw
     return load_mask_source(cfg.data, **options)
+
+
+def _check_skipped_images(
+    where: str, bad: list[tuple[str, str]], total: int, cfg: SegmentConfig
+) -> str | None:
+    """The (image path, reason) pairs skipped because their image cannot be decoded, out of
+    ``total``, judged by ``cfg``'s max_bad_fraction / strict: the one policy of `segment train`
+    and `segment evaluate` (cnnlab.data.scan.check_skipped, as classification's scan); a DataError
+    naming ``where`` and the count above it, else the warning to say (None when none was)."""
+    return check_skipped(
+        where, bad, total, strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction,
+        fix="replace the images, or remove each with its mask",
+    )  # fmt: skip
+
+
+def _drop(split: MaskSplit, unreadable: list[tuple[int, str, str]]) -> MaskSplit:
+    """``split`` without the pairs decode_split skipped (their indices in it)."""
+    gone = {i for i, _, _ in unreadable}
+    return split.subset([i for i in range(len(split)) if i not in gone]) if gone else split
 
 
 def _image_size(cfg: SegmentConfig, bundle: MaskBundle) -> int:
@@ -215,18 +234,12 @@ def _prepare(
     # pairs whose image cannot be decoded: skipped (bad-inputs.md B), and dropped from the splits
     # before splits.json records them, so that evaluate and resume never decode them again
     bad = [(path, why) for k in bundle.splits for _, path, why in unreadable[k]]
-    warning = check_skipped(
-        cfg.data, bad, sum(len(s) for s in bundle.splits.values()), strict=cfg.strict,
-        max_bad_fraction=cfg.max_bad_fraction,
-        fix="replace the images, or remove each with its mask",
-    )  # fmt: skip
+    total = sum(len(s) for s in bundle.splits.values())
+    warning = _check_skipped_images(cfg.data, bad, total, cfg)
     if warning:
         log.warning("%s: %s (see data_report.json)", cfg.data, warning)
     for k, gone in unreadable.items():
-        if gone:
-            drop = {i for i, _, _ in gone}
-            part = bundle.splits[k]
-            bundle.splits[k] = part.subset([i for i in range(len(part)) if i not in drop])
+        bundle.splits[k] = _drop(bundle.splits[k], gone)
     timings.lap("decode")  # reading the source and decoding images and masks
     skipped = bundle.skipped_annotations
     if skipped:  # as detection counts them, on the same file
@@ -501,9 +514,17 @@ def evaluate_segmentation(
     precision: str = "auto",
     relocated_data: str | Path | None = None,
     tta: str | tuple[str, ...] | None = None,
+    max_bad_fraction: float | None = None,
+    strict: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate a segmentation run on its recorded split (default: the held-out test images) or on
     every image of another dataset ``data`` whose classes are among the model's (by name).
+
+    Pairs whose image cannot be decoded are skipped as training skips them: refused above
+    ``max_bad_fraction`` (any with ``strict``), else said once and the rest evaluated; a bad mask
+    is an error, as in training. The defaults are the run's own options for its split,
+    SegmentConfig's for ``data`` (as classification's evaluate reads another dataset). COCO
+    annotations ``data`` skips are said too; both lists are in ``result["data_report"]``.
 
     ``tta="flip"`` (cnnlab.engine.tta): the metrics are those of the mean of the image's and its
     mirror's per-pixel probabilities (the mirror's mirrored back), and ``result["tta"]`` (also in
@@ -516,21 +537,28 @@ def evaluate_segmentation(
     class_names = list(meta["class_names"])
     ignore = int(meta.get("ignore_index", 255))
     run_dir = run_dir_of(weights)
+    policy = given_policy(max_bad_fraction, strict)
+    data_report: dict[str, Any] = {}
+    unreadable: list[tuple[int, str, str]] = []  # (index in chosen, image, reason)
     if data is None:
         if run_dir is None:
             raise ConfigError(
                 f"{weights} is not inside a run directory: pass data= to say what to evaluate on"
             )
-        cfg = make_config(SegmentConfig, **source_config(run_dir, relocated_data))
+        cfg = make_config(SegmentConfig, **source_config(run_dir, relocated_data) | policy)
         recorded = read_json(run_dir / "splits.json")["splits"]
         if split not in recorded:
             raise no_such_split(split, recorded)
         chosen = _split_by_ids(_bundle(cfg), recorded[split], split)
         images, masks = decode_split(
-            chosen, spec, num_classes=len(class_names), ignore_index=ignore
+            chosen, spec, num_classes=len(class_names), ignore_index=ignore, skipped=unreadable
         )
     else:
-        bundle = load_mask_source(data, val_fraction=0.0, test_fraction=0.0, ignore_index=ignore)
+        cfg = make_config(SegmentConfig, data=data, val_fraction=0.0, test_fraction=0.0,
+                          ignore_index=ignore, **policy)  # fmt: skip
+        bundle = _bundle(cfg)
+        if bundle.skipped_annotations:  # said below, as training said the run's own
+            data_report["skipped_annotations"] = bundle.skipped_annotations
         chosen = bundle.splits["train"]
         for name in ("val", "test"):
             if name in bundle.splits and len(bundle.splits[name]):
@@ -539,10 +567,21 @@ def evaluate_segmentation(
         unknown = [c for c in names if c not in class_names]
         if unknown:
             raise DataError(data, f"classes {unknown} are not among the model's {class_names}")
-        images, masks = decode_split(chosen, spec, num_classes=len(names), ignore_index=ignore)
+        images, masks = decode_split(
+            chosen, spec, num_classes=len(names), ignore_index=ignore, skipped=unreadable
+        )
         lut = np.full(256, ignore, dtype=np.uint8)
         lut[: len(names)] = [class_names.index(c) for c in names]
         masks = lut[masks]
+    bad = [(path, why) for _, path, why in unreadable]
+    warning = _check_skipped_images(cfg.data, bad, len(chosen), cfg)
+    chosen = _drop(chosen, unreadable)  # the ids beside the decoded arrays
+    if warning:  # said once; the other images are evaluated
+        log.warning("%s: %s; evaluating the other %d", cfg.data, warning, len(chosen))
+    if bad:
+        data_report["skipped_images"] = [{"image": p, "reason": why} for p, why in bad]
+    if data_report.get("skipped_annotations"):  # after the refusals, which say one line only
+        log.warning("%s: %s", cfg.data, describe_skipped(data_report["skipped_annotations"]))
     precision = inference_precision(precision, dev, trained_precision(run_dir))
     out_dir = evaluation_dir(out, run_dir)
     result = evaluate_segmentation_model(
@@ -566,7 +605,8 @@ def evaluate_segmentation(
         num_samples=len(chosen), precision=precision, device=dev,
         extra={"tta": result["tta"]} if views else None,
     )  # fmt: skip
-    answer = record | {"metrics": result["metrics"], "report": result.get("report")}
+    answer = record | {"metrics": result["metrics"], "report": result.get("report"),
+                       "data_report": data_report}  # fmt: skip
     return answer | ({"tta": result["tta"]} if views else {})
 
 

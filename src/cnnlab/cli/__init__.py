@@ -601,6 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta", metavar="VIEWS", default=None,
         help=TTA_HELP + "; reports the metrics with and without it side by side",
     )  # fmt: skip
+    # unreadable images of --data: the policy of `cnnlab train`, with its options
+    add_train_options(p, config_file=False, only=BAD_DATA_OPTIONS)
 
     p = sub.add_parser(
         "predict",
@@ -651,6 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_task_evaluate(
         q, SEGMENT_TTA_HELP + "; reports the metrics with and without it side by side"
     )
+    # unreadable images: the policy of `segment train`, with its options
+    add_train_options(q, cls=SegmentConfig, config_file=False, only=BAD_DATA_OPTIONS)
     q = seg.add_parser("predict", help="mask PNGs (class index per pixel) and colour overlays")
     q.add_argument("run", help=RUN_HELP + " or exported .onnx")
     q.add_argument("inputs", nargs="+", help="image files or folders")
@@ -1230,6 +1234,8 @@ def _segment(args: argparse.Namespace) -> int:
             out=args.out,
             precision=args.precision,
             tta=args.tta,
+            max_bad_fraction=args.max_bad_fraction,
+            strict=args.strict,
         )
         _evaluation_note(result)
         if args.json:  # with --tta, metrics["tta"] holds the side-by-side comparison
@@ -1556,6 +1562,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         replace_operating_point=args.replace_operating_point,
         tta=args.tta,
         relocated_data=args.relocated_data,
+        max_bad_fraction=args.max_bad_fraction,
+        strict=args.strict,
     )
     _evaluation_note(result)
     point = result.get("operating_point")

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cnnlab.cli import (
+    BAD_DATA_OPTIONS,
     add_max_restarts,
     add_task_evaluate,
     add_train_options,
@@ -52,6 +53,8 @@ def _add_train_cli(actions: Any) -> None:
     add_max_restarts(p)
     q = actions.add_parser("evaluate", help="clip accuracy, per-class metrics and the report")
     add_task_evaluate(q)
+    # videos of --data that cannot be decoded: the policy of `video train`, with its options
+    add_train_options(q, cls=VideoConfig, config_file=False, only=BAD_DATA_OPTIONS)
 
 
 def _run_train_cli(args: argparse.Namespace, out: Any) -> int:
@@ -70,6 +73,7 @@ def _run_train_cli(args: argparse.Namespace, out: Any) -> int:
     result = api.video_evaluate(
         args.run, split=args.split, data=args.data, device=args.device, report=args.report,
         out=args.out, precision=args.precision, relocated_data=args.relocated_data,
+        max_bad_fraction=args.max_bad_fraction, strict=args.strict,
     )  # fmt: skip
     if args.json:
         print(json.dumps(result["metrics"], indent=2, default=str))

@@ -924,6 +924,14 @@ def check_skipped(
     return warning
 
 
+def given_policy(max_bad_fraction: float | None, strict: bool | None) -> dict[str, Any]:
+    """The options of the skip policy an evaluate was given, as config overrides: the others stay
+    the run's (on its own split) or the config's defaults (on another dataset), so a run trained
+    with a raised limit is read back under it unless told otherwise."""
+    given = {"max_bad_fraction": max_bad_fraction, "strict": strict}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _first(things: Iterable[str], n: int = 5) -> str:
     items = list(things)
     more = f" (+{len(items) - n} more)" if len(items) > n else ""

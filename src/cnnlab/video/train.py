@@ -43,6 +43,7 @@ from cnnlab.config import (
     PreprocessSpec,
     make_config,
 )
+from cnnlab.data.scan import given_policy
 from cnnlab.data.sources import Split, in_split_order, stratified_split
 from cnnlab.data.tensors import arrays_to_chw, channel_stats, normalize
 from cnnlab.engine import distributed
@@ -466,12 +467,16 @@ def evaluate_video(
     out: str | Path | None = None,
     precision: str = "auto",
     relocated_data: str | Path | None = None,
+    max_bad_fraction: float | None = None,
+    strict: bool | None = None,
 ) -> dict[str, Any]:
     """Clip-level metrics of a video run on its recorded split (default: the held-out test clips,
     which reproduces the end-of-training numbers) or on every clip of another source ``data``
     whose classes are among the model's. Writes test_metrics.json, test_predictions.npz and the
     report into ``out`` (default: a new ``<run>/evaluations/<time>/``; what training recorded is
-    never rewritten)."""
+    never rewritten). Videos of ``data`` that cannot be decoded are judged as training judges
+    them: refused above ``max_bad_fraction`` (any with ``strict``; defaults: VideoConfig's), else
+    said and skipped; a video of the recorded split that cannot be decoded is an error."""
     check_one_dataset(data, relocated_data)
     dev = resolve_device(device)
     model, meta, weights = load_video_model(run, dev)
@@ -490,7 +495,8 @@ def evaluate_video(
                                               class_names)  # fmt: skip
     else:
         cfg = make_config(VideoConfig, data=data, frames=frames, image_size=spec.image_size,
-                          resize=spec.resize, val_fraction=0.0, test_fraction=0.0)  # fmt: skip
+                          resize=spec.resize, val_fraction=0.0, test_fraction=0.0,
+                          **given_policy(max_bad_fraction, strict))  # fmt: skip
         source = load_clips(cfg)
         unknown = [c for c in source.class_names if c not in class_names]
         if unknown:

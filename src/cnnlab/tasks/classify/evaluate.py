@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from cnnlab.config import PreprocessSpec, TrainConfig, make_config
+from cnnlab.data.scan import given_policy
 from cnnlab.data.sources import Split, load_source, remap_classes, split_by_ids
 from cnnlab.engine import distributed
 from cnnlab.engine.calibration import TemperatureScores, load_calibration
@@ -221,6 +222,8 @@ def evaluate(
     target: str | None = None,
     replace_operating_point: bool = False,
     tta: str | tuple[str, ...] | None = None,
+    max_bad_fraction: float | None = None,
+    strict: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluate a trained model on its own held-out split (default) or on another dataset (`data`).
 
@@ -235,8 +238,13 @@ def evaluate(
 
     ``tta`` ("flip", "crop", "shift" or a comma list; cnnlab.engine.tta): the metrics are those of the
     averaged views, and ``result["tta"]`` (also in evaluation.json) puts the headline metrics
-    without and with TTA side by side."""
+    without and with TTA side by side.
+
+    Unreadable images are judged as training judges them (the scan of :func:`load_source`):
+    refused above ``max_bad_fraction`` (any with ``strict``), else said once and skipped. The
+    defaults are the run's own options for its data, TrainConfig's for ``data``."""
     check_one_dataset(data, relocated_data)
+    policy = given_policy(max_bad_fraction, strict)
     views = parse_tta(tta)
     if views and target is not None:
         raise ConfigError(
@@ -278,14 +286,16 @@ def evaluate(
             raise ConfigError(
                 f"{weights} is not inside a run directory: pass --data to say what to evaluate on"
             )
-        own = load_source(make_config(TrainConfig, **source_config(run_dir, relocated_data)))
+        own = load_source(
+            make_config(TrainConfig, **source_config(run_dir, relocated_data) | policy)
+        )
         saved = read_json(run_dir / "splits.json")["splits"]
     if data is None:
         if split not in saved:
             raise no_such_split(split, saved)
         chosen = split_by_ids(own, saved[split], split, class_names)
     else:
-        cfg = make_config(TrainConfig, data=data, val_fraction=0.0, test_fraction=0.0)
+        cfg = make_config(TrainConfig, data=data, val_fraction=0.0, test_fraction=0.0, **policy)
         bundle = load_source(cfg)
         chosen = remap_classes(bundle, class_names, split)
     images = split_to_uint8(chosen, spec)
