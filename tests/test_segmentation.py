@@ -748,3 +748,46 @@ def test_mixed_image_sizes_without_image_size_are_said(tmp_path: Path, caplog) -
     with caplog.at_level("WARNING", logger="cnnlab.segment"):
         assert _image_size(SegmentConfig(data=str(root)), bundle) == 128
     assert "no single square size: resizing to 128 px (set --image-size)" in caplog.text
+
+
+def test_relocated_data_listing_its_classes_in_another_order_is_labelled_by_name(
+    tmp_path: Path,
+) -> None:
+    """`segment evaluate RUN --relocated-data NEW`: the run's dataset at a new place whose
+    classes.json lists red and green the other way round, its masks renumbered to match (a
+    regenerated dataset). Mask values are matched to the model's classes by name, so the
+    evaluation equals the one at the old place; red covers 4x green's pixels in every image, so
+    values taken as the model's indices would swap the two classes' figures. A class the run never
+    knew is refused by name."""
+    from cnnlab.errors import DataError
+    from cnnlab.segment import evaluate_segmentation, train_segmentation
+
+    def dataset(root: Path, names: list[str]) -> None:
+        (root / "images").mkdir(parents=True)
+        (root / "masks").mkdir()
+        index = {n: i for i, n in enumerate(names)}
+        rng = np.random.default_rng(0)
+        for i in range(10):
+            img = rng.integers(0, 60, (16, 16, 3)).astype(np.uint8)
+            mask = np.full((16, 16), index["background"], np.uint8)
+            mask[0:8, 0:8] = index["red"]  # 64 px
+            mask[12:16, 12:16] = index["green"]  # 16 px
+            img[0:8, 0:8], img[12:16, 12:16] = (200, 0, 0), (0, 200, 0)
+            Image.fromarray(img).save(root / "images" / f"{i}.png")
+            Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+        (root / "classes.json").write_text(json.dumps(names))
+
+    dataset(tmp_path / "old", ["background", "red", "green"])
+    run = train_segmentation(
+        data=str(tmp_path / "old"), out=str(tmp_path / "runs"), name="r", **TINY
+    ).run_dir
+    here = evaluate_segmentation(run, device="cpu", report=False)
+    dataset(tmp_path / "new", ["background", "green", "red"])
+    there = evaluate_segmentation(
+        run, device="cpu", report=False, relocated_data=str(tmp_path / "new")
+    )
+    assert there["metrics"]["per_class"] == here["metrics"]["per_class"]
+    assert there["metrics"]["mean_iou"] == here["metrics"]["mean_iou"]
+    (tmp_path / "new" / "classes.json").write_text(json.dumps(["background", "green", "wolf"]))
+    with pytest.raises(DataError, match=r"classes \['wolf'\] are not among the model's .*changed"):
+        evaluate_segmentation(run, device="cpu", report=False, relocated_data=str(tmp_path / "new"))

@@ -157,6 +157,25 @@ def _split_by_ids(bundle: MaskBundle, ids: list[str], split: str) -> MaskSplit:
     )
 
 
+def _model_labels(
+    where: Any, names: list[str], class_names: list[str], ignore: int, since: str = ""
+) -> np.ndarray | None:
+    """A 256-entry look-up table from the data's mask values to the model's class indices,
+    matched by name (``ignore`` stays ``ignore``); None when the lists are the same. A class the
+    model does not know is a DataError naming it."""
+    if list(names) == list(class_names):
+        return None
+    unknown = [c for c in names if c not in class_names]
+    if unknown:
+        changed = f"; the dataset changed since {since}" if since else ""
+        raise DataError(
+            where, f"classes {unknown} are not among the model's {class_names}{changed}"
+        )
+    lut = np.full(256, ignore, dtype=np.uint8)
+    lut[: len(names)] = [class_names.index(c) for c in names]
+    return lut
+
+
 def _loader(
     images: np.ndarray | torch.Tensor,
     masks: np.ndarray | torch.Tensor,
@@ -549,10 +568,9 @@ def evaluate_segmentation(
         recorded = read_json(run_dir / "splits.json")["splits"]
         if split not in recorded:
             raise no_such_split(split, recorded)
-        chosen = _split_by_ids(_bundle(cfg), recorded[split], split)
-        images, masks = decode_split(
-            chosen, spec, num_classes=len(class_names), ignore_index=ignore, skipped=unreadable
-        )
+        bundle = _bundle(cfg)
+        chosen = _split_by_ids(bundle, recorded[split], split)
+        where, since = cfg.data, "the run was trained"
     else:
         cfg = make_config(SegmentConfig, data=data, val_fraction=0.0, test_fraction=0.0,
                           ignore_index=ignore, **policy)  # fmt: skip
@@ -563,15 +581,16 @@ def evaluate_segmentation(
         for name in ("val", "test"):
             if name in bundle.splits and len(bundle.splits[name]):
                 chosen = _concat(chosen, bundle.splits[name])
-        names = bundle.class_names or class_names
-        unknown = [c for c in names if c not in class_names]
-        if unknown:
-            raise DataError(data, f"classes {unknown} are not among the model's {class_names}")
-        images, masks = decode_split(
-            chosen, spec, num_classes=len(names), ignore_index=ignore, skipped=unreadable
-        )
-        lut = np.full(256, ignore, dtype=np.uint8)
-        lut[: len(names)] = [class_names.index(c) for c in names]
+        where, since = data, ""
+    # mask values are the data's class indices, matched to the model's by name (the run's own
+    # dataset at a new place may list its classes in another order, as classification's
+    # split_by_ids allows)
+    names = bundle.class_names or class_names
+    lut = _model_labels(where, names, class_names, ignore, since)
+    images, masks = decode_split(
+        chosen, spec, num_classes=len(names), ignore_index=ignore, skipped=unreadable
+    )
+    if lut is not None:
         masks = lut[masks]
     bad = [(path, why) for _, path, why in unreadable]
     warning = _check_skipped_images(cfg.data, bad, len(chosen), cfg)
