@@ -1,10 +1,14 @@
 """`cnnlab` as a user runs it, in a subprocess: `python -m cnnlab ...` with this checkout's sources.
 
-Used by the CLI tests and by conftest.py's trained-run fixture.
+Used by the CLI tests and by conftest.py's trained-run fixture. :func:`in_process` runs the same
+entry point in the test process, for tests whose subject is what a command computes rather than
+how a process starts or ends (start-up, signals, exit codes of a real process).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -45,3 +49,22 @@ def assert_user_error(*args: str, names: str | list[str], **kw) -> str:
     for name in [names] if isinstance(names, str) else names:
         assert name in lines[0], f"{name!r} not named in: {lines[0]}"
     return lines[0]
+
+
+def in_process(*args: str) -> subprocess.CompletedProcess:
+    """``cnnlab ARGS`` through :func:`cnnlab.cli.main` in this process, stdout and stderr captured:
+    the same parser, handlers and exit code as the script, without a fresh process importing
+    torch again (3-5 s a call on a 2-core machine; the script itself is tested by test_cli.py)."""
+    from cnnlab import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    widths = [(console, console._width) for console in (cli.out, cli.err)]
+    try:  # as the subprocesses' COLUMNS=200: a captured console is 80 wide and folds long paths
+        for console, _ in widths:
+            console.width = 200
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(list(args))
+    finally:
+        for console, width in widths:
+            console._width = width
+    return subprocess.CompletedProcess(["cnnlab", *args], code, out.getvalue(), err.getvalue())

@@ -75,6 +75,8 @@ def test_devices_without_torchrun_is_a_one_line_error(tmp_path):
         api.segment_train(data="builtin:shapes?n=8&size=16", out=str(tmp_path), devices=2)
 
 
+@pytest.mark.slow  # 15-25 s on 2 cores; `make test-proofs` runs it in CI
+@pytest.mark.proof
 def test_detection_trains_on_two_processes_and_is_evaluated_as_one_process_does(tmp_path):
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     cmd = [
@@ -97,6 +99,8 @@ def test_detection_trains_on_two_processes_and_is_evaluated_as_one_process_does(
     assert again["confidence_intervals"] == recorded["confidence_intervals"]
 
 
+@pytest.mark.slow  # 15-25 s on 2 cores; `make test-proofs` runs it in CI
+@pytest.mark.proof
 def test_video_trains_on_two_processes_as_one_process_does(tmp_path):
     """Video clips ride the classification loader's exact sharding (samples r, r + W, ... of each
     global batch, augmentation drawn for the whole batch), so the 2-process run follows the

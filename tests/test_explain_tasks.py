@@ -8,27 +8,17 @@ first principal component of the same activations, the mask against `predict`'s 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_process import in_process
 from PIL import Image
 
 from cnnlab.data.builtin import make_shapes
 
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cnnlab", *args],
-        capture_output=True,
-        text=True,
-        env=os.environ | {"COLUMNS": "200"},
-        timeout=300,
-    )
+_cli = in_process  # the commands in this process: what they compute is the subject here
 
 
 def _shapes_image(path: Path, size: int, objects: int) -> Path:

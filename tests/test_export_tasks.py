@@ -5,9 +5,6 @@ exported file giving the masks / boxes the run gives."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +13,12 @@ from PIL import Image
 
 pytest.importorskip("onnxruntime")
 
+from cli_process import in_process  # noqa: E402
+
 from cnnlab.errors import ConfigError  # noqa: E402
 from cnnlab.export import export_model, read_export_metadata  # noqa: E402
 
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cnnlab", *args],
-        capture_output=True,
-        text=True,
-        env=os.environ | {"COLUMNS": "200"},
-        timeout=600,
-    )
+_cli = in_process  # the commands in this process: what they compute is the subject here
 
 
 def _pictures(folder: Path, sizes: list[tuple[int, int]]) -> list[Path]:

@@ -309,6 +309,7 @@ def detection_runs(shapes_coco, tmp_path_factory) -> dict[str, Path]:
 # Slow tier: the pair's fixture took 145 s of an 800 s fast tier on a slower 2-core host (95 s
 # designed). `make test-proofs` runs it, and .ci/run calls that target: CI still proves detection learns.
 @pytest.mark.slow
+@pytest.mark.proof
 @pytest.mark.parametrize("labels", ["true", "shuffled"])
 def test_detection_on_shapes_learns(shapes_coco, detection_runs, labels: str) -> None:
     data, run = shapes_coco[labels], detection_runs[labels]

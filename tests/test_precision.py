@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_process import in_process
 
 from cnnlab import api
 from cnnlab.engine.devices import (
@@ -76,15 +74,7 @@ def _digests(folder: Path) -> dict[str, str]:
     }
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = os.environ | {"COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "cnnlab", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+_cli = in_process  # the commands in this process: what they compute is the subject here
 
 
 @pytest.fixture(scope="module")

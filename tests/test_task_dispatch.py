@@ -4,13 +4,11 @@ its checkpoint picks the task's own evaluate and predict (tried through the CLI,
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_process import in_process
 from PIL import Image
 
 from cnnlab.errors import CheckpointError, ConfigError
@@ -19,11 +17,7 @@ from cnnlab.tasks.registry import TASKS, get_task, recorded_task
 COMMON = {"epochs": 1, "batch_size": 4, "device": "cpu", "precision": "32", "report": False}
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cnnlab", *args], capture_output=True, text=True, timeout=300,
-        env=os.environ | {"COLUMNS": "200"},
-    )  # fmt: skip
+_cli = in_process  # the commands in this process: what they compute is the subject here
 
 
 @pytest.fixture(scope="module")
