@@ -1,4 +1,4 @@
-"""The fast tier checks that training learns: one tiny end-to-end run per task through the CLI.
+"""Training learns: one tiny end-to-end run per task through the CLI.
 
 Each task's data is written to files in a real format the loaders accept, twice: once with the
 true labels and once with the labels permuted by a fixed seed (the class of each image, the masks
@@ -10,9 +10,10 @@ the test files, with their own labels, disjoint from the training split (a wrong
 class-index mix-up), and the normalisation statistics are the training split's (not another
 split's).
 
-All four tasks are in the fast tier: classification (builtin:digits), segmentation
-(builtin:shapes), detection (builtin:shapes boxes as COCO JSON; its two runs train side by side)
-and video (builtin:moving-shapes).
+Classification (builtin:digits) is in the fast tier. Segmentation (builtin:shapes), detection
+(builtin:shapes boxes as COCO JSON; its two runs train side by side) and video
+(builtin:moving-shapes) are `proof` tests: slow tier, run by `make test-proofs` in every CI run
+(the fast tier took 10 minutes on a slow 2-core host with them).
 """
 
 from __future__ import annotations
@@ -139,6 +140,8 @@ def shapes_masks(tmp_path_factory) -> dict[str, Path]:
     return roots
 
 
+@pytest.mark.slow  # 16-21 s the pair on 2 cores: a proof `make test-proofs` (CI) runs
+@pytest.mark.proof
 @pytest.mark.parametrize("labels", ["true", "shuffled"])
 def test_segmentation_on_shapes_learns(shapes_masks, tmp_path, labels: str) -> None:
     data = shapes_masks[labels]
@@ -194,6 +197,8 @@ def moving_shapes_folders(tmp_path_factory) -> dict[str, Path]:
     return roots
 
 
+@pytest.mark.slow  # 16-21 s the pair on 2 cores: a proof `make test-proofs` (CI) runs
+@pytest.mark.proof
 @pytest.mark.parametrize("labels", ["true", "shuffled"])
 def test_video_on_moving_shape_directions_learns(moving_shapes_folders, tmp_path, labels: str):
     data = moving_shapes_folders[labels]

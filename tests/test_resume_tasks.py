@@ -70,7 +70,13 @@ def _interrupt_at(monkeypatch, epoch: int, step: int) -> None:
     monkeypatch.setattr(cbs.GracefulInterrupt, "on_fit_start", start_then_arm)
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
+# detection's case takes 13 s on 2 cores: a proof that `make test-proofs` (CI) runs
+PROOF = (pytest.mark.slow, pytest.mark.proof)
+
+
+@pytest.mark.parametrize(
+    "task", [pytest.param(t, marks=PROOF if t == "detect" else ()) for t in sorted(TASKS)]
+)
 def test_sigterm_mid_epoch_then_resume_is_bit_identical(task, tmp_path, monkeypatch):
     train, options = TASKS[task]
     full = train(out=str(tmp_path), name="full", **options)
