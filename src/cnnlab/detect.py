@@ -41,7 +41,7 @@ from cnnlab.data.boxes import (
 )
 from cnnlab.data.decode import DEFAULT_MAX_PIXELS
 from cnnlab.data.scan import check_skipped, given_policy
-from cnnlab.data.sources import in_split_order
+from cnnlab.data.sources import in_split_order, model_label_indices
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import TrainResult
 from cnnlab.engine.devices import (
@@ -103,22 +103,6 @@ def _check_skipped_images(
         where, bad, len(bad) + decoded, strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction,
         fix="replace or remove the images (and their annotations)",
     )  # fmt: skip
-
-
-def _model_labels(
-    where: Any, data_names: list[str], class_names: list[str], since: str = ""
-) -> np.ndarray | None:
-    """The model's label index of each of the data's classes, matched by name (None: the same
-    list in the same order); a data class the model does not know is a DataError naming it."""
-    if list(data_names) == list(class_names):
-        return None
-    unknown = [c for c in data_names if c not in class_names]
-    if unknown:
-        changed = f"; the dataset changed since {since}" if since else ""
-        raise DataError(
-            where, f"classes {unknown} are not among the model's {class_names}{changed}"
-        )
-    return np.array([class_names.index(c) for c in data_names], dtype=np.int64)
 
 
 def _to_tensors(targets: list[dict[str, np.ndarray]]) -> list[dict[str, torch.Tensor]]:
@@ -457,7 +441,7 @@ def evaluate_detection(
         samples = [by_id[i] for i in recorded[split]]
         # labels by name, as classification's split_by_ids: the dataset at its (new) place may
         # list its categories in another order than when the run was trained
-        lut = _model_labels(cfg.data, bundle.class_names, class_names, "the run was trained")
+        lut = model_label_indices(cfg.data, bundle.class_names, class_names, "the run was trained")
     else:
         cfg = make_config(DetectConfig, data=data, val_fraction=0.0, test_fraction=0.0, **policy)
         bundle = _bundle(cfg)
@@ -465,7 +449,7 @@ def evaluate_detection(
         # decoding skips: a missing image is as bad as one that cannot be decoded
         bundle_report.merge(bundle.report)
         samples = [s for part in bundle.splits.values() for s in part]
-        lut = _model_labels(data, bundle.class_names, class_names)
+        lut = model_label_indices(data, bundle.class_names, class_names)
     images, targets, ids, rep = decode_box_split(samples, spec, bundle_report)
     warning = _check_skipped_images(cfg.data, rep, len(ids), cfg)
     if warning:  # said once; the other images are evaluated

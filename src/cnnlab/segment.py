@@ -47,7 +47,7 @@ from cnnlab.data.masks import (
     square_geometry,
 )
 from cnnlab.data.scan import check_skipped, given_policy
-from cnnlab.data.sources import in_split_order
+from cnnlab.data.sources import in_split_order, model_label_indices
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import TrainResult
 from cnnlab.engine.devices import (
@@ -157,22 +157,17 @@ def _split_by_ids(bundle: MaskBundle, ids: list[str], split: str) -> MaskSplit:
     )
 
 
-def _model_labels(
+def _mask_lut(
     where: Any, names: list[str], class_names: list[str], ignore: int, since: str = ""
 ) -> np.ndarray | None:
     """A 256-entry look-up table from the data's mask values to the model's class indices,
-    matched by name (``ignore`` stays ``ignore``); None when the lists are the same. A class the
-    model does not know is a DataError naming it."""
-    if list(names) == list(class_names):
+    matched by name (:func:`cnnlab.data.sources.model_label_indices`; ``ignore`` and values past
+    the data's classes stay ``ignore``); None when the lists are the same."""
+    index = model_label_indices(where, names, class_names, since)
+    if index is None:
         return None
-    unknown = [c for c in names if c not in class_names]
-    if unknown:
-        changed = f"; the dataset changed since {since}" if since else ""
-        raise DataError(
-            where, f"classes {unknown} are not among the model's {class_names}{changed}"
-        )
     lut = np.full(256, ignore, dtype=np.uint8)
-    lut[: len(names)] = [class_names.index(c) for c in names]
+    lut[: len(names)] = index
     return lut
 
 
@@ -586,7 +581,7 @@ def evaluate_segmentation(
     # dataset at a new place may list its classes in another order, as classification's
     # split_by_ids allows)
     names = bundle.class_names or class_names
-    lut = _model_labels(where, names, class_names, ignore, since)
+    lut = _mask_lut(where, names, class_names, ignore, since)
     images, masks = decode_split(
         chosen, spec, num_classes=len(names), ignore_index=ignore, skipped=unreadable
     )

@@ -844,6 +844,24 @@ def _in_model_order(bundle: DataBundle, chosen: Split, class_names: list[str]) -
     return Split(chosen.ids, targets, chosen.paths, chosen.images)
 
 
+def model_label_indices(
+    where: Any, data_names: Sequence[str], class_names: Sequence[str], since: str = ""
+) -> np.ndarray | None:
+    """(len(data_names),) the model's index of each of the data's classes, matched by name; None
+    when the two lists are the same. For a detection or segmentation dataset read again (its new
+    place may number its classes in another order); a class the model does not know is a DataError
+    naming it (``since``: what changed it, for the recorded split)."""
+    if list(data_names) == list(class_names):
+        return None
+    unknown = [c for c in data_names if c not in class_names]
+    if unknown:
+        changed = f"; the dataset changed since {since}" if since else ""
+        raise DataError(
+            where, f"classes {unknown} are not among the model's {list(class_names)}{changed}"
+        )
+    return np.array([list(class_names).index(c) for c in data_names], dtype=np.int64)
+
+
 def remap_classes(bundle: DataBundle, class_names: list[str], split: str) -> Split:
     unknown = [c for c in bundle.class_names if c not in class_names]
     if unknown:
