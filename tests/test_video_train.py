@@ -152,6 +152,49 @@ def test_folder_of_videos_with_corrupt_and_truncated_files(tmp_path):
     assert ev["num_samples"] == 16
 
 
+def test_evaluate_skips_an_undecodable_video_of_the_recorded_split(tmp_path, caplog):
+    """`video evaluate RUN` on its own split: a recorded video that can no longer be decoded is
+    judged as training judges it (the run's options unless given): skipped, said, listed in
+    data_report, the rest evaluated; refused above the limit or with strict."""
+    root = tmp_path / "videos"
+    write_video_folder(make_moving_shapes(n=12, frames=4, size=16, speed=0.5), root)
+    run = train_video(data=str(root), model="lenet5", frames=4, max_bad_fraction=0.5,
+                      out=str(tmp_path / "runs"), **FAST)  # fmt: skip
+    saved = dict(np.load(run.run_dir / "test_predictions.npz"))
+    test_ids = [str(i) for i in saved["ids"]]
+    assert len(test_ids) >= 3
+    bad = test_ids[1]
+    (root / bad).write_bytes(b"\x00garbage, not a video\xff" * 40)
+    # the run's own limit (50%) allows 1 of the test videos: the others are evaluated
+    with caplog.at_level("WARNING", logger="cnnlab"):
+        ev = evaluate_video(run.run_dir, report=False, out=tmp_path / "ev")
+    said = [r.getMessage() for r in caplog.records if Path(bad).name in r.getMessage()]
+    assert len(said) == 1 and "1 bad video files skipped" in said[0]  # said once
+    assert ev["num_samples"] == len(test_ids) - 1
+    skipped = ev["data_report"]["skipped"]
+    assert [s["path"] for s in skipped] == [str(root / bad)] and skipped[0]["reason"]
+    keep = [i for i, sid in enumerate(test_ids) if sid != bad]
+    # the same clips through the same model as at the end of training, targets kept aligned
+    assert np.array_equal(ev["targets"], saved["targets"][keep])
+    np.testing.assert_allclose(ev["probs"], saved["probs"][keep], atol=1e-6)
+    got = np.load(tmp_path / "ev" / "test_predictions.npz")
+    assert [str(i) for i in got["ids"]] == [test_ids[i] for i in keep]
+    assert accuracy_score(ev["targets"], ev["probs"].argmax(1)) == pytest.approx(
+        ev["metrics"]["accuracy"], abs=1e-12
+    )
+    # given options override the run's: strict refuses any, a limit of 0 refuses one
+    with pytest.raises(DataError, match=r"1 of \d+ video files unusable \(.*strict mode\)") as err:
+        evaluate_video(run.run_dir, report=False, strict=True)
+    assert Path(bad).name in str(err.value) and str(root) in str(err.value)
+    with pytest.raises(DataError, match=r"1 of \d+ video files unusable \(.*limit 0%") as err:
+        evaluate_video(run.run_dir, report=False, max_bad_fraction=0.0)
+    assert Path(bad).name in str(err.value)
+    # a recorded video that is gone stays an error
+    (root / bad).unlink()
+    with pytest.raises(DataError, match="gone"):
+        evaluate_video(run.run_dir, report=False)
+
+
 def test_a_video_shorter_than_the_clip_is_said(tmp_path):
     """A video with fewer frames than --frames is kept (even_indices repeats frames) but said: a
     warning, data_report.json's notes and the file's own record name it and the counts."""

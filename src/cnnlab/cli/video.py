@@ -53,7 +53,8 @@ def _add_train_cli(actions: Any) -> None:
     add_max_restarts(p)
     q = actions.add_parser("evaluate", help="clip accuracy, per-class metrics and the report")
     add_task_evaluate(q)
-    # videos of --data that cannot be decoded: the policy of `video train`, with its options
+    # undecodable videos (of --data or of the run's split): the policy of `video train`, with its
+    # options
     add_train_options(q, cls=VideoConfig, config_file=False, only=BAD_DATA_OPTIONS)
 
 

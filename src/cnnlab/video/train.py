@@ -43,7 +43,7 @@ from cnnlab.config import (
     PreprocessSpec,
     make_config,
 )
-from cnnlab.data.scan import given_policy
+from cnnlab.data.scan import check_skipped, given_policy
 from cnnlab.data.sources import Split, in_split_order, stratified_split
 from cnnlab.data.tensors import arrays_to_chw, channel_stats, normalize
 from cnnlab.engine import distributed
@@ -474,35 +474,41 @@ def evaluate_video(
     which reproduces the end-of-training numbers) or on every clip of another source ``data``
     whose classes are among the model's. Writes test_metrics.json, test_predictions.npz and the
     report into ``out`` (default: a new ``<run>/evaluations/<time>/``; what training recorded is
-    never rewritten). Videos of ``data`` that cannot be decoded are judged as training judges
-    them: refused above ``max_bad_fraction`` (any with ``strict``; defaults: VideoConfig's), else
-    said and skipped; a video of the recorded split that cannot be decoded is an error."""
+    never rewritten). Videos that cannot be decoded are judged as training judges them: refused
+    above ``max_bad_fraction`` (any with ``strict``), else said once and the rest evaluated; the
+    defaults are the run's own options for its split, VideoConfig's for ``data``. The skipped
+    videos are listed in ``result["data_report"]["skipped"]`` (path, reason), as training lists
+    them in data_report.json (for ``data``, the whole report training would write). A video of
+    the recorded split that is gone, or a split without its recorded labels, is an error."""
     check_one_dataset(data, relocated_data)
     dev = resolve_device(device)
     model, meta, weights = load_video_model(run, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
     frames, class_names = int(meta["frames"]), list(meta["class_names"])
     run_dir = run_dir_of(weights)
+    policy = given_policy(max_bad_fraction, strict)
     if data is None:
         if run_dir is None:
             raise ConfigError(f"{weights} is not inside a run directory: pass data=")
-        cfg = make_config(VideoConfig, **source_config(run_dir, relocated_data))
+        cfg = make_config(VideoConfig, **source_config(run_dir, relocated_data) | policy)
         recorded = read_json(run_dir / "splits.json")["splits"]
         if split not in recorded:
             raise no_such_split(split, recorded)
         labels = read_json(run_dir / "splits.json").get("labels", {}).get(split)
-        clips, targets, ids = _recorded_clips(cfg, recorded[split], labels, split, spec, frames,
-                                              class_names)  # fmt: skip
+        clips, targets, ids, data_report = _recorded_clips(
+            cfg, recorded[split], labels, split, spec, frames, class_names
+        )
     else:
         cfg = make_config(VideoConfig, data=data, frames=frames, image_size=spec.image_size,
                           resize=spec.resize, val_fraction=0.0, test_fraction=0.0,
-                          **given_policy(max_bad_fraction, strict))  # fmt: skip
-        source = load_clips(cfg)
+                          **policy)  # fmt: skip
+        source = load_clips(cfg)  # bad videos judged (and said) as training judges them
         unknown = [c for c in source.class_names if c not in class_names]
         if unknown:
             raise DataError(data, f"classes {unknown} are not among the model's {class_names}")
         lut = np.array([class_names.index(c) for c in source.class_names], dtype=np.int64)
         clips, targets, ids = source.clips, lut[source.targets], source.ids
+        data_report = source.report
     precision = inference_precision(precision, dev, trained_precision(run_dir))
     out_dir = evaluation_dir(out, run_dir)
     result = _evaluate(model, spec, frames, clips, targets, ids, class_names, device=dev,
@@ -513,14 +519,18 @@ def evaluate_video(
         num_samples=len(ids), precision=precision, device=dev,
     )  # fmt: skip
     return record | {"metrics": result["metrics"], "report": result.get("report"),
-                     "probs": result["probs"], "targets": result["targets"]}  # fmt: skip
+                     "probs": result["probs"], "targets": result["targets"],
+                     "data_report": data_report}  # fmt: skip
 
 
 def _recorded_clips(
     cfg: VideoConfig, ids: list[str], labels: list[str] | None, split: str, spec: PreprocessSpec,
     frames: int, class_names: list[str],
-) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
-    """The clips of a recorded split: the builtin regenerated (seeded), files decoded again."""
+) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, Any]]:  # fmt: skip
+    """The clips of a recorded split, their targets, ids and data report: the builtin regenerated
+    (seeded), files decoded again. A file that no longer decodes is skipped under ``cfg``'s
+    max_bad_fraction / strict (cnnlab.data.scan.check_skipped, training's policy: a DataError
+    above it, else said once) and listed in the report's ``skipped``; a file gone is an error."""
     if cfg.data.startswith(BUILTIN_PREFIX):
         data = _builtin_clips(dataclasses.replace(cfg, frames=frames), spec.image_size)
         where = {sid: i for i, sid in enumerate(data.ids)}
@@ -531,7 +541,7 @@ def _recorded_clips(
                 f"{missing[:3]}); the builtin's options changed"
             )  # fmt: skip
         idx = np.array([where[sid] for sid in ids], dtype=np.int64)
-        return data.clips[idx], data.targets[idx], list(ids)
+        return data.clips[idx], data.targets[idx], list(ids), {"skipped": []}
     root = Path(cfg.data)
     paths = [root / sid for sid in ids]
     gone = [str(p) for p in paths if not p.is_file()]
@@ -540,14 +550,25 @@ def _recorded_clips(
             cfg.data, f"{len(gone)} video(s) of the recorded {split} split are gone (first: "
             f"{gone[:3]}); the dataset changed since training"
         )  # fmt: skip
-    decoded = _decode_paths(paths, frames, _frames_spec(spec.image_size, spec.resize))
-    for res in decoded:
-        if isinstance(res, DataError):
-            raise res
     if labels is None:
         raise CheckpointError(f"{cfg.data}: splits.json of this run lacks the clips' labels")
-    targets = np.array([class_names.index(lab) for lab in labels], dtype=np.int64)
-    return np.stack([res[0] for res in decoded]), targets, list(ids)
+    decoded = _decode_paths(paths, frames, _frames_spec(spec.image_size, spec.resize))
+    bad = [(str(p), res.reason) for p, res in zip(paths, decoded, strict=True)
+           if isinstance(res, DataError)]  # fmt: skip
+    warning = check_skipped(
+        cfg.data, bad, len(paths), strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction,
+        fix="replace the videos (they decoded when the run was trained)", item="video",
+    )  # fmt: skip
+    # ids, labels and clips of the videos that decoded, kept aligned
+    ok = [(sid, lab, res[0]) for sid, lab, res in zip(ids, labels, decoded, strict=True)
+          if not isinstance(res, DataError)]  # fmt: skip
+    if warning:  # said once; the other videos are evaluated
+        log.warning("%s: %s; evaluating the other %d", cfg.data, warning, len(ok))
+    if not ok:
+        raise DataError(cfg.data, f"no video of the recorded {split} split can be decoded")
+    targets = np.array([class_names.index(lab) for _, lab, _ in ok], dtype=np.int64)
+    report = {"skipped": [{"path": p, "reason": why} for p, why in bad]}
+    return np.stack([clip for _, _, clip in ok]), targets, [sid for sid, _, _ in ok], report
 
 
 # -- predict ---------------------------------------------------------------------------------------
