@@ -57,8 +57,14 @@ def test_run_size_is_printed(tmp_path: Path) -> None:
     run = api.train(out=str(tmp_path), epochs=1, console=console, **DIGITS)
     found = re.search(r"run folder (.+): ([0-9.]+) MB on disk", console.file.getvalue())
     assert found and Path(found[1]) == run.run_dir
-    size = sum(p.stat().st_size for p in run.run_dir.rglob("*") if p.is_file())
+    # best.safetensors is the newest (best) epoch's weights file under a second name: one copy on disk
+    folder = run.run_dir / "checkpoints"
+    best, epoch = (folder / "best.safetensors").stat(), (folder / "epoch-0001.safetensors").stat()
+    assert best.st_ino == epoch.st_ino and best.st_nlink == 2
+    files = [p.stat() for p in run.run_dir.rglob("*") if p.is_file()]
+    size = sum({st.st_ino: st.st_size for st in files}.values())  # as du: each file once
     assert float(found[2]) == pytest.approx(size / 1e6, abs=0.05)
+    assert size == sum(st.st_size for st in files) - best.st_size
 
 
 def _modes(run_dir: Path) -> tuple[set[int], set[int]]:

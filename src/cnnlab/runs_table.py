@@ -217,13 +217,30 @@ def read_metrics_csv(path: Path) -> list[dict[str, float]]:
 
 
 def folder_bytes(folder: Path) -> int:
-    """Total size of the files under ``folder`` (apparent sizes, as `du --apparent-size -b`)."""
-    total = 0
+    """Total size of the files under ``folder`` (apparent sizes, as `du --apparent-size -b`: a file
+    with several names -- best.safetensors linked to its epoch's weights -- counts once)."""
+    total, seen = 0, set()
     for root, _dirs, files in os.walk(folder):
         for name in files:
             with contextlib.suppress(FileNotFoundError):
-                total += os.lstat(os.path.join(root, name)).st_size
+                st = os.lstat(os.path.join(root, name))
+                if st.st_nlink > 1:
+                    if (st.st_dev, st.st_ino) in seen:
+                        continue
+                    seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
     return total
+
+
+def _bytes_freed(paths: Iterable[Path]) -> int:
+    """What deleting ``paths`` frees: the size of each file all of whose names are among them (an
+    epoch's weights that best.safetensors is a hard link to stay on disk under that name)."""
+    names: dict[tuple[int, int], list[os.stat_result]] = {}
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(path)
+            names.setdefault((st.st_dev, st.st_ino), []).append(st)
+    return sum(sts[0].st_size for sts in names.values() if len(sts) >= sts[0].st_nlink)
 
 
 def _json_object(path: Path) -> dict[str, Any]:
@@ -363,7 +380,7 @@ def clean_plan(runs: Iterable[Path], keep: str = "best") -> tuple[list[CleanPlan
             and (p.name.startswith("epoch-") or (p.name.startswith(".") and p.name.endswith(".tmp")))
         )  # fmt: skip
         if files:
-            size = sum(p.stat().st_size for p in files)
+            size = _bytes_freed(files)
             plans.append(CleanPlan(run, files, size, [e["tag"] for e in kept]))
     return plans, problems
 
@@ -384,7 +401,7 @@ def clean(plans: Iterable[CleanPlan]) -> int:
         atomic_write(manifest_path, lambda f, text=text: f.write(text))
         for path in plan.files:
             with contextlib.suppress(FileNotFoundError):
-                size = path.stat().st_size
+                st = path.lstat()
                 path.unlink()
-                freed += size
+                freed += st.st_size if st.st_nlink == 1 else 0  # else still on disk by another name
     return freed

@@ -4,8 +4,15 @@ Layout under `<run>/checkpoints/`:
   epoch-0003.safetensors   model weights + JSON metadata (class names, preprocessing, model) -- enough to predict
   epoch-0003.state.pt      optimizer / scheduler / RNG / loop state: tensors and plain types only, so that
                            `torch.load(weights_only=True)` reads it; never pickled objects
-  best.safetensors         weights of the best completed, finite epoch
+  best.safetensors         weights of the best completed, finite epoch: a hard link to that epoch's
+                           weights file (one copy on disk, not two), or its own file when it holds other
+                           weights (--ema's averaged ones) or the filesystem has no hard links
   manifest.json            sha256 + size of each file, written atomically *after* the files
+
+Linking is safe because no file here is ever changed in place: every write replaces its target with a new
+file (below), so re-saving an epoch gives that name a new inode and pruning an old epoch only removes one of
+its names (unlink); best.safetensors keeps the weights it was linked to. A linked best shares the epoch file's
+inode and so its mode, which is the same mode anyway (see "File modes").
 
 How much is kept (`--keep`, see KEEP): `best` (default) keeps best.safetensors and the newest epoch's weights and
 state (one resumable state), `last` only the newest epoch's, `all` every epoch's.
@@ -29,6 +36,7 @@ import json
 import logging
 import os
 import pickle  # only for its exception class: nothing here unpickles
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -122,11 +130,42 @@ def atomic_write(target: Path, write: Callable[[io.BufferedWriter], None]) -> No
                 "free there; the previous file is intact"
             ) from err
         raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
+    fsync_dir(target.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the renames in `folder` durable (its entries are on disk once this returns)."""
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_link(source: Path, target: Path) -> bool:
+    """Make `target` a second name (hard link) for `source`, atomically: link to a temporary name in
+    the same folder (named as :func:`atomic_write` names its temporaries, so that
+    :func:`clean_stale_temporaries` removes one left by a kill), `os.replace` it over the target,
+    fsync the folder. False, with the target untouched, where the filesystem has no hard links."""
+    for _ in range(100):  # os.link never overwrites: a name just taken is retried with another
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.link(source, tmp)
+        except FileExistsError:
+            continue
+        except OSError as err:  # EPERM, EOPNOTSUPP, ENOSYS: some FUSE and SMB mounts; EMLINK
+            log.debug("no hard link %s -> %s (%s): writing a copy", target, source, err)
+            return False
+        try:
+            os.replace(tmp, target)
+        except OSError as err:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            log.debug("could not rename the hard link %s over %s (%s)", tmp, target, err)
+            return False
+        fsync_dir(target.parent)
+        return True
+    return False
 
 
 def _free_space(folder: Path) -> str:
@@ -285,8 +324,17 @@ class CheckpointManager:
         )
         if is_best and self.best:
             path = self.folder / "best.safetensors"
-            save_weights(path, *(best or (weights, metadata)))
-            manifest["best"] = self._entry(path.name) | {"epoch": state.get("epoch")}
+            # The same weights as the epoch's: a hard link, not a second copy on disk (45 MB for a
+            # ResNet-18, 100+ MB for a U-Net or Faster R-CNN). Safe because files here are only ever
+            # replaced (os.replace), never written in place: pruning this epoch later unlinks its
+            # name and leaves best's inode, and its bytes, as they are. Where linking fails (a
+            # filesystem without hard links: some FUSE and SMB mounts) best is written in full.
+            if best is None and atomic_link(wpath, path):
+                manifest["best"] = entries[-1]["weights"] | {"file": path.name}  # the same bytes
+            else:
+                save_weights(path, *(best or (weights, metadata)))
+                manifest["best"] = self._entry(path.name)
+            manifest["best"]["epoch"] = state.get("epoch")
         keep = len(entries) if self.keep is None else self.keep
         stale = entries[:-keep] if len(entries) > keep else []
         manifest["checkpoints"] = entries[-keep:]
