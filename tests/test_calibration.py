@@ -373,17 +373,8 @@ def test_a_temperature_fitted_on_few_validation_images_is_said_and_recorded(
 ) -> None:
     """6 validation images gave T = 19 without a word; below 50 images (or 2 a class) training
     now warns once, naming the count and the fix, and calibration.json says so. T is unchanged."""
-    from cnnlab.engine.calibration import fit_calibration
-
-    rng = np.random.default_rng(0)
-    logits, targets = rng.normal(0, 4, (n, 3)), rng.integers(0, 3, n)
-    weights = tmp_path / "best.safetensors"
-    weights.write_bytes(b"weights")
     with caplog.at_level("WARNING", logger="cnnlab.engine.calibration"):
-        record = fit_calibration(
-            torch.nn.Identity(), {}, 3, device=torch.device("cpu"), precision="32",
-            weights=weights, logits={"val": (logits, targets)},
-        )  # fmt: skip
+        record, logits, targets = _fitted_on_random_logits(tmp_path, n=n, classes=3, seed=0)
     assert record["temperature"] == cal.fit_temperature(logits, targets)
     assert record["fitted_on"] == {
         "split": "val", "num_samples": n, "few_samples": few, "reliable_from": 50
@@ -397,17 +388,26 @@ def test_a_temperature_fitted_on_few_validation_images_is_said_and_recorded(
     assert "a larger --val-fraction" in said[0]
 
 
-def test_few_validation_images_also_counts_two_per_class(tmp_path: Path) -> None:
+def _fitted_on_random_logits(
+    tmp_path: Path, *, n: int, classes: int, seed: int
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """calibration.json's record fitted on ``n`` random validation logits of ``classes`` classes
+    (given as logits: no model runs), with those logits and targets."""
     from cnnlab.engine.calibration import fit_calibration
 
-    rng = np.random.default_rng(1)
-    logits, targets = rng.normal(0, 4, (100, 60)), rng.integers(0, 60, 100)  # < 2 a class
+    rng = np.random.default_rng(seed)
+    logits, targets = rng.normal(0, 4, (n, classes)), rng.integers(0, classes, n)
     weights = tmp_path / "best.safetensors"
     weights.write_bytes(b"weights")
     record = fit_calibration(
-        torch.nn.Identity(), {}, 60, device=torch.device("cpu"), precision="32",
+        torch.nn.Identity(), {}, classes, device=torch.device("cpu"), precision="32",
         weights=weights, logits={"val": (logits, targets)},
     )  # fmt: skip
+    return record, logits, targets
+
+
+def test_few_validation_images_also_counts_two_per_class(tmp_path: Path) -> None:
+    record, _, _ = _fitted_on_random_logits(tmp_path, n=100, classes=60, seed=1)  # < 2 a class
     assert record["fitted_on"]["few_samples"] and record["fitted_on"]["reliable_from"] == 120
 
 
@@ -419,18 +419,10 @@ def test_the_report_section_cautions_about_a_temperature_fitted_on_few_images(
     section showed T and its ECE as if they held. Now it says how many images T was fitted on,
     from how many it is reliable and the fix (the console warning's own words); a record from
     before few_samples existed renders as before, with no caution."""
-    from cnnlab.engine.calibration import fit_calibration
     from cnnlab.report.calibration_section import calibration_html, calibration_section
     from cnnlab.report.html import png_figure
 
-    rng = np.random.default_rng(0)
-    logits, targets = rng.normal(0, 4, (n, 3)), rng.integers(0, 3, n)
-    weights = tmp_path / "best.safetensors"
-    weights.write_bytes(b"weights")
-    record = fit_calibration(
-        torch.nn.Identity(), {}, 3, device=torch.device("cpu"), precision="32",
-        weights=weights, logits={"val": (logits, targets)},
-    )  # fmt: skip
+    record, _, _ = _fitted_on_random_logits(tmp_path, n=n, classes=3, seed=0)
     record = json.loads(json.dumps(record))  # as the report reads it back from calibration.json
     page = calibration_section(record, tmp_path, png_figure)  # the section as the report draws it
     caution = f"fitted on only {n} validation images</b>. Below 50 images T, the ECE"

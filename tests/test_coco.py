@@ -146,7 +146,6 @@ def test_annotation_of_an_unknown_category_is_skipped_and_counted_by_both_tasks(
     record in data_report.json and a warning naming the count and the category."""
     from cnnlab.config import PreprocessSpec
     from cnnlab.data.masks import decode_split
-    from cnnlab.segment import train_segmentation
 
     path = _coco(tmp_path, lambda doc: doc["annotations"][1].update(category_id=9))
     record = [{"row": 1, "category_id": 9, "reason": "unknown category_id"}]
@@ -160,12 +159,19 @@ def test_annotation_of_an_unknown_category_is_skipped_and_counted_by_both_tasks(
     assert set(np.unique(masks["a1.png"])) == {0, 255}  # its only object skipped: background
     assert set(np.unique(masks["a0.png"])) == {0, 1, 255}  # the cat kept
     with caplog.at_level("WARNING", logger="cnnlab.segment"):
-        run = train_segmentation(
-            data=str(path), encoder="lenet5", image_size=16, epochs=1, batch_size=2,
-            val_fraction=0, test_fraction=0, report=False, device="cpu", out=str(tmp_path / "r"),
-        ).run_dir  # fmt: skip
+        run = _segmentation_run(path, tmp_path)
     assert json.loads((run / "data_report.json").read_text()) == {"skipped_annotations": record}
     assert f"{path}: 1 annotation(s) skipped, category_id not in categories (9)" in caplog.text
+
+
+def _segmentation_run(path: Path, tmp_path: Path) -> Path:
+    """The run folder of a 1-epoch LeNet-encoder segmentation training on the COCO file ``path``."""
+    from cnnlab.segment import train_segmentation
+
+    return train_segmentation(
+        data=str(path), encoder="lenet5", image_size=16, epochs=1, batch_size=2,
+        val_fraction=0, test_fraction=0, report=False, device="cpu", out=str(tmp_path / "r"),
+    ).run_dir  # fmt: skip
 
 
 def _unknown_image_and_category(doc) -> None:
@@ -180,7 +186,6 @@ def test_annotation_of_an_unknown_image_is_skipped_and_counted_by_both_tasks(
     (nothing counted, nothing said) while detection skipped and counted it; now both give the
     same record, and segmentation's warning and data_report.json list it beside an unknown
     category."""
-    from cnnlab.segment import train_segmentation
 
     path = _coco(tmp_path, _unknown_image_and_category)
     record = [
@@ -190,10 +195,7 @@ def test_annotation_of_an_unknown_image_is_skipped_and_counted_by_both_tasks(
     assert _load("detection", path).report.skipped_annotations == record
     assert _load("segmentation", path).skipped_annotations == record
     with caplog.at_level("WARNING", logger="cnnlab.segment"):
-        run = train_segmentation(
-            data=str(path), encoder="lenet5", image_size=16, epochs=1, batch_size=2,
-            val_fraction=0, test_fraction=0, report=False, device="cpu", out=str(tmp_path / "r"),
-        ).run_dir  # fmt: skip
+        run = _segmentation_run(path, tmp_path)
     assert json.loads((run / "data_report.json").read_text()) == {"skipped_annotations": record}
     assert (
         f"{path}: 1 annotation(s) skipped, category_id not in categories (9); "
