@@ -85,6 +85,20 @@ def test_help_shows_the_comment_the_allowed_values_and_the_default():
     assert "examples:" in text
 
 
+@pytest.mark.parametrize(
+    "words", ["evaluate", "segment evaluate", "detect evaluate", "video evaluate"]
+)
+def test_an_evaluate_says_its_skip_policy_defaults_to_the_runs_own(words: str):
+    """On the run's own split an evaluate applies the run's recorded --max-bad-fraction and
+    --strict (cnnlab.data.scan.given_policy); the help said "(default: 0.1)", the config's, which
+    holds only with --data."""
+    helps = {a.dest: a.help for a in dict(parsers(build_parser()))[words]._actions}
+    for dest, default in (("max_bad_fraction", "0.1"), ("strict", "false")):
+        assert helps[dest].endswith(f"(default: the run's own on its split; {default} with --data)")
+    train = {a.dest: a.help for a in dict(parsers(build_parser()))["train"]._actions}
+    assert train["max_bad_fraction"].endswith("(default: 0.1)")  # training's own default
+
+
 def test_the_augment_help_names_every_augmentation_the_task_allows():
     from cnnlab.config import AUGMENTATIONS
     from cnnlab.data.boxes import BOX_AUGMENTATIONS

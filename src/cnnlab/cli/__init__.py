@@ -73,11 +73,13 @@ def add_train_options(
     cls: type = TrainConfig,
     config_file: bool = True,
     only: frozenset[str] | None = None,
+    default: str | None = None,
 ) -> None:
     """One --option per config field (defaults live in the dataclass only; None = not given). The
     help is the field's own comment in the config's source, its allowed values and its default
     (:mod:`cnnlab.cli.options`). ``only``: just these fields (another command that shares them,
-    spelt and explained as training's)."""
+    spelt and explained as training's); ``default``: how that command's help states their
+    default, ``{default}`` standing for the config's (an evaluate's: the run's own options)."""
     if config_file:
         p.add_argument(
             "--config",
@@ -89,7 +91,7 @@ def add_train_options(
             continue
         if h.type_name == "bool | word":  # --compile [auto] / --no-compile
             p.add_argument(
-                h.flag, dest=h.name, nargs="?", const="true", default=None, help=h.help()
+                h.flag, dest=h.name, nargs="?", const="true", default=None, help=h.help(default)
             )
             p.add_argument(
                 "--no-" + h.flag[2:], dest=h.name, action="store_const", const="false",
@@ -102,13 +104,15 @@ def add_train_options(
                 dest=h.name,
                 action=argparse.BooleanOptionalAction,
                 default=None,
-                help=h.help(),
+                help=h.help(default),
             )
             continue
         metavar = h.name.upper()
         if h.choices and h.type_name == "word":  # Literal only: --optimizer {sgd,adamw}
             metavar = "{" + ",".join(h.choices) + "}"
-        action = p.add_argument(h.flag, dest=h.name, default=None, metavar=metavar, help=h.help())
+        action = p.add_argument(
+            h.flag, dest=h.name, default=None, metavar=metavar, help=h.help(default)
+        )
         if h.choices:
             action.completer = _words(h.choices)  # type: ignore[attr-defined]
         elif h.name in ("model", "encoder", "backbone"):
@@ -228,6 +232,8 @@ def log_handler() -> logging.Handler:
 
 #: the options of the skip policy for unreadable images (cnnlab.data.scan.check_skipped)
 BAD_DATA_OPTIONS = frozenset({"max_bad_fraction", "strict"})
+#: their default in an evaluate's help: on the run's own split the run's recorded options apply
+EVALUATE_DEFAULT = "the run's own on its split; {default} with --data"
 
 
 def add_task_evaluate(q: argparse.ArgumentParser, tta_help: str | None = None) -> None:
@@ -602,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=TTA_HELP + "; reports the metrics with and without it side by side",
     )  # fmt: skip
     # unreadable images of --data: the policy of `cnnlab train`, with its options
-    add_train_options(p, config_file=False, only=BAD_DATA_OPTIONS)
+    add_train_options(p, config_file=False, only=BAD_DATA_OPTIONS, default=EVALUATE_DEFAULT)
 
     p = sub.add_parser(
         "predict",
@@ -654,7 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
         q, SEGMENT_TTA_HELP + "; reports the metrics with and without it side by side"
     )
     # unreadable images: the policy of `segment train`, with its options
-    add_train_options(q, cls=SegmentConfig, config_file=False, only=BAD_DATA_OPTIONS)
+    add_train_options(q, cls=SegmentConfig, config_file=False, only=BAD_DATA_OPTIONS,
+                      default=EVALUATE_DEFAULT)  # fmt: skip
     q = seg.add_parser("predict", help="mask PNGs (class index per pixel) and colour overlays")
     q.add_argument("run", help=RUN_HELP + " or exported .onnx")
     q.add_argument("inputs", nargs="+", help="image files or folders")
@@ -705,7 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = det.add_parser("evaluate", help="mAP@0.5, mAP@[.5:.95], per-class AP, AR")
     add_task_evaluate(q, DETECT_TTA_HELP + "; reports the metrics with and without it side by side")
     # unreadable images: the policy of `detect train`, with its options
-    add_train_options(q, cls=DetectConfig, config_file=False, only=BAD_DATA_OPTIONS)
+    add_train_options(q, cls=DetectConfig, config_file=False, only=BAD_DATA_OPTIONS,
+                      default=EVALUATE_DEFAULT)  # fmt: skip
     q = det.add_parser("predict", help="COCO results JSON and images with boxes drawn")
     q.add_argument("run", help=RUN_HELP + " or exported .onnx")
     q.add_argument("inputs", nargs="+", help="image files or folders")

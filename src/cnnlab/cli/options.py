@@ -152,12 +152,16 @@ class FieldHelp:
     is_bool: bool
     type_name: str  # int, float, text, list, ...
 
-    def help(self) -> str:
-        """One line for argparse: the doc, the allowed values, the default (``%`` escaped)."""
+    def help(self, default: str | None = None) -> str:
+        """One line for argparse: the doc, the allowed values, the default (``%`` escaped).
+        ``default``: what to say instead of the field's default (a command whose default is
+        another's, e.g. an evaluate's: the run's own option)."""
         text = self.doc[:-1] if self.doc.endswith(".") and not self.doc.endswith("..") else self.doc
         if self.choices and not all(c in self.doc for c in self.choices):
             text += f" [{'|'.join(self.choices)}]"
-        if "default" not in text:
+        if default is not None:
+            text += f" (default: {default.format(default=self.default)})"
+        elif "default" not in text:
             text += f" (default: {self.default})"
         return text.strip().replace("%", "%%")
 

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from cnnlab.cli import (
     BAD_DATA_OPTIONS,
+    EVALUATE_DEFAULT,
     add_max_restarts,
     add_task_evaluate,
     add_train_options,
@@ -55,7 +56,8 @@ def _add_train_cli(actions: Any) -> None:
     add_task_evaluate(q)
     # undecodable videos (of --data or of the run's split): the policy of `video train`, with its
     # options
-    add_train_options(q, cls=VideoConfig, config_file=False, only=BAD_DATA_OPTIONS)
+    add_train_options(q, cls=VideoConfig, config_file=False, only=BAD_DATA_OPTIONS,
+                      default=EVALUATE_DEFAULT)  # fmt: skip
 
 
 def _run_train_cli(args: argparse.Namespace, out: Any) -> int:
