@@ -372,7 +372,12 @@ def test_video(work: Path) -> None:
         "--test-fraction", "0.3", "--no-report", "--out", str(runs), "--name", "vid",
     )  # fmt: skip
     proc = ok("video", "evaluate", str(runs / "vid"), "--json", "--out", str(work / "v-eval"))
-    assert "accuracy" in proc.stdout
+    metrics = json.loads(proc.stdout)  # stdout is the JSON alone; the note goes to stderr
+    assert 0 <= metrics["accuracy"] <= 1
+    recorded = json.loads((work / "v-eval" / "evaluation.json").read_text())
+    precision = {"32": "float32", "bf16": "bfloat16"}[recorded["precision"]]  # auto: the CPU's
+    assert f"evaluated {recorded['num_samples']} samples in {precision} on cpu; results in " \
+        f"{work / 'v-eval'}" in " ".join(proc.stderr.split())  # fmt: skip
 
 
 @pytest.mark.parametrize("command", ["predict", "explain", "serve"])
