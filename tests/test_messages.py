@@ -146,7 +146,7 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "tasks/registry.py:_video": ("predict",),  # a video run given to `cnnlab predict`
     "api.py:predict": ("predict",),
     "run.py:evaluation_dir": ("evaluate", "segment evaluate", "detect evaluate", "video evaluate"),
-    "cli/__init__.py:_evaluation_note": ("evaluate", "segment evaluate", "detect evaluate"),
+    "cli/__init__.py:evaluation_note": EVALUATORS,
     "cli/__init__.py:_main": (*TRAINERS, "lr-find", *TASK_TRAINERS),  # out of memory: training
     "cli/__init__.py:_runtime_error_message": (*TRAINERS, "lr-find", *TASK_TRAINERS),
     "cli/__init__.py:<module>": (*TRAINERS, "lr-find", *TASK_TRAINERS),  # CPU_OUT_OF_MEMORY

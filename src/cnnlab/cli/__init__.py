@@ -1245,7 +1245,7 @@ def _segment(args: argparse.Namespace) -> int:
             max_bad_fraction=args.max_bad_fraction,
             strict=args.strict,
         )
-        _evaluation_note(result)
+        evaluation_note(result)
         if args.json:  # with --tta, metrics["tta"] holds the side-by-side comparison
             print(json.dumps(result["metrics"], indent=2, default=str))
             return 0
@@ -1407,7 +1407,7 @@ def _detect(args: argparse.Namespace) -> int:
             max_bad_fraction=args.max_bad_fraction,
             strict=args.strict,
         )
-        _evaluation_note(result)
+        evaluation_note(result)
         metrics = result["metrics"]
         if args.json:  # with --tta, metrics["tta"] holds the side-by-side comparison
             print(json.dumps(metrics, indent=2, default=str))
@@ -1538,7 +1538,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluation_note(result: dict[str, Any]) -> None:
+def evaluation_note(result: dict[str, Any]) -> None:
     """Where an evaluation wrote its files and with which precision, on stderr (stdout may be JSON)."""
     where = result.get("out_dir") or "nowhere (a checkpoint outside a run folder; pass --out)"
     err.print(
@@ -1573,7 +1573,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         max_bad_fraction=args.max_bad_fraction,
         strict=args.strict,
     )
-    _evaluation_note(result)
+    evaluation_note(result)
     point = result.get("operating_point")
     if args.json:  # with --tta, metrics["tta"] holds the side-by-side comparison
         extra = {"operating_point": point} if point else {}

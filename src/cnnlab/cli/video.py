@@ -18,10 +18,10 @@ from rich.table import Table
 from cnnlab.cli import (
     BAD_DATA_OPTIONS,
     EVALUATE_DEFAULT,
-    _evaluation_note,
     add_max_restarts,
     add_task_evaluate,
     add_train_options,
+    evaluation_note,
     print_metrics,
     train_task,
 )
@@ -79,7 +79,7 @@ def _run_train_cli(args: argparse.Namespace, out: Any) -> int:
         out=args.out, precision=args.precision, relocated_data=args.relocated_data,
         max_bad_fraction=args.max_bad_fraction, strict=args.strict,
     )  # fmt: skip
-    _evaluation_note(result)  # on stderr, as every task's evaluate says it
+    evaluation_note(result)  # on stderr, as every task's evaluate says it
     if args.json:
         print(json.dumps(result["metrics"], indent=2, default=str))
         return 0
