@@ -91,3 +91,36 @@ def test_evaluate_and_predict_a_detection_run(det_run: Path, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert "detection predictions written to" in done.stdout
     assert (tmp_path / "pred" / "images" / "b.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("command", "api_name"),
+    [
+        (("segment", "evaluate"), "segment_evaluate"),
+        (("detect", "evaluate"), "detect_evaluate"),
+        (("detect", "train", "--data", "builtin:shapes"), "detect_train"),
+    ],
+)
+def test_a_task_command_that_writes_a_report_names_it(
+    command: tuple[str, ...], api_name: str, tmp_path: Path, monkeypatch
+) -> None:
+    """`cnnlab detect train`, `segment evaluate` and `detect evaluate` wrote report.html without
+    saying where (classification, `segment train`, video and `cnnlab evaluate RUN` of any task
+    print `report: PATH`). The task's computation is replaced by a fixed result: this is about
+    what the command prints."""
+    from cnnlab import api
+    from cnnlab.engine.assembly import TrainResult
+    from cnnlab.report import render
+
+    report = tmp_path / "run" / "evaluations" / "t" / "report.html"
+    metrics = {"mean_iou": 0.5, "map_50": 0.5}
+    evaluation = {"metrics": metrics, "report": report, "num_samples": 3, "precision": "32",
+                  "device": "cpu", "out_dir": report.parent}  # fmt: skip
+    trained = TrainResult(tmp_path / "run", [], metrics, 1.0, None, report=report)  # type: ignore[arg-type]
+    fake = trained if api_name.endswith("train") else evaluation
+    monkeypatch.setattr(api, api_name, lambda *args, **kwargs: fake)
+    monkeypatch.setattr(render, "start_early", lambda: None)  # no figure workers to fork
+    run = [] if command[1] == "train" else [str(tmp_path)]
+    done = _cli(*command, *run)
+    assert done.returncode == 0, done.stderr
+    assert f"report: {report}" in done.stdout

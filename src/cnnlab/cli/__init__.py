@@ -1252,6 +1252,8 @@ def _segment(args: argparse.Namespace) -> int:
         _print_segment_metrics(result["metrics"])
         if result.get("tta"):
             print_tta(result["tta"])
+        if result.get("report"):
+            out.print(f"report: {result['report']}")
     else:
         paths = api.segment_predict(
             args.run,
@@ -1391,8 +1393,11 @@ def _detect(args: argparse.Namespace) -> int:
         result = train_task(DetectConfig, api.detect_train, args)
         if isinstance(result, int):  # torchrun's exit status, or a rank other than 0
             return result
-        metrics = result.test_metrics
+        _print_detection_metrics(result.test_metrics)
         out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
+        if result.report:
+            out.print(f"report: {result.report}")
+        return 0
     elif args.detect_action == "evaluate":
         result = api.detect_evaluate(
             args.run,
@@ -1415,6 +1420,8 @@ def _detect(args: argparse.Namespace) -> int:
         _print_detection_metrics(metrics)
         if result.get("tta"):
             print_tta(result["tta"])
+        if result.get("report"):
+            out.print(f"report: {result['report']}")
         return 0
     else:
         path = api.detect_predict(
@@ -1429,8 +1436,6 @@ def _detect(args: argparse.Namespace) -> int:
         )
         out.print(f"detections written to {path}")
         return 0
-    _print_detection_metrics(metrics)
-    return 0
 
 
 def _print_detection_metrics(metrics: dict[str, Any] | None) -> None:
