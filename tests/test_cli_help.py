@@ -99,6 +99,13 @@ def test_an_evaluate_says_its_skip_policy_defaults_to_the_runs_own(words: str):
     assert train["max_bad_fraction"].endswith("(default: 0.1)")  # training's own default
 
 
+def test_detect_predicts_out_help_names_the_files_it_writes():
+    """`detect predict --out` said "folder for results.json", a file it never wrote: it writes
+    predictions.json (cnnlab.detect.predict_detection, docs/detection.md) and images/."""
+    out = {a.dest: a.help for a in dict(parsers(build_parser()))["detect predict"]._actions}["out"]
+    assert "predictions.json" in out and "images/" in out and "results.json" not in out
+
+
 def test_the_augment_help_names_every_augmentation_the_task_allows():
     from cnnlab.config import AUGMENTATIONS
     from cnnlab.data.boxes import BOX_AUGMENTATIONS

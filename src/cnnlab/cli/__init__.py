@@ -717,7 +717,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = det.add_parser("predict", help="COCO results JSON and images with boxes drawn")
     q.add_argument("run", help=RUN_HELP + " or exported .onnx")
     q.add_argument("inputs", nargs="+", help="image files or folders")
-    q.add_argument("--out", required=True, help="folder for results.json and the drawn images")
+    q.add_argument(
+        "--out", required=True,
+        help="folder for predictions.json (COCO results) and images/ (the boxes drawn)",
+    )  # fmt: skip
     q.add_argument("--device", default="auto", help=DEVICE_HELP)
     _add_score_threshold(q)
     q.add_argument(
