@@ -460,3 +460,27 @@ def test_a_still_image_is_not_taken_for_a_one_frame_video(tmp_path, suffix):
     clip = tmp_path / "one.mp4"
     write_video(clip, np.zeros((1, 24, 32, 3), np.uint8), fps=5)
     assert probe(clip).width == 32
+
+
+def test_serve_refuses_a_clip_model_with_a_command_that_predicts_it(tmp_path, monkeypatch):
+    """`cnnlab serve VIDEO_RUN` said "predict it with `cnnlab predict RUN VIDEO`", which stops at
+    once: a video run writes files, and `cnnlab predict` asks for --out FOLDER. The command the
+    message suggests now runs as written (into runs/video/VIDEO-NAME)."""
+    import re
+
+    from cli_process import in_process
+
+    from cnnlab.video.train import train_video
+
+    run = train_video(data="builtin:moving-shapes?n=12&frames=4&size=16", model="r3d_small",
+                      epochs=1, batch_size=4, device="cpu", out=str(tmp_path / "runs"),
+                      report=False).run_dir  # fmt: skip
+    (video,) = write_video_folder(make_moving_shapes(1, frames=6, size=16, seed=5), tmp_path / "v")
+    refused = in_process("serve", str(run), "--port", "0")
+    assert refused.returncode == 2 and "video-classification run" in refused.stderr
+    (suggested,) = re.findall(r"`cnnlab ([^`]+)`", " ".join(refused.stderr.split()))
+    monkeypatch.chdir(tmp_path)
+    words = suggested.replace("RUN", str(run)).replace("VIDEO", str(video)).split()
+    done = in_process(*words)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "runs" / "video" / video.stem / "timeline.csv").is_file()

@@ -305,7 +305,7 @@ def create_app(
     if task not in SERVED_TASKS:
         raise ConfigError(
             f"serve covers classification, segmentation and detection runs; {run_or_checkpoint} "
-            f"is a {task} run (predict it with `cnnlab predict RUN VIDEO`)"
+            f"is a {task} run (predict it with `cnnlab video predict RUN VIDEO`)"
         )
     views = parse_tta(tta)
     multilabel = bool(recorded.get("multilabel"))  # answers are per-label sigmoids
