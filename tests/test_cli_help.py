@@ -223,14 +223,18 @@ def test_completion_completes_commands_and_allowed_values(tmp_path: Path):
     assert found["cnnlab train --optimizer "] == {"sgd", "adamw"}
 
 
-def test_a_reader_that_stops_early_ends_the_command_quietly():
+@pytest.mark.parametrize("printer", ["--json", "--table"])
+def test_a_reader_that_stops_early_ends_the_command_quietly(printer: str):
     """`cnnlab conv --example slide --json | head -1`: the reader is gone before the output is
-    written (its end of the pipe closed first), so the write fails every time."""
+    written (its end of the pipe closed first), so the write fails every time. Also for what is
+    printed through rich (`cnnlab models | head`, the conv table), which once exited with 1:
+    rich's Console answers a broken pipe with SystemExit(1) unless told otherwise."""
     read_end, write_end = os.pipe()
     os.close(read_end)
+    args = ["conv", "--example", "slide"] + (["--json"] if printer == "--json" else [])
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "cnnlab", "conv", "--example", "slide", "--json"],
+            [sys.executable, "-m", "cnnlab", *args],
             stdout=write_end, stderr=subprocess.PIPE, text=True, env=_env(), timeout=TIMEOUT,
         )  # fmt: skip
     finally:

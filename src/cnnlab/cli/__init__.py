@@ -38,8 +38,19 @@ from cnnlab.engine.timing import Timings, process_age_s
 from cnnlab.errors import CheckpointError, CnnlabError, ConfigError, close_matches
 from cnnlab.tasks.configs import DetectConfig, SegmentConfig
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+
+class _Console(Console):
+    """rich's Console, except that a reader gone from the pipe (`cnnlab models | head`) ends the
+    command as any other write to it does: a BrokenPipeError, which :func:`main` turns into exit
+    status 141 (rich's own answer was SystemExit(1), an exit status that says "failed")."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True  # nothing more is written to a pipe no one reads
+        raise BrokenPipeError("the reader of this command's output is gone")
+
+
+out = _Console(highlight=False)
+err = _Console(stderr=True, highlight=False)
 COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
 
 
