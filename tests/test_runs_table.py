@@ -98,6 +98,10 @@ def test_sort_and_filter(runs_folder: Path):
     assert [r.name for r in select(rows, data="builtin:")] == ["cls", "seg"]
     with pytest.raises(ConfigError, match="--sort 'metrc'.*did you mean: metric"):
         select(rows, sort="metrc")
+    assert [r.name for r in select(rows, task="detect")] == ["det"]  # a prefix
+    # a task that is none of the four listed no run, as if there were none: now it is refused
+    with pytest.raises(ConfigError, match="--task 'segmentaton'.*did you mean: segmentation"):
+        select(rows, task="segmentaton")
 
 
 def test_a_corrupt_run_is_one_line_and_the_others_are_still_listed(runs_folder: Path, capsys):

@@ -280,6 +280,12 @@ def select(
             f"--sort {sort!r}: not a column{close_matches(sort, SORT_KEYS)}; choose from "
             f"{', '.join(SORT_KEYS)}"
         )
+    if task is not None and not any(name.startswith(task) for name in MAIN_METRIC):
+        # a typo (`--task segmentaton`) would list no run, as if there were none of that task
+        raise ConfigError(
+            f"--task {task!r}: not a task{close_matches(task, list(MAIN_METRIC))}; "
+            "choose from classification, segmentation, detection, video (or a prefix of one)"
+        )
     chosen = [
         r for r in rows
         if (task is None or r.task.startswith(task))
