@@ -51,6 +51,28 @@ def test_lr_auto_is_accepted_and_other_words_are_not():
         make_config(TrainConfig, lr="fast")
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("photo.png", b"\x89PNG\r\n\x1a\n\x00\x00", r"photo\.png is not text \(not UTF-8\)"),
+        ("list.json", b"[1, 2]", r"list\.json holds a JSON list, not an object of options"),
+        ("options.cfg", b"epochs = 3", r"options\.cfg is not valid JSON"),  # not 'CFG'
+        ("c.toml", b"epochs = ", r"c\.toml is not valid TOML"),
+    ],
+)
+def test_a_config_file_that_is_not_an_object_of_options_is_one_error(
+    tmp_path, name, content, message
+):
+    """`--config photo.png` was a UnicodeDecodeError traceback and `--config list.json` a
+    TypeError one; both are now a ConfigError naming the file (exit 2 on the command line). A
+    file named neither .json nor .toml is read as JSON, and said so."""
+    f = tmp_path / name
+    f.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        make_config(TrainConfig, f)
+    assert f.read_bytes() == content
+
+
 def test_an_option_name_of_another_toolkit_is_answered_with_cnnlabs_name():
     """`learning_rate` in a config file was answered "did you mean: erasing_prob, private?"."""
     from cnnlab.errors import close_matches

@@ -461,14 +461,22 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    kind = "TOML" if path.suffix == ".toml" else "JSON"  # any other name is read as JSON
     try:
-        if path.suffix == ".toml":
-            return tomllib.loads(path.read_text())
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        text = path.read_text(encoding="utf-8")
+        values = tomllib.loads(text) if kind == "TOML" else json.loads(text)
+    except UnicodeDecodeError:  # an image or other binary file given by mistake
         raise ConfigError(
-            f"config file {path} is not valid {path.suffix[1:].upper()}: {err}"
+            f"config file {path} is not text (not UTF-8); give a .json or .toml file of options"
         ) from None
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid {kind}: {err}") from None
+    if not isinstance(values, dict):  # `[1, 2]` or `"x"`: valid JSON, but no options
+        raise ConfigError(
+            f"config file {path} holds a JSON {type(values).__name__}, not an object of "
+            'options; write {"option": value, ...} (e.g. {"epochs": 10})'
+        )
+    return values
 
 
 def make_config(cls: type, file: str | Path | None = None, **overrides: Any):
