@@ -499,3 +499,19 @@ def test_data_check_names_what_it_takes(tmp_path: Path, capsys) -> None:
     ):
         code, _, err = _data_check(capsys, source)
         assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_data_check_says_each_warning_once(tmp_path: Path) -> None:
+    """`cnnlab data check` printed every warning twice: once logged by ScanReport.check, once as
+    its own `warning:` line. The command says them once, in its own lines (a subprocess: the log
+    handler is the command line's)."""
+    from cli_process import ok
+
+    make_classes(tmp_path, {"a": 3, "b": 3})
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "b" / "empty.png").write_bytes(b"")
+    proc = ok("data", "check", str(tmp_path), "--max-bad-fraction", "0.5", "--workers", "1")
+    err = " ".join(proc.stderr.split())
+    assert err.count("1 non-image files skipped") == 1, err
+    assert err.count("1 bad image files skipped") == 1, err
+    assert err.count("warning: ") == 2, err

@@ -2096,6 +2096,7 @@ def _data(args: argparse.Namespace) -> int:
         max_bad_fraction=args.max_bad_fraction,
         allow_empty_classes=args.allow_empty_classes,
         pixel_hint="raise --max-image-pixels for larger images",
+        log_warnings=False,  # said once, here
     ):
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     return 0

@@ -703,8 +703,10 @@ class ScanReport:
         max_bad_fraction: float = 0.1,
         allow_empty_classes: bool = False,
         pixel_hint: str = "",
+        log_warnings: bool = True,
     ) -> list[str]:
-        """Raise DataError listing every failure, or return the warnings (also logged).
+        """Raise DataError listing every failure, or return the warnings (also logged, unless
+        ``log_warnings`` is False: a caller that prints them itself, as `cnnlab data check`).
 
         FAIL: no usable image; bad fraction > ``max_bad_fraction``; an empty class (unless
         ``allow_empty_classes``); splits with different classes. ``strict`` also fails on any bad,
@@ -774,7 +776,7 @@ class ScanReport:
         if failures:
             where = self.root or "<dataset items>"
             raise DataError(where, "data check failed: " + "; ".join(failures))
-        for w in warns:
+        for w in warns if log_warnings else ():
             log.warning("%s: %s", self.root or "<dataset items>", w)
         return warns
 
