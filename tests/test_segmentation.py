@@ -639,6 +639,28 @@ def test_architectures_give_logits_at_input_size(arch: str) -> None:
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("model", ["deeplabv3", "deeplabv3_resnet50"])
+def test_deeplab_with_one_image_per_batch_is_refused_before_training(model: str) -> None:
+    """docs/segmentation.md: DeepLabV3 needs batch size >= 2 (its image-pooling BatchNorm sees a
+    1x1 map). `--batch-size 1` passed every check, wrote the run folder and then stopped at the
+    first step with torch's ValueError traceback; now the config refuses it, naming the option
+    (per process: 4 images over 4 processes is 1 each)."""
+    from cnnlab.config import make_config
+    from cnnlab.models.segmentation import create_segmentation_model
+    from cnnlab.tasks.configs import SegmentConfig
+
+    with pytest.raises(ConfigError, match=rf"batch_size 1 is too small for {model}.*at least 2"):
+        make_config(SegmentConfig, model=model, batch_size=1)
+    with pytest.raises(ConfigError, match="per process"):
+        make_config(SegmentConfig, model=model, batch_size=4, devices=4)
+    assert make_config(SegmentConfig, model=model, batch_size=2).batch_size == 2
+    assert make_config(SegmentConfig, model="unet", batch_size=1).batch_size == 1
+    if model == "deeplabv3":  # what the refusal spares: torch's error at the first step
+        net = create_segmentation_model(model, num_classes=3, encoder="lenet5", image_size=24)
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+            net.train()(torch.randn(1, 3, 24, 24))
+
+
 def test_encoder_starts_from_a_classification_checkpoint(tmp_path: Path) -> None:
     from cnnlab.engine.checkpoint import save_weights
     from cnnlab.models import create_model

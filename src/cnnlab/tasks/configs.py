@@ -102,6 +102,15 @@ class SegmentConfig(RunConfig):
             raise ConfigError(f"option image_size must be >= 16 pixels, got {self.image_size}")
         if self.dice_weight < 0:
             raise ConfigError(f"option dice_weight must be >= 0, got {self.dice_weight}")
+        per_process = self.batch_size // max(1, int(self.devices or 1))
+        if (self.model == "deeplabv3" or self.model.startswith("deeplabv3_")) and per_process < 2:
+            # ASPP's image-pooling branch normalises a 1x1 map: one image gives BatchNorm one
+            # value per channel, and torch stops the first training step with a ValueError
+            raise ConfigError(
+                f"option batch_size {self.batch_size} is too small for {self.model}: its "
+                "image-pooling BatchNorm needs at least 2 images per batch (per process); use "
+                "--batch-size 2 or more, or another --model (unet, fcn, lraspp)"
+            )
         reject_mixing(self, "segmentation (per-pixel masks)", SEGMENTATION_AUGMENTATIONS)
         check_augment(
             self, SEGMENTATION_AUGMENTATIONS, "segmentation ",
