@@ -327,6 +327,13 @@ def test_bad_options_are_config_errors(lenet: dict, tmp_path: Path) -> None:
         export_model(lenet["ckpt"], format="onx")
     with pytest.raises(ConfigError, match="folder"):
         export_model(lenet["ckpt"], format="onnx", out=tmp_path)
+    # a file named as another format's: `predict x.onnx` could not have read it
+    with pytest.raises(ConfigError, match=r"x\.onnx: a \.onnx name for a torchscript file; name "
+                       r"it x\.torchscript\.pt or give --format onnx"):  # fmt: skip
+        export_model(lenet["ckpt"], format="torchscript", out=tmp_path / "x.onnx")
+    with pytest.raises(ConfigError, match="give --format torchscript"):
+        export_model(lenet["ckpt"], format="onnx", out=tmp_path / "model.pt")
+    assert not list(tmp_path.iterdir())  # nothing written
     with pytest.raises(CheckpointError):
         export_model(tmp_path / "missing.safetensors", format="onnx")
 

@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
+#: the file names that say a format: --out must not name another format's file
+_FORMAT_OF_SUFFIX = {".onnx": "onnx", ".safetensors": "safetensors", ".pt": "torchscript",
+                     ".pth": "torchscript"}  # fmt: skip
 DEFAULT_OPSET = 18  # the dynamo exporter's native opset in torch 2.14 (see module docstring)
 RTOL = 1e-3  # torchvision test/test_onnx.py
 ATOL = 1e-5
@@ -417,6 +420,12 @@ def export_module(
     out = Path(out).expanduser()
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name such as {out / 'model.onnx'}")
+    meant = _FORMAT_OF_SUFFIX.get(out.suffix.lower())
+    if meant is not None and meant != fmt:  # a TorchScript file named .onnx: no reader opens it
+        raise ConfigError(
+            f"--out {out}: a {out.suffix} name for a {fmt} file; name it "
+            f"{out.with_name(out.stem + SUFFIXES[fmt]).name} or give --format {meant}"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     spec = PreprocessSpec.from_dict(metadata["preprocess"])
     tolerance = (float(rtol), float(atol)) if check else None
