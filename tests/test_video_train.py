@@ -314,6 +314,27 @@ def test_kinetics_weights_load_into_r3d_18_or_fail_clearly(monkeypatch):
         create_video_model("r3d_small", num_classes=2, frames=4, image_size=16, weights="kinetics")
 
 
+@pytest.mark.parametrize(
+    "words",
+    [
+        ("video", "train", "--model", "r3d_small", "--weights", "kinetics"),
+        ("video", "train", "--model", "r3d_18", "--weights", "imagenet"),
+        ("train", "--data", "builtin:digits", "--model", "lenet5", "--weights", "imagenet"),
+    ],
+)
+def test_a_weights_refusal_speaks_the_commands_flags(words: tuple[str, ...], tmp_path) -> None:
+    """The refusals said "use weights=None", a Python keyword a `cnnlab ... train` user cannot
+    type; they say "leave --weights out" on the command line (bad-inputs 65: a suggested flag is
+    one the command has), nothing is written."""
+    from cli_process import in_process
+
+    done = in_process(*words, "--epochs", "1", "--out", str(tmp_path / "runs"))
+    line = " ".join(done.stderr.split())
+    assert done.returncode == 2 and line.startswith("error: "), done.stderr
+    assert "leave --weights out" in line and "weights=" not in line, line
+    assert not (tmp_path / "runs").exists()
+
+
 def test_smoothing_against_numpy():
     rng = np.random.default_rng(1)
     probs = rng.dirichlet(np.ones(3), size=(50, 5))  # (N, T, K)

@@ -92,8 +92,8 @@ def _torchvision_weights(name: str, tag: str):  # -> torchvision.models.WeightsE
         enum_cls = torchvision.models.get_model_weights(name)
     except ValueError:
         raise ConfigError(
-            f"{name} has no published ImageNet weights; use weights=None (train from scratch) "
-            "or weights=PATH to a .safetensors/.pt/.pth state dict"
+            f"{name} has no published ImageNet weights; leave weights out (train from scratch) "
+            "or set option weights to the PATH of a .safetensors/.pt/.pth state dict"
         ) from None
     if tag not in enum_cls.__members__:
         raise ConfigError(

@@ -252,7 +252,7 @@ def _kinetics_state(name: str) -> dict[str, Tensor]:
         raise CheckpointError(
             f"could not download the Kinetics-400 weights for {name} from {weights.url} ({err}). "
             f"Without network access, copy that file into {torch.hub.get_dir()}/checkpoints on "
-            "this machine, or train from scratch with weights=None"
+            "this machine, or leave weights out to train from scratch"
         ) from err
 
 
@@ -264,12 +264,14 @@ def check_video_model(name: str, weights: str | None = None) -> None:
     if is_3d(name):
         if weights not in (None, "kinetics"):
             raise ConfigError(
-                f"weights={weights!r} does not fit the 3D model {name}: use None or 'kinetics'"
+                f"option weights {weights!r} does not fit the 3D model {name}: give 'kinetics' "
+                "or leave weights out"
             )
         if name == SMALL_3D and weights:
             raise ConfigError(
                 f"{SMALL_3D} has no published weights (it is cnnlab's own small 3D CNN); "
-                "use weights=None, or r3d_18/mc3_18/r2plus1d_18 with weights='kinetics'"
+                "leave weights out, or choose r3d_18, mc3_18 or r2plus1d_18 for option weights "
+                "'kinetics'"
             )
         return
     if name not in list_models():
