@@ -772,6 +772,22 @@ def test_mixed_image_sizes_without_image_size_are_said(tmp_path: Path, caplog) -
     assert "no single square size: resizing to 128 px (set --image-size)" in caplog.text
 
 
+@pytest.mark.parametrize("sides", [(24, 24, 24), (12, 12, 12), (24, 24, 20)])
+def test_a_folder_of_one_square_size_keeps_it(tmp_path: Path, sides, caplog) -> None:
+    """docs/segmentation.md: "images that all share one square size keep it (at least 16 px)".
+    Only builtin:shapes did: a folder of 24 px images was resized to 128 px (28x the pixels) with
+    the warning meant for mixed sizes. The size now comes from the files' headers."""
+    from cnnlab.data.masks import load_mask_source
+    from cnnlab.segment import SegmentConfig, _image_size
+
+    root = _mask_folder(tmp_path / "square", 3, sides=sides)
+    bundle = load_mask_source(str(root), val_fraction=0, test_fraction=0)
+    want = {(24, 24, 24): 24, (12, 12, 12): 16, (24, 24, 20): 128}[sides]
+    with caplog.at_level("WARNING", logger="cnnlab.segment"):
+        assert _image_size(SegmentConfig(data=str(root)), bundle) == want
+    assert ("no single square size" in caplog.text) == (want == 128)
+
+
 def test_relocated_data_listing_its_classes_in_another_order_is_labelled_by_name(
     tmp_path: Path,
 ) -> None:

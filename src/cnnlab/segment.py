@@ -126,8 +126,9 @@ def _drop(split: MaskSplit, unreadable: list[tuple[int, str, str]]) -> MaskSplit
 def _image_size(cfg: SegmentConfig, bundle: MaskBundle) -> int:
     if cfg.image_size:
         return cfg.image_size
-    if bundle.native_size:
-        return max(bundle.native_size, 16)
+    side = bundle.square_side()  # images that all share one square size keep it
+    if side:
+        return max(side, 16)
     log.warning(  # a choice the user did not make (it may upsample small images): said
         "images of %s have no single square size: resizing to 128 px (set --image-size)", cfg.data
     )

@@ -343,6 +343,25 @@ class MaskBundle:
     # lists them
     skipped_annotations: list[dict[str, Any]] = field(default_factory=list)
 
+    def square_side(self) -> int | None:
+        """The side every image shares when all are square of one size, else None: the builtin's
+        own size, or the image files' headers (read, not decoded). A file whose header cannot be
+        read is left to the decoding, which skips or names it."""
+        if self.native_size or not any(s.image_paths for s in self.splits.values()):
+            return self.native_size
+        sizes: set[tuple[int, int]] = set()
+        for part in self.splits.values():
+            for path in part.image_paths or ():
+                try:
+                    with Image.open(path) as im:
+                        sizes.add(im.size)
+                except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+                    continue
+                if len(sizes) > 1:
+                    return None
+        (width, height), *_ = sizes or {(0, 1)}
+        return width if width == height else None
+
 
 def random_split(n: int, val: float, test: float, seed: int) -> dict[str, np.ndarray]:
     """Seeded random split of range(n) (masks have no single label to stratify on)."""
