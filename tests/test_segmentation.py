@@ -788,6 +788,26 @@ def test_a_folder_of_one_square_size_keeps_it(tmp_path: Path, sides, caplog) -> 
     assert ("no single square size" in caplog.text) == (want == 128)
 
 
+def test_a_resume_keeps_the_image_size_the_run_began_with(tmp_path: Path, monkeypatch) -> None:
+    """A run begun without --image-size on a folder of 24 px images by a cnnlab that resized
+    them to 128 px (the size is not in config.json, only in preprocess.json) resumes at 128 px:
+    a resume goes on with the run as it began, whatever the default now picks."""
+    import json
+
+    from cnnlab.data.masks import MaskBundle
+    from cnnlab.segment import train_segmentation
+
+    root = _mask_folder(tmp_path / "square", 10, sides=(24,) * 10)
+    options = TINY | {"image_size": None, "out": str(tmp_path / "runs"), "name": "r"}
+    with monkeypatch.context() as m:
+        m.setattr(MaskBundle, "square_side", lambda self: None)  # the earlier default: 128 px
+        run = train_segmentation(data=str(root), **options).run_dir
+    assert json.loads((run / "preprocess.json").read_text())["image_size"] == 128
+    resumed = train_segmentation(resume=str(run), epochs=2, device="cpu")
+    assert resumed.history[-1]["epoch"] == 2
+    assert json.loads((run / "preprocess.json").read_text())["image_size"] == 128
+
+
 def test_relocated_data_listing_its_classes_in_another_order_is_labelled_by_name(
     tmp_path: Path,
 ) -> None:

@@ -18,6 +18,7 @@ image's own size before taking the arg-max.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import warnings
@@ -123,9 +124,12 @@ def _drop(split: MaskSplit, unreadable: list[tuple[int, str, str]]) -> MaskSplit
     return split.subset([i for i in range(len(split)) if i not in gone]) if gone else split
 
 
-def _image_size(cfg: SegmentConfig, bundle: MaskBundle) -> int:
+def _image_size(cfg: SegmentConfig, bundle: MaskBundle, resumed: Path | None = None) -> int:
     if cfg.image_size:
         return cfg.image_size
+    recorded = resumed / "preprocess.json" if resumed is not None else None
+    if recorded is not None and recorded.is_file():  # a resume goes on at the run's own size
+        return int(json.loads(recorded.read_text())["image_size"])
     side = bundle.square_side()  # images that all share one square size keep it
     if side:
         return max(side, 16)
@@ -224,7 +228,7 @@ def _prepare(
         renderer = None
         drop_early()  # workers the command line forked before it knew there is no report
     in_channels = cfg.in_channels or bundle.channels
-    image_size = _image_size(cfg, bundle)
+    image_size = _image_size(cfg, bundle, resumed[0] if resumed else None)
     decode_policy = {"max_pixels": cfg.max_image_pixels}
     provisional = PreprocessSpec(
         image_size, in_channels, (0.0,) * in_channels, (1.0,) * in_channels, cfg.resize,
