@@ -10,7 +10,7 @@ import pytest
 from cli_process import assert_user_error
 
 from cnnlab import api
-from cnnlab.errors import ConfigError
+from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.transfer.study import (
     markdown_table,
     plot_study,
@@ -56,8 +56,27 @@ def test_study_rejects_unknown_strategies_and_fields_it_sets_itself(tmp_path):
         transfer_study("imagenet", "builtin:digits", shots=(5, 0), model="lenet5", out=tmp_path)
     with pytest.raises(ConfigError, match="sets 'init_from' itself"):
         transfer_study("imagenet", "builtin:digits", model="lenet5", out=tmp_path, init_from="x")
-    with pytest.raises(ConfigError, match="pass model=NAME"):
+    with pytest.raises(
+        ConfigError, match=r"pass model=NAME \(cnnlab transfer-study: --model NAME\)"
+    ):
         transfer_study("imagenet", "builtin:digits", out=tmp_path)
+
+
+def test_study_from_a_source_that_is_not_there_says_not_found(tmp_path):
+    """A mistyped run folder was "not a cnnlab run/checkpoint, so the model is unknown; pass
+    model=NAME", and with the model given it trained the scratch cells before the first transfer
+    cell failed. Refused at once, naming the path, before anything trains or is written."""
+    with pytest.raises(
+        CheckpointError, match=r"source '\S*runs/nope' not found; give a cnnlab run"
+    ):
+        transfer_study(str(tmp_path / "runs/nope"), "builtin:digits", out=tmp_path / "s")
+    with pytest.raises(CheckpointError, match=r"source '\S*runs/nope' not found"):
+        transfer_study(str(tmp_path / "runs/nope"), "builtin:digits", model="lenet5",
+                       strategies=("scratch", "fine-tune"), out=tmp_path / "s")  # fmt: skip
+    assert not (tmp_path / "s").exists()
+    assert_user_error(
+        "transfer-study", str(tmp_path / "nope"), "--data", "builtin:digits", names="not found"
+    )
 
 
 def test_write_class_subset_keeps_only_the_asked_classes(tmp_path):
@@ -134,7 +153,7 @@ def test_lecture_example_fine_tuning_from_task_a_beats_scratch_on_task_b(tmp_pat
     ("option", "value", "named"),
     [
         ("--seeds", "0,a", "'a' in '0,a' is not a whole number"),  # was int()'s traceback
-        ("--shots", "5,x", "'x' in '5,x' is not a whole number >= 0 or all"),
+        ("--shots", "5,x", "'x' in '5,x' is not a whole number >= 1 or all"),  # 0 is refused
         ("--shots", "0,all", "0 in '0,all': each is the number of labelled images per class"),
     ],
 )

@@ -322,7 +322,9 @@ RELOCATED_HELP = (
 )
 
 
-def _whole_numbers(text: str, *, allow_all: bool, example: str) -> list[int | None]:
+def _whole_numbers(
+    text: str, *, allow_all: bool, example: str, minimum: int = 0
+) -> list[int | None]:
     """'5,10,all' -> [5, 10, None]; anything else an argparse error naming the piece (argparse
     prints it as one line on the option, exit code 2; a bare int() here was a traceback)."""
     pieces = [s.strip() for s in text.split(",")]
@@ -334,7 +336,7 @@ def _whole_numbers(text: str, *, allow_all: bool, example: str) -> list[int | No
             values.append(int(piece))
         else:
             raise argparse.ArgumentTypeError(
-                f"{piece!r} in {text!r} is not a whole number >= 0"
+                f"{piece!r} in {text!r} is not a whole number >= {minimum}"
                 f"{' or all' if allow_all else ''}; write e.g. {example}"
             )
     return values
@@ -349,7 +351,8 @@ def _positive_int(text: str) -> int:
 
 
 def _shot_list(text: str) -> list[int | None]:
-    shots = _whole_numbers(text, allow_all=True, example="5,10,50,all")
+    # ">= 1": the message said ">= 0" and 0 was then refused
+    shots = _whole_numbers(text, allow_all=True, example="5,10,50,all", minimum=1)
     if 0 in shots:  # no labelled image per class trains nothing
         raise argparse.ArgumentTypeError(
             f"0 in {text!r}: each is the number of labelled images per class, 1 or more, or all"

@@ -75,6 +75,19 @@ def _is_cnnlab_checkpoint(path: Path) -> bool:
     return path.suffix == ".safetensors" and path.is_file()
 
 
+def check_source_found(source: str, *, label: str = "init_from=") -> None:
+    """Refuse a weights source that is neither a torchvision tag nor an existing path, in one
+    line naming it (``label`` is how the caller's user wrote it: ``init_from=`` or ``source ``)."""
+    from cnnlab.models._weights import torchvision_tag
+
+    if torchvision_tag(str(source)) is None and not Path(str(source)).expanduser().exists():
+        raise CheckpointError(
+            f"{label}{source!r} not found; give a cnnlab run directory, a .safetensors "
+            "checkpoint, 'imagenet' (or a torchvision tag such as IMAGENET1K_V1), or a "
+            ".safetensors/.pt/.pth state dict"
+        )
+
+
 def load_pretrained(
     model: nn.Module,
     source: str,
@@ -96,12 +109,7 @@ def load_pretrained(
                               in_channels=in_channels)  # fmt: skip
         if report is not None:
             return report
-    if not path.exists():
-        raise CheckpointError(
-            f"init_from={source!r} not found; give a cnnlab run directory, a .safetensors "
-            "checkpoint, 'imagenet' (or a torchvision tag such as IMAGENET1K_V1), or a "
-            ".safetensors/.pt/.pth state dict"
-        )
+    check_source_found(source)
     report = load_weights(model, model_name, path)
     return _from_zoo_report(model, source, "file", report, class_names)
 

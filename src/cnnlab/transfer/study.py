@@ -116,6 +116,7 @@ def transfer_study(
     from cnnlab.run import write_json
     from cnnlab.tasks.classify.train import train as train_classifier
     from cnnlab.transfer.recipes import STRATEGIES
+    from cnnlab.transfer.source import check_source_found
 
     allowed = (SCRATCH, *STRATEGIES)
     for s in strategies:
@@ -135,12 +136,14 @@ def transfer_study(
             raise ConfigError(
                 f"transfer_study sets {key!r} itself; pass it as the study's argument"
             )
+    # a mistyped run folder was "not a cnnlab run/checkpoint, so the model is unknown"
+    check_source_found(source, label="source ")
     meta = _source_meta(source)
     if model is None:
         if meta is None:
             raise ConfigError(
                 f"source {source!r} is not a cnnlab run/checkpoint, so the model is unknown; "
-                "pass model=NAME"
+                "pass model=NAME (cnnlab transfer-study: --model NAME)"
             )
         model = str(meta["model"])
     if meta is not None and "image_size" not in train_overrides:
