@@ -429,3 +429,16 @@ def test_the_same_image_from_another_working_directory_keeps_its_explain_folder(
     (old / "explain.json").write_text(json.dumps({"image": "eight.png"}))
     assert default_explain_dir(digits_run, Path("eight.png")) == old
     assert default_explain_dir(digits_run, Path("../dog/eight.png")) == base / "eight-2"
+
+
+def test_the_docs_square_is_a_square() -> None:
+    """docs/explain.md saves `make_shapes(1, 48, seed=...)` as square.png and its result shows the
+    class "square"; seed 77 drew a triangle, so the page a new user got did not match the text."""
+    from cnnlab.data.builtin import make_shapes
+
+    doc = (Path(__file__).parents[1] / "docs" / "explain.md").read_text(encoding="utf-8")
+    found = re.search(r"make_shapes\(1, (\d+), seed=(\d+)\).*?save\('(\w+)\.png'\)", doc)
+    assert found is not None, "docs/explain.md no longer makes its example image with make_shapes"
+    size, seed, name = int(found[1]), int(found[2]), found[3]
+    shapes = make_shapes(1, size, seed=seed)
+    assert shapes.class_names[int(shapes.targets[0])] == name == "square"
