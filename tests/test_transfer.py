@@ -446,6 +446,24 @@ def test_lr_find_repeats_exactly_and_follows_its_formulas(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_embed_returns_the_file_it_wrote_for_a_folder_or_another_suffix(digits_run, tmp_path):
+    """`cnnlab embed RUN --out FOLDER` wrote FOLDER.npz beside the folder and `--out feats.txt`
+    wrote feats.txt.npz (NumPy's suffix), both while saying "features written to" the name given:
+    a file that was not there. A folder gets the default name inside it; the path printed exists."""
+    from cnnlab.transfer.embed import embed
+
+    folder = tmp_path / "features"
+    folder.mkdir()
+    assert (
+        embed(digits_run, split="test", out=folder, device="cpu") == folder / "embeddings-test.npz"
+    )
+    assert not (tmp_path / "features.npz").exists()
+    path = embed(digits_run, split="test", out=tmp_path / "feats.txt", device="cpu")
+    assert path == tmp_path / "feats.txt.npz" and path.is_file()
+    with np.load(folder / "embeddings-test.npz", allow_pickle=False) as z:
+        assert z["features"].shape[1] == 84
+
+
 def test_embed_names_an_unknown_split_with_the_closest(tmp_path):
     """`cnnlab embed RUN --split tst` said "split='tst' is not one of ...": the Python keyword,
     not the flag, and no close match. Refused before any model is loaded."""

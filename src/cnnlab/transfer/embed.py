@@ -81,8 +81,9 @@ def embed(
     ``data=None`` embeds the run's own dataset with its recorded splits (``splits.json``); another
     dataset is split as ``cnnlab train --data DATA`` would split it by default (seed 0, 10 % val,
     10 % test) unless it has its own train/val/test folders. ``split`` is all | train | val | test.
-    ``out`` defaults to ``<run>/embeddings-<split>.npz`` (next to the checkpoint outside a run).
-    Returns the path written.
+    ``out`` defaults to ``<run>/embeddings-<split>.npz`` (next to the checkpoint outside a run);
+    an existing folder gets that name inside it, and a name not ending in ``.npz`` gets ``.npz``
+    added. Returns the path written.
     """
     from cnnlab.config import PreprocessSpec, TrainConfig, make_config
     from cnnlab.data.sources import concat_splits, load_source, split_by_ids
@@ -124,6 +125,10 @@ def embed(
         folder = run_dir if run_dir is not None else Path(weights).parent
         out = folder / f"embeddings-{split}.npz"
     out = Path(out)
+    if out.is_dir():  # a folder: the default name inside it (it wrote FOLDER.npz beside it)
+        out = out / f"embeddings-{split}.npz"
+    elif out.suffix != ".npz":  # NumPy adds .npz itself: say the name it writes, not the one given
+        out = out.with_name(out.name + ".npz")
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         out,
