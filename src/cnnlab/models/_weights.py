@@ -121,8 +121,9 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     """Tensors of a local ``.safetensors`` / ``.pt`` / ``.pth`` file, without unpickling objects."""
     if not path.is_file():
         raise CheckpointError(
-            f"weights file not found: {path} (weights must be None, 'imagenet', a torchvision "
-            f"tag such as 'IMAGENET1K_V1', or a path to a {'/'.join(FILE_SUFFIXES)} state dict)"
+            f"weights file not found: {path} (option weights takes 'imagenet', a torchvision "
+            f"tag such as 'IMAGENET1K_V1', or a path to a {'/'.join(FILE_SUFFIXES)} state dict; "
+            "leave weights out to train from scratch)"
         )
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
