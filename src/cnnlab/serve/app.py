@@ -940,7 +940,10 @@ def top_k_param(value: str, served: Served) -> int:
     text = value.strip()
     if not text.isdigit() or int(text) < 1:  # "0", "-3", "2.5", "x": refused, never clamped
         raise ApiError(
-            400, f"top_k must be a whole number in [1, {count}] (the classes), got {value[:20]!r}"
+            # it said "in [1, 10] (the classes)" while 99 was answered with all 10
+            400,
+            f"top_k must be a whole number >= 1 (more than the {count} classes answers them "
+            f"all), got {value[:20]!r}",
         )
     return min(int(text), count)
 
