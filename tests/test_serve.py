@@ -790,6 +790,23 @@ def test_a_taken_port_is_one_line_naming_port_before_the_model_loads(
     assert f"--port {port} on 127.0.0.1 is in use" in lines[0] and "--port 0" in lines[0], lines
 
 
+@pytest.mark.parametrize("port", ["99999", "-1", "65536"])
+def test_a_port_out_of_range_is_one_line_naming_port(tmp_path: Path, capsys, port: str) -> None:
+    """`cnnlab serve RUN --port 99999` was socket.bind's OverflowError as a traceback; now one
+    line naming --port and its range, before the run is read (the folder is not a run at all)."""
+    from cnnlab.cli import main
+
+    (tmp_path / "not-a-run").mkdir()
+    assert main(["serve", str(tmp_path / "not-a-run"), "--port", port]) == 2
+    captured = capsys.readouterr()
+    lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert captured.out == "" and len(lines) == 1, captured
+    assert lines[0] == (
+        f"error: --port {port} is not a TCP port; give a whole number from 1 to 65535, or "
+        "--port 0 to let the system choose a free one"
+    ), lines
+
+
 @pytest.mark.slow  # a browser and a second server: ~5 s
 def test_browser_says_which_test_time_views_the_answers_average(run: dict) -> None:
     if not Path(shutil.which("chromium") or "/usr/bin/chromium").exists():

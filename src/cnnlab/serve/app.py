@@ -517,6 +517,12 @@ def check_port_free(host: str, port: int) -> None:
     import errno
     import socket
 
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        # 99999 or -1 reached socket.bind, whose OverflowError was a traceback
+        raise ConfigError(
+            f"--port {port} is not a TCP port; give a whole number from 1 to 65535, or --port 0 "
+            "to let the system choose a free one"
+        )
     if port == 0:
         return
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
