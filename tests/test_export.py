@@ -8,6 +8,7 @@ for the tolerance rule and ``cnnlab.api.predict`` for prediction.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -328,14 +329,38 @@ def test_bad_options_are_config_errors(lenet: dict, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="folder"):
         export_model(lenet["ckpt"], format="onnx", out=tmp_path)
     # a file named as another format's: `predict x.onnx` could not have read it
-    with pytest.raises(ConfigError, match=r"x\.onnx: a \.onnx name for a torchscript file; name "
-                       r"it x\.torchscript\.pt or give --format onnx"):  # fmt: skip
+    with pytest.raises(ConfigError, match=r"x\.onnx: a torchscript export is not named \*\.onnx; "
+                       r"give e\.g\. .*x\.torchscript\.pt, or give --format onnx"):  # fmt: skip
         export_model(lenet["ckpt"], format="torchscript", out=tmp_path / "x.onnx")
     with pytest.raises(ConfigError, match="give --format torchscript"):
         export_model(lenet["ckpt"], format="onnx", out=tmp_path / "model.pt")
     assert not list(tmp_path.iterdir())  # nothing written
     with pytest.raises(CheckpointError):
         export_model(tmp_path / "missing.safetensors", format="onnx")
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        # a safetensors file named .onnx: `predict m.onnx` failed to parse it as ONNX
+        ({"format": "safetensors", "out": "m.onnx"}, "a safetensors export is named *.safetensors"),
+        ({"format": "onnx", "out": "m.txt"}, "give e.g. {tmp}/m.onnx"),
+        ({"format": "torchscript", "out": "m.onnx"}, "a torchscript export is not named *.onnx"),
+        # a negative tolerance failed every check, removed the file and said "please report this"
+        ({"format": "onnx", "rtol": -1.0}, "--rtol -1.0 must be a number >= 0"),
+        ({"format": "onnx", "atol": float("nan")}, "--atol nan must be a number >= 0"),
+    ],
+)
+def test_an_output_name_or_tolerance_that_cannot_work_is_refused_first(
+    lenet: dict, tmp_path: Path, options: dict, said: str
+) -> None:
+    if "out" in options:
+        options = options | {"out": tmp_path / options["out"]}
+    with pytest.raises(ConfigError, match=re.escape(said.format(tmp=tmp_path))):
+        export_model(lenet["ckpt"], **options)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    with pytest.raises(ConfigError, match="give a file name such as .*model.torchscript.pt"):
+        export_model(lenet["ckpt"], format="torchscript", out=tmp_path)
 
 
 # -- multi-label runs: sigmoid semantics and thresholds travel with the file -------------------------

@@ -201,6 +201,7 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "explain/conv.py:run_lab": ("conv",),
     "export.py:_decode_props": ("export",),
     "export.py:export_module": ("export",),
+    "export.py:_check_options": ("export",),
     "export.py:compare_outputs": ("export",),
     "export.py:_export_onnx": ("export",),
     "models/segmentation.py:load_encoder_from_run": ("segment train",),

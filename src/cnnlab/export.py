@@ -51,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -348,6 +349,7 @@ def export_model(
     from cnnlab.run import resolve_weights, run_dir_of
 
     fmt = _check_format(format)
+    _check_options(fmt, None if out is None else Path(out).expanduser(), rtol, atol)
     recorded = read_weights(resolve_weights(run_or_checkpoint))[1]
     task = recorded.get("task", "classification")
     if fmt not in EXPORTABLE.get(task, ()):
@@ -418,14 +420,7 @@ def export_module(
     """
     fmt = _check_format(format)
     out = Path(out).expanduser()
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give a file name such as {out / 'model.onnx'}")
-    meant = _FORMAT_OF_SUFFIX.get(out.suffix.lower())
-    if meant is not None and meant != fmt:  # a TorchScript file named .onnx: no reader opens it
-        raise ConfigError(
-            f"--out {out}: a {out.suffix} name for a {fmt} file; name it "
-            f"{out.with_name(out.stem + SUFFIXES[fmt]).name} or give --format {meant}"
-        )
+    _check_options(fmt, out, rtol, atol)
     out.parent.mkdir(parents=True, exist_ok=True)
     spec = PreprocessSpec.from_dict(metadata["preprocess"])
     tolerance = (float(rtol), float(atol)) if check else None
@@ -456,6 +451,40 @@ def export_module(
         result.max_abs_diff,
     )
     return result
+
+
+def _check_options(fmt: str, out: Path | None, rtol: float, atol: float) -> None:
+    """The output name and the check's tolerances, refused in one line before anything loads."""
+    for option, value, default in (("rtol", rtol, RTOL), ("atol", atol, ATOL)):
+        # a negative tolerance failed every check, removed the file and said "please report this"
+        if not math.isfinite(float(value)) or float(value) < 0:
+            raise ConfigError(
+                f"--{option} {value} must be a number >= 0 (the check passes when "
+                f"|exported - torch| <= atol + rtol * |torch|; default {default})"
+            )
+    if out is None:
+        return
+    suffix = SUFFIXES[fmt]
+    if out.is_dir():
+        raise ConfigError(
+            f"--out {out} is a folder; give a file name such as {out / ('model' + suffix)}"
+        )
+    # cnnlab (predict, serve, segment/detect predict) and other tools know an ONNX file and a
+    # safetensors checkpoint by their suffix (ONNX in any case): `--format safetensors --out
+    # m.onnx` wrote a file that `predict m.onnx` then failed to parse as ONNX
+    name = out.name.lower() if fmt == "onnx" else out.name
+    meant = _FORMAT_OF_SUFFIX.get(out.suffix.lower())
+    other = f", or give --format {meant}" if meant not in (None, fmt) else ""
+    if fmt in ("onnx", "safetensors") and not name.endswith(suffix):
+        raise ConfigError(
+            f"--out {out}: a {fmt} export is named *{suffix} (cnnlab and other tools recognise "
+            f"it by that); give e.g. {out.with_name(out.stem + suffix)}{other}"
+        )
+    if fmt == "torchscript" and out.suffix.lower() in (".onnx", ".safetensors"):
+        raise ConfigError(
+            f"--out {out}: a torchscript export is not named *{out.suffix}; give e.g. "
+            f"{out.with_name(out.stem + suffix)}{other}"
+        )
 
 
 def _check_format(fmt: str) -> str:
