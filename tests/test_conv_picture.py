@@ -91,3 +91,36 @@ def test_pick_positions(values: list[int], count: int | None):
     if count is not None and count >= 3:  # the strongest and the weakest are always shown
         assert y[picked].max() == y.max() and y[picked].min() == y.min()
     assert picked[0] == 0 or expected == 0
+
+
+def test_the_picture_path_said_is_the_file_written(tmp_path):
+    """`cnnlab conv --x photo.png --out FOLDER` wrote FOLDER.png beside the folder and said FOLDER;
+    `--out pic.txt` was matplotlib's ValueError as a traceback; `--out new/pic.png` said
+    "new/pic.png: not found". Now the file written is the one said, and a bad suffix is one line."""
+    from cli_process import in_process
+
+    from cnnlab.errors import ConfigError
+    from cnnlab.report.conv_figure import write_conv_figure
+
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8), mode="L").save(tmp_path / "p.png")
+    result = run_lab(str(tmp_path / "p.png"), "1 1; 1 1")
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    assert write_conv_figure(result, folder) == folder / "p_conv.png"
+    assert not (tmp_path / "pictures.png").exists()
+    assert write_conv_figure(result, tmp_path / "bare") == tmp_path / "bare.png"
+    assert write_conv_figure(result, tmp_path / "new" / "pic.png").is_file()
+    for path in (folder / "p_conv.png", tmp_path / "bare.png"):
+        with Image.open(path) as im:
+            assert im.format == "PNG"
+    with pytest.raises(ConfigError, match=r"--out .*pic\.txt: cannot draw a \.txt picture"):
+        write_conv_figure(result, tmp_path / "pic.txt")
+    assert not (tmp_path / "pic.txt").exists()
+    out = tmp_path / "cli"
+    out.mkdir()
+    proc = in_process("conv", "--x", str(tmp_path / "p.png"), "--w", "1 1; 1 1", "--out", str(out))
+    assert proc.returncode == 0 and str(out / "p_conv.png") in proc.stdout, proc.stdout
+    bad = tmp_path / "pic.txt"
+    proc = in_process("conv", "--x", str(tmp_path / "p.png"), "--w", "1 1; 1 1", "--out", str(bad))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"error: --out {bad}: cannot draw a .txt picture"), proc.stderr

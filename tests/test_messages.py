@@ -208,6 +208,7 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "models/_timm.py": (*TRAINERS, "lr-find"),  # --weights imagenet of a timm: model
     # --init-from imagenet of a timm: segmentation encoder or detection backbone
     "models/_timm.py:create_timm_encoder": ("segment train", "detect train"),
+    "report/conv_figure.py:write_conv_figure": ("conv",),
     "report/explain_page.py:explain_image": ("explain",),
     "report/explain_page.py:explain_dense_image": ("explain",),
     "api.py:explain": ("explain",),

@@ -2069,7 +2069,7 @@ def _conv(args: argparse.Namespace) -> int:
     if picture is not None:
         from cnnlab.report.conv_figure import write_conv_figure  # matplotlib only when drawing
 
-        write_conv_figure(result, picture)
+        picture = str(write_conv_figure(result, picture))  # the file written (.png added, ...)
     if args.json:
         print(json.dumps(result.to_dict() | {"picture": picture}, indent=2))
         return 0

@@ -101,12 +101,30 @@ def conv_figure(result: Any) -> Any:
 
 
 def write_conv_figure(result: Any, path: str | Path) -> Path:
-    """Draw :func:`conv_figure` into a PNG file at ``path``; returns the path."""
+    """Draw :func:`conv_figure` into a PNG file at ``path``; returns the path written.
+
+    A folder gets ``<image name>_conv.png`` (``conv.png`` for typed arrays) inside it, a name
+    without a suffix gets ``.png`` (matplotlib's own default, now said), a missing folder is
+    made; a suffix matplotlib cannot write is a one-line ConfigError (it was a traceback)."""
     use_file_backend()
     import matplotlib.pyplot as plt
 
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():  # it wrote FOLDER.png beside the folder and said FOLDER
+        stem = Path(result.source).stem + "_conv" if result.source else "conv"
+        path = path / f"{stem}.png"
+    elif not path.suffix:
+        path = path.with_name(path.name + ".png")
     fig = conv_figure(result)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        kinds = fig.canvas.get_supported_filetypes()
+        if path.suffix.lower().lstrip(".") not in kinds:
+            raise ConfigError(
+                f"--out {path}: cannot draw a {path.suffix} picture; give a name ending in "
+                f".png (or {', '.join('.' + k for k in sorted(kinds) if k != 'png')})"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)  # "FOLDER/x.png: not found" before
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
     return path
