@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -144,6 +145,17 @@ def test_an_unfinished_run_is_listed_with_its_task_from_the_checkpoint(tmp_path:
         0.3,
     )
     assert read_runs(run)[0][0].name == "interrupted"  # a run folder itself lists that run
+
+
+def test_runs_below_other_folders_are_named_by_their_path(runs_folder: Path):
+    """Two transfer studies in one runs folder each hold `runs/scratch-5-seed0`: the table showed
+    two rows named "scratch-5-seed0" with nothing to tell them apart. A nested run is named by its
+    path under FOLDER; a top-level run keeps its folder name."""
+    for study in ("study-a", "study-b"):
+        shutil.copytree(runs_folder / "cls", runs_folder / study / "runs" / "scratch-5-seed0")
+    names = sorted(r.name for r in read_runs(runs_folder)[0])
+    assert names == ["cls", "det", "seg", "study-a/runs/scratch-5-seed0",
+                     "study-b/runs/scratch-5-seed0", "vid"]  # fmt: skip
 
 
 def test_a_folder_with_no_runs_is_a_one_line_error(tmp_path: Path):

@@ -118,6 +118,7 @@ def read_runs(folder: str | Path) -> tuple[list[RunRow], list[Problem]]:
     """Every run under ``folder`` as a row, and the folders that could not be read; a folder
     holding no run at all is a ConfigError."""
     rows, problems = [], []
+    root = Path(folder).expanduser()
     runs = find_runs(folder)
     if not runs:
         raise ConfigError(
@@ -126,9 +127,14 @@ def read_runs(folder: str | Path) -> tuple[list[RunRow], list[Problem]]:
         )
     for path in runs:
         try:
-            rows.append(read_run(path))
+            row = read_run(path)
         except CheckpointError as err:
             problems.append(Problem(str(path), str(err)))
+            continue
+        if path != root:  # a run below a study's folder is named by its path under FOLDER: two
+            # studies' "scratch-5-seed0" were two rows of the same name
+            row.name = path.relative_to(root).as_posix()
+        rows.append(row)
     return rows, problems
 
 
