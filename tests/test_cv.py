@@ -331,6 +331,24 @@ def test_cv_refuses_options_it_sets_itself(tmp_path):
         cross_validate(data="builtin:digits", devices=2, out=str(tmp_path))
 
 
+def test_cv_takes_a_large_validation_fraction_of_the_other_folds(tmp_path):
+    """cv has no test fraction (the held-out fold is the test split), yet `--val-fraction 0.9`
+    failed "val_fraction + test_fraction must leave samples for training" with train's default
+    test fraction 0.1 added, naming an option cv refuses. 50 images outside each fold: 45 val."""
+    from cnnlab.tasks.classify.cv import cross_validate
+
+    result = cross_validate(
+        data="builtin:shapes?n=100&size=16", folds=2, epochs=1, batch_size=4, val_fraction=0.9,
+        report=False, device="cpu", out=str(tmp_path), name="cv",
+    )  # fmt: skip
+    for fold_dir in result.fold_dirs:
+        splits = json.loads((fold_dir / "splits.json").read_text())["splits"]
+        assert {k: len(v) for k, v in splits.items()} == {"train": 5, "val": 45, "test": 50}
+    # train's own check names both options, in the command line's words there
+    with pytest.raises(ConfigError, match=r"option val_fraction 0\.6 \+ option test_fraction 0\.5"):
+        make_config(TrainConfig, data="builtin:digits", val_fraction=0.6, test_fraction=0.5)
+
+
 # -- end to end ------------------------------------------------------------------------------------
 CV_OPTIONS = ["--data", "builtin:digits", "--epochs", "3", "--batch-size", "32", "--lr", "0.05",
               "--no-report", "--seed", "0"]  # fmt: skip

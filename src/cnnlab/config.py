@@ -155,7 +155,10 @@ class RunConfig:
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"option {key} must be in [0, 1), got {value}")
         if self.val_fraction + self.test_fraction >= 1.0:
-            raise ConfigError("val_fraction + test_fraction must leave samples for training")
+            raise ConfigError(
+                f"option val_fraction {self.val_fraction:g} + option test_fraction "
+                f"{self.test_fraction:g} must be below 1 to leave samples for training"
+            )
         if self.ema is not None and self.ema != 0 and not 0.0 < self.ema < 1.0:
             raise ConfigError(
                 f"option ema must be a decay in (0, 1), e.g. 0.999 (0 or none: off), got {self.ema}"

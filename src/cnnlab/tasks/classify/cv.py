@@ -90,6 +90,10 @@ def cross_validate(
     for key in MANAGED:
         if overrides.get(key) is not None:
             raise ConfigError(f"option {key} is set by cnnlab cv for each fold; {_WHY[key]}")
+    # no test fraction: each fold's test split is the fold held out. The default 0.1 made
+    # --val-fraction 0.92 (of the other folds) fail "val_fraction + test_fraction must leave
+    # samples for training", naming an option cv refuses
+    overrides = overrides | {"test_fraction": 0.0}
     if isinstance(config, TrainConfig):
         cfg = make_config(TrainConfig, **(config.to_dict() | overrides))
     else:
@@ -128,7 +132,7 @@ def cross_validate(
                 parts = ", ".join(f"{len(ids)} {split}" for split, ids in sizes.items())
                 doing = "resuming" if resume else "training"
                 console.print(f"[bold]fold {i}/{k}[/] ({doing}): {parts} images")
-            fold_options = options | {"out": str(cv_dir), "name": f"fold-{i}",
+            fold_options = options | {"out": str(cv_dir), "name": f"fold-{i}", "test_fraction": 0.0,
                                       "split_file": str(split_files[i - 1].resolve())}  # fmt: skip
             if resume:
                 fold_options["resume"] = str(fold_dir)
