@@ -391,6 +391,7 @@ def test_a_run_records_its_class_balance_and_says_it(imbalanced, tmp_path, caplo
     assert "'minor' (3)" in said and "fewer than 5 training images" in said
     assert "imbalanced 13.3:1" in said and "--class-weights auto" in said
     assert "--sampler balanced" in said and "--monitor val_balanced_accuracy" in said
+    assert "class imbalance" not in said  # said once, by training, not again by the data scan
     record = json.loads((plain.run_dir / "class_balance.json").read_text())
     assert record["train_class_counts"] == {"major": 40, "minor": 3} and record["imbalanced"]
     assert record["class_weights"]["mode"] == "none" and record["class_weights"]["weights"] is None
@@ -411,6 +412,9 @@ def test_a_run_records_its_class_balance_and_says_it(imbalanced, tmp_path, caplo
     assert "class weights (N / (K n_c), mean 1 over training images)" in caplog.text
     assert "major 0.5375, minor 7.167" in caplog.text
     assert "imbalanced 13.3:1" not in caplog.text  # something is done about it: no suggestion
+    # nor the data scan's own advice ("class imbalance 13.3:1 in train; train with ..."), which
+    # was said beside the remedy being used
+    assert "class imbalance" not in caplog.text and "--sampler balanced" not in caplog.text
     config = json.loads((run.run_dir / "config.json").read_text())
     assert config["class_weights"] == "auto" and config["loss"] == "focal"
     vals = [h["val_balanced_accuracy"] for h in run.history]

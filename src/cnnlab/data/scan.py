@@ -704,9 +704,13 @@ class ScanReport:
         allow_empty_classes: bool = False,
         pixel_hint: str = "",
         log_warnings: bool = True,
+        imbalance: bool = True,
     ) -> list[str]:
         """Raise DataError listing every failure, or return the warnings (also logged, unless
-        ``log_warnings`` is False: a caller that prints them itself, as `cnnlab data check`).
+        ``log_warnings`` is False: a caller that prints them itself, as `cnnlab data check` does,
+        said each one twice). ``imbalance=False``: no class-imbalance warning, for a caller
+        that judges it itself (training knows whether a remedy is chosen and says it only when
+        none is; loading data to evaluate it calls for no training remedy).
 
         FAIL: no usable image; bad fraction > ``max_bad_fraction``; an empty class (unless
         ``allow_empty_classes``); splits with different classes. ``strict`` also fails on any bad,
@@ -765,7 +769,7 @@ class ScanReport:
             if groups:
                 text = f"{len(groups)} groups of {what}: {_first(' = '.join(g) for g in groups)}"
                 (failures if strict else warns).append(text)
-        for s, ratio in self.imbalance_ratio.items():
+        for s, ratio in self.imbalance_ratio.items() if imbalance else ():
             if IMBALANCE_WARN_RATIO < ratio < float("inf"):
                 warns.append(
                     f"class imbalance {ratio:.1f}:1 in {s or 'the dataset'}; "

@@ -554,9 +554,12 @@ def _from_items(
         listing, root, label_columns,
         max_pixels=cfg.max_image_pixels, cache_dir=default_cache_dir() / "scans",
     )  # fmt: skip
+    # the imbalance is judged by training (cnnlab.tasks.classify.imbalance): said only when no
+    # remedy is chosen, with the training split's counts; the scan said it beside the remedy
     report.check(
-        strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction, pixel_hint=PIXEL_LIMIT_HINT
-    )
+        strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction, pixel_hint=PIXEL_LIMIT_HINT,
+        imbalance=False,
+    )  # fmt: skip
     usable = report.usable_items  # [DataItem(path, label, split)]
     if label_columns is None:
         labels = sorted({it.label for it in usable})
