@@ -320,6 +320,19 @@ def test_bad_imbalance_options_are_refused(options, message):
         TrainConfig(**options)
 
 
+def test_cli_names_both_flags_when_focal_loss_meets_label_smoothing(tmp_path):
+    """It said "--loss=focal does not combine with label_smoothing > 0": the second option in
+    Python's spelling, which the command line does not have."""
+    from cli_process import in_process
+
+    proc = in_process("train", "--data", "builtin:digits", "--out", str(tmp_path),
+                      "--loss", "focal", "--label-smoothing", "0.1")  # fmt: skip
+    assert proc.returncode == 2 and not list(tmp_path.iterdir())
+    assert proc.stderr.startswith(
+        "error: option --loss=focal does not combine with option --label-smoothing 0.1 > 0"
+    ), proc.stderr
+
+
 def test_cli_names_the_bad_weights_file_in_one_line(tmp_path, capsys):
     from cnnlab.cli import main
 

@@ -237,8 +237,9 @@ class TrainConfig(RunConfig):
             raise ConfigError(f"option focal_gamma must be a number >= 0, got {self.focal_gamma}")
         if self.loss == "focal" and self.label_smoothing > 0:
             raise ConfigError(
-                "option loss=focal does not combine with label_smoothing > 0 (the focal term has no "
-                "smoothed form); leave one of them out"
+                "option loss=focal does not combine with option label_smoothing "
+                f"{self.label_smoothing:g} > 0 (the focal term has no smoothed form); leave one of "
+                "them out"
             )
         if self.split_file is not None and not str(self.split_file).strip():
             raise ConfigError(
