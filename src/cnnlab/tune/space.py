@@ -223,11 +223,47 @@ def _categorical(
 
 
 def _check_value(cls: type, name: str, value: Any, where: str, fixed: dict[str, Any]) -> None:
-    """The config's own checks (types, ranges, allowed words) on one value of the space."""
+    """The config's own checks (types, ranges, allowed words) on one value of the space, and a
+    model / encoder / backbone name against the names the task builds from."""
     try:
         make_config(cls, **(fixed | {name: value}))
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
+    known = known_names(cls, name)
+    if known is not None and isinstance(value, str) and value not in known:
+        from cnnlab.models._timm import is_timm
+
+        if not is_timm(value):  # a timm: name is timm's to check, when the model is built
+            raise ConfigError(
+                f"{where}: unknown {name} {value!r}{close_matches(value, known)}; choose from "
+                f"{', '.join(known)}"
+            )
+
+
+def known_names(cls: type, name: str) -> list[str] | None:
+    """The names a task's ``model`` (``encoder``, ``backbone``) option may take, or None for any
+    other option. The config holds them as plain strings and the model is built only once a
+    trial has read its data, so `--space model=lenet5,resnet1` ran trial 0 and then stopped the
+    study at the first trial that drew the typo; checked before the first trial instead."""
+    from cnnlab.models import list_models
+
+    task = {
+        "TrainConfig": "classification",
+        "SegmentConfig": "segmentation",
+        "DetectConfig": "detection",
+        "VideoConfig": "video-classification",
+    }.get(cls.__name__)
+    if task is None or name not in ("model", "encoder", "backbone"):
+        return None
+    if name != "model" or task == "classification":
+        return list_models()
+    if task == "segmentation":
+        from cnnlab.models.segmentation import list_segmentation_models
+
+        return list_segmentation_models()
+    if task == "video-classification":  # a 3D model, or any 2D zoo model trained per frame
+        return [*list_models(task), *list_models()]
+    return list_models(task)
 
 
 def _numeric_kind(hint: Any) -> str | None:
