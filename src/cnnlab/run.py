@@ -174,12 +174,31 @@ def read_json(path: Path) -> Any:
         raise CheckpointError(f"{path} is not valid JSON: {err}") from None
 
 
+def _export_hint(path: Path) -> str:
+    """What to give instead of an exported model a command cannot read (`predict` and `segment` /
+    `detect predict` take an .onnx export themselves, before they get here)."""
+    name = path.name.lower()
+    if name.endswith(".onnx"):
+        return (
+            " (an ONNX export is read by `cnnlab predict FILE.onnx`; for this command give the "
+            "run it was exported from, or its .safetensors export)"
+        )
+    if name.endswith(".torchscript.pt"):
+        return (
+            " (a TorchScript export is for LibTorch/C++; give the run it was exported from, or "
+            "its .safetensors or .onnx export)"
+        )
+    return ""
+
+
 def resolve_weights(path: str | Path, prefer: str = "best") -> Path:
     """A run directory or a checkpoint file -> the .safetensors weights to use (sha256-verified when listed)."""
     p = Path(path).expanduser()
     if p.is_file():
         if p.suffix != ".safetensors":
-            raise CheckpointError(f"{p}: expected a run directory or a .safetensors checkpoint")
+            raise CheckpointError(
+                f"{p}: expected a run directory or a .safetensors checkpoint{_export_hint(p)}"
+            )
         return p
     if not p.is_dir():
         raise CheckpointError(f"run or checkpoint not found: {p}")
