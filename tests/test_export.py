@@ -339,7 +339,9 @@ def test_bad_options_are_config_errors(lenet: dict, tmp_path: Path) -> None:
         export_model(tmp_path / "missing.safetensors", format="onnx")
 
 
-def test_an_export_given_where_a_run_is_needed_says_what_reads_it(lenet: dict) -> None:
+def test_an_export_given_where_a_run_is_needed_says_what_reads_it(
+    lenet: dict, tmp_path: Path
+) -> None:
     """`cnnlab serve model.onnx` / `explain` / `evaluate` and `predict model.torchscript.pt` said
     only "expected a run directory or a .safetensors checkpoint": nothing on which command reads
     the file or what to give instead."""
@@ -350,9 +352,7 @@ def test_an_export_given_where_a_run_is_needed_says_what_reads_it(lenet: dict) -
     onnx_file = lenet["onnx"].path
     with pytest.raises(CheckpointError, match=r"an ONNX export is read by `cnnlab predict FILE"):
         resolve_weights(onnx_file)
-    script = export_model(
-        lenet["ckpt"], format="torchscript", out=lenet["folder"] / "m.torchscript.pt"
-    )
+    script = export_model(lenet["ckpt"], format="torchscript", out=tmp_path / "m.torchscript.pt")
     with pytest.raises(CheckpointError, match="a TorchScript export is for LibTorch/C"):
         resolve_weights(script.path)
     proc = in_process("evaluate", str(onnx_file))
