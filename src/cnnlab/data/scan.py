@@ -707,10 +707,10 @@ class ScanReport:
         imbalance: bool = True,
     ) -> list[str]:
         """Raise DataError listing every failure, or return the warnings (also logged, unless
-        ``log_warnings`` is False: a caller that prints them itself, as `cnnlab data check` does,
-        said each one twice). ``imbalance=False``: no class-imbalance warning, for a caller
-        that judges it itself (training knows whether a remedy is chosen and says it only when
-        none is; loading data to evaluate it calls for no training remedy).
+        ``log_warnings`` is False: a caller that prints them itself, as `cnnlab data check`
+        does). ``imbalance=False``: no class-imbalance warning, for a caller that judges it
+        itself (training knows whether a remedy is chosen and says it only when none is;
+        loading data to evaluate it calls for no training remedy).
 
         FAIL: no usable image; bad fraction > ``max_bad_fraction``; an empty class (unless
         ``allow_empty_classes``); splits with different classes. ``strict`` also fails on any bad,
