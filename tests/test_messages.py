@@ -99,6 +99,8 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "engine/assembly.py:tensorboard": (*TRAINERS, *TASK_TRAINERS),  # only with --tensorboard
     "engine/tracking.py": (*TRAINERS, *TASK_TRAINERS),  # only with --track mlflow
     "config.py:__post_init__": (*TRAINERS, *TASK_TRAINERS),  # --track-uri alone (not on lr-find)
+    # deeplabv3 with fewer than 2 images per batch (--batch-size, --model): SegmentConfig
+    "tasks/configs.py:__post_init__": ("segment train",),
     # --mixup-alpha ... without its augmentation: every command that builds a TrainConfig or a
     # VideoConfig
     "config.py:check_augment_options": (*TRAINERS, "lr-find", "tune", "video train"),
