@@ -64,6 +64,9 @@ INFERENCE = (
     "detect evaluate",
 )
 EVALUATORS = ("evaluate", "segment evaluate", "detect evaluate", "video evaluate")
+#: the commands that write files into a folder or file --out names (cnnlab.run.claim_outputs)
+OUT_WRITERS = ("predict", "segment predict", "detect predict", "explain", "video predict",
+               "video track", "export", "conv", "embed")  # fmt: skip
 PRINTED_BY: dict[str, tuple[str, ...]] = {
     "engine/devices.py:resolve_device": DEVICE,  # only when --device cuda/mps was asked for
     "config.py:score_threshold_of": ("detect predict", "explain"),  # only with --score-threshold
@@ -148,6 +151,11 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "tasks/registry.py:_video": ("predict",),  # a video run given to `cnnlab predict`
     "api.py:predict": ("predict",),
     "run.py:evaluation_dir": ("evaluate", "segment evaluate", "detect evaluate", "video evaluate"),
+    # the one door of output folders (--out, or a default folder whose fix is --out); lr-find's
+    # --plot passes its own flag
+    "run.py:claim_outputs": OUT_WRITERS,
+    "run.py:claim_output_file": OUT_WRITERS,
+    "api.py:lr_find": ("lr-find",),  # --plot: a file of the user's is refused
     "cli/__init__.py:evaluation_note": EVALUATORS,
     "cli/__init__.py:_main": (*TRAINERS, "lr-find", *TASK_TRAINERS),  # out of memory: training
     "cli/__init__.py:_runtime_error_message": (*TRAINERS, "lr-find", *TASK_TRAINERS),

@@ -5,11 +5,13 @@ under the umask; 0600 in a --private run)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -301,3 +303,184 @@ def test_resuming_a_run_that_stopped_before_its_first_checkpoint_says_so(tmp_pat
     (run / "config.json").write_text("{}")
     with pytest.raises(CheckpointError, match="before its first checkpoint; train it again"):
         resume_target(str(run), tmp_path, None)
+
+
+# -- output folders: cnnlab overwrites what it wrote there, never a file of the user's -------------
+@pytest.fixture(scope="module")
+def task_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny classification, segmentation and detection run, and an image to give them."""
+    from PIL import Image
+
+    from cnnlab.detect import train_detection
+    from cnnlab.segment import train_segmentation
+
+    out = tmp_path_factory.mktemp("out-guard")
+    image = out / "photo.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(image)
+    return {
+        "image": image,
+        "classification": api.train(out=str(out), name="clf", epochs=1, **DIGITS).run_dir,
+        "segmentation": train_segmentation(
+            data="builtin:shapes?n=24&size=32",
+            out=str(out),
+            name="seg",
+            encoder="lenet5",
+            image_size=32,
+            epochs=1,
+            batch_size=8,
+            report=False,
+            device="cpu",
+            precision="32",
+            val_fraction=0.2,
+            test_fraction=0.2,
+        ).run_dir,
+        "detection": train_detection(
+            data="builtin:shapes?n=12&size=64&objects=2",
+            epochs=1,
+            batch_size=4,
+            name="det",
+            val_fraction=0.0,
+            test_fraction=0.0,
+            out=str(out),
+            device="cpu",
+            report=False,
+        ).run_dir,
+    }
+
+
+#: (command words, the run it needs, a file it writes into --out)
+OUT_COMMANDS = [
+    (("explain",), "classification", "explain.html"),
+    (("explain",), "segmentation", "explain.json"),
+    (("segment", "predict"), "segmentation", "predictions.json"),
+    (("detect", "predict"), "detection", "predictions.json"),
+    (("predict",), "segmentation", "masks/photo.png"),  # masks/: a folder cnnlab fills whole
+    (("predict",), "detection", "images/photo.png"),
+]
+
+
+def _user_error(*args: str) -> str:
+    """The one-line error (exit 2) of `cnnlab ARGS`, in this process."""
+    from cli_process import in_process
+
+    proc = in_process(*args)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, f"cnnlab {' '.join(args)} -> {proc.returncode}: {proc.stderr}"
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def _ok(*args: str) -> None:
+    from cli_process import in_process
+
+    proc = in_process(*args)
+    assert proc.returncode == 0, f"cnnlab {' '.join(args)} -> {proc.returncode}: {proc.stderr}"
+
+
+@pytest.mark.parametrize(("words", "task", "written"), OUT_COMMANDS)
+def test_an_out_folder_keeps_the_users_files(
+    task_runs: dict[str, Path], tmp_path: Path, words: tuple[str, ...], task: str, written: str
+) -> None:
+    """Nothing a user owns is modified: a file of theirs with a name the command writes into --out
+    is refused in one line naming it (it was silently overwritten); a file of theirs beside the
+    output stays as it was; and the same command again into the same folder overwrites its own
+    earlier output (the folder's .cnnlab-output.json lists what cnnlab wrote there)."""
+    args = (*words, str(task_runs[task]), str(task_runs["image"]), "--out")
+    out = tmp_path / "mine"
+    theirs = out / written
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"the user's own, not cnnlab's\n")
+    line = _user_error(*args, str(out))
+    assert str(out / written.split("/")[0]) in line and "not written by cnnlab" in line
+    assert "name a new or empty folder" in line
+    assert theirs.read_bytes() == b"the user's own, not cnnlab's\n"  # byte for byte
+
+    theirs.rename(tmp_path / "moved")  # the fix the message names; a note of theirs stays beside
+    notes = out / "notes.txt"
+    notes.write_bytes(b"my notes\n")
+    _ok(*args, str(out))
+    own = out / written
+    assert own.is_file() and own.read_bytes() != b"the user's own, not cnnlab's\n"
+    record = json.loads((out / ".cnnlab-output.json").read_text())
+    assert record["written_by"] == "cnnlab"
+    os.utime(own, ns=(0, 0))
+    _ok(*args, str(out))  # again: its own output is overwritten
+    assert own.stat().st_mtime_ns != 0
+    assert notes.read_bytes() == b"my notes\n"
+
+
+@pytest.mark.parametrize("command", ["export", "conv", "embed"])
+def test_an_out_file_of_the_users_is_refused(
+    task_runs: dict[str, Path], tmp_path: Path, command: str
+) -> None:
+    """export, conv and embed write the one file --out names: the user's own file of that name is
+    refused (it was overwritten) and stays byte for byte; cnnlab's own is overwritten next time;
+    a file of the user's beside it is no reason to refuse."""
+    path = (
+        tmp_path / "mine" / {"export": "m.safetensors", "conv": "c.png", "embed": "e.npz"}[command]
+    )
+    args = {
+        "export": ("export", str(task_runs["classification"]), "--format", "safetensors",
+                   "--no-check"),
+        "conv": ("conv", "--x", "1 2 3; 4 5 6; 7 8 9", "--w", "1 0; 0 1"),
+        "embed": ("embed", str(task_runs["classification"]), "--split", "test", "--device", "cpu"),
+    }[command]  # fmt: skip
+    path.parent.mkdir()
+    path.write_bytes(b"mine")
+    line = _user_error(*args, "--out", str(path))
+    assert (
+        f"--out {path} exists and was not written by cnnlab" in line and "name a new file" in line
+    )
+    assert path.read_bytes() == b"mine"
+    path.unlink()
+    (path.parent / "notes.txt").write_bytes(b"my notes\n")
+    for _ in range(2):  # the second time over its own file
+        _ok(*args, "--out", str(path))
+        assert path.stat().st_size > 4
+    assert (path.parent / "notes.txt").read_bytes() == b"my notes\n"
+
+
+def test_a_default_output_folder_follows_the_same_rule(tmp_path: Path) -> None:
+    """A folder cnnlab chose itself (explain's RUN/explain/IMAGE/, video's runs/video/NAME/): the same
+    record and refusal, the fix being --out."""
+    from cnnlab.errors import ConfigError
+    from cnnlab.run import OUTPUT_RECORD, claim_outputs
+
+    folder = tmp_path / "runs" / "video" / "street"
+    assert claim_outputs(folder, ["timeline.csv"], command="video predict", default=True) == folder
+    (folder / "timeline.csv").write_text("cnnlab's")
+    (folder / "events.csv").write_text("the user's")
+    claim_outputs(folder, ["timeline.csv"], command="video predict", default=True)  # its own
+    with pytest.raises(ConfigError, match=r"^output folder .*street: events.csv exists and was not "
+                       r"written by cnnlab.*give --out a new or empty folder, or move "):  # fmt: skip
+        claim_outputs(folder, ["timeline.csv", "events.csv"], command="video predict", default=True)
+    record = json.loads((folder / OUTPUT_RECORD).read_text())
+    assert record["outputs"] == {"timeline.csv": "video predict"}  # the refusal recorded nothing
+    (folder / OUTPUT_RECORD).write_text("not cnnlab's")  # a file of that name cnnlab did not write
+    with pytest.raises(ConfigError, match=re.escape(f"or move {folder / OUTPUT_RECORD}")):
+        claim_outputs(folder, ["timeline.csv"], command="video predict", default=True)
+    (folder / "figures").mkdir()  # an empty folder of the name is taken, a full one refused
+    claim_outputs(folder / "figures", [], command="explain")
+    assert claim_outputs(tmp_path / "x", ["figures/"], command="explain") == tmp_path / "x"
+    ((tmp_path / "y" / "figures").mkdir(parents=True))
+    (tmp_path / "y" / "figures" / "plot.png").write_bytes(b"")
+    with pytest.raises(ConfigError, match="figures/ exists and was not written by cnnlab"):
+        claim_outputs(tmp_path / "y", ["figures/"], command="explain")
+
+
+def test_default_folders_from_before_the_record_are_still_cnnlabs(
+    task_runs: dict[str, Path],
+) -> None:
+    """RUN/explain/IMAGE/ and RUN/export/ written before folders carried .cnnlab-output.json: the
+    same image explained again, and the same export again, still replace cnnlab's own files."""
+    from cnnlab.run import OUTPUT_RECORD
+
+    run, image = task_runs["classification"], task_runs["image"]
+    page = Path(api.explain(run, image)["html"])
+    exported = api.export(run, format="safetensors", check=False).path
+    for folder in (page.parent, exported.parent):
+        (folder / OUTPUT_RECORD).unlink()  # as an older cnnlab left it
+    assert Path(api.explain(run, image)["html"]) == page
+    assert api.export(run, format="safetensors", check=False).path == exported
+    assert (page.parent / OUTPUT_RECORD).is_file() and (exported.parent / OUTPUT_RECORD).is_file()

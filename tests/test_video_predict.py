@@ -8,6 +8,7 @@ hand-worked MOT counts, motmetrics' own MOT reader, hand-made trajectories for l
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -364,6 +365,32 @@ def test_cli_bad_options_are_one_line_errors(tmp_path, capsys, cls_run):
     err = capsys.readouterr().err
     assert "line expects 4 numbers" in err and "smoothing='avg'" in err
     assert "Traceback" not in err
+
+
+def test_video_predict_keeps_the_users_files(tmp_path, capsys, monkeypatch, cls_run):
+    """A timeline.csv of the user's in --out (or in the default runs/video/NAME/) is refused in one
+    line naming it and left as it was (it was overwritten); a second run into cnnlab's own output
+    folder overwrites it; a file of the user's beside the output stays."""
+    from cnnlab.cli import main
+
+    path = write_video(tmp_path / "v.mp4", _clip(frames=4))
+    monkeypatch.chdir(tmp_path)
+    for out, flag in ((tmp_path / "mine", ["--out", str(tmp_path / "mine")]),
+                      (tmp_path / "runs" / "video" / "v", [])):  # fmt: skip
+        out.mkdir(parents=True)
+        (out / "timeline.csv").write_text("the user's")
+        (out / "notes.txt").write_text("my notes")
+        args = ["video", "predict", str(cls_run), str(path), "--device", "cpu", "--no-draw", *flag]
+        assert main(args) == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and "timeline.csv exists and was not written by cnnlab" in err[0]
+        assert err[0].endswith(f"or move {Path(*out.parts[-3:]) if not flag else out}/timeline.csv")
+        assert ("give --out a new" in err[0]) == (not flag)
+        assert (out / "timeline.csv").read_text() == "the user's"
+        (out / "timeline.csv").unlink()
+        assert main(args) == 0 and main(args) == 0  # the second over its own files
+        assert (out / "timeline.csv").read_text().startswith("frame")
+        assert (out / "notes.txt").read_text() == "my notes"
 
 
 @pytest.mark.slow

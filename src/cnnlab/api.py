@@ -256,9 +256,12 @@ def lr_find(
 ) -> dict[str, Any]:
     """Learning-rate range test on a copy of the model; returns the curve and the suggested rate.
     ``seed``: the model's initialisation and batches (default: the config's, ``--seed``)."""
+    from cnnlab.run import claim_output_file
     from cnnlab.transfer import lr_find as find
     from cnnlab.transfer import plot_lr_find
 
+    if plot:  # said before the test runs
+        claim_output_file(plot, command="lr-find", flag="--plot")
     cfg = (
         config if isinstance(config, TrainConfig) else make_config(TrainConfig, config, **overrides)
     )

@@ -61,6 +61,7 @@ from cnnlab.models.detection import create_detection_model
 from cnnlab.report.render import drop_early, start_renderer
 from cnnlab.run import (
     check_one_dataset,
+    claim_outputs,
     evaluation_dir,
     load_run_model,
     read_json,
@@ -521,7 +522,10 @@ def predict_detection(
     cats = list(meta.get("category_ids") or range(len(names)))
     threshold = score_threshold_of(meta.get("score_threshold"), score_threshold)
     files = list_images(inputs)
-    out = Path(out_dir)
+    out = claim_outputs(
+        out_dir, ["predictions.json", "skipped.json", *(["images/"] if draw else [])],
+        command="detect predict",
+    )  # fmt: skip
     if draw:
         (out / "images").mkdir(parents=True, exist_ok=True)
     mean = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1)

@@ -386,6 +386,7 @@ def export_model(
     else:
         model, meta, weights = _load_task_model(task, run_or_checkpoint)
         metadata = task_export_metadata(task, meta)
+    default_out = out is None
     if out is None:
         run_dir = run_dir_of(Path(weights))
         folder = (run_dir if run_dir is not None else Path(weights).parent) / "export"
@@ -400,6 +401,7 @@ def export_model(
         check=check,
         rtol=rtol,
         atol=atol,
+        default_out=default_out,
     )
 
 
@@ -413,14 +415,23 @@ def export_module(
     check: bool = True,
     rtol: float = RTOL,
     atol: float = ATOL,
+    default_out: bool = False,
 ) -> ExportResult:
     """Export an ``nn.Module`` with the given :func:`export_metadata`; see :func:`export_model`.
 
     The module is moved to CPU for the export and its training mode is restored afterwards.
+    ``out`` (or its ``.preprocess.json`` sidecar) already there and not written by cnnlab is
+    refused (:func:`cnnlab.run.claim_output_file`; ``default_out``: a name cnnlab chose).
     """
+    from cnnlab.run import claim_output_file
+
     fmt = _check_format(format)
     out = Path(out).expanduser()
     _check_options(fmt, out, rtol, atol)
+    # RUN/export/ from before its record was kept: an export with its sidecar is cnnlab's own
+    adopt = default_out and out.is_file() and sidecar_path(out).is_file()
+    claim_output_file(out, command="export", also=(sidecar_path(out).name,), default=default_out,
+                      adopt=adopt)  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     spec = PreprocessSpec.from_dict(metadata["preprocess"])
     tolerance = (float(rtol), float(atol)) if check else None

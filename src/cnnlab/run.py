@@ -94,6 +94,122 @@ def evaluation_dir(out: str | Path | None, run_dir: Path | None) -> Path | None:
     return path
 
 
+#: the record cnnlab keeps in a folder it writes a command's output into (predict's masks and
+#: predictions.json, explain's page, a video's timeline, an export, conv's picture): what it wrote
+#: there, by which command. Those it overwrites when run again; any other file is the user's
+OUTPUT_RECORD = ".cnnlab-output.json"
+
+
+def claim_outputs(
+    folder: str | Path,
+    names: list[str],
+    *,
+    command: str,
+    default: bool = False,
+    flag: str = "--out",
+    adopt: bool = False,
+) -> Path:
+    """The one door of every command that writes into an output folder (``--out``, or one cnnlab
+    chose: ``default``): before anything is written, refuse (a one-line ConfigError naming the
+    first) when one of ``names`` (paths relative to ``folder``; a name ending in ``/`` is a folder
+    cnnlab fills as a whole, such as ``masks/``) already exists there and is not in the folder's
+    :data:`OUTPUT_RECORD`; else record them as ``command``'s and return the folder, created.
+    Whatever cnnlab wrote there before is overwritten as usual; other files in the folder are left
+    alone. Costs one small JSON read and write, and a stat per name (no file is read).
+    ``adopt``: the caller knows a folder without a record holds cnnlab's own output from before
+    records were kept (explain's default folder whose explain.json names the same image); its
+    ``names`` are taken as cnnlab's."""
+    folder = Path(folder).expanduser()
+    if _through_a_file(folder):  # nothing there to overwrite: the command's own write says so
+        return folder
+    record_path = folder / OUTPUT_RECORD
+    outputs: dict[str, str] = {}
+    if record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            record = None
+        if not isinstance(record, dict) or record.get("written_by") != "cnnlab":
+            raise _not_ours(folder, OUTPUT_RECORD, default, flag)
+        outputs = dict(record.get("outputs") or {})
+    elif os.path.lexists(record_path):
+        raise _not_ours(folder, OUTPUT_RECORD, default, flag)
+    elif adopt:
+        outputs = {name: command for name in names}
+    for name in names:
+        if name in outputs or name.rstrip("/") + "/" in outputs:
+            continue
+        path = folder / name
+        if name.endswith("/"):
+            taken = os.path.lexists(path) and (not path.is_dir() or any(path.iterdir()))
+        else:
+            taken = os.path.lexists(path)
+        if taken:
+            raise _not_ours(folder, name, default, flag)
+    outputs |= {name: command for name in names}
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(record_path, {
+        "written_by": "cnnlab",
+        "about": "files and folders cnnlab wrote here, by command; it overwrites only these",
+        "outputs": outputs,
+    })  # fmt: skip
+    return folder
+
+
+def claim_output_file(path: str | Path, *, command: str, also: tuple[str, ...] = (),
+                      default: bool = False, flag: str = "--out",
+                      adopt: bool = False) -> Path:  # fmt: skip
+    """:func:`claim_outputs` for a command whose ``flag`` names one file (export, conv's
+    picture, embed, lr-find's ``--plot``): the record is kept in the file's folder. ``also``:
+    files written beside it (an export's ``.preprocess.json``)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return path  # the command's own check says it wants a file name
+    try:
+        claim_outputs(path.parent, [path.name, *also], command=command, default=default, flag=flag,
+                      adopt=adopt)  # fmt: skip
+    except _Taken as err:
+        taken = path.parent / err.name
+        raise ConfigError(
+            f"{'' if default else flag + ' '}{path}"
+            + (" exists" if taken == path else f": {taken} exists")
+            + " and was not written by cnnlab, which never overwrites a file it did not write: "
+            + (f"give {flag} a new file name" if default else "name a new file")
+            + f", or move {taken}"
+        ) from None
+    return path
+
+
+def _through_a_file(folder: Path) -> bool:
+    """Whether the nearest existing folder on the way to ``folder`` is a file (``--out
+    photo.jpg/x``): the command's write then fails with the operating system's one-line reason."""
+    for part in (folder, *folder.parents):
+        if os.path.lexists(part):
+            return not part.is_dir()
+    return False
+
+
+class _Taken(ConfigError):
+    """A name claim_outputs refuses to overwrite (``name``: relative to the folder)."""
+
+    def __init__(self, message: str, name: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+def _where(folder: Path, default: bool, flag: str) -> str:
+    return f"output folder {folder}" if default else f"{flag} {folder}"
+
+
+def _not_ours(folder: Path, name: str, default: bool, flag: str) -> _Taken:
+    fix = f"give {flag} a new or empty folder" if default else "name a new or empty folder"
+    return _Taken(
+        f"{_where(folder, default, flag)}: {name} exists and was not written by cnnlab, which never "
+        f"overwrites a file it did not write: {fix}, or move {folder / name}",
+        name,
+    )
+
+
 def record_evaluation(
     out_dir: Path | None,
     *,

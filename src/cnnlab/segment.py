@@ -73,6 +73,7 @@ from cnnlab.models.segmentation import create_segmentation_model
 from cnnlab.report.render import drop_early, start_renderer
 from cnnlab.run import (
     check_one_dataset,
+    claim_outputs,
     evaluation_dir,
     load_run_model,
     read_json,
@@ -714,7 +715,10 @@ def predict_segmentation(
     ignore = int(meta.get("ignore_index", 255))
     palette = np.asarray(meta.get("palette") or [], dtype=np.uint8).reshape(-1, 3)
     files = list_images(inputs)
-    out = Path(out_dir)
+    out = claim_outputs(
+        out_dir, ["predictions.json", "masks/", *(["overlays/"] if overlays else [])],
+        command="segment predict",
+    )  # fmt: skip
     (out / "masks").mkdir(parents=True, exist_ok=True)
     if overlays:
         (out / "overlays").mkdir(parents=True, exist_ok=True)

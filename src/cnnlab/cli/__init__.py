@@ -2067,9 +2067,12 @@ def _conv(args: argparse.Namespace) -> int:
     if picture is None and result.source:
         picture = f"{Path(result.source).stem}_conv.png"
     if picture is not None:
-        from cnnlab.report.conv_figure import write_conv_figure  # matplotlib only when drawing
+        from cnnlab.report.conv_figure import conv_figure_path, write_conv_figure  # (matplotlib)
+        from cnnlab.run import claim_output_file
 
-        picture = str(write_conv_figure(result, picture))  # the file written (.png added, ...)
+        target = conv_figure_path(result, picture)  # .png added, a folder's name inside it
+        claim_output_file(target, command="conv", default=args.out is None)
+        picture = str(write_conv_figure(result, target))
     if args.json:
         print(json.dumps(result.to_dict() | {"picture": picture}, indent=2))
         return 0

@@ -146,9 +146,10 @@ def _run_predict_cli(args: argparse.Namespace, out: Any) -> int:
     out_dir = args.out or str(Path("runs") / "video" / Path(args.video).stem)
     if args.video_action == "track":
         summary = api.video_track(args.run, args.video, args.gt, out_dir, iou_threshold=args.iou,
-                                  **_options(args))  # fmt: skip
+                                  default_out=args.out is None, **_options(args))  # fmt: skip
     else:
-        summary = api.video_predict(args.run, args.video, out_dir, **_options(args))
+        summary = api.video_predict(args.run, args.video, out_dir, default_out=args.out is None,
+                                    **_options(args))  # fmt: skip
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
         return 0

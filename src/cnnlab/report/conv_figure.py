@@ -100,6 +100,16 @@ def conv_figure(result: Any) -> Any:
     return fig
 
 
+def conv_figure_path(result: Any, path: str | Path) -> Path:
+    """The file :func:`write_conv_figure` writes for ``path``: a folder gets ``<image name>_conv.png``
+    (``conv.png`` for typed arrays) inside it, a name without a suffix gets ``.png``."""
+    path = Path(path).expanduser()
+    if path.is_dir():  # it wrote FOLDER.png beside the folder and said FOLDER
+        stem = Path(result.source).stem + "_conv" if result.source else "conv"
+        return path / f"{stem}.png"
+    return path if path.suffix else path.with_name(path.name + ".png")
+
+
 def write_conv_figure(result: Any, path: str | Path) -> Path:
     """Draw :func:`conv_figure` into a PNG file at ``path``; returns the path written.
 
@@ -109,12 +119,7 @@ def write_conv_figure(result: Any, path: str | Path) -> Path:
     use_file_backend()
     import matplotlib.pyplot as plt
 
-    path = Path(path).expanduser()
-    if path.is_dir():  # it wrote FOLDER.png beside the folder and said FOLDER
-        stem = Path(result.source).stem + "_conv" if result.source else "conv"
-        path = path / f"{stem}.png"
-    elif not path.suffix:
-        path = path.with_name(path.name + ".png")
+    path = conv_figure_path(result, path)
     fig = conv_figure(result)
     try:
         kinds = fig.canvas.get_supported_filetypes()

@@ -565,10 +565,7 @@ def explain_image(
         target_layer=target_layer,
         class_names=names,
     )
-    if out_dir is None:
-        base = Path(run_or_checkpoint)
-        base = base if base.is_dir() else Path(weights).parent
-        out_dir = default_explain_dir(base, image_path)
+    out_dir = explain_dir(out_dir, run_or_checkpoint, Path(weights), image_path)
     html_path = write_explain_page(
         trace,
         cams,
@@ -602,6 +599,28 @@ def recorded_image(image_path: str | Path) -> str:
     second page ``<stem>-2`` (:func:`default_explain_dir` compares these). The page and the log
     show the path as given."""
     return str(Path(image_path).resolve())
+
+
+#: what explain writes into its folder: the page, its numbers, and figures/ (cnnlab's as a whole)
+EXPLAIN_OUTPUTS = ["explain.html", "explain.json", "figures/"]
+
+
+def explain_dir(
+    out_dir: str | Path | None, run_or_checkpoint: str | Path, weights: Path, image_path: Path
+) -> Path:
+    """The folder explain writes into, claimed (:func:`cnnlab.run.claim_outputs`: a page or
+    figures/ already there that cnnlab did not write is refused before anything is written):
+    ``out_dir``, else :func:`default_explain_dir` beside the run or checkpoint."""
+    from cnnlab.run import claim_outputs
+
+    default = out_dir is None
+    if out_dir is None:
+        base = Path(run_or_checkpoint)
+        base = base if base.is_dir() else weights.parent
+        out_dir = default_explain_dir(base, image_path)
+    # a page of this image from before the folder's record was kept: cnnlab's own, replaced
+    adopt = default and (Path(out_dir) / "explain.json").is_file()
+    return claim_outputs(out_dir, EXPLAIN_OUTPUTS, command="explain", default=default, adopt=adopt)
 
 
 def default_explain_dir(base: Path, image_path: Path) -> Path:
@@ -997,10 +1016,7 @@ def explain_dense_image(
         lead = f"{len(boxes)} box{plural} scoring at least {threshold:g}" + (
             f": {found}" if found else "."
         )
-    if out_dir is None:
-        base = Path(run_or_checkpoint)
-        base = base if base.is_dir() else Path(weights).parent
-        out_dir = default_explain_dir(base, image_path)
+    out_dir = explain_dir(out_dir, run_or_checkpoint, Path(weights), image_path)
     html_path = write_dense_page(
         trace,
         cams,

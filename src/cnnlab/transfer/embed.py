@@ -66,6 +66,16 @@ def penultimate_features(
     return torch.cat(captured).numpy(), torch.cat(targets).numpy()
 
 
+def _npz_path(out: str | Path, split: str) -> Path:
+    """The file written for ``out``: a folder gets ``embeddings-<split>.npz`` inside it (it wrote
+    FOLDER.npz beside it), a name without ``.npz`` gets it (NumPy adds it itself: the name it
+    writes is said, not the one given)."""
+    out = Path(out)
+    if out.is_dir():
+        return out / f"embeddings-{split}.npz"
+    return out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
+
+
 def embed(
     run_or_checkpoint: str | Path,
     data: str | None = None,
@@ -83,14 +93,21 @@ def embed(
     10 % test) unless it has its own train/val/test folders. ``split`` is all | train | val | test.
     ``out`` defaults to ``<run>/embeddings-<split>.npz`` (next to the checkpoint outside a run);
     an existing folder gets that name inside it, and a name not ending in ``.npz`` gets ``.npz``
-    added. Returns the path written.
+    added; an ``out`` already there that cnnlab did not write is refused
+    (cnnlab.run.claim_output_file). Returns the path written.
     """
     from cnnlab.config import PreprocessSpec, TrainConfig, make_config
     from cnnlab.data.sources import concat_splits, load_source, split_by_ids
     from cnnlab.engine.devices import resolve_device
     from cnnlab.engine.loaders import make_loader, split_to_uint8
     from cnnlab.engine.weights import load_checkpoint_model
-    from cnnlab.run import check_one_dataset, read_json, run_dir_of, source_config
+    from cnnlab.run import (
+        check_one_dataset,
+        claim_output_file,
+        read_json,
+        run_dir_of,
+        source_config,
+    )
 
     check_one_dataset(data, relocated_data)
     if split not in SPLITS:
@@ -98,6 +115,9 @@ def embed(
             f"--split {split!r} is not a split{close_matches(split, SPLITS)}; choose from "
             f"{', '.join(SPLITS)}"
         )
+    if out is not None:  # the file it will write, claimed before the long work
+        out = _npz_path(out, split)
+        claim_output_file(out, command="embed")
     dev = resolve_device(device)
     model, meta, weights = load_checkpoint_model(run_or_checkpoint, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
@@ -124,11 +144,7 @@ def embed(
     if out is None:
         folder = run_dir if run_dir is not None else Path(weights).parent
         out = folder / f"embeddings-{split}.npz"
-    out = Path(out)
-    if out.is_dir():  # a folder: the default name inside it (it wrote FOLDER.npz beside it)
-        out = out / f"embeddings-{split}.npz"
-    elif out.suffix != ".npz":  # NumPy adds .npz itself: say the name it writes, not the one given
-        out = out.with_name(out.name + ".npz")
+    out = _npz_path(out, split)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         out,

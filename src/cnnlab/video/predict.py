@@ -44,7 +44,7 @@ import numpy as np
 
 from cnnlab.config import Device, check_literals, make_config
 from cnnlab.errors import ConfigError, close_matches
-from cnnlab.run import checkpoint_metadata, write_json
+from cnnlab.run import checkpoint_metadata, claim_outputs, write_json
 from cnnlab.video.io import Frame, VideoInfo, VideoWriter, iter_frames, probe
 from cnnlab.video.tracking import (
     FrameTracks,
@@ -572,6 +572,9 @@ def predict_video(
     video: str | Path,
     out_dir: str | Path,
     config: VideoPredictConfig | None = None,
+    *,
+    command: str = "video predict",
+    default_out: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """Run a cnnlab classifier, detector or clip model over ``video`` and write the timeline,
@@ -583,6 +586,9 @@ def predict_video(
     ``notes`` (rotation / variable frame rate handled), ``paths`` (every file written),
     ``frames_per_s`` (decoding + model + tracking), and for detectors ``tracks``, ``counts`` and
     ``score_threshold``. A missing, corrupt or truncated video raises DataError naming it.
+    A file of these already in ``out_dir`` that cnnlab did not write is refused
+    (:func:`cnnlab.run.claim_outputs`; ``default_out``: a folder cnnlab chose, ``command``: the
+    one the folder's record names).
     """
     from cnnlab.engine.devices import resolve_device
 
@@ -594,9 +600,10 @@ def predict_video(
     for note in notes:
         log.warning(note)
     task = run_task(run)
-    dev = resolve_device(cfg.device)
-    out = Path(out_dir)
+    out = claim_outputs(out_dir, video_outputs(task, cfg.draw, command), command=command,
+                        default=default_out)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(cfg.device)
     passes = {"classification": _classify_pass, "detection": _detect_pass,
               "video-classification": _clip_pass}  # fmt: skip
     p = passes[task](run, video, info, cfg, dev)
@@ -629,6 +636,16 @@ def predict_video(
     return summary
 
 
+def video_outputs(task: str, draw: bool, command: str = "video predict") -> list[str]:
+    """The files :func:`predict_video` (``command`` video track: and :func:`track_video`) writes."""
+    names = ["video.json", "timeline.csv", "timeline.json", "events.csv", "events.json"]
+    if task == "detection":
+        names += ["detections.csv", "tracks.csv", "trajectories.json", "counts.json"]
+    if command == "video track":
+        names.append("mot_metrics.json")
+    return names + (["annotated.mp4"] if draw else [])
+
+
 def track_video(
     run: str | Path,
     video: str | Path,
@@ -636,6 +653,7 @@ def track_video(
     out_dir: str | Path,
     *,
     iou_threshold: float = 0.5,
+    default_out: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """Detect and track objects in ``video`` (as :func:`predict_video`) and score the tracks
@@ -646,7 +664,9 @@ def track_video(
         raise ConfigError(
             f"cnnlab video track needs a detection run; {run} is a {run_task(run)} run"
         )
-    summary = predict_video(run, video, out_dir, **options)
+    summary = predict_video(
+        run, video, out_dir, command="video track", default_out=default_out, **options
+    )
     hyp = read_mot(summary["paths"]["tracks_csv"])
     timeline = json.loads(Path(summary["paths"]["timeline_json"]).read_text())
     frames = [row["frame"] + 1 for row in timeline["frames"]]  # MOT frames count from 1
