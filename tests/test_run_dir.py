@@ -460,6 +460,9 @@ def test_a_default_output_folder_follows_the_same_rule(tmp_path: Path) -> None:
     (folder / OUTPUT_RECORD).write_text("not cnnlab's")  # a file of that name cnnlab did not write
     with pytest.raises(ConfigError, match=re.escape(f"or move {folder / OUTPUT_RECORD}")):
         claim_outputs(folder, ["timeline.csv"], command="video predict", default=True)
+    # said before a long computation: a check that writes nothing (the claim comes before the write)
+    assert claim_outputs(tmp_path / "z", ["a.csv"], command="embed", record=False) == tmp_path / "z"
+    assert not (tmp_path / "z").exists()
     (folder / "figures").mkdir()  # an empty folder of the name is taken, a full one refused
     claim_outputs(folder / "figures", [], command="explain")
     assert claim_outputs(tmp_path / "x", ["figures/"], command="explain") == tmp_path / "x"

@@ -260,13 +260,14 @@ def lr_find(
     from cnnlab.transfer import lr_find as find
     from cnnlab.transfer import plot_lr_find
 
-    if plot:  # said before the test runs
-        claim_output_file(plot, command="lr-find", flag="--plot")
+    if plot:  # said before the test runs, recorded when the plot is drawn
+        claim_output_file(plot, command="lr-find", flag="--plot", record=False)
     cfg = (
         config if isinstance(config, TrainConfig) else make_config(TrainConfig, config, **overrides)
     )
     result = find(cfg, start=start, end=end, steps=steps, seed=cfg.seed if seed is None else seed)
     if plot:
+        claim_output_file(plot, command="lr-find", flag="--plot")
         result["plot"] = str(plot_lr_find(result, plot))
     return result
 

@@ -505,6 +505,8 @@ def predict_detection(
     views = check_detect_tta(parse_tta(tta))  # said before anything is loaded
     if score_threshold is not None:  # an out-of-range override is said before the model loads
         score_threshold = score_threshold_of(None, score_threshold)
+    names_out = ["predictions.json", "skipped.json", *(["images/"] if draw else [])]
+    claim_outputs(out_dir, names_out, command="detect predict", record=False)
     if is_onnx(run):
         dev, model = torch.device("cpu"), OnnxModel(run, task="detection")
         meta, trained = model.meta, "32"
@@ -522,10 +524,7 @@ def predict_detection(
     cats = list(meta.get("category_ids") or range(len(names)))
     threshold = score_threshold_of(meta.get("score_threshold"), score_threshold)
     files = list_images(inputs)
-    out = claim_outputs(
-        out_dir, ["predictions.json", "skipped.json", *(["images/"] if draw else [])],
-        command="detect predict",
-    )  # fmt: skip
+    out = claim_outputs(out_dir, names_out, command="detect predict")
     if draw:
         (out / "images").mkdir(parents=True, exist_ok=True)
     mean = torch.tensor(spec.mean, device=dev).view(1, -1, 1, 1)

@@ -108,6 +108,7 @@ def claim_outputs(
     default: bool = False,
     flag: str = "--out",
     adopt: bool = False,
+    record: bool = True,
 ) -> Path:
     """The one door of every command that writes into an output folder (``--out``, or one cnnlab
     chose: ``default``): before anything is written, refuse (a one-line ConfigError naming the
@@ -118,7 +119,8 @@ def claim_outputs(
     alone. Costs one small JSON read and write, and a stat per name (no file is read).
     ``adopt``: the caller knows a folder without a record holds cnnlab's own output from before
     records were kept (explain's default folder whose explain.json names the same image); its
-    ``names`` are taken as cnnlab's."""
+    ``names`` are taken as cnnlab's. ``record=False``: check only, write nothing (a command that
+    says so before a long computation, and claims just before it writes)."""
     folder = Path(folder).expanduser()
     if _through_a_file(folder):  # nothing there to overwrite: the command's own write says so
         return folder
@@ -146,6 +148,8 @@ def claim_outputs(
             taken = os.path.lexists(path)
         if taken:
             raise _not_ours(folder, name, default, flag)
+    if not record:
+        return folder
     outputs |= {name: command for name in names}
     folder.mkdir(parents=True, exist_ok=True)
     write_json(record_path, {
@@ -157,8 +161,8 @@ def claim_outputs(
 
 
 def claim_output_file(path: str | Path, *, command: str, also: tuple[str, ...] = (),
-                      default: bool = False, flag: str = "--out",
-                      adopt: bool = False) -> Path:  # fmt: skip
+                      default: bool = False, flag: str = "--out", adopt: bool = False,
+                      record: bool = True) -> Path:  # fmt: skip
     """:func:`claim_outputs` for a command whose ``flag`` names one file (export, conv's
     picture, embed, lr-find's ``--plot``): the record is kept in the file's folder. ``also``:
     files written beside it (an export's ``.preprocess.json``)."""
@@ -167,7 +171,7 @@ def claim_output_file(path: str | Path, *, command: str, also: tuple[str, ...] =
         return path  # the command's own check says it wants a file name
     try:
         claim_outputs(path.parent, [path.name, *also], command=command, default=default, flag=flag,
-                      adopt=adopt)  # fmt: skip
+                      adopt=adopt, record=record)  # fmt: skip
     except _Taken as err:
         taken = path.parent / err.name
         raise ConfigError(

@@ -701,6 +701,8 @@ def predict_segmentation(
     from cnnlab.report.segmentation_report import colorize, overlay
 
     views = check_segment_tta(parse_tta(tta))
+    names_out = ["predictions.json", "masks/", *(["overlays/"] if overlays else [])]
+    claim_outputs(out_dir, names_out, command="segment predict", record=False)  # said first
     if is_onnx(run):
         dev, model = torch.device("cpu"), OnnxModel(run, task="segmentation")
         meta, trained = model.meta, "32"
@@ -715,10 +717,7 @@ def predict_segmentation(
     ignore = int(meta.get("ignore_index", 255))
     palette = np.asarray(meta.get("palette") or [], dtype=np.uint8).reshape(-1, 3)
     files = list_images(inputs)
-    out = claim_outputs(
-        out_dir, ["predictions.json", "masks/", *(["overlays/"] if overlays else [])],
-        command="segment predict",
-    )  # fmt: skip
+    out = claim_outputs(out_dir, names_out, command="segment predict")
     (out / "masks").mkdir(parents=True, exist_ok=True)
     if overlays:
         (out / "overlays").mkdir(parents=True, exist_ok=True)

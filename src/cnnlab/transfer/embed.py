@@ -115,9 +115,9 @@ def embed(
             f"--split {split!r} is not a split{close_matches(split, SPLITS)}; choose from "
             f"{', '.join(SPLITS)}"
         )
-    if out is not None:  # the file it will write, claimed before the long work
+    if out is not None:  # the file it will write, checked before the model runs
         out = _npz_path(out, split)
-        claim_output_file(out, command="embed")
+        claim_output_file(out, command="embed", record=False)
     dev = resolve_device(device)
     model, meta, weights = load_checkpoint_model(run_or_checkpoint, dev)
     spec = PreprocessSpec.from_dict(meta["preprocess"])
@@ -141,10 +141,14 @@ def embed(
     images = split_to_uint8(chosen, spec)
     loader = make_loader(images, chosen.targets, spec, dev, batch_size)
     features, labels = penultimate_features(model, loader, dev)
+    default_out = out is None
     if out is None:
         folder = run_dir if run_dir is not None else Path(weights).parent
         out = folder / f"embeddings-{split}.npz"
+    # a --out of the user's is claimed; the default is a file of the run folder, cnnlab's own
     out = _npz_path(out, split)
+    if not default_out:
+        claim_output_file(out, command="embed")
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         out,

@@ -600,8 +600,8 @@ def predict_video(
     for note in notes:
         log.warning(note)
     task = run_task(run)
-    out = claim_outputs(out_dir, video_outputs(task, cfg.draw, command), command=command,
-                        default=default_out)  # fmt: skip
+    names_out = video_outputs(task, cfg.draw, command)
+    out = claim_outputs(out_dir, names_out, command=command, default=default_out, record=False)
     out.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(cfg.device)
     passes = {"classification": _classify_pass, "detection": _detect_pass,
@@ -613,6 +613,7 @@ def predict_video(
         log.warning(notes[-1])
     smoothed, top, present = _smooth(p, cfg)
     events = _events(p, cfg, smoothed, top, present)
+    claim_outputs(out, names_out, command=command, default=default_out)  # recorded, then written
     paths = _write_timeline(out, task, p, cfg, smoothed, top) | _write_events(out, cfg, events)
     summary: dict[str, Any] = {
         "task": task, "run": str(run), "video": str(video), "out_dir": str(out),
