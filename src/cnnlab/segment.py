@@ -18,7 +18,6 @@ image's own size before taking the arg-max.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import warnings
@@ -130,7 +129,7 @@ def _image_size(cfg: SegmentConfig, bundle: MaskBundle, resumed: Path | None = N
         return cfg.image_size
     recorded = resumed / "preprocess.json" if resumed is not None else None
     if recorded is not None and recorded.is_file():  # a resume goes on at the run's own size
-        return int(json.loads(recorded.read_text())["image_size"])
+        return int(read_json(recorded)["image_size"])
     side = bundle.square_side()  # images that all share one square size keep it
     if side:
         return max(side, 16)
