@@ -186,16 +186,14 @@ def items_from_folder(
         groups = []
         for split_dir in split_dirs:
             class_dirs, loose = _list_dir(split_dir, root_real, visited, listing)
-            listing.unplaced.extend(str(f) for f in loose if _is_image_name(f.name, extensions))
-            listing.non_image.extend(
-                str(f) for f in loose if not _is_image_name(f.name, extensions)
-            )
+            listing.unplaced.extend(f for f in loose if _is_image_name(f, extensions))
+            listing.non_image.extend(f for f in loose if not _is_image_name(f, extensions))
             groups.append((split_dir.name, class_dirs))
     else:
         groups = [("", top_dirs)]
 
-    loose_images = [f for f in top_files if _is_image_name(f.name, extensions)]
-    listing.non_image.extend(str(f) for f in top_files if not _is_image_name(f.name, extensions))
+    loose_images = [f for f in top_files if _is_image_name(f, extensions)]
+    listing.non_image.extend(f for f in top_files if not _is_image_name(f, extensions))
     if all(not class_dirs for _, class_dirs in groups):
         hint = f"; found {len(loose_images)} image files directly in it" if loose_images else ""
         raise DataError(
@@ -203,7 +201,7 @@ def items_from_folder(
             "no class folders found: expected root/<class>/<image> or root/train/<class>/<image> "
             f"(cnnlab does not split automatically){hint}",
         )
-    listing.unplaced.extend(str(f) for f in loose_images)
+    listing.unplaced.extend(loose_images)
 
     all_classes: set[str] = set()
     for split, class_dirs in groups:
@@ -211,13 +209,17 @@ def items_from_folder(
         all_classes.update(d.name for d in class_dirs)
         for class_dir in class_dirs:
             for path in _walk_files(class_dir, root_real, visited, listing, extensions):
-                listing.items.append(DataItem(str(path), class_dir.name, split or None))
+                listing.items.append(DataItem(path, class_dir.name, split or None))
     listing.class_names = sorted(all_classes)
     return listing
 
 
-def _is_image_name(name: str, extensions: frozenset[str] | None = None) -> bool:
-    return Path(name).suffix.lower() in (IMAGE_EXTENSIONS if extensions is None else extensions)
+def _is_image_name(path: str, extensions: frozenset[str] | None = None) -> bool:
+    """Whether a file's name (or path) ends in an image extension (``extensions``: instead)."""
+    # os.path, not Path(name).suffix: the same answer for every name a listing keeps (hidden
+    # names are ignored first), without a Path object per file (0.03 s of a 5,000-file scan)
+    suffix = os.path.splitext(path)[1]
+    return suffix.lower() in (IMAGE_EXTENSIONS if extensions is None else extensions)
 
 
 def _inside(real: str, root_real: str) -> bool:
@@ -226,36 +228,38 @@ def _inside(real: str, root_real: str) -> bool:
 
 def _list_dir(
     directory: Path, root_real: str, visited: set[str], listing: FolderListing
-) -> tuple[list[Path], list[Path]]:
-    """(sub-directories, files) of ``directory``, sorted, after ignore and symlink rules."""
+) -> tuple[list[Path], list[str]]:
+    """(sub-directories, file paths) of ``directory``, sorted, after ignore and symlink rules.
+    Files stay strings (the listing's type): one Path per file cost a re-run's scan 0.05 s."""
     dirs: list[Path] = []
-    files: list[Path] = []
+    files: list[str] = []
     with os.scandir(directory) as it:
         entries = sorted(it, key=lambda e: e.name)
+    prefix = "" if str(directory) == "." else str(directory)  # as Path(directory) / name spells it
     for entry in entries:
-        path = Path(entry.path)
+        path = os.path.join(prefix, entry.name)
         if is_ignored_name(entry.name):
-            listing.ignored.append(str(path))
+            listing.ignored.append(path)
             continue
         if entry.is_symlink():
             real = os.path.realpath(path)
             if not _inside(real, root_real):
-                listing.outside_root.append(str(path))
+                listing.outside_root.append(path)
                 continue
             if os.path.isdir(real):
                 if real in visited:  # a loop, or a second name for a folder already listed
                     continue
                 visited.add(real)
-                dirs.append(path)
+                dirs.append(Path(path))
             else:
                 files.append(path)  # includes broken links: decoding reports "file not found"
         elif entry.is_dir(follow_symlinks=False):
             visited.add(os.path.realpath(path))
-            dirs.append(path)
+            dirs.append(Path(path))
         elif entry.is_file(follow_symlinks=False):
             files.append(path)
         else:  # FIFO, socket, device: reading could block; never data
-            listing.non_image.append(str(path))
+            listing.non_image.append(path)
     return dirs, files
 
 
@@ -265,13 +269,13 @@ def _walk_files(
     visited: set[str],
     listing: FolderListing,
     extensions: frozenset[str] | None = None,
-) -> Iterable[Path]:
+) -> Iterable[str]:
     dirs, files = _list_dir(directory, root_real, visited, listing)
     for f in files:
-        if _is_image_name(f.name, extensions):
+        if _is_image_name(f, extensions):
             yield f
         else:
-            listing.non_image.append(str(f))
+            listing.non_image.append(f)
     for d in dirs:
         yield from _walk_files(d, root_real, visited, listing, extensions)
 
@@ -835,7 +839,9 @@ class ScanReport:
         files = d.pop("files")
         head = json.dumps(d, indent=indent, ensure_ascii=False)  # ends with "\n}"
         pad = " " * indent
-        rows = ",\n".join(pad * 2 + json.dumps(r, ensure_ascii=False) for r in files)
+        # one encoder for every record: json.dumps with an option makes a new one per call
+        encode = json.JSONEncoder(ensure_ascii=False).encode
+        rows = ",\n".join(pad * 2 + encode(r) for r in files)
         return f'{head[:-2]},\n{pad}"files": [\n{rows}\n{pad}]\n}}'
 
     def summary_table(self):  # -> rich.table.Table (rich imported lazily: CLI-only dependency)

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
@@ -277,8 +278,8 @@ def layer_table(model: nn.Module, image_size: int, in_channels: int) -> list[dic
 def flops_of(model: nn.Module, x: Tensor) -> int:
     """FLOPs of one eval-mode forward pass of ``model`` on ``x`` (multiply-add = 2 FLOPs), counted by
     torch's FlopCounterMode. The one FLOP counter: models show, the precision policy, reports."""
-    # imported here: 0.1 s (it loads triton's runtime), which only counting needs
-    from torch.utils.flop_counter import FlopCounterMode
+    with _without_triton_import():  # imported here, and without triton: only counting needs it
+        from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
     try:
@@ -288,6 +289,32 @@ def flops_of(model: nn.Module, x: Tensor) -> int:
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
+
+
+@contextlib.contextmanager
+def _without_triton_import() -> Iterator[None]:
+    """torch.utils.flop_counter imported without importing triton's runtime.
+
+    Why: the module imports ``triton.runtime.jit`` at import time (0.09 s on a 2-core CPU, on the
+    critical path of every ``cnnlab train``) only to recognise hand-written triton kernels, which
+    an eager forward pass of a zoo model never launches; when triton is missing it counts
+    everything else as usual. So, unless triton is already loaded, the import is answered "not
+    installed" (a ``None`` entry in ``sys.modules``) for this one import and torch's warning about
+    it is silenced; the entry is taken out after, so a later ``import triton`` (torch.compile)
+    loads it normally."""
+    name = "triton.runtime.jit"
+    if name in sys.modules or "torch.utils.flop_counter" in sys.modules:
+        yield
+        return
+    torch_log = logging.getLogger("torch.utils.flop_counter")
+    was_disabled, torch_log.disabled = torch_log.disabled, True
+    sys.modules[name] = None  # type: ignore[assignment]  # `import` raises ImportError
+    try:
+        yield
+    finally:
+        if sys.modules.get(name, 0) is None:
+            del sys.modules[name]
+        torch_log.disabled = was_disabled
 
 
 @contextlib.contextmanager
