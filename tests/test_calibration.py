@@ -220,7 +220,7 @@ def test_demo_run_flags_photos_noise_and_white(tmp_path, odd_images, capsys):
     assert "looks out of domain" in (tmp_path / "x" / "explain.html").read_text()
 
 
-def _same_predictions(got, want, tol: float = 1e-5) -> None:
+def assert_same_predictions(got, want, tol: float = 1e-5) -> None:
     for g, w in zip(got, want, strict=True):
         assert [c for c, _ in g.top] == [c for c, _ in w.top]
         np.testing.assert_allclose([p for _, p in g.top], [p for _, p in w.top], atol=tol)
@@ -237,17 +237,19 @@ def test_an_exported_checkpoint_carries_the_calibration(run: Path, digits, tmp_p
     meta = read_export_metadata(out)
     assert meta["temperature"] == record["temperature"]
     assert meta["out_of_domain"]["threshold"] == record["out_of_domain"]["threshold"]
-    _same_predictions(api.predict(out, digits, top_k=3), api.predict(run, digits, top_k=3))
+    assert_same_predictions(api.predict(out, digits, top_k=3), api.predict(run, digits, top_k=3))
 
 
 @pytest.mark.slow  # an ONNX export: seconds
 def test_onnx_applies_the_calibration(run: Path, digits, odd_images, tmp_path):
     from cnnlab import api
-    from cnnlab.export import export_model
+    from cnnlab.export import export_model, read_export_metadata
 
+    record = json.loads((run / "calibration.json").read_text())
     out = export_model(run, format="onnx", out=tmp_path / "model.onnx").path
+    assert read_export_metadata(out)["temperature"] == record["temperature"]
     files = [*digits, *odd_images.values()]
-    _same_predictions(api.predict(out, files, top_k=3), api.predict(run, files, top_k=3))
+    assert_same_predictions(api.predict(out, files, top_k=3), api.predict(run, files, top_k=3))
 
 
 def test_evaluate_uses_the_temperature_and_leaves_the_run_as_recorded(
