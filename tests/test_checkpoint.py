@@ -82,7 +82,7 @@ def _save(manager, tag, value):
         tag,
         {"w": torch.full((4,), float(value))},
         {"v": value},
-        {"epoch": value, "step": 0, "complete_epoch": True},
+        {"epoch": value - 1, "step": 0, "complete_epoch": True},  # the loop's 0-based index
     )
 
 
@@ -131,7 +131,7 @@ def _best_checks(folder: Path, manifest_best_epoch: int) -> tuple[dict, dict]:
 
 def test_best_is_a_hard_link_to_the_epochs_weights_not_a_second_copy(tmp_path):
     m = CheckpointManager(tmp_path, keep=1)
-    m.save("epoch-0001", _weights(1), {"v": 1}, {"epoch": 1, "step": 0}, is_best=True)
+    m.save("epoch-0001", _weights(1), {"v": 1}, {"epoch": 0, "step": 0}, is_best=True)
     epoch, best = tmp_path / "epoch-0001.safetensors", tmp_path / "best.safetensors"
     assert best.stat().st_ino == epoch.stat().st_ino and best.stat().st_nlink == 2
     weights, meta = _best_checks(tmp_path, 1)
@@ -140,14 +140,14 @@ def test_best_is_a_hard_link_to_the_epochs_weights_not_a_second_copy(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # the link's temporary name was renamed away
 
     # the next epoch, not the best: epoch-0001 is pruned (unlinked) and best keeps its inode
-    m.save("epoch-0002", _weights(2), {"v": 2}, {"epoch": 2, "step": 0}, is_best=False)
+    m.save("epoch-0002", _weights(2), {"v": 2}, {"epoch": 1, "step": 0}, is_best=False)
     assert not epoch.exists() and best.stat().st_nlink == 1
     weights, meta = _best_checks(tmp_path, 1)
     assert meta["v"] == 1 and torch.equal(weights["w"], torch.ones(4))
     assert (tmp_path / "epoch-0002.safetensors").stat().st_ino != best.stat().st_ino
 
     # a newer best replaces the link atomically; the file it pointed to before is left as it was
-    m.save("epoch-0003", _weights(3), {"v": 3}, {"epoch": 3, "step": 0}, is_best=True)
+    m.save("epoch-0003", _weights(3), {"v": 3}, {"epoch": 2, "step": 0}, is_best=True)
     assert best.stat().st_ino == (tmp_path / "epoch-0003.safetensors").stat().st_ino
     weights, meta = _best_checks(tmp_path, 3)
     assert meta["v"] == 3 and torch.equal(weights["w"], torch.full((4,), 3.0))
@@ -155,7 +155,7 @@ def test_best_is_a_hard_link_to_the_epochs_weights_not_a_second_copy(tmp_path):
 
 def test_averaged_best_weights_are_their_own_file(tmp_path):
     m = CheckpointManager(tmp_path, keep=1)
-    m.save("epoch-0001", _weights(1), {"v": 1}, {"epoch": 1, "step": 0}, is_best=True,
+    m.save("epoch-0001", _weights(1), {"v": 1}, {"epoch": 0, "step": 0}, is_best=True,
            best=(_weights(7), {"v": 1, "weights": "ema"}))  # fmt: skip
     epoch, best = tmp_path / "epoch-0001.safetensors", tmp_path / "best.safetensors"
     assert best.stat().st_ino != epoch.stat().st_ino and best.stat().st_nlink == 1
@@ -170,7 +170,7 @@ def test_best_is_a_full_copy_where_the_filesystem_has_no_hard_links(tmp_path, mo
 
     monkeypatch.setattr(checkpoint.os, "link", no_links)
     m = CheckpointManager(tmp_path, keep=1)
-    m.save("epoch-0001", _weights(1), {"v": 1}, {"epoch": 1, "step": 0}, is_best=True)
+    m.save("epoch-0001", _weights(1), {"v": 1}, {"epoch": 0, "step": 0}, is_best=True)
     epoch, best = tmp_path / "epoch-0001.safetensors", tmp_path / "best.safetensors"
     assert best.stat().st_ino != epoch.stat().st_ino
     # the same tensors and metadata (not the same bytes: safetensors may order the header's
@@ -180,13 +180,13 @@ def test_best_is_a_full_copy_where_the_filesystem_has_no_hard_links(tmp_path, mo
     weights, meta = _best_checks(tmp_path, 1)
     assert meta["v"] == 1 and torch.equal(weights["w"], torch.ones(4))
     assert not list(tmp_path.glob(".*.tmp"))
-    m.save("epoch-0002", _weights(2), {"v": 2}, {"epoch": 2, "step": 0}, is_best=False)
+    m.save("epoch-0002", _weights(2), {"v": 2}, {"epoch": 1, "step": 0}, is_best=False)
     assert _best_checks(tmp_path, 1)[1]["v"] == 1
 
 
 def test_a_stale_temporary_link_is_cleaned(tmp_path):
     m = CheckpointManager(tmp_path, keep=1)
-    m.save("epoch-0001", _weights(1), {"v": 1}, {"epoch": 1, "step": 0}, is_best=True)
+    m.save("epoch-0001", _weights(1), {"v": 1}, {"epoch": 0, "step": 0}, is_best=True)
     # a kill between os.link and os.replace leaves a second name for the epoch's weights
     os.link(tmp_path / "epoch-0001.safetensors", tmp_path / ".best.safetensors.x1y2z3.tmp")
     CheckpointManager(tmp_path)

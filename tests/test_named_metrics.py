@@ -68,7 +68,8 @@ def test_segmentation_records_val_miou_and_selects_on_it(tmp_path: Path) -> None
     assert f"val_miou {miou[-1]:.4f}" in lines[-1]
     assert f"val_accuracy {float(rows[-1]['val_accuracy']):.4f}" in lines[-1]
     best = CheckpointManager(result.run_dir / "checkpoints").manifest()["best"]["epoch"]
-    assert best == max(range(2), key=lambda i: (miou[i], -i))  # the checkpoint is chosen on mIoU
+    # the checkpoint is chosen on mIoU (the manifest counts epochs from 1)
+    assert best == 1 + max(range(2), key=lambda i: (miou[i], -i))
 
 
 def test_detection_records_map_and_no_loss_or_accuracy(tmp_path: Path) -> None:

@@ -54,6 +54,29 @@ def test_default_keep_still_resumes(tmp_path: Path) -> None:
     }  # fmt: skip
 
 
+def test_the_manifest_counts_epochs_from_one_and_an_old_manifest_still_resumes(
+    tmp_path: Path,
+) -> None:
+    """checkpoints/manifest.json says epoch 1 for epoch-0001, as run.json, metrics.csv and every
+    message count (it said 0, the loop's index); a run whose manifest was written that way still
+    resumes where it stopped: resume reads the loop's index from the state file."""
+    first = api.train(out=str(tmp_path), name="r", epochs=2, keep="all", **DIGITS)
+    path = first.run_dir / "checkpoints" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert [(e["tag"], e["epoch"]) for e in manifest["checkpoints"]] == [
+        ("epoch-0001", 1), ("epoch-0002", 2),
+    ]  # fmt: skip
+    final = json.loads((first.run_dir / "run.json").read_text())["final_weights"]
+    assert manifest["best"]["epoch"] == final["epoch"] in (1, 2)
+    for entry in [*manifest["checkpoints"], manifest["best"]]:  # as cnnlab wrote it before
+        entry["epoch"] -= 1
+    path.write_text(json.dumps(manifest, indent=2))
+    again = api.train(resume=str(first.run_dir), epochs=3, **DIGITS)
+    assert [h["epoch"] for h in again.history] == [1, 2, 3]
+    newest = json.loads(path.read_text())["checkpoints"][-1]
+    assert (newest["tag"], newest["epoch"]) == ("epoch-0003", 3)
+
+
 def test_run_size_is_printed(tmp_path: Path) -> None:
     console = Console(file=io.StringIO(), width=400)
     run = api.train(out=str(tmp_path), epochs=1, console=console, **DIGITS)

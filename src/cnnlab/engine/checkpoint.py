@@ -305,19 +305,24 @@ class CheckpointManager:
     ) -> Path:
         """Write `<tag>.safetensors` + `<tag>.state.pt` (+ best), then the manifest; prune old epochs.
 
-        `best`: (weights, metadata) for best.safetensors when they are not `weights` (the averaged
-        weights of --ema)."""
+        `state`: the trainer's loop state, whose ``epoch`` is the loop's 0-based index of the epoch
+        it finished (or, mid-epoch, is in). `best`: (weights, metadata) for best.safetensors when
+        they are not `weights` (the averaged weights of --ema)."""
         wpath, spath = self.folder / f"{tag}.safetensors", self.folder / f"{tag}.state.pt"
         save_weights(wpath, weights, metadata)
         save_state(spath, state)
         manifest = self.manifest()
+        # The manifest counts epochs from 1, as the file names, run.json, metrics.csv and every
+        # message do (epoch-0001 holds epoch 1); it was the loop's 0-based index. Resume reads
+        # the loop's own index from the state file, so manifests written either way resume alike.
+        epoch = None if state.get("epoch") is None else int(state["epoch"]) + 1
         entries = [e for e in manifest["checkpoints"] if e["tag"] != tag]
         entries.append(
             {
                 "tag": tag,
                 "weights": self._entry(wpath.name),
                 "state": self._entry(spath.name),
-                "epoch": state.get("epoch"),
+                "epoch": epoch,
                 "step": state.get("step"),
                 "complete_epoch": state.get("complete_epoch"),
             }
@@ -334,7 +339,7 @@ class CheckpointManager:
             else:
                 save_weights(path, *(best or (weights, metadata)))
                 manifest["best"] = self._entry(path.name)
-            manifest["best"]["epoch"] = state.get("epoch")
+            manifest["best"]["epoch"] = epoch
         keep = len(entries) if self.keep is None else self.keep
         stale = entries[:-keep] if len(entries) > keep else []
         manifest["checkpoints"] = entries[-keep:]
