@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -141,14 +142,22 @@ def test_export_bad_input(run: Path) -> None:
 
 
 @pytest.mark.slow
-def test_compare(run: Path) -> None:
-    proc = ok("compare", str(run), str(run), "--json")
-    r = json.loads(proc.stdout)  # a run against itself: no disagreement, no difference
+def test_compare(run: Path, work: Path) -> None:
+    twin = work / "tiny-twin"  # the run's test predictions in another folder: the same answers
+    twin.mkdir(exist_ok=True)
+    shutil.copy(run / "test_predictions.npz", twin)
+    proc = ok("compare", str(run), str(twin), "--json")
+    r = json.loads(proc.stdout)  # no disagreement, no difference
     assert r["difference"] == 0 and r["mcnemar"]["b"] == r["mcnemar"]["c"] == 0
 
 
 def test_compare_bad_input(run: Path) -> None:
     assert_user_error("compare", str(run), str(run.parent / "gone"), names="gone")
+    # a run against itself was "compared": difference +0.0000, p-value 1
+    assert_user_error("compare", str(run), str(run),
+                      names=["compare needs two different runs", f"{run} was given twice"])  # fmt: skip
+    assert_user_error("compare", str(run), f"{run}/.",
+                      names=[f"{run} and {run}/. are the same run"])  # fmt: skip
 
 
 @pytest.mark.slow

@@ -367,11 +367,22 @@ def compare(run_a: str | Path, run_b: str | Path, *, seed: int = 0) -> dict[str,
     """Two runs' predictions on the same test set: accuracies, paired-bootstrap difference, exact McNemar test."""
     from cnnlab.metrics.stats import compare_predictions
 
-    loaded = []
-    for run in (run_a, run_b):
-        path = Path(run) / "test_predictions.npz"
+    paths = [Path(run) / "test_predictions.npz" for run in (run_a, run_b)]
+    for run, path in zip((run_a, run_b), paths, strict=True):
         if not path.is_file():
             raise DataError(run, "has no test_predictions.npz; run `cnnlab evaluate` on it first")
+    # a run against itself agreed with itself on every image: "difference +0.0000, p = 1", a
+    # comparison that looked like an answer. samefile: also the same folder spelled twice
+    # (runs/a and runs/a/, a link to it)
+    if paths[0].samefile(paths[1]):
+        twice = (f"{run_a} was given twice" if str(run_a) == str(run_b)
+                 else f"{run_a} and {run_b} are the same run")  # fmt: skip
+        raise ConfigError(
+            f"compare needs two different runs; {twice}: give a second run tested on the same "
+            "images"
+        )
+    loaded = []
+    for path in paths:
         with np.load(path, allow_pickle=False) as z:
             loaded.append({k: z[k] for k in ("probs", "targets", "ids")})
     a, b = loaded
