@@ -150,6 +150,30 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert "checkpoints" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["train", "--data", "builtin:moving-shapes?n=40"],
+         "`cnnlab video train --data builtin:moving-shapes?n=40`"),
+        (["segment", "train", "--data", "builtin:moving-shapes"], "`cnnlab video train"),
+        (["detect", "train", "--data", "builtin:moving-shapes"], "`cnnlab video train"),
+        (["cv", "--data", "builtin:moving-shapes"], "`cnnlab video train"),
+        (["video", "train", "--data", "builtin:shapes?n=50"],
+         "`cnnlab train --data builtin:shapes?n=50`"),
+        (["video", "train", "--data", "builtin:mnist-sample"], "`cnnlab train --data"),
+    ],
+)  # fmt: skip
+def test_a_builtin_of_another_task_names_the_command_that_takes_it(tmp_path, capsys, argv, named):
+    """builtin:moving-shapes given to an image command was "unknown builtin dataset" (or, to
+    detection, "has no boxes"); an image builtin given to `video train` was "unknown builtin video
+    dataset"."""
+    code = main([*argv, "--epochs", "1", "--out", str(tmp_path)])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and named in lines[0], lines
+    assert "unknown" not in lines[0] and "has no boxes" not in lines[0]
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
 def test_api_errors_name_what_is_wrong(tmp_path):
     with pytest.raises(ConfigError, match="unknown builtin dataset 'digit'.*digits"):
         api.train(data="builtin:digit", out=str(tmp_path))

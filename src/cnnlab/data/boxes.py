@@ -207,9 +207,10 @@ def load_box_source(
 
 
 def _builtin(data: str, val: float, test: float, seed: int) -> BoxBundle:
-    from cnnlab.data.builtin import load_builtin
+    from cnnlab.data.builtin import load_builtin, refuse_video_builtin
 
     spec = data[len("builtin:") :]
+    refuse_video_builtin(spec)  # its clips do carry boxes: "has no boxes" sent the user away
     if not spec.startswith("shapes"):
         raise ConfigError(f"{data} has no boxes; detection uses builtin:shapes?objects=K")
     ds = load_builtin(spec)

@@ -175,8 +175,23 @@ BUILTINS = {
 }
 
 
+#: builtin datasets of clips (cnnlab.video.synthetic), not images: an image command given one
+#: names the command that takes it instead of listing the image builtins
+VIDEO_BUILTINS = ("moving-shapes",)
+
+
+def refuse_video_builtin(spec: str) -> None:
+    """A one-line ConfigError when ``spec`` (what follows ``builtin:``) names a video dataset."""
+    if spec.partition("?")[0] in VIDEO_BUILTINS:
+        raise ConfigError(
+            f"builtin:{spec} is a video dataset (short clips), not images: train on it with "
+            f"`cnnlab video train --data builtin:{spec}`"
+        )
+
+
 def load_builtin(spec: str) -> ArrayDataset:
     """`spec` is what follows `builtin:`, e.g. `mnist-sample` or `shapes?n=500&size=48&seed=1`."""
+    refuse_video_builtin(spec)
     name, _, query = spec.partition("?")
     if name not in BUILTINS:
         raise ConfigError(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cnnlab.data.builtin import SHAPE_CLASSES, builtin_options, shape_mask
+from cnnlab.data.builtin import BUILTINS, SHAPE_CLASSES, builtin_options, shape_mask
 from cnnlab.errors import ConfigError, close_matches
 
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
@@ -141,6 +141,11 @@ _OPTIONS = {"n": int, "frames": int, "size": int, "seed": int, "directions": int
 def load_video_builtin(spec: str) -> VideoDataset:
     """``spec`` is what follows ``builtin:``, e.g. ``moving-shapes?n=200&frames=8``."""
     name, _, query = spec.partition("?")
+    if name in BUILTINS:  # an image dataset: name the command that takes it
+        raise ConfigError(
+            f"builtin:{spec} is an image dataset, not clips: train on it with `cnnlab train "
+            f"--data builtin:{spec}`; the video builtin is builtin:moving-shapes"
+        )
     if name != "moving-shapes":
         raise ConfigError(
             f"unknown builtin video dataset {name!r}{close_matches(name, ['moving-shapes'])}; "
