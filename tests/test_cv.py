@@ -270,6 +270,45 @@ def test_summary_covers_every_score_of_every_fold():
     assert not {"tp[a]", "support[a]", "num_samples", "ece_bins"} & set(summary)
 
 
+def test_the_calibration_temperature_is_listed_per_fold_not_summarized_as_a_score(tmp_path):
+    """Each fold's test metrics carry the temperature T fitted on its validation split; the
+    summary gave it a mean and a t interval as if it were a score (cut to [0, 1] besides, so T =
+    1.7 got an interval ending at 1). It is listed per fold, with its range, on its own."""
+    import io
+    import types
+
+    from rich.console import Console
+
+    from cnnlab.cli.cv import print_summary
+    from cnnlab.tasks.classify.cv import CVResult, _write_summary
+
+    rng = np.random.default_rng(0)
+    folds, temperatures = [], [1.7, 1.9, 1.6]
+    for t in temperatures:
+        targets = rng.integers(0, 3, 60)
+        metrics = classification_metrics(targets, rng.dirichlet(np.ones(3), 60),
+                                         class_names=["a", "b", "c"])  # fmt: skip
+        folds.append(metrics | {"temperature": t})
+    summary = summarize_folds(folds)
+    assert "temperature" not in summary and "accuracy" in summary
+    result = CVResult(tmp_path, 3, summary, {"accuracy": 0.4}, tmp_path / "oof_predictions.csv",
+                      [tmp_path / f"fold-{i}" for i in (1, 2, 3)], ["trained"] * 3,
+                      temperatures=temperatures)  # fmt: skip
+    _write_summary(result, types.SimpleNamespace(seed=0), "builtin:x")
+    written = json.loads((tmp_path / "cv_summary.json").read_text())
+    assert "temperature" not in written["metrics"]
+    assert written["temperature"] | {"about": ""} == {
+        "about": "", "values": temperatures, "min": 1.6, "max": 1.9,
+    }  # fmt: skip
+    row = (tmp_path / "cv_summary.csv").read_text().splitlines()[-1]
+    assert row == "temperature,,,,,3,1.7,1.9,1.6,"  # each fold's T: no mean, std or interval
+    console = Console(file=io.StringIO(), width=200)
+    print_summary(result, console)
+    shown = console.file.getvalue()
+    assert "calibration temperature per fold: 1.7, 1.9, 1.6 (range 1.6 to 1.9;" in shown
+    assert not any(ln.lstrip("│ ").startswith("temperature") for ln in shown.splitlines())
+
+
 # -- out-of-fold predictions -------------------------------------------------------------------------
 def test_out_of_fold_csv_holds_each_sample_once_and_cnnlab_metrics_reads_it(tmp_path):
     from cnnlab.tasks.classify.cv import _out_of_fold

@@ -69,6 +69,11 @@ def print_summary(result: Any, out: Any) -> None:
         table.add_row(name, f4(s["mean"]) + n, f4(s["std"]), interval,
                       f4(result.out_of_fold.get(name)))  # fmt: skip
     out.print(table)
+    fitted = [t for t in result.temperatures if t is not None]
+    if fitted:  # a setting fitted per fold, not a score: no mean or interval
+        each = ", ".join("-" if t is None else f"{t:.3g}" for t in result.temperatures)
+        out.print(f"calibration temperature per fold: {each} (range {min(fitted):.3g} to "
+                  f"{max(fitted):.3g}; fitted on each fold's validation split, not a score)")  # fmt: skip
     kept = sum(state == "finished earlier" for state in result.status)
     if kept:
         out.print(f"{kept} of {result.folds} folds were finished earlier and kept")

@@ -18,11 +18,14 @@ import numpy as np
 
 __all__ = ["flatten_metrics", "fold_interval", "score_range", "summarize_folds"]
 
-# classification_metrics entries that are not scores: counts, settings, arrays, notes
+# classification_metrics entries that are not scores: counts, settings, arrays, notes.
+# temperature: the calibration's T (probs = softmax(logits / T)), fitted on each fold's
+# validation split; a setting, not a score of the test fold, so a t interval of it means nothing
+# (cut to [0, 1] besides, as a rate's). cnnlab cv lists it per fold on its own
 _NOT_SCORES = frozenset(
     {"num_samples", "num_classes", "ece_bins", "threshold", "class_names", "confusion_matrix",
      "reliability", "confidence_intervals", "warnings", "tp", "fp", "tn", "fn", "support",
-     "positive_class", "count"}
+     "positive_class", "count", "temperature"}
 )  # fmt: skip
 _AVERAGES = ("macro", "weighted", "micro", "samples")  # samples: multi-label reports only
 _RANGES = {"log_loss": (0.0, math.inf), "cohen_kappa": (-1.0, 1.0), "mcc": (-1.0, 1.0)}

@@ -16,7 +16,8 @@ CV/                        --out/--name (default name cv-MODEL-DATA-TIME)
                            thresholds, score_<label>); `cnnlab metrics CV/oof_predictions.csv`
                            scores it
   cv_summary.json / .csv   every test metric: each fold's value, mean, std, t interval (k-1 df),
-                           and the pooled out-of-fold value
+                           and the pooled out-of-fold value; each fold's calibration temperature
+                           apart (JSON "temperature"; the CSV's temperature row: per fold only)
 
 Resume: rerunning the same command (same --out and --name) keeps the finished folds (test
 predictions and metrics written), resumes an interrupted fold from its newest verified checkpoint
@@ -74,6 +75,10 @@ class CVResult:
     fold_dirs: list[Path]
     status: list[str]  # per fold: "trained", "resumed" or "finished earlier"
     confidence: float = CONFIDENCE
+    # per fold: the calibration temperature T its test metrics used (fitted on the fold's
+    # validation split; 1: uncalibrated; None: a multi-label fold has none). A setting, not a
+    # score: listed beside the summary, never given an interval
+    temperatures: list[float | None] = dataclasses.field(default_factory=list)
 
 
 def cross_validate(
@@ -153,7 +158,9 @@ def cross_validate(
 
     oof = _out_of_fold(cv_dir, pool, fold_of, names, results)
     summary = summarize_folds([metrics for metrics, _ in results], CONFIDENCE)
-    result = CVResult(cv_dir, k, summary, oof["scores"], oof["path"], fold_dirs, status)
+    temperatures = [metrics.get("temperature") for metrics, _ in results]
+    result = CVResult(cv_dir, k, summary, oof["scores"], oof["path"], fold_dirs, status,
+                      temperatures=temperatures)  # fmt: skip
     _write_summary(result, cfg, pooled.source)
     finish_run_dir(cv_dir, console)
     return result
@@ -350,6 +357,19 @@ def _write_multilabel_oof(
     return {"path": path, "scores": flatten_metrics(pooled)}
 
 
+def _temperature_record(temperatures: Sequence[float | None]) -> dict[str, Any]:
+    """cv_summary.json's ``temperature``: each fold's fitted T and their range ({} when no fold
+    has one: multi-label)."""
+    fitted = [t for t in temperatures if t is not None]
+    if not fitted:
+        return {}
+    return {"temperature": {
+        "about": "each fold's calibration temperature (probs = softmax(logits / T)), fitted on "
+                 "its validation split: a setting, not a score",
+        "values": list(temperatures), "min": min(fitted), "max": max(fitted),
+    }}  # fmt: skip
+
+
 def _write_summary(result: CVResult, cfg: TrainConfig, source: str) -> None:
     """cv_summary.json and cv_summary.csv (one row per metric, a column per fold)."""
     k = result.folds
@@ -360,7 +380,8 @@ def _write_summary(result: CVResult, cfg: TrainConfig, source: str) -> None:
          "fold_dirs": [d.name for d in result.fold_dirs],
          "out_of_fold_predictions": result.oof_csv.name,
          "metrics": {name: s | {"out_of_fold": result.out_of_fold.get(name)}
-                     for name, s in result.summary.items()}},
+                     for name, s in result.summary.items()},
+         **_temperature_record(result.temperatures)},
     )  # fmt: skip
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -374,5 +395,9 @@ def _write_summary(result: CVResult, cfg: TrainConfig, source: str) -> None:
         stats = [cell(s[key]) for key in ("mean", "std", "low", "high")]
         per_fold = [cell(v) for v in s["values"]]
         writer.writerow([name, *stats, s["n"], *per_fold, cell(result.out_of_fold.get(name))])
+    if any(t is not None for t in result.temperatures):  # each fold's T, no statistics of it
+        n = sum(t is not None for t in result.temperatures)
+        writer.writerow(["temperature", "", "", "", "", n,
+                         *(cell(t) for t in result.temperatures), ""])  # fmt: skip
     data = text.getvalue().encode()
     atomic_write(result.cv_dir / "cv_summary.csv", lambda f: f.write(data))
