@@ -93,12 +93,18 @@ def test_evaluate_on_other_data_limits_unreadable_images_with_its_own_options(
     )  # fmt: skip
 
 
-def test_predict(run: Path, digits: list[Path]) -> None:
-    proc = ok("predict", str(run), *map(str, digits), "--format", "json", "--top-k", "2")
+def test_predict(run: Path, digits: list[Path], work: Path) -> None:
+    out = work / "predicted"
+    proc = ok("predict", str(run), *map(str, digits), "--format", "json", "--top-k", "2",
+              "--out", str(out))  # fmt: skip
     rows = json.loads(proc.stdout)
     assert [Path(r["path"]).name for r in rows] == [p.name for p in digits]
     assert all(len(r["top"]) == 2 and 0 <= r["top"][0][1] <= 1 for r in rows)
     assert all("labels" not in r and r["answer"] == r["top"][0][0] for r in rows)  # multi-label's
+    # --out: a classification run ignored it; now the same rows in OUT/predictions.json
+    assert json.loads((out / "predictions.json").read_text()) == {"run": str(run),
+                                                                  "predictions": rows}  # fmt: skip
+    assert f"predictions written to {out / 'predictions.json'}" in proc.stderr
     assert_user_error(
         "predict", str(run.parent / "no-such-run"), str(digits[0]), names="no-such-run"
     )

@@ -114,6 +114,7 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "cli/runs.py": ("runs",),
     "tasks/classify/evaluate.py:evaluate": ("evaluate",),
     "tasks/classify/predict.py:predict": ("predict",),
+    "tasks/classify/predict.py:predictions": ("predict",),
     "engine/predict.py:predict_files": ("predict",),  # --top-k (a run or an exported model)
     "cli/__init__.py:_score_predictions_csv": ("metrics",),  # --threshold
     "transfer/embed.py:embed": ("embed",),  # --split

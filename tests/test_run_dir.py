@@ -378,6 +378,7 @@ OUT_COMMANDS = [
     (("explain",), "segmentation", "explain.json"),
     (("segment", "predict"), "segmentation", "predictions.json"),
     (("detect", "predict"), "detection", "predictions.json"),
+    (("predict",), "classification", "predictions.json"),  # the rows of --format json
     (("predict",), "segmentation", "masks/photo.png"),  # masks/: a folder cnnlab fills whole
     (("predict",), "detection", "images/photo.png"),
 ]

@@ -145,17 +145,18 @@ def predict(
     the mirror's boxes merged in). ``score_threshold`` (detection runs only, as `cnnlab detect
     predict --score-threshold`): boxes scoring at least this (default: the run's).
 
-    Segmentation, detection and video runs write their predictions as files to `out` (mask PNGs and
-    overlays; COCO results JSON and drawn boxes; timeline, events and an annotated video) and return
-    what their predict returns."""
+    ``out``: a classification run also writes its predictions to ``out/predictions.json`` (the
+    rows of `cnnlab predict --format json`). Segmentation, detection and video runs write their
+    predictions as files to `out` (mask PNGs and overlays; COCO results JSON and drawn boxes;
+    timeline, events and an annotated video) and return what their predict returns."""
     entry = task_of(run_or_checkpoint)
     views = _tta_option(tta, entry.name, run_or_checkpoint)
     threshold = _score_threshold_option(score_threshold, entry.name)
-    if not entry.predicts_to_files:
+    if not entry.predicts_to_files:  # with out: also written to out/predictions.json
         return entry.predict(
             run_or_checkpoint, inputs, top_k=top_k, device=device, batch_size=batch_size,
             precision=precision, operating_point=operating_point, min_confidence=min_confidence,
-            **views,
+            out=out, **views,
         )  # fmt: skip
     if out is None:
         raise ConfigError(

@@ -631,7 +631,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run", help="run directory, .safetensors checkpoint or exported .onnx")
     p.add_argument("inputs", nargs="+", help="image files or folders (a video for a video run)")
-    p.add_argument("--out", default=None, help="output folder (segmentation, detection, video)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder: predictions.json (the rows of --format json) for a classification "
+        "run; masks, boxes or a video's timeline for segmentation, detection and video runs",
+    )
     p.add_argument(
         "--top-k",
         type=_positive_int,
@@ -1692,9 +1697,13 @@ def _predict(args: argparse.Namespace) -> int:
         args.run, args.inputs, top_k=args.top_k, device=args.device, precision=args.precision,
         operating_point=args.operating_point, min_confidence=args.min_confidence, tta=args.tta,
         score_threshold=args.score_threshold,  # refused: a classification run has no boxes
+        out=args.out,  # also predictions.json there
     )  # fmt: skip
     if args.precision != "auto":  # stdout stays the predictions alone (csv / json parse it)
         err.print(f"inference precision: {args.precision}")
+    if args.out is not None:  # on stderr too: stdout stays the predictions
+        err.print(f"predictions written to {Path(args.out) / 'predictions.json'}", markup=False,
+                  soft_wrap=True)  # fmt: skip
     if any(p.labels is not None for p in preds):  # a multi-label run
         _print_multilabel_predictions(preds, args.format)
         return 1 if any(p.error for p in preds) else 0
@@ -1710,9 +1719,10 @@ def _predict(args: argparse.Namespace) -> int:
         )
     domain = any(p.out_of_domain for p in preds)
     _warn_out_of_domain(preds)
-    if args.format == "json":  # "labels" is a multi-label run's key: not null on every row here
-        rows = [dataclasses.asdict(p) | {"answer": p.answer} for p in preds]
-        print(json.dumps([{k: v for k, v in r.items() if k != "labels"} for r in rows], indent=2))
+    if args.format == "json":  # the rows of --out's predictions.json
+        from cnnlab.engine.predict import json_rows
+
+        print(json.dumps(json_rows(preds), indent=2))
     elif args.format == "csv":
         import csv
 
@@ -1780,12 +1790,10 @@ _IMAGE_COLUMN: dict[str, Any] = {"overflow": "fold"}
 def _print_multilabel_predictions(preds: list[Any], fmt: str) -> None:
     """A multi-label run's answers: each image's labels at or above their thresholds, with their
     probabilities (json and csv: every label's probability and threshold too)."""
-    if fmt == "json":
-        rows = [
-            dataclasses.asdict(p) | {"answer": ";".join(n for n, _, _ in p.predicted_labels)}
-            for p in preds
-        ]
-        print(json.dumps(rows, indent=2))
+    if fmt == "json":  # the rows of --out's predictions.json
+        from cnnlab.engine.predict import json_rows
+
+        print(json.dumps(json_rows(preds), indent=2))
         return
     if fmt == "csv":
         import csv

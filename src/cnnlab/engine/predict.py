@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,19 @@ class Prediction:
         if not self.top:
             return None
         return "unknown" if self.unknown else self.top[0][0]
+
+
+def json_rows(preds: list[Prediction]) -> list[dict[str, Any]]:
+    """The predictions as `cnnlab predict --format json` prints them and ``--out``'s
+    predictions.json holds them: every field, and ``answer`` (the top class or "unknown"; a
+    multi-label run's labels at or above their thresholds joined with ";"). A single-label run's
+    rows leave out ``labels``, a multi-label run's key that would be null on every row."""
+    if any(p.labels is not None for p in preds):  # a multi-label run
+        return [
+            asdict(p) | {"answer": ";".join(n for n, _, _ in p.predicted_labels)} for p in preds
+        ]
+    rows = [asdict(p) | {"answer": p.answer} for p in preds]
+    return [{k: v for k, v in r.items() if k != "labels"} for r in rows]
 
 
 def predict_files(

@@ -16,16 +16,61 @@ from cnnlab.engine.calibration import (
 )
 from cnnlab.engine.devices import inference_precision, resolve_channels_last, resolve_device
 from cnnlab.engine.onnx import is_onnx
-from cnnlab.engine.predict import Prediction, predict_files
+from cnnlab.engine.predict import Prediction, json_rows, predict_files
 from cnnlab.engine.tta import parse_tta
 from cnnlab.engine.weights import load_checkpoint_model
 from cnnlab.errors import ConfigError
-from cnnlab.run import checkpoint_metadata, resolve_weights, run_dir_of, trained_precision
+from cnnlab.run import (
+    checkpoint_metadata,
+    claim_outputs,
+    resolve_weights,
+    run_dir_of,
+    trained_precision,
+    write_json,
+)
 from cnnlab.tasks.classify import multilabel
 from cnnlab.tasks.classify.operating_point import for_weights, read_operating_point
 
+#: what `predict RUN IMAGES --out DIR` writes into DIR for a classification run
+PREDICTIONS_FILE = "predictions.json"
+
 
 def predict(
+    run_or_checkpoint: str | Path,
+    inputs: list[str | Path],
+    *,
+    top_k: int = 5,
+    device: str = "auto",
+    batch_size: int = 256,
+    precision: str = "auto",
+    operating_point: bool = True,
+    min_confidence: float | None = None,
+    tta: str | tuple[str, ...] | None = None,
+    out: str | Path | None = None,
+) -> list[Prediction]:
+    """Class names and probabilities for images/folders (:func:`predictions`); with ``out``,
+    also written to ``out/predictions.json``: ``{"run", "tta" (when used), "predictions": [the
+    rows of --format json]}`` (cnnlab.engine.predict.json_rows), the file named predictions.json
+    as segmentation's and detection's. The folder is claimed as every --out is
+    (:func:`cnnlab.run.claim_outputs`): a predictions.json of the user's is refused before the
+    model loads."""
+    if out is not None:  # said before the model loads, recorded just before the file is written
+        claim_outputs(out, [PREDICTIONS_FILE], command="predict", record=False)
+    preds = predictions(
+        run_or_checkpoint, inputs, top_k=top_k, device=device, batch_size=batch_size,
+        precision=precision, operating_point=operating_point, min_confidence=min_confidence,
+        tta=tta,
+    )  # fmt: skip
+    if out is not None:
+        folder = claim_outputs(out, [PREDICTIONS_FILE], command="predict")
+        views = parse_tta(tta)
+        tta_record = {"tta": list(views)} if views else {}
+        record = {"run": str(run_or_checkpoint)} | tta_record | {"predictions": json_rows(preds)}
+        write_json(folder / PREDICTIONS_FILE, record)
+    return preds
+
+
+def predictions(
     run_or_checkpoint: str | Path,
     inputs: list[str | Path],
     *,
