@@ -66,7 +66,7 @@ INFERENCE = (
 EVALUATORS = ("evaluate", "segment evaluate", "detect evaluate", "video evaluate")
 #: the commands that write files into a folder or file --out names (cnnlab.run.claim_outputs)
 OUT_WRITERS = ("predict", "segment predict", "detect predict", "explain", "video predict",
-               "video track", "export", "conv", "embed")  # fmt: skip
+               "video track", "export", "conv", "embed", "transfer-study", "tune")  # fmt: skip
 PRINTED_BY: dict[str, tuple[str, ...]] = {
     "engine/devices.py:resolve_device": DEVICE,  # only when --device cuda/mps was asked for
     "config.py:score_threshold_of": ("detect predict", "explain"),  # only with --score-threshold

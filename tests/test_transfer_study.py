@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,54 @@ def test_study_from_a_source_that_is_not_there_says_not_found(tmp_path):
     assert_user_error(
         "transfer-study", str(tmp_path / "nope"), "--data", "builtin:digits", names="not found"
     )
+
+
+#: a one-cell study (scratch needs no source weights): seconds
+TINY_STUDY = {"model": "lenet5", "shots": (None,), "strategies": ("scratch",), "epochs": 1,
+              "batch_size": 8, "device": "cpu"}  # fmt: skip
+TINY_DATA = "builtin:shapes?n=60&size=16"
+
+
+def test_a_study_refuses_the_users_files_in_its_folder_before_training(tmp_path, monkeypatch):
+    """study.json / study.md / study.png of the user's in --out (or in the default folder) were
+    overwritten without a word; refused in one line naming the file before anything trains."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "study.md").write_text("my notes")
+    with pytest.raises(ConfigError, match=re.escape(
+        f"--out {mine}: study.md exists and was not written by cnnlab, which never overwrites a "
+        f"file it did not write: name a new or empty folder, or move {mine / 'study.md'}"
+    )):  # fmt: skip
+        transfer_study("imagenet", TINY_DATA, out=mine, **TINY_STUDY)
+    assert (mine / "study.md").read_text() == "my notes" and sorted(mine.iterdir()) == [
+        mine / "study.md"
+    ]  # nothing trained, nothing recorded
+    monkeypatch.chdir(tmp_path)
+    default = Path("runs/transfer-study")
+    default.mkdir(parents=True)
+    (default / "study.json").write_text('{"mine": true}')
+    with pytest.raises(ConfigError, match=r"^output folder runs/transfer-study: study\.json exists"
+                       r".*give --out a new or empty folder"):  # fmt: skip
+        transfer_study("imagenet", TINY_DATA, **TINY_STUDY)
+    assert not (default / "runs").exists()
+
+
+@pytest.mark.slow  # three one-cell studies: ~10 s
+def test_a_study_replaces_its_own_files_and_those_of_an_earlier_cnnlab(tmp_path):
+    """A study run again into its folder replaces its own study files (the folder's record lists
+    them) and keeps the user's others; a study folder from before the record is cnnlab's too."""
+    from cnnlab.run import OUTPUT_RECORD
+
+    out = tmp_path / "study"
+    transfer_study("imagenet", TINY_DATA, out=out, **TINY_STUDY)
+    record = json.loads((out / OUTPUT_RECORD).read_text())["outputs"]
+    assert record == dict.fromkeys(["study.json", "study.md", "study.png"], "transfer-study")
+    (out / "notes.txt").write_text("mine")
+    transfer_study("imagenet", TINY_DATA, out=out, **TINY_STUDY)  # again: its own files
+    (out / OUTPUT_RECORD).unlink()  # as an older cnnlab left the folder
+    study = transfer_study("imagenet", TINY_DATA, out=out, **TINY_STUDY)
+    assert json.loads((out / "study.json").read_text())["runs"] == study["runs"]
+    assert len(list((out / "runs").iterdir())) == 3 and (out / "notes.txt").read_text() == "mine"
 
 
 def test_write_class_subset_keeps_only_the_asked_classes(tmp_path):

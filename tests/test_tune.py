@@ -414,6 +414,53 @@ def test_segmentation_study_on_the_same_code(tmp_path: Path) -> None:
     assert "no per-sample test predictions" in proc.stdout
 
 
+TINY = {"space": ["lr=log:0.01:0.1"], "data": "builtin:shapes?n=60&size=16", "epochs": 1,
+        "batch_size": 8, "report": False, "device": "cpu"}  # fmt: skip
+
+
+def test_tune_refuses_the_users_files_in_its_folder_before_any_trial(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """trials.csv, importances.json, best_config.json, comparison.json and test/ of the user's in
+    --out (or in the default runs/tune-STUDY/) were overwritten by the summary; refused in one line
+    naming the file before the first trial trains."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "best_config.json").write_text('{"lr": 0.1}')
+    with pytest.raises(ConfigError, match=re.escape(
+        f"--out {mine}: best_config.json exists and was not written by cnnlab, which never "
+        f"overwrites a file it did not write: name a new or empty folder, or move "
+        f"{mine / 'best_config.json'}"
+    )):  # fmt: skip
+        st.tune(trials=1, out=mine, **TINY)
+    assert [p.name for p in mine.iterdir()] == ["best_config.json"]  # no journal, no trial
+    monkeypatch.chdir(tmp_path)
+    default = Path("runs/tune-default/test")
+    default.mkdir(parents=True)
+    (default / "my-results.csv").write_text("x")
+    with pytest.raises(ConfigError, match=r"^output folder runs/tune-default: test/ exists and "
+                       r"was not written by cnnlab.*give --out a new or empty folder"):  # fmt: skip
+        st.tune(trials=1, **TINY)
+    assert sorted(p.name for p in default.parent.iterdir()) == ["test"]
+
+
+@pytest.mark.slow  # three one-epoch trials: ~10 s
+def test_a_summary_replaces_its_own_files_and_those_of_an_earlier_cnnlab(tmp_path: Path) -> None:
+    """The next summary of a study replaces the last one's files (the folder's record lists
+    them); a tune folder from before the record (trials.csv of tune's columns) is cnnlab's too:
+    its study resumes and is summed up again."""
+    from cnnlab.run import OUTPUT_RECORD
+
+    out = tmp_path / "tune"
+    st.tune(trials=1, out=out, **TINY)
+    assert "trials.csv" in json.loads((out / OUTPUT_RECORD).read_text())["outputs"]
+    st.tune(trials=2, out=out, **TINY)  # the study goes on: its own summary replaced
+    (out / OUTPUT_RECORD).unlink()  # as an older cnnlab left the folder
+    result = st.tune(trials=3, out=out, **TINY)
+    assert len(result["trials"]) == 3 and (out / OUTPUT_RECORD).is_file()
+    assert len((out / "trials.csv").read_text().splitlines()) == 4
+
+
 def test_tune_leaves_optunas_verbosity_as_it_found_it(tmp_path: Path) -> None:
     """Optuna's verbosity is the whole process's: tune quiets Optuna while its study runs and
     puts the caller's level back after, also when it stops on an error."""

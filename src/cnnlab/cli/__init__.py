@@ -559,7 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="0",
         help="comma-separated seeds: each setting once per seed",
     )
-    p.add_argument("--out", default="runs/transfer-study", help="folder for the study and its runs")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder for the study and its runs (default runs/transfer-study)",
+    )
     # every other training option goes to each run of the study (the study sets these itself)
     add_train_options(p, skip=STUDY_SETS, config_file=False)
 
@@ -1183,7 +1187,7 @@ def _finetune(args: argparse.Namespace) -> int:
 @command("transfer-study")
 def _transfer_study(args: argparse.Namespace) -> int:
     from cnnlab import api
-    from cnnlab.transfer.study import markdown_table
+    from cnnlab.transfer.study import DEFAULT_OUT, markdown_table
 
     shots = args.shots  # [int | None]: parsed and checked by _shot_list
     study = api.transfer_study(
@@ -1200,7 +1204,7 @@ def _transfer_study(args: argparse.Namespace) -> int:
     # one table row per line, however narrow the terminal: wrapped rows are no markdown table
     # to paste, and "[26.7, 80.0]" is text, not rich markup
     out.print(markdown_table(study), soft_wrap=True, markup=False)
-    out.print(f"study written to {args.out} (study.json, study.md, plot)")
+    out.print(f"study written to {args.out or DEFAULT_OUT} (study.json, study.md, plot)")
     return 0
 
 

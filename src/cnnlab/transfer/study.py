@@ -12,12 +12,16 @@ and reports test accuracy with its 95 % percentile-bootstrap interval (each run'
 labels scratch often catches up -- the curve shows where for *this* data.
 
 Outputs in ``out``: ``study.json`` (every run + summary), ``study.md`` (a table: labels per class x
-strategy) and ``study.png`` (accuracy vs labels per class, one line per strategy, CI error bars).
+strategy) and ``study.png`` (accuracy vs labels per class, one line per strategy, CI error bars),
+claimed as every output folder is (:func:`cnnlab.run.claim_outputs`: a file of the user's with one
+of these names is refused before the first run trains), and the runs under ``out/runs/`` (new
+folders, never overwritten).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +32,10 @@ import numpy as np
 from cnnlab.errors import ConfigError, close_matches
 
 log = logging.getLogger(__name__)
+
+DEFAULT_OUT = "runs/transfer-study"  # the study's folder when none is given
+#: the files a study writes into its folder (beside its runs/), claimed there
+STUDY_FILES = ["study.json", "study.md", "study.png"]
 
 SCRATCH = "scratch"
 
@@ -100,11 +108,12 @@ def transfer_study(
     model: str | None = None,
     epochs: int = 10,
     seeds: Sequence[int] = (0,),
-    out: str | Path = "runs/transfer-study",
+    out: str | Path | None = None,
     **train_overrides: Any,
 ) -> dict[str, Any]:
     """Train every (shots, strategy, seed) on ``data`` and compare test accuracy (see module doc).
 
+    ``out``: the study's folder (default :data:`DEFAULT_OUT`).
     ``shots``: labelled training images per class (None = the whole training split). ``model``
     defaults to the source checkpoint's model. ``train_overrides`` go to every ``cnnlab.api.train`` call
     (``batch_size``, ``lr``, ``image_size``, ...); ``image_size`` defaults to the source's. The
@@ -113,7 +122,7 @@ def transfer_study(
     """
     from cnnlab.config import TrainConfig, make_config
     from cnnlab.data.sources import few_shot, load_source
-    from cnnlab.run import write_json
+    from cnnlab.run import claim_outputs, write_json
     from cnnlab.tasks.classify.train import train as train_classifier
     from cnnlab.transfer.recipes import STRATEGIES
     from cnnlab.transfer.source import check_source_found
@@ -150,7 +159,11 @@ def transfer_study(
         size = (meta.get("preprocess") or {}).get("image_size")
         if size:
             train_overrides["image_size"] = int(size)
-    out = Path(out)
+    default = out is None
+    out = Path(DEFAULT_OUT if out is None else out)
+    claim = {"command": "transfer-study", "default": default, "adopt": _earlier_study(out)}
+    # said before the first of many runs trains; recorded just before the files are written
+    claim_outputs(out, STUDY_FILES, record=False, **claim)
     out.mkdir(parents=True, exist_ok=True)
     base = make_config(TrainConfig, data=data, model=model, epochs=epochs, **train_overrides)
     runs: list[dict[str, Any]] = []
@@ -213,10 +226,27 @@ def transfer_study(
         "runs": runs,
         "summary": summary,
     }
+    claim_outputs(out, STUDY_FILES, **claim)
     write_json(out / "study.json", study)
     (out / "study.md").write_text(markdown_table(study))
     plot_study(study, out / "study.png")
     return study
+
+
+def _earlier_study(out: Path) -> bool:
+    """Whether ``out`` holds a study cnnlab wrote before output folders kept their record (a
+    study.json of its keys, no .cnnlab-output.json): its files are cnnlab's own, to be replaced
+    when the study is run again (the default folder's second study was refused otherwise)."""
+    from cnnlab.errors import CheckpointError
+    from cnnlab.run import OUTPUT_RECORD, read_json
+
+    if os.path.lexists(out / OUTPUT_RECORD) or not (out / "study.json").is_file():
+        return False
+    try:
+        study = read_json(out / "study.json")
+    except CheckpointError:  # not JSON: not a study of cnnlab's
+        return False
+    return isinstance(study, dict) and {"strategies", "shots", "runs", "summary"} <= study.keys()
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -40,7 +40,7 @@ from cnnlab.data.sources import load_source
 from cnnlab.engine.fit import TaskSpec, fit
 from cnnlab.engine.trainer import Callback, NonFiniteLossError
 from cnnlab.errors import ConfigError, close_matches
-from cnnlab.run import write_json
+from cnnlab.run import OUTPUT_RECORD, claim_outputs, write_json
 from cnnlab.tune.space import Param, choice_of, option_value, parse_space
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,11 @@ SETTINGS = "cnnlab"  # the study user attribute holding task, space and fixed op
 #: study user attribute ``note:trial-N``: why another worker failed trial N. Optuna's public API
 #: sets a trial's own attributes only from the process running it (Trial.set_user_attr)
 FAILED_NOTE = "note:trial-"
+#: the summary's files in the tune folder (beside the trials' run folders, always new ones, and
+#: the default journal, the study's storage: appended to, joined and resumed, never rewritten),
+#: claimed there as every output folder is (cnnlab.run.claim_outputs); test/ holds the top two
+#: trials' test evaluations
+SUMMARY_FILES = ["trials.csv", "importances.json", "best_config.json", "comparison.json", "test/"]
 
 
 def task_spec(task: str) -> TaskSpec:
@@ -425,6 +430,7 @@ class Context:
     machine: str
     trials: int
     console: Any = None
+    claim: dict[str, Any] = dataclasses.field(default_factory=dict)  # claim_outputs' options
 
     def say(self, text: str) -> None:
         if self.console is not None:
@@ -522,6 +528,9 @@ def tune(
         check_multilabel_space(cls, params, fixed)
     name = study or "default"
     folder = Path(out) if out is not None else Path("runs") / f"tune-{name}"
+    claim = {"command": "tune", "default": out is None, "adopt": _earlier_tune(folder)}
+    # said before the first trial trains; recorded just before the summary is written
+    claim_outputs(folder, SUMMARY_FILES, record=False, **claim)
     folder.mkdir(parents=True, exist_ok=True)
     store, where = open_storage(storage, folder)
     base = make_config(cls, **fixed)
@@ -550,7 +559,7 @@ def tune(
         task, params, fixed = _settings(the_study, task, params, fixed, cls)
         ctx = Context(
             _validation_only(spec, name), cls, fixed, folder, base.monitor, pruner, machine_id(),
-            int(trials), console,
+            int(trials), console, claim,
         )  # fmt: skip
         distributions = {p.name: distribution(p) for p in params}
         done = sum(t.state in FINISHED for t in the_study.get_trials(deepcopy=False))
@@ -560,6 +569,21 @@ def tune(
             run_trial(the_study, trial, ctx)
         with _lock(folder):  # several workers on one tune folder: one summary at a time
             return summarize(the_study, ctx, params, where)
+
+
+def _earlier_tune(folder: Path) -> bool:
+    """Whether ``folder`` holds a tune summary from before output folders kept their record (a
+    trials.csv with tune's columns, no .cnnlab-output.json): cnnlab's own files, replaced by the
+    next summary (resuming or joining such a study was refused otherwise)."""
+    path = folder / "trials.csv"
+    if os.path.lexists(folder / OUTPUT_RECORD) or not path.is_file():
+        return False
+    try:
+        with open(path, newline="") as f:
+            header = f.readline()
+    except (OSError, UnicodeDecodeError):  # unreadable: not a summary of cnnlab's
+        return False
+    return header.startswith("trial,state,")
 
 
 @contextlib.contextmanager
@@ -631,6 +655,7 @@ def summarize(study: optuna.Study, ctx: Context, params: list[Param], where: str
     config file (best_config.json: ``cnnlab train --config`` reruns it) and the top two complete
     trials compared on the test split (comparison.json)."""
     folder = ctx.folder
+    claim_outputs(folder, SUMMARY_FILES, **(ctx.claim or {"command": "tune"}))
     rows = trial_rows(study, params, ctx.monitor)
     columns = ["trial", "state", ctx.monitor, "epochs", *(p.name for p in params), "seconds",
                "run_dir", "note"]  # fmt: skip
