@@ -110,10 +110,11 @@ def make_checkpoint(folder: Path, name: str, in_channels: int = 3, size: int = 3
     with torch.no_grad():
         two = model(torch.from_numpy(_inputs(in_channels, size, 2, 99)))
     if (two[0] - two[1]).abs().max() < 10 * VARIES:
-        # torchvision's GoogLeNet and VGG inits (normal, std 0.01, in the fully connected layers;
-        # truncated normal in GoogLeNet's convolutions) shrink the signal until untrained outputs
-        # hardly depend on the input, which would make parity vacuous: He initialisation keeps
-        # the signal's scale through the layers
+        # torchvision's VGG init without batch norm (normal, std 0.01, in the fully connected
+        # layers) shrinks the signal until untrained outputs hardly depend on the input, which
+        # would make parity vacuous: He initialisation keeps the signal's scale through the
+        # layers (vgg11/13/16/19 come here; the batch-norm models never do, so their calibrated
+        # statistics stay those of these weights)
         gen = torch.Generator().manual_seed(2)
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
