@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,31 +40,20 @@ def predict(
     run_or_checkpoint: str | Path,
     inputs: list[str | Path],
     *,
-    top_k: int = 5,
-    device: str = "auto",
-    batch_size: int = 256,
-    precision: str = "auto",
-    operating_point: bool = True,
-    min_confidence: float | None = None,
-    tta: str | tuple[str, ...] | None = None,
     out: str | Path | None = None,
+    **options: Any,
 ) -> list[Prediction]:
-    """Class names and probabilities for images/folders (:func:`predictions`); with ``out``,
-    also written to ``out/predictions.json``: ``{"run", "tta" (when used), "predictions": [the
-    rows of --format json]}`` (cnnlab.engine.predict.json_rows), the file named predictions.json
-    as segmentation's and detection's. The folder is claimed as every --out is
-    (:func:`cnnlab.run.claim_outputs`): a predictions.json of the user's is refused before the
-    model loads."""
+    """:func:`predictions` (``options``: its keywords); with ``out``, also written to
+    ``out/predictions.json``: ``{"run", "tta" (when used), "predictions": [the rows of --format
+    json]}`` (cnnlab.engine.predict.json_rows), the file named predictions.json as segmentation's
+    and detection's. The folder is claimed as every --out is (:func:`cnnlab.run.claim_outputs`):
+    a predictions.json of the user's is refused before the model loads."""
     if out is not None:  # said before the model loads, recorded just before the file is written
         claim_outputs(out, [PREDICTIONS_FILE], command="predict", record=False)
-    preds = predictions(
-        run_or_checkpoint, inputs, top_k=top_k, device=device, batch_size=batch_size,
-        precision=precision, operating_point=operating_point, min_confidence=min_confidence,
-        tta=tta,
-    )  # fmt: skip
+    preds = predictions(run_or_checkpoint, inputs, **options)
     if out is not None:
         folder = claim_outputs(out, [PREDICTIONS_FILE], command="predict")
-        views = parse_tta(tta)
+        views = parse_tta(options.get("tta"))
         tta_record = {"tta": list(views)} if views else {}
         record = {"run": str(run_or_checkpoint)} | tta_record | {"predictions": json_rows(preds)}
         write_json(folder / PREDICTIONS_FILE, record)
