@@ -13,7 +13,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from cnnlab.cli import add_train_options
+from cnnlab.cli import add_train_options, load_api
 from cnnlab.config import TrainConfig
 
 # The parser is built on every command, so nothing above imports torch: cnnlab.api is imported by
@@ -40,7 +40,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, out: Any) -> int:
-    from cnnlab import api
+    api = load_api()
 
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in SKIP]
     options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}

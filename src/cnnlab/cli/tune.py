@@ -10,7 +10,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from cnnlab.cli import add_train_options
+from cnnlab.cli import add_train_options, load_api
 from cnnlab.config import TrainConfig
 from cnnlab.tasks.configs import DetectConfig, SegmentConfig, VideoConfig
 
@@ -65,7 +65,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, out: Any) -> int:
-    from cnnlab import api
+    api = load_api()
 
     names = {f.name for cls in CONFIGS for f in dataclasses.fields(cls)} - OWN
     options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}

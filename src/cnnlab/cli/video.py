@@ -22,6 +22,7 @@ from cnnlab.cli import (
     add_task_evaluate,
     add_train_options,
     evaluation_note,
+    load_api,
     print_metrics,
     train_task,
 )
@@ -62,7 +63,7 @@ def _add_train_cli(actions: Any) -> None:
 
 
 def _run_train_cli(args: argparse.Namespace, out: Any) -> int:
-    from cnnlab import api
+    api = load_api()
 
     if args.video_action == "train":
         result = train_task(VideoConfig, api.video_train, args)
@@ -141,7 +142,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_predict_cli(args: argparse.Namespace, out: Any) -> int:
-    from cnnlab import api
+    api = load_api()
 
     out_dir = args.out or str(Path("runs") / "video" / Path(args.video).stem)
     if args.video_action == "track":
