@@ -1707,8 +1707,10 @@ def _predict(args: argparse.Namespace) -> int:
     if args.precision != "auto":  # stdout stays the predictions alone (csv / json parse it)
         err.print(f"inference precision: {args.precision}")
     if args.out is not None:  # on stderr too: stdout stays the predictions
-        err.print(f"predictions written to {Path(args.out) / 'predictions.json'}", markup=False,
-                  soft_wrap=True)  # fmt: skip
+        from cnnlab.tasks.classify.predict import PREDICTIONS_FILE
+
+        written = Path(args.out).expanduser() / PREDICTIONS_FILE
+        err.print(f"predictions written to {written}", markup=False, soft_wrap=True)
     if any(p.labels is not None for p in preds):  # a multi-label run
         _print_multilabel_predictions(preds, args.format)
         return 1 if any(p.error for p in preds) else 0
