@@ -46,6 +46,19 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
     return elapsed
 
 
+def uncompiled_modules() -> int:
+    """cnnlab's modules with no current bytecode beside them: each one is compiled from source by
+    every process where PYTHONDONTWRITEBYTECODE is set (`make install` compiles them all, as pip does
+    for a wheel it installs)."""
+    from importlib.util import cache_from_source
+
+    stale = 0
+    for source in (ROOT / "src" / "cnnlab").rglob("*.py"):
+        cached = Path(cache_from_source(str(source)))
+        stale += not cached.is_file() or cached.stat().st_mtime < source.stat().st_mtime
+    return stale
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -64,7 +77,7 @@ def main() -> None:
         sys.executable, str(HERE / "bench_train.py"), "--child", "textbook", str(data),
         str(args.epochs), str(args.batch_size), str(args.lr), "0",
     ]  # fmt: skip
-    load_before = os.getloadavg()[0]
+    load_before, stale = os.getloadavg()[0], uncompiled_modules()
     caches = Path(tempfile.mkdtemp(prefix="cnnlab-whole-run-cache-"))
 
     def first_run(prefetch: bool) -> dict[str, str]:
@@ -109,7 +122,9 @@ def main() -> None:
             f"{med['textbook'] / med['cnnlab first run']:.2f}x faster than the textbook loop; "
             f"the warm-up child that scans and decodes while torch loads saves "
             f"{med['cnnlab first run, no warm-up child'] - med['cnnlab first run']:.2f} s of it.",
-            f"Load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f} (1 min).",
+            f"Load average before {load_before:.2f}, after {os.getloadavg()[0]:.2f} (1 min); "
+            f"cnnlab modules without current bytecode: {stale} (PYTHONDONTWRITEBYTECODE "
+            f"{'set' if os.environ.get('PYTHONDONTWRITEBYTECODE') else 'unset'}).",
         ]
     )
     save_results(
@@ -117,7 +132,8 @@ def main() -> None:
         table,
         {"times_s": times, "median_s": med, "ratio": ratio, "epochs": args.epochs,
          "first_run_ratio": med["textbook"] / med["cnnlab first run"],
-         "batch_size": args.batch_size, "lr": args.lr, "reports_written": len(reports)},
+         "batch_size": args.batch_size, "lr": args.lr, "reports_written": len(reports),
+         "uncompiled_modules": stale},
     )  # fmt: skip
 
 
