@@ -174,6 +174,13 @@ def test_a_builtin_of_another_task_names_the_command_that_takes_it(tmp_path, cap
     assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
+def test_evaluate_with_a_video_builtin_names_video_evaluate(run, capsys):
+    """It named only `video train`, which does not evaluate a run."""
+    assert main(["evaluate", str(run), "--data", "builtin:moving-shapes", "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert "`cnnlab video evaluate RUN --data builtin:moving-shapes`" in err, err
+
+
 def test_api_errors_name_what_is_wrong(tmp_path):
     with pytest.raises(ConfigError, match="unknown builtin dataset 'digit'.*digits"):
         api.train(data="builtin:digit", out=str(tmp_path))

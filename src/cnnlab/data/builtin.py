@@ -184,8 +184,9 @@ def refuse_video_builtin(spec: str) -> None:
     """A one-line ConfigError when ``spec`` (what follows ``builtin:``) names a video dataset."""
     if spec.partition("?")[0] in VIDEO_BUILTINS:
         raise ConfigError(
-            f"builtin:{spec} is a video dataset (short clips), not images: train on it with "
-            f"`cnnlab video train --data builtin:{spec}`"
+            f"builtin:{spec} is a video dataset (short clips), not images: the video commands "
+            f"take it (`cnnlab video train --data builtin:{spec}`, "
+            f"`cnnlab video evaluate RUN --data builtin:{spec}`)"
         )
 
 
