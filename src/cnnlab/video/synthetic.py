@@ -143,8 +143,9 @@ def load_video_builtin(spec: str) -> VideoDataset:
     name, _, query = spec.partition("?")
     if name in BUILTINS:  # an image dataset: name the command that takes it
         raise ConfigError(
-            f"builtin:{spec} is an image dataset, not clips: train on it with `cnnlab train "
-            f"--data builtin:{spec}`; the video builtin is builtin:moving-shapes"
+            f"builtin:{spec} is an image dataset, not clips: the image commands take it "
+            f"(`cnnlab train --data builtin:{spec}`, `cnnlab evaluate RUN --data builtin:{spec}`); "
+            "the video builtin is builtin:moving-shapes"
         )
     if name != "moving-shapes":
         raise ConfigError(
