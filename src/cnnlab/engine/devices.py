@@ -69,7 +69,9 @@ def resolve_precision(
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "16"
-    # On CPU, autocast's casts cost more than they save on tiny models (LeNet-5: ~0.4 MFLOP per image).
+    # On CPU, tiny models (LeNet-5: ~0.4 MFLOP per image) stay fp32: bf16 autocast gains them nothing
+    # (LeNet-5's 8 MNIST epochs took 1.9 s in either precision on a Zen 4 with native bf16) and fp32
+    # gives their runs the same results on every CPU, native bf16 or not.
     if model_flops is not None and model_flops < 20e6:
         return "32"
     return "bf16" if cpu_has_bf16() else "32"
