@@ -137,7 +137,6 @@ def test_training_with_report_workers_writes_the_run_it_writes_in_place(
     """The same seeded run trained twice, its figures drawn by workers and in place: the same
     files in the run folder and the same figures, byte for byte."""
     from cnnlab import api
-    from cnnlab.tasks.classify import train
 
     made = []
     for name, start in (
@@ -145,7 +144,7 @@ def test_training_with_report_workers_writes_the_run_it_writes_in_place(
         ("in_place", render.Renderer),
     ):
         monkeypatch.setattr(
-            train, "start_renderer", lambda start=start: made.append(start()) or made[-1]
+            render, "start_renderer", lambda start=start: made.append(start()) or made[-1]
         )
         api.train(data=str(mixed_folder), model="lenet5", epochs=1, batch_size=8, precision="32",
                   out=str(tmp_path), name=name)  # fmt: skip
@@ -369,7 +368,7 @@ def test_fit_closes_the_renderer_a_task_started_once_its_evaluation_ends(
             raise RuntimeError("scoring failed")
         return {"metrics": {"accuracy": 1.0}, "report": None}
 
-    monkeypatch.setattr(train, "start_renderer", Closing)
+    monkeypatch.setattr(render, "start_renderer", Closing)
     monkeypatch.setattr(train, "evaluate_model", scored)
     options = {"data": "builtin:shapes?n=100&size=16", "model": "lenet5", "epochs": 1,
                "batch_size": 8, "precision": "32", "out": str(tmp_path)}  # fmt: skip
@@ -385,7 +384,7 @@ def test_fit_closes_the_renderer_a_task_started_once_its_evaluation_ends(
 # (pyplot, a first figure) runs on the core torch's import leaves idle, not beside training.
 EARLY_PROBE = """
 import json, sys
-from cnnlab.report import render  # torch-free: the training modules bind the wrappers below
+from cnnlab.report import render  # torch-free; renderer_for calls the wrappers below
 seen = {}
 start_early, start_renderer = render.start_early, render.start_renderer
 def early():

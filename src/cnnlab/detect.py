@@ -58,7 +58,7 @@ from cnnlab.errors import ConfigError, DataError, no_such_split
 from cnnlab.metrics.coco_match import match_images
 from cnnlab.metrics.stats import detection_intervals
 from cnnlab.models.detection import create_detection_model
-from cnnlab.report.render import drop_early, start_renderer
+from cnnlab.report.render import renderer_for
 from cnnlab.run import (
     check_one_dataset,
     claim_outputs,
@@ -142,11 +142,7 @@ def _prepare(
     # (cnnlab.report.render): they import matplotlib beside it and draw while the test split
     # is scored; rank 0 only (it scores the split)
     has_test = len(bundle.splits.get("test") or ()) > 0
-    if cfg.report and has_test and info.is_main:
-        renderer = start_renderer()
-    else:
-        renderer = None
-        drop_early()  # workers the command line forked before it knew there is no report
+    renderer = renderer_for(cfg.report and has_test and info.is_main)
     first = next(s for part in bundle.splits.values() for s in part)
     in_channels = cfg.in_channels or (first.array.shape[2] if first.array is not None else 3)
     image_size = cfg.image_size or bundle.native_size or 256

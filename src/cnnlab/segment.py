@@ -69,7 +69,7 @@ from cnnlab.metrics.segmentation import (
 )
 from cnnlab.metrics.stats import segmentation_intervals
 from cnnlab.models.segmentation import create_segmentation_model
-from cnnlab.report.render import drop_early, start_renderer
+from cnnlab.report.render import renderer_for
 from cnnlab.run import (
     check_one_dataset,
     claim_outputs,
@@ -222,11 +222,7 @@ def _prepare(
     # (cnnlab.report.render): they import matplotlib beside it and draw while the test split
     # is scored; rank 0 only (it scores the split)
     has_test = len(bundle.splits.get("test") or ()) > 0
-    if cfg.report and has_test and info.is_main:
-        renderer = start_renderer()
-    else:
-        renderer = None
-        drop_early()  # workers the command line forked before it knew there is no report
+    renderer = renderer_for(cfg.report and has_test and info.is_main)
     in_channels = cfg.in_channels or bundle.channels
     image_size = _image_size(cfg, bundle, resumed[0] if resumed else None)
     decode_policy = {"max_pixels": cfg.max_image_pixels}

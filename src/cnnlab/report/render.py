@@ -158,6 +158,15 @@ def drop_early() -> None:
         early.close()
 
 
+def renderer_for(report: bool) -> Renderer | None:
+    """The run's renderer when it draws a report (:func:`start_renderer`), else None, with the
+    workers the command line forked for it stopped: each task's set-up calls this once."""
+    if report:
+        return start_renderer()
+    drop_early()
+    return None
+
+
 def start_renderer(workers: int | None = None) -> Renderer:
     """Worker processes where they pay (see the module docstring), else drawing in place.
     ``workers``: 0 draws in place; None decides as described (taking the workers

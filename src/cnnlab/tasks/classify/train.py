@@ -32,7 +32,7 @@ from cnnlab.engine.timing import Timings
 from cnnlab.engine.trainer import check_monitor
 from cnnlab.engine.weights import build_model, load_checkpoint_model
 from cnnlab.errors import CheckpointError
-from cnnlab.report.render import drop_early, start_renderer
+from cnnlab.report.render import renderer_for
 from cnnlab.tasks.classification import ClassificationTask, MultiLabelTask
 from cnnlab.tasks.classify import multilabel
 from cnnlab.tasks.classify.evaluate import BATCH as EVAL_BATCH
@@ -85,11 +85,7 @@ def _prepare(
     # decoding and set-up, and draw while the test split is scored (cnnlab.report.render)
     has_test = "test" in bundle.splits and len(bundle.splits["test"]) > 0
     # rank 0; a multi-label report draws its own figures (report/multilabel_report.py)
-    if cfg.report and has_test and info.is_main and not bundle.multilabel:
-        renderer = start_renderer()
-    else:
-        renderer = None
-        drop_early()  # workers the command line forked before it knew there is no report
+    renderer = renderer_for(cfg.report and has_test and info.is_main and not bundle.multilabel)
     if resumed:  # bad-inputs #44: a resumed run must see the classes it was trained on, in order
         _, saved_meta = read_weights(resumed[0] / "checkpoints" / resumed[1]["weights"]["file"])
         if saved_meta.get("class_names") != bundle.class_names:
