@@ -181,6 +181,31 @@ def test_evaluate_with_a_video_builtin_names_video_evaluate(run, capsys):
     assert "`cnnlab video evaluate RUN --data builtin:moving-shapes`" in err, err
 
 
+@pytest.mark.parametrize(
+    ("argv", "trainer"),
+    [
+        (["train", "--data", "builtin:digits"], "train"),
+        (["segment", "train", "--data", "builtin:shapes"], "segment_train"),
+        (["detect", "train", "--data", "builtin:shapes"], "detect_train"),
+        (["video", "train", "--data", "builtin:moving-shapes"], "video_train"),
+    ],
+)  # fmt: skip
+def test_every_training_command_says_why_its_run_stopped_early(
+    monkeypatch, capsys, tmp_path, argv, trainer
+):
+    """segment, detect and video train printed neither an early stop nor an interruption (their
+    run.json had it; `cnnlab train` printed it)."""
+    from types import SimpleNamespace
+
+    reason = "early stopping: val_loss did not improve for 2 epochs (best 0.1234)"
+    result = SimpleNamespace(stop_reason=reason, test_metrics=None, train_time_s=1.0,
+                             run_dir=tmp_path / "run", report=None)  # fmt: skip
+    monkeypatch.setattr(api, trainer, lambda *a, **k: result)
+    assert main([*argv, "--no-report", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines.index(reason) < next(i for i, ln in enumerate(lines) if "run directory" in ln)
+
+
 def test_api_errors_name_what_is_wrong(tmp_path):
     with pytest.raises(ConfigError, match="unknown builtin dataset 'digit'.*digits"):
         api.train(data="builtin:digit", out=str(tmp_path))

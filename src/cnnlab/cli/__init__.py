@@ -170,10 +170,13 @@ def add_max_restarts(p: argparse.ArgumentParser) -> None:
     )
 
 
-def train_task(cls: type, train: Any, args: argparse.Namespace) -> Any:
+def train_task(
+    cls: type, train: Any, args: argparse.Namespace, show_metrics: Callable[[Any], None]
+) -> int:
     """`cnnlab segment|detect|video train`: the ``cls`` options given on the command line; with
-    --devices N outside torchrun, re-run under it and return its exit status (an int). Otherwise
-    train and return the result on rank 0 (or a single process), 0 on the other DDP ranks."""
+    --devices N outside torchrun, re-run under it and return its exit status. Otherwise train
+    and, on rank 0 (or a single process), print the end of the run (:func:`finish_train`, the
+    test metrics by ``show_metrics``); 0."""
     names = [f.name for f in dataclasses.fields(cls)]
     options = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     check_given_strengths(cls, args.config, options)
@@ -182,10 +185,9 @@ def train_task(cls: type, train: Any, args: argparse.Namespace) -> Any:
         return launched
     timings = _start_timings()
     result = train(args.config, console=rank_console(), timings=timings, **options)
-    if rank_console() is None:
-        return 0
-    _print_time_split(args, timings)
-    return result
+    if rank_console() is not None:
+        finish_train(result, args, timings, show_metrics)
+    return 0
 
 
 def start_report_workers(args: argparse.Namespace) -> None:
@@ -1128,15 +1130,22 @@ def _train(args: argparse.Namespace) -> int:
     console = out if distributed.is_main() else None
     result = api.train(args.config, console=console, timings=timings, **overrides)
     if distributed.is_main():
-        _finish_train(result, args, timings)
+        finish_train(result, args, timings)
     return 0
 
 
-def _finish_train(result: Any, args: argparse.Namespace, timings: Timings) -> None:
+def finish_train(
+    result: Any,
+    args: argparse.Namespace,
+    timings: Timings,
+    show_metrics: Callable[[Any], None] = print_metrics,
+) -> None:
+    """The end of every training command's output: why it stopped early (early stopping, an
+    interruption), the test metrics, the run folder and report and, with -v, the time split."""
     if result.stop_reason:
         out.print(result.stop_reason)
     if result.test_metrics:
-        print_metrics(result.test_metrics)
+        show_metrics(result.test_metrics)
     out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
     if result.report:
         out.print(f"report: {result.report}")
@@ -1179,7 +1188,7 @@ def _finetune(args: argparse.Namespace) -> int:
     if data is None:
         raise CnnlabError("cnnlab finetune needs --data TARGET (the dataset of the new task)")
     timings = _start_timings()
-    _finish_train(
+    finish_train(
         api.finetune(init_from, data, console=out, timings=timings, **overrides), args, timings
     )
     return 0
@@ -1251,13 +1260,7 @@ def _segment(args: argparse.Namespace) -> int:
     api = load_api()
 
     if args.segment_action == "train":
-        result = train_task(SegmentConfig, api.segment_train, args)
-        if isinstance(result, int):  # torchrun's exit status, or a rank other than 0
-            return result
-        _print_segment_metrics(result.test_metrics)
-        out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
-        if result.report:
-            out.print(f"report: {result.report}")
+        return train_task(SegmentConfig, api.segment_train, args, _print_segment_metrics)
     elif args.segment_action == "evaluate":
         result = api.segment_evaluate(
             args.run,
@@ -1417,14 +1420,7 @@ def _detect(args: argparse.Namespace) -> int:
     api = load_api()
 
     if args.detect_action == "train":
-        result = train_task(DetectConfig, api.detect_train, args)
-        if isinstance(result, int):  # torchrun's exit status, or a rank other than 0
-            return result
-        _print_detection_metrics(result.test_metrics)
-        out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
-        if result.report:
-            out.print(f"report: {result.report}")
-        return 0
+        return train_task(DetectConfig, api.detect_train, args, _print_detection_metrics)
     elif args.detect_action == "evaluate":
         result = api.detect_evaluate(
             args.run,

@@ -66,15 +66,9 @@ def _run_train_cli(args: argparse.Namespace, out: Any) -> int:
     api = load_api()
 
     if args.video_action == "train":
-        result = train_task(VideoConfig, api.video_train, args)
-        if isinstance(result, int):  # torchrun's exit status, or a rank other than 0
-            return result
-        if result.test_metrics:
-            print_metrics(result.test_metrics, "test metrics (clips)")
-        out.print(f"training time {result.train_time_s:.1f} s; run directory: {result.run_dir}")
-        if result.report:
-            out.print(f"report: {result.report}")
-        return 0
+        return train_task(
+            VideoConfig, api.video_train, args, lambda m: print_metrics(m, "test metrics (clips)")
+        )
     result = api.video_evaluate(
         args.run, split=args.split, data=args.data, device=args.device, report=args.report,
         out=args.out, precision=args.precision, relocated_data=args.relocated_data,
