@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import importlib.util
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -176,13 +177,69 @@ def test_every_example_uses_options_its_command_has():
     wrong = []
     for words, examples in EXAMPLES.items():
         for line, _ in examples:
-            tokens = shlex.split(line.split(">")[0])[1:]  # after `cnnlab`, before a redirection
-            path: list[str] = []
-            while tokens and " ".join([*path, tokens[0]]) in commands:
-                path.append(tokens.pop(0))
-            flags = {s for a in commands[" ".join(path)]._actions for s in a.option_strings}
+            # after `cnnlab`, before a redirection
+            path, tokens = command_path(shlex.split(line.split(">")[0])[1:], commands)
+            flags = {s for a in commands[path]._actions for s in a.option_strings}
             wrong += [f"{words!r}: {line!r} uses {t}" for t in tokens
                       if t.startswith("--") and t.split("=")[0] not in flags]  # fmt: skip
+    assert not wrong, "\n".join(wrong)
+
+
+def command_path(
+    tokens: list[str], commands: dict[str, argparse.ArgumentParser]
+) -> tuple[str, list[str]]:
+    """("segment train", the tokens after it) for the tokens after `cnnlab`."""
+    path: list[str] = []
+    while tokens and " ".join([*path, tokens[0]]) in commands:
+        path.append(tokens.pop(0))
+    return " ".join(path), tokens
+
+
+def documented_command_lines(root: Path) -> Iterator[tuple[str, str]]:
+    """(file, command line) for every `cnnlab ...` line of a fenced code block and every inline
+    `cnnlab ...` span of the README and the docs site: what users copy. Continued lines
+    (backslash) are joined; comments and what follows a pipe or a redirection are dropped; a
+    line of a command's output shown after `$ cnnlab ...` is not a command."""
+    pages = [
+        root / "README.md",
+        root / "notebooks" / "README.md",
+        *sorted((root / "docs").rglob("*.md")),
+    ]
+    fence = r"(?ms)^\s*```[^\n]*\n(.*?)^\s*```"
+    commands = {words.split()[0] for words, _ in parsers(build_parser()) if words}
+    for page in pages:
+        name, text = page.relative_to(root).as_posix(), page.read_text()
+        for block in re.findall(fence, text):
+            prompted = "$ " in block  # a console session: commands are the prompted lines
+            for line in block.replace("\\\n", " ").splitlines():
+                prompt = r"\$ " if prompted else r"(?:\$ )?"
+                found = re.match(rf"\s*{prompt}(?:\S*/)?(?:python -m )?(cnnlab(?: .*)?)$", line)
+                if found:
+                    yield name, re.split(r" #|[|>]", found[1])[0]
+        # in prose, `cnnlab evaluate/predict RUN` names two commands; a span whose next word is
+        # no command at all quotes output (a log line), not a command line
+        for span in re.findall(r"`(cnnlab [^`]+)`", re.sub(fence, "", text)):
+            head, *rest = re.split(r" #| \| |>", span)[0].split(" ", 2)[1:] or [""]
+            if head.startswith("-") or set(head.split("/")) <= commands:
+                yield from ((name, " ".join(["cnnlab", word, *rest])) for word in head.split("/"))
+
+
+def test_every_documented_command_line_uses_commands_and_options_that_exist():
+    """The README's and the docs site's command lines are copied by users: each names a command
+    that exists and only options that command has (a renamed option or command fails here)."""
+    commands = dict(parsers(build_parser()))
+    lines = list(documented_command_lines(Path(__file__).resolve().parents[1]))
+    assert len(lines) > 50  # the search finds the documents' command lines
+    wrong = []
+    for page, line in lines:
+        words, rest = command_path(shlex.split(line)[1:], commands)
+        if not words and rest and not rest[0].startswith("-"):
+            wrong.append(f"{page}: {line!r}: no command {rest[0]!r}")
+            continue
+        flags = {s for a in commands[words]._actions for s in a.option_strings}
+        wrong += [f"{page}: {line!r} uses {t}, which `cnnlab {words}` does not have"
+                  for t in (t.strip("[]") for t in rest)
+                  if t.startswith("--") and t.split("=")[0] not in flags]  # fmt: skip
     assert not wrong, "\n".join(wrong)
 
 
