@@ -4,6 +4,7 @@ signal path, or SIGKILL at a random moment), resumed, and bit-identical to an un
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -124,6 +125,28 @@ def test_resume_of_another_tasks_run_is_refused_naming_both(tmp_path):
         CheckpointError, match="not a detection one; resume it with `cnnlab segment"
     ):
         api.detect_train(resume=str(seg.run_dir))
+
+
+def test_a_finished_run_has_nothing_to_resume_and_is_left_as_it_was(tmp_path, run_digests):
+    """Bad-inputs case 49: `--resume` of a run that trained all its epochs trained nothing, then
+    evaluated and reported again, rewriting run.json and config.json. --epochs N extends it."""
+    from cnnlab.errors import CheckpointError
+
+    seg = api.segment_train(out=str(tmp_path), name="s", **(SEG | {"epochs": 1}))
+    before = run_digests(seg.run_dir)
+    with pytest.raises(CheckpointError, match=r"nothing to resume: .* all its 1 epochs.*--epochs"):
+        api.segment_train(resume=str(seg.run_dir))
+    assert run_digests(seg.run_dir) == before
+    # stopped after its last epoch, before its test evaluation and report: resumed to finish them
+    record = json.loads((seg.run_dir / "run.json").read_text())
+    (seg.run_dir / "run.json").write_text(
+        json.dumps({k: v for k, v in record.items() if k != "time_split_s"})
+    )
+    (seg.run_dir / "test_metrics.json").unlink()
+    assert api.segment_train(resume=str(seg.run_dir)).test_metrics is not None
+    assert (seg.run_dir / "test_metrics.json").is_file()
+    longer = api.segment_train(resume=str(seg.run_dir), epochs=2)
+    assert [h["epoch"] for h in longer.history] == [1, 2]
 
 
 def test_resume_of_something_that_is_not_a_run(tmp_path):

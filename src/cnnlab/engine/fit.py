@@ -42,7 +42,13 @@ from cnnlab.engine.devices import (
     resolve_precision,
     seed_everything,
 )
-from cnnlab.engine.resume import check_same_samples, restore, resume_target, resumed_config
+from cnnlab.engine.resume import (
+    check_same_samples,
+    check_unfinished,
+    restore,
+    resume_target,
+    resumed_config,
+)
 from cnnlab.engine.timing import Timings
 from cnnlab.engine.tracking import check_tracking
 from cnnlab.engine.trainer import Trainer, check_monitor
@@ -136,6 +142,7 @@ def fit(
     resumed = resume_target(resume, cfg.out, cfg.name, spec.name) if resume else None
     if resumed:  # the run's own config; only epochs, device, precision, early stopping may change
         cfg = make_config(spec.config, **resumed_config(spec.config, cfg, resumed[0]))
+        check_unfinished(*resumed, cfg.epochs)
     if info.is_main:  # a store that will not open: one line before the run folder exists
         check_tracking(cfg)
     if spec.configure is not None:

@@ -65,6 +65,29 @@ def resume_target(
     return run_dir, entry
 
 
+def check_unfinished(run_dir: Path, entry: dict[str, Any], epochs: int) -> None:
+    """Bad-inputs case 49: a run that trained all ``epochs`` and finished has nothing to resume.
+    Resumed anyway, it trained nothing and then evaluated, reported and rewrote run.json and
+    config.json over what the run recorded. ``epochs``: the resume's (--epochs may extend it).
+
+    A run's last act is recording its time split in run.json (after its test evaluation and
+    report): a run stopped after its last epoch but before that resumes to finish them, as
+    `cnnlab cv` resumes such a fold."""
+    tag = str(entry.get("tag", ""))
+    # the tag counts from 1 in every manifest (epoch-0001 holds epoch 1); the "epoch" field
+    # counted from 0 in manifests written before session 15
+    done = int(tag.split("-")[1]) if tag.startswith("epoch-") and entry.get("complete_epoch") else 0
+    try:
+        finished = "time_split_s" in json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        finished = False
+    if finished and done >= epochs:
+        raise CheckpointError(
+            f"nothing to resume: {run_dir} trained all its {epochs} epochs; to train it longer, "
+            f"resume with --epochs N (more than {done}), or start a new run"
+        )
+
+
 COMMANDS = {  # task -> the command that trains (and resumes) it
     "classification": "cnnlab train",
     "segmentation": "cnnlab segment train",
