@@ -12,8 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from process_events import OutputWatcher
 from safetensors.torch import load_file
 
@@ -99,6 +101,27 @@ def test_case_46_corrupt_checkpoint_is_named_and_resume_falls_back_loudly(tmp_pa
     assert "epoch-0002 failed verification" in said, said
     assert "resuming from the previous verified one: epoch-0001" in said, said
     assert [h["epoch"] for h in resumed.history][-1] == 3  # epochs 2 and 3 trained again
+
+
+def test_case_46_a_corrupt_best_checkpoint_is_named_not_replaced_by_another(tmp_path, capsys):
+    """predict, evaluate and export of a run whose best.safetensors fails its sha256 took the
+    newest epoch's weights instead, without a word (the newest epoch is not the best one)."""
+    from cnnlab.cli import main
+
+    run_dir = _two_epochs(tmp_path, "b", keep="all")
+    best = run_dir / "checkpoints" / "best.safetensors"
+    data = best.read_bytes()
+    best.unlink()  # a hard link to its epoch's file: cut short a copy of its own
+    best.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=rf"incomplete or corrupt checkpoint: {best} \("):
+        api.evaluate(run_dir, report=False)
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    assert main(["predict", str(run_dir), str(image)]) == 2
+    err = capsys.readouterr().err
+    assert "epoch-0002.safetensors (epoch 2) verifies: pass it instead" in " ".join(err.split())
+    with pytest.raises(CheckpointError, match="incomplete or corrupt"):
+        api.export(run_dir, out=str(tmp_path / "m.onnx"))
 
 
 class _RunsCommand:

@@ -327,12 +327,33 @@ def resolve_weights(path: str | Path, prefer: str = "best") -> Path:
         raise CheckpointError(f"{p} has no checkpoints/{MANIFEST}; is it a cnnlab run directory?")
     manager = CheckpointManager(folder)
     best = manager.manifest().get("best")
-    if prefer == "best" and best and manager.verify(best):
-        return folder / best["file"]
+    if prefer == "best" and best:
+        if manager.verify(best):
+            return folder / best["file"]
+        # bad-inputs case 46: another checkpoint's weights in its place would answer for the
+        # run without a word (the newest epoch is not the best one)
+        raise CheckpointError(corrupt_message(folder / best["file"], best, manager))
     entry = manager.latest_verified()
     if entry is None:
         raise CheckpointError(f"no verified checkpoint in {folder} (all incomplete or corrupt)")
     return folder / entry["weights"]["file"]
+
+
+def corrupt_message(path: Path, entry: dict[str, Any], manager: Any) -> str:
+    """Bad-inputs case 46's one line: the file, its size and the manifest's, and a checkpoint of
+    the run that verifies, to pass instead."""
+    size = f"{path.stat().st_size:,} bytes" if path.is_file() else "missing"
+    other = manager.latest_verified()
+    instead = (
+        f"; {path.parent / other['weights']['file']} (epoch {other['tag'].split('-')[-1].lstrip('0')}) "
+        "verifies: pass it instead of the run folder"
+        if other is not None
+        else "; no other checkpoint of the run verifies"
+    )
+    return (
+        f"incomplete or corrupt checkpoint: {path} ({size}; the manifest recorded "
+        f"{entry['bytes']:,} bytes, sha256 {entry['sha256'][:12]}...){instead}"
+    )
 
 
 def load_run_model(
