@@ -515,3 +515,44 @@ def test_data_check_says_each_warning_once(tmp_path: Path) -> None:
     assert err.count("1 non-image files skipped") == 1, err
     assert err.count("1 bad image files skipped") == 1, err
     assert err.count("warning: ") == 2, err
+
+
+def test_data_check_refuses_the_classes_training_refuses(tmp_path: Path, capsys) -> None:
+    """`cnnlab data check` said 0 for class folders `Cat`/`cat` and `dog `/`dog` and for a CSV of
+    one class, which `cnnlab train` refuses: the class checks ran only in training. The same
+    check now runs after both scans: the same exit status and the same one-line message."""
+    from cnnlab.config import TrainConfig, make_config
+    from cnnlab.data.sources import load_source
+
+    make_classes(tmp_path / "case", {"Cat": 2, "cat": 2, "dog ": 2, "dog": 2})
+    make_classes(tmp_path / "one", {"cat": 4})
+    (tmp_path / "one" / "labels.csv").write_text(
+        "path,label\n" + "".join(f"cat/{i}.png,cat\n" for i in range(4))
+    )
+    for source, expected in (
+        (tmp_path / "case", "class names that differ only in case/spaces: 'Cat' vs 'cat'; 'dog' "
+         "vs 'dog '; make them identical"),
+        (tmp_path / "one" / "labels.csv", "a classification dataset needs at least 2 classes, "
+         "found 1: 'cat' (4 images)"),
+    ):  # fmt: skip
+        code, _, err = _data_check(capsys, str(source))
+        errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and expected in errors[0], err
+        with pytest.raises(DataError) as refused:
+            load_source(make_config(TrainConfig, data=str(source)))
+        assert errors[0] == f"error: {refused.value}", (errors[0], str(refused.value))
+
+
+def test_data_check_names_the_row_of_a_nul_byte_or_an_unquoted_comma(tmp_path: Path, capsys):
+    """A NUL byte in a path was a traceback (ValueError: embedded null byte); an unquoted comma
+    in a path an 'empty class' named after the file name's end. Both name the CSV and the row."""
+    make_classes(tmp_path, {"a": 2, "b": 2})
+    good = "path,label\na/0.png,a\na/1.png,a\nb/0.png,b\nb/1.png,b\n"
+    for extra, expected in (
+        ("a/0.png\x00x,a", "row 6: path 'a/0.png\\x00x' holds a NUL byte"),
+        ("a/x,y.png,a", "row 6: 3 fields but the header has 2"),
+    ):
+        (tmp_path / "labels.csv").write_text(good + extra + "\n")
+        code, out, err = _data_check(capsys, str(tmp_path / "labels.csv"))
+        assert code == 2 and "Traceback" not in out + err, err
+        assert len(err.strip().splitlines()) == 1 and expected in err, err

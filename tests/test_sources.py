@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 import struct
 
 import numpy as np
@@ -239,14 +240,117 @@ def test_case_34_labels_that_differ_only_in_case_or_spaces_are_refused(tmp_path)
         Image.new("L", (8, 8), color=i * 10).save(tmp_path / f"{i}.png")
         rows.append(f"{i}.png,{label}")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    # "cat " is read as "cat" (cells are stripped); "Cat" is a near-duplicate: refused, both named
-    # the message names the CSV and the rows of each spelling: row 4 holds the typo
+    # "Cat" and "cat " are near-duplicates of "cat": refused, every spelling named with its rows
+    # ("cat " was read as "cat" while "Cat" was refused: the same typo, two behaviours)
     with pytest.raises(
         DataError,
         match=r"labels.csv: class names that differ only in case/spaces: "
-        r"'Cat' \(row 4\) vs 'cat' \(rows 2, 3, 5\); make them identical",
+        r"'Cat' \(row 4\) vs 'cat' \(rows 2, 3\) vs 'cat ' \(row 5\); make them identical",
     ):
         load_source(_cfg(data=str(tmp_path / "labels.csv")))
+    # spaces around every label of a class are not a second spelling: the class is "cat"
+    rows = ["path,label"] + [f"{i}.png, {'cat' if i < 3 else 'dog'}" for i in range(6)]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    bundle = load_source(_cfg(data=str(tmp_path / "labels.csv"), val_fraction=0, test_fraction=0))
+    assert bundle.class_names == ["cat", "dog"]
+
+
+def test_case_34_class_names_in_two_unicode_forms_are_refused(tmp_path):
+    """'café' composed (NFC, as typed on most systems) and decomposed (NFD, as macOS file names
+    come) print alike but trained as two classes: refused like a case difference, in a CSV and
+    as class folders, the two spellings shown by their code points."""
+    from PIL import Image
+
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    rows = ["path,label"]
+    for i, label in enumerate([nfc, nfc, nfd, "dog", "dog", "dog"]):
+        Image.new("L", (8, 8), color=i * 10).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{label}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(
+        DataError,
+        match=r"'cafe\\u0301' \(row 4\) vs 'caf\\xe9' \(rows 2, 3\) \(the same letters in "
+        r"another Unicode form\)",
+    ):
+        load_source(_cfg(data=str(tmp_path / "labels.csv")))
+    for name in (nfc, nfd, "dog"):
+        (tmp_path / "folders" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (8, 8), color=i * 10).save(tmp_path / "folders" / name / f"{i}.png")
+    with pytest.raises(DataError, match=r"case/spaces: 'cafe\\u0301' vs 'caf\\xe9'"):
+        load_source(_cfg(data=str(tmp_path / "folders")))
+
+
+def _images(folder, n: int) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("L", (8, 8), color=i * 10).save(folder / f"{i}.png")
+
+
+def test_csv_rows_with_an_empty_split_beside_given_splits_are_refused_naming_them(tmp_path):
+    """Rows whose `split` cell was empty were in no split: trained and evaluated without them,
+    silently. Refused naming the rows; a split column empty in every row is no split column."""
+    _images(tmp_path, 8)
+    splits = ["train", "", "train", "train", "", "val", "train", "val"]
+    rows = ["path,label,split"] + [f"{i}.png,{'ab'[i % 2]},{s}" for i, s in enumerate(splits)]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(
+        DataError, match=r"labels.csv: rows 3, 6: empty split; give train, val or test in every row"
+    ):
+        load_source(_cfg(data=str(tmp_path / "labels.csv")))
+    rows = ["path,label,split"] + [f"{i}.png,{'ab'[i % 2]}," for i in range(8)]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    bundle = load_source(_cfg(data=str(tmp_path / "labels.csv"), val_fraction=0, test_fraction=0))
+    assert len(bundle.splits["train"]) == 8
+
+
+def test_case_36_one_file_under_two_spellings_is_one_row(tmp_path):
+    """'./cat/1.png' and 'cat//1.png' are 'cat/1.png': with another label the file trained under
+    both (splits.json held it twice); now refused like the same spelling twice. With the same
+    label the repeat is ignored, as an exact duplicate is."""
+    _images(tmp_path / "cat", 4)
+    _images(tmp_path / "dog", 4)
+    good = ["path,label"] + [f"{c}/{i}.png,{c}" for c in ("cat", "dog") for i in range(4)]
+    for spelling in ("./cat/1.png", "cat//1.png", "cat/./1.png"):
+        (tmp_path / "labels.csv").write_text("\n".join([*good, f"{spelling},dog"]) + "\n")
+        with pytest.raises(
+            DataError,
+            match=rf"row 10: '{re.escape(spelling)}' is listed twice with different labels "
+            r"\('cat' and 'dog'\) \(row 3 spells it 'cat/1.png'\)",
+        ):
+            load_source(_cfg(data=str(tmp_path / "labels.csv")))
+        (tmp_path / "labels.csv").write_text("\n".join([*good, f"{spelling},cat"]) + "\n")
+        cfg = _cfg(data=str(tmp_path / "labels.csv"), val_fraction=0, test_fraction=0)
+        assert sorted(load_source(cfg).splits["train"].ids).count("cat/1.png") == 1
+
+
+def test_a_nul_byte_in_a_csv_path_names_the_row(tmp_path):
+    _images(tmp_path, 4)
+    rows = ["path,label", "0.png,a", "1.png,a", "2.png,b", "3.png,b", "0.png\x00x,a"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"labels.csv, row 6: path '0.png\\x00x' holds a NUL byte"):
+        load_source(_cfg(data=str(tmp_path / "labels.csv")))
+
+
+def test_a_csv_row_with_more_fields_than_the_header_names_the_row(tmp_path):
+    """An unquoted comma in a path made two fields of it: 'b.png' was read as the row's label
+    and refused as an empty class. Named as `cnnlab metrics` names it in a predictions CSV; a
+    quoted path, or empty fields after the last column, are fine."""
+    _images(tmp_path, 4)
+    (tmp_path / "a,b.png").write_bytes((tmp_path / "0.png").read_bytes())
+    rows = ["path,label", "0.png,a", "1.png,a,", "2.png,b", "3.png,b"]
+    (tmp_path / "labels.csv").write_text("\n".join([*rows, "a,b.png,a"]) + "\n")
+    with pytest.raises(
+        DataError,
+        match=r"labels.csv, row 6: 3 fields but the header has 2; check the delimiter \(','\) "
+        r"and quoting",
+    ):
+        load_source(_cfg(data=str(tmp_path / "labels.csv")))
+    (tmp_path / "labels.csv").write_text("\n".join([*rows, '"a,b.png",a']) + "\n")
+    bundle = load_source(_cfg(data=str(tmp_path / "labels.csv"), val_fraction=0, test_fraction=0))
+    assert "a,b.png" in bundle.splits["train"].ids
 
 
 def test_case_34_a_multilabel_csv_label_typo_names_its_row(tmp_path):

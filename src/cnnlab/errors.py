@@ -92,6 +92,19 @@ def no_such_split(split: str, recorded: Iterable[str]) -> ConfigError:
     )
 
 
+def wrong_field_count(
+    path: object, n_fields: int, n_header: int, *, row: int, delimiter: str = ","
+) -> DataError:
+    """The error for a CSV row whose field count is not the header's (a predictions CSV, a
+    dataset CSV): usually an unquoted delimiter inside a value (a path with a comma)."""
+    return DataError(
+        path,
+        f"{n_fields} fields but the header has {n_header}; check the delimiter ({delimiter!r}) "
+        f"and quoting (a value holding {delimiter!r}, such as a path, goes in double quotes)",
+        row=row,
+    )
+
+
 class Interrupted(CnnlabError):
     """Training stopped by Ctrl-C / SIGTERM after saving a resumable checkpoint."""
 

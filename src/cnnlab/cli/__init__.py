@@ -2099,7 +2099,7 @@ def _conv(args: argparse.Namespace) -> int:
 
 @command("data")
 def _data(args: argparse.Namespace) -> int:
-    from cnnlab.data.sources import scan_source
+    from cnnlab.data.sources import check_scan, scan_source
 
     report = scan_source(
         args.source, max_pixels=args.max_image_pixels, min_side=args.min_side, workers=args.workers
@@ -2108,7 +2108,8 @@ def _data(args: argparse.Namespace) -> int:
         print(report.to_json())
     else:
         out.print(report.summary_table())
-    for warning in report.check(
+    for warning in check_scan(  # the checks training makes, classes included
+        report,
         strict=args.strict,
         max_bad_fraction=args.max_bad_fraction,
         allow_empty_classes=args.allow_empty_classes,

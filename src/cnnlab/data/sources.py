@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 
 from cnnlab.data import prefetch
 from cnnlab.data.builtin import ArrayDataset, load_builtin
-from cnnlab.errors import ConfigError, DataError, close_matches
+from cnnlab.errors import ConfigError, DataError, close_matches, wrong_field_count
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -366,8 +367,20 @@ def _read_csv(path: Path) -> tuple[list[dict[str, str]], list[str]]:
             "`path,label` (optional `split` with train/val/test); multi-label: `path,labels` "
             "with `;` between labels, or `path` and one 0/1 column per label",
         )
-    rows = [{_column(k): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    rows = []
+    for row_no, row in enumerate(reader, start=2):  # row 1 is the header; blank lines skipped
+        extra = row.get(None) or []  # fields past the header's: an unquoted delimiter in a value
+        if any(cell.strip() for cell in extra):
+            raise wrong_field_count(
+                path, len(fields) + len(extra), len(fields), row=row_no, delimiter=dialect.delimiter
+            )
+        # a class name keeps its spaces until its spelling is checked ('dog ' beside 'dog')
+        rows.append({_column(k): _cell(k, v) for k, v in row.items() if k})
     return rows, label_columns
+
+
+def _cell(column: str, value: str | None) -> str:
+    return (value or "") if _column(column) == "label" else (value or "").strip()
 
 
 _RESERVED = ("path", "label", "labels", "split")  # matched in any case; label columns keep theirs
@@ -412,12 +425,22 @@ def _csv_items(
     labels joined by ';'); paths must stay inside the CSV's folder."""
     root = path.parent.resolve()
     rows, label_columns = _read_csv(path)
-    items, seen, seen_rows = [], {}, []  # seen_rows: the CSV row of each item
+    items, seen_rows = [], []  # seen_rows: the CSV row of each item
+    seen: dict[Path, tuple[str, str, int]] = {}  # resolved file -> (label, path as written, row)
+    spelt: list[str] = []  # each item's class name as written ('dog ' is not 'dog' yet)
     missing: list[str] = []  # "row N: 'path'" of each row whose file is not there
+    blank_split: list[int] = []  # rows with an empty cell in a `split` column
     for row_no, row in enumerate(rows, start=2):  # row 1 is the header
-        rel, label, split = row.get("path", ""), row.get("label", ""), row.get("split") or None
+        rel, written, split = row.get("path", ""), row.get("label", ""), row.get("split") or None
+        label = written.strip()
         if not rel:
             raise DataError(path, "empty path", row=row_no)
+        if "\x00" in rel:  # no file name holds one; the OS refuses the path with a ValueError
+            raise DataError(
+                path, f"path {rel!r} holds a NUL byte (\\x00); fix or remove the row", row=row_no
+            )
+        if "split" in row and split is None:
+            blank_split.append(row_no)
         if label_columns:
             label = _label_set(row, label_columns, path, row_no)
         elif not label or label.lower() == "nan":
@@ -434,20 +457,33 @@ def _csv_items(
         full = (root / p).resolve()
         if not full.is_relative_to(root):
             raise DataError(path, f"path {rel!r} resolves outside {root} (symlink?)", row=row_no)
-        if rel in seen:
-            if seen[rel] != label:
+        # one file however it is spelt ('./cat/1.png', 'cat//1.png', a symlinked folder)
+        if full in seen:
+            earlier, earlier_rel, earlier_row = seen[full]
+            if earlier != label:
+                same = (
+                    "" if earlier_rel == rel else f" (row {earlier_row} spells it {earlier_rel!r})"
+                )
                 raise DataError(
                     path,
-                    f"{rel!r} is listed twice with different labels ({seen[rel]!r} and {label!r})",
+                    f"{rel!r} is listed twice with different labels ({earlier!r} and {label!r})"
+                    f"{same}; list each image once, with its one label",
                     row=row_no,
                 )
-            log.warning("%s row %d: duplicate of an earlier row, ignored", path, row_no)
+            log.warning("%s row %d: duplicate of row %d, ignored", path, row_no, earlier_row)
             continue
-        seen[rel] = label
+        seen[full] = (label, rel, row_no)
         seen_rows.append(row_no)
+        spelt.append(written)
         items.append((root / p, label, split))
         if not full.exists():  # the scan skips it as "file not found", naming no row
             missing.append(f"row {row_no}: {rel!r}")
+    if blank_split and len(blank_split) < len(rows):  # some rows give a split, these do not
+        raise DataError(
+            path,
+            f"{_rows(blank_split)}: empty split; give train, val or test in every row, or leave "
+            "the split column out (cnnlab then splits every row itself)",
+        )
     if missing:
         shown = ", ".join(missing[:5]) + (
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -459,8 +495,8 @@ def _csv_items(
     # class names typed in the rows (not a 0/1 column per label): name the rows of a typo
     if not label_columns or label_columns == ["labels"]:
         rows_of: dict[str, list[int]] = {}
-        for row_no, (_, label, _) in zip(seen_rows, items, strict=True):
-            for lab in label.split(";") if label_columns else [label]:
+        for row_no, (_, label, _), written in zip(seen_rows, items, spelt, strict=True):
+            for lab in label.split(";") if label_columns else [written]:
                 if lab:
                     rows_of.setdefault(lab, []).append(row_no)
         _check_label_spelling(sorted(rows_of), path, rows_of)
@@ -469,37 +505,68 @@ def _csv_items(
     return items, root, [] if label_columns == ["labels"] else label_columns  # []: from the rows
 
 
+def _rows(row_nos: list[int]) -> str:
+    """'row 3' or 'rows 3, 7, 9, 12, 15 and 4 more'."""
+    more = f" and {len(row_nos) - 5} more" if len(row_nos) > 5 else ""
+    return f"row{'s' if len(row_nos) > 1 else ''} {', '.join(map(str, row_nos[:5]))}{more}"
+
+
 def _check_label_spelling(
     labels: list[str], where: Path, rows_of: dict[str, list[int]] | None = None
 ) -> None:
-    """Near-duplicate class names ('cat', 'Cat', 'cat ') are almost always typos: fail and name them.
+    """Near-duplicate class names ('cat', 'Cat', 'cat ', 'café' composed and decomposed) are
+    almost always typos: fail and name them.
 
     ``rows_of`` (a CSV's labels): the rows naming each label, so the message points at the typo
     (usually the spelling with the fewest rows) instead of leaving a search through the file."""
     by_key: dict[str, set[str]] = {}
     for lab in labels:
-        by_key.setdefault(lab.strip().casefold(), set()).add(lab)
+        by_key.setdefault(unicodedata.normalize("NFC", lab).strip().casefold(), set()).add(lab)
     clashes = [sorted(v) for v in by_key.values() if len(v) > 1]
     if not clashes:
         return
 
-    def named(lab: str) -> str:
+    def named(lab: str, spell: Any) -> str:
         if rows_of is None:
-            return repr(lab)
+            return spell(lab)
         rows = rows_of[lab]
         shown = ", ".join(map(str, rows[:3])) + (
             f" and {len(rows) - 3} more" if len(rows) > 3 else ""
         )
-        return f"{lab!r} (row{'s' if len(rows) > 1 else ''} {shown})"
+        return f"{spell(lab)} (row{'s' if len(rows) > 1 else ''} {shown})"
 
-    groups = "; ".join(" vs ".join(named(lab) for lab in group) for group in clashes)
+    def group_text(group: list[str]) -> str:
+        # names that print alike (one composed, one decomposed) are shown by their code points
+        alike = len({unicodedata.normalize("NFC", lab) for lab in group}) < len(group)
+        text = " vs ".join(named(lab, ascii if alike else repr) for lab in group)
+        return f"{text} (the same letters in another Unicode form)" if alike else text
+
+    groups = "; ".join(group_text(group) for group in clashes)
     raise DataError(
-        where, f"class names that differ only in case/spaces: {groups}; make them identical"
+        where,
+        f"class names that differ only in case/spaces: {groups}; make them identical",
     )
 
 
 #: The pixel limit is an option of every command that loads a dataset through here (TrainConfig).
 PIXEL_LIMIT_HINT = "raise --max-image-pixels for larger images"
+
+
+def check_scan(report: Any, **check_options: Any) -> list[str]:
+    """``report.check(**check_options)`` (its warnings returned), then the class names of a
+    single-label source: no two that differ only in case/spaces/Unicode form, at least two
+    classes with usable images. The one check after a scan, for `cnnlab train` (evaluate, cv)
+    and `cnnlab data check` alike, so that the check refuses what training refuses, in the same
+    words (naming the report's root). A multi-label CSV's files were scanned without a label
+    (None): their labels are checked when the label matrix is made."""
+    warnings = report.check(**check_options)
+    where = report.root or "<dataset items>"
+    item_labels = [it.label for it in report.usable_items]
+    if None not in item_labels:
+        labels = sorted(set(item_labels))
+        _check_label_spelling(labels, where)
+        _check_two_classes(labels, item_labels, where)
+    return warnings
 
 
 def _check_two_classes(labels: list[str], item_labels: list[str], where: Path) -> None:
@@ -556,15 +623,13 @@ def _from_items(
     )  # fmt: skip
     # the imbalance is judged by training (cnnlab.tasks.classify.imbalance): said only when no
     # remedy is chosen, with the training split's counts; the scan said it beside the remedy
-    report.check(
-        strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction, pixel_hint=PIXEL_LIMIT_HINT,
-        imbalance=False,
+    check_scan(
+        report, strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction,
+        pixel_hint=PIXEL_LIMIT_HINT, imbalance=False,
     )  # fmt: skip
     usable = report.usable_items  # [DataItem(path, label, split)]
     if label_columns is None:
         labels = sorted({it.label for it in usable})
-        _check_label_spelling(labels, root)
-        _check_two_classes(labels, [it.label for it in usable], root)
         index = {c: i for i, c in enumerate(labels)}
         targets = np.array([index[it.label] for it in usable], dtype=np.int64)
     else:

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.errors import DataError, close_matches
+from cnnlab.errors import DataError, close_matches, wrong_field_count
 from cnnlab.metrics.scores import PROB_SUM_TOL, softmax
 
 logger = logging.getLogger(__name__)
@@ -84,12 +84,7 @@ def _check_rows(
         raise DataError(path, "no data rows after the header; add one row per sample")
     for line, fields in rows:
         if len(fields) != len(header):
-            raise DataError(
-                path,
-                f"{len(fields)} fields but the header has {len(header)}; "
-                f"check the delimiter ({delimiter!r}) and quoting",
-                row=line,
-            )
+            raise wrong_field_count(path, len(fields), len(header), row=line, delimiter=delimiter)
 
 
 def _find(header: list[str], choices: tuple[str, ...], path: Path, what: str) -> int | None:
