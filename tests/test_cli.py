@@ -166,6 +166,22 @@ def test_compare_bad_input(run: Path) -> None:
                       names=[f"{run} and {run}/. are the same run"])  # fmt: skip
 
 
+def test_compare_says_which_folders_have_test_predictions(run: Path, tmp_path: Path) -> None:
+    """It said "run `cnnlab evaluate` on it first" of a run without a test split (evaluate writes
+    into an evaluation folder, never the run: the advice failed again) and of segmentation and
+    detection runs, whose predictions compare does not pair."""
+    bare = tmp_path / "no-test-split"
+    bare.mkdir()
+    (bare / "run.json").write_text(json.dumps({"task": "classification"}))
+    assert_user_error("compare", str(run), str(bare),
+                      names=["has no test_predictions.npz", "compare that folder"])  # fmt: skip
+    seg = tmp_path / "seg"
+    seg.mkdir()
+    (seg / "run.json").write_text(json.dumps({"task": "segmentation"}))
+    assert_user_error("compare", str(seg), str(run),
+                      names=f"{seg} is a segmentation run: compare pairs")  # fmt: skip
+
+
 @pytest.mark.slow
 def test_finetune(run: Path, work: Path) -> None:
     ok(

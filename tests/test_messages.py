@@ -92,7 +92,11 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "engine/trainer.py:check_monitor": (*TRAINERS, *TASK_TRAINERS),  # --monitor
     "engine/resume.py:resume_target": ("train", "finetune", *TASK_TRAINERS),  # only with --resume
     "engine/resume.py:resumed_config": ("train", "finetune", *TASK_TRAINERS),  # only with --resume
-    "engine/resume.py:check_unfinished": ("train", "finetune", *TASK_TRAINERS),  # only with --resume
+    "engine/resume.py:check_unfinished": (
+        "train",
+        "finetune",
+        *TASK_TRAINERS,
+    ),  # only with --resume
     # the run's own dataset, read again: every evaluate, and embed
     "run.py:source_config": (*EVALUATORS, "embed"),
     "run.py:relocated_data": (*EVALUATORS, "embed"),  # only with --relocated-data

@@ -363,6 +363,27 @@ def evaluate(
     return answer
 
 
+def _no_predictions(run: str | Path) -> Exception:
+    """Why a folder has no test_predictions.npz to compare, and what has one. (It said "run
+    `cnnlab evaluate` on it first", which writes into an evaluation folder, never the run, and
+    does not help a segmentation or detection run.)"""
+    try:
+        task = read_json(Path(run) / "run.json").get("task")
+    except (OSError, ValueError):
+        task = None
+    if task in ("segmentation", "detection"):
+        return ConfigError(
+            f"{run} is a {task} run: compare pairs the per-image test predictions of two "
+            "classification or video runs"
+        )
+    return DataError(
+        run,
+        "has no test_predictions.npz (a run trained without a test split has none); "
+        "`cnnlab evaluate RUN --data TEST` writes one into the evaluation folder it names: "
+        "compare that folder",
+    )
+
+
 def compare(run_a: str | Path, run_b: str | Path, *, seed: int = 0) -> dict[str, Any]:
     """Two runs' predictions on the same test set: accuracies, paired-bootstrap difference, exact McNemar test."""
     from cnnlab.metrics.stats import compare_predictions
@@ -370,7 +391,7 @@ def compare(run_a: str | Path, run_b: str | Path, *, seed: int = 0) -> dict[str,
     paths = [Path(run) / "test_predictions.npz" for run in (run_a, run_b)]
     for run, path in zip((run_a, run_b), paths, strict=True):
         if not path.is_file():
-            raise DataError(run, "has no test_predictions.npz; run `cnnlab evaluate` on it first")
+            raise _no_predictions(run)
     # a run against itself agreed with itself on every image: "difference +0.0000, p = 1", a
     # comparison that looked like an answer. samefile: also the same folder spelled twice
     # (runs/a and runs/a/, a link to it)
