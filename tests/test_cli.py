@@ -513,9 +513,9 @@ def test_config_errors_name_the_flag_the_user_typed():
     from cnnlab.errors import ConfigError
 
     assert_user_error("train", "--data", "builtin:digits", "--image-size", "4",
-                      names="option --image-size must be >= 8 pixels, got 4")  # fmt: skip
+                      names="option --image-size must be >= 16 pixels")  # fmt: skip
     line = assert_user_error("train", "--data", "builtin:digits", "--mixup-alpha", "0.2",
                              names="option --mixup-alpha=0.2 acts only")  # fmt: skip
     assert line.endswith("or leave --mixup-alpha out")
-    with pytest.raises(ConfigError, match="^option image_size must be >= 8"):
+    with pytest.raises(ConfigError, match="^option image_size must be >= 16"):
         make_config(TrainConfig, image_size=4)  # Python: the keyword

@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
+import os
 import types
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
 import tomllib
 
@@ -51,6 +53,13 @@ RECIPES: dict[str, tuple[str, ...]] = {
 #: 50 megapixels: an 8000 x 6000 photo still passes, a 12000 x 9000 one does not (its RGB decode
 #: alone would take 324 MB). Raise with ``--max-image-pixels``; enforced in cnnlab.data.decode.
 DEFAULT_MAX_PIXELS = 50_000_000
+
+# Smallest image side any registered model accepts: every family is tested at 28 px and runs
+# down to 16 px (LeNet's two 5x5 convs + two 2x2 pools need >= 12 px even with padding). Here,
+# below the models, so that a config refuses a smaller --image-size with the models' own minimum.
+MIN_IMAGE_SIZE = 16
+#: the seed reaches NumPy and scikit-learn, which take 0 .. 2**32 - 1 only
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,10 @@ class RunConfig:
     )
     private: bool = False  # run folder 0700 and its files 0600 (default: as open() under the umask)
 
+    #: the smallest image_size the task's models take (pixels); a task raises it where its models
+    #: need more (detection's FPN)
+    min_image_size: ClassVar[int] = MIN_IMAGE_SIZE
+
     def __post_init__(self) -> None:
         """The checks every task shares; a task's config calls this first, then checks its own."""
         check_literals(self)
@@ -140,16 +153,33 @@ class RunConfig:
             raise ConfigError(f"option lr must be a number or 'auto', got {self.lr!r}")
         if self.compile not in (True, False, "auto"):
             raise ConfigError(f"option compile must be true, false or auto, got {self.compile!r}")
-        positive = {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "accumulate_grad_batches": self.accumulate_grad_batches,
-        }
+        check_positive(self, "epochs", "batch_size", "accumulate_grad_batches", "devices")
         if not isinstance(self.lr, str):
-            positive["lr"] = self.lr
-        for key, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"option {key} must be > 0, got {value}")
+            check_positive(self, "lr")
+        # a negative clip norm flips every gradient (the loss rises), 0 zeroes them: none is off
+        if self.grad_clip is not None and not (
+            self.grad_clip > 0 and math.isfinite(self.grad_clip)
+        ):
+            raise ConfigError(
+                f"option grad_clip must be > 0 (a gradient norm; none: no clipping), "
+                f"got {self.grad_clip}"
+            )
+        if not 0.0 <= self.momentum < 1.0:  # 1 never forgets a gradient; above it diverges
+            raise ConfigError(f"option momentum must be in [0, 1), got {self.momentum}")
+        check_non_negative(self, "weight_decay", "warmup_epochs")
+        if self.early_stopping is not None and self.early_stopping < 0:
+            raise ConfigError(
+                "option early_stopping must be >= 0 epochs of patience (0 or none: never stop "
+                f"early), got {self.early_stopping}"
+            )
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"option seed must be in 0..{MAX_SEED}, got {self.seed}")
+        if self.image_size is not None and self.image_size < self.min_image_size:
+            raise ConfigError(
+                f"option image_size must be >= {self.min_image_size} pixels (the smallest side "
+                f"the models take), got {self.image_size}"
+            )
+        check_run_name(self.name, self.out)
         for key in ("val_fraction", "test_fraction"):
             value = getattr(self, key)
             if not 0.0 <= value < 1.0:
@@ -251,8 +281,8 @@ class TrainConfig(RunConfig):
             raise ConfigError(f"option shots must be >= 1 image per class, got {self.shots}")
         if not 0.0 < self.lr_mult <= 1.0:
             raise ConfigError(f"option lr_mult must be in (0, 1], got {self.lr_mult}")
-        if self.image_size is not None and self.image_size < 8:
-            raise ConfigError(f"option image_size must be >= 8 pixels, got {self.image_size}")
+        check_positive(self, "in_channels", "max_image_pixels")
+        check_non_negative(self, "head_epochs")
         check_augment(self, AUGMENTATIONS)
         check_augment_options(self)
         if self.loss == "focal" and set(augmentations(self)) & set(MIXING):
@@ -387,8 +417,28 @@ def check_positive(cfg: Any, *names: str) -> None:
     """Each named option, when set, is > 0; else a one-line ConfigError naming it."""
     for key in names:
         value = getattr(cfg, key)
-        if value is not None and value <= 0:
+        if value is not None and not (value > 0 and math.isfinite(value)):  # nor nan, inf
             raise ConfigError(f"option {key} must be > 0, got {value}")
+
+
+def check_non_negative(cfg: Any, *names: str) -> None:
+    """Each named option, when set, is >= 0; else a one-line ConfigError naming it."""
+    for key in names:
+        value = getattr(cfg, key)
+        if value is not None and not (value >= 0 and math.isfinite(value)):  # nor nan, inf
+            raise ConfigError(f"option {key} must be >= 0, got {value}")
+
+
+def check_run_name(name: str | None, out: str) -> None:
+    """``name`` (--name) is one folder name inside ``out`` (--out): a separator or '..' would put
+    the run outside it, and '' or '.' would be `out` itself (the run then got a name like '-2')."""
+    if name is None:
+        return
+    if name.strip() in ("", ".", "..") or any(c in name for c in ("/", "\\", "\0")):
+        raise ConfigError(
+            f"option name must be one folder name inside option out ({out}): not empty, '.' or "
+            f"'..', and without '/' or '\\'; got {name!r}"
+        )
 
 
 def check_fraction(cfg: Any, *names: str) -> None:
@@ -415,7 +465,12 @@ def check_literals(cfg: Any) -> None:
 
 
 def _coerce(name: str, hint: Any, value: Any) -> Any:
-    """Turn a value read from JSON/TOML/CLI text into the field's type (bools, ints, tuples)."""
+    """Turn a value read from JSON/TOML/CLI text into the field's type (bools, ints, tuples).
+
+    Only exact conversions: an int field takes an integer (``4`` or ``"4"``), not ``1.5``,
+    ``2.0`` or ``true``; a float field takes an int or a float, not ``true``. A file's
+    ``epochs = 1.5`` had trained 1 epoch and ``lr = true`` at 1.0, while ``--epochs 1.5`` was
+    refused: file, command line and keywords now meet the same rule."""
     if value is None:
         return None
     text = str(value).strip()
@@ -425,39 +480,73 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
         types.UnionType,
     ):  # X | None -> X; X | Literal[...] -> the first that fits
         options = [a for a in get_args(hint) if a is not type(None)]
+        # --grad-clip none, --ema none: the word for unset, where the field is no text itself
+        optional = len(options) < len(get_args(hint)) and str not in options
+        if optional and isinstance(value, str) and text.lower() == "none":
+            return None
+        refused: ConfigError | None = None
         for option in options[:-1]:
             try:
                 return _coerce(name, option, value)
-            except ConfigError:
-                continue
+            except ConfigError as err:
+                refused = err
         base = options[-1]
+        # lr = true: the number's refusal, not "got 'True'" from the words
+        if refused is not None and get_origin(base) is Literal and not isinstance(value, str):
+            raise refused
     if get_origin(base) is Literal:  # checked with a close-match suggestion in __post_init__
         return text
     if base is bool:
         if isinstance(value, bool):
             return value
-        if text.lower() in ("1", "true", "yes", "on"):
+        if isinstance(value, str) and text.lower() in ("1", "true", "yes", "on"):
             return True
-        if text.lower() in ("0", "false", "no", "off"):
+        if isinstance(value, str) and text.lower() in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"option {name} expects true/false, got {value!r}")
+        raise ConfigError(f"option {name} expects true/false, got {_shown(value)}")
     if base is int:
-        try:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
             return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"option {name} expects an integer, got {value!r}") from None
-    if base is float:
         try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"option {name} expects a number, got {value!r}") from None
+            if isinstance(value, str):
+                return int(text)
+        except ValueError:
+            pass
+        raise ConfigError(f"option {name} expects an integer, got {_shown(value)}")
+    if base is float:
+        number = None
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(text)
+            except ValueError:
+                pass
+        if number is None:  # nan and inf pass: the field's range check names its range
+            raise ConfigError(f"option {name} expects a number, got {_shown(value)}")
+        return number
     if get_origin(base) is tuple:
         if isinstance(value, (list, tuple)):
             items = [str(v) for v in value]
         else:
             items = [v.strip() for v in text.split(",") if v.strip()]
         return tuple(v for v in items if v.lower() != "none")
+    if base is str:
+        if isinstance(value, (str, os.PathLike)):
+            return os.fspath(value)
+        raise ConfigError(f"option {name} expects text, got {_shown(value)}; write it in quotes")
     return value
+
+
+def _shown(value: Any) -> str:
+    """A refused value as the user wrote it, with its type when that is what is wrong:
+    ``true (a boolean)``, ``1.5 (a float)``, ``'ten'``."""
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    kind = {int: "an integer", float: "a float", list: "a list", dict: "a table"}
+    return f"{value!r} ({kind.get(type(value), type(value).__name__)})"
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -483,18 +572,35 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def make_config(cls: type, file: str | Path | None = None, **overrides: Any):
-    """Build a frozen config: defaults < `file` < `overrides` (None overrides are ignored)."""
+def make_config(
+    cls: type,
+    file: str | Path | None = None,
+    *,
+    command_keys: Iterable[str] = (),
+    **overrides: Any,
+):
+    """Build a frozen config: defaults < `file` < `overrides` (None overrides are ignored).
+
+    ``command_keys``: options of the calling command itself that its config file may hold beside
+    the config's (`cnnlab cv`'s folds); the command reads them, this leaves them out."""
     values: dict[str, Any] = {}
     if file is not None:
-        values.update(load_config_file(file))
+        skip = set(command_keys)
+        values.update({k: v for k, v in load_config_file(file).items() if k not in skip})
     values.update({k: v for k, v in overrides.items() if v is not None})
     hints = get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     for key in values:
         if key not in names:
             raise ConfigError(f"unknown option {key!r}{close_matches(key, names)}")
-    coerced = {k: _coerce(k, hints[k], v) for k, v in values.items()}
+    coerced = {}
+    for key, value in values.items():
+        try:
+            coerced[key] = _coerce(key, hints[key], value)
+        except ConfigError as err:
+            if file is None or overrides.get(key) is not None:
+                raise
+            raise ConfigError(f"config file {file}: {err}") from None  # which file, too
     return cls(**coerced)
 
 

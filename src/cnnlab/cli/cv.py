@@ -32,9 +32,10 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--folds",
-        default=5,
+        default=None,  # None: the --config file's folds, else 5 (cnnlab.tasks.classify.cv)
         metavar="K",
-        help="number of stratified folds: an integer >= 2, at most the smallest class's images (5)",
+        help="number of stratified folds: an integer >= 2, at most the smallest class's images; "
+        "also read from --config FILE (5)",
     )
     add_train_options(p, skip=SKIP)
 

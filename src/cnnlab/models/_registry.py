@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
+from cnnlab.config import MIN_IMAGE_SIZE
 from cnnlab.errors import ConfigError, close_matches
 
 from ._base import ClassifierModel, check_positive_int
@@ -22,10 +23,6 @@ from ._timm import is_timm
 logger = logging.getLogger(__name__)
 
 Builder = Callable[..., ClassifierModel]
-
-# Smallest image side any registered model accepts: every family is tested at 28 px and runs
-# down to 16 px (LeNet's two 5x5 convs + two 2x2 pools need >= 12 px even with padding).
-MIN_IMAGE_SIZE = 16
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ made, which is when training or evaluation is about to import them anyway.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from cnnlab.config import (
     DEFAULT_MAX_PIXELS,
@@ -26,6 +26,7 @@ from cnnlab.config import (
     check_augment,
     check_augment_options,
     check_fraction,
+    check_non_negative,
     check_positive,
 )
 from cnnlab.errors import ConfigError
@@ -92,16 +93,13 @@ class SegmentConfig(RunConfig):
         from cnnlab.tasks.segmentation import SegmentationTask
 
         super().__post_init__()
-        check_positive(self, "report_images")
+        check_positive(self, "report_images", "in_channels", "max_image_pixels")
+        check_non_negative(self, "dice_weight")
         check_fraction(self, "max_bad_fraction")
         if not 0 <= self.ignore_index <= 255:
             raise ConfigError(
                 f"option ignore_index must be in 0..255 (8-bit masks), got {self.ignore_index}"
             )
-        if self.image_size is not None and self.image_size < 16:
-            raise ConfigError(f"option image_size must be >= 16 pixels, got {self.image_size}")
-        if self.dice_weight < 0:
-            raise ConfigError(f"option dice_weight must be >= 0, got {self.dice_weight}")
         per_process = self.batch_size // max(1, int(self.devices or 1))
         if (self.model == "deeplabv3" or self.model.startswith("deeplabv3_")) and per_process < 2:
             # ASPP's image-pooling branch normalises a 1x1 map: one image gives BatchNorm one
@@ -154,16 +152,20 @@ class DetectConfig(RunConfig):
     monitor: str = "val_map50"  # val_map50 / val_map (higher better) or train_loss
     report_images: int = 6  # best and worst test images shown in the report
 
+    # the detection models' smallest image side (pixels); the classifiers take MIN_IMAGE_SIZE
+    min_image_size: ClassVar[int] = 32
+
     def __post_init__(self) -> None:
         from cnnlab.data.boxes import BOX_AUGMENTATIONS
         from cnnlab.engine.trainer import check_monitor
         from cnnlab.tasks.detection import DetectionTask
 
         super().__post_init__()
-        check_positive(self, "report_images", "fpn_channels", "box_head_width")
+        check_positive(
+            self, "report_images", "fpn_channels", "box_head_width", "in_channels",
+            "max_image_pixels",
+        )  # fmt: skip
         check_fraction(self, "max_bad_fraction")
-        if self.image_size is not None and self.image_size < 32:
-            raise ConfigError(f"option image_size must be >= 32 pixels, got {self.image_size}")
         if not 0.0 <= self.score_threshold <= 1.0:
             raise ConfigError(
                 f"option score_threshold must be in [0, 1], got {self.score_threshold}"
@@ -216,8 +218,6 @@ class VideoConfig(RunConfig):
         check_fraction(self, "max_bad_fraction", "label_smoothing")
         if self.frames is not None and self.frames < 2:
             raise ConfigError(f"option frames must be >= 2 (a clip), got {self.frames}")
-        if self.image_size is not None and self.image_size < 16:
-            raise ConfigError(f"option image_size must be >= 16 pixels, got {self.image_size}")
         check_augment(self, VIDEO_AUGMENTATIONS, "video ")
         check_augment_options(self)
         check_monitor(self.monitor, ClassificationTask, "video")

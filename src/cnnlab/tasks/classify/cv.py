@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnlab.config import TrainConfig, make_config
+from cnnlab.config import TrainConfig, load_config_file, make_config
 from cnnlab.data.folds import check_folds, fold_of_samples, fold_split
 from cnnlab.data.sources import concat_splits, in_split_order, load_source
 from cnnlab.engine.checkpoint import CheckpointManager, atomic_write
@@ -56,6 +56,7 @@ from cnnlab.tasks.classify.train import train
 log = logging.getLogger(__name__)
 
 CONFIDENCE = 0.95  # of the t interval across folds
+DEFAULT_FOLDS = 5  # --folds: each fold trains on the other 4/5 of the samples (less validation)
 #: set by the cross-validation itself, per fold: not options of `cnnlab cv`
 MANAGED = ("split_file", "resume", "test_fraction")
 #: what a rerun of a cross-validation may change; every other option must be the recorded one
@@ -84,14 +85,15 @@ class CVResult:
 def cross_validate(
     config: TrainConfig | str | Path | None = None,
     *,
-    folds: int | str = 5,
+    folds: int | str | None = None,
     console: Any = None,
     callbacks: Sequence[Any] = (),
     **overrides: Any,
 ) -> CVResult:
     """K-fold cross-validation of ``cnnlab train`` with ``config`` (a TrainConfig or a JSON/TOML
-    file) < ``overrides``; see the module docstring. ``callbacks`` go to every fold's fit."""
-    k = check_folds(folds)
+    file) < ``overrides``; see the module docstring. ``folds``: None takes the file's ``folds``
+    (as `cnnlab cv --config FILE` reads it), else 5. ``callbacks`` go to every fold's fit."""
+    k = check_folds(_folds(config, folds))
     for key in MANAGED:
         if overrides.get(key) is not None:
             raise ConfigError(f"option {key} is set by cnnlab cv for each fold; {_WHY[key]}")
@@ -102,7 +104,7 @@ def cross_validate(
     if isinstance(config, TrainConfig):
         cfg = make_config(TrainConfig, **(config.to_dict() | overrides))
     else:
-        cfg = make_config(TrainConfig, config, **overrides)
+        cfg = make_config(TrainConfig, config, command_keys=("folds",), **overrides)
     for key in ("split_file", "resume"):
         if getattr(cfg, key) is not None:
             raise ConfigError(f"option {key} is set by cnnlab cv for each fold; {_WHY[key]}")
@@ -208,6 +210,23 @@ def _cv_folder(cfg: TrainConfig, folds: int, options: dict[str, Any]) -> Path:
     cv_dir = new_run_dir(cfg.out, cfg.name, f"cv-{model}", cfg.data, private=cfg.private)
     write_json(cv_dir / "cv.json", record)
     return cv_dir
+
+
+def _folds(config: TrainConfig | str | Path | None, folds: int | str | None) -> object:
+    """The number of folds as given: the argument, else the config file's ``folds`` (cv's own
+    option beside the training options), else 5."""
+    if folds is not None:
+        return folds
+    if config is None or isinstance(config, TrainConfig):
+        return DEFAULT_FOLDS
+    value = load_config_file(config).get("folds", DEFAULT_FOLDS)
+    # an int (or its text) in the file, as for the training options' int fields: 2.0 and true
+    # are refused, not truncated
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(
+            f"config file {config}: option folds expects an integer >= 2, got {value!r}"
+        )
+    return value
 
 
 def fold_split_files(
