@@ -48,9 +48,9 @@ everywhere. The user-facing table is ``docs/data-policy.md``; the steps, in orde
    browsers, viewers and document pages show for transparent logos/icons/scans -- the pictures a
    photo dataset usually contains. Pillow's plain ``convert("RGB")`` would instead expose
    whatever colour hides under alpha = 0 (often black, sometimes garbage). MNIST-like digits are
-   white-on-black *grey* images without alpha and are not affected; a dataset of white strokes
-   on a transparent canvas should pass ``background=(0, 0, 0)`` -- and the same value must then be
-   used in serving (it travels in the preprocessing spec).
+   white-on-black *grey* images without alpha and are not affected. The commands decode with
+   the default (no option changes it; an export records it in its preprocessing metadata); a
+   caller of these functions may pass another ``background``, and must then use it everywhere.
 
 Errors are :class:`cnnlab.errors.DataError` ``(path, reason)`` with the short reasons below; the
 Pillow message is kept as ``__cause__``. Only Pillow's documented family of hostile-input
