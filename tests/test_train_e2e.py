@@ -136,8 +136,12 @@ def test_resume_after_interruption_is_bit_identical(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    # validation after every epoch matches exactly (training-loss averages of the split epoch cover fewer steps)
-    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    # every epoch's metrics match exactly, the split epoch's training loss and accuracy too (they
+    # averaged only the batches after the resume); the timings are the two processes' own
+    timed = {"epoch_time_s", "train_images_per_s"}
+    untimed = [[{k: v for k, v in h.items() if k not in timed} for h in run.history]
+               for run in (resumed, full)]  # fmt: skip
+    assert untimed[0] == untimed[1]
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):

@@ -252,6 +252,7 @@ class Checkpoint(Callback):
             "step": s.step,
             "complete_epoch": complete,
             "global_step": s.global_step,
+            "epoch_sums": list(s.epoch_sums),
             "history": s.history,
             "optimizer": trainer.optimizer.state_dict(),
             "scheduler": trainer.scheduler.state_dict(),

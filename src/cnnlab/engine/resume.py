@@ -271,6 +271,9 @@ def restore(trainer: Any, model: torch.nn.Module, run_dir: Path, entry: dict[str
     s = trainer.state
     s.history, s.global_step = list(state["history"]), int(state["global_step"])
     s.epoch, s.step = int(state["epoch"]), int(state["step"])
+    # older checkpoints have no sums: their resumed epoch averages the batches after the resume
+    seen, loss, correct = state.get("epoch_sums", (0, 0.0, 0.0))
+    s.epoch_sums = (int(seen), float(loss), float(correct))
     if state["complete_epoch"]:
         s.epoch, s.step = s.epoch + 1, 0
     for cb in trainer.callbacks:

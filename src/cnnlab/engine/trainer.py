@@ -40,6 +40,9 @@ class LoopState:
     stop_reason: str = ""
     interrupted: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
+    # (images, summed loss, summed correct) of the epoch's batches so far: a checkpoint taken
+    # mid-epoch keeps them, so the resumed epoch's train_loss averages all its batches
+    epoch_sums: tuple[int, float, float] = (0, 0.0, 0.0)
 
 
 def recorded_metrics(task: Any, validation: bool = True) -> list[str]:
@@ -134,7 +137,9 @@ class Trainer:
         while s.epoch < epochs and not s.stop:
             self.train_mode(self.model)
             self._emit("on_epoch_start")
-            t0, seen, loss_sum, correct_sum = time.perf_counter(), 0, 0.0, 0.0
+            t0 = time.perf_counter()
+            seen, loss_sum, correct_sum = s.epoch_sums if s.step else (0, 0.0, 0.0)
+            seen_before = seen  # a resumed epoch's images before the resume (not timed here)
             n_batches = len(train_loader)
             self._check_group_boundary(s.step, n_batches)
             for images, targets, idx in train_loader.batches(s.epoch, start=s.step):
@@ -149,7 +154,7 @@ class Trainer:
                 n = images.shape[0]
                 seen, loss_sum = seen + n, loss_sum + loss_value * n
                 correct_sum += correct
-                s.step += 1
+                s.step, s.epoch_sums = s.step + 1, (seen, loss_sum, correct_sum)
                 self._emit("on_batch_end", loss_value, correct, n)
                 if s.stop and last:  # interruption: leave at a group boundary; Checkpoint saves it
                     break
@@ -162,7 +167,7 @@ class Trainer:
                 "epoch_time_s": elapsed,
                 "train_loss": loss_sum / max(seen, 1),
                 "train_accuracy": correct_sum / max(seen, 1),
-                "train_images_per_s": seen / max(elapsed, 1e-9),
+                "train_images_per_s": (seen - seen_before) / max(elapsed, 1e-9),
             }
             if not self.reports_accuracy:
                 del metrics["train_accuracy"]
