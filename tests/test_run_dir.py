@@ -298,6 +298,10 @@ def test_a_resume_refuses_data_that_changed_since(tmp_path: Path) -> None:
     digits = api.train(out=str(tmp_path), name="d", epochs=1, **DIGITS).run_dir
     with pytest.raises(ConfigError, match="was trained on builtin:digits, not on files of yours"):
         api.train(resume=str(digits), epochs=2, data=str(data))  # another dataset: not a move
+    # a builtin in place of the run's folder is another dataset, not its new place ("no such file
+    # or folder; give where the run's dataset is now" said before)
+    with pytest.raises(ConfigError, match=rf"--data builtin:digits: {run} was trained on {data}"):
+        api.train(resume=str(run), epochs=3, data="builtin:digits")
 
 
 def test_a_run_refused_at_set_up_leaves_no_folder_to_take_its_name(tmp_path: Path) -> None:

@@ -472,6 +472,11 @@ def relocated_data(
             f"{flag} {new}: {run_dir} was trained on {recorded}, not on files of yours; leave "
             f"{flag} out"
         )
+    if str(new).startswith(("builtin:", "torchvision:")):  # not a place: another dataset
+        raise ConfigError(
+            f"{flag} {new}: {run_dir} was trained on {recorded}; {flag} says where that dataset "
+            f"is now (moved or copied), not another one: give its new path, or leave {flag} out"
+        )
     if not Path(new).expanduser().exists():
         raise DataError(
             str(new), f"{flag}: no such file or folder; give where the run's dataset is now"
