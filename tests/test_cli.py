@@ -378,8 +378,16 @@ def test_segment(work: Path, digits: list[Path]) -> None:
     assert 0 <= metrics["mean_iou"] <= 1
     ci = metrics["confidence_intervals"]["mean_iou"]  # --json carries the 95% interval
     assert ci["value"] == metrics["mean_iou"] and ci["low"] <= ci["value"] <= ci["high"]
-    ok("segment", "predict", str(runs / "seg"), str(digits[0]), "--out", str(work / "masks"))
-    assert list((work / "masks").iterdir())
+    proc = ok("segment", "predict", str(runs / "seg"), str(digits[0]), "--out", str(work / "masks"))
+    written = sorted(p.relative_to(work / "masks").as_posix() for p in (work / "masks").rglob("*")
+                     if p.is_file() and not p.name.startswith("."))  # fmt: skip
+    stem = digits[0].stem
+    assert written == [f"masks/{stem}.png", f"overlays/{stem}.png", "predictions.json"], written
+    # it said "wrote 1 file(s)" of these three
+    said = " ".join(proc.stdout.split())
+    assert (
+        "wrote 1 mask(s) (masks/), their colour overlays (overlays/) and predictions.json" in said
+    )
 
 
 @pytest.mark.slow

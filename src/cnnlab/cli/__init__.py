@@ -1295,7 +1295,11 @@ def _segment(args: argparse.Namespace) -> int:
             precision=args.precision,
             tta=args.tta,
         )
-        out.print(f"wrote {len(paths)} file(s) to {args.out}")
+        overlays = ", their colour overlays (overlays/)" if args.overlays else ""
+        out.print(
+            f"wrote {len(paths)} mask(s) (masks/){overlays} and predictions.json to {args.out}",
+            soft_wrap=True,
+        )
     return 0
 
 
