@@ -166,6 +166,23 @@ def test_compare_bad_input(run: Path) -> None:
                       names=[f"{run} and {run}/. are the same run"])  # fmt: skip
 
 
+def test_compare_of_video_runs_speaks_of_clips(tmp_path: Path) -> None:
+    from cnnlab import api
+
+    rng = np.random.default_rng(0)
+    targets, ids = rng.integers(0, 3, 20), np.array([f"c{i}.mp4" for i in range(20)])
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "run.json").write_text(json.dumps({"task": "video-classification"}))
+        np.savez(folder / "test_predictions.npz", probs=rng.dirichlet(np.ones(3), 20),
+                 targets=targets, ids=ids)  # fmt: skip
+    assert api.compare(tmp_path / "a", tmp_path / "b")["samples"] == "clips"
+    (tmp_path / "b" / "run.json").unlink()  # an evaluation folder of the run: its task unknown
+    (tmp_path / "a" / "run.json").write_text(json.dumps({"task": "classification"}))
+    assert api.compare(tmp_path / "a", tmp_path / "b")["samples"] == "images"
+
+
 def test_compare_says_which_folders_have_test_predictions(run: Path, tmp_path: Path) -> None:
     """It said "run `cnnlab evaluate` on it first" of a run without a test split (evaluate writes
     into an evaluation folder, never the run: the advice failed again) and of segmentation and

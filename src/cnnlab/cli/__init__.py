@@ -2042,7 +2042,7 @@ def _compare(args: argparse.Namespace) -> int:
         print(json.dumps(r, indent=2))
         return 0
     m = r["mcnemar"]
-    t = Table(title=f"paired comparison on the same {r['n']} test images")
+    t = Table(title=f"paired comparison on the same {r['n']} test {r['samples']}")
     t.add_column("")
     t.add_column("value", justify="right")
     t.add_row(f"accuracy A ({r['run_a']})", f"{r['accuracy_a']:.4f}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -363,14 +364,19 @@ def evaluate(
     return answer
 
 
+def _recorded_task(folder: str | Path) -> str | None:
+    """The task a run folder's run.json records (None: no readable run.json, an evaluation folder)."""
+    try:
+        return json.loads((Path(folder) / "run.json").read_text()).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _no_predictions(run: str | Path) -> Exception:
     """Why a folder has no test_predictions.npz to compare, and what has one. (It said "run
     `cnnlab evaluate` on it first", which writes into an evaluation folder, never the run, and
     does not help a segmentation or detection run.)"""
-    try:
-        task = read_json(Path(run) / "run.json").get("task")
-    except (OSError, ValueError):
-        task = None
+    task = _recorded_task(run)
     if task in ("segmentation", "detection"):
         return ConfigError(
             f"{run} is a {task} run: compare pairs the per-image test predictions of two "
@@ -414,4 +420,6 @@ def compare(run_a: str | Path, run_b: str | Path, *, seed: int = 0) -> dict[str,
             "(same data, seed and split fractions)",
         )
     result = compare_predictions(a["targets"], a["probs"], b["probs"], seed=seed)
-    return result | {"run_a": str(run_a), "run_b": str(run_b)}
+    video = "video-classification" in {_recorded_task(run_a), _recorded_task(run_b)}
+    return result | {"run_a": str(run_a), "run_b": str(run_b),
+                     "samples": "clips" if video else "images"}  # fmt: skip
