@@ -104,7 +104,11 @@ CASES: dict[int, list[str] | str] = {
         f"{SOURCES}::test_csv_rules",
     ],
     32: [f"{SOURCES}::test_case_32_csv_row_whose_file_is_missing_is_skipped_and_reported"],
-    33: [f"{SOURCES}::test_csv_rules"],
+    33: [
+        f"{SOURCES}::test_csv_rules",
+        "tests/test_coco.py::test_a_file_name_outside_the_image_folder_is_refused_naming_the_image",
+        "tests/test_coco.py::test_a_file_name_linking_out_of_the_image_folder_is_refused",
+    ],
     34: [f"{SOURCES}::test_case_34_labels_that_differ_only_in_case_or_spaces_are_refused"],
     35: [f"{SOURCES}::test_csv_rules"],
     36: [f"{SOURCES}::test_csv_rules", f"{SCAN}::test_duplicates_and_conflicting_labels"],
@@ -119,8 +123,12 @@ CASES: dict[int, list[str] | str] = {
     39: [f"{DETECT}::test_check_boxes_drops_and_clips", f"{DETECT}::test_coco_label_checks"],
     40: [f"{DETECT}::test_coco_label_checks"],
     41: [f"{DETECT}::test_coco_label_checks"],
-    42: ["tests/test_segmentation.py::test_bad_masks_are_named"],  # classification labels are
-    # mapped through the class list, so only mask values can be out of range
+    42: [
+        "tests/test_segmentation.py::test_bad_masks_are_named",
+        f"{DETECT}::test_a_yolo_label_of_no_class_is_refused_naming_file_line_and_range",
+        f"{DETECT}::test_yolo_class_without_class_names_and_integral_floats",
+    ],  # classification labels are mapped through the class list: only mask values and YOLO
+    # class indices can be out of range
     # E. checkpoints and models
     43: [
         "tests/test_transfer.py::test_other_class_count_and_channels_reinitialise_the_head_and_adapt_the_first_conv",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_process import assert_user_error
+from cli_process import assert_user_error, in_process
 from PIL import Image
 
 from cnnlab.data.boxes import load_box_source
@@ -201,3 +201,79 @@ def test_annotation_of_an_unknown_image_is_skipped_and_counted_by_both_tasks(
         f"{path}: 1 annotation(s) skipped, category_id not in categories (9); "
         "1 annotation(s) skipped, image_id not in images (99) (see data_report.json)"
     ) in caplog.text
+
+
+def _absolute_existing(doc) -> None:  # an image that is there, named by its absolute path
+    doc["images"][0]["file_name"] = str(Path(doc["_root"]) / "images" / "a0.png")
+
+
+def _absolute_elsewhere(doc) -> None:
+    doc["images"][0]["file_name"] = "/etc/passwd"
+
+
+def _dot_dot(doc) -> None:
+    doc["images"][0]["file_name"] = "../instances.json"
+
+
+def _windows_dot_dot(doc) -> None:
+    doc["images"][0]["file_name"] = "..\\secret.png"
+
+
+@pytest.mark.parametrize("kind", ["detection", "segmentation"])
+@pytest.mark.parametrize(
+    "edit, why",
+    [
+        (_absolute_existing, "is an absolute path"),
+        (_absolute_elsewhere, "is an absolute path"),
+        (_dot_dot, "leaves the image folder ('..')"),
+        (_windows_dot_dot, "leaves the image folder ('..')"),
+    ],
+)
+def test_a_file_name_outside_the_image_folder_is_refused_naming_the_image(
+    tmp_path: Path, kind: str, edit, why: str
+) -> None:
+    """bad-inputs case 33: an absolute file_name was opened wherever it pointed (/etc/passwd), and
+    one absolute name of an image that exists made detection look for every other image beside
+    the JSON ("file not found"); `..` climbed out of the dataset. Now refused in one line naming
+    the entry, the image id and the name, for both tasks."""
+
+    def put(doc) -> None:
+        doc["_root"] = str(tmp_path)
+        edit(doc)
+        del doc["_root"]
+
+    path = _coco(tmp_path, put)
+    name = json.loads(path.read_text())["images"][0]["file_name"]
+    with pytest.raises(DataError) as err:
+        _load(kind, path)
+    assert err.value.path == str(path)
+    assert err.value.reason.startswith(f"images[0] (id 0): file_name {name!r} {why}; ")
+    assert "relative to the image folder" in err.value.reason and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["detection", "segmentation"])
+def test_a_file_name_linking_out_of_the_image_folder_is_refused(tmp_path: Path, kind: str) -> None:
+    """bad-inputs case 33 (via a symlink): a relative name whose link resolves outside the
+    image folder is refused as an absolute one is; a link inside the folder still reads."""
+    path = _coco(tmp_path)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.png"
+    (tmp_path / "images" / "a0.png").rename(outside)
+    (tmp_path / "images" / "a0.png").symlink_to(outside)
+    with pytest.raises(DataError) as err:
+        _load(kind, path)
+    assert err.value.path == str(path)
+    assert "image id 0: file_name 'a0.png' resolves outside the image folder" in err.value.reason
+    (tmp_path / "images" / "a0.png").unlink()
+    (tmp_path / "images" / "real.png").write_bytes(outside.read_bytes())
+    (tmp_path / "images" / "a0.png").symlink_to(tmp_path / "images" / "real.png")
+    assert _load(kind, path).class_names[-1] == "dog"
+
+
+def test_cli_refuses_an_absolute_file_name_in_one_line(tmp_path: Path) -> None:
+    path = _coco(tmp_path, _absolute_elsewhere)
+    proc = in_process("detect", "train", "--data", str(path), "--epochs", "1", "--out",
+                      str(tmp_path / "runs"))  # fmt: skip
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr
+    assert lines[0].startswith(f"error: {path}: images[0] (id 0): file_name '/etc/passwd'")
+    assert not (tmp_path / "runs").exists()

@@ -356,9 +356,11 @@ def test_format_round_trip_train_evaluate(tmp_path: Path, fmt: str, run_digests)
     assert run_digests(result.run_dir) == before
     written = json.loads((Path(again["out_dir"]) / "test_metrics.json").read_text())
     assert written["confidence_intervals"]["map_50"] == ci["map_50"]
-    assert (Path(again["out_dir"]) / "test_predictions.json").is_file()
     assert (result.run_dir / "report.html").is_file()
-    assert (result.run_dir / "test_predictions.json").is_file()
+    for folder in (Path(again["out_dir"]), result.run_dir):  # in the 48x40 images' own pixels
+        for r in json.loads((folder / "test_predictions.json").read_text()):
+            x, y, w, h = r["bbox"]
+            assert 0 <= x and x + w <= 48.01 and 0 <= y and y + h <= 40.01, r
 
 
 def test_predict_writes_coco_results_and_images(tmp_path: Path) -> None:
@@ -530,3 +532,174 @@ def test_relocated_data_listing_its_categories_in_another_order_is_labelled_by_n
         evaluate_detection(
             run, device="cpu", report=False, relocated_data=str(new / "instances.json")
         )
+
+
+# -- test_predictions.json in image pixels ---------------------------------------------------------
+class _Oracle(torch.nn.Module):
+    """A stand-in detector answering each image, in loader order, with its true model-input
+    boxes moved by ``shift`` pixels (scores descending in the box order)."""
+
+    def __init__(self, targets: list[dict[str, np.ndarray]], shift: float) -> None:
+        super().__init__()
+        self.queue, self.shift = list(targets), shift
+
+    def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for _ in range(len(images)):
+            t = self.queue.pop(0)
+            k = len(t["labels"])
+            out.append({"boxes": torch.as_tensor(t["boxes"]).reshape(-1, 4) + self.shift,
+                        "labels": torch.as_tensor(t["labels"]),
+                        "scores": torch.linspace(0.9, 0.5, k)})  # fmt: skip
+        return out
+
+
+@pytest.mark.parametrize("resize", ["fit", "stretch"])
+def test_test_predictions_json_is_in_image_pixels_and_scores_as_cnnlab_does(
+    tmp_path: Path, resize: str
+) -> None:
+    """test_predictions.json (documented: COCO results with the dataset's ids) held boxes in the
+    model's input frame (a 64x64 image trained at 256 px: x + w up to 241), so pycocotools could
+    not score it against the dataset's JSON. Now each image's own pixels, as `detect predict`
+    writes them: COCOeval on the file against the JSON gives cnnlab's mAP."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from cnnlab.config import PreprocessSpec
+    from cnnlab.data.boxes import decode_box_split
+    from cnnlab.detect import evaluate_detection_model
+
+    rng = np.random.default_rng(5)
+    (tmp_path / "images").mkdir()
+    sizes = [(48, 40), (30, 50), (64, 64), (80, 36)]  # (W, H): none at the 96 px input size
+    images, anns = [], []
+    for i, (w, h) in enumerate(sizes):
+        _image(tmp_path / "images" / f"{i}.png", rng, (w, h))
+        images.append({"id": 20 + i, "file_name": f"{i}.png", "width": w, "height": h})
+        for j in range(3):
+            bw, bh = w * (0.2 + 0.1 * j), h * (0.3 + 0.05 * j)
+            x, y = (w - bw) * (0.1 + 0.3 * j), (h - bh) * (0.8 - 0.3 * j)
+            anns.append({"id": len(anns) + 1, "image_id": 20 + i, "category_id": [3, 7][j % 2],
+                         "iscrowd": 0, "bbox": [x, y, bw, bh], "area": bw * bh})  # fmt: skip
+    doc = {"images": images, "annotations": anns,
+           "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]}  # fmt: skip
+    data = tmp_path / "instances.json"
+    data.write_text(json.dumps(doc))
+    bundle = load_box_source(str(data), val_fraction=0, test_fraction=0)
+    spec = PreprocessSpec(96, 3, (0.0,) * 3, (1.0,) * 3, resize, {})
+    pixels, targets, ids, _ = decode_box_split(bundle.splits["train"], spec)
+    for shift in (0.0, 3.0):  # exact boxes (mAP 1), then boxes a few pixels off
+        out = tmp_path / f"eval-{shift}"
+        result = evaluate_detection_model(
+            _Oracle(targets, shift), spec, pixels, targets, ids, bundle.class_names,
+            device=torch.device("cpu"), out_dir=out, report=False, category_ids=[3, 7],
+        )  # fmt: skip
+        rows = json.loads((out / "test_predictions.json").read_text())
+        assert len(rows) == len(anns)
+        for r in rows:  # inside each image's own frame
+            w, h = sizes[r["image_id"] - 20]
+            x, y, bw, bh = r["bbox"]
+            assert -0.01 <= x and x + bw <= w + 0.01 and -0.01 <= y and y + bh <= h + 0.01, r
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt = COCO(str(data))
+            ev = COCOeval(gt, gt.loadRes(rows), "bbox")
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        metrics = result["metrics"]
+        assert ev.stats[0] == pytest.approx(metrics["map"], abs=0.01)
+        assert ev.stats[1] == pytest.approx(metrics["map_50"], abs=0.01)
+        if shift == 0.0:
+            assert metrics["map"] == pytest.approx(1.0) and ev.stats[0] == pytest.approx(1.0)
+            for r in rows:  # each the true box of its image (to the file's 2 decimals)
+                assert any(a["image_id"] == r["image_id"] and np.allclose(a["bbox"], r["bbox"],
+                           atol=0.02) for a in anns), r  # fmt: skip
+        else:
+            assert 0.05 < metrics["map"] < 0.95  # a shift the metric notices
+
+
+# -- input size without --image-size ---------------------------------------------------------------
+def test_files_of_one_square_size_train_at_it_and_mixed_sizes_at_256_said(
+    tmp_path: Path, caplog
+) -> None:
+    """`detect train --help` says image_size None is "the source's own size", but a folder of
+    40x40 images trained at 256 px (only a builtin kept its size). Now images that all share one
+    square size keep it, as in segmentation; mixed sizes go to 256 px with a warning; a resume
+    keeps the size its run began with."""
+    from cnnlab.config import make_config
+    from cnnlab.detect import _image_size, train_detection
+    from cnnlab.tasks.configs import DetectConfig
+
+    root = _yolo_dataset(tmp_path / "square")
+    rng = np.random.default_rng(4)
+    for i in range(5):
+        _image(root / "images" / f"p{i}.png", rng, (40, 40))
+    run = train_detection(
+        data=str(root), epochs=1, batch_size=2, val_fraction=0.0, test_fraction=0.0,
+        out=str(tmp_path / "runs"), device="cpu", report=False,
+    ).run_dir  # fmt: skip
+    assert json.loads((run / "preprocess.json").read_text())["image_size"] == 40
+    cfg = make_config(DetectConfig, data=str(root))
+    bundle = load_box_source(str(root))
+    assert _image_size(cfg, bundle) == 40
+    assert _image_size(make_config(DetectConfig, data=str(root), image_size=96), bundle) == 96
+    begun = tmp_path / "begun"
+    begun.mkdir()
+    (begun / "preprocess.json").write_text(json.dumps({"image_size": 128}))
+    assert _image_size(cfg, bundle, begun) == 128  # a resume goes on at its own size
+    _image(root / "images" / "p4.png", rng, (48, 40))  # now of two sizes
+    mixed = load_box_source(str(root))
+    with caplog.at_level("WARNING", logger="cnnlab.detect"):
+        assert _image_size(cfg, mixed) == 256
+    assert "no single square size: resizing to 256 px (set --image-size)" in caplog.text
+    small = _yolo_dataset(tmp_path / "small")
+    for i in range(5):
+        _image(small / "images" / f"p{i}.png", rng, (20, 20))
+    assert _image_size(cfg, load_box_source(str(small))) == 32  # the detectors' minimum
+    assert _image_size(make_config(DetectConfig), load_box_source(DetectConfig.data)) == 64
+
+
+# -- YOLO class indices ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "value, why", [("2", "is out of range"), ("-1", "is out of range"),
+                   ("1.5", "is not a whole number"), ("green", "is not a whole number")],
+)  # fmt: skip
+def test_a_yolo_label_of_no_class_is_refused_naming_file_line_and_range(
+    tmp_path: Path, value: str, why: str
+) -> None:
+    """bad-inputs case 42: a label line whose class is >= the number of classes, negative, not a
+    whole number or not a number was skipped with a warning and training went on. Now refused
+    before training, naming the label file, the line, the value and the valid range (on the
+    command line: one line, exit 2, nothing written)."""
+    from cli_process import in_process
+
+    root = _yolo_dataset(tmp_path / "yolo")  # data.yaml: red, blue
+    txt = root / "labels" / "p3.txt"
+    txt.write_text(f"1 0.5 0.5 0.4 0.4\n\n{value} 0.4 0.4 0.2 0.2\n")
+    with pytest.raises(DataError) as err:
+        load_box_source(str(root))
+    assert err.value.path == str(txt)
+    assert err.value.reason.startswith(f"line 3: class {value!r} {why}; ")
+    assert "an index in 0..1 (2 classes)" in err.value.reason
+    runs = tmp_path / "runs"
+    proc = in_process("detect", "train", "--data", str(root), "--epochs", "1", "--out", str(runs))
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr
+    assert lines[0].startswith(f"error: {txt}: line 3: class {value!r}") and not runs.exists()
+
+
+def test_yolo_class_without_class_names_and_integral_floats(tmp_path: Path) -> None:
+    """Without classes.txt / data.yaml the classes are numbered (max + 1): a negative one is
+    still refused; ``1.0`` (some exporters write floats) is class 1."""
+    root = _yolo_dataset(tmp_path / "yolo")
+    (root / "data.yaml").unlink()
+    (root / "labels" / "p1.txt").write_text("1.0 0.5 0.5 0.4 0.4\n")
+    bundle = load_box_source(str(root), val_fraction=0, test_fraction=0)
+    assert bundle.class_names == ["0", "1"]
+    assert sorted(int(c) for s in bundle.splits["train"] for c in s.labels) == [0, 0, 0, 1, 1]
+    (root / "labels" / "p1.txt").write_text("-1 0.5 0.5 0.4 0.4\n")
+    with pytest.raises(DataError, match=r"line 1: class '-1' is out of range; .* an integer >= 0"):
+        load_box_source(str(root))

@@ -11,8 +11,8 @@ metrics.csv (``val_map50``, ``val_map``), checkpoints/ (metadata ``task: "detect
 backbone, classes, ``category_ids`` = the dataset id of each class index, preprocessing: enough
 to predict), test_metrics.json, test_predictions.json (COCO results) and report.html.
 
-Boxes are scored at the model's input resolution (boxes mapped with the image); prediction maps
-them back to each image's own pixels.
+Boxes are scored at the model's input resolution (boxes mapped with the image);
+test_predictions.json and prediction map them back to each image's own pixels.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 
 DetectResult = TrainResult  # what every task's training returns
 HEADLINE = ("map", "map_50", "map_75", "mar_100")  # --tta's side-by-side table
+MIXED_SIZE = 256  # input side (pixels) for images of several sizes when --image-size is not given
 N_BOOT = 1000  # bootstrap resamples of the test images behind each 95% interval (as classification)
 
 
@@ -116,6 +117,24 @@ def _to_tensors(targets: list[dict[str, np.ndarray]]) -> list[dict[str, torch.Te
     ]
 
 
+def _image_size(cfg: DetectConfig, bundle: BoxBundle, resumed: Path | None = None) -> int:
+    """--image-size, else a resumed run's own, else the images' own side when all share one
+    square size (a builtin's; at least 32 px), else MIXED_SIZE with a warning."""
+    if cfg.image_size:
+        return cfg.image_size
+    recorded = resumed / "preprocess.json" if resumed is not None else None
+    if recorded is not None and recorded.is_file():  # a resume goes on at the run's own size
+        return int(read_json(recorded)["image_size"])
+    side = bundle.square_side()
+    if side:
+        return max(side, 32)
+    log.warning(  # a choice the user did not make (it may upsample small images): said
+        "images of %s have no single square size: resizing to %d px (set --image-size)",
+        cfg.data, MIXED_SIZE,
+    )  # fmt: skip
+    return MIXED_SIZE
+
+
 # -- train -----------------------------------------------------------------------------------------
 def train_detection(
     config: DetectConfig | str | Path | None = None,
@@ -145,7 +164,7 @@ def _prepare(
     renderer = renderer_for(cfg.report and has_test and info.is_main)
     first = next(s for part in bundle.splits.values() for s in part)
     in_channels = cfg.in_channels or (first.array.shape[2] if first.array is not None else 3)
-    image_size = cfg.image_size or bundle.native_size or 256
+    image_size = _image_size(cfg, bundle, resumed[0] if resumed else None)
     decode_policy = {"max_pixels": cfg.max_image_pixels}
     provisional = PreprocessSpec(
         image_size, in_channels, (0.0,) * in_channels, (1.0,) * in_channels, cfg.resize,
@@ -285,12 +304,24 @@ def _run(
 
 
 def _coco_results(
-    preds: list[dict[str, torch.Tensor]], ids: list[str], category_ids: list[Any]
+    preds: list[dict[str, torch.Tensor]],
+    ids: list[str],
+    category_ids: list[Any],
+    targets: list[dict[str, np.ndarray]],
+    spec: PreprocessSpec,
 ) -> list[dict[str, Any]]:
-    """COCO results format: one {image_id, category_id, bbox [x, y, w, h], score} per detection."""
+    """COCO results format: one {image_id, category_id, bbox [x, y, w, h], score} per detection,
+    the boxes in each image's own pixels (as `detect predict` writes them), so that pycocotools
+    scores the file against the dataset's JSON. ``preds`` are model-input boxes; each target's
+    ``orig_size`` (H, W; decode_box_split) maps them back. A target without one holds an image
+    given at the model's input size, whose pixels the boxes already are."""
     out = []
-    for p, sid in zip(preds, ids, strict=True):
-        for b, lab, s in zip(p["boxes"].tolist(), p["labels"].tolist(), p["scores"].tolist(),
+    for p, sid, t in zip(preds, ids, targets, strict=True):
+        boxes = p["boxes"].numpy().reshape(-1, 4)
+        if "orig_size" in t:
+            height, width = (int(v) for v in t["orig_size"])
+            boxes = unmap_boxes(boxes, width, height, spec.image_size, spec.resize)
+        for b, lab, s in zip(boxes.tolist(), p["labels"].tolist(), p["scores"].tolist(),
                              strict=True):  # fmt: skip
             image_id: Any = int(sid) if str(sid).isdigit() else sid
             out.append({"image_id": image_id, "category_id": category_ids[lab],
@@ -332,7 +363,9 @@ def evaluate_detection_model(
     renderer: Any = None,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on (N, C, S, S) uint8 images and their model-input boxes; writes
-    test_metrics.json, test_predictions.json (COCO results, model-input pixels) and the report.
+    test_metrics.json, test_predictions.json (COCO results in each image's own pixels: the
+    targets' ``orig_size`` maps the boxes back) and the report. The metrics are computed at the
+    model's input resolution (the IoU of two boxes is unchanged by the resize's scale and shift).
 
     ``tta`` (("flip",); cnnlab.engine.tta): the metrics, predictions and report are those of each
     image's boxes merged with its mirror's (mirrored back, per-class NMS), and ``result["tta"]``
@@ -376,7 +409,8 @@ def evaluate_detection_model(
         out_dir = Path(out_dir)
         write_json(out_dir / "test_metrics.json", metrics)
         cats = category_ids or list(range(len(class_names)))
-        write_json(out_dir / "test_predictions.json", _coco_results(preds, ids, cats))
+        write_json(out_dir / "test_predictions.json",
+                   _coco_results(preds, ids, cats, targets, spec))  # fmt: skip
         if report:
             from cnnlab.report.detection_report import write_detection_report
 

@@ -25,7 +25,9 @@ Label checks (bad-inputs.md cases 38-41), all counted in :class:`BoxReport` and 
   a smaller overshoot is clipped to the image;
 * non-contiguous category ids (COCO 1..90 with gaps, YOLO/VOC ids) -> remapped to 0..K-1 in
   order; ``BoxBundle.category_ids[k]`` is the dataset id of class k (stored in the checkpoint);
-* images without (remaining) objects stay in the data as background images and are counted.
+* images without (remaining) objects stay in the data as background images and are counted;
+* a YOLO class index that is not a whole number, negative or not below the number of classes,
+  and a COCO ``file_name`` outside the image folder, are refused (DataError; cases 42 and 33).
 
 Boxes are ``xyxy`` float pixels of the original image until :func:`decode_box_split` maps them
 onto the model's square input with the same layout as :func:`cnnlab.data.tensors.resize_to_square`.
@@ -44,8 +46,15 @@ import numpy as np
 import torch
 
 from cnnlab.config import PreprocessSpec
-from cnnlab.data.coco import image_ids, read_coco, unknown_category, unknown_image
-from cnnlab.data.masks import carve_missing, random_split, square_geometry
+from cnnlab.data.coco import (
+    image_ids,
+    inside_folder,
+    outside_folder,
+    read_coco,
+    unknown_category,
+    unknown_image,
+)
+from cnnlab.data.masks import carve_missing, random_split, shared_square_side, square_geometry
 from cnnlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -118,6 +127,15 @@ class BoxBundle:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def square_side(self) -> int | None:
+        """The side every image shares when all are square of one size, else None: the builtin's
+        own size, or the image files' headers (as segmentation's MaskBundle.square_side)."""
+        if self.native_size:
+            return self.native_size
+        return shared_square_side(
+            s.path for part in self.splits.values() for s in part if s.path is not None
+        )
 
 
 # -- checks ----------------------------------------------------------------------------------------
@@ -234,7 +252,7 @@ def _builtin(data: str, val: float, test: float, seed: int) -> BoxBundle:
 
 
 def _coco(path: Path, root: str | None, val: float, test: float, seed: int) -> BoxBundle:
-    doc = read_coco(path)  # structure checked: ids present, unique, scalar
+    doc = read_coco(path)  # structure checked: ids present, unique, scalar, relative file_names
     folder = Path(root).expanduser() if root else path.parent
     files = [str(i.get("file_name", "")) for i in doc["images"]]
     if not root and not any((folder / f).is_file() for f in files):
@@ -250,6 +268,8 @@ def _coco(path: Path, root: str | None, val: float, test: float, seed: int) -> B
             report.skipped_images.append({"row": row, "reason": "image entry lacks id/file_name"})
             continue
         file = folder / im["file_name"]
+        if file.exists() and not inside_folder(folder, im["file_name"]):
+            raise outside_folder(path, folder, im["id"], im["file_name"])
         if not file.is_file():
             report.skipped_images.append({"image": str(file), "reason": "file not found"})
             continue
@@ -435,8 +455,33 @@ def _yaml_names(text: str) -> list[str] | None:
     return None
 
 
+def _yolo_class(token: str, txt: Path, line: int, names: list[str] | None) -> int:
+    """The class index of a YOLO label line's first field, checked (bad-inputs.md #42): a value
+    that is not a whole number (``1.5``, ``green``), negative, or not below the number of classes
+    would otherwise be skipped with a warning (or reach the loss): a DataError naming the file,
+    the line, the value and the valid range. ``1.0`` is 1 (some exporters write floats)."""
+    if names is None:  # classes numbered from the labels (no classes.txt / data.yaml)
+        valid = "an integer >= 0"
+    else:
+        valid = f"0..{len(names) - 1} ({len(names)} classes)" if names else "none (no class named)"
+    try:
+        value = float(token)
+    except ValueError:
+        value = float("nan")
+    whole = bool(np.isfinite(value)) and value == int(value)
+    if whole and value >= 0 and (names is None or value < len(names)):
+        return int(value)
+    raise DataError(
+        txt,
+        f"line {line}: class {token!r} {'is out of range' if whole else 'is not a whole number'}; "
+        f"a YOLO label line is `class cx cy w h` with class an index in {valid}: fix the label "
+        "or the class names",
+    )
+
+
 def _yolo(root: Path, val: float, test: float, seed: int) -> BoxBundle:
     report = BoxReport()
+    names = _yolo_names(root)  # read first: it bounds the class index of every label line
     subsets = [d.name for d in sorted((root / "images").iterdir()) if d.is_dir()]
     parts = subsets if subsets else [""]
     found: dict[str, list[tuple[str, Path, list[list[float]], list[int]]]] = {}
@@ -451,8 +496,8 @@ def _yolo(root: Path, val: float, test: float, seed: int) -> BoxBundle:
                 fields = line.split()
                 if not fields:
                     continue
+                cls = _yolo_class(fields[0], txt, n, names)  # a wrong class: refused
                 try:
-                    cls = int(fields[0])
                     cx, cy, w, h = (float(v) for v in fields[1:5])
                     if len(fields) < 5:
                         raise ValueError
@@ -465,7 +510,6 @@ def _yolo(root: Path, val: float, test: float, seed: int) -> BoxBundle:
                 labels.append(cls)
             rows.append((f"{part}/{image.stem}" if part else image.stem, image, boxes, labels))
         found[part] = rows
-    names = _yolo_names(root)
     used = sorted({c for rows in found.values() for *_, labels in rows for c in labels})
     if names is None:
         names = [str(c) for c in range(max(used) + 1 if used else 1)]
@@ -475,19 +519,13 @@ def _yolo(root: Path, val: float, test: float, seed: int) -> BoxBundle:
     splits: dict[str, list[BoxSample]] = {}
     for part, rows in found.items():
         samples = []
-        for sid, image, boxes, labels in rows:
-            keep = [i for i, c in enumerate(labels) if c in mapping]
-            for c in labels:
-                if c not in mapping:
-                    report.skipped_annotations.append(
-                        {"image": str(image), "reason": f"class {c} not in 0..{len(names) - 1}"}
-                    )
+        for sid, image, boxes, labels in rows:  # every class index checked by _yolo_class
             samples.append(
                 BoxSample(
                     sid,
                     image,
-                    np.asarray([boxes[i] for i in keep], dtype=np.float64).reshape(-1, 4),
-                    np.asarray([labels[i] for i in keep], dtype=np.int64),
+                    np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+                    np.asarray([mapping[c] for c in labels], dtype=np.int64),
                     normalized=True,
                 )
             )
@@ -530,9 +568,11 @@ def decode_box_split(
 ) -> tuple[np.ndarray, list[dict[str, np.ndarray]], list[str], BoxReport]:
     """Decode images to (N, C, S, S) uint8 and boxes to model-input pixels.
 
-    Returns (images, targets [{"boxes": (K, 4) float32 xyxy, "labels": (K,) int64}], ids, report):
-    unreadable images are skipped (report.skipped_images), bad boxes dropped or clipped against the
-    decoded image size, images left without boxes counted as background.
+    Returns (images, targets [{"boxes": (K, 4) float32 xyxy, "labels": (K,) int64, "orig_size":
+    (2,) int64 (H, W) of the decoded image}], ids, report): unreadable images are skipped
+    (report.skipped_images), bad boxes dropped or clipped against the decoded image size, images
+    left without boxes counted as background. ``orig_size`` (torchvision's references' name) is
+    what maps predicted boxes back to the image's own pixels (:func:`unmap_boxes`).
     """
     from PIL import Image
 
@@ -570,7 +610,8 @@ def decode_box_split(
         if len(mapped) == 0:
             report.background_images += 1
         arrays.append(pil_to_chw(im, spec))
-        targets.append({"boxes": mapped.astype(np.float32), "labels": labels.astype(np.int64)})
+        targets.append({"boxes": mapped.astype(np.float32), "labels": labels.astype(np.int64),
+                        "orig_size": np.array([h, w], dtype=np.int64)})  # fmt: skip
         ids.append(sample.id)
     c = spec.in_channels
     images = np.stack(arrays) if arrays else np.zeros((0, c, s, s), np.uint8)

@@ -4,7 +4,9 @@
 
 The checks here are the ones a wrong file would otherwise turn into a traceback (a category
 without an ``id``, a list where an id belongs) or into a silently wrong class list (two
-categories sharing one id: every annotation of one would be counted as the other). Each failure
+categories sharing one id: every annotation of one would be counted as the other), and an
+image ``file_name`` that is absolute or climbs out with ``..`` (bad-inputs.md #33: it would read
+a file outside the dataset; :func:`inside_folder` catches a link out of it). Each failure
 is a :class:`DataError` naming the file and the entry (``categories[1]``) and saying how to fix it.
 What a single annotation gets wrong (unknown image or category, bad box) is left to the readers,
 which skip and count it (data/boxes.py; data/masks.py for an unknown image or category, through
@@ -18,6 +20,7 @@ entry overwrite an earlier one), so it is written here.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Container
 from pathlib import Path
 from typing import Any
@@ -72,6 +75,8 @@ def read_coco(path: str | Path) -> dict[str, Any]:
                     f"give each of the {key} its own id",
                 )
             first_row[cid] = row
+    for row, entry in enumerate(doc["images"]):
+        check_file_name(path, row, entry)
     for row, ann in enumerate(doc["annotations"]):
         if not isinstance(ann, dict):
             raise DataError(
@@ -84,6 +89,48 @@ def read_coco(path: str | Path) -> dict[str, Any]:
                     f"annotations[{row}]: {field} {ann[field]!r} is not an id; write an integer",
                 )
     return doc
+
+
+def check_file_name(path: Path, row: int, image: dict[str, Any]) -> None:
+    """bad-inputs.md #33: an image's ``file_name`` is a path relative to the image folder. An
+    absolute one (``/etc/passwd``, ``C:\\x``) or one with ``..`` would read a file outside the
+    dataset (and an absolute one also made the reader guess the image folder wrong, so that every
+    other image was "file not found"): a DataError naming the entry, its id and the name."""
+    name = image.get("file_name")
+    if not isinstance(name, str) or not name:
+        return  # no usable name: the readers skip and count the image
+    parts = re.split(r"[\\/]", name)
+    if (
+        name.startswith(("/", "\\"))
+        or re.match(r"[A-Za-z]:[\\/]", name)
+        or Path(name).is_absolute()
+    ):
+        why = "is an absolute path"
+    elif ".." in parts:
+        why = "leaves the image folder ('..')"
+    else:
+        return
+    raise DataError(
+        path,
+        f"images[{row}] (id {image.get('id')!r}): file_name {name!r} {why}; write it relative to "
+        "the image folder (beside the JSON, its images/, or --data-root), without '..'",
+    )
+
+
+def inside_folder(folder: Path, name: str) -> bool:
+    """Whether ``folder / name`` resolves (symlinks followed) inside ``folder`` (bad-inputs.md #33:
+    a link to a file outside the dataset is refused as an absolute path is)."""
+    root = folder.resolve()
+    return (folder / name).resolve().is_relative_to(root)
+
+
+def outside_folder(path: Path, folder: Path, image_id: Any, name: str) -> DataError:
+    """The error for an image ``name`` of ``path`` that :func:`inside_folder` found outside."""
+    return DataError(
+        path,
+        f"image id {image_id!r}: file_name {name!r} resolves outside the image folder {folder} "
+        "(a symlink?); copy the file into the folder or point --data-root at its folder",
+    )
 
 
 def image_ids(doc: dict[str, Any]) -> set[Any]:

@@ -38,7 +38,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +49,14 @@ import torch
 from PIL import Image
 
 from cnnlab.config import PreprocessSpec
-from cnnlab.data.coco import image_ids, read_coco, unknown_category, unknown_image
+from cnnlab.data.coco import (
+    image_ids,
+    inside_folder,
+    outside_folder,
+    read_coco,
+    unknown_category,
+    unknown_image,
+)
 from cnnlab.data.loader import TensorLoader, random_crop, random_flip, seeded_generator
 from cnnlab.data.tensors import normalize, pil_to_chw
 from cnnlab.errors import ConfigError, DataError
@@ -349,18 +356,25 @@ class MaskBundle:
         read is left to the decoding, which skips or names it."""
         if self.native_size or not any(s.image_paths for s in self.splits.values()):
             return self.native_size
-        sizes: set[tuple[int, int]] = set()
-        for part in self.splits.values():
-            for path in part.image_paths or ():
-                try:
-                    with Image.open(path) as im:
-                        sizes.add(im.size)
-                except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-                    continue
-                if len(sizes) > 1:
-                    return None
-        (width, height), *_ = sizes or {(0, 1)}
-        return width if width == height else None
+        return shared_square_side(p for s in self.splits.values() for p in s.image_paths or ())
+
+
+def shared_square_side(paths: Iterable[Path]) -> int | None:
+    """The side every image file shares when all are square of one size, else None (also for no
+    file), from the files' headers (read, not decoded). A file whose header cannot be read is
+    left to the decoding, which skips or names it. Segmentation's and detection's rule for
+    the input size when no --image-size is given."""
+    sizes: set[tuple[int, int]] = set()
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                sizes.add(im.size)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            continue
+        if len(sizes) > 1:
+            return None
+    (width, height), *_ = sizes or {(0, 1)}
+    return width if width == height else None
 
 
 def random_split(n: int, val: float, test: float, seed: int) -> dict[str, np.ndarray]:
@@ -623,7 +637,10 @@ def _coco(
     ids, paths, refs = [], [], []
     for image_id, info in sorted(index.coco.imgs.items()):
         name = str(info.get("file_name", ""))
-        found = next((r / name for r in roots if name and (r / name).is_file()), None)
+        root = next((r for r in roots if name and (r / name).is_file()), None)
+        if root is not None and not inside_folder(root, name):  # a link out of the dataset
+            raise outside_folder(path, root, image_id, name)
+        found = root / name if root is not None else None
         if found is None:
             raise DataError(
                 path,

@@ -124,6 +124,9 @@ class DetectConfig(RunConfig):
     # --- data ---
     data: str = "builtin:shapes?n=600&size=64&objects=2"  # COCO .json | VOC dir | YOLO dir
     data_root: str | None = None  # COCO: the image folder (default: beside the JSON)
+    # pixels (square); None: the images' own side when all share one square size (a builtin's;
+    # at least 32), else 256
+    image_size: int | None = None
     in_channels: int | None = None  # None: 3 (files) or the builtin's
     augment: tuple[str, ...] = ("flip",)  # flip only: the boxes follow the image's flips
     max_image_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit, enforced as an error
