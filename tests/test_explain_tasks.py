@@ -155,6 +155,38 @@ def test_explain_segmentation_run(seg_run: Path, tmp_path: Path) -> None:
         model.zero_grad()
 
 
+def test_explain_segmentation_counts_the_image_not_the_fit_padding(
+    seg_run: Path, tmp_path: Path
+) -> None:
+    """A 40 x 30 image is fitted into the 32 x 32 input with 4 rows of padding above and below;
+    explain counted them as image pixels (areas 77.7% / 17.8% where predict said 71.7% / 23.6%)
+    and wrote the 32 x 32 mask with the padding. Now its mask is `predict`'s mask of the image
+    (30 x 40) and the areas, the CAM targets' areas and the page's lead are that mask's."""
+    from cnnlab.segment import predict_segmentation
+
+    shapes = np.asarray(make_shapes(2, 40, seed=5, objects=2).images[0])
+    image = tmp_path / "wide.png"
+    Image.fromarray(shapes[:30]).save(image)  # 40 wide, 30 high
+    out = tmp_path / "explained"
+    proc = _cli("explain", str(seg_run), str(image), "--out", str(out), "--method", "gradcam",
+                "--top-k", "6", "--device", "cpu")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    numbers = json.loads((out / "explain.json").read_text())
+    mask = np.asarray(numbers["prediction"]["mask"], dtype=np.uint8)
+    predict_segmentation(seg_run, [image], tmp_path / "pred", device="cpu")
+    predicted = np.asarray(Image.open(tmp_path / "pred" / "masks" / "wide.png"))
+    assert mask.shape == (30, 40) and np.array_equal(mask, predicted)
+    assert numbers["prediction"]["mask_size"] == [40, 30]
+    shares = {c: float((predicted == c).mean()) for c in np.unique(predicted)}
+    got = {e["index"]: e["area"] for e in numbers["prediction"]["classes"]}
+    assert got == pytest.approx(shares, abs=1e-6) and sum(got.values()) == pytest.approx(1.0)
+    for entry in numbers["cams"]["entries"]:
+        assert entry["area"] == pytest.approx(shares[entry["index"]], abs=1e-6)
+    html = (out / "explain.html").read_text()
+    for share in shares.values():
+        assert f"{100 * share:.1f}%" in html
+
+
 def test_explain_detection_run(det_run: Path, tmp_path: Path) -> None:
     from cnnlab.detect import load_detection_model, predict_detection
 

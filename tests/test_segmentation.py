@@ -5,6 +5,7 @@ augmentation."""
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -164,7 +165,7 @@ def test_mask_loader_crops_and_flips_masks_with_their_images() -> None:
 
 
 def test_logits_map_back_to_the_original_image() -> None:
-    from cnnlab.segment import logits_to_image_mask
+    from cnnlab.data.masks import logits_to_image_mask
 
     rng = np.random.default_rng(1)
     mask = np.zeros((40, 64), dtype=np.uint8)
@@ -611,6 +612,45 @@ def test_coco_overlap_and_crowd_are_ignored(tmp_path: Path) -> None:
     )
     assert (mask[3:6, 4:7] == IGNORE).all()  # covered by two annotations
     assert (mask[:, 0] == IGNORE).all()  # the crowd region (first column, RLE)
+
+
+_SHORT = "has 3 numbers; a polygon is an even number, at least 6"
+
+
+@pytest.mark.parametrize(
+    ("segmentation", "said"),
+    [
+        ([[1, 2, 3]], _SHORT),  # was pycocotools' "input type is not supported." traceback
+        ([[1, 2, 3, 4]], "has 4 numbers"),  # was "cannot be rasterised (Argument 'bb' ...)"
+        ([[1, 2, 3, 4, 5, 6, 7]], "has 7 numbers"),  # pycocotools dropped the 7th silently
+        ([[1, 2, 3, 4, 5, float("nan")]], "non-finite coordinate"),
+        ([[1, 2, "a", 4, 5, 6]], "not a list of numbers"),
+        ([], "empty list"),
+        (None, "no 'segmentation'"),  # the key missing: was "cannot be rasterised ('segmentation')"
+        ({"size": [20, 24], "counts": [0, 20]}, "'counts' sum to 20, not height x width 480"),
+        ({"size": [10, 24], "counts": [0, 240]}, "'size' [10, 24] is not its image's"),
+        ({"counts": [0, 480]}, "RLE 'size' is null; give [height, width]"),
+    ],
+)
+def test_a_malformed_coco_segmentation_is_refused_naming_the_annotation(
+    tmp_path: Path, segmentation: object, said: str
+) -> None:
+    """A short polygon crashed training with pycocotools' traceback; 4 numbers (read as a box) or
+    no segmentation key said only "cannot be rasterised" with pycocotools' words. Now each is
+    refused when the file is read, as an unrasterisable segmentation always was, in one line
+    naming the annotation id and what is wrong."""
+    path = _coco_file(tmp_path / "coco", n=2)
+    doc = json.loads(path.read_text())
+    if segmentation is None:
+        del doc["annotations"][2]["segmentation"]
+    else:
+        doc["annotations"][2]["segmentation"] = segmentation
+    path.write_text(json.dumps(doc))
+    with pytest.raises(
+        DataError, match=r"annotation 3 \(image_id 2\): .*" + re.escape(said)
+    ) as err:
+        load_mask_source(str(path), val_fraction=0, test_fraction=0)
+    assert "\n" not in str(err.value) and str(err.value).startswith(str(path))
 
 
 def test_builtin_shapes_round_trip_and_classification_runs_rejected(tmp_path: Path) -> None:

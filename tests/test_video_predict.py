@@ -367,6 +367,31 @@ def test_cli_bad_options_are_one_line_errors(tmp_path, capsys, cls_run):
     assert "Traceback" not in err
 
 
+def test_tracking_options_are_refused_for_a_run_that_does_not_track(
+    tmp_path, capsys, monkeypatch, cls_run
+):
+    """`video predict` of a classifier (or clip model) with --line / --score-threshold exited 0
+    and recorded both in video.json as if used; they only act on a detection run's tracking and
+    counting, so they are refused, named, before anything is written."""
+    from cnnlab.cli import main
+    from cnnlab.video import predict as vp
+
+    path = write_video(tmp_path / "v.mp4", _clip(frames=4))
+    out = tmp_path / "out"
+    argv = ["video", "predict", str(cls_run), str(path), "--out", str(out), "--no-draw"]
+    assert main([*argv, "--line", "0,0,10,10", "--score-threshold", "0.9"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "option --score-threshold and option --line only apply to a detection run" in err
+    assert "is a classification run" in err and "leave --line out" in err
+    assert "Traceback" not in err and not out.exists()
+    monkeypatch.setattr(vp, "run_task", lambda run: "video-classification")
+    with pytest.raises(ConfigError, match="option agnostic_nms only apply .* video-classif"):
+        predict_video(cls_run, path, out, agnostic_nms=0.5, draw=False, device="cpu")
+    with pytest.raises(ConfigError, match="option tracker only apply"):
+        predict_video(cls_run, path, out, tracker={"lost_track_s": 2.0}, draw=False)
+    assert not out.exists()
+
+
 def test_video_predict_keeps_the_users_files(tmp_path, capsys, monkeypatch, cls_run):
     """A timeline.csv of the user's in --out (or in the default runs/video/NAME/) is refused in one
     line naming it and left as it was (it was overwritten); a second run into cnnlab's own output

@@ -219,6 +219,51 @@ def test_a_video_shorter_than_the_clip_is_said(tmp_path):
     assert len(distinct) <= 3  # the 3 frames, repeated
 
 
+def test_a_one_class_video_folder_is_refused_naming_the_class(tmp_path):
+    """bad-inputs #64: six clips in one class folder trained and reported accuracy 1.0; now
+    refused as image classification refuses it (data.sources.check_two_classes), nothing written."""
+    root = tmp_path / "videos"
+    write_video_folder(make_moving_shapes(n=6, frames=4, size=16, speed=0.5), root)
+    (root / "only").mkdir()
+    for path in sorted(root.rglob("*.mp4")):
+        path.rename(root / "only" / path.name)
+    for folder in ("left", "right"):
+        for f in (root / folder).iterdir():
+            f.unlink()
+        (root / folder).rmdir()
+    with pytest.raises(DataError, match=r"needs at least 2 classes, found 1: 'only' \(6 videos\)"):
+        train_video(data=str(root), model="r3d_small", frames=4, image_size=16,
+                    out=str(tmp_path / "runs"), **FAST)  # fmt: skip
+    assert not (tmp_path / "runs").exists()
+
+
+def test_builtin_clips_shorter_than_frames_are_said_as_short_files_are(tmp_path, caplog):
+    """--frames 8 over a builtin of 4-frame clips repeated frames without a word (docs/video.md
+    promises a warning and a note, as for a short video file)."""
+    from cnnlab.tasks.configs import VideoConfig
+    from cnnlab.video.train import load_clips
+
+    with caplog.at_level("WARNING", logger="cnnlab"):
+        data = load_clips(VideoConfig(data=TINY, frames=8))
+    said = (f"{TINY}: 4 frame(s) per clip, fewer than --frames 8: frames repeated to fill the "
+            "clip (lower --frames or raise the source's frames=)")  # fmt: skip
+    assert data.clips.shape[1] == 8 and data.report["notes"] == [said]
+    assert [r.getMessage() for r in caplog.records] == [said]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cnnlab"):  # as many frames as the clips: nothing said
+        assert load_clips(VideoConfig(data=TINY, frames=4)).report["notes"] == []
+    assert not caplog.records
+
+
+def test_smoothing_is_refused_for_a_3d_model(tmp_path):
+    """--smoothing scores a clip from a 2D model's frames; with r3d_small (a clip model) it was
+    accepted and recorded, changing nothing. Refused before anything is decoded or written."""
+    with pytest.raises(ConfigError, match="option smoothing 'majority' has no effect on the 3D"):
+        train_video(data=TINY, model="r3d_small", smoothing="majority",
+                    out=str(tmp_path / "runs"), **FAST)  # fmt: skip
+    assert not (tmp_path / "runs").exists()
+
+
 def test_unknown_model_and_bad_options_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="did you mean: r3d_18"):
         train_video(data=TINY, model="r3d_19", out=str(tmp_path))

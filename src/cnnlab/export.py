@@ -237,7 +237,7 @@ def task_export_metadata(task: str, meta: dict[str, Any]) -> dict[str, Any]:
             "name": OUTPUT_NAME,
             "shape": ["N", k, s, s],
             "meaning": "per-pixel logits; the mask is argmax over axis 1 (class_names order), "
-            "mapped back to the image's own size as cnnlab.segment.logits_to_image_mask does",
+            "mapped back to the image's own size as cnnlab.data.masks.logits_to_image_mask does",
         }
         out["ignore_index"] = int(meta.get("ignore_index", 255))
         out["palette"] = meta.get("palette")

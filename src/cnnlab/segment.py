@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cnnlab import __version__
 from cnnlab.config import (
@@ -43,8 +42,8 @@ from cnnlab.data.masks import (
     decode_split,
     infer_num_classes,
     load_mask_source,
+    logits_to_image_mask,
     raise_first,
-    square_geometry,
 )
 from cnnlab.data.scan import check_skipped, given_policy
 from cnnlab.data.sources import in_split_order, model_label_indices
@@ -641,32 +640,6 @@ def _concat(a: MaskSplit, b: MaskSplit) -> MaskSplit:
 
 
 # -- predict ---------------------------------------------------------------------------------------
-def logits_to_image_mask(
-    logits: torch.Tensor, width: int, height: int, resize: str, ignore_index: int = 255
-) -> np.ndarray:
-    """(K, S, S) logits at the model's input -> (height, width) uint8 class indices of the original
-    image: undo resize_to_square's layout, upsample the logits bilinearly, then take the arg-max.
-    With resize=crop the margins the model never saw are ``ignore_index``."""
-    k, s, _ = logits.shape
-    nw, nh, left, top = square_geometry(width, height, s, resize)
-    x = logits.float().unsqueeze(0)
-    seen = None
-    if left >= 0 and top >= 0:  # fit (padding to drop) or stretch / same size
-        x = x[:, :, top : top + nh, left : left + nw]
-    else:  # crop: the S x S view sits inside the scaled nw x nh image
-        canvas = x.new_zeros(1, k, nh, nw)
-        seen = x.new_zeros(1, 1, nh, nw)
-        canvas[:, :, -top : -top + s, -left : -left + s] = x
-        seen[:, :, -top : -top + s, -left : -left + s] = 1
-        x = canvas
-    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
-    mask = x[0].argmax(0).to(torch.uint8)
-    if seen is not None:
-        seen = F.interpolate(seen, size=(height, width), mode="nearest")[0, 0] > 0.5
-        mask[~seen] = ignore_index
-    return mask.cpu().numpy()
-
-
 def predict_segmentation(
     run: str | Path,
     inputs: list[str | Path],

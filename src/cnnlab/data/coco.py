@@ -11,7 +11,7 @@ is a :class:`DataError` naming the file and the entry (``categories[1]``) and sa
 What a single annotation gets wrong (unknown image or category, bad box) is left to the readers,
 which skip and count it (data/boxes.py; data/masks.py for an unknown image or category, through
 :func:`unknown_image` and :func:`unknown_category`) or name it (data/masks.py: a segmentation it
-cannot rasterise).
+cannot rasterise, refused when the file is read by ``segmentation_problem``).
 
 pycocotools' ``COCO.createIndex`` checks none of this (it indexes by ``id`` and lets a later
 entry overwrite an earlier one), so it is written here.

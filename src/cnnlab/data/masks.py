@@ -36,6 +36,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -46,6 +47,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from cnnlab.config import PreprocessSpec
@@ -240,6 +242,85 @@ class MaskFile:
         return read_mask(self.path, palette=self.palette, max_pixels=max_pixels)
 
 
+POLYGON_FORM = "[[x1, y1, x2, y2, x3, y3, ...], ...]"
+
+
+def segmentation_problem(ann: dict[str, Any], size: tuple[Any, Any]) -> str | None:
+    """What is wrong with a COCO annotation's ``segmentation`` for pycocotools' ``annToMask``
+    (None: nothing), checked before any mask is drawn; ``size`` is its image's (height, width).
+
+    A polygon list must hold polygons of an even number (at least 6: three points) of finite
+    numbers -- pycocotools reads 4 numbers as a box and fails on its own type check, fewer as
+    "input type is not supported", and drops an odd last number without a word. An RLE is an
+    object with ``size`` [height, width] (its image's) and ``counts``: run lengths summing to
+    height x width, or COCO's compressed string."""
+    if "segmentation" not in ann:
+        return f"no 'segmentation'; give its polygons as {POLYGON_FORM} or an RLE object"
+    seg = ann["segmentation"]
+    if isinstance(seg, list):
+        if not seg:
+            return f"'segmentation' is an empty list; give its polygons as {POLYGON_FORM}"
+        for i, poly in enumerate(seg):
+            if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+                return (
+                    f"segmentation polygon {i} is {_short(poly)}, not a list of numbers; "
+                    f"write polygons as {POLYGON_FORM}"
+                )
+            if len(poly) < 6 or len(poly) % 2:
+                return (
+                    f"segmentation polygon {i} has {len(poly)} numbers; a polygon is an even "
+                    f"number, at least 6 (x, y of three or more points): {POLYGON_FORM}"
+                )
+            if not all(math.isfinite(v) for v in poly):
+                return f"segmentation polygon {i} holds a non-finite coordinate ({_short(poly)})"
+        return None
+    if isinstance(seg, dict):
+        rle_size, counts = seg.get("size"), seg.get("counts")
+        if (
+            not isinstance(rle_size, list)
+            or len(rle_size) != 2
+            or not all(_is_count(v) for v in rle_size)
+        ):
+            return f"segmentation RLE 'size' is {_short(rle_size)}; give [height, width]"
+        if list(rle_size) != [size[0], size[1]]:
+            return (
+                f"segmentation RLE 'size' {rle_size} is not its image's [height, width] "
+                f"[{size[0]}, {size[1]}]"
+            )
+        if isinstance(counts, list):
+            if not all(_is_count(v) for v in counts):
+                return "segmentation RLE 'counts' must be non-negative integers (run lengths)"
+            if sum(counts) != rle_size[0] * rle_size[1]:
+                return (
+                    f"segmentation RLE 'counts' sum to {sum(counts)}, not height x width "
+                    f"{rle_size[0] * rle_size[1]}"
+                )
+            return None
+        if not isinstance(counts, str):
+            return (
+                f"segmentation RLE 'counts' is {_short(counts)}; give run lengths (a list of "
+                "integers) or COCO's compressed string"
+            )
+        return None
+    return (
+        f"'segmentation' is {_short(seg)}; give polygons as {POLYGON_FORM} or an RLE object "
+        '({"size": [height, width], "counts": ...})'
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_count(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value) and value == int(value) and value >= 0
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 class CocoIndex:
     """A COCO instances file (pycocotools); rasterises one image's semantic mask on demand."""
 
@@ -264,6 +345,14 @@ class CocoIndex:
                 kept.append(ann)
             else:
                 self.skipped_annotations.append(skip)
+        sizes = {im["id"]: (im.get("height"), im.get("width")) for im in dataset["images"]}
+        for row, ann in enumerate(kept):  # refused before training, not mid-decode in pycocotools
+            problem = segmentation_problem(ann, sizes[ann["image_id"]])
+            if problem is not None:
+                where = f"annotation {ann['id']}" if "id" in ann else f"annotations[{row}]"
+                raise DataError(
+                    path, f"{where} (image_id {ann['image_id']}): {problem}; fix or remove it"
+                )
         coco = COCO()
         coco.dataset = dataset | {"annotations": kept}
         with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress
@@ -678,6 +767,44 @@ def square_geometry(w: int, h: int, size: int, mode: str) -> tuple[int, int, int
     if mode == "crop":
         return nw, nh, -((nw - size) // 2), -((nh - size) // 2)
     return nw, nh, (size - nw) // 2, (size - nh) // 2
+
+
+def logits_to_image_mask(
+    logits: torch.Tensor, width: int, height: int, resize: str, ignore_index: int = 255
+) -> np.ndarray:
+    """(K, S, S) logits at the model's input -> (height, width) uint8 class indices of the original
+    image: undo resize_to_square's layout, upsample the logits bilinearly, then take the arg-max.
+    With resize=crop the margins the model never saw are ``ignore_index``. Predict, serve and
+    explain map a segmentation model's output back to the image through here."""
+    k, s, _ = logits.shape
+    nw, nh, left, top = square_geometry(width, height, s, resize)
+    x = logits.float().unsqueeze(0)
+    seen = None
+    if left >= 0 and top >= 0:  # fit (padding to drop) or stretch / same size
+        x = x[:, :, top : top + nh, left : left + nw]
+    else:  # crop: the S x S view sits inside the scaled nw x nh image
+        canvas = x.new_zeros(1, k, nh, nw)
+        seen = x.new_zeros(1, 1, nh, nw)
+        canvas[:, :, -top : -top + s, -left : -left + s] = x
+        seen[:, :, -top : -top + s, -left : -left + s] = 1
+        x = canvas
+    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    mask = x[0].argmax(0).to(torch.uint8)
+    if seen is not None:
+        seen = F.interpolate(seen, size=(height, width), mode="nearest")[0, 0] > 0.5
+        mask[~seen] = ignore_index
+    return mask.cpu().numpy()
+
+
+def image_region(width: int, height: int, size: int, mode: str) -> np.ndarray:
+    """(size, size) bool: the pixels of the model's square input that show the width x height
+    image (:func:`square_geometry`): all but the fit mode's padding, which is no part of it."""
+    nw, nh, left, top = square_geometry(width, height, size, mode)
+    inside = np.zeros((size, size), dtype=bool)
+    inside[
+        max(top, 0) : max(top, 0) + min(nh, size), max(left, 0) : max(left, 0) + min(nw, size)
+    ] = True
+    return inside
 
 
 def resize_mask(mask: np.ndarray, size: int, mode: str = "fit", fill: int = 255) -> np.ndarray:

@@ -565,18 +565,28 @@ def check_scan(report: Any, **check_options: Any) -> list[str]:
     if None not in item_labels:
         labels = sorted(set(item_labels))
         _check_label_spelling(labels, where)
-        _check_two_classes(labels, item_labels, where)
+        check_two_classes(labels, item_labels, where)
     return warnings
 
 
-def _check_two_classes(labels: list[str], item_labels: list[str], where: Path) -> None:
-    """A classifier needs two classes: with one, every prediction is right and accuracy says 1.0."""
+def check_two_classes(
+    labels: list[str],
+    item_labels: list[str],
+    where: str | os.PathLike[str],
+    *,
+    item: str = "images",
+    fix: str = "add a folder (or CSV label) per class",
+) -> None:
+    """A classifier needs two classes: with one, every prediction is right and accuracy says 1.0
+    (bad-inputs.md #64). ``labels``: the classes left after skipping unusable files;
+    ``item_labels``: the label of each usable file (``item`` names them in the message).
+    Image and video classification both refuse through here."""
     if len(labels) < 2:
-        found = ", ".join(f"{c!r} ({item_labels.count(c)} images)" for c in labels) or "none"
+        found = ", ".join(f"{c!r} ({item_labels.count(c)} {item})" for c in labels) or "none"
         raise DataError(
             where,
             f"a classification dataset needs at least 2 classes, found {len(labels)}: {found} "
-            "(after skipping unusable files); add a folder (or CSV label) per class",
+            f"(after skipping unusable files); {fix}",
         )
 
 

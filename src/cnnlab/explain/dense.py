@@ -179,15 +179,19 @@ def segmentation_cams(
     methods: Sequence[str] = ("gradcam",),
     stage: str | None = None,
     class_names: Sequence[str] | None = None,
+    ignore_index: int = 255,
 ) -> DenseCams:
     """CAM per class of ``classes`` on one normalised image ``(1, C, H, W)``, the target of class
-    ``c`` being its logit summed over ``mask == c`` (``mask``: the predicted ``(H, W)`` classes)."""
+    ``c`` being its logit summed over ``mask == c`` (``mask``: the predicted ``(H, W)`` classes;
+    pixels at ``ignore_index``, such as the fit mode's padding, are no part of the image: no
+    class's target, and not counted in a class's ``area``)."""
     from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
     mask = np.asarray(mask)
     if mask.shape != tuple(image.shape[-2:]):
         raise ConfigError(f"mask {mask.shape} does not match the image {tuple(image.shape[-2:])}")
     targets, described = [], []
+    image_pixels = max(int((mask != ignore_index).sum()), 1)
     for c in classes:
         region = (mask == int(c)).astype(np.float32)
         targets.append(SemanticSegmentationTarget(int(c), region))
@@ -195,7 +199,7 @@ def segmentation_cams(
             {
                 "class": str(class_names[int(c)]) if class_names else str(int(c)),
                 "index": int(c),
-                "area": round(float(region.mean()), 6),  # share of the image's pixels
+                "area": round(float(region.sum()) / image_pixels, 6),  # share of the image's
             }
         )
     return _dense_cams(model, image, targets, described, methods, stage)

@@ -878,19 +878,27 @@ def write_dense_page(
     return path
 
 
-def _load_input(image_path: Path, meta: dict[str, Any], dev: Any) -> tuple[np.ndarray, Any]:
-    """(pixels (C, S, S) uint8 by the checkpoint's preprocessing, normalised (1, C, S, S))."""
+def _load_input(
+    image_path: Path, meta: dict[str, Any], dev: Any
+) -> tuple[np.ndarray, Any, tuple[int, int]]:
+    """(pixels (C, S, S) uint8 by the checkpoint's preprocessing, normalised (1, C, S, S), the
+    image's own (width, height)), decoded as the tasks' predict decodes it (no draft: the size is
+    the image's, for mapping a mask back to it)."""
     import torch
 
     from cnnlab.config import PreprocessSpec
-    from cnnlab.data.tensors import load_file
+    from cnnlab.data.decode import DEFAULT_MAX_PIXELS, load_image
+    from cnnlab.data.tensors import image_mode, pil_to_chw
 
     spec = PreprocessSpec.from_dict(meta["preprocess"])
-    pixels = load_file(image_path, spec)  # DataError names the file
+    max_pixels = int(spec.decode.get("max_pixels", DEFAULT_MAX_PIXELS))
+    # DataError names the file
+    im = load_image(image_path, mode=image_mode(spec.in_channels), max_pixels=max_pixels)
+    pixels = pil_to_chw(im, spec)
     mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1)
     x = ((torch.from_numpy(pixels.copy())[None].float() / 255 - mean) / std).to(dev)
-    return pixels, x
+    return pixels, x, (im.width, im.height)
 
 
 def explain_dense_image(
@@ -909,13 +917,16 @@ def explain_dense_image(
     eval mode on its device, checkpoint metadata, weights path)``).
 
     Segmentation: the trace of the whole network (encoder stages, decoder, head), the predicted
-    mask, and CAMs for the ``top_k`` predicted classes by area. Detection: the trace of the zoo
-    backbone, the boxes scoring at least ``score_threshold`` (default: the run's), and CAMs for
-    the ``top_k`` best boxes. Writes ``explain.html``, ``explain.json`` (trace rows, prediction,
-    CAM entries with their ``map`` (H x W) and ``layer_map`` (h x w) in [0, 1]) and figures.
+    mask, and CAMs for the ``top_k`` predicted classes by area; mask and areas cover the image's
+    own pixels, as ``segment predict`` writes them (the fit mode's padding is no part of it).
+    Detection: the trace of the zoo backbone, the boxes scoring at least ``score_threshold``
+    (default: the run's), and CAMs for the ``top_k`` best boxes. Writes ``explain.html``,
+    ``explain.json`` (trace rows, prediction, CAM entries with their ``map`` (H x W) and
+    ``layer_map`` (h x w) in [0, 1]) and figures.
     """
     import torch
 
+    from cnnlab.data.masks import image_region, logits_to_image_mask
     from cnnlab.explain.cam import check_methods
     from cnnlab.explain.dense import backbone_path, detection_cams, segmentation_cams
     from cnnlab.explain.trace import trace_image
@@ -933,7 +944,7 @@ def explain_dense_image(
     model, meta, weights = loaded
     dev = next(model.parameters()).device
     image_path = Path(image_path)
-    pixels, x = _load_input(image_path, meta, dev)
+    pixels, x, (width, height) = _load_input(image_path, meta, dev)
     img = _hwc(pixels)
     names = [str(c) for c in meta["class_names"]]
     esc = html.escape
@@ -941,30 +952,44 @@ def explain_dense_image(
     regions: list[np.ndarray] | None = None
     if task == "segmentation":
         trace = trace_image(model, x, classifier=False, stages_of=backbone)
-        with torch.inference_mode():
-            mask = model(x)[0].argmax(0).to(torch.uint8).cpu().numpy()  # S x S class indices
         ignore = int(meta.get("ignore_index", 255))
+        resize = str(meta["preprocess"].get("resize", "fit"))
+        with torch.inference_mode():
+            logits = model(x)[0].float()  # K x S x S
+        # the image's own pixels only, as `segment predict` writes its mask: the fit padding is
+        # no part of the image (it took the areas from 71.7% to 77.7% on a 40 x 30 image)
+        image_mask = logits_to_image_mask(logits, width, height, resize, ignore)  # H x W
+        inside = image_region(width, height, logits.shape[-1], resize)  # S x S
+        mask = logits.argmax(0).to(torch.uint8).cpu().numpy()  # S x S, the CAM targets' space
+        mask[~inside] = ignore  # padding: no class's target, left unpainted
         palette = np.asarray(meta.get("palette") or [], dtype=np.uint8).reshape(-1, 3)
-        areas = np.bincount(mask.ravel(), minlength=len(names))
+        seen = image_mask[image_mask != ignore]  # crop: the margins the model never saw are out
+        areas = np.bincount(seen.ravel(), minlength=len(names))[: len(names)]
+        total = max(int(seen.size), 1)
         present = [int(c) for c in np.argsort(-areas, kind="stable") if areas[c] > 0]
         chosen = present[:top_k]
         cams = segmentation_cams(
-            model, x, mask, chosen, methods=methods, stage=target_layer, class_names=names
-        )
+            model, x, mask, chosen, methods=methods, stage=target_layer, class_names=names,
+            ignore_index=ignore,
+        )  # fmt: skip
+        for target in cams.targets:  # the image's areas, as the lead and predict say them
+            target["area"] = round(float(areas[target["index"]] / total), 6)
         regions = [mask == c for c in chosen]
-        coloured = mask_overlay(img, colorize(mask, palette, ignore))
-        prediction_rgb = np.asarray(_upscale(coloured, 224))
+        colours = colorize(mask, palette, ignore)
+        colours[~inside] = 0  # black: overlay leaves the padding as it is
+        prediction_rgb = np.asarray(_upscale(mask_overlay(img, colours), 224))
         prediction: dict[str, Any] = {
-            "mask": mask.tolist(),
+            "mask": image_mask.tolist(),
+            "mask_size": [width, height],  # the image's (width, height), as predict's mask PNG
             "classes": [
-                {"class": names[c], "index": c, "area": round(float(areas[c] / mask.size), 6)}
+                {"class": names[c], "index": c, "area": round(float(areas[c] / total), 6)}
                 for c in present
             ],
         }
         lut = np.full((len(names), 3), 128, np.uint8)  # colorize's grey for classes off it
         lut[: min(len(palette), len(names))] = palette[: len(names)]
         lead = "Predicted classes by share of the pixels: " + ", ".join(
-            f"{_swatch(lut[c])} <b>{esc(names[c])}</b> {100 * areas[c] / mask.size:.1f}%"
+            f"{_swatch(lut[c])} <b>{esc(names[c])}</b> {100 * areas[c] / total:.1f}%"
             for c in present
         )
         if len(palette) and not palette[0].any():

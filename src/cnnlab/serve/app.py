@@ -890,12 +890,12 @@ def explain_bytes(served: Served, data: bytes) -> dict[str, Any]:
 
 def segment_bytes(served: Served, data: bytes) -> dict[str, Any]:
     """The mask of one uploaded image at the image's own size, as ``cnnlab predict RUN`` writes it
-    (:func:`cnnlab.segment.logits_to_image_mask`; a palette PNG whose pixel values are the class
+    (:func:`cnnlab.data.masks.logits_to_image_mask`; a palette PNG whose pixel values are the class
     indices), each class's share of the pixels, and a colour overlay (PNG data URIs). Under
     ``--tta flip`` ``served.model`` is a SegmentTTAModel: the mask of the averaged probabilities."""
+    from cnnlab.data.masks import logits_to_image_mask
     from cnnlab.data.tensors import pil_to_chw
     from cnnlab.report.segmentation_report import colorize, overlay
-    from cnnlab.segment import logits_to_image_mask
 
     im = decode_image(served, data)
     x = _normalise(served, pil_to_chw(im, served.spec))

@@ -256,12 +256,20 @@ def _kinetics_state(name: str) -> dict[str, Tensor]:
         ) from err
 
 
-def check_video_model(name: str, weights: str | None = None) -> None:
-    """Raise :class:`ConfigError` (with close matches) unless ``name`` and ``weights`` fit,
-    without building anything: configs are checked before any video is decoded."""
+def check_video_model(name: str, weights: str | None = None, smoothing: str = "mean") -> None:
+    """Raise :class:`ConfigError` (with close matches) unless ``name``, ``weights`` and
+    ``smoothing`` fit, without building anything: configs are checked before any video is
+    decoded. ``smoothing`` scores a clip from its frames' probabilities, so only a 2D (per-frame)
+    model uses it: set away from its default for a 3D model, it would change nothing."""
     from cnnlab.models import list_models
 
     if is_3d(name):
+        if smoothing != "mean":
+            raise ConfigError(
+                f"option smoothing {smoothing!r} has no effect on the 3D model {name}: it "
+                "classifies each clip as a whole; smoothing scores a clip from a 2D model's "
+                "frames (a zoo model such as lenet5); leave smoothing out"
+            )
         if weights not in (None, "kinetics"):
             raise ConfigError(
                 f"option weights {weights!r} does not fit the 3D model {name}: give 'kinetics' "

@@ -567,6 +567,32 @@ def _write_tracking(out: Path, p: _Pass, cfg: VideoPredictConfig) -> dict[str, A
 
 
 # -- the door --------------------------------------------------------------------------------------
+#: Options only a detection run's pass reads (its tracker, line counter and NMS): given for a
+#: classifier or clip model they changed nothing, yet video.json recorded them as used.
+DETECTION_ONLY = ("score_threshold", "line", "agnostic_nms", "agnostic_nms_metric", "tracker")
+
+
+def _check_detection_only(
+    cfg: VideoPredictConfig, given: dict[str, Any], run: str | Path, task: str
+) -> None:
+    """Refuse detection-only options (given, or set away from their defaults) for a run of
+    another task, naming them."""
+    if task == "detection":
+        return
+    defaults = VideoPredictConfig()
+    named = [
+        k
+        for k in DETECTION_ONLY
+        if given.get(k) is not None or getattr(cfg, k) != getattr(defaults, k)
+    ]
+    if named:
+        raise ConfigError(
+            f"{' and '.join(f'option {k}' for k in named)} only apply to a detection run's "
+            f"tracking and line counting; {run} is a {task} run: "
+            f"{' and '.join(f'leave {k} out' for k in named)}"
+        )
+
+
 def predict_video(
     run: str | Path,
     video: str | Path,
@@ -600,6 +626,7 @@ def predict_video(
     for note in notes:
         log.warning(note)
     task = run_task(run)
+    _check_detection_only(cfg, base | options, run, task)
     names_out = video_outputs(task, cfg.draw, command)
     out = claim_outputs(out_dir, names_out, command=command, default=default_out, record=False)
     out.mkdir(parents=True, exist_ok=True)

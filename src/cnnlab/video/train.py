@@ -44,7 +44,7 @@ from cnnlab.config import (
     make_config,
 )
 from cnnlab.data.scan import check_skipped, given_policy
-from cnnlab.data.sources import Split, in_split_order, stratified_split
+from cnnlab.data.sources import Split, check_two_classes, in_split_order, stratified_split
 from cnnlab.data.tensors import arrays_to_chw, channel_stats, normalize
 from cnnlab.engine import distributed
 from cnnlab.engine.assembly import TrainResult
@@ -121,10 +121,15 @@ def _builtin_clips(cfg: VideoConfig, image_size: int | None = None) -> ClipSet:
     idx = even_indices(length, frames)
     spec = _frames_spec(image_size or _image_size(cfg, ds.clips.shape[2]), cfg.resize)
     clips = _clips_from_frames(ds.clips[:, idx], spec)
+    notes = []
+    if length < frames:  # repeated as a short video file's are, and said as they are
+        notes.append(f"{cfg.data}: {length} frame(s) per clip, fewer than --frames {frames}: "
+                     "frames repeated to fill the clip (lower --frames or raise the source's "
+                     "frames=)")  # fmt: skip
     report = {"source": cfg.data, "clips": len(ds.targets), "frames_per_video": length,
               "class_counts": {c: int((ds.targets == i).sum())
                                for i, c in enumerate(ds.class_names)},
-              "skipped": [], "notes": []}  # fmt: skip
+              "skipped": [], "notes": notes}  # fmt: skip
     ids = [f"{ds.name}:{i}" for i in range(len(ds.targets))]
     step = (length - 1) / (frames - 1)
     return ClipSet(clips, ds.targets, ids, list(ds.class_names), None, report, step)
@@ -219,6 +224,9 @@ def _folder_clips(cfg: VideoConfig) -> ClipSet:
     # the scan's message names the files and, for too many bad ones, --max-bad-fraction
     scan.check(strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction)
     ok = [(rec, res) for rec, res in zip(records, decoded, strict=True) if rec.ok]
+    usable = [rec.label for rec, _ in ok]
+    check_two_classes(sorted(set(usable)), usable, cfg.data, item="videos",
+                      fix="add a folder of videos per class (root/<class>/<video>)")  # fmt: skip
     names = listing.class_names
     clips = np.stack([res[0] for _, res in ok])
     targets = np.array([names.index(rec.label) for rec, _ in ok], dtype=np.int64)
@@ -236,7 +244,10 @@ def _folder_clips(cfg: VideoConfig) -> ClipSet:
 def load_clips(cfg: VideoConfig, image_size: int | None = None) -> ClipSet:
     """The source of ``cfg.data`` decoded into clips (see the module docstring)."""
     if cfg.data.startswith(BUILTIN_PREFIX):
-        return _builtin_clips(cfg, image_size)
+        data = _builtin_clips(cfg, image_size)
+        for note in data.report["notes"]:  # said here: a recorded split regenerated says nothing
+            log.warning(note)
+        return data
     if not Path(cfg.data).exists():
         raise DataError(
             cfg.data,
@@ -315,7 +326,7 @@ def _prepare(
     cfg: VideoConfig, info: Any, device: torch.device, resumed: Any, timings: Timings
 ) -> Plan:
     """Decode the clips once (T frames each), split them, build the 3D or per-frame model."""
-    check_video_model(cfg.model, cfg.weights)  # before any video is decoded
+    check_video_model(cfg.model, cfg.weights, cfg.smoothing)  # before any video is decoded
     data = load_clips(cfg)
     timings.lap("decode")  # finding and decoding the videos' frames
     parts = _split(data, cfg)
