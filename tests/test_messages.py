@@ -97,6 +97,8 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
         "finetune",
         *TASK_TRAINERS,
     ),  # only with --resume
+    "detect.py:_image_size": ("detect train",),  # images of mixed sizes: --image-size
+    "video/train.py:_builtin_clips": ("video train",),  # builtin clips shorter than --frames
     # the run's own dataset, read again: every evaluate, and embed
     "run.py:source_config": (*EVALUATORS, "embed"),
     "run.py:relocated_data": (*EVALUATORS, "embed"),  # only with --relocated-data

@@ -113,7 +113,7 @@ def check_file_name(path: Path, row: int, image: dict[str, Any]) -> None:
     raise DataError(
         path,
         f"images[{row}] (id {image.get('id')!r}): file_name {name!r} {why}; write it relative to "
-        "the image folder (beside the JSON, its images/, or --data-root), without '..'",
+        "the image folder (beside the JSON, or its images/ folder), without '..'",
     )
 
 
@@ -129,7 +129,7 @@ def outside_folder(path: Path, folder: Path, image_id: Any, name: str) -> DataEr
     return DataError(
         path,
         f"image id {image_id!r}: file_name {name!r} resolves outside the image folder {folder} "
-        "(a symlink?); copy the file into the folder or point --data-root at its folder",
+        "(a symlink?); copy the file into the image folder",
     )
 
 
