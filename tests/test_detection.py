@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,24 @@ def test_map_agrees_with_pycocotools_cocoeval() -> None:
     for c in range(k):
         assert m["per_class"][f"c{c}"]["ap"] == pytest.approx(per_class[c], abs=1e-6)
     assert 0 < m["map"] < m["map_50"] < 1  # duplicates/misses/FPs make it imperfect
+
+
+def test_more_than_100_detections_score_as_cocoeval_does_without_a_warning() -> None:
+    """COCO counts an image's 100 highest-scoring detections (ssdlite keeps 300): torchmetrics
+    warned about it in the middle of training output."""
+    rng = np.random.default_rng(1)
+    boxes = np.concatenate([xy := rng.uniform(0, 50, (4, 2)), xy + 12], 1)
+    gt = [{"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor([0, 1, 0, 1])}]
+    pb = np.concatenate([boxes + rng.normal(0, 1, (4, 4)), rng.uniform(0, 50, (150, 4))])
+    pb[:, 2:] = np.maximum(pb[:, 2:], pb[:, :2] + 1)  # x1 > x0, y1 > y0
+    dt = [{"boxes": torch.tensor(pb, dtype=torch.float32),
+           "labels": torch.tensor(rng.integers(0, 2, len(pb))),
+           "scores": torch.tensor(rng.uniform(0, 1, len(pb)), dtype=torch.float32)}]  # fmt: skip
+    stats, _ = _cocoeval(gt, dt, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = detection_metrics(dt, gt, ["a", "b"])
+    assert m["map"] == pytest.approx(stats[0], abs=1e-6)
 
 
 def test_precision_recall_at_iou_05_by_hand() -> None:

@@ -93,6 +93,10 @@ def detection_metrics(
         iou_thresholds=COCO_IOU_THRESHOLDS.tolist(),
         rec_thresholds=COCO_RECALL_POINTS.tolist(),
     )
+    # COCO's evaluation counts an image's 100 highest-scoring detections (maxDets): that is the
+    # standard mAP, not a fault to warn about in the middle of training output (torchvision's
+    # ssdlite keeps up to 300 per image); torchmetrics' documented switch
+    meter.warn_on_many_detections = False
     cpu_p = [{n: v.detach().cpu() for n, v in p.items()} for p in preds]
     cpu_t = [{n: v.detach().cpu() for n, v in t.items()} for t in targets]
     cpu_p = [p | {"boxes": p["boxes"].float(), "scores": p["scores"].float()} for p in cpu_p]
