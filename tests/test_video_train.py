@@ -191,8 +191,9 @@ def test_evaluate_skips_an_undecodable_video_of_the_recorded_split(tmp_path, cap
     assert Path(bad).name in str(err.value)
     # a recorded video that is gone stays an error
     (root / bad).unlink()
-    with pytest.raises(DataError, match="gone"):
+    with pytest.raises(DataError, match="gone") as err:
         evaluate_video(run.run_dir, report=False)
+    assert f"(first: {root / bad});" in str(err.value)  # the path, not a Python list of it
 
 
 def test_a_video_shorter_than_the_clip_is_said(tmp_path):

@@ -549,7 +549,7 @@ def _recorded_clips(
         if missing:
             raise DataError(
                 cfg.data, f"{len(missing)} clip(s) of the {split} split are gone (first: "
-                f"{missing[:3]}); the builtin's options changed"
+                f"{', '.join(map(str, missing[:3]))}); the builtin's options changed"
             )  # fmt: skip
         idx = np.array([where[sid] for sid in ids], dtype=np.int64)
         return data.clips[idx], data.targets[idx], list(ids), {"skipped": []}
@@ -559,7 +559,7 @@ def _recorded_clips(
     if gone:
         raise DataError(
             cfg.data, f"{len(gone)} video(s) of the recorded {split} split are gone (first: "
-            f"{gone[:3]}); the dataset changed since training"
+            f"{', '.join(gone[:3])}); the dataset changed since training"
         )  # fmt: skip
     if labels is None:
         raise CheckpointError(f"{cfg.data}: splits.json of this run lacks the clips' labels")
