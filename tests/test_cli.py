@@ -294,6 +294,9 @@ def test_metrics(work: Path) -> None:
     bad = work / "no-label.csv"
     bad.write_text("truth,score_a,score_b\na,0.5,0.5\n")
     assert_user_error("metrics", str(bad), names=["no-label.csv", "label"])
+    # --threshold is the multi-label cut: on a single-label CSV it was ignored without a word
+    assert_user_error("metrics", str(path), "--threshold", "0.99",
+                      names=["--threshold is for multi-label CSVs", "scores.csv"])  # fmt: skip
 
 
 def test_data_check(work: Path, digits: list[Path]) -> None:

@@ -861,8 +861,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threshold",
         type=float,
-        default=0.5,
-        help="multi-label CSVs: a label is predicted when its score is at least this",
+        default=None,
+        help="multi-label CSVs: a label is predicted when its score is at least this "
+        "(default: 0.5)",
     )
     p.add_argument("--json", action="store_true", help=JSON_HELP)
 
@@ -2008,17 +2009,23 @@ def _score_predictions_csv(args: argparse.Namespace) -> int:
     if is_multilabel_csv(args.csv):
         from cnnlab.metrics.multilabel import multilabel_metrics
 
-        if not 0.0 <= args.threshold <= 1.0:
-            raise ConfigError(f"--threshold must be in [0, 1], got {args.threshold}")
+        threshold = 0.5 if args.threshold is None else args.threshold
+        if not 0.0 <= threshold <= 1.0:
+            raise ConfigError(f"--threshold must be in [0, 1], got {threshold}")
         targets, probs, preds, names = read_multilabel_predictions_csv(args.csv)
         metrics = multilabel_metrics(
-            targets, probs, preds=preds, thresholds=args.threshold, label_names=names
+            targets, probs, preds=preds, thresholds=threshold, label_names=names
         )
         if args.json:
             print(json.dumps(metrics, indent=2))
         else:
             print_metrics(metrics, f"metrics of {args.csv}")
         return 0
+    if args.threshold is not None:  # it was ignored without a word
+        raise ConfigError(
+            f"--threshold is for multi-label CSVs (a `labels` column); {args.csv} is single-label: "
+            "each row's prediction is its highest score (or its `pred` column); leave --threshold out"
+        )
     targets, probs, preds, names = read_predictions_csv(args.csv)
     metrics = classification_metrics(targets, probs, preds=preds, class_names=names)
     from cnnlab.metrics.stats import headline_intervals
