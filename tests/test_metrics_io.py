@@ -105,9 +105,18 @@ def test_dialects_give_the_same_arrays(tmp_path):
     assert np.array_equal(read_predictions_csv(_write(tmp_path, upper, "u.csv"))[0], ref[0])
 
 
+def test_case_35_a_column_of_class_names_and_indices_is_refused_naming_rows(tmp_path):
+    """`1` among `cat`/`dog` labels was read as the header's second class."""
+    text = "label,score_cat,score_dog\ncat,0.9,0.1\n1,0.2,0.8\ndog,0.3,0.7\n"
+    with pytest.raises(DataError, match=r"row 3: classes given by name \(row 2: 'cat'\) and by "
+                       r"index \(row 3: '1'\) in one column"):  # fmt: skip
+        read_predictions_csv(_write(tmp_path, text))
+
+
 def test_integer_labels_predictions_and_logits(tmp_path):
     # Integer labels index the score columns; score_ logits are softmax-normalised.
-    text = "y_true,score_a,score_b,score_c,y_pred\n0,2.0,1.0,-1.0,0\n2,0.5,0.1,3.0,c\n1,0,0,0,1\n"
+    # (the label column by index, the prediction column by name: each column one way)
+    text = "y_true,score_a,score_b,score_c,y_pred\n0,2.0,1.0,-1.0,a\n2,0.5,0.1,3.0,c\n1,0,0,0,b\n"
     targets, probs, preds, names = read_predictions_csv(_write(tmp_path, text))
     assert (
         names == ["a", "b", "c"] and targets.tolist() == [0, 2, 1] and preds.tolist() == [0, 2, 1]

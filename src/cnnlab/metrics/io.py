@@ -165,6 +165,24 @@ def _resolve(
     )
 
 
+def _check_one_spelling(cells: list[tuple[int, str]], index: dict[str, int], path: Path) -> None:
+    """Bad-inputs case 35: a column that names classes in some rows and gives their index in
+    others (``cat`` and ``1``) was read silently, ``1`` as whichever class the header lists
+    second: refused, naming a row of each. (The label and prediction columns may each use its
+    own way.)"""
+    named = next(((line, v) for line, v in cells if v in index), None)
+    numbered = next(
+        ((line, v) for line, v in cells if v not in index and v.lstrip("-").isdigit()), None
+    )
+    if named and numbered:
+        raise DataError(
+            path,
+            f"classes given by name (row {named[0]}: {named[1]!r}) and by index (row "
+            f"{numbered[0]}: {numbered[1]!r}) in one column; write every row's one way",
+            row=numbered[0],
+        )
+
+
 def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]], str]:
     """(header, [(line number, cells)], delimiter) of a predictions CSV; blank lines skipped."""
     if not path.is_file():
@@ -249,6 +267,9 @@ def read_predictions_csv(
         else:
             names = sorted({v for v in values if v})
     index = {n: k for k, n in enumerate(names)}
+    for column in (labels, pred_values or []):  # no prediction column: nothing to check
+        cells = [(line, v) for v, (line, _) in zip(column, rows, strict=False)]
+        _check_one_spelling(cells, index, path)
 
     targets = np.array(
         [
