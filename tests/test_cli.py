@@ -22,6 +22,7 @@ import pytest
 from cli_process import SRC, assert_user_error, ok
 from PIL import Image
 from process_events import OutputWatcher
+from test_decode import patch_png_size
 
 
 # -- train -----------------------------------------------------------------------------------------
@@ -91,6 +92,17 @@ def test_evaluate_on_other_data_limits_unreadable_images_with_its_own_options(
         *args, str(work / "other-eval-3"), "--max-bad-fraction", "0.5", "--strict",
         names=[str(other), "1 of 5 image files unusable (20.0%, strict mode)", said],
     )  # fmt: skip
+    # embed reads the same way, with the same two options (its refusal named them; it had none)
+    embed = ("embed", str(run), "--data", str(other), "--out")
+    assert_user_error(*embed, str(work / "other-1.npz"),
+                      names=["1 of 5 image files unusable", said])  # fmt: skip
+    # over the pixel limit: the run's own limit, said as such (evaluate and embed have no
+    # --max-image-pixels; "raise --max-image-pixels" was said)
+    big = other / "1" / "big.png"
+    big.write_bytes(patch_png_size((other / "1" / "1.png").read_bytes(), 12000, 9000))
+    for command in (args[:-1], embed[:-1]):
+        line = assert_user_error(*command, "--max-bad-fraction", "0.3", names="exceeds max pixels")
+        assert "the limit is the run's own, set when it was trained (`cnnlab train " in line
 
 
 def test_predict(run: Path, digits: list[Path], work: Path) -> None:

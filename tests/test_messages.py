@@ -79,6 +79,7 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
         "lr-find",
         *TASK_TRAINERS,
         *EVALUATORS,
+        "embed",
     ),
     # FEW_SAMPLES_FIX (--val-fraction): training's warning on few validation images; the report's
     # caution (which evaluate redraws too) says it as advice for training again
@@ -205,7 +206,9 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
     "cli/examples.py:<module>": (),  # each example's own command: test_cli_help.py checks them
     "engine/calibration.py:check_min_confidence": ("predict",),
     "tune/study.py": ("tune",),
-    "data/sources.py:<module>": (*TRAINERS, "lr-find"),  # PIXEL_LIMIT_HINT, said by _from_items
+    # PIXEL_LIMIT_HINT, said by _from_items when training reads the data (RUN_PIXEL_HINT names
+    # its command when evaluate or embed read it)
+    "data/sources.py:<module>": (*TRAINERS, "lr-find"),
     "data/tensors.py:open_cache": TRAINERS,
     "detect.py:_prepare": ("detect train",),
     "engine/distributed.py:init_from_env": DISTRIBUTED,

@@ -281,14 +281,18 @@ def embed(
     out: str | Path | None = None,
     device: str = "auto",
     relocated_data: str | Path | None = None,
+    max_bad_fraction: float | None = None,
+    strict: bool | None = None,
 ) -> Path:
     """Penultimate-layer features with labels to .npz (for kNN, linear probes, plots);
-    ``relocated_data``: the run's own dataset at its new place (see :func:`evaluate`)."""
+    ``relocated_data``: the run's own dataset at its new place; ``max_bad_fraction`` / ``strict``:
+    the limit on unreadable images, as :func:`evaluate`'s."""
     from cnnlab.transfer import embed as embed_features
 
     return embed_features(
-        run_or_checkpoint, data, split, out, device=device, relocated_data=relocated_data
-    )
+        run_or_checkpoint, data, split, out, device=device, relocated_data=relocated_data,
+        **given_policy(max_bad_fraction, strict),
+    )  # fmt: skip
 
 
 # -- hyperparameter search -------------------------------------------------------------------------------

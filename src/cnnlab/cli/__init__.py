@@ -591,6 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="all", help="all | train | val | test")
     p.add_argument("--out", default=None, help="the .npz file (default: RUN/embeddings-SPLIT.npz)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    # unreadable images: the policy of `cnnlab train`, with its options (its message names them)
+    add_train_options(p, config_file=False, only=BAD_DATA_OPTIONS, default=EVALUATE_DEFAULT)
 
     p = sub.add_parser(
         "evaluate",
@@ -1246,7 +1248,8 @@ def _embed(args: argparse.Namespace) -> int:
 
     path = api.embed(
         args.run, data=args.data, split=args.split, out=args.out, device=args.device,
-        relocated_data=args.relocated_data,
+        relocated_data=args.relocated_data, max_bad_fraction=args.max_bad_fraction,
+        strict=args.strict,
     )  # fmt: skip
     out.print(f"features written to {path}")
     return 0

@@ -548,8 +548,13 @@ def _check_label_spelling(
     )
 
 
-#: The pixel limit is an option of every command that loads a dataset through here (TrainConfig).
+#: The pixel limit is an option of every command that trains on a dataset loaded through here
+#: (TrainConfig); a command that reads data for a trained run (evaluate, embed) reads it under the
+#: run's own limit and says so instead (RUN_PIXEL_HINT).
 PIXEL_LIMIT_HINT = "raise --max-image-pixels for larger images"
+RUN_PIXEL_HINT = (
+    "the limit is the run's own, set when it was trained (`cnnlab train --max-image-pixels`)"
+)
 
 
 def check_scan(report: Any, **check_options: Any) -> list[str]:
@@ -616,7 +621,12 @@ def sample_ids(paths: Sequence[str], root: str | os.PathLike[str]) -> list[str]:
 
 
 def _from_items(
-    listing: Any, root: Path, source: str, cfg: Any, label_columns: list[str] | None = None
+    listing: Any,
+    root: Path,
+    source: str,
+    cfg: Any,
+    label_columns: list[str] | None = None,
+    pixel_hint: str = PIXEL_LIMIT_HINT,
 ) -> DataBundle:
     """Scan the files (read-only, full decode), drop bad ones per policy, then split.
 
@@ -635,7 +645,7 @@ def _from_items(
     # remedy is chosen, with the training split's counts; the scan said it beside the remedy
     check_scan(
         report, strict=cfg.strict, max_bad_fraction=cfg.max_bad_fraction,
-        pixel_hint=PIXEL_LIMIT_HINT, imbalance=False,
+        pixel_hint=pixel_hint, imbalance=False,
     )  # fmt: skip
     usable = report.usable_items  # [DataItem(path, label, split)]
     if label_columns is None:
@@ -762,16 +772,18 @@ def _label_matrix(sets: list[list[str]], declared: list[str]) -> tuple[list[str]
     return names, targets
 
 
-def load_source(cfg: Any) -> DataBundle:
+def load_source(cfg: Any, *, pixel_hint: str = PIXEL_LIMIT_HINT) -> DataBundle:
     """Resolve `cfg.data` (a TrainConfig or anything with the same fields) into a DataBundle.
 
     With `cfg.split_file` the splits are the file's (:func:`apply_split_file`): every sample of the
-    source is pooled (given train/val/test folders too) and the fractions are not used."""
+    source is pooled (given train/val/test folders too) and the fractions are not used.
+    ``pixel_hint``: said when files exceed the pixel limit (:data:`RUN_PIXEL_HINT` for a command
+    that reads data for a trained run)."""
     prefetch.wait()  # a warm-up child scanning this source for the command: its caches first
     split_file = getattr(cfg, "split_file", None)
     if split_file:
         pooled = dataclasses.replace(cfg, split_file=None, val_fraction=0.0, test_fraction=0.0)
-        return apply_split_file(load_source(pooled), split_file)
+        return apply_split_file(load_source(pooled, pixel_hint=pixel_hint), split_file)
     spec = str(cfg.data)
     if spec.startswith("builtin:"):
         return _from_arrays(
@@ -794,7 +806,7 @@ def load_source(cfg: Any) -> DataBundle:
     elif not path.is_dir():
         raise DataError(path, "dataset root is not a directory")
     listing, root, label_columns = _listing(path)
-    return _from_items(listing, root, str(path), cfg, label_columns)
+    return _from_items(listing, root, str(path), cfg, label_columns, pixel_hint)
 
 
 def warm_caches(cfg: Any) -> None:

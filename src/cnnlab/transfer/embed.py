@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,6 +86,7 @@ def embed(
     device: str = "auto",
     batch_size: int = 256,
     relocated_data: str | Path | None = None,
+    **policy: Any,
 ) -> Path:
     """Write the penultimate features of ``data`` under ``run_or_checkpoint``'s model to ``.npz``.
 
@@ -95,9 +97,12 @@ def embed(
     an existing folder gets that name inside it, and a name not ending in ``.npz`` gets ``.npz``
     added; an ``out`` already there that cnnlab did not write is refused
     (cnnlab.run.claim_output_file). Returns the path written.
+
+    ``policy``: ``max_bad_fraction`` / ``strict`` for unreadable images (the run's own for its
+    data, TrainConfig's for ``data``), as evaluate takes them.
     """
     from cnnlab.config import PreprocessSpec, TrainConfig, make_config
-    from cnnlab.data.sources import concat_splits, load_source, split_by_ids
+    from cnnlab.data.sources import RUN_PIXEL_HINT, concat_splits, load_source, split_by_ids
     from cnnlab.engine.devices import resolve_device
     from cnnlab.engine.loaders import make_loader, split_to_uint8
     from cnnlab.engine.weights import load_checkpoint_model
@@ -125,7 +130,10 @@ def embed(
     if data is None:
         if run_dir is None:
             raise ConfigError(f"{weights} is not inside a run directory: pass data= to embed")
-        bundle = load_source(make_config(TrainConfig, **source_config(run_dir, relocated_data)))
+        bundle = load_source(
+            make_config(TrainConfig, **source_config(run_dir, relocated_data) | policy),
+            pixel_hint=RUN_PIXEL_HINT,
+        )
         recorded = read_json(run_dir / "splits.json")["splits"]
         names = list(recorded) if split == "all" else [split]
         if split != "all" and split not in recorded:
@@ -136,7 +144,12 @@ def embed(
         chosen = concat_splits(parts)
         tags = np.concatenate([np.full(len(p), k) for k, p in zip(names, parts, strict=True)])
     else:
-        bundle = load_source(make_config(TrainConfig, data=data))
+        # scanned under the limit the run decodes with (its preprocessing's)
+        limit = (
+            {"max_image_pixels": spec.decode["max_pixels"]} if "max_pixels" in spec.decode else {}
+        )
+        cfg = make_config(TrainConfig, data=data, **limit | policy)
+        bundle = load_source(cfg, pixel_hint=RUN_PIXEL_HINT)
         chosen, tags = _choose_split(bundle, split)
     images = split_to_uint8(chosen, spec)
     loader = make_loader(images, chosen.targets, spec, dev, batch_size)

@@ -12,7 +12,7 @@ import torch
 
 from cnnlab.config import PreprocessSpec, TrainConfig, make_config
 from cnnlab.data.scan import given_policy
-from cnnlab.data.sources import Split, load_source, remap_classes, split_by_ids
+from cnnlab.data.sources import RUN_PIXEL_HINT, Split, load_source, remap_classes, split_by_ids
 from cnnlab.engine import distributed
 from cnnlab.engine.calibration import TemperatureScores, load_calibration
 from cnnlab.engine.devices import inference_precision, resolve_channels_last, resolve_device
@@ -288,7 +288,8 @@ def evaluate(
                 f"{weights} is not inside a run directory: pass --data to say what to evaluate on"
             )
         own = load_source(
-            make_config(TrainConfig, **source_config(run_dir, relocated_data) | policy)
+            make_config(TrainConfig, **source_config(run_dir, relocated_data) | policy),
+            pixel_hint=RUN_PIXEL_HINT,
         )
         saved = read_json(run_dir / "splits.json")["splits"]
     if data is None:
@@ -296,8 +297,14 @@ def evaluate(
             raise no_such_split(split, saved)
         chosen = split_by_ids(own, saved[split], split, class_names)
     else:
-        cfg = make_config(TrainConfig, data=data, val_fraction=0.0, test_fraction=0.0, **policy)
-        bundle = load_source(cfg)
+        # scanned under the limit the run decodes with (its preprocessing's), as its own data
+        limit = (
+            {"max_image_pixels": spec.decode["max_pixels"]} if "max_pixels" in spec.decode else {}
+        )
+        cfg = make_config(
+            TrainConfig, data=data, val_fraction=0.0, test_fraction=0.0, **limit | policy
+        )
+        bundle = load_source(cfg, pixel_hint=RUN_PIXEL_HINT)
         chosen = remap_classes(bundle, class_names, split)
     images = split_to_uint8(chosen, spec)
     precision = inference_precision(precision, dev, trained_precision(run_dir))
