@@ -433,4 +433,7 @@ def test_export_records_the_operating_point_and_predict_on_the_onnx_applies_it(
     assert api.predict(bare.path, op_run["images"][:1])[0].decision is None
     # the command line says which operating point it applies, from the file's metadata
     assert main(["predict", str(op_run["onnx"]), str(op_run["images"][0])]) == 0
-    assert f"P(3) >= {point['threshold']:.6g}" in capsys.readouterr().err
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"P(3) >= {point['threshold']:.6g}" in said
+    # it named FILE.onnx/operating_point.json, a path that cannot exist
+    assert f"validation split; {op_run['onnx']});" in said and "onnx/operating_point" not in said

@@ -1720,10 +1720,12 @@ def _predict(args: argparse.Namespace) -> int:
         return 1 if any(p.error for p in preds) else 0
     point = api.operating_point(args.run) if args.operating_point else None
     if point:  # on stderr: which threshold decides (stdout stays the predictions)
+        # a run folder's file, or what an exported model (or a checkpoint file) carries
+        source = Path(args.run) / "operating_point.json" if Path(args.run).is_dir() else args.run
         err.print(
             f"operating point: {point['positive_class']} is positive when "
             f"P({point['positive_class']}) >= {point['threshold']:.6g} (chosen for "
-            f"{point['target']} on the validation split; {Path(args.run) / 'operating_point.json'}"
+            f"{point['target']} on the validation split; {source}"
             "); --ignore-operating-point for classes only",
             markup=False,
             soft_wrap=True,

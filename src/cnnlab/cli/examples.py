@@ -161,7 +161,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("cnnlab train --config runs/tune-s1/best_config.json", "rerun the best configuration"),
     ],
     "runs": [
-        ("cnnlab runs", "every run under runs/, newest first"),
+        ("cnnlab runs", "every run under runs/, oldest first"),
         ("cnnlab runs --task detection --sort metric --reverse", "best detectors first"),
         ("cnnlab runs --json > runs.json", "for scripts"),
         ("cnnlab runs clean", "what --keep best would remove, and its size"),
