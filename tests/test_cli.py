@@ -293,6 +293,9 @@ def test_conv() -> None:
     flat = np.ravel(result["output"]).tolist()
     assert flat == np.convolve([1, 2, 3, 4], [1, 1], mode="valid").tolist()
     assert_user_error("conv", "--x", "1 two 3", "--w", "1", names="two")
+    # an example brings its own settings: others given beside it were ignored without a word
+    assert_user_error("conv", "--example", "slide", "--mode", "full", "--stride", "2",
+                      names=["--example slide", "drop --mode, --stride"])  # fmt: skip
 
 
 def test_metrics(work: Path) -> None:

@@ -891,15 +891,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--op",
-        default="convolution",
+        default=None,
         choices=("convolution", "correlation"),
-        help="convolution flips the kernel; correlation (what CNN layers compute) does not",
+        help="convolution flips the kernel; correlation (what CNN layers compute) does not "
+        "(default: convolution)",
     )
     p.add_argument(
         "--mode",
-        default="valid",
+        default=None,
         choices=("full", "valid", "same"),
-        help="output length: full N+K-1, valid N-K+1, same N",
+        help="output length: full N+K-1, valid N-K+1, same N (default: valid)",
     )
     p.add_argument("--image-size", default=None, help="resize an image input to N or H,W pixels")
     p.add_argument(
@@ -909,9 +910,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="explain at most this many output positions (default: all of up to 25, "
         "6 of a larger one: the first, the strongest, the weakest, the rest spread evenly)",
     )
-    p.add_argument("--stride", default="1", help="step between output positions (N or H,W)")
-    p.add_argument("--padding", default="0", help="zeros added on each side (N or H,W)")
-    p.add_argument("--dilation", default="1", help="spacing of the kernel taps (N or H,W)")
+    # None: not given (an --example brings its own settings); the lab's defaults 1, 0, 1
+    p.add_argument("--stride", help="step between output positions (N or H,W; default: 1)")
+    p.add_argument("--padding", help="zeros added on each side (N or H,W; default: 0)")
+    p.add_argument("--dilation", help="spacing of the kernel taps (N or H,W; default: 1)")
     p.add_argument("--explain", action="store_true", help="print the step-by-step table")
     p.add_argument(
         "--out",
@@ -2073,7 +2075,17 @@ def _compare(args: argparse.Namespace) -> int:
 def _conv(args: argparse.Namespace) -> int:
     from cnnlab.explain import conv
 
+    settings = {"--x": args.x, "--w": args.w, "--op": args.op, "--mode": args.mode,
+                "--stride": args.stride, "--padding": args.padding, "--dilation": args.dilation,
+                "--image-size": args.image_size}  # fmt: skip
     if args.example:
+        given = [flag for flag, value in settings.items() if value is not None]
+        if given:  # they were ignored without a word: the example kept its own
+            raise ConfigError(
+                f"--example {args.example} runs the lecture's example with its own input, kernel "
+                f"and settings; drop {', '.join(given)} (or give --x and --w instead of "
+                "--example)"
+            )
         result = conv.run_example(args.example, explain=args.explain)
     elif args.x is None or args.w is None:
         raise CnnlabError("cnnlab conv needs --x and --w (or --example NAME)")
@@ -2081,11 +2093,11 @@ def _conv(args: argparse.Namespace) -> int:
         result = conv.run_lab(
             x=args.x,
             w=args.w,
-            op=args.op,
-            mode=args.mode,
-            stride=args.stride,
-            padding=args.padding,
-            dilation=args.dilation,
+            op=args.op or "convolution",
+            mode=args.mode or "valid",
+            stride=args.stride or "1",
+            padding=args.padding or "0",
+            dilation=args.dilation or "1",
             explain=args.explain,
             image_size=args.image_size,
             max_steps="auto" if args.max_steps is None else args.max_steps,
