@@ -350,9 +350,12 @@ def test_lr_find(work: Path) -> None:
     assert plot.is_file() and "lr" in proc.stdout.lower()
 
 
-def test_lr_find_bad_input() -> None:
+def test_lr_find_bad_input(tmp_path: Path) -> None:
     assert_user_error("lr-find", "--data", "builtin:digits", "--start", "1", "--end", "0.1",
                names=["start", "end"])  # fmt: skip
+    # a format matplotlib cannot write: a traceback once the whole test had run
+    assert_user_error("lr-find", "--data", "builtin:digits", "--plot", str(tmp_path / "lr.txt"),
+                      names=["--plot", "lr.txt", "cannot write .txt", ".png"])  # fmt: skip
 
 
 # -- task commands: bad input fast, training slow --------------------------------------------------

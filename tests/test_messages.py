@@ -99,6 +99,7 @@ PRINTED_BY: dict[str, tuple[str, ...]] = {
         *TASK_TRAINERS,
     ),  # only with --resume
     "detect.py:_image_size": ("detect train",),  # images of mixed sizes: --image-size
+    "transfer/lr_find.py:check_plot_path": ("lr-find",),  # only with --plot
     "video/train.py:_builtin_clips": ("video train",),  # builtin clips shorter than --frames
     # the run's own dataset, read again: every evaluate, and embed
     "run.py:source_config": (*EVALUATORS, "embed"),

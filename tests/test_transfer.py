@@ -446,6 +446,21 @@ def test_lr_find_repeats_exactly_and_follows_its_formulas(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_suggestion_skips_the_first_tenth_of_the_curve_as_fastai_does():
+    """builtin:digits at batch 16: the smoothed curve's start swung, and "steepest descent" named
+    the 2nd of 100 batches (1.1e-5), a rate that does not train."""
+    from cnnlab.transfer.lr_find import suggest_lr
+
+    lrs = np.geomspace(1e-5, 1.0, 100)
+    smoothed = np.full(100, 2.3)
+    smoothed[1] = 1.5  # a swing of the first few losses
+    smoothed[60:80] = np.linspace(2.3, 0.5, 20)  # the descent, around 1e-2
+    smoothed[80:] = 0.5 + np.linspace(0, 3, 20)  # and the blow-up
+    got = suggest_lr(lrs, smoothed)
+    assert 60 <= int(np.flatnonzero(lrs == got["steepest"])[0]) < 80
+    assert got["min_div10"] == pytest.approx(lrs[79] / 10)
+
+
 def test_embed_returns_the_file_it_wrote_for_a_folder_or_another_suffix(digits_run, tmp_path):
     """`cnnlab embed RUN --out FOLDER` wrote FOLDER.npz beside the folder and `--out feats.txt`
     wrote feats.txt.npz (NumPy's suffix), both while saying "features written to" the name given:

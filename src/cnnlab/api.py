@@ -260,8 +260,10 @@ def lr_find(
     from cnnlab.run import claim_output_file
     from cnnlab.transfer import lr_find as find
     from cnnlab.transfer import plot_lr_find
+    from cnnlab.transfer.lr_find import check_plot_path
 
     if plot:  # said before the test runs, recorded when the plot is drawn
+        check_plot_path(plot)
         claim_output_file(plot, command="lr-find", flag="--plot", record=False)
     cfg = (
         config if isinstance(config, TrainConfig) else make_config(TrainConfig, config, **overrides)
