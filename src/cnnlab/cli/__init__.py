@@ -729,7 +729,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     _add_score_threshold(p, "detection runs: ")
     p.add_argument(
-        "--json", action="store_true", help="print the numbers (layers, shapes, probabilities)"
+        "--json",
+        action="store_true",
+        help="print the numbers (layers, shapes, probabilities) as JSON; the page is written too",
     )
 
     p = sub.add_parser("detect", help="object detection: train | evaluate | predict (COCO mAP)")
