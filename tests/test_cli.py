@@ -276,6 +276,11 @@ def test_models_of_each_task() -> None:
             r["description"] for r in rows
         )
     assert_user_error("models", "--task", "tracking", names=["--task", "tracking"])
+    # ignored without a word: show printed a classification network (or "unknown model unet"),
+    # list listed everything
+    assert_user_error("models", "show", "unet", "--task", "segment",
+                      names=["`cnnlab models --task segmentation`"])  # fmt: skip
+    assert_user_error("models", "list", "lenet5", names="`cnnlab models show lenet5`")
 
 
 def test_models() -> None:

@@ -1884,6 +1884,17 @@ def _zoo_record() -> dict[str, Any] | None:
 
 @command("models")
 def _models(args: argparse.Namespace) -> int:
+    # options that would be ignored without a word: said instead
+    if args.action == "list" and args.name:
+        raise ConfigError(
+            f"`cnnlab models list` lists them all; `cnnlab models show {args.name}` shows one"
+        )
+    if args.action == "show" and args.task != "classification":
+        raise ConfigError(
+            f"`cnnlab models show` describes a classification network layer by layer; the "
+            f"{args.task} models are listed by `cnnlab models --task {args.task}` (their "
+            "encoders and backbones are classification networks: show one of those)"
+        )
     record = _zoo_record() if args.action == "list" else None
     if args.task != "classification" and args.action == "list":
         if record is not None:
