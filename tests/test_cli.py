@@ -568,5 +568,9 @@ def test_config_errors_name_the_flag_the_user_typed():
     line = assert_user_error("train", "--data", "builtin:digits", "--mixup-alpha", "0.2",
                              names="option --mixup-alpha=0.2 acts only")  # fmt: skip
     assert line.endswith("or leave --mixup-alpha out")
+    # a keyword suggested as a Python caller writes it: the flag on the command line
+    assert_user_error("models", "show", "resnet18", "--image-size", "4",
+                      names="(e.g. --image-size 32)")  # fmt: skip
+    assert_user_error("conv", "--x", "1 2", "--w", "1 2 3", names="use --mode full or")
     with pytest.raises(ConfigError, match="^option image_size must be >= 16"):
         make_config(TrainConfig, image_size=4)  # Python: the keyword

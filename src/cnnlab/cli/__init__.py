@@ -2318,12 +2318,16 @@ def install_warning_notes() -> None:
 
 
 _OPTION = re.compile(r"\b(option|leave) ([a-z][a-z0-9_]*)\b")
+# "image_size=32", "mode='full'": a keyword as a Python caller passes it (not inside a builtin's
+# options, "builtin:shapes?n=9&seed=1", nor a value such as "--target recall=0.95")
+_KEYWORD = re.compile(r"(?<![\w&?/:.=-])([a-z][a-z0-9_]*)=(['\"]?)([^\s'\",;)]+)\2")
 
 
 def in_flags(message: str, parser: _Parser, args: argparse.Namespace) -> str:
     """A config error in the words the user typed: "option image_size must be >= 8" reads
-    "option --image-size must be >= 8" where the command has that flag (the config speaks of its
-    fields, which Python callers pass as keywords; the command line generated a flag from each)."""
+    "option --image-size must be >= 8", and "(e.g. image_size=32)" reads "(e.g. --image-size 32)",
+    where the command has that flag (the config speaks of its fields, which Python callers pass as
+    keywords; the command line generated a flag from each)."""
     flags = {
         s for a in parser._command_parser(args)._actions for s in a.option_strings
     }  # fmt: skip
@@ -2332,7 +2336,11 @@ def in_flags(message: str, parser: _Parser, args: argparse.Namespace) -> str:
         name = "--" + m.group(2).replace("_", "-")
         return f"{m.group(1)} {name}" if name in flags else m.group(0)
 
-    return _OPTION.sub(flag, message)
+    def keyword(m: re.Match[str]) -> str:
+        name = "--" + m.group(1).replace("_", "-")
+        return f"{name} {m.group(3)}" if name in flags else m.group(0)
+
+    return _KEYWORD.sub(keyword, _OPTION.sub(flag, message))
 
 
 def _main(argv: Sequence[str] | None) -> int:
