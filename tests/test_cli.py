@@ -157,6 +157,9 @@ def test_export(run: Path, work: Path) -> None:
 
 def test_export_bad_input(run: Path) -> None:
     assert_user_error("export", str(run.parent / "gone.safetensors"), names="gone.safetensors")
+    # ignored without a word by the formats that have no opset
+    assert_user_error("export", str(run), "--format", "torchscript", "--opset", "17",
+                      names="--opset is the ONNX opset; --format torchscript has none")  # fmt: skip
 
 
 @pytest.mark.slow

@@ -770,7 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="file format of the exported model",
     )
     p.add_argument("--out", default=None, help="the exported file (default: RUN/export/model.EXT)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset version (default: 18)")
     p.add_argument(
         "--no-check",
         dest="check",
@@ -1515,11 +1515,15 @@ def _export(args: argparse.Namespace) -> int:
     _require_run(args.run)
     api = load_api()
 
+    if args.opset is not None and args.format != "onnx":  # it was ignored without a word
+        raise ConfigError(
+            f"--opset is the ONNX opset; --format {args.format} has none: leave --opset out"
+        )
     r = api.export(
         args.run,
         format=args.format,
         out=args.out,
-        opset=args.opset,
+        **({"opset": args.opset} if args.opset is not None else {}),
         check=args.check,
         rtol=args.rtol,
         atol=args.atol,
