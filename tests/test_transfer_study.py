@@ -117,7 +117,9 @@ def test_a_study_replaces_its_own_files_and_those_of_an_earlier_cnnlab(tmp_path)
     from cnnlab.run import OUTPUT_RECORD
 
     out = tmp_path / "study"
-    transfer_study("imagenet", TINY_DATA, out=out, **TINY_STUDY)
+    # a number as the command line hands it over (text) is recorded as the config read it
+    transfer_study("imagenet", TINY_DATA, out=out, **TINY_STUDY | {"batch_size": "8"})
+    assert json.loads((out / "study.json").read_text())["train_overrides"]["batch_size"] == 8
     record = json.loads((out / OUTPUT_RECORD).read_text())["outputs"]
     assert record == dict.fromkeys(["study.json", "study.md", "study.png"], "transfer-study")
     (out / "notes.txt").write_text("mine")

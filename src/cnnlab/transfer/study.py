@@ -220,7 +220,8 @@ def transfer_study(
         "seeds": list(seeds),
         "shots": list(shots),
         "strategies": list(strategies),
-        "train_overrides": {k: v for k, v in train_overrides.items() if k != "report"},
+        # as the config read them (a command line's "16" is the batch size 16)
+        "train_overrides": {k: getattr(base, k) for k in train_overrides if k != "report"},
         "confidence": 0.95,
         "interval": "percentile bootstrap of test accuracy (headline_intervals)",
         "runs": runs,
