@@ -722,3 +722,18 @@ def test_yolo_class_without_class_names_and_integral_floats(tmp_path: Path) -> N
     (root / "labels" / "p1.txt").write_text("-1 0.5 0.5 0.4 0.4\n")
     with pytest.raises(DataError, match=r"line 1: class '-1' is out of range; .* an integer >= 0"):
         load_box_source(str(root))
+
+
+def test_options_a_detector_does_not_build_with_are_refused() -> None:
+    """`--model ssdlite --backbone resnet50` named its run ssdlite-resnet50 and trained torchvision's
+    MobileNetV3; --box-head-width is Faster R-CNN's alone."""
+    from cnnlab.config import make_config
+    from cnnlab.tasks.configs import DetectConfig
+
+    with pytest.raises(ConfigError, match="model ssdlite does not use option backbone, option "
+                       "fpn_channels: leave them out"):  # fmt: skip
+        make_config(DetectConfig, model="ssdlite", backbone="resnet50", fpn_channels=64)
+    with pytest.raises(ConfigError, match="model retinanet does not use option box_head_width"):
+        make_config(DetectConfig, model="retinanet", box_head_width=64)
+    assert make_config(DetectConfig, model="fcos", fpn_channels=64).fpn_channels == 64
+    assert make_config(DetectConfig, model="ssdlite").backbone == "resnet18"  # the default: unused

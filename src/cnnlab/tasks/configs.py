@@ -13,7 +13,7 @@ made, which is when training or evaluation is about to import them anyway.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar, Literal
 
 from cnnlab.config import (
@@ -176,6 +176,28 @@ class DetectConfig(RunConfig):
         reject_mixing(self, "detection (boxes)", BOX_AUGMENTATIONS)
         check_augment(self, BOX_AUGMENTATIONS, "detection ")
         check_monitor(self.monitor, DetectionTask, "detection")
+        self._check_model_options()
+
+    #: the options only some detectors build with (ssdlite: torchvision's own MobileNetV3, no FPN)
+    _USED_BY: ClassVar[dict[str, tuple[str, ...]]] = {
+        "backbone": ("fasterrcnn", "retinanet", "fcos"),
+        "backbone_variant": ("fasterrcnn", "retinanet", "fcos"),
+        "fpn_channels": ("fasterrcnn", "retinanet", "fcos"),
+        "box_head_width": ("fasterrcnn",),
+    }
+
+    def _check_model_options(self) -> None:
+        """An option given (other than its default) to a detector that does not build with it was
+        ignored without a word: `--model ssdlite --backbone resnet50` named its run
+        ssdlite-resnet50 and trained MobileNetV3."""
+        defaults = {f.name: f.default for f in fields(self)}
+        unused = [k for k, models in self._USED_BY.items()
+                  if self.model not in models and getattr(self, k) != defaults[k]]  # fmt: skip
+        if unused:
+            raise ConfigError(
+                f"model {self.model} does not use {', '.join(f'option {k}' for k in unused)}: "
+                f"leave {'it' if len(unused) == 1 else 'them'} out"
+            )
 
 
 @dataclass(frozen=True)
