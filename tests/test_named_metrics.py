@@ -93,6 +93,11 @@ def test_monitor_must_be_a_recorded_key(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"val_miou.*choose from .*val_loss, val_accuracy"):
         api.train(data="builtin:digits", model="lenet5", monitor="val_miou", out=str(tmp_path))
+    # before the data says single- or multi-label, the keys only one kind records say so (val_map
+    # was offered for a single-label run, which then refused it)
+    with pytest.raises(ConfigError, match=r"val_balanced_accuracy \(single-label runs\), "
+                       r"val_macro_f1 \(multi-label runs\), val_map \(multi-label runs\)"):  # fmt: skip
+        api.train(data="builtin:digits", model="lenet5", monitor="val_acc", out=str(tmp_path))
     with pytest.raises(ConfigError, match=r"val_map50.*choose from .*val_miou"):
         SegmentConfig(monitor="val_map50")
     with pytest.raises(ConfigError, match=r"val_accuracy.*choose from train_loss, val_map50"):

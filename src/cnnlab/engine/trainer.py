@@ -59,9 +59,11 @@ def check_monitor(monitor: str, task: Any, what: str) -> None:
     """ConfigError naming the keys a `what` run records when `monitor` is not one of them."""
     keys = recorded_metrics(task)
     if monitor not in keys:
+        notes = getattr(task, "metric_notes", {})  # {key: the runs that record it}
+        shown = [f"{k} ({notes[k]})" if k in notes else k for k in keys]
         raise ConfigError(
             f"--monitor {monitor}: a {what} run does not record it{close_matches(monitor, keys)}; "
-            f"choose from {', '.join(keys)}"
+            f"choose from {', '.join(shown)}"
         )
 
 

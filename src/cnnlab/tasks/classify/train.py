@@ -288,6 +288,13 @@ class _EitherClassification:
     metric_names = tuple(
         dict.fromkeys(ClassificationTask.metric_names + MultiLabelTask.metric_names)
     )
+    # said beside them: a metric only one kind of run records (the data decides which it is)
+    metric_notes = {
+        **{f"val_{k}": "single-label runs" for k in ClassificationTask.metric_names
+           if k not in MultiLabelTask.metric_names},
+        **{f"val_{k}": "multi-label runs" for k in MultiLabelTask.metric_names
+           if k not in ClassificationTask.metric_names},
+    }  # fmt: skip
 
 
 SPEC = TaskSpec(
