@@ -679,9 +679,7 @@ def test_browser_upload_shows_prediction_feature_maps_and_cam(live, run: dict, t
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.on("request", lambda r: requests.append(r.url))
             page.goto(url + "/")
-            page.wait_for_function(
-                "document.getElementById('model-info').textContent.includes('lenet5')"
-            )
+            page.wait_for_selector("#model-info:has-text('lenet5')")
             page.set_input_files("#file", str(image))
             page.wait_for_selector("body[data-state=done]", timeout=30_000)
             top = page.get_attribute("#top li:first-child", "data-class")
@@ -732,9 +730,7 @@ def test_browser_shows_the_labels_above_threshold_of_a_multilabel_run(
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})
                 page.goto(url + "/")
-                page.wait_for_function(
-                    "document.getElementById('model-info').textContent.includes('lenet5')"
-                )
+                page.wait_for_selector("#model-info:has-text('lenet5')")
                 page.set_input_files("#file", str(image))
                 page.wait_for_selector("body[data-state=done]", timeout=30_000)
                 shown = page.eval_on_selector_all(
@@ -822,9 +818,7 @@ def test_browser_says_which_test_time_views_the_answers_average(run: dict) -> No
                 try:
                     page = browser.new_page()
                     page.goto(url + "/")
-                    page.wait_for_function(
-                        "document.getElementById('model-info').textContent.includes('lenet5')"
-                    )
+                    page.wait_for_selector("#model-info:has-text('lenet5')")
                     texts[tta] = page.text_content("#model-info")
                 finally:
                     browser.close()

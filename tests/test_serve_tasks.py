@@ -387,9 +387,7 @@ def test_page_shows_the_mask_or_the_boxes(
             try:
                 page = browser.new_page(viewport={"width": 1200, "height": 900})
                 page.goto(url + "/")
-                page.wait_for_function(
-                    f"document.getElementById('model-info').textContent.includes('({task})')"
-                )
+                page.wait_for_selector(f"#model-info:has-text('({task})')")
                 if task == "detection":
                     page.fill("#threshold", "0.05")
                 page.set_input_files("#file", str(image))
